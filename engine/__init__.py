@@ -1,0 +1,1 @@
+"""SynerMedGen engine: everything that computes. Never imports Qt, pyqtgraph or VTK."""

@@ -1,0 +1,118 @@
+"""The headless command line (`python main.py SUBCOMMAND …`): argument parsing and printing.
+Each subcommand is a thin shell over an engine function; errors print one clear line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from engine.io.errors import VolumeIOError
+from engine.jobs import Progress
+
+VERSION = "0.1.0"
+RESEARCH_ONLY = "research use only, not for diagnosis"
+
+
+def _progress_printer(enabled: bool) -> Callable[[Progress], None]:
+    def report(p: Progress) -> None:
+        if enabled:
+            print(f"\r{p.message} {100 * p.fraction:5.1f}%", end="", file=sys.stderr, flush=True)
+    return report
+
+
+# -- info ---------------------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list the volumes / DICOM series in a file or folder",
+                       description="List every volume or DICOM series found in INPUT: shape, spacing, "
+                                   "orientation, guessed modality, and files that were skipped.")
+    p.add_argument("input", help="a NIfTI/MHA/NRRD file, a DICOM file, a folder or a DICOMDIR")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import engine.io as io
+
+    catalog = io.scan(args.input)
+    rows = [e.describe() for e in catalog.entries]
+    skipped = [{"path": s.path, "reason": s.reason} for s in catalog.skipped]
+    if args.json:
+        print(json.dumps({"input": args.input, "series": rows, "skipped": skipped}, indent=2))
+        return 0
+    print(f"{len(rows)} volume(s) in {args.input}")
+    for r in rows:
+        shape = "×".join(str(s) for s in reversed(r["shape_zyx"]))
+        spacing = "×".join(f"{s:g}" for s in r["spacing_xyz_mm"])
+        print(f"- {r['description']}  [{r['modality'] or '?'}]  {shape} voxels  {spacing} mm  "
+              f"{r['orientation']}  key={r['key']}")
+        for note in r["notes"]:
+            print(f"    note: {note}")
+    for s in skipped:
+        print(f"skipped {s['path']}: {s['reason']}")
+    return 0
+
+
+# -- convert ------------------------------------------------------------------------------------
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert any supported input to NIfTI / MHA / NRRD / a DICOM series",
+                       description="Convert INPUT to OUTPUT keeping geometry and physical units. OUTPUT's "
+                                   "suffix picks the format (.nii, .nii.gz, .mha, .nrrd); a path without "
+                                   "one is a folder for a DICOM derived series.")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several; "
+                                    "FILE#INDEX picks a volume of a 4-D file")
+    p.add_argument("--modality", help="set the modality when it cannot be guessed (T1, T2, CT, …)")
+    p.add_argument("--anonymise", "--anonymize", action="store_true",
+                   help="DICOM output: replace patient identity and study UID")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import engine.io as io
+    from engine import modalities
+
+    volume = io.load(args.input, series=args.series, progress=_progress_printer(sys.stderr.isatty()))
+    if args.modality:
+        mod = modalities.get(args.modality)
+        volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)
+    desc = volume.dicom.get("SeriesDescription", "") or volume.name
+    out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=args.anonymise)
+    print(json.dumps({"output": str(out), **volume.describe()}))
+    return 0
+
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "info": _add_info,
+    "convert": _add_convert,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description="SynerMedGen Studio — cross-modality medical image synthesis "
+                    f"({RESEARCH_ONLY}). Without a subcommand the desktop app opens "
+                    "(with any FILES given).",
+    )
+    parser.add_argument("--version", action="version", version=f"SynerMedGen Studio {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for add in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "func", None):
+        build_parser().print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeIOError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,111 @@
+"""Volume input/output: scan a file or folder for volumes, load one, save one.
+
+    catalog = scan(path)            # every volume / DICOM series found, and what was skipped
+    volume = load(path, series=...) # one Volume in physical units with its geometry
+    save(volume, out)               # .nii/.nii.gz/.mha/.nrrd file, or a DICOM series folder
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.io.catalog import Catalog, SeriesEntry
+from engine.io.errors import Skipped, VolumeIOError
+from engine.io.itk_files import file_kind, load_file, scan_file, write_file
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
+
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "save", "scan"]
+
+_NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".png", ".jpg", ".jpeg", ".zip",
+               ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}
+
+
+def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
+    """Find every loadable volume in a file, a folder (recursively) or a DICOMDIR.
+
+    Unreadable files inside a folder are reported in ``Catalog.skipped``; the good series still
+    load. A path that does not exist, or holds no image at all, raises :class:`VolumeIOError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeIOError(path, "no such file or folder")
+    if path.is_file():
+        if file_kind(path):
+            return scan_file(path)
+        from engine.io import dicom_read
+
+        catalog = dicom_read.scan_dicom([path], cancel=cancel)
+        if not catalog.entries:
+            reason = catalog.skipped[0].reason if catalog.skipped else "not a supported image"
+            raise VolumeIOError(path, reason)
+        return catalog
+
+    catalog = Catalog()
+    candidates: list[Path] = []
+    n_files = 0
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            check_cancel(cancel)
+            if name.startswith("."):
+                continue
+            n_files += 1
+            f = Path(root) / name
+            if file_kind(f):
+                try:
+                    catalog.extend(scan_file(f))
+                except VolumeIOError as exc:
+                    catalog.skipped.append(Skipped(str(f), exc.problem))
+            elif f.suffix.lower() in _NOT_IMAGES:
+                continue
+            else:
+                candidates.append(f)
+    if candidates:
+        from engine.io import dicom_read
+
+        catalog.extend(dicom_read.scan_dicom(candidates, cancel=cancel))
+    if not catalog.entries:
+        detail = f"{n_files} files looked at" if n_files else "the folder is empty"
+        if catalog.skipped:
+            detail += "; " + "; ".join(str(s) for s in catalog.skipped[:3])
+        raise VolumeIOError(path, f"no readable image volumes found ({detail})")
+    return catalog
+
+
+def load(path: str | Path, series: str | None = None, progress: ProgressFn = noop,
+         cancel: CancelToken | None = None) -> Volume:
+    """Load one volume. ``series`` picks a DICOM series (UID or unique prefix) or, for a 4-D file,
+    ``FILE#INDEX``; it is required when the path holds several."""
+    text = str(path)
+    if "#" in Path(text).name and file_kind(text.rpartition("#")[0]):
+        return load_file(text, progress=progress, cancel=cancel)
+    catalog = scan(path, cancel=cancel)
+    if series is not None:
+        try:
+            entry = catalog.find(series)
+        except KeyError as exc:
+            raise VolumeIOError(path, str(exc.args[0])) from None
+    elif len(catalog.entries) == 1:
+        entry = catalog.entries[0]
+    else:
+        listing = "; ".join(f"{e.key} ({e.description}, {e.modality or '?'})" for e in catalog.entries[:8])
+        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with --series: {listing}")
+    return entry.load(progress, cancel)
+
+
+def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool = False,
+         progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Path:
+    """Write ``volume`` atomically: a file by its suffix, or a DICOM series into a folder
+    (any path without an image suffix). ``description`` names what made it (e.g. the
+    synthesis route); ``anonymise`` applies to DICOM only."""
+    path = Path(path)
+    if file_kind(path):
+        return write_file(volume, path, description=description)
+    if path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
+        raise VolumeIOError(path, "unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
+    from engine.io.dicom_write import write_dicom_series
+
+    folder = path.with_suffix("") if path.suffix else path
+    return write_dicom_series(volume, folder, series_description=description, anonymise=anonymise,
+                              progress=progress, cancel=cancel)

@@ -1,0 +1,239 @@
+"""NIfTI, MHA/MHD and NRRD volumes through SimpleITK: header-only scans, loads, atomic writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from engine import modalities
+from engine.io.atomic import atomic_file
+from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
+from engine.io.errors import VolumeIOError
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
+
+SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+SYNTHETIC_NOTE_KEY = "ITK_FileNotes"   # stored as NIfTI "descrip" / MetaImage comment
+
+
+def file_kind(path: str | Path) -> str | None:
+    name = str(path).lower()
+    for suffix, kind in SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def _read_info(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeIOError(path, f"cannot be read as a {file_kind(path)} image ({_first_line(exc)})") from None
+    return reader
+
+
+def _nifti2_header(path: Path):
+    """nibabel's image for NIfTI-2 files (which SimpleITK does not read), else None."""
+    if file_kind(path) != "nifti":
+        return None
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+    except Exception:  # noqa: BLE001 - any parse failure means "not a NIfTI-2 nibabel can read"
+        return None
+    return image if isinstance(image, nibabel.Nifti2Image) else None
+
+
+def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
+    """A NIfTI-2 file through nibabel: RAS affine → LPS geometry, scaling applied."""
+    shape = image.shape
+    if len(shape) == 4 and shape[3] > 1:
+        if volume_index is None:
+            raise VolumeIOError(path, f"is a 4-D image with {shape[3]} volumes: pick one as {path}#INDEX")
+        if not 0 <= volume_index < shape[3]:
+            raise VolumeIOError(path, f"volume index {volume_index} is outside 0…{shape[3] - 1}")
+    ensure_fits_in_memory(str(path), int(np.prod(shape[:3])) * 4)
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise VolumeIOError(path, f"the voxel data cannot be read ({exc}); is the file truncated?") from None
+    if data.ndim == 4:
+        data = data[..., volume_index or 0]
+    while data.ndim < 3:
+        data = data[..., None]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine     # RAS → LPS
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = _orthonormal(affine[:3, :3] / spacing)
+    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), tuple(spacing), tuple(affine[:3, 3]),
+                  tuple(direction.ravel()), name=path.name, source=str(path))
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "ITK ERROR" in ln or "Description" in ln or "error" in ln.lower()]
+    text = (useful or lines or ["unknown error"])[-1]
+    return text.split("ITK ERROR:")[-1].strip()[:200]
+
+
+def scan_file(path: str | Path) -> Catalog:
+    """One entry for a NIfTI/MHA/NRRD file (header only; voxels are read by ``load``)."""
+    path = Path(path)
+    nifti2 = _nifti2_header(path)
+    if nifti2 is not None:
+        return _scan_nibabel(path, nifti2)
+    reader = _read_info(path)
+    dim = reader.GetDimension()
+    size = tuple(int(s) for s in reader.GetSize())
+    spacing = tuple(float(s) for s in reader.GetSpacing())
+    notes: list[str] = []
+    n_volumes = 1
+    if dim == 4:
+        n_volumes = size[3]
+        notes.append(f"4-D image with {n_volumes} volumes: pick one as {path}#INDEX (0…{n_volumes - 1})")
+    elif dim not in (2, 3):
+        raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
+    if reader.GetNumberOfComponents() > 1:
+        notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
+    shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
+    modality = modalities.guess_from_filename(path.name)
+    entry = SeriesEntry(
+        key=str(path),
+        kind=file_kind(path) or "image",
+        paths=(str(path),),
+        description=path.name,
+        modality=modality,
+        shape_zyx=shape_zyx,
+        spacing_xyz=(spacing + (1.0,) * 3)[:3],
+        orientation=_orientation_of(reader, dim),
+        notes=tuple(notes),
+        loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
+    )
+    return Catalog(entries=[entry])
+
+
+def _scan_nibabel(path: Path, image) -> Catalog:
+    shape = tuple(image.shape) + (1,) * max(0, 3 - len(image.shape))
+    notes = []
+    if len(shape) == 4 and shape[3] > 1:
+        notes.append(f"4-D image with {shape[3]} volumes: pick one as {path}#INDEX (0…{shape[3] - 1})")
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = _orthonormal(affine[:3, :3] / spacing)
+    orientation = Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(direction.ravel())).orientation()
+    entry = SeriesEntry(
+        key=str(path), kind="nifti", paths=(str(path),), description=path.name,
+        modality=modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
+        spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
+        loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
+    )
+    return Catalog(entries=[entry])
+
+
+def _orientation_of(reader: sitk.ImageFileReader, dim: int) -> str:
+    if dim < 3:
+        return "2-D"
+    d = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    return Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(_orthonormal(d).ravel())).orientation()
+
+
+def _orthonormal(d: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(d)
+    return u @ vt
+
+
+def load_file(path: str | Path, volume_index: int | None = None,
+              progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Volume:
+    """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units)."""
+    text = str(path)
+    if volume_index is None and "#" in Path(text).name:
+        text, _, idx = text.rpartition("#")
+        if not idx.isdigit():
+            raise VolumeIOError(path, f"volume index {idx!r} after '#' is not a number")
+        volume_index = int(idx)
+    path = Path(text)
+    if not path.exists():
+        raise VolumeIOError(path, "no such file")
+    check_cancel(cancel)
+    nifti2 = _nifti2_header(path)
+    volume = _load_nibabel(path, nifti2, volume_index) if nifti2 is not None else _load_itk(path, volume_index)
+    check_cancel(cancel)
+    modality = modalities.guess_from_filename(path.name)
+    notes = list(volume.notes)
+    if modality is not None:
+        mod = modalities.get(modality)
+        if mod.family == "CT" and volume.array.size and float(np.nanmin(volume.array)) >= 0:
+            notes.append("CT values are all ≥ 0: the file may hold raw stored values, not Hounsfield units")
+        volume = volume.replace(modality=modality, unit=mod.unit, notes=tuple(notes))
+    if progress is not None:
+        progress(Progress(1, 1, f"read {path.name}"))
+    return volume
+
+
+def _load_itk(path: Path, volume_index: int | None) -> Volume:
+    reader = _read_info(path)
+    dim = reader.GetDimension()
+    size = list(reader.GetSize())
+    if dim == 4:
+        if volume_index is None:
+            raise VolumeIOError(path, f"is a 4-D image with {size[3]} volumes: pick one as {path}#INDEX")
+        if not 0 <= volume_index < size[3]:
+            raise VolumeIOError(path, f"volume index {volume_index} is outside 0…{size[3] - 1}")
+        reader.SetExtractIndex([0, 0, 0, volume_index])
+        reader.SetExtractSize(size[:3] + [0])
+    ensure_fits_in_memory(str(path), int(np.prod(size[:3])) * 4)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    return volume_from_sitk(image, name=path.name, source=str(path))
+
+
+def volume_from_sitk(image: sitk.Image, **fields) -> Volume:
+    """A :class:`Volume` from a 2-D or 3-D SimpleITK image (2-D becomes one slice)."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    if image.GetDimension() == 2:
+        sx, sy = image.GetSpacing()
+        ox, oy = image.GetOrigin()
+        d = np.asarray(image.GetDirection()).reshape(2, 2)
+        direction = np.eye(3)
+        direction[:2, :2] = d
+        return Volume(array[None], (sx, sy, 1.0), (ox, oy, 0.0), tuple(direction.ravel()), **fields)
+    notes = list(fields.pop("notes", ()))
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        notes.append("direction cosines were not orthonormal (sheared grid); made orthonormal")
+        direction = _orthonormal(direction)
+    return Volume(array, image.GetSpacing(), image.GetOrigin(), tuple(direction.ravel()), notes=tuple(notes), **fields)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
+    """Write NIfTI/MHA/NRRD atomically (float32; geometry exact up to the format's precision)."""
+    path = Path(path)
+    if file_kind(path) is None:
+        raise VolumeIOError(path, f"unknown file type; use one of {', '.join(SUFFIXES)}")
+    if path.suffix.lower() == ".mhd":
+        raise VolumeIOError(path, "MHD keeps its voxels in a separate .raw file; write .mha instead")
+    image = volume_to_sitk(volume)
+    if description:
+        image.SetMetaData(SYNTHETIC_NOTE_KEY, description[:79])
+        image.SetMetaData("descrip", description[:79])
+    with atomic_file(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))
+        except RuntimeError as exc:
+            raise VolumeIOError(path, f"could not be written ({_first_line(exc)})") from None
+    return path

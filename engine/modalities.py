@@ -1,0 +1,196 @@
+"""The modality registry: names, units, display windows, intensity normalisation and its
+inverse, body masks, and guessing a modality from DICOM tags or a file name."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str                      # canonical name, e.g. "T1CE"
+    description: str
+    family: str                    # "MR", "CT" or "PET"
+    unit: str                      # physical unit of the voxel values
+    window: tuple[float, float]    # default (level, width) for display
+    fixed_range: tuple[float, float] | None = None   # normalisation range; None → percentiles
+    dicom_modality: str = "OT"
+
+
+MODALITIES: dict[str, Modality] = {
+    m.name: m
+    for m in (
+        Modality("T1", "T1-weighted MR", "MR", "a.u.", (0.5, 1.0), dicom_modality="MR"),
+        Modality("T1CE", "contrast-enhanced T1-weighted MR", "MR", "a.u.", (0.5, 1.0), dicom_modality="MR"),
+        Modality("T2", "T2-weighted MR", "MR", "a.u.", (0.5, 1.0), dicom_modality="MR"),
+        Modality("FLAIR", "T2 fluid-attenuated inversion recovery MR", "MR", "a.u.", (0.5, 1.0), dicom_modality="MR"),
+        Modality("PD", "proton-density-weighted MR", "MR", "a.u.", (0.5, 1.0), dicom_modality="MR"),
+        Modality("CT", "computed tomography", "CT", "HU", (40.0, 400.0), (-1024.0, 2000.0), "CT"),
+        Modality("CBCT", "cone-beam CT", "CT", "HU", (40.0, 400.0), (-1024.0, 2000.0), "CT"),
+        Modality("PET", "FDG PET", "PET", "SUVbw", (3.0, 6.0), (0.0, 20.0), "PT"),
+    )
+}
+
+MR_PERCENTILES = (0.5, 99.5)
+
+
+def get(name: str) -> Modality:
+    """The registry entry for ``name`` (case-insensitive); ValueError naming the known ones."""
+    key = str(name).strip().upper()
+    if key not in MODALITIES:
+        raise ValueError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
+    return MODALITIES[key]
+
+
+def canonical(name: str) -> str:
+    return get(name).name
+
+
+# -- masks and normalisation ----------------------------------------------------------------
+def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
+    """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice."""
+    arr = np.asarray(array, dtype=np.float32)
+    mod = get(modality)
+    if mod.family == "CT":
+        fg = arr > -500.0
+    else:
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return np.zeros(arr.shape, bool)
+        lo, hi = np.percentile(finite, (1.0, 99.0))
+        fg = arr > lo + 0.08 * (hi - lo)
+    if not fg.any():
+        return fg
+    labels, n = ndimage.label(fg)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        fg = labels == int(np.argmax(sizes))
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in fg]) if fg.ndim == 3 else ndimage.binary_fill_holes(fg)
+    return filled
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How one volume was mapped to [0, 1]: value = lo + n · (hi − lo)."""
+
+    modality: str
+    lo: float
+    hi: float
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "lo": self.lo, "hi": self.hi}
+
+
+def normalisation_for(array: np.ndarray, modality: str, mask: np.ndarray | None = None) -> Normalisation:
+    """The per-volume normalisation of the evaluation protocol (DATA.md).
+
+    MR: the 0.5–99.5 percentiles inside the body mask; CT/CBCT: HU [−1024, 2000]; PET: SUV [0, 20].
+    """
+    mod = get(modality)
+    if mod.fixed_range is not None:
+        return Normalisation(mod.name, *mod.fixed_range)
+    arr = np.asarray(array, dtype=np.float32)
+    if mask is None:
+        mask = body_mask(arr, mod.name)
+    values = arr[mask] if mask.any() else arr.ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return Normalisation(mod.name, 0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(values, MR_PERCENTILES))
+    if hi - lo < 1e-6:
+        hi = lo + 1.0
+    return Normalisation(mod.name, lo, hi)
+
+
+def normalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """Physical values → [0, 1] (clipped)."""
+    out = (np.asarray(array, dtype=np.float32) - norm.lo) / (norm.hi - norm.lo)
+    return np.clip(out, 0.0, 1.0)
+
+
+def denormalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """[0, 1] → physical values (the inverse of :func:`normalise` inside the range)."""
+    return (np.asarray(array, dtype=np.float32) * (norm.hi - norm.lo) + norm.lo).astype(np.float32)
+
+
+# -- guessing ---------------------------------------------------------------------------------
+_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("T1CE", r"t1[-_ ]?(ce|c|gd|post|contrast|\+c)|t1w?[-_ ]?(ce|gd)|mprage[-_ ]?(post|gd)"),
+    ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b"),
+    ("CBCT", r"cbct|cone[-_ ]?beam"),
+    ("PET", r"\bpet\b|\bpt\b|suv|fdg"),
+    ("PD", r"\bpd\b|pdw|proton[-_ ]?dens"),
+    ("T2", r"t2"),
+    ("T1", r"t1|mprage|spgr|tfl"),
+    ("CT", r"\bct\b|\bsct\b"),
+)
+
+
+def _tokens(text: str) -> str:
+    """Lower-case text with separators turned into spaces so that word boundaries work."""
+    return " " + re.sub(r"[^a-z0-9+]+", " ", text.lower()) + " "
+
+
+def guess_from_text(text: str) -> str | None:
+    """Guess a modality from a file name or a series description (None when nothing matches)."""
+    t = _tokens(text)
+    for name, pattern in _NAME_PATTERNS:
+        if re.search(pattern, t):
+            return name
+    return None
+
+
+def guess_from_filename(path: str) -> str | None:
+    name = re.split(r"[\\/]", str(path))[-1]
+    name = re.sub(r"(\.nii\.gz|\.nii|\.mha|\.mhd|\.nrrd|\.nhdr|\.dcm)$", "", name, flags=re.I)
+    return guess_from_text(name)
+
+
+def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
+    """Guess from DICOM attributes (keywords as keys): Modality, descriptions, TR/TE/TI, contrast."""
+    modality = str(tags.get("Modality", "") or "").upper()
+    text = " ".join(
+        str(tags.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName", "ImageComments")
+    )
+    if modality in ("PT", "PET"):
+        return "PET"
+    if modality == "CT":
+        t = _tokens(text + " " + str(tags.get("StationName", "") or ""))
+        return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b", t) else "CT"
+    if modality != "MR":
+        return guess_from_text(text) if text.strip() else None
+    by_text = guess_from_text(text)
+    if by_text in ("T1CE", "FLAIR", "PD", "T2", "T1"):
+        if by_text == "T1" and str(tags.get("ContrastBolusAgent", "") or "").strip():
+            return "T1CE"
+        return by_text
+    return _guess_mr_from_timing(tags)
+
+
+def _float(tags: Mapping[str, object], key: str) -> float | None:
+    try:
+        value = tags.get(key)
+        return None if value in (None, "") else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _guess_mr_from_timing(tags: Mapping[str, object]) -> str | None:
+    tr, te, ti = _float(tags, "RepetitionTime"), _float(tags, "EchoTime"), _float(tags, "InversionTime")
+    if tr is None or te is None:
+        return None
+    contrast = bool(str(tags.get("ContrastBolusAgent", "") or "").strip())
+    if ti is not None and ti > 1500 and te > 60:
+        return "FLAIR"
+    if te < 30 and (tr < 1200 or (ti is not None and ti < 1500)):
+        return "T1CE" if contrast else "T1"
+    if tr > 1500 and te >= 60:
+        return "T2"
+    if tr > 1500 and te < 40:
+        return "PD"
+    return None

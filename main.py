@@ -1,0 +1,20 @@
+"""SynerMedGen Studio entry point: no subcommand opens the GUI (with any files given);
+a subcommand (info, convert, …) runs the headless engine CLI. See `python main.py --help`."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from engine.cli import SUBCOMMANDS, run_cli
+
+    if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help", "--version")):
+        return run_cli(argv)
+    from app.application import run
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole suite: engine tests, GUI tests under Xvfb (the VTK view needs a real X server), the
+# import contracts. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
+    exec xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest -q "$@"
+fi
+exec .venv/bin/python -m pytest -q "$@"
