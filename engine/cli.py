@@ -83,6 +83,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(module: str) -> Callable[[argparse._SubParsersAction], None]:
+    """The ``add_parser`` of an engine module's ``cli`` (parsers are cheap; the work imports
+    torch and friends only when the subcommand runs)."""
+    def add(sub: argparse._SubParsersAction) -> None:
+        import importlib
+
+        importlib.import_module(module).add_parser(sub)
+    return add
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "info": _add_info,
     "convert": _add_convert,
