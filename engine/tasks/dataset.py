@@ -1,0 +1,186 @@
+"""The paired dataset: a validated folder of subjects, their volumes on one grid per subject
+(resampled when needed), normalised per volume, and the 2-D slices every task is built from."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from engine import modalities
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, ProgressFn, noop
+from engine.tasks.slices import slice_axis, slices_first, to_model_slice
+from engine.tasks.validation import SPLITS, DatasetError, SubjectInfo, ValidationReport, validate_dataset
+
+__all__ = ["DatasetError", "NormalisedVolume", "PairedDataset"]
+
+
+@dataclass(frozen=True, eq=False)
+class NormalisedVolume:
+    """One modality of one subject in [0, 1] on the subject's grid, with what undoes it."""
+
+    array: np.ndarray                       # (z, y, x) float32 in [0, 1]
+    normalisation: modalities.Normalisation
+    body_fraction: np.ndarray               # body-mask share of each slice along the slice axis
+
+
+def load_volume(path: str | Path) -> Volume:
+    """A volume file or DICOM folder in physical units; DatasetError naming the file otherwise."""
+    from engine.io.itk_files import file_kind, load_file
+
+    path = Path(path)
+    try:
+        if path.is_file() and file_kind(path):
+            return load_file(path)
+        from engine.io import load
+
+        return load(path)
+    except Exception as exc:        # noqa: BLE001 — reported with the file name
+        raise DatasetError(f"{path}: cannot be loaded ({getattr(exc, 'problem', None) or exc})") from exc
+
+
+def resample_onto(volume: Volume, reference: Volume) -> Volume:
+    """``volume`` on ``reference``'s grid (identity transform, linear; outside → its minimum)."""
+    from engine.io.itk_files import volume_to_sitk
+
+    background = float(np.nanmin(volume.array)) if volume.array.size else 0.0
+    image = sitk.Resample(volume_to_sitk(volume), volume_to_sitk(reference), sitk.Transform(), sitk.sitkLinear,
+                          background, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return reference.with_array(array, modality=volume.modality, unit=volume.unit, name=volume.name,
+                                source=volume.source, notes=volume.notes + ("resampled onto the subject grid",))
+
+
+class PairedDataset:
+    """Subjects with two or more co-registered modalities; volumes load lazily and are cached.
+
+    Slices run along the subject's acquisition axis (:func:`engine.tasks.slices.slice_axis`);
+    a slice is *usable* for training when every modality's body mask covers at least
+    ``min_body_fraction`` of it.
+    """
+
+    def __init__(self, report: ValidationReport, *, min_body_fraction: float = 0.05, cache_size: int = 16) -> None:
+        if not report.usable:
+            raise DatasetError(report.error_message())
+        self.report = report
+        self.min_body_fraction = float(min_body_fraction)
+        self.cache_size = int(cache_size)
+        self._subjects = {s.name: s for s in report.subjects}
+        self._cache: OrderedDict[tuple[str, str], NormalisedVolume] = OrderedDict()
+        self._usable: dict[str, list[int]] = {}
+        self._axis: dict[str, int] = {}
+        self._count: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, root: str | Path, *, seed: int = 0, deep: bool = False, min_body_fraction: float = 0.05,
+             cache_size: int = 16, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> "PairedDataset":
+        """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains."""
+        if not Path(root).is_dir():
+            raise DatasetError(f"{root}: no such dataset folder")
+        report = validate_dataset(root, seed=seed, deep=deep, progress=progress, cancel=cancel)
+        return cls(report, min_body_fraction=min_body_fraction, cache_size=cache_size)
+
+    def __getstate__(self) -> dict:          # DataLoader workers start with an empty cache
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        return state
+
+    # -- subjects ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.report.name
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.report.modalities
+
+    def subject_names(self, split: str | None = None) -> list[str]:
+        """Usable subjects, all or those of one split (``train``, ``val``, ``test``)."""
+        if split is None:
+            return list(self._subjects)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        return list(self.report.split.get(split, []))
+
+    def subject(self, name: str) -> SubjectInfo:
+        try:
+            return self._subjects[name]
+        except KeyError:
+            raise KeyError(f"no usable subject {name!r}; known: {', '.join(self._subjects)}") from None
+
+    def subject_modalities(self, name: str) -> tuple[str, ...]:
+        return self.subject(name).modalities
+
+    def anatomy(self, name: str) -> str:
+        return self.subject(name).anatomy
+
+    def routes(self, split: str | None = None) -> list[tuple[str, str]]:
+        present = {r for s in self.subject_names(split) for r in self.subject(s).routes}
+        return [r for r in self.report.routes if r in present]
+
+    # -- volumes and slices ----------------------------------------------------------------
+    def volume(self, subject: str, modality: str) -> Volume:
+        """The volume in physical units on the subject's grid (the first modality's)."""
+        info = self.subject(subject)
+        modality = modalities.canonical(modality)
+        if modality not in info.files:
+            raise KeyError(f"subject {subject!r} has no {modality}; it has {', '.join(info.modalities)}")
+        volume = load_volume(info.files[modality]).replace(modality=modality, unit=modalities.get(modality).unit)
+        if modality in info.resample:
+            volume = resample_onto(volume, load_volume(info.files[info.reference]))
+        return volume
+
+    def slice_axis(self, subject: str) -> int:
+        """The array axis slices run along (0 = z, 1 = y, 2 = x) for this subject."""
+        if subject not in self._axis:
+            self.normalised(subject, self.subject(subject).reference)
+        return self._axis[subject]
+
+    def normalised(self, subject: str, modality: str) -> NormalisedVolume:
+        """[0, 1] array with its Normalisation (DATA.md protocol) and per-slice body fractions."""
+        key = (subject, modalities.canonical(modality))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        volume = self.volume(*key)
+        mask = modalities.body_mask(volume.array, key[1])
+        norm = modalities.normalisation_for(volume.array, key[1], mask)
+        if subject not in self._axis:
+            self._axis[subject] = slice_axis(volume.spacing)
+        fraction = slices_first(mask, self._axis[subject]).reshape(mask.shape[self._axis[subject]], -1).mean(axis=1)
+        self._count[subject] = int(fraction.shape[0])
+        entry = NormalisedVolume(modalities.normalise(volume.array, norm), norm, fraction.astype(np.float32))
+        self._cache[key] = entry
+        while len(self._cache) > max(self.cache_size, 1):
+            self._cache.popitem(last=False)
+        return entry
+
+    def num_slices(self, subject: str) -> int:
+        if subject not in self._count:
+            self.normalised(subject, self.subject(subject).reference)
+        return self._count[subject]
+
+    def usable_slices(self, subject: str) -> list[int]:
+        """Slice indices where every modality shows enough body (computed once, kept)."""
+        if subject not in self._usable:
+            fractions = [self.normalised(subject, m).body_fraction for m in self.subject_modalities(subject)]
+            keep = np.min(np.stack(fractions), axis=0) >= self.min_body_fraction
+            self._usable[subject] = [int(i) for i in np.flatnonzero(keep)]
+        return list(self._usable[subject])
+
+    def slice(self, subject: str, modality: str, index: int) -> np.ndarray:
+        """One 2-D slice in [0, 1] (float32 copy) along the subject's slice axis."""
+        nv = self.normalised(subject, modality)
+        stack = slices_first(nv.array, self.slice_axis(subject))
+        if not 0 <= index < stack.shape[0]:
+            raise IndexError(f"slice {index} is outside 0…{stack.shape[0] - 1} for {subject}/{modality}")
+        return np.array(stack[index], dtype=np.float32)
+
+    def model_slice(self, subject: str, modality: str, index: int, image_size: int) -> torch.Tensor:
+        """The slice as the model sees it: (1, image_size, image_size) float32 in [0, 1]."""
+        image, _ = to_model_slice(self.slice(subject, modality, index), image_size)
+        return image.clamp_(0.0, 1.0)

@@ -1,0 +1,359 @@
+"""Checking a paired dataset folder before anything trains (DATA.md layout): which subjects and
+modalities are there, which routes they give, what is wrong with which file, and the split."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from engine import modalities
+from engine.io.itk_files import SUFFIXES, file_kind
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+
+SPLITS = ("train", "val", "test")
+DATASET_JSON = "dataset.json"
+_IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval", ".bvec"}
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message lists what was found and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem (something left out) or a note (something done) about one file or folder."""
+
+    kind: str            # unknown_modality, unreadable, single_modality, no_overlap, resampled, …
+    path: str
+    message: str
+    subject: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "message": self.message, "subject": self.subject}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A voxel grid in LPS millimetres (sizes and spacing in x, y, z order)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def same_grid(self, other: "Geometry") -> bool:
+        return (self.size == other.size and np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=1e-4)
+                and np.allclose(self.origin, other.origin, atol=1e-2)
+                and np.allclose(self.direction, other.direction, atol=1e-4))
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned LPS box around the grid's voxel edges: (lower corner, upper corner)."""
+        d = np.asarray(self.direction, float).reshape(3, 3) @ np.diag(self.spacing)
+        corners = np.array(list(itertools.product(*[(-0.5, s - 0.5) for s in self.size])))
+        points = corners @ d.T + np.asarray(self.origin)
+        return points.min(axis=0), points.max(axis=0)
+
+    def overlap_fraction(self, other: "Geometry") -> float:
+        """Share of this grid's box that ``other``'s box covers (0 = disjoint)."""
+        lo_a, hi_a = self.bounds()
+        lo_b, hi_b = other.bounds()
+        inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None)
+        return float(np.prod(inter) / max(np.prod(hi_a - lo_a), 1e-12))
+
+    def describe(self) -> str:
+        size = "×".join(str(s) for s in self.size)
+        spacing = "×".join(f"{s:g}" for s in self.spacing)
+        origin = ", ".join(f"{o:g}" for o in self.origin)
+        return f"{size} voxels of {spacing} mm at ({origin})"
+
+
+@dataclass(frozen=True)
+class SubjectInfo:
+    """A usable subject: its files per modality (registry order; the first gives the grid)."""
+
+    name: str
+    folder: str
+    files: dict[str, str]
+    anatomy: str = ""
+    resample: tuple[str, ...] = ()          # modalities resampled onto the first one's grid
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    @property
+    def reference(self) -> str:
+        return next(iter(self.files))
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        return [(a, b) for a in self.files for b in self.files if a != b]
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_dataset` found. ``usable`` is False when no pair remains."""
+
+    root: str
+    name: str
+    subjects: list[SubjectInfo] = field(default_factory=list)
+    subjects_found: list[str] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)
+    split: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.routes)
+
+    @property
+    def modalities(self) -> list[str]:
+        present = {m for s in self.subjects for m in s.modalities}
+        return [m for m in modalities.MODALITIES if m in present]
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        present = {r for s in self.subjects for r in s.routes}
+        order = list(modalities.MODALITIES)
+        return sorted(present, key=lambda r: (order.index(r[0]), order.index(r[1])))
+
+    def route_counts(self) -> dict[tuple[str, str], int]:
+        return {r: sum(r in s.routes for s in self.subjects) for r in self.routes}
+
+    def modalities_per_subject(self) -> dict[str, tuple[str, ...]]:
+        return {s.name: s.modalities for s in self.subjects}
+
+    def summary(self) -> str:
+        """A few lines for people: counts, routes, split, then each problem and note."""
+        lines = [f"{self.name}: {len(self.subjects)} usable of {len(self.subjects_found)} subjects, "
+                 f"modalities {', '.join(self.modalities) or 'none'}",
+                 "routes: " + (", ".join(f"{a}→{b} ({n})" for (a, b), n in self.route_counts().items()) or "none"),
+                 "split: " + ", ".join(f"{k} {len(v)}" for k, v in self.split.items())]
+        lines += [f"problem: {p}" for p in self.problems] + [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root, "name": self.name, "subjects_found": list(self.subjects_found),
+            "subjects": {s.name: {"modalities": list(s.modalities), "anatomy": s.anatomy,
+                                  "resampled": list(s.resample)} for s in self.subjects},
+            "routes": [list(r) for r in self.routes], "split": {k: list(v) for k, v in self.split.items()},
+            "problems": [p.to_dict() for p in self.problems], "notes": [n.to_dict() for n in self.notes],
+        }
+
+    def error_message(self) -> str:
+        found = ", ".join(f"{s}" for s in self.subjects_found) or "no subject folders"
+        lines = [f"{self.root}: no usable pairs. A pair needs two modalities of the same subject, in one "
+                 f"folder per subject named like T1.nii.gz, T2.nii.gz, FLAIR.nii.gz or CT/ (a DICOM folder).",
+                 f"subjects found: {found}"]
+        lines += [f"  - {p}" for p in self.problems[:30]]
+        if len(self.problems) > 30:
+            lines.append(f"  … and {len(self.problems) - 30} more problems")
+        return "\n".join(lines)
+
+
+# -- reading names and geometry ------------------------------------------------------------
+def modality_from_name(path: Path) -> tuple[str | None, str]:
+    """(canonical modality or None, the name stem) for a file or DICOM folder."""
+    name = path.name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    try:
+        return modalities.canonical(name), name
+    except ValueError:
+        return None, name
+
+
+def read_geometry(path: Path, deep: bool = False) -> Geometry:
+    """The grid of a volume file (header only unless ``deep``) or of a DICOM folder (loaded)."""
+    if path.is_dir() or deep:
+        from engine.io import load
+        from engine.io.itk_files import load_file
+
+        volume = load(path) if path.is_dir() else load_file(path)
+        return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        text = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise ValueError(f"cannot be read as a {file_kind(path)} image ({(text or ['?'])[-1].strip()[:160]})") from None
+    if reader.GetDimension() != 3:
+        raise ValueError(f"is a {reader.GetDimension()}-D image; each modality needs one 3-D volume")
+    return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(reader.GetSpacing()),
+                    tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+
+
+# -- the checks ------------------------------------------------------------------------------
+def _read_dataset_json(root: Path, report: ValidationReport) -> dict:
+    path = root / DATASET_JSON
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("the top level must be an object")
+        return data
+    except (ValueError, OSError) as exc:
+        report.problems.append(Finding("dataset_json", str(path), f"ignored, not valid JSON ({exc})"))
+        return {}
+
+
+def _anatomy_of(meta: dict, subject: str) -> str:
+    anatomy = meta.get("anatomy", "")
+    if isinstance(anatomy, dict):
+        return str(anatomy.get(subject, anatomy.get("*", "")))
+    return str(anatomy or "")
+
+
+def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
+    subject = folder.name
+    found: dict[str, tuple[Path, Geometry]] = {}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and not file_kind(entry):
+            if entry.suffix.lower() not in _IGNORED_SUFFIXES:
+                report.problems.append(Finding(
+                    "unsupported_file", str(entry), "not a volume file: use .nii.gz, .nii, .mha, .nrrd "
+                    "or a DICOM folder named by its modality", subject))
+            continue
+        modality, stem = modality_from_name(entry)
+        if modality is None:
+            guess = modalities.guess_from_filename(entry.name)
+            hint = f"; did you mean {guess}?" if guess else ""
+            report.problems.append(Finding(
+                "unknown_modality", str(entry), f"unknown modality {stem!r}: name each volume by its "
+                f"modality ({', '.join(modalities.MODALITIES)}){hint}", subject))
+            continue
+        if modality in found:
+            report.problems.append(Finding(
+                "duplicate_modality", str(entry), f"a second {modality} volume: left out, using "
+                f"{found[modality][0].name}", subject))
+            continue
+        try:
+            found[modality] = (entry, read_geometry(entry, deep))
+        except Exception as exc:        # noqa: BLE001 — any reader failure makes the file unreadable
+            message = getattr(exc, "problem", None) or str(exc)
+            report.problems.append(Finding("unreadable", str(entry), f"unreadable: {message}", subject))
+
+    ordered = [m for m in modalities.MODALITIES if m in found]
+    files: dict[str, str] = {}
+    resample: list[str] = []
+    if ordered:
+        ref_path, ref_geom = found[ordered[0]]
+        files[ordered[0]] = str(ref_path)
+        for modality in ordered[1:]:
+            path, geom = found[modality]
+            if geom.same_grid(ref_geom):
+                files[modality] = str(path)
+                continue
+            overlap = ref_geom.overlap_fraction(geom)
+            if overlap <= 0.0:
+                report.problems.append(Finding(
+                    "no_overlap", str(path), f"does not overlap {ref_path.name} in physical space "
+                    f"({path.name}: {geom.describe()}; {ref_path.name}: {ref_geom.describe()}): left out", subject))
+                continue
+            files[modality] = str(path)
+            resample.append(modality)
+            report.notes.append(Finding(
+                "resampled", str(path), f"lies on another grid than {ref_path.name} ({geom.describe()} vs "
+                f"{ref_geom.describe()}); resampled onto {ordered[0]}'s grid (linear), covering "
+                f"{overlap:.0%} of it", subject))
+    if len(files) >= 2:
+        return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample))
+    if files:
+        only = next(iter(files))
+        report.problems.append(Finding("single_modality", str(folder), f"subject {subject!r} has only one usable "
+                                       f"modality ({only}): no pair, skipped", subject))
+    else:
+        report.problems.append(Finding("empty_subject", str(folder), f"subject {subject!r} holds no usable "
+                                       "volume named by a modality: skipped", subject))
+    return None
+
+
+def _hash_fraction(seed: int, name: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def hash_split(subjects: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[str]]:
+    """Deterministic subject-level split: subjects ordered by a seeded hash of their name, then
+    cut ~80/10/10; at least one validation subject from 3 subjects on, a test subject from 5 on."""
+    ordered = sorted(subjects, key=lambda s: (_hash_fraction(seed, s), s))
+    n = len(ordered)
+    n_val = max(1, round(fractions[1] * n)) if n >= 3 else 0
+    n_test = max(1, round(fractions[2] * n)) if n >= 5 else 0
+    n_train = n - n_val - n_test
+    return {"train": sorted(ordered[:n_train]), "val": sorted(ordered[n_train:n_train + n_val]),
+            "test": sorted(ordered[n_train + n_val:])}
+
+
+def _split_from_json(meta: dict, usable: list[str], report: ValidationReport, json_path: str) -> dict[str, list[str]]:
+    given = meta.get("split") or {}
+    split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    assigned: dict[str, str] = {}
+    for part in ("test", "val", "train"):                 # on conflict the held-out part wins
+        for name in given.get(part, []) or []:
+            name = str(name)
+            if name in assigned:
+                report.problems.append(Finding("split", json_path, f"subject {name!r} is listed in both "
+                                               f"{assigned[name]!r} and {part!r}; kept in {assigned[name]!r}"))
+                continue
+            if name not in usable:
+                report.notes.append(Finding("split", json_path, f"split {part!r} lists {name!r}, which is not a "
+                                            "usable subject"))
+                continue
+            assigned[name] = part
+            split[part].append(name)
+    unlisted = [s for s in usable if s not in assigned]
+    if unlisted:
+        split["train"].extend(unlisted)
+        report.notes.append(Finding("split", json_path, f"{len(unlisted)} subjects in no split went to train: "
+                                    + ", ".join(unlisted[:10]) + (" …" if len(unlisted) > 10 else "")))
+    return {k: sorted(v) for k, v in split.items()}
+
+
+def validate_dataset(root: str | Path, *, seed: int = 0, deep: bool = False, progress: ProgressFn = noop,
+                     cancel: CancelToken | None = None) -> ValidationReport:
+    """Check a dataset folder without loading voxels (``deep=True`` reads them all, catching
+    truncated files; DICOM folders are always read). Never raises for dataset content; a missing
+    root gives an empty report. ``dataset.json`` (optional): ``{"name": str, "anatomy": str |
+    {subject: str, "*": default}, "split": {"train": [...], "val": [...], "test": [...]}}``;
+    without a split, :func:`hash_split` with ``seed``."""
+    root = Path(root)
+    report = ValidationReport(str(root), root.name)
+    if not root.is_dir():
+        report.problems.append(Finding("missing", str(root), "no such folder"))
+        return report
+    meta = _read_dataset_json(root, report)
+    report.name = str(meta.get("name") or root.name)
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    for stray in sorted(p for p in root.iterdir() if p.is_file() and file_kind(p)):
+        report.problems.append(Finding("stray_volume", str(stray), "volume files must sit in one folder per "
+                                       "subject (DATASET/SUBJECT/T1.nii.gz): ignored"))
+    for i, folder in enumerate(folders):
+        check_cancel(cancel)
+        progress(Progress(i, len(folders), f"checking {folder.name}"))
+        report.subjects_found.append(folder.name)
+        info = _check_subject(folder, meta, report, deep)
+        if info is not None:
+            report.subjects.append(info)
+    progress(Progress(len(folders), len(folders), "dataset checked"))
+    usable = [s.name for s in report.subjects]
+    if "split" in meta:
+        report.split = _split_from_json(meta, usable, report, str(root / DATASET_JSON))
+    else:
+        report.split = hash_split(usable, seed)
+    return report

@@ -1,0 +1,1 @@
+"""Training: stages (vae, understanding, generation, joint), the trainer loop, resumable state, distributed launch."""

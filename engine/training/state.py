@@ -1,0 +1,142 @@
+"""Resumable training state without pickle: model, EMA, optimizer, scheduler, step, RNG and data
+position saved as safetensors + JSON into a folder that is replaced atomically."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.io.atomic import atomic_folder
+
+STATE_DIR = "checkpoint-last"
+
+
+@dataclass
+class TrainingState:
+    """The scalars of a run; the tensors travel beside it in safetensors files."""
+
+    stage: str
+    step: int = 0
+    samples_seen: int = 0
+    best_loss: float | None = None
+    history: list[dict] = field(default_factory=list)   # recent JSON-lines records
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "step": self.step, "samples_seen": self.samples_seen,
+                "best_loss": self.best_loss, "history": self.history[-2000:]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingState":
+        return cls(stage=d["stage"], step=int(d["step"]), samples_seen=int(d.get("samples_seen", 0)),
+                   best_loss=d.get("best_loss"), history=list(d.get("history", [])))
+
+
+def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict = {"param_groups": state["param_groups"], "state": {}}
+    for idx, slots in state["state"].items():
+        meta["state"][str(idx)] = {}
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+                meta["state"][str(idx)][name] = "tensor"
+            else:
+                meta["state"][str(idx)][name] = value
+    return tensors, meta
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict = {}
+    for idx, slots in meta["state"].items():
+        state[int(idx)] = {name: tensors[f"{idx}.{name}"] if kind == "tensor" else kind
+                           for name, kind in slots.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"python": _jsonable(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    random.setstate(_tuplify(meta["python"]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def save_state(run_dir: str | Path, state: TrainingState, model_tensors: dict[str, torch.Tensor],
+               ema_tensors: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None, data_position: dict) -> Path:
+    """Write ``run_dir/checkpoint-last`` atomically: a crash mid-write keeps the previous one."""
+    target = Path(run_dir) / STATE_DIR
+    with atomic_folder(target) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, str(tmp / "model.safetensors"))
+        if ema_tensors is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema_tensors.items()}, str(tmp / "ema.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_flat(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        meta = {"state": state.to_dict(), "optimizer": opt_meta, "rng": rng_meta,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "data_position": data_position}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    return target
+
+
+@dataclass
+class LoadedState:
+    state: TrainingState
+    model_tensors: dict[str, torch.Tensor]
+    ema_tensors: dict[str, torch.Tensor] | None
+    optimizer: dict
+    scheduler: dict | None
+    data_position: dict
+    rng_tensors: dict[str, torch.Tensor]
+    rng_meta: dict
+
+    def restore_rng(self) -> None:
+        set_rng_state(self.rng_tensors, self.rng_meta)
+
+
+def load_state(run_dir: str | Path) -> LoadedState | None:
+    """The last checkpoint of a run, or None when the run has none yet."""
+    folder = Path(run_dir) / STATE_DIR
+    if not (folder / "state.json").exists():
+        return None
+    meta = json.loads((folder / "state.json").read_text())
+    ema = folder / "ema.safetensors"
+    return LoadedState(
+        state=TrainingState.from_dict(meta["state"]),
+        model_tensors=load_file(str(folder / "model.safetensors")),
+        ema_tensors=load_file(str(ema)) if ema.exists() else None,
+        optimizer=_optimizer_from_flat(load_file(str(folder / "optimizer.safetensors")), meta["optimizer"]),
+        scheduler=meta["scheduler"],
+        data_position=meta["data_position"],
+        rng_tensors=load_file(str(folder / "rng.safetensors")),
+        rng_meta=meta["rng"],
+    )

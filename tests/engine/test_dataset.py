@@ -1,0 +1,171 @@
+"""Paired-dataset validation (names, unreadable files, pairs, geometry), splits, loading and slices."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from engine.tasks import DatasetError, PairedDataset, validate_dataset
+from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset, write_phantom_subject
+from engine.tasks.validation import hash_split
+
+SHAPE = (24, 32, 32)
+SPACING = (1.0, 1.0, 2.0)
+
+
+def _write_regridded(array: np.ndarray, path, spacing, origin, size) -> None:
+    """Resample a volume that lives on the standard grid onto another grid, then write it."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    grid = sitk.Image(list(size), sitk.sitkFloat32)
+    grid.SetSpacing(spacing)
+    grid.SetOrigin(origin)
+    sitk.WriteImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32), str(path))
+
+
+@pytest.fixture(scope="module")
+def messy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("messy")
+    write_phantom_dataset(root, subjects=4, shape=SHAPE, spacing=SPACING)
+    (root / "dataset.json").unlink()                          # no dataset.json: hash split
+    write_phantom_subject(root / "sub01", ["T1"], shape=SHAPE, spacing=SPACING, suffix=".mha")
+    (root / "sub01" / "T1.mha").rename(root / "sub01" / "T3.mha")                               # unknown name
+    write_phantom_subject(root / "sub03", ["T1"], shape=SHAPE, spacing=SPACING, suffix=".mha")   # second T1
+    (root / "sub02" / "PD.nii.gz").write_bytes(b"this is not a NIfTI file at all")              # unreadable
+    (root / "sub02" / "notes.txt").write_text("scanner notes")                                  # ignored quietly
+    write_phantom_subject(root / "lonely", ["T1"], shape=SHAPE, spacing=SPACING)                 # one modality
+    # overlapping but different grid: T2 on a coarser, shifted grid → resampled onto T1's
+    write_phantom_subject(root / "regrid", ["T1", "FLAIR"], shape=SHAPE, spacing=SPACING, seed=7)
+    t2 = phantom_volume(phantom_labels(SHAPE, 7), "T2", 7)
+    _write_regridded(t2, root / "regrid" / "T2.nii.gz", (1.5, 1.5, 2.5), (2.0, -3.0, 4.0), (22, 22, 18))
+    # misaligned: T2 far away in physical space → left out, the subject keeps only T1 and is skipped
+    write_phantom_subject(root / "faraway", ["T1"], shape=SHAPE, spacing=SPACING, seed=9)
+    write_phantom_subject(root / "faraway", ["T2"], shape=(20, 30, 30), spacing=SPACING, origin=(500.0, 500.0, 500.0))
+    return root
+
+
+def _finding(findings, kind, path_end):
+    hits = [f for f in findings if f.kind == kind and f.path.endswith(path_end)]
+    assert hits, f"no {kind} finding for {path_end}: {[str(f) for f in findings]}"
+    return hits[0]
+
+
+def test_validation_report_names_each_problem_and_file(messy_root):
+    report = validate_dataset(messy_root)
+    assert sorted(report.subjects_found) == ["ct01", "faraway", "lonely", "regrid", "sub01", "sub02", "sub03", "sub04"]
+    assert sorted(s.name for s in report.subjects) == ["ct01", "regrid", "sub01", "sub02", "sub03", "sub04"]
+
+    unknown = _finding(report.problems, "unknown_modality", "sub01/T3.mha")
+    assert "unknown modality 'T3'" in str(unknown) and "T3.mha" in str(unknown)
+    unreadable = _finding(report.problems, "unreadable", "sub02/PD.nii.gz")
+    assert "PD.nii.gz" in str(unreadable)
+    duplicate = _finding(report.problems, "duplicate_modality", "sub03/T1.nii.gz")
+    assert "T1.mha" in duplicate.message
+    lonely = _finding(report.problems, "single_modality", "lonely")
+    assert "only one" in lonely.message and "T1" in lonely.message
+    far = _finding(report.problems, "no_overlap", "faraway/T2.nii.gz")
+    assert "T1.nii.gz" in far.message and "overlap" in far.message
+    _finding(report.problems, "single_modality", "faraway")
+    assert not any("notes.txt" in f.path for f in report.problems + report.notes)
+
+    resampled = _finding(report.notes, "resampled", "regrid/T2.nii.gz")
+    assert "T1" in resampled.message
+    regrid = next(s for s in report.subjects if s.name == "regrid")
+    assert regrid.resample == ("T2",) and regrid.reference == "T1"
+
+    assert report.modalities_per_subject()["sub02"] == ("T1", "T2", "FLAIR")
+    assert ("T1", "FLAIR") in report.routes and ("CBCT", "CT") in report.routes
+    assert ("T1", "PD") not in report.routes
+    assert report.route_counts()[("CT", "CBCT")] == 1
+    text = report.summary()
+    assert "T3.mha" in text and "PD.nii.gz" in text and "lonely" in text
+    json.dumps(report.to_dict())
+
+
+def test_split_is_by_subject_deterministic_and_complete(messy_root):
+    a, b = validate_dataset(messy_root, seed=3), validate_dataset(messy_root, seed=3)
+    assert a.split == b.split
+    parts = [set(v) for v in a.split.values()]
+    usable = {s.name for s in a.subjects}
+    assert set().union(*parts) == usable and sum(len(p) for p in parts) == len(usable)
+    assert len(a.split["val"]) >= 1 and len(a.split["test"]) >= 1
+    names = [f"case{i:03d}" for i in range(100)]
+    split = hash_split(names, seed=1)
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (80, 10, 10)
+    assert hash_split(names, seed=1) == split and hash_split(names, seed=2) != split
+    assert len(hash_split(["a", "b", "c"], 0)["val"]) == 1
+
+
+def test_split_from_dataset_json(tmp_path):
+    root = write_phantom_dataset(tmp_path / "ds", subjects=4, shape=SHAPE, spacing=SPACING,
+                                 split={"train": ["sub01", "sub02", "sub03"], "test": ["sub03", "sub04"],
+                                        "val": ["ghost"]})
+    report = validate_dataset(root)
+    assert report.name == "phantoms"
+    assert report.split["test"] == ["sub03", "sub04"]
+    assert report.split["train"] == ["ct01", "sub01", "sub02"]          # ct01 unlisted → train (noted)
+    assert report.split["val"] == []
+    assert any(f.kind == "split" and "sub03" in f.message for f in report.problems)
+    assert any("ghost" in f.message for f in report.notes) and any("ct01" in f.message for f in report.notes)
+    paired = PairedDataset(report)
+    assert paired.subject_names("test") == ["sub03", "sub04"] and paired.anatomy("ct01") == "head"
+    assert paired.routes("test") == [(a, b) for a in ("T1", "T2", "FLAIR") for b in ("T1", "T2", "FLAIR") if a != b]
+
+
+def test_no_pairs_raises_a_clear_dataset_error(tmp_path):
+    write_phantom_subject(tmp_path / "only" / "a", ["T1"], shape=SHAPE)
+    (tmp_path / "only" / "b").mkdir()
+    (tmp_path / "only" / "b" / "T7.nii.gz").write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        PairedDataset.open(tmp_path / "only")
+    message = str(info.value)
+    assert "no usable pairs" in message and "T7.nii.gz" in message and "only one" in message
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(DatasetError, match="no such"):
+        PairedDataset.open(tmp_path / "missing")
+
+
+def test_resampled_modality_lands_on_the_reference_grid_in_physical_units(messy_root):
+    paired = PairedDataset.open(messy_root)
+    t1, t2 = paired.volume("regrid", "T1"), paired.volume("regrid", "T2")
+    assert t2.same_grid(t1) and t2.modality == "T2" and t2.unit == "a.u."
+    truth = phantom_volume(phantom_labels(SHAPE, 7), "T2", 7)
+    inside = t2.array > 1.0                          # where the coarse grid covered the reference
+    assert inside.mean() > 0.3
+    corr = np.corrcoef(t2.array[inside], truth[inside])[0, 1]
+    assert corr > 0.8
+
+
+def test_normalised_slices_and_usable_slice_selection(messy_root):
+    paired = PairedDataset.open(messy_root, min_body_fraction=0.2)
+    ct = paired.normalised("ct01", "CT")
+    assert (ct.normalisation.lo, ct.normalisation.hi) == (-1024.0, 2000.0)
+    assert ct.array.min() >= 0 and ct.array.max() <= 1
+    t1 = paired.normalised("sub01", "T1")
+    assert 0 < t1.normalisation.lo < t1.normalisation.hi
+    assert paired.slice_axis("sub01") == 0 and paired.num_slices("sub01") == SHAPE[0]
+    usable = paired.usable_slices("sub01")
+    assert 0 < len(usable) < SHAPE[0]
+    assert 0 not in usable and SHAPE[0] - 1 not in usable         # the phantom's empty end slices
+    for m in paired.subject_modalities("sub01"):
+        assert all(paired.normalised("sub01", m).body_fraction[i] >= 0.2 for i in usable)
+    image = paired.model_slice("sub01", "T1", usable[0], 16)
+    assert tuple(image.shape) == (1, 16, 16) and float(image.min()) >= 0 and float(image.max()) <= 1
+    clone = pickle.loads(pickle.dumps(paired))
+    assert np.array_equal(clone.slice("sub01", "T2", usable[0]), paired.slice("sub01", "T2", usable[0]))
+
+
+def test_a_dicom_folder_counts_as_a_modality(tmp_path):
+    from engine.io import save
+    from engine.io.volume import Volume
+
+    write_phantom_subject(tmp_path / "ds" / "head01", ["CBCT"], shape=SHAPE, spacing=SPACING, seed=3)
+    ct = phantom_volume(phantom_labels(SHAPE, 3), "CT", 3)
+    save(Volume(ct, spacing=SPACING, modality="CT", unit="HU"), tmp_path / "ds" / "head01" / "ct")
+    paired = PairedDataset.open(tmp_path / "ds")
+    assert paired.subject_modalities("head01") == ("CT", "CBCT") and not paired.report.problems
+    volume = paired.volume("head01", "CT")
+    assert volume.unit == "HU" and np.abs(volume.array - ct).max() <= 1.0       # Hounsfield units kept
