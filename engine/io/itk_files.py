@@ -35,17 +35,32 @@ def _read_info(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _nifti2_header(path: Path):
-    """nibabel's image for NIfTI-2 files (which SimpleITK does not read), else None."""
+def _is_nifti2(path: Path) -> bool:
+    """NIfTI-2 files (which SimpleITK does not read) start with sizeof_hdr = 540, NIfTI-1 with 348."""
     if file_kind(path) != "nifti":
+        return False
+    import gzip
+    import struct
+
+    try:
+        opener = gzip.open if str(path).lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+    except (OSError, EOFError):
+        return False
+    return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
+
+
+def _nifti2_header(path: Path):
+    """nibabel's image for a NIfTI-2 file, else None."""
+    if not _is_nifti2(path):
         return None
     import nibabel
 
     try:
-        image = nibabel.load(str(path))
-    except Exception:  # noqa: BLE001 - any parse failure means "not a NIfTI-2 nibabel can read"
-        return None
-    return image if isinstance(image, nibabel.Nifti2Image) else None
+        return nibabel.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged header
+        raise VolumeIOError(path, f"cannot be read as a NIfTI-2 image ({exc})") from None
 
 
 def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
