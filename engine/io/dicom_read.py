@@ -1,0 +1,193 @@
+"""Reading DICOM: ``scan_dicom`` lists the volumes in a set of files (headers only) and each
+entry's loader reads one volume in physical units (HU, SUVbw, …) with its exact geometry.
+
+The work is split: ``dicom_scan`` reads headers, ``dicom_series`` groups and splits series,
+``dicom_geometry`` sorts slices and checks the stack, ``dicom_pet`` converts PET to SUV.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from engine import modalities
+from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
+from engine.io.dicom_geometry import orientation_letters
+from engine.io.dicom_pet import suv_factor
+from engine.io.dicom_scan import SliceInfo, scan_files
+from engine.io.dicom_series import SeriesGroup, group_series
+from engine.io.errors import VolumeIOError
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+
+# The identity the writer needs to put a derived series beside its source (as strings).
+IDENTITY_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
+    "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
+    "Manufacturer", "BodyPartExamined", "PatientPosition",
+)
+
+
+def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
+    """Every image volume in ``paths`` (files and DICOMDIRs), read from headers only.
+
+    Files that are not DICOM, truncated, or not images (RTSTRUCT, SR, …) go to
+    ``Catalog.skipped`` with the reason; the good series are still listed.
+    """
+    result = scan_files(paths, cancel=cancel)
+    catalog = Catalog(skipped=list(result.skipped))
+    listed = []
+    for i, group in enumerate(group_series(result.slices)):
+        check_cancel(cancel)
+        tags = result.series_tags.get(group.series_uid, {})
+        entry = _entry(group, tags)
+        order = (entry.patient, entry.study, _number(tags.get("SeriesNumber")), group.series_uid, i)
+        listed.append((order, entry))
+    catalog.entries.extend(entry for _, entry in sorted(listed, key=lambda t: t[0]))
+    return catalog
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
+    first = group.slices[0]
+    geometry = group.geometry
+    modality = _modality(tags)
+    if group.positioned:
+        orientation = orientation_letters(geometry.direction)
+    else:
+        orientation = "2-D" if len(group.slices) == 1 else "unknown"
+    return SeriesEntry(
+        key=group.key,
+        kind="dicom",
+        paths=tuple(dict.fromkeys(s.path for s in group.slices)),
+        description=describe(tags, group.part),
+        modality=modality,
+        shape_zyx=(len(group.slices), first.rows, first.columns),
+        spacing_xyz=geometry.spacing,
+        orientation=orientation,
+        patient=_patient(tags),
+        study=_study(tags),
+        notes=tuple(group.notes),
+        loader=functools.partial(load_series, group, tags),
+    )
+
+
+def describe(tags: dict[str, str], part: str = "") -> str:
+    """SeriesDescription, or Modality + SeriesNumber; a split series adds what tells its part apart."""
+    text = tags.get("SeriesDescription") or f"{tags.get('Modality') or 'DICOM'} series {tags.get('SeriesNumber') or '?'}"
+    return f"{text} [{part}]" if part else text
+
+
+def _patient(tags: dict[str, str]) -> str:
+    name, pid = tags.get("PatientName", ""), tags.get("PatientID", "")
+    if name and pid:
+        return f"{name} ({pid})"
+    return name or pid
+
+
+def _study(tags: dict[str, str]) -> str:
+    day = tags.get("StudyDate", "")
+    if len(day) == 8 and day.isdigit():
+        day = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+    parts = [tags.get("StudyDescription", ""), day, tags.get("StudyInstanceUID", "")]
+    return " | ".join(p for p in parts if p)
+
+
+def _modality(tags: dict[str, str]) -> str | None:
+    own = tags.get("StudioModality", "")
+    if own:
+        try:
+            return modalities.canonical(own)
+        except ValueError:
+            pass
+    return modalities.guess_from_dicom(tags)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn = noop,
+                cancel: CancelToken | None = None) -> Volume:
+    """Read the voxels of one scanned series into a float32 :class:`Volume` in physical units."""
+    slices = group.slices
+    first = slices[0]
+    n, rows, cols = len(slices), first.rows, first.columns
+    ensure_fits_in_memory(first.path, n * rows * cols * 4)
+    array = np.empty((n, rows, cols), dtype=np.float32)
+    cached_path, pixels = None, None
+    for k, s in enumerate(slices):
+        check_cancel(cancel)
+        if s.path != cached_path:
+            pixels = None                     # free the previous file's pixels before decoding
+            pixels, cached_path = _decode(s), s.path
+        frame = pixels if s.frame is None else _frame(pixels, s)
+        if frame.shape != (rows, cols):
+            raise VolumeIOError(s.path, f"image is {frame.shape[0]}×{frame.shape[1]} pixels, "
+                                        f"the series expects {rows}×{cols}")
+        array[k] = frame.astype(np.float64) * s.slope + s.intercept      # one rounding to float32
+        progress(Progress(k + 1, n, f"read slice {k + 1} of {n}"))
+    modality = _modality(tags)
+    unit, notes = _units(array, group, tags, modality)
+    g = group.geometry
+    source = first.path if len({s.path for s in slices}) == 1 else os.path.commonpath([s.path for s in slices])
+    return Volume(
+        array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
+        source=source, notes=tuple(group.notes + notes),
+        dicom={k: tags.get(k, "") for k in IDENTITY_TAGS},
+    )
+
+
+def _decode(s: SliceInfo) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(s.path, force=True)       # the scan has vetted it; no meta is fine
+    except Exception as exc:
+        raise VolumeIOError(s.path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    if "TransferSyntaxUID" not in ds.file_meta:         # a bare data set: its encoding tells the syntax
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        syntax = f"{ts.name} ({ts})"
+        detail = " ".join(str(exc).split())
+        raise VolumeIOError(s.path, f"the pixel data in {syntax} could not be decoded "
+                                    f"({type(exc).__name__}: {detail})") from None
+
+
+def _frame(pixels: np.ndarray, s: SliceInfo) -> np.ndarray:
+    if pixels.ndim == 2 and s.frames_in_file == 1:
+        return pixels
+    if pixels.ndim != 3 or s.frame is None or s.frame >= pixels.shape[0]:
+        raise VolumeIOError(s.path, f"frame {s.frame} is missing from the decoded pixel data {pixels.shape}")
+    return pixels[s.frame]
+
+
+def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:
+    dicom_modality = tags.get("Modality", "").upper()
+    notes: list[str] = []
+    if tags.get("PhotometricInterpretation", "").upper() == "MONOCHROME1":
+        notes.append("MONOCHROME1: high values are meant to display dark; values are kept as stored "
+                     "(after rescale), invert the display window to match the scanner's view")
+    if tags.get("StudioUnit"):
+        return tags["StudioUnit"], notes
+    if dicom_modality == "CT":
+        return "HU", notes
+    if dicom_modality == "PT":
+        factor, unit, pet_notes = suv_factor(tags, [s.acquired for s in group.slices])
+        if factor is not None and factor != 1.0:
+            array *= np.float32(factor)
+        return unit, notes + pet_notes
+    if modality is not None:
+        return modalities.get(modality).unit, notes
+    return ("a.u." if dicom_modality == "MR" else ""), notes

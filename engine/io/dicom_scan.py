@@ -1,0 +1,409 @@
+"""Scanning DICOM files by their headers only: tell images from non-images and junk, expand
+DICOMDIRs, check that the pixel data is complete, and describe every image slice (or frame of
+an enhanced multi-frame file) with what grouping, sorting and rescaling need.
+
+Pixel data is never read here: pydicom stops before it, and a few bytes at the pixel data
+element tell whether the file holds all of it.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from engine.io.errors import Skipped
+from engine.jobs import CancelToken, check_cancel
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+PRIVATE_CREATOR = "SynerMedGen Studio"        # our writer's private block (group 0x0011)
+PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
+_NOT_IMAGE_MODALITIES = {
+    "RTSTRUCT": "not an image", "RTPLAN": "not an image", "RTRECORD": "not an image",
+    "RTDOSE": "a dose grid, not an image volume (dose import is not supported)",
+    "SEG": "a segmentation, not an image", "SR": "not an image", "KO": "not an image",
+    "PR": "not an image", "REG": "not an image", "DOC": "not an image",
+}
+_IMAGE_SOP_NAMES = ("Image Storage", "Parametric Map Storage")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
+
+# Series-level attributes kept as strings (identity for the writer, text for modality guessing,
+# PET fields for SUV).
+SERIES_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
+    "ReferringPhysicianName", "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription",
+    "SeriesNumber", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "Modality",
+    "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
+    "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
+    "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
+    "SOPClassUID",
+)
+RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
+                            "RadiopharmaceuticalStartDateTime")
+
+
+class NotReadable(Exception):
+    """A file that is not DICOM, or whose header cannot be read (the message says why)."""
+
+
+@dataclass
+class SliceInfo:
+    """One 2-D image: a single-frame file or one frame of a multi-frame file."""
+
+    path: str
+    frame: int | None                   # frame index in a multi-frame file
+    series_uid: str
+    sop_uid: str
+    rows: int
+    columns: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float] | None   # (row spacing y, column spacing x)
+    thickness: float | None
+    spacing_between: float | None
+    instance: int
+    always_split: tuple[str, ...]       # echo, temporal position, stack: separate volumes
+    acquisition: str                    # split only where positions repeat
+    extra_split: tuple[str, ...]        # image type, TE, TI, trigger, b-value: last resort
+    slope: float = 1.0
+    intercept: float = 0.0
+    acquired: str = ""                  # AcquisitionDate+Time (DT), for PET decay
+    frames_in_file: int = 1
+    file_origin: tuple[float, float, float] | None = None   # IPP of a legacy multi-frame file
+
+
+@dataclass
+class ScanResult:
+    slices: list[SliceInfo] = field(default_factory=list)
+    series_tags: dict[str, dict[str, str]] = field(default_factory=dict)   # by SeriesInstanceUID
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+# -- reading one header ------------------------------------------------------------------------
+def read_header(path: str | Path) -> tuple[Dataset, str]:
+    """The header of ``path`` (no pixel data) and the state of its pixel data: "ok", "absent",
+    or a sentence saying how it is damaged. Raises :class:`NotReadable` for junk."""
+    path = Path(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+            fp.seek(0)
+            if len(head) >= 132 and head[128:132] == b"DICM":
+                force = False
+            elif _looks_like_bare_dataset(head):
+                force = True
+            else:
+                raise NotReadable("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
+            except Exception as exc:  # pydicom raises many kinds on damaged headers
+                raise NotReadable(f"the DICOM header cannot be read ({type(exc).__name__}: {exc})") from None
+            if force and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+                raise NotReadable("not a DICOM file (no DICOM data set found)")
+            state = _pixel_data_state(fp, ds, fp.tell(), size)
+    except OSError as exc:
+        raise NotReadable(f"cannot be opened ({exc.strerror or exc})") from None
+    return ds, state
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """A DICOM data set written without preamble: it starts with group 0002 or 0008."""
+    if len(head) < 8:
+        return False
+    return int.from_bytes(head[:2], "little") in (2, 8) or int.from_bytes(head[:2], "big") in (2, 8)
+
+
+def _pixel_data_state(fp, ds: Dataset, pos: int, size: int) -> str:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_deflated:
+        return "ok"          # positions in a deflated data set are not file positions
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = False, True
+    fp.seek(pos)
+    head = fp.read(12)
+    if len(head) < 8:
+        return "absent"
+    e = "<" if little else ">"
+    group, elem = struct.unpack(e + "HH", head[:4])
+    if (group, elem) not in PIXEL_TAGS:
+        return "absent"
+    if implicit:
+        length, header = struct.unpack(e + "L", head[4:8])[0], 8
+    elif head[4:6] in _LONG_VRS:
+        length, header = struct.unpack(e + "L", head[8:12])[0], 12
+    else:
+        length, header = struct.unpack(e + "H", head[6:8])[0], 8
+    start = pos + header
+    if length == 0xFFFFFFFF:
+        return _encapsulated_state(fp, start, size, e)
+    if start + length > size:
+        return f"truncated: the pixel data needs {length} bytes but the file holds only {max(0, size - start)}"
+    expected = _expected_native_bytes(ds)
+    if expected and length < expected and (group, elem) == (0x7FE0, 0x0010):
+        return (f"the pixel data holds {length} bytes, fewer than Rows × Columns × frames × samples "
+                f"need ({expected})")
+    return "ok"
+
+
+def _encapsulated_state(fp, pos: int, size: int, e: str) -> str:
+    fp.seek(pos)
+    for _ in range(1_000_000):
+        item = fp.read(8)
+        if len(item) < 8:
+            return "truncated: the compressed pixel data ends before its last fragment"
+        group, elem, length = struct.unpack(e + "HHL", item)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return "ok"
+        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            return "damaged: the compressed pixel data has an invalid fragment"
+        if fp.tell() + length > size:
+            return "truncated: the compressed pixel data ends inside a fragment"
+        fp.seek(length, os.SEEK_CUR)
+    return "damaged: too many pixel data fragments"
+
+
+def _expected_native_bytes(ds: Dataset) -> int:
+    try:
+        bits = int(ds.BitsAllocated)
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1) * int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return (n * bits + 7) // 8
+
+
+# -- what a header holds -----------------------------------------------------------------------
+def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
+    """Why this file is no image slice we load (None when it is one)."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop = str(ds.get("SOPClassUID", "") or "")
+    sop_name = UID(sop).name if sop else ""
+    label = modality or sop_name or "DICOM object"
+    if modality in _NOT_IMAGE_MODALITIES:
+        return f"{label}: {_NOT_IMAGE_MODALITIES[modality]}, skipped"
+    known = bool(sop) and sop_name != sop
+    if known and not any(k in sop_name for k in _IMAGE_SOP_NAMES):
+        return f"{label}: not an image ({sop_name}), skipped"
+    if pixel_state == "absent" or "Rows" not in ds or "Columns" not in ds:
+        return f"{label}: no pixel data (a header-only object), skipped"
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    if int(ds.get("SamplesPerPixel") or 1) > 1 or photometric in _COLOUR:
+        return f"{label}: colour image ({photometric or 'several samples per pixel'}), not a grey-scale volume; skipped"
+    if pixel_state != "ok":
+        return f"{label} file is {pixel_state}"
+    return None
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(text(v) for v in value)
+    return str(value).strip()
+
+
+def series_tags(ds: Dataset) -> dict[str, str]:
+    """Series-level attributes as strings (identity, guessing text, PET)."""
+    tags = {k: text(ds.get(k)) for k in SERIES_TAGS}
+    rp = ds.get("RadiopharmaceuticalInformationSequence")
+    if rp:
+        for k in RADIOPHARMACEUTICAL_TAGS:
+            tags[k] = text(rp[0].get(k))
+    shared = _first(ds.get("SharedFunctionalGroupsSequence"))
+    timing = _first(shared.get("MRTimingAndRelatedParametersSequence")) if shared is not None else None
+    echo = _first(shared.get("MREchoSequence")) if shared is not None else None
+    if timing is not None and not tags["RepetitionTime"]:
+        tags["RepetitionTime"] = text(timing.get("RepetitionTime"))
+    if echo is not None and not tags["EchoTime"]:
+        tags["EchoTime"] = text(echo.get("EffectiveEchoTime"))
+    try:
+        block = ds.private_block(0x0011, PRIVATE_CREATOR)
+        tags["StudioModality"] = text(block[0x01].value) if 0x01 in block else ""
+        tags["StudioUnit"] = text(block[0x02].value) if 0x02 in block else ""
+    except KeyError:
+        pass
+    if ds.get("file_meta") is not None:
+        tags["TransferSyntaxUID"] = text(ds.file_meta.get("TransferSyntaxUID"))
+    return tags
+
+
+def _first(seq) -> Dataset | None:
+    return seq[0] if seq else None
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _float(value) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
+    """Every 2-D image in the header: one for a single-frame file, one per frame otherwise."""
+    common = dict(
+        path=path, series_uid=text(ds.get("SeriesInstanceUID")) or f"file:{path}",
+        sop_uid=text(ds.get("SOPInstanceUID")), rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
+        instance=_int(ds.get("InstanceNumber")),
+    )
+    n_frames = max(1, _int(ds.get("NumberOfFrames"), 1))
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        return [_enhanced_frame(ds, i, n_frames, common) for i in range(n_frames)]
+    acquired = text(ds.get("AcquisitionDate")) + text(ds.get("AcquisitionTime"))
+    spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    base = dict(
+        common, iop=_floats(ds.get("ImageOrientationPatient"), 6), ipp=_floats(ds.get("ImagePositionPatient"), 3),
+        pixel_spacing=spacing, thickness=_float(ds.get("SliceThickness")),
+        spacing_between=_float(ds.get("SpacingBetweenSlices")),
+        always_split=(text(ds.get("EchoNumbers")), text(ds.get("TemporalPositionIdentifier")), ""),
+        acquisition=text(ds.get("AcquisitionNumber")),
+        extra_split=(text(ds.get("ImageType")), text(ds.get("EchoTime")), text(ds.get("InversionTime")),
+                     text(ds.get("TriggerTime")), text(ds.get("DiffusionBValue"))),
+        slope=_float(ds.get("RescaleSlope")) or 1.0, intercept=_float(ds.get("RescaleIntercept")) or 0.0,
+        acquired=acquired, frames_in_file=n_frames,
+    )
+    if n_frames == 1:
+        return [SliceInfo(frame=None, **base)]
+    # a legacy multi-frame file (NM, US, stripped enhanced): frames stay in file order, no positions
+    base.update(ipp=None, file_origin=base["ipp"])
+    return [SliceInfo(frame=i, **base) for i in range(n_frames)]
+
+
+def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict) -> SliceInfo:
+    shared = _first(ds.get("SharedFunctionalGroupsSequence")) or Dataset()
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    own = per_frame[i] if i < len(per_frame) else Dataset()
+
+    def item(keyword: str) -> Dataset:
+        for group in (own, shared):
+            seq = group.get(keyword)
+            if seq:
+                return seq[0]
+        return Dataset()
+
+    measures, content, pvt = item("PixelMeasuresSequence"), item("FrameContentSequence"), item("PixelValueTransformationSequence")
+    echo, diffusion = item("MREchoSequence"), item("MRDiffusionSequence")
+    return SliceInfo(
+        frame=i, **common,
+        iop=_floats(item("PlaneOrientationSequence").get("ImageOrientationPatient"), 6),
+        ipp=_floats(item("PlanePositionSequence").get("ImagePositionPatient"), 3),
+        pixel_spacing=_floats(measures.get("PixelSpacing"), 2), thickness=_float(measures.get("SliceThickness")),
+        spacing_between=_float(measures.get("SpacingBetweenSlices") or ds.get("SpacingBetweenSlices")),
+        always_split=(text(echo.get("EffectiveEchoTime")), text(content.get("TemporalPositionIndex")),
+                      text(content.get("StackID"))),
+        acquisition=text(content.get("FrameAcquisitionNumber")),
+        extra_split=(text(diffusion.get("DiffusionBValue")),),
+        slope=_float(pvt.get("RescaleSlope")) or 1.0, intercept=_float(pvt.get("RescaleIntercept")) or 0.0,
+        acquired=text(content.get("FrameAcquisitionDateTime")), frames_in_file=n_frames,
+    )
+
+
+# -- DICOMDIR ------------------------------------------------------------------------------------
+def dicomdir_files(path: Path) -> tuple[list[Path], list[Skipped]]:
+    """The files a DICOMDIR's directory records reference (ReferencedFileID, relative to the
+    DICOMDIR's folder, matched case-insensitively as media burned on other systems need), and
+    those that are missing. The records are read directly rather than through pydicom's
+    FileSet, which stages a temporary folder and refuses a whole DICOMDIR over one bad record."""
+    try:
+        records = pydicom.dcmread(path, force=True).DirectoryRecordSequence
+    except Exception as exc:
+        return [], [Skipped(str(path), f"DICOMDIR cannot be read ({type(exc).__name__}: {exc})")]
+    found, missing = [], []
+    for record in records:
+        ref = record.get("ReferencedFileID")
+        if not ref:
+            continue
+        parts = [ref] if isinstance(ref, str) else [str(p) for p in ref]
+        target = _find_case_insensitive(path.parent, parts)
+        if target is not None:
+            found.append(target)
+        else:
+            missing.append(Skipped(str(path.parent.joinpath(*parts)), f"listed in DICOMDIR {path} but missing"))
+    return found, missing
+
+
+def _find_case_insensitive(root: Path, parts: list[str]) -> Path | None:
+    exact = root.joinpath(*parts)
+    if exact.is_file():
+        return exact
+    here = root
+    for part in parts:
+        try:
+            match = next((c for c in here.iterdir() if c.name.upper() == part.upper()), None)
+        except OSError:
+            return None
+        if match is None:
+            return None
+        here = match
+    return here if here.is_file() else None
+
+
+# -- scanning many files --------------------------------------------------------------------------
+def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -> ScanResult:
+    """Read the headers of ``paths`` (following DICOMDIRs) into slices and skipped files."""
+    result = ScanResult()
+    seen_files: set[str] = set()
+    seen_images: dict[tuple[str, int | None], str] = {}
+    queue = deque(Path(p) for p in paths)
+    while queue:
+        check_cancel(cancel)
+        path = queue.popleft()
+        try:
+            real = str(path.resolve())
+        except OSError:
+            real = str(path)
+        if real in seen_files:
+            continue
+        seen_files.add(real)
+        try:
+            ds, state = read_header(path)
+        except NotReadable as exc:
+            result.skipped.append(Skipped(str(path), str(exc)))
+            continue
+        media = text(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None))
+        if media == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+            found, missing = dicomdir_files(path)
+            queue.extend(found)
+            result.skipped.extend(missing)
+            continue
+        reason = not_an_image_reason(ds, state)
+        if reason:
+            result.skipped.append(Skipped(str(path), reason))
+            continue
+        slices = slices_of(ds, str(path))
+        first = slices[0]
+        if first.sop_uid and (first.sop_uid, first.frame) in seen_images:
+            other = seen_images[(first.sop_uid, first.frame)]
+            result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored"))
+            continue
+        for s in slices:
+            if s.sop_uid:
+                seen_images[(s.sop_uid, s.frame)] = str(path)
+        if first.series_uid not in result.series_tags:
+            result.series_tags[first.series_uid] = series_tags(ds)
+        result.slices.extend(slices)
+    return result

@@ -1,0 +1,216 @@
+"""Grouping scanned DICOM slices into volumes: by SeriesInstanceUID, then split where one UID
+holds several volumes, then sorted along the slice normal with the geometry of the stack.
+
+Splitting rules (the key gets ".1", ".2", … when a UID splits):
+  1. slices without position or orientation: every file is its own volume (frames of a
+     multi-frame file stay together, in file order);
+  2. different orientations (ImageOrientationPatient differing by more than 1e-3);
+  3. different image sizes or pixel spacings;
+  4. different echoes (EchoNumbers / EffectiveEchoTime), temporal positions
+     (TemporalPositionIdentifier / TemporalPositionIndex) or enhanced stacks (StackID);
+  5. only where a position still repeats: AcquisitionNumber (CT scanners number acquisitions
+     within one contiguous stack, so this is not split when positions are distinct), then image
+     type / TE / TI / trigger time / b-value, and last the order of InstanceNumber.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import numpy as np
+
+from engine.io import dicom_geometry as geo
+from engine.io.dicom_scan import SliceInfo
+
+
+@dataclass
+class SeriesGroup:
+    """One volume: its slices in order (first slice first) and its grid."""
+
+    key: str
+    series_uid: str
+    slices: list[SliceInfo]
+    geometry: geo.StackGeometry
+    positioned: bool
+    notes: list[str] = field(default_factory=list)
+    part: str = ""                 # what tells this volume apart when its UID was split
+
+
+def group_series(slices: list[SliceInfo]) -> list[SeriesGroup]:
+    by_uid: dict[str, list[SliceInfo]] = defaultdict(list)
+    for s in slices:
+        by_uid[s.series_uid].append(s)
+    groups: list[SeriesGroup] = []
+    for uid, items in by_uid.items():
+        parts = _split(items)
+        parts.sort(key=_part_order)
+        reasons = sorted({r for _, labels in parts for r, _ in labels})
+        for i, (part, labels) in enumerate(parts, start=1):
+            group = _build(uid, part)
+            if len(parts) > 1:
+                group.key = f"{uid}.{i}"
+                what = group.part = ", ".join(v for _, v in labels)
+                group.notes.insert(0, f"SeriesInstanceUID holds {len(parts)} volumes (split by {', '.join(reasons)}); "
+                                      f"this is part {i}: {what}")
+            groups.append(group)
+    return groups
+
+
+Part = tuple[list[SliceInfo], list[tuple[str, str]]]   # slices, [(reason, label)]
+
+
+def _natural(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _part_order(part: Part) -> tuple:
+    """Parts in the order a user expects: echo 1 before 2, time point 1 before 2, then as stored."""
+    slices, _ = part
+    first = min(slices, key=lambda s: (s.instance, s.frame or 0))
+    return (tuple(_natural(v) for v in first.always_split), _natural(first.acquisition), first.instance,
+            min(s.frame or 0 for s in slices), first.path)
+
+
+def _split(items: list[SliceInfo]) -> list[Part]:
+    unpositioned = [s for s in items if s.ipp is None or not geo.valid_orientation(s.iop)]
+    positioned = [s for s in items if not (s.ipp is None or not geo.valid_orientation(s.iop))]
+    parts: list[Part] = []
+    by_file: dict[str, list[SliceInfo]] = defaultdict(list)
+    for s in unpositioned:
+        by_file[s.path].append(s)
+    for path, frames in by_file.items():
+        frames.sort(key=lambda s: s.frame or 0)
+        parts.append((frames, [("file", f"file {os.path.basename(path)} (no slice positions)")]))
+    if not positioned:
+        return parts
+    work: list[Part] = [(positioned, [])]
+    work = _refine(work, _orientation_split)
+    work = _refine(work, _by_key("image size", lambda s: (s.rows, s.columns, _round(s.pixel_spacing)),
+                                 lambda k: f"{k[0]}×{k[1]} pixels"))
+    work = _refine(work, _by_key("echo", lambda s: s.always_split[0], lambda k: f"echo {k}"))
+    work = _refine(work, _by_key("temporal position", lambda s: s.always_split[1], lambda k: f"time point {k}"))
+    work = _refine(work, _by_key("stack", lambda s: s.always_split[2], lambda k: f"stack {k}"))
+    final: list[Part] = []
+    for part in work:
+        final.extend(_split_repeats(part))
+    return parts + final
+
+
+def _round(values) -> tuple | None:
+    return None if values is None else tuple(round(float(v), 4) for v in values)
+
+
+def _refine(parts: list[Part], splitter: Callable[[list[SliceInfo]], list[tuple[list[SliceInfo], tuple[str, str]]]]) -> list[Part]:
+    out: list[Part] = []
+    for slices, labels in parts:
+        pieces = splitter(slices)
+        if len(pieces) == 1:
+            out.append((slices, labels))
+        else:
+            out.extend((piece, labels + [label]) for piece, label in pieces)
+    return out
+
+
+def _by_key(reason: str, key: Callable[[SliceInfo], Hashable], label: Callable[[Hashable], str]):
+    def split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], tuple[str, str]]]:
+        groups: dict[Hashable, list[SliceInfo]] = {}
+        for s in slices:
+            groups.setdefault(key(s), []).append(s)
+        return [(g, (reason, label(k))) for k, g in groups.items()]
+    return split
+
+
+def _orientation_split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], tuple[str, str]]]:
+    clusters: list[tuple[tuple[float, ...], list[SliceInfo]]] = []
+    for s in slices:
+        for iop, members in clusters:
+            if geo.same_orientation(iop, s.iop):
+                members.append(s)
+                break
+        else:
+            clusters.append((s.iop, [s]))
+    out = []
+    for iop, members in clusters:
+        row, col, normal = geo.frame_axes(iop)
+        letters = geo.orientation_letters(np.column_stack([row, col, normal]).ravel())
+        out.append((members, ("orientation", f"orientation {letters}")))
+    return out
+
+
+def _repeats(slices: list[SliceInfo]) -> bool:
+    return geo.has_repeated_positions(slices[0].iop, [s.ipp for s in slices])
+
+
+def _split_repeats(part: Part) -> list[Part]:
+    """Separate volumes whose slices share positions: by the first key that yields exactly as many
+    volumes as a position repeats, none repeating a position; else by InstanceNumber order."""
+    slices, labels = part
+    if len(slices) < 2 or not _repeats(slices):
+        return [part]
+    d = geo.positions_along_normal(slices[0].iop, [s.ipp for s in slices])
+    slots: dict[int, list[SliceInfo]] = defaultdict(list)
+    for s, pos in sorted(zip(slices, d), key=lambda t: (t[0].instance, t[0].path, t[0].frame or 0)):
+        slots[round(float(pos) / geo.SAME_POSITION_MM)].append(s)
+    repeats = max(len(v) for v in slots.values())
+    for reason, key, name in (
+        ("acquisition", lambda s: s.acquisition, "acquisition {}"),
+        ("image type / timing", lambda s: s.extra_split, "{}"),
+        ("acquisition and image type", lambda s: (s.acquisition, s.extra_split), "{}"),
+    ):
+        pieces: dict[Hashable, list[SliceInfo]] = {}
+        for s in slices:
+            pieces.setdefault(key(s), []).append(s)
+        if len(pieces) == repeats and not any(_repeats(p) for p in pieces.values() if len(p) > 1):
+            return [(p, labels + [(reason, name.format(_short(k)))]) for k, p in pieces.items()]
+    # last resort: the k-th slice at every position (by InstanceNumber) makes volume k
+    out = []
+    for k in range(repeats):
+        piece = [v[k] for v in slots.values() if len(v) > k]
+        out.append((piece, labels + [("repeated positions", f"repeat {k + 1} of {repeats} by InstanceNumber")]))
+    return out
+
+
+def _short(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return " ".join(_short(k) for k in key if k not in ("", None, ())) or "—"
+    return str(key)
+
+
+def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:
+    first = slices[0]
+    if first.ipp is None or not geo.valid_orientation(first.iop):
+        iop = first.iop if geo.valid_orientation(first.iop) else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        row, col, normal = geo.frame_axes(iop)
+        spacing_z = first.spacing_between or first.thickness or 1.0
+        valid_spacing = first.pixel_spacing is not None and min(first.pixel_spacing) > 0
+        sy, sx = first.pixel_spacing if valid_spacing else (1.0, 1.0)
+        origin = first.ipp or first.file_origin
+        oriented = geo.valid_orientation(first.iop)
+        notes = []
+        if len(slices) > 1:
+            notes.append(f"{len(slices)} frames without per-frame positions: stacked in file order "
+                         f"{spacing_z:g} mm apart (SpacingBetweenSlices / SliceThickness, else 1 mm)"
+                         + (" along the slice normal" if oriented else ""))
+        if origin is None or not oriented:
+            missing = " / ".join(n for n, absent in (("ImagePositionPatient", origin is None),
+                                                       ("ImageOrientationPatient", not oriented)) if absent)
+            assumed = " and ".join(a for a, absent in (("origin 0", origin is None),
+                                                       ("identity orientation", not oriented)) if absent)
+            notes.append(f"no {missing}: {assumed} assumed")
+        if not valid_spacing:
+            notes.append("PixelSpacing is missing or zero: in-plane spacing set to 1 mm")
+        geometry = geo.StackGeometry(
+            order=tuple(range(len(slices))), origin=tuple(origin or (0.0, 0.0, 0.0)),
+            spacing=(float(sx), float(sy), float(spacing_z)),
+            direction=tuple(np.column_stack([row, col, normal]).ravel()), notes=tuple(notes))
+        return SeriesGroup(uid, uid, list(slices), geometry, positioned=False, notes=list(geometry.notes))
+    geometry = geo.stack_geometry(
+        first.iop, [s.ipp for s in slices], first.pixel_spacing,
+        tie_break=[(s.instance, s.path, s.frame or 0) for s in slices], thickness=first.thickness)
+    ordered = [slices[i] for i in geometry.order]
+    return SeriesGroup(uid, uid, ordered, geometry, positioned=True, notes=list(geometry.notes))

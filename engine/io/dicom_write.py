@@ -1,0 +1,312 @@
+"""Writing a volume as a derived DICOM series with pydicom: one file per slice, full geometry,
+physical units kept through RescaleSlope/Intercept, identity kept (or anonymised), written
+atomically into a folder.
+
+Storage and encoding (int16 pixels, value = stored × slope + intercept):
+  * CT / CBCT (HU) → CT Image Storage. Slope 1, intercept 0 whenever the rounded HU fit int16
+    (error ≤ 0.5 HU); otherwise slope = range / 65532 (error ≤ slope / 2).
+  * MR → MR Image Storage. Integer values that fit int16 are stored exactly (slope 1,
+    intercept 0); any other float range is spread over the whole int16 range, so the error is
+    at most range / 131064 (≈ 8 ppm of the range) whatever the scale of the values.
+  * PET → PET Image Storage, intercept 0 (the PET IOD requires it), slope = max |value| / 32767,
+    Units GML for SUVbw (the DICOM spelling of g/ml), BQML for Bq/ml.
+  * anything else → Secondary Capture Image Storage, Modality OT, encoded like MR.
+Slope and intercept are rounded to what the 16-character DS value can hold *before* the pixels
+are quantised, so readers reproduce the values exactly as computed here.
+
+Anonymisation (``anonymise=True``) replaces PatientName ("ANONYMOUS") and PatientID (a random
+"ANON-…"), empties PatientBirthDate, PatientSex, AccessionNumber, ReferringPhysicianName,
+StudyID, StudyDate, StudyTime and StudyDescription, drops PatientAge, and generates new
+StudyInstanceUID and FrameOfReferenceUID; it sets PatientIdentityRemoved YES and
+DeidentificationMethod. The dates of this series (when it was made) are kept.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from engine import modalities
+from engine.io.atomic import atomic_folder
+from engine.io.dicom_scan import PRIVATE_CREATOR
+from engine.io.errors import VolumeIOError
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+RESEARCH_ONLY = "Research use only, not for diagnosis."
+FILE_NAME = re.compile(r"IM\d{6}\.dcm")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    sop_class: str
+    modality: str          # DICOM Modality
+    slope: float
+    intercept: float
+
+
+def write_dicom_series(volume: Volume, folder: str | Path, *, series_description: str,
+                       anonymise: bool = False, progress: ProgressFn = noop,
+                       cancel: CancelToken | None = None) -> Path:
+    """Write ``volume`` as a new derived series ``folder/IM000001.dcm`` … and return ``folder``.
+
+    The folder appears only when every file is written (a cancelled or failed write leaves
+    nothing). An existing folder is replaced only if it holds nothing but an earlier export
+    (``IM*.dcm`` files); otherwise this raises :class:`VolumeIOError`.
+    """
+    folder = Path(folder)
+    _check_target(folder)
+    array = _finite(np.asarray(volume.array))
+    encoding = choose_encoding(volume, array)
+    base = _series_dataset(volume, series_description, anonymise, encoding, array)
+    direction = volume.direction_matrix
+    row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
+    normal = np.cross(row, col)
+    nz = volume.shape[0]
+    try:
+        with atomic_folder(folder) as tmp:
+            for k in range(nz):
+                check_cancel(cancel)
+                position = np.asarray(volume.origin) + k * volume.spacing[2] * axis
+                pixels = quantise(array[k], encoding)
+                ds = _slice_dataset(base, k, nz, position, float(position @ normal), pixels, encoding)
+                ds.save_as(tmp / f"IM{k + 1:06d}.dcm", enforce_file_format=True)
+                progress(Progress(k + 1, nz, f"wrote slice {k + 1} of {nz}"))
+    except OSError as exc:
+        raise VolumeIOError(folder, f"could not be written ({exc.strerror or exc})") from None
+    return folder
+
+
+def _check_target(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise VolumeIOError(folder, "exists and is not a folder")
+    if folder.is_dir():
+        foreign = [p.name for p in folder.iterdir() if not (p.is_file() and FILE_NAME.fullmatch(p.name))]
+        if foreign:
+            raise VolumeIOError(folder, f"exists and holds other files ({', '.join(sorted(foreign)[:3])}); "
+                                        "choose a new or empty folder (only an earlier DICOM export is replaced)")
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    """NaN becomes the lowest finite value, ±inf the extreme finite values."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        return np.zeros_like(array)
+    lo, hi = float(array[finite].min()), float(array[finite].max())
+    return np.nan_to_num(array, nan=lo, posinf=hi, neginf=lo)
+
+
+# -- encoding ----------------------------------------------------------------------------------------
+def _ds_number(x: float) -> float:
+    """``x`` as a DICOM DS (16 characters) would hold it."""
+    return float(format_number_as_ds(float(x)))
+
+
+def choose_encoding(volume: Volume, array: np.ndarray) -> Encoding:
+    """SOP class by modality family, Modality from the registry, slope/intercept for the values."""
+    family = _family(volume)
+    modality = modalities.get(volume.modality).dicom_modality if family else "OT"
+    lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if family == "PET":
+        peak = max(abs(lo), abs(hi))
+        slope = _ds_number(peak / 32767 * (1 + 1e-9)) if peak > 0 else 1.0
+        return Encoding(PET_IMAGE, modality, slope, 0.0)
+    sop = {"CT": CT_IMAGE, "MR": MR_IMAGE}.get(family or "", SECONDARY_CAPTURE)
+    integral = bool(np.all(array == np.round(array)))
+    fits = round(lo) >= -32768 and round(hi) <= 32767
+    if fits and (family == "CT" or integral):
+        return Encoding(sop, modality, 1.0, 0.0)
+    if hi - lo <= 0:
+        return Encoding(sop, modality, 1.0, _ds_number(lo))
+    intercept = _ds_number((lo + hi) / 2)
+    slope = _ds_number(max(hi - intercept, intercept - lo) / 32766 * (1 + 1e-9))
+    return Encoding(sop, modality, slope, intercept)
+
+
+def quantise(array: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """Physical values → the int16 stored values (computed in float64)."""
+    stored = np.round((np.asarray(array, dtype=np.float64) - encoding.intercept) / encoding.slope)
+    return np.clip(stored, -32768, 32767).astype("<i2")
+
+
+def _family(volume: Volume) -> str | None:
+    if not volume.modality:
+        return None
+    try:
+        return modalities.get(volume.modality).family
+    except ValueError:
+        return None
+
+
+# -- data sets ---------------------------------------------------------------------------------------
+def _software_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("synermedgen-studio")
+    except Exception:
+        return "development"
+
+
+def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding: Encoding,
+                    array: np.ndarray) -> Dataset:
+    src = {k: str(v) for k, v in (volume.dicom or {}).items() if v not in (None, "")}
+    now = datetime.datetime.now()
+    today, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = today, clock
+    ds.SOPClassUID = encoding.sop_class
+    ds.Modality = encoding.modality
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDate = ds.ContentDate = today
+    ds.SeriesTime = ds.ContentTime = clock
+    description = (description or volume.name or "SynerMedGen Studio export").strip()
+    ds.SeriesDescription = description[:64]
+    ds.SeriesNumber = _series_number(src.get("SeriesNumber"))
+    ds.Manufacturer = "SynerMedGen Studio"
+    ds.SoftwareVersions = _software_version()
+    ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
+    ds.ImageComments = f"{description[:200]}. {RESEARCH_ONLY}"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    _identity(ds, src, anonymise, today, clock)
+    ds.BodyPartExamined = src.get("BodyPartExamined", "")
+    ds.PositionReferenceIndicator = ""
+    if encoding.sop_class in (CT_IMAGE, MR_IMAGE):
+        ds.PatientPosition = src.get("PatientPosition", "")
+    _geometry(ds, volume)
+    _pixel_module(ds, volume, encoding)
+    _window(ds, volume, array)
+    _modality_module(ds, volume, encoding)
+    block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", (volume.modality or "")[:64])
+    block.add_new(0x02, "LO", (volume.unit or "")[:64])
+    return ds
+
+
+def _series_number(source: str | None) -> int:
+    try:
+        return int(float(source or 0)) + 1000
+    except ValueError:
+        return 1000
+
+
+def _identity(ds: Dataset, src: dict[str, str], anonymise: bool, today: str, clock: str) -> None:
+    if anonymise:
+        ds.PatientName = "ANONYMOUS"
+        ds.PatientID = "ANON-" + generate_uid().rsplit(".", 1)[-1][-10:]
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName",
+                        "StudyID", "StudyDate", "StudyTime", "StudyDescription"):
+            setattr(ds, keyword, "")
+        ds.StudyInstanceUID = generate_uid()
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "SynerMedGen Studio: identity removed, UIDs replaced"
+        return
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                    "ReferringPhysicianName", "StudyID", "StudyDescription"):
+        setattr(ds, keyword, src.get(keyword, ""))
+    if src.get("PatientAge"):
+        ds.PatientAge = src["PatientAge"]
+    has_study = bool(src.get("StudyInstanceUID"))
+    ds.StudyInstanceUID = src["StudyInstanceUID"] if has_study else generate_uid()
+    ds.StudyDate = src.get("StudyDate", "") if has_study else today
+    ds.StudyTime = src.get("StudyTime", "") if has_study else clock
+    ds.FrameOfReferenceUID = src.get("FrameOfReferenceUID") or generate_uid()
+
+
+def _geometry(ds: Dataset, volume: Volume) -> None:
+    d = volume.direction_matrix
+    sx, sy, sz = volume.spacing
+    ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*d[:, 0], *d[:, 1])]
+    ds.PixelSpacing = [format_number_as_ds(float(sy)), format_number_as_ds(float(sx))]
+    ds.SliceThickness = format_number_as_ds(float(sz))
+    ds.SpacingBetweenSlices = format_number_as_ds(float(sz))
+
+
+def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
+    nz, ny, nx = volume.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = ny, nx
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = format_number_as_ds(encoding.slope)
+    ds.RescaleIntercept = format_number_as_ds(encoding.intercept)
+    ds.RescaleType = "HU" if encoding.sop_class == CT_IMAGE else "US"
+
+
+def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
+    family = _family(volume)
+    if family in ("CT", "PET"):
+        level, width = modalities.get(volume.modality).window
+    else:
+        sample = array[:: max(1, array.shape[0] // 16)]
+        lo, hi = np.percentile(sample, (1.0, 99.0)) if sample.size else (0.0, 1.0)
+        level, width = (lo + hi) / 2, max(hi - lo, 1e-6)
+    ds.WindowCenter = format_number_as_ds(float(level))
+    ds.WindowWidth = format_number_as_ds(float(width))
+
+
+def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
+    """The type 1 and 2 attributes of the CT / MR / PET / SC image IODs that a derived image has."""
+    if encoding.sop_class == CT_IMAGE:
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
+    elif encoding.sop_class == MR_IMAGE:
+        ds.ScanningSequence = "RM"          # research mode: no acquisition made these values
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+    elif encoding.sop_class == PET_IMAGE:
+        unit = (volume.unit or "SUVbw").upper()
+        ds.Units = {"BQ/ML": "BQML", "BQML": "BQML", "CNTS": "CNTS", "COUNTS": "CNTS"}.get(unit, "GML")
+        if ds.Units == "GML":
+            ds.SUVType = "BW"
+        ds.CountsSource = "EMISSION"
+        ds.SeriesType = ["STATIC", "IMAGE"]
+        ds.CorrectedImage = ""
+        ds.DecayCorrection = "NONE"
+        ds.NumberOfSlices = volume.shape[0]
+        ds.FrameReferenceTime = "0"
+        ds.RadiopharmaceuticalInformationSequence = Sequence()
+        ds.PatientOrientationCodeSequence = Sequence()
+        ds.PatientGantryRelationshipCodeSequence = Sequence()
+    else:
+        ds.ConversionType = "WSD"
+
+
+def _slice_dataset(base: Dataset, k: int, nz: int, position: np.ndarray, location: float,
+                   pixels: np.ndarray, encoding: Encoding) -> Dataset:
+    ds = copy.deepcopy(base)
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
+    ds.SliceLocation = format_number_as_ds(location)
+    if encoding.sop_class == PET_IMAGE:
+        ds.ImageIndex = k + 1
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    ds["PixelData"].VR = "OW"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds

@@ -1,0 +1,384 @@
+"""Reading DICOM: real files from pydicom / pydicom-data / nibabel and series written from a real
+volume; the reader must agree with SimpleITK and say plainly what is wrong with a stack."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+import engine.io as io
+from engine.io import dicom_scan
+from engine.io.dicom_read import scan_dicom
+from engine.jobs import CancelToken, Cancelled
+
+from dicom_fixtures import (CT_IMAGE, DATA_STORE, DICOMDIR_TESTS, OBLIQUE, PET_IMAGE, PYDICOM_FILES, anatomical,
+                            sitk_series, write_series)
+
+
+def _assert_same_as_sitk(vol, image, atol=1e-4):
+    np.testing.assert_allclose(vol.array, sitk.GetArrayFromImage(image).astype(np.float32))
+    np.testing.assert_allclose(vol.spacing, image.GetSpacing(), atol=atol)
+    np.testing.assert_allclose(vol.origin, image.GetOrigin(), atol=atol)
+    np.testing.assert_allclose(vol.direction, image.GetDirection(), atol=atol)
+
+
+# -- single files ------------------------------------------------------------------------------------
+def test_ct_small_reads_in_hounsfield_units_like_simpleitk():
+    vol = io.load(PYDICOM_FILES / "CT_small.dcm")
+    assert vol.modality == "CT" and vol.unit == "HU"
+    assert vol.shape == (1, 128, 128)
+    _assert_same_as_sitk(vol, sitk.ReadImage(str(PYDICOM_FILES / "CT_small.dcm")))
+    assert vol.spacing[2] == pytest.approx(5.0)              # one slice: SliceThickness
+    raw = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").pixel_array
+    np.testing.assert_array_equal(vol.array[0], raw.astype(np.float32) * 1 - 1024)
+    assert vol.dicom["PatientName"] == "CompressedSamples^CT1"
+    assert vol.dicom["StudyInstanceUID"].startswith("1.3.6.1.4.1.5962")
+    assert set(vol.dicom) >= {"PatientID", "FrameOfReferenceUID", "SeriesInstanceUID", "Modality", "PatientPosition"}
+
+
+@pytest.mark.parametrize("variant", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                     "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm"])
+def test_compressed_and_big_endian_mr_small_give_the_same_pixels(variant):
+    ref = io.load(PYDICOM_FILES / "MR_small.dcm")
+    vol = io.load(PYDICOM_FILES / variant)
+    np.testing.assert_array_equal(vol.array, ref.array)
+    assert vol.same_grid(ref)
+
+
+def test_undecodable_pixel_data_names_the_file_and_the_transfer_syntax(tmp_path):
+    damaged = tmp_path / "damaged_j2k.dcm"
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_jp2klossless.dcm")
+    frame = bytearray(ds.PixelData)
+    frame[24:64] = bytes(40)                            # wipe the JPEG 2000 main header
+    ds.PixelData = bytes(frame)
+    ds.save_as(damaged)
+    entry = io.scan(damaged).entries[0]                 # the header is fine
+    with pytest.raises(io.VolumeIOError) as err:
+        entry.load()
+    assert str(damaged) in str(err.value) and "JPEG 2000" in str(err.value)
+
+
+# -- DICOMDIR and folders ------------------------------------------------------------------------
+def test_dicomdir_lists_every_series_split_where_needed():
+    catalog = io.scan(DICOMDIR_TESTS / "DICOMDIR")
+    keys = [e.key for e in catalog.entries]
+    assert len(keys) == len(set(keys)) == 24
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID
+            for p in DICOMDIR_TESTS.glob("[0-9]*/*/*")}
+    assert {k.rsplit(".", 1)[0] if k not in uids else k for k in keys} == uids
+    # the pilot series holds an axial, a sagittal and a coronal slice: three volumes
+    pilot = [e for e in catalog.entries if e.description.startswith("T/S/C RF FAST PILOT [orientation ")]
+    assert len(pilot) == 6 and {e.orientation for e in pilot} == {"LPS", "PIR", "LIP"}
+    assert all(e.key[-2:] in (".1", ".2", ".3") and "split by orientation" in e.notes[0] for e in pilot)
+    # a CT stack numbered as two acquisitions is still one volume (positions do not repeat)
+    gated = next(e for e in catalog.entries if e.description.startswith("SmartScore"))
+    vol = gated.load()
+    assert vol.shape == (5, 16, 16) and vol.spacing[2] == pytest.approx(2.5) and vol.unit == "HU"
+    assert {e.patient for e in catalog.entries} == {"Doe^Archibald (77654033)", "Doe^Peter (98890234)"}
+    assert all(e.study for e in catalog.entries)
+
+
+def test_dicomdir_variants_and_the_folder_scan_agree():
+    keys = sorted(e.key for e in io.scan(DICOMDIR_TESTS / "DICOMDIR").entries)
+    for variant in ("DICOMDIR-bigEnd", "DICOMDIR-implicit", "DICOMDIR-reordered", "DICOMDIR-nopatient"):
+        assert sorted(e.key for e in io.scan(DICOMDIR_TESTS / variant).entries) == keys, variant
+    folder = io.scan(DICOMDIR_TESTS)                                 # DICOMDIRs + the files themselves
+    assert sorted(e.key for e in folder.entries) == keys             # each image counted once
+    reasons = {Path(s.path).name: s.reason for s in folder.skipped}
+    assert "no pixel data" in reasons["IM000000"]                     # TINY_ALPHA headers only
+    assert "not a DICOM file" in reasons["README"]
+
+
+def test_dicomdir_entries_are_found_whatever_the_case_of_the_file_names(tmp_path):
+    shutil.copytree(DICOMDIR_TESTS / "98892001", tmp_path / "98892001")
+    shutil.copy(DICOMDIR_TESTS / "DICOMDIR", tmp_path / "DICOMDIR")
+    (tmp_path / "98892001" / "CT5N").rename(tmp_path / "98892001" / "ct5n")
+    catalog = scan_dicom([tmp_path / "DICOMDIR"])
+    assert any(e.description.startswith("SmartScore") and e.shape_zyx == (5, 16, 16) for e in catalog.entries)
+    missing = [s for s in catalog.skipped if "but missing" in s.reason]
+    assert missing and all("98892001" not in s.path for s in missing)      # the other patients' files
+
+
+def test_monochrome1_is_noted_and_kept_as_stored():
+    vol = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
+    ds = pydicom.dcmread(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
+    np.testing.assert_allclose(vol.array[0], ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+                               rtol=1e-6)
+    assert any("MONOCHROME1" in n for n in vol.notes)
+
+
+def test_non_images_are_skipped_with_a_note():
+    names = ["rtstruct.dcm", "test-SR.dcm", "rtplan.dcm", "waveform_ecg.dcm", "rtdose.dcm", "liver_1frame.dcm"]
+    catalog = scan_dicom([PYDICOM_FILES / n for n in names] + [PYDICOM_FILES / "CT_small.dcm"])
+    assert [Path(e.paths[0]).name for e in catalog.entries] == ["CT_small.dcm"]
+    reasons = {Path(s.path).name: s.reason for s in catalog.skipped}
+    assert reasons["rtstruct.dcm"] == "RTSTRUCT: not an image, skipped"
+    assert reasons["test-SR.dcm"] == "SR: not an image, skipped"
+    assert reasons["rtplan.dcm"].startswith("RTPLAN: not an image")
+    assert "not an image" in reasons["waveform_ecg.dcm"]
+    assert reasons["rtdose.dcm"].startswith("RTDOSE: a dose grid")
+    assert reasons["liver_1frame.dcm"].startswith("SEG: a segmentation")
+
+
+def test_junk_and_truncated_files_are_skipped_and_the_good_series_still_loads(tmp_path):
+    write_series(tmp_path / "study", anatomical()[:6], modality="MR")
+    for name in ("MR_truncated.dcm", "rtplan_truncated.dcm"):
+        shutil.copy(PYDICOM_FILES / name, tmp_path / "study" / name)
+    shutil.copy(DATA_STORE / "emri_small_jpeg_2k_lossless_too_short.dcm", tmp_path / "study" / "short.dcm")
+    (tmp_path / "study" / "notes.dcm").write_text("this is a note, not an image\n" * 20)
+    (tmp_path / "study" / "blob").write_bytes(bytes(range(256)) * 4)
+    catalog = io.scan(tmp_path / "study")
+    assert len(catalog.entries) == 1 and catalog.entries[0].shape_zyx == (6, 41, 33)
+    assert catalog.entries[0].load().shape == (6, 41, 33)
+    reasons = {Path(s.path).name: s.reason for s in catalog.skipped}
+    assert "truncated" in reasons["MR_truncated.dcm"] and "8192" in reasons["MR_truncated.dcm"]
+    assert "truncated" in reasons["short.dcm"]
+    assert reasons["rtplan_truncated.dcm"].startswith("RTPLAN")
+    assert "not a DICOM file" in reasons["notes.dcm"] and "not a DICOM file" in reasons["blob"]
+
+
+def test_scanning_reads_headers_only(tmp_path, monkeypatch):
+    write_series(tmp_path / "s", anatomical()[:5])
+    calls = []
+    real = dicom_scan.pydicom.dcmread
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("stop_before_pixels", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dicom_scan.pydicom, "dcmread", spy)
+    catalog = scan_dicom(sorted((tmp_path / "s").iterdir()))
+    assert len(calls) == 5 and all(calls)
+    assert catalog.entries[0].shape_zyx == (5, 41, 33)
+
+
+# -- enhanced multi-frame ---------------------------------------------------------------------------
+def test_enhanced_ct_frames_are_sorted_by_position_with_per_frame_geometry():
+    vol = io.load(DATA_STORE / "eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(DATA_STORE / "eCT_Supplemental.dcm")
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
+    assert z == [-159.0, -149.0]
+    assert vol.shape == (2, 512, 512) and vol.unit == "HU" and vol.modality == "CT"
+    # IOP row (-1,0,0), column (0,1,0): normal (0,0,-1), so z = -149 comes first
+    np.testing.assert_allclose(vol.direction, [-1, 0, 0, 0, 1, 0, 0, 0, -1], atol=1e-6)
+    np.testing.assert_allclose(vol.origin, [99.5, -301.5, -149.0])
+    np.testing.assert_allclose(vol.spacing, [0.388672, 0.388672, 10.0])
+    frames = ds.pixel_array.astype(np.float32) - 1024.0            # shared Pixel Value Transformation
+    np.testing.assert_array_equal(vol.array, frames[::-1])
+
+
+@pytest.mark.parametrize("variant", ["emri_small_RLE.dcm", "emri_small_big_endian.dcm",
+                                     "emri_small_jpeg_2k_lossless.dcm", "emri_small_jpeg_ls_lossless.dcm"])
+def test_enhanced_mr_variants_decode_identically(variant):
+    ref = io.load(DATA_STORE / "emri_small.dcm")
+    assert ref.shape == (10, 64, 64)
+    assert any("without per-frame positions" in n for n in ref.notes)   # its functional groups were stripped
+    np.testing.assert_array_equal(io.load(DATA_STORE / variant).array, ref.array)
+
+
+def test_enhanced_frames_split_by_stack_and_sorted(tmp_path):
+    """An enhanced MR built from a real volume: two temporal positions, frames stored shuffled."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    src = pydicom.dcmread(DATA_STORE / "emri_small.dcm")
+    frames = src.pixel_array                                    # 10 real frames
+    rng = np.random.default_rng(3)
+    order = rng.permutation(10)
+    src.NumberOfFrames = 10
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]     # sagittal
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.6]
+    shared.PixelMeasuresSequence[0].SliceThickness = 3
+    per_frame = []
+    for stored_index in range(10):
+        k = int(order[stored_index])                # frame k: time point k // 5, slice k % 5
+        item = Dataset()
+        item.PlanePositionSequence = Sequence([Dataset()])
+        item.PlanePositionSequence[0].ImagePositionPatient = [-10 + 3 * (k % 5), 4, 7]
+        item.FrameContentSequence = Sequence([Dataset()])
+        item.FrameContentSequence[0].TemporalPositionIndex = k // 5 + 1
+        item.FrameContentSequence[0].StackID = "1"
+        per_frame.append(item)
+    src.SharedFunctionalGroupsSequence = Sequence([shared])
+    src.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    src.PixelData = np.ascontiguousarray(frames[order].astype("<u2")).tobytes()
+    path = tmp_path / "enhanced.dcm"
+    src.save_as(path)
+    catalog = io.scan(path)
+    assert [e.key[-2:] for e in catalog.entries] == [".1", ".2"]
+    for t, entry in enumerate(catalog.entries):
+        vol = entry.load()
+        # normal = row × column = (-1, 0, 0): the frame at x = +2 comes first
+        np.testing.assert_array_equal(vol.array, frames[5 * t: 5 * t + 5][::-1])
+        np.testing.assert_allclose(vol.spacing, [0.6, 0.5, 3.0])
+        np.testing.assert_allclose(vol.origin, [2, 4, 7])
+        np.testing.assert_allclose(vol.direction, [0, 0, -1, 1, 0, 0, 0, -1, 0], atol=1e-9)
+        assert entry.orientation == "PIR"
+
+
+# -- series written from a real volume ----------------------------------------------------------------
+def test_oblique_series_with_shuffled_files_matches_simpleitk(tmp_path):
+    data = anatomical()
+    write_series(tmp_path / "s", data)
+    vol = io.load(tmp_path / "s")
+    _assert_same_as_sitk(vol, sitk_series(tmp_path / "s"))
+    np.testing.assert_array_equal(vol.array, data)
+    np.testing.assert_allclose(vol.direction, OBLIQUE.ravel(), atol=1e-6)
+    np.testing.assert_allclose(vol.spacing, (1.1, 0.9, 2.5), atol=1e-5)
+    assert vol.notes == () and vol.dicom["PatientID"] == "NIB-0001"
+
+
+def test_a_missing_slice_is_named_and_the_data_kept(tmp_path):
+    data = anatomical()[:12]
+    paths = write_series(tmp_path / "s", data)
+    paths[6].unlink()                                   # slice 7 of 12 is gone
+    vol = io.load(tmp_path / "s")
+    assert vol.shape == (11, 41, 33)
+    np.testing.assert_array_equal(vol.array, np.delete(data, 6, axis=0))
+    assert vol.spacing[2] == pytest.approx(2.5, abs=1e-5)
+    gap = [n for n in vol.notes if n.startswith("missing slice")]
+    assert len(gap) == 1 and "between slices 6 and 7 of 11" in gap[0] and "about 1 slice" in gap[0]
+    entry = io.scan(tmp_path / "s").entries[0]
+    assert any(n.startswith("missing slice") for n in entry.notes)          # shown before loading
+
+
+def test_uneven_spacing_is_reported(tmp_path):
+    data = anatomical()[:6]
+    d = OBLIQUE
+    steps = [0, 2.5, 5.0, 7.3, 10.0, 12.5]
+    write_series(tmp_path / "s", data, positions=[np.array([1.0, 2.0, 3.0]) + s * d[:, 2] for s in steps])
+    vol = io.load(tmp_path / "s")
+    assert any("not uniform" in n for n in vol.notes)
+
+
+def test_gantry_tilt_is_reported(tmp_path):
+    data = anatomical()[:8]
+    axial = np.eye(3)
+    tilt = np.deg2rad(15)
+    positions = [np.array([0.0, 5.0 * np.tan(tilt) * k, 5.0 * k]) for k in range(8)]   # sheared along y
+    write_series(tmp_path / "s", data, direction=axial, positions=positions, modality="CT", sop_class=CT_IMAGE,
+                 intercept=-1024)
+    vol = io.load(tmp_path / "s")
+    tilt_notes = [n for n in vol.notes if n.startswith("gantry tilt")]
+    assert len(tilt_notes) == 1 and "15.00°" in tilt_notes[0]
+    assert vol.spacing[2] == pytest.approx(5.0)           # slice distance along the normal
+    np.testing.assert_array_equal(vol.array, data.astype(np.float32) - 1024)
+
+
+def test_two_echoes_in_one_series_become_two_volumes(tmp_path):
+    data = anatomical()[:5]
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "s", data, series_uid=uid, shared={"EchoNumbers": 1}, seed=1)
+    write_series(tmp_path / "s", data // 2, series_uid=uid, shared={"EchoNumbers": 2}, seed=2)
+    catalog = io.scan(tmp_path / "s")
+    assert sorted(e.key for e in catalog.entries) == [f"{uid}.1", f"{uid}.2"]
+    by_echo = {("echo 1" in e.notes[0]): e.load() for e in catalog.entries}
+    np.testing.assert_array_equal(by_echo[True].array, data)
+    np.testing.assert_array_equal(by_echo[False].array, data // 2)
+
+
+def test_progress_per_slice_and_cancel(tmp_path):
+    write_series(tmp_path / "s", anatomical()[:7])
+    entry = io.scan(tmp_path / "s").entries[0]
+    seen = []
+    entry.load(progress=seen.append)
+    assert [p.done for p in seen] == list(range(1, 8)) and seen[-1].total == 7
+    token = CancelToken()
+
+    def cancel_after_three(p):
+        if p.done == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        entry.load(progress=cancel_after_three, cancel=token)
+
+
+# -- PET ---------------------------------------------------------------------------------------------------
+PET_TAGS = {"Units": "BQML", "DecayCorrection": "START", "CorrectedImage": ["DECY", "ATTN"],
+            "SeriesDate": "20240102", "SeriesTime": "110000", "PatientWeight": "72.5"}
+
+
+def _pet_series(folder, weight=True):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.clip(anatomical()[:6], 0, None)             # real anatomy as "activity"
+    slopes = [0.8 + 0.1 * k for k in range(6)]               # per-slice slopes, as scanners write them
+    drug = Dataset()
+    drug.RadionuclideTotalDose = "370000000"                 # 370 MBq
+    drug.RadionuclideHalfLife = "6586.2"                     # F-18
+    drug.RadiopharmaceuticalStartTime = "100000"             # one hour before the series
+    tags = dict(PET_TAGS, RadiopharmaceuticalInformationSequence=Sequence([drug]))
+    if not weight:
+        del tags["PatientWeight"]
+    write_series(folder, stored, modality="PT", sop_class=PET_IMAGE, slopes=slopes, shared=tags,
+                 direction=np.eye(3))
+    return stored.astype(np.float64) * np.asarray(slopes)[:, None, None]
+
+
+def test_pet_is_converted_to_suv_body_weight(tmp_path):
+    bqml = _pet_series(tmp_path / "pet")
+    vol = io.load(tmp_path / "pet")
+    assert vol.modality == "PET" and vol.unit == "SUVbw"
+    decay = 2 ** (-3600 / 6586.2)
+    expected = bqml * 72.5 * 1000 / (370e6 * decay)
+    np.testing.assert_allclose(vol.array, expected, rtol=1e-5)
+    assert any("SUVbw" in n and "72.5 kg" in n for n in vol.notes)
+
+
+def test_pet_without_weight_stays_in_bq_per_ml_and_says_why(tmp_path):
+    bqml = _pet_series(tmp_path / "pet", weight=False)
+    vol = io.load(tmp_path / "pet")
+    assert vol.unit == "Bq/ml"
+    np.testing.assert_allclose(vol.array, bqml, rtol=1e-6)
+    assert any("SUV not computed" in n and "PatientWeight" in n for n in vol.notes)
+
+
+def test_a_file_without_preamble_and_meta_still_loads(tmp_path):
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small.dcm")
+    del ds.file_meta
+    ds.preamble = None
+    bare = tmp_path / "bare"                           # implicit VR little endian, no preamble, no meta
+    pydicom.dcmwrite(bare, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert bare.read_bytes()[:2] == b"\x08\x00"
+    vol = io.load(bare)
+    np.testing.assert_array_equal(vol.array, io.load(PYDICOM_FILES / "MR_small.dcm").array)
+
+
+def test_repeated_positions_without_any_distinguishing_tag_split_by_instance_order(tmp_path):
+    data = anatomical()[:4]
+    uid = pydicom.uid.generate_uid()
+
+    def numbered(offset):
+        return lambda ds, k: setattr(ds, "InstanceNumber", offset + k + 1)
+
+    write_series(tmp_path / "s", data, series_uid=uid, per_slice=numbered(0), seed=1)
+    write_series(tmp_path / "s", data[::-1].copy(), series_uid=uid, per_slice=numbered(4), seed=2)
+    entries = io.scan(tmp_path / "s").entries
+    assert [e.key for e in entries] == [f"{uid}.1", f"{uid}.2"]
+    assert all("repeat" in e.notes[0] for e in entries)
+    np.testing.assert_array_equal(entries[0].load().array, data)
+    np.testing.assert_array_equal(entries[1].load().array, data[::-1])
+
+
+def test_two_acquisitions_at_the_same_positions_split_by_acquisition_not_by_slice(tmp_path):
+    data = anatomical()[:5]
+    uid = pydicom.uid.generate_uid()
+
+    def timed(acquisition):
+        def tag(ds, k):
+            ds.AcquisitionNumber = acquisition
+            ds.TriggerTime = f"{100 * acquisition + 7 * k}"          # differs on every slice
+        return tag
+
+    write_series(tmp_path / "s", data, series_uid=uid, per_slice=timed(1), seed=1)
+    write_series(tmp_path / "s", data + 1, series_uid=uid, per_slice=timed(2), seed=2)
+    entries = io.scan(tmp_path / "s").entries
+    assert [e.shape_zyx for e in entries] == [(5, 41, 33), (5, 41, 33)]
+    assert ["acquisition 1" in entries[0].notes[0], "acquisition 2" in entries[1].notes[0]] == [True, True]
+    np.testing.assert_array_equal(entries[1].load().array, data + 1)

@@ -1,0 +1,237 @@
+"""Writing derived DICOM series: values in physical units within the promised error, geometry exact,
+identity kept or anonymised, readable by SimpleITK as one volume, and never a half-written folder."""
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+import engine.io as io
+from engine.io.dicom_write import write_dicom_series
+from engine.io.itk_files import volume_from_sitk
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Cancelled
+
+from dicom_fixtures import DICOMDIR_TESTS, NIBABEL_DATA, OBLIQUE, PYDICOM_FILES, sitk_series
+
+SYNTHETIC = "SYNTHETIC T1→FLAIR SynerMedGen default"
+
+
+def _ct_series() -> Volume:
+    """A real 5-slice CT (pydicom's dicomdirtests, in HU), as read by our reader."""
+    entry = next(e for e in io.scan(DICOMDIR_TESTS / "DICOMDIR").entries if e.description.startswith("SmartScore"))
+    return entry.load()
+
+
+def _anatomical(direction=OBLIQUE, scale=1.7, offset=0.123) -> Volume:
+    image = sitk.ReadImage(str(NIBABEL_DATA / "anatomical.nii"))
+    vol = volume_from_sitk(image)
+    return vol.replace(array=(vol.array * scale + offset).astype(np.float32), direction=tuple(np.ravel(direction)),
+                       origin=(10.5, -20.25, 33.0), spacing=(1.1, 0.9, 2.5), modality="T1", unit="a.u.")
+
+
+def _quantisation_bound(array: np.ndarray) -> float:
+    """The MR/PET promise: range / 131064, plus one float32 step of the largest value."""
+    return float(array.max() - array.min()) / 131064 + float(np.abs(array).max()) * 2.0**-23
+
+
+def _files(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+
+
+# -- values ------------------------------------------------------------------------------------------
+def test_ct_hounsfield_round_trip_is_exact_with_slope_one(tmp_path):
+    ct = _ct_series()
+    out = write_dicom_series(ct, tmp_path / "ct", series_description="CT copy")
+    back = io.load(out)
+    np.testing.assert_array_equal(back.array, ct.array)
+    assert back.same_grid(ct) and back.unit == "HU" and back.modality == "CT"
+    first = _files(out)[0]
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and first.Modality == "CT"
+    assert (float(first.RescaleSlope), float(first.RescaleIntercept)) == (1.0, 0.0)
+    assert first.PixelRepresentation == 1 and first.BitsAllocated == 16
+
+
+def test_ct_fractional_and_wide_range_stays_within_one_hu(tmp_path):
+    ct = _ct_series()
+    rng = np.random.default_rng(0)
+    wide = ct.array * 100.0 + rng.uniform(-0.5, 0.5, ct.shape).astype(np.float32)   # beyond int16
+    assert wide.max() - wide.min() > 65535
+    vol = ct.with_array(wide.astype(np.float32))
+    back = io.load(write_dicom_series(vol, tmp_path / "ct", series_description="wide"))
+    assert float(np.max(np.abs(back.array - vol.array))) <= 1.0
+    fractional = ct.with_array((ct.array + rng.uniform(-0.49, 0.49, ct.shape)).astype(np.float32))
+    back = io.load(write_dicom_series(fractional, tmp_path / "ct2", series_description="fractional"))
+    assert float(np.max(np.abs(back.array - fractional.array))) <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e5])
+def test_mr_float_values_keep_their_precision_at_any_scale(tmp_path, scale):
+    vol = _anatomical(scale=1.7 * scale, offset=0.123 * scale)
+    back = io.load(write_dicom_series(vol, tmp_path / "mr", series_description=SYNTHETIC))
+    assert float(np.max(np.abs(back.array - vol.array))) <= _quantisation_bound(vol.array)
+    assert back.modality == "T1" and back.unit == "a.u."
+
+
+def test_integer_mr_is_stored_exactly(tmp_path):
+    vol = _anatomical(scale=1.0, offset=0.0)
+    back = io.load(write_dicom_series(vol, tmp_path / "mr", series_description="int"))
+    np.testing.assert_array_equal(back.array, vol.array)
+
+
+def test_pet_suv_goes_to_pet_storage_in_gml(tmp_path):
+    vol = _anatomical(scale=0.004, offset=0.0).replace(modality="PET", unit="SUVbw")
+    out = write_dicom_series(vol, tmp_path / "pet", series_description="SYNTHETIC CT→PET")
+    first = _files(out)[0]
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.128" and first.Modality == "PT"
+    assert first.Units == "GML" and float(first.RescaleIntercept) == 0.0
+    back = io.load(out)
+    assert back.modality == "PET" and back.unit == "SUVbw"
+    assert float(np.max(np.abs(back.array - vol.array))) <= float(vol.array.max()) / 32767
+
+
+def test_unknown_modality_becomes_secondary_capture(tmp_path):
+    vol = _anatomical().replace(modality=None, unit="")
+    first = _files(write_dicom_series(vol, tmp_path / "ot", series_description="other"))[0]
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and first.Modality == "OT"
+
+
+# -- geometry ----------------------------------------------------------------------------------------------
+def test_nifti_to_dicom_to_nifti_keeps_the_geometry(tmp_path):
+    nifti = tmp_path / "t1.nii.gz"
+    io.save(_anatomical(), nifti)
+    vol = io.load(nifti)
+    out = io.save(vol, tmp_path / "dicom", description=SYNTHETIC)      # a folder → DICOM series
+    back_nifti = io.save(io.load(out), tmp_path / "back.nii.gz")
+    back = io.load(back_nifti)
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-4)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-4)
+    assert float(np.max(np.abs(back.array - vol.array))) <= _quantisation_bound(vol.array)
+    image = sitk_series(out)                             # SimpleITK sees one 3-D volume
+    assert image.GetDimension() == 3 and image.GetSize() == vol.size_xyz
+    np.testing.assert_allclose(image.GetDirection(), vol.direction, atol=1e-4)
+    np.testing.assert_allclose(image.GetOrigin(), vol.origin, atol=1e-4)
+    np.testing.assert_allclose(image.GetSpacing(), vol.spacing, atol=1e-4)
+
+
+def test_left_handed_volume_comes_back_in_the_same_physical_place(tmp_path):
+    vol = _anatomical(direction=np.diag([1.0, -1.0, 1.0]))         # the NIfTI's own LPS axes, det = −1
+    back = io.load(write_dicom_series(vol, tmp_path / "s", series_description="flip"))
+    # DICOM readers stack slices along row × column, so z runs the other way: same voxels in space
+    np.testing.assert_allclose(back.array, vol.array[::-1], atol=_quantisation_bound(vol.array))
+    corners = np.array([[0, 0, 0, 1], [32, 40, 24, 1], [5, 7, 3, 1]], dtype=float).T
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip[2, 3] = vol.shape[0] - 1
+    np.testing.assert_allclose(back.index_to_lps() @ flip @ corners, vol.index_to_lps() @ corners, atol=1e-4)
+
+
+def test_every_file_carries_full_geometry(tmp_path):
+    vol = _anatomical()
+    files = _files(write_dicom_series(vol, tmp_path / "s", series_description="geo"))
+    assert [Path(f.filename).name for f in files[:2]] == ["IM000001.dcm", "IM000002.dcm"]
+    assert [f.InstanceNumber for f in files] == list(range(1, vol.shape[0] + 1))
+    d = vol.direction_matrix
+    for k, f in enumerate(files):
+        np.testing.assert_allclose([float(v) for v in f.ImagePositionPatient],
+                                   np.asarray(vol.origin) + k * 2.5 * d[:, 2], atol=1e-4)
+        np.testing.assert_allclose([float(v) for v in f.ImageOrientationPatient], [*d[:, 0], *d[:, 1]], atol=1e-6)
+        assert [float(v) for v in f.PixelSpacing] == [0.9, 1.1]
+        assert float(f.SliceThickness) == float(f.SpacingBetweenSlices) == 2.5
+    assert len({float(f.SliceLocation) for f in files}) == len(files)
+
+
+# -- identity -------------------------------------------------------------------------------------------
+def test_identity_is_kept_and_the_series_is_new_and_derived(tmp_path):
+    ct = _ct_series()
+    long_description = SYNTHETIC + " with a description far longer than sixty-four characters allow"
+    files = _files(write_dicom_series(ct, tmp_path / "s", series_description=long_description))
+    first = files[0]
+    assert first.StudyInstanceUID == ct.dicom["StudyInstanceUID"]
+    assert first.FrameOfReferenceUID == ct.dicom["FrameOfReferenceUID"]
+    assert str(first.PatientName) == ct.dicom["PatientName"] and first.PatientID == ct.dicom["PatientID"]
+    assert {f.SeriesInstanceUID for f in files} == {first.SeriesInstanceUID} != {ct.dicom["SeriesInstanceUID"]}
+    assert len({f.SOPInstanceUID for f in files}) == len(files)
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert first.SeriesDescription == long_description[:64] and "SYNTHETIC" in first.SeriesDescription
+    assert "research use only, not for diagnosis" in first.DerivationDescription.lower()
+    assert "research use only, not for diagnosis" in first.ImageComments.lower()
+    assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+    assert first.preamble is not None and Path(first.filename).read_bytes()[128:132] == b"DICM"
+
+
+def test_anonymise_replaces_patient_identity_and_study(tmp_path):
+    ct = _ct_series()
+    first = _files(write_dicom_series(ct, tmp_path / "s", series_description="anon", anonymise=True))[0]
+    assert str(first.PatientName) != ct.dicom["PatientName"] and first.PatientID != ct.dicom["PatientID"]
+    assert "Doe" not in str(first.PatientName) and first.PatientBirthDate == ""
+    assert first.StudyInstanceUID != ct.dicom["StudyInstanceUID"]
+    assert first.FrameOfReferenceUID != ct.dicom["FrameOfReferenceUID"]
+    assert first.PatientIdentityRemoved == "YES"
+
+
+def test_volume_without_dicom_identity_gets_a_new_study(tmp_path):
+    vol = _anatomical()
+    assert vol.dicom == {}
+    first = _files(write_dicom_series(vol, tmp_path / "s", series_description="new"))[0]
+    assert pydicom.uid.UID(first.StudyInstanceUID).is_valid and pydicom.uid.UID(first.FrameOfReferenceUID).is_valid
+
+
+# -- atomic ---------------------------------------------------------------------------------------------
+def test_cancelled_write_leaves_no_folder(tmp_path):
+    token = CancelToken()
+
+    def cancel_at_three(p):
+        if p.done == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        write_dicom_series(_anatomical(), tmp_path / "s", series_description="x", progress=cancel_at_three,
+                           cancel=token)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_write_leaves_no_folder_and_keeps_the_old_one(tmp_path, monkeypatch):
+    old = write_dicom_series(_ct_series(), tmp_path / "s", series_description="first export")
+    before = sorted(p.name for p in old.iterdir())
+    calls = {"n": 0}
+    real = pydicom.Dataset.save_as
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", failing)
+    with pytest.raises(io.VolumeIOError, match="No space left"):
+        write_dicom_series(_anatomical(), tmp_path / "s", series_description="second export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]                     # no temporary left over
+    assert sorted(p.name for p in old.iterdir()) == before
+    assert pydicom.dcmread(old / "IM000001.dcm").SeriesDescription == "first export"
+
+
+def test_a_folder_holding_other_files_is_not_replaced(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(io.VolumeIOError, match="holds other files"):
+        write_dicom_series(_anatomical(), tmp_path / "docs", series_description="x")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_real_ct_small_round_trips_through_the_writer(tmp_path):
+    ct = io.load(PYDICOM_FILES / "CT_small.dcm")
+    back = io.load(write_dicom_series(ct, tmp_path / "s", series_description="one slice"))
+    np.testing.assert_array_equal(back.array, ct.array)
+    assert back.same_grid(ct)
+
+
+@pytest.mark.parametrize("modality", ["CBCT", "FLAIR", "PD"])
+def test_the_modality_survives_a_misleading_description(tmp_path, modality):
+    vol = _anatomical(scale=1.0, offset=0.0).replace(modality=modality, unit="HU" if modality == "CBCT" else "a.u.")
+    out = write_dicom_series(vol, tmp_path / "s", series_description="SYNTHETIC CBCT→CT T1")
+    assert pydicom.dcmread(out / "IM000001.dcm").Modality == ("CT" if modality == "CBCT" else "MR")
+    back = io.load(out)
+    assert back.modality == modality and back.unit == vol.unit
