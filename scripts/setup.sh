@@ -40,6 +40,9 @@ fi
 # torch first and pinned: an unpinned torch pulled in by another package is a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -m pip install -q -r requirements.lock 2>&1 | grep -v "is ignored" || true
+# The demo-data builder reads the MNI152 maps shipped inside nilearn; nilearn itself is never
+# imported, so its heavy dependencies (scikit-learn, pandas) are not installed.
+.venv/bin/python -m pip install -q --no-deps "nilearn==0.14.1" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch, PySide6, pyqtgraph, SimpleITK, pydicom, onnxruntime" \
     || { echo "setup: the environment is incomplete; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -1,0 +1,26 @@
+"""The demo-data builder: real anatomy from installable packages (MNI152 and Colin27 brains, a
+real head CT) → a paired dataset of simulated subjects (T1, T1CE, T2, FLAIR, PD; CT, CBCT) and
+the small demo study shipped in resources/demo. Build-time only; the app never runs it.
+
+    from engine.demo_data import build_demo_dataset, build_demo_study, derivation_text
+
+Names are imported on first use, so ``engine.demo_data.cli`` stays cheap to import.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "BuildSummary": "builder", "DemoRecipe": "builder", "SubjectPlan": "builder", "build_demo_dataset": "builder",
+    "build_demo_study": "builder", "plan_subjects": "builder", "simulate_subject": "builder",
+    "SOURCES": "derivation", "derivation_text": "derivation",
+    "SourceMissing": "sources", "find_mni152": "sources", "find_or_fetch_colin27": "sources",
+    "find_or_fetch_head_ct": "sources",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"engine.demo_data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'engine.demo_data' has no attribute {name!r}")
