@@ -74,6 +74,7 @@ class PairedDataset:
         self._usable: dict[str, list[int]] = {}
         self._axis: dict[str, int] = {}
         self._count: dict[str, int] = {}
+        self._bank: dict[tuple[str, str, int], torch.Tensor] = {}
 
     @classmethod
     def open(cls, root: str | Path, *, seed: int = 0, deep: bool = False, min_body_fraction: float = 0.05,
@@ -182,5 +183,36 @@ class PairedDataset:
 
     def model_slice(self, subject: str, modality: str, index: int, image_size: int) -> torch.Tensor:
         """The slice as the model sees it: (1, image_size, image_size) float32 in [0, 1]."""
+        banked = self._bank.get((subject, modalities.canonical(modality), int(image_size)))
+        if banked is not None:
+            if not 0 <= index < banked.shape[0]:
+                raise IndexError(f"slice {index} is outside 0…{banked.shape[0] - 1} for {subject}/{modality}")
+            return banked[index].float()[None]
         image, _ = to_model_slice(self.slice(subject, modality, index), image_size)
         return image.clamp_(0.0, 1.0)
+
+    def preload(self, image_size: int, split: str | None = None, progress: ProgressFn = noop,
+                cancel: CancelToken | None = None) -> int:
+        """Read every volume of ``split`` once and keep its model slices in memory (float16).
+
+        Training draws thousands of random (subject, modality, slice) triples; without this, each
+        draw can reload and re-normalise a whole volume. Returns the bytes held.
+        """
+        from engine.jobs import Progress, check_cancel
+
+        subjects = self.subject_names(split)
+        total = sum(len(self.subject_modalities(s)) for s in subjects)
+        done = 0
+        for subject in subjects:
+            for modality in self.subject_modalities(subject):
+                check_cancel(cancel)
+                key = (subject, modality, int(image_size))
+                if key not in self._bank:
+                    nv = self.normalised(subject, modality)
+                    stack = slices_first(nv.array, self.slice_axis(subject))
+                    images, _ = to_model_slice(np.ascontiguousarray(stack, dtype=np.float32), image_size)
+                    self._bank[key] = images[:, 0].clamp_(0.0, 1.0).to(torch.float16)
+                done += 1
+                progress(Progress(done, total, f"preparing slices of {subject}"))
+            self.usable_slices(subject)            # computed while this subject's volumes are cached
+        return sum(t.numel() * t.element_size() for t in self._bank.values())

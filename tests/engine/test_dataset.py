@@ -169,3 +169,19 @@ def test_a_dicom_folder_counts_as_a_modality(tmp_path):
     assert paired.subject_modalities("head01") == ("CT", "CBCT") and not paired.report.problems
     volume = paired.volume("head01", "CT")
     assert volume.unit == "HU" and np.abs(volume.array - ct).max() <= 1.0       # Hounsfield units kept
+
+
+def test_preloaded_slices_equal_the_lazily_computed_ones(tmp_path):
+    root = write_phantom_dataset(tmp_path / "ds", subjects=3, shape=SHAPE, spacing=SPACING)
+    lazy = PairedDataset.open(root)
+    banked = PairedDataset.open(root)
+    held = banked.preload(32)
+    assert held > 0
+    for subject in lazy.subject_names():
+        for modality in lazy.subject_modalities(subject):
+            for index in (0, lazy.num_slices(subject) // 2):
+                a = lazy.model_slice(subject, modality, index, 32)
+                b = banked.model_slice(subject, modality, index, 32)
+                assert b.shape == a.shape == (1, 32, 32)
+                assert float((a - b).abs().max()) < 1e-3          # float16 storage
+        assert banked.usable_slices(subject) == lazy.usable_slices(subject)
