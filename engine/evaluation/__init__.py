@@ -1,0 +1,2 @@
+"""Evaluation: image-quality metrics (metrics.py), scoring synthetic volumes and whole models on a
+paired dataset (synthesis_eval.py, ``python main.py evaluate``), and the device speed check."""

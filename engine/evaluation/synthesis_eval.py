@@ -1,0 +1,162 @@
+"""Scoring synthetic volumes: one volume against its reference (resampled onto the synthetic grid
+when needed), and a model over a paired dataset's split — every route of every subject, scored
+per subject, then averaged per route (DATA.md's protocol) and over routes.
+
+Scores are computed on the slices the model produced: the volumes are viewed slice-first along
+the acquisition axis (:func:`engine.tasks.slices.slice_axis`), so SSIM windows lie in those slices.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engine import modalities
+from engine.evaluation.metrics import Evaluation, evaluate
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.tasks.slices import slice_axis, slices_first
+
+SCORE_KEYS = ("psnr_db", "ssim_x100", "mae")
+
+
+def score_volume(synthetic: Volume, reference: Volume, target: str | None = None,
+                 slices: Sequence[int] | None = None, cancel: CancelToken | None = None) -> Evaluation:
+    """PSNR / SSIM / MAE (whole and inside the reference's body mask) of ``synthetic`` against
+    ``reference``; the reference is resampled (linear) onto the synthetic grid if the grids differ.
+    ``slices`` (indices along the acquisition axis) restricts the scoring to those slices."""
+    from engine.tasks.dataset import resample_onto
+
+    target = modalities.canonical(target or synthetic.modality or reference.modality or "")
+    if not synthetic.same_grid(reference):
+        reference = resample_onto(reference, synthetic)
+    axis = slice_axis(synthetic.spacing)
+    syn = slices_first(np.asarray(synthetic.array, dtype=np.float32), axis)
+    ref = slices_first(np.asarray(reference.array, dtype=np.float32), axis)
+    if slices is not None:
+        syn, ref = syn[list(slices)], ref[list(slices)]
+    return evaluate(syn, ref, target, cancel=cancel)
+
+
+def central_block(indices: Sequence[int], count: int | None) -> list[int]:
+    """``count`` consecutive entries from the middle of ``indices`` (all when ``count`` is None)."""
+    indices = list(indices)
+    if count is None or count >= len(indices):
+        return indices
+    start = max(0, (len(indices) - count) // 2)
+    return indices[start:start + count]
+
+
+@dataclass(frozen=True)
+class SubjectScore:
+    subject: str
+    route: tuple[str, str]
+    evaluation: Evaluation
+    slices: int
+    seconds: float
+
+
+@dataclass
+class ModelEvaluation:
+    """Per-subject scores of every route and their per-route and overall means."""
+
+    model: str
+    dataset: str
+    split: str
+    settings: dict
+    subjects: list[SubjectScore] = field(default_factory=list)
+
+    def routes(self) -> list[tuple[str, str]]:
+        return list(dict.fromkeys(s.route for s in self.subjects))
+
+    def route_means(self) -> dict[tuple[str, str], dict]:
+        out = {}
+        for route in self.routes():
+            scores = [s for s in self.subjects if s.route == route]
+            out[route] = {"subjects": len(scores), "unit": scores[0].evaluation.unit,
+                          "whole": _mean([s.evaluation.whole.to_dict() for s in scores]),
+                          "body": _mean([s.evaluation.body.to_dict() for s in scores if s.evaluation.body]),
+                          "seconds": float(np.mean([s.seconds for s in scores]))}
+        return out
+
+    def to_dict(self) -> dict:
+        means = self.route_means()
+        return {
+            "model": self.model, "dataset": self.dataset, "split": self.split, "settings": self.settings,
+            "routes": [{"route": f"{a}→{b}", "source": a, "target": b, **m} for (a, b), m in means.items()],
+            "mean_over_routes": {"whole": _mean([m["whole"] for m in means.values()], keys=("psnr_db", "ssim_x100")),
+                                 "body": _mean([m["body"] for m in means.values()], keys=("psnr_db", "ssim_x100"))},
+            "subjects": [{"subject": s.subject, "route": f"{s.route[0]}→{s.route[1]}", "slices": s.slices,
+                          "seconds": s.seconds, **s.evaluation.to_dict()} for s in self.subjects],
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per route, then the mean over routes."""
+        head = f"{'route':<14}{'n':>3}  {'PSNR dB':>8}{'SSIM':>7}{'MAE':>10}  {'body PSNR':>9}{'SSIM':>7}{'MAE':>10}"
+        lines = [head, "-" * len(head)]
+        for (a, b), m in self.route_means().items():
+            w, bd = m["whole"], m["body"]
+            lines.append(f"{a + '→' + b:<14}{m['subjects']:>3}  {_f(w.get('psnr_db')):>8}{_f(w.get('ssim_x100')):>7}"
+                         f"{_f(w.get('mae')) + ' ' + m['unit']:>10}  {_f(bd.get('psnr_db')):>9}"
+                         f"{_f(bd.get('ssim_x100')):>7}{_f(bd.get('mae')) + ' ' + m['unit']:>10}")
+        overall = self.to_dict()["mean_over_routes"]
+        lines.append("-" * len(head))
+        lines.append(f"{'mean':<14}{'':>3}  {_f(overall['whole'].get('psnr_db')):>8}"
+                     f"{_f(overall['whole'].get('ssim_x100')):>7}{'':>10}  {_f(overall['body'].get('psnr_db')):>9}"
+                     f"{_f(overall['body'].get('ssim_x100')):>7}")
+        return "\n".join(lines)
+
+
+def _f(value) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _mean(rows: list[dict], keys: Iterable[str] = SCORE_KEYS) -> dict:
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: Iterable[Sequence[str]] | None = None,
+                   max_slices: int | None = None, settings=None, progress: ProgressFn = noop,
+                   cancel: CancelToken | None = None) -> ModelEvaluation:
+    """Synthesize every (subject of ``split``, route the model and the subject both have) and score
+    it against the subject's real target volume. ``split=None`` uses every subject; ``max_slices``
+    synthesizes only that many central body slices per volume (and scores those)."""
+    settings = settings or synthesizer.default_settings()
+    subjects = paired.subject_names(split)
+    if not subjects:
+        raise ValueError(f"the dataset has no subjects in the {split!r} split; choose another with --split")
+    wanted = None if routes is None else {(modalities.canonical(a), modalities.canonical(b)) for a, b in routes}
+    supported = set(synthesizer.routes) if synthesizer.routes else None
+    jobs = [(s, r) for s in subjects for r in paired.subject(s).routes
+            if (supported is None or r in supported) and (wanted is None or r in wanted)]
+    if not jobs:
+        raise ValueError(f"no route of the model ({', '.join(f'{a}→{b}' for a, b in synthesizer.routes) or 'any'}) "
+                         f"is present in the {split!r} split's subjects")
+    result = ModelEvaluation(synthesizer.name, paired.name, split or "all", settings.to_dict())
+    for k, (subject, (source, target)) in enumerate(jobs):
+        check_cancel(cancel)
+        started = time.perf_counter()
+        volume = paired.volume(subject, source)
+        reference = paired.volume(subject, target)
+        plan = synthesizer.plan(volume, source)
+        picked = central_block(plan.active, max_slices)
+        anatomy = paired.anatomy(subject) or settings.anatomy
+
+        def report(p: Progress, k=k, label=f"{subject} {source}→{target}") -> None:
+            progress(Progress(k + p.fraction, len(jobs), f"{label}: {p.message}"))
+
+        synthetic = synthesizer.synthesize_volume(volume, source, target, settings.replace(anatomy=anatomy),
+                                                  progress=report, cancel=cancel, slices=picked)
+        scores = score_volume(synthetic, reference, target, slices=picked if max_slices else None, cancel=cancel)
+        result.subjects.append(SubjectScore(subject, (source, target), scores, len(picked),
+                                            time.perf_counter() - started))
+        progress(Progress(k + 1, len(jobs), f"{subject} {source}→{target} scored"))
+    return result

@@ -1,0 +1,28 @@
+"""Inference: the volume synthesis pipeline (:class:`Synthesizer`), its settings, modality
+identification, the model card as inference reads it, and the ``synthesize`` / ``identify`` CLI.
+
+Names load lazily so that building the CLI parser does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Synthesizer": "engine.inference.pipeline",
+    "SlicePlan": "engine.inference.pipeline",
+    "RESEARCH_NOTE": "engine.inference.pipeline",
+    "SynthesisSettings": "engine.inference.settings",
+    "resolve_device": "engine.inference.settings",
+    "resolve_precision": "engine.inference.settings",
+    "Identification": "engine.inference.identify",
+    "identify_modality": "engine.inference.identify",
+    "ModelCard": "engine.inference.model_card",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'engine.inference' has no attribute {name!r}")

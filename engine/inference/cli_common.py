@@ -1,0 +1,82 @@
+"""What the model-using subcommands (synthesize, identify, evaluate) share: the default model
+folder, the model / device / precision arguments, opening the model with a clear error, and a
+progress printer for stderr. Importing this module does not import torch."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_DIR = ROOT / "resources" / "models" / "default"
+BACKENDS = ("torch", "onnx")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> None:
+    p.add_argument("--model", metavar="DIR", help=f"model folder (default: {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
+    if backend:
+        p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend (default: torch)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run (default: auto = the GPU when there is one)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="fp32 (default), or fp16 / bf16 mixed precision on a CUDA GPU")
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    """The model folder to use; ValueError naming how to get one when there is none."""
+    path = Path(args.model) if getattr(args, "model", None) else DEFAULT_MODEL_DIR
+    if not path.is_dir():
+        hint = ("train one with `python main.py train --data DIR --stage …` (see the README) "
+                "or pass --model DIR")
+        raise ValueError(f"no model at {path}; {hint}")
+    return path
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    if getattr(args, "backend", "torch") != "torch":
+        raise ValueError(f"--backend {args.backend} is not available yet; use --backend torch")
+
+
+def open_synthesizer(args: argparse.Namespace):
+    from engine.inference.pipeline import Synthesizer
+
+    check_backend(args)
+    return Synthesizer(model_dir(args), device=args.device, precision=args.precision)
+
+
+def stderr_progress(enabled: bool = True, every_s: float = 1.0) -> Callable:
+    """A progress callback printing to stderr: a live line on a terminal, else a line at most
+    every ``every_s`` seconds (and the last report)."""
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def report(p) -> None:
+        if not enabled:
+            return
+        text = f"{100 * p.fraction:5.1f}% {p.message}"
+        if interactive:
+            print(f"\r{text[:100]:<100}", end="", file=sys.stderr, flush=True)
+            if p.fraction >= 1.0:
+                print(file=sys.stderr)
+            return
+        now = time.monotonic()
+        if now - last[0] >= every_s or p.fraction >= 1.0:
+            last[0] = now
+            print(text, file=sys.stderr, flush=True)
+    return report
+
+
+def json_ready(value):
+    """``value`` with non-finite floats (inf PSNR of identical images, NaN of empty masks) as None,
+    so the printed JSON is strict."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

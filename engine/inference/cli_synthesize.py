@@ -1,0 +1,107 @@
+"""``python main.py synthesize INPUT --target MOD -o OUT``: a synthetic volume on the input's exact
+grid in the target's units, written atomically; with ``--reference`` also PSNR / SSIM / MAE as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.inference.cli_common import add_model_arguments, check_backend, json_ready, model_dir, stderr_progress
+
+MIN_AUTO_CONFIDENCE = 0.5
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synthesize", help="synthesize the volume of another modality (e.g. T1 → FLAIR, CBCT → CT)",
+        description="Synthesize the TARGET modality of INPUT with a SynerMedGen model, on the input's exact "
+                    "grid and in the target's physical units (HU for CT). Research use only, not for diagnosis.")
+    p.add_argument("input", help="a NIfTI/MHA/NRRD file, a DICOM file or a DICOM folder")
+    p.add_argument("--target", required=True, help="modality to synthesize (T1, T1CE, T2, FLAIR, PD, CT, CBCT, PET)")
+    p.add_argument("--source", default=None,
+                   help="the input's modality, or 'auto' to identify it with the model (default: the modality "
+                        "read from the file's header or name, else auto)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.nii, .nii.gz, .mha, .nrrd) or a folder for a DICOM series")
+    add_model_arguments(p)
+    p.add_argument("--steps", type=int, help="ODE steps = network calls (default: the model's, e.g. 24)")
+    p.add_argument("--seed", type=int, help="noise seed (default: the model's, 0)")
+    p.add_argument("--batch-size", default=None, help="slices per batch, or 'auto' from free memory (default)")
+    p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
+    p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+
+
+def _check_output(path: Path) -> None:
+    from engine.io.itk_files import file_kind
+
+    if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
+        raise ValueError(f"{path}: unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
+
+
+def resolve_source(synth, volume, requested: str | None, progress) -> tuple[str, dict | None]:
+    """The source modality: as given; the header's when not given; identified for 'auto'."""
+    from engine import modalities
+
+    if requested and requested.strip().lower() != "auto":
+        return modalities.canonical(requested), None
+    if requested is None and volume.modality:
+        return modalities.canonical(volume.modality), None
+    found = synth.identify(volume, progress=progress)
+    info = found.to_dict()
+    if found.reliable and found.confidence >= MIN_AUTO_CONFIDENCE:
+        return found.modality, info
+    if volume.modality:
+        print(f"note: identification is unsure ({found.modality}, confidence {found.confidence:.2f}); "
+              f"using the header's modality {volume.modality}", file=sys.stderr)
+        return modalities.canonical(volume.modality), info
+    raise ValueError(f"cannot identify the input's modality reliably (best guess {found.modality}, confidence "
+                     f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")
+
+
+def run(args: argparse.Namespace) -> int:
+    import engine.io as io
+    from engine import modalities
+    from engine.inference.model_card import ModelCard
+
+    started = time.perf_counter()
+    target = modalities.canonical(args.target)
+    folder = model_dir(args)
+    check_backend(args)
+    card = ModelCard.read(folder)
+    if args.source and args.source.strip().lower() != "auto":
+        card.check_route(args.source, target)          # fail before loading anything heavy
+    output = Path(args.output)
+    _check_output(output)
+    progress = stderr_progress(not args.quiet)
+    volume = io.load(args.input, series=args.series)
+
+    from engine.inference.pipeline import Synthesizer
+
+    synth = Synthesizer(folder, device=args.device, precision=args.precision)
+    source, identified = resolve_source(synth, volume, args.source, progress)
+    synth.card.check_route(source, target)
+    settings = synth.default_settings()
+    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size))
+               if v is not None}
+    settings = settings.replace(**changes)
+    result = synth.synthesize_volume(volume, source, target, settings, progress=progress)
+    written = io.save(result, output, description=synth.describe(source, target, settings))
+    report = {
+        "output": str(written), "route": f"{source}→{target}", "model": synth.name, "device": synth.device.type,
+        "precision": synth.precision, "steps": settings.steps, "seed": settings.seed,
+        "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
+        "shape_zyx": list(result.shape), "unit": result.unit,
+    }
+    if identified is not None:
+        report["identified"] = identified
+    if args.reference:
+        from engine.evaluation.synthesis_eval import score_volume
+
+        reference = io.load(args.reference)
+        report["metrics"] = score_volume(result, reference, target).to_dict()
+    print(json.dumps(json_ready(report), indent=2 if args.reference else None))
+    return 0

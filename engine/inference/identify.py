@@ -1,0 +1,146 @@
+"""Modality identification with the model's understanding branch: the MI task's question about
+one panel (a central slice), each candidate answer ("A: T1", "A: FLAIR", …) scored by its
+log-likelihood under the language model, softmax over candidates, averaged over a few slices.
+
+The prompt mirrors an MI training sample laid out by ``UnderstandingSample.interleaved()``:
+``[Text("A:"), VitImage(slice), Text(question)]`` followed by the answer text. The slice is
+normalised by the rule of the intensity family the values show (HU → CT's fixed range, SUV → PET,
+otherwise MR percentiles), since the modality is what we are asking for.
+
+A model whose card does not say Stage I (understanding) was trained still answers, but the result
+is marked unreliable with confidence 0: its answer is a guess.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engine import modalities
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.tasks.instructions import mi_question, modality_answer
+from engine.tasks.slices import slice_axis, slices_first, to_model_slice
+
+DEFAULT_SLICES = 3
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The most likely modality, its probability (0 when unreliable), every candidate's
+    probability (summing to 1), and whether the model was trained to answer at all."""
+
+    modality: str
+    confidence: float
+    probabilities: dict[str, float]
+    reliable: bool
+    note: str = ""
+    slices: tuple[int, ...] = field(default_factory=tuple)
+    axis: int = 0
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "confidence": self.confidence, "probabilities": self.probabilities,
+                "reliable": self.reliable, "note": self.note, "slices": list(self.slices), "axis": self.axis}
+
+
+def intensity_family(volume: Volume) -> str:
+    """"CT", "PET" or "MR" by the values' unit or range (air below −500 means HU)."""
+    unit = (volume.unit or "").upper()
+    if unit == "HU":
+        return "CT"
+    if unit.startswith("SUV"):
+        return "PET"
+    finite = np.asarray(volume.array, dtype=np.float32)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and float(np.percentile(finite, 1.0)) < -500.0:
+        return "CT"
+    return "MR"
+
+
+_FAMILY_RULE = {"CT": "CT", "PET": "PET", "MR": "T1"}   # a modality whose normalisation each family uses
+
+
+def central_slices(volume: Volume, family: str, count: int = DEFAULT_SLICES) -> tuple[int, tuple[int, ...]]:
+    """(axis, indices) of ``count`` slices spread over the middle half of the slices showing body."""
+    axis = slice_axis(volume.spacing)
+    mask = slices_first(modalities.body_mask(np.nan_to_num(volume.array.astype(np.float32)), _FAMILY_RULE[family]),
+                        axis)
+    body = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if body.size == 0:
+        body = np.arange(mask.shape[0])
+    lo, hi = body[0], body[-1]
+    quantiles = np.linspace(0.25, 0.75, count) if count > 1 else np.array([0.5])
+    picks = sorted({int(round(lo + q * (hi - lo))) for q in quantiles})
+    return axis, tuple(picks)
+
+
+def mi_prompt(tokenizer, image: torch.Tensor, choices: Sequence[str], anatomy: str = "",
+              answer: str | None = None) -> list:
+    """The one-panel MI prompt ``[Text("A:"), VitImage(image), Text(question)]`` for an image
+    (C, H, W) in [−1, 1], followed by ``Text("A: <answer>", loss=True)`` when an answer is given."""
+    from engine.model import Text, VitImage
+
+    row = [Text(tokenizer.encode("A:")), VitImage(image),
+           Text(tokenizer.encode(mi_question(1, choices, anatomy, template=0)))]
+    if answer is not None:
+        row.append(Text(tokenizer.encode(modality_answer([answer])), loss=True))
+    return row
+
+
+def answer_log_likelihoods(model, rows: list) -> torch.Tensor:
+    """log P(answer | prompt) of each row (summed over its answer tokens and the closing
+    ``<|im_end|>``), as a float32 CPU tensor (rows,)."""
+    out = model.understanding_forward(rows, logits_for="labels")
+    logp = torch.log_softmax(out.logits.float(), dim=-1).gather(1, out.labels[:, None])[:, 0].cpu()
+    row_of_label = (out.layout.labels != -100).nonzero()[:, 0].cpu()
+    return torch.zeros(len(rows)).index_add_(0, row_of_label, logp)
+
+
+def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None = None, slices: int = DEFAULT_SLICES,
+                      anatomy: str | None = None, progress: ProgressFn = noop,
+                      cancel: CancelToken | None = None) -> Identification:
+    """Identify ``volume``'s modality with ``model`` (a :class:`Synthesizer` or a model folder).
+
+    ``candidates`` default to the modalities of the model card (all registry modalities when the
+    card names none).
+    """
+    from engine.inference.pipeline import Synthesizer, vit_view
+    from engine.inference.settings import autocast
+
+    synth = model if isinstance(model, Synthesizer) else Synthesizer(Path(model))
+    if synth.tokenizer is None:
+        raise ValueError(f"{synth.model_dir}: the model folder has no tokenizer")
+    names = [modalities.canonical(c) for c in (candidates or synth.modalities or list(modalities.MODALITIES))]
+    if len(names) < 2:
+        raise ValueError(f"identification needs at least two candidate modalities, got {names}")
+    family = intensity_family(volume)
+    axis, picks = central_slices(volume, family, slices)
+    array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
+    norm = modalities.normalisation_for(array, _FAMILY_RULE[family])
+    stack = slices_first(modalities.normalise(array, norm), axis)
+    images, _ = to_model_slice(stack[list(picks)], synth.image_size)
+    pixels = vit_view(images.to(synth.device) * 2.0 - 1.0, synth.config)
+    if anatomy is None:
+        anatomy = synth.card.anatomy if isinstance(synth.card.anatomy, str) else ""
+        anatomy = anatomy or ("brain" if family == "MR" else "head")
+    log_likelihood = torch.zeros(len(picks), len(names))
+    for s in range(len(picks)):
+        check_cancel(cancel)
+        rows = [mi_prompt(synth.tokenizer, pixels[s], names, anatomy, answer=m) for m in names]
+        with torch.no_grad(), autocast(synth.device, synth.compute_dtype):
+            log_likelihood[s] = answer_log_likelihoods(synth.model, rows)
+        progress(Progress(s + 1, len(picks), f"identifying: slice {s + 1} of {len(picks)}"))
+    per_slice = torch.softmax(log_likelihood, dim=1)
+    mean = per_slice.mean(dim=0)
+    mean = mean / mean.sum()
+    probabilities = {m: float(p) for m, p in zip(names, mean)}
+    best = names[int(mean.argmax())]
+    if synth.card.understanding_trained:
+        return Identification(best, float(mean.max()), probabilities, True,
+                              f"MI question on {len(picks)} slices along axis {axis}", picks, axis)
+    note = (f"model {synth.name!r} has no understanding (Stage I) training according to its card: "
+            f"{best} is a guess, not an identification")
+    return Identification(best, 0.0, probabilities, False, note, picks, axis)

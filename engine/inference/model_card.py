@@ -1,0 +1,162 @@
+"""What inference reads from a model folder's ``metadata.json`` (the model card): routes and
+modalities, the slice size the model was trained at, anatomy, whether Stage I (understanding)
+was trained, and the model's own inference defaults. Reading it never loads any weights.
+
+Keys read (all optional; a missing key has the documented fallback)::
+
+    name                 str     shown in notes and descriptions (default: the folder name)
+    routes               [["T1", "FLAIR"], …] or ["T1->FLAIR", …]   (default: every ordered pair
+                                 of ``modalities``; neither given → any route is attempted)
+    modalities           ["T1", "T2", …]         (default: those named by ``routes``)
+    image_size           int     the square slice size of training (default: the largest the
+                                 model's position tables allow, at most 256)
+    anatomy              str, or {"T1->FLAIR": "brain", "CT": "head", "*": "brain"}; else the single
+                                 entry of ``data.anatomies`` (the trainer's card); else a heuristic
+    recipe.stages        [{"stage": "understanding", "steps_done": 4000, …}, …] (the trainer's card),
+                                 or ``stages``: ["vae", "understanding", "generation"] — an
+                                 "understanding" or "joint" stage with steps done (or a truthy
+                                 ``understanding`` key) means Stage I was trained, so ``identify``
+                                 can be trusted
+    inference_defaults   {"steps", "solver", "shift", "guidance": {GuidanceConfig fields}, "seed",
+                          "batch_size", "start_from_source", "mr_output_range": [lo, hi]}
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine import modalities
+
+METADATA_FILE = "metadata.json"
+MAX_DEFAULT_IMAGE_SIZE = 256
+
+
+def parse_route(value: Any) -> tuple[str, str]:
+    """("T1", "FLAIR") from ["t1", "flair"], "T1->FLAIR", "T1→FLAIR" or {"source": …, "target": …}."""
+    if isinstance(value, Mapping):
+        pair = (value.get("source"), value.get("target"))
+    elif isinstance(value, str):
+        pair = tuple(p for p in re.split(r"\s*(?:->|→|>|:)\s*", value.strip()) if p)
+    else:
+        pair = tuple(value)
+    if len(pair) != 2 or not all(pair):
+        raise ValueError(f"model card: cannot read the route {value!r} (write it as [\"T1\", \"FLAIR\"])")
+    return modalities.canonical(pair[0]), modalities.canonical(pair[1])
+
+
+UNDERSTANDING_STAGES = ("understanding", "joint")
+
+
+def _trained_understanding(meta: Mapping[str, Any]) -> bool:
+    """Whether the card records a Stage I (or joint) run that did at least one step."""
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), Mapping) else {}
+    for record in recipe.get("stages") or []:
+        if isinstance(record, Mapping) and str(record.get("stage", "")).lower() in UNDERSTANDING_STAGES \
+                and (record.get("steps_done") is None or int(record.get("steps_done") or 0) > 0):
+            return True
+    stages = meta.get("stages") or []
+    return any(str(s).lower() in UNDERSTANDING_STAGES for s in stages if isinstance(s, str))
+
+
+def route_name(source: str, target: str) -> str:
+    return f"{source}→{target}"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The inference-relevant part of a model folder's ``metadata.json``."""
+
+    name: str
+    routes: tuple[tuple[str, str], ...] | None      # None: the card names none; any route is tried
+    modalities: tuple[str, ...]
+    image_size: int | None                          # None: derive from the config
+    anatomy: str | dict[str, str] = ""
+    understanding_trained: bool = False
+    inference_defaults: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], folder_name: str = "model") -> "ModelCard":
+        meta = dict(metadata or {})
+        routes = None
+        if meta.get("routes"):
+            routes = tuple(dict.fromkeys(parse_route(r) for r in meta["routes"]))
+        names = [modalities.canonical(m) for m in meta.get("modalities") or []]
+        if routes is not None:
+            names += [m for r in routes for m in r]
+        order = list(modalities.MODALITIES)
+        names = tuple(sorted(set(names), key=order.index))        # registry order, as the MI question lists them
+        if routes is None and len(names) >= 2:
+            routes = tuple((a, b) for a in names for b in names if a != b)
+        understanding = bool(meta.get("understanding")) or _trained_understanding(meta)
+        size = meta.get("image_size")
+        defaults = meta.get("inference_defaults") or {}
+        if not isinstance(defaults, Mapping):
+            raise ValueError("model card: inference_defaults must be an object")
+        anatomy = meta.get("anatomy") or ""
+        anatomies = (meta.get("data") or {}).get("anatomies") if isinstance(meta.get("data"), Mapping) else None
+        if not anatomy and isinstance(anatomies, list) and len(anatomies) == 1:
+            anatomy = str(anatomies[0])
+        if not isinstance(anatomy, (str, Mapping)):
+            raise ValueError("model card: anatomy must be a string or an object")
+        return cls(name=str(meta.get("name") or folder_name), routes=routes, modalities=names,
+                   image_size=int(size) if size else None,
+                   anatomy=anatomy if isinstance(anatomy, str) else {str(k): str(v) for k, v in anatomy.items()},
+                   understanding_trained=understanding, inference_defaults=dict(defaults), raw=meta)
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> "ModelCard":
+        """The card of a model folder (an empty card when it has no ``metadata.json``)."""
+        path = Path(model_dir)
+        file = path / METADATA_FILE
+        if not file.exists():
+            return cls.from_metadata({}, path.name)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: not a readable model card ({exc})") from exc
+        return cls.from_metadata(data, path.name)
+
+    # -- routes ------------------------------------------------------------------------------
+    def route_names(self) -> list[str]:
+        return [route_name(*r) for r in self.routes or ()]
+
+    def check_route(self, source: str, target: str) -> tuple[str, str]:
+        """The canonical route; ValueError listing the supported ones when the model lacks it."""
+        route = modalities.canonical(source), modalities.canonical(target)
+        if route[0] == route[1]:
+            raise ValueError(f"source and target are both {route[0]}: nothing to synthesize")
+        if self.routes is not None and route not in self.routes:
+            listed = ", ".join(self.route_names()) or "none"
+            raise ValueError(f"model {self.name!r} does not support {route_name(*route)}; "
+                             f"its routes: {listed}")
+        return route
+
+    def anatomy_for(self, source: str, target: str) -> str:
+        """Anatomy phrase for the instruction: the card's (per route, per modality or ``*``),
+        else "head" when either side is CT/CBCT/PET and "brain" for MR → MR."""
+        a = self.anatomy
+        if isinstance(a, str) and a:
+            return a
+        if isinstance(a, dict):
+            for key in (f"{source}->{target}", route_name(source, target), target, source, "*"):
+                if key in a:
+                    return a[key]
+        families = {modalities.get(source).family, modalities.get(target).family}
+        return "brain" if families == {"MR"} else "head"
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def slice_size(self, config) -> int:
+        """The square slice size fed to the autoencoder (the ViT gets its own view of it, see
+        :func:`engine.inference.pipeline.vit_view`), checked against the latent token grid."""
+        step = config.latent_downsample
+        largest = config.max_latent_size * step
+        default = min(largest, MAX_DEFAULT_IMAGE_SIZE, config.vit_max_num_patch_per_side * config.vit.patch_size)
+        size = self.image_size or max(step, default // step * step)
+        if size % step or size > largest:
+            raise ValueError(f"model card: image_size {size} does not fit the model (a multiple of {step}, "
+                             f"at most {largest})")
+        return int(size)

@@ -1,0 +1,362 @@
+"""The volume synthesis pipeline: a :class:`Synthesizer` loads a model folder once and turns a
+volume of one modality into the matching volume of another, on the input's exact grid and in the
+target's physical units.
+
+Per volume: normalise the source per its modality → slice along the acquisition axis → skip
+empty slices → for each batch of slices: VAE latents + ViT tokens + instruction encoded once into
+a cached context (K/V for every guidance branch) → flow-matching ODE with the guidance branches
+batched → VAE decode → back onto the slice grid → re-stack → target units.
+
+Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's protocol):
+
+- CT / CBCT: [0, 1] → HU −1024…2000; PET: → SUV 0…20 (the registry's fixed ranges);
+- MR (arbitrary units): [0, 1] → 0…1000 a.u. (``mr_output_range`` in the card's
+  ``inference_defaults`` overrides), i.e. the target's 0.5–99.5 % in-body range lands on 0…1000.
+  MR scales differ between scanners and studies; metrics normalise each volume on their own.
+- slices where the source shows (almost) no body: the target's background (−1000 HU, SUV 0, 0 a.u.).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import modalities
+from engine.inference.model_card import ModelCard, route_name
+from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
+                                       resolve_device, resolve_precision, settings_from_card)
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.sampling import draw_noise, guided_velocity, inference_timesteps, interpolate
+from engine.sampling.solvers import get_solver
+from engine.tasks.instructions import default_instruction
+from engine.tasks.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
+
+RESEARCH_NOTE = "synthetic — research use only, not for diagnosis"
+MR_OUTPUT_RANGE = (0.0, 1000.0)
+BACKGROUND = {"CT": -1000.0, "PET": 0.0}          # MR: the bottom of its output range
+MAX_AUTO_BATCH = {"cpu": 8, "cuda": 64}           # CPU: bigger batches gain nothing on few cores
+MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}          # share of the free memory a batch may plan to use
+MIN_BODY_FRACTION = 0.01                          # a slice with less body than this is left as background
+
+PreviewFn = Callable[[int, np.ndarray], None]
+
+
+def vit_view(pixels: torch.Tensor, config) -> torch.Tensor:
+    """(n, 1, S, S) in [−1, 1] → what the ViT sees, as training builds it: a side that is a multiple
+    of the ViT patch within its position table (bilinear, antialiased, only when S is not one), and
+    the ViT's channel count."""
+    patch = config.vit.patch_size
+    side = min(pixels.shape[-1] // patch, config.vit_max_num_patch_per_side) * patch
+    if side < patch:
+        raise ValueError(f"slice size {pixels.shape[-1]} is smaller than the ViT patch {patch}")
+    if side != pixels.shape[-1] or side != pixels.shape[-2]:
+        pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return pixels.expand(-1, config.vit.num_channels, -1, -1)
+
+
+def slice_seed(seed: int, index: int) -> int:
+    """The noise seed of slice ``index``: the same slice gets the same noise in any batch."""
+    return (int(seed) * 1_000_003 + int(index) * 7_919 + 12_345) % (2 ** 63)
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """How a volume is cut: ``axis`` of the (z, y, x) array, ``count`` slices of ``height`` × ``width``,
+    the ones to synthesize (``active``, body visible) and the rest (``empty``)."""
+
+    axis: int
+    count: int
+    height: int
+    width: int
+    active: tuple[int, ...]
+    empty: tuple[int, ...]
+    placement: Placement
+
+
+class Synthesizer:
+    """One loaded model, ready to synthesize volumes and identify modalities.
+
+    ``Synthesizer(model_dir, device="auto", precision="fp32")``; ``context_cache=False`` recomputes
+    the context at every step (the reference the cache is tested and benchmarked against).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", precision: str = "fp32", *,
+                 context_cache: bool = True, loaded=None) -> None:
+        from engine.model import load_model_dir
+
+        self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.precision = str(precision).strip().lower()
+        self.compute_dtype = resolve_precision(self.precision, self.device)
+        self.context_cache = bool(context_cache)
+        if loaded is None:
+            if not self.model_dir.is_dir():
+                raise FileNotFoundError(f"no model at {self.model_dir}")
+            loaded = load_model_dir(self.model_dir, device=self.device, dtype=torch.float32)
+        else:
+            loaded.model.to(self.device)
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.card = ModelCard.from_metadata(loaded.metadata, self.model_dir.name)
+        self.image_size = self.card.slice_size(self.config)
+        self._defaults, self._extras = settings_from_card(self.card.inference_defaults)
+        self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
+
+    # -- the model card ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        return list(self.card.routes or ())
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.card.modalities)
+
+    def default_settings(self) -> SynthesisSettings:
+        """:class:`SynthesisSettings` defaults with the model card's ``inference_defaults`` applied."""
+        return self._defaults
+
+    def output_normalisation(self, target: str) -> modalities.Normalisation:
+        """How [0, 1] maps to the target's units (see the module docstring)."""
+        mod = modalities.get(target)
+        if mod.fixed_range is not None:
+            return modalities.Normalisation(mod.name, *mod.fixed_range)
+        lo, hi = (float(v) for v in self._extras.get("mr_output_range", MR_OUTPUT_RANGE))
+        return modalities.Normalisation(mod.name, lo, hi)
+
+    def background_value(self, target: str) -> float:
+        mod = modalities.get(target)
+        return BACKGROUND.get(mod.family, self.output_normalisation(target).lo)
+
+    # -- planning --------------------------------------------------------------------------------
+    def plan(self, volume: Volume, source: str, slices: Sequence[int] | None = None) -> SlicePlan:
+        """The slice axis, which slices hold body (≥ 1 % of the slice inside the source's body mask)
+        and the model placement. ``slices`` restricts synthesis to those indices along the axis (others count as empty)."""
+        axis = slice_axis(volume.spacing)
+        mask = slices_first(modalities.body_mask(np.nan_to_num(volume.array.astype(np.float32)), source), axis)
+        count, height, width = mask.shape
+        has_body = mask.reshape(count, -1).mean(axis=1) >= MIN_BODY_FRACTION
+        wanted = set(range(count)) if slices is None else {int(i) for i in slices}
+        bad = sorted(i for i in wanted if not 0 <= i < count)
+        if bad:
+            raise ValueError(f"slices {bad[:5]} are outside 0…{count - 1}")
+        active = tuple(i for i in range(count) if has_body[i] and i in wanted)
+        empty = tuple(i for i in range(count) if i not in active)
+        return SlicePlan(axis, count, height, width, active, empty,
+                         Placement.for_shape(height, width, self.image_size))
+
+    # -- synthesis -------------------------------------------------------------------------------
+    def synthesize_volume(self, volume: Volume, source: str | None, target: str,
+                          settings: SynthesisSettings | None = None, progress: ProgressFn = noop,
+                          cancel: CancelToken | None = None, preview: PreviewFn | None = None,
+                          slices: Sequence[int] | None = None) -> Volume:
+        """The synthetic ``target`` volume of ``volume`` (modality ``source``, or the volume's own).
+
+        Returns a Volume on the input's grid (shape, spacing, origin, direction) with modality and
+        unit of the target and the source's DICOM identity (a DICOM export stays in its study).
+        ``progress`` gets slice counts (fractions while a batch samples); ``cancel`` is checked at
+        every ODE step and raises :class:`engine.jobs.Cancelled`. ``preview(i, slice)`` receives each
+        finished slice ``i`` along the plan's axis, in target units, shaped like
+        ``slices_first(volume.array, axis)[i]``. ``slices`` limits the work to some slice indices
+        (the others are set to the background), e.g. for quick evaluations.
+        """
+        started = time.perf_counter()
+        source = source or volume.modality
+        if not source:
+            raise ValueError("the input's modality is unknown: name it (e.g. source='T1') or identify it first")
+        source, target = self.card.check_route(source, target)
+        settings = settings or self.default_settings()
+        if self.tokenizer is None:
+            raise ValueError(f"{self.model_dir}: the model folder has no tokenizer")
+        check_cancel(cancel)
+        plan = self.plan(volume, source, slices)
+        anatomy = settings.anatomy if settings.anatomy is not None else self.card.anatomy_for(source, target)
+        instruction = default_instruction(source, target, anatomy)
+        ids = self.tokenizer.encode(instruction)
+
+        array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
+        norm_in = modalities.normalisation_for(array, source)
+        stack = slices_first(modalities.normalise(array, norm_in), plan.axis)
+        norm_out = self.output_normalisation(target)
+        out = np.full((plan.count, plan.height, plan.width), self.background_value(target), np.float32)
+
+        total = plan.count
+        done = len(plan.empty)
+        shown = [float(done)]                     # never report less than already reported
+
+        def report(value: float, message: str) -> None:
+            shown[0] = max(shown[0], value)
+            progress(Progress(shown[0], total, message))
+
+        report(done, f"{done} of {total} slices empty (background)")
+        if preview is not None:
+            for i in plan.empty:
+                preview(i, out[i])
+
+        queue = list(plan.active)
+        size = settings.batch_size if settings.batch_size != "auto" else 1   # "auto": a one-slice probe first
+        auto = settings.batch_size == "auto"
+        position = 0
+        while position < len(queue):
+            check_cancel(cancel)
+            chunk = queue[position:position + size]
+            images, _ = to_model_slice(stack[chunk], self.image_size)
+
+            def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:
+                # a batch's slices advance together step by step and are counted done at its end
+                report(base + n * p.fraction * 0.999,
+                       f"slices {first + 1}–{last + 1} of {total}: step {int(p.done)}/{int(p.total)}")
+
+            probing = auto and position == 0
+            if probing:
+                self._reset_peak_memory()
+            try:
+                result = self._run_batch(images, chunk, ids, settings, cancel, on_step)
+            except Exception as exc:            # noqa: BLE001 — only out-of-memory is handled here
+                if not is_out_of_memory(exc):
+                    raise
+                if len(chunk) == 1:
+                    raise RuntimeError(f"out of memory on {self.device.type} even for one slice "
+                                       f"({self.image_size}² px, {self.precision}); free memory, use a "
+                                       "lower precision on a GPU, or run on another device") from exc
+                result = None                   # leave the except block: its traceback holds the batch
+            if result is None:
+                self._release_memory()
+                size = max(1, len(chunk) // 2)
+                report(done, f"out of memory with {len(chunk)} slices a batch: retrying with {size}")
+                continue
+            if probing:
+                size = self._auto_batch_size(len(queue), len(ids))
+            physical = modalities.denormalise(from_model_slice(result, plan.placement), norm_out)
+            for k, i in enumerate(chunk):
+                out[i] = physical[k]
+                done += 1
+                report(done, f"slice {i + 1} of {total} done")
+                if preview is not None:
+                    preview(i, out[i])
+            position += len(chunk)
+        self.last_batch_size = size
+
+        elapsed = time.perf_counter() - started
+        g = settings.guidance
+        notes = (
+            RESEARCH_NOTE,
+            f"model: {self.name}",
+            f"route: {route_name(source, target)}",
+            f"instruction: {instruction}",
+            f"sampling: {settings.steps} {settings.solver} steps, shift {settings.shift:g}, guidance text "
+            f"{g.text_scale:g} / image {g.image_scale:g} in t∈({g.interval[0]:g}, {g.interval[1]:g}], "
+            f"seed {settings.seed}" + (f", start from source at t={settings.t_start:g}"
+                                       if settings.start_from_source else ""),
+            f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
+            f"background; {elapsed:.1f} s on {self.device.type} ({self.precision})",
+        )
+        return volume.with_array(
+            np.ascontiguousarray(slices_back(out, plan.axis)),
+            modality=target, unit=modalities.get(target).unit,
+            name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom))
+
+    def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
+        """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
+        settings = settings or self.default_settings()
+        return f"synthetic {target} from {source} ({self.name}, {settings.steps} steps)"[:64]
+
+    # -- one batch of slices -------------------------------------------------------------------
+    @torch.no_grad()
+    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], instruction_ids: Sequence[int],
+                   settings: SynthesisSettings, cancel: CancelToken | None,
+                   on_step: ProgressFn = noop) -> torch.Tensor:
+        """Model slices (n, 1, S, S) in [0, 1] → synthetic slices (n, 1, S, S) in [0, 1]."""
+        model, device = self.model, self.device
+        n = images.shape[0]
+        pixels = (images.to(device, torch.float32) * 2.0 - 1.0)
+        ids = [list(instruction_ids)] * n
+        guidance = settings.guidance
+        branches = ("cond",) + (("no_text",) if guidance.text_scale > 1 else ()) \
+            + (("no_image",) if guidance.image_scale > 1 else ())
+        with autocast(device, self.compute_dtype):
+            latent = model.vae.encode(pixels).float()
+            seen = vit_view(pixels, self.config)
+            if self.context_cache:
+                context = model.encode_context(latent, seen, ids, branches=branches)
+
+                def velocity(x, t, wanted):
+                    return model.velocity(x, t, context, wanted)
+            else:
+                def velocity(x, t, wanted):
+                    return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted)
+
+            shape = tuple(latent.shape[1:])
+            noise = torch.stack([draw_noise(shape, seed=slice_seed(settings.seed, i)) for i in indices]).to(device)
+            x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
+            guided = guided_velocity(velocity, guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
+
+            def field(x_state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return guided(x_state, t).float()
+
+            timesteps = inference_timesteps(settings.steps, settings.shift, settings.t_start)
+            x0 = get_solver(settings.solver)(field, x, timesteps, progress=on_step, cancel=cancel)
+            check_cancel(cancel)
+            decoded = model.vae.decode(x0).float()
+        if decoded.shape[1] != 1:
+            decoded = decoded.mean(dim=1, keepdim=True)
+        return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+
+    # -- batch sizing --------------------------------------------------------------------------
+    def _reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._probe_base = torch.cuda.memory_allocated(self.device)
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def slice_memory_estimate(self, text_tokens: int) -> int:
+        """Bytes one slice needs while it is sampled (all guidance branches), from the shapes: the
+        cached K/V of its context, the attention and MLP activations of a denoising pass and of the
+        context pass, and the VAE decoder's full-resolution activations; ×2 for allocator slack."""
+        cfg, s = self.config, self.image_size
+        llm, vae = cfg.llm, cfg.vae
+        branches = 3
+        latent_tokens = (s // cfg.latent_downsample) ** 2 + 2
+        vit_tokens = (s // cfg.vit.patch_size) ** 2 + 2
+        context = latent_tokens + vit_tokens + text_tokens + 2
+        f = 4  # bytes of fp32
+        kv = llm.num_hidden_layers * 2 * context * llm.num_key_value_heads * llm.head_dim * f * branches
+        step = branches * (latent_tokens * (context + latent_tokens) * (llm.num_attention_heads * f + 1)
+                           + latent_tokens * llm.intermediate_size * f * 3 + latent_tokens * llm.hidden_size * f * 8)
+        encode = branches * (context * context * (llm.num_attention_heads * f + 1)
+                             + context * llm.intermediate_size * f * 3 + context * llm.hidden_size * f * 8)
+        decoder = vae.ch * vae.ch_mult[0] * s * s * f * 6 + (s // vae.downsample) ** 4 * f
+        return int(2 * (kv + max(step, encode, decoder)))
+
+    def _auto_batch_size(self, slices: int, text_tokens: int) -> int:
+        """Batch size from free memory and the one-slice probe just run."""
+        kind = self.device.type if self.device.type in MAX_AUTO_BATCH else "cpu"
+        if kind == "cuda":
+            torch.cuda.synchronize(self.device)
+            need = max(1, torch.cuda.max_memory_allocated(self.device) - getattr(self, "_probe_base", 0))
+        else:
+            need = self.slice_memory_estimate(text_tokens)
+        budget = MEMORY_SHARE[kind] * available_memory(self.device)
+        return int(max(1, min(MAX_AUTO_BATCH[kind], slices, budget // need)))
+
+    # -- understanding ---------------------------------------------------------------------------
+    def identify(self, volume: Volume, **kwargs):
+        """The volume's modality by the model's understanding branch (see :func:`identify_modality`)."""
+        from engine.inference.identify import identify_modality
+
+        return identify_modality(volume, self, **kwargs)

@@ -1,0 +1,51 @@
+"""Model folders with random weights: real shapes and real FLOPs, no training. For tests (a tiny
+model in a temporary folder), speed benchmarks and the GPU check (the ``bagel-7b`` preset before
+real weights exist). Their card says plainly that they are untrained."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from engine import modalities
+
+DEFAULT_ROUTES = (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("T2", "FLAIR"), ("CBCT", "CT"), ("CT", "CBCT"))
+
+
+def write_random_model(path: str | Path, *, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFAULT_ROUTES,
+                       image_size: int | None = 32, understanding: bool = True, seed: int = 0,
+                       source_token_aligned: bool = False, output_std: float = 0.05,
+                       metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a model folder (config, random weights, tokenizer, card) and return its path.
+
+    ``llm2vae`` gets small random weights (``output_std``) instead of zeros, so velocities are not
+    all zero. ``understanding=True`` marks Stage I as trained in the card (tests of identify);
+    ``metadata`` entries are merged into the card.
+    """
+    from engine.model import from_config, preset as get_preset, save_model_dir, train_tokenizer
+    from engine.tasks.corpus import instruction_corpus
+
+    routes = [(modalities.canonical(a), modalities.canonical(b)) for a, b in routes]
+    names = list(dict.fromkeys(m for r in routes for m in r))
+    vocab = min(get_preset(preset).llm.vocab_size, 1024)
+    tokenizer = train_tokenizer(instruction_corpus(names, anatomies=("brain", "head")), vocab_size=vocab)
+    cfg = get_preset(preset).replace(source_token_aligned=source_token_aligned, tokens=tokenizer.special_ids)
+    torch.manual_seed(seed)
+    model = from_config(cfg).eval()
+    with torch.no_grad():
+        model.llm2vae.weight.normal_(std=output_std)
+        if source_token_aligned:
+            model.vae2llm_src.weight.normal_(std=output_std)
+    card: dict[str, Any] = {
+        "name": f"random-{preset}",
+        "description": "random weights — untrained; for tests and speed measurements only",
+        "routes": [list(r) for r in routes],
+        "modalities": names,
+        "stages": ["vae", "understanding", "generation"] if understanding else ["vae", "generation"],
+        "licence": "research use only, not for diagnosis",
+    }
+    if image_size is not None:
+        card["image_size"] = int(image_size)
+    card.update(dict(metadata or {}))
+    return save_model_dir(model, cfg, path, tokenizer=tokenizer, metadata=card)

@@ -1,0 +1,198 @@
+"""The knobs of one synthesis run (:class:`SynthesisSettings`), the model's own defaults for them,
+and where the computation runs: device and precision choice, free memory, out-of-memory errors.
+
+Default sampling (for the small models this engine trains; a model card's ``inference_defaults``
+override any of them):
+
+- ``steps=24`` Euler steps (network calls) with BAGEL's timestep shift 3.0. BAGEL uses 49; our
+  tiny/small latent models change < 1 SSIM point beyond ~20 steps and CPU time is linear in steps.
+- guidance: text 2.0, image 1.0 (off), applied only for t in (0.4, 1]. A route is named by the
+  instruction, so mild text guidance sharpens the route; image guidance costs a third branch and
+  tends to exaggerate contrast, which costs SSIM in paired synthesis. BAGEL's 4.0 / 1.5 is for
+  open-ended editing.
+- ``batch_size="auto"``: from free memory (CUDA: ``torch.cuda.mem_get_info``; CPU: available
+  RAM) divided by the per-slice need measured (CUDA) or estimated (CPU) on the first slice.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from engine.sampling import GuidanceConfig
+from engine.sampling.solvers import SOLVERS
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_guidance() -> GuidanceConfig:
+    return GuidanceConfig(text_scale=2.0, image_scale=1.0, interval=(0.4, 1.0), renorm="global", renorm_min=0.0)
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """How to sample one volume. ``start_from_source`` = t in (0, 1): start the flow from the source
+    latent noised to t instead of pure noise (only for models trained or tuned for it)."""
+
+    steps: int = 24
+    solver: str = "euler"
+    shift: float = 3.0
+    guidance: GuidanceConfig = field(default_factory=default_guidance)
+    seed: int = 0
+    batch_size: int | str = "auto"
+    start_from_source: float | None = None
+    anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
+
+    def __post_init__(self) -> None:
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        solver = str(self.solver).strip().lower()
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; use one of {', '.join(SOLVERS)}")
+        object.__setattr__(self, "solver", solver)
+        if not float(self.shift) > 0:
+            raise ValueError(f"shift must be positive, got {self.shift!r}")
+        object.__setattr__(self, "shift", float(self.shift))
+        if isinstance(self.guidance, Mapping):
+            object.__setattr__(self, "guidance", GuidanceConfig.from_dict(self.guidance))
+        elif self.guidance is None:
+            object.__setattr__(self, "guidance", GuidanceConfig.off())
+        object.__setattr__(self, "seed", int(self.seed))
+        batch = self.batch_size
+        if isinstance(batch, str) and batch.strip().lower() == "auto":
+            object.__setattr__(self, "batch_size", "auto")
+        else:
+            try:
+                batch = int(batch)
+            except (TypeError, ValueError):
+                raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}") from None
+            if batch < 1:
+                raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+            object.__setattr__(self, "batch_size", batch)
+        if self.start_from_source is not None:
+            t = float(self.start_from_source)
+            if not 0.0 < t <= 1.0:
+                raise ValueError(f"start_from_source must be a time in (0, 1], got {self.start_from_source!r}")
+            object.__setattr__(self, "start_from_source", None if t == 1.0 else t)
+
+    @property
+    def t_start(self) -> float:
+        return 1.0 if self.start_from_source is None else self.start_from_source
+
+    def replace(self, **changes: Any) -> "SynthesisSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["guidance"] = self.guidance.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: "SynthesisSettings | None" = None) -> "SynthesisSettings":
+        """Settings from a dict (unknown keys refused); fields it lacks come from ``base``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown synthesis settings {unknown}; known: {sorted(names)}")
+        base = base or cls()
+        values = dict(data)
+        if isinstance(values.get("guidance"), Mapping):
+            merged = {**base.guidance.to_dict(), **values["guidance"]}
+            values["guidance"] = GuidanceConfig.from_dict(merged)
+        return base.replace(**values)
+
+
+def settings_from_card(defaults: Mapping[str, Any]) -> tuple[SynthesisSettings, dict[str, Any]]:
+    """The model's default settings from a card's ``inference_defaults``, and the keys that are
+    not settings (e.g. ``mr_output_range``), returned for the pipeline to use."""
+    names = {f.name for f in dataclasses.fields(SynthesisSettings)}
+    settings = {k: v for k, v in defaults.items() if k in names}
+    extra = {k: v for k, v in defaults.items() if k not in names}
+    try:
+        return SynthesisSettings.from_dict(settings), extra
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model card: inference_defaults: {exc}") from exc
+
+
+# -- device and precision ---------------------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is a ValueError."""
+    if isinstance(device, torch.device):
+        name = device.type
+    else:
+        name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA GPU is available to this program (use --device cpu or auto)")
+        return torch.device(device if isinstance(device, torch.device) else name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """fp32 everywhere; fp16 / bf16 (autocast) on CUDA only — refused on CPU with the reason."""
+    key = str(precision).strip().lower()
+    if key not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if key != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {key} needs a CUDA GPU: on {device.type.upper()} half precision is slower "
+                         "and less accurate than fp32; use --precision fp32 (the default)")
+    return PRECISIONS[key]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed-precision context for ``dtype`` on CUDA; for fp32 on CUDA, true fp32 (no TF32)."""
+    if dtype == torch.float32:
+        return strict_fp32() if device.type == "cuda" else contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Turn TF32 off for matrix products and cuDNN convolutions inside the block (PyTorch lets
+    cuDNN use TF32 by default: ~1e-3 relative error, and results that depend on the batch size).
+    The flags are process-wide; they are restored on exit."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30          # unknown platform: assume 4 GiB
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA / CPU allocation failures (``torch.OutOfMemoryError`` or "out of memory")."""
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

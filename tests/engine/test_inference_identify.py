@@ -1,0 +1,114 @@
+"""Modality identification with the understanding branch, and model evaluation over a paired dataset."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.evaluation.synthesis_eval import central_block, evaluate_model, score_volume
+from engine.inference import Synthesizer, SynthesisSettings
+from engine.inference.identify import central_slices, intensity_family
+from engine.inference.random_model import write_random_model
+from engine.io.volume import Volume
+from engine.tasks import PairedDataset
+from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset
+
+ROUTES = (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("FLAIR", "T2"), ("CBCT", "CT"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return Synthesizer(write_random_model(tmp_path_factory.mktemp("m") / "tiny", routes=ROUTES), device="cpu")
+
+
+def volume_of(modality: str, shape=(9, 24, 20), spacing=(1.0, 1.0, 2.5)) -> Volume:
+    labels = phantom_labels(shape, seed=3)
+    return Volume(phantom_volume(labels, modality, seed=3), spacing=spacing, modality=None)
+
+
+def test_identify_names_one_of_the_models_modalities_with_probabilities_summing_to_one(synth):
+    reports = []
+    found = synth.identify(volume_of("FLAIR"), progress=reports.append)
+    assert found.modality in synth.modalities and set(found.probabilities) == set(synth.modalities)
+    assert math.isclose(sum(found.probabilities.values()), 1.0, abs_tol=1e-5)
+    assert all(0.0 <= p <= 1.0 for p in found.probabilities.values())
+    assert found.reliable and found.confidence == pytest.approx(max(found.probabilities.values()))
+    assert len(found.slices) == 3 and reports[-1].done == reports[-1].total == 3
+
+
+def test_identify_without_understanding_training_says_it_is_a_guess(tmp_path):
+    folder = write_random_model(tmp_path / "m", routes=ROUTES, understanding=False)
+    found = Synthesizer(folder, device="cpu").identify(volume_of("T1"), slices=1)
+    assert not found.reliable and found.confidence == 0.0 and "guess" in found.note
+    assert math.isclose(sum(found.probabilities.values()), 1.0, abs_tol=1e-5)
+
+
+def test_intensity_family_and_central_slices():
+    ct = Volume(phantom_volume(phantom_labels((9, 16, 16)), "CT"), spacing=(1, 1, 3))
+    assert intensity_family(ct) == "CT" and intensity_family(volume_of("T2")) == "MR"
+    assert intensity_family(Volume(np.ones((2, 4, 4)), unit="SUVbw")) == "PET"
+    axis, picks = central_slices(ct, "CT", 3)
+    assert axis == 0 and len(picks) == 3 and all(1 <= p <= 7 for p in picks)
+    assert central_block([1, 2, 3, 4, 5, 6], 2) == [3, 4] and central_block([1, 2], None) == [1, 2]
+
+
+def test_score_volume_resamples_the_reference_and_gives_perfect_scores_for_itself():
+    volume = Volume(phantom_volume(phantom_labels((6, 20, 20)), "CT"), spacing=(1, 1, 2), modality="CT", unit="HU")
+    same = score_volume(volume, volume, "CT")
+    assert same.whole.ssim == pytest.approx(100.0) and same.whole.mae == 0.0
+    shifted = volume.replace(origin=(0.5, 0.0, 0.0))         # another grid: resampled, still close
+    moved = score_volume(volume, shifted, "CT")
+    assert 0 < moved.whole.mae < 400 and moved.whole.ssim < 100
+
+
+def test_evaluate_model_on_a_phantom_dataset(synth, tmp_path):
+    root = write_phantom_dataset(tmp_path / "data", subjects=2, shape=(10, 24, 24),
+                                 split={"train": ["sub01"], "test": ["sub02", "ct01"]})
+    paired = PairedDataset.open(root)
+    reports = []
+    result = evaluate_model(synth, paired, "test", max_slices=2, settings=SynthesisSettings(steps=2),
+                            progress=reports.append)
+    routes = {r for r in result.routes()}
+    assert routes == {("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("FLAIR", "T2"), ("CBCT", "CT")}
+    data = result.to_dict()
+    ct_row = next(r for r in data["routes"] if r["target"] == "CT")
+    assert ct_row["unit"] == "HU" and ct_row["subjects"] == 1 and ct_row["whole"]["mae"] > 0
+    assert all(s["slices"] == 2 for s in data["subjects"])
+    assert "mean" in result.table() and "CBCT→CT" in result.table()
+    assert reports[-1].done == reports[-1].total == 5
+    with pytest.raises(ValueError, match="no subjects"):
+        evaluate_model(synth, paired, "val")
+
+
+def test_answer_scores_equal_token_by_token_next_token_probabilities(synth):
+    """The label alignment of the answer scoring: log P("A: FLAIR" + <|im_end|> | prompt) summed
+    from the packed labels equals the product of next-token probabilities read one by one at the
+    end of an open text segment."""
+    from engine.inference.identify import answer_log_likelihoods, mi_prompt
+    from engine.model import Text
+    from engine.tasks.instructions import modality_answer
+
+    image = torch.rand(1, synth.image_size, synth.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    names = synth.modalities
+    rows = [mi_prompt(synth.tokenizer, image, names, "brain", answer=m) for m in ("T1", "FLAIR")]
+    with torch.no_grad():
+        scores = answer_log_likelihoods(synth.model, rows)
+        prompt = mi_prompt(synth.tokenizer, image, names, "brain")
+        for score, name in zip(scores, ("T1", "FLAIR")):
+            ids = synth.tokenizer.encode(modality_answer([name])) + [synth.config.tokens.im_end]
+            by_hand = 0.0
+            for k, token in enumerate(ids):
+                logits = synth.model.understanding_forward([prompt + [Text(ids[:k], close=False)]],
+                                                           logits_for="last").logits[0]
+                by_hand += float(torch.log_softmax(logits.float(), -1)[token])
+            assert float(score) == pytest.approx(by_hand, abs=1e-3)

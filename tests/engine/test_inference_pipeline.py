@@ -1,0 +1,274 @@
+"""The volume synthesis pipeline on a tiny random model: the result sits on the input's exact grid in
+the target's units, batching / context caching / out-of-memory retries do not change it, progress
+is per slice, cancelling stops it, routes and precisions are checked, the card's defaults apply."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.inference import Synthesizer, SynthesisSettings
+from engine.inference.model_card import ModelCard
+from engine.inference.random_model import write_random_model
+from engine.inference import pipeline, settings as settings_module
+from engine.io.volume import Volume
+from engine.jobs import CancelToken, Cancelled
+from engine.sampling import GuidanceConfig
+from engine.tasks.phantoms import phantom_labels, phantom_volume
+from engine.tasks.slices import slices_first
+
+ROUTES = (("T1", "T2"), ("T1", "CT"), ("T1", "FLAIR"), ("CBCT", "CT"))
+FAST = SynthesisSettings(steps=2, batch_size=4)
+
+
+def oblique_direction(angle: float = 0.3) -> tuple[float, ...]:
+    c, s = np.cos(angle), np.sin(angle)
+    rot_z = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    return tuple((rot_z @ rot_x).ravel())
+
+
+def t1_volume(shape=(6, 20, 26), spacing=(0.8, 1.1, 3.0), seed: int = 0) -> Volume:
+    """Non-square slices, anisotropic voxels, an oblique direction; the end slices show no head."""
+    labels = phantom_labels(shape, seed)
+    labels[0] = labels[-1] = 0                                  # only noisy background there
+    return Volume(phantom_volume(labels, "T1", seed), spacing=spacing, origin=(12.5, -30.0, 4.0),
+                  direction=oblique_direction(), modality="T1", unit="a.u.", name="T1 test",
+                  dicom={"StudyInstanceUID": "1.2.826.0.1.3680043.2.1125.1", "PatientID": "TEST01"})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and immune to other jobs' load on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_random_model(tmp_path_factory.mktemp("model") / "tiny", routes=ROUTES, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def synth(model_dir):
+    return Synthesizer(model_dir, device="cpu")
+
+
+def normalised(volume: Volume, synth: Synthesizer) -> np.ndarray:
+    norm = synth.output_normalisation(volume.modality)
+    return (volume.array - norm.lo) / (norm.hi - norm.lo)
+
+
+def test_ct_result_has_the_input_grid_hounsfield_units_and_the_source_study(synth):
+    volume = t1_volume()
+    out = synth.synthesize_volume(volume, "T1", "CT", FAST)
+    assert out.shape == volume.shape and out.array.dtype == np.float32
+    assert out.spacing == volume.spacing and out.origin == volume.origin and out.direction == volume.direction
+    assert out.modality == "CT" and out.unit == "HU" and out.name == "synthetic CT from T1"
+    assert out.dicom == volume.dicom
+    assert out.notes[0] == pipeline.RESEARCH_NOTE and any("T1→CT" in n for n in out.notes)
+    assert -1024.0 <= out.array.min() and out.array.max() <= 2000.0
+    plan = synth.plan(volume, "T1")
+    assert plan.axis == 0 and plan.empty == (0, 5)            # thick axis z; no head in the end slices
+    assert np.all(out.array[0] == -1000.0) and np.all(out.array[5] == -1000.0)
+    assert out.array[1:5].std() > 0
+
+
+def test_mr_result_uses_the_documented_arbitrary_unit_scale(synth):
+    out = synth.synthesize_volume(t1_volume(), "T1", "T2", FAST)
+    assert out.unit == "a.u." and out.modality == "T2"
+    assert 0.0 <= out.array.min() and out.array.max() <= 1000.0
+
+
+def test_slices_run_along_the_thickest_axis_and_come_back_in_place(synth):
+    volume = t1_volume(shape=(12, 14, 6), spacing=(4.0, 1.0, 1.2))   # thick x: sagittal slices
+    seen = []
+    out = synth.synthesize_volume(volume, "T1", "FLAIR", FAST, preview=lambda i, image: seen.append((i, image.shape)))
+    assert synth.plan(volume, "T1").axis == 2
+    assert out.shape == volume.shape
+    assert sorted(i for i, _ in seen) == list(range(6)) and {s for _, s in seen} == {(12, 14)}
+    per_slice = slices_first(out.array, 2)
+    assert all(per_slice[i].std() > 0 for i in synth.plan(volume, "T1").active)
+
+
+def test_batched_equals_one_slice_at_a_time(synth):
+    volume = t1_volume()
+    one = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=1))
+    many = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=3))
+    np.testing.assert_allclose(normalised(many, synth), normalised(one, synth), atol=1e-4, rtol=0)
+    assert synth.last_batch_size == 3
+
+
+def test_cached_context_equals_recomputing_it_every_step(synth):
+    volume = t1_volume()
+    three_branches = FAST.replace(guidance=GuidanceConfig(text_scale=3.0, image_scale=1.5, interval=(0.0, 1.0)))
+    uncached = Synthesizer(synth.model_dir, device="cpu", context_cache=False, loaded=synth.loaded)
+    a = synth.synthesize_volume(volume, "T1", "CT", three_branches)
+    b = uncached.synthesize_volume(volume, "T1", "CT", three_branches)
+    np.testing.assert_allclose(normalised(a, synth), normalised(b, synth), atol=1e-4, rtol=0)
+
+
+def test_progress_is_reported_per_slice_and_reaches_the_end(synth):
+    volume = t1_volume()
+    reports = []
+    synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=2), progress=reports.append)
+    assert all(r.total == 6 for r in reports)
+    done = [r.done for r in reports]
+    assert done == sorted(done) and done[-1] == 6
+    assert done[0] == 2                                     # the 2 empty slices at once
+    finished = [r for r in reports if r.message.endswith("done")]
+    assert [r.message for r in finished] == [f"slice {i} of 6 done" for i in (2, 3, 4, 5)]
+    assert finished[1].done == 4 and finished[3].done == 6  # whole counts at the end of each batch of 2
+    steps = [r for r in reports if "step" in r.message]
+    assert len(steps) == 2 * FAST.steps and 2 < steps[0].done < 4   # moving while a batch samples
+
+
+def test_cancel_at_a_step_raises_and_finishes_no_slice(synth):
+    token = CancelToken()
+    finished = []
+
+    def progress(p):
+        if "step 1/" in p.message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        synth.synthesize_volume(t1_volume(), "T1", "T2", FAST, progress=progress, cancel=token,
+                                preview=lambda i, image: finished.append(i))
+    assert finished == [0, 5]           # only the empty slices were ever shown
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("CUDA error: out of memory")])
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(synth, monkeypatch, error):
+    volume = t1_volume()
+    reference = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=1))
+    real = Synthesizer._run_batch
+    sizes = []
+
+    def limited(self, images, *args, **kwargs):
+        sizes.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise error
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Synthesizer, "_run_batch", limited)
+    messages = []
+    out = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=4),
+                                  progress=lambda p: messages.append(p.message))
+    np.testing.assert_allclose(normalised(out, synth), normalised(reference, synth), atol=1e-4, rtol=0)
+    assert sizes[0] == 4 and max(sizes[1:]) <= 2 and synth.last_batch_size == 2
+    assert any("out of memory" in m for m in messages)
+    assert synth.device.type == "cpu"
+
+
+def test_out_of_memory_for_a_single_slice_is_an_error_not_a_device_switch(synth, monkeypatch):
+    def always(self, images, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(Synthesizer, "_run_batch", always)
+    with pytest.raises(RuntimeError, match="even for one slice"):
+        synth.synthesize_volume(t1_volume(), "T1", "T2", FAST)
+
+
+def test_other_errors_in_a_batch_are_not_retried(synth, monkeypatch):
+    calls = []
+
+    def broken(self, images, *args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(Synthesizer, "_run_batch", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        synth.synthesize_volume(t1_volume(), "T1", "T2", FAST)
+    assert len(calls) == 1
+
+
+def test_auto_batch_size_follows_free_memory(synth, monkeypatch):
+    volume = t1_volume()
+    synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size="auto"))
+    assert 1 <= synth.last_batch_size <= pipeline.MAX_AUTO_BATCH["cpu"]
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 1)
+    synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size="auto"))
+    assert synth.last_batch_size == 1
+
+
+def test_routes_modalities_and_precision_are_checked(synth):
+    volume = t1_volume()
+    with pytest.raises(ValueError, match="does not support T2→CT.*T1→T2"):
+        synth.synthesize_volume(volume, "T2", "CT", FAST)
+    with pytest.raises(ValueError, match="unknown modality"):
+        synth.synthesize_volume(volume, "T1", "XRAY", FAST)
+    with pytest.raises(ValueError, match="unknown"):
+        synth.synthesize_volume(volume.replace(modality=None), None, "T2", FAST)
+    with pytest.raises(ValueError, match="CUDA"):
+        Synthesizer(synth.model_dir, device="cpu", precision="fp16", loaded=synth.loaded)
+    with pytest.raises(ValueError, match="solver"):
+        SynthesisSettings(solver="rk45")
+    with pytest.raises(ValueError, match="batch_size"):
+        SynthesisSettings(batch_size=0)
+
+
+def test_the_model_card_sets_defaults_and_the_start_from_source_lever(tmp_path):
+    card = {"inference_defaults": {"steps": 3, "guidance": {"text_scale": 1.0}, "start_from_source": 0.6,
+                                   "mr_output_range": [0, 4095]},
+            "anatomy": {"T1->T2": "head and neck"}}
+    folder = write_random_model(tmp_path / "m", routes=(("T1", "T2"),), metadata=card)
+    synth = Synthesizer(folder, device="cpu")
+    defaults = synth.default_settings()
+    assert defaults.steps == 3 and defaults.t_start == 0.6 and defaults.guidance.text_scale == 1.0
+    assert defaults.guidance.interval == SynthesisSettings().guidance.interval
+    reports = []
+    out = synth.synthesize_volume(t1_volume(), "T1", "T2", progress=reports.append)
+    assert 0.0 <= out.array.min() and out.array.max() <= 4095.0
+    assert any("step 3/3" in r.message for r in reports)
+    assert any("head-and-neck" in n for n in out.notes)
+    assert any("start from source at t=0.6" in n for n in out.notes)
+
+
+def test_model_card_reading():
+    card = ModelCard.from_metadata({"routes": ["t1->flair", ["CBCT", "CT"], "T2→T1"], "stages": ["understanding"]})
+    assert card.routes == (("T1", "FLAIR"), ("CBCT", "CT"), ("T2", "T1"))
+    assert card.modalities == ("T1", "T2", "FLAIR", "CT", "CBCT") and card.understanding_trained
+    assert card.anatomy_for("T1", "FLAIR") == "brain" and card.anatomy_for("CBCT", "CT") == "head"
+    both = ModelCard.from_metadata({"modalities": ["T1", "T2"]})
+    assert both.routes == (("T1", "T2"), ("T2", "T1")) and not both.understanding_trained
+    assert ModelCard.from_metadata({}).routes is None
+    with pytest.raises(ValueError, match="route"):
+        ModelCard.from_metadata({"routes": ["T1"]})
+
+
+def test_model_card_as_the_trainer_writes_it():
+    """The trainer's card: modalities as an object, stage records under recipe, data.anatomies."""
+    card = ModelCard.from_metadata({
+        "routes": [["T1", "T2"], ["T2", "T1"]], "image_size": 64,
+        "modalities": {"T1": {"unit": "a.u."}, "T2": {"unit": "a.u."}},
+        "data": {"anatomies": ["brain"]},
+        "recipe": {"stages": [{"stage": "vae", "steps_done": 10}, {"stage": "understanding", "steps_done": 5}]}})
+    assert card.modalities == ("T1", "T2") and card.understanding_trained and card.image_size == 64
+    assert card.anatomy_for("T1", "T2") == "brain"
+    generation_only = ModelCard.from_metadata({"recipe": {"stages": [{"stage": "generation", "steps_done": 9},
+                                                                     {"stage": "understanding", "steps_done": 0}]}})
+    assert not generation_only.understanding_trained
+
+
+def test_settings_round_trip_and_device_resolution():
+    s = SynthesisSettings(steps=10, guidance={"text_scale": 3.0}, batch_size="AUTO", start_from_source=0.5)
+    assert SynthesisSettings.from_dict(s.to_dict()) == s
+    assert settings_module.resolve_device("auto").type in ("cpu", "cuda")
+    assert settings_module.resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="unknown device"):
+        settings_module.resolve_device("tpu")
+    assert settings_module.is_out_of_memory(RuntimeError("CUDA out of memory"))
+    assert not settings_module.is_out_of_memory(RuntimeError("index out of range"))
+
+
+def test_a_slice_size_beyond_the_vit_table_gets_a_resized_vit_view(tmp_path):
+    """Slices larger than the ViT's position table (tiny: 16 × 8 px) are shown to the ViT resized,
+    as training does, while the autoencoder works at the card's full size."""
+    folder = write_random_model(tmp_path / "m", routes=(("T1", "T2"),), image_size=136)
+    synth = Synthesizer(folder, device="cpu")
+    assert synth.image_size == 136 and pipeline.vit_view(torch.zeros(2, 1, 136, 136), synth.config).shape[-1] == 128
+    out = synth.synthesize_volume(t1_volume(shape=(3, 20, 26)), "T1", "T2", SynthesisSettings(steps=1))
+    assert out.shape == (3, 20, 26)

@@ -1,0 +1,146 @@
+"""`python main.py synthesize / identify / evaluate` end to end on small files and a tiny random model:
+outputs keep the input's geometry and the target's units; bad requests exit 2 with one clear
+line and leave no output behind."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import engine.io as io
+from engine.inference.random_model import write_random_model
+from engine.io.volume import Volume
+from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset
+from main import main
+
+ROUTES = (("T1", "T2"), ("T1", "CT"), ("CBCT", "CT"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_random_model(tmp_path_factory.mktemp("model") / "tiny", routes=ROUTES, image_size=32,
+                              metadata={"inference_defaults": {"steps": 2}})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """An oblique, anisotropic, non-square T1 NIfTI and the matching CT."""
+    folder = tmp_path_factory.mktemp("inputs")
+    labels = phantom_labels((6, 18, 22), seed=1)
+    c, s = math.cos(0.4), math.sin(0.4)
+    geometry = dict(spacing=(0.9, 1.2, 3.0), origin=(-40.0, 12.0, 7.5), direction=(c, -s, 0, s, c, 0, 0, 0, 1))
+    t1 = Volume(phantom_volume(labels, "T1", 1), modality="T1", unit="a.u.", **geometry)
+    ct = Volume(phantom_volume(labels, "CT", 1), modality="CT", unit="HU", **geometry)
+    return io.save(t1, folder / "subject_T1.nii.gz"), io.save(ct, folder / "subject_CT.nii.gz")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_synthesize_writes_the_input_grid_in_hounsfield_units(capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    out_file = tmp_path / "sct.nii.gz"
+    code, out, err = run(capsys, "synthesize", t1, "--target", "ct", "-o", out_file, "--model", model_dir,
+                         "--device", "cpu", "--reference", ct)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["route"] == "T1→CT" and report["steps"] == 2 and report["unit"] == "HU"
+    source, result = io.load(t1), io.load(out_file)
+    assert result.same_grid(source) and result.shape == source.shape
+    assert -1024.0 <= result.array.min() and result.array.max() <= 2000.0
+    metrics = report["metrics"]
+    assert metrics["modality"] == "CT" and metrics["unit"] == "HU"
+    assert {"psnr_db", "ssim_x100", "mae"} <= set(metrics["whole"]) and metrics["body"]["mae"] > 0
+    assert "%" in err                                           # progress went to stderr
+
+
+def test_dicom_in_dicom_out_stays_in_the_study_with_the_input_geometry(capsys, model_dir, inputs, tmp_path):
+    dicom_in = io.save(io.load(inputs[0]), tmp_path / "t1_dicom", description="T1 axial")
+    code, out, err = run(capsys, "synthesize", dicom_in, "--target", "T2", "--source", "T1", "-o",
+                         tmp_path / "dicom_out", "--model", model_dir, "--device", "cpu", "--batch-size", "2",
+                         "--quiet")
+    assert code == 0 and err == ""
+    source, result = io.load(dicom_in), io.load(tmp_path / "dicom_out")
+    assert result.same_grid(source, tol=1e-3) and result.modality == "T2"
+    assert result.dicom["StudyInstanceUID"] == source.dicom["StudyInstanceUID"]
+    assert result.dicom["SeriesInstanceUID"] != source.dicom["SeriesInstanceUID"]
+    assert result.dicom["SeriesDescription"].startswith("synthetic T2 from T1")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "XRAY"], "unknown modality 'XRAY'"),
+    (["--target", "FLAIR", "--source", "T1"], "does not support T1→FLAIR; its routes: T1→T2, T1→CT, CBCT→CT"),
+    (["--target", "T2", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    (["--target", "T2", "--backend", "onnx"], "not available yet"),
+])
+def test_bad_requests_exit_2_with_a_clear_message_and_no_output(capsys, model_dir, inputs, tmp_path, argv, message):
+    out_file = tmp_path / "never.nii.gz"
+    code, out, err = run(capsys, "synthesize", inputs[0], "-o", out_file, "--model", model_dir, *argv)
+    assert code == 2 and message in err and err.startswith("error:")
+    assert not out_file.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_exits_2_and_says_how_to_get_one(capsys, inputs, tmp_path):
+    code, out, err = run(capsys, "synthesize", inputs[0], "--target", "T2", "-o", tmp_path / "x.nii.gz",
+                         "--model", tmp_path / "no_model")
+    assert code == 2 and "no model at" in err and "train" in err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_identify_prints_a_modality_of_the_model_with_probabilities(capsys, model_dir, inputs):
+    code, out, err = run(capsys, "identify", inputs[0], "--model", model_dir, "--device", "cpu", "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["modality"] in ("T1", "T2", "CT", "CBCT") and found["header_modality"] == "T1"
+    assert math.isclose(sum(found["probabilities"].values()), 1.0, abs_tol=1e-5)
+    code, out, err = run(capsys, "identify", inputs[0], "--model", model_dir, "--device", "cpu")
+    assert code == 0 and "confidence" in out
+
+
+def test_source_auto_uses_identification_and_stops_when_unsure(capsys, model_dir, inputs, tmp_path, monkeypatch):
+    from engine.inference import Identification, Synthesizer
+
+    sure = Identification("CBCT", 0.9, {"T1": 0.05, "CBCT": 0.9, "CT": 0.05}, True)
+    monkeypatch.setattr(Synthesizer, "identify", lambda self, volume, **kw: sure)
+    code, out, err = run(capsys, "synthesize", inputs[0], "--target", "CT", "--source", "auto", "-o",
+                         tmp_path / "auto.nii.gz", "--model", model_dir, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["route"] == "CBCT→CT" and report["identified"]["confidence"] == 0.9
+
+    unsure = Identification("T2", 0.0, {"T1": 0.3, "T2": 0.4, "CT": 0.3}, False, "no understanding training")
+    monkeypatch.setattr(Synthesizer, "identify", lambda self, volume, **kw: unsure)
+    anonymous = io.save(io.load(inputs[0]).replace(modality=None), tmp_path / "anonymous.mha")
+    code, out, err = run(capsys, "synthesize", anonymous, "--target", "CT", "--source", "auto", "-o",
+                         tmp_path / "unsure.nii.gz", "--model", model_dir, "--device", "cpu", "--quiet")
+    assert code == 2 and "cannot identify" in err and "--source" in err
+    assert not (tmp_path / "unsure.nii.gz").exists()
+
+
+def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
+    root = write_phantom_dataset(tmp_path / "data", subjects=2, modality_names=("T1", "T2"), shape=(8, 24, 24),
+                                 split={"train": ["sub01"], "test": ["sub02", "ct01"]})
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
+                         "--max-slices", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {r["route"] for r in result["routes"]} == {"T1→T2", "CBCT→CT"}
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
+                         "--max-slices", "1")
+    assert code == 0 and "T1→T2" in out and "PSNR" in out
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", tmp_path / "nothing")
+    assert code == 2 and "error:" in err
