@@ -96,6 +96,12 @@ def _lazy(module: str) -> Callable[[argparse._SubParsersAction], None]:
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "info": _add_info,
     "convert": _add_convert,
+    "synthesize": _lazy("engine.inference.cli_synthesize"),
+    "identify": _lazy("engine.inference.cli_identify"),
+    "evaluate": _lazy("engine.evaluation.cli"),
+    "train": _lazy("engine.training.cli"),
+    "make-demo-data": _lazy("engine.demo_data.cli"),
+    "bench": _lazy("engine.evaluation.cli_bench"),
 }
 
 

@@ -25,15 +25,19 @@ class TrainingState:
     samples_seen: int = 0
     best_loss: float | None = None
     history: list[dict] = field(default_factory=list)   # recent JSON-lines records
+    elapsed_s: float = 0.0                               # training wall time over all sessions of the run
+    extra: dict = field(default_factory=dict)            # JSON-able run facts (config, recipe so far, …)
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "step": self.step, "samples_seen": self.samples_seen,
-                "best_loss": self.best_loss, "history": self.history[-2000:]}
+                "best_loss": self.best_loss, "history": self.history[-2000:], "elapsed_s": self.elapsed_s,
+                "extra": self.extra}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingState":
         return cls(stage=d["stage"], step=int(d["step"]), samples_seen=int(d.get("samples_seen", 0)),
-                   best_loss=d.get("best_loss"), history=list(d.get("history", [])))
+                   best_loss=d.get("best_loss"), history=list(d.get("history", [])),
+                   elapsed_s=float(d.get("elapsed_s", 0.0)), extra=dict(d.get("extra", {})))
 
 
 def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -53,7 +57,7 @@ def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict = {}
     for idx, slots in meta["state"].items():
-        state[int(idx)] = {name: tensors[f"{idx}.{name}"] if kind == "tensor" else kind
+        state[int(idx) if idx.isdigit() else idx] = {name: tensors[f"{idx}.{name}"] if kind == "tensor" else kind
                            for name, kind in slots.items()}
     return {"state": state, "param_groups": meta["param_groups"]}
 

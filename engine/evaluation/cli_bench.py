@@ -1,0 +1,128 @@
+"""``python main.py bench BENCHMARK …``: measurements of the engine on this machine.
+
+Each benchmark is one entry of :data:`BENCHMARKS` — a function that adds its sub-subcommand parser
+(with ``func`` set) to ``bench``'s subparsers; a new benchmark is a new entry. Importing this
+module does not import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from engine.inference.cli_common import DEFAULT_MODEL_DIR, ROOT, json_ready
+
+
+# -- speed ------------------------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_speed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "speed", help="time the synthesis pipeline: context cache, batching, precision; ratios and agreement",
+        description="Time the torch pipeline on one volume with one set of settings, as medians of several "
+                    "repeats: without vs with the context cache, one slice a batch vs batched (auto), fp32 vs "
+                    "fp16 / bf16 (CUDA only). Prints slices per second, seconds per demo volume, peak memory, "
+                    "the speed-up ratios and the largest output difference between variants, and names the "
+                    "machine. The volume is the demo T1 (resources/demo/brain) when the model has a T1 route "
+                    "and its slice size is at most the demo's, else a phantom with the demo's slice count.")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", metavar="DIR",
+                       help=f"model folder (default: {DEFAULT_MODEL_DIR.relative_to(ROOT)} when it exists, "
+                            "else --preset tiny)")
+    model.add_argument("--preset", metavar="NAME",
+                       help="tiny | small | bagel-7b with random weights, created in memory on the device "
+                            "(speed only: real shapes and FLOPs, meaningless images)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--precisions", metavar="LIST",
+                   help="comma-separated, the first is the base the cache and batching variants run in "
+                        "(default: fp32,fp16,bf16 on CUDA, fp32 on CPU; a random model in a half base "
+                        "precision gets its weights in it)")
+    p.add_argument("--repeats", type=_positive, help="timed runs per variant, the median is reported (default 3)")
+    p.add_argument("--slices", type=int, metavar="N",
+                   help="synthesize the N central body slices (default 16; 0 = the whole volume); seconds per "
+                        "volume are extrapolated from them")
+    p.add_argument("--image-size", type=_positive, metavar="S", help="slice size of a random-weight model")
+    p.add_argument("--steps", type=_positive, metavar="N", help="ODE steps (default: the model's)")
+    p.add_argument("--guidance", type=float, nargs=2, metavar=("TEXT", "IMAGE"),
+                   help="guidance scales (default: the model's; e.g. 4.0 1.5 = BAGEL's three branches)")
+    p.add_argument("--quick", action="store_true",
+                   help="a dry run in seconds: --preset tiny --image-size 32 --slices 3 --steps 3 --repeats 2 "
+                        "(flags given explicitly win)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the JSON report")
+    out.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
+    p.set_defaults(func=_run_speed)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, rebuilt from the parsed flags (the header of every table)."""
+    words = ["python", "main.py", "bench", "speed"]
+    for flag in ("model", "preset", "precisions", "repeats", "slices", "image_size", "steps"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.device != "auto":
+        words += ["--device", args.device]
+    if args.guidance:
+        words += ["--guidance", *(f"{g:g}" for g in args.guidance)]
+    words += [f"--{flag}" for flag in ("quick", "json", "markdown") if getattr(args, flag)]
+    if args.out:
+        words += ["--out", args.out]
+    return shlex.join(words)
+
+
+def _run_speed(args: argparse.Namespace) -> int:
+    from engine.evaluation import speed
+
+    quick = speed.QUICK if args.quick else {}
+    random = args.model is None and (args.preset is not None or quick or not DEFAULT_MODEL_DIR.is_dir())
+    preset = args.preset or (quick.get("preset") if args.model is None else None)
+    report = speed.run_speed(
+        model=args.model, preset=preset, device=args.device,
+        precisions=args.precisions.split(",") if args.precisions else None,
+        repeats=args.repeats or quick.get("repeats", 3),
+        slices=args.slices if args.slices is not None else quick.get("slices", 16),
+        image_size=args.image_size or (quick.get("image_size") if random else None),
+        steps=args.steps or quick.get("steps"), guidance=tuple(args.guidance) if args.guidance else None,
+        command=_command_line(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report = json_ready(report)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        print(text)
+    elif args.markdown:
+        print(speed.to_markdown(report), end="")
+    else:
+        print(speed.to_text(report))
+    return 0
+
+
+# -- bench ------------------------------------------------------------------------------------------
+BENCHMARKS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "speed": _add_speed,
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks of the engine on this machine (" + ", ".join(BENCHMARKS) + ")",
+                       description="Measure the engine on this machine. Each benchmark prints a table, "
+                                   "--json or --markdown.")
+    benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for add in BENCHMARKS.values():
+        add(benches)
+
+    def usage(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 0
+    p.set_defaults(func=usage)

@@ -1,0 +1,117 @@
+"""The run's output folder as a model folder: ``config.json``, ``model.safetensors`` and
+``ae.safetensors`` (the EMA weights), the tokenizer and ``metadata.json`` (the model card), written
+beside ``checkpoint-last/`` and ``progress.jsonl`` — each file replaced atomically, the model card
+last — at every checkpoint and at the end, so a cancelled or killed run leaves a usable model."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from engine import modalities
+from engine.model import SynerMedGenConfig, save_model_dir
+from engine.model.checkpoint import METADATA_FILE
+from engine.tasks import PairedDataset
+from engine.training.config import TrainConfig
+
+RESEARCH_ONLY = "research use only, not for diagnosis"
+EXPORT_DIR = ".model-export"
+CARD_VERSION = 1
+
+
+class WeightsSnapshot:
+    """What :func:`engine.model.save_model_dir` reads from a model (config, state dicts), held as
+    plain whole tensors: lets rank 0 write weights gathered from shards or taken from the EMA."""
+
+    def __init__(self, config: SynerMedGenConfig, state: Mapping[str, torch.Tensor],
+                 vae_state: Mapping[str, torch.Tensor]) -> None:
+        self.config = config
+        self._state, self._vae_state = dict(state), dict(vae_state)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def vae_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._vae_state
+
+
+def write_model_folder(out: str | Path, snapshot: WeightsSnapshot, tokenizer, metadata: Mapping[str, Any]) -> Path:
+    """Write the model folder files into ``out`` (which also holds the run's own files): a
+    complete folder is written beside them first, then each file is renamed into place, the
+    model card last, so readers see either the previous or the new version of every file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / EXPORT_DIR
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_model_dir(snapshot, snapshot.config, staging, tokenizer=tokenizer, metadata=metadata)
+    names = sorted(p.name for p in staging.iterdir())
+    for name in [n for n in names if n != METADATA_FILE] + [METADATA_FILE]:
+        os.replace(staging / name, out / name)
+    shutil.rmtree(staging)
+    return out
+
+
+def normalisation_scheme(names) -> dict[str, dict]:
+    """How each modality's intensities were mapped to [0, 1] for training (DATA.md protocol)."""
+    out = {}
+    for name in names:
+        mod = modalities.get(name)
+        if mod.fixed_range is not None:
+            scheme = {"kind": "fixed_range", "range": list(mod.fixed_range), "unit": mod.unit, "clipped": True}
+        else:
+            scheme = {"kind": "percentiles", "percentiles": list(modalities.MR_PERCENTILES), "within": "body mask",
+                      "per": "volume", "unit": mod.unit, "clipped": True}
+        out[mod.name] = {"description": mod.description, "unit": mod.unit, "normalisation": scheme}
+    return out
+
+
+def data_description(paired: PairedDataset) -> dict:
+    report = paired.report
+    anatomies = sorted({s.anatomy for s in report.subjects if s.anatomy})
+    return {"name": report.name, "root": report.root, "subjects": len(report.subjects),
+            "split": {k: list(v) for k, v in report.split.items()}, "modalities": list(report.modalities),
+            "routes": [list(r) for r in report.routes], "anatomies": anatomies,
+            "skipped": [p.to_dict() for p in report.problems]}
+
+
+def stage_record(cfg: TrainConfig, *, run_id: str, status: str, step: int, steps: int | None, elapsed_s: float,
+                 final_loss: float | None, world_size: int, device: str, routes, metrics: Mapping[str, Any]) -> dict:
+    return {"run_id": run_id, "stage": cfg.stage, "status": status, "steps_done": step, "steps_planned": steps,
+            "elapsed_s": round(elapsed_s, 1), "final_loss": final_loss, "world_size": world_size, "device": device,
+            "routes": [list(r) for r in routes], "metrics": dict(metrics), "config": cfg.to_dict(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: list[dict], record: dict,
+               image_size: int, ema_decay: float, trainable: int, extra: Mapping[str, Any] | None = None) -> dict:
+    """The model card: the start model's card (``base``) updated with this stage — routes seen,
+    modalities and their normalisation, data, the stage history (recipe) and the latest metrics."""
+    card = dict(base)
+    routes = {tuple(r) for r in card.get("routes", [])} | {tuple(r) for r in record["routes"]}
+    order = list(modalities.MODALITIES)
+    names = sorted({m for r in routes for m in r} | set(card.get("modalities", {})), key=order.index)
+    metrics = dict(card.get("metrics", {}))
+    metrics.update({f"{record['stage']}": record["metrics"]} if record["metrics"] else {})
+    card.update({
+        "card_version": CARD_VERSION,
+        "intended_use": RESEARCH_ONLY,
+        "disclaimer": f"SynerMedGen Studio model — {RESEARCH_ONLY}.",
+        "routes": [list(r) for r in sorted(routes, key=lambda r: (order.index(r[0]), order.index(r[1])))],
+        "modalities": normalisation_scheme(names),
+        "image_size": image_size,
+        "slicing": "2-D slices along each volume's acquisition axis (largest spacing), resized with the aspect "
+                   "kept so the longer side is image_size, centred and padded with 0 (the bottom of the range)",
+        "data": data_description(paired),
+        "weights": f"model.safetensors and ae.safetensors hold the exponential moving average of the trained "
+                   f"weights (decay {ema_decay}, warmed up); frozen tensors equal those of the start model",
+        "recipe": {"stages": list(prior_stages) + [record]},
+        "metrics": metrics,
+        "trainable_parameters_last_stage": trainable,
+    })
+    card.update(dict(extra or {}))
+    return card

@@ -1,0 +1,98 @@
+"""``python main.py train``: the help documents every stage, Stage I then Stage II run from the
+command line on a paired folder and leave loadable model folders, and bad input stops before
+training with one clear message naming the culprit (exit 2)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from engine.cli import run_cli
+from engine.model import load_model_dir
+from engine.training.config import STAGES
+from test_training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return phantom_data(tmp_path_factory.mktemp("phantoms"))
+
+
+def test_help_documents_every_stage():
+    proc = subprocess.run(train_command("--help"), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for stage in STAGES:
+        assert f"{stage}:" in text
+    for phrase in ("Trains:", "Frozen:", "Loss:", "cross-entropy", "rectified-flow", "--fresh", "checkpoint-last",
+                   "torchrun", '"event": "cancelled"'):
+        assert phrase in text, phrase
+
+
+@pytest.mark.slow
+def test_stage_one_then_stage_two_from_the_command_line(data, tmp_path):
+    common = ["--data", str(data), "--steps", "2", "--batch-size", "2", "--image-size", str(PX), "--threads", "1",
+              "--eval-samples", "2"]
+    rc, stage1, err = run_train(*common, "--stage", "understanding", "--out", str(tmp_path / "s1"))
+    assert rc == 0, err
+    assert [r["event"] for r in stage1][0] == "start" and stage1[-1]["event"] == "done"
+    steps = [r for r in stage1 if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all({"loss", "lr", "eta_s", "samples_per_s", "steps"} <= set(r) for r in steps)
+    assert set(next(r for r in stage1 if r["event"] == "eval")["accuracy"]) == {"CTS", "MI", "TIA"}
+
+    rc, stage2, err = run_train(*common, "--stage", "generation", "--init", str(tmp_path / "s1"),
+                                "--out", str(tmp_path / "s2"), "--preview-every", "1", "--preview-steps", "2")
+    assert rc == 0, err
+    assert "VAE was never trained" in err                        # a warning on stderr, not a refusal
+    previews = [r for r in stage2 if r["event"] == "preview"]
+    assert previews and all((tmp_path / "s2" / "previews").joinpath(r["path"].rsplit("/", 1)[-1]).exists()
+                            for r in previews)
+    card = load_model_dir(tmp_path / "s2").metadata
+    assert [s["stage"] for s in card["recipe"]["stages"]] == ["understanding", "generation"]
+    history = [json.loads(line) for line in (tmp_path / "s2" / "progress.jsonl").read_text().splitlines()]
+    assert history == stage2
+
+
+def _bad(capsys, *args: str) -> str:
+    code = run_cli(["train", *args])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.startswith("error: ")
+    out = [json.loads(line) for line in captured.out.splitlines()]
+    assert out and out[-1]["event"] == "error" and out[-1]["phase"] == "setup"
+    return captured.err
+
+
+def test_bad_input_stops_before_training_with_the_culprit_named(data, tmp_path, capsys):
+    base = ["--stage", "understanding", "--steps", "1", "--image-size", str(PX), "--threads", "1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _bad(capsys, "--data", str(empty), "--out", str(tmp_path / "o1"), *base)
+    assert "no usable pairs" in err and str(empty) in err
+
+    single = tmp_path / "single"                             # one modality per subject: no pair
+    shutil.copytree(data / "sub01", single / "sub01", ignore=shutil.ignore_patterns("T2*", "FLAIR*"))
+    err = _bad(capsys, "--data", str(single), "--out", str(tmp_path / "o2"), *base)
+    assert "only one usable modality" in err and "sub01" in err
+
+    unknown = tmp_path / "unknown"                           # a file named by no modality
+    shutil.copytree(data, unknown)
+    (unknown / "sub02" / "T2.nii.gz").rename(unknown / "sub02" / "T2W.nii.gz")
+    err = _bad(capsys, "--data", str(unknown), "--out", str(tmp_path / "o3"), *base)
+    assert "T2W.nii.gz" in err and "unknown modality" in err and "--skip-invalid" in err
+
+    err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o4"), "--init", str(empty), *base)
+    assert "--init" in err and str(empty) in err and "neither a SynerMedGen model folder" in err
+    err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o5"), *base[:-4], "--image-size", "36")
+    assert "--image-size 36" in err and "multiple of 8" in err
+    err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o6"), *base, "--routes", "T1:T9")
+    assert "T9" in err and "unknown modality" in err
+    (tmp_path / "arch.json").write_text('{"llm": {"hidden_size": 64}}')
+    err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o7"), *base, "--model-config",
+               str(tmp_path / "arch.json"))
+    assert "--model-config" in err and "arch.json" in err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))   # nothing written

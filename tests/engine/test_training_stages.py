@@ -1,0 +1,174 @@
+"""The stages train what they claim and nothing else: Stage I leaves every generation-side and VAE
+tensor bit-identical and changes every understanding-side one, Stage II the reverse; each loss can
+overfit one batch; the model folder a run writes loads back to the very same outputs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from engine.model import from_config, load_model_dir, preset, train_tokenizer
+from engine.tasks import PairedDataset, instruction_corpus
+from engine.training.optim import make_optimizer
+from engine.training.stages import (AE_PREFIX, StepInputs, TokenCache, apply_freeze, encode_latents, get_stage,
+                                    named_tensors, vit_view)
+from engine.training.trainer import Trainer
+from test_training_support import PX, phantom_data, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return phantom_data(tmp_path_factory.mktemp("phantoms"))
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in named_tensors(model).items()}
+
+
+def _groups(model) -> tuple[set[str], set[str], set[str]]:
+    und = {n for n, _ in model.understanding_named_parameters()}
+    gen = {n for n, _ in model.generation_named_parameters()}
+    vae = {AE_PREFIX + n for n, _ in model.vae.named_parameters()}
+    return und, gen, vae
+
+
+@pytest.mark.parametrize("stage,aligned", [("understanding", False), ("generation", True)])
+def test_freeze_policy_of_stage_one_and_stage_two(data, tmp_path, stage, aligned):
+    overrides = {"source_token_aligned": True} if aligned else {}
+    trainer = Trainer(tiny_config(data, tmp_path / stage, stage, model_overrides=overrides, lr=1e-3)).setup()
+    model = trainer.model
+    und, gen, vae = _groups(model)
+    trained, frozen = (und, gen | vae) if stage == "understanding" else (gen, und | vae)
+    # frozen tensors: no gradient and not in the optimizer
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    tensors = named_tensors(model)
+    assert {n for n, p in tensors.items() if id(p) in in_optimizer} == trained
+    assert all(not tensors[n].requires_grad for n in frozen) and all(tensors[n].requires_grad for n in trained)
+    before = _snapshot(model)
+    for step in range(3):
+        trainer.train_step(step)
+    after = _snapshot(model)
+    unchanged = [n for n in trained if torch.equal(before[n], after[n])]
+    moved = [n for n in frozen if not torch.equal(before[n], after[n])]
+    assert not unchanged, f"{stage}: trainable tensors that did not change: {unchanged[:10]}"
+    assert not moved, f"{stage}: frozen tensors that changed: {moved[:10]}"
+    if aligned:
+        assert "vae2llm_src.weight" in trained
+
+
+# -- overfitting one fixed batch (fixed samples, t, ε and dropout draws) ------------------------------
+def _overfit(stage_name: str, data, model, lr: float, steps: int, batch_size: int = 2) -> tuple[float, float]:
+    paired = PairedDataset.open(data)
+    cfg = tiny_config(data, data / "unused", stage_name, batch_size=batch_size, cfg_text_dropout=0.0,
+                      cfg_vit_dropout=0.0, cfg_vae_dropout=0.0)
+    stage = get_stage(stage_name)
+    names = stage.trainable(model)
+    apply_freeze(model, names)
+    params = [named_tensors(model)[n] for n in names]
+    optimizer = make_optimizer(params, lr, weight_decay=0.0)
+    batches = {k: [ds[i] for i in range(batch_size)] for k, ds in stage.datasets(paired, cfg).items()}
+    tokens = TokenCache(train_tokenizer(instruction_corpus(), 1024))
+    losses = []
+    for _ in range(steps):
+        inputs = StepInputs(torch.device("cpu"), [torch.Generator().manual_seed(i) for i in range(batch_size)],
+                            tokens, cfg)
+        loss, _ = stage.loss(model, batches, inputs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses[0], min(losses[-5:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,lr,steps", [("understanding", 1e-3, 40), ("generation", 1e-3, 60),
+                                            ("vae", 5e-4, 150)])
+def test_each_loss_overfits_one_batch_tenfold(data, stage, lr, steps):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cfg = preset("tiny")
+    if stage == "vae":   # a narrower autoencoder of the same design keeps this test to seconds
+        cfg = cfg.replace(vae=dataclasses.replace(cfg.vae, ch=16))
+    first, last = _overfit(stage, data, from_config(cfg), lr, steps, batch_size=1 if stage == "vae" else 2)
+    assert last <= first / 10, f"{stage}: loss {first:.4f} → {last:.4f}, less than 10× lower"
+
+
+# -- the written model folder -------------------------------------------------------------------------
+def test_saved_model_folder_loads_to_identical_outputs(data, tmp_path):
+    trainer = Trainer(tiny_config(data, tmp_path / "gen", "generation", steps=2, lr=1e-3,
+                                  model_overrides={"source_token_aligned": True}))
+    out = trainer.run()
+    loaded = load_model_dir(out)
+    model = trainer.model.eval()
+    with trainer.ema.applied(trainer.params):
+        shipped = {k: v.clone() for k, v in model.state_dict().items()}
+        g = torch.Generator().manual_seed(3)
+        image = torch.rand(1, 1, PX, PX, generator=g)
+        ids = [trainer.tokens("Translate this brain T1-weighted MR slice into the corresponding T2 image.")]
+        x_t = torch.randn(1, 8, PX // 4, PX // 4, generator=g)
+        with torch.no_grad():
+            def outputs(m):
+                latent = encode_latents(m.vae, image, "mean")
+                context = m.encode_context(latent, vit_view(image[0], m)[None], ids)
+                v = m.velocity(x_t, torch.tensor([0.7]), context)
+                return latent, v, m.vae.decode(latent)
+            expected = outputs(model)
+    got = outputs(loaded.model)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, shipped[k]), k
+    torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
+    for branch in expected[1]:
+        torch.testing.assert_close(got[1][branch], expected[1][branch], atol=0, rtol=0)
+    torch.testing.assert_close(got[2], expected[2], atol=0, rtol=0)
+    assert loaded.tokenizer.encode("T1 to FLAIR") == trainer.tokenizer.encode("T1 to FLAIR")
+    card = loaded.metadata
+    assert card["intended_use"] == "research use only, not for diagnosis"
+    assert ["T1", "T2"] in card["routes"] and card["modalities"]["CT"]["normalisation"]["range"] == [-1024.0, 2000.0]
+    assert [s["stage"] for s in card["recipe"]["stages"]] == ["generation"]
+    assert card["recipe"]["stages"][-1]["status"] == "finished" and "val_loss" in card["metrics"]["generation"]
+
+
+def test_vae_stage_ships_unit_variance_latents_and_appends_to_the_recipe(data, tmp_path):
+    architecture = preset("tiny").replace(vae=dataclasses.replace(preset("tiny").vae, ch=16))   # --model-config
+    (tmp_path / "arch.json").write_text(json.dumps(architecture.to_dict()))
+    vae_out = Trainer(tiny_config(data, tmp_path / "vae", "vae", steps=2,
+                                  model_config=str(tmp_path / "arch.json"))).run()
+    loaded = load_model_dir(vae_out)
+    assert loaded.config.vae.ch == 16
+    paired = PairedDataset.open(data)
+    images = torch.stack([paired.model_slice(s, m, i, PX) for s in paired.subject_names("train")
+                          for m in paired.subject_modalities(s) for i in paired.usable_slices(s)][:64])
+    z = encode_latents(loaded.model.vae, images, "mean")
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1.0) < 0.05
+    assert "reconstruction" in loaded.metadata["metrics"]["vae"]
+    # the next stage starts from it, keeps its recipe and adds its own entry
+    und_out = Trainer(tiny_config(data, tmp_path / "und", "understanding", steps=1, init=str(vae_out))).run()
+    card = load_model_dir(und_out).metadata
+    assert [s["stage"] for s in card["recipe"]["stages"]] == ["vae", "understanding"]
+    assert set(card["metrics"]["understanding"]["accuracy"]) == {"CTS", "MI", "TIA"}
+    assert card["metrics"]["vae"] == loaded.metadata["metrics"]["vae"]
+
+
+def test_a_minutes_budget_stops_on_time_with_a_falling_eta(data, tmp_path):
+    recs: list[dict] = []
+    budget_s = 2.4
+    Trainer(tiny_config(data, tmp_path / "timed", "generation", steps=None, minutes=budget_s / 60, batch_size=1),
+            recs.append).run()
+    steps = [r for r in recs if r["event"] == "step"]
+    assert steps and all(r["steps"] is None for r in steps)
+    assert recs[-1]["elapsed_s"] >= budget_s and all(r["elapsed_s"] < budget_s for r in steps[:-1])
+    assert [r["eta_s"] for r in steps] == sorted((r["eta_s"] for r in steps), reverse=True)
+    assert recs[-1]["event"] == "done"
+
+
+def test_data_loading_workers_build_the_same_batches(data, tmp_path):
+    losses = []
+    for workers in (0, 1):
+        recs: list[dict] = []
+        Trainer(tiny_config(data, tmp_path / f"w{workers}", "understanding", steps=2, workers=workers, eval_samples=1),
+                recs.append).run()
+        losses.append([r["loss"] for r in recs if r["event"] == "step"])
+    assert len(losses[0]) == 2 and losses[0] == losses[1]

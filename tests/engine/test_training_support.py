@@ -1,0 +1,55 @@
+"""Shared helpers of the training tests (no tests here): a small phantom paired dataset, a tiny
+training config, and running ``python main.py train`` as a subprocess that reports JSON lines."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.tasks.phantoms import write_phantom_dataset
+from engine.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+PX = 32          # slices of 32 px: 4×4 ViT tokens, 4×4 generation tokens in the tiny preset
+
+
+def phantom_data(root: Path) -> Path:
+    """Three MR subjects (T1, T2, FLAIR) and one CT/CBCT subject, 12 slices of 32×32 each."""
+    if not (root / "dataset.json").exists():
+        write_phantom_dataset(root, subjects=3, shape=(12, 32, 32))
+    return root
+
+
+def tiny_config(data: Path, out: Path, stage: str, **changes) -> TrainConfig:
+    values = dict(data=str(data), stage=stage, out=str(out), size="tiny", steps=3, batch_size=2, image_size=PX,
+                  checkpoint_every=0, checkpoint_seconds=0, preview_every=0, eval_samples=2, threads=1)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def train_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), "train", *args]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_train(*args: str, timeout: float = 120) -> tuple[int, list[dict], str]:
+    """(exit code, stdout JSON records, stderr) of ``python main.py train ARGS``."""
+    proc = subprocess.run(train_command(*args), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, records(proc.stdout), proc.stderr
+
+
+def records(stdout: str) -> list[dict]:
+    """Every stdout line must be one JSON object."""
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def step_losses(recs: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in recs if r["event"] == "step"}
