@@ -192,18 +192,22 @@ class PairedDataset:
         return image.clamp_(0.0, 1.0)
 
     def preload(self, image_size: int, split: str | None = None, progress: ProgressFn = noop,
-                cancel: CancelToken | None = None) -> int:
+                cancel: CancelToken | None = None, budget_bytes: int | None = None) -> int:
         """Read every volume of ``split`` once and keep its model slices in memory (float16).
 
         Training draws thousands of random (subject, modality, slice) triples; without this, each
-        draw can reload and re-normalise a whole volume. Returns the bytes held.
+        draw can reload and re-normalise a whole volume. Stops adding subjects once ``budget_bytes``
+        is held (the rest stay lazily loaded). Returns the bytes held.
         """
         from engine.jobs import Progress, check_cancel
 
         subjects = self.subject_names(split)
         total = sum(len(self.subject_modalities(s)) for s in subjects)
         done = 0
+        held = sum(t.numel() * t.element_size() for t in self._bank.values())
         for subject in subjects:
+            if budget_bytes is not None and held >= budget_bytes:
+                break
             for modality in self.subject_modalities(subject):
                 check_cancel(cancel)
                 key = (subject, modality, int(image_size))
@@ -212,7 +216,8 @@ class PairedDataset:
                     stack = slices_first(nv.array, self.slice_axis(subject))
                     images, _ = to_model_slice(np.ascontiguousarray(stack, dtype=np.float32), image_size)
                     self._bank[key] = images[:, 0].clamp_(0.0, 1.0).to(torch.float16)
+                    held += self._bank[key].numel() * 2
                 done += 1
                 progress(Progress(done, total, f"preparing slices of {subject}"))
             self.usable_slices(subject)            # computed while this subject's volumes are cached
-        return sum(t.numel() * t.element_size() for t in self._bank.values())
+        return held
