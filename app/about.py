@@ -1,0 +1,54 @@
+"""What the app says about itself: name, version, the research-use notice, and where its
+resources (demo study, default model and its model card) live."""
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+from engine.inference.cli_common import DEFAULT_MODEL_DIR
+
+APP_NAME = "SynerMedGen Studio"
+ORGANISATION = "SynerMedGen"
+ORGANISATION_DOMAIN = "synermedgen.org"
+RESEARCH_NOTICE = "Research use only, not for diagnosis"
+SYNTHETIC_BANNER = "SYNTHETIC — research use only"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESOURCES = REPO_ROOT / "resources"
+DEMO_DIR = RESOURCES / "demo"
+MODEL_CARD = DEFAULT_MODEL_DIR / "metadata.json"
+
+
+def version() -> str:
+    """The installed package's version, else the one in the source tree's pyproject.toml."""
+    try:
+        return metadata.version("synermedgen-studio")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
+CONTROLS_HTML = (
+    "<table cellspacing='4'>"
+    "<tr><td><b>Left click / drag</b></td><td>move the crosshair (linked across planes and views)</td></tr>"
+    "<tr><td><b>Wheel, ↑/↓, PgUp/PgDn</b></td><td>scroll slices</td></tr>"
+    "<tr><td><b>Ctrl + wheel</b></td><td>zoom; double-click or Home resets</td></tr>"
+    "<tr><td><b>Middle or Shift + left drag</b></td><td>pan</td></tr>"
+    "<tr><td><b>Right or Ctrl + left drag</b></td><td>window (→ wider) and level (↓ higher)</td></tr>"
+    "<tr><td><b>Drop files or folders</b></td><td>anywhere on the window to open them</td></tr>"
+    "</table>")
+
+
+def about_html() -> str:
+    card = str(MODEL_CARD) if MODEL_CARD.exists() else f"{MODEL_CARD} (no default model installed yet)"
+    return (f"<h3>{APP_NAME} {version()}</h3>"
+            "<p>Cross-modality synthesis of medical volumes with the SynerMedGen unified "
+            "understanding-and-generation model.</p>"
+            f"<p><b>{RESEARCH_NOTICE}.</b> Synthetic images are not real acquisitions.</p>"
+            f"<p>Model card: <code>{card}</code></p>")

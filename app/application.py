@@ -1,0 +1,49 @@
+"""Start the GUI: the QApplication, the settings, the main window; open the given files (or, on
+first launch, the demo study). Nothing here imports torch or VTK, so the window appears at once."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from PySide6.QtWidgets import QApplication
+
+from app import about
+from app.main_window import MainWindow
+from app.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def seconds_since_process_start() -> float | None:
+    """How long this process has run (Linux: from /proc), or None where that is unknown."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run(paths: list[str]) -> int:
+    """Run the application until its window closes; returns the exit status."""
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName(about.APP_NAME)
+    app.setOrganizationName(about.ORGANISATION)
+    app.setOrganizationDomain(about.ORGANISATION_DOMAIN)
+    app.setApplicationVersion(about.version())
+    settings = load_settings()
+    window = MainWindow(settings)
+    window.show()
+    app.processEvents()
+    shown = seconds_since_process_start()
+    if shown is not None:
+        log.info("window shown %.2f s after the process started", shown)
+    if paths:
+        window.open_paths(list(paths))
+    elif not settings.demo_shown and about.DEMO_DIR.is_dir():
+        settings.demo_shown = True
+        window.open_paths([str(about.DEMO_DIR)])
+    return app.exec()

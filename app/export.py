@@ -1,0 +1,78 @@
+"""What the user exports, written atomically: a volume (NIfTI / MHA / DICOM derived series;
+synthetic volumes marked in their description and notes), a screenshot PNG, the metrics CSV.
+The engine's I/O (SimpleITK) is imported on first use, so the window opens without it."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtGui import QImage
+
+from engine.jobs import CancelToken, ProgressFn, noop
+from app.state.workspace import SYNTHETIC_MARK, Document
+
+if TYPE_CHECKING:
+    from app.state.comparison import ComparisonResult
+
+VOLUME_FILTERS = {
+    "NIfTI (*.nii.gz)": ".nii.gz",
+    "MetaImage (*.mha)": ".mha",
+    "DICOM derived series (folder)": "",
+}
+
+
+def export_path(chosen: str, name_filter: str) -> Path:
+    """The path to write for a file-dialog answer: the filter's suffix added when missing."""
+    path = Path(chosen)
+    suffix = VOLUME_FILTERS.get(name_filter, "")
+    if suffix and not path.name.lower().endswith(suffix):
+        path = path.with_name(path.name + suffix)
+    return path
+
+
+def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
+                  cancel: CancelToken | None = None) -> Path:
+    """Write a document's volume; a synthetic one says so in its description and notes."""
+    from engine import io
+
+    volume = doc.volume
+    if doc.synthetic:
+        if SYNTHETIC_MARK not in volume.notes:
+            volume = volume.replace(notes=(*volume.notes, SYNTHETIC_MARK))
+        description = SYNTHETIC_MARK
+    else:
+        description = volume.name
+    return io.save(volume, path, description=description, progress=progress, cancel=cancel)
+
+
+def save_png(image: QImage, path: str | Path) -> Path:
+    from engine.io.atomic import atomic_file
+
+    path = Path(path)
+    if image.isNull():
+        raise ValueError(f"{path}: there is nothing to capture")
+    with atomic_file(path) as tmp:
+        if not image.save(str(tmp), "PNG"):
+            raise OSError(f"{path}: the PNG could not be written")
+    return path
+
+
+def write_metrics_csv(result: ComparisonResult, path: str | Path) -> Path:
+    """One row for the whole image, one inside the body mask, one per slice (scored axis)."""
+    from engine.io.atomic import atomic_file
+
+    path = Path(path)
+    ev = result.evaluation
+    names = (result.synthetic.name, result.reference.name)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["scope", "slice", "psnr_db", "ssim_x100", "mae", "unit", "synthetic", "reference"])
+        for scope, scores in (("whole", ev.whole), ("body", ev.body)):
+            if scores is not None:
+                writer.writerow([scope, "", scores.psnr, scores.ssim, scores.mae, ev.unit, *names])
+        per = ev.per_slice
+        for k in range(len(per["psnr"])):
+            writer.writerow(["slice", k, float(per["psnr"][k]), float(per["ssim"][k]), float(per["mae"][k]),
+                             ev.unit, *names])
+    return path

@@ -1,0 +1,378 @@
+"""The main window: menus and toolbar, the study browser / synthesis / log docks, the viewer and
+comparison tabs, the status bar. Opening (also by drag and drop), loading and exporting run on
+workers; failures become a message that names the file, never a traceback."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
+
+from app import about
+from app.export import VOLUME_FILTERS, export_path, export_volume, save_png, write_metrics_csv
+from app.panels.browser import BrowserPanel
+from app.panels.log_panel import LogPanel
+from app.panels.synthesis_panel import SynthesisPanel
+from app.settings import Settings, save_settings
+from app.state.cursor import Cursor
+from app.state.workspace import Document, Workspace
+from app.status_bar import StatusBar
+from app.views.comparison_view import ComparisonView
+from app.views.ortho_viewer import OrthoViewer
+from app.errors import describe_error
+from app.workers import Task, TaskRunner
+
+if TYPE_CHECKING:
+    from engine.io import Catalog, SeriesEntry
+
+
+STARTUP_DELAY_MS = 150     # let the window paint before the engine imports compete for the CPU
+
+
+def _start_engine() -> tuple[list[str], str | None, str]:
+    """Import the engine (SimpleITK, scipy, torch) after the window shows: the modality names,
+    why synthesis cannot run (None when it can), and the compute device."""
+    import engine.io  # noqa: F401 - warms the import for the first file the user opens
+    from engine import modalities
+    from app.status_bar import describe_device
+    from app.synthesis import inference_unavailable_reason
+
+    return list(modalities.MODALITIES), inference_unavailable_reason(), describe_device()
+
+
+def _scan(path: str, cancel) -> Catalog:
+    from engine import io
+
+    return io.scan(path, cancel=cancel)
+
+
+class MainWindow(QMainWindow):
+    exported = Signal(str)              # path written
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.setWindowTitle(f"{about.APP_NAME} — {about.RESEARCH_NOTICE.lower()}")
+        self.runner = TaskRunner(self)
+        self.workspace = Workspace()
+        self.cursor = Cursor()
+        self.viewer = OrthoViewer(self.cursor)
+        self.comparison = ComparisonView(self.workspace, self.cursor, self.runner)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.viewer, "Viewer")
+        self.tabs.addTab(self.comparison, "Comparison")
+        self.setCentralWidget(self.tabs)
+        self.browser = BrowserPanel()
+        self.synthesis = SynthesisPanel(self.runner, settings)
+        self.log = LogPanel()
+        self.docks = {
+            "browser": self._dock("Studies", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea),
+            "synthesis": self._dock("Synthesis", self.synthesis, Qt.DockWidgetArea.LeftDockWidgetArea),
+            "log": self._dock("Log", self.log, Qt.DockWidgetArea.BottomDockWidgetArea),
+        }
+        self.splitDockWidget(self.docks["browser"], self.docks["synthesis"], Qt.Orientation.Vertical)
+        self.docks["log"].hide()
+        self.status = StatusBar()
+        self.status.engine_pid = lambda: self.synthesis.engine.pid
+        self.setStatusBar(self.status)
+        self._build_menus()
+        self.setAcceptDrops(True)
+
+        self.browser.entry_activated.connect(self.load_entry)
+        self.browser.compare_requested.connect(self.compare_with_entry)
+        self.viewer.probed.connect(self.status.show_probe)
+        self.comparison.probed.connect(self.status.show_probe)
+        self.comparison.metrics.export_requested.connect(self.export_metrics)
+        self.synthesis.synthesis_finished.connect(self._on_synthesized)
+        self.synthesis.failed.connect(self.report_error)
+        self.workspace.activated.connect(self._on_activated)
+        self._started_up = False
+        if settings.window_geometry:
+            self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode()))
+        else:
+            self.resize(1500, 920)
+        if settings.window_state:
+            self.restoreState(QByteArray.fromBase64(settings.window_state.encode()))
+        else:
+            self.resizeDocks([self.docks["browser"]], [330], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.docks["browser"], self.docks["synthesis"]], [260, 520], Qt.Orientation.Vertical)
+            self.resizeDocks([self.docks["log"]], [120], Qt.Orientation.Vertical)
+
+    def _dock(self, title: str, widget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock-{title.lower()}")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, text: str, slot: Callable, shortcut=None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        action.triggered.connect(lambda _checked=False: slot())
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.setStatusTip(tip)
+        return action
+
+    def _build_menus(self) -> None:
+        self.actions = {
+            "open_file": self._action("Open File…", self.choose_file, QKeySequence.StandardKey.Open,
+                                      "Open a NIfTI, MHA, NRRD or DICOM file"),
+            "open_folder": self._action("Open Folder…", self.choose_folder, "Ctrl+Shift+O",
+                                        "Scan a folder for volumes and DICOM series"),
+            "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
+                                   "Write the volume in the viewer as NIfTI, MHA or a DICOM series"),
+            "metrics": self._action("Export Metrics (CSV)…", self.export_metrics),
+            "screenshot": self._action("Screenshot…", self.choose_screenshot, "Ctrl+Shift+S",
+                                       "Save the current view (viewer or comparison) as PNG"),
+            "quit": self._action("Quit", self.close, QKeySequence.StandardKey.Quit),
+            "viewer": self._action("Viewer", lambda: self.tabs.setCurrentWidget(self.viewer), "Ctrl+1"),
+            "compare": self._action("Comparison", lambda: self.tabs.setCurrentWidget(self.comparison), "Ctrl+2"),
+            "reset": self._action("Reset Zoom", self.viewer.reset_zoom, "Ctrl+0"),
+            "3d": self._action("3D View", self.viewer.open_3d, "Ctrl+3"),
+            "demo": self._action("Open Demo Study", lambda: self.open_paths([str(about.DEMO_DIR)])),
+            "controls": self._action("Mouse and Keys", lambda: QMessageBox.information(
+                self, "Mouse and keys", about.CONTROLS_HTML)),
+            "about": self._action("About", self.show_about),
+        }
+        a = self.actions
+        a["demo"].setEnabled(about.DEMO_DIR.is_dir())
+        style = self.style()
+        for name, icon in (("open_file", QStyle.StandardPixmap.SP_DialogOpenButton),
+                           ("open_folder", QStyle.StandardPixmap.SP_DirOpenIcon),
+                           ("export", QStyle.StandardPixmap.SP_DialogSaveButton)):
+            a[name].setIcon(style.standardIcon(icon))
+        menu = self.menuBar().addMenu("&File")
+        menu.addActions([a["open_file"], a["open_folder"]])
+        self.recent_menu = menu.addMenu("Recent")
+        menu.addSeparator()
+        menu.addActions([a["export"], a["metrics"], a["screenshot"]])
+        menu.addSeparator()
+        menu.addAction(a["quit"])
+        view = self.menuBar().addMenu("&View")
+        view.addActions([a["viewer"], a["compare"], a["reset"], a["3d"]])
+        view.addSeparator()
+        view.addActions([dock.toggleViewAction() for dock in self.docks.values()])
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addActions([a["demo"], a["controls"], a["about"]])
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("toolbar-main")
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        toolbar.addActions([a["open_file"], a["open_folder"]])
+        toolbar.addSeparator()
+        toolbar.addActions([a["viewer"], a["compare"], a["3d"]])
+        toolbar.addSeparator()
+        toolbar.addActions([a["export"], a["screenshot"]])
+        self._rebuild_recent()
+
+    def _rebuild_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in self.settings.recent_files:
+            self.recent_menu.addAction(path, lambda p=path: self.open_paths([p]))
+        self.recent_menu.setEnabled(bool(self.settings.recent_files))
+
+    # -- opening ------------------------------------------------------------------------------
+    def choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a volume", self.settings.last_folder,
+                                              "Volumes (*.nii *.nii.gz *.mha *.mhd *.nrrd *.nhdr *.dcm);;All files (*)")
+        if path:
+            self.open_paths([path])
+
+    def choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a study folder", self.settings.last_folder)
+        if path:
+            self.open_paths([path])
+
+    def open_paths(self, paths: list[str]) -> None:
+        """Scan each file or folder on a worker, list what it holds, and open its first series."""
+        for path in paths:
+            self.browser.set_scanning(path, True)
+            self.runner.run(lambda _progress, cancel, p=path: _scan(p, cancel), name=f"scan {path}",
+                            finished=lambda catalog, p=path: self._on_scanned(p, catalog),
+                            failed=lambda message, p=path: self._on_scan_failed(p, message))
+
+    def _on_scanned(self, path: str, catalog: Catalog) -> None:
+        self.browser.set_scanning(path, False)
+        self.browser.add_catalog(catalog)
+        for skipped in catalog.skipped:
+            self.log.add(f"Skipped {skipped.path}: {skipped.reason}", "note")
+        if catalog.skipped:
+            self.docks["log"].show()
+            self.status.showMessage(f"{len(catalog.skipped)} file(s) in {path} skipped; reasons in the Log", 8000)
+        self.settings.add_recent(path)
+        self._rebuild_recent()
+        self.load_entry(catalog.entries[0])
+
+    def _on_scan_failed(self, path: str, message: str) -> None:
+        self.browser.set_scanning(path, False)
+        self.report_error(message if path in message else f"{path}: {message}")
+
+    def load_entry(self, entry: SeriesEntry, then: Callable[[Document], None] | None = None) -> None:
+        """Load a series on a worker (or reuse it when loaded) and show it, or hand it to ``then``."""
+        done = then or self.workspace.activate
+        loaded = self.workspace.find(entry.key)
+        if loaded is not None:
+            done(loaded)
+            return
+        self.runner.run(lambda progress, cancel: entry.load(progress, cancel), name=f"load {entry.key}",
+                        progressed=self.status.show_task,
+                        finished=lambda volume: self._on_loaded(entry, volume, done),
+                        failed=lambda message: self._on_load_failed(entry, message))
+
+    def _on_loaded(self, entry: SeriesEntry, volume, done: Callable[[Document], None]) -> None:
+        self.status.show_task(None)
+        doc = self.workspace.add(volume, key=entry.key)
+        for note in volume.notes:
+            self.log.add(f"{doc.title}: {note}", "note")
+        self.browser.mark_loaded(entry.key)
+        done(doc)
+
+    def _on_load_failed(self, entry: SeriesEntry, message: str) -> None:
+        self.status.show_task(None)
+        where = entry.paths[0] if entry.paths else entry.key
+        self.report_error(message if where in message else f"{where}: {message}")
+
+    def _on_activated(self, doc: Document) -> None:
+        self.viewer.show_document(doc)
+        self.synthesis.set_document(doc)
+        self.tabs.setCurrentWidget(self.viewer)
+
+    def compare_with_entry(self, entry: SeriesEntry) -> None:
+        test = self.workspace.active
+        if test is None:
+            self.report_error("Open a volume in the viewer first; it is compared with the series you pick.")
+            return
+
+        def compare(reference: Document) -> None:
+            self.comparison.set_inputs(test, reference)
+            self.tabs.setCurrentWidget(self.comparison)
+
+        self.load_entry(entry, then=compare)
+
+    def _on_synthesized(self, source: Document, volume) -> None:
+        doc = self.workspace.add(volume, synthetic=True)
+        self.log.add(f"Synthesized {doc.title} from {source.title}")
+        reference = next((d for d in self.workspace.documents if d is not doc and not d.synthetic
+                          and d.volume.modality == volume.modality), None)
+        if reference is None:
+            self.workspace.activate(doc)
+        else:
+            self.comparison.set_inputs(doc, reference, source)
+            self.tabs.setCurrentWidget(self.comparison)
+
+    # -- exporting ----------------------------------------------------------------------------
+    def choose_export(self) -> None:
+        doc = self.workspace.active
+        if doc is None:
+            self.report_error("There is no volume in the viewer to export.")
+            return
+        stem = Path(doc.title).name.split(".")[0]
+        if doc.synthetic and "synthetic" not in stem.lower():
+            stem += "_synthetic"               # so the file is recognised as synthetic when reopened
+        start = str(Path(self.settings.last_folder or Path.home()) / stem)
+        path, name_filter = QFileDialog.getSaveFileName(self, "Export volume", start, ";;".join(VOLUME_FILTERS))
+        if path:
+            self.export_active_to(export_path(path, name_filter))
+
+    def export_active_to(self, path: Path) -> Task:
+        doc = self.workspace.active
+        return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel),
+                               name=f"export {path}", progressed=self.status.show_task,
+                               finished=self._on_exported, failed=self.report_error)
+
+    def _on_exported(self, path) -> None:
+        self.status.show_task(None)
+        self.log.add(f"Exported {path}")
+        self.status.showMessage(f"Exported {path}", 8000)
+        self.exported.emit(str(path))
+
+    def choose_screenshot(self) -> None:
+        name = "comparison.png" if self.tabs.currentWidget() is self.comparison else "viewer.png"
+        start = str(Path(self.settings.last_folder or Path.home()) / name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", start, "PNG image (*.png)")
+        if path:
+            self.save_screenshot(path if path.lower().endswith(".png") else path + ".png")
+
+    def save_screenshot(self, path: str) -> None:
+        """Save the visible tab (viewer or comparison, with its panels) as a PNG."""
+        try:
+            save_png(self.tabs.currentWidget().grab().toImage(), path)
+        except (OSError, ValueError) as exc:
+            self.report_error(describe_error(exc))
+        else:
+            self._on_exported(path)
+
+    def export_metrics(self) -> None:
+        result = self.comparison.model.result
+        if result is None:
+            self.report_error("There are no metrics yet: compare two volumes in the Comparison tab first.")
+            return
+        start = str(Path(self.settings.last_folder or Path.home()) / "metrics.csv")
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", start, "CSV (*.csv)")
+        if path:
+            try:
+                self._on_exported(write_metrics_csv(result, path))
+            except OSError as exc:
+                self.report_error(describe_error(exc))
+
+    # -- messages, drops, lifetime --------------------------------------------------------------
+    def report_error(self, message: str) -> None:
+        """Tell the user, without blocking: a message box, the status bar and the log."""
+        self.log.add(message, "error")
+        self.status.showMessage(message, 10000)
+        box = QMessageBox(QMessageBox.Icon.Warning, about.APP_NAME, message, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, f"About {about.APP_NAME}", about.about_html())
+
+    @staticmethod
+    def _dropped_paths(event) -> list[str]:
+        mime = event.mimeData()
+        return [url.toLocalFile() for url in mime.urls() if url.isLocalFile()] if mime.hasUrls() else []
+
+    def dragEnterEvent(self, event) -> None:
+        if self._dropped_paths(event):
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event) -> None:
+        if self._dropped_paths(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = self._dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._started_up:
+            self._started_up = True
+            QTimer.singleShot(STARTUP_DELAY_MS, self, self._finish_startup)
+
+    def _finish_startup(self) -> None:
+        """Once the window shows: import the engine and ask torch for the device, on one worker
+        (the other stays free for the files the user opens meanwhile)."""
+        self.runner.run(lambda _progress, _cancel: _start_engine(), name="engine start",
+                        finished=self._on_engine_started, failed=self.report_error)
+
+    def _on_engine_started(self, info: tuple[list[str], str | None, str]) -> None:
+        names, synthesis_unavailable, device = info
+        self.synthesis.set_engine(names, synthesis_unavailable)
+        self.comparison.set_modalities(names)
+        self.status.show_device(device)
+
+    def closeEvent(self, event) -> None:
+        self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
+        self.settings.window_state = bytes(self.saveState().toBase64()).decode()
+        try:
+            save_settings(self.settings)
+        except OSError as exc:
+            self.log.add(f"Settings not saved: {describe_error(exc)}", "error")
+        self.runner.shutdown()
+        self.synthesis.shutdown()
+        self.viewer.close_3d()
+        super().closeEvent(event)

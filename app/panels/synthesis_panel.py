@@ -1,0 +1,281 @@
+"""The synthesis panel: source and target modality, model, backend, device, precision, steps and
+guidance under Advanced; runs in the synthesis process (through a worker) with progress, remaining
+time, a per-slice preview and Cancel. Without an engine or a model it says so; Run stays disabled."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+
+from engine.jobs import Progress
+from app.errors import describe_error
+from app.settings import Settings
+from app.state.workspace import Document
+from app.engine_process import EngineProcess
+from app.synthesis import SynthesisRequest, available_models, is_model_dir, model_routes
+from app.workers import Task, TaskRunner
+
+AUTO_SOURCE = "Auto (identify with the model)"
+MODEL_DEFAULT = "model default"
+
+
+def _combo(items: list[tuple[str, str]], current: str) -> QComboBox:
+    combo = QComboBox()
+    for text, value in items:
+        combo.addItem(text, value)
+    combo.setCurrentIndex(max(0, combo.findData(current)))
+    return combo
+
+
+def preview_pixmap(image: np.ndarray, size: int = 160) -> QPixmap:
+    """A grey preview of a 2-D slice, scaled to ``size`` pixels."""
+    a = np.asarray(image, dtype=np.float32)
+    lo, hi = np.nanpercentile(a, (1, 99)) if a.size else (0.0, 1.0)
+    grey = np.ascontiguousarray(np.clip((a - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8))
+    qimage = QImage(grey.data, grey.shape[1], grey.shape[0], grey.strides[0], QImage.Format.Format_Grayscale8)
+    return QPixmap.fromImage(qimage.copy()).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio)
+
+
+class SynthesisPanel(QWidget):
+    synthesis_finished = Signal(object, object)    # (source Document, synthetic Volume)
+    failed = Signal(str)
+
+    def __init__(self, runner: TaskRunner, settings: Settings, parent=None) -> None:
+        super().__init__(parent)
+        self.runner, self.settings = runner, settings
+        self.engine = EngineProcess()
+        self.document: Document | None = None
+        self._task: Task | None = None
+        self._started = 0.0
+        self.unavailable: str | None = None          # why synthesis cannot run, once the engine is known
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("background:#fff3cd; color:#5c4400; border:1px solid #e0c060; padding:6px;")
+        self.input_label = QLabel("—")
+        self.input_label.setWordWrap(True)
+        self.modalities: list[str] = []
+        self.source = QComboBox()
+        self.source.addItem(AUTO_SOURCE)
+        self.source.currentIndexChanged.connect(self._update_targets)
+        self.target = QComboBox()
+        self.target.currentIndexChanged.connect(self._update_enabled)
+        self.model = QComboBox()
+        self.model.currentIndexChanged.connect(self._update_targets)
+        import_button = QPushButton("Import…")
+        import_button.setToolTip("Add a SynerMedGen or BAGEL-layout model directory")
+        import_button.clicked.connect(self._import_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(import_button)
+        self.backend = _combo([("PyTorch", "torch"), ("ONNX Runtime (not available yet)", "onnx")], settings.backend)
+        self.backend.model().item(1).setEnabled(False)
+        self.device = _combo([("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")], settings.device)
+        self.precision = _combo([("fp32 (highest)", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")], settings.precision)
+        for combo, name in ((self.backend, "backend"), (self.device, "device"), (self.precision, "precision")):
+            combo.currentIndexChanged.connect(lambda _i, c=combo, n=name: setattr(self.settings, n, c.currentData()))
+
+        # each starts at its lowest value, shown as "model default": the model card's choice
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 250)
+        self.text_guidance = QDoubleSpinBox()
+        self.text_guidance.setRange(0.0, 20.0)
+        self.text_guidance.setToolTip("Classifier-free guidance on the instruction; 1 turns it off")
+        self.image_guidance = QDoubleSpinBox()
+        self.image_guidance.setRange(0.0, 10.0)
+        self.image_guidance.setToolTip("Guidance on the source image; 1 turns it off")
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        for box in (self.steps, self.text_guidance, self.image_guidance, self.seed):
+            box.setSpecialValueText(MODEL_DEFAULT)
+            box.setValue(box.minimum())
+        advanced = QToolButton()
+        advanced.setText("Advanced")
+        advanced.setCheckable(True)
+        advanced.setAutoRaise(True)
+        advanced.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        advanced.setArrowType(Qt.ArrowType.RightArrow)
+        advanced_body = QWidget()
+        adv_form = QFormLayout(advanced_body)
+        adv_form.setContentsMargins(12, 0, 0, 0)
+        for text, widget in (("Steps", self.steps), ("Text guidance", self.text_guidance),
+                             ("Image guidance", self.image_guidance), ("Seed", self.seed)):
+            adv_form.addRow(text, widget)
+        advanced_body.setVisible(False)
+        advanced.toggled.connect(advanced_body.setVisible)
+        advanced.toggled.connect(lambda on: advanced.setArrowType(
+            Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow))
+
+        self.run_button = QPushButton("Synthesize")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.hide()
+        self.eta = QLabel("")
+        self.eta.setWordWrap(True)
+        self.preview = QLabel()
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
+        form = QFormLayout()
+        for text, widget in (("Input", self.input_label), ("Source", self.source), ("Target", self.target),
+                             ("Backend", self.backend), ("Device", self.device), ("Precision", self.precision)):
+            form.addRow(text, widget)
+        form.insertRow(3, "Model", model_row)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.notice)
+        layout.addLayout(form)
+        layout.addWidget(advanced)
+        layout.addWidget(advanced_body)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.eta)
+        layout.addWidget(self.preview)
+        layout.addStretch(1)
+        self._refresh_models()
+
+    # -- choices ------------------------------------------------------------------------------
+    def _refresh_models(self) -> None:
+        self.model.blockSignals(True)
+        self.model.clear()
+        for choice in available_models(self.settings.model_dirs):
+            self.model.addItem(choice.label, choice.path)
+        self.model.blockSignals(False)
+        self._update_targets()
+
+    def _import_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Import a model directory", self.settings.last_folder)
+        if not folder:
+            return
+        if not is_model_dir(Path(folder)):
+            self.failed.emit(f"{folder}: not a model directory (it has no config.json or llm_config.json)")
+            return
+        if folder not in self.settings.model_dirs:
+            self.settings.model_dirs.append(folder)
+        self._refresh_models()
+
+    def set_engine(self, names: list[str], unavailable: str | None) -> None:
+        """What the engine offers, known once it is imported: the modality names, and why
+        synthesis cannot run (None when it can)."""
+        self.modalities, self.unavailable = list(names), unavailable
+        self.source.blockSignals(True)
+        self.source.addItems([n for n in names if self.source.findText(n) < 0])
+        self.source.blockSignals(False)
+        self.set_document(self.document)
+
+    def set_document(self, doc: Document | None) -> None:
+        self.document = doc
+        self.input_label.setText(doc.label if doc else "—")
+        if doc is not None and doc.volume.modality:
+            self.source.setCurrentText(doc.volume.modality)
+        self._update_targets()
+
+    def _source_modality(self) -> str | None:
+        return None if self.source.currentIndex() == 0 else self.source.currentText()
+
+    def _update_targets(self, *_args) -> None:
+        """Targets: the routes the chosen model supports from this source (all when unknown)."""
+        current = self.target.currentText()
+        source = self._source_modality()
+        names = [m for m in self.modalities if m != source]
+        model_dir = self.model.currentData()
+        try:
+            routes = model_routes(model_dir) if names and model_dir is not None else None
+        except ValueError as exc:
+            routes = ()
+            self.failed.emit(describe_error(exc))
+        if routes is not None:
+            names = [m for m in names if any(r[1] == m and (source is None or r[0] == source) for r in routes)]
+        self.target.blockSignals(True)
+        self.target.clear()
+        self.target.addItems(names)
+        if current in names:
+            self.target.setCurrentText(current)
+        self.target.blockSignals(False)
+        self._update_enabled()
+
+    def _why_not(self) -> str | None:
+        if not self.modalities:
+            return "Checking for the inference engine…"
+        if self.unavailable:
+            return f"No model available yet: {self.unavailable}."
+        if self.model.count() == 0:
+            return "No model available yet: install the default model or import a model directory."
+        if self.document is None:
+            return "Open a volume to synthesize from."
+        if self.target.count() == 0:
+            return "The chosen model has no route from this source modality."
+        return None
+
+    def _update_enabled(self, *_args) -> None:
+        reason = self._why_not()
+        running = self._task is not None
+        self.notice.setVisible(reason is not None and reason.startswith("No model"))
+        self.notice.setText(f"{reason} Loading, viewing, comparing and exporting volumes work without it."
+                            if reason else "")
+        self.run_button.setEnabled(reason is None and not running)
+        self.run_button.setToolTip(reason or "Synthesize the target modality on the input's grid")
+        self.cancel_button.setEnabled(running)
+
+    # -- running ------------------------------------------------------------------------------
+    def request(self) -> SynthesisRequest:
+        return SynthesisRequest(
+            self.document.volume, self._source_modality(), self.target.currentText(), self.model.currentData(),
+            self.backend.currentData(), self.device.currentData(), self.precision.currentData(),
+            *(None if box.value() == box.minimum() else box.value()
+              for box in (self.steps, self.text_guidance, self.image_guidance, self.seed)))
+
+    def start(self) -> None:
+        if self._why_not() is not None or self._task is not None:
+            return
+        request, source_doc = self.request(), self.document
+        self._started = time.monotonic()
+        self.progress.setValue(0)
+        self.progress.show()
+        self.eta.setText("Starting the synthesis process and loading the model…")
+        self._task = self.runner.run(
+            lambda progress, cancel: self.engine.synthesize(request, progress, cancel), name="synthesis",
+            progressed=self._on_progress, finished=lambda volume: self._on_done(source_doc, volume),
+            failed=self._on_failed, cancelled=lambda: self._end("Cancelled."))
+        self._update_enabled()
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.eta.setText("Cancelling…")
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress.setValue(round(100 * progress.fraction))
+        elapsed = time.monotonic() - self._started
+        if progress.fraction > 0:
+            remaining = elapsed * (1 - progress.fraction) / progress.fraction
+            self.eta.setText(f"{progress.message}  ·  about {remaining:.0f} s left")
+        preview = getattr(progress, "preview", None)
+        if isinstance(preview, np.ndarray) and preview.ndim == 2:
+            self.preview.setPixmap(preview_pixmap(preview))
+
+    def _on_done(self, source_doc: Document, volume) -> None:
+        self._end(f"Done in {time.monotonic() - self._started:.0f} s.")
+        self.progress.setValue(100)
+        self.synthesis_finished.emit(source_doc, volume)
+
+    def _on_failed(self, message: str) -> None:
+        self._end("Failed.")
+        self.failed.emit(f"Synthesis failed: {message}")
+
+    def _end(self, text: str) -> None:
+        self._task = None
+        self.eta.setText(text)
+        self._update_enabled()
+
+    def shutdown(self) -> None:
+        """Stop the synthesis process (the window is closing; running tasks were cancelled)."""
+        self.engine.close()

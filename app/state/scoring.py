@@ -1,0 +1,74 @@
+"""Scoring for the comparison (runs on a worker): the reference and source brought onto the
+synthetic grid by SimpleITK (identity transform in physical space), the difference map, and the
+engine's scores of the synthetic volume (``score_volume``: the same numbers the CLI prints)."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from engine import modalities
+from engine.evaluation.synthesis_eval import score_volume
+from engine.io import Volume
+from engine.io.itk_files import volume_to_sitk
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.tasks.slices import slice_axis
+from app.state.comparison import ComparisonResult
+
+
+def resample_onto(volume: Volume, grid: Volume) -> tuple[Volume, np.ndarray]:
+    """``volume`` on ``grid``'s voxels (linear interpolation; outside its field of view: its
+    minimum), and the mask of grid voxels that lie inside it."""
+    if volume.same_grid(grid):
+        return volume, np.ones(grid.shape, dtype=bool)
+    target = sitk.Image([int(s) for s in grid.size_xyz], sitk.sitkFloat32)
+    target.SetSpacing(grid.spacing)
+    target.SetOrigin(grid.origin)
+    target.SetDirection(grid.direction)
+    finite = volume.array[np.isfinite(volume.array)]
+    background = float(finite.min()) if finite.size else 0.0
+    moved = sitk.Resample(volume_to_sitk(volume), target, sitk.Transform(), sitk.sitkLinear, background,
+                          sitk.sitkFloat32)
+    ones = volume_to_sitk(volume.with_array(np.ones(volume.shape, np.float32)))
+    inside = sitk.Resample(ones, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+    note = f"resampled onto the grid of {grid.name or 'the synthetic volume'}"
+    resampled = grid.with_array(sitk.GetArrayFromImage(moved), name=volume.name, modality=volume.modality,
+                                unit=volume.unit, source=volume.source, notes=(*volume.notes, note), dicom={})
+    return resampled, sitk.GetArrayFromImage(inside) > 0.5
+
+
+def target_modality(synthetic: Volume, reference: Volume, override: str | None = None) -> str:
+    """The modality whose normalisation the metrics use: the override, else the reference's."""
+    for name in (override, reference.modality, synthetic.modality):
+        if name:
+            return modalities.canonical(name)
+    raise ValueError(f"the modality of {reference.name or 'the reference'} is unknown: "
+                     "choose it under 'Normalise as'")
+
+
+def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, modality: str | None = None,
+            progress: ProgressFn = noop, cancel: CancelToken | None = None) -> ComparisonResult:
+    """Everything the comparison view shows; raises ValueError when the volumes cannot be compared."""
+    target = target_modality(synthetic, reference, modality)
+    progress(Progress(0, 3, "resampling the reference"))
+    ref_on_grid, inside = resample_onto(reference, synthetic)
+    coverage = float(inside.mean())
+    if coverage == 0.0:
+        raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
+                         "in physical space: are they scans of the same subject in one frame of reference?")
+    check_cancel(cancel)
+    source_on_grid = resample_onto(source, synthetic)[0] if source is not None else None
+    progress(Progress(1, 3, "scoring"))
+    evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel)
+    progress(Progress(3, 3, "scored"))
+    notes = []
+    if ref_on_grid is not reference:
+        notes.append("reference resampled onto the synthetic grid")
+    if coverage < 0.999:
+        notes.append(f"the reference covers {100 * coverage:.0f} % of the synthetic grid")
+    known = {m for m in (synthetic.modality, reference.modality) if m}
+    if len(known) > 1:
+        notes.append(f"different modalities ({' vs '.join(sorted(known))}): the metrics compare unlike images")
+    difference = synthetic.with_array((synthetic.array - ref_on_grid.array).astype(np.float32),
+                                      name=f"{synthetic.name} − {reference.name}", notes=(), dicom={})
+    return ComparisonResult(synthetic, ref_on_grid, difference, source_on_grid, evaluation,
+                            slice_axis(synthetic.spacing), coverage, tuple(notes))

@@ -1,0 +1,120 @@
+"""What the synthesis panel asks of the inference engine (``engine.inference``): whether it is
+installed, the models and their routes (from the model card, no weights read), the request, and
+``run_synthesis`` — which runs inside the synthesis process (app.engine_process), never in the GUI."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.inference.cli_common import DEFAULT_MODEL_DIR
+from engine.jobs import CancelToken, Progress, ProgressFn
+
+if TYPE_CHECKING:
+    from engine.io import Volume
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One run. ``None`` for the source means: identify it with the model; ``None`` for steps,
+    guidance or seed means: the model's default (its card's ``inference_defaults``)."""
+
+    volume: Volume
+    source: str | None
+    target: str
+    model_dir: Path
+    backend: str                # "torch" | "onnx"
+    device: str                 # "auto" | "cpu" | "cuda"
+    precision: str              # "fp32" | "fp16" | "bf16"
+    steps: int | None = None
+    text_guidance: float | None = None
+    image_guidance: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SynthesisProgress(Progress):
+    """A progress report with the latest finished slice (target units), for the panel's preview."""
+
+    preview: np.ndarray | None = None
+
+
+def inference_unavailable_reason() -> str | None:
+    """Why synthesis cannot run in this installation, or None (looks for the packages only)."""
+    for module, what in (("torch", "PyTorch"), ("engine.inference.pipeline", "the inference engine")):
+        if importlib.util.find_spec(module) is None:
+            return f"{what} is not installed ({module})"
+    return None
+
+
+def is_model_dir(path: Path) -> bool:
+    """A SynerMedGen model directory or a BAGEL-layout checkpoint directory."""
+    return (path / "config.json").is_file() or (path / "llm_config.json").is_file()
+
+
+def available_models(extra_dirs: list[str]) -> list[ModelChoice]:
+    """The default model (when installed) and the imported or fine-tuned model directories."""
+    choices = []
+    if is_model_dir(DEFAULT_MODEL_DIR):
+        choices.append(ModelChoice("Default model", DEFAULT_MODEL_DIR))
+    for text in extra_dirs:
+        path = Path(text)
+        if is_model_dir(path):
+            choices.append(ModelChoice(path.name, path))
+    return choices
+
+
+def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:
+    """The (source, target) routes of the model card; None when any route may be tried."""
+    from engine.inference.model_card import ModelCard
+
+    return ModelCard.read(model_dir).routes
+
+
+_loaded: dict[tuple[str, str, str], object] = {}       # the last model loaded, kept for the next run
+
+
+def _synthesizer(request: SynthesisRequest):
+    from engine.inference.pipeline import Synthesizer
+
+    key = (str(request.model_dir), request.device, request.precision)
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = Synthesizer(request.model_dir, device=request.device, precision=request.precision)
+    return _loaded[key]
+
+
+def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: CancelToken) -> Volume:
+    """Synthesize the target volume on the source's grid (marked synthetic by the engine); the
+    progress reports carry the latest finished slice as ``preview``. Imports torch."""
+    from engine.inference.cli_synthesize import resolve_source
+
+    if request.backend != "torch":
+        raise ValueError("the ONNX Runtime backend is not available yet; choose PyTorch")
+    synth = _synthesizer(request)
+    source, _identified = resolve_source(synth, request.volume, request.source or "auto", progress)
+    settings = synth.default_settings()
+    guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
+                if v is not None}
+    changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed)) if v is not None}
+    settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
+    latest: list[np.ndarray | None] = [None]
+
+    def report(p: Progress) -> None:
+        progress(SynthesisProgress(p.done, p.total, p.message, preview=latest[0]))
+
+    def preview(_index: int, image: np.ndarray) -> None:
+        latest[0] = image
+
+    return synth.synthesize_volume(request.volume, source, request.target, settings, progress=report,
+                                   cancel=cancel, preview=preview)

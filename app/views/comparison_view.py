@@ -1,0 +1,228 @@
+"""Side-by-side comparison: source | synthetic | reference | difference on the synthetic grid,
+linked (shared cursor and slice, zoom, window/level per modality), checkerboard and fade between
+synthetic and reference, and the metrics panel. Any two loaded volumes can be compared."""
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QSlider, QSplitter, QVBoxLayout, QWidget
+
+from app.state.comparison import BlendMode, ComparisonModel, ComparisonResult
+from app.state.cursor import Cursor
+from app.state.geometry import Plane
+from app.state.workspace import Document, Workspace
+from app.views.metrics_panel import MetricsPanel
+from app.views.slice_view import SliceView
+from app.workers import Task, TaskRunner
+
+ROLES = ("source", "synthetic", "reference", "difference")
+DIFFERENCE_MAP = pg.colormap.get("CET-D1A")
+AUTO = "Auto (reference's modality)"
+
+
+class ComparisonView(QWidget):
+    probed = Signal(object)
+
+    def __init__(self, workspace: Workspace, cursor: Cursor, runner: TaskRunner, parent=None) -> None:
+        super().__init__(parent)
+        self.workspace, self.cursor, self.runner = workspace, cursor, runner
+        self.model = ComparisonModel()
+        self._task: Task | None = None
+        self.pickers = {role: QComboBox() for role in ("source", "synthetic", "reference")}
+        for picker in self.pickers.values():
+            picker.setMinimumContentsLength(14)
+            picker.activated.connect(self.recompute)
+        self.normalise_as = QComboBox()
+        self.normalise_as.addItem(AUTO)
+        self.normalise_as.setToolTip("Whose intensity normalisation PSNR and SSIM use (DATA.md protocol)")
+        self.normalise_as.activated.connect(self.recompute)
+        self.plane = QComboBox()
+        self.plane.addItems([p.value.capitalize() for p in Plane])
+        self.plane.currentIndexChanged.connect(self._on_plane_changed)
+        self.blend = QComboBox()
+        self.blend.addItems([m.value for m in BlendMode])
+        self.blend.currentIndexChanged.connect(self._on_blend_changed)
+        self.fade = QSlider(Qt.Orientation.Horizontal)
+        self.fade.setRange(0, 100)
+        self.fade.setValue(50)
+        self.fade.setMaximumWidth(160)
+        self.fade.setToolTip("Fade from the synthetic (left) to the reference (right)")
+        self.fade.valueChanged.connect(self._on_blend_changed)
+        self.fade.setEnabled(False)
+        self.status = QLabel("Pick a synthetic (or any test) volume and a reference to compare.")
+
+        controls = QGridLayout()
+        for col, (text, widget) in enumerate((("Source", self.pickers["source"]),
+                                              ("Synthetic / test", self.pickers["synthetic"]),
+                                              ("Reference", self.pickers["reference"]),
+                                              ("Normalise as", self.normalise_as))):
+            controls.addWidget(QLabel(text), 0, col)
+            controls.addWidget(widget, 1, col)
+        controls.addWidget(QLabel("Plane"), 0, 4)
+        controls.addWidget(self.plane, 1, 4)
+        blend_row = QHBoxLayout()
+        blend_row.addWidget(QLabel("Synthetic panel shows:"))
+        blend_row.addWidget(self.blend)
+        blend_row.addWidget(QLabel("fade"))
+        blend_row.addWidget(self.fade)
+        blend_row.addWidget(self.status, 1)
+
+        self.views = {role: SliceView(cursor, Plane.AXIAL) for role in ROLES}
+        panels = QWidget()
+        row = QHBoxLayout(panels)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        for view in self.views.values():
+            view.probed.connect(self.probed)
+            row.addWidget(view)
+        anchor = self.views["synthetic"].viewbox
+        for role in ("source", "reference", "difference"):
+            self.views[role].viewbox.setXLink(anchor)
+            self.views[role].viewbox.setYLink(anchor)
+        self.metrics = MetricsPanel()
+        self.metrics.slice_clicked.connect(self.jump_to_slice)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(panels)
+        splitter.addWidget(self.metrics)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(controls)
+        layout.addLayout(blend_row)
+        layout.addWidget(splitter, 1)
+
+        self.model.result_changed.connect(self._on_result_changed)
+        self.model.blend_changed.connect(self.views["synthetic"].refresh)
+        workspace.added.connect(self._on_document_added)
+        cursor.moved.connect(self._on_cursor_moved)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def set_modalities(self, names: list[str]) -> None:
+        """The modality names of the engine's registry (known once the engine is imported)."""
+        self.normalise_as.addItems([n for n in names if self.normalise_as.findText(n) < 0])
+
+    def _on_document_added(self, doc: Document) -> None:
+        for role, picker in self.pickers.items():
+            if picker.count() == 0:
+                picker.addItem("—" if role == "source" else "(choose)", None)
+            picker.addItem(doc.label, doc)
+
+    def _chosen(self, role: str) -> Document | None:
+        return self.pickers[role].currentData()
+
+    def set_inputs(self, synthetic: Document, reference: Document, source: Document | None = None) -> None:
+        """Compare ``synthetic`` (any test volume) with ``reference``; ``source`` is optional."""
+        for role, doc in (("synthetic", synthetic), ("reference", reference), ("source", source)):
+            picker = self.pickers[role]
+            found = next((i for i in range(picker.count()) if picker.itemData(i) is doc), 0)
+            picker.setCurrentIndex(found)
+        self.recompute()
+
+    def recompute(self, *_args) -> None:
+        """Resample and score the chosen volumes on a worker thread."""
+        if self._task is not None:
+            self._task.cancel()
+        syn, ref, src = self._chosen("synthetic"), self._chosen("reference"), self._chosen("source")
+        if syn is None or ref is None:
+            self._task = None
+            self.model.set_result(None)
+            return
+        modality = None if self.normalise_as.currentIndex() == 0 else self.normalise_as.currentText()
+        self._set_status(f"Comparing {syn.title} with {ref.title}…")
+
+        def score(progress, cancel) -> ComparisonResult:
+            from app.state.scoring import compare    # SimpleITK and scipy: off the UI thread
+
+            return compare(syn.volume, ref.volume, src.volume if src else None, modality, progress, cancel)
+
+        task = self.runner.run(
+            score, name="comparison", finished=lambda result: self._on_compared(task, result),
+            failed=lambda message: self._on_failed(task, message),
+            progressed=lambda p: self._set_status(f"Comparing… {100 * p.fraction:.0f} %"))
+        self._task = task
+
+    def _on_compared(self, task: Task, result: ComparisonResult) -> None:
+        if task is not self._task:                    # a newer comparison replaced this one
+            return
+        self._task = None
+        self.model.set_result(result)
+        self._set_status("")
+
+    def _on_failed(self, task: Task, message: str) -> None:
+        if task is not self._task:
+            return
+        self._task = None
+        self._set_status(f"Cannot compare: {message}")
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # -- display ------------------------------------------------------------------------------
+    def _on_result_changed(self, result: ComparisonResult | None) -> None:
+        self.metrics.show_result(result)
+        if result is None:
+            for view in self.views.values():
+                view.set_content(None, None)
+            return
+        if result.source is None:
+            self.views["source"].set_content(None, None, title="source: none chosen")
+        syn_doc = self._chosen("synthetic")
+        titles = {"source": "source", "synthetic": self._synthetic_title(),
+                  "reference": "reference", "difference": f"difference (synthetic − reference, {result.synthetic.unit or 'a.u.'})"}
+        for role in ROLES:
+            volume = result.difference if role == "difference" else getattr(result, role)
+            if volume is None:
+                continue
+            name = titles[role] if role == "difference" else f"{titles[role]}: {volume.name}"
+            self.views[role].set_content(
+                volume, self.model.display_for(role), title=name,
+                synthetic=role == "synthetic" and syn_doc is not None and syn_doc.synthetic,
+                slice_fn=self._blended_slice if role == "synthetic" else None,
+                colormap=DIFFERENCE_MAP if role == "difference" else None)
+        self._on_cursor_moved(self.cursor.position)
+
+    def _synthetic_title(self) -> str:
+        mode = self.model.mode
+        if mode is BlendMode.CHECKERBOARD:
+            return "checkerboard synthetic/reference"
+        if mode is BlendMode.FADE:
+            return f"fade {100 - round(100 * self.model.fade)}:{round(100 * self.model.fade)} synthetic/reference"
+        return "synthetic"
+
+    def _blended_slice(self, geometry, k: int) -> np.ndarray:
+        result = self.model.result
+        return self.model.blend(geometry.slice_image(result.synthetic.array, k),
+                                geometry.slice_image(result.reference.array, k))
+
+    def _on_blend_changed(self, *_args) -> None:
+        mode = BlendMode(self.blend.currentText())
+        self.fade.setEnabled(mode is BlendMode.FADE)
+        self.model.set_blend(mode, self.fade.value() / 100)
+        if self.model.result is not None:
+            self.views["synthetic"].set_title(f"{self._synthetic_title()}: {self.model.result.synthetic.name}")
+
+    def _on_plane_changed(self, index: int) -> None:
+        for view in self.views.values():
+            view.set_plane(list(Plane)[index])
+
+    # -- slices -------------------------------------------------------------------------------
+    def jump_to_slice(self, k: int) -> None:
+        """Move the cursor to slice ``k`` of the per-slice scores (along the scored axis)."""
+        result = self.model.result
+        if result is None:
+            return
+        affine = result.synthetic.index_to_lps()
+        lps = self.cursor.position if self.cursor.position is not None else affine[:3, 3]
+        index = np.linalg.solve(affine, np.append(lps, 1.0))
+        index[2 - result.slice_axis] = k                 # array axis 0/1/2 is index z/y/x
+        self.cursor.move_to((affine @ index)[:3])
+
+    def _on_cursor_moved(self, lps) -> None:
+        result = self.model.result
+        if result is None or lps is None:
+            return
+        index = np.linalg.solve(result.synthetic.index_to_lps(), np.append(lps, 1.0))
+        n = result.synthetic.shape[result.slice_axis]
+        self.metrics.set_current_slice(int(np.clip(np.rint(index[2 - result.slice_axis]), 0, n - 1)))

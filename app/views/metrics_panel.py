@@ -1,0 +1,129 @@
+"""The comparison's numbers: PSNR / SSIM / MAE over the whole image and inside the body mask,
+and a per-slice metric plot whose points jump to their slice when clicked."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from app.state.comparison import ComparisonResult
+
+PLOTTED = {"SSIM (×100)": "ssim", "PSNR (dB)": "psnr", "MAE": "mae"}
+
+
+def format_value(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}"
+
+
+class MetricsPanel(QWidget):
+    slice_clicked = Signal(int)        # a slice index along the scored axis
+    export_requested = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.result: ComparisonResult | None = None
+        self.table = QTableWidget(3, 2)
+        self.table.setHorizontalHeaderLabels(["Whole image", "Body mask"])
+        self.table.setVerticalHeaderLabels(["PSNR (dB)", "SSIM (×100)", "MAE"])
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.notes = QLabel()
+        self.notes.setWordWrap(True)
+        self.notes.setMaximumWidth(320)
+        export = QPushButton("Export metrics (CSV)…")
+        export.clicked.connect(self.export_requested)
+        self.metric = QComboBox()
+        self.metric.addItems(list(PLOTTED))
+        self.metric.currentIndexChanged.connect(self._plot)
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.setMenuEnabled(False)
+        self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f5fa8", width=1.5), symbol="o", symbolSize=4,
+                                    symbolBrush="#1f5fa8", connect="finite")
+        self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d07000", width=1.5), movable=False)
+        self.plot.addItem(self.marker, ignoreBounds=True)
+        self.plot.scene().sigMouseClicked.connect(self._on_plot_clicked)
+        self.plot.setToolTip("Click to jump to a slice")
+
+        left = QVBoxLayout()
+        left.addWidget(self.table)
+        left.addWidget(self.notes)
+        left.addWidget(export)
+        left.addStretch(1)
+        right = QVBoxLayout()
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Per slice:"))
+        top.addWidget(self.metric)
+        top.addStretch(1)
+        right.addLayout(top)
+        right.addWidget(self.plot, 1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(left)
+        layout.addLayout(right, 1)
+
+    def show_result(self, result: ComparisonResult | None) -> None:
+        self.result = result
+        for row in range(3):
+            for col in range(2):
+                self.table.setItem(row, col, QTableWidgetItem(""))
+        if result is None:
+            self.notes.setText("")
+            self.curve.setData([], [])
+            return
+        ev = result.evaluation
+        self.table.setVerticalHeaderLabels(["PSNR (dB)", "SSIM (×100)", f"MAE ({ev.unit})"])
+        for col, scores in enumerate((ev.whole, ev.body)):
+            values = (None, None, None) if scores is None else (scores.psnr, scores.ssim, scores.mae)
+            for row, value in enumerate(values):
+                item = QTableWidgetItem(format_value(value))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, col, item)
+        self._fit_table()
+        norm = ev.normalisations[1]
+        lines = [f"Normalised as {ev.modality} (reference {norm.lo:.4g}…{norm.hi:.4g} {ev.unit} → 0…1); "
+                 f"body mask: {100 * ev.mask_fraction:.0f} % of voxels.", *result.notes]
+        self.notes.setText("\n".join(lines))
+        self._plot()
+
+    def _fit_table(self) -> None:
+        self.table.resizeColumnsToContents()
+        self.table.resizeRowsToContents()
+        width = self.table.verticalHeader().width() + self.table.horizontalHeader().length()
+        height = self.table.horizontalHeader().height() + self.table.verticalHeader().length()
+        self.table.setFixedSize(width + 2 * self.table.frameWidth(), height + 2 * self.table.frameWidth())
+
+    def _plot(self) -> None:
+        if self.result is None:
+            return
+        key = PLOTTED[self.metric.currentText()]
+        values = np.asarray(self.result.evaluation.per_slice[key], dtype=float)
+        self.curve.setData(np.arange(len(values)), np.where(np.isfinite(values), values, np.nan))
+        self.plot.setXRange(-0.5, len(values) - 0.5, padding=0.02)
+        unit = self.result.evaluation.unit if key == "mae" else ""
+        axis = "zyx"[self.result.slice_axis]
+        self.plot.setLabel("bottom", f"slice (index {axis} of the synthetic grid, the scored axis)")
+        self.plot.setLabel("left", self.metric.currentText().replace("MAE", f"MAE ({unit})"))
+
+    def set_current_slice(self, k: int) -> None:
+        self.marker.setValue(k)
+
+    def _on_plot_clicked(self, ev) -> None:
+        if self.result is None or ev.button() != Qt.MouseButton.LeftButton:
+            return
+        vb = self.plot.getPlotItem().getViewBox()
+        if not vb.sceneBoundingRect().contains(ev.scenePos()):
+            return
+        n = len(self.result.evaluation.per_slice["ssim"])
+        k = int(np.clip(np.rint(vb.mapSceneToView(ev.scenePos()).x()), 0, n - 1))
+        self.slice_clicked.emit(k)

@@ -1,0 +1,167 @@
+"""The comparison view: the metrics it shows are the engine's for the same arrays; panels are
+linked in slice and zoom; checkerboard and fade blend synthetic and reference; clicking the
+per-slice plot jumps to that slice; metrics export as CSV; "Compare with…" from the browser."""
+import csv
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtTest import QTest
+
+from engine import modalities
+from engine.evaluation import metrics
+from app.main_window import MainWindow
+from app.settings import Settings
+from app.state.geometry import Plane
+from app.views.metrics_panel import format_value
+
+
+@pytest.fixture
+def window(qtbot):
+    win = MainWindow(Settings())
+    qtbot.addWidget(win)
+    win.resize(1500, 950)
+    win.show()
+    qtbot.waitExposed(win)
+    return win
+
+
+@pytest.fixture
+def pair(tmp_path, phantom, write_nifti):
+    """A reference CT and a 'synthetic' CT with noise and a bias, on the same grid."""
+    ref = phantom()
+    rng = np.random.default_rng(7)
+    syn = ref + 25.0 + rng.normal(0, 40, ref.shape).astype(np.float32)
+    return (write_nifti(tmp_path / "sub" / "sCT_synthetic.nii.gz", syn),
+            write_nifti(tmp_path / "sub" / "CT.nii.gz", ref))
+
+
+def compared(qtbot, window, wait_loaded, syn_path, ref_path):
+    window.open_paths([str(syn_path)])
+    syn = wait_loaded(window, 1)
+    window.open_paths([str(ref_path)])
+    ref = wait_loaded(window, 2)
+    window.comparison.set_inputs(syn, ref)
+    window.tabs.setCurrentWidget(window.comparison)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    return syn, ref, window.comparison.model.result
+
+
+def test_the_metrics_shown_are_the_engines_for_the_same_arrays(qtbot, window, pair, wait_loaded):
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    assert syn.synthetic and not ref.synthetic
+    mask = modalities.body_mask(ref.volume.array, "CT")
+    expected = metrics.evaluate(syn.volume.array, ref.volume.array, "CT", mask=mask)
+    assert result.evaluation.whole == expected.whole and result.evaluation.body == expected.body
+    for key in ("psnr", "ssim", "mae"):
+        np.testing.assert_array_equal(result.evaluation.per_slice[key], expected.per_slice[key])
+    table = window.comparison.metrics.table
+    for col, scores in enumerate((expected.whole, expected.body)):
+        shown = [table.item(row, col).text() for row in range(3)]
+        assert shown == [format_value(scores.psnr), format_value(scores.ssim), format_value(scores.mae)]
+    assert table.verticalHeaderItem(2).text() == "MAE (HU)"
+    assert 20 < expected.body.mae < 60     # the bias and the noise, in HU
+
+
+def test_the_four_panels_are_linked_and_the_synthetic_one_is_marked(qtbot, window, pair, wait_loaded):
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    views = window.comparison.views
+    assert views["source"].volume is None
+    assert {views[r].k for r in ("synthetic", "reference", "difference")} == {window.viewer.views[Plane.AXIAL].k}
+    views["synthetic"].scroll(2)
+    assert views["reference"].k == views["difference"].k == views["synthetic"].k == window.viewer.views[Plane.AXIAL].k
+    views["synthetic"].viewbox.setRange(QRectF(3, 4, 10, 10), padding=0)
+    qtbot.wait(50)
+    a, b = views["synthetic"].viewbox.viewRange(), views["reference"].viewbox.viewRange()
+    assert np.allclose(a, b, atol=0.2)          # equal up to the panels' pixel sizes (locked aspect)
+    assert views["synthetic"].banner.isVisible() and not views["reference"].banner.isVisible()
+    assert views["synthetic"].display is views["reference"].display          # window/level linked per modality
+    views["reference"].display.apply(next(p for p in syn.presets if p.name == "Bone"))
+    assert tuple(views["synthetic"].image.levels) == pytest.approx((-500.0, 1300.0))
+    assert views["difference"].display.level == 0.0
+
+
+def test_checkerboard_and_fade_blend_synthetic_and_reference(qtbot, window, pair, wait_loaded):
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    view = window.comparison.views["synthetic"]
+    g, k = view.geometry, view.k
+    s_img, r_img = g.slice_image(result.synthetic.array, k), g.slice_image(result.reference.array, k)
+    window.comparison.blend.setCurrentText("Fade to reference")
+    window.comparison.fade.setValue(100)
+    np.testing.assert_allclose(view.image.image, r_img, atol=1e-3)
+    window.comparison.fade.setValue(0)
+    np.testing.assert_allclose(view.image.image, s_img, atol=1e-3)
+    window.comparison.blend.setCurrentText("Checkerboard with reference")
+    shown = view.image.image
+    from_syn = np.isclose(shown, s_img, atol=1e-3) & ~np.isclose(s_img, r_img, atol=1e-3)
+    from_ref = np.isclose(shown, r_img, atol=1e-3) & ~np.isclose(s_img, r_img, atol=1e-3)
+    assert from_syn.mean() > 0.3 and from_ref.mean() > 0.3
+    assert "checkerboard" in view.title_label.toolTip()
+
+
+def test_clicking_the_per_slice_plot_jumps_to_that_slice(qtbot, window, pair, wait_loaded):
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    panel = window.comparison.metrics
+    n = len(result.evaluation.per_slice["ssim"])
+    assert panel.curve.getData()[0].tolist() == list(range(n))
+    target = 3
+    qtbot.waitExposed(panel.plot)
+    vb = panel.plot.getPlotItem().getViewBox()
+    y = float(np.nanmean(result.evaluation.per_slice["ssim"]))
+    point = panel.plot.mapFromScene(vb.mapViewToScene(QPointF(target, y)))
+    QTest.mouseClick(panel.plot.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, point)
+    qtbot.waitUntil(lambda: window.comparison.views["synthetic"].k == target, timeout=5000)
+    assert window.comparison.views["reference"].k == target
+    assert window.viewer.views[Plane.AXIAL].k == target                    # the main viewer follows
+    assert panel.marker.value() == target
+
+
+def test_metrics_export_as_csv(qtbot, window, pair, wait_loaded, tmp_path):
+    from app.export import write_metrics_csv
+
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    out = write_metrics_csv(result, tmp_path / "out" / "metrics.csv")
+    rows = list(csv.DictReader(out.open()))
+    whole = next(r for r in rows if r["scope"] == "whole")
+    assert float(whole["ssim_x100"]) == pytest.approx(result.evaluation.whole.ssim)
+    assert float(whole["mae"]) == pytest.approx(result.evaluation.whole.mae) and whole["unit"] == "HU"
+    assert sum(r["scope"] == "slice" for r in rows) == result.synthetic.shape[0]
+    shot = tmp_path / "out" / "comparison.png"
+    window.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+
+def test_compare_with_from_the_browser(qtbot, window, study_folder, wait_loaded):
+    window.open_paths([str(study_folder)])
+    active = wait_loaded(window)
+    other = next(e for e in window.browser.entries() if e.key != active.key)
+    window.browser.compare_requested.emit(other)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    assert window.tabs.currentWidget() is window.comparison
+    assert window.comparison.pickers["synthetic"].currentData() is active
+    assert window.comparison.pickers["reference"].currentData().key == other.key
+    assert any("different modalities" in note for note in window.comparison.model.result.notes)
+
+
+def test_the_per_slice_curve_follows_the_acquisition_axis(qtbot, phantom):
+    from engine.io import Volume
+    from app.state.cursor import Cursor
+    from app.state.workspace import Workspace
+    from app.views.comparison_view import ComparisonView
+    from app.workers import TaskRunner
+
+    ws, cursor, runner = Workspace(), Cursor(), TaskRunner()
+    view = ComparisonView(ws, cursor, runner)
+    qtbot.addWidget(view)
+    ref = Volume(phantom(), spacing=(3.0, 1.0, 1.0), modality="CT", unit="HU", name="CT")   # thick along x
+    syn = ws.add(ref.with_array(ref.array + 10, name="sCT"), synthetic=True)
+    view.set_inputs(syn, ws.add(ref))
+    qtbot.waitUntil(lambda: view.model.result is not None, timeout=30000)
+    result = view.model.result
+    assert result.slice_axis == 2 and len(result.evaluation.per_slice["mae"]) == ref.shape[2]
+    view.plane.setCurrentText("Sagittal")                   # the planes through index x
+    view.jump_to_slice(4)
+    index = np.linalg.solve(ref.index_to_lps(), np.append(cursor.position, 1.0))
+    assert round(index[0]) == 4 and view.metrics.marker.value() == 4
+    assert view.views["synthetic"].k == view.views["reference"].k == 4
+    runner.shutdown()

@@ -1,0 +1,120 @@
+"""The synthesis panel with a real (tiny, random-weight) model from the engine: targets follow
+the model's routes and its card sets the defaults; a run stays off the UI thread with progress,
+preview and remaining time, can be cancelled, fails with a clear message, and its result is
+compared with the reference, marked synthetic. Without a model the panel says so
+(test_main_window)."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QTimer
+
+from engine.inference.random_model import write_random_model
+from app.main_window import MainWindow
+from app.settings import Settings
+
+ROUTES = (("T2", "CT"), ("CT", "T2"), ("T2", "FLAIR"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = write_random_model(tmp_path_factory.mktemp("models") / "tiny", routes=ROUTES, image_size=32,
+                                metadata={"inference_defaults": {"steps": 3, "seed": 7}})
+    assert json.loads((folder / "metadata.json").read_text())["inference_defaults"]["steps"] == 3
+    return folder
+
+
+@pytest.fixture
+def window(qtbot, tiny_model, study_folder, wait_loaded):
+    """A window with the tiny model, the CT (reference) and the T2 (source, in the viewer) loaded."""
+    win = MainWindow(Settings(model_dirs=[str(tiny_model)]))
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)   # the engine is imported
+    win.open_paths([str(study_folder)])
+    wait_loaded(win)
+    win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
+    wait_loaded(win, 2)
+    return win
+
+
+def targets(panel) -> list[str]:
+    return [panel.target.itemText(i) for i in range(panel.target.count())]
+
+
+def test_the_model_card_sets_the_routes(window):
+    panel = window.synthesis
+    assert panel.model.currentText() == "tiny" and panel.source.currentText() == "T2"
+    assert targets(panel) == ["FLAIR", "CT"]
+    panel.source.setCurrentText("CT")
+    assert targets(panel) == ["T2"]
+    panel.source.setCurrentText("T2")
+    assert panel.steps.text() == panel.seed.text() == "model default"
+    request = panel.request()
+    assert (request.source, request.target, request.steps, request.seed) == ("T2", "FLAIR", None, None)
+    assert panel.run_button.isEnabled() and not panel.notice.isVisible()
+    assert not panel.backend.model().item(1).isEnabled()           # ONNX Runtime: not there yet
+
+
+def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window):
+    panel = window.synthesis
+    panel.target.setCurrentText("CT")                         # steps and seed: the card's 3 and 7
+    beats, reports = [], []
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
+    heartbeat.start(10)
+    panel.progress.valueChanged.connect(lambda _value: reports.append(time.perf_counter()))
+    panel.run_button.click()
+    assert panel.cancel_button.isEnabled() and not panel.run_button.isEnabled()
+    qtbot.waitUntil(lambda: len(window.workspace.documents) == 3, timeout=120000)
+    heartbeat.stop()
+    running = np.array([t for t in beats if reports[0] <= t <= reports[-1]])     # while the model ran
+    assert len(running) > 10 and np.diff(running).max() < 0.100, f"UI blocked {np.diff(running).max():.3f} s"
+    synthetic = window.workspace.documents[2]
+    source = window.workspace.documents[1].volume
+    assert synthetic.synthetic and synthetic.volume.modality == "CT" and synthetic.volume.unit == "HU"
+    assert synthetic.volume.same_grid(source)
+    assert any("synthetic" in note for note in synthetic.volume.notes)
+    assert any(note.startswith("sampling: 3 euler steps") and note.endswith("seed 7") for note in synthetic.volume.notes)
+    assert panel.progress.value() == 100 and panel.eta.text().startswith("Done")
+    assert not panel.preview.pixmap().isNull()
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    assert window.tabs.currentWidget() is window.comparison
+    views = window.comparison.views
+    assert views["source"].volume.name == "T2.nii.gz" and views["reference"].volume.name == "CT.nii.gz"
+    assert views["synthetic"].banner.isVisible()
+
+
+def test_a_run_can_be_cancelled(qtbot, window):
+    panel = window.synthesis
+    panel.steps.setValue(200)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: panel.progress.value() > 0 or "step" in panel.eta.text(), timeout=60000)
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: panel.eta.text() == "Cancelled.", timeout=60000)
+    assert len(window.workspace.documents) == 2 and panel.run_button.isEnabled()
+
+
+def test_a_failed_run_says_why(qtbot, window):
+    panel = window.synthesis
+    panel.precision.setCurrentIndex(panel.precision.findData("fp16"))
+    assert window.settings.precision == "fp16"
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: any(line.startswith("Synthesis failed") for line in window.log.lines), timeout=60000)
+    assert "fp16 needs a CUDA GPU" in window.log.lines[-1]
+    assert panel.run_button.isEnabled()
+
+
+def test_a_crash_of_the_synthesis_process_leaves_the_viewer_running(qtbot, window):
+    panel = window.synthesis
+    panel.steps.setValue(200)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: panel.progress.value() > 0 or "step" in panel.eta.text(), timeout=60000)
+    os.kill(panel.engine.pid, signal.SIGKILL)                # as the kernel's out-of-memory killer would
+    qtbot.waitUntil(lambda: any(line.startswith("Synthesis failed") for line in window.log.lines), timeout=30000)
+    assert "stopped unexpectedly" in window.log.lines[-1]
+    assert panel.run_button.isEnabled() and window.viewer.document is not None
