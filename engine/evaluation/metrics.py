@@ -144,7 +144,8 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
     Each volume is normalised to [0, 1] by the target ``modality``'s rule (MR: its own 0.5–99.5
     percentiles inside the mask; CT: HU −1024…2000; PET: SUV 0…20) for PSNR (data range 1) and
     SSIM; MAE stays in physical units. ``mask`` defaults to the reference's body mask. Whole-image
-    PSNR comes from the MSE over all voxels; SSIM and MAE are voxel means.
+    PSNR comes from the MSE over all voxels; SSIM and MAE are voxel means. Per-slice values are
+    NaN for slices with no voxel in the mask: two blank slices would otherwise score a perfect SSIM.
     """
     syn, ref = _pair(synthetic, reference)
     if syn.ndim != 3:
@@ -198,5 +199,6 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         body=body,
         mask_fraction=float(mask.mean()),
         normalisations=norms,
-        per_slice={"psnr": to_psnr(slice_sq), "ssim": 100.0 * slice_ssim, "mae": slice_abs},
+        per_slice={key: np.where(mask.any(axis=(1, 2)), values, np.nan) for key, values in
+                   (("psnr", to_psnr(slice_sq)), ("ssim", 100.0 * slice_ssim), ("mae", slice_abs))},
     )

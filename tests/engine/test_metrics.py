@@ -148,3 +148,15 @@ def test_evaluation_reports_progress_and_can_be_cancelled():
     token.cancel()
     with pytest.raises(Cancelled):
         metrics.evaluate(ref, ref, "CT", cancel=token)
+
+
+def test_per_slice_scores_skip_slices_without_body():
+    ref = np.full((4, 32, 32), -1000.0)
+    ref[1:3, 8:24, 8:24] = 40.0                      # head only in slices 1 and 2
+    syn = ref + 10.0
+    ev = metrics.evaluate(syn, ref, "CT")
+    for key in ("psnr", "ssim", "mae"):
+        values = ev.per_slice[key]
+        assert np.isnan(values[[0, 3]]).all()         # blank slices are not a perfect score
+        assert np.isfinite(values[[1, 2]]).all()
+    np.testing.assert_allclose(ev.per_slice["mae"][1:3], 10.0)
