@@ -46,4 +46,9 @@ def run(paths: list[str]) -> int:
     elif not settings.demo_shown and about.DEMO_DIR.is_dir():
         settings.demo_shown = True
         window.open_paths([str(about.DEMO_DIR)])
+    script = os.environ.get("SYNERMEDGEN_AUTOMATION")
+    if script:              # a scripted run (the end-to-end test, the README screenshot): app.automation
+        from app.automation import start
+
+        automation = start(window, script)  # noqa: F841 - alive until the event loop ends
     return app.exec()
