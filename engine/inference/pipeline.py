@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import modalities
 from engine.inference.model_card import ModelCard, route_name
@@ -32,6 +31,7 @@ from engine.inference.settings import (SynthesisSettings, autocast, available_me
                                        resolve_device, resolve_precision, settings_from_card)
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.model.vit import vit_input
 from engine.sampling import draw_noise, guided_velocity, inference_timesteps, interpolate
 from engine.sampling.solvers import get_solver
 from engine.tasks.instructions import default_instruction
@@ -48,16 +48,8 @@ PreviewFn = Callable[[int, np.ndarray], None]
 
 
 def vit_view(pixels: torch.Tensor, config) -> torch.Tensor:
-    """(n, 1, S, S) in [−1, 1] → what the ViT sees, as training builds it: a side that is a multiple
-    of the ViT patch within its position table (bilinear, antialiased, only when S is not one), and
-    the ViT's channel count."""
-    patch = config.vit.patch_size
-    side = min(pixels.shape[-1] // patch, config.vit_max_num_patch_per_side) * patch
-    if side < patch:
-        raise ValueError(f"slice size {pixels.shape[-1]} is smaller than the ViT patch {patch}")
-    if side != pixels.shape[-1] or side != pixels.shape[-2]:
-        pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-    return pixels.expand(-1, config.vit.num_channels, -1, -1)
+    """(n, 1, S, S) in [−1, 1] → what the ViT sees, exactly as training builds it."""
+    return vit_input(pixels, config.vit.patch_size, config.vit_max_num_patch_per_side, config.vit.num_channels)
 
 
 def slice_seed(seed: int, index: int) -> int:

@@ -21,6 +21,18 @@ def patchify_image(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c)
 
 
+def vit_input(pixels: torch.Tensor, patch_size: int, max_patches_per_side: int, channels: int) -> torch.Tensor:
+    """(n, 1, S, S) pixels in [−1, 1] → what the ViT takes: a side that is a multiple of the patch
+    within the position table (bilinear, antialiased, only when S is not one already) and the ViT's
+    channel count. Training and inference both call this, so they see slices the same way."""
+    side = min(pixels.shape[-1] // patch_size, max_patches_per_side) * patch_size
+    if side < patch_size:
+        raise ValueError(f"slice size {pixels.shape[-1]} is smaller than the ViT patch {patch_size}")
+    if side != pixels.shape[-1] or side != pixels.shape[-2]:
+        pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return pixels.expand(-1, channels, -1, -1)
+
+
 def grid_position_ids(rows: int, cols: int, max_per_side: int, device: torch.device | None = None) -> torch.Tensor:
     """Flattened ids r·max_per_side + c of a rows×cols token grid (BAGEL's extrapolating ids)."""
     if rows > max_per_side or cols > max_per_side:

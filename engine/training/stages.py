@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from engine.model import SynerMedGen, Text, VitImage, ce_loss, edit_segments
 from engine.model.vae import AutoEncoder
+from engine.model.vit import vit_input
 from engine.sampling import sample_training_timesteps
 from engine.tasks import PairedDataset, SynthesisDataset, stage1_tasks
 from engine.training.config import STAGE_HELP, StageHelp, TrainConfig
@@ -64,17 +64,10 @@ class TokenCache:
 
 
 def vit_view(image: torch.Tensor, model: SynerMedGen) -> torch.Tensor:
-    """A (1, H, W) slice in [0, 1] as the ViT takes it: [−1, 1], the ViT's channel count, and a
-    side that is a multiple of its patch within its position table (resized when needed)."""
+    """A (1, H, W) slice in [0, 1] as the ViT takes it (see :func:`engine.model.vit.vit_input`)."""
     cfg = model.config
-    patch = cfg.vit.patch_size
-    x = image * 2.0 - 1.0
-    side = min(x.shape[-1] // patch, cfg.vit_max_num_patch_per_side) * patch
-    if side < patch:
-        raise ValueError(f"image size {x.shape[-1]} is smaller than the ViT patch {patch}")
-    if side != x.shape[-1] or side != x.shape[-2]:
-        x = F.interpolate(x[None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)[0]
-    return x.expand(cfg.vit.num_channels, -1, -1)
+    return vit_input((image * 2.0 - 1.0)[None], cfg.vit.patch_size, cfg.vit_max_num_patch_per_side,
+                     cfg.vit.num_channels)[0]
 
 
 def vae_input(images: torch.Tensor, vae: AutoEncoder) -> torch.Tensor:
