@@ -27,8 +27,22 @@ def seconds_since_process_start() -> float | None:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def missing_display() -> str | None:
+    """Why no window can open here (Linux without X11/Wayland and no Qt platform chosen), or None."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display: the desktop app needs X11 or Wayland. On a server run it under a virtual "
+            "screen (xvfb-run -a python main.py), or use the headless subcommands (python main.py --help)")
+
+
 def run(paths: list[str]) -> int:
     """Run the application until its window closes; returns the exit status."""
+    problem = missing_display()
+    if problem and QApplication.instance() is None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName(about.APP_NAME)
     app.setOrganizationName(about.ORGANISATION)

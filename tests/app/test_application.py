@@ -81,3 +81,13 @@ def test_the_first_launch_opens_the_demo_study_once(study_folder, settings_dir):
     again, _ = launch(demo=study_folder, patience=2)
     assert again["documents"] == []
     assert json.loads((settings_dir / "settings.json").read_text())["demo_shown"] is True
+
+
+def test_without_a_display_the_app_says_so_instead_of_aborting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "main.py")], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no display" in done.stderr and "xvfb-run" in done.stderr
+    assert "Traceback" not in done.stderr
