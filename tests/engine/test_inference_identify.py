@@ -18,12 +18,7 @@ from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_
 ROUTES = (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("FLAIR", "T2"), ("CBCT", "CT"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

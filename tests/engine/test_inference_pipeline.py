@@ -37,13 +37,7 @@ def t1_volume(shape=(6, 20, 26), spacing=(0.8, 1.1, 3.0), seed: int = 0) -> Volu
                   dicom={"StudyInstanceUID": "1.2.826.0.1.3680043.2.1125.1", "PatientID": "TEST01"})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and immune to other jobs' load on a 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

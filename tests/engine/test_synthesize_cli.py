@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import engine.io as io
 from engine.inference.random_model import write_random_model
@@ -19,12 +18,7 @@ from main import main
 ROUTES = (("T1", "T2"), ("T1", "CT"), ("CBCT", "CT"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
