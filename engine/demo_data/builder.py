@@ -26,7 +26,7 @@ from engine.demo_data.grid import Grid
 from engine.demo_data.lesions import LesionSpec
 from engine.demo_data.mr_physics import GAIN, AcquisitionSpec
 from engine.demo_data.subjects import BRAIN_MODALITIES, HEAD_MODALITIES, SimulatedSubject, simulate_brain, simulate_head
-from engine.io.atomic import atomic_folder
+from engine.atomic import atomic_folder
 from engine.jobs import CancelToken, Cancelled, Progress, ProgressFn, check_cancel, noop
 
 RECIPE_VERSION = 1

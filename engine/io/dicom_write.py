@@ -35,7 +35,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from engine import modalities
-from engine.io.atomic import atomic_folder
+from engine.atomic import atomic_folder
 from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
 from engine.io.volume import Volume

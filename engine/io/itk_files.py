@@ -7,7 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from engine import modalities
-from engine.io.atomic import atomic_file
+from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.errors import VolumeIOError
 from engine.io.volume import Volume

@@ -6,9 +6,7 @@ with strict key matching and no renaming.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from engine.atomic import atomic_folder
 from engine.model.config import SynerMedGenConfig, from_bagel_dir
 from engine.model.tokenizer import HF_TOKENIZER_FILES, TextTokenizer, has_tokenizer, load_tokenizer
 from engine.model.unified import FIXED_PARAMETERS, SynerMedGen
@@ -67,9 +66,7 @@ def save_model_dir(model: SynerMedGen, cfg: SynerMedGenConfig | None, path: str 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(
             {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **cfg.to_dict()}, indent=2))
         _write_safetensors(model.state_dict(), tmp / MODEL_FILE)
@@ -83,26 +80,7 @@ def save_model_dir(model: SynerMedGen, cfg: SynerMedGenConfig | None, path: str 
                 raise ValueError(f"{tokenizer_dir}: no tokenizer files to copy")
             for name in copied:
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        _replace_folder(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old)
 
 
 def _load_into(module: nn.Module, file: Path, recomputable: Iterable[str] = ()) -> set[str]:

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.io.atomic import atomic_file
+from engine.atomic import atomic_file
 from engine.jobs import CancelToken, check_cancel
 from engine.model import SynerMedGen, Text
 from engine.sampling import sample

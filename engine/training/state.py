@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.io.atomic import atomic_folder
+from engine.atomic import atomic_folder
 
 STATE_DIR = "checkpoint-last"
 

@@ -1,4 +1,5 @@
-"""Atomic output: write to a temporary name beside the target, then rename over it."""
+"""Atomic output for every writer (volumes, model folders, checkpoints, reports): write to a
+temporary name beside the target, then rename over it, so a reader never sees half a file."""
 from __future__ import annotations
 
 import contextlib
@@ -46,15 +47,23 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        _replace_folder(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put ``new`` where ``target`` is; if the final rename fails, the old folder is put back."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
