@@ -47,7 +47,7 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
 
 
 def save_png(image: QImage, path: str | Path) -> Path:
-    from engine.io.atomic import atomic_file
+    from engine.atomic import atomic_file
 
     path = Path(path)
     if image.isNull():
@@ -60,7 +60,7 @@ def save_png(image: QImage, path: str | Path) -> Path:
 
 def write_metrics_csv(result: ComparisonResult, path: str | Path) -> Path:
     """One row for the whole image, one inside the body mask, one per slice (scored axis)."""
-    from engine.io.atomic import atomic_file
+    from engine.atomic import atomic_file
 
     path = Path(path)
     ev = result.evaluation

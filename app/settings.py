@@ -116,7 +116,7 @@ def load_settings() -> Settings:
 
 
 def save_settings(settings: Settings) -> Path:
-    from engine.io.atomic import atomic_file
+    from engine.atomic import atomic_file
 
     path = config_dir() / FILE_NAME
     with atomic_file(path) as tmp:
