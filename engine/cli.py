@@ -100,6 +100,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "identify": _lazy("engine.inference.cli_identify"),
     "evaluate": _lazy("engine.evaluation.cli"),
     "train": _lazy("engine.training.cli"),
+    "recipe": _lazy("engine.training.cli_recipe"),
     "make-demo-data": _lazy("engine.demo_data.cli"),
     "bench": _lazy("engine.evaluation.cli_bench"),
 }

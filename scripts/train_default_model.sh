@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# The default model's recipe, seeded, from one command:
-#   scripts/train_default_model.sh [DATA] [OUT] [MINUTES_VAE] [MINUTES_STAGE1] [MINUTES_STAGE2]
-# builds the demo dataset if DATA is missing, then trains vae → understanding (Stage I) →
-# generation (Stage II) with the tiny preset at 64 px on whatever device is there (CUDA if any).
-# Each stage writes a model folder; the last one is the default model. Rerunning resumes.
+# The default model from one command, seeded (engine/training/recipe.py holds the recipe):
+#   scripts/train_default_model.sh [DATA] [RUN]        (defaults: demo_data runs/default)
+# 1. builds the demo dataset if DATA is missing;
+# 2. trains vae → Stage I → Stage II (the default model) and the comparison runs of the quality
+#    benchmark (Stage II only, MONAI BasicUNet) into RUN/… — rerunning resumes / skips finished ones;
+#    PARALLEL=1 trains the two independent branches side by side, one thread each (faster on 2 cores);
+# 3. runs `bench quality` (RUN/quality.json, RUN/quality.md);
+# 4. ships RUN/generation as resources/models/default with its model card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-demo_data}
-OUT=${2:-runs/default}
-M_VAE=${3:-20}
-M_UND=${4:-10}
-M_GEN=${5:-25}
+RUN=${2:-runs/default}
 PY=.venv/bin/python
-COMMON=(--size tiny --image-size 64 --seed 0 --device auto --threads "${THREADS:-2}")
 
 [ -d "$DATA" ] || $PY main.py make-demo-data --out "$DATA"
-$PY main.py train --data "$DATA" --stage vae --out "$OUT/vae" --minutes "$M_VAE" --batch-size 16 --lr 1e-3 "${COMMON[@]}"
-$PY main.py train --data "$DATA" --stage understanding --out "$OUT/understanding" --init "$OUT/vae" \
-    --minutes "$M_UND" --batch-size 8 --lr 5e-4 "${COMMON[@]}"
-$PY main.py train --data "$DATA" --stage generation --out "$OUT/generation" --init "$OUT/understanding" \
-    --minutes "$M_GEN" --batch-size 8 --lr 5e-4 --source-token-aligned "${COMMON[@]}"
-echo "default model: $OUT/generation (copy its model files into resources/models/default)" >&2
+if [ "${PARALLEL:-0}" = 1 ]; then
+    $PY main.py recipe --data "$DATA" --out "$RUN" --only vae
+    $PY main.py recipe --data "$DATA" --out "$RUN" --only understanding generation --threads 1 > "$RUN/branch-stage1.jsonl" &
+    first=$!
+    $PY main.py recipe --data "$DATA" --out "$RUN" --only generation-only unet --threads 1 > "$RUN/branch-stage2.jsonl" &
+    second=$!
+    wait $first
+    wait $second
+else
+    $PY main.py recipe --data "$DATA" --out "$RUN"
+fi
+$PY main.py bench quality --run "$RUN" --data "$DATA" --out "$RUN/quality.json" --markdown > "$RUN/quality.md"
+$PY main.py recipe --data "$DATA" --out "$RUN" --ship resources/models/default --quality "$RUN/quality.json"
+cat "$RUN/quality.md"

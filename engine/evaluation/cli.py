@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.inference.cli_common import add_model_arguments, json_ready, open_synthesizer, stderr_progress
+from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer,
+                                         sampling_settings, stderr_progress)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default: test")
     p.add_argument("--routes", help="only these routes, e.g. T1->T2,CBCT->CT")
     p.add_argument("--max-slices", type=int, help="synthesize and score only this many central slices per volume")
-    p.add_argument("--steps", type=int, help="ODE steps (default: the model's)")
-    p.add_argument("--seed", type=int, help="noise seed (default: the model's)")
-    p.add_argument("--batch-size", default=None, help="slices per batch or 'auto' (default)")
+    add_sampling_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -35,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     routes = [parse_route(r) for r in args.routes.split(",")] if args.routes else None
     synth = open_synthesizer(args)
     paired = PairedDataset.open(args.data)          # DatasetError is a ValueError: exit 2 with the reasons
-    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size))
-               if v is not None}
-    settings = synth.default_settings().replace(**changes)
+    settings = sampling_settings(args, synth.default_settings())
     result = evaluate_model(synth, paired, None if args.split == "all" else args.split, routes=routes,
                             max_slices=args.max_slices, settings=settings,
                             progress=stderr_progress(not args.json))

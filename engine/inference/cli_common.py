@@ -24,6 +24,29 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
                    help="fp32 (default), or fp16 / bf16 mixed precision on a CUDA GPU")
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling options synthesize and evaluate share (each defaults to the model card's)."""
+    p.add_argument("--steps", type=int, help="ODE steps = network calls (default: the model's, e.g. 24)")
+    p.add_argument("--seed", type=int, help="noise seed (default: the model's, 0)")
+    p.add_argument("--batch-size", default=None, help="slices per batch, or 'auto' from free memory (default)")
+    p.add_argument("--guidance", type=float, nargs=2, metavar=("TEXT", "IMAGE"),
+                   help="guidance scales (default: the model's; 1 1 = no guidance)")
+    p.add_argument("--start-from-source", type=float, metavar="T",
+                   help="start the flow from the source latent noised to time T in (0, 1) instead of pure noise")
+
+
+def sampling_settings(args: argparse.Namespace, defaults):
+    """``defaults`` (a SynthesisSettings) with the options of :func:`add_sampling_arguments` given."""
+    import dataclasses
+
+    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size),
+                                 ("start_from_source", args.start_from_source)) if v is not None}
+    if args.guidance:
+        changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
+                                                  image_scale=args.guidance[1])
+    return defaults.replace(**changes)
+
+
 def model_dir(args: argparse.Namespace) -> Path:
     """The model folder to use; ValueError naming how to get one when there is none."""
     path = Path(args.model) if getattr(args, "model", None) else DEFAULT_MODEL_DIR

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.inference.cli_common import add_model_arguments, check_backend, json_ready, model_dir, stderr_progress
+from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
+                                         model_dir, sampling_settings, stderr_progress)
 
 MIN_AUTO_CONFIDENCE = 0.5
 
@@ -26,9 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output file (.nii, .nii.gz, .mha, .nrrd) or a folder for a DICOM series")
     add_model_arguments(p)
-    p.add_argument("--steps", type=int, help="ODE steps = network calls (default: the model's, e.g. 24)")
-    p.add_argument("--seed", type=int, help="noise seed (default: the model's, 0)")
-    p.add_argument("--batch-size", default=None, help="slices per batch, or 'auto' from free memory (default)")
+    add_sampling_arguments(p)
     p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -84,16 +83,14 @@ def run(args: argparse.Namespace) -> int:
     synth = Synthesizer(folder, device=args.device, precision=args.precision)
     source, identified = resolve_source(synth, volume, args.source, progress)
     synth.card.check_route(source, target)
-    settings = synth.default_settings()
-    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size))
-               if v is not None}
-    settings = settings.replace(**changes)
+    settings = sampling_settings(args, synth.default_settings())
     result = synth.synthesize_volume(volume, source, target, settings, progress=progress)
     written = io.save(result, output, description=synth.describe(source, target, settings))
     report = {
         "output": str(written), "route": f"{source}→{target}", "model": synth.name, "device": synth.device.type,
         "precision": synth.precision, "steps": settings.steps, "seed": settings.seed,
-        "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
+        "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
+        "start_from_source": settings.start_from_source, "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit,
     }
     if identified is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,35 +71,24 @@ class SlicePlan:
     placement: Placement
 
 
-class Synthesizer:
-    """One loaded model, ready to synthesize volumes and identify modalities.
+class SliceSynthesizer:
+    """The volume loop every slice-wise method shares: plan the slices, normalise the source,
+    run batches (halving the batch on out-of-memory), re-stack onto the input grid in the
+    target's units, and note what was done.
 
-    ``Synthesizer(model_dir, device="auto", precision="fp32")``; ``context_cache=False`` recomputes
-    the context at every step (the reference the cache is tested and benchmarked against).
+    A subclass sets ``card`` (routes, name, inference defaults) and ``image_size`` through
+    ``__init__`` and implements :meth:`_prepare` (what every batch of a route needs, and the
+    lines describing the method in the result's notes), :meth:`_run_batch` and
+    :meth:`slice_memory_estimate`. :class:`Synthesizer` is the SynerMedGen model; the quality
+    benchmark's baselines are others.
     """
 
-    def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", precision: str = "fp32", *,
-                 context_cache: bool = True, loaded=None) -> None:
-        from engine.model import load_model_dir
-
-        self.model_dir = Path(model_dir)
-        self.device = resolve_device(device)
-        self.precision = str(precision).strip().lower()
-        self.compute_dtype = resolve_precision(self.precision, self.device)
-        self.context_cache = bool(context_cache)
-        if loaded is None:
-            if not self.model_dir.is_dir():
-                raise FileNotFoundError(f"no model at {self.model_dir}")
-            loaded = load_model_dir(self.model_dir, device=self.device, dtype=torch.float32)
-        else:
-            loaded.model.to(self.device)
-        self.loaded = loaded
-        self.model = loaded.model.eval()
-        self.config = loaded.config
-        self.tokenizer = loaded.tokenizer
-        self.card = ModelCard.from_metadata(loaded.metadata, self.model_dir.name)
-        self.image_size = self.card.slice_size(self.config)
-        self._defaults, self._extras = settings_from_card(self.card.inference_defaults)
+    def __init__(self, card: ModelCard, image_size: int, device: torch.device, precision: str = "fp32") -> None:
+        self.card = card
+        self.image_size = int(image_size)
+        self.device = device
+        self.precision = precision
+        self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
 
     # -- the model card ----------------------------------------------------------------------
@@ -130,6 +119,24 @@ class Synthesizer:
     def background_value(self, target: str) -> float:
         mod = modalities.get(target)
         return BACKGROUND.get(mod.family, self.output_normalisation(target).lo)
+
+    # -- what a method supplies ----------------------------------------------------------------
+    def _check_route(self, source: str, target: str) -> tuple[str, str]:
+        """The canonical route, or ValueError when the method cannot do it."""
+        return self.card.check_route(source, target)
+
+    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
+        """(what every batch of this route needs, lines describing the method for the notes)."""
+        raise NotImplementedError
+
+    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], prepared: Any, settings: SynthesisSettings,
+                   cancel: CancelToken | None, on_step: ProgressFn = noop) -> torch.Tensor:
+        """Model slices (n, 1, S, S) in [0, 1] → synthetic slices (n, 1, S, S) in [0, 1] on the CPU."""
+        raise NotImplementedError
+
+    def slice_memory_estimate(self, prepared: Any) -> int:
+        """Bytes one slice needs while it is synthesized (sizes CPU batches)."""
+        raise NotImplementedError
 
     # -- planning --------------------------------------------------------------------------------
     def plan(self, volume: Volume, source: str, slices: Sequence[int] | None = None) -> SlicePlan:
@@ -167,15 +174,11 @@ class Synthesizer:
         source = source or volume.modality
         if not source:
             raise ValueError("the input's modality is unknown: name it (e.g. source='T1') or identify it first")
-        source, target = self.card.check_route(source, target)
+        source, target = self._check_route(source, target)
         settings = settings or self.default_settings()
-        if self.tokenizer is None:
-            raise ValueError(f"{self.model_dir}: the model folder has no tokenizer")
         check_cancel(cancel)
+        prepared, method_notes = self._prepare(source, target, settings)
         plan = self.plan(volume, source, slices)
-        anatomy = settings.anatomy if settings.anatomy is not None else self.card.anatomy_for(source, target)
-        instruction = default_instruction(source, target, anatomy)
-        ids = self.tokenizer.encode(instruction)
 
         array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
         norm_in = modalities.normalisation_for(array, source)
@@ -214,7 +217,7 @@ class Synthesizer:
             if probing:
                 self._reset_peak_memory()
             try:
-                result = self._run_batch(images, chunk, ids, settings, cancel, on_step)
+                result = self._run_batch(images, chunk, prepared, settings, cancel, on_step)
             except Exception as exc:            # noqa: BLE001 — only out-of-memory is handled here
                 if not is_out_of_memory(exc):
                     raise
@@ -229,7 +232,7 @@ class Synthesizer:
                 report(done, f"out of memory with {len(chunk)} slices a batch: retrying with {size}")
                 continue
             if probing:
-                size = self._auto_batch_size(len(queue), len(ids))
+                size = self._auto_batch_size(len(queue), prepared)
             physical = modalities.denormalise(from_model_slice(result, plan.placement), norm_out)
             for k, i in enumerate(chunk):
                 out[i] = physical[k]
@@ -241,16 +244,11 @@ class Synthesizer:
         self.last_batch_size = size
 
         elapsed = time.perf_counter() - started
-        g = settings.guidance
         notes = (
             RESEARCH_NOTE,
             f"model: {self.name}",
             f"route: {route_name(source, target)}",
-            f"instruction: {instruction}",
-            f"sampling: {settings.steps} {settings.solver} steps, shift {settings.shift:g}, guidance text "
-            f"{g.text_scale:g} / image {g.image_scale:g} in t∈({g.interval[0]:g}, {g.interval[1]:g}], "
-            f"seed {settings.seed}" + (f", start from source at t={settings.t_start:g}"
-                                       if settings.start_from_source else ""),
+            *method_notes,
             f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.device.type} ({self.precision})",
         )
@@ -258,6 +256,78 @@ class Synthesizer:
             np.ascontiguousarray(slices_back(out, plan.axis)),
             modality=target, unit=modalities.get(target).unit,
             name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom))
+
+    def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
+        """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
+        return f"synthetic {target} from {source} ({self.name})"[:64]
+
+    # -- batch sizing --------------------------------------------------------------------------
+    def _reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._probe_base = torch.cuda.memory_allocated(self.device)
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _auto_batch_size(self, slices: int, prepared: Any) -> int:
+        """Batch size from free memory and the one-slice probe just run."""
+        kind = self.device.type if self.device.type in MAX_AUTO_BATCH else "cpu"
+        if kind == "cuda":
+            torch.cuda.synchronize(self.device)
+            need = max(1, torch.cuda.max_memory_allocated(self.device) - getattr(self, "_probe_base", 0))
+        else:
+            need = self.slice_memory_estimate(prepared)
+        budget = MEMORY_SHARE[kind] * available_memory(self.device)
+        return int(max(1, min(MAX_AUTO_BATCH[kind], slices, budget // need)))
+
+
+class Synthesizer(SliceSynthesizer):
+    """One loaded SynerMedGen model, ready to synthesize volumes and identify modalities.
+
+    ``Synthesizer(model_dir, device="auto", precision="fp32")``; ``context_cache=False`` recomputes
+    the context at every step (the reference the cache is tested and benchmarked against).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "auto", precision: str = "fp32", *,
+                 context_cache: bool = True, loaded=None) -> None:
+        from engine.model import load_model_dir
+
+        self.model_dir = Path(model_dir)
+        device = resolve_device(device)
+        precision = str(precision).strip().lower()
+        self.compute_dtype = resolve_precision(precision, device)
+        self.context_cache = bool(context_cache)
+        if loaded is None:
+            if not self.model_dir.is_dir():
+                raise FileNotFoundError(f"no model at {self.model_dir}")
+            loaded = load_model_dir(self.model_dir, device=device, dtype=torch.float32)
+        else:
+            loaded.model.to(device)
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        card = ModelCard.from_metadata(loaded.metadata, self.model_dir.name)
+        super().__init__(card, card.slice_size(self.config), device, precision)
+
+    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[list[int], list[str]]:
+        """The instruction's token ids, and the instruction and sampling settings as notes."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.model_dir}: the model folder has no tokenizer")
+        anatomy = settings.anatomy if settings.anatomy is not None else self.card.anatomy_for(source, target)
+        instruction = default_instruction(source, target, anatomy)
+        g = settings.guidance
+        notes = [
+            f"instruction: {instruction}",
+            f"sampling: {settings.steps} {settings.solver} steps, shift {settings.shift:g}, guidance text "
+            f"{g.text_scale:g} / image {g.image_scale:g} in t∈({g.interval[0]:g}, {g.interval[1]:g}], "
+            f"seed {settings.seed}" + (f", start from source at t={settings.t_start:g}"
+                                       if settings.start_from_source else ""),
+        ]
+        return list(self.tokenizer.encode(instruction)), notes
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
@@ -306,21 +376,12 @@ class Synthesizer:
         return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
 
     # -- batch sizing --------------------------------------------------------------------------
-    def _reset_peak_memory(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._probe_base = torch.cuda.memory_allocated(self.device)
-
-    def _release_memory(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def slice_memory_estimate(self, text_tokens: int) -> int:
+    def slice_memory_estimate(self, prepared: Sequence[int]) -> int:
         """Bytes one slice needs while it is sampled (all guidance branches), from the shapes: the
         cached K/V of its context, the attention and MLP activations of a denoising pass and of the
         context pass, and the VAE decoder's full-resolution activations; ×2 for allocator slack."""
         cfg, s = self.config, self.image_size
+        text_tokens = len(prepared)
         llm, vae = cfg.llm, cfg.vae
         branches = 3
         latent_tokens = (s // cfg.latent_downsample) ** 2 + 2
@@ -334,17 +395,6 @@ class Synthesizer:
                              + context * llm.intermediate_size * f * 3 + context * llm.hidden_size * f * 8)
         decoder = vae.ch * vae.ch_mult[0] * s * s * f * 6 + (s // vae.downsample) ** 4 * f
         return int(2 * (kv + max(step, encode, decoder)))
-
-    def _auto_batch_size(self, slices: int, text_tokens: int) -> int:
-        """Batch size from free memory and the one-slice probe just run."""
-        kind = self.device.type if self.device.type in MAX_AUTO_BATCH else "cpu"
-        if kind == "cuda":
-            torch.cuda.synchronize(self.device)
-            need = max(1, torch.cuda.max_memory_allocated(self.device) - getattr(self, "_probe_base", 0))
-        else:
-            need = self.slice_memory_estimate(text_tokens)
-        budget = MEMORY_SHARE[kind] * available_memory(self.device)
-        return int(max(1, min(MAX_AUTO_BATCH[kind], slices, budget // need)))
 
     # -- understanding ---------------------------------------------------------------------------
     def identify(self, volume: Volume, **kwargs):

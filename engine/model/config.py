@@ -267,6 +267,18 @@ def _tiny() -> SynerMedGenConfig:
     )
 
 
+def _default() -> SynerMedGenConfig:
+    """The shipped default model (``resources/models/default``): the tiny transformer over a
+    lightly compressing autoencoder (2× down-sampling, 4 channels: one latent value per pixel,
+    so its reconstruction ceiling is high after CPU minutes) with 4×4 latent patches, so a
+    generation token still covers 8×8 pixels; the source latent is also fed token-aligned."""
+    tiny = _tiny()
+    return tiny.replace(
+        vae=VAEConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                      z_channels=4, scale_factor=1.0, shift_factor=0.0, mid_attention=False),
+        latent_patch_size=4, source_token_aligned=True)
+
+
 def _small() -> SynerMedGenConfig:
     return SynerMedGenConfig(
         llm=LLMConfig(hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
@@ -292,11 +304,13 @@ def _bagel_7b() -> SynerMedGenConfig:
     )
 
 
-PRESETS: dict[str, SynerMedGenConfig] = {"tiny": _tiny(), "small": _small(), "bagel-7b": _bagel_7b()}
+PRESETS: dict[str, SynerMedGenConfig] = {"tiny": _tiny(), "default": _default(), "small": _small(),
+                                         "bagel-7b": _bagel_7b()}
 
 
 def preset(name: str) -> SynerMedGenConfig:
-    """A named size: ``tiny`` (trains on 2 CPU cores), ``small``, ``bagel-7b`` (real BAGEL shapes)."""
+    """A named size: ``tiny`` (trains on 2 CPU cores), ``default`` (the shipped default model),
+    ``small``, ``bagel-7b`` (real BAGEL shapes)."""
     try:
         return PRESETS[name]
     except KeyError:

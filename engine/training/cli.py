@@ -9,6 +9,7 @@ import signal
 import sys
 import textwrap
 
+from engine.model.config import PRESETS
 from engine.training.config import DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -86,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (one subfolder per subject)")
     p.add_argument("--stage", required=True, choices=STAGES, help="which stage to train (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (and resume state)")
-    p.add_argument("--size", default="tiny", choices=("tiny", "small", "bagel-7b"),
+    p.add_argument("--size", default="tiny", choices=tuple(PRESETS),
                    help="model preset of a fresh model (ignored with --init)")
     p.add_argument("--init", metavar="DIR", help="start from this model folder (an earlier stage's --out, or a "
                                                  "BAGEL checkpoint folder); default: a fresh model")

@@ -89,15 +89,16 @@ def greedy_answers(model: SynerMedGen, samples: Sequence, tokens: TokenCache, en
 
 @torch.no_grad()
 def understanding_accuracy(model: SynerMedGen, paired: PairedDataset, tokens: TokenCache, *, image_size: int,
-                           samples: int, seed: int, end_id: int, cancel: CancelToken | None = None
-                           ) -> dict[str, float]:
-    """Accuracy of CTS, MI (all panels right) and TIA on the first ``samples`` validation items of
-    each task (fixed for a seed, so curves across checkpoints compare like with like)."""
+                           samples: int, seed: int, end_id: int, cancel: CancelToken | None = None,
+                           split: str = EVAL_SPLIT) -> dict[str, float]:
+    """Accuracy of CTS, MI (all panels right) and TIA on ``samples`` items of each task spread over
+    the ``split`` (validation by default; fixed for a seed, so curves across checkpoints compare
+    like with like)."""
     results: dict[str, float] = {}
     for task, cls in ((CTS, CTSDataset), (MI, MIDataset), (TIA, TIADataset)):
         check_cancel(cancel)
         try:
-            dataset = cls(paired, EVAL_SPLIT, image_size=image_size, seed=seed)
+            dataset = cls(paired, split, image_size=image_size, seed=seed)
         except DatasetError:
             continue
         items = [dataset[i] for i in spread(len(dataset), samples)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -31,7 +30,8 @@ from engine.tasks.instructions import ANATOMY_PHRASES
 from engine.tasks.slice_dataset import derived_rng
 from engine.training import evaluate
 from engine.training.config import TrainConfig
-from engine.training.data import SampleStream, SliceImages, StepBatches, prefetched_batches, sample_indices
+from engine.training.data import (SampleStream, SliceImages, StepBatches, prefetched_batches, preload_budget,
+                                  sample_indices)
 from engine.training.distributed import (Distributed, clip_gradients, full_tensor, like, replica_checksums,
                                          shard_model)
 from engine.training.export import WeightsSnapshot, model_card, stage_record, write_model_folder
@@ -191,7 +191,7 @@ class Trainer:
             raise TrainingSetupError("\n".join(lines))
         for p in problems:
             self.warn(f"skipped: {p}")
-        paired.preload(cfg.image_size, budget_bytes=_preload_budget())
+        paired.preload(cfg.image_size, budget_bytes=preload_budget())
         if cfg.routes is not None:
             from engine import modalities
 
@@ -669,11 +669,3 @@ def train(cfg: TrainConfig, emit: Emit | None = None, cancel: CancelToken | None
         return trainer.run()
     finally:
         trainer.dist.close()
-
-
-def _preload_budget() -> int:
-    """A quarter of the memory available now (the slices of a demo-sized dataset take ~1 GB)."""
-    try:
-        return int(0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2 * 2**30

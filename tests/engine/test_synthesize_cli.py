@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
 import engine.io as io
@@ -123,6 +122,20 @@ def test_source_auto_uses_identification_and_stops_when_unsure(capsys, model_dir
                          tmp_path / "unsure.nii.gz", "--model", model_dir, "--device", "cpu", "--quiet")
     assert code == 2 and "cannot identify" in err and "--source" in err
     assert not (tmp_path / "unsure.nii.gz").exists()
+
+
+def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path):
+    t1, _ = inputs
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "a.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--steps", "3", "--guidance", "1", "1",
+                         "--start-from-source", "0.8", "--batch-size", "2")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["steps"] == 3 and report["guidance"] == [1.0, 1.0] and report["start_from_source"] == 0.8
+    assert report["batch_size"] == 2
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--start-from-source", "1.5")
+    assert code == 2 and "start_from_source" in err and not (tmp_path / "b.nii.gz").exists()
 
 
 def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):

@@ -1,0 +1,217 @@
+"""``bench quality``: the default model against its peers and its own ablations on the held-out
+subjects, all measured in one run by DATA.md's protocol (per-volume normalisation, whole slice and
+body mask, per subject → per route → mean over routes; MAE in HU for CT targets).
+
+Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
+
+- identity — the source, its intensities quantile-matched to the target's training histogram;
+- MONAI BasicUNet — route-conditioned, L1, the compute budget of Stage II;
+- SynerMedGen vae + Stage I only (zero-shot synthesis), Stage II only, Stage I + II (default);
+
+and the ceiling every SynerMedGen row shares: the target slices' own round trip through the
+autoencoder (on the same slices), plus Stage I's CTS / MI / TIA accuracy on the same subjects.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine import modalities
+from engine.evaluation.synthesis_eval import ModelEvaluation, central_block, evaluate_model, score_volume
+from engine.inference.pipeline import SliceSynthesizer, Synthesizer
+from engine.inference.settings import SynthesisSettings
+from engine.jobs import CancelToken, check_cancel, noop
+from engine.tasks import PairedDataset
+from engine.training import recipe
+
+MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \
+    + (("T1", "PD"), ("PD", "T1"))
+ROUTES = MR_ROUTES + (("CBCT", "CT"),)
+ROWS = (  # key, label, recipe entry (None: fitted here)
+    ("identity", "identity (histogram-matched source)", None),
+    ("unet", "MONAI BasicUNet (L1, route-conditioned)", recipe.UNET),
+    ("stage1", "SynerMedGen vae + Stage I only (zero-shot)", recipe.STAGE1),
+    ("stage2", "SynerMedGen Stage II only (no Stage I)", recipe.STAGE2_ONLY),
+    ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12),
+)
+CEILING = ("vae", "VAE round trip of the target (ceiling)")
+QUICK = {"recipe": "quick", "slices": 2, "steps": 3}
+
+
+class VAERoundTrip(SliceSynthesizer):
+    """A volume through a model's autoencoder and back (posterior mean): what any synthesis
+    by that model could at best reach. Its "route" is the volume's own modality."""
+
+    def __init__(self, model: Synthesizer) -> None:
+        super().__init__(model.card, model.image_size, model.device)
+        self.vae = model.model.vae
+
+    def _check_route(self, source: str, target: str) -> tuple[str, str]:
+        return modalities.canonical(source), modalities.canonical(target)
+
+    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
+        return None, ["method: autoencoder round trip"]
+
+    @torch.no_grad()
+    def _run_batch(self, images, indices, prepared, settings, cancel, on_step=noop) -> torch.Tensor:
+        pixels = images.to(self.device) * 2.0 - 1.0
+        decoded = self.vae.decode(self.vae.encode(pixels)).float().mean(1, keepdim=True)
+        return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+
+    def slice_memory_estimate(self, prepared: Any) -> int:
+        return 4 * 8 * self.vae.config.ch * self.image_size ** 2
+
+
+def _scores(evaluation: ModelEvaluation) -> dict[str, Any]:
+    data = evaluation.to_dict()
+    return {"routes": {r["route"]: {"subjects": r["subjects"], "unit": r["unit"], "whole": r["whole"],
+                                    "body": r["body"]} for r in data["routes"]},
+            "mean": data["mean_over_routes"]}
+
+
+def ceiling(round_trip: VAERoundTrip, paired: PairedDataset, split: str, routes: Sequence[tuple[str, str]],
+            max_slices: int | None, cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Per route: the target volumes' round trip, scored on the slices the routes were scored on."""
+    from engine.evaluation.synthesis_eval import SubjectScore
+
+    result = ModelEvaluation(CEILING[1], paired.name, split, {})
+    done: dict[tuple[str, str], Any] = {}
+    for subject in paired.subject_names(split):
+        for route in paired.subject(subject).routes:
+            if route not in routes:
+                continue
+            check_cancel(cancel)
+            source, target = route
+            key = (subject, target)
+            if key not in done:
+                reference = paired.volume(subject, target)
+                picked = central_block(round_trip.plan(paired.volume(subject, source), source).active, max_slices)
+                synthetic = round_trip.synthesize_volume(reference, target, target, slices=picked, cancel=cancel)
+                done[key] = (score_volume(synthetic, reference, target, slices=picked if max_slices else None),
+                             len(picked))
+            scores, count = done[key]
+            result.subjects.append(SubjectScore(subject, route, scores, count, 0.0))
+    return _scores(result)
+
+
+def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
+                steps: int | None = None, device: str = "cpu", understanding_samples: int = 64,
+                progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
+                ) -> dict[str, Any]:
+    """Every row on ``data``'s ``split`` for the routes of :data:`ROUTES` the split has; the
+    recipe's models come from the run folder ``run``. ``steps`` overrides the models' ODE steps."""
+    from engine.baselines import IntensityMatch, UNetSynthesizer
+    from engine.training.evaluate import understanding_accuracy
+    from engine.training.stages import TokenCache
+
+    run = Path(run)
+    missing = [name for _, _, name in ROWS if name and not (run / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; train them with "
+                                f"python main.py recipe --data {data} --out {run}")
+    paired = PairedDataset.open(data)
+    present = set(paired.routes(split))
+    routes = [r for r in ROUTES if r in present]
+    if not routes:
+        raise ValueError(f"{data}: the {split!r} split has none of the benchmark routes")
+    report: dict[str, Any] = {"data": str(data), "run": str(run), "split": split, "max_slices": max_slices,
+                              "subjects": paired.subject_names(split), "routes": [f"{a}→{b}" for a, b in routes],
+                              "rows": []}
+    default = Synthesizer(run / recipe.STAGE12, device=device)
+    image_size = default.image_size
+    for key, label, entry in ROWS:
+        check_cancel(cancel)
+        started = time.perf_counter()
+        progress(f"{label} …")
+        if entry is None:
+            synth: SliceSynthesizer = IntensityMatch.fit(paired, image_size)
+            trained = {}
+        elif entry == recipe.UNET:
+            synth = UNetSynthesizer(run / entry, device=device)
+            trained = {"steps": synth.training.get("steps_done"), "seconds": synth.training.get("elapsed_s")}
+        else:
+            synth = default if entry == recipe.STAGE12 else Synthesizer(run / entry, device=device)
+            stages = synth.card.raw.get("recipe", {}).get("stages", [])
+            trained = {"steps": stages[-1].get("steps_done"), "seconds": stages[-1].get("elapsed_s")} if stages else {}
+        settings = synth.default_settings()
+        if steps is not None:
+            settings = settings.replace(steps=steps)
+        evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
+                                    cancel=cancel)
+        report["rows"].append({"key": key, "label": label, "model": str(run / entry) if entry else None,
+                               "trained": trained, "seconds": round(time.perf_counter() - started, 1),
+                               **_scores(evaluation)})
+    progress("VAE ceiling …")
+    report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],
+                         **ceiling(VAERoundTrip(default), paired, split, routes, max_slices, cancel)}
+    progress("Stage I understanding …")
+    stage1 = Synthesizer(run / recipe.STAGE1, device=device)
+    with torch.no_grad():
+        report["understanding"] = understanding_accuracy(
+            stage1.model, paired, TokenCache(stage1.tokenizer), image_size=stage1.image_size,
+            samples=understanding_samples, seed=0, end_id=stage1.config.tokens.im_end, split=split, cancel=cancel)
+    return report
+
+
+# -- printing -----------------------------------------------------------------------------------------
+def _f(value: Any, digits: int = 1) -> str:
+    return "—" if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
+        else f"{value:.{digits}f}"
+
+
+def _mr_mean(row: dict, where: str, metric: str) -> float | None:
+    values = [v[where].get(metric) for r, v in row["routes"].items() if v.get(where) and not r.endswith("→CT")]
+    values = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.mean(values)) if values else None
+
+
+def _ct(row: dict, where: str, metric: str) -> float | None:
+    value = (row["routes"].get("CBCT→CT") or {}).get(where) or {}
+    return value.get(metric)
+
+
+def summary(report: dict) -> list[dict]:
+    """One line per method (and the ceiling): brain-MR means over routes, CBCT → CT, budget."""
+    lines = []
+    for row in report["rows"] + [report["ceiling"]]:
+        lines.append({"key": row["key"], "label": row["label"], "trained": row.get("trained") or {},
+                      "mr_ssim": _mr_mean(row, "whole", "ssim_x100"), "mr_ssim_body": _mr_mean(row, "body", "ssim_x100"),
+                      "mr_psnr_db": _mr_mean(row, "whole", "psnr_db"), "ct_mae_hu_body": _ct(row, "body", "mae"),
+                      "ct_ssim": _ct(row, "whole", "ssim_x100")})
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    """The README table: one row per method, brain-MR means and CBCT → CT, then accuracies."""
+    lines = [f"`{report.get('command', 'python main.py bench quality')}` — {len(report['subjects'])} held-out "
+             f"subjects ({report['split']} split), {report['max_slices'] or 'all'} central slices per volume, "
+             f"{len(report['routes'])} routes; {(report.get('machine') or {}).get('line', '')}",
+             "",
+             "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM | trained |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for line in summary(report):
+        trained = line["trained"]
+        budget = (f"{trained.get('steps')} steps, {_f((trained.get('seconds') or 0) / 60)} min" if trained
+                  else "fitted" if line["key"] == "identity" else "—")
+        lines.append(f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
+                     f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | {budget} |")
+    acc = report.get("understanding") or {}
+    lines += ["", "Stage I understanding accuracy on the same subjects: "
+              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in acc.items()), ""]
+    return "\n".join(lines)
+
+
+def to_text(report: dict) -> str:
+    """Per route SSIM (whole slice) of every method, then the summary table."""
+    rows = report["rows"] + [report["ceiling"]]
+    head = f"{'route':<12}" + "".join(f"{r['key']:>10}" for r in rows)
+    lines = ["SSIM ×100 (whole slice) per route", head, "-" * len(head)]
+    for route in report["routes"]:
+        cells = [((r["routes"].get(route) or {}).get("whole") or {}).get("ssim_x100") for r in rows]
+        lines.append(f"{route:<12}" + "".join(f"{_f(c):>10}" for c in cells))
+    return "\n".join(lines) + "\n\n" + to_markdown(report)

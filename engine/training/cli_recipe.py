@@ -1,0 +1,61 @@
+"""``python main.py recipe``: train the default model and its comparison runs (see
+:mod:`engine.training.recipe`) from one command; JSON lines on stdout, exit 130 on cancel."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.training.recipe import ORDER, RECIPES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipe", help="train the default model (vae → Stage I → Stage II) and the runs "
+                                      "`bench quality` compares it with",
+                       description="Train every entry of a recipe into OUT/NAME: " + ", ".join(ORDER) + ". "
+                                   "Seeded step budgets; the U-Net baseline trains as long as OUT/generation "
+                                   "took. Rerunning resumes and skips finished entries; entries of --only can "
+                                   "run in separate processes at the same time where they do not depend on "
+                                   "each other (understanding → generation; vae → the rest).")
+    p.add_argument("--data", required=True, metavar="DIR", help="paired dataset (e.g. demo_data from make-demo-data)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (one model folder per entry)")
+    p.add_argument("--recipe", default="default", choices=tuple(RECIPES), help="default (the shipped model) or "
+                                                                                "quick (seconds, for tests)")
+    p.add_argument("--only", nargs="+", choices=ORDER, metavar="ENTRY", help="train only these entries")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--ship", metavar="DIR", help="then copy OUT/generation to DIR as the app's default model "
+                                                 "(e.g. resources/models/default) with its completed model card")
+    p.add_argument("--quality", metavar="JSON", help="with --ship: a `bench quality --out` report to quote in the card")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import signal
+
+    from engine.jobs import CancelToken, Cancelled
+    from engine.training.recipe import run_recipe
+
+    cancel = CancelToken()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: cancel.cancel())
+
+    def emit(record: dict) -> None:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+
+    try:
+        out = run_recipe(args.data, args.out, args.recipe, only=args.only, threads=args.threads,
+                         device=args.device, emit=emit, cancel=cancel)
+    except Cancelled:
+        print(f"cancelled; run the same command to resume ({args.out})", file=sys.stderr)
+        return 130
+    print(f"recipe {args.recipe} done in {out}; the default model is {out}/generation", file=sys.stderr)
+    if args.ship:
+        from pathlib import Path
+
+        from engine.training.recipe import ship
+
+        quality = json.loads(Path(args.quality).read_text(encoding="utf-8")) if args.quality else None
+        print(f"default model written to {ship(out, args.ship, args.data, quality)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,161 @@
+"""The default model's recipe and its comparison runs, as data: which stages train, from what,
+with which budget — one seeded definition that ``python main.py recipe`` (and through it
+``scripts/train_default_model.sh``) runs and that ``bench quality`` reads back.
+
+A run folder holds one model folder per entry::
+
+    vae/              autoencoder (the ceiling: everything generated passes through it)
+    understanding/    vae + Stage I (CTS / MI / TIA)                → the zero-shot row
+    generation/       vae + Stage I + Stage II                      → the default model
+    generation-only/  vae + Stage II, no Stage I                    → the paper's ablation
+    unet/             MONAI BasicUNet, L1, trained as long as generation-only/ took
+
+Budgets are steps (bit-reproducible for a seed), except the U-Net's: its wall-clock time is the
+one ``generation-only/`` recorded (the same Stage II steps as ``generation/``), so both get the
+same compute on the machine that ran them — run them one after the other in one process
+(``--only generation-only unet``) so they also share its load. Rerunning resumes an interrupted
+entry and skips finished ones.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from engine.jobs import CancelToken
+
+VAE, STAGE1, STAGE12, STAGE2_ONLY, UNET = "vae", "understanding", "generation", "generation-only", "unet"
+ORDER = (VAE, STAGE1, STAGE12, STAGE2_ONLY, UNET)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model folder of a run: a SynerMedGen stage (``stage``, started from ``init``) or the
+    U-Net baseline (``stage="unet"``, timed like ``budget_of``)."""
+
+    name: str
+    stage: str
+    init: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    budget_of: str | None = None
+
+
+def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, size: str,
+             unet_batch: int) -> tuple[Entry, ...]:
+    generation = {"steps": gen_steps, "batch_size": 8, "lr": 5e-4, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1}
+    common = {"image_size": image_size, "seed": 0}
+    return (
+        Entry(VAE, "vae", None, {**common, "size": size, "steps": vae_steps, "batch_size": 16, "lr": 1e-3,
+                                 "eval_samples": 64}),
+        Entry(STAGE1, "understanding", VAE, {**common, "steps": und_steps, "batch_size": 8, "lr": 5e-4,
+                                             "eval_samples": 64}),
+        Entry(STAGE12, "generation", STAGE1, {**common, **generation}),
+        Entry(STAGE2_ONLY, "generation", VAE, {**common, **generation}),
+        Entry(UNET, "unet", None, {**common, "batch_size": unet_batch}, budget_of=STAGE2_ONLY),
+    )
+
+
+RECIPES: dict[str, tuple[Entry, ...]] = {
+    # the shipped default model: about 1¾ hours on 2 CPU cores (minutes on a GPU)
+    "default": _entries(vae_steps=1500, und_steps=900, gen_steps=2400, image_size=64, size="default",
+                        unet_batch=16),
+    # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
+    "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, size="default", unet_batch=4),
+}
+
+
+# Chosen on the validation split (README, "The default model": the `evaluate --split val` sweep);
+# the shipped card carries them, so the app and the CLI sample the way the numbers were measured.
+INFERENCE_DEFAULTS = {"steps": 24, "solver": "euler", "shift": 3.0,
+                      "guidance": {"text_scale": 2.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
+LIMITATIONS = [
+    "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "
+    "expect it to fail on real clinical data until fine-tuned on it.",
+    "A tiny model (tens of MB) at 64-pixel slices: outputs are resampled back onto the input grid and are blurry "
+    "at native resolution; fine structure is not synthesized.",
+    "2-D, slice by slice along the acquisition axis: no through-plane consistency is enforced.",
+    "Research use only, not for diagnosis.",
+]
+SHIPPED_FILES = ("config.json", "model.safetensors", "ae.safetensors", "tokenizer.json")
+
+
+def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[str, Any] | None = None) -> Path:
+    """Copy ``run``/generation into ``dest`` (atomically) as the app's default model, its card
+    completed with the name, inference defaults, limitations, the demo data's derivation and,
+    when given, the ``bench quality`` report's summary."""
+    import shutil
+
+    from engine.atomic import atomic_folder
+    from engine.demo_data.builder import DemoRecipe
+    from engine.demo_data.derivation import derivation_text
+
+    source = Path(run) / STAGE12
+    card = json.loads((source / "metadata.json").read_text(encoding="utf-8"))
+    dataset = json.loads((Path(data) / "dataset.json").read_text(encoding="utf-8"))
+    card.update({"name": "SynerMedGen default (demo data)", "inference_defaults": INFERENCE_DEFAULTS,
+                 "limitations": LIMITATIONS, "data_notice": dataset.get("notice", ""),
+                 "data_derivation": derivation_text(DemoRecipe.from_dict(dataset["recipe"]) if "recipe" in dataset
+                                                    else None),
+                 "data_sources": dataset.get("sources", [])})
+    if quality is not None:
+        from engine.evaluation.quality import summary
+
+        card["benchmark"] = {"command": quality.get("command"), "machine": (quality.get("machine") or {}).get("line"),
+                             "split": quality.get("split"), "subjects": quality.get("subjects"),
+                             "rows": summary(quality), "understanding_accuracy": quality.get("understanding")}
+    with atomic_folder(dest) as tmp:
+        for name in SHIPPED_FILES:
+            shutil.copy2(source / name, tmp / name)
+        (tmp / "metadata.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(dest)
+
+
+def finished(folder: Path, stage: str, steps: int | None) -> bool:
+    """Whether ``folder`` holds a finished run of ``stage`` with ``steps`` steps done."""
+    from engine.baselines.unet import CARD
+
+    try:
+        if stage == "unet":
+            return (folder / CARD).is_file()
+        record = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["recipe"]["stages"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    return record.get("stage") == stage and record.get("status") == "finished" and record.get("steps_done") == steps
+
+
+def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, only: Sequence[str] | None = None,
+               threads: int | None = None, device: str = "auto", emit: Callable[[dict], None] = lambda r: None,
+               cancel: CancelToken | None = None) -> Path:
+    """Train the entries of ``recipe`` (all, or ``only`` those) into ``out``/NAME, in order."""
+    from engine.baselines.unet import trained_seconds, train_unet
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    entries = RECIPES[recipe]
+    unknown = sorted(set(only or ()) - {e.name for e in entries})
+    if unknown:
+        raise ValueError(f"unknown recipe entries {unknown}; choose among {', '.join(e.name for e in entries)}")
+    out = Path(out)
+    for entry in entries:
+        if only and entry.name not in only:
+            continue
+        folder = out / entry.name
+        options = dict(entry.options)
+        if finished(folder, entry.stage, options.get("steps")):
+            emit({"event": "skipped", "entry": entry.name, "reason": "finished", "model_dir": str(folder)})
+            continue
+        emit({"event": "entry", "entry": entry.name, "stage": entry.stage, "model_dir": str(folder)})
+        if entry.stage == "unet":
+            minutes = trained_seconds(out / entry.budget_of) / 60.0
+            train_unet(data, folder, minutes=minutes, device=device, log=emit, cancel=cancel,
+                       batch_size=options["batch_size"], image_size=options["image_size"], seed=options["seed"])
+            continue
+        init = None if entry.init is None else str(out / entry.init)
+        train(TrainConfig(data=str(data), stage=entry.stage, out=str(folder), init=init, threads=threads,
+                          device=device, **options), emit, cancel)
+    return out

@@ -1,0 +1,81 @@
+"""The quality benchmark's peers: the histogram-matching identity baseline and the MONAI BasicUNet
+baseline run through the shared volume loop (same grid and units as the model's output), and the
+recipe skips entries already trained."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.baselines import IntensityMatch, UNetSynthesizer, train_unet
+from engine.baselines.identity import quantile_map
+from engine.tasks import PairedDataset
+from engine.tasks.phantoms import write_phantom_dataset
+from engine.training import recipe
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("data"), subjects=3, modality_names=("T1", "T2"),
+                                 split={"train": ["sub01", "sub02", "ct01"], "test": ["sub03"]})
+
+
+def test_quantile_map_is_monotone_and_matches_the_target_distribution():
+    rng = np.random.default_rng(0)
+    source = np.concatenate([np.zeros(500), rng.uniform(0.2, 0.6, 1500)])
+    target = np.concatenate([np.zeros(500), rng.uniform(0.5, 1.0, 1500)])
+    xs, ys = quantile_map(source, target)
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)
+    mapped = np.interp(source, xs, ys)
+    assert mapped[:500].max() == 0.0                                     # background stays background
+    assert np.quantile(mapped, 0.75) == pytest.approx(np.quantile(target, 0.75), abs=0.02)
+
+
+def test_identity_baseline_keeps_the_grid_and_gives_target_units(data, one_torch_thread):
+    paired = PairedDataset.open(data)
+    identity = IntensityMatch.fit(paired, 32)
+    assert ("T1", "T2") in identity.routes and ("CBCT", "CT") in identity.routes
+    volume = paired.volume("sub03", "T1")
+    out = identity.synthesize_volume(volume, "T1", "T2")
+    assert out.array.shape == volume.array.shape and out.same_grid(volume) and out.modality == "T2"
+    ct = identity.synthesize_volume(paired.volume("ct01", "CBCT"), "CBCT", "CT")
+    assert ct.unit == "HU" and ct.array.min() >= -1024 and ct.array.max() > 500
+    with pytest.raises(ValueError, match="does not support"):
+        identity.synthesize_volume(volume, "T1", "PET")
+
+
+def test_unet_baseline_trains_saves_and_synthesizes_on_the_input_grid(data, tmp_path, one_torch_thread):
+    records = []
+    folder = train_unet(data, tmp_path / "unet", steps=3, batch_size=2, image_size=32, device="cpu",
+                        log=records.append)
+    card = json.loads((folder / "baseline.json").read_text())
+    assert card["training"]["steps_done"] == 3 and card["image_size"] == 32
+    assert [r["event"] for r in records][0] == "start" and records[-1]["event"] == "done"
+    unet = UNetSynthesizer(folder, device="cpu")
+    volume = PairedDataset.open(data).volume("sub03", "T2")
+    out = unet.synthesize_volume(volume, "T2", "T1")
+    assert out.same_grid(volume) and out.modality == "T1" and np.isfinite(out.array).all()
+    before = {k: v.clone() for k, v in unet.net.state_dict().items()}
+    again = UNetSynthesizer(folder, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in again.net.state_dict().items())
+
+
+def test_unet_baseline_needs_exactly_one_budget(data, tmp_path):
+    with pytest.raises(ValueError, match="steps or minutes"):
+        train_unet(data, tmp_path / "u", image_size=32)
+    with pytest.raises(ValueError, match="steps or minutes"):
+        train_unet(data, tmp_path / "u", steps=2, minutes=1.0, image_size=32)
+
+
+def test_recipe_skips_finished_entries_and_rejects_unknown_ones(data, tmp_path, one_torch_thread):
+    events = []
+    recipe.run_recipe(data, tmp_path / "run", "quick", only=["vae"], threads=1, device="cpu", emit=events.append)
+    assert recipe.finished(tmp_path / "run" / "vae", "vae", recipe.RECIPES["quick"][0].options["steps"])
+    events.clear()
+    recipe.run_recipe(data, tmp_path / "run", "quick", only=["vae"], threads=1, device="cpu", emit=events.append)
+    assert events == [{"event": "skipped", "entry": "vae", "reason": "finished",
+                       "model_dir": str(tmp_path / "run" / "vae")}]
+    with pytest.raises(ValueError, match="unknown recipe entries"):
+        recipe.run_recipe(data, tmp_path / "run", "quick", only=["nope"])

@@ -1,0 +1,55 @@
+"""`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
+phantom dataset in a temporary folder and scores every row (identity, BasicUNet, Stage I only,
+Stage II only, Stage I + II), the VAE ceiling and Stage I's accuracies in one run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "quality.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "main.py", "bench", "quality", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8")), done.stdout
+
+
+def test_quick_report_has_every_row_scored_on_every_route(quick):
+    report, _ = quick
+    assert [r["key"] for r in report["rows"]] == ["identity", "unet", "stage1", "stage2", "stage12"]
+    assert report["subjects"] == ["sub05"] and report["split"] == "test"
+    for row in report["rows"] + [report["ceiling"]]:
+        assert sorted(row["routes"]) == sorted(report["routes"]) and len(report["routes"]) == 14
+        for scores in row["routes"].values():
+            assert scores["subjects"] == 1
+            assert math.isfinite(scores["whole"]["ssim_x100"]) and -100 <= scores["whole"]["ssim_x100"] <= 100
+            assert math.isfinite(scores["whole"]["psnr_db"])
+    assert set(report["understanding"]) == {"CTS", "MI", "TIA"}
+    assert all(0.0 <= v <= 1.0 for v in report["understanding"].values())
+
+
+def test_trained_rows_record_their_budget_and_the_unet_matches_stage_two(quick):
+    report, _ = quick
+    trained = {r["key"]: r["trained"] for r in report["rows"]}
+    assert trained["stage12"]["steps"] == trained["stage2"]["steps"] == 4 and trained["stage1"]["steps"] == 3
+    assert trained["unet"]["steps"] >= 1
+    assert trained["unet"]["seconds"] >= trained["stage2"]["seconds"]       # trained at least as long
+
+
+def test_the_printed_table_names_the_command_rows_and_machine(quick):
+    report, text = quick
+    assert "python main.py bench quality --quick" in text
+    for row in report["rows"]:
+        assert row["label"] in text
+    assert "VAE round trip" in text and report["machine"]["cores"] >= 1
