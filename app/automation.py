@@ -95,7 +95,7 @@ class Automation(QObject):
         panel = self.window.synthesis
         if path not in panel.settings.model_dirs:
             panel.settings.model_dirs.append(path)
-        panel._refresh_models()
+        panel.refresh_models()
         index = next((i for i in range(panel.model.count()) if str(panel.model.itemData(i)) == path), -1)
         if index < 0:
             raise ValueError(f"automation script: {path} is not a model directory")

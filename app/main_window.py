@@ -1,6 +1,6 @@
-"""The main window: menus and toolbar, the study browser / synthesis / log docks, the viewer and
-comparison tabs, the status bar. Opening (also by drag and drop), loading and exporting run on
-workers; failures become a message that names the file, never a traceback."""
+"""The main window: menus and toolbar, the study browser / synthesis / training / log docks, the
+viewer and comparison tabs, the status bar, the fine-tuning wizard. Opening (also by drag and drop),
+loading and exporting run on workers; failures become a message that names the file, never a traceback."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +19,8 @@ from app.settings import Settings, save_settings
 from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
 from app.status_bar import StatusBar
+from app.training.train_panel import TrainPanel
+from app.training.wizard import FineTuneWizard
 from app.views.comparison_view import ComparisonView
 from app.views.ortho_viewer import OrthoViewer
 from app.errors import describe_error
@@ -67,13 +69,17 @@ class MainWindow(QMainWindow):
         self.browser = BrowserPanel()
         self.synthesis = SynthesisPanel(self.runner, settings)
         self.log = LogPanel()
+        self.training = TrainPanel(settings)
         self.docks = {
             "browser": self._dock("Studies", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea),
             "synthesis": self._dock("Synthesis", self.synthesis, Qt.DockWidgetArea.LeftDockWidgetArea),
             "log": self._dock("Log", self.log, Qt.DockWidgetArea.BottomDockWidgetArea),
+            "training": self._dock("Training", self.training, Qt.DockWidgetArea.BottomDockWidgetArea),
         }
         self.splitDockWidget(self.docks["browser"], self.docks["synthesis"], Qt.Orientation.Vertical)
+        self.tabifyDockWidget(self.docks["log"], self.docks["training"])
         self.docks["log"].hide()
+        self.docks["training"].hide()
         self.status = StatusBar()
         self.status.engine_pid = lambda: self.synthesis.engine.pid
         self.setStatusBar(self.status)
@@ -87,6 +93,10 @@ class MainWindow(QMainWindow):
         self.comparison.metrics.export_requested.connect(self.export_metrics)
         self.synthesis.synthesis_finished.connect(self._on_synthesized)
         self.synthesis.failed.connect(self.report_error)
+        self.training.new_job_requested.connect(self.open_finetune_wizard)
+        self.training.model_finished.connect(self._on_model_trained)
+        self.training.job_ended.connect(lambda job: self.log.add(job.message, "error" if job.status == "failed"
+                                                                 else "info"))
         self.workspace.activated.connect(self._on_activated)
         self._started_up = False
         if settings.window_geometry:
@@ -131,6 +141,8 @@ class MainWindow(QMainWindow):
             "compare": self._action("Comparison", lambda: self.tabs.setCurrentWidget(self.comparison), "Ctrl+2"),
             "reset": self._action("Reset Zoom", self.viewer.reset_zoom, "Ctrl+0"),
             "3d": self._action("3D View", self.viewer.open_3d, "Ctrl+3"),
+            "finetune": self._action("Fine-tune…", self.open_finetune_wizard, tip="Fine-tune a model on your "
+                                     "paired data; the jobs run in the Training panel"),
             "demo": self._action("Open Demo Study", lambda: self.open_paths([str(about.DEMO_DIR)])),
             "controls": self._action("Mouse and Keys", lambda: QMessageBox.information(
                 self, "Mouse and keys", about.CONTROLS_HTML)),
@@ -154,6 +166,7 @@ class MainWindow(QMainWindow):
         view.addActions([a["viewer"], a["compare"], a["reset"], a["3d"]])
         view.addSeparator()
         view.addActions([dock.toggleViewAction() for dock in self.docks.values()])
+        self.menuBar().addMenu("&Training").addAction(a["finetune"])
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addActions([a["demo"], a["controls"], a["about"]])
         toolbar = self.addToolBar("Main")
@@ -260,6 +273,27 @@ class MainWindow(QMainWindow):
         else:
             self.comparison.set_inputs(doc, reference, source)
             self.tabs.setCurrentWidget(self.comparison)
+
+    # -- fine-tuning ----------------------------------------------------------------------------
+    def open_finetune_wizard(self) -> FineTuneWizard:
+        wizard = FineTuneWizard(self.runner, self.settings, self)
+        wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        wizard.job_requested.connect(self._start_training)
+        wizard.open()
+        return wizard
+
+    def _start_training(self, spec) -> None:
+        self.training.add_job(spec)
+        self.docks["training"].show()
+        self.docks["training"].raise_()
+
+    def _on_model_trained(self, _model_dir: str) -> None:
+        """A finished job's model joined ``settings.model_dirs``: list it and keep the settings."""
+        self.synthesis.refresh_models()
+        try:
+            save_settings(self.settings)
+        except OSError as exc:
+            self.log.add(f"Settings not saved: {describe_error(exc)}", "error")
 
     # -- exporting ----------------------------------------------------------------------------
     def choose_export(self) -> None:
@@ -368,6 +402,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
         self.settings.window_state = bytes(self.saveState().toBase64()).decode()
+        self.training.shutdown()
         try:
             save_settings(self.settings)
         except OSError as exc:

@@ -140,10 +140,10 @@ class SynthesisPanel(QWidget):
         layout.addWidget(self.eta)
         layout.addWidget(self.preview)
         layout.addStretch(1)
-        self._refresh_models()
+        self.refresh_models()
 
     # -- choices ------------------------------------------------------------------------------
-    def _refresh_models(self) -> None:
+    def refresh_models(self) -> None:
         self.model.blockSignals(True)
         self.model.clear()
         for choice in available_models(self.settings.model_dirs):
@@ -160,7 +160,7 @@ class SynthesisPanel(QWidget):
             return
         if folder not in self.settings.model_dirs:
             self.settings.model_dirs.append(folder)
-        self._refresh_models()
+        self.refresh_models()
 
     def set_engine(self, names: list[str], unavailable: str | None) -> None:
         """What the engine offers, known once it is imported: the modality names, and why

@@ -9,10 +9,10 @@ import signal
 import sys
 import textwrap
 
-from engine.model.config import PRESETS
 from engine.training.config import DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+PRESET_NAMES = ("tiny", "default", "small", "bagel-7b")   # engine.model.config.PRESETS, without importing torch
 
 EPILOG = """\
 output: OUT becomes a model folder (config.json, model.safetensors and ae.safetensors holding the EMA
@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (one subfolder per subject)")
     p.add_argument("--stage", required=True, choices=STAGES, help="which stage to train (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (and resume state)")
-    p.add_argument("--size", default="tiny", choices=tuple(PRESETS),
+    p.add_argument("--size", default="tiny", choices=PRESET_NAMES,
                    help="model preset of a fresh model (ignored with --init)")
     p.add_argument("--init", metavar="DIR", help="start from this model folder (an earlier stage's --out, or a "
                                                  "BAGEL checkpoint folder); default: a fresh model")

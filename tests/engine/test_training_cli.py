@@ -32,6 +32,13 @@ def test_help_documents_every_stage():
         assert phrase in text, phrase
 
 
+def test_size_choices_are_the_model_presets():
+    from engine.model.config import PRESETS
+    from engine.training.cli import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(PRESETS)
+
+
 @pytest.mark.slow
 def test_stage_one_then_stage_two_from_the_command_line(data, tmp_path):
     common = ["--data", str(data), "--steps", "2", "--batch-size", "2", "--image-size", str(PX), "--threads", "1",

@@ -1,0 +1,435 @@
+"""The fine-tuning wizard: a paired dataset folder is checked before anything trains (subjects,
+modalities, routes, what is left out and why, by file), then routes, start model and stages, budget,
+device and output, and a summary with the exact commands and their torchrun form. Finishing hands a
+FineTuneSpec to the Training panel."""
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
+                               QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget, QWizard, QWizardPage)
+
+from engine.training.config import DEFAULT_STEPS
+from app.settings import Settings, config_dir
+from app.synthesis import available_models, is_model_dir
+from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, stage_outputs, \
+    train_arguments
+from app.workers import Task, TaskRunner
+
+CHECK_DELAY_MS = 300            # typing a folder name: check once the user pauses
+DEFAULT_IMAGE_SIZE = 64         # the train command's default
+NAME_PATTERN = re.compile(r"^[\w.-]+$")
+ERROR_STYLE = "color:#b01010"
+STAGE_CHOICES = [("Stage I, then Stage II (recommended)", "both"),
+                 (f"{STAGE_NAMES['understanding']} only", "understanding"),
+                 (f"{STAGE_NAMES['generation']} only", "generation")]
+
+
+def _validate(folder: str, seed: int, deep: bool, progress, cancel):
+    from engine.tasks.validation import validate_dataset
+
+    return validate_dataset(folder, seed=seed, deep=deep, progress=progress, cancel=cancel)
+
+
+def report_html(report) -> str:
+    """The validation report for people: subjects with their modalities and split, routes, and
+    every file or subject left out with the reason."""
+    e = html.escape
+    if not report.usable:
+        return f"<p style='{ERROR_STYLE}'>{e(report.error_message()).replace(chr(10), '<br>')}</p>"
+    part_of = {name: part for part, names in report.split.items() for name in names}
+    rows = "".join(f"<tr><td>{e(s.name)}</td><td>{e(', '.join(s.modalities))}</td><td>{e(part_of.get(s.name, ''))}"
+                   f"</td></tr>" for s in report.subjects)
+    routes = ", ".join(f"{a}→{b} ({n})" for (a, b), n in report.route_counts().items())
+    split = " · ".join(f"{part} {len(names)}" for part, names in report.split.items())
+    text = [f"<p><b>{e(report.name)}</b>: {len(report.subjects)} usable of {len(report.subjects_found)} subjects"
+            f"</p><table cellspacing='6'><tr><th align='left'>Subject</th><th align='left'>Modalities</th>"
+            f"<th align='left'>Split</th></tr>{rows}</table>",
+            f"<p><b>Routes</b> (subjects): {e(routes)}</p><p><b>Split</b> (subjects): {e(split)}</p>"]
+    for title, findings in (("Left out", report.problems), ("Notes", report.notes)):
+        if findings:
+            items = "".join(f"<li>{e(str(f))}</li>" for f in findings)
+            text.append(f"<p><b>{title}</b> ({len(findings)}):</p><ul>{items}</ul>")
+    return "".join(text)
+
+
+def _row(*widgets) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget, 1 if isinstance(widget, (QLineEdit, QComboBox)) else 0)
+    return row
+
+
+class _CheckedPage(QWizardPage):
+    """A page that cannot be left forward while incomplete, also not by a programmatic next()."""
+
+    def validatePage(self) -> bool:
+        return self.isComplete()
+
+
+class DatasetPage(_CheckedPage):
+    """The folder, checked on a worker whenever it (or the seed) changes; Next waits for usable pairs."""
+
+    def __init__(self, runner: TaskRunner, settings: Settings) -> None:
+        super().__init__()
+        self.runner, self.settings = runner, settings
+        self.setTitle("Paired dataset")
+        self.setSubTitle("One folder per subject with a volume per modality (SUBJECT/T1.nii.gz, SUBJECT/T2.nii.gz, "
+                         "or a DICOM folder named by its modality). It is checked before anything trains.")
+        self.report = None
+        self._task: Task | None = None
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("dataset folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Seeds the training order and, unless dataset.json lists a split, which subjects are "
+                             "held out for validation and test")
+        self.deep = QCheckBox("Read every voxel (slower; also finds truncated files)")
+        self.status = QLabel("Choose a dataset folder.")
+        self.status.setWordWrap(True)
+        self.report_view = QTextBrowser()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(CHECK_DELAY_MS)
+        self._timer.timeout.connect(self.check)
+        self.folder.textChanged.connect(self._schedule)
+        self.seed.valueChanged.connect(self._schedule)
+        self.deep.toggled.connect(self._schedule)
+        form = QFormLayout()
+        form.addRow("Folder", _row(self.folder, browse))
+        form.addRow("Seed (split)", self.seed)
+        form.addRow("", self.deep)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addWidget(self.report_view, 1)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a paired dataset folder", self.settings.last_folder)
+        if folder:
+            self.folder.setText(folder)
+
+    def _key(self) -> tuple[str, int, bool]:
+        return self.folder.text().strip(), self.seed.value(), self.deep.isChecked()
+
+    def _schedule(self, *_args) -> None:
+        self.report = None
+        self.completeChanged.emit()
+        self._timer.start()
+
+    def check(self) -> None:
+        """Validate the folder now (on a worker); an earlier check still running is cancelled."""
+        self._timer.stop()
+        if self._task is not None:
+            self._task.cancel()
+        key = self._key()
+        if not key[0]:
+            self.status.setText("Choose a dataset folder.")
+            return
+        self.status.setStyleSheet("")
+        self.status.setText(f"Checking {key[0]}…")
+        self.report_view.clear()
+        self._task = self.runner.run(lambda progress, cancel: _validate(*key, progress, cancel),
+                                     name=f"validate {key[0]}", finished=lambda report: self._on_checked(key, report),
+                                     failed=lambda message: self._on_failed(key, message))
+
+    def _on_checked(self, key, report) -> None:
+        if key != self._key():
+            return                                       # the folder changed meanwhile: another check follows
+        self._task, self.report = None, report
+        self.report_view.setHtml(report_html(report))
+        if not report.usable:
+            self.status.setStyleSheet(ERROR_STYLE)
+            self.status.setText("Nothing to train on: no subject has two usable modalities (details below).")
+        elif report.problems:
+            self.status.setText(f"{len(report.subjects)} subjects usable. {len(report.problems)} problem(s): those "
+                                "files are left out and training runs on the rest (--skip-invalid).")
+        else:
+            self.status.setText(f"{len(report.subjects)} subjects usable; no problems found.")
+        self.completeChanged.emit()
+
+    def _on_failed(self, key, message: str) -> None:
+        if key == self._key():
+            self._task = None
+            self.status.setStyleSheet(ERROR_STYLE)
+            self.status.setText(f"The dataset could not be checked: {message}")
+
+    def isComplete(self) -> bool:
+        return self.report is not None and self.report.usable
+
+
+class ModelPage(_CheckedPage):
+    """Start model, stages, and the routes Stage II trains."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.setTitle("Routes, start model and stages")
+        self.setSubTitle("Stage I (understanding) learns CTS, MI and TIA questions built from all pairs; Stage II "
+                         "(generation) learns synthesis on the routes ticked below, starting from Stage I's result.")
+        self.model = QComboBox()
+        for choice in available_models(settings.model_dirs):
+            self.model.addItem(choice.label, str(choice.path))
+        self.model.setToolTip("The default model, the models imported in the Synthesis panel, and earlier "
+                              "fine-tuned ones")
+        other = QPushButton("Other folder…")
+        other.clicked.connect(self._choose_model)
+        self.stages = QComboBox()
+        for text, value in STAGE_CHOICES:
+            self.stages.addItem(text, value)
+        self.routes = QListWidget()
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet(ERROR_STYLE)
+        self._routes_of = None
+        self.model.currentIndexChanged.connect(self._update)
+        self.stages.currentIndexChanged.connect(self._update)
+        self.routes.itemChanged.connect(self._update)
+        form = QFormLayout()
+        form.addRow("Start model", _row(self.model, other))
+        form.addRow("Stages", self.stages)
+        form.addRow("Routes (Stage II)", self.routes)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.notice)
+
+    def initializePage(self) -> None:
+        report = self.wizard().dataset.report
+        if report is self._routes_of:
+            return                                       # back and forth: keep the ticks
+        self._routes_of = report
+        self.routes.blockSignals(True)
+        self.routes.clear()
+        for (a, b), n in report.route_counts().items():
+            item = QListWidgetItem(f"{a} → {b}  ({n} subject{'s' if n != 1 else ''})")
+            item.setData(Qt.ItemDataRole.UserRole, (a, b))
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            self.routes.addItem(item)
+        self.routes.blockSignals(False)
+        self._update()
+
+    def _choose_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder to start from",
+                                                  self.settings.last_folder)
+        if not folder:
+            return
+        if not is_model_dir(Path(folder)):
+            self.notice.setText(f"{folder}: not a model folder (it has no config.json or llm_config.json)")
+            return
+        self.model.addItem(Path(folder).name, folder)
+        self.model.setCurrentIndex(self.model.count() - 1)
+
+    def stage_plan(self) -> tuple[str, ...]:
+        return STAGE_PLANS[self.stages.currentData()]
+
+    def chosen_routes(self) -> list[tuple[str, str]]:
+        return [self.routes.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.routes.count())
+                if self.routes.item(i).checkState() == Qt.CheckState.Checked]
+
+    def _why_not(self) -> str | None:
+        if self.model.count() == 0:
+            return ("No model to start from: install the default model (resources/models/default), import one in "
+                    "the Synthesis panel, or choose a folder (Other folder…). A model from scratch starts with "
+                    "python main.py train --stage vae (see the README).")
+        if "generation" in self.stage_plan() and not self.chosen_routes():
+            return "Tick at least one route for Stage II."
+        return None
+
+    def _update(self, *_args) -> None:
+        self.routes.setEnabled("generation" in self.stage_plan())
+        self.notice.setText(self._why_not() or "")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        return self._why_not() is None
+
+
+class BudgetPage(_CheckedPage):
+    """Steps or minutes per stage, batch and slice size, device, CPU threads, and the output folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.setTitle("Budget, device and output")
+        self.setSubTitle("The budget applies to each stage. A run can be paused and resumed from the Training panel.")
+        self.budget = QComboBox()
+        self.budget.addItem("Steps per stage", "steps")
+        self.budget.addItem("Minutes per stage", "minutes")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 10_000_000)
+        self.steps.setValue(DEFAULT_STEPS)
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setRange(0.1, 100_000.0)
+        self.minutes.setValue(30.0)
+        self.minutes.hide()
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 4096)
+        self.batch_size.setValue(4)
+        self.image_size = QSpinBox()
+        self.image_size.setRange(16, 2048)
+        self.image_size.setSingleStep(16)
+        self.image_size.setValue(DEFAULT_IMAGE_SIZE)
+        self.image_size.setToolTip("Square slice size in pixels (default: the start model's)")
+        self.device = QComboBox()
+        for text, value in (("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")):
+            self.device.addItem(text, value)
+        self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 1024)
+        self.threads.setSpecialValueText("all cores")
+        self.threads.setToolTip("CPU threads of the training process; fewer keep the app responsive")
+        self.name = QLineEdit()
+        self.folder = QLineEdit(str(config_dir() / "models"))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.reason = QLabel()
+        self.reason.setWordWrap(True)
+        self.reason.setStyleSheet(ERROR_STYLE)
+        self._size_of = None
+        self.budget.currentIndexChanged.connect(self._on_budget)
+        self.name.textChanged.connect(self._update)
+        self.folder.textChanged.connect(self._update)
+        form = QFormLayout()
+        form.addRow("Budget", _row(self.budget, self.steps, self.minutes))
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Image size", self.image_size)
+        form.addRow("Device", self.device)
+        form.addRow("CPU threads", self.threads)
+        form.addRow("Model name", self.name)
+        form.addRow("Save in", _row(self.folder, browse))
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.reason)
+
+    def initializePage(self) -> None:
+        wizard = self.wizard()
+        if not self.name.text():
+            self.name.setText(f"{wizard.dataset.report.name}-finetuned")
+        start = wizard.model_page.model.currentData()
+        if start != self._size_of:                     # the start model's slice size, from its card
+            from engine.inference.model_card import ModelCard
+
+            self._size_of = start
+            try:
+                size = ModelCard.read(start).image_size
+            except ValueError:
+                size = None
+            self.image_size.setValue(size or DEFAULT_IMAGE_SIZE)
+        self._update()
+
+    def _on_budget(self) -> None:
+        by_steps = self.budget.currentData() == "steps"
+        self.steps.setVisible(by_steps)
+        self.minutes.setVisible(not by_steps)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Where to save the fine-tuned model", self.folder.text())
+        if folder:
+            self.folder.setText(folder)
+
+    def out_dir(self) -> Path:
+        return Path(self.folder.text().strip()) / self.name.text().strip()
+
+    def _why_not(self) -> str | None:
+        name = self.name.text().strip()
+        if not NAME_PATTERN.match(name):
+            return "Name the model with letters, digits, '-', '_' or '.'."
+        if not self.folder.text().strip():
+            return "Choose where to save the model."
+        for out in stage_outputs(self.wizard().spec()):
+            if out.exists():
+                return f"{out} exists already: choose another name (or resume its job in the Training panel)."
+        return None
+
+    def _update(self, *_args) -> None:
+        self.reason.setText(self._why_not() or "")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        return self._why_not() is None
+
+
+class SummaryPage(QWizardPage):
+    """The exact commands the Training panel runs, and the same on several GPUs with torchrun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTitle("Summary")
+        self.setSubTitle("The Training panel runs these commands one after the other, each in its own process. Running "
+                         "one again (in the panel or a terminal) resumes it from its last checkpoint.")
+        self.commands = QPlainTextEdit()
+        self.commands.setReadOnly(True)
+        self.nproc = QSpinBox()
+        self.nproc.setRange(2, 1024)
+        self.nproc.setToolTip("Processes per node, usually one per GPU")
+        self.nproc.valueChanged.connect(self._fill)
+        self.torchrun = QPlainTextEdit()
+        self.torchrun.setReadOnly(True)
+        self.notes = QLabel()
+        self.notes.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.notes)
+        layout.addWidget(self.commands, 1)
+        layout.addLayout(_row(QLabel("On a GPU machine or cluster with torchrun, processes per node:"), self.nproc,
+                              self._copy_button(self.commands, "Copy the commands"),
+                              self._copy_button(self.torchrun, "Copy the torchrun commands")))
+        layout.addWidget(self.torchrun, 1)
+        layout.addWidget(QLabel("Several nodes: add --nnodes=N --node_rank=R --rdzv_backend=c10d "
+                                "--rdzv_endpoint=HOST:29400 after --nproc_per_node."))
+
+    @staticmethod
+    def _copy_button(source: QPlainTextEdit, text: str) -> QPushButton:
+        button = QPushButton(text)
+        button.clicked.connect(lambda: QApplication.clipboard().setText(source.toPlainText()))
+        return button
+
+    def initializePage(self) -> None:
+        self._fill()
+
+    def _fill(self, *_args) -> None:
+        spec = self.wizard().spec()
+        arguments = train_arguments(spec)
+        titles = [STAGE_NAMES[stage] for stage in spec.stages]
+        self.commands.setPlainText("\n\n".join(f"# {t}\n{command_line(a)}" for t, a in zip(titles, arguments)))
+        self.torchrun.setPlainText("\n\n".join(f"# {t}\n{command_line(a, self.nproc.value())}"
+                                               for t, a in zip(titles, arguments)))
+        notes = [f"Model: {spec.out_dir}" + (" (Stage I writes to " + str(stage_outputs(spec)[0]) + ")"
+                                             if len(spec.stages) > 1 else "")]
+        if spec.skip_invalid:
+            notes.append(f"--skip-invalid: the {len(self.wizard().dataset.report.problems)} problem(s) listed on the "
+                         "first page are left out.")
+        self.notes.setText("\n".join(notes))
+
+
+class FineTuneWizard(QWizard):
+    job_requested = Signal(object)          # a FineTuneSpec, when the user starts the training
+
+    def __init__(self, runner: TaskRunner, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Fine-tune a model")
+        self.dataset = DatasetPage(runner, settings)
+        self.model_page = ModelPage(settings)
+        self.budget = BudgetPage(settings)
+        self.summary = SummaryPage()
+        for page in (self.dataset, self.model_page, self.budget, self.summary):
+            self.addPage(page)
+        self.setButtonText(QWizard.WizardButton.FinishButton, "Start training")
+        self.accepted.connect(lambda: self.job_requested.emit(self.spec()))
+
+    def spec(self) -> FineTuneSpec:
+        report, b = self.dataset.report, self.budget
+        routes = self.model_page.chosen_routes()
+        by_steps = b.budget.currentData() == "steps"
+        return FineTuneSpec(
+            name=b.name.text().strip(), data=report.root, start_model=self.model_page.model.currentData(),
+            stages=self.model_page.stage_plan(), out_dir=str(b.out_dir()),
+            routes=None if len(routes) == len(report.routes) else tuple(routes),
+            steps=b.steps.value() if by_steps else None, minutes=None if by_steps else b.minutes.value(),
+            batch_size=b.batch_size.value(), image_size=b.image_size.value(), device=b.device.currentData(),
+            seed=self.dataset.seed.value(), threads=b.threads.value() or None, skip_invalid=bool(report.problems))
