@@ -81,16 +81,16 @@ def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:
     return ModelCard.read(model_dir).routes
 
 
-_loaded: dict[tuple[str, str, str], object] = {}       # the last model loaded, kept for the next run
+_loaded: dict[tuple[str, str, str, str], object] = {}       # the last model loaded, kept for the next run
 
 
 def _synthesizer(request: SynthesisRequest):
-    from engine.inference.pipeline import Synthesizer
+    from engine.inference.cli_common import synthesizer_for
 
-    key = (str(request.model_dir), request.device, request.precision)
+    key = (str(request.model_dir), request.backend, request.device, request.precision)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = Synthesizer(request.model_dir, device=request.device, precision=request.precision)
+        _loaded[key] = synthesizer_for(request.model_dir, request.backend, request.device, request.precision)
     return _loaded[key]
 
 
@@ -99,8 +99,6 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     progress reports carry the latest finished slice as ``preview``. Imports torch."""
     from engine.inference.cli_synthesize import resolve_source
 
-    if request.backend != "torch":
-        raise ValueError("the ONNX Runtime backend is not available yet; choose PyTorch")
     synth = _synthesizer(request)
     source, _identified = resolve_source(synth, request.volume, request.source or "auto", progress)
     settings = synth.default_settings()

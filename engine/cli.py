@@ -98,6 +98,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "convert": _add_convert,
     "synthesize": _lazy("engine.inference.cli_synthesize"),
     "identify": _lazy("engine.inference.cli_identify"),
+    "export-onnx": _lazy("engine.inference.cli_export_onnx"),
     "evaluate": _lazy("engine.evaluation.cli"),
     "train": _lazy("engine.training.cli"),
     "recipe": _lazy("engine.training.cli_recipe"),

@@ -72,8 +72,8 @@ class SynthesisPanel(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
         model_row.addWidget(import_button)
-        self.backend = _combo([("PyTorch", "torch"), ("ONNX Runtime (not available yet)", "onnx")], settings.backend)
-        self.backend.model().item(1).setEnabled(False)
+        self.backend = _combo([("PyTorch", "torch"), ("ONNX Runtime", "onnx")], settings.backend)
+        self.backend.setToolTip("ONNX Runtime exports the model's graphs beside it on first use (seconds to minutes)")
         self.device = _combo([("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")], settings.device)
         self.precision = _combo([("fp32 (highest)", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")], settings.precision)
         for combo, name in ((self.backend, "backend"), (self.device, "device"), (self.precision, "precision")):

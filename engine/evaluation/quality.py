@@ -23,7 +23,7 @@ import torch
 
 from engine import modalities
 from engine.evaluation.synthesis_eval import ModelEvaluation, central_block, evaluate_model, score_volume
-from engine.inference.pipeline import SliceSynthesizer, Synthesizer
+from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks import PairedDataset
@@ -60,8 +60,7 @@ class VAERoundTrip(SliceSynthesizer):
     @torch.no_grad()
     def _run_batch(self, images, indices, prepared, settings, cancel, on_step=noop) -> torch.Tensor:
         pixels = images.to(self.device) * 2.0 - 1.0
-        decoded = self.vae.decode(self.vae.encode(pixels)).float().mean(1, keepdim=True)
-        return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+        return unit_slices(self.vae.decode(self.vae.encode(pixels)).float())
 
     def slice_memory_estimate(self, prepared: Any) -> int:
         return 4 * 8 * self.vae.config.ch * self.image_size ** 2

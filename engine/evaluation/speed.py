@@ -5,7 +5,9 @@ sampling settings, and the medians of several timed repeats of each variant of t
   context cache is tested against; ``Synthesizer.context_cache = False``), batch ``auto``;
 - ``cached``     — context K/V encoded once per slice and reused (the default), batch ``auto``;
 - ``per-slice``  — cached, batch size 1;
-- ``fp16`` / ``bf16`` — cached, batch ``auto``, autocast on a CUDA GPU (never on a CPU).
+- ``fp16`` / ``bf16`` — cached, batch ``auto``, autocast on a CUDA GPU (never on a CPU);
+- ``onnx``       — the ONNX Runtime backend (``--backend onnx``: the same pipeline with its network
+  pieces exported to ONNX, in a temporary folder, before the timed runs), fp32, batch ``auto``.
 
 It reports slices per second, seconds per demo volume, peak memory, the ratios between variants
 (context-cache, batching and half-precision speed-ups) and how far their outputs are apart, and
@@ -18,11 +20,13 @@ FLOPs, meaningless images.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -241,6 +245,7 @@ class Variant:
     precision: str
     context_cache: bool
     batch: int | str
+    backend: str = "torch"
     times: list[float] = field(default_factory=list)
     batch_used: int | None = None
     peak: int = 0
@@ -264,7 +269,10 @@ def plan_variants(precisions: Sequence[str], device: torch.device, weights_dtype
     if device.type != "cuda":
         skipped.append({"what": "fp16, bf16", "why": "half precision is not measured on CPU (CUDA only; "
                                                      "on a CPU it is slower and less accurate than fp32)"})
-    skipped.append({"what": "ONNX Runtime", "why": "the onnx backend is not available yet (--backend onnx)"})
+    if importlib.util.find_spec("onnxruntime") is None:
+        skipped.append({"what": "ONNX Runtime", "why": "onnxruntime is not installed (pip install onnxruntime)"})
+    else:
+        variants.append(Variant("onnx", base, True, "auto", backend="onnx"))
     return variants, skipped
 
 
@@ -317,16 +325,30 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
     settings = settings.from_dict(changes, base=settings)
 
     variants, skipped = plan_variants(precisions, dev, opened.info["weights_dtype"])
-    synths = {precisions[0]: synth}
+    synths = {("torch", precisions[0]): synth}
+    providers: dict[str, list[str]] = {}
+    scratch = tempfile.TemporaryDirectory(prefix="bench-onnx-")      # the onnx variant's export
     for v in variants:
-        if v.precision not in synths:
+        if (v.backend, v.precision) in synths:
+            continue
+        if v.backend == "onnx":
+            from engine.inference.onnx_backend import OnnxSynthesizer
+
+            say("exporting the ONNX graphs")
+            onnx_synth = OnnxSynthesizer(synth.model_dir, device=dev.type, precision=v.precision,
+                                         export_dir=Path(scratch.name) / "onnx", loaded=synth.loaded)
+            providers[v.name] = onnx_synth.providers
+            skipped += [{"what": f"{v.name} on {dev.type}", "why": n} for n in onnx_synth.notices]
+            synths[(v.backend, v.precision)] = onnx_synth
+        else:
             from engine.inference.pipeline import Synthesizer
 
-            synths[v.precision] = Synthesizer(synth.model_dir, device=dev, precision=v.precision, loaded=synth.loaded)
+            synths[(v.backend, v.precision)] = Synthesizer(synth.model_dir, device=dev, precision=v.precision,
+                                                           loaded=synth.loaded)
     norm = synth.output_normalisation(target)
 
     def run_once(v: Variant) -> tuple[float, np.ndarray, PeakMemory]:
-        s = synths[v.precision]
+        s = synths[(v.backend, v.precision)]
         s.context_cache = v.context_cache
         run_settings = settings.replace(batch_size=v.batch)
         with PeakMemory(dev) as memory:
@@ -341,8 +363,8 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
         result = slices_of(out.array, plan.axis, chosen)
         return seconds, (result - norm.lo) / (norm.hi - norm.lo), memory
 
-    for p, s in synths.items():                               # one untimed warm-up per precision
-        say(f"warm-up ({p})")
+    for (b, p), s in synths.items():                          # one untimed warm-up per backend and precision
+        say(f"warm-up ({b}, {p})")
         s.synthesize_volume(volume, source, target, settings.replace(steps=min(2, settings.steps)), slices=chosen)
     overhead = []                       # the per-volume part: planning, body masks, normalisation, re-stacking
     for _ in range(max(3, repeats)):
@@ -354,7 +376,7 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
         for v in variants:
             seconds, output, memory = run_once(v)
             v.times.append(seconds)
-            v.batch_used = synths[v.precision].last_batch_size
+            v.batch_used = synths[(v.backend, v.precision)].last_batch_size
             v.peak, v.base = max(v.peak, memory.peak), memory.base
             if v.output is None:
                 v.output = output
@@ -362,7 +384,8 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
 
     report = assemble(variants, machine=machine, model_info=opened.info, volume_info=volume_info,
                       settings=settings, route=(source, target), repeats=repeats, skipped=skipped,
-                      memory_method=PeakMemory(dev).method, command=command)
+                      memory_method=PeakMemory(dev).method, command=command, providers=providers)
+    scratch.cleanup()
     return report
 
 
@@ -379,8 +402,9 @@ def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
 
 
 def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, volume_info: dict, settings,
-             route: tuple[str, str], repeats: int, skipped: list[dict], memory_method: str, command: str) -> dict:
-    """The JSON report from measured variants."""
+             route: tuple[str, str], repeats: int, skipped: list[dict], memory_method: str, command: str,
+             providers: dict[str, list[str]] | None = None) -> dict:
+    """The JSON report from measured variants (``providers``: onnxruntime's, per onnx variant)."""
     by = {v.name: v for v in variants}
     n = volume_info["measured_slices"]
     body = volume_info["body_slices"]
@@ -389,7 +413,8 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
     for v in variants:
         median = _median(v.times)
         rows.append({
-            "name": v.name, "precision": v.precision, "context_cache": v.context_cache, "batch": v.batch,
+            "name": v.name, "backend": v.backend, "precision": v.precision, "context_cache": v.context_cache,
+            "batch": v.batch, **({"providers": providers[v.name]} if providers and v.name in providers else {}),
             "batch_size_used": v.batch_used, "times_s": [round(t, 5) for t in v.times],
             "median_s": round(median, 5), "slices_per_second": round(n / median, 4),
             "seconds_per_slice": round(max(median - fixed, 0.0) / n, 5),
@@ -419,6 +444,10 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
             ratios[f"{p}_speedup"] = round(med["cached"] / med[p], 3)
             ratios_sampling[f"{p}_speedup"] = sampling("cached", p)
             agreement[f"{p}_vs_{reference.precision}"] = _max_diff(reference.output, by[p].output)
+    if "onnx" in by:
+        ratios["onnx_speedup"] = round(med["cached"] / med["onnx"], 3)
+        ratios_sampling["onnx_speedup"] = sampling("cached", "onnx")
+        agreement[f"onnx_vs_{reference.precision}"] = _max_diff(reference.output, by["onnx"].output)
     agreement["scale"] = (f"max |difference| over the measured slices on the model's [0, 1] output scale "
                           f"(the {route[1]} output range mapped to 0…1)")
     g = settings.guidance
@@ -480,6 +509,8 @@ def ratio_line(report: dict, key: str = "ratios") -> str:
     for p in HALF:
         if f"{p}_speedup" in r:
             parts.append(f"{p} vs {_base_precision(report)} {x(r[f'{p}_speedup'])}")
+    if "onnx_speedup" in r:
+        parts.append(f"onnxruntime vs torch {x(r['onnx_speedup'])}")
     return " · ".join(parts)
 
 

@@ -1,5 +1,6 @@
-"""Inference: the volume synthesis pipeline (:class:`Synthesizer`), its settings, modality
-identification, the model card as inference reads it, and the ``synthesize`` / ``identify`` CLI.
+"""Inference: the volume synthesis pipeline (:class:`Synthesizer`; :class:`OnnxSynthesizer` runs it
+with ONNX Runtime), its settings, modality identification, the model card as inference reads it, and
+the ``synthesize`` / ``identify`` / ``export-onnx`` CLI.
 
 Names load lazily so that building the CLI parser does not import torch.
 """
@@ -9,6 +10,7 @@ import importlib
 
 _EXPORTS = {
     "Synthesizer": "engine.inference.pipeline",
+    "OnnxSynthesizer": "engine.inference.onnx_backend",
     "SlicePlan": "engine.inference.pipeline",
     "RESEARCH_NOTE": "engine.inference.pipeline",
     "SynthesisSettings": "engine.inference.settings",

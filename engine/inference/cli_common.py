@@ -17,7 +17,9 @@ BACKENDS = ("torch", "onnx")
 def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> None:
     p.add_argument("--model", metavar="DIR", help=f"model folder (default: {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
     if backend:
-        p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend (default: torch)")
+        p.add_argument("--backend", default="torch", choices=BACKENDS,
+                       help="inference backend: torch (default) or onnx (ONNX Runtime; exports the graphs "
+                            "into MODEL_DIR/onnx on first use)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run (default: auto = the GPU when there is one)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
@@ -58,15 +60,37 @@ def model_dir(args: argparse.Namespace) -> Path:
 
 
 def check_backend(args: argparse.Namespace) -> None:
-    if getattr(args, "backend", "torch") != "torch":
-        raise ValueError(f"--backend {args.backend} is not available yet; use --backend torch")
+    """ValueError when the chosen backend cannot run here (onnx without onnxruntime)."""
+    if getattr(args, "backend", "torch") == "onnx":
+        from engine.inference.onnx_backend import onnxruntime
+
+        onnxruntime()
 
 
-def open_synthesizer(args: argparse.Namespace):
+def synthesizer_for(folder: str | Path, backend: str = "torch", device: str = "auto", precision: str = "fp32"):
+    """The Synthesizer of ``backend`` ("torch" or "onnx": exports the ONNX graphs beside the model on
+    first use) for a model folder."""
+    if backend == "onnx":
+        from engine.inference.onnx_backend import OnnxSynthesizer
+
+        return OnnxSynthesizer(folder, device=device, precision=precision)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     from engine.inference.pipeline import Synthesizer
 
+    return Synthesizer(folder, device=device, precision=precision)
+
+
+def open_synthesizer(args: argparse.Namespace, folder: Path | None = None):
+    """The Synthesizer of ``--backend`` for the model folder (``--model``'s unless given); the onnx
+    backend's notices (a first export, fallbacks) go to stderr."""
     check_backend(args)
-    return Synthesizer(model_dir(args), device=args.device, precision=args.precision)
+    synth = synthesizer_for(folder or model_dir(args), getattr(args, "backend", "torch"), args.device, args.precision)
+    if getattr(synth, "exported", False):
+        print(f"note: exported the ONNX graphs to {synth.export_dir}", file=sys.stderr)
+    for notice in getattr(synth, "notices", ()):
+        print(f"note: {notice}", file=sys.stderr)
+    return synth
 
 
 def stderr_progress(enabled: bool = True, every_s: float = 1.0) -> Callable:

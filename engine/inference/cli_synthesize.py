@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
-                                         model_dir, sampling_settings, stderr_progress)
+                                         model_dir, open_synthesizer, sampling_settings, stderr_progress)
 
 MIN_AUTO_CONFIDENCE = 0.5
 
@@ -77,22 +77,21 @@ def run(args: argparse.Namespace) -> int:
     _check_output(output)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
-
-    from engine.inference.pipeline import Synthesizer
-
-    synth = Synthesizer(folder, device=args.device, precision=args.precision)
+    synth = open_synthesizer(args, folder)
     source, identified = resolve_source(synth, volume, args.source, progress)
     synth.card.check_route(source, target)
     settings = sampling_settings(args, synth.default_settings())
     result = synth.synthesize_volume(volume, source, target, settings, progress=progress)
     written = io.save(result, output, description=synth.describe(source, target, settings))
     report = {
-        "output": str(written), "route": f"{source}→{target}", "model": synth.name, "device": synth.device.type,
-        "precision": synth.precision, "steps": settings.steps, "seed": settings.seed,
+        "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
+        "device": synth.device.type, "precision": synth.precision, "steps": settings.steps, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
         "start_from_source": settings.start_from_source, "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit,
     }
+    if args.backend == "onnx":
+        report["providers"] = synth.providers
     if identified is not None:
         report["identified"] = identified
     if args.reference:

@@ -7,8 +7,9 @@ The prompt mirrors an MI training sample laid out by ``UnderstandingSample.inter
 normalised by the rule of the intensity family the values show (HU → CT's fixed range, SUV → PET,
 otherwise MR percentiles), since the modality is what we are asking for.
 
-A model whose card does not say Stage I (understanding) was trained still answers, but the result
-is marked unreliable with confidence 0: its answer is a guess.
+A model whose card does not say Stage I (understanding) was trained, or records a measured MI
+accuracy below :data:`MIN_MI_ACCURACY`, still answers, but the result is marked unreliable with
+confidence 0: its answer is a guess.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from engine.tasks.instructions import mi_question, modality_answer
 from engine.tasks.slices import slice_axis, slices_first, to_model_slice
 
 DEFAULT_SLICES = 3
+MIN_MI_ACCURACY = 0.5          # a card recording a lower Stage I MI accuracy gets no trusted answers
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,14 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     mean = mean / mean.sum()
     probabilities = {m: float(p) for m, p in zip(names, mean)}
     best = names[int(mean.argmax())]
-    if synth.card.understanding_trained:
+    card = synth.card
+    if not card.understanding_trained:
+        note = (f"model {synth.name!r} has no understanding (Stage I) training according to its card: "
+                f"{best} is a guess, not an identification")
+    elif card.mi_accuracy is not None and card.mi_accuracy < MIN_MI_ACCURACY:
+        note = (f"model {synth.name!r} identified modalities correctly in only {100 * card.mi_accuracy:.0f} % of "
+                f"its validation questions (MI accuracy in its card): {best} is a guess, not an identification")
+    else:
         return Identification(best, float(mean.max()), probabilities, True,
                               f"MI question on {len(picks)} slices along axis {axis}", picks, axis)
-    note = (f"model {synth.name!r} has no understanding (Stage I) training according to its card: "
-            f"{best} is a guess, not an identification")
     return Identification(best, 0.0, probabilities, False, note, picks, axis)

@@ -12,6 +12,8 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  model's position tables allow, at most 256)
     anatomy              str, or {"T1->FLAIR": "brain", "CT": "head", "*": "brain"}; else the single
                                  entry of ``data.anatomies`` (the trainer's card); else a heuristic
+    metrics.understanding.accuracy.MI   float   Stage I's measured MI accuracy (the trainer's card);
+                                 below 0.5, identification is reported as unreliable
     recipe.stages        [{"stage": "understanding", "steps_done": 4000, …}, …] (the trainer's card),
                                  or ``stages``: ["vae", "understanding", "generation"] — an
                                  "understanding" or "joint" stage with steps done (or a truthy
@@ -61,6 +63,15 @@ def _trained_understanding(meta: Mapping[str, Any]) -> bool:
     return any(str(s).lower() in UNDERSTANDING_STAGES for s in stages if isinstance(s, str))
 
 
+def _mi_accuracy(meta: Mapping[str, Any]) -> float | None:
+    """The MI accuracy of the trainer's last understanding evaluation (``metrics.understanding``)."""
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+    accuracy = (metrics.get("understanding") or {}).get("accuracy") if isinstance(metrics.get("understanding"),
+                                                                                  Mapping) else None
+    value = accuracy.get("MI") if isinstance(accuracy, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def route_name(source: str, target: str) -> str:
     return f"{source}→{target}"
 
@@ -75,6 +86,7 @@ class ModelCard:
     image_size: int | None                          # None: derive from the config
     anatomy: str | dict[str, str] = ""
     understanding_trained: bool = False
+    mi_accuracy: float | None = None                # Stage I's measured MI accuracy, when the card records it
     inference_defaults: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -105,7 +117,8 @@ class ModelCard:
         return cls(name=str(meta.get("name") or folder_name), routes=routes, modalities=names,
                    image_size=int(size) if size else None,
                    anatomy=anatomy if isinstance(anatomy, str) else {str(k): str(v) for k, v in anatomy.items()},
-                   understanding_trained=understanding, inference_defaults=dict(defaults), raw=meta)
+                   understanding_trained=understanding, mi_accuracy=_mi_accuracy(meta),
+                   inference_defaults=dict(defaults), raw=meta)
 
     @classmethod
     def read(cls, model_dir: str | Path) -> "ModelCard":

@@ -57,6 +57,20 @@ def slice_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index) * 7_919 + 12_345) % (2 ** 63)
 
 
+def context_branches(guidance) -> tuple[str, ...]:
+    """The guidance branches a batch needs a context for: ``cond``, and ``no_text`` / ``no_image``
+    when their scale is above 1."""
+    return ("cond",) + (("no_text",) if guidance.text_scale > 1 else ()) \
+        + (("no_image",) if guidance.image_scale > 1 else ())
+
+
+def unit_slices(decoded: torch.Tensor) -> torch.Tensor:
+    """VAE output (n, C, S, S) nominally in [−1, 1] → slices (n, 1, S, S) in [0, 1] on the CPU."""
+    if decoded.shape[1] != 1:
+        decoded = decoded.mean(dim=1, keepdim=True)
+    return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+
+
 @dataclass(frozen=True)
 class SlicePlan:
     """How a volume is cut: ``axis`` of the (z, y, x) array, ``count`` slices of ``height`` × ``width``,
@@ -344,14 +358,11 @@ class Synthesizer(SliceSynthesizer):
         n = images.shape[0]
         pixels = (images.to(device, torch.float32) * 2.0 - 1.0)
         ids = [list(instruction_ids)] * n
-        guidance = settings.guidance
-        branches = ("cond",) + (("no_text",) if guidance.text_scale > 1 else ()) \
-            + (("no_image",) if guidance.image_scale > 1 else ())
         with autocast(device, self.compute_dtype):
             latent = model.vae.encode(pixels).float()
             seen = vit_view(pixels, self.config)
             if self.context_cache:
-                context = model.encode_context(latent, seen, ids, branches=branches)
+                context = model.encode_context(latent, seen, ids, branches=context_branches(settings.guidance))
 
                 def velocity(x, t, wanted):
                     return model.velocity(x, t, context, wanted)
@@ -359,21 +370,26 @@ class Synthesizer(SliceSynthesizer):
                 def velocity(x, t, wanted):
                     return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted)
 
-            shape = tuple(latent.shape[1:])
-            noise = torch.stack([draw_noise(shape, seed=slice_seed(settings.seed, i)) for i in indices]).to(device)
-            x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
-            guided = guided_velocity(velocity, guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
-
-            def field(x_state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return guided(x_state, t).float()
-
-            timesteps = inference_timesteps(settings.steps, settings.shift, settings.t_start)
-            x0 = get_solver(settings.solver)(field, x, timesteps, progress=on_step, cancel=cancel)
-            check_cancel(cancel)
+            x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
             decoded = model.vae.decode(x0).float()
-        if decoded.shape[1] != 1:
-            decoded = decoded.mean(dim=1, keepdim=True)
-        return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+        return unit_slices(decoded)
+
+    def _sample(self, velocity: Callable, latent: torch.Tensor, indices: Sequence[int], settings: SynthesisSettings,
+                cancel: CancelToken | None, on_step: ProgressFn = noop) -> torch.Tensor:
+        """The flow ODE's end point x0 from each slice's seeded noise (or the noised source latent),
+        over ``velocity(x, t, branches) -> {branch: v}`` with the settings' guidance and solver."""
+        shape = tuple(latent.shape[1:])
+        noise = torch.stack([draw_noise(shape, seed=slice_seed(settings.seed, i)) for i in indices]).to(latent.device)
+        x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
+        guided = guided_velocity(velocity, settings.guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
+
+        def field(x_state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return guided(x_state, t).float()
+
+        timesteps = inference_timesteps(settings.steps, settings.shift, settings.t_start)
+        x0 = get_solver(settings.solver)(field, x, timesteps, progress=on_step, cancel=cancel)
+        check_cancel(cancel)
+        return x0
 
     # -- batch sizing --------------------------------------------------------------------------
     def slice_memory_estimate(self, prepared: Sequence[int]) -> int:

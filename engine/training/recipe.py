@@ -48,7 +48,7 @@ def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, si
     return (
         Entry(VAE, "vae", None, {**common, "size": size, "steps": vae_steps, "batch_size": 16, "lr": 1e-3,
                                  "eval_samples": 64}),
-        Entry(STAGE1, "understanding", VAE, {**common, "steps": und_steps, "batch_size": 8, "lr": 5e-4,
+        Entry(STAGE1, "understanding", VAE, {**common, "steps": und_steps, "batch_size": 8, "lr": 1e-3,
                                              "eval_samples": 64}),
         Entry(STAGE12, "generation", STAGE1, {**common, **generation}),
         Entry(STAGE2_ONLY, "generation", VAE, {**common, **generation}),
@@ -58,7 +58,7 @@ def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, si
 
 RECIPES: dict[str, tuple[Entry, ...]] = {
     # the shipped default model: about 1¾ hours on 2 CPU cores (minutes on a GPU)
-    "default": _entries(vae_steps=1500, und_steps=900, gen_steps=2400, image_size=64, size="default",
+    "default": _entries(vae_steps=1500, und_steps=1200, gen_steps=2400, image_size=64, size="default",
                         unet_batch=16),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
     "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, size="default", unet_batch=4),

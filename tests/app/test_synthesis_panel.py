@@ -57,7 +57,7 @@ def test_the_model_card_sets_the_routes(window):
     request = panel.request()
     assert (request.source, request.target, request.steps, request.seed) == ("T2", "FLAIR", None, None)
     assert panel.run_button.isEnabled() and not panel.notice.isVisible()
-    assert not panel.backend.model().item(1).isEnabled()           # ONNX Runtime: not there yet
+    assert panel.backend.model().item(1).isEnabled() and panel.backend.itemData(1) == "onnx"
 
 
 def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window):

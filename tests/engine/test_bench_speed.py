@@ -32,7 +32,7 @@ def test_quick_json_has_variants_medians_ratios_agreement_and_device(quick):
     report, written = quick
     assert written == report
     names = [v["name"] for v in report["variants"]]
-    assert names == ["uncached", "cached", "per-slice"]            # CPU: no half precision
+    assert names == ["uncached", "cached", "per-slice", "onnx"]    # CPU: no half precision
     for v in report["variants"]:
         assert len(v["times_s"]) == report["settings"]["repeats"] == 2
         assert v["median_s"] > 0 and v["slices_per_second"] > 0 and v["seconds_per_demo_volume"] > 0
@@ -45,11 +45,15 @@ def test_quick_json_has_variants_medians_ratios_agreement_and_device(quick):
     ratios = report["ratios"]
     assert ratios["cache_speedup"] == pytest.approx(by["uncached"]["median_s"] / by["cached"]["median_s"], rel=1e-2)
     assert ratios["batching_speedup"] == pytest.approx(by["per-slice"]["median_s"] / by["cached"]["median_s"], rel=1e-2)
-    assert set(report["ratios_sampling"]) == {"cache_speedup", "batching_speedup"}
+    assert by["onnx"]["backend"] == "onnx" and by["onnx"]["providers"] == ["CPUExecutionProvider"]
+    assert ratios["onnx_speedup"] == pytest.approx(by["cached"]["median_s"] / by["onnx"]["median_s"], rel=1e-2)
+    assert set(report["ratios_sampling"]) == {"cache_speedup", "batching_speedup", "onnx_speedup"}
     assert report["volume"]["overhead_s"] >= 0
     agreement = report["agreement"]
     assert 0 <= agreement["cached_vs_uncached"] <= 1e-4
     assert 0 <= agreement["batched_vs_per_slice"] <= 1e-4
+    assert 0 <= agreement["onnx_vs_fp32"] <= 1e-3
+    assert not any("ONNX" in n["what"] for n in report["not_measured"])
     assert report["model"]["random_weights"] and report["model"]["label"] == "random weights: speed only"
     assert report["model"]["preset"] == "tiny" and report["model"]["image_size"] == 32
     assert report["volume"]["kind"] in ("demo", "phantom") and report["volume"]["measured_slices"] == 3
@@ -68,6 +72,7 @@ def test_quick_markdown_has_table_ratios_and_machine():
     assert "Machine: CPU " in text and "torch threads" in text
     assert "`python main.py bench speed --repeats 1 --device cpu --quick --markdown`" in text
     assert "| variant | precision |" in text and "| uncached | fp32 | no |" in text and "| cached | fp32 | yes |" in text
+    assert "| onnx | fp32 | yes |" in text and "onnxruntime vs torch ×" in text
     assert "Ratios: context cache ×" in text and "batching ×" in text and "Ratios, sampling only:" in text
     assert "random weights: speed only" in text
     assert "half precision is not measured on CPU" in text

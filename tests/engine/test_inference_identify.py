@@ -48,6 +48,16 @@ def test_identify_without_understanding_training_says_it_is_a_guess(tmp_path):
     assert math.isclose(sum(found.probabilities.values()), 1.0, abs_tol=1e-5)
 
 
+def test_identify_with_a_measured_chance_level_mi_accuracy_says_it_is_a_guess(tmp_path):
+    weak = write_random_model(tmp_path / "weak", routes=ROUTES,
+                              metadata={"metrics": {"understanding": {"accuracy": {"MI": 0.1, "CTS": 0.3}}}})
+    found = Synthesizer(weak, device="cpu").identify(volume_of("T1"), slices=1)
+    assert not found.reliable and found.confidence == 0.0 and "10 %" in found.note
+    good = write_random_model(tmp_path / "good", routes=ROUTES,
+                              metadata={"metrics": {"understanding": {"accuracy": {"MI": 0.9}}}})
+    assert Synthesizer(good, device="cpu").identify(volume_of("T1"), slices=1).reliable
+
+
 def test_intensity_family_and_central_slices():
     ct = Volume(phantom_volume(phantom_labels((9, 16, 16)), "CT"), spacing=(1, 1, 3))
     assert intensity_family(ct) == "CT" and intensity_family(volume_of("T2")) == "MR"

@@ -78,7 +78,7 @@ def test_dicom_in_dicom_out_stays_in_the_study_with_the_input_geometry(capsys, m
     (["--target", "XRAY"], "unknown modality 'XRAY'"),
     (["--target", "FLAIR", "--source", "T1"], "does not support T1→FLAIR; its routes: T1→T2, T1→CT, CBCT→CT"),
     (["--target", "T2", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
-    (["--target", "T2", "--backend", "onnx"], "not available yet"),
+    (["--target", "T2", "--backend", "onnx", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
 ])
 def test_bad_requests_exit_2_with_a_clear_message_and_no_output(capsys, model_dir, inputs, tmp_path, argv, message):
     out_file = tmp_path / "never.nii.gz"
