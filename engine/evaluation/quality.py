@@ -24,7 +24,7 @@ import torch
 from engine import modalities
 from engine.evaluation.synthesis_eval import ModelEvaluation, central_block, evaluate_model, score_volume
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
-from engine.inference.settings import SynthesisSettings
+from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks import PairedDataset
 from engine.training import recipe
@@ -103,7 +103,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
                 ) -> dict[str, Any]:
     """Every row on ``data``'s ``split`` for the routes of :data:`ROUTES` the split has; the
-    recipe's models come from the run folder ``run``. ``steps`` overrides the models' ODE steps."""
+    recipe's models come from the run folder ``run`` and all sample with the recipe's inference
+    defaults (``steps`` overrides their ODE steps)."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
     from engine.training.evaluate import understanding_accuracy
     from engine.training.stages import TokenCache
@@ -121,6 +122,10 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     report: dict[str, Any] = {"data": str(data), "run": str(run), "split": split, "max_slices": max_slices,
                               "subjects": paired.subject_names(split), "routes": [f"{a}→{b}" for a, b in routes],
                               "rows": []}
+    sampling, _ = settings_from_card(recipe.INFERENCE_DEFAULTS)
+    if steps is not None:
+        sampling = sampling.replace(steps=steps)
+    report["sampling"] = sampling.to_dict()
     default = Synthesizer(run / recipe.STAGE12, device=device)
     image_size = default.image_size
     for key, label, entry in ROWS:
@@ -137,9 +142,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
             synth = default if entry == recipe.STAGE12 else Synthesizer(run / entry, device=device)
             stages = synth.card.raw.get("recipe", {}).get("stages", [])
             trained = {"steps": stages[-1].get("steps_done"), "seconds": stages[-1].get("elapsed_s")} if stages else {}
-        settings = synth.default_settings()
-        if steps is not None:
-            settings = settings.replace(steps=steps)
+        settings = synth.default_settings() if entry in (None, recipe.UNET) else sampling
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
         report["rows"].append({"key": key, "label": label, "model": str(run / entry) if entry else None,
