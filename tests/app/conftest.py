@@ -84,3 +84,12 @@ def wait_loaded(qtbot):
         qtbot.waitUntil(lambda: len(window.workspace.documents) >= count, timeout=timeout)
         return window.workspace.documents[count - 1]
     return wait
+
+
+@pytest.fixture
+def no_default_model(monkeypatch, tmp_path):
+    """As if resources/models/default were absent: tests about imported or fine-tuned models see
+    only those (and the panel's no-model notice when there are none)."""
+    import app.synthesis
+
+    monkeypatch.setattr(app.synthesis, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")

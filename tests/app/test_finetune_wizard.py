@@ -21,7 +21,7 @@ def start_model(tmp_path_factory):
 
 
 @pytest.fixture
-def wizard(qtbot, start_model):
+def wizard(qtbot, no_default_model, start_model):
     runner = TaskRunner()
     win = FineTuneWizard(runner, Settings(model_dirs=[str(start_model)]))
     qtbot.addWidget(win)

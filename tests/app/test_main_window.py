@@ -114,14 +114,6 @@ def test_the_status_bar_shows_the_value_in_hu_and_the_notice(qtbot, window, ct_f
     assert "GiB" in window.status.memory_label.text()
 
 
-@pytest.fixture
-def no_default_model(monkeypatch, tmp_path):
-    """A machine where resources/models/default is absent (e.g. removed by the user)."""
-    import app.synthesis
-
-    monkeypatch.setattr(app.synthesis, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
-
-
 def test_the_synthesis_panel_lists_the_shipped_default_model(qtbot, window):
     panel = window.synthesis
     assert panel.model.itemText(0) == "Default model"

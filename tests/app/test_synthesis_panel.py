@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture
-def window(qtbot, tiny_model, study_folder, wait_loaded):
+def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded):
     """A window with the tiny model, the CT (reference) and the T2 (source, in the viewer) loaded."""
     win = MainWindow(Settings(model_dirs=[str(tiny_model)]))
     qtbot.addWidget(win)
