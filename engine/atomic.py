@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _suffix(path: Path) -> str:
     name = path.name
     for double in (".nii.gz", ".tar.gz"):
@@ -20,7 +31,8 @@ def _suffix(path: Path) -> str:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path with the target's suffix; on success rename it onto ``path``.
+    """Yield a temporary path with the target's suffix; on success rename it onto ``path`` with
+    the permissions a plainly created file would get (``mkstemp`` makes it private).
 
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
@@ -31,6 +43,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -39,12 +53,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` (which must not be a file)."""
+    """Yield a temporary folder; on success it replaces ``path`` (which must not be a file), with
+    the permissions a plainly created folder would get (``mkdtemp`` makes it private)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         _replace_folder(tmp, path)
