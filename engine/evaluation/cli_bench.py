@@ -16,6 +16,33 @@ from typing import Callable
 from engine.inference.cli_common import DEFAULT_MODEL_DIR, ROOT, json_ready
 
 
+# -- what every benchmark prints ----------------------------------------------------------------------
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the JSON report")
+    out.add_argument("--markdown", action="store_true", help="print the Markdown table for the README")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
+
+
+def _print_report(args: argparse.Namespace, report: dict, to_markdown: Callable[[dict], str],
+                  to_text: Callable[[dict], str]) -> int:
+    """Write the report to ``--out`` (atomically) and print it as JSON, Markdown or the text table."""
+    from engine.atomic import atomic_file
+
+    report = json_ready(report)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if args.out:
+        with atomic_file(args.out) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        print(text)
+    elif args.markdown:
+        print(to_markdown(report), end="")
+    else:
+        print(to_text(report))
+    return 0
+
+
 # -- speed ------------------------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -56,10 +83,7 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a dry run in seconds: --preset tiny --image-size 32 --slices 3 --steps 3 --repeats 2 "
                         "(flags given explicitly win)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the JSON report")
-    out.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
-    p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
+    _add_output_arguments(p)
     p.set_defaults(func=_run_speed)
 
 
@@ -94,18 +118,7 @@ def _run_speed(args: argparse.Namespace) -> int:
         image_size=args.image_size or (quick.get("image_size") if random else None),
         steps=args.steps or quick.get("steps"), guidance=tuple(args.guidance) if args.guidance else None,
         command=_command_line(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
-    report = json_ready(report)
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        print(text)
-    elif args.markdown:
-        print(speed.to_markdown(report), end="")
-    else:
-        print(speed.to_text(report))
-    return 0
+    return _print_report(args, report, speed.to_markdown, speed.to_text)
 
 
 # -- quality ----------------------------------------------------------------------------------------
@@ -127,10 +140,7 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="seconds: a phantom dataset and the quick recipe trained in a temporary folder, "
                         "2 slices per volume, 3 ODE steps (checks the pipeline, not the model)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the JSON report")
-    out.add_argument("--markdown", action="store_true", help="print the Markdown table for the README")
-    p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
+    _add_output_arguments(p)
     p.set_defaults(func=_run_quality)
 
 
@@ -165,18 +175,7 @@ def _run_quality(args: argparse.Namespace) -> int:
                                      device=args.device, progress=log)
     report["command"] = shlex.join(words)
     report["machine"] = describe_machine(resolve_device(args.device))
-    report = json_ready(report)
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        print(text)
-    elif args.markdown:
-        print(quality.to_markdown(report), end="")
-    else:
-        print(quality.to_text(report))
-    return 0
+    return _print_report(args, report, quality.to_markdown, quality.to_text)
 
 
 # -- bench ------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from engine import modalities
-from engine.evaluation.synthesis_eval import ModelEvaluation, central_block, evaluate_model, score_volume
+from engine.evaluation.synthesis_eval import (ModelEvaluation, SubjectScore, central_block, evaluate_model,
+                                              score_volume)
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
@@ -76,8 +77,6 @@ def _scores(evaluation: ModelEvaluation) -> dict[str, Any]:
 def ceiling(round_trip: VAERoundTrip, paired: PairedDataset, split: str, routes: Sequence[tuple[str, str]],
             max_slices: int | None, cancel: CancelToken | None = None) -> dict[str, Any]:
     """Per route: the target volumes' round trip, scored on the slices the routes were scored on."""
-    from engine.evaluation.synthesis_eval import SubjectScore
-
     result = ModelEvaluation(CEILING[1], paired.name, split, {})
     done: dict[tuple[str, str], Any] = {}
     for subject in paired.subject_names(split):
