@@ -1,6 +1,8 @@
 """Fine-tuning jobs without Qt: the plan the wizard makes (one ``python main.py train …`` command per
-stage, Stage II starting from Stage I's output), the JSON-lines records those commands print, what
-their exit means, and the job list kept in the settings folder so a job outlives the app."""
+stage, Stage II starting from Stage I's output, then ``python main.py evaluate …`` of the start and
+the fine-tuned model on the validation subjects), the JSON-lines records those commands print, what
+their exit means, the comparison the user accepts or discards, and the job list kept in the settings
+folder so a job outlives the app."""
 from __future__ import annotations
 
 import json
@@ -20,10 +22,12 @@ log = logging.getLogger(__name__)
 JOBS_FILE = "training_jobs.json"
 SCHEMA_VERSION = 1
 MAIN_PY = REPO_ROOT / "main.py"
-STAGE_NAMES = {"understanding": "Stage I (understanding)", "generation": "Stage II (generation)"}
+STAGE_NAMES = {"understanding": "Stage I (understanding)", "generation": "Stage II (generation)",
+               "evaluate-start": "Evaluation of the start model", "evaluate": "Evaluation of the fine-tuned model"}
 STAGE_PLANS = {"both": ("understanding", "generation"), "understanding": ("understanding",),
                "generation": ("generation",)}
 RESUMABLE = ("paused", "cancelled", "failed", "interrupted")
+EVALUATION_DIR = "evaluation"           # inside the fine-tuned model folder: start.json, tuned.json
 MAX_PREVIEWS = 20           # with a step budget, about this many preview PNGs per generation stage
 MAX_PREVIEW_EVERY = 100     # the CLI's default interval
 
@@ -45,8 +49,12 @@ class FineTuneSpec:
     image_size: int = 64
     device: str = "auto"
     seed: int = 0                        # training order and, without a split in dataset.json, the split
+    val_fraction: float = 0.1            # subjects held out for validation (without a split in dataset.json)
+    test_fraction: float = 0.1           # … and for testing
     threads: int | None = None           # CPU threads of the training process (None: all)
     skip_invalid: bool = False           # the dataset had problems; train on its usable part
+    evaluate_slices: int | None = None   # compare with the start model on this many central slices per
+    #                                      validation volume afterwards (None: no comparison)
 
 
 def stage_outputs(spec: FineTuneSpec) -> list[Path]:
@@ -62,7 +70,7 @@ def train_arguments(spec: FineTuneSpec) -> list[list[str]]:
         args = ["--data", spec.data, "--stage", stage, "--init", str(init), "--out", str(out)]
         args += ["--minutes", f"{spec.minutes:g}"] if spec.minutes else ["--steps", str(spec.steps)]
         args += ["--batch-size", str(spec.batch_size), "--image-size", str(spec.image_size),
-                 "--device", spec.device, "--seed", str(spec.seed)]
+                 "--device", spec.device, "--seed", str(spec.seed), *_split_arguments(spec)]
         if spec.threads:
             args += ["--threads", str(spec.threads)]
         if stage == "generation":
@@ -77,16 +85,42 @@ def train_arguments(spec: FineTuneSpec) -> list[list[str]]:
     return commands
 
 
-def command(args: list[str]) -> list[str]:
-    """The process the Training panel starts: this Python running ``main.py train``."""
-    return [sys.executable, str(MAIN_PY), "train", *args]
+def _split_arguments(spec: FineTuneSpec) -> list[str]:
+    return ["--val-fraction", f"{spec.val_fraction:g}", "--test-fraction", f"{spec.test_fraction:g}"]
 
 
-def command_line(args: list[str], nproc: int = 0) -> str:
+def evaluation_files(spec: FineTuneSpec) -> tuple[Path, Path]:
+    """Where the evaluations of the start and of the fine-tuned model are written."""
+    folder = Path(spec.out_dir) / EVALUATION_DIR
+    return folder / "start.json", folder / "tuned.json"
+
+
+def evaluate_arguments(spec: FineTuneSpec) -> list[list[str]]:
+    """The arguments after ``main.py evaluate`` scoring the start model, then the fine-tuned one, on
+    the validation subjects of the split training used (empty without ``evaluate_slices``)."""
+    if not spec.evaluate_slices or "generation" not in spec.stages:
+        return []
+    common = ["--data", spec.data, "--split", "val", "--split-seed", str(spec.seed), *_split_arguments(spec),
+              "--max-slices", str(spec.evaluate_slices), "--device", spec.device]
+    if spec.routes:
+        common += ["--routes", ",".join(f"{a}->{b}" for a, b in spec.routes)]
+    return [["--model", str(model), *common, "--out", str(out)]
+            for model, out in zip((spec.start_model, spec.out_dir), evaluation_files(spec))]
+
+
+def command(args: list[str], subcommand: str = "train") -> list[str]:
+    """The process the Training panel starts: this Python running ``main.py SUBCOMMAND``, or the
+    installed app's own executable (which runs subcommands the same way)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, subcommand, *args]
+    return [sys.executable, str(MAIN_PY), subcommand, *args]
+
+
+def command_line(args: list[str], nproc: int = 0, subcommand: str = "train") -> str:
     """The command as a user would type it; with ``nproc`` its torchrun form on that many processes."""
     if nproc:
-        return shlex.join(["torchrun", f"--nproc_per_node={nproc}", str(MAIN_PY), "train", *args])
-    return shlex.join(command(args))
+        return shlex.join(["torchrun", f"--nproc_per_node={nproc}", str(MAIN_PY), subcommand, *args])
+    return shlex.join(command(args, subcommand))
 
 
 def parse_line(line: str) -> dict | None:
@@ -107,12 +141,20 @@ def has_checkpoint(out: str | Path) -> bool:
 @dataclass
 class StageRun:
     stage: str
-    out: str
+    out: str                             # the model folder a train command writes, or evaluate's JSON
     args: list[str]
+    subcommand: str = "train"
 
     @property
     def title(self) -> str:
         return STAGE_NAMES.get(self.stage, self.stage)
+
+    @property
+    def trains(self) -> bool:
+        return self.subcommand == "train"
+
+    def command_line(self) -> str:
+        return command_line(self.args, subcommand=self.subcommand)
 
 
 @dataclass
@@ -136,7 +178,8 @@ class TrainingJob:
     name: str
     stages: list[StageRun]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    status: str = "queued"      # queued, running, stopping, paused, cancelled, failed, interrupted, done
+    status: str = "queued"      # queued, running, stopping, paused, cancelled, failed, interrupted, review
+    #                             (finished, waiting for the user to add or discard the model), done, discarded
     current: int = 0            # the stage that runs, or ran last
     step: int = 0
     steps: int | None = None
@@ -148,6 +191,8 @@ class TrainingJob:
     def from_spec(cls, spec: FineTuneSpec) -> "TrainingJob":
         stages = [StageRun(stage, str(out), args)
                   for stage, out, args in zip(spec.stages, stage_outputs(spec), train_arguments(spec))]
+        stages += [StageRun(stage, str(out), args, "evaluate") for stage, out, args in
+                   zip(("evaluate-start", "evaluate"), evaluation_files(spec), evaluate_arguments(spec))]
         return cls(spec.name, stages)
 
     @property
@@ -156,7 +201,33 @@ class TrainingJob:
 
     @property
     def model_dir(self) -> str:
-        return self.stages[-1].out
+        return [s for s in self.stages if s.trains][-1].out
+
+    def comparison(self) -> dict | None:
+        """The fine-tuned model against the start model, per route, once both evaluations ran (a
+        start model that has none of the routes is left blank); None without an evaluation."""
+        from engine.evaluation.comparison import compare, read_result
+
+        runs = {s.stage: s.out for s in self.stages if not s.trains}
+        if "evaluate" not in runs or not Path(runs["evaluate"]).is_file():
+            return None
+        start = Path(runs.get("evaluate-start", ""))
+        return compare(read_result(start) if start.is_file() else {"routes": []}, read_result(runs["evaluate"]))
+
+    def accept(self) -> dict | None:
+        """The user adds the model to the library: the comparison goes into its model card."""
+        from engine.evaluation.comparison import record_in_card
+
+        comparison = self.comparison()
+        if comparison is not None:
+            record_in_card(self.model_dir, comparison)
+        self.status = "done"
+        self.message = f"Added to the model library: {self.model_dir} is listed in the Synthesis panel."
+        return comparison
+
+    def discard(self) -> None:
+        self.status = "discarded"
+        self.message = f"Not added to the model library. Its folder stays on disk: {self.model_dir}"
 
     @property
     def resumable(self) -> bool:
@@ -210,27 +281,42 @@ class TrainingJob:
         from engine.training.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
         out, stage = self.stage.out, self.stage.title
-        kept = (f"The last checkpoint ({Path(out) / 'checkpoint-last'}) is kept: Resume continues from it."
-                if has_checkpoint(out) else "No checkpoint was written yet: Resume starts this stage again.")
+        if not self.stage.trains:
+            kept = "Resume runs the evaluation again."
+        elif has_checkpoint(out):
+            kept = f"The last checkpoint ({Path(out) / 'checkpoint-last'}) is kept: Resume continues from it."
+        else:
+            kept = "No checkpoint was written yet: Resume starts this stage again."
         reason = self.live.error or stderr_tail.strip().removeprefix("error: ") or "no message"
+        what = "training" if self.stage.trains else "evaluation"
         if requested and (crashed or exit_code == EXIT_CANCELLED):
             self.status = requested
             self.message = f"{requested.capitalize()} in {stage} at step {self.step}. {kept}"
         elif crashed or exit_code not in (EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED):
             how = "it was killed" if crashed else f"exit code {exit_code}"
             self.status = "failed"
-            self.message = (f"The training process stopped unexpectedly in {stage} at step {self.step} ({how}; it "
+            self.message = (f"The {what} process stopped unexpectedly in {stage} at step {self.step} ({how}; it "
                             f"may have run out of memory). {kept}")
         elif exit_code == EXIT_CANCELLED:
             self.status = "paused"
             self.message = f"Stopped from outside the app in {stage} at step {self.step}. {kept}"
+        elif exit_code == EXIT_BAD_INPUT and self.stage.stage == "evaluate-start":
+            proceed = self._next_stage(requested)
+            self.message = f"The start model could not be evaluated on these routes: {reason}"
+            return proceed
         elif exit_code == EXIT_BAD_INPUT:
             self.status = "failed"
-            self.message = f"The training command was refused, nothing was trained: {reason}"
+            self.message = (f"The training command was refused, nothing was trained: {reason}" if self.stage.trains
+                            else f"The evaluation command was refused ({stage}): {reason}")
         elif exit_code == EXIT_ERROR:
             self.status = "failed"
-            self.message = f"Training failed in {stage} at step {self.step}: {reason}. {kept}"
-        elif self.current + 1 < len(self.stages):
+            self.message = f"{what.capitalize()} failed in {stage} at step {self.step}: {reason}. {kept}"
+        else:
+            return self._next_stage(requested)
+        return False
+
+    def _next_stage(self, requested: str | None) -> bool:
+        if self.current + 1 < len(self.stages):
             self.current += 1
             self.step, self.steps = 0, None
             if requested:             # the stage finished before it read the request: stop before the next
@@ -238,20 +324,24 @@ class TrainingJob:
                 return False
             self.status, self.message = "queued", ""
             return True
-        else:
-            self.status = "done"
-            self.message = f"Finished: the model is in {self.model_dir} and listed in the Synthesis panel."
+        self.status = "review"
+        self.message = (f"Finished: the model is in {self.model_dir}. "
+                        + ("Compare it with the start model below, then add it to the model library or discard it."
+                           if any(not s.trains and Path(s.out).is_file() for s in self.stages) else
+                           "Add it to the model library to use it in the Synthesis panel, or discard it."))
         return False
 
     # -- storage --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "status": self.status, "current": self.current,
                 "step": self.step, "steps": self.steps, "message": self.message, "created": self.created,
-                "stages": [{"stage": s.stage, "out": s.out, "args": list(s.args)} for s in self.stages]}
+                "stages": [{"stage": s.stage, "out": s.out, "args": list(s.args), "subcommand": s.subcommand}
+                           for s in self.stages]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingJob":
-        stages = [StageRun(str(s["stage"]), str(s["out"]), [str(a) for a in s["args"]]) for s in data["stages"]]
+        stages = [StageRun(str(s["stage"]), str(s["out"]), [str(a) for a in s["args"]], str(s.get("subcommand", "train")))
+                  for s in data["stages"]]
         job = cls(str(data["name"]), stages, id=str(data["id"]), status=str(data["status"]),
                   current=int(data["current"]), step=int(data["step"]), steps=data.get("steps"),
                   message=str(data.get("message", "")), created=float(data.get("created", 0.0)))

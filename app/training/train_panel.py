@@ -1,9 +1,12 @@
 """The Training panel: a queue of fine-tuning jobs, each stage run one at a time as its own
-``python main.py train`` process (QProcess), so a crash or an out-of-memory never takes the app down.
-Shows stage, step, loss curve, learning rate, time left, Stage I accuracy, the latest preview and the
-process's stderr; Pause / Resume / Cancel; the job list is kept across sessions (app.training.jobs)."""
+``python main.py train`` (or ``evaluate``) process (QProcess), so a crash or an out-of-memory never
+takes the app down. Shows stage, step, loss curve, learning rate, time left, Stage I accuracy, the
+latest preview and the process's stderr; Pause / Resume / Cancel; at the end the fine-tuned model
+against the start model on the validation subjects, to add to the model library or discard. The job
+list is kept across sessions (app.training.jobs)."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pyqtgraph as pg
@@ -15,8 +18,7 @@ from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QL
 from app.about import REPO_ROOT
 from app.errors import describe_error
 from app.settings import Settings
-from app.training.jobs import STAGE_NAMES, FineTuneSpec, TrainingJob, command, command_line, load_jobs, \
-    parse_line, save_jobs
+from app.training.jobs import STAGE_NAMES, FineTuneSpec, TrainingJob, command, load_jobs, parse_line, save_jobs
 
 STOP_WAIT_MS = 30000            # closing the app: how long a running stage may take to write its checkpoint
 MAX_LOG_LINES = 2000
@@ -24,6 +26,34 @@ STAGE_PENS = {"understanding": "#1f5fa8", "generation": "#d07000"}
 PREVIEW_SIZE = 360
 STATUS_TEXT = {"running": "Running.", "stopping": "Writing a checkpoint, then stopping…",
                "queued": "Waiting for the job before it."}
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def comparison_html(comparison: dict) -> str:
+    """The fine-tuned model against the start model, a row per route (better values in bold)."""
+    from engine.evaluation.comparison import COLUMNS
+
+    e = html.escape
+    head = "".join(f"<th colspan='2'>{e(title)}</th>" for _key, _region, title, _higher in COLUMNS)
+    sub = "<th>start</th><th>tuned</th>" * len(COLUMNS)
+    rows = []
+    for route in comparison["routes"]:
+        cells = []
+        for key, _region, _title, higher in COLUMNS:
+            start, tuned = route[key]["start"], route[key]["tuned"]
+            unit = f" {route['unit']}" if key == "mae" and route["unit"] else ""
+            better = start is not None and tuned is not None and (tuned > start if higher else tuned < start)
+            cells.append(f"<td align='right'>{_score(start)}</td><td align='right'>"
+                         f"{'<b>' if better else ''}{_score(tuned)}{unit}{'</b>' if better else ''}</td>")
+        rows.append(f"<tr><td>{e(route['route'])} ({route['subjects']})</td>{''.join(cells)}</tr>")
+    summary = (f"Better SSIM on {comparison['improved_routes']} of {comparison['compared_routes']} routes"
+               if comparison["compared_routes"] else "The start model has none of these routes")
+    return (f"<p><b>Validation subjects</b> ({e(str(comparison.get('split')))} split): {e(summary)}.</p>"
+            f"<table cellspacing='4'><tr><th>route (subjects)</th>{head}</tr><tr><td></td>{sub}</tr>"
+            f"{''.join(rows)}</table>")
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -68,6 +98,16 @@ class TrainPanel(QWidget):
             buttons[name].setToolTip(tip)
         self.new_button, self.pause_button, self.resume_button, self.cancel_button, self.remove_button = \
             buttons.values()
+        self.accept_button = QPushButton("Add to model library")
+        self.accept_button.setToolTip("List the fine-tuned model in the Synthesis panel, with this comparison in its "
+                                      "model card")
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.setToolTip("Do not list the model (its folder stays on disk)")
+        self.accept_button.clicked.connect(self.accept_selected)
+        self.discard_button.clicked.connect(self.discard_selected)
+        self.comparison = QLabel()
+        self.comparison.setWordWrap(True)
+        self.comparison.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.new_button.clicked.connect(self.new_job_requested)
         self.pause_button.clicked.connect(lambda: self.stop_selected("paused"))
         self.cancel_button.clicked.connect(lambda: self.stop_selected("cancelled"))
@@ -101,6 +141,12 @@ class TrainPanel(QWidget):
             row.addWidget(button)
         left_layout.addLayout(row)
         left_layout.addWidget(self.message)
+        left_layout.addWidget(self.comparison)
+        review = QHBoxLayout()
+        review.addWidget(self.accept_button)
+        review.addWidget(self.discard_button)
+        review.addStretch(1)
+        left_layout.addLayout(review)
         form = QFormLayout()
         for name, label in self.fields.items():
             form.addRow(name, label)
@@ -149,6 +195,7 @@ class TrainPanel(QWidget):
         if job is None:
             for button in (self.pause_button, self.resume_button, self.cancel_button, self.remove_button):
                 button.setEnabled(False)
+            self._show_review(None)
             self.message.setText("No job selected." if self.jobs else "No training jobs yet: New… starts the "
                                  "fine-tuning wizard.")
             for label in self.fields.values():
@@ -183,6 +230,7 @@ class TrainPanel(QWidget):
         self.fields["Understanding accuracy"].setText(
             " · ".join(f"{task} {value:.0%}" for task, value in live.accuracy.items()) or "—")
         self.fields["Validation loss"].setText("—" if live.val_loss is None else f"{live.val_loss:.4g}")
+        self._show_review(job)
         for stage, curve in self.curves.items():
             points = live.losses.get(stage, [])
             curve.setData([p[0] for p in points], [p[1] for p in points])
@@ -191,7 +239,46 @@ class TrainPanel(QWidget):
             pixmap = QPixmap(live.preview) if live.preview else QPixmap()
             self.preview.setPixmap(pixmap.scaledToWidth(PREVIEW_SIZE) if not pixmap.isNull() else QPixmap())
 
+    def _show_review(self, job: TrainingJob | None) -> None:
+        """The comparison with the start model once both evaluations ran; Add / Discard while it waits."""
+        reviewing = job is not None and job.status == "review"
+        self.accept_button.setVisible(reviewing)
+        self.discard_button.setVisible(reviewing)
+        try:
+            comparison = job.comparison() if job is not None else None
+        except ValueError as exc:
+            self.comparison.setText(html.escape(str(exc)))
+            return
+        self.comparison.setText(comparison_html(comparison) if comparison else "")
+
     # -- user actions ---------------------------------------------------------------------------
+    def accept_selected(self) -> None:
+        """Add the reviewed model to the library (the Synthesis panel lists it; its card gets the comparison)."""
+        job = self.selected()
+        if job is None or job.status != "review":
+            return
+        try:
+            job.accept()
+        except (OSError, ValueError) as exc:
+            job.message = f"The model card could not be updated: {describe_error(exc)}"
+            self._refresh(job)
+            return
+        if job.model_dir not in self.settings.model_dirs:
+            self.settings.model_dirs.append(job.model_dir)
+        self._log(job, job.message)
+        self._save()
+        self._refresh(job)
+        self.model_finished.emit(job.model_dir)
+
+    def discard_selected(self) -> None:
+        job = self.selected()
+        if job is None or job.status != "review":
+            return
+        job.discard()
+        self._log(job, job.message)
+        self._save()
+        self._refresh(job)
+
     def add_job(self, spec: FineTuneSpec) -> TrainingJob:
         """Queue a job for ``spec``; it starts when no other job runs."""
         job = TrainingJob.from_spec(spec)
@@ -210,7 +297,9 @@ class TrainPanel(QWidget):
             return
         if job is self.running and job.status == "running":
             self._requested, job.status = status, "stopping"
-            if self._reading:
+            if not job.stage.trains:
+                self.process.kill()              # an evaluation has nothing to save; Resume runs it again
+            elif self._reading:
                 self._write_stop(job)            # else once the stage reports start (it clears an early STOP)
         elif job.status == "queued":
             job.status, job.message = status, f"{status.capitalize()} before it started."
@@ -243,7 +332,7 @@ class TrainPanel(QWidget):
                 self._start(job)
 
     def _start(self, job: TrainingJob) -> None:
-        args = command(job.stage.args)
+        args = command(job.stage.args, job.stage.subcommand)
         job.status, job.message, job.live.error = "running", "", ""
         self.running, self._requested, self._reading, self._stderr_tail = job, None, False, ""
         process = QProcess(self)
@@ -255,7 +344,7 @@ class TrainPanel(QWidget):
         process.finished.connect(self._on_finished)
         process.errorOccurred.connect(self._on_process_error)
         self.process = process
-        self._log(job, f"$ {command_line(job.stage.args)}")
+        self._log(job, f"$ {job.stage.command_line()}")
         process.start()
         self._save()
         self._refresh(job)
@@ -305,15 +394,11 @@ class TrainPanel(QWidget):
         self.process = self.running = None
         process.deleteLater()
         self._log(job, job.message or f"{job.stages[job.current - 1].title} finished.")
-        if job.status == "done" and job.model_dir not in self.settings.model_dirs:
-            self.settings.model_dirs.append(job.model_dir)
         self._save()
         self._refresh(job)
         if next_stage and not self._closing:
             self._start(job)
             return
-        if job.status == "done":
-            self.model_finished.emit(job.model_dir)
         if not next_stage:
             self.job_ended.emit(job)
         self._start_next()
@@ -354,7 +439,7 @@ class TrainPanel(QWidget):
         process = self.process
         if process is None:
             return
-        if self._reading:
+        if self._reading and self.running.stage.trains:
             self._requested = "paused"
             self._write_stop(self.running)
             process.waitForFinished(STOP_WAIT_MS)

@@ -1,7 +1,9 @@
 """The fine-tuning wizard: a paired dataset folder is checked before anything trains (subjects,
-modalities, routes, what is left out and why, by file), then routes, start model and stages, budget,
-device and output, and a summary with the exact commands and their torchrun form. Finishing hands a
-FineTuneSpec to the Training panel."""
+modalities, routes, the validation split, what is left out and why, by file); series not named by a
+modality are mapped and misaligned volumes registered into a prepared copy when there are any
+(app.training.prepare_page); then routes, start model and stages, budget, device, output and the
+comparison with the start model, and a summary with the exact commands and their torchrun form.
+Finishing hands a FineTuneSpec to the Training panel."""
 from __future__ import annotations
 
 import html
@@ -10,29 +12,43 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
+                               QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
                                QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget, QWizard, QWizardPage)
 
 from engine.training.config import DEFAULT_STEPS
 from app.settings import Settings, config_dir
 from app.synthesis import available_models, is_model_dir
-from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, stage_outputs, \
-    train_arguments
+from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, evaluate_arguments, \
+    stage_outputs, train_arguments
+from app.training.prepare_page import PreparePage
+from app.training.widgets import ERROR_STYLE, CheckedPage, row
 from app.workers import Task, TaskRunner
 
 CHECK_DELAY_MS = 300            # typing a folder name: check once the user pauses
 DEFAULT_IMAGE_SIZE = 64         # the train command's default
 NAME_PATTERN = re.compile(r"^[\w.-]+$")
-ERROR_STYLE = "color:#b01010"
 STAGE_CHOICES = [("Stage I, then Stage II (recommended)", "both"),
                  (f"{STAGE_NAMES['understanding']} only", "understanding"),
                  (f"{STAGE_NAMES['generation']} only", "generation")]
 
 
-def _validate(folder: str, seed: int, deep: bool, progress, cancel):
+DEFAULT_EVALUATE_SLICES = 16    # central slices per validation volume in the comparison with the start model
+
+
+def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep: bool, progress, cancel):
+    """The report, and the volumes that may need registering (the preparation page's candidates)."""
+    from engine.tasks.prepare import misaligned_volumes
     from engine.tasks.validation import validate_dataset
 
-    return validate_dataset(folder, seed=seed, deep=deep, progress=progress, cancel=cancel)
+    report = validate_dataset(folder, seed=seed, val_fraction=val_percent / 100, test_fraction=test_percent / 100,
+                              deep=deep, progress=progress, cancel=cancel)
+    return report, misaligned_volumes(report)
+
+
+def _mappable(report) -> int:
+    from engine.tasks.prepare import MAPPABLE
+
+    return sum(f.kind in MAPPABLE for f in report.problems)
 
 
 def report_html(report) -> str:
@@ -57,21 +73,7 @@ def report_html(report) -> str:
     return "".join(text)
 
 
-def _row(*widgets) -> QHBoxLayout:
-    row = QHBoxLayout()
-    for widget in widgets:
-        row.addWidget(widget, 1 if isinstance(widget, (QLineEdit, QComboBox)) else 0)
-    return row
-
-
-class _CheckedPage(QWizardPage):
-    """A page that cannot be left forward while incomplete, also not by a programmatic next()."""
-
-    def validatePage(self) -> bool:
-        return self.isComplete()
-
-
-class DatasetPage(_CheckedPage):
+class DatasetPage(CheckedPage):
     """The folder, checked on a worker whenever it (or the seed) changes; Next waits for usable pairs."""
 
     def __init__(self, runner: TaskRunner, settings: Settings) -> None:
@@ -79,8 +81,10 @@ class DatasetPage(_CheckedPage):
         self.runner, self.settings = runner, settings
         self.setTitle("Paired dataset")
         self.setSubTitle("One folder per subject with a volume per modality (SUBJECT/T1.nii.gz, SUBJECT/T2.nii.gz, "
-                         "or a DICOM folder named by its modality). It is checked before anything trains.")
+                         "a DICOM folder named by its modality, or DICOM series in any folders below the subject, "
+                         "mapped to modalities on the next page). It is checked before anything trains.")
         self.report = None
+        self.misaligned = []
         self._task: Task | None = None
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("dataset folder")
@@ -90,6 +94,13 @@ class DatasetPage(_CheckedPage):
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setToolTip("Seeds the training order and, unless dataset.json lists a split, which subjects are "
                              "held out for validation and test")
+        self.val_percent, self.test_percent = QSpinBox(), QSpinBox()
+        for box, held in ((self.val_percent, "validation (loss, accuracy, the comparison with the start model)"),
+                          (self.test_percent, "a final test that training never sees")):
+            box.setRange(0, 50)
+            box.setValue(10)
+            box.setSuffix(" % of subjects")
+            box.setToolTip(f"Subjects held out for {held}, unless dataset.json lists a split")
         self.deep = QCheckBox("Read every voxel (slower; also finds truncated files)")
         self.status = QLabel("Choose a dataset folder.")
         self.status.setWordWrap(True)
@@ -100,10 +111,14 @@ class DatasetPage(_CheckedPage):
         self._timer.timeout.connect(self.check)
         self.folder.textChanged.connect(self._schedule)
         self.seed.valueChanged.connect(self._schedule)
+        self.val_percent.valueChanged.connect(self._schedule)
+        self.test_percent.valueChanged.connect(self._schedule)
         self.deep.toggled.connect(self._schedule)
         form = QFormLayout()
-        form.addRow("Folder", _row(self.folder, browse))
+        form.addRow("Folder", row(self.folder, browse))
         form.addRow("Seed (split)", self.seed)
+        form.addRow("Validation", self.val_percent)
+        form.addRow("Test", self.test_percent)
         form.addRow("", self.deep)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -115,8 +130,12 @@ class DatasetPage(_CheckedPage):
         if folder:
             self.folder.setText(folder)
 
-    def _key(self) -> tuple[str, int, bool]:
-        return self.folder.text().strip(), self.seed.value(), self.deep.isChecked()
+    def _key(self) -> tuple[str, int, int, int, bool]:
+        return (self.folder.text().strip(), self.seed.value(), self.val_percent.value(), self.test_percent.value(),
+                self.deep.isChecked())
+
+    def fractions(self) -> tuple[float, float]:
+        return self.val_percent.value() / 100, self.test_percent.value() / 100
 
     def _schedule(self, *_args) -> None:
         self.report = None
@@ -139,19 +158,24 @@ class DatasetPage(_CheckedPage):
                                      name=f"validate {key[0]}", finished=lambda report: self._on_checked(key, report),
                                      failed=lambda message: self._on_failed(key, message))
 
-    def _on_checked(self, key, report) -> None:
+    def _on_checked(self, key, result) -> None:
         if key != self._key():
             return                                       # the folder changed meanwhile: another check follows
-        self._task, self.report = None, report
+        self._task, (self.report, self.misaligned) = None, result
+        report = self.report
         self.report_view.setHtml(report_html(report))
+        todo = [f"map {n} folder(s) or file(s) to modalities" for n in [_mappable(report)] if n]
+        todo += [f"register {n} volume(s) that lie on another grid" for n in [len(self.misaligned)] if n]
+        next_page = f" On the next page you can {' and '.join(todo)}." if todo else ""
+        self.status.setStyleSheet("" if report.usable or todo else ERROR_STYLE)
         if not report.usable:
-            self.status.setStyleSheet(ERROR_STYLE)
-            self.status.setText("Nothing to train on: no subject has two usable modalities (details below).")
+            self.status.setText("No subject has two usable modalities as the folder is (details below)."
+                                + (next_page or " Nothing to train on."))
         elif report.problems:
             self.status.setText(f"{len(report.subjects)} subjects usable. {len(report.problems)} problem(s): those "
-                                "files are left out and training runs on the rest (--skip-invalid).")
+                                f"files are left out and training runs on the rest (--skip-invalid).{next_page}")
         else:
-            self.status.setText(f"{len(report.subjects)} subjects usable; no problems found.")
+            self.status.setText(f"{len(report.subjects)} subjects usable; no problems found.{next_page}")
         self.completeChanged.emit()
 
     def _on_failed(self, key, message: str) -> None:
@@ -160,11 +184,18 @@ class DatasetPage(_CheckedPage):
             self.status.setStyleSheet(ERROR_STYLE)
             self.status.setText(f"The dataset could not be checked: {message}")
 
+    def preparable(self) -> bool:
+        return self.report is not None and bool(_mappable(self.report) or self.misaligned)
+
     def isComplete(self) -> bool:
-        return self.report is not None and self.report.usable
+        return self.report is not None and (self.report.usable or self.preparable())
+
+    def nextId(self) -> int:
+        wizard = self.wizard()
+        return wizard.prepare_id if self.preparable() else wizard.model_id
 
 
-class ModelPage(_CheckedPage):
+class ModelPage(CheckedPage):
     """Start model, stages, and the routes Stage II trains."""
 
     def __init__(self, settings: Settings) -> None:
@@ -192,7 +223,7 @@ class ModelPage(_CheckedPage):
         self.stages.currentIndexChanged.connect(self._update)
         self.routes.itemChanged.connect(self._update)
         form = QFormLayout()
-        form.addRow("Start model", _row(self.model, other))
+        form.addRow("Start model", row(self.model, other))
         form.addRow("Stages", self.stages)
         form.addRow("Routes (Stage II)", self.routes)
         layout = QVBoxLayout(self)
@@ -200,7 +231,7 @@ class ModelPage(_CheckedPage):
         layout.addWidget(self.notice)
 
     def initializePage(self) -> None:
-        report = self.wizard().dataset.report
+        report = self.wizard().report()
         if report is self._routes_of:
             return                                       # back and forth: keep the ticks
         self._routes_of = report
@@ -251,7 +282,7 @@ class ModelPage(_CheckedPage):
         return self._why_not() is None
 
 
-class BudgetPage(_CheckedPage):
+class BudgetPage(CheckedPage):
     """Steps or minutes per stage, batch and slice size, device, CPU threads, and the output folder."""
 
     def __init__(self, settings: Settings) -> None:
@@ -296,13 +327,21 @@ class BudgetPage(_CheckedPage):
         self.name.textChanged.connect(self._update)
         self.folder.textChanged.connect(self._update)
         form = QFormLayout()
-        form.addRow("Budget", _row(self.budget, self.steps, self.minutes))
+        form.addRow("Budget", row(self.budget, self.steps, self.minutes))
         form.addRow("Batch size", self.batch_size)
         form.addRow("Image size", self.image_size)
         form.addRow("Device", self.device)
         form.addRow("CPU threads", self.threads)
         form.addRow("Model name", self.name)
-        form.addRow("Save in", _row(self.folder, browse))
+        form.addRow("Save in", row(self.folder, browse))
+        self.evaluate = QCheckBox("Afterwards, compare with the start model on the validation subjects, central slices "
+                                  "per volume:")
+        self.evaluate.setChecked(True)
+        self.evaluate_slices = QSpinBox()
+        self.evaluate_slices.setRange(1, 4096)
+        self.evaluate_slices.setValue(DEFAULT_EVALUATE_SLICES)
+        self.evaluate.toggled.connect(self.evaluate_slices.setEnabled)
+        form.addRow("Evaluation", row(self.evaluate, self.evaluate_slices))
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.reason)
@@ -310,7 +349,7 @@ class BudgetPage(_CheckedPage):
     def initializePage(self) -> None:
         wizard = self.wizard()
         if not self.name.text():
-            self.name.setText(f"{wizard.dataset.report.name}-finetuned")
+            self.name.setText(f"{wizard.report().name}-finetuned")
         start = wizard.model_page.model.currentData()
         if start != self._size_of:                     # the start model's slice size, from its card
             from engine.inference.model_card import ModelCard
@@ -321,7 +360,25 @@ class BudgetPage(_CheckedPage):
             except ValueError:
                 size = None
             self.image_size.setValue(size or DEFAULT_IMAGE_SIZE)
+        why_not = self._why_no_evaluation()
+        self.evaluate.setEnabled(why_not is None)
+        self.evaluate_slices.setEnabled(why_not is None and self.evaluate.isChecked())
+        self.evaluate.setToolTip(why_not or "python main.py evaluate of both models; the Training panel shows the "
+                                            "comparison before the model joins the library")
         self._update()
+
+    def _why_no_evaluation(self) -> str | None:
+        wizard = self.wizard()
+        if not wizard.report().split["val"]:
+            return "No comparison: the split holds out no validation subject (raise Validation on the first page)."
+        if "generation" not in wizard.model_page.stage_plan():
+            return "No comparison: Stage I alone does not change synthesis."
+        return None
+
+    def evaluate_slices_or_none(self) -> int | None:
+        if self.evaluate.isChecked() and self._why_no_evaluation() is None:
+            return self.evaluate_slices.value()
+        return None
 
     def _on_budget(self) -> None:
         by_steps = self.budget.currentData() == "steps"
@@ -376,7 +433,7 @@ class SummaryPage(QWizardPage):
         layout = QVBoxLayout(self)
         layout.addWidget(self.notes)
         layout.addWidget(self.commands, 1)
-        layout.addLayout(_row(QLabel("On a GPU machine or cluster with torchrun, processes per node:"), self.nproc,
+        layout.addLayout(row(QLabel("On a GPU machine or cluster with torchrun, processes per node:"), self.nproc,
                               self._copy_button(self.commands, "Copy the commands"),
                               self._copy_button(self.torchrun, "Copy the torchrun commands")))
         layout.addWidget(self.torchrun, 1)
@@ -393,17 +450,27 @@ class SummaryPage(QWizardPage):
         self._fill()
 
     def _fill(self, *_args) -> None:
-        spec = self.wizard().spec()
+        wizard = self.wizard()
+        spec = wizard.spec()
         arguments = train_arguments(spec)
         titles = [STAGE_NAMES[stage] for stage in spec.stages]
-        self.commands.setPlainText("\n\n".join(f"# {t}\n{command_line(a)}" for t, a in zip(titles, arguments)))
+        evaluations = [f"# {STAGE_NAMES[stage]}\n{command_line(a, subcommand='evaluate')}"
+                       for stage, a in zip(("evaluate-start", "evaluate"), evaluate_arguments(spec))]
+        self.commands.setPlainText("\n\n".join([f"# {t}\n{command_line(a)}" for t, a in zip(titles, arguments)]
+                                                + evaluations))
         self.torchrun.setPlainText("\n\n".join(f"# {t}\n{command_line(a, self.nproc.value())}"
                                                for t, a in zip(titles, arguments)))
         notes = [f"Model: {spec.out_dir}" + (" (Stage I writes to " + str(stage_outputs(spec)[0]) + ")"
                                              if len(spec.stages) > 1 else "")]
+        if spec.data != wizard.dataset.report.root:
+            notes.append(f"Data: the prepared dataset {spec.data} (made from {wizard.dataset.report.root}).")
         if spec.skip_invalid:
-            notes.append(f"--skip-invalid: the {len(self.wizard().dataset.report.problems)} problem(s) listed on the "
-                         "first page are left out.")
+            notes.append(f"--skip-invalid: the {len(wizard.report().problems)} problem(s) listed when the dataset was "
+                         "checked are left out.")
+        if spec.evaluate_slices:
+            notes.append(f"Then both models are scored on {len(wizard.report().split['val'])} validation subject(s) "
+                         f"({spec.evaluate_slices} central slices per volume); the model joins the library once "
+                         "you accept it in the Training panel.")
         self.notes.setText("\n".join(notes))
 
 
@@ -414,16 +481,27 @@ class FineTuneWizard(QWizard):
         super().__init__(parent)
         self.setWindowTitle("Fine-tune a model")
         self.dataset = DatasetPage(runner, settings)
+        self.prepare = PreparePage(runner, settings)
         self.model_page = ModelPage(settings)
         self.budget = BudgetPage(settings)
         self.summary = SummaryPage()
-        for page in (self.dataset, self.model_page, self.budget, self.summary):
+        self.dataset_id, self.prepare_id, self.model_id = (self.addPage(p) for p in
+                                                           (self.dataset, self.prepare, self.model_page))
+        for page in (self.budget, self.summary):
             self.addPage(page)
         self.setButtonText(QWizard.WizardButton.FinishButton, "Start training")
         self.accepted.connect(lambda: self.job_requested.emit(self.spec()))
 
+    def report(self):
+        """The dataset training reads: the prepared one when the preparation page made it for the
+        checked dataset, the checked one otherwise."""
+        prepared = self.prepare
+        if prepared.report is not None and prepared.source is self.dataset.report and self.dataset.preparable():
+            return prepared.report
+        return self.dataset.report
+
     def spec(self) -> FineTuneSpec:
-        report, b = self.dataset.report, self.budget
+        report, b = self.report(), self.budget
         routes = self.model_page.chosen_routes()
         by_steps = b.budget.currentData() == "steps"
         return FineTuneSpec(
@@ -432,4 +510,6 @@ class FineTuneWizard(QWizard):
             routes=None if len(routes) == len(report.routes) else tuple(routes),
             steps=b.steps.value() if by_steps else None, minutes=None if by_steps else b.minutes.value(),
             batch_size=b.batch_size.value(), image_size=b.image_size.value(), device=b.device.currentData(),
-            seed=self.dataset.seed.value(), threads=b.threads.value() or None, skip_invalid=bool(report.problems))
+            seed=self.dataset.seed.value(), val_fraction=self.dataset.fractions()[0],
+            test_fraction=self.dataset.fractions()[1], threads=b.threads.value() or None,
+            skip_invalid=bool(report.problems), evaluate_slices=b.evaluate_slices_or_none())

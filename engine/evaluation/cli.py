@@ -7,6 +7,7 @@ import json
 
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer,
                                          sampling_settings, stderr_progress)
+from engine.training.cli import add_split_fractions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p, backend=True)
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (see DATA.md)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default: test")
+    p.add_argument("--split-seed", type=int, default=0, metavar="N",
+                   help="draws the split when dataset.json lists none: the train command's --seed (default 0)")
+    add_split_fractions(p)
     p.add_argument("--routes", help="only these routes, e.g. T1->T2,CBCT->CT")
     p.add_argument("--max-slices", type=int, help="synthesize and score only this many central slices per volume")
     add_sampling_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE (atomically)")
     p.set_defaults(func=run)
 
 
@@ -33,13 +38,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-slices must be at least 1")
     routes = [parse_route(r) for r in args.routes.split(",")] if args.routes else None
     synth = open_synthesizer(args)
-    paired = PairedDataset.open(args.data)          # DatasetError is a ValueError: exit 2 with the reasons
+    paired = PairedDataset.open(args.data, seed=args.split_seed, val_fraction=args.val_fraction,
+                                test_fraction=args.test_fraction)   # DatasetError is a ValueError: exit 2
     settings = sampling_settings(args, synth.default_settings())
     result = evaluate_model(synth, paired, None if args.split == "all" else args.split, routes=routes,
                             max_slices=args.max_slices, settings=settings,
                             progress=stderr_progress(not args.json))
+    text = json.dumps(json_ready(result.to_dict()), indent=2)
+    if args.out:
+        from engine.atomic import atomic_file
+
+        with atomic_file(args.out) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps(json_ready(result.to_dict()), indent=2))
+        print(text)
     else:
         print(f"model {result.model} on {result.dataset} ({result.split} split, {len(result.subjects)} volumes"
               + (f", {args.max_slices} central slices each" if args.max_slices else "") + ")")

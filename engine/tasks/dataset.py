@@ -14,7 +14,8 @@ from engine import modalities
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
 from engine.tasks.slices import slice_axis, slices_first, to_model_slice
-from engine.tasks.validation import SPLITS, DatasetError, SubjectInfo, ValidationReport, validate_dataset
+from engine.tasks.validation import (SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, SubjectInfo, ValidationReport,
+                                     validate_dataset)
 
 __all__ = ["DatasetError", "NormalisedVolume", "PairedDataset"]
 
@@ -77,12 +78,15 @@ class PairedDataset:
         self._bank: dict[tuple[str, str, int], torch.Tensor] = {}
 
     @classmethod
-    def open(cls, root: str | Path, *, seed: int = 0, deep: bool = False, min_body_fraction: float = 0.05,
+    def open(cls, root: str | Path, *, seed: int = 0, val_fraction: float = VAL_FRACTION,
+             test_fraction: float = TEST_FRACTION, deep: bool = False, min_body_fraction: float = 0.05,
              cache_size: int = 16, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> "PairedDataset":
-        """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains."""
+        """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains.
+        ``seed`` and the fractions draw the split of a dataset whose dataset.json lists none."""
         if not Path(root).is_dir():
             raise DatasetError(f"{root}: no such dataset folder")
-        report = validate_dataset(root, seed=seed, deep=deep, progress=progress, cancel=cancel)
+        report = validate_dataset(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, deep=deep,
+                                  progress=progress, cancel=cancel)
         return cls(report, min_body_fraction=min_body_fraction, cache_size=cache_size)
 
     def __getstate__(self) -> dict:          # DataLoader workers start with an empty cache

@@ -16,6 +16,7 @@ from engine.io.itk_files import SUFFIXES, file_kind
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
 SPLITS = ("train", "val", "test")
+VAL_FRACTION = TEST_FRACTION = 0.1      # the held-out shares of a split drawn by hash_split
 DATASET_JSON = "dataset.json"
 _IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval", ".bvec"}
 
@@ -32,12 +33,14 @@ class Finding:
     path: str
     message: str
     subject: str = ""
+    reference: str = ""  # no_overlap / resampled: the volume whose grid ``path`` was compared with
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "message": self.message, "subject": self.subject}
+        return {"kind": self.kind, "path": self.path, "message": self.message, "subject": self.subject,
+                "reference": self.reference}
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,16 @@ class ValidationReport:
 
 
 # -- reading names and geometry ------------------------------------------------------------
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (the "DICM" marker after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def modality_from_name(path: Path) -> tuple[str | None, str]:
     """(canonical modality or None, the name stem) for a file or DICOM folder."""
     name = path.name
@@ -220,11 +233,14 @@ def _anatomy_of(meta: dict, subject: str) -> str:
 def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
     subject = folder.name
     found: dict[str, tuple[Path, Geometry]] = {}
+    loose_dicom = 0
     for entry in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
         if entry.name.startswith("."):
             continue
         if entry.is_file() and not file_kind(entry):
-            if entry.suffix.lower() not in _IGNORED_SUFFIXES:
+            if is_dicom_file(entry):
+                loose_dicom += 1
+            elif entry.suffix.lower() not in _IGNORED_SUFFIXES:
                 report.problems.append(Finding(
                     "unsupported_file", str(entry), "not a volume file: use .nii.gz, .nii, .mha, .nrrd "
                     "or a DICOM folder named by its modality", subject))
@@ -235,7 +251,8 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
             hint = f"; did you mean {guess}?" if guess else ""
             report.problems.append(Finding(
                 "unknown_modality", str(entry), f"unknown modality {stem!r}: name each volume by its "
-                f"modality ({', '.join(modalities.MODALITIES)}){hint}", subject))
+                f"modality ({', '.join(modalities.MODALITIES)}){hint}, or map it to one in the fine-tuning "
+                "wizard", subject))
             continue
         if modality in found:
             report.problems.append(Finding(
@@ -248,6 +265,11 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
             message = getattr(exc, "problem", None) or str(exc)
             report.problems.append(Finding("unreadable", str(entry), f"unreadable: {message}", subject))
 
+    if loose_dicom:
+        report.problems.append(Finding(
+            "unmapped_dicom", str(folder), f"{loose_dicom} DICOM files lie in the subject folder itself: map their "
+            "series to modalities in the fine-tuning wizard, or move each series into a folder named by its "
+            "modality (SUBJECT/T1/, SUBJECT/CT/)", subject))
     ordered = [m for m in modalities.MODALITIES if m in found]
     files: dict[str, str] = {}
     resample: list[str] = []
@@ -263,14 +285,15 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
             if overlap <= 0.0:
                 report.problems.append(Finding(
                     "no_overlap", str(path), f"does not overlap {ref_path.name} in physical space "
-                    f"({path.name}: {geom.describe()}; {ref_path.name}: {ref_geom.describe()}): left out", subject))
+                    f"({path.name}: {geom.describe()}; {ref_path.name}: {ref_geom.describe()}): left out", subject,
+                    str(ref_path)))
                 continue
             files[modality] = str(path)
             resample.append(modality)
             report.notes.append(Finding(
                 "resampled", str(path), f"lies on another grid than {ref_path.name} ({geom.describe()} vs "
                 f"{ref_geom.describe()}); resampled onto {ordered[0]}'s grid (linear), covering "
-                f"{overlap:.0%} of it", subject))
+                f"{overlap:.0%} of it", subject, str(ref_path)))
     if len(files) >= 2:
         return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample))
     if files:
@@ -288,13 +311,23 @@ def _hash_fraction(seed: int, name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-def hash_split(subjects: list[str], seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list[str]]:
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise ValueError(f"validation and test fractions must each lie in [0, 1) and leave subjects to train on; "
+                         f"got {val_fraction:g} and {test_fraction:g}")
+
+
+def hash_split(subjects: list[str], seed: int = 0, val_fraction: float = VAL_FRACTION,
+               test_fraction: float = TEST_FRACTION) -> dict[str, list[str]]:
     """Deterministic subject-level split: subjects ordered by a seeded hash of their name, then
-    cut ~80/10/10; at least one validation subject from 3 subjects on, a test subject from 5 on."""
+    cut by the fractions (default ~80/10/10); a non-zero fraction holds out at least one subject,
+    a validation subject from 3 subjects on, a test subject from 5 on, and one always trains."""
+    check_fractions(val_fraction, test_fraction)
     ordered = sorted(subjects, key=lambda s: (_hash_fraction(seed, s), s))
     n = len(ordered)
-    n_val = max(1, round(fractions[1] * n)) if n >= 3 else 0
-    n_test = max(1, round(fractions[2] * n)) if n >= 5 else 0
+    n_val = max(1, round(val_fraction * n)) if n >= 3 and val_fraction > 0 else 0
+    n_test = max(1, round(test_fraction * n)) if n >= 5 and test_fraction > 0 else 0
+    n_test = min(n_test, max(0, n - 1 - n_val))
     n_train = n - n_val - n_test
     return {"train": sorted(ordered[:n_train]), "val": sorted(ordered[n_train:n_train + n_val]),
             "test": sorted(ordered[n_train + n_val:])}
@@ -325,13 +358,15 @@ def _split_from_json(meta: dict, usable: list[str], report: ValidationReport, js
     return {k: sorted(v) for k, v in split.items()}
 
 
-def validate_dataset(root: str | Path, *, seed: int = 0, deep: bool = False, progress: ProgressFn = noop,
+def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = VAL_FRACTION,
+                     test_fraction: float = TEST_FRACTION, deep: bool = False, progress: ProgressFn = noop,
                      cancel: CancelToken | None = None) -> ValidationReport:
     """Check a dataset folder without loading voxels (``deep=True`` reads them all, catching
     truncated files; DICOM folders are always read). Never raises for dataset content; a missing
     root gives an empty report. ``dataset.json`` (optional): ``{"name": str, "anatomy": str |
     {subject: str, "*": default}, "split": {"train": [...], "val": [...], "test": [...]}}``;
-    without a split, :func:`hash_split` with ``seed``."""
+    without a split, :func:`hash_split` with ``seed`` and the fractions."""
+    check_fractions(val_fraction, test_fraction)
     root = Path(root)
     report = ValidationReport(str(root), root.name)
     if not root.is_dir():
@@ -355,5 +390,5 @@ def validate_dataset(root: str | Path, *, seed: int = 0, deep: bool = False, pro
     if "split" in meta:
         report.split = _split_from_json(meta, usable, report, str(root / DATASET_JSON))
     else:
-        report.split = hash_split(usable, seed)
+        report.split = hash_split(usable, seed, val_fraction, test_fraction)
     return report

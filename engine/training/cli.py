@@ -103,7 +103,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient L2 norm (0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the shipped weights")
     p.add_argument("--image-size", type=int, default=64, help="square slice size in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training order and, unless dataset.json lists a split, which subjects are held out")
+    add_split_fractions(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default); bf16 autocast; fp16 autocast with loss scaling (CUDA)")
@@ -141,6 +143,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
+def add_split_fractions(p: argparse.ArgumentParser) -> None:
+    """The held-out shares of a split drawn from the seed (train and evaluate must agree on them)."""
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of subjects held out for validation when dataset.json lists no split (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                   help="share of subjects held out for testing when dataset.json lists no split (default 0.1)")
+
+
 def config_from_args(args: argparse.Namespace):
     from engine.training.config import TrainConfig
 
@@ -151,7 +161,8 @@ def config_from_args(args: argparse.Namespace):
         data=args.data, stage=args.stage, out=args.out, size=args.size, init=args.init, steps=args.steps,
         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        image_size=args.image_size, seed=args.seed, device=args.device, precision=args.precision,
+        image_size=args.image_size, seed=args.seed, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, device=args.device, precision=args.precision,
         threads=args.threads, workers=args.workers, fresh_start=args.fresh, checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds, eval_every=args.eval_every, eval_samples=args.eval_samples,
         preview_every=args.preview_every, preview_steps=args.preview_steps, log_every=args.log_every,

@@ -179,7 +179,8 @@ class Trainer:
         in memory as far as a quarter of the available RAM allows."""
         cfg = self.cfg
         try:
-            paired = PairedDataset.open(cfg.data, seed=cfg.seed)
+            paired = PairedDataset.open(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                                        test_fraction=cfg.test_fraction)
         except DatasetError as exc:
             raise TrainingSetupError(str(exc)) from None
         problems = paired.report.problems

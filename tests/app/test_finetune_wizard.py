@@ -1,12 +1,17 @@
 """The fine-tuning wizard as a user meets it: the dataset is checked before anything trains (subjects,
-modalities, routes, and every file left out named with the reason); a dataset without pairs keeps
-Next disabled; the summary shows the exact commands, Stage II starting from Stage I's output, and
-their torchrun form; the output folder must be new."""
+modalities, routes, and every file left out named with the reason); a misaligned volume is registered
+and DICOM series in a folder tree are mapped to modalities into a prepared copy, with before/after
+overlays; a dataset without pairs keeps Next disabled; the summary shows the exact commands, Stage II
+starting from Stage I's output, the comparison with the start model and the torchrun form; the output
+folder must be new."""
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QWizard
 
 from engine.inference.random_model import write_random_model
+from engine.io import save
+from engine.io.itk_files import load_file
 from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
 from app.settings import Settings
 from app.training.wizard import FineTuneWizard
@@ -58,9 +63,17 @@ def test_validation_lists_subjects_and_names_the_files_left_out(qtbot, wizard, t
     assert f"{data / 'sub05' / 'T2.nii.gz'}: unreadable" in text
     assert "2 problem(s)" in wizard.dataset.status.text()
     assert next_enabled(wizard)                         # the usable part can train, with --skip-invalid
+    assert "register 1 volume(s) that lie on another grid" in wizard.dataset.status.text()
+    wizard.next()
+    prepare = wizard.prepare
+    assert wizard.currentPage() is prepare and prepare.register.count() == 1
+    assert prepare.register.item(0).text() == "sub04: FLAIR onto T1.nii.gz — does not overlap it"
+    assert not next_enabled(wizard)                     # ticked for registration: prepare first, or untick it
+    prepare.register.item(0).setCheckState(Qt.CheckState.Unchecked)
+    qtbot.waitUntil(lambda: next_enabled(wizard), timeout=10000)
     wizard.next()
     wizard.next()
-    assert wizard.spec().skip_invalid
+    assert wizard.spec().skip_invalid and wizard.spec().data == str(data)
 
 
 def test_a_dataset_without_pairs_blocks_the_wizard(qtbot, wizard, tmp_path):
@@ -116,3 +129,70 @@ def test_the_summary_shows_both_stages_and_the_torchrun_form(qtbot, wizard, tmp_
     wizard.job_requested.connect(requested.append)
     wizard.button(QWizard.WizardButton.FinishButton).click()
     assert len(requested) == 1 and requested[0].out_dir == stage2 and requested[0].routes == (("T1", "T2"),)
+
+
+def prepare_and_wait(qtbot, wizard, out):
+    prepare = wizard.prepare
+    qtbot.waitUntil(lambda: prepare.prepare_button.isEnabled(), timeout=30000)     # the series were looked for
+    prepare.out.setText(str(out))
+    prepare.prepare_button.click()
+    qtbot.waitUntil(lambda: prepare._task is None, timeout=60000)
+    return prepare
+
+
+def test_a_misaligned_volume_is_registered_into_a_prepared_copy(qtbot, wizard, tmp_path):
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE, seed=4)
+    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, seed=4, origin=(40.0, -25.0, 12.0))
+    original = (data / "sub04" / "FLAIR.nii.gz").read_bytes()
+    check(qtbot, wizard, data)
+    wizard.next()
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
+
+    assert prepare.report.usable and "Prepared" in prepare.status.text(), prepare.status.text()
+    sub04 = next(s for s in prepare.report.subjects if s.name == "sub04")
+    assert sub04.modalities == ("T1", "T2", "FLAIR") and not sub04.resample       # now on T1's grid
+    registered, = prepare.prepared.registered
+    assert prepare.results.item(0).text().startswith("sub04: FLAIR onto T1")
+    assert np.allclose(registered.registration.translation, (40.0, -25.0, 12.0), atol=1.0)
+    assert not prepare.before.pixmap().isNull() and not prepare.after.pixmap().isNull()
+    assert "translation (40.0, -25.0, 12.0) mm" in prepare.detail.text()
+    assert registered.before[..., 0].max() == 0 < registered.after[..., 0].max()   # magenta FLAIR: elsewhere, then on
+    truth = load_file(write_phantom_subject(tmp_path / "aligned", ("FLAIR",), shape=SHAPE, seed=4)["FLAIR"]).array
+    moved = load_file(sub04.files["FLAIR"]).array
+    assert np.corrcoef(moved.ravel(), truth.ravel())[0, 1] > 0.98               # the FLAIR where it belongs
+    assert (data / "sub04" / "FLAIR.nii.gz").read_bytes() == original         # the original only read
+
+    assert next_enabled(wizard)
+    wizard.next()
+    assert wizard.currentPage() is wizard.model_page and wizard.spec().data == str(tmp_path / "prepared")
+    wizard.back()
+    prepare.register.item(0).setCheckState(Qt.CheckState.Unchecked)           # a changed choice: prepare again
+    assert prepare.report is None and "again" in prepare.status.text()
+
+
+def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, tmp_path):
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=SHAPE, seed=9)
+    for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
+        save(load_file(exported[modality]), data / "sub09" / "export" / f"series{i}", description=description)
+    check(qtbot, wizard, data)
+    assert "map 1 folder(s) or file(s) to modalities" in wizard.dataset.status.text()
+    wizard.next()
+    prepare = wizard.prepare
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 2, timeout=30000)
+    series = {prepare.series.item(i, 1).text().split(" (")[0]: prepare.series.cellWidget(i, 2) for i in range(2)}
+    assert {name: combo.currentData() for name, combo in series.items()} == {"t1_mprage_sag": "T1",
+                                                                              "t2_tse_tra": "T2"}
+    assert not next_enabled(wizard)                                           # mapped: prepare first
+
+    series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T1"))  # two T1s: refused, by name
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
+    assert prepare.report is None and "subject 'sub09'" in prepare.status.text() and "both be its T1" in \
+        prepare.status.text()
+    series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T2"))
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
+    sub09 = next(s for s in prepare.report.subjects if s.name == "sub09")
+    assert sub09.modalities == ("T1", "T2")
+    converted, truth = load_file(sub09.files["T2"]).array, load_file(exported["T2"]).array
+    assert np.abs(converted - truth).max() < 1e-3 * np.ptp(truth)              # DICOM's integer steps only

@@ -1,8 +1,10 @@
 """The Training panel with real `python main.py train` processes (tiny model, 32 px, one thread): a job
 made in the wizard runs Stage I then Stage II, plots its loss, shows Stage I's accuracy and the
-previews, and its model appears in the synthesis panel; Pause keeps a checkpoint and the job survives
+previews, then scores the start and the fine-tuned model on the validation subjects (`python main.py
+evaluate`), and once the user accepts the comparison its model appears in the synthesis panel; Pause keeps a checkpoint and the job survives
 a restart of the app and resumes from it; Cancel keeps the checkpoint; a killed process is reported
 as a failure and the checkpoint stays."""
+import json
 import os
 import signal
 from pathlib import Path
@@ -75,8 +77,8 @@ def test_train_panel_runs_a_wizard_job_and_lists_its_model(qtbot, data, start_mo
     panel = window.training
     job = panel.jobs[0]
     assert window.docks["training"].isVisible() and panel.selected() is job
-    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=90000)
-    assert job.status == "done", job.message
+    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=180000)
+    assert job.status == "review", job.message
     understanding, generation = (panel.curves[s].getData() for s in ("understanding", "generation"))
     assert list(understanding[0]) == list(generation[0]) == [1, 2, 3]
     assert "CTS" in panel.fields["Understanding accuracy"].text()
@@ -84,10 +86,21 @@ def test_train_panel_runs_a_wizard_job_and_lists_its_model(qtbot, data, start_mo
     assert Path(job.live.preview).parent == tmp_path / "models" / "phantoms-finetuned" / "previews"
     assert "$ " in panel.log_view.toPlainText() and "main.py train" in panel.log_view.toPlainText()
 
+    assert "main.py evaluate" in panel.log_view.toPlainText()
     model_dir = str(tmp_path / "models" / "phantoms-finetuned")
-    listed = [str(window.synthesis.model.itemData(i)) for i in range(window.synthesis.model.count())]
-    assert model_dir in listed and model_dir in load_settings().model_dirs
+
+    def listed() -> list[str]:
+        return [str(window.synthesis.model.itemData(i)) for i in range(window.synthesis.model.count())]
     assert "Finished" in panel.message.text() and job.message in window.log.lines
+    assert model_dir not in listed() and panel.accept_button.isVisible() and panel.discard_button.isVisible()
+    comparison = job.comparison()                    # both models scored on the held-out subject
+    assert comparison["compared_routes"] == len(comparison["routes"]) == 6
+    assert "Validation subjects" in panel.comparison.text() and "T1→T2 (1)" in panel.comparison.text()
+    panel.accept_button.click()
+    assert job.status == "done" and model_dir in listed() and model_dir in load_settings().model_dirs
+    assert not panel.accept_button.isVisible()
+    card = json.loads((Path(model_dir) / "metadata.json").read_text())
+    assert card["metrics"]["fine_tuning_validation"] == comparison
 
 
 def test_train_panel_pause_survives_a_restart_and_resumes(qtbot, panels, data, start_model, tmp_path):

@@ -97,6 +97,12 @@ def test_split_is_by_subject_deterministic_and_complete(messy_root):
     assert (len(split["train"]), len(split["val"]), len(split["test"])) == (80, 10, 10)
     assert hash_split(names, seed=1) == split and hash_split(names, seed=2) != split
     assert len(hash_split(["a", "b", "c"], 0)["val"]) == 1
+    wider = hash_split(names, seed=1, val_fraction=0.25, test_fraction=0.0)
+    assert (len(wider["train"]), len(wider["val"]), len(wider["test"])) == (75, 25, 0)
+    assert hash_split(["a", "b", "c", "d", "e"], 0, val_fraction=0.0)["val"] == []
+    assert len(hash_split(["a", "b", "c", "d", "e"], 0, 0.4, 0.4)["train"]) == 1        # one subject always trains
+    with pytest.raises(ValueError, match="fractions"):
+        validate_dataset(messy_root, val_fraction=0.6, test_fraction=0.5)
 
 
 def test_split_from_dataset_json(tmp_path):

@@ -151,3 +151,21 @@ def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
     assert code == 0 and "T1→T2" in out and "PSNR" in out
     code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", tmp_path / "nothing")
     assert code == 2 and "error:" in err
+
+
+def test_evaluate_scores_the_split_training_held_out_and_writes_its_result(capsys, model_dir, tmp_path):
+    root = write_phantom_dataset(tmp_path / "data", subjects=4, modality_names=("T1", "T2"), shape=(8, 24, 24),
+                                 ct_subject=False)
+    from engine.tasks.validation import validate_dataset
+
+    held_out = validate_dataset(root, seed=5, val_fraction=0.5, test_fraction=0.0).split["val"]
+    assert len(held_out) == 2
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu", "--split", "val",
+                         "--split-seed", "5", "--val-fraction", "0.5", "--test-fraction", "0", "--max-slices", "1",
+                         "--out", tmp_path / "result.json")
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert code == 0 and "T1→T2" in out and written["split"] == "val"
+    assert sorted({s["subject"] for s in written["subjects"]}) == held_out
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--val-fraction", "0.7",
+                         "--test-fraction", "0.4", "--out", tmp_path / "bad.json")
+    assert code == 2 and "fractions" in err and not (tmp_path / "bad.json").exists()

@@ -1,0 +1,227 @@
+"""The fine-tuning wizard's preparation page, shown when the checked dataset has volumes that no name
+maps to a modality (DICOM series in any folder tree, oddly named files) or volumes that do not line
+up with their subject's reference: the user maps each series to a modality (guessed from its DICOM
+tags or name) and picks the volumes to register rigidly; a new paired dataset folder is written
+(engine.tasks.prepare) and checked, and every registration is shown as a before/after overlay."""
+from __future__ import annotations
+
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHeaderView,
+                               QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout)
+
+from engine.modalities import MODALITIES
+from app.settings import Settings, config_dir
+from app.training.widgets import ERROR_STYLE, CheckedPage, rgb_pixmap, row
+from app.workers import Task, TaskRunner
+
+OVERLAY_SIZE = 220
+LEAVE_OUT = "— leave out —"
+
+
+class PreparePage(CheckedPage):
+    def __init__(self, runner: TaskRunner, settings: Settings) -> None:
+        super().__init__()
+        self.runner, self.settings = runner, settings
+        self.setTitle("Map series and align volumes")
+        self.setSubTitle("Some volumes are not named by a modality, or do not line up with their subject's other "
+                         "volumes. Map and register them here: a new dataset folder is written and checked; the "
+                         "original folder is only read.")
+        self.source = None                 # the checked report this page was filled for
+        self.misaligned = []
+        self.choices = []
+        self.report = None                 # the prepared dataset's report
+        self.prepared = None
+        self._task: Task | None = None
+        self.series = QTableWidget(0, 3)
+        self.series.setHorizontalHeaderLabels(["Subject", "Series", "Use as"])
+        self.series.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.series.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.series.verticalHeader().hide()
+        self.register = QListWidget()
+        self.register.itemChanged.connect(self._changed)
+        self.out = QLineEdit()
+        self.out.textChanged.connect(self._changed)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.prepare_button = QPushButton("Prepare dataset")
+        self.prepare_button.clicked.connect(self.prepare)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.results = QListWidget()
+        self.results.currentRowChanged.connect(self._show_registration)
+        self.before, self.after = QLabel(), QLabel()
+        self.detail = QLabel()
+        self.detail.setWordWrap(True)
+        overlays = QGridLayout()
+        overlays.addWidget(QLabel("Before (header geometry)"), 0, 0)
+        overlays.addWidget(QLabel("After rigid registration"), 0, 1)
+        overlays.addWidget(self.before, 1, 0)
+        overlays.addWidget(self.after, 1, 1)
+        form = QFormLayout()
+        form.addRow("Series to map", self.series)
+        form.addRow("Register (rigid) onto\nthe subject's reference", self.register)
+        form.addRow("New dataset folder", row(self.out, browse))
+        layout = QVBoxLayout(self)
+        layout.addLayout(form, 2)
+        layout.addLayout(row(self.prepare_button, self.status))
+        layout.addWidget(self.results, 1)
+        layout.addWidget(self.detail)
+        layout.addLayout(overlays)
+        self.results.setToolTip("Green: the reference volume; magenta: the registered one; grey where they agree")
+
+    # -- filling ---------------------------------------------------------------------------------
+    def initializePage(self) -> None:
+        page = self.wizard().dataset
+        if page.report is self.source:
+            return                                     # back and forth: keep the choices and the result
+        self.source, self.misaligned = page.report, page.misaligned
+        self.report = self.prepared = None
+        self.results.clear()
+        self.out.setText(str(config_dir() / "datasets" / f"{self.source.name}-prepared"))
+        self.register.blockSignals(True)
+        self.register.clear()
+        for m in self.misaligned:
+            item = QListWidgetItem(m.describe())
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if m.kind == "no_overlap" else Qt.CheckState.Unchecked)
+            item.setToolTip(f"{m.path}: {m.reason}")
+            item.setData(Qt.ItemDataRole.UserRole, m)
+            self.register.addItem(item)
+        self.register.blockSignals(False)
+        self.series.setRowCount(0)
+        self.choices = []
+        self._run(self._find_series, "Looking for series…", self._on_series)
+
+    def _find_series(self, progress, cancel):
+        from engine.tasks.prepare import find_unnamed_series
+
+        return find_unnamed_series(self.source, progress, cancel)
+
+    def _on_series(self, found) -> None:
+        self.choices, errors = found
+        self.series.setRowCount(len(self.choices))
+        for i, choice in enumerate(self.choices):
+            for column, text in enumerate((choice.subject, choice.describe())):
+                item = QTableWidgetItem(text)
+                item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+                item.setToolTip(choice.entry.paths[0] if choice.entry.paths else choice.entry.key)
+                self.series.setItem(i, column, item)
+            combo = QComboBox()
+            combo.addItem(LEAVE_OUT, "")
+            for name in MODALITIES:
+                combo.addItem(name, name)
+            combo.setCurrentIndex(max(0, combo.findData(choice.guess or "")))
+            combo.currentIndexChanged.connect(self._changed)
+            self.series.setCellWidget(i, 2, combo)
+        self.series.resizeColumnToContents(0)
+        text = f"{len(self.choices)} series to map" + (f"; not scanned: {'; '.join(errors)}" if errors else "")
+        self._set_status(text + ". Check the modalities, then Prepare dataset.", bool(errors))
+        self.completeChanged.emit()
+
+    # -- choices ---------------------------------------------------------------------------------
+    def mapping(self) -> dict:
+        return {choice: self.series.cellWidget(i, 2).currentData() for i, choice in enumerate(self.choices)
+                if self.series.cellWidget(i, 2) is not None}
+
+    def registrations(self) -> list:
+        items = (self.register.item(i) for i in range(self.register.count()))
+        return [item.data(Qt.ItemDataRole.UserRole) for item in items if item.checkState() == Qt.CheckState.Checked]
+
+    def _pending(self) -> bool:
+        return any(self.mapping().values()) or bool(self.registrations())
+
+    def _changed(self, *_args) -> None:
+        if self.report is not None:
+            self._set_status("The choices changed: Prepare dataset again to use them.", False)
+        self.report = self.prepared = None
+        self.completeChanged.emit()
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Where to write the prepared dataset", self.settings.last_folder)
+        if folder:
+            self.out.setText(folder)
+
+    # -- preparing -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Write the prepared dataset (on a worker) and check it with the first page's seed and fractions."""
+        page = self.wizard().dataset
+        mapping, register, out = self.mapping(), self.registrations(), self.out.text().strip()
+        seed, fractions = page.seed.value(), page.fractions()
+
+        def work(progress, cancel):
+            from engine.tasks.prepare import prepare_dataset
+            from engine.tasks.validation import validate_dataset
+
+            prepared = prepare_dataset(self.source, out, mapping=mapping, register=register, seed=seed,
+                                       progress=progress, cancel=cancel)
+            return prepared, validate_dataset(prepared.root, seed=seed, val_fraction=fractions[0],
+                                              test_fraction=fractions[1])
+
+        self._run(work, f"Preparing {out}…", self._on_prepared)
+
+    def _on_prepared(self, result) -> None:
+        self.prepared, self.report = result
+        self.results.clear()
+        for r in self.prepared.registered:
+            self.results.addItem(f"{r.subject}: {r.modality} onto {r.reference} — {r.registration.describe()}")
+        if self.results.count():
+            self.results.setCurrentRow(0)
+        skipped = f" Left out (fewer than two volumes): {', '.join(self.prepared.skipped)}." if self.prepared.skipped \
+            else ""
+        if self.report.usable:
+            self._set_status(f"Prepared {self.prepared.root}: {len(self.report.subjects)} subjects usable, "
+                             f"{len(self.prepared.registered)} registered.{skipped}", False)
+        else:
+            self._set_status(f"Prepared {self.prepared.root}, but it has no usable pairs.{skipped}", True)
+        self.completeChanged.emit()
+
+    def _show_registration(self, index: int) -> None:
+        if self.prepared is None or not 0 <= index < len(self.prepared.registered):
+            self.before.clear()
+            self.after.clear()
+            self.detail.clear()
+            return
+        r = self.prepared.registered[index]
+        self.before.setPixmap(rgb_pixmap(r.before, OVERLAY_SIZE))
+        self.after.setPixmap(rgb_pixmap(r.after, OVERLAY_SIZE))
+        self.detail.setText(f"{r.subject}: {r.modality} (magenta) on {r.reference} (green), central slice. "
+                            f"{r.registration.describe()}")
+
+    def _run(self, fn, message: str, finished) -> None:
+        """Run ``fn`` on a worker (cancelling the one before); only the latest one's result counts."""
+        if self._task is not None:
+            self._task.cancel()
+        self.prepare_button.setEnabled(False)
+        self._set_status(message, False)
+
+        def ended() -> bool:
+            if self._task is not task:
+                return False
+            self._task = None
+            self.prepare_button.setEnabled(True)
+            return True
+
+        def done(result) -> None:
+            if ended():
+                finished(result)
+
+        def failed(text: str) -> None:
+            if ended():
+                self._set_status(text, True)
+                self.completeChanged.emit()
+
+        task = self._task = self.runner.run(fn, name=message, finished=done, failed=failed)
+
+    def _set_status(self, text: str, error: bool) -> None:
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self.status.setText(text)
+
+    def isComplete(self) -> bool:
+        """Prepared and usable, or nothing chosen here and the checked dataset usable as it is."""
+        if self._task is not None:
+            return False
+        if self.report is not None:
+            return self.report.usable
+        return self.source is not None and self.source.usable and not self._pending()

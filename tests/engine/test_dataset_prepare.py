@@ -1,0 +1,146 @@
+"""Preparing a trainable dataset from what researchers have: rigid registration recovers a known
+motion between two contrasts of real anatomy; DICOM series in a folder tree and oddly named files are
+mapped to modalities; misaligned volumes are registered onto the subject's reference; the result is a
+new paired folder recording where each volume came from, written atomically, never over the source
+or over a folder it did not make."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from engine.io import save
+from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
+from engine.jobs import CancelToken, Cancelled
+from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
+from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, prepare_dataset
+from engine.tasks.registration import overlay, register_rigid, resample_rigid
+from engine.tasks.validation import validate_dataset
+
+DEMO_BRAIN = Path(__file__).resolve().parents[2] / "resources" / "demo" / "brain"
+SHAPE = (10, 32, 32)
+
+
+def _half(path):
+    """A demo volume at half resolution (3.25 mm): real anatomy, a quick registration."""
+    return volume_from_sitk(sitk.Shrink(volume_to_sitk(load_file(path)), [2, 2, 2]))
+
+
+def test_rigid_registration_recovers_a_known_motion_between_contrasts():
+    t1, t2 = _half(DEMO_BRAIN / "T1.nii.gz"), _half(DEMO_BRAIN / "T2.nii.gz")
+    centre = np.asarray(t1.origin) + np.asarray(t1.spacing) * np.asarray(t1.size_xyz) / 2
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(centre.tolist())
+    motion.SetRotation(0.08, -0.05, 0.12)                          # 4.6°, −2.9°, 6.9°
+    motion.SetTranslation((7.0, -5.0, 4.0))
+    image = sitk.Resample(volume_to_sitk(t2), volume_to_sitk(t2), motion, sitk.sitkLinear, float(t2.array.min()))
+    moved = t2.with_array(sitk.GetArrayFromImage(image))
+
+    found = register_rigid(t1, moved)
+    rng = np.random.default_rng(0)
+    points = centre + rng.uniform(-50, 50, (100, 3))                # inside the head
+    error = [np.linalg.norm(np.asarray(motion.TransformPoint(found.transform().TransformPoint(p.tolist()))) - p)
+             for p in points]
+    assert np.median(error) < 1.0, found.describe()                 # under a third of a voxel
+    assert found.mi_after > found.mi_before
+    back = resample_rigid(moved, t1, found)
+    assert back.same_grid(t1) and back.modality == t2.modality
+    before_corr = np.corrcoef(moved.array.ravel(), t2.array.ravel())[0, 1]
+    after_corr = np.corrcoef(back.array.ravel(), t2.array.ravel())[0, 1]
+    assert after_corr > 0.95 > before_corr
+    image = overlay(t1, back)
+    assert image.dtype == np.uint8 and image.shape[-1] == 3 and image[..., 0].max() > 0
+
+
+def test_registration_can_be_cancelled(tmp_path):
+    t1 = load_file(write_phantom_subject(tmp_path / "s", ("T1",), shape=SHAPE)["T1"])
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        register_rigid(t1, t1, cancel=token)
+
+
+def _dataset(tmp_path):
+    """Three good subjects; sub04's FLAIR lies 60 mm away; sub09 is a DICOM export with two series
+    in a folder tree, and sub10 has an oddly named NIfTI beside its T1."""
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE, seed=4)
+    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, seed=4, origin=(60.0, 0.0, 0.0))
+    exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=SHAPE, seed=9)
+    for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
+        save(load_file(exported[modality]), data / "sub09" / "study" / f"series{i}", description=description)
+    write_phantom_subject(data / "sub10", ("T1",), shape=SHAPE, seed=10)
+    odd = write_phantom_subject(tmp_path / "odd", ("PD",), shape=SHAPE, seed=10)["PD"]
+    (data / "sub10" / "3d_pd_weighted.nii.gz").write_bytes(odd.read_bytes())
+    return data
+
+
+def test_unnamed_series_and_misaligned_volumes_are_found(tmp_path):
+    report = validate_dataset(_dataset(tmp_path))
+    assert {s.name for s in report.subjects} == {"sub01", "sub02", "sub03", "sub04"}
+    choices, errors = find_unnamed_series(report)
+    assert errors == []
+    found = {(c.subject, c.entry.description if c.entry.kind == "dicom" else Path(c.entry.key).name): c.guess
+             for c in choices}
+    assert found == {("sub09", "t1_mprage_sag"): "T1", ("sub09", "t2_tse_tra"): "T2",
+                     ("sub10", "3d_pd_weighted.nii.gz"): "PD"}
+    misaligned, = misaligned_volumes(report)
+    assert (misaligned.subject, misaligned.modality, Path(misaligned.reference).name) == ("sub04", "FLAIR",
+                                                                                           "T1.nii.gz")
+
+
+def test_prepare_writes_a_paired_dataset_with_its_provenance(tmp_path):
+    data = _dataset(tmp_path)
+    report = validate_dataset(data)
+    choices, _ = find_unnamed_series(report)
+    before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
+    progress = []
+    prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
+                               register=misaligned_volumes(report), progress=progress.append)
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before       # only read
+    assert progress[-1].fraction == 1.0 and prepared.skipped == []
+
+    again = validate_dataset(prepared.root)
+    assert again.problems == [] and again.notes == []                       # every volume named, on one grid
+    assert {s.name: s.modalities for s in again.subjects} == {
+        "sub01": ("T1", "T2", "FLAIR"), "sub02": ("T1", "T2", "FLAIR"), "sub03": ("T1", "T2", "FLAIR"),
+        "sub04": ("T1", "T2", "FLAIR"), "sub09": ("T1", "T2"), "sub10": ("T1", "PD")}
+    registered, = prepared.registered
+    assert (registered.subject, registered.modality, registered.reference) == ("sub04", "FLAIR", "T1")
+    assert np.allclose(registered.registration.translation, (60.0, 0.0, 0.0), atol=1.0)
+    assert registered.before.shape == registered.after.shape == (32, 32, 3)
+    meta = json.loads((prepared.root / "dataset.json").read_text())
+    volumes = meta["prepared"]["volumes"]
+    assert meta["name"] == "phantoms" and meta["anatomy"]["sub01"] == "brain" and meta["prepared"]["from"] == str(data)
+    assert volumes["sub04"]["FLAIR"]["registered_onto"] == "T1"
+    assert volumes["sub09"]["T2"]["series"] and volumes["sub09"]["T2"]["from"].startswith(str(data / "sub09" / "study"))
+    assert volumes["sub10"]["PD"]["from"] == str(data / "sub10" / "3d_pd_weighted.nii.gz")
+    assert (prepared.root / "sub01" / "T1.nii.gz").read_bytes() == (data / "sub01" / "T1.nii.gz").read_bytes()
+
+    # the same folder again: replaced (it is ours); a choice leaving sub10's PD out drops sub10
+    again = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess if c.subject == "sub09" else ""
+                                                                    for c in choices})
+    assert again.skipped == ["sub10"] and not (tmp_path / "prepared" / "sub10").exists()
+    assert not (tmp_path / "prepared" / "sub04" / "FLAIR.nii.gz").exists()       # not registered this time
+
+
+def test_prepare_never_writes_over_data_it_did_not_make(tmp_path):
+    data = _dataset(tmp_path)
+    report = validate_dataset(data)
+    choices, _ = find_unnamed_series(report)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not prepared by SynerMedGen"):
+        prepare_dataset(report, tmp_path / "mine")
+    with pytest.raises(ValueError, match="inside the dataset"):
+        prepare_dataset(report, data / "prepared")
+    both_t1 = {c: "T1" for c in choices if c.subject == "sub09"}
+    with pytest.raises(ValueError, match="sub09.*both be its T1"):
+        prepare_dataset(report, tmp_path / "out", mapping=both_t1)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        prepare_dataset(report, tmp_path / "out", cancel=token)
+    assert not (tmp_path / "out").exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no half-written folder left
