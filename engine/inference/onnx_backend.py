@@ -110,6 +110,10 @@ class OnnxSynthesizer(Synthesizer):
         self.precision = "fp16" if fp16 else "fp32"
         self._layouts: dict[tuple, dict[str, np.ndarray]] = {}
 
+    @property
+    def execution_device(self) -> str:
+        return "cuda" if self.providers[0] in GPU_PROVIDERS else "cpu"
+
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[list[int], list[str]]:
         ids, notes = super()._prepare(source, target, settings)
         notes.append(f"backend: ONNX Runtime {onnxruntime().__version__} "

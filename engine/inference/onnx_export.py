@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,7 @@ from engine.model.vit import grid_position_ids, vit_input
 OPSET = 17
 MANIFEST = "export.json"
 GRAPHS = ("vae_encoder", "vae_decoder", "context", "velocity")
+EXTERNAL_DATA_BYTES = 1 << 30       # a graph with more weights keeps them in NAME.onnx.data (protobuf stops at 2 GiB)
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".txt")   # what an export depends on
 
 
@@ -236,6 +238,19 @@ def graph_signature(name: str, aligned: bool) -> tuple[list[str], list[str], dic
     return inputs, ["velocity"], axes
 
 
+def _place_graph(staged: Path, target: Path) -> None:
+    """Move an exported graph (and any external data the exporter wrote beside it, alone in its
+    staging folder) to ``target``; over EXTERNAL_DATA_BYTES its weights go into ``NAME.onnx.data``
+    (ONNX external data, read by onnxruntime from the graph's folder), else into the graph file."""
+    import onnx
+
+    if sum(p.stat().st_size for p in staged.parent.iterdir()) <= EXTERNAL_DATA_BYTES:
+        staged.replace(target)
+        return
+    onnx.save_model(onnx.load(str(staged)), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{target.name}.data", size_threshold=1024)
+
+
 def export_onnx(model: SynerMedGen, image_size: int, export_dir: str | Path,
                 model_dir: str | Path | None = None) -> Path:
     """Export every graph of ``model`` (float32, CPU) into ``export_dir`` (replaced atomically) with
@@ -252,10 +267,14 @@ def export_onnx(model: SynerMedGen, image_size: int, export_dir: str | Path,
     with atomic_folder(export_dir) as tmp:
         for name in GRAPHS:
             inputs, outputs, axes = graph_signature(name, aligned)
+            staged = tmp / f".{name}" / f"{name}.onnx"
+            staged.parent.mkdir()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")               # tracer warnings on constant layout sizes
-                torch.onnx.export(modules[name], examples[name], str(tmp / f"{name}.onnx"), input_names=inputs,
+                torch.onnx.export(modules[name], examples[name], str(staged), input_names=inputs,
                                   output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            _place_graph(staged, tmp / f"{name}.onnx")
+            shutil.rmtree(staged.parent)
             onnx.checker.check_model(str(tmp / f"{name}.onnx"))
         manifest: dict[str, Any] = {"format": "synermedgen-onnx", "opset": OPSET, "image_size": int(image_size),
                                     "graphs": {name: f"{name}.onnx" for name in GRAPHS},

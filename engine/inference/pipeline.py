@@ -105,6 +105,12 @@ class SliceSynthesizer:
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
 
+    @property
+    def execution_device(self) -> str:
+        """Where the network runs ("cpu" or "cuda"): the torch device here; a backend with its own
+        runtime says where that runs."""
+        return self.device.type
+
     # -- the model card ----------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -264,7 +270,7 @@ class SliceSynthesizer:
             f"route: {route_name(source, target)}",
             *method_notes,
             f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
-            f"background; {elapsed:.1f} s on {self.device.type} ({self.precision})",
+            f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
         )
         return volume.with_array(
             np.ascontiguousarray(slices_back(out, plan.axis)),

@@ -55,6 +55,9 @@ def test_onnxruntime_matches_torch_within_1e3(models, preset):
     assert any(n.startswith("backend: ONNX Runtime") and "CPUExecutionProvider" in n for n in onnx_result.notes)
     one_by_one = onnx.synthesize_volume(volume, "T1", "T2", GUIDED.replace(batch_size=1))   # dynamic batch
     assert np.abs(one_by_one.array - onnx_result.array).max() / (scale.hi - scale.lo) < 1e-4
+    assert onnx.execution_device == "cpu" and any(" s on cpu (fp32)" in n for n in onnx_result.notes)
+    onnx.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]     # what onnxruntime-gpu would report
+    assert onnx.execution_device == "cuda"          # the results say where ONNX Runtime ran, not torch
 
 
 def test_export_is_reused_and_redone_when_the_weights_change(models):
@@ -68,6 +71,20 @@ def test_export_is_reused_and_redone_when_the_weights_change(models):
     assert redone.exported
     manifest = json.loads((folder / "onnx" / MANIFEST).read_text())
     assert manifest["model_files"]["model.safetensors"][1] == later and manifest["opset"] >= 17
+
+
+def test_large_graphs_keep_their_weights_in_external_data(models, tmp_path, monkeypatch):
+    import engine.inference.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 64 * 1024)   # the tiny model's LLM graphs count as large
+    onnx = OnnxSynthesizer(models["tiny"], device="cpu", export_dir=tmp_path / "onnx")
+    files = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert "context.onnx.data" in files and "velocity.onnx.data" in files and not any(f.startswith(".") for f in files)
+    assert (tmp_path / "onnx" / "velocity.onnx").stat().st_size < (tmp_path / "onnx" / "velocity.onnx.data").stat().st_size
+    volume = t1_volume()
+    inline = OnnxSynthesizer(models["tiny"], device="cpu").synthesize_volume(volume, "T1", "T2", GUIDED)
+    external = onnx.synthesize_volume(volume, "T1", "T2", GUIDED)
+    assert np.array_equal(inline.array, external.array)
 
 
 def run(capsys, *argv):
