@@ -1,7 +1,9 @@
 """SynerMedGen Studio entry point: no subcommand opens the GUI (with any files given);
-a subcommand (info, convert, …) runs the headless engine CLI. See `python main.py --help`."""
+a subcommand (info, convert, …) runs the headless engine CLI; ``--selftest`` (the installed
+bundle's check, no window) is the ``selftest`` subcommand. See `python main.py --help`."""
 from __future__ import annotations
 
+import multiprocessing
 import sys
 
 
@@ -9,6 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from engine.cli import SUBCOMMANDS, run_cli
 
+    if argv and argv[0] == "--selftest":
+        argv[0] = "selftest"
     if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help", "--version")):
         return run_cli(argv)
     from app.application import run
@@ -17,4 +21,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    multiprocessing.freeze_support()     # a frozen bundle's synthesis process starts here (spawn)
     sys.exit(main())

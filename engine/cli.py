@@ -104,6 +104,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "recipe": _lazy("engine.training.cli_recipe"),
     "make-demo-data": _lazy("engine.demo_data.cli"),
     "bench": _lazy("engine.evaluation.cli_bench"),
+    "selftest": _lazy("engine.inference.cli_selftest"),
 }
 
 

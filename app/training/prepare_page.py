@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormL
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout)
 
-from engine.modalities import MODALITIES
 from app.settings import Settings, config_dir
 from app.training.widgets import ERROR_STYLE, CheckedPage, rgb_pixmap, row
 from app.workers import Task, TaskRunner
@@ -100,6 +99,8 @@ class PreparePage(CheckedPage):
         return find_unnamed_series(self.source, progress, cancel)
 
     def _on_series(self, found) -> None:
+        from engine.modalities import MODALITIES       # the engine loads after the window shows
+
         self.choices, errors = found
         self.series.setRowCount(len(self.choices))
         for i, choice in enumerate(self.choices):
