@@ -2,11 +2,10 @@
 resources (demo study, default model and its model card) live."""
 from __future__ import annotations
 
-import re
-from importlib import metadata
 from pathlib import Path
 
 from engine.inference.cli_common import DEFAULT_MODEL_DIR
+from engine.version import version  # noqa: F401 - the app's version is the engine's
 
 APP_NAME = "SynerMedGen Studio"
 ORGANISATION = "SynerMedGen"
@@ -18,20 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = REPO_ROOT / "resources"
 DEMO_DIR = RESOURCES / "demo"
 MODEL_CARD = DEFAULT_MODEL_DIR / "metadata.json"
-
-
-def version() -> str:
-    """The installed package's version, else the one in the source tree's pyproject.toml."""
-    try:
-        return metadata.version("synermedgen-studio")
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    except OSError:
-        return "unknown"
-    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    return found.group(1) if found else "unknown"
 
 
 CONTROLS_HTML = (

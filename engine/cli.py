@@ -9,8 +9,8 @@ from typing import Callable
 
 from engine.io.errors import VolumeIOError
 from engine.jobs import Progress
+from engine.version import version
 
-VERSION = "0.1.0"
 RESEARCH_ONLY = "research use only, not for diagnosis"
 
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"({RESEARCH_ONLY}). Without a subcommand the desktop app opens "
                     "(with any FILES given).",
     )
-    parser.add_argument("--version", action="version", version=f"SynerMedGen Studio {VERSION}")
+    parser.add_argument("--version", action="version", version=f"SynerMedGen Studio {version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS.values():
         add(sub)

@@ -40,6 +40,7 @@ from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.version import version
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -153,14 +154,6 @@ def _family(volume: Volume) -> str | None:
 
 
 # -- data sets ---------------------------------------------------------------------------------------
-def _software_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("synermedgen-studio")
-    except Exception:
-        return "development"
-
-
 def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding: Encoding,
                     array: np.ndarray) -> Dataset:
     src = {k: str(v) for k, v in (volume.dicom or {}).items() if v not in (None, "")}
@@ -179,7 +172,7 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     ds.SeriesDescription = description[:64]
     ds.SeriesNumber = _series_number(src.get("SeriesNumber"))
     ds.Manufacturer = "SynerMedGen Studio"
-    ds.SoftwareVersions = _software_version()
+    ds.SoftwareVersions = version()
     ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
     ds.ImageComments = f"{description[:200]}. {RESEARCH_ONLY}"
     ds.BurnedInAnnotation = "NO"
