@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.split import TEST_FRACTION, VAL_FRACTION
 from app.about import REPO_ROOT
 from app.settings import config_dir
 
@@ -49,8 +50,8 @@ class FineTuneSpec:
     image_size: int = 64
     device: str = "auto"
     seed: int = 0                        # training order and, without a split in dataset.json, the split
-    val_fraction: float = 0.1            # subjects held out for validation (without a split in dataset.json)
-    test_fraction: float = 0.1           # … and for testing
+    val_fraction: float = VAL_FRACTION   # subjects held out for validation (without a split in dataset.json)
+    test_fraction: float = TEST_FRACTION  # … and for testing
     threads: int | None = None           # CPU threads of the training process (None: all)
     skip_invalid: bool = False           # the dataset had problems; train on its usable part
     evaluate_slices: int | None = None   # compare with the start model on this many central slices per
@@ -208,11 +209,16 @@ class TrainingJob:
         start model that has none of the routes is left blank); None without an evaluation."""
         from engine.evaluation.comparison import compare, read_result
 
-        runs = {s.stage: s.out for s in self.stages if not s.trains}
-        if "evaluate" not in runs or not Path(runs["evaluate"]).is_file():
+        if not self.evaluated:
             return None
+        runs = {s.stage: s.out for s in self.stages if not s.trains}
         start = Path(runs.get("evaluate-start", ""))
         return compare(read_result(start) if start.is_file() else {"routes": []}, read_result(runs["evaluate"]))
+
+    @property
+    def evaluated(self) -> bool:
+        """The fine-tuned model's evaluation has been written."""
+        return any(s.stage == "evaluate" and Path(s.out).is_file() for s in self.stages)
 
     def accept(self) -> dict | None:
         """The user adds the model to the library: the comparison goes into its model card."""
@@ -327,7 +333,7 @@ class TrainingJob:
         self.status = "review"
         self.message = (f"Finished: the model is in {self.model_dir}. "
                         + ("Compare it with the start model below, then add it to the model library or discard it."
-                           if any(not s.trains and Path(s.out).is_file() for s in self.stages) else
+                           if self.evaluated else
                            "Add it to the model library to use it in the Synthesis panel, or discard it."))
         return False
 

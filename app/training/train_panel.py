@@ -244,8 +244,9 @@ class TrainPanel(QWidget):
         reviewing = job is not None and job.status == "review"
         self.accept_button.setVisible(reviewing)
         self.discard_button.setVisible(reviewing)
-        try:
-            comparison = job.comparison() if job is not None else None
+        finished = job is not None and job.status in ("review", "done", "discarded")
+        try:                                     # read once the job has ended, not at every step record
+            comparison = job.comparison() if finished else None
         except ValueError as exc:
             self.comparison.setText(html.escape(str(exc)))
             return

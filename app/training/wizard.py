@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBo
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
                                QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget, QWizard, QWizardPage)
 
+from engine.split import TEST_FRACTION, VAL_FRACTION
 from engine.training.config import DEFAULT_STEPS
 from app.settings import Settings, config_dir
 from app.synthesis import available_models, is_model_dir
@@ -30,8 +31,6 @@ NAME_PATTERN = re.compile(r"^[\w.-]+$")
 STAGE_CHOICES = [("Stage I, then Stage II (recommended)", "both"),
                  (f"{STAGE_NAMES['understanding']} only", "understanding"),
                  (f"{STAGE_NAMES['generation']} only", "generation")]
-
-
 DEFAULT_EVALUATE_SLICES = 16    # central slices per validation volume in the comparison with the start model
 
 
@@ -95,10 +94,11 @@ class DatasetPage(CheckedPage):
         self.seed.setToolTip("Seeds the training order and, unless dataset.json lists a split, which subjects are "
                              "held out for validation and test")
         self.val_percent, self.test_percent = QSpinBox(), QSpinBox()
-        for box, held in ((self.val_percent, "validation (loss, accuracy, the comparison with the start model)"),
-                          (self.test_percent, "a final test that training never sees")):
+        for box, share, held in (
+                (self.val_percent, VAL_FRACTION, "validation (loss, accuracy, the comparison with the start model)"),
+                (self.test_percent, TEST_FRACTION, "a final test that training never sees")):
             box.setRange(0, 50)
-            box.setValue(10)
+            box.setValue(round(100 * share))
             box.setSuffix(" % of subjects")
             box.setToolTip(f"Subjects held out for {held}, unless dataset.json lists a split")
         self.deep = QCheckBox("Read every voxel (slower; also finds truncated files)")

@@ -9,6 +9,7 @@ import signal
 import sys
 import textwrap
 
+from engine.split import TEST_FRACTION, VAL_FRACTION
 from engine.training.config import DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -145,10 +146,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_split_fractions(p: argparse.ArgumentParser) -> None:
     """The held-out shares of a split drawn from the seed (train and evaluate must agree on them)."""
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                   help="share of subjects held out for validation when dataset.json lists no split (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
-                   help="share of subjects held out for testing when dataset.json lists no split (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
+                   help=f"share of subjects held out for validation when dataset.json lists no split "
+                        f"(default {VAL_FRACTION:g})")
+    p.add_argument("--test-fraction", type=float, default=TEST_FRACTION, metavar="F",
+                   help=f"share of subjects held out for testing when dataset.json lists no split "
+                        f"(default {TEST_FRACTION:g})")
 
 
 def config_from_args(args: argparse.Namespace):

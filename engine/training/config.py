@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
+
 STAGES = ("vae", "understanding", "generation", "joint")
 
 
@@ -86,8 +88,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     image_size: int = 64
     seed: int = 0                                      # training order and, without a split in dataset.json,
-    val_fraction: float = 0.1                          # … the subjects held out for validation
-    test_fraction: float = 0.1                         # … and for testing (engine.tasks.validation.hash_split)
+    val_fraction: float = VAL_FRACTION                 # … the subjects held out for validation
+    test_fraction: float = TEST_FRACTION               # … and for testing (engine.split.hash_split)
     routes: tuple[tuple[str, str], ...] | None = None  # restrict synthesis routes (generation, joint)
     task_weights: Mapping[str, float] | None = None    # CTS / MI / TIA mixture of Stage I
     checkpoint_every: int = 500                        # steps (0: off)
@@ -136,10 +138,7 @@ class TrainConfig:
         for name in ("cfg_text_dropout", "cfg_vit_dropout", "cfg_vae_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise ValueError(f"validation and test fractions must each lie in [0, 1) and leave subjects to train "
-                             f"on; got {self.val_fraction:g} and {self.test_fraction:g}")
+        check_fractions(self.val_fraction, self.test_fraction)
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if self.routes is not None:
