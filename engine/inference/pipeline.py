@@ -220,8 +220,11 @@ class SliceSynthesizer:
                 preview(i, out[i])
 
         queue = list(plan.active)
-        size = settings.batch_size if settings.batch_size != "auto" else 1   # "auto": a one-slice probe first
         auto = settings.batch_size == "auto"
+        # "auto" on a GPU: a one-slice probe measures the memory a slice takes; elsewhere the
+        # size follows from the shapes (slice_memory_estimate) before the first batch
+        probe = auto and self.device.type == "cuda"
+        size = settings.batch_size if not auto else 1 if probe else self._auto_batch_size(len(queue), prepared)
         position = 0
         while position < len(queue):
             check_cancel(cancel)
@@ -233,7 +236,7 @@ class SliceSynthesizer:
                 report(base + n * p.fraction * 0.999,
                        f"slices {first + 1}–{last + 1} of {total}: step {int(p.done)}/{int(p.total)}")
 
-            probing = auto and position == 0
+            probing = probe and position == 0
             if probing:
                 self._reset_peak_memory()
             try:
@@ -293,7 +296,8 @@ class SliceSynthesizer:
             torch.cuda.empty_cache()
 
     def _auto_batch_size(self, slices: int, prepared: Any) -> int:
-        """Batch size from free memory and the one-slice probe just run."""
+        """Batch size from free memory and what a slice needs: measured by the one-slice probe just run
+        on a GPU, estimated from the shapes elsewhere."""
         kind = self.device.type if self.device.type in MAX_AUTO_BATCH else "cpu"
         if kind == "cuda":
             torch.cuda.synchronize(self.device)

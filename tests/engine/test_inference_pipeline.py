@@ -188,6 +188,20 @@ def test_auto_batch_size_follows_free_memory(synth, monkeypatch):
     assert synth.last_batch_size == 1
 
 
+def test_auto_batch_size_on_a_cpu_needs_no_one_slice_probe(synth, monkeypatch):
+    real = Synthesizer._run_batch
+    sizes = []
+
+    def recorded(self, images, *args, **kwargs):
+        sizes.append(images.shape[0])
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Synthesizer, "_run_batch", recorded)
+    synth.synthesize_volume(t1_volume(), "T1", "T2", FAST.replace(batch_size="auto"))
+    assert sizes[0] == synth.last_batch_size > 1      # the estimate sizes the first batch already
+    assert len(sizes) == -(-sum(sizes) // sizes[0])     # full batches, then the rest
+
+
 def test_routes_modalities_and_precision_are_checked(synth):
     volume = t1_volume()
     with pytest.raises(ValueError, match="does not support T2→CT.*T1→T2"):
