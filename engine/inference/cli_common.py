@@ -28,7 +28,12 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The sampling options synthesize and evaluate share (each defaults to the model card's)."""
-    p.add_argument("--steps", type=int, help="ODE steps = network calls (default: the model's, e.g. 24)")
+    p.add_argument("--steps", type=int, help="ODE steps (default: the model's, e.g. 24)")
+    p.add_argument("--solver", help="ODE solver: euler (one network call a step), heun or midpoint (two) "
+                                    "(default: the model's, euler)")
+    p.add_argument("--shift", type=float, metavar="S",
+                   help="timestep shift s·t / (1 + (s − 1)·t) of the schedule; > 1 spends more steps near "
+                        "the noise (default: the model's, 3.0)")
     p.add_argument("--seed", type=int, help="noise seed (default: the model's, 0)")
     p.add_argument("--batch-size", default=None, help="slices per batch, or 'auto' from free memory (default)")
     p.add_argument("--guidance", type=float, nargs=2, metavar=("TEXT", "IMAGE"),
@@ -41,7 +46,8 @@ def sampling_settings(args: argparse.Namespace, defaults):
     """``defaults`` (a SynthesisSettings) with the options of :func:`add_sampling_arguments` given."""
     import dataclasses
 
-    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size),
+    changes = {k: v for k, v in (("steps", args.steps), ("solver", args.solver), ("shift", args.shift),
+                                 ("seed", args.seed), ("batch_size", args.batch_size),
                                  ("start_from_source", args.start_from_source)) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],

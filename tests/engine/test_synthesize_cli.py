@@ -128,11 +128,14 @@ def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path)
     t1, _ = inputs
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "a.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--steps", "3", "--guidance", "1", "1",
-                         "--start-from-source", "0.8", "--batch-size", "2")
+                         "--start-from-source", "0.8", "--batch-size", "2", "--solver", "heun", "--shift", "1.5")
     assert code == 0, err
     report = json.loads(out)
     assert report["steps"] == 3 and report["guidance"] == [1.0, 1.0] and report["start_from_source"] == 0.8
-    assert report["batch_size"] == 2
+    assert report["batch_size"] == 2 and report["solver"] == "heun" and report["shift"] == 1.5
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "c.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--solver", "rk45")
+    assert code == 2 and "unknown solver 'rk45'" in err and not (tmp_path / "c.nii.gz").exists()
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--start-from-source", "1.5")
     assert code == 2 and "start_from_source" in err and not (tmp_path / "b.nii.gz").exists()
