@@ -10,7 +10,8 @@ sampling settings, and the medians of several timed repeats of each variant of t
   pieces exported to ONNX, in a temporary folder, before the timed runs), fp32, batch ``auto``.
 
 It reports slices per second, seconds per demo volume, peak memory, the ratios between variants
-(context-cache, batching and half-precision speed-ups) and how far their outputs are apart, and
+(context-cache, batching and half-precision speed-ups: end to end, without the per-volume part, and
+in the transformer alone) and how far their outputs are apart, and
 names the machine. The variants run round-robin (repeat 1 of every variant, then repeat 2, …) after
 one untimed warm-up per precision, so slow drifts of the machine hit all variants alike.
 
@@ -31,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -247,6 +248,7 @@ class Variant:
     batch: int | str
     backend: str = "torch"
     times: list[float] = field(default_factory=list)
+    network: list[float] = field(default_factory=list)     # per run: context + ODE steps alone
     batch_used: int | None = None
     peak: int = 0
     base: int = 0
@@ -347,7 +349,7 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
                                                            loaded=synth.loaded)
     norm = synth.output_normalisation(target)
 
-    def run_once(v: Variant) -> tuple[float, np.ndarray, PeakMemory]:
+    def run_once(v: Variant) -> tuple[float, float, np.ndarray, PeakMemory]:
         s = synths[(v.backend, v.precision)]
         s.context_cache = v.context_cache
         run_settings = settings.replace(batch_size=v.batch)
@@ -361,7 +363,7 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
             seconds = time.perf_counter() - start
         s.context_cache = True
         result = slices_of(out.array, plan.axis, chosen)
-        return seconds, (result - norm.lo) / (norm.hi - norm.lo), memory
+        return seconds, s.network_seconds, (result - norm.lo) / (norm.hi - norm.lo), memory
 
     for (b, p), s in synths.items():                          # one untimed warm-up per backend and precision
         say(f"warm-up ({b}, {p})")
@@ -374,8 +376,9 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
     volume_info["overhead_s"] = round(_median(overhead), 5)
     for r in range(repeats):
         for v in variants:
-            seconds, output, memory = run_once(v)
+            seconds, network, output, memory = run_once(v)
             v.times.append(seconds)
+            v.network.append(network)
             v.batch_used = synths[(v.backend, v.precision)].last_batch_size
             v.peak, v.base = max(v.peak, memory.peak), memory.base
             if v.output is None:
@@ -387,6 +390,20 @@ def run_speed(*, model: str | None = None, preset: str | None = None, device: st
                       memory_method=PeakMemory(dev).method, command=command, providers=providers)
     scratch.cleanup()
     return report
+
+
+def _ratios(seconds: Mapping[str, float]) -> dict[str, float | None]:
+    """Slower / faster of each comparison from one time per variant name (None where the faster is 0)."""
+    def ratio(slow: str, fast: str) -> float | None:
+        return round(seconds[slow] / seconds[fast], 3) if seconds[fast] > 0 else None
+
+    out = {"cache_speedup": ratio("uncached", "cached"), "batching_speedup": ratio("per-slice", "cached")}
+    for p in HALF:
+        if p in seconds:
+            out[f"{p}_speedup"] = ratio("cached", p)
+    if "onnx" in seconds:
+        out["onnx_speedup"] = ratio("cached", "onnx")
+    return out
 
 
 def slices_of(array: np.ndarray, axis: int, indices: Sequence[int]) -> np.ndarray:
@@ -416,38 +433,23 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
             "name": v.name, "backend": v.backend, "precision": v.precision, "context_cache": v.context_cache,
             "batch": v.batch, **({"providers": providers[v.name]} if providers and v.name in providers else {}),
             "batch_size_used": v.batch_used, "times_s": [round(t, 5) for t in v.times],
-            "median_s": round(median, 5), "slices_per_second": round(n / median, 4),
+            "median_s": round(median, 5), "network_median_s": round(_median(v.network), 5),
+            "slices_per_second": round(n / median, 4),
             "seconds_per_slice": round(max(median - fixed, 0.0) / n, 5),
             "seconds_per_demo_volume": round(median if n >= body else fixed + max(median - fixed, 0.0) / n * body, 3),
             "peak_memory_mib": round(v.peak / 2**20, 1),
             "peak_above_start_mib": round(max(0, v.peak - v.base) / 2**20, 1),
         })
-    med = {v.name: _median(v.times) for v in variants}
-    ratios: dict[str, float] = {
-        "cache_speedup": round(med["uncached"] / med["cached"], 3),
-        "batching_speedup": round(med["per-slice"] / med["cached"], 3),
-    }
-    per_slice = {row["name"]: row["seconds_per_slice"] for row in rows}
-
-    def sampling(slow: str, fast: str) -> float | None:
-        return round(per_slice[slow] / per_slice[fast], 3) if per_slice[fast] > 0 else None
-
-    ratios_sampling: dict[str, float | None] = {"cache_speedup": sampling("uncached", "cached"),
-                                                "batching_speedup": sampling("per-slice", "cached")}
+    ratios = _ratios({v.name: _median(v.times) for v in variants})
+    ratios_sampling = _ratios({row["name"]: row["seconds_per_slice"] for row in rows})
+    ratios_network = _ratios({row["name"]: row["network_median_s"] for row in rows})
     reference = by["cached"]
     agreement: dict[str, Any] = {
         "cached_vs_uncached": _max_diff(reference.output, by["uncached"].output),
         "batched_vs_per_slice": _max_diff(reference.output, by["per-slice"].output),
     }
-    for p in HALF:
-        if p in by:
-            ratios[f"{p}_speedup"] = round(med["cached"] / med[p], 3)
-            ratios_sampling[f"{p}_speedup"] = sampling("cached", p)
-            agreement[f"{p}_vs_{reference.precision}"] = _max_diff(reference.output, by[p].output)
-    if "onnx" in by:
-        ratios["onnx_speedup"] = round(med["cached"] / med["onnx"], 3)
-        ratios_sampling["onnx_speedup"] = sampling("cached", "onnx")
-        agreement[f"onnx_vs_{reference.precision}"] = _max_diff(reference.output, by["onnx"].output)
+    for name in [p for p in HALF if p in by] + (["onnx"] if "onnx" in by else []):
+        agreement[f"{name}_vs_{reference.precision}"] = _max_diff(reference.output, by[name].output)
     agreement["scale"] = (f"max |difference| over the measured slices on the model's [0, 1] output scale "
                           f"(the {route[1]} output range mapped to 0…1)")
     g = settings.guidance
@@ -461,9 +463,11 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
                      "batch": settings.batch_size, "repeats": repeats,
                      "warm_up": "one untimed run per precision (2 steps) before the timed repeats",
                      "order": "round-robin: repeat k of every variant before repeat k+1"},
-        "variants": rows, "ratios": ratios, "ratios_sampling": ratios_sampling,
+        "variants": rows, "ratios": ratios, "ratios_sampling": ratios_sampling, "ratios_network": ratios_network,
         "ratios_note": ("ratios: slower variant's median / faster one's, end to end; ratios_sampling: the same "
-                        "from seconds per slice, i.e. without the per-volume part every run pays once"),
+                        "from seconds per slice, i.e. without the per-volume part every run pays once; "
+                        "ratios_network: from the time in the transformer alone (each batch's context encoding "
+                        "and ODE steps, without the autoencoder), i.e. what the context cache changes"),
         "agreement": agreement,
         "memory": {"method": memory_method,
                    "peak_memory_mib": "the highest value during a timed run (max over repeats)",
@@ -540,6 +544,8 @@ def to_markdown(report: dict) -> str:
                      f"{_memory(row)} | {_diff(_variant_diff(report, row['name']))} |")
     lines += ["", f"Ratios: {ratio_line(report)} (end-to-end medians)", "",
               f"Ratios, sampling only: {ratio_line(report, 'ratios_sampling')} (per-volume part removed)", "",
+              f"Ratios, transformer only: {ratio_line(report, 'ratios_network')} (each batch's context encoding "
+              "and ODE steps, without the autoencoder: what the context cache changes)", "",
               f"- Max abs diff: against `cached`, {report['agreement']['scale']}.",
               f"- Peak memory: {report['memory']['method']}; (+ …) is the rise during the run.",
               f"- Seconds per demo volume: {report['seconds_per_demo_volume']}.",
@@ -562,6 +568,7 @@ def to_text(report: dict) -> str:
                      f"{_diff(_variant_diff(report, row['name'])):>9}")
     lines += ["", f"ratios:  {ratio_line(report)} (end-to-end medians)",
               f"         {ratio_line(report, 'ratios_sampling')} (sampling only, per-volume part removed)",
+              f"         {ratio_line(report, 'ratios_network')} (transformer only: context + ODE steps)",
               f"memory:  {report['memory']['method']}",
               f"s/volume: {report['seconds_per_demo_volume']}"]
     for item in report["not_measured"]:

@@ -142,27 +142,28 @@ class OnnxSynthesizer(Synthesizer):
         seen = vit_view(pixels, self.config)
         branches = context_branches(settings.guidance)
         layout = self._layout(instruction_ids, branches, latent.shape[1:], seen.shape[1:])
-        keys, values = (t.numpy() for t in self._run("context", latent=latent, vit_pixels=seen,
-                                                      **{k: layout[k] for k in CONTEXT_LAYOUT_INPUTS}))
-        per_row = {k: per_branch_rows(torch.from_numpy(layout[k]), n).numpy()
-                   for k in ("valid", "next_position", "present")}
-        aligned = self.config.source_token_aligned
-        picked: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+        with self._network_time():   # the context once, then the ODE over the cached keys/values
+            keys, values = (t.numpy() for t in self._run("context", latent=latent, vit_pixels=seen,
+                                                          **{k: layout[k] for k in CONTEXT_LAYOUT_INPUTS}))
+            per_row = {k: per_branch_rows(torch.from_numpy(layout[k]), n).numpy()
+                       for k in ("valid", "next_position", "present")}
+            aligned = self.config.source_token_aligned
+            picked: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
 
-        def context_of(wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
-            if wanted not in picked:
-                rows = np.concatenate([np.arange(n) + branches.index(b) * n for b in wanted])
-                picked[wanted] = {"keys": keys[:, rows], "values": values[:, rows],
-                                  "past_valid": per_row["valid"][rows], "next_position": per_row["next_position"][rows]}
-                if aligned:
-                    picked[wanted].update(source=latent.cpu().numpy(), present=per_row["present"][rows])
-            return picked[wanted]
+            def context_of(wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+                if wanted not in picked:
+                    rows = np.concatenate([np.arange(n) + branches.index(b) * n for b in wanted])
+                    picked[wanted] = {"keys": keys[:, rows], "values": values[:, rows],
+                                      "past_valid": per_row["valid"][rows], "next_position": per_row["next_position"][rows]}
+                    if aligned:
+                        picked[wanted].update(source=latent.cpu().numpy(), present=per_row["present"][rows])
+                return picked[wanted]
 
-        def velocity(x, t, wanted):
-            wanted = tuple(wanted)
-            (v,) = self._run("velocity", x=x.float(), t=t.float(), **context_of(wanted))
-            return dict(zip(wanted, v.split(n)))
+            def velocity(x, t, wanted):
+                wanted = tuple(wanted)
+                (v,) = self._run("velocity", x=x.float(), t=t.float(), **context_of(wanted))
+                return dict(zip(wanted, v.split(n)))
 
-        x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
+            x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
         (decoded,) = self._run("vae_decoder", latent=x0)
         return unit_slices(decoded)

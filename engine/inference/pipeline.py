@@ -17,6 +17,7 @@ Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,7 @@ class SliceSynthesizer:
         self.precision = precision
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
+        self.network_seconds = 0.0                     # the last run's context + ODE steps (see _network_time)
 
     @property
     def execution_device(self) -> str:
@@ -191,6 +193,7 @@ class SliceSynthesizer:
         (the others are set to the background), e.g. for quick evaluations.
         """
         started = time.perf_counter()
+        self.network_seconds = 0.0
         source = source or volume.modality
         if not source:
             raise ValueError("the input's modality is unknown: name it (e.g. source='T1') or identify it first")
@@ -284,6 +287,21 @@ class SliceSynthesizer:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
         return f"synthetic {target} from {source} ({self.name})"[:64]
 
+    @contextlib.contextmanager
+    def _network_time(self):
+        """Add the block's wall time to ``network_seconds``: a batch's context encoding and ODE steps,
+        without the autoencoder and the per-volume work (what the context cache changes); on a GPU
+        between synchronisations, so queued kernels count where they run."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.network_seconds += time.perf_counter() - start
+
     # -- batch sizing --------------------------------------------------------------------------
     def _reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
@@ -371,16 +389,17 @@ class Synthesizer(SliceSynthesizer):
         with autocast(device, self.compute_dtype):
             latent = model.vae.encode(pixels).float()
             seen = vit_view(pixels, self.config)
-            if self.context_cache:
-                context = model.encode_context(latent, seen, ids, branches=context_branches(settings.guidance))
+            with self._network_time():
+                if self.context_cache:
+                    context = model.encode_context(latent, seen, ids, branches=context_branches(settings.guidance))
 
-                def velocity(x, t, wanted):
-                    return model.velocity(x, t, context, wanted)
-            else:
-                def velocity(x, t, wanted):
-                    return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted)
+                    def velocity(x, t, wanted):
+                        return model.velocity(x, t, context, wanted)
+                else:
+                    def velocity(x, t, wanted):
+                        return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted)
 
-            x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
+                x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
             decoded = model.vae.decode(x0).float()
         return unit_slices(decoded)
 

@@ -48,6 +48,12 @@ def test_quick_json_has_variants_medians_ratios_agreement_and_device(quick):
     assert by["onnx"]["backend"] == "onnx" and by["onnx"]["providers"] == ["CPUExecutionProvider"]
     assert ratios["onnx_speedup"] == pytest.approx(by["cached"]["median_s"] / by["onnx"]["median_s"], rel=1e-2)
     assert set(report["ratios_sampling"]) == {"cache_speedup", "batching_speedup", "onnx_speedup"}
+    for v in report["variants"]:                # the transformer's share: measured, and part of the run
+        assert 0 < v["network_median_s"] < v["median_s"]
+    network = report["ratios_network"]
+    assert set(network) == {"cache_speedup", "batching_speedup", "onnx_speedup"}
+    assert network["cache_speedup"] == pytest.approx(
+        by["uncached"]["network_median_s"] / by["cached"]["network_median_s"], rel=1e-2)
     assert report["volume"]["overhead_s"] >= 0
     agreement = report["agreement"]
     assert 0 <= agreement["cached_vs_uncached"] <= 1e-4
@@ -74,6 +80,7 @@ def test_quick_markdown_has_table_ratios_and_machine():
     assert "| variant | precision |" in text and "| uncached | fp32 | no |" in text and "| cached | fp32 | yes |" in text
     assert "| onnx | fp32 | yes |" in text and "onnxruntime vs torch ×" in text
     assert "Ratios: context cache ×" in text and "batching ×" in text and "Ratios, sampling only:" in text
+    assert "Ratios, transformer only: context cache ×" in text
     assert "random weights: speed only" in text
     assert "half precision is not measured on CPU" in text
 

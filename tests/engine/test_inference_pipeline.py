@@ -3,6 +3,8 @@ the target's units, batching / context caching / out-of-memory retries do not ch
 is per slice, cancelling stops it, routes and precisions are checked, the card's defaults apply."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,13 @@ def test_auto_batch_size_on_a_cpu_needs_no_one_slice_probe(synth, monkeypatch):
     synth.synthesize_volume(t1_volume(), "T1", "T2", FAST.replace(batch_size="auto"))
     assert sizes[0] == synth.last_batch_size > 1      # the estimate sizes the first batch already
     assert len(sizes) == -(-sum(sizes) // sizes[0])     # full batches, then the rest
+
+
+def test_network_seconds_count_the_last_run_only(synth):
+    for _ in range(2):                                 # reset per run, not summed across runs
+        started = time.perf_counter()
+        synth.synthesize_volume(t1_volume(), "T1", "T2", FAST)
+        assert 0 < synth.network_seconds < time.perf_counter() - started
 
 
 def test_routes_modalities_and_precision_are_checked(synth):
