@@ -86,6 +86,7 @@ class OnnxSynthesizer(Synthesizer):
         ort = onnxruntime()
         torch_device = next(loaded.model.parameters()).device if loaded is not None else "cpu"
         super().__init__(model_dir, device=torch_device, precision="fp32", loaded=loaded)
+        self.probe_measures_memory = False             # ONNX Runtime's allocator is invisible to torch.cuda
         self.export_dir = Path(export_dir) if export_dir is not None else self.model_dir / "onnx"
         providers, self.notices = choose_providers(device, precision, self.export_dir)
         self.exported = not export_is_current(self.export_dir, self.model_dir, self.image_size)
@@ -143,8 +144,8 @@ class OnnxSynthesizer(Synthesizer):
         branches = context_branches(settings.guidance)
         layout = self._layout(instruction_ids, branches, latent.shape[1:], seen.shape[1:])
         with self._network_time():   # the context once, then the ODE over the cached keys/values
-            keys, values = (t.numpy() for t in self._run("context", latent=latent, vit_pixels=seen,
-                                                          **{k: layout[k] for k in CONTEXT_LAYOUT_INPUTS}))
+            keys, values = (t.cpu().numpy() for t in self._run("context", latent=latent, vit_pixels=seen,
+                                                                **{k: layout[k] for k in CONTEXT_LAYOUT_INPUTS}))
             per_row = {k: per_branch_rows(torch.from_numpy(layout[k]), n).numpy()
                        for k in ("valid", "next_position", "present")}
             aligned = self.config.source_token_aligned

@@ -106,6 +106,7 @@ class SliceSynthesizer:
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
         self.network_seconds = 0.0                     # the last run's context + ODE steps (see _network_time)
+        self.probe_measures_memory = True              # False where the network's memory is not torch's
 
     @property
     def execution_device(self) -> str:
@@ -224,10 +225,15 @@ class SliceSynthesizer:
 
         queue = list(plan.active)
         auto = settings.batch_size == "auto"
-        # "auto" on a GPU: a one-slice probe measures the memory a slice takes; elsewhere the
-        # size follows from the shapes (slice_memory_estimate) before the first batch
-        probe = auto and self.device.type == "cuda"
-        size = settings.batch_size if not auto else 1 if probe else self._auto_batch_size(len(queue), prepared)
+        # "auto" where torch's CUDA allocator sees the network's memory: a one-slice probe measures
+        # it; elsewhere the size follows from the shapes (slice_memory_estimate) before the first batch
+        probe = auto and self.device.type == "cuda" and self.probe_measures_memory
+        if not auto:
+            size = settings.batch_size
+        elif probe:
+            size = 1
+        else:
+            size = self._auto_batch_size(len(queue), prepared)
         position = 0
         while position < len(queue):
             check_cancel(cancel)
