@@ -81,12 +81,13 @@ class OnnxSynthesizer(Synthesizer):
     they are; the export is made from a CPU copy when needed).
     """
 
+    probe_measures_memory = False     # ONNX Runtime's allocator is invisible to torch.cuda
+
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "fp32", *,
                  export_dir: str | Path | None = None, loaded=None) -> None:
         ort = onnxruntime()
         torch_device = next(loaded.model.parameters()).device if loaded is not None else "cpu"
         super().__init__(model_dir, device=torch_device, precision="fp32", loaded=loaded)
-        self.probe_measures_memory = False             # ONNX Runtime's allocator is invisible to torch.cuda
         self.export_dir = Path(export_dir) if export_dir is not None else self.model_dir / "onnx"
         providers, self.notices = choose_providers(device, precision, self.export_dir)
         self.exported = not export_is_current(self.export_dir, self.model_dir, self.image_size)

@@ -98,6 +98,8 @@ class SliceSynthesizer:
     benchmark's baselines are others.
     """
 
+    probe_measures_memory = True      # torch's CUDA allocator sees the network's memory (not so for ONNX Runtime)
+
     def __init__(self, card: ModelCard, image_size: int, device: torch.device, precision: str = "fp32") -> None:
         self.card = card
         self.image_size = int(image_size)
@@ -106,7 +108,6 @@ class SliceSynthesizer:
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
         self.network_seconds = 0.0                     # the last run's context + ODE steps (see _network_time)
-        self.probe_measures_memory = True              # False where the network's memory is not torch's
 
     @property
     def execution_device(self) -> str:
