@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,8 @@ def canonical(name: str) -> str:
 # -- masks and normalisation ----------------------------------------------------------------
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice."""
+    from scipy import ndimage          # here: the registry above is imported by the app's light modules
+
     arr = np.asarray(array, dtype=np.float32)
     mod = get(modality)
     if mod.family == "CT":

@@ -92,6 +92,15 @@ def ssim_interior(shape: tuple[int, ...]) -> np.ndarray:
     return inside
 
 
+def pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Pearson correlation of two images (inside ``mask`` when given); NaN when either is constant there."""
+    a, b = _pair(a, b)
+    a, b = _selected(a, mask), _selected(b, mask)
+    a, b = a - a.mean() if a.size else a, b - b.mean() if b.size else b
+    norm = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / norm if norm > 0 else math.nan
+
+
 def ssim(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0, mask: np.ndarray | None = None) -> float:
     """Mean SSIM (0…1) over the slices' interiors, or over the interior part of ``mask``."""
     smap = ssim_map(pred, target, data_range)

@@ -10,9 +10,14 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 
 and the ceiling every SynerMedGen row shares: the target slices' own round trip through the
 autoencoder (on the same slices), plus Stage I's CTS / MI / TIA accuracy on the same subjects.
+
+Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
+different MR targets of one source slice are, beside the same for the real scans — a model that
+ignores the requested target (the same image for T1 → T2 and T1 → FLAIR) scores ≈ 1.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -22,12 +27,14 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.evaluation.metrics import pearson
 from engine.evaluation.synthesis_eval import (ModelEvaluation, SubjectScore, central_block, evaluate_model,
-                                              score_volume)
+                                              route_jobs, score_volume)
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks import PairedDataset
+from engine.tasks.slices import slices_first
 from engine.training import recipe
 
 MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \
@@ -97,6 +104,56 @@ def ceiling(round_trip: VAERoundTrip, paired: PairedDataset, split: str, routes:
     return _scores(result)
 
 
+def _mean_pairwise_correlation(images: Sequence[np.ndarray], mask: np.ndarray) -> float:
+    values = [pearson(a, b, mask) for a, b in itertools.combinations(images, 2)]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
+                     routes: Sequence[tuple[str, str]], settings: SynthesisSettings | None = None,
+                     cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Mean pairwise Pearson correlation, inside the source's body mask, of ``synth``'s outputs for
+    the different MR targets of one central source slice per subject (the source with the most MR
+    targets among the routes both ``synth`` and ``routes`` have), and of the real target scans on
+    the same slice (linearly resampled onto the source grid when theirs differs). Near 1 with the
+    real value well below: the method ignores which target was asked for."""
+    from engine.tasks.dataset import resample_onto
+
+    settings = settings or synth.default_settings()
+    by_subject: dict[str, dict[str, list[str]]] = {}
+    for subject, (source, target) in route_jobs(synth, paired, split, routes):
+        if modalities.get(target).family == "MR":
+            by_subject.setdefault(subject, {}).setdefault(source, []).append(target)
+    synthetic, real = [], []
+    for subject, targets in by_subject.items():
+        source = max(sorted(targets), key=lambda s: len(targets[s]))
+        if len(targets[source]) < 2:
+            continue
+        volume = paired.volume(subject, source)
+        plan = synth.plan(volume, source)
+        if not plan.active:
+            continue
+        index = central_block(plan.active, 1)
+        array = np.nan_to_num(np.asarray(volume.array, np.float32))
+        mask = slices_first(modalities.body_mask(array, source), plan.axis)[index[0]]
+        sampling = settings.replace(anatomy=paired.anatomy(subject) or settings.anatomy)
+        outputs, scans = [], []
+        for target in targets[source]:
+            check_cancel(cancel)
+            out = synth.synthesize_volume(volume, source, target, settings=sampling, slices=index, cancel=cancel)
+            outputs.append(slices_first(np.asarray(out.array, np.float32), plan.axis)[index[0]])
+            scan = paired.volume(subject, target)
+            scan = scan if scan.same_grid(volume) else resample_onto(scan, volume)
+            scans.append(slices_first(np.asarray(scan.array, np.float32), plan.axis)[index[0]])
+        pair = (_mean_pairwise_correlation(outputs, mask), _mean_pairwise_correlation(scans, mask))
+        if all(math.isfinite(v) for v in pair):
+            synthetic.append(pair[0])
+            real.append(pair[1])
+    return {"synthetic": float(np.mean(synthetic)) if synthetic else None,
+            "real": float(np.mean(real)) if real else None, "subjects": len(synthetic)}
+
+
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
                 steps: int | None = None, device: str = "cpu", understanding_samples: int = 64,
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
@@ -144,9 +201,10 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
         settings = synth.default_settings() if entry in (None, recipe.UNET) else sampling
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
+        seconds = round(time.perf_counter() - started, 1)
         report["rows"].append({"key": key, "label": label, "model": str(run / entry) if entry else None,
-                               "trained": trained, "seconds": round(time.perf_counter() - started, 1),
-                               **_scores(evaluation)})
+                               "trained": trained, "seconds": seconds, **_scores(evaluation),
+                               "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)})
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],
                          **ceiling(VAERoundTrip(default), paired, split, routes, max_slices, cancel)}
@@ -183,7 +241,8 @@ def summary(report: dict) -> list[dict]:
         lines.append({"key": row["key"], "label": row["label"], "trained": row.get("trained") or {},
                       "mr_ssim": _mr_mean(row, "whole", "ssim_x100"), "mr_ssim_body": _mr_mean(row, "body", "ssim_x100"),
                       "mr_psnr_db": _mr_mean(row, "whole", "psnr_db"), "ct_mae_hu_body": _ct(row, "body", "mae"),
-                      "ct_ssim": _ct(row, "whole", "ssim_x100")})
+                      "ct_ssim": _ct(row, "whole", "ssim_x100"),
+                      "target_agreement": (row.get("target_agreement") or {}).get("synthetic")})
     return lines
 
 
@@ -193,16 +252,22 @@ def to_markdown(report: dict) -> str:
              f"subjects ({report['split']} split), {report['max_slices'] or 'all'} central slices per volume, "
              f"{len(report['routes'])} routes; {(report.get('machine') or {}).get('line', '')}",
              "",
-             "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM | trained |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM "
+             "| target agreement | trained |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for line in summary(report):
         trained = line["trained"]
         budget = (f"{trained.get('steps')} steps, {_f((trained.get('seconds') or 0) / 60)} min" if trained
                   else "fitted" if line["key"] == "identity" else "—")
         lines.append(f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
-                     f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | {budget} |")
+                     f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | "
+                     f"{_f(line['target_agreement'], 3)} | {budget} |")
     acc = report.get("understanding") or {}
-    lines += ["", "Stage I understanding accuracy on the same subjects: "
+    real = next((r["target_agreement"].get("real") for r in report["rows"] if r.get("target_agreement")), None)
+    lines += ["", f"Target agreement: mean correlation, inside the body, of a method's outputs for the different MR "
+              f"targets of one central source slice per subject (the real scans: {_f(real, 3)}); near 1 means the "
+              "requested target is ignored.",
+              "", "Stage I understanding accuracy on the same subjects: "
               + ", ".join(f"{k} {100 * v:.0f} %" for k, v in acc.items()), ""]
     return "\n".join(lines)
 

@@ -123,6 +123,16 @@ def _mean(rows: list[dict], keys: Iterable[str] = SCORE_KEYS) -> dict:
     return out
 
 
+def route_jobs(synthesizer, paired, split: str | None, routes: Iterable[Sequence[str]] | None = None
+               ) -> list[tuple[str, tuple[str, str]]]:
+    """(subject, route) of every subject of ``split`` and route that the subject, the model (when
+    its card lists routes) and ``routes`` (when given) all have, in subject order."""
+    wanted = None if routes is None else {(modalities.canonical(a), modalities.canonical(b)) for a, b in routes}
+    supported = set(synthesizer.routes) if synthesizer.routes else None
+    return [(s, r) for s in paired.subject_names(split) for r in paired.subject(s).routes
+            if (supported is None or r in supported) and (wanted is None or r in wanted)]
+
+
 def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: Iterable[Sequence[str]] | None = None,
                    max_slices: int | None = None, settings=None, progress: ProgressFn = noop,
                    cancel: CancelToken | None = None) -> ModelEvaluation:
@@ -133,10 +143,7 @@ def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: I
     subjects = paired.subject_names(split)
     if not subjects:
         raise ValueError(f"the dataset has no subjects in the {split!r} split; choose another with --split")
-    wanted = None if routes is None else {(modalities.canonical(a), modalities.canonical(b)) for a, b in routes}
-    supported = set(synthesizer.routes) if synthesizer.routes else None
-    jobs = [(s, r) for s in subjects for r in paired.subject(s).routes
-            if (supported is None or r in supported) and (wanted is None or r in wanted)]
+    jobs = route_jobs(synthesizer, paired, split, routes)
     if not jobs:
         raise ValueError(f"no route of the model ({', '.join(f'{a}→{b}' for a, b in synthesizer.routes) or 'any'}) "
                          f"is present in the {split!r} split's subjects")

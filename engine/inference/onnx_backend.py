@@ -17,7 +17,7 @@ import torch
 
 from engine.inference.onnx_export import (CONTEXT_LAYOUT_INPUTS, context_layout, export_is_current, export_onnx,
                                           per_branch_rows)
-from engine.inference.pipeline import Synthesizer, context_branches, unit_slices, vit_view
+from engine.inference.pipeline import Prompt, Synthesizer, context_branches, unit_slices, vit_view
 from engine.inference.settings import SynthesisSettings
 from engine.jobs import CancelToken, ProgressFn, noop
 
@@ -116,11 +116,11 @@ class OnnxSynthesizer(Synthesizer):
     def execution_device(self) -> str:
         return "cuda" if self.providers[0] in GPU_PROVIDERS else "cpu"
 
-    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[list[int], list[str]]:
-        ids, notes = super()._prepare(source, target, settings)
+    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Prompt, list[str]]:
+        prompt, notes = super()._prepare(source, target, settings)
         notes.append(f"backend: ONNX Runtime {onnxruntime().__version__} "
                      f"({', '.join(self.providers)}, {self.precision})")
-        return ids, notes + [f"note: {n}" for n in self.notices]
+        return prompt, notes + [f"note: {n}" for n in self.notices]
 
     def _run(self, name: str, **inputs: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
         feeds = {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else v) for k, v in inputs.items()}
@@ -134,7 +134,7 @@ class OnnxSynthesizer(Synthesizer):
         return self._layouts[key]
 
     @torch.no_grad()
-    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], instruction_ids: Sequence[int],
+    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], prompt: Prompt,
                    settings: SynthesisSettings, cancel: CancelToken | None,
                    on_step: ProgressFn = noop) -> torch.Tensor:
         """Model slices (n, 1, S, S) in [0, 1] → synthetic slices (n, 1, S, S) in [0, 1]."""
@@ -143,13 +143,14 @@ class OnnxSynthesizer(Synthesizer):
         (latent,) = self._run("vae_encoder", pixels=pixels)
         seen = vit_view(pixels, self.config)
         branches = context_branches(settings.guidance)
-        layout = self._layout(instruction_ids, branches, latent.shape[1:], seen.shape[1:])
+        layout = self._layout(prompt.ids, branches, latent.shape[1:], seen.shape[1:])
         with self._network_time():   # the context once, then the ODE over the cached keys/values
             keys, values = (t.cpu().numpy() for t in self._run("context", latent=latent, vit_pixels=seen,
                                                                 **{k: layout[k] for k in CONTEXT_LAYOUT_INPUTS}))
             per_row = {k: per_branch_rows(torch.from_numpy(layout[k]), n).numpy()
                        for k in ("valid", "next_position", "present")}
             aligned = self.config.source_token_aligned
+            targets = self.model.target_rows([prompt.target] * n, branches, n)
             picked: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
 
             def context_of(wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -159,6 +160,8 @@ class OnnxSynthesizer(Synthesizer):
                                       "past_valid": per_row["valid"][rows], "next_position": per_row["next_position"][rows]}
                     if aligned:
                         picked[wanted].update(source=latent.cpu().numpy(), present=per_row["present"][rows])
+                    if targets is not None:
+                        picked[wanted]["target"] = targets.cpu().numpy()[rows]
                 return picked[wanted]
 
             def velocity(x, t, wanted):

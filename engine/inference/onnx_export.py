@@ -139,8 +139,9 @@ class ContextGraph(nn.Module):
 class VelocityGraph(nn.Module):
     """One velocity evaluation over a cached context: x_t (n, z, h, w), t (n,), the context's keys
     and values (layers, R, kv_heads, P, head_dim) with ``past_valid`` (R, P) and ``next_position``
-    (R,), and (token-aligned models) the source latents (n, z, h, w) with ``present`` (R,) →
-    velocities (R, z, h, w), R = branches·n branch-major, as ``SynerMedGen.velocity``."""
+    (R,), then (token-aligned models) the source latents (n, z, h, w) with ``present`` (R,) and
+    (target-conditioned models) each row's ``target`` embedder row (R,) → velocities (R, z, h, w),
+    R = branches·n branch-major, as ``SynerMedGen.velocity``."""
 
     def __init__(self, model: SynerMedGen, latent_shape: Sequence[int]) -> None:
         super().__init__()
@@ -155,14 +156,18 @@ class VelocityGraph(nn.Module):
         self.register_buffer("position_ids", layout.position_ids, persistent=False)
         self.register_buffer("self_mask", attention_mask(layout), persistent=False)       # (1, 1, L, L)
 
-    def forward(self, x, t, keys, values, past_valid, next_position, source=None, present=None):
+    def forward(self, x, t, keys, values, past_valid, next_position, *conditions):
         m = self.model
         rows, n = keys.shape[1], x.shape[0]
         copies = rows // n
         lat = _latent_tokens(m, per_sample_rows(x, copies), per_sample_rows(t, copies))
-        if source is not None:
+        conditions = list(conditions)
+        if m.config.source_token_aligned:
+            source, present = conditions.pop(0), conditions.pop(0)
             p = m.config.latent_patch_size
             lat = lat + m.vae2llm_src(patchify_latent(per_sample_rows(source, copies), p)) * present[:, None, None]
+        if m.config.target_modalities:
+            lat = lat + m.target_embedder(conditions.pop(0))[:, None]
         base = m.language_model.model.embed_tokens(self.ids).expand(rows, -1, -1)
         emb = torch.cat([base[:, :self.start], lat.to(base.dtype), base[:, self.start + self.count:]], dim=1)
         length = self.ids.shape[1]
@@ -214,11 +219,15 @@ def example_inputs(model: SynerMedGen, image_size: int, batch: int = 2) -> dict[
                 per_branch_rows(layout["valid"], batch), per_branch_rows(layout["next_position"], batch))
     if cfg.source_token_aligned:
         velocity += (latent, per_branch_rows(layout["present"], batch))
+    if cfg.target_modalities:
+        velocity += (model.target_rows([1] * batch, branches, batch),)
     return {"vae_encoder": (pixels,), "vae_decoder": (latent,), "context": context, "velocity": velocity}
 
 
-def graph_signature(name: str, aligned: bool) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
-    """(input names, output names, dynamic axes) of a graph."""
+def graph_signature(name: str, aligned: bool, targeted: bool = False
+                    ) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    """(input names, output names, dynamic axes) of a graph; ``aligned``/``targeted``: the model's
+    ``source_token_aligned`` / whether it has ``target_modalities``."""
     batch = {0: "batch"}
     if name == "vae_encoder":
         return ["pixels"], ["latent"], {"pixels": batch, "latent": batch}
@@ -230,11 +239,14 @@ def graph_signature(name: str, aligned: bool) -> tuple[list[str], list[str], dic
                 "keys": {1: "rows", 3: "length"}, "values": {1: "rows", 3: "length"}}
         axes["attn_mask"] = {0: "branches", 2: "length", 3: "length"}
         return ["latent", "vit_pixels", *CONTEXT_LAYOUT_INPUTS], ["keys", "values"], axes
-    inputs = ["x", "t", "keys", "values", "past_valid", "next_position"] + (["source", "present"] if aligned else [])
+    inputs = (["x", "t", "keys", "values", "past_valid", "next_position"] + (["source", "present"] if aligned else [])
+              + (["target"] if targeted else []))
     axes = {"x": batch, "t": batch, "keys": {1: "rows", 3: "past"}, "values": {1: "rows", 3: "past"},
             "past_valid": {0: "rows", 1: "past"}, "next_position": {0: "rows"}, "velocity": {0: "rows"}}
     if aligned:
         axes.update(source=batch, present={0: "rows"})
+    if targeted:
+        axes.update(target={0: "rows"})
     return inputs, ["velocity"], axes
 
 
@@ -266,7 +278,7 @@ def export_onnx(model: SynerMedGen, image_size: int, export_dir: str | Path,
     export_dir = Path(export_dir)
     with atomic_folder(export_dir) as tmp:
         for name in GRAPHS:
-            inputs, outputs, axes = graph_signature(name, aligned)
+            inputs, outputs, axes = graph_signature(name, aligned, bool(model.config.target_modalities))
             staged = tmp / f".{name}" / f"{name}.onnx"
             staged.parent.mkdir()
             with warnings.catch_warnings():
@@ -278,7 +290,9 @@ def export_onnx(model: SynerMedGen, image_size: int, export_dir: str | Path,
             onnx.checker.check_model(str(tmp / f"{name}.onnx"))
         manifest: dict[str, Any] = {"format": "synermedgen-onnx", "opset": OPSET, "image_size": int(image_size),
                                     "graphs": {name: f"{name}.onnx" for name in GRAPHS},
-                                    "source_token_aligned": aligned, "torch": torch.__version__,
+                                    "source_token_aligned": aligned,
+                                    "target_modalities": list(model.config.target_modalities),
+                                    "torch": torch.__version__,
                                     "onnx": onnx.__version__, "model_files": model_fingerprint(model_dir)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return export_dir

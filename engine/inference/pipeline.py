@@ -4,8 +4,8 @@ target's physical units.
 
 Per volume: normalise the source per its modality → slice along the acquisition axis → skip
 empty slices → for each batch of slices: VAE latents + ViT tokens + instruction encoded once into
-a cached context (K/V for every guidance branch) → flow-matching ODE with the guidance branches
-batched → VAE decode → back onto the slice grid → re-stack → target units.
+a cached context (K/V for every guidance branch; with the target's embedding row, for models that
+have one) → flow-matching ODE with the guidance branches batched → VAE decode → back onto the slice grid → re-stack → target units.
 
 Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's protocol):
 
@@ -70,6 +70,15 @@ def unit_slices(decoded: torch.Tensor) -> torch.Tensor:
     if decoded.shape[1] != 1:
         decoded = decoded.mean(dim=1, keepdim=True)
     return ((decoded + 1.0) * 0.5).clamp_(0.0, 1.0).cpu()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What every batch of a SynerMedGen route needs: the instruction's token ids and the target's
+    ``target_embedder`` row (``SynerMedGenConfig.target_index``; 0 for models without one)."""
+
+    ids: tuple[int, ...]
+    target: int = 0
 
 
 @dataclass(frozen=True)
@@ -362,8 +371,8 @@ class Synthesizer(SliceSynthesizer):
         card = ModelCard.from_metadata(loaded.metadata, self.model_dir.name)
         super().__init__(card, card.slice_size(self.config), device, precision)
 
-    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[list[int], list[str]]:
-        """The instruction's token ids, and the instruction and sampling settings as notes."""
+    def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Prompt, list[str]]:
+        """The instruction's token ids and target row, and the instruction and sampling settings as notes."""
         if self.tokenizer is None:
             raise ValueError(f"{self.model_dir}: the model folder has no tokenizer")
         anatomy = settings.anatomy if settings.anatomy is not None else self.card.anatomy_for(source, target)
@@ -376,7 +385,10 @@ class Synthesizer(SliceSynthesizer):
             f"seed {settings.seed}" + (f", start from source at t={settings.t_start:g}"
                                        if settings.start_from_source else ""),
         ]
-        return list(self.tokenizer.encode(instruction)), notes
+        prompt = Prompt(tuple(self.tokenizer.encode(instruction)), self.config.target_index(target))
+        if self.config.target_modalities and not prompt.target:
+            notes.append(f"note: the model has no target embedding for {target}: the instruction alone names it")
+        return prompt, notes
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
@@ -385,26 +397,27 @@ class Synthesizer(SliceSynthesizer):
 
     # -- one batch of slices -------------------------------------------------------------------
     @torch.no_grad()
-    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], instruction_ids: Sequence[int],
+    def _run_batch(self, images: torch.Tensor, indices: Sequence[int], prompt: Prompt,
                    settings: SynthesisSettings, cancel: CancelToken | None,
                    on_step: ProgressFn = noop) -> torch.Tensor:
         """Model slices (n, 1, S, S) in [0, 1] → synthetic slices (n, 1, S, S) in [0, 1]."""
         model, device = self.model, self.device
         n = images.shape[0]
         pixels = (images.to(device, torch.float32) * 2.0 - 1.0)
-        ids = [list(instruction_ids)] * n
+        ids, targets = [list(prompt.ids)] * n, [prompt.target] * n
         with autocast(device, self.compute_dtype):
             latent = model.vae.encode(pixels).float()
             seen = vit_view(pixels, self.config)
             with self._network_time():
                 if self.context_cache:
-                    context = model.encode_context(latent, seen, ids, branches=context_branches(settings.guidance))
+                    context = model.encode_context(latent, seen, ids, branches=context_branches(settings.guidance),
+                                                   targets=targets)
 
                     def velocity(x, t, wanted):
                         return model.velocity(x, t, context, wanted)
                 else:
                     def velocity(x, t, wanted):
-                        return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted)
+                        return model.velocity_uncached(x, t, latent, seen, ids, branches=wanted, targets=targets)
 
                 x0 = self._sample(velocity, latent, indices, settings, cancel, on_step)
             decoded = model.vae.decode(x0).float()
@@ -428,12 +441,12 @@ class Synthesizer(SliceSynthesizer):
         return x0
 
     # -- batch sizing --------------------------------------------------------------------------
-    def slice_memory_estimate(self, prepared: Sequence[int]) -> int:
+    def slice_memory_estimate(self, prepared: Prompt) -> int:
         """Bytes one slice needs while it is sampled (all guidance branches), from the shapes: the
         cached K/V of its context, the attention and MLP activations of a denoising pass and of the
         context pass, and the VAE decoder's full-resolution activations; ×2 for allocator slack."""
         cfg, s = self.config, self.image_size
-        text_tokens = len(prepared)
+        text_tokens = len(prepared.ids)
         llm, vae = cfg.llm, cfg.vae
         branches = 3
         latent_tokens = (s // cfg.latent_downsample) ** 2 + 2

@@ -15,26 +15,28 @@ DEFAULT_ROUTES = (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("T2", "FLAIR"), 
 
 def write_random_model(path: str | Path, *, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFAULT_ROUTES,
                        image_size: int | None = 32, understanding: bool = True, seed: int = 0,
-                       source_token_aligned: bool = False, output_std: float = 0.05,
-                       metadata: Mapping[str, Any] | None = None) -> Path:
+                       source_token_aligned: bool = False, target_modalities: Sequence[str] = (),
+                       output_std: float = 0.05, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write a model folder (config, random weights, tokenizer, card) and return its path.
 
     ``llm2vae`` gets small random weights (``output_std``) instead of zeros, so velocities are not
-    all zero. ``understanding=True`` marks Stage I as trained in the card (tests of identify);
+    all zero; so do ``vae2llm_src`` and the target rows of ``target_embedder`` (std 0.5) when
+    present. ``understanding=True`` marks Stage I as trained in the card (tests of identify);
     ``metadata`` entries are merged into the card.
     """
     from engine.model import save_model_dir
 
     loaded = random_model(preset=preset, routes=routes, image_size=image_size, understanding=understanding,
-                          seed=seed, source_token_aligned=source_token_aligned, output_std=output_std,
-                          metadata=metadata)
+                          seed=seed, source_token_aligned=source_token_aligned,
+                          target_modalities=target_modalities, output_std=output_std, metadata=metadata)
     return save_model_dir(loaded.model, loaded.config, path, tokenizer=loaded.tokenizer, metadata=loaded.metadata)
 
 
 def random_model(*, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFAULT_ROUTES,
                  image_size: int | None = 32, understanding: bool = True, seed: int = 0,
-                 source_token_aligned: bool = False, output_std: float = 0.05,
-                 metadata: Mapping[str, Any] | None = None, device: torch.device | str = "cpu",
+                 source_token_aligned: bool = False, target_modalities: Sequence[str] = (),
+                 output_std: float = 0.05, metadata: Mapping[str, Any] | None = None,
+                 device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
     """The same random model in memory (a :class:`engine.model.LoadedModel`, nothing written).
     With a half ``dtype`` the weights are created in it directly on ``device`` (the ``bagel-7b``
@@ -46,7 +48,8 @@ def random_model(*, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFA
     names = list(dict.fromkeys(m for r in routes for m in r))
     vocab = min(get_preset(preset).llm.vocab_size, 1024)
     tokenizer = train_tokenizer(instruction_corpus(names, anatomies=("brain", "head")), vocab_size=vocab)
-    cfg = get_preset(preset).replace(source_token_aligned=source_token_aligned, tokens=tokenizer.special_ids)
+    cfg = get_preset(preset).replace(source_token_aligned=source_token_aligned,
+                                     target_modalities=tuple(target_modalities), tokens=tokenizer.special_ids)
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     if dtype != torch.float32:
@@ -59,6 +62,8 @@ def random_model(*, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFA
         model.llm2vae.weight.normal_(std=output_std)
         if source_token_aligned:
             model.vae2llm_src.weight.normal_(std=output_std)
+        if cfg.target_modalities:
+            model.target_embedder.weight[1:].normal_(std=0.5)
     card: dict[str, Any] = {
         "name": f"random-{preset}",
         "description": "random weights — untrained; for tests and speed measurements only",

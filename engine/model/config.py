@@ -204,6 +204,10 @@ class SynerMedGenConfig:
     the sampler chooses its own inference shift (3.0 in the reference recipe).
     ``source_token_aligned`` adds the clean source latent, token by token, into the noisy target
     tokens through the zero-initialised ``vae2llm_src`` (False for BAGEL-7B).
+    ``target_modalities`` names the modalities a learned ``target_embedder`` row stands for (row
+    i + 1; row 0 = none); the row of the requested target is added to every noisy target token, as
+    the timestep is, so the generation expert sees the target directly and not only through the
+    instruction's text tokens (empty, no embedder, for BAGEL-7B).
     """
 
     llm: LLMConfig
@@ -215,9 +219,18 @@ class SynerMedGenConfig:
     connector_act: str = "gelu_pytorch_tanh"
     timestep_shift: float = 1.0
     source_token_aligned: bool = False
+    target_modalities: tuple[str, ...] = ()
     tokens: SpecialTokenIds = field(default_factory=SpecialTokenIds)
 
     def __post_init__(self) -> None:
+        if isinstance(self.target_modalities, str):
+            raise ValueError(f"SynerMedGenConfig: target_modalities must be a list of names, not the string "
+                             f"{self.target_modalities!r}")
+        names = tuple(str(n).strip().upper() for n in self.target_modalities)
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError("SynerMedGenConfig: target_modalities must be distinct names, got "
+                             f"{self.target_modalities}")
+        object.__setattr__(self, "target_modalities", names)
         if self.vit_max_num_patch_per_side > self.vit.num_patches_per_side:
             raise ValueError("SynerMedGenConfig: vit_max_num_patch_per_side exceeds the ViT's "
                              f"position table ({self.vit.num_patches_per_side} per side)")
@@ -230,6 +243,12 @@ class SynerMedGenConfig:
         """Features of one generation token: p·p·z_channels (64 for BAGEL)."""
         return self.latent_patch_size ** 2 * self.vae.z_channels
 
+    def target_index(self, modality: str | None) -> int:
+        """The ``target_embedder`` row of ``modality``: 0 (none) without target conditioning, for
+        no modality, or for one the model was not trained to condition on."""
+        key = "" if modality is None else str(modality).strip().upper()
+        return self.target_modalities.index(key) + 1 if key in self.target_modalities else 0
+
     @property
     def latent_downsample(self) -> int:
         """Pixels per generation token along one side (16 for BAGEL)."""
@@ -239,6 +258,7 @@ class SynerMedGenConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("llm", "vit", "vae", "tokens"):
             data[name] = data[name].to_dict()
+        data["target_modalities"] = list(self.target_modalities)
         return data
 
     @classmethod

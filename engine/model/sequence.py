@@ -42,11 +42,14 @@ class CleanLatent:
 @dataclass(frozen=True)
 class NoisyLatent:
     """A noisy latent x_t (z, H, W) at time t; its keys are visible only to itself. ``source`` is the
-    clean source latent on the same grid, added token-aligned when the model has ``vae2llm_src``."""
+    clean source latent on the same grid, added token-aligned when the model has ``vae2llm_src``;
+    ``target`` the row of the requested modality in ``target_embedder`` (0: none), for models with
+    ``target_modalities``."""
 
     latent: torch.Tensor
     t: float | torch.Tensor
     source: torch.Tensor | None = None
+    target: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class LatentSlot:
     t: float | torch.Tensor
     source: torch.Tensor | None
     noisy: bool
+    target: int = 0
 
 
 @dataclass
@@ -169,7 +173,8 @@ def pack_rows(rows: Sequence[Sequence[Segment]], tokens: SpecialTokenIds, grid: 
                     n_img = _grid_tokens(h, w, grid.latent_patch, "latent")
                     noisy = isinstance(seg, NoisyLatent)
                     latent_slots.append(LatentSlot(r, offset + 1, seg.latent, seg.t if noisy else 0.0,
-                                                   seg.source if noisy else None, noisy))
+                                                   seg.source if noisy else None, noisy,
+                                                   seg.target if noisy else 0))
                     kind, gen = (NOISE if noisy else FULL), True
                 n = n_img + 2
                 ids = torch.full((n,), tokens.pad)

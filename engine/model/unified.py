@@ -25,6 +25,9 @@ from engine.model.vit import SiglipVisionModel, grid_position_ids
 
 BRANCHES = ("cond", "no_text", "no_image")  # CFG branches: all conditions, images only, text only
 FIXED_PARAMETERS = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")  # sin-cos tables, never trained
+# target rows start as large as the sin-cos position table they are added beside (norm ≈ 0.5·√d vs
+# 0.71·√d): at Qwen2's 0.02 they were 3 % of a token and Stage II barely moved them in 500 steps
+TARGET_EMBED_STD = 0.5
 
 
 def patchify_latent(z: torch.Tensor, p: int) -> torch.Tensor:
@@ -73,7 +76,9 @@ class Context:
 
     Rows are branch-major: row = branch_index·num_samples + sample. ``next_position`` is each row's
     RoPE position for the noisy block. ``aligned_source`` (rows, z, H, W) holds the clean source
-    latent where the row has images (``aligned_present``), for models with ``vae2llm_src``.
+    latent where the row has images (``aligned_present``), for models with ``vae2llm_src``;
+    ``target`` (rows,) each row's ``target_embedder`` row (0 where the branch drops the text), for
+    models with ``target_modalities``.
     """
 
     cache: KVCache
@@ -82,6 +87,7 @@ class Context:
     num_samples: int
     aligned_source: torch.Tensor | None = None
     aligned_present: torch.Tensor | None = None
+    target: torch.Tensor | None = None
 
     def rows_for(self, branches: Sequence[str]) -> slice | torch.Tensor:
         unknown = [b for b in branches if b not in self.branches]
@@ -98,12 +104,12 @@ class Context:
         rows = self.rows_for(branches)
         pick = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
         return Context(self.cache.select_rows(rows), pick(self.next_position), tuple(branches), self.num_samples,
-                       None if self.aligned_source is None else pick(self.aligned_source),
-                       None if self.aligned_present is None else pick(self.aligned_present))
+                       *(None if x is None else pick(x) for x in (self.aligned_source, self.aligned_present,
+                                                                    self.target)))
 
     def detach(self) -> "Context":
         return Context(self.cache.detach(), self.next_position, self.branches, self.num_samples,
-                       self.aligned_source, self.aligned_present)
+                       self.aligned_source, self.aligned_present, self.target)
 
 
 @dataclass
@@ -132,6 +138,8 @@ class SynerMedGen(nn.Module):
         self.latent_pos_embed = PositionEmbedding(config.max_latent_size, d)
         if config.source_token_aligned:
             self.vae2llm_src = nn.Linear(config.patch_latent_dim, d)
+        if config.target_modalities:
+            self.target_embedder = nn.Embedding(len(config.target_modalities) + 1, d, padding_idx=0)
         self.set_vae(vae if vae is not None else AutoEncoder(config.vae))
 
     # ---- the VAE beside the module -------------------------------------------------------------
@@ -153,8 +161,9 @@ class SynerMedGen(nn.Module):
     # ---- initialisation and parameter groups ---------------------------------------------------
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, copy_init_moe: bool = True) -> None:
-        """Fresh weights: Qwen2-style N(0, std) for the LLM and glue, zero ``llm2vae``/``vae2llm_src``,
-        sin-cos tables, and (``copy_init_moe``) generation experts copied from understanding."""
+        """Fresh weights: Qwen2-style N(0, std) for the LLM and glue, N(0, TARGET_EMBED_STD) target
+        rows, zero ``llm2vae``/``vae2llm_src`` and the "no target" row, sin-cos tables, and
+        (``copy_init_moe``) generation experts copied from understanding."""
         self.language_model.init_weights(std)
         for module in (self.connector, self.time_embedder, self.vae2llm):
             for sub in module.modules():
@@ -164,6 +173,9 @@ class SynerMedGen(nn.Module):
         for zero in [self.llm2vae] + ([self.vae2llm_src] if self.config.source_token_aligned else []):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
+        if self.config.target_modalities:
+            nn.init.normal_(self.target_embedder.weight, std=TARGET_EMBED_STD)
+            self.target_embedder.weight[0].zero_()
         self.vit_pos_embed.reset_parameters()
         self.latent_pos_embed.reset_parameters()
         if copy_init_moe:
@@ -172,7 +184,7 @@ class SynerMedGen(nn.Module):
     @staticmethod
     def is_generation_parameter(name: str) -> bool:
         return "_moe_gen" in name or name.split(".")[0] in (
-            "vae2llm", "llm2vae", "time_embedder", "latent_pos_embed", "vae2llm_src")
+            "vae2llm", "llm2vae", "time_embedder", "latent_pos_embed", "vae2llm_src", "target_embedder")
 
     def understanding_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """ViT, connector, understanding expert, embed_tokens, lm_head, final ``norm`` (Stage I)."""
@@ -180,7 +192,8 @@ class SynerMedGen(nn.Module):
                 if n not in FIXED_PARAMETERS and not self.is_generation_parameter(n)]
 
     def generation_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Every ``*_moe_gen``, ``norm_moe_gen``, vae2llm, llm2vae, time_embedder, vae2llm_src (Stage II)."""
+        """Every ``*_moe_gen``, ``norm_moe_gen``, vae2llm, llm2vae, time_embedder, vae2llm_src,
+        target_embedder (Stage II)."""
         return [(n, p) for n, p in self.named_parameters()
                 if n not in FIXED_PARAMETERS and self.is_generation_parameter(n)]
 
@@ -232,6 +245,10 @@ class SynerMedGen(nn.Module):
                    + self.latent_pos_embed(pos))
             if cfg.source_token_aligned:
                 lat = lat + self._aligned_source_embedding(slots, patches, device, dtype)
+            if cfg.target_modalities:       # noisy latents only: a clean context latent has no target
+                rows = self.target_embedder(torch.tensor([s.target for s in slots], device=device))
+                noisy = torch.tensor([s.noisy for s in slots], device=device, dtype=rows.dtype)
+                lat = lat + (rows * noisy[:, None]).repeat_interleave(counts, dim=0)
             values.append(lat)
             indices += [s.row * length + s.start + torch.arange(x.shape[0], device=device)
                         for s, x in zip(slots, patches)]
@@ -286,9 +303,8 @@ class SynerMedGen(nn.Module):
         cache = past.cache.extended(keys, values, layout.valid) if past is not None else \
             KVCache(tuple(keys), tuple(values), layout.valid)
         branches = tuple(past.branches if past is not None else branches)
-        return Context(cache, layout.next_position, branches, len(rows) // len(branches),
-                       past.aligned_source if past is not None else None,
-                       past.aligned_present if past is not None else None)
+        carried = (past.aligned_source, past.aligned_present, past.target) if past is not None else ()
+        return Context(cache, layout.next_position, branches, len(rows) // len(branches), *carried)
 
     def edit_rows(self, source_latent: torch.Tensor | None, source_image: torch.Tensor | None,
                   instruction_ids: Sequence[Sequence[int]] | None, branches: Sequence[str] = BRANCHES
@@ -311,27 +327,47 @@ class SynerMedGen(nn.Module):
         return rows
 
     def encode_context(self, source_latent: torch.Tensor | None, source_image: torch.Tensor | None,
-                       instruction_ids: Sequence[Sequence[int]] | None, branches: Sequence[str] = BRANCHES
-                       ) -> Context:
+                       instruction_ids: Sequence[Sequence[int]] | None, branches: Sequence[str] = BRANCHES,
+                       targets: Sequence[int] | None = None) -> Context:
         """Editing context of S samples for each CFG branch: cond = all, no_text = images only,
         no_image = text only. ``source_latent`` (S, z, H, W) from ``vae.encode``; ``source_image``
-        (S, C, H, W) in [−1, 1] for the ViT; ``instruction_ids`` S token-id lists (no markers)."""
+        (S, C, H, W) in [−1, 1] for the ViT; ``instruction_ids`` S token-id lists (no markers);
+        ``targets`` S ``target_embedder`` rows (``config.target_index``) of the requested modality
+        (without them a target-conditioned model gets row 0, "no target", as the no_text branch does)."""
         rows = self.edit_rows(source_latent, source_image, instruction_ids, branches)
         context = self.encode_segments(rows, branches=tuple(branches))
-        if self.config.source_token_aligned and source_latent is not None:
-            context.aligned_source = source_latent.repeat(len(branches), 1, 1, 1)
-            context.aligned_present = torch.tensor([b != "no_image" for b in branches for _ in range(len(
-                source_latent))], device=source_latent.device)
+        context.aligned_source, context.aligned_present = self._aligned_rows(source_latent, branches)
+        context.target = self.target_rows(targets, branches, len(rows) // len(branches))
         return context
 
+    def _aligned_rows(self, source_latent: torch.Tensor | None, branches: Sequence[str]
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Branch-major token-aligned sources and whether each row has them (None, None without)."""
+        if not self.config.source_token_aligned or source_latent is None:
+            return None, None
+        present = torch.tensor([b != "no_image" for b in branches for _ in range(len(source_latent))],
+                               device=source_latent.device)
+        return source_latent.repeat(len(branches), 1, 1, 1), present
+
+    def target_rows(self, targets: Sequence[int] | None, branches: Sequence[str], count: int
+                    ) -> torch.Tensor | None:
+        """Branch-major target rows: the sample's where the branch keeps the text, else 0 (none)."""
+        if not self.config.target_modalities or targets is None:
+            return None
+        if len(targets) != count:
+            raise ValueError(f"{len(targets)} targets for {count} samples")
+        return torch.tensor([int(targets[s]) if b != "no_text" else 0 for b in branches for s in range(count)],
+                            device=self.vae2llm.weight.device)
+
     def _noisy_rows(self, x_t: torch.Tensor, t, aligned: torch.Tensor | None, present: torch.Tensor | None,
-                    copies: int) -> list[list[Segment]]:
+                    copies: int, target: torch.Tensor | None = None) -> list[list[Segment]]:
         s = x_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(s)
+        wanted = [0] * (copies * s) if target is None else target.tolist()
         rows = []
         for i in range(copies * s):
             source = aligned[i] if aligned is not None and bool(present[i]) else None
-            rows.append([NoisyLatent(x_t[i % s], t[i % s], source)])
+            rows.append([NoisyLatent(x_t[i % s], t[i % s], source, wanted[i])])
         return rows
 
     def velocity(self, x_t: torch.Tensor, t: float | torch.Tensor, context: Context,
@@ -343,34 +379,36 @@ class SynerMedGen(nn.Module):
         names = context.branches
         if x_t.shape[0] != context.num_samples:
             raise ValueError(f"x_t holds {x_t.shape[0]} samples, the context {context.num_samples}")
-        rows = self._noisy_rows(x_t, t, context.aligned_source, context.aligned_present, len(names))
+        rows = self._noisy_rows(x_t, t, context.aligned_source, context.aligned_present, len(names), context.target)
         hidden, layout, _ = self._run(rows, context.cache, context.next_position.tolist())
         v = torch.stack(self._noisy_velocities(hidden, layout)).to(x_t.dtype)
         return dict(zip(names, v.split(x_t.shape[0])))
 
     def velocity_uncached(self, x_t: torch.Tensor, t: float | torch.Tensor, source_latent: torch.Tensor | None,
                           source_image: torch.Tensor | None, instruction_ids: Sequence[Sequence[int]] | None,
-                          branches: Sequence[str] = BRANCHES) -> dict[str, torch.Tensor]:
+                          branches: Sequence[str] = BRANCHES, targets: Sequence[int] | None = None
+                          ) -> dict[str, torch.Tensor]:
         """Reference for :meth:`velocity`: context and noisy block in one pass, nothing cached."""
         rows = self.edit_rows(source_latent, source_image, instruction_ids, branches)
-        aligned = present = None
-        if self.config.source_token_aligned and source_latent is not None:
-            aligned = source_latent.repeat(len(branches), 1, 1, 1)
-            present = [b != "no_image" for b in branches for _ in range(len(source_latent))]
-        noisy = self._noisy_rows(x_t, t, aligned, present, len(branches))
+        aligned, present = self._aligned_rows(source_latent, branches)
+        noisy = self._noisy_rows(x_t, t, aligned, present, len(branches),
+                                 self.target_rows(targets, branches, x_t.shape[0]))
         hidden, layout, _ = self._run([row + n for row, n in zip(rows, noisy)])
         v = torch.stack(self._noisy_velocities(hidden, layout)).to(x_t.dtype)
         return dict(zip(branches, v.split(x_t.shape[0])))
 
     def flow_loss(self, rows: Sequence[Sequence[Segment]], target_latent: torch.Tensor, *,
                   aligned_source: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
-                  t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                  targets: Sequence[int] | None = None, t: torch.Tensor | None = None,
+                  noise: torch.Tensor | None = None,
                   timestep_shift: float | None = None, generator: torch.Generator | None = None,
                   reduction: str = "mean") -> torch.Tensor:
         """Rectified-flow MSE of B targets (B, z, H, W), each after its context row.
 
         x_t = (1 − t)·x0 + t·ε, target v = ε − x0, t logit-normal with the config's (or the given)
         shift; "mean" averages over all noisy tokens and channels, "none" gives one value per sample.
+        ``targets`` are the samples' ``target_embedder`` rows (0 where the text was dropped; all 0
+        when not given).
         """
         x0 = target_latent
         b = x0.shape[0]
@@ -385,7 +423,8 @@ class SynerMedGen(nn.Module):
         tt = t.to(x0.dtype).reshape(-1, 1, 1, 1)
         x_t = (1 - tt) * x0 + tt * noise
         sources = [None] * b if aligned_source is None else list(aligned_source)
-        full = [list(row) + [NoisyLatent(x_t[i], t[i], sources[i])] for i, row in enumerate(rows)]
+        wanted = [0] * b if targets is None or not self.config.target_modalities else [int(x) for x in targets]
+        full = [list(row) + [NoisyLatent(x_t[i], t[i], sources[i], wanted[i])] for i, row in enumerate(rows)]
         hidden, layout, _ = self._run(full)
         pred = torch.stack(self._noisy_velocities(hidden, layout))
         per_sample = (pred.float() - (noise - x0).float()).pow(2).flatten(1).mean(1)

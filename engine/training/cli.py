@@ -138,6 +138,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-token-aligned", action="store_true",
                    help="fresh model or --init: add the source latent token-aligned into the noisy target tokens "
                         "(zero-initialised vae2llm_src)")
+    p.add_argument("--target-embedding", action="store_true",
+                   help="fresh model or --init: add a learned embedding of the requested target modality to the "
+                        "noisy target tokens (target_embedder, one row per known modality)")
     p.add_argument("--fsdp", action="store_true", help="shard decoder and ViT layers with FSDP (under torchrun)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="train on the usable part of a dataset whose validation found problems")
@@ -155,9 +158,11 @@ def add_split_fractions(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from engine.training.config import TrainConfig
+    from engine.training.config import TARGET_EMBEDDING, TrainConfig
 
     overrides = {"source_token_aligned": True} if args.source_token_aligned else {}
+    if args.target_embedding:
+        overrides["target_modalities"] = TARGET_EMBEDDING
     text, vit, vae = args.cfg_dropout
     w_mse, w_ssim, w_kl = args.vae_weights
     return TrainConfig(

@@ -4,9 +4,11 @@ through JSON into the checkpoint and the model card's recipe."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from engine import modalities
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
 
 STAGES = ("vae", "understanding", "generation", "joint")
@@ -39,13 +41,14 @@ STAGE_HELP: dict[str, StageHelp] = {
                 "slices (accuracy on the validation subjects is reported at the end).",
         trains="ViT, connector, the understanding expert of every layer, text embeddings, LM head and final norm",
         frozen="the VAE and every generation-side tensor (*_moe_gen, norm_moe_gen, vae2llm, llm2vae, time "
-               "embedder, vae2llm_src): requires_grad=False and absent from the optimizer",
+               "embedder, vae2llm_src, target_embedder): requires_grad=False and absent from the optimizer",
         loss="cross-entropy on the answer tokens (and <|im_end|>) of each question"),
     "generation": StageHelp(
         summary="Stage II, understanding-conditioned generation: instruction + source slice (ViT tokens and clean "
                 "VAE tokens) → target slice (a preview PNG of a validation slice every --preview-every steps).",
         trains="the generation expert of every layer (*_moe_gen, norm_moe_gen), vae2llm, llm2vae, the time "
-               "embedder, and vae2llm_src when the model is source-token-aligned",
+               "embedder, vae2llm_src when the model is source-token-aligned, and target_embedder when it has "
+               "target modalities",
         frozen="ViT, connector, understanding expert, text embeddings, LM head, and the VAE (it encodes source "
                "and target without gradients)",
         loss="rectified-flow MSE between the predicted and the true velocity ε − x0 on the noisy target tokens, t "
@@ -63,6 +66,7 @@ POSTERIOR = ("mean", "sample")
 # Learning rates that suit each stage when --lr is not given (AdamW, batch of a few slices).
 DEFAULT_LR = {"vae": 2e-4, "understanding": 2e-4, "generation": 2e-4, "joint": 2e-4}
 DEFAULT_STEPS = 1000
+TARGET_EMBEDDING = tuple(modalities.MODALITIES)   # the target rows `--target-embedding` adds: every known modality
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class TrainConfig:
     """Everything that decides a run. ``steps`` and ``minutes`` are exclusive budgets (steps wins
     when both are set by code; the CLI refuses both). ``init=None`` starts a fresh model of
     ``size`` with a BPE tokenizer trained on the instruction corpus; ``model_overrides`` replace
-    top-level fields of a fresh model's config (e.g. ``{"source_token_aligned": True}``)."""
+    top-level fields of a fresh model's config (e.g. ``{"source_token_aligned": True}``, or
+    ``{"target_modalities": TARGET_EMBEDDING}``); tensors they add to an ``init`` model start fresh."""
 
     data: str
     stage: str
@@ -143,7 +148,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if self.routes is not None:
             object.__setattr__(self, "routes", tuple((str(a), str(b)) for a, b in self.routes))
-        object.__setattr__(self, "model_overrides", dict(self.model_overrides or {}))
+        # as state.json stores them (tuples become lists), so a resumed run compares equal
+        object.__setattr__(self, "model_overrides", json.loads(json.dumps(dict(self.model_overrides or {}))))
         if self.task_weights is not None:
             object.__setattr__(self, "task_weights", {str(k): float(v) for k, v in self.task_weights.items()})
 

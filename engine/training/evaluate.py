@@ -161,7 +161,8 @@ def synthesize_slice(model: SynerMedGen, sample_, tokens: TokenCache, device: to
     src = sample_.source[None].to(device)
     latent = encode_latents(model.vae, src, "mean")
     context = model.encode_context(latent, vit_view(sample_.source, model)[None].to(device),
-                                   [tokens(sample_.instruction)], branches=("cond",))
+                                   [tokens(sample_.instruction)], branches=("cond",),
+                                   targets=[model.config.target_index(sample_.target_modality)])
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model.velocity(x, t, context)["cond"]

@@ -212,8 +212,9 @@ class UnderstandingStage(Stage):
 def synthesis_loss(model: SynerMedGen, samples: Sequence, inputs: StepInputs, dropout: bool = True
                    ) -> torch.Tensor:
     """Flow-matching MSE of synthesis samples: the frozen VAE encodes source and target, each
-    condition (text, ViT source, VAE source) is dropped with its CFG probability, t and ε come
-    from :mod:`engine.sampling` with each sample's generator and go into ``model.flow_loss``."""
+    condition (text with the target embedding, ViT source, VAE source) is dropped with its CFG
+    probability, t and ε come from :mod:`engine.sampling` with each sample's generator and go into
+    ``model.flow_loss``."""
     cfg, gens, device = inputs.config, inputs.generators, inputs.device
     if len(gens) != len(samples):
         raise ValueError(f"{len(samples)} samples but {len(gens)} generators")
@@ -227,15 +228,16 @@ def synthesis_loss(model: SynerMedGen, samples: Sequence, inputs: StepInputs, dr
     noise = per_sample_normal(tgt_lat.shape, gens, device, tgt_lat.dtype)
     keep = draws >= torch.tensor([cfg.cfg_text_dropout, cfg.cfg_vit_dropout, cfg.cfg_vae_dropout]) if dropout \
         else torch.ones(b, 3, dtype=torch.bool)
-    rows, aligned = [], []
+    rows, aligned, targets = [], [], []
     for i, s in enumerate(samples):
         use_text, use_vit, use_vae = (bool(v) for v in keep[i])
         rows.append(edit_segments(src_lat[i], vit_view(s.source, model).to(device), inputs.tokens(s.instruction),
                                   use_vae=use_vae, use_vit=use_vit, use_text=use_text, advance_dropped_images=True))
         aligned.append(src_lat[i] if use_vae else None)
+        targets.append(model.config.target_index(s.target_modality) if use_text else 0)   # the target is text
     with inputs.autocast():
         return model.flow_loss(rows, tgt_lat, aligned_source=aligned if model.config.source_token_aligned else None,
-                               t=t.to(device), noise=noise)
+                               targets=targets, t=t.to(device), noise=noise)
 
 
 class GenerationStage(Stage):

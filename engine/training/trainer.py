@@ -267,7 +267,8 @@ class Trainer:
 
     def _with_overrides(self, loaded: LoadedModel) -> LoadedModel:
         """Apply ``model_overrides`` to a loaded start model (e.g. add the source-token-aligned
-        lever to a Stage I model): tensors the new config adds are freshly initialised."""
+        lever or the target embedding to a Stage I model): tensors the new config adds are freshly
+        initialised."""
         overrides = self.cfg.model_overrides
         if not overrides:
             return loaded
@@ -276,11 +277,15 @@ class Trainer:
             return loaded
         torch.manual_seed(self.cfg.seed)
         model = from_config(new_cfg, device="cpu")
-        missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("vae2llm_src.") for k in missing):
+        try:
+            missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
+        except RuntimeError as exc:            # a tensor of another shape, e.g. other target modalities
+            raise TrainingSetupError(f"model settings {overrides} do not fit the --init model: "
+                                     f"{str(exc).splitlines()[-1].strip()}") from None
+        if unexpected or any(not k.startswith(("vae2llm_src.", "target_embedder.")) for k in missing):
             raise TrainingSetupError(f"model settings {overrides} change tensors of the --init model "
                                      f"(missing {missing[:5]}, unexpected {unexpected[:5]}); only adding the "
-                                     "source-token-aligned projection is supported")
+                                     "source-token-aligned projection or the target embedding is supported")
         model.vae.load_state_dict(loaded.model.vae.state_dict())
         return LoadedModel(model, new_cfg, loaded.tokenizer, loaded.metadata, loaded.layout)
 

@@ -1,6 +1,7 @@
 """`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
 phantom dataset in a temporary folder and scores every row (identity, BasicUNet, Stage I only,
-Stage II only, Stage I + II), the VAE ceiling and Stage I's accuracies in one run."""
+Stage II only, Stage I + II), the VAE ceiling and Stage I's accuracies in one run; a method that
+ignores the requested target shows in its target agreement."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from engine.baselines import IntensityMatch
+from engine.evaluation.metrics import pearson
+from engine.evaluation.quality import MR_ROUTES, target_agreement
+from engine.tasks import PairedDataset
+from engine.tasks.phantoms import write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +43,10 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
             assert scores["subjects"] == 1
             assert math.isfinite(scores["whole"]["ssim_x100"]) and -100 <= scores["whole"]["ssim_x100"] <= 100
             assert math.isfinite(scores["whole"]["psnr_db"])
+    for row in report["rows"]:
+        agreement = row["target_agreement"]
+        assert agreement["subjects"] == 1 and -1.0 <= agreement["synthetic"] <= 1.0
+        assert -1.0 <= agreement["real"] < 1.0
     assert set(report["understanding"]) == {"CTS", "MI", "TIA"}
     assert all(0.0 <= v <= 1.0 for v in report["understanding"].values())
 
@@ -53,3 +65,34 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     for row in report["rows"]:
         assert row["label"] in text
     assert "VAE round trip" in text and report["machine"]["cores"] >= 1
+    assert "| target agreement |" in text and "near 1 means the requested target is ignored" in text
+
+
+class PassThrough(IntensityMatch):
+    """Ignores the target: every route returns the source slice itself."""
+
+    def _run_batch(self, images, indices, prepared, settings, cancel, on_step=None):
+        return images.clone()
+
+
+def test_target_agreement_exposes_a_method_that_ignores_the_target(tmp_path):
+    data = write_phantom_dataset(tmp_path, subjects=2, modality_names=("T1", "T2", "FLAIR"), ct_subject=False,
+                                 split={"train": ["sub01"], "test": ["sub02"]})
+    paired = PairedDataset.open(data)
+    matched = IntensityMatch.fit(paired, 32)
+    ignoring = PassThrough(matched.maps, 32)
+    blind = target_agreement(ignoring, paired, "test", MR_ROUTES)
+    fitted = target_agreement(matched, paired, "test", MR_ROUTES)
+    assert blind["subjects"] == fitted["subjects"] == 1 and blind["real"] == fitted["real"]
+    assert blind["synthetic"] == pytest.approx(1.0, abs=1e-9)       # the same image for T2 and FLAIR
+    assert blind["real"] < 0.99 and fitted["synthetic"] < 1.0 - 1e-6
+
+
+def test_pearson_inside_a_mask():
+    a = np.arange(16.0).reshape(4, 4)
+    mask = np.zeros((4, 4), bool)
+    mask[1:3] = True
+    assert pearson(a, 2 * a + 1) == pytest.approx(1.0) and pearson(a, -a, mask) == pytest.approx(-1.0)
+    b = a.copy()
+    b[~mask] = 99.0                                        # outside the mask does not count
+    assert pearson(a, b, mask) == pytest.approx(1.0) and np.isnan(pearson(a, np.ones((4, 4))))

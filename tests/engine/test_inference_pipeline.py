@@ -289,3 +289,17 @@ def test_a_slice_size_beyond_the_vit_table_gets_a_resized_vit_view(tmp_path):
     assert synth.image_size == 136 and pipeline.vit_view(torch.zeros(2, 1, 136, 136), synth.config).shape[-1] == 128
     out = synth.synthesize_volume(t1_volume(shape=(3, 20, 26)), "T1", "T2", SynthesisSettings(steps=1))
     assert out.shape == (3, 20, 26)
+
+
+def test_the_requested_target_reaches_the_target_embedding(tmp_path):
+    folder = write_random_model(tmp_path / "targeted", routes=ROUTES, image_size=32, target_modalities=("T2",))
+    synth = Synthesizer(folder, device="cpu")
+    volume = t1_volume()
+    with_row = synth.synthesize_volume(volume, "T1", "T2", FAST)
+    assert not any("no target embedding" in n for n in with_row.notes)
+    with torch.no_grad():
+        synth.model.target_embedder.weight[1].zero_()          # T2's row now says nothing
+    without_row = synth.synthesize_volume(volume, "T1", "T2", FAST)
+    assert np.abs(with_row.array - without_row.array).max() > 1e-3
+    flair = synth.synthesize_volume(volume, "T1", "FLAIR", FAST)
+    assert any("no target embedding for FLAIR" in n for n in flair.notes)

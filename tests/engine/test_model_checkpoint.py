@@ -35,7 +35,7 @@ def outputs(model):
     x_t = torch.randn(1, 8, 8, 8, generator=g)
     with torch.no_grad():
         latents = model.vae.encode(images)
-        ctx = model.encode_context(latents, images, [[5, 6, 7]])
+        ctx = model.encode_context(latents, images, [[5, 6, 7]], targets=[model.config.target_index("T2")])
         v = model.velocity(x_t, 0.6, ctx)
         logits = model.understanding_forward([[VitImage(images[0]), Text([9, 10, 11])]]).logits
         decoded = model.vae.decode(latents)
@@ -58,7 +58,7 @@ def no_pickle(monkeypatch):
 
 
 def test_save_then_load_our_layout_gives_identical_outputs(tmp_path, tokenizer, no_pickle):
-    model = tiny_model(source_token_aligned=True)
+    model = tiny_model(source_token_aligned=True, target_modalities=("T1", "T2"))
     card = {"routes": ["T1->T2"], "notice": "research use only, not for diagnosis"}
     folder = save_model_dir(model, model.config, tmp_path / "model", metadata=card, tokenizer=tokenizer)
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -99,6 +99,18 @@ def test_bad_configs_are_refused_with_a_reason():
         SynerMedGenConfig.from_dict({**preset("tiny").to_dict(), "surprise": 1})
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("huge")
+    with pytest.raises(ValueError, match="distinct names"):
+        preset("tiny").replace(target_modalities=("T1", "t1"))
+    with pytest.raises(ValueError, match="a list of names"):
+        preset("tiny").replace(target_modalities="T2")
+
+
+def test_target_modalities_are_canonical_and_survive_json():
+    cfg = preset("tiny").replace(target_modalities=["t1", " FLAIR "])
+    assert cfg.target_modalities == ("T1", "FLAIR")
+    assert SynerMedGenConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert [cfg.target_index(m) for m in ("T1", "flair", "CT")] == [1, 2, 0]
+    assert preset("bagel-7b").target_modalities == () and preset("tiny").target_index("T1") == 0
 
 
 def test_from_bagel_dir_reads_qwen2_and_siglip_json(tmp_path):

@@ -11,13 +11,19 @@ from engine.model.sequence import CAUSAL, FULL, NOISE, GridSpec, attention_mask,
 PX = 32
 
 
-def tiny_model(aligned: bool = False, seed: int = 0):
+TARGETS = ("T1", "T2", "FLAIR")
+
+
+def tiny_model(aligned: bool = False, seed: int = 0, targeted: bool = False):
     torch.manual_seed(seed)
-    model = from_config(preset("tiny").replace(source_token_aligned=aligned)).eval()
+    model = from_config(preset("tiny").replace(source_token_aligned=aligned,
+                                               target_modalities=TARGETS if targeted else ())).eval()
     with torch.no_grad():  # zero-initialised outputs would make every velocity 0
         model.llm2vae.weight.normal_(std=0.05)
         if aligned:
             model.vae2llm_src.weight.normal_(std=0.05)
+        if targeted:
+            model.target_embedder.weight[1:].normal_(std=0.5)
     return model
 
 
@@ -30,17 +36,18 @@ def editing_inputs(model, samples: int = 2, seed: int = 1):
     return images, latents, ids
 
 
-@pytest.mark.parametrize("aligned", [False, True])
-def test_cached_context_velocity_equals_recomputation_for_every_branch(aligned):
-    model = tiny_model(aligned)
+@pytest.mark.parametrize("aligned,targeted", [(False, False), (True, False), (True, True)])
+def test_cached_context_velocity_equals_recomputation_for_every_branch(aligned, targeted):
+    model = tiny_model(aligned, targeted=targeted)
     images, latents, ids = editing_inputs(model)
+    targets = [1, 3] if targeted else None
     x_t = torch.randn_like(latents)
     t = torch.tensor([0.8, 0.3])
     with torch.no_grad():
-        context = model.encode_context(latents, images, ids)
+        context = model.encode_context(latents, images, ids, targets=targets)
         cached = model.velocity(x_t, t, context)
         again = model.velocity(x_t, t, context)  # the cache was not written by the first call
-        reference = model.velocity_uncached(x_t, t, latents, images, ids)
+        reference = model.velocity_uncached(x_t, t, latents, images, ids, targets=targets)
     assert set(cached) == set(BRANCHES)
     for branch in BRANCHES:
         assert cached[branch].shape == latents.shape
@@ -50,15 +57,38 @@ def test_cached_context_velocity_equals_recomputation_for_every_branch(aligned):
     assert not torch.allclose(cached["cond"], cached["no_image"], atol=1e-4)
 
 
-def test_branch_subsets_and_batch_neighbours_do_not_change_a_velocity():
-    model = tiny_model()
+def test_the_target_embedding_steers_the_velocity_where_the_text_is_kept():
+    model = tiny_model(aligned=True, targeted=True)
     images, latents, ids = editing_inputs(model)
     x_t = torch.randn_like(latents)
+    cfg = model.config
+    assert [cfg.target_index(m) for m in ("t2", "FLAIR", "PD", None)] == [2, 3, 0, 0]
     with torch.no_grad():
-        context = model.encode_context(latents, images, ids)
+        by_target = {m: model.velocity(x_t, 0.5, model.encode_context(latents, images, ids,
+                                                                      targets=[cfg.target_index(m)] * 2))
+                     for m in ("T1", "T2")}
+        unset = model.velocity(x_t, 0.5, model.encode_context(latents, images, ids))
+    one, two = by_target["T1"], by_target["T2"]
+    assert not torch.allclose(one["cond"], two["cond"], atol=1e-3)          # cond and no_image read the text
+    assert not torch.allclose(one["no_image"], two["no_image"], atol=1e-3)
+    torch.testing.assert_close(one["no_text"], two["no_text"], atol=1e-6, rtol=0)   # the dropped-text branch
+    torch.testing.assert_close(one["no_text"], unset["no_text"], atol=1e-6, rtol=0)  # is the "none" row
+    with pytest.raises(ValueError, match="1 targets for 2 samples"):
+        model.encode_context(latents, images, ids, targets=[1])
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_branch_subsets_and_batch_neighbours_do_not_change_a_velocity(targeted):
+    model = tiny_model(aligned=targeted, targeted=targeted)
+    images, latents, ids = editing_inputs(model)
+    targets = [2, 1] if targeted else None
+    x_t = torch.randn_like(latents)
+    with torch.no_grad():
+        context = model.encode_context(latents, images, ids, targets=targets)
         full = model.velocity(x_t, 0.5, context)
-        subset = model.velocity(x_t, 0.5, context, branches=("cond", "no_image"))
-        alone_ctx = model.encode_context(latents[1:], images[1:], ids[1:], branches=("no_text",))
+        subset = model.velocity(x_t, 0.5, context, branches=("cond", "no_image"))   # not adjacent: index_select
+        alone_ctx = model.encode_context(latents[1:], images[1:], ids[1:], branches=("no_text",),
+                                         targets=targets and targets[1:])
         alone = model.velocity(x_t[1:], 0.5, alone_ctx)
     assert context.select(("cond",)).cache.keys[0].data_ptr() == context.cache.keys[0].data_ptr()  # a view
     for branch in ("cond", "no_image"):
@@ -148,7 +178,8 @@ def test_understanding_forward_with_four_images_and_ce_loss_on_answers_only():
 
 def test_every_trainable_tensor_is_in_exactly_one_stage_group():
     for aligned in (False, True):
-        model = from_config(preset("tiny").replace(source_token_aligned=aligned), device="meta")
+        model = from_config(preset("tiny").replace(source_token_aligned=aligned,
+                                                   target_modalities=TARGETS if aligned else ()), device="meta")
         und = {id(p) for p in model.understanding_parameters()}
         gen = {id(p) for p in model.generation_parameters()}
         vae = {id(p) for p in model.vae.parameters()}
@@ -159,7 +190,7 @@ def test_every_trainable_tensor_is_in_exactly_one_stage_group():
         assert len(und) + len(gen) == len(trainable)
         gen_names = {n for n, _ in model.generation_named_parameters()}
         assert "language_model.model.norm_moe_gen.weight" in gen_names and "time_embedder.mlp.0.weight" in gen_names
-        assert ("vae2llm_src.weight" in gen_names) == aligned
+        assert ("vae2llm_src.weight" in gen_names) == aligned == ("target_embedder.weight" in gen_names)
         und_names = {n for n, _ in model.understanding_named_parameters()}
         assert {"language_model.lm_head.weight", "language_model.model.embed_tokens.weight",
                 "language_model.model.norm.weight", "connector.fc1.weight"} <= und_names

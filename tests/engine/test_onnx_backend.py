@@ -1,6 +1,6 @@
 """The ONNX Runtime backend on tiny random models: the exported graphs give what torch gives (within
-1e-3 on the [0, 1] output scale, for the tiny and the token-aligned default preset, with all three
-guidance branches), the export beside the model is reused and redone when the weights change,
+1e-3 on the [0, 1] output scale, for the tiny and the token-aligned, target-conditioned default preset,
+with all three guidance branches), the export beside the model is reused and redone when the weights change,
 `--backend onnx` and `export-onnx` work through the CLI, and provider choice falls back with a notice."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROUTES = (("T1", "T2"),)
+ROUTES = (("T1", "T2"), ("T1", "FLAIR"))
 GUIDED = SynthesisSettings(steps=3, batch_size="auto", guidance=GuidanceConfig(text_scale=2.0, image_scale=1.5))
 
 
@@ -36,7 +36,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {"tiny": write_random_model(root / "tiny", preset="tiny", routes=ROUTES, image_size=32),
             "default": write_random_model(root / "default", preset="default", routes=ROUTES, image_size=32,
-                                          source_token_aligned=True)}
+                                          source_token_aligned=True, target_modalities=("T2", "FLAIR"))}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "default"])
@@ -56,6 +56,9 @@ def test_onnxruntime_matches_torch_within_1e3(models, preset):
     one_by_one = onnx.synthesize_volume(volume, "T1", "T2", GUIDED.replace(batch_size=1))   # dynamic batch
     assert np.abs(one_by_one.array - onnx_result.array).max() / (scale.hi - scale.lo) < 1e-4
     assert onnx.execution_device == "cpu" and any(" s on cpu (fp32)" in n for n in onnx_result.notes)
+    other = onnx.synthesize_volume(volume, "T1", "FLAIR", GUIDED)              # another target row (default)
+    reference = Synthesizer(models[preset], device="cpu").synthesize_volume(volume, "T1", "FLAIR", GUIDED)
+    assert np.abs(other.array - reference.array).max() / (scale.hi - scale.lo) < 1e-3
     onnx.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]     # what onnxruntime-gpu would report
     assert onnx.execution_device == "cuda"          # the results say where ONNX Runtime ran, not torch
 
@@ -117,7 +120,8 @@ def test_export_onnx_cli_writes_every_graph(capsys, models, tmp_path):
     report = json.loads(out)
     assert report["graphs"] == [f"{g}.onnx" for g in GRAPHS]
     assert all((tmp_path / "graphs" / g).stat().st_size > 0 for g in report["graphs"])
-    assert json.loads((tmp_path / "graphs" / MANIFEST).read_text())["source_token_aligned"] is True
+    manifest = json.loads((tmp_path / "graphs" / MANIFEST).read_text())
+    assert manifest["source_token_aligned"] is True and manifest["target_modalities"] == ["T2", "FLAIR"]
     code, out, err = run(capsys, "export-onnx", "--model", tmp_path / "missing")
     assert code == 2 and "no model at" in err
 

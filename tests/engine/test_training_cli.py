@@ -11,7 +11,7 @@ import pytest
 
 from engine.cli import run_cli
 from engine.model import load_model_dir
-from engine.training.config import STAGES
+from engine.training.config import STAGES, TARGET_EMBEDDING
 from test_training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
 
 
@@ -52,14 +52,18 @@ def test_stage_one_then_stage_two_from_the_command_line(data, tmp_path):
     assert set(next(r for r in stage1 if r["event"] == "eval")["accuracy"]) == {"CTS", "MI", "TIA"}
 
     rc, stage2, err = run_train(*common, "--stage", "generation", "--init", str(tmp_path / "s1"),
-                                "--out", str(tmp_path / "s2"), "--preview-every", "1", "--preview-steps", "2")
+                                "--out", str(tmp_path / "s2"), "--preview-every", "1", "--preview-steps", "2",
+                                "--target-embedding")
     assert rc == 0, err
     assert "VAE was never trained" in err                        # a warning on stderr, not a refusal
     previews = [r for r in stage2 if r["event"] == "preview"]
     assert previews and all((tmp_path / "s2" / "previews").joinpath(r["path"].rsplit("/", 1)[-1]).exists()
                             for r in previews)
-    card = load_model_dir(tmp_path / "s2").metadata
+    loaded = load_model_dir(tmp_path / "s2")
+    card = loaded.metadata
     assert [s["stage"] for s in card["recipe"]["stages"]] == ["understanding", "generation"]
+    assert loaded.config.target_modalities == TARGET_EMBEDDING
+    assert load_model_dir(tmp_path / "s1").config.target_modalities == ()
     history = [json.loads(line) for line in (tmp_path / "s2" / "progress.jsonl").read_text().splitlines()]
     assert history == stage2
 

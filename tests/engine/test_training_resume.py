@@ -13,6 +13,7 @@ import pytest
 from engine.cli import run_cli
 from engine.jobs import Cancelled
 from engine.model import load_model_dir
+from engine.training.config import TARGET_EMBEDDING
 from engine.training.state import load_state
 from engine.training.trainer import STOP_FILE, train
 from test_training_support import (PX, ROOT, phantom_data, records, run_train, step_losses, subprocess_env,
@@ -24,7 +25,8 @@ STEPS = 6
 def _args(data, out) -> list[str]:
     return ["--data", str(data), "--stage", "generation", "--out", str(out), "--steps", str(STEPS),
             "--batch-size", "2", "--image-size", str(PX), "--lr", "1e-3", "--checkpoint-every", "2",
-            "--checkpoint-seconds", "0", "--preview-every", "0", "--eval-samples", "2", "--threads", "1"]
+            "--checkpoint-seconds", "0", "--preview-every", "0", "--eval-samples", "2", "--threads", "1",
+            "--target-embedding"]          # model overrides (a tuple) survive state.json as they compare on resume
 
 
 def _run_until(args: list[str], stop_when, sig: int, timeout: float = 120) -> tuple[int, list[dict]]:
@@ -49,8 +51,8 @@ def _run_until(args: list[str], stop_when, sig: int, timeout: float = 120) -> tu
 def test_killed_and_cancelled_runs_resume_the_uninterrupted_loss_curve(tmp_path):
     data = phantom_data(tmp_path / "data")
     reference: list[dict] = []
-    train(tiny_config(data, tmp_path / "reference", "generation", steps=STEPS, lr=1e-3, checkpoint_every=2),
-          reference.append)
+    train(tiny_config(data, tmp_path / "reference", "generation", steps=STEPS, lr=1e-3, checkpoint_every=2,
+                      model_overrides={"target_modalities": TARGET_EMBEDDING}), reference.append)
     expected = step_losses(reference)
     assert sorted(expected) == list(range(1, STEPS + 1))
 

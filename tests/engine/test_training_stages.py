@@ -36,7 +36,7 @@ def _groups(model) -> tuple[set[str], set[str], set[str]]:
 
 @pytest.mark.parametrize("stage,aligned", [("understanding", False), ("generation", True)])
 def test_freeze_policy_of_stage_one_and_stage_two(data, tmp_path, stage, aligned):
-    overrides = {"source_token_aligned": True} if aligned else {}
+    overrides = {"source_token_aligned": True, "target_modalities": ("T1", "T2", "FLAIR")} if aligned else {}
     trainer = Trainer(tiny_config(data, tmp_path / stage, stage, model_overrides=overrides, lr=1e-3)).setup()
     model = trainer.model
     und, gen, vae = _groups(model)
@@ -55,7 +55,8 @@ def test_freeze_policy_of_stage_one_and_stage_two(data, tmp_path, stage, aligned
     assert not unchanged, f"{stage}: trainable tensors that did not change: {unchanged[:10]}"
     assert not moved, f"{stage}: frozen tensors that changed: {moved[:10]}"
     if aligned:
-        assert "vae2llm_src.weight" in trained
+        assert {"vae2llm_src.weight", "target_embedder.weight"} <= trained
+        assert not after["target_embedder.weight"][0].any()          # the "none" row stays zero
 
 
 # -- overfitting one fixed batch (fixed samples, t, ε and dropout draws) ------------------------------
@@ -150,6 +151,14 @@ def test_vae_stage_ships_unit_variance_latents_and_appends_to_the_recipe(data, t
     assert [s["stage"] for s in card["recipe"]["stages"]] == ["vae", "understanding"]
     assert set(card["metrics"]["understanding"]["accuracy"]) == {"CTS", "MI", "TIA"}
     assert card["metrics"]["vae"] == loaded.metadata["metrics"]["vae"]
+    # Stage II from it adds the target embedding (fresh rows; every tensor it had is carried over)
+    und = load_model_dir(und_out).model
+    gen_trainer = Trainer(tiny_config(data, tmp_path / "gen", "generation", steps=1, init=str(und_out),
+                                      model_overrides={"target_modalities": ("T1", "T2")})).setup()
+    assert gen_trainer.model.config.target_modalities == ("T1", "T2")
+    assert gen_trainer.model.target_embedder.weight[1:].abs().sum() > 0
+    for name, tensor in und.state_dict().items():
+        assert torch.equal(gen_trainer.model.state_dict()[name], tensor), name
 
 
 def test_a_minutes_budget_stops_on_time_with_a_falling_eta(data, tmp_path):
