@@ -22,8 +22,8 @@ from torch import nn
 from engine.atomic import atomic_folder
 from engine.model.mot import KVCache
 from engine.model.sequence import NoisyLatent, attention_mask, pack_rows
-from engine.model.unified import SynerMedGen, patchify_latent, unpatchify_latent
-from engine.model.vit import grid_position_ids, vit_input
+from engine.model.unified import SynerMedGen, unpatchify_latent
+from engine.model.vit import vit_input
 
 OPSET = 17
 MANIFEST = "export.json"
@@ -77,16 +77,6 @@ def per_sample_rows(per_sample: torch.Tensor, copies: torch.Tensor | int) -> tor
     return per_sample[None].expand(copies, n, *per_sample.shape[1:]).reshape(-1, *per_sample.shape[1:])
 
 
-def _latent_tokens(model: SynerMedGen, latent: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Generation tokens (B, N, D) of latents (B, z, H, W) at times t (B,): what ``_embed`` adds
-    for a latent slot before the token-aligned source."""
-    p = model.config.latent_patch_size
-    h, w = latent.shape[-2] // p, latent.shape[-1] // p
-    pos = grid_position_ids(h, w, model.config.max_latent_size, latent.device)
-    return (model.vae2llm(patchify_latent(latent, p)) + model.time_embedder(t)[:, None]
-            + model.latent_pos_embed(pos)[None])
-
-
 # -- the graphs -------------------------------------------------------------------------------------
 class VaeEncoderGraph(nn.Module):
     """Pixels (n, 1, S, S) in [−1, 1] → scaled latents (n, z, S/d, S/d)."""
@@ -122,7 +112,7 @@ class ContextGraph(nn.Module):
     def forward(self, latent, vit_pixels, ids, position_ids, gen_mask, attn_mask, image_index, is_image):
         m = self.model
         n, groups = latent.shape[0], ids.shape[0]
-        clean = _latent_tokens(m, latent, torch.zeros(n, device=latent.device))
+        clean = m.latent_tokens(latent, torch.zeros(n, device=latent.device))
         seen = m.connector(m.vit_model(vit_pixels))
         seen = seen + m.vit_pos_embed(m.vit_model.position_ids(vit_pixels.shape[-2], vit_pixels.shape[-1],
                                                                vit_pixels.device))[None]
@@ -160,14 +150,13 @@ class VelocityGraph(nn.Module):
         m = self.model
         rows, n = keys.shape[1], x.shape[0]
         copies = rows // n
-        lat = _latent_tokens(m, per_sample_rows(x, copies), per_sample_rows(t, copies))
         conditions = list(conditions)
+        source = present = target = None
         if m.config.source_token_aligned:
-            source, present = conditions.pop(0), conditions.pop(0)
-            p = m.config.latent_patch_size
-            lat = lat + m.vae2llm_src(patchify_latent(per_sample_rows(source, copies), p)) * present[:, None, None]
+            source, present = per_sample_rows(conditions.pop(0), copies), conditions.pop(0)
         if m.config.target_modalities:
-            lat = lat + m.target_embedder(conditions.pop(0))[:, None]
+            target = conditions.pop(0)
+        lat = m.latent_tokens(per_sample_rows(x, copies), per_sample_rows(t, copies), source, present, target)
         base = m.language_model.model.embed_tokens(self.ids).expand(rows, -1, -1)
         emb = torch.cat([base[:, :self.start], lat.to(base.dtype), base[:, self.start + self.count:]], dim=1)
         length = self.ids.shape[1]

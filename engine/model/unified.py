@@ -8,8 +8,8 @@ the main module (``model.vae``, keys of ``ae.safetensors``): it is not a registe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,7 @@ class Context:
     aligned_source: torch.Tensor | None = None
     aligned_present: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    plans: dict[Any, "NoisyPlan"] = field(default_factory=dict, repr=False, compare=False)  # see velocity
 
     def rows_for(self, branches: Sequence[str]) -> slice | torch.Tensor:
         unknown = [b for b in branches if b not in self.branches]
@@ -110,6 +111,21 @@ class Context:
     def detach(self) -> "Context":
         return Context(self.cache.detach(), self.next_position, self.branches, self.num_samples,
                        self.aligned_source, self.aligned_present, self.target)
+
+
+@dataclass(frozen=True)
+class NoisyPlan:
+    """What every velocity call over one context, branch set and latent shape shares: the context
+    of those branches, and the noisy block's token ids, expert mask, RoPE positions and attention
+    mask over cache + block (built once, reused for every flow step)."""
+
+    context: Context
+    ids: torch.Tensor
+    gen_mask: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor
+    start: int
+    count: int
 
 
 @dataclass
@@ -257,6 +273,24 @@ class SynerMedGen(nn.Module):
         flat = emb.reshape(batch * length, dim).index_copy(0, torch.cat(indices), torch.cat(values).to(dtype))
         return flat.view(batch, length, dim)
 
+    def latent_tokens(self, latent: torch.Tensor, t: torch.Tensor, source: torch.Tensor | None = None,
+                      present: torch.Tensor | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Generation tokens (B, N, D) of equal-sized latents (B, z, H, W) at times t (B,): vae2llm of
+        the patches + timestep + latent position; + vae2llm_src of the clean ``source`` (B, z, H, W)
+        where ``present`` (B,) (token-aligned models); + the ``target`` (B,) rows (target-conditioned
+        models). What :meth:`_embed` gives each latent slot, for a whole batch at once."""
+        p = self.config.latent_patch_size
+        h, w = latent.shape[-2] // p, latent.shape[-1] // p
+        pos = grid_position_ids(h, w, self.config.max_latent_size, latent.device)
+        tokens = (self.vae2llm(patchify_latent(latent, p)) + self.time_embedder(t)[:, None]
+                  + self.latent_pos_embed(pos)[None])
+        if source is not None:
+            aligned = self.vae2llm_src(patchify_latent(source.to(latent.dtype), p))
+            tokens = tokens + aligned * present.to(aligned.dtype)[:, None, None]
+        if target is not None:
+            tokens = tokens + self.target_embedder(target)[:, None]
+        return tokens
+
     def _aligned_source_embedding(self, slots, patches, device, dtype) -> torch.Tensor:
         sources = []
         for slot, x in zip(slots, patches):
@@ -373,16 +407,39 @@ class SynerMedGen(nn.Module):
     def velocity(self, x_t: torch.Tensor, t: float | torch.Tensor, context: Context,
                  branches: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Predicted velocity (ε − x0) of noisy latents x_t (S, z, H, W) at time t (scalar or (S,),
-        unscaled), for each branch of ``context``: {branch: (S, z, H, W)}. The cache is not written."""
-        if branches is not None:
-            context = context.select(branches)
-        names = context.branches
+        unscaled), for each branch of ``context``: {branch: (S, z, H, W)}. The cache is not written;
+        the noisy block's layout is built on the first call and kept in ``context.plans``."""
+        names = tuple(branches) if branches is not None else context.branches
         if x_t.shape[0] != context.num_samples:
             raise ValueError(f"x_t holds {x_t.shape[0]} samples, the context {context.num_samples}")
-        rows = self._noisy_rows(x_t, t, context.aligned_source, context.aligned_present, len(names), context.target)
-        hidden, layout, _ = self._run(rows, context.cache, context.next_position.tolist())
-        v = torch.stack(self._noisy_velocities(hidden, layout)).to(x_t.dtype)
-        return dict(zip(names, v.split(x_t.shape[0])))
+        plan = self._noisy_plan(context, names, x_t)
+        part, s = plan.context, x_t.shape[0]
+        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(s)
+        copies = len(names)                                   # rows are branch-major: sample = row % s
+        embed = self.language_model.model.embed_tokens
+        tokens = self.latent_tokens(x_t.repeat(copies, 1, 1, 1).to(embed.weight.dtype), t.repeat(copies),
+                                    part.aligned_source, part.aligned_present, part.target)
+        markers = embed(plan.ids)
+        emb = torch.cat([markers[:, :plan.start], tokens.to(markers.dtype), markers[:, plan.start + plan.count:]],
+                        dim=1)
+        hidden, _ = self.language_model.model(emb, plan.gen_mask, plan.position_ids, plan.mask, part.cache)
+        p = self.config.latent_patch_size
+        out = self.llm2vae(hidden[:, plan.start:plan.start + plan.count])
+        v = unpatchify_latent(out, x_t.shape[-2] // p, x_t.shape[-1] // p, p).to(x_t.dtype)
+        return dict(zip(names, v.split(s)))
+
+    def _noisy_plan(self, context: Context, names: tuple[str, ...], x_t: torch.Tensor) -> NoisyPlan:
+        key = (names, tuple(x_t.shape), x_t.device)
+        if key not in context.plans:
+            part = context.select(names) if names != context.branches else context
+            zero = torch.zeros(x_t.shape[1:], device=x_t.device)
+            layout = pack_rows([[NoisyLatent(zero, 0.0)]] * part.cache.batch_size, self.config.tokens, self.grid,
+                               part.next_position.tolist(), x_t.device)
+            slot = layout.latent_slots[0]
+            count = (x_t.shape[-2] // self.config.latent_patch_size) * (x_t.shape[-1] // self.config.latent_patch_size)
+            context.plans[key] = NoisyPlan(part, layout.ids, layout.gen_mask, layout.position_ids,
+                                           attention_mask(layout, part.cache.valid), slot.start, count)
+        return context.plans[key]
 
     def velocity_uncached(self, x_t: torch.Tensor, t: float | torch.Tensor, source_latent: torch.Tensor | None,
                           source_image: torch.Tensor | None, instruction_ids: Sequence[Sequence[int]] | None,
