@@ -88,7 +88,8 @@ class Context:
     aligned_source: torch.Tensor | None = None
     aligned_present: torch.Tensor | None = None
     target: torch.Tensor | None = None
-    plans: dict[Any, "NoisyPlan"] = field(default_factory=dict, repr=False, compare=False)  # see velocity
+    # the velocity layouts built over this context (see SynerMedGen.velocity); never passed on to copies
+    plans: dict[Any, "NoisyPlan"] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rows_for(self, branches: Sequence[str]) -> slice | torch.Tensor:
         unknown = [b for b in branches if b not in self.branches]
@@ -116,10 +117,11 @@ class Context:
 @dataclass(frozen=True)
 class NoisyPlan:
     """What every velocity call over one context, branch set and latent shape shares: the context
-    of those branches, and the noisy block's token ids, expert mask, RoPE positions and attention
-    mask over cache + block (built once, reused for every flow step)."""
+    of those branches (None: the whole context the plan is kept in — no reference cycle), and the
+    noisy block's token ids, expert mask, RoPE positions and attention mask over cache + block
+    (built once, reused for every flow step)."""
 
-    context: Context
+    context: Context | None
     ids: torch.Tensor
     gen_mask: torch.Tensor
     position_ids: torch.Tensor
@@ -285,6 +287,9 @@ class SynerMedGen(nn.Module):
         tokens = (self.vae2llm(patchify_latent(latent, p)) + self.time_embedder(t)[:, None]
                   + self.latent_pos_embed(pos)[None])
         if source is not None:
+            if source.shape != latent.shape:
+                raise ValueError(f"aligned source latents {tuple(source.shape)} do not match the target latents "
+                                 f"{tuple(latent.shape)}")
             aligned = self.vae2llm_src(patchify_latent(source.to(latent.dtype), p))
             tokens = tokens + aligned * present.to(aligned.dtype)[:, None, None]
         if target is not None:
@@ -412,8 +417,9 @@ class SynerMedGen(nn.Module):
         names = tuple(branches) if branches is not None else context.branches
         if x_t.shape[0] != context.num_samples:
             raise ValueError(f"x_t holds {x_t.shape[0]} samples, the context {context.num_samples}")
+        x_t = x_t.to(self.vae2llm.weight.device)
         plan = self._noisy_plan(context, names, x_t)
-        part, s = plan.context, x_t.shape[0]
+        part, s = plan.context or context, x_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(s)
         copies = len(names)                                   # rows are branch-major: sample = row % s
         embed = self.language_model.model.embed_tokens
@@ -429,16 +435,18 @@ class SynerMedGen(nn.Module):
         return dict(zip(names, v.split(s)))
 
     def _noisy_plan(self, context: Context, names: tuple[str, ...], x_t: torch.Tensor) -> NoisyPlan:
-        key = (names, tuple(x_t.shape), x_t.device)
+        key = (names, tuple(x_t.shape))
         if key not in context.plans:
+            # a branch subset's rows are a view of the cache, or a copy kept as long as the context
             part = context.select(names) if names != context.branches else context
             zero = torch.zeros(x_t.shape[1:], device=x_t.device)
             layout = pack_rows([[NoisyLatent(zero, 0.0)]] * part.cache.batch_size, self.config.tokens, self.grid,
                                part.next_position.tolist(), x_t.device)
             slot = layout.latent_slots[0]
             count = (x_t.shape[-2] // self.config.latent_patch_size) * (x_t.shape[-1] // self.config.latent_patch_size)
-            context.plans[key] = NoisyPlan(part, layout.ids, layout.gen_mask, layout.position_ids,
-                                           attention_mask(layout, part.cache.valid), slot.start, count)
+            context.plans[key] = NoisyPlan(None if part is context else part, layout.ids, layout.gen_mask,
+                                           layout.position_ids, attention_mask(layout, part.cache.valid), slot.start,
+                                           count)
         return context.plans[key]
 
     def velocity_uncached(self, x_t: torch.Tensor, t: float | torch.Tensor, source_latent: torch.Tensor | None,

@@ -1,6 +1,9 @@
 """The unified model's building blocks: the cached editing context equals recomputation for every CFG
 branch, RoPE positions and masks follow BAGEL, the losses are finite and train, and every trainable
 tensor belongs to exactly one stage's parameter group."""
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -94,6 +97,27 @@ def test_branch_subsets_and_batch_neighbours_do_not_change_a_velocity(targeted):
     for branch in ("cond", "no_image"):
         torch.testing.assert_close(subset[branch], full[branch], atol=1e-5, rtol=0)
     torch.testing.assert_close(alone["no_text"], full["no_text"][1:], atol=1e-5, rtol=0)
+
+
+def test_velocity_layouts_are_built_once_per_branch_set_and_free_no_later_than_their_context():
+    model = tiny_model(aligned=True)
+    images, latents, ids = editing_inputs(model)
+    x_t = torch.randn_like(latents)
+    gc.disable()                         # a reference cycle would keep the context (and its K/V) alive
+    try:
+        with torch.no_grad():
+            context = model.encode_context(latents, images, ids)
+            for _ in range(2):
+                model.velocity(x_t, 0.5, context)
+                model.velocity(x_t, 0.5, context, branches=("cond", "no_image"))
+        assert len(context.plans) == 2
+        alive = weakref.ref(context)
+        del context
+        assert alive() is None
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="do not match"):
+        model.latent_tokens(latents, torch.zeros(2), latents[..., :2], torch.ones(2))
 
 
 def test_context_rope_positions_follow_bagels_editing_order():
