@@ -127,7 +127,8 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
         "quality", help="the default model vs identity, MONAI BasicUNet and its own ablations on held-out subjects",
         description="Score, in one run on the held-out subjects: the identity baseline (histogram-matched "
                     "source), MONAI BasicUNet, SynerMedGen after vae + Stage I only, Stage II only and Stage I + II, "
-                    "the VAE round-trip ceiling, and Stage I's CTS / MI / TIA accuracy. SSIM ×100 / PSNR on "
+                    "each method's target agreement, the VAE round-trip and resampling ceilings, and Stage I's CTS / "
+                    "MI / TIA accuracy. SSIM ×100 / PSNR on "
                     "normalised intensities, MAE in HU for CT, whole slice and inside the body (DATA.md). The "
                     "models are the folders of a recipe run (python main.py recipe --data D --out RUN).")
     p.add_argument("--run", default="runs/default", metavar="DIR", help="recipe run folder (default runs/default)")

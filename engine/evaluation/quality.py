@@ -8,8 +8,10 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 - MONAI BasicUNet — route-conditioned, L1, the compute budget of Stage II;
 - SynerMedGen vae + Stage I only (zero-shot synthesis), Stage II only, Stage I + II (default);
 
-and the ceiling every SynerMedGen row shares: the target slices' own round trip through the
-autoencoder (on the same slices), plus Stage I's CTS / MI / TIA accuracy on the same subjects.
+and the ceilings every SynerMedGen row shares: the target slices' own round trip through the
+autoencoder (on the same slices), and below it the round trip through the model's slice size alone
+(resampling, no autoencoder: what any method at that size could reach on the native grid), plus
+Stage I's CTS / MI / TIA accuracy on the same subjects.
 
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
@@ -48,22 +50,42 @@ ROWS = (  # key, label, recipe entry (None: fitted here)
     ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12),
 )
 CEILING = ("vae", "VAE round trip of the target (ceiling)")
+RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size)")
 QUICK = {"recipe": "quick", "slices": 2, "steps": 3}
 
 
-class VAERoundTrip(SliceSynthesizer):
-    """A volume through a model's autoencoder and back (posterior mean): what any synthesis
-    by that model could at best reach. Its "route" is the volume's own modality."""
+class ResamplingRoundTrip(SliceSynthesizer):
+    """A volume cut into slices, resampled to the model's slice size and back, and re-stacked:
+    what any method working at that slice size could at best reach on the native grid. Its
+    "route" is the volume's own modality."""
+
+    method = "resampling to the model's slice size and back"
 
     def __init__(self, model: Synthesizer) -> None:
         super().__init__(model.card, model.image_size, model.device)
-        self.vae = model.model.vae
 
     def _check_route(self, source: str, target: str) -> tuple[str, str]:
         return modalities.canonical(source), modalities.canonical(target)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
-        return None, ["method: autoencoder round trip"]
+        return None, [f"method: {self.method}"]
+
+    def _run_batch(self, images, indices, prepared, settings, cancel, on_step=noop) -> torch.Tensor:
+        return images.float().clone()
+
+    def slice_memory_estimate(self, prepared: Any) -> int:
+        return 8 * self.image_size ** 2
+
+
+class VAERoundTrip(ResamplingRoundTrip):
+    """A volume through a model's autoencoder and back (posterior mean) at its slice size: what
+    any synthesis by that model could at best reach."""
+
+    method = "autoencoder round trip"
+
+    def __init__(self, model: Synthesizer) -> None:
+        super().__init__(model)
+        self.vae = model.model.vae
 
     @torch.no_grad()
     def _run_batch(self, images, indices, prepared, settings, cancel, on_step=noop) -> torch.Tensor:
@@ -81,10 +103,10 @@ def _scores(evaluation: ModelEvaluation) -> dict[str, Any]:
             "mean": data["mean_over_routes"]}
 
 
-def ceiling(round_trip: VAERoundTrip, paired: PairedDataset, split: str, routes: Sequence[tuple[str, str]],
+def ceiling(round_trip: ResamplingRoundTrip, paired: PairedDataset, split: str, routes: Sequence[tuple[str, str]],
             max_slices: int | None, cancel: CancelToken | None = None) -> dict[str, Any]:
     """Per route: the target volumes' round trip, scored on the slices the routes were scored on."""
-    result = ModelEvaluation(CEILING[1], paired.name, split, {})
+    result = ModelEvaluation(round_trip.method, paired.name, split, {})
     done: dict[tuple[str, str], Any] = {}
     for subject in paired.subject_names(split):
         for route in paired.subject(subject).routes:
@@ -208,6 +230,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],
                          **ceiling(VAERoundTrip(default), paired, split, routes, max_slices, cancel)}
+    report["resampling"] = {"key": RESAMPLING[0], "label": RESAMPLING[1],
+                            **ceiling(ResamplingRoundTrip(default), paired, split, routes, max_slices, cancel)}
     progress("Stage I understanding …")
     stage1 = Synthesizer(run / recipe.STAGE1, device=device)
     with torch.no_grad():
@@ -234,10 +258,15 @@ def _ct(row: dict, where: str, metric: str) -> float | None:
     return value.get(metric)
 
 
+def _with_ceilings(report: dict) -> list[dict]:
+    """The method rows, then the ceilings the report has (older reports lack the resampling one)."""
+    return report["rows"] + [report[k] for k in ("ceiling", "resampling") if k in report]
+
+
 def summary(report: dict) -> list[dict]:
-    """One line per method (and the ceiling): brain-MR means over routes, CBCT → CT, budget."""
+    """One line per method (and the ceilings): brain-MR means over routes, CBCT → CT, budget."""
     lines = []
-    for row in report["rows"] + [report["ceiling"]]:
+    for row in _with_ceilings(report):
         lines.append({"key": row["key"], "label": row["label"], "trained": row.get("trained") or {},
                       "mr_ssim": _mr_mean(row, "whole", "ssim_x100"), "mr_ssim_body": _mr_mean(row, "body", "ssim_x100"),
                       "mr_psnr_db": _mr_mean(row, "whole", "psnr_db"), "ct_mae_hu_body": _ct(row, "body", "mae"),
@@ -274,7 +303,7 @@ def to_markdown(report: dict) -> str:
 
 def to_text(report: dict) -> str:
     """Per route SSIM (whole slice) of every method, then the summary table."""
-    rows = report["rows"] + [report["ceiling"]]
+    rows = _with_ceilings(report)
     head = f"{'route':<12}" + "".join(f"{r['key']:>10}" for r in rows)
     lines = ["SSIM ×100 (whole slice) per route", head, "-" * len(head)]
     for route in report["routes"]:

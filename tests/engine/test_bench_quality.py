@@ -1,6 +1,6 @@
 """`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
 phantom dataset in a temporary folder and scores every row (identity, BasicUNet, Stage I only,
-Stage II only, Stage I + II), the VAE ceiling and Stage I's accuracies in one run; a method that
+Stage II only, Stage I + II), the VAE and resampling ceilings and Stage I's accuracies in one run; a method that
 ignores the requested target shows in its target agreement."""
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
     report, _ = quick
     assert [r["key"] for r in report["rows"]] == ["identity", "unet", "stage1", "stage2", "stage12"]
     assert report["subjects"] == ["sub05"] and report["split"] == "test"
-    for row in report["rows"] + [report["ceiling"]]:
+    for row in report["rows"] + [report["ceiling"], report["resampling"]]:
         assert sorted(row["routes"]) == sorted(report["routes"]) and len(report["routes"]) == 14
         for scores in row["routes"].values():
             assert scores["subjects"] == 1
@@ -47,6 +47,9 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
         agreement = row["target_agreement"]
         assert agreement["subjects"] == 1 and -1.0 <= agreement["synthetic"] <= 1.0
         assert -1.0 <= agreement["real"] < 1.0
+    # the autoencoder works at the model's slice size: its round trip cannot beat resampling alone
+    resampling, vae = (r["mean"]["whole"]["ssim_x100"] for r in (report["resampling"], report["ceiling"]))
+    assert vae < resampling <= 100
     assert set(report["understanding"]) == {"CTS", "MI", "TIA"}
     assert all(0.0 <= v <= 1.0 for v in report["understanding"].values())
 
@@ -64,7 +67,7 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "python main.py bench quality --quick" in text
     for row in report["rows"]:
         assert row["label"] in text
-    assert "VAE round trip" in text and report["machine"]["cores"] >= 1
+    assert "VAE round trip" in text and "resampling to the model's slice size" in text and report["machine"]["cores"] >= 1
     assert "| target agreement |" in text and "near 1 means the requested target is ignored" in text
 
 
