@@ -251,25 +251,21 @@ class SynerMedGen(nn.Module):
             values.append((tokens + self.vit_pos_embed(ids)[None]).reshape(-1, dim))
             n = ids.numel()
             indices += [s.row * length + s.start + torch.arange(n, device=device) for s in slots]
-        slots = layout.latent_slots
-        if slots:
-            p = cfg.latent_patch_size
-            patches = [patchify_latent(s.latent[None].to(device, dtype), p)[0] for s in slots]
-            counts = torch.tensor([x.shape[0] for x in patches], device=device)
+        by_shape: dict[tuple[int, ...], list] = {}
+        for slot in layout.latent_slots:
+            by_shape.setdefault(tuple(slot.latent.shape), []).append(slot)
+        for slots in by_shape.values():
+            latents = torch.stack([s.latent for s in slots]).to(device, dtype)
             t = torch.stack([torch.as_tensor(s.t, dtype=torch.float32, device=device).reshape(()) for s in slots])
-            pos = torch.cat([grid_position_ids(s.latent.shape[-2] // p, s.latent.shape[-1] // p,
-                                               cfg.max_latent_size, device) for s in slots])
-            lat = (self.vae2llm(torch.cat(patches)) + self.time_embedder(t).repeat_interleave(counts, dim=0)
-                   + self.latent_pos_embed(pos))
+            source = present = target = None
             if cfg.source_token_aligned:
-                lat = lat + self._aligned_source_embedding(slots, patches, device, dtype)
-            if cfg.target_modalities:       # noisy latents only: a clean context latent has no target
-                rows = self.target_embedder(torch.tensor([s.target for s in slots], device=device))
-                noisy = torch.tensor([s.noisy for s in slots], device=device, dtype=rows.dtype)
-                lat = lat + (rows * noisy[:, None]).repeat_interleave(counts, dim=0)
-            values.append(lat)
-            indices += [s.row * length + s.start + torch.arange(x.shape[0], device=device)
-                        for s, x in zip(slots, patches)]
+                source = torch.stack([self._aligned_source(s) for s in slots]).to(device, dtype)
+                present = torch.tensor([s.source is not None for s in slots], device=device)
+            if cfg.target_modalities:              # a clean context latent's slot has target 0: nothing added
+                target = torch.tensor([s.target for s in slots], device=device)
+            tokens = self.latent_tokens(latents, t, source, present, target)
+            values.append(tokens.reshape(-1, dim))
+            indices += [s.row * length + s.start + torch.arange(tokens.shape[1], device=device) for s in slots]
         if not values:
             return emb
         flat = emb.reshape(batch * length, dim).index_copy(0, torch.cat(indices), torch.cat(values).to(dtype))
@@ -280,7 +276,8 @@ class SynerMedGen(nn.Module):
         """Generation tokens (B, N, D) of equal-sized latents (B, z, H, W) at times t (B,): vae2llm of
         the patches + timestep + latent position; + vae2llm_src of the clean ``source`` (B, z, H, W)
         where ``present`` (B,) (token-aligned models); + the ``target`` (B,) rows (target-conditioned
-        models). What :meth:`_embed` gives each latent slot, for a whole batch at once."""
+        models). :meth:`_embed` uses it per group of equal-sized latent slots, the cached velocity
+        and the ONNX graphs for a whole batch at once."""
         p = self.config.latent_patch_size
         h, w = latent.shape[-2] // p, latent.shape[-1] // p
         pos = grid_position_ids(h, w, self.config.max_latent_size, latent.device)
@@ -292,23 +289,20 @@ class SynerMedGen(nn.Module):
                                  f"{tuple(latent.shape)}")
             aligned = self.vae2llm_src(patchify_latent(source.to(latent.dtype), p))
             tokens = tokens + aligned * present.to(aligned.dtype)[:, None, None]
-        if target is not None:
-            tokens = tokens + self.target_embedder(target)[:, None]
+        if target is not None:                         # row 0 ("no target") adds nothing
+            rows = self.target_embedder(target) * (target > 0).to(tokens.dtype)[:, None]
+            tokens = tokens + rows[:, None]
         return tokens
 
-    def _aligned_source_embedding(self, slots, patches, device, dtype) -> torch.Tensor:
-        sources = []
-        for slot, x in zip(slots, patches):
-            if slot.source is None:
-                sources.append(torch.zeros_like(x))
-                continue
-            if slot.source.shape != slot.latent.shape:
-                raise ValueError(f"aligned source latent {tuple(slot.source.shape)} does not match the target "
-                                 f"latent {tuple(slot.latent.shape)}")
-            sources.append(patchify_latent(slot.source[None].to(device, dtype), self.config.latent_patch_size)[0])
-        present = torch.cat([torch.full((x.shape[0], 1), s.source is not None, device=device, dtype=dtype)
-                             for s, x in zip(slots, patches)])
-        return self.vae2llm_src(torch.cat(sources)) * present
+    @staticmethod
+    def _aligned_source(slot) -> torch.Tensor:
+        """A latent slot's clean token-aligned source (zeros where it has none)."""
+        if slot.source is None:
+            return torch.zeros_like(slot.latent)
+        if slot.source.shape != slot.latent.shape:
+            raise ValueError(f"aligned source latent {tuple(slot.source.shape)} does not match the target "
+                             f"latent {tuple(slot.latent.shape)}")
+        return slot.source
 
     def _run(self, rows: Sequence[Sequence[Segment]], past: KVCache | None = None,
              start_positions: Sequence[int] | None = None, return_kv: bool = False):
