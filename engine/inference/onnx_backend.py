@@ -99,6 +99,9 @@ class OnnxSynthesizer(Synthesizer):
                                  "to a writable folder, or export there with `python main.py export-onnx`") from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()       # as torch would use
+        # no busy-waiting between runs: the sampler's torch ops run on the same cores between velocity calls
+        # (2 cores: ×1.07 faster per batch than spinning, measured side by side)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3                               # errors only
         self.sessions = {name: ort.InferenceSession(str(self.export_dir / f"{name}.onnx"), options,
                                                     providers=providers)

@@ -22,10 +22,13 @@ from torch import nn
 from engine.atomic import atomic_folder
 from engine.model.mot import KVCache
 from engine.model.sequence import NoisyLatent, attention_mask, pack_rows
-from engine.model.unified import SynerMedGen, unpatchify_latent
+from engine.model.unified import SynerMedGen
 from engine.model.vit import vit_input
 
 OPSET = 17
+# bumped whenever the exported graphs change (2: one attention bias per pass, grouped-query attention
+# without repeated keys/values): an older export beside a model is then redone on first use
+GRAPH_VERSION = 2
 MANIFEST = "export.json"
 GRAPHS = ("vae_encoder", "vae_decoder", "context", "velocity")
 EXTERNAL_DATA_BYTES = 1 << 30       # a graph with more weights keeps them in NAME.onnx.data (protobuf stops at 2 GiB)
@@ -140,7 +143,6 @@ class VelocityGraph(nn.Module):
         layout = pack_rows([[NoisyLatent(z, 0.0, z if model.config.source_token_aligned else None)]],
                            model.config.tokens, model.grid)
         self.start = layout.latent_slots[0].start
-        self.count = _tokens(latent_shape[-2:], model.config.latent_patch_size)
         self.register_buffer("ids", layout.ids, persistent=False)
         self.register_buffer("gen_mask", layout.gen_mask, persistent=False)
         self.register_buffer("position_ids", layout.position_ids, persistent=False)
@@ -157,17 +159,12 @@ class VelocityGraph(nn.Module):
         if m.config.target_modalities:
             target = conditions.pop(0)
         lat = m.latent_tokens(per_sample_rows(x, copies), per_sample_rows(t, copies), source, present, target)
-        base = m.language_model.model.embed_tokens(self.ids).expand(rows, -1, -1)
-        emb = torch.cat([base[:, :self.start], lat.to(base.dtype), base[:, self.start + self.count:]], dim=1)
         length = self.ids.shape[1]
         mask = torch.cat([past_valid[:, None, None, :].expand(-1, 1, length, -1),
                           self.self_mask.expand(rows, -1, -1, -1)], dim=3)       # as attention_mask(…, past)
         past = KVCache(tuple(keys.unbind(0)), tuple(values.unbind(0)), past_valid)
-        hidden, _ = m.language_model.model(emb, self.gen_mask.expand(rows, -1),
-                                           self.position_ids + next_position[:, None], mask, past)
-        out = m.llm2vae(hidden[:, self.start:self.start + self.count])
-        p = m.config.latent_patch_size
-        return unpatchify_latent(out, x.shape[-2] // p, x.shape[-1] // p, p)
+        return m.block_velocity(lat, self.ids, self.start, self.gen_mask.expand(rows, -1),
+                                self.position_ids + next_position[:, None], mask, past, x.shape[-2:])
 
 
 # -- exporting ---------------------------------------------------------------------------------------
@@ -187,7 +184,8 @@ def export_is_current(export_dir: str | Path, model_dir: str | Path | None, imag
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (manifest.get("opset") == OPSET and manifest.get("image_size") == int(image_size)
+    return (manifest.get("opset") == OPSET and manifest.get("graph_version") == GRAPH_VERSION
+            and manifest.get("image_size") == int(image_size)
             and manifest.get("model_files") == model_fingerprint(model_dir)
             and all((folder / f"{name}.onnx").is_file() for name in GRAPHS))
 
@@ -277,7 +275,8 @@ def export_onnx(model: SynerMedGen, image_size: int, export_dir: str | Path,
             _place_graph(staged, tmp / f"{name}.onnx")
             shutil.rmtree(staged.parent)
             onnx.checker.check_model(str(tmp / f"{name}.onnx"))
-        manifest: dict[str, Any] = {"format": "synermedgen-onnx", "opset": OPSET, "image_size": int(image_size),
+        manifest: dict[str, Any] = {"format": "synermedgen-onnx", "opset": OPSET, "graph_version": GRAPH_VERSION,
+                                    "image_size": int(image_size),
                                     "graphs": {name: f"{name}.onnx" for name in GRAPHS},
                                     "source_token_aligned": aligned,
                                     "target_modalities": list(model.config.target_modalities),

@@ -80,6 +80,18 @@ class TokenRouting:
         return torch.cat([und_out, gen_out]).index_select(0, self.inverse)
 
 
+def attention_bias(attn_mask: torch.Tensor, dtype: torch.dtype, groups: int) -> torch.Tensor:
+    """A boolean (B, 1, L, K) mask (True = may attend; no row may be empty) as the additive bias every
+    layer's attention takes: 0 / −inf in ``dtype``, repeated for the ``groups`` query heads of a
+    key/value head folded into the query length → (B, 1, groups·L, K). Built once per pass: a
+    boolean mask would be converted (and guarded against empty rows) in every layer."""
+    bias = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
+    if groups > 1:
+        b, _, length, keys = bias.shape
+        bias = bias[:, :, None].expand(b, 1, groups, length, keys).reshape(b, 1, groups * length, keys)
+    return bias
+
+
 def _head_norm(cfg: LLMConfig) -> nn.Module:
     return RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
 
@@ -113,7 +125,8 @@ class PackedAttentionMoT(nn.Module):
     def forward(self, x: torch.Tensor, routing: TokenRouting, batch: int, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B·L, D) → output (B·L, D) and this block's (K, V), each (B, kv_heads, L, head_dim)."""
+        """x (B·L, D) → output (B·L, D) and this block's (K, V), each (B, kv_heads, L, head_dim);
+        ``attn_mask`` is the :func:`attention_bias` of the layer stack."""
         q, k, v = routing(x, self._qkv(""), self._qkv("_moe_gen"))
         length = x.shape[0] // batch
         q, k, v = (t.view(batch, length, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
@@ -121,11 +134,12 @@ class PackedAttentionMoT(nn.Module):
         new_kv = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        repeat = self.num_heads // self.num_kv_heads
-        if repeat > 1:
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        # grouped-query attention without repeating keys/values: the query heads of each key/value head
+        # (heads h = kv·groups + g) are folded into the query length, as attention_bias lays out the mask
+        q = q.reshape(batch, self.num_kv_heads, -1, self.head_dim)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(batch * length, self.num_heads * self.head_dim)
+        out = out.reshape(batch, self.num_heads, length, self.head_dim).transpose(1, 2)
+        out = out.reshape(batch * length, self.num_heads * self.head_dim)
         return routing(out, self.o_proj, self.o_proj_moe_gen), new_kv
 
 
@@ -174,12 +188,14 @@ class Qwen2MoTModel(nn.Module):
         """
         batch, length, dim = inputs_embeds.shape
         routing = TokenRouting(gen_mask)
+        cfg = self.config
+        bias = attention_bias(attn_mask, inputs_embeds.dtype, cfg.num_attention_heads // cfg.num_key_value_heads)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         h = inputs_embeds.reshape(batch * length, dim)
         new_kv = []
         for i, layer in enumerate(self.layers):
             layer_past = (past.keys[i], past.values[i]) if past is not None else None
-            h, kv = layer(h, routing, batch, cos, sin, attn_mask, layer_past)
+            h, kv = layer(h, routing, batch, cos, sin, bias, layer_past)
             if return_kv:
                 new_kv.append(kv)
         h = routing(h, self.norm, self.norm_moe_gen)

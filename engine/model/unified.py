@@ -127,7 +127,6 @@ class NoisyPlan:
     position_ids: torch.Tensor
     mask: torch.Tensor
     start: int
-    count: int
 
 
 @dataclass
@@ -416,17 +415,27 @@ class SynerMedGen(nn.Module):
         part, s = plan.context or context, x_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(s)
         copies = len(names)                                   # rows are branch-major: sample = row % s
-        embed = self.language_model.model.embed_tokens
-        tokens = self.latent_tokens(x_t.repeat(copies, 1, 1, 1).to(embed.weight.dtype), t.repeat(copies),
+        dtype = self.language_model.model.embed_tokens.weight.dtype
+        tokens = self.latent_tokens(x_t.repeat(copies, 1, 1, 1).to(dtype), t.repeat(copies),
                                     part.aligned_source, part.aligned_present, part.target)
-        markers = embed(plan.ids)
-        emb = torch.cat([markers[:, :plan.start], tokens.to(markers.dtype), markers[:, plan.start + plan.count:]],
-                        dim=1)
-        hidden, _ = self.language_model.model(emb, plan.gen_mask, plan.position_ids, plan.mask, part.cache)
-        p = self.config.latent_patch_size
-        out = self.llm2vae(hidden[:, plan.start:plan.start + plan.count])
-        v = unpatchify_latent(out, x_t.shape[-2] // p, x_t.shape[-1] // p, p).to(x_t.dtype)
+        v = self.block_velocity(tokens, plan.ids, plan.start, plan.gen_mask, plan.position_ids, plan.mask,
+                                part.cache, x_t.shape[-2:]).to(x_t.dtype)
         return dict(zip(names, v.split(s)))
+
+    def block_velocity(self, tokens: torch.Tensor, ids: torch.Tensor, start: int, gen_mask: torch.Tensor,
+                       position_ids: torch.Tensor, mask: torch.Tensor, cache: KVCache,
+                       latent_size: Sequence[int]) -> torch.Tensor:
+        """Velocities (R, z, h, w) of a noisy block over a cache: the latent ``tokens`` (R, n, d)
+        spliced at ``start`` between the embeddings of the block's marker ``ids`` ((R or 1, L)),
+        one decoder pass, ``llm2vae`` and unpatchify to the ``latent_size`` (h, w). Shared by the
+        cached :meth:`velocity` and the exported ONNX velocity graph."""
+        markers = self.language_model.model.embed_tokens(ids).expand(tokens.shape[0], -1, -1)
+        count = tokens.shape[1]
+        emb = torch.cat([markers[:, :start], tokens.to(markers.dtype), markers[:, start + count:]], dim=1)
+        hidden, _ = self.language_model.model(emb, gen_mask, position_ids, mask, cache)
+        p = self.config.latent_patch_size
+        out = self.llm2vae(hidden[:, start:start + count])
+        return unpatchify_latent(out, latent_size[0] // p, latent_size[1] // p, p)
 
     def _noisy_plan(self, context: Context, names: tuple[str, ...], x_t: torch.Tensor) -> NoisyPlan:
         key = (names, tuple(x_t.shape))
@@ -436,11 +445,9 @@ class SynerMedGen(nn.Module):
             zero = torch.zeros(x_t.shape[1:], device=x_t.device)
             layout = pack_rows([[NoisyLatent(zero, 0.0)]] * part.cache.batch_size, self.config.tokens, self.grid,
                                part.next_position.tolist(), x_t.device)
-            slot = layout.latent_slots[0]
-            count = (x_t.shape[-2] // self.config.latent_patch_size) * (x_t.shape[-1] // self.config.latent_patch_size)
             context.plans[key] = NoisyPlan(None if part is context else part, layout.ids, layout.gen_mask,
-                                           layout.position_ids, attention_mask(layout, part.cache.valid), slot.start,
-                                           count)
+                                           layout.position_ids, attention_mask(layout, part.cache.valid),
+                                           layout.latent_slots[0].start)
         return context.plans[key]
 
     def velocity_uncached(self, x_t: torch.Tensor, t: float | torch.Tensor, source_latent: torch.Tensor | None,

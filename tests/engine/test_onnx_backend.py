@@ -76,6 +76,20 @@ def test_export_is_reused_and_redone_when_the_weights_change(models):
     assert manifest["model_files"]["model.safetensors"][1] == later and manifest["opset"] >= 17
 
 
+def test_an_export_from_older_graph_code_is_redone(models):
+    import engine.inference.onnx_export as onnx_export
+
+    folder = models["tiny"]
+    OnnxSynthesizer(folder, device="cpu")
+    manifest_file = folder / "onnx" / MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    manifest["graph_version"] = onnx_export.GRAPH_VERSION - 1
+    manifest_file.write_text(json.dumps(manifest))
+    assert not onnx_export.export_is_current(folder / "onnx", folder, manifest["image_size"])
+    assert OnnxSynthesizer(folder, device="cpu").exported
+    assert json.loads(manifest_file.read_text())["graph_version"] == onnx_export.GRAPH_VERSION
+
+
 def test_large_graphs_keep_their_weights_in_external_data(models, tmp_path, monkeypatch):
     import engine.inference.onnx_export as onnx_export
 
