@@ -80,16 +80,11 @@ class TokenRouting:
         return torch.cat([und_out, gen_out]).index_select(0, self.inverse)
 
 
-def attention_bias(attn_mask: torch.Tensor, dtype: torch.dtype, groups: int) -> torch.Tensor:
+def attention_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean (B, 1, L, K) mask (True = may attend; no row may be empty) as the additive bias every
-    layer's attention takes: 0 / −inf in ``dtype``, repeated for the ``groups`` query heads of a
-    key/value head folded into the query length → (B, 1, groups·L, K). Built once per pass: a
-    boolean mask would be converted (and guarded against empty rows) in every layer."""
-    bias = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
-    if groups > 1:
-        b, _, length, keys = bias.shape
-        bias = bias[:, :, None].expand(b, 1, groups, length, keys).reshape(b, 1, groups * length, keys)
-    return bias
+    layer's attention takes: 0 / −inf in ``dtype``. Built once per pass: SDPA would convert a boolean
+    mask in every layer, and its ONNX export also guards every layer's softmax against empty rows."""
+    return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
 
 
 def _head_norm(cfg: LLMConfig) -> nn.Module:
@@ -134,12 +129,11 @@ class PackedAttentionMoT(nn.Module):
         new_kv = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        # grouped-query attention without repeating keys/values: the query heads of each key/value head
-        # (heads h = kv·groups + g) are folded into the query length, as attention_bias lays out the mask
-        q = q.reshape(batch, self.num_kv_heads, -1, self.head_dim)
+        repeat = self.num_heads // self.num_kv_heads
+        if repeat > 1:
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.reshape(batch, self.num_heads, length, self.head_dim).transpose(1, 2)
-        out = out.reshape(batch * length, self.num_heads * self.head_dim)
+        out = out.transpose(1, 2).reshape(batch * length, self.num_heads * self.head_dim)
         return routing(out, self.o_proj, self.o_proj_moe_gen), new_kv
 
 
@@ -188,8 +182,7 @@ class Qwen2MoTModel(nn.Module):
         """
         batch, length, dim = inputs_embeds.shape
         routing = TokenRouting(gen_mask)
-        cfg = self.config
-        bias = attention_bias(attn_mask, inputs_embeds.dtype, cfg.num_attention_heads // cfg.num_key_value_heads)
+        bias = attention_bias(attn_mask, inputs_embeds.dtype)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         h = inputs_embeds.reshape(batch * length, dim)
         new_kv = []

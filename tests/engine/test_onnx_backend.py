@@ -90,6 +90,17 @@ def test_an_export_from_older_graph_code_is_redone(models):
     assert json.loads(manifest_file.read_text())["graph_version"] == onnx_export.GRAPH_VERSION
 
 
+def test_llm_graphs_build_the_attention_bias_once(models):
+    import onnx
+
+    folder = models["tiny"]
+    OnnxSynthesizer(folder, device="cpu")
+    for name in ("context", "velocity"):
+        ops = [n.op_type for n in onnx.load(str(folder / "onnx" / f"{name}.onnx"), load_external_data=False).graph.node]
+        # a boolean mask would be turned into a bias, and the softmax guarded (IsNaN), in every layer
+        assert "Softmax" in ops and "IsNaN" not in ops, name
+
+
 def test_large_graphs_keep_their_weights_in_external_data(models, tmp_path, monkeypatch):
     import engine.inference.onnx_export as onnx_export
 
