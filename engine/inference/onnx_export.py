@@ -26,8 +26,9 @@ from engine.model.unified import SynerMedGen
 from engine.model.vit import vit_input
 
 OPSET = 17
-# bumped whenever the exported graphs change (2: one additive attention bias per pass): an older
-# export beside a model is then redone on first use
+# bumped whenever the exported graphs change (2: one additive attention bias per pass, keys/values not
+# repeated for grouped queries in the velocity step): an older export beside a model is then redone on
+# first use
 GRAPH_VERSION = 2
 MANIFEST = "export.json"
 GRAPHS = ("vae_encoder", "vae_decoder", "context", "velocity")

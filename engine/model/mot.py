@@ -80,11 +80,22 @@ class TokenRouting:
         return torch.cat([und_out, gen_out]).index_select(0, self.inverse)
 
 
-def attention_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def attention_bias(attn_mask: torch.Tensor, dtype: torch.dtype, cfg: LLMConfig) -> torch.Tensor:
     """A boolean (B, 1, L, K) mask (True = may attend; no row may be empty) as the additive bias every
     layer's attention takes: 0 / −inf in ``dtype``. Built once per pass: SDPA would convert a boolean
-    mask in every layer, and its ONNX export also guards every layer's softmax against empty rows."""
-    return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
+    mask in every layer, and its ONNX export also guards every layer's softmax against empty rows.
+
+    With grouped-query attention and few queries (L ≤ 2·head_dim·kv_heads: the flow steps' noisy
+    block) the bias is *folded*, (B, 1, groups·L, K), repeated for the query heads that share a
+    key/value head, so attention need not repeat the cached keys and values in every layer: the
+    folded bias is then no larger than one layer's repeated keys and values. Long passes (a
+    context's prefill, training) keep (B, 1, L, K)."""
+    bias = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
+    batch, _, length, keys = bias.shape
+    if groups > 1 and length <= 2 * cfg.head_dim * cfg.num_key_value_heads:
+        bias = bias[:, :, None].expand(batch, 1, groups, length, keys).reshape(batch, 1, groups * length, keys)
+    return bias
 
 
 def _head_norm(cfg: LLMConfig) -> nn.Module:
@@ -129,10 +140,17 @@ class PackedAttentionMoT(nn.Module):
         new_kv = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        repeat = self.num_heads // self.num_kv_heads
-        if repeat > 1:
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1 and attn_mask.shape[-2] == groups * length:
+            # folded bias (see attention_bias): each key/value head's query heads (h = kv·groups + g)
+            # become one longer query, so the keys/values are not repeated
+            q = q.reshape(batch, self.num_kv_heads, groups * length, self.head_dim)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            out = out.reshape(batch, self.num_heads, length, self.head_dim)
+        else:
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(batch * length, self.num_heads * self.head_dim)
         return routing(out, self.o_proj, self.o_proj_moe_gen), new_kv
 
@@ -182,7 +200,7 @@ class Qwen2MoTModel(nn.Module):
         """
         batch, length, dim = inputs_embeds.shape
         routing = TokenRouting(gen_mask)
-        bias = attention_bias(attn_mask, inputs_embeds.dtype)
+        bias = attention_bias(attn_mask, inputs_embeds.dtype, self.config)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         h = inputs_embeds.reshape(batch * length, dim)
         new_kv = []

@@ -3,6 +3,8 @@ understanding tokens or on generation tokens can reach through the shared attent
 import torch
 
 from engine.model import CleanLatent, NoisyLatent, Text, VitImage, ce_loss, from_config, preset
+from engine.model.layers import apply_rotary
+from engine.model.mot import TokenRouting, attention_bias
 
 PX = 32  # tiny images: 16 ViT tokens, an 8×8 latent = 16 generation tokens
 
@@ -97,3 +99,32 @@ def test_understanding_loss_after_a_clean_latent_reaches_the_gen_experts_keys():
     assert not g["language_model.model.layers.3.self_attn.q_proj_moe_gen.weight"]
     assert not g["language_model.model.layers.3.mlp_moe_gen.up_proj.weight"]
     assert not g["language_model.model.norm_moe_gen.weight"] and not g["llm2vae.weight"]
+
+
+def test_folded_and_plain_attention_bias_give_the_same_attention():
+    """Short passes fold grouped queries into the bias; long ones repeat keys/values: same numbers."""
+
+    torch.manual_seed(0)
+    model = from_config(preset("tiny")).eval()
+    cfg, lm = model.config.llm, model.language_model.model
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
+    short = 2 * cfg.head_dim * cfg.num_key_value_heads         # the longest pass that is folded
+    assert groups > 1
+    for length in (7, short, short + 1):
+        mask = torch.rand(2, 1, length, length) > 0.5
+        mask |= torch.eye(length, dtype=torch.bool)            # no empty row
+        bias = attention_bias(mask, torch.float32, cfg)
+        assert bias.shape[-2] == (groups * length if length <= short else length)
+        x = torch.randn(2 * length, cfg.hidden_size)
+        cos, sin = lm.rotary_emb(torch.arange(length).expand(2, -1), torch.float32)
+        attn = lm.layers[0].self_attn
+        routing = TokenRouting(torch.zeros(2, length, dtype=torch.bool))
+        with torch.no_grad():
+            out, _ = attn(x, routing, 2, cos, sin, bias, None)
+            q, k, v = (t.view(2, length, -1, cfg.head_dim).transpose(1, 2) for t in attn._qkv("")(x))
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+            scores = (q @ k.transpose(-1, -2)) / cfg.head_dim ** 0.5
+            ref = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+            ref = attn.o_proj(ref.transpose(1, 2).reshape(2 * length, -1))
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
