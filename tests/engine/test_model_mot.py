@@ -103,7 +103,6 @@ def test_understanding_loss_after_a_clean_latent_reaches_the_gen_experts_keys():
 
 def test_folded_and_plain_attention_bias_give_the_same_attention():
     """Short passes fold grouped queries into the bias; long ones repeat keys/values: same numbers."""
-
     torch.manual_seed(0)
     model = from_config(preset("tiny")).eval()
     cfg, lm = model.config.llm, model.language_model.model
