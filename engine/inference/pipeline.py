@@ -5,7 +5,8 @@ target's physical units.
 Per volume: normalise the source per its modality → slice along the acquisition axis → skip
 empty slices → for each batch of slices: VAE latents + ViT tokens + instruction encoded once into
 a cached context (K/V for every guidance branch; with the target's embedding row, for models that
-have one) → flow-matching ODE with the guidance branches batched → VAE decode → back onto the slice grid → re-stack → target units.
+have one) → flow-matching ODE with the guidance branches batched → VAE decode → back onto the
+slice grid → re-stack → target units.
 
 Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's protocol):
 
