@@ -14,7 +14,9 @@ Budgets are steps (bit-reproducible for a seed), except the U-Net's: its wall-cl
 one ``generation-only/`` recorded (the same Stage II steps as ``generation/``), so both get the
 same compute on the machine that ran them — run them one after the other in one process
 (``--only generation-only unet``) so they also share its load. Rerunning resumes an interrupted
-entry and skips finished ones.
+entry and skips finished ones; a finished entry whose settings the recipe no longer gives (an option,
+the architecture, or a start model retrained since) stops the run with the reason instead of being
+reused or overwritten.
 """
 from __future__ import annotations
 
@@ -118,6 +120,11 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
     return Path(dest)
 
 
+def _stages(folder: Path) -> list[dict[str, Any]]:
+    """The training stages a model folder's card records, oldest first (raises on a folder without one)."""
+    return json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["recipe"]["stages"]
+
+
 def finished(folder: Path, stage: str, steps: int | None) -> bool:
     """Whether ``folder`` holds a finished run of ``stage`` with ``steps`` steps done."""
     from engine.baselines.unet import CARD
@@ -125,10 +132,57 @@ def finished(folder: Path, stage: str, steps: int | None) -> bool:
     try:
         if stage == "unet":
             return (folder / CARD).is_file()
-        record = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["recipe"]["stages"][-1]
+        record = _stages(folder)[-1]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return False
     return record.get("stage") == stage and record.get("status") == "finished" and record.get("steps_done") == steps
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _first_difference(recorded: Any, wanted: Any, path: str = "") -> str | None:
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for key in sorted(set(recorded) | set(wanted)):
+            found = _first_difference(recorded.get(key), wanted.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if recorded == wanted else f"{path} {recorded!r} (the recipe now gives {wanted!r})"
+
+
+def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
+    """Why the finished SynerMedGen entry in ``folder`` no longer matches the recipe, or None: a
+    training option the recipe now sets otherwise, another architecture for a fresh model, or a
+    start model (``out``/``entry.init``) that has been retrained since. (The U-Net is not checked.)"""
+    from engine.model.config import SynerMedGenConfig, preset
+
+    if entry.stage == "unet":
+        return None
+    stages = _stages(folder)
+    recorded = stages[-1].get("config", {})
+    for key, value in entry.options.items():
+        if key in recorded and _plain(recorded[key]) != _plain(value):
+            return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
+    if entry.init is None:
+        options = entry.options
+        wanted = preset(options.get("size", "default")).replace(**options.get("model_overrides", {})).to_dict()
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        written = SynerMedGenConfig.from_dict({k: v for k, v in written.items() if k in wanted}).to_dict()
+        for config in (wanted, written):      # set in training: the tokenizer's ids, the measured latent statistics
+            config.pop("tokens", None)
+            for measured in ("scale_factor", "shift_factor"):
+                config["vae"].pop(measured, None)
+        return _first_difference(_plain(written), _plain(wanted))
+    start = out / entry.init
+    try:
+        start_runs = [s.get("run_id") for s in _stages(start)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its start model {start} is missing"
+    if [s.get("run_id") for s in stages[:-1]] != start_runs:
+        return f"it was trained from an earlier {start} (that entry has been retrained since)"
+    return None
 
 
 def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, only: Sequence[str] | None = None,
@@ -154,6 +208,11 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
         folder = out / entry.name
         options = dict(entry.options)
         if finished(folder, entry.stage, options.get("steps")):
+            stale = stale_settings(folder, entry, out)
+            if stale:
+                raise ValueError(f"{folder}: a finished {entry.stage} run whose settings are no longer the recipe's: "
+                                 f"{stale}. Delete that folder (and the entries trained from it) to retrain it, or "
+                                 "pass another --out")
             emit({"event": "skipped", "entry": entry.name, "reason": "finished", "model_dir": str(folder)})
             continue
         emit({"event": "entry", "entry": entry.name, "stage": entry.stage, "model_dir": str(folder)})

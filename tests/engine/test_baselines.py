@@ -1,9 +1,11 @@
 """The quality benchmark's peers: the histogram-matching identity baseline and the MONAI BasicUNet
 baseline run through the shared volume loop (same grid and units as the model's output), and the
-recipe skips entries already trained."""
+recipe skips entries already trained — unless the recipe no longer describes them."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from engine.baselines import IntensityMatch, UNetSynthesizer, train_unet
 from engine.baselines.identity import quantile_map
+from engine.model import config as model_config
 from engine.tasks import PairedDataset
 from engine.tasks.phantoms import write_phantom_dataset
 from engine.training import recipe
@@ -79,3 +82,32 @@ def test_recipe_skips_finished_entries_and_rejects_unknown_ones(data, tmp_path, 
                        "model_dir": str(tmp_path / "run" / "vae")}]
     with pytest.raises(ValueError, match="unknown recipe entries"):
         recipe.run_recipe(data, tmp_path / "run", "quick", only=["nope"])
+
+
+def test_recipe_stops_at_a_finished_entry_it_no_longer_describes(data, tmp_path, one_torch_thread, monkeypatch):
+    run = tmp_path / "run"
+    recipe.run_recipe(data, run, "quick", only=["vae", "understanding"], threads=1, device="cpu")
+    weights = run / "vae" / "model.safetensors"
+    written = weights.read_bytes()
+    vae, understanding = recipe.RECIPES["quick"][:2]
+
+    def entries(**options):
+        return (dataclasses.replace(vae, options={**vae.options, **options}),) + recipe.RECIPES["quick"][1:]
+
+    monkeypatch.setitem(recipe.RECIPES, "quick", entries(lr=5e-4))
+    with pytest.raises(ValueError, match=r"vae: a finished vae run .*: lr 0.001 \(the recipe now asks for 0.0005\)"):
+        recipe.run_recipe(data, run, "quick", only=["vae"], threads=1, device="cpu")
+    monkeypatch.setitem(recipe.RECIPES, "quick", entries())
+    patch = model_config.PRESETS["default"].latent_patch_size
+    monkeypatch.setitem(model_config.PRESETS, "default",
+                        model_config.PRESETS["default"].replace(latent_patch_size=patch // 2))
+    with pytest.raises(ValueError, match=f"latent_patch_size {patch} \\(the recipe now gives {patch // 2}\\)"):
+        recipe.run_recipe(data, run, "quick", only=["vae"], threads=1, device="cpu")
+    assert weights.read_bytes() == written                    # neither reused nor overwritten
+    monkeypatch.undo()
+    assert recipe.stale_settings(run / "understanding", understanding, run) is None
+
+    shutil.rmtree(run / "vae")                                # the vae entry trained again: a new run
+    recipe.run_recipe(data, run, "quick", only=["vae"], threads=1, device="cpu")
+    with pytest.raises(ValueError, match="trained from an earlier .*vae"):
+        recipe.run_recipe(data, run, "quick", only=["understanding"], threads=1, device="cpu")
