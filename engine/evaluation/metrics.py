@@ -1,6 +1,7 @@
 """Image-quality metrics of a synthetic volume against its reference (DATA.md's protocol):
 PSNR and SSIM on intensities normalised by the target modality's rule, MAE in physical units,
-over the whole image and inside a body mask, plus per-slice curves along array axis 0."""
+over the whole image and inside a body mask, plus per-slice curves along array axis 0 and the
+change from slice to slice against the reference's (through-plane consistency)."""
 from __future__ import annotations
 
 import math
@@ -133,6 +134,7 @@ class Evaluation:
     mask_fraction: float                        # share of voxels inside the body mask
     normalisations: tuple[modalities.Normalisation, modalities.Normalisation]  # synthetic, reference
     per_slice: dict[str, np.ndarray] = field(default_factory=dict)  # "psnr", "ssim", "mae" per z
+    through_plane: float | None = None          # see evaluate(); None with fewer than two body slices
 
     def to_dict(self) -> dict:
         return {
@@ -140,6 +142,7 @@ class Evaluation:
             "unit": self.unit,
             "whole": self.whole.to_dict(),
             "body": self.body.to_dict() if self.body else None,
+            "through_plane": self.through_plane,
             "mask_fraction": self.mask_fraction,
             "normalisation": {"synthetic": self.normalisations[0].to_dict(),
                               "reference": self.normalisations[1].to_dict()},
@@ -155,6 +158,12 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
     SSIM; MAE stays in physical units. ``mask`` defaults to the reference's body mask. Whole-image
     PSNR comes from the MSE over all voxels; SSIM and MAE are voxel means. Per-slice values are
     NaN for slices with no voxel in the mask: two blank slices would otherwise score a perfect SSIM.
+
+    ``through_plane`` compares the change from one slice to the next (axis 0, normalised
+    intensities, voxels inside the mask on both slices) with the reference's: mean |Δ| of the
+    synthetic / mean |Δ| of the reference. 1 is as much variation across slices as the real
+    anatomy; a slice-by-slice method whose slices disagree (stripes in the other two planes)
+    scores well above 1, one that repeats a slice below it.
     """
     syn, ref = _pair(synthetic, reference)
     if syn.ndim != 3:
@@ -173,6 +182,8 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
     slice_ssim = np.zeros(n_slices)
     body_sq = body_abs = body_ssim = 0.0
     body_n = body_ssim_n = 0
+    step_syn = step_ref = 0.0                   # through-plane: summed |Δ| between consecutive slices
+    previous = None                             # the last slice of the previous chunk (sn, rn, m)
     for start in range(0, n_slices, _SLICES_PER_CHUNK):
         check_cancel(cancel)
         stop = min(n_slices, start + _SLICES_PER_CHUNK)
@@ -190,6 +201,12 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         body_n += int(m.sum())
         body_ssim += float(smap[m & inside].sum())
         body_ssim_n += int((m & inside).sum())
+        if previous is not None:
+            sn, rn, m = (np.concatenate([p[None], c]) for p, c in zip(previous, (sn, rn, m)))
+        pairs = m[1:] & m[:-1]
+        step_syn += float(np.abs(np.diff(sn, axis=0))[pairs].sum())
+        step_ref += float(np.abs(np.diff(rn, axis=0))[pairs].sum())
+        previous = (sn[-1], rn[-1], m[-1])
         progress(Progress(stop, n_slices, f"scored slices {start + 1}–{stop} of {n_slices}"))
 
     def to_psnr(err: float | np.ndarray) -> float | np.ndarray:
@@ -210,4 +227,5 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         normalisations=norms,
         per_slice={key: np.where(mask.any(axis=(1, 2)), values, np.nan) for key, values in
                    (("psnr", to_psnr(slice_sq)), ("ssim", 100.0 * slice_ssim), ("mae", slice_abs))},
+        through_plane=step_syn / step_ref if step_ref > 0 else None,
     )

@@ -15,7 +15,9 @@ Stage I's CTS / MI / TIA accuracy on the same subjects.
 
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
-ignores the requested target (the same image for T1 → T2 and T1 → FLAIR) scores ≈ 1.
+ignores the requested target (the same image for T1 → T2 and T1 → FLAIR) scores ≈ 1 — and, per
+route, its *through-plane* variation (:func:`engine.evaluation.metrics.evaluate`): slice-to-slice
+change against the real scan's, where slices synthesized independently show up as stripes.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ class VAERoundTrip(ResamplingRoundTrip):
 def _scores(evaluation: ModelEvaluation) -> dict[str, Any]:
     data = evaluation.to_dict()
     return {"routes": {r["route"]: {"subjects": r["subjects"], "unit": r["unit"], "whole": r["whole"],
-                                    "body": r["body"]} for r in data["routes"]},
+                                    "body": r["body"], "through_plane": r.get("through_plane")}
+                       for r in data["routes"]},
             "mean": data["mean_over_routes"]}
 
 
@@ -247,8 +250,10 @@ def _f(value: Any, digits: int = 1) -> str:
         else f"{value:.{digits}f}"
 
 
-def _mr_mean(row: dict, where: str, metric: str) -> float | None:
-    values = [v[where].get(metric) for r, v in row["routes"].items() if v.get(where) and not r.endswith("→CT")]
+def _mr_mean(row: dict, where: str, metric: str | None = None) -> float | None:
+    """Mean over the brain-MR routes of ``v[where][metric]`` (or ``v[where]`` when metric is None)."""
+    values = [v[where] if metric is None else v[where].get(metric) for r, v in row["routes"].items()
+              if v.get(where) is not None and not r.endswith("→CT")]
     values = [x for x in values if x is not None and math.isfinite(x)]
     return float(np.mean(values)) if values else None
 
@@ -270,7 +275,7 @@ def summary(report: dict) -> list[dict]:
         lines.append({"key": row["key"], "label": row["label"], "trained": row.get("trained") or {},
                       "mr_ssim": _mr_mean(row, "whole", "ssim_x100"), "mr_ssim_body": _mr_mean(row, "body", "ssim_x100"),
                       "mr_psnr_db": _mr_mean(row, "whole", "psnr_db"), "ct_mae_hu_body": _ct(row, "body", "mae"),
-                      "ct_ssim": _ct(row, "whole", "ssim_x100"),
+                      "ct_ssim": _ct(row, "whole", "ssim_x100"), "mr_through_plane": _mr_mean(row, "through_plane"),
                       "target_agreement": (row.get("target_agreement") or {}).get("synthetic")})
     return lines
 
@@ -282,20 +287,23 @@ def to_markdown(report: dict) -> str:
              f"{len(report['routes'])} routes; {(report.get('machine') or {}).get('line', '')}",
              "",
              "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM "
-             "| target agreement | trained |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| target agreement | MR through-plane | trained |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for line in summary(report):
         trained = line["trained"]
         budget = (f"{trained.get('steps')} steps, {_f((trained.get('seconds') or 0) / 60)} min" if trained
                   else "fitted" if line["key"] == "identity" else "—")
         lines.append(f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
                      f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | "
-                     f"{_f(line['target_agreement'], 3)} | {budget} |")
+                     f"{_f(line['target_agreement'], 3)} | {_f(line['mr_through_plane'], 2)} | {budget} |")
     acc = report.get("understanding") or {}
     real = next((r["target_agreement"].get("real") for r in report["rows"] if r.get("target_agreement")), None)
     lines += ["", f"Target agreement: mean correlation, inside the body, of a method's outputs for the different MR "
               f"targets of one central source slice per subject (the real scans: {_f(real, 3)}); near 1 means the "
               "requested target is ignored.",
+              "", "MR through-plane: how much the output changes from one slice to the next inside the body, as a "
+              "multiple of the real scan's change on the same slices (1: like the real anatomy; above 1: slices "
+              "that disagree, seen as stripes in the sagittal and coronal planes).",
               "", "Stage I understanding accuracy on the same subjects: "
               + ", ".join(f"{k} {100 * v:.0f} %" for k, v in acc.items()), ""]
     return "\n".join(lines)

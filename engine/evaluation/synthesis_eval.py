@@ -79,6 +79,7 @@ class ModelEvaluation:
             out[route] = {"subjects": len(scores), "unit": scores[0].evaluation.unit,
                           "whole": _mean([s.evaluation.whole.to_dict() for s in scores]),
                           "body": _mean([s.evaluation.body.to_dict() for s in scores if s.evaluation.body]),
+                          **_mean([{"through_plane": s.evaluation.through_plane} for s in scores], ("through_plane",)),
                           "seconds": float(np.mean([s.seconds for s in scores]))}
         return out
 

@@ -43,6 +43,7 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
             assert scores["subjects"] == 1
             assert math.isfinite(scores["whole"]["ssim_x100"]) and -100 <= scores["whole"]["ssim_x100"] <= 100
             assert math.isfinite(scores["whole"]["psnr_db"])
+            assert scores["through_plane"] >= 0.0
     for row in report["rows"]:
         agreement = row["target_agreement"]
         assert agreement["subjects"] == 1 and -1.0 <= agreement["synthetic"] <= 1.0
@@ -70,6 +71,7 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "VAE round trip" in text and "resampling to the model's slice size" in text
     assert report["machine"]["cores"] >= 1
     assert "| target agreement |" in text and "near 1 means the requested target is ignored" in text
+    assert "| MR through-plane |" in text and "multiple of the real scan's change" in text
 
 
 class PassThrough(IntensityMatch):

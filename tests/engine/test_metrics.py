@@ -160,3 +160,20 @@ def test_per_slice_scores_skip_slices_without_body():
         assert np.isnan(values[[0, 3]]).all()         # blank slices are not a perfect score
         assert np.isfinite(values[[1, 2]]).all()
     np.testing.assert_allclose(ev.per_slice["mae"][1:3], 10.0)
+
+
+def test_through_plane_variation_against_the_reference_by_hand_across_chunks():
+    ref = ct_head(shape=(40, 16, 16))                # 40 slices: three chunks of the scoring loop
+    mask = ref > -500
+    stripes = np.where(np.arange(40) % 2, 150.0, -150.0)[:, None, None]
+    syn = ref + stripes                              # slices that disagree: stripes across the slices
+    pairs = mask[1:] & mask[:-1]
+    sn, rn = (np.clip((a + 1024) / 3024, 0, 1) for a in (syn, ref))
+    expected = np.abs(np.diff(sn, axis=0))[pairs].sum() / np.abs(np.diff(rn, axis=0))[pairs].sum()
+    ev = metrics.evaluate(syn, ref, "CT", mask=mask)
+    assert ev.through_plane == pytest.approx(expected) and ev.through_plane > 1.5
+    assert metrics.evaluate(ref, ref, "CT", mask=mask).through_plane == pytest.approx(1.0)
+    repeated = np.repeat(ref[20:21], 40, axis=0)     # one slice repeated: no change across slices
+    assert metrics.evaluate(repeated, ref, "CT", mask=mask).through_plane == pytest.approx(0.0)
+    assert metrics.evaluate(ref[:1], ref[:1], "CT").through_plane is None
+    assert ev.to_dict()["through_plane"] == ev.through_plane
