@@ -40,6 +40,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="guidance scales (default: the model's; 1 1 = no guidance)")
     p.add_argument("--start-from-source", type=float, metavar="T",
                    help="start the flow from the source latent noised to time T in (0, 1) instead of pure noise")
+    p.add_argument("--noise-correlation", type=float, metavar="RHO",
+                   help="correlation in [0, 1) of neighbouring slices' starting noise (default: the model's; "
+                        "0 = independent slices)")
 
 
 def sampling_settings(args: argparse.Namespace, defaults):
@@ -48,7 +51,8 @@ def sampling_settings(args: argparse.Namespace, defaults):
 
     changes = {k: v for k, v in (("steps", args.steps), ("solver", args.solver), ("shift", args.shift),
                                  ("seed", args.seed), ("batch_size", args.batch_size),
-                                 ("start_from_source", args.start_from_source)) if v is not None}
+                                 ("start_from_source", args.start_from_source),
+                                 ("noise_correlation", args.noise_correlation)) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
                                                   image_scale=args.guidance[1])

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,
         "shift": settings.shift, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
-        "start_from_source": settings.start_from_source, "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
+        "start_from_source": settings.start_from_source, "noise_correlation": settings.noise_correlation,
+        "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit,
     }
     if args.backend == "onnx":

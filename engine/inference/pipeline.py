@@ -19,6 +19,7 @@ Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ def vit_view(pixels: torch.Tensor, config) -> torch.Tensor:
 def slice_seed(seed: int, index: int) -> int:
     """The noise seed of slice ``index``: the same slice gets the same noise in any batch."""
     return (int(seed) * 1_000_003 + int(index) * 7_919 + 12_345) % (2 ** 63)
+
+
+def slice_noise(shape: Sequence[int], seed: int, index: int, correlation: float = 0.0) -> torch.Tensor:
+    """The starting noise of slice ``index``: standard normal, the same in any batch. With
+    ``correlation`` ρ > 0 it is a moving average of the slice's own draw and its predecessors'
+    (weights ρ^k, k slices back, cut where ρ^k < 1 %, rescaled to unit variance: about ρ between
+    adjacent slices, as an AR(1) along the slices), so neighbouring slices start alike."""
+    if correlation <= 0.0:
+        return draw_noise(shape, seed=slice_seed(seed, index))
+    count = max(1, math.ceil(math.log(0.01) / math.log(correlation)))
+    weights = correlation ** torch.arange(count, dtype=torch.float64)
+    weights = (weights / weights.norm()).tolist()
+    return sum(w * draw_noise(shape, seed=slice_seed(seed, index - k)) for k, w in enumerate(weights))
 
 
 def context_branches(guidance) -> tuple[str, ...]:
@@ -384,7 +398,9 @@ class Synthesizer(SliceSynthesizer):
             f"sampling: {settings.steps} {settings.solver} steps, shift {settings.shift:g}, guidance text "
             f"{g.text_scale:g} / image {g.image_scale:g} in t∈({g.interval[0]:g}, {g.interval[1]:g}], "
             f"seed {settings.seed}" + (f", start from source at t={settings.t_start:g}"
-                                       if settings.start_from_source else ""),
+                                       if settings.start_from_source else "")
+            + (f", noise correlated across slices (ρ {settings.noise_correlation:g})"
+               if settings.noise_correlation else ""),
         ]
         prompt = Prompt(tuple(self.tokenizer.encode(instruction)), self.config.target_index(target))
         if self.config.target_modalities and not prompt.target:
@@ -429,7 +445,8 @@ class Synthesizer(SliceSynthesizer):
         """The flow ODE's end point x0 from each slice's seeded noise (or the noised source latent),
         over ``velocity(x, t, branches) -> {branch: v}`` with the settings' guidance and solver."""
         shape = tuple(latent.shape[1:])
-        noise = torch.stack([draw_noise(shape, seed=slice_seed(settings.seed, i)) for i in indices]).to(latent.device)
+        noise = torch.stack([slice_noise(shape, settings.seed, i, settings.noise_correlation)
+                             for i in indices]).to(latent.device)
         x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
         guided = guided_velocity(velocity, settings.guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
 

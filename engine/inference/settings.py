@@ -37,7 +37,10 @@ def default_guidance() -> GuidanceConfig:
 @dataclass(frozen=True)
 class SynthesisSettings:
     """How to sample one volume. ``start_from_source`` = t in (0, 1): start the flow from the source
-    latent noised to t instead of pure noise (only for models trained or tuned for it)."""
+    latent noised to t instead of pure noise (only for models trained or tuned for it).
+    ``noise_correlation`` = ρ in [0, 1): neighbouring slices start from correlated noise (ρ between
+    adjacent slices, see :func:`engine.inference.pipeline.slice_noise`), so slices sampled one by
+    one agree with their neighbours instead of showing stripes across them; 0 = independent."""
 
     steps: int = 24
     solver: str = "euler"
@@ -46,6 +49,7 @@ class SynthesisSettings:
     seed: int = 0
     batch_size: int | str = "auto"
     start_from_source: float | None = None
+    noise_correlation: float = 0.0
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,11 @@ class SynthesisSettings:
             if not 0.0 < t <= 1.0:
                 raise ValueError(f"start_from_source must be a time in (0, 1], got {self.start_from_source!r}")
             object.__setattr__(self, "start_from_source", None if t == 1.0 else t)
+
+        rho = float(self.noise_correlation)
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation!r}")
+        object.__setattr__(self, "noise_correlation", rho)
 
     @property
     def t_start(self) -> float:

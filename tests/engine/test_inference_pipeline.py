@@ -97,6 +97,29 @@ def test_batched_equals_one_slice_at_a_time(synth):
     assert synth.last_batch_size == 3
 
 
+def test_correlated_noise_is_the_same_in_any_batch_and_smooths_across_slices(synth):
+    volume = t1_volume(shape=(6, 20, 12))
+    correlated = FAST.replace(noise_correlation=0.8)
+    one = synth.synthesize_volume(volume, "T1", "T2", correlated.replace(batch_size=1))
+    many = synth.synthesize_volume(volume, "T1", "T2", correlated.replace(batch_size=4))
+    np.testing.assert_allclose(normalised(many, synth), normalised(one, synth), atol=1e-4, rtol=0)
+    independent = synth.synthesize_volume(volume, "T1", "T2", FAST)
+    assert not np.allclose(normalised(one, synth), normalised(independent, synth), atol=1e-3)
+    assert any("noise correlated across slices (ρ 0.8)" in n for n in one.notes)
+
+
+def test_slice_noise_has_unit_variance_and_the_asked_correlation_between_neighbours():
+    shape = (4, 64, 64)
+    for rho in (0.0, 0.5, 0.8, 0.95):
+        noises = [pipeline.slice_noise(shape, 7, i, rho) for i in range(10, 14)]
+        assert torch.equal(noises[1], pipeline.slice_noise(shape, 7, 11, rho))     # depends on the index only
+        for a, b in zip(noises, noises[1:]):
+            assert float(a.std()) == pytest.approx(1.0, abs=0.03)
+            assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) == pytest.approx(rho, abs=0.03)
+    with pytest.raises(ValueError, match="noise_correlation must be in"):
+        SynthesisSettings(noise_correlation=1.0)
+
+
 def test_cached_context_equals_recomputing_it_every_step(synth):
     volume = t1_volume()
     three_branches = FAST.replace(guidance=GuidanceConfig(text_scale=3.0, image_scale=1.5, interval=(0.0, 1.0)))
@@ -271,7 +294,8 @@ def test_model_card_as_the_trainer_writes_it():
 
 
 def test_settings_round_trip_and_device_resolution():
-    s = SynthesisSettings(steps=10, guidance={"text_scale": 3.0}, batch_size="AUTO", start_from_source=0.5)
+    s = SynthesisSettings(steps=10, guidance={"text_scale": 3.0}, batch_size="AUTO", start_from_source=0.5,
+                          noise_correlation=0.7)
     assert SynthesisSettings.from_dict(s.to_dict()) == s
     assert settings_module.resolve_device("auto").type in ("cpu", "cuda")
     assert settings_module.resolve_precision("fp32", torch.device("cpu")) == torch.float32
