@@ -60,17 +60,25 @@ def slice_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index) * 7_919 + 12_345) % (2 ** 63)
 
 
-def slice_noise(shape: Sequence[int], seed: int, index: int, correlation: float = 0.0) -> torch.Tensor:
-    """The starting noise of slice ``index``: standard normal, the same in any batch. With
-    ``correlation`` ρ > 0 it is a moving average of the slice's own draw and its predecessors'
-    (weights ρ^k, k slices back, cut where ρ^k < 1 %, rescaled to unit variance: about ρ between
-    adjacent slices, as an AR(1) along the slices), so neighbouring slices start alike."""
+def slice_noise(shape: Sequence[int], seed: int, indices: Sequence[int], correlation: float = 0.0) -> torch.Tensor:
+    """(len(indices), *shape): the starting noise of each slice index, standard normal and the same
+    in any batch. With ``correlation`` ρ > 0 a slice's noise is a moving average of its own draw
+    and its predecessors' (weights ρ^k, k slices back, cut where ρ^k < 1 %, rescaled to unit
+    variance: about ρ between adjacent slices, as an AR(1) along the slices), so neighbouring
+    slices start alike; draws shared by the slices of one call are made once."""
     if correlation <= 0.0:
-        return draw_noise(shape, seed=slice_seed(seed, index))
+        return torch.stack([draw_noise(shape, seed=slice_seed(seed, i)) for i in indices])
     count = max(1, math.ceil(math.log(0.01) / math.log(correlation)))
     weights = correlation ** torch.arange(count, dtype=torch.float64)
     weights = (weights / weights.norm()).tolist()
-    return sum(w * draw_noise(shape, seed=slice_seed(seed, index - k)) for k, w in enumerate(weights))
+    draws: dict[int, torch.Tensor] = {}
+
+    def draw(index: int) -> torch.Tensor:
+        if index not in draws:
+            draws[index] = draw_noise(shape, seed=slice_seed(seed, index))
+        return draws[index]
+
+    return torch.stack([sum(w * draw(i - k) for k, w in enumerate(weights)) for i in indices])
 
 
 def context_branches(guidance) -> tuple[str, ...]:
@@ -445,8 +453,7 @@ class Synthesizer(SliceSynthesizer):
         """The flow ODE's end point x0 from each slice's seeded noise (or the noised source latent),
         over ``velocity(x, t, branches) -> {branch: v}`` with the settings' guidance and solver."""
         shape = tuple(latent.shape[1:])
-        noise = torch.stack([slice_noise(shape, settings.seed, i, settings.noise_correlation)
-                             for i in indices]).to(latent.device)
+        noise = slice_noise(shape, settings.seed, indices, settings.noise_correlation).to(latent.device)
         x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
         guided = guided_velocity(velocity, settings.guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
 
