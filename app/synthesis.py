@@ -27,7 +27,7 @@ class ModelChoice:
 @dataclass(frozen=True)
 class SynthesisRequest:
     """One run. ``None`` for the source means: identify it with the model; ``None`` for steps,
-    guidance or seed means: the model's default (its card's ``inference_defaults``)."""
+    guidance, seed or noise correlation means: the model's default (its card's ``inference_defaults``)."""
 
     volume: Volume
     source: str | None
@@ -40,6 +40,7 @@ class SynthesisRequest:
     text_guidance: float | None = None
     image_guidance: float | None = None
     seed: int | None = None
+    noise_correlation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     settings = synth.default_settings()
     guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
                 if v is not None}
-    changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed)) if v is not None}
+    changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed),
+                                 ("noise_correlation", request.noise_correlation)) if v is not None}
     settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
     latest: list[np.ndarray | None] = [None]
 

@@ -90,7 +90,13 @@ class SynthesisPanel(QWidget):
         self.image_guidance.setToolTip("Guidance on the source image; 1 turns it off")
         self.seed = QSpinBox()
         self.seed.setRange(-1, 2**31 - 1)
-        for box in (self.steps, self.text_guidance, self.image_guidance, self.seed):
+        self.noise_correlation = QDoubleSpinBox()
+        self.noise_correlation.setRange(-0.05, 0.99)
+        self.noise_correlation.setSingleStep(0.05)
+        self.noise_correlation.setToolTip("How alike neighbouring slices' starting noise is: 0 samples every slice "
+                                          "independently (stripes across slices), near 1 the same noise for all")
+        self._sampling_boxes = (self.steps, self.text_guidance, self.image_guidance, self.seed, self.noise_correlation)
+        for box in self._sampling_boxes:
             box.setSpecialValueText(MODEL_DEFAULT)
             box.setValue(box.minimum())
         advanced = QToolButton()
@@ -103,7 +109,8 @@ class SynthesisPanel(QWidget):
         adv_form = QFormLayout(advanced_body)
         adv_form.setContentsMargins(12, 0, 0, 0)
         for text, widget in (("Steps", self.steps), ("Text guidance", self.text_guidance),
-                             ("Image guidance", self.image_guidance), ("Seed", self.seed)):
+                             ("Image guidance", self.image_guidance), ("Seed", self.seed),
+                             ("Slice noise correlation", self.noise_correlation)):
             adv_form.addRow(text, widget)
         advanced_body.setVisible(False)
         advanced.toggled.connect(advanced_body.setVisible)
@@ -230,8 +237,7 @@ class SynthesisPanel(QWidget):
         return SynthesisRequest(
             self.document.volume, self._source_modality(), self.target.currentText(), self.model.currentData(),
             self.backend.currentData(), self.device.currentData(), self.precision.currentData(),
-            *(None if box.value() == box.minimum() else box.value()
-              for box in (self.steps, self.text_guidance, self.image_guidance, self.seed)))
+            *(None if box.value() == box.minimum() else box.value() for box in self._sampling_boxes))
 
     def start(self) -> None:
         if self._why_not() is not None or self._task is not None:

@@ -53,9 +53,13 @@ def test_the_model_card_sets_the_routes(window):
     panel.source.setCurrentText("CT")
     assert targets(panel) == ["T2"]
     panel.source.setCurrentText("T2")
-    assert panel.steps.text() == panel.seed.text() == "model default"
+    assert panel.steps.text() == panel.seed.text() == panel.noise_correlation.text() == "model default"
     request = panel.request()
     assert (request.source, request.target, request.steps, request.seed) == ("T2", "FLAIR", None, None)
+    assert request.noise_correlation is None
+    panel.noise_correlation.setValue(0.0)                     # independent slices: a value, not the default
+    assert panel.request().noise_correlation == 0.0
+    panel.noise_correlation.setValue(panel.noise_correlation.minimum())
     assert panel.run_button.isEnabled() and not panel.notice.isVisible()
     assert panel.backend.model().item(1).isEnabled() and panel.backend.itemData(1) == "onnx"
 
@@ -63,6 +67,7 @@ def test_the_model_card_sets_the_routes(window):
 def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window):
     panel = window.synthesis
     panel.target.setCurrentText("CT")                         # steps and seed: the card's 3 and 7
+    panel.noise_correlation.setValue(0.5)
     beats, reports = [], []
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
@@ -79,7 +84,9 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     assert synthetic.synthetic and synthetic.volume.modality == "CT" and synthetic.volume.unit == "HU"
     assert synthetic.volume.same_grid(source)
     assert any("synthetic" in note for note in synthetic.volume.notes)
-    assert any(note.startswith("sampling: 3 euler steps") and note.endswith("seed 7") for note in synthetic.volume.notes)
+    assert any(note.startswith("sampling: 3 euler steps") and note.endswith("seed 7, noise correlated across "
+                                                                          "slices (ρ 0.5)")
+               for note in synthetic.volume.notes)
     assert panel.progress.value() == 100 and panel.eta.text().startswith("Done")
     assert not panel.preview.pixmap().isNull()
     qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
