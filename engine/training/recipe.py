@@ -168,8 +168,8 @@ def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
         if key in recorded and _plain(recorded[key]) != _plain(value):
             return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
     if entry.init is None:
-        options = entry.options
-        wanted = preset(options.get("size", "default")).replace(**options.get("model_overrides", {})).to_dict()
+        wanted = preset(entry.options.get("size", "default")).replace(
+            **entry.options.get("model_overrides", {})).to_dict()
         written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         written = SynerMedGenConfig.from_dict({k: v for k, v in written.items() if k in wanted}).to_dict()
         for config in (wanted, written):      # set in training: the tokenizer's ids, the measured latent statistics
