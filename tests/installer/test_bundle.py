@@ -4,6 +4,7 @@ suite's Xvfb) shows the main window and synthesizes in its own bundled synthesis
 app.automation as the end-to-end test drives ``python main.py``."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +29,17 @@ def bundle_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(tmp_path_factory):
+    """The built bundle, removed after this module's tests: a bundle and its build folder hold
+    gigabytes, and a machine that runs the suite again and again must not fill its disk with them."""
     out = tmp_path_factory.mktemp("bundle")
+    try:
+        yield build_bundle(out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def build_bundle(out: Path) -> Path:
     started = time.monotonic()
     done = subprocess.run(["nice", "-n", "19", str(REPO / "installer" / "build.sh"), str(out / "dist"),
                            str(out / "work")], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
