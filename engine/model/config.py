@@ -200,8 +200,9 @@ class VAEConfig:
 class SynerMedGenConfig:
     """The unified model: LLM + ViT + VAE and the glue between them (BAGEL's ``BagelConfig``).
 
-    ``timestep_shift`` is the shift of the *training* timestep distribution (BAGEL default 1.0);
-    the sampler chooses its own inference shift (3.0 in the reference recipe).
+    ``timestep_shift`` is the shift of the *training* timestep distribution (BAGEL default 1.0;
+    above 1 trains more on the noisy end); the sampler chooses its own inference shift (3.0 in the
+    reference recipe).
     ``source_token_aligned`` adds the clean source latent, token by token, into the noisy target
     tokens through the zero-initialised ``vae2llm_src`` (False for BAGEL-7B).
     ``target_modalities`` names the modalities a learned ``target_embedder`` row stands for (row
@@ -223,6 +224,9 @@ class SynerMedGenConfig:
     tokens: SpecialTokenIds = field(default_factory=SpecialTokenIds)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.timestep_shift, (int, float)) and math.isfinite(self.timestep_shift)
+                and self.timestep_shift > 0):
+            raise ValueError(f"SynerMedGenConfig: timestep_shift must be a number > 0, got {self.timestep_shift!r}")
         if isinstance(self.target_modalities, str):
             raise ValueError(f"SynerMedGenConfig: target_modalities must be a list of names, not the string "
                              f"{self.target_modalities!r}")

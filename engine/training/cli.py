@@ -141,6 +141,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-embedding", action="store_true",
                    help="fresh model or --init: add a learned embedding of the requested target modality to the "
                         "noisy target tokens (target_embedder, one row per known modality)")
+    p.add_argument("--timestep-shift", type=float, default=None, metavar="S",
+                   help="fresh model or --init: shift S of the training timesteps, S·t / (1 + (S − 1)·t) of a "
+                        "logit-normal t (the config's timestep_shift; BAGEL: 1); above 1 trains more on the noisy "
+                        "end, where sampling with shift 3 takes most of its steps")
     p.add_argument("--fsdp", action="store_true", help="shard decoder and ViT layers with FSDP (under torchrun)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="train on the usable part of a dataset whose validation found problems")
@@ -163,6 +167,8 @@ def config_from_args(args: argparse.Namespace):
     overrides = {"source_token_aligned": True} if args.source_token_aligned else {}
     if args.target_embedding:
         overrides["target_modalities"] = TARGET_EMBEDDING
+    if args.timestep_shift is not None:
+        overrides["timestep_shift"] = args.timestep_shift
     text, vit, vae = args.cfg_dropout
     w_mse, w_ssim, w_kl = args.vae_weights
     return TrainConfig(

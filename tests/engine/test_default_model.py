@@ -15,6 +15,7 @@ from engine.evaluation.synthesis_eval import central_block, score_volume
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.evaluation.quality import ROUTES
+from engine.training import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "resources" / "models" / "default"
@@ -55,6 +56,15 @@ def test_the_card_names_routes_data_recipe_limits_and_research_use(card):
     assert card["metrics"]["vae"]["reconstruction"]["ssim"] >= 95.0
     assert {r["key"] for r in card["benchmark"]["rows"]} >= {"identity", "unet", "stage1", "stage2", "stage12", "vae"}
     assert card["image_size"] == 64
+
+
+def test_the_shipped_model_has_the_recipe_s_stage_two_model_settings():
+    """The recipe's Stage II overrides (target embedding, training timestep shift) are in the shipped
+    config: a recipe change that was not retrained and shipped fails here."""
+    config = json.loads((MODEL / "config.json").read_text(encoding="utf-8"))
+    stage2 = next(e for e in recipe.RECIPES["default"] if e.name == recipe.STAGE12)
+    for key, value in stage2.options["model_overrides"].items():
+        assert config[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
 def test_demo_synthesis_beats_an_untrained_model_of_the_same_architecture(synth, tmp_path):

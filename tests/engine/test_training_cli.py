@@ -53,7 +53,7 @@ def test_stage_one_then_stage_two_from_the_command_line(data, tmp_path):
 
     rc, stage2, err = run_train(*common, "--stage", "generation", "--init", str(tmp_path / "s1"),
                                 "--out", str(tmp_path / "s2"), "--preview-every", "1", "--preview-steps", "2",
-                                "--target-embedding")
+                                "--target-embedding", "--timestep-shift", "3")
     assert rc == 0, err
     assert "VAE was never trained" in err                        # a warning on stderr, not a refusal
     previews = [r for r in stage2 if r["event"] == "preview"]
@@ -64,6 +64,7 @@ def test_stage_one_then_stage_two_from_the_command_line(data, tmp_path):
     assert [s["stage"] for s in card["recipe"]["stages"]] == ["understanding", "generation"]
     assert loaded.config.target_modalities == TARGET_EMBEDDING
     assert load_model_dir(tmp_path / "s1").config.target_modalities == ()
+    assert loaded.config.timestep_shift == 3.0 and load_model_dir(tmp_path / "s1").config.timestep_shift == 1.0
     history = [json.loads(line) for line in (tmp_path / "s2" / "progress.jsonl").read_text().splitlines()]
     assert history == stage2
 
@@ -98,6 +99,8 @@ def test_bad_input_stops_before_training_with_the_culprit_named(data, tmp_path, 
 
     err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o4"), "--init", str(empty), *base)
     assert "--init" in err and str(empty) in err and "neither a SynerMedGen model folder" in err
+    err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o4b"), "--timestep-shift", "0", *base)
+    assert "timestep_shift must be a number > 0" in err
     err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o5"), *base[:-4], "--image-size", "36")
     assert "--image-size 36" in err and "multiple of 8" in err
     err = _bad(capsys, "--data", str(data), "--out", str(tmp_path / "o6"), *base, "--routes", "T1:T9")
