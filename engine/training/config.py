@@ -52,7 +52,8 @@ STAGE_HELP: dict[str, StageHelp] = {
         frozen="ViT, connector, understanding expert, text embeddings, LM head, and the VAE (it encodes source "
                "and target without gradients)",
         loss="rectified-flow MSE between the predicted and the true velocity ε − x0 on the noisy target tokens, t "
-             "logit-normal, shifted by the model's timestep_shift (--timestep-shift); classifier-free-guidance dropout of the text / ViT / VAE conditions (0.1 / 0.3 / 0.3)"),
+             "logit-normal, shifted by the model's timestep_shift (--timestep-shift); classifier-free-guidance "
+             "dropout of the text / ViT / VAE conditions (0.1 / 0.3 / 0.3)"),
     "joint": StageHelp(
         summary="Stage I and Stage II at once, for the ablation against the two-stage recipe.",
         trains="everything the understanding and generation stages train",
