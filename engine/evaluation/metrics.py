@@ -201,11 +201,11 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         body_n += int(m.sum())
         body_ssim += float(smap[m & inside].sum())
         body_ssim_n += int((m & inside).sum())
-        run = (sn, rn, m) if previous is None else \
-            tuple(np.concatenate([p[None], c]) for p, c in zip(previous, (sn, rn, m)))
-        pairs = run[2][1:] & run[2][:-1]
-        step_syn += float(np.abs(np.diff(run[0], axis=0))[pairs].sum())
-        step_ref += float(np.abs(np.diff(run[1], axis=0))[pairs].sum())
+        run_syn, run_ref, run_mask = (sn, rn, m) if previous is None else \
+            (np.concatenate([p[None], c]) for p, c in zip(previous, (sn, rn, m)))
+        pairs = run_mask[1:] & run_mask[:-1]
+        step_syn += float(np.abs(np.diff(run_syn, axis=0))[pairs].sum())
+        step_ref += float(np.abs(np.diff(run_ref, axis=0))[pairs].sum())
         previous = (sn[-1], rn[-1], m[-1])
         progress(Progress(stop, n_slices, f"scored slices {start + 1}–{stop} of {n_slices}"))
 
