@@ -11,7 +11,8 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 and the ceilings every SynerMedGen row shares: the target slices' own round trip through the
 autoencoder (on the same slices), and below it the round trip through the model's slice size alone
 (resampling, no autoencoder: what any method at that size could reach on the native grid), plus
-Stage I's CTS / MI / TIA accuracy on the same subjects.
+Stage I's CTS / MI / TIA accuracy on the same subjects and what ``identify`` answers for each of
+their volumes with the default model.
 
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
@@ -179,6 +180,25 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
             "real": float(np.mean(real)) if real else None, "subjects": len(synthetic)}
 
 
+def identification(synth: Synthesizer, paired: PairedDataset, split: str,
+                   cancel: CancelToken | None = None) -> dict[str, Any]:
+    """What ``identify`` answers for every volume of ``split`` (its default slices and candidates):
+    how many it names correctly, per modality [correct, volumes], and whether the card lets it
+    call its answers reliable."""
+    per_modality: dict[str, list[int]] = {}
+    reliable = None
+    for subject in paired.subject_names(split):
+        for modality in paired.subject_modalities(subject):
+            check_cancel(cancel)
+            found = synth.identify(paired.volume(subject, modality), cancel=cancel)
+            reliable = found.reliable
+            counts = per_modality.setdefault(modality, [0, 0])
+            counts[0] += int(found.modality == modality)
+            counts[1] += 1
+    return {"correct": sum(c for c, _ in per_modality.values()), "volumes": sum(n for _, n in per_modality.values()),
+            "per_modality": per_modality, "reliable": reliable}
+
+
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
                 steps: int | None = None, device: str = "cpu", understanding_samples: int = 64,
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
@@ -241,6 +261,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
         report["understanding"] = understanding_accuracy(
             stage1.model, paired, TokenCache(stage1.tokenizer), image_size=stage1.image_size,
             samples=understanding_samples, seed=0, end_id=stage1.config.tokens.im_end, split=split, cancel=cancel)
+    progress("identify …")
+    report["identification"] = identification(default, paired, split, cancel)
     return report
 
 
@@ -306,6 +328,13 @@ def to_markdown(report: dict) -> str:
               "that disagree, seen as stripes in the sagittal and coronal planes).",
               "", "Stage I understanding accuracy on the same subjects: "
               + ", ".join(f"{k} {100 * v:.0f} %" for k, v in acc.items()), ""]
+    found = report.get("identification")
+    if found:
+        lines += [f"`identify` with the default model on every volume of the same subjects: {found['correct']} of "
+                  f"{found['volumes']} named correctly ("
+                  + ", ".join(f"{m} {c}/{n}" for m, (c, n) in found["per_modality"].items())
+                  + ("); it calls its answers reliable" if found["reliable"]
+                     else "); its card's MI accuracy is too low for it to call them more than guesses"), ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Modality identification with the model's understanding branch: the MI task's question about
 one panel (a central slice), each candidate answer ("A: T1", "A: FLAIR", …) scored by its
-log-likelihood under the language model, softmax over candidates, averaged over a few slices.
+log-likelihood under the language model, softmax over candidates, averaged over a few slices. The
+candidates are the model's modalities of the family the values show (HU: CT, CBCT; else MR).
 
 The prompt mirrors an MI training sample laid out by ``UnderstandingSample.interleaved()``:
 ``[Text("A:"), VitImage(slice), Text(question)]`` followed by the answer text. The slice is
@@ -107,7 +108,8 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     """Identify ``volume``'s modality with ``model`` (a :class:`Synthesizer` or a model folder).
 
     ``candidates`` default to the modalities of the model card (all registry modalities when the
-    card names none).
+    card names none) of the volume's intensity family (:func:`intensity_family`: CT for HU values,
+    MR otherwise) when at least two are of it; given candidates are asked as they are.
     """
     from engine.inference.pipeline import Synthesizer, vit_view
     from engine.inference.settings import autocast
@@ -119,6 +121,9 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     if len(names) < 2:
         raise ValueError(f"identification needs at least two candidate modalities, got {names}")
     family = intensity_family(volume)
+    if candidates is None:      # the values already tell HU from MR signal: ask only among that family
+        same = [n for n in names if modalities.get(n).family == family]
+        names = same if len(same) >= 2 else names
     axis, picks = central_slices(volume, family, slices)
     array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
     norm = modalities.normalisation_for(array, _FAMILY_RULE[family])

@@ -182,7 +182,13 @@ class SynerMedGen(nn.Module):
         rows, zero ``llm2vae``/``vae2llm_src`` and the "no target" row, sin-cos tables, and
         (``copy_init_moe``) generation experts copied from understanding."""
         self.language_model.init_weights(std)
-        for module in (self.connector, self.time_embedder, self.vae2llm):
+        self.vit_model.init_weights()
+        # the connector's output is added to the 2-D sin-cos table (entries of order 1): LeCun-normal
+        # layers give it that scale too; at N(0, 0.02) the image reached the LLM ~23× below its positions
+        for fc in (self.connector.fc1, self.connector.fc2):
+            nn.init.normal_(fc.weight, std=fc.in_features ** -0.5)
+            nn.init.zeros_(fc.bias)
+        for module in (self.time_embedder, self.vae2llm):
             for sub in module.modules():
                 if isinstance(sub, nn.Linear):
                     nn.init.normal_(sub.weight, std=std)

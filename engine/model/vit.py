@@ -133,6 +133,29 @@ class SiglipVisionModel(nn.Module):
         self.max_num_patch_per_side = max_num_patch_per_side or cfg.num_patches_per_side
         self.vision_model = SiglipVisionTransformer(cfg)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh weights as SigLIP initialises them: positions N(0, 1/width) (PyTorch's N(0, 1)
+        embedding default outweighs a patch's content ~3×), LeCun-normal patch embedding, Xavier
+        attention and MLP projections, zero biases (MLP biases N(0, 1e-6)), unit layer norms."""
+        width = self.config.hidden_size
+        embeddings = self.vision_model.embeddings
+        nn.init.normal_(embeddings.position_embedding.weight, std=width ** -0.5)
+        nn.init.trunc_normal_(embeddings.patch_embedding.weight, std=embeddings.patch_embedding.in_features ** -0.5)
+        nn.init.zeros_(embeddings.patch_embedding.bias)
+        for layer in self.vision_model.encoder.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
+            for fc in (mlp.fc1, mlp.fc2):
+                nn.init.xavier_uniform_(fc.weight)
+                nn.init.normal_(fc.bias, std=1e-6)
+        for norm in self.modules():
+            if isinstance(norm, nn.LayerNorm):
+                nn.init.ones_(norm.weight)
+                nn.init.zeros_(norm.bias)
+
     def position_ids(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         p = self.config.patch_size
         return grid_position_ids(height // p, width // p, self.max_num_patch_per_side, device)

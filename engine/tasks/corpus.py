@@ -25,7 +25,7 @@ def instruction_corpus(modality_names: Sequence[str] | None = None, anatomies: I
                       for k in range(len(instructions.SYNTHESIS_TEMPLATES))]
             texts += [instructions.cts_question(source, target, anatomy, template=k)
                       for k in range(len(instructions.CTS_TEMPLATES))]
-        for n in range(2, min(len(names), len(instructions.LETTERS)) + 1):
+        for n in range(1, min(len(names), len(instructions.LETTERS)) + 1):
             texts += [instructions.mi_question(n, names, anatomy, template=k)
                       for k in range(len(instructions.MI_TEMPLATES))]
         for k, (source, target) in enumerate(routes[:len(instructions.TIA_TEMPLATES) * 4]):
@@ -34,6 +34,6 @@ def instruction_corpus(modality_names: Sequence[str] | None = None, anatomies: I
                        for a, b in [(source, target)] + others]
             texts.append(instructions.tia_question(options, anatomy, template=k))
     texts += list(instructions.LETTERS)
-    for n in range(2, min(len(names), len(instructions.LETTERS)) + 1):
+    for n in range(1, min(len(names), len(instructions.LETTERS)) + 1):
         texts += [instructions.modality_answer(p) for p in itertools.permutations(names, n)]
     return list(dict.fromkeys(t for t in texts if t))

@@ -107,19 +107,21 @@ class CTSDataset(SliceTaskDataset):
 
 
 class MIDataset(SliceTaskDataset):
-    """2–``max_panels`` panels of one slice in distinct modalities of the subject, shuffled; the
-    answer names each panel's modality ('A: T1, B: FLAIR, C: T2')."""
+    """``min_panels``–``max_panels`` panels of one slice in distinct modalities of the subject,
+    shuffled; the answer names each panel's modality ('A: T1, B: FLAIR, C: T2'). One panel is the
+    question ``identify`` asks of a volume."""
 
     task = MI
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
-                 length: int | None = None, max_panels: int = 4) -> None:
-        self.max_panels = max(2, min(int(max_panels), len(instructions.LETTERS)))
+                 length: int | None = None, min_panels: int = 1, max_panels: int = 4) -> None:
+        self.max_panels = max(1, min(int(max_panels), len(instructions.LETTERS)))
+        self.min_panels = max(1, min(int(min_panels), self.max_panels))
         super().__init__(paired, split, image_size=image_size, seed=seed, length=length)
 
     def build(self, subject: str, index: int, rng: random.Random) -> UnderstandingSample:
         present = list(self.paired.subject_modalities(subject))
-        n = rng.randint(2, min(self.max_panels, len(present)))
+        n = rng.randint(min(self.min_panels, len(present)), min(self.max_panels, len(present)))
         chosen = rng.sample(present, n)
         anatomy = self.paired.anatomy(subject)
         refs = tuple(SliceRef(subject, m, index) for m in chosen)

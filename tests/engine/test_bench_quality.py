@@ -53,6 +53,11 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
     assert vae < resampling <= 100
     assert set(report["understanding"]) == {"CTS", "MI", "TIA"}
     assert all(0.0 <= v <= 1.0 for v in report["understanding"].values())
+    found = report["identification"]        # identify on each of sub05's volumes, scored against its modality
+    named = {m for route in report["routes"] for m in route.split("→")}
+    assert set(found["per_modality"]) == named and all(n == 1 for _, n in found["per_modality"].values())
+    assert found["volumes"] == len(named)
+    assert 0 <= found["correct"] <= found["volumes"] and found["reliable"] is False    # the quick Stage I is at chance
 
 
 def test_trained_rows_record_their_budget_and_the_unet_matches_stage_two(quick):
@@ -72,6 +77,8 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert report["machine"]["cores"] >= 1
     assert "| target agreement |" in text and "near 1 means the requested target is ignored" in text
     assert "| MR through-plane |" in text and "multiple of the real scan's change" in text
+    found = report["identification"]
+    assert f"`identify` with the default model on every volume of the same subjects: {found['correct']} of {found['volumes']}" in text
 
 
 class PassThrough(IntensityMatch):

@@ -34,11 +34,20 @@ def volume_of(modality: str, shape=(9, 24, 20), spacing=(1.0, 1.0, 2.5)) -> Volu
 def test_identify_names_one_of_the_models_modalities_with_probabilities_summing_to_one(synth):
     reports = []
     found = synth.identify(volume_of("FLAIR"), progress=reports.append)
-    assert found.modality in synth.modalities and set(found.probabilities) == set(synth.modalities)
+    assert found.modality in synth.modalities and set(found.probabilities) == {"T1", "T2", "FLAIR"}   # MR only
     assert math.isclose(sum(found.probabilities.values()), 1.0, abs_tol=1e-5)
     assert all(0.0 <= p <= 1.0 for p in found.probabilities.values())
     assert found.reliable and found.confidence == pytest.approx(max(found.probabilities.values()))
     assert len(found.slices) == 3 and reports[-1].done == reports[-1].total == 3
+
+
+def test_identify_asks_among_the_modalities_of_the_volume_s_intensity_family(synth):
+    ct = Volume(phantom_volume(phantom_labels((9, 24, 20), seed=3), "CT", seed=3), spacing=(1.0, 1.0, 2.5))
+    assert set(synth.identify(ct, slices=1).probabilities) == {"CT", "CBCT"}       # HU values: not an MR
+    asked = synth.identify(volume_of("T2"), slices=1, candidates=["T2", "CT"])      # given candidates stay
+    assert set(asked.probabilities) == {"T2", "CT"}
+    lone = Synthesizer(write_random_model(synth.model_dir.parent / "lone", routes=[("T1", "CT")]), device="cpu")
+    assert set(lone.identify(volume_of("T1"), slices=1).probabilities) == {"T1", "CT"}  # one MR: ask them all
 
 
 def test_identify_without_understanding_training_says_it_is_a_guess(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from engine.model import (BRANCHES, CleanLatent, NoisyLatent, SkipPosition, Text, VitImage, ce_loss, edit_segments,
                           from_config, patchify_latent, preset, unpatchify_latent)
+from engine.model.vit import patchify_image
 from engine.model.sequence import CAUSAL, FULL, NOISE, GridSpec, attention_mask, pack_rows
 
 PX = 32
@@ -219,6 +220,24 @@ def test_every_trainable_tensor_is_in_exactly_one_stage_group():
         assert {"language_model.lm_head.weight", "language_model.model.embed_tokens.weight",
                 "language_model.model.norm.weight", "connector.fc1.weight"} <= und_names
         assert not any("pos_embed" in n for n in und_names | gen_names)  # fixed sin-cos tables
+
+
+def test_a_fresh_model_s_image_tokens_carry_their_content_at_the_scale_of_their_positions():
+    # untrained ViT + connector: the image must not reach the language model drowned by the position
+    # tables it is added to (PyTorch's N(0, 1) ViT positions and an N(0, 0.02) connector left it ~23×
+    # below the 2-D sin-cos table, and Stage I barely learnt to tell the modalities apart)
+    torch.manual_seed(0)
+    model = from_config(preset("default"))
+    images = torch.rand(4, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        vit = model.vit_model.vision_model
+        content = vit.embeddings.patch_embedding(patchify_image(images, model.config.vit.patch_size))
+        positions = vit.embeddings.position_embedding.weight
+        tokens = model.connector(model.vit_model(images))
+    assert content.std() > positions.std()
+    assert 0.3 < tokens.std() / model.vit_pos_embed.pos_embed.std() < 3
+    width = model.config.vit.hidden_size
+    assert abs(positions.std().item() - width ** -0.5) < 0.2 * width ** -0.5     # SigLIP's N(0, 1/width)
 
 
 def test_model_state_dict_excludes_the_vae_but_moves_it_along():

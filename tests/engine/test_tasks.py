@@ -119,13 +119,15 @@ def test_mi_answer_names_each_panels_modality(paired):
         s = ds[i]
         n = len(s.images)
         counts.add(n)
-        assert s.task == MI and 2 <= n <= 4 and s.image_labels == tuple("ABCD"[:n])
+        assert s.task == MI and 1 <= n <= 4 and s.image_labels == tuple("ABCD"[:n])
         assert instructions.parse_modality_answer(s.answer, n) == [r.modality for r in s.refs] == list(s.correct)
         assert len({r.modality for r in s.refs}) == n and len({(r.subject, r.index) for r in s.refs}) == 1
         for image, ref in zip(s.images, s.refs):
             assert torch.equal(image, paired.model_slice(ref.subject, ref.modality, ref.index, IMAGE))
         assert all(m in s.question for m in paired.modalities)
-    assert counts == {2, 3}                    # MR phantoms have 3 modalities, the CT subject 2
+    assert counts == {1, 2, 3}                 # MR phantoms have 3 modalities, the CT subject 2
+    assert {len(s.images) for s in (MIDataset(paired, None, image_size=IMAGE, seed=2, min_panels=2)[i]
+                                    for i in range(0, len(ds), 3))} == {2, 3}
 
 
 # -- TIA -----------------------------------------------------------------------------------
