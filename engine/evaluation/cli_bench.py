@@ -127,8 +127,8 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
         "quality", help="the default model vs identity, MONAI BasicUNet and its own ablations on held-out subjects",
         description="Score, in one run on the held-out subjects: the identity baseline (histogram-matched "
                     "source), MONAI BasicUNet, SynerMedGen after vae + Stage I only, Stage II only and Stage I + II, "
-                    "each method's target agreement, the VAE round-trip and resampling ceilings, and Stage I's CTS / "
-                    "MI / TIA accuracy. SSIM ×100 / PSNR on "
+                    "each method's target agreement, the VAE round-trip and resampling ceilings, Stage I's CTS / "
+                    "MI / TIA accuracy beside chance and identify on every volume. SSIM ×100 / PSNR on "
                     "normalised intensities, MAE in HU for CT, whole slice and inside the body (DATA.md). The "
                     "models are the folders of a recipe run (python main.py recipe --data D --out RUN).")
     p.add_argument("--run", default="runs/default", metavar="DIR", help="recipe run folder (default runs/default)")
@@ -179,10 +179,45 @@ def _run_quality(args: argparse.Namespace) -> int:
     return _print_report(args, report, quality.to_markdown, quality.to_text)
 
 
+# -- understanding ----------------------------------------------------------------------------------
+def _add_understanding(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "understanding", help="a model's CTS / MI / TIA accuracy against chance, and identify on every volume",
+        description="On the held-out subjects of a paired dataset: the model's accuracy on Stage I's three "
+                    "tasks (and MI asked about one panel, the question identify asks of a slice), each beside "
+                    "the chance of a guesser blind to the images on the same questions; then identify on every "
+                    "volume, with what it answered instead where it was wrong.")
+    p.add_argument("--model", metavar="DIR",
+                   help=f"model folder (default {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
+    p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
+    p.add_argument("--split", default="test", help="subjects to score (default test)")
+    p.add_argument("--samples", type=_positive, default=64, metavar="N", help="questions per task (default 64)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
+    _add_output_arguments(p)
+    p.set_defaults(func=_run_understanding)
+
+
+def _run_understanding(args: argparse.Namespace) -> int:
+    from engine.evaluation import understanding
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+    if not model.is_dir():
+        raise FileNotFoundError(f"{model}: no model folder there")
+    words = ["python", "main.py", "bench", "understanding", "--data", args.data]
+    words += ["--model", args.model] if args.model else []
+    words += [] if args.split == "test" else ["--split", args.split]
+    words += [] if args.samples == 64 else ["--samples", str(args.samples)]
+    report = understanding.run_understanding(
+        model, args.data, split=args.split, samples=args.samples, device=args.device,
+        command=shlex.join(words), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    return _print_report(args, report, understanding.to_markdown, understanding.to_text)
+
+
 # -- bench ------------------------------------------------------------------------------------------
 BENCHMARKS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "speed": _add_speed,
     "quality": _add_quality,
+    "understanding": _add_understanding,
 }
 
 

@@ -11,8 +11,8 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 and the ceilings every SynerMedGen row shares: the target slices' own round trip through the
 autoencoder (on the same slices), and below it the round trip through the model's slice size alone
 (resampling, no autoencoder: what any method at that size could reach on the native grid), plus
-Stage I's CTS / MI / TIA accuracy on the same subjects and what ``identify`` answers for each of
-their volumes with the default model.
+Stage I's CTS / MI / TIA accuracy on the same subjects beside chance and what ``identify`` answers
+for each of their volumes with the default model (:mod:`engine.evaluation.understanding`).
 
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
@@ -35,6 +35,7 @@ from engine import modalities
 from engine.evaluation.metrics import pearson
 from engine.evaluation.synthesis_eval import (ModelEvaluation, SubjectScore, central_block, evaluate_model,
                                               route_jobs, score_volume)
+from engine.evaluation.understanding import identification, identification_lines, understanding, understanding_lines
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
@@ -180,25 +181,6 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
             "real": float(np.mean(real)) if real else None, "subjects": len(synthetic)}
 
 
-def identification(synth: Synthesizer, paired: PairedDataset, split: str,
-                   cancel: CancelToken | None = None) -> dict[str, Any]:
-    """What ``identify`` answers for every volume of ``split`` (its default slices and candidates):
-    how many it names correctly, per modality [correct, volumes], and whether the card lets it
-    call its answers reliable."""
-    per_modality: dict[str, list[int]] = {}
-    reliable = None
-    for subject in paired.subject_names(split):
-        for modality in paired.subject_modalities(subject):
-            check_cancel(cancel)
-            found = synth.identify(paired.volume(subject, modality), cancel=cancel)
-            reliable = found.reliable
-            counts = per_modality.setdefault(modality, [0, 0])
-            counts[0] += int(found.modality == modality)
-            counts[1] += 1
-    return {"correct": sum(c for c, _ in per_modality.values()), "volumes": sum(n for _, n in per_modality.values()),
-            "per_modality": per_modality, "reliable": reliable}
-
-
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
                 steps: int | None = None, device: str = "cpu", understanding_samples: int = 64,
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
@@ -207,8 +189,6 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     recipe's models come from the run folder ``run`` and all sample with the recipe's inference
     defaults (``steps`` overrides their ODE steps)."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
-    from engine.training.evaluate import understanding_accuracy
-    from engine.training.stages import TokenCache
 
     run = Path(run)
     missing = [name for _, _, name in ROWS if name and not (run / name).is_dir()]
@@ -256,11 +236,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     report["resampling"] = {"key": RESAMPLING[0], "label": RESAMPLING[1],
                             **ceiling(ResamplingRoundTrip(default), paired, split, routes, max_slices, cancel)}
     progress("Stage I understanding …")
-    stage1 = Synthesizer(run / recipe.STAGE1, device=device)
-    with torch.no_grad():
-        report["understanding"] = understanding_accuracy(
-            stage1.model, paired, TokenCache(stage1.tokenizer), image_size=stage1.image_size,
-            samples=understanding_samples, seed=0, end_id=stage1.config.tokens.im_end, split=split, cancel=cancel)
+    report["understanding"] = understanding(Synthesizer(run / recipe.STAGE1, device=device), paired, split,
+                                            samples=understanding_samples, cancel=cancel)
     progress("identify …")
     report["identification"] = identification(default, paired, split, cancel)
     return report
@@ -318,7 +295,6 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
                      f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | "
                      f"{_f(line['target_agreement'], 3)} | {_f(line['mr_through_plane'], 2)} | {budget} |")
-    acc = report.get("understanding") or {}
     real = next((r["target_agreement"].get("real") for r in report["rows"] if r.get("target_agreement")), None)
     lines += ["", f"Target agreement: mean correlation, inside the body, of a method's outputs for the different MR "
               f"targets of one central source slice per subject (the real scans: {_f(real, 3)}); near 1 means the "
@@ -326,15 +302,7 @@ def to_markdown(report: dict) -> str:
               "", "MR through-plane: how much the output changes from one slice to the next inside the body, as a "
               "multiple of the real scan's change on the same slices (1: like the real anatomy; above 1: slices "
               "that disagree, seen as stripes in the sagittal and coronal planes).",
-              "", "Stage I understanding accuracy on the same subjects: "
-              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in acc.items()), ""]
-    found = report.get("identification")
-    if found:
-        lines += [f"`identify` with the default model on every volume of the same subjects: {found['correct']} of "
-                  f"{found['volumes']} named correctly ("
-                  + ", ".join(f"{m} {c}/{n}" for m, (c, n) in found["per_modality"].items())
-                  + ("); it calls its answers reliable" if found["reliable"]
-                     else "); its card's MI accuracy is too low for it to call them more than guesses"), ""]
+              "", *understanding_lines(report["understanding"]), *identification_lines(report["identification"])]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Modality identification with the model's understanding branch: the MI task's question about
-one panel (a central slice), each candidate answer ("A: T1", "A: FLAIR", …) scored by its
-log-likelihood under the language model, softmax over candidates, averaged over a few slices. The
-candidates are the model's modalities of the family the values show (HU: CT, CBCT; else MR).
+one panel (a central slice), listing the model's modalities as training did; each answer ("A: T1",
+"A: FLAIR", …) of the family the values show (HU: CT, CBCT; SUV: PET; else MR) scored by its
+log-likelihood under the language model, softmax over them, averaged over a few slices. When the
+model knows only one modality of that family, the values alone name it.
 
 The prompt mirrors an MI training sample laid out by ``UnderstandingSample.interleaved()``:
 ``[Text("A:"), VitImage(slice), Text(question)]`` followed by the answer text. The slice is
@@ -83,7 +84,8 @@ def central_slices(volume: Volume, family: str, count: int = DEFAULT_SLICES) -> 
 def mi_prompt(tokenizer, image: torch.Tensor, choices: Sequence[str], anatomy: str = "",
               answer: str | None = None) -> list:
     """The one-panel MI prompt ``[Text("A:"), VitImage(image), Text(question)]`` for an image
-    (C, H, W) in [−1, 1], followed by ``Text("A: <answer>", loss=True)`` when an answer is given."""
+    (C, H, W) in [−1, 1], the question listing ``choices``, followed by
+    ``Text("A: <answer>", loss=True)`` when an answer is given."""
     from engine.model import Text, VitImage
 
     row = [Text(tokenizer.encode("A:")), VitImage(image),
@@ -107,9 +109,11 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
                       cancel: CancelToken | None = None) -> Identification:
     """Identify ``volume``'s modality with ``model`` (a :class:`Synthesizer` or a model folder).
 
-    ``candidates`` default to the modalities of the model card (all registry modalities when the
-    card names none) of the volume's intensity family (:func:`intensity_family`: CT for HU values,
-    MR otherwise) when at least two are of it; given candidates are asked as they are.
+    The question lists ``candidates`` (default: the model card's modalities, all registry
+    modalities when it names none). Given candidates are all answers; by default the answers are
+    those of the volume's intensity family (:func:`intensity_family`), and when the model knows
+    only one of that family, the values name it without asking. A volume of a family the model
+    does not know gets the best of all candidates, marked unreliable.
     """
     from engine.inference.pipeline import Synthesizer, vit_view
     from engine.inference.settings import autocast
@@ -117,13 +121,18 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     synth = model if isinstance(model, Synthesizer) else Synthesizer(Path(model))
     if synth.tokenizer is None:
         raise ValueError(f"{synth.model_dir}: the model folder has no tokenizer")
-    names = [modalities.canonical(c) for c in (candidates or synth.modalities or list(modalities.MODALITIES))]
-    if len(names) < 2:
-        raise ValueError(f"identification needs at least two candidate modalities, got {names}")
+    asked = [modalities.canonical(c) for c in (candidates or synth.modalities or list(modalities.MODALITIES))]
+    if len(asked) < 2:
+        raise ValueError(f"identification needs at least two candidate modalities, got {asked}")
     family = intensity_family(volume)
-    if candidates is None:      # the values already tell HU from MR signal: ask only among that family
-        same = [n for n in names if modalities.get(n).family == family]
-        names = same if len(same) >= 2 else names
+    names, foreign = asked, False
+    if candidates is None:
+        same = [n for n in asked if modalities.get(n).family == family]
+        names, foreign = same or asked, not same
+        if len(names) == 1:
+            return Identification(names[0], 1.0, {names[0]: 1.0}, True,
+                                  f"the values are {family} and {names[0]} is the only {family} modality of "
+                                  f"model {synth.name!r}")
     axis, picks = central_slices(volume, family, slices)
     array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
     norm = modalities.normalisation_for(array, _FAMILY_RULE[family])
@@ -136,7 +145,7 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     log_likelihood = torch.zeros(len(picks), len(names))
     for s in range(len(picks)):
         check_cancel(cancel)
-        rows = [mi_prompt(synth.tokenizer, pixels[s], names, anatomy, answer=m) for m in names]
+        rows = [mi_prompt(synth.tokenizer, pixels[s], asked, anatomy, answer=m) for m in names]
         with torch.no_grad(), autocast(synth.device, synth.compute_dtype):
             log_likelihood[s] = answer_log_likelihoods(synth.model, rows)
         progress(Progress(s + 1, len(picks), f"identifying: slice {s + 1} of {len(picks)}"))
@@ -146,7 +155,10 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     probabilities = {m: float(p) for m, p in zip(names, mean)}
     best = names[int(mean.argmax())]
     card = synth.card
-    if not card.understanding_trained:
+    if foreign:
+        note = (f"the values are {family}, a family model {synth.name!r} does not know: {best} is the closest of "
+                f"its modalities, not an identification")
+    elif not card.understanding_trained:
         note = (f"model {synth.name!r} has no understanding (Stage I) training according to its card: "
                 f"{best} is a guess, not an identification")
     elif card.mi_accuracy is not None and card.mi_accuracy < MIN_MI_ACCURACY:

@@ -178,8 +178,9 @@ class SynerMedGen(nn.Module):
     # ---- initialisation and parameter groups ---------------------------------------------------
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, copy_init_moe: bool = True) -> None:
-        """Fresh weights: Qwen2-style N(0, std) for the LLM and glue, N(0, TARGET_EMBED_STD) target
-        rows, zero ``llm2vae``/``vae2llm_src`` and the "no target" row, sin-cos tables, and
+        """Fresh weights: Qwen2-style N(0, std) for the LLM and the generation glue (time embedder,
+        ``vae2llm``), SigLIP's init for the ViT, LeCun-normal connector, N(0, TARGET_EMBED_STD)
+        target rows, zero ``llm2vae``/``vae2llm_src`` and the "no target" row, sin-cos tables, and
         (``copy_init_moe``) generation experts copied from understanding."""
         self.language_model.init_weights(std)
         self.vit_model.init_weights()

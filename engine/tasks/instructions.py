@@ -134,7 +134,7 @@ def letters_phrase(n: int) -> str:
 
 def mi_question(n_panels: int, choices: Sequence[str], anatomy: str = "", *, rng: random.Random | None = None,
                 template: int | None = None) -> str:
-    """Ask for the modality of ``n_panels`` panels (2–4), naming the allowed ``choices``."""
+    """Ask for the modality of ``n_panels`` panels (1–4), naming the allowed ``choices``."""
     if not 1 <= n_panels <= len(LETTERS):
         raise ValueError(f"MI needs 1 to {len(LETTERS)} panels, got {n_panels}")
     names = ", ".join(modalities.canonical(c) for c in choices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -42,6 +42,22 @@ class UnderstandingSample:
     correct: int | tuple[str, ...]
     options: tuple[str, ...] = ()
     anatomy: str = ""
+
+    def chance(self, choices: Sequence[str]) -> tuple[float, float]:
+        """(whole answer, per panel): the expected accuracy of a guesser that does not look at the
+        images. CTS / TIA: uniform among the options (one "panel"). MI: it knows each panel's
+        intensity family (HU, SUV or MR signal) and that the panels show distinct modalities, and
+        names them at random among the ``choices`` of that family."""
+        if self.task != MI:
+            n = len(self.options) if self.options else len(self.images) - 1
+            return 1.0 / n, 1.0 / n
+        families = [modalities.get(m).family for m in self.correct]
+        pool = {f: sum(modalities.get(c).family == f for c in choices) for f in families}
+        whole = 1.0
+        for family in set(families):
+            for k in range(families.count(family)):
+                whole /= pool[family] - k
+        return whole, sum(1.0 / pool[f] for f in families) / len(families)
 
     def interleaved(self) -> list:
         """[label, image, label, image, …, question]: one way to lay the prompt out."""
@@ -107,21 +123,20 @@ class CTSDataset(SliceTaskDataset):
 
 
 class MIDataset(SliceTaskDataset):
-    """``min_panels``–``max_panels`` panels of one slice in distinct modalities of the subject,
-    shuffled; the answer names each panel's modality ('A: T1, B: FLAIR, C: T2'). One panel is the
-    question ``identify`` asks of a volume."""
+    """1–``max_panels`` panels of one slice in distinct modalities of the subject, shuffled; the
+    answer names each panel's modality ('A: T1, B: FLAIR, C: T2'). One panel is the question
+    ``identify`` asks of a volume."""
 
     task = MI
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
-                 length: int | None = None, min_panels: int = 1, max_panels: int = 4) -> None:
+                 length: int | None = None, max_panels: int = 4) -> None:
         self.max_panels = max(1, min(int(max_panels), len(instructions.LETTERS)))
-        self.min_panels = max(1, min(int(min_panels), self.max_panels))
         super().__init__(paired, split, image_size=image_size, seed=seed, length=length)
 
     def build(self, subject: str, index: int, rng: random.Random) -> UnderstandingSample:
         present = list(self.paired.subject_modalities(subject))
-        n = rng.randint(min(self.min_panels, len(present)), min(self.max_panels, len(present)))
+        n = rng.randint(1, min(self.max_panels, len(present)))
         chosen = rng.sample(present, n)
         anatomy = self.paired.anatomy(subject)
         refs = tuple(SliceRef(subject, m, index) for m in chosen)

@@ -4,7 +4,7 @@ synthesis samples, and the preview PNG of one synthesized validation slice (Stag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from engine.model import SynerMedGen, Text
 from engine.sampling import sample
 from engine.tasks import CTS, MI, TIA, DatasetError, PairedDataset, SynthesisDataset
 from engine.tasks import instructions
+from engine.tasks.slice_dataset import SliceTaskDataset
 from engine.tasks.understanding import CTSDataset, MIDataset, TIADataset
 from engine.training.losses import psnr, ssim
 from engine.training.stages import (StepInputs, TokenCache, encode_latents, posterior, synthesis_loss,
@@ -87,32 +88,58 @@ def greedy_answers(model: SynerMedGen, samples: Sequence, tokens: TokenCache, en
     return texts
 
 
+def stage1_eval_sets(paired: PairedDataset, split: str, *, image_size: int, seed: int) -> dict[str, SliceTaskDataset]:
+    """CTS, MI and TIA on ``split`` (a task the split cannot pose is left out)."""
+    sets: dict[str, SliceTaskDataset] = {}
+    for task, cls in ((CTS, CTSDataset), (MI, MIDataset), (TIA, TIADataset)):
+        try:
+            sets[task] = cls(paired, split, image_size=image_size, seed=seed)
+        except DatasetError:
+            continue
+    return sets
+
+
 @torch.no_grad()
+def understanding_scores(model: SynerMedGen, datasets: Mapping[str, SliceTaskDataset], tokens: TokenCache, *,
+                         samples: int, end_id: int, choices: Sequence[str],
+                         cancel: CancelToken | None = None) -> dict[str, dict[str, float]]:
+    """For each named dataset, on ``samples`` items spread over it: ``accuracy`` (CTS / TIA: the
+    option picked; MI: every panel named right), ``chance`` (what a guesser blind to the images
+    scores on the same items, :meth:`UnderstandingSample.chance` with the dataset's modality
+    ``choices``) and ``items``; MI also ``panel_accuracy`` and ``panel_chance``, panel by panel."""
+    scores: dict[str, dict[str, float]] = {}
+    for name, dataset in datasets.items():
+        check_cancel(cancel)
+        items = [dataset[i] for i in spread(len(dataset), samples)]
+        if not items:
+            continue
+        chances = [s.chance(choices) for s in items]
+        score = {"items": len(items), "chance": float(np.mean([whole for whole, _ in chances]))}
+        if dataset.task == MI:
+            longest = max(len(tokens(s.answer)) for s in items)
+            answers = greedy_answers(model, items, tokens, end_id, max_new_tokens=longest + 4)
+            named = [instructions.parse_modality_answer(a, len(s.images)) for a, s in zip(answers, items)]
+            panels = sum(len(s.correct) for s in items)
+            score.update(
+                accuracy=sum(n == list(s.correct) for n, s in zip(named, items)) / len(items),
+                panel_accuracy=sum(x == y for n, s in zip(named, items) for x, y in zip(n, s.correct)) / panels,
+                panel_chance=sum(per_panel * len(s.correct) for (_, per_panel), s in zip(chances, items)) / panels)
+        else:
+            score["accuracy"] = choice_accuracy(model, items, tokens)
+        scores[name] = score
+    return scores
+
+
 def understanding_accuracy(model: SynerMedGen, paired: PairedDataset, tokens: TokenCache, *, image_size: int,
                            samples: int, seed: int, end_id: int, cancel: CancelToken | None = None,
                            split: str = EVAL_SPLIT) -> dict[str, float]:
     """Accuracy of CTS, MI (all panels right) and TIA on ``samples`` items of each task spread over
     the ``split`` (validation by default; fixed for a seed, so curves across checkpoints compare
     like with like)."""
-    results: dict[str, float] = {}
-    for task, cls in ((CTS, CTSDataset), (MI, MIDataset), (TIA, TIADataset)):
-        check_cancel(cancel)
-        try:
-            dataset = cls(paired, split, image_size=image_size, seed=seed)
-        except DatasetError:
-            continue
-        items = [dataset[i] for i in spread(len(dataset), samples)]
-        if not items:
-            continue
-        if task == MI:
-            longest = max(len(tokens(s.answer)) for s in items)
-            answers = greedy_answers(model, items, tokens, end_id, max_new_tokens=longest + 4)
-            right = [instructions.parse_modality_answer(a, len(s.images)) == list(s.correct)
-                     for a, s in zip(answers, items)]
-            results[task] = sum(right) / len(items)
-        else:
-            results[task] = choice_accuracy(model, items, tokens)
-    return results
+    sets = stage1_eval_sets(paired, split, image_size=image_size, seed=seed)
+    scores = understanding_scores(model, sets, tokens, samples=samples, end_id=end_id, choices=paired.modalities,
+                                  cancel=cancel)
+    return {task: score["accuracy"] for task, score in scores.items()}
 
 
 # -- autoencoder -----------------------------------------------------------------------------------

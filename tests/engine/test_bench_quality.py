@@ -52,7 +52,7 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
     resampling, vae = (r["mean"]["whole"]["ssim_x100"] for r in (report["resampling"], report["ceiling"]))
     assert vae < resampling <= 100
     assert set(report["understanding"]) == {"CTS", "MI", "TIA"}
-    assert all(0.0 <= v <= 1.0 for v in report["understanding"].values())
+    assert all(0.0 <= v["accuracy"] <= 1.0 and 0.0 < v["chance"] < 1.0 for v in report["understanding"].values())
     found = report["identification"]        # identify on each of sub05's volumes, scored against its modality
     named = {m for route in report["routes"] for m in route.split("→")}
     assert set(found["per_modality"]) == named and all(n == 1 for _, n in found["per_modality"].values())
@@ -78,7 +78,10 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "| target agreement |" in text and "near 1 means the requested target is ignored" in text
     assert "| MR through-plane |" in text and "multiple of the real scan's change" in text
     found = report["identification"]
-    assert f"`identify` with the default model on every volume of the same subjects: {found['correct']} of {found['volumes']}" in text
+    assert f"every volume of these subjects: {found['correct']} of {found['volumes']} named correctly" in text
+    assert "it labels its answers guesses: sub05 " in text                  # the quick Stage I is untrusted
+    mi = report["understanding"]["MI"]
+    assert f"MI {100 * mi['accuracy']:.0f} % (chance {100 * mi['chance']:.0f} %" in text
 
 
 class PassThrough(IntensityMatch):

@@ -85,7 +85,7 @@ def test_demo_synthesis_beats_an_untrained_model_of_the_same_architecture(synth,
 def test_identification_is_reported_as_a_guess_while_the_card_s_mi_accuracy_is_low(synth, card):
     accuracy = card["metrics"]["understanding"]["accuracy"]["MI"]
     found = synth.identify(io.load(DEMO / "brain" / "T2.nii.gz"), slices=1)
-    assert found.modality in synth.modalities
+    assert set(found.probabilities) == {m for m in synth.modalities if m not in ("CT", "CBCT")}   # MR answers only
     if accuracy < 0.5:
         assert not found.reliable and found.confidence == 0.0 and "guess" in found.note
     else:

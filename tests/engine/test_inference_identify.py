@@ -41,13 +41,34 @@ def test_identify_names_one_of_the_models_modalities_with_probabilities_summing_
     assert len(found.slices) == 3 and reports[-1].done == reports[-1].total == 3
 
 
-def test_identify_asks_among_the_modalities_of_the_volume_s_intensity_family(synth):
+def test_identify_answers_within_the_volume_s_intensity_family_but_asks_as_training_did(synth, monkeypatch):
+    from engine.inference import identify
+
+    listed = []
+    original = identify.mi_prompt
+    monkeypatch.setattr(identify, "mi_prompt", lambda tok, image, choices, *a, **k: listed.append(list(choices))
+                        or original(tok, image, choices, *a, **k))
     ct = Volume(phantom_volume(phantom_labels((9, 24, 20), seed=3), "CT", seed=3), spacing=(1.0, 1.0, 2.5))
     assert set(synth.identify(ct, slices=1).probabilities) == {"CT", "CBCT"}       # HU values: not an MR
+    assert listed and all(c == synth.modalities for c in listed)      # the question still names every modality
     asked = synth.identify(volume_of("T2"), slices=1, candidates=["T2", "CT"])      # given candidates stay
-    assert set(asked.probabilities) == {"T2", "CT"}
-    lone = Synthesizer(write_random_model(synth.model_dir.parent / "lone", routes=[("T1", "CT")]), device="cpu")
-    assert set(lone.identify(volume_of("T1"), slices=1).probabilities) == {"T1", "CT"}  # one MR: ask them all
+    assert set(asked.probabilities) == {"T2", "CT"} and listed[-1] == ["T2", "CT"]
+
+
+def test_identify_names_the_only_modality_of_the_family_without_asking_and_flags_an_unknown_family(tmp_path,
+                                                                                                  monkeypatch):
+    from engine.inference import identify
+
+    lone = Synthesizer(write_random_model(tmp_path / "lone", routes=[("T1", "CT"), ("T2", "CT")]), device="cpu")
+    monkeypatch.setattr(identify, "answer_log_likelihoods", lambda *a: pytest.fail("the model was asked"))
+    ct = Volume(phantom_volume(phantom_labels((9, 24, 20), seed=3), "CT", seed=3), spacing=(1.0, 1.0, 2.5))
+    found = lone.identify(ct)
+    assert (found.modality, found.confidence, found.reliable) == ("CT", 1.0, True) and "only CT" in found.note
+    monkeypatch.undo()
+    mr_only = Synthesizer(write_random_model(tmp_path / "mr", routes=[("T1", "T2")]), device="cpu")
+    foreign = mr_only.identify(ct, slices=1)
+    assert set(foreign.probabilities) == {"T1", "T2"} and not foreign.reliable and foreign.confidence == 0.0
+    assert "does not know" in foreign.note
 
 
 def test_identify_without_understanding_training_says_it_is_a_guess(tmp_path):

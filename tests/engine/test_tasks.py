@@ -7,8 +7,8 @@ import torch
 
 from engine import modalities
 from engine.tasks import (CTS, MI, TIA, CTSDataset, DatasetError, MIDataset, PairedDataset, Placement,
-                          SynthesisDataset, TaskMix, TIADataset, from_model_slice, instruction_corpus, slice_axis,
-                          slices_back, slices_first, stage1_tasks, to_model_slice)
+                          SynthesisDataset, TaskMix, TIADataset, UnderstandingSample, from_model_slice,
+                          instruction_corpus, slice_axis, slices_back, slices_first, stage1_tasks, to_model_slice)
 from engine.tasks import instructions
 from engine.tasks.phantoms import write_phantom_dataset
 
@@ -126,8 +126,23 @@ def test_mi_answer_names_each_panels_modality(paired):
             assert torch.equal(image, paired.model_slice(ref.subject, ref.modality, ref.index, IMAGE))
         assert all(m in s.question for m in paired.modalities)
     assert counts == {1, 2, 3}                 # MR phantoms have 3 modalities, the CT subject 2
-    assert {len(s.images) for s in (MIDataset(paired, None, image_size=IMAGE, seed=2, min_panels=2)[i]
-                                    for i in range(0, len(ds), 3))} == {2, 3}
+    assert {len(s.images) for s in (MIDataset(paired, None, image_size=IMAGE, seed=2, max_panels=1)[i]
+                                    for i in range(0, len(ds), 3))} == {1}
+
+
+def test_chance_is_what_a_guesser_blind_to_the_images_scores():
+    choices = ("T1", "T1CE", "T2", "FLAIR", "PD", "CT", "CBCT")
+
+    def sample(task, correct, options=(), images=2):
+        return UnderstandingSample(task=task, images=(torch.zeros(1, 2, 2),) * images, image_labels=(), question="",
+                                   answer="", refs=(), correct=correct, options=options)
+
+    assert sample(MI, ("FLAIR",), images=1).chance(choices) == (pytest.approx(1 / 5), pytest.approx(1 / 5))
+    assert sample(MI, ("T1", "T2", "PD")).chance(choices) == (pytest.approx(1 / 60), pytest.approx(1 / 5))
+    assert sample(MI, ("CBCT", "CT")).chance(choices) == (pytest.approx(1 / 2), pytest.approx(1 / 2))
+    assert sample(MI, ("T2", "CT")).chance(choices) == (pytest.approx(1 / 10), pytest.approx(0.35))
+    assert sample(CTS, 1, images=5).chance(choices) == (0.25, 0.25)
+    assert sample(TIA, 0, options=("a", "b", "c")).chance(choices)[0] == pytest.approx(1 / 3)
 
 
 # -- TIA -----------------------------------------------------------------------------------
