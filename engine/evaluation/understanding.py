@@ -21,8 +21,6 @@ def understanding(synth: Synthesizer, paired: PairedDataset, split: str, *, samp
                   one_panel: bool = False, cancel: CancelToken | None = None) -> dict[str, dict[str, float]]:
     """:func:`engine.training.evaluate.understanding_scores` of ``synth``'s model on ``split``:
     CTS, MI and TIA, and with ``one_panel`` also MI asked about one panel."""
-    import torch
-
     from engine.tasks.understanding import MIDataset
     from engine.training.evaluate import stage1_eval_sets, understanding_scores
     from engine.training.stages import TokenCache
@@ -32,9 +30,8 @@ def understanding(synth: Synthesizer, paired: PairedDataset, split: str, *, samp
     sets = stage1_eval_sets(paired, split, image_size=synth.image_size, seed=seed)
     if one_panel and "MI" in sets:
         sets[ONE_PANEL] = MIDataset(paired, split, image_size=synth.image_size, seed=seed, max_panels=1)
-    with torch.no_grad():
-        return understanding_scores(synth.model, sets, TokenCache(synth.tokenizer), samples=samples,
-                                    end_id=synth.config.tokens.im_end, choices=paired.modalities, cancel=cancel)
+    return understanding_scores(synth.model, sets, TokenCache(synth.tokenizer), samples=samples,
+                                end_id=synth.config.tokens.im_end, choices=paired.modalities, cancel=cancel)
 
 
 def identification(synth: Synthesizer, paired: PairedDataset, split: str,

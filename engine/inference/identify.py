@@ -104,16 +104,32 @@ def answer_log_likelihoods(model, rows: list) -> torch.Tensor:
     return torch.zeros(len(rows)).index_add_(0, row_of_label, logp)
 
 
+def _only_one_of_family(volume: Volume, name: str, family: str, model: str) -> Identification:
+    """``name`` is the model's only modality of the volume's family: the values name it, unless the
+    file's header names another modality of that family (which the model does not know)."""
+    try:
+        header = modalities.canonical(volume.modality) if volume.modality else None
+    except ValueError:          # a header name the registry does not know says nothing here
+        header = None
+    if header and header != name and modalities.get(header).family == family:
+        return Identification(name, 0.0, {name: 1.0}, False,
+                              f"the file says {header}, which model {model!r} does not know; {name} is its only "
+                              f"{family} modality")
+    return Identification(name, 1.0, {name: 1.0}, True,
+                          f"the values are {family} and {name} is the only {family} modality of model {model!r}")
+
+
 def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None = None, slices: int = DEFAULT_SLICES,
                       anatomy: str | None = None, progress: ProgressFn = noop,
                       cancel: CancelToken | None = None) -> Identification:
     """Identify ``volume``'s modality with ``model`` (a :class:`Synthesizer` or a model folder).
 
     The question lists ``candidates`` (default: the model card's modalities, all registry
-    modalities when it names none). Given candidates are all answers; by default the answers are
-    those of the volume's intensity family (:func:`intensity_family`), and when the model knows
-    only one of that family, the values name it without asking. A volume of a family the model
-    does not know gets the best of all candidates, marked unreliable.
+    modalities when it names none; repeats dropped). Given candidates are all answers; by default
+    the answers are those of the volume's intensity family (:func:`intensity_family`), and when
+    the card lists only one of that family, the values name it without asking (unless the file's
+    header names another modality of the family). A volume of a family none of the candidates
+    belongs to gets the best of them, marked unreliable.
     """
     from engine.inference.pipeline import Synthesizer, vit_view
     from engine.inference.settings import autocast
@@ -121,18 +137,15 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     synth = model if isinstance(model, Synthesizer) else Synthesizer(Path(model))
     if synth.tokenizer is None:
         raise ValueError(f"{synth.model_dir}: the model folder has no tokenizer")
-    asked = [modalities.canonical(c) for c in (candidates or synth.modalities or list(modalities.MODALITIES))]
+    asked = list(dict.fromkeys(modalities.canonical(c)
+                               for c in (candidates or synth.modalities or list(modalities.MODALITIES))))
     if len(asked) < 2:
         raise ValueError(f"identification needs at least two candidate modalities, got {asked}")
     family = intensity_family(volume)
-    names, foreign = asked, False
-    if candidates is None:
-        same = [n for n in asked if modalities.get(n).family == family]
-        names, foreign = same or asked, not same
-        if len(names) == 1:
-            return Identification(names[0], 1.0, {names[0]: 1.0}, True,
-                                  f"the values are {family} and {names[0]} is the only {family} modality of "
-                                  f"model {synth.name!r}")
+    same = [n for n in asked if modalities.get(n).family == family]
+    names, foreign = (asked if candidates else same or asked), not same
+    if not candidates and synth.modalities and len(same) == 1:
+        return _only_one_of_family(volume, same[0], family, synth.name)
     axis, picks = central_slices(volume, family, slices)
     array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
     norm = modalities.normalisation_for(array, _FAMILY_RULE[family])
@@ -156,8 +169,8 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     best = names[int(mean.argmax())]
     card = synth.card
     if foreign:
-        note = (f"the values are {family}, a family model {synth.name!r} does not know: {best} is the closest of "
-                f"its modalities, not an identification")
+        note = (f"the values are {family}, and none of {', '.join(asked)} is: {best} is the closest of them, "
+                f"not an identification")
     elif not card.understanding_trained:
         note = (f"model {synth.name!r} has no understanding (Stage I) training according to its card: "
                 f"{best} is a guess, not an identification")

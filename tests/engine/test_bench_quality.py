@@ -79,7 +79,8 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "| MR through-plane |" in text and "multiple of the real scan's change" in text
     found = report["identification"]
     assert f"every volume of these subjects: {found['correct']} of {found['volumes']} named correctly" in text
-    assert "it labels its answers guesses: sub05 " in text                  # the quick Stage I is untrusted
+    # the quick recipe's 3 Stage I steps leave its card's MI accuracy below identify's 50 % trust threshold
+    assert "it labels its answers guesses: sub05 " in text
     mi = report["understanding"]["MI"]
     assert f"MI {100 * mi['accuracy']:.0f} % (chance {100 * mi['chance']:.0f} %" in text
 

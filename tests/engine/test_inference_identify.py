@@ -1,6 +1,7 @@
 """Modality identification with the understanding branch, and model evaluation over a paired dataset."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -55,6 +56,10 @@ def test_identify_answers_within_the_volume_s_intensity_family_but_asks_as_train
     assert set(asked.probabilities) == {"T2", "CT"} and listed[-1] == ["T2", "CT"]
 
 
+def synth_of(tmp_path, routes) -> Synthesizer:
+    return Synthesizer(write_random_model(tmp_path / "given", routes=routes), device="cpu")
+
+
 def test_identify_names_the_only_modality_of_the_family_without_asking_and_flags_an_unknown_family(tmp_path,
                                                                                                   monkeypatch):
     from engine.inference import identify
@@ -68,7 +73,12 @@ def test_identify_names_the_only_modality_of_the_family_without_asking_and_flags
     mr_only = Synthesizer(write_random_model(tmp_path / "mr", routes=[("T1", "T2")]), device="cpu")
     foreign = mr_only.identify(ct, slices=1)
     assert set(foreign.probabilities) == {"T1", "T2"} and not foreign.reliable and foreign.confidence == 0.0
-    assert "does not know" in foreign.note
+    assert "none of T1, T2 is" in foreign.note
+    given = synth_of(tmp_path, ROUTES).identify(ct, slices=1, candidates=["T1", "t1", "T2"])   # repeats dropped
+    assert set(given.probabilities) == {"T1", "T2"} and not given.reliable        # HU values: neither is right
+    assert math.isclose(sum(given.probabilities.values()), 1.0, abs_tol=1e-5)
+    doubted = lone.identify(dataclasses.replace(ct, modality="CBCT"))     # a CT-family header lone lacks
+    assert doubted.modality == "CT" and not doubted.reliable and "the file says CBCT" in doubted.note
 
 
 def test_identify_without_understanding_training_says_it_is_a_guess(tmp_path):
