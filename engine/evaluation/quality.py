@@ -279,6 +279,16 @@ def summary(report: dict) -> list[dict]:
     return lines
 
 
+def table_row(line: dict) -> str:
+    """One :func:`summary` line as a row of the README table (also the rows a model card keeps)."""
+    trained = line["trained"]
+    budget = (f"{trained.get('steps')} steps, {_f((trained.get('seconds') or 0) / 60)} min" if trained
+              else "fitted" if line["key"] == "identity" else "—")
+    return (f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
+            f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | "
+            f"{_f(line['target_agreement'], 3)} | {_f(line['mr_through_plane'], 2)} | {budget} |")
+
+
 def to_markdown(report: dict) -> str:
     """The README table: one row per method, brain-MR means and CBCT → CT, then accuracies."""
     lines = [f"`{report.get('command', 'python main.py bench quality')}` — {len(report['subjects'])} held-out "
@@ -288,13 +298,7 @@ def to_markdown(report: dict) -> str:
              "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM "
              "| target agreement | MR through-plane | trained |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for line in summary(report):
-        trained = line["trained"]
-        budget = (f"{trained.get('steps')} steps, {_f((trained.get('seconds') or 0) / 60)} min" if trained
-                  else "fitted" if line["key"] == "identity" else "—")
-        lines.append(f"| {line['label']} | {_f(line['mr_ssim'])} | {_f(line['mr_ssim_body'])} | "
-                     f"{_f(line['mr_psnr_db'], 2)} | {_f(line['ct_mae_hu_body'])} | {_f(line['ct_ssim'])} | "
-                     f"{_f(line['target_agreement'], 3)} | {_f(line['mr_through_plane'], 2)} | {budget} |")
+    lines += [table_row(line) for line in summary(report)]
     real = next((r["target_agreement"].get("real") for r in report["rows"] if r.get("target_agreement")), None)
     lines += ["", f"Target agreement: mean correlation, inside the body, of a method's outputs for the different MR "
               f"targets of one central source slice per subject (the real scans: {_f(real, 3)}); near 1 means the "

@@ -14,7 +14,7 @@ import engine.io as io
 from engine.evaluation.synthesis_eval import central_block, score_volume
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
-from engine.evaluation.quality import ROUTES
+from engine.evaluation.quality import ROUTES, table_row
 from engine.training import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +90,12 @@ def test_identification_is_reported_as_a_guess_while_the_card_s_mi_accuracy_is_l
         assert not found.reliable and found.confidence == 0.0 and "guess" in found.note
     else:
         assert found.reliable and found.modality == "T2"
+
+
+def test_the_readme_quality_table_is_the_shipped_card_s_benchmark(card):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = card["benchmark"]["rows"]
+    assert {r["key"] for r in rows} >= {"identity", "unet", "stage1", "stage2", "stage12"}
+    for row in rows:
+        assert table_row(row) in readme, f"README's row for {row['label']!r} is not the card's benchmark"
+    assert f"`{card['benchmark']['command']} --markdown`" in readme
