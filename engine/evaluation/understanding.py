@@ -40,7 +40,6 @@ def identification(synth: Synthesizer, paired: PairedDataset, split: str,
     how many it names correctly; per modality [correct, volumes]; per modality the count of each
     answer (``answers``: true → answered → volumes); whether the model calls its answers reliable
     (``None`` when there was no volume) and why not (``note``)."""
-    per_modality: dict[str, list[int]] = {}
     answers: dict[str, dict[str, int]] = {}
     reliable, note = None, ""
     for subject in paired.subject_names(split):
@@ -49,11 +48,9 @@ def identification(synth: Synthesizer, paired: PairedDataset, split: str,
             found = synth.identify(paired.volume(subject, modality), cancel=cancel)
             reliable = found.reliable if reliable is None else reliable and found.reliable
             note = note or ("" if found.reliable else f"{subject} {modality}: {found.note}")
-            counts = per_modality.setdefault(modality, [0, 0])
-            counts[0] += int(found.modality == modality)
-            counts[1] += 1
             given = answers.setdefault(modality, {})
             given[found.modality] = given.get(found.modality, 0) + 1
+    per_modality = {m: [given.get(m, 0), sum(given.values())] for m, given in answers.items()}
     return {"correct": sum(c for c, _ in per_modality.values()), "volumes": sum(n for _, n in per_modality.values()),
             "per_modality": per_modality, "answers": answers, "reliable": reliable, "note": note}
 
@@ -79,12 +76,22 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f} %"
 
 
+def _by_panel(name: str, score: dict[str, float]) -> bool:
+    """Whether a score has a per-panel part worth printing (MI asked about several panels)."""
+    return "panel_accuracy" in score and name != ONE_PANEL
+
+
+def _counts(given: dict[str, int]) -> str:
+    """'T1 ×5, T2 ×1': answers, most frequent first."""
+    return ", ".join(f"{a} ×{n}" for a, n in sorted(given.items(), key=lambda kv: -kv[1]))
+
+
 def understanding_lines(scores: dict[str, dict[str, float]]) -> list[str]:
     """One Markdown line: each task's accuracy, its chance and the item count."""
     parts = []
     for name, s in scores.items():
         panels = (f"; per panel {_percent(s['panel_accuracy'])}, chance {_percent(s['panel_chance'])}"
-                  if "panel_accuracy" in s and name != ONE_PANEL else "")
+                  if _by_panel(name, s) else "")
         parts.append(f"{name} {_percent(s['accuracy'])} (chance {_percent(s['chance'])}{panels}; "
                      f"{s['items']} questions)")
     return ["Stage I understanding accuracy (chance: a guesser blind to the images; for MI it knows each "
@@ -98,9 +105,7 @@ def identification_lines(found: dict[str, Any]) -> list[str]:
     per = []
     for modality, (correct, volumes) in found["per_modality"].items():
         wrong = {a: n for a, n in (found.get("answers") or {}).get(modality, {}).items() if a != modality}
-        instead = " (" + ", ".join(f"{a} ×{n}" for a, n in sorted(wrong.items(), key=lambda kv: -kv[1])) + ")" \
-            if wrong else ""
-        per.append(f"{modality} {correct}/{volumes}{instead}")
+        per.append(f"{modality} {correct}/{volumes}" + (f" ({_counts(wrong)})" if wrong else ""))
     trust = ("it calls its answers reliable" if found["reliable"]
              else f"it labels its answers guesses: {found.get('note') or 'the model is not trusted to identify'}")
     return [f"`identify` with the model's defaults on every volume of these subjects: {found['correct']} of "
@@ -119,11 +124,10 @@ def to_text(report: dict) -> str:
     lines = [f"{'task':<14}{'accuracy':>10}{'chance':>10}{'questions':>11}"]
     for name, s in report["understanding"].items():
         lines.append(f"{name:<14}{_percent(s['accuracy']):>10}{_percent(s['chance']):>10}{s['items']:>11}")
-        if "panel_accuracy" in s and name != ONE_PANEL:
+        if _by_panel(name, s):
             lines.append(f"{'  per panel':<14}{_percent(s['panel_accuracy']):>10}{_percent(s['panel_chance']):>10}")
     found = report["identification"]
     lines += ["", "identify: true modality → answers"]
     for modality, given in (found.get("answers") or {}).items():
-        lines.append(f"  {modality:<6} → " + ", ".join(f"{a} ×{n}" for a, n in sorted(given.items(),
-                                                                                      key=lambda kv: -kv[1])))
+        lines.append(f"  {modality:<6} → {_counts(given)}")
     return "\n".join(lines) + "\n\n" + to_markdown(report)
