@@ -270,6 +270,7 @@ class MainWindow(QMainWindow):
                           and d.volume.modality == volume.modality), None)
         if reference is None:
             self.workspace.activate(doc)
+            self.synthesis.set_document(source)     # shown, but the next run starts from the same acquired volume
         else:
             self.comparison.set_inputs(doc, reference, source)
             self.tabs.setCurrentWidget(self.comparison)

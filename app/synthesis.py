@@ -27,7 +27,8 @@ class ModelChoice:
 @dataclass(frozen=True)
 class SynthesisRequest:
     """One run. ``None`` for the source means: identify it with the model; ``None`` for steps,
-    guidance, seed or noise correlation means: the model's default (its card's ``inference_defaults``)."""
+    guidance, seed, noise correlation or guided filter means: the model's default (its card's
+    ``inference_defaults``)."""
 
     volume: Volume
     source: str | None
@@ -41,6 +42,7 @@ class SynthesisRequest:
     image_guidance: float | None = None
     seed: int | None = None
     noise_correlation: float | None = None
+    guided_filter: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
                 if v is not None}
     changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed),
-                                 ("noise_correlation", request.noise_correlation)) if v is not None}
+                                 ("noise_correlation", request.noise_correlation),
+                                 ("guided_filter", request.guided_filter)) if v is not None}
     settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
     latest: list[np.ndarray | None] = [None]
 

@@ -95,7 +95,15 @@ class SynthesisPanel(QWidget):
         self.noise_correlation.setSingleStep(0.05)
         self.noise_correlation.setToolTip("How alike neighbouring slices' starting noise is: 0 samples every slice "
                                           "independently (stripes across slices), near 1 the same noise for all")
-        self._sampling_boxes = (self.steps, self.text_guidance, self.image_guidance, self.seed, self.noise_correlation)
+        self.guided_filter = QDoubleSpinBox()
+        self.guided_filter.setRange(-0.5, 16.0)
+        self.guided_filter.setSingleStep(0.5)
+        self.guided_filter.setSuffix(" px")
+        self.guided_filter.setToolTip("Re-draw each synthetic slice from the source slice at the input's resolution, "
+                                      "in windows of this radius (model pixels): sharper edges where the source "
+                                      "has them, less mottling; 0 turns it off")
+        self._sampling_boxes = (self.steps, self.text_guidance, self.image_guidance, self.seed, self.noise_correlation,
+                                self.guided_filter)
         for box in self._sampling_boxes:
             box.setSpecialValueText(MODEL_DEFAULT)
             box.setValue(box.minimum())
@@ -110,7 +118,8 @@ class SynthesisPanel(QWidget):
         adv_form.setContentsMargins(12, 0, 0, 0)
         for text, widget in (("Steps", self.steps), ("Text guidance", self.text_guidance),
                              ("Image guidance", self.image_guidance), ("Seed", self.seed),
-                             ("Slice noise correlation", self.noise_correlation)):
+                             ("Slice noise correlation", self.noise_correlation),
+                             ("Source-guided filter", self.guided_filter)):
             adv_form.addRow(text, widget)
         advanced_body.setVisible(False)
         advanced.toggled.connect(advanced_body.setVisible)

@@ -7,6 +7,8 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 - identity — the source, its intensities quantile-matched to the target's training histogram;
 - MONAI BasicUNet — route-conditioned, L1, the compute budget of Stage II;
 - SynerMedGen vae + Stage I only (zero-shot synthesis), Stage II only, Stage I + II (default);
+- the default model again with the source-guided filter off (every other row has it, with the
+  recipe's radius: :mod:`engine.inference.guided`);
 
 and the ceilings every SynerMedGen row shares: the target slices' own round trip through the
 autoencoder (on the same slices), and below it the round trip through the model's slice size alone
@@ -46,15 +48,16 @@ from engine.training import recipe
 MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \
     + (("T1", "PD"), ("PD", "T1"))
 ROUTES = MR_ROUTES + (("CBCT", "CT"),)
-ROWS = (  # key, label, recipe entry (None: fitted here)
-    ("identity", "identity (histogram-matched source)", None),
-    ("unet", "MONAI BasicUNet (L1, route-conditioned)", recipe.UNET),
-    ("stage1", "SynerMedGen vae + Stage I only (zero-shot)", recipe.STAGE1),
-    ("stage2", "SynerMedGen Stage II only (no Stage I)", recipe.STAGE2_ONLY),
-    ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12),
+ROWS = (  # key, label, recipe entry (None: fitted here), with the source-guided filter
+    ("identity", "identity (histogram-matched source)", None, True),
+    ("unet", "MONAI BasicUNet (L1, route-conditioned)", recipe.UNET, True),
+    ("stage1", "SynerMedGen vae + Stage I only (zero-shot)", recipe.STAGE1, True),
+    ("stage2", "SynerMedGen Stage II only (no Stage I)", recipe.STAGE2_ONLY, True),
+    ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12, True),
+    ("stage12_unfiltered", "SynerMedGen Stage I + II, source-guided filter off", recipe.STAGE12, False),
 )
 CEILING = ("vae", "VAE round trip of the target (ceiling)")
-RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size)")
+RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size, unfiltered)")
 QUICK = {"recipe": "quick", "slices": 2, "steps": 3}
 
 
@@ -70,6 +73,10 @@ class ResamplingRoundTrip(SliceSynthesizer):
 
     def _check_route(self, source: str, target: str) -> tuple[str, str]:
         return modalities.canonical(source), modalities.canonical(target)
+
+    def default_settings(self) -> SynthesisSettings:
+        # its "source" is the target itself: a filter guided by it would only copy the reference back
+        return super().default_settings().replace(guided_filter=0.0)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
         return None, [f"method: {self.method}"]
@@ -187,11 +194,11 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
                 ) -> dict[str, Any]:
     """Every row on ``data``'s ``split`` for the routes of :data:`ROUTES` the split has; the
     recipe's models come from the run folder ``run`` and all sample with the recipe's inference
-    defaults (``steps`` overrides their ODE steps)."""
+    defaults (``steps`` overrides their ODE steps); every row but one applies its source-guided filter."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
 
     run = Path(run)
-    missing = [name for _, _, name in ROWS if name and not (run / name).is_dir()]
+    missing = [name for _, _, name, _ in ROWS if name and not (run / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; train them with "
                                 f"python main.py recipe --data {data} --out {run}")
@@ -209,7 +216,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     report["sampling"] = sampling.to_dict()
     default = Synthesizer(run / recipe.STAGE12, device=device)
     image_size = default.image_size
-    for key, label, entry in ROWS:
+    for key, label, entry, filtered in ROWS:
         check_cancel(cancel)
         started = time.perf_counter()
         progress(f"{label} …")
@@ -223,12 +230,14 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
             synth = default if entry == recipe.STAGE12 else Synthesizer(run / entry, device=device)
             stages = synth.card.raw.get("recipe", {}).get("stages", [])
             trained = {"steps": stages[-1].get("steps_done"), "seconds": stages[-1].get("elapsed_s")} if stages else {}
-        settings = synth.default_settings() if entry in (None, recipe.UNET) else sampling
+        settings = (synth.default_settings() if entry in (None, recipe.UNET) else sampling).replace(
+            guided_filter=sampling.guided_filter if filtered else 0.0)
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
         seconds = round(time.perf_counter() - started, 1)
         report["rows"].append({"key": key, "label": label, "model": str(run / entry) if entry else None,
-                               "trained": trained, "seconds": seconds, **_scores(evaluation),
+                               "trained": trained, "seconds": seconds, "guided_filter": settings.guided_filter,
+                               **_scores(evaluation),
                                "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)})
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],

@@ -43,6 +43,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-correlation", type=float, metavar="RHO",
                    help="correlation in [0, 1) of neighbouring slices' starting noise (default: the model's; "
                         "0 = independent slices)")
+    p.add_argument("--guided-filter", type=float, metavar="R",
+                   help="re-draw each synthetic slice on the input grid from the source slice in windows of radius "
+                        "R model pixels (detail at the input's resolution, less mottling); 0 = off (default: the "
+                        "model's)")
 
 
 def sampling_settings(args: argparse.Namespace, defaults):
@@ -52,7 +56,8 @@ def sampling_settings(args: argparse.Namespace, defaults):
     changes = {k: v for k, v in (("steps", args.steps), ("solver", args.solver), ("shift", args.shift),
                                  ("seed", args.seed), ("batch_size", args.batch_size),
                                  ("start_from_source", args.start_from_source),
-                                 ("noise_correlation", args.noise_correlation)) if v is not None}
+                                 ("noise_correlation", args.noise_correlation),
+                                 ("guided_filter", args.guided_filter)) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
                                                   image_scale=args.guidance[1])

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "shift": settings.shift, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
         "start_from_source": settings.start_from_source, "noise_correlation": settings.noise_correlation,
+        "guided_filter": settings.guided_filter,
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit,
     }

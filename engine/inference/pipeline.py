@@ -6,7 +6,8 @@ Per volume: normalise the source per its modality → slice along the acquisitio
 empty slices → for each batch of slices: VAE latents + ViT tokens + instruction encoded once into
 a cached context (K/V for every guidance branch; with the target's embedding row, for models that
 have one) → flow-matching ODE with the guidance branches batched → VAE decode → back onto the
-slice grid → re-stack → target units.
+slice grid (optionally re-drawn from the source slice there: :mod:`engine.inference.guided`) →
+re-stack → target units.
 
 Intensity of the result (the model works on [0, 1] normalised slices, DATA.md's protocol):
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.inference.guided import guided_filter, native_radius
 from engine.inference.model_card import ModelCard, route_name
 from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
                                        resolve_device, resolve_precision, settings_from_card)
@@ -107,7 +109,8 @@ class Prompt:
 @dataclass(frozen=True)
 class SlicePlan:
     """How a volume is cut: ``axis`` of the (z, y, x) array, ``count`` slices of ``height`` × ``width``,
-    the ones to synthesize (``active``, body visible) and the rest (``empty``)."""
+    the ones to synthesize (``active``, body visible) and the rest (``empty``); ``body`` is the
+    source's body mask, slices first (count, height, width)."""
 
     axis: int
     count: int
@@ -116,6 +119,7 @@ class SlicePlan:
     active: tuple[int, ...]
     empty: tuple[int, ...]
     placement: Placement
+    body: np.ndarray = field(repr=False, compare=False)
 
 
 class SliceSynthesizer:
@@ -209,7 +213,7 @@ class SliceSynthesizer:
         active = tuple(i for i in range(count) if has_body[i] and i in wanted)
         empty = tuple(i for i in range(count) if i not in active)
         return SlicePlan(axis, count, height, width, active, empty,
-                         Placement.for_shape(height, width, self.image_size))
+                         Placement.for_shape(height, width, self.image_size), mask)
 
     # -- synthesis -------------------------------------------------------------------------------
     def synthesize_volume(self, volume: Volume, source: str | None, target: str,
@@ -242,6 +246,8 @@ class SliceSynthesizer:
         stack = slices_first(modalities.normalise(array, norm_in), plan.axis)
         norm_out = self.output_normalisation(target)
         out = np.full((plan.count, plan.height, plan.width), self.background_value(target), np.float32)
+        radius = native_radius(settings.guided_filter, plan.height, plan.width, self.image_size) \
+            if settings.guided_filter else 0
 
         total = plan.count
         done = len(plan.empty)
@@ -298,7 +304,10 @@ class SliceSynthesizer:
                 continue
             if probing:
                 size = self._auto_batch_size(len(queue), prepared)
-            physical = modalities.denormalise(from_model_slice(result, plan.placement), norm_out)
+            synthetic = from_model_slice(result, plan.placement)
+            if radius:
+                synthetic = guided_filter(stack[chunk], synthetic, radius, inside=plan.body[chunk])
+            physical = modalities.denormalise(synthetic, norm_out)
             for k, i in enumerate(chunk):
                 out[i] = physical[k]
                 done += 1
@@ -314,6 +323,8 @@ class SliceSynthesizer:
             f"model: {self.name}",
             f"route: {route_name(source, target)}",
             *method_notes,
+            *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
+               f"{settings.guided_filter:g} in model pixels), inside the source's body mask"] if radius else []),
             f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
         )

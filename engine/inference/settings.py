@@ -40,7 +40,10 @@ class SynthesisSettings:
     latent noised to t instead of pure noise (only for models trained or tuned for it).
     ``noise_correlation`` = ρ in [0, 1): neighbouring slices start from correlated noise (ρ between
     adjacent slices, see :func:`engine.inference.pipeline.slice_noise`), so slices sampled one by
-    one agree with their neighbours instead of showing stripes across them; 0 = independent."""
+    one agree with their neighbours instead of showing stripes across them; 0 = independent.
+    ``guided_filter`` = a window radius in model pixels: each synthetic slice is re-drawn on the
+    input grid from the source slice through window-wise lines (:mod:`engine.inference.guided`);
+    0 = off."""
 
     steps: int = 24
     solver: str = "euler"
@@ -50,6 +53,7 @@ class SynthesisSettings:
     batch_size: int | str = "auto"
     start_from_source: float | None = None
     noise_correlation: float = 0.0
+    guided_filter: float = 0.0
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
 
     def __post_init__(self) -> None:
@@ -89,6 +93,10 @@ class SynthesisSettings:
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation!r}")
         object.__setattr__(self, "noise_correlation", rho)
+        radius = float(self.guided_filter)
+        if not 0.0 <= radius <= 16.0:
+            raise ValueError(f"guided_filter must be a radius of 0 (off) to 16 model pixels, got {self.guided_filter!r}")
+        object.__setattr__(self, "guided_filter", radius)
 
     @property
     def t_start(self) -> float:

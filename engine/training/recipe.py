@@ -79,15 +79,18 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 # Sampling of the shipped model, chosen on the validation subjects (README: the two `evaluate
 # --split val` commands): 12 unguided Euler steps scored within a point of the engine's 24 guided
 # ones at about a third of the time; neighbouring slices start from noise correlated 0.9 (their
-# through-plane variation came closest to the real scans', ≈ 1.1 against ≈ 3 with independent noise).
+# through-plane variation came closest to the real scans', ≈ 1.1 against ≈ 3 with independent noise);
+# each slice is then re-drawn from the source slice in windows of radius 1.5 model pixels (the
+# source-guided filter, engine/inference/guided.py: README, "The source-guided filter").
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.
-INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9,
+INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 1.5,
                       "guidance": {"text_scale": 1.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
 LIMITATIONS = [
     "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "
     "expect it to fail on real clinical data until fine-tuned on it.",
-    "A tiny model (tens of MB) at 64-pixel slices: outputs are resampled back onto the input grid and are blurry "
-    "at native resolution; fine structure is not synthesized.",
+    "A tiny model (tens of MB) at 64-pixel slices: outputs are resampled back onto the input grid, then re-drawn "
+    "from the source slice there (the source-guided filter): edges at native resolution are the source's, and "
+    "fine structure only the target shows (e.g. a lesion invisible in the source) stays blurry.",
     "2-D, slice by slice along the acquisition axis: only the starting noise is shared between neighbouring "
     "slices (correlated), no through-plane consistency is learnt.",
     "Far from converged after CPU minutes of Stage II: outputs are mottled, and its outputs for different targets "

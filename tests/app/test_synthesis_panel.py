@@ -60,6 +60,10 @@ def test_the_model_card_sets_the_routes(window):
     panel.noise_correlation.setValue(0.0)                     # independent slices: a value, not the default
     assert panel.request().noise_correlation == 0.0
     panel.noise_correlation.setValue(panel.noise_correlation.minimum())
+    assert panel.guided_filter.text() == "model default" and request.guided_filter is None
+    panel.guided_filter.setValue(0.0)                         # off: a value, not the default
+    assert panel.request().guided_filter == 0.0
+    panel.guided_filter.setValue(panel.guided_filter.minimum())
     assert panel.run_button.isEnabled() and not panel.notice.isVisible()
     assert panel.backend.model().item(1).isEnabled() and panel.backend.itemData(1) == "onnx"
 
@@ -68,6 +72,7 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     panel = window.synthesis
     panel.target.setCurrentText("CT")                         # steps and seed: the card's 3 and 7
     panel.noise_correlation.setValue(0.5)
+    panel.guided_filter.setValue(1.5)
     beats, reports = [], []
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
@@ -87,6 +92,8 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     assert any(note.startswith("sampling: 3 euler steps") and note.endswith("seed 7, noise correlated across "
                                                                           "slices (ρ 0.5)")
                for note in synthetic.volume.notes)
+    assert any(note.startswith("source-guided filter") and "(radius 1.5 in model pixels)" in note
+               for note in synthetic.volume.notes)
     assert panel.progress.value() == 100 and panel.eta.text().startswith("Done")
     assert not panel.preview.pixmap().isNull()
     qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
@@ -94,6 +101,19 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     views = window.comparison.views
     assert views["source"].volume.name == "T2.nii.gz" and views["reference"].volume.name == "CT.nii.gz"
     assert views["synthetic"].banner.isVisible()
+
+
+def test_without_a_reference_the_result_is_shown_and_the_next_run_starts_from_the_same_scan(qtbot, window):
+    panel = window.synthesis
+    source = window.workspace.active
+    panel.target.setCurrentText("FLAIR")                      # no FLAIR is loaded: nothing to compare with
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: len(window.workspace.documents) == 3, timeout=120000)
+    synthetic = window.workspace.documents[2]
+    assert synthetic.synthetic and window.workspace.active is synthetic and window.viewer.document is synthetic
+    assert panel.document is source and panel.input_label.text() == source.label     # not the synthetic FLAIR
+    assert panel.source.currentText() == "T2" and panel.target.currentText() == "FLAIR"
+    assert panel.request().volume is source.volume
 
 
 def test_a_run_can_be_cancelled(qtbot, window):

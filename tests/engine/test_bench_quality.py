@@ -1,7 +1,7 @@
 """`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
 phantom dataset in a temporary folder and scores every row (identity, BasicUNet, Stage I only,
-Stage II only, Stage I + II), the VAE and resampling ceilings and Stage I's accuracies in one run; a method that
-ignores the requested target shows in its target agreement."""
+Stage II only, Stage I + II with and without the source-guided filter), the VAE and resampling ceilings and
+Stage I's accuracies in one run; a method that ignores the requested target shows in its target agreement."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,14 @@ import pytest
 
 from engine.baselines import IntensityMatch
 from engine.evaluation.metrics import pearson
-from engine.evaluation.quality import MR_ROUTES, target_agreement
+from engine.evaluation.quality import MR_ROUTES, ResamplingRoundTrip, target_agreement
+from engine.evaluation.synthesis_eval import score_volume
+from engine.inference import Synthesizer
+from engine.inference.random_model import write_random_model
+from engine.io.volume import Volume
 from engine.tasks import PairedDataset
-from engine.tasks.phantoms import write_phantom_dataset
+from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset
+from engine.training import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +40,16 @@ def quick(tmp_path_factory) -> tuple[dict, str]:
 
 def test_quick_report_has_every_row_scored_on_every_route(quick):
     report, _ = quick
-    assert [r["key"] for r in report["rows"]] == ["identity", "unet", "stage1", "stage2", "stage12"]
+    assert [r["key"] for r in report["rows"]] == ["identity", "unet", "stage1", "stage2", "stage12",
+                                                  "stage12_unfiltered"]
+    # every method row re-drawn from its source by the recipe's filter, but one: the default model without it
+    radius = recipe.INFERENCE_DEFAULTS["guided_filter"]
+    assert report["sampling"]["guided_filter"] == radius > 0
+    assert {r["key"]: r["guided_filter"] for r in report["rows"]} == {
+        "identity": radius, "unet": radius, "stage1": radius, "stage2": radius, "stage12": radius,
+        "stage12_unfiltered": 0.0}
+    filtered, unfiltered = (next(r for r in report["rows"] if r["key"] == k) for k in ("stage12", "stage12_unfiltered"))
+    assert filtered["mean"]["whole"]["ssim_x100"] != unfiltered["mean"]["whole"]["ssim_x100"]
     assert report["subjects"] == ["sub05"] and report["split"] == "test"
     for row in report["rows"] + [report["ceiling"], report["resampling"]]:
         assert sorted(row["routes"]) == sorted(report["routes"]) and len(report["routes"]) == 14
@@ -113,3 +127,17 @@ def test_pearson_inside_a_mask():
     b = a.copy()
     b[~mask] = 99.0                                        # outside the mask does not count
     assert pearson(a, b, mask) == pytest.approx(1.0) and np.isnan(pearson(a, np.ones((4, 4))))
+
+
+def test_the_resampling_ceiling_is_never_guided_by_its_own_reference(tmp_path):
+    folder = write_random_model(tmp_path / "model", routes=(("T1", "T2"),), image_size=32,
+                                metadata={"inference_defaults": {"guided_filter": 2.0}})
+    model = Synthesizer(folder, device="cpu")
+    assert model.default_settings().guided_filter == 2.0
+    round_trip = ResamplingRoundTrip(model)
+    assert round_trip.default_settings().guided_filter == 0.0
+    labels = phantom_labels((4, 64, 64), seed=0)
+    volume = Volume(phantom_volume(labels, "T2", 0), spacing=(1.0, 1.0, 3.0), modality="T2", unit="a.u.")
+    trip = round_trip.synthesize_volume(volume, "T2", "T2")
+    assert not any("source-guided" in note for note in trip.notes)
+    assert score_volume(trip, volume, "T2").whole.ssim < 100.0 - 1e-3      # the resampling loss, not a copy

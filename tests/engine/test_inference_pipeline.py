@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine import modalities
 from engine.inference import Synthesizer, SynthesisSettings
+from engine.inference.guided import guided_filter
 from engine.inference.model_card import ModelCard
 from engine.inference.random_model import write_random_model
 from engine.inference import pipeline, settings as settings_module
@@ -293,10 +295,34 @@ def test_model_card_as_the_trainer_writes_it():
     assert not generation_only.understanding_trained
 
 
+def test_the_source_guided_filter_redraws_each_slice_from_the_source_on_the_input_grid(synth):
+    volume = t1_volume(shape=(6, 40, 52))                     # slices of 40×52 input pixels, a 32² model
+    plain = synth.synthesize_volume(volume, "T1", "T2", FAST)
+    guided = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(guided_filter=1.0))
+    assert guided.same_grid(volume) and (guided.modality, guided.unit) == ("T2", "a.u.")
+    assert ("source-guided filter: windows of 5×5 input pixels (radius 1 in model pixels), inside the source's "
+            "body mask") in guided.notes                                                            # 52/32 px
+    assert not any("source-guided" in n for n in plain.notes)
+    plan = synth.plan(volume, "T1")
+    active = list(plan.active)
+    source = modalities.normalise(volume.array, modalities.normalisation_for(volume.array, "T1"))
+    inside = modalities.body_mask(volume.array, "T1")
+    assert 0 < inside[active].mean() < 1
+    expected = guided_filter(source[active], normalised(plain, synth)[active], radius=2, inside=inside[active])
+    np.testing.assert_allclose(normalised(guided, synth)[active], expected, atol=1e-5)
+    outside = ~inside[active]
+    np.testing.assert_allclose(normalised(guided, synth)[active][outside], normalised(plain, synth)[active][outside],
+                               atol=1e-5)                    # the background as the model drew it
+    np.testing.assert_array_equal(guided.array[list(plan.empty)], plain.array[list(plan.empty)])   # background
+
+
 def test_settings_round_trip_and_device_resolution():
     s = SynthesisSettings(steps=10, guidance={"text_scale": 3.0}, batch_size="AUTO", start_from_source=0.5,
-                          noise_correlation=0.7)
-    assert SynthesisSettings.from_dict(s.to_dict()) == s
+                          noise_correlation=0.7, guided_filter=2)
+    assert SynthesisSettings.from_dict(s.to_dict()) == s and s.guided_filter == 2.0
+    for radius in (-1.0, 16.5):
+        with pytest.raises(ValueError, match="guided_filter must be a radius of 0 .off. to 16 model pixels"):
+            SynthesisSettings(guided_filter=radius)
     assert settings_module.resolve_device("auto").type in ("cpu", "cuda")
     assert settings_module.resolve_precision("fp32", torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError, match="unknown device"):

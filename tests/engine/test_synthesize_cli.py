@@ -128,10 +128,12 @@ def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path)
     t1, _ = inputs
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "a.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--steps", "3", "--guidance", "1", "1",
-                         "--start-from-source", "0.8", "--batch-size", "2", "--solver", "heun", "--shift", "1.5")
+                         "--start-from-source", "0.8", "--batch-size", "2", "--solver", "heun", "--shift", "1.5",
+                         "--guided-filter", "1.5")
     assert code == 0, err
     report = json.loads(out)
     assert report["steps"] == 3 and report["guidance"] == [1.0, 1.0] and report["start_from_source"] == 0.8
+    assert report["guided_filter"] == 1.5
     assert report["batch_size"] == 2 and report["solver"] == "heun" and report["shift"] == 1.5
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "c.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--solver", "rk45")
@@ -139,6 +141,9 @@ def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path)
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--start-from-source", "1.5")
     assert code == 2 and "start_from_source" in err and not (tmp_path / "b.nii.gz").exists()
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--guided-filter", "-2")
+    assert code == 2 and "guided_filter must be a radius" in err and not (tmp_path / "b.nii.gz").exists()
 
 
 def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):

@@ -1,0 +1,90 @@
+"""The source-guided filter (engine/inference/guided.py): detail from the guide through window-wise
+lines, contrast inversions, what the guide does not show, and the radius on the input grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from engine.inference.guided import guided_filter, native_radius
+
+
+def tissues(size: int = 64, seed: int = 0) -> np.ndarray:
+    """Three tissues with sharp edges: a disc with an off-centre square inside, values 0.2 / 0.5 / 0.9."""
+    y, x = np.mgrid[:size, :size]
+    image = np.full((size, size), 0.2)
+    image[(y - size / 2) ** 2 + (x - size / 2) ** 2 < (0.4 * size) ** 2] = 0.5
+    image[size // 3:size // 2, size // 3:size // 2 + 5] = 0.9
+    return image + np.random.default_rng(seed).normal(0.0, 0.005, image.shape)
+
+
+def low_resolution(image: np.ndarray, factor: int = 2) -> np.ndarray:
+    """What a model at 1/factor the size gives back on the input grid: shrunk, then linearly enlarged."""
+    small = ndimage.zoom(ndimage.uniform_filter(image, factor), 1.0 / factor, order=1)
+    return ndimage.zoom(small, np.array(image.shape) / np.array(small.shape), order=1)
+
+
+@pytest.mark.parametrize("slope", [0.8, -0.8])          # the same contrast order, and inverted (T1 → T2)
+def test_detail_the_guide_shows_comes_back_through_the_local_line(slope):
+    guide = tissues()
+    truth = np.clip(0.5 + slope * (guide - 0.5), 0.0, 1.0)
+    blurred = low_resolution(truth) + np.random.default_rng(1).normal(0.0, 0.03, truth.shape)   # mottled too
+    refined = guided_filter(guide, np.clip(blurred, 0.0, 1.0), radius=2)
+    assert refined.dtype == np.float32 and refined.shape == truth.shape
+    error_before = np.abs(blurred - truth).mean()
+    error_after = np.abs(refined - truth).mean()
+    assert error_after < 0.5 * error_before, (error_before, error_after)
+    edge = np.abs(ndimage.sobel(truth)) > 0.1
+    assert np.abs(refined - truth)[edge].mean() < np.abs(blurred - truth)[edge].mean()
+
+
+def test_what_the_guide_does_not_show_keeps_the_synthetic_local_mean():
+    guide = np.full((48, 48), 0.4) + np.random.default_rng(0).normal(0.0, 0.002, (48, 48))   # flat: no lesion
+    image = np.full((48, 48), 0.3)
+    image[18:30, 18:30] = 0.8                                 # a lesion only the target shows
+    refined = guided_filter(guide, image, radius=2)
+    assert refined[24, 24] == pytest.approx(0.8, abs=0.02)   # its middle stays
+    assert refined[5, 5] == pytest.approx(0.3, abs=0.02)
+    assert np.abs(refined - ndimage.uniform_filter(ndimage.uniform_filter(image, 5), 5)).max() < 0.02
+
+
+def test_outside_the_mask_the_image_is_kept_and_the_body_s_edge_casts_no_halo():
+    y, x = np.mgrid[:64, :64]
+    body = (y - 32) ** 2 + (x - 32) ** 2 < 20 ** 2
+    guide = np.where(body, 0.3, 0.0)                          # T1-like: dark CSF rim, bright tissue inside
+    guide[(y - 32) ** 2 + (x - 32) ** 2 < 17 ** 2] = 0.9
+    truth = np.where(body, 0.9, 0.0)                          # T2-like: bright CSF rim, darker tissue
+    truth[(y - 32) ** 2 + (x - 32) ** 2 < 17 ** 2] = 0.4
+    image = low_resolution(truth)
+    free = guided_filter(guide, image, radius=3)
+    masked = guided_filter(guide, image, radius=3, inside=body)
+    np.testing.assert_array_equal(masked[~body], image[~body].astype(np.float32))
+    np.testing.assert_array_equal(masked[body], free[body])
+    ring = ~body & ((y - 32) ** 2 + (x - 32) ** 2 < 26 ** 2)  # the background just outside the body
+    assert free[ring].mean() > image[ring].mean() + 0.02      # unmasked, the fitted lines spill outwards
+    with pytest.raises(ValueError, match="mask's shape"):
+        guided_filter(guide, image, radius=3, inside=body[:10])
+
+
+def test_stacks_are_filtered_slice_by_slice():
+    guide = np.stack([tissues(seed=0), tissues(seed=1)[::-1]])
+    image = np.stack([low_resolution(g) for g in guide])
+    stacked = guided_filter(guide, image, radius=3)
+    np.testing.assert_allclose(stacked[1], guided_filter(guide[1], image[1], radius=3), atol=1e-6)
+    assert 0.0 <= stacked.min() and stacked.max() <= 1.0
+
+
+def test_bad_shapes_and_radii_are_refused():
+    with pytest.raises(ValueError, match="one shape"):
+        guided_filter(np.zeros((8, 8)), np.zeros((8, 9)), radius=1)
+    with pytest.raises(ValueError, match="one shape"):
+        guided_filter(np.zeros(8), np.zeros(8), radius=1)
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        guided_filter(np.zeros((8, 8)), np.zeros((8, 8)), radius=0)
+
+
+def test_the_radius_is_given_in_model_pixels_and_scaled_to_the_input_grid():
+    assert native_radius(2.0, 128, 128, 64) == 4              # the demo study: 128² slices, a 64² model
+    assert native_radius(2.0, 512, 400, 64) == 16             # a CT slice: the longer side sets the scale
+    assert native_radius(1.5, 128, 96, 64) == 3
+    assert native_radius(0.2, 32, 32, 64) == 1                # never below one input pixel
