@@ -79,7 +79,8 @@ class SynthesisPanel(QWidget):
         for combo, name in ((self.backend, "backend"), (self.device, "device"), (self.precision, "precision")):
             combo.currentIndexChanged.connect(lambda _i, c=combo, n=name: setattr(self.settings, n, c.currentData()))
 
-        # each starts at its lowest value, shown as "model default": the model card's choice
+        # each starts at its lowest value, shown as "model default": the model card's choice (so does any
+        # negative value typed into one, which no setting takes)
         self.steps = QSpinBox()
         self.steps.setRange(0, 250)
         self.text_guidance = QDoubleSpinBox()
@@ -246,7 +247,7 @@ class SynthesisPanel(QWidget):
         return SynthesisRequest(
             self.document.volume, self._source_modality(), self.target.currentText(), self.model.currentData(),
             self.backend.currentData(), self.device.currentData(), self.precision.currentData(),
-            *(None if box.value() == box.minimum() else box.value() for box in self._sampling_boxes))
+            *(None if box.value() == box.minimum() or box.value() < 0 else box.value() for box in self._sampling_boxes))
 
     def start(self) -> None:
         if self._why_not() is not None or self._task is not None:

@@ -10,9 +10,10 @@ Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
 - the default model again with the source-guided filter off (every other row has it, with the
   recipe's radius: :mod:`engine.inference.guided`);
 
-and the ceilings every SynerMedGen row shares: the target slices' own round trip through the
-autoencoder (on the same slices), and below it the round trip through the model's slice size alone
-(resampling, no autoencoder: what any method at that size could reach on the native grid), plus
+and the ceilings every unfiltered SynerMedGen row shares: the target slices' own round trip through
+the autoencoder (on the same slices), and below it the round trip through the model's slice size
+alone (resampling, no autoencoder: what any method at that size could reach on the native grid
+without the source's help; a filtered row, drawing the source's detail in, can pass them), plus
 Stage I's CTS / MI / TIA accuracy on the same subjects beside chance and what ``identify`` answers
 for each of their volumes with the default model (:mod:`engine.evaluation.understanding`).
 
@@ -56,8 +57,8 @@ ROWS = (  # key, label, recipe entry (None: fitted here), with the source-guided
     ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12, True),
     ("stage12_unfiltered", "SynerMedGen Stage I + II, source-guided filter off", recipe.STAGE12, False),
 )
-CEILING = ("vae", "VAE round trip of the target (ceiling)")
-RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size, unfiltered)")
+CEILING = ("vae", "VAE round trip of the target (ceiling without the filter)")
+RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size without the filter)")
 QUICK = {"recipe": "quick", "slices": 2, "steps": 3}
 
 
@@ -75,7 +76,8 @@ class ResamplingRoundTrip(SliceSynthesizer):
         return modalities.canonical(source), modalities.canonical(target)
 
     def default_settings(self) -> SynthesisSettings:
-        # its "source" is the target itself: a filter guided by it would only copy the reference back
+        # a round trip without the filter, whatever the model's card says: its "source" is the
+        # target itself, and a filter guided by it would copy the reference back
         return super().default_settings().replace(guided_filter=0.0)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:

@@ -9,10 +9,17 @@ be inverted). The filter fits that window-wise line from the source to the synth
 re-draws the slice from the source through it: edges where the source has them, at the source's
 resolution, and the synthetic slice's local mean and contrast. Where the source is flat inside a
 window (e.g. a lesion seen only in the target) the line is flat too and the synthetic local mean
-is kept. Outside the body (the source's background) the synthetic slice is kept as it is: there
-the lines fitted across the body's edge, where three intensities meet (background, CSF, tissue)
-and no one line holds, would carry the body's intensities outwards as a bright halo. It is off
-unless a setting (``SynthesisSettings.guided_filter``) or a model card asks for it.
+is kept. Given the body mask, every window mean is taken over the window's pixels inside the body
+only, and outside the body (the source's background) the synthetic slice is kept as it is: at the
+body's edge three intensities meet (background, CSF, tissue) and no one line holds, so lines fitted
+across it would spill the body's intensities outwards as a bright halo and give a band of wrong
+contrast just inside the edge. It is off unless a setting (``SynthesisSettings.guided_filter``) or
+a model card asks for it.
+
+Intensities are the normalised [0, 1] of the evaluation protocol, so :data:`EPS` means more on a
+CT scale (−1024…2000 HU: √EPS ≈ 30 HU) than on an MR one: inside soft tissue, whose CT contrasts are
+tens of HU, the lines are nearly flat and the filter mostly smooths; bone, air and the body's edge
+come from the source.
 """
 from __future__ import annotations
 
@@ -35,8 +42,9 @@ def native_radius(radius: float, height: int, width: int, image_size: int) -> in
 def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float = EPS,
                   inside: np.ndarray | None = None) -> np.ndarray:
     """``image`` re-drawn from ``guide`` window by window: both (h, w) or (n, h, w) on one grid,
-    in [0, 1]; square windows of side 2 ``radius`` + 1 inside each slice; where the boolean mask
-    ``inside`` (same shape) is False, ``image`` as it is. Returns float32 in [0, 1]."""
+    in [0, 1]; square windows of side 2 ``radius`` + 1 inside each slice. With the boolean mask
+    ``inside`` (same shape), windows count only their pixels inside it, and where it is False the
+    result is ``image`` as it is. Returns float32 in [0, 1]."""
     guide = np.asarray(guide, dtype=np.float64)
     image = np.asarray(image, dtype=np.float64)
     if guide.shape != image.shape or guide.ndim not in (2, 3):
@@ -50,8 +58,18 @@ def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float 
     if guide.ndim == 3:
         size = (1,) + size
 
-    def mean(a: np.ndarray) -> np.ndarray:
+    def box(a: np.ndarray) -> np.ndarray:
         return ndimage.uniform_filter(a, size=size, mode="reflect")
+
+    if inside is None:
+        mean = box
+    else:
+        weight = np.asarray(inside, dtype=np.float64)
+        share = box(weight)                         # the share of each window inside the body
+        counted = share > 1e-9
+
+        def mean(a: np.ndarray) -> np.ndarray:
+            return np.divide(box(a * weight), share, out=np.zeros_like(a), where=counted)
 
     mean_g, mean_i = mean(guide), mean(image)
     variance = np.maximum(mean(guide * guide) - mean_g * mean_g, 0.0)

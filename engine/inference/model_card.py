@@ -20,7 +20,8 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  ``understanding`` key) means Stage I was trained, so ``identify``
                                  can be trusted
     inference_defaults   {"steps", "solver", "shift", "guidance": {GuidanceConfig fields}, "seed",
-                          "batch_size", "start_from_source", "noise_correlation", "guided_filter", "mr_output_range": [lo, hi]}
+                          "batch_size", "start_from_source", "noise_correlation", "guided_filter",
+                          "mr_output_range": [lo, hi]}
 """
 from __future__ import annotations
 

@@ -67,9 +67,9 @@ def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, si
 
 
 RECIPES: dict[str, tuple[Entry, ...]] = {
-    # the shipped default model: a little over an hour on 2 CPU cores (AMD EPYC) with PARALLEL=1, 1¾ h entry by entry;
+    # the shipped default model: about 1¼ h on 2 CPU cores (AMD EPYC) with PARALLEL=1, 2 h entry by entry;
     # the 2-core Xeon of earlier runs took about twice as long (minutes on a GPU)
-    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=4800, image_size=64, size="default",
+    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=7200, image_size=64, size="default",
                         unet_batch=16),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
     "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, size="default", unet_batch=4),
@@ -80,10 +80,10 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 # --split val` commands): 12 unguided Euler steps scored within a point of the engine's 24 guided
 # ones at about a third of the time; neighbouring slices start from noise correlated 0.9 (their
 # through-plane variation came closest to the real scans', ≈ 1.1 against ≈ 3 with independent noise);
-# each slice is then re-drawn from the source slice in windows of radius 1.5 model pixels (the
+# each slice is then re-drawn from the source slice in windows of radius 2 model pixels (the
 # source-guided filter, engine/inference/guided.py: README, "The source-guided filter").
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.
-INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 1.5,
+INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 2.0,
                       "guidance": {"text_scale": 1.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
 LIMITATIONS = [
     "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "

@@ -63,6 +63,8 @@ def test_the_model_card_sets_the_routes(window):
     assert panel.guided_filter.text() == "model default" and request.guided_filter is None
     panel.guided_filter.setValue(0.0)                         # off: a value, not the default
     assert panel.request().guided_filter == 0.0
+    panel.guided_filter.setValue(-0.2)                        # typed below 0: no setting takes it, the default
+    assert panel.request().guided_filter is None
     panel.guided_filter.setValue(panel.guided_filter.minimum())
     assert panel.run_button.isEnabled() and not panel.notice.isVisible()
     assert panel.backend.model().item(1).isEnabled() and panel.backend.itemData(1) == "onnx"

@@ -64,6 +64,7 @@ def test_quick_json_has_variants_medians_ratios_agreement_and_device(quick):
     assert report["model"]["preset"] == "tiny" and report["model"]["image_size"] == 32
     assert report["volume"]["kind"] in ("demo", "phantom") and report["volume"]["measured_slices"] == 3
     assert report["settings"]["steps"] == 3
+    assert report["settings"]["guided_filter"] == report["settings"]["noise_correlation"] == 0.0   # the card's
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["cores"] >= 1 and machine["torch_threads"] >= 1
     assert machine["torch"] and machine["cpu"] in report["device"]
