@@ -526,7 +526,7 @@ def _title(report: dict) -> str:
     return (f"{m['name']} ({m['parameters'] / 1e6:,.1f} M parameters{weights}); {s['route'].replace('->', '→')}, "
             f"{v['measured_slices']} of {v['body_slices']} body slices of the {v['kind']} volume at {m['image_size']}², "
             f"{s['steps']} {s['solver']} steps, guidance text {g['text_scale']:g} / image {g['image_scale']:g}, "
-            + (f"source-guided filter {s['guided_filter']:g} px, " if s.get("guided_filter") else "")
+            + (f"source-guided filter radius {s['guided_filter']:g} model px, " if s.get("guided_filter") else "")
             + f"median of {s['repeats']}")
 
 
