@@ -25,6 +25,6 @@ if [ "${PARALLEL:-0}" = 1 ]; then
 else
     $PY main.py recipe --data "$DATA" --out "$RUN"
 fi
-$PY main.py bench quality --run "$RUN" --data "$DATA" --slices 4 --out "$RUN/quality.json" --markdown > "$RUN/quality.md"
+$PY main.py bench quality --run "$RUN" --data "$DATA" --slices 4 --seeds 3 --out "$RUN/quality.json" --markdown > "$RUN/quality.md"
 $PY main.py recipe --data "$DATA" --out "$RUN" --ship resources/models/default --quality "$RUN/quality.json"
 cat "$RUN/quality.md"

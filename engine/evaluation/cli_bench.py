@@ -133,11 +133,14 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
                     "models are the folders of a recipe run (python main.py recipe --data D --out RUN).")
     p.add_argument("--run", default="runs/default", metavar="DIR", help="recipe run folder (default runs/default)")
     p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
-    p.add_argument("--split", default="test", help="subjects to score (default test)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="subjects to score (default test)")
     p.add_argument("--slices", type=int, default=8, metavar="N",
                    help="central body slices per volume (default 8; 0 = all)")
     p.add_argument("--steps", type=_positive, metavar="N", help="ODE steps (default: each model's own)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
+    p.add_argument("--seeds", type=_positive, default=1, metavar="N",
+                   help="also sample Stage II only and the default model from the next N - 1 seeds and print "
+                        "their spread: the sampling noise a comparison of the two has to beat (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="seconds: a phantom dataset and the quick recipe trained in a temporary folder, "
                         "2 slices per volume, 3 ODE steps (checks the pipeline, not the model)")
@@ -159,6 +162,7 @@ def _run_quality(args: argparse.Namespace) -> int:
                                                          ["--run", args.run, "--data", args.data])
     words += [] if args.slices == 8 else ["--slices", str(args.slices)]
     words += ["--steps", str(args.steps)] if args.steps else []
+    words += ["--seeds", str(args.seeds)] if args.seeds != 1 else []
     with tempfile.TemporaryDirectory(prefix="synermedgen-quality-") as tmp:
         run, data, slices, steps = Path(args.run), Path(args.data), args.slices or None, args.steps
         if args.quick:
@@ -173,7 +177,7 @@ def _run_quality(args: argparse.Namespace) -> int:
             run = run_recipe(data, Path(tmp) / "run", quality.QUICK["recipe"], threads=1, device=args.device)
             slices, steps = quality.QUICK["slices"], steps or quality.QUICK["steps"]
         report = quality.run_quality(run, data, split=args.split, max_slices=slices, steps=steps,
-                                     device=args.device, progress=log)
+                                     device=args.device, seeds=args.seeds, progress=log)
     report["command"] = shlex.join(words)
     report["machine"] = describe_machine(resolve_device(args.device))
     return _print_report(args, report, quality.to_markdown, quality.to_text)
@@ -190,7 +194,7 @@ def _add_understanding(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR",
                    help=f"model folder (default {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
     p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
-    p.add_argument("--split", default="test", help="subjects to score (default test)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="subjects to score (default test)")
     p.add_argument("--samples", type=_positive, default=64, metavar="N", help="questions per task (default 64)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
     _add_output_arguments(p)

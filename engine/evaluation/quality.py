@@ -17,6 +17,11 @@ without the source's help; a filtered row, drawing the source's detail in, can p
 Stage I's CTS / MI / TIA accuracy on the same subjects beside chance and what ``identify`` answers
 for each of their volumes with the default model (:mod:`engine.evaluation.understanding`).
 
+With ``seeds`` > 1 the Stage II only and Stage I + II rows are sampled again from further seeds
+(:data:`SEEDED`; the table keeps the first seed): their spread is the sampling noise any comparison
+between them has to beat, and seed by seed both start from the same noise, so their difference is
+paired (:func:`seed_lines`).
+
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
 ignores the requested target (the same image for T1 → T2 and T1 → FLAIR) scores ≈ 1 — and, per
@@ -57,6 +62,7 @@ ROWS = (  # key, label, recipe entry (None: fitted here), with the source-guided
     ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12, True),
     ("stage12_unfiltered", "SynerMedGen Stage I + II, source-guided filter off", recipe.STAGE12, False),
 )
+SEEDED = ("stage2", "stage12")            # the rows sampled again from further seeds with ``seeds`` > 1
 CEILING = ("vae", "VAE round trip of the target (ceiling without the filter)")
 RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size without the filter)")
 QUICK = {"recipe": "quick", "slices": 2, "steps": 3}
@@ -191,14 +197,17 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
 
 
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
-                steps: int | None = None, device: str = "cpu", understanding_samples: int = 64,
+                steps: int | None = None, device: str = "cpu", understanding_samples: int = 64, seeds: int = 1,
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
                 ) -> dict[str, Any]:
     """Every row on ``data``'s ``split`` for the routes of :data:`ROUTES` the split has; the
     recipe's models come from the run folder ``run`` and all sample with the recipe's inference
-    defaults (``steps`` overrides their ODE steps); every row but one applies its source-guided filter."""
+    defaults (``steps`` overrides their ODE steps); every row but one applies its source-guided filter.
+    The rows of :data:`SEEDED` are scored for ``seeds`` sampling seeds (the recipe's and the next ones)."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
 
+    if int(seeds) != seeds or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     run = Path(run)
     missing = [name for _, _, name, _ in ROWS if name and not (run / name).is_dir()]
     if missing:
@@ -236,11 +245,18 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
             guided_filter=sampling.guided_filter if filtered else 0.0)
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
-        seconds = round(time.perf_counter() - started, 1)
-        report["rows"].append({"key": key, "label": label, "model": str(run / entry) if entry else None,
-                               "trained": trained, "seconds": seconds, "guided_filter": settings.guided_filter,
-                               **_scores(evaluation),
-                               "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)})
+        row = {"key": key, "label": label, "model": str(run / entry) if entry else None, "trained": trained,
+               "guided_filter": settings.guided_filter, **_scores(evaluation),
+               "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)}
+        if seeds > 1 and key in SEEDED:
+            row["seeds"] = [_seed_scores(settings.seed, row)]
+            for seed in range(settings.seed + 1, settings.seed + seeds):
+                progress(f"{label}, seed {seed} …")
+                again = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices,
+                                       settings=settings.replace(seed=seed), cancel=cancel)
+                row["seeds"].append(_seed_scores(seed, _scores(again)))
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        report["rows"].append(row)
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],
                          **ceiling(VAERoundTrip(default), paired, split, routes, max_slices, cancel)}
@@ -271,6 +287,49 @@ def _mr_mean(row: dict, where: str, metric: str | None = None) -> float | None:
 def _ct(row: dict, where: str, metric: str) -> float | None:
     value = (row["routes"].get("CBCT→CT") or {}).get(where) or {}
     return value.get(metric)
+
+
+SEED_METRICS = (  # summary column, label, decimals
+    ("mr_ssim", "MR SSIM", 2), ("mr_ssim_body", "MR SSIM (body)", 2), ("ct_mae_hu_body", "CBCT→CT MAE HU", 1))
+
+
+def _seed_scores(seed: int, scores: dict) -> dict[str, Any]:
+    """One seed's summary columns of a row (``scores`` has its per-route ``routes``)."""
+    return {"seed": seed, "mr_ssim": _mr_mean(scores, "whole", "ssim_x100"),
+            "mr_ssim_body": _mr_mean(scores, "body", "ssim_x100"), "ct_mae_hu_body": _ct(scores, "body", "mae")}
+
+
+def _spread(values: Sequence[float | None], digits: int) -> str:
+    """'mean ± sd (v1 / v2 / …)' of the finite values, sd over the seeds (n − 1)."""
+    kept = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not kept:
+        return "—"
+    sd = float(np.std(kept, ddof=1)) if len(kept) > 1 else math.nan
+    return f"{_f(float(np.mean(kept)), digits)} ± {_f(sd, digits)} ({' / '.join(_f(v, digits) for v in values)})"
+
+
+def _columns(per_seed: Sequence[dict]) -> str:
+    return "; ".join(f"{name} {_spread([s[metric] for s in per_seed], digits)}"
+                     for metric, name, digits in SEED_METRICS)
+
+
+def seed_lines(report: dict) -> list[str]:
+    """The sampling-noise paragraph: each seeded row's columns per seed, then, seed by seed, the
+    default model minus Stage II only (same starting noise, so a paired difference)."""
+    rows = {r["key"]: r for r in report["rows"] if r.get("seeds")}
+    if not rows:
+        return []
+    seeds = [s["seed"] for s in next(iter(rows.values()))["seeds"]]
+    lines = ["", f"Sampling noise: {' and '.join(r['label'] for r in rows.values())} sampled from seeds "
+             f"{', '.join(map(str, seeds))} (the table: seed {seeds[0]}); mean ± standard deviation over the seeds, "
+             "then each seed's value:"]
+    lines += [f"- {row['label']}: {_columns(row['seeds'])}" for row in rows.values()]
+    if all(k in rows for k in SEEDED):
+        before, after = (rows[k]["seeds"] for k in SEEDED)
+        paired = [{m: None if a[m] is None or b[m] is None else a[m] - b[m] for m, _, _ in SEED_METRICS}
+                  for a, b in zip(after, before)]
+        lines.append(f"- {rows[SEEDED[1]]['label']} minus {rows[SEEDED[0]]['label']}, seed by seed: {_columns(paired)}")
+    return lines
 
 
 def _with_ceilings(report: dict) -> list[dict]:
@@ -317,6 +376,7 @@ def to_markdown(report: dict) -> str:
               "", "MR through-plane: how much the output changes from one slice to the next inside the body, as a "
               "multiple of the real scan's change on the same slices (1: like the real anatomy; above 1: slices "
               "that disagree, seen as stripes in the sagittal and coronal planes).",
+              *seed_lines(report),
               "", *understanding_lines(report["understanding"]), *identification_lines(report["identification"])]
     return "\n".join(lines)
 

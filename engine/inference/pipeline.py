@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from engine import modalities
-from engine.inference.guided import guided_filter, native_radius
+from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.model_card import ModelCard, route_name
 from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
                                        resolve_device, resolve_precision, settings_from_card)
@@ -248,6 +248,7 @@ class SliceSynthesizer:
         out = np.full((plan.count, plan.height, plan.width), self.background_value(target), np.float32)
         radius = native_radius(settings.guided_filter, plan.height, plan.width, self.image_size) \
             if settings.guided_filter else 0
+        same_scale = fits_at_model_resolution(source, target)
 
         total = plan.count
         done = len(plan.empty)
@@ -306,7 +307,8 @@ class SliceSynthesizer:
                 size = self._auto_batch_size(len(queue), prepared)
             synthetic = from_model_slice(result, plan.placement)
             if radius:
-                synthetic = guided_filter(stack[chunk], synthetic, radius, inside=plan.body[chunk])
+                synthetic = guided_filter(stack[chunk], synthetic, radius, inside=plan.body[chunk],
+                                          seen=from_model_slice(images, plan.placement) if same_scale else None)
             physical = modalities.denormalise(synthetic, norm_out)
             for k, i in enumerate(chunk):
                 out[i] = physical[k]
@@ -324,7 +326,8 @@ class SliceSynthesizer:
             f"route: {route_name(source, target)}",
             *method_notes,
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
-               f"{settings.guided_filter:g} in model pixels), inside the source's body mask"] if radius else []),
+               f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
+               f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
             f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
         )

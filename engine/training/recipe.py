@@ -21,6 +21,7 @@ reused or overwritten.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -165,13 +166,14 @@ def _first_difference(recorded: Any, wanted: Any, path: str = "") -> str | None:
 
 
 def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
-    """Why the finished SynerMedGen entry in ``folder`` no longer matches the recipe, or None: a
-    training option the recipe now sets otherwise, another architecture for a fresh model, or a
-    start model (``out``/``entry.init``) that has been retrained since. (The U-Net is not checked.)"""
+    """Why the finished entry in ``folder`` no longer matches the recipe, or None: a training option
+    the recipe now sets otherwise, another architecture for a fresh model, or a start model
+    (``out``/``entry.init``) that has been retrained since; for the U-Net, a budget that is no longer
+    the time its ``budget_of`` entry trained."""
     from engine.model.config import SynerMedGenConfig, preset
 
     if entry.stage == "unet":
-        return None
+        return _stale_unet(folder, entry, out)
     stages = _stages(folder)
     recorded = stages[-1].get("config", {})
     for key, value in entry.options.items():
@@ -194,6 +196,31 @@ def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
         return f"its start model {start} is missing"
     if [s.get("run_id") for s in stages[:-1]] != start_runs:
         return f"it was trained from an earlier {start} (that entry has been retrained since)"
+    return None
+
+
+def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
+    from engine.baselines.unet import CARD, trained_seconds
+
+    try:
+        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its card {folder / CARD} cannot be read ({exc})"
+    training = card.get("training", {})
+    recorded = {"image_size": card.get("image_size"), "batch_size": training.get("batch_size"),
+                "seed": training.get("seed")}
+    for key, value in entry.options.items():
+        if key in recorded and recorded[key] != value:
+            return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
+    budget = out / entry.budget_of
+    try:
+        minutes = trained_seconds(budget) / 60.0
+    except ValueError:
+        return f"the entry that sets its budget, {budget}, is missing"
+    trained = training.get("minutes")
+    if not isinstance(trained, (int, float)) or not math.isclose(trained, minutes, rel_tol=1e-6):
+        return (f"it trained {trained!r} min, the time of an earlier {budget} (that entry has been retrained since "
+                f"and took {minutes:.2f} min)")
     return None
 
 

@@ -111,3 +111,18 @@ def test_recipe_stops_at_a_finished_entry_it_no_longer_describes(data, tmp_path,
     recipe.run_recipe(data, run, "quick", only=["vae"], threads=1, device="cpu")
     with pytest.raises(ValueError, match="trained from an earlier .*vae"):
         recipe.run_recipe(data, run, "quick", only=["understanding"], threads=1, device="cpu")
+
+
+def test_recipe_stops_at_a_u_net_whose_budget_entry_was_retrained(data, tmp_path, one_torch_thread, monkeypatch):
+    run = tmp_path / "run"
+    recipe.run_recipe(data, run, "quick", only=["vae", "generation-only", "unet"], threads=1, device="cpu")
+    unet_entry = recipe.RECIPES["quick"][-1]
+    assert recipe.stale_settings(run / "unet", unet_entry, run) is None
+    card = run / "generation-only" / "metadata.json"
+    metadata = json.loads(card.read_text(encoding="utf-8"))
+    metadata["recipe"]["stages"][-1]["elapsed_s"] += 60.0     # as if Stage II only had been trained again
+    card.write_text(json.dumps(metadata), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unet: a finished unet run .*an earlier .*generation-only .*retrained"):
+        recipe.run_recipe(data, run, "quick", only=["unet"], threads=1, device="cpu")
+    wider = dataclasses.replace(unet_entry, options={**unet_entry.options, "batch_size": 7})
+    assert recipe.stale_settings(run / "unet", wider, run).startswith("batch_size 4 (the recipe now asks for 7)")

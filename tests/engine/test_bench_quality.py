@@ -1,7 +1,8 @@
 """`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
 phantom dataset in a temporary folder and scores every row (identity, BasicUNet, Stage I only,
 Stage II only, Stage I + II with and without the source-guided filter), the VAE and resampling ceilings and
-Stage I's accuracies in one run; a method that ignores the requested target shows in its target agreement."""
+Stage I's accuracies in one run, the two Stage II rows from two sampling seeds; a method that ignores the
+requested target shows in its target agreement."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 
 from engine.baselines import IntensityMatch
 from engine.evaluation.metrics import pearson
-from engine.evaluation.quality import MR_ROUTES, ResamplingRoundTrip, target_agreement
+from engine.evaluation.quality import MR_ROUTES, ResamplingRoundTrip, seed_lines, summary, target_agreement
 from engine.evaluation.synthesis_eval import score_volume
 from engine.inference import Synthesizer
 from engine.inference.random_model import write_random_model
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "quality.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "main.py", "bench", "quality", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "main.py", "bench", "quality", "--quick", "--seeds", "2", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8")), done.stdout
@@ -97,6 +98,36 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "it labels its answers guesses: sub05 " in text
     mi = report["understanding"]["MI"]
     assert f"MI {100 * mi['accuracy']:.0f} % (chance {100 * mi['chance']:.0f} %" in text
+
+
+def test_the_two_stage_two_rows_are_sampled_again_from_a_second_seed(quick):
+    report, text = quick
+    seeded = {r["key"]: r["seeds"] for r in report["rows"] if "seeds" in r}
+    assert sorted(seeded) == ["stage12", "stage2"]
+    table = {line["key"]: line for line in summary(report)}
+    for key, per_seed in seeded.items():
+        assert [s["seed"] for s in per_seed] == [0, 1]
+        assert per_seed[0]["mr_ssim"] == pytest.approx(table[key]["mr_ssim"])     # the table shows the first seed
+        assert per_seed[1]["mr_ssim"] != per_seed[0]["mr_ssim"]                   # the second one drew other samples
+    assert "python main.py bench quality --quick --seeds 2" in text
+    assert ("Sampling noise: SynerMedGen Stage II only (no Stage I) and SynerMedGen Stage I + II (default model) "
+            "sampled from seeds 0, 1 (the table: seed 0)") in text
+    assert "- SynerMedGen Stage I + II (default model) minus SynerMedGen Stage II only (no Stage I), seed by seed" in text
+
+
+def test_the_sampling_noise_lines_give_mean_sd_and_the_paired_difference():
+    def row(key: str, values: list[float]) -> dict:
+        return {"key": key, "label": key, "seeds": [{"seed": i, "mr_ssim": v, "mr_ssim_body": v - 20.0,
+                                                     "ct_mae_hu_body": None} for i, v in enumerate(values)]}
+
+    lines = seed_lines({"rows": [{"key": "identity", "label": "identity"}, row("stage2", [70.0, 72.0, 74.0]),
+                                 row("stage12", [71.0, 72.0, 76.0])]})
+    assert "sampled from seeds 0, 1, 2 (the table: seed 0)" in lines[1]
+    assert lines[2] == ("- stage2: MR SSIM 72.00 ± 2.00 (70.00 / 72.00 / 74.00); MR SSIM (body) 52.00 ± 2.00 "
+                        "(50.00 / 52.00 / 54.00); CBCT→CT MAE HU —")
+    assert lines[4] == ("- stage12 minus stage2, seed by seed: MR SSIM 1.00 ± 1.00 (1.00 / 0.00 / 2.00); "
+                        "MR SSIM (body) 1.00 ± 1.00 (1.00 / 0.00 / 2.00); CBCT→CT MAE HU —")
+    assert seed_lines({"rows": [{"key": "identity", "label": "identity"}]}) == []       # one seed: no paragraph
 
 
 class PassThrough(IntensityMatch):

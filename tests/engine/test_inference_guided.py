@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.inference.guided import guided_filter, native_radius
+from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 
 
 def tissues(size: int = 64, seed: int = 0) -> np.ndarray:
@@ -36,6 +36,25 @@ def test_detail_the_guide_shows_comes_back_through_the_local_line(slope):
     assert error_after < 0.5 * error_before, (error_before, error_after)
     edge = np.abs(ndimage.sobel(truth)) > 0.1
     assert np.abs(refined - truth)[edge].mean() < np.abs(blurred - truth)[edge].mean()
+
+
+@pytest.mark.parametrize("slope", [1.0, -0.8])
+def test_lines_fitted_from_the_guide_as_the_model_saw_it_keep_the_detail_at_full_strength(slope):
+    """A blurred image against the sharp guide gives flat lines (the detail it lacks shrinks the
+    slope): thin bright structure comes back weakened. Fitted between two images blurred alike, the
+    slope is the contrast's and the detail comes back whole."""
+    guide = tissues(seed=2)
+    guide[10:54, 40:42] = 0.95                                # a structure 2 pixels thin (a skull, on a CT)
+    truth = np.clip(0.5 + slope * (guide - 0.5), 0.0, 1.0)
+    image = low_resolution(truth, factor=4)
+    sharp_fit = guided_filter(guide, image, radius=3)
+    seen_fit = guided_filter(guide, image, radius=3, seen=low_resolution(guide, factor=4))
+    thin = (slice(14, 50), slice(40, 42))
+    lost = lambda a: float(np.abs(a - truth)[thin].mean())  # noqa: E731 — the thin structure's error
+    assert lost(seen_fit) < 0.5 * lost(sharp_fit), (lost(sharp_fit), lost(seen_fit))
+    assert np.abs(seen_fit - truth).mean() < np.abs(sharp_fit - truth).mean()
+    with pytest.raises(ValueError, match="one shape"):
+        guided_filter(guide, image, radius=3, seen=guide[:10])
 
 
 def test_what_the_guide_does_not_show_keeps_the_synthetic_local_mean():
@@ -95,3 +114,9 @@ def test_the_radius_is_given_in_model_pixels_and_scaled_to_the_input_grid():
     assert native_radius(2.0, 512, 400, 64) == 16             # a CT slice: the longer side sets the scale
     assert native_radius(1.5, 128, 96, 64) == 3
     assert native_radius(0.2, 32, 32, 64) == 1                # never below one input pixel
+
+
+def test_lines_are_fitted_at_the_model_s_resolution_only_between_modalities_of_one_physical_scale():
+    assert fits_at_model_resolution("CBCT", "CT") and fits_at_model_resolution("ct", "CBCT")
+    assert not fits_at_model_resolution("T1", "T2") and not fits_at_model_resolution("FLAIR", "T1")
+    assert not fits_at_model_resolution("T1", "CT") and not fits_at_model_resolution("CT", "T1")

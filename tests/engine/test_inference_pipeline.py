@@ -19,7 +19,7 @@ from engine.io.volume import Volume
 from engine.jobs import CancelToken, Cancelled
 from engine.sampling import GuidanceConfig
 from engine.tasks.phantoms import phantom_labels, phantom_volume
-from engine.tasks.slices import slices_first
+from engine.tasks.slices import from_model_slice, slices_first, to_model_slice
 
 ROUTES = (("T1", "T2"), ("T1", "CT"), ("T1", "FLAIR"), ("CBCT", "CT"))
 FAST = SynthesisSettings(steps=2, batch_size=4)
@@ -295,23 +295,35 @@ def test_model_card_as_the_trainer_writes_it():
     assert not generation_only.understanding_trained
 
 
-def test_the_source_guided_filter_redraws_each_slice_from_the_source_on_the_input_grid(synth):
+@pytest.mark.parametrize("source, target, fitted_at", [("T1", "T2", "input"), ("CBCT", "CT", "model")])
+def test_the_source_guided_filter_redraws_each_slice_from_the_source_on_the_input_grid(synth, source, target,
+                                                                                      fitted_at):
+    """Between MR contrasts the lines are fitted from the sharp source; CBCT → CT, on one HU scale,
+    fits them from the source as the model saw it (resampled to its slice size and back)."""
     volume = t1_volume(shape=(6, 40, 52))                     # slices of 40×52 input pixels, a 32² model
-    plain = synth.synthesize_volume(volume, "T1", "T2", FAST)
-    guided = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(guided_filter=1.0))
-    assert guided.same_grid(volume) and (guided.modality, guided.unit) == ("T2", "a.u.")
+    if source != "T1":
+        volume = volume.with_array(phantom_volume(phantom_labels((6, 40, 52), 0), source, 0), modality=source,
+                                   unit="HU")
+    plain = synth.synthesize_volume(volume, source, target, FAST)
+    guided = synth.synthesize_volume(volume, source, target, FAST.replace(guided_filter=1.0))
+    assert guided.same_grid(volume) and guided.modality == target
     assert ("source-guided filter: windows of 5×5 input pixels (radius 1 in model pixels), inside the source's "
-            "body mask") in guided.notes                                                            # 52/32 px
+            f"body mask, lines fitted at the {fitted_at}'s resolution") in guided.notes          # 52/32 px
     assert not any("source-guided" in n for n in plain.notes)
-    plan = synth.plan(volume, "T1")
+    plan = synth.plan(volume, source)
     active = list(plan.active)
-    source = modalities.normalise(volume.array, modalities.normalisation_for(volume.array, "T1"))
-    inside = modalities.body_mask(volume.array, "T1")
-    assert 0 < inside[active].mean() < 1
-    expected = guided_filter(source[active], normalised(plain, synth)[active], radius=2, inside=inside[active])
-    np.testing.assert_allclose(normalised(guided, synth)[active], expected, atol=1e-5)
-    outside = ~inside[active]
-    np.testing.assert_allclose(normalised(guided, synth)[active][outside], normalised(plain, synth)[active][outside],
+    array = np.asarray(volume.array, np.float32)
+    normalised_source = modalities.normalise(array, modalities.normalisation_for(array, source))[active]
+    inside = modalities.body_mask(array, source)[active]
+    assert 0 < inside.mean() < 1
+    seen = from_model_slice(*to_model_slice(normalised_source, synth.image_size))   # the source as the model saw it
+    drawn = normalised(plain, synth)[active]
+    at_model, at_input = (guided_filter(normalised_source, drawn, radius=2, inside=inside, seen=fit)
+                          for fit in (seen, None))
+    assert not np.allclose(at_model, at_input, atol=1e-3)
+    np.testing.assert_allclose(normalised(guided, synth)[active], at_model if fitted_at == "model" else at_input,
+                               atol=1e-5)
+    np.testing.assert_allclose(normalised(guided, synth)[active][~inside], drawn[~inside],
                                atol=1e-5)                    # the background as the model drew it
     np.testing.assert_array_equal(guided.array[list(plan.empty)], plain.array[list(plan.empty)])   # background
 
