@@ -206,8 +206,9 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     The rows of :data:`SEEDED` are scored for ``seeds`` sampling seeds (the recipe's and the next ones)."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
 
-    if int(seeds) != seeds or seeds < 1:
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    seeds = int(seeds)
     run = Path(run)
     missing = [name for _, _, name, _ in ROWS if name and not (run / name).is_dir()]
     if missing:
@@ -246,7 +247,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
         row = {"key": key, "label": label, "model": str(run / entry) if entry else None, "trained": trained,
-               "guided_filter": settings.guided_filter, **_scores(evaluation),
+               "seconds": round(time.perf_counter() - started, 1), "guided_filter": settings.guided_filter,
+               **_scores(evaluation),
                "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)}
         if seeds > 1 and key in SEEDED:
             row["seeds"] = [_seed_scores(settings.seed, row)]
@@ -255,7 +257,6 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
                 again = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices,
                                        settings=settings.replace(seed=seed), cancel=cancel)
                 row["seeds"].append(_seed_scores(seed, _scores(again)))
-        row["seconds"] = round(time.perf_counter() - started, 1)
         report["rows"].append(row)
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],

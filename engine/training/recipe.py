@@ -206,7 +206,9 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
         card = json.loads((folder / CARD).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"its card {folder / CARD} cannot be read ({exc})"
-    training = card.get("training", {})
+    if not isinstance(card, dict) or not isinstance(card.get("training"), dict):
+        return f"its card {folder / CARD} records no training"
+    training = card["training"]
     recorded = {"image_size": card.get("image_size"), "batch_size": training.get("batch_size"),
                 "seed": training.get("seed")}
     for key, value in entry.options.items():
@@ -215,8 +217,8 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
     budget = out / entry.budget_of
     try:
         minutes = trained_seconds(budget) / 60.0
-    except ValueError:
-        return f"the entry that sets its budget, {budget}, is missing"
+    except ValueError as exc:
+        return f"the entry that sets its budget has no training time to compare with: {exc}"
     trained = training.get("minutes")
     if not isinstance(trained, (int, float)) or not math.isclose(trained, minutes, rel_tol=1e-6):
         return (f"it trained {trained!r} min, the time of an earlier {budget} (that entry has been retrained since "

@@ -126,3 +126,5 @@ def test_recipe_stops_at_a_u_net_whose_budget_entry_was_retrained(data, tmp_path
         recipe.run_recipe(data, run, "quick", only=["unet"], threads=1, device="cpu")
     wider = dataclasses.replace(unet_entry, options={**unet_entry.options, "batch_size": 7})
     assert recipe.stale_settings(run / "unet", wider, run).startswith("batch_size 4 (the recipe now asks for 7)")
+    (run / "unet" / "baseline.json").write_text('{"training": null}', encoding="utf-8")
+    assert recipe.stale_settings(run / "unet", unet_entry, run).endswith("baseline.json records no training")
