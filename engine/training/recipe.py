@@ -165,6 +165,14 @@ def _first_difference(recorded: Any, wanted: Any, path: str = "") -> str | None:
     return None if recorded == wanted else f"{path} {recorded!r} (the recipe now gives {wanted!r})"
 
 
+def _changed_option(recorded: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The first training option the run recorded otherwise than the recipe now sets it."""
+    for key, value in options.items():
+        if key in recorded and _plain(recorded[key]) != _plain(value):
+            return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
+    return None
+
+
 def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
     """Why the finished entry in ``folder`` no longer matches the recipe, or None: a training option
     the recipe now sets otherwise, another architecture for a fresh model, or a start model
@@ -176,9 +184,9 @@ def stale_settings(folder: Path, entry: Entry, out: Path) -> str | None:
         return _stale_unet(folder, entry, out)
     stages = _stages(folder)
     recorded = stages[-1].get("config", {})
-    for key, value in entry.options.items():
-        if key in recorded and _plain(recorded[key]) != _plain(value):
-            return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
+    changed = _changed_option(recorded, entry.options)
+    if changed:
+        return changed
     if entry.init is None:
         wanted = preset(entry.options.get("size", "default")).replace(
             **entry.options.get("model_overrides", {})).to_dict()
@@ -211,9 +219,9 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
     training = card["training"]
     recorded = {"image_size": card.get("image_size"), "batch_size": training.get("batch_size"),
                 "seed": training.get("seed")}
-    for key, value in entry.options.items():
-        if key in recorded and recorded[key] != value:
-            return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"
+    changed = _changed_option(recorded, entry.options)
+    if changed:
+        return changed
     budget = out / entry.budget_of
     try:
         minutes = trained_seconds(budget) / 60.0
