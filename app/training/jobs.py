@@ -48,6 +48,7 @@ class FineTuneSpec:
     minutes: float | None = None
     batch_size: int = 4
     image_size: int = 64
+    pixel_mm: float = 0.0                # the start model's pixel size (0: slices fitted to image_size)
     device: str = "auto"
     seed: int = 0                        # training order and, without a split in dataset.json, the split
     val_fraction: float = VAL_FRACTION   # subjects held out for validation (without a split in dataset.json)
@@ -71,6 +72,7 @@ def train_arguments(spec: FineTuneSpec) -> list[list[str]]:
         args = ["--data", spec.data, "--stage", stage, "--init", str(init), "--out", str(out)]
         args += ["--minutes", f"{spec.minutes:g}"] if spec.minutes else ["--steps", str(spec.steps)]
         args += ["--batch-size", str(spec.batch_size), "--image-size", str(spec.image_size),
+                 "--pixel-mm", f"{spec.pixel_mm:g}",
                  "--device", spec.device, "--seed", str(spec.seed), *_split_arguments(spec)]
         if spec.threads:
             args += ["--threads", str(spec.threads)]

@@ -307,6 +307,10 @@ class BudgetPage(CheckedPage):
         self.image_size.setSingleStep(16)
         self.image_size.setValue(DEFAULT_IMAGE_SIZE)
         self.image_size.setToolTip("Square slice size in pixels (default: the start model's)")
+        self.pixel_mm = 0.0                            # the start model's pixel size (0: slices fitted to the size)
+        self.pixel_label = QLabel()
+        self.pixel_label.setToolTip("Slices are resampled to the start model's pixel size, so the fine-tuned model "
+                                    "sees anatomy at the scale it learnt")
         self.device = QComboBox()
         for text, value in (("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")):
             self.device.addItem(text, value)
@@ -330,6 +334,7 @@ class BudgetPage(CheckedPage):
         form.addRow("Budget", row(self.budget, self.steps, self.minutes))
         form.addRow("Batch size", self.batch_size)
         form.addRow("Image size", self.image_size)
+        form.addRow("Pixel size", self.pixel_label)
         form.addRow("Device", self.device)
         form.addRow("CPU threads", self.threads)
         form.addRow("Model name", self.name)
@@ -356,10 +361,13 @@ class BudgetPage(CheckedPage):
 
             self._size_of = start
             try:
-                size = ModelCard.read(start).image_size
+                card = ModelCard.read(start)
+                size, self.pixel_mm = card.image_size, card.pixel_mm or 0.0
             except ValueError:
-                size = None
+                size, self.pixel_mm = None, 0.0
             self.image_size.setValue(size or DEFAULT_IMAGE_SIZE)
+            self.pixel_label.setText(f"{self.pixel_mm:g} mm (the start model's)" if self.pixel_mm
+                                     else "each slice fitted to the image size (the start model's slicing)")
         why_not = self._why_no_evaluation()
         self.evaluate.setEnabled(why_not is None)
         self.evaluate_slices.setEnabled(why_not is None and self.evaluate.isChecked())
@@ -509,7 +517,8 @@ class FineTuneWizard(QWizard):
             stages=self.model_page.stage_plan(), out_dir=str(b.out_dir()),
             routes=None if len(routes) == len(report.routes) else tuple(routes),
             steps=b.steps.value() if by_steps else None, minutes=None if by_steps else b.minutes.value(),
-            batch_size=b.batch_size.value(), image_size=b.image_size.value(), device=b.device.currentData(),
+            batch_size=b.batch_size.value(), image_size=b.image_size.value(), pixel_mm=b.pixel_mm,
+            device=b.device.currentData(),
             seed=self.dataset.seed.value(), val_fraction=self.dataset.fractions()[0],
             test_fraction=self.dataset.fractions()[1], threads=b.threads.value() or None,
             skip_invalid=bool(report.problems), evaluate_slices=b.evaluate_slices_or_none())

@@ -20,6 +20,8 @@ from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings, resolve_device
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 from engine.tasks import PairedDataset, SynthesisDataset
+from engine.tasks.augment import Randomization
+from engine.tasks.slices import DEFAULT_PIXEL_MM
 
 WEIGHTS, CARD = "unet.safetensors", "baseline.json"
 FEATURES = (16, 32, 64, 128, 128, 16)
@@ -55,7 +57,8 @@ class RouteUNet(nn.Module):
 
 
 def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, minutes: float | None = None,
-               batch_size: int = 16, lr: float = 1e-3, image_size: int = 64, seed: int = 0,
+               batch_size: int = 16, lr: float = 1e-3, image_size: int = 64, pixel_mm: float = DEFAULT_PIXEL_MM,
+               augment: bool = True, seed: int = 0,
                device: str = "auto", features: Sequence[int] = FEATURES, log: Callable[[dict], None] = lambda r: None,
                cancel: CancelToken | None = None) -> Path:
     """Train the baseline on ``data``'s training split for ``steps`` or ``minutes`` (warm-up +
@@ -67,9 +70,11 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
         raise ValueError("give the U-Net baseline a budget: steps or minutes (one of them)")
     torch.manual_seed(seed)
     dev = resolve_device(device)
-    paired = PairedDataset.open(data, seed=seed)
+    paired = PairedDataset.open(data, seed=seed, pixel_mm=pixel_mm or None)
     paired.preload(image_size, split="train", budget_bytes=preload_budget())
-    stream = SampleStream(SynthesisDataset(paired, "train", image_size=image_size, seed=seed), seed, "unet")
+    samples = SynthesisDataset(paired, "train", image_size=image_size, seed=seed,
+                               augment=Randomization() if augment else None)
+    stream = SampleStream(samples, seed, "unet")
     routes = paired.routes("train")
     net = RouteUNet(paired.modalities, features).to(dev)
     optimizer = make_optimizer(list(net.parameters()), lr, weight_decay=1e-4)
@@ -96,6 +101,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
                  "elapsed_s": round(time.perf_counter() - started, 1)})
     card = {"name": "MONAI BasicUNet (route-conditioned, L1)", "features": list(features),
             "modalities": list(paired.modalities), "routes": [list(r) for r in routes], "image_size": image_size,
+            "pixel_mm": pixel_mm or None, "augment": augment,
             "training": {"data": str(data), "split": "train", "steps_done": step, "batch_size": batch_size,
                          "lr": lr, "seed": seed, "elapsed_s": round(time.perf_counter() - started, 1),
                          "final_loss": loss, "device": str(dev), "steps": steps, "minutes": minutes}}
@@ -136,7 +142,8 @@ class UNetSynthesizer(SliceSynthesizer):
         self.net.load_state_dict(load_file(str(folder / WEIGHTS)))
         self.net.to(dev).eval()
         self.training = card.get("training", {})
-        super().__init__(ModelCard.from_metadata({"name": card["name"], "routes": card["routes"]}),
+        super().__init__(ModelCard.from_metadata({"name": card["name"], "routes": card["routes"],
+                                                  "pixel_mm": card.get("pixel_mm")}),
                          int(card["image_size"]), dev)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:

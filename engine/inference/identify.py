@@ -26,7 +26,7 @@ from engine import modalities
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.tasks.instructions import mi_question, modality_answer
-from engine.tasks.slices import slice_axis, slices_first, to_model_slice
+from engine.tasks.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
 
 DEFAULT_SLICES = 3
 MIN_MI_ACCURACY = 0.5          # a card recording a lower Stage I MI accuracy gets no trusted answers
@@ -150,7 +150,9 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
     norm = modalities.normalisation_for(array, _FAMILY_RULE[family])
     stack = slices_first(modalities.normalise(array, norm), axis)
-    images, _ = to_model_slice(stack[list(picks)], synth.image_size)
+    images, placement = to_model_slice(stack[list(picks)], synth.image_size,
+                                       spacing=in_plane_spacing(volume.spacing, axis), pixel_mm=synth.pixel_mm)
+    images = images.reshape(len(picks), placement.tiles, *images.shape[1:])[:, placement.tiles // 2]   # a central tile
     pixels = vit_view(images.to(synth.device) * 2.0 - 1.0, synth.config)
     if anatomy is None:
         anatomy = synth.card.anatomy if isinstance(synth.card.anatomy, str) else ""

@@ -22,6 +22,10 @@ Keys read (all optional; a missing key has the documented fallback)::
     inference_defaults   {"steps", "solver", "shift", "guidance": {GuidanceConfig fields}, "seed",
                           "batch_size", "start_from_source", "noise_correlation", "guided_filter",
                           "mr_output_range": [lo, hi]}
+    input_profile        {…}     the training data's statistics the out-of-distribution guard compares
+                                 an input with (engine.inference.ood.training_profile; default: none,
+                                 the guard only notes that it cannot check)
+    limitations          ["…", …]  what the model is known not to do, shown to the user
 """
 from __future__ import annotations
 
@@ -77,6 +81,14 @@ def route_name(source: str, target: str) -> str:
     return f"{source}→{target}"
 
 
+def _pixel_mm(value: Any) -> float | None:
+    if value in (None, 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.05 <= float(value) <= 50.0:
+        raise ValueError(f"model card: pixel_mm must be a pixel size in mm (0.05…50), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """The inference-relevant part of a model folder's ``metadata.json``."""
@@ -85,6 +97,7 @@ class ModelCard:
     routes: tuple[tuple[str, str], ...] | None      # None: the card names none; any route is tried
     modalities: tuple[str, ...]
     image_size: int | None                          # None: derive from the config
+    pixel_mm: float | None = None                   # physical-scale slicing at this pixel size (None: fit the slice)
     anatomy: str | dict[str, str] = ""
     understanding_trained: bool = False
     mi_accuracy: float | None = None                # Stage I's measured MI accuracy, when the card records it
@@ -116,7 +129,7 @@ class ModelCard:
         if not isinstance(anatomy, (str, Mapping)):
             raise ValueError("model card: anatomy must be a string or an object")
         return cls(name=str(meta.get("name") or folder_name), routes=routes, modalities=names,
-                   image_size=int(size) if size else None,
+                   image_size=int(size) if size else None, pixel_mm=_pixel_mm(meta.get("pixel_mm")),
                    anatomy=anatomy if isinstance(anatomy, str) else {str(k): str(v) for k, v in anatomy.items()},
                    understanding_trained=understanding, mi_accuracy=_mi_accuracy(meta),
                    inference_defaults=dict(defaults), raw=meta)
@@ -133,6 +146,17 @@ class ModelCard:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{file}: not a readable model card ({exc})") from exc
         return cls.from_metadata(data, path.name)
+
+    @property
+    def input_profile(self) -> dict[str, Any] | None:
+        """The training profile of the out-of-distribution guard, or None when the card has none."""
+        profile = self.raw.get("input_profile")
+        return dict(profile) if isinstance(profile, Mapping) and profile.get("modalities") else None
+
+    @property
+    def limitations(self) -> list[str]:
+        value = self.raw.get("limitations") or []
+        return [value] if isinstance(value, str) else [str(v) for v in value]
 
     # -- routes ------------------------------------------------------------------------------
     def route_names(self) -> list[str]:

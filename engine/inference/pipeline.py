@@ -40,7 +40,8 @@ from engine.model.vit import vit_input
 from engine.sampling import draw_noise, guided_velocity, inference_timesteps, interpolate
 from engine.sampling.solvers import get_solver
 from engine.tasks.instructions import default_instruction
-from engine.tasks.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
+from engine.tasks.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
+                                 to_model_slice)
 
 RESEARCH_NOTE = "synthetic — research use only, not for diagnosis"
 MR_OUTPUT_RANGE = (0.0, 1000.0)
@@ -139,6 +140,7 @@ class SliceSynthesizer:
     def __init__(self, card: ModelCard, image_size: int, device: torch.device, precision: str = "fp32") -> None:
         self.card = card
         self.image_size = int(image_size)
+        self.pixel_mm = card.pixel_mm
         self.device = device
         self.precision = precision
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
@@ -212,8 +214,9 @@ class SliceSynthesizer:
             raise ValueError(f"slices {bad[:5]} are outside 0…{count - 1}")
         active = tuple(i for i in range(count) if has_body[i] and i in wanted)
         empty = tuple(i for i in range(count) if i not in active)
-        return SlicePlan(axis, count, height, width, active, empty,
-                         Placement.for_shape(height, width, self.image_size), mask)
+        placement = Placement.for_shape(height, width, self.image_size, in_plane_spacing(volume.spacing, axis),
+                                        self.pixel_mm)
+        return SlicePlan(axis, count, height, width, active, empty, placement, mask)
 
     # -- synthesis -------------------------------------------------------------------------------
     def synthesize_volume(self, volume: Volume, source: str | None, target: str,
@@ -273,12 +276,14 @@ class SliceSynthesizer:
         elif probe:
             size = 1
         else:
-            size = self._auto_batch_size(len(queue), prepared)
+            size = self._auto_batch_size(len(queue), prepared, plan.placement.tiles)
         position = 0
         while position < len(queue):
             check_cancel(cancel)
             chunk = queue[position:position + size]
-            images, _ = to_model_slice(stack[chunk], self.image_size)
+            images, _ = to_model_slice(stack[chunk], self.image_size, spacing=in_plane_spacing(volume.spacing, plan.axis),
+                                       pixel_mm=self.pixel_mm)
+            tiled = [i for i in chunk for _ in range(plan.placement.tiles)]      # a slice's tiles share its noise
 
             def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:
                 # a batch's slices advance together step by step and are counted done at its end
@@ -289,7 +294,7 @@ class SliceSynthesizer:
             if probing:
                 self._reset_peak_memory()
             try:
-                result = self._run_batch(images, chunk, prepared, settings, cancel, on_step)
+                result = self._run_batch(images, tiled, prepared, settings, cancel, on_step)
             except Exception as exc:            # noqa: BLE001 — only out-of-memory is handled here
                 if not is_out_of_memory(exc):
                     raise
@@ -304,7 +309,7 @@ class SliceSynthesizer:
                 report(done, f"out of memory with {len(chunk)} slices a batch: retrying with {size}")
                 continue
             if probing:
-                size = self._auto_batch_size(len(queue), prepared)
+                size = self._auto_batch_size(len(queue), prepared, plan.placement.tiles)
             synthetic = from_model_slice(result, plan.placement)
             if radius:
                 synthetic = guided_filter(stack[chunk], synthetic, radius, inside=plan.body[chunk],
@@ -366,17 +371,17 @@ class SliceSynthesizer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _auto_batch_size(self, slices: int, prepared: Any) -> int:
-        """Batch size from free memory and what a slice needs: measured by the one-slice probe just run
-        on a GPU, estimated from the shapes elsewhere."""
+    def _auto_batch_size(self, slices: int, prepared: Any, tiles: int = 1) -> int:
+        """Batch size (in slices of ``tiles`` model images each) from free memory and what a slice
+        needs: measured by the one-slice probe just run on a GPU, estimated from the shapes elsewhere."""
         kind = self.device.type if self.device.type in MAX_AUTO_BATCH else "cpu"
         if kind == "cuda":
             torch.cuda.synchronize(self.device)
             need = max(1, torch.cuda.max_memory_allocated(self.device) - getattr(self, "_probe_base", 0))
         else:
-            need = self.slice_memory_estimate(prepared)
+            need = self.slice_memory_estimate(prepared) * tiles
         budget = MEMORY_SHARE[kind] * available_memory(self.device)
-        return int(max(1, min(MAX_AUTO_BATCH[kind], slices, budget // need)))
+        return int(max(1, min(MAX_AUTO_BATCH[kind] // tiles, slices, budget // need)))
 
 
 class Synthesizer(SliceSynthesizer):

@@ -13,7 +13,7 @@ import torch
 from engine import modalities
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
-from engine.tasks.slices import slice_axis, slices_first, to_model_slice
+from engine.tasks.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
 from engine.tasks.validation import (SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, SubjectInfo, ValidationReport,
                                      validate_dataset)
 
@@ -61,33 +61,38 @@ class PairedDataset:
 
     Slices run along the subject's acquisition axis (:func:`engine.tasks.slices.slice_axis`);
     a slice is *usable* for training when every modality's body mask covers at least
-    ``min_body_fraction`` of it.
+    ``min_body_fraction`` of it. ``pixel_mm`` is the model's pixel size (physical-scale slicing,
+    :mod:`engine.tasks.slices`; None: each slice fitted to the model's size).
     """
 
-    def __init__(self, report: ValidationReport, *, min_body_fraction: float = 0.05, cache_size: int = 16) -> None:
+    def __init__(self, report: ValidationReport, *, min_body_fraction: float = 0.05, cache_size: int = 16,
+                 pixel_mm: float | None = None) -> None:
         if not report.usable:
             raise DatasetError(report.error_message())
         self.report = report
         self.min_body_fraction = float(min_body_fraction)
         self.cache_size = int(cache_size)
+        self.pixel_mm = float(pixel_mm) if pixel_mm else None
         self._subjects = {s.name: s for s in report.subjects}
         self._cache: OrderedDict[tuple[str, str], NormalisedVolume] = OrderedDict()
         self._usable: dict[str, list[int]] = {}
         self._axis: dict[str, int] = {}
         self._count: dict[str, int] = {}
+        self._planes: dict[str, tuple[int, int, tuple[float, float]]] = {}   # slice height, width, spacing
         self._bank: dict[tuple[str, str, int], torch.Tensor] = {}
 
     @classmethod
     def open(cls, root: str | Path, *, seed: int = 0, val_fraction: float = VAL_FRACTION,
              test_fraction: float = TEST_FRACTION, deep: bool = False, min_body_fraction: float = 0.05,
-             cache_size: int = 16, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> "PairedDataset":
+             cache_size: int = 16, pixel_mm: float | None = None, progress: ProgressFn = noop,
+             cancel: CancelToken | None = None) -> "PairedDataset":
         """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains.
         ``seed`` and the fractions draw the split of a dataset whose dataset.json lists none."""
         if not Path(root).is_dir():
             raise DatasetError(f"{root}: no such dataset folder")
         report = validate_dataset(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, deep=deep,
                                   progress=progress, cancel=cancel)
-        return cls(report, min_body_fraction=min_body_fraction, cache_size=cache_size)
+        return cls(report, min_body_fraction=min_body_fraction, cache_size=cache_size, pixel_mm=pixel_mm)
 
     def __getstate__(self) -> dict:          # DataLoader workers start with an empty cache
         state = dict(self.__dict__)
@@ -155,7 +160,9 @@ class PairedDataset:
         mask = modalities.body_mask(volume.array, key[1])
         norm = modalities.normalisation_for(volume.array, key[1], mask)
         if subject not in self._axis:
-            self._axis[subject] = slice_axis(volume.spacing)
+            axis = self._axis[subject] = slice_axis(volume.spacing)
+            height, width = slices_first(volume.array, axis).shape[1:]
+            self._planes[subject] = (int(height), int(width), in_plane_spacing(volume.spacing, axis))
         fraction = slices_first(mask, self._axis[subject]).reshape(mask.shape[self._axis[subject]], -1).mean(axis=1)
         self._count[subject] = int(fraction.shape[0])
         entry = NormalisedVolume(modalities.normalise(volume.array, norm), norm, fraction.astype(np.float32))
@@ -185,19 +192,34 @@ class PairedDataset:
             raise IndexError(f"slice {index} is outside 0…{stack.shape[0] - 1} for {subject}/{modality}")
         return np.array(stack[index], dtype=np.float32)
 
+    def placement(self, subject: str, image_size: int) -> Placement:
+        """How this subject's slices map onto the model's input (the same for all its modalities)."""
+        if subject not in self._planes:
+            self.normalised(subject, self.subject(subject).reference)
+        height, width, spacing = self._planes[subject]
+        return Placement.for_shape(height, width, image_size, spacing, self.pixel_mm)
+
+    def canvas(self, subject: str, modality: str, index: int, image_size: int) -> torch.Tensor:
+        """The slice at the model's pixel size on its background canvas: (Hc, Wc) float32 in [0, 1],
+        at least ``image_size`` on each side (training crops its ``image_size``² views from it)."""
+        key = (subject, modalities.canonical(modality), int(image_size))
+        banked = self._bank.get(key)
+        if banked is None:
+            image = to_canvas(self.slice(subject, modality, index), self.placement(subject, image_size))[0, 0]
+            return image.clamp_(0.0, 1.0)
+        if not 0 <= index < banked.shape[0]:
+            raise IndexError(f"slice {index} is outside 0…{banked.shape[0] - 1} for {subject}/{modality}")
+        return banked[index].float()
+
     def model_slice(self, subject: str, modality: str, index: int, image_size: int) -> torch.Tensor:
-        """The slice as the model sees it: (1, image_size, image_size) float32 in [0, 1]."""
-        banked = self._bank.get((subject, modalities.canonical(modality), int(image_size)))
-        if banked is not None:
-            if not 0 <= index < banked.shape[0]:
-                raise IndexError(f"slice {index} is outside 0…{banked.shape[0] - 1} for {subject}/{modality}")
-            return banked[index].float()[None]
-        image, _ = to_model_slice(self.slice(subject, modality, index), image_size)
-        return image.clamp_(0.0, 1.0)
+        """The slice as the model sees it: the centre (1, image_size, image_size) of its canvas, float32 in [0, 1]."""
+        image = self.canvas(subject, modality, index, image_size)
+        top, left = (image.shape[0] - image_size) // 2, (image.shape[1] - image_size) // 2
+        return image[top:top + image_size, left:left + image_size][None].clone()
 
     def preload(self, image_size: int, split: str | None = None, progress: ProgressFn = noop,
                 cancel: CancelToken | None = None, budget_bytes: int | None = None) -> int:
-        """Read every volume of ``split`` once and keep its model slices in memory (float16).
+        """Read every volume of ``split`` once and keep its slices' canvases in memory (float16).
 
         Training draws thousands of random (subject, modality, slice) triples; without this, each
         draw can reload and re-normalise a whole volume. Stops adding subjects once ``budget_bytes``
@@ -218,8 +240,9 @@ class PairedDataset:
                 if key not in self._bank:
                     nv = self.normalised(subject, modality)
                     stack = slices_first(nv.array, self.slice_axis(subject))
-                    images, _ = to_model_slice(np.ascontiguousarray(stack, dtype=np.float32), image_size)
-                    self._bank[key] = images[:, 0].clamp_(0.0, 1.0).to(torch.float16)
+                    canvases = to_canvas(np.ascontiguousarray(stack, dtype=np.float32),
+                                         self.placement(subject, image_size))
+                    self._bank[key] = canvases[:, 0].clamp_(0.0, 1.0).to(torch.float16)
                     held += self._bank[key].numel() * 2
                 done += 1
                 progress(Progress(done, total, f"preparing slices of {subject}"))

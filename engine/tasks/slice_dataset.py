@@ -1,5 +1,6 @@
 """The shared machinery of the task datasets: one item per usable (subject, slice) of a split,
-a deterministic RNG per (seed, epoch, task, index), and ``TaskMix`` for Stage I's task mixture."""
+a deterministic RNG per (seed, epoch, task, index), the sample's randomized look
+(:mod:`engine.tasks.augment`), and ``TaskMix`` for Stage I's task mixture."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ from typing import Mapping
 import torch
 from torch.utils.data import Dataset
 
+from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import DatasetError, PairedDataset
 
 
@@ -22,13 +24,16 @@ class SliceTaskDataset(Dataset):
     """Base of the per-task datasets. Index ``i`` picks item ``i mod n`` of the (subject, slice)
     list, and everything random about the sample comes from ``derived_rng(seed, epoch, task, i)``:
     the same index gives the same sample; :meth:`set_epoch` draws fresh combinations.
-    ``length`` (default: the number of items) sets how many samples an epoch has."""
+    ``length`` (default: the number of items) sets how many samples an epoch has. With ``augment``
+    each sample also gets a randomized :class:`~engine.tasks.augment.Look` (from its own generator,
+    so the sample's content is the same with or without it)."""
 
     task = "base"
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
-                 length: int | None = None) -> None:
+                 length: int | None = None, augment: Randomization | None = None) -> None:
         self.paired = paired
+        self.augment = augment
         self.split = split
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -51,7 +56,7 @@ class SliceTaskDataset(Dataset):
     def requirement(self) -> str:
         return "needs subjects with two modalities and slices showing the body"
 
-    def build(self, subject: str, index: int, rng: random.Random):
+    def build(self, subject: str, index: int, rng: random.Random, look: Look):
         raise NotImplementedError
 
     # -- the dataset protocol ------------------------------------------------------------------
@@ -66,10 +71,16 @@ class SliceTaskDataset(Dataset):
             raise IndexError(f"index {i} out of range for {self.length} samples")
         i %= self.length
         subject, index = self.items[i % len(self.items)]
-        return self.build(subject, index, derived_rng(self.seed, self.epoch, self.task, i))
+        canvas_hw = self.paired.placement(subject, self.image_size)
+        look = Look.draw(self.augment, derived_rng(self.seed, self.epoch, self.task, i, "look"),
+                         (canvas_hw.canvas_height, canvas_hw.canvas_width), self.image_size)
+        return self.build(subject, index, derived_rng(self.seed, self.epoch, self.task, i), look)
 
-    def image(self, subject: str, modality: str, index: int) -> torch.Tensor:
-        return self.paired.model_slice(subject, modality, index, self.image_size)
+    def image(self, subject: str, modality: str, index: int, look: Look, degraded: bool = True) -> torch.Tensor:
+        """(1, S, S) in [0, 1]: the slice seen through the sample's look, degraded as a model input
+        (``degraded=False`` for a synthesis target)."""
+        image = look.image(self.paired.canvas(subject, modality, index, self.image_size), self.image_size)
+        return look.degrade(image, modality) if degraded else image
 
 
 class TaskMix(Dataset):

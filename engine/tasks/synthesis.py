@@ -10,6 +10,7 @@ import torch
 
 from engine import modalities
 from engine.tasks import instructions
+from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset
 
@@ -43,11 +44,11 @@ class SynthesisDataset(SliceTaskDataset):
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
                  length: int | None = None, routes: Iterable[tuple[str, str]] | None = None,
-                 fixed_instruction: bool = False) -> None:
+                 fixed_instruction: bool = False, augment: Randomization | None = None) -> None:
         self.allowed = None if routes is None else {(modalities.canonical(a), modalities.canonical(b))
                                                     for a, b in routes}
         self.fixed_instruction = fixed_instruction
-        super().__init__(paired, split, image_size=image_size, seed=seed, length=length)
+        super().__init__(paired, split, image_size=image_size, seed=seed, length=length, augment=augment)
 
     def routes_of(self, subject: str) -> list[tuple[str, str]]:
         routes = self.paired.subject(subject).routes
@@ -60,10 +61,11 @@ class SynthesisDataset(SliceTaskDataset):
         wanted = "any route" if self.allowed is None else ", ".join(f"{a}→{b}" for a, b in sorted(self.allowed))
         return f"needs subjects with {wanted}"
 
-    def build(self, subject: str, index: int, rng: random.Random) -> SynthesisSample:
+    def build(self, subject: str, index: int, rng: random.Random, look: Look) -> SynthesisSample:
         source, target = rng.choice(self.routes_of(subject))
         anatomy = self.paired.anatomy(subject)
         text = (instructions.default_instruction(source, target, anatomy) if self.fixed_instruction
                 else instructions.synthesis_instruction(source, target, anatomy, rng=rng))
-        return SynthesisSample(text, self.image(subject, source, index), self.image(subject, target, index),
+        return SynthesisSample(text, self.image(subject, source, index, look),
+                               self.image(subject, target, index, look, degraded=False),
                                source, target, subject, index, anatomy)

@@ -11,6 +11,7 @@ import torch
 
 from engine import modalities
 from engine.tasks import instructions
+from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix
 
@@ -90,9 +91,9 @@ class CTSDataset(SliceTaskDataset):
     task = CTS
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
-                 length: int | None = None, min_gap: int = 3) -> None:
+                 length: int | None = None, min_gap: int = 3, augment: Randomization | None = None) -> None:
         self.min_gap = int(min_gap)
-        super().__init__(paired, split, image_size=image_size, seed=seed, length=length)
+        super().__init__(paired, split, image_size=image_size, seed=seed, length=length, augment=augment)
 
     def distractor_pool(self, subject: str, index: int) -> list[int]:
         """Usable slices ≥ min_gap away; when fewer than 3, any slice ≥ min_gap away."""
@@ -107,7 +108,7 @@ class CTSDataset(SliceTaskDataset):
     def requirement(self) -> str:
         return f"needs volumes with at least 3 slices {self.min_gap} or more slices from each usable one"
 
-    def build(self, subject: str, index: int, rng: random.Random) -> UnderstandingSample:
+    def build(self, subject: str, index: int, rng: random.Random, look: Look) -> UnderstandingSample:
         source, target = rng.sample(list(self.paired.subject_modalities(subject)), 2)
         distractors = rng.sample(self.distractor_pool(subject, index), 3)
         position = rng.randrange(4)
@@ -116,7 +117,7 @@ class CTSDataset(SliceTaskDataset):
         anatomy = self.paired.anatomy(subject)
         refs = (SliceRef(subject, source, index),) + tuple(SliceRef(subject, target, j) for j in slots)
         return UnderstandingSample(
-            task=CTS, images=tuple(self.image(r.subject, r.modality, r.index) for r in refs),
+            task=CTS, images=tuple(self.image(r.subject, r.modality, r.index, look) for r in refs),
             image_labels=("Reference",) + tuple(instructions.LETTERS), question=instructions.cts_question(
                 source, target, anatomy, rng=rng), answer=instructions.choice_answer(position), refs=refs,
             correct=position, anatomy=anatomy)
@@ -130,18 +131,18 @@ class MIDataset(SliceTaskDataset):
     task = MI
 
     def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
-                 length: int | None = None, max_panels: int = 4) -> None:
+                 length: int | None = None, max_panels: int = 4, augment: Randomization | None = None) -> None:
         self.max_panels = max(1, min(int(max_panels), len(instructions.LETTERS)))
-        super().__init__(paired, split, image_size=image_size, seed=seed, length=length)
+        super().__init__(paired, split, image_size=image_size, seed=seed, length=length, augment=augment)
 
-    def build(self, subject: str, index: int, rng: random.Random) -> UnderstandingSample:
+    def build(self, subject: str, index: int, rng: random.Random, look: Look) -> UnderstandingSample:
         present = list(self.paired.subject_modalities(subject))
         n = rng.randint(1, min(self.max_panels, len(present)))
         chosen = rng.sample(present, n)
         anatomy = self.paired.anatomy(subject)
         refs = tuple(SliceRef(subject, m, index) for m in chosen)
         return UnderstandingSample(
-            task=MI, images=tuple(self.image(subject, m, index) for m in chosen),
+            task=MI, images=tuple(self.image(subject, m, index, look) for m in chosen),
             image_labels=tuple(instructions.LETTERS[:n]),
             question=instructions.mi_question(n, self.paired.modalities, anatomy, rng=rng),
             answer=instructions.modality_answer(chosen), refs=refs, correct=tuple(chosen), anatomy=anatomy)
@@ -154,7 +155,7 @@ class TIADataset(SliceTaskDataset):
 
     task = TIA
 
-    def build(self, subject: str, index: int, rng: random.Random) -> UnderstandingSample:
+    def build(self, subject: str, index: int, rng: random.Random, look: Look) -> UnderstandingSample:
         source, target = rng.sample(list(self.paired.subject_modalities(subject)), 2)
         anatomy = self.paired.anatomy(subject)
         routes = [(source, target)] + _other_routes(source, target, self.paired.modalities, rng, 3)
@@ -165,7 +166,7 @@ class TIADataset(SliceTaskDataset):
         position = order.index(0)
         refs = (SliceRef(subject, source, index), SliceRef(subject, target, index))
         return UnderstandingSample(
-            task=TIA, images=(self.image(subject, source, index), self.image(subject, target, index)),
+            task=TIA, images=(self.image(subject, source, index, look), self.image(subject, target, index, look)),
             image_labels=("Image 1", "Image 2"), question=instructions.tia_question(options, anatomy, rng=rng),
             answer=instructions.choice_answer(position), refs=refs, correct=position, options=options,
             anatomy=anatomy)
@@ -173,11 +174,12 @@ class TIADataset(SliceTaskDataset):
 
 def stage1_tasks(paired: PairedDataset, split: str | None = "train", *, image_size: int = 256, seed: int = 0,
                  weights: Mapping[str, float] | None = None, length: int | None = None,
-                 min_gap: int = 3) -> TaskMix:
+                 min_gap: int = 3, augment: Randomization | None = None) -> TaskMix:
     """Stage I's training set: CTS, MI and TIA mixed by ``weights`` (equal by default)."""
+    common = {"image_size": image_size, "seed": seed, "augment": augment}
     parts = {
-        CTS: CTSDataset(paired, split, image_size=image_size, seed=seed, min_gap=min_gap),
-        MI: MIDataset(paired, split, image_size=image_size, seed=seed),
-        TIA: TIADataset(paired, split, image_size=image_size, seed=seed),
+        CTS: CTSDataset(paired, split, min_gap=min_gap, **common),
+        MI: MIDataset(paired, split, **common),
+        TIA: TIADataset(paired, split, **common),
     }
     return TaskMix(parts, weights, length=length, seed=seed)

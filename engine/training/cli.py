@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
+from engine.tasks.slices import DEFAULT_PIXEL_MM
 from engine.training.config import DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -104,6 +105,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient L2 norm (0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the shipped weights")
     p.add_argument("--image-size", type=int, default=64, help="square slice size in pixels (default 64)")
+    p.add_argument("--pixel-mm", type=float, default=DEFAULT_PIXEL_MM,
+                   help=f"the model's pixel size in mm: slices are resampled to it, padded or tiled (default "
+                        f"{DEFAULT_PIXEL_MM:g}; 0: each slice fitted to --image-size as models before it did)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the slices as they are (default: field of view, resolution, bias, noise, contrast "
+                        "and calibration randomized per sample)")
     p.add_argument("--seed", type=int, default=0,
                    help="training order and, unless dataset.json lists a split, which subjects are held out")
     add_split_fractions(p)
@@ -175,7 +182,7 @@ def config_from_args(args: argparse.Namespace):
         data=args.data, stage=args.stage, out=args.out, size=args.size, init=args.init, steps=args.steps,
         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        image_size=args.image_size, seed=args.seed, val_fraction=args.val_fraction,
+        image_size=args.image_size, pixel_mm=args.pixel_mm, augment=args.augment, seed=args.seed, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, device=args.device, precision=args.precision,
         threads=args.threads, workers=args.workers, fresh_start=args.fresh, checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds, eval_every=args.eval_every, eval_samples=args.eval_samples,

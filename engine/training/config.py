@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from engine import modalities
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
+from engine.tasks.slices import DEFAULT_PIXEL_MM
 
 STAGES = ("vae", "understanding", "generation", "joint")
 
@@ -93,6 +94,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     image_size: int = 64
+    pixel_mm: float = DEFAULT_PIXEL_MM                 # the model's pixel size (0: slices fitted to image_size)
+    augment: bool = True                               # domain-randomized training samples (engine.tasks.augment)
     seed: int = 0                                      # training order and, without a split in dataset.json,
     val_fraction: float = VAL_FRACTION                 # … the subjects held out for validation
     test_fraction: float = TEST_FRACTION               # … and for testing (engine.split.hash_split)
@@ -141,6 +144,8 @@ class TrainConfig:
             raise ValueError(f"batch size must be ≥ 1, got {self.batch_size}")
         if self.image_size < 8:
             raise ValueError(f"image size must be ≥ 8 pixels, got {self.image_size}")
+        if not (self.pixel_mm == 0 or 0.05 <= self.pixel_mm <= 50.0):
+            raise ValueError(f"pixel size must be 0 (fit the slice) or 0.05…50 mm, got {self.pixel_mm}")
         for name in ("cfg_text_dropout", "cfg_vit_dropout", "cfg_vae_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.tasks import DatasetError, PairedDataset
+from engine.tasks.augment import Look, Randomization
 from engine.tasks.slice_dataset import derived_rng
 
 
@@ -69,11 +70,14 @@ class SampleStream:
 
 class SliceImages(Dataset):
     """Every usable slice of every modality of a split, as (1, S, S) float32 images in [0, 1]:
-    what the autoencoder of the ``vae`` stage learns to reconstruct."""
+    what the autoencoder of the ``vae`` stage learns to reconstruct; with ``augment``, each seen
+    through a randomized look (:mod:`engine.tasks.augment`), drawn afresh every epoch."""
 
-    def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 64) -> None:
+    def __init__(self, paired: PairedDataset, split: str | None = "train", *, image_size: int = 64,
+                 augment: Randomization | None = None, seed: int = 0) -> None:
         self.paired = paired
         self.image_size = int(image_size)
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
         self.items = [(subject, modality, index) for subject in paired.subject_names(split)
                       for modality in paired.subject_modalities(subject)
                       for index in paired.usable_slices(subject)]
@@ -84,9 +88,17 @@ class SliceImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def __getitem__(self, i: int) -> torch.Tensor:
         subject, modality, index = self.items[i]
-        return self.paired.model_slice(subject, modality, index, self.image_size)
+        if self.augment is None:
+            return self.paired.model_slice(subject, modality, index, self.image_size)
+        canvas = self.paired.canvas(subject, modality, index, self.image_size)
+        look = Look.draw(self.augment, derived_rng(self.seed, self.epoch, "vae", i), tuple(canvas.shape),
+                         self.image_size)
+        return look.degrade(look.image(canvas, self.image_size), modality)
 
     def describe(self, i: int) -> tuple[str, str, int]:
         return self.items[i]

@@ -88,7 +88,8 @@ def stage_record(cfg: TrainConfig, *, run_id: str, status: str, step: int, steps
 
 
 def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: list[dict], record: dict,
-               image_size: int, ema_decay: float, trainable: int, extra: Mapping[str, Any] | None = None) -> dict:
+               image_size: int, ema_decay: float, trainable: int, extra: Mapping[str, Any] | None = None, *,
+               pixel_mm: float | None = None, randomization: Mapping[str, Any] | None = None) -> dict:
     """The model card: the start model's card (``base``) updated with this stage — routes seen,
     modalities and their normalisation, data, the stage history (recipe) and the latest metrics."""
     card = dict(base)
@@ -104,8 +105,13 @@ def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: lis
         "routes": [list(r) for r in sorted(routes, key=lambda r: (order.index(r[0]), order.index(r[1])))],
         "modalities": normalisation_scheme(names),
         "image_size": image_size,
-        "slicing": "2-D slices along each volume's acquisition axis (largest spacing), resized with the aspect "
-                   "kept so the longer side is image_size, centred and padded with 0 (the bottom of the range)",
+        "pixel_mm": pixel_mm,
+        "slicing": (f"2-D slices along each volume's acquisition axis (largest spacing), resampled to {pixel_mm:g} mm "
+                    "pixels, centred on a background canvas (0, the bottom of the range) and cut into overlapping "
+                    "image_size² tiles where wider" if pixel_mm else
+                    "2-D slices along each volume's acquisition axis (largest spacing), resized with the aspect "
+                    "kept so the longer side is image_size, centred and padded with 0 (the bottom of the range)"),
+        "training_randomization": dict(randomization) if randomization else None,
         "data": data_description(paired),
         "weights": f"model.safetensors and ae.safetensors hold the exponential moving average of the trained "
                    f"weights (decay {ema_decay}, warmed up); frozen tensors equal those of the start model",

@@ -45,14 +45,14 @@ class Entry:
     budget_of: str | None = None
 
 
-def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, size: str,
+def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, pixel_mm: float, size: str,
              unet_batch: int) -> tuple[Entry, ...]:
     # Stage II adds the target embedding (the generation expert sees the requested target directly)
     # and trains on timesteps shifted as the sampler's (shift 3: most training where sampling steps;
     # chosen on the validation subjects against shifts 1 and 6: README, "The training timestep shift")
     generation = {"steps": gen_steps, "batch_size": 8, "lr": 1e-3, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1,
                   "model_overrides": {"target_modalities": TARGET_EMBEDDING, "timestep_shift": 3.0}}
-    common = {"image_size": image_size, "seed": 0}
+    common = {"image_size": image_size, "pixel_mm": pixel_mm, "seed": 0}
     return (
         Entry(VAE, "vae", None, {**common, "size": size, "steps": vae_steps, "batch_size": 16, "lr": 1e-3,
                                  "eval_samples": 64}),
@@ -68,12 +68,13 @@ def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, si
 
 
 RECIPES: dict[str, tuple[Entry, ...]] = {
-    # the shipped default model: about 1¼ h on 2 CPU cores (AMD EPYC) with PARALLEL=1, 2 h entry by entry;
-    # the 2-core Xeon of earlier runs took about twice as long (minutes on a GPU)
-    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=7200, image_size=64, size="default",
-                        unet_batch=16),
+    # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head); about 1½ h on 2 CPU
+    # cores (AMD EPYC) with PARALLEL=1 (minutes on a GPU)
+    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=9600, image_size=64, pixel_mm=4.0,
+                        size="default", unet_batch=16),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
-    "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, size="default", unet_batch=4),
+    "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, pixel_mm=1.0, size="default",
+                      unet_batch=4),
 }
 
 
@@ -103,13 +104,16 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "ae.safetensors", "tokenize
 
 def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[str, Any] | None = None) -> Path:
     """Copy ``run``/generation into ``dest`` (atomically) as the app's default model, its card
-    completed with the name, inference defaults, limitations, the demo data's derivation and,
+    completed with the name, inference defaults, limitations, the demo data's derivation, the
+    training split's input profile (what the out-of-distribution guard compares inputs with) and,
     when given, the ``bench quality`` report's summary."""
     import shutil
 
     from engine.atomic import atomic_folder
     from engine.demo_data.builder import DemoRecipe
     from engine.demo_data.derivation import derivation_text
+    from engine.inference.ood import training_profile
+    from engine.tasks import PairedDataset
 
     source = Path(run) / STAGE12
     card = json.loads((source / "metadata.json").read_text(encoding="utf-8"))
@@ -119,6 +123,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
                  "data_derivation": derivation_text(DemoRecipe.from_dict(dataset["recipe"]) if "recipe" in dataset
                                                     else None),
                  "data_sources": dataset.get("sources", [])})
+    card["input_profile"] = training_profile(PairedDataset.open(data, pixel_mm=card.get("pixel_mm")), "train")
     if quality is not None:
         from engine.evaluation.quality import summary
 
@@ -217,7 +222,8 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
     if not isinstance(card, dict) or not isinstance(card.get("training"), dict):
         return f"its card {folder / CARD} records no training"
     training = card["training"]
-    recorded = {"image_size": card.get("image_size"), "batch_size": training.get("batch_size"),
+    recorded = {"image_size": card.get("image_size"), "pixel_mm": card.get("pixel_mm"),
+                "batch_size": training.get("batch_size"),
                 "seed": training.get("seed")}
     changed = _changed_option(recorded, entry.options)
     if changed:
@@ -268,7 +274,8 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
         if entry.stage == "unet":
             minutes = trained_seconds(out / entry.budget_of) / 60.0
             train_unet(data, folder, minutes=minutes, device=device, log=emit, cancel=cancel,
-                       batch_size=options["batch_size"], image_size=options["image_size"], seed=options["seed"])
+                       batch_size=options["batch_size"], image_size=options["image_size"],
+                       pixel_mm=options["pixel_mm"], seed=options["seed"])
             continue
         init = None if entry.init is None else str(out / entry.init)
         train(TrainConfig(data=str(data), stage=entry.stage, out=str(folder), init=init, threads=threads,

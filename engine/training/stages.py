@@ -19,6 +19,7 @@ from engine.model.vae import AutoEncoder
 from engine.model.vit import vit_input
 from engine.sampling import sample_training_timesteps
 from engine.tasks import PairedDataset, SynthesisDataset, stage1_tasks
+from engine.tasks.augment import Randomization
 from engine.training.config import STAGE_HELP, StageHelp, TrainConfig
 from engine.training.data import SliceImages
 from engine.training.losses import gaussian_kl, ssim
@@ -167,6 +168,11 @@ class Stage:
         return STAGE_HELP[self.name]
 
 
+def randomization(cfg, split: str | None) -> Randomization | None:
+    """The training split's sample randomization (none for validation, or with ``augment`` off)."""
+    return Randomization() if cfg.augment and split == "train" else None
+
+
 class VAEStage(Stage):
     name = "vae"
 
@@ -174,7 +180,8 @@ class VAEStage(Stage):
         return [AE_PREFIX + k for k, _ in model.vae.named_parameters()]
 
     def datasets(self, paired, cfg, split="train"):
-        return {"slices": SliceImages(paired, split, image_size=cfg.image_size)}
+        return {"slices": SliceImages(paired, split, image_size=cfg.image_size, augment=randomization(cfg, split),
+                                      seed=cfg.seed)}
 
     def loss(self, model, batches, inputs):
         cfg, vae = inputs.config, model.vae
@@ -199,7 +206,7 @@ class UnderstandingStage(Stage):
 
     def datasets(self, paired, cfg, split="train"):
         return {UNDERSTANDING: stage1_tasks(paired, split, image_size=cfg.image_size, seed=cfg.seed,
-                                            weights=cfg.task_weights)}
+                                            weights=cfg.task_weights, augment=randomization(cfg, split))}
 
     def loss(self, model, batches, inputs):
         rows = understanding_rows(batches[UNDERSTANDING], inputs.tokens, model)
@@ -249,7 +256,7 @@ class GenerationStage(Stage):
 
     def datasets(self, paired, cfg, split="train"):
         return {GENERATION: SynthesisDataset(paired, split, image_size=cfg.image_size, seed=cfg.seed,
-                                             routes=cfg.routes)}
+                                             routes=cfg.routes, augment=randomization(cfg, split))}
 
     def loss(self, model, batches, inputs):
         loss = synthesis_loss(model, batches[GENERATION], inputs)

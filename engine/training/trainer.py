@@ -26,6 +26,7 @@ from engine.jobs import CancelToken, Cancelled
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
 from engine.tasks import DatasetError, PairedDataset, instruction_corpus
+from engine.tasks.augment import Randomization
 from engine.tasks.instructions import ANATOMY_PHRASES
 from engine.tasks.slice_dataset import derived_rng
 from engine.training import evaluate
@@ -180,7 +181,7 @@ class Trainer:
         cfg = self.cfg
         try:
             paired = PairedDataset.open(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                                        test_fraction=cfg.test_fraction)
+                                        test_fraction=cfg.test_fraction, pixel_mm=cfg.pixel_mm or None)
         except DatasetError as exc:
             raise TrainingSetupError(str(exc)) from None
         problems = paired.report.problems
@@ -612,7 +613,8 @@ class Trainer:
                                   metrics=self.state.extra.get("metrics", {}))
             card = model_card(self.state.extra.get("base_card", {}), self.paired,
                               self.state.extra.get("prior_stages", []), record, cfg.image_size, cfg.ema_decay,
-                              sum(p.numel() for p in self.params.values()), card_extra)
+                              sum(p.numel() for p in self.params.values()), card_extra, pixel_mm=cfg.pixel_mm or None,
+                              randomization=Randomization().to_dict() if cfg.augment else None)
             write_model_folder(self.out, WeightsSnapshot(model_cfg, state, vae_state), self.tokenizer, card)
         self.dist.barrier()
         return self.out

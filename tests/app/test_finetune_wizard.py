@@ -102,7 +102,8 @@ def test_the_summary_shows_both_stages_and_the_torchrun_form(qtbot, wizard, tmp_
     assert page.chosen_routes() == [("T1", "T2")] and next_enabled(wizard)
     wizard.next()
     budget = wizard.budget
-    assert budget.image_size.value() == 32             # the start model's slice size
+    assert budget.image_size.value() == 32             # the start model's slice size …
+    assert "fitted" in budget.pixel_label.text()       # … and slicing (a card without a pixel size)
     budget.steps.setValue(3)
     budget.threads.setValue(1)
     budget.folder.setText(str(tmp_path / "out"))
@@ -121,7 +122,7 @@ def test_the_summary_shows_both_stages_and_the_torchrun_form(qtbot, wizard, tmp_
     assert f"--stage understanding --init {start_model} --out {stage1}" in commands
     assert f"--stage generation --init {stage1} --out {stage2}" in commands
     assert commands.count("--routes T1:T2") == 1 and commands.count("--threads 1") == 2
-    assert "--steps 3 --batch-size 4 --image-size 32" in commands
+    assert "--steps 3 --batch-size 4 --image-size 32 --pixel-mm 0" in commands
     wizard.summary.nproc.setValue(4)
     assert wizard.summary.torchrun.toPlainText().count("torchrun --nproc_per_node=4 ") == 2
 
