@@ -1,6 +1,7 @@
 """Real anatomy as tissue maps: the MNI ICBM152 2009a brain (T1 + GM/WM probability maps, CSF as
-brain − GM − WM), the Colin27 brain (T1 split into partial-volume tissue fractions) and the
-InVesalius head CT (Hounsfield units, head-rest removed), each with its LPS grid."""
+brain − GM − WM), the Colin27 brain (T1 split into partial-volume tissue fractions; its whole
+head, outside the brain, split into fat, muscle and bone classes) and the InVesalius head CT
+(Hounsfield units, head-rest removed), each with its LPS grid."""
 from __future__ import annotations
 
 import plistlib
@@ -16,6 +17,7 @@ from engine.demo_data import sources
 from engine.demo_data.grid import Grid, anti_alias, block_factor, block_mean
 
 TISSUES = ("gm", "wm", "csf")
+HEAD_MAPS = ("head", "t1_head", "fat", "muscle", "bone")
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +38,19 @@ class BrainTemplate:
     csf: np.ndarray
     brain: np.ndarray
     t1_means: dict
+    head: np.ndarray | None = None
+    t1_head: np.ndarray | None = None
+    fat: np.ndarray | None = None
+    muscle: np.ndarray | None = None
+    bone: np.ndarray | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return self.head is not None
+
+    def head_extent_mm(self) -> np.ndarray:
+        """(x, y, z) extent of the head (the brain's when skull-stripped)."""
+        return _bbox_extent((self.head if self.has_head else self.brain) > 0.5, self.grid)
 
     def centre(self) -> np.ndarray:
         """LPS centre of the brain's bounding box."""
@@ -48,7 +63,8 @@ class BrainTemplate:
         """The template pre-filtered (block mean, then Gaussian) for sampling onto ``voxel_mm`` voxels."""
         factor = block_factor(self.grid, voxel_mm)
         f = {}
-        for k in ("t1", "gm", "wm", "csf", "brain"):
+        keys = ("t1", "gm", "wm", "csf", "brain") + (HEAD_MAPS if self.has_head else ())
+        for k in keys:
             array, grid = block_mean(getattr(self, k), self.grid, factor)
             f[k] = anti_alias(array, grid.spacing, voxel_mm)
         return replace(self, grid=grid, **f)
@@ -171,7 +187,9 @@ def partial_volume_fractions(t1: np.ndarray, brain: np.ndarray) -> dict[str, np.
 def load_colin27(cache_dir: str | Path | None = None) -> BrainTemplate:
     """Colin27 (1 mm, mricron-data): the T1 with scalp (``ch2``) inside the brain mask of its
     brain extraction (``ch2bet``, cleaned of stray voxels), split into tissue fractions by
-    :func:`partial_volume_fractions`."""
+    :func:`partial_volume_fractions`; outside the brain, inside :func:`head_mask`, the same
+    linear mixing model between the dark (bone, dura, air), intermediate (muscle, skin) and
+    bright (fat, marrow) T1 intensity means gives the bone / muscle / fat fractions."""
     paths = sources.find_or_fetch_colin27(cache_dir)
     t1, grid = _read(paths["t1"])
     bet, bet_grid = _read(paths["brain"])
@@ -183,9 +201,22 @@ def load_colin27(cache_dir: str | Path | None = None) -> BrainTemplate:
     brain = ndimage.binary_fill_holes(mask).astype(np.float32)
     t1_smooth = ndimage.gaussian_filter(t1, 0.5)
     fractions = partial_volume_fractions(t1_smooth, brain)
+    head = head_mask(t1) | (brain > 0.5)
+    outside = head.astype(np.float32) - brain
+    classes = partial_volume_fractions(t1_smooth, outside)     # dark / intermediate / bright outside the brain
     return BrainTemplate("colin27", "Colin27 single-subject average (27 scans), T1 with partial-volume tissue "
-                         "fractions", grid, t1 * brain, fractions["gm"], fractions["wm"], fractions["csf"], brain,
-                         _pure_means(t1, fractions))
+                         "fractions and its whole head", grid, t1 * brain, fractions["gm"], fractions["wm"],
+                         fractions["csf"], brain, _pure_means(t1, fractions), head=head.astype(np.float32),
+                         t1_head=(t1 * head).astype(np.float32), fat=classes["wm"], muscle=classes["gm"],
+                         bone=classes["csf"])
+
+
+def head_mask(t1: np.ndarray) -> np.ndarray:
+    """The head in a T1 with scalp: smoothed intensity above the background, opened to drop
+    ghosting specks, the largest component, holes filled slice by slice (sinuses, airway)."""
+    fg = ndimage.gaussian_filter(t1, 1.5) > 0.15 * float(np.percentile(t1, 99.0))
+    fg = _largest_component(ndimage.binary_opening(fg, iterations=3))
+    return np.stack([ndimage.binary_fill_holes(s) for s in fg])
 
 
 def load_brain(name: str, cache_dir: str | Path | None = None) -> BrainTemplate:

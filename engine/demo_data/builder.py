@@ -29,25 +29,30 @@ from engine.demo_data.subjects import BRAIN_MODALITIES, HEAD_MODALITIES, Simulat
 from engine.atomic import atomic_folder
 from engine.jobs import CancelToken, Cancelled, Progress, ProgressFn, check_cancel, noop
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DATASET_NAME = "SynerMedGen demo dataset (simulated contrasts from real anatomy)"
 STUDY_NAME = "SynerMedGen demo study"
 SIMULATED_NOTICE = ("Simulated data derived from real anatomy: T1 is the real template T1 (tumours written "
-                    "in by the signal model); T1CE, T2, FLAIR and PD are simulated from tissue maps; CT is a real "
-                    "head CT (deformed); CBCT is simulated from it. Research use only, not for diagnosis.")
+                    "in by the signal model; skull-stripped, or with skull and scalp for some Colin27 "
+                    "subjects); T1CE, T2, FLAIR and PD are simulated from tissue maps; CT is a real head CT "
+                    "(deformed); CBCT is simulated from it. Research use only, not for diagnosis.")
 
 
 @dataclass(frozen=True)
 class DemoRecipe:
     """Everything that decides the demo dataset: with the sources' files, the same recipe gives
-    the same arrays. Voxels are isotropic: ``fov / image_size`` mm (brain 208 mm → 1.625 mm,
-    head 256 mm → 2.0 mm at the default 128 px); slices cover the anatomy."""
+    the same arrays. Voxels are isotropic: ``fov / image_size`` mm (brain 240 mm → 1.875 mm,
+    head 256 mm → 2.0 mm at the default 128 px); slices cover the anatomy. ``scalp_fraction`` of
+    the subjects from a template with a whole head (Colin27) keep skull and scalp (drawn per
+    subject); the others, and every MNI152 subject, are skull-stripped."""
 
     n_brain_subjects: int = 40
     n_head_ct_subjects: int = 12
     seed: int = 0
     image_size: int = 128
-    brain_fov_mm: float = 208.0
+    brain_fov_mm: float = 240.0                    # holds a whole head (Colin27 with scalp: ≈ 213 mm front to back)
+    scalp_fraction: float = 0.5
+    scalp_margin_mm: float = 20.0                  # slices added above and below the brain when scalp is kept
     head_fov_mm: float = 256.0
     head_slab_margin_mm: float = 8.0               # kept off the CT's first/last slices
     brain_templates: tuple[str, ...] = ("mni152", "colin27")
@@ -71,6 +76,8 @@ class DemoRecipe:
         for name in self.brain_templates:
             if name not in ("mni152", "colin27"):
                 raise ValueError(f"unknown brain template {name!r}; known: mni152, colin27")
+        if not 0.0 <= self.scalp_fraction <= 1.0:
+            raise ValueError(f"scalp_fraction must be within [0, 1], got {self.scalp_fraction}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
 
@@ -184,11 +191,14 @@ def _head_ct(voxel_mm: float, cache_dir: str | None) -> anatomy_mod.HeadCT:
 
 def brain_grid(recipe: DemoRecipe, cache_dir: str | None = None) -> Grid:
     """The grid every brain subject is written on: image_size² in-plane, enough slices for the
-    tallest template at the largest drawn scale, centred on the LPS origin."""
+    tallest template at the largest drawn scale (and the scalp above it when kept), centred on
+    the LPS origin."""
     voxel = recipe.brain_voxel_mm
     top = max(recipe.brain_deformation.scale_range) * (1.0 + recipe.brain_deformation.anisotropy)
-    height = max(_brain_template(name, voxel, cache_dir).extent_mm()[2] for name in recipe.brain_templates) * top
-    height += 4.0 * voxel
+    templates = [_brain_template(name, voxel, cache_dir) for name in recipe.brain_templates]
+    height = max(t.extent_mm()[2] for t in templates) * top + 4.0 * voxel
+    if recipe.scalp_fraction > 0 and any(t.has_head for t in templates):
+        height += 2.0 * recipe.scalp_margin_mm          # the vertex's scalp above, the skull base below
     return Grid.centred((0.0, 0.0, 0.0), (recipe.image_size, recipe.image_size, int(np.ceil(height / voxel))), voxel)
 
 
@@ -206,7 +216,7 @@ def simulate_subject(recipe: DemoRecipe, plan: SubjectPlan, cache_dir: str | Non
     if plan.anatomy == "brain":
         template = _brain_template(plan.source, recipe.brain_voxel_mm, cache_dir)
         return simulate_brain(template, brain_grid(recipe, cache_dir), rng, recipe.brain_deformation, recipe.lesions,
-                              recipe.acquisition)
+                              recipe.acquisition, recipe.scalp_fraction)
     head = _head_ct(recipe.head_voxel_mm, cache_dir)
     return simulate_head(head, head_grid(recipe, cache_dir), rng, recipe.head_deformation, recipe.cbct)
 

@@ -7,12 +7,13 @@ attenuation (μ/μ_water = 1 + HU/1000):
    function h_N(x) = (π/N)·Σᵢ g(x·nᵢ), g the Ram-Lak ramp kernel; the streaks are the image
    convolved with h_N − h_M (M = 720 views, alias-free over the field), added by FFT and
    high-passed (the finite kernel window otherwise leaks a slowly varying offset);
-2. cupping (scatter and beam hardening depress the centre): μ·(1 − c·(1 − r²/R²)), and a
-   smooth random scatter shading;
+2. cupping (scatter and beam hardening depress the centre): μ·(1 − c·(1 − r²/R²)); c < 0 is
+   capping (an over-corrected centre, brighter); and a smooth random scatter shading;
 3. detector ring artefacts (thin concentric rings about the rotation axis);
 4. noise (slightly correlated, as after reconstruction filtering);
 5. a linear HU miscalibration (scale, offset);
-6. a cylindrical field of view: outside it −1000 HU, just inside it a truncation brightening.
+6. a cylindrical field of view: outside it −1000 HU, just inside it a truncation brightening
+   (or darkening, for a negative amplitude).
 """
 from __future__ import annotations
 
@@ -31,18 +32,18 @@ AIR_HU = -1000.0
 class CBCTSpec:
     """Ranges of the per-subject CBCT degradations (uniform draws)."""
 
-    views: tuple[int, int] = (60, 120)
-    streak_gain: tuple[float, float] = (0.3, 0.7)
-    cupping: tuple[float, float] = (0.03, 0.08)
-    scatter_shading: tuple[float, float] = (0.01, 0.025)     # std of the smooth multiplicative field
-    rings: tuple[int, int] = (2, 6)
-    ring_hu: tuple[float, float] = (8.0, 25.0)
-    noise_hu: tuple[float, float] = (6.0, 15.0)
-    hu_scale: tuple[float, float] = (0.95, 1.03)
-    hu_offset: tuple[float, float] = (-80.0, 20.0)
-    fov_radius_mm: tuple[float, float] = (88.0, 125.0)
+    views: tuple[int, int] = (40, 160)
+    streak_gain: tuple[float, float] = (0.2, 1.0)
+    cupping: tuple[float, float] = (-0.06, 0.10)          # < 0: capping (the centre brightened)
+    scatter_shading: tuple[float, float] = (0.005, 0.03)  # std of the smooth multiplicative field
+    rings: tuple[int, int] = (0, 6)                       # count, inclusive
+    ring_hu: tuple[float, float] = (5.0, 30.0)
+    noise_hu: tuple[float, float] = (5.0, 25.0)
+    hu_scale: tuple[float, float] = (0.90, 1.10)
+    hu_offset: tuple[float, float] = (-150.0, 150.0)
+    fov_radius_mm: tuple[float, float] = (80.0, 130.0)
     fov_shift_mm: float = 5.0
-    truncation_hu: tuple[float, float] = (0.0, 120.0)
+    truncation_hu: tuple[float, float] = (-60.0, 150.0)   # < 0: the edge darkened
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -132,7 +133,9 @@ def simulate_cbct(ct_hu: np.ndarray, grid: Grid, rng: np.random.Generator,
     ring_r = rng.uniform(5.0, R, size=n_rings)
     ring_a = rng.uniform(*spec.ring_hu, size=n_rings) * rng.choice([-1.0, 1.0], size=n_rings)
     width = max(0.6, 0.5 * grid.spacing[0])
-    ring = sum(a * np.exp(-0.5 * ((r - rr) / width) ** 2) for rr, a in zip(ring_r, ring_a))
+    ring = np.zeros_like(r)
+    for rr, a in zip(ring_r, ring_a):
+        ring += a * np.exp(-0.5 * ((r - rr) / width) ** 2)
     inside_body = ct_hu > -400.0
     hu = hu + np.where(inside_body, ring[None], 0.0)
     params["rings"] = [[round(float(rr), 1), round(float(a), 1)] for rr, a in zip(ring_r, ring_a)]

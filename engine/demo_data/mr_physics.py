@@ -13,6 +13,16 @@ Relaxation times (3 T; the values used are representative, the ranges are those 
   by relaxometry of gliomas, e.g. MR fingerprinting, Badve et al., AJNR 38:492, 2017): vasogenic
   oedema T1 1450 ms / T2 150 ms / PD 0.83; enhancing (viable) tumour 1650 / 130 / 0.84;
   necrotic core (proteinaceous fluid) 2800 / 450 / 0.93.
+- Non-brain head tissue (subjects that keep the skull and scalp), three classes:
+  subcutaneous fat / marrow T1 380 ms — de Bazelaire et al., Radiology 230:652 (2004) report
+  382 ms (T2 68 ms by single-shot fast spin echo) for subcutaneous fat at 3 T; T2 130 ms, PD 0.90
+  are representative of fat in (fast) spin-echo imaging, where J-coupling keeps it bright;
+  muscle / skin T1 1400 ms, T2 40 ms, PD 0.70 — representative of musculoskeletal relaxometry at
+  3 T (Jordan et al., Eur J Radiol 82:734, 2013; de Bazelaire et al. give 898 / 29 ms for
+  paravertebral muscle, the spread the jitter partly covers); cortical bone (with dura and air,
+  all dark on T1) T1 250 ms, T2 1 ms, PD 0.05 — cortical bone has T2* below 1 ms and little
+  mobile water, so it gives no signal at clinical echo times (Reichert et al., Magn Reson
+  Imaging 23:611, 2005).
 - Gadolinium: 1/T1 = 1/T1₀ + r1·C with r1 = 3.7 L mmol⁻¹ s⁻¹ (gadopentetate in plasma at 3 T,
   Rohrer et al., Invest Radiol 40:715, 2005) and C ≈ 0.1–0.4 mmol/L in enhancing tumour.
 """
@@ -35,8 +45,12 @@ TISSUES_3T: dict[str, tuple[float, float, float]] = {
     "oedema": (1450.0, 150.0, 0.83),
     "rim": (1650.0, 130.0, 0.84),       # enhancing viable tumour (pre-contrast)
     "core": (2800.0, 450.0, 0.93),      # necrosis
+    "fat": (380.0, 130.0, 0.90),        # scalp fat, marrow (outside the brain)
+    "muscle": (1400.0, 40.0, 0.70),     # muscle, skin
+    "bone": (250.0, 1.0, 0.05),         # cortical bone, dura, air
 }
 LESION_TISSUES = ("oedema", "rim", "core")
+HEAD_TISSUES = ("fat", "muscle", "bone")
 
 # receiver gains: fixed per sequence so each modality keeps one arbitrary-but-consistent unit
 GAIN = {"T1": 10000.0, "T1CE": 10000.0, "T2": 2000.0, "PD": 1000.0, "FLAIR": 3000.0}
@@ -77,21 +91,21 @@ def gadolinium_t1(t1_ms, concentration_mm):
 class AcquisitionSpec:
     """Ranges of the per-subject acquisition (uniform draws)."""
 
-    t2_tr_ms: tuple[float, float] = (4000.0, 6000.0)
-    t2_te_ms: tuple[float, float] = (85.0, 110.0)
-    pd_tr_ms: tuple[float, float] = (2500.0, 3500.0)
-    pd_te_ms: tuple[float, float] = (10.0, 20.0)
-    flair_tr_ms: tuple[float, float] = (8000.0, 10000.0)
-    flair_te_ms: tuple[float, float] = (100.0, 130.0)
+    t2_tr_ms: tuple[float, float] = (3000.0, 7000.0)
+    t2_te_ms: tuple[float, float] = (80.0, 120.0)
+    pd_tr_ms: tuple[float, float] = (2000.0, 4000.0)
+    pd_te_ms: tuple[float, float] = (8.0, 30.0)
+    flair_tr_ms: tuple[float, float] = (6000.0, 11000.0)
+    flair_te_ms: tuple[float, float] = (80.0, 140.0)
     flair_ti_jitter: float = 0.04                  # TI = (1 ± this)·TI_null(CSF)
-    t1_tr_ms: tuple[float, float] = (18.0, 24.0)   # spoiled GRE that models lesions in the real T1
-    t1_te_ms: tuple[float, float] = (3.0, 5.0)
-    t1_flip_deg: tuple[float, float] = (22.0, 30.0)
-    relaxation_jitter: float = 0.04                # log-normal spread of each tissue's T1, T2
-    pd_jitter: float = 0.02
-    noise_fraction: tuple[float, float] = (0.008, 0.025)   # Rician σ / 99th percentile of the brain
-    bias_strength: tuple[float, float] = (0.03, 0.12)     # std of log bias (subject)
-    bias_per_sequence: float = 0.03                        # extra std of log bias (each sequence)
+    t1_tr_ms: tuple[float, float] = (8.0, 30.0)    # spoiled GRE that models lesions in the real T1
+    t1_te_ms: tuple[float, float] = (2.0, 6.0)
+    t1_flip_deg: tuple[float, float] = (15.0, 35.0)
+    relaxation_jitter: float = 0.12                # each tissue's T1, T2 × U(1 − j, 1 + j)
+    pd_jitter: float = 0.06                        # each tissue's PD × U(1 − j, 1 + j), at most 1
+    noise_fraction: tuple[float, float] = (0.005, 0.05)    # Rician σ / 99th percentile of the brain
+    bias_strength: tuple[float, float] = (0.02, 0.25)     # std of log bias (subject)
+    bias_per_sequence: float = 0.05                        # extra std of log bias (each sequence)
     bias_lattice: int = 4
 
     def to_dict(self) -> dict:
@@ -126,9 +140,9 @@ def draw_acquisition(rng: np.random.Generator, spec: AcquisitionSpec = Acquisiti
     u = lambda r: float(rng.uniform(*r))   # noqa: E731
     tissues = {}
     for name, (t1, t2, pd) in TISSUES_3T.items():
-        tissues[name] = (t1 * float(np.exp(rng.normal(0, spec.relaxation_jitter))),
-                         t2 * float(np.exp(rng.normal(0, spec.relaxation_jitter))),
-                         min(1.0, pd * (1.0 + float(rng.normal(0, spec.pd_jitter)))))
+        j, jp = spec.relaxation_jitter, spec.pd_jitter
+        tissues[name] = (t1 * float(rng.uniform(1.0 - j, 1.0 + j)), t2 * float(rng.uniform(1.0 - j, 1.0 + j)),
+                         min(1.0, pd * float(rng.uniform(1.0 - jp, 1.0 + jp))))
     t1_seq = {"tr": u(spec.t1_tr_ms), "te": u(spec.t1_te_ms), "flip_deg": u(spec.t1_flip_deg)}
     flair_tr = u(spec.flair_tr_ms)
     ti = float(null_inversion_time(tissues["csf"][0], flair_tr))

@@ -1,6 +1,7 @@
 """One simulated subject from one real anatomy: a brain (deformed tissue maps, tumours, five MR
-contrasts from the signal equations, bias field, Rician noise) or a head (deformed real CT and
-its simulated CBCT). Everything a subject draws comes from the one generator it is given."""
+contrasts from the signal equations, bias field, Rician noise; skull-stripped or with the scalp)
+or a head (deformed real CT and its simulated CBCT). Everything a subject draws comes from the one
+generator it is given."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ HEAD_MODALITIES = ("CT", "CBCT")
 @dataclass(eq=False)
 class SimulatedSubject:
     """Arrays (z, y, x) per modality on ``grid`` and what was drawn. ``fractions`` (brain only)
-    are the tissue fractions the contrasts were simulated from (gm, wm, csf, oedema, rim, core)."""
+    are the tissue fractions the contrasts were simulated from (gm, wm, csf, oedema, rim, core, and
+    with the scalp fat, muscle, bone and the head mask ``head``)."""
 
     anatomy: str
     grid: Grid
@@ -34,11 +36,17 @@ class SimulatedSubject:
 def simulate_brain(template: BrainTemplate, grid: Grid, rng: np.random.Generator,
                    deformation: DeformationSpec = DeformationSpec(),
                    lesion_spec: lesion_sim.LesionSpec = lesion_sim.LesionSpec(),
-                   acquisition: mr.AcquisitionSpec = mr.AcquisitionSpec()) -> SimulatedSubject:
-    """A BraTS-like subject (skull-stripped T1, T1CE, T2, FLAIR, PD) from a (pre-filtered) template."""
+                   acquisition: mr.AcquisitionSpec = mr.AcquisitionSpec(),
+                   scalp_probability: float = 0.0) -> SimulatedSubject:
+    """A BraTS-like subject (T1, T1CE, T2, FLAIR, PD) from a (pre-filtered) template: skull-stripped
+    (zero outside the brain), or — with ``scalp_probability`` when the template has a whole head —
+    with skull and scalp, their fat / muscle / bone classes simulated by the same signal equations
+    and Rician noise over the whole field of view (``details["skull_stripped"]`` says which)."""
+    keep_scalp = bool(rng.random() < scalp_probability) and template.has_head
     transform = random_transform(rng, grid, deformation)
     points = transform.source_points(grid, grid.centre(), template.centre())
-    maps = resample_maps({k: getattr(template, k) for k in ("t1", "gm", "wm", "brain")}, template.grid, points)
+    keys = ("t1", "gm", "wm", "brain") + (("head", "t1_head") + mr.HEAD_TISSUES if keep_scalp else ())
+    maps = resample_maps({k: getattr(template, k) for k in keys}, template.grid, points)
     del points
     maps["csf"] = np.clip(maps["brain"] - maps["gm"] - maps["wm"], 0.0, 1.0)   # interpolation is linear
     lesions = lesion_sim.draw_lesions(rng, grid, maps["wm"], maps["csf"], maps["brain"], lesion_spec)
@@ -48,25 +56,33 @@ def simulate_brain(template: BrainTemplate, grid: Grid, rng: np.random.Generator
     after, uptake = lesion_sim.insert_lesions(before, grid, lesions, lesion_spec.irregularity)
     acq = mr.draw_acquisition(rng, acquisition)
     brain = maps["brain"]
+    head_tissues = {k: maps[k] for k in mr.HEAD_TISSUES} if keep_scalp else {}
+    # with the scalp, the real T1 is the whole head's, calibrated with the same line as inside the brain
+    real_t1, support = (maps["t1_head"], maps["head"]) if keep_scalp else (maps["t1"], brain)
     mask = brain > 0.5
     clean: dict[str, np.ndarray] = {}
     for modality in BRAIN_MODALITIES:
         if modality in ("T1", "T1CE"):
-            clean[modality] = mr.t1_weighted(maps["t1"], brain, before, after, template.t1_means, acq,
+            clean[modality] = mr.t1_weighted(real_t1, support, before, after, template.t1_means, acq,
                                              uptake if modality == "T1CE" else None, modality)
         else:
-            clean[modality] = mr.mix(modality, after, acq)
+            clean[modality] = mr.mix(modality, {**after, **head_tissues}, acq)
     subject_bias = mr.smooth_field(rng, grid.shape, acquisition.bias_lattice, acq.bias_strength)
     images = {}
     for modality in BRAIN_MODALITIES:
         bias = subject_bias * mr.smooth_field(rng, grid.shape, acquisition.bias_lattice, acquisition.bias_per_sequence)
         image = clean[modality] * bias
+        # σ is relative to the brain in both cases, so the noise level means the same with or without scalp
         sigma = acq.noise_fraction[modality] * float(np.percentile(image[mask], 99.0)) if mask.any() else 0.0
         image = mr.rician(rng, image, sigma)
-        images[modality] = np.where(mask, image, 0.0).astype(np.float32)     # skull-stripped, as BraTS
-    details = {"template": template.name, "transform": transform.to_dict(),
+        # skull-stripped as BraTS; with the scalp, the magnitude noise stays in the air, as in a raw scan
+        images[modality] = image if keep_scalp else np.where(mask, image, 0.0).astype(np.float32)
+    details = {"template": template.name, "skull_stripped": not keep_scalp, "transform": transform.to_dict(),
                "lesions": [les.to_dict() for les in lesions], "acquisition": acq.to_dict()}
-    return SimulatedSubject("brain", grid, images, transform, details, {**after, "brain": brain})
+    fractions = {**after, "brain": brain, **head_tissues}
+    if keep_scalp:
+        fractions["head"] = maps["head"]
+    return SimulatedSubject("brain", grid, images, transform, details, fractions)
 
 
 def simulate_head(head: HeadCT, grid: Grid, rng: np.random.Generator,

@@ -285,3 +285,115 @@ def test_derivation_and_licences_name_every_source():
                    "pydicom", "nibabel"):
         assert needle in licences, f"DATA_LICENSES.md does not mention {needle}"
     assert builder.SIMULATED_NOTICE
+
+
+# -- domain randomization -------------------------------------------------------------------------
+def _colin_subjects(n: int = 6, image_size: int = 48):
+    recipe = tiny(n_brain_subjects=n, n_head_ct_subjects=0, image_size=image_size, brain_templates=("colin27",),
+                  lesions=LesionSpec(probability=0.0))
+    return [simulate_subject(recipe, plan) for plan in plan_subjects(recipe)]
+
+
+@pytest.fixture(scope="module")
+def colin_subjects(colin):
+    subjects = _colin_subjects()
+    kinds = {s.details["skull_stripped"] for s in subjects}
+    assert kinds == {True, False}, "six Colin27 subjects at scalp_fraction 0.5 should hold both kinds (seed 0)"
+    return subjects
+
+
+def test_some_brains_keep_skull_and_scalp_with_physical_contrasts(colin_subjects):
+    s = next(s for s in colin_subjects if not s.details["skull_stripped"])
+    f = s.fractions
+    outside = (f["head"] > 0.5) & (f["brain"] < 0.05)
+    fat, muscle, bone = (outside & (f[k] > 0.8) for k in ("fat", "muscle", "bone"))
+    wm, csf = f["wm"] > 0.9, f["csf"] > 0.8
+    m = lambda mod, mask: _median(s, mod, mask)   # noqa: E731
+    for modality in ("T1", "T1CE", "T2", "FLAIR", "PD"):
+        assert m(modality, outside) > 0, f"{modality}: no signal outside the brain although the scalp is kept"
+        assert m(modality, fat) > m(modality, bone), f"{modality}: fat should be brighter than cortical bone"
+    assert m("T1", fat) > m("T1", wm) > m("T1", muscle)                 # fat brightest on T1
+    assert m("T2", fat) > m("T2", muscle) and m("T2", csf) > m("T2", muscle)
+    assert m("FLAIR", fat) > 2.0 * m("FLAIR", csf)                       # fat not nulled, CSF nulled
+    # the fractions add up to the head, the brain's unchanged
+    total = sum(f[k] for k in ("gm", "wm", "csf", "oedema", "rim", "core", "fat", "muscle", "bone"))
+    assert np.allclose(total, f["head"], atol=1e-3)
+
+
+def test_skull_stripped_brains_are_zero_outside_the_brain(colin_subjects, mni):
+    recipe = tiny(n_brain_subjects=1, n_head_ct_subjects=0)
+    mni_subject = simulate_subject(recipe, plan_subjects(recipe)[0])
+    stripped = [s for s in colin_subjects if s.details["skull_stripped"]] + [mni_subject]
+    for s in stripped:
+        outside = s.fractions["brain"] <= 0.5
+        assert "head" not in s.fractions
+        for modality, image in s.images.items():
+            assert np.all(image[outside] == 0.0), f"{s.details['template']} {modality}: signal outside the brain"
+    assert mni_subject.details["skull_stripped"] is True                # MNI152 has no skull to keep
+
+
+def test_brain_grid_holds_the_whole_head(colin_subjects):
+    s = next(s for s in colin_subjects if not s.details["skull_stripped"])
+    head = s.fractions["head"] > 0.5
+    # the head ends inside the field of view in-plane (no scalp on the border columns)
+    assert not head[:, :, [0, -1]].any() and not head[:, [0, -1], :].any()
+    assert not head[-1].any(), "the vertex's scalp is cut by the grid's top slice"
+
+
+def test_source_contrasts_are_randomized_per_subject(mni):
+    recipe = tiny(n_brain_subjects=4, n_head_ct_subjects=0, image_size=16)
+    acqs = [simulate_subject(recipe, p).details["acquisition"] for p in plan_subjects(recipe)]
+    spec = recipe.acquisition
+    for key in ("gm", "wm", "csf", "fat"):
+        t1s = [a["tissues_t1_t2_pd"][key][0] for a in acqs]
+        assert len(set(t1s)) == len(t1s)
+        base = mr_physics.TISSUES_3T[key][0]
+        assert all(base * (1 - spec.relaxation_jitter) - 0.1 <= t <= base * (1 + spec.relaxation_jitter) + 0.1
+                   for t in t1s)
+    for a in acqs:
+        assert spec.t2_te_ms[0] - 0.01 <= a["sequences"]["T2"]["te"] <= spec.t2_te_ms[1] + 0.01
+        # FLAIR's TI nulls the subject's own CSF (within the TI jitter)
+        csf_t1 = a["tissues_t1_t2_pd"]["csf"][0]
+        null = mr_physics.null_inversion_time(csf_t1, a["sequences"]["FLAIR"]["tr"])
+        assert abs(a["sequences"]["FLAIR"]["ti"] / null - 1.0) <= spec.flair_ti_jitter + 1e-3
+    assert len({a["noise_fraction"]["T2"] for a in acqs}) == 4
+
+
+def test_cbct_ranges_cross_zero_and_act_in_the_expected_direction(head_subject):
+    from engine.demo_data.ct import CBCTSpec, simulate_cbct
+
+    spec = CBCTSpec()
+    assert spec.cupping[0] < 0 < spec.cupping[1] and spec.hu_offset[0] < 0 < spec.hu_offset[1]
+    assert spec.truncation_hu[0] < 0 < spec.truncation_hu[1] and spec.rings[0] == 0
+    ct, grid = head_subject.images["CT"], head_subject.grid
+    head = head_subject.fractions["head"] > 0.5
+
+    def fixed(**values) -> CBCTSpec:
+        base = dict(views=(720, 720), streak_gain=(0.0, 0.0), cupping=(0.0, 0.0), scatter_shading=(0.0, 0.0),
+                    rings=(0, 0), ring_hu=(5.0, 5.0), noise_hu=(0.0, 0.0), hu_scale=(1.0, 1.0),
+                    hu_offset=(0.0, 0.0), fov_radius_mm=(200.0, 200.0), fov_shift_mm=0.0,
+                    truncation_hu=(0.0, 0.0))
+        base.update({k: (v, v) for k, v in values.items()})
+        return CBCTSpec(**base)
+
+    def draw(spec):
+        return simulate_cbct(ct, grid, np.random.default_rng(3), spec)
+
+    clean, params = draw(fixed())                      # rings=0 and zero noise: a copy of the CT
+    assert params["rings"] == [] and params["views"] == 720
+    assert np.abs(clean - ct)[head].mean() < 5.0
+    shifted, _ = draw(fixed(hu_offset=-100.0))
+    assert np.median((shifted - clean)[head]) == pytest.approx(-100.0, abs=1.0)
+    capped, _ = draw(fixed(cupping=-0.06))
+    cupped, _ = draw(fixed(cupping=0.06))
+    pts = grid.points()[:2, 0]
+    centre = (np.hypot(pts[0], pts[1]) < 30.0)[None] & head & (ct > 0) & (ct < 100)
+    assert centre.sum() > 20
+    assert np.median((capped - clean)[centre]) > 30.0 > -30.0 > np.median((cupped - clean)[centre])
+
+
+def test_scalp_subjects_are_deterministic(colin_subjects):
+    again = _colin_subjects()
+    for first, second in zip(colin_subjects, again):
+        assert first.details == second.details
+        assert all(np.array_equal(first.images[m], second.images[m]) for m in first.images)
