@@ -273,6 +273,9 @@ def plan_variants(precisions: Sequence[str], device: torch.device, weights_dtype
                                                      "on a CPU it is slower and less accurate than fp32)"})
     if importlib.util.find_spec("onnxruntime") is None:
         skipped.append({"what": "ONNX Runtime", "why": "onnxruntime is not installed (pip install onnxruntime)"})
+    elif base == "bf16":
+        skipped.append({"what": "ONNX Runtime", "why": "the ONNX backend runs fp32 (or fp16 with TensorRT), "
+                                                       "not the bf16 measured here"})
     else:
         variants.append(Variant("onnx", base, True, "auto", backend="onnx"))
     return variants, skipped

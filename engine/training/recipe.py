@@ -68,9 +68,9 @@ def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, pi
 
 
 RECIPES: dict[str, tuple[Entry, ...]] = {
-    # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head); about 1½ h on 2 CPU
+    # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head); about 1¼ h on 2 CPU
     # cores (AMD EPYC) with PARALLEL=1 (minutes on a GPU)
-    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=9600, image_size=64, pixel_mm=4.0,
+    "default": _entries(vae_steps=1500, und_steps=3600, gen_steps=7200, image_size=64, pixel_mm=4.0,
                         size="default", unet_batch=16),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
     "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, pixel_mm=1.0, size="default",

@@ -3,6 +3,7 @@ seconds (tiny random model, a few 32² slices, few steps) and reports variants, 
 agreement between variants and the machine, as JSON and as a Markdown table."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +93,14 @@ def test_bad_requests_exit_2_with_one_line():
     assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
     done = _bench("--preset", "huge")
     assert done.returncode == 2 and "unknown model preset" in done.stderr
+
+
+def test_a_bf16_run_skips_the_onnx_backend_with_the_reason():
+    """The bagel-7b row of bench/gpu_check.sh is bf16: ONNX Runtime cannot run it (it stopped that row)."""
+    from engine.evaluation.speed import plan_variants
+
+    variants, skipped = plan_variants(["bf16"], torch.device("cuda"), "bfloat16")
+    assert [v.name for v in variants] == ["uncached", "cached", "per-slice"]
+    assert any(s["what"] == "ONNX Runtime" and "bf16" in s["why"] for s in skipped)
+    variants, _ = plan_variants(["fp32", "fp16"], torch.device("cuda"), "float32")
+    assert "onnx" in [v.name for v in variants] or importlib.util.find_spec("onnxruntime") is None
