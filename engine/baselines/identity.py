@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from engine.inference.calibration import dataset_calibration
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings
@@ -31,12 +32,14 @@ def quantile_map(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np
 
 class IntensityMatch(SliceSynthesizer):
     """``IntensityMatch.fit(paired, image_size)``: the identity baseline for every route of the
-    training split, slicing as ``paired`` does (its ``pixel_mm``)."""
+    training split, slicing as ``paired`` does (its ``pixel_mm``) and calibrating CT-family sources
+    as the models trained on it do (:mod:`engine.inference.calibration`)."""
 
     def __init__(self, maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], image_size: int,
-                 pixel_mm: float | None = None) -> None:
+                 pixel_mm: float | None = None, calibration: dict | None = None) -> None:
         card = ModelCard.from_metadata({"name": "identity (histogram-matched source)",
-                                        "routes": [list(r) for r in maps], "pixel_mm": pixel_mm})
+                                        "routes": [list(r) for r in maps], "pixel_mm": pixel_mm,
+                                        "calibration": calibration})
         super().__init__(card, image_size, torch.device("cpu"))
         self.maps = dict(maps)
 
@@ -55,7 +58,7 @@ class IntensityMatch(SliceSynthesizer):
         if not pixels:
             raise ValueError(f"identity baseline: the {split!r} split has no paired slices to fit on")
         maps = {route: quantile_map(np.concatenate(s), np.concatenate(t)) for route, (s, t) in pixels.items()}
-        return cls(maps, image_size, paired.pixel_mm)
+        return cls(maps, image_size, paired.pixel_mm, dataset_calibration(paired, split))
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
         return self.maps[(source, target)], ["method: source intensities quantile-matched to the target's "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.atomic import atomic_folder
+from engine.inference.calibration import dataset_calibration
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings, resolve_device
@@ -101,7 +102,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
                  "elapsed_s": round(time.perf_counter() - started, 1)})
     card = {"name": "MONAI BasicUNet (route-conditioned, L1)", "features": list(features),
             "modalities": list(paired.modalities), "routes": [list(r) for r in routes], "image_size": image_size,
-            "pixel_mm": pixel_mm or None, "augment": augment,
+            "pixel_mm": pixel_mm or None, "augment": augment, "calibration": dataset_calibration(paired),
             "training": {"data": str(data), "split": "train", "steps_done": step, "batch_size": batch_size,
                          "lr": lr, "seed": seed, "elapsed_s": round(time.perf_counter() - started, 1),
                          "final_loss": loss, "device": str(dev), "steps": steps, "minutes": minutes}}
@@ -143,7 +144,8 @@ class UNetSynthesizer(SliceSynthesizer):
         self.net.to(dev).eval()
         self.training = card.get("training", {})
         super().__init__(ModelCard.from_metadata({"name": card["name"], "routes": card["routes"],
-                                                  "pixel_mm": card.get("pixel_mm")}),
+                                                  "pixel_mm": card.get("pixel_mm"),
+                                                  "calibration": card.get("calibration")}),
                          int(card["image_size"]), dev)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:

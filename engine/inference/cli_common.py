@@ -47,6 +47,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-draw each synthetic slice on the input grid from the source slice in windows of radius "
                         "R model pixels (detail at the input's resolution, less mottling); 0 = off (default: the "
                         "model's)")
+    p.add_argument("--no-hu-calibration", dest="hu_calibration", action="store_false", default=None,
+                   help="feed a CT / CBCT source as it is (default: shifted so its soft-tissue peak sits at the "
+                        "training CTs', when the model card records it)")
 
 
 def sampling_settings(args: argparse.Namespace, defaults):
@@ -57,7 +60,8 @@ def sampling_settings(args: argparse.Namespace, defaults):
                                  ("seed", args.seed), ("batch_size", args.batch_size),
                                  ("start_from_source", args.start_from_source),
                                  ("noise_correlation", args.noise_correlation),
-                                 ("guided_filter", args.guided_filter)) if v is not None}
+                                 ("guided_filter", args.guided_filter),
+                                 ("hu_calibration", args.hu_calibration)) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
                                                   image_scale=args.guidance[1])

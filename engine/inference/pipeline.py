@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.inference.calibration import calibration_shift
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.model_card import ModelCard, route_name
 from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
@@ -245,6 +246,11 @@ class SliceSynthesizer:
         plan = self.plan(volume, source, slices)
 
         array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
+        shift, calibration_note = 0.0, ""
+        if settings.hu_calibration and modalities.get(source).family == "CT":
+            shift, calibration_note = calibration_shift(array, slices_back(plan.body, plan.axis),
+                                                        self.card.raw.get("calibration"))
+            array += shift
         norm_in = modalities.normalisation_for(array, source)
         stack = slices_first(modalities.normalise(array, norm_in), plan.axis)
         norm_out = self.output_normalisation(target)
@@ -330,6 +336,7 @@ class SliceSynthesizer:
             f"model: {self.name}",
             f"route: {route_name(source, target)}",
             *method_notes,
+            *([calibration_note] if calibration_note else []),
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
                f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
                f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),

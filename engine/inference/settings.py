@@ -43,7 +43,8 @@ class SynthesisSettings:
     one agree with their neighbours instead of showing stripes across them; 0 = independent.
     ``guided_filter`` = a window radius in model pixels: each synthetic slice is re-drawn on the
     input grid from the source slice through window-wise lines (:mod:`engine.inference.guided`);
-    0 = off."""
+    0 = off. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
+    soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`)."""
 
     steps: int = 24
     solver: str = "euler"
@@ -54,6 +55,7 @@ class SynthesisSettings:
     start_from_source: float | None = None
     noise_correlation: float = 0.0
     guided_filter: float = 0.0
+    hu_calibration: bool = True
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from engine import modalities
+from engine.inference.calibration import dataset_calibration
 from engine.model import SynerMedGenConfig, save_model_dir
 from engine.model.checkpoint import METADATA_FILE
 from engine.tasks import PairedDataset
@@ -112,6 +113,7 @@ def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: lis
                     "2-D slices along each volume's acquisition axis (largest spacing), resized with the aspect "
                     "kept so the longer side is image_size, centred and padded with 0 (the bottom of the range)"),
         "training_randomization": dict(randomization) if randomization else None,
+        "calibration": dataset_calibration(paired) or card.get("calibration"),
         "data": data_description(paired),
         "weights": f"model.safetensors and ae.safetensors hold the exponential moving average of the trained "
                    f"weights (decay {ema_decay}, warmed up); frozen tensors equal those of the start model",
