@@ -59,7 +59,8 @@ def save_png(image: QImage, path: str | Path) -> Path:
 
 
 def write_metrics_csv(result: ComparisonResult, path: str | Path) -> Path:
-    """One row for the whole image, one inside the body mask, one per slice (scored axis)."""
+    """One row for the whole image, one inside the body mask (and both for the do-nothing baseline
+    when the source is known), one per slice (scored axis)."""
     from engine.atomic import atomic_file
 
     path = Path(path)
@@ -71,6 +72,11 @@ def write_metrics_csv(result: ComparisonResult, path: str | Path) -> Path:
         for scope, scores in (("whole", ev.whole), ("body", ev.body)):
             if scores is not None:
                 writer.writerow([scope, "", scores.psnr, scores.ssim, scores.mae, ev.unit, *names])
+        base = result.baseline                # the do-nothing baseline: the source, histogram-matched
+        for scope, scores in ((("baseline whole", base.whole), ("baseline body", base.body)) if base else ()):
+            if scores is not None:
+                writer.writerow([scope, "", scores.psnr, scores.ssim, scores.mae, ev.unit,
+                                 f"{result.source.name} (histogram-matched)", names[1]])
         per = ev.per_slice
         for k in range(len(per["psnr"])):
             writer.writerow(["slice", k, float(per["psnr"][k]), float(per["ssim"][k]), float(per["mae"][k]),

@@ -19,6 +19,7 @@ from app.settings import Settings, save_settings
 from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
 from app.status_bar import StatusBar
+from app.synthesis import input_warnings
 from app.training.train_panel import TrainPanel
 from app.training.wizard import FineTuneWizard
 from app.views.comparison_view import ComparisonView
@@ -266,6 +267,8 @@ class MainWindow(QMainWindow):
     def _on_synthesized(self, source: Document, volume) -> None:
         doc = self.workspace.add(volume, synthetic=True)
         self.log.add(f"Synthesized {doc.title} from {source.title}")
+        for warning in input_warnings(volume)[0]:
+            self.log.add(f"{source.title}: {warning}", "note")
         reference = next((d for d in self.workspace.documents if d is not doc and not d.synthetic
                           and d.volume.modality == volume.modality), None)
         if reference is None:

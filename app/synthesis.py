@@ -77,6 +77,22 @@ def available_models(extra_dirs: list[str]) -> list[ModelChoice]:
     return choices
 
 
+def model_limitations(model_dir: Path) -> list[str]:
+    """What the model card says the model cannot do (``limitations``); empty when it says nothing."""
+    from engine.inference.model_card import ModelCard
+
+    return ModelCard.read(model_dir).limitations
+
+
+def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
+    """(warnings, notes) of the out-of-distribution guard in a synthetic volume's notes: what it
+    found unlike the training data, and its note that it could not check (no profile)."""
+    from engine.inference.ood import NO_PROFILE_NOTE, WARNING_PREFIX
+
+    found = [n for n in volume.notes if n.startswith(WARNING_PREFIX)]
+    return [n for n in found if n != NO_PROFILE_NOTE], [n for n in found if n == NO_PROFILE_NOTE]
+
+
 def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:
     """The (source, target) routes of the model card; None when any route may be tried."""
     from engine.inference.model_card import ModelCard
@@ -98,12 +114,15 @@ def _synthesizer(request: SynthesisRequest):
 
 
 def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: CancelToken) -> Volume:
-    """Synthesize the target volume on the source's grid (marked synthetic by the engine); the
-    progress reports carry the latest finished slice as ``preview``. Imports torch."""
+    """Synthesize the target volume on the source's grid (marked synthetic by the engine), its notes
+    ending with the out-of-distribution guard's warnings; the progress reports carry the latest
+    finished slice as ``preview``. Imports torch."""
     from engine.inference.cli_synthesize import resolve_source
+    from engine.inference.ood import check_input, with_warnings
 
     synth = _synthesizer(request)
     source, _identified = resolve_source(synth, request.volume, request.source or "auto", progress)
+    warnings = check_input(request.volume, source, synth.card.input_profile, synth.card.pixel_mm)
     settings = synth.default_settings()
     guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
                 if v is not None}
@@ -119,5 +138,6 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     def preview(_index: int, image: np.ndarray) -> None:
         latest[0] = image
 
-    return synth.synthesize_volume(request.volume, source, request.target, settings, progress=report,
-                                   cancel=cancel, preview=preview)
+    result = synth.synthesize_volume(request.volume, source, request.target, settings, progress=report,
+                                     cancel=cancel, preview=preview)
+    return with_warnings(result, warnings)

@@ -1,6 +1,8 @@
-"""The synthesis panel: source and target modality, model, backend, device, precision, steps and
-guidance under Advanced; runs in the synthesis process (through a worker) with progress, remaining
-time, a per-slice preview and Cancel. Without an engine or a model it says so; Run stays disabled."""
+"""The synthesis panel: source and target modality, model (its card's limitations one click away),
+backend, device, precision, steps and guidance under Advanced; runs in the synthesis process (through
+a worker) with progress, remaining time, a per-slice preview and Cancel, then shows the
+out-of-distribution guard's warnings about the input. Without an engine or a model it says so; Run
+stays disabled."""
 from __future__ import annotations
 
 import time
@@ -17,10 +19,13 @@ from app.errors import describe_error
 from app.settings import Settings
 from app.state.workspace import Document
 from app.engine_process import EngineProcess
-from app.synthesis import SynthesisRequest, available_models, is_model_dir, model_routes
+from app.synthesis import (SynthesisRequest, available_models, input_warnings, is_model_dir, model_limitations,
+                           model_routes)
 from app.workers import Task, TaskRunner
 
 AUTO_SOURCE = "Auto (identify with the model)"
+WARNING_STYLE = "background:#fde2e1; color:#6b1410; border:1px solid #d9534f; padding:6px;"
+NOTE_STYLE = "color:#666; padding:2px;"
 MODEL_DEFAULT = "model default"
 
 
@@ -72,6 +77,25 @@ class SynthesisPanel(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
         model_row.addWidget(import_button)
+        self.card_button = QToolButton()
+        self.card_button.setText("Model card: limitations")
+        self.card_button.setCheckable(True)
+        self.card_button.setAutoRaise(True)
+        self.card_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.card_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.limitations = QLabel()
+        self.limitations.setWordWrap(True)
+        self.limitations.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.limitations.setContentsMargins(12, 0, 0, 0)
+        self.limitations.setVisible(False)
+        self.card_button.toggled.connect(self.limitations.setVisible)
+        self.card_button.toggled.connect(lambda on: self.card_button.setArrowType(
+            Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow))
+        self.model.currentIndexChanged.connect(self._show_limitations)
+        self.input_check = QLabel()                 # the guard's warnings about the last run's input
+        self.input_check.setWordWrap(True)
+        self.input_check.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.input_check.hide()
         self.backend = _combo([("PyTorch", "torch"), ("ONNX Runtime", "onnx")], settings.backend)
         self.backend.setToolTip("ONNX Runtime exports the model's graphs beside it on first use (seconds to minutes)")
         self.device = _combo([("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")], settings.device)
@@ -150,11 +174,14 @@ class SynthesisPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.notice)
         layout.addLayout(form)
+        layout.addWidget(self.card_button)
+        layout.addWidget(self.limitations)
         layout.addWidget(advanced)
         layout.addWidget(advanced_body)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.eta)
+        layout.addWidget(self.input_check)
         layout.addWidget(self.preview)
         layout.addStretch(1)
         self.refresh_models()
@@ -166,7 +193,20 @@ class SynthesisPanel(QWidget):
         for choice in available_models(self.settings.model_dirs):
             self.model.addItem(choice.label, choice.path)
         self.model.blockSignals(False)
+        self._show_limitations()
         self._update_targets()
+
+    def _show_limitations(self, *_args) -> None:
+        """The chosen model card's limitations, under the "Model card" expander and as its tooltip."""
+        model_dir = self.model.currentData()
+        try:
+            items = model_limitations(model_dir) if model_dir is not None else []
+        except ValueError as exc:
+            items = [f"The model card cannot be read: {describe_error(exc)}"]
+        text = "\n".join(f"• {item}" for item in items) if items else "The model card lists no limitations."
+        self.limitations.setText(text)
+        self.card_button.setToolTip(text)
+        self.card_button.setEnabled(model_dir is not None)
 
     def _import_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Import a model directory", self.settings.last_folder)
@@ -256,6 +296,7 @@ class SynthesisPanel(QWidget):
         self._started = time.monotonic()
         self.progress.setValue(0)
         self.progress.show()
+        self.input_check.hide()
         self.eta.setText("Starting the synthesis process and loading the model…")
         self._task = self.runner.run(
             lambda progress, cancel: self.engine.synthesize(request, progress, cancel), name="synthesis",
@@ -281,7 +322,22 @@ class SynthesisPanel(QWidget):
     def _on_done(self, source_doc: Document, volume) -> None:
         self._end(f"Done in {time.monotonic() - self._started:.0f} s.")
         self.progress.setValue(100)
+        self.show_input_check(volume)
         self.synthesis_finished.emit(source_doc, volume)
+
+    def show_input_check(self, volume) -> None:
+        """The guard's verdict on the input of ``volume`` (a synthetic result): its warnings in a red
+        banner, or its note that this model cannot check inputs in grey; nothing when it looked fine."""
+        warnings, notes = input_warnings(volume)
+        if warnings:
+            lines = [w.split(": ", 1)[-1] for w in warnings]
+            self.input_check.setText("The input is unlike this model's training data — treat the result with "
+                                     "caution:\n" + "\n".join(f"• {line}" for line in lines))
+            self.input_check.setStyleSheet(WARNING_STYLE)
+        elif notes:
+            self.input_check.setText(notes[0].split(": ", 1)[-1].capitalize() + ".")
+            self.input_check.setStyleSheet(NOTE_STYLE)
+        self.input_check.setVisible(bool(warnings or notes))
 
     def _on_failed(self, message: str) -> None:
         self._end("Failed.")

@@ -1,5 +1,6 @@
 """What the comparison view shows: the result of scoring a synthetic (or any test) volume against
-a reference on the synthetic grid, how the synthetic panel blends in the reference, and the
+a reference on the synthetic grid, beside the same scores of the "do nothing" baseline (the source,
+histogram-matched to the reference), how the synthetic panel blends in the reference, and the
 windows — one per modality, so panels of the same modality share their window/level."""
 from __future__ import annotations
 
@@ -27,6 +28,29 @@ class ComparisonResult:
     slice_axis: int                    # 0 = z, 1 = y, 2 = x: the acquisition axis the engine scores along
     coverage: float                    # share of the synthetic grid inside the reference
     notes: tuple[str, ...] = ()
+    baseline: Evaluation | None = None  # the histogram-matched source against the reference (None: no source)
+    baseline_note: str = ""            # why there is no baseline, when there is none
+
+    def verdict(self) -> str:
+        """One line: did the model beat doing nothing (scores inside the body mask, else the whole image)?"""
+        if self.baseline is None:
+            return ""
+        scope = "body" if self.evaluation.body is not None and self.baseline.body is not None else "whole"
+        syn, base = getattr(self.evaluation, scope), getattr(self.baseline, scope)
+        worse = [name for name, bad in (("PSNR", syn.psnr < base.psnr), ("SSIM", syn.ssim < base.ssim),
+                                        ("MAE", syn.mae > base.mae)) if bad]
+        where = "inside the body" if scope == "body" else "over the whole image"
+        if not worse:
+            return f"The synthetic beats the histogram-matched source on PSNR, SSIM and MAE {where}."
+        if len(worse) == 3:
+            return (f"Worse than doing nothing: the histogram-matched source scores better on PSNR, SSIM and MAE "
+                    f"{where} — the model did not help on this scan.")
+        return (f"Worse than doing nothing on {' and '.join(worse)} {where}: the histogram-matched source "
+                f"scores better there.")
+
+    @property
+    def model_worse(self) -> bool:
+        return self.verdict().startswith("Worse")
 
 
 class BlendMode(str, Enum):

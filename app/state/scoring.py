@@ -1,6 +1,7 @@
 """Scoring for the comparison (runs on a worker): the reference and source brought onto the
-synthetic grid by SimpleITK (identity transform in physical space), the difference map, and the
-engine's scores of the synthetic volume (``score_volume``: the same numbers the CLI prints)."""
+synthetic grid by SimpleITK (identity transform in physical space), the difference map, the
+engine's scores of the synthetic volume (``score_volume``: the same numbers the CLI prints), and
+the same scores of the "do nothing" baseline: the source histogram-matched to the reference."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +37,27 @@ def resample_onto(volume: Volume, grid: Volume) -> tuple[Volume, np.ndarray]:
     return resampled, sitk.GetArrayFromImage(inside) > 0.5
 
 
+NO_SOURCE_NOTE = "source not known: pick it under 'Source' to score the do-nothing baseline"
+
+
+def histogram_matched(source: Volume, reference: Volume, mask: np.ndarray) -> Volume:
+    """The "do nothing" baseline: ``source`` (on ``reference``'s grid) with its intensities mapped
+    monotonically so that their histogram inside the body ``mask`` matches the reference's there
+    (the identity baseline's quantile map, fitted on this pair; outside the body its own map, so
+    the background stays background), in the reference's units."""
+    from engine.baselines.identity import quantile_map     # imports torch: the worker, never the UI thread
+
+    src, ref = source.array.astype(np.float32), reference.array.astype(np.float32)
+    mapped = np.empty_like(src)
+    for part in (mask, ~mask):
+        if part.any():
+            xs, ys = quantile_map(src[part], ref[part])
+            mapped[part] = np.interp(src[part], xs, ys)
+    return reference.with_array(mapped, name=f"{source.name} (histogram-matched)", modality=reference.modality,
+                                unit=reference.unit, notes=("source histogram-matched to the reference inside "
+                                                            "its body mask (do-nothing baseline)",), dicom={})
+
+
 def target_modality(synthetic: Volume, reference: Volume, override: str | None = None) -> str:
     """The modality whose normalisation the metrics use: the override, else the reference's."""
     for name in (override, reference.modality, synthetic.modality):
@@ -49,7 +71,7 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
             progress: ProgressFn = noop, cancel: CancelToken | None = None) -> ComparisonResult:
     """Everything the comparison view shows; raises ValueError when the volumes cannot be compared."""
     target = target_modality(synthetic, reference, modality)
-    progress(Progress(0, 3, "resampling the reference"))
+    progress(Progress(0, 4, "resampling the reference"))
     ref_on_grid, inside = resample_onto(reference, synthetic)
     coverage = float(inside.mean())
     if coverage == 0.0:
@@ -57,9 +79,16 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
                          "in physical space: are they scans of the same subject in one frame of reference?")
     check_cancel(cancel)
     source_on_grid = resample_onto(source, synthetic)[0] if source is not None else None
-    progress(Progress(1, 3, "scoring"))
+    progress(Progress(1, 4, "scoring"))
     evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel)
-    progress(Progress(3, 3, "scored"))
+    baseline, baseline_note = None, NO_SOURCE_NOTE
+    if source_on_grid is not None:
+        progress(Progress(2, 4, "scoring the do-nothing baseline"))
+        mask = modalities.body_mask(ref_on_grid.array, target) & inside
+        baseline = score_volume(histogram_matched(source_on_grid, ref_on_grid, mask), ref_on_grid, target,
+                                cancel=cancel)
+        baseline_note = ""
+    progress(Progress(4, 4, "scored"))
     notes = []
     if ref_on_grid is not reference:
         notes.append("reference resampled onto the synthetic grid")
@@ -71,4 +100,4 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     difference = synthetic.with_array((synthetic.array - ref_on_grid.array).astype(np.float32),
                                       name=f"{synthetic.name} − {reference.name}", notes=(), dicom={})
     return ComparisonResult(synthetic, ref_on_grid, difference, source_on_grid, evaluation,
-                            slice_axis(synthetic.spacing), coverage, tuple(notes))
+                            slice_axis(synthetic.spacing), coverage, tuple(notes), baseline, baseline_note)

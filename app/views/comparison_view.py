@@ -85,7 +85,7 @@ class ComparisonView(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(panels)
         splitter.addWidget(self.metrics)
-        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)

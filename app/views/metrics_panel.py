@@ -1,5 +1,7 @@
-"""The comparison's numbers: PSNR / SSIM / MAE over the whole image and inside the body mask,
-and a per-slice metric plot whose points jump to their slice when clicked."""
+"""The comparison's numbers: PSNR / SSIM / MAE inside the body mask and over the whole image, for
+the synthetic and — always — for the "do nothing" baseline (the source, histogram-matched to the
+reference) with a one-line verdict, and a per-slice metric plot whose points jump to their slice
+when clicked."""
 from __future__ import annotations
 
 import math
@@ -13,6 +15,12 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QTab
 from app.state.comparison import ComparisonResult
 
 PLOTTED = {"SSIM (×100)": "ssim", "PSNR (dB)": "psnr", "MAE": "mae"}
+SYNTHETIC_ROW = "synthetic"
+BASELINE_ROW = "source, histogram-matched (do nothing)"
+ROWS = (f"{SYNTHETIC_ROW} · body", f"{SYNTHETIC_ROW} · whole", f"{BASELINE_ROW} · body",
+        f"{BASELINE_ROW} · whole")
+COLUMNS = ("PSNR (dB)", "SSIM (×100)", "MAE")
+WORSE_STYLE = "color:#b01010; font-weight:bold;"
 
 
 def format_value(value: float | None, digits: int = 2) -> str:
@@ -30,15 +38,20 @@ class MetricsPanel(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.result: ComparisonResult | None = None
-        self.table = QTableWidget(3, 2)
-        self.table.setHorizontalHeaderLabels(["Whole image", "Body mask"])
-        self.table.setVerticalHeaderLabels(["PSNR (dB)", "SSIM (×100)", "MAE"])
+        self.table = QTableWidget(len(ROWS), len(COLUMNS))          # rows: what is scored; columns: metrics
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setVerticalHeaderLabels(list(ROWS))
+        self.table.setToolTip("The do-nothing baseline is the source volume with its intensities mapped onto the "
+                              "reference's histogram inside the body: a synthetic that scores worse than it has "
+                              "not helped")
+        self.verdict = QLabel()
+        self.verdict.setWordWrap(True)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.notes = QLabel()
         self.notes.setWordWrap(True)
-        self.notes.setMaximumWidth(320)
+        self.notes.setMaximumWidth(420)
         export = QPushButton("Export metrics (CSV)…")
         export.clicked.connect(self.export_requested)
         self.metric = QComboBox()
@@ -67,28 +80,42 @@ class MetricsPanel(QWidget):
         top.addStretch(1)
         right.addLayout(top)
         right.addWidget(self.plot, 1)
-        layout = QHBoxLayout(self)
+        columns = QHBoxLayout()
+        columns.addLayout(left)
+        columns.addLayout(right, 1)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
-        layout.addLayout(left)
-        layout.addLayout(right, 1)
+        layout.addWidget(self.verdict)          # above both: the first thing read
+        layout.addLayout(columns, 1)
 
     def show_result(self, result: ComparisonResult | None) -> None:
         self.result = result
-        for row in range(3):
-            for col in range(2):
+        for row in range(len(ROWS)):
+            for col in range(len(COLUMNS)):
                 self.table.setItem(row, col, QTableWidgetItem(""))
         if result is None:
             self.notes.setText("")
+            self.verdict.setText("")
             self.curve.setData([], [])
             return
         ev = result.evaluation
-        self.table.setVerticalHeaderLabels(["PSNR (dB)", "SSIM (×100)", f"MAE ({ev.unit})"])
-        for col, scores in enumerate((ev.whole, ev.body)):
+        self.table.setHorizontalHeaderLabels([*COLUMNS[:2], f"MAE ({ev.unit})"])
+        base = result.baseline
+        for row, scores in enumerate((ev.body, ev.whole, base.body if base else None, base.whole if base else None)):
             values = (None, None, None) if scores is None else (scores.psnr, scores.ssim, scores.mae)
-            for row, value in enumerate(values):
+            for col, value in enumerate(values):
                 item = QTableWidgetItem(format_value(value))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if base is None and row >= 2:
+                    item.setToolTip(result.baseline_note)
                 self.table.setItem(row, col, item)
+        if base is None:                    # the row says why it is empty
+            self.table.setItem(2, 0, QTableWidgetItem(result.baseline_note))
+            self.table.setSpan(2, 0, 1, len(COLUMNS))
+        else:
+            self.table.clearSpans()
+        self.verdict.setText(result.verdict() if base is not None else f"Do-nothing baseline: {result.baseline_note}.")
+        self.verdict.setStyleSheet(WORSE_STYLE if result.model_worse else "")
         self._fit_table()
         norm = ev.normalisations[1]
         lines = [f"Normalised as {ev.modality} (reference {norm.lo:.4g}…{norm.hi:.4g} {ev.unit} → 0…1); "

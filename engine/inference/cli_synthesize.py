@@ -10,8 +10,10 @@ from pathlib import Path
 
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
                                          model_dir, open_synthesizer, sampling_settings, stderr_progress)
+from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
 
 MIN_AUTO_CONFIDENCE = 0.5
+OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +63,20 @@ def resolve_source(synth, volume, requested: str | None, progress) -> tuple[str,
                      f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")
 
 
+def input_warnings(card, volume, source: str, quiet: bool = False) -> list[str]:
+    """The out-of-distribution guard's warnings for ``volume`` read as ``source``, printed to stderr
+    (always; its note that a card without a profile cannot check, only when not ``quiet``)."""
+    from engine.inference.ood import check_input
+
+    warnings = check_input(volume, source, card.input_profile, card.pixel_mm)
+    for line in warnings:
+        if line != NO_PROFILE_NOTE:
+            print(f"warning: {line}", file=sys.stderr)
+        elif not quiet:
+            print(f"note: {line}", file=sys.stderr)
+    return warnings
+
+
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
@@ -80,9 +96,13 @@ def run(args: argparse.Namespace) -> int:
     synth = open_synthesizer(args, folder)
     source, identified = resolve_source(synth, volume, args.source, progress)
     synth.card.check_route(source, target)
+    warnings = input_warnings(synth.card, volume, source, args.quiet)
     settings = sampling_settings(args, synth.default_settings())
-    result = synth.synthesize_volume(volume, source, target, settings, progress=progress)
-    written = io.save(result, output, description=synth.describe(source, target, settings))
+    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
+    description = synth.describe(source, target, settings)
+    if any(w != NO_PROFILE_NOTE for w in warnings):
+        description = f"{OOD_MARK}{description}"
+    written = io.save(result, output, description=description)
     report = {
         "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,
@@ -91,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "start_from_source": settings.start_from_source, "noise_correlation": settings.noise_correlation,
         "guided_filter": settings.guided_filter,
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
-        "shape_zyx": list(result.shape), "unit": result.unit,
+        "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
     }
     if args.backend == "onnx":
         report["providers"] = synth.providers

@@ -90,9 +90,14 @@ INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_corre
 LIMITATIONS = [
     "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "
     "expect it to fail on real clinical data until fine-tuned on it.",
-    "A tiny model (tens of MB) at 64-pixel slices: outputs are resampled back onto the input grid, then re-drawn "
-    "from the source slice there (the source-guided filter): edges at native resolution are the source's, and "
-    "fine structure only the target shows (e.g. a lesion invisible in the source) stays blurry.",
+    "Trained with each sample's field of view, resolution, bias field, noise, contrast and CT calibration "
+    "randomized within the ranges the card's training_randomization and data_derivation give: inputs beyond them "
+    "(e.g. a CBCT calibrated further off, another body region) are outside what it learnt — the "
+    "out-of-distribution guard warns of some, not all.",
+    "A tiny model (tens of MB) seeing slices at 4 mm pixels in 64-pixel tiles: outputs are resampled back onto the "
+    "input grid, then re-drawn from the source slice there (the source-guided filter): edges at native resolution "
+    "are the source's, and fine structure only the target shows (e.g. a lesion invisible in the source) stays "
+    "blurry.",
     "2-D, slice by slice along the acquisition axis: only the starting noise is shared between neighbouring "
     "slices (correlated), no through-plane consistency is learnt.",
     "Far from converged after CPU minutes of Stage II: outputs are mottled, and its outputs for different targets "

@@ -1,4 +1,5 @@
-"""The comparison view: the metrics it shows are the engine's for the same arrays; panels are
+"""The comparison view: the metrics it shows are the engine's for the same arrays, beside the same
+metrics of the "do nothing" baseline (the source, histogram-matched) with a verdict; panels are
 linked in slice and zoom; checkerboard and fade blend synthetic and reference; clicking the
 per-slice plot jumps to that slice; metrics export as CSV; "Compare with…" from the browser."""
 import csv
@@ -56,11 +57,57 @@ def test_the_metrics_shown_are_the_engines_for_the_same_arrays(qtbot, window, pa
     for key in ("psnr", "ssim", "mae"):
         np.testing.assert_array_equal(result.evaluation.per_slice[key], expected.per_slice[key])
     table = window.comparison.metrics.table
-    for col, scores in enumerate((expected.whole, expected.body)):
-        shown = [table.item(row, col).text() for row in range(3)]
+    for row, scores in enumerate((expected.body, expected.whole)):          # the synthetic's rows
+        shown = [table.item(row, col).text() for col in range(3)]
         assert shown == [format_value(scores.psnr), format_value(scores.ssim), format_value(scores.mae)]
-    assert table.verticalHeaderItem(2).text() == "MAE (HU)"
+    assert table.horizontalHeaderItem(2).text() == "MAE (HU)"
+    assert table.verticalHeaderItem(0).text().startswith("synthetic")
     assert 20 < expected.body.mae < 60     # the bias and the noise, in HU
+
+
+@pytest.fixture
+def source_path(tmp_path, phantom, write_nifti):
+    """A CBCT-like source of the pair's reference: 30 HU off, a little noise."""
+    rng = np.random.default_rng(3)
+    return write_nifti(tmp_path / "sub" / "CBCT.nii.gz", phantom() + 30.0 + rng.normal(0, 5, phantom().shape))
+
+
+def test_the_do_nothing_baseline_row_shows_the_histogram_matched_sources_scores(qtbot, window, pair, source_path,
+                                                                                 wait_loaded):
+    from app.state.scoring import histogram_matched
+
+    window.open_paths([str(source_path)])
+    src = wait_loaded(window, 1)
+    window.open_paths([str(pair[0])])
+    syn = wait_loaded(window, 2)
+    window.open_paths([str(pair[1])])
+    ref = wait_loaded(window, 3)
+    window.comparison.set_inputs(syn, ref, src)
+    window.tabs.setCurrentWidget(window.comparison)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    result = window.comparison.model.result
+    mask = modalities.body_mask(ref.volume.array, "CT")
+    matched = histogram_matched(src.volume, ref.volume, mask)
+    expected = metrics.evaluate(matched.array, ref.volume.array, "CT", mask=mask)
+    assert result.baseline.body == expected.body and result.baseline.whole == expected.whole
+    panel = window.comparison.metrics
+    table = panel.table
+    assert "histogram-matched (do nothing)" in table.verticalHeaderItem(2).text()
+    for row, scores in ((2, expected.body), (3, expected.whole)):
+        shown = [table.item(row, col).text() for col in range(3)]
+        assert shown == [format_value(scores.psnr), format_value(scores.ssim), format_value(scores.mae)]
+    # the synthetic (40 HU of noise and a 25 HU bias) is worse than the source only 30 HU off
+    assert expected.body.mae < result.evaluation.body.mae
+    assert panel.verdict.isVisible() and panel.verdict.text().startswith("Worse than doing nothing")
+    assert "b01010" in panel.verdict.styleSheet()
+
+
+def test_without_a_source_the_baseline_row_says_so(qtbot, window, pair, wait_loaded):
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    assert result.baseline is None
+    table = window.comparison.metrics.table
+    assert "source not known" in table.item(2, 0).text() and table.columnSpan(2, 0) == 3
+    assert "source not known" in window.comparison.metrics.verdict.text()
 
 
 def test_the_four_panels_are_linked_and_the_synthetic_one_is_marked(qtbot, window, pair, wait_loaded):

@@ -147,3 +147,82 @@ def test_a_crash_of_the_synthesis_process_leaves_the_viewer_running(qtbot, windo
     qtbot.waitUntil(lambda: any(line.startswith("Synthesis failed") for line in window.log.lines), timeout=30000)
     assert "stopped unexpectedly" in window.log.lines[-1]
     assert panel.run_button.isEnabled() and window.viewer.document is not None
+
+
+# -- the out-of-distribution guard and the model card ------------------------------------------------
+@pytest.fixture
+def guarded_model(tmp_path, study_folder):
+    """A tiny model whose card has an input profile measured on the study's T2 and CT, and limitations."""
+    import engine.io as io
+    from engine.inference.ood import profile_from_volumes
+
+    profile = profile_from_volumes([("head", m, io.load(study_folder / f"{m}.nii.gz")) for m in ("T2", "CT")])
+    return write_random_model(tmp_path / "models" / "guarded", routes=ROUTES, image_size=32,
+                              metadata={"inference_defaults": {"steps": 2, "seed": 7}, "input_profile": profile,
+                                        "limitations": ["Trained on one phantom head only.",
+                                                        "Research use only, not for diagnosis."]})
+
+
+@pytest.fixture
+def guarded_window(qtbot, no_default_model, guarded_model, study_folder, wait_loaded):
+    win = MainWindow(Settings(model_dirs=[str(guarded_model)]))
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)
+    win.open_paths([str(study_folder)])
+    wait_loaded(win)
+    win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
+    wait_loaded(win, 2)
+    return win
+
+
+def synthesize(qtbot, window, count: int):
+    panel = window.synthesis
+    panel.target.setCurrentText("FLAIR")                      # nothing to compare with: the viewer shows it
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: len(window.workspace.documents) == count, timeout=120000)
+    qtbot.waitUntil(lambda: panel.run_button.isEnabled(), timeout=10000)
+    return window.workspace.documents[count - 1]
+
+
+def test_the_panel_warns_when_the_input_is_unlike_the_training_data(qtbot, guarded_window, tmp_path, phantom,
+                                                                    write_nifti, wait_loaded):
+    window, panel = guarded_window, guarded_window.synthesis
+    window.tabs.setCurrentWidget(window.viewer)
+    synthetic = synthesize(qtbot, window, 3)                  # the T2 the profile was measured on: quiet
+    assert not any(n.startswith("input check") for n in synthetic.volume.notes)
+    assert not panel.input_check.isVisible()
+
+    ct = phantom()                                             # the same head with a tenfold spacing
+    crafted = write_nifti(tmp_path / "far" / "T2_wrong_spacing.nii.gz", np.where(ct > -500, 1000.0 - ct, 0.0),
+                          spacing=(8.0, 12.0, 25.0))
+    window.open_paths([str(crafted)])
+    doc = wait_loaded(window, 4)
+    window.workspace.activate(doc)
+    assert panel.document is doc and panel.source.currentText() == "T2"
+    synthetic = synthesize(qtbot, window, 5)
+    warnings = [n for n in synthetic.volume.notes if n.startswith("input check")]
+    assert any("larger than any training scan" in w for w in warnings)
+    assert panel.input_check.isVisible()
+    assert "unlike this model's training data" in panel.input_check.text()
+    assert "larger than any training scan" in panel.input_check.text()
+    assert any("larger than any training scan" in line for line in window.log.lines)
+
+
+def test_the_model_cards_limitations_are_one_click_away(qtbot, guarded_window):
+    panel = guarded_window.synthesis
+    assert panel.card_button.isEnabled() and not panel.limitations.isVisible()
+    assert "Trained on one phantom head only." in panel.card_button.toolTip()
+    panel.card_button.click()
+    assert panel.limitations.isVisible()
+    assert "• Trained on one phantom head only." in panel.limitations.text()
+    assert "Research use only" in panel.limitations.text()
+
+
+def test_a_model_without_a_profile_says_it_cannot_check(qtbot, window):
+    panel = window.synthesis
+    synthetic = synthesize(qtbot, window, 3)
+    assert any(n.startswith("input check") and "cannot be checked" in n for n in synthetic.volume.notes)
+    assert panel.input_check.isVisible() and "cannot be checked" in panel.input_check.text()
+    assert "The model card lists no limitations." in panel.card_button.toolTip()
