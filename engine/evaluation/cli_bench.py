@@ -141,11 +141,30 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_positive, default=1, metavar="N",
                    help="also sample Stage II only and the default model from the next N - 1 seeds and print "
                         "their spread: the sampling noise a comparison of the two has to beat (default 1)")
+    p.add_argument("--no-generalization", action="store_true",
+                   help="skip the generalization sets (shifted field of view and resolution, CBCT outside the "
+                        "training ranges, real images never trained on)")
     p.add_argument("--quick", action="store_true",
                    help="seconds: a phantom dataset and the quick recipe trained in a temporary folder, "
                         "2 slices per volume, 3 ODE steps (checks the pipeline, not the model)")
     _add_output_arguments(p)
     p.set_defaults(func=_run_quality)
+
+
+def _quick_dataset(root: Path) -> Path:
+    """The phantom dataset of ``--quick``: five MR subjects and two CT / CBCT ones, sub05 and ct02 held out."""
+    import json
+
+    from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
+
+    data = write_phantom_dataset(root, subjects=5, modality_names=("T1", "T1CE", "T2", "FLAIR", "PD"),
+                                 split={"train": ["sub01", "sub02", "sub03", "ct01"], "val": ["sub04"],
+                                        "test": ["sub05", "ct02"]})
+    write_phantom_subject(data / "ct02", ("CT", "CBCT"), seed=101)
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+    meta["anatomy"]["ct02"] = "head"
+    (data / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return data
 
 
 def _run_quality(args: argparse.Namespace) -> int:
@@ -163,21 +182,19 @@ def _run_quality(args: argparse.Namespace) -> int:
     words += [] if args.slices == 8 else ["--slices", str(args.slices)]
     words += ["--steps", str(args.steps)] if args.steps else []
     words += ["--seeds", str(args.seeds)] if args.seeds != 1 else []
+    words += ["--no-generalization"] if args.no_generalization else []
     with tempfile.TemporaryDirectory(prefix="synermedgen-quality-") as tmp:
         run, data, slices, steps = Path(args.run), Path(args.data), args.slices or None, args.steps
         if args.quick:
-            from engine.tasks.phantoms import write_phantom_dataset
             from engine.training.recipe import run_recipe
 
-            data = write_phantom_dataset(Path(tmp) / "data", subjects=5,
-                                         modality_names=("T1", "T1CE", "T2", "FLAIR", "PD"),
-                                         split={"train": ["sub01", "sub02", "sub03", "ct01"], "val": ["sub04"],
-                                                "test": ["sub05"]})
+            data = _quick_dataset(Path(tmp) / "data")
             log("training the quick recipe on a phantom dataset …")
             run = run_recipe(data, Path(tmp) / "run", quality.QUICK["recipe"], threads=1, device=args.device)
             slices, steps = quality.QUICK["slices"], steps or quality.QUICK["steps"]
         report = quality.run_quality(run, data, split=args.split, max_slices=slices, steps=steps,
-                                     device=args.device, seeds=args.seeds, progress=log)
+                                     device=args.device, seeds=args.seeds,
+                                     generalization=not args.no_generalization, progress=log)
     report["command"] = shlex.join(words)
     report["machine"] = describe_machine(resolve_device(args.device))
     return _print_report(args, report, quality.to_markdown, quality.to_text)

@@ -22,6 +22,11 @@ With ``seeds`` > 1 the Stage II only and Stage I + II rows are sampled again fro
 between them has to beat, and seed by seed both start from the same noise, so their difference is
 paired (:func:`seed_lines`).
 
+The generalization part (:mod:`engine.evaluation.generalization`, ``report["generalization"]``) scores
+identity, BasicUNet and the default model again on inputs unlike the training data — shifted fields
+of view and resolution, CBCTs simulated outside the training ranges, real images never trained on —
+each beside identity on the same inputs.
+
 Each row also carries its *target agreement* (:func:`target_agreement`): how alike its outputs for
 different MR targets of one source slice are, beside the same for the real scans — a model that
 ignores the requested target (the same image for T1 → T2 and T1 → FLAIR) scores ≈ 1 — and, per
@@ -40,10 +45,12 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.evaluation import generalization as gen
 from engine.evaluation.metrics import pearson
 from engine.evaluation.synthesis_eval import (ModelEvaluation, SubjectScore, central_block, evaluate_model,
                                               route_jobs, score_volume)
 from engine.evaluation.understanding import identification, identification_lines, understanding, understanding_lines
+from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
@@ -198,12 +205,17 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
 
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
                 steps: int | None = None, device: str = "cpu", understanding_samples: int = 64, seeds: int = 1,
+                generalization: bool = True, generalization_slices: int | None = None,
                 progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None
                 ) -> dict[str, Any]:
     """Every row on ``data``'s ``split`` for the routes of :data:`ROUTES` the split has; the
     recipe's models come from the run folder ``run`` and all sample with the recipe's inference
     defaults (``steps`` overrides their ODE steps); every row but one applies its source-guided filter.
-    The rows of :data:`SEEDED` are scored for ``seeds`` sampling seeds (the recipe's and the next ones)."""
+    The rows of :data:`SEEDED` are scored for ``seeds`` sampling seeds (the recipe's and the next ones).
+    With ``generalization`` the rows of :data:`engine.evaluation.generalization.ROWS` are scored again on
+    shifted and real held-out inputs (:mod:`engine.evaluation.generalization`; ``generalization_slices``
+    central slices per volume, default the smaller of ``max_slices`` and its own default), under
+    ``report["generalization"]``."""
     from engine.baselines import IntensityMatch, UNetSynthesizer
 
     if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
@@ -214,7 +226,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     if missing:
         raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; train them with "
                                 f"python main.py recipe --data {data} --out {run}")
-    paired = PairedDataset.open(data)
+    # slices (Stage I's questions, the identity fit) cut as the recipe's models cut them
+    paired = PairedDataset.open(data, pixel_mm=ModelCard.read(run / recipe.STAGE12).pixel_mm)
     present = set(paired.routes(split))
     routes = [r for r in ROUTES if r in present]
     if not routes:
@@ -228,6 +241,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     report["sampling"] = sampling.to_dict()
     default = Synthesizer(run / recipe.STAGE12, device=device)
     image_size = default.image_size
+    kept: dict[str, tuple] = {}           # the rows the generalization sets score again
     for key, label, entry, filtered in ROWS:
         check_cancel(cancel)
         started = time.perf_counter()
@@ -258,6 +272,13 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
                                        settings=settings.replace(seed=seed), cancel=cancel)
                 row["seeds"].append(_seed_scores(seed, _scores(again)))
         report["rows"].append(row)
+        if key in gen.ROWS:
+            kept[key] = (key, label, synth, settings)
+    if generalization:
+        slices = generalization_slices or min(max_slices or gen.SLICES, gen.SLICES)
+        report["generalization"] = gen.run_generalization(
+            paired, data, split, [kept[k] for k in gen.ROWS if k in kept], default, max_slices=slices,
+            progress=progress, cancel=cancel)
     progress("VAE ceiling …")
     report["ceiling"] = {"key": CEILING[0], "label": CEILING[1],
                          **ceiling(VAERoundTrip(default), paired, split, routes, max_slices, cancel)}
@@ -379,6 +400,7 @@ def to_markdown(report: dict) -> str:
               "that disagree, seen as stripes in the sagittal and coronal planes).",
               *seed_lines(report),
               "", *understanding_lines(report["understanding"]), *identification_lines(report["identification"])]
+    lines += gen.markdown_lines(report.get("generalization"))
     return "\n".join(lines)
 
 

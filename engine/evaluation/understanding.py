@@ -59,10 +59,10 @@ def run_understanding(model: str | Path, data: str | Path, *, split: str = "test
                       device: str = "cpu", command: str = "", progress: Callable[[str], None] = lambda line: None,
                       cancel: CancelToken | None = None) -> dict[str, Any]:
     """Both measurements of ``model`` on ``data``'s ``split``."""
-    paired = PairedDataset.open(data)
+    synth = Synthesizer(Path(model), device=device)
+    paired = PairedDataset.open(data, pixel_mm=synth.pixel_mm)        # slices cut as the model's
     if not paired.subject_names(split):
         raise ValueError(f"{data}: the {split!r} split has no subjects")
-    synth = Synthesizer(Path(model), device=device)
     progress("understanding …")
     scores = understanding(synth, paired, split, samples=samples, one_panel=True, cancel=cancel)
     progress("identify …")
