@@ -22,7 +22,7 @@ from engine.inference.settings import SynthesisSettings, resolve_device
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 from engine.tasks import PairedDataset, SynthesisDataset
 from engine.tasks.augment import Randomization
-from engine.tasks.slices import DEFAULT_PIXEL_MM
+from engine.training.config import DEFAULT_PIXEL_MM
 
 WEIGHTS, CARD = "unet.safetensors", "baseline.json"
 FEATURES = (16, 32, 64, 128, 128, 16)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 _AXIS_PREFERENCE = (0, 1, 2)     # array axes (z, y, x): on ties, slice along z
 TILE_OVERLAP = 0.25              # share of a tile shared with its neighbour when a slice needs several
-DEFAULT_PIXEL_MM = 4.0           # a new model's pixel size: 64 pixels span 256 mm, a whole adult head
 
 
 def slice_axis(spacing_xyz) -> int:

@@ -10,8 +10,7 @@ import sys
 import textwrap
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.tasks.slices import DEFAULT_PIXEL_MM
-from engine.training.config import DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
+from engine.training.config import DEFAULT_PIXEL_MM, DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 PRESET_NAMES = ("tiny", "default", "small", "bagel-7b")   # engine.model.config.PRESETS, without importing torch

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 from engine import modalities
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
-from engine.tasks.slices import DEFAULT_PIXEL_MM
+
+DEFAULT_PIXEL_MM = 4.0           # a new model's pixel size: 64 pixels span 256 mm, a whole adult head
 
 STAGES = ("vae", "understanding", "generation", "joint")
 
