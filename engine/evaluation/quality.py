@@ -69,6 +69,7 @@ ROWS = (  # key, label, recipe entry (None: fitted here), with the source-guided
     ("stage12", "SynerMedGen Stage I + II (default model)", recipe.STAGE12, True),
     ("stage12_unfiltered", "SynerMedGen Stage I + II, source-guided filter off", recipe.STAGE12, False),
 )
+REQUIRED = {recipe.STAGE1, recipe.STAGE12}   # other rows are left out, with the reason, when their entry is missing
 SEEDED = ("stage2", "stage12")            # the rows sampled again from further seeds with ``seeds`` > 1
 CEILING = ("vae", "VAE round trip of the target (ceiling without the filter)")
 RESAMPLING = ("resampling", "resampling to the model's slice size and back (ceiling at this size without the filter)")
@@ -223,7 +224,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     seeds = int(seeds)
     run = Path(run)
     missing = [name for _, _, name, _ in ROWS if name and not (run / name).is_dir()]
-    if missing:
+    if set(missing) & REQUIRED:
         raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; train them with "
                                 f"python main.py recipe --data {data} --out {run}")
     # slices (Stage I's questions, the identity fit) cut as the recipe's models cut them
@@ -234,7 +235,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
         raise ValueError(f"{data}: the {split!r} split has none of the benchmark routes")
     report: dict[str, Any] = {"data": str(data), "run": str(run), "split": split, "max_slices": max_slices,
                               "subjects": paired.subject_names(split), "routes": [f"{a}→{b}" for a, b in routes],
-                              "rows": []}
+                              "rows": [], "skipped": []}
     sampling, _ = settings_from_card(recipe.INFERENCE_DEFAULTS)
     if steps is not None:
         sampling = sampling.replace(steps=steps)
@@ -244,6 +245,9 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     kept: dict[str, tuple] = {}           # the rows the generalization sets score again
     for key, label, entry, filtered in ROWS:
         check_cancel(cancel)
+        if entry in missing:
+            report["skipped"].append({"key": key, "label": label, "why": f"{run / entry} was not trained in this run"})
+            continue
         started = time.perf_counter()
         progress(f"{label} …")
         if entry is None:
@@ -398,6 +402,7 @@ def to_markdown(report: dict) -> str:
               "", "MR through-plane: how much the output changes from one slice to the next inside the body, as a "
               "multiple of the real scan's change on the same slices (1: like the real anatomy; above 1: slices "
               "that disagree, seen as stripes in the sagittal and coronal planes).",
+              *[f"\nNot measured: {s['label']} ({s['why']})." for s in report.get("skipped", [])],
               *seed_lines(report),
               "", *understanding_lines(report["understanding"]), *identification_lines(report["identification"])]
     lines += gen.markdown_lines(report.get("generalization"))

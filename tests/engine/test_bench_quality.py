@@ -203,3 +203,17 @@ def test_the_generalization_sets_score_each_row_beside_identity_on_the_same_inpu
     for f in files:
         assert "modality" in f["identify"] and set(f["rows"]) == {"identity", "unet", "stage12"}
     assert "Generalization — 2 central slices per volume" in text and "self-consistency, not correctness" in text
+
+
+def test_an_untrained_ablation_is_left_out_with_the_reason_and_the_default_model_is_required(quick, tmp_path):
+    from engine.evaluation.quality import run_quality, to_markdown
+
+    report, _ = quick
+    skipped = {**report, "rows": [r for r in report["rows"] if r["key"] != "stage2"],
+               "skipped": [{"key": "stage2", "label": "SynerMedGen Stage II only (no Stage I)",
+                            "why": "runs/x/generation-only was not trained in this run"}]}
+    text = to_markdown(skipped)
+    assert "Not measured: SynerMedGen Stage II only (no Stage I) (runs/x/generation-only was not trained" in text
+    assert "| SynerMedGen Stage II only" not in text
+    with pytest.raises(FileNotFoundError, match="generation"):
+        run_quality(tmp_path / "empty-run", ROOT / "resources" / "demo")
