@@ -40,6 +40,7 @@ from engine.jobs import CancelToken, check_cancel
 MR_ROUTES = (("T1", "T2"), ("T2", "FLAIR"), ("FLAIR", "T1"), ("T1", "T1CE"))   # each BraTS contrast a target once
 CBCT_ROUTE = ("CBCT", "CT")
 ROWS = ("identity", "unet", "stage12")     # the rows of quality.ROWS scored here
+UNCALIBRATED = ("stage12_uncalibrated", "SynerMedGen Stage I + II, HU calibration off")   # CBCT sets only
 SLICES = 4                                  # central body slices per volume (at most the main table's)
 SEED = 2026                                 # the out-of-range CBCT simulations
 CBCT_SIDES = ("above", "below")
@@ -396,20 +397,29 @@ def run_generalization(paired, data: str | Path, split: str, rows: Sequence[tupl
     for key in shifts.SHIFTS:
         report["sets"].append(score_set(key, shifted_set(paired, split, key, routes), rows, routes, max_slices,
                                         progress, cancel))
+    cbct_rows = list(rows) + _calibration_off(rows)
     if CBCT_ROUTE in present:
-        report["sets"].append(score_set("cbct_out_of_range", cbct_set(paired, split), rows, [CBCT_ROUTE], max_slices,
-                                        progress, cancel))
+        report["sets"].append(score_set("cbct_out_of_range", cbct_set(paired, split), cbct_rows, [CBCT_ROUTE],
+                                        max_slices, progress, cancel))
     else:
         report["sets"].append({"key": "cbct_out_of_range", "label": SET_LABELS["cbct_out_of_range"], "subjects": [],
                                "rows": [], "skipped": f"the {split!r} split has no CT subject"})
     real, found = real_ct_set()
     report["holdout"] = {"ct": found, "not_used": NOT_USED}
     if any(CBCT_ROUTE in (synth.routes or [CBCT_ROUTE]) for _, _, synth, _ in rows):
-        report["sets"].append(score_set("real_ct", real, [r for r in rows if CBCT_ROUTE in (r[2].routes or [CBCT_ROUTE])],
+        report["sets"].append(score_set("real_ct", real,
+                                        [r for r in cbct_rows if CBCT_ROUTE in (r[2].routes or [CBCT_ROUTE])],
                                         [CBCT_ROUTE], max_slices, progress, cancel))
     report["real_mr"] = real_mr(rows, default, max_slices, progress, cancel)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _calibration_off(rows: Sequence[tuple[str, str, Any, Any]]) -> list[tuple[str, str, Any, Any]]:
+    """The default model again without the HU calibration (:mod:`engine.inference.calibration`): what
+    that mechanism adds on the CBCT sets."""
+    return [(UNCALIBRATED[0], UNCALIBRATED[1], synth, settings.replace(hu_calibration=False))
+            for key, _, synth, settings in rows if key == "stage12"]
 
 
 # -- printing -----------------------------------------------------------------------------------------
