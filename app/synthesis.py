@@ -118,11 +118,10 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     ending with the out-of-distribution guard's warnings; the progress reports carry the latest
     finished slice as ``preview``. Imports torch."""
     from engine.inference.cli_synthesize import resolve_source
-    from engine.inference.ood import check_input, with_warnings
+    from engine.inference.ood import with_warnings
 
     synth = _synthesizer(request)
     source, _identified = resolve_source(synth, request.volume, request.source or "auto", progress)
-    warnings = check_input(request.volume, source, synth.card.input_profile, synth.card.pixel_mm)
     settings = synth.default_settings()
     guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
                 if v is not None}
@@ -130,6 +129,7 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
                                  ("noise_correlation", request.noise_correlation),
                                  ("guided_filter", request.guided_filter)) if v is not None}
     settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
+    warnings = synth.input_warnings(request.volume, source, settings)
     latest: list[np.ndarray | None] = [None]
 
     def report(p: Progress) -> None:

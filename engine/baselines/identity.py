@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from engine.inference.calibration import dataset_calibration
+from engine.inference.calibration import calibration_shift, dataset_calibration
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings
@@ -30,6 +30,19 @@ def quantile_map(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np
     return xs.astype(np.float32), ys[first].astype(np.float32)
 
 
+def _calibration_offset(paired: PairedDataset, subject: str, modality: str, calibration: dict | None) -> float:
+    """The HU calibration of a CT-family volume as the pipeline applies it, on the [0, 1] scale the
+    slices are fitted on (0 for other modalities): the map is fitted on sources as they will arrive."""
+    from engine import modalities
+
+    mod = modalities.get(modality)
+    if calibration is None or mod.family != "CT":
+        return 0.0
+    hu = paired.volume(subject, modality).array
+    shift, _ = calibration_shift(hu, modalities.body_mask(hu, modality), calibration)
+    return shift / (mod.fixed_range[1] - mod.fixed_range[0])
+
+
 class IntensityMatch(SliceSynthesizer):
     """``IntensityMatch.fit(paired, image_size)``: the identity baseline for every route of the
     training split, slicing as ``paired`` does (its ``pixel_mm``) and calibrating CT-family sources
@@ -46,10 +59,12 @@ class IntensityMatch(SliceSynthesizer):
     @classmethod
     def fit(cls, paired: PairedDataset, image_size: int, split: str = "train") -> "IntensityMatch":
         pixels: dict[tuple[str, str], tuple[list, list]] = {}
+        calibration = dataset_calibration(paired, split)
         for subject in paired.subject_names(split):
             usable = paired.usable_slices(subject)
             picked = usable[:: max(1, len(usable) // MAX_SLICES_PER_SUBJECT)]
             images = {m: torch.cat([paired.model_slice(subject, m, i, image_size) for i in picked]).numpy()
+                      + _calibration_offset(paired, subject, m, calibration)
                       for m in paired.subject_modalities(subject)} if picked else {}
             for route in paired.subject(subject).routes:
                 src, tgt = pixels.setdefault(route, ([], []))
@@ -58,7 +73,7 @@ class IntensityMatch(SliceSynthesizer):
         if not pixels:
             raise ValueError(f"identity baseline: the {split!r} split has no paired slices to fit on")
         maps = {route: quantile_map(np.concatenate(s), np.concatenate(t)) for route, (s, t) in pixels.items()}
-        return cls(maps, image_size, paired.pixel_mm, dataset_calibration(paired, split))
+        return cls(maps, image_size, paired.pixel_mm, calibration)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
         return self.maps[(source, target)], ["method: source intensities quantile-matched to the target's "

@@ -90,9 +90,9 @@ class ResamplingRoundTrip(SliceSynthesizer):
         return modalities.canonical(source), modalities.canonical(target)
 
     def default_settings(self) -> SynthesisSettings:
-        # a round trip without the filter, whatever the model's card says: its "source" is the
-        # target itself, and a filter guided by it would copy the reference back
-        return super().default_settings().replace(guided_filter=0.0)
+        # a round trip without the filter or the HU calibration, whatever the model's card says: its
+        # "source" is the target itself, which a filter would copy back and a calibration would shift
+        return super().default_settings().replace(guided_filter=0.0, hu_calibration=False)
 
     def _prepare(self, source: str, target: str, settings: SynthesisSettings) -> tuple[Any, list[str]]:
         return None, [f"method: {self.method}"]

@@ -63,12 +63,10 @@ def resolve_source(synth, volume, requested: str | None, progress) -> tuple[str,
                      f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")
 
 
-def input_warnings(card, volume, source: str, quiet: bool = False) -> list[str]:
+def input_warnings(synth, volume, source: str, settings, quiet: bool = False) -> list[str]:
     """The out-of-distribution guard's warnings for ``volume`` read as ``source``, printed to stderr
     (always; its note that a card without a profile cannot check, only when not ``quiet``)."""
-    from engine.inference.ood import check_input
-
-    warnings = check_input(volume, source, card.input_profile, card.pixel_mm)
+    warnings = synth.input_warnings(volume, source, settings)
     for line in warnings:
         if line != NO_PROFILE_NOTE:
             print(f"warning: {line}", file=sys.stderr)
@@ -96,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     synth = open_synthesizer(args, folder)
     source, identified = resolve_source(synth, volume, args.source, progress)
     synth.card.check_route(source, target)
-    warnings = input_warnings(synth.card, volume, source, args.quiet)
     settings = sampling_settings(args, synth.default_settings())
+    warnings = input_warnings(synth, volume, source, settings, args.quiet)
     result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
     description = synth.describe(source, target, settings)
     if any(w != NO_PROFILE_NOTE for w in warnings):

@@ -63,10 +63,12 @@ def fits_at_model_resolution(source: str, target: str) -> bool:
     return modalities.get(source).family == modalities.get(target).family != "MR"
 
 
-def native_radius(radius: float, height: int, width: int, image_size: int) -> int:
-    """The window radius in input pixels for ``radius`` in model pixels (the input slice is
-    ``height × width``, the model's ``image_size²``); at least one pixel."""
-    return max(1, int(round(float(radius) * max(height, width) / float(image_size))))
+def native_radius(radius: float, placement) -> int:
+    """The window radius in input pixels for ``radius`` in model pixels, for slices placed by
+    ``placement`` (:class:`engine.tasks.slices.Placement`: input pixels per model pixel, the larger
+    of the two axes); at least one pixel."""
+    scale = max(placement.height / placement.content_height, placement.width / placement.content_width)
+    return max(1, int(round(float(radius) * scale)))
 
 
 def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float = EPS,

@@ -26,6 +26,10 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  an input with (engine.inference.ood.training_profile; default: none,
                                  the guard only notes that it cannot check)
     limitations          ["…", …]  what the model is known not to do, shown to the user
+    pixel_mm             float   the model's pixel size: slices are resampled to it (default: none,
+                                 each slice fitted to image_size)
+    calibration          {"soft_tissue_hu": …}  where the training CTs' soft-tissue peak sits: CT-family
+                                 sources are shifted onto it (engine.inference.calibration; default: none)
 """
 from __future__ import annotations
 
@@ -152,6 +156,12 @@ class ModelCard:
         """The training profile of the out-of-distribution guard, or None when the card has none."""
         profile = self.raw.get("input_profile")
         return dict(profile) if isinstance(profile, Mapping) and profile.get("modalities") else None
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The HU calibration of CT-family sources (engine.inference.calibration), or None."""
+        value = self.raw.get("calibration")
+        return dict(value) if isinstance(value, Mapping) and value.get("soft_tissue_hu") is not None else None
 
     @property
     def limitations(self) -> list[str]:

@@ -349,11 +349,12 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
 
 
 def check_input(volume: "Volume", source: str, profile: Mapping[str, Any] | None,
-                pixel_mm: float | None = None) -> list[str]:
+                pixel_mm: float | None = None, calibration: Mapping[str, Any] | None = None) -> list[str]:
     """Warnings (each starting with :data:`WARNING_PREFIX`) when ``volume``, read as ``source``, is
     unlike the training data the ``profile`` describes; empty when it looks like it. Without a
     profile, only the note that nothing can be checked. With ``pixel_mm`` (the model's pixel size:
-    it resamples every slice to it) pixels finer than the training data's are not flagged."""
+    it resamples every slice to it) pixels finer than the training data's are not flagged; with the
+    card's ``calibration`` a CT-family input is checked as the pipeline will feed it (shifted)."""
     if not profile or not isinstance(profile, Mapping) or not profile.get("modalities"):
         return [NO_PROFILE_NOTE]
     source = modalities.canonical(source)
@@ -361,6 +362,12 @@ def check_input(volume: "Volume", source: str, profile: Mapping[str, Any] | None
     if record is None:
         trained = ", ".join(profile["modalities"]) or "none"
         return [f"{WARNING_PREFIX}the model was not trained on {source} inputs (training modalities: {trained})"]
+    if calibration and modalities.get(source).family == "CT":
+        from engine.inference.calibration import calibration_shift
+
+        array = np.asarray(volume.array, dtype=np.float32)
+        shift, _ = calibration_shift(array, modalities.body_mask(array, source), calibration)
+        volume = volume.with_array(array + np.float32(shift)) if shift else volume
     signals = volume_signals(volume, source)
     anatomies = [profile.get("anatomies", {}).get(a) or {} for a in record.get("anatomies", [])]
     geo = {key: _union([a.get(key) for a in anatomies]) for key in GEOMETRY_KEYS}

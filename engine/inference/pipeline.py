@@ -249,13 +249,13 @@ class SliceSynthesizer:
         shift, calibration_note = 0.0, ""
         if settings.hu_calibration and modalities.get(source).family == "CT":
             shift, calibration_note = calibration_shift(array, slices_back(plan.body, plan.axis),
-                                                        self.card.raw.get("calibration"))
+                                                        self.card.calibration)
             array += shift
         norm_in = modalities.normalisation_for(array, source)
         stack = slices_first(modalities.normalise(array, norm_in), plan.axis)
         norm_out = self.output_normalisation(target)
         out = np.full((plan.count, plan.height, plan.width), self.background_value(target), np.float32)
-        radius = native_radius(settings.guided_filter, plan.height, plan.width, self.image_size) \
+        radius = native_radius(settings.guided_filter, plan.placement) \
             if settings.guided_filter else 0
         same_scale = fits_at_model_resolution(source, target)
 
@@ -351,6 +351,15 @@ class SliceSynthesizer:
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
         return f"synthetic {target} from {source} ({self.name})"[:64]
+
+    def input_warnings(self, volume: Volume, source: str, settings: SynthesisSettings | None = None) -> list[str]:
+        """The out-of-distribution guard's warnings (:mod:`engine.inference.ood`) for ``volume`` as the
+        model will see it: after the HU calibration ``settings`` ask for."""
+        from engine.inference.ood import check_input
+
+        settings = settings or self.default_settings()
+        return check_input(volume, source, self.card.input_profile, self.pixel_mm,
+                           self.card.calibration if settings.hu_calibration else None)
 
     @contextlib.contextmanager
     def _network_time(self):

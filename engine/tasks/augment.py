@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from engine import modalities
 
-CT_RANGE_HU = 3024.0          # the width of the CT family's [0, 1] normalisation (−1024…2000 HU)
-
-
 @dataclass(frozen=True)
 class Randomization:
     """Ranges of the per-sample draws (uniform unless said otherwise); ``*_p`` are probabilities."""
@@ -52,15 +49,21 @@ class View:
     keep: tuple[int, int, int, int] | None = None
 
 
+def _crop_offset(length: int, size: int) -> float:
+    """Where the centre crop's centre lies from the canvas centre (pixels): 0, or −½ for an odd difference."""
+    return (length - size) // 2 + size / 2 - length / 2
+
+
 def draw_view(rng: random.Random, spec: Randomization, canvas_hw: tuple[int, int], size: int) -> View:
     """A random field of view of a (Hc, Wc) canvas as a ``size``² model image."""
     hc, wc = canvas_hw
     angle = math.radians(rng.uniform(-spec.rotation_deg, spec.rotation_deg))
     zoom = rng.uniform(*spec.zoom)
-    # canvas pixel offset from its centre = A · (model pixel offset from its centre) + t
+    # canvas pixel offset from its centre = A · (model pixel offset from its centre) + t; t = 0 is the
+    # centre crop apply_view takes without a view (half a pixel off the canvas centre for an odd difference)
     a = [[math.cos(angle) / zoom, -math.sin(angle) / zoom], [math.sin(angle) / zoom, math.cos(angle) / zoom]]
-    tx = rng.uniform(-spec.shift, spec.shift) * size + rng.uniform(-0.5, 0.5) * (wc - size)
-    ty = rng.uniform(-spec.shift, spec.shift) * size + rng.uniform(-0.5, 0.5) * (hc - size)
+    tx = rng.uniform(-spec.shift, spec.shift) * size + rng.uniform(-0.5, 0.5) * (wc - size) + _crop_offset(wc, size)
+    ty = rng.uniform(-spec.shift, spec.shift) * size + rng.uniform(-0.5, 0.5) * (hc - size) + _crop_offset(hc, size)
     theta = ((a[0][0] * size / wc, a[0][1] * size / wc, 2.0 * tx / wc),
              (a[1][0] * size / hc, a[1][1] * size / hc, 2.0 * ty / hc))
     keep = None
@@ -111,11 +114,12 @@ def degrade(image: torch.Tensor, modality: str, rng: random.Random, spec: Random
                             align_corners=False, antialias=True)
         out = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0]
     if family == "CT":
-        hu = out * CT_RANGE_HU
+        lo, hi = modalities.get(modality).fixed_range            # the [0, 1] normalisation's HU range
         scale = 1.0 + rng.uniform(-spec.hu_scale, spec.hu_scale)
         shift = rng.uniform(-spec.hu_offset, spec.hu_offset)
-        # calibration acts on HU (air −1000 stays near air); the canvas background stays background
-        out = torch.where(body, ((hu - 1024.0) * scale + 1024.0 + shift) / CT_RANGE_HU, out)
+        hu = (lo + out * (hi - lo)) * scale + shift
+        # calibration acts on HU; the canvas background stays background
+        out = torch.where(body, (hu - lo) / (hi - lo), out)
     else:
         if rng.random() < spec.bias_p:
             out = out * torch.exp(spec.bias_strength * _smooth_field(gen, size))

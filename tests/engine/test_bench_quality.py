@@ -169,6 +169,7 @@ def test_the_resampling_ceiling_is_never_guided_by_its_own_reference(tmp_path):
     assert model.default_settings().guided_filter == 2.0
     round_trip = ResamplingRoundTrip(model)
     assert round_trip.default_settings().guided_filter == 0.0
+    assert round_trip.default_settings().hu_calibration is False     # nor shifted: a CT ceiling is the CT itself
     labels = phantom_labels((4, 64, 64), seed=0)
     volume = Volume(phantom_volume(labels, "T2", 0), spacing=(1.0, 1.0, 3.0), modality="T2", unit="a.u.")
     trip = round_trip.synthesize_volume(volume, "T2", "T2")

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
+from engine.tasks.slices import Placement
 
 
 def tissues(size: int = 64, seed: int = 0) -> np.ndarray:
@@ -110,10 +111,14 @@ def test_bad_shapes_and_radii_are_refused():
 
 
 def test_the_radius_is_given_in_model_pixels_and_scaled_to_the_input_grid():
-    assert native_radius(2.0, 128, 128, 64) == 4              # the demo study: 128² slices, a 64² model
-    assert native_radius(2.0, 512, 400, 64) == 16             # a CT slice: the longer side sets the scale
-    assert native_radius(1.5, 128, 96, 64) == 3
-    assert native_radius(0.2, 32, 32, 64) == 1                # never below one input pixel
+    fitted = lambda h, w: Placement.for_shape(h, w, 64)                      # noqa: E731 — a model without pixel_mm
+    assert native_radius(2.0, fitted(128, 128)) == 4          # 128² slices, a 64² model
+    assert native_radius(2.0, fitted(512, 400)) == 16         # a CT slice: the longer side sets the scale
+    assert native_radius(1.5, fitted(128, 96)) == 3
+    assert native_radius(0.2, fitted(32, 32)) == 1            # never below one input pixel
+    # physical scale: 4 mm model pixels over 1.875 mm input pixels, whatever the field of view
+    for shape in ((128, 128), (60, 70), (300, 300)):
+        assert native_radius(2.0, Placement.for_shape(*shape, 64, (1.875, 1.875), 4.0)) == 4
 
 
 def test_lines_are_fitted_at_the_model_s_resolution_only_between_modalities_of_one_physical_scale():

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine import modalities
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.io.volume import Volume
 from engine.tasks import PairedDataset, SynthesisDataset, from_model_slice, to_model_slice
-from engine.tasks.augment import Look, Randomization, View, apply_view, degrade, draw_view
+from engine.tasks.augment import Look, Randomization, View, _crop_offset, apply_view, degrade, draw_view
 from engine.tasks.phantoms import write_phantom_dataset
 from engine.tasks.slice_dataset import derived_rng
 from engine.tasks.slices import Placement, in_plane_spacing, to_canvas
@@ -161,7 +162,8 @@ def test_each_degradation_does_what_it_says():
     quantised = degrade(image * 0.97, "T1", rng(), _only(quantize_p=1.0))
     assert torch.allclose(quantised * 255.0, torch.round(quantised * 255.0), atol=1e-4)
     ct = degrade(image, "CBCT", rng(), _only(hu_offset=100.0))
-    shift_hu = ((ct - image) * 3024.0)[image > 0]
+    lo, hi = modalities.get("CBCT").fixed_range
+    shift_hu = ((ct - image) * (hi - lo))[image > 0]
     assert shift_hu.std() < 1e-2 and 0.0 < abs(float(shift_hu.mean())) <= 100.0
     assert torch.equal(ct[image == 0], image[image == 0])           # the canvas background stays background
 
@@ -179,5 +181,11 @@ def test_the_field_of_view_draws_rotate_shift_and_cut():
     cut = apply_view(canvas, view, 32)
     assert float(cut[:, :top].abs().sum() + cut[:, bottom:].abs().sum()) == 0.0
     assert (bottom - top) < 32 or (right - left) < 32
-    wide = torch.rand(48, 80)
-    assert apply_view(wide, draw_view(random.Random(3), Randomization(), (48, 80), 32), 32).shape == (1, 32, 32)
+    wide = torch.rand(48, 81)
+    assert apply_view(wide, draw_view(random.Random(3), Randomization(), (48, 81), 32), 32).shape == (1, 32, 32)
+    # the translation draw_view starts from, on a canvas wider by an odd count: exactly the centre crop
+    hc, wc = wide.shape
+    dx, dy = _crop_offset(wc, 32), _crop_offset(hc, 32)
+    assert dx == -0.5 and dy == 0.0
+    still = View(((32 / wc, 0.0, 2.0 * dx / wc), (0.0, 32 / hc, 2.0 * dy / hc)))
+    assert torch.allclose(apply_view(wide, still, 32), apply_view(wide, None, 32), atol=1e-5)
