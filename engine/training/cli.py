@@ -104,9 +104,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient L2 norm (0: off)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the shipped weights")
     p.add_argument("--image-size", type=int, default=64, help="square slice size in pixels (default 64)")
-    p.add_argument("--pixel-mm", type=float, default=DEFAULT_PIXEL_MM,
-                   help=f"the model's pixel size in mm: slices are resampled to it, padded or tiled (default "
-                        f"{DEFAULT_PIXEL_MM:g}; 0: each slice fitted to --image-size as models before it did)")
+    p.add_argument("--pixel-mm", type=float,
+                   help=f"the model's pixel size in mm: slices are resampled to it, padded or tiled (default: the "
+                        f"--init model's, else {DEFAULT_PIXEL_MM:g}; 0: each slice fitted to --image-size as models "
+                        "before it did)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the slices as they are (default: field of view, resolution, bias, noise, contrast "
                         "and calibration randomized per sample)")
@@ -167,6 +168,20 @@ def add_split_fractions(p: argparse.ArgumentParser) -> None:
                         f"(default {TEST_FRACTION:g})")
 
 
+def _pixel_mm(args: argparse.Namespace) -> float:
+    """--pixel-mm, else the start model's (0 for a model that fits its slices), else the default."""
+    if args.pixel_mm is not None:
+        return args.pixel_mm
+    if args.init:
+        from engine.inference.model_card import ModelCard
+
+        try:
+            return ModelCard.read(args.init).pixel_mm or 0.0
+        except ValueError:
+            return DEFAULT_PIXEL_MM                   # an unreadable card is reported when the model loads
+    return DEFAULT_PIXEL_MM
+
+
 def config_from_args(args: argparse.Namespace):
     from engine.training.config import TARGET_EMBEDDING, TrainConfig
 
@@ -181,7 +196,8 @@ def config_from_args(args: argparse.Namespace):
         data=args.data, stage=args.stage, out=args.out, size=args.size, init=args.init, steps=args.steps,
         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        image_size=args.image_size, pixel_mm=args.pixel_mm, augment=args.augment, seed=args.seed, val_fraction=args.val_fraction,
+        image_size=args.image_size, pixel_mm=_pixel_mm(args), augment=args.augment, seed=args.seed,
+        val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, device=args.device, precision=args.precision,
         threads=args.threads, workers=args.workers, fresh_start=args.fresh, checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds, eval_every=args.eval_every, eval_samples=args.eval_samples,

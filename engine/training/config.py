@@ -12,6 +12,8 @@ from engine import modalities
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
 
 DEFAULT_PIXEL_MM = 4.0           # a new model's pixel size: 64 pixels span 256 mm, a whole adult head
+# what a run recorded before an option existed did: slices fitted to the image size, no randomization
+LEGACY_OPTIONS = {"pixel_mm": 0.0, "augment": False}
 
 STAGES = ("vae", "understanding", "generation", "joint")
 
@@ -196,7 +198,7 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"TrainConfig: unknown keys {unknown}")
-        values = dict(data)
+        values = {**LEGACY_OPTIONS, **data}
         if values.get("routes") is not None:
             values["routes"] = tuple(tuple(r) for r in values["routes"])
         return cls(**values)

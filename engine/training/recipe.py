@@ -180,6 +180,9 @@ def _first_difference(recorded: Any, wanted: Any, path: str = "") -> str | None:
 
 def _changed_option(recorded: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
     """The first training option the run recorded otherwise than the recipe now sets it."""
+    from engine.training.config import LEGACY_OPTIONS
+
+    recorded = {**LEGACY_OPTIONS, **recorded}          # a run older than an option trained without it
     for key, value in options.items():
         if key in recorded and _plain(recorded[key]) != _plain(value):
             return f"{key} {recorded[key]!r} (the recipe now asks for {value!r})"

@@ -110,3 +110,27 @@ def test_bad_input_stops_before_training_with_the_culprit_named(data, tmp_path, 
                str(tmp_path / "arch.json"))
     assert "--model-config" in err and "arch.json" in err
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))   # nothing written
+
+
+def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(tmp_path):
+    """A recorded config without pixel_mm / augment is the fitted, unrandomized run it was; the recipe
+    does not reuse such an entry for a 4 mm one; --init of a fitted model keeps fitting by default."""
+    import argparse
+
+    from engine.inference.random_model import write_random_model
+    from engine.training.cli import _pixel_mm
+    from engine.training.config import DEFAULT_PIXEL_MM, TrainConfig
+    from engine.training.recipe import _changed_option
+
+    old = {k: v for k, v in TrainConfig(data="d", stage="vae", out="o").to_dict().items()
+           if k not in ("pixel_mm", "augment")}
+    config = TrainConfig.from_dict(old)
+    assert config.pixel_mm == 0.0 and config.augment is False
+    assert "pixel_mm 0.0" in _changed_option(old, {"pixel_mm": 4.0})
+    fitted = write_random_model(tmp_path / "fitted", routes=(("T1", "T2"),), image_size=32)
+    scaled = write_random_model(tmp_path / "scaled", routes=(("T1", "T2"),), image_size=32,
+                                metadata={"pixel_mm": 2.5})
+    args = lambda **kw: argparse.Namespace(**{"pixel_mm": None, "init": None, **kw})    # noqa: E731
+    assert _pixel_mm(args()) == DEFAULT_PIXEL_MM
+    assert _pixel_mm(args(init=str(fitted))) == 0.0 and _pixel_mm(args(init=str(scaled))) == 2.5
+    assert _pixel_mm(args(init=str(scaled), pixel_mm=3.0)) == 3.0
