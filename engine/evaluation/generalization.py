@@ -1,6 +1,6 @@
 """The generalization part of ``bench quality``: the same rows scored on inputs unlike the
 training data, always beside the identity baseline (the histogram-matched source) on the same
-inputs (DATA.md, "Generalization"). The sets:
+inputs. The sets:
 
 - ``fov_crop`` / ``fov_pad`` / ``resolution`` — the test split's subjects with every volume shifted
   the same way (:mod:`engine.evaluation.shifts`): a tight crop, a field of view ×1.6 wider, coarser
@@ -391,7 +391,8 @@ def run_generalization(paired, data: str | Path, split: str, rows: Sequence[tupl
     routes = [tuple(r) for r in (routes or MR_ROUTES + (CBCT_ROUTE,)) if tuple(r) in present]
     report: dict[str, Any] = {"routes": [f"{a}→{b}" for a, b in routes], "max_slices": max_slices,
                               "rows": [{"key": k, "label": label} for k, label, _, _ in rows],
-                              "cbct_specs": {side: spec.to_dict() for side, spec in shifts.out_of_range_specs().items()},
+                              "cbct_specs": {side: spec.to_dict()
+                                             for side, spec in shifts.out_of_range_specs().items()},
                               "cbct_kept_in_range": list(shifts.KEPT_IN_RANGE), "cbct_widest": list(shifts.WIDEST),
                               "sets": []}
     for key in shifts.SHIFTS:

@@ -12,7 +12,6 @@ import numpy as np
 SOFT_TISSUE_WINDOW_HU = (-350.0, 350.0)    # where the soft-tissue peak is looked for (offsets up to ±350 HU)
 BIN_HU = 5.0
 SMOOTHING_BINS = 4                          # Gaussian σ of the histogram, in bins
-MAX_SHIFT_HU = 400.0                        # a larger apparent offset is not a calibration error: left alone
 
 
 def soft_tissue_peak(hu: np.ndarray, body: np.ndarray | None = None) -> float | None:
@@ -48,9 +47,6 @@ def calibration_shift(hu: np.ndarray, body: np.ndarray, calibration: Mapping | N
     if peak is None:
         return 0.0, "HU calibration: no soft-tissue peak found in the source; left as it is"
     shift = float(reference) - peak
-    if abs(shift) > MAX_SHIFT_HU:
-        return 0.0, (f"HU calibration: the source's soft-tissue peak ({peak:+.0f} HU) is {shift:+.0f} HU from the "
-                     "training CTs'; too far to be a calibration offset, left as it is")
     return shift, (f"HU calibration: source shifted {shift:+.0f} HU (its soft-tissue peak {peak:+.0f} HU onto the "
                    f"training CTs' {float(reference):+.0f} HU)")
 

@@ -287,8 +287,8 @@ class SliceSynthesizer:
         while position < len(queue):
             check_cancel(cancel)
             chunk = queue[position:position + size]
-            images, _ = to_model_slice(stack[chunk], self.image_size, spacing=in_plane_spacing(volume.spacing, plan.axis),
-                                       pixel_mm=self.pixel_mm)
+            images, _ = to_model_slice(stack[chunk], self.image_size, pixel_mm=self.pixel_mm,
+                                       spacing=in_plane_spacing(volume.spacing, plan.axis))
             tiled = [i for i in chunk for _ in range(plan.placement.tiles)]      # a slice's tiles share its noise
 
             def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:

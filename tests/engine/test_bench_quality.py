@@ -1,5 +1,6 @@
 """`python main.py bench quality --quick`: the quality benchmark trains the quick recipe on a
-phantom dataset in a temporary folder (test split: one MR and one CT / CBCT subject) and scores every row (identity, BasicUNet, Stage I only,
+phantom dataset in a temporary folder (test split: one MR and one CT / CBCT subject) and scores every
+row (identity, BasicUNet, Stage I only,
 Stage II only, Stage I + II with and without the source-guided filter), the VAE and resampling ceilings and
 Stage I's accuracies in one run, the two Stage II rows from two sampling seeds; a method that ignores the
 requested target shows in its target agreement."""
@@ -195,7 +196,8 @@ def test_the_generalization_sets_score_each_row_beside_identity_on_the_same_inpu
         identity = entry["rows"][0]
         assert f"| {entry['label']} | {identity['label']} | " in text
     subjects = {s["key"]: s["subjects"] for s in gen["sets"]}
-    assert subjects["fov_crop"] == ["ct02", "sub05"] and subjects["cbct_out_of_range"] == ["ct02 (above)", "ct02 (below)"]
+    assert subjects["fov_crop"] == ["ct02", "sub05"]
+    assert subjects["cbct_out_of_range"] == ["ct02 (above)", "ct02 (below)"]
     assert len(subjects["real_ct"]) >= 2 and all(s.endswith(("(above)", "(below)")) for s in subjects["real_ct"])
     crop, pad = (next(s for s in gen["sets"] if s["key"] == k)["details"]["sub05"] for k in ("fov_crop", "fov_pad"))
     assert crop["to"]["spacing_xyz_mm"] == pad["to"]["spacing_xyz_mm"] == crop["from"]["spacing_xyz_mm"]

@@ -1,5 +1,6 @@
 """HU calibration of CT-family sources: the soft-tissue peak is found whatever the offset, the
-source is shifted onto the card's reference, and a model without one (or an absurd offset) is left alone."""
+source is shifted onto the card's reference, and a model without one (or a source without soft tissue in
+the window) is left alone."""
 from __future__ import annotations
 
 import numpy as np
