@@ -27,10 +27,9 @@ def tiny_model(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded):
-    """A window with the tiny model, the CT (reference) and the T2 (source, in the viewer) loaded."""
-    win = MainWindow(Settings(model_dirs=[str(tiny_model)]))
+def _window_with(qtbot, model, study_folder, wait_loaded) -> MainWindow:
+    """A window with ``model``, the CT (reference) and the T2 (source, in the viewer) loaded."""
+    win = MainWindow(Settings(model_dirs=[str(model)]))
     qtbot.addWidget(win)
     win.resize(1400, 900)
     win.show()
@@ -40,6 +39,11 @@ def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded):
     win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
     wait_loaded(win, 2)
     return win
+
+
+@pytest.fixture
+def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded):
+    return _window_with(qtbot, tiny_model, study_folder, wait_loaded)
 
 
 def targets(panel) -> list[str]:
@@ -165,16 +169,7 @@ def guarded_model(tmp_path, study_folder):
 
 @pytest.fixture
 def guarded_window(qtbot, no_default_model, guarded_model, study_folder, wait_loaded):
-    win = MainWindow(Settings(model_dirs=[str(guarded_model)]))
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)
-    win.open_paths([str(study_folder)])
-    wait_loaded(win)
-    win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
-    wait_loaded(win, 2)
-    return win
+    return _window_with(qtbot, guarded_model, study_folder, wait_loaded)
 
 
 def synthesize(qtbot, window, count: int):
