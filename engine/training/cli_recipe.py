@@ -13,8 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipe", help="train the default model (vae → Stage I → Stage II) and the runs "
                                       "`bench quality` compares it with",
                        description="Train every entry of a recipe into OUT/NAME: " + ", ".join(ORDER) + ". "
-                                   "Seeded step budgets; the U-Net baseline trains as long as OUT/generation "
-                                   "took. Rerunning resumes and skips finished entries; entries of --only can "
+                                   "Seeded step budgets; the U-Net baseline trains for the recipe's minutes "
+                                   "(about Stage II's time on one core). Rerunning resumes and skips finished entries; entries of --only can "
                                    "run in separate processes at the same time where they do not depend on "
                                    "each other (understanding → generation; vae → the rest).")
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset (e.g. demo_data from make-demo-data)")
@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--ship", metavar="DIR", help="then copy OUT/generation to DIR as the app's default model "
-                                                 "(e.g. resources/models/default) with its completed model card")
+                                                 "(e.g. resources/models/default) with its completed model card; "
+                                                 "with --only, only those entries are trained first")
     p.add_argument("--quality", metavar="JSON", help="with --ship: a `bench quality --out` report to quote in the card")
     p.set_defaults(func=_run)
 
