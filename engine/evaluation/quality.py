@@ -36,6 +36,7 @@ change against the real scan's, where slices synthesized independently show up a
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from pathlib import Path
@@ -204,6 +205,19 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
             "real": float(np.mean(real)) if real else None, "subjects": len(synthetic)}
 
 
+def _trained(folder: Path) -> bool:
+    """Whether a recipe entry's folder holds a finished model (a stopped run's folder holds its start)."""
+    from engine.baselines.unet import CARD
+
+    if (folder / CARD).is_file():
+        return True
+    try:
+        return json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["recipe"]["stages"][-1].get(
+            "status") == "finished"
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
 def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_slices: int | None = 8,
                 steps: int | None = None, device: str = "cpu", understanding_samples: int = 64, seeds: int = 1,
                 generalization: bool = True, generalization_slices: int | None = None,
@@ -223,7 +237,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     seeds = int(seeds)
     run = Path(run)
-    missing = [name for _, _, name, _ in ROWS if name and not (run / name).is_dir()]
+    missing = [name for _, _, name, _ in ROWS if name and not _trained(run / name)]
     if set(missing) & REQUIRED:
         raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; train them with "
                                 f"python main.py recipe --data {data} --out {run}")
@@ -246,7 +260,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     for key, label, entry, filtered in ROWS:
         check_cancel(cancel)
         if entry in missing:
-            report["skipped"].append({"key": key, "label": label, "why": f"{run / entry} was not trained in this run"})
+            report["skipped"].append({"key": key, "label": label, "why": f"{run / entry} was not trained to its end "
+                                                                         "in this run"})
             continue
         started = time.perf_counter()
         progress(f"{label} …")
