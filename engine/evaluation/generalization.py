@@ -423,6 +423,18 @@ def _calibration_off(rows: Sequence[tuple[str, str, Any, Any]]) -> list[tuple[st
             for key, _, synth, settings in rows if key == "stage12"]
 
 
+def generalization_summary(report: dict | None) -> list[dict] | None:
+    """What the model card keeps of the generalization sets: per set, each row's MR SSIM inside the
+    body, CBCT → CT MAE and the share of the CBCT's own error removed."""
+    if not report:
+        return None
+    keep = ("key", "label", "mr_ssim_body", "ct_mae_hu_body", "ct_error_removed")
+    return [{"key": entry["key"], "label": entry["label"],
+             "cbct_mae_hu_body": (entry.get("cbct") or {}).get("ct_mae_hu_body"),
+             "rows": [{k: row.get(k) for k in keep} for row in entry.get("rows", [])]}
+            for entry in report.get("sets", [])]
+
+
 # -- printing -----------------------------------------------------------------------------------------
 def _f(value: Any, digits: int = 1) -> str:
     return "—" if value is None or not isinstance(value, (int, float)) or not math.isfinite(value) \

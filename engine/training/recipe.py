@@ -133,11 +133,14 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
                  "data_sources": dataset.get("sources", [])})
     card["input_profile"] = training_profile(PairedDataset.open(data, pixel_mm=card.get("pixel_mm")), "train")
     if quality is not None:
+        from engine.evaluation.generalization import generalization_summary
         from engine.evaluation.quality import summary
 
         card["benchmark"] = {"command": quality.get("command"), "machine": (quality.get("machine") or {}).get("line"),
                              "split": quality.get("split"), "subjects": quality.get("subjects"),
-                             "rows": summary(quality), "understanding": quality.get("understanding"),
+                             "rows": summary(quality), "skipped": quality.get("skipped", []),
+                             "generalization": generalization_summary(quality.get("generalization")),
+                             "understanding": quality.get("understanding"),
                              "identification": quality.get("identification")}
     with atomic_folder(dest) as tmp:
         for name in SHIPPED_FILES:

@@ -54,7 +54,14 @@ def test_the_card_names_routes_data_recipe_limits_and_research_use(card):
     assert stages == ["vae", "understanding", "generation"]
     assert all(s["status"] == "finished" for s in card["recipe"]["stages"])
     assert card["metrics"]["vae"]["reconstruction"]["ssim"] >= 95.0
-    assert {r["key"] for r in card["benchmark"]["rows"]} >= {"identity", "unet", "stage1", "stage2", "stage12", "vae"}
+    benchmark = card["benchmark"]
+    assert {r["key"] for r in benchmark["rows"]} >= {"identity", "unet", "stage1", "stage12", "vae"}
+    assert "stage2" in {r["key"] for r in benchmark["rows"]} | {r["key"] for r in benchmark.get("skipped", [])}
+    sets = {s["key"]: [r["key"] for r in s["rows"]] for s in benchmark["generalization"]}
+    assert {"fov_crop", "fov_pad", "resolution", "cbct_out_of_range", "real_ct"} <= set(sets)
+    assert all(rows[:3] == ["identity", "unet", "stage12"] for rows in sets.values())
+    assert card["pixel_mm"] == 4.0 and card["calibration"]["soft_tissue_hu"] is not None
+    assert card["input_profile"]["modalities"] and card["training_randomization"]
     assert card["image_size"] == 64
 
 
@@ -95,7 +102,7 @@ def test_identification_is_reported_as_a_guess_while_the_card_s_mi_accuracy_is_l
 def test_the_readme_quality_table_is_the_shipped_card_s_benchmark(card):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = card["benchmark"]["rows"]
-    assert {r["key"] for r in rows} >= {"identity", "unet", "stage1", "stage2", "stage12"}
+    assert {r["key"] for r in rows} >= {"identity", "unet", "stage1", "stage12"}
     for row in rows:
         assert table_row(row) in readme, f"README's row for {row['label']!r} is not the card's benchmark"
     assert f"`{card['benchmark']['command']} --markdown`" in readme
