@@ -59,12 +59,13 @@ class RouteUNet(nn.Module):
 
 def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, minutes: float | None = None,
                batch_size: int = 16, lr: float = 1e-3, image_size: int = 64, pixel_mm: float = DEFAULT_PIXEL_MM,
-               augment: bool = True, seed: int = 0,
+               augment: bool = True, seed: int = 0, workers: int = 0,
                device: str = "auto", features: Sequence[int] = FEATURES, log: Callable[[dict], None] = lambda r: None,
                cancel: CancelToken | None = None) -> Path:
     """Train the baseline on ``data``'s training split for ``steps`` or ``minutes`` (warm-up +
-    cosine, AdamW, gradient clip 1) and write its folder atomically; ``log`` gets JSON records."""
-    from engine.training.data import SampleStream, preload_budget, sample_indices
+    cosine, AdamW, gradient clip 1) and write its folder atomically; ``log`` gets JSON records.
+    ``workers`` data-loading processes build the batches ahead (the same batches; 0: in this process)."""
+    from engine.training.data import SampleStream, StepBatches, prefetched_batches, preload_budget, sample_indices
     from engine.training.optim import LRSchedule, make_optimizer
 
     if (steps is None) == (minutes is None):
@@ -83,6 +84,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
     schedule = LRSchedule(optimizer, lr, warmup, steps, None if steps else minutes * 60.0)
     log({"event": "start", "stage": "unet-baseline", "steps": steps, "minutes": minutes, "device": str(dev),
          "parameters": sum(p.numel() for p in net.parameters())})
+    prefetch = prefetched_batches(StepBatches({"unet": stream}, 0, 1, batch_size), 0, workers) if workers else None
     started, step, loss = time.perf_counter(), 0, math.nan
     while True:
         elapsed = time.perf_counter() - started
@@ -90,7 +92,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
             break
         check_cancel(cancel)
         rate = schedule.apply(step, elapsed)
-        batch = stream.batch(sample_indices(step, 0, 1, batch_size))
+        batch = next(prefetch)["unet"] if prefetch is not None else stream.batch(sample_indices(step, 0, 1, batch_size))
         optimizer.zero_grad(set_to_none=True)
         value = net.loss(batch, dev)
         value.backward()
@@ -100,6 +102,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
         if step % 20 == 0 or step == 1:
             log({"event": "step", "stage": "unet-baseline", "step": step, "loss": loss, "lr": rate,
                  "elapsed_s": round(time.perf_counter() - started, 1)})
+    prefetch = None                                          # stops the data-loading workers
     card = {"name": "MONAI BasicUNet (route-conditioned, L1)", "features": list(features),
             "modalities": list(paired.modalities), "routes": [list(r) for r in routes], "image_size": image_size,
             "pixel_mm": pixel_mm or None, "augment": augment, "calibration": dataset_calibration(paired),

@@ -19,11 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "each other (understanding → generation; vae → the rest).")
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset (e.g. demo_data from make-demo-data)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (one model folder per entry)")
-    p.add_argument("--recipe", default="default", choices=tuple(RECIPES), help="default (the shipped model) or "
-                                                                                "quick (seconds, for tests)")
+    p.add_argument("--recipe", default="default", choices=tuple(RECIPES),
+                   help="default (the shipped model, on CPU cores), gpu (the same entries budgeted in minutes on "
+                        "one GPU) or quick (seconds, for tests)")
     p.add_argument("--only", nargs="+", choices=ORDER, metavar="ENTRY", help="train only these entries")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading processes per entry (default 0: batches are built in the training process)")
     p.add_argument("--ship", metavar="DIR", help="then copy OUT/generation to DIR as the app's default model "
                                                  "(e.g. resources/models/default) with its completed model card; "
                                                  "with --only, only those entries are trained first")
@@ -47,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         out = run_recipe(args.data, args.out, args.recipe, only=args.only, threads=args.threads,
-                         device=args.device, emit=emit, cancel=cancel)
+                         device=args.device, workers=args.workers, emit=emit, cancel=cancel)
     except Cancelled:
         print(f"cancelled; run the same command to resume ({args.out})", file=sys.stderr)
         return 130

@@ -45,22 +45,26 @@ class Entry:
     budget_of: str | None = None
 
 
-def _entries(vae_steps: int, und_steps: int, gen_steps: int, image_size: int, pixel_mm: float, size: str,
+Budget = Mapping[str, float]          # {"steps": n} (bit-reproducible for a seed) or {"minutes": m}
+
+
+def _entries(vae: Budget, und: Budget, gen: Budget, image_size: int, pixel_mm: float, size: str,
              unet_batch: int, unet_minutes: float | None = None) -> tuple[Entry, ...]:
     # Stage II adds the target embedding (the generation expert sees the requested target directly)
     # and trains on timesteps shifted as the sampler's (shift 3: most training where sampling steps;
     # chosen on the validation subjects against shifts 1 and 6: README, "The training timestep shift")
-    generation = {"steps": gen_steps, "batch_size": 8, "lr": 1e-3, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1,
+    generation = {**gen, "batch_size": 8, "lr": 1e-3, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1,
                   "model_overrides": {"target_modalities": TARGET_EMBEDDING, "timestep_shift": 3.0}}
     common = {"image_size": image_size, "pixel_mm": pixel_mm, "seed": 0}
+    # Stage I is evaluated six times in a run of steps (its log); under a minutes budget only at its end
+    und_eval = {"eval_every": int(und["steps"]) // 6} if "steps" in und else {}
     return (
-        Entry(VAE, "vae", None, {**common, "size": size, "steps": vae_steps, "batch_size": 16, "lr": 1e-3,
-                                 "eval_samples": 64}),
+        Entry(VAE, "vae", None, {**common, "size": size, **vae, "batch_size": 16, "lr": 1e-3, "eval_samples": 64}),
         # MI weighted double: `identify` asks MI's question, and in 600-step trials MI learnt little at an
-        # equal share of the three tasks (issue #4's notes); evaluated every sixth of the run (its log)
-        Entry(STAGE1, "understanding", VAE, {**common, "steps": und_steps, "batch_size": 8, "lr": 1e-3,
+        # equal share of the three tasks (issue #4's notes)
+        Entry(STAGE1, "understanding", VAE, {**common, **und, "batch_size": 8, "lr": 1e-3,
                                              "task_weights": {"CTS": 1.0, "MI": 2.0, "TIA": 1.0},
-                                             "eval_samples": 64, "eval_every": und_steps // 6}),
+                                             "eval_samples": 64, **und_eval}),
         Entry(STAGE12, "generation", STAGE1, {**common, **generation}),
         Entry(STAGE2_ONLY, "generation", VAE, {**common, **generation}),
         # the U-Net trains as long as a Stage II took: a fixed budget where the recipe runs it beside Stage II
@@ -73,10 +77,15 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
     # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head). With PARALLEL=1 on 2 CPU
     # cores (AMD EPYC): vae, then Stage I + Stage II beside Stage II alone + the U-Net; the U-Net's 33 minutes
     # are what Stage II's 4800 steps take on one core there (its card and the benchmark show both)
-    "default": _entries(vae_steps=1500, und_steps=2400, gen_steps=4800, image_size=64, pixel_mm=4.0,
+    "default": _entries({"steps": 1500}, {"steps": 2400}, {"steps": 4800}, image_size=64, pixel_mm=4.0,
                         size="default", unet_batch=16, unet_minutes=33.0),
+    # the same entries on one GPU, budgeted in minutes (scripts/train_default_model_gpu.sh: vae, then
+    # Stage I → Stage II beside Stage II alone beside the U-Net, every one with data-loading workers): the
+    # U-Net trains as many minutes as each Stage II, at the same time on the same machine
+    "gpu": _entries({"minutes": 1.5}, {"minutes": 1.5}, {"minutes": 3.0}, image_size=64, pixel_mm=4.0,
+                    size="default", unet_batch=16, unet_minutes=3.0),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
-    "quick": _entries(vae_steps=4, und_steps=3, gen_steps=4, image_size=32, pixel_mm=1.0, size="default",
+    "quick": _entries({"steps": 4}, {"steps": 3}, {"steps": 4}, image_size=32, pixel_mm=1.0, size="default",
                       unet_batch=4),
 }
 
@@ -155,7 +164,8 @@ def _stages(folder: Path) -> list[dict[str, Any]]:
 
 
 def finished(folder: Path, stage: str, steps: int | None) -> bool:
-    """Whether ``folder`` holds a finished run of ``stage`` with ``steps`` steps done."""
+    """Whether ``folder`` holds a finished run of ``stage`` with ``steps`` steps done (any number
+    under a minutes budget: ``steps`` None)."""
     from engine.baselines.unet import CARD
 
     try:
@@ -164,7 +174,8 @@ def finished(folder: Path, stage: str, steps: int | None) -> bool:
         record = _stages(folder)[-1]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return False
-    return record.get("stage") == stage and record.get("status") == "finished" and record.get("steps_done") == steps
+    return (record.get("stage") == stage and record.get("status") == "finished"
+            and (steps is None or record.get("steps_done") == steps))
 
 
 def _plain(value: Any) -> Any:
@@ -257,9 +268,10 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
 
 
 def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, only: Sequence[str] | None = None,
-               threads: int | None = None, device: str = "auto", emit: Callable[[dict], None] = lambda r: None,
-               cancel: CancelToken | None = None) -> Path:
-    """Train the entries of ``recipe`` (all, or ``only`` those) into ``out``/NAME, in order."""
+               threads: int | None = None, device: str = "auto", workers: int = 0,
+               emit: Callable[[dict], None] = lambda r: None, cancel: CancelToken | None = None) -> Path:
+    """Train the entries of ``recipe`` (all, or ``only`` those) into ``out``/NAME, in order;
+    ``workers`` data-loading processes prepare each entry's batches (0: the training process)."""
     from engine.baselines.unet import trained_seconds, train_unet
     from engine.training.config import TrainConfig
     from engine.training.trainer import train
@@ -291,9 +303,9 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
             minutes = trained_seconds(out / entry.budget_of) / 60.0 if entry.budget_of else options["minutes"]
             train_unet(data, folder, minutes=minutes, device=device, log=emit, cancel=cancel,
                        batch_size=options["batch_size"], image_size=options["image_size"],
-                       pixel_mm=options["pixel_mm"], seed=options["seed"])
+                       pixel_mm=options["pixel_mm"], seed=options["seed"], workers=workers)
             continue
         init = None if entry.init is None else str(out / entry.init)
         train(TrainConfig(data=str(data), stage=entry.stage, out=str(folder), init=init, threads=threads,
-                          device=device, **options), emit, cancel)
+                          device=device, workers=workers, **options), emit, cancel)
     return out

@@ -65,6 +65,17 @@ def test_unet_baseline_trains_saves_and_synthesizes_on_the_input_grid(data, tmp_
     assert all(torch.equal(before[k], v) for k, v in again.net.state_dict().items())
 
 
+def test_unet_baseline_trains_the_same_with_data_loading_workers(data, tmp_path, one_torch_thread):
+    from safetensors.torch import load_file
+
+    from engine.baselines.unet import WEIGHTS
+
+    kwargs = dict(steps=2, batch_size=2, image_size=32, device="cpu")
+    here = load_file(str(train_unet(data, tmp_path / "here", **kwargs) / WEIGHTS))
+    ahead = load_file(str(train_unet(data, tmp_path / "ahead", workers=1, **kwargs) / WEIGHTS))
+    assert here.keys() == ahead.keys() and all(torch.equal(here[k], ahead[k]) for k in here)
+
+
 def test_unet_baseline_needs_exactly_one_budget(data, tmp_path):
     with pytest.raises(ValueError, match="steps or minutes"):
         train_unet(data, tmp_path / "u", image_size=32)
@@ -82,6 +93,20 @@ def test_recipe_skips_finished_entries_and_rejects_unknown_ones(data, tmp_path, 
                        "model_dir": str(tmp_path / "run" / "vae")}]
     with pytest.raises(ValueError, match="unknown recipe entries"):
         recipe.run_recipe(data, tmp_path / "run", "quick", only=["nope"])
+
+
+def test_an_entry_budgeted_in_minutes_is_finished_whatever_its_step_count(data, tmp_path, one_torch_thread,
+                                                                         monkeypatch):
+    vae = recipe.RECIPES["quick"][0]
+    timed = {k: v for k, v in vae.options.items() if k != "steps"} | {"minutes": 0.002}
+    monkeypatch.setitem(recipe.RECIPES, "quick", (dataclasses.replace(vae, options=timed),))
+    recipe.run_recipe(data, tmp_path / "run", "quick", only=["vae"], threads=1, device="cpu")
+    assert recipe.finished(tmp_path / "run" / "vae", "vae", None)
+    assert not recipe.finished(tmp_path / "run" / "vae", "understanding", None)
+    events = []
+    recipe.run_recipe(data, tmp_path / "run", "quick", only=["vae"], threads=1, device="cpu", emit=events.append)
+    assert [e["event"] for e in events] == ["skipped"]
+    assert all("minutes" in e.options and "steps" not in e.options for e in recipe.RECIPES["gpu"])
 
 
 def test_recipe_stops_at_a_finished_entry_it_no_longer_describes(data, tmp_path, one_torch_thread, monkeypatch):
