@@ -93,6 +93,14 @@ def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
     return [n for n in found if n != NO_PROFILE_NOTE], [n for n in found if n == NO_PROFILE_NOTE]
 
 
+def benchmark_warnings(volume: Volume) -> list[str]:
+    """The warnings a synthetic volume's notes carry from its model card's benchmark: routes on
+    which the model scored worse than the source itself (:meth:`ModelCard.benchmark_warnings`)."""
+    from engine.inference.model_card import BENCHMARK_PREFIX
+
+    return [n for n in volume.notes if n.startswith(BENCHMARK_PREFIX)]
+
+
 def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:
     """The (source, target) routes of the model card; None when any route may be tried."""
     from engine.inference.model_card import ModelCard

@@ -19,8 +19,8 @@ from app.errors import describe_error
 from app.settings import Settings
 from app.state.workspace import Document
 from app.engine_process import EngineProcess
-from app.synthesis import (SynthesisRequest, available_models, input_warnings, is_model_dir, model_limitations,
-                           model_routes)
+from app.synthesis import (SynthesisRequest, available_models, benchmark_warnings, input_warnings, is_model_dir,
+                           model_limitations, model_routes)
 from app.workers import Task, TaskRunner
 
 AUTO_SOURCE = "Auto (identify with the model)"
@@ -326,18 +326,24 @@ class SynthesisPanel(QWidget):
         self.synthesis_finished.emit(source_doc, volume)
 
     def show_input_check(self, volume) -> None:
-        """The guard's verdict on the input of ``volume`` (a synthetic result): its warnings in a red
-        banner, or its note that this model cannot check inputs in grey; nothing when it looked fine."""
+        """The guard's verdict on the input of ``volume`` (a synthetic result) and what the model
+        card's benchmark says of the route: warnings in a red banner, or the guard's note that this
+        model cannot check inputs in grey; nothing when all looked fine."""
         warnings, notes = input_warnings(volume)
+        known = benchmark_warnings(volume)
+        parts = []
         if warnings:
-            lines = [w.split(": ", 1)[-1] for w in warnings]
-            self.input_check.setText("The input is unlike this model's training data — treat the result with "
-                                     "caution:\n" + "\n".join(f"• {line}" for line in lines))
+            parts.append("The input is unlike this model's training data — treat the result with caution:\n"
+                         + "\n".join(f"• {w.split(': ', 1)[-1]}" for w in warnings))
+        if known:
+            parts.append("This model's own benchmark:\n" + "\n".join(f"• {w.split(': ', 1)[-1]}" for w in known))
+        if parts:
+            self.input_check.setText("\n".join(parts))
             self.input_check.setStyleSheet(WARNING_STYLE)
         elif notes:
             self.input_check.setText(notes[0].split(": ", 1)[-1].capitalize() + ".")
             self.input_check.setStyleSheet(NOTE_STYLE)
-        self.input_check.setVisible(bool(warnings or notes))
+        self.input_check.setVisible(bool(parts or notes))
 
     def _on_failed(self, message: str) -> None:
         self._end("Failed.")

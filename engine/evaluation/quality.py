@@ -390,6 +390,30 @@ def summary(report: dict) -> list[dict]:
     return lines
 
 
+def do_nothing_warnings(report: dict) -> list[dict]:
+    """The model card's ``benchmark_warnings``: for the brain-MR routes and for CBCT → CT, a warning
+    when the default model scored worse than the histogram-matched source on the report's split."""
+    lines = {line["key"]: line for line in summary(report)}
+    model, identity = lines.get("stage12"), lines.get("identity")
+    if not model or not identity:
+        return []
+    where = f"the held-out {report.get('split', 'test')} subjects of its benchmark (bench quality)"
+    found = []
+    ours, theirs = model["mr_ssim"], identity["mr_ssim"]
+    if ours is not None and theirs is not None and ours < theirs:
+        found.append({"routes": [list(r) for r in MR_ROUTES],
+                      "warning": f"on {where} this model's brain-MR outputs scored a mean SSIM of {ours:.1f}, the "
+                                 f"source itself (histogram-matched) {theirs:.1f}: it made them less like the real "
+                                 "scan than doing nothing; compare with the source before use"})
+    ours, theirs = model["ct_mae_hu_body"], identity["ct_mae_hu_body"]
+    if ours is not None and theirs is not None and ours > theirs:
+        found.append({"routes": [["CBCT", "CT"]],
+                      "warning": f"on {where} this model's synthetic CTs were {ours:.0f} HU off inside the head, the "
+                                 f"CBCT itself (histogram-matched) {theirs:.0f} HU: it made them worse than doing "
+                                 "nothing; compare with the source before use"})
+    return found
+
+
 def table_row(line: dict) -> str:
     """One :func:`summary` line as a row of the README table (also the rows a model card keeps)."""
     trained = line["trained"]

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     synth.card.check_route(source, target)
     settings = sampling_settings(args, synth.default_settings())
     warnings = input_warnings(synth, volume, source, settings, args.quiet)
+    known = synth.card.benchmark_warnings(source, target)       # also in the result's notes
+    for line in known:
+        print(f"warning: {line}", file=sys.stderr)
     result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
     description = synth.describe(source, target, settings)
     if any(w != NO_PROFILE_NOTE for w in warnings):
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "guided_filter": settings.guided_filter,
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
+        "benchmark_warnings": known,
     }
     if args.backend == "onnx":
         report["providers"] = synth.providers

@@ -26,6 +26,10 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  an input with (engine.inference.ood.training_profile; default: none,
                                  the guard only notes that it cannot check)
     limitations          ["…", …]  what the model is known not to do, shown to the user
+    benchmark_warnings   [{"routes": [[source, target], …], "warning": "…"}]  routes on which the card's
+                                 `bench quality` run scored this model worse than the histogram-matched
+                                 source ("do nothing"): every synthesis of such a route carries the
+                                 warning in its notes (default: none; a model trained further drops it)
     pixel_mm             float   the model's pixel size: slices are resampled to it (default: none,
                                  each slice fitted to image_size)
     calibration          {"soft_tissue_hu": …}  where the training CTs' soft-tissue peak sits: CT-family
@@ -42,6 +46,7 @@ from typing import Any, Mapping
 from engine import modalities
 
 METADATA_FILE = "metadata.json"
+BENCHMARK_PREFIX = "benchmark: "        # the notes a card's benchmark_warnings add to a synthetic volume
 MAX_DEFAULT_IMAGE_SIZE = 256
 
 
@@ -167,6 +172,20 @@ class ModelCard:
     def limitations(self) -> list[str]:
         value = self.raw.get("limitations") or []
         return [value] if isinstance(value, str) else [str(v) for v in value]
+
+    def benchmark_warnings(self, source: str, target: str) -> list[str]:
+        """The card's ``benchmark_warnings`` for the route ``source`` → ``target``, each led by
+        :data:`BENCHMARK_PREFIX`."""
+        route = (modalities.canonical(source), modalities.canonical(target))
+        found = []
+        for item in self.raw.get("benchmark_warnings") or ():
+            try:
+                routes = {parse_route(r) for r in item.get("routes") or ()}
+            except (AttributeError, TypeError, ValueError):
+                continue
+            if route in routes and item.get("warning"):
+                found.append(BENCHMARK_PREFIX + str(item["warning"]))
+        return found
 
     # -- routes ------------------------------------------------------------------------------
     def route_names(self) -> list[str]:

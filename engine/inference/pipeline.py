@@ -342,6 +342,7 @@ class SliceSynthesizer:
                f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
             f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
+            *self.card.benchmark_warnings(source, target),
         )
         return volume.with_array(
             np.ascontiguousarray(slices_back(out, plan.axis)),

@@ -146,7 +146,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
     card["input_profile"] = training_profile(PairedDataset.open(data, pixel_mm=card.get("pixel_mm")), "train")
     if quality is not None:
         from engine.evaluation.generalization import generalization_summary
-        from engine.evaluation.quality import summary
+        from engine.evaluation.quality import do_nothing_warnings, summary
 
         card["benchmark"] = {"command": quality.get("command"), "machine": (quality.get("machine") or {}).get("line"),
                              "split": quality.get("split"), "subjects": quality.get("subjects"),
@@ -154,6 +154,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
                              "generalization": generalization_summary(quality.get("generalization")),
                              "understanding": quality.get("understanding"),
                              "identification": quality.get("identification")}
+        card["benchmark_warnings"] = do_nothing_warnings(quality)
     with atomic_folder(dest) as tmp:
         for name in SHIPPED_FILES:
             shutil.copy2(source / name, tmp / name)

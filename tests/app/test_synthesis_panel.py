@@ -205,6 +205,17 @@ def test_the_panel_warns_when_the_input_is_unlike_the_training_data(qtbot, guard
     assert any("larger than any training scan" in line for line in window.log.lines)
 
 
+def test_the_panel_shows_what_the_cards_benchmark_says_of_the_route(qtbot, window):
+    panel = window.synthesis
+    volume = window.workspace.documents[0].volume
+    panel.show_input_check(volume.replace(notes=("benchmark: made CTs worse than doing nothing",)))
+    assert panel.input_check.isVisible()
+    assert "own benchmark" in panel.input_check.text() and "made CTs worse than doing nothing" in panel.input_check.text()
+    assert "unlike this model's training data" not in panel.input_check.text()
+    panel.show_input_check(volume.replace(notes=()))
+    assert not panel.input_check.isVisible()
+
+
 def test_the_model_cards_limitations_are_one_click_away(qtbot, guarded_window):
     panel = guarded_window.synthesis
     assert panel.card_button.isEnabled() and not panel.limitations.isVisible()

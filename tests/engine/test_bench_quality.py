@@ -18,7 +18,8 @@ import pytest
 
 from engine.baselines import IntensityMatch
 from engine.evaluation.metrics import pearson
-from engine.evaluation.quality import MR_ROUTES, ResamplingRoundTrip, seed_lines, target_agreement
+from engine.evaluation.quality import (MR_ROUTES, ResamplingRoundTrip, do_nothing_warnings, seed_lines, summary,
+                                      target_agreement)
 from engine.evaluation.synthesis_eval import score_volume
 from engine.inference import Synthesizer
 from engine.inference.random_model import write_random_model
@@ -101,6 +102,21 @@ def test_the_printed_table_names_the_command_rows_and_machine(quick):
     assert "it labels its answers guesses: ct02 " in text
     mi = report["understanding"]["MI"]
     assert f"MI {100 * mi['accuracy']:.0f} % (chance {100 * mi['chance']:.0f} %" in text
+
+
+def test_the_cards_benchmark_warnings_name_the_routes_where_the_model_lost_to_doing_nothing(quick):
+    report, _ = quick
+    lines = {line["key"]: line for line in summary(report)}
+    model, identity = lines["stage12"], lines["identity"]
+    warned = {tuple(r): w["warning"] for w in do_nothing_warnings(report) for r in w["routes"]}
+    assert (("CBCT", "CT") in warned) == (model["ct_mae_hu_body"] > identity["ct_mae_hu_body"])
+    assert (("T1", "T2") in warned) == (model["mr_ssim"] < identity["mr_ssim"])
+    if ("CBCT", "CT") in warned:
+        assert f"{model['ct_mae_hu_body']:.0f} HU" in warned[("CBCT", "CT")]
+    swapped = {"identity": "stage12", "stage12": "identity"}       # the two rows' roles exchanged: one report warns
+    flipped = do_nothing_warnings({**report, "rows": [{**r, "key": swapped.get(r["key"], r["key"])}
+                                                      for r in report["rows"]]})
+    assert (("CBCT", "CT") in warned) != any(["CBCT", "CT"] in w["routes"] for w in flipped)
 
 
 def test_the_two_stage_two_rows_are_sampled_again_from_a_second_seed(quick):

@@ -12,6 +12,7 @@ import pytest
 
 import engine.io as io
 from engine.evaluation.synthesis_eval import central_block, score_volume
+from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.evaluation.quality import ROUTES, table_row
@@ -60,6 +61,10 @@ def test_the_card_names_routes_data_recipe_limits_and_research_use(card):
     sets = {s["key"]: [r["key"] for r in s["rows"]] for s in benchmark["generalization"]}
     assert {"fov_crop", "fov_pad", "resolution", "cbct_out_of_range", "real_ct"} <= set(sets)
     assert all(rows[:3] == ["identity", "unet", "stage12"] for rows in sets.values())
+    # a route the benchmark scored worse than doing nothing is named in the card's warnings
+    scored = {r["key"]: r for r in benchmark["rows"]}
+    lost = scored["stage12"]["ct_mae_hu_body"] > scored["identity"]["ct_mae_hu_body"]
+    assert bool(ModelCard.from_metadata(card).benchmark_warnings("CBCT", "CT")) == lost
     assert card["pixel_mm"] == 4.0 and card["calibration"]["soft_tissue_hu"] is not None
     assert card["input_profile"]["modalities"] and card["training_randomization"]
     assert card["image_size"] == 64

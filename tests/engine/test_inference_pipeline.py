@@ -269,6 +269,18 @@ def test_the_model_card_sets_defaults_and_the_start_from_source_lever(tmp_path):
     assert any("start from source at t=0.6" in n for n in out.notes)
 
 
+def test_a_route_the_cards_benchmark_found_worse_than_doing_nothing_warns_in_every_result(tmp_path):
+    warning = {"routes": [["T1", "T2"]], "warning": "worse than the source on its benchmark"}
+    folder = write_random_model(tmp_path / "m", routes=(("T1", "T2"), ("T2", "T1")),
+                                metadata={"inference_defaults": {"steps": 1}, "benchmark_warnings": [warning]})
+    synth = Synthesizer(folder, device="cpu")
+    assert synth.card.benchmark_warnings("t1", "T2") == ["benchmark: worse than the source on its benchmark"]
+    assert synth.card.benchmark_warnings("T2", "T1") == []
+    assert "benchmark: worse than the source on its benchmark" in synth.synthesize_volume(t1_volume(), "T1", "T2").notes
+    other = synth.synthesize_volume(t1_volume().replace(modality="T2"), "T2", "T1")
+    assert not any(n.startswith("benchmark: ") for n in other.notes)
+
+
 def test_model_card_reading():
     card = ModelCard.from_metadata({"routes": ["t1->flair", ["CBCT", "CT"], "T2→T1"], "stages": ["understanding"]})
     assert card.routes == (("T1", "FLAIR"), ("CBCT", "CT"), ("T2", "T1"))

@@ -145,9 +145,14 @@ def test_vae_stage_ships_unit_variance_latents_and_appends_to_the_recipe(data, t
     z = encode_latents(loaded.model.vae, images, "mean")
     assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1.0) < 0.05
     assert "reconstruction" in loaded.metadata["metrics"]["vae"]
-    # the next stage starts from it, keeps its recipe and adds its own entry
+    # the next stage starts from it, keeps its recipe and adds its own entry; the start model's
+    # benchmark scored other weights and is not carried over
+    written = json.loads((vae_out / "metadata.json").read_text())
+    written.update(benchmark={"rows": []}, benchmark_warnings=[{"routes": [["T1", "T2"]], "warning": "w"}])
+    (vae_out / "metadata.json").write_text(json.dumps(written))
     und_out = Trainer(tiny_config(data, tmp_path / "und", "understanding", steps=1, init=str(vae_out))).run()
     card = load_model_dir(und_out).metadata
+    assert "benchmark" not in card and "benchmark_warnings" not in card
     assert [s["stage"] for s in card["recipe"]["stages"]] == ["vae", "understanding"]
     assert set(card["metrics"]["understanding"]["accuracy"]) == {"CTS", "MI", "TIA"}
     assert card["metrics"]["vae"] == loaded.metadata["metrics"]["vae"]
