@@ -214,10 +214,12 @@ DCIODVFY = shutil.which("dciodvfy")
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed; "
                                              "scripts/setup.sh installs it when run as root")
-@pytest.mark.parametrize("kind", ["CT", "MR", "PET", "OT"])
+@pytest.mark.parametrize("kind", ["CT", "MR", "MR from DICOM", "PET", "OT"])
 def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
     volume = {"CT": lambda: _synthetic_ct_from_cbct(_ct_series()),
               "MR": lambda: _anatomical().replace(modality="FLAIR", synthetic=True, derived_from="T1"),
+              "MR from DICOM": lambda: io.load(PYDICOM_FILES / "MR_small.dcm").replace(
+                  modality="FLAIR", synthetic=True, derived_from="T2"),
               "PET": lambda: _anatomical().replace(modality="PET", unit="SUVbw", synthetic=True, derived_from="CT"),
               "OT": lambda: _anatomical().replace(modality=None, unit="")}[kind]()
     files = sorted(write_dicom_series(volume, tmp_path / "s", series_description="x").iterdir())
