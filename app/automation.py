@@ -10,10 +10,12 @@ each step started by the signal or event that ends the one before (no sleeps):
 4. pick the ``target``, ``steps`` and ``device``, press Synthesize, wait for the result;
 5. wait for the comparison (source | synthetic | reference | difference, metrics) and save it
    with File → Screenshot to ``comparison_png``;
+5b. when ``export`` names a path: File → Export Volume… (the action a user clicks), answer its file
+   dialog with that path and the NIfTI filter, and wait for the file to be written;
 6. show the synthetic volume in the viewer, open its 3D tab (VTK), wait for the render window's
    first paint and save what VTK drew to ``volume_3d_png`` (and, when given, the whole window as
    the X server shows it to ``window_png``);
-7. print one JSON line (``automation: {...}``) with the paths and the time of each step, close the
+7. print one JSON line (``automation: {...}``) with the paths (``export`` too) and the time of each step, close the
    window and exit with status 0 — or, on any failure or after ``timeout_s``, print the reason to
    stderr and exit with status 1.
 
@@ -22,7 +24,7 @@ The script is a JSON object; every key is optional::
     {"source": "T1", "target": "T2", "reference": "T2" (default: the target),
      "model": "path/to/model-dir" (added to the model list, as Import… does, and selected),
      "steps": 2 (default: the model's), "device": "cpu" (default: the settings'),
-     "comparison_png": "comparison.png",
+     "comparison_png": "comparison.png", "export": "" (e.g. "synthetic.nii.gz"),
      "volume_3d_png": "volume_3d.png", "window_png": "", "timeout_s": 600}
 """
 from __future__ import annotations
@@ -36,9 +38,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtGui import QGuiApplication, QImage
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QFileDialog
 
-from app.export import save_png
+from app.export import VOLUME_FILTERS, save_png
 
 if TYPE_CHECKING:
     from app.main_window import MainWindow
@@ -46,8 +48,10 @@ if TYPE_CHECKING:
 
 ENV = "SYNERMEDGEN_AUTOMATION"
 DEFAULTS = {"source": "T1", "target": "T2", "reference": None, "model": None, "steps": None, "device": None,
-            "comparison_png": "comparison.png", "volume_3d_png": "volume_3d.png", "window_png": "",
+            "comparison_png": "comparison.png", "export": "", "volume_3d_png": "volume_3d.png", "window_png": "",
             "timeout_s": 600}
+NIFTI_FILTER = next(name for name, suffix in VOLUME_FILTERS.items() if suffix == ".nii.gz")
+DIALOG_POLL_MS = 50
 
 
 class _OnEvent(QObject):
@@ -76,6 +80,7 @@ class Automation(QObject):
         self.s["reference"] = self.s["reference"] or self.s["target"]
         self.step, self.times, self._t0, self._ended = "start", {}, time.monotonic(), False
         self.source_doc: Document | None = None
+        self.proposed_export_name = ""
         self.reference_doc: Document | None = None
         QApplication.instance().setQuitOnLastWindowClosed(False)     # the exit status is ours to give
         QTimer.singleShot(int(1000 * self.s["timeout_s"]), self, self._timed_out)
@@ -168,12 +173,41 @@ class Automation(QObject):
         if not path.is_file():
             self.fail(f"the comparison screenshot was not written to {path}")
             return
+        if self.s["export"]:
+            self._export()
+        else:
+            self._show_3d()
+
+    def _export(self) -> None:
+        """File → Export Volume… as a user does it: the action opens the file dialog (modal), which
+        is answered once it shows; the export runs on a worker and ends with ``exported``."""
+        self._begin("export")
+        self.window.exported.connect(self._on_exported)
+        QTimer.singleShot(0, self._answer_export_dialog)
+        self.window.actions["export"].trigger()
+
+    def _answer_export_dialog(self) -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QFileDialog):
+            QTimer.singleShot(DIALOG_POLL_MS, self._answer_export_dialog)     # not shown yet
+            return
+        self.proposed_export_name = Path(dialog.selectedFiles()[0]).name if dialog.selectedFiles() else ""
+        dialog.selectNameFilter(NIFTI_FILTER)
+        dialog.selectFile(str(self._out("export")))
+        dialog.accept()
+
+    def _on_exported(self, path: str) -> None:
+        self.window.exported.disconnect(self._on_exported)
+        if Path(path) != self._out("export"):
+            self.fail(f"Export wrote {path}, not {self._out('export')}")
+            return
         self._show_3d()
 
     def _show_3d(self) -> None:
         window = self.window
         synthetic = next(d for d in window.workspace.documents if d.synthetic)
-        window.workspace.activate(synthetic)              # the viewer shows it
+        window.workspace.activate(synthetic)              # the viewer shows it (already, since the synthesis)
+        window.tabs.setCurrentWidget(window.viewer)
         self._begin("3D view")
         window.viewer.open_3d()                           # imports VTK, renders
         widget = window.viewer.volume_3d.vtk_widget
@@ -215,7 +249,10 @@ class Automation(QObject):
         self._ended = True
         self._begin("done" if status == 0 else "failed")
         report = {"status": status, "step_ended_at_s": self.times,
-                  **{k: str(self._out(k)) for k in ("comparison_png", "volume_3d_png", "window_png") if self.s[k]}}
+                  **{k: str(self._out(k)) for k in ("comparison_png", "export", "volume_3d_png", "window_png")
+                     if self.s[k]}}
+        if self.s["export"]:
+            report["export_proposed_name"] = self.proposed_export_name
         print("automation: " + json.dumps(report), flush=True)
         self.window.close()                               # saves settings, stops the engine, frees VTK
         QApplication.instance().exit(status)

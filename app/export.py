@@ -1,6 +1,7 @@
-"""What the user exports, written atomically: a volume (NIfTI / MHA / DICOM derived series;
-synthetic volumes marked in their description and notes), a screenshot PNG, the metrics CSV.
-The engine's I/O (SimpleITK) is imported on first use, so the window opens without it."""
+"""What the user exports, written atomically: a volume (NIfTI / MHA / DICOM derived series, under
+a proposed name that says what it is; the engine's writers mark a synthetic volume in the file's
+header), a screenshot PNG, the metrics CSV. The engine's I/O (SimpleITK) is imported on first use,
+so the window opens without it."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtGui import QImage
 
 from engine.jobs import CancelToken, ProgressFn, noop
-from app.state.workspace import SYNTHETIC_MARK, Document
+from app.state.workspace import Document
 
 if TYPE_CHECKING:
     from app.state.comparison import ComparisonResult
@@ -31,19 +32,23 @@ def export_path(chosen: str, name_filter: str) -> Path:
     return path
 
 
+def proposed_name(doc: Document) -> str:
+    """The file name Export offers: what the volume is — ``CT_synthetic_from_CBCT`` (``…_2`` for the
+    second of the same kind) — or the stem of the file or series it was loaded from."""
+    volume = doc.volume
+    if not doc.synthetic:
+        return Path(doc.title).name.split(".")[0] or "volume"
+    made_from = f"_from_{volume.derived_from}" if volume.derived_from else ""
+    number = f"_{doc.ordinal}" if doc.ordinal > 1 else ""
+    return f"{volume.modality or 'volume'}_synthetic{made_from}{number}"
+
+
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
                   cancel: CancelToken | None = None) -> Path:
-    """Write a document's volume; a synthetic one says so in its description and notes."""
+    """Write a document's volume, described by its title (the writers add a synthetic one's marking)."""
     from engine import io
 
-    volume = doc.volume
-    if doc.synthetic:
-        if SYNTHETIC_MARK not in volume.notes:
-            volume = volume.replace(notes=(*volume.notes, SYNTHETIC_MARK))
-        description = SYNTHETIC_MARK
-    else:
-        description = volume.name
-    return io.save(volume, path, description=description, progress=progress, cancel=cancel)
+    return io.save(doc.volume, path, description=doc.title, progress=progress, cancel=cancel)
 
 
 def save_png(image: QImage, path: str | Path) -> Path:

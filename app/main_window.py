@@ -11,7 +11,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
 
 from app import about
-from app.export import VOLUME_FILTERS, export_path, export_volume, save_png, write_metrics_csv
+from app.export import VOLUME_FILTERS, export_path, export_volume, proposed_name, save_png, write_metrics_csv
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
 from app.panels.synthesis_panel import SynthesisPanel
@@ -89,6 +89,9 @@ class MainWindow(QMainWindow):
 
         self.browser.entry_activated.connect(self.load_entry)
         self.browser.compare_requested.connect(self.compare_with_entry)
+        self.browser.document_activated.connect(self.workspace.activate)
+        self.browser.export_requested.connect(self.choose_export)
+        self.browser.close_requested.connect(self.workspace.close)
         self.viewer.probed.connect(self.status.show_probe)
         self.comparison.probed.connect(self.status.show_probe)
         self.comparison.metrics.export_requested.connect(self.export_metrics)
@@ -99,6 +102,7 @@ class MainWindow(QMainWindow):
         self.training.job_ended.connect(lambda job: self.log.add(job.message, "error" if job.status == "failed"
                                                                  else "info"))
         self.workspace.activated.connect(self._on_activated)
+        self.workspace.closed.connect(self._on_closed)
         self._started_up = False
         if settings.window_geometry:
             self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode()))
@@ -133,7 +137,8 @@ class MainWindow(QMainWindow):
             "open_folder": self._action("Open Folder…", self.choose_folder, "Ctrl+Shift+O",
                                         "Scan a folder for volumes and DICOM series"),
             "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
-                                   "Write the volume in the viewer as NIfTI, MHA or a DICOM series"),
+                                   "Write the volume you are looking at (the viewer's, or the comparison's "
+                                   "synthetic) as NIfTI, MHA or a DICOM series"),
             "metrics": self._action("Export Metrics (CSV)…", self.export_metrics),
             "screenshot": self._action("Screenshot…", self.choose_screenshot, "Ctrl+Shift+S",
                                        "Save the current view (viewer or comparison) as PNG"),
@@ -239,7 +244,7 @@ class MainWindow(QMainWindow):
         doc = self.workspace.add(volume, key=entry.key)
         for note in volume.notes:
             self.log.add(f"{doc.title}: {note}", "note")
-        self.browser.mark_loaded(entry.key)
+        self.browser.mark_loaded(doc)
         done(doc)
 
     def _on_load_failed(self, entry: SeriesEntry, message: str) -> None:
@@ -247,10 +252,28 @@ class MainWindow(QMainWindow):
         where = entry.paths[0] if entry.paths else entry.key
         self.report_error(message if where in message else f"{where}: {message}")
 
-    def _on_activated(self, doc: Document) -> None:
+    def _on_activated(self, doc: Document | None) -> None:
+        if doc is None:                          # the last document was closed
+            self.viewer.clear()
+            self.synthesis.set_document(None)
+            return
         self.viewer.show_document(doc)
         self.synthesis.set_document(doc)
         self.tabs.setCurrentWidget(self.viewer)
+
+    def _on_closed(self, doc: Document) -> None:
+        self.browser.mark_closed(doc)
+        self.comparison.forget(doc)
+        if self.synthesis.document is doc:
+            self.synthesis.set_document(self.workspace.active)
+        self.log.add(f"Closed {doc.title}")
+
+    def document_in_view(self) -> Document | None:
+        """What the user is looking at: the comparison's synthetic (test) volume on the Comparison
+        tab, else the viewer's volume."""
+        if self.tabs.currentWidget() is self.comparison and self.comparison.chosen_test() is not None:
+            return self.comparison.chosen_test()
+        return self.workspace.active
 
     def compare_with_entry(self, entry: SeriesEntry) -> None:
         test = self.workspace.active
@@ -265,16 +288,17 @@ class MainWindow(QMainWindow):
         self.load_entry(entry, then=compare)
 
     def _on_synthesized(self, source: Document, volume) -> None:
-        doc = self.workspace.add(volume, synthetic=True)
+        doc = self.workspace.add(volume, synthetic=True, source=source)
+        self.browser.mark_loaded(doc)                # its own row, beside its source
         self.log.add(f"Synthesized {doc.title} from {source.title}")
         for warning in input_warnings(volume)[0]:
             self.log.add(f"{source.title}: {warning}", "note")
         reference = next((d for d in self.workspace.documents if d is not doc and not d.synthetic
                           and d.volume.modality == volume.modality), None)
-        if reference is None:
-            self.workspace.activate(doc)
-            self.synthesis.set_document(source)     # shown, but the next run starts from the same acquired volume
-        else:
+        self.workspace.activate(doc)                 # the viewer shows it (and Export writes it)
+        if source in self.workspace.documents:       # the next run starts from the same acquired volume
+            self.synthesis.set_document(source)
+        if reference is not None:
             self.comparison.set_inputs(doc, reference, source)
             self.tabs.setCurrentWidget(self.comparison)
 
@@ -300,21 +324,22 @@ class MainWindow(QMainWindow):
             self.log.add(f"Settings not saved: {describe_error(exc)}", "error")
 
     # -- exporting ----------------------------------------------------------------------------
-    def choose_export(self) -> None:
-        doc = self.workspace.active
+    def choose_export(self, doc: Document | None = None) -> None:
+        """Ask where to write ``doc`` (by default what the user is looking at), proposing a name
+        that says what it is, and export it."""
+        doc = doc or self.document_in_view()
         if doc is None:
             self.report_error("There is no volume in the viewer to export.")
             return
-        stem = Path(doc.title).name.split(".")[0]
-        if doc.synthetic and "synthetic" not in stem.lower():
-            stem += "_synthetic"               # so the file is recognised as synthetic when reopened
-        start = str(Path(self.settings.last_folder or Path.home()) / stem)
-        path, name_filter = QFileDialog.getSaveFileName(self, "Export volume", start, ";;".join(VOLUME_FILTERS))
+        start = str(Path(self.settings.last_folder or Path.home()) / proposed_name(doc))
+        path, name_filter = QFileDialog.getSaveFileName(self, f"Export {doc.title}", start,
+                                                        ";;".join(VOLUME_FILTERS))
         if path:
-            self.export_active_to(export_path(path, name_filter))
+            self.export_to(export_path(path, name_filter), doc)
 
-    def export_active_to(self, path: Path) -> Task:
-        doc = self.workspace.active
+    def export_to(self, path: Path, doc: Document | None = None) -> Task:
+        """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker."""
+        doc = doc or self.document_in_view()
         return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel),
                                name=f"export {path}", progressed=self.status.show_task,
                                finished=self._on_exported, failed=self.report_error)

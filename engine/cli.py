@@ -25,7 +25,8 @@ def _progress_printer(enabled: bool) -> Callable[[Progress], None]:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="list the volumes / DICOM series in a file or folder",
                        description="List every volume or DICOM series found in INPUT: shape, spacing, "
-                                   "orientation, guessed modality, and files that were skipped.")
+                                   "orientation, guessed modality, whether its header marks it synthetic "
+                                   "(made by a model), and files that were skipped.")
     p.add_argument("input", help="a NIfTI/MHA/NRRD file, a DICOM file, a folder or a DICOMDIR")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_info)
@@ -44,7 +45,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for r in rows:
         shape = "×".join(str(s) for s in reversed(r["shape_zyx"]))
         spacing = "×".join(f"{s:g}" for s in r["spacing_xyz_mm"])
-        print(f"- {r['description']}  [{r['modality'] or '?'}]  {shape} voxels  {spacing} mm  "
+        synthetic = "  SYNTHETIC (research use only)" if r["synthetic"] else ""
+        print(f"- {r['description']}  [{r['modality'] or '?'}]{synthetic}  {shape} voxels  {spacing} mm  "
               f"{r['orientation']}  key={r['key']}")
         for note in r["notes"]:
             print(f"    note: {note}")

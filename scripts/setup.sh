@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Prepares a fresh machine: system libraries for Qt/VTK under Xvfb (as root), the .venv with
-# pinned packages. A second run finds the stamp and returns in well under a second.
+# Prepares a fresh machine: system libraries for Qt/VTK under Xvfb and dicom3tools (dciodvfy, which
+# the DICOM export tests run) as root, the .venv with pinned packages. A second run finds the stamp
+# and returns in well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-DEBS="xvfb xauth libgl1 libegl1 libegl-mesa0 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libfontconfig1 libdbus-1-3 binutils"
+DEBS="xvfb xauth libgl1 libegl1 libegl-mesa0 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libfontconfig1 libdbus-1-3 binutils dicom3tools"
 
 missing_debs() {
     command -v dpkg-query >/dev/null 2>&1 || return 0

@@ -1,19 +1,23 @@
 """The study/series browser: every series a scan found, grouped patient → study → series, with
-modality, size and spacing; double-click opens one, the context menu compares it."""
+modality, size and spacing, and every synthetic volume made in this session beside its source in
+the same study; double-click shows one, the context menu compares, exports or closes it."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import QLabel, QMenu, QProgressBar, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
+    from app.state.workspace import Document
     from engine.io import Catalog, SeriesEntry
 
 COLUMNS = ("Series", "Modality", "Size (x×y×z)", "Spacing (mm)")
 ENTRY_ROLE = Qt.ItemDataRole.UserRole
+DOCUMENT_ROLE = Qt.ItemDataRole.UserRole + 1
+SYNTHETIC_COLOUR = QColor("#d03030")
 
 
 def group_names(entry: SeriesEntry) -> tuple[str, str]:
@@ -27,6 +31,9 @@ def group_names(entry: SeriesEntry) -> tuple[str, str]:
 class BrowserPanel(QWidget):
     entry_activated = Signal(object)       # SeriesEntry to open in the viewer
     compare_requested = Signal(object)     # SeriesEntry to compare with the volume in the viewer
+    document_activated = Signal(object)    # a synthetic Document to show in the viewer
+    export_requested = Signal(object)      # Document to export
+    close_requested = Signal(object)       # Document to close (frees its memory)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -50,6 +57,7 @@ class BrowserPanel(QWidget):
         layout.addWidget(self.tree, 1)
         self._groups: dict[tuple[str, ...], QTreeWidgetItem] = {}
         self._series: dict[str, QTreeWidgetItem] = {}
+        self._loaded: dict[str, Document] = {}          # key → the document loaded from it (or made)
         self._scanning: set[str] = set()
 
     def set_scanning(self, path: str, scanning: bool) -> None:
@@ -65,8 +73,11 @@ class BrowserPanel(QWidget):
             item = self._series.get(entry.key) or QTreeWidgetItem(self._group(*group_names(entry)))
             size = "×".join(str(n) for n in reversed(entry.shape_zyx))
             spacing = "×".join(f"{s:.3g}" for s in entry.spacing_xyz)
-            for col, text in enumerate((entry.description, entry.modality or "?", size, spacing)):
+            modality = f"{entry.modality or '?'}{' (synthetic)' if entry.synthetic else ''}"
+            for col, text in enumerate((entry.description, modality, size, spacing)):
                 item.setText(col, text)
+                if entry.synthetic:                      # its header says a model made it
+                    item.setForeground(col, SYNTHETIC_COLOUR)
             tip = "\n".join([entry.paths[0] if entry.paths else entry.key, f"orientation {entry.orientation}",
                              *entry.notes])
             item.setToolTip(0, tip)
@@ -86,27 +97,87 @@ class BrowserPanel(QWidget):
         return self._groups[(patient, study)]
 
     def entries(self) -> list[SeriesEntry]:
-        return [item.data(0, ENTRY_ROLE) for item in self._series.values()]
+        """The scanned series (not the synthetic documents' rows)."""
+        return [entry for item in self._series.values() if (entry := item.data(0, ENTRY_ROLE)) is not None]
 
-    def mark_loaded(self, key: str) -> None:
-        item = self._series.get(key)
+    def item(self, key: str) -> QTreeWidgetItem | None:
+        """The row of a scanned series or of a synthetic document, by key."""
+        return self._series.get(key)
+
+    def mark_loaded(self, doc: Document) -> None:
+        """Bold the row ``doc`` was loaded from; a synthetic document gets its own row in its
+        source's study (a loose one at the top level when the source is not listed)."""
+        self._loaded[doc.key] = doc
+        item = self._series.get(doc.key)
+        if item is None and doc.synthetic:
+            item = self._add_synthetic(doc)
         if item is not None:
             font = QFont(item.font(0))
             font.setBold(True)
             item.setFont(0, font)
             self.tree.setCurrentItem(item)
 
+    def _add_synthetic(self, doc: Document) -> QTreeWidgetItem:
+        source = self._series.get(doc.source.key) if doc.source is not None else None
+        group = source.parent() if source is not None else None
+        item = QTreeWidgetItem(group) if group is not None else QTreeWidgetItem(self.tree)
+        volume = doc.volume
+        made_from = f" from {doc.source.title}" if doc.source is not None else ""
+        for col, text in enumerate((doc.title, f"{volume.modality or '?'} (synthetic)",
+                                    "×".join(str(n) for n in volume.size_xyz),
+                                    "×".join(f"{s:.3g}" for s in volume.spacing))):
+            item.setText(col, text)
+            item.setForeground(col, SYNTHETIC_COLOUR)
+        item.setToolTip(0, f"Synthetic {volume.modality or 'volume'}{made_from}, made in this session: "
+                           "research use only, not for diagnosis. Right-click to export or close it.")
+        item.setData(0, DOCUMENT_ROLE, doc)
+        self._series[doc.key] = item
+        self.tree.expandAll()
+        return item
+
+    def mark_closed(self, doc: Document) -> None:
+        """A closed document's row goes back to plain (a synthetic one's row goes: it has no file)."""
+        self._loaded.pop(doc.key, None)
+        item = self._series.get(doc.key)
+        if item is None:
+            return
+        if item.data(0, DOCUMENT_ROLE) is not None:
+            del self._series[doc.key]
+            (item.parent() or self.tree.invisibleRootItem()).removeChild(item)
+        else:
+            font = QFont(item.font(0))
+            font.setBold(False)
+            item.setFont(0, font)
+
     def _on_item_activated(self, item: QTreeWidgetItem, _column: int) -> None:
-        entry = item.data(0, ENTRY_ROLE)
+        entry, doc = item.data(0, ENTRY_ROLE), item.data(0, DOCUMENT_ROLE)
         if entry is not None:
             self.entry_activated.emit(entry)
+        elif doc is not None:
+            self.document_activated.emit(doc)
 
     def _context_menu(self, pos) -> None:
         item = self.tree.itemAt(pos)
-        entry = item.data(0, ENTRY_ROLE) if item is not None else None
-        if entry is None:
+        if item is None:
             return
+        menu = self.context_menu(item)
+        if menu is not None:
+            menu.exec(self.tree.viewport().mapToGlobal(pos))
+
+    def context_menu(self, item: QTreeWidgetItem) -> QMenu | None:
+        """The actions on one row: open (show), compare, export and close what is loaded."""
+        entry, doc = item.data(0, ENTRY_ROLE), item.data(0, DOCUMENT_ROLE)
         menu = QMenu(self)
-        menu.addAction("Open in viewer", lambda: self.entry_activated.emit(entry))
-        menu.addAction("Compare with the volume in the viewer", lambda: self.compare_requested.emit(entry))
-        menu.exec(self.tree.viewport().mapToGlobal(pos))
+        if entry is not None:
+            doc = self._loaded.get(entry.key)
+            menu.addAction("Open in viewer", lambda: self.entry_activated.emit(entry))
+            menu.addAction("Compare with the volume in the viewer", lambda: self.compare_requested.emit(entry))
+        elif doc is not None:
+            menu.addAction("Show in viewer", lambda: self.document_activated.emit(doc))
+        else:
+            return None
+        if doc is not None:
+            menu.addSeparator()
+            menu.addAction("Export…", lambda: self.export_requested.emit(doc))
+            menu.addAction("Close", lambda: self.close_requested.emit(doc))
+        return menu

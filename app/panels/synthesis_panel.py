@@ -2,7 +2,7 @@
 backend, device, precision, steps and guidance under Advanced; runs in the synthesis process (through
 a worker) with progress, remaining time, a per-slice preview and Cancel, then shows the
 out-of-distribution guard's warnings about the input. Without an engine or a model it says so; Run
-stays disabled."""
+stays disabled. A synthetic input is used only after the user confirms it."""
 from __future__ import annotations
 
 import time
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                               QLabel, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QMessageBox, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
+                               QWidget)
 
 from engine.jobs import Progress
 from app.errors import describe_error
@@ -292,6 +293,8 @@ class SynthesisPanel(QWidget):
     def start(self) -> None:
         if self._why_not() is not None or self._task is not None:
             return
+        if self.document.synthetic and not self.confirm_synthetic_input():
+            return
         request, source_doc = self.request(), self.document
         self._started = time.monotonic()
         self.progress.setValue(0)
@@ -303,6 +306,17 @@ class SynthesisPanel(QWidget):
             progressed=self._on_progress, finished=lambda volume: self._on_done(source_doc, volume),
             failed=self._on_failed, cancelled=lambda: self._end("Cancelled."))
         self._update_enabled()
+
+    def confirm_synthetic_input(self) -> bool:
+        """Ask before a synthetic volume becomes the input of another synthesis (default: no)."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Synthetic input",
+                          f"{self.document.title} is synthetic: a model made it, it was not acquired. "
+                          "Synthesizing from it compounds the model's errors, and the result is not a "
+                          "scan of the patient (research use only).\n\nUse it as the input anyway?",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        return box.exec() == QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
         if self._task is not None:

@@ -1,7 +1,9 @@
-"""The loaded volumes (documents): each with its own window/level and whether it is synthetic,
-and which one the viewer shows."""
+"""The loaded volumes (documents): each with its own window/level, its title (distinct among the
+documents), whether it is synthetic (the volume says so, as its file's header did) and, for a
+synthetic one, the document it was made from; which one the viewer shows; opening and closing."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,26 +13,22 @@ from app.state.events import Event
 if TYPE_CHECKING:
     from engine.io import Volume
 
-SYNTHETIC_MARK = "synthetic — research use only"
-
-
-def looks_synthetic(volume: Volume) -> bool:
-    """A volume read from disk is synthetic when its name or notes say so (as our exports do)."""
-    texts = (volume.name, *volume.notes)
-    return any("synthetic" in text.lower() for text in texts)
+SYNTHETIC_KEY_PREFIX = "synthetic:"        # the keys of documents made in this session (no file yet)
 
 
 @dataclass(eq=False)
 class Document:
     volume: Volume
-    synthetic: bool
     display: DisplayState
-    key: str = ""                               # the browser entry it was loaded from
+    key: str = ""                               # the browser entry it was loaded from, or synthetic:N
     presets: list = field(default_factory=list)
+    title: str = ""                             # distinct among the open documents
+    ordinal: int = 1                            # 2, 3… for the later documents of the same name
+    source: Document | None = None              # what a synthetic document was made from
 
     @property
-    def title(self) -> str:
-        return self.volume.name or self.key or "volume"
+    def synthetic(self) -> bool:
+        return self.volume.synthetic
 
     @property
     def label(self) -> str:
@@ -44,20 +42,36 @@ class Workspace:
         self.documents: list[Document] = []
         self.active: Document | None = None
         self.added = Event()        # (document)
-        self.activated = Event()    # (document)
+        self.activated = Event()    # (document, or None when the last one closed)
+        self.closed = Event()       # (document)
+        self._numbers = itertools.count(1)
 
-    def add(self, volume: Volume, *, synthetic: bool | None = None, key: str = "") -> Document:
-        """Add a loaded volume (or return the document already loaded from ``key``)."""
+    def add(self, volume: Volume, *, synthetic: bool = False, key: str = "",
+            source: Document | None = None) -> Document:
+        """Add a loaded volume (or return the document already loaded from ``key``). ``synthetic``
+        marks a volume a model just made (``source`` the document it came from)."""
         if key:
             for doc in self.documents:
                 if doc.key == key:
                     return doc
+        if synthetic and not volume.synthetic:
+            made_from = (source.volume.modality or "") if source is not None else ""
+            volume = volume.replace(synthetic=True, derived_from=volume.derived_from or made_from)
+        if volume.synthetic and not key:
+            key = f"{SYNTHETIC_KEY_PREFIX}{next(self._numbers)}"
         presets = presets_for(volume.array, volume.modality)
-        doc = Document(volume, looks_synthetic(volume) if synthetic is None else synthetic,
-                       DisplayState(presets[0]), key, presets)
+        name = volume.name or key or "volume"
+        ordinal = self._free_ordinal(name)
+        doc = Document(volume, DisplayState(presets[0]), key, presets,
+                       name if ordinal == 1 else f"{name} ({ordinal})", ordinal, source)
         self.documents.append(doc)
         self.added.emit(doc)
         return doc
+
+    def _free_ordinal(self, name: str) -> int:
+        """1 for a name no open document has, else the first number not taken: "name (2)", "(3)"…"""
+        taken = {d.ordinal for d in self.documents if (d.volume.name or d.key or "volume") == name}
+        return next(n for n in itertools.count(1) if n not in taken)
 
     def find(self, key: str) -> Document | None:
         return next((d for d in self.documents if d.key == key), None)
@@ -66,3 +80,17 @@ class Workspace:
         if doc is not self.active:
             self.active = doc
             self.activated.emit(doc)
+
+    def close(self, doc: Document) -> None:
+        """Forget ``doc`` (its memory goes with the last view that shows it); when the viewer showed
+        it, show what it was made from, else the last document left, else nothing."""
+        if doc not in self.documents:
+            return
+        self.documents.remove(doc)
+        for other in self.documents:
+            if other.source is doc:
+                other.source = None
+        self.closed.emit(doc)
+        if doc is self.active:
+            self.active = doc.source if doc.source in self.documents else (self.documents or [None])[-1]
+            self.activated.emit(self.active)

@@ -112,6 +112,24 @@ class ComparisonView(QWidget):
     def _chosen(self, role: str) -> Document | None:
         return self.pickers[role].currentData()
 
+    def chosen_test(self) -> Document | None:
+        """The synthetic (or test) volume being compared."""
+        return self._chosen("synthetic")
+
+    def forget(self, doc: Document) -> None:
+        """A closed document leaves the pickers; a comparison that used it is cleared."""
+        used = False
+        for picker in self.pickers.values():
+            chosen = picker.currentData() is doc
+            index = next((i for i in range(picker.count()) if picker.itemData(i) is doc), -1)
+            if index >= 0:
+                picker.removeItem(index)
+            if chosen:
+                picker.setCurrentIndex(0)
+                used = True
+        if used:
+            self.recompute()
+
     def set_inputs(self, synthetic: Document, reference: Document, source: Document | None = None) -> None:
         """Compare ``synthetic`` (any test volume) with ``reference``; ``source`` is optional."""
         for role, doc in (("synthetic", synthetic), ("reference", reference), ("source", source)):

@@ -30,7 +30,9 @@ def volume_details(doc: Document) -> str:
     ]
     body = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(str(val))}</td></tr>" for k, val in rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in v.notes)
-    warning = "<p style='color:#d03030'><b>Synthetic volume — research use only.</b></p>" if doc.synthetic else ""
+    made_from = f" (made from {html.escape(v.derived_from)})" if v.derived_from else ""
+    warning = (f"<p style='color:#d03030'><b>Synthetic volume{made_from} — research use only.</b></p>"
+               if doc.synthetic else "")
     return f"{warning}<table cellspacing='4'>{body}</table>" + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
 
 
@@ -96,6 +98,17 @@ class OrthoViewer(QWidget):
         self.details.setHtml(volume_details(doc))
         if self.volume_3d is not None:
             self.volume_3d.show_document(doc)
+
+    def clear(self) -> None:
+        """Show nothing (the last volume was closed); the 3D view lets go of its volume at its next one."""
+        if self.document is not None:
+            self.document.display.changed.disconnect(self._on_window_changed)
+        self.document = None
+        for view in self.views.values():
+            view.set_content(None, None)
+        self.title.setText("No volume open.")
+        self.presets.clear()
+        self.details.clear()
 
     @staticmethod
     def _contains(doc: Document, lps: np.ndarray | None) -> bool:

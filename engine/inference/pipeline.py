@@ -227,7 +227,8 @@ class SliceSynthesizer:
         """The synthetic ``target`` volume of ``volume`` (modality ``source``, or the volume's own).
 
         Returns a Volume on the input's grid (shape, spacing, origin, direction) with modality and
-        unit of the target and the source's DICOM identity (a DICOM export stays in its study).
+        unit of the target and the source's DICOM identity (a DICOM export stays in its study), marked
+        ``synthetic`` and ``derived_from`` the source (every writer records both in the file).
         ``progress`` gets slice counts (fractions while a batch samples); ``cancel`` is checked at
         every ODE step and raises :class:`engine.jobs.Cancelled`. ``preview(i, slice)`` receives each
         finished slice ``i`` along the plan's axis, in target units, shaped like
@@ -347,7 +348,8 @@ class SliceSynthesizer:
         return volume.with_array(
             np.ascontiguousarray(slices_back(out, plan.axis)),
             modality=target, unit=modalities.get(target).unit,
-            name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom))
+            name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom),
+            synthetic=True, derived_from=source)
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""

@@ -98,7 +98,8 @@ def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: 
          progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Path:
     """Write ``volume`` atomically: a file by its suffix, or a DICOM series into a folder
     (any path without an image suffix). ``description`` names what made it (e.g. the
-    synthesis route); ``anonymise`` applies to DICOM only."""
+    synthesis route); a synthetic volume is marked in every format's header (engine.io.synthetic_mark);
+    ``anonymise`` applies to DICOM only."""
     path = Path(path)
     if file_kind(path):
         return write_file(volume, path, description=description)

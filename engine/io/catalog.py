@@ -27,6 +27,7 @@ class SeriesEntry:
     patient: str = ""
     study: str = ""
     notes: tuple[str, ...] = ()
+    synthetic: bool = False               # its header marks it as made by a model
     loader: Loader | None = field(default=None, compare=False, repr=False)
 
     def load(self, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Volume:
@@ -47,6 +48,7 @@ class SeriesEntry:
             "study": self.study,
             "files": len(self.paths),
             "first_file": self.paths[0] if self.paths else "",
+            "synthetic": self.synthetic,
             "notes": list(self.notes),
         }
 

@@ -21,6 +21,7 @@ from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import SliceInfo, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
+from engine.io.synthetic_mark import read_dicom_tags
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
@@ -79,6 +80,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         patient=_patient(tags),
         study=_study(tags),
         notes=tuple(group.notes),
+        synthetic=read_dicom_tags(tags)["synthetic"],
         loader=functools.partial(load_series, group, tags),
     )
 
@@ -142,8 +144,17 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     return Volume(
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
         source=source, notes=tuple(group.notes + notes),
-        dicom={k: tags.get(k, "") for k in IDENTITY_TAGS},
+        dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS}, **slice_references(slices, tags)},
+        **read_dicom_tags(tags),
     )
+
+
+def slice_references(slices: list[SliceInfo], tags: dict[str, str]) -> dict[str, str]:
+    """The source images of each z slice, for a derived series to reference (SourceImageSequence):
+    SOP class and backslash-joined SOP instance UIDs, one per slice ("UID:FRAME" for a frame of a
+    multi-frame image)."""
+    refs = (s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices)
+    return {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
 
 
 def _decode(s: SliceInfo) -> np.ndarray:

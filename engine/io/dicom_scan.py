@@ -230,6 +230,8 @@ def series_tags(ds: Dataset) -> dict[str, str]:
         block = ds.private_block(0x0011, PRIVATE_CREATOR)
         tags["StudioModality"] = text(block[0x01].value) if 0x01 in block else ""
         tags["StudioUnit"] = text(block[0x02].value) if 0x02 in block else ""
+        tags["StudioSynthetic"] = text(block[0x03].value) if 0x03 in block else ""
+        tags["StudioDerivedFrom"] = text(block[0x04].value) if 0x04 in block else ""
     except KeyError:
         pass
     if ds.get("file_meta") is not None:

@@ -1,6 +1,12 @@
 """Writing a volume as a derived DICOM series with pydicom: one file per slice, full geometry,
 physical units kept through RescaleSlope/Intercept, identity kept (or anonymised), written
-atomically into a folder.
+atomically into a folder, valid for ``dciodvfy`` (dicom3tools).
+
+Provenance: a new SeriesInstanceUID and new SOPInstanceUIDs; the Study and the Frame of Reference
+of a DICOM source are kept, and each slice references the source image it was computed from
+(SourceImageSequence, ReferencedSeriesSequence) when the volume is on the source's slices.
+ContentQualification is RESEARCH. A synthetic volume's SeriesDescription names target and source
+("synthetic CT from CBCT — research use only"), and our private block marks it SYNTHETIC.
 
 Storage and encoding (int16 pixels, value = stored × slope + intercept):
   * CT / CBCT (HU) → CT Image Storage. Slope 1, intercept 0 whenever the rounded HU fit int16
@@ -38,6 +44,7 @@ from engine import modalities
 from engine.atomic import atomic_folder
 from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
+from engine.io.synthetic_mark import DICOM_SYNTHETIC, mark
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.version import version
@@ -47,7 +54,11 @@ MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 RESEARCH_ONLY = "Research use only, not for diagnosis."
+# what each IOD requires: CT a third value (a cross-section), MR one too (no named flavour), PET PRIMARY
+IMAGE_TYPE = {CT_IMAGE: ["DERIVED", "SECONDARY", "AXIAL"], MR_IMAGE: ["DERIVED", "SECONDARY", "OTHER"],
+              PET_IMAGE: ["DERIVED", "PRIMARY"]}
 FILE_NAME = re.compile(r"IM\d{6}\.dcm")
+SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     array = _finite(np.asarray(volume.array))
     encoding = choose_encoding(volume, array)
     base = _series_dataset(volume, series_description, anonymise, encoding, array)
+    sources = [] if anonymise else source_images(volume)
     direction = volume.direction_matrix
     row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
     normal = np.cross(row, col)
@@ -83,6 +95,8 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
                 position = np.asarray(volume.origin) + k * volume.spacing[2] * axis
                 pixels = quantise(array[k], encoding)
                 ds = _slice_dataset(base, k, nz, position, float(position @ normal), pixels, encoding)
+                if sources:
+                    _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], sources[k])
                 ds.save_as(tmp / f"IM{k + 1:06d}.dcm", enforce_file_format=True)
                 progress(Progress(k + 1, nz, f"wrote slice {k + 1} of {nz}"))
     except OSError as exc:
@@ -161,7 +175,7 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     today, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageType = IMAGE_TYPE.get(encoding.sop_class, ["DERIVED", "SECONDARY"])
     ds.InstanceCreationDate, ds.InstanceCreationTime = today, clock
     ds.SOPClassUID = encoding.sop_class
     ds.Modality = encoding.modality
@@ -169,7 +183,8 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     ds.SeriesDate = ds.ContentDate = today
     ds.SeriesTime = ds.ContentTime = clock
     description = (description or volume.name or "SynerMedGen Studio export").strip()
-    ds.SeriesDescription = description[:64]
+    ds.SeriesDescription = (mark(volume) if volume.synthetic else description)[:64]
+    ds.ContentQualification = "RESEARCH"
     ds.SeriesNumber = _series_number(src.get("SeriesNumber"))
     ds.Manufacturer = "SynerMedGen Studio"
     ds.SoftwareVersions = version()
@@ -179,6 +194,7 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     ds.LossyImageCompression = "00"
     _identity(ds, src, anonymise, today, clock)
     ds.BodyPartExamined = src.get("BodyPartExamined", "")
+    ds.Laterality = ""                      # type 2C: unknown for a whole volume
     ds.PositionReferenceIndicator = ""
     if encoding.sop_class in (CT_IMAGE, MR_IMAGE):
         ds.PatientPosition = src.get("PatientPosition", "")
@@ -189,6 +205,9 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", (volume.modality or "")[:64])
     block.add_new(0x02, "LO", (volume.unit or "")[:64])
+    if volume.synthetic:
+        block.add_new(0x03, "CS", DICOM_SYNTHETIC)
+        block.add_new(0x04, "LO", volume.derived_from[:64])
     return ds
 
 
@@ -267,6 +286,7 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.ScanOptions = ""
         ds.MRAcquisitionType = ""
         ds.EchoTime = ""
+        ds.RepetitionTime = ""             # type 2C: required unless an EP or SK sequence
         ds.EchoTrainLength = ""
     elif encoding.sop_class == PET_IMAGE:
         unit = (volume.unit or "SUVbw").upper()
@@ -279,11 +299,48 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.DecayCorrection = "NONE"
         ds.NumberOfSlices = volume.shape[0]
         ds.FrameReferenceTime = "0"
+        ds.ActualFrameDuration = ""
+        ds.CollimatorType = ""
+        ds.AcquisitionDate = ds.AcquisitionTime = ""
         ds.RadiopharmaceuticalInformationSequence = Sequence()
         ds.PatientOrientationCodeSequence = Sequence()
         ds.PatientGantryRelationshipCodeSequence = Sequence()
     else:
         ds.ConversionType = "WSD"
+        ds.PatientOrientation = ""          # type 2C; the geometry is in ImageOrientationPatient
+
+
+def source_images(volume: Volume) -> list[tuple[str, int | None]]:
+    """(SOP instance UID, frame number or None) of the source image of each z slice, when the volume
+    carries its DICOM source's slices (``SliceSOPInstanceUIDs``, one per slice); else empty."""
+    src = volume.dicom or {}
+    refs = src.get("SliceSOPInstanceUIDs", "").split("\\")
+    if not (src.get("SeriesInstanceUID") and src.get("SOPClassUID")) or len(refs) != volume.shape[0] or not all(refs):
+        return []
+    out = []
+    for ref in refs:
+        uid, _, frame = ref.partition(":")
+        out.append((uid, int(frame) if frame else None))
+    return out
+
+
+def _reference_source(ds: Dataset, series_uid: str, sop_class: str, source: tuple[str, int | None]) -> None:
+    """The source image this slice was computed from, and its series (Common Instance Reference)."""
+    uid, frame = source
+    image = Dataset()
+    image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = sop_class, uid
+    if frame is not None:
+        image.ReferencedFrameNumber = frame
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = SOURCE_IMAGE_PURPOSE
+    image.PurposeOfReferenceCodeSequence = Sequence([code])
+    ds.SourceImageSequence = Sequence([image])
+    instance = Dataset()
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = sop_class, uid
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ReferencedInstanceSequence = Sequence([instance])
+    ds.ReferencedSeriesSequence = Sequence([series])
 
 
 def _slice_dataset(base: Dataset, k: int, nz: int, position: np.ndarray, location: float,

@@ -10,11 +10,11 @@ from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.errors import VolumeIOError
+from engine.io.synthetic_mark import itk_fields, read_itk_fields
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
-SYNTHETIC_NOTE_KEY = "ITK_FileNotes"   # stored as NIfTI "descrip" / MetaImage comment
 
 
 def file_kind(path: str | Path) -> str | None:
@@ -84,7 +84,15 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     direction = _orthonormal(affine[:3, :3] / spacing)
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), tuple(spacing), tuple(affine[:3, 3]),
-                  tuple(direction.ravel()), name=path.name, source=str(path))
+                  tuple(direction.ravel()), name=path.name, source=str(path), **_nibabel_mark(image))
+
+
+def _nibabel_mark(image) -> dict:
+    return read_itk_fields({"descrip": image.header["descrip"].item().decode("utf-8", errors="replace")})
+
+
+def _itk_mark(reader: sitk.ImageFileReader) -> dict:
+    return read_itk_fields({key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
 
 
 def _first_line(exc: Exception) -> str:
@@ -125,6 +133,7 @@ def scan_file(path: str | Path) -> Catalog:
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
         orientation=_orientation_of(reader, dim),
         notes=tuple(notes),
+        synthetic=_itk_mark(reader)["synthetic"],
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
     return Catalog(entries=[entry])
@@ -143,6 +152,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         key=str(path), kind="nifti", paths=(str(path),), description=path.name,
         modality=modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
         spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
+        synthetic=_nibabel_mark(image)["synthetic"],
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
     return Catalog(entries=[entry])
@@ -206,7 +216,7 @@ def _load_itk(path: Path, volume_index: int | None) -> Volume:
         raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
-    return volume_from_sitk(image, name=path.name, source=str(path))
+    return volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
 
 
 def volume_from_sitk(image: sitk.Image, **fields) -> Volume:
@@ -243,9 +253,8 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
     if path.suffix.lower() == ".mhd":
         raise VolumeIOError(path, "MHD keeps its voxels in a separate .raw file; write .mha instead")
     image = volume_to_sitk(volume)
-    if description:
-        image.SetMetaData(SYNTHETIC_NOTE_KEY, description[:79])
-        image.SetMetaData("descrip", description[:79])
+    for key, value in itk_fields(volume, description).items():      # a synthetic volume's marking too
+        image.SetMetaData(key, value)
     with atomic_file(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))

@@ -1,4 +1,5 @@
-"""The one volume type: voxel array in physical units plus its exact geometry and provenance.
+"""The one volume type: voxel array in physical units plus its exact geometry and provenance
+(whether a model made it: ``synthetic``, from which modality: ``derived_from``).
 
 Conventions (those of SimpleITK and DICOM): the array is indexed (z, y, x); ``spacing`` and
 ``origin`` are given in (x, y, z) order, in millimetres, in the patient's LPS frame; ``direction``
@@ -24,6 +25,8 @@ class Volume:
     source: str = ""
     notes: tuple[str, ...] = ()
     dicom: dict[str, str] = field(default_factory=dict)
+    synthetic: bool = False          # made by a model, not acquired: every writer marks it, every reader finds it
+    derived_from: str = ""           # the modality a synthetic volume was made from, when known
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -105,5 +108,7 @@ class Volume:
             "origin_lps_mm": [round(o, 4) for o in self.origin],
             "orientation": self.orientation(),
             "dtype": str(self.array.dtype),
+            "synthetic": self.synthetic,
+            "derived_from": self.derived_from,
             "notes": list(self.notes),
         }

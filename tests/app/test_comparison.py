@@ -29,12 +29,14 @@ def window(qtbot):
 
 @pytest.fixture
 def pair(tmp_path, phantom, write_nifti):
-    """A reference CT and a 'synthetic' CT with noise and a bias, on the same grid."""
+    """A reference CT and a synthetic CT (so marked in its header) with noise and a bias, on the same grid."""
+    from engine import io
+
     ref = phantom()
     rng = np.random.default_rng(7)
-    syn = ref + 25.0 + rng.normal(0, 40, ref.shape).astype(np.float32)
-    return (write_nifti(tmp_path / "sub" / "sCT_synthetic.nii.gz", syn),
-            write_nifti(tmp_path / "sub" / "CT.nii.gz", ref))
+    syn = write_nifti(tmp_path / "sub" / "sCT.nii.gz", ref + 25.0 + rng.normal(0, 40, ref.shape).astype(np.float32))
+    io.save(io.load(syn).replace(synthetic=True, derived_from="CBCT"), syn)
+    return syn, write_nifti(tmp_path / "sub" / "CT.nii.gz", ref)
 
 
 def compared(qtbot, window, wait_loaded, syn_path, ref_path):

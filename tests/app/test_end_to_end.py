@@ -1,7 +1,9 @@
 """End to end: the real application (``python main.py`` in its own process, on the suite's Xvfb)
 opens the demo study on its first launch, synthesizes T2 from T1 in its synthesis process with a
-random-weight tiny model, saves the comparison view (File → Screenshot) and what VTK's 3D view
-drew, and exits with status 0. It is driven by app.automation, as scripts/screenshot.sh is."""
+random-weight tiny model, saves the comparison view (File → Screenshot), exports the synthetic
+volume (File → Export Volume…, its file dialog answered) to a NIfTI that ``info --json`` reports
+synthetic, saves what VTK's 3D view drew, and exits with status 0. It is driven by app.automation,
+as scripts/screenshot.sh is."""
 import json
 import os
 import subprocess
@@ -41,7 +43,7 @@ def test_the_application_synthesizes_the_demo_study_and_saves_the_views(tiny_mod
     script.write_text(json.dumps({
         "source": "T1", "target": "T2", "model": str(tiny_model), "steps": 2, "device": "cpu",
         "comparison_png": str(out / "comparison.png"), "volume_3d_png": str(out / "volume_3d.png"),
-        "timeout_s": TIMEOUT_S - 30}))
+        "export": str(out / "exported.nii.gz"), "timeout_s": TIMEOUT_S - 30}))
     env = dict(os.environ, QT_QPA_PLATFORM="xcb", PYTHONPATH=str(REPO), SYNERMEDGEN_CONFIG_DIR=str(settings_dir),
                SYNERMEDGEN_AUTOMATION=str(script), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     started = time.monotonic()
@@ -63,6 +65,16 @@ def test_the_application_synthesizes_the_demo_study_and_saves_the_views(tiny_mod
     synthetic = comparison[int(0.3 * h):int(0.55 * h), int(0.3 * w):int(0.45 * w)].astype(float)
     assert synthetic.std() > 10, "the synthetic panel is uniform"
     assert len(np.unique(synthetic[..., 0])) > 20
+
+    assert report["export"] == str(out / "exported.nii.gz") and report["export_proposed_name"] == "T2_synthetic_from_T1"
+    info = subprocess.run([sys.executable, "main.py", "info", "--json", report["export"]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["series"][0]["synthetic"] is True
+    from engine import io
+
+    exported, source = io.load(report["export"]), io.load(REPO / "resources" / "demo" / "brain" / "T1.nii.gz")
+    assert exported.shape == source.shape and not np.allclose(exported.array, source.array)
 
     rendered = read_png(out / "volume_3d.png")
     assert rendered.shape[0] > 50 and rendered.shape[1] > 50

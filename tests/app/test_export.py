@@ -1,16 +1,20 @@
 """Export from the window: NIfTI, MHA and a DICOM derived series read back by engine.io with the
-same geometry and values; synthetic volumes are marked; a failed export names the path and
-leaves nothing behind."""
+same geometry and values; a synthetic volume is marked in the file's header, proposed under a name
+that says what it is, and shows as synthetic when reopened under any name; a failed export names
+the path and leaves nothing behind."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from engine import io
-from app.export import VOLUME_FILTERS, export_path
+from PySide6.QtWidgets import QFileDialog
+
+from app.export import VOLUME_FILTERS, export_path, proposed_name
 from app.main_window import MainWindow
 from app.settings import Settings
 from app.state.scoring import resample_onto
-from app.state.workspace import SYNTHETIC_MARK
 
 
 @pytest.fixture
@@ -24,7 +28,7 @@ def window(qtbot, ct_file, wait_loaded):
 
 def export(qtbot, window, path):
     with qtbot.waitSignal(window.exported, timeout=60000) as blocker:
-        window.export_active_to(path)
+        window.export_to(path)
     return blocker.args[0]
 
 
@@ -64,17 +68,44 @@ def test_a_dicom_series_reads_back_with_the_same_geometry_and_hu(qtbot, window, 
     np.testing.assert_allclose(on_grid.array, original.array, atol=1.0)
 
 
-def test_a_synthetic_export_is_marked(qtbot, window, tmp_path):
-    doc = window.workspace.add(window.workspace.active.volume.replace(name="sCT"), synthetic=True)
+def test_a_synthetic_export_is_marked_in_its_header_and_reopens_as_synthetic(qtbot, window, tmp_path, wait_loaded):
+    source = window.workspace.active
+    doc = window.workspace.add(source.volume.with_array(1000 - source.volume.array, name="synthetic T2 from CT",
+                                                        modality="T2", unit="a.u."), synthetic=True, source=source)
     window.workspace.activate(doc)
-    out = tmp_path / "sCT_synthetic.nii.gz"
+    out = tmp_path / "scan.nii.gz"                                   # a name that says nothing
     export(qtbot, window, out)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(out))
     reader.ReadImageInformation()
-    assert SYNTHETIC_MARK in reader.GetMetaData("descrip")
-    assert io.load(out).name == "sCT_synthetic.nii.gz"
-    assert window.workspace.add(io.load(out)).synthetic            # reopened: still synthetic
+    assert reader.GetMetaData("descrip") == "synthetic T2 from CT — research use only"
+    window.open_paths([str(out)])
+    reopened = wait_loaded(window, 3)
+    assert reopened.synthetic and window.viewer.document is reopened                  # shown, and marked
+    assert "SYNTHETIC" in window.viewer.title.text()
+    assert all(view.banner.isVisibleTo(window.viewer) for view in window.viewer.views.values())
+    assert "Synthetic volume (made from CT)" in window.viewer.details.toPlainText()
+
+
+def test_export_proposes_a_name_that_says_what_it_is(qtbot, window, tmp_path, monkeypatch):
+    source = window.workspace.active
+    made = [window.workspace.add(source.volume.replace(name="synthetic T2 from CT", modality="T2"), synthetic=True,
+                                 source=source)
+            for _ in range(2)]
+    assert [proposed_name(d) for d in made] == ["T2_synthetic_from_CT", "T2_synthetic_from_CT_2"]
+    assert proposed_name(source) == "CT"
+    asked = []
+
+    def answer(_parent, _title, start, _filters):
+        asked.append(Path(start).name)
+        return str(tmp_path / Path(start).name), "NIfTI (*.nii.gz)"
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", answer)
+    window.workspace.activate(made[1])
+    with qtbot.waitSignal(window.exported, timeout=60000) as blocker:
+        window.actions["export"].trigger()                           # File → Export Volume…
+    assert asked == ["T2_synthetic_from_CT_2"] and blocker.args[0] == str(tmp_path / "T2_synthetic_from_CT_2.nii.gz")
+    assert io.load(blocker.args[0]).synthetic
 
 
 def test_export_paths_get_the_filters_suffix():
@@ -87,6 +118,16 @@ def test_export_paths_get_the_filters_suffix():
 
 def test_a_failed_export_names_the_path(qtbot, window, tmp_path):
     out = tmp_path / "copy.xyz"
-    window.export_active_to(out)
+    window.export_to(out)
     qtbot.waitUntil(lambda: any("copy.xyz" in line for line in window.log.lines), timeout=10000)
     assert not out.exists()
+
+
+def test_a_file_marked_synthetic_is_listed_as_synthetic(qtbot, window, tmp_path, wait_loaded):
+    marked = io.save(window.workspace.active.volume.replace(synthetic=True, derived_from="CBCT"),
+                     tmp_path / "other" / "CT.nii.gz")
+    window.open_paths([str(marked)])
+    doc = wait_loaded(window, 2)
+    row = window.browser.item(doc.key)
+    assert doc.synthetic and row.text(1) == "CT (synthetic)"
+    assert [e.synthetic for e in window.browser.entries()] == [False, True]

@@ -14,7 +14,7 @@ from app.state.display import AUTO_PERCENTILES, CT_PRESETS, DisplayState, Preset
 from app.state.events import Event
 from app.state.geometry import Plane, PlaneGeometry, direction_letters
 from app.state.scoring import compare, resample_onto
-from app.state.workspace import SYNTHETIC_MARK, Workspace, looks_synthetic
+from app.state.workspace import Workspace
 
 FLIPPED_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -142,11 +142,42 @@ def test_display_state_presets_and_drag():
 
 def test_workspace_marks_synthetic_volumes_and_reuses_loaded_entries():
     ws = Workspace()
-    real = ws.add(volume(name="CT.nii.gz"), key="a")
+    real = ws.add(volume(name="CT.nii.gz", modality="CBCT"), key="a")
     assert not real.synthetic and ws.add(volume(), key="a") is real
-    assert ws.add(volume(name="sCT"), synthetic=True).synthetic
-    assert looks_synthetic(volume(notes=(SYNTHETIC_MARK,)))
-    assert looks_synthetic(volume(name="patient1_synthetic_CT.nii.gz"))
+    made = ws.add(volume(name="sCT", modality="CT"), synthetic=True, source=real)
+    assert made.synthetic and made.volume.synthetic and made.volume.derived_from == "CBCT"   # the files will say so
+    assert made.source is real and made.key.startswith("synthetic:")
+    assert not ws.add(volume(name="patient1_synthetic_CT.nii.gz")).synthetic           # a name marks nothing
+    assert ws.add(volume(name="scan.nii.gz", synthetic=True)).synthetic                # the header does
+
+
+def test_two_synthetic_volumes_of_the_same_kind_get_distinct_names():
+    ws = Workspace()
+    cbct = ws.add(volume(name="CBCT", modality="CBCT"), key="cbct")
+    first, second = (ws.add(volume(name="synthetic CT from CBCT", modality="CT"), synthetic=True, source=cbct)
+                     for _ in range(2))
+    assert (first.title, second.title) == ("synthetic CT from CBCT", "synthetic CT from CBCT (2)")
+    assert first.key != second.key and first.label != second.label
+    assert (first.ordinal, second.ordinal) == (1, 2)
+    ws.close(first)
+    third = ws.add(volume(name="synthetic CT from CBCT", modality="CT"), synthetic=True, source=cbct)
+    assert third.title == "synthetic CT from CBCT" and third.ordinal == 1            # the freed name
+
+
+def test_closing_the_shown_document_shows_its_source_then_the_last_one_then_nothing():
+    ws, shown, closed = Workspace(), [], []
+    ws.activated.connect(shown.append)
+    ws.closed.connect(closed.append)
+    t1 = ws.add(volume(name="T1", modality="T1"), key="t1")
+    t2 = ws.add(volume(name="T2", modality="T2"), key="t2")
+    made = ws.add(volume(name="synthetic T2 from T1", modality="T2"), synthetic=True, source=t1)
+    ws.activate(made)
+    ws.close(made)
+    assert closed == [made] and ws.active is t1 and shown[-1] is t1 and made not in ws.documents
+    ws.close(t1)
+    assert ws.active is t2
+    ws.close(t2)
+    assert ws.active is None and shown[-1] is None and ws.documents == []
 
 
 def ct_pair(offset=30.0):

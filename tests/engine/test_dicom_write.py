@@ -1,5 +1,8 @@
 """Writing derived DICOM series: values in physical units within the promised error, geometry exact,
-identity kept or anonymised, readable by SimpleITK as one volume, and never a half-written folder."""
+identity kept or anonymised, provenance a planning system reads (references to the source, synthetic
+marking, zero dciodvfy errors), readable by SimpleITK as one volume, and never a half-written folder."""
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -153,13 +156,78 @@ def test_identity_is_kept_and_the_series_is_new_and_derived(tmp_path):
     assert str(first.PatientName) == ct.dicom["PatientName"] and first.PatientID == ct.dicom["PatientID"]
     assert {f.SeriesInstanceUID for f in files} == {first.SeriesInstanceUID} != {ct.dicom["SeriesInstanceUID"]}
     assert len({f.SOPInstanceUID for f in files}) == len(files)
-    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     assert first.SeriesDescription == long_description[:64] and "SYNTHETIC" in first.SeriesDescription
     assert "research use only, not for diagnosis" in first.DerivationDescription.lower()
     assert "research use only, not for diagnosis" in first.ImageComments.lower()
     assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
     assert first.preamble is not None and Path(first.filename).read_bytes()[128:132] == b"DICM"
+
+
+def _synthetic_ct_from_cbct(ct: Volume) -> Volume:
+    """What the pipeline returns for a CBCT read from DICOM: new values, the source's DICOM identity."""
+    return ct.with_array(ct.array + 25.0, modality="CT", unit="HU", name="synthetic CT from CBCT",
+                         synthetic=True, derived_from="CBCT")
+
+
+def test_a_synthetic_series_says_what_it_is_and_references_its_source(tmp_path):
+    source = _ct_series()
+    entry = next(e for e in io.scan(DICOMDIR_TESTS / "DICOMDIR").entries if e.description.startswith("SmartScore"))
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in entry.paths)}
+    files = _files(write_dicom_series(_synthetic_ct_from_cbct(source), tmp_path / "s", series_description="x"))
+    first = files[0]
+    assert {f.SeriesInstanceUID for f in files} == {first.SeriesInstanceUID} != {source.dicom["SeriesInstanceUID"]}
+    assert len({f.SOPInstanceUID for f in files} | set(sources)) == 2 * len(files)         # all new
+    assert {f.StudyInstanceUID for f in files} == {source.dicom["StudyInstanceUID"]}
+    assert {f.FrameOfReferenceUID for f in files} == {source.dicom["FrameOfReferenceUID"]}
+    assert first.SeriesDescription == "synthetic CT from CBCT — research use only"
+    assert first.ContentQualification == "RESEARCH" and first.ImageType[0] == "DERIVED"
+    for f in files:                           # each slice points at the source image at its position
+        image = f.SourceImageSequence[0]
+        assert image.ReferencedSOPClassUID == source.dicom["SOPClassUID"]
+        assert image.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        referenced = sources[image.ReferencedSOPInstanceUID]
+        np.testing.assert_allclose([float(v) for v in f.ImagePositionPatient],
+                                   [float(v) for v in referenced.ImagePositionPatient], atol=1e-3)
+        series = f.ReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == source.dicom["SeriesInstanceUID"]
+        assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == image.ReferencedSOPInstanceUID
+    entry = io.scan(tmp_path / "s").entries[0]
+    back = entry.load()
+    assert entry.synthetic and back.synthetic and back.derived_from == "CBCT"
+    assert not source.synthetic
+
+
+def test_an_anonymised_or_resampled_export_references_no_source(tmp_path):
+    synthetic = _synthetic_ct_from_cbct(_ct_series())
+    first = _files(write_dicom_series(synthetic, tmp_path / "anon", series_description="x", anonymise=True))[0]
+    assert "SourceImageSequence" not in first and "ReferencedSeriesSequence" not in first
+    assert first.SeriesDescription == "synthetic CT from CBCT — research use only"
+    cropped = synthetic.replace(array=synthetic.array[1:].copy())                # not on the source's slices
+    first = _files(write_dicom_series(cropped, tmp_path / "crop", series_description="x"))[0]
+    assert "SourceImageSequence" not in first and "ReferencedSeriesSequence" not in first
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed; "
+                                             "scripts/setup.sh installs it when run as root")
+@pytest.mark.parametrize("kind", ["CT", "MR", "MR from DICOM", "PET", "OT"])
+def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
+    volume = {"CT": lambda: _synthetic_ct_from_cbct(_ct_series()),
+              "MR": lambda: _anatomical().replace(modality="FLAIR", synthetic=True, derived_from="T1"),
+              "MR from DICOM": lambda: io.load(PYDICOM_FILES / "MR_small.dcm").replace(
+                  modality="FLAIR", synthetic=True, derived_from="T2"),
+              "PET": lambda: _anatomical().replace(modality="PET", unit="SUVbw", synthetic=True, derived_from="CT"),
+              "OT": lambda: _anatomical().replace(modality=None, unit="")}[kind]()
+    files = sorted(write_dicom_series(volume, tmp_path / "s", series_description="x").iterdir())
+    for path in (files[0], files[-1]):
+        run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        report = (run.stdout + run.stderr).splitlines()
+        assert not [line for line in report if line.startswith("Error")], "\n".join(report)
+        assert any(line.endswith("Image") for line in report)                 # it did check an image IOD
 
 
 def test_anonymise_replaces_patient_identity_and_study(tmp_path):

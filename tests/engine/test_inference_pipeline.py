@@ -65,6 +65,7 @@ def test_ct_result_has_the_input_grid_hounsfield_units_and_the_source_study(synt
     assert out.shape == volume.shape and out.array.dtype == np.float32
     assert out.spacing == volume.spacing and out.origin == volume.origin and out.direction == volume.direction
     assert out.modality == "CT" and out.unit == "HU" and out.name == "synthetic CT from T1"
+    assert out.synthetic and out.derived_from == "T1" and not volume.synthetic     # every writer marks it
     assert out.dicom == volume.dicom
     assert out.notes[0] == pipeline.RESEARCH_NOTE and any("T1→CT" in n for n in out.notes)
     assert -1024.0 <= out.array.min() and out.array.max() <= 2000.0

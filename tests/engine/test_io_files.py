@@ -147,3 +147,43 @@ def test_cli_info_and_convert(tmp_path):
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 2
     assert "nope: no such file or folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
+def test_the_synthetic_marking_lives_in_the_header_not_the_name(tmp_path, suffix):
+    synthetic = _oblique_volume().replace(modality="CT", unit="HU", synthetic=True, derived_from="CBCT")
+    out = io.save(synthetic, tmp_path / f"scan{suffix}")                 # a name that says nothing
+    entry = io.scan(out).entries[0]
+    back = io.load(out)
+    assert entry.synthetic and entry.describe()["synthetic"] is True
+    assert back.synthetic and back.derived_from == "CBCT" and back.describe()["synthetic"] is True
+    renamed = out.rename(tmp_path / f"patient01_CT{suffix}")
+    assert io.load(renamed).synthetic
+    plain = io.load(io.save(_oblique_volume(), tmp_path / f"synthetic_phantom{suffix}"))
+    assert not plain.synthetic                                            # the name alone marks nothing
+
+
+def test_a_synthetic_nifti_says_so_in_its_descrip(tmp_path):
+    synthetic = _oblique_volume().replace(modality="CT", unit="HU", synthetic=True, derived_from="CBCT")
+    out = io.save(synthetic, tmp_path / "scan.nii.gz", description="converted from scan 3")
+    descrip = nibabel.load(out).header["descrip"].item().decode()
+    assert descrip == "synthetic CT from CBCT; converted from scan 3 — research use only"
+    nibabel_copy = tmp_path / "nifti2.nii"                                 # NIfTI-2 (read through nibabel)
+    image = nibabel.load(out)
+    header = nibabel.Nifti2Header()
+    header["descrip"] = image.header["descrip"]
+    nibabel.save(nibabel.Nifti2Image(np.asarray(image.dataobj), image.affine, header), nibabel_copy)
+    assert io.scan(nibabel_copy).entries[0].synthetic and io.load(nibabel_copy).derived_from == "CBCT"
+
+
+def test_cli_info_reports_a_synthetic_file(tmp_path):
+    synthetic = _oblique_volume().replace(modality="T1", synthetic=True, derived_from="T2")
+    out = io.save(synthetic, tmp_path / "subject.nii.gz")
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "main.py"), *a], capture_output=True,  # noqa: E731
+                                    text=True, cwd=ROOT, timeout=120)
+    info = run("info", str(out), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["series"][0]["synthetic"] is True
+    assert "SYNTHETIC" in run("info", str(out)).stdout
+    plain = run("info", str(io.save(_oblique_volume(), tmp_path / "t2.nii.gz")), "--json")
+    assert json.loads(plain.stdout)["series"][0]["synthetic"] is False

@@ -1,0 +1,81 @@
+"""How a synthetic volume says so inside every file it is written to, and how a reader finds it
+again whatever the file is named: one text ("synthetic CT from CBCT — research use only") in the
+format's description (NIfTI ``descrip``, MetaImage / NRRD fields, DICOM SeriesDescription) plus
+explicit fields where the format has room (MetaImage / NRRD keys, our DICOM private block)."""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from engine.io.volume import Volume
+
+RESEARCH_ONLY = "research use only"
+DESCRIPTION_KEY = "ITK_FileNotes"              # SimpleITK writes it as NIfTI descrip / a MetaImage, NRRD field
+SYNTHETIC_KEY = "SynerMedGen_synthetic"        # MetaImage / NRRD fields ("true")
+DERIVED_FROM_KEY = "SynerMedGen_derived_from"
+NIFTI_DESCRIP_BYTES = 79                       # descrip holds 80 bytes, the last one a NUL
+DICOM_SYNTHETIC = "SYNTHETIC"                  # the value of our private element (0011,xx03)
+_WORD = re.compile(r"\bsynthetic\b", re.IGNORECASE)
+_ROUTE = re.compile(r"\bsynthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
+
+
+def label(volume: Volume) -> str:
+    """What a synthetic volume is, e.g. ``synthetic CT from CBCT``."""
+    made_from = f" from {volume.derived_from}" if volume.derived_from else ""
+    return f"synthetic {volume.modality or 'volume'}{made_from}"
+
+
+def mark(volume: Volume) -> str:
+    """The marking text, e.g. ``synthetic CT from CBCT — research use only``."""
+    return f"{label(volume)} — {RESEARCH_ONLY}"
+
+
+def says_synthetic(*texts: str) -> bool:
+    return any(_WORD.search(text or "") for text in texts)
+
+
+def derived_from(text: str) -> str:
+    """The source modality named in a ``synthetic X from Y`` text ("" when none is named)."""
+    found = _ROUTE.search(text or "")
+    return found.group(1) if found else ""
+
+
+def file_description(volume: Volume, description: str) -> str:
+    """The description a file header keeps: for a synthetic volume one that says it is synthetic
+    and for research use only (``description`` kept when it already names it synthetic)."""
+    if not volume.synthetic:
+        return description
+    text = description if says_synthetic(description) else "; ".join(filter(None, (label(volume), description)))
+    return text if RESEARCH_ONLY in text.lower() else f"{text} — {RESEARCH_ONLY}"
+
+
+def itk_fields(volume: Volume, description: str) -> dict[str, str]:
+    """The metadata SimpleITK writes into a NIfTI / MetaImage / NRRD header."""
+    text = file_description(volume, description)
+    fields = {DESCRIPTION_KEY: _fit_bytes(text, NIFTI_DESCRIP_BYTES)} if text else {}
+    if volume.synthetic:
+        fields[SYNTHETIC_KEY] = "true"
+        if volume.derived_from:
+            fields[DERIVED_FROM_KEY] = volume.derived_from
+    return fields
+
+
+def read_itk_fields(fields: Mapping[str, str]) -> dict:
+    """``synthetic`` and ``derived_from`` for a Volume from a NIfTI / MetaImage / NRRD header."""
+    description = fields.get(DESCRIPTION_KEY) or fields.get("descrip") or ""
+    synthetic = fields.get(SYNTHETIC_KEY, "").lower() == "true" or says_synthetic(description)
+    made_from = fields.get(DERIVED_FROM_KEY) or derived_from(description)
+    return {"synthetic": synthetic, "derived_from": made_from if synthetic else ""}
+
+
+def read_dicom_tags(tags: Mapping[str, str]) -> dict:
+    """``synthetic`` and ``derived_from`` from a series' tags (our private block, else its descriptions)."""
+    texts = (tags.get("SeriesDescription", ""), tags.get("ImageComments", ""))
+    synthetic = tags.get("StudioSynthetic", "") == DICOM_SYNTHETIC or says_synthetic(*texts)
+    made_from = tags.get("StudioDerivedFrom") or derived_from(texts[0]) or derived_from(texts[1])
+    return {"synthetic": synthetic, "derived_from": made_from if synthetic else ""}
+
+
+def _fit_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
