@@ -19,17 +19,6 @@ DEMO_DIR = RESOURCES / "demo"
 MODEL_CARD = DEFAULT_MODEL_DIR / "metadata.json"
 
 
-CONTROLS_HTML = (
-    "<table cellspacing='4'>"
-    "<tr><td><b>Left click / drag</b></td><td>move the crosshair (linked across planes and views)</td></tr>"
-    "<tr><td><b>Wheel, ↑/↓, PgUp/PgDn</b></td><td>scroll slices</td></tr>"
-    "<tr><td><b>Ctrl + wheel</b></td><td>zoom; double-click or Home resets</td></tr>"
-    "<tr><td><b>Middle or Shift + left drag</b></td><td>pan</td></tr>"
-    "<tr><td><b>Right or Ctrl + left drag</b></td><td>window (→ wider) and level (↓ higher)</td></tr>"
-    "<tr><td><b>Drop files or folders</b></td><td>anywhere on the window to open them</td></tr>"
-    "</table>")
-
-
 def about_html() -> str:
     card = str(MODEL_CARD) if MODEL_CARD.exists() else f"{MODEL_CARD} (no default model installed yet)"
     return (f"<h3>{APP_NAME} {version()}</h3>"

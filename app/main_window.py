@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
 
@@ -23,7 +23,9 @@ from app.synthesis import input_warnings
 from app.training.train_panel import TrainPanel
 from app.training.wizard import FineTuneWizard
 from app.views.comparison_view import ComparisonView
+from app.views.mouse import MouseKeysDialog, use_scheme
 from app.views.ortho_viewer import OrthoViewer
+from app.views.window_layout import fit_to_screen, restore_layout
 from app.errors import describe_error
 from app.workers import Task, TaskRunner
 
@@ -104,16 +106,8 @@ class MainWindow(QMainWindow):
         self.workspace.activated.connect(self._on_activated)
         self.workspace.closed.connect(self._on_closed)
         self._started_up = False
-        if settings.window_geometry:
-            self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode()))
-        else:
-            self.resize(1500, 920)
-        if settings.window_state:
-            self.restoreState(QByteArray.fromBase64(settings.window_state.encode()))
-        else:
-            self.resizeDocks([self.docks["browser"]], [330], Qt.Orientation.Horizontal)
-            self.resizeDocks([self.docks["browser"], self.docks["synthesis"]], [260, 520], Qt.Orientation.Vertical)
-            self.resizeDocks([self.docks["log"]], [120], Qt.Orientation.Vertical)
+        use_scheme(settings.mouse_scheme)
+        restore_layout(self, settings)
 
     def _dock(self, title: str, widget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -150,8 +144,8 @@ class MainWindow(QMainWindow):
             "finetune": self._action("Fine-tune…", self.open_finetune_wizard, tip="Fine-tune a model on your "
                                      "paired data; the jobs run in the Training panel"),
             "demo": self._action("Open Demo Study", lambda: self.open_paths([str(about.DEMO_DIR)])),
-            "controls": self._action("Mouse and Keys", lambda: QMessageBox.information(
-                self, "Mouse and keys", about.CONTROLS_HTML)),
+            "controls": self._action("Mouse and Keys", self.show_mouse_and_keys,
+                                     tip="The mouse scheme (as before, 3D Slicer / ITK-SNAP, OHIF) and its gestures"),
             "about": self._action("About", self.show_about),
         }
         a = self.actions
@@ -388,6 +382,12 @@ class MainWindow(QMainWindow):
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.open()
 
+    def show_mouse_and_keys(self) -> MouseKeysDialog:
+        dialog = MouseKeysDialog(self.settings, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
+
     def show_about(self) -> None:
         QMessageBox.about(self, f"About {about.APP_NAME}", about.about_html())
 
@@ -414,6 +414,7 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not self._started_up:
             self._started_up = True
+            fit_to_screen(self)                  # again, now that the window frame is known
             QTimer.singleShot(STARTUP_DELAY_MS, self, self._finish_startup)
 
     def _finish_startup(self) -> None:

@@ -32,6 +32,7 @@ class Settings:
     window_geometry: str = ""                             # QMainWindow.saveGeometry(), base64
     window_state: str = ""                                # QMainWindow.saveState(), base64
     demo_shown: bool = False
+    mouse_scheme: str = "synermedgen"                     # app.views.mouse.SCHEMES (an unknown name: the default)
 
     def add_recent(self, path: str) -> None:
         path = str(Path(path).resolve())

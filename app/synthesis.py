@@ -43,6 +43,7 @@ class SynthesisRequest:
     seed: int | None = None
     noise_correlation: float | None = None
     guided_filter: float | None = None
+    plane: str = "auto"         # the patient plane slices are cut in (engine.inference.SLICING_PLANES)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed),
                                  ("noise_correlation", request.noise_correlation),
                                  ("guided_filter", request.guided_filter)) if v is not None}
+    changes["plane"] = request.plane
     settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
     warnings = synth.input_warnings(request.volume, source, settings)
     latest: list[np.ndarray | None] = [None]

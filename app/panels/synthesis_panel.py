@@ -1,8 +1,10 @@
-"""The synthesis panel: source and target modality, model (its card's limitations one click away),
-backend, device, precision, steps and guidance under Advanced; runs in the synthesis process (through
-a worker) with progress, remaining time, a per-slice preview and Cancel, then shows the
-out-of-distribution guard's warnings about the input. Without an engine or a model it says so; Run
-stays disabled. A synthetic input is used only after the user confirms it."""
+"""The synthesis panel: source and target modality (the target stays as the user chose it while
+inputs come and go), the slicing plane, model (its card's limitations one click away), backend,
+device, precision, steps and guidance under Advanced; runs in the synthesis process (through a
+worker) with progress, remaining time, a per-slice preview (cleared at each run) and Cancel, then
+shows the out-of-distribution guard's warnings about the input and what the model card's benchmark
+says of the route. Without an engine or a model it says so; Run stays disabled. A synthetic input is
+used only after the user confirms it."""
 from __future__ import annotations
 
 import time
@@ -15,6 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayo
                                QMessageBox, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
+from engine.inference import SLICING_PLANES
 from engine.jobs import Progress
 from app.errors import describe_error
 from app.settings import Settings
@@ -28,6 +31,7 @@ AUTO_SOURCE = "Auto (identify with the model)"
 WARNING_STYLE = "background:#fde2e1; color:#6b1410; border:1px solid #d9534f; padding:6px;"
 NOTE_STYLE = "color:#666; padding:2px;"
 MODEL_DEFAULT = "model default"
+PLANE_LABELS = {"auto": "Auto (acquisition plane)", "axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal"}
 
 
 def _combo(items: list[tuple[str, str]], current: str) -> QComboBox:
@@ -69,7 +73,12 @@ class SynthesisPanel(QWidget):
         self.source.addItem(AUTO_SOURCE)
         self.source.currentIndexChanged.connect(self._update_targets)
         self.target = QComboBox()
-        self.target.currentIndexChanged.connect(self._update_enabled)
+        self.target.currentIndexChanged.connect(self._on_target_chosen)
+        self._chosen_target = ""                      # the user's choice, restored whenever the list offers it
+        self.plane = _combo([(PLANE_LABELS[p], p) for p in SLICING_PLANES], "auto")
+        self.plane.setToolTip("The patient plane the 2-D model works in, slice by slice: auto is the plane the "
+                              "volume was acquired in (its thick slices, or its stored slices when voxels are "
+                              "near-isotropic); other planes may show stripes across those slices")
         self.model = QComboBox()
         self.model.currentIndexChanged.connect(self._update_targets)
         import_button = QPushButton("Import…")
@@ -169,7 +178,8 @@ class SynthesisPanel(QWidget):
 
         form = QFormLayout()
         for text, widget in (("Input", self.input_label), ("Source", self.source), ("Target", self.target),
-                             ("Backend", self.backend), ("Device", self.device), ("Precision", self.precision)):
+                             ("Slicing plane", self.plane), ("Backend", self.backend), ("Device", self.device),
+                             ("Precision", self.precision)):
             form.addRow(text, widget)
         form.insertRow(3, "Model", model_row)
         layout = QVBoxLayout(self)
@@ -232,8 +242,9 @@ class SynthesisPanel(QWidget):
     def set_document(self, doc: Document | None) -> None:
         self.document = doc
         self.input_label.setText(doc.label if doc else "—")
-        if doc is not None and doc.volume.modality:
-            self.source.setCurrentText(doc.volume.modality)
+        if doc is not None:                  # an unknown modality: identified with the model
+            self.source.setCurrentIndex(max(0, self.source.findText(doc.volume.modality))
+                                        if doc.volume.modality else 0)
         self._update_targets()
 
     def _source_modality(self) -> str | None:
@@ -255,9 +266,15 @@ class SynthesisPanel(QWidget):
         self.target.blockSignals(True)
         self.target.clear()
         self.target.addItems(names)
-        if current in names:
-            self.target.setCurrentText(current)
+        for wanted in (self._chosen_target, current):
+            if wanted in names:
+                self.target.setCurrentText(wanted)
+                break
         self.target.blockSignals(False)
+        self._update_enabled()
+
+    def _on_target_chosen(self, *_args) -> None:
+        self._chosen_target = self.target.currentText()
         self._update_enabled()
 
     def _why_not(self) -> str | None:
@@ -288,7 +305,8 @@ class SynthesisPanel(QWidget):
         return SynthesisRequest(
             self.document.volume, self._source_modality(), self.target.currentText(), self.model.currentData(),
             self.backend.currentData(), self.device.currentData(), self.precision.currentData(),
-            *(None if box.value() == box.minimum() or box.value() < 0 else box.value() for box in self._sampling_boxes))
+            *(None if box.value() == box.minimum() or box.value() < 0 else box.value() for box in self._sampling_boxes),
+            plane=self.plane.currentData())
 
     def start(self) -> None:
         if self._why_not() is not None or self._task is not None:
@@ -300,6 +318,7 @@ class SynthesisPanel(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.input_check.hide()
+        self.preview.clear()                         # the last run's slice is not this run's
         self.eta.setText("Starting the synthesis process and loading the model…")
         self._task = self.runner.run(
             lambda progress, cancel: self.engine.synthesize(request, progress, cancel), name="synthesis",

@@ -241,6 +241,21 @@ class TrainingJob:
     def resumable(self) -> bool:
         return self.status in RESUMABLE
 
+    def kept_if_cancelled(self) -> str:
+        """What cancelling the job now leaves on disk, for the user to confirm (nothing is deleted)."""
+        trained = [s.out for s in self.stages[: self.current] if s.trains]
+        stage = self.stage
+        if self.status == "queued":
+            what = "The job does not start."
+        elif stage.trains:
+            what = (f"{stage.title} writes a checkpoint, then stops. Kept: its model folder {stage.out} with the "
+                    f"weights of that checkpoint and its resume state ({Path(stage.out) / 'checkpoint-last'}).")
+        else:
+            what = f"The {stage.title.lower()} stops (it has nothing to save; Resume runs it again)."
+        earlier = f" Also kept: the finished stage's model {', '.join(trained)}." if trained else ""
+        return (f"{what}{earlier} Nothing is deleted: Resume continues the job from where it stopped; Remove takes "
+                "it off the list, its folders stay on disk.")
+
     def describe(self) -> str:
         where = f"{self.stage.title}, step {self.step}" + (f"/{self.steps}" if self.steps else "")
         return f"{self.name} — {self.status} · {where}"
@@ -360,6 +375,57 @@ class TrainingJob:
             job.message = ("The app closed while this job was queued or running. Resume continues from the last "
                            "checkpoint.")
         return job
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    """One score of one route, start model against fine-tuned model."""
+
+    route: str
+    title: str
+    start: float
+    tuned: float
+    unit: str
+    better: bool
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.title} on {self.route} ({self.start:.3g} → {self.tuned:.3g}{unit})"
+
+
+def score_changes(comparison: dict) -> list[ScoreChange]:
+    """Every score both models have, route by route (SSIM, PSNR, MAE), marked better or not; a
+    tie counts as not better."""
+    from engine.evaluation.comparison import COLUMNS
+
+    changes = []
+    for route in comparison["routes"]:
+        for key, _region, title, higher in COLUMNS:
+            start, tuned = route[key]["start"], route[key]["tuned"]
+            if start is None or tuned is None:
+                continue
+            unit = {"mae": route["unit"] or "", "psnr_db": "dB"}.get(key, "")
+            changes.append(ScoreChange(route["route"], title.removesuffix(" dB"), float(start), float(tuned), unit,
+                                       tuned > start if higher else tuned < start))
+    return changes
+
+
+def review_headline(comparison: dict) -> tuple[str, bool]:
+    """The verdict on a fine-tuning, weighing every score of every route, and whether any got
+    worse (said first, by name, when one did)."""
+    changes = score_changes(comparison)
+    if not changes:
+        return "The start model has none of these routes: nothing to compare with.", False
+    better = sum(c.better for c in changes)
+    worse = [c for c in changes if not c.better and c.tuned != c.start]
+    routes = len({c.route for c in changes})
+    if not worse and better == len(changes):
+        return f"Better than the start model on every score (SSIM, PSNR and MAE) of all {routes} route(s).", False
+    if not worse:
+        return f"Better on {better} of {len(changes)} scores, the rest unchanged.", False
+    shown = "; ".join(c.describe() for c in worse[:4]) + (f"; and {len(worse) - 4} more" if len(worse) > 4 else "")
+    return (f"Worse than the start model on {len(worse)} of {len(changes)} scores: {shown}. Better on {better}.",
+            True)
 
 
 def jobs_path() -> Path:

@@ -12,7 +12,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormL
                                QTableWidgetItem, QVBoxLayout)
 
 from app.settings import Settings, config_dir
-from app.training.widgets import ERROR_STYLE, CheckedPage, rgb_pixmap, row
+from app.training.widgets import (ERROR_STYLE, CheckedPage, absolute_path, rgb_pixmap, row,
+                                  training_split_problem)
 from app.workers import Task, TaskRunner
 
 OVERLAY_SIZE = 220
@@ -148,7 +149,7 @@ class PreparePage(CheckedPage):
     def prepare(self) -> None:
         """Write the prepared dataset (on a worker) and check it with the first page's seed and fractions."""
         page = self.wizard().dataset
-        mapping, register, out = self.mapping(), self.registrations(), self.out.text().strip()
+        mapping, register, out = self.mapping(), self.registrations(), absolute_path(self.out.text())
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):
@@ -171,7 +172,11 @@ class PreparePage(CheckedPage):
             self.results.setCurrentRow(0)
         skipped = f" Left out (fewer than two volumes): {', '.join(self.prepared.skipped)}." if self.prepared.skipped \
             else ""
-        if self.report.usable:
+        no_training = training_split_problem(self.report)
+        if no_training:
+            self._set_status(f"Prepared {self.prepared.root}, but {no_training[0].lower()}{no_training[1:]}{skipped}",
+                             True)
+        elif self.report.usable:
             self._set_status(f"Prepared {self.prepared.root}: {len(self.report.subjects)} subjects usable, "
                              f"{len(self.prepared.registered)} registered.{skipped}", False)
         else:
@@ -224,5 +229,6 @@ class PreparePage(CheckedPage):
         if self._task is not None:
             return False
         if self.report is not None:
-            return self.report.usable
+            return self.report.usable and not training_split_problem(self.report)
         return self.source is not None and self.source.usable and not self._pending()
+

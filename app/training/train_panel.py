@@ -1,9 +1,10 @@
 """The Training panel: a queue of fine-tuning jobs, each stage run one at a time as its own
 ``python main.py train`` (or ``evaluate``) process (QProcess), so a crash or an out-of-memory never
 takes the app down. Shows stage, step, loss curve, learning rate, time left, Stage I accuracy, the
-latest preview and the process's stderr; Pause / Resume / Cancel; at the end the fine-tuned model
-against the start model on the validation subjects, to add to the model library or discard. The job
-list is kept across sessions (app.training.jobs)."""
+latest preview and the process's stderr; Pause / Resume / Cancel (confirmed, saying what is kept);
+at the end the fine-tuned model against the start model on the validation subjects (a headline that
+weighs every score), to add to the model library or discard. The job list is kept across sessions
+(app.training.jobs)."""
 from __future__ import annotations
 
 import html
@@ -12,28 +13,32 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QProcess, Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit,
-                               QPushButton, QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMessageBox,
+                               QPlainTextEdit, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from app.about import REPO_ROOT
 from app.errors import describe_error
 from app.settings import Settings
-from app.training.jobs import STAGE_NAMES, FineTuneSpec, TrainingJob, command, load_jobs, parse_line, save_jobs
+from app.training.jobs import (STAGE_NAMES, FineTuneSpec, TrainingJob, command, load_jobs, parse_line,
+                               review_headline, save_jobs)
 
 STOP_WAIT_MS = 30000            # closing the app: how long a running stage may take to write its checkpoint
 MAX_LOG_LINES = 2000
 STAGE_PENS = {"understanding": "#1f5fa8", "generation": "#d07000"}
 PREVIEW_SIZE = 360
+WORSE_STYLE = "color:#b01010; font-weight:bold"
+CONFIRM_CANCEL, KEEP_RUNNING = "Cancel the job", "Keep it running"
 STATUS_TEXT = {"running": "Running.", "stopping": "Writing a checkpoint, then stopping…",
                "queued": "Waiting for the job before it."}
 
 
 def _score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
+    return "—" if value is None else f"{value:.3g}"
 
 
 def comparison_html(comparison: dict) -> str:
-    """The fine-tuned model against the start model, a row per route (better values in bold)."""
+    """The fine-tuned model against the start model: a headline weighing every score (any that got
+    worse named in red), then a row per route (better values in bold)."""
     from engine.evaluation.comparison import COLUMNS
 
     e = html.escape
@@ -49,9 +54,10 @@ def comparison_html(comparison: dict) -> str:
             cells.append(f"<td align='right'>{_score(start)}</td><td align='right'>"
                          f"{'<b>' if better else ''}{_score(tuned)}{unit}{'</b>' if better else ''}</td>")
         rows.append(f"<tr><td>{e(route['route'])} ({route['subjects']})</td>{''.join(cells)}</tr>")
-    summary = (f"Better SSIM on {comparison['improved_routes']} of {comparison['compared_routes']} routes"
-               if comparison["compared_routes"] else "The start model has none of these routes")
-    return (f"<p><b>Validation subjects</b> ({e(str(comparison.get('split')))} split): {e(summary)}.</p>"
+    headline, worse = review_headline(comparison)
+    style = f" style='{WORSE_STYLE}'" if worse else ""
+    return (f"<p><b>Validation subjects</b> ({e(str(comparison.get('split')))} split):"
+            f" <span{style}>{e(headline)}</span></p>"
             f"<table cellspacing='4'><tr><th>route (subjects)</th>{head}</tr><tr><td></td>{sub}</tr>"
             f"{''.join(rows)}</table>")
 
@@ -92,7 +98,7 @@ class TrainPanel(QWidget):
         for name, tip in (("New…", "Start the fine-tuning wizard"),
                           ("Pause", "Write a checkpoint and stop; Resume continues from it"),
                           ("Resume", "Run the same command again: it continues from the last checkpoint"),
-                          ("Cancel", "Stop this job (the last checkpoint is kept)"),
+                          ("Cancel", "Stop this job, after confirming (its checkpoint and models are kept)"),
                           ("Remove", "Take the job off the list (its folders stay on disk)")):
             buttons[name] = QPushButton(name)
             buttons[name].setToolTip(tip)
@@ -110,7 +116,7 @@ class TrainPanel(QWidget):
         self.comparison.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.new_button.clicked.connect(self.new_job_requested)
         self.pause_button.clicked.connect(lambda: self.stop_selected("paused"))
-        self.cancel_button.clicked.connect(lambda: self.stop_selected("cancelled"))
+        self.cancel_button.clicked.connect(self.confirm_cancel)
         self.resume_button.clicked.connect(self.resume_selected)
         self.remove_button.clicked.connect(self.remove_selected)
         self.message = QLabel()
@@ -290,11 +296,27 @@ class TrainPanel(QWidget):
         self._start_next()
         return job
 
-    def stop_selected(self, status: str) -> None:
-        """Pause (``"paused"``) or cancel (``"cancelled"``): a running stage writes a checkpoint and
-        stops (the OUT/STOP file); a queued job just does not start."""
+    def confirm_cancel(self) -> QMessageBox | None:
+        """Ask before cancelling the selected job, saying what is kept; the job is cancelled once
+        the user confirms (the returned box is open meanwhile)."""
         job = self.selected()
-        if job is None:
+        if job is None or job.status not in ("running", "queued"):
+            return None
+        box = QMessageBox(QMessageBox.Icon.Question, "Cancel training", f"Cancel the job “{job.name}”?",
+                          QMessageBox.StandardButton.NoButton, self)
+        box.setInformativeText(job.kept_if_cancelled())
+        confirm = box.addButton(CONFIRM_CANCEL, QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(box.addButton(KEEP_RUNNING, QMessageBox.ButtonRole.RejectRole))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.buttonClicked.connect(lambda button: self.stop_selected("cancelled", job) if button is confirm else None)
+        box.open()
+        return box
+
+    def stop_selected(self, status: str, job: TrainingJob | None = None) -> None:
+        """Pause (``"paused"``) or cancel (``"cancelled"``) ``job`` (the selected one): a running
+        stage writes a checkpoint and stops (the OUT/STOP file); a queued job just does not start."""
+        job = job or self.selected()
+        if job is None or job.status not in ("running", "queued"):
             return
         if job is self.running and job.status == "running":
             self._requested, job.status = status, "stopping"

@@ -1,6 +1,9 @@
 """Small pieces the fine-tuning wizard's pages share: a form row, a page that cannot be left
-forward while incomplete, the error colour, and numpy RGB images shown as pixmaps."""
+forward while incomplete, the error colour, numpy RGB images shown as pixmaps, typed folders made absolute,
+and why a checked dataset leaves nothing to train on."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtGui import QImage, QPixmap
@@ -22,6 +25,23 @@ def rgb_pixmap(image: np.ndarray, size: int) -> QPixmap:
     rows, cols = data.shape[:2]
     qimage = QImage(data.data, cols, rows, 3 * cols, QImage.Format.Format_RGB888).copy()
     return QPixmap.fromImage(qimage).scaledToWidth(size)
+
+
+def absolute_path(text: str) -> str:
+    """A folder the user typed, as an absolute path ("~" expanded; "" stays ""): the training
+    processes run from the install folder, so a relative path would mean another folder there."""
+    text = text.strip()
+    return str(Path(text).expanduser().absolute()) if text else ""
+
+
+def training_split_problem(report) -> str | None:
+    """Why the checked dataset leaves nothing to train on, with the fix; None when subjects train."""
+    if report is None or not report.usable or report.split["train"]:
+        return None
+    val, test = len(report.split["val"]), len(report.split["test"])
+    return (f"No subject is left for training: the split holds out all {len(report.subjects)} usable subject(s) "
+            f"(validation {val}, test {test}). Add subjects with two modalities, hold out fewer (lower Validation "
+            "and Test), or, where dataset.json lists the split, name training subjects in it.")
 
 
 class CheckedPage(QWizardPage):

@@ -22,7 +22,7 @@ from app.synthesis import available_models, is_model_dir
 from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, evaluate_arguments, \
     stage_outputs, train_arguments
 from app.training.prepare_page import PreparePage
-from app.training.widgets import ERROR_STYLE, CheckedPage, row
+from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, row, training_split_problem
 from app.workers import Task, TaskRunner
 
 CHECK_DELAY_MS = 300            # typing a folder name: check once the user pauses
@@ -48,6 +48,23 @@ def _mappable(report) -> int:
     from engine.tasks.prepare import MAPPABLE
 
     return sum(f.kind in MAPPABLE for f in report.problems)
+
+
+def fractions_problem(val_percent: int, test_percent: int) -> str | None:
+    """The held-out shares leave no subject to train on (the split refuses them): the fix."""
+    if val_percent + test_percent < 100:
+        return None
+    return (f"Validation {val_percent} % and test {test_percent} % hold out every subject, leaving none to train on: "
+            "lower them (together under 100 %; 10 % each is usual).")
+
+
+def default_model_name(dataset_name: str, folder: Path) -> str:
+    """``DATASET-finetuned`` in the characters a model name takes, numbered when that folder is taken."""
+    stem = re.sub(r"[^\w.-]+", "-", dataset_name).strip("-.") or "model"
+    name, n = f"{stem}-finetuned", 2
+    while any(p.exists() for p in (folder / name, folder / f"{name}-stage1")):
+        name, n = f"{stem}-finetuned-{n}", n + 1
+    return name
 
 
 def report_html(report) -> str:
@@ -131,8 +148,8 @@ class DatasetPage(CheckedPage):
             self.folder.setText(folder)
 
     def _key(self) -> tuple[str, int, int, int, bool]:
-        return (self.folder.text().strip(), self.seed.value(), self.val_percent.value(), self.test_percent.value(),
-                self.deep.isChecked())
+        return (absolute_path(self.folder.text()), self.seed.value(), self.val_percent.value(),
+                self.test_percent.value(), self.deep.isChecked())
 
     def fractions(self) -> tuple[float, float]:
         return self.val_percent.value() / 100, self.test_percent.value() / 100
@@ -151,6 +168,12 @@ class DatasetPage(CheckedPage):
         if not key[0]:
             self.status.setText("Choose a dataset folder.")
             return
+        problem = fractions_problem(key[2], key[3])
+        if problem:
+            self.status.setStyleSheet(ERROR_STYLE)
+            self.status.setText(problem)
+            self.report_view.clear()
+            return
         self.status.setStyleSheet("")
         self.status.setText(f"Checking {key[0]}…")
         self.report_view.clear()
@@ -167,8 +190,11 @@ class DatasetPage(CheckedPage):
         todo = [f"map {n} folder(s) or file(s) to modalities" for n in [_mappable(report)] if n]
         todo += [f"register {n} volume(s) that lie on another grid" for n in [len(self.misaligned)] if n]
         next_page = f" On the next page you can {' and '.join(todo)}." if todo else ""
-        self.status.setStyleSheet("" if report.usable or todo else ERROR_STYLE)
-        if not report.usable:
+        no_training = training_split_problem(self.report)
+        self.status.setStyleSheet("" if (report.usable and not no_training) or todo else ERROR_STYLE)
+        if no_training:
+            self.status.setText(no_training + next_page)
+        elif not report.usable:
             self.status.setText("No subject has two usable modalities as the folder is (details below)."
                                 + (next_page or " Nothing to train on."))
         elif report.problems:
@@ -188,7 +214,8 @@ class DatasetPage(CheckedPage):
         return self.report is not None and bool(_mappable(self.report) or self.misaligned)
 
     def isComplete(self) -> bool:
-        return self.report is not None and (self.report.usable or self.preparable())
+        return self.report is not None and ((self.report.usable and not training_split_problem(self.report))
+                                            or self.preparable())
 
     def nextId(self) -> int:
         wizard = self.wizard()
@@ -237,11 +264,17 @@ class ModelPage(CheckedPage):
         self._routes_of = report
         self.routes.blockSignals(True)
         self.routes.clear()
+        training = [s for s in report.subjects if s.name in set(report.split["train"])]
         for (a, b), n in report.route_counts().items():
-            item = QListWidgetItem(f"{a} → {b}  ({n} subject{'s' if n != 1 else ''})")
+            trained = sum((a, b) in s.routes for s in training)
+            item = QListWidgetItem(f"{a} → {b}  ({n} subject{'s' if n != 1 else ''}"
+                                   + (")" if trained else ", none in the training split)"))
             item.setData(Qt.ItemDataRole.UserRole, (a, b))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked)
+            item.setCheckState(Qt.CheckState.Checked if trained else Qt.CheckState.Unchecked)
+            if not trained:          # held out only: Stage II would have no slice of it to learn from
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
+                item.setToolTip("Every subject with this route is held out for validation or test")
             self.routes.addItem(item)
         self.routes.blockSignals(False)
         self._update()
@@ -354,7 +387,7 @@ class BudgetPage(CheckedPage):
     def initializePage(self) -> None:
         wizard = self.wizard()
         if not self.name.text():
-            self.name.setText(f"{wizard.report().name}-finetuned")
+            self.name.setText(default_model_name(wizard.report().name, Path(absolute_path(self.folder.text()))))
         start = wizard.model_page.model.currentData()
         if start != self._size_of:                     # the start model's slice size, from its card
             from engine.inference.model_card import ModelCard
@@ -399,7 +432,7 @@ class BudgetPage(CheckedPage):
             self.folder.setText(folder)
 
     def out_dir(self) -> Path:
-        return Path(self.folder.text().strip()) / self.name.text().strip()
+        return Path(absolute_path(self.folder.text())) / self.name.text().strip()
 
     def _why_not(self) -> str | None:
         name = self.name.text().strip()

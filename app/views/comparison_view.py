@@ -1,6 +1,7 @@
-"""Side-by-side comparison: source | synthetic | reference | difference on the synthetic grid,
-linked (shared cursor and slice, zoom, window/level per modality), checkerboard and fade between
-synthetic and reference, and the metrics panel. Any two loaded volumes can be compared."""
+"""Side-by-side comparison: source | synthetic | reference | difference (with its colour bar in
+physical units) on the synthetic grid, linked (shared cursor and slice, zoom, window/level per
+modality), checkerboard and fade between synthetic and reference, and the metrics panel. Any two
+loaded volumes can be compared."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,14 @@ from app.workers import Task, TaskRunner
 ROLES = ("source", "synthetic", "reference", "difference")
 DIFFERENCE_MAP = pg.colormap.get("CET-D1A")
 AUTO = "Auto (reference's modality)"
+COLOUR_BAR_WIDTH = 66
+COMBO_MIN_CHARACTERS = 4
+
+
+def shrinkable(combo: QComboBox) -> None:
+    """A combo box that lets a small screen narrow it (its text elided) rather than widen the window."""
+    combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
 
 
 class ComparisonView(QWidget):
@@ -31,10 +40,11 @@ class ComparisonView(QWidget):
         self._task: Task | None = None
         self.pickers = {role: QComboBox() for role in ("source", "synthetic", "reference")}
         for picker in self.pickers.values():
-            picker.setMinimumContentsLength(14)
+            shrinkable(picker)
             picker.activated.connect(self.recompute)
         self.normalise_as = QComboBox()
         self.normalise_as.addItem(AUTO)
+        shrinkable(self.normalise_as)
         self.normalise_as.setToolTip("Whose intensity normalisation PSNR and SSIM use (DATA.md protocol)")
         self.normalise_as.activated.connect(self.recompute)
         self.plane = QComboBox()
@@ -42,6 +52,7 @@ class ComparisonView(QWidget):
         self.plane.currentIndexChanged.connect(self._on_plane_changed)
         self.blend = QComboBox()
         self.blend.addItems([m.value for m in BlendMode])
+        shrinkable(self.blend)
         self.blend.currentIndexChanged.connect(self._on_blend_changed)
         self.fade = QSlider(Qt.Orientation.Horizontal)
         self.fade.setRange(0, 100)
@@ -51,6 +62,7 @@ class ComparisonView(QWidget):
         self.fade.valueChanged.connect(self._on_blend_changed)
         self.fade.setEnabled(False)
         self.status = QLabel("Pick a synthetic (or any test) volume and a reference to compare.")
+        self.status.setWordWrap(True)
 
         controls = QGridLayout()
         for col, (text, widget) in enumerate((("Source", self.pickers["source"]),
@@ -76,6 +88,14 @@ class ComparisonView(QWidget):
         for view in self.views.values():
             view.probed.connect(self.probed)
             row.addWidget(view)
+        self.colour_bar = pg.ColorBarItem(values=(-1.0, 1.0), colorMap=DIFFERENCE_MAP, interactive=False, width=14)
+        self.colour_bar_view = pg.GraphicsLayoutWidget()
+        self.colour_bar_view.setFixedWidth(COLOUR_BAR_WIDTH)
+        self.colour_bar_view.addItem(self.colour_bar)
+        self.colour_bar_view.setToolTip("Difference colours: synthetic − reference in physical units")
+        self.colour_bar_view.hide()
+        self._difference_display = None
+        row.addWidget(self.colour_bar_view)
         anchor = self.views["synthetic"].viewbox
         for role in ("source", "reference", "difference"):
             self.views[role].viewbox.setXLink(anchor)
@@ -180,6 +200,7 @@ class ComparisonView(QWidget):
     # -- display ------------------------------------------------------------------------------
     def _on_result_changed(self, result: ComparisonResult | None) -> None:
         self.metrics.show_result(result)
+        self._show_colour_bar(result)
         if result is None:
             for view in self.views.values():
                 view.set_content(None, None)
@@ -200,6 +221,21 @@ class ComparisonView(QWidget):
                 slice_fn=self._blended_slice if role == "synthetic" else None,
                 colormap=DIFFERENCE_MAP if role == "difference" else None)
         self._on_cursor_moved(self.cursor.position)
+
+    def _show_colour_bar(self, result: ComparisonResult | None) -> None:
+        """The difference map's colour bar, following its window, labelled with the unit."""
+        if self._difference_display is not None:
+            self._difference_display.changed.disconnect(self._on_difference_levels)
+        self._difference_display = self.model.display_for("difference") if result is not None else None
+        self.colour_bar_view.setVisible(self._difference_display is not None)
+        if self._difference_display is None:
+            return
+        self.colour_bar.axis.setLabel(f"synthetic − reference ({result.synthetic.unit or 'a.u.'})")
+        self._difference_display.changed.connect(self._on_difference_levels)
+        self._on_difference_levels(self._difference_display.levels)
+
+    def _on_difference_levels(self, levels: tuple[float, float]) -> None:
+        self.colour_bar.setLevels(levels)
 
     def _synthetic_title(self) -> str:
         mode = self.model.mode

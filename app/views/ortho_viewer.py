@@ -16,6 +16,7 @@ from app.state.workspace import Document
 from app.views.slice_view import SliceView
 
 CUSTOM_WINDOW = "Custom"
+TITLE_MIN_WIDTH = 120
 
 
 def volume_details(doc: Document) -> str:
@@ -44,9 +45,10 @@ class OrthoViewer(QWidget):
         self.cursor = cursor
         self.document: Document | None = None
         self.title = QLabel("Drop a volume or a study folder anywhere on the window, or use File → Open.")
+        self.title.setMinimumWidth(TITLE_MIN_WIDTH)       # elided by the layout rather than widening the window
         self.presets = QComboBox()
         self.presets.setToolTip("Window/level preset (or right-drag on an image)")
-        self.presets.setMinimumContentsLength(16)
+        self.presets.setMinimumContentsLength(12)
         self.presets.activated.connect(self._on_preset_chosen)
         reset = QPushButton("Reset zoom")
         reset.clicked.connect(self.reset_zoom)

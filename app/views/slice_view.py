@@ -1,26 +1,49 @@
 """One plane of one volume in a pyqtgraph view: physical aspect, orientation letters, the shared
-crosshair, slice scrolling (wheel, arrow keys), zoom (Ctrl+wheel) and pan (middle or Shift+left
-drag), window/level by right- or Ctrl+left-drag, the value under the mouse, the SYNTHETIC mark."""
+crosshair, slice scrolling in patient space (wheel, arrow keys: up is superior / anterior / left),
+zoom (Ctrl+wheel), the mouse scheme's drags (crosshair, window/level, pan, zoom: app.views.mouse),
+the slice position in mm, the window/level values, the value under the mouse in its unit at a
+sensible precision, the SYNTHETIC mark."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtWidgets import QLabel
+from PySide6.QtWidgets import QGraphicsView, QLabel
 
 from app.about import SYNTHETIC_BANNER
 from app.state.cursor import Cursor
 from app.state.display import DisplayState
 from app.state.geometry import PlaneGeometry, Plane
+from app.views import mouse
 
 if TYPE_CHECKING:
     from engine.io import Volume
 
 SliceFn = Callable[[PlaneGeometry, int], np.ndarray]
 GREY = pg.ColorMap(pos=[0.0, 1.0], color=[(0, 0, 0), (255, 255, 255)])
+# per plane: the LPS axis through its slices, and the letters of its + and − directions; "up"
+# (wheel up, ↑) moves towards superior, anterior or left whatever the acquisition order
+PLANE_AXIS = {Plane.AXIAL: (2, "S", "I"), Plane.CORONAL: (1, "P", "A"), Plane.SAGITTAL: (0, "L", "R")}
+UP_LPS = {Plane.AXIAL: +1, Plane.CORONAL: -1, Plane.SAGITTAL: +1}     # sign of "up" along that LPS axis
+ZOOM_PER_PIXEL = 0.01            # a zoom drag: e-fold per 100 pixels
+
+
+def value_in_unit(value: float, unit: str) -> str:
+    """A voxel value for people, with its unit: whole Hounsfield units, else 3 significant digits
+    (MR arbitrary units, SUV), never in exponent notation."""
+    suffix = f" {unit}" if unit else ""
+    if not math.isfinite(value):
+        return f"{value}{suffix}"
+    if unit == "HU":
+        return f"{round(value):d}{suffix}"
+    if value == 0:
+        return f"0{suffix}"
+    decimals = 2 - math.floor(math.log10(abs(value)))
+    return f"{round(value, decimals):.{max(decimals, 0)}f}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -34,12 +57,11 @@ class Probe:
 
     def text(self) -> str:
         x, y, z = self.lps
-        unit = f" {self.unit}" if self.unit else ""
-        return f"{self.name}   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm   value {self.value:.6g}{unit}"
+        return f"{self.name}   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm   value {value_in_unit(self.value, self.unit)}"
 
 
 class _PlaneViewBox(pg.ViewBox):
-    """The mouse gestures of a slice view (the owner does the work)."""
+    """The mouse gestures of a slice view, after the mouse scheme in use (the owner does the work)."""
 
     def __init__(self, owner: "SliceView") -> None:
         super().__init__(invertY=True, lockAspect=True, enableMenu=False)
@@ -54,24 +76,28 @@ class _PlaneViewBox(pg.ViewBox):
 
     def mouseClickEvent(self, ev) -> None:
         ev.accept()
-        if ev.button() == Qt.MouseButton.LeftButton:
-            if ev.double():
-                self._owner.reset_zoom()
-            else:
-                self._owner.point_at(self.mapToView(ev.pos()))
+        if ev.button() == Qt.MouseButton.LeftButton and ev.double():
+            self._owner.reset_zoom()
+        elif mouse.current().action(ev.button(), ev.modifiers()) == mouse.CROSSHAIR:
+            self._owner.point_at(self.mapToView(ev.pos()))
 
     def mouseDragEvent(self, ev, axis=None) -> None:
-        mods = ev.modifiers()
-        left = ev.button() == Qt.MouseButton.LeftButton
-        if ev.button() == Qt.MouseButton.RightButton or (left and mods & Qt.KeyboardModifier.ControlModifier):
-            ev.accept()
-            delta = ev.pos() - ev.lastPos()
-            self._owner.drag_window(delta.x(), delta.y())
-        elif left and not mods & Qt.KeyboardModifier.ShiftModifier:
-            ev.accept()
+        action = mouse.current().action(ev.button(), ev.modifiers())
+        if action is None:
+            ev.ignore()
+            return
+        ev.accept()
+        delta = ev.pos() - ev.lastPos()
+        if action == mouse.CROSSHAIR:
             self._owner.point_at(self.mapToView(ev.pos()))
-        else:
-            super().mouseDragEvent(ev, axis)
+        elif action == mouse.WINDOW:
+            self._owner.drag_window(delta.x(), delta.y())
+        elif action == mouse.PAN:
+            moved = self.mapToView(ev.pos()) - self.mapToView(ev.lastPos())
+            self.translateBy(x=-moved.x(), y=-moved.y())
+        else:                                                  # zoom: up zooms in, about where the drag began
+            factor = math.exp(delta.y() * ZOOM_PER_PIXEL)
+            self.scaleBy((factor, factor), center=self.mapToView(ev.buttonDownPos()))
 
 
 def _overlay(parent, style: str) -> QLabel:
@@ -99,6 +125,8 @@ class SliceView(pg.GraphicsView):
         self.setCentralItem(self.viewbox)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.viewbox.addItem(self.image)
+        # a whole-viewport repaint: the crosshair lines never leave traces of where they were
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
         pen = pg.mkPen((255, 210, 0, 170), width=1)
         self.vline = pg.InfiniteLine(angle=90, pen=pen, movable=False)
         self.hline = pg.InfiniteLine(angle=0, pen=pen, movable=False)
@@ -108,12 +136,13 @@ class SliceView(pg.GraphicsView):
         self.edge_labels = {edge: _overlay(self, letter_style) for edge in ("left", "right", "top", "bottom")}
         self.title_label = _overlay(self, "color: #e0e0e0; font-size: 11px;")
         self.slice_label = _overlay(self, "color: #c0c0c0; font-size: 11px;")
+        self.window_label = _overlay(self, "color: #c0c0c0; font-size: 11px;")
         self.banner = _overlay(self, "color: #ff5050; font-weight: bold; font-size: 12px; "
                                      "background: rgba(0, 0, 0, 150);")
         self.banner.setText(SYNTHETIC_BANNER)
         self.banner.hide()
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setMinimumSize(120, 120)
+        self.setMinimumSize(96, 96)
         self.scene().sigMouseMoved.connect(self._on_mouse_moved)
         cursor.moved.connect(self._on_cursor_moved)
 
@@ -132,13 +161,14 @@ class SliceView(pg.GraphicsView):
         if volume is None or display is None:
             self.geometry = None
             self.image.clear()
-            for label in (*self.edge_labels.values(), self.slice_label):
+            for label in (*self.edge_labels.values(), self.slice_label, self.window_label):
                 label.setText("")
             self.set_title(title)
             self.vline.hide()
             self.hline.hide()
             return
         display.changed.connect(self._on_levels_changed)
+        self._show_window()
         self._set_geometry()
 
     def set_title(self, title: str) -> None:
@@ -174,8 +204,24 @@ class SliceView(pg.GraphicsView):
         self.image.setImage(np.ascontiguousarray(image, dtype=np.float32), autoLevels=False,
                             levels=self.display.levels)
         self.image.setRect(QRectF(0, 0, *g.extent))      # after setImage: it scales the pixels
-        self.slice_label.setText(f"slice {self.k + 1} / {g.n_slices}")
+        self._show_slice_position()
+
+    def _show_slice_position(self) -> None:
+        """"slice k / n · S 12.5 mm": where the slice lies along the plane's patient axis, through the cursor."""
+        g, lps = self.geometry, self.cursor.position
+        index = g.lps_to_index(self._center_lps() if lps is None else lps)
+        index[g.normal_axis] = self.k
+        axis, plus, minus = PLANE_AXIS[self.plane]
+        mm = float(g.index_to_lps(index)[axis])
+        self.slice_label.setText(f"slice {self.k + 1} / {g.n_slices} · {plus if mm >= 0 else minus} {abs(mm):.1f} mm")
         self.slice_label.adjustSize()
+
+    def _show_window(self) -> None:
+        unit = self.volume.unit if self.volume is not None else ""
+        d = self.display
+        self.window_label.setText(f"W {value_in_unit(d.width, unit)} · L {value_in_unit(d.level, unit)}")
+        self.window_label.setToolTip("Window width and level (right-drag or a preset changes them)")
+        self._place_overlays()
 
     def _center_lps(self) -> np.ndarray:
         return self.geometry.index_to_lps((np.asarray(self.geometry.size_xyz) - 1) / 2)
@@ -189,6 +235,8 @@ class SliceView(pg.GraphicsView):
         if k != self.k:
             self.k = k
             self._render()
+        else:
+            self._show_slice_position()
         u, v, _ = g.index_to_view(g.lps_to_index(lps))
         self.vline.setPos(u)
         self.hline.setPos(v)
@@ -199,16 +247,20 @@ class SliceView(pg.GraphicsView):
 
     def _on_levels_changed(self, levels: tuple[float, float]) -> None:
         self.image.setLevels(levels)
+        self._show_window()
 
     # -- interaction --------------------------------------------------------------------------
     def scroll(self, step: int) -> None:
-        """Move the cursor ``step`` slices through this plane."""
+        """Move the cursor ``step`` slices "up" through this plane: towards superior (axial),
+        anterior (coronal) or left (sagittal), whichever way the volume's slices are stored."""
         g = self.geometry
         if g is None:
             return
+        axis = PLANE_AXIS[self.plane][0]
+        towards = 1 if UP_LPS[self.plane] * g.affine[axis, g.normal_axis] >= 0 else -1
         lps = self.cursor.position
         index = g.lps_to_index(self._center_lps() if lps is None else lps)
-        index[g.normal_axis] = np.clip(np.rint(index[g.normal_axis]) + step, 0, g.n_slices - 1)
+        index[g.normal_axis] = np.clip(np.rint(index[g.normal_axis]) + towards * step, 0, g.n_slices - 1)
         self.cursor.move_to(g.index_to_lps(index))
 
     def point_at(self, point: QPointF) -> None:
@@ -263,7 +315,7 @@ class SliceView(pg.GraphicsView):
 
     def _place_overlays(self) -> None:
         w, h, m = self.width(), self.height(), 4
-        for label in (*self.edge_labels.values(), self.title_label, self.slice_label, self.banner):
+        for label in (*self.edge_labels.values(), self.title_label, self.slice_label, self.window_label, self.banner):
             label.adjustSize()
         lab = self.edge_labels
         lab["left"].move(m, (h - lab["left"].height()) // 2)
@@ -276,5 +328,6 @@ class SliceView(pg.GraphicsView):
         self.title_label.adjustSize()
         self.title_label.move(m, m)
         self.slice_label.move(m, h - self.slice_label.height() - m)
+        self.window_label.move(w - self.window_label.width() - m, h - self.window_label.height() - m)
         below_top = m + max(self.title_label.height(), lab["top"].height()) + 2
         self.banner.move(max(m, (w - self.banner.width()) // 2), below_top)

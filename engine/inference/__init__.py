@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib
 
+# the patient planes synthesis may cut a volume in (auto: the acquisition plane), here so that the
+# CLI parser and the GUI read them without importing torch
+SLICING_PLANES = ("auto", "axial", "coronal", "sagittal")
+
 _EXPORTS = {
     "Synthesizer": "engine.inference.pipeline",
     "OnnxSynthesizer": "engine.inference.onnx_backend",

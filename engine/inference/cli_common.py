@@ -61,7 +61,8 @@ def sampling_settings(args: argparse.Namespace, defaults):
                                  ("start_from_source", args.start_from_source),
                                  ("noise_correlation", args.noise_correlation),
                                  ("guided_filter", args.guided_filter),
-                                 ("hu_calibration", args.hu_calibration)) if v is not None}
+                                 ("hu_calibration", args.hu_calibration),
+                                 ("plane", getattr(args, "plane", None))) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
                                                   image_scale=args.guidance[1])

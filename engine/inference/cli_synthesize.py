@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
                                          model_dir, open_synthesizer, sampling_settings, stderr_progress)
 from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
+from engine.inference import SLICING_PLANES
 
 MIN_AUTO_CONFIDENCE = 0.5
 OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
@@ -30,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output file (.nii, .nii.gz, .mha, .nrrd) or a folder for a DICOM series")
     add_model_arguments(p)
     add_sampling_arguments(p)
+    p.add_argument("--plane", choices=SLICING_PLANES, default=None,
+                   help="the patient plane the volume is cut in for the 2-D model: auto = the acquisition plane "
+                        "(the axis with the largest spacing; default), or axial, coronal or sagittal")
     p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "shift": settings.shift, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
         "start_from_source": settings.start_from_source, "noise_correlation": settings.noise_correlation,
-        "guided_filter": settings.guided_filter,
+        "guided_filter": settings.guided_filter, "plane": settings.plane,
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
         "benchmark_warnings": known,

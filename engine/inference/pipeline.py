@@ -2,7 +2,8 @@
 volume of one modality into the matching volume of another, on the input's exact grid and in the
 target's physical units.
 
-Per volume: normalise the source per its modality → slice along the acquisition axis → skip
+Per volume: normalise the source per its modality → slice along the acquisition axis (or the
+patient plane the settings name) → skip
 empty slices → for each batch of slices: VAE latents + ViT tokens + instruction encoded once into
 a cached context (K/V for every guidance branch; with the target's embedding row, for models that
 have one) → flow-matching ODE with the guidance branches batched → VAE decode → back onto the
@@ -124,6 +125,29 @@ class SlicePlan:
     body: np.ndarray = field(repr=False, compare=False)
 
 
+PLANE_NORMAL_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
+THICK_SLICE_RATIO = 1.25      # a spacing this much above the others marks the acquisition axis
+
+
+def plane_axis(volume: Volume, plane: str = "auto") -> int:
+    """The array axis (0 = z, 1 = y, 2 = x) whose slices lie in ``plane``. ``auto``: the
+    acquisition plane — the axis of thick slices (:func:`engine.tasks.slices.slice_axis`) when one
+    spacing is clearly the largest, else (near-isotropic voxels) the order the slices are stored in
+    (array axis 0). A named plane: the index axis that points (most nearly) along its normal."""
+    if plane == "auto":
+        axis = slice_axis(volume.spacing)
+        spacing_zyx = volume.spacing[::-1]
+        others = [s for i, s in enumerate(spacing_zyx) if i != axis]
+        return axis if spacing_zyx[axis] >= THICK_SLICE_RATIO * max(others) else 0
+    letters = PLANE_NORMAL_LETTERS[plane]
+    orientation = volume.orientation()
+    along = [i for i, letter in enumerate(orientation) if letter in letters]
+    if len(along) != 1:
+        raise ValueError(f"the volume's axes point {orientation}: too oblique to cut {plane} slices; choose "
+                         "another plane or auto")
+    return 2 - along[0]
+
+
 class SliceSynthesizer:
     """The volume loop every slice-wise method shares: plan the slices, normalise the source,
     run batches (halving the batch on out-of-memory), re-stack onto the input grid in the
@@ -202,10 +226,11 @@ class SliceSynthesizer:
         raise NotImplementedError
 
     # -- planning --------------------------------------------------------------------------------
-    def plan(self, volume: Volume, source: str, slices: Sequence[int] | None = None) -> SlicePlan:
-        """The slice axis, which slices hold body (≥ 1 % of the slice inside the source's body mask)
-        and the model placement. ``slices`` restricts synthesis to those indices along the axis (others count as empty)."""
-        axis = slice_axis(volume.spacing)
+    def plan(self, volume: Volume, source: str, slices: Sequence[int] | None = None, plane: str = "auto") -> SlicePlan:
+        """The slice axis (of ``plane``: :func:`plane_axis`), which slices hold body (≥ 1 % of the
+        slice inside the source's body mask) and the model placement. ``slices`` restricts synthesis
+        to those indices along the axis (others count as empty)."""
+        axis = plane_axis(volume, plane)
         mask = slices_first(modalities.body_mask(np.nan_to_num(volume.array.astype(np.float32)), source), axis)
         count, height, width = mask.shape
         has_body = mask.reshape(count, -1).mean(axis=1) >= MIN_BODY_FRACTION
@@ -244,7 +269,7 @@ class SliceSynthesizer:
         settings = settings or self.default_settings()
         check_cancel(cancel)
         prepared, method_notes = self._prepare(source, target, settings)
-        plan = self.plan(volume, source, slices)
+        plan = self.plan(volume, source, slices, settings.plane)
 
         array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
         shift, calibration_note = 0.0, ""
@@ -341,7 +366,8 @@ class SliceSynthesizer:
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
                f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
                f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
-            f"{len(plan.active)} slices synthesized along array axis {plan.axis}, {len(plan.empty)} set to "
+            f"{len(plan.active)} slices synthesized along array axis {plan.axis} ({settings.plane} plane), "
+            f"{len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
             *self.card.benchmark_warnings(source, target),
         )

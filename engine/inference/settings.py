@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
+from engine.inference import SLICING_PLANES
 from engine.sampling import GuidanceConfig
 from engine.sampling.solvers import SOLVERS
 
@@ -44,7 +45,9 @@ class SynthesisSettings:
     ``guided_filter`` = a window radius in model pixels: each synthetic slice is re-drawn on the
     input grid from the source slice through window-wise lines (:mod:`engine.inference.guided`);
     0 = off. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
-    soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`)."""
+    soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`).
+    ``plane``: the patient plane the volume is cut in for the 2-D model (:func:`engine.inference.
+    pipeline.plane_axis`); ``auto`` = the acquisition plane (the axis with the largest spacing)."""
 
     steps: int = 24
     solver: str = "euler"
@@ -57,6 +60,7 @@ class SynthesisSettings:
     guided_filter: float = 0.0
     hu_calibration: bool = True
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
+    plane: str = "auto"
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 1:
@@ -99,6 +103,10 @@ class SynthesisSettings:
         if not 0.0 <= radius <= 16.0:
             raise ValueError(f"guided_filter must be a radius of 0 (off) to 16 model pixels, got {self.guided_filter!r}")
         object.__setattr__(self, "guided_filter", radius)
+        plane = str(self.plane).strip().lower()
+        if plane not in SLICING_PLANES:
+            raise ValueError(f"unknown slicing plane {self.plane!r}; use one of {', '.join(SLICING_PLANES)}")
+        object.__setattr__(self, "plane", plane)
 
     @property
     def t_start(self) -> float:

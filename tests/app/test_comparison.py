@@ -214,3 +214,17 @@ def test_the_per_slice_curve_follows_the_acquisition_axis(qtbot, phantom):
     assert round(index[0]) == 4 and view.metrics.marker.value() == 4
     assert view.views["synthetic"].k == view.views["reference"].k == 4
     runner.shutdown()
+
+
+def test_the_difference_map_has_a_colour_bar_in_physical_units(qtbot, window, pair, wait_loaded):
+    view = window.comparison
+    assert not view.colour_bar_view.isVisible()                     # nothing compared yet
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    difference = view.views["difference"]
+    assert view.colour_bar_view.isVisible()
+    assert view.colour_bar.levels() == pytest.approx(difference.display.levels)
+    assert "synthetic − reference (HU)" in view.colour_bar.axis.labelText
+    difference.display.set_window(10.0, 300.0)                       # a drag or preset on the map: the bar follows
+    assert view.colour_bar.levels() == pytest.approx((-140.0, 160.0))
+    window.comparison.model.set_result(None)
+    assert not view.colour_bar_view.isVisible()

@@ -4,6 +4,8 @@ and DICOM series in a folder tree are mapped to modalities into a prepared copy,
 overlays; a dataset without pairs keeps Next disabled; the summary shows the exact commands, Stage II
 starting from Stage I's output, the comparison with the start model and the torchrun form; the output
 folder must be new."""
+import json
+
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
@@ -197,3 +199,50 @@ def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, t
     assert sub09.modalities == ("T1", "T2")
     converted, truth = load_file(sub09.files["T2"]).array, load_file(exported["T2"]).array
     assert np.abs(converted - truth).max() < 1e-3 * np.ptp(truth)              # DICOM's integer steps only
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_the_fix(qtbot, wizard, tmp_path):
+    data = write_phantom_dataset(tmp_path / "held-out", subjects=3, shape=SHAPE, ct_subject=False,
+                                 split={"val": ["sub01"], "test": ["sub02", "sub03"]})
+    report = check(qtbot, wizard, data)
+    assert report.usable and report.split["train"] == []
+    status = wizard.dataset.status.text()
+    assert "No subject is left for training" in status and "Add subjects" in status and "lower Validation" in status
+    assert "color:#b01010" in wizard.dataset.status.styleSheet() and not next_enabled(wizard)
+
+    wizard.dataset.folder.setText(str(write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE,
+                                                            ct_subject=False)))
+    wizard.dataset.val_percent.setValue(50)
+    wizard.dataset.test_percent.setValue(50)
+    wizard.dataset.check()
+    assert "leaving none to train on" in wizard.dataset.status.text() and "lower them" in \
+        wizard.dataset.status.text()
+    assert wizard.dataset.report is None and not next_enabled(wizard)
+    wizard.dataset.test_percent.setValue(10)
+    check(qtbot, wizard, wizard.dataset.folder.text())
+    assert next_enabled(wizard)
+
+
+def test_a_route_held_out_entirely_cannot_be_ticked(qtbot, wizard, tmp_path):
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False,
+                                 modality_names=("T1", "T2"), split={"train": ["sub01", "sub02"], "val": ["sub03"]})
+    write_phantom_subject(data / "sub03", ("FLAIR",), shape=SHAPE, seed=2)        # T1/T2 → FLAIR only in val
+    check(qtbot, wizard, data)
+    wizard.next()
+    items = {wizard.model_page.routes.item(i).text(): wizard.model_page.routes.item(i)
+             for i in range(wizard.model_page.routes.count())}
+    flair = items["T1 → FLAIR  (1 subject, none in the training split)"]
+    assert flair.checkState() == Qt.CheckState.Unchecked and not flair.flags() & Qt.ItemFlag.ItemIsEnabled
+    assert ("T1", "FLAIR") not in wizard.model_page.chosen_routes() and next_enabled(wizard)
+
+
+def test_the_prefilled_model_name_is_one_the_wizard_accepts(qtbot, wizard, tmp_path, settings_dir):
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "name": "Brain MR: pilot (2024)"}))
+    (settings_dir / "models" / "Brain-MR-pilot-2024-finetuned").mkdir(parents=True)       # an earlier model
+    check(qtbot, wizard, data)
+    wizard.next()
+    wizard.next()
+    assert wizard.budget.name.text() == "Brain-MR-pilot-2024-finetuned-2"
+    assert wizard.budget.reason.text() == "" and next_enabled(wizard)

@@ -9,8 +9,9 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import about
 from app.main_window import MainWindow
-from app.settings import Settings
+from app.settings import Settings, load_settings
 from app.state.geometry import Plane
+from app.views.window_layout import STUDIES_MIN_ROWS
 
 
 @pytest.fixture
@@ -146,3 +147,54 @@ def test_a_screenshot_of_the_view_is_a_non_blank_png(qtbot, window, ct_file, tmp
                      for y in range(0, image.height(), 7)])
     assert grey.std() > 10
     assert not list(out.parent.glob(".*part*"))
+
+
+def test_restored_docks_never_squeeze_the_studies_tree(qtbot, window):
+    window.docks["training"].show()
+    window.resizeDocks([window.docks["browser"], window.docks["synthesis"]], [5, 2000], Qt.Orientation.Vertical)
+    window.close()                                         # keeps the layout in the settings
+    again = MainWindow(load_settings())
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitExposed(again)
+    tree = again.browser.tree
+    assert tree.height() >= STUDIES_MIN_ROWS * tree.fontMetrics().lineSpacing() > 100
+    assert again.docks["training"].isVisible()             # the rest of the saved layout is kept
+
+
+def test_the_window_never_opens_larger_than_the_screen(qtbot, window):
+    window.move(-300, -200)
+    window.resize(3200, 2400)                              # saved on a bigger monitor
+    window.close()
+    again = MainWindow(load_settings())
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitExposed(again)
+    area = again.screen().availableGeometry()
+    assert area.contains(again.frameGeometry()), (area, again.frameGeometry())
+
+
+def test_help_mouse_and_keys_chooses_the_scheme_and_it_is_kept(qtbot, window):
+    from app.views import mouse
+
+    assert mouse.current().name == "synermedgen"
+    window.actions["controls"].trigger()
+    dialog = window.findChild(mouse.MouseKeysDialog)
+    assert dialog.isVisible() and "Right drag" in dialog.table.toPlainText() and "window" in \
+        dialog.table.toPlainText()
+    dialog.scheme.setCurrentIndex(dialog.scheme.findData("ohif"))
+    text = dialog.table.toPlainText()
+    assert "OHIF" in text and "Left drag" in text and "Ctrl + left drag" in text
+    assert "Shift + left click" in text and "Right drag" in text and "zoom" in text
+    assert mouse.current().name == "ohif" and window.settings.mouse_scheme == "ohif"
+    dialog.close()
+    window.close()
+    try:
+        mouse.use_scheme("synermedgen")
+        again = MainWindow(load_settings())                # the choice survives a restart
+        qtbot.addWidget(again)
+        assert mouse.current().name == "ohif"
+        again.actions["controls"].trigger()
+        assert again.findChild(mouse.MouseKeysDialog).scheme.currentData() == "ohif"
+    finally:
+        mouse.use_scheme(mouse.DEFAULT_SCHEME)

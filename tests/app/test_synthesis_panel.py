@@ -232,3 +232,34 @@ def test_a_model_without_a_profile_says_it_cannot_check(qtbot, window):
     assert any(n.startswith("input check") and "cannot be checked" in n for n in synthetic.volume.notes)
     assert panel.input_check.isVisible() and "cannot be checked" in panel.input_check.text()
     assert "The model card lists no limitations." in panel.card_button.toolTip()
+
+
+def test_the_plane_reaches_the_engine_the_target_stays_and_each_run_starts_a_fresh_preview(
+        qtbot, no_default_model, tiny_model, study_folder, wait_loaded, phantom, write_nifti, tmp_path):
+    win = MainWindow(Settings(model_dirs=[str(tiny_model)]))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)
+    win.open_paths([str(study_folder / "T2.nii.gz")])          # no CT loaded: the result is shown in the viewer
+    source = wait_loaded(win)
+    panel = win.synthesis
+    assert targets(panel) == ["FLAIR", "CT"]
+    panel.target.setCurrentText("CT")
+    panel.plane.setCurrentIndex(panel.plane.findData("coronal"))
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: len(win.workspace.documents) == 2 and panel.run_button.isEnabled(), timeout=120000)
+    synthetic = win.workspace.documents[1]
+    assert any("(coronal plane)" in note for note in synthetic.volume.notes)
+    assert panel.document is source and panel.target.currentText() == "CT"      # as chosen, after the run
+    assert not panel.preview.pixmap().isNull()
+
+    panel.run_button.click()
+    assert panel.preview.pixmap().isNull()                                       # not the last run's slice
+    qtbot.waitUntil(lambda: len(win.workspace.documents) == 3 and panel.run_button.isEnabled(), timeout=120000)
+
+    unknown = write_nifti(tmp_path / "other" / "scan_0001.nii.gz", phantom())
+    win.open_paths([str(unknown)])
+    doc = wait_loaded(win, 4)
+    assert doc.volume.modality is None and panel.document is doc
+    assert panel.source.currentIndex() == 0 and panel.source.currentText().startswith("Auto")
+    assert targets(panel) == ["T2", "FLAIR", "CT"] and panel.target.currentText() == "CT"

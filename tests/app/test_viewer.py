@@ -1,6 +1,7 @@
 """The three-plane viewer as a user drives it: clicks move the linked crosshair (across planes and
-across viewers of different grids), keys and the wheel scroll, presets and right-drag set the
-window, hovering reads the value in HU, and the picture has the right orientation and aspect."""
+across viewers of different grids), keys and the wheel scroll in patient space, presets and
+right-drag set the window (its values shown), the slice position shows in mm, hovering reads the
+value in its unit, the mouse schemes, and the picture has the right orientation and aspect."""
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
@@ -12,7 +13,9 @@ from engine.io import load
 from app.state.cursor import Cursor
 from app.state.geometry import Plane
 from app.state.workspace import Workspace
+from app.views import mouse
 from app.views.ortho_viewer import OrthoViewer
+from app.views.slice_view import Probe, value_in_unit
 
 
 @pytest.fixture
@@ -142,7 +145,7 @@ def test_hovering_reads_the_voxel_value_in_hounsfield_units(shown, ct_doc):
     x, y, z = np.rint(g.view_to_index(u, v, axial.k)).astype(int)
     probe = qprobe[-1]
     assert probe.value == pytest.approx(float(ct_doc.volume.array[z, y, x]))
-    assert probe.unit == "HU" and f"{probe.value:.6g} HU" in probe.text()
+    assert probe.unit == "HU" and f"value {round(probe.value)} HU" in probe.text()
 
 
 def test_orientation_labels_aspect_and_the_flip_reach_the_screen(shown, ct_doc):
@@ -169,3 +172,107 @@ def test_synthetic_volumes_carry_the_overlay(shown, ct_file):
     assert all(view.banner.isVisible() for view in viewer.views.values())
     assert "SYNTHETIC" in viewer.views[Plane.AXIAL].banner.text()
     assert "SYNTHETIC" in viewer.title.text()
+
+
+def test_values_print_in_their_unit_at_a_sensible_precision():
+    assert [value_in_unit(v, "HU") for v in (40.37, -1000.0, 1523.5, -0.4)] == ["40 HU", "-1000 HU", "1524 HU", "0 HU"]
+    assert [value_in_unit(v, "a.u.") for v in (523.456, 0.0012345, 1234.5, 0.0, 87.96)] == \
+        ["523 a.u.", "0.00123 a.u.", "1230 a.u.", "0 a.u.", "88.0 a.u."]
+    assert value_in_unit(3.14159, "SUV") == "3.14 SUV" and value_in_unit(12.345, "") == "12.3"
+    probe = Probe("T2", np.array([1.0, -2.25, 30.0]), 523.456, "a.u.")
+    assert probe.text() == "T2   LPS (1.0, -2.2, 30.0) mm   value 523 a.u."
+
+
+def test_the_window_values_and_the_slice_position_in_mm_are_shown(shown, ct_doc):
+    viewer = shown(ct_doc)
+    axial, coronal = viewer.views[Plane.AXIAL], viewer.views[Plane.CORONAL]
+    assert axial.window_label.text() == "W 400 HU · L 40 HU" and axial.window_label.isVisible()      # soft tissue
+    viewer.presets.activated.emit(viewer.presets.findText("Brain"))
+    assert {view.window_label.text() for view in viewer.views.values()} == {"W 80 HU · L 40 HU"}
+    g = axial.geometry
+    z = g.index_to_lps(np.array([0.0, 0.0, axial.k]))[2]
+    assert axial.slice_label.text() == f"slice {axial.k + 1} / {g.n_slices} · {'S' if z >= 0 else 'I'} {abs(z):.1f} mm"
+    axial.scroll(1)
+    assert f"{'S' if z + 2.5 >= 0 else 'I'} {abs(z + 2.5):.1f} mm" in axial.slice_label.text()    # 2.5 mm slices
+    index = coronal.geometry.lps_to_index(viewer.cursor.position)
+    index[coronal.geometry.normal_axis] = coronal.k                    # the slice shown, where the cursor is
+    y = coronal.geometry.index_to_lps(index)[1]
+    assert coronal.slice_label.text().endswith(f"{'P' if y >= 0 else 'A'} {abs(y):.1f} mm")
+
+
+def test_the_window_of_an_mr_volume_reads_in_three_significant_digits(shown, tmp_path, write_nifti, phantom):
+    mr = Workspace().add(load(write_nifti(tmp_path / "T2.nii.gz", np.clip(phantom(), 0, None) * 1.2345)))
+    viewer = shown(mr)
+    d = mr.display
+    assert mr.volume.unit == "a.u." and (d.width, d.level) != (round(d.width), round(d.level))
+    assert viewer.views[Plane.AXIAL].window_label.text() == \
+        f"W {value_in_unit(d.width, 'a.u.')} · L {value_in_unit(d.level, 'a.u.')}"
+
+
+@pytest.mark.parametrize("direction", [(-1, 0, 0, 0, -1, 0, 0, 0, -1), (1, 0, 0, 0, 0, 1, 0, -1, 0)],
+                         ids=["all axes flipped", "acquired coronally"])
+def test_wheel_up_moves_towards_superior_anterior_and_left_whatever_the_acquisition(shown, tmp_path, write_nifti,
+                                                                                   phantom, direction):
+    doc = Workspace().add(load(write_nifti(tmp_path / "CT.nii.gz", phantom(), spacing=(1.0, 1.5, 2.0),
+                                           origin=(0.0, 0.0, 0.0), direction=direction)))
+    viewer = shown(doc)
+
+    def shown_at(view, axis: int) -> float:                 # the shown slice's position along the patient axis
+        index = view.geometry.lps_to_index(viewer.cursor.position)
+        index[view.geometry.normal_axis] = view.k
+        return float(view.geometry.index_to_lps(index)[axis])
+
+    for plane, axis, sign in ((Plane.AXIAL, 2, +1), (Plane.CORONAL, 1, -1), (Plane.SAGITTAL, 0, +1)):
+        view = viewer.views[plane]
+        before = shown_at(view, axis)
+        centre = QPointF(view.viewport().rect().center())
+        wheel = QWheelEvent(centre, QPointF(view.viewport().mapToGlobal(centre.toPoint())), QPoint(0, 0),
+                            QPoint(0, 120), Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                            Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(view.viewport(), wheel)
+        step = view.geometry.spacing[view.geometry.normal_axis]
+        assert sign * (shown_at(view, axis) - before) == pytest.approx(step), plane     # one slice, the patient's way
+        view.setFocus()
+        QTest.keyClick(view, Qt.Key.Key_Down)
+        assert shown_at(view, axis) == pytest.approx(before)
+
+
+@pytest.fixture
+def scheme():
+    yield mouse.use_scheme
+    mouse.use_scheme(mouse.DEFAULT_SCHEME)
+
+
+def drag(view, button, start: QPoint, end: QPoint, modifier=Qt.KeyboardModifier.NoModifier) -> None:
+    QTest.qWait(QApplication.doubleClickInterval() + 50)     # a press, not the second of a double-click
+    QTest.mousePress(view.viewport(), button, modifier, start)
+    for step in range(1, 6):
+        QTest.mouseMove(view.viewport(), start + (end - start) * step / 5)
+    QTest.mouseRelease(view.viewport(), button, modifier, end)
+
+
+def test_the_slicer_and_ohif_mouse_schemes(shown, ct_doc, scheme):
+    viewer = shown(ct_doc)
+    axial = viewer.views[Plane.AXIAL]
+    centre = axial.viewport().rect().center()
+    levels = tuple(axial.image.levels)
+
+    scheme("slicer")                                          # 3D Slicer / ITK-SNAP: middle-drag pans …
+    x_range = axial.viewbox.viewRange()[0]
+    drag(axial, Qt.MouseButton.MiddleButton, centre, centre + QPoint(40, 0))
+    assert axial.viewbox.viewRange()[0][0] < x_range[0] - 1
+    width = np.diff(axial.viewbox.viewRange()[0])[0]
+    drag(axial, Qt.MouseButton.RightButton, centre, centre + QPoint(0, -60))     # … right-drag zooms
+    assert np.diff(axial.viewbox.viewRange()[0])[0] < 0.8 * width and tuple(axial.image.levels) == levels
+    before = viewer.cursor.position
+    QTest.mouseClick(axial.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     centre + QPoint(15, 10))
+    assert not np.allclose(viewer.cursor.position, before)
+
+    scheme("ohif")                                            # OHIF: left-drag sets the window
+    before = viewer.cursor.position
+    drag(axial, Qt.MouseButton.LeftButton, centre, centre + QPoint(50, 20))
+    assert tuple(axial.image.levels) != levels and np.allclose(viewer.cursor.position, before)
+    QTest.mouseClick(axial.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier,
+                     centre + QPoint(-20, 5))
+    assert not np.allclose(viewer.cursor.position, before)    # Shift + click moves the crosshair

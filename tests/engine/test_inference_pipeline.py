@@ -92,6 +92,28 @@ def test_slices_run_along_the_thickest_axis_and_come_back_in_place(synth):
     assert all(per_slice[i].std() > 0 for i in synth.plan(volume, "T1").active)
 
 
+def test_auto_slices_a_near_isotropic_volume_in_its_stored_plane_and_any_plane_can_be_chosen(synth):
+    # an axial CT of thin slices: 0.98 mm pixels, 0.9 mm slices (the largest spacing is in-plane)
+    axial = t1_volume(shape=(10, 14, 12), spacing=(0.98, 0.98, 0.9)).replace(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert pipeline.slice_axis(axial.spacing) == 1                         # what auto followed: coronal stripes
+    assert [pipeline.plane_axis(axial, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 0, 1, 2]
+    coronal = axial.replace(direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))        # index z runs posterior → anterior
+    assert [pipeline.plane_axis(coronal, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 1, 0, 2]
+    thick_x = t1_volume(shape=(12, 14, 6), spacing=(4.0, 1.0, 1.2))
+    assert pipeline.plane_axis(thick_x, "auto") == 2                       # thick slices stay the acquisition axis
+    with pytest.raises(ValueError, match="too oblique to cut axial slices"):
+        pipeline.plane_axis(axial.replace(direction=tuple(np.array(
+            [[1, 0, 0], [0, 0.7071, -0.7071], [0, 0.7071, 0.7071]]).ravel())), "axial")
+
+    seen = []
+    out = synth.synthesize_volume(axial, "T1", "T2", FAST.replace(plane="sagittal"),
+                                  preview=lambda i, image: seen.append((i, image.shape)))
+    assert out.shape == axial.shape and sorted(i for i, _ in seen) == list(range(12))
+    assert {s for _, s in seen} == {(10, 14)} and any("along array axis 2 (sagittal plane)" in n for n in out.notes)
+    with pytest.raises(ValueError, match="unknown slicing plane 'oblique'"):
+        FAST.replace(plane="oblique")
+
+
 def test_batched_equals_one_slice_at_a_time(synth):
     volume = t1_volume()
     one = synth.synthesize_volume(volume, "T1", "T2", FAST.replace(batch_size=1))

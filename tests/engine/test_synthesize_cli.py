@@ -135,6 +135,10 @@ def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path)
     assert report["steps"] == 3 and report["guidance"] == [1.0, 1.0] and report["start_from_source"] == 0.8
     assert report["guided_filter"] == 1.5
     assert report["batch_size"] == 2 and report["solver"] == "heun" and report["shift"] == 1.5
+    assert report["plane"] == "auto"
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "d.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--plane", "coronal", "--batch-size", "4")
+    assert code == 0 and json.loads(out)["plane"] == "coronal", err
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "c.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--solver", "rk45")
     assert code == 2 and "unknown solver 'rk45'" in err and not (tmp_path / "c.nii.gz").exists()
