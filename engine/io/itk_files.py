@@ -1,6 +1,7 @@
 """NIfTI, MHA/MHD and NRRD volumes through SimpleITK: header-only scans, loads, atomic writes."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
+from engine.io.data_size import check_voxel_data
 from engine.io.errors import VolumeIOError
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
@@ -32,7 +34,15 @@ def _read_info(path: Path) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise VolumeIOError(path, f"cannot be read as a {file_kind(path)} image ({_first_line(exc)})") from None
+    check_voxel_data(path, _voxel_bytes(reader))
     return reader
+
+
+def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
+    """How many bytes of voxels the header promises (every volume of a 4-D file, every component)."""
+    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    item = sitk.GetArrayViewFromImage(one).itemsize
+    return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * item
 
 
 def _is_nifti2(path: Path) -> bool:
@@ -58,9 +68,11 @@ def _nifti2_header(path: Path):
     import nibabel
 
     try:
-        return nibabel.load(str(path))
+        image = nibabel.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged header
         raise VolumeIOError(path, f"cannot be read as a NIfTI-2 image ({exc})") from None
+    check_voxel_data(path, int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize)
+    return image
 
 
 def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
@@ -125,8 +137,24 @@ def scan_file(path: str | Path) -> Catalog:
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
         orientation=_orientation_of(reader, dim),
         notes=tuple(notes),
+        volumes=n_volumes,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
+    return Catalog(entries=[entry])
+
+
+def scan_volume_of(path: str | Path, index: int) -> Catalog:
+    """The entry of volume ``index`` of a 4-D file (what ``FILE#INDEX`` names)."""
+    path = Path(path)
+    whole = scan_file(path).entries[0]
+    if whole.volumes == 1 and index == 0:
+        return Catalog(entries=[whole])
+    if not 0 <= index < whole.volumes:
+        raise VolumeIOError(path, f"volume index {index} is outside 0…{whole.volumes - 1}")
+    entry = dataclasses.replace(
+        whole, key=f"{path}#{index}", description=f"{path.name} #{index} (volume {index + 1} of {whole.volumes})",
+        notes=tuple(n for n in whole.notes if not n.startswith("4-D image")), volumes=1,
+        loader=lambda progress, cancel: load_file(path, index, progress=progress, cancel=cancel))
     return Catalog(entries=[entry])
 
 
@@ -143,6 +171,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         key=str(path), kind="nifti", paths=(str(path),), description=path.name,
         modality=modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
         spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
+        volumes=shape[3] if len(shape) == 4 else 1,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
     return Catalog(entries=[entry])
@@ -162,14 +191,9 @@ def _orthonormal(d: np.ndarray) -> np.ndarray:
 
 def load_file(path: str | Path, volume_index: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Volume:
-    """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units)."""
-    text = str(path)
-    if volume_index is None and "#" in Path(text).name:
-        text, _, idx = text.rpartition("#")
-        if not idx.isdigit():
-            raise VolumeIOError(path, f"volume index {idx!r} after '#' is not a number")
-        volume_index = int(idx)
-    path = Path(text)
+    """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units);
+    ``volume_index`` picks one volume of a 4-D file."""
+    path = Path(path)
     if not path.exists():
         raise VolumeIOError(path, "no such file")
     check_cancel(cancel)
