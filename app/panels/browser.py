@@ -1,5 +1,6 @@
 """The study/series browser: every series a scan found, grouped patient → study → series, with
-modality, size and spacing; double-click opens one, the context menu compares it."""
+modality, size and spacing; double-click opens one, the context menu compares it or closes it
+(a loaded volume: bold) to free its memory."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +28,7 @@ def group_names(entry: SeriesEntry) -> tuple[str, str]:
 class BrowserPanel(QWidget):
     entry_activated = Signal(object)       # SeriesEntry to open in the viewer
     compare_requested = Signal(object)     # SeriesEntry to compare with the volume in the viewer
+    close_requested = Signal(str)          # key of a loaded volume to close
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -51,6 +53,7 @@ class BrowserPanel(QWidget):
         self._groups: dict[tuple[str, ...], QTreeWidgetItem] = {}
         self._series: dict[str, QTreeWidgetItem] = {}
         self._scanning: set[str] = set()
+        self._loaded: set[str] = set()
 
     def set_scanning(self, path: str, scanning: bool) -> None:
         (self._scanning.add if scanning else self._scanning.discard)(path)
@@ -88,13 +91,16 @@ class BrowserPanel(QWidget):
     def entries(self) -> list[SeriesEntry]:
         return [item.data(0, ENTRY_ROLE) for item in self._series.values()]
 
-    def mark_loaded(self, key: str) -> None:
+    def mark_loaded(self, key: str, loaded: bool = True) -> None:
+        """Show a series as loaded (bold, and the current one) or, once closed, as not loaded."""
         item = self._series.get(key)
+        (self._loaded.add if loaded else self._loaded.discard)(key)
         if item is not None:
             font = QFont(item.font(0))
-            font.setBold(True)
+            font.setBold(loaded)
             item.setFont(0, font)
-            self.tree.setCurrentItem(item)
+            if loaded:
+                self.tree.setCurrentItem(item)
 
     def _on_item_activated(self, item: QTreeWidgetItem, _column: int) -> None:
         entry = item.data(0, ENTRY_ROLE)
@@ -102,11 +108,20 @@ class BrowserPanel(QWidget):
             self.entry_activated.emit(entry)
 
     def _context_menu(self, pos) -> None:
-        item = self.tree.itemAt(pos)
+        menu = self.menu_for(self.tree.itemAt(pos))
+        if menu is not None:
+            menu.exec(self.tree.viewport().mapToGlobal(pos))
+            menu.deleteLater()
+
+    def menu_for(self, item: QTreeWidgetItem | None) -> QMenu | None:
+        """The context menu of a series (None for a patient or study row)."""
         entry = item.data(0, ENTRY_ROLE) if item is not None else None
         if entry is None:
-            return
+            return None
         menu = QMenu(self)
         menu.addAction("Open in viewer", lambda: self.entry_activated.emit(entry))
         menu.addAction("Compare with the volume in the viewer", lambda: self.compare_requested.emit(entry))
-        menu.exec(self.tree.viewport().mapToGlobal(pos))
+        if entry.key in self._loaded:
+            menu.addSeparator()
+            menu.addAction("Close (frees its memory)", lambda: self.close_requested.emit(entry.key))
+        return menu

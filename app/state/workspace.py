@@ -45,6 +45,7 @@ class Workspace:
         self.active: Document | None = None
         self.added = Event()        # (document)
         self.activated = Event()    # (document)
+        self.removed = Event()      # (document): closed; views drop it so its memory is freed
 
     def add(self, volume: Volume, *, synthetic: bool | None = None, key: str = "") -> Document:
         """Add a loaded volume (or return the document already loaded from ``key``)."""
@@ -61,6 +62,14 @@ class Workspace:
 
     def find(self, key: str) -> Document | None:
         return next((d for d in self.documents if d.key == key), None)
+
+    def remove(self, doc: Document) -> None:
+        """Close a document; the active one is then none (the window shows another)."""
+        if doc in self.documents:
+            self.documents.remove(doc)
+            if self.active is doc:
+                self.active = None
+            self.removed.emit(doc)
 
     def activate(self, doc: Document) -> None:
         if doc is not self.active:

@@ -96,6 +96,7 @@ class ComparisonView(QWidget):
         self.model.result_changed.connect(self._on_result_changed)
         self.model.blend_changed.connect(self.views["synthetic"].refresh)
         workspace.added.connect(self._on_document_added)
+        workspace.removed.connect(self._on_document_removed)
         cursor.moved.connect(self._on_cursor_moved)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -108,6 +109,17 @@ class ComparisonView(QWidget):
             if picker.count() == 0:
                 picker.addItem("—" if role == "source" else "(choose)", None)
             picker.addItem(doc.label, doc)
+
+    def _on_document_removed(self, doc: Document) -> None:
+        chosen = [picker for picker in self.pickers.values() if picker.currentData() is doc]
+        for picker in self.pickers.values():
+            for i in reversed(range(picker.count())):
+                if picker.itemData(i) is doc:
+                    picker.removeItem(i)
+        for picker in chosen:
+            picker.setCurrentIndex(0)                   # "(choose)": nothing, not another volume
+        if chosen:
+            self.recompute()
 
     def _chosen(self, role: str) -> Document | None:
         return self.pickers[role].currentData()

@@ -16,10 +16,18 @@ from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of,
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
-__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "save", "scan"]
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "openable_name", "save", "scan"]
 
 _NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif", ".svg",
                ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}
+
+
+def openable_name(name: str) -> bool:
+    """Whether a file of this name may hold something ``scan`` opens: a volume file, a 2-D picture,
+    or DICOM (``.dcm``/``.ima``, DICOMDIR, no suffix at all, or a UID-like name ending in digits)."""
+    suffix = Path(name).suffix.lower()
+    return bool(file_kind(name) or image_kind(name) or suffix in (".dcm", ".dicom", ".ima")
+                or name.upper() == "DICOMDIR" or not suffix or suffix[1:].isdigit())
 
 
 def _volume_index(path: str | Path) -> tuple[Path, int] | None:

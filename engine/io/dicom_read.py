@@ -78,7 +78,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         orientation=orientation,
         patient=_patient(tags),
         study=_study(tags),
-        notes=tuple(group.notes) + ((f"cannot be loaded: {geometry.refusal}",) if geometry.refusal else ()),
+        notes=(*group.notes, *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         loader=functools.partial(load_series, group, tags),
     )
 

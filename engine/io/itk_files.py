@@ -120,7 +120,8 @@ def scan_file(path: str | Path) -> Catalog:
     n_volumes = 1
     if dim == 4:
         n_volumes = size[3]
-        notes.append(f"4-D image with {n_volumes} volumes: pick one as {path}#INDEX (0…{n_volumes - 1})")
+        if n_volumes > 1:
+            notes.append(_four_d_note(path, n_volumes))
     elif dim not in (2, 3):
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
@@ -143,6 +144,11 @@ def scan_file(path: str | Path) -> Catalog:
     return Catalog(entries=[entry])
 
 
+def _four_d_note(path: Path, n_volumes: int) -> str:
+    return (f"4-D image with {n_volumes} volumes: opening it asks which one (on the command line "
+            f"name it as {path}#INDEX, INDEX 0…{n_volumes - 1})")
+
+
 def scan_volume_of(path: str | Path, index: int) -> Catalog:
     """The entry of volume ``index`` of a 4-D file (what ``FILE#INDEX`` names)."""
     path = Path(path)
@@ -162,7 +168,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     shape = tuple(image.shape) + (1,) * max(0, 3 - len(image.shape))
     notes = []
     if len(shape) == 4 and shape[3] > 1:
-        notes.append(f"4-D image with {shape[3]} volumes: pick one as {path}#INDEX (0…{shape[3] - 1})")
+        notes.append(_four_d_note(path, shape[3]))
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     direction = _orthonormal(affine[:3, :3] / spacing)
@@ -217,6 +223,8 @@ def _load_itk(path: Path, volume_index: int | None) -> Volume:
     dim = reader.GetDimension()
     size = list(reader.GetSize())
     if dim == 4:
+        if volume_index is None and size[3] == 1:
+            volume_index = 0
         if volume_index is None:
             raise VolumeIOError(path, f"is a 4-D image with {size[3]} volumes: pick one as {path}#INDEX")
         if not 0 <= volume_index < size[3]:
