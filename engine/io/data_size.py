@@ -9,6 +9,8 @@ import re
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from engine.io.errors import VolumeIOError
 
 DEFLATE_MAX_RATIO = 1032          # the most deflate (gzip, zlib) can compress: about 1032 to 1
@@ -17,12 +19,16 @@ _GZIP_EXTRA_FIELD = 0x04          # FLG.FEXTRA: blocked gzip (BGZF) writes many 
 
 def check_voxel_data(path: str | Path, n_bytes: int) -> None:
     """Raise :class:`VolumeIOError` when ``path`` cannot hold the ``n_bytes`` of voxel data its
-    header promises; files whose layout is not known here pass unchecked."""
+    header promises (a NIfTI header's own count of stored bytes replaces ``n_bytes``: a reader may
+    report scaled voxels as wider); files whose layout is not known here pass unchecked."""
     path = Path(path)
     layout = _layout(path)
-    if layout is None or n_bytes <= 0:
+    if layout is None:
         return
-    data_file, offset, compression = layout
+    data_file, offset, compression, stored = layout
+    n_bytes = n_bytes if stored is None else stored
+    if n_bytes <= 0:
+        return
     try:
         size = data_file.stat().st_size
     except OSError:
@@ -78,10 +84,13 @@ def _gzip_holds(path: Path, n_bytes: int) -> bool:
     return True
 
 
-def _layout(path: Path) -> tuple[Path, int, str] | None:
+Layout = tuple[Path, int, str, "int | None"]
+
+
+def _layout(path: Path) -> Layout | None:
     """(file holding the voxels, where they start, how: "none", "gzip-file" (the whole file is
-    gzip; the offset counts unpacked bytes) or "deflate" (compressed bytes from the offset)), or
-    None when unknown."""
+    gzip; the offset counts unpacked bytes) or "deflate" (compressed bytes from the offset), the
+    bytes stored when the header says so itself), or None when unknown."""
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
@@ -95,17 +104,29 @@ def _layout(path: Path) -> tuple[Path, int, str] | None:
     return None
 
 
-def _nifti_layout(path: Path, gzipped: bool) -> tuple[Path, int, str] | None:
+def _nifti_layout(path: Path, gzipped: bool) -> Layout | None:
+    """From the header: dim[0..7], bitpix and vox_offset (NIfTI-1: int16 dims, float offset;
+    NIfTI-2: int64 dims and offset)."""
     opener = gzip.open if gzipped else open
     with opener(path, "rb") as f:
         head = f.read(176)
+    compression = "gzip-file" if gzipped else "none"
     for order in "<>":
-        if len(head) >= 112 and struct.unpack(order + "i", head[:4])[0] == 348:       # NIfTI-1
+        size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 112:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
             offset = int(struct.unpack(order + "f", head[108:112])[0])
-            return path, max(offset, 348), "gzip-file" if gzipped else "none"
-        if len(head) >= 176 and struct.unpack(order + "i", head[:4])[0] == 540:       # NIfTI-2
+        elif size == 540 and len(head) >= 176:
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
             offset = struct.unpack(order + "q", head[168:176])[0]
-            return path, max(offset, 540), "gzip-file" if gzipped else "none"
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1:dims[0] + 1]) < 1:
+            return None
+        stored = int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
+        return path, max(offset, size), compression, stored
     return None
 
 
@@ -126,7 +147,7 @@ def _text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, st
     return None
 
 
-def _metaimage_layout(path: Path) -> tuple[Path, int, str] | None:
+def _metaimage_layout(path: Path) -> Layout | None:
     header = _text_header(path, re.compile(rb"\s*ElementDataFile\s*=", re.IGNORECASE))
     if header is None:
         return None
@@ -134,14 +155,14 @@ def _metaimage_layout(path: Path) -> tuple[Path, int, str] | None:
     data = fields.get("elementdatafile", "")
     compression = "deflate" if fields.get("compresseddata", "false").lower() == "true" else "none"
     if data.upper() == "LOCAL":
-        return path, end, compression
+        return path, end, compression, None
     if data.upper().startswith("LIST") or "%" in data or " " in data:
         return None                   # one file per slice: not checked here
     skip = int(fields.get("headersize", "0") or 0)
-    return path.parent / data, max(skip, 0), compression
+    return path.parent / data, max(skip, 0), compression, None
 
 
-def _nrrd_layout(path: Path) -> tuple[Path, int, str] | None:
+def _nrrd_layout(path: Path) -> Layout | None:
     header = _text_header(path, re.compile(rb"\s*$"))
     if header is None:
         return None
@@ -152,7 +173,7 @@ def _nrrd_layout(path: Path) -> tuple[Path, int, str] | None:
         return None                   # text, bzip2 or data at the end of the file: not checked here
     data = fields.get("data file") or fields.get("datafile")
     if data is None:
-        return (path, end + byte_skip, "none") if encoding == "none" else (path, end, "deflate")
+        return (path, end + byte_skip, "none", None) if encoding == "none" else (path, end, "deflate", None)
     if data.upper().startswith("LIST") or " " in data or "%" in data:
         return None
-    return path.parent / data, byte_skip, "none" if encoding == "none" else "gzip-file"
+    return path.parent / data, byte_skip, "none" if encoding == "none" else "gzip-file", None

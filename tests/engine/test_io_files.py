@@ -179,6 +179,14 @@ def test_a_truncated_file_is_refused_before_reading(tmp_path, suffix):
         io.scan(out)
 
 
+@pytest.mark.parametrize("name", ["scaled.nii", "scaled.nii.gz"])
+def test_stored_integers_with_a_scale_pass_the_check(tmp_path, name):
+    image = nibabel.Nifti1Image(np.full((20, 30, 40), 7, np.int16), np.eye(4))
+    image.header.set_slope_inter(2.0, -1024.0)              # read as float, stored as int16
+    nibabel.save(image, tmp_path / name)
+    np.testing.assert_array_equal(io.load(tmp_path / name).array, 7 * 2.0 - 1024)
+
+
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii.gz"])
 def test_compressed_files_that_hold_their_data_pass_the_check(tmp_path, suffix):
     vol = Volume(np.zeros((64, 64, 64), np.float32), modality="CT", unit="HU")     # compresses very well
