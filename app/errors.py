@@ -9,11 +9,11 @@ class UserFacingError(Exception):
 
 # What bad input, a full disk or too little memory raise: told to the user, the traceback only in
 # the log file. Anything else is a bug, worth a line on the terminal too.
-EXPECTED = (UserFacingError, ValueError, OSError, MemoryError)   # VolumeIOError is a ValueError
+EXPECTED = (UserFacingError, ValueError, OSError, MemoryError)
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, (UserFacingError, ValueError, FileNotFoundError, PermissionError)):
+    if isinstance(exc, (UserFacingError, ValueError, FileNotFoundError, PermissionError)):  # VolumeIOError: ValueError
         return str(exc)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""

@@ -191,7 +191,7 @@ class MainWindow(QMainWindow):
 
     # -- opening ------------------------------------------------------------------------------
     def choose_file(self) -> None:
-        dialog = open_file_dialog(self, self.settings.last_folder)
+        dialog = open_file_dialog(self, self.settings.last_folder or str(Path.home()))
         if dialog.exec():
             self.open_paths(dialog.selectedFiles())
         dialog.deleteLater()

@@ -1,7 +1,8 @@
 """Opening what users have, as they meet it: a DICOM series with a missing slice shows a banner,
 2-D pictures open, a 4-D file asks which volume, the Open dialog lists DICOM files without a suffix
-and pictures, exports never start in the install folder, closing a volume frees it, and handled
-errors leave no traceback on the terminal (only in the log file)."""
+and pictures, exports never start in the install folder, a header promising more than its file
+holds is refused, closing a volume frees it, and handled errors leave no traceback on the terminal
+(only in the log file)."""
 import gc
 import logging
 import weakref
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QListView
+from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QListView, QMessageBox
 
 from app import about
 from app.main_window import MainWindow
@@ -125,6 +126,19 @@ def test_the_export_dialog_never_starts_in_the_install_folder(qtbot, window, ct_
     window.settings.last_folder = str(ct_file.parent)        # a folder of the user's: kept
     window.choose_export()
     assert starts[-1] == ct_file.parent
+
+
+def test_a_file_promising_more_voxels_than_it_holds_is_refused_naming_it(qtbot, window, tmp_path):
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((1024, 1024, 1024))
+    header.set_data_dtype(np.int16)
+    lying = tmp_path / "lying.nii"
+    lying.write_bytes(header.binaryblock + bytes(4) + b"\1" * 8192)
+    window.open_paths([str(lying)])
+    qtbot.waitUntil(lambda: any("lying.nii" in line for line in window.log.lines), timeout=10000)
+    boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+    assert boxes and str(lying) in boxes[-1].text() and "promises 2.0 GiB" in boxes[-1].text()
+    assert window.workspace.documents == []
 
 
 def test_closing_a_volume_in_the_studies_tree_frees_its_memory(qtbot, window, study_folder, wait_loaded):
