@@ -1,18 +1,52 @@
-"""Start the GUI: the QApplication, the settings, the main window; open the given files (or, on
-first launch, the demo study). Nothing here imports torch or VTK, so the window appears at once."""
+"""Start the GUI: logging, the QApplication, the settings, the main window; open the given files
+(or, on first launch, the demo study). Nothing here imports torch or VTK, so the window appears at once."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
 from PySide6.QtWidgets import QApplication
 
 from app import about
 from app.main_window import MainWindow
-from app.settings import load_settings
+from app.settings import config_dir, load_settings
 
 log = logging.getLogger(__name__)
+LOG_FILE = "studio.log"
+
+
+class _OneLine(logging.Formatter):
+    """A terminal line per message, never a traceback (those are in the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def configure_logging(folder: Path | None = None) -> Path | None:
+    """Log the app's and the engine's messages, tracebacks included, to ``studio.log`` in the settings
+    folder (or ``folder``), and warnings and errors, one line each, on the terminal. Returns the
+    log file's path (None when it cannot be written)."""
+    root = logging.getLogger()
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(_OneLine())
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    for name in ("app", "engine"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    path = (folder or config_dir()) / LOG_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(path, maxBytes=2**20, backupCount=2, encoding="utf-8")
+    except OSError as exc:
+        log.warning("no log file: %s", exc)
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return path
 
 
 def seconds_since_process_start() -> float | None:
@@ -48,6 +82,7 @@ def run(paths: list[str]) -> int:
     app.setOrganizationName(about.ORGANISATION)
     app.setOrganizationDomain(about.ORGANISATION_DOMAIN)
     app.setApplicationVersion(about.version())
+    configure_logging()                       # in the settings folder, which the names above locate
     settings = load_settings()
     window = MainWindow(settings)
     window.show()

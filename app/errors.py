@@ -7,6 +7,11 @@ class UserFacingError(Exception):
     """An error whose message is already written for the user."""
 
 
+# What bad input, a full disk or too little memory raise: told to the user, the traceback only in
+# the log file. Anything else is a bug, worth a line on the terminal too.
+EXPECTED = (UserFacingError, ValueError, OSError, MemoryError)
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (UserFacingError, ValueError, FileNotFoundError, PermissionError)):  # VolumeIOError: ValueError
         return str(exc)

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox
 
 from app import about
 from app.export import VOLUME_FILTERS, export_path, export_volume, proposed_name, save_png, write_metrics_csv
+from app.open_dialogs import VolumePicker, open_file_dialog
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
 from app.panels.synthesis_panel import SynthesisPanel
@@ -127,7 +128,7 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         self.actions = {
             "open_file": self._action("Open File…", self.choose_file, QKeySequence.StandardKey.Open,
-                                      "Open a NIfTI, MHA, NRRD or DICOM file"),
+                                      "Open NIfTI, MHA, NRRD or DICOM files, or 2-D pictures"),
             "open_folder": self._action("Open Folder…", self.choose_folder, "Ctrl+Shift+O",
                                         "Scan a folder for volumes and DICOM series"),
             "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
@@ -187,10 +188,10 @@ class MainWindow(QMainWindow):
 
     # -- opening ------------------------------------------------------------------------------
     def choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a volume", self.settings.last_folder,
-                                              "Volumes (*.nii *.nii.gz *.mha *.mhd *.nrrd *.nhdr *.dcm);;All files (*)")
-        if path:
-            self.open_paths([path])
+        dialog = open_file_dialog(self, self.settings.last_folder or str(Path.home()))
+        if dialog.exec():
+            self.open_paths(dialog.selectedFiles())
+        dialog.deleteLater()
 
     def choose_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a study folder", self.settings.last_folder)
@@ -224,6 +225,9 @@ class MainWindow(QMainWindow):
     def load_entry(self, entry: SeriesEntry, then: Callable[[Document], None] | None = None) -> None:
         """Load a series on a worker (or reuse it when loaded) and show it, or hand it to ``then``."""
         done = then or self.workspace.activate
+        if entry.volumes > 1:
+            self._pick_volume(entry, done)
+            return
         loaded = self.workspace.find(entry.key)
         if loaded is not None:
             done(loaded)
@@ -232,6 +236,20 @@ class MainWindow(QMainWindow):
                         progressed=self.status.show_task,
                         finished=lambda volume: self._on_loaded(entry, volume, done),
                         failed=lambda message: self._on_load_failed(entry, message))
+
+    def _pick_volume(self, entry: SeriesEntry, done: Callable[[Document], None]) -> None:
+        """A 4-D file: ask which of its volumes to open, list that one in the browser and load it."""
+        picker = VolumePicker(entry, self)
+        picker.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        path = entry.paths[0]
+        picker.picked.connect(lambda index: self.runner.run(
+            lambda _progress, cancel: _scan(f"{path}#{index}", cancel), name=f"scan {path}#{index}",
+            finished=lambda catalog: self._on_volume_picked(catalog, done), failed=self.report_error))
+        picker.open()
+
+    def _on_volume_picked(self, catalog: Catalog, done: Callable[[Document], None]) -> None:
+        self.browser.add_catalog(catalog)
+        self.load_entry(catalog.entries[0], done)
 
     def _on_loaded(self, entry: SeriesEntry, volume, done: Callable[[Document], None]) -> None:
         self.status.show_task(None)
@@ -325,11 +343,19 @@ class MainWindow(QMainWindow):
         if doc is None:
             self.report_error("There is no volume in the viewer to export.")
             return
-        start = str(Path(self.settings.last_folder or Path.home()) / proposed_name(doc))
+        start = str(self._save_folder() / proposed_name(doc))
         path, name_filter = QFileDialog.getSaveFileName(self, f"Export {doc.title}", start,
                                                         ";;".join(VOLUME_FILTERS))
         if path:
             self.export_to(export_path(path, name_filter), doc)
+
+    def _save_folder(self) -> Path:
+        """Where save dialogs start: the folder last opened from, or home when there is none or it
+        lies inside the app's own folder (the demo study) — exports never land in the install."""
+        folder = Path(self.settings.last_folder) if self.settings.last_folder else Path.home()
+        if not folder.is_dir() or folder.resolve().is_relative_to(about.REPO_ROOT):
+            return Path.home()
+        return folder
 
     def export_to(self, path: Path, doc: Document | None = None) -> Task:
         """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker."""
@@ -346,7 +372,7 @@ class MainWindow(QMainWindow):
 
     def choose_screenshot(self) -> None:
         name = "comparison.png" if self.tabs.currentWidget() is self.comparison else "viewer.png"
-        start = str(Path(self.settings.last_folder or Path.home()) / name)
+        start = str(self._save_folder() / name)
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", start, "PNG image (*.png)")
         if path:
             self.save_screenshot(path if path.lower().endswith(".png") else path + ".png")
@@ -365,7 +391,7 @@ class MainWindow(QMainWindow):
         if result is None:
             self.report_error("There are no metrics yet: compare two volumes in the Comparison tab first.")
             return
-        start = str(Path(self.settings.last_folder or Path.home()) / "metrics.csv")
+        start = str(self._save_folder() / "metrics.csv")
         path, _ = QFileDialog.getSaveFileName(self, "Export metrics", start, "CSV (*.csv)")
         if path:
             try:

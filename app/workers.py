@@ -10,7 +10,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from engine.jobs import CancelToken, Cancelled, Progress
-from app.errors import describe_error
+from app.errors import EXPECTED, describe_error
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.05          # at most ~20 progress signals a second reach the UI
@@ -58,8 +58,11 @@ class _Runnable(QRunnable):
         except Cancelled:
             task._reported.emit(task, "cancelled", None)
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the user as a message
-            log.error("%s failed", task.name or "task", exc_info=exc)
-            task._reported.emit(task, "failed", describe_error(exc))
+            message = describe_error(exc)
+            log.debug("%s failed: %s", task.name or "task", message, exc_info=exc)     # for the log file
+            if not isinstance(exc, EXPECTED):
+                log.error("%s failed: %s", task.name or "task", message)
+            task._reported.emit(task, "failed", message)
         else:
             task._reported.emit(task, "finished", result)
         task._reported.emit(task, "ended", None)

@@ -163,6 +163,7 @@ class BrowserPanel(QWidget):
         menu = self.context_menu(item)
         if menu is not None:
             menu.exec(self.tree.viewport().mapToGlobal(pos))
+            menu.deleteLater()
 
     def context_menu(self, item: QTreeWidgetItem) -> QMenu | None:
         """The actions on one row: open (show), compare, export and close what is loaded."""
@@ -172,12 +173,19 @@ class BrowserPanel(QWidget):
             doc = self._loaded.get(entry.key)
             menu.addAction("Open in viewer", lambda: self.entry_activated.emit(entry))
             menu.addAction("Compare with the volume in the viewer", lambda: self.compare_requested.emit(entry))
-        elif doc is not None:
-            menu.addAction("Show in viewer", lambda: self.document_activated.emit(doc))
-        else:
+        elif doc is None:
             return None
+        # the document is looked up by key when an action is chosen: a menu kept alive keeps no closed volume
+        key = doc.key if doc is not None else ""
+        if entry is None:
+            menu.addAction("Show in viewer", lambda: self._emit_loaded(self.document_activated, key))
         if doc is not None:
             menu.addSeparator()
-            menu.addAction("Export…", lambda: self.export_requested.emit(doc))
-            menu.addAction("Close", lambda: self.close_requested.emit(doc))
+            menu.addAction("Export…", lambda: self._emit_loaded(self.export_requested, key))
+            menu.addAction("Close (frees its memory)", lambda: self._emit_loaded(self.close_requested, key))
         return menu
+
+    def _emit_loaded(self, signal, key: str) -> None:
+        doc = self._loaded.get(key)
+        if doc is not None:
+            signal.emit(doc)

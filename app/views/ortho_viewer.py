@@ -13,10 +13,12 @@ from PySide6.QtWidgets import (QComboBox, QGridLayout, QHBoxLayout, QLabel, QPus
 from app.state.cursor import Cursor
 from app.state.geometry import Plane
 from app.state.workspace import Document
+from app.views.notes_banner import NotesBanner
 from app.views.slice_view import SliceView
 
 CUSTOM_WINDOW = "Custom"
 TITLE_MIN_WIDTH = 120
+EMPTY_TITLE = "Drop a volume or a study folder anywhere on the window, or use File → Open."
 
 
 def volume_details(doc: Document) -> str:
@@ -44,8 +46,9 @@ class OrthoViewer(QWidget):
         super().__init__(parent)
         self.cursor = cursor
         self.document: Document | None = None
-        self.title = QLabel("Drop a volume or a study folder anywhere on the window, or use File → Open.")
+        self.title = QLabel(EMPTY_TITLE)
         self.title.setMinimumWidth(TITLE_MIN_WIDTH)       # elided by the layout rather than widening the window
+        self.notes_banner = NotesBanner()
         self.presets = QComboBox()
         self.presets.setToolTip("Window/level preset (or right-drag on an image)")
         self.presets.setMinimumContentsLength(12)
@@ -79,6 +82,7 @@ class OrthoViewer(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(bar)
+        layout.addWidget(self.notes_banner)
         layout.addLayout(grid, 1)
 
     def show_document(self, doc: Document) -> None:
@@ -98,19 +102,23 @@ class OrthoViewer(QWidget):
         doc.display.changed.connect(self._on_window_changed)
         self._on_window_changed(doc.display.levels)
         self.details.setHtml(volume_details(doc))
+        self.notes_banner.show_notes(volume.notes)
         if self.volume_3d is not None:
             self.volume_3d.show_document(doc)
 
     def clear(self) -> None:
-        """Show nothing (the last volume was closed); the 3D view lets go of its volume at its next one."""
+        """Show nothing (the volume shown was closed)."""
         if self.document is not None:
             self.document.display.changed.disconnect(self._on_window_changed)
         self.document = None
         for view in self.views.values():
             view.set_content(None, None)
-        self.title.setText("No volume open.")
+        self.title.setText(EMPTY_TITLE)
         self.presets.clear()
         self.details.clear()
+        self.notes_banner.show_notes(())
+        if self.volume_3d is not None:
+            self.volume_3d.clear()
 
     @staticmethod
     def _contains(doc: Document, lps: np.ndarray | None) -> bool:

@@ -98,6 +98,12 @@ class VolumeRenderView(QWidget):
         self._look_from_the_front()
         self.render_window.Render()
 
+    def clear(self) -> None:
+        if self._volume is not None:
+            self.renderer.RemoveVolume(self._volume)
+            self._volume = None
+            self.render_window.Render()
+
     def _look_from_the_front(self) -> None:
         self.renderer.ResetCamera()
         camera = self.renderer.GetActiveCamera()

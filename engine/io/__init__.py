@@ -1,6 +1,6 @@
 """Volume input/output: scan a file or folder for volumes, load one, save one.
 
-    catalog = scan(path)            # every volume / DICOM series found, and what was skipped
+    catalog = scan(path)            # every volume / DICOM series / 2-D picture found, and what was skipped
     volume = load(path, series=...) # one Volume in physical units with its geometry
     save(volume, out)               # .nii/.nii.gz/.mha/.nrrd file, or a DICOM series folder
 """
@@ -11,28 +11,56 @@ from pathlib import Path
 
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError
-from engine.io.itk_files import file_kind, load_file, scan_file, write_file
+from engine.io.image_files import image_kind, scan_image
+from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
-__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "save", "scan"]
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "openable_name", "save", "scan"]
 
-_NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".png", ".jpg", ".jpeg", ".zip",
+_NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif", ".svg",
                ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}
 
 
+def openable_name(name: str) -> bool:
+    """Whether a file of this name may hold something ``scan`` opens: a volume file, a 2-D picture,
+    or DICOM (``.dcm``/``.ima``, DICOMDIR, no suffix at all, or a UID-like name ending in digits)."""
+    suffix = Path(name).suffix.lower()
+    return bool(file_kind(name) or image_kind(name) or suffix in (".dcm", ".dicom", ".ima")
+                or name.upper() == "DICOMDIR" or not suffix or suffix[1:].isdigit())
+
+
+def _volume_index(path: str | Path) -> tuple[Path, int] | None:
+    """``FILE#INDEX`` naming one volume of a 4-D file: (FILE, INDEX), else None."""
+    text = str(path)
+    if "#" not in Path(text).name or not file_kind(text.rpartition("#")[0]):
+        return None
+    text, _, index = text.rpartition("#")
+    if not index.isdigit():
+        raise VolumeIOError(path, f"volume index {index!r} after '#' is not a number")
+    return Path(text), int(index)
+
+
 def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
-    """Find every loadable volume in a file, a folder (recursively) or a DICOMDIR.
+    """Find every loadable volume in a file, a folder (recursively) or a DICOMDIR; ``FILE#INDEX``
+    names one volume of a 4-D file.
 
     Unreadable files inside a folder are reported in ``Catalog.skipped``; the good series still
-    load. A path that does not exist, or holds no image at all, raises :class:`VolumeIOError`.
+    load. 2-D pictures (PNG, JPEG, TIFF, BMP) in a folder are listed only when it holds no volume
+    or DICOM series (so a study's screenshots do not crowd it). A path that does not exist, or
+    holds no image at all, raises :class:`VolumeIOError`.
     """
+    picked = _volume_index(path)
+    if picked is not None:
+        return scan_volume_of(*picked)
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(path, "no such file or folder")
     if path.is_file():
         if file_kind(path):
             return scan_file(path)
+        if image_kind(path):
+            return scan_image(path)
         from engine.io import dicom_read
 
         catalog = dicom_read.scan_dicom([path], cancel=cancel)
@@ -43,6 +71,7 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
 
     catalog = Catalog()
     candidates: list[Path] = []
+    pictures: list[Path] = []
     n_files = 0
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -57,6 +86,8 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
                     catalog.extend(scan_file(f))
                 except VolumeIOError as exc:
                     catalog.skipped.append(Skipped(str(f), exc.problem))
+            elif image_kind(f):
+                pictures.append(f)
             elif f.suffix.lower() in _NOT_IMAGES:
                 continue
             else:
@@ -65,6 +96,12 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
         from engine.io import dicom_read
 
         catalog.extend(dicom_read.scan_dicom(candidates, cancel=cancel))
+    for f in pictures if not catalog.entries else ():
+        check_cancel(cancel)
+        try:
+            catalog.extend(scan_image(f))
+        except VolumeIOError as exc:
+            catalog.skipped.append(Skipped(str(f), exc.problem))
     if not catalog.entries:
         detail = f"{n_files} files looked at" if n_files else "the folder is empty"
         if catalog.skipped:
@@ -77,9 +114,9 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
          cancel: CancelToken | None = None) -> Volume:
     """Load one volume. ``series`` picks a DICOM series (UID or unique prefix) or, for a 4-D file,
     ``FILE#INDEX``; it is required when the path holds several."""
-    text = str(path)
-    if "#" in Path(text).name and file_kind(text.rpartition("#")[0]):
-        return load_file(text, progress=progress, cancel=cancel)
+    picked = _volume_index(path)
+    if picked is not None:
+        return load_file(picked[0], picked[1], progress=progress, cancel=cancel)
     catalog = scan(path, cancel=cancel)
     if series is not None:
         try:

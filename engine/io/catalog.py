@@ -28,6 +28,7 @@ class SeriesEntry:
     study: str = ""
     notes: tuple[str, ...] = ()
     synthetic: bool = False               # its header marks it as made by a model
+    volumes: int = 1                      # > 1: a 4-D file; ``engine.io.scan("FILE#INDEX")`` lists one of them
     loader: Loader | None = field(default=None, compare=False, repr=False)
 
     def load(self, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Volume:
@@ -47,6 +48,7 @@ class SeriesEntry:
             "patient": self.patient,
             "study": self.study,
             "files": len(self.paths),
+            "volumes": self.volumes,
             "first_file": self.paths[0] if self.paths else "",
             "synthetic": self.synthetic,
             "notes": list(self.notes),
@@ -76,15 +78,28 @@ class Catalog:
         raise KeyError(f"no single series matches {key!r}; series found: {known}")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can take without swapping (Linux: MemAvailable, which
+    counts reclaimable caches; elsewhere the free pages), or None where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def ensure_fits_in_memory(path: str, n_bytes: int) -> None:
     """Refuse, with a clear message, to load a volume that would not fit in available memory."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    if n_bytes > 0.8 * available:
+    available = available_memory()
+    if available is not None and n_bytes > 0.8 * available:
         raise VolumeIOError(
             path,
-            f"the volume needs {n_bytes / 2**30:.1f} GiB as float32 but only "
-            f"{available / 2**30:.1f} GiB of memory is available",
+            f"the volume needs {n_bytes / 2**30:.1f} GiB as float32 but only {available / 2**30:.1f} GiB of "
+            f"memory is available; close volumes or programs you no longer need, or use a smaller volume",
         )

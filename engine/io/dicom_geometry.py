@@ -1,5 +1,6 @@
 """Geometry of a stack of DICOM slices: the order along the slice normal, origin, spacing and
-direction cosines, and what is wrong with the stack (missing slices, uneven spacing, gantry tilt).
+direction cosines, what is wrong with the stack (missing slices, uneven spacing, gantry tilt), and
+the linear resampling along the normal that puts an uneven stack on a uniform grid.
 
 Conventions are those of SimpleITK's ``ImageSeriesReader``: slices sorted by ascending position
 along the normal ``n = row × column`` (ImageOrientationPatient), origin = ImagePositionPatient of
@@ -17,6 +18,7 @@ ORIENTATION_TOLERANCE = 1e-3     # max difference of IOP components within one v
 SAME_POSITION_MM = 0.01          # two slices closer than this along the normal share a position
 GAP_FACTOR = 1.5                 # a step this many times the median step is a gap (missing slices)
 TILT_DEGREES = 0.05              # stacking direction this far from the normal is a gantry tilt
+MAX_FILLED_SLICES = 3            # a gap of more missing slices is refused, not filled by interpolation
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,14 @@ class StackGeometry:
     spacing: tuple[float, float, float]    # (x, y, z) mm
     direction: tuple[float, ...]           # 9 numbers, row-major, columns = index axes
     notes: tuple[str, ...] = ()
+    positions: tuple[float, ...] = ()      # uneven stack: each sorted slice's true distance (mm) from the
+                                           # first along the normal; the loader resamples onto the grid
+    grid_slices: int = 0                   # slices on the uniform grid (0: one per input slice)
+    refusal: str = ""                      # why the stack cannot be loaded ("" when it can)
+
+    @property
+    def n_slices(self) -> int:
+        return self.grid_slices or len(self.order)
 
 
 def frame_axes(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,9 +86,11 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                    thickness: float | None = None) -> StackGeometry:
     """Sort slices along the normal and derive the grid; report gaps, uneven spacing and tilt.
 
-    The voxels are never resampled: a stack with a gap or uneven steps keeps its slices on a
-    uniform grid with the *median* step (the true slice distance in the common case of one
-    missing slice), and the notes say where and by how much the grid departs from the files.
+    Evenly spaced slices are the grid. An uneven stack (missing slices, irregular steps) keeps
+    every slice at its true position: the grid spans the stack with about the *median* step and
+    ``positions`` tells the loader where each slice lies, to resample linearly along the normal
+    (a missing slice is interpolated from its neighbours); a gap of more than
+    :data:`MAX_FILLED_SLICES` missing slices sets ``refusal`` instead.
     """
     row, col, normal = frame_axes(iop)
     points = np.asarray(ipps, dtype=float).reshape(-1, 3)
@@ -93,6 +105,8 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
     else:
         sy, sx = float(pixel_spacing[0]), float(pixel_spacing[1])
     n = len(order)
+    positions: tuple[float, ...] = ()
+    grid_slices, refusal = 0, ""
     if n == 1:
         sz = float(thickness) if thickness and thickness > 0 else 1.0
     else:
@@ -102,7 +116,14 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
             sz = 1.0
             notes.append("all slices share one position: slice spacing set to 1 mm")
         else:
-            notes.extend(_spacing_notes(steps, d_sorted, sz))
+            if float(np.max(np.abs(steps - sz))) > max(0.01, 0.01 * sz):
+                median = sz
+                span = float(d_sorted[-1] - d_sorted[0])
+                grid_slices = int(round(span / median)) + 1
+                sz = span / (grid_slices - 1)
+                positions = tuple(float(v) for v in d_sorted - d_sorted[0])
+                uneven, refusal = _uneven_notes(steps, d_sorted, median, sz, grid_slices)
+                notes.extend(uneven)
             notes.extend(_tilt_notes(points[order], normal, sz))
     direction = np.column_stack([row, col, normal])
     return StackGeometry(
@@ -111,34 +132,56 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
         spacing=(sx, sy, sz),
         direction=tuple(float(v) for v in direction.ravel()),
         notes=tuple(notes),
+        positions=positions,
+        grid_slices=grid_slices,
+        refusal=refusal,
     )
 
 
-def _spacing_notes(steps: np.ndarray, d: np.ndarray, median: float) -> list[str]:
-    tol = max(0.01, 0.01 * median)
-    if float(np.max(np.abs(steps - median))) <= tol:
-        return []
+def _uneven_notes(steps: np.ndarray, d: np.ndarray, median: float, step: float,
+                  grid_slices: int) -> tuple[list[str], str]:
+    """What the resampling of an uneven stack does, and why it cannot be done ("" when it can)."""
     n = len(d)
-    notes = []
+    notes, too_large = [], []
     gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
     for i in gaps:
         missing = max(1, int(round(float(steps[i]) / median)) - 1)
-        notes.append(
-            f"missing slice(s): a gap of {steps[i]:.4g} mm (about {missing} slice(s) of {median:.4g} mm) "
-            f"between slices {i + 1} and {i + 2} of {n} (at {d[i]:.2f} and {d[i + 1]:.2f} mm along the "
-            f"slice normal); the slices are kept as they are on a uniform {median:.4g} mm grid, so "
-            f"slices {i + 2}…{n} sit {steps[i] - median:.4g} mm from their true positions"
-        )
-    others = np.abs(np.delete(steps, gaps) - median) > tol
-    if np.any(others) or not len(gaps):
-        expected = d[0] + median * np.arange(n)
-        worst = float(np.max(np.abs(d - expected)))
-        notes.append(
-            f"slice spacing is not uniform: steps from {steps.min():.4g} to {steps.max():.4g} mm "
-            f"(median {median:.4g} mm); the volume uses the median, so slice positions are off by up "
-            f"to {worst:.3g} mm"
-        )
-    return notes
+        where = (f"a gap of {steps[i]:.4g} mm (about {missing} slice(s) of {median:.4g} mm) between slices "
+                 f"{i + 1} and {i + 2} of {n} (at {d[i]:.2f} and {d[i + 1]:.2f} mm along the slice normal)")
+        if missing > MAX_FILLED_SLICES:
+            too_large.append(where)
+        notes.append(f"missing slice(s): {where}; filled by linear interpolation between the slices on "
+                     f"either side")
+    others = np.delete(steps, gaps)
+    if np.any(np.abs(others - median) > max(0.01, 0.01 * median)):
+        notes.append(f"slice spacing is not uniform: steps from {steps.min():.4g} to {steps.max():.4g} mm "
+                     f"(median {median:.4g} mm)")
+    notes.append(f"resampled linearly along the slice normal onto a uniform {step:.4g} mm grid of "
+                 f"{grid_slices} slices (from {n}), so every slice keeps its true position")
+    refusal = ""
+    if too_large:
+        refusal = (f"slices are missing: {'; '.join(too_large)}; more than {MAX_FILLED_SLICES} missing slices "
+                   f"are too many to fill by interpolation, so the series is not loaded (find the missing "
+                   f"or unreadable files, listed with the skipped files)")
+    return notes, refusal
+
+
+def resample_slices(stack: np.ndarray, positions: Sequence[float], grid_slices: int, step: float) -> np.ndarray:
+    """Slices at ``positions`` (mm from the first, ascending) resampled linearly onto ``grid_slices``
+    slices ``step`` mm apart; a grid slice at an input slice's position is that slice, unchanged."""
+    pos = np.asarray(positions, dtype=float)
+    out = np.empty((grid_slices, *stack.shape[1:]), dtype=np.float32)
+    for k in range(grid_slices):
+        z = k * step
+        upper = int(np.clip(np.searchsorted(pos, z), 1, len(pos) - 1))
+        lower = upper - 1
+        nearest = lower if z - pos[lower] <= pos[upper] - z else upper
+        if abs(pos[nearest] - z) < SAME_POSITION_MM:
+            out[k] = stack[nearest]
+        else:
+            w = (z - pos[lower]) / (pos[upper] - pos[lower])
+            out[k] = (1.0 - w) * stack[lower].astype(np.float64) + w * stack[upper]
+    return out
 
 
 def _tilt_notes(points: np.ndarray, normal: np.ndarray, step: float) -> list[str]:

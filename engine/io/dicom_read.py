@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
-from engine.io.dicom_geometry import orientation_letters
+from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry
 from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import SliceInfo, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
@@ -74,12 +74,12 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         paths=tuple(dict.fromkeys(s.path for s in group.slices)),
         description=describe(tags, group.part),
         modality=modality,
-        shape_zyx=(len(group.slices), first.rows, first.columns),
+        shape_zyx=(geometry.n_slices, first.rows, first.columns),
         spacing_xyz=geometry.spacing,
         orientation=orientation,
         patient=_patient(tags),
         study=_study(tags),
-        notes=tuple(group.notes),
+        notes=(*group.notes, *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         synthetic=read_dicom_tags(tags)["synthetic"],
         loader=functools.partial(load_series, group, tags),
     )
@@ -119,32 +119,51 @@ def _modality(tags: dict[str, str]) -> str | None:
 # -- loading ---------------------------------------------------------------------------------------
 def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn = noop,
                 cancel: CancelToken | None = None) -> Volume:
-    """Read the voxels of one scanned series into a float32 :class:`Volume` in physical units."""
+    """Read the voxels of one scanned series into a float32 :class:`Volume` in physical units.
+
+    In a stack of positioned slices, a slice whose pixels cannot be decoded counts as missing: it
+    is filled by interpolation like a missing file, or the series is refused when the gap is too wide.
+    """
     slices = group.slices
     first = slices[0]
     n, rows, cols = len(slices), first.rows, first.columns
-    ensure_fits_in_memory(first.path, n * rows * cols * 4)
+    folder = _source(slices)
+    if group.geometry.refusal:
+        raise VolumeIOError(folder, group.geometry.refusal)
+    resampled = group.geometry.grid_slices if group.positioned else 0
+    ensure_fits_in_memory(first.path, (n + resampled) * rows * cols * 4)
     array = np.empty((n, rows, cols), dtype=np.float32)
+    unreadable: list[tuple[int, VolumeIOError]] = []
     cached_path, pixels = None, None
     for k, s in enumerate(slices):
         check_cancel(cancel)
-        if s.path != cached_path:
-            pixels = None                     # free the previous file's pixels before decoding
-            pixels, cached_path = _decode(s), s.path
-        frame = pixels if s.frame is None else _frame(pixels, s)
+        try:
+            if s.path != cached_path:
+                pixels = None                     # free the previous file's pixels before decoding
+                pixels, cached_path = _decode(s), s.path
+            frame = pixels if s.frame is None else _frame(pixels, s)
+        except VolumeIOError as exc:
+            if not group.positioned or n == 1:
+                raise
+            unreadable.append((k, exc))
+            continue
         if frame.shape != (rows, cols):
             raise VolumeIOError(s.path, f"image is {frame.shape[0]}×{frame.shape[1]} pixels, "
                                         f"the series expects {rows}×{cols}")
         array[k] = frame.astype(np.float64) * s.slope + s.intercept      # one rounding to float32
         progress(Progress(k + 1, n, f"read slice {k + 1} of {n}"))
+    g, notes = group.geometry, list(group.notes)
+    if unreadable:
+        array, g, notes = _without_unreadable(array, group, unreadable, folder)
+    if g.positions:
+        array = resample_slices(array, g.positions, g.grid_slices, g.spacing[2])
     modality = _modality(tags)
-    unit, notes = _units(array, group, tags, modality)
-    g = group.geometry
-    source = first.path if len({s.path for s in slices}) == 1 else os.path.commonpath([s.path for s in slices])
+    unit, unit_notes = _units(array, group, tags, modality)
     return Volume(
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
-        source=source, notes=tuple(group.notes + notes),
-        dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS}, **slice_references(slices, tags)},
+        source=folder, notes=tuple(notes + unit_notes),
+        dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS},
+               **({} if unreadable or g.positions else slice_references(slices, tags))},   # 1:1 slices only
         **read_dicom_tags(tags),
     )
 
@@ -155,6 +174,29 @@ def slice_references(slices: list[SliceInfo], tags: dict[str, str]) -> dict[str,
     multi-frame image)."""
     refs = (s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices)
     return {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
+
+
+def _source(slices: list[SliceInfo]) -> str:
+    paths = {s.path for s in slices}
+    return slices[0].path if len(paths) == 1 else os.path.commonpath(sorted(paths))
+
+
+def _without_unreadable(array: np.ndarray, group: SeriesGroup, unreadable: list[tuple[int, VolumeIOError]],
+                        folder: str):
+    """The stack without the slices that could not be decoded, its new geometry and notes."""
+    bad = {k for k, _ in unreadable}
+    kept = [s for k, s in enumerate(group.slices) if k not in bad]
+    if not kept:
+        raise unreadable[0][1]
+    geometry = stack_geometry(kept[0].iop, [s.ipp for s in kept], kept[0].pixel_spacing,
+                              tie_break=[(s.instance, s.path, s.frame or 0) for s in kept],
+                              thickness=kept[0].thickness)
+    named = [f"unreadable slice {k + 1} of {len(group.slices)}, treated as missing: {exc}" for k, exc in unreadable]
+    if geometry.refusal:
+        raise VolumeIOError(folder, f"{geometry.refusal}; {'; '.join(named)}")
+    rows = [k for k in range(len(group.slices)) if k not in bad]
+    unchanged = [note for note in group.notes if note not in group.geometry.notes]
+    return array[[rows[i] for i in geometry.order]], geometry, [*named, *unchanged, *geometry.notes]
 
 
 def _decode(s: SliceInfo) -> np.ndarray:

@@ -1,6 +1,7 @@
 """NIfTI, MHA/MHD and NRRD volumes through SimpleITK: header-only scans, loads, atomic writes."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
+from engine.io.data_size import check_voxel_data
 from engine.io.errors import VolumeIOError
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
 from engine.io.volume import Volume
@@ -32,7 +34,15 @@ def _read_info(path: Path) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise VolumeIOError(path, f"cannot be read as a {file_kind(path)} image ({_first_line(exc)})") from None
+    check_voxel_data(path, _voxel_bytes(reader))
     return reader
+
+
+def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
+    """How many bytes of voxels the header promises (every volume of a 4-D file, every component)."""
+    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    item = sitk.GetArrayViewFromImage(one).itemsize
+    return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * item
 
 
 def _is_nifti2(path: Path) -> bool:
@@ -58,9 +68,11 @@ def _nifti2_header(path: Path):
     import nibabel
 
     try:
-        return nibabel.load(str(path))
+        image = nibabel.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged header
         raise VolumeIOError(path, f"cannot be read as a NIfTI-2 image ({exc})") from None
+    check_voxel_data(path, int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize)
+    return image
 
 
 def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
@@ -116,7 +128,8 @@ def scan_file(path: str | Path) -> Catalog:
     n_volumes = 1
     if dim == 4:
         n_volumes = size[3]
-        notes.append(f"4-D image with {n_volumes} volumes: pick one as {path}#INDEX (0…{n_volumes - 1})")
+        if n_volumes > 1:
+            notes.append(_four_d_note(path, n_volumes))
     elif dim not in (2, 3):
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
@@ -134,8 +147,29 @@ def scan_file(path: str | Path) -> Catalog:
         orientation=_orientation_of(reader, dim),
         notes=tuple(notes),
         synthetic=_itk_mark(reader)["synthetic"],
+        volumes=n_volumes,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
+    return Catalog(entries=[entry])
+
+
+def _four_d_note(path: Path, n_volumes: int) -> str:
+    return (f"4-D image with {n_volumes} volumes: opening it asks which one (on the command line "
+            f"name it as {path}#INDEX, INDEX 0…{n_volumes - 1})")
+
+
+def scan_volume_of(path: str | Path, index: int) -> Catalog:
+    """The entry of volume ``index`` of a 4-D file (what ``FILE#INDEX`` names)."""
+    path = Path(path)
+    whole = scan_file(path).entries[0]
+    if whole.volumes == 1 and index == 0:
+        return Catalog(entries=[whole])
+    if not 0 <= index < whole.volumes:
+        raise VolumeIOError(path, f"volume index {index} is outside 0…{whole.volumes - 1}")
+    entry = dataclasses.replace(
+        whole, key=f"{path}#{index}", description=f"{path.name} #{index} (volume {index + 1} of {whole.volumes})",
+        notes=tuple(n for n in whole.notes if not n.startswith("4-D image")), volumes=1,
+        loader=lambda progress, cancel: load_file(path, index, progress=progress, cancel=cancel))
     return Catalog(entries=[entry])
 
 
@@ -143,7 +177,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     shape = tuple(image.shape) + (1,) * max(0, 3 - len(image.shape))
     notes = []
     if len(shape) == 4 and shape[3] > 1:
-        notes.append(f"4-D image with {shape[3]} volumes: pick one as {path}#INDEX (0…{shape[3] - 1})")
+        notes.append(_four_d_note(path, shape[3]))
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     direction = _orthonormal(affine[:3, :3] / spacing)
@@ -153,6 +187,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         modality=modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
         spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
         synthetic=_nibabel_mark(image)["synthetic"],
+        volumes=shape[3] if len(shape) == 4 else 1,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
     return Catalog(entries=[entry])
@@ -172,14 +207,9 @@ def _orthonormal(d: np.ndarray) -> np.ndarray:
 
 def load_file(path: str | Path, volume_index: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Volume:
-    """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units)."""
-    text = str(path)
-    if volume_index is None and "#" in Path(text).name:
-        text, _, idx = text.rpartition("#")
-        if not idx.isdigit():
-            raise VolumeIOError(path, f"volume index {idx!r} after '#' is not a number")
-        volume_index = int(idx)
-    path = Path(text)
+    """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units);
+    ``volume_index`` picks one volume of a 4-D file."""
+    path = Path(path)
     if not path.exists():
         raise VolumeIOError(path, "no such file")
     check_cancel(cancel)
@@ -203,6 +233,8 @@ def _load_itk(path: Path, volume_index: int | None) -> Volume:
     dim = reader.GetDimension()
     size = list(reader.GetSize())
     if dim == 4:
+        if volume_index is None and size[3] == 1:
+            volume_index = 0
         if volume_index is None:
             raise VolumeIOError(path, f"is a 4-D image with {size[3]} volumes: pick one as {path}#INDEX")
         if not 0 <= volume_index < size[3]:

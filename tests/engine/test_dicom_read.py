@@ -233,18 +233,48 @@ def test_oblique_series_with_shuffled_files_matches_simpleitk(tmp_path):
     assert vol.notes == () and vol.dicom["PatientID"] == "NIB-0001"
 
 
-def test_a_missing_slice_is_named_and_the_data_kept(tmp_path):
+def test_a_missing_slice_keeps_every_slice_at_its_true_position(tmp_path):
     data = anatomical()[:12]
     paths = write_series(tmp_path / "s", data)
     paths[6].unlink()                                   # slice 7 of 12 is gone
     vol = io.load(tmp_path / "s")
-    assert vol.shape == (11, 41, 33)
-    np.testing.assert_array_equal(vol.array, np.delete(data, 6, axis=0))
+    assert vol.shape == (12, 41, 33)                    # the grid spans the stack: 12 slices 2.5 mm apart
     assert vol.spacing[2] == pytest.approx(2.5, abs=1e-5)
+    kept = [k for k in range(12) if k != 6]
+    np.testing.assert_array_equal(vol.array[kept], data[kept])          # untouched, where they were
+    np.testing.assert_allclose(vol.array[6], (data[5].astype(np.float32) + data[7]) / 2, atol=1e-3)
+    write_series(tmp_path / "full", data)
+    assert vol.same_grid(io.load(tmp_path / "full"))     # the grid of the complete series
     gap = [n for n in vol.notes if n.startswith("missing slice")]
-    assert len(gap) == 1 and "between slices 6 and 7 of 11" in gap[0] and "about 1 slice" in gap[0]
+    assert len(gap) == 1 and "between slices 6 and 7 of 11" in gap[0] and "interpolation" in gap[0]
     entry = io.scan(tmp_path / "s").entries[0]
+    assert entry.shape_zyx == (12, 41, 33)
     assert any(n.startswith("missing slice") for n in entry.notes)          # shown before loading
+
+
+def test_a_gap_too_wide_to_fill_is_refused_with_the_reason(tmp_path):
+    data = anatomical()[:14]
+    paths = write_series(tmp_path / "s", data)
+    for p in paths[5:10]:                               # five slices in a row are gone
+        p.unlink()
+    entry = io.scan(tmp_path / "s").entries[0]
+    assert any(n.startswith("cannot be loaded") for n in entry.notes)
+    with pytest.raises(io.VolumeIOError, match=r"about 5 slice\(s\).*too many to fill") as err:
+        entry.load()
+    assert str(tmp_path / "s") in str(err.value)
+
+
+def test_an_undecodable_slice_counts_as_missing(tmp_path):
+    data = anatomical()[:8]
+    paths = write_series(tmp_path / "s", data)
+    ds = pydicom.dcmread(paths[3])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless      # claims JPEG 2000, holds raw bytes
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(64)])
+    ds.save_as(paths[3], enforce_file_format=True)
+    vol = io.load(tmp_path / "s")
+    assert vol.shape == (8, 41, 33)
+    np.testing.assert_allclose(vol.array[3], (data[2].astype(np.float32) + data[4]) / 2, atol=1e-3)
+    assert any(n.startswith("unreadable slice 4 of 8") and paths[3].name in n for n in vol.notes)
 
 
 def test_uneven_spacing_is_reported(tmp_path):

@@ -1,6 +1,7 @@
 """NIfTI / MHA / NRRD reading and writing: geometry and values exact, bad input named clearly."""
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,9 +129,69 @@ def test_volume_too_large_for_memory_is_refused(tmp_path, monkeypatch):
     path = io.save(_oblique_volume(), tmp_path / "v.mha")
     import engine.io.catalog as catalog
 
-    monkeypatch.setattr(catalog.os, "sysconf", lambda name: 0 if name == "SC_AVPHYS_PAGES" else 4096)
-    with pytest.raises(io.VolumeIOError, match="GiB of memory"):
+    monkeypatch.setattr(catalog, "available_memory", lambda: 2048)
+    with pytest.raises(io.VolumeIOError, match="GiB of memory is available; close volumes"):
         io.load(path)
+
+
+def test_available_memory_is_what_the_system_can_give():
+    import engine.io.catalog as catalog
+
+    available = catalog.available_memory()
+    assert available is not None and 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert available >= os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.9   # caches count too
+
+
+def _lying_header(path: Path, shape=(1024, 1024, 1024), data=b"\1" * 8192) -> Path:
+    """A NIfTI file whose header promises ``shape`` int16 voxels but holds only ``data``."""
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    raw = header.binaryblock + bytes(4) + data
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_a_header_promising_more_than_the_file_holds_is_refused(tmp_path, name):
+    path = _lying_header(tmp_path / name)
+    with pytest.raises(io.VolumeIOError, match=r"promises 2\.0 GiB of voxel data") as err:
+        io.scan(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(io.VolumeIOError, match="truncated or its header is wrong"):
+        io.load(path)
+
+
+def test_a_gzip_file_too_short_for_its_header_is_refused_from_its_trailer(tmp_path):
+    path = _lying_header(tmp_path / "short.nii.gz", shape=(64, 64, 64), data=bytes(64 * 64 * 63 * 2))
+    with pytest.raises(io.VolumeIOError, match="unpacks to less"):
+        io.scan(path)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".mhd", ".nii"])
+def test_a_truncated_file_is_refused_before_reading(tmp_path, suffix):
+    out = tmp_path / f"whole{suffix}"
+    image = sitk.GetImageFromArray(np.ones((20, 30, 40), np.int16))
+    sitk.WriteImage(image, str(out), useCompression=False)
+    data = out.with_suffix(".raw") if suffix == ".mhd" else out
+    data.write_bytes(data.read_bytes()[:-5000])
+    with pytest.raises(io.VolumeIOError, match=r"promises 46\.9 KiB of voxel data but the file holds"):
+        io.scan(out)
+
+
+@pytest.mark.parametrize("name", ["scaled.nii", "scaled.nii.gz"])
+def test_stored_integers_with_a_scale_pass_the_check(tmp_path, name):
+    image = nibabel.Nifti1Image(np.full((20, 30, 40), 7, np.int16), np.eye(4))
+    image.header.set_slope_inter(2.0, -1024.0)              # read as float, stored as int16
+    nibabel.save(image, tmp_path / name)
+    np.testing.assert_array_equal(io.load(tmp_path / name).array, 7 * 2.0 - 1024)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii.gz"])
+def test_compressed_files_that_hold_their_data_pass_the_check(tmp_path, suffix):
+    vol = Volume(np.zeros((64, 64, 64), np.float32), modality="CT", unit="HU")     # compresses very well
+    back = io.load(io.save(vol, tmp_path / f"zeros{suffix}"))
+    assert back.shape == (64, 64, 64)
 
 
 def test_cli_info_and_convert(tmp_path):
@@ -187,3 +248,73 @@ def test_cli_info_reports_a_synthetic_file(tmp_path):
     assert "SYNTHETIC" in run("info", str(out)).stdout
     plain = run("info", str(io.save(_oblique_volume(), tmp_path / "t2.nii.gz")), "--json")
     assert json.loads(plain.stdout)["series"][0]["synthetic"] is False
+
+
+def test_a_volume_of_a_4d_file_is_listed_by_its_index(tmp_path, capsys):
+    src = NIBABEL_DATA / "example4d.nii.gz"
+    whole = io.scan(src).entries[0]
+    assert whole.volumes == 2
+    entry = io.scan(f"{src}#1").entries[0]
+    assert entry.key == f"{src}#1" and entry.volumes == 1 and "volume 2 of 2" in entry.description
+    assert not any(n.startswith("4-D image") for n in entry.notes)
+    np.testing.assert_array_equal(entry.load().array, io.load(f"{src}#1").array)
+    with pytest.raises(io.VolumeIOError, match="outside 0…1"):
+        io.scan(f"{src}#2")
+    from engine.cli import run_cli
+
+    assert run_cli(["info", f"{src}#1", "--json"]) == 0                 # as `convert` takes it
+    assert json.loads(capsys.readouterr().out)["series"][0]["key"] == f"{src}#1"
+
+
+def _picture(path: Path, pixels: np.ndarray, spacing=None) -> Path:
+    image = sitk.GetImageFromArray(pixels, isVector=pixels.ndim == 3)
+    sitk.WriteImage(image, str(path))
+    if spacing is not None and path.suffix == ".png":              # a pHYs chunk, in pixels per metre
+        import struct
+        import zlib
+
+        data = path.read_bytes()
+        body = b"pHYs" + struct.pack(">IIB", round(1000 / spacing[0]), round(1000 / spacing[1]), 1)
+        chunk = struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body))
+        path.write_bytes(data[:33] + chunk + data[33:])             # after the IHDR chunk
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp"])
+def test_a_2d_picture_opens_as_a_one_slice_volume(tmp_path, suffix):
+    pixels = (np.arange(30 * 40).reshape(30, 40) % 200).astype(np.uint8)
+    path = _picture(tmp_path / f"slice{suffix}", pixels)
+    entry = io.scan(path).entries[0]
+    assert entry.shape_zyx == (1, 30, 40) and entry.orientation == "2-D"
+    vol = io.load(path)
+    assert vol.shape == (1, 30, 40) and vol.spacing == (1.0, 1.0, 1.0)
+    if suffix != ".jpg":                                           # JPEG is lossy
+        np.testing.assert_array_equal(vol.array[0], pixels)
+    assert any("one-slice volume" in n and "pixel spacing 1 × 1 mm" in n for n in vol.notes)
+    assert any("not physical units" in n for n in vol.notes)
+
+
+def test_a_picture_keeps_its_stated_resolution_and_colour_becomes_grey(tmp_path):
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 200, 100
+    path = _picture(tmp_path / "photo.png", rgb, spacing=(0.25, 0.5))
+    vol = io.load(path)
+    assert vol.spacing == pytest.approx((0.25, 0.5, 1.0), rel=1e-3)
+    assert any("from the file's resolution" in n for n in vol.notes)
+    np.testing.assert_allclose(vol.array, 0.299 * 200 + 0.587 * 100, atol=1e-3)
+    assert any(n.startswith("colour picture") for n in vol.notes)
+
+
+def test_a_screen_default_resolution_is_not_taken_for_a_pixel_size(tmp_path):
+    path = _picture(tmp_path / "screenshot.png", np.zeros((8, 8), np.uint8), spacing=(25.4 / 96, 25.4 / 96))
+    vol = io.load(path)
+    assert vol.spacing == (1.0, 1.0, 1.0)
+    assert any("96 dpi is a screen default" in n for n in vol.notes)
+
+
+def test_pictures_in_a_folder_are_listed_only_without_volumes(tmp_path):
+    _picture(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    _picture(tmp_path / "b.png", np.ones((8, 8), np.uint8))
+    assert [Path(e.paths[0]).name for e in io.scan(tmp_path).entries] == ["a.png", "b.png"]
+    io.save(_oblique_volume(), tmp_path / "t2.nii.gz")
+    assert [Path(e.paths[0]).name for e in io.scan(tmp_path).entries] == ["t2.nii.gz"]
