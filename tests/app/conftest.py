@@ -93,3 +93,37 @@ def no_default_model(monkeypatch, tmp_path):
     import app.synthesis
 
     monkeypatch.setattr(app.synthesis, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
+
+
+@pytest.fixture
+def make_window(qtbot):
+    """make_window(settings=None): a main window with ``settings`` (default: none set), shown and
+    exposed at a desktop size."""
+    from app.main_window import MainWindow
+    from app.settings import Settings
+
+    def make(settings=None):
+        win = MainWindow(settings or Settings())
+        qtbot.addWidget(win)
+        win.resize(1400, 900)
+        win.show()
+        qtbot.waitExposed(win)
+        return win
+    return make
+
+
+@pytest.fixture
+def study_window(qtbot, make_window, study_folder, wait_loaded):
+    """study_window(model_dir): a window with that model, the study's CT (the reference) and T2 (the
+    source, in the viewer) loaded, once the engine is imported."""
+    from app.settings import Settings
+
+    def make(model):
+        win = make_window(Settings(model_dirs=[str(model)]))
+        qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)   # the engine is imported
+        win.open_paths([str(study_folder)])
+        wait_loaded(win)
+        win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
+        wait_loaded(win, 2)
+        return win
+    return make

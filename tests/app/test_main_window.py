@@ -15,13 +15,8 @@ from app.views.window_layout import STUDIES_MIN_ROWS
 
 
 @pytest.fixture
-def window(qtbot):
-    win = MainWindow(Settings())
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitExposed(win)
-    return win
+def window(make_window):
+    return make_window()
 
 
 def file_mime(*paths) -> QMimeData:

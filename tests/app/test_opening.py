@@ -16,22 +16,15 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QListView, QMessageBox
 
 from app import about
-from app.main_window import MainWindow
 from app.open_dialogs import VolumePicker
-from app.settings import Settings
 from app.state.geometry import Plane
 
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 
 
 @pytest.fixture
-def window(qtbot):
-    win = MainWindow(Settings())
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitExposed(win)
-    return win
+def window(make_window):
+    return make_window()
 
 
 def test_a_dicom_series_with_a_missing_slice_shows_a_banner_and_keeps_true_positions(

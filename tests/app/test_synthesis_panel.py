@@ -27,23 +27,9 @@ def tiny_model(tmp_path_factory):
     return folder
 
 
-def _window_with(qtbot, model, study_folder, wait_loaded) -> MainWindow:
-    """A window with ``model``, the CT (reference) and the T2 (source, in the viewer) loaded."""
-    win = MainWindow(Settings(model_dirs=[str(model)]))
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)   # the engine is imported
-    win.open_paths([str(study_folder)])
-    wait_loaded(win)
-    win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
-    wait_loaded(win, 2)
-    return win
-
-
 @pytest.fixture
-def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded):
-    return _window_with(qtbot, tiny_model, study_folder, wait_loaded)
+def window(no_default_model, tiny_model, study_window):
+    return study_window(tiny_model)
 
 
 def targets(panel) -> list[str]:
@@ -168,8 +154,8 @@ def guarded_model(tmp_path, study_folder):
 
 
 @pytest.fixture
-def guarded_window(qtbot, no_default_model, guarded_model, study_folder, wait_loaded):
-    return _window_with(qtbot, guarded_model, study_folder, wait_loaded)
+def guarded_window(no_default_model, guarded_model, study_window):
+    return study_window(guarded_model)
 
 
 def synthesize(qtbot, window, count: int):

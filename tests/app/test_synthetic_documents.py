@@ -13,7 +13,6 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 from engine import io
 from engine.inference.random_model import write_random_model
 from app.main_window import MainWindow
-from app.settings import Settings
 
 ROUTES = (("T2", "CT"), ("CT", "T2"))
 
@@ -25,17 +24,9 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture
-def window(qtbot, no_default_model, tiny_model, study_folder, wait_loaded) -> MainWindow:
+def window(qtbot, no_default_model, tiny_model, study_window) -> MainWindow:
     """The CT (the reference) and the T2 (the source, in the viewer) of one study loaded."""
-    win = MainWindow(Settings(model_dirs=[str(tiny_model)]))
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: bool(win.synthesis.modalities), timeout=60000)   # the engine is imported
-    win.open_paths([str(study_folder)])
-    wait_loaded(win)
-    win.load_entry(next(e for e in win.browser.entries() if e.modality == "T2"))
-    wait_loaded(win, 2)
+    win = study_window(tiny_model)
     qtbot.waitUntil(lambda: win.synthesis.run_button.isEnabled(), timeout=30000)
     return win
 
