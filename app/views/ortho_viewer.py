@@ -102,7 +102,8 @@ class OrthoViewer(QWidget):
         doc.display.changed.connect(self._on_window_changed)
         self._on_window_changed(doc.display.levels)
         self.details.setHtml(volume_details(doc))
-        self.notes_banner.show_notes(volume.notes)
+        self.notes_banner.show_notes(volume.notes, "Notes on this synthetic volume" if doc.synthetic
+                                     else "Loading notes")
         if self.volume_3d is not None:
             self.volume_3d.show_document(doc)
 

@@ -86,6 +86,10 @@ def test_a_synthetic_volume_has_its_row_beside_its_source_shows_and_closes(qtbot
     _double_click(qtbot, browser.tree, rows[0])
     assert window.viewer.document is first and window.tabs.currentWidget() is window.viewer
     assert window.viewer.views[next(iter(window.viewer.views))].banner.isVisibleTo(window.viewer)
+    assert window.viewer.notes_banner.text().startswith("<b>Notes on this synthetic volume:</b>")
+    window.workspace.activate(reference)
+    assert "Notes on this synthetic volume" not in window.viewer.notes_banner.text()
+    _double_click(qtbot, browser.tree, rows[0])
 
     proposed = answer_save_dialog(monkeypatch, tmp_path)
     menu = browser.context_menu(rows[1])
