@@ -9,6 +9,7 @@ Reference, or PatientID) gives the same replacement within it — two series of 
 match — and a different one in another session (a random salt)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 from functools import cache
@@ -44,6 +45,12 @@ class Anonymiser:
     def __init__(self, accept_burned_in: bool = False) -> None:
         self.accept_burned_in = accept_burned_in
         self._salt = secrets.token_hex(16)
+
+    def accepting_burned_in(self) -> Anonymiser:
+        """This session (the same salt: the same replacements) with a burned-in series accepted."""
+        other = copy.copy(self)
+        other.accept_burned_in = True
+        return other
 
     def uid(self, uid: str) -> str:
         """The replacement of ``uid`` in this session: a 2.25 UID (PS3.5 B.2) from 128 bits of the
