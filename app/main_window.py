@@ -238,7 +238,8 @@ class MainWindow(QMainWindow):
         if loaded is not None:
             done(loaded)
             return
-        self.runner.run(lambda progress, cancel: entry.load(progress, cancel), name=f"load {entry.key}",
+        where = entry.paths[0] if entry.paths else "volume"     # not the key: a DICOM key is a UID (PHI in the log)
+        self.runner.run(lambda progress, cancel: entry.load(progress, cancel), name=f"load {where}",
                         progressed=self.status.show_task,
                         finished=lambda volume: self._on_loaded(entry, volume, done),
                         failed=lambda message: self._on_load_failed(entry, message))

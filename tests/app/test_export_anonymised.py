@@ -1,7 +1,8 @@
 """File → Export Anonymised…: the DICOM series written holds no name, ID, date or source text (the
 Basic Profile itself is checked attribute by attribute in tests/engine/test_deidentify.py), nor do
 the proposed name, the dialog's title, the log or the settings; two series of one study exported in
-one app session keep one study; a series with burned-in annotation goes only when the user says so."""
+one app session keep one study; a series with burned-in annotation goes only when the user says so;
+a failed load logs the file, not the series UID."""
 import json
 import logging
 from pathlib import Path
@@ -93,3 +94,16 @@ def test_burned_in_annotation_is_exported_anonymised_only_when_the_user_accepts(
         first = pydicom.dcmread(next(_export_anonymised(qtbot, window).iterdir()))
         assert first.BurnedInAnnotation == "YES" and first.PatientIdentityRemoved == "YES"
     assert len(asked) == 1 and "burned-in annotation" in asked[0]
+
+
+def test_a_failed_load_logs_the_file_not_the_series_uid(qtbot, make_window, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    folder = _series(tmp_path, "T1")
+    entry = io.scan(folder).entries[0]
+    for path in folder.iterdir():
+        path.unlink()                                       # gone between the scan and the load
+    window = make_window()
+    window.load_entry(entry)
+    qtbot.waitUntil(lambda: any(r.getMessage().startswith("load ") for r in caplog.records), timeout=20000)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert entry.paths[0] in logged and entry.key.split(".")[-1] not in logged
