@@ -31,6 +31,7 @@ METHOD = "PS3.15 Annex E Basic Profile, Clean Descriptors, Safe Private"      # 
 # our descriptors: made by us from the modality only, never from the source's text (Clean Descriptors)
 OWN_DESCRIPTORS = ((0x0008, 0x103E), (0x0008, 0x2111), (0x0020, 0x4000))   # Series / Derivation desc., ImageComments
 PATIENT_ID = (0x0010, 0x0020)
+DUMMY_DATES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000"}
 
 
 def burned_in(volume: Volume) -> bool:
@@ -137,14 +138,15 @@ def _uid_tags() -> tuple[tuple[int, int], ...]:
 
 
 def _date_rules(ds: Dataset) -> dict:
-    """Dates and times emptied (Z) or removed (X): the library's dummy 00010101 is a date that DICOM
-    validators reject, and zero length is what the profile asks first."""
+    """Dates and times: emptied where the table allows Z, else (D, X/D: a type 1 attribute such as
+    the PET Series' SeriesDate needs a value) a fixed dummy. Not the library's 00010101, a date
+    DICOM validators reject."""
     rules = {}
     for element in ds:
         tag = (element.tag.group, element.tag.element)
         action = _profile_table().get(tag)
-        if element.VR in ("DA", "DT", "TM") and action is not None:
-            rules[tag] = _remove if action.__name__ in ("delete", "delete_or_replace") else _empty
+        if element.VR in DUMMY_DATES and action is not None:
+            rules[tag] = _dummy if action.__name__ in ("replace", "delete_or_replace") else _empty
     return rules
 
 
@@ -153,9 +155,9 @@ def _empty(ds: Dataset, tag: tuple[int, int]) -> None:
         ds[tag].value = ""
 
 
-def _remove(ds: Dataset, tag: tuple[int, int]) -> None:
+def _dummy(ds: Dataset, tag: tuple[int, int]) -> None:
     if tag in ds:
-        del ds[tag]
+        ds[tag].value = DUMMY_DATES[ds[tag].VR]
 
 
 def _known_modality(name: str | None) -> bool:
