@@ -1,7 +1,7 @@
 """What the user exports, written atomically: a volume (NIfTI / MHA / DICOM derived series, under
 a proposed name that says what it is; the engine's writers mark a synthetic volume in the file's
-header), a screenshot PNG, the metrics CSV. The engine's I/O (SimpleITK) is imported on first use,
-so the window opens without it."""
+header), optionally anonymised to the DICOM Basic Profile (engine.io.deidentify), a screenshot PNG,
+the metrics CSV. The engine's I/O (SimpleITK) is imported on first use, so the window opens without it."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +15,7 @@ from app.state.workspace import Document
 
 if TYPE_CHECKING:
     from app.state.comparison import ComparisonResult
+    from engine.io.deidentify import Anonymiser
 
 VOLUME_FILTERS = {
     "NIfTI (*.nii.gz)": ".nii.gz",
@@ -32,10 +33,21 @@ def export_path(chosen: str, name_filter: str) -> Path:
     return path
 
 
-def proposed_name(doc: Document) -> str:
+BURNED_IN_QUESTION = ("The series this volume comes from says its pixels carry burned-in annotation "
+                      "(BurnedInAnnotation YES). An anonymised export removes names, IDs, dates and descriptions "
+                      "from the header, but it does not change the pixels: text burned into the image may still "
+                      "identify the patient.\n\nExport it anonymised anyway?")
+
+
+def proposed_name(doc: Document, anonymised: bool = False) -> str:
     """The file name Export offers: what the volume is — ``CT_synthetic_from_CBCT`` (``…_2`` for the
-    second of the same kind) — or the stem of the file or series it was loaded from."""
+    second of the same kind) — or the stem of the file or series it was loaded from; anonymised, never
+    the source's name: ``CT_anonymised``."""
     volume = doc.volume
+    if anonymised and not doc.synthetic:
+        return f"{volume.modality or 'volume'}_anonymised"
+    if anonymised:
+        return f"{proposed_name(doc)}_anonymised"
     if not doc.synthetic:
         return Path(doc.title).name.split(".")[0] or "volume"
     made_from = f"_from_{volume.derived_from}" if volume.derived_from else ""
@@ -44,11 +56,27 @@ def proposed_name(doc: Document) -> str:
 
 
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
-                  cancel: CancelToken | None = None) -> Path:
-    """Write a document's volume, described by its title (the writers add a synthetic one's marking)."""
+                  cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None) -> Path:
+    """Write a document's volume, described by its title (the writers add a synthetic one's marking);
+    with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified."""
     from engine import io
 
-    return io.save(doc.volume, path, description=doc.title, progress=progress, cancel=cancel)
+    return io.save(doc.volume, path, description=doc.title, anonymise=anonymiser or False, progress=progress,
+                   cancel=cancel)
+
+
+def anonymised_export_session() -> Anonymiser:
+    """A new export session for anonymised exports (the same source UIDs map to the same new ones in it)."""
+    from engine.io.deidentify import Anonymiser
+
+    return Anonymiser()
+
+
+def says_burned_in(doc: Document) -> bool:
+    """Whether the document's DICOM source says its pixels carry burned-in annotation."""
+    from engine.io.deidentify import burned_in
+
+    return burned_in(doc.volume)
 
 
 def save_png(image: QImage, path: str | Path) -> Path:

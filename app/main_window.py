@@ -11,7 +11,8 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
 
 from app import about
-from app.export import VOLUME_FILTERS, export_path, export_volume, proposed_name, save_png, write_metrics_csv
+from app.export import (BURNED_IN_QUESTION, VOLUME_FILTERS, anonymised_export_session, export_path, export_volume,
+                        proposed_name, save_png, says_burned_in, write_metrics_csv)
 from app.open_dialogs import VolumePicker, open_file_dialog
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
@@ -32,6 +33,7 @@ from app.workers import Task, TaskRunner
 
 if TYPE_CHECKING:
     from engine.io import Catalog, SeriesEntry
+    from engine.io.deidentify import Anonymiser
 
 
 STARTUP_DELAY_MS = 150     # let the window paint before the engine imports compete for the CPU
@@ -63,6 +65,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{about.APP_NAME} — {about.RESEARCH_NOTICE.lower()}")
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
+        self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
         self.comparison = ComparisonView(self.workspace, self.cursor, self.runner)
@@ -134,6 +137,9 @@ class MainWindow(QMainWindow):
             "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
                                    "Write the volume you are looking at (the viewer's, or the comparison's "
                                    "synthetic) as NIfTI, MHA or a DICOM series"),
+            "export_anonymised": self._action("Export Anonymised…", self.choose_anonymised_export,
+                                              tip="Export without names, IDs, dates or source descriptions "
+                                                  "(DICOM PS3.15 Basic Confidentiality Profile)"),
             "metrics": self._action("Export Metrics (CSV)…", self.export_metrics),
             "screenshot": self._action("Screenshot…", self.choose_screenshot, "Ctrl+Shift+S",
                                        "Save the current view (viewer or comparison) as PNG"),
@@ -160,7 +166,7 @@ class MainWindow(QMainWindow):
         menu.addActions([a["open_file"], a["open_folder"]])
         self.recent_menu = menu.addMenu("Recent")
         menu.addSeparator()
-        menu.addActions([a["export"], a["metrics"], a["screenshot"]])
+        menu.addActions([a["export"], a["export_anonymised"], a["metrics"], a["screenshot"]])
         menu.addSeparator()
         menu.addAction(a["quit"])
         view = self.menuBar().addMenu("&View")
@@ -232,7 +238,8 @@ class MainWindow(QMainWindow):
         if loaded is not None:
             done(loaded)
             return
-        self.runner.run(lambda progress, cancel: entry.load(progress, cancel), name=f"load {entry.key}",
+        where = entry.paths[0] if entry.paths else "volume"     # not the key: a DICOM key is a UID (PHI in the log)
+        self.runner.run(lambda progress, cancel: entry.load(progress, cancel), name=f"load {where}",
                         progressed=self.status.show_task,
                         finished=lambda volume: self._on_loaded(entry, volume, done),
                         failed=lambda message: self._on_load_failed(entry, message))
@@ -336,18 +343,38 @@ class MainWindow(QMainWindow):
             self.log.add(f"Settings not saved: {describe_error(exc)}", "error")
 
     # -- exporting ----------------------------------------------------------------------------
-    def choose_export(self, doc: Document | None = None) -> None:
+    def choose_export(self, doc: Document | None = None, anonymised: bool = False) -> None:
         """Ask where to write ``doc`` (by default what the user is looking at), proposing a name
-        that says what it is, and export it."""
+        that says what it is, and export it (``anonymised``: de-identified, after asking whether a
+        series with burned-in annotation may go)."""
         doc = doc or self.document_in_view()
         if doc is None:
             self.report_error("There is no volume in the viewer to export.")
             return
-        start = str(self._save_folder() / proposed_name(doc))
-        path, name_filter = QFileDialog.getSaveFileName(self, f"Export {doc.title}", start,
-                                                        ";;".join(VOLUME_FILTERS))
+        anonymiser = self._anonymiser_for(doc) if anonymised else None
+        if anonymised and anonymiser is None:
+            return
+        start = str(self._save_folder() / proposed_name(doc, anonymised))
+        title = "Export anonymised" if anonymised else f"Export {doc.title}"
+        path, name_filter = QFileDialog.getSaveFileName(self, title, start, ";;".join(VOLUME_FILTERS))
         if path:
-            self.export_to(export_path(path, name_filter), doc)
+            self.export_to(export_path(path, name_filter), doc, anonymiser)
+
+    def choose_anonymised_export(self) -> None:
+        self.choose_export(anonymised=True)
+
+    def _anonymiser_for(self, doc: Document) -> Anonymiser | None:
+        """This window's export session (one for the app's run: two series of one study exported
+        anonymised still match), accepting burned-in annotation only when the user says so; None
+        when the user declines."""
+        if self._export_session is None:
+            self._export_session = anonymised_export_session()
+        if not says_burned_in(doc):
+            return self._export_session
+        answer = QMessageBox.question(self, "Burned-in annotation", BURNED_IN_QUESTION,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return self._export_session.accepting_burned_in() if answer == QMessageBox.StandardButton.Yes else None
 
     def _save_folder(self) -> Path:
         """Where save dialogs start: the folder last opened from, or home when there is none or it
@@ -357,10 +384,11 @@ class MainWindow(QMainWindow):
             return Path.home()
         return folder
 
-    def export_to(self, path: Path, doc: Document | None = None) -> Task:
-        """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker."""
+    def export_to(self, path: Path, doc: Document | None = None, anonymiser: Anonymiser | None = None) -> Task:
+        """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker (de-identified
+        with an ``anonymiser``)."""
         doc = doc or self.document_in_view()
-        return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel),
+        return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel, anonymiser),
                                name=f"export {path}", progressed=self.status.show_task,
                                finished=self._on_exported, failed=self.report_error)
 

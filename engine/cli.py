@@ -66,9 +66,30 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several; "
                                     "FILE#INDEX picks a volume of a 4-D file")
     p.add_argument("--modality", help="set the modality when it cannot be guessed (T1, T2, CT, …)")
-    p.add_argument("--anonymise", "--anonymize", action="store_true",
-                   help="DICOM output: replace patient identity and study UID")
+    add_anonymise_arguments(p)
     p.set_defaults(func=_cmd_convert)
+
+
+def add_anonymise_arguments(p: argparse.ArgumentParser) -> None:
+    """``--anonymise`` and ``--accept-burned-in`` (convert, synthesize)."""
+    p.add_argument("--anonymise", "--anonymize", action="store_true",
+                   help="de-identify the output to the DICOM Basic Application Level Confidentiality Profile "
+                        "(PS3.15 Annex E): identity, dates and source text removed, UIDs replaced; a file's "
+                        "header keeps only our own description")
+    p.add_argument("--accept-burned-in", action="store_true",
+                   help="with --anonymise: export a series whose source says its pixels carry burned-in "
+                        "annotation (BurnedInAnnotation YES; the pixels are not cleaned) instead of refusing it")
+
+
+def anonymiser_of(args: argparse.Namespace):
+    """The export session's Anonymiser for ``--anonymise`` (None without it)."""
+    if args.accept_burned_in and not args.anonymise:
+        raise ValueError("--accept-burned-in goes with --anonymise")
+    if not args.anonymise:
+        return None
+    from engine.io.deidentify import Anonymiser
+
+    return Anonymiser(accept_burned_in=args.accept_burned_in)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -79,9 +100,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.modality:
         mod = modalities.get(args.modality)
         volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)
+    anonymiser = anonymiser_of(args)
     desc = volume.dicom.get("SeriesDescription", "") or volume.name
-    out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=args.anonymise)
-    print(json.dumps({"output": str(out), **volume.describe()}))
+    out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=anonymiser or False)
+    described = volume.describe()
+    if anonymiser:                                   # what is printed holds no source text either
+        described["name"] = ""
+    print(json.dumps({"output": str(out), **described}))
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.cli import add_anonymise_arguments, anonymiser_of
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
                                          model_dir, open_synthesizer, sampling_settings, stderr_progress)
 from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(the axis with the largest spacing; default), or axial, coronal or sagittal")
     p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
+    add_anonymise_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -93,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
         card.check_route(args.source, target)          # fail before loading anything heavy
     output = Path(args.output)
     _check_output(output)
+    anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
+    if anonymiser:
+        anonymiser.prepare(volume, output)          # a burned-in source is refused before the model runs
     synth = open_synthesizer(args, folder)
     source, identified = resolve_source(synth, volume, args.source, progress)
     synth.card.check_route(source, target)
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     description = synth.describe(source, target, settings)
     if any(w != NO_PROFILE_NOTE for w in warnings):
         description = f"{OOD_MARK}{description}"
-    written = io.save(result, output, description=description)
+    written = io.save(result, output, description=description, anonymise=anonymiser or False)
     report = {
         "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,

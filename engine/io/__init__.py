@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError
@@ -15,6 +16,9 @@ from engine.io.image_files import image_kind, scan_image
 from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
+
+if TYPE_CHECKING:
+    from engine.io.deidentify import Anonymiser
 
 __all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "openable_name", "save", "scan"]
 
@@ -131,14 +135,19 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
     return entry.load(progress, cancel)
 
 
-def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool = False,
+def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool | Anonymiser = False,
          progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Path:
     """Write ``volume`` atomically: a file by its suffix, or a DICOM series into a folder
     (any path without an image suffix). ``description`` names what made it (e.g. the
-    synthesis route); a synthetic volume is marked in every format's header (engine.io.synthetic_mark);
-    ``anonymise`` applies to DICOM only."""
+    synthesis route); a synthetic volume is marked in every format's header (engine.io.synthetic_mark).
+    ``anonymise`` (True, or an Anonymiser shared by one export session) de-identifies to the DICOM
+    Basic Profile (engine.io.deidentify); a file's header then holds only our own description."""
     path = Path(path)
     if file_kind(path):
+        if anonymise:
+            from engine.io.deidentify import as_anonymiser
+
+            volume, description = as_anonymiser(anonymise).prepare(volume, path)
         return write_file(volume, path, description=description)
     if path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
         raise VolumeIOError(path, "unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")

@@ -30,7 +30,7 @@ IDENTITY_TAGS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
-    "Manufacturer", "BodyPartExamined", "PatientPosition",
+    "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation",
 )
 
 

@@ -45,7 +45,7 @@ SERIES_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
-    "SOPClassUID",
+    "SOPClassUID", "BurnedInAnnotation",
 )
 RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
                             "RadiopharmaceuticalStartDateTime")

@@ -20,11 +20,12 @@ Storage and encoding (int16 pixels, value = stored × slope + intercept):
 Slope and intercept are rounded to what the 16-character DS value can hold *before* the pixels
 are quantised, so readers reproduce the values exactly as computed here.
 
-Anonymisation (``anonymise=True``) replaces PatientName ("ANONYMOUS") and PatientID (a random
-"ANON-…"), empties PatientBirthDate, PatientSex, AccessionNumber, ReferringPhysicianName,
-StudyID, StudyDate, StudyTime and StudyDescription, drops PatientAge, and generates new
-StudyInstanceUID and FrameOfReferenceUID; it sets PatientIdentityRemoved YES and
-DeidentificationMethod. The dates of this series (when it was made) are kept.
+Anonymisation (``anonymise``: True, or an engine.io.deidentify.Anonymiser shared by one export
+session) applies DICOM PS3.15 Annex E, the Basic Application Level Confidentiality Profile, to the
+series (engine.io.deidentify): descriptors are only our own text, Study / Frame of Reference UIDs
+are mapped consistently within the session, no source image is referenced, and a source marked
+BurnedInAnnotation YES is refused unless the session accepts it. BurnedInAnnotation itself is
+carried from the source (YES stays YES: the pixels are copied, not cleaned).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from engine import modalities
 from engine.atomic import atomic_folder
+from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, mark
@@ -70,7 +72,7 @@ class Encoding:
 
 
 def write_dicom_series(volume: Volume, folder: str | Path, *, series_description: str,
-                       anonymise: bool = False, progress: ProgressFn = noop,
+                       anonymise: bool | Anonymiser = False, progress: ProgressFn = noop,
                        cancel: CancelToken | None = None) -> Path:
     """Write ``volume`` as a new derived series ``folder/IM000001.dcm`` … and return ``folder``.
 
@@ -80,10 +82,13 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     """
     folder = Path(folder)
     _check_target(folder)
+    anonymiser = as_anonymiser(anonymise)
+    if anonymiser:
+        volume, series_description = anonymiser.prepare(volume, folder)
     array = _finite(np.asarray(volume.array))
     encoding = choose_encoding(volume, array)
-    base = _series_dataset(volume, series_description, anonymise, encoding, array)
-    sources = [] if anonymise else source_images(volume)
+    base = _series_dataset(volume, series_description, anonymiser, encoding, array)
+    sources = [] if anonymiser else source_images(volume)
     direction = volume.direction_matrix
     row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
     normal = np.cross(row, col)
@@ -168,7 +173,7 @@ def _family(volume: Volume) -> str | None:
 
 
 # -- data sets ---------------------------------------------------------------------------------------
-def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding: Encoding,
+def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | None, encoding: Encoding,
                     array: np.ndarray) -> Dataset:
     src = {k: str(v) for k, v in (volume.dicom or {}).items() if v not in (None, "")}
     now = datetime.datetime.now()
@@ -190,9 +195,9 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     ds.SoftwareVersions = version()
     ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
     ds.ImageComments = f"{description[:200]}. {RESEARCH_ONLY}"
-    ds.BurnedInAnnotation = "NO"
+    ds.BurnedInAnnotation = "YES" if src.get("BurnedInAnnotation", "").upper() == "YES" else "NO"
     ds.LossyImageCompression = "00"
-    _identity(ds, src, anonymise, today, clock)
+    _identity(ds, src, today, clock)
     ds.BodyPartExamined = src.get("BodyPartExamined", "")
     ds.Laterality = ""                      # type 2C: unknown for a whole volume
     ds.PositionReferenceIndicator = ""
@@ -202,6 +207,8 @@ def _series_dataset(volume: Volume, description: str, anonymise: bool, encoding:
     _pixel_module(ds, volume, encoding)
     _window(ds, volume, array)
     _modality_module(ds, volume, encoding)
+    if anonymiser:
+        anonymiser.apply(ds)                # before our private block: the only private data it keeps
     block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", (volume.modality or "")[:64])
     block.add_new(0x02, "LO", (volume.unit or "")[:64])
@@ -218,18 +225,7 @@ def _series_number(source: str | None) -> int:
         return 1000
 
 
-def _identity(ds: Dataset, src: dict[str, str], anonymise: bool, today: str, clock: str) -> None:
-    if anonymise:
-        ds.PatientName = "ANONYMOUS"
-        ds.PatientID = "ANON-" + generate_uid().rsplit(".", 1)[-1][-10:]
-        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName",
-                        "StudyID", "StudyDate", "StudyTime", "StudyDescription"):
-            setattr(ds, keyword, "")
-        ds.StudyInstanceUID = generate_uid()
-        ds.FrameOfReferenceUID = generate_uid()
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "SynerMedGen Studio: identity removed, UIDs replaced"
-        return
+def _identity(ds: Dataset, src: dict[str, str], today: str, clock: str) -> None:
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                     "ReferringPhysicianName", "StudyID", "StudyDescription"):
         setattr(ds, keyword, src.get(keyword, ""))

@@ -230,16 +230,6 @@ def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
         assert any(line.endswith("Image") for line in report)                 # it did check an image IOD
 
 
-def test_anonymise_replaces_patient_identity_and_study(tmp_path):
-    ct = _ct_series()
-    first = _files(write_dicom_series(ct, tmp_path / "s", series_description="anon", anonymise=True))[0]
-    assert str(first.PatientName) != ct.dicom["PatientName"] and first.PatientID != ct.dicom["PatientID"]
-    assert "Doe" not in str(first.PatientName) and first.PatientBirthDate == ""
-    assert first.StudyInstanceUID != ct.dicom["StudyInstanceUID"]
-    assert first.FrameOfReferenceUID != ct.dicom["FrameOfReferenceUID"]
-    assert first.PatientIdentityRemoved == "YES"
-
-
 def test_volume_without_dicom_identity_gets_a_new_study(tmp_path):
     vol = _anatomical()
     assert vol.dicom == {}

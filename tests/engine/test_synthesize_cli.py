@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pydicom
 import pytest
 
 import engine.io as io
@@ -72,6 +73,33 @@ def test_dicom_in_dicom_out_stays_in_the_study_with_the_input_geometry(capsys, m
     assert result.dicom["StudyInstanceUID"] == source.dicom["StudyInstanceUID"]
     assert result.dicom["SeriesInstanceUID"] != source.dicom["SeriesInstanceUID"]
     assert result.dicom["SeriesDescription"].startswith("synthetic T2 from T1")
+
+
+def test_anonymised_synthesis_refuses_a_burned_in_source_unless_accepted_and_keeps_no_identity(
+        capsys, model_dir, inputs, tmp_path):
+    identity = {"PatientName": "Doe^Jane", "PatientID": "PID-734521", "PatientBirthDate": "19610412",
+                "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.111", "BurnedInAnnotation": "YES"}
+    source = io.load(inputs[0])
+    dicom_in = io.save(source.replace(dicom=identity), tmp_path / "t1_dicom", description="Jane Doe T1")
+    common = ["--target", "T2", "--source", "T1", "--model", model_dir, "--device", "cpu", "--quiet"]
+    code, out, err = run(capsys, "synthesize", dicom_in, "-o", tmp_path / "refused", "--anonymise", *common)
+    assert code == 2 and "BurnedInAnnotation YES" in err and "--accept-burned-in" in err
+    assert not (tmp_path / "refused").exists()
+    code, out, err = run(capsys, "synthesize", dicom_in, "-o", tmp_path / "anon", "--anonymise",
+                         "--accept-burned-in", *common)
+    assert code == 0, err
+    files = sorted((tmp_path / "anon").iterdir())
+    first = pydicom.dcmread(files[0])
+    assert first.PatientIdentityRemoved == "YES" and first.BurnedInAnnotation == "YES"
+    assert first.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert first.StudyInstanceUID != identity["StudyInstanceUID"]
+    assert first.SeriesDescription == "synthetic T2 from T1 — research use only"
+    for path in files:
+        assert not any(s in path.read_bytes() for s in (b"Doe", b"Jane", b"PID-734521", b"19610412"))
+    code, out, err = run(capsys, "synthesize", dicom_in, "-o", tmp_path / "anon.nii", "--anonymise",
+                         "--accept-burned-in", *common)
+    assert code == 0, err
+    assert b"Jane" not in (tmp_path / "anon.nii").read_bytes() and "Jane" not in out
 
 
 @pytest.mark.parametrize("argv, message", [
