@@ -83,8 +83,8 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
     # Stage I → Stage II beside Stage II alone beside the U-Net, each with data-loading workers): the U-Net
     # trains as many minutes as each Stage II, at the same time on the same machine. On an H200 with 16
     # cores (4 workers a process) 1.5 / 1.5 / 3 minutes reached 3121 / 1594 / 3032 steps (Stage II alone
-    # 2500, the U-Net 1056) — fewer than the CPU recipe's: a small model's steps are overhead-bound —, so
-    # these budgets are set to reach at least its steps at those rates (README, "Training on a GPU")
+    # 2500, the U-Net 1056) — fewer than the CPU recipe's (what bounds them was not measured) —, so these
+    # budgets are set to reach at least its steps at those rates (README, "Training on a GPU")
     "gpu": _entries({"minutes": 1.5}, {"minutes": 2.5}, {"minutes": 5.0}, image_size=64, pixel_mm=4.0,
                     size="default", unet_batch=16, unet_minutes=5.0),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
