@@ -313,6 +313,23 @@ class SliceView(pg.GraphicsView):
         if hasattr(self, "banner"):       # pyqtgraph resizes once inside its __init__
             self._place_overlays()
 
+    def _place_bottom_corners(self, w: int, h: int, m: int) -> None:
+        """The slice position bottom-left, the window bottom-right, each beside the bottom letter; in a
+        view too narrow for that, one row (or, narrower still, two) above the letter instead."""
+        position, window, letter = self.slice_label, self.window_label, self.edge_labels["bottom"]
+        beside = (w - letter.width()) // 2 - 2 * m               # room on either side of the letter
+        if position.width() <= beside and window.width() <= beside:
+            position.move(m, h - position.height() - m)
+            window.move(w - window.width() - m, h - window.height() - m)
+            return
+        above = h - letter.height() - 2 * m                      # the bottom of the row above the letter
+        if position.width() + window.width() + 3 * m <= w:
+            position.move(m, above - position.height())
+            window.move(w - window.width() - m, above - window.height())
+        else:
+            window.move(m, above - window.height())
+            position.move(m, above - window.height() - position.height())
+
     def _place_overlays(self) -> None:
         w, h, m = self.width(), self.height(), 4
         for label in (*self.edge_labels.values(), self.title_label, self.slice_label, self.window_label, self.banner):
@@ -327,7 +344,6 @@ class SliceView(pg.GraphicsView):
         self.title_label.setText(metrics.elidedText(self._heading, Qt.TextElideMode.ElideRight, max(room, 20)))
         self.title_label.adjustSize()
         self.title_label.move(m, m)
-        self.slice_label.move(m, h - self.slice_label.height() - m)
-        self.window_label.move(w - self.window_label.width() - m, h - self.window_label.height() - m)
+        self._place_bottom_corners(w, h, m)
         below_top = m + max(self.title_label.height(), lab["top"].height()) + 2
         self.banner.move(max(m, (w - self.banner.width()) // 2), below_top)

@@ -200,6 +200,19 @@ def test_the_window_values_and_the_slice_position_in_mm_are_shown(shown, ct_doc)
     assert coronal.slice_label.text().endswith(f"{'P' if y >= 0 else 'A'} {abs(y):.1f} mm")
 
 
+@pytest.mark.parametrize("width", [900, 330, 270, 170])
+def test_the_corner_values_never_overlap_each_other_or_the_bottom_letter(shown, ct_doc, width):
+    viewer = shown(ct_doc)
+    axial = viewer.views[Plane.AXIAL]
+    axial.resize(width, 300)
+    axial._place_overlays()
+    position, window, letter = (label.geometry() for label in (axial.slice_label, axial.window_label,
+                                                               axial.edge_labels["bottom"]))
+    assert not position.intersects(window) and not position.intersects(letter) and not window.intersects(letter)
+    assert all(0 <= r.left() and r.right() < width and 0 <= r.top() and r.bottom() < 300
+               for r in (position, window) if r.width() < width)
+
+
 def test_the_window_of_an_mr_volume_reads_in_three_significant_digits(shown, tmp_path, write_nifti, phantom):
     mr = Workspace().add(load(write_nifti(tmp_path / "T2.nii.gz", np.clip(phantom(), 0, None) * 1.2345)))
     viewer = shown(mr)
