@@ -85,7 +85,14 @@ class ComparisonModel:
 
     @staticmethod
     def _key(role: str, volume: Volume | None) -> str:
-        return f"modality:{volume.modality}" if volume is not None and volume.modality else role
+        """Panels of one modality on a physical scale (HU, SUV) share a window; MR's arbitrary units
+        differ from volume to volume (a synthetic's scale is not its reference's), so each MR panel
+        keeps its own."""
+        from engine import modalities
+
+        modality = volume.modality if volume is not None else None
+        physical = bool(modality) and modalities.get(modality).fixed_range is not None
+        return f"modality:{modality}" if physical else role
 
     def display_for(self, role: str) -> DisplayState | None:
         """The window of a panel ("source", "synthetic", "reference" or "difference")."""

@@ -225,6 +225,12 @@ def test_comparison_model_links_windows_per_modality_and_blends():
     model.set_result(compare(syn, ref, source))
     assert model.display_for("synthetic") is model.display_for("reference")
     assert model.display_for("source") is not model.display_for("synthetic")
+    # MR in arbitrary units: a synthetic T2 on another scale than its reference gets its own window
+    mr = ComparisonModel()
+    t2 = ref.replace(modality="T2", unit="a.u.", array=np.clip(ref.array, 0, None) + 100.0)
+    mr.set_result(compare(t2.replace(array=t2.array * 0.4, synthetic=True), t2))
+    synthetic, reference = mr.display_for("synthetic"), mr.display_for("reference")
+    assert synthetic is not reference and synthetic.levels[1] < reference.levels[1]
     assert model.display_for("difference").level == 0.0
     a, b = np.zeros((16, 16)), np.ones((16, 16))
     model.set_blend(BlendMode.FADE, 0.25)
