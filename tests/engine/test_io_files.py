@@ -334,3 +334,20 @@ def test_a_full_disk_keeps_the_previous_file_and_says_which(tmp_path, suffix):
     assert message.startswith(f"{out}: ") and "previous file" in message and "0x" not in message
     assert out.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from engine.cli import run_cli
+    from faults import read_only
+
+    src = io.save(_oblique_volume(), tmp_path / "t2.nii.gz")
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro", monkeypatch):
+        assert run_cli(["convert", str(src), str(tmp_path / "ro" / "out.nii.gz")]) == 2
+        assert run_cli(["convert", str(src), str(tmp_path / "ro" / "series")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {tmp_path / 'ro' / 'out.nii.gz'}: cannot be written in {tmp_path / 'ro'} (the folder "
+                     "is read-only: Read-only file system)",
+                     f"error: {tmp_path / 'ro' / 'series'}: cannot be written in {tmp_path / 'ro'} (the folder "
+                     "is read-only: Read-only file system)"]
+    assert list((tmp_path / "ro").iterdir()) == []
