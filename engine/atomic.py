@@ -215,6 +215,13 @@ def check_size(path: str | Path, expected: int) -> None:
         raise OutputError(path, f"holds {size} of the {expected} bytes written: the disk may be full")
 
 
+def native_os_error(exc: Exception, path: str | Path) -> OSError | None:
+    """The OSError behind a native library's error that gives it only as text ("… (os error 28)",
+    as Rust libraries such as safetensors do), naming ``path``; None for any other error."""
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    return OSError(int(match[1]), os.strerror(int(match[1])), str(path)) if match else None
+
+
 # -- leftovers of interrupted writes --------------------------------------------------------------
 def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}-"

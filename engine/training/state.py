@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engine.atomic import atomic_file, atomic_folder, recover_folder
+from engine.model.checkpoint import save_safetensors
 
 STATE_DIR = "checkpoint-last"
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")   # and ema.safetensors
@@ -102,13 +103,13 @@ def save_state(run_dir: str | Path, state: TrainingState, model_tensors: dict[st
     """Write ``run_dir/checkpoint-last`` atomically: a crash mid-write keeps the previous one."""
     target = Path(run_dir) / STATE_DIR
     with atomic_folder(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, str(tmp / "model.safetensors"))
+        save_safetensors(model_tensors, tmp / "model.safetensors")
         if ema_tensors is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema_tensors.items()}, str(tmp / "ema.safetensors"))
+            save_safetensors(ema_tensors, tmp / "ema.safetensors")
         opt_tensors, opt_meta = _optimizer_to_flat(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        save_safetensors(rng_tensors, tmp / "rng.safetensors")
         meta = {"state": state.to_dict(), "optimizer": opt_meta, "rng": rng_meta,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "data_position": data_position,

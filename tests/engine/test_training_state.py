@@ -32,7 +32,7 @@ def _ticking(tick) -> None:
             tick()
             return fn(*args, **kwargs)
         return call
-    state_module.save_file = before(state_module.save_file)
+    state_module.save_safetensors = before(state_module.save_safetensors)
     atomic.sync_file = before(atomic.sync_file)
     atomic.sync_folder = before(atomic.sync_folder)
     os.replace = before(os.replace)
@@ -79,3 +79,11 @@ def test_records_of_steps_after_the_checkpoint_and_a_cut_line_are_dropped_on_res
     path.write_text("".join(lines) + '{"event": "st')
     trim_records(path, 2)
     assert path.read_text() == "".join(lines[:4])
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_names_it(tmp_path):
+    _save(tmp_path, 1)
+    with pytest.raises(atomic.OutputError) as err, faults.disk_full_after(100):
+        _save(tmp_path, 2)
+    assert str(err.value).startswith(f"{tmp_path / STATE_DIR}: could not be written (File too large")
+    assert load_state(tmp_path).state.step == 1 and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
