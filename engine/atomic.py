@@ -104,6 +104,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise _create_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
+    _IN_FLIGHT.add(tmp_path.name)
     kept = path.exists()
     try:
         try:
@@ -118,6 +119,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
                 raise _output_error(path, exc, kept) from None
             raise
     finally:
+        _IN_FLIGHT.discard(tmp_path.name)
         if tmp_path.exists():
             tmp_path.unlink()
 
@@ -134,6 +136,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".part", dir=path.parent))
     except OSError as exc:
         raise _create_error(path, exc) from None
+    _IN_FLIGHT.add(tmp.name)
     kept = path.exists()
     try:
         try:
@@ -146,6 +149,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
                 raise _output_error(path, exc, kept) from None
             raise
     finally:
+        _IN_FLIGHT.discard(tmp.name)
         if tmp.exists():
             shutil.rmtree(tmp)
 
@@ -168,15 +172,19 @@ def _replace_folder(new: Path, target: Path) -> None:
         sync_folder(target.parent)
         return
     old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
+    _IN_FLIGHT.add(old.name)
     try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    sync_folder(target.parent)
-    shutil.rmtree(old)
+        os.rmdir(old)
+        os.replace(target, old)
+        try:
+            os.replace(new, target)
+        except OSError:
+            os.replace(old, target)
+            raise
+        sync_folder(target.parent)
+        shutil.rmtree(old)
+    finally:
+        _IN_FLIGHT.discard(old.name)
 
 
 # -- flushing to the disk -------------------------------------------------------------------------
@@ -231,9 +239,14 @@ def _leftover_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-)?[^.]+\.(?:part|old)(?:\..*)?")
 
 
-def _process_alive(pid: int) -> bool:
+_IN_FLIGHT: set[str] = set()      # this process's temporary names now being written
+
+
+def _process_alive(pid: int, name: str) -> bool:
+    """Whether the write that made ``name`` may still be running. A name with this process's id
+    but not in flight is a killed predecessor's (a container restarts its process as the same id)."""
     if pid == os.getpid():
-        return True
+        return name in _IN_FLIGHT
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -255,7 +268,7 @@ def leftovers(path: str | Path) -> list[Path]:
     found = []
     for name in names:
         match = pattern.fullmatch(name)
-        if match and not (match[1] and _process_alive(int(match[1]))):
+        if match and not (match[1] and _process_alive(int(match[1]), name)):
             found.append(path.parent / name)
     return sorted(found)
 
@@ -286,7 +299,7 @@ def recover_folder(path: str | Path, rank: Callable[[Path], Any]) -> Path | None
     best = max(ranked, key=lambda item: (item[0], item[1] == path), default=(None, None))[1]
     if best is not None and best != path:
         if path.exists():
-            old = path.with_name(f"{_prefix(path)}recovered.old")
+            old = path.with_name(f"{_prefix(path)}recovered.old")      # stale if this is killed too
             os.replace(path, old)
             os.replace(best, path)
             shutil.rmtree(old)

@@ -79,7 +79,8 @@ def test_a_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_stale_temporary_files_of_killed_writers_are_removed_but_not_those_of_live_ones(tmp_path):
     dead = _dead_pid()
-    stale = [tmp_path / f".a.txt.{dead}-abc.part.txt", tmp_path / ".a.txt.old1234.part.txt"]
+    stale = [tmp_path / f".a.txt.{dead}-abc.part.txt", tmp_path / ".a.txt.old1234.part.txt",
+             tmp_path / f".a.txt.{os.getpid()}-def.part.txt"]      # a killed process with this id (containers)
     live = tmp_path / f".a.txt.{os.getppid()}-xyz.part.txt"
     for p in [*stale, live]:
         p.write_text("half")
