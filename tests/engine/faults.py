@@ -27,10 +27,6 @@ def disk_full_after(n_bytes: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, handler)
 
 
-class Killed(Exception):
-    pass
-
-
 def killed_at(k: int, work: Callable[[], None], patch: Callable[[Callable[[], None]], None]) -> bool:
     """Run ``work`` in a forked child; ``patch(tick)`` installs hooks that call ``tick()`` at each
     instant worth a kill; the child exits on the spot at the ``k``-th. Returns whether the kill
