@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: Exception) -> str:
+    """The message of an error, naming its file (an OSError's own text can leave it out)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
 def run_cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
@@ -156,8 +163,8 @@ def run_cli(argv: list[str]) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (VolumeIOError, ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (VolumeIOError, ValueError, OSError) as exc:           # bad input, a full disk, a read-only folder
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

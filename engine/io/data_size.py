@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,34 @@ def check_voxel_data(path: str | Path, n_bytes: int) -> None:
     if whole_file and not _gzip_holds(data_file, offset + n_bytes):
         raise VolumeIOError(path, f"{promised} but the compressed file unpacks to less: it is truncated "
                                   f"or its header is wrong")
+
+
+def check_complete(path: str | Path, n_bytes: int) -> None:
+    """:func:`check_voxel_data`, and compressed voxel data unpacked to its end: for a file just
+    written, where a write cut short (a full disk) leaves a stream without its end while the
+    writer reports success. Costs one decompression, without holding the voxels."""
+    path = Path(path)
+    check_voxel_data(path, n_bytes)
+    layout = _layout(path)
+    if layout is None or layout[2] == "none":
+        return
+    data_file, offset, compression, stored = layout
+    whole_file = compression == "gzip-file"
+    need = (n_bytes if stored is None else stored) + (offset if whole_file else 0)
+    unpacker = zlib.decompressobj(wbits=47)           # a zlib or a gzip stream
+    unpacked = 0
+    try:
+        with open(data_file, "rb") as f:
+            f.seek(0 if whole_file else offset)
+            while not unpacker.eof and (data := f.read(1 << 22)):
+                while data and not unpacker.eof:
+                    unpacked += len(unpacker.decompress(data, 1 << 24))
+                    data = unpacker.unconsumed_tail
+    except zlib.error as exc:
+        raise VolumeIOError(path, f"its compressed voxel data is damaged ({exc})") from None
+    if not unpacker.eof or unpacked < need:
+        raise VolumeIOError(path, f"its compressed voxel data ends early ({_amount(unpacked)} of "
+                                  f"{_amount(need)}): the file is truncated")
 
 
 def _amount(n_bytes: int) -> str:

@@ -8,6 +8,7 @@ element tell whether the file holds all of it.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -340,12 +341,33 @@ def dicomdir_files(path: Path) -> tuple[list[Path], list[Skipped]]:
         if not ref:
             continue
         parts = [ref] if isinstance(ref, str) else [str(p) for p in ref]
+        if not _inside_media(parts):
+            missing.append(Skipped(str(path), f"DICOMDIR entry {'/'.join(parts)!r} points outside the "
+                                              f"DICOMDIR's folder; not followed"))
+            continue
         target = _find_case_insensitive(path.parent, parts)
+        if target is not None and not _resolves_inside(target, path.parent):
+            missing.append(Skipped(str(path), f"DICOMDIR entry {'/'.join(parts)!r} is a link out of the "
+                                              f"DICOMDIR's folder; not followed"))
+            continue
         if target is not None:
             found.append(target)
         else:
             missing.append(Skipped(str(path.parent.joinpath(*parts)), f"listed in DICOMDIR {path} but missing"))
     return found, missing
+
+
+def _inside_media(parts: list[str]) -> bool:
+    """A ReferencedFileID names a file below the DICOMDIR's folder: plain names only (no ``..``,
+    no root, no drive, no separators, which PS3.10 does not allow in a component)."""
+    return all(p and p not in (".", "..") and not re.search(r"[/\\:]", p) for p in parts)
+
+
+def _resolves_inside(target: Path, root: Path) -> bool:
+    try:
+        return target.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
 
 
 def _find_case_insensitive(root: Path, parts: list[str]) -> Path | None:

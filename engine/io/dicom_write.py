@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+from io import BytesIO
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from engine import modalities
-from engine.atomic import atomic_folder
+from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
@@ -102,16 +103,28 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
                 ds = _slice_dataset(base, k, nz, position, float(position @ normal), pixels, encoding)
                 if sources:
                     _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], sources[k])
-                ds.save_as(tmp / f"IM{k + 1:06d}.dcm", enforce_file_format=True)
+                _save_checked(ds, tmp / f"IM{k + 1:06d}.dcm")
                 progress(Progress(k + 1, nz, f"wrote slice {k + 1} of {nz}"))
+    except OutputError as exc:
+        raise VolumeIOError(folder, exc.problem) from None
     except OSError as exc:
         raise VolumeIOError(folder, f"could not be written ({exc.strerror or exc})") from None
     return folder
 
 
+def _save_checked(ds: Dataset, path: Path) -> None:
+    """Write one file and check that all of it is there (a write cut short by a full disk)."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path.write_bytes(buffer.getvalue())
+    check_size(path, buffer.tell())
+
+
 def _check_target(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise VolumeIOError(folder, "exists and is not a folder")
+    try:
+        check_folder_target(folder)                 # not a file, not a symbolic link
+    except OutputError as exc:
+        raise VolumeIOError(folder, exc.problem) from None
     if folder.is_dir():
         foreign = [p.name for p in folder.iterdir() if not (p.is_file() and FILE_NAME.fullmatch(p.name))]
         if foreign:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
-from engine.io.data_size import check_voxel_data
+from engine.io.data_size import check_complete, check_voxel_data
 from engine.io.errors import VolumeIOError
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
 from engine.io.volume import Volume
@@ -291,5 +292,23 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))
         except RuntimeError as exc:
-            raise VolumeIOError(path, f"could not be written ({_first_line(exc)})") from None
+            problem = re.sub(r"\w+\(0x[0-9a-f]+\):\s*", "", _first_line(exc)).replace(str(tmp), path.name)
+            raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
+                                      "file, if any, is kept") from None
+        _verify_written(tmp, path, image)
     return path
+
+
+def _verify_written(tmp: Path, path: Path, image: sitk.Image) -> None:
+    """Read back what was written before it replaces anything: the header must describe ``image``
+    and the file hold all its voxels (on a full disk the NIfTI writer reports success and leaves a
+    truncated file)."""
+    try:
+        reader = _read_info(tmp)
+        if tuple(reader.GetSize()) != image.GetSize() or reader.GetPixelID() != image.GetPixelID():
+            raise VolumeIOError(tmp, f"reads back as {list(reader.GetSize())} voxels of "
+                                     f"{reader.GetPixelIDTypeAsString()}")
+        check_complete(tmp, _voxel_bytes(reader))
+    except VolumeIOError as exc:
+        raise VolumeIOError(path, f"was not written completely ({exc.problem}; is the disk full?); the "
+                                  "previous file, if any, is kept") from None

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from engine.atomic import atomic_folder
+from engine.atomic import atomic_folder, native_os_error
 from engine.model.config import SynerMedGenConfig, from_bagel_dir
 from engine.model.tokenizer import HF_TOKENIZER_FILES, TextTokenizer, has_tokenizer, load_tokenizer
 from engine.model.unified import FIXED_PARAMETERS, SynerMedGen
@@ -50,9 +50,21 @@ def detect_layout(path: str | Path) -> str:
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], file: Path) -> None:
+    save_safetensors(tensors, file, metadata={"format": "pt"})
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file`` (CPU copies), its I/O failures (a full disk) raised as the OSError
+    they are, naming ``file``."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file), metadata={"format": "pt"})
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own type; only I/O ones are translated
+        error = native_os_error(exc, file)
+        if error is None:
+            raise
+        raise error from None
 
 
 def save_model_dir(model: SynerMedGen, cfg: SynerMedGenConfig | None, path: str | Path,

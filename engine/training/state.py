@@ -1,5 +1,8 @@
 """Resumable training state without pickle: model, EMA, optimizer, scheduler, step, RNG and data
-position saved as safetensors + JSON into a folder that is replaced atomically."""
+position saved as safetensors + JSON into a folder that is replaced atomically. ``state.json`` is
+written last and lists the size of every tensor file, so a checkpoint is complete only when all of
+it is there; after a kill at any instant :func:`recover_state` puts the newest complete checkpoint
+back in place, and :func:`trim_records` drops the progress records of the work done again."""
 from __future__ import annotations
 
 import json
@@ -9,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from engine.atomic import atomic_folder
+from engine.atomic import atomic_file, atomic_folder, recover_folder
+from engine.model.checkpoint import save_safetensors
 
 STATE_DIR = "checkpoint-last"
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")   # and ema.safetensors
 
 
 @dataclass
@@ -98,18 +103,61 @@ def save_state(run_dir: str | Path, state: TrainingState, model_tensors: dict[st
     """Write ``run_dir/checkpoint-last`` atomically: a crash mid-write keeps the previous one."""
     target = Path(run_dir) / STATE_DIR
     with atomic_folder(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, str(tmp / "model.safetensors"))
+        save_safetensors(model_tensors, tmp / "model.safetensors")
         if ema_tensors is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema_tensors.items()}, str(tmp / "ema.safetensors"))
+            save_safetensors(ema_tensors, tmp / "ema.safetensors")
         opt_tensors, opt_meta = _optimizer_to_flat(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        save_safetensors(rng_tensors, tmp / "rng.safetensors")
         meta = {"state": state.to_dict(), "optimizer": opt_meta, "rng": rng_meta,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "data_position": data_position}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+                "data_position": data_position,
+                "files": {p.name: p.stat().st_size for p in sorted(tmp.glob("*.safetensors"))}}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))      # last: it makes the checkpoint complete
     return target
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a complete checkpoint folder; None when it is incomplete (a kill while it was
+    written) or not a checkpoint. Folders written before ``files`` was recorded need the tensor files."""
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        files = meta.get("files") or {name: None for name in TENSOR_FILES}
+        for name, size in files.items():
+            if size is not None and (folder / name).stat().st_size != size or not (folder / name).is_file():
+                return None
+        return int(meta["state"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_state(run_dir: str | Path) -> None:
+    """Before resuming (one process only): after a kill while ``checkpoint-last`` was replaced, put
+    the newest complete checkpoint in its place and remove the leftovers of the killed write."""
+    recover_folder(Path(run_dir) / STATE_DIR, checkpoint_step)
+
+
+def trim_records(path: str | Path, step: int) -> None:
+    """Resuming from a checkpoint at ``step``: drop the JSON-lines records of later steps (that work
+    is done again and reported again) and a last line cut short by a kill."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _record_kept(line, step)]
+    if kept != lines:
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
+
+
+def _record_kept(line: str, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return line.endswith("\n") and not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                                        and record["step"] > step)
 
 
 @dataclass
@@ -128,10 +176,13 @@ class LoadedState:
 
 
 def load_state(run_dir: str | Path) -> LoadedState | None:
-    """The last checkpoint of a run, or None when the run has none yet."""
+    """The last checkpoint of a run, or None when the run has none yet (see :func:`recover_state`)."""
     folder = Path(run_dir) / STATE_DIR
-    if not (folder / "state.json").exists():
+    if not folder.exists():
         return None
+    if checkpoint_step(folder) is None:
+        raise ValueError(f"{folder}: the checkpoint is incomplete (a file is missing or cut short); remove "
+                         "it to start over from the previous stage, or start over with --fresh")
     meta = json.loads((folder / "state.json").read_text())
     ema = folder / "ema.safetensors"
     return LoadedState(

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from engine.atomic import remove_leftovers
 from engine.jobs import CancelToken, Cancelled
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
@@ -38,7 +39,7 @@ from engine.training.distributed import (Distributed, clip_gradients, full_tenso
 from engine.training.export import WeightsSnapshot, model_card, stage_record, write_model_folder
 from engine.training.optim import EMA, LRSchedule, make_optimizer
 from engine.training.stages import AE_PREFIX, Stage, StepInputs, TokenCache, apply_freeze, get_stage, named_tensors
-from engine.training.state import STATE_DIR, TrainingState, load_state, save_state
+from engine.training.state import STATE_DIR, TrainingState, load_state, recover_state, save_state, trim_records
 
 Emit = Callable[[dict], None]
 PROGRESS_FILE = "progress.jsonl"
@@ -143,6 +144,7 @@ class Trainer:
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
+                remove_leftovers(path)
             self.out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
 
@@ -150,12 +152,17 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / STOP_FILE).unlink(missing_ok=True)      # a request meant for an earlier session
+            if self.resume is not None:
+                trim_records(self.out / PROGRESS_FILE, self.resume.state.step)
         self.dist.barrier()
 
     def _find_resume(self):
         cfg = self.cfg
         if cfg.fresh_start:
             return None
+        if self.dist.is_main:
+            recover_state(self.out)
+        self.dist.barrier()
         loaded = load_state(self.out)
         if loaded is None:
             return None

@@ -131,3 +131,25 @@ def test_a_file_marked_synthetic_is_listed_as_synthetic(qtbot, window, tmp_path,
     row = window.browser.item(doc.key)
     assert doc.synthetic and row.text(1) == "CT (synthetic)"
     assert [e.synthetic for e in window.browser.entries()] == [False, True]
+
+
+def test_a_full_disk_or_a_read_only_folder_keeps_the_previous_export_and_says_so(qtbot, window, tmp_path,
+                                                                               monkeypatch):
+    from tests.engine.faults import disk_full_after, read_only
+
+    out = tmp_path / "copy.nii.gz"
+    export(qtbot, window, out)
+    good = out.read_bytes()
+    window.workspace.active.volume.array[:] += 1
+    with disk_full_after(len(good) // 3):
+        window.export_to(out)
+        qtbot.waitUntil(lambda: any("was not written completely" in line for line in window.log.lines), timeout=20000)
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro", monkeypatch):
+        window.export_to(tmp_path / "ro" / "copy.nii.gz")
+        qtbot.waitUntil(lambda: any("the folder is read-only" in line for line in window.log.lines), timeout=20000)
+    failures = [line for line in window.log.lines if "not written completely" in line or "read-only" in line]
+    assert str(out) in failures[0] and str(tmp_path / "ro" / "copy.nii.gz") in failures[1]
+    assert not any("Traceback" in line for line in window.log.lines)
+    assert out.read_bytes() == good
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] and not any((tmp_path / "ro").iterdir())

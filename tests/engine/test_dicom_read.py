@@ -101,6 +101,26 @@ def test_dicomdir_entries_are_found_whatever_the_case_of_the_file_names(tmp_path
     assert missing and all("98892001" not in s.path for s in missing)      # the other patients' files
 
 
+def test_dicomdir_entries_outside_its_folder_are_not_followed(tmp_path):
+    """A ReferencedFileID with ``..`` (or a link in the media) must not read files elsewhere."""
+    media, outside = tmp_path / "media", tmp_path / "outside"
+    shutil.copytree(DICOMDIR_TESTS / "98892001", media / "98892001")
+    shutil.copytree(DICOMDIR_TESTS / "98892001", outside / "98892001")
+    (media / "LINK").symlink_to(outside / "98892001", target_is_directory=True)
+    ds = pydicom.dcmread(DICOMDIR_TESTS / "DICOMDIR")
+    images = [r for r in ds.DirectoryRecordSequence if list(r.get("ReferencedFileID") or [""])[0] == "98892001"]
+    with pytest.warns(UserWarning, match="Invalid value for VR CS"):     # pydicom: '..' is no valid CS
+        images[0].ReferencedFileID = ["..", "outside", *images[0].ReferencedFileID]
+    images[1].ReferencedFileID = ["LINK", *list(images[1].ReferencedFileID)[1:]]
+    ds.save_as(media / "DICOMDIR")
+    catalog = scan_dicom([media / "DICOMDIR"])
+    read = [p for e in catalog.entries for p in e.paths]
+    assert read and all(Path(p).resolve().is_relative_to(media.resolve()) for p in read)
+    notes = [s.reason for s in catalog.skipped if s.path == str(media / "DICOMDIR")]
+    assert any("'../outside/98892001/" in n and "outside the DICOMDIR's folder; not followed" in n for n in notes)
+    assert any("'LINK/" in n and "a link out of the DICOMDIR's folder" in n for n in notes)
+
+
 def test_monochrome1_is_noted_and_kept_as_stored():
     vol = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
     ds = pydicom.dcmread(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")

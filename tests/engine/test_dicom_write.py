@@ -279,6 +279,27 @@ def test_a_folder_holding_other_files_is_not_replaced(tmp_path):
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
 
 
+def test_a_symlinked_export_folder_is_neither_followed_nor_replaced(tmp_path):
+    real = write_dicom_series(_ct_series(), tmp_path / "real", series_description="first export")
+    before = sorted(p.name for p in real.iterdir())
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    with pytest.raises(io.VolumeIOError, match=r"link: is a symbolic link"):
+        write_dicom_series(_anatomical(), tmp_path / "link", series_description="second export")
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in real.iterdir()) == before
+    assert pydicom.dcmread(real / "IM000001.dcm").SeriesDescription == "first export"
+
+
+def test_a_full_disk_keeps_the_previous_export_and_names_the_folder(tmp_path):
+    from faults import disk_full_after
+
+    old = write_dicom_series(_ct_series(), tmp_path / "s", series_description="first export")
+    with pytest.raises(io.VolumeIOError) as err, disk_full_after(1000):
+        write_dicom_series(_anatomical(), old, series_description="second export")
+    assert str(err.value).startswith(f"{old}: could not be written (File too large: the disk")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert pydicom.dcmread(old / "IM000001.dcm").SeriesDescription == "first export"
+
+
 def test_real_ct_small_round_trips_through_the_writer(tmp_path):
     ct = io.load(PYDICOM_FILES / "CT_small.dcm")
     back = io.load(write_dicom_series(ct, tmp_path / "s", series_description="one slice"))

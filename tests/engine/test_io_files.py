@@ -318,3 +318,36 @@ def test_pictures_in_a_folder_are_listed_only_without_volumes(tmp_path):
     assert [Path(e.paths[0]).name for e in io.scan(tmp_path).entries] == ["a.png", "b.png"]
     io.save(_oblique_volume(), tmp_path / "t2.nii.gz")
     assert [Path(e.paths[0]).name for e in io.scan(tmp_path).entries] == ["t2.nii.gz"]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
+def test_a_full_disk_keeps_the_previous_file_and_says_which(tmp_path, suffix):
+    """The NIfTI writer reports success on a full disk: what it wrote is read back before the rename."""
+    from faults import disk_full_after
+
+    vol = _oblique_volume((20, 64, 64))
+    out = io.save(vol, tmp_path / f"t2{suffix}")
+    good = out.read_bytes()
+    with pytest.raises(io.VolumeIOError) as err, disk_full_after(len(good) // 3):
+        io.save(vol.replace(array=vol.array + 1), out)
+    message = str(err.value)
+    assert message.startswith(f"{out}: ") and "previous file" in message and "0x" not in message
+    assert out.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from engine.cli import run_cli
+    from faults import read_only
+
+    src = io.save(_oblique_volume(), tmp_path / "t2.nii.gz")
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro", monkeypatch):
+        assert run_cli(["convert", str(src), str(tmp_path / "ro" / "out.nii.gz")]) == 2
+        assert run_cli(["convert", str(src), str(tmp_path / "ro" / "series")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {tmp_path / 'ro' / 'out.nii.gz'}: cannot be written in {tmp_path / 'ro'} (the folder "
+                     "is read-only: Read-only file system)",
+                     f"error: {tmp_path / 'ro' / 'series'}: cannot be written in {tmp_path / 'ro'} (the folder "
+                     "is read-only: Read-only file system)"]
+    assert list((tmp_path / "ro").iterdir()) == []

@@ -122,3 +122,26 @@ def test_a_stop_file_checkpoints_and_cancels_like_a_signal(tmp_path):
         train(tiny_config(data, out, "understanding", steps=5), emit)
     assert [r["event"] for r in seen][-2:] == ["checkpoint", "cancelled"]
     assert load_state(out).state.step == 1 and not (out / STOP_FILE).exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_progress_records_are_not_repeated_after_a_resume(tmp_path):
+    """The run dies after step 3 (its checkpoint is at step 2): the rerun does step 3 again and
+    the records of the lost step 3 are gone, not doubled."""
+    data = phantom_data(tmp_path / "data")
+    cfg = tiny_config(data, tmp_path / "run", "generation", steps=4, checkpoint_every=2)
+
+    def die_after_step_3(record):
+        if record["event"] == "step" and record["step"] == 3:
+            raise _Killed()
+    with pytest.raises(_Killed):
+        train(cfg, die_after_step_3)
+    with open(tmp_path / "run" / "progress.jsonl", "a") as f:
+        f.write('{"event": "step", "st')                  # a record cut short by the kill
+    train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["event"] == "step"] == [1, 2, 3, 4]
+    assert [r["event"] for r in logged if r["event"] in ("start", "resumed", "done")] == ["start", "resumed", "done"]
