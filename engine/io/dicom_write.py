@@ -72,6 +72,13 @@ class Encoding:
     intercept: float
 
 
+# BodyPartExamined values of unpaired structures (DICOM PS3.16, CID 4031): Laterality (type 2C) must
+# then be absent; for a paired structure, or none named, it is present (empty: unknown for a volume)
+UNPAIRED_BODY_PARTS = frozenset(
+    "HEAD SKULL BRAIN FACE NOSE MOUTH JAW MAXILLA TONGUE NECK HEADNECK LARYNX THYROID TRACHEA ESOPHAGUS "
+    "SPINE CSPINE TSPINE LSPINE SSPINE COCCYX CHEST STERNUM HEART AORTA ABDOMEN CHESTABDOMEN ABDOMENPELVIS "
+    "PELVIS WHOLEBODY LIVER PANCREAS SPLEEN STOMACH COLON RECTUM BLADDER PROSTATE UTERUS".split())
+
 def write_dicom_series(volume: Volume, folder: str | Path, *, series_description: str,
                        anonymise: bool | Anonymiser = False, progress: ProgressFn = noop,
                        cancel: CancelToken | None = None) -> Path:
@@ -212,7 +219,8 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     ds.LossyImageCompression = "00"
     _identity(ds, src, today, clock)
     ds.BodyPartExamined = src.get("BodyPartExamined", "")
-    ds.Laterality = ""                      # type 2C: unknown for a whole volume
+    if ds.BodyPartExamined.strip().upper() not in UNPAIRED_BODY_PARTS:
+        ds.Laterality = ""                  # type 2C, needed for a paired (or unnamed) part: unknown for a volume
     ds.PositionReferenceIndicator = ""
     if encoding.sop_class in (CT_IMAGE, MR_IMAGE):
         ds.PatientPosition = src.get("PatientPosition", "")

@@ -214,9 +214,14 @@ DCIODVFY = shutil.which("dciodvfy")
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed; "
                                              "scripts/setup.sh installs it when run as root")
-@pytest.mark.parametrize("kind", ["CT", "MR", "MR from DICOM", "PET", "OT"])
+@pytest.mark.parametrize("kind", ["CT", "CT of the head", "MR of a breast", "MR", "MR from DICOM", "PET", "OT"])
 def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
+    def body_part(volume, part):
+        return volume.replace(dicom={**volume.dicom, "BodyPartExamined": part})
+
     volume = {"CT": lambda: _synthetic_ct_from_cbct(_ct_series()),
+              "CT of the head": lambda: body_part(_synthetic_ct_from_cbct(_ct_series()), "HEAD"),   # unpaired
+              "MR of a breast": lambda: body_part(_anatomical().replace(modality="T1"), "BREAST"),  # paired
               "MR": lambda: _anatomical().replace(modality="FLAIR", synthetic=True, derived_from="T1"),
               "MR from DICOM": lambda: io.load(PYDICOM_FILES / "MR_small.dcm").replace(
                   modality="FLAIR", synthetic=True, derived_from="T2"),
