@@ -79,6 +79,7 @@ UNPAIRED_BODY_PARTS = frozenset(
     "SPINE CSPINE TSPINE LSPINE SSPINE COCCYX CHEST STERNUM HEART AORTA ABDOMEN CHESTABDOMEN ABDOMENPELVIS "
     "PELVIS WHOLEBODY LIVER PANCREAS SPLEEN STOMACH COLON RECTUM BLADDER PROSTATE UTERUS".split())
 
+
 def write_dicom_series(volume: Volume, folder: str | Path, *, series_description: str,
                        anonymise: bool | Anonymiser = False, progress: ProgressFn = noop,
                        cancel: CancelToken | None = None) -> Path:
