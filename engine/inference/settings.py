@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -199,20 +198,13 @@ def strict_fp32():
 # -- memory -----------------------------------------------------------------------------------------
 def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors: the GPU's free memory, or the machine's available RAM."""
+    from engine.io.catalog import available_memory as available_ram
+
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30          # unknown platform: assume 4 GiB
+    ram = available_ram()
+    return ram if ram is not None else 4 << 30          # unknown platform: assume 4 GiB
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -4,7 +4,6 @@ would. Also the slice dataset of the ``vae`` stage (every modality of every usab
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -18,10 +17,10 @@ from engine.tasks.slice_dataset import derived_rng
 def preload_budget() -> int:
     """Bytes of slices a run keeps in memory: a quarter of the memory available now (the slices
     of a demo-sized dataset take ~1 GB)."""
-    try:
-        return int(0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2 * 2**30
+    from engine.io.catalog import available_memory
+
+    ram = available_memory()
+    return int(0.25 * ram) if ram is not None else 2 * 2**30
 
 
 def sample_indices(step: int, rank: int, world_size: int, batch_size: int) -> list[int]:
