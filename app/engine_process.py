@@ -4,17 +4,20 @@ cannot take the viewer down. ``EngineProcess.synthesize(request, progress, cance
 blocking call for a worker thread; the child is started on first use and keeps the model loaded."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
-from app.errors import UserFacingError, describe_error
+from app.errors import UserFacingError, describe_error, is_expected
 from app.synthesis import SynthesisRequest, run_synthesis
 
 if TYPE_CHECKING:
     from engine.io import Volume
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 SEND_INTERVAL_S = 0.05          # the child sends at most ~20 progress reports a second
@@ -50,6 +53,8 @@ def serve(conn, cancel_event) -> None:
         except Cancelled:
             conn.send(("cancelled", None))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the GUI as a message
+            if not is_expected(exc):
+                log.error("synthesis failed", exc_info=exc)          # a bug: its traceback on the terminal
             conn.send(("failed", describe_error(exc)))
         else:
             conn.send(("done", volume))

@@ -2,22 +2,47 @@
 file (no traceback). Qt-free, so the synthesis process uses it too."""
 from __future__ import annotations
 
+import linecache
+from pathlib import Path
+
+from engine.io.errors import VolumeIOError
+
+_PROJECT = Path(__file__).resolve().parents[1]
+
 
 class UserFacingError(Exception):
     """An error whose message is already written for the user."""
 
 
-# What bad input, a full disk or too little memory raise: told to the user, the traceback only in
-# the log file. Anything else is a bug, worth a line on the terminal too.
-EXPECTED = (UserFacingError, ValueError, OSError, MemoryError)
+def is_expected(exc: BaseException) -> bool:
+    """What bad input, a full disk or too little memory raise: told to the user, the traceback only
+    in the log file. A ValueError counts only when a ``raise`` in the project's own code made it, with
+    a message for the user; one from inside numpy, torch or another library is a bug, as is anything else
+    (worth a line on the terminal too, and its type in the message)."""
+    if isinstance(exc, (UserFacingError, VolumeIOError, OSError, MemoryError)):
+        return True
+    return isinstance(exc, ValueError) and _raised_by_the_project(exc)
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, (UserFacingError, ValueError, FileNotFoundError, PermissionError)):  # VolumeIOError: ValueError
-        return str(exc)
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError)):
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror or exc}"
     if isinstance(exc, MemoryError):
         return "not enough memory for this operation; close other volumes or use a smaller one"
+    if isinstance(exc, (FileNotFoundError, PermissionError)) or is_expected(exc):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _raised_by_the_project(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    if tb is None:
+        return True                             # made, not raised: its text was written for a reader
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code.co_filename
+    where = Path(code).resolve()
+    if not where.is_relative_to(_PROJECT) or ".venv" in where.relative_to(_PROJECT).parts:
+        return False
+    return linecache.getline(code, tb.tb_lineno).lstrip().startswith("raise")   # not a C library's error

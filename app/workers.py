@@ -10,7 +10,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from engine.jobs import CancelToken, Cancelled, Progress
-from app.errors import EXPECTED, describe_error
+from app.errors import describe_error, is_expected
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.05          # at most ~20 progress signals a second reach the UI
@@ -60,7 +60,7 @@ class _Runnable(QRunnable):
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the user as a message
             message = describe_error(exc)
             log.debug("%s failed: %s", task.name or "task", message, exc_info=exc)     # for the log file
-            if not isinstance(exc, EXPECTED):
+            if not is_expected(exc):
                 log.error("%s failed: %s", task.name or "task", message)
             task._reported.emit(task, "failed", message)
         else:

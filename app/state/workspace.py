@@ -57,6 +57,8 @@ class Workspace:
         if synthetic and not volume.synthetic:
             made_from = (source.volume.modality or "") if source is not None else ""
             volume = volume.replace(synthetic=True, derived_from=volume.derived_from or made_from)
+        if source is not None and source not in self.documents:
+            source = None                       # closed while the model was running
         if volume.synthetic and not key:
             key = f"{SYNTHETIC_KEY_PREFIX}{next(self._numbers)}"
         presets = presets_for(volume.array, volume.modality)
@@ -90,7 +92,9 @@ class Workspace:
         for other in self.documents:
             if other.source is doc:
                 other.source = None
-        self.closed.emit(doc)
-        if doc is self.active:
+        was_active = doc is self.active
+        if was_active:
             self.active = doc.source if doc.source in self.documents else (self.documents or [None])[-1]
+        self.closed.emit(doc)
+        if was_active:
             self.activated.emit(self.active)

@@ -20,6 +20,7 @@ from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings, resolve_device
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
+from engine.model.checkpoint import save_safetensors
 from engine.tasks import PairedDataset, SynthesisDataset
 from engine.tasks.augment import Randomization
 from engine.training.config import DEFAULT_PIXEL_MM
@@ -109,10 +110,8 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
             "training": {"data": str(data), "split": "train", "steps_done": step, "batch_size": batch_size,
                          "lr": lr, "seed": seed, "elapsed_s": round(time.perf_counter() - started, 1),
                          "final_loss": loss, "device": str(dev), "steps": steps, "minutes": minutes}}
-    from safetensors.torch import save_file
-
     with atomic_folder(out) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS))
+        save_safetensors(net.state_dict(), tmp / WEIGHTS)
         (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
     log({"event": "done", "stage": "unet-baseline", "step": step, "final_loss": loss, "out": str(out)})
     return Path(out)

@@ -15,8 +15,12 @@ SYNTHETIC_KEY = "SynerMedGen_synthetic"        # MetaImage / NRRD fields ("true"
 DERIVED_FROM_KEY = "SynerMedGen_derived_from"
 NIFTI_DESCRIP_BYTES = 79                       # descrip holds 80 bytes, the last one a NUL
 DICOM_SYNTHETIC = "SYNTHETIC"                  # the value of our private element (0011,xx03)
-_WORD = re.compile(r"\bsynthetic\b", re.IGNORECASE)
-_ROUTE = re.compile(r"\bsynthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
+# Our mark and nothing else: a description that opens with "synthetic <modality>" and says research
+# use only. A third party's "Synthetic MR phantom" or "synthetic aperture" is not read as ours.
+_MARK = re.compile(r"^\s*synthetic\s+\S+(?:\s+from\s+\S+)?\b.*\b" + re.escape(RESEARCH_ONLY),
+                   re.IGNORECASE | re.DOTALL)
+_ROUTE = re.compile(r"^\s*synthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
+_SUFFIX = f" — {RESEARCH_ONLY}"
 
 
 def label(volume: Volume) -> str:
@@ -31,11 +35,12 @@ def mark(volume: Volume) -> str:
 
 
 def says_synthetic(*texts: str) -> bool:
-    return any(_WORD.search(text or "") for text in texts)
+    """Whether one of ``texts`` is our mark (see ``mark``)."""
+    return any(_MARK.match(text or "") for text in texts)
 
 
 def derived_from(text: str) -> str:
-    """The source modality named in a ``synthetic X from Y`` text ("" when none is named)."""
+    """The source modality named in our ``synthetic X from Y …`` mark ("" when none is named)."""
     found = _ROUTE.search(text or "")
     return found.group(1) if found else ""
 
@@ -45,8 +50,11 @@ def file_description(volume: Volume, description: str) -> str:
     and for research use only (``description`` kept when it already names it synthetic)."""
     if not volume.synthetic:
         return description
-    text = description if says_synthetic(description) else "; ".join(filter(None, (label(volume), description)))
-    return text if RESEARCH_ONLY in text.lower() else f"{text} — {RESEARCH_ONLY}"
+    if says_synthetic(description):
+        return description
+    if description.lower().startswith(label(volume).lower()):
+        return description + _SUFFIX
+    return "; ".join(filter(None, (label(volume), description))) + _SUFFIX
 
 
 def itk_fields(volume: Volume, description: str) -> dict[str, str]:
@@ -77,5 +85,10 @@ def read_dicom_tags(tags: Mapping[str, str]) -> dict:
 
 
 def _fit_bytes(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
-    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character; a closing
+    "— research use only" is kept whole (the text before it is cut instead)."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    suffix = _SUFFIX if text.endswith(_SUFFIX) else ""
+    head = text[:len(text) - len(suffix)].encode("utf-8")[:limit - len(suffix.encode("utf-8"))]
+    return head.decode("utf-8", errors="ignore").rstrip(" ;") + suffix

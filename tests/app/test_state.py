@@ -164,16 +164,27 @@ def test_two_synthetic_volumes_of_the_same_kind_get_distinct_names():
     assert third.title == "synthetic CT from CBCT" and third.ordinal == 1            # the freed name
 
 
+def test_a_synthesis_whose_source_was_closed_meanwhile_keeps_no_closed_document():
+    ws = Workspace()
+    cbct = ws.add(volume(name="CBCT", modality="CBCT"), key="cbct")
+    ws.close(cbct)                                              # while the model was running
+    made = ws.add(volume(name="synthetic CT from CBCT", modality="CT"), synthetic=True, source=cbct)
+    assert made.source is None and made.volume.derived_from == "CBCT"
+    ws.activate(made)
+    ws.close(made)
+    assert ws.active is None
+
+
 def test_closing_the_shown_document_shows_its_source_then_the_last_one_then_nothing():
     ws, shown, closed = Workspace(), [], []
     ws.activated.connect(shown.append)
-    ws.closed.connect(closed.append)
+    ws.closed.connect(lambda doc: closed.append((doc, ws.active)))   # the new active is set first
     t1 = ws.add(volume(name="T1", modality="T1"), key="t1")
     t2 = ws.add(volume(name="T2", modality="T2"), key="t2")
     made = ws.add(volume(name="synthetic T2 from T1", modality="T2"), synthetic=True, source=t1)
     ws.activate(made)
     ws.close(made)
-    assert closed == [made] and ws.active is t1 and shown[-1] is t1 and made not in ws.documents
+    assert closed == [(made, t1)] and ws.active is t1 and shown[-1] is t1 and made not in ws.documents
     ws.close(t1)
     assert ws.active is t2
     ws.close(t2)

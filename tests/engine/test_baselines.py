@@ -65,6 +65,21 @@ def test_unet_baseline_trains_saves_and_synthesizes_on_the_input_grid(data, tmp_
     assert all(torch.equal(before[k], v) for k, v in again.net.state_dict().items())
 
 
+def test_a_full_disk_while_saving_the_u_net_keeps_the_previous_one(data, tmp_path, one_torch_thread):
+    from safetensors.torch import load_file
+
+    from faults import disk_full_after
+
+    kwargs = dict(steps=2, batch_size=2, image_size=32, device="cpu")
+    folder = train_unet(data, tmp_path / "unet", **kwargs)
+    before = load_file(str(folder / "unet.safetensors"))
+    with disk_full_after(4096), pytest.raises(OSError, match="could not be written.*previous version is kept"):
+        train_unet(data, tmp_path / "unet", seed=1, **kwargs)
+    after = load_file(str(folder / "unet.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet"]            # no half-written folder left
+
+
 def test_unet_baseline_trains_the_same_with_data_loading_workers(data, tmp_path, one_torch_thread):
     from safetensors.torch import load_file
 

@@ -237,6 +237,23 @@ def test_a_synthetic_nifti_says_so_in_its_descrip(tmp_path):
     assert io.scan(nibabel_copy).entries[0].synthetic and io.load(nibabel_copy).derived_from == "CBCT"
 
 
+def test_a_long_description_keeps_the_research_use_mark_in_the_nifti_descrip(tmp_path):
+    synthetic = _oblique_volume().replace(modality="FLAIR", synthetic=True, derived_from="T1")
+    out = io.save(synthetic, tmp_path / "scan.nii", description="converted from " + "a very long name " * 8)
+    descrip = nibabel.load(out).header["descrip"].item().decode()
+    assert len(descrip.encode()) <= 79 and descrip.startswith("synthetic FLAIR from T1; converted from")
+    assert descrip.endswith("— research use only") and io.load(out).derived_from == "T1"
+
+
+def test_a_third_party_description_with_the_word_synthetic_marks_nothing(tmp_path):
+    for text in ("Synthetic MR phantom, site 3", "sub-01 synthetic aperture recon", "SYNTHETIC CT"):
+        out = tmp_path / "third_party.nii"
+        image = nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4))
+        image.header["descrip"] = text.encode()
+        nibabel.save(image, out)
+        assert not io.scan(out).entries[0].synthetic and not io.load(out).synthetic, text
+
+
 def test_cli_info_reports_a_synthetic_file(tmp_path):
     synthetic = _oblique_volume().replace(modality="T1", synthetic=True, derived_from="T2")
     out = io.save(synthetic, tmp_path / "subject.nii.gz")
