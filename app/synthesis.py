@@ -95,11 +95,13 @@ def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
 
 
 def benchmark_warnings(volume: Volume) -> list[str]:
-    """The warnings a synthetic volume's notes carry from its model card's benchmark: routes on
-    which the model scored worse than the source itself (:meth:`ModelCard.benchmark_warnings`)."""
-    from engine.inference.model_card import BENCHMARK_PREFIX
+    """The notes a synthetic volume carries from its model card's benchmark: routes on which the
+    model scored worse than the source itself (:meth:`ModelCard.benchmark_warnings`), and how much of
+    the model's change to the source was kept on a same-scale route (the card's source floor)."""
+    from engine.inference.model_card import BENCHMARK_PREFIX, SOURCE_FLOOR_PREFIX
 
-    return [n for n in volume.notes if n.startswith(BENCHMARK_PREFIX)]
+    return [n.removeprefix(BENCHMARK_PREFIX) if n.startswith(BENCHMARK_PREFIX) else n[0].upper() + n[1:]
+            for n in volume.notes if n.startswith((BENCHMARK_PREFIX, SOURCE_FLOOR_PREFIX))]
 
 
 def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:

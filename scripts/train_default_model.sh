@@ -5,7 +5,8 @@
 # 2. trains vae → Stage I → Stage II (the default model) and the comparison runs of the quality
 #    benchmark (Stage II only, MONAI BasicUNet) into RUN/… — rerunning resumes / skips finished ones;
 #    PARALLEL=1 trains the two independent branches side by side, one thread each (faster on 2 cores);
-# 3. runs `bench quality` (RUN/quality.json, RUN/quality.md);
+# 3. chooses the CBCT → CT source floor on the validation subjects (`bench floor --write-card`, RUN/floor.md),
+#    then runs `bench quality` (RUN/quality.json, RUN/quality.md);
 # 4. ships RUN/generation as resources/models/default with its model card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ if [ "${PARALLEL:-0}" = 1 ]; then
 else
     $PY main.py recipe --data "$DATA" --out "$RUN"
 fi
+$PY main.py bench floor --model "$RUN/generation" --data "$DATA" --write-card --out "$RUN/floor.json" --markdown > "$RUN/floor.md"
 $PY main.py bench quality --run "$RUN" --data "$DATA" --slices 4 --seeds 3 --out "$RUN/quality.json" --markdown > "$RUN/quality.md"
 $PY main.py recipe --data "$DATA" --out "$RUN" --ship resources/models/default --quality "$RUN/quality.json"
 cat "$RUN/quality.md"

@@ -7,7 +7,7 @@
 #    model), Stage II alone, the MONAI BasicUNet — each with data-loading workers, so the U-Net trains
 #    as many minutes as each Stage II, at the same time on the same machine (DEVICE=cuda:N picks the
 #    GPU). Logs: RUN/*.jsonl.
-# Then, on any machine: `bench quality` and `recipe --ship` as scripts/train_default_model.sh does
+# Then, on any machine: `bench floor`, `bench quality` and `recipe --ship` as scripts/train_default_model.sh does
 # (README, "Training on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +39,4 @@ for pid in $first $second $third; do
     wait "$pid" || status=1
 done
 [ "$status" = 0 ] || { echo "a branch failed: see $RUN/*.err" >&2; exit 1; }
-echo "trained into $RUN; next: bench quality and recipe --ship (scripts/train_default_model.sh, steps 3-4)"
+echo "trained into $RUN; next: bench floor, bench quality and recipe --ship (scripts/train_default_model.sh, steps 3-4)"

@@ -369,7 +369,7 @@ class SynthesisPanel(QWidget):
             parts.append("The input is unlike this model's training data — treat the result with caution:\n"
                          + "\n".join(f"• {w.split(': ', 1)[-1]}" for w in warnings))
         if known:
-            parts.append("This model's own benchmark:\n" + "\n".join(f"• {w.split(': ', 1)[-1]}" for w in known))
+            parts.append("This model's own benchmark:\n" + "\n".join(f"• {w}" for w in known))
         if parts:
             self.input_check.setText("\n".join(parts))
             self.input_check.setStyleSheet(WARNING_STYLE)

@@ -234,11 +234,55 @@ def _run_understanding(args: argparse.Namespace) -> int:
     return _print_report(args, report, understanding.to_markdown, understanding.to_text)
 
 
+# -- source floor -----------------------------------------------------------------------------------
+def _add_floor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "floor", help="choose the weight of the model's change to the calibrated source (CBCT → CT) on "
+                      "validation subjects, and measure it on held-out ones",
+        description="On a route whose source and target share a physical scale (CBCT → CT) the output is the "
+                    "HU-calibrated source plus a weight times the model's change to it (0 = the source, 1 = "
+                    "the model alone). Chooses the weight with the lowest mean MAE inside the body on the "
+                    "validation subjects, then prints what it gives on the test subjects, on CBCTs simulated "
+                    "outside the training ranges and on real head CTs never trained on, beside the source as "
+                    "it is. --write-card records the weight in the model card, where synthesis reads it.")
+    p.add_argument("--model", metavar="DIR", help=f"model folder (default {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
+    p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
+    p.add_argument("--slices", type=int, default=8, metavar="N",
+                   help="central body slices per volume (default 8; 0 = all)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
+    p.add_argument("--no-generalization", action="store_true",
+                   help="measure on the test subjects only (not on the out-of-range and real CBCT sets)")
+    p.add_argument("--write-card", action="store_true", help="record the chosen weights in the model's card")
+    _add_output_arguments(p)
+    p.set_defaults(func=_run_floor)
+
+
+def _run_floor(args: argparse.Namespace) -> int:
+    from engine.evaluation import source_floor
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+    if not model.is_dir():
+        raise FileNotFoundError(f"{model}: no model folder there")
+    words = ["python", "main.py", "bench", "floor", "--data", args.data]
+    words += ["--model", args.model] if args.model else []
+    words += [] if args.slices == 8 else ["--slices", str(args.slices)]
+    words += ["--no-generalization"] if args.no_generalization else []
+    report = source_floor.run_floor(model, args.data, max_slices=args.slices or None, device=args.device,
+                                    generalization=not args.no_generalization,
+                                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report["command"] = shlex.join(words)
+    if args.write_card:
+        written = source_floor.write_card(model, report, shlex.join(words + ["--write-card"]))
+        print(f"written: {written}", file=sys.stderr)
+    return _print_report(args, report, source_floor.to_markdown, source_floor.to_text)
+
+
 # -- bench ------------------------------------------------------------------------------------------
 BENCHMARKS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "speed": _add_speed,
     "quality": _add_quality,
     "understanding": _add_understanding,
+    "floor": _add_floor,
 }
 
 

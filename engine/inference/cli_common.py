@@ -50,6 +50,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hu-calibration", dest="hu_calibration", action="store_false", default=None,
                    help="feed a CT / CBCT source as it is (default: shifted so its soft-tissue peak sits at the "
                         "training CTs', when the model card records it)")
+    p.add_argument("--source-floor", type=float, metavar="W",
+                   help="on a route whose source and target share a physical scale (CBCT → CT): output the "
+                        "calibrated source plus W × the model's change to it, W in [0, 1] (0 = the calibrated "
+                        "source, 1 = the model's output alone; default: the weight the model card records, "
+                        "chosen on validation subjects by `bench floor`)")
 
 
 def sampling_settings(args: argparse.Namespace, defaults):
@@ -62,6 +67,7 @@ def sampling_settings(args: argparse.Namespace, defaults):
                                  ("noise_correlation", args.noise_correlation),
                                  ("guided_filter", args.guided_filter),
                                  ("hu_calibration", args.hu_calibration),
+                                 ("source_floor", args.source_floor),
                                  ("plane", getattr(args, "plane", None))) if v is not None}
     if args.guidance:
         changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],

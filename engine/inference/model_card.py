@@ -32,6 +32,10 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  warning in its notes (default: none; a model trained further drops it)
     pixel_mm             float   the model's pixel size: slices are resampled to it (default: none,
                                  each slice fitted to image_size)
+    source_floor         [{"route": ["CBCT", "CT"], "weight": w, …}]  per route whose source and target
+                                 share a physical scale, the weight of the model's change to the
+                                 calibrated source (0 = the source itself), chosen on validation
+                                 subjects by ``bench floor`` (default: none, the model's output as is)
     calibration          {"soft_tissue_hu": …}  where the training CTs' soft-tissue peak sits: CT-family
                                  sources are shifted onto it (engine.inference.calibration; default: none)
 """
@@ -47,6 +51,7 @@ from engine import modalities
 
 METADATA_FILE = "metadata.json"
 BENCHMARK_PREFIX = "benchmark: "        # the notes a card's benchmark_warnings add to a synthetic volume
+SOURCE_FLOOR_PREFIX = "source floor "   # the note saying how much of the model's change to the source was kept
 MAX_DEFAULT_IMAGE_SIZE = 256
 
 
@@ -172,6 +177,17 @@ class ModelCard:
     def limitations(self) -> list[str]:
         value = self.raw.get("limitations") or []
         return [value] if isinstance(value, str) else [str(v) for v in value]
+
+    def source_floor(self, source: str, target: str) -> dict[str, Any] | None:
+        """The card's ``source_floor`` entry for the route (its ``weight`` a number in [0, 1]), or None."""
+        route = (modalities.canonical(source), modalities.canonical(target))
+        for item in self.raw.get("source_floor") or ():
+            try:
+                if parse_route(item.get("route")) == route and 0.0 <= float(item.get("weight")) <= 1.0:
+                    return dict(item, weight=float(item["weight"]))
+            except (AttributeError, TypeError, ValueError):
+                continue
+        return None
 
     def benchmark_warnings(self, source: str, target: str) -> list[str]:
         """The card's ``benchmark_warnings`` for the route ``source`` → ``target``, each led by

@@ -33,7 +33,7 @@ import torch
 from engine import modalities
 from engine.inference.calibration import calibration_shift
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
-from engine.inference.model_card import ModelCard, route_name
+from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
 from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
                                        resolve_device, resolve_precision, settings_from_card)
 from engine.io.volume import Volume
@@ -284,6 +284,8 @@ class SliceSynthesizer:
         radius = native_radius(settings.guided_filter, plan.placement) \
             if settings.guided_filter else 0
         same_scale = fits_at_model_resolution(source, target)
+        floor, floor_note = self._source_floor(source, target, settings) if same_scale else (None, "")
+        floored = slices_first(array, plan.axis) if floor is not None else None    # the calibrated source
 
         total = plan.count
         done = len(plan.empty)
@@ -298,7 +300,13 @@ class SliceSynthesizer:
             for i in plan.empty:
                 preview(i, out[i])
 
-        queue = list(plan.active)
+        queue = list(plan.active) if floor != 0.0 else []
+        for i in plan.active if floor == 0.0 else ():
+            out[i] = floored[i]
+            done += 1
+            report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)")
+            if preview is not None:
+                preview(i, out[i])
         auto = settings.batch_size == "auto"
         # "auto" where torch's CUDA allocator sees the network's memory: a one-slice probe measures
         # it; elsewhere the size follows from the shapes (slice_memory_estimate) before the first batch
@@ -348,7 +356,7 @@ class SliceSynthesizer:
                                           seen=from_model_slice(images, plan.placement) if same_scale else None)
             physical = modalities.denormalise(synthetic, norm_out)
             for k, i in enumerate(chunk):
-                out[i] = physical[k]
+                out[i] = physical[k] if floor is None else floored[i] + floor * (physical[k] - floored[i])
                 done += 1
                 report(done, f"slice {i + 1} of {total} done")
                 if preview is not None:
@@ -363,6 +371,7 @@ class SliceSynthesizer:
             f"route: {route_name(source, target)}",
             *method_notes,
             *([calibration_note] if calibration_note else []),
+            *([floor_note] if floor_note else []),
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
                f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
                f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
@@ -376,6 +385,22 @@ class SliceSynthesizer:
             modality=target, unit=modalities.get(target).unit,
             name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom),
             synthetic=True, derived_from=source)
+
+    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, str]:
+        """(weight, note) of the source floor on a same-scale route: the settings' weight, else the
+        card's; (None, "") when neither gives one (the model's output as is)."""
+        if settings.source_floor is not None:
+            weight, why = settings.source_floor, "as asked"
+        else:
+            entry = self.card.source_floor(source, target)
+            if entry is None:
+                return None, ""
+            weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
+        if weight == 0.0:
+            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration), "
+                            "the model was not run — on this route it did not beat the calibrated source")
+        return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
+                        f"plus {weight:.2f} × the model's change to it")
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
@@ -478,6 +503,22 @@ class Synthesizer(SliceSynthesizer):
         if self.config.target_modalities and not prompt.target:
             notes.append(f"note: the model has no target embedding for {target}: the instruction alone names it")
         return prompt, notes
+
+    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, str]:
+        """(weight, note) of the source floor on a same-scale route: the settings' weight, else the
+        card's; (None, "") when neither gives one (the model's output as is)."""
+        if settings.source_floor is not None:
+            weight, why = settings.source_floor, "as asked"
+        else:
+            entry = self.card.source_floor(source, target)
+            if entry is None:
+                return None, ""
+            weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
+        if weight == 0.0:
+            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration), "
+                            "the model was not run — on this route it did not beat the calibrated source")
+        return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
+                        f"plus {weight:.2f} × the model's change to it")
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""

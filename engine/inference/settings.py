@@ -45,6 +45,10 @@ class SynthesisSettings:
     input grid from the source slice through window-wise lines (:mod:`engine.inference.guided`);
     0 = off. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
     soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`).
+    ``source_floor`` = w in [0, 1], on a route whose source and target share a physical scale (CBCT →
+    CT): the output is the (calibrated) source plus w times the model's change to it, so w = 0 is the
+    source itself and 1 the model's output alone; None = the model card's weight for the route
+    (:meth:`engine.inference.model_card.ModelCard.source_floor`; none recorded: the model's output).
     ``plane``: the patient plane the volume is cut in for the 2-D model (:func:`engine.inference.
     pipeline.plane_axis`); ``auto`` = the acquisition plane (the axis with the largest spacing)."""
 
@@ -58,6 +62,7 @@ class SynthesisSettings:
     noise_correlation: float = 0.0
     guided_filter: float = 0.0
     hu_calibration: bool = True
+    source_floor: float | None = None
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
     plane: str = "auto"
 
@@ -102,6 +107,11 @@ class SynthesisSettings:
         if not 0.0 <= radius <= 16.0:
             raise ValueError(f"guided_filter must be a radius of 0 (off) to 16 model pixels, got {self.guided_filter!r}")
         object.__setattr__(self, "guided_filter", radius)
+        if self.source_floor is not None:
+            weight = float(self.source_floor)
+            if not 0.0 <= weight <= 1.0:
+                raise ValueError(f"source_floor must be a weight in [0, 1], got {self.source_floor!r}")
+            object.__setattr__(self, "source_floor", weight)
         plane = str(self.plane).strip().lower()
         if plane not in SLICING_PLANES:
             raise ValueError(f"unknown slicing plane {self.plane!r}; use one of {', '.join(SLICING_PLANES)}")

@@ -93,8 +93,8 @@ def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: lis
                pixel_mm: float | None = None, randomization: Mapping[str, Any] | None = None) -> dict:
     """The model card: the start model's card (``base``) updated with this stage — routes seen,
     modalities and their normalisation, data, the stage history (recipe) and the latest metrics."""
-    # the base's benchmark scored the base's weights, not these
-    card = {k: v for k, v in base.items() if k not in ("benchmark", "benchmark_warnings")}
+    # the base's benchmark (and the source floor chosen on it) scored the base's weights, not these
+    card = {k: v for k, v in base.items() if k not in ("benchmark", "benchmark_warnings", "source_floor")}
     routes = {tuple(r) for r in card.get("routes", [])} | {tuple(r) for r in record["routes"]}
     order = list(modalities.MODALITIES)
     names = sorted({m for r in routes for m in r} | set(card.get("modalities", {})), key=order.index)

@@ -196,7 +196,11 @@ def test_the_panel_shows_what_the_cards_benchmark_says_of_the_route(qtbot, windo
     volume = window.workspace.documents[0].volume
     panel.show_input_check(volume.replace(notes=("benchmark: made CTs worse than doing nothing",)))
     assert panel.input_check.isVisible()
-    assert "own benchmark" in panel.input_check.text() and "made CTs worse than doing nothing" in panel.input_check.text()
+    assert "own benchmark" in panel.input_check.text() and "• made CTs worse than doing nothing" in panel.input_check.text()
+    floor = "source floor 0 (the model card's, chosen on 2 val-split subjects): the output is the source itself"
+    panel.show_input_check(volume.replace(notes=(floor,)))
+    assert "• Source floor 0 (the model card's, chosen on 2 val-split subjects): the output is the source itself" \
+        in panel.input_check.text()
     assert "unlike this model's training data" not in panel.input_check.text()
     panel.show_input_check(volume.replace(notes=()))
     assert not panel.input_check.isVisible()

@@ -304,6 +304,41 @@ def test_a_route_the_cards_benchmark_found_worse_than_doing_nothing_warns_in_eve
     assert not any(n.startswith("benchmark: ") for n in other.notes)
 
 
+def cbct_volume(shape=(5, 24, 24)) -> Volume:
+    zz, yy, xx = np.indices(shape)
+    head = (yy - 12) ** 2 + (xx - 12) ** 2 < 81
+    rng = np.random.default_rng(3)
+    hu = np.where(head, 40.0 + rng.normal(0, 30, shape), -1000.0).astype(np.float32)
+    return Volume(hu, spacing=(4.0, 4.0, 4.0), modality="CBCT", unit="HU", name="CBCT")
+
+
+def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_scale_route(tmp_path):
+    entry = {"route": ["CBCT", "CT"], "weight": 0.25, "chosen_on": "chosen on 2 validation subjects"}
+    folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"), ("T1", "T2")),
+                                metadata={"inference_defaults": {"steps": 1}, "source_floor": [entry],
+                                          "calibration": {"soft_tissue_hu": 20.0}})
+    synth = Synthesizer(folder, device="cpu")
+    assert synth.card.source_floor("cbct", "CT")["weight"] == 0.25 and synth.card.source_floor("T1", "T2") is None
+    cbct = cbct_volume()
+    model = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(source_floor=1.0))
+    source = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(source_floor=0.0))
+    blended = synth.synthesize_volume(cbct, "CBCT", "CT")                          # the card's 0.25
+    active = list(synth.plan(cbct, "CBCT").active)
+    shift = 20.0 - float(np.median(source.array[active][cbct.array[active] > -500]))   # about the calibration
+    assert abs(shift) < 15                                                          # the source, calibrated
+    np.testing.assert_allclose(source.array[active], cbct.array[active] + (source.array[active] - cbct.array[active])
+                               .mean(), atol=1e-3)                                 # a pure shift of the CBCT
+    np.testing.assert_allclose(blended.array[active], source.array[active]
+                               + 0.25 * (model.array[active] - source.array[active]), atol=1e-3)
+    assert not np.allclose(model.array[active], source.array[active])
+    assert any("source floor 0.25 (the model card's, chosen on 2 validation subjects)" in n for n in blended.notes)
+    assert any(n.startswith("source floor 0 (as asked)") and "the model was not run" in n for n in source.notes)
+    t2 = synth.synthesize_volume(t1_volume(), "T1", "T2", synth.default_settings().replace(source_floor=0.0))
+    assert not any("source floor" in n for n in t2.notes)                          # MR: no common scale
+    with pytest.raises(ValueError, match="source_floor must be a weight"):
+        synth.default_settings().replace(source_floor=1.5)
+
+
 def test_model_card_reading():
     card = ModelCard.from_metadata({"routes": ["t1->flair", ["CBCT", "CT"], "T2→T1"], "stages": ["understanding"]})
     assert card.routes == (("T1", "FLAIR"), ("CBCT", "CT"), ("T2", "T1"))

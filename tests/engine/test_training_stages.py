@@ -148,11 +148,12 @@ def test_vae_stage_ships_unit_variance_latents_and_appends_to_the_recipe(data, t
     # the next stage starts from it, keeps its recipe and adds its own entry; the start model's
     # benchmark scored other weights and is not carried over
     written = json.loads((vae_out / "metadata.json").read_text())
-    written.update(benchmark={"rows": []}, benchmark_warnings=[{"routes": [["T1", "T2"]], "warning": "w"}])
+    written.update(benchmark={"rows": []}, benchmark_warnings=[{"routes": [["T1", "T2"]], "warning": "w"}],
+                   source_floor=[{"route": ["CBCT", "CT"], "weight": 0.0}])
     (vae_out / "metadata.json").write_text(json.dumps(written))
     und_out = Trainer(tiny_config(data, tmp_path / "und", "understanding", steps=1, init=str(vae_out))).run()
     card = load_model_dir(und_out).metadata
-    assert "benchmark" not in card and "benchmark_warnings" not in card
+    assert "benchmark" not in card and "benchmark_warnings" not in card and "source_floor" not in card
     assert [s["stage"] for s in card["recipe"]["stages"]] == ["vae", "understanding"]
     assert set(card["metrics"]["understanding"]["accuracy"]) == {"CTS", "MI", "TIA"}
     assert card["metrics"]["vae"] == loaded.metadata["metrics"]["vae"]

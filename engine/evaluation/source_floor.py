@@ -1,0 +1,162 @@
+"""``bench floor``: on a route whose source and target share a physical scale (CBCT → CT), how much of
+the model's change to the HU-calibrated source to keep — the model card's ``source_floor`` weight.
+
+Chosen on the validation subjects: each volume is synthesized once by the model alone (weight 1) and
+once as the calibrated source (weight 0, no model run); every weight of :data:`WEIGHTS` blends the
+two (the blend is linear, so no further synthesis is needed) and is scored inside the body. The
+weight with the lowest mean MAE is chosen, the smaller weight on a tie (the source is the floor).
+Then it is measured, never chosen, on held-out inputs: the test split, CBCTs simulated outside the
+training ranges and the real head CTs of the hold-out (:mod:`engine.evaluation.generalization`),
+each beside the source as it is.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from engine.evaluation import generalization as gen
+from engine.evaluation.synthesis_eval import central_block, route_jobs, score_volume
+from engine.jobs import CancelToken, check_cancel
+
+WEIGHTS = tuple(round(0.1 * k, 1) for k in range(11))
+ROUTES = (gen.CBCT_ROUTE,)
+SLICES = 8                      # central body slices per volume
+
+
+def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[str, str]] = ROUTES,
+                 max_slices: int | None = SLICES, weights: Sequence[float] = WEIGHTS,
+                 cancel: CancelToken | None = None) -> dict[str, dict[str, Any]]:
+    """Per route ("CBCT→CT"): the subjects, the source's own mean MAE inside the body (``as_is``)
+    and the mean MAE of every weight (``curve``: [[weight, MAE], …])."""
+    settings = synth.default_settings()
+    found: dict[str, dict[str, Any]] = {}
+    for subject, (source, target) in route_jobs(synth, volumes, split, routes):
+        check_cancel(cancel)
+        volume, reference = volumes.volume(subject, source), volumes.volume(subject, target)
+        picked = central_block(synth.plan(volume, source).active, max_slices)
+        scored = picked if max_slices else None
+        asked = settings.replace(anatomy=volumes.anatomy(subject) or settings.anatomy)
+        model, base = (synth.synthesize_volume(volume, source, target, asked.replace(source_floor=w), cancel=cancel,
+                                               slices=picked) for w in (1.0, 0.0))
+
+        def mae(array: np.ndarray) -> float:
+            return score_volume(model.with_array(array), reference, target, slices=scored).body.mae
+
+        entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": []})
+        entry["subjects"].append(subject)
+        entry["as_is"].append(mae(np.asarray(volume.array, np.float32)))
+        entry["maes"].append([mae(base.array + w * (model.array - base.array)) for w in weights])
+    for entry in found.values():
+        means = np.mean(np.asarray(entry.pop("maes")), axis=0)
+        entry["curve"] = [[float(w), float(m)] for w, m in zip(weights, means)]
+        entry["as_is"] = float(np.mean(entry["as_is"]))
+    return found
+
+
+def choose(curve: Sequence[Sequence[float]]) -> float:
+    """The weight of the lowest MAE; the smallest such weight on a tie."""
+    best = min(m for _, m in curve)
+    return min(w for w, m in curve if math.isclose(m, best, rel_tol=0, abs_tol=1e-6))
+
+
+def mae_at(curve: Sequence[Sequence[float]], weight: float) -> float:
+    return next(m for w, m in curve if math.isclose(w, weight))
+
+
+def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val", test_split: str = "test",
+              max_slices: int | None = SLICES, device: str = "cpu", generalization: bool = True,
+              progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None) -> dict[str, Any]:
+    """The weight per same-scale route chosen on ``choose_split``, and what it gives on held-out sets."""
+    from engine.inference.pipeline import Synthesizer
+    from engine.tasks import PairedDataset
+
+    synth = Synthesizer(model, device=device)
+    paired = PairedDataset.open(data, pixel_mm=synth.pixel_mm)
+    progress(f"choosing on the {choose_split} split …")
+    chosen = weight_curve(synth, paired, choose_split, max_slices=max_slices, cancel=cancel)
+    if not chosen:
+        raise ValueError(f"{data}: the {choose_split!r} split has no subject with a same-scale route "
+                         f"({', '.join(f'{a}→{b}' for a, b in ROUTES)}) the model supports")
+    for entry in chosen.values():
+        entry["weight"] = choose(entry["curve"])
+    sets: list[tuple[str, str, Any, str | None]] = [("test", f"held-out subjects ({test_split} split)", paired,
+                                                     test_split)]
+    if generalization:
+        sets.append(("cbct_out_of_range", gen.SET_LABELS["cbct_out_of_range"], gen.cbct_set(paired, test_split), None))
+        sets.append(("real_ct", gen.SET_LABELS["real_ct"], gen.real_ct_set()[0], None))
+    measured = []
+    for key, label, volumes, split in sets:
+        check_cancel(cancel)
+        progress(f"measuring on {label} …")
+        curves = weight_curve(synth, volumes, split, max_slices=max_slices, cancel=cancel)
+        for route, entry in curves.items():
+            weight = chosen[route]["weight"] if route in chosen else None
+            measured.append({"set": key, "label": label, "route": route, "subjects": len(entry["subjects"]),
+                             "as_is": entry["as_is"], "calibrated": mae_at(entry["curve"], 0.0),
+                             "model": mae_at(entry["curve"], 1.0),
+                             "floored": None if weight is None else mae_at(entry["curve"], weight),
+                             "curve": entry["curve"]})
+    return {"model": str(model), "data": str(data), "choose_split": choose_split, "max_slices": max_slices,
+            "settings": synth.default_settings().to_dict(), "routes": chosen, "measured": measured}
+
+
+def card_entries(report: Mapping[str, Any], command: str) -> list[dict[str, Any]]:
+    """The model card's ``source_floor`` from a :func:`run_floor` report."""
+    out = []
+    for route, entry in report["routes"].items():
+        weight = entry["weight"]
+        source, target = route.split("→")
+        where = f"chosen on {len(entry['subjects'])} {report['choose_split']}-split subjects"
+        scores = (f"the calibrated source {mae_at(entry['curve'], 0.0):.1f} HU inside the body, the model alone "
+                  f"{mae_at(entry['curve'], 1.0):.1f}")
+        found = (f"{scores}: no weight above 0 did better" if weight == 0.0
+                 else f"{mae_at(entry['curve'], weight):.1f} HU inside the body against {scores}")
+        out.append({"route": [source, target], "weight": weight, "command": command, "chosen_on": f"{where}: {found}"})
+    return out
+
+
+def write_card(model: str | Path, report: Mapping[str, Any], command: str) -> Path:
+    """Record the chosen weights in ``model``'s card (atomically); the card's benchmark warnings for
+    those routes are dropped (they scored the model without its floor)."""
+    from engine.atomic import atomic_file
+    from engine.inference.model_card import METADATA_FILE, parse_route
+
+    path = Path(model) / METADATA_FILE
+    card = json.loads(path.read_text(encoding="utf-8"))
+    entries = card_entries(report, command)
+    floored = {tuple(e["route"]) for e in entries}
+    card["source_floor"] = entries
+    kept = [w for w in card.get("benchmark_warnings") or ()
+            if not {parse_route(r) for r in w.get("routes") or ()} <= floored]
+    if "benchmark_warnings" in card:
+        card["benchmark_warnings"] = kept
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _f(value: Any) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    lines = [f"`{report.get('command', 'python main.py bench floor')}` — {report['max_slices'] or 'all'} central "
+             "slices per volume; MAE in HU inside the body", ""]
+    for route, entry in report["routes"].items():
+        curve = ", ".join(f"{w:g}: {m:.1f}" for w, m in entry["curve"])
+        lines.append(f"{route}: weight **{entry['weight']:g}** chosen on {len(entry['subjects'])} "
+                     f"{report['choose_split']}-split subjects (mean MAE in HU inside the body by weight — {curve}; "
+                     f"the source as it is {entry['as_is']:.1f})")
+    lines += ["", "| set | route | subjects | source as is | calibrated source (weight 0) | model alone (weight 1) "
+                  "| with the floor |", "|---|---|---|---|---|---|---|"]
+    for row in report["measured"]:
+        lines.append(f"| {row['label']} | {row['route']} | {row['subjects']} | {_f(row['as_is'])} | "
+                     f"{_f(row['calibrated'])} | {_f(row['model'])} | {_f(row['floored'])} |")
+    return "\n".join(lines) + "\n"
+
+
+to_text = to_markdown

@@ -1,0 +1,86 @@
+"""``bench floor``: the weight of the model's change to the calibrated source on CBCT → CT, chosen on
+the validation subjects (the smaller weight on a tie), measured on the test subjects, written into the
+card, where synthesis reads it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.evaluation import source_floor
+from engine.inference.pipeline import Synthesizer
+from engine.inference.random_model import write_random_model
+from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = write_phantom_dataset(tmp_path_factory.mktemp("data"), subjects=1, modality_names=("T1", "T2"),
+                                 split={"train": ["sub01", "ct01"], "val": ["ct02"], "test": ["ct03"]})
+    for name, seed in (("ct02", 102), ("ct03", 103)):
+        write_phantom_subject(root / name, ("CT", "CBCT"), seed=seed)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["anatomy"].update(ct02="head", ct03="head")
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture
+def model(tmp_path):
+    warnings = [{"routes": [["CBCT", "CT"]], "warning": "worse than the CBCT"},
+                {"routes": [["T1", "T2"]], "warning": "worse than the T1"}]
+    return write_random_model(tmp_path / "m", routes=(("CBCT", "CT"), ("T1", "T2")),
+                              metadata={"inference_defaults": {"steps": 1}, "benchmark_warnings": warnings,
+                                        "calibration": {"soft_tissue_hu": 30.0}})
+
+
+def test_the_smallest_weight_of_the_lowest_error_is_chosen():
+    assert source_floor.choose([[0.0, 5.0], [0.5, 4.0], [1.0, 4.0]]) == 0.5
+    assert source_floor.choose([[0.0, 3.0], [0.5, 4.0], [1.0, 2.0]]) == 1.0
+
+
+def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis(data, model):
+    report = source_floor.run_floor(model, data, max_slices=2, generalization=False)
+    entry = report["routes"]["CBCT→CT"]
+    assert entry["subjects"] == ["ct02"] and [w for w, _ in entry["curve"]] == list(source_floor.WEIGHTS)
+    assert entry["weight"] == source_floor.choose(entry["curve"])
+    (test,) = report["measured"]
+    assert test["set"] == "test" and test["subjects"] == 1
+    assert test["floored"] == source_floor.mae_at(test["curve"], entry["weight"])
+    assert test["calibrated"] != test["model"]                      # the two ends differ: the blend is real
+    source_floor.write_card(model, report, "python main.py bench floor")
+    card = json.loads((model / "metadata.json").read_text())
+    assert card["source_floor"][0]["route"] == ["CBCT", "CT"] and card["source_floor"][0]["weight"] == entry["weight"]
+    assert [w["warning"] for w in card["benchmark_warnings"]] == ["worse than the T1"]     # CBCT's dropped
+    synth = Synthesizer(model, device="cpu")
+    out = synth.synthesize_volume(synth_input(data), "CBCT", "CT")
+    assert any(n.startswith(f"source floor {'0' if entry['weight'] == 0 else format(entry['weight'], '.2f')}")
+               for n in out.notes)
+
+
+def synth_input(data):
+    from engine.tasks import PairedDataset
+
+    return PairedDataset.open(data).volume("ct03", "CBCT")
+
+
+def test_bench_floor_command_prints_the_table_and_refuses_a_dataset_without_the_route(data, model, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "main.py", "bench", "floor", "--model", str(model), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    done = run("--data", str(data), "--slices", "2", "--no-generalization", "--markdown")
+    assert done.returncode == 0, done.stderr
+    assert "CBCT→CT: weight" in done.stdout and "| held-out subjects (test split) | CBCT→CT | 1 |" in done.stdout
+    mr_only = write_phantom_dataset(tmp_path / "mr", subjects=2, modality_names=("T1", "T2"), ct_subject=False,
+                                    split={"train": ["sub01"], "val": ["sub02"]})
+    refused = run("--data", str(mr_only), "--no-generalization")
+    assert refused.returncode == 2 and "no subject with a same-scale route" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "source_floor" not in json.loads((model / "metadata.json").read_text())     # only --write-card writes
