@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 from engine.io.errors import VolumeIOError
@@ -106,8 +107,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     described = volume.describe()
     if anonymiser:                                   # what is printed holds no source text either
         described["name"] = ""
+        described["notes"] = [_without_paths(n, args.input) for n in described["notes"]]
     print(json.dumps({"output": str(out), **described}))
     return 0
+
+
+def _without_paths(text: str, path: str) -> str:
+    """``text`` with ``path`` (as given and resolved; a folder's name may be a patient's) shown as <input>."""
+    for form in sorted({str(Path(path).resolve()), str(Path(path))}, key=len, reverse=True):
+        text = text.replace(form, "<input>")
+    return text
 
 
 def _lazy(module: str) -> Callable[[argparse._SubParsersAction], None]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.cli import add_anonymise_arguments, anonymiser_of
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
                                          model_dir, open_synthesizer, sampling_settings, stderr_progress)
+from engine.inference.model_card import SOURCE_FLOOR_PREFIX
 from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
 from engine.inference import SLICING_PLANES
 
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
         "benchmark_warnings": known,
+        "source_floor": next((n for n in result.notes if n.startswith(SOURCE_FLOOR_PREFIX)), None),
     }
     if args.backend == "onnx":
         report["providers"] = synth.providers

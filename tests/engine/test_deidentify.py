@@ -169,3 +169,11 @@ def test_convert_anonymise_refuses_burned_in_unless_accepted_and_prints_no_sourc
     first = pydicom.dcmread(next((tmp_path / "out").iterdir()))
     assert first.PatientIdentityRemoved == "YES" and first.BurnedInAnnotation == "YES"
     assert not any(s.encode() in Path(first.filename).read_bytes() for s in SECRETS)
+
+
+def test_an_anonymised_convert_prints_the_input_path_nowhere_in_its_notes(tmp_path):
+    from engine.cli import _without_paths
+
+    folder = tmp_path / "DOE_JANE"
+    note = f"slice file {folder.resolve()}/IM7 unreadable; {folder} has a gap"
+    assert _without_paths(note, str(folder)) == "slice file <input>/IM7 unreadable; <input> has a gap"

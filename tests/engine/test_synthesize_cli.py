@@ -142,6 +142,12 @@ def test_source_auto_uses_identification_and_stops_when_unsure(capsys, model_dir
     assert code == 0, err
     report = json.loads(out)
     assert report["route"] == "CBCT→CT" and report["identified"]["confidence"] == 0.9
+    assert report["source_floor"] is None                          # the card records none
+    code, out, err = run(capsys, "synthesize", inputs[0], "--target", "CT", "--source", "CBCT", "-o",
+                         tmp_path / "floored.nii.gz", "--model", model_dir, "--device", "cpu", "--quiet",
+                         "--source-floor", "0")
+    assert code == 0, err
+    assert json.loads(out)["source_floor"].startswith("source floor 0 (as asked)")
 
     unsure = Identification("T2", 0.0, {"T1": 0.3, "T2": 0.4, "CT": 0.3}, False, "no understanding training")
     monkeypatch.setattr(Synthesizer, "identify", lambda self, volume, **kw: unsure)
