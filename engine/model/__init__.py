@@ -9,7 +9,7 @@ from engine.model.mot import KVCache
 from engine.model.sequence import CleanLatent, NoisyLatent, SkipPosition, Text, VitImage, edit_segments
 from engine.model.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from engine.model.unified import (BRANCHES, Context, SynerMedGen, UnderstandingOutput, ce_loss, from_config,
-                                  patchify_latent, sample_training_timesteps, shift_timesteps, unpatchify_latent)
+                                  patchify_latent, unpatchify_latent)
 from engine.model.vae import AutoEncoder
 
 __all__ = [
@@ -17,5 +17,5 @@ __all__ = [
     "PRESETS", "SkipPosition", "SpecialTokenIds", "SynerMedGen", "SynerMedGenConfig", "Text", "TextTokenizer",
     "UnderstandingOutput", "VAEConfig", "ViTConfig", "VitImage", "ce_loss", "detect_layout", "edit_segments",
     "from_bagel_dir", "from_config", "load_model_dir", "load_tokenizer", "patchify_latent", "preset",
-    "sample_training_timesteps", "save_model_dir", "shift_timesteps", "train_tokenizer", "unpatchify_latent",
+    "save_model_dir", "train_tokenizer", "unpatchify_latent",
 ]

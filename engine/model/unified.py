@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import SynerMedGenConfig
+from engine.flow_time import sample_training_timesteps
 from engine.model.layers import MLPConnector, PositionEmbedding, TimestepEmbedder
 from engine.model.mot import KVCache, Qwen2MoTForCausalLM
 from engine.model.sequence import (IGNORE_INDEX, GridSpec, NoisyLatent, PackedLayout, Segment, attention_mask,
@@ -45,19 +46,6 @@ def unpatchify_latent(tokens: torch.Tensor, h: int, w: int, p: int) -> torch.Ten
     c = d // (p * p)
     x = torch.einsum("bhwpqc->bchpwq", tokens.reshape(b, h, w, p, p, c))
     return x.reshape(b, c, h * p, w * p)
-
-
-def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """BAGEL's timestep shift s·t / (1 + (s − 1)·t); s = 1 is the identity."""
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def sample_training_timesteps(n: int, shift: float = 1.0, generator: torch.Generator | None = None,
-                              device: torch.device | str | None = None) -> torch.Tensor:
-    """Logit-normal t = shift(sigmoid(N(0, 1))) in (0, 1); t = 1 is pure noise."""
-    gen_device = generator.device if generator is not None else device
-    normal = torch.randn(n, generator=generator, device=gen_device)
-    return shift_timesteps(torch.sigmoid(normal), shift).to(device)
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -489,7 +477,7 @@ class SynerMedGen(nn.Module):
             raise ValueError(f"{len(rows)} context rows for {b} targets")
         shift = self.config.timestep_shift if timestep_shift is None else timestep_shift
         if t is None:
-            t = sample_training_timesteps(b, shift, generator, x0.device)
+            t = sample_training_timesteps(b, shift=shift, generator=generator, device=x0.device)
         if noise is None:
             gen_device = generator.device if generator is not None else x0.device
             noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)

@@ -1,33 +1,14 @@
-"""Flow-matching time: the rectified-flow convention, BAGEL's timestep shift, the inference
-schedule and the training-time sampler.
+"""Flow-matching time at inference: the rectified-flow convention and the inference schedule (BAGEL's
+timestep shift and the training-time sampler, which the model's loss uses too, are :mod:`engine.flow_time`).
 
 Convention (BAGEL_LAYOUT §3): x_t = (1 − t)·x0 + t·ε, t = 1 is pure noise, t = 0 is data; the
 network predicts the velocity v = ε − x0 (pointing from data to noise), so dx/dt = v.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-LOGIT_NORMAL = "logit_normal"
-UNIFORM = "uniform"
-TRAINING_DISTRIBUTIONS = (LOGIT_NORMAL, UNIFORM)
-
-
-def shift_timesteps(t, shift: float):
-    """BAGEL's timestep shift s·t / (1 + (s − 1)·t): s > 1 spends more steps near the noise end.
-
-    Works on floats and tensors; maps 0 → 0 and 1 → 1; ``shift = 1`` is the identity.
-    """
-    _check_shift(shift)
-    return shift * t / (1.0 + (shift - 1.0) * t)
-
-
-def unshift_timesteps(t, shift: float):
-    """The inverse of :func:`shift_timesteps`: u = t / (s − (s − 1)·t)."""
-    _check_shift(shift)
-    return t / (shift - (shift - 1.0) * t)
+from engine.flow_time import shift_timesteps, unshift_timesteps
 
 
 def inference_timesteps(steps: int, shift: float = 1.0, t_start: float = 1.0) -> torch.Tensor:
@@ -47,25 +28,6 @@ def inference_timesteps(steps: int, shift: float = 1.0, t_start: float = 1.0) ->
     t = shift_timesteps(u, shift)
     t[0], t[-1] = float(t_start), 0.0        # exact end points despite rounding
     return t
-
-
-def sample_training_timesteps(batch: int, *, shift: float = 1.0, distribution: str = LOGIT_NORMAL,
-                              mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None,
-                              device: torch.device | str | None = None) -> torch.Tensor:
-    """Training times t ∈ (0, 1) of shape (batch,), float32.
-
-    ``logit_normal`` (BAGEL): t = shift(sigmoid(n)), n ~ N(mean, std²); ``uniform``: t = shift(u),
-    u ~ U(0, 1). Drawn on the generator's device (CPU by default), then moved to ``device``.
-    """
-    if distribution not in TRAINING_DISTRIBUTIONS:
-        raise ValueError(f"unknown timestep distribution {distribution!r}; use one of {TRAINING_DISTRIBUTIONS}")
-    gen_device = generator.device if generator is not None else "cpu"
-    if distribution == LOGIT_NORMAL:
-        n = torch.randn(batch, generator=generator, device=gen_device) * std + mean
-        u = torch.sigmoid(n)
-    else:
-        u = torch.rand(batch, generator=generator, device=gen_device)
-    return shift_timesteps(u, shift).to(device=device if device is not None else u.device)
 
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
@@ -93,8 +55,3 @@ def _broadcastable(t, like: torch.Tensor):
     if t.ndim != 1 or t.shape[0] != like.shape[0]:
         raise ValueError(f"t must be a scalar or have shape ({like.shape[0]},), got {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _check_shift(shift: float) -> None:
-    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
-        raise ValueError(f"timestep shift must be a positive number, got {shift!r}")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from engine.atomic import remove_leftovers
+from engine.inference.settings import resolve_device
 from engine.jobs import CancelToken, Cancelled
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
@@ -54,16 +55,6 @@ class TrainingSetupError(ValueError):
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingSetupError("--device cuda was asked for, but PyTorch sees no CUDA GPU (use --device cpu "
-                                 "or auto)")
-    return device
 
 
 def sample_generator(seed: int, index: int, purpose: str = "train") -> torch.Generator:
@@ -104,7 +95,10 @@ class Trainer:
     # ================================================================= set-up
     def setup(self) -> "Trainer":
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        try:
+            self.device = resolve_device(cfg.device)
+        except ValueError as exc:
+            raise TrainingSetupError(str(exc)) from None
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise TrainingSetupError("--precision fp16 needs a CUDA GPU (use fp32, or bf16 on CPU)")
         if cfg.threads:
