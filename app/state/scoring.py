@@ -5,36 +5,14 @@ the same scores of the "do nothing" baseline: the source histogram-matched to th
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
 from engine import modalities
 from engine.evaluation.synthesis_eval import score_volume
 from engine.io import Volume
-from engine.io.itk_files import volume_to_sitk
+from engine.io.resample import inside, resample_onto
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.tasks.slices import slice_axis
 from app.state.comparison import ComparisonResult
-
-
-def resample_onto(volume: Volume, grid: Volume) -> tuple[Volume, np.ndarray]:
-    """``volume`` on ``grid``'s voxels (linear interpolation; outside its field of view: its
-    minimum), and the mask of grid voxels that lie inside it."""
-    if volume.same_grid(grid):
-        return volume, np.ones(grid.shape, dtype=bool)
-    target = sitk.Image([int(s) for s in grid.size_xyz], sitk.sitkFloat32)
-    target.SetSpacing(grid.spacing)
-    target.SetOrigin(grid.origin)
-    target.SetDirection(grid.direction)
-    finite = volume.array[np.isfinite(volume.array)]
-    background = float(finite.min()) if finite.size else 0.0
-    moved = sitk.Resample(volume_to_sitk(volume), target, sitk.Transform(), sitk.sitkLinear, background,
-                          sitk.sitkFloat32)
-    ones = volume_to_sitk(volume.with_array(np.ones(volume.shape, np.float32)))
-    inside = sitk.Resample(ones, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
-    note = f"resampled onto the grid of {grid.name or 'the synthetic volume'}"
-    resampled = grid.with_array(sitk.GetArrayFromImage(moved), name=volume.name, modality=volume.modality,
-                                unit=volume.unit, source=volume.source, notes=(*volume.notes, note), dicom={})
-    return resampled, sitk.GetArrayFromImage(inside) > 0.5
 
 
 NO_SOURCE_NOTE = "source not known: pick it under 'Source' to score the do-nothing baseline"
@@ -72,19 +50,19 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     """Everything the comparison view shows; raises ValueError when the volumes cannot be compared."""
     target = target_modality(synthetic, reference, modality)
     progress(Progress(0, 4, "resampling the reference"))
-    ref_on_grid, inside = resample_onto(reference, synthetic)
-    coverage = float(inside.mean())
+    ref_on_grid, covered = resample_onto(reference, synthetic), inside(reference, synthetic)
+    coverage = float(covered.mean())
     if coverage == 0.0:
         raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
                          "in physical space: are they scans of the same subject in one frame of reference?")
     check_cancel(cancel)
-    source_on_grid = resample_onto(source, synthetic)[0] if source is not None else None
+    source_on_grid = resample_onto(source, synthetic) if source is not None else None
     progress(Progress(1, 4, "scoring"))
     evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel)
     baseline, baseline_note = None, NO_SOURCE_NOTE
     if source_on_grid is not None:
         progress(Progress(2, 4, "scoring the do-nothing baseline"))
-        mask = modalities.body_mask(ref_on_grid.array, target) & inside
+        mask = modalities.body_mask(ref_on_grid.array, target) & covered
         baseline = score_volume(histogram_matched(source_on_grid, ref_on_grid, mask), ref_on_grid, target,
                                 cancel=cancel)
         baseline_note = ""

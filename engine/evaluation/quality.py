@@ -169,7 +169,7 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
     targets among the routes both ``synth`` and ``routes`` have), and of the real target scans on
     the same slice (linearly resampled onto the source grid when theirs differs). Near 1 with the
     real value well below: the method ignores which target was asked for."""
-    from engine.tasks.dataset import resample_onto
+    from engine.io.resample import resample_onto
 
     settings = settings or synth.default_settings()
     by_subject: dict[str, dict[str, list[str]]] = {}

@@ -28,7 +28,7 @@ def score_volume(synthetic: Volume, reference: Volume, target: str | None = None
     """PSNR / SSIM / MAE (whole and inside the reference's body mask) of ``synthetic`` against
     ``reference``; the reference is resampled (linear) onto the synthetic grid if the grids differ.
     ``slices`` (indices along the acquisition axis) restricts the scoring to those slices."""
-    from engine.tasks.dataset import resample_onto
+    from engine.io.resample import resample_onto
 
     target = modalities.canonical(target or synthetic.modality or reference.modality or "")
     if not synthetic.same_grid(reference):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from engine import modalities
+from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
 from engine.tasks.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
@@ -42,18 +42,6 @@ def load_volume(path: str | Path) -> Volume:
         return load(path)
     except Exception as exc:        # noqa: BLE001 — reported with the file name
         raise DatasetError(f"{path}: cannot be loaded ({getattr(exc, 'problem', None) or exc})") from exc
-
-
-def resample_onto(volume: Volume, reference: Volume) -> Volume:
-    """``volume`` on ``reference``'s grid (identity transform, linear; outside → its minimum)."""
-    from engine.io.itk_files import volume_to_sitk
-
-    background = float(np.nanmin(volume.array)) if volume.array.size else 0.0
-    image = sitk.Resample(volume_to_sitk(volume), volume_to_sitk(reference), sitk.Transform(), sitk.sitkLinear,
-                          background, sitk.sitkFloat32)
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    return reference.with_array(array, modality=volume.modality, unit=volume.unit, name=volume.name,
-                                source=volume.source, notes=volume.notes + ("resampled onto the subject grid",))
 
 
 class PairedDataset:
@@ -141,7 +129,7 @@ class PairedDataset:
             raise KeyError(f"subject {subject!r} has no {modality}; it has {', '.join(info.modalities)}")
         volume = load_volume(info.files[modality]).replace(modality=modality, unit=modalities.get(modality).unit)
         if modality in info.resample:
-            volume = resample_onto(volume, load_volume(info.files[info.reference]))
+            volume = resample_onto(volume, load_volume(info.files[info.reference]), "resampled onto the subject grid")
         return volume
 
     def slice_axis(self, subject: str) -> int:

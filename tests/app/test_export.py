@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QFileDialog
 from app.export import VOLUME_FILTERS, export_path, proposed_name
 from app.main_window import MainWindow
 from app.settings import Settings
-from app.state.scoring import resample_onto
+from engine.io.resample import inside, resample_onto
 
 
 @pytest.fixture
@@ -63,8 +63,8 @@ def test_a_dicom_series_reads_back_with_the_same_geometry_and_hu(qtbot, window, 
     corners = np.array([[i, j, k, 1] for i in (0, 29) for j in (0, 35) for k in (0, 19)], float).T
     lps = lambda v: {tuple(np.round(p, 3)) for p in (v.index_to_lps() @ corners)[:3].T}  # noqa: E731
     assert lps(back) == lps(original)
-    on_grid, inside = resample_onto(back, original)
-    assert inside.all()
+    on_grid = resample_onto(back, original)
+    assert inside(back, original).all()
     np.testing.assert_allclose(on_grid.array, original.array, atol=1.0)
 
 

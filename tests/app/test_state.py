@@ -13,7 +13,7 @@ from app.state.cursor import Cursor
 from app.state.display import AUTO_PERCENTILES, CT_PRESETS, DisplayState, Preset, presets_for
 from app.state.events import Event
 from app.state.geometry import Plane, PlaneGeometry, direction_letters
-from app.state.scoring import compare, resample_onto
+from app.state.scoring import compare
 from app.state.workspace import Workspace
 
 FLIPPED_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -219,14 +219,6 @@ def test_compare_resamples_a_reference_on_another_grid():
         compare(syn, far)
     with pytest.raises(ValueError, match="modality .* unknown"):
         compare(syn.replace(modality=None), ref.replace(modality=None))
-
-
-def test_resampling_keeps_geometry_and_marks_outside_voxels():
-    syn, ref = ct_pair()
-    shifted = ref.replace(origin=(0.0, 10.0, 0.0))
-    moved, inside = resample_onto(shifted, syn)
-    assert moved.same_grid(syn) and moved.name == "CT"
-    assert not inside[:, :10, :].any() and inside[:, 10:, :].all()
 
 
 def test_comparison_model_links_windows_per_modality_and_blends():
