@@ -2,9 +2,7 @@
 resources (demo study, default model and its model card) live."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from engine.inference.cli_common import DEFAULT_MODEL_DIR
+from engine.paths import DEFAULT_MODEL_DIR, RESOURCES
 from engine.version import version  # noqa: F401 - the app's version is the engine's
 
 APP_NAME = "SynerMedGen Studio"
@@ -13,8 +11,6 @@ ORGANISATION_DOMAIN = "synermedgen.org"
 RESEARCH_NOTICE = "Research use only, not for diagnosis"
 SYNTHETIC_BANNER = "SYNTHETIC — research use only"
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESOURCES = REPO_ROOT / "resources"
 DEMO_DIR = RESOURCES / "demo"
 MODEL_CARD = DEFAULT_MODEL_DIR / "metadata.json"
 

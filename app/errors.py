@@ -3,9 +3,8 @@ file (no traceback). Qt-free, so the synthesis process uses it too."""
 from __future__ import annotations
 
 import linecache
+import sys
 from pathlib import Path
-
-from engine.io.errors import VolumeIOError
 
 _PROJECT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +18,7 @@ def is_expected(exc: BaseException) -> bool:
     in the log file. A ValueError counts only when a ``raise`` in the project's own code made it, with
     a message for the user; one from inside numpy, torch or another library is a bug, as is anything else
     (worth a line on the terminal too, and its type in the message)."""
-    if isinstance(exc, (UserFacingError, VolumeIOError, OSError, MemoryError)):
+    if isinstance(exc, (UserFacingError, OSError, MemoryError, *_engine_errors())):
         return True
     return isinstance(exc, ValueError) and _raised_by_the_project(exc)
 
@@ -33,6 +32,13 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (FileNotFoundError, PermissionError)) or is_expected(exc):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _engine_errors() -> tuple[type, ...]:
+    """The engine's error types for bad input, when the engine's I/O is loaded (without it, none of
+    them can have been raised; importing it here would load SimpleITK into the window's process)."""
+    module = sys.modules.get("engine.io.errors")
+    return (module.VolumeIOError,) if module is not None else ()
 
 
 def _raised_by_the_project(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
 
 from app import about
+from engine import paths
 from app.export import (BURNED_IN_QUESTION, VOLUME_FILTERS, anonymised_export_session, export_path, export_volume,
                         proposed_name, save_png, says_burned_in, write_metrics_csv)
 from app.open_dialogs import VolumePicker, open_file_dialog
@@ -380,7 +381,7 @@ class MainWindow(QMainWindow):
         """Where save dialogs start: the folder last opened from, or home when there is none or it
         lies inside the app's own folder (the demo study) — exports never land in the install."""
         folder = Path(self.settings.last_folder) if self.settings.last_folder else Path.home()
-        if not folder.is_dir() or folder.resolve().is_relative_to(about.REPO_ROOT):
+        if not folder.is_dir() or folder.resolve().is_relative_to(paths.ROOT):
             return Path.home()
         return folder
 

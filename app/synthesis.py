@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.inference.cli_common import DEFAULT_MODEL_DIR
+from engine.paths import DEFAULT_MODEL_DIR
 from engine.jobs import CancelToken, Progress, ProgressFn
 
 if TYPE_CHECKING:

@@ -9,17 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from engine.io.errors import VolumeIOError
-from engine.jobs import Progress
+from engine.jobs import stderr_progress
 from engine.version import version
 
 RESEARCH_ONLY = "research use only, not for diagnosis"
-
-
-def _progress_printer(enabled: bool) -> Callable[[Progress], None]:
-    def report(p: Progress) -> None:
-        if enabled:
-            print(f"\r{p.message} {100 * p.fraction:5.1f}%", end="", file=sys.stderr, flush=True)
-    return report
 
 
 # -- info ---------------------------------------------------------------------------------------
@@ -97,7 +90,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
 
-    volume = io.load(args.input, series=args.series, progress=_progress_printer(sys.stderr.isatty()))
+    volume = io.load(args.input, series=args.series, progress=stderr_progress(sys.stderr.isatty()))
     if args.modality:
         mod = modalities.get(args.modality)
         volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)

@@ -5,9 +5,11 @@ workers, the CLI prints progress. Cancelling raises :class:`Cancelled`, never a 
 """
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,25 @@ def check_cancel(cancel: CancelToken | None) -> None:
     """Raise :class:`Cancelled` if ``cancel`` is set; a ``None`` token never cancels."""
     if cancel is not None:
         cancel.raise_if_cancelled()
+
+
+def stderr_progress(enabled: bool = True, every_s: float = 1.0) -> Callable[[Progress], None]:
+    """A progress callback printing to stderr: a live line on a terminal, else a line at most
+    every ``every_s`` seconds (and the last report)."""
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def report(p: Progress) -> None:
+        if not enabled:
+            return
+        text = f"{100 * p.fraction:5.1f}% {p.message}"
+        if interactive:
+            print(f"\r{text[:100]:<100}", end="", file=sys.stderr, flush=True)
+            if p.fraction >= 1.0:
+                print(file=sys.stderr)
+            return
+        now = time.monotonic()
+        if now - last[0] >= every_s or p.fraction >= 1.0:
+            last[0] = now
+            print(text, file=sys.stderr, flush=True)
+    return report

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
-from app.about import REPO_ROOT
+from engine.paths import ROOT
 from app.settings import config_dir
 
 log = logging.getLogger(__name__)
 
 JOBS_FILE = "training_jobs.json"
 SCHEMA_VERSION = 1
-MAIN_PY = REPO_ROOT / "main.py"
+MAIN_PY = ROOT / "main.py"
 STAGE_NAMES = {"understanding": "Stage I (understanding)", "generation": "Stage II (generation)",
                "evaluate-start": "Evaluation of the start model", "evaluate": "Evaluation of the fine-tuned model"}
 STAGE_PLANS = {"both": ("understanding", "generation"), "understanding": ("understanding",),

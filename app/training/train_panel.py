@@ -16,7 +16,7 @@ from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMessageBox,
                                QPlainTextEdit, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
-from app.about import REPO_ROOT
+from engine.paths import ROOT
 from app.errors import describe_error
 from app.settings import Settings
 from app.training.jobs import (STAGE_NAMES, FineTuneSpec, TrainingJob, command, load_jobs, parse_line,
@@ -359,7 +359,7 @@ class TrainPanel(QWidget):
         job.status, job.message, job.live.error = "running", "", ""
         self.running, self._requested, self._reading, self._stderr_tail = job, None, False, ""
         process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
+        process.setWorkingDirectory(str(ROOT))
         process.setProgram(args[0])
         process.setArguments(args[1:])
         process.readyReadStandardOutput.connect(self._read_stdout)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from engine.inference.cli_common import DEFAULT_MODEL_DIR, ROOT, json_ready
+from engine.inference.cli_common import json_ready
+from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 
 # -- what every benchmark prints ----------------------------------------------------------------------

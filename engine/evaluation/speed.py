@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from engine.inference.cli_common import DEFAULT_MODEL_DIR, ROOT
+from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 DEMO_VOLUME = ROOT / "resources" / "demo" / "brain" / "T1.nii.gz"
 DEMO_SOURCE = "T1"

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_DIR = ROOT / "resources" / "models" / "default"
+from engine.jobs import stderr_progress  # noqa: F401 - the subcommands' progress printer
+
+from engine.paths import DEFAULT_MODEL_DIR, ROOT
 BACKENDS = ("torch", "onnx")
 
 
@@ -117,28 +116,6 @@ def open_synthesizer(args: argparse.Namespace, folder: Path | None = None):
     for notice in getattr(synth, "notices", ()):
         print(f"note: {notice}", file=sys.stderr)
     return synth
-
-
-def stderr_progress(enabled: bool = True, every_s: float = 1.0) -> Callable:
-    """A progress callback printing to stderr: a live line on a terminal, else a line at most
-    every ``every_s`` seconds (and the last report)."""
-    interactive = sys.stderr.isatty()
-    last = [0.0]
-
-    def report(p) -> None:
-        if not enabled:
-            return
-        text = f"{100 * p.fraction:5.1f}% {p.message}"
-        if interactive:
-            print(f"\r{text[:100]:<100}", end="", file=sys.stderr, flush=True)
-            if p.fraction >= 1.0:
-                print(file=sys.stderr)
-            return
-        now = time.monotonic()
-        if now - last[0] >= every_s or p.fraction >= 1.0:
-            last[0] = now
-            print(text, file=sys.stderr, flush=True)
-    return report
 
 
 def json_ready(value):

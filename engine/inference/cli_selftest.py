@@ -9,7 +9,8 @@ import sys
 import time
 import traceback
 
-from engine.inference.cli_common import ROOT, add_model_arguments, model_dir, open_synthesizer
+from engine.inference.cli_common import add_model_arguments, model_dir, open_synthesizer
+from engine.paths import ROOT
 
 DEMO_STUDY = ROOT / "resources" / "demo" / "brain"
 SOURCE, TARGET = "T1", "FLAIR"
