@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "BuildSummary": "builder", "DemoRecipe": "builder", "SubjectPlan": "builder", "build_demo_dataset": "builder",
     "build_demo_study": "builder", "plan_subjects": "builder", "simulate_subject": "builder",
-    "SOURCES": "derivation", "derivation_text": "derivation",
+    "SOURCES": "sources", "derivation_text": "derivation",
     "SourceMissing": "sources", "find_mni152": "sources", "find_or_fetch_colin27": "sources",
     "find_or_fetch_head_ct": "sources",
 }

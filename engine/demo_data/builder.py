@@ -25,6 +25,7 @@ from engine.demo_data.deform import DeformationSpec
 from engine.demo_data.grid import Grid
 from engine.demo_data.lesions import LesionSpec
 from engine.demo_data.mr_physics import GAIN, AcquisitionSpec
+from engine.demo_data.sources import SOURCES
 from engine.demo_data.subjects import BRAIN_MODALITIES, HEAD_MODALITIES, SimulatedSubject, simulate_brain, simulate_head
 from engine.atomic import atomic_folder
 from engine.jobs import CancelToken, Cancelled, Progress, ProgressFn, check_cancel, noop
@@ -277,8 +278,6 @@ def _grids(recipe: DemoRecipe, cache_dir: str | None) -> dict[str, Grid]:
 
 def _metadata(recipe: DemoRecipe, plans: list[SubjectPlan], details: dict[str, dict], grids: dict[str, Grid],
               name: str, extra: dict | None = None) -> dict:
-    from engine.demo_data.derivation import SOURCES
-
     anatomies = sorted({p.anatomy for p in plans})
     used = {p.source for p in plans}
     return {

@@ -24,6 +24,30 @@ COLIN_PACKAGE = "mricron-data"
 COLIN_MEMBERS = ("templates/ch2.nii.gz", "templates/ch2bet.nii.gz")
 
 
+MNI_NOTICE = ("Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+              "Institute, McGill University. Permission to use, copy, modify, and distribute this software and its "
+              "documentation for any purpose and without fee is hereby granted, provided that the above copyright "
+              "notice appear in all copies. The authors and McGill University make no representations about the "
+              "suitability of this software for any purpose. It is provided \"as is\" without express or implied "
+              "warranty. The authors are not responsible for any data loss, equipment damage, property loss, or "
+              "injury to subjects or patients resulting from the use or misuse of this software package.")
+
+# The sources with their licences (written into dataset.json; ``source`` is the name subjects carry)
+SOURCES: list[dict] = [
+    {"name": "MNI ICBM152 2009a nonlinear symmetric template (T1, GM, WM probability maps)",
+     "package": "pip nilearn==0.14.1 (files under nilearn/datasets/data/)", "source": "mni152",
+     "licence": "MNI template licence (permissive, copyright notice required); nilearn code BSD-3-Clause",
+     "notice": MNI_NOTICE},
+    {"name": "Colin27 T1 (ch2.nii.gz) and its brain extraction (ch2bet.nii.gz)",
+     "package": "Debian mricron-data (templates/)", "source": "colin27",
+     "licence": "BSD-3-Clause (Debian copyright of mricron-data); the Colin27 average was made at the MNI, "
+                "its notice (as for ICBM152) is kept as well", "notice": MNI_NOTICE},
+    {"name": "InVesalius example head CT 'Cranium.inv3' (ProMED CT 0051, HU)",
+     "package": "Debian invesalius-examples (examples/Cranium.inv3)", "source": "invesalius-cranium",
+     "licence": "GPL-2 (Debian copyright of invesalius-examples)"},
+]
+
+
 class SourceMissing(RuntimeError):
     """A source of real anatomy cannot be found or fetched; the message says how to get it."""
 

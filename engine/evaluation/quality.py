@@ -414,6 +414,20 @@ def do_nothing_warnings(report: dict) -> list[dict]:
     return found
 
 
+def card_entries(report: dict) -> dict[str, Any]:
+    """What a model card keeps of a report: ``benchmark`` (command, machine, split, the rows' summary,
+    generalization, understanding, identification) and ``benchmark_warnings`` (:func:`do_nothing_warnings`)."""
+    from engine.evaluation.generalization import generalization_summary
+
+    return {"benchmark": {"command": report.get("command"), "machine": (report.get("machine") or {}).get("line"),
+                          "split": report.get("split"), "subjects": report.get("subjects"),
+                          "rows": summary(report), "skipped": report.get("skipped", []),
+                          "generalization": generalization_summary(report.get("generalization")),
+                          "understanding": report.get("understanding"),
+                          "identification": report.get("identification")},
+            "benchmark_warnings": do_nothing_warnings(report)}
+
+
 def table_row(line: dict) -> str:
     """One :func:`summary` line as a row of the README table (also the rows a model card keeps)."""
     trained = line["trained"]

@@ -16,8 +16,7 @@ confidence 0: its answer is a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +25,11 @@ from engine import modalities
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.tasks.instructions import mi_question, modality_answer
+from engine.model.vit import vit_view
 from engine.tasks.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
+
+if TYPE_CHECKING:
+    from engine.inference.pipeline import Synthesizer
 
 DEFAULT_SLICES = 3
 MIN_MI_ACCURACY = 0.5          # a card recording a lower Stage I MI accuracy gets no trusted answers
@@ -119,10 +122,10 @@ def _only_one_of_family(volume: Volume, name: str, family: str, model: str) -> I
                           f"the values are {family} and {name} is the only {family} modality of model {model!r}")
 
 
-def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None = None, slices: int = DEFAULT_SLICES,
+def identify_modality(volume: Volume, model: Synthesizer, *, candidates: Sequence[str] | None = None, slices: int = DEFAULT_SLICES,
                       anatomy: str | None = None, progress: ProgressFn = noop,
                       cancel: CancelToken | None = None) -> Identification:
-    """Identify ``volume``'s modality with ``model`` (a :class:`Synthesizer` or a model folder).
+    """Identify ``volume``'s modality with ``model`` (a loaded :class:`Synthesizer`).
 
     The question lists ``candidates`` (default: the model card's modalities, all registry
     modalities when it names none; repeats dropped). Given candidates are all answers; by default
@@ -131,10 +134,9 @@ def identify_modality(volume: Volume, model, *, candidates: Sequence[str] | None
     header names another modality of the family). A volume of a family none of the candidates
     belongs to gets the best of them, marked unreliable.
     """
-    from engine.inference.pipeline import Synthesizer, vit_view
     from engine.inference.settings import autocast
 
-    synth = model if isinstance(model, Synthesizer) else Synthesizer(Path(model))
+    synth = model
     if synth.tokenizer is None:
         raise ValueError(f"{synth.model_dir}: the model folder has no tokenizer")
     asked = list(dict.fromkeys(modalities.canonical(c)

@@ -234,7 +234,7 @@ class ModelCard:
     # -- sizes ---------------------------------------------------------------------------------
     def slice_size(self, config) -> int:
         """The square slice size fed to the autoencoder (the ViT gets its own view of it, see
-        :func:`engine.inference.pipeline.vit_view`), checked against the latent token grid."""
+        :func:`engine.model.vit.vit_view`), checked against the latent token grid."""
         step = config.latent_downsample
         largest = config.max_latent_size * step
         default = min(largest, MAX_DEFAULT_IMAGE_SIZE, config.vit_max_num_patch_per_side * config.vit.patch_size)

@@ -17,7 +17,8 @@ import torch
 
 from engine.inference.onnx_export import (CONTEXT_LAYOUT_INPUTS, context_layout, export_is_current, export_onnx,
                                           per_branch_rows)
-from engine.inference.pipeline import Prompt, Synthesizer, context_branches, unit_slices, vit_view
+from engine.inference.pipeline import Prompt, Synthesizer, context_branches, unit_slices
+from engine.model.vit import vit_view
 from engine.inference.settings import SynthesisSettings
 from engine.jobs import CancelToken, ProgressFn, noop
 

@@ -38,7 +38,7 @@ from engine.inference.settings import (SynthesisSettings, autocast, available_me
                                        resolve_device, resolve_precision, settings_from_card)
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.model.vit import vit_input
+from engine.model.vit import vit_view
 from engine.sampling import draw_noise, guided_velocity, inference_timesteps, interpolate
 from engine.sampling.solvers import get_solver
 from engine.tasks.instructions import default_instruction
@@ -53,11 +53,6 @@ MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}          # share of the free memory a b
 MIN_BODY_FRACTION = 0.01                          # a slice with less body than this is left as background
 
 PreviewFn = Callable[[int, np.ndarray], None]
-
-
-def vit_view(pixels: torch.Tensor, config) -> torch.Tensor:
-    """(n, 1, S, S) in [−1, 1] → what the ViT sees, exactly as training builds it."""
-    return vit_input(pixels, config.vit.patch_size, config.vit_max_num_patch_per_side, config.vit.num_channels)
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -594,6 +589,6 @@ class Synthesizer(SliceSynthesizer):
     # -- understanding ---------------------------------------------------------------------------
     def identify(self, volume: Volume, **kwargs):
         """The volume's modality by the model's understanding branch (see :func:`identify_modality`)."""
-        from engine.inference.identify import identify_modality
+        from engine.inference.identify import identify_modality      # the module imports this one's types only
 
         return identify_modality(volume, self, **kwargs)

@@ -33,6 +33,11 @@ def vit_input(pixels: torch.Tensor, patch_size: int, max_patches_per_side: int, 
     return pixels.expand(-1, channels, -1, -1)
 
 
+def vit_view(pixels: torch.Tensor, config) -> torch.Tensor:
+    """:func:`vit_input` for the model of ``config`` (a SynerMedGenConfig): what its ViT sees."""
+    return vit_input(pixels, config.vit.patch_size, config.vit_max_num_patch_per_side, config.vit.num_channels)
+
+
 def grid_position_ids(rows: int, cols: int, max_per_side: int, device: torch.device | None = None) -> torch.Tensor:
     """Flattened ids r·max_per_side + c of a rows×cols token grid (BAGEL's extrapolating ids)."""
     if rows > max_per_side or cols > max_per_side:

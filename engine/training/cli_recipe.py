@@ -58,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.ship:
         from pathlib import Path
 
+        from engine.evaluation.quality import card_entries
         from engine.training.recipe import ship
 
         quality = json.loads(Path(args.quality).read_text(encoding="utf-8")) if args.quality else None
-        print(f"default model written to {ship(out, args.ship, args.data, quality)}", file=sys.stderr)
+        benchmark = card_entries(quality) if quality is not None else None
+        print(f"default model written to {ship(out, args.ship, args.data, benchmark)}", file=sys.stderr)
     return 0

@@ -122,11 +122,12 @@ LIMITATIONS = [
 SHIPPED_FILES = ("config.json", "model.safetensors", "ae.safetensors", "tokenizer.json")
 
 
-def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[str, Any] | None = None) -> Path:
+def ship(run: str | Path, dest: str | Path, data: str | Path, benchmark: Mapping[str, Any] | None = None) -> Path:
     """Copy ``run``/generation into ``dest`` (atomically) as the app's default model, its card
     completed with the name, inference defaults, limitations, the demo data's derivation, the
     training split's input profile (what the out-of-distribution guard compares inputs with) and,
-    when given, the ``bench quality`` report's summary."""
+    when given, ``benchmark``: the card keys of a ``bench quality`` report
+    (:func:`engine.evaluation.quality.card_entries`)."""
     import shutil
 
     from engine.atomic import atomic_folder
@@ -144,17 +145,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, quality: Mapping[s
                                                     else None),
                  "data_sources": dataset.get("sources", [])})
     card["input_profile"] = training_profile(PairedDataset.open(data, pixel_mm=card.get("pixel_mm")), "train")
-    if quality is not None:
-        from engine.evaluation.generalization import generalization_summary
-        from engine.evaluation.quality import do_nothing_warnings, summary
-
-        card["benchmark"] = {"command": quality.get("command"), "machine": (quality.get("machine") or {}).get("line"),
-                             "split": quality.get("split"), "subjects": quality.get("subjects"),
-                             "rows": summary(quality), "skipped": quality.get("skipped", []),
-                             "generalization": generalization_summary(quality.get("generalization")),
-                             "understanding": quality.get("understanding"),
-                             "identification": quality.get("identification")}
-        card["benchmark_warnings"] = do_nothing_warnings(quality)
+    card.update(benchmark or {})
     with atomic_folder(dest) as tmp:
         for name in SHIPPED_FILES:
             shutil.copy2(source / name, tmp / name)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from engine.model import SynerMedGen, Text, VitImage, ce_loss, edit_segments
 from engine.model.vae import AutoEncoder
-from engine.model.vit import vit_input
+from engine.model.vit import vit_view as model_vit_view
 from engine.sampling import sample_training_timesteps
 from engine.tasks import PairedDataset, SynthesisDataset, stage1_tasks
 from engine.tasks.augment import Randomization
@@ -65,10 +65,8 @@ class TokenCache:
 
 
 def vit_view(image: torch.Tensor, model: SynerMedGen) -> torch.Tensor:
-    """A (1, H, W) slice in [0, 1] as the ViT takes it (see :func:`engine.model.vit.vit_input`)."""
-    cfg = model.config
-    return vit_input((image * 2.0 - 1.0)[None], cfg.vit.patch_size, cfg.vit_max_num_patch_per_side,
-                     cfg.vit.num_channels)[0]
+    """A (1, H, W) slice in [0, 1] as the ViT takes it (:func:`engine.model.vit.vit_view`)."""
+    return model_vit_view((image * 2.0 - 1.0)[None], model.config)[0]
 
 
 def vae_input(images: torch.Tensor, vae: AutoEncoder) -> torch.Tensor:

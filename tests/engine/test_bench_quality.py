@@ -237,3 +237,14 @@ def test_an_untrained_ablation_is_left_out_with_the_reason_and_the_default_model
     assert "| SynerMedGen Stage II only" not in text
     with pytest.raises(FileNotFoundError, match="generation"):
         run_quality(tmp_path / "empty-run", ROOT / "resources" / "demo")
+
+
+def test_the_card_keeps_the_reports_summary_and_its_do_nothing_warnings(quick):
+    from engine.evaluation.quality import card_entries
+
+    report, _ = quick
+    entries = card_entries(report)
+    assert set(entries) == {"benchmark", "benchmark_warnings"}
+    assert entries["benchmark"]["rows"] == summary(report) and entries["benchmark"]["split"] == "test"
+    assert entries["benchmark"]["subjects"] == ["ct02", "sub05"]
+    assert entries["benchmark_warnings"] == do_nothing_warnings(report)
