@@ -10,7 +10,7 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "make-demo-data", help="build the demo dataset (simulated contrasts from real anatomy)",
-        description="Derive the paired demo dataset of DATA.md from real anatomy shipped in packages: the MNI152 "
+        description="Derive the paired demo dataset (docs/data.md's layout) from real anatomy shipped in packages: the MNI152 "
                     "and Colin27 brains → T1, T1CE, T2, FLAIR, PD with synthetic tumours; a real head CT → CT and "
                     "simulated CBCT. Deterministic for a seed; written atomically. Needs the pip package nilearn "
                     "and the Debian packages invesalius-examples and mricron-data (fetched with apt-get download "
