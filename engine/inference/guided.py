@@ -1,43 +1,25 @@
 """Source-guided filtering of synthesized slices on the input's grid (He, Sun & Tang's guided
 filter with the source slice as the guide).
 
-A slice-wise model works at its own slice size and its output is resized back onto the input grid,
-so it can carry no detail finer than the model's pixels, and an under-trained flow model's output
-is mottled. Source and target show the same anatomy, and within a small window one contrast is
-close to a linear function of another (two tissues meet at an edge; the contrast between them may
-be inverted). The filter fits that window-wise line from the source to the synthetic slice and
-re-draws the slice from the source through it: edges where the source has them, at the source's
-resolution, and the synthetic slice's local mean and contrast. Where the source is flat inside a
-window (e.g. a lesion seen only in the target) the line is flat too and the synthetic local mean
-is kept.
+A slice-wise model's output, resized back onto the input grid, carries no detail finer than the
+model's pixels. Within a small window one contrast is close to a linear function of another, so the
+filter fits that window-wise line from the source to the synthetic slice and re-draws the slice from
+the source through it: edges where the source has them, at its resolution, with the synthetic
+slice's local mean and contrast. Where the source is flat (a lesion seen only in the target) the
+line is flat and the synthetic local mean is kept.
 
-Where source and target share one physical scale (CBCT → CT, both in HU:
-:func:`fits_at_model_resolution`) the lines are fitted against the source *as the model saw it*
-(``seen``: resampled to the model's slice size and back), not against the sharp source: the
-synthetic slice carries detail only down to the model's pixel, and a line fitted from a sharp guide
-to a blurred image comes out too flat (its slope is shrunk by the share of the guide's variation the
-image lacks), so edges and peaks come back weakened — bone in a synthetic CT most of all, thin skull
-being mostly detail finer than a model pixel. Between two images blurred alike the slope is the
-contrast's; applied to the sharp source it brings the detail back at full strength (guided
-upsampling). Between MR contrasts the shrunk slope is the safer one: there the line stands for an
-inversion or a non-linear tissue mapping the model's output only roughly shows, and the sources are
-noisier, so at full strength the filter copies more of the source's noise and of its misfit. On the
-validation subjects the fit at the model's resolution took CBCT → CT from 99 to 72 HU inside the
-head; fitted so for MR too it lowered the whole-slice SSIM of the routes from T2, FLAIR and PD (by
-up to 5 points) more than it raised that of the routes from T1 and T1CE, on the validation and the
-test subjects alike (README, "The source-guided filter").
+- Same physical scale (CBCT → CT, :func:`fits_at_model_resolution`): the lines are fitted against
+  the source *as the model saw it* (``seen``, resampled to the model's size and back), so their
+  slope is the contrast's rather than one shrunk by detail the synthetic slice lacks; applied to the
+  sharp source they bring that detail back (guided upsampling). Between MR contrasts the shrunk
+  slope is kept: it copies less of the source's noise and misfit.
+- Window means are taken inside the body mask only and the background keeps the synthetic slice:
+  lines fitted across the body's edge would spill a halo outwards and a band of wrong contrast in.
+- Intensities are the normalised [0, 1] of docs/data.md, so :data:`EPS` is coarse on the CT scale
+  (√EPS ≈ 30 HU): inside soft tissue the filter mostly smooths.
 
-Given the body mask, every window mean is taken over the window's pixels inside the body only, and
-outside the body (the source's background) the synthetic slice is kept as it is: at the body's edge
-three intensities meet (background, CSF, tissue) and no one line holds, so lines fitted across it
-would spill the body's intensities outwards as a bright halo and give a band of wrong contrast just
-inside the edge. It is off unless a setting (``SynthesisSettings.guided_filter``) or a model card
-asks for it.
-
-Intensities are the normalised [0, 1] of the evaluation protocol, so :data:`EPS` means more on a
-CT scale (−1024…2000 HU: √EPS ≈ 30 HU) than on an MR one: inside soft tissue, whose CT contrasts are
-tens of HU, the lines are nearly flat and the filter mostly smooths; bone, air and the body's edge
-come from the source.
+Off unless a setting (``SynthesisSettings.guided_filter``) or a model card asks for it; what it
+changes is measured in the README ("The source-guided filter").
 """
 from __future__ import annotations
 

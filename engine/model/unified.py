@@ -26,8 +26,8 @@ from engine.model.vit import SiglipVisionModel, grid_position_ids
 
 BRANCHES = ("cond", "no_text", "no_image")  # CFG branches: all conditions, images only, text only
 FIXED_PARAMETERS = ("vit_pos_embed.pos_embed", "latent_pos_embed.pos_embed")  # sin-cos tables, never trained
-# target rows start as large as the sin-cos position table they are added beside (norm ≈ 0.5·√d vs
-# 0.71·√d): at Qwen2's 0.02 they were 3 % of a token and Stage II barely moved them in 500 steps
+# target rows start on the scale of the sin-cos position table they are added beside (norm ≈ 0.5·√d
+# against its 0.71·√d), not at Qwen2's 0.02, which leaves them a few percent of a token
 TARGET_EMBED_STD = 0.5
 
 

@@ -51,8 +51,8 @@ Budget = Mapping[str, float]          # {"steps": n} (bit-reproducible for a see
 def _entries(vae: Budget, und: Budget, gen: Budget, image_size: int, pixel_mm: float, size: str,
              unet_batch: int, unet_minutes: float | None = None) -> tuple[Entry, ...]:
     # Stage II adds the target embedding (the generation expert sees the requested target directly)
-    # and trains on timesteps shifted as the sampler's (shift 3: most training where sampling steps;
-    # chosen on the validation subjects against shifts 1 and 6: README, "The training timestep shift")
+    # and trains on timesteps shifted as the sampler's (shift 3, chosen on the validation subjects:
+    # README, "The training timestep shift")
     generation = {**gen, "batch_size": 8, "lr": 1e-3, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1,
                   "model_overrides": {"target_modalities": TARGET_EMBEDDING, "timestep_shift": 3.0}}
     common = {"image_size": image_size, "pixel_mm": pixel_mm, "seed": 0}
@@ -60,8 +60,7 @@ def _entries(vae: Budget, und: Budget, gen: Budget, image_size: int, pixel_mm: f
     und_eval = {"eval_every": int(und["steps"]) // 6} if "steps" in und else {}
     return (
         Entry(VAE, "vae", None, {**common, "size": size, **vae, "batch_size": 16, "lr": 1e-3, "eval_samples": 64}),
-        # MI weighted double: `identify` asks MI's question, and in 600-step trials MI learnt little at an
-        # equal share of the three tasks (issue #4's notes)
+        # MI weighted double: `identify` asks MI's question
         Entry(STAGE1, "understanding", VAE, {**common, **und, "batch_size": 8, "lr": 1e-3,
                                              "task_weights": {"CTS": 1.0, "MI": 2.0, "TIA": 1.0},
                                              "eval_samples": 64, **und_eval}),
@@ -74,17 +73,15 @@ def _entries(vae: Budget, und: Budget, gen: Budget, image_size: int, pixel_mm: f
 
 
 RECIPES: dict[str, tuple[Entry, ...]] = {
-    # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head). With PARALLEL=1 on 2 CPU
-    # cores (AMD EPYC): vae, then Stage I + Stage II beside Stage II alone + the U-Net; the U-Net's 33 minutes
-    # are what Stage II's 4800 steps take on one core there (its card and the benchmark show both)
+    # the shipped default model: 64-pixel tiles of 4 mm (256 mm, a whole adult head); with PARALLEL=1 the
+    # U-Net trains beside Stage II for about as long as Stage II's steps take on one core (its card and the
+    # benchmark show both)
     "default": _entries({"steps": 1500}, {"steps": 2400}, {"steps": 4800}, image_size=64, pixel_mm=4.0,
                         size="default", unet_batch=16, unet_minutes=33.0),
     # the same entries on one GPU, budgeted in minutes (scripts/train_default_model_gpu.sh: vae, then
-    # Stage I → Stage II beside Stage II alone beside the U-Net, each with data-loading workers): the U-Net
-    # trains as many minutes as each Stage II, at the same time on the same machine. On an H200 with 16
-    # cores (4 workers a process) 1.5 / 1.5 / 3 minutes reached 3121 / 1594 / 3032 steps (Stage II alone
-    # 2500, the U-Net 1056) — fewer than the CPU recipe's (what bounds them was not measured) —, so these
-    # budgets are set to reach at least its steps at those rates (README, "Training on a GPU")
+    # Stage I → Stage II beside Stage II alone beside the U-Net, each with data-loading workers; the U-Net
+    # trains as many minutes as each Stage II): budgets meant to reach at least the CPU recipe's steps at
+    # the rates README's "Training on a GPU" reports
     "gpu": _entries({"minutes": 1.5}, {"minutes": 2.5}, {"minutes": 5.0}, image_size=64, pixel_mm=4.0,
                     size="default", unet_batch=16, unet_minutes=5.0),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
@@ -93,12 +90,9 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 }
 
 
-# Sampling of the shipped model, chosen on the validation subjects (README: the two `evaluate
-# --split val` commands): 12 unguided Euler steps scored within a point of the engine's 24 guided
-# ones at about a third of the time; neighbouring slices start from noise correlated 0.9 (their
-# through-plane variation came closest to the real scans', ≈ 1.1 against ≈ 3 with independent noise);
-# each slice is then re-drawn from the source slice in windows of radius 2 model pixels (the
-# source-guided filter, engine/inference/guided.py: README, "The source-guided filter").
+# Sampling of the shipped model, chosen on the validation subjects (README: the `evaluate --split val`
+# commands): 12 unguided Euler steps, neighbouring slices started from noise correlated 0.9, each slice
+# re-drawn from its source slice in windows of radius 2 model pixels (engine/inference/guided.py).
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.
 INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 2.0,
                       "guidance": {"text_scale": 1.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
