@@ -39,8 +39,7 @@ from engine.inference.settings import (SynthesisSettings, autocast, available_me
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.model.vit import vit_view
-from engine.sampling import draw_noise, guided_velocity, inference_timesteps, interpolate
-from engine.sampling.solvers import get_solver
+from engine.sampling import draw_noise, sample
 from engine.tasks.instructions import default_instruction
 from engine.tasks.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
                                  to_model_slice)
@@ -552,16 +551,11 @@ class Synthesizer(SliceSynthesizer):
                 cancel: CancelToken | None, on_step: ProgressFn = noop) -> torch.Tensor:
         """The flow ODE's end point x0 from each slice's seeded noise (or the noised source latent),
         over ``velocity(x, t, branches) -> {branch: v}`` with the settings' guidance and solver."""
-        shape = tuple(latent.shape[1:])
-        noise = slice_noise(shape, settings.seed, indices, settings.noise_correlation).to(latent.device)
-        x = noise if settings.start_from_source is None else interpolate(latent, noise, settings.t_start)
-        guided = guided_velocity(velocity, settings.guidance, channel_dim=1, token_patch=self.config.latent_patch_size)
-
-        def field(x_state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return guided(x_state, t).float()
-
-        timesteps = inference_timesteps(settings.steps, settings.shift, settings.t_start)
-        x0 = get_solver(settings.solver)(field, x, timesteps, progress=on_step, cancel=cancel)
+        noise = slice_noise(tuple(latent.shape[1:]), settings.seed, indices, settings.noise_correlation)
+        x0 = sample(velocity, tuple(latent.shape), steps=settings.steps, shift=settings.shift, solver=settings.solver,
+                    guidance=settings.guidance, init=None if settings.start_from_source is None else latent,
+                    t_start=settings.t_start, noise=noise, progress=on_step, cancel=cancel, device=latent.device,
+                    channel_dim=1, token_patch=self.config.latent_patch_size)
         check_cancel(cancel)
         return x0
 

@@ -27,7 +27,8 @@ def draw_noise(shape: Sequence[int], *, generator: torch.Generator | None = None
 @torch.no_grad()
 def sample(velocity_fn: Callable, shape: Sequence[int], *, steps: int, shift: float, solver: str = "euler",
            guidance: GuidanceConfig | None = None, generator: torch.Generator | None = None, seed: int | None = 0,
-           init: torch.Tensor | None = None, t_start: float = 1.0, progress: ProgressFn = noop,
+           init: torch.Tensor | None = None, t_start: float = 1.0, noise: torch.Tensor | None = None,
+           progress: ProgressFn = noop,
            cancel: CancelToken | None = None, device: torch.device | str = "cpu",
            dtype: torch.dtype = torch.float32, channel_dim: int = -1, token_patch: int = 1) -> torch.Tensor:
     """Integrate the flow from t = ``t_start`` to 0 and return x0 of ``shape`` in ``dtype``.
@@ -36,7 +37,8 @@ def sample(velocity_fn: Callable, shape: Sequence[int], *, steps: int, shift: fl
     (see :mod:`engine.sampling.guidance`). ``t`` is a float32 tensor of shape (batch,).
     ``steps`` counts ODE steps (Euler: network calls; BAGEL's 50 timesteps = ``steps=49``).
     ``init``: a clean start (e.g. the source latent); with ``t_start < 1`` the flow starts from
-    x = (1 − t_start)·init + t_start·ε instead of pure noise. The model sees ``dtype``; the ODE
+    x = (1 − t_start)·init + t_start·ε instead of pure noise. ``noise``: that ε, given (e.g. each
+    slice's own seeded noise) instead of drawn from ``generator`` / ``seed``. The model sees ``dtype``; the ODE
     state is kept in at least float32. ``channel_dim`` / ``token_patch`` say what a token is for the
     per-token renorms (our model's (S, z, h, w) latents: ``channel_dim=1``, ``token_patch=2``).
     Cancelling raises :class:`engine.jobs.Cancelled`.
@@ -47,7 +49,12 @@ def sample(velocity_fn: Callable, shape: Sequence[int], *, steps: int, shift: fl
     if init is not None and tuple(init.shape) != shape:
         raise ValueError(f"init has shape {tuple(init.shape)}, expected {shape}")
     state_dtype = torch.promote_types(dtype, torch.float32)
-    noise = draw_noise(shape, generator=generator, seed=seed, device=device, dtype=state_dtype)
+    if noise is None:
+        noise = draw_noise(shape, generator=generator, seed=seed, device=device, dtype=state_dtype)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+    else:
+        noise = noise.to(device=device, dtype=state_dtype)
     x = noise if init is None else interpolate(init.to(device=device, dtype=state_dtype), noise, t_start)
 
     base = guided_velocity(velocity_fn, guidance, channel_dim, token_patch) if guidance is not None else velocity_fn

@@ -129,6 +129,19 @@ def test_start_from_a_noised_init():
         sample(field, (1, 4), steps=3, shift=3.0, t_start=0.5)
 
 
+def test_given_noise_is_where_the_flow_starts():
+    field = gaussian_velocity(0.1, 0.5)
+    noise = draw_noise((2, 3), seed=7)
+    assert torch.equal(sample(field, (2, 3), steps=4, shift=3.0, noise=noise),
+                       sample(field, (2, 3), steps=4, shift=3.0, seed=7))
+    init, seen = torch.full((2, 3), 2.0), []
+    sample(lambda x, t: seen.append(x.clone()) or torch.zeros_like(x), (2, 3), steps=2, shift=1.0, init=init,
+           t_start=0.4, noise=noise)
+    assert torch.allclose(seen[0], 0.6 * init + 0.4 * noise)
+    with pytest.raises(ValueError, match="noise has shape"):
+        sample(field, (2, 3), steps=2, shift=1.0, noise=torch.zeros(3, 2))
+
+
 def test_model_sees_requested_dtype_state_stays_float32():
     dtypes = []
     field = point_mass_velocity(torch.zeros(1, 4))
