@@ -3,7 +3,6 @@ installed, the models and their routes (from the model card, no weights read), t
 ``run_synthesis`` — which runs inside the synthesis process (app.engine_process), never in the GUI."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,19 +127,15 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     """Synthesize the target volume on the source's grid (marked synthetic by the engine), its notes
     ending with the out-of-distribution guard's warnings; the progress reports carry the latest
     finished slice as ``preview``. Imports torch."""
-    from engine.inference.cli_synthesize import resolve_source
+    from engine.inference.identify import source_modality
     from engine.inference.ood import with_warnings
 
     synth = _synthesizer(request)
-    source, _identified = resolve_source(synth, request.volume, request.source or "auto", progress)
-    settings = synth.default_settings()
-    guidance = {k: v for k, v in (("text_scale", request.text_guidance), ("image_scale", request.image_guidance))
-                if v is not None}
-    changes = {k: v for k, v in (("steps", request.steps), ("seed", request.seed),
-                                 ("noise_correlation", request.noise_correlation),
-                                 ("guided_filter", request.guided_filter)) if v is not None}
-    changes["plane"] = request.plane
-    settings = settings.replace(guidance=dataclasses.replace(settings.guidance, **guidance), **changes)
+    source, _identified, note = source_modality(synth, request.volume, request.source or "auto", progress)
+    settings = synth.default_settings().asked(
+        steps=request.steps, seed=request.seed, noise_correlation=request.noise_correlation,
+        guided_filter=request.guided_filter, plane=request.plane, text_guidance=request.text_guidance,
+        image_guidance=request.image_guidance)
     warnings = synth.input_warnings(request.volume, source, settings)
     latest: list[np.ndarray | None] = [None]
 
@@ -152,4 +147,4 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
 
     result = synth.synthesize_volume(request.volume, source, request.target, settings, progress=report,
                                      cancel=cancel, preview=preview)
-    return with_warnings(result, warnings)
+    return with_warnings(result.replace(notes=(*result.notes, note)) if note else result, warnings)

@@ -58,20 +58,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def sampling_settings(args: argparse.Namespace, defaults):
     """``defaults`` (a SynthesisSettings) with the options of :func:`add_sampling_arguments` given."""
-    import dataclasses
-
-    changes = {k: v for k, v in (("steps", args.steps), ("solver", args.solver), ("shift", args.shift),
-                                 ("seed", args.seed), ("batch_size", args.batch_size),
-                                 ("start_from_source", args.start_from_source),
-                                 ("noise_correlation", args.noise_correlation),
-                                 ("guided_filter", args.guided_filter),
-                                 ("hu_calibration", args.hu_calibration),
-                                 ("source_floor", args.source_floor),
-                                 ("plane", getattr(args, "plane", None))) if v is not None}
-    if args.guidance:
-        changes["guidance"] = dataclasses.replace(defaults.guidance, text_scale=args.guidance[0],
-                                                  image_scale=args.guidance[1])
-    return defaults.replace(**changes)
+    text, image = args.guidance or (None, None)
+    return defaults.asked(steps=args.steps, solver=args.solver, shift=args.shift, seed=args.seed,
+                          batch_size=args.batch_size, start_from_source=args.start_from_source,
+                          noise_correlation=args.noise_correlation, guided_filter=args.guided_filter,
+                          hu_calibration=args.hu_calibration, source_floor=args.source_floor,
+                          plane=getattr(args, "plane", None), text_guidance=text, image_guidance=image)
 
 
 def model_dir(args: argparse.Namespace) -> Path:

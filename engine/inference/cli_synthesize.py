@@ -11,11 +11,11 @@ from pathlib import Path
 from engine.cli import add_anonymise_arguments, anonymiser_of
 from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
                                          model_dir, open_synthesizer, sampling_settings, stderr_progress)
+from engine.inference.identify import source_modality
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX
 from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
 from engine.inference import SLICING_PLANES
 
-MIN_AUTO_CONFIDENCE = 0.5
 OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
 
 
@@ -50,26 +50,6 @@ def _check_output(path: Path) -> None:
         raise ValueError(f"{path}: unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
 
 
-def resolve_source(synth, volume, requested: str | None, progress) -> tuple[str, dict | None]:
-    """The source modality: as given; the header's when not given; identified for 'auto'."""
-    from engine import modalities
-
-    if requested and requested.strip().lower() != "auto":
-        return modalities.canonical(requested), None
-    if requested is None and volume.modality:
-        return modalities.canonical(volume.modality), None
-    found = synth.identify(volume, progress=progress)
-    info = found.to_dict()
-    if found.reliable and found.confidence >= MIN_AUTO_CONFIDENCE:
-        return found.modality, info
-    if volume.modality:
-        print(f"note: identification is unsure ({found.modality}, confidence {found.confidence:.2f}); "
-              f"using the header's modality {volume.modality}", file=sys.stderr)
-        return modalities.canonical(volume.modality), info
-    raise ValueError(f"cannot identify the input's modality reliably (best guess {found.modality}, confidence "
-                     f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")
-
-
 def input_warnings(synth, volume, source: str, settings, quiet: bool = False) -> list[str]:
     """The out-of-distribution guard's warnings for ``volume`` read as ``source``, printed to stderr
     (always; its note that a card without a profile cannot check, only when not ``quiet``)."""
@@ -102,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if anonymiser:
         anonymiser.prepare(volume, output)          # a burned-in source is refused before the model runs
     synth = open_synthesizer(args, folder)
-    source, identified = resolve_source(synth, volume, args.source, progress)
+    source, identified, note = source_modality(synth, volume, args.source, progress)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     synth.card.check_route(source, target)
     settings = sampling_settings(args, synth.default_settings())
     warnings = input_warnings(synth, volume, source, settings, args.quiet)

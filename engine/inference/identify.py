@@ -185,3 +185,28 @@ def identify_modality(volume: Volume, model: Synthesizer, *, candidates: Sequenc
         return Identification(best, float(mean.max()), probabilities, True,
                               f"MI question on {len(picks)} slices along axis {axis}", picks, axis)
     return Identification(best, 0.0, probabilities, False, note, picks, axis)
+
+
+MIN_AUTO_CONFIDENCE = 0.5       # below it, ``source_modality`` does not take identification's answer
+
+
+def source_modality(synth: Synthesizer, volume: Volume, requested: str | None,
+                    progress: ProgressFn = noop) -> tuple[str, dict | None, str]:
+    """The source modality of a synthesis: ``requested`` when it names one; the header's when
+    nothing is requested; identified by the model for "auto" (the header's again when the model is
+    unsure). Returns (modality, the identification as a dict or None, a note for the user or "");
+    ValueError when neither the model nor the header can say."""
+    if requested and requested.strip().lower() != "auto":
+        return modalities.canonical(requested), None, ""
+    if requested is None and volume.modality:
+        return modalities.canonical(volume.modality), None, ""
+    found = synth.identify(volume, progress=progress)
+    info = found.to_dict()
+    if found.reliable and found.confidence >= MIN_AUTO_CONFIDENCE:
+        return found.modality, info, ""
+    if volume.modality:
+        return modalities.canonical(volume.modality), info, (
+            f"identification is unsure ({found.modality}, confidence {found.confidence:.2f}); using the header's "
+            f"modality {volume.modality}")
+    raise ValueError(f"cannot identify the input's modality reliably (best guess {found.modality}, confidence "
+                     f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")

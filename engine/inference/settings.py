@@ -124,6 +124,17 @@ class SynthesisSettings:
     def replace(self, **changes: Any) -> "SynthesisSettings":
         return dataclasses.replace(self, **changes)
 
+    def asked(self, *, text_guidance: float | None = None, image_guidance: float | None = None,
+              **changes: Any) -> "SynthesisSettings":
+        """These settings with what a user asked for (the command line's options, the app's request):
+        every field given as None keeps its value; ``text_guidance`` / ``image_guidance`` set the
+        guidance scales."""
+        guidance = {k: v for k, v in (("text_scale", text_guidance), ("image_scale", image_guidance)) if v is not None}
+        kept = {k: v for k, v in changes.items() if v is not None}
+        if guidance:
+            kept["guidance"] = dataclasses.replace(self.guidance, **guidance)
+        return self.replace(**kept)
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["guidance"] = self.guidance.to_dict()

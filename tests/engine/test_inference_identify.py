@@ -157,3 +157,27 @@ def test_answer_scores_equal_token_by_token_next_token_probabilities(synth):
                                                            logits_for="last").logits[0]
                 by_hand += float(torch.log_softmax(logits.float(), -1)[token])
             assert float(score) == pytest.approx(by_hand, abs=1e-3)
+
+
+def test_the_source_modality_is_the_requested_the_headers_or_the_identified_one_with_a_note_when_unsure(capsys):
+    from engine.inference import Identification
+    from engine.inference.identify import source_modality
+    from engine.io import Volume
+
+    class Model:
+        answer = Identification("T2", 0.9, {"T1": 0.1, "T2": 0.9}, True)
+
+        def identify(self, volume, progress=None):
+            return self.answer
+
+    model, t1 = Model(), Volume(np.ones((2, 3, 3), np.float32), modality="T1")
+    assert source_modality(model, t1, "flair") == ("FLAIR", None, "")
+    assert source_modality(model, t1, None) == ("T1", None, "")
+    found, info, note = source_modality(model, t1, "auto")
+    assert (found, info["modality"], note) == ("T2", "T2", "")
+    model.answer = Identification("T2", 0.3, {"T1": 0.35, "T2": 0.3}, False, "no understanding training")
+    found, _, note = source_modality(model, t1, "auto")
+    assert found == "T1" and "identification is unsure (T2, confidence 0.30)" in note
+    with pytest.raises(ValueError, match="cannot identify"):
+        source_modality(model, t1.replace(modality=None), "auto")
+    assert capsys.readouterr().err == ""                        # said in the note, never printed

@@ -398,6 +398,14 @@ def test_the_source_guided_filter_redraws_each_slice_from_the_source_on_the_inpu
     np.testing.assert_array_equal(guided.array[list(plan.empty)], plain.array[list(plan.empty)])   # background
 
 
+def test_what_a_user_asks_changes_only_the_fields_given():
+    base = SynthesisSettings(steps=12, guidance={"text_scale": 4.0, "image_scale": 2.0}, guided_filter=2)
+    asked = base.asked(steps=None, seed=3, guided_filter=0, image_guidance=1.0, text_guidance=None, plane=None)
+    assert (asked.steps, asked.seed, asked.guided_filter, asked.plane) == (12, 3, 0.0, "auto")
+    assert (asked.guidance.text_scale, asked.guidance.image_scale) == (4.0, 1.0)
+    assert base.asked() == base
+
+
 def test_settings_round_trip_and_device_resolution():
     s = SynthesisSettings(steps=10, guidance={"text_scale": 3.0}, batch_size="AUTO", start_from_source=0.5,
                           noise_correlation=0.7, guided_filter=2)
