@@ -136,7 +136,7 @@ def parse_line(line: str) -> dict | None:
 
 
 def has_checkpoint(out: str | Path) -> bool:
-    from engine.training.state import STATE_DIR
+    from engine.training.protocol import STATE_DIR
 
     return (Path(out) / STATE_DIR).is_dir()
 
@@ -283,7 +283,7 @@ class TrainingJob:
 
     def read_history(self) -> None:
         """Rebuild the progress of the stages run so far from their ``progress.jsonl`` files."""
-        from engine.training.trainer import PROGRESS_FILE
+        from engine.training.protocol import PROGRESS_FILE
 
         self.live = LiveProgress()
         step, steps = self.step, self.steps
@@ -301,7 +301,7 @@ class TrainingJob:
     def process_ended(self, exit_code: int, crashed: bool, requested: str | None, stderr_tail: str = "") -> bool:
         """Update status and message after the stage's process ended (``requested``: "paused" or
         "cancelled" when the user asked it to stop). True when the next stage should start now."""
-        from engine.training.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+        from engine.training.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
         out, stage = self.stage.out, self.stage.title
         if not self.stage.trains:

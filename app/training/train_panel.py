@@ -400,7 +400,7 @@ class TrainPanel(QWidget):
                 self._log(self.running, line.rstrip())
 
     def _write_stop(self, job: TrainingJob) -> None:
-        from engine.training.trainer import STOP_FILE
+        from engine.training.protocol import STOP_FILE
 
         try:
             (Path(job.stage.out) / STOP_FILE).touch()

@@ -11,8 +11,8 @@ import textwrap
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
 from engine.training.config import DEFAULT_PIXEL_MM, DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
+from engine.training.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 PRESET_NAMES = ("tiny", "default", "small", "bagel-7b")   # engine.model.config.PRESETS, without importing torch
 
 EPILOG = """\

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from engine.atomic import atomic_file, atomic_folder, recover_folder
 from engine.model.checkpoint import save_safetensors
+from engine.training.protocol import STATE_DIR
 
-STATE_DIR = "checkpoint-last"
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")   # and ema.safetensors
 
 

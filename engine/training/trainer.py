@@ -40,12 +40,11 @@ from engine.training.distributed import (Distributed, clip_gradients, full_tenso
 from engine.training.export import WeightsSnapshot, model_card, stage_record, write_model_folder
 from engine.training.optim import EMA, LRSchedule, make_optimizer
 from engine.training.stages import AE_PREFIX, Stage, StepInputs, TokenCache, apply_freeze, get_stage, named_tensors
-from engine.training.state import STATE_DIR, TrainingState, load_state, recover_state, save_state, trim_records
+from engine.training.protocol import PROGRESS_FILE, STATE_DIR, STOP_FILE
+from engine.training.state import TrainingState, load_state, recover_state, save_state, trim_records
 
 Emit = Callable[[dict], None]
-PROGRESS_FILE = "progress.jsonl"
 PREVIEW_DIR = "previews"
-STOP_FILE = "STOP"     # creating OUT/STOP asks a run to checkpoint and stop (a signal-free cancel, e.g. on Windows)
 
 
 class TrainingSetupError(ValueError):
