@@ -9,13 +9,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES
+
 SCHEMA_VERSION = 2
 CONFIG_DIR_ENV = "SYNERMEDGEN_CONFIG_DIR"
 FILE_NAME = "settings.json"
 MAX_RECENT = 10
-DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("torch", "onnx")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class Settings:
             else:
                 log.warning("settings: ignoring %s=%r (expected %s)", f.name, value, type(default).__name__)
         settings = cls(**values)
-        for name, allowed in (("device", DEVICES), ("backend", BACKENDS), ("precision", PRECISIONS)):
+        for name, allowed in (("device", DEVICES), ("backend", BACKENDS), ("precision", PRECISION_NAMES)):
             if getattr(settings, name) not in allowed:
                 setattr(settings, name, getattr(defaults, name))
         settings.schema_version = SCHEMA_VERSION

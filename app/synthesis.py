@@ -114,7 +114,7 @@ _loaded: dict[tuple[str, str, str, str], object] = {}       # the last model loa
 
 
 def _synthesizer(request: SynthesisRequest):
-    from engine.inference.cli_common import synthesizer_for
+    from engine.inference import synthesizer_for
 
     key = (str(request.model_dir), request.backend, request.device, request.precision)
     if key not in _loaded:

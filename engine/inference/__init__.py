@@ -11,9 +11,14 @@ import importlib
 # the patient planes synthesis may cut a volume in (auto: the acquisition plane), here so that the
 # CLI parser and the GUI read them without importing torch
 SLICING_PLANES = ("auto", "axial", "coronal", "sagittal")
+BACKENDS = ("torch", "onnx")                # engine.inference.backends.synthesizer_for
+DEVICES = ("auto", "cpu", "cuda")
+PRECISION_NAMES = ("fp32", "fp16", "bf16")   # engine.inference.settings.PRECISIONS
 
 _EXPORTS = {
     "Synthesizer": "engine.inference.pipeline",
+    "synthesizer_for": "engine.inference.backends",
+    "source_modality": "engine.inference.identify",
     "OnnxSynthesizer": "engine.inference.onnx_backend",
     "SlicePlan": "engine.inference.pipeline",
     "RESEARCH_NOTE": "engine.inference.pipeline",

@@ -7,10 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.inference import BACKENDS
+from engine.inference.backends import synthesizer_for
 from engine.jobs import stderr_progress  # noqa: F401 - the subcommands' progress printer
 
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
-BACKENDS = ("torch", "onnx")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> None:
@@ -82,20 +83,6 @@ def check_backend(args: argparse.Namespace) -> None:
         from engine.inference.onnx_backend import onnxruntime
 
         onnxruntime()
-
-
-def synthesizer_for(folder: str | Path, backend: str = "torch", device: str = "auto", precision: str = "fp32"):
-    """The Synthesizer of ``backend`` ("torch" or "onnx": exports the ONNX graphs beside the model on
-    first use) for a model folder."""
-    if backend == "onnx":
-        from engine.inference.onnx_backend import OnnxSynthesizer
-
-        return OnnxSynthesizer(folder, device=device, precision=precision)
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    from engine.inference.pipeline import Synthesizer
-
-    return Synthesizer(folder, device=device, precision=precision)
 
 
 def open_synthesizer(args: argparse.Namespace, folder: Path | None = None):

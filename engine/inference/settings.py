@@ -22,12 +22,11 @@ from typing import Any, Mapping
 
 import torch
 
-from engine.inference import SLICING_PLANES
+from engine.inference import DEVICES, PRECISION_NAMES, SLICING_PLANES
 from engine.sampling import GuidanceConfig
 from engine.sampling.solvers import SOLVERS
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 def default_guidance() -> GuidanceConfig:
