@@ -242,7 +242,8 @@ def _add_floor(sub: argparse._SubParsersAction) -> None:
                       "validation subjects, and measure it on held-out ones",
         description="On a route whose source and target share a physical scale (CBCT → CT) the output is the "
                     "HU-calibrated source plus a weight times the model's change to it (0 = the source, 1 = "
-                    "the model alone). Chooses the weight with the lowest mean MAE inside the body on the "
+                    "the model alone; outside the source's field of view the model's output whatever the weight). "
+                    "Chooses the weight with the lowest mean MAE inside the body on the "
                     "validation subjects, then prints what it gives on the test subjects, on CBCTs simulated "
                     "outside the training ranges and on real head CTs never trained on, beside the source as "
                     "it is. --write-card records the weight in the model card, where synthesis reads it.")

@@ -2,7 +2,8 @@
 the model's change to the HU-calibrated source to keep — the model card's ``source_floor`` weight.
 
 Chosen on the validation subjects: each volume is synthesized once by the model alone (weight 1) and
-once as the calibrated source (weight 0, no model run); every weight of :data:`WEIGHTS` blends the
+once as the calibrated source (weight 0; the model's output outside the source's field of view in
+both); every weight of :data:`WEIGHTS` blends the
 two (the blend is linear, so no further synthesis is needed) and is scored inside the body. The
 weight with the lowest mean MAE is chosen, the smaller weight on a tie (the source is the floor).
 Then it is measured, never chosen, on held-out inputs: the test split, CBCTs simulated outside the

@@ -53,7 +53,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-floor", type=float, metavar="W",
                    help="on a route whose source and target share a physical scale (CBCT → CT): output the "
                         "calibrated source plus W × the model's change to it, W in [0, 1] (0 = the calibrated "
-                        "source, 1 = the model's output alone; default: the weight the model card records, "
+                        "source, 1 = the model's output alone; outside the source's field of view the model's output "
+                        "whatever W; default: the weight the model card records, "
                         "chosen on validation subjects by `bench floor`)")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from engine import modalities
-from engine.inference.calibration import calibration_shift
+from engine.inference.calibration import calibration_shift, padding_mask
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
 from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
@@ -280,6 +280,11 @@ class SliceSynthesizer:
         same_scale = fits_at_model_resolution(source, target)
         floor, floor_note = self._source_floor(source, target, settings) if same_scale else (None, "")
         floored = slices_first(array, plan.axis) if floor is not None else None    # the calibrated source
+        # outside the source's field of view it holds no data: there the model's output is kept
+        missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
+        if missing is not None and missing[list(plan.active)].any():
+            floor_note += (f"; outside the source's field of view ({missing[list(plan.active)].mean():.1%} of the "
+                           "synthesized slices' voxels) the output is the model's")
 
         total = plan.count
         done = len(plan.empty)
@@ -294,8 +299,8 @@ class SliceSynthesizer:
             for i in plan.empty:
                 preview(i, out[i])
 
-        queue = list(plan.active) if floor != 0.0 else []
-        for i in plan.active if floor == 0.0 else ():
+        queue = [i for i in plan.active if floor != 0.0 or missing[i].any()]
+        for i in sorted(set(plan.active) - set(queue)):
             out[i] = floored[i]
             done += 1
             report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)")
@@ -350,7 +355,8 @@ class SliceSynthesizer:
                                           seen=from_model_slice(images, plan.placement) if same_scale else None)
             physical = modalities.denormalise(synthetic, norm_out)
             for k, i in enumerate(chunk):
-                out[i] = physical[k] if floor is None else floored[i] + floor * (physical[k] - floored[i])
+                out[i] = physical[k] if floor is None else np.where(
+                    missing[i], physical[k], floored[i] + floor * (physical[k] - floored[i]))
                 done += 1
                 report(done, f"slice {i + 1} of {total} done")
                 if preview is not None:
@@ -391,8 +397,8 @@ class SliceSynthesizer:
                 return None, ""
             weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
         if weight == 0.0:
-            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration), "
-                            "the model was not run — on this route it did not beat the calibrated source")
+            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration) "
+                            "— on this route the model did not beat the calibrated source")
         return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
                         f"plus {weight:.2f} × the model's change to it")
 
@@ -497,22 +503,6 @@ class Synthesizer(SliceSynthesizer):
         if self.config.target_modalities and not prompt.target:
             notes.append(f"note: the model has no target embedding for {target}: the instruction alone names it")
         return prompt, notes
-
-    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, str]:
-        """(weight, note) of the source floor on a same-scale route: the settings' weight, else the
-        card's; (None, "") when neither gives one (the model's output as is)."""
-        if settings.source_floor is not None:
-            weight, why = settings.source_floor, "as asked"
-        else:
-            entry = self.card.source_floor(source, target)
-            if entry is None:
-                return None, ""
-            weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
-        if weight == 0.0:
-            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration), "
-                            "the model was not run — on this route it did not beat the calibrated source")
-        return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
-                        f"plus {weight:.2f} × the model's change to it")
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""

@@ -15,11 +15,13 @@ SYNTHETIC_KEY = "SynerMedGen_synthetic"        # MetaImage / NRRD fields ("true"
 DERIVED_FROM_KEY = "SynerMedGen_derived_from"
 NIFTI_DESCRIP_BYTES = 79                       # descrip holds 80 bytes, the last one a NUL
 DICOM_SYNTHETIC = "SYNTHETIC"                  # the value of our private element (0011,xx03)
-# Our mark and nothing else: a description that opens with "synthetic <modality>" and says research
-# use only. A third party's "Synthetic MR phantom" or "synthetic aperture" is not read as ours.
-_MARK = re.compile(r"^\s*synthetic\s+\S+(?:\s+from\s+\S+)?\b.*\b" + re.escape(RESEARCH_ONLY),
+# Our mark and nothing else: a description that opens with "synthetic <modality>" (after at most one
+# parenthesised flag such as "(OOD input)") and says research use only. A third party's "Synthetic MR
+# phantom" or "synthetic aperture" is not read as ours.
+_FLAG = r"^\s*(?:\([^()]*\)\s*)?"
+_MARK = re.compile(_FLAG + r"synthetic\s+\S+(?:\s+from\s+\S+)?\b.*\b" + re.escape(RESEARCH_ONLY),
                    re.IGNORECASE | re.DOTALL)
-_ROUTE = re.compile(r"^\s*synthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
+_ROUTE = re.compile(_FLAG + r"synthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
 _SUFFIX = f" — {RESEARCH_ONLY}"
 
 
@@ -52,7 +54,7 @@ def file_description(volume: Volume, description: str) -> str:
         return description
     if says_synthetic(description):
         return description
-    if description.lower().startswith(label(volume).lower()):
+    if re.match(_FLAG + re.escape(label(volume)), description, re.IGNORECASE):
         return description + _SUFFIX
     return "; ".join(filter(None, (label(volume), description))) + _SUFFIX
 

@@ -308,7 +308,8 @@ def cbct_volume(shape=(5, 24, 24)) -> Volume:
     zz, yy, xx = np.indices(shape)
     head = (yy - 12) ** 2 + (xx - 12) ** 2 < 81
     rng = np.random.default_rng(3)
-    hu = np.where(head, 40.0 + rng.normal(0, 30, shape), -1000.0).astype(np.float32)
+    hu = np.where(head, 40.0, -1000.0) + rng.normal(0, 30, shape)     # air with noise, as scanners give it
+    hu = hu.astype(np.float32)
     return Volume(hu, spacing=(4.0, 4.0, 4.0), modality="CBCT", unit="HU", name="CBCT")
 
 
@@ -332,11 +333,31 @@ def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_
                                + 0.25 * (model.array[active] - source.array[active]), atol=1e-3)
     assert not np.allclose(model.array[active], source.array[active])
     assert any("source floor 0.25 (the model card's, chosen on 2 validation subjects)" in n for n in blended.notes)
-    assert any(n.startswith("source floor 0 (as asked)") and "the model was not run" in n for n in source.notes)
+    assert any(n.startswith("source floor 0 (as asked)") and "did not beat the calibrated source" in n
+               for n in source.notes)
     t2 = synth.synthesize_volume(t1_volume(), "T1", "T2", synth.default_settings().replace(source_floor=0.0))
     assert not any("source floor" in n for n in t2.notes)                          # MR: no common scale
     with pytest.raises(ValueError, match="source_floor must be a weight"):
         synth.default_settings().replace(source_floor=1.5)
+
+
+def test_outside_the_sources_field_of_view_the_floor_keeps_the_models_output(tmp_path):
+    folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"),), metadata={
+        "inference_defaults": {"steps": 1}, "calibration": {"soft_tissue_hu": 20.0}})
+    synth = Synthesizer(folder, device="cpu")
+    cbct = cbct_volume()
+    truncated = cbct.array.copy()
+    truncated[:, :, 18:] = -1000.0                      # the head cut by the reconstruction's field of view
+    cbct = cbct.with_array(truncated)
+    settings = synth.default_settings()
+    model = synth.synthesize_volume(cbct, "CBCT", "CT", settings.replace(source_floor=1.0)).array
+    floored = synth.synthesize_volume(cbct, "CBCT", "CT", settings.replace(source_floor=0.0))
+    active = list(synth.plan(cbct, "CBCT").active)
+    np.testing.assert_allclose(floored.array[active][:, :, 18:], model[active][:, :, 18:], atol=1e-4)
+    inside, seen = floored.array[active][:, :, :18], cbct.array[active][:, :, :18]
+    assert not np.allclose(inside, model[active][:, :, :18], atol=1.0)
+    np.testing.assert_allclose(inside, seen + (inside - seen).mean(), atol=1e-3)     # the calibrated source there
+    assert any("outside the source's field of view" in n for n in floored.notes)
 
 
 def test_model_card_reading():

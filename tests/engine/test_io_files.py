@@ -245,6 +245,15 @@ def test_a_long_description_keeps_the_research_use_mark_in_the_nifti_descrip(tmp
     assert descrip.endswith("— research use only") and io.load(out).derived_from == "T1"
 
 
+def test_a_flagged_synthetic_description_keeps_its_flag_and_is_read_back(tmp_path):
+    synthetic = _oblique_volume().replace(modality="CT", unit="HU", synthetic=True, derived_from="CBCT")
+    out = io.save(synthetic, tmp_path / "renamed.nii.gz", description="(OOD input) synthetic CT from CBCT")
+    descrip = nibabel.load(out).header["descrip"].item().decode()
+    assert descrip == "(OOD input) synthetic CT from CBCT — research use only"
+    again = io.load(out)
+    assert again.synthetic and again.derived_from == "CBCT"
+
+
 def test_a_third_party_description_with_the_word_synthetic_marks_nothing(tmp_path):
     for text in ("Synthetic MR phantom, site 3", "sub-01 synthetic aperture recon", "SYNTHETIC CT"):
         out = tmp_path / "third_party.nii"
