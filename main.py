@@ -9,7 +9,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from engine.cli import SUBCOMMANDS, run_cli
+    from cli import SUBCOMMANDS, run_cli
 
     if argv and argv[0] == "--selftest":
         argv[0] = "selftest"

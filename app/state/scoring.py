@@ -11,7 +11,7 @@ from engine.evaluation.synthesis_eval import score_volume
 from engine.io import Volume
 from engine.io.resample import inside, resample_onto
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.tasks.slices import slice_axis
+from engine.inference.slices import slice_axis
 from app.state.comparison import ComparisonResult
 
 

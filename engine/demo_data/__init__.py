@@ -4,7 +4,7 @@ the small demo study shipped in resources/demo. Build-time only; the app never r
 
     from engine.demo_data import build_demo_dataset, build_demo_study, derivation_text
 
-Names are imported on first use, so ``engine.demo_data.cli`` stays cheap to import.
+Names are imported on first use, so ``make-demo-data --help`` stays cheap.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks import PairedDataset
-from engine.tasks.slices import slices_first
+from engine.inference.slices import slices_first
 from engine.training import recipe
 
 MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from engine import modalities
 from engine.io.volume import Volume
-from engine.tasks.slices import slice_axis
+from engine.inference.slices import slice_axis
 
 CROP_MARGIN_MM = 2.0
 PAD_FACTOR = 1.6

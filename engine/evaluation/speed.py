@@ -202,7 +202,7 @@ def bench_volume(synth) -> tuple[Any, str, str, dict[str, Any]]:
     from engine import modalities
     from engine.io.volume import Volume
     from engine.tasks.phantoms import phantom_labels, phantom_volume
-    from engine.tasks.slices import slice_axis, slices_first
+    from engine.inference.slices import slice_axis, slices_first
 
     route = pick_route(synth)
     demo = io.load(str(DEMO_VOLUME)) if DEMO_VOLUME.exists() else None
@@ -410,7 +410,7 @@ def _ratios(seconds: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def slices_of(array: np.ndarray, axis: int, indices: Sequence[int]) -> np.ndarray:
-    from engine.tasks.slices import slices_first
+    from engine.inference.slices import slices_first
 
     return np.asarray(slices_first(np.asarray(array, np.float64), axis)[list(indices)])
 

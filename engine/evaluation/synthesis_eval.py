@@ -3,7 +3,7 @@ when needed), and a model over a paired dataset's split — every route of every
 per subject, then averaged per route (docs/data.md) and over routes.
 
 Scores are computed on the slices the model produced: the volumes are viewed slice-first along
-the acquisition axis (:func:`engine.tasks.slices.slice_axis`), so SSIM windows lie in those slices.
+the acquisition axis (:func:`engine.inference.slices.slice_axis`), so SSIM windows lie in those slices.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from engine import modalities
 from engine.evaluation.metrics import Evaluation, evaluate
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.tasks.slices import slice_axis, slices_first
+from engine.inference.slices import slice_axis, slices_first
 
 SCORE_KEYS = ("psnr_db", "ssim_x100", "mae")
 

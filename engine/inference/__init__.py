@@ -1,6 +1,5 @@
 """Inference: the volume synthesis pipeline (:class:`Synthesizer`; :class:`OnnxSynthesizer` runs it
-with ONNX Runtime), its settings, modality identification, the model card as inference reads it, and
-the ``synthesize`` / ``identify`` / ``export-onnx`` CLI.
+with ONNX Runtime), its settings, modality identification and the model card as inference reads it.
 
 Names load lazily so that building the CLI parser does not import torch.
 """

@@ -47,7 +47,7 @@ def fits_at_model_resolution(source: str, target: str) -> bool:
 
 def native_radius(radius: float, placement) -> int:
     """The window radius in input pixels for ``radius`` in model pixels, for slices placed by
-    ``placement`` (:class:`engine.tasks.slices.Placement`: input pixels per model pixel, the larger
+    ``placement`` (:class:`engine.inference.slices.Placement`: input pixels per model pixel, the larger
     of the two axes); at least one pixel."""
     scale = max(placement.height / placement.content_height, placement.width / placement.content_width)
     return max(1, int(round(float(radius) * scale)))

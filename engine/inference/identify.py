@@ -26,7 +26,7 @@ from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.tasks.instructions import mi_question, modality_answer
 from engine.model.vit import vit_view
-from engine.tasks.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
+from engine.inference.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
 
 if TYPE_CHECKING:
     from engine.inference.pipeline import Synthesizer

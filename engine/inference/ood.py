@@ -63,7 +63,7 @@ MR_BIAS_FLOOR = 0.9         # … and never below ×2.5 across the core, which t
 
 # -- measuring ---------------------------------------------------------------------------------
 def _slice_geometry(volume: "Volume") -> tuple[int, tuple[float, float], float]:
-    from engine.tasks.slices import in_plane_spacing, slice_axis
+    from engine.inference.slices import in_plane_spacing, slice_axis
 
     axis = slice_axis(volume.spacing)
     spacing = in_plane_spacing(volume.spacing, axis)
@@ -74,7 +74,7 @@ def _slice_geometry(volume: "Volume") -> tuple[int, tuple[float, float], float]:
 def _extent_and_edges(mask: np.ndarray, axis: int, spacing: tuple[float, float]) -> tuple[float, float]:
     """(the 98th percentile over body slices of the body's larger in-plane extent in mm, the share of
     body slices whose body covers at least EDGE_TOUCH of the slice's border)."""
-    from engine.tasks.slices import slices_first
+    from engine.inference.slices import slices_first
 
     stack = slices_first(mask, axis)
     n, h, w = stack.shape

@@ -41,7 +41,7 @@ from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.model.vit import vit_view
 from engine.sampling import draw_noise, sample
 from engine.tasks.instructions import default_instruction
-from engine.tasks.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
+from engine.inference.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
                                  to_model_slice)
 
 RESEARCH_NOTE = "synthetic — research use only, not for diagnosis"
@@ -125,7 +125,7 @@ THICK_SLICE_RATIO = 1.25      # a spacing this much above the others marks the a
 
 def plane_axis(volume: Volume, plane: str = "auto") -> int:
     """The array axis (0 = z, 1 = y, 2 = x) whose slices lie in ``plane``. ``auto``: the
-    acquisition plane — the axis of thick slices (:func:`engine.tasks.slices.slice_axis`) when one
+    acquisition plane — the axis of thick slices (:func:`engine.inference.slices.slice_axis`) when one
     spacing is clearly the largest, else (near-isotropic voxels) the order the slices are stored in
     (array axis 0). A named plane: the index axis that points (most nearly) along its normal."""
     if plane == "auto":

@@ -1,9 +1,9 @@
-"""Training and evaluation samples built from a paired dataset: validation, slices, synthesis
+"""Training and evaluation samples built from a paired dataset: validation, synthesis
 and the understanding tasks CTS / MI / TIA, with their instructions and tokenizer corpus."""
 from engine.tasks.corpus import instruction_corpus
 from engine.tasks.dataset import NormalisedVolume, PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix
-from engine.tasks.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
+from engine.inference.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
 from engine.tasks.synthesis import SynthesisDataset, SynthesisSample
 from engine.tasks.understanding import (CTS, MI, TIA, CTSDataset, MIDataset, SliceRef, TIADataset,
                                         UnderstandingSample, stage1_tasks)
@@ -11,7 +11,6 @@ from engine.tasks.validation import DatasetError, Finding, SubjectInfo, Validati
 
 __all__ = [
     "CTS", "MI", "TIA", "CTSDataset", "DatasetError", "Finding", "MIDataset", "NormalisedVolume", "PairedDataset",
-    "Placement", "SliceRef", "SliceTaskDataset", "SubjectInfo", "SynthesisDataset", "SynthesisSample",
-    "TIADataset", "TaskMix", "UnderstandingSample", "ValidationReport", "from_model_slice", "instruction_corpus",
-    "slice_axis", "slices_back", "slices_first", "stage1_tasks", "to_model_slice", "validate_dataset",
+    "SliceRef", "SliceTaskDataset", "SubjectInfo", "SynthesisDataset", "SynthesisSample", "TIADataset", "TaskMix",
+    "UnderstandingSample", "ValidationReport", "instruction_corpus", "stage1_tasks", "validate_dataset",
 ]

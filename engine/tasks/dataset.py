@@ -13,7 +13,7 @@ from engine import modalities
 from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
-from engine.tasks.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
+from engine.inference.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
 from engine.tasks.validation import (SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, SubjectInfo, ValidationReport,
                                      validate_dataset)
 
@@ -47,10 +47,10 @@ def load_volume(path: str | Path) -> Volume:
 class PairedDataset:
     """Subjects with two or more co-registered modalities; volumes load lazily and are cached.
 
-    Slices run along the subject's acquisition axis (:func:`engine.tasks.slices.slice_axis`);
+    Slices run along the subject's acquisition axis (:func:`engine.inference.slices.slice_axis`);
     a slice is *usable* for training when every modality's body mask covers at least
     ``min_body_fraction`` of it. ``pixel_mm`` is the model's pixel size (physical-scale slicing,
-    :mod:`engine.tasks.slices`; None: each slice fitted to the model's size).
+    :mod:`engine.inference.slices`; None: each slice fitted to the model's size).
     """
 
     def __init__(self, report: ValidationReport, *, min_body_fraction: float = 0.05, cache_size: int = 16,

@@ -155,7 +155,7 @@ def test_dciodvfy_finds_no_error_in_an_anonymised_export(tmp_path):
 
 
 def test_convert_anonymise_refuses_burned_in_unless_accepted_and_prints_no_source_text(tmp_path, capsys):
-    from engine.cli import run_cli
+    from cli import run_cli
 
     _source(tmp_path, BurnedInAnnotation="YES")
     assert run_cli(["convert", str(tmp_path / "src"), str(tmp_path / "out.nrrd"), "--anonymise"]) == 2
@@ -172,7 +172,7 @@ def test_convert_anonymise_refuses_burned_in_unless_accepted_and_prints_no_sourc
 
 
 def test_an_anonymised_convert_prints_the_input_path_nowhere_in_its_notes(tmp_path):
-    from engine.cli import _without_paths
+    from cli.convert import _without_paths
 
     folder = tmp_path / "DOE_JANE"
     note = f"slice file {folder.resolve()}/IM7 unreadable; {folder} has a gap"

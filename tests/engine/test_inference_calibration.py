@@ -106,7 +106,7 @@ def test_synthesis_calibrates_a_cbct_before_the_model_unless_asked_not_to():
 def test_the_command_line_turns_the_calibration_off():
     import argparse
 
-    from engine.inference.cli_common import add_sampling_arguments, sampling_settings
+    from cli.common import add_sampling_arguments, sampling_settings
     from engine.inference.settings import SynthesisSettings
 
     parser = argparse.ArgumentParser()

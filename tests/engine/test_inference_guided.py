@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
-from engine.tasks.slices import Placement
+from engine.inference.slices import Placement
 
 
 def tissues(size: int = 64, seed: int = 0) -> np.ndarray:

@@ -19,7 +19,7 @@ from engine.io.volume import Volume
 from engine.jobs import CancelToken, Cancelled
 from engine.sampling import GuidanceConfig
 from engine.tasks.phantoms import phantom_labels, phantom_volume
-from engine.tasks.slices import from_model_slice, slices_first, to_model_slice
+from engine.inference.slices import from_model_slice, slices_first, to_model_slice
 
 ROUTES = (("T1", "T2"), ("T1", "CT"), ("T1", "FLAIR"), ("CBCT", "CT"))
 FAST = SynthesisSettings(steps=2, batch_size=4)

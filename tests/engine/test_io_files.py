@@ -286,7 +286,7 @@ def test_a_volume_of_a_4d_file_is_listed_by_its_index(tmp_path, capsys):
     np.testing.assert_array_equal(entry.load().array, io.load(f"{src}#1").array)
     with pytest.raises(io.VolumeIOError, match="outside 0…1"):
         io.scan(f"{src}#2")
-    from engine.cli import run_cli
+    from cli import run_cli
 
     assert run_cli(["info", f"{src}#1", "--json"]) == 0                 # as `convert` takes it
     assert json.loads(capsys.readouterr().out)["series"][0]["key"] == f"{src}#1"
@@ -363,7 +363,7 @@ def test_a_full_disk_keeps_the_previous_file_and_says_which(tmp_path, suffix):
 
 
 def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from engine.cli import run_cli
+    from cli import run_cli
     from faults import read_only
 
     src = io.save(_oblique_volume(), tmp_path / "t2.nii.gz")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from engine import modalities
-from engine.tasks import (CTS, MI, TIA, CTSDataset, DatasetError, MIDataset, PairedDataset, Placement,
-                          SynthesisDataset, TaskMix, TIADataset, UnderstandingSample, from_model_slice,
-                          instruction_corpus, slice_axis, slices_back, slices_first, stage1_tasks, to_model_slice)
+from engine.inference.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
+from engine.tasks import (CTS, MI, TIA, CTSDataset, DatasetError, MIDataset, PairedDataset, SynthesisDataset, TaskMix,
+                          TIADataset, UnderstandingSample, instruction_corpus, stage1_tasks)
 from engine.tasks import instructions
 from engine.tasks.phantoms import write_phantom_dataset
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.training.trainer import train
-from test_training_support import PX, ROOT, phantom_data, records, step_losses, subprocess_env, tiny_config
+from training_support import PX, ROOT, phantom_data, records, step_losses, subprocess_env, tiny_config
 
 STEPS = 3
 

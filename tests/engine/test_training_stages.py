@@ -15,7 +15,7 @@ from engine.training.optim import make_optimizer
 from engine.training.stages import (AE_PREFIX, StepInputs, TokenCache, apply_freeze, encode_latents, get_stage,
                                     named_tensors, vit_view)
 from engine.training.trainer import Trainer
-from test_training_support import PX, phantom_data, tiny_config
+from training_support import PX, phantom_data, tiny_config
 
 
 @pytest.fixture(scope="module")

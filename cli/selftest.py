@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from engine.inference.cli_common import add_model_arguments, model_dir, open_synthesizer
+from cli.common import add_model_arguments, model_dir, open_synthesizer
 from engine.paths import ROOT
 
 DEMO_STUDY = ROOT / "resources" / "demo" / "brain"
@@ -36,7 +36,7 @@ def _check(args: argparse.Namespace) -> None:
     import numpy as np
 
     import engine.io as io
-    from engine.tasks.slices import slices_first
+    from engine.inference.slices import slices_first
 
     if args.slices < 1:
         raise ValueError("--slices must be at least 1")

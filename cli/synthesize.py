@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import add_anonymise_arguments, anonymiser_of
-from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, check_backend, json_ready,
-                                         model_dir, open_synthesizer, sampling_settings, stderr_progress)
+from cli.common import (add_anonymise_arguments, add_model_arguments, add_sampling_arguments, anonymiser_of,
+                        check_backend, json_ready, model_dir, open_synthesizer, sampling_settings)
+from engine.jobs import stderr_progress
 from engine.inference.identify import source_modality
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX
 from engine.inference.ood import NO_PROFILE_NOTE, with_warnings

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from engine.inference.cli_common import json_ready
+from cli.common import json_ready
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 

@@ -1,16 +1,14 @@
-"""What the model-using subcommands (synthesize, identify, evaluate) share: the default model
-folder, the model / device / precision arguments, opening the model with a clear error, and a
-progress printer for stderr. Importing this module does not import torch."""
+"""What several subcommands share: the model / device / precision and sampling arguments, the model
+folder and opening it with a clear error, strict JSON, and the de-identification options (convert,
+synthesize). Importing this module does not import torch."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from engine.inference import BACKENDS
+from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES
 from engine.inference.backends import synthesizer_for
-from engine.jobs import stderr_progress  # noqa: F401 - the subcommands' progress printer
-
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 
@@ -20,9 +18,9 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
         p.add_argument("--backend", default="torch", choices=BACKENDS,
                        help="inference backend: torch (default) or onnx (ONNX Runtime; exports the graphs "
                             "into MODEL_DIR/onnx on first use)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where to run (default: auto = the GPU when there is one)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--precision", default="fp32", choices=PRECISION_NAMES,
                    help="fp32 (default), or fp16 / bf16 mixed precision on a CUDA GPU")
 
 
@@ -110,3 +108,25 @@ def json_ready(value):
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def add_anonymise_arguments(p: argparse.ArgumentParser) -> None:
+    """``--anonymise`` and ``--accept-burned-in`` (convert, synthesize)."""
+    p.add_argument("--anonymise", "--anonymize", action="store_true",
+                   help="de-identify the output to the DICOM Basic Application Level Confidentiality Profile "
+                        "(PS3.15 Annex E): identity, dates and source text removed, UIDs replaced; a file's "
+                        "header keeps only our own description")
+    p.add_argument("--accept-burned-in", action="store_true",
+                   help="with --anonymise: export a series whose source says its pixels carry burned-in "
+                        "annotation (BurnedInAnnotation YES; the pixels are not cleaned) instead of refusing it")
+
+
+def anonymiser_of(args: argparse.Namespace):
+    """The export session's Anonymiser for ``--anonymise`` (None without it)."""
+    if args.accept_burned_in and not args.anonymise:
+        raise ValueError("--accept-burned-in goes with --anonymise")
+    if not args.anonymise:
+        return None
+    from engine.io.deidentify import Anonymiser
+
+    return Anonymiser(accept_burned_in=args.accept_burned_in)

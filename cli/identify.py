@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.inference.cli_common import add_model_arguments, json_ready, open_synthesizer, stderr_progress
+from cli.common import add_model_arguments, json_ready, open_synthesizer
+from engine.jobs import stderr_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

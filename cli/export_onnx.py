@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from engine.inference.cli_common import model_dir
+from cli.common import model_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

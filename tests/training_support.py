@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.tasks.phantoms import write_phantom_dataset
 from engine.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PX = 32          # slices of 32 px: 4×4 ViT tokens, 4×4 generation tokens in the tiny preset
 
 

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from engine.cli import run_cli
+from cli import run_cli
 from engine.model import load_model_dir
 from engine.training.config import STAGES, TARGET_EMBEDDING
-from test_training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
+from training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_help_documents_every_stage():
 
 def test_size_choices_are_the_model_presets():
     from engine.model.config import PRESETS
-    from engine.training.cli import PRESET_NAMES
+    from cli.train import PRESET_NAMES
 
     assert PRESET_NAMES == tuple(PRESETS)
 
@@ -118,7 +118,7 @@ def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(t
     import argparse
 
     from engine.inference.random_model import write_random_model
-    from engine.training.cli import _pixel_mm
+    from cli.train import _pixel_mm
     from engine.training.config import DEFAULT_PIXEL_MM, TrainConfig
     from engine.training.recipe import _changed_option
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.inference.cli_common import (add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer,
-                                         sampling_settings, stderr_progress)
-from engine.training.cli import add_split_fractions
+from cli.common import add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer, sampling_settings
+from engine.jobs import stderr_progress
+from cli.train import add_split_fractions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""Slice geometry shared by training and inference: which axis to slice along, and the invertible
+"""Slice geometry, owned by inference and used by training too: which axis to slice along, and the invertible
 mapping between a 2-D slice of any shape and the model's square ``image_size`` input.
 
 With a model pixel size (``pixel_mm``, recorded in the model card) a slice is resampled to that
