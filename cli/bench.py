@@ -187,7 +187,7 @@ def _run_quality(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="synermedgen-quality-") as tmp:
         run, data, slices, steps = Path(args.run), Path(args.data), args.slices or None, args.steps
         if args.quick:
-            from engine.training.recipe import run_recipe
+            from engine.recipe import run_recipe
 
             data = _quick_dataset(Path(tmp) / "data")
             log("training the quick recipe on a phantom dataset …")

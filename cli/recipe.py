@@ -1,12 +1,12 @@
 """``python main.py recipe``: train the default model and its comparison runs (see
-:mod:`engine.training.recipe`) from one command; JSON lines on stdout, exit 130 on cancel."""
+:mod:`engine.recipe`) from one command; JSON lines on stdout, exit 130 on cancel."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from engine.training.recipe import ORDER, RECIPES
+from engine.recipe import ORDER, RECIPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
 
     from engine.jobs import CancelToken, Cancelled
-    from engine.training.recipe import run_recipe
+    from engine.recipe import run_recipe
 
     cancel = CancelToken()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from engine.evaluation.quality import card_entries
-        from engine.training.recipe import ship
+        from engine.recipe import ship
 
         quality = json.loads(Path(args.quality).read_text(encoding="utf-8")) if args.quality else None
         benchmark = card_entries(quality) if quality is not None else None

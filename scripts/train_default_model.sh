@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model from one command, seeded (engine/training/recipe.py holds the recipe):
+# The default model from one command, seeded (engine/recipe.py holds the recipe):
 #   scripts/train_default_model.sh [DATA] [RUN]        (defaults: demo_data runs/default)
 # 1. builds the demo dataset if DATA is missing;
 # 2. trains vae → Stage I → Stage II (the default model) and the comparison runs of the quality

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model on one NVIDIA GPU: recipe "gpu" of engine/training/recipe.py (the entries of the
+# The default model on one NVIDIA GPU: recipe "gpu" of engine/recipe.py (the entries of the
 # CPU recipe, budgeted in minutes instead of steps).
 #   scripts/train_default_model_gpu.sh [DATA] [RUN]        (defaults: demo_data runs/gpu)
 # 1. builds the demo dataset if DATA is missing, on every CPU core;

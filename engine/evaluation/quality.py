@@ -2,7 +2,7 @@
 subjects, all measured in one run by the protocol of docs/data.md (per-volume normalisation, whole slice and
 body mask, per subject → per route → mean over routes; MAE in HU for CT targets).
 
-Rows (the model folders of a recipe run, see :mod:`engine.training.recipe`):
+Rows (the model folders of a recipe run, see :mod:`engine.recipe`):
 
 - identity — the source, its intensities quantile-matched to the target's training histogram;
 - MONAI BasicUNet — route-conditioned, L1, the compute budget of Stage II;
@@ -57,7 +57,7 @@ from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks import PairedDataset
 from engine.inference.slices import slices_first
-from engine.training import recipe
+from engine import recipe
 
 MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \
     + (("T1", "PD"), ("PD", "T1"))

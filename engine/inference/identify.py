@@ -24,7 +24,7 @@ import torch
 from engine import modalities
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.tasks.instructions import mi_question, modality_answer
+from engine.inference.instructions import mi_question, modality_answer
 from engine.model.vit import vit_view
 from engine.inference.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
 

@@ -40,7 +40,7 @@ from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.model.vit import vit_view
 from engine.sampling import draw_noise, sample
-from engine.tasks.instructions import default_instruction
+from engine.inference.instructions import default_instruction
 from engine.inference.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
                                  to_model_slice)
 

@@ -42,7 +42,7 @@ def random_model(*, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFA
     With a half ``dtype`` the weights are created in it directly on ``device`` (the ``bagel-7b``
     preset in bf16 needs ~29 GB instead of ~58 GB of fp32 on the way)."""
     from engine.model import LoadedModel, from_config, preset as get_preset, train_tokenizer
-    from engine.tasks.corpus import instruction_corpus
+    from engine.inference.corpus import instruction_corpus
 
     routes = [(modalities.canonical(a), modalities.canonical(b)) for a, b in routes]
     names = list(dict.fromkeys(m for r in routes for m in r))

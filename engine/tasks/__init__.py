@@ -1,6 +1,5 @@
 """Training and evaluation samples built from a paired dataset: validation, synthesis
 and the understanding tasks CTS / MI / TIA, with their instructions and tokenizer corpus."""
-from engine.tasks.corpus import instruction_corpus
 from engine.tasks.dataset import NormalisedVolume, PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix
 from engine.inference.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
@@ -12,5 +11,5 @@ from engine.tasks.validation import DatasetError, Finding, SubjectInfo, Validati
 __all__ = [
     "CTS", "MI", "TIA", "CTSDataset", "DatasetError", "Finding", "MIDataset", "NormalisedVolume", "PairedDataset",
     "SliceRef", "SliceTaskDataset", "SubjectInfo", "SynthesisDataset", "SynthesisSample", "TIADataset", "TaskMix",
-    "UnderstandingSample", "ValidationReport", "instruction_corpus", "stage1_tasks", "validate_dataset",
+    "UnderstandingSample", "ValidationReport", "stage1_tasks", "validate_dataset",
 ]

@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 
 from engine import modalities
-from engine.tasks import instructions
+from engine.inference import instructions
 from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset

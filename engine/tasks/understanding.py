@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 
 from engine import modalities
-from engine.tasks import instructions
+from engine.inference import instructions
 from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix

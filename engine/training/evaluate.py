@@ -14,7 +14,7 @@ from engine.jobs import CancelToken, check_cancel
 from engine.model import SynerMedGen, Text
 from engine.sampling import sample
 from engine.tasks import CTS, MI, TIA, DatasetError, PairedDataset, SynthesisDataset
-from engine.tasks import instructions
+from engine.inference import instructions
 from engine.tasks.slice_dataset import SliceTaskDataset
 from engine.tasks.understanding import CTSDataset, MIDataset, TIADataset
 from engine.training.losses import psnr, ssim

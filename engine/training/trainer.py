@@ -27,9 +27,10 @@ from engine.inference.settings import resolve_device
 from engine.jobs import CancelToken, Cancelled
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
-from engine.tasks import DatasetError, PairedDataset, instruction_corpus
+from engine.inference.corpus import instruction_corpus
+from engine.tasks import DatasetError, PairedDataset
 from engine.tasks.augment import Randomization
-from engine.tasks.instructions import ANATOMY_PHRASES
+from engine.inference.instructions import ANATOMY_PHRASES
 from engine.tasks.slice_dataset import derived_rng
 from engine.training import evaluate
 from engine.training.config import TrainConfig

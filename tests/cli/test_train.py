@@ -120,7 +120,7 @@ def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(t
     from engine.inference.random_model import write_random_model
     from cli.train import _pixel_mm
     from engine.training.config import DEFAULT_PIXEL_MM, TrainConfig
-    from engine.training.recipe import _changed_option
+    from engine.recipe import _changed_option
 
     old = {k: v for k, v in TrainConfig(data="d", stage="vae", out="o").to_dict().items()
            if k not in ("pixel_mm", "augment")}

@@ -16,7 +16,7 @@ from engine.baselines.identity import quantile_map
 from engine.model import config as model_config
 from engine.tasks import PairedDataset
 from engine.tasks.phantoms import write_phantom_dataset
-from engine.training import recipe
+from engine import recipe
 
 
 @pytest.fixture(scope="module")

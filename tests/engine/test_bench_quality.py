@@ -26,7 +26,7 @@ from engine.inference.random_model import write_random_model
 from engine.io.volume import Volume
 from engine.tasks import PairedDataset
 from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset
-from engine.training import recipe
+from engine import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

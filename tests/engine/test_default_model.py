@@ -16,7 +16,7 @@ from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.evaluation.quality import ROUTES, table_row
-from engine.training import recipe
+from engine import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "resources" / "models" / "default"

@@ -141,7 +141,7 @@ def test_answer_scores_equal_token_by_token_next_token_probabilities(synth):
     end of an open text segment."""
     from engine.inference.identify import answer_log_likelihoods, mi_prompt
     from engine.model import Text
-    from engine.tasks.instructions import modality_answer
+    from engine.inference.instructions import modality_answer
 
     image = torch.rand(1, synth.image_size, synth.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     names = synth.modalities

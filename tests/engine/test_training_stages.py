@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engine.model import from_config, load_model_dir, preset, train_tokenizer
-from engine.tasks import PairedDataset, instruction_corpus
+from engine.inference.corpus import instruction_corpus
+from engine.tasks import PairedDataset
 from engine.training.optim import make_optimizer
 from engine.training.stages import (AE_PREFIX, StepInputs, TokenCache, apply_freeze, encode_latents, get_stage,
                                     named_tensors, vit_view)

@@ -1,4 +1,5 @@
-"""The default model's recipe and its comparison runs, as data: which stages train, from what,
+"""The default model's recipe and its comparison runs (above training and the baselines, which it
+trains), as data: which stages train, from what,
 with which budget — one seeded definition that ``python main.py recipe`` (and through it
 ``scripts/train_default_model.sh``) runs and that ``bench quality`` reads back.
 

@@ -6,7 +6,7 @@ import itertools
 from typing import Iterable, Sequence
 
 from engine import modalities
-from engine.tasks import instructions
+from engine.inference import instructions
 
 
 def instruction_corpus(modality_names: Sequence[str] | None = None, anatomies: Iterable[str] = ("",)) -> list[str]:

@@ -3,7 +3,7 @@ anatomy), the CTS / MI / TIA questions, their answer formats, and parsers for mo
 
 Templates are plain ``str.format`` strings; ``render`` fills modality names, registry descriptions
 and anatomy phrases, so adding a template is adding a line here (and it reaches the tokenizer
-corpus through :mod:`engine.tasks.corpus`).
+corpus through :mod:`engine.inference.corpus`).
 """
 from __future__ import annotations
 
