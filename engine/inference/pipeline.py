@@ -324,7 +324,7 @@ class SliceSynthesizer:
                                        spacing=in_plane_spacing(volume.spacing, plan.axis))
             tiled = [i for i in chunk for _ in range(plan.placement.tiles)]      # a slice's tiles share its noise
 
-            def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:
+            def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:  # noqa: B008 - binds this batch's values
                 # a batch's slices advance together step by step and are counted done at its end
                 report(base + n * p.fraction * 0.999,
                        f"slices {first + 1}–{last + 1} of {total}: step {int(p.done)}/{int(p.total)}")

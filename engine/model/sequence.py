@@ -59,7 +59,7 @@ class SkipPosition:
     steps: int = 1
 
 
-Segment = Union[Text, VitImage, CleanLatent, NoisyLatent, SkipPosition]
+Segment = Text | VitImage | CleanLatent | NoisyLatent | SkipPosition
 
 
 def edit_segments(source_latent: torch.Tensor | None, source_image: torch.Tensor | None,

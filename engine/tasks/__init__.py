@@ -2,7 +2,6 @@
 and the understanding tasks CTS / MI / TIA, with their instructions and tokenizer corpus."""
 from engine.tasks.dataset import NormalisedVolume, PairedDataset
 from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix
-from engine.inference.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
 from engine.tasks.synthesis import SynthesisDataset, SynthesisSample
 from engine.tasks.understanding import (CTS, MI, TIA, CTSDataset, MIDataset, SliceRef, TIADataset,
                                         UnderstandingSample, stage1_tasks)

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import about
 from app.main_window import MainWindow
-from app.settings import Settings, load_settings
+from app.settings import load_settings
 from app.state.geometry import Plane
 from app.views.window_layout import STUDIES_MIN_ROWS
 

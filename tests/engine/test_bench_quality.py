@@ -123,7 +123,7 @@ def test_the_two_stage_two_rows_are_sampled_again_from_a_second_seed(quick):
     report, text = quick
     seeded = {r["key"]: r["seeds"] for r in report["rows"] if "seeds" in r}
     assert sorted(seeded) == ["stage12", "stage2"]
-    for key, per_seed in seeded.items():
+    for per_seed in seeded.values():
         assert [s["seed"] for s in per_seed] == [0, 1]
         assert per_seed[0]["seed"] == report["sampling"]["seed"]                   # the table's seed comes first
         assert per_seed[1]["mr_ssim"] != per_seed[0]["mr_ssim"]                   # the second one drew other samples
