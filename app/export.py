@@ -15,7 +15,7 @@ from app.state.workspace import Document
 
 if TYPE_CHECKING:
     from app.state.comparison import ComparisonResult
-    from engine.io.deidentify import Anonymiser
+    from engine.io import Anonymiser
 
 VOLUME_FILTERS = {
     "NIfTI (*.nii.gz)": ".nii.gz",
@@ -67,14 +67,14 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
 
 def anonymised_export_session() -> Anonymiser:
     """A new export session for anonymised exports (the same source UIDs map to the same new ones in it)."""
-    from engine.io.deidentify import Anonymiser
+    from engine.io import Anonymiser
 
     return Anonymiser()
 
 
 def says_burned_in(doc: Document) -> bool:
     """Whether the document's DICOM source says its pixels carry burned-in annotation."""
-    from engine.io.deidentify import burned_in
+    from engine.io import burned_in
 
     return burned_in(doc.volume)
 

@@ -34,7 +34,7 @@ from app.workers import Task, TaskRunner
 
 if TYPE_CHECKING:
     from engine.io import Catalog, SeriesEntry
-    from engine.io.deidentify import Anonymiser
+    from engine.io import Anonymiser
 
 
 STARTUP_DELAY_MS = 150     # let the window paint before the engine imports compete for the CPU

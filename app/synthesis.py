@@ -79,7 +79,7 @@ def available_models(extra_dirs: list[str]) -> list[ModelChoice]:
 
 def model_limitations(model_dir: Path) -> list[str]:
     """What the model card says the model cannot do (``limitations``); empty when it says nothing."""
-    from engine.inference.model_card import ModelCard
+    from engine.inference import ModelCard
 
     return ModelCard.read(model_dir).limitations
 
@@ -87,7 +87,7 @@ def model_limitations(model_dir: Path) -> list[str]:
 def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
     """(warnings, notes) of the out-of-distribution guard in a synthetic volume's notes: what it
     found unlike the training data, and its note that it could not check (no profile)."""
-    from engine.inference.ood import NO_PROFILE_NOTE, WARNING_PREFIX
+    from engine.inference import NO_PROFILE_NOTE, WARNING_PREFIX
 
     found = [n for n in volume.notes if n.startswith(WARNING_PREFIX)]
     return [n for n in found if n != NO_PROFILE_NOTE], [n for n in found if n == NO_PROFILE_NOTE]
@@ -97,7 +97,7 @@ def benchmark_warnings(volume: Volume) -> list[str]:
     """The notes a synthetic volume carries from its model card's benchmark: routes on which the
     model scored worse than the source itself (:meth:`ModelCard.benchmark_warnings`), and how much of
     the model's change to the source was kept on a same-scale route (the card's source floor)."""
-    from engine.inference.model_card import BENCHMARK_PREFIX, SOURCE_FLOOR_PREFIX
+    from engine.inference import BENCHMARK_PREFIX, SOURCE_FLOOR_PREFIX
 
     return [n.removeprefix(BENCHMARK_PREFIX) if n.startswith(BENCHMARK_PREFIX) else n[0].upper() + n[1:]
             for n in volume.notes if n.startswith((BENCHMARK_PREFIX, SOURCE_FLOOR_PREFIX))]
@@ -105,7 +105,7 @@ def benchmark_warnings(volume: Volume) -> list[str]:
 
 def model_routes(model_dir: Path) -> tuple[tuple[str, str], ...] | None:
     """The (source, target) routes of the model card; None when any route may be tried."""
-    from engine.inference.model_card import ModelCard
+    from engine.inference import ModelCard
 
     return ModelCard.read(model_dir).routes
 
@@ -127,8 +127,8 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     """Synthesize the target volume on the source's grid (marked synthetic by the engine), its notes
     ending with the out-of-distribution guard's warnings; the progress reports carry the latest
     finished slice as ``preview``. Imports torch."""
-    from engine.inference.identify import source_modality
-    from engine.inference.ood import with_warnings
+    from engine.inference import source_modality
+    from engine.inference import with_warnings
 
     synth = _synthesizer(request)
     source, _identified, note = source_modality(synth, request.volume, request.source or "auto", progress)

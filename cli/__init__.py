@@ -7,7 +7,6 @@ import argparse
 import sys
 from typing import Callable
 
-from engine.io.errors import VolumeIOError
 from engine.version import version
 
 RESEARCH_ONLY = "research use only, not for diagnosis"
@@ -66,7 +65,7 @@ def run_cli(argv: list[str]) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (VolumeIOError, ValueError, OSError) as exc:           # bad input, a full disk, a read-only folder
+    except (ValueError, OSError) as exc:       # bad input (VolumeIOError is one), a full disk, a read-only folder
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -156,7 +156,7 @@ def _quick_dataset(root: Path) -> Path:
     """The phantom dataset of ``--quick``: five MR subjects and two CT / CBCT ones, sub05 and ct02 held out."""
     import json
 
-    from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
+    from engine.tasks import write_phantom_dataset, write_phantom_subject
 
     data = write_phantom_dataset(root, subjects=5, modality_names=("T1", "T1CE", "T2", "FLAIR", "PD"),
                                  split={"train": ["sub01", "sub02", "sub03", "ct01"], "val": ["sub04"],
@@ -172,8 +172,8 @@ def _run_quality(args: argparse.Namespace) -> int:
     import tempfile
 
     from engine.evaluation import quality
-    from engine.evaluation.speed import describe_machine
-    from engine.inference.settings import resolve_device
+    from engine.evaluation import describe_machine
+    from engine.inference import resolve_device
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES
-from engine.inference.backends import synthesizer_for
+from engine.inference import synthesizer_for
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 
@@ -79,7 +79,7 @@ def model_dir(args: argparse.Namespace) -> Path:
 def check_backend(args: argparse.Namespace) -> None:
     """ValueError when the chosen backend cannot run here (onnx without onnxruntime)."""
     if getattr(args, "backend", "torch") == "onnx":
-        from engine.inference.onnx_backend import onnxruntime
+        from engine.inference import onnxruntime
 
         onnxruntime()
 
@@ -127,6 +127,6 @@ def anonymiser_of(args: argparse.Namespace):
         raise ValueError("--accept-burned-in goes with --anonymise")
     if not args.anonymise:
         return None
-    from engine.io.deidentify import Anonymiser
+    from engine.io import Anonymiser
 
     return Anonymiser(accept_burned_in=args.accept_burned_in)

@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.evaluation.synthesis_eval import evaluate_model
-    from engine.inference.model_card import parse_route
+    from engine.evaluation import evaluate_model
+    from engine.inference import parse_route
     from engine.tasks import PairedDataset
 
     if args.max_slices is not None and args.max_slices < 1:

@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.inference.onnx_backend import onnxruntime
-    from engine.inference.onnx_export import GRAPHS, OPSET, export_onnx
-    from engine.inference.pipeline import Synthesizer
+    from engine.inference import onnxruntime
+    from engine.inference import GRAPHS, OPSET, export_onnx
+    from engine.inference import Synthesizer
 
     onnxruntime()                                  # fail early when the backend could not use the export
     started = time.perf_counter()

@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from engine.demo_data.builder import DemoRecipe, build_demo_dataset, build_demo_study, default_workers
-    from engine.demo_data.sources import SourceMissing
+    from engine.demo_data import DemoRecipe, build_demo_dataset, build_demo_study, default_workers
+    from engine.demo_data import SourceMissing
     from engine.jobs import Progress
 
     def report(p: Progress) -> None:

@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.ship:
         from pathlib import Path
 
-        from engine.evaluation.quality import card_entries
+        from engine.evaluation import card_entries
         from engine.recipe import ship
 
         quality = json.loads(Path(args.quality).read_text(encoding="utf-8")) if args.quality else None

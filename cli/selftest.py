@@ -36,7 +36,7 @@ def _check(args: argparse.Namespace) -> None:
     import numpy as np
 
     import engine.io as io
-    from engine.inference.slices import slices_first
+    from engine.inference import slices_first
 
     if args.slices < 1:
         raise ValueError("--slices must be at least 1")

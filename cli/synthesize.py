@@ -11,9 +11,9 @@ from pathlib import Path
 from cli.common import (add_anonymise_arguments, add_model_arguments, add_sampling_arguments, anonymiser_of,
                         check_backend, json_ready, model_dir, open_synthesizer, sampling_settings)
 from engine.jobs import stderr_progress
-from engine.inference.identify import source_modality
-from engine.inference.model_card import SOURCE_FLOOR_PREFIX
-from engine.inference.ood import NO_PROFILE_NOTE, with_warnings
+from engine.inference import source_modality
+from engine.inference import SOURCE_FLOOR_PREFIX
+from engine.inference import NO_PROFILE_NOTE, with_warnings
 from engine.inference import SLICING_PLANES
 
 OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_output(path: Path) -> None:
-    from engine.io.itk_files import file_kind
+    from engine.io import file_kind
 
     if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
         raise ValueError(f"{path}: unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
@@ -65,7 +65,7 @@ def input_warnings(synth, volume, source: str, settings, quiet: bool = False) ->
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
-    from engine.inference.model_card import ModelCard
+    from engine.inference import ModelCard
 
     started = time.perf_counter()
     target = modalities.canonical(args.target)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if identified is not None:
         report["identified"] = identified
     if args.reference:
-        from engine.evaluation.synthesis_eval import score_volume
+        from engine.evaluation import score_volume
 
         reference = io.load(args.reference)
         report["metrics"] = score_volume(result, reference, target).to_dict()

@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.training.config import DEFAULT_PIXEL_MM, DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
-from engine.training.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from engine.training import DEFAULT_PIXEL_MM, DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
+from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
 PRESET_NAMES = ("tiny", "default", "small", "bagel-7b")   # engine.model.config.PRESETS, without importing torch
 
@@ -173,7 +173,7 @@ def _pixel_mm(args: argparse.Namespace) -> float:
     if args.pixel_mm is not None:
         return args.pixel_mm
     if args.init:
-        from engine.inference.model_card import ModelCard
+        from engine.inference import ModelCard
 
         try:
             return ModelCard.read(args.init).pixel_mm or 0.0
@@ -183,7 +183,7 @@ def _pixel_mm(args: argparse.Namespace) -> float:
 
 
 def config_from_args(args: argparse.Namespace):
-    from engine.training.config import TARGET_EMBEDDING, TrainConfig
+    from engine.training import TARGET_EMBEDDING, TrainConfig
 
     overrides = {"source_token_aligned": True} if args.source_token_aligned else {}
     if args.target_embedding:
@@ -226,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _bad_input(str(exc))
     from engine.jobs import CancelToken, Cancelled
-    from engine.training.trainer import Trainer
+    from engine.training import Trainer
 
     cancel = CancelToken()
     trainer = Trainer(cfg, print_record, cancel)

@@ -14,7 +14,7 @@ from app.state.display import DisplayState, difference_preset, presets_for
 from app.state.events import Event
 
 if TYPE_CHECKING:
-    from engine.evaluation.metrics import Evaluation
+    from engine.evaluation import Evaluation
     from engine.io import Volume
 
 

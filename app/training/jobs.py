@@ -136,7 +136,7 @@ def parse_line(line: str) -> dict | None:
 
 
 def has_checkpoint(out: str | Path) -> bool:
-    from engine.training.protocol import STATE_DIR
+    from engine.training import STATE_DIR
 
     return (Path(out) / STATE_DIR).is_dir()
 
@@ -209,7 +209,7 @@ class TrainingJob:
     def comparison(self) -> dict | None:
         """The fine-tuned model against the start model, per route, once both evaluations ran (a
         start model that has none of the routes is left blank); None without an evaluation."""
-        from engine.evaluation.comparison import compare, read_result
+        from engine.evaluation import compare, read_result
 
         if not self.evaluated:
             return None
@@ -224,7 +224,7 @@ class TrainingJob:
 
     def accept(self) -> dict | None:
         """The user adds the model to the library: the comparison goes into its model card."""
-        from engine.evaluation.comparison import record_in_card
+        from engine.evaluation import record_in_card
 
         comparison = self.comparison()
         if comparison is not None:
@@ -283,7 +283,7 @@ class TrainingJob:
 
     def read_history(self) -> None:
         """Rebuild the progress of the stages run so far from their ``progress.jsonl`` files."""
-        from engine.training.protocol import PROGRESS_FILE
+        from engine.training import PROGRESS_FILE
 
         self.live = LiveProgress()
         step, steps = self.step, self.steps
@@ -301,7 +301,7 @@ class TrainingJob:
     def process_ended(self, exit_code: int, crashed: bool, requested: str | None, stderr_tail: str = "") -> bool:
         """Update status and message after the stage's process ended (``requested``: "paused" or
         "cancelled" when the user asked it to stop). True when the next stage should start now."""
-        from engine.training.protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+        from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
         out, stage = self.stage.out, self.stage.title
         if not self.stage.trains:
@@ -396,7 +396,7 @@ class ScoreChange:
 def score_changes(comparison: dict) -> list[ScoreChange]:
     """Every score both models have, route by route (SSIM, PSNR, MAE), marked better or not; a
     tie counts as not better."""
-    from engine.evaluation.comparison import COLUMNS
+    from engine.evaluation import COLUMNS
 
     changes = []
     for route in comparison["routes"]:

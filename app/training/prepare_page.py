@@ -95,7 +95,7 @@ class PreparePage(CheckedPage):
         self._run(self._find_series, "Looking for series…", self._on_series)
 
     def _find_series(self, progress, cancel):
-        from engine.tasks.prepare import find_unnamed_series
+        from engine.tasks import find_unnamed_series
 
         return find_unnamed_series(self.source, progress, cancel)
 
@@ -153,8 +153,8 @@ class PreparePage(CheckedPage):
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):
-            from engine.tasks.prepare import prepare_dataset
-            from engine.tasks.validation import validate_dataset
+            from engine.tasks import prepare_dataset
+            from engine.tasks import validate_dataset
 
             prepared = prepare_dataset(self.source, out, mapping=mapping, register=register, seed=seed,
                                        progress=progress, cancel=cancel)

@@ -39,7 +39,7 @@ def _score(value: float | None) -> str:
 def comparison_html(comparison: dict) -> str:
     """The fine-tuned model against the start model: a headline weighing every score (any that got
     worse named in red), then a row per route (better values in bold)."""
-    from engine.evaluation.comparison import COLUMNS
+    from engine.evaluation import COLUMNS
 
     e = html.escape
     head = "".join(f"<th colspan='2'>{e(title)}</th>" for _key, _region, title, _higher in COLUMNS)
@@ -400,7 +400,7 @@ class TrainPanel(QWidget):
                 self._log(self.running, line.rstrip())
 
     def _write_stop(self, job: TrainingJob) -> None:
-        from engine.training.protocol import STOP_FILE
+        from engine.training import STOP_FILE
 
         try:
             (Path(job.stage.out) / STOP_FILE).touch()

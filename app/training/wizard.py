@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBo
                                QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget, QWizard, QWizardPage)
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.training.config import DEFAULT_STEPS
+from engine.training import DEFAULT_STEPS
 from app.settings import Settings, config_dir
 from app.synthesis import available_models, is_model_dir
 from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, evaluate_arguments, \
@@ -36,8 +36,8 @@ DEFAULT_EVALUATE_SLICES = 16    # central slices per validation volume in the co
 
 def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep: bool, progress, cancel):
     """The report, and the volumes that may need registering (the preparation page's candidates)."""
-    from engine.tasks.prepare import misaligned_volumes
-    from engine.tasks.validation import validate_dataset
+    from engine.tasks import misaligned_volumes
+    from engine.tasks import validate_dataset
 
     report = validate_dataset(folder, seed=seed, val_fraction=val_percent / 100, test_fraction=test_percent / 100,
                               deep=deep, progress=progress, cancel=cancel)
@@ -45,7 +45,7 @@ def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep:
 
 
 def _mappable(report) -> int:
-    from engine.tasks.prepare import MAPPABLE
+    from engine.tasks import MAPPABLE
 
     return sum(f.kind in MAPPABLE for f in report.problems)
 
@@ -390,7 +390,7 @@ class BudgetPage(CheckedPage):
             self.name.setText(default_model_name(wizard.report().name, Path(absolute_path(self.folder.text()))))
         start = wizard.model_page.model.currentData()
         if start != self._size_of:                     # the start model's slice size, from its card
-            from engine.inference.model_card import ModelCard
+            from engine.inference import ModelCard
 
             self._size_of = start
             try:

@@ -8,19 +8,12 @@ Names are imported on first use, so ``make-demo-data --help`` stays cheap.
 """
 from __future__ import annotations
 
-import importlib
+from engine.exports import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "BuildSummary": "builder", "DemoRecipe": "builder", "SubjectPlan": "builder", "build_demo_dataset": "builder",
-    "build_demo_study": "builder", "plan_subjects": "builder", "simulate_subject": "builder",
-    "SOURCES": "sources", "derivation_text": "derivation",
+    "build_demo_study": "builder", "default_workers": "builder", "plan_subjects": "builder",
+    "simulate_subject": "builder", "SOURCES": "sources", "derivation_text": "derivation",
     "SourceMissing": "sources", "find_mni152": "sources", "find_or_fetch_colin27": "sources",
     "find_or_fetch_head_ct": "sources",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"engine.demo_data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'engine.demo_data' has no attribute {name!r}")
+})

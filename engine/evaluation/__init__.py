@@ -1,3 +1,14 @@
 """Evaluation: image-quality metrics (metrics.py), scoring synthetic volumes and whole models on a
 paired dataset (synthesis_eval.py, ``python main.py evaluate``), and what ``python main.py bench``
-measures (speed, quality, understanding, generalization, source_floor)."""
+measures. The benchmarks' modules (speed, quality, understanding, source_floor) are public too: each
+is one benchmark's run / to_text / to_markdown, which ``bench`` reads as its namespace."""
+from __future__ import annotations
+
+from engine.exports import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "Evaluation": "metrics",
+    "score_volume": "synthesis_eval", "evaluate_model": "synthesis_eval",
+    "COLUMNS": "comparison", "compare": "comparison", "read_result": "comparison", "record_in_card": "comparison",
+    "describe_machine": "speed", "card_entries": "quality",
+})

@@ -5,7 +5,7 @@ Names load lazily so that building the CLI parser does not import torch.
 """
 from __future__ import annotations
 
-import importlib
+from engine.exports import lazy_exports
 
 # the patient planes synthesis may cut a volume in (auto: the acquisition plane), here so that the
 # CLI parser and the GUI read them without importing torch
@@ -14,25 +14,15 @@ BACKENDS = ("torch", "onnx")                # engine.inference.backends.synthesi
 DEVICES = ("auto", "cpu", "cuda")
 PRECISION_NAMES = ("fp32", "fp16", "bf16")   # engine.inference.settings.PRECISIONS
 
-_EXPORTS = {
-    "Synthesizer": "engine.inference.pipeline",
-    "synthesizer_for": "engine.inference.backends",
-    "source_modality": "engine.inference.identify",
-    "OnnxSynthesizer": "engine.inference.onnx_backend",
-    "SlicePlan": "engine.inference.pipeline",
-    "RESEARCH_NOTE": "engine.inference.pipeline",
-    "SynthesisSettings": "engine.inference.settings",
-    "resolve_device": "engine.inference.settings",
-    "resolve_precision": "engine.inference.settings",
-    "Identification": "engine.inference.identify",
-    "identify_modality": "engine.inference.identify",
-    "ModelCard": "engine.inference.model_card",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'engine.inference' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {
+    "Synthesizer": "pipeline", "SlicePlan": "pipeline", "RESEARCH_NOTE": "pipeline",
+    "synthesizer_for": "backends",
+    "OnnxSynthesizer": "onnx_backend", "onnxruntime": "onnx_backend",
+    "GRAPHS": "onnx_export", "OPSET": "onnx_export", "export_onnx": "onnx_export",
+    "SynthesisSettings": "settings", "resolve_device": "settings", "resolve_precision": "settings",
+    "Identification": "identify", "identify_modality": "identify", "source_modality": "identify",
+    "ModelCard": "model_card", "parse_route": "model_card", "BENCHMARK_PREFIX": "model_card",
+    "SOURCE_FLOOR_PREFIX": "model_card",
+    "NO_PROFILE_NOTE": "ood", "WARNING_PREFIX": "ood", "with_warnings": "ood",
+    "slice_axis": "slices", "slices_first": "slices",
+})

@@ -15,12 +15,17 @@ from engine.io.errors import Skipped, VolumeIOError
 from engine.io.image_files import image_kind, scan_image
 from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
+from engine.exports import lazy_exports
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
 if TYPE_CHECKING:
     from engine.io.deidentify import Anonymiser
 
-__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "load", "openable_name", "save", "scan"]
+# loaded on first use: de-identification (pydicom's anonymisation tables) and resampling (scipy)
+__getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned_in": "deidentify",
+                                             "inside": "resample", "resample_onto": "resample"})
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "file_kind", "load", "openable_name",
+           "save", "scan", *_LAZY]
 
 _NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif", ".svg",
                ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}

@@ -1,14 +1,20 @@
-"""Training and evaluation samples built from a paired dataset: validation, synthesis
-and the understanding tasks CTS / MI / TIA, with their instructions and tokenizer corpus."""
-from engine.tasks.dataset import NormalisedVolume, PairedDataset
-from engine.tasks.slice_dataset import SliceTaskDataset, TaskMix
-from engine.tasks.synthesis import SynthesisDataset, SynthesisSample
-from engine.tasks.understanding import (CTS, MI, TIA, CTSDataset, MIDataset, SliceRef, TIADataset,
-                                        UnderstandingSample, stage1_tasks)
-from engine.tasks.validation import DatasetError, Finding, SubjectInfo, ValidationReport, validate_dataset
+"""Training and evaluation samples built from a paired dataset: validation, preparing a user's folder
+into a paired dataset, synthesis samples and the understanding tasks CTS / MI / TIA, phantom data for
+tests and benchmarks. Names load on first use (the app's window process imports no torch)."""
+from __future__ import annotations
 
-__all__ = [
-    "CTS", "MI", "TIA", "CTSDataset", "DatasetError", "Finding", "MIDataset", "NormalisedVolume", "PairedDataset",
-    "SliceRef", "SliceTaskDataset", "SubjectInfo", "SynthesisDataset", "SynthesisSample", "TIADataset", "TaskMix",
-    "UnderstandingSample", "ValidationReport", "stage1_tasks", "validate_dataset",
-]
+from engine.exports import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "NormalisedVolume": "dataset", "PairedDataset": "dataset",
+    "SliceTaskDataset": "slice_dataset", "TaskMix": "slice_dataset",
+    "SynthesisDataset": "synthesis", "SynthesisSample": "synthesis",
+    "CTS": "understanding", "MI": "understanding", "TIA": "understanding", "CTSDataset": "understanding",
+    "MIDataset": "understanding", "SliceRef": "understanding", "TIADataset": "understanding",
+    "UnderstandingSample": "understanding", "stage1_tasks": "understanding",
+    "DatasetError": "validation", "Finding": "validation", "SubjectInfo": "validation",
+    "ValidationReport": "validation", "validate_dataset": "validation",
+    "MAPPABLE": "prepare", "find_unnamed_series": "prepare", "misaligned_volumes": "prepare",
+    "prepare_dataset": "prepare",
+    "write_phantom_dataset": "phantoms", "write_phantom_subject": "phantoms",
+})
