@@ -1,4 +1,4 @@
-"""PACS work against a real Orthanc (tests/engine/orthanc_server.py): a small head study stored by
+"""PACS work against a real Orthanc (tests/orthanc_server.py): a small head study stored by
 Orthanc's own REST API is found at every level, retrieved by C-GET, C-MOVE and WADO-RS into a private
 cache and read back exactly; a synthetic series goes back by C-STORE and STOW-RS and is found there
 with its derived markings; each failure is one clear line naming the server, and a cancelled
