@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
         self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
+        self._pacs_dialog = None                            # File ▸ PACS…, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
         self.comparison = ComparisonView(self.workspace, self.cursor, self.runner)
@@ -328,14 +329,16 @@ class MainWindow(QMainWindow):
 
     # -- PACS -----------------------------------------------------------------------------------
     def open_pacs(self):
-        """File ▸ PACS…: retrieved series open like a folder (listed in the Studies tree)."""
+        """File ▸ PACS…: retrieved series open like a folder (listed in the Studies tree). One dialog
+        for the window's life: closed, it keeps its answers and a retrieve goes on."""
         from app.pacs_dialog import PacsDialog
 
-        dialog = PacsDialog(self.runner, pacs_servers_file(), self)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.retrieved.connect(self.open_paths)
-        dialog.show()
-        return dialog
+        if self._pacs_dialog is None:
+            self._pacs_dialog = PacsDialog(self.runner, pacs_servers_file(), self)
+            self._pacs_dialog.retrieved.connect(self.open_paths)
+        self._pacs_dialog.show()
+        self._pacs_dialog.raise_()
+        return self._pacs_dialog
 
     def send_to_pacs(self, doc: Document | None = None):
         """File ▸ Send to PACS…: the synthetic volume in view (or ``doc``), to a chosen server."""
@@ -346,8 +349,7 @@ class MainWindow(QMainWindow):
         if problem:
             self.report_error(problem)
             return None
-        dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)      # kept: a send goes on when closed
         dialog.sent.connect(lambda results, d=doc: self.log.add(
             f"Sent {d.title} to a PACS: {sum(r.ok for r in results)} of {len(results)} instances stored"))
         dialog.show()

@@ -268,6 +268,7 @@ class PacsDialog(QDialog):
         splitter.addWidget(servers_box)
         splitter.addWidget(right)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([260, 840])
         close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         close.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -444,9 +445,6 @@ class PacsDialog(QDialog):
         self.message.setText(f"Retrieved {len(folders)} series; they open in the Studies tree.")
         self.retrieved.emit([str(f) for f in folders])
 
-    def done(self, result: int) -> None:
-        self.cancel()
-        super().done(result)
 
 
 class SendDialog(QDialog):
@@ -537,9 +535,6 @@ class SendDialog(QDialog):
         if self.task is not None:
             self.task.cancel()
 
-    def done(self, result: int) -> None:
-        self.cancel()
-        super().done(result)
 
 
 def not_sendable(doc: Document | None) -> str | None:

@@ -40,7 +40,6 @@ def dialog(qtbot, make_window, orthanc, tmp_path, monkeypatch):
     win = make_window()
     assert win.actions["pacs"] in win.menuBar().actions()[0].menu().actions()
     dialog = win.open_pacs()
-    qtbot.addWidget(dialog)
     editor = dialog.servers.add()
     editor.name.setText("test orthanc")
     editor.ae_title.setText(PACS_AE)
@@ -65,6 +64,8 @@ def _search(qtbot, dialog):
 
 
 def test_a_server_added_in_the_dialog_is_stored_and_verified(qtbot, dialog, settings_dir):
+    dialog.close()
+    assert dialog.window_under_test.open_pacs() is dialog and dialog.servers.current().name == "test orthanc"
     [stored] = load_servers(settings_dir / "pacs_servers.json")
     assert (stored.name, stored.ae_title) == ("test orthanc", PACS_AE)
     dialog.servers.buttons["Verify"].click()
@@ -109,7 +110,6 @@ def test_a_synthetic_volume_is_sent_and_an_acquired_one_refused(qtbot, dialog, o
     assert win.send_to_pacs() is None
     assert "was acquired" in win.log.lines[-1]
     sender = win.send_to_pacs(synthetic)
-    qtbot.addWidget(sender)
     with qtbot.waitSignal(sender.sent, timeout=30000) as blocker:
         sender.send_button.click()
     results = blocker.args[0]
