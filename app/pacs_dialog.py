@@ -394,7 +394,7 @@ class PacsDialog(QDialog):
         known: Match = item.data(0, MATCH_ROLE)
         server = self._server
         query = (Query(level="series", study_uid=known.study_uid) if known.level == "study"
-                 else Query(level="study", patient_id=known.patient_id))
+                 else Query(level="study", patient_id=known.patient_id, patient_name=known.patient_name))
 
         def fill(matches: list[Match]) -> None:
             item.takeChildren()

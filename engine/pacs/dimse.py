@@ -33,6 +33,7 @@ STORAGE_CLASSES = [cx.abstract_syntax for cx in StoragePresentationContexts]    
 _PENDING = (0xFF00, 0xFF01)
 _CANCEL_STATUS = 0xFE00
 _REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
+_NOT_ASKED_FOR = 0xC000              # "cannot understand": an instance of another series than the one retrieved
 
 
 def _ae(server: Server) -> AE:
@@ -145,6 +146,8 @@ class _Receiver:
         if (self.cancel is not None and self.cancel.cancelled) or self.error is not None:
             return _REFUSED
         sop_uid = str(event.request.AffectedSOPInstanceUID)
+        if str(event.dataset.get("SeriesInstanceUID", "")) != self.series_uid:
+            return _NOT_ASKED_FOR        # our storage SCP (C-MOVE) keeps only the series it asked for
         try:
             self.cache.write(self.study_uid, self.series_uid, sop_uid, event.encoded_dataset())
         except Exception as exc:  # noqa: BLE001 - kept and raised on the caller's thread

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_servers_round_trip_through_a_private_file_and_never_show_secrets(tmp_pa
 def test_the_servers_file_lives_in_the_app_config_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(places.CONFIG_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    if os.name == "posix" and not places.sys.platform == "darwin":
+    if sys.platform.startswith("linux"):
         assert servers_file() == tmp_path / "SynerMedGen" / "SynerMedGen Studio" / "pacs_servers.json"
     monkeypatch.setenv(places.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     assert servers_file() == tmp_path / "elsewhere" / "pacs_servers.json"
