@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +139,8 @@ def save_servers(servers: list[Server], path: str | Path | None = None) -> Path:
     if len(set(names)) != len(names):
         raise ValueError("two servers share a name")
     text = json.dumps({"schema_version": SCHEMA_VERSION, "servers": [s.to_dict() for s in servers]}, indent=2)
-    with atomic_file(path) as tmp:
+    with atomic_file(path, mode=0o600) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o600)
-    os.chmod(path, 0o600)
     return path
 
 
