@@ -182,7 +182,11 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     if missing:
         cache.ensure()
         receiver = _Receiver(server, cache, study_uid, series_uid, total - len(missing), total, progress, cancel)
-        fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
+        try:
+            fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
+        except PacsError:
+            receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
+            raise
         receiver.raise_error()
         _cancel_check(server, cancel)
         left = set(wanted) - cache.cached(study_uid, series_uid)

@@ -172,3 +172,18 @@ def test_sending_a_folder_without_dicom_is_a_clear_error(pacs, tmp_path):
     with pytest.raises(ValueError, match="notes.txt: not a DICOM instance"):
         send(pacs.dimse(), tmp_path)
     assert OUR_AE == pacs.dimse().calling_ae
+
+
+def test_a_full_disk_during_c_get_is_reported_as_such_and_leaves_no_part(pacs, tmp_path, monkeypatch):
+    from engine.atomic import OutputError
+
+    match = _series(pacs)
+    cache = Cache(tmp_path / "cache")
+
+    def full(*args):
+        raise OutputError(tmp_path / "cache" / "x.dcm", "could not be written (No space left on device)")
+
+    monkeypatch.setattr(Cache, "write", full)
+    with pytest.raises(OutputError, match="No space left"):
+        retrieve(pacs.dimse(), match.study_uid, [match.series_uid], cache, method="get")
+    assert not _parts(tmp_path)
