@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 from engine.atomic import atomic_file
@@ -71,7 +72,7 @@ class Cache:
             tmp.write_bytes(data)
         return path
 
-    def prune(self, keep: set[Path] = frozenset()) -> list[Path]:
+    def prune(self, keep: Collection[Path] = ()) -> list[Path]:
         """Remove whole series, least recently used first, until the cache is within its limit;
         the series in ``keep`` (just retrieved) stay. Returns the removed series folders."""
         if not self.root.is_dir():

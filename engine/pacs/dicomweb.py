@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import requests
@@ -96,7 +96,7 @@ def find(server: Server, query: Query, cancel: CancelToken | None = None) -> lis
     if query.level != "patient":
         return [Match.from_dataset(query.level, ds) for ds in _search(server, query.level, query.keys())]
     keys = Query(level="study", patient_name=query.patient_name, patient_id=query.patient_id).keys()
-    patients = {}
+    patients: dict[tuple[str, str], Match] = {}
     for ds in _search(server, "study", keys):
         match = Match.from_dataset("patient", ds)
         patients.setdefault((match.patient_id, match.patient_name), match)

@@ -7,14 +7,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
-from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
-                                  StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove,
-                                  Verification)
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.status import code_to_category
 
 from engine.jobs import CancelToken, Progress, ProgressFn, noop
@@ -29,7 +33,7 @@ RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
                     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
                     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
-STORAGE_CLASSES = [cx.abstract_syntax for cx in StoragePresentationContexts]      # 120: room for one Q/R context
+STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
 _PENDING = (0xFF00, 0xFF01)
 _CANCEL_STATUS = 0xFE00
 _REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
@@ -59,8 +63,8 @@ def _refusal(server: Server, assoc, answers: list) -> str:
 
 
 @contextlib.contextmanager
-def association(server: Server, contexts: list[tuple[str, list[str] | None]], *, roles: list[str] = (),
-                handlers: list = ()) -> Iterator:
+def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]], *, roles: Sequence[str] = (),
+                handlers: Sequence = ()) -> Iterator:
     """An established association asking for ``contexts`` ((abstract syntax, transfer syntaxes or
     None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error."""
     ae = _ae(server)
@@ -236,6 +240,7 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
         except OSError as exc:
             raise PacsError(server.name, f"cannot listen on port {server.move_port} for C-MOVE "
                                          f"({exc.strerror or exc})") from None
+        assert listener is not None                     # block=False returns the running server
         try:
             with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)]) as assoc:
                 responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)

@@ -38,11 +38,11 @@ def method_of(server: Server, method: str = "auto") -> str:
     return method
 
 
-def _scaled(progress: ProgressFn, k: int, n: int) -> ProgressFn:
-    """Progress of the k-th of n series as progress of the whole retrieve."""
-    def report(p: Progress) -> None:
+def _scaled(whole: ProgressFn, k: int, n: int) -> ProgressFn:
+    """Progress of the k-th of n series as progress of the ``whole`` retrieve."""
+    def report(progress: Progress) -> None:
         prefix = f"series {k + 1} of {n}: " if n > 1 else ""
-        progress(Progress(k + p.fraction, n, prefix + p.message))
+        whole(Progress(k + progress.fraction, n, prefix + progress.message))
     return report
 
 

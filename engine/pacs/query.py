@@ -4,6 +4,7 @@ modality, description, UIDs), turned into DICOM matching keys; each answer a :cl
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from pydicom.dataset import Dataset
@@ -88,7 +89,7 @@ class Match:
         return asdict(self)
 
     @classmethod
-    def from_dataset(cls, level: str, ds: Dataset) -> "Match":
+    def from_dataset(cls, level: str, ds: Dataset) -> Match:
         def text(keyword: str) -> str:
             value = ds.get(keyword, "")
             if value is None:
@@ -110,7 +111,7 @@ class Match:
                    series_number=text("SeriesNumber"), instances=instances)
 
 
-def identifier(keys: dict[str, str], level: str) -> Dataset:
+def identifier(keys: Mapping[str, object], level: str) -> Dataset:
     """A C-FIND identifier of ``keys`` at ``level`` (PATIENT, STUDY, SERIES or IMAGE)."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level

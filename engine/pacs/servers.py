@@ -19,7 +19,7 @@ FILE_NAME = "pacs_servers.json"
 SCHEMA_VERSION = 1
 DEFAULT_CALLING_AE = "SYNERMEDGEN"
 # PS3.5 6.2: AE is 1–16 characters, no backslash and no control characters (spaces only inside)
-_TYPES = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
+_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
           "timeout_s": ((int, float), "a number of seconds")}
 _AE_TITLE = re.compile(r"[^\\\x00-\x1f]{1,16}")
 
@@ -90,7 +90,7 @@ class Server:
         return {k: v for k, v in dataclasses.asdict(self).items() if k == "name" or v != defaults[k]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Server":
+    def from_dict(cls, data: dict) -> Server:
         if not isinstance(data, dict):
             raise ValueError(f"a server must be a JSON object, got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}

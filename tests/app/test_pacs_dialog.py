@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from orthanc_server import PACS_AE, start_orthanc
 
 import engine.io as io
 from engine.io.volume import Volume
 from engine.pacs import load_servers
 from engine.pacs.places import CACHE_DIR_ENV
-
-from orthanc_server import PACS_AE, start_orthanc
 
 PATIENT_ID = "GUI-0001"
 

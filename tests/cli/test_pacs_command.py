@@ -8,12 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from orthanc_server import PASSWORD, USER, free_port, start_orthanc
 
 import engine.io as io
 from engine.io.volume import Volume
 from main import main
-
-from orthanc_server import PASSWORD, USER, free_port, start_orthanc
 
 PATIENT_ID = "CLI-0001"
 

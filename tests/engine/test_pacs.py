@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from orthanc_server import OUR_AE, PASSWORD, free_port, start_orthanc
 
 import engine.io as io
 from engine.io.volume import Volume
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 from engine.pacs import Cache, PacsCancelled, PacsError, Query, echo, find, retrieve, send
 from engine.paths import RESOURCES
-
-from orthanc_server import OUR_AE, PASSWORD, free_port, start_orthanc
 
 PATIENT_ID = "DEMO-HEAD-001"
 SLICES = slice(32, 40)                     # 8 slices of the demo head: a real anatomy, seconds to move

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from engine.pacs import Cache, Query, Server, find_server, load_servers, save_servers, servers_file
-from engine.pacs import places
+from engine.pacs import Cache, Query, Server, find_server, load_servers, places, save_servers, servers_file
 
 DIMSE = Server("ward", ae_title="ORTHANC", host="pacs.example", port=4242, calling_ae="ME", move_port=11112)
 WEB = Server("web", url="https://pacs.example/dicom-web", username="alice", password="hunter2-secret")
