@@ -18,7 +18,7 @@ from app.open_dialogs import VolumePicker, open_file_dialog
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
 from app.panels.synthesis_panel import SynthesisPanel
-from app.settings import Settings, save_settings
+from app.settings import Settings, pacs_servers_file, save_settings
 from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
 from app.status_bar import StatusBar
@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
         self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
+        self._pacs_dialog = None                            # File ▸ PACS…, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
         self.comparison = ComparisonView(self.workspace, self.cursor, self.runner)
@@ -138,6 +139,10 @@ class MainWindow(QMainWindow):
             "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
                                    "Write the volume you are looking at (the viewer's, or the comparison's "
                                    "synthetic) as NIfTI, MHA or a DICOM series"),
+            "pacs": self._action("PACS…", self.open_pacs, tip="Query a PACS (DIMSE or DICOMweb), retrieve series "
+                                 "into the Studies tree"),
+            "send_pacs": self._action("Send to PACS…", self.send_to_pacs,
+                                      tip="Send the synthetic volume you are looking at to a PACS as a DICOM series"),
             "export_anonymised": self._action("Export Anonymised…", self.choose_anonymised_export,
                                               tip="Export without names, IDs, dates or source descriptions "
                                                   "(DICOM PS3.15 Basic Confidentiality Profile)"),
@@ -164,10 +169,10 @@ class MainWindow(QMainWindow):
                            ("export", QStyle.StandardPixmap.SP_DialogSaveButton)):
             a[name].setIcon(style.standardIcon(icon))
         menu = self.menuBar().addMenu("&File")
-        menu.addActions([a["open_file"], a["open_folder"]])
+        menu.addActions([a["open_file"], a["open_folder"], a["pacs"]])
         self.recent_menu = menu.addMenu("Recent")
         menu.addSeparator()
-        menu.addActions([a["export"], a["export_anonymised"], a["metrics"], a["screenshot"]])
+        menu.addActions([a["export"], a["export_anonymised"], a["send_pacs"], a["metrics"], a["screenshot"]])
         menu.addSeparator()
         menu.addAction(a["quit"])
         view = self.menuBar().addMenu("&View")
@@ -321,6 +326,34 @@ class MainWindow(QMainWindow):
         if reference is not None:
             self.comparison.set_inputs(doc, reference, source)
             self.tabs.setCurrentWidget(self.comparison)
+
+    # -- PACS -----------------------------------------------------------------------------------
+    def open_pacs(self):
+        """File ▸ PACS…: retrieved series open like a folder (listed in the Studies tree). One dialog
+        for the window's life: closed, it keeps its answers and a retrieve goes on."""
+        from app.pacs_dialog import PacsDialog
+
+        if self._pacs_dialog is None:
+            self._pacs_dialog = PacsDialog(self.runner, pacs_servers_file(), self)
+            self._pacs_dialog.retrieved.connect(self.open_paths)
+        self._pacs_dialog.show()
+        self._pacs_dialog.raise_()
+        return self._pacs_dialog
+
+    def send_to_pacs(self, doc: Document | None = None):
+        """File ▸ Send to PACS…: the synthetic volume in view (or ``doc``), to a chosen server."""
+        from app.pacs_dialog import SendDialog, not_sendable
+
+        doc = doc or self.document_in_view()
+        problem = not_sendable(doc)
+        if problem:
+            self.report_error(problem)
+            return None
+        dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)      # kept: a send goes on when closed
+        dialog.sent.connect(lambda results, d=doc: self.log.add(
+            f"Sent {d.title} to a PACS: {sum(r.ok for r in results)} of {len(results)} instances stored"))
+        dialog.show()
+        return dialog
 
     # -- fine-tuning ----------------------------------------------------------------------------
     def open_finetune_wizard(self) -> FineTuneWizard:

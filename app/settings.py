@@ -103,6 +103,13 @@ def config_dir() -> Path:
     return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation))
 
 
+def pacs_servers_file() -> Path:
+    """The PACS servers (engine.pacs.servers) live beside the settings, where the command line finds them too."""
+    from engine.pacs.servers import servers_file
+
+    return servers_file(config_dir())
+
+
 def load_settings() -> Settings:
     path = config_dir() / FILE_NAME
     try:

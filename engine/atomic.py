@@ -88,10 +88,10 @@ def _is_storage_error(exc: BaseException, tmp: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path with the target's suffix; on success flush it to the disk and rename
     it onto ``path`` with the permissions a plainly created file would get (``mkstemp`` makes it
-    private).
+    private), or ``mode`` (e.g. 0o600 for a file holding secrets: it is never readable by others).
 
     On any exception the temporary file is removed and ``path`` is left as it was; a failure to
     store the output (a full disk, a read-only folder) raises :class:`OutputError` naming ``path``.
@@ -110,7 +110,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp_path
             if tmp_path.exists():
-                os.chmod(tmp_path, 0o666 & ~_umask())
+                os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
                 sync_file(tmp_path)
             os.replace(tmp_path, path)
             sync_folder(path.parent)

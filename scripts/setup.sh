@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Prepares a fresh machine: system libraries for Qt/VTK under Xvfb and dicom3tools (dciodvfy, which
-# the DICOM export tests run) as root, the .venv with pinned packages. A second run finds the stamp
-# and returns in well under a second.
+# Prepares a fresh machine: system libraries for Qt/VTK under Xvfb, dicom3tools (dciodvfy, which
+# the DICOM export tests run) and Orthanc with its DICOMweb plugin (the PACS that the PACS tests
+# start) as root, the .venv with pinned packages. A second run finds the stamp and returns in well
+# under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-DEBS="xvfb xauth libgl1 libegl1 libegl-mesa0 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libfontconfig1 libdbus-1-3 binutils dicom3tools"
+DEBS="xvfb xauth libgl1 libegl1 libegl-mesa0 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libfontconfig1 libdbus-1-3 binutils dicom3tools orthanc orthanc-dicomweb"
 
 missing_debs() {
     command -v dpkg-query >/dev/null 2>&1 || return 0
@@ -26,7 +27,7 @@ if [ -n "$missing" ]; then
         apt-get install -y -qq --no-install-recommends $missing >/dev/null
     else
         echo "setup: WARNING: these Debian packages are missing and are needed for the GUI and its" >&2
-        echo "       tests under Xvfb; install them as root: apt-get install $missing" >&2
+        echo "       tests under Xvfb, or the PACS tests; install them as root: apt-get install $missing" >&2
     fi
 fi
 
@@ -44,7 +45,7 @@ fi
 # The demo-data builder reads the MNI152 maps shipped inside nilearn; nilearn itself is never
 # imported, so its heavy dependencies (scikit-learn, pandas) are not installed.
 .venv/bin/python -m pip install -q --no-deps "nilearn==0.14.1" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import torch, PySide6, pyqtgraph, SimpleITK, pydicom, onnxruntime" \
+.venv/bin/python -c "import torch, PySide6, pyqtgraph, SimpleITK, pydicom, onnxruntime, pynetdicom, dicomweb_client" \
     || { echo "setup: the environment is incomplete; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "setup: .venv ready"

@@ -1,0 +1,99 @@
+"""The local cache of retrieved instances: ``ROOT/STUDY_UID/SERIES_UID/SOP_INSTANCE_UID.dcm``.
+The root is the user's alone (0o700: instances hold patient data); each instance is written
+atomically (a ``.part`` file renamed into place), so a cancelled or killed retrieve leaves only
+whole instances and the next one fetches just the missing ones; :func:`prune` keeps the cache
+under a size limit, removing the series used longest ago first."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+from collections.abc import Collection
+from pathlib import Path
+
+from engine.atomic import atomic_file
+from engine.pacs import places
+
+DEFAULT_LIMIT_BYTES = 20 * 1024**3
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+SUFFIX = ".dcm"
+
+
+def _safe(uid: str) -> str:
+    """A UID as a file name; anything that is not a UID (a server's junk, '../') becomes a hash."""
+    uid = str(uid).strip().rstrip("\x00")
+    if _UID.fullmatch(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+class Cache:
+    """A cache folder (default: engine.pacs.places.cache_dir()), created private on first use."""
+
+    def __init__(self, root: str | Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        self.root = Path(root) if root else places.cache_dir()
+        self.limit_bytes = limit_bytes
+
+    def ensure(self) -> Path:
+        """Create the root (0o700), and take away others' access to one that exists."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if stat.S_IMODE(self.root.stat().st_mode) & 0o077:
+            os.chmod(self.root, 0o700)
+        return self.root
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        return self.root / _safe(study_uid) / _safe(series_uid)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.series_dir(study_uid, series_uid) / f"{_safe(sop_uid)}{SUFFIX}"
+
+    def touch(self, study_uid: str, series_uid: str) -> Path:
+        """Mark a series as just used (what :meth:`prune` removes last); returns its folder."""
+        folder = self.series_dir(study_uid, series_uid)
+        os.utime(folder)
+        return folder
+
+    def cached(self, study_uid: str, series_uid: str) -> set[str]:
+        """The SOPInstanceUIDs of a series that are already whole in the cache."""
+        folder = self.series_dir(study_uid, series_uid)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return set()
+        return {n[:-len(SUFFIX)] for n in names if n.endswith(SUFFIX) and not n.startswith(".")}
+
+    def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Store one encoded instance (a DICOM file's bytes) atomically."""
+        self.ensure()
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    def prune(self, keep: Collection[Path] = ()) -> list[Path]:
+        """Remove whole series, least recently used first, until the cache is within its limit;
+        the series in ``keep`` (just retrieved) stay. Returns the removed series folders."""
+        if not self.root.is_dir():
+            return []
+        series = []
+        for study in self.root.iterdir():
+            if study.is_dir() and not study.is_symlink():
+                for folder in study.iterdir():
+                    if folder.is_dir() and not folder.is_symlink():
+                        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                        series.append((folder.stat().st_mtime, folder, size))
+        total = sum(size for _, _, size in series)
+        removed = []
+        for _, folder, size in sorted(series, key=lambda item: item[0]):
+            if total <= self.limit_bytes:
+                break
+            if folder in keep:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            total -= size
+            if not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+        return removed

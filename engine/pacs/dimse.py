@@ -1,0 +1,270 @@
+"""DIMSE with pynetdicom: C-ECHO, C-FIND (patient / study / series, and the instances of a series),
+C-GET and C-MOVE of a series into the cache (only the instances it does not hold yet), C-STORE of
+DICOM files. Every failure is a :class:`PacsError` naming the server; cancelling aborts the
+association and raises :class:`PacsCancelled` (whole instances stay in the cache)."""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.status import code_to_category
+
+from engine.jobs import CancelToken, Progress, ProgressFn, noop
+from engine.pacs.cache import Cache
+from engine.pacs.errors import PacsCancelled, PacsError
+from engine.pacs.query import Match, Query, identifier
+from engine.pacs.sending import Outgoing, SendResult
+from engine.pacs.servers import Server
+
+# what we accept when a PACS sends us instances: uncompressed, and the compressed syntaxes our reader decodes
+RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
+                    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+                    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
+STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
+_PENDING = (0xFF00, 0xFF01)
+_CANCEL_STATUS = 0xFE00
+_REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
+_NOT_ASKED_FOR = 0xC000              # "cannot understand": an instance of another series than the one retrieved
+
+
+def _ae(server: Server) -> AE:
+    ae = AE(ae_title=server.calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = server.timeout_s
+    return ae
+
+
+def _refusal(server: Server, assoc, answers: list) -> str:
+    """Why an association was not established, in the user's words."""
+    rejection = next((p for p in answers if getattr(p, "result", None) in (0x01, 0x02)), None)
+    if rejection is not None:
+        reason = str(rejection.reason_str)
+        if "Called AE" in reason:
+            return f"the server at {server.host}:{server.port} does not answer to AE title {server.ae_title!r}"
+        if "Calling AE" in reason:
+            return (f"the server does not know our AE title {server.calling_ae!r}; "
+                    "register it at the PACS or change the calling AE title")
+        return f"association rejected ({rejection.result_str}: {reason})"
+    if any(getattr(p, "result", None) == 0x00 for p in answers):
+        return "the server accepted none of the services we asked for"
+    return f"no DICOM server answered at {server.host}:{server.port} (is it running, is the port right?)"
+
+
+@contextlib.contextmanager
+def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]], *, roles: Sequence[str] = (),
+                handlers: Sequence = ()) -> Iterator:
+    """An established association asking for ``contexts`` ((abstract syntax, transfer syntaxes or
+    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error."""
+    ae = _ae(server)
+    for abstract, syntaxes in contexts:
+        if syntaxes:
+            ae.add_requested_context(abstract, syntaxes)
+        else:
+            ae.add_requested_context(abstract)
+    answers: list = []
+    all_handlers = [(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive)), *handlers]
+    assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
+                         ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None, evt_handlers=all_handlers)
+    if not assoc.is_established:
+        raise PacsError(server.name, _refusal(server, assoc, answers))
+    try:
+        yield assoc
+    except BaseException:
+        assoc.abort()
+        raise
+    else:
+        assoc.release()
+
+
+def _check(server: Server, service: str, status: Dataset | None) -> int:
+    """The status code of a response; PacsError for a dropped connection or a failure."""
+    if status is None or "Status" not in status:
+        raise PacsError(server.name, f"{service}: the server sent no answer (connection lost or timed out)")
+    code = int(status.Status)
+    if code not in _PENDING and code != 0x0000 and code_to_category(code) not in ("Warning", "Cancel"):
+        comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
+        raise PacsError(server.name, f"{service} failed with status 0x{code:04X} ({code_to_category(code)}){comment}")
+    return code
+
+
+def _cancel_check(server: Server, cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise PacsCancelled(server.name)
+
+
+def echo(server: Server) -> float:
+    """C-ECHO; the round trip in seconds."""
+    started = time.perf_counter()
+    with association(server, [(Verification, None)]) as assoc:
+        _check(server, "C-ECHO", assoc.send_c_echo())
+    return time.perf_counter() - started
+
+
+def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToken | None) -> list[Dataset]:
+    model = PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+    found = []
+    with association(server, [(model, None)]) as assoc:
+        for status, answer in assoc.send_c_find(identifier(keys, level), model):
+            _cancel_check(server, cancel)
+            if _check(server, "C-FIND", status) in _PENDING and answer is not None:
+                found.append(answer)
+    return found
+
+
+def find(server: Server, query: Query, cancel: CancelToken | None = None) -> list[Match]:
+    """C-FIND at the query's level."""
+    answers = _c_find(server, query.keys(), query.level.upper(), cancel)
+    return [Match.from_dataset(query.level, ds) for ds in answers]
+
+
+def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:
+    """The SOPInstanceUIDs of one series (C-FIND at IMAGE level)."""
+    keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": ""}
+    return [str(ds.SOPInstanceUID) for ds in _c_find(server, keys, "IMAGE", cancel) if ds.get("SOPInstanceUID")]
+
+
+class _Receiver:
+    """Writes the instances a PACS sends into the cache, counting them for progress; once cancelled
+    it refuses further instances (so nothing more is written)."""
+
+    def __init__(self, server: Server, cache: Cache, study_uid: str, series_uid: str, done: int, total: int,
+                 progress: ProgressFn, cancel: CancelToken | None) -> None:
+        self.server, self.cache, self.study_uid, self.series_uid = server, cache, study_uid, series_uid
+        self.done, self.total, self.progress, self.cancel = done, total, progress, cancel
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, event) -> int:
+        if (self.cancel is not None and self.cancel.cancelled) or self.error is not None:
+            return _REFUSED
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        if str(event.dataset.get("SeriesInstanceUID", "")) != self.series_uid:
+            return _NOT_ASKED_FOR        # our storage SCP (C-MOVE) keeps only the series it asked for
+        try:
+            self.cache.write(self.study_uid, self.series_uid, sop_uid, event.encoded_dataset())
+        except Exception as exc:  # noqa: BLE001 - kept and raised on the caller's thread
+            self.error = exc
+            return _REFUSED
+        with self.lock:
+            self.done += 1
+            done = self.done
+        self.progress(Progress(done, self.total, f"received {done} of {self.total} instances"))
+        return 0x0000
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _retrieve_identifier(study_uid: str, series_uid: str, missing: list[str], whole: bool) -> Dataset:
+    if whole:
+        return identifier({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}, "SERIES")
+    return identifier({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
+                       "SOPInstanceUID": missing}, "IMAGE")
+
+
+def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn,
+              cancel: CancelToken | None, fetch: Callable[[_Receiver, Dataset], None]) -> Path:
+    wanted = instances(server, study_uid, series_uid, cancel)
+    if not wanted:
+        raise PacsError(server.name, f"series {series_uid} has no instances there")
+    missing = sorted(set(wanted) - cache.cached(study_uid, series_uid))
+    total = len(wanted)
+    progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
+    if missing:
+        cache.ensure()
+        receiver = _Receiver(server, cache, study_uid, series_uid, total - len(missing), total, progress, cancel)
+        try:
+            fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
+        except PacsError:
+            receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
+            raise
+        receiver.raise_error()
+        _cancel_check(server, cancel)
+        left = set(wanted) - cache.cached(study_uid, series_uid)
+        if left:
+            raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
+                                         "instances missing")
+    return cache.touch(study_uid, series_uid)
+
+
+def _follow(server: Server, service: str, responses, cancel: CancelToken | None) -> None:
+    """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
+    for status, _ in responses:
+        _cancel_check(server, cancel)
+        code = _check(server, service, status)
+        if code == _CANCEL_STATUS:
+            raise PacsCancelled(server.name)
+        if code not in _PENDING and int(status.get("NumberOfFailedSuboperations", 0) or 0):
+            failed = int(status.NumberOfFailedSuboperations)
+            raise PacsError(server.name, f"{service}: {failed} instance(s) could not be sent to us")
+
+
+def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
+        cancel: CancelToken | None = None) -> Path:
+    """Retrieve one series by C-GET into ``cache``; returns the series folder."""
+    def fetch(receiver: _Receiver, ds: Dataset) -> None:
+        contexts = [(StudyRootQueryRetrieveInformationModelGet, None),
+                    *((uid, RECEIVE_SYNTAXES) for uid in STORAGE_CLASSES)]
+        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+            _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), cancel)
+    return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
+         cancel: CancelToken | None = None) -> Path:
+    """Retrieve one series by C-MOVE to our own storage SCP (``server.move_port``, AE
+    ``server.calling_ae``) into ``cache``; returns the series folder."""
+    if not server.move_port:
+        raise PacsError(server.name, "C-MOVE needs the port of our storage SCP (move_port)")
+
+    def fetch(receiver: _Receiver, ds: Dataset) -> None:
+        scp = _ae(server)
+        for uid in STORAGE_CLASSES:
+            scp.add_supported_context(uid, RECEIVE_SYNTAXES)
+        try:
+            listener = scp.start_server(("", server.move_port), block=False,
+                                        evt_handlers=[(evt.EVT_C_STORE, receiver)])
+        except OSError as exc:
+            raise PacsError(server.name, f"cannot listen on port {server.move_port} for C-MOVE "
+                                         f"({exc.strerror or exc})") from None
+        assert listener is not None                     # block=False returns the running server
+        try:
+            with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)]) as assoc:
+                responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)
+                _follow(server, "C-MOVE", responses, cancel)
+        finally:
+            listener.shutdown()
+    return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
+          cancel: CancelToken | None = None) -> list[SendResult]:
+    """C-STORE each file over one association; the result per instance."""
+    contexts = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
+    if len(contexts) > 128:
+        raise PacsError(server.name, "too many kinds of instance to send at once (more than 128)")
+    results = []
+    with association(server, [(sop, [syntax]) for sop, syntax in contexts]) as assoc:
+        for k, item in enumerate(outgoing):
+            _cancel_check(server, cancel)
+            status = assoc.send_c_store(item.path)
+            code = int(status.Status) if status is not None and "Status" in status else None
+            if code is None:
+                raise PacsError(server.name, f"C-STORE of {item.path.name}: the server sent no answer")
+            results.append(SendResult(item.path, item.sop_uid, code == 0 or code_to_category(code) == "Warning",
+                                      f"status 0x{code:04X} ({code_to_category(code)})"))
+            progress(Progress(k + 1, len(outgoing), f"sent {k + 1} of {len(outgoing)} instances"))
+    return results

@@ -1,0 +1,134 @@
+"""File ▸ PACS… and Send to PACS… against a real Orthanc (tests/orthanc_server.py): a server added in
+the dialog is stored beside the settings and verified; a search fills the patient → study → series
+tree (a study's series asked for when it opens); Retrieve brings the series into the cache and
+opens it in the Studies tree and the viewer; Cancel stops a retrieve leaving only whole instances;
+a synthetic volume is sent and stored with its markings, an acquired one is refused with a reason."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from orthanc_server import PACS_AE, start_orthanc
+
+import engine.io as io
+from engine.io.volume import Volume
+from engine.pacs import load_servers
+from engine.pacs.places import CACHE_DIR_ENV
+
+PATIENT_ID = "GUI-0001"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc")
+    server = start_orthanc(folder)
+    try:
+        ramp = (np.arange(8 * 20 * 16, dtype=np.float32).reshape(8, 20, 16) % 1500) - 1000
+        ct = Volume(ramp, spacing=(0.9, 0.9, 2.5), modality="CT", unit="HU",
+                    dicom={"PatientName": "Gui^Patient", "PatientID": PATIENT_ID, "StudyDescription": "gui study"})
+        server.upload(io.save(ct, folder / "export" / "ct", description="gui ct"))
+        server.ct = ct
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dialog(qtbot, make_window, orthanc, tmp_path, monkeypatch):
+    """The PACS dialog of a fresh window, with the test Orthanc added through the server editor."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    win = make_window()
+    assert win.actions["pacs"] in win.menuBar().actions()[0].menu().actions()
+    dialog = win.open_pacs()
+    editor = dialog.servers.add()
+    editor.name.setText("test orthanc")
+    editor.ae_title.setText(PACS_AE)
+    editor.host.setText("127.0.0.1")
+    editor.port.setValue(orthanc.dicom_port)
+    editor.accept()
+    dialog.window_under_test = win
+    return dialog
+
+
+def _search(qtbot, dialog):
+    dialog.fields["patient_id"].setText(PATIENT_ID)
+    with qtbot.waitSignal(dialog.searched, timeout=20000) as blocker:
+        dialog.search_button.click()
+    assert blocker.args == [1]
+    patient = dialog.tree.topLevelItem(0)
+    study = patient.child(0)
+    assert patient.text(0) == f"Gui^Patient  [{PATIENT_ID}]" and study.text(0) == "gui study"
+    study.setExpanded(True)                                        # asks for the study's series
+    qtbot.waitUntil(lambda: study.childCount() == 1 and study.child(0).text(0).endswith("gui ct"), timeout=20000)
+    return study.child(0)
+
+
+def test_a_server_added_in_the_dialog_is_stored_and_verified(qtbot, dialog, settings_dir):
+    dialog.close()
+    assert dialog.window_under_test.open_pacs() is dialog and dialog.servers.current().name == "test orthanc"
+    [stored] = load_servers(settings_dir / "pacs_servers.json")
+    assert (stored.name, stored.ae_title) == ("test orthanc", PACS_AE)
+    dialog.servers.buttons["Verify"].click()
+    qtbot.waitUntil(lambda: "answered in" in dialog.servers.status.text(), timeout=20000)
+    editor = dialog.servers.edit()
+    editor.ae_title.setText("")
+    editor.accept()
+    assert "is not a DICOM AE title" in editor.problem.text() and editor.isVisible()
+    editor.reject()
+
+
+def test_retrieve_opens_the_series_in_the_studies_tree(qtbot, dialog, orthanc, wait_loaded):
+    series = _search(qtbot, dialog)
+    series.setSelected(True)
+    assert dialog.retrieve_button.isEnabled()
+    dialog.retrieve_button.click()
+    assert dialog.cancel_button.isEnabled() and not dialog.retrieve_button.isEnabled()
+    doc = wait_loaded(dialog.window_under_test)
+    np.testing.assert_array_equal(doc.volume.array, orthanc.ct.array)
+    assert any(e.description == "gui ct" for e in dialog.window_under_test.browser.entries())
+    assert dialog.progress.value() == 1000 and "Retrieved 1 series" in dialog.message.text()
+
+
+def test_cancel_stops_a_retrieve_leaving_whole_instances(qtbot, dialog, tmp_path):
+    series = _search(qtbot, dialog)
+    series.setSelected(True)
+    task = dialog.retrieve()
+    task.progressed.connect(lambda p: dialog.cancel() if p.fraction > 0 else None)
+    qtbot.waitUntil(lambda: "Cancelled" in dialog.message.text(), timeout=20000)
+    files = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert 0 < len(files) < 8 and not any(".part" in name for name in files)
+    assert dialog.retrieve_button.isEnabled() and not dialog.cancel_button.isEnabled()
+
+
+def test_a_synthetic_volume_is_sent_and_an_acquired_one_refused(qtbot, dialog, orthanc):
+    win = dialog.window_under_test
+    source = win.workspace.add(orthanc.ct, key="acquired")
+    synthetic = win.workspace.add(orthanc.ct.with_array(orthanc.ct.array + 3, name="synthetic CT from CBCT",
+                                                        synthetic=True, derived_from="CBCT"),
+                                  synthetic=True, source=source)
+    win.workspace.activate(source)
+    assert win.send_to_pacs() is None
+    assert "was acquired" in win.log.lines[-1]
+    sender = win.send_to_pacs(synthetic)
+    with qtbot.waitSignal(sender.sent, timeout=30000) as blocker:
+        sender.send_button.click()
+    results = blocker.args[0]
+    assert len(results) == 8 and all(r.ok for r in results) and sender.results.count() == 8
+    descriptions = [s["SeriesDescription"] for s in orthanc.series_tags()]
+    assert "synthetic CT from CBCT — research use only" in descriptions
+
+
+def test_the_command_line_finds_the_servers_where_the_app_keeps_them(qapp, monkeypatch, tmp_path):
+    from app import about
+    from app.settings import CONFIG_DIR_ENV, config_dir, pacs_servers_file
+    from engine.pacs import servers_file
+
+    monkeypatch.delenv(CONFIG_DIR_ENV)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    names = qapp.organizationName(), qapp.applicationName()
+    qapp.setOrganizationName(about.ORGANISATION)
+    qapp.setApplicationName(about.APP_NAME)
+    try:
+        assert servers_file() == pacs_servers_file() == config_dir() / "pacs_servers.json"
+    finally:
+        qapp.setOrganizationName(names[0])
+        qapp.setApplicationName(names[1])

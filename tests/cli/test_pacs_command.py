@@ -1,0 +1,88 @@
+"""`python main.py pacs servers|echo|find|get|send` against a real Orthanc (tests/orthanc_server.py):
+a server stored by name (its password from the environment, never printed) is verified, queried,
+retrieved from into a cache folder that opens as a DICOM series, and sent a synthetic series; a
+server that is down or a name that is not stored exits 2 with one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from orthanc_server import PASSWORD, USER, free_port, start_orthanc
+
+import engine.io as io
+from engine.io.volume import Volume
+from main import main
+
+PATIENT_ID = "CLI-0001"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc")
+    server = start_orthanc(folder)
+    try:
+        ramp = np.arange(4 * 12 * 10, dtype=np.float32).reshape(4, 12, 10) - 500
+        ct = Volume(ramp, spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU",
+                    dicom={"PatientName": "Cli^Test", "PatientID": PATIENT_ID, "StudyDescription": "cli study"})
+        server.upload(io.save(ct, folder / "export" / "ct", description="cli ct"))
+        server.ct = ct
+        yield server
+    finally:
+        server.stop()
+
+
+def _run(capsys, *argv) -> tuple[int, dict | str, str]:
+    code = main(["pacs", *argv])
+    out, err = capsys.readouterr()
+    try:
+        return code, json.loads(out), err
+    except json.JSONDecodeError:
+        return code, out, err
+
+
+def test_a_stored_server_is_verified_queried_retrieved_from_and_sent_to(pacs, tmp_path, capsys, monkeypatch):
+    servers = str(tmp_path / "pacs_servers.json")
+    monkeypatch.setenv("TEST_PACS_PASSWORD", PASSWORD)
+    code, listed, _ = _run(capsys, "servers", "--servers-file", servers, "--add", "web", "--url",
+                           f"{pacs.url}/dicom-web", "--user", USER, "--password-env", "TEST_PACS_PASSWORD", "--json")
+    assert code == 0 and listed["servers"] == [{"name": "web", "where": f"DICOMweb {pacs.url}/dicom-web, basic auth "
+                                                                        f"as {USER}"}]
+    code, _, _ = _run(capsys, "servers", "--servers-file", servers, "--add", "dimse", "--host", "127.0.0.1",
+                      "--port", str(pacs.dicom_port), "--ae-title", "TESTPACS", "--json")
+    assert code == 0 and PASSWORD in (tmp_path / "pacs_servers.json").read_text()
+
+    for name in ("dimse", "web"):
+        code, answer, _ = _run(capsys, "echo", "--server", name, "--servers-file", servers, "--json")
+        assert code == 0 and answer["ok"] and PASSWORD not in json.dumps(answer)
+    code, found, _ = _run(capsys, "find", "--server", "web", "--servers-file", servers, "--level", "series",
+                          "--patient-id", PATIENT_ID, "--json")
+    [match] = found["matches"]
+    assert code == 0 and match["series_description"] == "cli ct" and match["instances"] == 4
+
+    code, got, _ = _run(capsys, "get", "--server", "dimse", "--servers-file", servers, "--study", match["study_uid"],
+                        "--cache", str(tmp_path / "cache"), "--quiet", "--json")
+    assert code == 0 and got["method"] == "get"
+    np.testing.assert_array_equal(io.load(got["folders"][0]).array, pacs.ct.array)
+
+    synthetic = pacs.ct.with_array(pacs.ct.array + 1, synthetic=True, derived_from="CBCT")
+    folder = io.save(synthetic, tmp_path / "synthetic", description="synthetic")
+    code, sent, _ = _run(capsys, "send", str(folder), "--server", "web", "--servers-file", servers, "--quiet", "--json")
+    assert code == 0 and (sent["sent"], sent["failed"]) == (4, 0)
+    code, text, _ = _run(capsys, "find", "--server", "dimse", "--servers-file", servers, "--level", "series",
+                         "--description", "synthetic*")
+    assert code == 0 and "synthetic CT from CBCT — research use only" in text
+
+    code, listed, _ = _run(capsys, "servers", "--servers-file", servers, "--remove", "web", "--json")
+    assert [s["name"] for s in listed["servers"]] == ["dimse"]
+
+
+def test_a_server_down_or_unknown_exits_2_with_one_line(pacs, tmp_path, capsys):
+    code, _, err = _run(capsys, "echo", "--host", "127.0.0.1", "--port", str(free_port()), "--ae-title", "TESTPACS")
+    assert code == 2 and err.count("\n") == 1 and "no DICOM server answered at 127.0.0.1:" in err
+    code, _, err = _run(capsys, "find", "--server", "nowhere", "--servers-file", str(tmp_path / "none.json"))
+    assert code == 2 and "no PACS server named 'nowhere' (known: none)" in err
+    code, _, err = _run(capsys, "echo", "--url", f"{pacs.url}/dicom-web", "--user", USER, "--password-env", "UNSET_VAR")
+    assert code == 2 and "environment variable UNSET_VAR is not set" in err
+    code, _, err = _run(capsys, "echo", "--url", f"{pacs.url}/dicom-web")
+    assert code == 2 and "refused our credentials (HTTP 401)" in err

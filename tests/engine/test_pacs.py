@@ -1,0 +1,187 @@
+"""PACS work against a real Orthanc (tests/orthanc_server.py): a small head study stored by
+Orthanc's own REST API is found at every level, retrieved by C-GET, C-MOVE and WADO-RS into a private
+cache and read back exactly; a synthetic series goes back by C-STORE and STOW-RS and is found there
+with its derived markings; each failure is one clear line naming the server, and a cancelled
+retrieve leaves only whole instances, which the next retrieve does not fetch again."""
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from orthanc_server import PASSWORD, free_port, start_orthanc
+
+import engine.io as io
+from engine.io.volume import Volume
+from engine.jobs import Cancelled, CancelToken
+from engine.pacs import Cache, PacsCancelled, PacsError, Query, echo, find, retrieve, send
+from engine.paths import RESOURCES
+
+PATIENT_ID = "DEMO-HEAD-001"
+SLICES = slice(32, 40)                     # 8 slices of the demo head: a real anatomy, seconds to move
+
+
+def _demo(modality: str, study: dict) -> Volume:
+    volume = io.load(RESOURCES / "demo" / "head" / f"{modality}.nii.gz")
+    return volume.replace(array=np.ascontiguousarray(volume.array[SLICES]), dicom=study)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc")
+    server = start_orthanc(folder)
+    try:
+        study = {"PatientName": "Demo^Head", "PatientID": PATIENT_ID, "StudyDate": "20240102",
+                 "StudyDescription": "demo head CT and CBCT", "StudyInstanceUID": pydicom.uid.generate_uid()}
+        ct, cbct = _demo("CT", study), _demo("CBCT", study)
+        for name, volume in (("ct", ct), ("cbct", cbct)):
+            server.upload(io.save(volume, folder / "export" / name, description=f"demo head {name}"))
+        server.study_uid, server.ct = study["StudyInstanceUID"], ct
+        yield server
+    finally:
+        server.stop()
+
+
+def _series(pacs):
+    matches = find(pacs.dimse(), Query(level="series", patient_id=PATIENT_ID, description="demo head ct"))
+    assert len(matches) == 1
+    return matches[0]
+
+
+def _parts(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".part" in p.name]
+
+
+# -- verify and query -------------------------------------------------------------------------------
+def test_verify_answers_over_dimse_and_dicomweb(pacs):
+    assert echo(pacs.dimse()) > 0
+    assert echo(pacs.web()) > 0
+
+
+@pytest.mark.parametrize("kind", ["dimse", "web"])
+def test_find_at_patient_study_and_series_level(pacs, kind):
+    server = getattr(pacs, kind)()
+    patients = find(server, Query(level="patient", patient_name="Demo*"))
+    assert [(p.patient_id, p.patient_name) for p in patients] == [(PATIENT_ID, "Demo^Head")]
+    studies = find(server, Query(level="study", patient_id=PATIENT_ID, date_from="20240101", date_to="20240131"))
+    assert [(s.study_uid, s.study_description) for s in studies] == [(pacs.study_uid, "demo head CT and CBCT")]
+    assert find(server, Query(level="study", patient_id=PATIENT_ID, date_from="20250101")) == []
+    series = find(server, Query(level="series", study_uid=pacs.study_uid))
+    assert sorted(s.series_description for s in series) == ["demo head cbct", "demo head ct"]
+    assert len(find(server, Query(level="series", patient_id=PATIENT_ID, modality="CT"))) == 2   # CBCT is stored as CT
+    ct = find(server, Query(level="series", patient_id=PATIENT_ID, modality="CT", description="*head ct"))
+    assert len(ct) == 1 and ct[0].instances == SLICES.stop - SLICES.start
+
+
+# -- retrieve -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["get", "move", "wado"])
+def test_retrieve_brings_the_series_into_a_private_cache_exactly(pacs, tmp_path, method):
+    match = _series(pacs)
+    server = pacs.web() if method == "wado" else pacs.dimse(move_port=pacs.move_port if method == "move" else 0)
+    cache = Cache(tmp_path / "cache")
+    reports = []
+    [folder] = retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=reports.append)
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    assert len(list(folder.glob("*.dcm"))) == match.instances and not _parts(cache.root)
+    back = io.load(folder)
+    np.testing.assert_array_equal(back.array, pacs.ct.array)
+    assert back.modality == "CT" and back.dicom["PatientID"] == PATIENT_ID
+    assert reports[-1].fraction == 1.0
+    again = []
+    retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=again.append)
+    assert again[0].done == again[0].total == 1 and "already cached" in again[0].message
+
+
+def test_retrieving_a_whole_study_brings_every_series(pacs, tmp_path):
+    folders = retrieve(pacs.dimse(), pacs.study_uid, None, Cache(tmp_path / "cache"))
+    assert sorted(io.load(f).modality for f in folders) == ["CBCT", "CT"]
+
+
+@pytest.mark.parametrize("method", ["get", "wado"])
+def test_a_cancelled_retrieve_leaves_whole_instances_and_resumes(pacs, tmp_path, method):
+    match = _series(pacs)
+    server = pacs.web() if method == "wado" else pacs.dimse()
+    cache = Cache(tmp_path / "cache")
+    token = CancelToken()
+
+    def cancel_halfway(p):
+        if p.fraction >= 0.5:
+            token.cancel()
+
+    with pytest.raises(PacsCancelled) as raised:
+        retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=cancel_halfway,
+                 cancel=token)
+    assert isinstance(raised.value, Cancelled) and server.name in str(raised.value)
+    kept = cache.cached(match.study_uid, match.series_uid)
+    assert 0 < len(kept) < match.instances and not _parts(cache.root)
+    resumed = []
+    [folder] = retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=resumed.append)
+    assert resumed[0].done == len(kept) / match.instances          # only the missing ones are fetched
+    np.testing.assert_array_equal(io.load(folder).array, pacs.ct.array)
+
+
+# -- send ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dimse", "web"])
+def test_a_synthetic_series_goes_back_and_is_found_with_its_markings(pacs, tmp_path, kind):
+    ct = pacs.ct
+    synthetic = ct.with_array(ct.array + 5.0, modality="CT", unit="HU", name="synthetic CT from CBCT",
+                              synthetic=True, derived_from="CBCT")
+    folder = io.save(synthetic, tmp_path / "synthetic", description="synthetic CT")
+    results = send(getattr(pacs, kind)(), folder)
+    assert len(results) == SLICES.stop - SLICES.start and all(r.ok for r in results)
+    sent_uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+    stored = next(s for s in pacs.series_tags() if s["SeriesInstanceUID"] == sent_uid)
+    assert stored["SeriesDescription"] == "synthetic CT from CBCT — research use only"
+    assert stored["ImageType"].startswith("DERIVED") and stored["Instances"] == len(results)
+    found = find(pacs.dimse(), Query(level="series", patient_id=PATIENT_ID, description="synthetic*"))
+    assert sent_uid in {m.series_uid for m in found}
+
+
+# -- failures -------------------------------------------------------------------------------------
+def _error(fn, *args) -> str:
+    with pytest.raises(PacsError) as raised:
+        fn(*args)
+    message = str(raised.value)
+    assert "\n" not in message and PASSWORD not in message
+    return message
+
+
+def test_a_server_that_is_down_is_named(pacs):
+    port = free_port()
+    assert "'down': no DICOM server answered at 127.0.0.1:" in _error(echo, pacs.dimse("down", port=port))
+    web = pacs.web("down-web", url=f"http://127.0.0.1:{port}/dicom-web")
+    assert "'down-web': no DICOMweb server answered" in _error(echo, web)
+
+
+def test_a_wrong_ae_title_and_an_unknown_caller_are_refused(pacs):
+    assert "does not answer to AE title 'WRONGAE'" in _error(echo, pacs.dimse(ae_title="WRONGAE"))
+    message = _error(find, pacs.dimse(calling_ae="STRANGER"), Query(level="study"))
+    assert "does not know our AE title 'STRANGER'" in message
+
+
+def test_refused_credentials_are_named_without_the_password(pacs):
+    assert "refused our credentials (HTTP 401)" in _error(echo, pacs.web(password="wrong"))
+    assert "refused our credentials" in _error(find, pacs.web(username="", password=""), Query())
+
+
+def test_sending_a_folder_without_dicom_is_a_clear_error(pacs, tmp_path):
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    with pytest.raises(ValueError, match="notes.txt: not a DICOM instance"):
+        send(pacs.dimse(), tmp_path)
+
+
+def test_a_full_disk_during_c_get_is_reported_as_such_and_leaves_no_part(pacs, tmp_path, monkeypatch):
+    from engine.atomic import OutputError
+
+    match = _series(pacs)
+    cache = Cache(tmp_path / "cache")
+
+    def full(*args):
+        raise OutputError(tmp_path / "cache" / "x.dcm", "could not be written (No space left on device)")
+
+    monkeypatch.setattr(Cache, "write", full)
+    with pytest.raises(OutputError, match="No space left"):
+        retrieve(pacs.dimse(), match.study_uid, [match.series_uid], cache, method="get")
+    assert not _parts(tmp_path)

@@ -1,0 +1,100 @@
+"""PACS settings and cache without a server: server definitions round-trip through their file
+(private to the user, secrets never shown), bad definitions are refused with the field named,
+queries become the DICOM keys a PACS matches, and the cache keeps within its size limit."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+
+import pytest
+
+from engine.pacs import Cache, Query, Server, find_server, load_servers, places, save_servers, servers_file
+
+DIMSE = Server("ward", ae_title="ORTHANC", host="pacs.example", port=4242, calling_ae="ME", move_port=11112)
+WEB = Server("web", url="https://pacs.example/dicom-web", username="alice", password="hunter2-secret")
+TOKEN = Server("cloud", url="https://cloud.example/dicomweb", token="tok-abc-secret")
+
+
+def test_servers_round_trip_through_a_private_file_and_never_show_secrets(tmp_path):
+    path = save_servers([DIMSE, WEB, TOKEN], tmp_path / "config" / "pacs_servers.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_servers(path) == [DIMSE, WEB, TOKEN]
+    assert find_server("cloud", path).token == "tok-abc-secret"
+    for server in (WEB, TOKEN):
+        for shown in (repr(server), server.describe()):
+            assert "secret" not in shown
+    assert WEB.describe() == "DICOMweb https://pacs.example/dicom-web, basic auth as alice"
+    assert DIMSE.describe() == "ORTHANC@pacs.example:4242 (we call as ME, C-MOVE to our port 11112)"
+    assert json.loads(path.read_text())["servers"][0] == DIMSE.to_dict()
+
+
+def test_the_servers_file_lives_in_the_app_config_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(places.CONFIG_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    if sys.platform.startswith("linux"):
+        assert servers_file() == tmp_path / "SynerMedGen" / "SynerMedGen Studio" / "pacs_servers.json"
+    monkeypatch.setenv(places.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert servers_file() == tmp_path / "elsewhere" / "pacs_servers.json"
+    assert load_servers() == []
+
+
+@pytest.mark.parametrize("fields, problem", [
+    (dict(name="a", ae_title="", host="h"), "AE title '' is not a DICOM AE title"),
+    (dict(name="a", ae_title="A" * 17, host="h"), "is not a DICOM AE title"),
+    (dict(name="a", ae_title="X", host="h", calling_ae="BAD\\AE"), "calling AE title"),
+    (dict(name="a", ae_title="X", host=""), "needs a host"),
+    (dict(name="a", ae_title="X", host="h", port=70000), "port must be a whole number"),
+    (dict(name="a", url="ftp://x"), "is not an http(s):// address"),
+    (dict(name="a", url="https://u:p@x/"), "not in the URL"),
+    (dict(name="a", url="https://x/", username="u", token="t"), "not both"),
+    (dict(name=" ", url="https://x/"), "needs a name"),
+])
+def test_a_bad_server_definition_names_what_is_wrong(fields, problem):
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        Server(**fields)
+
+
+def test_a_damaged_servers_file_is_named(tmp_path):
+    path = tmp_path / "pacs_servers.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="pacs_servers.json: not a readable servers file"):
+        load_servers(path)
+    path.write_text(json.dumps({"servers": [{"name": "x", "url": "https://x/", "colour": "red"}]}))
+    with pytest.raises(ValueError, match="unknown field.*colour"):
+        load_servers(path)
+    path.write_text(json.dumps({"servers": [{"name": "x", "host": "h", "ae_title": "A", "port": "104"}]}))
+    with pytest.raises(ValueError, match="port must be a whole number, got '104'"):
+        load_servers(path)
+    with pytest.raises(ValueError, match="no PACS server named 'y' \\(known: none\\)"):
+        find_server("y", tmp_path / "missing.json")
+
+
+def test_a_query_becomes_the_keys_a_pacs_matches():
+    keys = Query(level="series", patient_name="Doe*", date_from="20240101", modality="MR",
+                 description="T1*").keys()
+    assert keys["PatientName"] == "Doe*" and keys["StudyDate"] == "20240101-"
+    assert keys["Modality"] == "MR" and keys["SeriesDescription"] == "T1*" and keys["SeriesInstanceUID"] == ""
+    study = Query(level="study", modality="CT", date_from="20240102", date_to="20240102").keys()
+    assert study["ModalitiesInStudy"] == "CT" and study["StudyDate"] == "20240102" and "Modality" not in study
+    with pytest.raises(ValueError, match="YYYYMMDD"):
+        Query(date_from="2024-01-01")
+    with pytest.raises(ValueError, match="patient name and ID only"):
+        Query(level="patient", modality="CT")
+
+
+def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_path):
+    cache = Cache(tmp_path / "cache", limit_bytes=2500)
+    (tmp_path / "cache").mkdir(mode=0o755)
+    cache.ensure()
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    assert cache.instance_path("1.2", "1.2.3", "../../etc/passwd").parent == cache.series_dir("1.2", "1.2.3")
+    for k in range(3):
+        for j in range(2):
+            cache.write("1.2", f"1.2.{k}", f"1.2.{k}.{j}", b"x" * 500)
+        os.utime(cache.series_dir("1.2", f"1.2.{k}"), (1000 + k, 1000 + k))
+    assert cache.cached("1.2", "1.2.1") == {"1.2.1.0", "1.2.1.1"}
+    removed = cache.prune(keep={cache.series_dir("1.2", "1.2.0")})
+    assert removed == [cache.series_dir("1.2", "1.2.1")]            # the oldest not kept
+    assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
