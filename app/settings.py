@@ -105,7 +105,7 @@ def config_dir() -> Path:
 
 def pacs_servers_file() -> Path:
     """The PACS servers (engine.pacs.servers) live beside the settings, where the command line finds them too."""
-    from engine.pacs.servers import servers_file
+    from engine.pacs import servers_file
 
     return servers_file(config_dir())
 

@@ -7,11 +7,14 @@ verify / find / retrieve / send over DIMSE (pynetdicom) or DICOMweb (dicomweb-cl
     folders = retrieve(server, matches[0].study_uid, [matches[0].series_uid])   # then engine.io.scan
     results = send(server, exported_series_folder)
 """
-from engine.pacs.cache import Cache
-from engine.pacs.errors import PacsCancelled, PacsError
-from engine.pacs.operations import echo, find, method_of, retrieve, send
-from engine.pacs.query import Match, Query
-from engine.pacs.servers import Server, find_server, load_servers, save_servers, servers_file
+from __future__ import annotations
 
-__all__ = ["Cache", "Match", "PacsCancelled", "PacsError", "Query", "Server", "echo", "find", "find_server",
-           "load_servers", "method_of", "retrieve", "save_servers", "send", "servers_file"]
+from engine.exports import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {     # pynetdicom and dicomweb-client load on first use
+    "Cache": "cache", "PacsError": "errors", "PacsCancelled": "errors",
+    "echo": "operations", "find": "operations", "method_of": "operations", "retrieve": "operations",
+    "send": "operations", "Match": "query", "Query": "query",
+    "Server": "servers", "find_server": "servers", "load_servers": "servers", "save_servers": "servers",
+    "servers_file": "servers",
+})
