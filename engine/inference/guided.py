@@ -15,7 +15,7 @@ line is flat and the synthetic local mean is kept.
   slope is kept: it copies less of the source's noise and misfit.
 - Window means are taken inside the body mask only and the background keeps the synthetic slice:
   lines fitted across the body's edge would spill a halo outwards and a band of wrong contrast in.
-- Intensities are the normalised [0, 1] of docs/data.md, so :data:`EPS` is coarse on the CT scale
+- Intensities are the normalised [0, 1] of docs/evaluation.md, so :data:`EPS` is coarse on the CT scale
   (√EPS ≈ 30 HU): inside soft tissue the filter mostly smooths.
 
 Off unless a setting (``SynthesisSettings.guided_filter``) or a model card asks for it; what it
