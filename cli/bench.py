@@ -21,7 +21,7 @@ from engine.paths import DEFAULT_MODEL_DIR, ROOT
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the JSON report")
-    out.add_argument("--markdown", action="store_true", help="print the Markdown table for the README")
+    out.add_argument("--markdown", action="store_true", help="print the Markdown table (as the README and docs/ show it)")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
 
 
@@ -130,8 +130,9 @@ def _add_quality(sub: argparse._SubParsersAction) -> None:
                     "source), MONAI BasicUNet, SynerMedGen after vae + Stage I only, Stage II only and Stage I + II, "
                     "each method's target agreement, the VAE round-trip and resampling ceilings, Stage I's CTS / "
                     "MI / TIA accuracy beside chance and identify on every volume. SSIM ×100 / PSNR on "
-                    "normalised intensities, MAE in HU for CT, whole slice and inside the body (docs/data.md). The "
-                    "models are the folders of a recipe run (python main.py recipe --data D --out RUN).")
+                    "normalised intensities, MAE in HU for CT, whole slice and inside the body "
+                    "(docs/evaluation.md). The models are the folders of a recipe run "
+                    "(python main.py recipe --data D --out RUN).")
     p.add_argument("--run", default="runs/default", metavar="DIR", help="recipe run folder (default runs/default)")
     p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="subjects to score (default test)")

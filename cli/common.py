@@ -70,7 +70,7 @@ def model_dir(args: argparse.Namespace) -> Path:
     """The model folder to use; ValueError naming how to get one when there is none."""
     path = Path(args.model) if getattr(args, "model", None) else DEFAULT_MODEL_DIR
     if not path.is_dir():
-        hint = ("train one with `python main.py train --data DIR --stage …` (see the README) "
+        hint = ("train one with `python main.py train --data DIR --stage …` (see docs/training.md) "
                 "or pass --model DIR")
         raise ValueError(f"no model at {path}; {hint}")
     return path

@@ -13,10 +13,11 @@ from cli.train import add_split_fractions
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-route PSNR / SSIM / MAE of a model on a paired dataset",
                        description="Synthesize each subject's volumes of the split for every route the model and "
-                                   "the subject have, score them against the real ones (docs/data.md: per "
+                                   "the subject have, score them against the real ones (docs/evaluation.md: per "
                                    "subject, averaged per route) and print the table.")
     add_model_arguments(p, backend=True)
-    p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (the layout of docs/data.md)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="paired dataset folder (the layout of docs/evaluation.md)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default: test")
     p.add_argument("--split-seed", type=int, default=0, metavar="N",
                    help="draws the split when dataset.json lists none: the train command's --seed (default 0)")

@@ -10,11 +10,11 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "make-demo-data", help="build the demo dataset (simulated contrasts from real anatomy)",
-        description="Derive the paired demo dataset (docs/data.md's layout) from real anatomy shipped in packages: the MNI152 "
-                    "and Colin27 brains → T1, T1CE, T2, FLAIR, PD with synthetic tumours; a real head CT → CT and "
-                    "simulated CBCT. Deterministic for a seed; written atomically. Needs the pip package nilearn "
-                    "and the Debian packages invesalius-examples and mricron-data (fetched with apt-get download "
-                    "into the cache when not installed).")
+        description="Derive the paired demo dataset (docs/evaluation.md's layout) from real anatomy shipped in "
+                    "packages: the MNI152 and Colin27 brains → T1, T1CE, T2, FLAIR, PD with synthetic tumours; "
+                    "a real head CT → CT and simulated CBCT. Deterministic for a seed; written atomically. "
+                    "Needs the pip package nilearn and the Debian packages invesalius-examples and mricron-data "
+                    "(fetched with apt-get download into the cache when not installed).")
     p.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
     p.add_argument("--subjects", type=int, default=None, help="brain subjects (default 40)")
     p.add_argument("--ct-subjects", type=int, default=None, help="head CT/CBCT subjects (default 12)")

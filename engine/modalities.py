@@ -88,7 +88,7 @@ class Normalisation:
 
 
 def normalisation_for(array: np.ndarray, modality: str, mask: np.ndarray | None = None) -> Normalisation:
-    """The per-volume normalisation of the evaluation protocol (docs/data.md).
+    """The per-volume normalisation of the evaluation protocol (docs/evaluation.md).
 
     MR: the 0.5–99.5 percentiles inside the body mask; CT/CBCT: HU [−1024, 2000]; PET: SUV [0, 20].
     """

@@ -53,7 +53,7 @@ def _entries(vae: Budget, und: Budget, gen: Budget, image_size: int, pixel_mm: f
              unet_batch: int, unet_minutes: float | None = None) -> tuple[Entry, ...]:
     # Stage II adds the target embedding (the generation expert sees the requested target directly)
     # and trains on timesteps shifted as the sampler's (shift 3, chosen on the validation subjects:
-    # README, "The training timestep shift")
+    # docs/model.md, "The training timestep shift")
     generation = {**gen, "batch_size": 8, "lr": 1e-3, "cfg_vit_dropout": 0.1, "cfg_vae_dropout": 0.1,
                   "model_overrides": {"target_modalities": TARGET_EMBEDDING, "timestep_shift": 3.0}}
     common = {"image_size": image_size, "pixel_mm": pixel_mm, "seed": 0}
@@ -82,7 +82,7 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
     # the same entries on one GPU, budgeted in minutes (scripts/train_default_model_gpu.sh: vae, then
     # Stage I → Stage II beside Stage II alone beside the U-Net, each with data-loading workers; the U-Net
     # trains as many minutes as each Stage II): budgets meant to reach at least the CPU recipe's steps at
-    # the rates README's "Training on a GPU" reports
+    # the rates docs/training.md's "Training on a GPU" reports
     "gpu": _entries({"minutes": 1.5}, {"minutes": 2.5}, {"minutes": 5.0}, image_size=64, pixel_mm=4.0,
                     size="default", unet_batch=16, unet_minutes=5.0),
     # seconds: the same pipeline on a phantom dataset, for tests and `bench quality --quick`
@@ -91,7 +91,7 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 }
 
 
-# Sampling of the shipped model, chosen on the validation subjects (README: the `evaluate --split val`
+# Sampling of the shipped model, chosen on the validation subjects (docs/model.md: the `evaluate --split val`
 # commands): 12 unguided Euler steps, neighbouring slices started from noise correlated 0.9, each slice
 # re-drawn from its source slice in windows of radius 2 model pixels (engine/inference/guided.py).
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.

@@ -8,7 +8,7 @@
 #    as many minutes as each Stage II, at the same time on the same machine (DEVICE=cuda:N picks the
 #    GPU). Logs: RUN/*.jsonl.
 # Then, on any machine: `bench floor`, `bench quality` and `recipe --ship` as scripts/train_default_model.sh does
-# (README, "Training on a GPU").
+# (docs/training.md, "Training on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-demo_data}

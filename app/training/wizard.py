@@ -301,7 +301,7 @@ class ModelPage(CheckedPage):
         if self.model.count() == 0:
             return ("No model to start from: install the default model (resources/models/default), import one in "
                     "the Synthesis panel, or choose a folder (Other folder…). A model from scratch starts with "
-                    "python main.py train --stage vae (see the README).")
+                    "python main.py train --stage vae (see docs/training.md).")
         if "generation" in self.stage_plan() and not self.chosen_routes():
             return "Tick at least one route for Stage II."
         return None

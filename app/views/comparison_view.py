@@ -45,7 +45,7 @@ class ComparisonView(QWidget):
         self.normalise_as = QComboBox()
         self.normalise_as.addItem(AUTO)
         shrinkable(self.normalise_as)
-        self.normalise_as.setToolTip("Whose intensity normalisation PSNR and SSIM use (docs/data.md)")
+        self.normalise_as.setToolTip("Whose intensity normalisation PSNR and SSIM use (docs/evaluation.md)")
         self.normalise_as.activated.connect(self.recompute)
         self.plane = QComboBox()
         self.plane.addItems([p.value.capitalize() for p in Plane])

@@ -1,5 +1,5 @@
 """The demo dataset and the demo study: plan the subjects of a recipe (anatomy, template, split),
-simulate each from its own seeded generator, write the paired layout of docs/data.md atomically.
+simulate each from its own seeded generator, write the paired layout of docs/evaluation.md atomically.
 
     summary = build_demo_dataset("demo_data", n_brain_subjects=40, n_head_ct_subjects=12, seed=0)
     build_demo_study("resources/demo")          # one test brain + one test head, small
@@ -314,7 +314,7 @@ def build_demo_dataset(out_dir: str | Path, n_brain_subjects: int | None = None,
                        seed: int | None = None, image_size: int | None = None, *, recipe: DemoRecipe | None = None,
                        cache_dir: str | Path | None = None, workers: int = 1, progress: ProgressFn = noop,
                        cancel: CancelToken | None = None) -> BuildSummary:
-    """Write the demo dataset (docs/data.md's paired layout) into ``out_dir``, replacing it atomically.
+    """Write the demo dataset (docs/evaluation.md's paired layout) into ``out_dir``, replacing it atomically.
 
     Arguments left as None come from ``recipe`` (default :class:`DemoRecipe`: 40 brain subjects
     with T1, T1CE, T2, FLAIR, PD; 12 head subjects with CT, CBCT; seed 0; 128 px). The same

@@ -1,4 +1,4 @@
-"""Image-quality metrics of a synthetic volume against its reference (docs/data.md):
+"""Image-quality metrics of a synthetic volume against its reference (docs/evaluation.md):
 PSNR and SSIM on intensities normalised by the target modality's rule, MAE in physical units,
 over the whole image and inside a body mask, plus per-slice curves along array axis 0 and the
 change from slice to slice against the reference's (through-plane consistency)."""

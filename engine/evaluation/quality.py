@@ -1,5 +1,5 @@
 """``bench quality``: the default model against its peers and its own ablations on the held-out
-subjects, all measured in one run by the protocol of docs/data.md (per-volume normalisation, whole slice and
+subjects, all measured in one run by the protocol of docs/evaluation.md (per-volume normalisation, whole slice and
 body mask, per subject → per route → mean over routes; MAE in HU for CT targets).
 
 Rows (the model folders of a recipe run, see :mod:`engine.recipe`):

@@ -1,6 +1,6 @@
 """Scoring synthetic volumes: one volume against its reference (resampled onto the synthetic grid
 when needed), and a model over a paired dataset's split — every route of every subject, scored
-per subject, then averaged per route (docs/data.md) and over routes.
+per subject, then averaged per route (docs/evaluation.md) and over routes.
 
 Scores are computed on the slices the model produced: the volumes are viewed slice-first along
 the acquisition axis (:func:`engine.inference.slices.slice_axis`), so SSIM windows lie in those slices.

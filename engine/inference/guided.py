@@ -15,11 +15,11 @@ line is flat and the synthetic local mean is kept.
   slope is kept: it copies less of the source's noise and misfit.
 - Window means are taken inside the body mask only and the background keeps the synthetic slice:
   lines fitted across the body's edge would spill a halo outwards and a band of wrong contrast in.
-- Intensities are the normalised [0, 1] of docs/data.md, so :data:`EPS` is coarse on the CT scale
+- Intensities are the normalised [0, 1] of docs/evaluation.md, so :data:`EPS` is coarse on the CT scale
   (√EPS ≈ 30 HU): inside soft tissue the filter mostly smooths.
 
 Off unless a setting (``SynthesisSettings.guided_filter``) or a model card asks for it; what it
-changes is measured in the README ("The source-guided filter").
+changes is measured in docs/model.md ("The source-guided filter").
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from engine import modalities
 # source noise. In one-off comparisons on the validation subjects (the scripts were not kept) 1e-4, 3e-4
 # and 1e-3 scored within half a point of SSIM of each other with the filter's first form (window means
 # across the body's edge, lines fitted from the sharp source), and 1e-5 to 1e-3 within 0.1 of mean
-# SSIM (the README's four validation routes) with the present one (1e-3 cost 3 HU on CBCT -> CT); the
-# radius matters more (README, "The source-guided filter", whose sweep the repo's evaluate command prints).
+# SSIM (docs/model.md's four validation routes) with the present one (1e-3 cost 3 HU on CBCT -> CT); the
+# radius matters more (docs/model.md, "The source-guided filter", whose sweep the repo's evaluate command prints).
 EPS = 1e-4
 
 

@@ -10,7 +10,7 @@ have one) → flow-matching ODE with the guidance branches batched → VAE decod
 slice grid (optionally re-drawn from the source slice there: :mod:`engine.inference.guided`) →
 re-stack → target units.
 
-Intensity of the result (the model works on [0, 1] normalised slices, docs/data.md):
+Intensity of the result (the model works on [0, 1] normalised slices, docs/evaluation.md):
 
 - CT / CBCT: [0, 1] → HU −1024…2000; PET: → SUV 0…20 (the registry's fixed ranges);
 - MR (arbitrary units): [0, 1] → 0…1000 a.u. (``mr_output_range`` in the card's

@@ -133,7 +133,7 @@ class GridSpec:
 def pack_rows(rows: Sequence[Sequence[Segment]], tokens: SpecialTokenIds, grid: GridSpec,
               start_positions: Sequence[int] | None = None, device: torch.device | str | None = None
               ) -> PackedLayout:
-    """Lay out each row's segments with markers and RoPE positions (BAGEL_LAYOUT §3), right-padded."""
+    """Lay out each row's segments with markers and RoPE positions (docs/bagel-layout.md), right-padded."""
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "gen", "pos", "sid", "kind", "labels")}
     next_positions, vit_slots, latent_slots = [], [], []
     for r, row in enumerate(rows):
@@ -214,7 +214,7 @@ def _grid_tokens(h: int, w: int, patch: int, what: str) -> int:
 
 
 def attention_mask(layout: PackedLayout, past_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean (B, 1, L, P + L) mask, True = may attend (BAGEL_LAYOUT §3 "Attention mask").
+    """Boolean (B, 1, L, P + L) mask, True = may attend (docs/bagel-layout.md, the attention mask).
 
     Every split sees all earlier splits except noisy ones; text is causal within itself; images
     and noisy latents are bidirectional within themselves; all valid cached tokens are visible;

@@ -1,4 +1,4 @@
-"""Three-branch classifier-free guidance for instruction-guided editing (BAGEL_LAYOUT §3): the
+"""Three-branch classifier-free guidance for instruction-guided editing (docs/bagel-layout.md): the
 config, which branches a step needs, how their velocities combine, and the sampler adapter.
 
 Branches: ``cond`` (image + instruction), ``no_text`` (image, no instruction), ``no_image``

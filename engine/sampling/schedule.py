@@ -1,7 +1,7 @@
 """Flow-matching time at inference: the rectified-flow convention and the inference schedule (BAGEL's
 timestep shift and the training-time sampler, which the model's loss uses too, are :mod:`engine.flow_time`).
 
-Convention (BAGEL_LAYOUT §3): x_t = (1 − t)·x0 + t·ε, t = 1 is pure noise, t = 0 is data; the
+Convention (docs/bagel-layout.md): x_t = (1 − t)·x0 + t·ε, t = 1 is pure noise, t = 0 is data; the
 network predicts the velocity v = ε − x0 (pointing from data to noise), so dx/dt = v.
 """
 from __future__ import annotations

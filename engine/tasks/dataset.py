@@ -139,7 +139,7 @@ class PairedDataset:
         return self._axis[subject]
 
     def normalised(self, subject: str, modality: str) -> NormalisedVolume:
-        """[0, 1] array with its Normalisation (docs/data.md) and per-slice body fractions."""
+        """[0, 1] array with its Normalisation (docs/evaluation.md) and per-slice body fractions."""
         key = (subject, modalities.canonical(modality))
         if key in self._cache:
             self._cache.move_to_end(key)

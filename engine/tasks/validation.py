@@ -1,4 +1,4 @@
-"""Checking a paired dataset folder before anything trains (docs/data.md's layout): which subjects and
+"""Checking a paired dataset folder before anything trains (docs/evaluation.md's layout): which subjects and
 modalities are there, which routes they give, what is wrong with which file, and the split."""
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def write_model_folder(out: str | Path, snapshot: WeightsSnapshot, tokenizer, me
 
 
 def normalisation_scheme(names) -> dict[str, dict]:
-    """How each modality's intensities were mapped to [0, 1] for training (docs/data.md)."""
+    """How each modality's intensities were mapped to [0, 1] for training (docs/evaluation.md)."""
     out = {}
     for name in names:
         mod = modalities.get(name)
