@@ -9,7 +9,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, cast
+from typing import Any, Iterable, Mapping, Protocol, cast
 
 import torch
 from torch import nn
@@ -68,7 +68,18 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: 
         raise error from None
 
 
-def save_model_dir(model: SynerMedGen, cfg: SynerMedGenConfig | None, path: str | Path,
+class ModelWeights(Protocol):
+    """What :func:`save_model_dir` reads: a :class:`SynerMedGen` or a snapshot of its weights."""
+
+    @property
+    def config(self) -> SynerMedGenConfig: ...
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+    def vae_state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+
+def save_model_dir(model: ModelWeights, cfg: SynerMedGenConfig | None, path: str | Path,
                    tokenizer_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None,
                    tokenizer: TextTokenizer | None = None) -> Path:
     """Write a complete model folder into a temporary folder beside ``path``, then rename it into
