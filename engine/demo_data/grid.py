@@ -101,7 +101,8 @@ def block_factor(grid: Grid, voxel_mm: float) -> tuple[int, int, int]:
     """Integer (z, y, x) block sizes to average a fine grid by before sampling it onto
     ``voxel_mm`` voxels (≥ 1; half the spacing ratio, so some Gaussian smoothing remains)."""
     ratio = voxel_mm / np.asarray(grid.spacing[::-1], float)
-    return tuple(int(max(1, np.floor(r / 2.0))) for r in ratio)        # type: ignore[return-value]
+    fz, fy, fx = (int(max(1, np.floor(r / 2.0))) for r in ratio)
+    return fz, fy, fx
 
 
 def block_mean(array: np.ndarray, grid: Grid, factor: tuple[int, int, int]) -> tuple[np.ndarray, Grid]:
