@@ -191,7 +191,11 @@ def _replace_folder(new: Path, target: Path) -> None:
 def sync_file(path: str | Path) -> None:
     """Flush a written file's data to the disk (a full disk can first show here); Windows needs
     the file open for writing, POSIX does not (a copied file may be read-only)."""
-    fd = os.open(path, os.O_RDWR | os.O_BINARY if sys.platform == "win32" else os.O_RDONLY)
+    if sys.platform == "win32":   # a statement, not an expression: type checkers skip the other platform
+        flags = os.O_RDWR | os.O_BINARY
+    else:
+        flags = os.O_RDONLY
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

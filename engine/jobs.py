@@ -26,7 +26,7 @@ class Progress:
 
 
 class ProgressFn(Protocol):
-    def __call__(self, progress: Progress) -> None: ...
+    def __call__(self, progress: Progress, /) -> None: ...     # called positionally: any argument name
 
 
 def noop(progress: Progress) -> None:

@@ -40,6 +40,7 @@ def _calibration_offset(paired: PairedDataset, subject: str, modality: str, cali
         return 0.0
     hu = paired.volume(subject, modality).array
     shift, _ = calibration_shift(hu, modalities.body_mask(hu, modality), calibration)
+    assert mod.fixed_range is not None, "every CT modality normalises over a fixed HU range"
     return shift / (mod.fixed_range[1] - mod.fixed_range[0])
 
 

@@ -71,6 +71,8 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
 
     if (steps is None) == (minutes is None):
         raise ValueError("give the U-Net baseline a budget: steps or minutes (one of them)")
+    if (steps is not None and steps < 1) or (minutes is not None and not minutes > 0):
+        raise ValueError(f"the U-Net baseline's budget must be positive, got steps={steps}, minutes={minutes}")
     torch.manual_seed(seed)
     dev = resolve_device(device)
     paired = PairedDataset.open(data, seed=seed, pixel_mm=pixel_mm or None)
@@ -82,7 +84,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
     net = RouteUNet(paired.modalities, features).to(dev)
     optimizer = make_optimizer(list(net.parameters()), lr, weight_decay=1e-4)
     warmup = min(200, max(1, (steps or 1000) // 20))
-    schedule = LRSchedule(optimizer, lr, warmup, steps, None if steps else minutes * 60.0)
+    schedule = LRSchedule(optimizer, lr, warmup, steps, None if minutes is None else minutes * 60.0)
     log({"event": "start", "stage": "unet-baseline", "steps": steps, "minutes": minutes, "device": str(dev),
          "parameters": sum(p.numel() for p in net.parameters())})
     prefetch = prefetched_batches(StepBatches({"unet": stream}, 0, 1, batch_size), 0, workers) if workers else None

@@ -8,13 +8,14 @@ import plistlib
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from engine.demo_data import sources
-from engine.demo_data.grid import Grid, anti_alias, block_factor, block_mean
+from engine.demo_data.grid import Grid, anti_alias, block_factor, block_mean, xyz
 
 TISSUES = ("gm", "wm", "csf")
 HEAD_MAPS = ("head", "t1_head", "fat", "muscle", "bone")
@@ -50,7 +51,7 @@ class BrainTemplate:
 
     def head_extent_mm(self) -> np.ndarray:
         """(x, y, z) extent of the head (the brain's when skull-stripped)."""
-        return _bbox_extent((self.head if self.has_head else self.brain) > 0.5, self.grid)
+        return _bbox_extent((self.brain if self.head is None else self.head) > 0.5, self.grid)
 
     def centre(self) -> np.ndarray:
         """LPS centre of the brain's bounding box."""
@@ -62,7 +63,7 @@ class BrainTemplate:
     def smoothed(self, voxel_mm: float) -> "BrainTemplate":
         """The template pre-filtered (block mean, then Gaussian) for sampling onto ``voxel_mm`` voxels."""
         factor = block_factor(self.grid, voxel_mm)
-        f = {}
+        f: dict[str, Any] = {}
         keys = ("t1", "gm", "wm", "csf", "brain") + (HEAD_MAPS if self.has_head else ())
         for k in keys:
             array, grid = block_mean(getattr(self, k), self.grid, factor)
@@ -265,7 +266,7 @@ def load_head_ct(cache_dir: str | Path | None = None) -> HeadCT:
     hu = np.where(head, np.maximum(hu, -1000.0), -1000.0).astype(np.float32)
     shape = hu.shape
     size = np.array([shape[2], shape[1], shape[0]], float)
-    origin = tuple(float(v) for v in -(size - 1) / 2.0 * np.asarray(spacing))
+    origin = xyz(-(size - 1) / 2.0 * np.asarray(spacing))
     grid = Grid(shape, spacing, origin)
     return HeadCT("invesalius-cranium", f"InVesalius example head CT ({main.get('name', 'Cranium')})", grid, hu,
                   head)

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -323,8 +324,9 @@ def build_demo_dataset(out_dir: str | Path, n_brain_subjects: int | None = None,
     """
     started = time.perf_counter()
     recipe = recipe or DemoRecipe()
-    changes = {k: v for k, v in (("n_brain_subjects", n_brain_subjects), ("n_head_ct_subjects", n_head_ct_subjects),
-                                 ("seed", seed), ("image_size", image_size)) if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("n_brain_subjects", n_brain_subjects),
+                                                 ("n_head_ct_subjects", n_head_ct_subjects),
+                                                 ("seed", seed), ("image_size", image_size)) if v is not None}
     recipe = replace(recipe, **changes)
     cache = str(cache_dir) if cache_dir is not None else None
     plans = plan_subjects(recipe)

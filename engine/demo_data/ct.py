@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import fft, ndimage
@@ -50,7 +51,8 @@ class CBCTSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CBCTSpec":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**values)
 
 
 def _ramlak(n_half: int) -> np.ndarray:
@@ -111,11 +113,11 @@ def simulate_cbct(ct_hu: np.ndarray, grid: Grid, rng: np.random.Generator,
     views = int(rng.integers(spec.views[0], spec.views[1] + 1))
     centre = grid.centre()
     axis_xy = centre[:2] + rng.uniform(-spec.fov_shift_mm, spec.fov_shift_mm, size=2)
-    params = {"views": views, "streak_gain": u(spec.streak_gain), "cupping": u(spec.cupping),
-              "scatter_shading": u(spec.scatter_shading), "noise_hu": u(spec.noise_hu),
-              "hu_scale": u(spec.hu_scale), "hu_offset": u(spec.hu_offset),
-              "fov_radius_mm": u(spec.fov_radius_mm), "truncation_hu": u(spec.truncation_hu),
-              "rotation_axis_lps_mm": [round(float(v), 2) for v in axis_xy]}
+    params: dict[str, Any] = {"views": views, "streak_gain": u(spec.streak_gain), "cupping": u(spec.cupping),
+                              "scatter_shading": u(spec.scatter_shading), "noise_hu": u(spec.noise_hu),
+                              "hu_scale": u(spec.hu_scale), "hu_offset": u(spec.hu_offset),
+                              "fov_radius_mm": u(spec.fov_radius_mm), "truncation_hu": u(spec.truncation_hu),
+                              "rotation_axis_lps_mm": [round(float(v), 2) for v in axis_xy]}
     mu = np.clip(1.0 + ct_hu / 1000.0, 0.0, None).astype(np.float32)
     # 1. view aliasing
     mu = mu + params["streak_gain"] * streaks(mu, views)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.demo_data.grid import Grid, lps_to_index, sample, upsample_lattice
+from engine.demo_data.grid import Grid, lps_to_index, sample, upsample_lattice, xyz
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,10 @@ def identity_transform() -> SubjectTransform:
 def random_transform(rng: np.random.Generator, grid: Grid,
                      spec: DeformationSpec = DeformationSpec()) -> SubjectTransform:
     """A random subject transform for ``grid`` drawn from ``spec``."""
-    rotation = tuple(float(rng.uniform(-m, m)) for m in spec.max_rotation_deg)
+    rotation = xyz(rng.uniform(-m, m) for m in spec.max_rotation_deg)
     size = rng.uniform(*spec.scale_range)
-    scale = tuple(float(size * (1.0 + rng.uniform(-spec.anisotropy, spec.anisotropy))) for _ in range(3))
-    shift = tuple(float(rng.uniform(-spec.max_shift_mm, spec.max_shift_mm)) for _ in range(3))
+    scale = xyz(size * (1.0 + rng.uniform(-spec.anisotropy, spec.anisotropy)) for _ in range(3))
+    shift = xyz(rng.uniform(-spec.max_shift_mm, spec.max_shift_mm) for _ in range(3))
     extent = np.asarray(grid.shape, float) * np.asarray(grid.spacing[::-1])
     lattice = tuple(int(max(3, np.ceil(e / spec.control_spacing_mm) + 1)) for e in extent)
     elastic = rng.normal(0.0, spec.elastic_mm, size=(3, *lattice)).astype(np.float32)

@@ -12,6 +12,12 @@ from engine.io import Volume
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
+def xyz(values) -> tuple[float, float, float]:
+    """The three floats of an (x, y, z) sequence, array or iterator."""
+    x, y, z = values
+    return float(x), float(y), float(z)
+
+
 @dataclass(frozen=True)
 class Grid:
     """Array shape (z, y, x); spacing and origin (x, y, z) in mm, LPS; direction row-major 3×3
@@ -28,7 +34,7 @@ class Grid:
         size = np.asarray(size_xyz, dtype=float)
         origin = np.asarray(centre_lps, dtype=float) - (size - 1) / 2.0 * voxel_mm
         return cls((int(size[2]), int(size[1]), int(size[0])), (voxel_mm,) * 3,
-                   tuple(float(round(o, 4)) for o in origin))
+                   xyz(round(o, 4) for o in origin))
 
     @classmethod
     def of(cls, volume: Volume) -> "Grid":
@@ -95,7 +101,8 @@ def block_factor(grid: Grid, voxel_mm: float) -> tuple[int, int, int]:
     """Integer (z, y, x) block sizes to average a fine grid by before sampling it onto
     ``voxel_mm`` voxels (≥ 1; half the spacing ratio, so some Gaussian smoothing remains)."""
     ratio = voxel_mm / np.asarray(grid.spacing[::-1], float)
-    return tuple(int(max(1, np.floor(r / 2.0))) for r in ratio)        # type: ignore[return-value]
+    fz, fy, fx = (int(max(1, np.floor(r / 2.0))) for r in ratio)
+    return fz, fy, fx
 
 
 def block_mean(array: np.ndarray, grid: Grid, factor: tuple[int, int, int]) -> tuple[np.ndarray, Grid]:
@@ -108,8 +115,8 @@ def block_mean(array: np.ndarray, grid: Grid, factor: tuple[int, int, int]) -> t
     a = a.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
     f_xyz = np.array([fx, fy, fz], float)
     shift = np.asarray(grid.direction, float).reshape(3, 3) @ (np.asarray(grid.spacing) * (f_xyz - 1) / 2.0)
-    new = Grid((nz, ny, nx), tuple(float(s) for s in np.asarray(grid.spacing) * f_xyz),
-               tuple(float(o) for o in np.asarray(grid.origin) + shift), grid.direction)
+    new = Grid((nz, ny, nx), xyz(np.asarray(grid.spacing) * f_xyz), xyz(np.asarray(grid.origin) + shift),
+               grid.direction)
     return a, new
 
 

@@ -5,11 +5,12 @@ tissue pushed outward as by an incompressible expansion)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from engine.demo_data.grid import Grid, lps_to_index, sample
+from engine.demo_data.grid import Grid, lps_to_index, sample, xyz
 
 KINDS = ("necrotic", "solid", "non_enhancing")
 
@@ -33,7 +34,8 @@ class LesionSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LesionSpec":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def draw_lesions(rng: np.random.Generator, grid: Grid, wm: np.ndarray, csf: np.n
     # candidate centres on every second voxel: distances are only needed coarsely
     step = 2 if min(wm.shape) >= 32 else 1
     wm, csf, brain = wm[::step, ::step, ::step], csf[::step, ::step, ::step], brain[::step, ::step, ::step]
-    grid = Grid(wm.shape, tuple(s * step for s in grid.spacing), grid.origin, grid.direction)
+    grid = Grid(wm.shape, xyz(s * step for s in grid.spacing), grid.origin, grid.direction)
     spacing = tuple(grid.spacing[::-1])
     depth = ndimage.distance_transform_edt(brain > 0.5, sampling=spacing)
     from_csf = ndimage.distance_transform_edt(csf < 0.5, sampling=spacing)
@@ -107,12 +109,12 @@ def draw_lesions(rng: np.random.Generator, grid: Grid, wm: np.ndarray, csf: np.n
             candidates = np.flatnonzero(ok)
             if candidates.size:
                 k = np.unravel_index(int(candidates[rng.integers(candidates.size)]), wm.shape)
-                centre = tuple(float(v) for v in (grid.affine() @ np.array([k[2], k[1], k[0], 1.0]))[:3])
+                centre = xyz((grid.affine() @ np.array([k[2], k[1], k[0], 1.0]))[:3])
                 radius = r
                 break
         if centre is None:
             continue
-        lesions.append(Lesion(kind, centre, radius, tuple(float(a) for a in axes), tuple(rotation.ravel()), core,
+        lesions.append(Lesion(kind, centre, radius, xyz(axes), tuple(rotation.ravel()), core,
                               oedema, mass, uptake, noise_seed))
     return lesions
 

@@ -29,6 +29,7 @@ Relaxation times (3 T; the values used are representative, the ranges are those 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,8 @@ class AcquisitionSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AcquisitionSpec":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ def mix(modality: str, fractions: dict[str, np.ndarray], acq: Acquisition) -> np
     for name, frac in fractions.items():
         s = float(tissue_signal(modality, acq.tissues[name], seq))
         out = frac * s if out is None else out + frac * s
+    assert out is not None, "a subject always has tissue maps to mix"
     return (np.abs(out) * GAIN[modality]).astype(np.float32)
 
 

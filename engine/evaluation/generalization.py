@@ -22,12 +22,13 @@ the head and, beside it, the CBCT's own MAE on the same slices and the fraction 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def check_holdout_unused(data: str | Path) -> None:
         folder = folder.resolve()
         if data == folder or folder in data.parents or data in folder.parents:
             raise ValueError(f"{data}: overlaps {package}'s test files ({folder}), the real-data hold-out")
-    held = {}
+    held: dict[int, list[Path]] = {}
     for _, path in holdout_paths():
         held.setdefault(path.stat().st_size, []).append(path)
     if not data.is_dir():
@@ -165,7 +166,7 @@ class VolumeSet:
         self._cache: dict[tuple[str, str], Volume] = {}
         self.details: dict[str, dict] = {}      # per subject: what was done (shift geometry, CBCT parameters)
 
-    def add(self, subject: str, makers: dict[str, Callable[[], Volume]], routes: Sequence[tuple[str, str]],
+    def add(self, subject: str, makers: Mapping[str, Callable[[], Volume]], routes: Sequence[tuple[str, str]],
             anatomy: str = "") -> None:
         self._makers[subject] = dict(makers)
         self._routes[subject] = tuple(routes)
@@ -247,7 +248,8 @@ def cbct_set(paired, split: str) -> VolumeSet:
     """Each CT subject of ``split``, its CBCT simulated again "above" and "below" the training ranges."""
     out = VolumeSet(f"{paired.name} (CBCT outside the training ranges)")
     for index, subject in enumerate(_subjects_with(paired, split, [CBCT_ROUTE])):
-        _cbct_pairs(out, subject, lambda s=subject: paired.volume(s, "CT"), index, paired.anatomy(subject) or "head")
+        _cbct_pairs(out, subject, functools.partial(paired.volume, subject, "CT"), index,
+                    paired.anatomy(subject) or "head")
     return out
 
 
@@ -255,7 +257,7 @@ def real_ct_set() -> tuple[VolumeSet, list[dict]]:
     """The hold-out head CTs, each degraded "above" and "below" the training ranges; and what was
     found (or could not be loaded)."""
     out = VolumeSet("real head CTs (hold-out)")
-    found = []
+    found: list[dict[str, Any]] = []
     for index, (item, path) in enumerate(holdout_paths("CT")):
         try:
             volume = load_holdout(item, path)
@@ -264,7 +266,10 @@ def real_ct_set() -> tuple[VolumeSet, list[dict]]:
             continue
         found.append({"file": f"{item.package}:{item.name}", "what": item.what, "shape_zyx": list(volume.shape),
                       "spacing_xyz_mm": [round(s, 4) for s in volume.spacing]})
-        _cbct_pairs(out, item.name, lambda v=volume: v, index, "head")
+        def loaded(v: Volume = volume) -> Volume:
+            return v
+
+        _cbct_pairs(out, item.name, loaded, index, "head")
     return out, found
 
 
@@ -388,7 +393,7 @@ def run_generalization(paired, data: str | Path, split: str, rows: Sequence[tupl
     started = time.perf_counter()
     check_holdout_unused(data)
     present = set(paired.routes(split))
-    routes = [tuple(r) for r in (routes or MR_ROUTES + (CBCT_ROUTE,)) if tuple(r) in present]
+    routes = [(a, b) for a, b in (routes or MR_ROUTES + (CBCT_ROUTE,)) if (a, b) in present]
     report: dict[str, Any] = {"routes": [f"{a}→{b}" for a, b in routes], "max_slices": max_slices,
                               "rows": [{"key": k, "label": label} for k, label, _, _ in rows],
                               "cbct_specs": {side: spec.to_dict()

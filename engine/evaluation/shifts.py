@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +27,9 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.io.volume import Volume
 from engine.inference.slices import slice_axis
+
+if TYPE_CHECKING:
+    from engine.demo_data.ct import CBCTSpec
 
 CROP_MARGIN_MM = 2.0
 PAD_FACTOR = 1.6
@@ -44,7 +47,8 @@ def background_value(modality: str | None) -> float:
 def in_plane_axes(volume: Volume) -> tuple[int, int]:
     """The two array axes (of z, y, x = 0, 1, 2) spanning the slices the models cut."""
     axis = slice_axis(volume.spacing)
-    return tuple(a for a in (0, 1, 2) if a != axis)         # type: ignore[return-value]
+    first, second = (a for a in (0, 1, 2) if a != axis)
+    return first, second
 
 
 def _xyz(axis: int) -> int:
@@ -68,7 +72,8 @@ class Geometry:
 
 def _index_origin(volume: Volume, offset_xyz) -> tuple[float, float, float]:
     """The LPS point of continuous voxel index ``offset_xyz`` of ``volume``."""
-    return tuple(float(v) for v in volume.index_to_lps() @ np.append(np.asarray(offset_xyz, float), 1.0))[:3]
+    x, y, z = (volume.index_to_lps() @ np.append(np.asarray(offset_xyz, float), 1.0))[:3]
+    return float(x), float(y), float(z)
 
 
 def resample(volume: Volume, geometry: Geometry, blur_mm: tuple[float, float, float] | None = None) -> Volume:
@@ -111,19 +116,20 @@ def crop_box(volume: Volume, modality: str | None = None, margin_mm: float = CRO
                                 modality or volume.modality or "T1")
     box = [(0, n) for n in volume.shape]
     if not mask.any():
-        return tuple(box)                                   # type: ignore[return-value]
+        return box[0], box[1], box[2]
     for axis in in_plane_axes(volume):
         other = tuple(a for a in (0, 1, 2) if a != axis)
         hits = np.flatnonzero(mask.any(axis=other))
         pixels = int(math.ceil(margin_mm / volume.spacing[_xyz(axis)]))
         box[axis] = (max(0, int(hits[0]) - pixels), min(volume.shape[axis], int(hits[-1]) + 1 + pixels))
-    return tuple(box)                                       # type: ignore[return-value]
+    return box[0], box[1], box[2]
 
 
 def crop(volume: Volume, modality: str | None = None, margin_mm: float = CROP_MARGIN_MM) -> Shift:
     """The tight field of view: the in-plane body bounding box + ``margin_mm``, same spacing."""
     box = crop_box(volume, modality, margin_mm)
-    shape = tuple(b - a for a, b in box)
+    (z0, z1), (y0, y1), (x0, x1) = box
+    shape = (z1 - z0, y1 - y0, x1 - x0)
     origin = _index_origin(volume, [box[2][0], box[1][0], box[0][0]])
     return Shift("crop", Geometry(shape, volume.spacing, origin, volume.direction),
                  note=f"in-plane body bounding box + {margin_mm:g} mm, spacing kept")
@@ -138,7 +144,7 @@ def pad(volume: Volume, factor: float = PAD_FACTOR) -> Shift:
         start[axis] = -((new - volume.shape[axis]) // 2)
         shape[axis] = new
     origin = _index_origin(volume, [start[2], start[1], start[0]])
-    return Shift("pad", Geometry(tuple(shape), volume.spacing, origin, volume.direction),
+    return Shift("pad", Geometry((shape[0], shape[1], shape[2]), volume.spacing, origin, volume.direction),
                  note=f"field of view ×{factor:g} in-plane, background outside, spacing kept")
 
 
@@ -162,7 +168,8 @@ def coarser(volume: Volume, in_plane: float = COARSER_IN_PLANE, through_plane: f
         blur[k] = math.sqrt(max(new ** 2 - old ** 2, 0.0)) / 2.3548
         first_centre[k] = (new / old - 1.0) / 2.0
     origin = _index_origin(volume, first_centre)
-    return Shift("coarser", Geometry(tuple(shape), tuple(spacing), origin, volume.direction), tuple(blur),
+    return Shift("coarser", Geometry((shape[0], shape[1], shape[2]), (spacing[0], spacing[1], spacing[2]), origin,
+                                     volume.direction), (blur[0], blur[1], blur[2]),
                  note=f"in-plane pixels ×{in_plane:g}, slices ×{through_plane:g} thicker, same extent")
 
 
@@ -211,7 +218,7 @@ def _shifted(lo: float, hi: float, rule: tuple[str, float, float], side: str, in
     return (round(float(out[0]), 4), round(float(out[1]), 4))
 
 
-def out_of_range_specs(training=None) -> dict[str, object]:
+def out_of_range_specs(training=None) -> dict[str, CBCTSpec]:
     """Two CBCT simulator specs whose ranges lie outside ``training``'s (default: ``CBCTSpec()``,
     the ranges the default model's data are drawn from) on every field of
     :data:`OUT_OF_RANGE_RULES`: ``"above"`` (HU offset, scale, cupping and truncation beyond the

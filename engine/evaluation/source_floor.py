@@ -45,7 +45,11 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
                                                slices=picked) for w in (1.0, 0.0))
 
         def mae(array: np.ndarray) -> float:
-            return score_volume(model.with_array(array), reference, target, slices=scored).body.mae
+            body = score_volume(model.with_array(array), reference, target, slices=scored).body
+            if body is None:
+                raise ValueError(f"subject {subject!r}: its {target} shows no body in the scored slices, "
+                                 "so no MAE inside the body can be measured")
+            return body.mae
 
         entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": []})
         entry["subjects"].append(subject)

@@ -71,7 +71,7 @@ def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float 
         raise ValueError(f"the window radius must be at least 1 pixel, got {radius}")
     if inside is not None and np.shape(inside) != image.shape:
         raise ValueError(f"the mask's shape {np.shape(inside)} is not the image's {image.shape}")
-    size = (2 * int(radius) + 1,) * 2
+    size: tuple[int, ...] = (2 * int(radius) + 1,) * 2
     if guide.ndim == 3:
         size = (1,) + size
 

@@ -57,6 +57,7 @@ MAX_DEFAULT_IMAGE_SIZE = 256
 
 def parse_route(value: Any) -> tuple[str, str]:
     """("T1", "FLAIR") from ["t1", "flair"], "T1->FLAIR", "T1→FLAIR" or {"source": …, "target": …}."""
+    pair: tuple[Any, ...]
     if isinstance(value, Mapping):
         pair = (value.get("source"), value.get("target"))
     elif isinstance(value, str):
@@ -73,7 +74,9 @@ UNDERSTANDING_STAGES = ("understanding", "joint")
 
 def _trained_understanding(meta: Mapping[str, Any]) -> bool:
     """Whether the card records a Stage I (or joint) run that did at least one step."""
-    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), Mapping) else {}
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, Mapping):
+        recipe = {}
     for record in recipe.get("stages") or []:
         if isinstance(record, Mapping) and str(record.get("stage", "")).lower() in UNDERSTANDING_STAGES \
                 and (record.get("steps_done") is None or int(record.get("steps_done") or 0) > 0):
@@ -84,7 +87,9 @@ def _trained_understanding(meta: Mapping[str, Any]) -> bool:
 
 def _mi_accuracy(meta: Mapping[str, Any]) -> float | None:
     """The MI accuracy of the trainer's last understanding evaluation (``metrics.understanding``)."""
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+    metrics = meta.get("metrics")
+    if not isinstance(metrics, Mapping):
+        metrics = {}
     accuracy = (metrics.get("understanding") or {}).get("accuracy") if isinstance(metrics.get("understanding"),
                                                                                   Mapping) else None
     value = accuracy.get("MI") if isinstance(accuracy, Mapping) else None
@@ -124,11 +129,11 @@ class ModelCard:
         routes = None
         if meta.get("routes"):
             routes = tuple(dict.fromkeys(parse_route(r) for r in meta["routes"]))
-        names = [modalities.canonical(m) for m in meta.get("modalities") or []]
+        listed = [modalities.canonical(m) for m in meta.get("modalities") or []]
         if routes is not None:
-            names += [m for r in routes for m in r]
+            listed += [m for r in routes for m in r]
         order = list(modalities.MODALITIES)
-        names = tuple(sorted(set(names), key=order.index))        # registry order, as the MI question lists them
+        names = tuple(sorted(set(listed), key=order.index))        # registry order, as the MI question lists them
         if routes is None and len(names) >= 2:
             routes = tuple((a, b) for a in names for b in names if a != b)
         understanding = bool(meta.get("understanding")) or _trained_understanding(meta)

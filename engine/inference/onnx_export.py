@@ -14,7 +14,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -54,9 +54,9 @@ def context_layout(model: SynerMedGen, latent_shape: Sequence[int], vit_shape: S
         is_image[slot.row, slot.start:slot.start + latent_tokens] = True
         image_index[slot.row, slot.start:slot.start + latent_tokens] = torch.arange(latent_tokens)
     vit_tokens = _tokens(vit_shape[-2:], model.config.vit.patch_size)
-    for slot in layout.vit_slots:
-        is_image[slot.row, slot.start:slot.start + vit_tokens] = True
-        image_index[slot.row, slot.start:slot.start + vit_tokens] = latent_tokens + torch.arange(vit_tokens)
+    for vit_slot in layout.vit_slots:
+        is_image[vit_slot.row, vit_slot.start:vit_slot.start + vit_tokens] = True
+        image_index[vit_slot.row, vit_slot.start:vit_slot.start + vit_tokens] = latent_tokens + torch.arange(vit_tokens)
     return {"ids": layout.ids, "position_ids": layout.position_ids, "gen_mask": layout.gen_mask,
             "attn_mask": attention_mask(layout), "image_index": image_index, "is_image": is_image,
             "valid": layout.valid, "next_position": layout.next_position, "present": present}
@@ -72,13 +72,15 @@ def _tokens(hw: Sequence[int], patch: int) -> int:
 def per_branch_rows(per_branch: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
     """(G, …) → (G·n, …) branch-major: each branch's row repeated for the n samples."""
     g = per_branch.shape[0]
-    return per_branch[:, None].expand(g, n, *per_branch.shape[1:]).reshape(-1, *per_branch.shape[1:])
+    size = cast(int, n)                 # a traced size is a 0-d tensor, which expand takes as well
+    return per_branch[:, None].expand(g, size, *per_branch.shape[1:]).reshape(-1, *per_branch.shape[1:])
 
 
 def per_sample_rows(per_sample: torch.Tensor, copies: torch.Tensor | int) -> torch.Tensor:
     """(n, …) → (copies·n, …) branch-major: the n samples once per branch."""
     n = per_sample.shape[0]
-    return per_sample[None].expand(copies, n, *per_sample.shape[1:]).reshape(-1, *per_sample.shape[1:])
+    size = cast(int, copies)            # a traced size is a 0-d tensor, which expand takes as well
+    return per_sample[None].expand(size, n, *per_sample.shape[1:]).reshape(-1, *per_sample.shape[1:])
 
 
 # -- the graphs -------------------------------------------------------------------------------------
@@ -203,8 +205,9 @@ def example_inputs(model: SynerMedGen, image_size: int, batch: int = 2) -> dict[
     context = (latent, vit, *(layout[k] for k in CONTEXT_LAYOUT_INPUTS))
     with torch.no_grad():
         keys, values = ContextGraph(model)(*context)
-    velocity = (torch.randn_like(latent), torch.full((batch,), 0.5), keys, values,
-                per_branch_rows(layout["valid"], batch), per_branch_rows(layout["next_position"], batch))
+    velocity: tuple[torch.Tensor | None, ...] = (torch.randn_like(latent), torch.full((batch,), 0.5), keys, values,
+                                                 per_branch_rows(layout["valid"], batch),
+                                                 per_branch_rows(layout["next_position"], batch))
     if cfg.source_token_aligned:
         velocity += (latent, per_branch_rows(layout["present"], batch))
     if cfg.target_modalities:

@@ -270,8 +270,8 @@ def _mm(value: float) -> str:
 def _geometry_warnings(s: Mapping[str, Any], geo: Mapping[str, tuple[float, float] | None], what: str,
                        pixel_mm: float | None) -> list[str]:
     out = []
-    if geo.get("in_plane_mm"):
-        lo, hi = geo["in_plane_mm"]
+    if in_plane := geo.get("in_plane_mm"):
+        lo, hi = in_plane
         # a model with a pixel size resamples every slice to it: finer pixels are harmless, coarser ones lose detail
         coarsest, finest = max(hi, pixel_mm or 0.0), (0.0 if pixel_mm else lo)
         for value in (s["in_plane_max_mm"], s["in_plane_mm"]):
@@ -279,13 +279,13 @@ def _geometry_warnings(s: Mapping[str, Any], geo: Mapping[str, tuple[float, floa
                 out.append(f"in-plane pixel size {_mm(value)} is far from the training data's {lo:.3g}–{hi:.3g} mm "
                            f"({what}): check the file's spacing")
                 break
-    if geo.get("thickness_mm"):
-        lo, hi = geo["thickness_mm"]
+    if thickness := geo.get("thickness_mm"):
+        lo, hi = thickness
         value = s["thickness_mm"]
         if value > hi * THICKNESS_FACTOR or value < (0.0 if pixel_mm else lo) / THICKNESS_FACTOR:
             out.append(f"slice thickness {_mm(value)} is far from the training data's {lo:.3g}–{hi:.3g} mm ({what})")
-    if geo.get("extent_mm") and s["extent_mm"] > 0:
-        lo, hi = geo["extent_mm"]
+    if (extent := geo.get("extent_mm")) and s["extent_mm"] > 0:
+        lo, hi = extent
         value = s["extent_mm"]
         if value > hi * EXTENT_LARGE:
             out.append(f"the body spans {_mm(value)} in the slice plane, larger than any training scan "
@@ -293,11 +293,11 @@ def _geometry_warnings(s: Mapping[str, Any], geo: Mapping[str, tuple[float, floa
         elif value < lo * EXTENT_SMALL:
             out.append(f"the body spans only {_mm(value)} in the slice plane, much smaller than the training scans "
                        f"({lo:.0f}–{hi:.0f} mm, {what}): a tight crop, or a wrong pixel spacing?")
-    if geo.get("edge_slices"):
-        limit = max(EDGE_SLICES_FLOOR, geo["edge_slices"][1] + EDGE_SLICES_MARGIN)
+    if edge := geo.get("edge_slices"):
+        limit = max(EDGE_SLICES_FLOOR, edge[1] + EDGE_SLICES_MARGIN)
         if s["edge_slices"] > limit:
             out.append(f"the body is cut by the field of view in {100 * s['edge_slices']:.0f} % of its slices "
-                       f"(training scans: at most {100 * geo['edge_slices'][1]:.0f} %): expect errors near the edges")
+                       f"(training scans: at most {100 * edge[1]:.0f} %): expect errors near the edges")
     return out
 
 
@@ -314,7 +314,7 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
                                    ("p1", "1st percentile in the body", HU_TAIL_MARGIN),
                                    ("p99", "99th percentile in the body", HU_TAIL_MARGIN)):
             span = record.get(key)
-            if _outside(s.get(key), span, margin):
+            if span is not None and _outside(s.get(key), span, margin):
                 out.append(f"{modality} {label} at {s[key]:.0f} HU, outside the training data's "
                            f"{span[0]:.0f}…{span[1]:.0f} HU (±{margin:.0f} HU allowed): a calibration offset or "
                            f"another scanner's HU scale?")
@@ -322,7 +322,7 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
         for key, label in (("p50", "median SUV in the body"), ("p99", "99th-percentile SUV in the body")):
             span = record.get(key)
             margin = max(1.0, SUV_MARGIN * (span[1] - span[0])) if span else 0.0
-            if _outside(s.get(key), span, margin):
+            if span is not None and _outside(s.get(key), span, margin):
                 out.append(f"PET {label} {s[key]:.2f}, outside the training data's {span[0]:.2f}…{span[1]:.2f}: "
                            "check the SUV conversion")
     else:
@@ -336,7 +336,7 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
                            f"(its {100 * level:.0f}th percentile sits at {v:.2f} of the range, training "
                            f"{lo:.2f}–{hi:.2f}): another contrast, an inverted image, or a strong bias field?")
         span = record.get("rim")
-        if _outside(s.get("rim"), span, MR_RIM_MARGIN):
+        if span is not None and _outside(s.get("rim"), span, MR_RIM_MARGIN):
             out.append(f"the {modality} contrast between the body's rim and its inside ({s['rim']:+.2f}) is unlike "
                        f"the training scans' ({span[0]:+.2f}…{span[1]:+.2f}): an inverted or mislabelled contrast?")
         span = record.get("bias")

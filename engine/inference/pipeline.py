@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.modalities import Normalisation
 from engine.inference.calibration import calibration_shift, padding_mask
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
@@ -189,13 +190,13 @@ class SliceSynthesizer:
         """:class:`SynthesisSettings` defaults with the model card's ``inference_defaults`` applied."""
         return self._defaults
 
-    def output_normalisation(self, target: str) -> modalities.Normalisation:
+    def output_normalisation(self, target: str) -> Normalisation:
         """How [0, 1] maps to the target's units (see the module docstring)."""
         mod = modalities.get(target)
         if mod.fixed_range is not None:
-            return modalities.Normalisation(mod.name, *mod.fixed_range)
+            return Normalisation(mod.name, *mod.fixed_range)
         lo, hi = (float(v) for v in self._extras.get("mr_output_range", MR_OUTPUT_RANGE))
-        return modalities.Normalisation(mod.name, lo, hi)
+        return Normalisation(mod.name, lo, hi)
 
     def background_value(self, target: str) -> float:
         mod = modalities.get(target)
@@ -299,8 +300,10 @@ class SliceSynthesizer:
             for i in plan.empty:
                 preview(i, out[i])
 
-        queue = [i for i in plan.active if floor != 0.0 or missing[i].any()]
+        # missing and floored exist exactly when floor does
+        queue = [i for i in plan.active if missing is None or floor != 0.0 or missing[i].any()]
         for i in sorted(set(plan.active) - set(queue)):
+            assert floored is not None, "only a source floor of 0 skips the model"
             out[i] = floored[i]
             done += 1
             report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)")
@@ -311,7 +314,7 @@ class SliceSynthesizer:
         # it; elsewhere the size follows from the shapes (slice_memory_estimate) before the first batch
         probe = auto and self.device.type == "cuda" and self.probe_measures_memory
         if not auto:
-            size = settings.batch_size
+            size = int(settings.batch_size)     # validated: a positive int unless "auto"
         elif probe:
             size = 1
         else:
@@ -355,8 +358,11 @@ class SliceSynthesizer:
                                           seen=from_model_slice(images, plan.placement) if same_scale else None)
             physical = modalities.denormalise(synthetic, norm_out)
             for k, i in enumerate(chunk):
-                out[i] = physical[k] if floor is None else np.where(
-                    missing[i], physical[k], floored[i] + floor * (physical[k] - floored[i]))
+                if floor is None:
+                    out[i] = physical[k]
+                else:
+                    assert missing is not None and floored is not None, "made with the floor"
+                    out[i] = np.where(missing[i], physical[k], floored[i] + floor * (physical[k] - floored[i]))
                 done += 1
                 report(done, f"slice {i + 1} of {total} done")
                 if preview is not None:

@@ -128,7 +128,8 @@ class SynthesisSettings:
         """These settings with what a user asked for (the command line's options, the app's request):
         every field given as None keeps its value; ``text_guidance`` / ``image_guidance`` set the
         guidance scales."""
-        guidance = {k: v for k, v in (("text_scale", text_guidance), ("image_scale", image_guidance)) if v is not None}
+        guidance: dict[str, Any] = {k: v for k, v in (("text_scale", text_guidance), ("image_scale", image_guidance))
+                                    if v is not None}
         kept = {k: v for k, v in changes.items() if v is not None}
         if guidance:
             kept["guidance"] = dataclasses.replace(self.guidance, **guidance)

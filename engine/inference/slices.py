@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,8 +109,9 @@ class Placement:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Placement":
-        return cls(**{k: (tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v))
-                      for k, v in data.items()})
+        values: dict[str, Any] = {k: (tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v))
+                                  for k, v in data.items()}
+        return cls(**values)
 
 
 def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -9,13 +9,14 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol, cast
 
 import torch
 from torch import nn
 
 from engine.atomic import atomic_folder, native_os_error
 from engine.model.config import SynerMedGenConfig, from_bagel_dir
+from engine.model.layers import PositionEmbedding
 from engine.model.tokenizer import HF_TOKENIZER_FILES, TextTokenizer, has_tokenizer, load_tokenizer
 from engine.model.unified import FIXED_PARAMETERS, SynerMedGen
 
@@ -67,7 +68,18 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: 
         raise error from None
 
 
-def save_model_dir(model: SynerMedGen, cfg: SynerMedGenConfig | None, path: str | Path,
+class ModelWeights(Protocol):
+    """What :func:`save_model_dir` reads: a :class:`SynerMedGen` or a snapshot of its weights."""
+
+    @property
+    def config(self) -> SynerMedGenConfig: ...
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+    def vae_state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+
+def save_model_dir(model: ModelWeights, cfg: SynerMedGenConfig | None, path: str | Path,
                    tokenizer_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None,
                    tokenizer: TextTokenizer | None = None) -> Path:
     """Write a complete model folder into a temporary folder beside ``path``, then rename it into
@@ -172,8 +184,8 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
         model = SynerMedGen(cfg)
     model.to(dtype).to_empty(device=device)
     absent = _load_into(model, weights, recomputable=FIXED_PARAMETERS)
-    for key in absent:
-        model.get_submodule(key.rsplit(".", 1)[0]).reset_parameters()
+    for key in absent:                      # only FIXED_PARAMETERS may be absent: position tables
+        cast(PositionEmbedding, model.get_submodule(key.rsplit(".", 1)[0])).reset_parameters()
     _load_into(model.vae, path / VAE_FILE)
     metadata = json.loads((path / METADATA_FILE).read_text()) if (path / METADATA_FILE).exists() else {}
     return LoadedModel(model.eval(), cfg, tokenizer, metadata, layout)

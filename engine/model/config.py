@@ -368,8 +368,8 @@ def from_bagel_dir(path: str | Path, **overrides: Any) -> SynerMedGenConfig:
     """
     path = Path(path)
     base = _bagel_7b()
-    factors = {"scale_factor": float(overrides.pop("vae_scale_factor", base.vae.scale_factor)),
-               "shift_factor": float(overrides.pop("vae_shift_factor", base.vae.shift_factor))}
+    factors: dict[str, Any] = {"scale_factor": float(overrides.pop("vae_scale_factor", base.vae.scale_factor)),
+                               "shift_factor": float(overrides.pop("vae_shift_factor", base.vae.shift_factor))}
     llm = LLMConfig.from_qwen2_dict(json.loads((path / "llm_config.json").read_text()))
     vit = ViTConfig.from_siglip_dict(json.loads((path / "vit_config.json").read_text()))
     values: dict[str, Any] = {"llm": llm, "vit": vit, "vae": dataclasses.replace(base.vae, **factors),

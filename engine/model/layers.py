@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,8 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """Qwen2 rotate-half RoPE from explicit position ids; ``inv_freq`` is a non-persistent float32 buffer."""
+
+    inv_freq: torch.Tensor
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -148,7 +151,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         emb = timestep_embedding(t.reshape(-1), self.frequency_embedding_size)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class MLPConnector(nn.Module):

@@ -105,6 +105,9 @@ def _head_norm(cfg: LLMConfig) -> nn.Module:
 class PackedAttentionMoT(nn.Module):
     """Per-expert q/k/v/o projections and q/k norms; one shared grouped-query attention."""
 
+    o_proj: nn.Linear                       # set in __init__'s loop over the experts, as are the others
+    o_proj_moe_gen: nn.Linear
+
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
@@ -157,6 +160,11 @@ class PackedAttentionMoT(nn.Module):
 
 class Qwen2MoTDecoderLayer(nn.Module):
     """Pre-norm residual block; norms, attention projections and MLP each exist twice."""
+
+    input_layernorm: RMSNorm                # set in __init__'s loop over the experts
+    input_layernorm_moe_gen: RMSNorm
+    post_attention_layernorm: RMSNorm
+    post_attention_layernorm_moe_gen: RMSNorm
 
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
@@ -227,8 +235,9 @@ class Qwen2MoTForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 

@@ -119,7 +119,8 @@ class PackedLayout:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.ids.shape)
+        batch, length = self.ids.shape
+        return batch, length
 
 
 @dataclass(frozen=True)
@@ -171,11 +172,12 @@ def pack_rows(rows: Sequence[Sequence[Segment]], tokens: SpecialTokenIds, grid: 
                 else:
                     h, w = seg.latent.shape[-2:]
                     n_img = _grid_tokens(h, w, grid.latent_patch, "latent")
-                    noisy = isinstance(seg, NoisyLatent)
-                    latent_slots.append(LatentSlot(r, offset + 1, seg.latent, seg.t if noisy else 0.0,
-                                                   seg.source if noisy else None, noisy,
-                                                   seg.target if noisy else 0))
-                    kind, gen = (NOISE if noisy else FULL), True
+                    if isinstance(seg, NoisyLatent):
+                        slot = LatentSlot(r, offset + 1, seg.latent, seg.t, seg.source, True, seg.target)
+                    else:
+                        slot = LatentSlot(r, offset + 1, seg.latent, 0.0, None, False, 0)
+                    latent_slots.append(slot)
+                    kind, gen = (NOISE if slot.noisy else FULL), True
                 n = n_img + 2
                 ids = torch.full((n,), tokens.pad)
                 ids[0], ids[-1] = tokens.vision_start, tokens.vision_end

@@ -24,7 +24,8 @@ class TextTokenizer:
         missing = [tok for tok, i in zip(SPECIAL_TOKENS, ids) if i is None]
         if missing:
             raise ValueError(f"tokenizer lacks the special tokens {missing}")
-        self.special_ids = SpecialTokenIds(**dict(zip(_FIELDS, ids)))
+        found: dict[str, Any] = dict(zip(_FIELDS, ids))     # every id is an int: none is missing
+        self.special_ids = SpecialTokenIds(**found)
 
     def token_to_id(self, token: str) -> int | None:
         if self.kind == "tokenizers":

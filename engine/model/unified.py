@@ -246,8 +246,8 @@ class SynerMedGen(nn.Module):
             n = ids.numel()
             indices += [s.row * length + s.start + torch.arange(n, device=device) for s in slots]
         by_shape: dict[tuple[int, ...], list] = {}
-        for slot in layout.latent_slots:
-            by_shape.setdefault(tuple(slot.latent.shape), []).append(slot)
+        for latent_slot in layout.latent_slots:
+            by_shape.setdefault(tuple(latent_slot.latent.shape), []).append(latent_slot)
         for slots in by_shape.values():
             latents = torch.stack([s.latent for s in slots]).to(device, dtype)
             t = torch.stack([torch.as_tensor(s.t, dtype=torch.float32, device=device).reshape(()) for s in slots])
@@ -281,6 +281,7 @@ class SynerMedGen(nn.Module):
             if source.shape != latent.shape:
                 raise ValueError(f"aligned source latents {tuple(source.shape)} do not match the target latents "
                                  f"{tuple(latent.shape)}")
+            assert present is not None, "token-aligned sources come with their present flags"
             aligned = self.vae2llm_src(patchify_latent(source.to(latent.dtype), p))
             tokens = tokens + aligned * present.to(aligned.dtype)[:, None, None]
         if target is not None:                         # row 0 ("no target") adds nothing
@@ -391,9 +392,12 @@ class SynerMedGen(nn.Module):
         s = x_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(s)
         wanted = [0] * (copies * s) if target is None else target.tolist()
-        rows = []
+        rows: list[list[Segment]] = []
         for i in range(copies * s):
-            source = aligned[i] if aligned is not None and bool(present[i]) else None
+            source = None
+            if aligned is not None:
+                assert present is not None, "token-aligned sources come with their present flags (_aligned_rows)"
+                source = aligned[i] if bool(present[i]) else None
             rows.append([NoisyLatent(x_t[i % s], t[i % s], source, wanted[i])])
         return rows
 

@@ -3,6 +3,8 @@ BAGEL's ``vit_model.vision_model.*`` keys (patch embedding stored as a Linear, l
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,7 +151,8 @@ class SiglipVisionModel(nn.Module):
         nn.init.trunc_normal_(embeddings.patch_embedding.weight, std=embeddings.patch_embedding.in_features ** -0.5)
         nn.init.zeros_(embeddings.patch_embedding.bias)
         for layer in self.vision_model.encoder.layers:
-            attn, mlp = layer.self_attn, layer.mlp
+            block = cast(SiglipEncoderLayer, layer)
+            attn, mlp = block.self_attn, block.mlp
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
                 nn.init.xavier_uniform_(proj.weight)
                 nn.init.zeros_(proj.bias)

@@ -7,7 +7,7 @@ from engine.exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "NormalisedVolume": "dataset", "PairedDataset": "dataset",
-    "SliceTaskDataset": "slice_dataset", "TaskMix": "slice_dataset",
+    "SizedDataset": "slice_dataset", "SliceTaskDataset": "slice_dataset", "TaskMix": "slice_dataset",
     "SynthesisDataset": "synthesis", "SynthesisSample": "synthesis",
     "CTS": "understanding", "MI": "understanding", "TIA": "understanding", "CTSDataset": "understanding",
     "MIDataset": "understanding", "SliceRef": "understanding", "TIADataset": "understanding",

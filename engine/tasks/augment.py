@@ -114,7 +114,9 @@ def degrade(image: torch.Tensor, modality: str, rng: random.Random, spec: Random
                             align_corners=False, antialias=True)
         out = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0]
     if family == "CT":
-        lo, hi = modalities.get(modality).fixed_range            # the [0, 1] normalisation's HU range
+        hu_range = modalities.get(modality).fixed_range          # the [0, 1] normalisation's HU range
+        assert hu_range is not None, "every CT modality normalises over a fixed HU range"
+        lo, hi = hu_range
         scale = 1.0 + rng.uniform(-spec.hu_scale, spec.hu_scale)
         shift = rng.uniform(-spec.hu_offset, spec.hu_offset)
         hu = (lo + out * (hi - lo)) * scale + shift

@@ -147,7 +147,9 @@ def _sources(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
         held[modality] = source
 
     for m in register:
-        add(m.subject, modality_from_name(Path(m.reference))[0], m.reference, m.reference)
+        reference_modality = modality_from_name(Path(m.reference))[0]
+        assert reference_modality is not None, "a subject's reference volume is named by its modality (validation)"
+        add(m.subject, reference_modality, m.reference, m.reference)
         add(m.subject, m.modality, m.path, m.path)
     for choice, modality in mapping.items():
         if modality:

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Mapping
+from typing import Any, Mapping, Protocol
 
 import torch
 from torch.utils.data import Dataset
 
 from engine.tasks.augment import Look, Randomization
 from engine.tasks.dataset import DatasetError, PairedDataset
+
+
+class SizedDataset(Protocol):
+    """A map-style dataset that knows its length (torch's ``Dataset`` declares no ``__len__``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 def derived_rng(*parts) -> random.Random:
@@ -87,7 +95,7 @@ class TaskMix(Dataset):
     """Samples from several task datasets by weight (Stage I: CTS + MI + TIA); deterministic per
     (seed, epoch, index). ``length`` defaults to the sum of the parts' lengths."""
 
-    def __init__(self, datasets: Mapping[str, Dataset], weights: Mapping[str, float] | None = None, *,
+    def __init__(self, datasets: Mapping[str, SizedDataset], weights: Mapping[str, float] | None = None, *,
                  length: int | None = None, seed: int = 0) -> None:
         if not datasets:
             raise ValueError("TaskMix needs at least one dataset")

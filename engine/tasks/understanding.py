@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -52,6 +52,7 @@ class UnderstandingSample:
         if self.task != MI:
             n = len(self.options) if self.options else len(self.images) - 1
             return 1.0 / n, 1.0 / n
+        assert isinstance(self.correct, tuple), "an MI sample's answer is each panel's modality"
         families = [modalities.get(m).family for m in self.correct]
         pool = {f: sum(modalities.get(c).family == f for c in choices) for f in families}
         whole = 1.0
@@ -176,7 +177,7 @@ def stage1_tasks(paired: PairedDataset, split: str | None = "train", *, image_si
                  weights: Mapping[str, float] | None = None, length: int | None = None,
                  min_gap: int = 3, augment: Randomization | None = None) -> TaskMix:
     """Stage I's training set: CTS, MI and TIA mixed by ``weights`` (equal by default)."""
-    common = {"image_size": image_size, "seed": seed, "augment": augment}
+    common: dict[str, Any] = {"image_size": image_size, "seed": seed, "augment": augment}
     parts = {
         CTS: CTSDataset(paired, split, min_gap=min_gap, **common),
         MI: MIDataset(paired, split, **common),

@@ -203,7 +203,8 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
         raise ValueError(f"cannot be read as a {file_kind(path)} image ({(text or ['?'])[-1].strip()[:160]})") from None
     if reader.GetDimension() != 3:
         raise ValueError(f"is a {reader.GetDimension()}-D image; each modality needs one 3-D volume")
-    return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(reader.GetSpacing()),
+    sx, sy, sz = reader.GetSize()
+    return Geometry((int(sx), int(sy), int(sz)), tuple(reader.GetSpacing()),
                     tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 

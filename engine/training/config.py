@@ -175,6 +175,14 @@ class TrainConfig:
         return None if self.minutes is not None else DEFAULT_STEPS
 
     @property
+    def budget_seconds(self) -> float | None:
+        """The wall-clock budget in seconds, or None under a step budget."""
+        if self.step_budget is not None:
+            return None
+        assert self.minutes is not None, "only a minutes budget leaves no step budget"
+        return self.minutes * 60.0
+
+    @property
     def warmup(self) -> int:
         if self.warmup_steps is not None:
             return max(0, self.warmup_steps)

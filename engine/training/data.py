@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.tasks import DatasetError, PairedDataset
 from engine.tasks.augment import Look, Randomization
-from engine.tasks.slice_dataset import derived_rng
+from engine.tasks.slice_dataset import SizedDataset, derived_rng
 
 
 def preload_budget() -> int:
@@ -37,7 +37,7 @@ class SampleStream:
     that routes, instructions and distractors are drawn afresh each epoch.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, name: str = "stream") -> None:
+    def __init__(self, dataset: SizedDataset, seed: int, name: str = "stream") -> None:
         if len(dataset) == 0:
             raise DatasetError(f"{name}: no samples")
         self.dataset = dataset
@@ -95,8 +95,8 @@ class SliceImages(Dataset):
         if self.augment is None:
             return self.paired.model_slice(subject, modality, index, self.image_size)
         canvas = self.paired.canvas(subject, modality, index, self.image_size)
-        look = Look.draw(self.augment, derived_rng(self.seed, self.epoch, "vae", i), tuple(canvas.shape),
-                         self.image_size)
+        height, width = canvas.shape
+        look = Look.draw(self.augment, derived_rng(self.seed, self.epoch, "vae", i), (height, width), self.image_size)
         return look.degrade(look.image(canvas, self.image_size), modality)
 
     def describe(self, i: int) -> tuple[str, str, int]:

@@ -16,14 +16,19 @@ import datetime
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, TypeGuard
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+    from engine.model import SynerMedGen
+
+
+def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - older torch
@@ -180,7 +185,7 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float, ctx: Distributed
     return float(norm)
 
 
-def shard_model(model: nn.Module, ctx: Distributed, device_type: str) -> int:
+def shard_model(model: SynerMedGen, ctx: Distributed, device_type: str) -> int:
     """FSDP (``fully_shard``) over every decoder layer; returns how many blocks were sharded.
 
     Only blocks that every rank runs at every step may be sharded (each forward all-gathers

@@ -87,6 +87,7 @@ class LRSchedule:
             return warmup_cosine(self.warmup_steps, self.total_steps, self.min_ratio)(step)
         if self.warmup_steps > 0 and step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        assert self.budget_s is not None, "__init__ asks for budget_s when total_steps is None"
         progress = min(1.0, max(0.0, elapsed_s / self.budget_s))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

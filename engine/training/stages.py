@@ -12,13 +12,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from engine.model import SynerMedGen, Text, VitImage, ce_loss, edit_segments
 from engine.model.vae import AutoEncoder
 from engine.model.vit import vit_view as model_vit_view
 from engine.sampling import sample_training_timesteps
-from engine.tasks import PairedDataset, SynthesisDataset, stage1_tasks
+from engine.tasks import PairedDataset, SizedDataset, SynthesisDataset, stage1_tasks
 from engine.tasks.augment import Randomization
 from engine.training.config import STAGE_HELP, StageHelp, TrainConfig
 from engine.training.data import SliceImages
@@ -154,7 +153,7 @@ class Stage:
     def trainable(self, model: SynerMedGen) -> list[str]:
         raise NotImplementedError
 
-    def datasets(self, paired: PairedDataset, cfg: TrainConfig, split: str | None = "train") -> dict[str, Dataset]:
+    def datasets(self, paired: PairedDataset, cfg: TrainConfig, split: str | None = "train") -> dict[str, SizedDataset]:
         raise NotImplementedError
 
     def loss(self, model: SynerMedGen, batches: Mapping[str, list], inputs: StepInputs

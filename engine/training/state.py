@@ -9,6 +9,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -72,7 +73,8 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)        # numpy's stub types the default as legacy=False
+    assert isinstance(np_state, tuple), "the global generator is a MT19937: its legacy state is a tuple"
     meta = {"python": _jsonable(random.getstate()),
             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     return tensors, meta
@@ -97,9 +99,15 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
+class HasState(Protocol):
+    """What :func:`save_state` saves of an optimizer or a learning-rate schedule."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
 def save_state(run_dir: str | Path, state: TrainingState, model_tensors: dict[str, torch.Tensor],
-               ema_tensors: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler | None, data_position: dict) -> Path:
+               ema_tensors: dict[str, torch.Tensor] | None, optimizer: HasState,
+               scheduler: HasState | None, data_position: dict) -> Path:
     """Write ``run_dir/checkpoint-last`` atomically: a crash mid-write keeps the previous one."""
     target = Path(run_dir) / STATE_DIR
     with atomic_folder(target) as tmp:

@@ -318,7 +318,7 @@ class Trainer:
         self.params = {n: tensors[n] for n in self.trainable_names}
         self.optimizer = make_optimizer(list(self.params.values()), cfg.learning_rate, cfg.weight_decay)
         self.schedule = LRSchedule(self.optimizer, cfg.learning_rate, cfg.warmup, cfg.step_budget,
-                                   None if cfg.step_budget else cfg.minutes * 60.0, cfg.min_lr_ratio)
+                                   cfg.budget_seconds, cfg.min_lr_ratio)
         self.ema = EMA(self.params, cfg.ema_decay)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         if self.resume is not None:
@@ -421,7 +421,7 @@ class Trainer:
             self.setup()
         cfg, state = self.cfg, self.state
         total = cfg.step_budget
-        budget_s = None if total else cfg.minutes * 60.0
+        budget_s = cfg.budget_seconds
         self.emit({"event": "resumed" if self.resume else "start", "step": state.step, "steps": total,
                    "minutes": cfg.minutes, "world_size": self.dist.world_size, "device": str(self.device),
                    "precision": cfg.precision, "trainable_parameters": sum(p.numel() for p in self.params.values()),
@@ -507,6 +507,7 @@ class Trainer:
             return round(max(0.0, budget_s - elapsed_s), 1)
         if step_time is None:
             return None
+        assert self.cfg.step_budget is not None, "a run without a time budget has a step budget"
         return round(max(0, self.cfg.step_budget - self.state.step) * step_time, 1)
 
     @property

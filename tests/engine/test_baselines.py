@@ -65,6 +65,14 @@ def test_unet_baseline_trains_saves_and_synthesizes_on_the_input_grid(data, tmp_
     assert all(torch.equal(before[k], v) for k, v in again.net.state_dict().items())
 
 
+@pytest.mark.parametrize("budget", [{"steps": 0}, {"minutes": 0.0}, {"minutes": -1.0}])
+def test_the_u_net_baseline_refuses_an_empty_budget_before_reading_the_data(tmp_path, budget):
+    # steps=0 used to pass the check and fail on `None * 60.0` (a TypeError) after loading the data
+    with pytest.raises(ValueError, match="budget must be positive"):
+        train_unet(tmp_path / "no-data", tmp_path / "unet", **budget)
+    assert not (tmp_path / "unet").exists()
+
+
 def test_a_full_disk_while_saving_the_u_net_keeps_the_previous_one(data, tmp_path, one_torch_thread):
     from safetensors.torch import load_file
 

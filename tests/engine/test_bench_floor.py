@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.evaluation import source_floor
 from engine.inference.pipeline import Synthesizer
+from engine.inference.settings import SynthesisSettings
+from engine.io.volume import Volume
 from engine.inference.random_model import write_random_model
 from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
 
@@ -43,6 +46,42 @@ def model(tmp_path):
 def test_the_smallest_weight_of_the_lowest_error_is_chosen():
     assert source_floor.choose([[0.0, 5.0], [0.5, 4.0], [1.0, 4.0]]) == 0.5
     assert source_floor.choose([[0.0, 3.0], [0.5, 4.0], [1.0, 2.0]]) == 1.0
+
+
+def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback():
+    # its body scores are None: reading their MAE used to raise an AttributeError
+    cbct = np.full((4, 16, 16), -1000.0, np.float32)
+    cbct[:, 4:12, 4:12] = 40.0
+    volumes = {"CBCT": Volume(cbct, modality="CBCT", unit="HU"),
+               "CT": Volume(np.full((4, 16, 16), -1000.0, np.float32), modality="CT", unit="HU")}
+
+    class Synth:                                  # returns its input as the target: no model needed
+        routes = [("CBCT", "CT")]
+
+        def default_settings(self):
+            return SynthesisSettings()
+
+        def plan(self, volume, source):
+            return type("Plan", (), {"active": [1, 2]})()
+
+        def synthesize_volume(self, volume, source, target, settings, cancel=None, slices=None):
+            return volume.replace(modality=target)
+
+    class OneSubject:
+        def subject_names(self, split):
+            return ["ct09"]
+
+        def subject(self, name):
+            return type("Info", (), {"routes": [("CBCT", "CT")]})()
+
+        def volume(self, name, modality):
+            return volumes[modality]
+
+        def anatomy(self, name):
+            return "head"
+
+    with pytest.raises(ValueError, match=r"subject 'ct09': its CT shows no body in the scored slices"):
+        source_floor.weight_curve(Synth(), OneSubject(), None)
 
 
 def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis(data, model):

@@ -246,7 +246,7 @@ def test_demo_study_is_a_test_subject_of_the_dataset(tmp_path, mni, head_ct):
 
 
 def test_cli_make_demo_data_prints_a_json_summary(tmp_path, capsys, mni):
-    from engine.demo_data import cli
+    from cli import make_demo_data as cli
 
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
