@@ -129,7 +129,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, benchmark: Mapping
     from engine.demo_data.builder import DemoRecipe
     from engine.demo_data.derivation import derivation_text
     from engine.inference.ood import training_profile
-    from engine.tasks import PairedDataset
+    from engine.tasks.dataset import PairedDataset
 
     source = Path(run) / STAGE12
     card = json.loads((source / "metadata.json").read_text(encoding="utf-8"))

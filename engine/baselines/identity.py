@@ -14,7 +14,7 @@ from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings
 from engine.jobs import CancelToken, ProgressFn, noop
-from engine.tasks import PairedDataset
+from engine.tasks.dataset import PairedDataset
 
 QUANTILES = 1001
 MAX_SLICES_PER_SUBJECT = 48

@@ -21,7 +21,8 @@ from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings, resolve_device
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 from engine.model.checkpoint import save_safetensors
-from engine.tasks import PairedDataset, SynthesisDataset
+from engine.tasks.dataset import PairedDataset
+from engine.tasks.synthesis import SynthesisDataset
 from engine.tasks.augment import Randomization
 from engine.training.config import DEFAULT_PIXEL_MM
 

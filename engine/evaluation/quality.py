@@ -55,7 +55,7 @@ from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
 from engine.jobs import CancelToken, check_cancel, noop
-from engine.tasks import PairedDataset
+from engine.tasks.dataset import PairedDataset
 from engine.inference.slices import slices_first
 from engine import recipe
 
@@ -231,7 +231,8 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     shifted and real held-out inputs (:mod:`engine.evaluation.generalization`; ``generalization_slices``
     central slices per volume, default the smaller of ``max_slices`` and its own default), under
     ``report["generalization"]``."""
-    from engine.baselines import IntensityMatch, UNetSynthesizer
+    from engine.baselines.identity import IntensityMatch
+    from engine.baselines.unet import UNetSynthesizer
 
     if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")

@@ -77,7 +77,7 @@ def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val",
               progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None) -> dict[str, Any]:
     """The weight per same-scale route chosen on ``choose_split``, and what it gives on held-out sets."""
     from engine.inference.pipeline import Synthesizer
-    from engine.tasks import PairedDataset
+    from engine.tasks.dataset import PairedDataset
 
     synth = Synthesizer(model, device=device)
     paired = PairedDataset.open(data, pixel_mm=synth.pixel_mm)

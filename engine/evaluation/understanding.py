@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from engine.inference.pipeline import Synthesizer
 from engine.jobs import CancelToken, check_cancel
-from engine.tasks import PairedDataset
+from engine.tasks.dataset import PairedDataset
 
 ONE_PANEL = "MI (1 panel)"
 

@@ -30,7 +30,7 @@ from engine import modalities
 
 if TYPE_CHECKING:
     from engine.io.volume import Volume
-    from engine.tasks import PairedDataset
+    from engine.tasks.dataset import PairedDataset
 
 PROFILE_VERSION = 1
 WARNING_PREFIX = "input check: "           # the notes the guard adds start with this

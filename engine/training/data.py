@@ -9,7 +9,8 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.tasks import DatasetError, PairedDataset
+from engine.tasks.dataset import PairedDataset
+from engine.tasks.validation import DatasetError
 from engine.tasks.augment import Look, Randomization
 from engine.tasks.slice_dataset import SizedDataset, derived_rng
 

@@ -13,7 +13,10 @@ from engine.atomic import atomic_file
 from engine.jobs import CancelToken, check_cancel
 from engine.model import SynerMedGen, Text
 from engine.sampling import sample
-from engine.tasks import CTS, MI, TIA, DatasetError, PairedDataset, SynthesisDataset
+from engine.tasks.dataset import PairedDataset
+from engine.tasks.synthesis import SynthesisDataset
+from engine.tasks.understanding import CTS, MI, TIA
+from engine.tasks.validation import DatasetError
 from engine.inference import instructions
 from engine.tasks.slice_dataset import SliceTaskDataset
 from engine.tasks.understanding import CTSDataset, MIDataset, TIADataset

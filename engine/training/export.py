@@ -16,7 +16,7 @@ from engine import modalities
 from engine.inference.calibration import dataset_calibration
 from engine.model import SynerMedGenConfig, save_model_dir
 from engine.model.checkpoint import METADATA_FILE
-from engine.tasks import PairedDataset
+from engine.tasks.dataset import PairedDataset
 from engine.training.config import TrainConfig
 
 RESEARCH_ONLY = "research use only, not for diagnosis"

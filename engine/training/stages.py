@@ -17,7 +17,10 @@ from engine.model import SynerMedGen, Text, VitImage, ce_loss, edit_segments
 from engine.model.vae import AutoEncoder
 from engine.model.vit import vit_view as model_vit_view
 from engine.sampling import sample_training_timesteps
-from engine.tasks import PairedDataset, SizedDataset, SynthesisDataset, stage1_tasks
+from engine.tasks.dataset import PairedDataset
+from engine.tasks.slice_dataset import SizedDataset
+from engine.tasks.synthesis import SynthesisDataset
+from engine.tasks.understanding import stage1_tasks
 from engine.tasks.augment import Randomization
 from engine.training.config import STAGE_HELP, StageHelp, TrainConfig
 from engine.training.data import SliceImages

@@ -28,7 +28,8 @@ from engine.jobs import CancelToken, Cancelled
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
 from engine.inference.corpus import instruction_corpus
-from engine.tasks import DatasetError, PairedDataset
+from engine.tasks.dataset import PairedDataset
+from engine.tasks.validation import DatasetError
 from engine.tasks.augment import Randomization
 from engine.inference.instructions import ANATOMY_PHRASES
 from engine.tasks.slice_dataset import derived_rng
