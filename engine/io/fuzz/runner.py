@@ -6,16 +6,20 @@ child starts with), and classify each outcome:
 - ``clean error``: one line naming the file (a :class:`VolumeIOError`), the contract;
 - failures: ``unnamed error`` (a VolumeIOError not naming the file, or several lines),
   ``traceback`` (any other exception), ``out of memory`` (MemoryError: the guard let it through),
-  ``bad geometry`` (a volume with NaN/inf geometry), ``crash`` (the child died), ``hang``.
+  ``bad geometry`` (a volume with NaN/inf geometry), ``truncated, loaded`` (a NIfTI / MHA / NRRD
+  file cut short, and nothing else done to it, that loaded: its missing voxels became something),
+  ``crash`` (the child died), ``hang``.
 
 The driver never runs a native reader itself: children are forked from a process whose reader
 libraries have started no threads.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shlex
@@ -32,7 +36,9 @@ import numpy as np
 from engine.io.fuzz.mutate import mutate
 from engine.io.fuzz.seeds import make_seeds
 
-OUTCOMES = ("load", "clean error", "unnamed error", "traceback", "out of memory", "bad geometry", "crash", "hang")
+OUTCOMES = ("load", "clean error", "unnamed error", "traceback", "out of memory", "bad geometry",
+            "truncated, loaded", "crash", "hang")
+CHECKSUM_BYTES = 8                  # a cut of at most a stream's trailer (gzip CRC + length) may still load
 FAILURES = OUTCOMES[2:]
 DEFAULT_MEMORY = 2 << 30            # the budget a child may allocate above what it starts with
 MAX_ENTRIES = 3                     # volumes loaded per input
@@ -48,6 +54,7 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
         scratch = Path(scratch)
         seeds = _in_child(lambda: [str(p) for p in make_seeds(scratch / "seeds")], timeout_s=120.0)
         seed_bytes = [(Path(p), Path(p).read_bytes()) for p in seeds]
+        _import_readers()
         baseline = _rss_bytes()
         results: list[dict] = []
         running: dict[int, tuple[int, float, dict]] = {}     # read fd → (pid, deadline, case)
@@ -56,7 +63,8 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
             while next_index < inputs and len(running) < workers:
                 case = _case(next_index, seed, seed_bytes, scratch)
                 fd, pid = _start(case["file"], memory_bytes, timeout_s)
-                running[fd] = (pid, time.monotonic() + timeout_s, case)
+                case["started"] = time.monotonic()
+                running[fd] = (pid, case["started"] + timeout_s, case)
                 next_index += 1
             ready, _, _ = select.select(list(running), [], [], 0.05)
             now = time.monotonic()
@@ -71,12 +79,24 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
                 else:
                     continue
                 del running[fd]
+                if case["outcome"] == "load" and _cut_short(case):
+                    case["outcome"] = "truncated, loaded"
+                case["seconds"] = round(now - case.pop("started"), 3)
                 _settle(case, keep)
                 results.append(case)
                 if len(results) % 100 == 0 or len(results) == inputs:
                     tally = Counter(r["outcome"] for r in results)
                     progress(f"{len(results)}/{inputs}: " + ", ".join(f"{k} {tally[k]}" for k in OUTCOMES if tally[k]))
     return _report(results, seeds, inputs, seed, timeout_s, memory_bytes, baseline, time.monotonic() - start, command)
+
+
+def _import_readers() -> None:
+    """Import the readers once here, not in every child (importing starts no reader threads)."""
+    import nibabel  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+
+    import engine.io  # noqa: F401
+    import engine.io.dicom_read  # noqa: F401
 
 
 def _case(index: int, seed: int, seed_bytes: list[tuple[Path, bytes]], scratch: Path) -> dict:
@@ -88,6 +108,13 @@ def _case(index: int, seed: int, seed_bytes: list[tuple[Path, bytes]], scratch: 
     target.write_bytes(mutated)
     return {"index": index, "seed_file": f"{source.parent.name}/{source.name}", "kind": _kind(source.name),
             "mutation": what, "file": str(target)}
+
+
+def _cut_short(case: dict) -> bool:
+    """Whether the case is a volume file cut short by more than a stream's trailer, and nothing else."""
+    match = re.fullmatch(r"truncated to (\d+) of (\d+) bytes", case["mutation"])
+    return (match is not None and case["kind"] in ("nifti", "mha", "nrrd")      # DICOM may end in padding
+            and int(match[2]) - int(match[1]) > CHECKSUM_BYTES)
 
 
 def _kind(name: str) -> str:
@@ -123,9 +150,13 @@ def _limit(memory_bytes: int, timeout_s: float) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + memory_bytes, resource.RLIM_INFINITY))
-    cpu = int(timeout_s) + 5
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    faulthandler.disable()
+    for limit, soft in ((resource.RLIMIT_AS, _vm_bytes() + memory_bytes), (resource.RLIMIT_CPU, int(timeout_s) + 5)):
+        hard = resource.getrlimit(limit)[1]
+        resource.setrlimit(limit, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    from engine.io.reader_process import run_here
+
+    run_here()                                       # this child is the sandbox: read in place
 
 
 def _finish(fd: int, pid: int) -> dict:
@@ -176,8 +207,11 @@ def attempt(path: str) -> dict:
 
 
 def _where(text: str) -> str:
+    """The innermost frame of the traceback and the innermost of the project's own."""
     frames = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("File ")]
-    return f"({frames[-1]})" if frames else ""
+    ours = [f for f in frames if "/engine/" in f]
+    shown = dict.fromkeys(f for f in (ours[-1:] + frames[-1:]))
+    return f"({' ← '.join(shown)})" if shown else ""
 
 
 def _in_child(work: Callable[[], list[str]], timeout_s: float) -> list[str]:
@@ -187,6 +221,9 @@ def _in_child(work: Callable[[], list[str]], timeout_s: float) -> list[str]:
     if pid == 0:
         os.close(read_fd)
         try:
+            from engine.io.reader_process import run_here
+
+            run_here()
             os.write(write_fd, json.dumps(work()).encode())
         finally:
             os._exit(0)
@@ -243,6 +280,7 @@ def _report(results: list[dict], seeds: list[str], inputs: int, seed: int, timeo
         "errors_naming_their_file": tally["clean error"],
         "seconds": round(seconds, 1), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "failed_inputs": failures[:100],
+        "slowest_inputs": sorted(results, key=lambda r: -r["seconds"])[:5],
     }
 
 
@@ -256,6 +294,8 @@ def to_text(report: dict) -> str:
         lines.append(f"  {kind:<6} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for r in report["failed_inputs"][:20]:
         lines.append(f"FAIL #{r['index']} {r['outcome']}: {r['seed_file']} [{r['mutation']}] {r['message']}")
+    for r in report["slowest_inputs"]:
+        lines.append(f"slow #{r['index']} {r['seconds']:.2f} s {r['outcome']}: {r['seed_file']} [{r['mutation']}]")
     if report["command"]:
         lines.append(f"command: {report['command']}")
     return "\n".join(lines)
