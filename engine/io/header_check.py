@@ -124,8 +124,8 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
     _finite(path, "pixdim", pixdim[1:n + 1])
     if not math.isfinite(vox_offset) or vox_offset < 0:
         raise _refuse(path, f"its vox_offset {vox_offset} is not a position in the file")
-    if not (math.isfinite(slope) and math.isfinite(inter)):
-        raise _refuse(path, f"its scaling (scl_slope {slope}, scl_inter {inter}) is not a pair of numbers")
+    if math.isinf(slope) or math.isinf(inter):       # NaN is common: writers' way to say "no scaling"
+        raise _refuse(path, f"its scaling (scl_slope {slope}, scl_inter {inter}) is infinite")
     if qform > 0:
         _finite(path, "quaternion (quatern_b/c/d, qoffset)", quatern + pixdim[:1])
     if sform > 0:
