@@ -11,15 +11,18 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import sys
 import threading
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from engine.io.errors import VolumeIOError
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 
 HEADER_TIMEOUT_S = 20.0            # a header, a picture, a slice: never longer than this
 BYTES_PER_SECOND = 10 << 20        # loading a volume may take this much longer per byte of its peak
@@ -91,9 +94,14 @@ class _ReaderProcess:
             return
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, args=(child,), daemon=True, name="synermedgen-reader")
+        main = sys.modules.get("__main__")
+        # the child needs nothing of the main script: spawn would run a script without a __main__ guard again
+        sys.modules["__main__"] = types.ModuleType("__main__")
         try:
             process.start()
         finally:
+            if main is not None:
+                sys.modules["__main__"] = main
             child.close()
         self._process, self._conn = process, parent
 

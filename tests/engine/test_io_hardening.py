@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
-import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-import engine.io as io
+from engine import io
 from engine.cli import run_cli
 from engine.io import catalog, itk_files, reader_process
 from engine.io.reader_process import native
@@ -226,3 +226,12 @@ def test_a_file_that_crashes_the_native_reader_is_one_line_and_exit_2_on_the_com
     assert run_cli(["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_a_script_without_a_main_guard_reads_through_the_reader_process(tmp_path):
+    path = io.save(_volume(), tmp_path / "v.mha")
+    script = tmp_path / "script.py"
+    script.write_text(f"import engine.io as io\nprint(io.load({str(path)!r}).shape)\n")
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0 and done.stdout.strip() == "(6, 7, 8)", done.stderr[-2000:]

@@ -28,8 +28,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def _import_readers() -> None:
     import nibabel  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
-    import engine.io  # noqa: F401
+    import engine.io
     import engine.io.dicom_read  # noqa: F401
 
 
@@ -183,7 +183,7 @@ def attempt(path: str) -> dict:
     """Scan ``path`` and load what it holds, in this process; what happened, as a dict."""
     import warnings
 
-    import engine.io as io
+    from engine import io
     from engine.io.errors import VolumeIOError
 
     warnings.simplefilter("ignore")
@@ -285,8 +285,8 @@ def _report(results: list[dict], seeds: list[str], inputs: int, seed: int, timeo
 
 
 def to_text(report: dict) -> str:
-    lines = [f"fuzzed {report['inputs']} inputs from {report['seed_files']} seed files in {report['seconds']} s "
-             f"(seed {report['seed']}, {report['timeout_s']:g} s and {report['memory_budget_bytes'] >> 20} MiB per input)"]
+    lines = [(f"fuzzed {report['inputs']} inputs from {report['seed_files']} seed files in {report['seconds']} s "
+              f"(seed {report['seed']}, {report['timeout_s']:g} s and {report['memory_budget_bytes'] >> 20} MiB per input)")]
     lines += [f"  {k:<14} {v}" for k, v in report["outcomes"].items()]
     lines.append(f"peak memory of a child {report['peak_rss_bytes'] >> 20} MiB (driver {report['driver_rss_bytes'] >> 20} MiB"
                  f" + budget {report['memory_budget_bytes'] >> 20} MiB: {'within' if report['peak_within_budget'] else 'OVER'})")

@@ -35,7 +35,7 @@ def make_seeds(folder: str | Path) -> list[Path]:
 def _project_seeds(folder: Path) -> list[Path]:
     import SimpleITK as sitk
 
-    import engine.io as io
+    from engine import io
     from engine.io.itk_files import volume_to_sitk
 
     seeds: list[Path] = []
@@ -70,7 +70,7 @@ def package_seeds() -> list[Path]:
     found = [Path(pydicom.__file__).parent / "data" / "test_files" / n for n in PYDICOM_SEEDS]
     found += [Path(nibabel.__file__).parent / "tests" / "data" / n for n in NIBABEL_SEEDS]
     try:
-        import data_store                          # pydicom-data: a test dependency
+        import data_store  # pydicom-data: a test dependency
     except ImportError:
         pass
     else:
