@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from engine.io import catalog
 from engine.io.errors import Skipped
 from engine.jobs import CancelToken, check_cancel
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFLATED = "1.2.840.10008.1.2.1.99"          # Deflated Explicit VR Little Endian
 MAX_FRAMES = 100_000                          # frames in one file: beyond any scanner's, refused before one is listed
 DEFLATE_MAX_RATIO = 1032                      # the most deflate can compress
 PRIVATE_CREATOR = "SynerMedGen Studio"        # our writer's private block (group 0x0011)
@@ -108,6 +111,7 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
                 force = True
             else:
                 raise NotReadable("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
+            _check_deflated(fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
             except Exception as exc:  # pydicom raises many kinds on damaged headers
@@ -118,6 +122,32 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
     except OSError as exc:
         raise NotReadable(f"cannot be opened ({exc.strerror or exc})") from None
     return ds, state
+
+
+def _check_deflated(fp) -> None:
+    """A deflated data set is unpacked whole by pydicom: refuse one that would unpack to more than
+    the memory available (a deflate bomb), measured by unpacking it once without keeping it."""
+    head = fp.read(4096)
+    fp.seek(0)
+    if DEFLATED.encode() not in head or head[128:132] != b"DICM" or head[136:138] != b"UL":
+        return
+    start = 144 + struct.unpack("<L", head[140:144])[0]          # after FileMetaInformationGroupLength's group
+    available = catalog.available_memory()
+    limit = catalog.MEMORY_SHARE * available if available is not None else float("inf")
+    unpacker, unpacked = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    fp.seek(start)
+    try:
+        while (chunk := fp.read(1 << 20)) and not unpacker.eof:
+            while chunk and not unpacker.eof:
+                unpacked += len(unpacker.decompress(chunk, 1 << 24))
+                chunk = unpacker.unconsumed_tail
+                if unpacked > limit:
+                    raise NotReadable(f"its deflated data set unpacks to more than the {limit / 2**30:.1f} GiB of "
+                                      f"memory a volume may take (a deflate bomb?)")
+    except zlib.error as exc:
+        raise NotReadable(f"its deflated data set is damaged ({exc})") from None
+    finally:
+        fp.seek(0)
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:

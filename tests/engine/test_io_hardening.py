@@ -235,3 +235,12 @@ def test_a_script_without_a_main_guard_reads_through_the_reader_process(tmp_path
     done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0 and done.stdout.strip() == "(6, 7, 8)", done.stderr[-2000:]
+
+
+def test_a_deflate_bomb_dicom_is_refused_before_pydicom_unpacks_it(tmp_path, monkeypatch):
+    good = PYDICOM_FILES / "image_dfl.dcm"
+    assert len(io.scan(good).entries) == 1
+    monkeypatch.setattr(catalog, "available_memory", lambda: 20_000)      # the file unpacks to more than this
+    with pytest.raises(io.VolumeIOError, match="deflated data set unpacks to more than") as err:
+        io.scan(good)
+    assert str(good) in str(err.value)
