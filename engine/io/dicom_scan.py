@@ -114,6 +114,8 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
             _check_deflated(fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
+            except RecursionError:
+                raise NotReadable("the DICOM header's sequences are nested too deeply to read") from None
             except Exception as exc:  # pydicom raises many kinds on damaged headers
                 raise NotReadable(f"the DICOM header cannot be read ({type(exc).__name__}: {exc})") from None
             if force and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:

@@ -144,7 +144,7 @@ def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if "ITK ERROR" in ln or "Description" in ln or "error" in ln.lower()]
     text = (useful or lines or ["unknown error"])[-1]
-    return text.split("ITK ERROR:")[-1].strip()[:200]
+    return re.sub(r"\w+\(0x[0-9a-f]+\):\s*", "", text.split("ITK ERROR:")[-1]).strip()[:200]   # no "MetaImageIO(0x…):"
 
 
 def _openable(path: Path) -> None:
@@ -362,7 +362,7 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))
         except RuntimeError as exc:
-            problem = re.sub(r"\w+\(0x[0-9a-f]+\):\s*", "", _first_line(exc)).replace(str(tmp), path.name)
+            problem = _first_line(exc).replace(str(tmp), path.name)
             raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
                                       "file, if any, is kept") from None
         _verify_written(tmp, path, image)

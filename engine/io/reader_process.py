@@ -164,6 +164,9 @@ def serve(conn) -> None:
     import resource
 
     run_here()
+    quiet = os.open(os.devnull, os.O_WRONLY)     # native readers print warnings of their own; the errors say it all
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
     while True:
         try:
             request = conn.recv()

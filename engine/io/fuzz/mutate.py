@@ -55,7 +55,7 @@ def mutate(data: bytes, name: str, rng: np.random.Generator) -> tuple[bytes, str
     elif lower.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
         kinds += [_text_field, _text_field, _text_line]
     elif lower.endswith(".dcm"):
-        kinds += [_dicom_field, _dicom_field, _dicom_vr]
+        kinds += [_dicom_field, _dicom_field, _dicom_vr, _dicom_nested]
     kind = kinds[int(rng.integers(len(kinds)))]
     out, what = kind(data, name, rng)
     if rng.random() < 0.15:                       # sometimes two at once
@@ -257,3 +257,16 @@ def _dicom_vr(data: bytes, name: str, rng: np.random.Generator) -> tuple[bytes, 
     at = spots[int(rng.integers(len(spots)))]
     vr = VRS[int(rng.integers(len(VRS)))]
     return data[:at] + vr + data[at + 2:], f"VR at {at}: {data[at:at + 2].decode('latin-1')} → {vr.decode()}"
+
+
+def _dicom_nested(data: bytes, name: str, rng: np.random.Generator) -> tuple[bytes, str]:
+    """A sequence nested thousands deep (undefined lengths), put before the first image attribute."""
+    at = _insert_point(data, (0x0008, 0x1140))
+    if at is None:
+        return _truncate(data, name, rng)
+    depth = int(rng.choice([200, 2000, 20000]))
+    opening = struct.pack("<HH", 0x0008, 0x1140) + b"SQ" + b"\0\0" + struct.pack("<L", 0xFFFFFFFF)
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    nested = (opening + item) * depth + closing * depth
+    return data[:at] + nested + data[at:], f"a sequence nested {depth} deep"

@@ -7,7 +7,8 @@ child starts with), and classify each outcome:
 - failures: ``unnamed error`` (a VolumeIOError not naming the file, or several lines),
   ``traceback`` (any other exception), ``out of memory`` (MemoryError: the guard let it through),
   ``bad geometry`` (a volume with NaN/inf geometry), ``truncated, loaded`` (a NIfTI / MHA / NRRD
-  file cut short, and nothing else done to it, that loaded: its missing voxels became something),
+  file cut short, and nothing else done to it, that loaded other voxels than its seed's: the
+  missing ones became something),
   ``crash`` (the child died), ``hang``.
 
 The driver never runs a native reader itself: children are forked from a process whose reader
@@ -38,7 +39,6 @@ from engine.io.fuzz.seeds import make_seeds
 
 OUTCOMES = ("load", "clean error", "unnamed error", "traceback", "out of memory", "bad geometry",
             "truncated, loaded", "crash", "hang")
-CHECKSUM_BYTES = 8                  # a cut of at most a stream's trailer (gzip CRC + length) may still load
 FAILURES = OUTCOMES[2:]
 DEFAULT_MEMORY = 2 << 30            # the budget a child may allocate above what it starts with
 MAX_ENTRIES = 3                     # volumes loaded per input
@@ -62,7 +62,7 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
         while next_index < inputs or running:
             while next_index < inputs and len(running) < workers:
                 case = _case(next_index, seed, seed_bytes, scratch)
-                fd, pid = _start(case["file"], memory_bytes, timeout_s)
+                fd, pid = _start(case["file"], memory_bytes, timeout_s, case.pop("reference"))
                 case["started"] = time.monotonic()
                 running[fd] = (pid, case["started"] + timeout_s, case)
                 next_index += 1
@@ -79,8 +79,6 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
                 else:
                     continue
                 del running[fd]
-                if case["outcome"] == "load" and _cut_short(case):
-                    case["outcome"] = "truncated, loaded"
                 case["seconds"] = round(now - case.pop("started"), 3)
                 _settle(case, keep)
                 results.append(case)
@@ -106,15 +104,10 @@ def _case(index: int, seed: int, seed_bytes: list[tuple[Path, bytes]], scratch: 
     suffix = "".join(source.suffixes[-2:]) if source.name.endswith(".nii.gz") else source.suffix
     target = scratch / f"input_{index:06d}{suffix}"
     target.write_bytes(mutated)
-    return {"index": index, "seed_file": f"{source.parent.name}/{source.name}", "kind": _kind(source.name),
-            "mutation": what, "file": str(target)}
-
-
-def _cut_short(case: dict) -> bool:
-    """Whether the case is a volume file cut short by more than a stream's trailer, and nothing else."""
-    match = re.fullmatch(r"truncated to (\d+) of (\d+) bytes", case["mutation"])
-    return (match is not None and case["kind"] in ("nifti", "mha", "nrrd")      # DICOM may end in padding
-            and int(match[2]) - int(match[1]) > CHECKSUM_BYTES)
+    kind = _kind(source.name)
+    cut_only = re.fullmatch(r"truncated to \d+ of \d+ bytes", what) and kind in ("nifti", "mha", "nrrd")
+    return {"index": index, "seed_file": f"{source.parent.name}/{source.name}", "kind": kind,
+            "mutation": what, "file": str(target), "reference": str(source) if cut_only else None}
 
 
 def _kind(name: str) -> str:
@@ -126,7 +119,7 @@ def _kind(name: str) -> str:
     return "other"
 
 
-def _start(path: str, memory_bytes: int, timeout_s: float) -> tuple[int, int]:
+def _start(path: str, memory_bytes: int, timeout_s: float, reference: str | None = None) -> tuple[int, int]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:                                     # the child: open the file under limits, report, exit
@@ -134,7 +127,7 @@ def _start(path: str, memory_bytes: int, timeout_s: float) -> tuple[int, int]:
         code = 0
         try:
             _limit(memory_bytes, timeout_s)
-            result = attempt(path)
+            result = attempt(path, reference)
         except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
             result = {"outcome": "traceback", "message": f"{type(exc).__name__} in the harness: {exc}"[:400]}
             code = 1
@@ -179,8 +172,10 @@ def _finish(fd: int, pid: int) -> dict:
     return {**result, "peak_rss": peak}
 
 
-def attempt(path: str) -> dict:
-    """Scan ``path`` and load what it holds, in this process; what happened, as a dict."""
+def attempt(path: str, reference: str | None = None) -> dict:
+    """Scan ``path`` and load what it holds, in this process; what happened, as a dict. A file cut
+    short from ``reference`` that loads must load the reference's voxels (DICOM and compressed
+    streams may end in bytes that hold none)."""
     import warnings
 
     from engine import io
@@ -190,8 +185,12 @@ def attempt(path: str) -> dict:
     name = Path(path).name
     try:
         catalog = io.scan(path)
-        for entry in catalog.entries[:MAX_ENTRIES]:
+        for k, entry in enumerate(catalog.entries[:MAX_ENTRIES]):
             volume = io.load(f"{path}#0") if entry.volumes > 1 else entry.load()
+            if k == 0 and reference is not None:
+                whole = io.load(f"{reference}#0" if entry.volumes > 1 else reference)
+                if not np.array_equal(whole.array, volume.array, equal_nan=True):
+                    return {"outcome": "truncated, loaded", "message": "voxels differ from the whole file's"}
             geometry = np.array([*volume.spacing, *volume.origin, *volume.direction], dtype=float)
             if not np.all(np.isfinite(geometry)):
                 return {"outcome": "bad geometry", "message": f"spacing {volume.spacing}, origin {volume.origin}"}
