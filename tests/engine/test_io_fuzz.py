@@ -23,7 +23,7 @@ def test_an_input_is_replayed_from_its_seed_and_index():
 
 
 def test_the_harness_tells_a_crash_and_an_unnamed_error_from_a_clean_error(tmp_path, monkeypatch):
-    def crash(_path):
+    def crash(_path, _reference=None):
         os.kill(os.getpid(), signal.SIGSEGV)
     monkeypatch.setattr(runner, "attempt", crash)
     fd, pid = runner._start(str(tmp_path / "x.nii"), 1 << 30, 5.0)
