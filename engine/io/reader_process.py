@@ -4,7 +4,8 @@ clear error naming the file instead of taking the app or the command line down.
 
 ``native(path, fn, *args)`` runs ``fn(*args)`` there and returns its result; one child serves the
 whole program, one request at a time, started on first use and again after it died. A process
-that is itself such a sandbox (the fuzzer's children) calls :func:`run_here` to read in place.
+that is itself such a sandbox (the fuzzer's children) calls :func:`run_here` to read in place, as
+daemonic processes (DataLoader workers, the app's synthesis process) do, which may start none.
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int
     """``fn(*args)`` (a module-level function) in the reader process, for the file ``path``: a
     :class:`VolumeIOError` naming ``path`` when the reader crashes, runs past its time (longer for
     a larger ``peak_bytes``) or fails unexpectedly; a numpy array result comes back without copies."""
-    if _here:
-        return fn(*args)
+    if _here or multiprocessing.current_process().daemon:
+        return fn(*args)           # a daemonic process (a DataLoader worker) may start none: it is a sandbox itself
     timeout_s = HEADER_TIMEOUT_S + peak_bytes / BYTES_PER_SECOND
     return _process().call(Path(path), fn, args, peak_bytes + SLACK_BYTES, timeout_s, cancel)
 

@@ -244,3 +244,19 @@ def test_a_deflate_bomb_dicom_is_refused_before_pydicom_unpacks_it(tmp_path, mon
     with pytest.raises(io.VolumeIOError, match="deflated data set unpacks to more than") as err:
         io.scan(good)
     assert str(good) in str(err.value)
+
+
+def _load_shape(path: str, queue) -> None:
+    queue.put(io.load(path).shape)
+
+
+def test_a_daemonic_process_such_as_a_dataloader_worker_reads_in_place(tmp_path):
+    import multiprocessing
+
+    path = io.save(_volume(), tmp_path / "v.nii.gz")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_load_shape, args=(str(path), queue), daemon=True)
+    worker.start()
+    assert queue.get(timeout=60) == (6, 7, 8)
+    worker.join(30)
