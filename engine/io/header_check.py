@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.io.errors import VolumeIOError
 
-MAX_DIMENSIONS = 4                 # 2-D, 3-D and 4-D (a series of 3-D volumes) images are opened
+MIN_DIMENSIONS, MAX_DIMENSIONS = 2, 4    # 2-D, 3-D and 4-D (a series of 3-D volumes) images are opened
 MAX_SIDE = 2**31 - 1
 MAX_COMPONENTS = 64
 NIFTI_TYPES = {    # datatype → bytes per voxel (NIfTI-1 and -2 share the codes)
@@ -114,7 +114,7 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
     sizes = dims[1:n + 1]
     if min(sizes) < 1 or max(sizes) > MAX_SIDE:
         raise _refuse(path, f"its dimensions {list(sizes)} are not all between 1 and {MAX_SIDE}")
-    if n > MAX_DIMENSIONS and math.prod(sizes[MAX_DIMENSIONS:]) > 1:
+    if n < MIN_DIMENSIONS or (n > MAX_DIMENSIONS and math.prod(sizes[MAX_DIMENSIONS:]) > 1):
         raise VolumeIOError(path, f"is a {n}-D image {list(sizes)}; 2-D, 3-D and 4-D images are opened")
     itemsize = NIFTI_TYPES.get(datatype)
     if itemsize is None:
@@ -166,8 +166,9 @@ def _metaimage(path: Path) -> HeaderFacts:
         raise _refuse(path, "no ElementDataFile line ends its MetaImage header")
     fields = header[0]
     n = _whole(path, fields, "ndims", 1)[0] if "ndims" in fields else None
-    if n is None or not 1 <= n <= MAX_DIMENSIONS:
-        raise _refuse(path, f"NDims = {fields.get('ndims', '(missing)')}: 1- to {MAX_DIMENSIONS}-D images are opened")
+    if n is None or not MIN_DIMENSIONS <= n <= MAX_DIMENSIONS:
+        raise _refuse(path, f"NDims = {fields.get('ndims', '(missing)')}: {MIN_DIMENSIONS}- to {MAX_DIMENSIONS}-D "
+                            f"images are opened")
     if "dimsize" not in fields:
         raise _refuse(path, "its DimSize field is missing")
     size = _whole(path, fields, "dimsize", n)
@@ -224,8 +225,8 @@ def _nrrd(path: Path) -> HeaderFacts:
     if "dimension" not in fields:
         raise _refuse(path, "its dimension field is missing")
     n = _whole(path, fields, "dimension", 1)[0]
-    if not 1 <= n <= MAX_DIMENSIONS + 1:                 # + a vector axis
-        raise _refuse(path, f"dimension: {n}: 1- to {MAX_DIMENSIONS}-D images are opened")
+    if not MIN_DIMENSIONS <= n <= MAX_DIMENSIONS + 1:                 # + a vector axis
+        raise _refuse(path, f"dimension: {n}: {MIN_DIMENSIONS}- to {MAX_DIMENSIONS}-D images are opened")
     if "sizes" not in fields:
         raise _refuse(path, "its sizes field is missing")
     size = _whole(path, fields, "sizes", n)
@@ -258,6 +259,8 @@ def _nrrd(path: Path) -> HeaderFacts:
     if n > 3 and len(kinds) == n and kinds[0] in ("vector", "covariant-vector", "rgb-color", "rgba-color",
                                                    "3-color", "4-color", "list", "point", "complex"):
         components, size = size[0], size[1:]
+    if len(size) < MIN_DIMENSIONS:
+        raise VolumeIOError(path, f"is a {len(size)}-D image; 2-D, 3-D and 4-D images are opened")
     return HeaderFacts(tuple(size), itemsize, components)
 
 

@@ -45,7 +45,7 @@ def _read_info(path: Path) -> sitk.ImageFileReader:
 
 def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
     """How many bytes of voxels the header promises (every volume of a 4-D file, every component)."""
-    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    one = sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())      # the element's size
     item = sitk.GetArrayViewFromImage(one).itemsize
     return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * item
 

@@ -260,3 +260,10 @@ def test_a_daemonic_process_such_as_a_dataloader_worker_reads_in_place(tmp_path)
     worker.start()
     assert queue.get(timeout=60) == (6, 7, 8)
     worker.join(30)
+
+
+def test_a_one_dimensional_nifti_is_refused_by_name(tmp_path):
+    path = _nifti(tmp_path, dim=[1, 4, 5, 6, 1, 1, 1, 1])      # found by `bench fuzz`: a traceback inside SimpleITK
+    with pytest.raises(io.VolumeIOError, match="1-D image") as err:
+        io.load(path)
+    assert str(path) in str(err.value)
