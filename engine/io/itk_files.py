@@ -130,8 +130,7 @@ def _check_geometry(path: Path, spacing, origin, direction) -> None:
     if not np.all(np.isfinite(values)) or np.min(spacing) <= 0 or np.max(np.abs(values)) > 1e12:
         raise VolumeIOError(path, f"its geometry is not usable (spacing {_numbers(spacing)} mm, origin "
                                   f"{_numbers(origin)}): the header is damaged")
-    d = np.asarray(direction, dtype=float).reshape(len(spacing), -1) if np.size(direction) else np.eye(1)
-    if abs(np.linalg.det(d)) < 1e-6:
+    if abs(np.linalg.det(np.asarray(direction, dtype=float).reshape(len(spacing), len(spacing)))) < 1e-6:
         raise VolumeIOError(path, "its direction cosines are degenerate (the axes do not span space): the "
                                   "header is damaged")
 
@@ -150,7 +149,7 @@ def _first_line(exc: Exception) -> str:
 def _openable(path: Path) -> None:
     special = special_file(path)
     if special:
-        raise VolumeIOError(path, f"is {special}, not a file; skipped")
+        raise VolumeIOError(path, f"is {special}, not a file")
     if not path.exists():
         raise VolumeIOError(path, "no such file")
 
