@@ -133,7 +133,7 @@ def _layout(path: Path) -> Layout | None:
             return _metaimage_layout(path)
         if name.endswith((".nrrd", ".nhdr")):
             return _nrrd_layout(path)
-    except (OSError, EOFError, ValueError, struct.error, zlib.error):
+    except (OSError, EOFError, ValueError, OverflowError, struct.error, zlib.error):
         return None                   # a damaged header: the reader reports it
     return None
 
