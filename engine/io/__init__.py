@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.io.catalog import Catalog, SeriesEntry
-from engine.io.errors import Skipped, VolumeIOError
+from engine.io.errors import Skipped, VolumeIOError, special_file
 from engine.io.image_files import image_kind, scan_image
 from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
@@ -65,6 +65,9 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(path, "no such file or folder")
+    special = special_file(path)
+    if special:
+        raise VolumeIOError(path, f"is {special}, not a file or folder")
     if path.is_file():
         if file_kind(path):
             return scan_file(path)
@@ -90,7 +93,10 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
                 continue
             n_files += 1
             f = Path(root) / name
-            if file_kind(f):
+            special = special_file(f)
+            if special:
+                catalog.skipped.append(Skipped(str(f), f"{special}, not a file; skipped"))
+            elif file_kind(f):
                 try:
                     catalog.extend(scan_file(f))
                 except VolumeIOError as exc:

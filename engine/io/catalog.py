@@ -78,9 +78,21 @@ class Catalog:
         raise KeyError(f"no single series matches {key!r}; series found: {known}")
 
 
+MEMORY_SHARE = 0.8                         # of the available memory one volume's reading may take at its peak
+
+
 def available_memory() -> int | None:
     """Bytes of memory a new allocation can take without swapping (Linux: MemAvailable, which
-    counts reclaimable caches; elsewhere the free pages), or None where that is unknown."""
+    counts reclaimable caches; elsewhere the free pages) and within this process's address-space
+    limit (RLIMIT_AS, as a reader process or a fuzzing child runs under), or None where unknown."""
+    system = _system_available()
+    room = _address_space_room()
+    if system is None or room is None:
+        return system if room is None else room
+    return min(system, room)
+
+
+def _system_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -94,12 +106,30 @@ def available_memory() -> int | None:
         return None
 
 
-def ensure_fits_in_memory(path: str, n_bytes: int) -> None:
-    """Refuse, with a clear message, to load a volume that would not fit in available memory."""
+def _address_space_room() -> int | None:
+    """What RLIMIT_AS leaves above this process's current address space (None: no limit)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status", encoding="ascii") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(0, limit - used)
+
+
+def ensure_fits_in_memory(path: str, peak_bytes: int) -> None:
+    """Refuse, with a clear message, to read a volume whose reading would need ``peak_bytes`` at its
+    peak (the voxels as stored, their float32 copy and any copy the reader makes; callers count
+    them all) when that is more than :data:`MEMORY_SHARE` of the available memory."""
     available = available_memory()
-    if available is not None and n_bytes > 0.8 * available:
+    if available is not None and peak_bytes > MEMORY_SHARE * available:
         raise VolumeIOError(
             path,
-            f"the volume needs {n_bytes / 2**30:.1f} GiB as float32 but only {available / 2**30:.1f} GiB of "
-            f"memory is available; close volumes or programs you no longer need, or use a smaller volume",
+            f"reading the volume needs {peak_bytes / 2**30:.1f} GiB at its peak (the voxels as stored, as float32 "
+            f"and the reader's copies) but only {available / 2**30:.1f} GiB of memory is available; close volumes "
+            f"or programs you no longer need, or use a smaller volume",
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.io.errors import VolumeIOError
+from engine.io.header_check import METAIMAGE_END, text_header
 
 DEFLATE_MAX_RATIO = 1032          # the most deflate (gzip, zlib) can compress: about 1032 to 1
 _GZIP_EXTRA_FIELD = 0x04          # FLG.FEXTRA: blocked gzip (BGZF) writes many members; its trailer is one block's
@@ -38,8 +39,12 @@ def check_voxel_data(path: str | Path, n_bytes: int) -> None:
     if compression == "none":
         held = size - offset
         if held < n_bytes:
-            raise VolumeIOError(path, f"{promised} but the file holds {_amount(max(held, 0))}: it is truncated "
-                                      f"or its header is wrong")
+            held = max(held, 0)
+            if _amount(held) == _amount(n_bytes):
+                promised, shown = f"the header promises {n_bytes} bytes of voxel data", f"{held} bytes"
+            else:
+                shown = _amount(held)
+            raise VolumeIOError(path, f"{promised} but the file holds {shown}: it is truncated or its header is wrong")
         return
     whole_file = compression == "gzip-file"           # the offset counts unpacked bytes
     packed = size if whole_file else size - offset
@@ -108,7 +113,7 @@ def _gzip_holds(path: Path, n_bytes: int) -> bool:
                 if not chunk:
                     return False
                 unpacked += len(chunk)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return False
     return True
 
@@ -128,7 +133,7 @@ def _layout(path: Path) -> Layout | None:
             return _metaimage_layout(path)
         if name.endswith((".nrrd", ".nhdr")):
             return _nrrd_layout(path)
-    except (OSError, EOFError, ValueError, struct.error):
+    except (OSError, EOFError, ValueError, OverflowError, struct.error, zlib.error):
         return None                   # a damaged header: the reader reports it
     return None
 
@@ -159,25 +164,8 @@ def _nifti_layout(path: Path, gzipped: bool) -> Layout | None:
     return None
 
 
-def _text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, str], int] | None:
-    """Key/value lines up to the one matching ``last_line`` and the offset just after it."""
-    fields: dict[str, str] = {}
-    offset = 0
-    with open(path, "rb") as f:
-        for line in iter(f.readline, b""):
-            offset += len(line)
-            if offset > 1 << 20:
-                return None
-            match = re.match(rb"\s*([^:=]+?)\s*(?::=|[:=])\s*(.*?)\s*$", line)
-            if match:
-                fields[match[1].decode("latin-1").lower()] = match[2].decode("latin-1")
-            if last_line.match(line):
-                return fields, offset
-    return None
-
-
 def _metaimage_layout(path: Path) -> Layout | None:
-    header = _text_header(path, re.compile(rb"\s*ElementDataFile\s*=", re.IGNORECASE))
+    header = text_header(path, METAIMAGE_END)
     if header is None:
         return None
     fields, end = header
@@ -192,7 +180,7 @@ def _metaimage_layout(path: Path) -> Layout | None:
 
 
 def _nrrd_layout(path: Path) -> Layout | None:
-    header = _text_header(path, re.compile(rb"\s*$"))
+    header = text_header(path, re.compile(rb"\s*$"))
     if header is None:
         return None
     fields, end = header

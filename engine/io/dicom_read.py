@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
@@ -21,6 +21,7 @@ from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import SliceInfo, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
+from engine.io.reader_process import native
 from engine.io.synthetic_mark import read_dicom_tags
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -131,7 +132,10 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     if group.geometry.refusal:
         raise VolumeIOError(folder, group.geometry.refusal)
     resampled = group.geometry.grid_slices if group.positioned else 0
-    ensure_fits_in_memory(first.path, (n + resampled) * rows * cols * 4)
+    per_file = max(s.frames_in_file for s in slices) * rows * cols
+    # the float32 stack and its resampled copy, one file's decoded pixels (up to 64-bit), a float64 slice
+    ensure_fits_in_memory(first.path, (n + resampled) * rows * cols * 4 + per_file * 8 + rows * cols * 8)
+    isolate = _encapsulated(tags)
     array = np.empty((n, rows, cols), dtype=np.float32)
     unreadable: list[tuple[int, VolumeIOError]] = []
     cached_path, pixels = None, None
@@ -140,7 +144,8 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
         try:
             if s.path != cached_path:
                 pixels = None                     # free the previous file's pixels before decoding
-                pixels, cached_path = _decode(s), s.path
+                pixels = native(s.path, _decode, s, peak_bytes=s.frames_in_file * rows * cols * 8) if isolate else _decode(s)
+                cached_path = s.path
             frame = pixels if s.frame is None else _frame(pixels, s)
         except VolumeIOError as exc:
             if not group.positioned or n == 1:
@@ -199,11 +204,23 @@ def _without_unreadable(array: np.ndarray, group: SeriesGroup, unreadable: list[
     return array[[rows[i] for i in geometry.order]], geometry, [*named, *unchanged, *geometry.notes]
 
 
+def _encapsulated(tags: dict[str, str]) -> bool:
+    """Whether the series' pixel data is compressed (decoded by native codecs, in the reader process)."""
+    text = tags.get("TransferSyntaxUID", "")
+    if not text:                                     # a bare data set: implicit or explicit VR, not compressed
+        return False
+    try:
+        ts = UID(text)
+        return not ts.is_transfer_syntax or ts.is_encapsulated
+    except (ValueError, TypeError):
+        return True
+
+
 def _decode(s: SliceInfo) -> np.ndarray:
     try:
         ds = pydicom.dcmread(s.path, force=True)       # the scan has vetted it; no meta is fine
     except Exception as exc:
-        raise VolumeIOError(s.path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+        raise VolumeIOError(s.path, f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     if "TransferSyntaxUID" not in ds.file_meta:         # a bare data set: its encoding tells the syntax
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
@@ -211,7 +228,9 @@ def _decode(s: SliceInfo) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
     try:
         return np.asarray(ds.pixel_array)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - codecs written in Rust raise PanicException (a BaseException)
         syntax = f"{ts.name} ({ts})"
         detail = " ".join(str(exc).split())
         raise VolumeIOError(s.path, f"the pixel data in {syntax} could not be decoded "

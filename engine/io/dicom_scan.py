@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from engine.io import catalog
 from engine.io.errors import Skipped
 from engine.jobs import CancelToken, check_cancel
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFLATED = "1.2.840.10008.1.2.1.99"          # Deflated Explicit VR Little Endian
+MAX_FRAMES = 100_000                          # frames in one file: beyond any scanner's, refused before one is listed
+DEFLATE_MAX_RATIO = 1032                      # the most deflate can compress
 PRIVATE_CREATOR = "SynerMedGen Studio"        # our writer's private block (group 0x0011)
 PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
@@ -80,6 +85,7 @@ class SliceInfo:
     acquired: str = ""                  # AcquisitionDate+Time (DT), for PET decay
     frames_in_file: int = 1
     file_origin: tuple[float, float, float] | None = None   # IPP of a legacy multi-frame file
+    notes: tuple[str, ...] = ()         # header values that were not usable, and what was done instead
 
 
 @dataclass
@@ -105,8 +111,11 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
                 force = True
             else:
                 raise NotReadable("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
+            _check_deflated(fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
+            except RecursionError:
+                raise NotReadable("the DICOM header's sequences are nested too deeply to read") from None
             except Exception as exc:  # pydicom raises many kinds on damaged headers
                 raise NotReadable(f"the DICOM header cannot be read ({type(exc).__name__}: {exc})") from None
             if force and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
@@ -115,6 +124,32 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
     except OSError as exc:
         raise NotReadable(f"cannot be opened ({exc.strerror or exc})") from None
     return ds, state
+
+
+def _check_deflated(fp) -> None:
+    """A deflated data set is unpacked whole by pydicom: refuse one that would unpack to more than
+    the memory available (a deflate bomb), measured by unpacking it once without keeping it."""
+    head = fp.read(4096)
+    fp.seek(0)
+    if DEFLATED.encode() not in head or head[128:132] != b"DICM" or head[136:138] != b"UL":
+        return
+    start = 144 + struct.unpack("<L", head[140:144])[0]          # after FileMetaInformationGroupLength's group
+    available = catalog.available_memory()
+    limit = catalog.MEMORY_SHARE * available if available is not None else float("inf")
+    unpacker, unpacked = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    fp.seek(start)
+    try:
+        while (chunk := fp.read(1 << 20)) and not unpacker.eof:
+            while chunk and not unpacker.eof:
+                unpacked += len(unpacker.decompress(chunk, 1 << 24))
+                chunk = unpacker.unconsumed_tail
+                if unpacked > limit:
+                    raise NotReadable(f"its deflated data set unpacks to more than the {limit / 2**30:.1f} GiB of "
+                                      f"memory a volume may take (a deflate bomb?)")
+    except zlib.error as exc:
+        raise NotReadable(f"its deflated data set is damaged ({exc})") from None
+    finally:
+        fp.seek(0)
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:
@@ -126,8 +161,12 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
 
 def _pixel_data_state(fp, ds: Dataset, pos: int, size: int) -> str:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is not None and ts.is_deflated:
-        return "ok"          # positions in a deflated data set are not file positions
+    if ts is not None and ts.is_transfer_syntax and ts.is_deflated:
+        expected = _expected_native_bytes(ds)          # positions in a deflated data set are not file positions
+        if expected > size * DEFLATE_MAX_RATIO:
+            return (f"damaged: Rows × Columns × frames need {expected} bytes, more than {size} deflated bytes "
+                    f"can hold")
+        return "ok"
     implicit, little = ds.original_encoding
     if implicit is None:
         implicit, little = False, True
@@ -147,7 +186,12 @@ def _pixel_data_state(fp, ds: Dataset, pos: int, size: int) -> str:
         length, header = struct.unpack(e + "H", head[6:8])[0], 8
     start = pos + header
     if length == 0xFFFFFFFF:
-        return _encapsulated_state(fp, start, size, e)
+        state, fragments = _encapsulated_state(fp, start, size, e)
+        frames = frame_count(ds)
+        if state == "ok" and frames > max(1, fragments - 1):       # the first item is the offset table
+            return (f"damaged: NumberOfFrames is {frames} but the compressed pixel data holds "
+                    f"{max(0, fragments - 1)} fragment(s), at least one per frame")
+        return state
     if start + length > size:
         return f"truncated: the pixel data needs {length} bytes but the file holds only {max(0, size - start)}"
     expected = _expected_native_bytes(ds)
@@ -157,27 +201,36 @@ def _pixel_data_state(fp, ds: Dataset, pos: int, size: int) -> str:
     return "ok"
 
 
-def _encapsulated_state(fp, pos: int, size: int, e: str) -> str:
+def _encapsulated_state(fp, pos: int, size: int, e: str) -> tuple[str, int]:
+    """The state of encapsulated pixel data and its number of items (offset table included)."""
     fp.seek(pos)
-    for _ in range(1_000_000):
+    for n in range(1_000_000):
         item = fp.read(8)
         if len(item) < 8:
-            return "truncated: the compressed pixel data ends before its last fragment"
+            return "truncated: the compressed pixel data ends before its last fragment", n
         group, elem, length = struct.unpack(e + "HHL", item)
         if (group, elem) == (0xFFFE, 0xE0DD):
-            return "ok"
+            return "ok", n
         if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
-            return "damaged: the compressed pixel data has an invalid fragment"
+            return "damaged: the compressed pixel data has an invalid fragment", n
         if fp.tell() + length > size:
-            return "truncated: the compressed pixel data ends inside a fragment"
+            return "truncated: the compressed pixel data ends inside a fragment", n
         fp.seek(length, os.SEEK_CUR)
-    return "damaged: too many pixel data fragments"
+    return "damaged: too many pixel data fragments", 1_000_000
+
+
+def frame_count(ds: Dataset) -> int:
+    """NumberOfFrames (1 when absent or not a whole number ≥ 1)."""
+    try:
+        return max(1, int(str(ds.get("NumberOfFrames") or 1).strip()))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _expected_native_bytes(ds: Dataset) -> int:
     try:
         bits = int(ds.BitsAllocated)
-        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1) * int(ds.get("SamplesPerPixel") or 1)
+        n = int(ds.Rows) * int(ds.Columns) * frame_count(ds) * int(ds.get("SamplesPerPixel") or 1)
     except (AttributeError, TypeError, ValueError):
         return 0
     return (n * bits + 7) // 8
@@ -202,6 +255,14 @@ def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
         return f"{label}: colour image ({photometric or 'several samples per pixel'}), not a grey-scale volume; skipped"
     if pixel_state != "ok":
         return f"{label} file is {pixel_state}"
+    rows, columns, bits = (_int(ds.get(k)) for k in ("Rows", "Columns", "BitsAllocated"))
+    if rows < 1 or columns < 1:
+        return f"{label} file is damaged: its image is {rows}×{columns} pixels"
+    if bits not in (1, 8, 16, 32, 64):
+        return f"{label} file is damaged: BitsAllocated is {bits}"
+    frames = str(ds.get("NumberOfFrames") or "1").strip()
+    if not frames.isdigit() or not 1 <= int(frames) <= MAX_FRAMES:
+        return f"{label} file is damaged: NumberOfFrames is {frames[:20]!r}, not 1 to {MAX_FRAMES}"
     return None
 
 
@@ -259,6 +320,41 @@ def _float(value) -> float | None:
         return None
 
 
+class _Checked:
+    """Numbers read from a header; a value that is not finite (or not positive where it must be) is
+    dropped, and a note says which and what is used instead."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def floats(self, name: str, value, n: int, instead: str, positive: bool = False) -> tuple[float, ...] | None:
+        numbers = _floats(value, n) if value is not None else None
+        if numbers is None or (all(map(_finite, numbers)) and (not positive or min(numbers) > 0)):
+            return numbers
+        shown = "\\".join(f"{v:g}" for v in numbers)
+        self.notes.append(f"{name} is {shown}, not usable: {instead}")
+        return None
+
+    def number(self, name: str, value, instead: str, positive: bool = False) -> float | None:
+        number = _float(value)
+        if number is None or (_finite(number) and (not positive or number > 0)):
+            return number
+        self.notes.append(f"{name} is {number:g}, not usable: {instead}")
+        return None
+
+    def rescale(self, slope, intercept) -> tuple[float, float]:
+        slope = self.number("RescaleSlope", slope, "1 used; values may not be in physical units")
+        intercept = self.number("RescaleIntercept", intercept, "0 used; values may not be in physical units")
+        if slope == 0:
+            self.notes.append("RescaleSlope is 0, not usable: 1 used; values may not be in physical units")
+            slope = None
+        return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def _finite(value: float) -> bool:
+    return abs(value) < 1e12                  # also False for NaN
+
+
 def _int(value, default: int = 0) -> int:
     try:
         return int(value)
@@ -273,21 +369,28 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
         sop_uid=text(ds.get("SOPInstanceUID")), rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
         instance=_int(ds.get("InstanceNumber")),
     )
-    n_frames = max(1, _int(ds.get("NumberOfFrames"), 1))
+    n_frames = frame_count(ds)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return [_enhanced_frame(ds, i, n_frames, common) for i in range(n_frames)]
     acquired = text(ds.get("AcquisitionDate")) + text(ds.get("AcquisitionTime"))
-    spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    checked = _Checked()
+    spacing = checked.floats("PixelSpacing", ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2,
+                             "in-plane spacing set to 1 mm", positive=True)
+    slope, intercept = checked.rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     base = dict(
-        common, iop=_floats(ds.get("ImageOrientationPatient"), 6), ipp=_floats(ds.get("ImagePositionPatient"), 3),
-        pixel_spacing=spacing, thickness=_float(ds.get("SliceThickness")),
-        spacing_between=_float(ds.get("SpacingBetweenSlices")),
+        common, iop=checked.floats("ImageOrientationPatient", ds.get("ImageOrientationPatient"), 6,
+                                   "the slice is treated as unpositioned"),
+        ipp=checked.floats("ImagePositionPatient", ds.get("ImagePositionPatient"), 3,
+                           "the slice is treated as unpositioned"),
+        pixel_spacing=spacing,
+        thickness=checked.number("SliceThickness", ds.get("SliceThickness"), "ignored", positive=True),
+        spacing_between=checked.number("SpacingBetweenSlices", ds.get("SpacingBetweenSlices"), "ignored",
+                                       positive=True),
         always_split=(text(ds.get("EchoNumbers")), text(ds.get("TemporalPositionIdentifier")), ""),
         acquisition=text(ds.get("AcquisitionNumber")),
         extra_split=(text(ds.get("ImageType")), text(ds.get("EchoTime")), text(ds.get("InversionTime")),
                      text(ds.get("TriggerTime")), text(ds.get("DiffusionBValue"))),
-        slope=_float(ds.get("RescaleSlope")) or 1.0, intercept=_float(ds.get("RescaleIntercept")) or 0.0,
-        acquired=acquired, frames_in_file=n_frames,
+        slope=slope, intercept=intercept, acquired=acquired, frames_in_file=n_frames, notes=tuple(checked.notes),
     )
     if n_frames == 1:
         return [SliceInfo(frame=None, **base)]
@@ -310,18 +413,26 @@ def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict) -> SliceIn
 
     measures, content, pvt = item("PixelMeasuresSequence"), item("FrameContentSequence"), item("PixelValueTransformationSequence")
     echo, diffusion = item("MREchoSequence"), item("MRDiffusionSequence")
+    checked = _Checked()
+    slope, intercept = checked.rescale(pvt.get("RescaleSlope"), pvt.get("RescaleIntercept"))
     return SliceInfo(
         frame=i, **common,
-        iop=_floats(item("PlaneOrientationSequence").get("ImageOrientationPatient"), 6),
-        ipp=_floats(item("PlanePositionSequence").get("ImagePositionPatient"), 3),
-        pixel_spacing=_floats(measures.get("PixelSpacing"), 2), thickness=_float(measures.get("SliceThickness")),
-        spacing_between=_float(measures.get("SpacingBetweenSlices") or ds.get("SpacingBetweenSlices")),
+        iop=checked.floats("ImageOrientationPatient", item("PlaneOrientationSequence").get("ImageOrientationPatient"),
+                           6, "the frame is treated as unpositioned"),
+        ipp=checked.floats("ImagePositionPatient", item("PlanePositionSequence").get("ImagePositionPatient"), 3,
+                           "the frame is treated as unpositioned"),
+        pixel_spacing=checked.floats("PixelSpacing", measures.get("PixelSpacing"), 2, "in-plane spacing set to 1 mm",
+                                     positive=True),
+        thickness=checked.number("SliceThickness", measures.get("SliceThickness"), "ignored", positive=True),
+        spacing_between=checked.number("SpacingBetweenSlices",
+                                       measures.get("SpacingBetweenSlices") or ds.get("SpacingBetweenSlices"),
+                                       "ignored", positive=True),
         always_split=(text(echo.get("EffectiveEchoTime")), text(content.get("TemporalPositionIndex")),
                       text(content.get("StackID"))),
         acquisition=text(content.get("FrameAcquisitionNumber")),
         extra_split=(text(diffusion.get("DiffusionBValue")),),
-        slope=_float(pvt.get("RescaleSlope")) or 1.0, intercept=_float(pvt.get("RescaleIntercept")) or 0.0,
-        acquired=text(content.get("FrameAcquisitionDateTime")), frames_in_file=n_frames,
+        slope=slope, intercept=intercept, acquired=text(content.get("FrameAcquisitionDateTime")),
+        frames_in_file=n_frames, notes=tuple(checked.notes),
     )
 
 
@@ -405,29 +516,38 @@ def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -
         seen_files.add(real)
         try:
             ds, state = read_header(path)
+            _add(result, path, ds, state, queue, seen_images)
         except NotReadable as exc:
             result.skipped.append(Skipped(str(path), str(exc)))
-            continue
-        media = text(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None))
-        if media == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
-            found, missing = dicomdir_files(path)
-            queue.extend(found)
-            result.skipped.extend(missing)
-            continue
-        reason = not_an_image_reason(ds, state)
-        if reason:
-            result.skipped.append(Skipped(str(path), reason))
-            continue
-        slices = slices_of(ds, str(path))
-        first = slices[0]
-        if first.sop_uid and (first.sop_uid, first.frame) in seen_images:
-            other = seen_images[(first.sop_uid, first.frame)]
-            result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored"))
-            continue
-        for s in slices:
-            if s.sop_uid:
-                seen_images[(s.sop_uid, s.frame)] = str(path)
-        if first.series_uid not in result.series_tags:
-            result.series_tags[first.series_uid] = series_tags(ds)
-        result.slices.extend(slices)
+        except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many kinds
+            detail = " ".join(str(exc).split())[:200]
+            result.skipped.append(Skipped(str(path), f"the DICOM header is damaged ({type(exc).__name__}: {detail})"))
     return result
+
+
+def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
+         seen_images: dict[tuple[str, int | None], str]) -> None:
+    """What one file's header adds to the scan: files a DICOMDIR lists, slices, or a skip."""
+    media = text(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None))
+    if media == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        found, missing = dicomdir_files(path)
+        queue.extend(found)
+        result.skipped.extend(missing)
+        return
+    reason = not_an_image_reason(ds, state)
+    if reason:
+        result.skipped.append(Skipped(str(path), reason))
+        return
+    slices = slices_of(ds, str(path))
+    first = slices[0]
+    if first.sop_uid and (first.sop_uid, first.frame) in seen_images:
+        other = seen_images[(first.sop_uid, first.frame)]
+        result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored"))
+        return
+    tags = series_tags(ds) if first.series_uid not in result.series_tags else None
+    for s in slices:
+        if s.sop_uid:
+            seen_images[(s.sop_uid, s.frame)] = str(path)
+    if tags is not None:
+        result.series_tags[first.series_uid] = tags
+    result.slices.extend(slices)

@@ -54,6 +54,8 @@ def group_series(slices: list[SliceInfo]) -> list[SeriesGroup]:
                 what = group.part = ", ".join(v for _, v in labels)
                 group.notes.insert(0, f"SeriesInstanceUID holds {len(parts)} volumes (split by {', '.join(reasons)}); "
                                       f"this is part {i}: {what}")
+            header_notes = dict.fromkeys(n for s in part for n in s.notes)     # in order, once each
+            group.notes.extend(header_notes)
             groups.append(group)
     return groups
 

@@ -1,8 +1,10 @@
 """2-D pictures (PNG, JPEG, TIFF, BMP) as one-slice volumes, read through SimpleITK: grey levels
 (a colour picture becomes its luma), pixel spacing from the file's own resolution or else 1 mm, and
-notes that tell the user what was assumed. A multi-page TIFF becomes a stack of its pages."""
+notes that tell the user what was assumed. A multi-page TIFF becomes a stack of its pages. The
+codecs run in the reader process (engine.io.reader_process)."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.errors import VolumeIOError
+from engine.io.reader_process import native
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
@@ -43,6 +46,8 @@ def pixel_spacing(path: Path, reader: sitk.ImageFileReader) -> tuple[tuple[float
     stated = _stated_spacing(path, reader)
     if stated is None:
         return (1.0, 1.0), "assumed: the file states no resolution"
+    if not (np.all(np.isfinite(stated)) and 1e-6 < min(stated) and max(stated) < 1e6):
+        return (1.0, 1.0), "assumed: the resolution the file states is not usable"
     dpi = 25.4 / stated[0]
     if abs(stated[0] - stated[1]) < 1e-3 * stated[0] and any(abs(dpi - d) < 0.01 * d for d in SCREEN_DPI):
         return (1.0, 1.0), f"assumed: the file's {dpi:.0f} dpi is a screen default, not a pixel size"
@@ -86,17 +91,22 @@ def _png_spacing(path: Path) -> tuple[float, float] | None:
 def scan_image(path: str | Path) -> Catalog:
     """One entry for a picture (header only; the pixels are read by its loader)."""
     path = Path(path)
+    entry = native(path, _scan_picture, str(path))
+    return Catalog(entries=[dataclasses.replace(
+        entry, loader=lambda progress, cancel: load_image(path, progress=progress, cancel=cancel))])
+
+
+def _scan_picture(path: str) -> SeriesEntry:
+    path = Path(path)
     reader = _reader(path)
     size = reader.GetSize()
     spacing, source = pixel_spacing(path, reader)
-    entry = SeriesEntry(
+    return SeriesEntry(
         key=str(path), kind=image_kind(path) or "image", paths=(str(path),), description=path.name,
         modality=modalities.guess_from_filename(path.name),
         shape_zyx=(size[2] if len(size) == 3 else 1, size[1], size[0]), spacing_xyz=(*spacing, 1.0),
         orientation="2-D", notes=(_spacing_note(spacing, source),),
-        loader=lambda progress, cancel: load_image(path, progress=progress, cancel=cancel),
     )
-    return Catalog(entries=[entry])
 
 
 def _spacing_note(spacing: tuple[float, float], source: str) -> str:
@@ -107,10 +117,19 @@ def _spacing_note(spacing: tuple[float, float], source: str) -> str:
 def load_image(path: str | Path, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Volume:
     """Read a picture into a float32 :class:`Volume` of its grey levels (one slice per page)."""
     path = Path(path)
+    check_cancel(cancel)
+    volume = native(path, _load_picture, str(path), cancel=cancel)
+    if progress is not None:
+        progress(Progress(1, 1, f"read {path.name}"))
+    return volume
+
+
+def _load_picture(path: str) -> Volume:
+    path = Path(path)
     reader = _reader(path)
     components = reader.GetNumberOfComponents()
-    ensure_fits_in_memory(str(path), int(np.prod(reader.GetSize())) * (4 + components))
-    check_cancel(cancel)
+    # the decoded pixels, their numpy copy, float32 grey and a float64 luma of a colour picture
+    ensure_fits_in_memory(str(path), int(np.prod(reader.GetSize(), dtype=np.int64)) * (2 * components + 4 + 8))
     try:
         pixels = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError:
@@ -131,6 +150,4 @@ def load_image(path: str | Path, progress: ProgressFn | None = None, cancel: Can
     top = np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else None
     notes.append("values are the picture's grey levels" + (f" (0–{top})" if top else "") + ", not physical units")
     modality = modalities.guess_from_filename(path.name)
-    if progress is not None:
-        progress(Progress(1, 1, f"read {path.name}"))
     return Volume(grey, (*spacing, 1.0), modality=modality, name=path.name, source=str(path), notes=tuple(notes))

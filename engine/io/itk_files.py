@@ -1,4 +1,6 @@
-"""NIfTI, MHA/MHD and NRRD volumes through SimpleITK: header-only scans, loads, atomic writes."""
+"""NIfTI, MHA/MHD and NRRD volumes through SimpleITK: header-only scans, loads, atomic writes.
+Headers are checked in Python first (engine.io.header_check); SimpleITK reads in the reader
+process (engine.io.reader_process), so a file that crashes or hangs it cannot take us down."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +14,9 @@ from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.data_size import check_complete, check_voxel_data
-from engine.io.errors import VolumeIOError
+from engine.io.errors import VolumeIOError, special_file
+from engine.io.header_check import HeaderFacts, check_header
+from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
@@ -41,7 +45,7 @@ def _read_info(path: Path) -> sitk.ImageFileReader:
 
 def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
     """How many bytes of voxels the header promises (every volume of a 4-D file, every component)."""
-    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    one = sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())      # the element's size
     item = sitk.GetArrayViewFromImage(one).itemsize
     return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * item
 
@@ -52,12 +56,13 @@ def _is_nifti2(path: Path) -> bool:
         return False
     import gzip
     import struct
+    import zlib
 
     try:
         opener = gzip.open if str(path).lower().endswith(".gz") else open
         with opener(path, "rb") as f:
             head = f.read(4)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return False
     return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
 
@@ -66,6 +71,7 @@ def _nifti2_header(path: Path):
     """nibabel's image for a NIfTI-2 file, else None."""
     if not _is_nifti2(path):
         return None
+    check_header(path)
     import nibabel
 
     try:
@@ -84,7 +90,9 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
             raise VolumeIOError(path, f"is a 4-D image with {shape[3]} volumes: pick one as {path}#INDEX")
         if not 0 <= volume_index < shape[3]:
             raise VolumeIOError(path, f"volume index {volume_index} is outside 0…{shape[3] - 1}")
-    ensure_fits_in_memory(str(path), int(np.prod(shape[:3])) * 4)
+    n = int(np.prod(shape[:3], dtype=np.int64))
+    stored = int(np.prod(shape, dtype=np.int64)) * image.get_data_dtype().itemsize
+    ensure_fits_in_memory(str(path), stored + n * (8 + 4))        # as stored, scaled in float64, float32
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
@@ -95,6 +103,7 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., None]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine     # RAS → LPS
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
     direction = _orthonormal(affine[:3, :3] / spacing)
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), tuple(spacing), tuple(affine[:3, 3]),
                   tuple(direction.ravel()), name=path.name, source=str(path), **_nibabel_mark(image))
@@ -105,22 +114,62 @@ def _nibabel_mark(image) -> dict:
 
 
 def _itk_mark(reader: sitk.ImageFileReader) -> dict:
-    return read_itk_fields({key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
+    fields = {}
+    for key in reader.GetMetaDataKeys():
+        try:
+            fields[key] = reader.GetMetaData(key)
+        except (TypeError, RuntimeError, UnicodeError):      # a damaged key or value: not our marking
+            continue
+    return read_itk_fields(fields)
+
+
+def _check_geometry(path: Path, spacing, origin, direction) -> None:
+    """Refuse NaN / infinite / zero geometry (a damaged header) before it becomes a Volume."""
+    spacing = np.asarray(spacing, dtype=float)
+    values = np.concatenate([spacing.ravel(), np.asarray(origin, float).ravel(), np.asarray(direction, float).ravel()])
+    if not np.all(np.isfinite(values)) or np.min(spacing) <= 0 or np.max(np.abs(values)) > 1e12:
+        raise VolumeIOError(path, f"its geometry is not usable (spacing {_numbers(spacing)} mm, origin "
+                                  f"{_numbers(origin)}): the header is damaged")
+    if abs(np.linalg.det(np.asarray(direction, dtype=float).reshape(len(spacing), len(spacing)))) < 1e-6:
+        raise VolumeIOError(path, "its direction cosines are degenerate (the axes do not span space): the "
+                                  "header is damaged")
+
+
+def _numbers(values) -> str:
+    return "×".join(f"{float(v):.6g}" for v in np.ravel(values))
 
 
 def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if "ITK ERROR" in ln or "Description" in ln or "error" in ln.lower()]
     text = (useful or lines or ["unknown error"])[-1]
-    return text.split("ITK ERROR:")[-1].strip()[:200]
+    return re.sub(r"\w+\(0x[0-9a-f]+\):\s*", "", text.split("ITK ERROR:")[-1]).strip()[:200]   # no "MetaImageIO(0x…):"
+
+
+def _openable(path: Path) -> None:
+    special = special_file(path)
+    if special:
+        raise VolumeIOError(path, f"is {special}, not a file")
+    if not path.exists():
+        raise VolumeIOError(path, "no such file")
 
 
 def scan_file(path: str | Path) -> Catalog:
     """One entry for a NIfTI/MHA/NRRD file (header only; voxels are read by ``load``)."""
     path = Path(path)
+    _openable(path)
     nifti2 = _nifti2_header(path)
     if nifti2 is not None:
         return _scan_nibabel(path, nifti2)
+    check_header(path)
+    entry = native(path, _scan_itk, str(path))
+    return Catalog(entries=[dataclasses.replace(
+        entry, loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel))])
+
+
+def _scan_itk(path: str) -> SeriesEntry:
+    """The entry of a checked header, read by SimpleITK (in the reader process; no loader)."""
+    path = Path(path)
     reader = _read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
@@ -135,6 +184,7 @@ def scan_file(path: str | Path) -> Catalog:
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
         notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
+    _check_geometry(path, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
     modality = modalities.guess_from_filename(path.name)
     entry = SeriesEntry(
@@ -149,9 +199,8 @@ def scan_file(path: str | Path) -> Catalog:
         notes=tuple(notes),
         synthetic=_itk_mark(reader)["synthetic"],
         volumes=n_volumes,
-        loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
-    return Catalog(entries=[entry])
+    return entry
 
 
 def _four_d_note(path: Path, n_volumes: int) -> str:
@@ -181,6 +230,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         notes.append(_four_d_note(path, shape[3]))
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
     direction = _orthonormal(affine[:3, :3] / spacing)
     orientation = Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(direction.ravel())).orientation()
     entry = SeriesEntry(
@@ -211,11 +261,16 @@ def load_file(path: str | Path, volume_index: int | None = None,
     """Read a NIfTI/MHA/NRRD file into a :class:`Volume` (float32 in the file's units);
     ``volume_index`` picks one volume of a 4-D file."""
     path = Path(path)
-    if not path.exists():
-        raise VolumeIOError(path, "no such file")
+    _openable(path)
     check_cancel(cancel)
     nifti2 = _nifti2_header(path)
-    volume = _load_nibabel(path, nifti2, volume_index) if nifti2 is not None else _load_itk(path, volume_index)
+    if nifti2 is not None:
+        volume = _load_nibabel(path, nifti2, volume_index)
+    else:
+        facts = check_header(path)
+        peak = _peak_bytes(facts)
+        ensure_fits_in_memory(str(path), peak)
+        volume = native(path, _load_itk, str(path), volume_index, peak_bytes=peak, cancel=cancel)
     check_cancel(cancel)
     modality = modalities.guess_from_filename(path.name)
     notes = list(volume.notes)
@@ -229,7 +284,17 @@ def load_file(path: str | Path, volume_index: int | None = None,
     return volume
 
 
-def _load_itk(path: Path, volume_index: int | None) -> Volume:
+def _peak_bytes(facts: HeaderFacts | None) -> int:
+    """What reading one volume takes at its peak: every stored voxel as SimpleITK reads it, its
+    numpy copy of one volume and that volume as float32."""
+    if facts is None:
+        return 0
+    return facts.stored_bytes + facts.voxels_3d * (facts.itemsize * facts.components + 4)
+
+
+def _load_itk(path: str, volume_index: int | None) -> Volume:
+    """One volume of a checked file, read by SimpleITK (in the reader process)."""
+    path = Path(path)
     reader = _read_info(path)
     dim = reader.GetDimension()
     size = list(reader.GetSize())
@@ -242,13 +307,17 @@ def _load_itk(path: Path, volume_index: int | None) -> Volume:
             raise VolumeIOError(path, f"volume index {volume_index} is outside 0…{size[3] - 1}")
         reader.SetExtractIndex([0, 0, 0, volume_index])
         reader.SetExtractSize(size[:3] + [0])
-    ensure_fits_in_memory(str(path), int(np.prod(size[:3])) * 4)
+    elif dim not in (2, 3):
+        raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
+    if str(path).lower().endswith(".gz"):
+        check_complete(path, _voxel_bytes(reader))      # a cut gzip stream would read as zeros
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
+    _check_geometry(path, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     return volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
 
 
@@ -292,7 +361,7 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))
         except RuntimeError as exc:
-            problem = re.sub(r"\w+\(0x[0-9a-f]+\):\s*", "", _first_line(exc)).replace(str(tmp), path.name)
+            problem = _first_line(exc).replace(str(tmp), path.name)
             raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
                                       "file, if any, is kept") from None
         _verify_written(tmp, path, image)

@@ -39,7 +39,10 @@ class Volume:
         if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
             raise ValueError(f"spacing must be three positive numbers (mm), got {self.spacing}")
         object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "origin", tuple(float(o) for o in self.origin))
+        origin = tuple(float(o) for o in self.origin)
+        if len(origin) != 3 or not all(np.isfinite(origin)):
+            raise ValueError(f"origin must be three finite numbers (mm), got {self.origin}")
+        object.__setattr__(self, "origin", origin)
         d = np.asarray(self.direction, dtype=float).reshape(3, 3)
         if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
             raise ValueError(f"direction cosines must be orthonormal, got {self.direction}")

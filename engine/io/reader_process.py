@@ -1,0 +1,232 @@
+"""The reader process: native readers (SimpleITK / ITK, image codecs) run in a child process with a
+time and memory limit, so a crash, a hang or a runaway allocation on a hostile file ends in one
+clear error naming the file instead of taking the app or the command line down.
+
+``native(path, fn, *args)`` runs ``fn(*args)`` there and returns its result; one child serves the
+whole program, one request at a time, started on first use and again after it died. A process
+that is itself such a sandbox (the fuzzer's children) calls :func:`run_here` to read in place, as
+daemonic processes (DataLoader workers, the app's synthesis process) do, which may start none.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.io.errors import VolumeIOError
+from engine.jobs import Cancelled, CancelToken
+
+HEADER_TIMEOUT_S = 20.0            # a header, a picture, a slice: never longer than this
+BYTES_PER_SECOND = 10 << 20        # loading a volume may take this much longer per byte of its peak
+SLACK_BYTES = 1 << 30              # address space above the reading's own peak (libraries, thread stacks)
+POLL_S = 0.05
+
+_here = False
+
+
+def run_here() -> None:
+    """Read in this process from now on (it is a sandbox itself)."""
+    global _here
+    _here = True
+
+
+def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int = 0,
+           cancel: CancelToken | None = None) -> Any:
+    """``fn(*args)`` (a module-level function) in the reader process, for the file ``path``: a
+    :class:`VolumeIOError` naming ``path`` when the reader crashes, runs past its time (longer for
+    a larger ``peak_bytes``) or fails unexpectedly; a numpy array result comes back without copies."""
+    if _here or multiprocessing.current_process().daemon:
+        return fn(*args)           # a daemonic process (a DataLoader worker) may start none: it is a sandbox itself
+    timeout_s = HEADER_TIMEOUT_S + peak_bytes / BYTES_PER_SECOND
+    return _process().call(Path(path), fn, args, peak_bytes + SLACK_BYTES, timeout_s, cancel)
+
+
+class _ReaderProcess:
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")     # never fork a process that may run Qt
+        self._process = None
+        self._conn = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def call(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
+             cancel: CancelToken | None) -> Any:
+        with self._lock:
+            self._ensure_started()
+            self._conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
+            deadline = time.monotonic() + timeout_s
+            while not self._conn.poll(POLL_S):
+                if cancel is not None and cancel.cancelled:
+                    self._stop()
+                    raise Cancelled()
+                if not self._process.is_alive():
+                    raise self._died(path)
+                if time.monotonic() > deadline:
+                    self._stop()
+                    raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
+                                              f"file is damaged, or on a drive too slow to read it from")
+            try:
+                kind, payload = self._conn.recv()
+                if kind == "array":
+                    shape, dtype, rest = payload
+                    array = np.empty(shape, dtype=dtype)
+                    if array.nbytes:
+                        self._conn.recv_bytes_into(memoryview(array).cast("B"))
+                    return _with_array(rest, array)
+            except (EOFError, OSError):
+                raise self._died(path) from None
+        if kind == "ok":
+            return payload
+        if kind == "error":
+            raise VolumeIOError(*payload)
+        raise VolumeIOError(path, payload)
+
+    def _ensure_started(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, args=(child,), daemon=True, name="synermedgen-reader")
+        main = sys.modules.get("__main__")
+        # the child needs nothing of the main script: spawn would run a script without a __main__ guard again
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+            child.close()
+        self._process, self._conn = process, parent
+
+    def _died(self, path: Path) -> VolumeIOError:
+        self._process.join(1.0)
+        code = self._process.exitcode
+        self._stop()
+        how = (f"was killed by signal {-code}" if code is not None and code < 0
+               else f"stopped (exit code {code})")
+        return VolumeIOError(path, f"the image reader {how} on this file: it is damaged or not a valid image "
+                                   f"(or too large for the memory available)")
+
+    def _stop(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5.0)
+        if self._conn is not None:
+            self._conn.close()
+        self._process = self._conn = None
+
+    def close(self) -> None:
+        if os.getpid() != self._pid:            # a forked child's copy: the process is its parent's
+            return
+        with self._lock:
+            if self._process is not None and self._process.is_alive():
+                try:
+                    self._conn.send(None)
+                    self._process.join(2.0)
+                except (OSError, ValueError):
+                    pass
+            self._stop()
+
+
+_instance: _ReaderProcess | None = None
+_instance_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child starts its own reader process: the parent's pipe and lock are not its own."""
+    global _instance, _instance_lock
+    _instance, _instance_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _process() -> _ReaderProcess:
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = _ReaderProcess()
+            atexit.register(_instance.close)
+        return _instance
+
+
+# -- the child ------------------------------------------------------------------------------------------
+def serve(conn) -> None:
+    """The reader process's loop: one request at a time until told to stop (or the pipe closes)."""
+    import importlib
+    import resource
+
+    run_here()
+    quiet = os.open(os.devnull, os.O_WRONLY)     # native readers print warnings of their own; the errors say it all
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        module, name, args, memory_bytes = request
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = _vm_bytes() + memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        try:
+            fn = getattr(importlib.import_module(module), name)
+            result = fn(*args)
+        except VolumeIOError as exc:
+            conn.send(("error", (exc.path, exc.problem)))
+        except MemoryError:
+            conn.send(("failed", "reading it needs more memory than is available"))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a reader's failure on a damaged file, as one line
+                                      # (codecs written in Rust raise PanicException, a BaseException)
+            detail = " ".join(str(exc).split())[:200]
+            conn.send(("failed", f"cannot be read ({type(exc).__name__}: {detail})"))
+        else:
+            _send(conn, result)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _send(conn, result: Any) -> None:
+    array, rest = _without_array(result)
+    if array is None:
+        conn.send(("ok", result))
+        return
+    array = np.ascontiguousarray(array)
+    conn.send(("array", (array.shape, array.dtype.str, rest)))
+    if array.nbytes:
+        conn.send_bytes(memoryview(array).cast("B"))
+
+
+def _without_array(result: Any) -> tuple[np.ndarray | None, Any]:
+    """The big array of a result (an array, or a Volume's), and the rest to pickle."""
+    from engine.io.volume import Volume
+
+    if isinstance(result, np.ndarray):
+        return result, None
+    if isinstance(result, Volume):
+        return result.array, result.replace(array=np.zeros((1, 1, 1), np.float32))
+    return None, result
+
+
+def _with_array(rest: Any, array: np.ndarray) -> Any:
+    return array if rest is None else rest.replace(array=array)
+
+
+def _vm_bytes() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return 0

@@ -1,0 +1,269 @@
+"""Hostile and damaged files (issue #23): headers checked before a native reader sees them, native
+readers in a reader process whose crash, hang or runaway allocation becomes one error naming the
+file, a memory guard counting the real peak, DICOM frame counts bounded, unusable geometry noted
+or refused, truncation an error, special files skipped."""
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from engine import io
+from engine.cli import run_cli
+from engine.io import catalog, itk_files, reader_process
+from engine.io.reader_process import native
+from engine.io.volume import Volume
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _volume(shape=(6, 7, 8), dtype=np.float32) -> Volume:
+    return Volume(np.arange(np.prod(shape), dtype=dtype).reshape(shape), spacing=(0.5, 0.75, 2.0))
+
+
+def _mha_with(tmp_path: Path, **fields: str) -> Path:
+    """An uncompressed MHA whose header fields are replaced by ``fields``."""
+    path = tmp_path / "v.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(path), useCompression=False)
+    data = path.read_bytes()
+    end = data.index(b"ElementDataFile")
+    header = data[:end].decode()
+    for key, value in fields.items():
+        header = "\n".join(f"{key} = {value}" if line.startswith(key + " ") else line for line in header.split("\n"))
+    path.write_bytes(header.encode() + data[end:])
+    return path
+
+
+# -- the reader process ------------------------------------------------------------------------------
+def test_mha_with_ndims_minus_one_is_refused_before_simpleitk_sees_it(tmp_path):
+    path = _mha_with(tmp_path, NDims="-1")
+    with pytest.raises(io.VolumeIOError, match="NDims = -1") as err:
+        io.scan(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_native_reader_crashing_on_a_file_is_an_error_naming_it_and_the_next_read_works(tmp_path):
+    path = _mha_with(tmp_path, NDims="-1")
+    with pytest.raises(io.VolumeIOError, match="the image reader was killed by signal") as err:
+        native(path, itk_files._scan_itk, str(path))         # no header check: SimpleITK itself crashes
+    assert str(err.value).startswith(str(path))
+    good = io.save(_volume(), tmp_path / "good.nrrd")
+    assert io.load(good).shape == (6, 7, 8)
+
+
+def test_a_native_reader_past_its_time_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader_process, "HEADER_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    with pytest.raises(io.VolumeIOError, match="took longer than 1 s") as err:
+        native(tmp_path / "slow.nii", time.sleep, 60)
+    assert time.monotonic() - start < 30 and str(tmp_path / "slow.nii") in str(err.value)
+
+
+def test_a_native_reader_allocating_without_end_meets_its_memory_limit(tmp_path):
+    with pytest.raises(io.VolumeIOError, match="needs more memory than is available"):
+        native(tmp_path / "bomb.nii", np.ones, 1 << 42)
+
+
+def test_a_volume_comes_back_from_the_reader_process_exactly(tmp_path):
+    volume = _volume(dtype=np.int16)
+    for suffix in (".nii.gz", ".mha", ".nrrd"):
+        loaded = io.load(io.save(volume, tmp_path / f"v{suffix}"))
+        assert np.array_equal(loaded.array, volume.array) and loaded.same_grid(volume)
+
+
+# -- headers and geometry ------------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, problem", [
+    ({"TransformMatrix": "1 0 0 0 1 0 0 0 -1e999"}, "TransformMatrix"),
+    ({"ElementSpacing": "nan 1 1"}, "elementspacing"),
+    ({"DimSize": "6 5 -4"}, "DimSize"),
+    ({"ElementType": "MET_WHATEVER"}, "ElementType"),
+])
+def test_absurd_metaimage_fields_are_refused_by_name(tmp_path, fields, problem):
+    path = _mha_with(tmp_path, **fields)
+    with pytest.raises(io.VolumeIOError, match=f"(?i){problem}"):
+        io.scan(path)
+
+
+def _nifti(tmp_path: Path, name="v.nii", **header) -> Path:
+    image = nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    for key, value in header.items():
+        image.header[key] = value
+    path = tmp_path / name
+    raw = image.header.binaryblock + bytes(4) + np.zeros((4, 5, 6), np.int16).tobytes()
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    return path
+
+
+@pytest.mark.parametrize("field, value", [("srow_x", [np.inf, 0, 0, 0]), ("pixdim", [1, np.nan, 1, 1, 1, 1, 1, 1]),
+                                          ("scl_slope", np.inf), ("datatype", 3)])
+def test_absurd_nifti_fields_are_refused_by_name(tmp_path, field, value):
+    path = _nifti(tmp_path, **{"scl_slope": 1.0, "scl_inter": 0.0, field: value, "sform_code": 1})
+    with pytest.raises(io.VolumeIOError, match=field.split("_")[0].replace("scl", "scaling")) as err:
+        io.scan(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_truncated_nifti_is_an_error_not_zeros(tmp_path, suffix):
+    path = io.save(_volume(shape=(20, 30, 40)), tmp_path / f"v{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 300])
+    with pytest.raises(io.VolumeIOError, match="truncated") as err:
+        io.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_damaged_compressed_data_at_the_start_of_a_nifti_gz_is_a_clean_error(tmp_path):
+    path = io.save(_volume(), tmp_path / "v.nii.gz")
+    data = bytearray(path.read_bytes())
+    data[12:40] = b"\xff" * 28                     # the deflate stream's first blocks
+    path.write_bytes(bytes(data))
+    with pytest.raises(io.VolumeIOError) as err:
+        io.scan(path)
+    assert str(path) in str(err.value)
+
+
+def test_the_memory_guard_counts_the_stored_voxels_and_the_copies_not_float32_alone(tmp_path, monkeypatch):
+    path = io.save(_volume(shape=(20, 30, 40), dtype=np.int16).replace(array=np.zeros((20, 30, 40), np.int16)),
+                   tmp_path / "v.nrrd")
+    n = 20 * 30 * 40
+    monkeypatch.setattr(catalog, "available_memory", lambda: int(6 * n / catalog.MEMORY_SHARE))  # float32 fits, not the peak
+    with pytest.raises(io.VolumeIOError, match="at its peak") as err:
+        io.load(path)
+    assert str(path) in str(err.value)
+    monkeypatch.setattr(catalog, "available_memory", lambda: int(40 * n / catalog.MEMORY_SHARE))
+    assert io.load(path).shape == (20, 30, 40)
+
+
+def test_the_memory_guard_respects_the_address_space_limit():
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    used = catalog._address_space_room()
+    assert used is None or soft != resource.RLIM_INFINITY
+    try:
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), hard))
+        assert catalog.available_memory() <= 257 << 20
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+# -- DICOM ------------------------------------------------------------------------------------------------
+def _dicom(tmp_path: Path, source: str, **values) -> Path:
+    ds = pydicom.dcmread(PYDICOM_FILES / source)
+    for keyword, value in values.items():
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        ds[tag] = pydicom.dataelem.RawDataElement(
+            pydicom.tag.Tag(tag), pydicom.datadict.dictionary_VR(tag), len(value), value, 0, False, True)
+    path = tmp_path / source
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("source", ["MR_small_RLE.dcm", "image_dfl.dcm", "MR_small.dcm"])
+def test_a_huge_number_of_frames_is_refused_at_once(tmp_path, source):
+    path = _dicom(tmp_path, source, NumberOfFrames=b"1000000000")
+    start = time.monotonic()
+    with pytest.raises(io.VolumeIOError, match="NumberOfFrames|fewer than|deflated") as err:
+        io.scan(path)
+    assert time.monotonic() - start < 10 and str(path) in str(err.value)
+
+
+def test_more_frames_than_compressed_fragments_are_refused(tmp_path):
+    path = _dicom(tmp_path, "MR_small_RLE.dcm", NumberOfFrames=b"5000")
+    with pytest.raises(io.VolumeIOError, match="fragment"):
+        io.scan(path)
+
+
+def test_unusable_dicom_numbers_are_noted_not_used(tmp_path):
+    path = _dicom(tmp_path, "CT_small.dcm", RescaleSlope=b"nan ", ImagePositionPatient=b"nan\\0\\0 ",
+                  SliceThickness=b"-2.5")
+    volume = io.load(path)
+    notes = " ".join(volume.notes)
+    assert "RescaleSlope is nan" in notes and "ImagePositionPatient is nan" in notes and "SliceThickness is -2.5" in notes
+    assert np.all(np.isfinite(volume.array)) and np.all(np.isfinite(volume.origin))
+    assert volume.spacing[2] > 0 and volume.spacing[2] != 2.5
+
+
+def test_a_dicom_header_pydicom_cannot_convert_is_skipped_with_the_reason(tmp_path):
+    path = tmp_path / "bad.dcm"
+    data = bytearray((PYDICOM_FILES / "MR_small.dcm").read_bytes())
+    at = data.index(b"\x08\x00\x20\x00DA")         # StudyDate's VR becomes one pydicom does not know
+    data[at + 4:at + 6] = b"DE"
+    path.write_bytes(bytes(data))
+    with pytest.raises(io.VolumeIOError) as err:
+        io.scan(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+# -- special files and the command line ---------------------------------------------------------------------
+def test_a_fifo_in_a_folder_is_skipped_with_a_note_and_never_opened(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    io.save(_volume(), tmp_path / "v.nii.gz")
+    os.mkfifo(tmp_path / "pipe.nii")
+    os.mkfifo(tmp_path / "pipe")
+    catalog_ = io.scan(tmp_path)
+    assert len(catalog_.entries) == 1
+    assert {Path(s.path).name for s in catalog_.skipped} == {"pipe", "pipe.nii"}
+    assert all("FIFO" in s.reason for s in catalog_.skipped)
+    with pytest.raises(io.VolumeIOError, match="FIFO"):
+        io.load(f"{tmp_path / 'pipe.nii'}#0")
+
+
+def test_a_file_that_crashes_the_native_reader_is_one_line_and_exit_2_on_the_command_line(tmp_path, capsys):
+    path = _mha_with(tmp_path, NDims="-1")
+    assert run_cli(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_a_script_without_a_main_guard_reads_through_the_reader_process(tmp_path):
+    path = io.save(_volume(), tmp_path / "v.mha")
+    script = tmp_path / "script.py"
+    script.write_text(f"import engine.io as io\nprint(io.load({str(path)!r}).shape)\n")
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0 and done.stdout.strip() == "(6, 7, 8)", done.stderr[-2000:]
+
+
+def test_a_deflate_bomb_dicom_is_refused_before_pydicom_unpacks_it(tmp_path, monkeypatch):
+    good = PYDICOM_FILES / "image_dfl.dcm"
+    assert len(io.scan(good).entries) == 1
+    monkeypatch.setattr(catalog, "available_memory", lambda: 20_000)      # the file unpacks to more than this
+    with pytest.raises(io.VolumeIOError, match="deflated data set unpacks to more than") as err:
+        io.scan(good)
+    assert str(good) in str(err.value)
+
+
+def _load_shape(path: str, queue) -> None:
+    queue.put(io.load(path).shape)
+
+
+def test_a_daemonic_process_such_as_a_dataloader_worker_reads_in_place(tmp_path):
+    import multiprocessing
+
+    path = io.save(_volume(), tmp_path / "v.nii.gz")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_load_shape, args=(str(path), queue), daemon=True)
+    worker.start()
+    assert queue.get(timeout=60) == (6, 7, 8)
+    worker.join(30)
+
+
+def test_a_one_dimensional_nifti_is_refused_by_name(tmp_path):
+    path = _nifti(tmp_path, dim=[1, 4, 5, 6, 1, 1, 1, 1])      # found by `bench fuzz`: a traceback inside SimpleITK
+    with pytest.raises(io.VolumeIOError, match="1-D image") as err:
+        io.load(path)
+    assert str(path) in str(err.value)
