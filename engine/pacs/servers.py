@@ -21,6 +21,7 @@ DEFAULT_CALLING_AE = "SYNERMEDGEN"
 # PS3.5 6.2: AE is 1–16 characters, no backslash and no control characters (spaces only inside)
 _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
           "timeout_s": ((int, float), "a number of seconds")}
+SECRETS = ("password", "token")          # stored, never shown
 _AE_TITLE = re.compile(r"[^\\\x00-\x1f]{1,16}")
 
 
@@ -101,7 +102,8 @@ class Server:
         for key, value in data.items():
             expected, what = _TYPES.get(key, (str, "text"))
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ValueError(f"server {name!r}: {key} must be {what}, got {value!r}")
+                shown = f"a value of type {type(value).__name__}" if key in SECRETS else repr(value)
+                raise ValueError(f"server {name!r}: {key} must be {what}, got {shown}")
         return cls(**data)
 
 

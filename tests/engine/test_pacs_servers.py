@@ -67,6 +67,11 @@ def test_a_damaged_servers_file_is_named(tmp_path):
     path.write_text(json.dumps({"servers": [{"name": "x", "host": "h", "ae_title": "A", "port": "104"}]}))
     with pytest.raises(ValueError, match="port must be a whole number, got '104'"):
         load_servers(path)
+    for secret in ("password", "token"):
+        path.write_text(json.dumps({"servers": [{"name": "x", "url": "https://x/", secret: 12345}]}))
+        with pytest.raises(ValueError, match=f"{secret} must be text, got a value of type int") as raised:
+            load_servers(path)
+        assert "12345" not in str(raised.value)
     with pytest.raises(ValueError, match="no PACS server named 'y' \\(known: none\\)"):
         find_server("y", tmp_path / "missing.json")
 
