@@ -122,8 +122,7 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     wanted = instances(server, study_uid, series_uid)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
-    have = cache.cached(study_uid, series_uid)
-    missing = [uid for uid in wanted if uid not in have]
+    missing = cache.missing(study_uid, series_uid, wanted)
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
     web = client(server)

@@ -180,7 +180,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     wanted = instances(server, study_uid, series_uid, cancel)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
-    missing = sorted(set(wanted) - cache.cached(study_uid, series_uid))
+    missing = sorted(set(cache.missing(study_uid, series_uid, wanted)))
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
     if missing:
@@ -193,7 +193,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
             raise
         receiver.raise_error()
         _cancel_check(server, cancel)
-        left = set(wanted) - cache.cached(study_uid, series_uid)
+        left = cache.missing(study_uid, series_uid, wanted)
         if left:
             raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
                                          "instances missing")

@@ -100,6 +100,9 @@ def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_
             cache.write("1.2", f"1.2.{k}", f"1.2.{k}.{j}", b"x" * 500)
         os.utime(cache.series_dir("1.2", f"1.2.{k}"), (1000 + k, 1000 + k))
     assert cache.cached("1.2", "1.2.1") == {"1.2.1.0", "1.2.1.1"}
+    odd = "1.2.3.junk uid"                                          # a nonconforming UID: hashed file name
+    cache.write("1.2", "1.2.3", odd, b"x")
+    assert cache.missing("1.2", "1.2.3", [odd, "1.2.3.4"]) == ["1.2.3.4"]
     removed = cache.prune(keep={cache.series_dir("1.2", "1.2.0")})
     assert removed == [cache.series_dir("1.2", "1.2.1")]            # the oldest not kept
     assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
