@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import time, unseen by mypy
     PatientRootQueryRetrieveInformationModelFind,
@@ -23,7 +24,7 @@ from pynetdicom.status import code_to_category
 
 from engine.jobs import CancelToken, Progress, ProgressFn, noop
 from engine.pacs.cache import Cache
-from engine.pacs.errors import PacsCancelled, PacsError
+from engine.pacs.errors import PacsCancelled, PacsError, check_cancel
 from engine.pacs.query import Match, Query, identifier
 from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
@@ -33,6 +34,7 @@ RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
                     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
                     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")  # explicit LE, implicit LE, explicit BE
 STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
 _PENDING = (0xFF00, 0xFF01)
 _CANCEL_STATUS = 0xFE00
@@ -99,11 +101,6 @@ def _check(server: Server, service: str, status: Dataset | None) -> int:
     return code
 
 
-def _cancel_check(server: Server, cancel: CancelToken | None) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise PacsCancelled(server.name)
-
-
 def echo(server: Server) -> float:
     """C-ECHO; the round trip in seconds."""
     started = time.perf_counter()
@@ -117,7 +114,7 @@ def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToke
     found = []
     with association(server, [(model, None)]) as assoc:
         for status, answer in assoc.send_c_find(identifier(keys, level), model):
-            _cancel_check(server, cancel)
+            check_cancel(server.name, cancel)
             if _check(server, "C-FIND", status) in _PENDING and answer is not None:
                 found.append(answer)
     return found
@@ -192,7 +189,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
             receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
             raise
         receiver.raise_error()
-        _cancel_check(server, cancel)
+        check_cancel(server.name, cancel)
         left = cache.missing(study_uid, series_uid, wanted)
         if left:
             raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
@@ -203,7 +200,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
 def _follow(server: Server, service: str, responses, cancel: CancelToken | None) -> None:
     """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
     for status, _ in responses:
-        _cancel_check(server, cancel)
+        check_cancel(server.name, cancel)
         code = _check(server, service, status)
         if code == _CANCEL_STATUS:
             raise PacsCancelled(server.name)
@@ -250,21 +247,57 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
 
 
+def _offered_syntaxes(syntax: str) -> list[str]:
+    """The transfer syntaxes offered for a file in ``syntax``: an uncompressed one may also go as
+    Explicit or Implicit VR Little Endian (pynetdicom converts), a compressed one only as it is."""
+    if syntax in UNCOMPRESSED:
+        return [syntax, *(s for s in UNCOMPRESSED[:2] if s != syntax)]
+    return [syntax]
+
+
+def _accepted(assoc, item: Outgoing) -> bool:
+    """Whether the association can carry ``item``: its SOP class in its transfer syntax, or any
+    uncompressed syntax for an uncompressed file."""
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax == item.sop_class and cx.as_scu is not False:
+            agreed = str(cx.transfer_syntax[0])
+            if agreed == item.transfer_syntax or (agreed in UNCOMPRESSED and item.transfer_syntax in UNCOMPRESSED):
+                return True
+    return False
+
+
 def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
           cancel: CancelToken | None = None) -> list[SendResult]:
-    """C-STORE each file over one association; the result per instance."""
-    contexts = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
+    """C-STORE each file over one association; the result per instance. An instance whose SOP class
+    or transfer syntax the server refused is a failed result naming them; when the connection
+    drops, the results so far are returned with the instances not sent marked failed."""
+    contexts = sorted({(o.sop_class, tuple(_offered_syntaxes(o.transfer_syntax))) for o in outgoing})
     if len(contexts) > 128:
         raise PacsError(server.name, "too many kinds of instance to send at once (more than 128)")
-    results = []
-    with association(server, [(sop, [syntax]) for sop, syntax in contexts]) as assoc:
+    results: list[SendResult] = []
+
+    def done(item: Outgoing, ok: bool, detail: str) -> None:
+        results.append(SendResult(item.path, item.sop_uid, ok, detail))
+        progress(Progress(len(results), len(outgoing), f"sent {len(results)} of {len(outgoing)} instances"))
+
+    with association(server, [(sop, list(syntaxes)) for sop, syntaxes in contexts]) as assoc:
         for k, item in enumerate(outgoing):
-            _cancel_check(server, cancel)
-            status = assoc.send_c_store(item.path)
-            code = int(status.Status) if status is not None and "Status" in status else None
-            if code is None:
-                raise PacsError(server.name, f"C-STORE of {item.path.name}: the server sent no answer")
-            results.append(SendResult(item.path, item.sop_uid, code == 0 or code_to_category(code) == "Warning",
-                                      f"status 0x{code:04X} ({code_to_category(code)})"))
-            progress(Progress(k + 1, len(outgoing), f"sent {k + 1} of {len(outgoing)} instances"))
+            check_cancel(server.name, cancel)
+            if not _accepted(assoc, item):
+                done(item, False, f"the server does not take {UID(item.sop_class).name} in "
+                                  f"{UID(item.transfer_syntax).name}")
+                continue
+            try:
+                status = assoc.send_c_store(item.path)
+            except (ValueError, AttributeError) as exc:      # a file pynetdicom cannot encode
+                done(item, False, f"not sent ({exc})")
+                continue
+            if status is None or "Status" not in status:
+                for rest in outgoing[k:]:
+                    results.append(SendResult(rest.path, rest.sop_uid, False,
+                                              "not sent: the connection to the server was lost"))
+                break
+            code = int(status.Status)
+            done(item, code == 0 or code_to_category(code) == "Warning",
+                 f"status 0x{code:04X} ({code_to_category(code)})")
     return results

@@ -6,7 +6,9 @@ retrieve leaves only whole instances, which the next retrieve does not fetch aga
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -16,7 +18,7 @@ from orthanc_server import PASSWORD, free_port, start_orthanc
 import engine.io as io
 from engine.io.volume import Volume
 from engine.jobs import Cancelled, CancelToken
-from engine.pacs import Cache, PacsCancelled, PacsError, Query, echo, find, retrieve, send
+from engine.pacs import Cache, PacsCancelled, PacsError, Query, Server, echo, find, retrieve, send
 from engine.paths import RESOURCES
 
 PATIENT_ID = "DEMO-HEAD-001"
@@ -185,3 +187,53 @@ def test_a_full_disk_during_c_get_is_reported_as_such_and_leaves_no_part(pacs, t
     with pytest.raises(OutputError, match="No space left"):
         retrieve(pacs.dimse(), match.study_uid, [match.series_uid], cache, method="get")
     assert not _parts(tmp_path)
+
+
+# -- send to a picky or failing storage SCP (pynetdicom, in process) ------------------------------------
+@pytest.fixture
+def picky(tmp_path):
+    """A storage SCP that takes CT Image Storage in Implicit VR Little Endian only, and stops answering
+    (longer than our DIMSE timeout) after ``hang_after`` instances when that is set."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(CTImageStorage, pydicom.uid.ImplicitVRLittleEndian)
+    received: list[str] = []
+
+    def store(event):
+        if picky.hang_after is not None and len(received) >= picky.hang_after:
+            time.sleep(2.0)
+            return 0xA700
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    picky = SimpleNamespace(hang_after=None, received=received,
+                            server=Server("picky", ae_title="PICKY", host="127.0.0.1", port=port, timeout_s=1.0))
+    folder = io.save(Volume(np.zeros((6, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0), modality="CT", unit="HU",
+                            synthetic=True, derived_from="CBCT"), tmp_path / "series")
+    picky.files = sorted(folder.iterdir())
+    try:
+        yield picky
+    finally:
+        listener.shutdown()
+
+
+def test_a_refused_sop_class_is_its_own_failed_result_and_uncompressed_goes_implicit(picky):
+    assert pydicom.dcmread(picky.files[0]).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    mr = pydicom.dcmread(picky.files[2])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    mr.save_as(picky.files[2])
+    results = send(picky.server, picky.files[0].parent)
+    assert [r.ok for r in results] == [True, True, False, True, True, True]
+    assert results[2].detail == "the server does not take MR Image Storage in Explicit VR Little Endian"
+    assert len(picky.received) == 5
+
+
+def test_a_dropped_connection_keeps_the_results_so_far(picky):
+    picky.hang_after = 2
+    results = send(picky.server, picky.files[0].parent)
+    assert [r.ok for r in results] == [True, True, False, False, False, False]
+    assert all("connection to the server was lost" in r.detail for r in results[2:])
