@@ -37,14 +37,20 @@ RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")  # explicit LE, implicit LE, explicit BE
 STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
 _PENDING = (0xFF00, 0xFF01)
+CANCEL_POLL_S = 0.05                 # how soon a cancel aborts a C-GET / C-MOVE
+STOP_WAIT_S = 10.0                   # for our storage SCP's associations to end once aborted
 _CANCEL_STATUS = 0xFE00
 _REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
 _NOT_ASKED_FOR = 0xC000              # "cannot understand": an instance of another series than the one retrieved
 
 
-def _ae(server: Server) -> AE:
+def _ae(server: Server, long_running: bool = False) -> AE:
+    """Our AE; ``long_running`` (a C-GET or C-MOVE) waits for the PACS's responses without a limit,
+    since a PACS may send no pending response while it moves a large series (a cancel aborts it)."""
     ae = AE(ae_title=server.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = server.timeout_s
+    if long_running:
+        ae.dimse_timeout = ae.network_timeout = None
     return ae
 
 
@@ -66,10 +72,11 @@ def _refusal(server: Server, assoc, answers: list) -> str:
 
 @contextlib.contextmanager
 def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]], *, roles: Sequence[str] = (),
-                handlers: Sequence = ()) -> Iterator:
+                handlers: Sequence = (), long_running: bool = False) -> Iterator:
     """An established association asking for ``contexts`` ((abstract syntax, transfer syntaxes or
-    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error."""
-    ae = _ae(server)
+    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error.
+    ``long_running``: no DIMSE or network timeout (see :func:`_ae`)."""
+    ae = _ae(server, long_running)
     for abstract, syntaxes in contexts:
         if syntaxes:
             ae.add_requested_context(abstract, syntaxes)
@@ -197,6 +204,31 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     return cache.touch(study_uid, series_uid)
 
 
+@contextlib.contextmanager
+def _abort_on_cancel(assoc, cancel: CancelToken | None) -> Iterator[None]:
+    """Abort ``assoc`` as soon as ``cancel`` is set, from a watcher thread: a C-GET or C-MOVE waits
+    for the PACS without a time limit, so a cancel must not wait for its next response."""
+    if cancel is None:
+        yield
+        return
+    ended = threading.Event()
+
+    def watch() -> None:
+        while not ended.wait(CANCEL_POLL_S):
+            if cancel.cancelled:
+                assoc.abort()
+                assoc.dimse.msg_queue.put((None, None))     # wakes the reader, as a peer's abort does
+                return
+
+    watcher = threading.Thread(target=watch, name="pacs-cancel-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        watcher.join()
+
+
 def _follow(server: Server, service: str, responses, cancel: CancelToken | None) -> None:
     """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
     for status, _ in responses:
@@ -215,9 +247,21 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     def fetch(receiver: _Receiver, ds: Dataset) -> None:
         contexts = [(StudyRootQueryRetrieveInformationModelGet, None),
                     *((uid, RECEIVE_SYNTAXES) for uid in STORAGE_CLASSES)]
-        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)],
+                         long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
             _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), cancel)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def _stop(listener) -> None:
+    """Stop our storage SCP: its open associations aborted and their threads ended, so that no
+    instance is written after the retrieve returns."""
+    active = listener.active_associations
+    for assoc in active:
+        assoc.abort()
+    for assoc in active:
+        assoc.join(STOP_WAIT_S)
+    listener.shutdown()
 
 
 def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
@@ -239,11 +283,12 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
                                          f"({exc.strerror or exc})") from None
         assert listener is not None                     # block=False returns the running server
         try:
-            with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)]) as assoc:
+            with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)],
+                             long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
                 responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)
                 _follow(server, "C-MOVE", responses, cancel)
         finally:
-            listener.shutdown()
+            _stop(listener)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
 
 

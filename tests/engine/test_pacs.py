@@ -5,7 +5,9 @@ with its derived markings; each failure is one clear line naming the server, and
 retrieve leaves only whole instances, which the next retrieve does not fetch again."""
 from __future__ import annotations
 
+import dataclasses
 import stat
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -237,3 +239,72 @@ def test_a_dropped_connection_keeps_the_results_so_far(picky):
     results = send(picky.server, picky.files[0].parent)
     assert [r.ok for r in results] == [True, True, False, False, False, False]
     assert all("connection to the server was lost" in r.detail for r in results[2:])
+
+
+# -- a PACS that is silent while it moves (pynetdicom Q/R SCP, in process) ------------------------------
+@pytest.fixture
+def silent(tmp_path):
+    """A Q/R SCP answering C-FIND for the instances of one series and, to a C-MOVE, sending no
+    response for ``delay_s`` (as a PACS busy with a large series may), then the instances."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    folder = io.save(Volume(np.zeros((6, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0), modality="CT", unit="HU"),
+                     tmp_path / "series")
+    datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    ae = AE(ae_title="SILENT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+    state = SimpleNamespace(delay_s=0.0, move_port=free_port(), study_uid=str(datasets[0].StudyInstanceUID),
+                            series_uid=str(datasets[0].SeriesInstanceUID), instances=len(datasets))
+
+    def c_find(event):
+        for ds in datasets:
+            answer = pydicom.Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.StudyInstanceUID, answer.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+            answer.SOPInstanceUID = ds.SOPInstanceUID
+            yield 0xFF00, answer
+
+    def c_move(event):
+        deadline = time.monotonic() + state.delay_s
+        while time.monotonic() < deadline and not event.assoc.is_aborted:
+            time.sleep(0.02)
+        yield "127.0.0.1", state.move_port
+        yield len(datasets)
+        for ds in datasets:
+            yield 0xFF00, ds
+
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_C_FIND, c_find), (evt.EVT_C_MOVE, c_move)])
+    state.server = Server("silent", ae_title="SILENT", host="127.0.0.1", port=port, move_port=state.move_port,
+                          timeout_s=1.0)
+    try:
+        yield state
+    finally:
+        listener.shutdown()
+
+
+def test_a_c_move_silent_for_longer_than_the_timeout_completes(silent, tmp_path):
+    silent.delay_s = 2.0                                           # twice the server's timeout_s
+    [folder] = retrieve(silent.server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"))
+    assert len(list(folder.glob("*.dcm"))) == silent.instances
+
+
+def test_a_cancel_aborts_a_silent_c_move_at_once(silent, tmp_path):
+    silent.delay_s = 30.0
+    token = CancelToken()
+    timer = threading.Timer(0.3, token.cancel)
+    timer.start()
+    started = time.monotonic()
+    server = dataclasses.replace(silent.server, timeout_s=10.0)    # a cancel does not wait for a timeout
+    with pytest.raises(PacsCancelled):
+        retrieve(server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"), cancel=token)
+    assert time.monotonic() - started < 3.0
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.dcm"))
