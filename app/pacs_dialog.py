@@ -468,7 +468,7 @@ class PacsDialog(QDialog):
 class SendDialog(QDialog):
     """Send a synthetic volume to a chosen server: exported as a DICOM derived series (its
     synthetic and research markings included) into a temporary folder, then sent; the result per
-    instance is listed."""
+    instance is listed. Closed, it deletes itself (and lets go of the volume) once no send runs."""
 
     sent = Signal(list)                     # engine.pacs.sending.SendResult per instance
 
@@ -476,7 +476,11 @@ class SendDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle(f"Send {doc.title} to a PACS")
         self.runner, self.doc = runner, doc
-        self.servers = pacs.load_servers(servers_path)
+        try:
+            self.servers = pacs.load_servers(servers_path)
+            problem = "" if self.servers else "No PACS server is stored yet: add one in File ▸ PACS…."
+        except ValueError as exc:                   # a damaged servers file, named
+            self.servers, problem = [], str(exc)
         self.server = QComboBox()
         self.server.addItems([s.name for s in self.servers])
         self.progress = QProgressBar()
@@ -503,8 +507,8 @@ class SendDialog(QDialog):
         layout.addWidget(self.results, 1)
         layout.addWidget(self.message)
         layout.addWidget(close)
-        if not self.servers:
-            self.message.setText("No PACS server is stored yet: add one in File ▸ PACS….")
+        if problem:
+            self.message.setText(problem)
         self.task: Task | None = None
         self.resize(640, 420)
 
@@ -548,6 +552,13 @@ class SendDialog(QDialog):
     def _set_busy(self, busy: bool) -> None:
         self.send_button.setEnabled(not busy and bool(self.servers))
         self.cancel_button.setEnabled(busy)
+        if not busy and not self.isVisible():
+            self.deleteLater()                      # closed during the send: gone now it has ended
+
+    def done(self, result: int) -> None:
+        super().done(result)
+        if self.task is None:
+            self.deleteLater()
 
     def cancel(self) -> None:
         if self.task is not None:

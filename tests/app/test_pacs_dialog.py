@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shiboken6
+from PySide6.QtCore import QEvent
+from PySide6.QtWidgets import QApplication
 from orthanc_server import PACS_AE, start_orthanc
 
 import engine.io as io
@@ -128,10 +131,32 @@ def test_a_synthetic_volume_is_sent_and_an_acquired_one_refused(qtbot, dialog, o
     sender = win.send_to_pacs(synthetic)
     with qtbot.waitSignal(sender.sent, timeout=30000) as blocker:
         sender.send_button.click()
+        sender.reject()                                            # closed during the send: it goes on
+        _deferred_deletes()
+        assert shiboken6.isValid(sender)
     results = blocker.args[0]
     assert len(results) == 8 and all(r.ok for r in results) and sender.results.count() == 8
+    _deferred_deletes()
+    assert not shiboken6.isValid(sender)                           # ... and is deleted once it ended
     descriptions = [s["SeriesDescription"] for s in orthanc.series_tags()]
     assert "synthetic CT from CBCT — research use only" in descriptions
+
+
+def _deferred_deletes() -> None:
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+
+
+def test_send_names_a_damaged_servers_file_and_is_deleted_when_closed(qtbot, make_window, settings_dir):
+    win = make_window()
+    (settings_dir / "pacs_servers.json").parent.mkdir(parents=True, exist_ok=True)
+    (settings_dir / "pacs_servers.json").write_text("{not json")
+    volume = Volume(np.zeros((4, 8, 8), np.float32), modality="CT", unit="HU", synthetic=True, derived_from="CBCT")
+    sender = win.send_to_pacs(win.workspace.add(volume, synthetic=True))
+    assert "pacs_servers.json: not a readable servers file" in sender.message.text()
+    assert not sender.send_button.isEnabled()
+    sender.reject()
+    _deferred_deletes()
+    assert not shiboken6.isValid(sender)
 
 
 def test_the_command_line_finds_the_servers_where_the_app_keeps_them(qapp, monkeypatch, tmp_path):
