@@ -5,6 +5,8 @@ opens it in the Studies tree and the viewer; Cancel stops a retrieve leaving onl
 a synthetic volume is sent and stored with its markings, an acquired one is refused with a reason."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import shiboken6
@@ -15,7 +17,7 @@ from orthanc_server import PACS_AE, start_orthanc
 import engine.io as io
 from engine.io.volume import Volume
 from engine import pacs
-from engine.pacs import Cache, load_servers
+from engine.pacs import Cache, Server, load_servers, save_servers
 from engine.pacs.places import CACHE_DIR_ENV
 
 PATIENT_ID = "GUI-0001"
@@ -140,6 +142,29 @@ def test_a_synthetic_volume_is_sent_and_an_acquired_one_refused(qtbot, dialog, o
     assert not shiboken6.isValid(sender)                           # ... and is deleted once it ended
     descriptions = [s["SeriesDescription"] for s in orthanc.series_tags()]
     assert "synthetic CT from CBCT — research use only" in descriptions
+
+
+def test_editing_a_server_keeps_its_hidden_fields_and_refuses_a_taken_name(make_window, settings_dir):
+    ward = Server("ward", ae_title="WARD", host="ward.example", port=104, timeout_s=5.0)
+    web = Server("web", url="https://web.example/dicom-web", username="u", password="pw", timeout_s=7.5)
+    path = save_servers([ward, web], settings_dir / "pacs_servers.json")
+    dialog = make_window().open_pacs()
+    editor = dialog.servers.edit()                                  # the first: ward
+    editor.host.setText("ward2.example")
+    editor.accept()
+    assert load_servers(path) == [dataclasses.replace(ward, host="ward2.example"), web]   # timeout_s kept, order too
+    dialog.servers.list.setCurrentRow(1)
+    editor = dialog.servers.edit()
+    editor.name.setText("ward")
+    editor.accept()
+    assert "already a server named 'ward'" in editor.problem.text() and editor.isVisible()
+    editor.reject()
+    assert [s.name for s in load_servers(path)] == ["ward", "web"]
+    editor = dialog.servers.add()
+    editor.name.setText("web")
+    editor.accept()
+    assert "already a server named 'web'" in editor.problem.text()
+    editor.reject()
 
 
 def _deferred_deletes() -> None:
