@@ -116,21 +116,37 @@ def echo(server: Server) -> float:
     return time.perf_counter() - started
 
 
-def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToken | None) -> list[Dataset]:
-    model = PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+def _answers(server: Server, assoc, model: str, keys: dict[str, str], level: str,
+             cancel: CancelToken | None) -> list[Dataset]:
     found = []
-    with association(server, [(model, None)]) as assoc:
-        for status, answer in assoc.send_c_find(identifier(keys, level), model):
-            check_cancel(server.name, cancel)
-            if _check(server, "C-FIND", status) in _PENDING and answer is not None:
-                found.append(answer)
+    for status, answer in assoc.send_c_find(identifier(keys, level), model):
+        check_cancel(server.name, cancel)
+        if _check(server, "C-FIND", status) in _PENDING and answer is not None:
+            found.append(answer)
     return found
 
 
+def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToken | None) -> list[Dataset]:
+    model = PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+    with association(server, [(model, None)]) as assoc:
+        return _answers(server, assoc, model, keys, level, cancel)
+
+
 def find(server: Server, query: Query, cancel: CancelToken | None = None) -> list[Match]:
-    """C-FIND at the query's level."""
-    answers = _c_find(server, query.keys(), query.level.upper(), cancel)
-    return [Match.from_dataset(query.level, ds) for ds in answers]
+    """C-FIND at the query's level; series hierarchically (the matching studies, then each one's
+    series, over one association), so that each level is asked only its own keys."""
+    if query.level != "series":
+        return [Match.from_dataset(query.level, ds) for ds in _c_find(server, query.keys(), query.level.upper(), cancel)]
+    model = StudyRootQueryRetrieveInformationModelFind
+    matches = []
+    with association(server, [(model, None)]) as assoc:
+        studies = [Match.from_dataset("study", ds)
+                   for ds in _answers(server, assoc, model, query.study_query().keys(), "STUDY", cancel)]
+        for study in studies:
+            if study.study_uid:
+                answers = _answers(server, assoc, model, query.series_keys(study.study_uid), "SERIES", cancel)
+                matches += [Match.from_dataset("series", ds).within(study) for ds in answers]
+    return matches
 
 
 def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:

@@ -308,3 +308,53 @@ def test_a_cancel_aborts_a_silent_c_move_at_once(silent, tmp_path):
         retrieve(server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"), cancel=token)
     assert time.monotonic() - started < 3.0
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.dcm"))
+
+
+# -- a strict PACS (pynetdicom Q/R SCP, in process) -------------------------------------------------------
+STUDY_LEVEL = {"QueryRetrieveLevel", "PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription",
+               "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+SERIES_LEVEL = {"QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesDescription",
+                "SeriesNumber", "NumberOfSeriesRelatedInstances"}
+
+
+def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
+    """Study Root C-FIND as a strict PACS checks it: at SERIES level only series attributes and the
+    study's UID (given); anything else is refused (0xA900)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    studies = {"1.2.3.1": ("Strict^One", "20240102", "first"), "1.2.3.2": ("Strict^Two", "20240103", "second")}
+    asked = []
+
+    def c_find(event):
+        ds = event.identifier
+        keys = {elem.keyword for elem in ds}
+        asked.append((ds.QueryRetrieveLevel, keys))
+        if ds.QueryRetrieveLevel == "STUDY" and keys <= STUDY_LEVEL:
+            for uid, (name, date, description) in studies.items():
+                answer = pydicom.Dataset()
+                answer.QueryRetrieveLevel, answer.StudyInstanceUID, answer.PatientID = "STUDY", uid, "STRICT"
+                answer.PatientName, answer.StudyDate, answer.StudyDescription = name, date, description
+                yield 0xFF00, answer
+        elif ds.QueryRetrieveLevel == "SERIES" and keys <= SERIES_LEVEL and ds.get("StudyInstanceUID") in studies:
+            answer = pydicom.Dataset()
+            answer.QueryRetrieveLevel, answer.StudyInstanceUID = "SERIES", ds.StudyInstanceUID
+            answer.SeriesInstanceUID, answer.Modality = ds.StudyInstanceUID + ".7", "CT"
+            answer.SeriesDescription, answer.NumberOfSeriesRelatedInstances = "head", 3
+            yield 0xFF00, answer
+        else:
+            yield 0xA900, None
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
+    try:
+        found = find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0),
+                     Query(level="series", patient_id="STRICT", modality="CT", date_from="20240101"))
+    finally:
+        listener.shutdown()
+    assert [(m.patient_name, m.study_description, m.study_date, m.series_uid, m.modality, m.instances)
+            for m in found] == [("Strict^One", "first", "20240102", "1.2.3.1.7", "CT", 3),
+                                ("Strict^Two", "second", "20240103", "1.2.3.2.7", "CT", 3)]
+    assert [level for level, _ in asked] == ["STUDY", "SERIES", "SERIES"]
