@@ -13,10 +13,11 @@ import stat
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from engine import paths
 from engine.atomic import atomic_file
-from engine.pacs import places
 
 DEFAULT_LIMIT_BYTES = 20 * 1024**3
+CACHE_DIR_ENV = "SYNERMEDGEN_PACS_CACHE"
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 SUFFIX = ".dcm"
 
@@ -29,11 +30,16 @@ def file_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:32]
 
 
+def default_root() -> Path:
+    """``$SYNERMEDGEN_PACS_CACHE``, else a ``pacs`` folder in the app's cache folder (engine.paths)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or paths.cache_dir() / "pacs")
+
+
 class Cache:
-    """A cache folder (default: engine.pacs.places.cache_dir()), created private on first use."""
+    """A cache folder (default: :func:`default_root`), created private on first use."""
 
     def __init__(self, root: str | Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
-        self.root = Path(root) if root else places.cache_dir()
+        self.root = Path(root) if root else default_root()
         self.limit_bytes = limit_bytes
 
     def ensure(self) -> Path:

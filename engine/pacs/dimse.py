@@ -5,6 +5,7 @@ association and raises :class:`PacsCancelled` (whole instances stay in the cache
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,8 @@ RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
                     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")  # explicit LE, implicit LE, explicit BE
 STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)    # its INFO / DEBUG lines are not the user's concern
+
 _PENDING = (0xFF00, 0xFF01)
 CANCEL_POLL_S = 0.05                 # how soon a cancel aborts a C-GET / C-MOVE
 STOP_WAIT_S = 10.0                   # for our storage SCP's associations to end once aborted

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from engine import paths
 from engine.atomic import atomic_file
-from engine.pacs import places
 
 FILE_NAME = "pacs_servers.json"
 SCHEMA_VERSION = 1
@@ -108,8 +108,8 @@ class Server:
 
 
 def servers_file(config_dir: str | Path | None = None) -> Path:
-    """The servers file in ``config_dir`` (default: the app's config folder, see engine.pacs.places)."""
-    return Path(config_dir or places.config_dir()) / FILE_NAME
+    """The servers file in ``config_dir`` (default: the app's config folder, engine.paths.config_dir)."""
+    return Path(config_dir or paths.config_dir()) / FILE_NAME
 
 
 def load_servers(path: str | Path | None = None) -> list[Server]:

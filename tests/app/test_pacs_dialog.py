@@ -6,19 +6,20 @@ a synthetic volume is sent and stored with its markings, an acquired one is refu
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import shiboken6
+from orthanc_server import PACS_AE, start_orthanc
 from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QApplication
-from orthanc_server import PACS_AE, start_orthanc
 
 import engine.io as io
-from engine.io.volume import Volume
 from engine import pacs
+from engine.io.volume import Volume
 from engine.pacs import Cache, Server, load_servers, save_servers
-from engine.pacs.places import CACHE_DIR_ENV
+from engine.pacs.cache import CACHE_DIR_ENV
 
 PATIENT_ID = "GUI-0001"
 
@@ -185,17 +186,25 @@ def test_send_names_a_damaged_servers_file_and_is_deleted_when_closed(qtbot, mak
 
 
 def test_the_command_line_finds_the_servers_where_the_app_keeps_them(qapp, monkeypatch, tmp_path):
+    """engine.paths follows Qt's AppConfigLocation and CacheLocation rule for the app's names."""
+    from PySide6.QtCore import QStandardPaths
+
     from app import about
     from app.settings import CONFIG_DIR_ENV, config_dir, pacs_servers_file
     from engine.pacs import servers_file
+    from engine.paths import cache_dir
 
     monkeypatch.delenv(CONFIG_DIR_ENV)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     names = qapp.organizationName(), qapp.applicationName()
     qapp.setOrganizationName(about.ORGANISATION)
     qapp.setApplicationName(about.APP_NAME)
     try:
         assert servers_file() == pacs_servers_file() == config_dir() / "pacs_servers.json"
+        location = QStandardPaths.StandardLocation
+        assert config_dir() == Path(QStandardPaths.writableLocation(location.AppConfigLocation))
+        assert cache_dir() == Path(QStandardPaths.writableLocation(location.CacheLocation))
     finally:
         qapp.setOrganizationName(names[0])
         qapp.setApplicationName(names[1])

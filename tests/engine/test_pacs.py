@@ -6,6 +6,7 @@ retrieve leaves only whole instances, which the next retrieve does not fetch aga
 from __future__ import annotations
 
 import dataclasses
+import logging
 import stat
 import threading
 import time
@@ -61,6 +62,7 @@ def _parts(root: Path) -> list[Path]:
 # -- verify and query -------------------------------------------------------------------------------
 def test_verify_answers_over_dimse_and_dicomweb(pacs):
     assert echo(pacs.dimse()) > 0
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING     # its chatter stays out of logs
     assert echo(pacs.web()) > 0
 
 

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from engine.pacs import Cache, Query, Server, find_server, load_servers, places, save_servers, servers_file
+from engine.pacs import Cache, Query, Server, find_server, load_servers, save_servers, servers_file
+from engine.paths import CONFIG_DIR_ENV
 
 DIMSE = Server("ward", ae_title="ORTHANC", host="pacs.example", port=4242, calling_ae="ME", move_port=11112)
 WEB = Server("web", url="https://pacs.example/dicom-web", username="alice", password="hunter2-secret")
@@ -31,11 +32,11 @@ def test_servers_round_trip_through_a_private_file_and_never_show_secrets(tmp_pa
 
 
 def test_the_servers_file_lives_in_the_app_config_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv(places.CONFIG_DIR_ENV, raising=False)
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     if sys.platform.startswith("linux"):
         assert servers_file() == tmp_path / "SynerMedGen" / "SynerMedGen Studio" / "pacs_servers.json"
-    monkeypatch.setenv(places.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     assert servers_file() == tmp_path / "elsewhere" / "pacs_servers.json"
     assert load_servers() == []
 
