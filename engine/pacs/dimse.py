@@ -40,6 +40,7 @@ STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)    # its INFO / DEBUG lines are not the user's concern
 
 _PENDING = (0xFF00, 0xFF01)
+NONE_ACCEPTED = "the server accepted none of the services we asked for"
 CANCEL_POLL_S = 0.05                 # how soon a cancel aborts a C-GET / C-MOVE
 STOP_WAIT_S = 10.0                   # for our storage SCP's associations to end once aborted
 _CANCEL_STATUS = 0xFE00
@@ -57,6 +58,10 @@ def _ae(server: Server, long_running: bool = False) -> AE:
     return ae
 
 
+class NothingAccepted(PacsError):
+    """The server took the association but none of the presentation contexts asked for."""
+
+
 def _refusal(server: Server, assoc, answers: list) -> str:
     """Why an association was not established, in the user's words."""
     rejection = next((p for p in answers if getattr(p, "result", None) in (0x01, 0x02)), None)
@@ -69,7 +74,7 @@ def _refusal(server: Server, assoc, answers: list) -> str:
                     "register it at the PACS or change the calling AE title")
         return f"association rejected ({rejection.result_str}: {reason})"
     if any(getattr(p, "result", None) == 0x00 for p in answers):
-        return "the server accepted none of the services we asked for"
+        return NONE_ACCEPTED
     return f"no DICOM server answered at {server.host}:{server.port} (is it running, is the port right?)"
 
 
@@ -90,7 +95,8 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
     assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
                          ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None, evt_handlers=all_handlers)
     if not assoc.is_established:
-        raise PacsError(server.name, _refusal(server, assoc, answers))
+        problem = _refusal(server, assoc, answers)
+        raise (NothingAccepted if problem == NONE_ACCEPTED else PacsError)(server.name, problem)
     try:
         yield assoc
     except BaseException:
@@ -344,24 +350,30 @@ def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
         results.append(SendResult(item.path, item.sop_uid, ok, detail))
         progress(Progress(len(results), len(outgoing), f"sent {len(results)} of {len(outgoing)} instances"))
 
-    with association(server, [(sop, list(syntaxes)) for sop, syntaxes in contexts]) as assoc:
-        for k, item in enumerate(outgoing):
-            check_cancel(server.name, cancel)
-            if not _accepted(assoc, item):
-                done(item, False, f"the server does not take {UID(item.sop_class).name} in "
-                                  f"{UID(item.transfer_syntax).name}")
-                continue
-            try:
-                status = assoc.send_c_store(item.path)
-            except (ValueError, AttributeError) as exc:      # a file pynetdicom cannot encode
-                done(item, False, f"not sent ({exc})")
-                continue
-            if status is None or "Status" not in status:
-                for rest in outgoing[k:]:
-                    results.append(SendResult(rest.path, rest.sop_uid, False,
-                                              "not sent: the connection to the server was lost"))
-                break
-            code = int(status.Status)
-            done(item, code == 0 or code_to_category(code) == "Warning",
-                 f"status 0x{code:04X} ({code_to_category(code)})")
+    def not_taken(item: Outgoing) -> str:
+        return f"the server does not take {UID(item.sop_class).name} in {UID(item.transfer_syntax).name}"
+
+    try:
+        with association(server, [(sop, list(syntaxes)) for sop, syntaxes in contexts]) as assoc:
+            for k, item in enumerate(outgoing):
+                check_cancel(server.name, cancel)
+                if not _accepted(assoc, item):
+                    done(item, False, not_taken(item))
+                    continue
+                try:
+                    status = assoc.send_c_store(item.path)
+                except (ValueError, AttributeError) as exc:      # a file pynetdicom cannot encode
+                    done(item, False, f"not sent ({exc})")
+                    continue
+                if status is None or "Status" not in status:
+                    for rest in outgoing[k:]:
+                        results.append(SendResult(rest.path, rest.sop_uid, False,
+                                                  "not sent: the connection to the server was lost"))
+                    break
+                code = int(status.Status)
+                done(item, code == 0 or code_to_category(code) == "Warning",
+                     f"status 0x{code:04X} ({code_to_category(code)})")
+    except NothingAccepted:                  # raised before any instance: none of their kinds is taken
+        for item in outgoing:
+            done(item, False, not_taken(item))
     return results

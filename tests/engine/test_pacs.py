@@ -236,6 +236,16 @@ def test_a_refused_sop_class_is_its_own_failed_result_and_uncompressed_goes_impl
     assert len(picky.received) == 5
 
 
+def test_a_server_that_takes_none_of_the_instances_fails_each_one(picky):
+    for path in picky.files:
+        mr = pydicom.dcmread(path)
+        mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+        mr.save_as(path)
+    results = send(picky.server, picky.files[0].parent)
+    assert len(results) == 6 and not any(r.ok for r in results)
+    assert {r.detail for r in results} == {"the server does not take MR Image Storage in Explicit VR Little Endian"}
+
+
 def test_a_dropped_connection_keeps_the_results_so_far(picky):
     picky.hang_after = 2
     results = send(picky.server, picky.files[0].parent)
