@@ -2,11 +2,9 @@
 resources (demo study, default model and its model card) live."""
 from __future__ import annotations
 
-from engine.paths import DEFAULT_MODEL_DIR, RESOURCES
+from engine.paths import APP_NAME, DEFAULT_MODEL_DIR, ORGANISATION, RESOURCES  # noqa: F401 - Qt's names are the engine's
 from engine.version import version  # noqa: F401 - the app's version is the engine's
 
-APP_NAME = "SynerMedGen Studio"
-ORGANISATION = "SynerMedGen"
 ORGANISATION_DOMAIN = "synermedgen.org"
 RESEARCH_NOTICE = "Research use only, not for diagnosis"
 SYNTHETIC_BANNER = "SYNTHETIC — research use only"

@@ -349,7 +349,7 @@ class MainWindow(QMainWindow):
         if problem:
             self.report_error(problem)
             return None
-        dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)      # kept: a send goes on when closed
+        dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)      # deletes itself once closed and idle
         dialog.sent.connect(lambda results, d=doc: self.log.add(
             f"Sent {d.title} to a PACS: {sum(r.ok for r in results)} of {len(results)} instances stored"))
         dialog.show()

@@ -5,7 +5,9 @@ folder. Send to PACS… sends a synthetic volume (exported as a DICOM series fir
 and lists the result per instance. Every PACS call runs on a worker (engine.pacs)."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -48,10 +50,14 @@ def _text(widget: QLineEdit) -> str:
 
 class ServerEditor(QDialog):
     """Add or edit one server: DIMSE (AE title, host, port, our AE, C-MOVE port) or DICOMweb (URL,
-    user name and password, or a bearer token). OK only with a valid definition; the problem is shown."""
+    user name and password, or a bearer token); what the form does not show (the timeout) is kept.
+    OK only with a valid definition whose name no other server (``taken``) has; the problem is shown."""
 
-    def __init__(self, server: Server | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, server: Server | None = None, parent: QWidget | None = None,
+                 taken: Collection[str] = ()) -> None:
         super().__init__(parent)
+        self.original = server or Server("new PACS", ae_title="ORTHANC", host="localhost", port=4242)
+        self.taken = set(taken)
         self.setWindowTitle("PACS server")
         self.name, self.ae_title, self.host, self.calling_ae = QLineEdit(), QLineEdit(), QLineEdit(), QLineEdit()
         self.url, self.username, self.password, self.token = QLineEdit(), QLineEdit(), QLineEdit(), QLineEdit()
@@ -84,7 +90,7 @@ class ServerEditor(QDialog):
         layout.addWidget(self.problem)
         layout.addWidget(buttons)
         self.kind.currentIndexChanged.connect(self._show_rows)
-        self._fill(server or Server("new PACS", ae_title="ORTHANC", host="localhost", port=4242))
+        self._fill(self.original)
 
     def _fill(self, s: Server) -> None:
         self.name.setText(s.name)
@@ -107,13 +113,16 @@ class ServerEditor(QDialog):
                 self.form.setRowVisible(widget, visible)
 
     def server(self) -> Server:
-        """The server the fields describe; ValueError saying what is wrong."""
+        """The server the fields describe (the edited one's other fields kept); ValueError saying what is wrong."""
         name = _text(self.name)
+        if name in self.taken:
+            raise ValueError(f"there is already a server named {name!r}: choose another name")
         if self.kind.currentIndex() == 1:
-            return Server(name, url=_text(self.url), username=_text(self.username), password=self.password.text(),
-                          token=self.token.text().strip())
-        return Server(name, ae_title=_text(self.ae_title), host=_text(self.host), port=self.port.value(),
-                      calling_ae=_text(self.calling_ae), move_port=self.move_port.value())
+            return dataclasses.replace(self.original, name=name, url=_text(self.url), username=_text(self.username),
+                                       password=self.password.text(), token=self.token.text().strip())
+        return dataclasses.replace(self.original, name=name, ae_title=_text(self.ae_title), host=_text(self.host),
+                                   port=self.port.value(), calling_ae=_text(self.calling_ae),
+                                   move_port=self.move_port.value(), url="")
 
     def accept(self) -> None:
         try:
@@ -179,14 +188,15 @@ class ServerList(QWidget):
         row = self.list.currentRow()
         return self.servers[row] if 0 <= row < len(self.servers) else None
 
-    def _store(self, servers: list[Server], current: str) -> None:
+    def _store(self, servers: list[Server], current: str) -> bool:
         try:
             pacs.save_servers(servers, self.path)
         except (OSError, ValueError) as exc:
             self.status.setText(str(exc))
-            return
+            return False
         self.servers = servers
         self._fill(current)
+        return True
 
     def add(self) -> ServerEditor:
         return self._open_editor(None)
@@ -195,21 +205,20 @@ class ServerList(QWidget):
         return self._open_editor(self.current()) if self.current() else None
 
     def _open_editor(self, old: Server | None) -> ServerEditor:
-        editor = ServerEditor(old, self)
+        editor = ServerEditor(old, self, taken=[s.name for s in self.servers if s is not old])
         editor.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         editor.accepted.connect(lambda: self._edited(old, editor.server()))
         editor.open()
         return editor
 
     def _edited(self, old: Server | None, new: Server) -> None:
-        others = [s for s in self.servers if s is not old and s.name != new.name]
-        self._store(others + [new], new.name)
-        self.status.setText(f"Saved {new.name}: {new.describe()}")
+        servers = [new if s is old else s for s in self.servers] if old else [*self.servers, new]
+        if self._store(servers, new.name):
+            self.status.setText(f"Saved {new.name}: {new.describe()}")
 
     def remove(self) -> None:
         server = self.current()
-        if server is not None:
-            self._store([s for s in self.servers if s is not server], "")
+        if server is not None and self._store([s for s in self.servers if s is not server], ""):
             self.status.setText(f"Removed {server.name}")
 
     def verify(self) -> Task | None:
@@ -468,7 +477,7 @@ class PacsDialog(QDialog):
 class SendDialog(QDialog):
     """Send a synthetic volume to a chosen server: exported as a DICOM derived series (its
     synthetic and research markings included) into a temporary folder, then sent; the result per
-    instance is listed."""
+    instance is listed. Closed, it deletes itself (and lets go of the volume) once no send runs."""
 
     sent = Signal(list)                     # engine.pacs.sending.SendResult per instance
 
@@ -476,7 +485,11 @@ class SendDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle(f"Send {doc.title} to a PACS")
         self.runner, self.doc = runner, doc
-        self.servers = pacs.load_servers(servers_path)
+        try:
+            self.servers = pacs.load_servers(servers_path)
+            problem = "" if self.servers else "No PACS server is stored yet: add one in File ▸ PACS…."
+        except ValueError as exc:                   # a damaged servers file, named
+            self.servers, problem = [], str(exc)
         self.server = QComboBox()
         self.server.addItems([s.name for s in self.servers])
         self.progress = QProgressBar()
@@ -503,8 +516,8 @@ class SendDialog(QDialog):
         layout.addWidget(self.results, 1)
         layout.addWidget(self.message)
         layout.addWidget(close)
-        if not self.servers:
-            self.message.setText("No PACS server is stored yet: add one in File ▸ PACS….")
+        if problem:
+            self.message.setText(problem)
         self.task: Task | None = None
         self.resize(640, 420)
 
@@ -548,6 +561,13 @@ class SendDialog(QDialog):
     def _set_busy(self, busy: bool) -> None:
         self.send_button.setEnabled(not busy and bool(self.servers))
         self.cancel_button.setEnabled(busy)
+        if not busy and not self.isVisible():
+            self.deleteLater()                      # closed during the send: gone now it has ended
+
+    def done(self, result: int) -> None:
+        super().done(result)
+        if self.task is None:
+            self.deleteLater()
 
     def cancel(self) -> None:
         if self.task is not None:

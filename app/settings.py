@@ -1,18 +1,18 @@
 """The app's settings: one typed object with a schema version, stored as JSON in the user's
-config folder (``SYNERMEDGEN_CONFIG_DIR`` overrides it), migrated from older schema versions."""
+config folder (engine.paths.config_dir: ``SYNERMEDGEN_CONFIG_DIR`` overrides it), migrated from older
+schema versions."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES
+from engine.paths import CONFIG_DIR_ENV, config_dir  # noqa: F401 - the app's config folder, the command line's too
 
 SCHEMA_VERSION = 2
-CONFIG_DIR_ENV = "SYNERMEDGEN_CONFIG_DIR"
 FILE_NAME = "settings.json"
 MAX_RECENT = 10
 
@@ -42,7 +42,7 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Settings":
+    def from_dict(cls, data: dict) -> Settings:
         """Settings from stored JSON of any schema version; unknown keys and values of the
         wrong type are dropped (with a log line), so a damaged file never stops the app."""
         data = migrate(dict(data))
@@ -91,16 +91,6 @@ def migrate(data: dict) -> dict:
         data = _MIGRATIONS[version](data)
         version = data["schema_version"]
     return data
-
-
-def config_dir() -> Path:
-    """Where settings live: ``$SYNERMEDGEN_CONFIG_DIR``, else Qt's AppConfigLocation."""
-    override = os.environ.get(CONFIG_DIR_ENV)
-    if override:
-        return Path(override)
-    from PySide6.QtCore import QStandardPaths
-
-    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation))
 
 
 def pacs_servers_file() -> Path:

@@ -23,8 +23,24 @@ if [ -n "$missing" ]; then
         echo "setup: installing Debian packages: $missing"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
+        # no service a package brings (Orthanc's) is started while installing (policy-rc.d), and
+        # Orthanc's stays off afterwards: the PACS tests start their own on free ports
+        policy=/usr/sbin/policy-rc.d
+        own_policy=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+        fi
+        status=0
         # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null || status=$?
+        if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+        [ "$status" = 0 ] || exit "$status"
+        case " $missing " in
+            *" orthanc "*)
+                if command -v systemctl >/dev/null 2>&1; then systemctl disable --now orthanc >/dev/null 2>&1 || true; fi
+                if command -v update-rc.d >/dev/null 2>&1; then update-rc.d orthanc disable >/dev/null 2>&1 || true; fi
+                ;;
+        esac
     else
         echo "setup: WARNING: these Debian packages are missing and are needed for the GUI and its" >&2
         echo "       tests under Xvfb, or the PACS tests; install them as root: apt-get install $missing" >&2

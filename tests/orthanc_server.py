@@ -113,7 +113,9 @@ def start_orthanc(folder: Path) -> Orthanc:
         "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
         "DicomModalities": {"synermedgen": [OUR_AE, "127.0.0.1", move_port]},
         "DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False, "StorageCompression": False,
-        "HttpCompressionEnabled": False, "DefaultEncoding": "Utf8",     # C-FIND answers keep the mark's em dash "ConcurrentJobs": 1, "SaveJobs": False,
+        "HttpCompressionEnabled": False,
+        "DefaultEncoding": "Utf8",                  # C-FIND answers keep the mark's em dash
+        "ConcurrentJobs": 1, "SaveJobs": False,
     }
     (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
     log = open(folder / "orthanc.log", "wb")

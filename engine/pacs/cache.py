@@ -10,18 +10,19 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from engine import paths
 from engine.atomic import atomic_file
-from engine.pacs import places
 
 DEFAULT_LIMIT_BYTES = 20 * 1024**3
+CACHE_DIR_ENV = "SYNERMEDGEN_PACS_CACHE"
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 SUFFIX = ".dcm"
 
 
-def _safe(uid: str) -> str:
+def file_name(uid: str) -> str:
     """A UID as a file name; anything that is not a UID (a server's junk, '../') becomes a hash."""
     uid = str(uid).strip().rstrip("\x00")
     if _UID.fullmatch(uid) and len(uid) <= 64:
@@ -29,11 +30,16 @@ def _safe(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:32]
 
 
+def default_root() -> Path:
+    """``$SYNERMEDGEN_PACS_CACHE``, else a ``pacs`` folder in the app's cache folder (engine.paths)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or paths.cache_dir() / "pacs")
+
+
 class Cache:
-    """A cache folder (default: engine.pacs.places.cache_dir()), created private on first use."""
+    """A cache folder (default: :func:`default_root`), created private on first use."""
 
     def __init__(self, root: str | Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
-        self.root = Path(root) if root else places.cache_dir()
+        self.root = Path(root) if root else default_root()
         self.limit_bytes = limit_bytes
 
     def ensure(self) -> Path:
@@ -44,10 +50,10 @@ class Cache:
         return self.root
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
-        return self.root / _safe(study_uid) / _safe(series_uid)
+        return self.root / file_name(study_uid) / file_name(series_uid)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.series_dir(study_uid, series_uid) / f"{_safe(sop_uid)}{SUFFIX}"
+        return self.series_dir(study_uid, series_uid) / f"{file_name(sop_uid)}{SUFFIX}"
 
     def touch(self, study_uid: str, series_uid: str) -> Path:
         """Mark a series as just used (what :meth:`prune` removes last); returns its folder."""
@@ -56,13 +62,19 @@ class Cache:
         return folder
 
     def cached(self, study_uid: str, series_uid: str) -> set[str]:
-        """The SOPInstanceUIDs of a series that are already whole in the cache."""
+        """The file names (:func:`file_name` of a SOPInstanceUID) of a series' instances that are
+        already whole in the cache; compare them with ``file_name(uid)``, see :meth:`missing`."""
         folder = self.series_dir(study_uid, series_uid)
         try:
             names = os.listdir(folder)
         except OSError:
             return set()
         return {n[:-len(SUFFIX)] for n in names if n.endswith(SUFFIX) and not n.startswith(".")}
+
+    def missing(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> list[str]:
+        """The SOPInstanceUIDs of ``sop_uids`` not yet whole in the cache, in their order."""
+        have = self.cached(study_uid, series_uid)
+        return [uid for uid in sop_uids if file_name(uid) not in have]
 
     def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Store one encoded instance (a DICOM file's bytes) atomically."""

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from engine.jobs import CancelToken, Progress, ProgressFn, noop
 from engine.pacs.cache import Cache
-from engine.pacs.errors import PacsCancelled, PacsError
+from engine.pacs.errors import PacsError, check_cancel
 from engine.pacs.query import Match, Query
 from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
@@ -122,14 +122,12 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     wanted = instances(server, study_uid, series_uid)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
-    have = cache.cached(study_uid, series_uid)
-    missing = [uid for uid in wanted if uid not in have]
+    missing = cache.missing(study_uid, series_uid, wanted)
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
     web = client(server)
     for sop_uid in missing:
-        if cancel is not None and cancel.cancelled:
-            raise PacsCancelled(server.name)
+        check_cancel(server.name, cancel)
         with _errors(server, "WADO-RS"):
             ds = web.retrieve_instance(study_uid, series_uid, sop_uid)
         cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
@@ -158,8 +156,7 @@ def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
     web = client(server)
     results: list[SendResult] = []
     for start in range(0, len(outgoing), STOW_BATCH):
-        if cancel is not None and cancel.cancelled:
-            raise PacsCancelled(server.name)
+        check_cancel(server.name, cancel)
         batch = outgoing[start:start + STOW_BATCH]
         datasets = [pydicom.dcmread(o.path) for o in batch]
         with _errors(server, "STOW-RS"):

@@ -5,12 +5,14 @@ association and raises :class:`PacsCancelled` (whole instances stay in the cache
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import time, unseen by mypy
     PatientRootQueryRetrieveInformationModelFind,
@@ -23,7 +25,7 @@ from pynetdicom.status import code_to_category
 
 from engine.jobs import CancelToken, Progress, ProgressFn, noop
 from engine.pacs.cache import Cache
-from engine.pacs.errors import PacsCancelled, PacsError
+from engine.pacs.errors import PacsCancelled, PacsError, check_cancel
 from engine.pacs.query import Match, Query, identifier
 from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
@@ -33,17 +35,31 @@ RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
                     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
                     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")  # explicit LE, implicit LE, explicit BE
 STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]      # 120: room for one Q/R context
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)    # its INFO / DEBUG lines are not the user's concern
+
 _PENDING = (0xFF00, 0xFF01)
+NONE_ACCEPTED = "the server accepted none of the services we asked for"
+CANCEL_POLL_S = 0.05                 # how soon a cancel aborts a C-GET / C-MOVE
+STOP_WAIT_S = 10.0                   # for our storage SCP's associations to end once aborted
 _CANCEL_STATUS = 0xFE00
 _REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
 _NOT_ASKED_FOR = 0xC000              # "cannot understand": an instance of another series than the one retrieved
 
 
-def _ae(server: Server) -> AE:
+def _ae(server: Server, long_running: bool = False) -> AE:
+    """Our AE; ``long_running`` (a C-GET or C-MOVE) waits for the PACS's responses without a limit,
+    since a PACS may send no pending response while it moves a large series (a cancel aborts it)."""
     ae = AE(ae_title=server.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = server.timeout_s
+    if long_running:
+        ae.dimse_timeout = ae.network_timeout = None
     return ae
+
+
+class NothingAccepted(PacsError):
+    """The server took the association but none of the presentation contexts asked for."""
 
 
 def _refusal(server: Server, assoc, answers: list) -> str:
@@ -58,16 +74,17 @@ def _refusal(server: Server, assoc, answers: list) -> str:
                     "register it at the PACS or change the calling AE title")
         return f"association rejected ({rejection.result_str}: {reason})"
     if any(getattr(p, "result", None) == 0x00 for p in answers):
-        return "the server accepted none of the services we asked for"
+        return NONE_ACCEPTED
     return f"no DICOM server answered at {server.host}:{server.port} (is it running, is the port right?)"
 
 
 @contextlib.contextmanager
 def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]], *, roles: Sequence[str] = (),
-                handlers: Sequence = ()) -> Iterator:
+                handlers: Sequence = (), long_running: bool = False) -> Iterator:
     """An established association asking for ``contexts`` ((abstract syntax, transfer syntaxes or
-    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error."""
-    ae = _ae(server)
+    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error.
+    ``long_running``: no DIMSE or network timeout (see :func:`_ae`)."""
+    ae = _ae(server, long_running)
     for abstract, syntaxes in contexts:
         if syntaxes:
             ae.add_requested_context(abstract, syntaxes)
@@ -78,7 +95,8 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
     assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
                          ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None, evt_handlers=all_handlers)
     if not assoc.is_established:
-        raise PacsError(server.name, _refusal(server, assoc, answers))
+        problem = _refusal(server, assoc, answers)
+        raise (NothingAccepted if problem == NONE_ACCEPTED else PacsError)(server.name, problem)
     try:
         yield assoc
     except BaseException:
@@ -99,11 +117,6 @@ def _check(server: Server, service: str, status: Dataset | None) -> int:
     return code
 
 
-def _cancel_check(server: Server, cancel: CancelToken | None) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise PacsCancelled(server.name)
-
-
 def echo(server: Server) -> float:
     """C-ECHO; the round trip in seconds."""
     started = time.perf_counter()
@@ -112,21 +125,37 @@ def echo(server: Server) -> float:
     return time.perf_counter() - started
 
 
-def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToken | None) -> list[Dataset]:
-    model = PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+def _answers(server: Server, assoc, model: str, keys: dict[str, str], level: str,
+             cancel: CancelToken | None) -> list[Dataset]:
     found = []
-    with association(server, [(model, None)]) as assoc:
-        for status, answer in assoc.send_c_find(identifier(keys, level), model):
-            _cancel_check(server, cancel)
-            if _check(server, "C-FIND", status) in _PENDING and answer is not None:
-                found.append(answer)
+    for status, answer in assoc.send_c_find(identifier(keys, level), model):
+        check_cancel(server.name, cancel)
+        if _check(server, "C-FIND", status) in _PENDING and answer is not None:
+            found.append(answer)
     return found
 
 
+def _c_find(server: Server, keys: dict[str, str], level: str, cancel: CancelToken | None) -> list[Dataset]:
+    model = PatientRootQueryRetrieveInformationModelFind if level == "PATIENT" else StudyRootQueryRetrieveInformationModelFind
+    with association(server, [(model, None)]) as assoc:
+        return _answers(server, assoc, model, keys, level, cancel)
+
+
 def find(server: Server, query: Query, cancel: CancelToken | None = None) -> list[Match]:
-    """C-FIND at the query's level."""
-    answers = _c_find(server, query.keys(), query.level.upper(), cancel)
-    return [Match.from_dataset(query.level, ds) for ds in answers]
+    """C-FIND at the query's level; series hierarchically (the matching studies, then each one's
+    series, over one association), so that each level is asked only its own keys."""
+    if query.level != "series":
+        return [Match.from_dataset(query.level, ds) for ds in _c_find(server, query.keys(), query.level.upper(), cancel)]
+    model = StudyRootQueryRetrieveInformationModelFind
+    matches = []
+    with association(server, [(model, None)]) as assoc:
+        studies = [Match.from_dataset("study", ds)
+                   for ds in _answers(server, assoc, model, query.study_query().keys(), "STUDY", cancel)]
+        for study in studies:
+            if study.study_uid:
+                answers = _answers(server, assoc, model, query.series_keys(study.study_uid), "SERIES", cancel)
+                matches += [Match.from_dataset("series", ds).within(study) for ds in answers]
+    return matches
 
 
 def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:
@@ -180,7 +209,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     wanted = instances(server, study_uid, series_uid, cancel)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
-    missing = sorted(set(wanted) - cache.cached(study_uid, series_uid))
+    missing = sorted(set(cache.missing(study_uid, series_uid, wanted)))
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
     if missing:
@@ -192,18 +221,43 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
             receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
             raise
         receiver.raise_error()
-        _cancel_check(server, cancel)
-        left = set(wanted) - cache.cached(study_uid, series_uid)
+        check_cancel(server.name, cancel)
+        left = cache.missing(study_uid, series_uid, wanted)
         if left:
             raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
                                          "instances missing")
     return cache.touch(study_uid, series_uid)
 
 
+@contextlib.contextmanager
+def _abort_on_cancel(assoc, cancel: CancelToken | None) -> Iterator[None]:
+    """Abort ``assoc`` as soon as ``cancel`` is set, from a watcher thread: a C-GET or C-MOVE waits
+    for the PACS without a time limit, so a cancel must not wait for its next response."""
+    if cancel is None:
+        yield
+        return
+    ended = threading.Event()
+
+    def watch() -> None:
+        while not ended.wait(CANCEL_POLL_S):
+            if cancel.cancelled:
+                assoc.abort()
+                assoc.dimse.msg_queue.put((None, None))     # wakes the reader, as a peer's abort does
+                return
+
+    watcher = threading.Thread(target=watch, name="pacs-cancel-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        watcher.join()
+
+
 def _follow(server: Server, service: str, responses, cancel: CancelToken | None) -> None:
     """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
     for status, _ in responses:
-        _cancel_check(server, cancel)
+        check_cancel(server.name, cancel)
         code = _check(server, service, status)
         if code == _CANCEL_STATUS:
             raise PacsCancelled(server.name)
@@ -218,9 +272,21 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     def fetch(receiver: _Receiver, ds: Dataset) -> None:
         contexts = [(StudyRootQueryRetrieveInformationModelGet, None),
                     *((uid, RECEIVE_SYNTAXES) for uid in STORAGE_CLASSES)]
-        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
+        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)],
+                         long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
             _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), cancel)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def _stop(listener) -> None:
+    """Stop our storage SCP: its open associations aborted and their threads ended, so that no
+    instance is written after the retrieve returns."""
+    active = listener.active_associations
+    for assoc in active:
+        assoc.abort()
+    for assoc in active:
+        assoc.join(STOP_WAIT_S)
+    listener.shutdown()
 
 
 def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
@@ -242,29 +308,72 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
                                          f"({exc.strerror or exc})") from None
         assert listener is not None                     # block=False returns the running server
         try:
-            with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)]) as assoc:
+            with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)],
+                             long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
                 responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)
                 _follow(server, "C-MOVE", responses, cancel)
         finally:
-            listener.shutdown()
+            _stop(listener)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def _offered_syntaxes(syntax: str) -> list[str]:
+    """The transfer syntaxes offered for a file in ``syntax``: an uncompressed one may also go as
+    Explicit or Implicit VR Little Endian (pynetdicom converts), a compressed one only as it is."""
+    if syntax in UNCOMPRESSED:
+        return [syntax, *(s for s in UNCOMPRESSED[:2] if s != syntax)]
+    return [syntax]
+
+
+def _accepted(assoc, item: Outgoing) -> bool:
+    """Whether the association can carry ``item``: its SOP class in its transfer syntax, or any
+    uncompressed syntax for an uncompressed file."""
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax == item.sop_class and cx.as_scu is not False:
+            agreed = str(cx.transfer_syntax[0])
+            if agreed == item.transfer_syntax or (agreed in UNCOMPRESSED and item.transfer_syntax in UNCOMPRESSED):
+                return True
+    return False
 
 
 def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
           cancel: CancelToken | None = None) -> list[SendResult]:
-    """C-STORE each file over one association; the result per instance."""
-    contexts = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
+    """C-STORE each file over one association; the result per instance. An instance whose SOP class
+    or transfer syntax the server refused is a failed result naming them; when the connection
+    drops, the results so far are returned with the instances not sent marked failed."""
+    contexts = sorted({(o.sop_class, tuple(_offered_syntaxes(o.transfer_syntax))) for o in outgoing})
     if len(contexts) > 128:
         raise PacsError(server.name, "too many kinds of instance to send at once (more than 128)")
-    results = []
-    with association(server, [(sop, [syntax]) for sop, syntax in contexts]) as assoc:
-        for k, item in enumerate(outgoing):
-            _cancel_check(server, cancel)
-            status = assoc.send_c_store(item.path)
-            code = int(status.Status) if status is not None and "Status" in status else None
-            if code is None:
-                raise PacsError(server.name, f"C-STORE of {item.path.name}: the server sent no answer")
-            results.append(SendResult(item.path, item.sop_uid, code == 0 or code_to_category(code) == "Warning",
-                                      f"status 0x{code:04X} ({code_to_category(code)})"))
-            progress(Progress(k + 1, len(outgoing), f"sent {k + 1} of {len(outgoing)} instances"))
+    results: list[SendResult] = []
+
+    def done(item: Outgoing, ok: bool, detail: str) -> None:
+        results.append(SendResult(item.path, item.sop_uid, ok, detail))
+        progress(Progress(len(results), len(outgoing), f"sent {len(results)} of {len(outgoing)} instances"))
+
+    def not_taken(item: Outgoing) -> str:
+        return f"the server does not take {UID(item.sop_class).name} in {UID(item.transfer_syntax).name}"
+
+    try:
+        with association(server, [(sop, list(syntaxes)) for sop, syntaxes in contexts]) as assoc:
+            for k, item in enumerate(outgoing):
+                check_cancel(server.name, cancel)
+                if not _accepted(assoc, item):
+                    done(item, False, not_taken(item))
+                    continue
+                try:
+                    status = assoc.send_c_store(item.path)
+                except (ValueError, AttributeError) as exc:      # a file pynetdicom cannot encode
+                    done(item, False, f"not sent ({exc})")
+                    continue
+                if status is None or "Status" not in status:
+                    for rest in outgoing[k:]:
+                        results.append(SendResult(rest.path, rest.sop_uid, False,
+                                                  "not sent: the connection to the server was lost"))
+                    break
+                code = int(status.Status)
+                done(item, code == 0 or code_to_category(code) == "Warning",
+                     f"status 0x{code:04X} ({code_to_category(code)})")
+    except NothingAccepted:                  # raised before any instance: none of their kinds is taken
+        for item in outgoing:
+            done(item, False, not_taken(item))
     return results

@@ -3,7 +3,7 @@
 transfer raises :class:`PacsCancelled`, which is also the engine's ``Cancelled``."""
 from __future__ import annotations
 
-from engine.jobs import Cancelled
+from engine.jobs import Cancelled, CancelToken
 
 
 class PacsError(ConnectionError):
@@ -23,3 +23,9 @@ class PacsCancelled(PacsError, Cancelled):
 
     def __init__(self, server: str, problem: str = "cancelled") -> None:
         super().__init__(server, problem)
+
+
+def check_cancel(server: str, cancel: CancelToken | None) -> None:
+    """Raise :class:`PacsCancelled` naming ``server`` once ``cancel`` is set."""
+    if cancel is not None and cancel.cancelled:
+        raise PacsCancelled(server)

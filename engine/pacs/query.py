@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pydicom.dataset import Dataset
 
 LEVELS = ("patient", "study", "series")
 _DATE = re.compile(r"\d{8}")
 
-# the attributes asked back at each level (empty values are return keys)
+# the attributes of a series (SERIES level of the Study Root model), asked with the study's UID only
+SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances")
+# the attributes asked back at each level by QIDO-RS, which matches a series on its study's too
 RETURN_KEYS = {
     "patient": ("PatientName", "PatientID", "PatientBirthDate"),
     "study": ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy",
@@ -68,6 +70,21 @@ class Query:
                 keys["SeriesInstanceUID"] = self.series_uid
         return keys
 
+    def study_query(self) -> Query:
+        """The study-level query for the studies that hold the series this series-level query asks for."""
+        return Query(level="study", patient_name=self.patient_name, patient_id=self.patient_id,
+                     date_from=self.date_from, date_to=self.date_to, study_uid=self.study_uid)
+
+    def series_keys(self, study_uid: str) -> dict[str, str]:
+        """The SERIES-level C-FIND keys for one study's series: the series attributes and the study's
+        unique key only (a strict PACS refuses other levels' attributes at this level)."""
+        keys = {"StudyInstanceUID": study_uid, **{k: "" for k in SERIES_KEYS}}
+        for keyword, value in (("Modality", self.modality), ("SeriesDescription", self.description),
+                               ("SeriesInstanceUID", self.series_uid)):
+            if value:
+                keys[keyword] = value
+        return keys
+
 
 @dataclass(frozen=True)
 class Match:
@@ -87,6 +104,11 @@ class Match:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def within(self, study: Match) -> Match:
+        """This series with the patient and study attributes of ``study`` (the study it was found in)."""
+        return replace(self, patient_name=study.patient_name, patient_id=study.patient_id, study_uid=study.study_uid,
+                       study_date=study.study_date, study_description=study.study_description)
 
     @classmethod
     def from_dataset(cls, level: str, ds: Dataset) -> Match:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from engine import paths
 from engine.atomic import atomic_file
-from engine.pacs import places
 
 FILE_NAME = "pacs_servers.json"
 SCHEMA_VERSION = 1
@@ -21,6 +21,7 @@ DEFAULT_CALLING_AE = "SYNERMEDGEN"
 # PS3.5 6.2: AE is 1–16 characters, no backslash and no control characters (spaces only inside)
 _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
           "timeout_s": ((int, float), "a number of seconds")}
+SECRETS = ("password", "token")          # stored, never shown
 _AE_TITLE = re.compile(r"[^\\\x00-\x1f]{1,16}")
 
 
@@ -101,13 +102,14 @@ class Server:
         for key, value in data.items():
             expected, what = _TYPES.get(key, (str, "text"))
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ValueError(f"server {name!r}: {key} must be {what}, got {value!r}")
+                shown = f"a value of type {type(value).__name__}" if key in SECRETS else repr(value)
+                raise ValueError(f"server {name!r}: {key} must be {what}, got {shown}")
         return cls(**data)
 
 
 def servers_file(config_dir: str | Path | None = None) -> Path:
-    """The servers file in ``config_dir`` (default: the app's config folder, see engine.pacs.places)."""
-    return Path(config_dir or places.config_dir()) / FILE_NAME
+    """The servers file in ``config_dir`` (default: the app's config folder, engine.paths.config_dir)."""
+    return Path(config_dir or paths.config_dir()) / FILE_NAME
 
 
 def load_servers(path: str | Path | None = None) -> list[Server]:

@@ -5,14 +5,21 @@ opens it in the Studies tree and the viewer; Cancel stops a retrieve leaving onl
 a synthetic volume is sent and stored with its markings, an acquired one is refused with a reason."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
+import shiboken6
 from orthanc_server import PACS_AE, start_orthanc
+from PySide6.QtCore import QEvent
+from PySide6.QtWidgets import QApplication
 
 import engine.io as io
+from engine import pacs
 from engine.io.volume import Volume
-from engine.pacs import load_servers
-from engine.pacs.places import CACHE_DIR_ENV
+from engine.pacs import Cache, Server, load_servers, save_servers
+from engine.pacs.cache import CACHE_DIR_ENV
 
 PATIENT_ID = "GUI-0001"
 
@@ -88,14 +95,30 @@ def test_retrieve_opens_the_series_in_the_studies_tree(qtbot, dialog, orthanc, w
     assert dialog.progress.value() == 1000 and "Retrieved 1 series" in dialog.message.text()
 
 
-def test_cancel_stops_a_retrieve_leaving_whole_instances(qtbot, dialog, tmp_path):
+def test_cancel_stops_a_retrieve_leaving_whole_instances(qtbot, dialog, tmp_path, monkeypatch):
+    """The cancel comes from the worker side, after the 2nd instance is written (the retrieve of 8
+    takes a fraction of a second, which a cancel from the UI may miss); the UI's cancelled path runs."""
     series = _search(qtbot, dialog)
     series.setSelected(True)
-    task = dialog.retrieve()
-    task.progressed.connect(lambda p: dialog.cancel() if p.fraction > 0 else None)
+    tokens, write = [], Cache.write
+
+    def retrieve(*args, cancel=None, **kwargs):
+        tokens.append(cancel)
+        return retrieve_unpatched(*args, cancel=cancel, **kwargs)
+
+    def write_then_cancel(cache, *args):
+        path = write(cache, *args)
+        if len(cache.cached(*args[:2])) == 2:
+            tokens[0].cancel()
+        return path
+
+    retrieve_unpatched = pacs.retrieve
+    monkeypatch.setattr(pacs, "retrieve", retrieve)
+    monkeypatch.setattr(Cache, "write", write_then_cancel)
+    dialog.retrieve()
     qtbot.waitUntil(lambda: "Cancelled" in dialog.message.text(), timeout=20000)
     files = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert 0 < len(files) < 8 and not any(".part" in name for name in files)
+    assert len(files) == 2 and not any(".part" in name for name in files)
     assert dialog.retrieve_button.isEnabled() and not dialog.cancel_button.isEnabled()
 
 
@@ -111,24 +134,77 @@ def test_a_synthetic_volume_is_sent_and_an_acquired_one_refused(qtbot, dialog, o
     sender = win.send_to_pacs(synthetic)
     with qtbot.waitSignal(sender.sent, timeout=30000) as blocker:
         sender.send_button.click()
+        sender.reject()                                            # closed during the send: it goes on
+        _deferred_deletes()
+        assert shiboken6.isValid(sender)
     results = blocker.args[0]
     assert len(results) == 8 and all(r.ok for r in results) and sender.results.count() == 8
+    _deferred_deletes()
+    assert not shiboken6.isValid(sender)                           # ... and is deleted once it ended
     descriptions = [s["SeriesDescription"] for s in orthanc.series_tags()]
     assert "synthetic CT from CBCT — research use only" in descriptions
 
 
+def test_editing_a_server_keeps_its_hidden_fields_and_refuses_a_taken_name(make_window, settings_dir):
+    ward = Server("ward", ae_title="WARD", host="ward.example", port=104, timeout_s=5.0)
+    web = Server("web", url="https://web.example/dicom-web", username="u", password="pw", timeout_s=7.5)
+    path = save_servers([ward, web], settings_dir / "pacs_servers.json")
+    dialog = make_window().open_pacs()
+    editor = dialog.servers.edit()                                  # the first: ward
+    editor.host.setText("ward2.example")
+    editor.accept()
+    assert load_servers(path) == [dataclasses.replace(ward, host="ward2.example"), web]   # timeout_s kept, order too
+    dialog.servers.list.setCurrentRow(1)
+    editor = dialog.servers.edit()
+    editor.name.setText("ward")
+    editor.accept()
+    assert "already a server named 'ward'" in editor.problem.text() and editor.isVisible()
+    editor.reject()
+    assert [s.name for s in load_servers(path)] == ["ward", "web"]
+    editor = dialog.servers.add()
+    editor.name.setText("web")
+    editor.accept()
+    assert "already a server named 'web'" in editor.problem.text()
+    editor.reject()
+
+
+def _deferred_deletes() -> None:
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+
+
+def test_send_names_a_damaged_servers_file_and_is_deleted_when_closed(qtbot, make_window, settings_dir):
+    win = make_window()
+    (settings_dir / "pacs_servers.json").parent.mkdir(parents=True, exist_ok=True)
+    (settings_dir / "pacs_servers.json").write_text("{not json")
+    volume = Volume(np.zeros((4, 8, 8), np.float32), modality="CT", unit="HU", synthetic=True, derived_from="CBCT")
+    sender = win.send_to_pacs(win.workspace.add(volume, synthetic=True))
+    assert "pacs_servers.json: not a readable servers file" in sender.message.text()
+    assert not sender.send_button.isEnabled()
+    sender.reject()
+    _deferred_deletes()
+    assert not shiboken6.isValid(sender)
+
+
 def test_the_command_line_finds_the_servers_where_the_app_keeps_them(qapp, monkeypatch, tmp_path):
+    """engine.paths follows Qt's AppConfigLocation and CacheLocation rule for the app's names."""
+    from PySide6.QtCore import QStandardPaths
+
     from app import about
     from app.settings import CONFIG_DIR_ENV, config_dir, pacs_servers_file
     from engine.pacs import servers_file
+    from engine.paths import cache_dir
 
     monkeypatch.delenv(CONFIG_DIR_ENV)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     names = qapp.organizationName(), qapp.applicationName()
     qapp.setOrganizationName(about.ORGANISATION)
     qapp.setApplicationName(about.APP_NAME)
     try:
         assert servers_file() == pacs_servers_file() == config_dir() / "pacs_servers.json"
+        location = QStandardPaths.StandardLocation
+        assert config_dir() == Path(QStandardPaths.writableLocation(location.AppConfigLocation))
+        assert cache_dir() == Path(QStandardPaths.writableLocation(location.CacheLocation))
     finally:
         qapp.setOrganizationName(names[0])
         qapp.setApplicationName(names[1])

@@ -5,8 +5,13 @@ with its derived markings; each failure is one clear line naming the server, and
 retrieve leaves only whole instances, which the next retrieve does not fetch again."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import stat
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -16,7 +21,7 @@ from orthanc_server import PASSWORD, free_port, start_orthanc
 import engine.io as io
 from engine.io.volume import Volume
 from engine.jobs import Cancelled, CancelToken
-from engine.pacs import Cache, PacsCancelled, PacsError, Query, echo, find, retrieve, send
+from engine.pacs import Cache, PacsCancelled, PacsError, Query, Server, echo, find, retrieve, send
 from engine.paths import RESOURCES
 
 PATIENT_ID = "DEMO-HEAD-001"
@@ -57,6 +62,7 @@ def _parts(root: Path) -> list[Path]:
 # -- verify and query -------------------------------------------------------------------------------
 def test_verify_answers_over_dimse_and_dicomweb(pacs):
     assert echo(pacs.dimse()) > 0
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING     # its chatter stays out of logs
     assert echo(pacs.web()) > 0
 
 
@@ -185,3 +191,182 @@ def test_a_full_disk_during_c_get_is_reported_as_such_and_leaves_no_part(pacs, t
     with pytest.raises(OutputError, match="No space left"):
         retrieve(pacs.dimse(), match.study_uid, [match.series_uid], cache, method="get")
     assert not _parts(tmp_path)
+
+
+# -- send to a picky or failing storage SCP (pynetdicom, in process) ------------------------------------
+@pytest.fixture
+def picky(tmp_path):
+    """A storage SCP that takes CT Image Storage in Implicit VR Little Endian only, and stops answering
+    (longer than our DIMSE timeout) after ``hang_after`` instances when that is set."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(CTImageStorage, pydicom.uid.ImplicitVRLittleEndian)
+    received: list[str] = []
+
+    def store(event):
+        if picky.hang_after is not None and len(received) >= picky.hang_after:
+            time.sleep(2.0)
+            return 0xA700
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    picky = SimpleNamespace(hang_after=None, received=received,
+                            server=Server("picky", ae_title="PICKY", host="127.0.0.1", port=port, timeout_s=1.0))
+    folder = io.save(Volume(np.zeros((6, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0), modality="CT", unit="HU",
+                            synthetic=True, derived_from="CBCT"), tmp_path / "series")
+    picky.files = sorted(folder.iterdir())
+    try:
+        yield picky
+    finally:
+        listener.shutdown()
+
+
+def test_a_refused_sop_class_is_its_own_failed_result_and_uncompressed_goes_implicit(picky):
+    assert pydicom.dcmread(picky.files[0]).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    mr = pydicom.dcmread(picky.files[2])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    mr.save_as(picky.files[2])
+    results = send(picky.server, picky.files[0].parent)
+    assert [r.ok for r in results] == [True, True, False, True, True, True]
+    assert results[2].detail == "the server does not take MR Image Storage in Explicit VR Little Endian"
+    assert len(picky.received) == 5
+
+
+def test_a_server_that_takes_none_of_the_instances_fails_each_one(picky):
+    for path in picky.files:
+        mr = pydicom.dcmread(path)
+        mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+        mr.save_as(path)
+    results = send(picky.server, picky.files[0].parent)
+    assert len(results) == 6 and not any(r.ok for r in results)
+    assert {r.detail for r in results} == {"the server does not take MR Image Storage in Explicit VR Little Endian"}
+
+
+def test_a_dropped_connection_keeps_the_results_so_far(picky):
+    picky.hang_after = 2
+    results = send(picky.server, picky.files[0].parent)
+    assert [r.ok for r in results] == [True, True, False, False, False, False]
+    assert all("connection to the server was lost" in r.detail for r in results[2:])
+
+
+# -- a PACS that is silent while it moves (pynetdicom Q/R SCP, in process) ------------------------------
+@pytest.fixture
+def silent(tmp_path):
+    """A Q/R SCP answering C-FIND for the instances of one series and, to a C-MOVE, sending no
+    response for ``delay_s`` (as a PACS busy with a large series may), then the instances."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    folder = io.save(Volume(np.zeros((6, 8, 8), np.float32), spacing=(1.0, 1.0, 2.0), modality="CT", unit="HU"),
+                     tmp_path / "series")
+    datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    ae = AE(ae_title="SILENT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+    state = SimpleNamespace(delay_s=0.0, move_port=free_port(), study_uid=str(datasets[0].StudyInstanceUID),
+                            series_uid=str(datasets[0].SeriesInstanceUID), instances=len(datasets))
+
+    def c_find(event):
+        for ds in datasets:
+            answer = pydicom.Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.StudyInstanceUID, answer.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+            answer.SOPInstanceUID = ds.SOPInstanceUID
+            yield 0xFF00, answer
+
+    def c_move(event):
+        deadline = time.monotonic() + state.delay_s
+        while time.monotonic() < deadline and not event.assoc.is_aborted:
+            time.sleep(0.02)
+        yield "127.0.0.1", state.move_port
+        yield len(datasets)
+        for ds in datasets:
+            yield 0xFF00, ds
+
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_C_FIND, c_find), (evt.EVT_C_MOVE, c_move)])
+    state.server = Server("silent", ae_title="SILENT", host="127.0.0.1", port=port, move_port=state.move_port,
+                          timeout_s=1.0)
+    try:
+        yield state
+    finally:
+        listener.shutdown()
+
+
+def test_a_c_move_silent_for_longer_than_the_timeout_completes(silent, tmp_path):
+    silent.delay_s = 2.0                                           # twice the server's timeout_s
+    [folder] = retrieve(silent.server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"))
+    assert len(list(folder.glob("*.dcm"))) == silent.instances
+
+
+def test_a_cancel_aborts_a_silent_c_move_at_once(silent, tmp_path):
+    silent.delay_s = 30.0
+    token = CancelToken()
+    timer = threading.Timer(0.3, token.cancel)
+    timer.start()
+    started = time.monotonic()
+    server = dataclasses.replace(silent.server, timeout_s=10.0)    # a cancel does not wait for a timeout
+    with pytest.raises(PacsCancelled):
+        retrieve(server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"), cancel=token)
+    assert time.monotonic() - started < 3.0
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.dcm"))
+
+
+# -- a strict PACS (pynetdicom Q/R SCP, in process) -------------------------------------------------------
+STUDY_LEVEL = {"QueryRetrieveLevel", "PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription",
+               "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+SERIES_LEVEL = {"QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesDescription",
+                "SeriesNumber", "NumberOfSeriesRelatedInstances"}
+
+
+def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
+    """Study Root C-FIND as a strict PACS checks it: at SERIES level only series attributes and the
+    study's UID (given); anything else is refused (0xA900)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    studies = {"1.2.3.1": ("Strict^One", "20240102", "first"), "1.2.3.2": ("Strict^Two", "20240103", "second")}
+    asked = []
+
+    def c_find(event):
+        ds = event.identifier
+        keys = {elem.keyword for elem in ds}
+        asked.append((ds.QueryRetrieveLevel, keys))
+        if ds.QueryRetrieveLevel == "STUDY" and keys <= STUDY_LEVEL:
+            for uid, (name, date, description) in studies.items():
+                answer = pydicom.Dataset()
+                answer.QueryRetrieveLevel, answer.StudyInstanceUID, answer.PatientID = "STUDY", uid, "STRICT"
+                answer.PatientName, answer.StudyDate, answer.StudyDescription = name, date, description
+                yield 0xFF00, answer
+        elif ds.QueryRetrieveLevel == "SERIES" and keys <= SERIES_LEVEL and ds.get("StudyInstanceUID") in studies:
+            answer = pydicom.Dataset()
+            answer.QueryRetrieveLevel, answer.StudyInstanceUID = "SERIES", ds.StudyInstanceUID
+            answer.SeriesInstanceUID, answer.Modality = ds.StudyInstanceUID + ".7", "CT"
+            answer.SeriesDescription, answer.NumberOfSeriesRelatedInstances = "head", 3
+            yield 0xFF00, answer
+        else:
+            yield 0xA900, None
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
+    try:
+        found = find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0),
+                     Query(level="series", patient_id="STRICT", modality="CT", date_from="20240101"))
+    finally:
+        listener.shutdown()
+    assert [(m.patient_name, m.study_description, m.study_date, m.series_uid, m.modality, m.instances)
+            for m in found] == [("Strict^One", "first", "20240102", "1.2.3.1.7", "CT", 3),
+                                ("Strict^Two", "second", "20240103", "1.2.3.2.7", "CT", 3)]
+    assert [level for level, _ in asked] == ["STUDY", "SERIES", "SERIES"]

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from engine.pacs import Cache, Query, Server, find_server, load_servers, places, save_servers, servers_file
+from engine.pacs import Cache, Query, Server, find_server, load_servers, save_servers, servers_file
+from engine.paths import CONFIG_DIR_ENV
 
 DIMSE = Server("ward", ae_title="ORTHANC", host="pacs.example", port=4242, calling_ae="ME", move_port=11112)
 WEB = Server("web", url="https://pacs.example/dicom-web", username="alice", password="hunter2-secret")
@@ -31,11 +32,11 @@ def test_servers_round_trip_through_a_private_file_and_never_show_secrets(tmp_pa
 
 
 def test_the_servers_file_lives_in_the_app_config_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv(places.CONFIG_DIR_ENV, raising=False)
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     if sys.platform.startswith("linux"):
         assert servers_file() == tmp_path / "SynerMedGen" / "SynerMedGen Studio" / "pacs_servers.json"
-    monkeypatch.setenv(places.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     assert servers_file() == tmp_path / "elsewhere" / "pacs_servers.json"
     assert load_servers() == []
 
@@ -67,6 +68,11 @@ def test_a_damaged_servers_file_is_named(tmp_path):
     path.write_text(json.dumps({"servers": [{"name": "x", "host": "h", "ae_title": "A", "port": "104"}]}))
     with pytest.raises(ValueError, match="port must be a whole number, got '104'"):
         load_servers(path)
+    for secret in ("password", "token"):
+        path.write_text(json.dumps({"servers": [{"name": "x", "url": "https://x/", secret: 12345}]}))
+        with pytest.raises(ValueError, match=f"{secret} must be text, got a value of type int") as raised:
+            load_servers(path)
+        assert "12345" not in str(raised.value)
     with pytest.raises(ValueError, match="no PACS server named 'y' \\(known: none\\)"):
         find_server("y", tmp_path / "missing.json")
 
@@ -95,6 +101,9 @@ def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_
             cache.write("1.2", f"1.2.{k}", f"1.2.{k}.{j}", b"x" * 500)
         os.utime(cache.series_dir("1.2", f"1.2.{k}"), (1000 + k, 1000 + k))
     assert cache.cached("1.2", "1.2.1") == {"1.2.1.0", "1.2.1.1"}
+    odd = "1.2.3.junk uid"                                          # a nonconforming UID: hashed file name
+    cache.write("1.2", "1.2.3", odd, b"x")
+    assert cache.missing("1.2", "1.2.3", [odd, "1.2.3.4"]) == ["1.2.3.4"]
     removed = cache.prune(keep={cache.series_dir("1.2", "1.2.0")})
     assert removed == [cache.series_dir("1.2", "1.2.1")]            # the oldest not kept
     assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
