@@ -134,6 +134,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-data": _lazy("engine.demo_data.cli"),
     "bench": _lazy("engine.evaluation.cli_bench"),
     "selftest": _lazy("engine.inference.cli_selftest"),
+    "cohort": _lazy("cli.cohort"),
 }
 
 
