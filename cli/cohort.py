@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.cohort.threads import limit_threads
     from engine.inference.model_card import ModelCard
     from engine.inference.settings import resolve_device
+    from engine.training.distributed import Distributed
 
     target = modalities.canonical(args.target) if args.target else None
     memory = parse_size(args.max_memory)
@@ -115,21 +116,18 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: the output must be a folder")
     cohort = discover(args.input, target, args.source, card.routes, exclude=out)
-    limiter = limit_threads(args.threads)              # before the model: ONNX Runtime sizes its pools on opening
-    from engine.training.distributed import Distributed
-
     ctx = Distributed.from_env(resolve_device(args.device).type)
     display = _Display(args.json, args.quiet, ctx.rank)
     try:
-        synth = open_synthesizer(args, folder)
-        synth.memory_limit = memory
-        settings = sampling_settings(args, synth.default_settings())
-        identity = {"model": model_fingerprint(folder), "backend": args.backend, "precision": args.precision}
-        summary = run_cohort(cohort, synth, out, settings, identity=identity, on_event=display, ctx=ctx)
+        with limit_threads(args.threads):          # before the model: ONNX Runtime sizes its pools on opening
+            synth = open_synthesizer(args, folder)
+            synth.memory_limit = memory
+            settings = sampling_settings(args, synth.default_settings())
+            identity = {"model": model_fingerprint(folder), "backend": args.backend, "precision": args.precision}
+            summary = run_cohort(cohort, synth, out, settings, identity=identity, on_event=display, ctx=ctx)
     finally:
         display.close()
         ctx.close()
-    del limiter
     if ctx.is_main:
         report = {"event": "summary", "input": str(args.input), "output": str(out), "convention": cohort.convention,
                   **summary.to_dict()}

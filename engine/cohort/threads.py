@@ -4,12 +4,17 @@ pools, SimpleITK's readers and filters, the BLAS / OpenMP libraries numpy, scipy
 the bound must be set before the model is opened)."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
 
-def limit_threads(threads: int | None):
-    """Bound every pool to ``threads`` (None: leave them); returns threadpoolctl's limiter, which
-    holds the BLAS bound while it is referenced (keep it for the run)."""
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """Bound every pool to ``threads`` inside the block (None: leave them), then put back the sizes
+    they had (torch's inter-op pool can only be sized before its first use, so it may stay)."""
     if threads is None:
-        return None
+        yield
+        return
     if threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     import numpy  # noqa: F401 - load the BLAS libraries before they are bounded
@@ -18,13 +23,19 @@ def limit_threads(threads: int | None):
     import torch
     from threadpoolctl import threadpool_limits
 
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
     except RuntimeError:            # only possible before the first inter-op work of the process
         pass
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    return threadpool_limits(limits=threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
 def thread_counts() -> dict[str, int]:
