@@ -183,3 +183,34 @@ def test_a_csv_without_the_input_column_is_bad_usage(model, tmp_path, capsys):
     (tmp_path / "list.csv").write_text("file,target\na.nii.gz,T2\n")
     assert cohort(model, str(tmp_path / "list.csv"), "-o", str(tmp_path / "out")) == 2
     assert "list.csv: the first line must name the columns" in capsys.readouterr().err
+
+
+def test_the_next_volume_is_read_while_one_is_synthesized(model, tmp_path, one_torch_thread):
+    import threading
+
+    from engine.cohort.items import Cohort, CohortItem
+    from engine.cohort.runner import run_cohort
+    from engine.inference import Synthesizer
+
+    read = {n: threading.Event() for n in "abc"}
+    readers: set[str] = set()
+    overlapped: list[bool] = []
+
+    def reader(name: str):
+        def load() -> Volume:
+            readers.add(threading.current_thread().name)
+            read[name].set()
+            return head("T1")
+        return load
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "progress" and event["item"] == "a" and not overlapped:
+            overlapped.append(read["b"].wait(timeout=20))             # a is being synthesized: b gets read meanwhile
+
+    items = tuple(CohortItem(key=n, path=n, target="T2", output=f"{n}.nii.gz", source="T1", loader=reader(n))
+                  for n in "abc")
+    synth = Synthesizer(model, device="cpu")
+    summary = run_cohort(Cohort("tree", str(tmp_path), items), synth, tmp_path / "out", synth.default_settings(),
+                         identity={}, on_event=on_event)
+    assert summary.succeeded == 3 and overlapped == [True]
+    assert threading.current_thread().name not in readers                # never on the synthesizing thread
