@@ -20,9 +20,8 @@ DESC = "desc-synthetic"
 
 
 def is_bids(path: Path) -> bool:
-    """A folder with a ``dataset_description.json`` or ``sub-*`` folders."""
-    return path.is_dir() and ((path / "dataset_description.json").is_file()
-                              or any(p.is_dir() and p.name.startswith("sub-") for p in path.iterdir()))
+    """A folder with a ``dataset_description.json``, or ``sub-*[/ses-*]`` folders holding ``anat`` or ``pet``."""
+    return path.is_dir() and ((path / "dataset_description.json").is_file() or bool(_sessions(path)))
 
 
 def split_name(name: str) -> tuple[list[str], str, str]:

@@ -70,13 +70,18 @@ def discover(path: str | Path, target: str | None, source: str | None = None, ro
     target = modalities.canonical(target) if target else None
     source = _asked_source(source)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return Cohort("csv", str(path.parent), unique_outputs(csv_items(path, target, source)))
-    if target is None:
+        cohort = Cohort("csv", str(path.parent), unique_outputs(csv_items(path, target, source)))
+    elif target is None:
         raise ValueError("--target is required (a CSV manifest may name it per row instead)")
-    if bids.is_bids(path):
-        return Cohort("bids", str(path), unique_outputs(bids.bids_items(path, target, source, routes)))
-    root = path if path.is_dir() else path.parent
-    return Cohort("tree", str(root), unique_outputs(tree_items(path, target, source, routes, exclude)))
+    elif bids.is_bids(path):
+        cohort = Cohort("bids", str(path), unique_outputs(bids.bids_items(path, target, source, routes)))
+    else:
+        root = path if path.is_dir() else path.parent
+        cohort = Cohort("tree", str(root), unique_outputs(tree_items(path, target, source, routes, exclude)))
+    if not cohort.items:
+        raise ValueError(f"{path}: nothing to synthesize — no {source or 'input'} volume for {target or 'a target'} "
+                         f"(a modality the model has a route from, not the target itself); name one with --source")
+    return cohort
 
 
 def _asked_source(source: str | None) -> str | None:

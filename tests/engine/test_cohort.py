@@ -15,6 +15,7 @@ import pytest
 import engine.io as io
 from engine.cohort import manifest
 from engine.io.volume import Volume
+from dicom_fixtures import write_series
 from main import main
 
 ROUTES = (("T1", "T2"), ("T1", "FLAIR"), ("T2", "FLAIR"))
@@ -77,19 +78,23 @@ def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_pat
     tree = tmp_path / "study"
     io.save(head("T1", 1), tree / "alice" / "t1.nii.gz")
     io.save(head("T1", 2), tree / "bob" / "scans" / "t1_mprage.nii.gz")
+    stored = (head("T1", 3).array / 2).astype(np.int16)
+    write_series(tree / "dave" / "dicom", stored, spacing=(2.0, 2.0, 3.0), direction=np.eye(3).ravel())
     (tree / "carol").mkdir()
     (tree / "carol" / "t1.nii.gz").write_bytes(b"not a NIfTI file at all" * 10)
     out = tmp_path / "out"
 
     assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 1
     report = summary(capsys)
-    assert (report["succeeded"], report["skipped"], report["failed"]) == (2, 0, 1)
+    assert (report["succeeded"], report["skipped"], report["failed"]) == (3, 0, 1)
     state = records(out)
     bad = state["carol/t1.nii.gz"]
     assert bad["status"] == "failed" and "carol/t1.nii.gz" in bad["error"]
     assert state["alice/t1.nii.gz"]["output"] == "alice/t1_synthetic-T2.nii.gz"
     assert (out / "bob/scans/t1_mprage_synthetic-T2.nii.gz").is_file()
     assert (out / "bob/scans/t1_mprage_synthetic-T2.json").is_file()
+    dicom = io.load(out / "dave/dicom/fixture_series_synthetic-T2.nii.gz")          # a DICOM series: by its description
+    assert dicom.synthetic and dicom.array.shape == stored.shape
     assert not list(out.glob("cohort-manifest.rank-*"))          # the parts are merged
 
 
@@ -177,6 +182,12 @@ def test_bad_usage_exits_2_with_one_line(model, tmp_path, capsys, args, message)
     assert cohort(model, where, "-o", str(tmp_path / "out"), *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_tree_holding_only_the_target_is_bad_usage(model, tmp_path, capsys):
+    io.save(head("T2"), tmp_path / "in" / "scan_T2.nii.gz")
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "-o", str(tmp_path / "out")) == 2
+    assert "nothing to synthesize" in capsys.readouterr().err
 
 
 def test_a_csv_without_the_input_column_is_bad_usage(model, tmp_path, capsys):
