@@ -175,7 +175,8 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
                            error=one_line(exc), **fingerprint)
                     continue
                 record(item, "done", output=item.output, seconds=round(time.perf_counter() - begun, 3), error="",
-                       route=provenance["Route"], slices=int(slices[0]), threads=thread_counts(), **fingerprint)
+                       route=provenance["Route"], slices=int(slices[0]), batch_size=synth.last_batch_size,
+                       threads=thread_counts(), **fingerprint)
     finally:
         writer.close()
     ctx.barrier()

@@ -171,6 +171,15 @@ def test_threads_bound_every_pool_the_run_used(model, tmp_path, capsys):
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
+def test_max_memory_bounds_the_batch_planner(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1"), tmp_path / "a.nii.gz")
+    run = (str(tmp_path / "a.nii.gz"), "--target", "T2", "--source", "T1", "-o")
+    assert cohort(model, *run, str(tmp_path / "free")) == 0
+    assert records(tmp_path / "free")["a.nii.gz"]["batch_size"] == 4            # every body slice in one batch
+    assert cohort(model, *run, str(tmp_path / "tight"), "--max-memory", "64K") == 0
+    assert records(tmp_path / "tight")["a.nii.gz"]["batch_size"] == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (("--target", "T2"), "no such file or folder"),
     (("--threads", "0", "--target", "T2"), "--threads must be at least 1"),
