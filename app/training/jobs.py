@@ -474,7 +474,7 @@ class TrainingJob:
         if job.status in ("queued", "running", "stopping"):      # the app closed (or crashed) meanwhile
             job.status = "interrupted"
             job.message = ("The app closed while this job was queued or running. Resume continues from the last "
-                           "checkpoint.")
+                           + ("finished volume." if job.is_cohort else "checkpoint."))
         return job
 
 

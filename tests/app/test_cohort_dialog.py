@@ -87,3 +87,17 @@ def test_cancel_stops_a_cohort_and_keeps_what_it_wrote(qtbot, model, tmp_path):
     panel.stop_selected("cancelled", job)
     qtbot.waitUntil(lambda: job.status == "cancelled", timeout=30000)
     assert "Resume runs the command again" in job.message and panel.process is None
+
+
+def test_a_cohort_job_left_running_is_interrupted_and_resumable_after_a_restart(tmp_path):
+    from app.training.jobs import TrainingJob, save_jobs
+
+    job = TrainingJob.from_cohort(CohortSpec(name="c", input=str(tmp_path / "in"), target="T2",
+                                             out_dir=str(tmp_path / "out"), model="m", source="T1", threads=2))
+    assert job.stage.args == [str(tmp_path / "in"), "--target", "T2", "-o", str(tmp_path / "out"), "--model", "m",
+                              "--device", "auto", "--json", "--source", "T1", "--threads", "2"]
+    job.status = "running"
+    save_jobs([job])
+    loaded = load_jobs()[0]
+    assert loaded.is_cohort and loaded.status == "interrupted" and loaded.resumable
+    assert "last finished volume" in loaded.message and loaded.model_dir == ""
