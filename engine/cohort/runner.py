@@ -52,7 +52,8 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def synthesize_item(synth, item: CohortItem, volume, settings, progress) -> tuple[Any, str, dict]:
+def synthesize_item(synth, item: CohortItem, volume, settings, progress,
+                    cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
     """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
     makes: the source modality (the item's, the header's, or identified), the route, the input guard."""
     from engine.inference.identify import source_modality
@@ -64,7 +65,8 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress) -> tupl
     source, identified, note = source_modality(synth, volume, item.source, progress)
     source, target = synth.card.check_route(source, item.target)
     warnings = synth.input_warnings(volume, source, settings)
-    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
+    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress,
+                                                         cancel=cancel), warnings)
     description = marked_description(synth.describe(source, target, settings), warnings)
     provenance = {
         "Description": RESEARCH_NOTE,
@@ -146,16 +148,13 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
         else:
             work.append((item, fingerprint))
 
-    def load(item: CohortItem):
-        return item.load()
-
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cohort-read") as reader:
-            pending: Future | None = reader.submit(load, work[0][0]) if work else None
+            pending: Future | None = reader.submit(work[0][0].load) if work else None
             for index, (item, fingerprint) in enumerate(work):
                 check_cancel(cancel)
                 begun = time.perf_counter()
-                loading, pending = pending, (reader.submit(load, work[index + 1][0]) if index + 1 < len(work)
+                loading, pending = pending, (reader.submit(work[index + 1][0].load) if index + 1 < len(work)
                                              else None)
                 record(item, "started", output=item.output, **fingerprint)
                 slices = [0.0]
@@ -165,8 +164,7 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
                     on_event({"event": "progress", "item": key, "done": p.done, "total": p.total})
                 try:
                     volume = loading.result()
-                    result, description, provenance = synthesize_item(synth, item, volume, settings, progress)
-                    check_cancel(cancel)
+                    result, description, provenance = synthesize_item(synth, item, volume, settings, progress, cancel)
                     _write(result, description, provenance, out / item.output)
                 except Cancelled:
                     raise

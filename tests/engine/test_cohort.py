@@ -234,3 +234,23 @@ def test_the_next_volume_is_read_while_one_is_synthesized(model, tmp_path, one_t
                          identity={}, on_event=on_event)
     assert summary.succeeded == 3 and overlapped == [True]
     assert threading.current_thread().name not in readers                # never on the synthesizing thread
+
+
+def test_cancelling_leaves_the_item_in_flight_started_for_the_next_run(model, tmp_path, one_torch_thread):
+    from engine.cohort.items import discover
+    from engine.cohort.runner import run_cohort
+    from engine.inference import Synthesizer
+    from engine.jobs import Cancelled, CancelToken
+
+    for name in "ab":
+        io.save(head("T1"), tmp_path / "in" / f"{name}.nii.gz")
+    found = discover(tmp_path / "in", "T2", "T1")
+    synth = Synthesizer(model, device="cpu")
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={}, cancel=token,
+                   on_event=lambda e: token.cancel() if e["event"] == "progress" else None)
+    assert manifest.read_state(tmp_path / "out")["a.nii.gz"]["status"] == "started"
+    assert not (tmp_path / "out" / "a_synthetic-T2.nii.gz").exists()
+    summary = run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={})
+    assert (summary.succeeded, summary.skipped) == (2, 0)
