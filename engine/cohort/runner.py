@@ -159,8 +159,8 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
                 record(item, "started", output=item.output, **fingerprint)
                 slices = [0.0]
 
-                def progress(p: Progress, key=item.key) -> None:
-                    slices[0] = max(slices[0], p.total)
+                def progress(p: Progress, key: str = item.key, seen: list[float] = slices) -> None:
+                    seen[0] = max(seen[0], p.total)
                     on_event({"event": "progress", "item": key, "done": p.done, "total": p.total})
                 try:
                     volume = loading.result()
