@@ -1,7 +1,8 @@
-"""The cohort row of ``bench speed --cohort N``: volumes per minute of ``python main.py cohort`` over N
-copies of the speed benchmark's volume, in one process and in K ranks under ``torchrun`` on this
-machine, the CPU cores split between the ranks. Each run is a fresh command, so its wall time counts
-process start, model loading and writing; the loop time (the run's summary) leaves them out."""
+"""The cohort rows of ``bench speed --cohort N``: volumes per minute of ``python main.py cohort`` over N
+copies of the speed benchmark's volume on this machine: one process with every core, one process
+with half of them, and two ranks under ``torchrun`` with half each (the second row tells sharding
+apart from fewer threads). Each run is a fresh command, so its wall time counts process start, model
+loading and writing; the loop time (the run's summary) leaves them out."""
 from __future__ import annotations
 
 import json
@@ -27,11 +28,12 @@ def _model_folder(model: str | None, preset: str | None, image_size: int | None,
 
 
 def run_cohort_speed(copies: int, *, model: str | None = None, preset: str | None = None, device: str = "cpu",
-                     image_size: int | None = None, steps: int | None = None, ranks: Sequence[int] | None = None,
-                     say: Callable[[str], None] = lambda line: None) -> dict:
-    """Run ``cohort`` on ``copies`` copies of the benchmark volume once per entry of ``ranks`` (1 = a
-    plain process, K > 1 = ``torchrun --nproc_per_node=K``; default 1 and 2, on CUDA 2 only with two
-    GPUs, one a rank) and return the cohort part of the report."""
+                     image_size: int | None = None, steps: int | None = None,
+                     runs: Sequence[tuple[int, int]] | None = None, say: Callable[[str], None] = lambda line: None) -> dict:
+    """Run ``cohort`` on ``copies`` copies of the benchmark volume once per (processes, threads each)
+    of ``runs`` (1 process = a plain command, K > 1 = ``torchrun --nproc_per_node=K``; default: see the
+    module docstring; on CUDA two ranks only with two GPUs, one a rank) and return the cohort part of
+    the report."""
     import torch
 
     import engine.io as io
@@ -41,8 +43,10 @@ def run_cohort_speed(copies: int, *, model: str | None = None, preset: str | Non
     if copies < 1:
         raise ValueError("--cohort must be at least 1 volume")
     cores = usable_cores()
-    if ranks is None:
-        ranks = (1, 2) if device != "cuda" or torch.cuda.device_count() >= 2 else (1,)
+    if runs is None:
+        half = max(1, cores // 2)
+        runs = [(1, cores)] + ([(1, half)] if half != cores else [])
+        runs += [(2, half)] if device != "cuda" or torch.cuda.device_count() >= 2 else []
     with tempfile.TemporaryDirectory(prefix="bench-cohort-") as scratch:
         root = Path(scratch)
         folder = _model_folder(model, preset, image_size, root)
@@ -50,11 +54,10 @@ def run_cohort_speed(copies: int, *, model: str | None = None, preset: str | Non
         for i in range(copies):
             io.save(volume, root / "study" / f"subject-{i:03d}" / f"{source}.nii.gz")
         rows = []
-        for k in ranks:
-            threads = max(1, cores // k)
+        for index, (k, threads) in enumerate(runs):
             launcher = [] if k == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}"]
             cmd = [sys.executable, *launcher, str(ROOT / "main.py"), "cohort", str(root / "study"), "--source", source,
-                   "--target", target, "-o", str(root / f"out-{k}"), "--model", str(folder), "--device", device,
+                   "--target", target, "-o", str(root / f"out-{index}"), "--model", str(folder), "--device", device,
                    "--threads", str(threads), "--json", *(["--steps", str(steps)] if steps else [])]
             say(f"cohort: {copies} volumes, {k} process{'es' if k > 1 else ''} × {threads} threads")
             start = time.perf_counter()
@@ -66,7 +69,8 @@ def run_cohort_speed(copies: int, *, model: str | None = None, preset: str | Non
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeError(f"the cohort run with {k} process(es) failed (exit {proc.returncode}): {tail[0]}")
             loop = float(summaries[0]["seconds"])
-            rows.append({"processes": k, "threads_per_process": threads, "volumes": copies,
+            rows.append({"processes": k, "threads_per_process": threads, "threads_used": summaries[0]["threads"],
+                         "volumes": copies,
                          "wall_s": round(wall, 3), "loop_s": round(loop, 3),
                          "volumes_per_minute": round(60.0 * copies / wall, 2),
                          "volumes_per_minute_loop": round(60.0 * copies / loop, 2) if loop > 0 else None})
