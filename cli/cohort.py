@@ -18,6 +18,12 @@ SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 JSON_PROGRESS_EVERY_S = 1.0
 
 
+def print_line(record: dict) -> None:
+    """One JSON line in one write: the lines of several torchrun ranks sharing stdout never interleave."""
+    sys.stdout.write(json.dumps(json_ready(record)) + "\n")
+    sys.stdout.flush()
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cohort", help="synthesize a whole study: a folder tree, a BIDS dataset or a CSV manifest, resumable",
@@ -75,7 +81,7 @@ class _Display:
             now = time.perf_counter()
             if event["event"] != "progress" or now - self.last >= JSON_PROGRESS_EVERY_S:
                 self.last = now if event["event"] == "progress" else self.last
-                print(json.dumps(json_ready({**event, "rank": event.get("rank", self.rank)})), flush=True)
+                print_line({**event, "rank": event.get("rank", self.rank)})
             return
         if self.quiet or self.rank != 0:
             return
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         report = {"event": "summary", "input": str(args.input), "output": str(out), "convention": cohort.convention,
                   **summary.to_dict()}
         if args.json:
-            print(json.dumps(json_ready(report)), flush=True)
+            print_line(report)
         else:
             print(f"{summary.succeeded} succeeded, {summary.skipped} skipped, {summary.failed} failed of "
                   f"{summary.items} item(s) in {summary.seconds:.1f} s; manifest: {summary.manifest}", file=sys.stderr)
