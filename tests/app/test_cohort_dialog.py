@@ -64,7 +64,7 @@ def test_a_cohort_runs_in_the_training_panel_with_its_manifest_table(qtbot, mode
     panel = window.training
     job = panel.jobs[0]
     assert window.docks["training"].isVisible() and panel.selected() is job and job.is_cohort
-    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=90000)
+    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=180000)
     assert job.status == "failed", job.message
     assert "2 succeeded, 0 skipped, 1 failed" in job.message and "Resume" in job.message
     assert panel.manifest.isVisible() and panel.manifest.rowCount() == 3
