@@ -23,6 +23,7 @@ from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
 from app.status_bar import StatusBar
 from app.synthesis import input_warnings
+from app.training.cohort_dialog import CohortDialog
 from app.training.train_panel import TrainPanel
 from app.training.wizard import FineTuneWizard
 from app.views.comparison_view import ComparisonView
@@ -136,6 +137,9 @@ class MainWindow(QMainWindow):
                                       "Open NIfTI, MHA, NRRD or DICOM files, or 2-D pictures"),
             "open_folder": self._action("Open Folder…", self.choose_folder, "Ctrl+Shift+O",
                                         "Scan a folder for volumes and DICOM series"),
+            "cohort": self._action("Synthesize a Cohort…", self.open_cohort_dialog,
+                                   tip="Synthesize every volume of a study folder, a BIDS dataset or a CSV manifest; "
+                                       "it runs in the Training panel"),
             "export": self._action("Export Volume…", self.choose_export, "Ctrl+E",
                                    "Write the volume you are looking at (the viewer's, or the comparison's "
                                    "synthetic) as NIfTI, MHA or a DICOM series"),
@@ -171,6 +175,7 @@ class MainWindow(QMainWindow):
         menu = self.menuBar().addMenu("&File")
         menu.addActions([a["open_file"], a["open_folder"], a["pacs"]])
         self.recent_menu = menu.addMenu("Recent")
+        menu.addAction(a["cohort"])
         menu.addSeparator()
         menu.addActions([a["export"], a["export_anonymised"], a["send_pacs"], a["metrics"], a["screenshot"]])
         menu.addSeparator()
@@ -362,6 +367,13 @@ class MainWindow(QMainWindow):
         wizard.job_requested.connect(self._start_training)
         wizard.open()
         return wizard
+
+    def open_cohort_dialog(self) -> CohortDialog:
+        dialog = CohortDialog(self.settings, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.cohort_requested.connect(self._start_training)
+        dialog.open()
+        return dialog
 
     def _start_training(self, spec) -> None:
         self.training.add_job(spec)

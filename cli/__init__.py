@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-data": _lazy("cli.make_demo_data"),
     "bench": _lazy("cli.bench"),
     "selftest": _lazy("cli.selftest"),
+    "cohort": _lazy("cli.cohort"),
     "pacs": _lazy("cli.pacs"),
 }
 

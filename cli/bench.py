@@ -84,6 +84,9 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a dry run in seconds: --preset tiny --image-size 32 --slices 3 --steps 3 --repeats 2 "
                         "(flags given explicitly win)")
+    p.add_argument("--cohort", type=_positive, metavar="N",
+                   help="also time `cohort` on N copies of the volume: volumes per minute in one process and in "
+                        "two torchrun ranks, the cores split between them")
     _add_output_arguments(p)
     p.set_defaults(func=_run_speed)
 
@@ -91,7 +94,7 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     """The command as typed, rebuilt from the parsed flags (the header of every table)."""
     words = ["python", "main.py", "bench", "speed"]
-    for flag in ("model", "preset", "precisions", "repeats", "slices", "image_size", "steps"):
+    for flag in ("model", "preset", "precisions", "repeats", "slices", "image_size", "steps", "cohort"):
         value = getattr(args, flag)
         if value is not None:
             words += [f"--{flag.replace('_', '-')}", str(value)]
@@ -119,6 +122,15 @@ def _run_speed(args: argparse.Namespace) -> int:
         image_size=args.image_size or (quick.get("image_size") if random else None),
         steps=args.steps or quick.get("steps"), guidance=tuple(args.guidance) if args.guidance else None,
         command=_command_line(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.cohort:
+        from engine.evaluation import cohort_speed
+
+        report["cohort"] = cohort_speed.run_cohort_speed(
+            args.cohort, model=report["model"].get("path"), preset=report["model"].get("preset"),
+            device=report["machine"]["device"], image_size=report["model"]["image_size"] if random else None,
+            steps=args.steps or quick.get("steps"), say=lambda line: print(line, file=sys.stderr, flush=True))
+        return _print_report(args, report, lambda r: speed.to_markdown(r) + cohort_speed.to_markdown(r["cohort"]),
+                             lambda r: speed.to_text(r) + "\n" + cohort_speed.to_text(r["cohort"]))
     return _print_report(args, report, speed.to_markdown, speed.to_text)
 
 

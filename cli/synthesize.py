@@ -13,10 +13,8 @@ from cli.common import (add_anonymise_arguments, add_model_arguments, add_sampli
 from engine.jobs import stderr_progress
 from engine.inference import source_modality
 from engine.inference import SOURCE_FLOOR_PREFIX
-from engine.inference import NO_PROFILE_NOTE, with_warnings
+from engine.inference import NO_PROFILE_NOTE, marked_description, with_warnings
 from engine.inference import SLICING_PLANES
-
-OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -92,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     for line in known:
         print(f"warning: {line}", file=sys.stderr)
     result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
-    description = synth.describe(source, target, settings)
-    if any(w != NO_PROFILE_NOTE for w in warnings):
-        description = f"{OOD_MARK}{description}"
+    description = marked_description(synth.describe(source, target, settings), warnings)
     written = io.save(result, output, description=description, anonymise=anonymiser or False)
     report = {
         "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,

@@ -2,7 +2,8 @@
 stage, Stage II starting from Stage I's output, then ``python main.py evaluate …`` of the start and
 the fine-tuned model on the validation subjects), the JSON-lines records those commands print, what
 their exit means, the comparison the user accepts or discards, and the job list kept in the settings
-folder so a job outlives the app."""
+folder so a job outlives the app. A cohort synthesis (File ▸ Synthesize a cohort…) is a job of one
+``python main.py cohort … --json`` stage in the same queue."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ JOBS_FILE = "training_jobs.json"
 SCHEMA_VERSION = 1
 MAIN_PY = ROOT / "main.py"
 STAGE_NAMES = {"understanding": "Stage I (understanding)", "generation": "Stage II (generation)",
-               "evaluate-start": "Evaluation of the start model", "evaluate": "Evaluation of the fine-tuned model"}
+               "evaluate-start": "Evaluation of the start model", "evaluate": "Evaluation of the fine-tuned model",
+               "cohort": "Cohort synthesis"}
 STAGE_PLANS = {"both": ("understanding", "generation"), "understanding": ("understanding",),
                "generation": ("generation",)}
 RESUMABLE = ("paused", "cancelled", "failed", "interrupted")
@@ -57,6 +59,33 @@ class FineTuneSpec:
     skip_invalid: bool = False           # the dataset had problems; train on its usable part
     evaluate_slices: int | None = None   # compare with the start model on this many central slices per
     #                                      validation volume afterwards (None: no comparison)
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """What File ▸ Synthesize a cohort… asks: the input (a folder tree, a BIDS dataset or a CSV
+    manifest), the target, the output folder, the model; ``source`` None lets the BIDS suffix or each
+    file's header or name say, "auto" has the model identify it."""
+
+    name: str
+    input: str
+    target: str
+    out_dir: str
+    model: str
+    source: str | None = None
+    device: str = "auto"
+    threads: int | None = None           # CPU threads of the process (None: all)
+
+
+def cohort_arguments(spec: CohortSpec) -> list[str]:
+    """The arguments after ``main.py cohort``; JSON lines so the panel can follow each item."""
+    args = [spec.input, "--target", spec.target, "-o", spec.out_dir, "--model", spec.model, "--device", spec.device,
+            "--json"]
+    if spec.source:
+        args += ["--source", spec.source]
+    if spec.threads:
+        args += ["--threads", str(spec.threads)]
+    return args
 
 
 def stage_outputs(spec: FineTuneSpec) -> list[Path]:
@@ -172,6 +201,8 @@ class LiveProgress:
     preview: str | None = None
     error: str = ""
     warnings: list[str] = field(default_factory=list)
+    items: dict[str, dict] = field(default_factory=dict)       # a cohort's latest record of each item
+    summary: dict | None = None                                # … and its summary, once it ended
 
 
 @dataclass
@@ -191,6 +222,14 @@ class TrainingJob:
     live: LiveProgress = field(default_factory=LiveProgress, repr=False)
 
     @classmethod
+    def from_cohort(cls, spec: CohortSpec) -> "TrainingJob":
+        return cls(spec.name, [StageRun("cohort", spec.out_dir, cohort_arguments(spec), "cohort")])
+
+    @property
+    def is_cohort(self) -> bool:
+        return self.stages[0].subcommand == "cohort"
+
+    @classmethod
     def from_spec(cls, spec: FineTuneSpec) -> "TrainingJob":
         stages = [StageRun(stage, str(out), args)
                   for stage, out, args in zip(spec.stages, stage_outputs(spec), train_arguments(spec))]
@@ -204,7 +243,9 @@ class TrainingJob:
 
     @property
     def model_dir(self) -> str:
-        return [s for s in self.stages if s.trains][-1].out
+        """The model folder the job trains ("" for a cohort synthesis)."""
+        trained = [s for s in self.stages if s.trains]
+        return trained[-1].out if trained else ""
 
     def comparison(self) -> dict | None:
         """The fine-tuned model against the start model, per route, once both evaluations ran (a
@@ -245,6 +286,9 @@ class TrainingJob:
         """What cancelling the job now leaves on disk, for the user to confirm (nothing is deleted)."""
         trained = [s.out for s in self.stages[: self.current] if s.trains]
         stage = self.stage
+        if self.is_cohort:
+            return ("The cohort synthesis stops. Nothing is deleted: the volumes written so far and the run manifest "
+                    f"stay in {stage.out}; Resume runs the command again and skips the finished volumes.")
         if self.status == "queued":
             what = "The job does not start."
         elif stage.trains:
@@ -264,6 +308,9 @@ class TrainingJob:
     def apply(self, record: dict) -> None:
         """Take in one record of the running stage (or of its progress.jsonl)."""
         event, live = record.get("event"), self.live
+        if self.is_cohort:
+            self._apply_cohort(record)
+            return
         losses = live.losses.setdefault(str(record.get("stage", self.stage.stage)), [])
         if event in ("start", "resumed"):
             self.step, self.steps = int(record.get("step", 0)), record.get("steps")
@@ -281,11 +328,33 @@ class TrainingJob:
         elif event == "error":
             live.error = str(record.get("message", ""))
 
+    def _apply_cohort(self, record: dict) -> None:
+        """A record of ``cohort --json``: the items this process has (start), each item's record, the summary."""
+        event, live = record.get("event"), self.live
+        if event == "start":
+            self.step, self.steps = 0, int(record.get("mine", 0))
+        elif event == "item":
+            live.items[str(record["item"])] = record
+            if record.get("status") != "started":
+                self.step += 1
+        elif event == "summary":
+            live.summary = record
+
+    def failed_items(self) -> list[dict]:
+        """A cohort's items whose latest record says failed, with their reasons."""
+        return [r for r in self.live.items.values() if r.get("status") == "failed"]
+
     def read_history(self) -> None:
-        """Rebuild the progress of the stages run so far from their ``progress.jsonl`` files."""
+        """Rebuild the progress of the stages run so far from their ``progress.jsonl`` files (a cohort:
+        from its run manifest)."""
         from engine.training import PROGRESS_FILE
 
         self.live = LiveProgress()
+        if self.is_cohort:
+            from engine.cohort import read_state
+
+            self.live.items = read_state(self.stage.out)
+            return
         step, steps = self.step, self.steps
         for run in self.stages[: self.current + 1]:
             try:
@@ -303,6 +372,9 @@ class TrainingJob:
         "cancelled" when the user asked it to stop). True when the next stage should start now."""
         from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 
+        if self.is_cohort:
+            self._cohort_ended(exit_code, crashed, requested, stderr_tail)
+            return False
         out, stage = self.stage.out, self.stage.title
         if not self.stage.trains:
             kept = "Resume runs the evaluation again."
@@ -337,6 +409,35 @@ class TrainingJob:
         else:
             return self._next_stage(requested)
         return False
+
+    def _cohort_ended(self, exit_code: int, crashed: bool, requested: str | None, stderr_tail: str) -> None:
+        """Status and message of a cohort synthesis whose process ended (exit 0: every item done or
+        skipped; 1: some failed; 2: the command was refused)."""
+        from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
+
+        out, summary = self.stage.out, self.live.summary
+        resume = "Resume runs the command again: finished volumes are skipped, the others done."
+        where = f"{self.step} of {self.steps or '?'} volumes"
+        if requested and (crashed or exit_code == EXIT_CANCELLED):
+            self.status, self.message = requested, f"{requested.capitalize()} after {where}. {resume}"
+        elif crashed or summary is None and exit_code != EXIT_BAD_INPUT:
+            how = "it was killed" if crashed else f"exit code {exit_code}"
+            reason = stderr_tail.strip().removeprefix("error: ")
+            self.status = "failed"
+            self.message = (f"The cohort process stopped unexpectedly after {where} ({how}"
+                            + (f": {reason}" if reason else "; it may have run out of memory") + f"). {resume}")
+        elif exit_code == EXIT_BAD_INPUT:
+            self.status = "failed"
+            self.message = f"The cohort command was refused: {stderr_tail.strip().removeprefix('error: ') or 'no message'}"
+        else:
+            counts = f"{summary['succeeded']} succeeded, {summary['skipped']} skipped, {summary['failed']} failed"
+            if exit_code == EXIT_OK:
+                self.status = "done"
+                self.message = f"Finished: {counts}. The volumes and the run manifest are in {out}."
+            else:
+                self.status = "failed"
+                self.message = (f"Finished with failures: {counts} (the failed volumes are listed with their reasons). "
+                                f"{resume}")
 
     def _next_stage(self, requested: str | None) -> bool:
         if self.current + 1 < len(self.stages):
@@ -373,7 +474,7 @@ class TrainingJob:
         if job.status in ("queued", "running", "stopping"):      # the app closed (or crashed) meanwhile
             job.status = "interrupted"
             job.message = ("The app closed while this job was queued or running. Resume continues from the last "
-                           "checkpoint.")
+                           + ("finished volume." if job.is_cohort else "checkpoint."))
         return job
 
 

@@ -3,8 +3,9 @@
 takes the app down. Shows stage, step, loss curve, learning rate, time left, Stage I accuracy, the
 latest preview and the process's stderr; Pause / Resume / Cancel (confirmed, saying what is kept);
 at the end the fine-tuned model against the start model on the validation subjects (a headline that
-weighs every score), to add to the model library or discard. The job list is kept across sessions
-(app.training.jobs)."""
+weighs every score), to add to the model library or discard. A cohort synthesis runs in the same
+queue (``python main.py cohort``); its run manifest is shown as a table, failed volumes first with
+their reasons. The job list is kept across sessions (app.training.jobs)."""
 from __future__ import annotations
 
 import html
@@ -13,13 +14,14 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QProcess, Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMessageBox,
-                               QPlainTextEdit, QPushButton, QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QListWidget,
+                               QListWidgetItem, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.paths import ROOT
 from app.errors import describe_error
 from app.settings import Settings
-from app.training.jobs import (STAGE_NAMES, FineTuneSpec, TrainingJob, command, load_jobs, parse_line,
+from app.training.jobs import (STAGE_NAMES, CohortSpec, FineTuneSpec, TrainingJob, command, load_jobs, parse_line,
                                review_headline, save_jobs)
 
 STOP_WAIT_MS = 30000            # closing the app: how long a running stage may take to write its checkpoint
@@ -28,6 +30,9 @@ STAGE_PENS = {"understanding": "#1f5fa8", "generation": "#d07000"}
 PREVIEW_SIZE = 360
 WORSE_STYLE = "color:#b01010; font-weight:bold"
 CONFIRM_CANCEL, KEEP_RUNNING = "Cancel the job", "Keep it running"
+MANIFEST_COLUMNS = (("item", "Volume"), ("status", "Status"), ("output", "Output"), ("seconds", "Seconds"),
+                    ("error", "Reason"))
+STATUS_ORDER = {"failed": 0, "started": 1, "done": 2, "skipped": 3}
 STATUS_TEXT = {"running": "Running.", "stopping": "Writing a checkpoint, then stopping…",
                "queued": "Waiting for the job before it."}
 
@@ -137,6 +142,15 @@ class TrainPanel(QWidget):
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(MAX_LOG_LINES)
+        self.manifest = QTableWidget(0, len(MANIFEST_COLUMNS))
+        self.manifest.setHorizontalHeaderLabels([title for _key, title in MANIFEST_COLUMNS])
+        self.manifest.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.manifest.horizontalHeader().setStretchLastSection(True)
+        self.manifest.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.manifest.setToolTip("The cohort's run manifest: each volume's status, output and time; failed ones "
+                                 "first, with the reason")
+        self.manifest.hide()
+        self._shown_items: tuple | None = None
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -161,6 +175,7 @@ class TrainPanel(QWidget):
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addWidget(self.preview)
+        right_layout.addWidget(self.manifest, 2)
         right_layout.addWidget(self.log_view, 1)
         splitter = QSplitter()
         for widget in (left, self.plot, right):
@@ -209,6 +224,8 @@ class TrainPanel(QWidget):
             for curve in self.curves.values():
                 curve.setData([], [])
             self.log_view.clear()
+            self.manifest.hide()
+            self.plot.show()
             self.preview.clear()
             self._shown_preview = None
             return
@@ -237,6 +254,7 @@ class TrainPanel(QWidget):
             " · ".join(f"{task} {value:.0%}" for task, value in live.accuracy.items()) or "—")
         self.fields["Validation loss"].setText("—" if live.val_loss is None else f"{live.val_loss:.4g}")
         self._show_review(job)
+        self._show_items(job)
         for stage, curve in self.curves.items():
             points = live.losses.get(stage, [])
             curve.setData([p[0] for p in points], [p[1] for p in points])
@@ -244,6 +262,21 @@ class TrainPanel(QWidget):
             self._shown_preview = live.preview
             pixmap = QPixmap(live.preview) if live.preview else QPixmap()
             self.preview.setPixmap(pixmap.scaledToWidth(PREVIEW_SIZE) if not pixmap.isNull() else QPixmap())
+
+    def _show_items(self, job: TrainingJob) -> None:
+        """A cohort's run manifest as a table (rebuilt when an item's record changed)."""
+        self.manifest.setVisible(job.is_cohort)
+        self.plot.setVisible(not job.is_cohort)
+        shown = (job.id, job.step, len(job.live.items))
+        if not job.is_cohort or shown == self._shown_items:
+            return
+        self._shown_items = shown
+        records = sorted(job.live.items.values(), key=lambda r: (STATUS_ORDER.get(r.get("status"), 9), r["item"]))
+        self.manifest.setRowCount(len(records))
+        for row, record in enumerate(records):
+            for column, (key, _title) in enumerate(MANIFEST_COLUMNS):
+                value = record.get(key, "")
+                self.manifest.setItem(row, column, QTableWidgetItem("" if value is None else str(value)))
 
     def _show_review(self, job: TrainingJob | None) -> None:
         """The comparison with the start model once both evaluations ran; Add / Discard while it waits."""
@@ -286,9 +319,9 @@ class TrainPanel(QWidget):
         self._save()
         self._refresh(job)
 
-    def add_job(self, spec: FineTuneSpec) -> TrainingJob:
-        """Queue a job for ``spec``; it starts when no other job runs."""
-        job = TrainingJob.from_spec(spec)
+    def add_job(self, spec: FineTuneSpec | CohortSpec) -> TrainingJob:
+        """Queue a job for ``spec`` (a fine-tuning or a cohort synthesis); it starts when no other job runs."""
+        job = TrainingJob.from_cohort(spec) if isinstance(spec, CohortSpec) else TrainingJob.from_spec(spec)
         self.jobs.append(job)
         self._history_read.add(job.id)
         self._save()
@@ -386,7 +419,7 @@ class TrainPanel(QWidget):
                 self._reading = True
                 for warning in job.live.warnings:
                     self._log(job, f"warning: {warning}")
-                if self._requested:
+                if self._requested and job.stage.trains:
                     self._write_stop(job)
             self._refresh(job)
 

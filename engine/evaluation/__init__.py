@@ -1,6 +1,6 @@
 """Evaluation: image-quality metrics (metrics.py), scoring synthetic volumes and whole models on a
 paired dataset (synthesis_eval.py, ``python main.py evaluate``), and what ``python main.py bench``
-measures. The benchmarks' modules (speed, quality, understanding, source_floor) are public too: each
+measures. The benchmarks' modules (speed, cohort_speed, quality, understanding, source_floor) are public too: each
 is one benchmark's run / to_text / to_markdown, which ``bench`` reads as its namespace."""
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from engine.tasks.dataset import PairedDataset
 
 PROFILE_VERSION = 1
+OOD_MARK = "(OOD input) "          # leads the written description (NIfTI descrip, DICOM series) when the guard fired
 WARNING_PREFIX = "input check: "           # the notes the guard adds start with this
 NO_PROFILE_NOTE = (WARNING_PREFIX + "this model's card has no training profile (input_profile), so the input "
                    "cannot be checked against its training data")
@@ -374,6 +375,11 @@ def check_input(volume: "Volume", source: str, profile: Mapping[str, Any] | None
     what = "/".join(record.get("anatomies", [])) or "training"
     warnings = _geometry_warnings(signals, geo, what, pixel_mm) + _intensity_warnings(signals, record, source)
     return [WARNING_PREFIX + w for w in warnings]
+
+
+def marked_description(description: str, warnings: Sequence[str]) -> str:
+    """``description`` led by :data:`OOD_MARK` when the guard fired (a card without a profile does not count)."""
+    return f"{OOD_MARK}{description}" if any(w != NO_PROFILE_NOTE for w in warnings) else description
 
 
 def with_warnings(volume: "Volume", warnings: Sequence[str]) -> "Volume":

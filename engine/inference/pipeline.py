@@ -166,6 +166,7 @@ class SliceSynthesizer:
         self._defaults, self._extras = settings_from_card(card.inference_defaults)
         self.last_batch_size: int | None = None        # what the last run settled on (after OOM halving)
         self.network_seconds = 0.0                     # the last run's context + ODE steps (see _network_time)
+        self.memory_limit: int | None = None           # bytes the batch planner may count on at most (None: free memory)
 
     @property
     def execution_device(self) -> str:
@@ -456,7 +457,8 @@ class SliceSynthesizer:
             need = max(1, torch.cuda.max_memory_allocated(self.device) - getattr(self, "_probe_base", 0))
         else:
             need = self.slice_memory_estimate(prepared) * tiles
-        budget = MEMORY_SHARE[kind] * available_memory(self.device)
+        free = available_memory(self.device)
+        budget = MEMORY_SHARE[kind] * (free if self.memory_limit is None else min(free, self.memory_limit))
         return int(max(1, min(MAX_AUTO_BATCH[kind] // tiles, slices, budget // need)))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from engine.exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "Trainer": "trainer",
+    "Trainer": "trainer", "Distributed": "distributed",
     "TrainConfig": "config", "TARGET_EMBEDDING": "config", "DEFAULT_STEPS": "config", "DEFAULT_PIXEL_MM": "config",
     "PRECISIONS": "config", "STAGE_HELP": "config", "STAGES": "config",
     "PROGRESS_FILE": "protocol", "STOP_FILE": "protocol", "STATE_DIR": "protocol", "EXIT_OK": "protocol",

@@ -162,7 +162,7 @@ def test_without_a_profile_the_guard_only_says_it_cannot_check():
 def test_synthesize_prints_the_warnings_and_keeps_them_in_its_report(capsys, tmp_path):
     import SimpleITK as sitk
 
-    from cli.synthesize import OOD_MARK
+    from engine.inference.ood import OOD_MARK
     from engine.inference.random_model import write_random_model
     from main import main
 

@@ -1,0 +1,123 @@
+"""BIDS in and out: the images of a BIDS dataset (``sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]``, the
+modality from the suffix) and the names of a BIDS derivatives dataset of synthetic images
+(``sub-X[_ses-Y]_desc-synthetic_<suffix>.nii.gz``, its ``dataset_description.json``)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from engine.cohort.items import CohortItem, Routes, input_files, wanted_source
+from engine.version import version
+
+BIDS_VERSION = "1.10.0"
+DATATYPES = ("anat", "pet")
+# BIDS suffix → our modality; CT and CBCT are named as the CT proposal (BEP024) names them
+SUFFIX_MODALITY = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "ct": "CT", "cbct": "CBCT", "pet": "PET"}
+MODALITY_SUFFIX = {m: s for s, m in SUFFIX_MODALITY.items()} | {"T1CE": "T1w"}
+CONTRAST_ENTITY = "ce-gadolinium"        # the T1w entity of a contrast-enhanced T1 (T1CE)
+DESC = "desc-synthetic"
+
+
+def is_bids(path: Path) -> bool:
+    """A folder with a ``dataset_description.json``, or ``sub-*[/ses-*]`` folders holding ``anat`` or ``pet``."""
+    return path.is_dir() and ((path / "dataset_description.json").is_file() or bool(_sessions(path)))
+
+
+def split_name(name: str) -> tuple[list[str], str, str]:
+    """A BIDS file name → (its ``key-value`` entities, its suffix, its extension)."""
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            stem = name[:-len(ext)]
+            break
+    else:
+        stem, ext = os.path.splitext(name)
+    *entities, suffix = stem.split("_")
+    return entities, suffix, ext
+
+
+def modality_of(name: str) -> str | None:
+    """The modality a BIDS image name gives by its suffix (a T1w with a ``ce-`` entity: T1CE); None
+    for other suffixes."""
+    entities, suffix, ext = split_name(name)
+    if ext not in (".nii", ".nii.gz"):
+        return None
+    modality = SUFFIX_MODALITY.get(suffix)
+    if modality == "T1" and any(e.startswith("ce-") for e in entities):
+        return "T1CE"
+    return modality
+
+
+def derivative_name(source_name: str, target: str) -> tuple[str, str]:
+    """(datatype folder, file name) of the synthetic ``target`` made from the BIDS image
+    ``source_name``: its entities (less ``ce-`` and ``desc-``) with ``desc-synthetic`` and the target's
+    suffix, e.g. ``sub-01_ses-1_T1w.nii.gz`` → ("anat", ``sub-01_ses-1_desc-synthetic_T2w.nii.gz``)."""
+    entities, _suffix, _ext = split_name(source_name)
+    kept = [e for e in entities if not e.startswith(("ce-", "desc-"))]
+    if target == "T1CE":
+        kept.insert(min(len(kept), 2 if len(kept) > 1 and kept[1].startswith("ses-") else 1), CONTRAST_ENTITY)
+    suffix = MODALITY_SUFFIX[target]
+    return ("pet" if target == "PET" else "anat"), "_".join([*kept, DESC, suffix]) + ".nii.gz"
+
+
+def _sessions(root: Path) -> list[Path]:
+    """Every ``sub-*`` and ``sub-*/ses-*`` folder holding a datatype folder, sorted."""
+    found = []
+    for subject in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-")):
+        sessions = sorted(p for p in subject.iterdir() if p.is_dir() and p.name.startswith("ses-"))
+        found.extend(s for s in [subject, *sessions] if any((s / d).is_dir() for d in DATATYPES))
+    return found
+
+
+def bids_items(root: Path, target: str, source: str | None, routes: Routes | None) -> list[CohortItem]:
+    """The items of a BIDS dataset: in each subject (and session) the images of one source modality
+    — ``source`` when named, else the first the model has a route from to ``target`` (in the order of
+    its routes) — each giving one derivative. A session without such an image is an item that failed,
+    saying so."""
+    order = [s for s, t in routes or () if t == target]
+    items = []
+    for session in _sessions(root):
+        images = sorted(f for d in DATATYPES if (session / d).is_dir() for f in (session / d).iterdir()
+                        if f.is_file() and modality_of(f.name))
+        present = {modality_of(f.name) for f in images}
+        candidates = [m for m in present if wanted_source(m, target, source, routes)]
+        chosen = source if source and source != "auto" else min(
+            candidates, key=lambda m: order.index(m) if m in order else len(order), default=None)
+        relative = session.relative_to(root).as_posix()
+        picked = [f for f in images if modality_of(f.name) == chosen and chosen in candidates]
+        if not picked:
+            wanted = chosen or f"a modality with a route to {target}"
+            items.append(CohortItem(key=relative, path=str(session), target=target, output="", source=source,
+                                    error=f"{session}: no {wanted} image in {'/'.join(DATATYPES)}"))
+            continue
+        for f in picked:
+            datatype, name = derivative_name(f.name, target)
+            items.append(CohortItem(key=f.relative_to(root).as_posix(), path=str(f), target=target,
+                                    output=f"{relative}/{datatype}/{name}",
+                                    source=chosen if source != "auto" else "auto", files=tuple(input_files(f))))
+    return items
+
+
+def dataset_description(target: str, model: str) -> dict:
+    """The derivatives dataset's ``dataset_description.json``."""
+    return {
+        "Name": f"SynerMedGen synthetic {target}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "SynerMedGen Studio",
+            "Version": version(),
+            "Description": f"cross-modality synthesis with the model {model}; synthetic images — research use "
+                           "only, not for diagnosis",
+        }],
+    }
+
+
+def write_dataset_description(out: Path, target: str, model: str) -> Path:
+    """Write (atomically) ``out/dataset_description.json``."""
+    from engine.atomic import atomic_file
+
+    path = Path(out) / "dataset_description.json"
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(dataset_description(target, model), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,240 @@
+"""The units of a cohort run (:class:`CohortItem`: one input volume, its target and its output) and
+finding them: a folder tree through the same scanner as ``info`` (outputs mirror the tree), a CSV
+manifest (``input,target[,source,output]``), or a BIDS dataset (:mod:`engine.cohort.bids`)."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Collection, Iterable
+
+from engine import modalities
+from engine.io.volume import Volume
+
+OUTPUT_SUFFIX = ".nii.gz"
+CSV_COLUMNS = ("input", "target", "source", "output")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+Routes = Collection[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class CohortItem:
+    """One volume to synthesize. ``key`` names it in the run manifest (stable across runs: the input's
+    path relative to the cohort's root); ``output`` is relative to the output folder; ``source`` is a
+    modality name, "auto" (the model identifies it) or None (the file's header or name says);
+    ``files`` are the input's files, whose sizes and times tell a rerun whether it changed; ``error``
+    is a problem found before loading (the item is recorded as failed with it)."""
+
+    key: str
+    path: str
+    target: str
+    output: str
+    source: str | None = None
+    series: str | None = None
+    files: tuple[str, ...] = ()
+    error: str = ""
+    loader: Callable[[], Volume] | None = field(default=None, compare=False, repr=False)
+
+    def load(self) -> Volume:
+        if self.loader is not None:
+            return self.loader()
+        import engine.io as io
+
+        return io.load(self.path, series=self.series)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """What a cohort input holds: its ``convention`` ("bids", "tree" or "csv"), its root folder and
+    the items, sorted by key."""
+
+    convention: str
+    root: str
+    items: tuple[CohortItem, ...]
+
+
+def discover(path: str | Path, target: str | None, source: str | None = None, routes: Routes | None = None,
+             exclude: str | Path | None = None) -> Cohort:
+    """The cohort in ``path``: a ``.csv`` file is a manifest, a folder with ``dataset_description.json``
+    or ``sub-*`` folders a BIDS dataset, anything else a folder tree (or one file). ``routes`` (the
+    model's) leave out volumes of a modality the model cannot turn into ``target`` when ``source`` is
+    not given; nothing under ``exclude`` (the output folder) is an input. ValueError when ``path`` does
+    not exist or a manifest is malformed."""
+    from engine.cohort import bids
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    target = modalities.canonical(target) if target else None
+    source = _asked_source(source)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        cohort = Cohort("csv", str(path.parent), unique_outputs(csv_items(path, target, source)))
+    elif target is None:
+        raise ValueError("--target is required (a CSV manifest may name it per row instead)")
+    elif bids.is_bids(path):
+        cohort = Cohort("bids", str(path), unique_outputs(bids.bids_items(path, target, source, routes)))
+    else:
+        root = path if path.is_dir() else path.parent
+        cohort = Cohort("tree", str(root), unique_outputs(tree_items(path, target, source, routes, exclude)))
+    if not cohort.items:
+        raise ValueError(f"{path}: nothing to synthesize — no {source or 'input'} volume for {target or 'a target'} "
+                         f"(a modality the model has a route from, not the target itself); name one with --source")
+    return cohort
+
+
+def _asked_source(source: str | None) -> str | None:
+    if source is None or source.strip().lower() == "auto":
+        return source and "auto"
+    return modalities.canonical(source)
+
+
+def wanted_source(modality: str | None, target: str, source: str | None, routes: Routes | None) -> bool:
+    """Whether a volume of ``modality`` (None: unknown) is an input for ``target``: never the target
+    itself; with ``source`` named, that modality (or an unknown one, taken as it); else a modality the
+    model has a route from (every one when ``routes`` is None)."""
+    if modality == target:
+        return False
+    if source and source != "auto":
+        return modality in (None, source)
+    return modality is None or routes is None or (modality, target) in routes
+
+
+def strip_image_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[:-len(suffix)]
+    return Path(name).stem
+
+
+def mirrored_output(relative: str, target: str) -> str:
+    """A mirrored tree's output for an input at ``relative``: beside it, ``NAME_synthetic-TARGET.nii.gz``."""
+    rel = Path(relative)
+    return (rel.parent / f"{strip_image_suffix(rel.name)}_synthetic-{target}{OUTPUT_SUFFIX}").as_posix()
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), root.resolve())).as_posix()
+    except ValueError:                   # another drive (Windows)
+        return Path(path).name
+
+
+def _inside(path: str | Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def tree_items(path: Path, target: str, source: str | None, routes: Routes | None,
+               exclude: str | Path | None = None) -> list[CohortItem]:
+    """One item per volume or DICOM series the ``info`` scanner finds under ``path`` (volumes marked
+    synthetic and anything under ``exclude`` left out); a file the scanner could not read is an item
+    that failed, with the scanner's reason."""
+    import engine.io as io
+
+    root = path if path.is_dir() else path.parent
+    excluded = Path(exclude) if exclude else None
+    catalog = io.scan(path)
+    items = []
+    for entry in catalog.entries:
+        first = entry.paths[0] if entry.paths else entry.key
+        if entry.synthetic or _inside(first, excluded) or not wanted_source(entry.modality, target, source, routes):
+            continue
+        if entry.kind == "dicom":
+            folder = _relative(Path(first).parent, root)
+            name = "".join(c if c.isalnum() or c in "-." else "_" for c in entry.description).strip("_") or "series"
+            key, output = f"{folder}#{entry.key}", mirrored_output(f"{folder}/{name}", target)
+        else:
+            key = _relative(first, root) + (entry.key[len(str(first)):] if entry.key.startswith(str(first)) else "")
+            output = mirrored_output(key.replace("#", "-"), target)
+        items.append(CohortItem(key=key, path=first, target=target, output=output, source=source,
+                                files=tuple(entry.paths), loader=_entry_loader(entry)))
+    for skipped in catalog.skipped:
+        if _inside(skipped.path, excluded):
+            continue
+        key = _relative(skipped.path, root)
+        items.append(CohortItem(key=key, path=skipped.path, target=target, output=mirrored_output(key, target),
+                                source=source, files=(skipped.path,), error=f"{skipped.path}: {skipped.reason}"))
+    return sorted(items, key=lambda i: i.key)
+
+
+def _entry_loader(entry) -> Callable[[], Volume]:
+    return lambda: entry.load()
+
+
+def csv_items(path: Path, target: str | None, source: str | None) -> list[CohortItem]:
+    """One item per row of a CSV manifest ``input,target[,source,output]`` (paths relative to the
+    CSV's folder; an empty target or source takes ``--target`` / ``--source``; an empty output mirrors
+    the input). A row that names no input or an unknown modality is an item that failed."""
+    folder = path.parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip().lower() for c in reader.fieldnames or ()]
+            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable CSV manifest ({exc})") from None
+    if "input" not in columns:
+        raise ValueError(f"{path}: the first line must name the columns {','.join(CSV_COLUMNS)} "
+                         f"(input required; found {','.join(columns) or 'nothing'})")
+    unknown = [c for c in columns if c not in CSV_COLUMNS]
+    if unknown:
+        raise ValueError(f"{path}: unknown column(s) {', '.join(unknown)}; use {','.join(CSV_COLUMNS)}")
+    if "target" not in columns and target is None:
+        raise ValueError(f"{path}: no target column and no --target")
+    items = []
+    for line, row in enumerate(rows, start=2):
+        given = row.get("input", "")
+        where = f"{path}, line {line}"
+        error, row_target, row_source = "", row.get("target") or target or "", row.get("source") or source
+        try:
+            row_target = modalities.canonical(row_target) if row_target else ""
+            row_source = _asked_source(row_source)
+        except ValueError as exc:
+            error = f"{where}: {exc}"
+        if not given:
+            error = error or f"{where}: no input"
+        elif not row_target:
+            error = error or f"{where}: no target (column or --target)"
+        full = Path(given) if Path(given).is_absolute() else folder / given
+        relative = _relative(full, folder) if given else f"line-{line}"
+        if relative.startswith("../"):                 # an input outside the CSV's folder: by its name
+            relative = Path(given).name
+        key = f"{given or f'line {line}'} → {row_target or '?'}"
+        output = row.get("output") or mirrored_output(relative, row_target or "unknown")
+        items.append(CohortItem(key=key, path=str(full), target=row_target, output=output, source=row_source,
+                                files=tuple(input_files(full)), error=error))
+    return items
+
+
+def input_files(path: Path) -> list[str]:
+    """The files of an input: itself, or every file under a folder (sorted)."""
+    if path.is_dir():
+        return sorted(str(Path(r) / n) for r, _d, names in os.walk(path) for n in names)
+    return [str(path)] if path.exists() else []
+
+
+def unique_outputs(items: Iterable[CohortItem]) -> tuple[CohortItem, ...]:
+    """The items sorted by key; an item whose output another already writes (or whose key repeats)
+    fails with the reason instead of overwriting it."""
+    seen: dict[str, str] = {}
+    keys: set[str] = set()
+    out = []
+    for item in sorted(items, key=lambda i: i.key):
+        if item.key in keys:
+            continue
+        keys.add(item.key)
+        taken = seen.get(os.path.normcase(item.output))
+        if taken is not None and not item.error:
+            item = replace(item, error=f"{item.path}: its output {item.output} is already written for {taken}")
+        elif not item.error:
+            seen[os.path.normcase(item.output)] = item.key
+        out.append(item)
+    return tuple(out)

@@ -1,0 +1,185 @@
+"""The cohort loop: one loaded model synthesizes every item of this process's share (items are dealt
+out by rank under ``torchrun``), reading the next input in a background thread while the current
+one is synthesized. Each item's output and its JSON sidecar (provenance) are written atomically, its
+events recorded in the run manifest (:mod:`engine.cohort.manifest`); an item that fails is recorded
+with its reason and the run goes on; an unchanged finished item is skipped."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from engine.cohort import manifest
+from engine.cohort.items import Cohort, CohortItem
+from engine.cohort.threads import thread_counts
+from engine.jobs import Cancelled, CancelToken, Progress, check_cancel
+
+EventFn = Callable[[dict], None]
+
+
+def no_events(event: dict) -> None:
+    """The default event callback: ignores every event."""
+
+
+@dataclass
+class Summary:
+    """How a run went, over every rank: items succeeded (synthesized now), skipped (finished before,
+    unchanged) and failed; the thread pools' sizes during the run (rank 0's)."""
+
+    items: int = 0
+    succeeded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    world_size: int = 1
+    threads: dict[str, int] = field(default_factory=dict)
+    manifest: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, else 1."""
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line the manifest keeps (its type when it has no message)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def synthesize_item(synth, item: CohortItem, volume, settings, progress,
+                    cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
+    """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
+    makes: the source modality (the item's, the header's, or identified), the route, the input guard."""
+    from engine.inference.identify import source_modality
+    from engine.inference.model_card import route_name
+    from engine.inference.ood import marked_description, with_warnings
+    from engine.inference.pipeline import RESEARCH_NOTE
+    from engine.version import version
+
+    source, identified, note = source_modality(synth, volume, item.source, progress)
+    source, target = synth.card.check_route(source, item.target)
+    warnings = synth.input_warnings(volume, source, settings)
+    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress,
+                                                         cancel=cancel), warnings)
+    description = marked_description(synth.describe(source, target, settings), warnings)
+    provenance = {
+        "Description": RESEARCH_NOTE,
+        "Synthetic": True,
+        "GeneratedBy": {"Name": "SynerMedGen Studio", "Version": version()},
+        "Model": synth.name,
+        "Route": route_name(source, target),
+        "SourceModality": source,
+        "SourceFile": item.key,
+        "Settings": settings.to_dict(),
+        "Device": synth.execution_device,
+        "Precision": synth.precision,
+        "InputWarnings": warnings,
+        "Notes": list(result.notes),
+        **({"Identified": identified} if identified else {}),
+        **({"SourceNote": note} if note else {}),
+    }
+    return result, description, provenance
+
+
+def sidecar_path(output: Path) -> Path:
+    name = output.name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(stem + ".json")
+
+
+def _write(result, description: str, provenance: dict, path: Path) -> None:
+    import json
+
+    import engine.io as io
+    from engine.atomic import atomic_file
+
+    io.save(result, path, description=description)
+    with atomic_file(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Mapping[str, Any],
+               on_event: EventFn = no_events, cancel: CancelToken | None = None, ctx=None) -> Summary:
+    """Synthesize this process's items of ``cohort`` into ``out`` with ``synth`` (loaded once) and
+    ``settings``. ``identity`` (the model's fingerprint, backend, precision) joins the settings in each
+    item's fingerprint. ``ctx`` (:class:`engine.training.distributed.Distributed`) deals items by rank;
+    rank 0 merges the manifest after every rank is done. ``on_event`` gets ``start``, ``progress`` (within
+    an item) and ``item`` (each record) events. Cancelling raises :class:`Cancelled` (the item in flight
+    stays ``started`` and is redone by the next run)."""
+    from engine.training.distributed import Distributed
+
+    ctx = ctx or Distributed()
+    out = Path(out)
+    started = time.perf_counter()
+    previous = manifest.read_state(out)
+    ctx.barrier()                                   # every rank has read the state before any appends to it
+    mine = list(cohort.items[ctx.rank::ctx.world_size])
+    if ctx.is_main and cohort.convention == "bids":
+        from engine.cohort.bids import write_dataset_description
+
+        write_dataset_description(out, ",".join(sorted({i.target for i in cohort.items if i.target})), synth.name)
+    threads = thread_counts()
+    on_event({"event": "start", "items": len(cohort.items), "mine": len(mine), "rank": ctx.rank,
+              "world_size": ctx.world_size, "convention": cohort.convention, "threads": threads})
+    writer = manifest.PartWriter(out, ctx.rank)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def record(item: CohortItem, status: str, **fields) -> None:
+        rec = writer.write({"item": item.key, "status": status, "rank": ctx.rank, **fields})
+        if status in counts:
+            counts[status] += 1
+        on_event({"event": "item", **rec})
+
+    work: list[tuple[CohortItem, dict]] = []
+    for item in mine:
+        fingerprint = {"input": manifest.input_fingerprint(item.files),
+                       "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
+                                                    "source": item.source})}
+        if item.error:
+            record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
+        elif manifest.finished(previous.get(item.key), fingerprint, out):
+            record(item, "skipped", output=item.output, seconds=0.0, error="", **fingerprint)
+        else:
+            work.append((item, fingerprint))
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cohort-read") as reader:
+            pending: Future | None = reader.submit(work[0][0].load) if work else None
+            for index, (item, fingerprint) in enumerate(work):
+                check_cancel(cancel)
+                begun = time.perf_counter()
+                loading, pending = pending, (reader.submit(work[index + 1][0].load) if index + 1 < len(work)
+                                             else None)
+                record(item, "started", output=item.output, **fingerprint)
+                slices = [0.0]
+
+                def progress(p: Progress, key: str = item.key, seen: list[float] = slices) -> None:
+                    seen[0] = max(seen[0], p.total)
+                    on_event({"event": "progress", "item": key, "done": p.done, "total": p.total})
+                try:
+                    volume = loading.result()
+                    result, description, provenance = synthesize_item(synth, item, volume, settings, progress, cancel)
+                    _write(result, description, provenance, out / item.output)
+                except Cancelled:
+                    raise
+                except Exception as exc:            # noqa: BLE001 — one bad input must not stop the cohort
+                    record(item, "failed", output=item.output, seconds=round(time.perf_counter() - begun, 3),
+                           error=one_line(exc), **fingerprint)
+                    continue
+                record(item, "done", output=item.output, seconds=round(time.perf_counter() - begun, 3), error="",
+                       route=provenance["Route"], slices=int(slices[0]), batch_size=synth.last_batch_size,
+                       threads=thread_counts(), **fingerprint)
+    finally:
+        writer.close()
+    ctx.barrier()
+    totals = [sum(col) for col in zip(*ctx.gather_floats([counts["done"], counts["skipped"], counts["failed"]]))]
+    merged = manifest.merge(out) if ctx.is_main else manifest.MANIFEST
+    return Summary(items=len(cohort.items), succeeded=int(totals[0]), skipped=int(totals[1]), failed=int(totals[2]),
+                   seconds=round(time.perf_counter() - started, 3), world_size=ctx.world_size, threads=threads,
+                   manifest=str(out / Path(merged).name))

@@ -1,0 +1,256 @@
+"""``cohort``: a BIDS dataset (two subjects, one with a session) gives a BIDS derivatives dataset with
+provenance sidecars; a folder tree with a corrupt file records that file as failed and synthesizes
+the rest (exit 1); a CSV manifest names inputs, targets and outputs per row; a rerun skips finished
+unchanged items and redoes an interrupted one, a changed input or changed settings; ``--threads 1``
+bounds the pools the run used (read back from the manifest); bad usage exits 2."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine.io as io
+from engine.cohort import manifest
+from engine.io.volume import Volume
+from dicom_fixtures import write_series
+from main import main
+
+ROUTES = (("T1", "T2"), ("T1", "FLAIR"), ("T2", "FLAIR"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from engine.inference.random_model import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("models") / "tiny", routes=ROUTES, image_size=32,
+                              metadata={"inference_defaults": {"steps": 1}})
+
+
+def head(modality: str, seed: int = 0) -> Volume:
+    """A 4-slice 24² phantom: a bright square of noisy tissue on a dark background."""
+    rng = np.random.default_rng(seed)
+    array = np.zeros((4, 24, 24), np.float32)
+    array[:, 4:20, 4:20] = 500 + 50 * rng.standard_normal((4, 16, 16))
+    return Volume(array=array, spacing=(2.0, 2.0, 3.0), modality=modality, unit="a.u.")
+
+
+def cohort(model, *args: str) -> int:
+    return main(["cohort", *args, "--model", str(model), "--device", "cpu", "--quiet"])
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {r["item"]: r for r in map(json.loads, (out / manifest.MANIFEST).read_text().splitlines())}
+
+
+def summary(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_bids_dataset_gives_a_derivatives_dataset_with_provenance(model, tmp_path, capsys, one_torch_thread):
+    bids = tmp_path / "bids"
+    io.save(head("T1", 1), bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    io.save(head("T2", 2), bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")      # the target itself: not an input
+    io.save(head("T1", 3), bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")
+    io.save(head("T1", 4), bids / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_T1w.nii.gz")
+    (bids / "dataset_description.json").write_text('{"Name": "study", "BIDSVersion": "1.10.0"}')
+    out = bids / "derivatives" / "synermedgen"
+
+    assert cohort(model, str(bids), "--target", "FLAIR", "-o", str(out)) == 0
+    assert summary(capsys)["succeeded"] == 3
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "SynerMedGen Studio"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
+    assert written == ["sub-01/anat/sub-01_desc-synthetic_FLAIR.nii.gz", "sub-02/anat/sub-02_desc-synthetic_FLAIR.nii.gz",
+                       "sub-02/ses-2/anat/sub-02_ses-2_desc-synthetic_FLAIR.nii.gz"]
+    sidecar = json.loads((out / "sub-02/ses-2/anat/sub-02_ses-2_desc-synthetic_FLAIR.json").read_text())
+    assert sidecar["SourceFile"] == "sub-02/ses-2/anat/sub-02_ses-2_T1w.nii.gz" and sidecar["Route"] == "T1→FLAIR"
+    assert sidecar["Model"] == "random-tiny" and "research use only" in sidecar["Description"]
+    assert sidecar["Settings"]["steps"] == 1
+    result = io.load(out / written[2])
+    assert result.synthetic and result.array.shape == (4, 24, 24) and result.spacing == pytest.approx((2.0, 2.0, 3.0))
+    assert {r["status"] for r in records(out).values()} == {"done"}
+
+
+def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_path, capsys, one_torch_thread):
+    tree = tmp_path / "study"
+    io.save(head("T1", 1), tree / "alice" / "t1.nii.gz")
+    io.save(head("T1", 2), tree / "bob" / "scans" / "t1_mprage.nii.gz")
+    stored = (head("T1", 3).array / 2).astype(np.int16)
+    write_series(tree / "dave" / "dicom", stored, spacing=(2.0, 2.0, 3.0), direction=np.eye(3).ravel())
+    (tree / "carol").mkdir()
+    (tree / "carol" / "t1.nii.gz").write_bytes(b"not a NIfTI file at all" * 10)
+    out = tmp_path / "out"
+
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 1
+    report = summary(capsys)
+    assert (report["succeeded"], report["skipped"], report["failed"]) == (3, 0, 1)
+    state = records(out)
+    bad = state["carol/t1.nii.gz"]
+    assert bad["status"] == "failed" and "carol/t1.nii.gz" in bad["error"]
+    assert state["alice/t1.nii.gz"]["output"] == "alice/t1_synthetic-T2.nii.gz"
+    assert (out / "bob/scans/t1_mprage_synthetic-T2.nii.gz").is_file()
+    assert (out / "bob/scans/t1_mprage_synthetic-T2.json").is_file()
+    dicom = io.load(out / "dave/dicom/fixture_series_synthetic-T2.nii.gz")          # a DICOM series: by its description
+    assert dicom.synthetic and dicom.array.shape == stored.shape
+    assert not list(out.glob("cohort-manifest.rank-*"))          # the parts are merged
+
+
+def test_a_csv_manifest_names_targets_sources_and_outputs_per_row(model, tmp_path, capsys, one_torch_thread):
+    io.save(head(None, 1), tmp_path / "in" / "a.nii.gz")
+    io.save(head("T2", 2), tmp_path / "in" / "b_T2.nii.gz")      # NIfTI: the name gives the modality
+    rows = ["input,target,source,output", "in/a.nii.gz,T2,T1,synth/a_T2.nii.gz", "in/b_T2.nii.gz,FLAIR,,",
+            "in/missing.nii.gz,T2,T1,", "in/a.nii.gz,T9,T1,"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 1
+    assert summary(capsys)["failed"] == 2
+    state = records(out)
+    assert state["in/a.nii.gz → T2"]["status"] == "done" and (out / "synth/a_T2.nii.gz").is_file()
+    assert state["in/b_T2.nii.gz → FLAIR"]["route"] == "T2→FLAIR"
+    assert (out / "in/b_T2_synthetic-FLAIR.nii.gz").is_file()
+    assert "missing.nii.gz" in state["in/missing.nii.gz → T2"]["error"]
+    assert "unknown modality 'T9'" in state["in/a.nii.gz → T9"]["error"]
+
+
+def test_a_rerun_skips_finished_items_and_redoes_interrupted_or_changed_ones(model, tmp_path, capsys,
+                                                                            one_torch_thread):
+    tree = tmp_path / "study"
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        io.save(head("T1", seed), tree / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    capsys.readouterr()
+    # a kill while b was synthesized: its last record says "started" (in this process's part)
+    state = records(out)
+    started = {**state["b.nii.gz"], "status": "started", "time": manifest.now()}
+    (out / "cohort-manifest.rank-0.jsonl").write_text(json.dumps(started) + "\n")
+    before = {n: (out / f"{n}_synthetic-T2.nii.gz").stat().st_mtime_ns for n in "abc"}
+    os.utime(tree / "c.nii.gz", ns=(before["c"] + 10**9, before["c"] + 10**9))    # c's input changed
+
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    report = summary(capsys)
+    assert (report["succeeded"], report["skipped"]) == (2, 1)
+    assert (out / "a_synthetic-T2.nii.gz").stat().st_mtime_ns == before["a"]
+    assert (out / "b_synthetic-T2.nii.gz").stat().st_mtime_ns != before["b"]
+    assert {r["status"] for r in records(out).values()} == {"done", "skipped"}
+
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out), "--seed", "7") == 0    # other settings
+    assert summary(capsys)["succeeded"] == 3
+
+
+def test_threads_bound_every_pool_the_run_used(model, tmp_path, capsys):
+    import SimpleITK as sitk
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from engine.cohort.threads import thread_counts
+
+    io.save(head("T1"), tmp_path / "a.nii.gz")
+    run = ("--target", "T2", "--source", "T1", "-o")
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    torch.set_num_threads(2)                                     # two threads everywhere, whatever the machine
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        with threadpool_limits(limits=2):
+            blas = thread_counts()["blas"]
+            assert cohort(model, str(tmp_path / "a.nii.gz"), *run, str(tmp_path / "free")) == 0
+            assert records(tmp_path / "free")["a.nii.gz"]["threads"] == {**thread_counts(), "blas": blas}
+            assert records(tmp_path / "free")["a.nii.gz"]["threads"]["torch"] == 2
+            capsys.readouterr()
+            assert cohort(model, str(tmp_path / "a.nii.gz"), *run, str(tmp_path / "one"), "--threads", "1") == 0
+            used = records(tmp_path / "one")["a.nii.gz"]["threads"]
+            assert summary(capsys)["threads"] == used
+            assert used["torch"] == used["itk"] == 1 and used["blas"] == min(blas, 1)
+            assert thread_counts()["torch"] == thread_counts()["itk"] == 2        # put back after the run
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
+def test_max_memory_bounds_the_batch_planner(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1"), tmp_path / "a.nii.gz")
+    run = (str(tmp_path / "a.nii.gz"), "--target", "T2", "--source", "T1", "-o")
+    assert cohort(model, *run, str(tmp_path / "free")) == 0
+    assert records(tmp_path / "free")["a.nii.gz"]["batch_size"] == 4            # every body slice in one batch
+    assert cohort(model, *run, str(tmp_path / "tight"), "--max-memory", "64K") == 0
+    assert records(tmp_path / "tight")["a.nii.gz"]["batch_size"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--target", "T2"), "no such file or folder"),
+    (("--threads", "0", "--target", "T2"), "--threads must be at least 1"),
+    (("--max-memory", "lots", "--target", "T2"), "--max-memory 'lots'"),
+])
+def test_bad_usage_exits_2_with_one_line(model, tmp_path, capsys, args, message):
+    io.save(head("T1"), tmp_path / "in" / "a.nii.gz")
+    where = str(tmp_path / "nowhere") if message == "no such file or folder" else str(tmp_path / "in")
+    assert cohort(model, where, "-o", str(tmp_path / "out"), *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_tree_holding_only_the_target_is_bad_usage(model, tmp_path, capsys):
+    io.save(head("T2"), tmp_path / "in" / "scan_T2.nii.gz")
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "-o", str(tmp_path / "out")) == 2
+    assert "nothing to synthesize" in capsys.readouterr().err
+
+
+def test_a_csv_without_the_input_column_is_bad_usage(model, tmp_path, capsys):
+    (tmp_path / "list.csv").write_text("file,target\na.nii.gz,T2\n")
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(tmp_path / "out")) == 2
+    assert "list.csv: the first line must name the columns" in capsys.readouterr().err
+
+
+def test_the_next_volume_is_read_while_one_is_synthesized(model, tmp_path, one_torch_thread):
+    import threading
+
+    from engine.cohort.items import Cohort, CohortItem
+    from engine.cohort.runner import run_cohort
+    from engine.inference import Synthesizer
+
+    read = {n: threading.Event() for n in "abc"}
+    readers: set[str] = set()
+    overlapped: list[bool] = []
+
+    def reader(name: str):
+        def load() -> Volume:
+            readers.add(threading.current_thread().name)
+            read[name].set()
+            return head("T1")
+        return load
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "progress" and event["item"] == "a" and not overlapped:
+            overlapped.append(read["b"].wait(timeout=20))             # a is being synthesized: b gets read meanwhile
+
+    items = tuple(CohortItem(key=n, path=n, target="T2", output=f"{n}.nii.gz", source="T1", loader=reader(n))
+                  for n in "abc")
+    synth = Synthesizer(model, device="cpu")
+    summary = run_cohort(Cohort("tree", str(tmp_path), items), synth, tmp_path / "out", synth.default_settings(),
+                         identity={}, on_event=on_event)
+    assert summary.succeeded == 3 and overlapped == [True]
+    assert threading.current_thread().name not in readers                # never on the synthesizing thread
+
+
+def test_cancelling_leaves_the_item_in_flight_started_for_the_next_run(model, tmp_path, one_torch_thread):
+    from engine.cohort.items import discover
+    from engine.cohort.runner import run_cohort
+    from engine.inference import Synthesizer
+    from engine.jobs import Cancelled, CancelToken
+
+    for name in "ab":
+        io.save(head("T1"), tmp_path / "in" / f"{name}.nii.gz")
+    found = discover(tmp_path / "in", "T2", "T1")
+    synth = Synthesizer(model, device="cpu")
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={}, cancel=token,
+                   on_event=lambda e: token.cancel() if e["event"] == "progress" else None)
+    assert manifest.read_state(tmp_path / "out")["a.nii.gz"]["status"] == "started"
+    assert not (tmp_path / "out" / "a_synthetic-T2.nii.gz").exists()
+    summary = run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={})
+    assert (summary.succeeded, summary.skipped) == (2, 0)
