@@ -62,7 +62,7 @@ def derivative_name(source_name: str, target: str) -> tuple[str, str]:
 
 def _sessions(root: Path) -> list[Path]:
     """Every ``sub-*`` and ``sub-*/ses-*`` folder holding a datatype folder, sorted."""
-    found = []
+    found: list[Path] = []
     for subject in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-")):
         sessions = sorted(p for p in subject.iterdir() if p.is_dir() and p.name.startswith("ses-"))
         found.extend(s for s in [subject, *sessions] if any((s / d).is_dir() for d in DATATYPES))

@@ -36,7 +36,7 @@ def digest(value: Any) -> str:
 
 def input_fingerprint(files: Iterable[str]) -> str:
     """Whether an input changed: the hash of each file's path, size and modification time."""
-    stats = []
+    stats: list[tuple[str, int | None, int | None]] = []
     for f in files:
         try:
             st = os.stat(f)
@@ -89,7 +89,7 @@ def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path) 
     if any(record.get(k) != v for k, v in fingerprint.items()):
         return False
     output = record.get("output")
-    return bool(output) and (Path(out) / output).exists()
+    return bool(output) and (Path(out) / str(output)).exists()
 
 
 class PartWriter:

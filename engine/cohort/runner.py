@@ -162,6 +162,7 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
                 def progress(p: Progress, key: str = item.key, seen: list[float] = slices) -> None:
                     seen[0] = max(seen[0], p.total)
                     on_event({"event": "progress", "item": key, "done": p.done, "total": p.total})
+                assert loading is not None                  # submitted for every item of ``work``
                 try:
                     volume = loading.result()
                     result, description, provenance = synthesize_item(synth, item, volume, settings, progress, cancel)

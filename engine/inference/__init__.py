@@ -23,6 +23,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "Identification": "identify", "identify_modality": "identify", "source_modality": "identify",
     "ModelCard": "model_card", "parse_route": "model_card", "BENCHMARK_PREFIX": "model_card",
     "SOURCE_FLOOR_PREFIX": "model_card",
-    "NO_PROFILE_NOTE": "ood", "WARNING_PREFIX": "ood", "with_warnings": "ood",
+    "NO_PROFILE_NOTE": "ood", "WARNING_PREFIX": "ood", "OOD_MARK": "ood", "marked_description": "ood",
+    "with_warnings": "ood",
     "slice_axis": "slices", "slices_first": "slices",
 })

@@ -14,7 +14,7 @@ from engine.cohort import manifest
 from main import main
 from test_cohort import head, records
 from test_training_distributed import _free_port
-from test_training_support import ROOT, subprocess_env
+from training_support import ROOT, subprocess_env
 
 
 @pytest.mark.slow

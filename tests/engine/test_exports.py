@@ -9,7 +9,7 @@ import pytest
 from engine.exports import lazy_exports
 
 DOMAINS = ("engine.inference", "engine.training", "engine.tasks", "engine.evaluation", "engine.demo_data",
-           "engine.baselines", "engine.io", "engine.pacs")
+           "engine.baselines", "engine.io", "engine.pacs", "engine.cohort")
 
 
 @pytest.mark.parametrize("package", DOMAINS)
