@@ -41,13 +41,13 @@ Keys read (all optional; a missing key has the documented fallback)::
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from engine import modalities
+from engine.files import read_json
 
 METADATA_FILE = "metadata.json"
 BENCHMARK_PREFIX = "benchmark: "        # the notes a card's benchmark_warnings add to a synthetic volume
@@ -160,10 +160,9 @@ class ModelCard:
         file = path / METADATA_FILE
         if not file.exists():
             return cls.from_metadata({}, path.name)
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{file}: not a readable model card ({exc})") from exc
+        data = read_json(file, "model card")
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: not a readable model card (not a JSON object)")
         return cls.from_metadata(data, path.name)
 
     @property

@@ -481,7 +481,8 @@ class Synthesizer(SliceSynthesizer):
         if loaded is None:
             if not self.model_dir.is_dir():
                 raise FileNotFoundError(f"no model at {self.model_dir}")
-            loaded = load_model_dir(self.model_dir, device=device, dtype=torch.float32)
+            loaded = load_model_dir(self.model_dir, device=device, dtype=torch.float32,
+                                    memory_budget=available_memory(device))
         else:
             loaded.model.to(device)
         self.loaded = loaded

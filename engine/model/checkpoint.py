@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.atomic import atomic_folder, native_os_error
 from engine.model.config import SynerMedGenConfig, from_bagel_dir
+from engine.files import open_safetensors, read_json
 from engine.model.layers import PositionEmbedding
 from engine.model.tokenizer import HF_TOKENIZER_FILES, TextTokenizer, has_tokenizer, load_tokenizer
 from engine.model.unified import FIXED_PARAMETERS, SynerMedGen
@@ -110,12 +111,10 @@ def save_model_dir(model: ModelWeights, cfg: SynerMedGenConfig | None, path: str
 def _load_into(module: nn.Module, file: Path, recomputable: Iterable[str] = ()) -> set[str]:
     """Copy a safetensors file into ``module``'s (allocated) tensors with strict names and shapes.
     Returns the ``recomputable`` keys the file lacked."""
-    from safetensors import safe_open
-
     if not file.exists():
         raise ValueError(f"{file}: missing")
     expected = module.state_dict()
-    with safe_open(str(file), framework="pt", device="cpu") as handle:
+    with open_safetensors(file) as handle:
         keys = set(handle.keys())
         absent = set(expected) - keys
         missing = sorted(absent - set(recomputable))
@@ -142,7 +141,7 @@ def _names(keys: list[str], limit: int = 12) -> str:
 
 
 def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   config_overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+                   config_overrides: Mapping[str, Any] | None = None, memory_budget: int | None = None) -> LoadedModel:
     """Load our layout or a BAGEL layout onto ``device`` in ``dtype``, in eval mode.
 
     ``config_overrides`` replace top-level config fields (for a BAGEL folder also
@@ -151,7 +150,8 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
 
     The model is built on the meta device and allocated once, then filled tensor by tensor, so a
     7B checkpoint never exists twice in memory. Absent ``*.pos_embed`` tables are recomputed (as
-    BAGEL's resume does); any other missing, unexpected or reshaped key raises ``ValueError``.
+    BAGEL's resume does); any other missing, unexpected or reshaped key raises ``ValueError``, as
+    do weights larger than ``memory_budget`` bytes (checked before anything is allocated).
     """
     path = Path(path)
     layout = detect_layout(path)
@@ -159,7 +159,9 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
         cfg = from_bagel_dir(path, **dict(config_overrides or {}))
         weights = path / "ema.safetensors"
     else:
-        data = json.loads((path / CONFIG_FILE).read_text())
+        data = read_json(path / CONFIG_FILE, "model config")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path / CONFIG_FILE}: not a SynerMedGen config (not a JSON object)")
         if data.pop("model_type", None) != MODEL_TYPE:
             raise ValueError(f"{path / CONFIG_FILE}: not a SynerMedGen config (model_type must be {MODEL_TYPE!r})")
         version = data.pop("format_version", FORMAT_VERSION)
@@ -182,10 +184,14 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
                              f"{CONFIG_FILE}'s {cfg.tokens}")
     with torch.device("meta"):
         model = SynerMedGen(cfg)
+    need = sum(t.numel() for t in (*model.parameters(), *model.buffers())) * dtype.itemsize
+    if memory_budget is not None and need > memory_budget:
+        raise ValueError(f"{path}: this model needs {need / 2**30:.1f} GiB of memory for its weights, "
+                         f"{memory_budget / 2**30:.1f} GiB is free on {torch.device(device).type}")
     model.to(dtype).to_empty(device=device)
     absent = _load_into(model, weights, recomputable=FIXED_PARAMETERS)
     for key in absent:                      # only FIXED_PARAMETERS may be absent: position tables
         cast(PositionEmbedding, model.get_submodule(key.rsplit(".", 1)[0])).reset_parameters()
     _load_into(model.vae, path / VAE_FILE)
-    metadata = json.loads((path / METADATA_FILE).read_text()) if (path / METADATA_FILE).exists() else {}
+    metadata = read_json(path / METADATA_FILE, "model card") if (path / METADATA_FILE).exists() else {}
     return LoadedModel(model.eval(), cfg, tokenizer, metadata, layout)

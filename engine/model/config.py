@@ -4,7 +4,6 @@ the composed model, the named size presets, and reading a BAGEL checkpoint folde
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,9 +341,9 @@ def preset(name: str) -> SynerMedGenConfig:
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+    from engine.files import open_safetensors
 
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
 
 
@@ -370,8 +369,10 @@ def from_bagel_dir(path: str | Path, **overrides: Any) -> SynerMedGenConfig:
     base = _bagel_7b()
     factors: dict[str, Any] = {"scale_factor": float(overrides.pop("vae_scale_factor", base.vae.scale_factor)),
                                "shift_factor": float(overrides.pop("vae_shift_factor", base.vae.shift_factor))}
-    llm = LLMConfig.from_qwen2_dict(json.loads((path / "llm_config.json").read_text()))
-    vit = ViTConfig.from_siglip_dict(json.loads((path / "vit_config.json").read_text()))
+    from engine.files import read_json
+
+    llm = LLMConfig.from_qwen2_dict(read_json(path / "llm_config.json", "Qwen2 config"))
+    vit = ViTConfig.from_siglip_dict(read_json(path / "vit_config.json", "SigLIP config"))
     values: dict[str, Any] = {"llm": llm, "vit": vit, "vae": dataclasses.replace(base.vae, **factors),
                               "tokens": QWEN2_SPECIAL_TOKENS}
     if (path / "ae.safetensors").exists():

@@ -93,5 +93,9 @@ def load_tokenizer(folder: str | Path) -> TextTokenizer:
     if (folder / "tokenizer.json").exists():
         from tokenizers import Tokenizer
 
-        return TextTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")), "tokenizers")
+        try:
+            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception on a damaged file
+            raise ValueError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({exc})") from None
+        return TextTokenizer(backend, "tokenizers")
     raise ValueError(f"{folder}: no tokenizer files (tokenizer.json or tokenizer_config.json)")

@@ -169,3 +169,48 @@ def test_a_reshaped_tensor_and_a_folder_without_a_model_are_refused(tmp_path):
     (empty / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="neither a SynerMedGen model folder.*nor a BAGEL checkpoint.*notes.txt"):
         load_model_dir(empty)
+
+
+def test_hostile_model_folders_are_refused_naming_the_file(tmp_path):
+    import shutil
+    import struct
+
+    folder = save_model_dir(tiny_model(), None, tmp_path / "model")
+
+    def damaged(name: str, edit) -> object:
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        edit(copy)
+        return copy
+
+    def lying_offsets(copy):                       # a tensor claims bytes far past the end of the file
+        raw = (copy / "model.safetensors").read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        header[next(k for k in header if k != "__metadata__")]["data_offsets"] = [0, 10**12]
+        text = json.dumps(header).encode()
+        (copy / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+    def huge_header(copy):
+        raw = (copy / "model.safetensors").read_bytes()
+        (copy / "model.safetensors").write_bytes(struct.pack("<Q", 2**62) + raw[8:])
+
+    def deep_card(copy):
+        (copy / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+
+    for name, edit, message in (("offsets", lying_offsets, r"model.safetensors: not a valid safetensors file"),
+                                ("header", huge_header, r"model.safetensors: not a valid safetensors file"),
+                                ("card", deep_card, r"metadata.json: not a readable model card \(nested too deeply\)")):
+        with pytest.raises(ValueError, match=message):
+            load_model_dir(damaged(name, edit))
+
+
+def test_weights_larger_than_the_memory_budget_are_refused_before_allocation(tmp_path):
+    folder = save_model_dir(tiny_model(), None, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["llm"]["intermediate_size"] = 10**8                 # ~1 TB of weights if it were allocated
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model: this model needs \d+\.\d GiB of memory for its weights, 1\.0 GiB"):
+        load_model_dir(folder, memory_budget=1 << 30)
+    small = save_model_dir(tiny_model(), None, tmp_path / "ok")
+    assert load_model_dir(small, memory_budget=1 << 30).model is not None        # a model that fits loads

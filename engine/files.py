@@ -1,0 +1,38 @@
+"""Reading untrusted files (a model folder's, a card): JSON of bounded size and depth, safetensors
+whose header the library validates. Every failure is a ``ValueError`` naming the file."""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+MAX_JSON_BYTES = 64 << 20        # config, card and tokenizer files are kilobytes to a few megabytes
+
+
+def read_json(file: str | Path, what: str = "JSON file") -> Any:
+    """The parsed JSON of ``file``; ValueError naming it when it is too large, unreadable, not JSON
+    or nested too deeply."""
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ValueError(f"{file}: {size >> 20} MiB is too large for a {what} (at most {MAX_JSON_BYTES >> 20} MiB)")
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: not a readable {what} ({exc})") from exc
+    except RecursionError:
+        raise ValueError(f"{file}: not a readable {what} (nested too deeply)") from None
+
+
+@contextmanager
+def open_safetensors(file: str | Path) -> Iterator[Any]:
+    """safetensors' ``safe_open`` on the CPU; a damaged or lying header (offsets past the end, a
+    header length larger than the file) is a ValueError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            yield handle
+    except SafetensorError as exc:
+        raise ValueError(f"{file}: not a valid safetensors file ({exc})") from None
