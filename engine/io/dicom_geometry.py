@@ -53,7 +53,7 @@ def valid_orientation(iop: Sequence[float] | None) -> bool:
         return False
     row, col = np.asarray(iop[:3], dtype=float), np.asarray(iop[3:], dtype=float)
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
-    return 0.9 < nr < 1.1 and 0.9 < nc < 1.1 and abs(float(row @ col)) < 0.05
+    return bool(0.9 < nr < 1.1 and 0.9 < nc < 1.1 and abs(float(row @ col)) < 0.05)
 
 
 def same_orientation(a: Sequence[float], b: Sequence[float], tol: float = ORIENTATION_TOLERANCE) -> bool:
@@ -126,9 +126,10 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                 notes.extend(uneven)
             notes.extend(_tilt_notes(points[order], normal, sz))
     direction = np.column_stack([row, col, normal])
+    first = points[order[0]]
     return StackGeometry(
         order=tuple(order),
-        origin=tuple(float(v) for v in points[order[0]]),
+        origin=(float(first[0]), float(first[1]), float(first[2])),
         spacing=(sx, sy, sz),
         direction=tuple(float(v) for v in direction.ravel()),
         notes=tuple(notes),
