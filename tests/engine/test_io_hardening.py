@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from engine import io
-from engine.cli import run_cli
+from cli import run_cli
 from engine.io import catalog, itk_files, reader_process
 from engine.io.reader_process import native
 from engine.io.volume import Volume
