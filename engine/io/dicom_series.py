@@ -61,6 +61,7 @@ def group_series(slices: list[SliceInfo]) -> list[SeriesGroup]:
 
 
 Part = tuple[list[SliceInfo], list[tuple[str, str]]]   # slices, [(reason, label)]
+Key = TypeVar("Key", bound=Hashable)                    # what _by_key splits slices by
 
 
 def _natural(value: str) -> tuple:
@@ -116,9 +117,6 @@ def _refine(parts: list[Part], splitter: Callable[[list[SliceInfo]], list[tuple[
         else:
             out.extend((piece, labels + [label]) for piece, label in pieces)
     return out
-
-
-Key = TypeVar("Key", bound=Hashable)
 
 
 def _by_key(reason: str, key: Callable[[SliceInfo], Key], label: Callable[[Key], str]):
