@@ -158,7 +158,9 @@ def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: 
         if anonymise:
             from engine.io.deidentify import as_anonymiser
 
-            volume, description = as_anonymiser(anonymise).prepare(volume, path)
+            anonymiser = as_anonymiser(anonymise)
+            assert anonymiser is not None, "anonymise is true"
+            volume, description = anonymiser.prepare(volume, path)
         return write_file(volume, path, description=description)
     if path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
         raise VolumeIOError(path, "unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")

@@ -10,7 +10,7 @@ the first sorted slice, direction columns = (row cosine, column cosine, n), Pixe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeGuard
 
 import numpy as np
 
@@ -48,12 +48,12 @@ def frame_axes(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return row, col, np.cross(row, col)
 
 
-def valid_orientation(iop: Sequence[float] | None) -> bool:
+def valid_orientation(iop: Sequence[float] | None) -> TypeGuard[Sequence[float]]:
     if iop is None or len(iop) != 6 or not np.all(np.isfinite(np.asarray(iop, dtype=float))):
         return False
     row, col = np.asarray(iop[:3], dtype=float), np.asarray(iop[3:], dtype=float)
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
-    return 0.9 < nr < 1.1 and 0.9 < nc < 1.1 and abs(float(row @ col)) < 0.05
+    return bool(0.9 < nr < 1.1 and 0.9 < nc < 1.1 and abs(float(row @ col)) < 0.05)
 
 
 def same_orientation(a: Sequence[float], b: Sequence[float], tol: float = ORIENTATION_TOLERANCE) -> bool:
@@ -70,7 +70,7 @@ def has_repeated_positions(iop: Sequence[float], ipps: Sequence[Sequence[float]]
     return bool(len(d) > 1 and np.min(np.diff(d)) < SAME_POSITION_MM)
 
 
-def orientation_letters(direction: Sequence[float]) -> str:
+def orientation_letters(direction: Sequence[float] | np.ndarray) -> str:
     """Three letters naming where each index axis points (``LPS``, ``RAS``, …)."""
     letters = (("L", "R"), ("P", "A"), ("S", "I"))
     d = np.asarray(direction, dtype=float).reshape(3, 3)
@@ -126,9 +126,10 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                 notes.extend(uneven)
             notes.extend(_tilt_notes(points[order], normal, sz))
     direction = np.column_stack([row, col, normal])
+    first = points[order[0]]
     return StackGeometry(
         order=tuple(order),
-        origin=tuple(float(v) for v in points[order[0]]),
+        origin=(float(first[0]), float(first[1]), float(first[2])),
         spacing=(sx, sy, sz),
         direction=tuple(float(v) for v in direction.ravel()),
         notes=tuple(notes),

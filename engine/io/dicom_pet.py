@@ -51,9 +51,11 @@ def suv_factor(tags: Mapping[str, str], acquired: Sequence[str] = ()) -> tuple[f
             problems.append(f"the radiopharmaceutical start {injected:%Y-%m-%d %H:%M:%S} is after the scan start")
     if problems:
         return None, "Bq/ml", [f"kept in Bq/ml; SUV not computed because {'; '.join(problems)}"]
+    assert weight and dose and half_life, "a missing or non-positive one is a problem above"
     if decay_mode == "ADMIN":
         decay, how = 1.0, "images decay-corrected to the administration time (DecayCorrection ADMIN)"
     else:
+        assert start is not None and injected is not None, "a missing one is a problem above"
         elapsed = (start - injected).total_seconds()
         decay = 2.0 ** (-elapsed / half_life)
         how = (f"dose decayed over {elapsed / 60:.1f} min (half-life {half_life:.0f} s) from the radiopharmaceutical "

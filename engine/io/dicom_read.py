@@ -143,9 +143,10 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
         check_cancel(cancel)
         try:
             if s.path != cached_path:
-                pixels = None                     # free the previous file's pixels before decoding
+                cached_path, pixels = None, None  # free the previous file's pixels before decoding
                 pixels = native(s.path, _decode, s, peak_bytes=s.frames_in_file * rows * cols * 8) if isolate else _decode(s)
                 cached_path = s.path
+            assert pixels is not None, "decoded when its file is met after another"
             frame = pixels if s.frame is None else _frame(pixels, s)
         except VolumeIOError as exc:
             if not group.positioned or n == 1:
@@ -193,7 +194,7 @@ def _without_unreadable(array: np.ndarray, group: SeriesGroup, unreadable: list[
     kept = [s for k, s in enumerate(group.slices) if k not in bad]
     if not kept:
         raise unreadable[0][1]
-    geometry = stack_geometry(kept[0].iop, [s.ipp for s in kept], kept[0].pixel_spacing,
+    geometry = stack_geometry(kept[0].orientation, [s.position for s in kept], kept[0].pixel_spacing,
                               tie_break=[(s.instance, s.path, s.frame or 0) for s in kept],
                               thickness=kept[0].thickness)
     named = [f"unreadable slice {k + 1} of {len(group.slices)}, treated as missing: {exc}" for k, exc in unreadable]

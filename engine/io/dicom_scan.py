@@ -87,6 +87,18 @@ class SliceInfo:
     file_origin: tuple[float, float, float] | None = None   # IPP of a legacy multi-frame file
     notes: tuple[str, ...] = ()         # header values that were not usable, and what was done instead
 
+    @property
+    def orientation(self) -> tuple[float, ...]:
+        """The ImageOrientationPatient of a positioned slice (a valid orientation and a position)."""
+        assert self.iop is not None, "asked only of a positioned slice"
+        return self.iop
+
+    @property
+    def position(self) -> tuple[float, float, float]:
+        """The ImagePositionPatient of a positioned slice."""
+        assert self.ipp is not None, "asked only of a positioned slice"
+        return self.ipp
+
 
 @dataclass
 class ScanResult:
@@ -342,6 +354,14 @@ class _Checked:
         self.notes.append(f"{name} is {number:g}, not usable: {instead}")
         return None
 
+    def point(self, name: str, value, instead: str) -> tuple[float, float, float] | None:
+        xyz = self.floats(name, value, 3, instead)
+        return None if xyz is None else (xyz[0], xyz[1], xyz[2])
+
+    def pair(self, name: str, value, instead: str, positive: bool = False) -> tuple[float, float] | None:
+        ab = self.floats(name, value, 2, instead, positive=positive)
+        return None if ab is None else (ab[0], ab[1])
+
     def rescale(self, slope, intercept) -> tuple[float, float]:
         slope = self.number("RescaleSlope", slope, "1 used; values may not be in physical units")
         intercept = self.number("RescaleIntercept", intercept, "0 used; values may not be in physical units")
@@ -364,7 +384,7 @@ def _int(value, default: int = 0) -> int:
 
 def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
     """Every 2-D image in the header: one for a single-frame file, one per frame otherwise."""
-    common = dict(
+    common: dict[str, Any] = dict(
         path=path, series_uid=text(ds.get("SeriesInstanceUID")) or f"file:{path}",
         sop_uid=text(ds.get("SOPInstanceUID")), rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
         instance=_int(ds.get("InstanceNumber")),
@@ -374,14 +394,14 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
         return [_enhanced_frame(ds, i, n_frames, common) for i in range(n_frames)]
     acquired = text(ds.get("AcquisitionDate")) + text(ds.get("AcquisitionTime"))
     checked = _Checked()
-    spacing = checked.floats("PixelSpacing", ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2,
-                             "in-plane spacing set to 1 mm", positive=True)
+    spacing = checked.pair("PixelSpacing", ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"),
+                           "in-plane spacing set to 1 mm", positive=True)
     slope, intercept = checked.rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
-    base = dict(
+    base: dict[str, Any] = dict(
         common, iop=checked.floats("ImageOrientationPatient", ds.get("ImageOrientationPatient"), 6,
                                    "the slice is treated as unpositioned"),
-        ipp=checked.floats("ImagePositionPatient", ds.get("ImagePositionPatient"), 3,
-                           "the slice is treated as unpositioned"),
+        ipp=checked.point("ImagePositionPatient", ds.get("ImagePositionPatient"),
+                          "the slice is treated as unpositioned"),
         pixel_spacing=spacing,
         thickness=checked.number("SliceThickness", ds.get("SliceThickness"), "ignored", positive=True),
         spacing_between=checked.number("SpacingBetweenSlices", ds.get("SpacingBetweenSlices"), "ignored",
@@ -399,7 +419,7 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
     return [SliceInfo(frame=i, **base) for i in range(n_frames)]
 
 
-def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict) -> SliceInfo:
+def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict[str, Any]) -> SliceInfo:
     shared = _first(ds.get("SharedFunctionalGroupsSequence")) or Dataset()
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     own = per_frame[i] if i < len(per_frame) else Dataset()
@@ -419,10 +439,10 @@ def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict) -> SliceIn
         frame=i, **common,
         iop=checked.floats("ImageOrientationPatient", item("PlaneOrientationSequence").get("ImageOrientationPatient"),
                            6, "the frame is treated as unpositioned"),
-        ipp=checked.floats("ImagePositionPatient", item("PlanePositionSequence").get("ImagePositionPatient"), 3,
-                           "the frame is treated as unpositioned"),
-        pixel_spacing=checked.floats("PixelSpacing", measures.get("PixelSpacing"), 2, "in-plane spacing set to 1 mm",
-                                     positive=True),
+        ipp=checked.point("ImagePositionPatient", item("PlanePositionSequence").get("ImagePositionPatient"),
+                          "the frame is treated as unpositioned"),
+        pixel_spacing=checked.pair("PixelSpacing", measures.get("PixelSpacing"), "in-plane spacing set to 1 mm",
+                                   positive=True),
         thickness=checked.number("SliceThickness", measures.get("SliceThickness"), "ignored", positive=True),
         spacing_between=checked.number("SpacingBetweenSlices",
                                        measures.get("SpacingBetweenSlices") or ds.get("SpacingBetweenSlices"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 
@@ -61,6 +61,7 @@ def group_series(slices: list[SliceInfo]) -> list[SeriesGroup]:
 
 
 Part = tuple[list[SliceInfo], list[tuple[str, str]]]   # slices, [(reason, label)]
+Key = TypeVar("Key", bound=Hashable)                    # what _by_key splits slices by
 
 
 def _natural(value: str) -> tuple:
@@ -118,9 +119,9 @@ def _refine(parts: list[Part], splitter: Callable[[list[SliceInfo]], list[tuple[
     return out
 
 
-def _by_key(reason: str, key: Callable[[SliceInfo], Hashable], label: Callable[[Hashable], str]):
+def _by_key(reason: str, key: Callable[[SliceInfo], Key], label: Callable[[Key], str]):
     def split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], tuple[str, str]]]:
-        groups: dict[Hashable, list[SliceInfo]] = {}
+        groups: dict[Key, list[SliceInfo]] = {}
         for s in slices:
             groups.setdefault(key(s), []).append(s)
         return [(g, (reason, label(k))) for k, g in groups.items()]
@@ -131,11 +132,11 @@ def _orientation_split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], t
     clusters: list[tuple[tuple[float, ...], list[SliceInfo]]] = []
     for s in slices:
         for iop, members in clusters:
-            if geo.same_orientation(iop, s.iop):
+            if geo.same_orientation(iop, s.orientation):
                 members.append(s)
                 break
         else:
-            clusters.append((s.iop, [s]))
+            clusters.append((s.orientation, [s]))
     out = []
     for iop, members in clusters:
         row, col, normal = geo.frame_axes(iop)
@@ -145,7 +146,7 @@ def _orientation_split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], t
 
 
 def _repeats(slices: list[SliceInfo]) -> bool:
-    return geo.has_repeated_positions(slices[0].iop, [s.ipp for s in slices])
+    return geo.has_repeated_positions(slices[0].orientation, [s.position for s in slices])
 
 
 def _split_repeats(part: Part) -> list[Part]:
@@ -154,7 +155,7 @@ def _split_repeats(part: Part) -> list[Part]:
     slices, labels = part
     if len(slices) < 2 or not _repeats(slices):
         return [part]
-    d = geo.positions_along_normal(slices[0].iop, [s.ipp for s in slices])
+    d = geo.positions_along_normal(slices[0].orientation, [s.position for s in slices])
     slots: dict[int, list[SliceInfo]] = defaultdict(list)
     for s, pos in sorted(zip(slices, d), key=lambda t: (t[0].instance, t[0].path, t[0].frame or 0)):
         slots[round(float(pos) / geo.SAME_POSITION_MM)].append(s)
@@ -190,7 +191,7 @@ def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:
         row, col, normal = geo.frame_axes(iop)
         spacing_z = first.spacing_between or first.thickness or 1.0
         valid_spacing = first.pixel_spacing is not None and min(first.pixel_spacing) > 0
-        sy, sx = first.pixel_spacing if valid_spacing else (1.0, 1.0)
+        sy, sx = first.pixel_spacing if first.pixel_spacing is not None and valid_spacing else (1.0, 1.0)
         origin = first.ipp or first.file_origin
         oriented = geo.valid_orientation(first.iop)
         notes = []
@@ -207,12 +208,12 @@ def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:
         if not valid_spacing:
             notes.append("PixelSpacing is missing or zero: in-plane spacing set to 1 mm")
         geometry = geo.StackGeometry(
-            order=tuple(range(len(slices))), origin=tuple(origin or (0.0, 0.0, 0.0)),
+            order=tuple(range(len(slices))), origin=origin or (0.0, 0.0, 0.0),
             spacing=(float(sx), float(sy), float(spacing_z)),
             direction=tuple(np.column_stack([row, col, normal]).ravel()), notes=tuple(notes))
         return SeriesGroup(uid, uid, list(slices), geometry, positioned=False, notes=list(geometry.notes))
     geometry = geo.stack_geometry(
-        first.iop, [s.ipp for s in slices], first.pixel_spacing,
+        first.orientation, [s.position for s in slices], first.pixel_spacing,
         tie_break=[(s.instance, s.path, s.frame or 0) for s in slices], thickness=first.thickness)
     ordered = [slices[i] for i in geometry.order]
     return SeriesGroup(uid, uid, ordered, geometry, positioned=True, notes=list(geometry.notes))

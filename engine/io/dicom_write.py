@@ -160,7 +160,7 @@ def _ds_number(x: float) -> float:
 def choose_encoding(volume: Volume, array: np.ndarray) -> Encoding:
     """SOP class by modality family, Modality from the registry, slope/intercept for the values."""
     family = _family(volume)
-    modality = modalities.get(volume.modality).dicom_modality if family else "OT"
+    modality = modalities.get(volume.modality).dicom_modality if family and volume.modality else "OT"
     lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
     if family == "PET":
         peak = max(abs(lo), abs(hi))
@@ -284,6 +284,7 @@ def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
 def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
     family = _family(volume)
     if family in ("CT", "PET"):
+        assert volume.modality, "a family comes from the volume's modality"
         level, width = modalities.get(volume.modality).window
     else:
         sample = array[:: max(1, array.shape[0] // 16)]

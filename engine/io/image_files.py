@@ -33,8 +33,9 @@ def _reader(path: Path) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise VolumeIOError(path, f"cannot be read as a {image_kind(path).upper()} image (damaged or not "
-                                  f"really one)") from None
+        kind = image_kind(path)
+        what = f"a {kind.upper()} image" if kind else "an image"
+        raise VolumeIOError(path, f"cannot be read as {what} (damaged or not really one)") from None
     if reader.GetDimension() not in (2, 3):
         raise VolumeIOError(path, f"{reader.GetDimension()}-D pictures are not supported")
     return reader
@@ -68,7 +69,8 @@ def _stated_spacing(path: Path, reader: sitk.ImageFileReader) -> tuple[float, fl
             return (1000.0 / x, 1000.0 / y) if x > 0 and y > 0 else None
     except (OSError, struct.error):
         return None
-    spacing = tuple(float(s) for s in reader.GetSpacing()[:2])
+    sx, sy = reader.GetSpacing()[:2]
+    spacing = (float(sx), float(sy))
     return None if np.allclose(spacing, 1.0) else spacing
 
 
@@ -96,8 +98,8 @@ def scan_image(path: str | Path) -> Catalog:
         entry, loader=lambda progress, cancel: load_image(path, progress=progress, cancel=cancel))])
 
 
-def _scan_picture(path: str) -> SeriesEntry:
-    path = Path(path)
+def _scan_picture(name: str) -> SeriesEntry:
+    path = Path(name)
     reader = _reader(path)
     size = reader.GetSize()
     spacing, source = pixel_spacing(path, reader)
@@ -124,8 +126,8 @@ def load_image(path: str | Path, progress: ProgressFn | None = None, cancel: Can
     return volume
 
 
-def _load_picture(path: str) -> Volume:
-    path = Path(path)
+def _load_picture(name: str) -> Volume:
+    path = Path(name)
     reader = _reader(path)
     components = reader.GetNumberOfComponents()
     # the decoded pixels, their numpy copy, float32 grey and a float64 luma of a colour picture

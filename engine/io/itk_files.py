@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +21,9 @@ from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
 
@@ -75,7 +79,7 @@ def _nifti2_header(path: Path):
     import nibabel
 
     try:
-        image = nibabel.load(str(path))
+        image = cast("SpatialImage", nibabel.load(str(path)))     # a NIfTI-2 file loads as a Nifti2Image
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged header
         raise VolumeIOError(path, f"cannot be read as a NIfTI-2 image ({exc})") from None
     check_voxel_data(path, int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize)
@@ -167,9 +171,9 @@ def scan_file(path: str | Path) -> Catalog:
         entry, loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel))])
 
 
-def _scan_itk(path: str) -> SeriesEntry:
+def _scan_itk(name: str) -> SeriesEntry:
     """The entry of a checked header, read by SimpleITK (in the reader process; no loader)."""
-    path = Path(path)
+    path = Path(name)
     reader = _read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
@@ -292,9 +296,9 @@ def _peak_bytes(facts: HeaderFacts | None) -> int:
     return facts.stored_bytes + facts.voxels_3d * (facts.itemsize * facts.components + 4)
 
 
-def _load_itk(path: str, volume_index: int | None) -> Volume:
+def _load_itk(name: str, volume_index: int | None) -> Volume:
     """One volume of a checked file, read by SimpleITK (in the reader process)."""
-    path = Path(path)
+    path = Path(name)
     reader = _read_info(path)
     dim = reader.GetDimension()
     size = list(reader.GetSize())
@@ -376,7 +380,7 @@ def _verify_written(tmp: Path, path: Path, image: sitk.Image) -> None:
         reader = _read_info(tmp)
         if tuple(reader.GetSize()) != image.GetSize() or reader.GetPixelID() != image.GetPixelID():
             raise VolumeIOError(tmp, f"reads back as {list(reader.GetSize())} voxels of "
-                                     f"{reader.GetPixelIDTypeAsString()}")
+                                     f"{sitk.GetPixelIDValueAsString(reader.GetPixelID())}")
         check_complete(tmp, _voxel_bytes(reader))
     except VolumeIOError as exc:
         raise VolumeIOError(path, f"was not written completely ({exc.problem}; is the disk full?); the "

@@ -17,6 +17,8 @@ import threading
 import time
 import types
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -53,34 +55,34 @@ def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int
 class _ReaderProcess:
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")     # never fork a process that may run Qt
-        self._process = None
-        self._conn = None
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None         # set and cleared together with the process
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def call(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
              cancel: CancelToken | None) -> Any:
         with self._lock:
-            self._ensure_started()
-            self._conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
+            process, conn = self._ensure_started()
+            conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
             deadline = time.monotonic() + timeout_s
-            while not self._conn.poll(POLL_S):
+            while not conn.poll(POLL_S):
                 if cancel is not None and cancel.cancelled:
                     self._stop()
                     raise Cancelled()
-                if not self._process.is_alive():
+                if not process.is_alive():
                     raise self._died(path)
                 if time.monotonic() > deadline:
                     self._stop()
                     raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
                                               f"file is damaged, or on a drive too slow to read it from")
             try:
-                kind, payload = self._conn.recv()
+                kind, payload = conn.recv()
                 if kind == "array":
                     shape, dtype, rest = payload
                     array = np.empty(shape, dtype=dtype)
                     if array.nbytes:
-                        self._conn.recv_bytes_into(memoryview(array).cast("B"))
+                        conn.recv_bytes_into(array.data.cast("B"))
                     return _with_array(rest, array)
             except (EOFError, OSError):
                 raise self._died(path) from None
@@ -90,9 +92,10 @@ class _ReaderProcess:
             raise VolumeIOError(*payload)
         raise VolumeIOError(path, payload)
 
-    def _ensure_started(self) -> None:
+    def _ensure_started(self) -> tuple[BaseProcess, Connection]:
         if self._process is not None and self._process.is_alive():
-            return
+            assert self._conn is not None, "the pipe is set and cleared together with the process"
+            return self._process, self._conn
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, args=(child,), daemon=True, name="synermedgen-reader")
         main = sys.modules.get("__main__")
@@ -105,8 +108,10 @@ class _ReaderProcess:
                 sys.modules["__main__"] = main
             child.close()
         self._process, self._conn = process, parent
+        return process, parent
 
     def _died(self, path: Path) -> VolumeIOError:
+        assert self._process is not None, "called while the started process is still held"
         self._process.join(1.0)
         code = self._process.exitcode
         self._stop()
@@ -127,7 +132,7 @@ class _ReaderProcess:
         if os.getpid() != self._pid:            # a forked child's copy: the process is its parent's
             return
         with self._lock:
-            if self._process is not None and self._process.is_alive():
+            if self._process is not None and self._conn is not None and self._process.is_alive():
                 try:
                     self._conn.send(None)
                     self._process.join(2.0)
@@ -206,7 +211,7 @@ def _send(conn, result: Any) -> None:
     array = np.ascontiguousarray(array)
     conn.send(("array", (array.shape, array.dtype.str, rest)))
     if array.nbytes:
-        conn.send_bytes(memoryview(array).cast("B"))
+        conn.send_bytes(array.data.cast("B"))
 
 
 def _without_array(result: Any) -> tuple[np.ndarray | None, Any]:

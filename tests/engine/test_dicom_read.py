@@ -297,6 +297,41 @@ def test_an_undecodable_slice_counts_as_missing(tmp_path):
     assert any(n.startswith("unreadable slice 4 of 8") and paths[3].name in n for n in vol.notes)
 
 
+def test_an_undecodable_file_between_the_frames_of_another_counts_as_missing(tmp_path):
+    """Two enhanced files of one series hold alternate slices; the second cannot be decoded. The
+    first file's frames after it are decoded again (its pixels were once taken as still held)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    frames = pydicom.dcmread(DATA_STORE / "emri_small.dcm").pixel_array          # 10 real frames
+    for part in (0, 1):
+        ds = pydicom.dcmread(DATA_STORE / "emri_small.dcm")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{part + 1}"
+        ds.NumberOfFrames = 5
+        shared = Dataset()
+        shared.PlaneOrientationSequence = Sequence([Dataset()])
+        shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        shared.PixelMeasuresSequence = Sequence([Dataset()])
+        shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.5]
+        per_frame = []
+        for k in range(part, 10, 2):                # file 1: slices 0, 2, …; file 2: slices 1, 3, …
+            item = Dataset()
+            item.PlanePositionSequence = Sequence([Dataset()])
+            item.PlanePositionSequence[0].ImagePositionPatient = [0, 0, 3 * k]
+            per_frame.append(item)
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+        ds.PixelData = np.ascontiguousarray(frames[part::2].astype("<u2")).tobytes()
+        if part == 1:                               # claims JPEG 2000, holds raw bytes
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+            ds.PixelData = pydicom.encaps.encapsulate([bytes(64)] * 5)
+        ds.save_as(tmp_path / f"part{part + 1}.dcm", enforce_file_format=True)
+    vol = io.load(tmp_path)                         # the first file's slices, 6 mm apart
+    assert vol.shape == (5, 64, 64) and vol.spacing[2] == pytest.approx(6.0)
+    np.testing.assert_array_equal(vol.array, frames[0::2])
+    assert sum(n.startswith("unreadable slice") and "part2.dcm" in n for n in vol.notes) == 5
+
+
 def test_uneven_spacing_is_reported(tmp_path):
     data = anatomical()[:6]
     d = OBLIQUE

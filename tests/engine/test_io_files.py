@@ -362,6 +362,21 @@ def test_a_full_disk_keeps_the_previous_file_and_says_which(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+
+def test_a_file_that_reads_back_as_another_image_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The read-back check names what the header holds instead (it once failed with an AttributeError)."""
+    import engine.io.itk_files as itk_files
+
+    write = sitk.WriteImage
+    monkeypatch.setattr(itk_files.sitk, "WriteImage",
+                        lambda _image, name, **kw: write(sitk.Image([2, 3, 4], sitk.sitkUInt8), name, **kw))
+    out = tmp_path / "t2.nii.gz"
+    with pytest.raises(io.VolumeIOError) as err:
+        io.save(_oblique_volume(), out)
+    assert str(err.value) == (f"{out}: was not written completely (reads back as [2, 3, 4] voxels of 8-bit unsigned "
+                              "integer; is the disk full?); the previous file, if any, is kept")
+    assert list(tmp_path.iterdir()) == []
+
 def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_path, monkeypatch, capsys):
     from cli import run_cli
     from faults import read_only

@@ -81,6 +81,7 @@ def _bit_flips(data: bytes, _name: str, rng: np.random.Generator) -> tuple[bytes
 def _bytes_set(data: bytes, _name: str, rng: np.random.Generator) -> tuple[bytes, str]:
     out = bytearray(data)
     at = _position(len(out), rng) if out else 0
+    value: int | float
     if rng.random() < 0.5:
         value = INTERESTING_INTS[int(rng.integers(len(INTERESTING_INTS)))]
         code = ("<" if rng.random() < 0.7 else ">") + "hiq"[int(rng.integers(3))]
@@ -180,7 +181,9 @@ def _text_line(data: bytes, name: str, rng: np.random.Generator) -> tuple[bytes,
     if not keyed:
         return _truncate(data, name, rng)
     i = keyed[int(rng.integers(len(keyed)))]
-    key, sep = re.match(r"\s*([\w ]+?)\s*(:=|=|:)", lines[i]).groups()
+    field = re.match(r"\s*([\w ]+?)\s*(:=|=|:)", lines[i])
+    assert field is not None, "a keyed line (above) always matches"
+    key, sep = field.groups()
     if key.lower() in ("elementdatafile", "data file", "datafile"):
         value = ("LOCAL", "/dev/zero", "../../../../etc/passwd", "missing.raw", "LIST")[int(rng.integers(5))]
     else:

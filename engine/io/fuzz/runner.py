@@ -50,8 +50,8 @@ def run_fuzz(inputs: int = 1000, seed: int = 0, timeout_s: float = 20.0, memory_
     """Fuzz ``inputs`` mutated files (input ``i`` is mutation ``(seed, i)`` of one seed file) and
     return the report; failing inputs are copied to ``keep`` when given."""
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="synermedgen-fuzz-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="synermedgen-fuzz-") as scratch_name:
+        scratch = Path(scratch_name)
         seeds = _in_child(lambda: [str(p) for p in make_seeds(scratch / "seeds")], timeout_s=120.0)
         seed_bytes = [(Path(p), Path(p).read_bytes()) for p in seeds]
         _import_readers()
