@@ -10,7 +10,6 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout)
 
-from engine.cohort import is_bids
 from engine.inference import DEVICES
 from engine.modalities import MODALITIES
 from app.settings import Settings
@@ -110,6 +109,8 @@ class CohortDialog(QDialog):
         text = absolute_path(self.input.text())
         if not text or self.output.text().strip():
             return
+        from engine.cohort import is_bids      # loads the engine's I/O: only when a folder is chosen
+
         path = Path(text)
         if is_bids(path):
             self.output.setText(str(path / "derivatives" / "synermedgen"))
