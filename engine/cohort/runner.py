@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from engine.cohort import manifest
 from engine.cohort.items import Cohort, CohortItem
+from engine.cohort.lock import CohortBusy, OutputLock
 from engine.cohort.threads import thread_counts
 from engine.jobs import Cancelled, CancelToken, Progress, check_cancel
 
@@ -110,12 +111,30 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
     ``settings``. ``identity`` (the model's fingerprint, backend, precision) joins the settings in each
     item's fingerprint. ``ctx`` (:class:`engine.training.distributed.Distributed`) deals items by rank;
     rank 0 merges the manifest after every rank is done. ``on_event`` gets ``start``, ``progress`` (within
-    an item) and ``item`` (each record) events. Cancelling raises :class:`Cancelled` (the item in flight
+    an item) and ``item`` (each record) events. A folder another run holds raises :class:`CohortBusy`
+    (a ValueError naming the holder) before anything is read. Cancelling raises :class:`Cancelled` (the item in flight
     stays ``started`` and is redone by the next run)."""
     from engine.training.distributed import Distributed
 
     ctx = ctx or Distributed()
     out = Path(out)
+    lock = OutputLock(out)
+    error = ""
+    if ctx.is_main:                                 # one run per folder: held until the manifest is merged
+        try:
+            lock.acquire()
+        except CohortBusy as exc:
+            error = str(exc)
+    if any(ctx.any(bool(error))):
+        raise CohortBusy(error or f"{out}: another cohort run is writing to this output folder")
+    try:
+        return _run_locked(cohort, synth, out, settings, identity, on_event, cancel, ctx)
+    finally:
+        lock.release()
+
+
+def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[str, Any], on_event: EventFn,
+                cancel: CancelToken | None, ctx) -> Summary:
     started = time.perf_counter()
     previous = manifest.read_state(out)
     ctx.barrier()                                   # every rank has read the state before any appends to it

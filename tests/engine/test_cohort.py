@@ -254,3 +254,20 @@ def test_cancelling_leaves_the_item_in_flight_started_for_the_next_run(model, tm
     assert not (tmp_path / "out" / "a_synthetic-T2.nii.gz").exists()
     summary = run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={})
     assert (summary.succeeded, summary.skipped) == (2, 0)
+
+
+def test_a_second_run_on_the_same_output_folder_exits_2_naming_the_holder(model, tmp_path, capsys, one_torch_thread):
+    from engine.cohort.lock import OutputLock
+
+    io.save(head("T1"), tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    args = (str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out))
+    with OutputLock(out):                                   # a run in progress (flock: per open file, so per run)
+        assert cohort(model, *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"pid {os.getpid()}" in err and str(out) in err and len(err.splitlines()) == 1
+        assert not (out / manifest.MANIFEST).exists() and not list(out.glob("cohort-manifest.rank-*"))
+    assert cohort(model, *args) == 0                        # released: the next run goes ahead …
+    capsys.readouterr()
+    with OutputLock(out):                                   # … and releases it after merging
+        pass
