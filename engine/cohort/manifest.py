@@ -4,7 +4,7 @@ the settings' fingerprints). Each process appends to its own part while it runs
 (``cohort-manifest.rank-R.jsonl``, flushed line by line); at the end rank 0 merges every part into
 ``cohort-manifest.jsonl`` (the latest record of each item, written atomically). A rerun reads both, so
 a killed run resumes: an item whose last record is ``done`` (or ``skipped``) with the same
-fingerprints and whose output is still there is skipped; one left ``started`` is redone."""
+fingerprints and output, whose output and sidecar are still there, is skipped; one left ``started`` is redone."""
 from __future__ import annotations
 
 import datetime
@@ -82,14 +82,24 @@ def read_state(out: str | Path) -> dict[str, dict]:
     return state
 
 
-def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path) -> bool:
-    """Whether an item's last ``record`` says it is done with these fingerprints, its output still there."""
+def sidecar_path(output: Path) -> Path:
+    """The JSON sidecar (provenance) beside an item's output: ``NAME.nii.gz`` → ``NAME.json``."""
+    name = output.name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(stem + ".json")
+
+
+def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path, output: str) -> bool:
+    """Whether an item's last ``record`` says it is done with these fingerprints into the item's
+    ``output`` (a changed output column is redone), that output and its sidecar still there."""
     if not record or record.get("status") not in FINISHED:
         return False
     if any(record.get(k) != v for k, v in fingerprint.items()):
         return False
-    output = record.get("output")
-    return bool(output) and (Path(out) / str(output)).exists()
+    if not output or record.get("output") != output:
+        return False
+    path = Path(out) / output
+    return path.exists() and sidecar_path(path).exists()
 
 
 class PartWriter:

@@ -88,12 +88,6 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress,
     return result, description, provenance
 
 
-def sidecar_path(output: Path) -> Path:
-    name = output.name
-    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
-    return output.with_name(stem + ".json")
-
-
 def _write(result, description: str, provenance: dict, path: Path) -> None:
     import json
 
@@ -101,7 +95,7 @@ def _write(result, description: str, provenance: dict, path: Path) -> None:
     from engine.atomic import atomic_file
 
     io.save(result, path, description=description)
-    with atomic_file(sidecar_path(path)) as tmp:
+    with atomic_file(manifest.sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
@@ -162,7 +156,7 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
                                                     "source": item.source})}
         if item.error:
             record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
-        elif manifest.finished(previous.get(item.key), fingerprint, out):
+        elif manifest.finished(previous.get(item.key), fingerprint, out, item.output):
             record(item, "skipped", output=item.output, seconds=0.0, error="", **fingerprint)
         else:
             work.append((item, fingerprint))

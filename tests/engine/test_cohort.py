@@ -271,3 +271,20 @@ def test_a_second_run_on_the_same_output_folder_exits_2_naming_the_holder(model,
     capsys.readouterr()
     with OutputLock(out):                                   # … and releases it after merging
         pass
+
+
+def test_a_rerun_redoes_an_item_whose_output_column_changed_or_whose_sidecar_is_gone(model, tmp_path, capsys,
+                                                                                     one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    io.save(head("T1", 2), tmp_path / "in" / "b.nii.gz")
+    out = tmp_path / "out"
+    csv = tmp_path / "list.csv"
+    csv.write_text("input,target,source,output\nin/a.nii.gz,T2,T1,first/a.nii.gz\nin/b.nii.gz,T2,T1,b.nii.gz\n")
+    assert cohort(model, str(csv), "-o", str(out)) == 0
+    capsys.readouterr()
+    csv.write_text("input,target,source,output\nin/a.nii.gz,T2,T1,second/a.nii.gz\nin/b.nii.gz,T2,T1,b.nii.gz\n")
+    (out / "b.json").unlink()                                # the output without its provenance
+
+    assert cohort(model, str(csv), "-o", str(out)) == 0
+    assert (summary(capsys)["succeeded"], records(out)["in/a.nii.gz → T2"]["output"]) == (2, "second/a.nii.gz")
+    assert (out / "second/a.nii.gz").is_file() and (out / "second/a.json").is_file() and (out / "b.json").is_file()
