@@ -17,6 +17,10 @@ SUFFIX_MODALITY = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "ct"
 MODALITY_SUFFIX = {m: s for s, m in SUFFIX_MODALITY.items()} | {"T1CE": "T1w"}
 CONTRAST_ENTITY = "ce-gadolinium"        # the T1w entity of a contrast-enhanced T1 (T1CE)
 DESC = "desc-synthetic"
+# the order BIDS gives entities in a file name (the specification's entity table); ``desc`` is last
+ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
+                "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording",
+                "chunk", "seg", "res", "den", "label", "desc")
 
 
 def is_bids(path: Path) -> bool:
@@ -48,16 +52,24 @@ def modality_of(name: str) -> str | None:
     return modality
 
 
+def _entity_rank(entity: str) -> int:
+    """Where ``key-value`` goes in a BIDS name (an entity BIDS does not list: just before ``desc``)."""
+    key = entity.split("-", 1)[0]
+    return ENTITY_ORDER.index(key) if key in ENTITY_ORDER else len(ENTITY_ORDER) - 1
+
+
 def derivative_name(source_name: str, target: str) -> tuple[str, str]:
     """(datatype folder, file name) of the synthetic ``target`` made from the BIDS image
-    ``source_name``: its entities (less ``ce-`` and ``desc-``) with ``desc-synthetic`` and the target's
-    suffix, e.g. ``sub-01_ses-1_T1w.nii.gz`` → ("anat", ``sub-01_ses-1_desc-synthetic_T2w.nii.gz``)."""
+    ``source_name``: its entities (less ``ce-`` and ``desc-``; ``ce-gadolinium`` for a T1CE) with
+    ``desc-synthetic`` and the target's suffix, in the BIDS entity order, e.g.
+    ``sub-01_ses-1_acq-mprage_run-2_T1w.nii.gz`` → T1CE: ("anat",
+    ``sub-01_ses-1_acq-mprage_ce-gadolinium_run-2_desc-synthetic_T1w.nii.gz``)."""
     entities, _suffix, _ext = split_name(source_name)
     kept = [e for e in entities if not e.startswith(("ce-", "desc-"))]
     if target == "T1CE":
-        kept.insert(min(len(kept), 2 if len(kept) > 1 and kept[1].startswith("ses-") else 1), CONTRAST_ENTITY)
-    suffix = MODALITY_SUFFIX[target]
-    return ("pet" if target == "PET" else "anat"), "_".join([*kept, DESC, suffix]) + ".nii.gz"
+        kept.append(CONTRAST_ENTITY)
+    ordered = sorted([*kept, DESC], key=_entity_rank)       # stable: unlisted entities keep their order
+    return ("pet" if target == "PET" else "anat"), "_".join([*ordered, MODALITY_SUFFIX[target]]) + ".nii.gz"
 
 
 def _sessions(root: Path) -> list[Path]:

@@ -288,3 +288,15 @@ def test_a_rerun_redoes_an_item_whose_output_column_changed_or_whose_sidecar_is_
     assert cohort(model, str(csv), "-o", str(out)) == 0
     assert (summary(capsys)["succeeded"], records(out)["in/a.nii.gz → T2"]["output"]) == (2, "second/a.nii.gz")
     assert (out / "second/a.nii.gz").is_file() and (out / "second/a.json").is_file() and (out / "b.json").is_file()
+
+
+@pytest.mark.parametrize("source, target, expected", [
+    ("sub-01_ses-1_acq-mprage_run-2_T1w.nii.gz", "T1CE", "sub-01_ses-1_acq-mprage_ce-gadolinium_run-2_desc-synthetic_T1w.nii.gz"),
+    ("sub-01_acq-fast_ce-gd_rec-norm_run-1_T1w.nii", "T2", "sub-01_acq-fast_rec-norm_run-1_desc-synthetic_T2w.nii.gz"),
+    ("sub-01_task-rest_acq-x_T1w.nii.gz", "T1CE", "sub-01_task-rest_acq-x_ce-gadolinium_desc-synthetic_T1w.nii.gz"),
+    ("sub-01_ses-2_T1w.nii.gz", "T1CE", "sub-01_ses-2_ce-gadolinium_desc-synthetic_T1w.nii.gz"),
+])
+def test_derivative_names_follow_the_bids_entity_order(source, target, expected):
+    from engine.cohort.bids import derivative_name
+
+    assert derivative_name(source, target) == ("anat", expected)
