@@ -164,7 +164,8 @@ def test_threads_bound_every_pool_the_run_used(model, tmp_path, capsys):
             assert cohort(model, str(tmp_path / "a.nii.gz"), *run, str(tmp_path / "one"), "--threads", "1") == 0
             used = records(tmp_path / "one")["a.nii.gz"]["threads"]
             assert summary(capsys)["threads"] == used
-            assert used["torch"] == used["itk"] == 1 and used["blas"] == min(blas, 1)
+            assert used["torch"] == used["itk"] == used["reader_itk"] == 1 and used["blas"] == min(blas, 1)
+            assert used["reader_blas"] <= 1                                  # the reader process too
             assert thread_counts()["torch"] == thread_counts()["itk"] == 2        # put back after the run
     finally:
         torch.set_num_threads(before[0])
