@@ -34,15 +34,18 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def input_fingerprint(files: Iterable[str]) -> str:
-    """Whether an input changed: the hash of each file's path, size and modification time."""
+def input_fingerprint(files: Iterable[str], root: str | Path) -> str:
+    """Whether an input changed: the hash of each file's path relative to the cohort's ``root``, its
+    size and modification time (a study moved or mounted elsewhere is the same input)."""
+    from engine.cohort.items import relative
+
     stats: list[tuple[str, int | None, int | None]] = []
     for f in files:
         try:
             st = os.stat(f)
-            stats.append((str(f), st.st_size, st.st_mtime_ns))
+            stats.append((relative(f, root), st.st_size, st.st_mtime_ns))
         except OSError:
-            stats.append((str(f), None, None))
+            stats.append((relative(f, root), None, None))
     return digest(stats)
 
 
@@ -50,7 +53,7 @@ def model_fingerprint(folder: str | Path) -> str:
     """Whether a model folder changed: its files' names, sizes and times (not their bytes)."""
     folder = Path(folder)
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and "onnx" not in p.relative_to(folder).parts)
-    return digest([str(folder.resolve()), input_fingerprint(files)])
+    return digest([str(folder.resolve()), input_fingerprint(files, folder)])
 
 
 def _records(path: Path) -> list[dict]:

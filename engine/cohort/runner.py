@@ -151,7 +151,7 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
 
     work: list[tuple[CohortItem, dict]] = []
     for item in mine:
-        fingerprint = {"input": manifest.input_fingerprint(item.files),
+        fingerprint = {"input": manifest.input_fingerprint(item.files, cohort.root),
                        "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
                                                     "source": item.source})}
         if item.error:

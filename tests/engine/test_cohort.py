@@ -301,3 +301,18 @@ def test_derivative_names_follow_the_bids_entity_order(source, target, expected)
     from engine.cohort.bids import derivative_name
 
     assert derivative_name(source, target) == ("anat", expected)
+
+
+def test_a_study_moved_elsewhere_is_not_redone(model, tmp_path, capsys, one_torch_thread):
+    for name, seed in (("a", 1), ("b", 2)):
+        io.save(head("T1", seed), tmp_path / "mount1" / "study" / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    run = ("--target", "T2", "--source", "T1", "-o", str(out))
+    assert cohort(model, str(tmp_path / "mount1" / "study"), *run) == 0
+    capsys.readouterr()
+    (tmp_path / "mount2").mkdir()
+    (tmp_path / "mount1" / "study").rename(tmp_path / "mount2" / "study")       # keeps sizes and times
+
+    assert cohort(model, str(tmp_path / "mount2" / "study"), *run) == 0
+    report = summary(capsys)
+    assert (report["succeeded"], report["skipped"]) == (0, 2)
