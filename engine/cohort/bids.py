@@ -84,8 +84,8 @@ def _sessions(root: Path) -> list[Path]:
 def bids_items(root: Path, target: str, source: str | None, routes: Routes | None) -> list[CohortItem]:
     """The items of a BIDS dataset: in each subject (and session) the images of one source modality
     — ``source`` when named, else the first the model has a route from to ``target`` (in the order of
-    its routes) — each giving one derivative. A session without such an image is an item that failed,
-    saying so."""
+    its routes) — each giving one derivative. A session without such an image is an item that is not
+    applicable, saying why (BIDS sessions need not hold every modality)."""
     order = [s for s, t in routes or () if t == target]
     items = []
     for session in _sessions(root):
@@ -98,9 +98,9 @@ def bids_items(root: Path, target: str, source: str | None, routes: Routes | Non
         relative = session.relative_to(root).as_posix()
         picked = [f for f in images if modality_of(f.name) == chosen and chosen in candidates]
         if not picked:
-            wanted = chosen or f"a modality with a route to {target}"
+            wanted = f"{chosen} image" if chosen else f"image of a modality the model turns into {target}"
             items.append(CohortItem(key=relative, path=str(session), target=target, output="", source=source,
-                                    error=f"{session}: no {wanted} image in {'/'.join(DATATYPES)}"))
+                                    not_applicable=f"{session}: no {wanted} in {'/'.join(DATATYPES)}"))
             continue
         for f in picked:
             datatype, name = derivative_name(f.name, target)

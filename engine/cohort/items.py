@@ -25,7 +25,8 @@ class CohortItem:
     path relative to the cohort's root); ``output`` is relative to the output folder; ``source`` is a
     modality name, "auto" (the model identifies it) or None (the file's header or name says);
     ``files`` are the input's files, whose sizes and times tell a rerun whether it changed; ``error``
-    is a problem found before loading (the item is recorded as failed with it)."""
+    is a problem found before loading (the item is recorded as failed with it); ``not_applicable``
+    says why there is nothing to do for it (recorded as ``not-applicable``: neither done nor failed)."""
 
     key: str
     path: str
@@ -35,6 +36,7 @@ class CohortItem:
     series: str | None = None
     files: tuple[str, ...] = ()
     error: str = ""
+    not_applicable: str = ""
     loader: Callable[[], Volume] | None = field(default=None, compare=False, repr=False)
 
     def load(self) -> Volume:

@@ -1,5 +1,5 @@
 """The run manifest of a cohort: JSON lines in the output folder, one record per item event
-(``started``, ``done``, ``skipped``, ``failed``: item, status, output, seconds, error, the input's and
+(``started``, ``done``, ``skipped``, ``failed``, ``not-applicable``: item, status, output, seconds, error, the input's and
 the settings' fingerprints). Each process appends to its own part while it runs
 (``cohort-manifest.rank-R.jsonl``, flushed line by line); at the end rank 0 merges every part into
 ``cohort-manifest.jsonl`` (the latest record of each item, written atomically). A rerun reads both, so

@@ -18,6 +18,7 @@ from engine.cohort.threads import thread_counts
 from engine.jobs import Cancelled, CancelToken, Progress, check_cancel
 
 EventFn = Callable[[dict], None]
+EXIT_SOME_FAILED = 3        # the run ended, some items failed (0: none did; 1 an unexpected error, 2 bad usage)
 
 
 def no_events(event: dict) -> None:
@@ -27,12 +28,14 @@ def no_events(event: dict) -> None:
 @dataclass
 class Summary:
     """How a run went, over every rank: items succeeded (synthesized now), skipped (finished before,
-    unchanged) and failed; the thread pools' sizes during the run (rank 0's)."""
+    unchanged), not applicable (nothing to do: a BIDS session without a source image) and failed; the
+    thread pools' sizes during the run (rank 0's)."""
 
     items: int = 0
     succeeded: int = 0
     skipped: int = 0
     failed: int = 0
+    not_applicable: int = 0
     seconds: float = 0.0
     world_size: int = 1
     threads: dict[str, int] = field(default_factory=dict)
@@ -40,8 +43,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing failed, else 1."""
-        return 1 if self.failed else 0
+        """0 when nothing failed (every item done, skipped or not applicable), else :data:`EXIT_SOME_FAILED`."""
+        return EXIT_SOME_FAILED if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +144,7 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
     on_event({"event": "start", "items": len(cohort.items), "mine": len(mine), "rank": ctx.rank,
               "world_size": ctx.world_size, "convention": cohort.convention, "threads": threads})
     writer = manifest.PartWriter(out, ctx.rank)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "not-applicable": 0}
 
     def record(item: CohortItem, status: str, **fields) -> None:
         rec = writer.write({"item": item.key, "status": status, "rank": ctx.rank, **fields})
@@ -156,6 +159,8 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
                                                     "source": item.source})}
         if item.error:
             record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
+        elif item.not_applicable:
+            record(item, "not-applicable", output="", seconds=0.0, error=item.not_applicable, **fingerprint)
         elif manifest.finished(previous.get(item.key), fingerprint, out, item.output):
             record(item, "skipped", output=item.output, seconds=0.0, error="", **fingerprint)
         else:
@@ -192,8 +197,9 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
     finally:
         writer.close()
     ctx.barrier()
-    totals = [sum(col) for col in zip(*ctx.gather_floats([counts["done"], counts["skipped"], counts["failed"]]))]
+    totals = [int(sum(col)) for col in zip(*ctx.gather_floats([float(n) for n in counts.values()]))]
     merged = manifest.merge(out) if ctx.is_main else manifest.MANIFEST
-    return Summary(items=len(cohort.items), succeeded=int(totals[0]), skipped=int(totals[1]), failed=int(totals[2]),
+    return Summary(items=len(cohort.items), succeeded=totals[0], skipped=totals[1], failed=totals[2],
+                   not_applicable=totals[3],
                    seconds=round(time.perf_counter() - started, 3), world_size=ctx.world_size, threads=threads,
                    manifest=str(out / Path(merged).name))

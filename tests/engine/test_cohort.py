@@ -55,11 +55,13 @@ def test_a_bids_dataset_gives_a_derivatives_dataset_with_provenance(model, tmp_p
     io.save(head("T2", 2), bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")      # the target itself: not an input
     io.save(head("T1", 3), bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")
     io.save(head("T1", 4), bids / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_T1w.nii.gz")
+    io.save(head("FLAIR", 5), bids / "sub-03" / "anat" / "sub-03_FLAIR.nii.gz")   # no source: not applicable
     (bids / "dataset_description.json").write_text('{"Name": "study", "BIDSVersion": "1.10.0"}')
     out = bids / "derivatives" / "synermedgen"
 
     assert cohort(model, str(bids), "--target", "FLAIR", "-o", str(out)) == 0
-    assert summary(capsys)["succeeded"] == 3
+    report = summary(capsys)
+    assert (report["succeeded"], report["not_applicable"], report["failed"]) == (3, 1, 0)
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "SynerMedGen Studio"
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
@@ -71,7 +73,11 @@ def test_a_bids_dataset_gives_a_derivatives_dataset_with_provenance(model, tmp_p
     assert sidecar["Settings"]["steps"] == 1
     result = io.load(out / written[2])
     assert result.synthetic and result.array.shape == (4, 24, 24) and result.spacing == pytest.approx((2.0, 2.0, 3.0))
-    assert {r["status"] for r in records(out).values()} == {"done"}
+    state = records(out)
+    assert {r["status"] for k, r in state.items() if k != "sub-03"} == {"done"}
+    assert state["sub-03"]["status"] == "not-applicable" and "no image of a modality" in state["sub-03"]["error"]
+    assert cohort(model, str(bids), "--target", "FLAIR", "-o", str(out)) == 0              # a rerun: the same
+    assert (summary(capsys)["skipped"], records(out)["sub-03"]["status"]) == (3, "not-applicable")
 
 
 def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_path, capsys, one_torch_thread):
@@ -84,7 +90,7 @@ def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_pat
     (tree / "carol" / "t1.nii.gz").write_bytes(b"not a NIfTI file at all" * 10)
     out = tmp_path / "out"
 
-    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 1
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 3
     report = summary(capsys)
     assert (report["succeeded"], report["skipped"], report["failed"]) == (3, 0, 1)
     state = records(out)
@@ -106,7 +112,7 @@ def test_a_csv_manifest_names_targets_sources_and_outputs_per_row(model, tmp_pat
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
 
-    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 1
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
     assert summary(capsys)["failed"] == 2
     state = records(out)
     assert state["in/a.nii.gz → T2"]["status"] == "done" and (out / "synth/a_T2.nii.gz").is_file()
