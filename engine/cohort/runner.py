@@ -59,34 +59,30 @@ def one_line(exc: BaseException) -> str:
 def synthesize_item(synth, item: CohortItem, volume, settings, progress,
                     cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
     """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
-    makes: the source modality (the item's, the header's, or identified), the route, the input guard."""
-    from engine.inference.identify import source_modality
+    makes (:func:`engine.inference.synthesize_checked`: the source modality, the route, the input guard,
+    the benchmark warnings)."""
+    from engine.inference import RESEARCH_NOTE, synthesize_checked
     from engine.inference.model_card import route_name
-    from engine.inference.ood import marked_description, with_warnings
-    from engine.inference.pipeline import RESEARCH_NOTE
     from engine.version import version
 
-    source, identified, note = source_modality(synth, volume, item.source, progress)
-    source, target = synth.card.check_route(source, item.target)
-    warnings = synth.input_warnings(volume, source, settings)
-    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress,
-                                                         cancel=cancel), warnings)
-    description = marked_description(synth.describe(source, target, settings), warnings)
+    result, description, checks = synthesize_checked(synth, volume, item.source, item.target, settings,
+                                                     progress=progress, cancel=cancel)
     provenance = {
         "Description": RESEARCH_NOTE,
         "Synthetic": True,
         "GeneratedBy": {"Name": "SynerMedGen Studio", "Version": version()},
         "Model": synth.name,
-        "Route": route_name(source, target),
-        "SourceModality": source,
+        "Route": route_name(checks.source, checks.target),
+        "SourceModality": checks.source,
         "SourceFile": item.key,
         "Settings": settings.to_dict(),
         "Device": synth.execution_device,
         "Precision": synth.precision,
-        "InputWarnings": warnings,
+        "InputWarnings": checks.input_warnings,
+        "BenchmarkWarnings": checks.benchmark_warnings,
         "Notes": list(result.notes),
-        **({"Identified": identified} if identified else {}),
-        **({"SourceNote": note} if note else {}),
+        **({"Identified": checks.identified} if checks.identified else {}),
+        **({"SourceNote": checks.source_note} if checks.source_note else {}),
     }
     return result, description, provenance
 

@@ -322,3 +322,21 @@ def test_a_study_moved_elsewhere_is_not_redone(model, tmp_path, capsys, one_torc
     assert cohort(model, str(tmp_path / "mount2" / "study"), *run) == 0
     report = summary(capsys)
     assert (report["succeeded"], report["skipped"]) == (0, 2)
+
+
+def test_a_cohort_item_is_synthesized_and_described_as_synthesize_does_it(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    assert main(["synthesize", str(tmp_path / "in" / "a.nii.gz"), "--target", "T2", "--source", "T1", "-o",
+                 str(tmp_path / "alone.nii.gz"), "--model", str(model), "--device", "cpu", "--quiet"]) == 0
+    report = summary(capsys)
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "out")) == 0
+    capsys.readouterr()
+    alone, item = io.load(tmp_path / "alone.nii.gz"), io.load(tmp_path / "out" / "a_synthetic-T2.nii.gz")
+    assert np.array_equal(alone.array, item.array) and alone.notes == item.notes
+    import nibabel
+
+    descrip = [nibabel.load(p).header["descrip"] for p in (tmp_path / "alone.nii.gz", tmp_path / "out/a_synthetic-T2.nii.gz")]
+    assert descrip[0] == descrip[1]
+    sidecar = json.loads((tmp_path / "out" / "a_synthetic-T2.json").read_text())
+    assert sidecar["InputWarnings"] == report["input_warnings"] and sidecar["Route"] == report["route"]
+    assert sidecar["BenchmarkWarnings"] == report["benchmark_warnings"]
