@@ -39,7 +39,7 @@ class OutputLock:
                              f"folder; wait for it to end or choose another folder") from None
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode("utf-8"))
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         os.fsync(fd)
         self._fd = fd
 
@@ -51,7 +51,7 @@ class OutputLock:
         _unlock(fd)
         os.close(fd)
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         self.acquire()
         return self
 

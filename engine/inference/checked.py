@@ -4,8 +4,9 @@ identified by the model), the model's route, the out-of-distribution guard's war
 result's notes and marking its description) and the card's benchmark warnings for the route."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from engine.jobs import CancelToken, ProgressFn, noop
 
@@ -31,9 +32,9 @@ def no_announce(checks: Checks) -> None:
     """The default ``announce``: says nothing."""
 
 
-def synthesize_checked(synth, volume: "Volume", source: str | None, target: str, settings, *,
+def synthesize_checked(synth, volume: Volume, source: str | None, target: str, settings, *,
                        progress: ProgressFn = noop, cancel: CancelToken | None = None,
-                       announce: Callable[[Checks], None] = no_announce) -> tuple["Volume", str, Checks]:
+                       announce: Callable[[Checks], None] = no_announce) -> tuple[Volume, str, Checks]:
     """(the synthetic volume, its description, the :class:`Checks`) of ``volume`` into ``target``
     with ``synth``; ``source`` as ``--source`` takes it (a modality, "auto" or None). ``announce``
     gets the checks before the synthesis starts (the CLI prints the warnings then). ValueError when
