@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     display = _Display(args.json, args.quiet, ctx.rank)
     try:
         with limit_threads(args.threads):          # before the model: ONNX Runtime sizes its pools on opening
-            synth = open_synthesizer(args, folder)
+            with ctx.main_first():                  # rank 0 makes a missing ONNX export, the others then reuse it
+                synth = open_synthesizer(args, folder)
             synth.memory_limit = memory
             settings = sampling_settings(args, synth.default_settings())
             identity = {"model": model_fingerprint(folder), "backend": args.backend, "precision": args.precision}
