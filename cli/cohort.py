@@ -35,8 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "provenance; OUT/cohort-manifest.jsonl records every item's status, output, time and error. "
                     "Rerunning the command skips finished items whose input and settings are unchanged and redoes "
                     "interrupted ones; one bad input is recorded and the rest go on. Under torchrun the items are "
-                    "shared out by rank. Exit 0 when every item succeeded or was skipped, 1 when some failed, "
-                    "2 on bad usage. Research use only, not for diagnosis.")
+                    "shared out by rank. A BIDS session without a usable source image is recorded as not-applicable. "
+                    "Exit status: 0 when every item succeeded, was skipped or was not applicable; 3 when the run "
+                    "ended with some items failed (the manifest gives each one's reason); 2 on bad usage (or when "
+                    "another run holds OUT); 1 on an unexpected error. Research use only, not for diagnosis.")
     p.add_argument("input", help="a folder tree, a BIDS dataset folder or a .csv manifest")
     p.add_argument("--target", help="modality to synthesize (T1, T1CE, T2, FLAIR, PD, CT, CBCT, PET); "
                                     "a CSV manifest may name it per row instead")
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     display = _Display(args.json, args.quiet, ctx.rank)
     try:
         with limit_threads(args.threads):          # before the model: ONNX Runtime sizes its pools on opening
-            synth = open_synthesizer(args, folder)
+            with ctx.main_first():                  # rank 0 makes a missing ONNX export, the others then reuse it
+                synth = open_synthesizer(args, folder)
             synth.memory_limit = memory
             settings = sampling_settings(args, synth.default_settings())
             identity = {"model": model_fingerprint(folder), "backend": args.backend, "precision": args.precision}
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_line(report)
         else:
-            print(f"{summary.succeeded} succeeded, {summary.skipped} skipped, {summary.failed} failed of "
-                  f"{summary.items} item(s) in {summary.seconds:.1f} s; manifest: {summary.manifest}", file=sys.stderr)
+            print(f"{summary.succeeded} succeeded, {summary.skipped} skipped, {summary.failed} failed, "
+                  f"{summary.not_applicable} not applicable of {summary.items} item(s) in {summary.seconds:.1f} s; manifest: {summary.manifest}", file=sys.stderr)
             print(json.dumps(json_ready(report)))
     return summary.exit_code

@@ -11,9 +11,8 @@ from pathlib import Path
 from cli.common import (add_anonymise_arguments, add_model_arguments, add_sampling_arguments, anonymiser_of,
                         check_backend, json_ready, model_dir, open_synthesizer, sampling_settings)
 from engine.jobs import stderr_progress
-from engine.inference import source_modality
 from engine.inference import SOURCE_FLOOR_PREFIX
-from engine.inference import NO_PROFILE_NOTE, marked_description, with_warnings
+from engine.inference import NO_PROFILE_NOTE
 from engine.inference import SLICING_PLANES
 
 
@@ -48,22 +47,25 @@ def _check_output(path: Path) -> None:
         raise ValueError(f"{path}: unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
 
 
-def input_warnings(synth, volume, source: str, settings, quiet: bool = False) -> list[str]:
-    """The out-of-distribution guard's warnings for ``volume`` read as ``source``, printed to stderr
-    (always; its note that a card without a profile cannot check, only when not ``quiet``)."""
-    warnings = synth.input_warnings(volume, source, settings)
-    for line in warnings:
+def announce(checks, quiet: bool = False) -> None:
+    """What the checks before a synthesis found, on stderr: the note on the source modality, the
+    out-of-distribution guard's warnings (its note that a card without a profile cannot check, only
+    when not ``quiet``) and the card's benchmark warnings for the route."""
+    if checks.source_note:
+        print(f"note: {checks.source_note}", file=sys.stderr)
+    for line in checks.input_warnings:
         if line != NO_PROFILE_NOTE:
             print(f"warning: {line}", file=sys.stderr)
         elif not quiet:
             print(f"note: {line}", file=sys.stderr)
-    return warnings
+    for line in checks.benchmark_warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
-    from engine.inference import ModelCard
+    from engine.inference import ModelCard, synthesize_checked
 
     started = time.perf_counter()
     target = modalities.canonical(args.target)
@@ -80,17 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if anonymiser:
         anonymiser.prepare(volume, output)          # a burned-in source is refused before the model runs
     synth = open_synthesizer(args, folder)
-    source, identified, note = source_modality(synth, volume, args.source, progress)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    synth.card.check_route(source, target)
     settings = sampling_settings(args, synth.default_settings())
-    warnings = input_warnings(synth, volume, source, settings, args.quiet)
-    known = synth.card.benchmark_warnings(source, target)       # also in the result's notes
-    for line in known:
-        print(f"warning: {line}", file=sys.stderr)
-    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress), warnings)
-    description = marked_description(synth.describe(source, target, settings), warnings)
+    result, description, checks = synthesize_checked(synth, volume, args.source, target, settings, progress=progress,
+                                                     announce=lambda found: announce(found, args.quiet))
+    source, identified = checks.source, checks.identified
+    warnings, known = checks.input_warnings, checks.benchmark_warnings      # the known ones also in the notes
     written = io.save(result, output, description=description, anonymise=anonymiser or False)
     report = {
         "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,

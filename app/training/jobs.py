@@ -411,8 +411,10 @@ class TrainingJob:
         return False
 
     def _cohort_ended(self, exit_code: int, crashed: bool, requested: str | None, stderr_tail: str) -> None:
-        """Status and message of a cohort synthesis whose process ended (exit 0: every item done or
-        skipped; 1: some failed; 2: the command was refused)."""
+        """Status and message of a cohort synthesis whose process ended (exit 0: every item done, skipped
+        or not applicable; 3: the run ended with some items failed; 2: the command was refused; 1 or a
+        crash: it stopped unexpectedly)."""
+        from engine.cohort import EXIT_SOME_FAILED
         from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 
         out, summary = self.stage.out, self.live.summary
@@ -420,17 +422,12 @@ class TrainingJob:
         where = f"{self.step} of {self.steps or '?'} volumes"
         if requested and (crashed or exit_code == EXIT_CANCELLED):
             self.status, self.message = requested, f"{requested.capitalize()} after {where}. {resume}"
-        elif crashed or summary is None and exit_code != EXIT_BAD_INPUT:
-            how = "it was killed" if crashed else f"exit code {exit_code}"
-            reason = stderr_tail.strip().removeprefix("error: ")
-            self.status = "failed"
-            self.message = (f"The cohort process stopped unexpectedly after {where} ({how}"
-                            + (f": {reason}" if reason else "; it may have run out of memory") + f"). {resume}")
-        elif exit_code == EXIT_BAD_INPUT:
+        elif not crashed and exit_code == EXIT_BAD_INPUT:
             self.status = "failed"
             self.message = f"The cohort command was refused: {stderr_tail.strip().removeprefix('error: ') or 'no message'}"
-        else:
-            counts = f"{summary['succeeded']} succeeded, {summary['skipped']} skipped, {summary['failed']} failed"
+        elif not crashed and summary is not None and exit_code in (EXIT_OK, EXIT_SOME_FAILED):
+            counts = (f"{summary['succeeded']} succeeded, {summary['skipped']} skipped, {summary['failed']} failed, "
+                      f"{summary.get('not_applicable', 0)} not applicable")
             if exit_code == EXIT_OK:
                 self.status = "done"
                 self.message = f"Finished: {counts}. The volumes and the run manifest are in {out}."
@@ -438,6 +435,12 @@ class TrainingJob:
                 self.status = "failed"
                 self.message = (f"Finished with failures: {counts} (the failed volumes are listed with their reasons). "
                                 f"{resume}")
+        else:
+            how = "it was killed" if crashed else f"exit code {exit_code}"
+            reason = stderr_tail.strip().removeprefix("error: ")
+            self.status = "failed"
+            self.message = (f"The cohort process stopped unexpectedly after {where} ({how}"
+                            + (f": {reason}" if reason else "; it may have run out of memory") + f"). {resume}")
 
     def _next_stage(self, requested: str | None) -> bool:
         if self.current + 1 < len(self.stages):

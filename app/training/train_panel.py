@@ -32,7 +32,7 @@ WORSE_STYLE = "color:#b01010; font-weight:bold"
 CONFIRM_CANCEL, KEEP_RUNNING = "Cancel the job", "Keep it running"
 MANIFEST_COLUMNS = (("item", "Volume"), ("status", "Status"), ("output", "Output"), ("seconds", "Seconds"),
                     ("error", "Reason"))
-STATUS_ORDER = {"failed": 0, "started": 1, "done": 2, "skipped": 3}
+STATUS_ORDER = {"failed": 0, "started": 1, "done": 2, "skipped": 3, "not-applicable": 4}
 STATUS_TEXT = {"running": "Running.", "stopping": "Writing a checkpoint, then stopping…",
                "queued": "Waiting for the job before it."}
 

@@ -2,7 +2,9 @@
 
 - :mod:`engine.cohort.items`    what one unit of work is, and finding them in a folder tree or a CSV manifest
 - :mod:`engine.cohort.bids`     BIDS in (``sub-*/[ses-*/]anat``) and a BIDS derivatives dataset out
-- :mod:`engine.cohort.manifest` the run manifest (JSON lines): what is done, skipped, failed; resume and merge
+- :mod:`engine.cohort.manifest` the run manifest (JSON lines): what is done, skipped, failed, not applicable;
+                                resume and merge
+- :mod:`engine.cohort.lock`     one run per output folder (``OUT/.cohort.lock``)
 - :mod:`engine.cohort.threads`  ``--threads N``: one bound for torch, ONNX Runtime, SimpleITK and BLAS
 - :mod:`engine.cohort.runner`   the loop: model loaded once, the next volume read while one is synthesized,
                                 items sharded over ``torchrun`` ranks
@@ -13,5 +15,5 @@ from engine.exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "discover": "items", "is_bids": "bids", "model_fingerprint": "manifest", "read_state": "manifest",
-    "run_cohort": "runner", "limit_threads": "threads",
+    "run_cohort": "runner", "EXIT_SOME_FAILED": "runner", "limit_threads": "threads",
 })

@@ -17,6 +17,10 @@ SUFFIX_MODALITY = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "ct"
 MODALITY_SUFFIX = {m: s for s, m in SUFFIX_MODALITY.items()} | {"T1CE": "T1w"}
 CONTRAST_ENTITY = "ce-gadolinium"        # the T1w entity of a contrast-enhanced T1 (T1CE)
 DESC = "desc-synthetic"
+# the order BIDS gives entities in a file name (the specification's entity table); ``desc`` is last
+ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
+                "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording",
+                "chunk", "seg", "res", "den", "label", "desc")
 
 
 def is_bids(path: Path) -> bool:
@@ -48,16 +52,24 @@ def modality_of(name: str) -> str | None:
     return modality
 
 
+def _entity_rank(entity: str) -> int:
+    """Where ``key-value`` goes in a BIDS name (an entity BIDS does not list: just before ``desc``)."""
+    key = entity.split("-", 1)[0]
+    return ENTITY_ORDER.index(key) if key in ENTITY_ORDER else len(ENTITY_ORDER) - 1
+
+
 def derivative_name(source_name: str, target: str) -> tuple[str, str]:
     """(datatype folder, file name) of the synthetic ``target`` made from the BIDS image
-    ``source_name``: its entities (less ``ce-`` and ``desc-``) with ``desc-synthetic`` and the target's
-    suffix, e.g. ``sub-01_ses-1_T1w.nii.gz`` → ("anat", ``sub-01_ses-1_desc-synthetic_T2w.nii.gz``)."""
+    ``source_name``: its entities (less ``ce-`` and ``desc-``; ``ce-gadolinium`` for a T1CE) with
+    ``desc-synthetic`` and the target's suffix, in the BIDS entity order, e.g.
+    ``sub-01_ses-1_acq-mprage_run-2_T1w.nii.gz`` → T1CE: ("anat",
+    ``sub-01_ses-1_acq-mprage_ce-gadolinium_run-2_desc-synthetic_T1w.nii.gz``)."""
     entities, _suffix, _ext = split_name(source_name)
     kept = [e for e in entities if not e.startswith(("ce-", "desc-"))]
     if target == "T1CE":
-        kept.insert(min(len(kept), 2 if len(kept) > 1 and kept[1].startswith("ses-") else 1), CONTRAST_ENTITY)
-    suffix = MODALITY_SUFFIX[target]
-    return ("pet" if target == "PET" else "anat"), "_".join([*kept, DESC, suffix]) + ".nii.gz"
+        kept.append(CONTRAST_ENTITY)
+    ordered = sorted([*kept, DESC], key=_entity_rank)       # stable: unlisted entities keep their order
+    return ("pet" if target == "PET" else "anat"), "_".join([*ordered, MODALITY_SUFFIX[target]]) + ".nii.gz"
 
 
 def _sessions(root: Path) -> list[Path]:
@@ -72,8 +84,8 @@ def _sessions(root: Path) -> list[Path]:
 def bids_items(root: Path, target: str, source: str | None, routes: Routes | None) -> list[CohortItem]:
     """The items of a BIDS dataset: in each subject (and session) the images of one source modality
     — ``source`` when named, else the first the model has a route from to ``target`` (in the order of
-    its routes) — each giving one derivative. A session without such an image is an item that failed,
-    saying so."""
+    its routes) — each giving one derivative. A session without such an image is an item that is not
+    applicable, saying why (BIDS sessions need not hold every modality)."""
     order = [s for s, t in routes or () if t == target]
     items = []
     for session in _sessions(root):
@@ -86,9 +98,9 @@ def bids_items(root: Path, target: str, source: str | None, routes: Routes | Non
         relative = session.relative_to(root).as_posix()
         picked = [f for f in images if modality_of(f.name) == chosen and chosen in candidates]
         if not picked:
-            wanted = chosen or f"a modality with a route to {target}"
+            wanted = f"{chosen} image" if chosen else f"image of a modality the model turns into {target}"
             items.append(CohortItem(key=relative, path=str(session), target=target, output="", source=source,
-                                    error=f"{session}: no {wanted} image in {'/'.join(DATATYPES)}"))
+                                    not_applicable=f"{session}: no {wanted} in {'/'.join(DATATYPES)}"))
             continue
         for f in picked:
             datatype, name = derivative_name(f.name, target)

@@ -25,7 +25,8 @@ class CohortItem:
     path relative to the cohort's root); ``output`` is relative to the output folder; ``source`` is a
     modality name, "auto" (the model identifies it) or None (the file's header or name says);
     ``files`` are the input's files, whose sizes and times tell a rerun whether it changed; ``error``
-    is a problem found before loading (the item is recorded as failed with it)."""
+    is a problem found before loading (the item is recorded as failed with it); ``not_applicable``
+    says why there is nothing to do for it (recorded as ``not-applicable``: neither done nor failed)."""
 
     key: str
     path: str
@@ -35,6 +36,7 @@ class CohortItem:
     series: str | None = None
     files: tuple[str, ...] = ()
     error: str = ""
+    not_applicable: str = ""
     loader: Callable[[], Volume] | None = field(default=None, compare=False, repr=False)
 
     def load(self) -> Volume:
@@ -115,7 +117,9 @@ def mirrored_output(relative: str, target: str) -> str:
     return (rel.parent / f"{strip_image_suffix(rel.name)}_synthetic-{target}{OUTPUT_SUFFIX}").as_posix()
 
 
-def _relative(path: str | Path, root: Path) -> str:
+def relative(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` (POSIX form), its name alone when it is on another drive."""
+    root = Path(root)
     try:
         return Path(os.path.relpath(Path(path).resolve(), root.resolve())).as_posix()
     except ValueError:                   # another drive (Windows)
@@ -148,18 +152,18 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
         if entry.synthetic or _inside(first, excluded) or not wanted_source(entry.modality, target, source, routes):
             continue
         if entry.kind == "dicom":
-            folder = _relative(Path(first).parent, root)
+            folder = relative(Path(first).parent, root)
             name = "".join(c if c.isalnum() or c in "-." else "_" for c in entry.description).strip("_") or "series"
             key, output = f"{folder}#{entry.key}", mirrored_output(f"{folder}/{name}", target)
         else:
-            key = _relative(first, root) + (entry.key[len(str(first)):] if entry.key.startswith(str(first)) else "")
+            key = relative(first, root) + (entry.key[len(str(first)):] if entry.key.startswith(str(first)) else "")
             output = mirrored_output(key.replace("#", "-"), target)
         items.append(CohortItem(key=key, path=first, target=target, output=output, source=source,
                                 files=tuple(entry.paths), loader=_entry_loader(entry)))
     for skipped in catalog.skipped:
         if _inside(skipped.path, excluded):
             continue
-        key = _relative(skipped.path, root)
+        key = relative(skipped.path, root)
         items.append(CohortItem(key=key, path=skipped.path, target=target, output=mirrored_output(key, target),
                                 source=source, files=(skipped.path,), error=f"{skipped.path}: {skipped.reason}"))
     return sorted(items, key=lambda i: i.key)
@@ -204,11 +208,11 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
         elif not row_target:
             error = error or f"{where}: no target (column or --target)"
         full = Path(given) if Path(given).is_absolute() else folder / given
-        relative = _relative(full, folder) if given else f"line-{line}"
-        if relative.startswith("../"):                 # an input outside the CSV's folder: by its name
-            relative = Path(given).name
+        where_in = relative(full, folder) if given else f"line-{line}"
+        if where_in.startswith("../"):                 # an input outside the CSV's folder: by its name
+            where_in = Path(given).name
         key = f"{given or f'line {line}'} → {row_target or '?'}"
-        output = row.get("output") or mirrored_output(relative, row_target or "unknown")
+        output = row.get("output") or mirrored_output(where_in, row_target or "unknown")
         items.append(CohortItem(key=key, path=str(full), target=row_target, output=output, source=row_source,
                                 files=tuple(input_files(full)), error=error))
     return items

@@ -1,10 +1,10 @@
 """The run manifest of a cohort: JSON lines in the output folder, one record per item event
-(``started``, ``done``, ``skipped``, ``failed``: item, status, output, seconds, error, the input's and
+(``started``, ``done``, ``skipped``, ``failed``, ``not-applicable``: item, status, output, seconds, error, the input's and
 the settings' fingerprints). Each process appends to its own part while it runs
 (``cohort-manifest.rank-R.jsonl``, flushed line by line); at the end rank 0 merges every part into
 ``cohort-manifest.jsonl`` (the latest record of each item, written atomically). A rerun reads both, so
 a killed run resumes: an item whose last record is ``done`` (or ``skipped``) with the same
-fingerprints and whose output is still there is skipped; one left ``started`` is redone."""
+fingerprints and output, whose output and sidecar are still there, is skipped; one left ``started`` is redone."""
 from __future__ import annotations
 
 import datetime
@@ -34,15 +34,18 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def input_fingerprint(files: Iterable[str]) -> str:
-    """Whether an input changed: the hash of each file's path, size and modification time."""
+def input_fingerprint(files: Iterable[str], root: str | Path) -> str:
+    """Whether an input changed: the hash of each file's path relative to the cohort's ``root``, its
+    size and modification time (a study moved or mounted elsewhere is the same input)."""
+    from engine.cohort.items import relative
+
     stats: list[tuple[str, int | None, int | None]] = []
     for f in files:
         try:
             st = os.stat(f)
-            stats.append((str(f), st.st_size, st.st_mtime_ns))
+            stats.append((relative(f, root), st.st_size, st.st_mtime_ns))
         except OSError:
-            stats.append((str(f), None, None))
+            stats.append((relative(f, root), None, None))
     return digest(stats)
 
 
@@ -50,7 +53,7 @@ def model_fingerprint(folder: str | Path) -> str:
     """Whether a model folder changed: its files' names, sizes and times (not their bytes)."""
     folder = Path(folder)
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and "onnx" not in p.relative_to(folder).parts)
-    return digest([str(folder.resolve()), input_fingerprint(files)])
+    return digest([str(folder.resolve()), input_fingerprint(files, folder)])
 
 
 def _records(path: Path) -> list[dict]:
@@ -82,14 +85,24 @@ def read_state(out: str | Path) -> dict[str, dict]:
     return state
 
 
-def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path) -> bool:
-    """Whether an item's last ``record`` says it is done with these fingerprints, its output still there."""
+def sidecar_path(output: Path) -> Path:
+    """The JSON sidecar (provenance) beside an item's output: ``NAME.nii.gz`` → ``NAME.json``."""
+    name = output.name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(stem + ".json")
+
+
+def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path, output: str) -> bool:
+    """Whether an item's last ``record`` says it is done with these fingerprints into the item's
+    ``output`` (a changed output column is redone), that output and its sidecar still there."""
     if not record or record.get("status") not in FINISHED:
         return False
     if any(record.get(k) != v for k, v in fingerprint.items()):
         return False
-    output = record.get("output")
-    return bool(output) and (Path(out) / str(output)).exists()
+    if not output or record.get("output") != output:
+        return False
+    path = Path(out) / output
+    return path.exists() and sidecar_path(path).exists()
 
 
 class PartWriter:

@@ -13,10 +13,12 @@ from typing import Any, Callable, Mapping
 
 from engine.cohort import manifest
 from engine.cohort.items import Cohort, CohortItem
+from engine.cohort.lock import CohortBusy, OutputLock
 from engine.cohort.threads import thread_counts
 from engine.jobs import Cancelled, CancelToken, Progress, check_cancel
 
 EventFn = Callable[[dict], None]
+EXIT_SOME_FAILED = 3        # the run ended, some items failed (0: none did; 1 an unexpected error, 2 bad usage)
 
 
 def no_events(event: dict) -> None:
@@ -26,12 +28,14 @@ def no_events(event: dict) -> None:
 @dataclass
 class Summary:
     """How a run went, over every rank: items succeeded (synthesized now), skipped (finished before,
-    unchanged) and failed; the thread pools' sizes during the run (rank 0's)."""
+    unchanged), not applicable (nothing to do: a BIDS session without a source image) and failed; the
+    thread pools' sizes during the run (rank 0's)."""
 
     items: int = 0
     succeeded: int = 0
     skipped: int = 0
     failed: int = 0
+    not_applicable: int = 0
     seconds: float = 0.0
     world_size: int = 1
     threads: dict[str, int] = field(default_factory=dict)
@@ -39,8 +43,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing failed, else 1."""
-        return 1 if self.failed else 0
+        """0 when nothing failed (every item done, skipped or not applicable), else :data:`EXIT_SOME_FAILED`."""
+        return EXIT_SOME_FAILED if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,42 +59,32 @@ def one_line(exc: BaseException) -> str:
 def synthesize_item(synth, item: CohortItem, volume, settings, progress,
                     cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
     """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
-    makes: the source modality (the item's, the header's, or identified), the route, the input guard."""
-    from engine.inference.identify import source_modality
+    makes (:func:`engine.inference.synthesize_checked`: the source modality, the route, the input guard,
+    the benchmark warnings)."""
+    from engine.inference import RESEARCH_NOTE, synthesize_checked
     from engine.inference.model_card import route_name
-    from engine.inference.ood import marked_description, with_warnings
-    from engine.inference.pipeline import RESEARCH_NOTE
     from engine.version import version
 
-    source, identified, note = source_modality(synth, volume, item.source, progress)
-    source, target = synth.card.check_route(source, item.target)
-    warnings = synth.input_warnings(volume, source, settings)
-    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress,
-                                                         cancel=cancel), warnings)
-    description = marked_description(synth.describe(source, target, settings), warnings)
+    result, description, checks = synthesize_checked(synth, volume, item.source, item.target, settings,
+                                                     progress=progress, cancel=cancel)
     provenance = {
         "Description": RESEARCH_NOTE,
         "Synthetic": True,
         "GeneratedBy": {"Name": "SynerMedGen Studio", "Version": version()},
         "Model": synth.name,
-        "Route": route_name(source, target),
-        "SourceModality": source,
+        "Route": route_name(checks.source, checks.target),
+        "SourceModality": checks.source,
         "SourceFile": item.key,
         "Settings": settings.to_dict(),
         "Device": synth.execution_device,
         "Precision": synth.precision,
-        "InputWarnings": warnings,
+        "InputWarnings": checks.input_warnings,
+        "BenchmarkWarnings": checks.benchmark_warnings,
         "Notes": list(result.notes),
-        **({"Identified": identified} if identified else {}),
-        **({"SourceNote": note} if note else {}),
+        **({"Identified": checks.identified} if checks.identified else {}),
+        **({"SourceNote": checks.source_note} if checks.source_note else {}),
     }
     return result, description, provenance
-
-
-def sidecar_path(output: Path) -> Path:
-    name = output.name
-    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
-    return output.with_name(stem + ".json")
 
 
 def _write(result, description: str, provenance: dict, path: Path) -> None:
@@ -100,7 +94,7 @@ def _write(result, description: str, provenance: dict, path: Path) -> None:
     from engine.atomic import atomic_file
 
     io.save(result, path, description=description)
-    with atomic_file(sidecar_path(path)) as tmp:
+    with atomic_file(manifest.sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
@@ -110,12 +104,30 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
     ``settings``. ``identity`` (the model's fingerprint, backend, precision) joins the settings in each
     item's fingerprint. ``ctx`` (:class:`engine.training.distributed.Distributed`) deals items by rank;
     rank 0 merges the manifest after every rank is done. ``on_event`` gets ``start``, ``progress`` (within
-    an item) and ``item`` (each record) events. Cancelling raises :class:`Cancelled` (the item in flight
+    an item) and ``item`` (each record) events. A folder another run holds raises :class:`CohortBusy`
+    (a ValueError naming the holder) before anything is read. Cancelling raises :class:`Cancelled` (the item in flight
     stays ``started`` and is redone by the next run)."""
     from engine.training.distributed import Distributed
 
     ctx = ctx or Distributed()
     out = Path(out)
+    lock = OutputLock(out)
+    error = ""
+    if ctx.is_main:                                 # one run per folder: held until the manifest is merged
+        try:
+            lock.acquire()
+        except CohortBusy as exc:
+            error = str(exc)
+    if any(ctx.any(bool(error))):
+        raise CohortBusy(error or f"{out}: another cohort run is writing to this output folder")
+    try:
+        return _run_locked(cohort, synth, out, settings, identity, on_event, cancel, ctx)
+    finally:
+        lock.release()
+
+
+def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[str, Any], on_event: EventFn,
+                cancel: CancelToken | None, ctx) -> Summary:
     started = time.perf_counter()
     previous = manifest.read_state(out)
     ctx.barrier()                                   # every rank has read the state before any appends to it
@@ -128,7 +140,7 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
     on_event({"event": "start", "items": len(cohort.items), "mine": len(mine), "rank": ctx.rank,
               "world_size": ctx.world_size, "convention": cohort.convention, "threads": threads})
     writer = manifest.PartWriter(out, ctx.rank)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "not-applicable": 0}
 
     def record(item: CohortItem, status: str, **fields) -> None:
         rec = writer.write({"item": item.key, "status": status, "rank": ctx.rank, **fields})
@@ -138,12 +150,14 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
 
     work: list[tuple[CohortItem, dict]] = []
     for item in mine:
-        fingerprint = {"input": manifest.input_fingerprint(item.files),
+        fingerprint = {"input": manifest.input_fingerprint(item.files, cohort.root),
                        "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
                                                     "source": item.source})}
         if item.error:
             record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
-        elif manifest.finished(previous.get(item.key), fingerprint, out):
+        elif item.not_applicable:
+            record(item, "not-applicable", output="", seconds=0.0, error=item.not_applicable, **fingerprint)
+        elif manifest.finished(previous.get(item.key), fingerprint, out, item.output):
             record(item, "skipped", output=item.output, seconds=0.0, error="", **fingerprint)
         else:
             work.append((item, fingerprint))
@@ -179,8 +193,9 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
     finally:
         writer.close()
     ctx.barrier()
-    totals = [sum(col) for col in zip(*ctx.gather_floats([counts["done"], counts["skipped"], counts["failed"]]))]
+    totals = [int(sum(col)) for col in zip(*ctx.gather_floats([float(n) for n in counts.values()]))]
     merged = manifest.merge(out) if ctx.is_main else manifest.MANIFEST
-    return Summary(items=len(cohort.items), succeeded=int(totals[0]), skipped=int(totals[1]), failed=int(totals[2]),
+    return Summary(items=len(cohort.items), succeeded=totals[0], skipped=totals[1], failed=totals[2],
+                   not_applicable=totals[3],
                    seconds=round(time.perf_counter() - started, 3), world_size=ctx.world_size, threads=threads,
                    manifest=str(out / Path(merged).name))

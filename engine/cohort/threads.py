@@ -1,6 +1,7 @@
 """``--threads N``: one bound on every thread pool a synthesis uses — torch's intra- and inter-op
 pools, SimpleITK's readers and filters, the BLAS / OpenMP libraries numpy, scipy and torch loaded
-(through threadpoolctl), and ONNX Runtime (its sessions take torch's thread count when created, so
+(through threadpoolctl), the reader process's pools (:func:`engine.io.reader_process.limit_threads`),
+and ONNX Runtime (its sessions take torch's thread count when created, so
 the bound must be set before the model is opened)."""
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from engine.io import reader_process
+
     before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    reader_before = reader_process.limit_threads(threads)
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
@@ -36,14 +40,16 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+        reader_process.limit_threads(reader_before)
 
 
 def thread_counts() -> dict[str, int]:
-    """The pools' sizes as they are now (recorded in the run manifest, so a bound is checked, not assumed)."""
-    import SimpleITK as sitk
+    """The pools' sizes as they are now, the reader process's as it reports them (recorded in the run
+    manifest, so a bound is checked, not assumed)."""
     import torch
-    from threadpoolctl import threadpool_info
 
-    blas = [int(pool["num_threads"]) for pool in threadpool_info()]
-    return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
-            "itk": int(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()), "blas": max(blas, default=0)}
+    from engine.io import reader_process
+
+    here, reader = reader_process.pool_sizes(), reader_process.native("the reader process", reader_process.pool_sizes)
+    return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(), **here,
+            "reader_itk": reader["itk"], "reader_blas": reader["blas"]}

@@ -26,4 +26,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "NO_PROFILE_NOTE": "ood", "WARNING_PREFIX": "ood", "OOD_MARK": "ood", "marked_description": "ood",
     "with_warnings": "ood",
     "slice_axis": "slices", "slices_first": "slices",
+    "Checks": "checked", "synthesize_checked": "checked",
 })

@@ -62,14 +62,16 @@ def choose_providers(device: str, precision: str, cache_dir: Path) -> tuple[list
                                 "place of onnxruntime): running on the CPU in fp32"]
     notices = []
     chosen: list[Any] = []
+    # torch's current GPU (under torchrun each rank's own, set from LOCAL_RANK), not always GPU 0
+    device_id = torch.cuda.current_device() if torch.cuda.is_available() else 0
     if "TensorrtExecutionProvider" in gpu:
-        chosen.append(("TensorrtExecutionProvider", {"trt_fp16_enable": precision == "fp16",
+        chosen.append(("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
                                                      "trt_engine_cache_enable": True,
                                                      "trt_engine_cache_path": str(cache_dir / "tensorrt")}))
     elif precision == "fp16":
         notices.append("fp16 needs onnxruntime's TensorRT provider, which is not available: running fp32 on CUDA")
     if "CUDAExecutionProvider" in gpu:
-        chosen.append("CUDAExecutionProvider")
+        chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
     return chosen + [CPU_PROVIDER], notices
 
 

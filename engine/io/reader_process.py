@@ -6,6 +6,8 @@ clear error naming the file instead of taking the app or the command line down.
 whole program, one request at a time, started on first use and again after it died. A process
 that is itself such a sandbox (the fuzzer's children) calls :func:`run_here` to read in place, as
 daemonic processes (DataLoader workers, the app's synthesis process) do, which may start none.
+:func:`limit_threads` bounds the reader process's thread pools (SimpleITK, BLAS / OpenMP) from its
+next request on; :func:`pool_sizes`, run through ``native``, reports them.
 """
 from __future__ import annotations
 
@@ -33,12 +35,30 @@ SLACK_BYTES = 1 << 30              # address space above the reading's own peak 
 POLL_S = 0.05
 
 _here = False
+_threads: int | None = None        # the bound sent with every request (None: the reader's own defaults)
 
 
 def run_here() -> None:
     """Read in this process from now on (it is a sandbox itself)."""
     global _here
     _here = True
+
+
+def limit_threads(threads: int | None) -> int | None:
+    """Bound the reader process's thread pools to ``threads`` from its next request on (None: put
+    back their defaults); returns the bound this replaces."""
+    global _threads
+    before, _threads = _threads, threads
+    return before
+
+
+def pool_sizes() -> dict[str, int]:
+    """The thread pools' sizes where it runs (through ``native``: in the reader process)."""
+    import SimpleITK as sitk
+    from threadpoolctl import threadpool_info
+
+    return {"itk": int(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()),
+            "blas": max((int(pool["num_threads"]) for pool in threadpool_info()), default=0)}
 
 
 def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int = 0,
@@ -64,7 +84,7 @@ class _ReaderProcess:
              cancel: CancelToken | None) -> Any:
         with self._lock:
             process, conn = self._ensure_started()
-            conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
+            conn.send((fn.__module__, fn.__qualname__, args, memory_bytes, _threads))
             deadline = time.monotonic() + timeout_s
             while not conn.poll(POLL_S):
                 if cancel is not None and cancel.cancelled:
@@ -170,6 +190,7 @@ def serve(conn) -> None:
     import resource
 
     run_here()
+    bound = _ThreadBound()
     quiet = os.open(os.devnull, os.O_WRONLY)     # native readers print warnings of their own; the errors say it all
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
@@ -180,7 +201,8 @@ def serve(conn) -> None:
             return
         if request is None:
             return
-        module, name, args, memory_bytes = request
+        module, name, args, memory_bytes, threads = request
+        bound.set(threads)
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = _vm_bytes() + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
@@ -201,6 +223,42 @@ def serve(conn) -> None:
             _send(conn, result)
         finally:
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")    # for libraries loaded later
+
+
+class _ThreadBound:
+    """The reader process's side of :func:`limit_threads`: SimpleITK's pool, the BLAS / OpenMP pools
+    (through threadpoolctl) and the thread variables bounded, or put back as the process started with."""
+
+    def __init__(self) -> None:
+        self.threads: int | None = None
+        self._defaults: tuple[int, Any, dict[str, str | None]] | None = None
+
+    def set(self, threads: int | None) -> None:
+        if threads == self.threads:
+            return
+        import SimpleITK as sitk
+        from threadpoolctl import threadpool_limits
+
+        if self._defaults is None:
+            self._defaults = (sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), threadpool_limits(limits=None),
+                              {name: os.environ.get(name) for name in _THREAD_VARIABLES})
+        itk, blas, variables = self._defaults
+        if threads is None:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk)
+            blas.restore_original_limits()
+            for name, value in variables.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        else:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            threadpool_limits(limits=threads)
+            os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
+        self.threads = threads
 
 
 def _send(conn, result: Any) -> None:

@@ -12,11 +12,12 @@ remaining tensors stay replicated and are averaged as above.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, TypeGuard
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -154,6 +155,16 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the block on rank 0, then on the other ranks together: a cache the first run fills
+        (an ONNX export beside the model) is filled once, then reused, never raced for."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float, ctx: Distributed) -> float:

@@ -1,7 +1,8 @@
 """File ▸ Synthesize a Cohort…: the dialog says why it cannot run yet and suggests a BIDS dataset's
 derivatives folder; OK queues a real `python main.py cohort` process in the Training panel, whose
-table lists the run manifest, the failed volume first with its reason; the job ends as failed with
-the counts and Resume; the job list keeps it. Cancel stops a running cohort and says what is kept."""
+table lists the run manifest, the failed volume first with its reason, a session without a source
+last as not applicable; the job ends as failed with the counts and Resume (exit 3); the job list
+keeps it; exit 1 is an unexpected stop even after a summary. Cancel stops a running cohort and says what is kept."""
 import numpy as np
 import pytest
 from PySide6.QtWidgets import QDialogButtonBox
@@ -50,6 +51,8 @@ def test_a_cohort_runs_in_the_training_panel_with_its_manifest_table(qtbot, mode
     study = bids(tmp_path / "study")
     (study / "sub-03" / "anat").mkdir(parents=True)
     (study / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(b"not a NIfTI file" * 8)
+    io.save(Volume(np.ones((4, 24, 24), np.float32), spacing=(2.0, 2.0, 3.0), modality="T2"),
+            study / "sub-04" / "anat" / "sub-04_T2w.nii.gz")                   # only the target: not applicable
     window = MainWindow(Settings(model_dirs=[str(model)]))
     qtbot.addWidget(window)
     window.show()
@@ -66,8 +69,10 @@ def test_a_cohort_runs_in_the_training_panel_with_its_manifest_table(qtbot, mode
     assert window.docks["training"].isVisible() and panel.selected() is job and job.is_cohort
     qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=180000)
     assert job.status == "failed", job.message
-    assert "2 succeeded, 0 skipped, 1 failed" in job.message and "Resume" in job.message
-    assert panel.manifest.isVisible() and panel.manifest.rowCount() == 3
+    assert "2 succeeded, 0 skipped, 1 failed, 1 not applicable" in job.message and "Resume" in job.message
+    assert panel.manifest.isVisible() and panel.manifest.rowCount() == 4
+    assert (panel.manifest.item(3, 0).text(), panel.manifest.item(3, 1).text()) == ("sub-04", "not-applicable")
+    assert "no T1 image" in panel.manifest.item(3, 4).text() or "no image of a modality" in panel.manifest.item(3, 4).text()
     assert panel.manifest.item(0, 0).text() == "sub-03/anat/sub-03_T1w.nii.gz"          # the failed one first
     assert panel.manifest.item(0, 1).text() == "failed" and "sub-03_T1w.nii.gz" in panel.manifest.item(0, 4).text()
     assert (study / "derivatives/synermedgen/sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").is_file()
@@ -101,3 +106,19 @@ def test_a_cohort_job_left_running_is_interrupted_and_resumable_after_a_restart(
     loaded = load_jobs()[0]
     assert loaded.is_cohort and loaded.status == "interrupted" and loaded.resumable
     assert "last finished volume" in loaded.message and loaded.model_dir == ""
+
+
+@pytest.mark.parametrize("exit_code, status, says", [
+    (0, "done", "Finished: 1 succeeded, 0 skipped, 0 failed, 2 not applicable"),
+    (3, "failed", "Finished with failures"),
+    (1, "failed", "stopped unexpectedly"),                   # an error after the summary is no "some failed"
+    (2, "failed", "was refused: out: another cohort run"),
+])
+def test_the_cohort_exit_status_sets_the_job_status(exit_code, status, says):
+    from app.training.jobs import TrainingJob
+
+    job = TrainingJob.from_cohort(CohortSpec(name="c", input="in", target="T2", out_dir="out", model="m"))
+    job.apply({"event": "summary", "succeeded": 1, "skipped": 0, "failed": 1 if exit_code == 3 else 0,
+               "not_applicable": 2})
+    job.process_ended(exit_code, False, None, "error: out: another cohort run (pid 1 on h) is writing")
+    assert job.status == status and says in job.message, job.message

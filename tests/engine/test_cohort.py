@@ -55,11 +55,13 @@ def test_a_bids_dataset_gives_a_derivatives_dataset_with_provenance(model, tmp_p
     io.save(head("T2", 2), bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")      # the target itself: not an input
     io.save(head("T1", 3), bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")
     io.save(head("T1", 4), bids / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_T1w.nii.gz")
+    io.save(head("FLAIR", 5), bids / "sub-03" / "anat" / "sub-03_FLAIR.nii.gz")   # no source: not applicable
     (bids / "dataset_description.json").write_text('{"Name": "study", "BIDSVersion": "1.10.0"}')
     out = bids / "derivatives" / "synermedgen"
 
     assert cohort(model, str(bids), "--target", "FLAIR", "-o", str(out)) == 0
-    assert summary(capsys)["succeeded"] == 3
+    report = summary(capsys)
+    assert (report["succeeded"], report["not_applicable"], report["failed"]) == (3, 1, 0)
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "SynerMedGen Studio"
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
@@ -71,7 +73,11 @@ def test_a_bids_dataset_gives_a_derivatives_dataset_with_provenance(model, tmp_p
     assert sidecar["Settings"]["steps"] == 1
     result = io.load(out / written[2])
     assert result.synthetic and result.array.shape == (4, 24, 24) and result.spacing == pytest.approx((2.0, 2.0, 3.0))
-    assert {r["status"] for r in records(out).values()} == {"done"}
+    state = records(out)
+    assert {r["status"] for k, r in state.items() if k != "sub-03"} == {"done"}
+    assert state["sub-03"]["status"] == "not-applicable" and "no image of a modality" in state["sub-03"]["error"]
+    assert cohort(model, str(bids), "--target", "FLAIR", "-o", str(out)) == 0              # a rerun: the same
+    assert (summary(capsys)["skipped"], records(out)["sub-03"]["status"]) == (3, "not-applicable")
 
 
 def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_path, capsys, one_torch_thread):
@@ -84,7 +90,7 @@ def test_a_folder_tree_with_a_corrupt_file_records_it_and_goes_on(model, tmp_pat
     (tree / "carol" / "t1.nii.gz").write_bytes(b"not a NIfTI file at all" * 10)
     out = tmp_path / "out"
 
-    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 1
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 3
     report = summary(capsys)
     assert (report["succeeded"], report["skipped"], report["failed"]) == (3, 0, 1)
     state = records(out)
@@ -106,7 +112,7 @@ def test_a_csv_manifest_names_targets_sources_and_outputs_per_row(model, tmp_pat
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
 
-    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 1
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
     assert summary(capsys)["failed"] == 2
     state = records(out)
     assert state["in/a.nii.gz → T2"]["status"] == "done" and (out / "synth/a_T2.nii.gz").is_file()
@@ -164,7 +170,8 @@ def test_threads_bound_every_pool_the_run_used(model, tmp_path, capsys):
             assert cohort(model, str(tmp_path / "a.nii.gz"), *run, str(tmp_path / "one"), "--threads", "1") == 0
             used = records(tmp_path / "one")["a.nii.gz"]["threads"]
             assert summary(capsys)["threads"] == used
-            assert used["torch"] == used["itk"] == 1 and used["blas"] == min(blas, 1)
+            assert used["torch"] == used["itk"] == used["reader_itk"] == 1 and used["blas"] == min(blas, 1)
+            assert used["reader_blas"] <= 1                                  # the reader process too
             assert thread_counts()["torch"] == thread_counts()["itk"] == 2        # put back after the run
     finally:
         torch.set_num_threads(before[0])
@@ -254,3 +261,82 @@ def test_cancelling_leaves_the_item_in_flight_started_for_the_next_run(model, tm
     assert not (tmp_path / "out" / "a_synthetic-T2.nii.gz").exists()
     summary = run_cohort(found, synth, tmp_path / "out", synth.default_settings(), identity={})
     assert (summary.succeeded, summary.skipped) == (2, 0)
+
+
+def test_a_second_run_on_the_same_output_folder_exits_2_naming_the_holder(model, tmp_path, capsys, one_torch_thread):
+    from engine.cohort.lock import OutputLock
+
+    io.save(head("T1"), tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    args = (str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out))
+    with OutputLock(out):                                   # a run in progress (flock: per open file, so per run)
+        assert cohort(model, *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"pid {os.getpid()}" in err and str(out) in err and len(err.splitlines()) == 1
+        assert not (out / manifest.MANIFEST).exists() and not list(out.glob("cohort-manifest.rank-*"))
+    assert cohort(model, *args) == 0                        # released: the next run goes ahead …
+    capsys.readouterr()
+    with OutputLock(out):                                   # … and releases it after merging
+        pass
+
+
+def test_a_rerun_redoes_an_item_whose_output_column_changed_or_whose_sidecar_is_gone(model, tmp_path, capsys,
+                                                                                     one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    io.save(head("T1", 2), tmp_path / "in" / "b.nii.gz")
+    out = tmp_path / "out"
+    csv = tmp_path / "list.csv"
+    csv.write_text("input,target,source,output\nin/a.nii.gz,T2,T1,first/a.nii.gz\nin/b.nii.gz,T2,T1,b.nii.gz\n")
+    assert cohort(model, str(csv), "-o", str(out)) == 0
+    capsys.readouterr()
+    csv.write_text("input,target,source,output\nin/a.nii.gz,T2,T1,second/a.nii.gz\nin/b.nii.gz,T2,T1,b.nii.gz\n")
+    (out / "b.json").unlink()                                # the output without its provenance
+
+    assert cohort(model, str(csv), "-o", str(out)) == 0
+    assert (summary(capsys)["succeeded"], records(out)["in/a.nii.gz → T2"]["output"]) == (2, "second/a.nii.gz")
+    assert (out / "second/a.nii.gz").is_file() and (out / "second/a.json").is_file() and (out / "b.json").is_file()
+
+
+@pytest.mark.parametrize("source, target, expected", [
+    ("sub-01_ses-1_acq-mprage_run-2_T1w.nii.gz", "T1CE", "sub-01_ses-1_acq-mprage_ce-gadolinium_run-2_desc-synthetic_T1w.nii.gz"),
+    ("sub-01_acq-fast_ce-gd_rec-norm_run-1_T1w.nii", "T2", "sub-01_acq-fast_rec-norm_run-1_desc-synthetic_T2w.nii.gz"),
+    ("sub-01_task-rest_acq-x_T1w.nii.gz", "T1CE", "sub-01_task-rest_acq-x_ce-gadolinium_desc-synthetic_T1w.nii.gz"),
+    ("sub-01_ses-2_T1w.nii.gz", "T1CE", "sub-01_ses-2_ce-gadolinium_desc-synthetic_T1w.nii.gz"),
+])
+def test_derivative_names_follow_the_bids_entity_order(source, target, expected):
+    from engine.cohort.bids import derivative_name
+
+    assert derivative_name(source, target) == ("anat", expected)
+
+
+def test_a_study_moved_elsewhere_is_not_redone(model, tmp_path, capsys, one_torch_thread):
+    for name, seed in (("a", 1), ("b", 2)):
+        io.save(head("T1", seed), tmp_path / "mount1" / "study" / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    run = ("--target", "T2", "--source", "T1", "-o", str(out))
+    assert cohort(model, str(tmp_path / "mount1" / "study"), *run) == 0
+    capsys.readouterr()
+    (tmp_path / "mount2").mkdir()
+    (tmp_path / "mount1" / "study").rename(tmp_path / "mount2" / "study")       # keeps sizes and times
+
+    assert cohort(model, str(tmp_path / "mount2" / "study"), *run) == 0
+    report = summary(capsys)
+    assert (report["succeeded"], report["skipped"]) == (0, 2)
+
+
+def test_a_cohort_item_is_synthesized_and_described_as_synthesize_does_it(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    assert main(["synthesize", str(tmp_path / "in" / "a.nii.gz"), "--target", "T2", "--source", "T1", "-o",
+                 str(tmp_path / "alone.nii.gz"), "--model", str(model), "--device", "cpu", "--quiet"]) == 0
+    report = summary(capsys)
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "out")) == 0
+    capsys.readouterr()
+    alone, item = io.load(tmp_path / "alone.nii.gz"), io.load(tmp_path / "out" / "a_synthetic-T2.nii.gz")
+    assert np.array_equal(alone.array, item.array) and alone.notes == item.notes
+    import nibabel
+
+    descrip = [nibabel.load(p).header["descrip"] for p in (tmp_path / "alone.nii.gz", tmp_path / "out/a_synthetic-T2.nii.gz")]
+    assert descrip[0] == descrip[1]
+    sidecar = json.loads((tmp_path / "out" / "a_synthetic-T2.json").read_text())
+    assert sidecar["InputWarnings"] == report["input_warnings"] and sidecar["Route"] == report["route"]
+    assert sidecar["BenchmarkWarnings"] == report["benchmark_warnings"]

@@ -13,7 +13,6 @@ import engine.io as io
 from engine.cohort import manifest
 from main import main
 from test_cohort import head, records
-from test_training_distributed import _free_port
 from training_support import ROOT, subprocess_env
 
 
@@ -29,10 +28,10 @@ def test_two_ranks_write_what_one_process_writes(tmp_path, capsys, one_torch_thr
     assert main(["cohort", *common, "-o", str(tmp_path / "one"), "--quiet"]) == 0
     capsys.readouterr()
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(ROOT / "main.py"), "cohort", *common, "-o", str(tmp_path / "two"),
-           "--json"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    # --standalone: torchrun's own rendezvous picks a free port (no window between choosing and binding one)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"),
+           "cohort", *common, "-o", str(tmp_path / "two"), "--json"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     summaries = [e for e in events if e["event"] == "summary"]

@@ -267,3 +267,13 @@ def test_a_one_dimensional_nifti_is_refused_by_name(tmp_path):
     with pytest.raises(io.VolumeIOError, match="1-D image") as err:
         io.load(path)
     assert str(path) in str(err.value)
+
+
+def test_limit_threads_bounds_the_reader_process_and_puts_its_defaults_back():
+    defaults = native("the reader process", reader_process.pool_sizes)      # the child started with its own pools
+    before = reader_process.limit_threads(1)
+    try:
+        assert native("the reader process", reader_process.pool_sizes) == {"itk": 1, "blas": min(defaults["blas"], 1)}
+    finally:
+        reader_process.limit_threads(before)
+    assert native("the reader process", reader_process.pool_sizes) == defaults

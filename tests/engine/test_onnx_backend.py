@@ -168,4 +168,17 @@ def test_providers_fall_back_with_a_notice(monkeypatch, tmp_path):
     assert providers[0][1]["trt_fp16_enable"] is True
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu[1:])
     providers, notices = choose_providers("cuda", "fp16", tmp_path)
-    assert providers == gpu[1:] and "running fp32 on CUDA" in notices[0]
+    assert [p if isinstance(p, str) else p[0] for p in providers] == gpu[1:] and "running fp32 on CUDA" in notices[0]
+
+
+def test_gpu_providers_run_on_torchs_current_gpu(monkeypatch, tmp_path):
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)      # torchrun's rank with LOCAL_RANK 3
+    providers, _notices = choose_providers("cuda", "fp32", tmp_path)
+    assert [options["device_id"] for _name, options in providers[:2]] == [3, 3]
+    assert providers[2] == "CPUExecutionProvider"

@@ -58,3 +58,15 @@ def test_two_process_stage_two_runs_agree_across_ranks_and_with_one_process(tmp_
         assert weights.keys() == one_weights.keys()
         for key, value in one_weights.items():
             torch.testing.assert_close(weights[key], value, atol=2e-5, rtol=1e-4, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("rank, order", [(0, ["block", "barrier"]), (1, ["barrier", "block"])])
+def test_main_first_runs_the_block_on_rank_0_before_the_others(monkeypatch, rank, order):
+    from engine.training.distributed import Distributed
+
+    ctx = Distributed(rank=rank, world_size=2)
+    seen: list[str] = []
+    monkeypatch.setattr(Distributed, "barrier", lambda self: seen.append("barrier"))
+    with ctx.main_first():
+        seen.append("block")
+    assert seen == order

@@ -1,0 +1,53 @@
+"""One synthesis with the checks every command makes around it, in one place (``synthesize`` and
+``cohort`` both call :func:`synthesize_checked`): the source modality (named, the header's, or
+identified by the model), the model's route, the out-of-distribution guard's warnings (carried in the
+result's notes and marking its description) and the card's benchmark warnings for the route."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.jobs import CancelToken, ProgressFn, noop
+
+if TYPE_CHECKING:
+    from engine.io.volume import Volume
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What was decided and found before synthesizing: the route, how the source was known
+    (``identified``: the model's identification, ``source_note``: why the header was used instead)
+    and the warnings a user must see."""
+
+    source: str
+    target: str
+    identified: dict | None
+    source_note: str
+    input_warnings: list[str]
+    benchmark_warnings: list[str]
+
+
+def no_announce(checks: Checks) -> None:
+    """The default ``announce``: says nothing."""
+
+
+def synthesize_checked(synth, volume: Volume, source: str | None, target: str, settings, *,
+                       progress: ProgressFn = noop, cancel: CancelToken | None = None,
+                       announce: Callable[[Checks], None] = no_announce) -> tuple[Volume, str, Checks]:
+    """(the synthetic volume, its description, the :class:`Checks`) of ``volume`` into ``target``
+    with ``synth``; ``source`` as ``--source`` takes it (a modality, "auto" or None). ``announce``
+    gets the checks before the synthesis starts (the CLI prints the warnings then). ValueError when
+    the source cannot be told or the model has no such route."""
+    from engine.inference.identify import source_modality
+    from engine.inference.ood import marked_description, with_warnings
+
+    source, identified, note = source_modality(synth, volume, source, progress)
+    source, target = synth.card.check_route(source, target)
+    warnings = synth.input_warnings(volume, source, settings)
+    checks = Checks(source=source, target=target, identified=identified, source_note=note,
+                    input_warnings=list(warnings), benchmark_warnings=list(synth.card.benchmark_warnings(source, target)))
+    announce(checks)
+    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress, cancel=cancel),
+                           warnings)
+    return result, marked_description(synth.describe(source, target, settings), warnings), checks
