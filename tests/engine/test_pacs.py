@@ -370,3 +370,24 @@ def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
             for m in found] == [("Strict^One", "first", "20240102", "1.2.3.1.7", "CT", 3),
                                 ("Strict^Two", "second", "20240103", "1.2.3.2.7", "CT", 3)]
     assert [level for level, _ in asked] == ["STUDY", "SERIES", "SERIES"]
+
+
+def test_the_test_orthanc_starts_again_on_fresh_ports_when_one_was_taken(tmp_path, monkeypatch):
+    """tests/orthanc_server.py: a port freed by free_port and taken before Orthanc binds it (a loaded
+    CI machine) makes Orthanc exit; the start is retried with fresh ports."""
+    import socket
+
+    import orthanc_server
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        chosen = iter([taken])
+        fresh = orthanc_server.free_port
+        monkeypatch.setattr(orthanc_server, "free_port", lambda: next(chosen, None) or fresh())
+        server = start_orthanc(tmp_path)
+        try:
+            assert server.dicom_port != taken and server.rest("/system")["DicomAet"] == "TESTPACS"
+        finally:
+            server.stop()
