@@ -126,13 +126,14 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
     web = client(server)
-    for sop_uid in missing:
-        check_cancel(server.name, cancel)
-        with _errors(server, "WADO-RS"):
-            ds = web.retrieve_instance(study_uid, series_uid, sop_uid)
-        cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
-        done += 1
-        progress(Progress(done, total, f"received {done} of {total} instances"))
+    with cache.receiving(study_uid, series_uid) if missing else contextlib.nullcontext():
+        for sop_uid in missing:
+            check_cancel(server.name, cancel)
+            with _errors(server, "WADO-RS"):
+                ds = web.retrieve_instance(study_uid, series_uid, sop_uid)
+            cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
+            done += 1
+            progress(Progress(done, total, f"received {done} of {total} instances"))
     return cache.touch(study_uid, series_uid)
 
 

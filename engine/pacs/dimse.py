@@ -213,10 +213,10 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
     if missing:
-        cache.ensure()
         receiver = _Receiver(server, cache, study_uid, series_uid, total - len(missing), total, progress, cancel)
         try:
-            fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
+            with cache.receiving(study_uid, series_uid):
+                fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
         except PacsError:
             receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
             raise

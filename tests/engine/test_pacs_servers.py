@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,23 @@ def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_
     removed = cache.prune(keep={cache.series_dir("1.2", "1.2.0")})
     assert removed == [cache.series_dir("1.2", "1.2.1")]            # the oldest not kept
     assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
+
+
+def test_a_series_is_received_with_one_listing_and_one_folder_flush(tmp_path, monkeypatch):
+    """Each instance is atomic and flushed, but the series folder is tidied and flushed once per
+    retrieve, not once per instance (a 2000-slice CT, a cache on NFS); a killed retrieve's .part goes."""
+    cache = Cache(tmp_path / "cache")
+    folder = cache.series_dir("1.2", "1.2.3")
+    folder.mkdir(parents=True)
+    stale = folder / ".1.2.3.9.dcm.999999999-dead.part.dcm"          # a process id that cannot exist
+    stale.write_bytes(b"half")
+    listings, syncs = [], []
+    real_listdir, real_fsync = os.listdir, os.fsync
+    monkeypatch.setattr(os, "listdir", lambda p=".": listings.append(Path(p)) or real_listdir(p))
+    monkeypatch.setattr(os, "fsync", lambda fd: syncs.append(fd) or real_fsync(fd))
+    with cache.receiving("1.2", "1.2.3"):
+        for k in range(40):
+            cache.write("1.2", "1.2.3", f"1.2.3.{k}", b"x" * 10)
+    assert listings.count(folder) == 1 and len(syncs) == 40 + 1
+    assert not stale.exists() and cache.missing("1.2", "1.2.3", [f"1.2.3.{k}" for k in range(41)]) == ["1.2.3.40"]
+    assert not [p for p in folder.iterdir() if ".part" in p.name]
