@@ -44,6 +44,7 @@ def dialog(qtbot, make_window, orthanc, tmp_path, monkeypatch):
     """The PACS dialog of a fresh window, with the test Orthanc added through the server editor."""
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     win = make_window()
+    win.settings.pacs_cache_limit_gib = 3                           # the settings' limit reaches the cache
     assert win.actions["pacs"] in win.menuBar().actions()[0].menu().actions()
     dialog = win.open_pacs()
     editor = dialog.servers.add()
@@ -70,6 +71,7 @@ def _search(qtbot, dialog):
 
 
 def test_a_server_added_in_the_dialog_is_stored_and_verified(qtbot, dialog, settings_dir):
+    assert dialog.cache.limit_bytes == 3 * 1024**3 and dialog.cache.root.name == "synermedgen-pacs"
     dialog.close()
     assert dialog.window_under_test.open_pacs() is dialog and dialog.servers.current().name == "test orthanc"
     [stored] = load_servers(settings_dir / "pacs_servers.json")
