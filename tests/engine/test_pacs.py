@@ -391,3 +391,26 @@ def test_the_test_orthanc_starts_again_on_fresh_ports_when_one_was_taken(tmp_pat
             assert server.dicom_port != taken and server.rest("/system")["DicomAet"] == "TESTPACS"
         finally:
             server.stop()
+
+
+def test_wado_asks_for_instances_as_stored_and_closes_every_session(pacs, tmp_path, monkeypatch):
+    from engine.pacs import dicomweb
+
+    accepts, opened, closed = [], [], []
+    init, send, close = dicomweb._Session.__init__, dicomweb._Session.send, dicomweb._Session.close
+    monkeypatch.setattr(dicomweb._Session, "__init__", lambda self: opened.append(self) or init(self))
+    monkeypatch.setattr(dicomweb._Session, "send",
+                        lambda self, request, **kw: accepts.append(request.headers.get("Accept")) or send(self, request,
+                                                                                                          **kw))
+    monkeypatch.setattr(dicomweb._Session, "close", lambda self: closed.append(self) or close(self))
+    match = _series(pacs)
+    retrieve(pacs.web(), match.study_uid, [match.series_uid], Cache(tmp_path / "cache"), method="wado")
+    wado = [a for a in accepts if "application/dicom" in a and "json" not in a]
+    assert wado and all('transfer-syntax="*"' in a or "transfer-syntax=*" in a for a in wado)
+    assert opened and len(closed) == len(opened)
+
+
+def test_a_tls_failure_is_named_as_such(pacs):
+    web = pacs.web("tls", url=f"https://127.0.0.1:{pacs.http_port}/dicom-web")      # https to a plain HTTP server
+    message = _error(echo, web)
+    assert f"'tls': TLS problem with https://127.0.0.1:{pacs.http_port}/dicom-web" in message
