@@ -414,3 +414,51 @@ def test_a_tls_failure_is_named_as_such(pacs):
     web = pacs.web("tls", url=f"https://127.0.0.1:{pacs.http_port}/dicom-web")      # https to a plain HTTP server
     message = _error(echo, web)
     assert f"'tls': TLS problem with https://127.0.0.1:{pacs.http_port}/dicom-web" in message
+
+
+def test_c_get_asks_only_for_the_series_sop_classes(pacs, tmp_path, monkeypatch):
+    from engine.pacs import dimse
+
+    asked, association = [], dimse.association
+
+    def recording(server, contexts, **kwargs):
+        asked.append([str(uid) for uid, _ in contexts])
+        return association(server, contexts, **kwargs)
+
+    monkeypatch.setattr(dimse, "association", recording)
+    match = _series(pacs)
+    retrieve(pacs.dimse(), match.study_uid, [match.series_uid], Cache(tmp_path / "cache"), method="get")
+    assert asked[-1] == [str(dimse.StudyRootQueryRetrieveInformationModelGet), pydicom.uid.CTImageStorage]
+
+
+def test_a_sop_class_we_cannot_take_is_named():
+    from engine.pacs.dimse import STORAGE_CLASSES, storage_classes
+
+    server = Server("x", ae_title="X", host="h")
+    assert storage_classes(server, {pydicom.uid.CTImageStorage, ""}) == STORAGE_CLASSES       # not told: all
+    with pytest.raises(PacsError, match="a kind we cannot receive: 1.2.3.4.5"):
+        storage_classes(server, {pydicom.uid.CTImageStorage, "1.2.3.4.5"})
+
+
+def test_a_failure_the_server_answers_releases_the_association():
+    """A refused C-FIND is the server's answer: the association is released, not aborted."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    ended = []
+    ae = AE(ae_title="REFUSER")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    handlers = [(evt.EVT_C_FIND, lambda event: iter([(0xC000, None)])),
+                (evt.EVT_RELEASED, lambda event: ended.append("released")),
+                (evt.EVT_ABORTED, lambda event: ended.append("aborted"))]
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        message = _error(find, Server("refuser", ae_title="REFUSER", host="127.0.0.1", port=port, timeout_s=5.0),
+                         Query(level="study"))
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.shutdown()
+    assert "C-FIND failed with status 0xC000" in message and ended == ["released"]
