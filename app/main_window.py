@@ -349,7 +349,7 @@ class MainWindow(QMainWindow):
 
     def send_to_pacs(self, doc: Document | None = None):
         """File ▸ Send to PACS…: the synthetic volume in view (or ``doc``), to a chosen server."""
-        from app.pacs_dialog import SendDialog, not_sendable
+        from app.pacs_send import SendDialog, not_sendable
 
         doc = doc or self.document_in_view()
         problem = not_sendable(doc)
