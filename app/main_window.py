@@ -337,9 +337,11 @@ class MainWindow(QMainWindow):
         """File ▸ PACS…: retrieved series open like a folder (listed in the Studies tree). One dialog
         for the window's life: closed, it keeps its answers and a retrieve goes on."""
         from app.pacs_dialog import PacsDialog
+        from engine.pacs import Cache
 
         if self._pacs_dialog is None:
-            self._pacs_dialog = PacsDialog(self.runner, pacs_servers_file(), self)
+            cache = Cache(limit_bytes=self.settings.pacs_cache_limit_gib * 1024**3)
+            self._pacs_dialog = PacsDialog(self.runner, pacs_servers_file(), self, cache)
             self._pacs_dialog.retrieved.connect(self.open_paths)
         self._pacs_dialog.show()
         self._pacs_dialog.raise_()
@@ -347,7 +349,7 @@ class MainWindow(QMainWindow):
 
     def send_to_pacs(self, doc: Document | None = None):
         """File ▸ Send to PACS…: the synthetic volume in view (or ``doc``), to a chosen server."""
-        from app.pacs_dialog import SendDialog, not_sendable
+        from app.pacs_send import SendDialog, not_sendable
 
         doc = doc or self.document_in_view()
         problem = not_sendable(doc)

@@ -1,13 +1,10 @@
-"""File ▸ PACS…: the stored servers (add, edit, remove, Verify), a query form, the answers as a
-patient → study → series tree (a patient's studies and a study's series are asked for when opened),
-and Retrieve with progress and Cancel; retrieved series are handed to the window to open like any
-folder. Send to PACS… sends a synthetic volume (exported as a DICOM series first) to a chosen server
-and lists the result per instance. Every PACS call runs on a worker (engine.pacs)."""
+"""File ▸ PACS…: the stored servers (app.pacs_servers), a query form, the answers as a
+patient → study → series tree (a patient's studies and a study's series are asked for when opened,
+or when the task running then ends), and Retrieve with progress and Cancel; retrieved series are
+handed to the window to open like any folder. Send to PACS… is app.pacs_send. Every PACS call runs
+on a worker (engine.pacs)."""
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-from collections.abc import Collection
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -15,17 +12,13 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QTreeWidget,
     QTreeWidgetItem,
@@ -33,8 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.export import export_volume
-from app.state.workspace import Document
+from app.pacs_servers import ServerList, text_of
 from app.workers import Task, TaskRunner
 from engine import pacs
 from engine.pacs import Match, Query, Server
@@ -42,193 +34,6 @@ from engine.pacs import Match, Query, Server
 MATCH_ROLE = Qt.ItemDataRole.UserRole
 PLACEHOLDER = "…"
 COLUMNS = ("Patient / study / series", "Modality", "Date", "Instances")
-
-
-def _text(widget: QLineEdit) -> str:
-    return widget.text().strip()
-
-
-class ServerEditor(QDialog):
-    """Add or edit one server: DIMSE (AE title, host, port, our AE, C-MOVE port) or DICOMweb (URL,
-    user name and password, or a bearer token); what the form does not show (the timeout) is kept.
-    OK only with a valid definition whose name no other server (``taken``) has; the problem is shown."""
-
-    def __init__(self, server: Server | None = None, parent: QWidget | None = None,
-                 taken: Collection[str] = ()) -> None:
-        super().__init__(parent)
-        self.original = server or Server("new PACS", ae_title="ORTHANC", host="localhost", port=4242)
-        self.taken = set(taken)
-        self.setWindowTitle("PACS server")
-        self.name, self.ae_title, self.host, self.calling_ae = QLineEdit(), QLineEdit(), QLineEdit(), QLineEdit()
-        self.url, self.username, self.password, self.token = QLineEdit(), QLineEdit(), QLineEdit(), QLineEdit()
-        for secret in (self.password, self.token):
-            secret.setEchoMode(QLineEdit.EchoMode.Password)
-        self.port, self.move_port = QSpinBox(), QSpinBox()
-        self.port.setRange(1, 65535)
-        self.move_port.setRange(0, 65535)
-        self.move_port.setSpecialValueText("C-GET (no C-MOVE)")
-        self.kind = QComboBox()
-        self.kind.addItems(["DIMSE (C-FIND / C-GET / C-MOVE / C-STORE)", "DICOMweb (QIDO / WADO / STOW)"])
-        form = QFormLayout()
-        form.addRow("Name", self.name)
-        form.addRow("Protocol", self.kind)
-        self._dimse_rows = [("PACS AE title", self.ae_title), ("Host", self.host), ("Port", self.port),
-                            ("Our AE title", self.calling_ae), ("Our C-MOVE port", self.move_port)]
-        self._web_rows = [("URL", self.url), ("User name", self.username), ("Password", self.password),
-                          ("Bearer token", self.token)]
-        for label, widget in self._dimse_rows + self._web_rows:
-            form.addRow(label, widget)
-        self.form = form
-        self.problem = QLabel()
-        self.problem.setWordWrap(True)
-        self.problem.setStyleSheet("color: #c03030")
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.problem)
-        layout.addWidget(buttons)
-        self.kind.currentIndexChanged.connect(self._show_rows)
-        self._fill(self.original)
-
-    def _fill(self, s: Server) -> None:
-        self.name.setText(s.name)
-        self.kind.setCurrentIndex(1 if s.is_dicomweb else 0)
-        self.ae_title.setText(s.ae_title)
-        self.host.setText(s.host)
-        self.port.setValue(s.port)
-        self.calling_ae.setText(s.calling_ae)
-        self.move_port.setValue(s.move_port)
-        self.url.setText(s.url)
-        self.username.setText(s.username)
-        self.password.setText(s.password)
-        self.token.setText(s.token)
-        self._show_rows()
-
-    def _show_rows(self) -> None:
-        web = self.kind.currentIndex() == 1
-        for rows, visible in ((self._dimse_rows, not web), (self._web_rows, web)):
-            for _, widget in rows:
-                self.form.setRowVisible(widget, visible)
-
-    def server(self) -> Server:
-        """The server the fields describe (the edited one's other fields kept); ValueError saying what is wrong."""
-        name = _text(self.name)
-        if name in self.taken:
-            raise ValueError(f"there is already a server named {name!r}: choose another name")
-        if self.kind.currentIndex() == 1:
-            return dataclasses.replace(self.original, name=name, url=_text(self.url), username=_text(self.username),
-                                       password=self.password.text(), token=self.token.text().strip())
-        return dataclasses.replace(self.original, name=name, ae_title=_text(self.ae_title), host=_text(self.host),
-                                   port=self.port.value(), calling_ae=_text(self.calling_ae),
-                                   move_port=self.move_port.value(), url="")
-
-    def accept(self) -> None:
-        try:
-            self.server()
-        except ValueError as exc:
-            self.problem.setText(str(exc))
-            return
-        super().accept()
-
-
-class ServerList(QWidget):
-    """The stored servers (the servers file in the settings folder), with Add, Edit, Remove and Verify."""
-
-    changed = Signal()
-
-    def __init__(self, runner: TaskRunner, path: Path, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.runner, self.path = runner, path
-        self.list = QListWidget()
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.buttons = {name: QPushButton(name) for name in ("Add…", "Edit…", "Remove", "Verify")}
-        for name, slot in (("Add…", self.add), ("Edit…", self.edit), ("Remove", self.remove),
-                           ("Verify", self.verify)):
-            self.buttons[name].clicked.connect(slot)
-        row = QHBoxLayout()
-        for button in self.buttons.values():
-            row.addWidget(button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.list, 1)
-        layout.addLayout(row)
-        layout.addWidget(self.status)
-        self.list.currentRowChanged.connect(lambda _row: self._update())
-        self.servers: list[Server] = []
-        self.reload()
-
-    def reload(self) -> None:
-        try:
-            self.servers = pacs.load_servers(self.path)
-        except ValueError as exc:
-            self.servers = []
-            self.status.setText(str(exc))
-        self._fill()
-
-    def _fill(self, current: str = "") -> None:
-        self.list.clear()
-        for server in self.servers:
-            item = QListWidgetItem(server.name)
-            item.setToolTip(server.describe())
-            self.list.addItem(item)
-        names = [s.name for s in self.servers]
-        self.list.setCurrentRow(names.index(current) if current in names else (0 if names else -1))
-        self._update()
-        self.changed.emit()
-
-    def _update(self) -> None:
-        chosen = self.current() is not None
-        for name in ("Edit…", "Remove", "Verify"):
-            self.buttons[name].setEnabled(chosen)
-
-    def current(self) -> Server | None:
-        row = self.list.currentRow()
-        return self.servers[row] if 0 <= row < len(self.servers) else None
-
-    def _store(self, servers: list[Server], current: str) -> bool:
-        try:
-            pacs.save_servers(servers, self.path)
-        except (OSError, ValueError) as exc:
-            self.status.setText(str(exc))
-            return False
-        self.servers = servers
-        self._fill(current)
-        return True
-
-    def add(self) -> ServerEditor:
-        return self._open_editor(None)
-
-    def edit(self) -> ServerEditor | None:
-        return self._open_editor(self.current()) if self.current() else None
-
-    def _open_editor(self, old: Server | None) -> ServerEditor:
-        editor = ServerEditor(old, self, taken=[s.name for s in self.servers if s is not old])
-        editor.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        editor.accepted.connect(lambda: self._edited(old, editor.server()))
-        editor.open()
-        return editor
-
-    def _edited(self, old: Server | None, new: Server) -> None:
-        servers = [new if s is old else s for s in self.servers] if old else [*self.servers, new]
-        if self._store(servers, new.name):
-            self.status.setText(f"Saved {new.name}: {new.describe()}")
-
-    def remove(self) -> None:
-        server = self.current()
-        if server is not None and self._store([s for s in self.servers if s is not server], ""):
-            self.status.setText(f"Removed {server.name}")
-
-    def verify(self) -> Task | None:
-        server = self.current()
-        if server is None:
-            return None
-        self.status.setText(f"Verifying {server.name}…")
-        return self.runner.run(lambda _progress, _cancel: pacs.echo(server), name=f"verify {server.name}",
-                               finished=lambda s: self.status.setText(f"{server.name}: answered in {s * 1000:.0f} ms"),
-                               failed=self.status.setText)
 
 
 class PacsDialog(QDialog):
@@ -304,6 +109,7 @@ class PacsDialog(QDialog):
         layout.addWidget(close)
         self.task: Task | None = None
         self._server: Server | None = None          # the server the tree's answers came from
+        self._waiting: list[QTreeWidgetItem] = []   # nodes opened while a task ran: fetched when it ends
         self.servers.changed.connect(self._update)
         self.resize(1100, 640)
         self._update()
@@ -324,16 +130,19 @@ class PacsDialog(QDialog):
             self.task = None
             self._update()
             finished(result)
+            self._expand_waiting()
 
         def failed(message: str) -> None:
             self.task = None
             self.message.setText(message)
             self._update()
+            self._expand_waiting()
 
         def cancelled() -> None:
             self.task = None
             self.message.setText("Cancelled; the instances already received stay in the cache.")
             self._update()
+            self._expand_waiting()
 
         self.task = self.runner.run(fn, name=name, finished=done, failed=failed, progressed=progressed,
                                     cancelled=cancelled)
@@ -346,7 +155,7 @@ class PacsDialog(QDialog):
 
     # -- query -----------------------------------------------------------------------------------
     def query(self) -> Query:
-        values = {name: _text(widget) for name, widget in self.fields.items()}
+        values = {name: text_of(widget) for name, widget in self.fields.items()}
         return Query(level=self.level.currentText(), **values)
 
     def search(self) -> Task | None:
@@ -363,6 +172,7 @@ class PacsDialog(QDialog):
                          lambda matches: self._show(matches, server))
 
     def _show(self, matches: list[Match], server: Server) -> None:
+        self._waiting = []                          # their nodes are gone with the old answers
         self.tree.clear()
         self._server = server
         for match in matches:
@@ -415,8 +225,13 @@ class PacsDialog(QDialog):
                        False)
 
     def _expand(self, item: QTreeWidgetItem) -> None:
-        """A patient's studies, or a study's series, are asked for the first time the node opens."""
-        if item.childCount() != 1 or item.child(0).text(0) != PLACEHOLDER or self._busy():
+        """A patient's studies, or a study's series, are asked for the first time the node opens
+        (or, opened while a task runs, when that task ends)."""
+        if item.childCount() != 1 or item.child(0).text(0) != PLACEHOLDER:
+            return
+        if self._busy():
+            if item not in self._waiting:
+                self._waiting.append(item)
             return
         known: Match = item.data(0, MATCH_ROLE)
         server = self._server
@@ -434,6 +249,14 @@ class PacsDialog(QDialog):
             self.message.setText(f"{len(matches)} {query.level} match(es)")
 
         self._run(lambda _progress, cancel: pacs.find(server, query, cancel), f"find on {server.name}", fill)
+
+    def _expand_waiting(self) -> None:
+        """Ask for the nodes opened while the task that just ended ran (one task at a time: the
+        others wait for the next end)."""
+        waiting, self._waiting = self._waiting, []
+        for item in waiting:
+            if item.isExpanded():
+                self._expand(item)
 
     # -- retrieve --------------------------------------------------------------------------------
     def _plan(self) -> dict[str, list[str]]:
@@ -471,116 +294,3 @@ class PacsDialog(QDialog):
         self.progress.setValue(1000)
         self.message.setText(f"Retrieved {len(folders)} series; they open in the Studies tree.")
         self.retrieved.emit([str(f) for f in folders])
-
-
-
-class SendDialog(QDialog):
-    """Send a synthetic volume to a chosen server: exported as a DICOM derived series (its
-    synthetic and research markings included) into a temporary folder, then sent; the result per
-    instance is listed. Closed, it deletes itself (and lets go of the volume) once no send runs."""
-
-    sent = Signal(list)                     # engine.pacs.sending.SendResult per instance
-
-    def __init__(self, runner: TaskRunner, servers_path: Path, doc: Document, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle(f"Send {doc.title} to a PACS")
-        self.runner, self.doc = runner, doc
-        try:
-            self.servers = pacs.load_servers(servers_path)
-            problem = "" if self.servers else "No PACS server is stored yet: add one in File ▸ PACS…."
-        except ValueError as exc:                   # a damaged servers file, named
-            self.servers, problem = [], str(exc)
-        self.server = QComboBox()
-        self.server.addItems([s.name for s in self.servers])
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.results = QListWidget()
-        self.message = QLabel(f"{doc.title} goes as a new DICOM series marked synthetic, research use only.")
-        self.message.setWordWrap(True)
-        self.send_button = QPushButton("Send")
-        self.send_button.setEnabled(bool(self.servers))
-        self.send_button.clicked.connect(self.send)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Server"))
-        row.addWidget(self.server, 1)
-        row.addWidget(self.send_button)
-        row.addWidget(self.cancel_button)
-        close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        close.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.results, 1)
-        layout.addWidget(self.message)
-        layout.addWidget(close)
-        if problem:
-            self.message.setText(problem)
-        self.task: Task | None = None
-        self.resize(640, 420)
-
-    def send(self) -> Task | None:
-        if not self.servers or self.task is not None:
-            return None
-        server, doc = self.servers[self.server.currentIndex()], self.doc
-
-        def work(progress, cancel):
-            with tempfile.TemporaryDirectory(prefix="synermedgen-send-") as folder:
-                series = export_volume(doc, Path(folder) / "series", cancel=cancel)
-                return pacs.send(server, series, progress, cancel)
-
-        def finished(results) -> None:
-            self.task = None
-            self._set_busy(False)
-            failed = [r for r in results if not r.ok]
-            for r in results:
-                self.results.addItem(f"{'sent' if r.ok else 'FAILED'}  {r.path.name}  {r.detail}")
-            self.message.setText(f"Sent {len(results) - len(failed)} of {len(results)} instances to {server.name}.")
-            self.sent.emit(results)
-
-        def failed(message: str) -> None:
-            self.task = None
-            self._set_busy(False)
-            self.message.setText(message)
-
-        def cancelled() -> None:
-            self.task = None
-            self._set_busy(False)
-            self.message.setText("Cancelled; instances sent before stay on the server.")
-
-        self.results.clear()
-        self._set_busy(True)
-        self.message.setText(f"Sending to {server.name}…")
-        self.task = self.runner.run(work, name=f"send to {server.name}", finished=finished, failed=failed,
-                                    cancelled=cancelled,
-                                    progressed=lambda p: self.progress.setValue(int(1000 * p.fraction)))
-        return self.task
-
-    def _set_busy(self, busy: bool) -> None:
-        self.send_button.setEnabled(not busy and bool(self.servers))
-        self.cancel_button.setEnabled(busy)
-        if not busy and not self.isVisible():
-            self.deleteLater()                      # closed during the send: gone now it has ended
-
-    def done(self, result: int) -> None:
-        super().done(result)
-        if self.task is None:
-            self.deleteLater()
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-
-def not_sendable(doc: Document | None) -> str | None:
-    """Why ``doc`` cannot be sent to a PACS (None when it can): only synthetic volumes are sent."""
-    if doc is None:
-        return "There is no volume in the viewer to send."
-    if not doc.synthetic:
-        return ("Send to PACS sends a synthetic volume (made here) back to the PACS; the one in the viewer "
-                "was acquired. Show a synthetic volume first.")
-    return None
-

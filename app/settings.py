@@ -32,6 +32,7 @@ class Settings:
     window_state: str = ""                                # QMainWindow.saveState(), base64
     demo_shown: bool = False
     mouse_scheme: str = "synermedgen"                     # app.views.mouse.SCHEMES (an unknown name: the default)
+    pacs_cache_limit_gib: int = 20                        # File ▸ PACS…: the retrieve cache's size limit
 
     def add_recent(self, path: str) -> None:
         path = str(Path(path).resolve())
@@ -64,6 +65,8 @@ class Settings:
         for name, allowed in (("device", DEVICES), ("backend", BACKENDS), ("precision", PRECISION_NAMES)):
             if getattr(settings, name) not in allowed:
                 setattr(settings, name, getattr(defaults, name))
+        if settings.pacs_cache_limit_gib <= 0:
+            settings.pacs_cache_limit_gib = defaults.pacs_cache_limit_gib
         settings.schema_version = SCHEMA_VERSION
         return settings
 

@@ -8,6 +8,7 @@ import json
 import os
 
 from cli.common import json_ready
+from engine.pacs import DEFAULT_LIMIT_BYTES, LEVELS, METHODS, parse_size
 
 ACTIONS = ("echo", "find", "get", "send", "servers")
 
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--token-env", metavar="VAR", help="DICOMweb: the environment variable holding a bearer token")
     where.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
     query = p.add_argument_group("find")
-    query.add_argument("--level", choices=("patient", "study", "series"), default="study")
+    query.add_argument("--level", choices=LEVELS, default="study")
     query.add_argument("--patient-name", default="", help="DICOM wildcards * and ? allowed, e.g. 'DOE^*'")
     query.add_argument("--patient-id", default="")
     query.add_argument("--date-from", default="", metavar="YYYYMMDD")
@@ -51,16 +52,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     get = p.add_argument_group("get")
     get.add_argument("--study", default="", metavar="UID", help="find: the study's series; get: the study to retrieve")
     get.add_argument("--series", nargs="*", default=None, metavar="UID", help="get: these series only (default: all)")
-    get.add_argument("--method", choices=("auto", "get", "move", "wado"), default="auto",
+    get.add_argument("--method", choices=METHODS, default="auto",
                      help="auto (default): WADO-RS for DICOMweb, C-MOVE with --move-port, else C-GET")
-    get.add_argument("--cache", metavar="DIR", help="the cache folder (default: the user's cache folder; "
-                                                    "SYNERMEDGEN_PACS_CACHE overrides it)")
+    get.add_argument("--cache", metavar="DIR",
+                     help="keep the cache in a private synermedgen-pacs subfolder of DIR (default: the user's cache "
+                          "folder; SYNERMEDGEN_PACS_CACHE overrides it); DIR's own permissions are left alone")
+    get.add_argument("--cache-limit", metavar="SIZE", type=_size, default=DEFAULT_LIMIT_BYTES,
+                     help="keep the cache within SIZE, e.g. 500M or 50G (default 20G): the series used longest ago "
+                          "are removed before and after a retrieve")
     manage = p.add_argument_group("servers")
     manage.add_argument("--add", metavar="NAME", help="store the server given by the explicit options as NAME")
     manage.add_argument("--remove", metavar="NAME", help="remove the stored server NAME")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _secret(var: str | None) -> str:
@@ -143,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.study:
             raise ValueError("get needs --study UID (find them with `pacs find`)")
         method = pacs.method_of(server, args.method)
-        folders = pacs.retrieve(server, args.study, args.series, pacs.Cache(args.cache), method, progress)
+        folders = pacs.retrieve(server, args.study, args.series, pacs.Cache(args.cache, args.cache_limit), method, progress)
         _print(args, {"server": server.name, "method": method, "folders": [str(f) for f in folders]},
                [f"retrieved {len(folders)} series from {server.name} by {method}:", *(f"  {f}" for f in folders)])
     else:

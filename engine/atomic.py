@@ -65,13 +65,14 @@ def _output_error(path: Path, exc: OSError, kept: bool) -> OutputError:
     return OutputError(path, f"could not be written ({_reason(exc)}){tail}")
 
 
-def _prepare(path: Path) -> None:
+def _prepare(path: Path, tidy: bool = True) -> None:
     """The target's folder exists and is writable; stale leftovers of earlier writes are removed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(path.parent, f"the folder cannot be created ({_reason(exc)})") from None
-    remove_leftovers(path)
+    if tidy:
+        remove_leftovers(path)
 
 
 def _create_error(path: Path, exc: OSError) -> OutputError:
@@ -88,16 +89,21 @@ def _is_storage_error(exc: BaseException, tmp: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+def atomic_file(path: str | Path, mode: int | None = None, *, tidy: bool = True,
+                sync_parent: bool = True) -> Iterator[Path]:
     """Yield a temporary path with the target's suffix; on success flush it to the disk and rename
     it onto ``path`` with the permissions a plainly created file would get (``mkstemp`` makes it
     private), or ``mode`` (e.g. 0o600 for a file holding secrets: it is never readable by others).
 
     On any exception the temporary file is removed and ``path`` is left as it was; a failure to
     store the output (a full disk, a read-only folder) raises :class:`OutputError` naming ``path``.
+
+    A writer of many files into one folder passes ``tidy=False`` and ``sync_parent=False`` and does
+    both once for the folder (:func:`remove_leftovers_in`, :func:`sync_folder`): each file stays
+    atomic and flushed, without listing the folder and flushing it again for every file.
     """
     path = Path(path)
-    _prepare(path)
+    _prepare(path, tidy)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=f".part{_suffix(path)}", dir=path.parent)
     except OSError as exc:
@@ -113,7 +119,8 @@ def atomic_file(path: str | Path, mode: int | None = None) -> Iterator[Path]:
                 os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
                 sync_file(tmp_path)
             os.replace(tmp_path, path)
-            sync_folder(path.parent)
+            if sync_parent:
+                sync_folder(path.parent)
         except OSError as exc:
             if _is_storage_error(exc, tmp_path):
                 raise _output_error(path, exc, kept) from None
@@ -243,6 +250,9 @@ def _leftover_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-)?[^.]+\.(?:part|old)(?:\..*)?")
 
 
+_ANY_LEFTOVER = re.compile(r"\..+\.(?:(\d+)-)?[^.]+\.(?:part|old)(?:\..*)?")
+
+
 _IN_FLIGHT: set[str] = set()      # this process's temporary names now being written
 
 
@@ -269,11 +279,15 @@ def leftovers(path: str | Path) -> list[Path]:
         names = os.listdir(path.parent)
     except OSError:
         return []
+    return _stale(path.parent, names, pattern)
+
+
+def _stale(folder: Path, names: list[str], pattern: re.Pattern[str]) -> list[Path]:
     found = []
     for name in names:
         match = pattern.fullmatch(name)
         if match and not (match[1] and _process_alive(int(match[1]), name)):
-            found.append(path.parent / name)
+            found.append(folder / name)
     return sorted(found)
 
 
@@ -288,6 +302,17 @@ def _remove(path: Path) -> None:
 def remove_leftovers(path: str | Path) -> None:
     """Remove what killed writes of ``path`` left behind (stale ``.part`` / ``.old`` names)."""
     for stale in leftovers(path):
+        _remove(stale)
+
+
+def remove_leftovers_in(folder: str | Path) -> None:
+    """Remove what killed writes of any target in ``folder`` left behind, listing it once."""
+    folder = Path(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for stale in _stale(folder, names, _ANY_LEFTOVER):
         _remove(stale)
 
 

@@ -5,6 +5,7 @@ skip only when the Orthanc binary is not installed (Debian package ``orthanc``; 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -100,12 +101,35 @@ class Orthanc:
             self.log.close()
 
 
+# what Orthanc logs when a port chosen by free_port was taken by another process in the meantime
+BIND_FAILURE = re.compile(r"cannot bind|address already in use|unable to bind|port .*(?:in use|busy)", re.I)
+ATTEMPTS = 3
+
+
 def start_orthanc(folder: Path) -> Orthanc:
+    """Start Orthanc; a port freed by :func:`free_port` can be taken by another process before Orthanc
+    binds it (a loaded CI machine), so a start that fails to bind is retried with fresh ports."""
     binary = orthanc_binary()
     if binary is None:
         pytest.skip("Orthanc is not installed (Debian package orthanc, installed by scripts/setup.sh)")
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _start(binary, folder)
+        except PortTaken as exc:
+            if attempt == ATTEMPTS:
+                raise RuntimeError(f"Orthanc could not bind its ports in {ATTEMPTS} tries: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """Orthanc exited because one of its ports was already in use."""
+
+
+def _start(binary: str, folder: Path) -> Orthanc:
     dicom_port, http_port, move_port = free_port(), free_port(), free_port()
     storage = folder / "storage"
+    if storage.exists():
+        shutil.rmtree(storage)                  # a failed start's index, made with other ports
     config = {
         "Name": "SynerMedGen test PACS", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
         "Plugins": [str(dicomweb_plugin())], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -125,8 +149,11 @@ def start_orthanc(folder: Path) -> Orthanc:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {process.returncode}: "
-                               f"{(folder / 'orthanc.log').read_text(errors='replace')[-2000:]}")
+            log.close()
+            text = (folder / "orthanc.log").read_text(errors="replace")[-2000:]
+            if BIND_FAILURE.search(text):
+                raise PortTaken(text)
+            raise RuntimeError(f"Orthanc exited with {process.returncode}: {text}")
         try:
             server.rest("/system")
             return server

@@ -12,7 +12,9 @@ from __future__ import annotations
 from engine.exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {     # pynetdicom and dicomweb-client load on first use
-    "Cache": "cache", "PacsError": "errors", "PacsCancelled": "errors",
+    "Cache": "cache", "DEFAULT_LIMIT_BYTES": "cache", "parse_size": "cache", "LEVELS": "choices",
+    "METHODS": "choices",
+    "PacsError": "errors", "PacsCancelled": "errors",
     "echo": "operations", "find": "operations", "method_of": "operations", "retrieve": "operations",
     "send": "operations", "Match": "query", "Query": "query",
     "Server": "servers", "find_server": "servers", "load_servers": "servers", "save_servers": "servers",

@@ -23,6 +23,7 @@ from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
 
 STOW_BATCH = 16                      # instances per STOW-RS request (memory stays small, progress moves)
+AS_STORED = (("application/dicom", "*"),)   # WADO-RS: any transfer syntax, so the server need not transcode
 
 
 class _Session(requests.Session):
@@ -42,15 +43,17 @@ def _matching_value(value: str) -> str:
     return value.replace(" ", "?").replace("^", "?")
 
 
-def client(server: Server) -> DICOMwebClient:
-    session = _Session()
-    if server.username:
-        session.auth = (server.username, server.password)
-    elif server.token:
-        session.headers["Authorization"] = f"Bearer {server.token}"
-    web = DICOMwebClient(url=server.url.rstrip("/"), session=session, timeout=server.timeout_s)
-    web.set_http_retry_params(retry=False)       # an error (or a cancel) is reported at once
-    return web
+@contextlib.contextmanager
+def client(server: Server) -> Iterator[DICOMwebClient]:
+    """A client of the server for one piece of work; its HTTP connections are closed at the end."""
+    with _Session() as session:
+        if server.username:
+            session.auth = (server.username, server.password)
+        elif server.token:
+            session.headers["Authorization"] = f"Bearer {server.token}"
+        web = DICOMwebClient(url=server.url.rstrip("/"), session=session, timeout=server.timeout_s)
+        web.set_http_retry_params(retry=False)       # an error (or a cancel) is reported at once
+        yield web
 
 
 @contextlib.contextmanager
@@ -64,6 +67,9 @@ def _errors(server: Server, service: str) -> Iterator[None]:
             raise PacsError(server.name, f"{service}: the server refused our credentials (HTTP {code})") from None
         reason = exc.response.reason if exc.response is not None else ""
         raise PacsError(server.name, f"{service} failed (HTTP {code} {reason})".rstrip()) from None
+    except requests.exceptions.SSLError as exc:
+        raise PacsError(server.name, f"TLS problem with {server.url}: {_tls_reason(exc)} (is the server's "
+                                     "certificate valid and trusted here, is it https?)") from None
     except requests.Timeout:
         raise PacsError(server.name, f"{service}: no answer from {server.url} within {server.timeout_s:g} s") from None
     except requests.ConnectionError:
@@ -73,12 +79,21 @@ def _errors(server: Server, service: str) -> Iterator[None]:
         raise PacsError(server.name, f"{service} failed ({type(exc).__name__})") from None
 
 
+def _tls_reason(exc: Exception) -> str:
+    """The TLS library's own reason (certificate verify failed, wrong version number…), short."""
+    text = str(exc)
+    for reason in ("certificate verify failed", "wrong version number", "hostname mismatch", "self-signed certificate",
+                   "certificate has expired", "unknown protocol", "handshake failure"):
+        if reason in text:
+            return reason
+    return "the secure connection failed"
+
+
 def _search(server: Server, level: str, keys: dict[str, str]) -> list[Dataset]:
     filters = {k: _matching_value(v) for k, v in keys.items() if v}
     fields = [k for k, v in keys.items() if not v]
-    web = client(server)
-    search = web.search_for_series if level == "series" else web.search_for_studies
-    with _errors(server, "QIDO-RS"):
+    with client(server) as web, _errors(server, "QIDO-RS"):
+        search = web.search_for_series if level == "series" else web.search_for_studies
         found = search(search_filters=filters, fields=fields, get_remaining=True)
     return [Dataset.from_json(item) for item in found]
 
@@ -86,8 +101,8 @@ def _search(server: Server, level: str, keys: dict[str, str]) -> list[Dataset]:
 def echo(server: Server) -> float:
     """A one-study QIDO-RS query, to check the URL and the credentials; the round trip in seconds."""
     started = time.perf_counter()
-    with _errors(server, "QIDO-RS"):
-        client(server).search_for_studies(limit=1, fields=["StudyInstanceUID"])
+    with client(server) as web, _errors(server, "QIDO-RS"):
+        web.search_for_studies(limit=1, fields=["StudyInstanceUID"])
     return time.perf_counter() - started
 
 
@@ -104,9 +119,8 @@ def find(server: Server, query: Query, cancel: CancelToken | None = None) -> lis
 
 
 def instances(server: Server, study_uid: str, series_uid: str) -> list[str]:
-    with _errors(server, "QIDO-RS"):
-        found = client(server).search_for_instances(study_uid, series_uid, fields=["SOPInstanceUID"],
-                                                    get_remaining=True)
+    with client(server) as web, _errors(server, "QIDO-RS"):
+        found = web.search_for_instances(study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True)
     return [str(Dataset.from_json(item).SOPInstanceUID) for item in found]
 
 
@@ -125,14 +139,14 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     missing = cache.missing(study_uid, series_uid, wanted)
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
-    web = client(server)
-    for sop_uid in missing:
-        check_cancel(server.name, cancel)
-        with _errors(server, "WADO-RS"):
-            ds = web.retrieve_instance(study_uid, series_uid, sop_uid)
-        cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
-        done += 1
-        progress(Progress(done, total, f"received {done} of {total} instances"))
+    with client(server) as web, cache.receiving(study_uid, series_uid) if missing else contextlib.nullcontext():
+        for sop_uid in missing:
+            check_cancel(server.name, cancel)
+            with _errors(server, "WADO-RS"):
+                ds = web.retrieve_instance(study_uid, series_uid, sop_uid, media_types=AS_STORED)
+            cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
+            done += 1
+            progress(Progress(done, total, f"received {done} of {total} instances"))
     return cache.touch(study_uid, series_uid)
 
 
@@ -153,14 +167,14 @@ def _stow_results(response: Dataset, batch: list[Outgoing]) -> list[SendResult]:
 def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
           cancel: CancelToken | None = None) -> list[SendResult]:
     """STOW-RS in batches of :data:`STOW_BATCH`; the result per instance."""
-    web = client(server)
     results: list[SendResult] = []
-    for start in range(0, len(outgoing), STOW_BATCH):
-        check_cancel(server.name, cancel)
-        batch = outgoing[start:start + STOW_BATCH]
-        datasets = [pydicom.dcmread(o.path) for o in batch]
-        with _errors(server, "STOW-RS"):
-            response = web.store_instances(datasets)
-        results.extend(_stow_results(response, batch))
-        progress(Progress(len(results), len(outgoing), f"sent {len(results)} of {len(outgoing)} instances"))
+    with client(server) as web:
+        for start in range(0, len(outgoing), STOW_BATCH):
+            check_cancel(server.name, cancel)
+            batch = outgoing[start:start + STOW_BATCH]
+            datasets = [pydicom.dcmread(o.path) for o in batch]
+            with _errors(server, "STOW-RS"):
+                response = web.store_instances(datasets)
+            results.extend(_stow_results(response, batch))
+            progress(Progress(len(results), len(outgoing), f"sent {len(results)} of {len(outgoing)} instances"))
     return results

@@ -1,7 +1,8 @@
 """DIMSE with pynetdicom: C-ECHO, C-FIND (patient / study / series, and the instances of a series),
 C-GET and C-MOVE of a series into the cache (only the instances it does not hold yet), C-STORE of
-DICOM files. Every failure is a :class:`PacsError` naming the server; cancelling aborts the
-association and raises :class:`PacsCancelled` (whole instances stay in the cache)."""
+DICOM files. Every failure is a :class:`PacsError` naming the server; a failure the server answers
+releases the association, a cancel or a lost connection aborts it (a cancel raises
+:class:`PacsCancelled`; whole instances stay in the cache)."""
 from __future__ import annotations
 
 import contextlib
@@ -62,6 +63,10 @@ class NothingAccepted(PacsError):
     """The server took the association but none of the presentation contexts asked for."""
 
 
+class FailedStatus(PacsError):
+    """The server answered a request with a failure: the association is still sound (released)."""
+
+
 def _refusal(server: Server, assoc, answers: list) -> str:
     """Why an association was not established, in the user's words."""
     rejection = next((p for p in answers if getattr(p, "result", None) in (0x01, 0x02)), None)
@@ -82,7 +87,8 @@ def _refusal(server: Server, assoc, answers: list) -> str:
 def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]], *, roles: Sequence[str] = (),
                 handlers: Sequence = (), long_running: bool = False) -> Iterator:
     """An established association asking for ``contexts`` ((abstract syntax, transfer syntaxes or
-    None for the defaults)) with the SCP role for ``roles``; released at the end, aborted on error.
+    None for the defaults)) with the SCP role for ``roles``; released at the end and after a failure
+    the server answered (:class:`FailedStatus`), aborted on any other error (a cancel, a lost connection).
     ``long_running``: no DIMSE or network timeout (see :func:`_ae`)."""
     ae = _ae(server, long_running)
     for abstract, syntaxes in contexts:
@@ -99,6 +105,9 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
         raise (NothingAccepted if problem == NONE_ACCEPTED else PacsError)(server.name, problem)
     try:
         yield assoc
+    except FailedStatus:
+        assoc.release()
+        raise
     except BaseException:
         assoc.abort()
         raise
@@ -113,7 +122,8 @@ def _check(server: Server, service: str, status: Dataset | None) -> int:
     code = int(status.Status)
     if code not in _PENDING and code != 0x0000 and code_to_category(code) not in ("Warning", "Cancel"):
         comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
-        raise PacsError(server.name, f"{service} failed with status 0x{code:04X} ({code_to_category(code)}){comment}")
+        raise FailedStatus(server.name,
+                           f"{service} failed with status 0x{code:04X} ({code_to_category(code)}){comment}")
     return code
 
 
@@ -158,10 +168,26 @@ def find(server: Server, query: Query, cancel: CancelToken | None = None) -> lis
     return matches
 
 
-def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:
-    """The SOPInstanceUIDs of one series (C-FIND at IMAGE level)."""
-    keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": ""}
-    return [str(ds.SOPInstanceUID) for ds in _c_find(server, keys, "IMAGE", cancel) if ds.get("SOPInstanceUID")]
+def instances(server: Server, study_uid: str, series_uid: str,
+              cancel: CancelToken | None = None) -> dict[str, str]:
+    """The SOPInstanceUIDs of one series with their SOPClassUIDs ("" where the server gives none),
+    by C-FIND at IMAGE level."""
+    keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": "", "SOPClassUID": ""}
+    return {str(ds.SOPInstanceUID): str(ds.get("SOPClassUID", "") or "")
+            for ds in _c_find(server, keys, "IMAGE", cancel) if ds.get("SOPInstanceUID")}
+
+
+def storage_classes(server: Server, classes: set[str]) -> list[str]:
+    """The storage SOP classes to ask for, to receive instances of ``classes``: just those, or
+    every class we take when the server did not say (an empty class); PacsError for a class we
+    cannot take."""
+    if not classes or "" in classes:
+        return STORAGE_CLASSES
+    unknown = sorted(classes - set(STORAGE_CLASSES))
+    if unknown:
+        names = ", ".join(f"{UID(uid).name} ({uid})" if UID(uid).name != uid else uid for uid in unknown)
+        raise PacsError(server.name, f"the series holds instances of a kind we cannot receive: {names}")
+    return sorted(classes)
 
 
 class _Receiver:
@@ -205,18 +231,20 @@ def _retrieve_identifier(study_uid: str, series_uid: str, missing: list[str], wh
 
 
 def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn,
-              cancel: CancelToken | None, fetch: Callable[[_Receiver, Dataset], None]) -> Path:
-    wanted = instances(server, study_uid, series_uid, cancel)
+              cancel: CancelToken | None, fetch: Callable[[_Receiver, Dataset, list[str]], None]) -> Path:
+    classes = instances(server, study_uid, series_uid, cancel)
+    wanted = list(classes)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
     missing = sorted(set(cache.missing(study_uid, series_uid, wanted)))
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
     if missing:
-        cache.ensure()
+        kinds = storage_classes(server, {classes[uid] for uid in missing})
         receiver = _Receiver(server, cache, study_uid, series_uid, total - len(missing), total, progress, cancel)
         try:
-            fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total))
+            with cache.receiving(study_uid, series_uid):
+                fetch(receiver, _retrieve_identifier(study_uid, series_uid, missing, len(missing) == total), kinds)
         except PacsError:
             receiver.raise_error()       # the cause (a full disk) rather than the PACS's count of refusals
             raise
@@ -263,19 +291,29 @@ def _follow(server: Server, service: str, responses, cancel: CancelToken | None)
             raise PacsCancelled(server.name)
         if code not in _PENDING and int(status.get("NumberOfFailedSuboperations", 0) or 0):
             failed = int(status.NumberOfFailedSuboperations)
-            raise PacsError(server.name, f"{service}: {failed} instance(s) could not be sent to us")
+            raise FailedStatus(server.name, f"{service}: {failed} instance(s) could not be sent to us")
 
 
 def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
         cancel: CancelToken | None = None) -> Path:
     """Retrieve one series by C-GET into ``cache``; returns the series folder."""
-    def fetch(receiver: _Receiver, ds: Dataset) -> None:
-        contexts = [(StudyRootQueryRetrieveInformationModelGet, None),
-                    *((uid, RECEIVE_SYNTAXES) for uid in STORAGE_CLASSES)]
-        with association(server, contexts, roles=STORAGE_CLASSES, handlers=[(evt.EVT_C_STORE, receiver)],
+    def fetch(receiver: _Receiver, ds: Dataset, kinds: list[str]) -> None:
+        contexts = [(StudyRootQueryRetrieveInformationModelGet, None), *((uid, RECEIVE_SYNTAXES) for uid in kinds)]
+        with association(server, contexts, roles=kinds, handlers=[(evt.EVT_C_STORE, receiver)],
                          long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
+            if kinds != STORAGE_CLASSES:
+                _check_offered(server, assoc, kinds)
             _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), cancel)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
+
+
+def _check_offered(server: Server, assoc, kinds: list[str]) -> None:
+    """FailedStatus naming the SOP classes the server will not send us in this association."""
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts if cx.as_scp is not False}
+    refused = [UID(uid).name for uid in kinds if uid not in accepted]
+    if refused:
+        raise FailedStatus(server.name, f"C-GET: the server will not send us {', '.join(refused)} in a transfer "
+                                        "syntax we read")
 
 
 def _stop(listener) -> None:
@@ -296,9 +334,10 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
     if not server.move_port:
         raise PacsError(server.name, "C-MOVE needs the port of our storage SCP (move_port)")
 
-    def fetch(receiver: _Receiver, ds: Dataset) -> None:
+    def fetch(receiver: _Receiver, ds: Dataset, kinds: list[str]) -> None:
         scp = _ae(server)
-        for uid in STORAGE_CLASSES:
+        scp.require_calling_aet = [server.ae_title]       # only the PACS we asked may store into our cache
+        for uid in kinds:
             scp.add_supported_context(uid, RECEIVE_SYNTAXES)
         try:
             listener = scp.start_server(("", server.move_port), block=False,

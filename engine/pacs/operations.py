@@ -8,12 +8,11 @@ from pathlib import Path
 from engine.jobs import CancelToken, Progress, ProgressFn, noop
 from engine.pacs import dicomweb, dimse
 from engine.pacs.cache import Cache
+from engine.pacs.choices import METHODS
 from engine.pacs.errors import PacsError
 from engine.pacs.query import Match, Query
 from engine.pacs.sending import SendResult, outgoing
 from engine.pacs.servers import Server
-
-METHODS = ("auto", "get", "move", "wado")
 
 
 def echo(server: Server) -> float:
@@ -50,7 +49,7 @@ def retrieve(server: Server, study_uid: str, series_uids: list[str] | None = Non
              method: str = "auto", progress: ProgressFn = noop, cancel: CancelToken | None = None) -> list[Path]:
     """Retrieve the given series of a study (all of its series when None) into ``cache``; returns
     their folders, ready for the DICOM scanner. Instances already cached are not fetched again;
-    afterwards the cache is pruned to its size limit (these series kept)."""
+    the cache is pruned to its size limit before and after (these series kept)."""
     method = method_of(server, method)
     cache = cache or Cache()
     if not series_uids:
@@ -58,6 +57,8 @@ def retrieve(server: Server, study_uid: str, series_uids: list[str] | None = Non
         series_uids = [m.series_uid for m in found if m.series_uid]
         if not series_uids:
             raise PacsError(server.name, f"no series found for study {study_uid}")
+    cache.ensure()
+    cache.prune(keep={cache.series_dir(study_uid, uid) for uid in series_uids})
     fetch = {"wado": dicomweb.get, "get": dimse.get, "move": dimse.move}[method]
     folders = [fetch(server, study_uid, uid, cache, _scaled(progress, k, len(series_uids)), cancel)
                for k, uid in enumerate(series_uids)]

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, replace
 
 from pydicom.dataset import Dataset
 
-LEVELS = ("patient", "study", "series")
+from engine.pacs.choices import LEVELS
+
 _DATE = re.compile(r"\d{8}")
 
 # the attributes of a series (SERIES level of the Study Root model), asked with the study's UID only

@@ -18,17 +18,18 @@ from engine.atomic import atomic_file
 FILE_NAME = "pacs_servers.json"
 SCHEMA_VERSION = 1
 DEFAULT_CALLING_AE = "SYNERMEDGEN"
-# PS3.5 6.2: AE is 1–16 characters, no backslash and no control characters (spaces only inside)
 _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
           "timeout_s": ((int, float), "a number of seconds")}
 SECRETS = ("password", "token")          # stored, never shown
-_AE_TITLE = re.compile(r"[^\\\x00-\x1f]{1,16}")
+# PS3.5 6.2: AE is 1–16 characters of the default repertoire (printable ASCII: no control character,
+# no DEL, nothing beyond ASCII), no backslash, not only spaces
+_AE_TITLE = re.compile(r"[\x20-\x5B\x5D-\x7E]{1,16}")
 
 
 def check_ae_title(value: str, what: str, server: str) -> None:
     if not _AE_TITLE.fullmatch(value) or not value.strip():
         raise ValueError(f"server {server!r}: {what} {value!r} is not a DICOM AE title "
-                         "(1 to 16 characters, no backslash)")
+                         "(1 to 16 printable ASCII characters, no backslash)")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ a synthetic volume is sent and stored with its markings, an acquired one is refu
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ def dialog(qtbot, make_window, orthanc, tmp_path, monkeypatch):
     """The PACS dialog of a fresh window, with the test Orthanc added through the server editor."""
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     win = make_window()
+    win.settings.pacs_cache_limit_gib = 3                           # the settings' limit reaches the cache
     assert win.actions["pacs"] in win.menuBar().actions()[0].menu().actions()
     dialog = win.open_pacs()
     editor = dialog.servers.add()
@@ -70,6 +72,7 @@ def _search(qtbot, dialog):
 
 
 def test_a_server_added_in_the_dialog_is_stored_and_verified(qtbot, dialog, settings_dir):
+    assert dialog.cache.limit_bytes == 3 * 1024**3 and dialog.cache.root.name == "synermedgen-pacs"
     dialog.close()
     assert dialog.window_under_test.open_pacs() is dialog and dialog.servers.current().name == "test orthanc"
     [stored] = load_servers(settings_dir / "pacs_servers.json")
@@ -93,6 +96,21 @@ def test_retrieve_opens_the_series_in_the_studies_tree(qtbot, dialog, orthanc, w
     np.testing.assert_array_equal(doc.volume.array, orthanc.ct.array)
     assert any(e.description == "gui ct" for e in dialog.window_under_test.browser.entries())
     assert dialog.progress.value() == 1000 and "Retrieved 1 series" in dialog.message.text()
+
+
+def test_a_node_opened_while_a_task_runs_is_fetched_when_it_ends(qtbot, dialog):
+    from app.pacs_dialog import PLACEHOLDER
+
+    dialog.fields["patient_id"].setText(PATIENT_ID)
+    with qtbot.waitSignal(dialog.searched, timeout=20000):
+        dialog.search_button.click()
+    study = dialog.tree.topLevelItem(0).child(0)
+    release = threading.Event()
+    dialog._run(lambda _progress, _cancel: release.wait(20), "a task that waits", lambda _result: None)
+    study.setExpanded(True)                                        # while the task runs: not asked yet
+    assert study.childCount() == 1 and study.child(0).text(0) == PLACEHOLDER
+    release.set()
+    qtbot.waitUntil(lambda: study.childCount() == 1 and study.child(0).text(0).endswith("gui ct"), timeout=20000)
 
 
 def test_cancel_stops_a_retrieve_leaving_whole_instances(qtbot, dialog, tmp_path, monkeypatch):

@@ -54,3 +54,8 @@ def test_the_main_window_saves_its_layout_on_close(qtbot, settings_dir):
     window.close()
     saved = load_settings()
     assert saved.window_geometry and saved.window_state
+
+
+def test_the_pacs_cache_limit_is_kept_and_a_nonsense_one_is_the_default():
+    assert Settings.from_dict({"pacs_cache_limit_gib": 50}).pacs_cache_limit_gib == 50
+    assert Settings.from_dict({"pacs_cache_limit_gib": 0}).pacs_cache_limit_gib == Settings().pacs_cache_limit_gib

@@ -5,6 +5,8 @@ server that is down or a name that is not stored exits 2 with one line."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from orthanc_server import PASSWORD, USER, free_port, start_orthanc
 
 import engine.io as io
 from engine.io.volume import Volume
+from engine.pacs import Cache
 from main import main
 
 PATIENT_ID = "CLI-0001"
@@ -60,9 +63,14 @@ def test_a_stored_server_is_verified_queried_retrieved_from_and_sent_to(pacs, tm
     [match] = found["matches"]
     assert code == 0 and match["series_description"] == "cli ct" and match["instances"] == 4
 
+    old = Cache(tmp_path / "cache")                          # a series used long ago, over --cache-limit
+    with old.receiving("1.2", "1.2.3"):
+        old.write("1.2", "1.2.3", "1.2.3.4", b"x" * 4096)
+    os.utime(old.series_dir("1.2", "1.2.3"), (1000, 1000))
     code, got, _ = _run(capsys, "get", "--server", "dimse", "--servers-file", servers, "--study", match["study_uid"],
-                        "--cache", str(tmp_path / "cache"), "--quiet", "--json")
-    assert code == 0 and got["method"] == "get"
+                        "--cache", str(tmp_path / "cache"), "--cache-limit", "1K", "--quiet", "--json")
+    assert code == 0 and got["method"] == "get" and not old.cached("1.2", "1.2.3")
+    assert Path(got["folders"][0]).parents[1] == tmp_path / "cache" / "synermedgen-pacs"
     np.testing.assert_array_equal(io.load(got["folders"][0]).array, pacs.ct.array)
 
     synthetic = pacs.ct.with_array(pacs.ct.array + 1, synthetic=True, derived_from="CBCT")
@@ -86,3 +94,6 @@ def test_a_server_down_or_unknown_exits_2_with_one_line(pacs, tmp_path, capsys):
     assert code == 2 and "environment variable UNSET_VAR is not set" in err
     code, _, err = _run(capsys, "echo", "--url", f"{pacs.url}/dicom-web")
     assert code == 2 and "refused our credentials (HTTP 401)" in err
+    with pytest.raises(SystemExit) as exited:
+        main(["pacs", "get", "--server", "x", "--cache-limit", "lots"])
+    assert exited.value.code == 2 and "cache limit 'lots': give a positive size" in capsys.readouterr().err

@@ -370,3 +370,95 @@ def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
             for m in found] == [("Strict^One", "first", "20240102", "1.2.3.1.7", "CT", 3),
                                 ("Strict^Two", "second", "20240103", "1.2.3.2.7", "CT", 3)]
     assert [level for level, _ in asked] == ["STUDY", "SERIES", "SERIES"]
+
+
+def test_the_test_orthanc_starts_again_on_fresh_ports_when_one_was_taken(tmp_path, monkeypatch):
+    """tests/orthanc_server.py: a port freed by free_port and taken before Orthanc binds it (a loaded
+    CI machine) makes Orthanc exit; the start is retried with fresh ports."""
+    import socket
+
+    import orthanc_server
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        chosen = iter([taken])
+        fresh = orthanc_server.free_port
+        monkeypatch.setattr(orthanc_server, "free_port", lambda: next(chosen, None) or fresh())
+        server = start_orthanc(tmp_path)
+        try:
+            assert server.dicom_port != taken and server.rest("/system")["DicomAet"] == "TESTPACS"
+        finally:
+            server.stop()
+
+
+def test_wado_asks_for_instances_as_stored_and_closes_every_session(pacs, tmp_path, monkeypatch):
+    from engine.pacs import dicomweb
+
+    accepts, opened, closed = [], [], []
+    init, send, close = dicomweb._Session.__init__, dicomweb._Session.send, dicomweb._Session.close
+    monkeypatch.setattr(dicomweb._Session, "__init__", lambda self: opened.append(self) or init(self))
+    monkeypatch.setattr(dicomweb._Session, "send",
+                        lambda self, request, **kw: accepts.append(request.headers.get("Accept")) or send(self, request,
+                                                                                                          **kw))
+    monkeypatch.setattr(dicomweb._Session, "close", lambda self: closed.append(self) or close(self))
+    match = _series(pacs)
+    retrieve(pacs.web(), match.study_uid, [match.series_uid], Cache(tmp_path / "cache"), method="wado")
+    wado = [a for a in accepts if "application/dicom" in a and "json" not in a]
+    assert wado and all('transfer-syntax="*"' in a or "transfer-syntax=*" in a for a in wado)
+    assert opened and len(closed) == len(opened)
+
+
+def test_a_tls_failure_is_named_as_such(pacs):
+    web = pacs.web("tls", url=f"https://127.0.0.1:{pacs.http_port}/dicom-web")      # https to a plain HTTP server
+    message = _error(echo, web)
+    assert f"'tls': TLS problem with https://127.0.0.1:{pacs.http_port}/dicom-web" in message
+
+
+def test_c_get_asks_only_for_the_series_sop_classes(pacs, tmp_path, monkeypatch):
+    from engine.pacs import dimse
+
+    asked, association = [], dimse.association
+
+    def recording(server, contexts, **kwargs):
+        asked.append([str(uid) for uid, _ in contexts])
+        return association(server, contexts, **kwargs)
+
+    monkeypatch.setattr(dimse, "association", recording)
+    match = _series(pacs)
+    retrieve(pacs.dimse(), match.study_uid, [match.series_uid], Cache(tmp_path / "cache"), method="get")
+    assert asked[-1] == [str(dimse.StudyRootQueryRetrieveInformationModelGet), pydicom.uid.CTImageStorage]
+
+
+def test_a_sop_class_we_cannot_take_is_named():
+    from engine.pacs.dimse import STORAGE_CLASSES, storage_classes
+
+    server = Server("x", ae_title="X", host="h")
+    assert storage_classes(server, {pydicom.uid.CTImageStorage, ""}) == STORAGE_CLASSES       # not told: all
+    with pytest.raises(PacsError, match="a kind we cannot receive: 1.2.3.4.5"):
+        storage_classes(server, {pydicom.uid.CTImageStorage, "1.2.3.4.5"})
+
+
+def test_a_failure_the_server_answers_releases_the_association():
+    """A refused C-FIND is the server's answer: the association is released, not aborted."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    ended = []
+    ae = AE(ae_title="REFUSER")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    handlers = [(evt.EVT_C_FIND, lambda event: iter([(0xC000, None)])),
+                (evt.EVT_RELEASED, lambda event: ended.append("released")),
+                (evt.EVT_ABORTED, lambda event: ended.append("aborted"))]
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        message = _error(find, Server("refuser", ae_title="REFUSER", host="127.0.0.1", port=port, timeout_s=5.0),
+                         Query(level="study"))
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.shutdown()
+    assert "C-FIND failed with status 0xC000" in message and ended == ["released"]

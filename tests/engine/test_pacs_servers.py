@@ -7,10 +7,12 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
-from engine.pacs import Cache, Query, Server, find_server, load_servers, save_servers, servers_file
+from engine.pacs import Cache, Query, Server, find_server, load_servers, parse_size, save_servers, servers_file
+from engine.pacs.cache import CACHE_DIR_ENV, SUBFOLDER
 from engine.paths import CONFIG_DIR_ENV
 
 DIMSE = Server("ward", ae_title="ORTHANC", host="pacs.example", port=4242, calling_ae="ME", move_port=11112)
@@ -45,6 +47,9 @@ def test_the_servers_file_lives_in_the_app_config_folder(tmp_path, monkeypatch):
     (dict(name="a", ae_title="", host="h"), "AE title '' is not a DICOM AE title"),
     (dict(name="a", ae_title="A" * 17, host="h"), "is not a DICOM AE title"),
     (dict(name="a", ae_title="X", host="h", calling_ae="BAD\\AE"), "calling AE title"),
+    (dict(name="a", ae_title="PACSÉ", host="h"), "16 printable ASCII characters"),
+    (dict(name="a", ae_title="PACS\x7f", host="h"), "is not a DICOM AE title"),
+    (dict(name="a", ae_title="   ", host="h"), "is not a DICOM AE title"),
     (dict(name="a", ae_title="X", host=""), "needs a host"),
     (dict(name="a", ae_title="X", host="h", port=70000), "port must be a whole number"),
     (dict(name="a", url="ftp://x"), "is not an http(s):// address"),
@@ -92,9 +97,11 @@ def test_a_query_becomes_the_keys_a_pacs_matches():
 
 def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_path):
     cache = Cache(tmp_path / "cache", limit_bytes=2500)
-    (tmp_path / "cache").mkdir(mode=0o755)
+    (tmp_path / "cache").mkdir()
+    os.chmod(tmp_path / "cache", 0o755)
     cache.ensure()
-    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700 and cache.root.parent == tmp_path / "cache"
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o755        # the user's folder: left alone
     assert cache.instance_path("1.2", "1.2.3", "../../etc/passwd").parent == cache.series_dir("1.2", "1.2.3")
     for k in range(3):
         for j in range(2):
@@ -107,3 +114,69 @@ def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_
     removed = cache.prune(keep={cache.series_dir("1.2", "1.2.0")})
     assert removed == [cache.series_dir("1.2", "1.2.1")]            # the oldest not kept
     assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
+
+
+def test_a_series_is_received_with_one_listing_and_one_folder_flush(tmp_path, monkeypatch):
+    """Each instance is atomic and flushed, but the series folder is tidied and flushed once per
+    retrieve, not once per instance (a 2000-slice CT, a cache on NFS); a killed retrieve's .part goes."""
+    cache = Cache(tmp_path / "cache")
+    folder = cache.series_dir("1.2", "1.2.3")
+    cache.ensure()
+    folder.mkdir(parents=True)
+    stale = folder / ".1.2.3.9.dcm.999999999-dead.part.dcm"          # a process id that cannot exist
+    stale.write_bytes(b"half")
+    listings, syncs = [], []
+    real_listdir, real_fsync = os.listdir, os.fsync
+    monkeypatch.setattr(os, "listdir", lambda p=".": listings.append(Path(p)) or real_listdir(p))
+    monkeypatch.setattr(os, "fsync", lambda fd: syncs.append(fd) or real_fsync(fd))
+    with cache.receiving("1.2", "1.2.3"):
+        for k in range(40):
+            cache.write("1.2", "1.2.3", f"1.2.3.{k}", b"x" * 10)
+    assert listings.count(folder) == 1 and len(syncs) == 40 + 1
+    assert not stale.exists() and cache.missing("1.2", "1.2.3", [f"1.2.3.{k}" for k in range(41)]) == ["1.2.3.40"]
+    assert not [p for p in folder.iterdir() if ".part" in p.name]
+
+
+def test_a_cache_folder_open_to_others_is_refused_not_changed(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "shared"))
+    cache = Cache()
+    assert cache.root == tmp_path / "shared" / SUBFOLDER
+    cache.root.mkdir(parents=True)
+    os.chmod(cache.root, 0o750)
+    with pytest.raises(ValueError, match=f"{cache.root}: the PACS cache folder is open to other users.*chmod 700"):
+        cache.ensure()
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o750
+
+
+def test_a_retrieve_prunes_an_over_full_cache_before_it_fetches(tmp_path, monkeypatch):
+    """Over the limit before a retrieve (a lower limit set since): the oldest series go first,
+    the series about to be retrieved (here half cached) stays."""
+    from engine.pacs import operations
+
+    cache = Cache(tmp_path, limit_bytes=1000)
+    with cache.receiving("1.2", "1.2.1"):
+        cache.write("1.2", "1.2.1", "1.2.1.1", b"x" * 800)
+    with cache.receiving("1.2", "1.2.2"):
+        cache.write("1.2", "1.2.2", "1.2.2.1", b"x" * 800)
+    os.utime(cache.series_dir("1.2", "1.2.2"), (1000, 1000))                 # the one to retrieve: oldest
+    seen = []
+
+    def fetch(server, study_uid, series_uid, cache, progress, cancel):
+        seen.append((cache.cached("1.2", "1.2.1"), cache.cached("1.2", "1.2.2")))
+        return cache.touch(study_uid, series_uid)
+
+    monkeypatch.setattr(operations.dimse, "get", fetch)
+    operations.retrieve(DIMSE, "1.2", ["1.2.2"], cache, method="get")
+    assert seen == [(set(), {"1.2.2.1"})]
+
+
+@pytest.mark.parametrize("text, size", [("20G", 20 * 1024**3), ("500M", 500 * 1024**2), ("1.5T", int(1.5 * 1024**4)),
+                                        ("4096", 4096), ("2 GiB", 2 * 1024**3)])
+def test_a_cache_limit_reads_with_units(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5G", "5X", "G"])
+def test_a_bad_cache_limit_is_named(text):
+    with pytest.raises(ValueError, match=f"cache limit {text!r}"):
+        parse_size(text)
