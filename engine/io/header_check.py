@@ -9,6 +9,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +140,11 @@ def _finite(path: Path, name: str, values) -> None:
 
 
 # -- MetaImage ----------------------------------------------------------------------------------------
-def text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, str], int] | None:
+def text_header(path: Path, last_line: re.Pattern[bytes],
+                ends_at_eof: Callable[[dict[str, str]], bool] | None = None) -> tuple[dict[str, str], int] | None:
     """Key/value lines (keys lower-cased) up to the one matching ``last_line`` and the offset just
-    after it; None when there is no such line in the first MiB."""
+    after it; None when there is no such line in the first MiB (unless the file ends within it and
+    ``ends_at_eof`` says its fields may end there)."""
     fields: dict[str, str] = {}
     offset = 0
     with open(path, "rb") as f:
@@ -154,7 +157,7 @@ def text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, str
                 fields[match[1].decode("latin-1").lower()] = match[2].decode("latin-1")
             if last_line.match(line):
                 return fields, offset
-    return None
+    return (fields, offset) if ends_at_eof is not None and ends_at_eof(fields) else None
 
 
 METAIMAGE_END = re.compile(rb"\s*ElementDataFile\s*=", re.IGNORECASE)
@@ -213,12 +216,24 @@ def _whole(path: Path, fields: dict[str, str], key: str, n: int) -> list[int]:
 
 
 # -- NRRD ---------------------------------------------------------------------------------------------
+NRRD_END = re.compile(rb"\s*$|\s*data ?file\s*:\s*LIST\b", re.IGNORECASE)   # after LIST: file names, one a line
+
+
+def nrrd_header(path: Path) -> tuple[dict[str, str], int] | None:
+    """A NRRD header's fields and where it ends: at a blank line, or after ``data file: LIST``; a
+    detached header (a .nhdr, or one naming its ``data file``) may also end with its file."""
+    def detached(fields: dict[str, str]) -> bool:
+        return path.name.lower().endswith(".nhdr") or "data file" in fields or "datafile" in fields
+
+    return text_header(path, NRRD_END, ends_at_eof=detached)
+
+
 def _nrrd(path: Path) -> HeaderFacts:
     with open(path, "rb") as f:
         magic = f.read(8)
     if not magic.startswith(b"NRRD000"):
         raise VolumeIOError(path, "is not a NRRD file (no NRRD000x magic at its start)")
-    header = text_header(path, re.compile(rb"\s*$"))
+    header = nrrd_header(path)
     if header is None:
         raise _refuse(path, "no blank line ends its NRRD header in the first MiB")
     fields = header[0]

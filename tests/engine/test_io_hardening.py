@@ -267,3 +267,46 @@ def test_a_one_dimensional_nifti_is_refused_by_name(tmp_path):
     with pytest.raises(io.VolumeIOError, match="1-D image") as err:
         io.load(path)
     assert str(path) in str(err.value)
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+def _nrrd_pair(tmp_path: Path) -> tuple[sitk.Image, Path]:
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetSpacing((0.5, 0.75, 2.0))
+    attached = tmp_path / "att.nrrd"
+    sitk.WriteImage(image, str(attached))
+    return image, attached
+
+
+def _same_scan_and_load(path: Path, reference: Path) -> None:
+    entry, expected = io.scan(path).entries[0], io.scan(reference).entries[0]
+    assert (entry.shape_zyx, entry.spacing_xyz) == (expected.shape_zyx, expected.spacing_xyz)
+    np.testing.assert_array_equal(io.load(path).array, io.load(reference).array)
+
+
+def test_a_detached_nrrd_header_ending_with_its_file_opens_like_the_attached_one(tmp_path):
+    image, attached = _nrrd_pair(tmp_path)
+    sitk.WriteImage(image, str(tmp_path / "det.nhdr"))          # ends with "data file: det.raw", no blank line
+    assert not (tmp_path / "det.nhdr").read_bytes().endswith(b"\n\n")
+    _same_scan_and_load(tmp_path / "det.nhdr", attached)
+
+
+def test_a_nrrd_header_with_a_list_of_data_files_opens(tmp_path):
+    image, attached = _nrrd_pair(tmp_path)
+    array = sitk.GetArrayFromImage(image)
+    for z in range(array.shape[0]):
+        (tmp_path / f"s{z}.raw").write_bytes(array[z].astype("<i2").tobytes())
+    header = (tmp_path / "att.nrrd").read_bytes().split(b"\n\n")[0].decode()
+    lines = [line for line in header.split("\n") if not line.startswith(("encoding", "endian"))]
+    text = "\n".join(lines + ["encoding: raw", "endian: little", "data file: LIST"] +
+                     [f"s{z}.raw" for z in range(array.shape[0])]) + "\n"
+    (tmp_path / "list.nhdr").write_text(text)
+    _same_scan_and_load(tmp_path / "list.nhdr", attached)
+
+
+def test_an_attached_nrrd_without_the_blank_line_is_still_refused(tmp_path):
+    _, attached = _nrrd_pair(tmp_path)
+    path = tmp_path / "cut.nrrd"
+    path.write_bytes(attached.read_bytes().split(b"\n\n")[0] + b"\n")
+    with pytest.raises(io.VolumeIOError, match="no blank line ends its NRRD header"):
+        io.load(path)
