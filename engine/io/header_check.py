@@ -115,6 +115,11 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
     sizes = dims[1:n + 1]
     if min(sizes) < 1 or max(sizes) > MAX_SIDE:
         raise _refuse(path, f"its dimensions {list(sizes)} are not all between 1 and {MAX_SIDE}")
+    components = 1
+    if n == 5 and sizes[3] == 1:          # a vector per voxel (a displacement field): its components on dim[5]
+        components, sizes = sizes[4], sizes[:3]
+        if components > MAX_COMPONENTS:
+            raise _refuse(path, f"its dim[5] (components per voxel) is {components}, not 1 to {MAX_COMPONENTS}")
     if n < MIN_DIMENSIONS or (n > MAX_DIMENSIONS and math.prod(sizes[MAX_DIMENSIONS:]) > 1):
         raise VolumeIOError(path, f"is a {n}-D image {list(sizes)}; 2-D, 3-D and 4-D images are opened")
     itemsize = NIFTI_TYPES.get(datatype)
@@ -131,7 +136,7 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
         _finite(path, "quaternion (quatern_b/c/d, qoffset)", quatern + pixdim[:1])
     if sform > 0:
         _finite(path, "srow_x/y/z", srow)
-    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize)
+    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize, components)
 
 
 def _finite(path: Path, name: str, values) -> None:

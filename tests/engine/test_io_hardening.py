@@ -310,3 +310,16 @@ def test_an_attached_nrrd_without_the_blank_line_is_still_refused(tmp_path):
     path.write_bytes(attached.read_bytes().split(b"\n\n")[0] + b"\n")
     with pytest.raises(io.VolumeIOError, match="no blank line ends its NRRD header"):
         io.load(path)
+
+
+def test_a_vector_nifti_opens_with_its_first_component_like_the_metaimage(tmp_path):
+    first = sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    vector = sitk.Compose([first, first + 100, first + 200])      # a displacement field: dim [5, x, y, z, 1, 3]
+    for name in ("warp.nii.gz", "warp.mha"):
+        sitk.WriteImage(vector, str(tmp_path / name))
+    assert list(nibabel.load(tmp_path / "warp.nii.gz").header["dim"][:6]) == [5, 5, 4, 3, 1, 3]
+    entry = io.scan(tmp_path / "warp.nii.gz").entries[0]
+    assert "3 components per voxel: only the first is used" in entry.notes
+    assert entry.shape_zyx == (3, 4, 5)
+    np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, sitk.GetArrayFromImage(first))
+    np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, io.load(tmp_path / "warp.mha").array)
