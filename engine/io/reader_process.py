@@ -162,7 +162,6 @@ def _process() -> _ReaderProcess:
 def serve(conn) -> None:
     """The reader process's loop: one request at a time until told to stop (or the pipe closes)."""
     import importlib
-    import resource
 
     run_here()
     quiet = os.open(os.devnull, os.O_WRONLY)     # native readers print warnings of their own; the errors say it all
@@ -176,9 +175,7 @@ def serve(conn) -> None:
         if request is None:
             return
         module, name, args, memory_bytes = request
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = _vm_bytes() + memory_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        restore = _limit_address_space(memory_bytes)
         try:
             fn = getattr(importlib.import_module(module), name)
             result = fn(*args)
@@ -195,7 +192,32 @@ def serve(conn) -> None:
         else:
             _send(conn, result)
         finally:
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+            restore()
+
+
+def _limit_address_space(memory_bytes: int) -> Callable[[], None]:
+    """Limit this process's address space to what it maps now plus ``memory_bytes``; returns what
+    lifts the limit again. Where that cannot be done (Windows has no ``resource``; macOS has no
+    /proc to measure from and does not enforce RLIMIT_AS) nothing is limited: the timeout and the
+    memory guard before the read still hold."""
+    try:
+        import resource
+    except ImportError:
+        return _nothing
+    used = _vm_bytes()
+    if not used or not hasattr(resource, "RLIMIT_AS"):
+        return _nothing
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = used + memory_bytes
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    except (ValueError, OSError):
+        return _nothing
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _nothing() -> None:
+    pass
 
 
 def _send(conn, result: Any) -> None:

@@ -323,3 +323,39 @@ def test_a_vector_nifti_opens_with_its_first_component_like_the_metaimage(tmp_pa
     assert entry.shape_zyx == (3, 4, 5)
     np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, sitk.GetArrayFromImage(first))
     np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, io.load(tmp_path / "warp.mha").array)
+
+
+def _serve_in_a_thread(monkeypatch):
+    """The reader process's loop, run here in a thread (its output stays ours)."""
+    import multiprocessing
+    import threading
+
+    monkeypatch.setattr(os, "dup2", lambda *args: None)
+    monkeypatch.setattr(reader_process, "_here", False)
+    parent, child = multiprocessing.Pipe()
+    thread = threading.Thread(target=reader_process.serve, args=(child,), daemon=True)
+    thread.start()
+    return parent, thread
+
+
+def test_the_reader_process_reads_where_there_is_no_resource_module(tmp_path, monkeypatch):
+    path = io.save(_volume(), tmp_path / "v.nrrd")
+    monkeypatch.setitem(sys.modules, "resource", None)            # Windows: importing it fails
+    parent, thread = _serve_in_a_thread(monkeypatch)
+    parent.send(("engine.io.itk_files", "_scan_itk", (str(path),), 1 << 30))
+    assert parent.poll(30), "the reader process died without a reply"
+    kind, entry = parent.recv()
+    assert kind == "ok" and entry.shape_zyx == (6, 7, 8)
+    parent.send(None)
+    thread.join(5)
+
+
+def test_no_address_space_limit_is_set_where_the_mapped_size_cannot_be_measured(monkeypatch):
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    monkeypatch.setattr(reader_process, "_vm_bytes", lambda: 0)     # macOS: no /proc
+    restore = reader_process._limit_address_space(1 << 20)         # 1 MiB would stop this process at once
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    restore()
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
