@@ -39,11 +39,18 @@ NRRD_ENCODINGS = ("raw", "txt", "text", "ascii", "hex", "gz", "gzip", "bz2", "bz
 
 @dataclass(frozen=True)
 class HeaderFacts:
-    """What the header promises: sizes along each axis (x first), bytes per component, components."""
+    """What the header promises: sizes along each axis (x first), bytes per component, components,
+    and whether the reader scales the stored values (a NIfTI's scl_slope / scl_inter)."""
 
     size: tuple[int, ...]
     itemsize: int
     components: int = 1
+    scaled: bool = False
+
+    @property
+    def read_itemsize(self) -> int:
+        """Bytes per component as the reader returns them: scaled values come back as float32 at least."""
+        return max(self.itemsize, 4) if self.scaled else self.itemsize
 
     @property
     def voxels_3d(self) -> int:
@@ -136,7 +143,8 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
         _finite(path, "quaternion (quatern_b/c/d, qoffset)", quatern + pixdim[:1])
     if sform > 0:
         _finite(path, "srow_x/y/z", srow)
-    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize, components)
+    scaled = math.isfinite(slope) and (slope not in (0.0, 1.0) or (math.isfinite(inter) and inter != 0))
+    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize, components, scaled)
 
 
 def _finite(path: Path, name: str, values) -> None:

@@ -4,6 +4,7 @@ process (engine.io.reader_process), so a file that crashes or hangs it cannot ta
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -285,11 +286,13 @@ def load_file(path: str | Path, volume_index: int | None = None,
 
 
 def _peak_bytes(facts: HeaderFacts | None) -> int:
-    """What reading one volume takes at its peak: every stored voxel as SimpleITK reads it, its
-    numpy copy of one volume and that volume as float32."""
+    """What reading one volume takes at its peak: in the reader process every voxel as SimpleITK
+    returns it (float32 where the header scales them), its numpy copy of one volume and that volume
+    as float32; and this process's float32 copy, received while the reader process still holds its own."""
     if facts is None:
         return 0
-    return facts.stored_bytes + facts.voxels_3d * (facts.itemsize * facts.components + 4)
+    voxel = facts.read_itemsize * facts.components
+    return math.prod(facts.size) * voxel + facts.voxels_3d * (voxel + 4) + facts.voxels_3d * 4
 
 
 def _load_itk(path: str, volume_index: int | None) -> Volume:

@@ -359,3 +359,15 @@ def test_no_address_space_limit_is_set_where_the_mapped_size_cannot_be_measured(
     assert resource.getrlimit(resource.RLIMIT_AS) == before
     restore()
     assert resource.getrlimit(resource.RLIMIT_AS) == before
+
+
+def test_the_memory_guard_counts_scaled_nifti_voxels_as_float32_in_both_processes(tmp_path, monkeypatch):
+    n = 4 * 5 * 6
+    scaled, plain = _nifti(tmp_path, "scaled.nii", scl_slope=2.0), _nifti(tmp_path, "plain.nii", scl_slope=1.0)
+    assert sitk.ReadImage(str(scaled)).GetPixelID() == sitk.sitkFloat32      # ITK returns scaled int16 as float32
+    # at its peak: the float32 image and its numpy copy in the reader process, and the copy received here
+    monkeypatch.setattr(catalog, "available_memory", lambda: int(13 * n / catalog.MEMORY_SHARE))
+    with pytest.raises(io.VolumeIOError, match="at its peak") as err:
+        io.load(scaled)
+    assert str(scaled) in str(err.value)
+    assert io.load(plain).shape == (6, 5, 4)
