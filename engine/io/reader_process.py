@@ -27,7 +27,9 @@ from engine.jobs import Cancelled, CancelToken
 
 HEADER_TIMEOUT_S = 20.0            # a header, a picture, a slice: never longer than this
 BYTES_PER_SECOND = 10 << 20        # loading a volume may take this much longer per byte of its peak
-SLACK_BYTES = 1 << 30              # address space above the reading's own peak (libraries, thread stacks)
+SLACK_BYTES = 1 << 30              # address space above the reading's own peak (libraries, the allocator)
+SLACK_PER_CPU = 32 << 20           # and per core: ITK starts a thread per core (its stack, its buffers)
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}    # glibc reserves 64 MiB of address space per arena, up to 8 per core
 POLL_S = 0.05
 
 _here = False
@@ -47,7 +49,8 @@ def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int
     if _here or multiprocessing.current_process().daemon:
         return fn(*args)           # a daemonic process (a DataLoader worker) may start none: it is a sandbox itself
     timeout_s = HEADER_TIMEOUT_S + peak_bytes / BYTES_PER_SECOND
-    return _process().call(Path(path), fn, args, peak_bytes + SLACK_BYTES, timeout_s, cancel)
+    slack = SLACK_BYTES + (os.cpu_count() or 1) * SLACK_PER_CPU
+    return _process().call(Path(path), fn, args, peak_bytes + slack, timeout_s, cancel)
 
 
 class _ReaderProcess:
@@ -98,9 +101,16 @@ class _ReaderProcess:
         main = sys.modules.get("__main__")
         # the child needs nothing of the main script: spawn would run a script without a __main__ guard again
         sys.modules["__main__"] = types.ModuleType("__main__")
+        saved = {key: os.environ.get(key) for key in CHILD_ENV}
+        os.environ.update(CHILD_ENV)                 # the child's environment is this one at its start
         try:
             process.start()
         finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
             if main is not None:
                 sys.modules["__main__"] = main
             child.close()

@@ -371,3 +371,21 @@ def test_the_memory_guard_counts_scaled_nifti_voxels_as_float32_in_both_processe
         io.load(scaled)
     assert str(scaled) in str(err.value)
     assert io.load(plain).shape == (6, 5, 4)
+
+
+def test_the_reader_process_limits_malloc_arenas_and_its_slack_grows_with_the_cores(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    reader_process._process().close()                             # a fresh reader process, started below
+    assert native("env", os.getenv, "MALLOC_ARENA_MAX") == "2"
+    assert "MALLOC_ARENA_MAX" not in os.environ                   # this process's environment is unchanged
+    limits = []
+
+    class Recorder:
+        def call(self, path, fn, args, memory_bytes, timeout_s, cancel):
+            limits.append(memory_bytes)
+
+    monkeypatch.setattr(reader_process, "_process", Recorder)
+    for cores in (2, 256):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        native("x", os.getenv, "HOME", peak_bytes=1 << 20)
+    assert limits[1] - limits[0] == 254 * reader_process.SLACK_PER_CPU
