@@ -63,35 +63,50 @@ class _ReaderProcess:
 
     def call(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
              cancel: CancelToken | None) -> Any:
-        with self._lock:
-            self._ensure_started()
-            self._conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
-            deadline = time.monotonic() + timeout_s
-            while not self._conn.poll(POLL_S):
-                if cancel is not None and cancel.cancelled:
-                    self._stop()
-                    raise Cancelled()
-                if not self._process.is_alive():
-                    raise self._died(path)
-                if time.monotonic() > deadline:
-                    self._stop()
-                    raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
-                                              f"file is damaged, or on a drive too slow to read it from")
-            try:
-                kind, payload = self._conn.recv()
-                if kind == "array":
-                    shape, dtype, rest = payload
-                    array = np.empty(shape, dtype=dtype)
-                    if array.nbytes:
-                        self._conn.recv_bytes_into(memoryview(array).cast("B"))
-                    return _with_array(rest, array)
-            except (EOFError, OSError):
-                raise self._died(path) from None
+        while not self._lock.acquire(timeout=POLL_S):         # another thread's reading: wait, cancellably
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+        try:
+            kind, payload = self._exchange(path, fn, args, memory_bytes, timeout_s, cancel)
+        finally:
+            self._lock.release()
         if kind == "ok":
             return payload
         if kind == "error":
             raise VolumeIOError(*payload)
         raise VolumeIOError(path, payload)
+
+    def _exchange(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
+                  cancel: CancelToken | None) -> tuple[str, Any]:
+        """One request and its reply, under the lock; an array reply is ("ok", the result)."""
+        self._ensure_started()
+        self._conn.send((fn.__module__, fn.__qualname__, args, memory_bytes))
+        deadline = time.monotonic() + timeout_s
+        while not self._conn.poll(POLL_S):
+            if cancel is not None and cancel.cancelled:
+                self._stop()
+                raise Cancelled()
+            if not self._process.is_alive():
+                raise self._died(path)
+            if time.monotonic() > deadline:
+                self._stop()
+                raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
+                                          f"file is damaged, or on a drive too slow to read it from")
+        try:
+            kind, payload = self._conn.recv()
+            if kind == "array":
+                shape, dtype, rest = payload
+                array = np.empty(shape, dtype=dtype)
+                if array.nbytes:
+                    self._conn.recv_bytes_into(memoryview(array).cast("B"))
+                return "ok", _with_array(rest, array)
+        except (EOFError, OSError):
+            raise self._died(path) from None
+        except multiprocessing.BufferTooShort:
+            self._stop()                             # the pipe is out of step: start afresh next time
+            raise VolumeIOError(path, "the image reader sent more voxel data than it announced; the file "
+                                      "is damaged or not a valid image") from None
+        return kind, payload
 
     def _ensure_started(self) -> None:
         if self._process is not None and self._process.is_alive():
@@ -191,18 +206,28 @@ def serve(conn) -> None:
             result = fn(*args)
         except VolumeIOError as exc:
             conn.send(("error", (exc.path, exc.problem)))
-        except MemoryError:
-            conn.send(("failed", "reading it needs more memory than is available"))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a reader's failure on a damaged file, as one line
                                       # (codecs written in Rust raise PanicException, a BaseException)
             detail = " ".join(str(exc).split())[:200]
-            conn.send(("failed", f"cannot be read ({type(exc).__name__}: {detail})"))
+            conn.send(("failed", OUT_OF_MEMORY if allocation_failed(exc)
+                       else f"cannot be read ({type(exc).__name__}: {detail})"))
         else:
             _send(conn, result)
         finally:
             restore()
+
+
+OUT_OF_MEMORY = "reading it needs more memory than is available"
+_NATIVE_ALLOCATION_FAILURES = ("std::bad_alloc", "bad_alloc", "Failed to allocate memory", "MemoryAllocationError",
+                               "Cannot allocate memory")
+
+
+def allocation_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: Python's MemoryError, or a native reader's
+    (std::bad_alloc, ITK's MemoryAllocationError) passed on as another exception."""
+    return isinstance(exc, MemoryError) or any(text in str(exc) for text in _NATIVE_ALLOCATION_FAILURES)
 
 
 def _limit_address_space(memory_bytes: int) -> Callable[[], None]:

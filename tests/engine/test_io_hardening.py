@@ -389,3 +389,45 @@ def test_the_reader_process_limits_malloc_arenas_and_its_slack_grows_with_the_co
         monkeypatch.setattr(os, "cpu_count", lambda: cores)
         native("x", os.getenv, "HOME", peak_bytes=1 << 20)
     assert limits[1] - limits[0] == 254 * reader_process.SLACK_PER_CPU
+
+
+def test_waiting_for_the_reader_process_held_by_another_thread_can_be_cancelled(tmp_path):
+    import threading
+
+    from engine.jobs import Cancelled, CancelToken
+
+    token, outcome = CancelToken(), []
+    token.cancel()
+    process = reader_process._process()
+    process._lock.acquire()                                       # another thread's long reading
+    try:
+        def read():
+            try:
+                native(tmp_path / "v.nii", os.getenv, "HOME", cancel=token)
+            except Cancelled:
+                outcome.append("cancelled")
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(5)
+        assert outcome == ["cancelled"]
+    finally:
+        process._lock.release()
+
+
+def test_a_native_allocation_failure_reads_as_the_memory_message(tmp_path):
+    with pytest.raises(io.VolumeIOError, match="needs more memory than is available") as err:
+        native(tmp_path / "v.nii", exec, "raise RuntimeError('ITK ERROR: std::bad_alloc')")
+    assert str(tmp_path / "v.nii") in str(err.value)
+
+
+def test_more_voxel_data_than_announced_is_an_error_and_the_next_read_works(tmp_path, monkeypatch):
+    import types
+
+    path = io.save(_volume(), tmp_path / "v.nrrd")
+    short = types.SimpleNamespace(empty=lambda shape, dtype: np.empty(3, dtype))   # the announced size, cut
+    monkeypatch.setattr(reader_process, "np", short)
+    with pytest.raises(io.VolumeIOError, match="more voxel data than it announced") as err:
+        native(path, np.ones, (10, 10))
+    assert str(path) in str(err.value)
+    monkeypatch.undo()
+    assert io.load(path).shape == (6, 7, 8)
