@@ -277,8 +277,8 @@ def _nrrd(path: Path) -> HeaderFacts:
         _nrrd_vectors(path, fields, "space origin", 1, space, allow_none=False)
     if "spacings" in fields:
         values = fields["spacings"].split()
-        if len(values) != n or any(v.lower() != "nan" and not _positive_number(v) for v in values):
-            raise _refuse(path, f"spacings: {fields['spacings'][:60]!r} is not {n} positive numbers (or nan)")
+        if len(values) != n or any(v.lower() != "nan" and not _nonzero_finite(v) for v in values):
+            raise _refuse(path, f"spacings: {fields['spacings'][:60]!r} is not {n} non-zero finite numbers (or nan)")
     for key in ("byte skip", "byteskip", "line skip", "lineskip"):
         if key in fields and _whole(path, fields, key, 1)[0] < (-1 if "byte" in key else 0):
             raise _refuse(path, f"{key}: {fields[key]} is negative")
@@ -292,12 +292,13 @@ def _nrrd(path: Path) -> HeaderFacts:
     return HeaderFacts(tuple(size), itemsize, components)
 
 
-def _positive_number(text: str) -> bool:
+def _nonzero_finite(text: str) -> bool:
+    """A NRRD spacing as teem takes it: a negative one is allowed, zero and infinity are not."""
     try:
         value = float(text)
     except ValueError:
         return False
-    return math.isfinite(value) and value > 0
+    return math.isfinite(value) and value != 0
 
 
 def _nrrd_vectors(path: Path, fields: dict[str, str], key: str, n: int, space: int | None, allow_none: bool) -> None:

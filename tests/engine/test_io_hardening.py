@@ -431,3 +431,32 @@ def test_more_voxel_data_than_announced_is_an_error_and_the_next_read_works(tmp_
     assert str(path) in str(err.value)
     monkeypatch.undo()
     assert io.load(path).shape == (6, 7, 8)
+
+
+def test_video_dicom_frames_sharing_fragments_are_not_called_damaged(tmp_path):
+    path = _dicom(tmp_path, "MR_small_RLE.dcm", NumberOfFrames=b"50")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"            # MPEG-4 AVC/H.264: one stream, many frames
+    ds.save_as(path)
+    try:
+        outcome = " ".join(str(s) for s in io.scan(path).skipped) or "listed"
+    except io.VolumeIOError as exc:
+        outcome = str(exc)
+    assert "fragment" not in outcome, outcome
+
+
+def _nrrd_with_spacings(tmp_path: Path, spacings: str) -> Path:
+    path = tmp_path / "s.nrrd"
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nspacings: {spacings}\nencoding: raw\nendian: little\n\n"
+    path.write_bytes(header.encode() + np.arange(60, dtype="<i2").tobytes())
+    return path
+
+
+def test_a_negative_nrrd_spacing_is_accepted_as_teem_does_zero_is_not(tmp_path):
+    path = _nrrd_with_spacings(tmp_path, "-0.5 0.75 2")
+    volume = io.load(path)
+    assert volume.spacing == (0.5, 0.75, 2.0) and volume.direction[0] == -1.0     # x runs the other way
+    assert io.scan(path).entries[0].spacing_xyz == (0.5, 0.75, 2.0)
+    np.testing.assert_array_equal(volume.array, np.arange(60).reshape(3, 4, 5))
+    with pytest.raises(io.VolumeIOError, match="spacings: '0 0.75 2' is not 3 non-zero finite numbers"):
+        io.load(_nrrd_with_spacings(tmp_path, "0 0.75 2"))
