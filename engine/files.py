@@ -16,10 +16,13 @@ def read_json(file: str | Path, what: str = "JSON file") -> Any:
     file = Path(file)
     try:
         size = file.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise ValueError(f"{file}: {size >> 20} MiB is too large for a {what} (at most {MAX_JSON_BYTES >> 20} MiB)")
+    except OSError as exc:
+        raise ValueError(f"{file}: not a readable {what} ({exc})") from exc
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{file}: {size >> 20} MiB is too large for a {what} (at most {MAX_JSON_BYTES >> 20} MiB)")
+    try:
         return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:        # ValueError: not JSON, not UTF-8, an integer of over 4300 digits
         raise ValueError(f"{file}: not a readable {what} ({exc})") from exc
     except RecursionError:
         raise ValueError(f"{file}: not a readable {what} (nested too deeply)") from None

@@ -5,7 +5,6 @@ cheap: deflate shrinks data at most about 1032-fold, and a gzip file records its
 from __future__ import annotations
 
 import gzip
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.io.errors import VolumeIOError
-from engine.io.header_check import METAIMAGE_END, text_header
+from engine.io.header_check import METAIMAGE_END, nrrd_header, text_header
 
 DEFLATE_MAX_RATIO = 1032          # the most deflate (gzip, zlib) can compress: about 1032 to 1
 _GZIP_EXTRA_FIELD = 0x04          # FLG.FEXTRA: blocked gzip (BGZF) writes many members; its trailer is one block's
@@ -180,7 +179,7 @@ def _metaimage_layout(path: Path) -> Layout | None:
 
 
 def _nrrd_layout(path: Path) -> Layout | None:
-    header = text_header(path, re.compile(rb"\s*$"))
+    header = nrrd_header(path)
     if header is None:
         return None
     fields, end = header

@@ -30,6 +30,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"          # Deflated Explicit VR Little Endia
 MAX_FRAMES = 100_000                          # frames in one file: beyond any scanner's, refused before one is listed
 DEFLATE_MAX_RATIO = 1032                      # the most deflate can compress
 PRIVATE_CREATOR = "SynerMedGen Studio"        # our writer's private block (group 0x0011)
+VIDEO_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)}   # MPEG-2, MPEG-4, HEVC: frames share fragments
 PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
 _NOT_IMAGE_MODALITIES = {
@@ -200,7 +201,7 @@ def _pixel_data_state(fp, ds: Dataset, pos: int, size: int) -> str:
     if length == 0xFFFFFFFF:
         state, fragments = _encapsulated_state(fp, start, size, e)
         frames = frame_count(ds)
-        if state == "ok" and frames > max(1, fragments - 1):       # the first item is the offset table
+        if state == "ok" and frames > max(1, fragments - 1) and ts not in VIDEO_SYNTAXES:  # item 1: the offset table
             return (f"damaged: NumberOfFrames is {frames} but the compressed pixel data holds "
                     f"{max(0, fragments - 1)} fragment(s), at least one per frame")
         return state

@@ -9,6 +9,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,18 @@ NRRD_ENCODINGS = ("raw", "txt", "text", "ascii", "hex", "gz", "gzip", "bz2", "bz
 
 @dataclass(frozen=True)
 class HeaderFacts:
-    """What the header promises: sizes along each axis (x first), bytes per component, components."""
+    """What the header promises: sizes along each axis (x first), bytes per component, components,
+    and whether the reader scales the stored values (a NIfTI's scl_slope / scl_inter)."""
 
     size: tuple[int, ...]
     itemsize: int
     components: int = 1
+    scaled: bool = False
+
+    @property
+    def read_itemsize(self) -> int:
+        """Bytes per component as the reader returns them: scaled values come back as float32 at least."""
+        return max(self.itemsize, 4) if self.scaled else self.itemsize
 
     @property
     def voxels_3d(self) -> int:
@@ -114,6 +122,11 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
     sizes = dims[1:n + 1]
     if min(sizes) < 1 or max(sizes) > MAX_SIDE:
         raise _refuse(path, f"its dimensions {list(sizes)} are not all between 1 and {MAX_SIDE}")
+    components = 1
+    if n == 5 and sizes[3] == 1:          # a vector per voxel (a displacement field): its components on dim[5]
+        components, sizes = sizes[4], sizes[:3]
+        if components > MAX_COMPONENTS:
+            raise _refuse(path, f"its dim[5] (components per voxel) is {components}, not 1 to {MAX_COMPONENTS}")
     if n < MIN_DIMENSIONS or (n > MAX_DIMENSIONS and math.prod(sizes[MAX_DIMENSIONS:]) > 1):
         raise VolumeIOError(path, f"is a {n}-D image {list(sizes)}; 2-D, 3-D and 4-D images are opened")
     itemsize = NIFTI_TYPES.get(datatype)
@@ -130,7 +143,8 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
         _finite(path, "quaternion (quatern_b/c/d, qoffset)", quatern + pixdim[:1])
     if sform > 0:
         _finite(path, "srow_x/y/z", srow)
-    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize)
+    scaled = math.isfinite(slope) and (slope not in (0.0, 1.0) or (math.isfinite(inter) and inter != 0))
+    return HeaderFacts(tuple(int(s) for s in sizes[:MAX_DIMENSIONS]), itemsize, components, scaled)
 
 
 def _finite(path: Path, name: str, values) -> None:
@@ -139,9 +153,11 @@ def _finite(path: Path, name: str, values) -> None:
 
 
 # -- MetaImage ----------------------------------------------------------------------------------------
-def text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, str], int] | None:
+def text_header(path: Path, last_line: re.Pattern[bytes],
+                ends_at_eof: Callable[[dict[str, str]], bool] | None = None) -> tuple[dict[str, str], int] | None:
     """Key/value lines (keys lower-cased) up to the one matching ``last_line`` and the offset just
-    after it; None when there is no such line in the first MiB."""
+    after it; None when there is no such line in the first MiB (unless the file ends within it and
+    ``ends_at_eof`` says its fields may end there)."""
     fields: dict[str, str] = {}
     offset = 0
     with open(path, "rb") as f:
@@ -154,7 +170,7 @@ def text_header(path: Path, last_line: re.Pattern[bytes]) -> tuple[dict[str, str
                 fields[match[1].decode("latin-1").lower()] = match[2].decode("latin-1")
             if last_line.match(line):
                 return fields, offset
-    return None
+    return (fields, offset) if ends_at_eof is not None and ends_at_eof(fields) else None
 
 
 METAIMAGE_END = re.compile(rb"\s*ElementDataFile\s*=", re.IGNORECASE)
@@ -213,12 +229,24 @@ def _whole(path: Path, fields: dict[str, str], key: str, n: int) -> list[int]:
 
 
 # -- NRRD ---------------------------------------------------------------------------------------------
+NRRD_END = re.compile(rb"\s*$|\s*data ?file\s*:\s*LIST\b", re.IGNORECASE)   # after LIST: file names, one a line
+
+
+def nrrd_header(path: Path) -> tuple[dict[str, str], int] | None:
+    """A NRRD header's fields and where it ends: at a blank line, or after ``data file: LIST``; a
+    detached header (a .nhdr, or one naming its ``data file``) may also end with its file."""
+    def detached(fields: dict[str, str]) -> bool:
+        return path.name.lower().endswith(".nhdr") or "data file" in fields or "datafile" in fields
+
+    return text_header(path, NRRD_END, ends_at_eof=detached)
+
+
 def _nrrd(path: Path) -> HeaderFacts:
     with open(path, "rb") as f:
         magic = f.read(8)
     if not magic.startswith(b"NRRD000"):
         raise VolumeIOError(path, "is not a NRRD file (no NRRD000x magic at its start)")
-    header = text_header(path, re.compile(rb"\s*$"))
+    header = nrrd_header(path)
     if header is None:
         raise _refuse(path, "no blank line ends its NRRD header in the first MiB")
     fields = header[0]
@@ -249,8 +277,8 @@ def _nrrd(path: Path) -> HeaderFacts:
         _nrrd_vectors(path, fields, "space origin", 1, space, allow_none=False)
     if "spacings" in fields:
         values = fields["spacings"].split()
-        if len(values) != n or any(v.lower() != "nan" and not _positive_number(v) for v in values):
-            raise _refuse(path, f"spacings: {fields['spacings'][:60]!r} is not {n} positive numbers (or nan)")
+        if len(values) != n or any(v.lower() != "nan" and not _nonzero_finite(v) for v in values):
+            raise _refuse(path, f"spacings: {fields['spacings'][:60]!r} is not {n} non-zero finite numbers (or nan)")
     for key in ("byte skip", "byteskip", "line skip", "lineskip"):
         if key in fields and _whole(path, fields, key, 1)[0] < (-1 if "byte" in key else 0):
             raise _refuse(path, f"{key}: {fields[key]} is negative")
@@ -264,12 +292,13 @@ def _nrrd(path: Path) -> HeaderFacts:
     return HeaderFacts(tuple(size), itemsize, components)
 
 
-def _positive_number(text: str) -> bool:
+def _nonzero_finite(text: str) -> bool:
+    """A NRRD spacing as teem takes it: a negative one is allowed, zero and infinity are not."""
     try:
         value = float(text)
     except ValueError:
         return False
-    return math.isfinite(value) and value > 0
+    return math.isfinite(value) and value != 0
 
 
 def _nrrd_vectors(path: Path, fields: dict[str, str], key: str, n: int, space: int | None, allow_none: bool) -> None:

@@ -4,6 +4,7 @@ process (engine.io.reader_process), so a file that crashes or hangs it cannot ta
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -127,6 +128,14 @@ def _itk_mark(reader: sitk.ImageFileReader) -> dict:
     return read_itk_fields(fields)
 
 
+def _positive_spacing(spacing, direction) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A negative spacing (NRRD allows one, as teem does) as its size along the reversed axis: the
+    same voxels at the same places, with positive spacings."""
+    signs = np.where(np.asarray(spacing, dtype=float) < 0, -1.0, 1.0)
+    d = np.asarray(direction, dtype=float).reshape(len(signs), len(signs)) * signs     # each axis's column
+    return tuple(float(abs(s)) for s in spacing), tuple(float(v) for v in d.ravel())
+
+
 def _check_geometry(path: Path, spacing, origin, direction) -> None:
     """Refuse NaN / infinite / zero geometry (a damaged header) before it becomes a Volume."""
     spacing = np.asarray(spacing, dtype=float)
@@ -177,7 +186,7 @@ def _scan_itk(name: str) -> SeriesEntry:
     reader = _read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
-    spacing = tuple(float(s) for s in reader.GetSpacing())
+    spacing, direction = _positive_spacing(reader.GetSpacing(), reader.GetDirection())
     notes: list[str] = []
     n_volumes = 1
     if dim == 4:
@@ -188,7 +197,7 @@ def _scan_itk(name: str) -> SeriesEntry:
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
         notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
-    _check_geometry(path, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    _check_geometry(path, spacing, reader.GetOrigin(), direction)
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
     modality = modalities.guess_from_filename(path.name)
     entry = SeriesEntry(
@@ -199,7 +208,7 @@ def _scan_itk(name: str) -> SeriesEntry:
         modality=modality,
         shape_zyx=shape_zyx,
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
-        orientation=_orientation_of(reader, dim),
+        orientation=_orientation_of(direction, dim),
         notes=tuple(notes),
         synthetic=_itk_mark(reader)["synthetic"],
         volumes=n_volumes,
@@ -248,10 +257,10 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     return Catalog(entries=[entry])
 
 
-def _orientation_of(reader: sitk.ImageFileReader, dim: int) -> str:
+def _orientation_of(direction: tuple[float, ...], dim: int) -> str:
     if dim < 3:
         return "2-D"
-    d = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    d = np.asarray(direction, dtype=float).reshape(dim, dim)[:3, :3]
     return Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(_orthonormal(d).ravel())).orientation()
 
 
@@ -289,11 +298,13 @@ def load_file(path: str | Path, volume_index: int | None = None,
 
 
 def _peak_bytes(facts: HeaderFacts | None) -> int:
-    """What reading one volume takes at its peak: every stored voxel as SimpleITK reads it, its
-    numpy copy of one volume and that volume as float32."""
+    """What reading one volume takes at its peak: in the reader process every voxel as SimpleITK
+    returns it (float32 where the header scales them), its numpy copy of one volume and that volume
+    as float32; and this process's float32 copy, received while the reader process still holds its own."""
     if facts is None:
         return 0
-    return facts.stored_bytes + facts.voxels_3d * (facts.itemsize * facts.components + 4)
+    voxel = facts.read_itemsize * facts.components
+    return math.prod(facts.size) * voxel + facts.voxels_3d * (voxel + 4) + facts.voxels_3d * 4
 
 
 def _load_itk(name: str, volume_index: int | None) -> Volume:
@@ -321,7 +332,10 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
         raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
-    _check_geometry(path, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    spacing, direction = _positive_spacing(image.GetSpacing(), image.GetDirection())
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    _check_geometry(path, spacing, image.GetOrigin(), direction)
     return volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
 
 

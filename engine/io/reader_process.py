@@ -31,7 +31,9 @@ from engine.jobs import Cancelled, CancelToken
 
 HEADER_TIMEOUT_S = 20.0            # a header, a picture, a slice: never longer than this
 BYTES_PER_SECOND = 10 << 20        # loading a volume may take this much longer per byte of its peak
-SLACK_BYTES = 1 << 30              # address space above the reading's own peak (libraries, thread stacks)
+SLACK_BYTES = 1 << 30              # address space above the reading's own peak (libraries, the allocator)
+SLACK_PER_CPU = 32 << 20           # and per core: ITK starts a thread per core (its stack, its buffers)
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}    # glibc reserves 64 MiB of address space per arena, up to 8 per core
 POLL_S = 0.05
 
 _here = False
@@ -69,7 +71,8 @@ def native(path: str | Path, fn: Callable[..., Any], *args: Any, peak_bytes: int
     if _here or multiprocessing.current_process().daemon:
         return fn(*args)           # a daemonic process (a DataLoader worker) may start none: it is a sandbox itself
     timeout_s = HEADER_TIMEOUT_S + peak_bytes / BYTES_PER_SECOND
-    return _process().call(Path(path), fn, args, peak_bytes + SLACK_BYTES, timeout_s, cancel)
+    slack = SLACK_BYTES + (os.cpu_count() or 1) * SLACK_PER_CPU
+    return _process().call(Path(path), fn, args, peak_bytes + slack, timeout_s, cancel)
 
 
 class _ReaderProcess:
@@ -82,35 +85,50 @@ class _ReaderProcess:
 
     def call(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
              cancel: CancelToken | None) -> Any:
-        with self._lock:
-            process, conn = self._ensure_started()
-            conn.send((fn.__module__, fn.__qualname__, args, memory_bytes, _threads))
-            deadline = time.monotonic() + timeout_s
-            while not conn.poll(POLL_S):
-                if cancel is not None and cancel.cancelled:
-                    self._stop()
-                    raise Cancelled()
-                if not process.is_alive():
-                    raise self._died(path)
-                if time.monotonic() > deadline:
-                    self._stop()
-                    raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
-                                              f"file is damaged, or on a drive too slow to read it from")
-            try:
-                kind, payload = conn.recv()
-                if kind == "array":
-                    shape, dtype, rest = payload
-                    array = np.empty(shape, dtype=dtype)
-                    if array.nbytes:
-                        conn.recv_bytes_into(array.data.cast("B"))
-                    return _with_array(rest, array)
-            except (EOFError, OSError):
-                raise self._died(path) from None
+        while not self._lock.acquire(timeout=POLL_S):         # another thread's reading: wait, cancellably
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+        try:
+            kind, payload = self._exchange(path, fn, args, memory_bytes, timeout_s, cancel)
+        finally:
+            self._lock.release()
         if kind == "ok":
             return payload
         if kind == "error":
             raise VolumeIOError(*payload)
         raise VolumeIOError(path, payload)
+
+    def _exchange(self, path: Path, fn: Callable, args: tuple, memory_bytes: int, timeout_s: float,
+                  cancel: CancelToken | None) -> tuple[str, Any]:
+        """One request and its reply, under the lock; an array reply is ("ok", the result)."""
+        process, conn = self._ensure_started()
+        conn.send((fn.__module__, fn.__qualname__, args, memory_bytes, _threads))
+        deadline = time.monotonic() + timeout_s
+        while not conn.poll(POLL_S):
+            if cancel is not None and cancel.cancelled:
+                self._stop()
+                raise Cancelled()
+            if not process.is_alive():
+                raise self._died(path)
+            if time.monotonic() > deadline:
+                self._stop()
+                raise VolumeIOError(path, f"reading it took longer than {timeout_s:.0f} s and was stopped; the "
+                                          f"file is damaged, or on a drive too slow to read it from")
+        try:
+            kind, payload = conn.recv()
+            if kind == "array":
+                shape, dtype, rest = payload
+                array = np.empty(shape, dtype=dtype)
+                if array.nbytes:
+                    conn.recv_bytes_into(array.data.cast("B"))
+                return "ok", _with_array(rest, array)
+        except (EOFError, OSError):
+            raise self._died(path) from None
+        except multiprocessing.BufferTooShort:
+            self._stop()                             # the pipe is out of step: start afresh next time
+            raise VolumeIOError(path, "the image reader sent more voxel data than it announced; the file "
+                                      "is damaged or not a valid image") from None
+        return kind, payload
 
     def _ensure_started(self) -> tuple[BaseProcess, Connection]:
         if self._process is not None and self._process.is_alive():
@@ -121,9 +139,16 @@ class _ReaderProcess:
         main = sys.modules.get("__main__")
         # the child needs nothing of the main script: spawn would run a script without a __main__ guard again
         sys.modules["__main__"] = types.ModuleType("__main__")
+        saved = {key: os.environ.get(key) for key in CHILD_ENV}
+        os.environ.update(CHILD_ENV)                 # the child's environment is this one at its start
         try:
             process.start()
         finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
             if main is not None:
                 sys.modules["__main__"] = main
             child.close()
@@ -187,7 +212,6 @@ def _process() -> _ReaderProcess:
 def serve(conn) -> None:
     """The reader process's loop: one request at a time until told to stop (or the pipe closes)."""
     import importlib
-    import resource
 
     run_here()
     bound = _ThreadBound()
@@ -203,26 +227,59 @@ def serve(conn) -> None:
             return
         module, name, args, memory_bytes, threads = request
         bound.set(threads)
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = _vm_bytes() + memory_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        restore = _limit_address_space(memory_bytes)
         try:
             fn = getattr(importlib.import_module(module), name)
             result = fn(*args)
         except VolumeIOError as exc:
             conn.send(("error", (exc.path, exc.problem)))
-        except MemoryError:
-            conn.send(("failed", "reading it needs more memory than is available"))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a reader's failure on a damaged file, as one line
                                       # (codecs written in Rust raise PanicException, a BaseException)
             detail = " ".join(str(exc).split())[:200]
-            conn.send(("failed", f"cannot be read ({type(exc).__name__}: {detail})"))
+            conn.send(("failed", OUT_OF_MEMORY if allocation_failed(exc)
+                       else f"cannot be read ({type(exc).__name__}: {detail})"))
         else:
             _send(conn, result)
         finally:
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+            restore()
+
+
+OUT_OF_MEMORY = "reading it needs more memory than is available"
+_NATIVE_ALLOCATION_FAILURES = ("std::bad_alloc", "bad_alloc", "Failed to allocate memory", "MemoryAllocationError",
+                               "Cannot allocate memory")
+
+
+def allocation_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: Python's MemoryError, or a native reader's
+    (std::bad_alloc, ITK's MemoryAllocationError) passed on as another exception."""
+    return isinstance(exc, MemoryError) or any(text in str(exc) for text in _NATIVE_ALLOCATION_FAILURES)
+
+
+def _limit_address_space(memory_bytes: int) -> Callable[[], None]:
+    """Limit this process's address space to what it maps now plus ``memory_bytes``; returns what
+    lifts the limit again. Where that cannot be done (Windows has no ``resource``; macOS has no
+    /proc to measure from and does not enforce RLIMIT_AS) nothing is limited: the timeout and the
+    memory guard before the read still hold."""
+    try:
+        import resource
+    except ImportError:
+        return _nothing
+    used = _vm_bytes()
+    if not used or not hasattr(resource, "RLIMIT_AS"):
+        return _nothing
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = used + memory_bytes
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    except (ValueError, OSError):
+        return _nothing
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _nothing() -> None:
+    pass
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")    # for libraries loaded later

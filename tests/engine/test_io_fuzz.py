@@ -44,3 +44,23 @@ def test_a_seeded_slice_of_mutated_files_ends_only_in_loads_and_clean_errors():
     assert report["outcomes"]["load"] > 0 and report["outcomes"]["clean error"] > 0
     assert set(report["by_kind"]) >= {"nifti", "mha", "nrrd", "dicom", "png"}
     assert report["peak_within_budget"]
+
+
+def test_an_allocation_failing_after_the_memory_guard_counts_as_out_of_memory_not_a_clean_error(tmp_path, monkeypatch):
+    from engine import io
+    from engine.io import catalog
+    from engine.io.errors import VolumeIOError
+
+    path = tmp_path / "v.nrrd"
+
+    def native_bad_alloc(p, cancel=None):
+        try:
+            raise RuntimeError("ITK ERROR: std::bad_alloc")            # the native reader under RLIMIT_AS
+        except RuntimeError:
+            raise VolumeIOError(p, "the voxel data cannot be read; is the file truncated?") from None
+    monkeypatch.setattr(io, "scan", native_bad_alloc)
+    assert runner.attempt(str(path))["outcome"] == "out of memory"
+    monkeypatch.undo()
+    io.save(io.Volume(np.zeros((20, 20, 20), np.float32)), path)
+    monkeypatch.setattr(catalog, "available_memory", lambda: 1 << 10)   # the guard refuses: that is clean
+    assert runner.attempt(str(path))["outcome"] == "clean error"

@@ -277,3 +277,196 @@ def test_limit_threads_bounds_the_reader_process_and_puts_its_defaults_back():
     finally:
         reader_process.limit_threads(before)
     assert native("the reader process", reader_process.pool_sizes) == defaults
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+def _nrrd_pair(tmp_path: Path) -> tuple[sitk.Image, Path]:
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetSpacing((0.5, 0.75, 2.0))
+    attached = tmp_path / "att.nrrd"
+    sitk.WriteImage(image, str(attached))
+    return image, attached
+
+
+def _same_scan_and_load(path: Path, reference: Path) -> None:
+    entry, expected = io.scan(path).entries[0], io.scan(reference).entries[0]
+    assert (entry.shape_zyx, entry.spacing_xyz) == (expected.shape_zyx, expected.spacing_xyz)
+    np.testing.assert_array_equal(io.load(path).array, io.load(reference).array)
+
+
+def test_a_detached_nrrd_header_ending_with_its_file_opens_like_the_attached_one(tmp_path):
+    image, attached = _nrrd_pair(tmp_path)
+    sitk.WriteImage(image, str(tmp_path / "det.nhdr"))          # ends with "data file: det.raw", no blank line
+    assert not (tmp_path / "det.nhdr").read_bytes().endswith(b"\n\n")
+    _same_scan_and_load(tmp_path / "det.nhdr", attached)
+
+
+def test_a_nrrd_header_with_a_list_of_data_files_opens(tmp_path):
+    image, attached = _nrrd_pair(tmp_path)
+    array = sitk.GetArrayFromImage(image)
+    for z in range(array.shape[0]):
+        (tmp_path / f"s{z}.raw").write_bytes(array[z].astype("<i2").tobytes())
+    header = (tmp_path / "att.nrrd").read_bytes().split(b"\n\n")[0].decode()
+    lines = [line for line in header.split("\n") if not line.startswith(("encoding", "endian"))]
+    text = "\n".join(lines + ["encoding: raw", "endian: little", "data file: LIST"] +
+                     [f"s{z}.raw" for z in range(array.shape[0])]) + "\n"
+    (tmp_path / "list.nhdr").write_text(text)
+    _same_scan_and_load(tmp_path / "list.nhdr", attached)
+
+
+def test_an_attached_nrrd_without_the_blank_line_is_still_refused(tmp_path):
+    _, attached = _nrrd_pair(tmp_path)
+    path = tmp_path / "cut.nrrd"
+    path.write_bytes(attached.read_bytes().split(b"\n\n")[0] + b"\n")
+    with pytest.raises(io.VolumeIOError, match="no blank line ends its NRRD header"):
+        io.load(path)
+
+
+def test_a_vector_nifti_opens_with_its_first_component_like_the_metaimage(tmp_path):
+    first = sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    vector = sitk.Compose([first, first + 100, first + 200])      # a displacement field: dim [5, x, y, z, 1, 3]
+    for name in ("warp.nii.gz", "warp.mha"):
+        sitk.WriteImage(vector, str(tmp_path / name))
+    assert list(nibabel.load(tmp_path / "warp.nii.gz").header["dim"][:6]) == [5, 5, 4, 3, 1, 3]
+    entry = io.scan(tmp_path / "warp.nii.gz").entries[0]
+    assert "3 components per voxel: only the first is used" in entry.notes
+    assert entry.shape_zyx == (3, 4, 5)
+    np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, sitk.GetArrayFromImage(first))
+    np.testing.assert_array_equal(io.load(tmp_path / "warp.nii.gz").array, io.load(tmp_path / "warp.mha").array)
+
+
+def _serve_in_a_thread(monkeypatch):
+    """The reader process's loop, run here in a thread (its output stays ours)."""
+    import multiprocessing
+    import threading
+
+    monkeypatch.setattr(os, "dup2", lambda *args: None)
+    monkeypatch.setattr(reader_process, "_here", False)
+    parent, child = multiprocessing.Pipe()
+    thread = threading.Thread(target=reader_process.serve, args=(child,), daemon=True)
+    thread.start()
+    return parent, thread
+
+
+def test_the_reader_process_reads_where_there_is_no_resource_module(tmp_path, monkeypatch):
+    path = io.save(_volume(), tmp_path / "v.nrrd")
+    monkeypatch.setitem(sys.modules, "resource", None)            # Windows: importing it fails
+    parent, thread = _serve_in_a_thread(monkeypatch)
+    parent.send(("engine.io.itk_files", "_scan_itk", (str(path),), 1 << 30, None))   # no thread bound
+    assert parent.poll(30), "the reader process died without a reply"
+    kind, entry = parent.recv()
+    assert kind == "ok" and entry.shape_zyx == (6, 7, 8)
+    parent.send(None)
+    thread.join(5)
+
+
+def test_no_address_space_limit_is_set_where_the_mapped_size_cannot_be_measured(monkeypatch):
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    monkeypatch.setattr(reader_process, "_vm_bytes", lambda: 0)     # macOS: no /proc
+    restore = reader_process._limit_address_space(1 << 20)         # 1 MiB would stop this process at once
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    restore()
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+
+
+def test_the_memory_guard_counts_scaled_nifti_voxels_as_float32_in_both_processes(tmp_path, monkeypatch):
+    n = 4 * 5 * 6
+    scaled, plain = _nifti(tmp_path, "scaled.nii", scl_slope=2.0), _nifti(tmp_path, "plain.nii", scl_slope=1.0)
+    assert sitk.ReadImage(str(scaled)).GetPixelID() == sitk.sitkFloat32      # ITK returns scaled int16 as float32
+    # at its peak: the float32 image and its numpy copy in the reader process, and the copy received here
+    monkeypatch.setattr(catalog, "available_memory", lambda: int(13 * n / catalog.MEMORY_SHARE))
+    with pytest.raises(io.VolumeIOError, match="at its peak") as err:
+        io.load(scaled)
+    assert str(scaled) in str(err.value)
+    assert io.load(plain).shape == (6, 5, 4)
+
+
+def test_the_reader_process_limits_malloc_arenas_and_its_slack_grows_with_the_cores(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    reader_process._process().close()                             # a fresh reader process, started below
+    assert native("env", os.getenv, "MALLOC_ARENA_MAX") == "2"
+    assert "MALLOC_ARENA_MAX" not in os.environ                   # this process's environment is unchanged
+    limits = []
+
+    class Recorder:
+        def call(self, path, fn, args, memory_bytes, timeout_s, cancel):
+            limits.append(memory_bytes)
+
+    monkeypatch.setattr(reader_process, "_process", Recorder)
+    for cores in (2, 256):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        native("x", os.getenv, "HOME", peak_bytes=1 << 20)
+    assert limits[1] - limits[0] == 254 * reader_process.SLACK_PER_CPU
+
+
+def test_waiting_for_the_reader_process_held_by_another_thread_can_be_cancelled(tmp_path):
+    import threading
+
+    from engine.jobs import Cancelled, CancelToken
+
+    token, outcome = CancelToken(), []
+    token.cancel()
+    process = reader_process._process()
+    process._lock.acquire()                                       # another thread's long reading
+    try:
+        def read():
+            try:
+                native(tmp_path / "v.nii", os.getenv, "HOME", cancel=token)
+            except Cancelled:
+                outcome.append("cancelled")
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(5)
+        assert outcome == ["cancelled"]
+    finally:
+        process._lock.release()
+
+
+def test_a_native_allocation_failure_reads_as_the_memory_message(tmp_path):
+    with pytest.raises(io.VolumeIOError, match="needs more memory than is available") as err:
+        native(tmp_path / "v.nii", exec, "raise RuntimeError('ITK ERROR: std::bad_alloc')")
+    assert str(tmp_path / "v.nii") in str(err.value)
+
+
+def test_more_voxel_data_than_announced_is_an_error_and_the_next_read_works(tmp_path, monkeypatch):
+    import types
+
+    path = io.save(_volume(), tmp_path / "v.nrrd")
+    short = types.SimpleNamespace(empty=lambda shape, dtype: np.empty(3, dtype))   # the announced size, cut
+    monkeypatch.setattr(reader_process, "np", short)
+    with pytest.raises(io.VolumeIOError, match="more voxel data than it announced") as err:
+        native(path, np.ones, (10, 10))
+    assert str(path) in str(err.value)
+    monkeypatch.undo()
+    assert io.load(path).shape == (6, 7, 8)
+
+
+def test_video_dicom_frames_sharing_fragments_are_not_called_damaged(tmp_path):
+    path = _dicom(tmp_path, "MR_small_RLE.dcm", NumberOfFrames=b"50")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"            # MPEG-4 AVC/H.264: one stream, many frames
+    ds.save_as(path)
+    try:
+        outcome = " ".join(str(s) for s in io.scan(path).skipped) or "listed"
+    except io.VolumeIOError as exc:
+        outcome = str(exc)
+    assert "fragment" not in outcome, outcome
+
+
+def _nrrd_with_spacings(tmp_path: Path, spacings: str) -> Path:
+    path = tmp_path / "s.nrrd"
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nspacings: {spacings}\nencoding: raw\nendian: little\n\n"
+    path.write_bytes(header.encode() + np.arange(60, dtype="<i2").tobytes())
+    return path
+
+
+def test_a_negative_nrrd_spacing_is_accepted_as_teem_does_zero_is_not(tmp_path):
+    path = _nrrd_with_spacings(tmp_path, "-0.5 0.75 2")
+    volume = io.load(path)
+    assert volume.spacing == (0.5, 0.75, 2.0) and volume.direction[0] == -1.0     # x runs the other way
+    assert io.scan(path).entries[0].spacing_xyz == (0.5, 0.75, 2.0)
+    np.testing.assert_array_equal(volume.array, np.arange(60).reshape(3, 4, 5))
+    with pytest.raises(io.VolumeIOError, match="spacings: '0 0.75 2' is not 3 non-zero finite numbers"):
+        io.load(_nrrd_with_spacings(tmp_path, "0 0.75 2"))

@@ -214,3 +214,23 @@ def test_weights_larger_than_the_memory_budget_are_refused_before_allocation(tmp
         load_model_dir(folder, memory_budget=1 << 30)
     small = save_model_dir(tiny_model(), None, tmp_path / "ok")
     assert load_model_dir(small, memory_budget=1 << 30).model is not None        # a model that fits loads
+
+
+def test_a_json_integer_too_long_to_convert_is_an_error_naming_the_file(tmp_path):
+    from engine.files import read_json
+
+    path = tmp_path / "config.json"
+    path.write_text('{"hidden_size": ' + "9" * 5000 + "}")          # Python refuses int() of over 4300 digits
+    with pytest.raises(ValueError, match=r"config.json: not a readable config file \(") as err:
+        read_json(path, "config file")
+    assert str(path) in str(err.value)
+
+
+def test_a_json_file_too_large_is_refused_by_its_size(tmp_path, monkeypatch):
+    from engine import files
+
+    monkeypatch.setattr(files, "MAX_JSON_BYTES", 1 << 20)
+    path = tmp_path / "big.json"
+    path.write_text("[" + "0," * (1 << 20) + "0]")
+    with pytest.raises(ValueError, match=r"big.json: 2 MiB is too large for a JSON file \(at most 1 MiB\)"):
+        files.read_json(path)

@@ -5,7 +5,9 @@ child starts with), and classify each outcome:
 - ``load``: every volume found loaded, with finite geometry;
 - ``clean error``: one line naming the file (a :class:`VolumeIOError`), the contract;
 - failures: ``unnamed error`` (a VolumeIOError not naming the file, or several lines),
-  ``traceback`` (any other exception), ``out of memory`` (MemoryError: the guard let it through),
+  ``traceback`` (any other exception), ``out of memory`` (an allocation failed, a MemoryError or a
+  native reader's std::bad_alloc however it was reported: the memory guard let it through; under
+  RLIMIT_AS this, not the peak RSS, is where a guard miss shows),
   ``bad geometry`` (a volume with NaN/inf geometry), ``truncated, loaded`` (a NIfTI / MHA / NRRD
   file cut short, and nothing else done to it, that loaded other voxels than its seed's: the
   missing ones became something),
@@ -194,15 +196,25 @@ def attempt(path: str, reference: str | None = None) -> dict:
             geometry = np.array([*volume.spacing, *volume.origin, *volume.direction], dtype=float)
             if not np.all(np.isfinite(geometry)):
                 return {"outcome": "bad geometry", "message": f"spacing {volume.spacing}, origin {volume.origin}"}
-    except VolumeIOError as exc:
-        text = str(exc)
-        clean = name in text and "\n" not in text
-        return {"outcome": "clean error" if clean else "unnamed error", "message": text[:400]}
-    except MemoryError:
-        return {"outcome": "out of memory", "message": _where(traceback.format_exc())}
     except Exception as exc:  # noqa: BLE001 - what the contract forbids, recorded with where it came from
+        if _allocation_failed(exc):
+            return {"outcome": "out of memory", "message": f"{str(exc)[:200]} {_where(traceback.format_exc())}"}
+        if isinstance(exc, VolumeIOError):
+            text = str(exc)
+            clean = name in text and "\n" not in text
+            return {"outcome": "clean error" if clean else "unnamed error", "message": text[:400]}
         return {"outcome": "traceback", "message": f"{type(exc).__name__}: {str(exc)[:200]} {_where(traceback.format_exc())}"}
     return {"outcome": "load", "message": ""}
+
+
+def _allocation_failed(exc: BaseException) -> bool:
+    """An error caused by an allocation that failed after the memory guard let the reading through:
+    under the child's RLIMIT_AS a native reader's std::bad_alloc becomes an error (often a clean
+    one), so a guard miss shows here and hardly ever as a peak above the budget."""
+    from engine.io.reader_process import OUT_OF_MEMORY, allocation_failed
+
+    causes = (exc, exc.__cause__, exc.__context__)
+    return OUT_OF_MEMORY in str(exc) or any(c is not None and allocation_failed(c) for c in causes)
 
 
 def _where(text: str) -> str:
