@@ -10,9 +10,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
 from app.errors import UserFacingError, describe_error, is_expected
 from app.synthesis import SynthesisRequest, run_synthesis
+from engine.jobs import Cancelled, CancelToken, Progress, ProgressFn
 
 if TYPE_CHECKING:
     from engine.io import Volume

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtGui import QImage
 
-from engine.jobs import CancelToken, ProgressFn, noop
 from app.state.workspace import Document
+from engine.jobs import CancelToken, ProgressFn, noop
 
 if TYPE_CHECKING:
     from app.state.comparison import ComparisonResult

@@ -3,17 +3,27 @@ viewer and comparison tabs, the status bar, the fine-tuning wizard. Opening (als
 loading and exporting run on workers; failures become a message that names the file, never a traceback."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStyle, QTabWidget
 
 from app import about
-from engine import paths
-from app.export import (BURNED_IN_QUESTION, VOLUME_FILTERS, anonymised_export_session, export_path, export_volume,
-                        proposed_name, save_png, says_burned_in, write_metrics_csv)
+from app.errors import describe_error
+from app.export import (
+    BURNED_IN_QUESTION,
+    VOLUME_FILTERS,
+    anonymised_export_session,
+    export_path,
+    export_volume,
+    proposed_name,
+    save_png,
+    says_burned_in,
+    write_metrics_csv,
+)
 from app.open_dialogs import VolumePicker, open_file_dialog
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
@@ -30,12 +40,11 @@ from app.views.comparison_view import ComparisonView
 from app.views.mouse import MouseKeysDialog, use_scheme
 from app.views.ortho_viewer import OrthoViewer
 from app.views.window_layout import fit_to_screen, restore_layout
-from app.errors import describe_error
 from app.workers import Task, TaskRunner
+from engine import paths
 
 if TYPE_CHECKING:
-    from engine.io import Catalog, SeriesEntry
-    from engine.io import Anonymiser
+    from engine.io import Anonymiser, Catalog, SeriesEntry
 
 
 STARTUP_DELAY_MS = 150     # let the window paint before the engine imports compete for the CPU
@@ -45,9 +54,9 @@ def _start_engine() -> tuple[list[str], str | None, str]:
     """Import the engine (SimpleITK, scipy, torch) after the window shows: the modality names,
     why synthesis cannot run (None when it can), and the compute device."""
     import engine.io  # noqa: F401 - warms the import for the first file the user opens
-    from engine import modalities
     from app.status_bar import describe_device
     from app.synthesis import inference_unavailable_reason
+    from engine import modalities
 
     return list(modalities.MODALITIES), inference_unavailable_reason(), describe_device()
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
 
-from engine.jobs import Progress
 from app.about import RESEARCH_NOTICE
 from app.views.slice_view import Probe
+from engine.jobs import Progress
 
 MEMORY_INTERVAL_MS = 2000
 

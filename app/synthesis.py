@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.paths import DEFAULT_MODEL_DIR
 from engine.jobs import CancelToken, Progress, ProgressFn
+from engine.paths import DEFAULT_MODEL_DIR
 
 if TYPE_CHECKING:
     from engine.io import Volume
@@ -127,8 +127,7 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     """Synthesize the target volume on the source's grid (marked synthetic by the engine), its notes
     ending with the out-of-distribution guard's warnings; the progress reports carry the latest
     finished slice as ``preview``. Imports torch."""
-    from engine.inference import source_modality
-    from engine.inference import with_warnings
+    from engine.inference import source_modality, with_warnings
 
     synth = _synthesizer(request)
     source, _identified, note = source_modality(synth, request.volume, request.source or "auto", progress)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from engine.jobs import CancelToken, Cancelled, Progress
 from app.errors import describe_error, is_expected
+from engine.jobs import Cancelled, CancelToken, Progress
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.05          # at most ~20 progress signals a second reach the UI

@@ -10,8 +10,8 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cli.common import json_ready
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
@@ -184,8 +184,7 @@ def _quick_dataset(root: Path) -> Path:
 def _run_quality(args: argparse.Namespace) -> int:
     import tempfile
 
-    from engine.evaluation import quality
-    from engine.evaluation import describe_machine
+    from engine.evaluation import describe_machine, quality
     from engine.inference import resolve_device
 
     def log(line: str) -> None:

@@ -10,9 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from cli.common import (
+    add_model_arguments,
+    add_sampling_arguments,
+    json_ready,
+    model_dir,
+    open_synthesizer,
+    sampling_settings,
+)
 from engine.inference import SLICING_PLANES
-from cli.common import (add_model_arguments, add_sampling_arguments, json_ready, model_dir,
-                                         open_synthesizer, sampling_settings)
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 JSON_PROGRESS_EVERY_S = 1.0

@@ -7,8 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES
-from engine.inference import synthesizer_for
+from engine.inference import BACKENDS, DEVICES, PRECISION_NAMES, synthesizer_for
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 

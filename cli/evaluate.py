@@ -6,8 +6,8 @@ import argparse
 import json
 
 from cli.common import add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer, sampling_settings
-from engine.jobs import stderr_progress
 from cli.train import add_split_fractions
+from engine.jobs import stderr_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,9 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.inference import onnxruntime
-    from engine.inference import GRAPHS, OPSET, export_onnx
-    from engine.inference import Synthesizer
+    from engine.inference import GRAPHS, OPSET, Synthesizer, export_onnx, onnxruntime
 
     onnxruntime()                                  # fail early when the backend could not use the export
     started = time.perf_counter()

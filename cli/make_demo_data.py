@@ -34,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from engine.demo_data import DemoRecipe, build_demo_dataset, build_demo_study, default_workers
-    from engine.demo_data import SourceMissing
+    from engine.demo_data import DemoRecipe, SourceMissing, build_demo_dataset, build_demo_study, default_workers
     from engine.jobs import Progress
 
     def report(p: Progress) -> None:

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import signal
 
-    from engine.jobs import CancelToken, Cancelled
+    from engine.jobs import Cancelled, CancelToken
     from engine.recipe import run_recipe
 
     cancel = CancelToken()

@@ -8,12 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from cli.common import (add_anonymise_arguments, add_model_arguments, add_sampling_arguments, anonymiser_of,
-                        check_backend, json_ready, model_dir, open_synthesizer, sampling_settings)
+from cli.common import (
+    add_anonymise_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    anonymiser_of,
+    check_backend,
+    json_ready,
+    model_dir,
+    open_synthesizer,
+    sampling_settings,
+)
+from engine.inference import NO_PROFILE_NOTE, SLICING_PLANES, SOURCE_FLOOR_PREFIX
 from engine.jobs import stderr_progress
-from engine.inference import SOURCE_FLOOR_PREFIX
-from engine.inference import NO_PROFILE_NOTE
-from engine.inference import SLICING_PLANES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,17 @@ import sys
 import textwrap
 
 from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.training import DEFAULT_PIXEL_MM, DEFAULT_STEPS, PRECISIONS, STAGE_HELP, STAGES
-from engine.training import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from engine.training import (
+    DEFAULT_PIXEL_MM,
+    DEFAULT_STEPS,
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_OK,
+    PRECISIONS,
+    STAGE_HELP,
+    STAGES,
+)
 
 PRESET_NAMES = ("tiny", "default", "small", "bagel-7b")   # engine.model.config.PRESETS, without importing torch
 
@@ -225,7 +234,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         return _bad_input(str(exc))
-    from engine.jobs import CancelToken, Cancelled
+    from engine.jobs import Cancelled, CancelToken
     from engine.training import Trainer
 
     cancel = CancelToken()

@@ -3,9 +3,10 @@ whose header the library validates. Every failure is a ``ValueError`` naming the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MAX_JSON_BYTES = 64 << 20        # config, card and tokenizer files are kilobytes to a few megabytes
 

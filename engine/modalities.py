@@ -3,8 +3,8 @@ inverse, body masks, and guessing a modality from DICOM tags or a file name."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def canonical(name: str) -> str:
 # -- masks and normalisation ----------------------------------------------------------------
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice."""
-    from scipy import ndimage          # here: the registry above is imported by the app's light modules
+    from scipy import ndimage  # here: the registry above is imported by the app's light modules
 
     arr = np.asarray(array, dtype=np.float32)
     mod = get(modality)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from engine.jobs import CancelToken
 from engine.training.config import TARGET_EMBEDDING
@@ -262,7 +263,7 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
                emit: Callable[[dict], None] = lambda r: None, cancel: CancelToken | None = None) -> Path:
     """Train the entries of ``recipe`` (all, or ``only`` those) into ``out``/NAME, in order;
     ``workers`` data-loading processes prepare each entry's batches (0: the training process)."""
-    from engine.baselines.unet import trained_seconds, train_unet
+    from engine.baselines.unet import train_unet, trained_seconds
     from engine.training.config import TrainConfig
     from engine.training.trainer import train
 

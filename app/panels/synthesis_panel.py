@@ -13,19 +13,38 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QMessageBox, QProgressBar, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from engine.inference import SLICING_PLANES
-from engine.jobs import Progress
+from app.engine_process import EngineProcess
 from app.errors import describe_error
 from app.settings import Settings
 from app.state.workspace import Document
-from app.engine_process import EngineProcess
-from app.synthesis import (SynthesisRequest, available_models, benchmark_warnings, input_warnings, is_model_dir,
-                           model_limitations, model_routes)
+from app.synthesis import (
+    SynthesisRequest,
+    available_models,
+    benchmark_warnings,
+    input_warnings,
+    is_model_dir,
+    model_limitations,
+    model_routes,
+)
 from app.workers import Task, TaskRunner
+from engine.inference import SLICING_PLANES
+from engine.jobs import Progress
 
 AUTO_SOURCE = "Auto (identify with the model)"
 WARNING_STYLE = "background:#fde2e1; color:#6b1410; border:1px solid #d9534f; padding:6px;"

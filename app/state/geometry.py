@@ -63,7 +63,7 @@ class PlaneGeometry:
     affine: np.ndarray              # 4×4 index (x, y, z) → LPS mm
 
     @classmethod
-    def of(cls, volume: Volume, plane: Plane | str) -> "PlaneGeometry":
+    def of(cls, volume: Volume, plane: Plane | str) -> PlaneGeometry:
         plane = Plane(plane)
         perm, signs = nearest_axes(volume.direction_matrix)
         normal, (col_lps, col_sign), (row_lps, row_sign) = _LAYOUT[plane]

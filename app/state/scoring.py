@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.state.comparison import ComparisonResult
 from engine import modalities
 from engine.evaluation import score_volume
-from engine.io import Volume
-from engine.io import inside, resample_onto
-from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.inference import slice_axis
-from app.state.comparison import ComparisonResult
-
+from engine.io import Volume, inside, resample_onto
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
 NO_SOURCE_NOTE = "source not known: pick it under 'Source' to score the do-nothing baseline"
 
@@ -23,7 +21,7 @@ def histogram_matched(source: Volume, reference: Volume, mask: np.ndarray) -> Vo
     monotonically so that their histogram inside the body ``mask`` matches the reference's there
     (the identity baseline's quantile map, fitted on this pair; outside the body its own map, so
     the background stays background), in the reference's units."""
-    from engine.baselines import quantile_map     # imports torch: the worker, never the UI thread
+    from engine.baselines import quantile_map  # imports torch: the worker, never the UI thread
 
     src, ref = source.array.astype(np.float32), reference.array.astype(np.float32)
     mapped = np.empty_like(src)

@@ -7,15 +7,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
-                               QPushButton, QSpinBox, QVBoxLayout)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
-from engine.inference import DEVICES
-from engine.modalities import MODALITIES
 from app.settings import Settings
 from app.synthesis import available_models
 from app.training.jobs import CohortSpec
 from app.training.widgets import ERROR_STYLE, absolute_path, row
+from engine.inference import DEVICES
+from engine.modalities import MODALITIES
 
 FROM_FILE = "From the files (BIDS suffix, header or name)"
 IDENTIFY = "Identify with the model"
@@ -109,7 +119,7 @@ class CohortDialog(QDialog):
         text = absolute_path(self.input.text())
         if not text or self.output.text().strip():
             return
-        from engine.cohort import is_bids      # loads the engine's I/O: only when a folder is chosen
+        from engine.cohort import is_bids  # loads the engine's I/O: only when a folder is chosen
 
         path = Path(text)
         if is_bids(path):

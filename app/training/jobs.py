@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.paths import ROOT
 from app.settings import config_dir
+from engine.paths import ROOT
+from engine.split import TEST_FRACTION, VAL_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class TrainingJob:
     live: LiveProgress = field(default_factory=LiveProgress, repr=False)
 
     @classmethod
-    def from_cohort(cls, spec: CohortSpec) -> "TrainingJob":
+    def from_cohort(cls, spec: CohortSpec) -> TrainingJob:
         return cls(spec.name, [StageRun("cohort", spec.out_dir, cohort_arguments(spec), "cohort")])
 
     @property
@@ -230,7 +230,7 @@ class TrainingJob:
         return self.stages[0].subcommand == "cohort"
 
     @classmethod
-    def from_spec(cls, spec: FineTuneSpec) -> "TrainingJob":
+    def from_spec(cls, spec: FineTuneSpec) -> TrainingJob:
         stages = [StageRun(stage, str(out), args)
                   for stage, out, args in zip(spec.stages, stage_outputs(spec), train_arguments(spec))]
         stages += [StageRun(stage, str(out), args, "evaluate") for stage, out, args in
@@ -466,7 +466,7 @@ class TrainingJob:
                            for s in self.stages]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainingJob":
+    def from_dict(cls, data: dict) -> TrainingJob:
         stages = [StageRun(str(s["stage"]), str(s["out"]), [str(a) for a in s["args"]], str(s.get("subcommand", "train")))
                   for s in data["stages"]]
         job = cls(str(data["name"]), stages, id=str(data["id"]), status=str(data["status"]),

@@ -5,15 +5,26 @@ tags or name) and picks the volumes to register rigidly; a new paired dataset fo
 (engine.tasks.prepare) and checked, and every registration is shown as a before/after overlay."""
 from __future__ import annotations
 
-
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHeaderView,
-                               QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
 
 from app.settings import Settings, config_dir
-from app.training.widgets import (ERROR_STYLE, CheckedPage, absolute_path, rgb_pixmap, row,
-                                  training_split_problem)
+from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, rgb_pixmap, row, training_split_problem
 from app.workers import Task, TaskRunner
 
 OVERLAY_SIZE = 220
@@ -100,7 +111,7 @@ class PreparePage(CheckedPage):
         return find_unnamed_series(self.source, progress, cancel)
 
     def _on_series(self, found) -> None:
-        from engine.modalities import MODALITIES       # the engine loads after the window shows
+        from engine.modalities import MODALITIES  # the engine loads after the window shows
 
         self.choices, errors = found
         self.series.setRowCount(len(self.choices))
@@ -153,8 +164,7 @@ class PreparePage(CheckedPage):
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):
-            from engine.tasks import prepare_dataset
-            from engine.tasks import validate_dataset
+            from engine.tasks import prepare_dataset, validate_dataset
 
             prepared = prepare_dataset(self.source, out, mapping=mapping, register=register, seed=seed,
                                        progress=progress, cancel=cancel)

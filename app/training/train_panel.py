@@ -14,15 +14,38 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QProcess, Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QListWidget,
-                               QListWidgetItem, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from engine.paths import ROOT
 from app.errors import describe_error
 from app.settings import Settings
-from app.training.jobs import (STAGE_NAMES, CohortSpec, FineTuneSpec, TrainingJob, command, load_jobs, parse_line,
-                               review_headline, save_jobs)
+from app.training.jobs import (
+    STAGE_NAMES,
+    CohortSpec,
+    FineTuneSpec,
+    TrainingJob,
+    command,
+    load_jobs,
+    parse_line,
+    review_headline,
+    save_jobs,
+)
+from engine.paths import ROOT
 
 STOP_WAIT_MS = 30000            # closing the app: how long a running stage may take to write its checkpoint
 MAX_LOG_LINES = 2000

@@ -11,19 +11,43 @@ import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit,
-                               QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget, QWizard, QWizardPage)
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+    QWizard,
+    QWizardPage,
+)
 
-from engine.split import TEST_FRACTION, VAL_FRACTION
-from engine.training import DEFAULT_STEPS
 from app.settings import Settings, config_dir
 from app.synthesis import available_models, is_model_dir
-from app.training.jobs import STAGE_NAMES, STAGE_PLANS, FineTuneSpec, command_line, evaluate_arguments, \
-    stage_outputs, train_arguments
+from app.training.jobs import (
+    STAGE_NAMES,
+    STAGE_PLANS,
+    FineTuneSpec,
+    command_line,
+    evaluate_arguments,
+    stage_outputs,
+    train_arguments,
+)
 from app.training.prepare_page import PreparePage
 from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, row, training_split_problem
 from app.workers import Task, TaskRunner
+from engine.split import TEST_FRACTION, VAL_FRACTION
+from engine.training import DEFAULT_STEPS
 
 CHECK_DELAY_MS = 300            # typing a folder name: check once the user pauses
 DEFAULT_IMAGE_SIZE = 64         # the train command's default
@@ -36,8 +60,7 @@ DEFAULT_EVALUATE_SLICES = 16    # central slices per validation volume in the co
 
 def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep: bool, progress, cancel):
     """The report, and the volumes that may need registering (the preparation page's candidates)."""
-    from engine.tasks import misaligned_volumes
-    from engine.tasks import validate_dataset
+    from engine.tasks import misaligned_volumes, validate_dataset
 
     report = validate_dataset(folder, seed=seed, val_fraction=val_percent / 100, test_fraction=test_percent / 100,
                               deep=deep, progress=progress, cancel=cancel)

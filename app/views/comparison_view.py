@@ -171,7 +171,7 @@ class ComparisonView(QWidget):
         self._set_status(f"Comparing {syn.title} with {ref.title}…")
 
         def score(progress, cancel) -> ComparisonResult:
-            from app.state.scoring import compare    # SimpleITK and scipy: off the UI thread
+            from app.state.scoring import compare  # SimpleITK and scipy: off the UI thread
 
             return compare(syn.volume, ref.volume, src.volume if src else None, modality, progress, cancel)
 

@@ -7,8 +7,17 @@ import html
 
 import numpy as np
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QTabWidget,
-                               QTextBrowser, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.state.cursor import Cursor
 from app.state.geometry import Plane
@@ -143,7 +152,7 @@ class OrthoViewer(QWidget):
 
     def _on_side_tab_changed(self, index: int) -> None:
         if self.side_tabs.widget(index) is self.render_tab and self.volume_3d is None:
-            from app.views.volume_3d import VolumeRenderView    # imports VTK: only now
+            from app.views.volume_3d import VolumeRenderView  # imports VTK: only now
 
             self.volume_3d = VolumeRenderView(self.render_tab)
             self.render_tab.layout().addWidget(self.volume_3d)

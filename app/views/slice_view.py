@@ -6,8 +6,9 @@ sensible precision, the SYNTHETIC mark."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -17,7 +18,7 @@ from PySide6.QtWidgets import QGraphicsView, QLabel
 from app.about import SYNTHETIC_BANNER
 from app.state.cursor import Cursor
 from app.state.display import DisplayState
-from app.state.geometry import PlaneGeometry, Plane
+from app.state.geometry import Plane, PlaneGeometry
 from app.views import mouse
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Probe:
 class _PlaneViewBox(pg.ViewBox):
     """The mouse gestures of a slice view, after the mouse scheme in use (the owner does the work)."""
 
-    def __init__(self, owner: "SliceView") -> None:
+    def __init__(self, owner: SliceView) -> None:
         super().__init__(invertY=True, lockAspect=True, enableMenu=False)
         self._owner = owner
 

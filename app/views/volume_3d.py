@@ -8,12 +8,17 @@ from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
 from vtkmodules.vtkInteractionStyle import vtkInteractorStyleTrackballCamera
-from vtkmodules.vtkRenderingCore import (vtkColorTransferFunction, vtkRenderer, vtkVolume, vtkVolumeProperty,
-                                         vtkWindowToImageFilter)
+from vtkmodules.vtkRenderingCore import (
+    vtkColorTransferFunction,
+    vtkRenderer,
+    vtkVolume,
+    vtkVolumeProperty,
+    vtkWindowToImageFilter,
+)
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper
 
-from engine import modalities
 from app.state.workspace import Document
+from engine import modalities
 
 MAX_RENDER_SIZE = 192     # voxels along the longest axis; larger volumes are subsampled
 

@@ -4,7 +4,8 @@ fitted per route on the training split (quantiles of all pixels of the co-regist
 target slices), so no test data is looked at."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class IntensityMatch(SliceSynthesizer):
         self.maps = dict(maps)
 
     @classmethod
-    def fit(cls, paired: PairedDataset, image_size: int, split: str = "train") -> "IntensityMatch":
+    def fit(cls, paired: PairedDataset, image_size: int, split: str = "train") -> IntensityMatch:
         pixels: dict[tuple[str, str], tuple[list, list]] = {}
         calibration = dataset_calibration(paired, split)
         for subject in paired.subject_names(split):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +22,9 @@ from engine.inference.pipeline import SliceSynthesizer
 from engine.inference.settings import SynthesisSettings, resolve_device
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 from engine.model.checkpoint import save_safetensors
+from engine.tasks.augment import Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.synthesis import SynthesisDataset
-from engine.tasks.augment import Randomization
 from engine.training.config import DEFAULT_PIXEL_MM
 
 WEIGHTS, CARD = "unet.safetensors", "baseline.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Collection, Iterable
 
 from engine import modalities
 from engine.io.volume import Volume

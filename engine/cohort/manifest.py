@@ -11,8 +11,9 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 MANIFEST = "cohort-manifest.jsonl"
 PART_GLOB = "cohort-manifest.rank-*.jsonl"
@@ -25,7 +26,7 @@ def part_path(out: Path, rank: int) -> Path:
 
 def now() -> str:
     """UTC time with microseconds: records of several parts sort by it."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def digest(value: Any) -> str:

@@ -6,10 +6,11 @@ with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from engine.cohort import manifest
 from engine.cohort.items import Cohort, CohortItem

@@ -6,7 +6,7 @@ the bound must be set before the model is opened)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager

@@ -10,16 +10,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from engine.paths import ROOT
 
 
 def _model_folder(model: str | None, preset: str | None, image_size: int | None, scratch: Path) -> Path:
     """``model``, or a random-weight ``preset`` written to ``scratch`` (the command loads a folder)."""
-    from engine.inference.random_model import write_random_model
     from engine.evaluation.speed import DEMO_SOURCE
+    from engine.inference.random_model import write_random_model
 
     if model is not None:
         return Path(model)

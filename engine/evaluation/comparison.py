@@ -4,8 +4,8 @@ the body in the target's unit), and the comparison recorded in the fine-tuned mo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from engine.atomic import atomic_file
 from engine.inference.model_card import METADATA_FILE

@@ -39,25 +39,31 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from engine import modalities
+from engine import modalities, recipe
 from engine.evaluation import generalization as gen
 from engine.evaluation.metrics import pearson
-from engine.evaluation.synthesis_eval import (ModelEvaluation, SubjectScore, central_block, evaluate_model,
-                                              route_jobs, score_volume)
+from engine.evaluation.synthesis_eval import (
+    ModelEvaluation,
+    SubjectScore,
+    central_block,
+    evaluate_model,
+    route_jobs,
+    score_volume,
+)
 from engine.evaluation.understanding import identification, identification_lines, understanding, understanding_lines
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer, Synthesizer, unit_slices
 from engine.inference.settings import SynthesisSettings, settings_from_card
+from engine.inference.slices import slices_first
 from engine.jobs import CancelToken, check_cancel, noop
 from engine.tasks.dataset import PairedDataset
-from engine.inference.slices import slices_first
-from engine import recipe
 
 MR_ROUTES = tuple((a, b) for a in ("T1", "T1CE", "T2", "FLAIR") for b in ("T1", "T1CE", "T2", "FLAIR") if a != b) \
     + (("T1", "PD"), ("PD", "T1"))

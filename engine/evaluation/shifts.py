@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from engine import modalities
-from engine.io.volume import Volume
 from engine.inference.slices import slice_axis
+from engine.io.volume import Volume
 
 if TYPE_CHECKING:
     from engine.demo_data.ct import CBCTSpec

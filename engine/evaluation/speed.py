@@ -30,9 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -200,9 +201,9 @@ def bench_volume(synth) -> tuple[Any, str, str, dict[str, Any]]:
     no T1 route)."""
     import engine.io as io
     from engine import modalities
+    from engine.inference.slices import slice_axis, slices_first
     from engine.io.volume import Volume
     from engine.tasks.phantoms import phantom_labels, phantom_volume
-    from engine.inference.slices import slice_axis, slices_first
 
     route = pick_route(synth)
     demo = io.load(str(DEMO_VOLUME)) if DEMO_VOLUME.exists() else None
@@ -459,7 +460,7 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
     whole = n >= body
     return {
         "benchmark": "speed", "schema": 1, "command": command,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "machine": machine, "device": machine["line"], "model": model_info, "volume": volume_info,
         "settings": {"route": f"{route[0]}->{route[1]}", "steps": settings.steps, "solver": settings.solver,
                      "shift": settings.shift, "guidance": g.to_dict(), "seed": settings.seed,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from engine import modalities
 from engine.evaluation.metrics import Evaluation, evaluate
+from engine.inference.slices import slice_axis, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.inference.slices import slice_axis, slices_first
 
 SCORE_KEYS = ("psnr_db", "ssim_x100", "mae")
 

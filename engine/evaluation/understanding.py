@@ -7,8 +7,9 @@ what ``identify`` answers for every volume of those subjects, with the answers i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.inference.pipeline import Synthesizer
 from engine.jobs import CancelToken, check_cancel

@@ -5,7 +5,7 @@ the model was trained on, the model only has to correct what varies within the v
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -3,7 +3,7 @@ tokenizer is trained on, so no instruction, question or answer falls apart into 
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from engine import modalities
 from engine.inference import instructions

@@ -15,18 +15,19 @@ confidence 0: its answer is a guess.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from engine import modalities
+from engine.inference.instructions import mi_question, modality_answer
+from engine.inference.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.inference.instructions import mi_question, modality_answer
 from engine.model.vit import vit_view
-from engine.inference.slices import in_plane_spacing, slice_axis, slices_first, to_model_slice
 
 if TYPE_CHECKING:
     from engine.inference.pipeline import Synthesizer

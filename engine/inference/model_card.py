@@ -42,9 +42,10 @@ Keys read (all optional; a missing key has the documented fallback)::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from engine import modalities
 from engine.files import read_json
@@ -124,7 +125,7 @@ class ModelCard:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], folder_name: str = "model") -> "ModelCard":
+    def from_metadata(cls, metadata: Mapping[str, Any], folder_name: str = "model") -> ModelCard:
         meta = dict(metadata or {})
         routes = None
         if meta.get("routes"):
@@ -154,7 +155,7 @@ class ModelCard:
                    inference_defaults=dict(defaults), raw=meta)
 
     @classmethod
-    def read(cls, model_dir: str | Path) -> "ModelCard":
+    def read(cls, model_dir: str | Path) -> ModelCard:
         """The card of a model folder (an empty card when it has no ``metadata.json``)."""
         path = Path(model_dir)
         file = path / METADATA_FILE

@@ -9,18 +9,24 @@ runs is ``providers`` (onnxruntime's ``session.get_providers()``); every fallbac
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from engine.inference.onnx_export import (CONTEXT_LAYOUT_INPUTS, context_layout, export_is_current, export_onnx,
-                                          per_branch_rows)
+from engine.inference.onnx_export import (
+    CONTEXT_LAYOUT_INPUTS,
+    context_layout,
+    export_is_current,
+    export_onnx,
+    per_branch_rows,
+)
 from engine.inference.pipeline import Prompt, Synthesizer, context_branches, unit_slices
-from engine.model.vit import vit_view
 from engine.inference.settings import SynthesisSettings
 from engine.jobs import CancelToken, ProgressFn, noop
+from engine.model.vit import vit_view
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"

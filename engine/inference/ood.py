@@ -22,7 +22,8 @@ tests/engine/test_inference_ood.py.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ MR_BIAS_FLOOR = 0.9         # … and never below ×2.5 across the core, which t
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def _slice_geometry(volume: "Volume") -> tuple[int, tuple[float, float], float]:
+def _slice_geometry(volume: Volume) -> tuple[int, tuple[float, float], float]:
     from engine.inference.slices import in_plane_spacing, slice_axis
 
     axis = slice_axis(volume.spacing)
@@ -168,7 +169,7 @@ def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in fg])
 
 
-def volume_signals(volume: "Volume", modality: str) -> dict[str, float | list[float] | None]:
+def volume_signals(volume: Volume, modality: str) -> dict[str, float | list[float] | None]:
     """What the guard compares for one volume in physical units (see the module's docstring)."""
     mod = modalities.get(modality)
     step = max(1, int(np.ceil((volume.array.size / MAX_VOXELS) ** (1 / 3))))
@@ -239,7 +240,7 @@ def _profile_from_signals(per_volume: Sequence[tuple[str, str, Mapping[str, Any]
             "modalities": out_mods}
 
 
-def profile_from_volumes(volumes: Iterable[tuple[str, str, "Volume"]], split: str = "train",
+def profile_from_volumes(volumes: Iterable[tuple[str, str, Volume]], split: str = "train",
                          subjects: int | None = None) -> dict:
     """The profile of (anatomy, modality, volume) triples in physical units (JSON-ready, a few
     hundred bytes per modality: ranges over the volumes, no per-subject data)."""
@@ -249,7 +250,7 @@ def profile_from_volumes(volumes: Iterable[tuple[str, str, "Volume"]], split: st
     return _profile_from_signals(per_volume, split, len(per_volume) if subjects is None else subjects)
 
 
-def training_profile(paired: "PairedDataset", split: str = "train") -> dict:
+def training_profile(paired: PairedDataset, split: str = "train") -> dict:
     """What the guard compares an input with, measured on every volume of ``split`` of ``paired``."""
     subjects = paired.subject_names(split)
     if not subjects:
@@ -349,7 +350,7 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
     return out
 
 
-def check_input(volume: "Volume", source: str, profile: Mapping[str, Any] | None,
+def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
                 pixel_mm: float | None = None, calibration: Mapping[str, Any] | None = None) -> list[str]:
     """Warnings (each starting with :data:`WARNING_PREFIX`) when ``volume``, read as ``source``, is
     unlike the training data the ``profile`` describes; empty when it looks like it. Without a
@@ -382,6 +383,6 @@ def marked_description(description: str, warnings: Sequence[str]) -> str:
     return f"{OOD_MARK}{description}" if any(w != NO_PROFILE_NOTE for w in warnings) else description
 
 
-def with_warnings(volume: "Volume", warnings: Sequence[str]) -> "Volume":
+def with_warnings(volume: Volume, warnings: Sequence[str]) -> Volume:
     """``volume`` with ``warnings`` appended to its notes (which every writer carries into provenance)."""
     return volume.replace(notes=(*volume.notes, *warnings)) if warnings else volume

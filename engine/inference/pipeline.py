@@ -23,27 +23,42 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine import modalities
-from engine.modalities import Normalisation
 from engine.inference.calibration import calibration_shift, padding_mask
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
+from engine.inference.instructions import default_instruction
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
-from engine.inference.settings import (SynthesisSettings, autocast, available_memory, is_out_of_memory,
-                                       resolve_device, resolve_precision, settings_from_card)
+from engine.inference.settings import (
+    SynthesisSettings,
+    autocast,
+    available_memory,
+    is_out_of_memory,
+    resolve_device,
+    resolve_precision,
+    settings_from_card,
+)
+from engine.inference.slices import (
+    Placement,
+    from_model_slice,
+    in_plane_spacing,
+    slice_axis,
+    slices_back,
+    slices_first,
+    to_model_slice,
+)
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+from engine.modalities import Normalisation
 from engine.model.vit import vit_view
 from engine.sampling import draw_noise, sample
-from engine.inference.instructions import default_instruction
-from engine.inference.slices import (Placement, from_model_slice, in_plane_spacing, slice_axis, slices_back, slices_first,
-                                 to_model_slice)
 
 RESEARCH_NOTE = "synthetic — research use only, not for diagnosis"
 MR_OUTPUT_RANGE = (0.0, 1000.0)
@@ -582,6 +597,6 @@ class Synthesizer(SliceSynthesizer):
     # -- understanding ---------------------------------------------------------------------------
     def identify(self, volume: Volume, **kwargs):
         """The volume's modality by the model's understanding branch (see :func:`identify_modality`)."""
-        from engine.inference.identify import identify_modality      # the module imports this one's types only
+        from engine.inference.identify import identify_modality  # the module imports this one's types only
 
         return identify_modality(volume, self, **kwargs)

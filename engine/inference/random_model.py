@@ -3,8 +3,9 @@ model in a temporary folder), speed benchmarks and the GPU check (the ``bagel-7b
 real weights exist). Their card says plainly that they are untrained."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -41,8 +42,9 @@ def random_model(*, preset: str = "tiny", routes: Iterable[Sequence[str]] = DEFA
     """The same random model in memory (a :class:`engine.model.LoadedModel`, nothing written).
     With a half ``dtype`` the weights are created in it directly on ``device`` (the ``bagel-7b``
     preset in bf16 needs ~29 GB instead of ~58 GB of fp32 on the way)."""
-    from engine.model import LoadedModel, from_config, preset as get_preset, train_tokenizer
     from engine.inference.corpus import instruction_corpus
+    from engine.model import LoadedModel, from_config, train_tokenizer
+    from engine.model import preset as get_preset
 
     routes = [(modalities.canonical(a), modalities.canonical(b)) for a, b in routes]
     names = list(dict.fromkeys(m for r in routes for m in r))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -120,11 +121,11 @@ class SynthesisSettings:
     def t_start(self) -> float:
         return 1.0 if self.start_from_source is None else self.start_from_source
 
-    def replace(self, **changes: Any) -> "SynthesisSettings":
+    def replace(self, **changes: Any) -> SynthesisSettings:
         return dataclasses.replace(self, **changes)
 
     def asked(self, *, text_guidance: float | None = None, image_guidance: float | None = None,
-              **changes: Any) -> "SynthesisSettings":
+              **changes: Any) -> SynthesisSettings:
         """These settings with what a user asked for (the command line's options, the app's request):
         every field given as None keeps its value; ``text_guidance`` / ``image_guidance`` set the
         guidance scales."""
@@ -141,7 +142,7 @@ class SynthesisSettings:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: "SynthesisSettings | None" = None) -> "SynthesisSettings":
+    def from_dict(cls, data: Mapping[str, Any], base: SynthesisSettings | None = None) -> SynthesisSettings:
         """Settings from a dict (unknown keys refused); fields it lacks come from ``base``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)

@@ -81,7 +81,7 @@ class Placement:
 
     @classmethod
     def for_shape(cls, height: int, width: int, image_size: int, spacing: tuple[float, float] | None = None,
-                  pixel_mm: float | None = None) -> "Placement":
+                  pixel_mm: float | None = None) -> Placement:
         """The placement of a slice; ``spacing`` (row, column mm) and ``pixel_mm`` together select
         physical-scale slicing, else the longer side is fitted to ``image_size``."""
         if height < 1 or width < 1 or image_size < 1:
@@ -108,7 +108,7 @@ class Placement:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Placement":
+    def from_dict(cls, data: dict) -> Placement:
         values: dict[str, Any] = {k: (tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v))
                                   for k, v in data.items()}
         return cls(**values)

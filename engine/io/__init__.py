@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.exports import lazy_exports
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError, special_file
 from engine.io.image_files import image_kind, scan_image
 from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
-from engine.exports import lazy_exports
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
 if TYPE_CHECKING:

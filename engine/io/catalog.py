@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from engine.io.errors import Skipped, VolumeIOError
 from engine.io.volume import Volume
@@ -62,7 +62,7 @@ class Catalog:
     entries: list[SeriesEntry] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
-    def extend(self, other: "Catalog") -> None:
+    def extend(self, other: Catalog) -> None:
         self.entries.extend(other.entries)
         self.skipped.extend(other.skipped)
 

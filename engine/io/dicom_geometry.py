@@ -9,8 +9,9 @@ the first sorted slice, direction columns = (row cosine, column cosine, n), Pixe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeGuard
+from typing import TypeGuard
 
 import numpy as np
 

@@ -6,8 +6,8 @@ decay correction (DecayCorrection START: the scan start; ADMIN: already at admin
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
-from typing import Mapping, Sequence
 
 from pydicom.valuerep import DA, DT, TM
 

@@ -12,9 +12,10 @@ import re
 import struct
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 

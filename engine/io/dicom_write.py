@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import copy
 import datetime
-from io import BytesIO
 import re
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-
 MAX_PROBLEM = 600                 # characters of a problem shown (a damaged header can hold pages of text)
 
 

@@ -5,7 +5,7 @@ explicit fields where the format has room (MetaImage / NRRD keys, our DICOM priv
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from engine.io.volume import Volume
 

@@ -80,7 +80,7 @@ class Volume:
             out.append(letters[k][0] if axis[k] > 0 else letters[k][1])
         return "".join(out)
 
-    def same_grid(self, other: "Volume", tol: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, tol: float = 1e-4) -> bool:
         return (
             self.shape == other.shape
             and np.allclose(self.spacing, other.spacing, atol=tol)
@@ -88,7 +88,7 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
-    def with_array(self, array: np.ndarray, **changes) -> "Volume":
+    def with_array(self, array: np.ndarray, **changes) -> Volume:
         """A new volume on the same grid with another array (and optionally other fields)."""
         arr = np.asarray(array)
         if arr.ndim == 2:
@@ -97,7 +97,7 @@ class Volume:
             raise ValueError(f"array shape {arr.shape} does not match the grid {self.shape}")
         return dataclasses.replace(self, array=arr, **changes)
 
-    def replace(self, **changes) -> "Volume":
+    def replace(self, **changes) -> Volume:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> dict:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from engine.atomic import atomic_folder, native_os_error
-from engine.model.config import SynerMedGenConfig, from_bagel_dir
 from engine.files import open_safetensors, read_json
+from engine.model.config import SynerMedGenConfig, from_bagel_dir
 from engine.model.layers import PositionEmbedding
 from engine.model.tokenizer import HF_TOKENIZER_FILES, TextTokenizer, has_tokenizer, load_tokenizer
 from engine.model.unified import FIXED_PARAMETERS, SynerMedGen

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def _checked_keys(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ class SpecialTokenIds:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SpecialTokenIds":
+    def from_dict(cls, data: Mapping[str, Any]) -> SpecialTokenIds:
         return cls(**_checked_keys(cls, data))
 
 
@@ -79,11 +80,11 @@ class LLMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LLMConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> LLMConfig:
         return cls(**_checked_keys(cls, data))
 
     @classmethod
-    def from_qwen2_dict(cls, data: Mapping[str, Any]) -> "LLMConfig":
+    def from_qwen2_dict(cls, data: Mapping[str, Any]) -> LLMConfig:
         """Read a Hugging Face ``Qwen2Config`` json (transformers 4 or 5 spelling of rope_theta)."""
         act = data.get("hidden_act", "silu")
         if act != "silu":
@@ -140,11 +141,11 @@ class ViTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ViTConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
         return cls(**_checked_keys(cls, data))
 
     @classmethod
-    def from_siglip_dict(cls, data: Mapping[str, Any]) -> "ViTConfig":
+    def from_siglip_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
         """Read a ``SiglipVisionConfig`` json; the last layer is dropped, as BAGEL does."""
         data = data.get("vision_config", data)
         return cls(
@@ -191,7 +192,7 @@ class VAEConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VAEConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
         return cls(**_checked_keys(cls, data))
 
 
@@ -265,7 +266,7 @@ class SynerMedGenConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SynerMedGenConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> SynerMedGenConfig:
         data = _checked_keys(cls, data)
         data["llm"] = LLMConfig.from_dict(data["llm"])
         data["vit"] = ViTConfig.from_dict(data["vit"])
@@ -274,7 +275,7 @@ class SynerMedGenConfig:
             data["tokens"] = SpecialTokenIds.from_dict(data["tokens"])
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "SynerMedGenConfig":
+    def replace(self, **changes: Any) -> SynerMedGenConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -5,8 +5,8 @@ optional per-layer key/value cache of earlier (context) tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +35,20 @@ class KVCache:
     def length(self) -> int:
         return self.valid.shape[1]
 
-    def select_rows(self, rows: slice | torch.Tensor) -> "KVCache":
+    def select_rows(self, rows: slice | torch.Tensor) -> KVCache:
         """A cache for a subset of rows: a view for a slice, a copy for an index tensor."""
         if isinstance(rows, slice):
             return KVCache(tuple(k[rows] for k in self.keys), tuple(v[rows] for v in self.values), self.valid[rows])
         return KVCache(tuple(k.index_select(0, rows) for k in self.keys),
                        tuple(v.index_select(0, rows) for v in self.values), self.valid.index_select(0, rows))
 
-    def extended(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], valid: torch.Tensor) -> "KVCache":
+    def extended(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], valid: torch.Tensor) -> KVCache:
         """A new cache with tokens appended after the cached ones (this cache is not modified)."""
         return KVCache(tuple(torch.cat([a, b], dim=2) for a, b in zip(self.keys, keys)),
                        tuple(torch.cat([a, b], dim=2) for a, b in zip(self.values, values)),
                        torch.cat([self.valid, valid], dim=1))
 
-    def detach(self) -> "KVCache":
+    def detach(self) -> KVCache:
         return KVCache(tuple(k.detach() for k in self.keys), tuple(v.detach() for v in self.values), self.valid)
 
 

@@ -3,8 +3,8 @@ their token layout with BAGEL's markers and RoPE positions, and the attention ma
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 import torch
 

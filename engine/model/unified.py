@@ -8,19 +8,28 @@ the main module (``model.vae``, keys of ``ae.safetensors``): it is not a registe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.config import SynerMedGenConfig
 from engine.flow_time import sample_training_timesteps
+from engine.model.config import SynerMedGenConfig
 from engine.model.layers import MLPConnector, PositionEmbedding, TimestepEmbedder
 from engine.model.mot import KVCache, Qwen2MoTForCausalLM
-from engine.model.sequence import (IGNORE_INDEX, GridSpec, NoisyLatent, PackedLayout, Segment, attention_mask,
-                                   edit_segments, pack_rows)
+from engine.model.sequence import (
+    IGNORE_INDEX,
+    GridSpec,
+    NoisyLatent,
+    PackedLayout,
+    Segment,
+    attention_mask,
+    edit_segments,
+    pack_rows,
+)
 from engine.model.vae import AutoEncoder
 from engine.model.vit import SiglipVisionModel, grid_position_ids
 
@@ -77,7 +86,7 @@ class Context:
     aligned_present: torch.Tensor | None = None
     target: torch.Tensor | None = None
     # the velocity layouts built over this context (see SynerMedGen.velocity); never passed on to copies
-    plans: dict[Any, "NoisyPlan"] = field(default_factory=dict, init=False, repr=False, compare=False)
+    plans: dict[Any, NoisyPlan] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rows_for(self, branches: Sequence[str]) -> slice | torch.Tensor:
         unknown = [b for b in branches if b not in self.branches]
@@ -89,7 +98,7 @@ class Context:
             return slice(starts[0], starts[0] + s * len(branches))
         return torch.cat([torch.arange(a, a + s) for a in starts]).to(self.next_position.device)
 
-    def select(self, branches: Sequence[str]) -> "Context":
+    def select(self, branches: Sequence[str]) -> Context:
         """The context of some branches only (a view when they are adjacent, e.g. ("cond",))."""
         rows = self.rows_for(branches)
         pick = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
@@ -97,7 +106,7 @@ class Context:
                        *(None if x is None else pick(x) for x in (self.aligned_source, self.aligned_present,
                                                                     self.target)))
 
-    def detach(self) -> "Context":
+    def detach(self) -> Context:
         return Context(self.cache.detach(), self.next_position, self.branches, self.num_samples,
                        self.aligned_source, self.aligned_present, self.target)
 

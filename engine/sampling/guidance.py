@@ -6,8 +6,8 @@ Branches: ``cond`` (image + instruction), ``no_text`` (image, no instruction), `
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Mapping
 
 import torch
 
@@ -47,7 +47,7 @@ class GuidanceConfig:
         object.__setattr__(self, "renorm_min", float(self.renorm_min))
 
     @classmethod
-    def off(cls) -> "GuidanceConfig":
+    def off(cls) -> GuidanceConfig:
         """No guidance: only the ``cond`` branch is ever evaluated."""
         return cls(text_scale=1.0, image_scale=1.0)
 
@@ -57,7 +57,7 @@ class GuidanceConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "GuidanceConfig":
+    def from_dict(cls, data: Mapping) -> GuidanceConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

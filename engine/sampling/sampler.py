@@ -2,7 +2,7 @@
 shifted schedule, wrap the velocity in guidance, and integrate to t = 0."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

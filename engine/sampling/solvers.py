@@ -5,7 +5,7 @@ equal), checks ``cancel`` before every network call and reports ``Progress(step,
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

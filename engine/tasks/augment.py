@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from engine import modalities
 
+
 @dataclass(frozen=True)
 class Randomization:
     """Ranges of the per-sample draws (uniform unless said otherwise); ``*_p`` are probabilities."""
@@ -147,7 +148,7 @@ class Look:
     view: View | None = None
 
     @classmethod
-    def draw(cls, spec: Randomization | None, rng: random.Random, canvas_hw: tuple[int, int], size: int) -> "Look":
+    def draw(cls, spec: Randomization | None, rng: random.Random, canvas_hw: tuple[int, int], size: int) -> Look:
         return cls(spec, rng, draw_view(rng, spec, canvas_hw, size) if spec is not None else None)
 
     def image(self, canvas: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,12 +10,19 @@ import numpy as np
 import torch
 
 from engine import modalities
+from engine.inference.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
 from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
-from engine.inference.slices import Placement, in_plane_spacing, slice_axis, slices_first, to_canvas
-from engine.tasks.validation import (SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, SubjectInfo, ValidationReport,
-                                     validate_dataset)
+from engine.tasks.validation import (
+    SPLITS,
+    TEST_FRACTION,
+    VAL_FRACTION,
+    DatasetError,
+    SubjectInfo,
+    ValidationReport,
+    validate_dataset,
+)
 
 __all__ = ["DatasetError", "NormalisedVolume", "PairedDataset"]
 
@@ -73,7 +80,7 @@ class PairedDataset:
     def open(cls, root: str | Path, *, seed: int = 0, val_fraction: float = VAL_FRACTION,
              test_fraction: float = TEST_FRACTION, deep: bool = False, min_body_fraction: float = 0.05,
              cache_size: int = 16, pixel_mm: float | None = None, progress: ProgressFn = noop,
-             cancel: CancelToken | None = None) -> "PairedDataset":
+             cancel: CancelToken | None = None) -> PairedDataset:
         """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains.
         ``seed`` and the fractions draw the split of a dataset whose dataset.json lists none."""
         if not Path(root).is_dir():

@@ -3,8 +3,8 @@ tests and smoke runs of training and inference. Not anatomy: never for a shipped
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk

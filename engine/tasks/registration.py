@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from engine.inference.slices import slice_axis, slices_first
 from engine.io.itk_files import volume_to_sitk
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.inference.slices import slice_axis, slices_first
 
 HISTOGRAM_BINS = 32
 SAMPLING_SHARE = 0.25            # of the fixed voxels, drawn at random (seeded) at each level

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset

@@ -3,8 +3,8 @@ target slice of the same subject and index, and the route between them."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

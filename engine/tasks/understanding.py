@@ -4,8 +4,9 @@ Alignment (TIA); each sample is images in [0, 1] + a question + its answer text.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -51,7 +51,7 @@ class Geometry:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
 
-    def same_grid(self, other: "Geometry") -> bool:
+    def same_grid(self, other: Geometry) -> bool:
         return (self.size == other.size and np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=1e-4)
                 and np.allclose(self.origin, other.origin, atol=1e-2)
                 and np.allclose(self.direction, other.direction, atol=1e-4))
@@ -63,7 +63,7 @@ class Geometry:
         points = corners @ d.T + np.asarray(self.origin)
         return points.min(axis=0), points.max(axis=0)
 
-    def overlap_fraction(self, other: "Geometry") -> float:
+    def overlap_fraction(self, other: Geometry) -> float:
         """Share of this grid's box that ``other``'s box covers (0 = disjoint)."""
         lo_a, hi_a = self.bounds()
         lo_b, hi_b = other.bounds()

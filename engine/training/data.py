@@ -4,15 +4,15 @@ would. Also the slice dataset of the ``vae`` stage (every modality of every usab
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.tasks.dataset import PairedDataset
-from engine.tasks.validation import DatasetError
 from engine.tasks.augment import Look, Randomization
+from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SizedDataset, derived_rng
+from engine.tasks.validation import DatasetError
 
 
 def preload_budget() -> int:

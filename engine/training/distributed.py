@@ -16,8 +16,9 @@ import contextlib
 import datetime
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -73,7 +74,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device_type: str, timeout_s: float = 1800.0) -> "Distributed":
+    def from_env(cls, device_type: str, timeout_s: float = 1800.0) -> Distributed:
         """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*):
         NCCL on CUDA, gloo on CPU. Without those variables: a single process."""
         world = int(os.environ.get("WORLD_SIZE", "1"))

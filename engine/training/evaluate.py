@@ -3,26 +3,34 @@ MI / TIA (Stage I), reconstruction PSNR / SSIM of the autoencoder, the flow loss
 synthesis samples, and the preview PNG of one synthesized validation slice (Stage II)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from engine.atomic import atomic_file
+from engine.inference import instructions
 from engine.jobs import CancelToken, check_cancel
 from engine.model import SynerMedGen, Text
 from engine.sampling import sample
 from engine.tasks.dataset import PairedDataset
-from engine.tasks.synthesis import SynthesisDataset
-from engine.tasks.understanding import CTS, MI, TIA
-from engine.tasks.validation import DatasetError
-from engine.inference import instructions
 from engine.tasks.slice_dataset import SliceTaskDataset
-from engine.tasks.understanding import CTSDataset, MIDataset, TIADataset
+from engine.tasks.synthesis import SynthesisDataset
+from engine.tasks.understanding import CTS, MI, TIA, CTSDataset, MIDataset, TIADataset
+from engine.tasks.validation import DatasetError
 from engine.training.losses import psnr, ssim
-from engine.training.stages import (StepInputs, TokenCache, encode_latents, posterior, synthesis_loss,
-                                    understanding_prompt, vae_input, vae_output, vit_view)
+from engine.training.stages import (
+    StepInputs,
+    TokenCache,
+    encode_latents,
+    posterior,
+    synthesis_loss,
+    understanding_prompt,
+    vae_input,
+    vae_output,
+    vit_view,
+)
 
 EVAL_SPLIT = "val"
 

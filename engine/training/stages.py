@@ -7,8 +7,8 @@ the prefix ``ae.`` (its ``ae.safetensors`` keys), since it is held beside the mo
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -17,11 +17,11 @@ from engine.model import SynerMedGen, Text, VitImage, ce_loss, edit_segments
 from engine.model.vae import AutoEncoder
 from engine.model.vit import vit_view as model_vit_view
 from engine.sampling import sample_training_timesteps
+from engine.tasks.augment import Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import SizedDataset
 from engine.tasks.synthesis import SynthesisDataset
 from engine.tasks.understanding import stage1_tasks
-from engine.tasks.augment import Randomization
 from engine.training.config import STAGE_HELP, StageHelp, TrainConfig
 from engine.training.data import SliceImages
 from engine.training.losses import gaussian_kl, ssim

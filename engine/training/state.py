@@ -40,7 +40,7 @@ class TrainingState:
                 "extra": self.extra}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainingState":
+    def from_dict(cls, d: dict) -> TrainingState:
         return cls(stage=d["stage"], step=int(d["step"]), samples_seen=int(d.get("samples_seen", 0)),
                    best_loss=d.get("best_loss"), history=list(d.get("history", [])),
                    elapsed_s=float(d.get("elapsed_s", 0.0)), extra=dict(d.get("extra", {})))

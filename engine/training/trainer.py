@@ -17,32 +17,38 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from engine.atomic import remove_leftovers
+from engine.inference.corpus import instruction_corpus
+from engine.inference.instructions import ANATOMY_PHRASES
 from engine.inference.settings import resolve_device
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
 from engine.model.checkpoint import detect_layout
-from engine.inference.corpus import instruction_corpus
-from engine.tasks.dataset import PairedDataset
-from engine.tasks.validation import DatasetError
 from engine.tasks.augment import Randomization
-from engine.inference.instructions import ANATOMY_PHRASES
+from engine.tasks.dataset import PairedDataset
 from engine.tasks.slice_dataset import derived_rng
+from engine.tasks.validation import DatasetError
 from engine.training import evaluate
 from engine.training.config import TrainConfig
-from engine.training.data import (SampleStream, SliceImages, StepBatches, prefetched_batches, preload_budget,
-                                  sample_indices)
-from engine.training.distributed import (Distributed, clip_gradients, full_tensor, like, replica_checksums,
-                                         shard_model)
+from engine.training.data import (
+    SampleStream,
+    SliceImages,
+    StepBatches,
+    prefetched_batches,
+    preload_budget,
+    sample_indices,
+)
+from engine.training.distributed import Distributed, clip_gradients, full_tensor, like, replica_checksums, shard_model
 from engine.training.export import WeightsSnapshot, model_card, stage_record, write_model_folder
 from engine.training.optim import EMA, LRSchedule, make_optimizer
-from engine.training.stages import AE_PREFIX, Stage, StepInputs, TokenCache, apply_freeze, get_stage, named_tensors
 from engine.training.protocol import PROGRESS_FILE, STATE_DIR, STOP_FILE
+from engine.training.stages import AE_PREFIX, Stage, StepInputs, TokenCache, apply_freeze, get_stage, named_tensors
 from engine.training.state import TrainingState, load_state, recover_state, save_state, trim_records
 
 Emit = Callable[[dict], None]
@@ -94,7 +100,7 @@ class Trainer:
             _stderr(f"warning: {message}")
 
     # ================================================================= set-up
-    def setup(self) -> "Trainer":
+    def setup(self) -> Trainer:
         cfg = self.cfg
         try:
             self.device = resolve_device(cfg.device)

@@ -8,12 +8,12 @@ import pytest
 from PySide6.QtWidgets import QDialogButtonBox
 
 import engine.io as io
-from engine.inference.random_model import write_random_model
-from engine.io.volume import Volume
 from app.main_window import MainWindow
 from app.settings import Settings
 from app.training.cohort_dialog import CohortDialog
 from app.training.jobs import CohortSpec, load_jobs
+from engine.inference.random_model import write_random_model
+from engine.io.volume import Volume
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtTest import QTest
 
-from engine import modalities
-from engine.evaluation import metrics
 from app.main_window import MainWindow
 from app.settings import Settings
 from app.state.geometry import Plane
 from app.views.metrics_panel import format_value
+from engine import modalities
+from engine.evaluation import metrics
 
 
 @pytest.fixture
@@ -193,11 +193,11 @@ def test_compare_with_from_the_browser(qtbot, window, study_folder, wait_loaded)
 
 
 def test_the_per_slice_curve_follows_the_acquisition_axis(qtbot, phantom):
-    from engine.io import Volume
     from app.state.cursor import Cursor
     from app.state.workspace import Workspace
     from app.views.comparison_view import ComparisonView
     from app.workers import TaskRunner
+    from engine.io import Volume
 
     ws, cursor, runner = Workspace(), Cursor(), TaskRunner()
     view = ComparisonView(ws, cursor, runner)

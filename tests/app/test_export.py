@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from engine import io
 from PySide6.QtWidgets import QFileDialog
 
 from app.export import VOLUME_FILTERS, export_path, proposed_name
 from app.main_window import MainWindow
 from app.settings import Settings
+from engine import io
 from engine.io.resample import inside, resample_onto
 
 

@@ -5,8 +5,18 @@ import json
 import sys
 from pathlib import Path
 
-from app.training.jobs import (MAIN_PY, FineTuneSpec, TrainingJob, command, evaluate_arguments, evaluation_files,
-                               load_jobs, parse_line, save_jobs, train_arguments)
+from app.training.jobs import (
+    MAIN_PY,
+    FineTuneSpec,
+    TrainingJob,
+    command,
+    evaluate_arguments,
+    evaluation_files,
+    load_jobs,
+    parse_line,
+    save_jobs,
+    train_arguments,
+)
 
 
 def spec(tmp_path, **changes) -> FineTuneSpec:

@@ -11,13 +11,13 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QWizard
 
+from app.settings import Settings
+from app.training.wizard import FineTuneWizard
+from app.workers import TaskRunner
 from engine.inference.random_model import write_random_model
 from engine.io import save
 from engine.io.itk_files import load_file
 from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
-from app.settings import Settings
-from app.training.wizard import FineTuneWizard
-from app.workers import TaskRunner
 
 SHAPE = (10, 32, 32)
 

@@ -2,8 +2,16 @@
 survives damaged files."""
 import json
 
-from app.settings import (FILE_NAME, MAX_RECENT, SCHEMA_VERSION, Settings, config_dir, load_settings, migrate,
-                          save_settings)
+from app.settings import (
+    FILE_NAME,
+    MAX_RECENT,
+    SCHEMA_VERSION,
+    Settings,
+    config_dir,
+    load_settings,
+    migrate,
+    save_settings,
+)
 
 
 def test_round_trip_through_the_config_folder(settings_dir, tmp_path):

@@ -5,9 +5,6 @@ import gc
 import numpy as np
 import pytest
 
-from engine import modalities
-from engine.evaluation import metrics
-from engine.io import Volume
 from app.state.comparison import BlendMode, ComparisonModel
 from app.state.cursor import Cursor
 from app.state.display import AUTO_PERCENTILES, CT_PRESETS, DisplayState, Preset, presets_for
@@ -15,6 +12,9 @@ from app.state.events import Event
 from app.state.geometry import Plane, PlaneGeometry, direction_letters
 from app.state.scoring import compare
 from app.state.workspace import Workspace
+from engine import modalities
+from engine.evaluation import metrics
+from engine.io import Volume
 
 FLIPPED_X = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QTimer
 
-from engine.inference.random_model import write_random_model
 from app.main_window import MainWindow
 from app.settings import Settings
+from engine.inference.random_model import write_random_model
 
 ROUTES = (("T2", "CT"), ("CT", "T2"), ("T2", "FLAIR"))
 

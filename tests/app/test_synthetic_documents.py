@@ -10,9 +10,9 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
+from app.main_window import MainWindow
 from engine import io
 from engine.inference.random_model import write_random_model
-from app.main_window import MainWindow
 
 ROUTES = (("T2", "CT"), ("CT", "T2"))
 

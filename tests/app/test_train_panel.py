@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QMessageBox, QWizard
 
-from engine.inference.random_model import write_random_model
-from engine.tasks.phantoms import write_phantom_dataset
 from app.main_window import MainWindow
 from app.settings import Settings, load_settings
 from app.training.jobs import FineTuneSpec, TrainingJob, evaluation_files, has_checkpoint, save_jobs
 from app.training.train_panel import TrainPanel
 from app.training.wizard import FineTuneWizard
 from app.workers import TaskRunner
+from engine.inference.random_model import write_random_model
+from engine.tasks.phantoms import write_phantom_dataset
 
 ENDLESS = 1_000_000          # steps: runs until it is stopped
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
-from PySide6.QtWidgets import QApplication
 from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
 
-from engine.io import load
 from app.state.cursor import Cursor
 from app.state.geometry import Plane
 from app.state.workspace import Workspace
 from app.views import mouse
 from app.views.ortho_viewer import OrthoViewer
 from app.views.slice_view import Probe, value_in_unit
+from engine.io import load
 
 
 @pytest.fixture

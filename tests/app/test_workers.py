@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QTimer
 
-from engine.io import VolumeIOError
-from engine.jobs import Progress
 from app.errors import describe_error
 from app.workers import TaskRunner
+from engine.io import VolumeIOError
+from engine.jobs import Progress
 
 HEARTBEAT_MS = 10
 MAX_UI_GAP_S = 0.100

@@ -8,11 +8,11 @@ import shutil
 import subprocess
 
 import pytest
+from training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
 
 from cli import run_cli
 from engine.model import load_model_dir
 from engine.training.config import STAGES, TARGET_EMBEDDING
-from training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_help_documents_every_stage():
 
 
 def test_size_choices_are_the_model_presets():
-    from engine.model.config import PRESETS
     from cli.train import PRESET_NAMES
+    from engine.model.config import PRESETS
 
     assert PRESET_NAMES == tuple(PRESETS)
 
@@ -117,10 +117,10 @@ def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(t
     does not reuse such an entry for a 4 mm one; --init of a fitted model keeps fitting by default."""
     import argparse
 
-    from engine.inference.random_model import write_random_model
     from cli.train import _pixel_mm
-    from engine.training.config import DEFAULT_PIXEL_MM, TrainConfig
+    from engine.inference.random_model import write_random_model
     from engine.recipe import _changed_option
+    from engine.training.config import DEFAULT_PIXEL_MM, TrainConfig
 
     old = {k: v for k, v in TrainConfig(data="d", stage="vae", out="o").to_dict().items()
            if k not in ("pixel_mm", "augment")}

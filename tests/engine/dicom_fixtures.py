@@ -6,8 +6,8 @@ Files are located by path: ``pydicom.data.get_testdata_file`` with patterns trie
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import data_store
 import nibabel

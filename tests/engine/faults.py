@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

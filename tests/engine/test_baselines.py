@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine import recipe
 from engine.baselines import IntensityMatch, UNetSynthesizer, train_unet
 from engine.baselines.identity import quantile_map
 from engine.model import config as model_config
 from engine.tasks import PairedDataset
 from engine.tasks.phantoms import write_phantom_dataset
-from engine import recipe
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,8 @@ def test_the_u_net_baseline_refuses_an_empty_budget_before_reading_the_data(tmp_
 
 
 def test_a_full_disk_while_saving_the_u_net_keeps_the_previous_one(data, tmp_path, one_torch_thread):
-    from safetensors.torch import load_file
-
     from faults import disk_full_after
+    from safetensors.torch import load_file
 
     kwargs = dict(steps=2, batch_size=2, image_size=32, device="cpu")
     folder = train_unet(data, tmp_path / "unet", **kwargs)

@@ -13,9 +13,9 @@ import pytest
 
 from engine.evaluation import source_floor
 from engine.inference.pipeline import Synthesizer
+from engine.inference.random_model import write_random_model
 from engine.inference.settings import SynthesisSettings
 from engine.io.volume import Volume
-from engine.inference.random_model import write_random_model
 from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
 
 ROOT = Path(__file__).resolve().parents[2]

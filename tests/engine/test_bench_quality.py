@@ -16,17 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine import recipe
 from engine.baselines import IntensityMatch
 from engine.evaluation.metrics import pearson
-from engine.evaluation.quality import (MR_ROUTES, ResamplingRoundTrip, do_nothing_warnings, seed_lines, summary,
-                                      target_agreement)
+from engine.evaluation.quality import (
+    MR_ROUTES,
+    ResamplingRoundTrip,
+    do_nothing_warnings,
+    seed_lines,
+    summary,
+    target_agreement,
+)
 from engine.evaluation.synthesis_eval import score_volume
 from engine.inference import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.io.volume import Volume
 from engine.tasks import PairedDataset
 from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset
-from engine import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

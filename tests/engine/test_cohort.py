@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_fixtures import write_series
 
 import engine.io as io
 from engine.cohort import manifest
 from engine.io.volume import Volume
-from dicom_fixtures import write_series
 from main import main
 
 ROUTES = (("T1", "T2"), ("T1", "FLAIR"), ("T2", "FLAIR"))

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_cohort import head, records
+from training_support import ROOT, subprocess_env
 
 import engine.io as io
 from engine.cohort import manifest
 from main import main
-from test_cohort import head, records
-from training_support import ROOT, subprocess_env
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from engine.split import hash_split
 from engine.tasks import DatasetError, PairedDataset, validate_dataset
 from engine.tasks.phantoms import phantom_labels, phantom_volume, write_phantom_dataset, write_phantom_subject
-from engine.split import hash_split
 
 SHAPE = (24, 32, 32)
 SPACING = (1.0, 1.0, 2.0)

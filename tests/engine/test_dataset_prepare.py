@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from engine.io import save
 from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
 from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, prepare_dataset
 from engine.tasks.registration import overlay, register_rigid, resample_rigid

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import engine.io as io
+from engine import recipe
+from engine.evaluation.quality import ROUTES, table_row
 from engine.evaluation.synthesis_eval import central_block, score_volume
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
-from engine.evaluation.quality import ROUTES, table_row
-from engine import recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "resources" / "models" / "default"

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import anatomical, write_series
 from dicomanonymizer import simpledicomanonymizer as table
 
 import engine.io as io
 from engine.io.deidentify import PROFILE_TABLE, Anonymiser
 from engine.io.dicom_write import write_dicom_series
 from engine.io.errors import VolumeIOError
-
-from dicom_fixtures import anatomical, write_series
 
 STUDY, FRAME = "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-734521", "PatientBirthDate": "19610412", "PatientSex": "F",

@@ -15,7 +15,7 @@ import engine.io as io
 from engine.demo_data import builder, mr_physics, sources
 from engine.demo_data.builder import DemoRecipe, build_demo_dataset, build_demo_study, plan_subjects, simulate_subject
 from engine.demo_data.lesions import LesionSpec
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 from engine.tasks.validation import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

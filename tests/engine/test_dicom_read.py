@@ -7,14 +7,22 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_fixtures import (
+    CT_IMAGE,
+    DATA_STORE,
+    DICOMDIR_TESTS,
+    OBLIQUE,
+    PET_IMAGE,
+    PYDICOM_FILES,
+    anatomical,
+    sitk_series,
+    write_series,
+)
 
 import engine.io as io
 from engine.io import dicom_scan
 from engine.io.dicom_read import scan_dicom
-from engine.jobs import CancelToken, Cancelled
-
-from dicom_fixtures import (CT_IMAGE, DATA_STORE, DICOMDIR_TESTS, OBLIQUE, PET_IMAGE, PYDICOM_FILES, anatomical,
-                            sitk_series, write_series)
+from engine.jobs import Cancelled, CancelToken
 
 
 def _assert_same_as_sitk(vol, image, atol=1e-4):

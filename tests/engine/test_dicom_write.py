@@ -9,14 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_fixtures import DICOMDIR_TESTS, NIBABEL_DATA, OBLIQUE, PYDICOM_FILES, sitk_series
 
 import engine.io as io
 from engine.io.dicom_write import write_dicom_series
 from engine.io.itk_files import volume_from_sitk
 from engine.io.volume import Volume
-from engine.jobs import CancelToken, Cancelled
-
-from dicom_fixtures import DICOMDIR_TESTS, NIBABEL_DATA, OBLIQUE, PYDICOM_FILES, sitk_series
+from engine.jobs import Cancelled, CancelToken
 
 SYNTHETIC = "SYNTHETIC T1→FLAIR SynerMedGen default"
 

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.inference.calibration import (calibration_shift, dataset_calibration, padding_mask, reference_peak,
-                                         soft_tissue_peak)
+from engine.inference.calibration import (
+    calibration_shift,
+    dataset_calibration,
+    padding_mask,
+    reference_peak,
+    soft_tissue_peak,
+)
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
 from engine.io.volume import Volume

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.evaluation.synthesis_eval import central_block, evaluate_model, score_volume
-from engine.inference import Synthesizer, SynthesisSettings
+from engine.inference import SynthesisSettings, Synthesizer
 from engine.inference.identify import central_slices, intensity_family
 from engine.inference.random_model import write_random_model
 from engine.io.volume import Volume
@@ -140,8 +140,8 @@ def test_answer_scores_equal_token_by_token_next_token_probabilities(synth):
     from the packed labels equals the product of next-token probabilities read one by one at the
     end of an open text segment."""
     from engine.inference.identify import answer_log_likelihoods, mi_prompt
-    from engine.model import Text
     from engine.inference.instructions import modality_answer
+    from engine.model import Text
 
     image = torch.rand(1, synth.image_size, synth.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     names = synth.modalities

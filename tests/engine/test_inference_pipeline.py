@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from engine import modalities
-from engine.inference import Synthesizer, SynthesisSettings
+from engine.inference import SynthesisSettings, Synthesizer, pipeline
+from engine.inference import settings as settings_module
 from engine.inference.guided import guided_filter
 from engine.inference.model_card import ModelCard
 from engine.inference.random_model import write_random_model
-from engine.inference import pipeline, settings as settings_module
+from engine.inference.slices import from_model_slice, slices_first, to_model_slice
 from engine.io.volume import Volume
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 from engine.sampling import GuidanceConfig
 from engine.tasks.phantoms import phantom_labels, phantom_volume
-from engine.inference.slices import from_model_slice, slices_first, to_model_slice
 
 ROUTES = (("T1", "T2"), ("T1", "CT"), ("T1", "FLAIR"), ("CBCT", "CT"))
 FAST = SynthesisSettings(steps=2, batch_size=4)

@@ -378,8 +378,9 @@ def test_a_file_that_reads_back_as_another_image_is_refused_in_one_line(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from cli import run_cli
     from faults import read_only
+
+    from cli import run_cli
 
     src = io.save(_oblique_volume(), tmp_path / "t2.nii.gz")
     (tmp_path / "ro").mkdir()

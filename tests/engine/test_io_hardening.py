@@ -17,8 +17,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engine import io
 from cli import run_cli
+from engine import io
 from engine.io import catalog, itk_files, reader_process
 from engine.io.reader_process import native
 from engine.io.volume import Volume

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine.evaluation import metrics
-from engine.jobs import CancelToken, Cancelled
+from engine.jobs import Cancelled, CancelToken
 
 
 def brute_force_ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> np.ndarray:

@@ -7,8 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.model import (Text, VitImage, detect_layout, from_config, load_model_dir, preset, save_model_dir,
-                          train_tokenizer)
+from engine.model import (
+    Text,
+    VitImage,
+    detect_layout,
+    from_config,
+    load_model_dir,
+    preset,
+    save_model_dir,
+    train_tokenizer,
+)
 from engine.model.checkpoint import _write_safetensors
 
 PX = 32
@@ -93,8 +101,7 @@ def test_saving_over_a_model_is_atomic(tmp_path, monkeypatch):
 
 def write_bagel_folder(model, folder, tokenizer, drop=(), rename=None):
     """A BAGEL-layout folder: Qwen2/SigLIP json, ema.safetensors, ae.safetensors, HF tokenizer files."""
-    from transformers import PreTrainedTokenizerFast
-    from transformers import Qwen2Config, SiglipVisionConfig
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig
 
     cfg = model.config
     folder.mkdir()

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from engine.model import AutoEncoder, VAEConfig, preset
-from engine.model.layers import (PositionEmbedding, RMSNorm, RotaryEmbedding, TimestepEmbedder, apply_rotary,
-                                 timestep_embedding)
+from engine.model.layers import (
+    PositionEmbedding,
+    RMSNorm,
+    RotaryEmbedding,
+    TimestepEmbedder,
+    apply_rotary,
+    timestep_embedding,
+)
 from engine.model.vit import SiglipVisionModel, patchify_image
 
 

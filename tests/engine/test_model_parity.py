@@ -42,7 +42,8 @@ def test_understanding_expert_matches_a_transformers_qwen3_decoder():
 
 
 def test_vit_matches_siglip_penultimate_layer():
-    from transformers import SiglipVisionConfig, SiglipVisionModel as RefSiglip
+    from transformers import SiglipVisionConfig
+    from transformers import SiglipVisionModel as RefSiglip
 
     ours_cfg = dataclasses.replace(preset("tiny").vit, num_channels=3, image_size=32, num_hidden_layers=2)
     ref_cfg = SiglipVisionConfig(hidden_size=ours_cfg.hidden_size, intermediate_size=ours_cfg.intermediate_size,

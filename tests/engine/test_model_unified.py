@@ -7,10 +7,22 @@ import weakref
 import pytest
 import torch
 
-from engine.model import (BRANCHES, CleanLatent, NoisyLatent, SkipPosition, Text, VitImage, ce_loss, edit_segments,
-                          from_config, patchify_latent, preset, unpatchify_latent)
-from engine.model.vit import patchify_image
+from engine.model import (
+    BRANCHES,
+    CleanLatent,
+    NoisyLatent,
+    SkipPosition,
+    Text,
+    VitImage,
+    ce_loss,
+    edit_segments,
+    from_config,
+    patchify_latent,
+    preset,
+    unpatchify_latent,
+)
 from engine.model.sequence import CAUSAL, FULL, NOISE, GridSpec, attention_mask, pack_rows
+from engine.model.vit import patchify_image
 
 PX = 32
 

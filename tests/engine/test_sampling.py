@@ -6,11 +6,25 @@ import math
 import pytest
 import torch
 
-from engine.jobs import CancelToken, Cancelled
-from engine.sampling import (COND, NO_IMAGE, NO_TEXT, GuidanceConfig, combine_guidance, draw_noise,
-                             guided_velocity, inference_timesteps, interpolate, network_calls, predict_x0,
-                             sample, sample_training_timesteps, shift_timesteps, unshift_timesteps,
-                             velocity_target)
+from engine.jobs import Cancelled, CancelToken
+from engine.sampling import (
+    COND,
+    NO_IMAGE,
+    NO_TEXT,
+    GuidanceConfig,
+    combine_guidance,
+    draw_noise,
+    guided_velocity,
+    inference_timesteps,
+    interpolate,
+    network_calls,
+    predict_x0,
+    sample,
+    sample_training_timesteps,
+    shift_timesteps,
+    unshift_timesteps,
+    velocity_target,
+)
 
 
 # -- schedule ------------------------------------------------------------------------------

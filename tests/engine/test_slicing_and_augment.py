@@ -11,12 +11,12 @@ import torch
 from engine import modalities
 from engine.inference.model_card import ModelCard
 from engine.inference.pipeline import SliceSynthesizer
+from engine.inference.slices import Placement, from_model_slice, in_plane_spacing, to_canvas, to_model_slice
 from engine.io.volume import Volume
 from engine.tasks import PairedDataset, SynthesisDataset
 from engine.tasks.augment import Look, Randomization, View, _crop_offset, apply_view, degrade, draw_view
 from engine.tasks.phantoms import write_phantom_dataset
 from engine.tasks.slice_dataset import derived_rng
-from engine.inference.slices import Placement, from_model_slice, in_plane_spacing, to_canvas, to_model_slice
 
 
 def _disc(shape, spacing, radius_mm=40.0, value=0.8):

@@ -9,8 +9,20 @@ from engine import modalities
 from engine.inference import instructions
 from engine.inference.corpus import instruction_corpus
 from engine.inference.slices import Placement, from_model_slice, slice_axis, slices_back, slices_first, to_model_slice
-from engine.tasks import (CTS, MI, TIA, CTSDataset, DatasetError, MIDataset, PairedDataset, SynthesisDataset, TaskMix,
-                          TIADataset, UnderstandingSample, stage1_tasks)
+from engine.tasks import (
+    CTS,
+    MI,
+    TIA,
+    CTSDataset,
+    DatasetError,
+    MIDataset,
+    PairedDataset,
+    SynthesisDataset,
+    TaskMix,
+    TIADataset,
+    UnderstandingSample,
+    stage1_tasks,
+)
 from engine.tasks.phantoms import write_phantom_dataset
 
 IMAGE = 16

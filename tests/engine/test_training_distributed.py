@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_support import PX, ROOT, phantom_data, records, step_losses, subprocess_env, tiny_config
 
 from engine.training.trainer import train
-from training_support import PX, ROOT, phantom_data, records, step_losses, subprocess_env, tiny_config
 
 STEPS = 3
 

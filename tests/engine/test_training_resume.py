@@ -9,16 +9,25 @@ import signal
 import subprocess
 
 import pytest
+from training_support import (
+    PX,
+    ROOT,
+    phantom_data,
+    records,
+    run_train,
+    step_losses,
+    subprocess_env,
+    tiny_config,
+    train_command,
+)
 
 from cli import run_cli
 from engine.jobs import Cancelled
 from engine.model import load_model_dir
 from engine.training.config import TARGET_EMBEDDING
-from engine.training.state import load_state
 from engine.training.protocol import STOP_FILE
+from engine.training.state import load_state
 from engine.training.trainer import train
-from training_support import (PX, ROOT, phantom_data, records, run_train, step_losses, subprocess_env,
-                                   tiny_config, train_command)
 
 STEPS = 6
 

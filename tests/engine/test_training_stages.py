@@ -8,15 +8,23 @@ import json
 
 import pytest
 import torch
+from training_support import PX, phantom_data, tiny_config
 
-from engine.model import from_config, load_model_dir, preset, train_tokenizer
 from engine.inference.corpus import instruction_corpus
+from engine.model import from_config, load_model_dir, preset, train_tokenizer
 from engine.tasks import PairedDataset
 from engine.training.optim import make_optimizer
-from engine.training.stages import (AE_PREFIX, StepInputs, TokenCache, apply_freeze, encode_latents, get_stage,
-                                    named_tensors, vit_view)
+from engine.training.stages import (
+    AE_PREFIX,
+    StepInputs,
+    TokenCache,
+    apply_freeze,
+    encode_latents,
+    get_stage,
+    named_tensors,
+    vit_view,
+)
 from engine.training.trainer import Trainer
-from training_support import PX, phantom_data, tiny_config
 
 
 @pytest.fixture(scope="module")

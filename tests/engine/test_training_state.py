@@ -13,8 +13,7 @@ import torch
 import engine.atomic as atomic
 import engine.training.state as state_module
 from engine.training.protocol import STATE_DIR
-from engine.training.state import (TrainingState, checkpoint_step, load_state, recover_state, save_state,
-                                   trim_records)
+from engine.training.state import TrainingState, checkpoint_step, load_state, recover_state, save_state, trim_records
 
 faults = pytest.importorskip("faults")
 
