@@ -154,21 +154,24 @@ def _limit(memory_bytes: int, timeout_s: float) -> None:
     run_here()                                       # this child is the sandbox: read in place
 
 
-def _finish(fd: int, pid: int) -> dict:
+def _drain(fd: int) -> bytes:
+    """Everything a child writes to ``fd`` until it closes its end; ``fd`` is closed."""
     chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
+    while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
     os.close(fd)
+    return b"".join(chunks)
+
+
+def _finish(fd: int, pid: int) -> dict:
+    sent = _drain(fd)
     _, status, usage = os.wait4(pid, 0)
     peak = usage.ru_maxrss * 1024
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
         return {"outcome": "crash", "message": f"killed by {sig}", "peak_rss": peak}
     try:
-        result = json.loads(b"".join(chunks))
+        result = json.loads(sent)
     except ValueError:
         return {"outcome": "crash", "message": f"exited with {os.WEXITSTATUS(status)} and no result", "peak_rss": peak}
     return {**result, "peak_rss": peak}
@@ -240,17 +243,15 @@ def _in_child(work: Callable[[], list[str]], timeout_s: float) -> list[str]:
             os._exit(0)
     os.close(write_fd)
     ready, _, _ = select.select([read_fd], [], [], timeout_s)
-    chunks = []
-    while ready:
-        chunk = os.read(read_fd, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
+    if ready:
+        sent = _drain(read_fd)
+    else:
+        os.close(read_fd)
+        sent = b""
     os.waitpid(pid, 0)
-    if not chunks:
+    if not sent:
         raise RuntimeError("the fuzzer's seed files could not be written")
-    return json.loads(b"".join(chunks))
+    return json.loads(sent)
 
 
 def _settle(case: dict, keep: str | Path | None) -> None:
