@@ -180,7 +180,7 @@ def _metaimage(path: Path) -> HeaderFacts:
     header = text_header(path, METAIMAGE_END)
     if header is None:
         raise _refuse(path, "no ElementDataFile line ends its MetaImage header")
-    fields = header[0]
+    fields, offset = header
     n = _whole(path, fields, "ndims", 1)[0] if "ndims" in fields else None
     if n is None or not MIN_DIMENSIONS <= n <= MAX_DIMENSIONS:
         raise _refuse(path, f"NDims = {fields.get('ndims', '(missing)')}: {MIN_DIMENSIONS}- to {MAX_DIMENSIONS}-D "
@@ -208,7 +208,25 @@ def _metaimage(path: Path) -> HeaderFacts:
     for key, least in (("headersize", -1), ("compresseddatasize", 0)):
         if key in fields and _whole(path, fields, key, 1)[0] < least:
             raise _refuse(path, f"{key} = {fields[key]} is negative")
+    available = _metaimage_data_bytes(path, fields, offset)
+    if "compresseddatasize" in fields and available is not None:
+        compressed = _whole(path, fields, "compresseddatasize", 1)[0]
+        if compressed > available:               # the reader would allocate it before reading a byte
+            raise _refuse(path, f"CompressedDataSize = {compressed} is more than the {available} bytes of data "
+                                f"the file holds")
     return HeaderFacts(tuple(size), MET_TYPES[kind], components)
+
+
+def _metaimage_data_bytes(path: Path, fields: dict[str, str], offset: int) -> int | None:
+    """The bytes of voxel data a MetaImage has: after its header (LOCAL) or in the one file it
+    names; None for a list or pattern of files, or a data file that is not there."""
+    name = fields.get("elementdatafile", "").strip()
+    if name.upper() == "LOCAL":
+        return path.stat().st_size - offset
+    data = path.parent / name
+    if not name or name.upper().startswith("LIST") or "%" in name or not data.is_file():
+        return None
+    return data.stat().st_size
 
 
 def _numbers(path: Path, fields: dict[str, str], key: str, n: int) -> list[float]:

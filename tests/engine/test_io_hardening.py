@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 import time
@@ -91,6 +92,20 @@ def test_absurd_metaimage_fields_are_refused_by_name(tmp_path, fields, problem):
     path = _mha_with(tmp_path, **fields)
     with pytest.raises(io.VolumeIOError, match=f"(?i){problem}"):
         io.scan(path)
+
+
+def test_a_compressed_metaimage_promising_more_data_than_it_holds_is_refused(tmp_path):
+    """Found by ``bench fuzz --inputs 10000 --seed 2023`` (input 2725): ITK allocates the promised
+    compressed size before reading, and a few GiB end in std::bad_alloc."""
+    volume = _volume(dtype=np.int16)
+    for name in ("c.mha", "c.mhd"):                                  # data after the header / in a .zraw
+        path = tmp_path / name
+        sitk.WriteImage(sitk.GetImageFromArray(volume.array), str(path), True)
+        assert np.array_equal(io.load(path).array, volume.array)
+        text = path.read_bytes()
+        path.write_bytes(re.sub(rb"CompressedDataSize = \d+", b"CompressedDataSize = 4294967297", text))
+        with pytest.raises(io.VolumeIOError, match="CompressedDataSize = 4294967297 is more than the"):
+            io.scan(path)
 
 
 def _nifti(tmp_path: Path, name="v.nii", **header) -> Path:
