@@ -340,3 +340,38 @@ def test_a_cohort_item_is_synthesized_and_described_as_synthesize_does_it(model,
     sidecar = json.loads((tmp_path / "out" / "a_synthetic-T2.json").read_text())
     assert sidecar["InputWarnings"] == report["input_warnings"] and sidecar["Route"] == report["route"]
     assert sidecar["BenchmarkWarnings"] == report["benchmark_warnings"]
+
+
+def test_a_rerun_after_a_kill_skips_what_was_finished_and_redoes_the_rest(model, tmp_path, capsys, one_torch_thread):
+    import signal
+    import subprocess
+    import sys
+
+    tree = tmp_path / "study"
+    for k in range(6):
+        io.save(head("T1", k), tree / f"s{k}.nii.gz")
+    out = tmp_path / "out"
+    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "main.py"), "cohort", str(tree), "--target",
+               "T2", "--source", "T1", "-o", str(out), "--model", str(model), "--device", "cpu", "--threads", "1",
+               "--json"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in run.stdout:                       # kill -9 as soon as the first volume is written
+            record = json.loads(line)
+            if record.get("event") == "item" and record.get("status") == "done":
+                run.send_signal(signal.SIGKILL)
+                break
+    finally:
+        run.kill()
+        run.wait(60)
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    part = [json.loads(line) for line in manifest.part_path(out, 0).read_text().splitlines()]
+    done = {r["output"]: (out / r["output"]).stat().st_mtime_ns for r in part if r["status"] == "done"}
+    assert 1 <= len(done) < 6
+
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    report = summary(capsys)
+    assert (report["skipped"], report["succeeded"], report["failed"]) == (len(done), 6 - len(done), 0)
+    assert all((out / name).stat().st_mtime_ns == when for name, when in done.items())     # not written again
+    assert len(list(out.glob("*_synthetic-T2.nii.gz"))) == 6 and not list(out.rglob("*.part*"))
+    assert {r["status"] for r in records(out).values()} == {"done", "skipped"}
