@@ -124,18 +124,17 @@ def _synthesizer(request: SynthesisRequest):
 
 
 def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: CancelToken) -> Volume:
-    """Synthesize the target volume on the source's grid (marked synthetic by the engine), its notes
-    ending with the out-of-distribution guard's warnings; the progress reports carry the latest
-    finished slice as ``preview``. Imports torch."""
-    from engine.inference import source_modality, with_warnings
+    """Synthesize the target volume on the source's grid (marked synthetic by the engine) with the
+    checks every face makes (:func:`engine.inference.synthesize_checked`), its notes ending with the
+    out-of-distribution guard's warnings and how the source modality was known; the progress reports
+    carry the latest finished slice as ``preview``. Imports torch."""
+    from engine.inference import synthesize_checked
 
     synth = _synthesizer(request)
-    source, _identified, note = source_modality(synth, request.volume, request.source or "auto", progress)
     settings = synth.default_settings().asked(
         steps=request.steps, seed=request.seed, noise_correlation=request.noise_correlation,
         guided_filter=request.guided_filter, plane=request.plane, text_guidance=request.text_guidance,
         image_guidance=request.image_guidance)
-    warnings = synth.input_warnings(request.volume, source, settings)
     latest: list[np.ndarray | None] = [None]
 
     def report(p: Progress) -> None:
@@ -144,6 +143,7 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     def preview(_index: int, image: np.ndarray) -> None:
         latest[0] = image
 
-    result = synth.synthesize_volume(request.volume, source, request.target, settings, progress=report,
-                                     cancel=cancel, preview=preview)
-    return with_warnings(result.replace(notes=(*result.notes, note)) if note else result, warnings)
+    result, _description, checks = synthesize_checked(synth, request.volume, request.source or "auto",
+                                                      request.target, settings, progress=report, cancel=cancel,
+                                                      preview=preview)
+    return result.replace(notes=(*result.notes, checks.source_note)) if checks.source_note else result

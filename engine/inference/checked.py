@@ -1,5 +1,5 @@
 """One synthesis with the checks every command makes around it, in one place (``synthesize`` and
-``cohort`` both call :func:`synthesize_checked`): the source modality (named, the header's, or
+``cohort`` and the app all call :func:`synthesize_checked`): the source modality (named, the header's, or
 identified by the model), the model's route, the out-of-distribution guard's warnings (carried in the
 result's notes and marking its description) and the card's benchmark warnings for the route."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from engine.jobs import CancelToken, ProgressFn, noop
 
 if TYPE_CHECKING:
+    from engine.inference.pipeline import PreviewFn
     from engine.io.volume import Volume
 
 
@@ -34,11 +35,13 @@ def no_announce(checks: Checks) -> None:
 
 def synthesize_checked(synth, volume: Volume, source: str | None, target: str, settings, *,
                        progress: ProgressFn = noop, cancel: CancelToken | None = None,
-                       announce: Callable[[Checks], None] = no_announce) -> tuple[Volume, str, Checks]:
+                       announce: Callable[[Checks], None] = no_announce,
+                       preview: PreviewFn | None = None) -> tuple[Volume, str, Checks]:
     """(the synthetic volume, its description, the :class:`Checks`) of ``volume`` into ``target``
     with ``synth``; ``source`` as ``--source`` takes it (a modality, "auto" or None). ``announce``
-    gets the checks before the synthesis starts (the CLI prints the warnings then). ValueError when
-    the source cannot be told or the model has no such route."""
+    gets the checks before the synthesis starts (the CLI prints the warnings then); ``preview`` each
+    finished slice (the app's live view). ValueError when the source cannot be told or the model has
+    no such route."""
     from engine.inference.identify import source_modality
     from engine.inference.ood import marked_description, with_warnings
 
@@ -48,6 +51,6 @@ def synthesize_checked(synth, volume: Volume, source: str | None, target: str, s
     checks = Checks(source=source, target=target, identified=identified, source_note=note,
                     input_warnings=list(warnings), benchmark_warnings=list(synth.card.benchmark_warnings(source, target)))
     announce(checks)
-    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress, cancel=cancel),
-                           warnings)
+    result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress, cancel=cancel,
+                                                   preview=preview), warnings)
     return result, marked_description(synth.describe(source, target, settings), warnings), checks
