@@ -51,10 +51,11 @@ def input_fingerprint(files: Iterable[str], root: str | Path) -> str:
 
 
 def model_fingerprint(folder: str | Path) -> str:
-    """Whether a model folder changed: its files' names, sizes and times (not their bytes)."""
+    """Whether a model folder changed: its files' names (relative to it), sizes and times, not their
+    bytes nor where the folder is (a model moved with its times kept is the same model)."""
     folder = Path(folder)
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and "onnx" not in p.relative_to(folder).parts)
-    return digest([str(folder.resolve()), input_fingerprint(files, folder)])
+    return input_fingerprint(files, folder)
 
 
 def _records(path: Path) -> list[dict]:

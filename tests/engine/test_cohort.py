@@ -375,3 +375,17 @@ def test_a_rerun_after_a_kill_skips_what_was_finished_and_redoes_the_rest(model,
     assert all((out / name).stat().st_mtime_ns == when for name, when in done.items())     # not written again
     assert len(list(out.glob("*_synthetic-T2.nii.gz"))) == 6 and not list(out.rglob("*.part*"))
     assert {r["status"] for r in records(out).values()} == {"done", "skipped"}
+
+
+def test_a_model_folder_moved_with_its_times_is_the_same_model_and_an_edited_one_is_not(tmp_path):
+    import shutil
+
+    folder = tmp_path / "a" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"0" * 64)
+    before = manifest.model_fingerprint(folder)
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "model", copy_function=shutil.copy2)
+    assert manifest.model_fingerprint(moved) == before
+    (moved / "model.safetensors").write_bytes(b"1" * 65)
+    assert manifest.model_fingerprint(moved) != before
