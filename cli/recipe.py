@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", choices=ORDER, metavar="ENTRY", help="train only these entries")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--leave-out", metavar="SOURCE",
+                   help="train every entry without the subjects of one dataset source (a source dataset.json names, "
+                        "e.g. mni152): `bench quality --run OUT` then scores the run on that source alone "
+                        "(leave-one-source-out); such a run is not shipped")
     p.add_argument("--workers", type=int, default=0,
                    help="data-loading processes per entry (default 0: batches are built in the training process)")
     p.add_argument("--ship", metavar="DIR", help="then copy OUT/generation to DIR as the app's default model "
@@ -50,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         out = run_recipe(args.data, args.out, args.recipe, only=args.only, threads=args.threads,
-                         device=args.device, workers=args.workers, emit=emit, cancel=cancel)
+                         device=args.device, workers=args.workers, leave_out=args.leave_out, emit=emit,
+                         cancel=cancel)
     except Cancelled:
         print(f"cancelled; run the same command to resume ({args.out})", file=sys.stderr)
         return 130

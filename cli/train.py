@@ -141,6 +141,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=1, metavar="STEPS", help="step records every N steps")
     p.add_argument("--routes", type=_route, nargs="+", metavar="SRC:TGT",
                    help="train synthesis on these routes only (generation, joint)")
+    p.add_argument("--leave-out", metavar="SOURCE",
+                   help="keep every subject of this dataset source (its dataset.json's subjects → source: a site, "
+                        "scanner or anatomy template) out of training and validation (leave-one-source-out)")
     p.add_argument("--task-weights", type=_task_weights, metavar="CTS=1,MI=1,TIA=1",
                    help="Stage I task mixture (default equal)")
     p.add_argument("--cfg-dropout", type=_three_floats("--cfg-dropout", "TEXT,VIT,VAE"), default=(0.1, 0.3, 0.3),
@@ -211,7 +214,7 @@ def config_from_args(args: argparse.Namespace):
         threads=args.threads, workers=args.workers, fresh_start=args.fresh, checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds, eval_every=args.eval_every, eval_samples=args.eval_samples,
         preview_every=args.preview_every, preview_steps=args.preview_steps, log_every=args.log_every,
-        routes=tuple(args.routes) if args.routes else None, task_weights=args.task_weights,
+        routes=tuple(args.routes) if args.routes else None, leave_out=args.leave_out, task_weights=args.task_weights,
         cfg_text_dropout=text, cfg_vit_dropout=vit, cfg_vae_dropout=vae, vae_posterior=args.vae_posterior,
         vae_mse_weight=w_mse, vae_ssim_weight=w_ssim, vae_kl_weight=w_kl, model_config=args.model_config,
         model_overrides=overrides, fsdp=args.fsdp, skip_invalid=args.skip_invalid)

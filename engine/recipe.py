@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,10 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, benchmark: Mapping
     from engine.tasks.dataset import PairedDataset
 
     source = Path(run) / STAGE12
+    held_out = left_out(source)
+    if held_out:
+        raise ValueError(f"{source} was trained without the source {held_out!r} (leave-one-source-out): it is for "
+                         "the benchmark, not the default model")
     card = json.loads((source / "metadata.json").read_text(encoding="utf-8"))
     dataset = json.loads((Path(data) / "dataset.json").read_text(encoding="utf-8"))
     card.update({"name": "SynerMedGen default (demo data)", "inference_defaults": INFERENCE_DEFAULTS,
@@ -152,6 +156,11 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, benchmark: Mapping
 def _stages(folder: Path) -> list[dict[str, Any]]:
     """The training stages a model folder's card records, oldest first (raises on a folder without one)."""
     return json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["recipe"]["stages"]
+
+
+def left_out(folder: str | Path) -> str | None:
+    """The dataset source a model folder of a run was trained without (``recipe --leave-out``), or None."""
+    return _stages(Path(folder))[-1].get("config", {}).get("leave_out") or None
 
 
 def finished(folder: Path, stage: str, steps: int | None) -> bool:
@@ -240,7 +249,7 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
     training = card["training"]
     recorded = {"image_size": card.get("image_size"), "pixel_mm": card.get("pixel_mm"),
                 "batch_size": training.get("batch_size"), "minutes": training.get("minutes"),
-                "seed": training.get("seed")}
+                "seed": training.get("seed"), "leave_out": training.get("leave_out")}
     changed = _changed_option(recorded, entry.options)
     if changed:
         return changed
@@ -259,10 +268,12 @@ def _stale_unet(folder: Path, entry: Entry, out: Path) -> str | None:
 
 
 def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, only: Sequence[str] | None = None,
-               threads: int | None = None, device: str = "auto", workers: int = 0,
+               threads: int | None = None, device: str = "auto", workers: int = 0, leave_out: str | None = None,
                emit: Callable[[dict], None] = lambda r: None, cancel: CancelToken | None = None) -> Path:
     """Train the entries of ``recipe`` (all, or ``only`` those) into ``out``/NAME, in order;
-    ``workers`` data-loading processes prepare each entry's batches (0: the training process)."""
+    ``workers`` data-loading processes prepare each entry's batches (0: the training process).
+    ``leave_out`` trains every entry without one dataset source (leave-one-source-out: ``bench quality``
+    then scores the run on that source's subjects)."""
     from engine.baselines.unet import train_unet, trained_seconds
     from engine.training.config import TrainConfig
     from engine.training.trainer import train
@@ -279,6 +290,7 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
     for entry in entries:
         if only and entry.name not in only:
             continue
+        entry = replace(entry, options={**entry.options, "leave_out": leave_out})
         folder = out / entry.name
         options = dict(entry.options)
         if finished(folder, entry.stage, options.get("steps")):
@@ -294,7 +306,7 @@ def run_recipe(data: str | Path, out: str | Path, recipe: str = "default", *, on
             minutes = trained_seconds(out / entry.budget_of) / 60.0 if entry.budget_of else options["minutes"]
             train_unet(data, folder, minutes=minutes, device=device, log=emit, cancel=cancel,
                        batch_size=options["batch_size"], image_size=options["image_size"],
-                       pixel_mm=options["pixel_mm"], seed=options["seed"], workers=workers)
+                       pixel_mm=options["pixel_mm"], seed=options["seed"], workers=workers, leave_out=leave_out)
             continue
         init = None if entry.init is None else str(out / entry.init)
         train(TrainConfig(data=str(data), stage=entry.stage, out=str(folder), init=init, threads=threads,

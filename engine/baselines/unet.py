@@ -62,12 +62,13 @@ class RouteUNet(nn.Module):
 
 def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, minutes: float | None = None,
                batch_size: int = 16, lr: float = 1e-3, image_size: int = 64, pixel_mm: float = DEFAULT_PIXEL_MM,
-               augment: bool = True, seed: int = 0, workers: int = 0,
+               augment: bool = True, seed: int = 0, workers: int = 0, leave_out: str | None = None,
                device: str = "auto", features: Sequence[int] = FEATURES, log: Callable[[dict], None] = lambda r: None,
                cancel: CancelToken | None = None) -> Path:
     """Train the baseline on ``data``'s training split for ``steps`` or ``minutes`` (warm-up +
     cosine, AdamW, gradient clip 1) and write its folder atomically; ``log`` gets JSON records.
-    ``workers`` data-loading processes build the batches ahead (the same batches; 0: in this process)."""
+    ``workers`` data-loading processes build the batches ahead (the same batches; 0: in this process);
+    ``leave_out`` keeps one dataset source out of training (:meth:`PairedDataset.leave_out`)."""
     from engine.training.data import SampleStream, StepBatches, prefetched_batches, preload_budget, sample_indices
     from engine.training.optim import LRSchedule, make_optimizer
 
@@ -78,6 +79,8 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
     torch.manual_seed(seed)
     dev = resolve_device(device)
     paired = PairedDataset.open(data, seed=seed, pixel_mm=pixel_mm or None)
+    if leave_out:
+        paired = paired.leave_out(leave_out)
     paired.preload(image_size, split="train", budget_bytes=preload_budget())
     samples = SynthesisDataset(paired, "train", image_size=image_size, seed=seed,
                                augment=Randomization() if augment else None)
@@ -88,6 +91,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
     warmup = min(200, max(1, (steps or 1000) // 20))
     schedule = LRSchedule(optimizer, lr, warmup, steps, None if minutes is None else minutes * 60.0)
     log({"event": "start", "stage": "unet-baseline", "steps": steps, "minutes": minutes, "device": str(dev),
+         "train_subjects": len(paired.subject_names("train")), "left_out": leave_out,
          "parameters": sum(p.numel() for p in net.parameters())})
     prefetch = prefetched_batches(StepBatches({"unet": stream}, 0, 1, batch_size), 0, workers) if workers else None
     started, step, loss = time.perf_counter(), 0, math.nan
@@ -113,7 +117,8 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
             "pixel_mm": pixel_mm or None, "augment": augment, "calibration": dataset_calibration(paired),
             "training": {"data": str(data), "split": "train", "steps_done": step, "batch_size": batch_size,
                          "lr": lr, "seed": seed, "elapsed_s": round(time.perf_counter() - started, 1),
-                         "final_loss": loss, "device": str(dev), "steps": steps, "minutes": minutes}}
+                         "final_loss": loss, "device": str(dev), "steps": steps, "minutes": minutes,
+                         "train_subjects": len(paired.subject_names("train")), "leave_out": leave_out}}
     with atomic_folder(out) as tmp:
         save_safetensors(net.state_dict(), tmp / WEIGHTS)
         (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")

@@ -250,11 +250,15 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
                                 f"python main.py recipe --data {data} --out {run}")
     # slices (Stage I's questions, the identity fit) cut as the recipe's models cut them
     paired = PairedDataset.open(data, pixel_mm=ModelCard.read(run / recipe.STAGE12).pixel_mm)
+    held_out = recipe.left_out(run / recipe.STAGE12)
+    if held_out:                   # leave-one-source-out: the test split is that source's subjects, all of them
+        paired = paired.leave_out(held_out)
     present = set(paired.routes(split))
     routes = [r for r in ROUTES if r in present]
     if not routes:
         raise ValueError(f"{data}: the {split!r} split has none of the benchmark routes")
-    report: dict[str, Any] = {"data": str(data), "run": str(run), "split": split, "max_slices": max_slices,
+    report: dict[str, Any] = {"data": str(data), "run": str(run), "split": split, "held_out_source": held_out,
+                              "max_slices": max_slices,
                               "subjects": paired.subject_names(split), "routes": [f"{a}→{b}" for a, b in routes],
                               "rows": [], "skipped": []}
     sampling, _ = settings_from_card(recipe.INFERENCE_DEFAULTS)
@@ -277,6 +281,9 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
             trained = {}
         elif entry == recipe.UNET:
             synth = UNetSynthesizer(run / entry, device=device)
+            if synth.training.get("leave_out") != held_out:
+                raise ValueError(f"{run / entry} was trained without {synth.training.get('leave_out')!r}, the run's "
+                                 f"Stage II without {held_out!r}: retrain one of them")
             trained = {"steps": synth.training.get("steps_done"), "seconds": synth.training.get("elapsed_s")}
         else:
             synth = default if entry == recipe.STAGE12 else Synthesizer(run / entry, device=device)
@@ -447,8 +454,12 @@ def table_row(line: dict) -> str:
 
 def to_markdown(report: dict) -> str:
     """The README table: one row per method, brain-MR means and CBCT → CT, then accuracies."""
-    lines = [f"`{report.get('command', 'python main.py bench quality')}` — {len(report['subjects'])} held-out "
-             f"subjects ({report['split']} split), {report['max_slices'] or 'all'} central slices per volume, "
+    held_out = report.get("held_out_source")
+    subjects = (f"subjects of the source {held_out}, which every model of the run was trained without "
+                "(leave-one-source-out; the identity baseline is fitted without it too)"
+                if held_out and report["split"] == "test" else f"held-out subjects ({report['split']} split)")
+    lines = [f"`{report.get('command', 'python main.py bench quality')}` — {len(report['subjects'])} {subjects}, "
+             f"{report['max_slices'] or 'all'} central slices per volume, "
              f"{len(report['routes'])} routes; {(report.get('machine') or {}).get('line', '')}",
              "",
              "| method | MR SSIM | MR SSIM (body) | MR PSNR dB | CBCT→CT MAE HU (body) | CBCT→CT SSIM "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,27 @@ class PairedDataset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         return list(self.report.split.get(split, []))
+
+    def sources(self) -> list[str]:
+        """The sources its dataset.json names for the usable subjects (site, scanner, template)."""
+        return sorted({s.source for s in self.report.subjects if s.source})
+
+    def leave_out(self, source: str) -> PairedDataset:
+        """Leave-one-source-out: the same dataset with every subject of ``source`` taken out of the
+        train and val splits and made the test split, so a model trained on the result never saw that
+        source and is scored on all of it. DatasetError when no subject comes from ``source`` or no
+        training subject remains."""
+        held = sorted(s.name for s in self.report.subjects if s.source == source)
+        root = self.report.root
+        if not held:
+            known = ", ".join(self.sources()) or "none (its dataset.json gives no subject a source)"
+            raise DatasetError(f"{root}: no subject comes from the source {source!r}; its sources: {known}")
+        split = {part: [n for n in self.report.split.get(part, []) if n not in held] for part in ("train", "val")}
+        if not split["train"]:
+            raise DatasetError(f"{root}: leaving out {source!r} leaves no training subject")
+        report = replace(self.report, split={**split, "test": held})
+        return PairedDataset(report, min_body_fraction=self.min_body_fraction, cache_size=self.cache_size,
+                             pixel_mm=self.pixel_mm)
 
     def subject(self, name: str) -> SubjectInfo:
         try:

@@ -76,9 +76,11 @@ def write_phantom_subject(folder: str | Path, modality_names: Sequence[str], *, 
 
 def write_phantom_dataset(root: str | Path, *, subjects: int = 4, modality_names: Sequence[str] = ("T1", "T2", "FLAIR"),
                           shape=(24, 32, 32), spacing=(1.0, 1.0, 2.0), ct_subject: bool = True,
-                          anatomy: str = "brain", seed: int = 0, split: dict | None = None) -> Path:
+                          anatomy: str = "brain", seed: int = 0, split: dict | None = None,
+                          sources: dict[str, str] | None = None) -> Path:
     """A small valid dataset: ``subjects`` MR subjects (``sub01`` …) plus, with ``ct_subject``, one
-    head CT/CBCT subject (``ct01``); a ``dataset.json`` with name, anatomy and (optional) split."""
+    head CT/CBCT subject (``ct01``); a ``dataset.json`` with name, anatomy and (optional) split and
+    subjects' sources."""
     root = Path(root)
     anatomies = {}
     for i in range(subjects):
@@ -91,5 +93,7 @@ def write_phantom_dataset(root: str | Path, *, subjects: int = 4, modality_names
     meta: dict = {"name": "phantoms", "anatomy": anatomies}
     if split is not None:
         meta["split"] = split
+    if sources is not None:
+        meta["subjects"] = {name: {"source": source} for name, source in sources.items()}
     (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return root

@@ -86,6 +86,7 @@ class SubjectInfo:
     files: dict[str, str]
     anatomy: str = ""
     resample: tuple[str, ...] = ()          # modalities resampled onto the first one's grid
+    source: str = ""                        # where it came from (site, scanner, template): leave-one-source-out
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -230,6 +231,11 @@ def _anatomy_of(meta: dict, subject: str) -> str:
     return str(anatomy or "")
 
 
+def _source_of(meta: dict, subject: str) -> str:
+    entry = (meta.get("subjects") or {}).get(subject) if isinstance(meta.get("subjects"), dict) else None
+    return str(entry.get("source") or "") if isinstance(entry, dict) else ""
+
+
 def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
     subject = folder.name
     found: dict[str, tuple[Path, Geometry]] = {}
@@ -295,7 +301,8 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
                 f"{ref_geom.describe()}); resampled onto {ordered[0]}'s grid (linear), covering "
                 f"{overlap:.0%} of it", subject, str(ref_path)))
     if len(files) >= 2:
-        return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample))
+        return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample),
+                           _source_of(meta, subject))
     if files:
         only = next(iter(files))
         report.problems.append(Finding("single_modality", str(folder), f"subject {subject!r} has only one usable "
@@ -337,7 +344,9 @@ def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = V
     """Check a dataset folder without loading voxels (``deep=True`` reads them all, catching
     truncated files; DICOM folders are always read). Never raises for dataset content; a missing
     root gives an empty report. ``dataset.json`` (optional): ``{"name": str, "anatomy": str |
-    {subject: str, "*": default}, "split": {"train": [...], "val": [...], "test": [...]}}``;
+    {subject: str, "*": default}, "split": {"train": [...], "val": [...], "test": [...]},
+    "subjects": {subject: {"source": str}}}`` (a subject's source — site, scanner, anatomy template — is
+    what ``train --leave-out`` holds out);
     without a split, :func:`hash_split` with ``seed`` and the fractions."""
     check_fractions(val_fraction, test_fraction)
     root = Path(root)

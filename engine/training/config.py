@@ -13,8 +13,9 @@ from engine import modalities
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions
 
 DEFAULT_PIXEL_MM = 4.0           # a new model's pixel size: 64 pixels span 256 mm, a whole adult head
-# what a run recorded before an option existed did: slices fitted to the image size, no randomization
-LEGACY_OPTIONS = {"pixel_mm": 0.0, "augment": False}
+# what a run recorded before an option existed did: slices fitted to the image size, no randomization,
+# every source trained on
+LEGACY_OPTIONS = {"pixel_mm": 0.0, "augment": False, "leave_out": None}
 
 STAGES = ("vae", "understanding", "generation", "joint")
 
@@ -104,6 +105,7 @@ class TrainConfig:
     val_fraction: float = VAL_FRACTION                 # … the subjects held out for validation
     test_fraction: float = TEST_FRACTION               # … and for testing (engine.split.hash_split)
     routes: tuple[tuple[str, str], ...] | None = None  # restrict synthesis routes (generation, joint)
+    leave_out: str | None = None                       # a dataset source kept out of train and val (held out)
     task_weights: Mapping[str, float] | None = None    # CTS / MI / TIA mixture of Stage I
     checkpoint_every: int = 500                        # steps (0: off)
     checkpoint_seconds: float = 600.0                  # wall-clock seconds (0: off)

@@ -190,6 +190,8 @@ class Trainer:
         try:
             paired = PairedDataset.open(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
                                         test_fraction=cfg.test_fraction, pixel_mm=cfg.pixel_mm or None)
+            if cfg.leave_out:
+                paired = paired.leave_out(cfg.leave_out)
         except DatasetError as exc:
             raise TrainingSetupError(str(exc)) from None
         problems = paired.report.problems
@@ -434,7 +436,8 @@ class Trainer:
                    "precision": cfg.precision, "trainable_parameters": sum(p.numel() for p in self.params.values()),
                    "frozen_parameters": sum(p.numel() for n, p in named_tensors(self.model).items()
                                             if n not in self.params),
-                   "fsdp_blocks": self.fsdp_blocks, "out": str(self.out), "warnings": list(self.warnings)})
+                   "fsdp_blocks": self.fsdp_blocks, "train_subjects": len(self.paired.subject_names("train")),
+                   "left_out": cfg.leave_out, "out": str(self.out), "warnings": list(self.warnings)})
         last_checkpoint = time.monotonic()
         step_time = None
         last_loss = state.history[-1]["loss"] if state.history else None

@@ -254,3 +254,28 @@ def test_the_card_keeps_the_reports_summary_and_its_do_nothing_warnings(quick):
     assert entries["benchmark"]["rows"] == summary(report) and entries["benchmark"]["split"] == "test"
     assert entries["benchmark"]["subjects"] == ["ct02", "sub05"]
     assert entries["benchmark_warnings"] == do_nothing_warnings(report)
+
+
+def test_a_leave_one_source_out_run_trains_without_the_source_and_is_scored_on_it_alone(tmp_path, one_torch_thread):
+    from engine.evaluation.quality import run_quality, to_markdown
+
+    data = write_phantom_dataset(tmp_path / "data", subjects=4, modality_names=("T1", "T2", "FLAIR"),
+                                 split={"train": ["ct01", "sub01", "sub02"], "val": ["sub03"], "test": ["sub04"]},
+                                 sources={"sub01": "a", "sub02": "b", "sub03": "b", "sub04": "a", "ct01": "c"})
+    events: list[dict] = []
+    run = recipe.run_recipe(data, tmp_path / "run", "quick", threads=1, device="cpu", leave_out="a",
+                            emit=events.append)
+    starts = [e for e in events if e.get("event") == "start"]
+    assert len(starts) == len(recipe.ORDER)                # every entry, the U-Net too, trained on ct01 and sub02
+    assert all(e["left_out"] == "a" and e["train_subjects"] == 2 for e in starts)
+    assert recipe.left_out(run / recipe.STAGE12) == "a"
+    report = run_quality(run, data, max_slices=2, steps=3, generalization=False)
+    assert report["held_out_source"] == "a" and report["subjects"] == ["sub01", "sub04"]
+    assert {"identity", "unet", "stage12"} <= {r["key"] for r in report["rows"]}
+    assert all(v["subjects"] == 2 for r in report["rows"] for v in r["routes"].values())
+    assert not any(r.endswith("CT") for r in report["routes"])          # ct01 (source c) trained: not scored
+    assert "2 subjects of the source a, which every model of the run was trained without" in to_markdown(report)
+    with pytest.raises(ValueError, match="leave-one-source-out"):
+        recipe.ship(run, tmp_path / "shipped", data)
+    with pytest.raises(ValueError, match="leave_out 'a'"):            # the same folder without --leave-out
+        recipe.run_recipe(data, run, "quick", only=["vae"], threads=1, device="cpu")

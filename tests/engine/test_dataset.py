@@ -121,6 +121,26 @@ def test_split_from_dataset_json(tmp_path):
     assert paired.routes("test") == [(a, b) for a in ("T1", "T2", "FLAIR") for b in ("T1", "T2", "FLAIR") if a != b]
 
 
+def test_leaving_out_a_source_makes_it_the_test_split_and_keeps_it_out_of_train_and_val(tmp_path):
+    root = write_phantom_dataset(tmp_path / "ds", subjects=4, shape=SHAPE, spacing=SPACING,
+                                 split={"train": ["ct01", "sub01", "sub02"], "val": ["sub03"], "test": ["sub04"]},
+                                 sources={"sub01": "siteA", "sub02": "siteB", "sub03": "siteA", "sub04": "siteB",
+                                          "ct01": "siteC"})
+    paired = PairedDataset.open(root)
+    assert paired.sources() == ["siteA", "siteB", "siteC"] and paired.subject("sub03").source == "siteA"
+    held = paired.leave_out("siteA")
+    assert held.subject_names("train") == ["ct01", "sub02"] and held.subject_names("val") == []
+    assert held.subject_names("test") == ["sub01", "sub03"]            # all of the source, whatever its split
+    assert paired.subject_names("train") == ["ct01", "sub01", "sub02"]  # the original is untouched
+    assert held.routes("test") and held.volume("sub01", "T1").array.shape == paired.volume("sub01", "T1").array.shape
+    with pytest.raises(DatasetError, match=r"no subject comes from the source 'siteD'; its sources: siteA, siteB, siteC"):
+        paired.leave_out("siteD")
+    only = write_phantom_dataset(tmp_path / "one", subjects=2, shape=SHAPE, spacing=SPACING, ct_subject=False,
+                                 split={"train": ["sub01"], "test": ["sub02"]}, sources={"sub01": "x", "sub02": "y"})
+    with pytest.raises(DatasetError, match="leaves no training subject"):
+        PairedDataset.open(only).leave_out("x")
+
+
 def test_no_pairs_raises_a_clear_dataset_error(tmp_path):
     write_phantom_subject(tmp_path / "only" / "a", ["T1"], shape=SHAPE)
     (tmp_path / "only" / "b").mkdir()
