@@ -352,9 +352,17 @@ class MainWindow(QMainWindow):
             cache = Cache(limit_bytes=self.settings.pacs_cache_limit_gib * 1024**3)
             self._pacs_dialog = PacsDialog(self.runner, pacs_servers_file(), self, cache)
             self._pacs_dialog.retrieved.connect(self.open_paths)
+            self._pacs_dialog.cache_limit_changed.connect(self._on_pacs_cache_limit)
         self._pacs_dialog.show()
         self._pacs_dialog.raise_()
         return self._pacs_dialog
+
+    def _on_pacs_cache_limit(self, gib: int) -> None:
+        self.settings.pacs_cache_limit_gib = gib
+        try:
+            save_settings(self.settings)
+        except OSError as exc:
+            self.log.add(f"Settings not saved: {describe_error(exc)}", "error")
 
     def send_to_pacs(self, doc: Document | None = None):
         """File ▸ Send to PACS…: the synthetic volume in view (or ``doc``), to a chosen server."""

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QSplitter,
     QTreeWidget,
     QTreeWidgetItem,
@@ -34,6 +35,7 @@ from engine.pacs import Match, Query, Server
 MATCH_ROLE = Qt.ItemDataRole.UserRole
 PLACEHOLDER = "…"
 COLUMNS = ("Patient / study / series", "Modality", "Date", "Instances")
+GIB = 1024 ** 3
 
 
 class PacsDialog(QDialog):
@@ -41,6 +43,7 @@ class PacsDialog(QDialog):
 
     retrieved = Signal(list)
     searched = Signal(int)                  # matches found (tests and the status line)
+    cache_limit_changed = Signal(int)       # the cache's size limit in GiB, set by the user (kept in the settings)
 
     def __init__(self, runner: TaskRunner, servers_path: Path, parent: QWidget | None = None,
                  cache: pacs.Cache | None = None) -> None:
@@ -105,7 +108,18 @@ class PacsDialog(QDialog):
         close.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(splitter, 1)
-        layout.addWidget(QLabel("Retrieved series are kept in a private cache folder: " + str(self.cache.root)))
+        self.cache_limit = QSpinBox()
+        self.cache_limit.setRange(1, 100_000)
+        self.cache_limit.setSuffix(" GiB")
+        self.cache_limit.setValue(max(1, self.cache.limit_bytes // GIB))
+        self.cache_limit.setToolTip("Beyond this size the least recently used series leave the cache, before and "
+                                    "after each retrieve; the series being retrieved always stay")
+        self.cache_limit.valueChanged.connect(self._set_cache_limit)
+        cache_row = QHBoxLayout()
+        cache_row.addWidget(QLabel("Retrieved series are kept in a private cache folder: " + str(self.cache.root)), 1)
+        cache_row.addWidget(QLabel("Size limit"))
+        cache_row.addWidget(self.cache_limit)
+        layout.addLayout(cache_row)
         layout.addWidget(close)
         self.task: Task | None = None
         self._server: Server | None = None          # the server the tree's answers came from
@@ -113,6 +127,10 @@ class PacsDialog(QDialog):
         self.servers.changed.connect(self._update)
         self.resize(1100, 640)
         self._update()
+
+    def _set_cache_limit(self, gib: int) -> None:
+        self.cache.limit_bytes = gib * GIB          # read by the next prune (a retrieve's start and end)
+        self.cache_limit_changed.emit(gib)
 
     # -- state -----------------------------------------------------------------------------------
     def _busy(self) -> bool:

@@ -226,3 +226,15 @@ def test_the_command_line_finds_the_servers_where_the_app_keeps_them(qapp, monke
     finally:
         qapp.setOrganizationName(names[0])
         qapp.setApplicationName(names[1])
+
+
+def test_the_cache_size_limit_is_set_in_the_dialog_and_kept_in_the_settings(qtbot, make_window, settings_dir):
+    from app.settings import Settings, load_settings
+
+    win = make_window(Settings(pacs_cache_limit_gib=5))
+    dialog = win.open_pacs()
+    assert dialog.cache_limit.value() == 5 and dialog.cache.limit_bytes == 5 * 1024**3
+    dialog.cache_limit.setValue(12)
+    assert dialog.cache.limit_bytes == 12 * 1024**3                # the next retrieve prunes to it
+    assert win.settings.pacs_cache_limit_gib == 12 and load_settings().pacs_cache_limit_gib == 12
+    dialog.close()
