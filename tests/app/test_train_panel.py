@@ -78,7 +78,7 @@ def test_train_panel_runs_a_wizard_job_and_lists_its_model(qtbot, data, start_mo
     panel = window.training
     job = panel.jobs[0]
     assert window.docks["training"].isVisible() and panel.selected() is job
-    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=180000)
+    qtbot.waitUntil(lambda: job.status not in ("queued", "running"), timeout=480000)   # four processes: minutes on a loaded machine
     assert job.status == "review", job.message
     understanding, generation = (panel.curves[s].getData() for s in ("understanding", "generation"))
     assert list(understanding[0]) == list(generation[0]) == [1, 2, 3]
