@@ -394,9 +394,11 @@ def _with_ceilings(report: dict) -> list[dict]:
 
 def summary(report: dict) -> list[dict]:
     """One line per method (and the ceilings): brain-MR means over routes, CBCT → CT, budget."""
-    lines = []
+    lines, held_out = [], report.get("held_out_source")
     for row in _with_ceilings(report):
-        lines.append({"key": row["key"], "label": row["label"], "trained": row.get("trained") or {},
+        label = row["label"].replace("(default model)", f"(the default recipe without {held_out})") if held_out \
+            else row["label"]
+        lines.append({"key": row["key"], "label": label, "trained": row.get("trained") or {},
                       "mr_ssim": _mr_mean(row, "whole", "ssim_x100"), "mr_ssim_body": _mr_mean(row, "body", "ssim_x100"),
                       "mr_psnr_db": _mr_mean(row, "whole", "psnr_db"), "ct_mae_hu_body": _ct(row, "body", "mae"),
                       "ct_ssim": _ct(row, "whole", "ssim_x100"), "mr_through_plane": _mr_mean(row, "through_plane"),

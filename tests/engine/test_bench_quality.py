@@ -275,6 +275,7 @@ def test_a_leave_one_source_out_run_trains_without_the_source_and_is_scored_on_i
     assert all(v["subjects"] == 2 for r in report["rows"] for v in r["routes"].values())
     assert not any(r.endswith("CT") for r in report["routes"])          # ct01 (source c) trained: not scored
     assert "2 subjects of the source a, which every model of the run was trained without" in to_markdown(report)
+    assert "| SynerMedGen Stage I + II (the default recipe without a) |" in to_markdown(report)
     with pytest.raises(ValueError, match="leave-one-source-out"):
         recipe.ship(run, tmp_path / "shipped", data)
     with pytest.raises(ValueError, match="leave_out 'a'"):            # the same folder without --leave-out
