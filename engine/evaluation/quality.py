@@ -211,6 +211,11 @@ def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
             "real": float(np.mean(real)) if real else None, "subjects": len(synthetic)}
 
 
+def untrained_why(folder: Path) -> str:
+    """Why a recipe entry's folder has no model to score: never started, or stopped before its end."""
+    return f"{folder} {'was not trained to its end' if folder.exists() else 'was not trained'} in this run"
+
+
 def _trained(folder: Path) -> bool:
     """Whether a recipe entry's folder holds a finished model (a stopped run's folder holds its start)."""
     from engine.baselines.unet import CARD
@@ -271,8 +276,7 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
     for key, label, entry, filtered in ROWS:
         check_cancel(cancel)
         if entry in missing:
-            report["skipped"].append({"key": key, "label": label, "why": f"{run / entry} was not trained to its end "
-                                                                         "in this run"})
+            report["skipped"].append({"key": key, "label": label, "why": untrained_why(run / entry)})
             continue
         started = time.perf_counter()
         progress(f"{label} …")

@@ -240,7 +240,3 @@ def out_of_range_specs(training=None) -> dict[str, CBCTSpec]:
         specs[side] = dataclasses.replace(training, **changes)
     return specs
 
-
-def outside(value_range: tuple, training_range: tuple) -> bool:
-    """Whether ``value_range`` (lo, hi) lies entirely outside ``training_range`` (no overlap)."""
-    return value_range[1] < training_range[0] or value_range[0] > training_range[1]

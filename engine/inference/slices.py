@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -103,15 +102,6 @@ class Placement:
     def tiles(self) -> int:
         """Model images per slice."""
         return len(self.rows) * len(self.cols)
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Placement:
-        values: dict[str, Any] = {k: (tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v))
-                                  for k, v in data.items()}
-        return cls(**values)
 
 
 def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -245,6 +245,14 @@ def test_an_untrained_ablation_is_left_out_with_the_reason_and_the_default_model
         run_quality(tmp_path / "empty-run", ROOT / "resources" / "demo")
 
 
+def test_an_untrained_entry_s_reason_tells_a_stopped_run_from_one_never_started(tmp_path):
+    from engine.evaluation.quality import untrained_why
+
+    assert untrained_why(tmp_path / "generation-only") == f"{tmp_path / 'generation-only'} was not trained in this run"
+    (tmp_path / "generation-only").mkdir()                    # a stopped run's folder holds its start
+    assert untrained_why(tmp_path / "generation-only").endswith("was not trained to its end in this run")
+
+
 def test_the_card_keeps_the_reports_summary_and_its_do_nothing_warnings(quick):
     from engine.evaluation.quality import card_entries
 
