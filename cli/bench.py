@@ -258,7 +258,8 @@ def _add_floor(sub: argparse._SubParsersAction) -> None:
                     "Chooses the weight with the lowest mean MAE inside the body on the "
                     "validation subjects, then prints what it gives on the test subjects, on CBCTs simulated "
                     "outside the training ranges and on real head CTs never trained on, beside the source as "
-                    "it is. --write-card records the weight in the model card, where synthesis reads it.")
+                    "it is, and where a field of view cut the head off, how far off the output is there. "
+                    "--write-card records the weight (and that error) in the model card, where synthesis reads it.")
     p.add_argument("--model", metavar="DIR", help=f"model folder (default {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
     p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
     p.add_argument("--slices", type=int, default=8, metavar="N",

@@ -8,7 +8,8 @@ two (the blend is linear, so no further synthesis is needed) and is scored insid
 weight with the lowest mean MAE is chosen, the smaller weight on a tie (the source is the floor).
 Then it is measured, never chosen, on held-out inputs: the test split, CBCTs simulated outside the
 training ranges and the real head CTs of the hold-out (:mod:`engine.evaluation.generalization`),
-each beside the source as it is.
+each beside the source as it is, and where the source's field of view cut the head off: how much
+of the head it left out and how far off the output is there (the model's whatever the weight).
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from engine import modalities
 from engine.evaluation import generalization as gen
 from engine.evaluation.synthesis_eval import central_block, route_jobs, score_volume
+from engine.inference.calibration import padding_mask
+from engine.inference.slices import slice_axis, slices_first
+from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(11))
@@ -29,11 +34,35 @@ ROUTES = (gen.CBCT_ROUTE,)
 SLICES = 8                      # central body slices per volume
 
 
+def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Sequence[int] | None
+                ) -> tuple[float, float | None]:
+    """(the share of the reference's body that the source's field of view leaves out, the synthetic's
+    MAE there — None when it leaves none out) on ``slices`` (all when None), the body found as
+    :func:`score_volume` finds it. ``synthetic`` and ``source`` share a grid (synthesis keeps it)."""
+    from engine.io.resample import resample_onto
+
+    if not synthetic.same_grid(reference):
+        reference = resample_onto(reference, synthetic)
+    axis = slice_axis(synthetic.spacing)
+    syn, ref, missing = (slices_first(a, axis) for a in (np.asarray(synthetic.array, np.float32),
+                                                          np.asarray(reference.array, np.float32),
+                                                          padding_mask(np.asarray(source.array))))
+    if slices is not None:
+        syn, ref, missing = syn[list(slices)], ref[list(slices)], missing[list(slices)]
+    body = modalities.body_mask(ref, reference.modality or "CT")
+    out = body & missing
+    if not out.any():
+        return 0.0, None
+    return float(out.sum() / body.sum()), float(np.abs(syn[out] - ref[out]).mean())
+
+
 def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[str, str]] = ROUTES,
                  max_slices: int | None = SLICES, weights: Sequence[float] = WEIGHTS,
                  cancel: CancelToken | None = None) -> dict[str, dict[str, Any]]:
-    """Per route ("CBCT→CT"): the subjects, the source's own mean MAE inside the body (``as_is``)
-    and the mean MAE of every weight (``curve``: [[weight, MAE], …])."""
+    """Per route ("CBCT→CT"): the subjects, the source's own mean MAE inside the body (``as_is``),
+    the mean MAE of every weight (``curve``: [[weight, MAE], …]) and, over the subjects whose head
+    the source's field of view cuts (``outside_subjects``), the mean share of the head it leaves out
+    (``outside_share``) and the output's mean MAE there (``outside_mae``; None when it cuts none)."""
     settings = synth.default_settings()
     found: dict[str, dict[str, Any]] = {}
     for subject, (source, target) in route_jobs(synth, volumes, split, routes):
@@ -52,14 +81,21 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
                                  "so no MAE inside the body can be measured")
             return body.mae
 
-        entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": []})
+        entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": [], "outside": []})
         entry["subjects"].append(subject)
         entry["as_is"].append(mae(np.asarray(volume.array, np.float32)))
         entry["maes"].append([mae(base.array + w * (model.array - base.array)) for w in weights])
+        share, there = outside_fov(model, reference, volume, scored)
+        if there is not None:
+            entry["outside"].append((share, there))
     for entry in found.values():
         means = np.mean(np.asarray(entry.pop("maes")), axis=0)
         entry["curve"] = [[float(w), float(m)] for w, m in zip(weights, means)]
         entry["as_is"] = float(np.mean(entry["as_is"]))
+        outside = entry.pop("outside")
+        entry["outside_subjects"] = len(outside)
+        entry["outside_share"] = float(np.mean([s for s, _ in outside])) if outside else None
+        entry["outside_mae"] = float(np.mean([m for _, m in outside])) if outside else None
     return found
 
 
@@ -105,13 +141,15 @@ def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val",
                              "as_is": entry["as_is"], "calibrated": mae_at(entry["curve"], 0.0),
                              "model": mae_at(entry["curve"], 1.0),
                              "floored": None if weight is None else mae_at(entry["curve"], weight),
-                             "curve": entry["curve"]})
+                             "curve": entry["curve"], "outside_subjects": entry["outside_subjects"],
+                             "outside_share": entry["outside_share"], "outside_mae": entry["outside_mae"]})
     return {"model": str(model), "data": str(data), "choose_split": choose_split, "max_slices": max_slices,
             "settings": synth.default_settings().to_dict(), "routes": chosen, "measured": measured}
 
 
 def card_entries(report: Mapping[str, Any], command: str) -> list[dict[str, Any]]:
-    """The model card's ``source_floor`` from a :func:`run_floor` report."""
+    """The model card's ``source_floor`` from a :func:`run_floor` report; ``outside_fov`` from the
+    first measured set whose field of view cut a head (the test split's, when it does)."""
     out = []
     for route, entry in report["routes"].items():
         weight = entry["weight"]
@@ -121,7 +159,12 @@ def card_entries(report: Mapping[str, Any], command: str) -> list[dict[str, Any]
                   f"{mae_at(entry['curve'], 1.0):.1f}")
         found = (f"{scores}: no weight above 0 did better" if weight == 0.0
                  else f"{mae_at(entry['curve'], weight):.1f} HU inside the body against {scores}")
-        out.append({"route": [source, target], "weight": weight, "command": command, "chosen_on": f"{where}: {found}"})
+        item = {"route": [source, target], "weight": weight, "command": command, "chosen_on": f"{where}: {found}"}
+        cut = next((row for row in report["measured"] if row["route"] == route and row["outside_mae"] is not None), None)
+        if cut is not None:
+            item["outside_fov"] = {"mae_hu": round(cut["outside_mae"], 1), "share": round(cut["outside_share"], 3),
+                                   "subjects": cut["outside_subjects"], "set": cut["label"]}
+        out.append(item)
     return out
 
 
@@ -149,6 +192,13 @@ def _f(value: Any) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _cut(row: Mapping[str, Any]) -> str:
+    if row["outside_mae"] is None:
+        return "none | —"
+    return (f"{row['outside_subjects']} of {row['subjects']} (mean {100 * row['outside_share']:.1f} % of the head) | "
+            f"{row['outside_mae']:.0f}")
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [f"`{report.get('command', 'python main.py bench floor')}` — {report['max_slices'] or 'all'} central "
              "slices per volume; MAE in HU inside the body", ""]
@@ -158,10 +208,14 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                      f"{report['choose_split']}-split subjects (mean MAE in HU inside the body by weight — {curve}; "
                      f"the source as it is {entry['as_is']:.1f})")
     lines += ["", "| set | route | subjects | source as is | calibrated source (weight 0) | model alone (weight 1) "
-                  "| with the floor |", "|---|---|---|---|---|---|---|"]
+                  "| with the floor | heads cut by the field of view | the output's MAE outside it |",
+              "|---|---|---|---|---|---|---|---|---:|"]
     for row in report["measured"]:
         lines.append(f"| {row['label']} | {row['route']} | {row['subjects']} | {_f(row['as_is'])} | "
-                     f"{_f(row['calibrated'])} | {_f(row['model'])} | {_f(row['floored'])} |")
+                     f"{_f(row['calibrated'])} | {_f(row['model'])} | {_f(row['floored'])} | {_cut(row)} |")
+    lines += ["", "Outside the source's field of view (its padding value) the output is the model's whatever the "
+                  "weight; the last two columns: the subjects whose head it cuts, the share of the head inside "
+                  "the body mask it leaves out, and the output's MAE in HU there (means over those subjects)."]
     return "\n".join(lines) + "\n"
 
 

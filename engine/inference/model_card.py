@@ -35,7 +35,10 @@ Keys read (all optional; a missing key has the documented fallback)::
     source_floor         [{"route": ["CBCT", "CT"], "weight": w, …}]  per route whose source and target
                                  share a physical scale, the weight of the model's change to the
                                  calibrated source (0 = the source itself), chosen on validation
-                                 subjects by ``bench floor`` (default: none, the model's output as is)
+                                 subjects by ``bench floor`` (default: none, the model's output as is);
+                                 its ``outside_fov`` ({"mae_hu", "share", "subjects", "set"}): the output's
+                                 error where a measured set's field of view cut the head off, which a
+                                 synthesis of a source with such a region quotes in its notes
     calibration          {"soft_tissue_hu": …}  where the training CTs' soft-tissue peak sits: CT-family
                                  sources are shifted onto it (engine.inference.calibration; default: none)
 """

@@ -301,7 +301,7 @@ class SliceSynthesizer:
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
         if missing is not None and missing[list(plan.active)].any():
             floor_note += (f"; outside the source's field of view ({missing[list(plan.active)].mean():.1%} of the "
-                           "synthesized slices' voxels) the output is the model's")
+                           f"synthesized slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
 
         total = plan.count
         done = len(plan.empty)
@@ -423,6 +423,18 @@ class SliceSynthesizer:
                             "— on this route the model did not beat the calibrated source")
         return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
                         f"plus {weight:.2f} × the model's change to it")
+
+    def _outside_fov_note(self, source: str, target: str) -> str:
+        """What ``bench floor`` measured of the model's output outside a source's field of view (the
+        card's ``source_floor`` entry's ``outside_fov``), to follow the note that the output is the
+        model's there; "" when the card has no such measurement."""
+        measured: Any = (self.card.source_floor(source, target) or {}).get("outside_fov")
+        try:
+            mae, share, where = float(measured["mae_hu"]), float(measured["share"]), str(measured["set"])
+        except (KeyError, TypeError, ValueError):
+            return ""
+        return (f", which does not restore anatomy the field of view cut off: where it cut {100 * share:.1f} % "
+                f"of the head ({where}), bench floor measured the output {mae:.0f} HU off there")
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""

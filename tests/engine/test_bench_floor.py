@@ -93,6 +93,7 @@ def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis
     assert test["set"] == "test" and test["subjects"] == 1
     assert test["floored"] == source_floor.mae_at(test["curve"], entry["weight"])
     assert test["calibrated"] != test["model"]                      # the two ends differ: the blend is real
+    assert (test["outside_mae"] is None) == (test["outside_subjects"] == 0)
     source_floor.write_card(model, report, "python main.py bench floor")
     card = json.loads((model / "metadata.json").read_text())
     assert card["source_floor"][0]["route"] == ["CBCT", "CT"] and card["source_floor"][0]["weight"] == entry["weight"]
@@ -123,3 +124,35 @@ def test_bench_floor_command_prints_the_table_and_refuses_a_dataset_without_the_
     assert refused.returncode == 2 and "no subject with a same-scale route" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert "source_floor" not in json.loads((model / "metadata.json").read_text())     # only --write-card writes
+
+
+def test_the_share_of_the_head_the_field_of_view_cuts_off_and_the_output_s_error_there_are_measured():
+    rng = np.random.default_rng(0)
+    ct = (-1000.0 + 5.0 * rng.standard_normal((3, 20, 20))).astype(np.float32)      # noisy air: no padding value
+    ct[:, 4:16, 4:16] = 40.0                                                          # a 12 × 12 head per slice
+    cbct = ct.copy()
+    cbct[:, :, 13:] = -3024.0                         # the reconstruction's field of view ends at column 13
+    synthetic = ct.copy()
+    synthetic[:, :, 13:] = -700.0                     # the model's fill there: air where the head goes on
+    share, mae = source_floor.outside_fov(Volume(synthetic, modality="CT", unit="HU"),
+                                          Volume(ct, modality="CT", unit="HU"), Volume(cbct, modality="CBCT", unit="HU"),
+                                          [1, 2])
+    assert share == pytest.approx(36 / 144) and mae == pytest.approx(740.0)           # 3 of the head's 12 columns
+    whole = Volume(ct, modality="CBCT", unit="HU")                                     # nothing cut off
+    assert source_floor.outside_fov(Volume(synthetic, modality="CT", unit="HU"), Volume(ct, modality="CT", unit="HU"),
+                                    whole, None) == (0.0, None)
+
+
+def test_the_card_records_what_the_output_is_worth_where_a_measured_set_s_field_of_view_cut_the_head():
+    curve = [[0.0, 20.0], [1.0, 80.0]]
+    row = {"route": "CBCT→CT", "subjects": 2, "curve": curve, "as_is": 30.0, "calibrated": 20.0, "model": 80.0,
+           "floored": 20.0}
+    report = {"choose_split": "val", "max_slices": 8,
+              "routes": {"CBCT→CT": {"weight": 0.0, "subjects": ["a", "b"], "curve": curve, "as_is": 30.0}},
+              "measured": [dict(row, label="test", outside_subjects=0, outside_share=None, outside_mae=None),
+                           dict(row, label="out of range", outside_subjects=1, outside_share=0.1061, outside_mae=1076.34)]}
+    (entry,) = source_floor.card_entries(report, "python main.py bench floor")
+    assert entry["outside_fov"] == {"mae_hu": 1076.3, "share": 0.106, "subjects": 1, "set": "out of range"}
+    report["measured"].pop()
+    assert "outside_fov" not in source_floor.card_entries(report, "python main.py bench floor")[0]
+    assert "| test | CBCT→CT | 2 | 30.0 | 20.0 | 80.0 | 20.0 | none | — |" in source_floor.to_markdown(report)
