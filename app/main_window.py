@@ -32,7 +32,7 @@ from app.settings import Settings, pacs_servers_file, save_settings
 from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
 from app.status_bar import StatusBar
-from app.synthesis import input_warnings
+from app.synthesis import guard_notes_of
 from app.training.cohort_dialog import CohortDialog
 from app.training.train_panel import TrainPanel
 from app.training.wizard import FineTuneWizard
@@ -330,7 +330,7 @@ class MainWindow(QMainWindow):
         doc = self.workspace.add(volume, synthetic=True, source=source)
         self.browser.mark_loaded(doc)                # its own row, beside its source
         self.log.add(f"Synthesized {doc.title} from {source.title}")
-        for warning in input_warnings(volume)[0]:
+        for warning in guard_notes_of(volume)[0]:
             self.log.add(f"{source.title}: {warning}", "note")
         reference = next((d for d in self.workspace.documents if d is not doc and not d.synthetic
                           and d.volume.modality == volume.modality), None)

@@ -84,7 +84,7 @@ def model_limitations(model_dir: Path) -> list[str]:
     return ModelCard.read(model_dir).limitations
 
 
-def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
+def guard_notes_of(volume: Volume) -> tuple[list[str], list[str]]:
     """(warnings, notes) of the out-of-distribution guard in a synthetic volume's notes: what it
     found unlike the training data, and its note that it could not check (no profile)."""
     from engine.inference import NO_PROFILE_NOTE, WARNING_PREFIX
@@ -93,7 +93,7 @@ def input_warnings(volume: Volume) -> tuple[list[str], list[str]]:
     return [n for n in found if n != NO_PROFILE_NOTE], [n for n in found if n == NO_PROFILE_NOTE]
 
 
-def benchmark_warnings(volume: Volume) -> list[str]:
+def benchmark_notes_of(volume: Volume) -> list[str]:
     """The notes a synthetic volume carries from its model card's benchmark: routes on which the
     model scored worse than the source itself (:meth:`ModelCard.benchmark_warnings`), and how much of
     the model's change to the source was kept on a same-scale route (the card's source floor)."""

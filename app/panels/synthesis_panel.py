@@ -36,8 +36,8 @@ from app.state.workspace import Document
 from app.synthesis import (
     SynthesisRequest,
     available_models,
-    benchmark_warnings,
-    input_warnings,
+    benchmark_notes_of,
+    guard_notes_of,
     is_model_dir,
     model_limitations,
     model_routes,
@@ -381,8 +381,8 @@ class SynthesisPanel(QWidget):
         """The guard's verdict on the input of ``volume`` (a synthetic result) and what the model
         card's benchmark says of the route: warnings in a red banner, or the guard's note that this
         model cannot check inputs in grey; nothing when all looked fine."""
-        warnings, notes = input_warnings(volume)
-        known = benchmark_warnings(volume)
+        warnings, notes = guard_notes_of(volume)
+        known = benchmark_notes_of(volume)
         parts = []
         if warnings:
             parts.append("The input is unlike this model's training data — treat the result with caution:\n"
