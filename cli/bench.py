@@ -250,16 +250,17 @@ def _run_understanding(args: argparse.Namespace) -> int:
 # -- source floor -----------------------------------------------------------------------------------
 def _add_floor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "floor", help="choose the weight of the model's change to the calibrated source (CBCT → CT) on "
-                      "validation subjects, and measure it on held-out ones",
+        "floor", help="choose the CBCT → CT source floor (the noise filter of the calibrated source and the weight "
+                      "of the model's change to it) on validation subjects, and measure it on held-out ones",
         description="On a route whose source and target share a physical scale (CBCT → CT) the output is the "
-                    "HU-calibrated source plus a weight times the model's change to it (0 = the source, 1 = "
-                    "the model alone; outside the source's field of view the model's output whatever the weight). "
-                    "Chooses the weight with the lowest mean MAE inside the body on the "
-                    "validation subjects, then prints what it gives on the test subjects, on CBCTs simulated "
-                    "outside the training ranges and on real head CTs never trained on, beside the source as "
-                    "it is, and where a field of view cut the head off, how far off the output is there. "
-                    "--write-card records the weight (and that error) in the model card, where synthesis reads it.")
+                    "HU-calibrated source, its noise filtered (an adaptive filter of a chosen strength), plus a "
+                    "weight times the model's change to it (0 = the source, 1 = the model alone; outside the "
+                    "source's field of view the model's output whatever the weight). Chooses the strength and "
+                    "the weight with the lowest mean MAE inside the body on the validation subjects, then prints "
+                    "what they give on the test subjects, on CBCTs simulated outside the training ranges and on "
+                    "real head CTs never trained on, beside the source as it is, and where a field of view cut "
+                    "the head off, how far off the output is there. --write-card records them (and that error) "
+                    "in the model card, where synthesis reads them.")
     p.add_argument("--model", metavar="DIR", help=f"model folder (default {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
     p.add_argument("--data", default="demo_data", metavar="DIR", help="paired dataset (default demo_data)")
     p.add_argument("--slices", type=int, default=8, metavar="N",

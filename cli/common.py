@@ -53,6 +53,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                         "source, 1 = the model's output alone; outside the source's field of view the model's output "
                         "whatever W; default: the weight the model card records, "
                         "chosen on validation subjects by `bench floor`)")
+    p.add_argument("--floor-denoise", type=float, metavar="S",
+                   help="with the source floor: the strength of the adaptive noise filter the calibrated source "
+                        "gets first (0 = none; default: the model card's, chosen with the weight by `bench floor`)")
 
 
 def sampling_settings(args: argparse.Namespace, defaults):
@@ -62,7 +65,7 @@ def sampling_settings(args: argparse.Namespace, defaults):
                           batch_size=args.batch_size, start_from_source=args.start_from_source,
                           noise_correlation=args.noise_correlation, guided_filter=args.guided_filter,
                           hu_calibration=args.hu_calibration, source_floor=args.source_floor,
-                          plane=getattr(args, "plane", None), text_guidance=text, image_guidance=image)
+                          floor_denoise=args.floor_denoise, plane=getattr(args, "plane", None), text_guidance=text, image_guidance=image)
 
 
 def model_dir(args: argparse.Namespace) -> Path:

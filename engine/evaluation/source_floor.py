@@ -1,15 +1,18 @@
-"""``bench floor``: on a route whose source and target share a physical scale (CBCT → CT), how much of
-the model's change to the HU-calibrated source to keep — the model card's ``source_floor`` weight.
+"""``bench floor``: on a route whose source and target share a physical scale (CBCT → CT), what the
+output is made of — the model card's ``source_floor``: the HU-calibrated source, its noise filtered
+with a strength (``denoise``, :mod:`engine.inference.denoise`), plus a weight times the model's
+change to it.
 
 Chosen on the validation subjects: each volume is synthesized once by the model alone (weight 1) and
-once as the calibrated source (weight 0; the model's output outside the source's field of view in
-both); every weight of :data:`WEIGHTS` blends the
-two (the blend is linear, so no further synthesis is needed) and is scored inside the body. The
-weight with the lowest mean MAE is chosen, the smaller weight on a tie (the source is the floor).
-Then it is measured, never chosen, on held-out inputs: the test split, CBCTs simulated outside the
-training ranges and the real head CTs of the hold-out (:mod:`engine.evaluation.generalization`),
-each beside the source as it is, and where the source's field of view cut the head off: how much
-of the head it left out and how far off the output is there (the model's whatever the weight).
+once as the calibrated source (weight 0, no filter; the model's output outside the source's field of
+view in both); every strength of :data:`STRENGTHS` filters the second and every weight of
+:data:`WEIGHTS` blends the two (the blend is linear, so no further synthesis is needed), each scored
+inside the body. The pair with the lowest mean MAE is chosen, on a tie the smaller weight (the source
+is the floor), then the weaker filter. Then it is measured, never chosen, on held-out inputs: the
+test split, CBCTs simulated outside the training ranges and the real head CTs of the hold-out
+(:mod:`engine.evaluation.generalization`), each beside the source as it is, and where the source's
+field of view cut the head off: how much of the head it left out and how far off the output is there
+(the model's whatever the weight).
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from engine import modalities
 from engine.evaluation import generalization as gen
 from engine.evaluation.synthesis_eval import central_block, route_jobs, score_volume
 from engine.inference.calibration import padding_mask
-from engine.inference.slices import slice_axis, slices_first
+from engine.inference.denoise import filter_slices
+from engine.inference.slices import slice_axis, slices_back, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(11))
+STRENGTHS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 ROUTES = (gen.CBCT_ROUTE,)
 SLICES = 8                      # central body slices per volume
 
@@ -58,19 +63,21 @@ def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Se
 
 def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[str, str]] = ROUTES,
                  max_slices: int | None = SLICES, weights: Sequence[float] = WEIGHTS,
-                 cancel: CancelToken | None = None) -> dict[str, dict[str, Any]]:
+                 strengths: Sequence[float] = STRENGTHS, cancel: CancelToken | None = None) -> dict[str, dict[str, Any]]:
     """Per route ("CBCT→CT"): the subjects, the source's own mean MAE inside the body (``as_is``),
-    the mean MAE of every weight (``curve``: [[weight, MAE], …]) and, over the subjects whose head
-    the source's field of view cuts (``outside_subjects``), the mean share of the head it leaves out
-    (``outside_share``) and the output's mean MAE there (``outside_mae``; None when it cuts none)."""
+    the mean MAE of every filter strength and weight (``grid``: [[strength, weight, MAE], …]) and,
+    over the subjects whose head the source's field of view cuts (``outside_subjects``), the mean
+    share of the head it leaves out (``outside_share``) and the output's mean MAE there
+    (``outside_mae``; None when it cuts none)."""
     settings = synth.default_settings()
     found: dict[str, dict[str, Any]] = {}
     for subject, (source, target) in route_jobs(synth, volumes, split, routes):
         check_cancel(cancel)
         volume, reference = volumes.volume(subject, source), volumes.volume(subject, target)
-        picked = central_block(synth.plan(volume, source).active, max_slices)
+        plan = synth.plan(volume, source)
+        picked = central_block(plan.active, max_slices)
         scored = picked if max_slices else None
-        asked = settings.replace(anatomy=volumes.anatomy(subject) or settings.anatomy)
+        asked = settings.replace(anatomy=volumes.anatomy(subject) or settings.anatomy, floor_denoise=0.0)
         model, base = (synth.synthesize_volume(volume, source, target, asked.replace(source_floor=w), cancel=cancel,
                                                slices=picked) for w in (1.0, 0.0))
 
@@ -81,16 +88,25 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
                                  "so no MAE inside the body can be measured")
             return body.mae
 
+        # the pipeline's filter, on the slices it cuts: outside the field of view base is the model's
+        missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis)
+        stack = slices_first(np.asarray(base.array, np.float32), plan.axis)
         entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": [], "outside": []})
         entry["subjects"].append(subject)
         entry["as_is"].append(mae(np.asarray(volume.array, np.float32)))
-        entry["maes"].append([mae(base.array + w * (model.array - base.array)) for w in weights])
+        maes = []
+        for k in strengths:
+            check_cancel(cancel)
+            floor = slices_back(filter_slices(stack, k, missing), plan.axis) if k else base.array
+            maes += [mae(floor + w * (model.array - floor)) for w in weights]
+        entry["maes"].append(maes)
         share, there = outside_fov(model, reference, volume, scored)
         if there is not None:
             entry["outside"].append((share, there))
     for entry in found.values():
         means = np.mean(np.asarray(entry.pop("maes")), axis=0)
-        entry["curve"] = [[float(w), float(m)] for w, m in zip(weights, means)]
+        pairs = [(k, w) for k in strengths for w in weights]
+        entry["grid"] = [[float(k), float(w), float(m)] for (k, w), m in zip(pairs, means)]
         entry["as_is"] = float(np.mean(entry["as_is"]))
         outside = entry.pop("outside")
         entry["outside_subjects"] = len(outside)
@@ -99,20 +115,22 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
     return found
 
 
-def choose(curve: Sequence[Sequence[float]]) -> float:
-    """The weight of the lowest MAE; the smallest such weight on a tie."""
-    best = min(m for _, m in curve)
-    return min(w for w, m in curve if math.isclose(m, best, rel_tol=0, abs_tol=1e-6))
+def choose(grid: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(strength, weight) of the lowest MAE; on a tie the smallest weight, then the weakest filter."""
+    best = min(m for _, _, m in grid)
+    return min(((k, w) for k, w, m in grid if math.isclose(m, best, rel_tol=0, abs_tol=1e-6)),
+               key=lambda kw: (kw[1], kw[0]))
 
 
-def mae_at(curve: Sequence[Sequence[float]], weight: float) -> float:
-    return next(m for w, m in curve if math.isclose(w, weight))
+def mae_at(grid: Sequence[Sequence[float]], strength: float, weight: float) -> float:
+    return next(m for k, w, m in grid if math.isclose(k, strength) and math.isclose(w, weight))
 
 
 def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val", test_split: str = "test",
               max_slices: int | None = SLICES, device: str = "cpu", generalization: bool = True,
               progress: Callable[[str], None] = lambda line: None, cancel: CancelToken | None = None) -> dict[str, Any]:
-    """The weight per same-scale route chosen on ``choose_split``, and what it gives on held-out sets."""
+    """The filter strength and weight per same-scale route chosen on ``choose_split``, and what they
+    give on held-out sets."""
     from engine.inference.pipeline import Synthesizer
     from engine.tasks.dataset import PairedDataset
 
@@ -124,7 +142,7 @@ def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val",
         raise ValueError(f"{data}: the {choose_split!r} split has no subject with a same-scale route "
                          f"({', '.join(f'{a}→{b}' for a, b in ROUTES)}) the model supports")
     for entry in chosen.values():
-        entry["weight"] = choose(entry["curve"])
+        entry["denoise"], entry["weight"] = choose(entry["grid"])
     sets: list[tuple[str, str, Any, str | None]] = [("test", f"held-out subjects ({test_split} split)", paired,
                                                      test_split)]
     if generalization:
@@ -136,12 +154,14 @@ def run_floor(model: str | Path, data: str | Path, *, choose_split: str = "val",
         progress(f"measuring on {label} …")
         curves = weight_curve(synth, volumes, split, max_slices=max_slices, cancel=cancel)
         for route, entry in curves.items():
-            weight = chosen[route]["weight"] if route in chosen else None
+            pick = chosen.get(route)
+            grid = entry["grid"]
             measured.append({"set": key, "label": label, "route": route, "subjects": len(entry["subjects"]),
-                             "as_is": entry["as_is"], "calibrated": mae_at(entry["curve"], 0.0),
-                             "model": mae_at(entry["curve"], 1.0),
-                             "floored": None if weight is None else mae_at(entry["curve"], weight),
-                             "curve": entry["curve"], "outside_subjects": entry["outside_subjects"],
+                             "as_is": entry["as_is"], "calibrated": mae_at(grid, 0.0, 0.0),
+                             "denoised": None if pick is None else mae_at(grid, pick["denoise"], 0.0),
+                             "model": mae_at(grid, 0.0, 1.0),
+                             "floored": None if pick is None else mae_at(grid, pick["denoise"], pick["weight"]),
+                             "grid": grid, "outside_subjects": entry["outside_subjects"],
                              "outside_share": entry["outside_share"], "outside_mae": entry["outside_mae"]})
     return {"model": str(model), "data": str(data), "choose_split": choose_split, "max_slices": max_slices,
             "settings": synth.default_settings().to_dict(), "routes": chosen, "measured": measured}
@@ -152,14 +172,13 @@ def card_entries(report: Mapping[str, Any], command: str) -> list[dict[str, Any]
     first measured set whose field of view cut a head (the test split's, when it does)."""
     out = []
     for route, entry in report["routes"].items():
-        weight = entry["weight"]
+        strength, weight, grid = entry["denoise"], entry["weight"], entry["grid"]
         source, target = route.split("→")
         where = f"chosen on {len(entry['subjects'])} {report['choose_split']}-split subjects"
-        scores = (f"the calibrated source {mae_at(entry['curve'], 0.0):.1f} HU inside the body, the model alone "
-                  f"{mae_at(entry['curve'], 1.0):.1f}")
-        found = (f"{scores}: no weight above 0 did better" if weight == 0.0
-                 else f"{mae_at(entry['curve'], weight):.1f} HU inside the body against {scores}")
-        item = {"route": [source, target], "weight": weight, "command": command, "chosen_on": f"{where}: {found}"}
+        found = (f"{mae_at(grid, strength, weight):.1f} HU inside the body against the calibrated source's "
+                 f"{mae_at(grid, 0.0, 0.0):.1f} and the model alone's {mae_at(grid, 0.0, 1.0):.1f}")
+        item = {"route": [source, target], "weight": weight, "denoise": strength, "command": command,
+                "chosen_on": f"{where} (filter strength {strength:g}, weight {weight:g}): {found}"}
         cut = next((row for row in report["measured"] if row["route"] == route and row["outside_mae"] is not None), None)
         if cut is not None:
             item["outside_fov"] = {"mae_hu": round(cut["outside_mae"], 1), "share": round(cut["outside_share"], 3),
@@ -203,17 +222,24 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [f"`{report.get('command', 'python main.py bench floor')}` — {report['max_slices'] or 'all'} central "
              "slices per volume; MAE in HU inside the body", ""]
     for route, entry in report["routes"].items():
-        curve = ", ".join(f"{w:g}: {m:.1f}" for w, m in entry["curve"])
-        lines.append(f"{route}: weight **{entry['weight']:g}** chosen on {len(entry['subjects'])} "
-                     f"{report['choose_split']}-split subjects (mean MAE in HU inside the body by weight — {curve}; "
-                     f"the source as it is {entry['as_is']:.1f})")
-    lines += ["", "| set | route | subjects | source as is | calibrated source (weight 0) | model alone (weight 1) "
-                  "| with the floor | heads cut by the field of view | the output's MAE outside it |",
-              "|---|---|---|---|---|---|---|---|---:|"]
+        k, w, grid = entry["denoise"], entry["weight"], entry["grid"]
+        by_weight = ", ".join(f"{b:g}: {m:.1f}" for a, b, m in grid if math.isclose(a, k))
+        by_strength = ", ".join(f"{a:g}: {m:.1f}" for a, b, m in grid if math.isclose(b, w))
+        lines.append(f"{route}: filter strength **{k:g}** and weight **{w:g}** chosen on {len(entry['subjects'])} "
+                     f"{report['choose_split']}-split subjects (mean MAE in HU inside the body — by weight at strength "
+                     f"{k:g}: {by_weight}; by strength at weight {w:g}: {by_strength}; the source as it is "
+                     f"{entry['as_is']:.1f})")
+    lines += ["", "| set | route | subjects | source as is | calibrated source | calibrated, noise filtered "
+                  "| model alone | with the floor | source's error removed | heads cut by the field of view "
+                  "| the output's MAE outside it |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for row in report["measured"]:
+        removed = gen.error_removed(row["as_is"], row["floored"])
         lines.append(f"| {row['label']} | {row['route']} | {row['subjects']} | {_f(row['as_is'])} | "
-                     f"{_f(row['calibrated'])} | {_f(row['model'])} | {_f(row['floored'])} | {_cut(row)} |")
-    lines += ["", "Outside the source's field of view (its padding value) the output is the model's whatever the "
+                     f"{_f(row['calibrated'])} | {_f(row['denoised'])} | {_f(row['model'])} | {_f(row['floored'])} | "
+                     f"{'—' if removed is None else f'{100 * removed:.0f} %'} | {_cut(row)} |")
+    lines += ["", "Source's error removed: 1 − MAE(with the floor) / MAE(source as is). "
+                  "Outside the source's field of view (its padding value) the output is the model's whatever the "
                   "weight; the last two columns: the subjects whose head it cuts, the share of the head inside "
                   "the body mask it leaves out, and the output's MAE in HU there (means over those subjects)."]
     return "\n".join(lines) + "\n"

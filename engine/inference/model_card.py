@@ -36,6 +36,8 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  share a physical scale, the weight of the model's change to the
                                  calibrated source (0 = the source itself), chosen on validation
                                  subjects by ``bench floor`` (default: none, the model's output as is);
+                                 its ``denoise``: the strength of the noise filter the calibrated source
+                                 gets first (engine.inference.denoise; 0 or absent = none), chosen with it;
                                  its ``outside_fov`` ({"mae_hu", "share", "subjects", "set"}): the output's
                                  error where a measured set's field of view cut the head off, which a
                                  synthesis of a source with such a region quotes in its notes
@@ -44,6 +46,7 @@ Keys read (all optional; a missing key has the documented fallback)::
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,12 +190,15 @@ class ModelCard:
         return [value] if isinstance(value, str) else [str(v) for v in value]
 
     def source_floor(self, source: str, target: str) -> dict[str, Any] | None:
-        """The card's ``source_floor`` entry for the route (its ``weight`` a number in [0, 1]), or None."""
+        """The card's ``source_floor`` entry for the route (its ``weight`` a number in [0, 1], its
+        ``denoise`` a strength ≥ 0, 0 when absent), or None."""
         route = (modalities.canonical(source), modalities.canonical(target))
         for item in self.raw.get("source_floor") or ():
             try:
-                if parse_route(item.get("route")) == route and 0.0 <= float(item.get("weight")) <= 1.0:
-                    return dict(item, weight=float(item["weight"]))
+                denoise = float(item.get("denoise") or 0.0)
+                if parse_route(item.get("route")) == route and 0.0 <= float(item.get("weight")) <= 1.0 \
+                        and 0.0 <= denoise < math.inf:
+                    return dict(item, weight=float(item["weight"]), denoise=denoise)
             except (AttributeError, TypeError, ValueError):
                 continue
         return None

@@ -33,6 +33,7 @@ import torch
 
 from engine import modalities
 from engine.inference.calibration import calibration_shift, padding_mask
+from engine.inference.denoise import filter_slices
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.instructions import default_instruction
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
@@ -295,10 +296,11 @@ class SliceSynthesizer:
         radius = native_radius(settings.guided_filter, plan.placement) \
             if settings.guided_filter else 0
         same_scale = fits_at_model_resolution(source, target)
-        floor, floor_note = self._source_floor(source, target, settings) if same_scale else (None, "")
-        floored = slices_first(array, plan.axis) if floor is not None else None    # the calibrated source
+        floor, strength, floor_note = self._source_floor(source, target, settings) if same_scale else (None, 0.0, "")
         # outside the source's field of view it holds no data: there the model's output is kept
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
+        # the calibrated source, its noise filtered as the card says
+        floored = filter_slices(slices_first(array, plan.axis), strength, missing) if floor is not None else None
         if missing is not None and missing[list(plan.active)].any():
             floor_note += (f"; outside the source's field of view ({missing[list(plan.active)].mean():.1%} of the "
                            f"synthesized slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
@@ -408,21 +410,27 @@ class SliceSynthesizer:
             name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom),
             synthetic=True, derived_from=source)
 
-    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, str]:
-        """(weight, note) of the source floor on a same-scale route: the settings' weight, else the
-        card's; (None, "") when neither gives one (the model's output as is)."""
+    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, float, str]:
+        """(weight, noise-filter strength, note) of the source floor on a same-scale route: the
+        settings' weight, else the card's, and the card's filter strength (0 without a card entry);
+        (None, 0, "") when neither gives a weight (the model's output as is)."""
+        entry = self.card.source_floor(source, target)
+        strength = settings.floor_denoise if settings.floor_denoise is not None else \
+            entry["denoise"] if entry is not None else 0.0
+        whose = "as asked" if settings.floor_denoise is not None else "the model card's"
         if settings.source_floor is not None:
             weight, why = settings.source_floor, "as asked"
-        else:
-            entry = self.card.source_floor(source, target)
-            if entry is None:
-                return None, ""
+        elif entry is not None:
             weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
+        else:
+            return None, 0.0, ""
+        floored = "the source (after the HU calibration)" if not strength else \
+            f"the source after the HU calibration and its noise filter (strength {strength:g}, {whose})"
         if weight == 0.0:
-            return weight, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is the source itself (after the HU calibration) "
-                            "— on this route the model did not beat the calibrated source")
-        return weight, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is the source (after the HU calibration) "
-                        f"plus {weight:.2f} × the model's change to it")
+            return weight, strength, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is {floored} "
+                                      "— on this route the model did not beat it")
+        return weight, strength, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is {floored} "
+                                  f"plus {weight:.2f} × the model's change to it")
 
     def _outside_fov_note(self, source: str, target: str) -> str:
         """What ``bench floor`` measured of the model's output outside a source's field of view (the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,8 @@ class SynthesisSettings:
     CT): the output is the (calibrated) source plus w times the model's change to it, so w = 0 is the
     source itself and 1 the model's output alone; None = the model card's weight for the route
     (:meth:`engine.inference.model_card.ModelCard.source_floor`; none recorded: the model's output).
+    ``floor_denoise`` = the strength (≥ 0) of the noise filter the calibrated source gets before the
+    floor blends it (:mod:`engine.inference.denoise`; 0 = none); None = the model card's.
     ``plane``: the patient plane the volume is cut in for the 2-D model (:func:`engine.inference.
     pipeline.plane_axis`); ``auto`` = the acquisition plane (the axis with the largest spacing)."""
 
@@ -63,6 +66,7 @@ class SynthesisSettings:
     guided_filter: float = 0.0
     hu_calibration: bool = True
     source_floor: float | None = None
+    floor_denoise: float | None = None
     anatomy: str | None = None            # None: from the model card (see ModelCard.anatomy_for)
     plane: str = "auto"
 
@@ -112,6 +116,11 @@ class SynthesisSettings:
             if not 0.0 <= weight <= 1.0:
                 raise ValueError(f"source_floor must be a weight in [0, 1], got {self.source_floor!r}")
             object.__setattr__(self, "source_floor", weight)
+        if self.floor_denoise is not None:
+            strength = float(self.floor_denoise)
+            if not 0.0 <= strength < math.inf:
+                raise ValueError(f"floor_denoise must be a strength ≥ 0, got {self.floor_denoise!r}")
+            object.__setattr__(self, "floor_denoise", strength)
         plane = str(self.plane).strip().lower()
         if plane not in SLICING_PLANES:
             raise ValueError(f"unknown slicing plane {self.plane!r}; use one of {', '.join(SLICING_PLANES)}")

@@ -44,8 +44,10 @@ def model(tmp_path):
 
 
 def test_the_smallest_weight_of_the_lowest_error_is_chosen():
-    assert source_floor.choose([[0.0, 5.0], [0.5, 4.0], [1.0, 4.0]]) == 0.5
-    assert source_floor.choose([[0.0, 3.0], [0.5, 4.0], [1.0, 2.0]]) == 1.0
+    assert source_floor.choose([[0.0, 0.0, 5.0], [0.0, 0.5, 4.0], [0.0, 1.0, 4.0]]) == (0.0, 0.5)
+    assert source_floor.choose([[0.0, 0.0, 3.0], [0.0, 0.5, 4.0], [0.0, 1.0, 2.0]]) == (0.0, 1.0)
+    # a tie between filter strengths and weights: the smaller weight first (the source is the floor), then the weaker filter
+    assert source_floor.choose([[0.0, 0.5, 2.0], [2.0, 0.0, 2.0], [4.0, 0.0, 2.0], [0.0, 0.0, 3.0]]) == (2.0, 0.0)
 
 
 def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback():
@@ -62,7 +64,7 @@ def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback(
             return SynthesisSettings()
 
         def plan(self, volume, source):
-            return type("Plan", (), {"active": [1, 2]})()
+            return type("Plan", (), {"active": [1, 2], "axis": 0})()
 
         def synthesize_volume(self, volume, source, target, settings, cancel=None, slices=None):
             return volume.replace(modality=target)
@@ -87,16 +89,19 @@ def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback(
 def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis(data, model):
     report = source_floor.run_floor(model, data, max_slices=2, generalization=False)
     entry = report["routes"]["CBCT→CT"]
-    assert entry["subjects"] == ["ct02"] and [w for w, _ in entry["curve"]] == list(source_floor.WEIGHTS)
-    assert entry["weight"] == source_floor.choose(entry["curve"])
+    assert entry["subjects"] == ["ct02"]
+    assert [(k, w) for k, w, _ in entry["grid"]] == [(k, w) for k in source_floor.STRENGTHS for w in source_floor.WEIGHTS]
+    assert (entry["denoise"], entry["weight"]) == source_floor.choose(entry["grid"])
     (test,) = report["measured"]
     assert test["set"] == "test" and test["subjects"] == 1
-    assert test["floored"] == source_floor.mae_at(test["curve"], entry["weight"])
+    assert test["floored"] == source_floor.mae_at(test["grid"], entry["denoise"], entry["weight"])
+    assert test["denoised"] == source_floor.mae_at(test["grid"], entry["denoise"], 0.0)
     assert test["calibrated"] != test["model"]                      # the two ends differ: the blend is real
     assert (test["outside_mae"] is None) == (test["outside_subjects"] == 0)
     source_floor.write_card(model, report, "python main.py bench floor")
     card = json.loads((model / "metadata.json").read_text())
     assert card["source_floor"][0]["route"] == ["CBCT", "CT"] and card["source_floor"][0]["weight"] == entry["weight"]
+    assert card["source_floor"][0]["denoise"] == entry["denoise"]
     assert [w["warning"] for w in card["benchmark_warnings"]] == ["worse than the T1"]     # CBCT's dropped
     synth = Synthesizer(model, device="cpu")
     out = synth.synthesize_volume(synth_input(data), "CBCT", "CT")
@@ -117,7 +122,7 @@ def test_bench_floor_command_prints_the_table_and_refuses_a_dataset_without_the_
 
     done = run("--data", str(data), "--slices", "2", "--no-generalization", "--markdown")
     assert done.returncode == 0, done.stderr
-    assert "CBCT→CT: weight" in done.stdout and "| held-out subjects (test split) | CBCT→CT | 1 |" in done.stdout
+    assert "CBCT→CT: filter strength" in done.stdout and "| held-out subjects (test split) | CBCT→CT | 1 |" in done.stdout
     mr_only = write_phantom_dataset(tmp_path / "mr", subjects=2, modality_names=("T1", "T2"), ct_subject=False,
                                     split={"train": ["sub01"], "val": ["sub02"]})
     refused = run("--data", str(mr_only), "--no-generalization")
@@ -144,15 +149,15 @@ def test_the_share_of_the_head_the_field_of_view_cuts_off_and_the_output_s_error
 
 
 def test_the_card_records_what_the_output_is_worth_where_a_measured_set_s_field_of_view_cut_the_head():
-    curve = [[0.0, 20.0], [1.0, 80.0]]
-    row = {"route": "CBCT→CT", "subjects": 2, "curve": curve, "as_is": 30.0, "calibrated": 20.0, "model": 80.0,
-           "floored": 20.0}
+    grid = [[0.0, 0.0, 20.0], [0.0, 1.0, 80.0]]
+    row = {"route": "CBCT→CT", "subjects": 2, "grid": grid, "as_is": 30.0, "calibrated": 20.0, "denoised": 20.0,
+           "model": 80.0, "floored": 20.0}
     report = {"choose_split": "val", "max_slices": 8,
-              "routes": {"CBCT→CT": {"weight": 0.0, "subjects": ["a", "b"], "curve": curve, "as_is": 30.0}},
+              "routes": {"CBCT→CT": {"weight": 0.0, "denoise": 0.0, "subjects": ["a", "b"], "grid": grid, "as_is": 30.0}},
               "measured": [dict(row, label="test", outside_subjects=0, outside_share=None, outside_mae=None),
                            dict(row, label="out of range", outside_subjects=1, outside_share=0.1061, outside_mae=1076.34)]}
     (entry,) = source_floor.card_entries(report, "python main.py bench floor")
     assert entry["outside_fov"] == {"mae_hu": 1076.3, "share": 0.106, "subjects": 1, "set": "out of range"}
     report["measured"].pop()
     assert "outside_fov" not in source_floor.card_entries(report, "python main.py bench floor")[0]
-    assert "| test | CBCT→CT | 2 | 30.0 | 20.0 | 80.0 | 20.0 | none | — |" in source_floor.to_markdown(report)
+    assert "| test | CBCT→CT | 2 | 30.0 | 20.0 | 20.0 | 80.0 | 20.0 | 33 % | none | — |" in source_floor.to_markdown(report)

@@ -333,12 +333,37 @@ def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_
                                + 0.25 * (model.array[active] - source.array[active]), atol=1e-3)
     assert not np.allclose(model.array[active], source.array[active])
     assert any("source floor 0.25 (the model card's, chosen on 2 validation subjects)" in n for n in blended.notes)
-    assert any(n.startswith("source floor 0 (as asked)") and "did not beat the calibrated source" in n
-               for n in source.notes)
+    assert any(n.startswith("source floor 0 (as asked)") and "the output is the source (after the HU calibration) "
+               "— on this route the model did not beat it" in n for n in source.notes)
     t2 = synth.synthesize_volume(t1_volume(), "T1", "T2", synth.default_settings().replace(source_floor=0.0))
     assert not any("source floor" in n for n in t2.notes)                          # MR: no common scale
     with pytest.raises(ValueError, match="source_floor must be a weight"):
         synth.default_settings().replace(source_floor=1.5)
+
+
+def test_the_floor_filters_the_calibrated_source_s_noise_as_the_card_says_unless_asked_otherwise(tmp_path):
+    from engine.inference.denoise import filter_slices
+
+    entry = {"route": ["CBCT", "CT"], "weight": 0.0, "denoise": 3.0, "chosen_on": "chosen on 2 validation subjects"}
+    folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"),), metadata={
+        "inference_defaults": {"steps": 1}, "calibration": {"soft_tissue_hu": 20.0}, "source_floor": [entry]})
+    synth = Synthesizer(folder, device="cpu")
+    cbct = cbct_volume()
+    noisy = cbct.array + np.random.default_rng(1).normal(0.0, 30.0, cbct.shape).astype(np.float32)
+    cbct = cbct.with_array(noisy)
+    filtered = synth.synthesize_volume(cbct, "CBCT", "CT")
+    plain = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(floor_denoise=0.0))
+    active = list(synth.plan(cbct, "CBCT").active)
+    shift = float(np.mean(plain.array[active] - cbct.array[active]))
+    np.testing.assert_allclose(plain.array[active], cbct.array[active] + shift, atol=1e-3)      # calibrated only
+    expected = filter_slices(cbct.array + shift, 3.0)                # the synthetic keeps the input's axial slices
+    np.testing.assert_allclose(filtered.array[active], expected[active], atol=1e-2)
+    core = (slice(None), slice(8, 16), slice(8, 16))                                # inside the head
+    assert filtered.array[active][core].std() < 0.5 * plain.array[active][core].std()
+    assert any("noise filter (strength 3, the model card's)" in n for n in filtered.notes)
+    assert not any("noise filter" in n for n in plain.notes)
+    with pytest.raises(ValueError, match="floor_denoise must be a strength"):
+        synth.default_settings().replace(floor_denoise=-1.0)
 
 
 def test_outside_the_sources_field_of_view_the_floor_keeps_the_models_output(tmp_path):
