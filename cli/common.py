@@ -49,8 +49,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                         "training CTs', when the model card records it)")
     p.add_argument("--source-floor", type=float, metavar="W",
                    help="on a route whose source and target share a physical scale (CBCT → CT): output the "
-                        "calibrated source plus W × the model's change to it, W in [0, 1] (0 = the calibrated "
-                        "source, 1 = the model's output alone; outside the source's field of view the model's output "
+                        "calibrated (noise-filtered, see --floor-denoise) source plus W × the model's change to it, W in "
+                        "[0, 1] (0 = that source, 1 = the model's output alone; outside the source's field of view the model's output "
                         "whatever W; default: the weight the model card records, "
                         "chosen on validation subjects by `bench floor`)")
     p.add_argument("--floor-denoise", type=float, metavar="S",

@@ -5,7 +5,9 @@ The noise of a slice is estimated where it is least structured — soft tissue i
 view — from the difference to its 3 × 3 median (robustly: the median absolute deviation × 1.4826).
 Each pixel then moves towards the mean of its :data:`WINDOW` × :data:`WINDOW` neighbourhood by the
 share of the local variance that ``strength`` × that noise explains, so flat tissue is smoothed
-and edges, whose local variance is far above the noise, are kept. The window is in pixels, as the
+and edges whose local variance is far above ``strength`` × the noise (bone against soft tissue) are
+kept; low-contrast detail below that (a soft-tissue edge of tens of HU, a small lesion) is smoothed
+with the noise. Pixels outside the field of view count as air. The window is in pixels, as the
 noise is: it is a property of the reconstruction's pixels, not of the anatomy. ``strength`` 0
 leaves the slice as it is; ``bench floor`` chooses it on the validation subjects
 (:mod:`engine.evaluation.source_floor`) and the model card keeps it (``source_floor``'s ``denoise``).
@@ -43,10 +45,10 @@ def adaptive_filter(image: np.ndarray, strength: float, missing: np.ndarray | No
 
     image = np.asarray(image, np.float32)
     valid = None if missing is None else ~np.asarray(missing, bool)
-    noise = noise_hu(image, valid) if strength > 0 else None
+    work = image if valid is None else np.where(valid, image, np.float32(AIR_HU))
+    noise = noise_hu(work, valid) if strength > 0 else None
     if not noise:
         return image.copy()
-    work = image if valid is None else np.where(valid, image, np.float32(AIR_HU))
     mean = ndimage.uniform_filter(work, WINDOW, mode="nearest")
     variance = np.maximum(ndimage.uniform_filter(work * work, WINDOW, mode="nearest") - mean * mean, 0.0)
     floor = np.float32((strength * noise) ** 2)

@@ -34,7 +34,7 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  each slice fitted to image_size)
     source_floor         [{"route": ["CBCT", "CT"], "weight": w, …}]  per route whose source and target
                                  share a physical scale, the weight of the model's change to the
-                                 calibrated source (0 = the source itself), chosen on validation
+                                 calibrated (noise-filtered) source (0 = that source), chosen on validation
                                  subjects by ``bench floor`` (default: none, the model's output as is);
                                  its ``denoise``: the strength of the noise filter the calibrated source
                                  gets first (engine.inference.denoise; 0 or absent = none), chosen with it;
@@ -115,6 +115,15 @@ def _pixel_mm(value: Any) -> float | None:
     return float(value)
 
 
+def _strength(value: Any) -> float:
+    """A source-floor noise-filter strength from a card: a number ≥ 0, else 0 (no filter)."""
+    try:
+        strength = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return strength if 0.0 <= strength < math.inf else 0.0
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """The inference-relevant part of a model folder's ``metadata.json``."""
@@ -191,14 +200,12 @@ class ModelCard:
 
     def source_floor(self, source: str, target: str) -> dict[str, Any] | None:
         """The card's ``source_floor`` entry for the route (its ``weight`` a number in [0, 1], its
-        ``denoise`` a strength ≥ 0, 0 when absent), or None."""
+        ``denoise`` a strength ≥ 0: 0 when absent or not a valid strength, the floor kept), or None."""
         route = (modalities.canonical(source), modalities.canonical(target))
         for item in self.raw.get("source_floor") or ():
             try:
-                denoise = float(item.get("denoise") or 0.0)
-                if parse_route(item.get("route")) == route and 0.0 <= float(item.get("weight")) <= 1.0 \
-                        and 0.0 <= denoise < math.inf:
-                    return dict(item, weight=float(item["weight"]), denoise=denoise)
+                if parse_route(item.get("route")) == route and 0.0 <= float(item.get("weight")) <= 1.0:
+                    return dict(item, weight=float(item["weight"]), denoise=_strength(item.get("denoise")))
             except (AttributeError, TypeError, ValueError):
                 continue
         return None

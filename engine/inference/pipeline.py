@@ -299,8 +299,11 @@ class SliceSynthesizer:
         floor, strength, floor_note = self._source_floor(source, target, settings) if same_scale else (None, 0.0, "")
         # outside the source's field of view it holds no data: there the model's output is kept
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
-        # the calibrated source, its noise filtered as the card says
-        floored = filter_slices(slices_first(array, plan.axis), strength, missing) if floor is not None else None
+        floored = None
+        if missing is not None:                 # the calibrated source, its noise filtered as the card says
+            floored = slices_first(array, plan.axis).copy()
+            active = list(plan.active)
+            floored[active] = filter_slices(floored[active], strength, missing[active])
         if missing is not None and missing[list(plan.active)].any():
             floor_note += (f"; outside the source's field of view ({missing[list(plan.active)].mean():.1%} of the "
                            f"synthesized slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
@@ -324,7 +327,8 @@ class SliceSynthesizer:
             assert floored is not None, "only a source floor of 0 skips the model"
             out[i] = floored[i]
             done += 1
-            report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)")
+            report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)" if not strength
+                   else f"slice {i + 1} of {total}: the calibrated, noise-filtered source (source floor 0)")
             if preview is not None:
                 preview(i, out[i])
         auto = settings.batch_size == "auto"

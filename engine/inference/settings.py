@@ -47,8 +47,8 @@ class SynthesisSettings:
     0 = off. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
     soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`).
     ``source_floor`` = w in [0, 1], on a route whose source and target share a physical scale (CBCT →
-    CT): the output is the (calibrated) source plus w times the model's change to it, so w = 0 is the
-    source itself and 1 the model's output alone; None = the model card's weight for the route
+    CT): the output is the calibrated (and noise-filtered, ``floor_denoise``) source plus w times the
+    model's change to it, so w = 0 is that source and 1 the model's output alone; None = the model card's weight for the route
     (:meth:`engine.inference.model_card.ModelCard.source_floor`; none recorded: the model's output).
     ``floor_denoise`` = the strength (≥ 0) of the noise filter the calibrated source gets before the
     floor blends it (:mod:`engine.inference.denoise`; 0 = none); None = the model card's.

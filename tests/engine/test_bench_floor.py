@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine.evaluation import source_floor
+from engine.evaluation.synthesis_eval import central_block, score_volume
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.inference.settings import SynthesisSettings
@@ -48,6 +49,8 @@ def test_the_smallest_weight_of_the_lowest_error_is_chosen():
     assert source_floor.choose([[0.0, 0.0, 3.0], [0.0, 0.5, 4.0], [0.0, 1.0, 2.0]]) == (0.0, 1.0)
     # a tie between filter strengths and weights: the smaller weight first (the source is the floor), then the weaker filter
     assert source_floor.choose([[0.0, 0.5, 2.0], [2.0, 0.0, 2.0], [4.0, 0.0, 2.0], [0.0, 0.0, 3.0]]) == (2.0, 0.0)
+    # within 0.1 HU counts as a tie: a plateau of strengths gives its weakest
+    assert source_floor.choose([[3.0, 0.0, 19.21], [4.0, 0.0, 19.12], [6.0, 0.0, 19.09], [0.0, 0.0, 21.7]]) == (4.0, 0.0)
 
 
 def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback():
@@ -97,7 +100,7 @@ def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis
     assert test["floored"] == source_floor.mae_at(test["grid"], entry["denoise"], entry["weight"])
     assert test["denoised"] == source_floor.mae_at(test["grid"], entry["denoise"], 0.0)
     assert test["calibrated"] != test["model"]                      # the two ends differ: the blend is real
-    assert (test["outside_mae"] is None) == (test["outside_subjects"] == 0)
+    assert test["denoised"] != test["calibrated"] or entry["denoise"] == 0.0
     source_floor.write_card(model, report, "python main.py bench floor")
     card = json.loads((model / "metadata.json").read_text())
     assert card["source_floor"][0]["route"] == ["CBCT", "CT"] and card["source_floor"][0]["weight"] == entry["weight"]
@@ -107,6 +110,20 @@ def test_the_weight_is_chosen_on_val_measured_on_test_and_read_back_by_synthesis
     out = synth.synthesize_volume(synth_input(data), "CBCT", "CT")
     assert any(n.startswith(f"source floor {'0' if entry['weight'] == 0 else format(entry['weight'], '.2f')}")
                for n in out.notes)
+    # what the grid says of a strength and weight is what synthesis with them gives
+    card["source_floor"][0].update(denoise=3.0, weight=0.5)
+    (model / "metadata.json").write_text(json.dumps(card))
+    synth = Synthesizer(model, device="cpu")
+    cbct = synth_input(data)
+    picked = central_block(synth.plan(cbct, "CBCT").active, 2)
+    out = synth.synthesize_volume(cbct, "CBCT", "CT", slices=picked)
+    assert any("noise filter (strength 3, the model card's)" in n for n in out.notes)
+    from engine.tasks import PairedDataset
+
+    reference = PairedDataset.open(data).volume("ct03", "CT")
+    scored = score_volume(out, reference, "CT", slices=picked).body.mae
+    assert scored == pytest.approx(source_floor.mae_at(test["grid"], 3.0, 0.5), rel=1e-4)
+    assert scored != pytest.approx(source_floor.mae_at(test["grid"], 0.0, 0.5), rel=1e-4)   # the filter counted
 
 
 def synth_input(data):
@@ -153,7 +170,8 @@ def test_the_card_records_what_the_output_is_worth_where_a_measured_set_s_field_
     row = {"route": "CBCT→CT", "subjects": 2, "grid": grid, "as_is": 30.0, "calibrated": 20.0, "denoised": 20.0,
            "model": 80.0, "floored": 20.0}
     report = {"choose_split": "val", "max_slices": 8,
-              "routes": {"CBCT→CT": {"weight": 0.0, "denoise": 0.0, "subjects": ["a", "b"], "grid": grid, "as_is": 30.0}},
+              "routes": {"CBCT→CT": {"weight": 0.0, "denoise": 0.0, "subjects": ["a", "b"], "grid": grid, "as_is": 30.0,
+                                     "outside_subjects": 0, "outside_share": None, "outside_mae": None}},
               "measured": [dict(row, label="test", outside_subjects=0, outside_share=None, outside_mae=None),
                            dict(row, label="out of range", outside_subjects=1, outside_share=0.1061, outside_mae=1076.34)]}
     (entry,) = source_floor.card_entries(report, "python main.py bench floor")

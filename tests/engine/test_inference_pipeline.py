@@ -366,6 +366,13 @@ def test_the_floor_filters_the_calibrated_source_s_noise_as_the_card_says_unless
         synth.default_settings().replace(floor_denoise=-1.0)
 
 
+@pytest.mark.parametrize("denoise", [-1.0, "strong", float("nan"), None])
+def test_a_card_s_unusable_filter_strength_means_no_filter_not_no_floor(denoise):
+    card = ModelCard.from_metadata({"source_floor": [{"route": ["CBCT", "CT"], "weight": 0.0, "denoise": denoise}]})
+    entry = card.source_floor("CBCT", "CT")
+    assert entry is not None and entry["weight"] == 0.0 and entry["denoise"] == 0.0
+
+
 def test_outside_the_sources_field_of_view_the_floor_keeps_the_models_output(tmp_path):
     measured = {"mae_hu": 1076.3, "share": 0.106, "subjects": 1, "set": "held-out subjects (test split)"}
     folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"),), metadata={
