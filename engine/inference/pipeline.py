@@ -301,12 +301,12 @@ class SliceSynthesizer:
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
         floored = None
         if missing is not None:                 # the calibrated source, its noise filtered as the card says
-            floored = slices_first(array, plan.axis).copy()
             active = list(plan.active)
+            floored = slices_first(array, plan.axis).copy()
             floored[active] = filter_slices(floored[active], strength, missing[active])
-        if missing is not None and missing[list(plan.active)].any():
-            floor_note += (f"; outside the source's field of view ({missing[list(plan.active)].mean():.1%} of the "
-                           f"synthesized slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
+            if missing[active].any():
+                floor_note += (f"; outside the source's field of view ({missing[active].mean():.1%} of the synthesized "
+                               f"slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
 
         total = plan.count
         done = len(plan.empty)
@@ -327,8 +327,8 @@ class SliceSynthesizer:
             assert floored is not None, "only a source floor of 0 skips the model"
             out[i] = floored[i]
             done += 1
-            report(done, f"slice {i + 1} of {total}: the calibrated source (source floor 0)" if not strength
-                   else f"slice {i + 1} of {total}: the calibrated, noise-filtered source (source floor 0)")
+            report(done, f"slice {i + 1} of {total}: the calibrated{', noise-filtered' if strength else ''} source "
+                         "(source floor 0)")
             if preview is not None:
                 preview(i, out[i])
         auto = settings.batch_size == "auto"
