@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_sampling_arguments(p)
     p.add_argument("--plane", choices=SLICING_PLANES, default=None,
                    help="the patient plane the volume is cut in for the 2-D model: auto = the acquisition plane "
-                        "(the axis with the largest spacing; default), or axial, coronal or sagittal")
+                        "(the axis of thick slices, else the stored order; default), or axial, coronal or sagittal")
     p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     add_anonymise_arguments(p)

@@ -26,10 +26,10 @@ import numpy as np
 
 from engine import modalities
 from engine.evaluation import generalization as gen
-from engine.evaluation.synthesis_eval import central_block, route_jobs, score_volume
+from engine.evaluation.synthesis_eval import central_block, route_jobs, scored_stacks
 from engine.inference.calibration import padding_mask
 from engine.inference.denoise import filter_slices
-from engine.inference.slices import slice_axis, slices_back, slices_first
+from engine.inference.slices import slices_back, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
@@ -40,21 +40,13 @@ ROUTES = (gen.CBCT_ROUTE,)
 SLICES = 8                      # central body slices per volume
 
 
-def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Sequence[int] | None
-                ) -> tuple[float, float | None]:
+def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Sequence[int] | None,
+                axis: int | None = None) -> tuple[float, float | None]:
     """(the share of the reference's body that the source's field of view leaves out, the synthetic's
-    MAE there — None when it leaves none out) on ``slices`` (all when None), the body found as
-    :func:`score_volume` finds it. ``synthetic`` and ``source`` share a grid (synthesis keeps it)."""
-    from engine.io.resample import resample_onto
-
-    if not synthetic.same_grid(reference):
-        reference = resample_onto(reference, synthetic)
-    axis = slice_axis(synthetic.spacing)
-    syn, ref, missing = (slices_first(a, axis) for a in (np.asarray(synthetic.array, np.float32),
-                                                          np.asarray(reference.array, np.float32),
-                                                          padding_mask(np.asarray(source.array))))
-    if slices is not None:
-        syn, ref, missing = syn[list(slices)], ref[list(slices)], missing[list(slices)]
+    MAE there — None when it leaves none out) on ``slices`` along ``axis`` (all when None), the body
+    found as :func:`engine.evaluation.synthesis_eval.score_volume` finds it. ``synthetic`` and
+    ``source`` share a grid (synthesis keeps it)."""
+    syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(np.asarray(source.array)))
     body = modalities.body_mask(ref, reference.modality or "CT")
     out = body & missing
     if not out.any():
@@ -75,19 +67,23 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
     for subject, (source, target) in route_jobs(synth, volumes, split, routes):
         check_cancel(cancel)
         volume, reference = volumes.volume(subject, source), volumes.volume(subject, target)
-        plan = synth.plan(volume, source)
+        plan = synth.plan(volume, source, plane=settings.plane)
         picked = central_block(plan.active, max_slices)
         scored = picked if max_slices else None
         asked = settings.replace(anatomy=volumes.anatomy(subject) or settings.anatomy, floor_denoise=0.0)
         model, base = (synth.synthesize_volume(volume, source, target, asked.replace(source_floor=w), cancel=cancel,
                                                slices=picked) for w in (1.0, 0.0))
 
+        # the body MAE score_volume gives, with the reference cut and its body found once for every pair
+        ref = scored_stacks(model, reference, plan.axis, scored)[1]
+        body = modalities.body_mask(ref, target)
+        if not body.any():
+            raise ValueError(f"subject {subject!r}: its {target} shows no body in the scored slices, "
+                             "so no MAE inside the body can be measured")
+
         def mae(array: np.ndarray) -> float:
-            body = score_volume(model.with_array(array), reference, target, slices=scored).body
-            if body is None:
-                raise ValueError(f"subject {subject!r}: its {target} shows no body in the scored slices, "
-                                 "so no MAE inside the body can be measured")
-            return body.mae
+            stack = slices_first(np.asarray(array, np.float32), plan.axis)
+            return float(np.abs((stack[scored] if scored is not None else stack)[body] - ref[body]).mean(dtype=np.float64))
 
         # the pipeline's filter, on the slices it cuts: outside the field of view base is the model's
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis)
@@ -105,7 +101,7 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
                 floor = slices_back(filtered, plan.axis)
             maes += [mae(floor + w * (model.array - floor)) for w in weights]
         entry["maes"].append(maes)
-        share, there = outside_fov(model, reference, volume, scored)
+        share, there = outside_fov(model, reference, volume, scored, plan.axis)
         if there is not None:
             entry["outside"].append((share, there))
     for entry in found.values():

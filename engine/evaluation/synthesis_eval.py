@@ -24,21 +24,30 @@ SCORE_KEYS = ("psnr_db", "ssim_x100", "mae")
 
 
 def score_volume(synthetic: Volume, reference: Volume, target: str | None = None,
-                 slices: Sequence[int] | None = None, cancel: CancelToken | None = None) -> Evaluation:
+                 slices: Sequence[int] | None = None, cancel: CancelToken | None = None,
+                 axis: int | None = None) -> Evaluation:
     """PSNR / SSIM / MAE (whole and inside the reference's body mask) of ``synthetic`` against
-    ``reference``; the reference is resampled (linear) onto the synthetic grid if the grids differ.
-    ``slices`` (indices along the acquisition axis) restricts the scoring to those slices."""
+    ``reference``, slice by slice along ``axis`` (:func:`scored_stacks`); ``slices`` (indices along
+    it) restricts the scoring to those slices."""
+    target = modalities.canonical(target or synthetic.modality or reference.modality or "")
+    syn, ref = scored_stacks(synthetic, reference, axis, slices)
+    return evaluate(syn, ref, target, cancel=cancel)
+
+
+def scored_stacks(synthetic: Volume, reference: Volume, axis: int | None = None, slices: Sequence[int] | None = None,
+                  *extra: np.ndarray) -> list[np.ndarray]:
+    """``synthetic`` and ``reference`` (resampled, linear, onto the synthetic grid if the grids differ)
+    as float32 (n, h, w) stacks along ``axis`` — the synthesis plan's; None: the acquisition axis,
+    :func:`engine.inference.slices.slice_axis` — followed by any ``extra`` arrays on the synthetic
+    grid cut alike; ``slices`` (indices along ``axis``) keeps only those slices."""
     from engine.io.resample import resample_onto
 
-    target = modalities.canonical(target or synthetic.modality or reference.modality or "")
     if not synthetic.same_grid(reference):
         reference = resample_onto(reference, synthetic)
-    axis = slice_axis(synthetic.spacing)
-    syn = slices_first(np.asarray(synthetic.array, dtype=np.float32), axis)
-    ref = slices_first(np.asarray(reference.array, dtype=np.float32), axis)
-    if slices is not None:
-        syn, ref = syn[list(slices)], ref[list(slices)]
-    return evaluate(syn, ref, target, cancel=cancel)
+    axis = slice_axis(synthetic.spacing) if axis is None else axis
+    arrays = [np.asarray(synthetic.array, dtype=np.float32), np.asarray(reference.array, dtype=np.float32), *extra]
+    stacks = [slices_first(a, axis) for a in arrays]
+    return [s[list(slices)] for s in stacks] if slices is not None else stacks
 
 
 def central_block(indices: Sequence[int], count: int | None) -> list[int]:
@@ -154,7 +163,7 @@ def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: I
         started = time.perf_counter()
         volume = paired.volume(subject, source)
         reference = paired.volume(subject, target)
-        plan = synthesizer.plan(volume, source)
+        plan = synthesizer.plan(volume, source, plane=settings.plane)
         picked = central_block(plan.active, max_slices)
         anatomy = paired.anatomy(subject) or settings.anatomy
 
@@ -163,7 +172,8 @@ def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: I
 
         synthetic = synthesizer.synthesize_volume(volume, source, target, settings.replace(anatomy=anatomy),
                                                   progress=report, cancel=cancel, slices=picked)
-        scores = score_volume(synthetic, reference, target, slices=picked if max_slices else None, cancel=cancel)
+        scores = score_volume(synthetic, reference, target, slices=picked if max_slices else None, cancel=cancel,
+                              axis=plan.axis)
         result.subjects.append(SubjectScore(subject, (source, target), scores, len(picked),
                                             time.perf_counter() - started))
         progress(Progress(k + 1, len(jobs), f"{subject} {source}→{target} scored"))

@@ -14,12 +14,22 @@ leaves the slice as it is; ``bench floor`` chooses it on the validation subjects
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 WINDOW = 7                          # pixels: the neighbourhood the local mean and variance are taken over
 SOFT_TISSUE_HU = (-150.0, 150.0)    # where the noise is estimated (after the HU calibration)
 MIN_VOXELS = 200                    # fewer soft-tissue pixels in a slice: its noise is not estimated
 AIR_HU = -1000.0                    # what stands in for the voxels outside the field of view while filtering
+
+
+def strength(value) -> float:
+    """``value`` as a filter strength: a finite number ≥ 0; ValueError otherwise."""
+    found = float(value)
+    if not 0.0 <= found < math.inf:
+        raise ValueError(f"a noise-filter strength must be a number ≥ 0, got {value!r}")
+    return found
 
 
 def noise_hu(image: np.ndarray, valid: np.ndarray | None = None) -> float | None:

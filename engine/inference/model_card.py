@@ -46,7 +46,6 @@ Keys read (all optional; a missing key has the documented fallback)::
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from typing import Any
 
 from engine import modalities
 from engine.files import read_json
+from engine.inference import denoise
 
 METADATA_FILE = "metadata.json"
 BENCHMARK_PREFIX = "benchmark: "        # the notes a card's benchmark_warnings add to a synthetic volume
@@ -118,10 +118,9 @@ def _pixel_mm(value: Any) -> float | None:
 def _strength(value: Any) -> float:
     """A source-floor noise-filter strength from a card: a number ≥ 0, else 0 (no filter)."""
     try:
-        strength = float(value or 0.0)
+        return denoise.strength(value or 0.0)
     except (TypeError, ValueError):
         return 0.0
-    return strength if 0.0 <= strength < math.inf else 0.0
 
 
 @dataclass(frozen=True)

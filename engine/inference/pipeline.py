@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,19 +137,15 @@ class SlicePlan:
 
 
 PLANE_NORMAL_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
-THICK_SLICE_RATIO = 1.25      # a spacing this much above the others marks the acquisition axis
 
 
 def plane_axis(volume: Volume, plane: str = "auto") -> int:
     """The array axis (0 = z, 1 = y, 2 = x) whose slices lie in ``plane``. ``auto``: the
-    acquisition plane — the axis of thick slices (:func:`engine.inference.slices.slice_axis`) when one
-    spacing is clearly the largest, else (near-isotropic voxels) the order the slices are stored in
-    (array axis 0). A named plane: the index axis that points (most nearly) along its normal."""
+    acquisition plane (:func:`engine.inference.slices.slice_axis`: the axis of thick slices, else the
+    order the slices are stored in). A named plane: the index axis that points (most nearly) along
+    its normal."""
     if plane == "auto":
-        axis = slice_axis(volume.spacing)
-        spacing_zyx = volume.spacing[::-1]
-        others = [s for i, s in enumerate(spacing_zyx) if i != axis]
-        return axis if spacing_zyx[axis] >= THICK_SLICE_RATIO * max(others) else 0
+        return slice_axis(volume.spacing)
     letters = PLANE_NORMAL_LETTERS[plane]
     orientation = volume.orientation()
     along = [i for i, letter in enumerate(orientation) if letter in letters]
@@ -157,6 +153,19 @@ def plane_axis(volume: Volume, plane: str = "auto") -> int:
         raise ValueError(f"the volume's axes point {orientation}: too oblique to cut {plane} slices; choose "
                          "another plane or auto")
     return 2 - along[0]
+
+
+def _outside_fov_note(entry: Mapping[str, Any] | None) -> str:
+    """What ``bench floor`` measured of the model's output outside a source's field of view (the
+    card's ``source_floor`` ``entry``'s ``outside_fov``), to follow the note that the output is the
+    model's there; "" when the card has no such measurement."""
+    measured: Any = (entry or {}).get("outside_fov")
+    try:
+        mae, share, where = float(measured["mae_hu"]), float(measured["share"]), str(measured["set"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return (f", which does not restore anatomy the field of view cut off: where it cut {100 * share:.1f} % "
+            f"of the head ({where}), bench floor measured the output {mae:.0f} HU off there")
 
 
 class SliceSynthesizer:
@@ -296,7 +305,7 @@ class SliceSynthesizer:
         radius = native_radius(settings.guided_filter, plan.placement) \
             if settings.guided_filter else 0
         same_scale = fits_at_model_resolution(source, target)
-        floor, strength, floor_note = self._source_floor(source, target, settings) if same_scale else (None, 0.0, "")
+        floor, strength, floor_note, entry = self._source_floor(source, target, settings, same_scale)
         # outside the source's field of view it holds no data: there the model's output is kept
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
         floored = None
@@ -306,7 +315,7 @@ class SliceSynthesizer:
             floored[active] = filter_slices(floored[active], strength, missing[active])
             if missing[active].any():
                 floor_note += (f"; outside the source's field of view ({missing[active].mean():.1%} of the synthesized "
-                               f"slices' voxels) the output is the model's{self._outside_fov_note(source, target)}")
+                               f"slices' voxels) the output is the model's{_outside_fov_note(entry)}")
 
         total = plan.count
         done = len(plan.empty)
@@ -414,39 +423,36 @@ class SliceSynthesizer:
             name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom),
             synthetic=True, derived_from=source)
 
-    def _source_floor(self, source: str, target: str, settings: SynthesisSettings) -> tuple[float | None, float, str]:
-        """(weight, noise-filter strength, note) of the source floor on a same-scale route: the
-        settings' weight, else the card's, and the card's filter strength (0 without a card entry);
-        (None, 0, "") when neither gives a weight (the model's output as is)."""
-        entry = self.card.source_floor(source, target)
+    def _source_floor(self, source: str, target: str, settings: SynthesisSettings, same_scale: bool
+                      ) -> tuple[float | None, float, str, Mapping[str, Any] | None]:
+        """(weight, noise-filter strength, note, the card's entry) of the source floor on a same-scale
+        route: the settings' weight, else the card's, and the settings' filter strength, else the
+        card's (0 without a card entry). No floor (the model's output as is): weight None, and a note
+        only where the settings asked for a floor or its filter and so learn why they were ignored."""
+        entry = self.card.source_floor(source, target) if same_scale else None
+        if not same_scale or (settings.source_floor is None and entry is None):
+            asked = [what for what, value in (("weight", settings.source_floor), ("noise-filter strength",
+                                                                                  settings.floor_denoise))
+                     if value is not None]
+            why = ("its source and target do not share one physical scale" if not same_scale else
+                   "the model card gives it no floor weight and none was asked for")
+            return None, 0.0, (f"no source floor on {route_name(source, target)} ({why}): the floor's "
+                               f"{' and '.join(asked)} asked for were ignored" if asked else ""), None
         strength = settings.floor_denoise if settings.floor_denoise is not None else \
             entry["denoise"] if entry is not None else 0.0
         whose = "as asked" if settings.floor_denoise is not None else "the model card's"
         if settings.source_floor is not None:
             weight, why = settings.source_floor, "as asked"
-        elif entry is not None:
-            weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
         else:
-            return None, 0.0, ""
+            assert entry is not None
+            weight, why = entry["weight"], f"the model card's, {entry.get('chosen_on') or 'chosen by bench floor'}"
         floored = "the source (after the HU calibration)" if not strength else \
             f"the source after the HU calibration and its noise filter (strength {strength:g}, {whose})"
         if weight == 0.0:
             return weight, strength, (f"{SOURCE_FLOOR_PREFIX}0 ({why}): the output is {floored} "
-                                      "— on this route the model did not beat it")
+                                      "— on this route the model did not beat it"), entry
         return weight, strength, (f"{SOURCE_FLOOR_PREFIX}{weight:.2f} ({why}): the output is {floored} "
-                                  f"plus {weight:.2f} × the model's change to it")
-
-    def _outside_fov_note(self, source: str, target: str) -> str:
-        """What ``bench floor`` measured of the model's output outside a source's field of view (the
-        card's ``source_floor`` entry's ``outside_fov``), to follow the note that the output is the
-        model's there; "" when the card has no such measurement."""
-        measured: Any = (self.card.source_floor(source, target) or {}).get("outside_fov")
-        try:
-            mae, share, where = float(measured["mae_hu"]), float(measured["share"]), str(measured["set"])
-        except (KeyError, TypeError, ValueError):
-            return ""
-        return (f", which does not restore anatomy the field of view cut off: where it cut {100 * share:.1f} % "
-                f"of the head ({where}), bench floor measured the output {mae:.0f} HU off there")
+                                  f"plus {weight:.2f} × the model's change to it"), entry
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
         """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""

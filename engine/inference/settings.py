@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from engine.inference import DEVICES, PRECISION_NAMES, SLICING_PLANES
+from engine.inference import DEVICES, PRECISION_NAMES, SLICING_PLANES, denoise
 from engine.sampling import GuidanceConfig
 from engine.sampling.solvers import SOLVERS
 
@@ -53,7 +52,7 @@ class SynthesisSettings:
     ``floor_denoise`` = the strength (≥ 0) of the noise filter the calibrated source gets before the
     floor blends it (:mod:`engine.inference.denoise`; 0 = none); None = the model card's.
     ``plane``: the patient plane the volume is cut in for the 2-D model (:func:`engine.inference.
-    pipeline.plane_axis`); ``auto`` = the acquisition plane (the axis with the largest spacing)."""
+    pipeline.plane_axis`); ``auto`` = the acquisition plane (:func:`engine.inference.slices.slice_axis`)."""
 
     steps: int = 24
     solver: str = "euler"
@@ -117,10 +116,10 @@ class SynthesisSettings:
                 raise ValueError(f"source_floor must be a weight in [0, 1], got {self.source_floor!r}")
             object.__setattr__(self, "source_floor", weight)
         if self.floor_denoise is not None:
-            strength = float(self.floor_denoise)
-            if not 0.0 <= strength < math.inf:
-                raise ValueError(f"floor_denoise must be a strength ≥ 0, got {self.floor_denoise!r}")
-            object.__setattr__(self, "floor_denoise", strength)
+            try:
+                object.__setattr__(self, "floor_denoise", denoise.strength(self.floor_denoise))
+            except (TypeError, ValueError):
+                raise ValueError(f"floor_denoise must be a strength ≥ 0, got {self.floor_denoise!r}") from None
         plane = str(self.plane).strip().lower()
         if plane not in SLICING_PLANES:
             raise ValueError(f"unknown slicing plane {self.plane!r}; use one of {', '.join(SLICING_PLANES)}")

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_AXIS_PREFERENCE = (0, 1, 2)     # array axes (z, y, x): on ties, slice along z
+THICK_SLICE_RATIO = 1.25         # a spacing this much above the other two marks the acquisition axis
 TILE_OVERLAP = 0.25              # share of a tile shared with its neighbour when a slice needs several
 
 
 def slice_axis(spacing_xyz) -> int:
-    """The array axis (0 = z, 1 = y, 2 = x) with the largest spacing — the acquisition axis of a
-    thick-slice scan; z when spacings tie (within 1 %)."""
-    sx, sy, sz = (float(s) for s in spacing_xyz)
-    by_axis = {0: sz, 1: sy, 2: sx}
-    largest = max(by_axis.values())
-    for axis in _AXIS_PREFERENCE:
-        if by_axis[axis] >= largest * 0.99:
-            return axis
-    return 0
+    """The array axis (0 = z, 1 = y, 2 = x) slices are cut along when no plane is chosen: the
+    acquisition axis of a thick-slice scan (its spacing at least :data:`THICK_SLICE_RATIO` times
+    either other), else — near-isotropic voxels, such as a thin-slice CT whose pixels are a little
+    wider than its slices — the order the slices are stored in (array axis 0). Synthesis, training,
+    scoring, ``identify`` and the input guard all cut along it, so they see the same slices."""
+    spacing_zyx = [float(s) for s in spacing_xyz][::-1]
+    axis = int(np.argmax(spacing_zyx))
+    others = [s for i, s in enumerate(spacing_zyx) if i != axis]
+    return axis if spacing_zyx[axis] >= THICK_SLICE_RATIO * max(others) else 0
 
 
 def in_plane_spacing(spacing_xyz, axis: int) -> tuple[float, float]:

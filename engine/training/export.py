@@ -109,10 +109,10 @@ def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: lis
         "modalities": normalisation_scheme(names),
         "image_size": image_size,
         "pixel_mm": pixel_mm,
-        "slicing": (f"2-D slices along each volume's acquisition axis (largest spacing), resampled to {pixel_mm:g} mm "
+        "slicing": (f"2-D slices along each volume's acquisition axis (its thick slices, else the stored order), resampled to {pixel_mm:g} mm "
                     "pixels, centred on a background canvas (0, the bottom of the range) and cut into overlapping "
                     "image_size² tiles where wider" if pixel_mm else
-                    "2-D slices along each volume's acquisition axis (largest spacing), resized with the aspect "
+                    "2-D slices along each volume's acquisition axis (its thick slices, else the stored order), resized with the aspect "
                     "kept so the longer side is image_size, centred and padded with 0 (the bottom of the range)"),
         "training_randomization": dict(randomization) if randomization else None,
         "calibration": dataset_calibration(paired) or card.get("calibration"),

@@ -66,7 +66,7 @@ def test_a_reference_with_no_body_in_the_scored_slices_is_named_not_a_traceback(
         def default_settings(self):
             return SynthesisSettings()
 
-        def plan(self, volume, source):
+        def plan(self, volume, source, plane="auto"):
             return type("Plan", (), {"active": [1, 2], "axis": 0})()
 
         def synthesize_volume(self, volume, source, target, settings, cancel=None, slices=None):

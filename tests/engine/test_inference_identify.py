@@ -116,6 +116,16 @@ def test_score_volume_resamples_the_reference_and_gives_perfect_scores_for_itsel
     assert 0 < moved.whole.mae < 400 and moved.whole.ssim < 100
 
 
+def test_score_volume_scores_the_slices_of_the_axis_it_is_given():
+    volume = Volume(phantom_volume(phantom_labels((16, 20, 20)), "CT"), spacing=(1, 1, 1), modality="CT", unit="HU")
+    wrong = volume.array.copy()
+    wrong[:, :, 3] += 500.0                                  # one x slice off by 500 HU, nothing else
+    off = volume.with_array(wrong)
+    along_x = score_volume(off, volume, "CT", slices=[3], axis=2)
+    assert along_x.whole.mae == pytest.approx(500.0) and along_x.whole.ssim < 100
+    assert score_volume(off, volume, "CT", slices=[3]).whole.mae == pytest.approx(500.0 / 20)   # axis 0: one column
+
+
 def test_evaluate_model_on_a_phantom_dataset(synth, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=2, shape=(10, 24, 24),
                                  split={"train": ["sub01"], "test": ["sub02", "ct01"]})

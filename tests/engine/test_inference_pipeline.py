@@ -13,7 +13,7 @@ from engine import modalities
 from engine.inference import SynthesisSettings, Synthesizer, pipeline
 from engine.inference import settings as settings_module
 from engine.inference.guided import guided_filter
-from engine.inference.model_card import ModelCard
+from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard
 from engine.inference.random_model import write_random_model
 from engine.inference.slices import from_model_slice, slices_first, to_model_slice
 from engine.io.volume import Volume
@@ -95,7 +95,7 @@ def test_slices_run_along_the_thickest_axis_and_come_back_in_place(synth):
 def test_auto_slices_a_near_isotropic_volume_in_its_stored_plane_and_any_plane_can_be_chosen(synth):
     # an axial CT of thin slices: 0.98 mm pixels, 0.9 mm slices (the largest spacing is in-plane)
     axial = t1_volume(shape=(10, 14, 12), spacing=(0.98, 0.98, 0.9)).replace(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
-    assert pipeline.slice_axis(axial.spacing) == 1                         # what auto followed: coronal stripes
+    assert pipeline.slice_axis(axial.spacing) == 0       # pixels a little wider than the slices: the stored order
     assert [pipeline.plane_axis(axial, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 0, 1, 2]
     coronal = axial.replace(direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))        # index z runs posterior → anterior
     assert [pipeline.plane_axis(coronal, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 1, 0, 2]
@@ -336,7 +336,10 @@ def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_
     assert any(n.startswith("source floor 0 (as asked)") and "the output is the source (after the HU calibration) "
                "— on this route the model did not beat it" in n for n in source.notes)
     t2 = synth.synthesize_volume(t1_volume(), "T1", "T2", synth.default_settings().replace(source_floor=0.0))
-    assert not any("source floor" in n for n in t2.notes)                          # MR: no common scale
+    assert not any(n.startswith(SOURCE_FLOOR_PREFIX) for n in t2.notes)           # MR: no common scale,
+    assert ("no source floor on T1→T2 (its source and target do not share one physical scale): the floor's "
+            "weight asked for were ignored") in t2.notes                                # and the user is told so
+    assert not any("source floor" in n for n in synth.synthesize_volume(t1_volume(), "T1", "T2").notes)
     with pytest.raises(ValueError, match="source_floor must be a weight"):
         synth.default_settings().replace(source_floor=1.5)
 
@@ -362,6 +365,11 @@ def test_the_floor_filters_the_calibrated_source_s_noise_as_the_card_says_unless
     assert filtered.array[active][core].std() < 0.5 * plain.array[active][core].std()
     assert any("noise filter (strength 3, the model card's)" in n for n in filtered.notes)
     assert not any("noise filter" in n for n in plain.notes)
+    bare = Synthesizer(write_random_model(tmp_path / "bare", routes=(("CBCT", "CT"),), metadata={
+        "inference_defaults": {"steps": 1}}), device="cpu")                        # no floor in its card
+    unfloored = bare.synthesize_volume(cbct, "CBCT", "CT", bare.default_settings().replace(floor_denoise=3.0))
+    assert ("no source floor on CBCT→CT (the model card gives it no floor weight and none was asked for): the "
+            "floor's noise-filter strength asked for were ignored") in unfloored.notes
     with pytest.raises(ValueError, match="floor_denoise must be a strength"):
         synth.default_settings().replace(floor_denoise=-1.0)
 

@@ -62,6 +62,10 @@ def test_model_slice_stacks_and_slice_axes():
     assert back.shape == (3, 20, 36) and np.abs(back - stack).max() < 0.05
     assert slice_axis((1.0, 1.0, 3.0)) == 0 and slice_axis((3.0, 1.0, 1.0)) == 2
     assert slice_axis((1.0, 2.5, 1.0)) == 1 and slice_axis((0.9, 0.9, 0.9)) == 0
+    # near-isotropic voxels keep the stored order whichever spacing is a little larger (a thin-slice CT with
+    # 0.98 mm pixels and 0.9 mm slices is cut axially, as synthesis cuts it); ties between two thick axes too
+    assert slice_axis((0.98, 0.98, 0.9)) == 0 and slice_axis((1.2, 1.0, 1.0)) == 0 and slice_axis((1.3, 1.0, 1.0)) == 2
+    assert slice_axis((3.0, 3.0, 1.0)) == 0
     volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     assert np.array_equal(slices_first(volume, 2)[1], volume[:, :, 1])
     assert np.array_equal(slices_back(slices_first(volume, 1), 1), volume)
