@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert any supported input to NIfTI / MHA / NRRD / a DICOM series",
                        description="Convert INPUT to OUTPUT keeping geometry and physical units. OUTPUT's "
                                    "suffix picks the format (.nii, .nii.gz, .mha, .nrrd); a path without "
-                                   "one is a folder for a DICOM derived series.")
+                                   "one (or ending .dcm, which the folder's name drops) is a folder for a DICOM "
+                                   "derived series.")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several; "
@@ -29,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
 
+    io.check_output(args.output)                      # before reading a large input
     volume = io.load(args.input, series=args.series, progress=stderr_progress(sys.stderr.isatty()))
     if args.modality:
         mod = modalities.get(args.modality)

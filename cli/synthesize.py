@@ -19,7 +19,7 @@ from cli.common import (
     open_synthesizer,
     sampling_settings,
 )
-from engine.inference import NO_PROFILE_NOTE, SLICING_PLANES, SOURCE_FLOOR_PREFIX
+from engine.inference import NO_PROFILE_NOTE, SLICING_PLANES, SOURCE_FLOOR_PREFIX, sliced_plane
 from engine.jobs import stderr_progress
 
 
@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the input's modality, or 'auto' to identify it with the model (default: the modality "
                         "read from the file's header or name, else auto)")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (.nii, .nii.gz, .mha, .nrrd) or a folder for a DICOM series")
+                   help="output file (.nii, .nii.gz, .mha, .nrrd) or a folder for a DICOM series (a path with no "
+                        "suffix, or .dcm, which the folder's name drops)")
     add_model_arguments(p)
     add_sampling_arguments(p)
     p.add_argument("--plane", choices=SLICING_PLANES, default=None,
@@ -45,13 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_anonymise_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
-
-
-def _check_output(path: Path) -> None:
-    from engine.io import file_kind
-
-    if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
-        raise ValueError(f"{path}: unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
 
 
 def announce(checks, quiet: bool = False) -> None:
@@ -82,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source and args.source.strip().lower() != "auto":
         card.check_route(args.source, target)          # fail before loading anything heavy
     output = Path(args.output)
-    _check_output(output)
+    io.check_output(output)
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
@@ -102,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],
         "start_from_source": settings.start_from_source, "noise_correlation": settings.noise_correlation,
         "guided_filter": settings.guided_filter, "plane": settings.plane,
+        "sliced": sliced_plane(volume, settings.plane),
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
         "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
         "benchmark_warnings": known,

@@ -155,6 +155,13 @@ def plane_axis(volume: Volume, plane: str = "auto") -> int:
     return 2 - along[0]
 
 
+def sliced_plane(volume: Volume, plane: str = "auto") -> str:
+    """The patient plane (axial, coronal or sagittal — the nearest, for an oblique volume) of the
+    slices :func:`plane_axis` cuts ``volume`` into for ``plane``."""
+    letter = volume.orientation()[2 - plane_axis(volume, plane)]
+    return next(name for name, letters in PLANE_NORMAL_LETTERS.items() if letter in letters)
+
+
 def _outside_fov_note(entry: Mapping[str, Any] | None) -> str:
     """What ``bench floor`` measured of the model's output outside a source's field of view (the
     card's ``source_floor`` ``entry``'s ``outside_fov``), to follow the note that the output is the
@@ -412,7 +419,8 @@ class SliceSynthesizer:
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
                f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
                f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
-            f"{len(plan.active)} slices synthesized along array axis {plan.axis} ({settings.plane} plane), "
+            f"{len(plan.active)} {sliced_plane(volume, settings.plane)} slices synthesized along array axis "
+            f"{plan.axis} (plane {settings.plane}), "
             f"{len(plan.empty)} set to "
             f"background; {elapsed:.1f} s on {self.execution_device} ({self.precision})",
             *self.card.benchmark_warnings(source, target),

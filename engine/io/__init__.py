@@ -14,7 +14,7 @@ from engine.exports import lazy_exports
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError, special_file
 from engine.io.image_files import image_kind, scan_image
-from engine.io.itk_files import file_kind, load_file, scan_file, scan_volume_of, write_file
+from engine.io.itk_files import SUFFIXES, file_kind, load_file, scan_file, scan_volume_of, write_file
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
@@ -24,11 +24,38 @@ if TYPE_CHECKING:
 # loaded on first use: de-identification (pydicom's anonymisation tables) and resampling (scipy)
 __getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned_in": "deidentify",
                                              "inside": "resample", "resample_onto": "resample"})
-__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "file_kind", "load", "openable_name",
-           "save", "scan", *_LAZY]
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind", "load",
+           "openable_name", "other_format", "save", "scan", *_LAZY]
 
 _NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif", ".svg",
                ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}
+
+
+# formats this app does not read, by suffix: named in the error, never parsed as DICOM
+_OTHER_FORMATS = {".hdr": "an Analyze 7.5 or NIfTI-1 pair header (.hdr + .img)",
+                  ".img": "the voxel file of an Analyze 7.5 or NIfTI-1 pair (.hdr + .img)",
+                  ".mnc": "a MINC volume", ".mgz": "a FreeSurfer MGH volume", ".mgh": "a FreeSurfer MGH volume",
+                  ".par": "a Philips PAR/REC header", ".rec": "the voxel file of a Philips PAR/REC pair",
+                  ".gz": "a gzip-compressed file", ".bz2": "a bzip2-compressed file"}
+
+
+def other_format(path: str | Path) -> str | None:
+    """Why a file of a known format this app does not read is not opened (None for any other file)."""
+    kind = _OTHER_FORMATS.get(Path(path).suffix.lower())
+    if kind is None or file_kind(path) or _dicom_marked(path):
+        return None
+    advice = "decompress it first" if kind.endswith("compressed file") else \
+        "convert it to NIfTI first (e.g. nibabel's nib-convert, FreeSurfer's mri_convert or dcm2niix)"
+    return (f"{kind}: not a format this app reads ({', '.join(SUFFIXES)}, DICOM or a 2-D picture); {advice}")
+
+
+def _dicom_marked(path: str | Path) -> bool:
+    """Whether the file has the DICOM Part 10 marker (a DICOM file, whatever its suffix says)."""
+    try:
+        with open(path, "rb") as fp:
+            return fp.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def openable_name(name: str) -> bool:
@@ -73,6 +100,9 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
             return scan_file(path)
         if image_kind(path):
             return scan_image(path)
+        other = other_format(path)
+        if other:
+            raise VolumeIOError(path, other)
         from engine.io import dicom_read
 
         catalog = dicom_read.scan_dicom([path], cancel=cancel)
@@ -105,6 +135,8 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
                 pictures.append(f)
             elif f.suffix.lower() in _NOT_IMAGES:
                 continue
+            elif other := other_format(f):
+                catalog.skipped.append(Skipped(str(f), f"{other}; skipped"))
             else:
                 candidates.append(f)
     if candidates:
@@ -146,6 +178,15 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
     return entry.load(progress, cancel)
 
 
+def check_output(path: str | Path) -> None:
+    """Refuse, before any work, an output path :func:`save` cannot write: a suffix that is neither a
+    volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops)."""
+    path = Path(path)
+    if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
+        raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s != '.mhd')} "
+                                  "or a folder for a DICOM series")
+
+
 def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool | Anonymiser = False,
          progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Path:
     """Write ``volume`` atomically: a file by its suffix, or a DICOM series into a folder
@@ -162,8 +203,7 @@ def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: 
             assert anonymiser is not None, "anonymise is true"
             volume, description = anonymiser.prepare(volume, path)
         return write_file(volume, path, description=description)
-    if path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
-        raise VolumeIOError(path, "unknown output type; use .nii, .nii.gz, .mha, .nrrd or a folder for DICOM")
+    check_output(path)
     from engine.io.dicom_write import write_dicom_series
 
     folder = path.with_suffix("") if path.suffix else path

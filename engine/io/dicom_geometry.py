@@ -20,6 +20,8 @@ SAME_POSITION_MM = 0.01          # two slices closer than this along the normal 
 GAP_FACTOR = 1.5                 # a step this many times the median step is a gap (missing slices)
 TILT_DEGREES = 0.05              # stacking direction this far from the normal is a gantry tilt
 MAX_FILLED_SLICES = 3            # a gap of more missing slices is refused, not filled by interpolation
+NO_PIXEL_SPACING = "PixelSpacing is missing or zero: in-plane spacing set to 1 mm"
+SPACING_DROPPED = "PixelSpacing is "  # …the header value…", not usable": a slice's own note (engine.io.dicom_scan)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
     notes: list[str] = []
     if pixel_spacing is None or len(pixel_spacing) < 2 or min(float(v) for v in pixel_spacing[:2]) <= 0:
         sy = sx = 1.0
-        notes.append("PixelSpacing is missing or zero: in-plane spacing set to 1 mm")
+        notes.append(NO_PIXEL_SPACING)
     else:
         sy, sx = float(pixel_spacing[0]), float(pixel_spacing[1])
     n = len(order)
@@ -124,7 +126,10 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                 sz = span / (grid_slices - 1)
                 positions = tuple(float(v) for v in d_sorted - d_sorted[0])
                 uneven, refusal = _uneven_notes(steps, d_sorted, median, sz, grid_slices)
-                notes.extend(uneven)
+                if refusal:                 # no grid is built: list the files as found, nothing filled
+                    grid_slices, positions, sz = 0, (), median
+                else:
+                    notes.extend(uneven)
             notes.extend(_tilt_notes(points[order], normal, sz))
     direction = np.column_stack([row, col, normal])
     first = points[order[0]]

@@ -16,9 +16,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
-from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry
+from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry, valid_orientation
 from engine.io.dicom_pet import suv_factor
-from engine.io.dicom_scan import SliceInfo, scan_files
+from engine.io.dicom_scan import SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
 from engine.io.reader_process import native
@@ -68,7 +68,8 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
     if group.positioned:
         orientation = orientation_letters(geometry.direction)
     else:
-        orientation = "2-D" if len(group.slices) == 1 else "unknown"
+        assumed = "" if valid_orientation(first.iop) else " (assumed)"
+        orientation = "2-D" if len(group.slices) == 1 else f"{orientation_letters(geometry.direction)}{assumed}"
     return SeriesEntry(
         key=group.key,
         kind="dicom",
@@ -80,7 +81,8 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         orientation=orientation,
         patient=_patient(tags),
         study=_study(tags),
-        notes=(*group.notes, *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
+        notes=(*group.notes, *_map_notes(tags),
+               *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         synthetic=read_dicom_tags(tags)["synthetic"],
         loader=functools.partial(load_series, group, tags),
     )
@@ -158,7 +160,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                                         f"the series expects {rows}×{cols}")
         array[k] = frame.astype(np.float64) * s.slope + s.intercept      # one rounding to float32
         progress(Progress(k + 1, n, f"read slice {k + 1} of {n}"))
-    g, notes = group.geometry, list(group.notes)
+    g, notes = group.geometry, [*group.notes, *_map_notes(tags)]
     if unreadable:
         array, g, notes = _without_unreadable(array, group, unreadable, folder)
     if g.positions:
@@ -218,6 +220,11 @@ def _encapsulated(tags: dict[str, str]) -> bool:
 
 
 def _decode(s: SliceInfo) -> np.ndarray:
+    with lenient_values():
+        return _decoded(s)
+
+
+def _decoded(s: SliceInfo) -> np.ndarray:
     try:
         ds = pydicom.dcmread(s.path, force=True)       # the scan has vetted it; no meta is fine
     except Exception as exc:
@@ -228,7 +235,7 @@ def _decode(s: SliceInfo) -> np.ndarray:
                                           ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     ts = ds.file_meta.TransferSyntaxUID
     try:
-        return np.asarray(ds.pixel_array)
+        pixels = np.asarray(ds.pixel_array)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - codecs written in Rust raise PanicException (a BaseException)
@@ -236,6 +243,15 @@ def _decode(s: SliceInfo) -> np.ndarray:
         detail = " ".join(str(exc).split())
         raise VolumeIOError(s.path, f"the pixel data in {syntax} could not be decoded "
                                     f"({type(exc).__name__}: {detail})") from None
+    if "ModalityLUTSequence" not in ds:
+        return pixels
+    from pydicom.pixels import apply_modality_lut  # the scan set slope 1, intercept 0 for it
+
+    try:
+        return np.asarray(apply_modality_lut(pixels, ds))
+    except Exception as exc:
+        raise VolumeIOError(s.path, f"its Modality LUT Sequence cannot be applied ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())})") from None
 
 
 def _frame(pixels: np.ndarray, s: SliceInfo) -> np.ndarray:
@@ -244,6 +260,19 @@ def _frame(pixels: np.ndarray, s: SliceInfo) -> np.ndarray:
     if pixels.ndim != 3 or s.frame is None or s.frame >= pixels.shape[0]:
         raise VolumeIOError(s.path, f"frame {s.frame} is missing from the decoded pixel data {pixels.shape}")
     return pixels[s.frame]
+
+
+# ImageType values of CT series whose voxels are a computed map (perfusion, material), not HU of tissue
+_CT_MAPS = {"PERFUSION", "RCBF", "RCBV", "CBF", "CBV", "MTT", "TTP", "TMAX", "IODINE"}
+
+
+def _map_notes(tags: dict[str, str]) -> list[str]:
+    """A CT series whose ImageType marks a computed map: a note saying its values are not tissue HU."""
+    mapped = sorted(set(tags.get("ImageType", "").upper().split("\\")) & _CT_MAPS)
+    if tags.get("Modality", "").upper() != "CT" or not mapped:
+        return []
+    return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
+            "values are not Hounsfield units of tissue, so the CT routes do not apply to it"]
 
 
 def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:

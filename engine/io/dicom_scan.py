@@ -7,6 +7,7 @@ element tell whether the file holds all of it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -53,7 +54,7 @@ SERIES_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
-    "SOPClassUID", "BurnedInAnnotation",
+    "SOPClassUID", "BurnedInAnnotation", "ImageType",
 )
 RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
                             "RadiopharmaceuticalStartDateTime")
@@ -110,6 +111,19 @@ class ScanResult:
 
 
 # -- reading one header ------------------------------------------------------------------------
+@contextlib.contextmanager
+def lenient_values():
+    """Within it pydicom takes a header value that breaks its VR's rules (IS '1A') without a warning:
+    this module's own checks judge the values it uses and say what they dropped in the series'
+    notes, while pydicom's warnings would reach the user as stray lines on stderr."""
+    settings = pydicom.config.settings
+    before, settings.reading_validation_mode = settings.reading_validation_mode, pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = before
+
+
 def read_header(path: str | Path) -> tuple[Dataset, str]:
     """The header of ``path`` (no pixel data) and the state of its pixel data: "ok", "absent",
     or a sentence saying how it is damaged. Raises :class:`NotReadable` for junk."""
@@ -267,6 +281,10 @@ def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
     if int(ds.get("SamplesPerPixel") or 1) > 1 or photometric in _COLOUR:
         return f"{label}: colour image ({photometric or 'several samples per pixel'}), not a grey-scale volume; skipped"
+    if "MOSAIC" in text(ds.get("ImageType")).upper().split("\\"):
+        return (f"{label}: a Siemens mosaic ({_mosaic_images(ds)} tiled in one frame, as EPI, diffusion and "
+                "fMRI series are stored), not a slice; not unpacked, so skipped — convert it to NIfTI first "
+                "(e.g. with dcm2niix)")
     if pixel_state != "ok":
         return f"{label} file is {pixel_state}"
     rows, columns, bits = (_int(ds.get(k)) for k in ("Rows", "Columns", "BitsAllocated"))
@@ -278,6 +296,19 @@ def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
     if not frames.isdigit() or not 1 <= int(frames) <= MAX_FRAMES:
         return f"{label} file is damaged: NumberOfFrames is {frames[:20]!r}, not 1 to {MAX_FRAMES}"
     return None
+
+
+def _mosaic_images(ds: Dataset) -> str:
+    """How many images a Siemens mosaic tiles (its private NumberOfImagesInMosaic), in words."""
+    element = ds.get((0x0019, 0x100A))
+    value = getattr(element, "value", None)
+    if isinstance(value, bytes) and len(value) in (2, 4):
+        value = int.from_bytes(value, "little")
+    try:
+        count = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "several images"
+    return f"{count} images" if 1 < count < 10_000 else "several images"
 
 
 def text(value: Any) -> str:
@@ -398,7 +429,11 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
     checked = _Checked()
     spacing = checked.pair("PixelSpacing", ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"),
                            "in-plane spacing set to 1 mm", positive=True)
-    slope, intercept = checked.rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    if "ModalityLUTSequence" in ds:             # the stored values go through a table, not a line
+        slope, intercept = 1.0, 0.0
+        checked.notes.append("values mapped through the file's Modality LUT Sequence (a table, not a linear rescale)")
+    else:
+        slope, intercept = checked.rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     base: dict[str, Any] = dict(
         common, iop=checked.floats("ImageOrientationPatient", ds.get("ImageOrientationPatient"), 6,
                                    "the slice is treated as unpositioned"),
@@ -537,8 +572,9 @@ def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -
             continue
         seen_files.add(real)
         try:
-            ds, state = read_header(path)
-            _add(result, path, ds, state, queue, seen_images)
+            with lenient_values():
+                ds, state = read_header(path)
+                _add(result, path, ds, state, queue, seen_images)
         except NotReadable as exc:
             result.skipped.append(Skipped(str(path), str(exc)))
         except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many kinds

@@ -56,6 +56,8 @@ def group_series(slices: list[SliceInfo]) -> list[SeriesGroup]:
                 group.notes.insert(0, f"SeriesInstanceUID holds {len(parts)} volumes (split by {', '.join(reasons)}); "
                                       f"this is part {i}: {what}")
             header_notes = dict.fromkeys(n for s in part for n in s.notes)     # in order, once each
+            if geo.NO_PIXEL_SPACING in group.notes and any(n.startswith(geo.SPACING_DROPPED) for n in header_notes):
+                group.notes.remove(geo.NO_PIXEL_SPACING)      # a slice's note says it, with the header's value
             group.notes.extend(header_notes)
             groups.append(group)
     return groups
@@ -207,7 +209,7 @@ def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:
                                                        ("identity orientation", not oriented)) if absent)
             notes.append(f"no {missing}: {assumed} assumed")
         if not valid_spacing:
-            notes.append("PixelSpacing is missing or zero: in-plane spacing set to 1 mm")
+            notes.append(geo.NO_PIXEL_SPACING)
         geometry = geo.StackGeometry(
             order=tuple(range(len(slices))), origin=origin or (0.0, 0.0, 0.0),
             spacing=(float(sx), float(sy), float(spacing_z)),

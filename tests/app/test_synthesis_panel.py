@@ -239,7 +239,8 @@ def test_the_plane_reaches_the_engine_the_target_stays_and_each_run_starts_a_fre
     panel.run_button.click()
     qtbot.waitUntil(lambda: len(win.workspace.documents) == 2 and panel.run_button.isEnabled(), timeout=120000)
     synthetic = win.workspace.documents[1]
-    assert any("(coronal plane)" in note for note in synthetic.volume.notes)
+    assert any("coronal slices synthesized along array axis" in note and "(plane coronal)" in note
+               for note in synthetic.volume.notes)
     assert panel.document is source and panel.target.currentText() == "CT"      # as chosen, after the run
     assert not panel.preview.pixmap().isNull()
 

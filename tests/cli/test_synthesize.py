@@ -53,6 +53,7 @@ def test_synthesize_writes_the_input_grid_in_hounsfield_units(capsys, model_dir,
     assert code == 0, err
     report = json.loads(out)
     assert report["route"] == "T1→CT" and report["steps"] == 2 and report["unit"] == "HU"
+    assert report["plane"] == "auto" and report["sliced"] == "axial"      # what auto chose: the thick z slices
     source, result = io.load(t1), io.load(out_file)
     assert result.same_grid(source) and result.shape == source.shape
     assert -1024.0 <= result.array.min() and result.array.max() <= 2000.0
@@ -215,3 +216,13 @@ def test_evaluate_scores_the_split_training_held_out_and_writes_its_result(capsy
     code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--val-fraction", "0.7",
                          "--test-fraction", "0.4", "--out", tmp_path / "bad.json")
     assert code == 2 and "fractions" in err and not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize("command", ["synthesize", "convert"])
+def test_an_output_type_that_cannot_be_written_is_refused_before_the_input_is_read(capsys, model_dir, tmp_path, command):
+    never = tmp_path / "missing-input.nii.gz"                   # not read at all: the output is refused first
+    argv = [never, "-o", tmp_path / "out.png", "--target", "T2", "--model", model_dir] if command == "synthesize" \
+        else [never, tmp_path / "out.png"]
+    code, out, err = run(capsys, command, *argv)
+    assert code == 2 and "out.png: unknown output type; use .nii.gz, .nii, .mha, .nrrd" in err
+    assert "missing-input" not in err and list(tmp_path.iterdir()) == []

@@ -203,6 +203,7 @@ def test_enhanced_mr_variants_decode_identically(variant):
     ref = io.load(DATA_STORE / "emri_small.dcm")
     assert ref.shape == (10, 64, 64)
     assert any("without per-frame positions" in n for n in ref.notes)   # its functional groups were stripped
+    assert io.scan(DATA_STORE / variant).entries[0].orientation == "LPS (assumed)"   # what the load will use
     np.testing.assert_array_equal(io.load(DATA_STORE / variant).array, ref.array)
 
 
@@ -287,6 +288,8 @@ def test_a_gap_too_wide_to_fill_is_refused_with_the_reason(tmp_path):
         p.unlink()
     entry = io.scan(tmp_path / "s").entries[0]
     assert any(n.startswith("cannot be loaded") for n in entry.notes)
+    # listed as found (9 files), not as the grid a load would have filled, and nothing said to be filled
+    assert entry.shape_zyx[0] == 9 and not any(n.startswith(("missing slice", "resampled")) for n in entry.notes)
     with pytest.raises(io.VolumeIOError, match=r"about 5 slice\(s\).*too many to fill") as err:
         entry.load()
     assert str(tmp_path / "s") in str(err.value)
@@ -475,3 +478,78 @@ def test_two_acquisitions_at_the_same_positions_split_by_acquisition_not_by_slic
     assert [e.shape_zyx for e in entries] == [(5, 41, 33), (5, 41, 33)]
     assert ["acquisition 1" in entries[0].notes[0], "acquisition 2" in entries[1].notes[0]] == [True, True]
     np.testing.assert_array_equal(entries[1].load().array, data + 1)
+
+
+def test_a_siemens_mosaic_is_named_and_skipped_not_read_as_one_tiled_slice(tmp_path):
+    def mosaic(ds, i):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.add_new((0x0019, 0x0010), "LO", "SIEMENS CSA HEADER")
+        ds.add_new((0x0019, 0x100A), "US", 48)                  # NumberOfImagesInMosaic
+
+    write_series(tmp_path / "fmri", anatomical()[:2], per_slice=mosaic)
+    write_series(tmp_path / "anat", anatomical()[:4])
+    catalog = io.scan(tmp_path)
+    assert [e.shape_zyx for e in catalog.entries] == [(4, 41, 33)]       # the ordinary series only
+    reasons = [s.reason for s in catalog.skipped]
+    assert len(reasons) == 2 and all("a Siemens mosaic (48 images tiled in one frame" in r and "dcm2niix" in r
+                                     for r in reasons)
+    with pytest.raises(io.VolumeIOError, match="Siemens mosaic"):
+        io.scan(tmp_path / "fmri")
+
+
+def test_files_of_formats_not_read_are_named_not_called_damaged_dicom(tmp_path):
+    for name in ("brain.hdr", "brain.img", "t1.mnc", "orig.mgz", "scan.PAR", "series.dcm.gz"):
+        (tmp_path / name).write_bytes(bytes(400))
+        with pytest.raises(io.VolumeIOError, match="not a format this app reads") as err:
+            io.scan(tmp_path / name)
+        assert "not a DICOM file" not in str(err.value)
+    assert "MINC" in io.other_format(tmp_path / "t1.mnc") and "decompress" in io.other_format(tmp_path / "series.dcm.gz")
+    write_series(tmp_path / "odd", anatomical()[:3])
+    for k, path in enumerate(sorted((tmp_path / "odd").iterdir())):
+        path.rename(path.with_name(f"slice{k}.img"))              # DICOM files named .img are still DICOM
+    assert io.scan(tmp_path / "odd").entries[0].shape_zyx == (3, 41, 33)
+    catalog = io.scan(tmp_path)
+    assert len(catalog.entries) == 1
+    named = {Path(s.path).name: s.reason for s in catalog.skipped}
+    assert named["orig.mgz"].startswith("a FreeSurfer MGH volume: not a format this app reads")
+
+
+def test_a_modality_lut_sequence_maps_the_stored_values_and_says_so():
+    path = DATA_STORE / "mlut_18.dcm"                   # stored −2048…2047 through a 4096-entry table
+    ds = pydicom.dcmread(path)
+    from pydicom.pixels import apply_modality_lut
+
+    volume = io.load(path)
+    np.testing.assert_array_equal(volume.array[0], apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+    assert volume.array.min() == 0 and volume.array.max() == 65535      # the table's range, not the stored one
+    assert any("Modality LUT Sequence" in n for n in io.scan(path).entries[0].notes)
+
+
+def test_an_unusable_pixel_spacing_is_noted_once_with_the_header_s_value(tmp_path):
+    def zero(ds, i):
+        ds.PixelSpacing = [0, 0]
+
+    write_series(tmp_path / "s", anatomical()[:3], per_slice=zero)
+    notes = io.scan(tmp_path / "s").entries[0].notes
+    spacing = [n for n in notes if "PixelSpacing" in n]
+    assert spacing == ["PixelSpacing is 0\\0, not usable: in-plane spacing set to 1 mm"], notes
+    assert io.load(tmp_path / "s").spacing[:2] == (1.0, 1.0)
+
+
+def test_a_header_value_breaking_its_vr_raises_no_pydicom_warning(tmp_path):
+    import warnings
+
+    write_series(tmp_path / "study", anatomical()[:3])
+    shutil.copy(PYDICOM_FILES / "badVR.dcm", tmp_path / "study" / "bad.dcm")     # IS '1A' and more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # a warning would reach the user's terminal
+        catalog = io.scan(tmp_path / "study")
+    assert len(catalog.entries) == 1 and [Path(s.path).name for s in catalog.skipped] == ["bad.dcm"]
+    assert catalog.skipped[0].reason.startswith("RTDOSE: a dose grid")      # read, and skipped for what it is
+
+
+def test_a_ct_perfusion_map_is_listed_with_a_note_that_its_values_are_not_tissue_hu():
+    path = DATA_STORE / "eCT_Supplemental.dcm"             # DERIVED\PRIMARY\PERFUSION\RCBF, enhanced CT
+    (note,) = [n for n in io.scan(path).entries[0].notes if "derived map" in n]
+    assert "(PERFUSION, RCBF), not an anatomical CT" in note and note in io.load(path).notes
+    assert not any("derived map" in n for n in io.scan(PYDICOM_FILES / "CT_small.dcm").entries[0].notes)

@@ -99,6 +99,8 @@ def test_auto_slices_a_near_isotropic_volume_in_its_stored_plane_and_any_plane_c
     assert [pipeline.plane_axis(axial, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 0, 1, 2]
     coronal = axial.replace(direction=(1, 0, 0, 0, 0, -1, 0, 1, 0))        # index z runs posterior → anterior
     assert [pipeline.plane_axis(coronal, p) for p in ("auto", "axial", "coronal", "sagittal")] == [0, 1, 0, 2]
+    assert [pipeline.sliced_plane(v) for v in (axial, coronal)] == ["axial", "coronal"]   # named in the notes
+    assert pipeline.sliced_plane(coronal, "sagittal") == "sagittal"
     thick_x = t1_volume(shape=(12, 14, 6), spacing=(4.0, 1.0, 1.2))
     assert pipeline.plane_axis(thick_x, "auto") == 2                       # thick slices stay the acquisition axis
     with pytest.raises(ValueError, match="too oblique to cut axial slices"):
@@ -109,7 +111,7 @@ def test_auto_slices_a_near_isotropic_volume_in_its_stored_plane_and_any_plane_c
     out = synth.synthesize_volume(axial, "T1", "T2", FAST.replace(plane="sagittal"),
                                   preview=lambda i, image: seen.append((i, image.shape)))
     assert out.shape == axial.shape and sorted(i for i, _ in seen) == list(range(12))
-    assert {s for _, s in seen} == {(10, 14)} and any("along array axis 2 (sagittal plane)" in n for n in out.notes)
+    assert {s for _, s in seen} == {(10, 14)} and any("sagittal slices synthesized along array axis 2 (plane sagittal)" in n for n in out.notes)
     with pytest.raises(ValueError, match="unknown slicing plane 'oblique'"):
         FAST.replace(plane="oblique")
 
