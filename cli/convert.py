@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
 
-    io.check_output(args.output)                      # before reading a large input
+    io.check_output(args.output, inputs=(args.input,))    # before reading a large input
     volume = io.load(args.input, series=args.series, progress=stderr_progress(sys.stderr.isatty()))
     if args.modality:
         mod = modalities.get(args.modality)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source and args.source.strip().lower() != "auto":
         card.check_route(args.source, target)          # fail before loading anything heavy
     output = Path(args.output)
-    io.check_output(output)
+    io.check_output(output, inputs=(args.input,))
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         "guided_filter": settings.guided_filter, "plane": settings.plane,
         "sliced": sliced_plane(volume, settings.plane),
         "batch_size": synth.last_batch_size, "seconds": round(time.perf_counter() - started, 3),
-        "shape_zyx": list(result.shape), "unit": result.unit, "input_warnings": warnings,
+        "shape_zyx": list(result.shape), "unit": result.unit, "input_notes": list(volume.notes),
+        "input_warnings": warnings,
         "benchmark_warnings": known,
         "source_floor": next((n for n in result.notes if n.startswith(SOURCE_FLOOR_PREFIX)), None),
     }

@@ -213,9 +213,18 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
             where_in = Path(given).name
         key = f"{given or f'line {line}'} → {row_target or '?'}"
         output = row.get("output") or mirrored_output(where_in, row_target or "unknown")
+        if not error and not _inside_out(output):
+            error = (f"{where}: the output {output!r} must be a path inside the output folder (relative, without "
+                     "'..'), so a row cannot write over another file")
         items.append(CohortItem(key=key, path=str(full), target=row_target, output=output, source=row_source,
                                 files=tuple(input_files(full)), error=error))
     return items
+
+
+def _inside_out(output: str) -> bool:
+    """Whether a row's output, taken relative to the output folder, stays inside it."""
+    path = Path(output)
+    return bool(output) and not path.is_absolute() and not path.drive and ".." not in path.parts
 
 
 def input_files(path: Path) -> list[str]:

@@ -5,15 +5,16 @@ events recorded in the run manifest (:mod:`engine.cohort.manifest`); an item tha
 with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine.cohort import manifest
-from engine.cohort.items import Cohort, CohortItem
+from engine.cohort.items import Cohort, CohortItem, relative
 from engine.cohort.lock import CohortBusy, OutputLock
 from engine.cohort.threads import thread_counts
 from engine.jobs import Cancelled, CancelToken, Progress, check_cancel
@@ -57,11 +58,12 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def synthesize_item(synth, item: CohortItem, volume, settings, progress,
+def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: str | Path,
                     cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
     """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
     makes (:func:`engine.inference.synthesize_checked`: the source modality, the route, the input guard,
-    the benchmark warnings)."""
+    the benchmark warnings); the provenance names the input relative to the cohort's ``root`` (an
+    absolute path may hold a patient's name) and what loading it assumed or changed."""
     from engine.inference import RESEARCH_NOTE, synthesize_checked
     from engine.inference.model_card import route_name
     from engine.version import version
@@ -75,7 +77,9 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress,
         "Model": synth.name,
         "Route": route_name(checks.source, checks.target),
         "SourceModality": checks.source,
-        "SourceFile": item.key,
+        "SourceFile": relative(item.path, root),
+        **({"SourceSeries": item.series} if item.series else {}),
+        "InputNotes": list(volume.notes),           # what loading assumed or changed (interpolated slices, …)
         "Settings": settings.to_dict(),
         "Device": synth.execution_device,
         "Precision": synth.precision,
@@ -97,6 +101,10 @@ def _write(result, description: str, provenance: dict, path: Path) -> None:
     io.save(result, path, description=description)
     with atomic_file(manifest.sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def _resolved(path: str | Path) -> str:
+    return os.path.normcase(str(Path(path).resolve()))
 
 
 def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Mapping[str, Any],
@@ -149,11 +157,15 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
             counts[status] += 1
         on_event({"event": "item", **rec})
 
+    inputs = {_resolved(f) for item in cohort.items for f in item.files}
     work: list[tuple[CohortItem, dict]] = []
     for item in mine:
         fingerprint = {"input": manifest.input_fingerprint(item.files, cohort.root),
                        "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
                                                     "source": item.source})}
+        if not item.error and _resolved(out / item.output) in inputs:
+            item = replace(item, error=f"{item.path}: its output {out / item.output} is an input of this cohort; "
+                                       "not overwritten")
         if item.error:
             record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
         elif item.not_applicable:
@@ -180,7 +192,8 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
                 assert loading is not None                  # submitted for every item of ``work``
                 try:
                     volume = loading.result()
-                    result, description, provenance = synthesize_item(synth, item, volume, settings, progress, cancel)
+                    result, description, provenance = synthesize_item(synth, item, volume, settings, progress, cohort.root,
+                                                                      cancel)
                     _write(result, description, provenance, out / item.output)
                 except Cancelled:
                     raise

@@ -14,7 +14,16 @@ from engine.exports import lazy_exports
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError, special_file
 from engine.io.image_files import image_kind, scan_image
-from engine.io.itk_files import SUFFIXES, file_kind, load_file, scan_file, scan_volume_of, write_file
+from engine.io.itk_files import (
+    DETACHED,
+    SUFFIXES,
+    file_kind,
+    load_file,
+    scan_file,
+    scan_volume_of,
+    write_file,
+    write_problem,
+)
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 
@@ -27,8 +36,9 @@ __getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned
 __all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind", "load",
            "openable_name", "other_format", "save", "scan", *_LAZY]
 
-_NOT_IMAGES = {".txt", ".md", ".json", ".csv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif", ".svg",
-               ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe"}
+_NOT_IMAGES = {".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif",
+               ".svg", ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe",
+               ".mat", ".npy", ".npz", ".h5", ".doc", ".docx", ".xls", ".xlsx"}
 
 
 # formats this app does not read, by suffix: named in the error, never parsed as DICOM
@@ -178,12 +188,17 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
     return entry.load(progress, cancel)
 
 
-def check_output(path: str | Path) -> None:
+def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     """Refuse, before any work, an output path :func:`save` cannot write: a suffix that is neither a
-    volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops)."""
+    volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops),
+    or one of the ``inputs`` it was made from (never written over)."""
     path = Path(path)
+    if any(os.path.normcase(path.resolve()) == os.path.normcase(Path(i).resolve()) for i in inputs):
+        raise VolumeIOError(path, "is the input it would be made from; choose another output")
+    if file_kind(path) and write_problem(path):
+        raise VolumeIOError(path, write_problem(path))
     if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
-        raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s != '.mhd')} "
+        raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s not in DETACHED)} "
                                   "or a folder for a DICOM series")
 
 

@@ -110,13 +110,15 @@ def _study(tags: dict[str, str]) -> str:
 
 
 def _modality(tags: dict[str, str]) -> str | None:
+    """Ours (a file this app wrote), else the header's guess; None for a CT map (:func:`_map_notes`):
+    no CT route should take it for tissue."""
     own = tags.get("StudioModality", "")
     if own:
         try:
             return modalities.canonical(own)
         except ValueError:
             pass
-    return modalities.guess_from_dicom(tags)
+    return None if _map_notes(tags) else modalities.guess_from_dicom(tags)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -171,6 +173,9 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
         source=folder, notes=tuple(notes + unit_notes),
         dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS},
+               # an assumed position or orientation is no place in the scanner's frame: a derived series
+               # written from it must not claim that frame (its writer makes a new one)
+               **({} if group.positioned else {"FrameOfReferenceUID": ""}),
                **({} if unreadable or g.positions else slice_references(slices, tags))},   # 1:1 slices only
         **read_dicom_tags(tags),
     )
@@ -272,7 +277,8 @@ def _map_notes(tags: dict[str, str]) -> list[str]:
     if tags.get("Modality", "").upper() != "CT" or not mapped:
         return []
     return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
-            "values are not Hounsfield units of tissue, so the CT routes do not apply to it"]
+            "values are not Hounsfield units of tissue, so no modality or unit is assumed for it and no CT route "
+            "takes it"]
 
 
 def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:
@@ -283,7 +289,7 @@ def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality
                      "(after rescale), invert the display window to match the scanner's view")
     if tags.get("StudioUnit"):
         return tags["StudioUnit"], notes
-    if dicom_modality == "CT":
+    if dicom_modality == "CT" and not _map_notes(tags):     # a map's values are its own (not said in HU)
         return "HU", notes
     if dicom_modality == "PT":
         factor, unit, pet_notes = suv_factor(tags, [s.acquired for s in group.slices])

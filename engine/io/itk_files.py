@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
 
 SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+# read, never written: the voxels would sit in a second file, named after the temporary file they were written as
+DETACHED = {".mhd": ".mha", ".nhdr": ".nrrd"}
 
 
 def file_kind(path: str | Path) -> str | None:
@@ -365,13 +367,24 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
+def write_problem(path: str | Path) -> str:
+    """Why :func:`write_file` cannot write ``path`` ("" when it can): a header whose voxels go to a
+    separate file."""
+    suffix = Path(path).suffix.lower()
+    if suffix in DETACHED:
+        return (f"{suffix[1:].upper()} keeps its voxels in a separate file; write {DETACHED[suffix]} instead "
+                "(one file)")
+    return ""
+
+
 def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
     """Write NIfTI/MHA/NRRD atomically (float32; geometry exact up to the format's precision)."""
     path = Path(path)
     if file_kind(path) is None:
         raise VolumeIOError(path, f"unknown file type; use one of {', '.join(SUFFIXES)}")
-    if path.suffix.lower() == ".mhd":
-        raise VolumeIOError(path, "MHD keeps its voxels in a separate .raw file; write .mha instead")
+    problem = write_problem(path)
+    if problem:
+        raise VolumeIOError(path, problem)
     image = volume_to_sitk(volume)
     for key, value in itk_fields(volume, description).items():      # a synthetic volume's marking too
         image.SetMetaData(key, value)

@@ -226,3 +226,12 @@ def test_an_output_type_that_cannot_be_written_is_refused_before_the_input_is_re
     code, out, err = run(capsys, command, *argv)
     assert code == 2 and "out.png: unknown output type; use .nii.gz, .nii, .mha, .nrrd" in err
     assert "missing-input" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["synthesize", "convert"])
+def test_the_output_cannot_be_the_input(capsys, model_dir, inputs, command):
+    before = inputs[0].read_bytes()
+    argv = [inputs[0], "-o", inputs[0], "--target", "T2", "--model", model_dir] if command == "synthesize" \
+        else [inputs[0], inputs[0]]
+    code, out, err = run(capsys, command, *argv)
+    assert code == 2 and "is the input it would be made from" in err and inputs[0].read_bytes() == before

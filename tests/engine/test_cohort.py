@@ -340,6 +340,28 @@ def test_a_cohort_item_is_synthesized_and_described_as_synthesize_does_it(model,
     sidecar = json.loads((tmp_path / "out" / "a_synthetic-T2.json").read_text())
     assert sidecar["InputWarnings"] == report["input_warnings"] and sidecar["Route"] == report["route"]
     assert sidecar["BenchmarkWarnings"] == report["benchmark_warnings"]
+    assert sidecar["SourceFile"] == "a.nii.gz" and sidecar["InputNotes"] == report["input_notes"]
+
+
+def test_a_csv_row_cannot_write_outside_the_output_folder_or_over_an_input(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    original = (tmp_path / "in" / "a.nii.gz").read_bytes()
+    rows = ["input,target,source,output", "in/a.nii.gz,T2,T1,../in/a.nii.gz", "in/a.nii.gz,FLAIR,T1,/tmp/x.nii.gz",
+            "in/a.nii.gz,T2,T1,ok/../../escape.nii.gz"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
+    state = records(out)
+    assert all(r["status"] == "failed" and "must be a path inside the output folder" in r["error"]
+               for r in state.values()), state
+    assert (tmp_path / "in" / "a.nii.gz").read_bytes() == original and not (tmp_path / "escape.nii.gz").exists()
+    # an output folder that is the input's own folder: a row naming the input as its output is refused
+    (tmp_path / "in" / "list.csv").write_text("input,target,source,output\na.nii.gz,T2,T1,a.nii.gz\n")
+    capsys.readouterr()
+    assert cohort(model, str(tmp_path / "in" / "list.csv"), "-o", str(tmp_path / "in")) == 3
+    (row,) = records(tmp_path / "in").values()
+    assert "is an input of this cohort; not overwritten" in row["error"]
+    assert (tmp_path / "in" / "a.nii.gz").read_bytes() == original
 
 
 def test_a_rerun_after_a_kill_skips_what_was_finished_and_redoes_the_rest(model, tmp_path, capsys, one_torch_thread):
@@ -389,3 +411,14 @@ def test_a_model_folder_moved_with_its_times_is_the_same_model_and_an_edited_one
     assert manifest.model_fingerprint(moved) == before
     (moved / "model.safetensors").write_bytes(b"1" * 65)
     assert manifest.model_fingerprint(moved) != before
+
+
+def test_a_tree_holding_an_earlier_run_s_manifest_and_tables_has_no_failed_items(model, tmp_path, capsys,
+                                                                                 one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o",
+                  str(tmp_path / "in" / "run1")) == 0                  # leaves run1/cohort-manifest.jsonl behind
+    (tmp_path / "in" / "participants.tsv").write_text("participant_id\tage\nsub-01\t41\n")
+    capsys.readouterr()
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "run2")) == 0
+    assert set(records(tmp_path / "run2")) == {"a.nii.gz"}

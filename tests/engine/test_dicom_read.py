@@ -188,7 +188,7 @@ def test_enhanced_ct_frames_are_sorted_by_position_with_per_frame_geometry():
     ds = pydicom.dcmread(DATA_STORE / "eCT_Supplemental.dcm")
     z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
     assert z == [-159.0, -149.0]
-    assert vol.shape == (2, 512, 512) and vol.unit == "HU" and vol.modality == "CT"
+    assert vol.shape == (2, 512, 512) and vol.unit == "" and vol.modality is None     # an rCBF map, not tissue HU
     # IOP row (-1,0,0), column (0,1,0): normal (0,0,-1), so z = -149 comes first
     np.testing.assert_allclose(vol.direction, [-1, 0, 0, 0, 1, 0, 0, 0, -1], atol=1e-6)
     np.testing.assert_allclose(vol.origin, [99.5, -301.5, -149.0])
@@ -552,4 +552,18 @@ def test_a_ct_perfusion_map_is_listed_with_a_note_that_its_values_are_not_tissue
     path = DATA_STORE / "eCT_Supplemental.dcm"             # DERIVED\PRIMARY\PERFUSION\RCBF, enhanced CT
     (note,) = [n for n in io.scan(path).entries[0].notes if "derived map" in n]
     assert "(PERFUSION, RCBF), not an anatomical CT" in note and note in io.load(path).notes
+    mapped = io.load(path)
+    assert io.scan(path).entries[0].modality is None and mapped.modality is None and mapped.unit == ""
     assert not any("derived map" in n for n in io.scan(PYDICOM_FILES / "CT_small.dcm").entries[0].notes)
+
+
+def test_a_series_whose_geometry_was_assumed_does_not_pass_on_its_frame_of_reference(tmp_path):
+    assumed = io.load(DATA_STORE / "emri_small.dcm")               # no positions or orientation in its frames
+    assert pydicom.dcmread(DATA_STORE / "emri_small.dcm").FrameOfReferenceUID
+    assert assumed.dicom["FrameOfReferenceUID"] == ""
+    io.save(assumed, tmp_path / "out")
+    written = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0])
+    assert written.FrameOfReferenceUID != pydicom.dcmread(DATA_STORE / "emri_small.dcm").FrameOfReferenceUID
+    write_series(tmp_path / "s", anatomical()[:3])
+    positioned = io.load(tmp_path / "s")
+    assert positioned.dicom["FrameOfReferenceUID"] == pydicom.dcmread(next((tmp_path / "s").iterdir())).FrameOfReferenceUID

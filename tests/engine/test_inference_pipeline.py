@@ -315,6 +315,15 @@ def cbct_volume(shape=(5, 24, 24)) -> Volume:
     return Volume(hu, spacing=(4.0, 4.0, 4.0), modality="CBCT", unit="HU", name="CBCT")
 
 
+def assert_calibrated(out: np.ndarray, source: np.ndarray) -> float:
+    """``out`` is ``source`` shifted by one number (returned), floored at −1024 HU, the bottom of the
+    CT scale: the calibration's shift of noisy air does not take it below."""
+    kept = out > -1024.0 + 1e-3
+    shift = float(np.median((out - source)[kept]))
+    np.testing.assert_allclose(out, np.maximum(source + shift, -1024.0), atol=1e-3)
+    return shift
+
+
 def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_scale_route(tmp_path):
     entry = {"route": ["CBCT", "CT"], "weight": 0.25, "chosen_on": "chosen on 2 validation subjects"}
     folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"), ("T1", "T2")),
@@ -329,10 +338,10 @@ def test_the_source_floor_blends_the_model_into_the_calibrated_source_on_a_same_
     active = list(synth.plan(cbct, "CBCT").active)
     shift = 20.0 - float(np.median(source.array[active][cbct.array[active] > -500]))   # about the calibration
     assert abs(shift) < 15                                                          # the source, calibrated
-    np.testing.assert_allclose(source.array[active], cbct.array[active] + (source.array[active] - cbct.array[active])
-                               .mean(), atol=1e-3)                                 # a pure shift of the CBCT
-    np.testing.assert_allclose(blended.array[active], source.array[active]
-                               + 0.25 * (model.array[active] - source.array[active]), atol=1e-3)
+    calibrated = source.array[active]                                               # a pure shift, floored
+    assert_calibrated(calibrated, cbct.array[active])
+    np.testing.assert_allclose(blended.array[active], np.maximum(calibrated + 0.25 * (model.array[active] - calibrated),
+                                                                 -1024.0), atol=1e-3)
     assert not np.allclose(model.array[active], source.array[active])
     assert any("source floor 0.25 (the model card's, chosen on 2 validation subjects)" in n for n in blended.notes)
     assert any(n.startswith("source floor 0 (as asked)") and "the output is the source (after the HU calibration) "
@@ -359,9 +368,8 @@ def test_the_floor_filters_the_calibrated_source_s_noise_as_the_card_says_unless
     filtered = synth.synthesize_volume(cbct, "CBCT", "CT")
     plain = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(floor_denoise=0.0))
     active = list(synth.plan(cbct, "CBCT").active)
-    shift = float(np.mean(plain.array[active] - cbct.array[active]))
-    np.testing.assert_allclose(plain.array[active], cbct.array[active] + shift, atol=1e-3)      # calibrated only
-    expected = filter_slices(cbct.array + shift, 3.0)                # the synthetic keeps the input's axial slices
+    shift = assert_calibrated(plain.array[active], cbct.array[active])                      # calibrated only
+    expected = np.maximum(filter_slices(np.maximum(cbct.array + shift, -1024.0), 3.0), -1024.0)   # axial, as synthesis
     np.testing.assert_allclose(filtered.array[active], expected[active], atol=1e-2)
     core = (slice(None), slice(8, 16), slice(8, 16))                                # inside the head
     assert filtered.array[active][core].std() < 0.5 * plain.array[active][core].std()
@@ -401,7 +409,7 @@ def test_outside_the_sources_field_of_view_the_floor_keeps_the_models_output(tmp
     np.testing.assert_allclose(floored.array[active][:, :, 18:], model[active][:, :, 18:], atol=1e-4)
     inside, seen = floored.array[active][:, :, :18], cbct.array[active][:, :, :18]
     assert not np.allclose(inside, model[active][:, :, :18], atol=1.0)
-    np.testing.assert_allclose(inside, seen + (inside - seen).mean(), atol=1e-3)     # the calibrated source there
+    assert_calibrated(inside, seen)                                                 # the calibrated source there
     (note,) = [n for n in floored.notes if "outside the source's field of view" in n]
     # what bench floor measured there (the card's outside_fov) follows, so the missing anatomy is not a surprise
     assert ("does not restore anatomy the field of view cut off: where it cut 10.6 % of the head (held-out subjects "
@@ -517,3 +525,18 @@ def test_the_requested_target_reaches_the_target_embedding(tmp_path):
     assert np.abs(with_row.array - without_row.array).max() > 1e-3
     flair = synth.synthesize_volume(volume, "T1", "FLAIR", FAST)
     assert any("no target embedding for FLAIR" in n for n in flair.notes)
+
+
+def test_a_ct_output_never_goes_below_the_bottom_of_the_hu_scale(tmp_path):
+    # the card's soft-tissue peak lies 140 HU below this CBCT's: the calibration shifts its air to about −1164 HU
+    folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"),), metadata={
+        "inference_defaults": {"steps": 1}, "calibration": {"soft_tissue_hu": -100.0},
+        "source_floor": [{"route": ["CBCT", "CT"], "weight": 0.0}]})
+    synth = Synthesizer(folder, device="cpu")
+    cbct = cbct_volume()                                     # noisy air about −1000 HU
+    model = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(source_floor=1.0))
+    floored = synth.synthesize_volume(cbct, "CBCT", "CT", synth.default_settings().replace(source_floor=0.0))
+    assert model.array.min() >= -1024.0 and floored.array.min() == -1024.0
+    head, air = cbct.array > -500, cbct.array < -500
+    assert float(np.median(floored.array[head] - cbct.array[head])) == pytest.approx(-140.0, abs=15)  # shifted down
+    assert (floored.array[air] == -1024.0).mean() > 0.9                     # its air held at the scale's bottom

@@ -393,3 +393,15 @@ def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_pat
                      f"error: {tmp_path / 'ro' / 'series'}: cannot be written in {tmp_path / 'ro'} (the folder "
                      "is read-only: Read-only file system)"]
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix, instead", [(".nhdr", ".nrrd"), (".mhd", ".mha")])
+def test_a_header_whose_voxels_would_go_to_a_second_file_is_refused_before_anything_is_written(tmp_path, suffix,
+                                                                                             instead):
+    # the second file would be named after the temporary file the header was written as, and lost
+    out = tmp_path / f"ct{suffix}"
+    with pytest.raises(io.VolumeIOError, match=f"keeps its voxels in a separate file; write \\{instead} instead"):
+        io.check_output(out)
+    with pytest.raises(io.VolumeIOError, match="separate file"):
+        io.save(_oblique_volume(), out)
+    assert list(tmp_path.iterdir()) == []
