@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "folder tree (every volume or DICOM series the `info` scanner finds; outputs mirror the tree "
                     "as NAME_synthetic-TARGET.nii.gz), a BIDS dataset (sub-*/[ses-*/]anat/*_T1w.nii.gz …; OUT "
                     "becomes a BIDS derivatives dataset, e.g. -o BIDS/derivatives/synermedgen) or a CSV manifest "
-                    "with the columns input,target[,source,output]. Each output has a JSON sidecar with its "
+                    "with the columns input,target[,source,output,series]. Each output has a JSON sidecar with its "
                     "provenance; OUT/cohort-manifest.jsonl records every item's status, output, time and error. "
                     "Rerunning the command skips finished items whose input and settings are unchanged and redoes "
                     "interrupted ones; one bad input is recorded and the rest go on. Under torchrun the items are "

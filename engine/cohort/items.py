@@ -1,6 +1,6 @@
 """The units of a cohort run (:class:`CohortItem`: one input volume, its target and its output) and
 finding them: a folder tree through the same scanner as ``info`` (outputs mirror the tree), a CSV
-manifest (``input,target[,source,output]``), or a BIDS dataset (:mod:`engine.cohort.bids`)."""
+manifest (``input,target[,source,output,series]``), or a BIDS dataset (:mod:`engine.cohort.bids`)."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ from engine import modalities
 from engine.io.volume import Volume
 
 OUTPUT_SUFFIX = ".nii.gz"
-CSV_COLUMNS = ("input", "target", "source", "output")
+CSV_COLUMNS = ("input", "target", "source", "output", "series")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 Routes = Collection[tuple[str, str]]
@@ -81,9 +81,19 @@ def discover(path: str | Path, target: str | None, source: str | None = None, ro
         root = path if path.is_dir() else path.parent
         cohort = Cohort("tree", str(root), unique_outputs(tree_items(path, target, source, routes, exclude)))
     if not cohort.items:
-        raise ValueError(f"{path}: nothing to synthesize — no {source or 'input'} volume for {target or 'a target'} "
-                         f"(a modality the model has a route from, not the target itself); name one with --source")
+        raise ValueError(f"{path}: nothing to synthesize for {target or 'a target'} — {_none_found(source, target)}")
     return cohort
+
+
+def _none_found(source: str | None, target: str | None) -> str:
+    """Why a tree or BIDS dataset gave no input, and what to do."""
+    if source and source != "auto":
+        return (f"no volume whose header or name says {source} (or names no modality), and one that says "
+                f"{target} is never an input; a {source} whose header names another modality (a CBCT stored "
+                "as DICOM Modality CT, told apart only by a series description such as CBCT, cone beam, OBI or "
+                f"XVI) can be listed in a CSV manifest with source {source}")
+    return ("no volume of a modality the model has a route from (a volume of the target's own modality is "
+            "never an input); name the inputs' modality with --source")
 
 
 def _asked_source(source: str | None) -> str | None:
@@ -160,6 +170,7 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
             output = mirrored_output(key.replace("#", "-"), target)
         items.append(CohortItem(key=key, path=first, target=target, output=output, source=source,
                                 files=tuple(entry.paths), loader=_entry_loader(entry)))
+    items = _told_apart(items)
     for skipped in catalog.skipped:
         if _inside(skipped.path, excluded):
             continue
@@ -173,10 +184,29 @@ def _entry_loader(entry) -> Callable[[], Volume]:
     return lambda: entry.load()
 
 
+def _told_apart(items: list[CohortItem]) -> list[CohortItem]:
+    """Items whose mirrored outputs would share a name (two series of one description in a folder,
+    ``t1.nii`` beside ``t1.nii.gz``) each get a short, stable tag of their key before the suffix."""
+    import hashlib
+
+    names: dict[str, int] = {}
+    for item in items:
+        names[os.path.normcase(item.output)] = names.get(os.path.normcase(item.output), 0) + 1
+    out = []
+    for item in items:
+        if names[os.path.normcase(item.output)] > 1:
+            tag = hashlib.sha1(item.key.encode()).hexdigest()[:6]
+            head, _, tail = item.output.rpartition("_synthetic-")
+            item = replace(item, output=f"{head}-{tag}_synthetic-{tail}")
+        out.append(item)
+    return out
+
+
 def csv_items(path: Path, target: str | None, source: str | None) -> list[CohortItem]:
-    """One item per row of a CSV manifest ``input,target[,source,output]`` (paths relative to the
-    CSV's folder; an empty target or source takes ``--target`` / ``--source``; an empty output mirrors
-    the input). A row that names no input or an unknown modality is an item that failed."""
+    """One item per row of a CSV manifest ``input,target[,source,output,series]`` (paths relative to
+    the CSV's folder; an empty target or source takes ``--target`` / ``--source``; an empty output
+    mirrors the input; ``series`` picks one DICOM series of a folder holding several, as
+    ``--series`` does). A row that names no input or an unknown modality is an item that failed."""
     folder = path.parent
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -211,13 +241,16 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
         where_in = relative(full, folder) if given else f"line-{line}"
         if where_in.startswith("../"):                 # an input outside the CSV's folder: by its name
             where_in = Path(given).name
-        key = f"{given or f'line {line}'} → {row_target or '?'}"
-        output = row.get("output") or mirrored_output(where_in, row_target or "unknown")
+        series = row.get("series") or None
+        named = f"{given or f'line {line}'}{f'#{series}' if series else ''}"   # one folder, several series
+        key = f"{named} → {row_target or '?'}"
+        mirrored = f"{where_in}-{series.replace('.', '-')}" if series else where_in   # a UID's dots are no suffix
+        output = row.get("output") or mirrored_output(mirrored, row_target or "unknown")
         if not error and not _inside_out(output):
             error = (f"{where}: the output {output!r} must be a path inside the output folder (relative, without "
                      "'..'), so a row cannot write over another file")
         items.append(CohortItem(key=key, path=str(full), target=row_target, output=output, source=row_source,
-                                files=tuple(input_files(full)), error=error))
+                                series=series, files=tuple(input_files(full)), error=error))
     return items
 
 

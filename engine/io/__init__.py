@@ -184,7 +184,8 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
         entry = catalog.entries[0]
     else:
         listing = "; ".join(f"{e.key} ({e.description}, {e.modality or '?'})" for e in catalog.entries[:8])
-        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with --series: {listing}")
+        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with --series (in a cohort CSV: "
+                                  f"its series column): {listing}")
     return entry.load(progress, cancel)
 
 

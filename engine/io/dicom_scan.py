@@ -276,6 +276,8 @@ def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
     known = bool(sop) and sop_name != sop
     if known and not any(k in sop_name for k in _IMAGE_SOP_NAMES):
         return f"{label}: not an image ({sop_name}), skipped"
+    if pixel_state == "absent" and "Rows" in ds and "Columns" in ds:     # an image's header, then nothing
+        return f"{label}: no pixel data after its image header (a truncated file, or a header-only object), skipped"
     if pixel_state == "absent" or "Rows" not in ds or "Columns" not in ds:
         return f"{label}: no pixel data (a header-only object), skipped"
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()

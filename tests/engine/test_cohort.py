@@ -422,3 +422,47 @@ def test_a_tree_holding_an_earlier_run_s_manifest_and_tables_has_no_failed_items
     capsys.readouterr()
     assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "run2")) == 0
     assert set(records(tmp_path / "run2")) == {"a.nii.gz"}
+
+
+def test_a_csv_row_picks_one_series_of_a_folder_holding_several(model, tmp_path, capsys, one_torch_thread):
+    from dicom_fixtures import anatomical
+
+    stored = anatomical()[:4]
+    write_series(tmp_path / "study", stored, series_uid="1.2.3.4.1", seed=1)
+    write_series(tmp_path / "study", stored[:, ::-1].copy(), series_uid="1.2.3.4.2", seed=2)
+    rows = ["input,target,source,series", "study,T2,T1,1.2.3.4.1", "study,T2,T1,1.2.3.4.2", "study,T2,T1,"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
+    state = records(out)
+    assert {k: r["status"] for k, r in state.items()} == {"study#1.2.3.4.1 → T2": "done", "study#1.2.3.4.2 → T2": "done",
+                                                          "study → T2": "failed"}
+    assert "pick one with --series (in a cohort CSV: its series column)" in state["study → T2"]["error"]
+    first, second = (io.load(out / state[f"study#1.2.3.4.{k} → T2"]["output"]) for k in (1, 2))
+    assert first.shape == second.shape == stored.shape and not np.array_equal(first.array, second.array)
+
+
+def test_naming_a_source_the_headers_never_say_explains_how_to_list_such_volumes(model, tmp_path, capsys):
+    io.save(head("T2", 1), tmp_path / "in" / "a_T2.nii.gz")
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "no volume whose header or name says T1" in err and "CSV manifest with source T1" in err
+
+
+def test_two_inputs_of_one_name_in_a_folder_both_get_an_output(model, tmp_path, capsys, one_torch_thread):
+    from dicom_fixtures import anatomical
+
+    stored = anatomical()[:4]
+    write_series(tmp_path / "in" / "pt", stored, series_uid="1.2.3.4.1", seed=1)         # both "fixture series"
+    write_series(tmp_path / "in" / "pt", stored[:, ::-1].copy(), series_uid="1.2.3.4.2", seed=2)
+    io.save(head("T1", 1), tmp_path / "in" / "t1.nii")
+    io.save(head("T1", 2), tmp_path / "in" / "t1.nii.gz")
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    state = records(out)
+    assert len(state) == 4 and len({r["output"] for r in state.values()}) == 4
+    assert all((out / r["output"]).is_file() for r in state.values())
+    again = records(out)
+    capsys.readouterr()
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    assert {k: r["output"] for k, r in records(out).items()} == {k: r["output"] for k, r in again.items()}   # stable

@@ -567,3 +567,12 @@ def test_a_series_whose_geometry_was_assumed_does_not_pass_on_its_frame_of_refer
     write_series(tmp_path / "s", anatomical()[:3])
     positioned = io.load(tmp_path / "s")
     assert positioned.dicom["FrameOfReferenceUID"] == pydicom.dcmread(next((tmp_path / "s").iterdir())).FrameOfReferenceUID
+
+
+def test_a_slice_cut_off_inside_its_header_is_called_truncated_not_header_only(tmp_path):
+    paths = write_series(tmp_path / "s", anatomical()[:6])
+    whole = paths[2].read_bytes()
+    paths[2].write_bytes(whole[:whole.index(b"\xe0\x7f\x10\x00")])       # ends just before (7FE0,0010) PixelData
+    catalog = io.scan(tmp_path / "s")
+    (reason,) = [s.reason for s in catalog.skipped]
+    assert "no pixel data after its image header (a truncated file" in reason
