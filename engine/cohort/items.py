@@ -150,7 +150,8 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
                exclude: str | Path | None = None) -> list[CohortItem]:
     """One item per volume or DICOM series the ``info`` scanner finds under ``path`` (volumes marked
     synthetic and anything under ``exclude`` left out); a file the scanner could not read is an item
-    that failed, with the scanner's reason."""
+    that failed, with the scanner's reason, and one that holds no image (an RT structure set, a
+    report) is not applicable."""
     import engine.io as io
 
     root = path if path.is_dir() else path.parent
@@ -175,8 +176,10 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
         if _inside(skipped.path, excluded):
             continue
         key = relative(skipped.path, root)
+        why = f"{skipped.path}: {skipped.reason}"
         items.append(CohortItem(key=key, path=skipped.path, target=target, output=mirrored_output(key, target),
-                                source=source, files=(skipped.path,), error=f"{skipped.path}: {skipped.reason}"))
+                                source=source, files=(skipped.path,), error="" if skipped.not_an_image else why,
+                                not_applicable=why if skipped.not_an_image else ""))
     return sorted(items, key=lambda i: i.key)
 
 

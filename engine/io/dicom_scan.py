@@ -265,20 +265,37 @@ def _expected_native_bytes(ds: Dataset) -> int:
 
 
 # -- what a header holds -----------------------------------------------------------------------
-def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
-    """Why this file is no image slice we load (None when it is one)."""
+def _label(ds: Dataset) -> str:
+    sop = str(ds.get("SOPClassUID", "") or "")
+    return str(ds.get("Modality", "") or "").upper() or (UID(sop).name if sop else "") or "DICOM object"
+
+
+def no_image_reason(ds: Dataset, pixel_state: str) -> str | None:
+    """Why this file holds no image at all — an RT object, a report, a header without pixels —
+    (None when it holds one: :func:`not_an_image_reason` may still refuse it)."""
     modality = str(ds.get("Modality", "") or "").upper()
     sop = str(ds.get("SOPClassUID", "") or "")
     sop_name = UID(sop).name if sop else ""
-    label = modality or sop_name or "DICOM object"
+    label = _label(ds)
     if modality in _NOT_IMAGE_MODALITIES:
         return f"{label}: {_NOT_IMAGE_MODALITIES[modality]}, skipped"
     known = bool(sop) and sop_name != sop
     if known and not any(k in sop_name for k in _IMAGE_SOP_NAMES):
         return f"{label}: not an image ({sop_name}), skipped"
-    if pixel_state == "absent" and "Rows" in ds and "Columns" in ds:     # an image's header, then nothing
+    if pixel_state == "absent" and ("Rows" not in ds or "Columns" not in ds):
+        return f"{label}: no pixel data (a header-only object), skipped"
+    return None
+
+
+def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
+    """Why this file is no image slice we load (None when it is one)."""
+    label = _label(ds)
+    found = no_image_reason(ds, pixel_state)
+    if found:
+        return found
+    if pixel_state == "absent":                      # an image's header, then nothing
         return f"{label}: no pixel data after its image header (a truncated file, or a header-only object), skipped"
-    if pixel_state == "absent" or "Rows" not in ds or "Columns" not in ds:
+    if "Rows" not in ds or "Columns" not in ds:
         return f"{label}: no pixel data (a header-only object), skipped"
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
     if int(ds.get("SamplesPerPixel") or 1) > 1 or photometric in _COLOUR:
@@ -596,13 +613,14 @@ def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
         return
     reason = not_an_image_reason(ds, state)
     if reason:
-        result.skipped.append(Skipped(str(path), reason))
+        result.skipped.append(Skipped(str(path), reason, not_an_image=no_image_reason(ds, state) is not None))
         return
     slices = slices_of(ds, str(path))
     first = slices[0]
     if first.sop_uid and (first.sop_uid, first.frame) in seen_images:
         other = seen_images[(first.sop_uid, first.frame)]
-        result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored"))
+        result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored",
+                                      not_an_image=True))
         return
     tags = series_tags(ds) if first.series_uid not in result.series_tags else None
     for s in slices:

@@ -26,10 +26,13 @@ class VolumeIOError(ValueError):
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out while scanning (not an image, truncated, …), with the reason."""
+    """A file left out while scanning (not an image, truncated, …), with the reason; ``not_an_image``:
+    it holds no image volume to read at all (an RT structure set, a report, a duplicate of an image
+    already found), rather than an image that could not be read."""
 
     path: str
     reason: str
+    not_an_image: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reason", one_line(self.reason))

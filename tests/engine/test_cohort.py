@@ -466,3 +466,21 @@ def test_two_inputs_of_one_name_in_a_folder_both_get_an_output(model, tmp_path, 
     capsys.readouterr()
     assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
     assert {k: r["output"] for k, r in records(out).items()} == {k: r["output"] for k, r in again.items()}   # stable
+
+
+def test_objects_of_a_study_that_hold_no_image_are_not_applicable_not_failed(model, tmp_path, capsys,
+                                                                              one_torch_thread):
+    import shutil
+
+    from dicom_fixtures import PYDICOM_FILES
+
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    shutil.copy(PYDICOM_FILES / "rtstruct.dcm", tmp_path / "in" / "rtstruct.dcm")     # beside it in an RT study
+    shutil.copy(PYDICOM_FILES / "rtplan_truncated.dcm", tmp_path / "in" / "plan.dcm")
+    shutil.copy(PYDICOM_FILES / "MR_truncated.dcm", tmp_path / "in" / "broken.dcm")   # an image that cannot be read
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 3
+    status = {k: r["status"] for k, r in records(out).items()}
+    assert status == {"a.nii.gz": "done", "rtstruct.dcm": "not-applicable", "plan.dcm": "not-applicable",
+                      "broken.dcm": "failed"}
+    assert summary(capsys)["not_applicable"] == 2
