@@ -31,7 +31,7 @@ IDENTITY_TAGS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
-    "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation",
+    "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP",
 )
 
 
@@ -176,9 +176,17 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                # an assumed position or orientation is no place in the scanner's frame: a derived series
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
+               **_thickness_tag(slices),
                **({} if unreadable or g.positions else slice_references(slices, tags))},   # 1:1 slices only
         **read_dicom_tags(tags),
     )
+
+
+def _thickness_tag(slices: list[SliceInfo]) -> dict[str, str]:
+    """The series' SliceThickness when every slice states the same one (a derived series keeps it)."""
+    found = {s.thickness for s in slices}
+    only = next(iter(found)) if len(found) == 1 else None
+    return {"SliceThickness": f"{only:g}"} if only else {}
 
 
 def slice_references(slices: list[SliceInfo], tags: dict[str, str]) -> dict[str, str]:

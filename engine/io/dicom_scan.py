@@ -54,7 +54,7 @@ SERIES_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
-    "SOPClassUID", "BurnedInAnnotation", "ImageType",
+    "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP",
 )
 RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
                             "RadiopharmaceuticalStartDateTime")

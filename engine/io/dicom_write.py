@@ -265,8 +265,17 @@ def _geometry(ds: Dataset, volume: Volume) -> None:
     sx, sy, sz = volume.spacing
     ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*d[:, 0], *d[:, 1])]
     ds.PixelSpacing = [format_number_as_ds(float(sy)), format_number_as_ds(float(sx))]
-    ds.SliceThickness = format_number_as_ds(float(sz))
+    ds.SliceThickness = format_number_as_ds(_thickness(volume) or float(sz))   # the acquisition's, when known
     ds.SpacingBetweenSlices = format_number_as_ds(float(sz))
+
+
+def _thickness(volume: Volume) -> float | None:
+    """The source series' own SliceThickness (its slices may overlap or leave gaps), None when unknown."""
+    try:
+        value = float((volume.dicom or {}).get("SliceThickness") or "nan")
+    except (TypeError, ValueError):
+        return None
+    return value if 0.0 < value < 1e4 else None
 
 
 def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
@@ -296,8 +305,8 @@ def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
 
 def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     """The type 1 and 2 attributes of the CT / MR / PET / SC image IODs that a derived image has."""
-    if encoding.sop_class == CT_IMAGE:
-        ds.KVP = ""
+    if encoding.sop_class == CT_IMAGE:      # a converted CT keeps its tube voltage (HU-to-density tables use it)
+        ds.KVP = "" if volume.synthetic else str((volume.dicom or {}).get("KVP") or "")
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
         ds.ScanningSequence = "RM"          # research mode: no acquisition made these values

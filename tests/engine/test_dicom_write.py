@@ -318,3 +318,27 @@ def test_the_modality_survives_a_misleading_description(tmp_path, modality):
     assert pydicom.dcmread(out / "IM000001.dcm").Modality == ("CT" if modality == "CBCT" else "MR")
     back = io.load(out)
     assert back.modality == modality and back.unit == vol.unit
+
+
+def test_a_derived_series_keeps_the_source_s_slice_thickness_beside_its_spacing(tmp_path):
+    from dicom_fixtures import anatomical, write_series
+
+    def thick(ds, i):
+        ds.SliceThickness = "5"                       # 5 mm slices every 2.5 mm: they overlap
+
+    write_series(tmp_path / "src", anatomical()[:4], spacing=(1.0, 1.0, 2.5), per_slice=thick)
+    volume = io.load(tmp_path / "src")
+    io.save(volume, tmp_path / "out")
+    written = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0])
+    assert float(written.SliceThickness) == 5.0 and float(written.SpacingBetweenSlices) == pytest.approx(2.5, abs=1e-5)
+    plain = Volume(np.zeros((3, 8, 8), np.float32), spacing=(1.0, 1.0, 2.5), modality="T1", unit="a.u.")
+    io.save(plain, tmp_path / "plain")                # no source series: the spacing, as before
+    assert float(pydicom.dcmread(sorted((tmp_path / "plain").iterdir())[0]).SliceThickness) == 2.5
+
+
+def test_a_converted_ct_keeps_its_tube_voltage_and_a_synthetic_one_has_none(tmp_path):
+    ct = io.load(PYDICOM_FILES / "CT_small.dcm")
+    io.save(ct, tmp_path / "copy")
+    io.save(ct.replace(synthetic=True), tmp_path / "synthetic")
+    kvp = [pydicom.dcmread(next((tmp_path / name).iterdir())).KVP for name in ("copy", "synthetic")]
+    assert float(kvp[0]) == float(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").KVP) and not kvp[1]
