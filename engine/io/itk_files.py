@@ -201,7 +201,8 @@ def _scan_itk(name: str) -> SeriesEntry:
         notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
     _check_geometry(path, spacing, reader.GetOrigin(), direction)
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
-    modality = modalities.guess_from_filename(path.name)
+    mark = _itk_mark(reader)
+    modality = mark["modality"] or modalities.guess_from_filename(path.name)
     entry = SeriesEntry(
         key=str(path),
         kind=file_kind(path) or "image",
@@ -212,7 +213,7 @@ def _scan_itk(name: str) -> SeriesEntry:
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
         orientation=_orientation_of(direction, dim),
         notes=tuple(notes),
-        synthetic=_itk_mark(reader)["synthetic"],
+        synthetic=mark["synthetic"],
         volumes=n_volumes,
     )
     return entry
@@ -248,11 +249,12 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
     direction = _orthonormal(affine[:3, :3] / spacing)
     orientation = Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(direction.ravel())).orientation()
+    mark = _nibabel_mark(image)
     entry = SeriesEntry(
         key=str(path), kind="nifti", paths=(str(path),), description=path.name,
-        modality=modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
+        modality=mark["modality"] or modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
         spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
-        synthetic=_nibabel_mark(image)["synthetic"],
+        synthetic=mark["synthetic"],
         volumes=shape[3] if len(shape) == 4 else 1,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
@@ -287,7 +289,7 @@ def load_file(path: str | Path, volume_index: int | None = None,
         ensure_fits_in_memory(str(path), peak)
         volume = native(path, _load_itk, str(path), volume_index, peak_bytes=peak, cancel=cancel)
     check_cancel(cancel)
-    modality = modalities.guess_from_filename(path.name)
+    modality = volume.modality or modalities.guess_from_filename(path.name)     # our mark's, else the name's
     notes = list(volume.notes)
     if modality is not None:
         mod = modalities.get(modality)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from engine import modalities
 from engine.io.volume import Volume
 
 RESEARCH_ONLY = "research use only"
@@ -22,6 +23,7 @@ _FLAG = r"^\s*(?:\([^()]*\)\s*)?"
 _MARK = re.compile(_FLAG + r"synthetic\s+\S+(?:\s+from\s+\S+)?\b.*\b" + re.escape(RESEARCH_ONLY),
                    re.IGNORECASE | re.DOTALL)
 _ROUTE = re.compile(_FLAG + r"synthetic\s+\S+\s+from\s+([^\s,;()]+)", re.IGNORECASE)
+_MADE = re.compile(_FLAG + r"synthetic\s+([^\s,;()]+)", re.IGNORECASE)
 _SUFFIX = f" — {RESEARCH_ONLY}"
 
 
@@ -71,11 +73,23 @@ def itk_fields(volume: Volume, description: str) -> dict[str, str]:
 
 
 def read_itk_fields(fields: Mapping[str, str]) -> dict:
-    """``synthetic`` and ``derived_from`` for a Volume from a NIfTI / MetaImage / NRRD header."""
+    """``synthetic``, ``derived_from`` and ``modality`` for a Volume from a NIfTI / MetaImage / NRRD
+    header: the modality our mark names (``synthetic T2 from T1 …``: T2), so a renamed file keeps it;
+    None for any other file."""
     description = fields.get(DESCRIPTION_KEY) or fields.get("descrip") or ""
     synthetic = fields.get(SYNTHETIC_KEY, "").lower() == "true" or says_synthetic(description)
     made_from = fields.get(DERIVED_FROM_KEY) or derived_from(description)
-    return {"synthetic": synthetic, "derived_from": made_from if synthetic else ""}
+    return {"synthetic": synthetic, "derived_from": made_from if synthetic else "",
+            "modality": _made(description) if synthetic else None}
+
+
+def _made(description: str) -> str | None:
+    """The modality our mark says a synthetic volume is (None when it names none we know)."""
+    found = _MADE.match(description or "")
+    try:
+        return modalities.canonical(found.group(1)) if found else None
+    except ValueError:
+        return None
 
 
 def read_dicom_tags(tags: Mapping[str, str]) -> dict:

@@ -218,8 +218,10 @@ def test_the_synthetic_marking_lives_in_the_header_not_the_name(tmp_path, suffix
     back = io.load(out)
     assert entry.synthetic and entry.describe()["synthetic"] is True
     assert back.synthetic and back.derived_from == "CBCT" and back.describe()["synthetic"] is True
-    renamed = out.rename(tmp_path / f"patient01_CT{suffix}")
-    assert io.load(renamed).synthetic
+    assert entry.modality == back.modality == "CT"                       # from the mark, not the name
+    renamed = out.rename(tmp_path / f"patient01_FLAIR{suffix}")          # a name that says otherwise
+    assert io.load(renamed).synthetic and io.load(renamed).modality == "CT" and io.load(renamed).unit == "HU"
+    assert io.scan(renamed).entries[0].modality == "CT"
     plain = io.load(io.save(_oblique_volume(), tmp_path / f"synthetic_phantom{suffix}"))
     assert not plain.synthetic                                            # the name alone marks nothing
 
@@ -235,6 +237,7 @@ def test_a_synthetic_nifti_says_so_in_its_descrip(tmp_path):
     header["descrip"] = image.header["descrip"]
     nibabel.save(nibabel.Nifti2Image(np.asarray(image.dataobj), image.affine, header), nibabel_copy)
     assert io.scan(nibabel_copy).entries[0].synthetic and io.load(nibabel_copy).derived_from == "CBCT"
+    assert io.scan(nibabel_copy).entries[0].modality == io.load(nibabel_copy).modality == "CT"
 
 
 def test_a_long_description_keeps_the_research_use_mark_in_the_nifti_descrip(tmp_path):
