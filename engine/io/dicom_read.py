@@ -162,9 +162,10 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                                         f"the series expects {rows}×{cols}")
         array[k] = frame.astype(np.float64) * s.slope + s.intercept      # one rounding to float32
         progress(Progress(k + 1, n, f"read slice {k + 1} of {n}"))
-    g, notes = group.geometry, [*group.notes, *_map_notes(tags)]
+    g, notes = group.geometry, list(group.notes)
     if unreadable:
         array, g, notes = _without_unreadable(array, group, unreadable, folder)
+    notes += _map_notes(tags)
     if g.positions:
         array = resample_slices(array, g.positions, g.grid_slices, g.spacing[2])
     modality = _modality(tags)
