@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
+    if not args.quiet:
+        for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)
+            print(f"note: input: {line}", file=sys.stderr)
     if anonymiser:
         anonymiser.prepare(volume, output)          # a burned-in source is refused before the model runs
     synth = open_synthesizer(args, folder)

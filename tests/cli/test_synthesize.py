@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -235,3 +236,13 @@ def test_the_output_cannot_be_the_input(capsys, model_dir, inputs, command):
         else [inputs[0], inputs[0]]
     code, out, err = run(capsys, command, *argv)
     assert code == 2 and "is the input it would be made from" in err and inputs[0].read_bytes() == before
+
+
+def test_what_loading_assumed_is_told_on_stderr_and_in_the_json(capsys, model_dir, tmp_path):
+    import data_store  # pydicom-data: an enhanced MR whose frames lost their geometry
+
+    code, out, err = run(capsys, "synthesize", Path(data_store.__file__).parent / "data" / "emri_small.dcm", "--source", "T1", "--target", "T2",
+                         "-o", tmp_path / "t2.nii.gz", "--model", model_dir, "--device", "cpu")
+    assert code == 0, err
+    assumed = "no ImagePositionPatient / ImageOrientationPatient: origin 0 and identity orientation assumed"
+    assert f"note: input: {assumed}" in err and assumed in json.loads(out)["input_notes"]
