@@ -242,7 +242,8 @@ class MainWindow(QMainWindow):
             self.status.showMessage(f"{len(catalog.skipped)} file(s) in {path} skipped; reasons in the Log", 8000)
         self.settings.add_recent(path)
         self._rebuild_recent()
-        self.load_entry(catalog.entries[0])
+        # the first series that can be loaded (a refused one stays listed with its reason)
+        self.load_entry(next((e for e in catalog.entries if not e.refusal), catalog.entries[0]))
 
     def _on_scan_failed(self, path: str, message: str) -> None:
         self.browser.set_scanning(path, False)
@@ -289,7 +290,9 @@ class MainWindow(QMainWindow):
     def _on_load_failed(self, entry: SeriesEntry, message: str) -> None:
         self.status.show_task(None)
         where = entry.paths[0] if entry.paths else entry.key
-        self.report_error(message if where in message else f"{where}: {message}")
+        # the engine's message names the file or the series' folder already: say the path once
+        named = where in message or any(str(Path(p).parent) in message for p in entry.paths[:1])
+        self.report_error(message if named else f"{where}: {message}")
 
     def _on_activated(self, doc: Document | None) -> None:
         if doc is None:                          # the last document was closed
@@ -332,8 +335,10 @@ class MainWindow(QMainWindow):
         self.log.add(f"Synthesized {doc.title} from {source.title}")
         for warning in guard_notes_of(volume)[0]:
             self.log.add(f"{source.title}: {warning}", "note")
-        reference = next((d for d in self.workspace.documents if d is not doc and not d.synthetic
-                          and d.volume.modality == volume.modality), None)
+        # a real scan of the target's modality, never the input itself (a CBCT stored as DICOM CT has
+        # the target's modality: compared with itself, "doing nothing" would score perfectly)
+        reference = next((d for d in self.workspace.documents if d is not doc and d is not source
+                          and not d.synthetic and d.volume.modality == volume.modality), None)
         self.workspace.activate(doc)                 # the viewer shows it (and Export writes it)
         if source in self.workspace.documents:       # the next run starts from the same acquired volume
             self.synthesis.set_document(source)

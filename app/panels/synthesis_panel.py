@@ -8,6 +8,7 @@ used only after the user confirms it."""
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,8 @@ class SynthesisPanel(QWidget):
         self.target = QComboBox()
         self.target.currentIndexChanged.connect(self._on_target_chosen)
         self._chosen_target = ""                      # the user's choice, restored whenever the list offers it
+        # the last run's input (weakly: closing it frees its memory) and the source the user gave it
+        self._ran_from: tuple[weakref.ref[Document], str | None] | None = None
         self.plane = _combo([(PLANE_LABELS[p], p) for p in SLICING_PLANES], "auto")
         self.plane.setToolTip("The patient plane the 2-D model works in, slice by slice: auto is the plane the "
                               "volume was acquired in (its thick slices, or its stored slices when voxels are "
@@ -261,7 +264,10 @@ class SynthesisPanel(QWidget):
     def set_document(self, doc: Document | None) -> None:
         self.document = doc
         self.input_label.setText(doc.label if doc else "—")
-        if doc is not None:                  # an unknown modality: identified with the model
+        ran = self._ran_from[1] if self._ran_from is not None and self._ran_from[0]() is doc else None
+        if ran is not None:                  # back on the last run's input: the source the user gave it
+            self.source.setCurrentIndex(max(0, self.source.findText(ran)))
+        elif doc is not None:                # an unknown modality: identified with the model
             self.source.setCurrentIndex(max(0, self.source.findText(doc.volume.modality))
                                         if doc.volume.modality else 0)
         self._update_targets()
@@ -333,6 +339,7 @@ class SynthesisPanel(QWidget):
         if self.document.synthetic and not self.confirm_synthetic_input():
             return
         request, source_doc = self.request(), self.document
+        self._ran_from = (weakref.ref(source_doc), request.source)
         self._started = time.monotonic()
         self.progress.setValue(0)
         self.progress.show()

@@ -215,7 +215,7 @@ class SliceView(pg.GraphicsView):
         axis, plus, minus = PLANE_AXIS[self.plane]
         mm = float(g.index_to_lps(index)[axis])
         self.slice_label.setText(f"slice {self.k + 1} / {g.n_slices} · {plus if mm >= 0 else minus} {abs(mm):.1f} mm")
-        self.slice_label.adjustSize()
+        self._place_overlays()                   # a longer text may no longer fit beside the window label
 
     def _show_window(self) -> None:
         unit = self.volume.unit if self.volume is not None else ""

@@ -29,6 +29,7 @@ class SeriesEntry:
     notes: tuple[str, ...] = ()
     synthetic: bool = False               # its header marks it as made by a model
     volumes: int = 1                      # > 1: a 4-D file; ``engine.io.scan("FILE#INDEX")`` lists one of them
+    refusal: str = ""                     # why loading it will fail, known from the scan ("" when none is)
     loader: Loader | None = field(default=None, compare=False, repr=False)
 
     def load(self, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Volume:

@@ -84,6 +84,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         notes=(*group.notes, *_map_notes(tags),
                *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         synthetic=read_dicom_tags(tags)["synthetic"],
+        refusal=geometry.refusal,
         loader=functools.partial(load_series, group, tags),
     )
 

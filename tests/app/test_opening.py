@@ -42,6 +42,22 @@ def test_a_dicom_series_with_a_missing_slice_shows_a_banner_and_keeps_true_posit
     assert banner.isVisible() and "missing slice" in banner.text() and "interpolation" in banner.text()
 
 
+def test_a_folder_whose_first_series_is_refused_opens_the_next_one(qtbot, window, tmp_path, phantom, wait_loaded):
+    from engine import io
+
+    ct = phantom(shape=(10, 24, 20))
+    first = io.Volume(ct, spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU", dicom={"SeriesNumber": "1"})
+    series = io.save(first, tmp_path / "study" / "a_gapped")
+    for f in sorted(series.iterdir(), key=lambda f: float(io.load(f).origin[2]))[2:7]:
+        f.unlink()                                          # five slices in a row: too many to fill
+    io.save(first.replace(dicom={"SeriesNumber": "2"}), tmp_path / "study" / "b_whole")
+    entries = io.scan(tmp_path / "study").entries
+    assert [bool(e.refusal) for e in entries] == [True, False]     # the refused one is listed first
+    window.open_paths([str(tmp_path / "study")])
+    doc = wait_loaded(window)
+    assert doc.volume.shape == (10, 24, 20) and len(window.browser.entries()) == 2
+
+
 def test_a_png_picture_opens_as_a_one_slice_volume_and_says_what_it_assumed(qtbot, window, tmp_path, wait_loaded):
     pixels = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
     path = tmp_path / "slice.png"

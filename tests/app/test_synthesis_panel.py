@@ -254,3 +254,22 @@ def test_the_plane_reaches_the_engine_the_target_stays_and_each_run_starts_a_fre
     assert doc.volume.modality is None and panel.document is doc
     assert panel.source.currentIndex() == 0 and panel.source.currentText().startswith("Auto")
     assert targets(panel) == ["T2", "FLAIR", "CT"] and panel.target.currentText() == "CT"
+
+
+def test_a_source_the_user_overrode_stays_after_the_run_and_the_input_is_never_its_own_reference(qtbot, window):
+    # a CBCT stored as DICOM CT: the file says CT, the user says what it is; here the CT volume, run as "T2"
+    panel = window.synthesis
+    ct = next(d for d in window.workspace.documents if d.volume.modality == "CT")
+    window.workspace.activate(ct)
+    qtbot.waitUntil(lambda: panel.document is ct, timeout=5000)
+    assert panel.source.currentText() == "CT"
+    panel.source.setCurrentText("T2")
+    panel.target.setCurrentText("CT")
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: len(window.workspace.documents) == 3, timeout=120000)
+    qtbot.waitUntil(lambda: panel.run_button.isEnabled(), timeout=30000)
+    assert panel.document is ct and (panel.source.currentText(), panel.target.currentText()) == ("T2", "CT")
+    assert window.comparison.model.result is None           # the only CT loaded is the input: nothing to compare
+    window.workspace.activate(next(d for d in window.workspace.documents if d.volume.modality == "T2"))
+    qtbot.waitUntil(lambda: panel.document is not ct, timeout=5000)
+    assert panel.source.currentText() == "T2"               # another scan: its own modality

@@ -289,3 +289,16 @@ def test_the_slicer_and_ohif_mouse_schemes(shown, ct_doc, scheme):
     QTest.mouseClick(axial.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier,
                      centre + QPoint(-20, 5))
     assert not np.allclose(viewer.cursor.position, before)    # Shift + click moves the crosshair
+
+
+def test_the_corner_values_are_placed_again_when_the_slice_text_is_set(shown, ct_doc):
+    viewer = shown(ct_doc)
+    axial = viewer.views[Plane.AXIAL]
+    axial.resize(245, 300)                       # a comparison pane's width
+    axial.set_content(None, None)                # then content arrives: its slice text is set last
+    axial.set_content(ct_doc.volume, ct_doc.display, title="CT")
+    for _ in range(3):
+        position, window = axial.slice_label.geometry(), axial.window_label.geometry()
+        assert axial.slice_label.text() and not position.intersects(window), \
+            (axial.slice_label.text(), axial.window_label.text())
+        axial.scroll(1)
