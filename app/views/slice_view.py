@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SliceFn = Callable[[PlaneGeometry, int], np.ndarray]
 GREY = pg.ColorMap(pos=[0.0, 1.0], color=[(0, 0, 0), (255, 255, 255)])
+INVERTED_GREY = pg.ColorMap(pos=[0.0, 1.0], color=[(255, 255, 255), (0, 0, 0)])   # DICOM MONOCHROME1: high is dark
 # per plane: the LPS axis through its slices, and the letters of its + and − directions; "up"
 # (wheel up, ↑) moves towards superior, anterior or left whatever the acquisition order
 PLANE_AXIS = {Plane.AXIAL: (2, "S", "I"), Plane.CORONAL: (1, "P", "A"), Plane.SAGITTAL: (0, "L", "R")}
@@ -157,7 +158,8 @@ class SliceView(pg.GraphicsView):
         self.volume, self.display, self._slice_fn = volume, display, slice_fn
         self._title_text = title
         self.banner.setVisible(volume is not None and synthetic)
-        self.image.setColorMap(colormap or GREY)
+        inverted = volume is not None and str(volume.dicom.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+        self.image.setColorMap(colormap or (INVERTED_GREY if inverted else GREY))
         self.k = -1
         if volume is None or display is None:
             self.geometry = None

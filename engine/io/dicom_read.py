@@ -31,7 +31,7 @@ IDENTITY_TAGS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
-    "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP",
+    "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP", "PhotometricInterpretation",
 )
 
 
@@ -296,7 +296,7 @@ def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality
     notes: list[str] = []
     if tags.get("PhotometricInterpretation", "").upper() == "MONOCHROME1":
         notes.append("MONOCHROME1: high values are meant to display dark; values are kept as stored "
-                     "(after rescale), invert the display window to match the scanner's view")
+                     "(after rescale) and shown inverted, as the scanner shows them")
     if tags.get("StudioUnit"):
         return tags["StudioUnit"], notes
     if dicom_modality == "CT" and not _map_notes(tags):     # a map's values are its own (not said in HU)

@@ -281,7 +281,9 @@ def _thickness(volume: Volume) -> float | None:
 def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     nz, ny, nx = volume.shape
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    # values kept as a MONOCHROME1 source stored them (high = dark) say so again, or they would show inverted
+    inverted = str((volume.dicom or {}).get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    ds.PhotometricInterpretation = "MONOCHROME1" if inverted else "MONOCHROME2"
     ds.Rows, ds.Columns = ny, nx
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1

@@ -302,3 +302,14 @@ def test_the_corner_values_are_placed_again_when_the_slice_text_is_set(shown, ct
         assert axial.slice_label.text() and not position.intersects(window), \
             (axial.slice_label.text(), axial.window_label.text())
         axial.scroll(1)
+
+
+def test_a_monochrome1_image_is_shown_as_its_scanner_shows_it(shown, ct_doc):
+    from app.views.slice_view import GREY, INVERTED_GREY
+
+    viewer = shown(ct_doc)
+    axial = viewer.views[Plane.AXIAL]
+    assert axial.image.getColorMap() is GREY
+    film = ct_doc.volume.replace(dicom={"PhotometricInterpretation": "MONOCHROME1"})   # high values dark
+    axial.set_content(film, ct_doc.display, title="CR")
+    assert axial.image.getColorMap() is INVERTED_GREY

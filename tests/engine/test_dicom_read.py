@@ -134,7 +134,15 @@ def test_monochrome1_is_noted_and_kept_as_stored():
     ds = pydicom.dcmread(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
     np.testing.assert_allclose(vol.array[0], ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
                                rtol=1e-6)
-    assert any("MONOCHROME1" in n for n in vol.notes)
+    assert any("MONOCHROME1" in n for n in vol.notes) and vol.dicom["PhotometricInterpretation"] == "MONOCHROME1"
+
+
+def test_a_monochrome1_image_is_written_back_as_monochrome1(tmp_path):
+    vol = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
+    io.save(vol, tmp_path / "out")                      # values as stored: high is dark, and the file says so
+    written = sorted((tmp_path / "out").iterdir())
+    assert pydicom.dcmread(written[0]).PhotometricInterpretation == "MONOCHROME1"
+    np.testing.assert_allclose(io.load(tmp_path / "out").array, vol.array, atol=1.0)
 
 
 def test_non_images_are_skipped_with_a_note():
