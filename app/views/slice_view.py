@@ -58,7 +58,7 @@ class Probe:
     unit: str
 
     def text(self) -> str:
-        x, y, z = self.lps
+        x, y, z = (float(c) + 0.0 for c in np.round(self.lps, 1))       # + 0.0: no "-0.0"
         return f"{self.name}   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm   value {value_in_unit(self.value, self.unit)}"
 
 

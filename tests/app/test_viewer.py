@@ -181,6 +181,7 @@ def test_values_print_in_their_unit_at_a_sensible_precision():
     assert value_in_unit(3.14159, "SUV") == "3.14 SUV" and value_in_unit(12.345, "") == "12.3"
     probe = Probe("T2", np.array([1.0, -2.25, 30.0]), 523.456, "a.u.")
     assert probe.text() == "T2   LPS (1.0, -2.2, 30.0) mm   value 523 a.u."
+    assert Probe("CR", np.array([920.0, -0.04, -0.0]), 5.0, "HU").text() == "CR   LPS (920.0, 0.0, 0.0) mm   value 5 HU"
 
 
 def test_the_window_values_and_the_slice_position_in_mm_are_shown(shown, ct_doc):
