@@ -46,11 +46,12 @@ def test_a_folder_whose_first_series_is_refused_opens_the_next_one(qtbot, window
     from engine import io
 
     ct = phantom(shape=(10, 24, 20))
-    first = io.Volume(ct, spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU", dicom={"SeriesNumber": "1"})
+    study = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1", "PatientID": "P1"}      # one study, listed by number
+    first = io.Volume(ct, spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU", dicom={**study, "SeriesNumber": "1"})
     series = io.save(first, tmp_path / "study" / "a_gapped")
     for f in sorted(series.iterdir(), key=lambda f: float(io.load(f).origin[2]))[2:7]:
         f.unlink()                                          # five slices in a row: too many to fill
-    io.save(first.replace(dicom={"SeriesNumber": "2"}), tmp_path / "study" / "b_whole")
+    io.save(first.replace(dicom={**study, "SeriesNumber": "2"}), tmp_path / "study" / "b_whole")
     entries = io.scan(tmp_path / "study").entries
     assert [bool(e.refusal) for e in entries] == [True, False]     # the refused one is listed first
     window.open_paths([str(tmp_path / "study")])
