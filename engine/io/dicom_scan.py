@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import struct
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -111,17 +112,29 @@ class ScanResult:
 
 
 # -- reading one header ------------------------------------------------------------------------
+_lenient = {"inside": 0, "before": pydicom.config.WARN}      # readers inside lenient_values, the mode they left
+_lenient_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def lenient_values():
     """Within it pydicom takes a header value that breaks its VR's rules (IS '1A') without a warning:
     this module's own checks judge the values it uses and say what they dropped in the series'
-    notes, while pydicom's warnings would reach the user as stray lines on stderr."""
+    notes, while pydicom's warnings would reach the user as stray lines on stderr. pydicom's setting
+    is global: it stays lenient while any thread reads and is restored when the last one is done
+    (two overlapping readers restoring in turn would leave it lenient for good)."""
     settings = pydicom.config.settings
-    before, settings.reading_validation_mode = settings.reading_validation_mode, pydicom.config.IGNORE
+    with _lenient_lock:
+        if _lenient["inside"] == 0:
+            _lenient["before"], settings.reading_validation_mode = settings.reading_validation_mode, pydicom.config.IGNORE
+        _lenient["inside"] += 1
     try:
         yield
     finally:
-        settings.reading_validation_mode = before
+        with _lenient_lock:
+            _lenient["inside"] -= 1
+            if _lenient["inside"] == 0:
+                settings.reading_validation_mode = _lenient["before"]
 
 
 def read_header(path: str | Path) -> tuple[Dataset, str]:

@@ -109,7 +109,7 @@ def test_dicomdir_entries_are_found_whatever_the_case_of_the_file_names(tmp_path
     assert missing and all("98892001" not in s.path for s in missing)      # the other patients' files
 
 
-def test_dicomdir_entries_outside_its_folder_are_not_followed(tmp_path):
+def test_dicomdir_entries_outside_its_folder_are_not_followed(tmp_path, monkeypatch):
     """A ReferencedFileID with ``..`` (or a link in the media) must not read files elsewhere."""
     media, outside = tmp_path / "media", tmp_path / "outside"
     shutil.copytree(DICOMDIR_TESTS / "98892001", media / "98892001")
@@ -117,6 +117,7 @@ def test_dicomdir_entries_outside_its_folder_are_not_followed(tmp_path):
     (media / "LINK").symlink_to(outside / "98892001", target_is_directory=True)
     ds = pydicom.dcmread(DICOMDIR_TESTS / "DICOMDIR")
     images = [r for r in ds.DirectoryRecordSequence if list(r.get("ReferencedFileID") or [""])[0] == "98892001"]
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.WARN)   # its default
     with pytest.warns(UserWarning, match="Invalid value for VR CS"):     # pydicom: '..' is no valid CS
         images[0].ReferencedFileID = ["..", "outside", *images[0].ReferencedFileID]
     images[1].ReferencedFileID = ["LINK", *list(images[1].ReferencedFileID)[1:]]
@@ -584,3 +585,32 @@ def test_a_slice_cut_off_inside_its_header_is_called_truncated_not_header_only(t
     catalog = io.scan(tmp_path / "s")
     (reason,) = [s.reason for s in catalog.skipped]
     assert "no pixel data after its image header (a truncated file" in reason
+
+
+def test_overlapping_readers_leave_pydicom_s_validation_as_it_was():
+    import threading
+
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with dicom_scan.lenient_values():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second():
+        first_in.wait(5)
+        with dicom_scan.lenient_values():
+            second_in.set()
+            first_out.wait(5)               # the first leaves while this one reads: still lenient
+            seen.append(settings.reading_validation_mode)
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [pydicom.config.IGNORE] and settings.reading_validation_mode == before
