@@ -65,6 +65,10 @@ class NotReadable(Exception):
     """A file that is not DICOM, or whose header cannot be read (the message says why)."""
 
 
+class NotDicom(NotReadable):
+    """The file holds no DICOM data set at all (junk, text, another format)."""
+
+
 @dataclass
 class SliceInfo:
     """One 2-D image: a single-frame file or one frame of a multi-frame file."""
@@ -151,7 +155,7 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
             elif _looks_like_bare_dataset(head):
                 force = True
             else:
-                raise NotReadable("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
+                raise NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
             _check_deflated(fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
@@ -160,7 +164,7 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
             except Exception as exc:  # pydicom raises many kinds on damaged headers
                 raise NotReadable(f"the DICOM header cannot be read ({type(exc).__name__}: {exc})") from None
             if force and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-                raise NotReadable("not a DICOM file (no DICOM data set found)")
+                raise NotDicom("not a DICOM file (no DICOM data set found)")
             state = _pixel_data_state(fp, ds, fp.tell(), size)
     except OSError as exc:
         raise NotReadable(f"cannot be opened ({exc.strerror or exc})") from None
@@ -608,7 +612,10 @@ def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -
                 ds, state = read_header(path)
                 _add(result, path, ds, state, queue, seen_images)
         except NotReadable as exc:
-            result.skipped.append(Skipped(str(path), str(exc)))
+            # a file without a suffix that is no DICOM at all (a disc's README, LOCKFILE or VERSION) holds
+            # no image; one named as DICOM (.dcm) is a damaged image
+            junk = isinstance(exc, NotDicom) and not path.suffix
+            result.skipped.append(Skipped(str(path), str(exc), not_an_image=junk))
         except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many kinds
             detail = " ".join(str(exc).split())[:200]
             result.skipped.append(Skipped(str(path), f"the DICOM header is damaged ({type(exc).__name__}: {detail})"))

@@ -478,9 +478,11 @@ def test_objects_of_a_study_that_hold_no_image_are_not_applicable_not_failed(mod
     shutil.copy(PYDICOM_FILES / "rtstruct.dcm", tmp_path / "in" / "rtstruct.dcm")     # beside it in an RT study
     shutil.copy(PYDICOM_FILES / "rtplan_truncated.dcm", tmp_path / "in" / "plan.dcm")
     shutil.copy(PYDICOM_FILES / "MR_truncated.dcm", tmp_path / "in" / "broken.dcm")   # an image that cannot be read
+    (tmp_path / "in" / "LOCKFILE").write_text("locked by the burning software\n")        # a disc's own files
+    (tmp_path / "in" / "notes.dcm").write_text("named as DICOM, but is not: a damaged image\n")
     out = tmp_path / "out"
     assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 3
     status = {k: r["status"] for k, r in records(out).items()}
     assert status == {"a.nii.gz": "done", "rtstruct.dcm": "not-applicable", "plan.dcm": "not-applicable",
-                      "broken.dcm": "failed"}
-    assert summary(capsys)["not_applicable"] == 2
+                      "LOCKFILE": "not-applicable", "broken.dcm": "failed", "notes.dcm": "failed"}
+    assert summary(capsys)["not_applicable"] == 3
