@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source and args.source.strip().lower() != "auto":
         card.check_route(args.source, target)          # fail before loading anything heavy
     output = Path(args.output)
-    io.check_output(output, inputs=(args.input,))
+    io.check_output(output, inputs=(args.input, *([args.reference] if args.reference else [])))
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)

@@ -158,7 +158,8 @@ class SliceView(pg.GraphicsView):
         self.volume, self.display, self._slice_fn = volume, display, slice_fn
         self._title_text = title
         self.banner.setVisible(volume is not None and synthetic)
-        inverted = volume is not None and str(volume.dicom.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+        inverted = volume is not None and not volume.synthetic and \
+            str(volume.dicom.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
         self.image.setColorMap(colormap or (INVERTED_GREY if inverted else GREY))
         self.k = -1
         if volume is None or display is None:

@@ -187,6 +187,12 @@ def _entry_loader(entry) -> Callable[[], Volume]:
     return lambda: entry.load()
 
 
+def _tagged(output: str, tag: str) -> str:
+    """A mirrored output with ``tag`` before its ``_synthetic-TARGET`` ending."""
+    head, _, tail = output.rpartition("_synthetic-")
+    return f"{head}-{tag}_synthetic-{tail}"
+
+
 def _told_apart(items: list[CohortItem]) -> list[CohortItem]:
     """Items whose mirrored outputs would share a name (two series of one description in a folder,
     ``t1.nii`` beside ``t1.nii.gz``) each get a short, stable tag of their key before the suffix."""
@@ -198,9 +204,7 @@ def _told_apart(items: list[CohortItem]) -> list[CohortItem]:
     out = []
     for item in items:
         if names[os.path.normcase(item.output)] > 1:
-            tag = hashlib.sha1(item.key.encode()).hexdigest()[:6]
-            head, _, tail = item.output.rpartition("_synthetic-")
-            item = replace(item, output=f"{head}-{tag}_synthetic-{tail}")
+            item = replace(item, output=_tagged(item.output, hashlib.sha1(item.key.encode()).hexdigest()[:6]))
         out.append(item)
     return out
 
@@ -247,8 +251,8 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
         series = row.get("series") or None
         named = f"{given or f'line {line}'}{f'#{series}' if series else ''}"   # one folder, several series
         key = f"{named} → {row_target or '?'}"
-        mirrored = f"{where_in}-{series.replace('.', '-')}" if series else where_in   # a UID's dots are no suffix
-        output = row.get("output") or mirrored_output(mirrored, row_target or "unknown")
+        mirrored = mirrored_output(where_in, row_target or "unknown")
+        output = row.get("output") or (_tagged(mirrored, series.replace(".", "-")) if series else mirrored)
         if not error and not _inside_out(output):
             error = (f"{where}: the output {output!r} must be a path inside the output folder (relative, without "
                      "'..'), so a row cannot write over another file")
@@ -280,6 +284,9 @@ def unique_outputs(items: Iterable[CohortItem]) -> tuple[CohortItem, ...]:
         if item.key in keys:
             continue
         keys.add(item.key)
+        if item.not_applicable:                   # writes nothing: takes no name
+            out.append(item)
+            continue
         taken = seen.get(os.path.normcase(item.output))
         if taken is not None and not item.error:
             item = replace(item, error=f"{item.path}: its output {item.output} is already written for {taken}")

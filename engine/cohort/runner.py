@@ -157,13 +157,15 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
             counts[status] += 1
         on_event({"event": "item", **rec})
 
-    inputs = {_resolved(f) for item in cohort.items for f in item.files}
+    inputs = {_resolved(f) for item in cohort.items for f in (*item.files, item.path)}     # files and folders
     work: list[tuple[CohortItem, dict]] = []
     for item in mine:
         fingerprint = {"input": manifest.input_fingerprint(item.files, cohort.root),
                        "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
                                                     "source": item.source})}
-        if not item.error and _resolved(out / item.output) in inputs:
+        target = out / item.output                  # a DICOM series is written to the folder without .dcm
+        folder = target.with_suffix("") if target.suffix.lower() in (".dcm", ".dicom") else target
+        if not item.error and {_resolved(target), _resolved(folder)} & inputs:
             item = replace(item, error=f"{item.path}: its output {out / item.output} is an input of this cohort; "
                                        "not overwritten")
         if item.error:

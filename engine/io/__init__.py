@@ -194,13 +194,19 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops),
     or one of the ``inputs`` it was made from (never written over)."""
     path = Path(path)
-    if any(os.path.normcase(path.resolve()) == os.path.normcase(Path(i).resolve()) for i in inputs):
+    written = {_same(path), _same(path.with_suffix("")) if path.suffix.lower() in (".dcm", ".dicom") else ""}
+    if written & {_same(str(i).rpartition("#")[0] if _volume_index(i) else i) for i in inputs}:
         raise VolumeIOError(path, "is the input it would be made from; choose another output")
     if file_kind(path) and write_problem(path):
         raise VolumeIOError(path, write_problem(path))
     if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
         raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s not in DETACHED)} "
                                   "or a folder for a DICOM series")
+
+
+def _same(path: str | Path) -> str:
+    """A path as a comparison key (resolved, case as the platform compares it)."""
+    return os.path.normcase(str(Path(path).resolve()))
 
 
 def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool | Anonymiser = False,

@@ -288,8 +288,8 @@ def _label(ds: Dataset) -> str:
 
 
 def no_image_reason(ds: Dataset, pixel_state: str) -> str | None:
-    """Why this file holds no image at all — an RT object, a report, a header without pixels —
-    (None when it holds one: :func:`not_an_image_reason` may still refuse it)."""
+    """Why this file holds no image at all — an RT object, a report — (None when it may hold one:
+    :func:`not_an_image_reason` may still refuse it)."""
     modality = str(ds.get("Modality", "") or "").upper()
     sop = str(ds.get("SOPClassUID", "") or "")
     sop_name = UID(sop).name if sop else ""
@@ -299,9 +299,7 @@ def no_image_reason(ds: Dataset, pixel_state: str) -> str | None:
     known = bool(sop) and sop_name != sop
     if known and not any(k in sop_name for k in _IMAGE_SOP_NAMES):
         return f"{label}: not an image ({sop_name}), skipped"
-    if pixel_state == "absent" and ("Rows" not in ds or "Columns" not in ds):
-        return f"{label}: no pixel data (a header-only object), skipped"
-    return None
+    return None                   # a header without pixels may be an image cut off early: not said here
 
 
 def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
@@ -310,10 +308,10 @@ def not_an_image_reason(ds: Dataset, pixel_state: str) -> str | None:
     found = no_image_reason(ds, pixel_state)
     if found:
         return found
-    if pixel_state == "absent":                      # an image's header, then nothing
+    if pixel_state == "absent" and "Rows" in ds and "Columns" in ds:     # an image's header, then nothing
         return f"{label}: no pixel data after its image header (a truncated file, or a header-only object), skipped"
-    if "Rows" not in ds or "Columns" not in ds:
-        return f"{label}: no pixel data (a header-only object), skipped"
+    if pixel_state == "absent" or "Rows" not in ds or "Columns" not in ds:
+        return f"{label}: no pixel data (a header-only object, or a file cut off early), skipped"
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
     if int(ds.get("SamplesPerPixel") or 1) > 1 or photometric in _COLOUR:
         return f"{label}: colour image ({photometric or 'several samples per pixel'}), not a grey-scale volume; skipped"
@@ -614,12 +612,22 @@ def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -
         except NotReadable as exc:
             # a file without a suffix that is no DICOM at all (a disc's README, LOCKFILE or VERSION) holds
             # no image; one named as DICOM (.dcm) is a damaged image
-            junk = isinstance(exc, NotDicom) and not path.suffix
+            junk = isinstance(exc, NotDicom) and not path.suffix and _has_content(path)
             result.skipped.append(Skipped(str(path), str(exc), not_an_image=junk))
         except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many kinds
             detail = " ".join(str(exc).split())[:200]
             result.skipped.append(Skipped(str(path), f"the DICOM header is damaged ({type(exc).__name__}: {detail})"))
     return result
+
+
+def _has_content(path: Path) -> bool:
+    """Whether the file starts with anything but zeros: an empty file, or a DICOM file cut off inside
+    its (zero) preamble, is a damaged image, not a disc's text file."""
+    try:
+        with open(path, "rb") as fp:
+            return any(fp.read(128))
+    except OSError:
+        return False
 
 
 def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,

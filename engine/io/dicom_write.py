@@ -269,6 +269,15 @@ def _geometry(ds: Dataset, volume: Volume) -> None:
     ds.SpacingBetweenSlices = format_number_as_ds(float(sz))
 
 
+def _kvp(volume: Volume) -> str:
+    """The source's KVP as a number pydicom writes ("" when absent or not a number, e.g. "120kV")."""
+    try:
+        value = float((volume.dicom or {}).get("KVP") or "nan")
+    except (TypeError, ValueError):
+        return ""
+    return format_number_as_ds(value) if 0.0 < value < 1e4 else ""
+
+
 def _thickness(volume: Volume) -> float | None:
     """The source series' own SliceThickness (its slices may overlap or leave gaps), None when unknown."""
     try:
@@ -282,7 +291,8 @@ def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     nz, ny, nx = volume.shape
     ds.SamplesPerPixel = 1
     # values kept as a MONOCHROME1 source stored them (high = dark) say so again, or they would show inverted
-    inverted = str((volume.dicom or {}).get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    inverted = not volume.synthetic and \
+        str((volume.dicom or {}).get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     ds.PhotometricInterpretation = "MONOCHROME1" if inverted else "MONOCHROME2"
     ds.Rows, ds.Columns = ny, nx
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
@@ -308,7 +318,7 @@ def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
 def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     """The type 1 and 2 attributes of the CT / MR / PET / SC image IODs that a derived image has."""
     if encoding.sop_class == CT_IMAGE:      # a converted CT keeps its tube voltage (HU-to-density tables use it)
-        ds.KVP = "" if volume.synthetic else str((volume.dicom or {}).get("KVP") or "")
+        ds.KVP = "" if volume.synthetic else _kvp(volume)
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
         ds.ScanningSequence = "RM"          # research mode: no acquisition made these values

@@ -246,3 +246,18 @@ def test_what_loading_assumed_is_told_on_stderr_and_in_the_json(capsys, model_di
     assert code == 0, err
     assumed = "no ImagePositionPatient / ImageOrientationPatient: origin 0 and identity orientation assumed"
     assert f"note: input: {assumed}" in err and assumed in json.loads(out)["input_notes"]
+
+
+def test_the_output_cannot_be_the_input_as_a_dicom_folder_a_volume_of_it_or_the_reference(capsys, model_dir, inputs,
+                                                                                         tmp_path):
+    t1, ct = inputs
+    io.save(io.load(t1), tmp_path / "series")                   # a DICOM series folder
+    before = sorted(p.read_bytes() for p in (tmp_path / "series").iterdir())
+    code, _out, err = run(capsys, "convert", tmp_path / "series", tmp_path / "series.dcm")
+    assert code == 2 and "is the input it would be made from" in err
+    assert sorted(p.read_bytes() for p in (tmp_path / "series").iterdir()) == before
+    code, _out, err = run(capsys, "synthesize", f"{t1}#0", "-o", t1, "--target", "T2", "--model", model_dir)
+    assert code == 2 and "is the input it would be made from" in err
+    ref_before = ct.read_bytes()
+    code, _out, err = run(capsys, "synthesize", t1, "-o", ct, "--reference", ct, "--target", "T2", "--model", model_dir)
+    assert code == 2 and "is the input it would be made from" in err and ct.read_bytes() == ref_before

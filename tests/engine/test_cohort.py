@@ -486,3 +486,20 @@ def test_objects_of_a_study_that_hold_no_image_are_not_applicable_not_failed(mod
     assert status == {"a.nii.gz": "done", "rtstruct.dcm": "not-applicable", "plan.dcm": "not-applicable",
                       "LOCKFILE": "not-applicable", "broken.dcm": "failed", "notes.dcm": "failed"}
     assert summary(capsys)["not_applicable"] == 3
+
+
+def test_the_series_column_tags_the_output_of_a_folder_named_after_a_uid(tmp_path):
+    from engine.cohort.items import csv_items, unique_outputs
+
+    (tmp_path / "list.csv").write_text("input,target,source,series\n1.2.840.5,T2,T1,1.2.3.1\n1.2.840.5,T2,T1,1.2.3.2\n")
+    items = unique_outputs(csv_items(tmp_path / "list.csv", None, None))
+    assert sorted(i.output for i in items) == ["1.2.840-1-2-3-1_synthetic-T2.nii.gz", "1.2.840-1-2-3-2_synthetic-T2.nii.gz"]
+    assert not any(i.error for i in items)
+
+
+def test_an_item_with_nothing_to_do_takes_no_output_name(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "t1.nii.gz")
+    (tmp_path / "in" / "t1").write_text("not an image, and no suffix: a disc's own file\n" * 5)
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    assert {k: r["status"] for k, r in records(out).items()} == {"t1.nii.gz": "done", "t1": "not-applicable"}

@@ -614,3 +614,13 @@ def test_overlapping_readers_leave_pydicom_s_validation_as_it_was():
     for t in threads:
         t.join(10)
     assert seen == [pydicom.config.IGNORE] and settings.reading_validation_mode == before
+
+
+def test_an_image_cut_off_before_its_size_or_an_empty_file_is_a_damaged_image_not_a_non_image(tmp_path):
+    paths = write_series(tmp_path / "s", anatomical()[:6])
+    paths[1].write_bytes(paths[1].read_bytes()[:400])            # inside the header, before Rows
+    (tmp_path / "s" / "EMPTY").write_bytes(b"")                   # no suffix, nothing in it
+    (tmp_path / "s" / "README").write_text("This disc holds the images of one study.\n" * 5)
+    skipped = {Path(s.path).name: s for s in io.scan(tmp_path / "s").skipped}
+    assert not skipped[paths[1].name].not_an_image and not skipped["EMPTY"].not_an_image
+    assert skipped["README"].not_an_image

@@ -342,3 +342,15 @@ def test_a_converted_ct_keeps_its_tube_voltage_and_a_synthetic_one_has_none(tmp_
     io.save(ct.replace(synthetic=True), tmp_path / "synthetic")
     kvp = [pydicom.dcmread(next((tmp_path / name).iterdir())).KVP for name in ("copy", "synthetic")]
     assert float(kvp[0]) == float(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").KVP) and not kvp[1]
+
+
+def test_a_tube_voltage_that_is_no_number_is_dropped_not_an_export_error(tmp_path):
+    ct = io.load(PYDICOM_FILES / "CT_small.dcm")
+    io.save(ct.replace(dicom={**ct.dicom, "KVP": "120kV"}), tmp_path / "out")
+    assert pydicom.dcmread(next((tmp_path / "out").iterdir())).KVP in ("", None)
+
+
+def test_a_synthetic_volume_made_from_a_monochrome1_image_is_written_as_monochrome2(tmp_path):
+    film = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
+    io.save(film.replace(synthetic=True, modality="CT", unit="HU"), tmp_path / "out")    # the model's values
+    assert pydicom.dcmread(next((tmp_path / "out").iterdir())).PhotometricInterpretation == "MONOCHROME2"
