@@ -37,6 +37,13 @@ MODALITIES: dict[str, Modality] = {
 MR_PERCENTILES = (0.5, 99.5)
 
 
+def scale_bottom(name: str) -> float | None:
+    """The lowest value ``name``'s physical scale holds (air −1024 HU, SUV 0); None for MR's arbitrary
+    units, which have no bottom."""
+    fixed = get(name).fixed_range
+    return None if fixed is None else fixed[0]
+
+
 def get(name: str) -> Modality:
     """The registry entry for ``name`` (case-insensitive); ValueError naming the known ones."""
     key = str(name).strip().upper()

@@ -5,7 +5,6 @@ events recorded in the run manifest (:mod:`engine.cohort.manifest`); an item tha
 with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import engine.io as io
 from engine.cohort import manifest
 from engine.cohort.items import Cohort, CohortItem, relative
 from engine.cohort.lock import CohortBusy, OutputLock
@@ -103,10 +103,6 @@ def _write(result, description: str, provenance: dict, path: Path) -> None:
         tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
-def _resolved(path: str | Path) -> str:
-    return os.path.normcase(str(Path(path).resolve()))
-
-
 def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Mapping[str, Any],
                on_event: EventFn = no_events, cancel: CancelToken | None = None, ctx=None) -> Summary:
     """Synthesize this process's items of ``cohort`` into ``out`` with ``synth`` (loaded once) and
@@ -157,15 +153,13 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
             counts[status] += 1
         on_event({"event": "item", **rec})
 
-    inputs = {_resolved(f) for item in cohort.items for f in (*item.files, item.path)}     # files and folders
+    inputs = {io.path_key(f) for item in cohort.items for f in (*item.files, item.path)}     # files and folders
     work: list[tuple[CohortItem, dict]] = []
     for item in mine:
         fingerprint = {"input": manifest.input_fingerprint(item.files, cohort.root),
                        "settings": manifest.digest({**identity, "settings": settings.to_dict(), "target": item.target,
                                                     "source": item.source})}
-        target = out / item.output                  # a DICOM series is written to the folder without .dcm
-        folder = target.with_suffix("") if target.suffix.lower() in (".dcm", ".dicom") else target
-        if not item.error and {_resolved(target), _resolved(folder)} & inputs:
+        if not item.error and io.written_keys(out / item.output) & inputs:
             item = replace(item, error=f"{item.path}: its output {out / item.output} is an input of this cohort; "
                                        "not overwritten")
         if item.error:

@@ -88,7 +88,7 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
         # the pipeline's filter, on the slices it cuts: outside the field of view base is the model's
         missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis)
         stack = slices_first(np.asarray(base.array, np.float32), plan.axis)
-        bottom = (modalities.get(target).fixed_range or (-np.inf,))[0]      # synthesis clamps the output there
+        bottom = modalities.scale_bottom(target) or -np.inf                 # synthesis clamps the output there
         entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": [], "outside": []})
         entry["subjects"].append(subject)
         entry["as_is"].append(mae(np.asarray(volume.array, np.float32)))

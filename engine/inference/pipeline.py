@@ -136,8 +136,6 @@ class SlicePlan:
     body: np.ndarray = field(repr=False, compare=False)
 
 
-CT_FLOOR_HU = -1024.0         # the bottom of the HU scale (air): no CT value lies below it
-
 PLANE_NORMAL_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 
 
@@ -307,7 +305,7 @@ class SliceSynthesizer:
             shift, calibration_note = calibration_shift(array, slices_back(plan.body, plan.axis),
                                                         self.card.calibration)
             array += shift
-            np.maximum(array, CT_FLOOR_HU, out=array)           # shifted air no lower than the scale's bottom
+            np.maximum(array, modalities.scale_bottom(source) or -np.inf, out=array)   # shifted air: not below it
         norm_in = modalities.normalisation_for(array, source)
         stack = slices_first(modalities.normalise(array, norm_in), plan.axis)
         norm_out = self.output_normalisation(target)
@@ -411,10 +409,11 @@ class SliceSynthesizer:
             position += len(chunk)
         self.last_batch_size = size
 
-        if modalities.get(target).fixed_range is not None:
+        bottom = modalities.scale_bottom(target)
+        if bottom is not None:
             # nothing below the scale's bottom (air −1024 HU, SUV 0): the HU calibration's shift of the
             # source's air and the guided filter's overshoot would put it there
-            np.maximum(out, norm_out.lo, out=out)
+            np.maximum(out, bottom, out=out)
         elapsed = time.perf_counter() - started
         notes = (
             RESEARCH_NOTE,

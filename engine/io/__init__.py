@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 # loaded on first use: de-identification (pydicom's anonymisation tables) and resampling (scipy)
 __getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned_in": "deidentify",
                                              "inside": "resample", "resample_onto": "resample"})
-__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind", "load",
-           "openable_name", "other_format", "save", "scan", *_LAZY]
+__all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind",
+           "is_dicom_file", "load", "openable_name", "other_format", "path_key", "save", "scan", "written_keys", *_LAZY]
 
 _NOT_IMAGES = {".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".py", ".xml", ".html", ".pdf", ".zip", ".gif",
                ".svg", ".log", ".ini", ".yaml", ".yml", ".raw", ".zraw", ".bval", ".bvec", ".sh", ".bat", ".exe",
@@ -52,15 +52,15 @@ _OTHER_FORMATS = {".hdr": "an Analyze 7.5 or NIfTI-1 pair header (.hdr + .img)",
 def other_format(path: str | Path) -> str | None:
     """Why a file of a known format this app does not read is not opened (None for any other file)."""
     kind = _OTHER_FORMATS.get(Path(path).suffix.lower())
-    if kind is None or file_kind(path) or _dicom_marked(path):
+    if kind is None or file_kind(path) or is_dicom_file(path):
         return None
     advice = "decompress it first" if kind.endswith("compressed file") else \
         "convert it to NIfTI first (e.g. nibabel's nib-convert, FreeSurfer's mri_convert or dcm2niix)"
     return (f"{kind}: not a format this app reads ({', '.join(SUFFIXES)}, DICOM or a 2-D picture); {advice}")
 
 
-def _dicom_marked(path: str | Path) -> bool:
-    """Whether the file has the DICOM Part 10 marker (a DICOM file, whatever its suffix says)."""
+def is_dicom_file(path: str | Path) -> bool:
+    """A DICOM Part 10 file (the "DICM" marker after the 128-byte preamble), whatever its suffix says."""
     try:
         with open(path, "rb") as fp:
             return fp.read(132)[128:] == b"DICM"
@@ -194,19 +194,29 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops),
     or one of the ``inputs`` it was made from (never written over)."""
     path = Path(path)
-    written = {_same(path), _same(path.with_suffix("")) if path.suffix.lower() in (".dcm", ".dicom") else ""}
-    if written & {_same(str(i).rpartition("#")[0] if _volume_index(i) else i) for i in inputs}:
+    if written_keys(path) & {path_key((_volume_index(i) or (i,))[0]) for i in inputs}:
         raise VolumeIOError(path, "is the input it would be made from; choose another output")
-    if file_kind(path) and write_problem(path):
-        raise VolumeIOError(path, write_problem(path))
-    if not file_kind(path) and path.suffix and path.suffix.lower() not in (".dcm", ".dicom"):
+    problem = write_problem(path) if file_kind(path) else ""
+    if problem:
+        raise VolumeIOError(path, problem)
+    if not file_kind(path) and path.suffix and path.suffix.lower() not in _DICOM_SUFFIXES:
         raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s not in DETACHED)} "
                                   "or a folder for a DICOM series")
 
 
-def _same(path: str | Path) -> str:
+_DICOM_SUFFIXES = (".dcm", ".dicom")          # an output path ending so is a DICOM series folder without it
+
+
+def path_key(path: str | Path) -> str:
     """A path as a comparison key (resolved, case as the platform compares it)."""
     return os.path.normcase(str(Path(path).resolve()))
+
+
+def written_keys(path: str | Path) -> set[str]:
+    """The :func:`path_key` of what :func:`save` writes for ``path``: the file, or for a DICOM series
+    the folder (``x.dcm`` writes the folder ``x``)."""
+    path = Path(path)
+    return {path_key(path), path_key(path.with_suffix("") if path.suffix.lower() in _DICOM_SUFFIXES else path)}
 
 
 def save(volume: Volume, path: str | Path, *, description: str = "", anonymise: bool | Anonymiser = False,

@@ -66,7 +66,12 @@ class NotReadable(Exception):
 
 
 class NotDicom(NotReadable):
-    """The file holds no DICOM data set at all (junk, text, another format)."""
+    """The file holds no DICOM data set at all (junk, text, another format); ``content``: it starts
+    with anything but zeros (an empty file, or a DICOM file cut off inside its zero preamble, does not)."""
+
+    def __init__(self, message: str, content: bool = True) -> None:
+        super().__init__(message)
+        self.content = content
 
 
 @dataclass
@@ -155,7 +160,8 @@ def read_header(path: str | Path) -> tuple[Dataset, str]:
             elif _looks_like_bare_dataset(head):
                 force = True
             else:
-                raise NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)")
+                raise NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data elements at the start)",
+                               content=any(head[:128]))
             _check_deflated(fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="16 KB", force=force)
@@ -612,22 +618,12 @@ def scan_files(paths: Iterable[str | Path], cancel: CancelToken | None = None) -
         except NotReadable as exc:
             # a file without a suffix that is no DICOM at all (a disc's README, LOCKFILE or VERSION) holds
             # no image; one named as DICOM (.dcm) is a damaged image
-            junk = isinstance(exc, NotDicom) and not path.suffix and _has_content(path)
+            junk = isinstance(exc, NotDicom) and exc.content and not path.suffix
             result.skipped.append(Skipped(str(path), str(exc), not_an_image=junk))
         except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many kinds
             detail = " ".join(str(exc).split())[:200]
             result.skipped.append(Skipped(str(path), f"the DICOM header is damaged ({type(exc).__name__}: {detail})"))
     return result
-
-
-def _has_content(path: Path) -> bool:
-    """Whether the file starts with anything but zeros: an empty file, or a DICOM file cut off inside
-    its (zero) preamble, is a damaged image, not a disc's text file."""
-    try:
-        with open(path, "rb") as fp:
-            return any(fp.read(128))
-    except OSError:
-        return False
 
 
 def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,

@@ -265,23 +265,15 @@ def _geometry(ds: Dataset, volume: Volume) -> None:
     sx, sy, sz = volume.spacing
     ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*d[:, 0], *d[:, 1])]
     ds.PixelSpacing = [format_number_as_ds(float(sy)), format_number_as_ds(float(sx))]
-    ds.SliceThickness = format_number_as_ds(_thickness(volume) or float(sz))   # the acquisition's, when known
+    ds.SliceThickness = format_number_as_ds(_source_number(volume, "SliceThickness") or float(sz))   # the acquisition's, when known
     ds.SpacingBetweenSlices = format_number_as_ds(float(sz))
 
 
-def _kvp(volume: Volume) -> str:
-    """The source's KVP as a number pydicom writes ("" when absent or not a number, e.g. "120kV")."""
+def _source_number(volume: Volume, keyword: str) -> float | None:
+    """The source series' ``keyword`` (SliceThickness, KVP) as a positive number; None when absent or
+    not one (a KVP of "120kV" is dropped, not written)."""
     try:
-        value = float((volume.dicom or {}).get("KVP") or "nan")
-    except (TypeError, ValueError):
-        return ""
-    return format_number_as_ds(value) if 0.0 < value < 1e4 else ""
-
-
-def _thickness(volume: Volume) -> float | None:
-    """The source series' own SliceThickness (its slices may overlap or leave gaps), None when unknown."""
-    try:
-        value = float((volume.dicom or {}).get("SliceThickness") or "nan")
+        value = float((volume.dicom or {}).get(keyword) or "nan")
     except (TypeError, ValueError):
         return None
     return value if 0.0 < value < 1e4 else None
@@ -318,7 +310,8 @@ def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
 def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     """The type 1 and 2 attributes of the CT / MR / PET / SC image IODs that a derived image has."""
     if encoding.sop_class == CT_IMAGE:      # a converted CT keeps its tube voltage (HU-to-density tables use it)
-        ds.KVP = "" if volume.synthetic else _kvp(volume)
+        kvp = None if volume.synthetic else _source_number(volume, "KVP")
+        ds.KVP = "" if kvp is None else format_number_as_ds(kvp)
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
         ds.ScanningSequence = "RM"          # research mode: no acquisition made these values

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from engine import modalities
+from engine.io import is_dicom_file
 from engine.io.itk_files import SUFFIXES, file_kind
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
@@ -164,16 +165,6 @@ class ValidationReport:
 
 
 # -- reading names and geometry ------------------------------------------------------------
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file (the "DICM" marker after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def modality_from_name(path: Path) -> tuple[str | None, str]:
     """(canonical modality or None, the name stem) for a file or DICOM folder."""
     name = path.name
