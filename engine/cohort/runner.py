@@ -5,6 +5,7 @@ events recorded in the run manifest (:mod:`engine.cohort.manifest`); an item tha
 with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,6 +71,7 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
 
     result, description, checks = synthesize_checked(synth, volume, item.source, item.target, settings,
                                                      progress=progress, cancel=cancel)
+    local = without_folders_above(item, root)
     provenance = {
         "Description": RESEARCH_NOTE,
         "Synthetic": True,
@@ -79,17 +81,37 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
         "SourceModality": checks.source,
         "SourceFile": relative(item.path, root),
         **({"SourceSeries": item.series} if item.series else {}),
-        "InputNotes": list(volume.notes),           # what loading assumed or changed (interpolated slices, …)
+        "InputNotes": local(volume.notes),          # what loading assumed or changed (interpolated slices, …)
         "Settings": settings.to_dict(),
         "Device": synth.execution_device,
         "Precision": synth.precision,
-        "InputWarnings": checks.input_warnings,
-        "BenchmarkWarnings": checks.benchmark_warnings,
-        "Notes": list(result.notes),
+        "InputWarnings": local(checks.input_warnings),
+        "BenchmarkWarnings": local(checks.benchmark_warnings),
+        "Notes": local(result.notes),
         **({"Identified": checks.identified} if checks.identified else {}),
-        **({"SourceNote": checks.source_note} if checks.source_note else {}),
+        **({"SourceNote": local([checks.source_note])[0]} if checks.source_note else {}),
     }
     return result, description, provenance
+
+
+def without_folders_above(item: CohortItem, root: str | Path) -> Callable[[Any], list[str]]:
+    """A function giving texts (notes naming a slice's file, a 4-D file's ``FILE#INDEX``) with the folders
+    above the cohort's ``root``, and above an input outside it, cut from the absolute paths they name:
+    a sidecar travels with its output, and the folders above a study may hold a patient's name."""
+    def cut_first(*folders: Path) -> list[str]:               # the longer first; never a drive's root
+        return sorted({os.path.join(str(f), "") for f in folders if len(f.parts) > 1}, key=len, reverse=True)
+    path = Path(item.path)       # the root's folders first: a path inside it stays relative to the root
+    prefixes = (cut_first(Path(root).absolute(), Path(root).resolve())
+                + cut_first(path.absolute().parent, path.resolve().parent))
+
+    def local(texts) -> list[str]:
+        cut = []
+        for text in texts:
+            for prefix in prefixes:
+                text = text.replace(prefix, "")
+            cut.append(text)
+        return cut
+    return local
 
 
 def _write(result, description: str, provenance: dict, path: Path) -> None:

@@ -503,3 +503,33 @@ def test_an_item_with_nothing_to_do_takes_no_output_name(model, tmp_path, capsys
     out = tmp_path / "out"
     assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
     assert {k: r["status"] for k, r in records(out).items()} == {"t1.nii.gz": "done", "t1": "not-applicable"}
+
+
+def test_a_sidecar_names_no_folder_above_the_study(model, tmp_path, capsys, one_torch_thread):
+    import pydicom
+
+    tree = tmp_path / "Doe^Jane" / "study"                    # the folders above a study may name the patient
+    paths = write_series(tree / "dicom", (head("T1", 3).array / 2).astype(np.int16), spacing=(2.0, 2.0, 3.0),
+                         direction=np.eye(3).ravel())
+    ds = pydicom.dcmread(paths[1])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless      # claims JPEG 2000, holds raw bytes
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(64)])
+    ds.save_as(paths[1], enforce_file_format=True)
+
+    assert cohort(model, str(tree), "--target", "T2", "--source", "T1", "-o", str(tmp_path / "out")) == 0
+    capsys.readouterr()
+    sidecar = (tmp_path / "out" / "dicom" / "fixture_series_synthetic-T2.json").read_text()
+    notes = json.loads(sidecar)["InputNotes"]
+    assert any(n.startswith("unreadable slice 2 of 4") and f"dicom/{paths[1].name}:" in n for n in notes)
+    assert "Doe^Jane" not in sidecar and str(tmp_path) not in sidecar
+
+
+def test_notes_name_an_input_outside_the_root_from_its_own_folder(tmp_path):
+    from engine.cohort.items import CohortItem
+    from engine.cohort.runner import without_folders_above
+
+    item = CohortItem(key="../elsewhere/Doe^Jane/ct.nii", path=str(tmp_path / "elsewhere" / "Doe^Jane" / "ct.nii"),
+                      target="CT", output="ct_synthetic-CT.nii.gz", source="CBCT")
+    local = without_folders_above(item, tmp_path / "csvs")
+    assert local([f"name it as {tmp_path}/elsewhere/Doe^Jane/ct.nii#INDEX", f"{tmp_path}/csvs/a/b.dcm: bad",
+                  "0.5/1 mm"]) == ["name it as ct.nii#INDEX", "a/b.dcm: bad", "0.5/1 mm"]
