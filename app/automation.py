@@ -154,7 +154,7 @@ class Automation(QObject):
         panel.synthesis_finished.connect(self._on_synthesized)
         panel.run_button.click()
 
-    def _on_synthesized(self, _source, _volume) -> None:
+    def _on_synthesized(self, _source, _volume, _plane) -> None:
         # MainWindow._on_synthesized ran first: the synthetic document is added and compared
         self._begin("comparison")
         self.window.comparison.model.result_changed.connect(self._on_compared)

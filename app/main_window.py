@@ -329,8 +329,8 @@ class MainWindow(QMainWindow):
 
         self.load_entry(entry, then=compare)
 
-    def _on_synthesized(self, source: Document, volume) -> None:
-        doc = self.workspace.add(volume, synthetic=True, source=source)
+    def _on_synthesized(self, source: Document, volume, plane: str) -> None:
+        doc = self.workspace.add(volume, synthetic=True, source=source, plane=plane)
         self.browser.mark_loaded(doc)                # its own row, beside its source
         self.log.add(f"Synthesized {doc.title} from {source.title}")
         for warning in guard_notes_of(volume)[0]:

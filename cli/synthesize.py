@@ -19,7 +19,7 @@ from cli.common import (
     open_synthesizer,
     sampling_settings,
 )
-from engine.inference import NO_PROFILE_NOTE, SLICING_PLANES, SOURCE_FLOOR_PREFIX, sliced_plane
+from engine.inference import NO_PROFILE_NOTE, SLICING_PLANES, SOURCE_FLOOR_PREFIX, plane_axis, sliced_plane
 from engine.jobs import stderr_progress
 
 
@@ -114,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
         from engine.evaluation import score_volume
 
         reference = io.load(args.reference)
-        report["metrics"] = score_volume(result, reference, target).to_dict()
+        report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))
     return 0

@@ -72,7 +72,7 @@ def preview_pixmap(image: np.ndarray, size: int = 160) -> QPixmap:
 
 
 class SynthesisPanel(QWidget):
-    synthesis_finished = Signal(object, object)    # (source Document, synthetic Volume)
+    synthesis_finished = Signal(object, object, str)    # (source Document, synthetic Volume, the plane it cut)
     failed = Signal(str)
 
     def __init__(self, runner: TaskRunner, settings: Settings, parent=None) -> None:
@@ -348,7 +348,7 @@ class SynthesisPanel(QWidget):
         self.eta.setText("Starting the synthesis process and loading the model…")
         self._task = self.runner.run(
             lambda progress, cancel: self.engine.synthesize(request, progress, cancel), name="synthesis",
-            progressed=self._on_progress, finished=lambda volume: self._on_done(source_doc, volume),
+            progressed=self._on_progress, finished=lambda volume: self._on_done(source_doc, volume, request.plane),
             failed=self._on_failed, cancelled=lambda: self._end("Cancelled."))
         self._update_enabled()
 
@@ -378,11 +378,11 @@ class SynthesisPanel(QWidget):
         if isinstance(preview, np.ndarray) and preview.ndim == 2:
             self.preview.setPixmap(preview_pixmap(preview))
 
-    def _on_done(self, source_doc: Document, volume) -> None:
+    def _on_done(self, source_doc: Document, volume, plane: str) -> None:
         self._end(f"Done in {time.monotonic() - self._started:.0f} s.")
         self.progress.setValue(100)
         self.show_input_check(volume)
-        self.synthesis_finished.emit(source_doc, volume)
+        self.synthesis_finished.emit(source_doc, volume, plane)
 
     def show_input_check(self, volume) -> None:
         """The guard's verdict on the input of ``volume`` (a synthetic result) and what the model

@@ -25,7 +25,7 @@ class ComparisonResult:
     difference: Volume                 # synthetic − reference in physical units
     source: Volume | None              # on the synthetic grid
     evaluation: Evaluation             # per-slice curves run along array axis ``slice_axis``
-    slice_axis: int                    # 0 = z, 1 = y, 2 = x: the acquisition axis the engine scores along
+    slice_axis: int                    # 0 = z, 1 = y, 2 = x: the axis synthesis cut along, the scores too
     coverage: float                    # share of the synthetic grid inside the reference
     notes: tuple[str, ...] = ()
     baseline: Evaluation | None = None  # the histogram-matched source against the reference (None: no source)

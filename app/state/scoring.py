@@ -9,7 +9,6 @@ import numpy as np
 from app.state.comparison import ComparisonResult
 from engine import modalities
 from engine.evaluation import score_volume
-from engine.inference import slice_axis
 from engine.io import Volume, inside, resample_onto
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
@@ -44,9 +43,13 @@ def target_modality(synthetic: Volume, reference: Volume, override: str | None =
 
 
 def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, modality: str | None = None,
-            progress: ProgressFn = noop, cancel: CancelToken | None = None) -> ComparisonResult:
-    """Everything the comparison view shows; raises ValueError when the volumes cannot be compared."""
+            progress: ProgressFn = noop, cancel: CancelToken | None = None, plane: str = "auto") -> ComparisonResult:
+    """Everything the comparison view shows, scored slice by slice in ``plane`` (the one synthesis cut
+    ``synthetic`` in); raises ValueError when the volumes cannot be compared."""
+    from engine.inference import plane_axis  # imports torch: the worker, never the UI thread
+
     target = target_modality(synthetic, reference, modality)
+    axis = plane_axis(synthetic, plane)
     progress(Progress(0, 4, "resampling the reference"))
     ref_on_grid, covered = resample_onto(reference, synthetic), inside(reference, synthetic)
     coverage = float(covered.mean())
@@ -56,13 +59,13 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     check_cancel(cancel)
     source_on_grid = resample_onto(source, synthetic) if source is not None else None
     progress(Progress(1, 4, "scoring"))
-    evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel)
+    evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel, axis=axis)
     baseline, baseline_note = None, NO_SOURCE_NOTE
     if source_on_grid is not None:
         progress(Progress(2, 4, "scoring the do-nothing baseline"))
         mask = modalities.body_mask(ref_on_grid.array, target) & covered
         baseline = score_volume(histogram_matched(source_on_grid, ref_on_grid, mask), ref_on_grid, target,
-                                cancel=cancel)
+                                cancel=cancel, axis=axis)
         baseline_note = ""
     progress(Progress(4, 4, "scored"))
     notes = []
@@ -76,4 +79,4 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     difference = synthetic.with_array((synthetic.array - ref_on_grid.array).astype(np.float32),
                                       name=f"{synthetic.name} − {reference.name}", notes=(), dicom={})
     return ComparisonResult(synthetic, ref_on_grid, difference, source_on_grid, evaluation,
-                            slice_axis(synthetic.spacing), coverage, tuple(notes), baseline, baseline_note)
+                            axis, coverage, tuple(notes), baseline, baseline_note)

@@ -25,6 +25,7 @@ class Document:
     title: str = ""                             # distinct among the open documents
     ordinal: int = 1                            # 2, 3… for the later documents of the same name
     source: Document | None = None              # what a synthetic document was made from
+    plane: str = "auto"                         # the plane synthesis cut it in (its scores cut it alike)
 
     @property
     def synthetic(self) -> bool:
@@ -47,9 +48,10 @@ class Workspace:
         self._numbers = itertools.count(1)
 
     def add(self, volume: Volume, *, synthetic: bool = False, key: str = "",
-            source: Document | None = None) -> Document:
+            source: Document | None = None, plane: str = "auto") -> Document:
         """Add a loaded volume (or return the document already loaded from ``key``). ``synthetic``
-        marks a volume a model just made (``source`` the document it came from)."""
+        marks a volume a model just made (``source`` the document it came from, ``plane`` the one
+        the synthesis cut it in: engine.inference.SLICING_PLANES)."""
         if key:
             for doc in self.documents:
                 if doc.key == key:
@@ -65,7 +67,7 @@ class Workspace:
         name = volume.name or key or "volume"
         ordinal = self._free_ordinal(name)
         doc = Document(volume, DisplayState(presets[0]), key, presets,
-                       name if ordinal == 1 else f"{name} ({ordinal})", ordinal, source)
+                       name if ordinal == 1 else f"{name} ({ordinal})", ordinal, source, plane)
         self.documents.append(doc)
         self.added.emit(doc)
         return doc

@@ -173,7 +173,8 @@ class ComparisonView(QWidget):
         def score(progress, cancel) -> ComparisonResult:
             from app.state.scoring import compare  # SimpleITK and scipy: off the UI thread
 
-            return compare(syn.volume, ref.volume, src.volume if src else None, modality, progress, cancel)
+            return compare(syn.volume, ref.volume, src.volume if src else None, modality, progress, cancel,
+                           plane=syn.plane)
 
         task = self.runner.run(
             score, name="comparison", finished=lambda result: self._on_compared(task, result),

@@ -16,6 +16,7 @@ PRECISION_NAMES = ("fp32", "fp16", "bf16")   # engine.inference.settings.PRECISI
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "Synthesizer": "pipeline", "SlicePlan": "pipeline", "RESEARCH_NOTE": "pipeline", "sliced_plane": "pipeline",
+    "plane_axis": "pipeline",
     "synthesizer_for": "backends",
     "OnnxSynthesizer": "onnx_backend", "onnxruntime": "onnx_backend",
     "GRAPHS": "onnx_export", "OPSET": "onnx_export", "export_onnx": "onnx_export",

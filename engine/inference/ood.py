@@ -64,10 +64,10 @@ MR_BIAS_FLOOR = 0.9         # … and never below ×2.5 across the core, which t
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def _slice_geometry(volume: Volume) -> tuple[int, tuple[float, float], float]:
+def _slice_geometry(volume: Volume, axis: int | None = None) -> tuple[int, tuple[float, float], float]:
     from engine.inference.slices import in_plane_spacing, slice_axis
 
-    axis = slice_axis(volume.spacing)
+    axis = slice_axis(volume.spacing) if axis is None else axis
     spacing = in_plane_spacing(volume.spacing, axis)
     thickness = float(volume.spacing[2 - axis])
     return axis, spacing, thickness
@@ -169,14 +169,16 @@ def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in fg])
 
 
-def volume_signals(volume: Volume, modality: str) -> dict[str, float | list[float] | None]:
-    """What the guard compares for one volume in physical units (see the module's docstring)."""
+def volume_signals(volume: Volume, modality: str, axis: int | None = None) -> dict[str, float | list[float] | None]:
+    """What the guard compares for one volume in physical units (see the module's docstring), its
+    slices cut along ``axis`` (the synthesis plan's; None: :func:`engine.inference.slices.slice_axis`,
+    as training cuts them)."""
     mod = modalities.get(modality)
     step = max(1, int(np.ceil((volume.array.size / MAX_VOXELS) ** (1 / 3))))
     array = np.asarray(volume.array[::step, ::step, ::step], dtype=np.float32)
     array = np.where(np.isfinite(array), array, np.nanmin(array) if np.isfinite(array).any() else 0.0)
     mask = body_mask(array, mod.name)
-    axis, spacing, thickness = _slice_geometry(volume)
+    axis, spacing, thickness = _slice_geometry(volume, axis)
     extent, edges = _extent_and_edges(mask, axis, (spacing[0] * step, spacing[1] * step))
     out: dict[str, Any] = {"in_plane_mm": float(min(spacing)), "in_plane_max_mm": float(max(spacing)),
                            "thickness_mm": thickness, "extent_mm": extent, "edge_slices": edges}
@@ -351,12 +353,14 @@ def _intensity_warnings(s: Mapping[str, Any], record: Mapping[str, Any], modalit
 
 
 def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
-                pixel_mm: float | None = None, calibration: Mapping[str, Any] | None = None) -> list[str]:
+                pixel_mm: float | None = None, calibration: Mapping[str, Any] | None = None,
+                axis: int | None = None) -> list[str]:
     """Warnings (each starting with :data:`WARNING_PREFIX`) when ``volume``, read as ``source``, is
     unlike the training data the ``profile`` describes; empty when it looks like it. Without a
     profile, only the note that nothing can be checked. With ``pixel_mm`` (the model's pixel size:
     it resamples every slice to it) pixels finer than the training data's are not flagged; with the
-    card's ``calibration`` a CT-family input is checked as the pipeline will feed it (shifted)."""
+    card's ``calibration`` a CT-family input is checked as the pipeline will feed it (shifted); its
+    slices are measured as cut along ``axis`` (the plan's: a named plane's; None: the acquisition axis)."""
     if not profile or not isinstance(profile, Mapping) or not profile.get("modalities"):
         return [NO_PROFILE_NOTE]
     source = modalities.canonical(source)
@@ -370,7 +374,7 @@ def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
         array = np.asarray(volume.array, dtype=np.float32)
         shift, _ = calibration_shift(array, modalities.body_mask(array, source), calibration)
         volume = volume.with_array(array + np.float32(shift)) if shift else volume
-    signals = volume_signals(volume, source)
+    signals = volume_signals(volume, source, axis)
     anatomies = [profile.get("anatomies", {}).get(a) or {} for a in record.get("anatomies", [])]
     geo = {key: _union([a.get(key) for a in anatomies]) for key in GEOMETRY_KEYS}
     what = "/".join(record.get("anatomies", [])) or "training"

@@ -474,12 +474,13 @@ class SliceSynthesizer:
 
     def input_warnings(self, volume: Volume, source: str, settings: SynthesisSettings | None = None) -> list[str]:
         """The out-of-distribution guard's warnings (:mod:`engine.inference.ood`) for ``volume`` as the
-        model will see it: after the HU calibration ``settings`` ask for."""
+        model will see it: after the HU calibration ``settings`` ask for, cut into the plane they name."""
         from engine.inference.ood import check_input
 
         settings = settings or self.default_settings()
         return check_input(volume, source, self.card.input_profile, self.pixel_mm,
-                           self.card.calibration if settings.hu_calibration else None)
+                           self.card.calibration if settings.hu_calibration else None,
+                           axis=plane_axis(volume, settings.plane))
 
     @contextlib.contextmanager
     def _network_time(self):

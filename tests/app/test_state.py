@@ -207,6 +207,18 @@ def test_compare_scores_with_the_engine_on_the_same_grid():
     assert result.coverage == 1.0 and result.notes == ()
 
 
+def test_compare_scores_the_slices_of_the_plane_synthesis_cut():
+    from engine.evaluation import score_volume
+
+    syn, ref = ct_pair()                                     # 2 mm axial slices: auto cuts axial (axis 0)
+    syn = syn.with_array(syn.array + np.random.default_rng(0).normal(0, 40, syn.shape).astype(np.float32))
+    auto, coronal = compare(syn, ref), compare(syn, ref, plane="coronal")
+    assert (auto.slice_axis, coronal.slice_axis) == (0, 1)
+    assert coronal.evaluation.whole == score_volume(syn, ref, "CT", axis=1).whole
+    assert coronal.evaluation.whole.ssim != auto.evaluation.whole.ssim
+    assert len(coronal.evaluation.per_slice["ssim"]) == syn.shape[1]
+
+
 def test_compare_resamples_a_reference_on_another_grid():
     syn, ref = ct_pair()
     coarse = Volume(ref.array[::2, ::2, ::2], spacing=(2.0, 2.0, 4.0), origin=(0.5, 0.5, 1.0),

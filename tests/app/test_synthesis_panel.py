@@ -241,6 +241,7 @@ def test_the_plane_reaches_the_engine_the_target_stays_and_each_run_starts_a_fre
     synthetic = win.workspace.documents[1]
     assert any("coronal slices synthesized along array axis" in note and "(plane coronal)" in note
                for note in synthetic.volume.notes)
+    assert synthetic.plane == "coronal"                                          # the comparison scores it so
     assert panel.document is source and panel.target.currentText() == "CT"      # as chosen, after the run
     assert not panel.preview.pixmap().isNull()
 

@@ -64,6 +64,25 @@ def test_synthesize_writes_the_input_grid_in_hounsfield_units(capsys, model_dir,
     assert "%" in err                                           # progress went to stderr
 
 
+def test_the_reference_is_scored_on_the_slices_of_the_plane_synthesis_cut(capsys, model_dir, tmp_path):
+    from engine.evaluation import score_volume
+    from engine.inference import plane_axis
+
+    labels = phantom_labels((12, 18, 22), seed=2)                 # coronal slices of 12 × 22 pixels: SSIM needs ≥ 11
+    geometry = dict(spacing=(0.9, 1.2, 3.0), origin=(-40.0, 12.0, 7.5))
+    t1 = io.save(Volume(phantom_volume(labels, "T1", 1), modality="T1", unit="a.u.", **geometry), tmp_path / "t1.nii.gz")
+    ct = io.save(Volume(phantom_volume(labels, "CT", 1), modality="CT", unit="HU", **geometry), tmp_path / "ct.nii.gz")
+    code, out, err = run(capsys, "synthesize", t1, "--target", "ct", "-o", tmp_path / "sct.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--plane", "coronal", "--reference", ct)
+    assert code == 0, err
+    result, reference = io.load(tmp_path / "sct.nii.gz"), io.load(ct)
+    axis = plane_axis(result, "coronal")
+    assert axis != plane_axis(result, "auto")
+    coronal, axial = (score_volume(result, reference, "CT", axis=a).to_dict() for a in (axis, None))
+    assert coronal["whole"]["ssim_x100"] != axial["whole"]["ssim_x100"]
+    assert json.loads(out)["metrics"]["whole"]["ssim_x100"] == pytest.approx(coronal["whole"]["ssim_x100"], abs=1e-6)
+
+
 def test_dicom_in_dicom_out_stays_in_the_study_with_the_input_geometry(capsys, model_dir, inputs, tmp_path):
     dicom_in = io.save(io.load(inputs[0]), tmp_path / "t1_dicom", description="T1 axial")
     code, out, err = run(capsys, "synthesize", dicom_in, "--target", "T2", "--source", "T1", "-o",

@@ -197,3 +197,22 @@ def test_the_warnings_join_the_result_notes():
     volume = demo("head/CT")
     noted = ood.with_warnings(volume, ["input check: something"])
     assert noted.notes[-1] == "input check: something" and ood.with_warnings(volume, []) is volume
+
+
+def test_the_guard_measures_the_slices_of_the_plane_synthesis_cuts(tmp_path):
+    from engine.inference import SynthesisSettings, Synthesizer
+    from engine.inference.random_model import write_random_model
+
+    t1 = demo("brain/T1")                                              # 1.875 mm isotropic
+    profile = ood.profile_from_volumes([("brain", "T1", t1)])
+    thick = t1.replace(spacing=(t1.spacing[0], t1.spacing[1], 6.0))     # 6 mm axial slices
+    axial = ood.check_input(thick, "T1", profile)
+    coronal = ood.check_input(thick, "T1", profile, axis=1)
+    assert any("slice thickness 6 mm" in w for w in axial) and not any("spans" in w for w in axial)
+    assert not any("thickness" in w for w in coronal) and any("the body spans" in w for w in coronal)
+
+    model = write_random_model(tmp_path / "model", routes=(("T1", "T2"),), image_size=32,
+                               metadata={"input_profile": profile})
+    synth = Synthesizer(model, device="cpu")
+    assert synth.input_warnings(thick, "T1") == axial
+    assert synth.input_warnings(thick, "T1", SynthesisSettings(plane="coronal")) == coronal
