@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
+    reference = io.load(args.reference) if args.reference else None     # a bad reference fails before the work
     if not args.quiet:
         for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)
             print(f"note: input: {line}", file=sys.stderr)
@@ -110,10 +111,12 @@ def run(args: argparse.Namespace) -> int:
         report["providers"] = synth.providers
     if identified is not None:
         report["identified"] = identified
-    if args.reference:
+    if reference is not None:
         from engine.evaluation import score_volume
 
-        reference = io.load(args.reference)
-        report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
+        try:
+            report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
+        except ValueError as exc:
+            raise ValueError(f"{written} is written, but it could not be scored against {args.reference}: {exc}") from None
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))
     return 0

@@ -280,3 +280,18 @@ def test_the_output_cannot_be_the_input_as_a_dicom_folder_a_volume_of_it_or_the_
     ref_before = ct.read_bytes()
     code, _out, err = run(capsys, "synthesize", t1, "-o", ct, "--reference", ct, "--target", "T2", "--model", model_dir)
     assert code == 2 and "is the input it would be made from" in err and ct.read_bytes() == ref_before
+
+
+def test_a_bad_reference_fails_before_the_work_and_an_unscorable_one_after_it_says_the_output_is_kept(
+        capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    bad = tmp_path / "ref.nii.gz"
+    bad.write_bytes(b"not an image")
+    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "a.nii.gz", "--model", model_dir,
+                          "--device", "cpu", "--reference", bad)
+    assert code == 2 and str(bad) in err and "slice" not in err and not (tmp_path / "a.nii.gz").exists()
+    # 6 slices cut coronally are 6 pixels tall: too small for SSIM's 11 × 11 window
+    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "b.nii.gz", "--model", model_dir,
+                          "--device", "cpu", "--plane", "coronal", "--reference", ct)
+    assert code == 2 and "b.nii.gz is written, but it could not be scored against" in err and "11×11" in err
+    assert io.load(tmp_path / "b.nii.gz").same_grid(io.load(t1))
