@@ -44,6 +44,12 @@ def _umask() -> int:
     return 0o022
 
 
+def plain_file_mode() -> int:
+    """The permissions a plainly created file gets (0o666 less the umask): what every output is given,
+    whatever its writer made (``mkstemp`` and safetensors make files private)."""
+    return 0o666 & ~_umask()
+
+
 def _suffix(path: Path) -> str:
     name = path.name
     for double in (".nii.gz", ".tar.gz"):
@@ -117,7 +123,7 @@ def atomic_file(path: str | Path, mode: int | None = None, *, tidy: bool = True,
         try:
             yield tmp_path
             if tmp_path.exists():
-                os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
+                os.chmod(tmp_path, plain_file_mode() if mode is None else mode)
                 sync_file(tmp_path)
             os.replace(tmp_path, path)
             if sync_parent:

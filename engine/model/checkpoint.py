@@ -6,6 +6,7 @@ with strict key matching and no renaming.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from engine.atomic import atomic_folder, native_os_error
+from engine.atomic import atomic_folder, native_os_error, plain_file_mode
 from engine.files import open_safetensors, read_json
 from engine.model.config import SynerMedGenConfig, from_bagel_dir
 from engine.model.layers import PositionEmbedding
@@ -57,12 +58,14 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], file: Path) -> None:
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' ``save_file`` (CPU copies), its I/O failures (a full disk) raised as the OSError
-    they are, naming ``file``."""
+    """safetensors' ``save_file`` (CPU copies) with a plain file's permissions (safetensors makes it
+    private: a model copied to a shared folder could not be read by colleagues), its I/O failures
+    (a full disk) raised as the OSError they are, naming ``file``."""
     from safetensors.torch import save_file
 
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file), metadata=metadata)
+        os.chmod(file, plain_file_mode())
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own type; only I/O ones are translated
         error = native_os_error(exc, file)
         if error is None:

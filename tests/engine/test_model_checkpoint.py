@@ -1,7 +1,9 @@
 """Model folders: our layout and BAGEL's layout load strictly, without renaming or unpickling, and give
 the same outputs as the model that was saved; bad folders fail with an error naming the problem."""
 import json
+import os
 import pickle
+import sys
 
 import pytest
 import torch
@@ -79,6 +81,20 @@ def test_save_then_load_our_layout_gives_identical_outputs(tmp_path, tokenizer, 
     assert loaded.tokenizer.encode("T1 image") == tokenizer.encode("T1 image")
     assert not loaded.model.training
     assert_same(outputs(loaded.model), outputs(model))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_saved_weights_get_a_plain_file_s_permissions(tmp_path, tokenizer):
+    import stat
+
+    model = tiny_model()
+    old = os.umask(0o022)
+    try:
+        folder = save_model_dir(model, model.config, tmp_path / "model", metadata={}, tokenizer=tokenizer)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes["model.safetensors"] == modes["ae.safetensors"] == modes["config.json"] == 0o644, modes
 
 
 def test_saving_over_a_model_is_atomic(tmp_path, monkeypatch):
