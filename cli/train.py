@@ -31,8 +31,10 @@ rewritten at every checkpoint, beside OUT/checkpoint-last/ (resume state), OUT/p
 record below) and OUT/previews/ (generation stages).
 
 resume: run the same command again to continue from OUT/checkpoint-last (model, EMA, optimizer,
-schedule, step, RNG, data position); --fresh starts over. SIGINT/SIGTERM (SIGBREAK on Windows) or
-creating the file OUT/STOP write a checkpoint, print {"event": "cancelled"} and exit 130.
+schedule, step, RNG, data position); --fresh starts over. An OUT holding a model no run is writing
+(no checkpoint-last: a library's or a colleague's) is refused unless --fresh says to replace it.
+SIGINT/SIGTERM (SIGBREAK on Windows) or creating the file OUT/STOP write a checkpoint, print
+{"event": "cancelled"} and exit 130.
 
 records (one JSON object per stdout line, all with "event", "stage", "time"):
   start / resumed  {step, steps, minutes, world_size, device, precision, trainable_parameters, …}
@@ -129,7 +131,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     p.add_argument("--workers", type=int, default=0,
                    help="data-loading processes that prepare the next batches (default 0: none)")
-    p.add_argument("--fresh", action="store_true", help="ignore OUT's checkpoint and start over")
+    p.add_argument("--fresh", action="store_true", help="ignore OUT's checkpoint and start over (and replace a model OUT holds)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS", help="(default 500; 0: off)")
     p.add_argument("--checkpoint-seconds", type=float, default=600.0, metavar="S",
                    help="also checkpoint after this much wall time (default 600; 0: off)")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from engine.atomic import remove_leftovers
+from engine.files import read_json
 from engine.inference.corpus import instruction_corpus
 from engine.inference.instructions import ANATOMY_PHRASES
 from engine.inference.settings import resolve_device
@@ -121,6 +122,7 @@ class Trainer:
             raise TrainingSetupError("--fsdp shards the model over processes: start the command with torchrun "
                                      "--nproc_per_node=K (K ≥ 2)")
         self.resume = self._find_resume()
+        self._check_not_another_model()
         self.paired = self._open_data()
         self.streams = self._build_streams()
         loaded = self._build_model()
@@ -182,6 +184,24 @@ class Trainer:
             self.warn(f"resuming a {saved_world}-process run on {self.dist.world_size} processes: the data order "
                       "from here on differs from the original run")
         return loaded
+
+    def _check_not_another_model(self) -> None:
+        """A model folder without this run's resume state (a library's, a colleague's, the default
+        model) is never replaced by a new run unless ``--fresh`` says so: its weights would be lost."""
+        if self.resume is not None or self.cfg.fresh_start or not self.out.is_dir():
+            return
+        try:
+            detect_layout(self.out)
+        except ValueError:
+            return                                       # no model there: a new (or an empty) folder
+        try:
+            card = read_json(self.out / "metadata.json", "model card")
+        except ValueError:
+            card = {}
+        name = card.get("name") if isinstance(card, dict) and isinstance(card.get("name"), str) else ""
+        raise TrainingSetupError(f"--out {self.out} holds a model{f' ({name})' if name else ''} that no run of "
+                                 "this command is writing; training would replace it: choose another --out, or "
+                                 "add --fresh to replace it")
 
     def _open_data(self) -> PairedDataset:
         """Validate the dataset (stopping on problems unless --skip-invalid) and keep its slices

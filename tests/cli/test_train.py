@@ -112,6 +112,22 @@ def test_bad_input_stops_before_training_with_the_culprit_named(data, tmp_path, 
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))   # nothing written
 
 
+def test_a_model_no_run_is_writing_is_never_replaced_without_fresh(data, tmp_path, capsys):
+    from engine.inference.random_model import write_random_model
+
+    colleague = write_random_model(tmp_path / "colleague", routes=(("T1", "T2"),), image_size=PX,
+                                   metadata={"name": "Dr X's T1→T2"})
+    before = {p.name: p.read_bytes() for p in colleague.iterdir()}
+    base = ["--data", str(data), "--stage", "generation", "--steps", "1", "--batch-size", "2", "--image-size", str(PX),
+            "--threads", "1", "--eval-samples", "2", "--preview-every", "100"]
+    err = _bad(capsys, *base, "--out", str(colleague))
+    assert f"--out {colleague} holds a model (Dr X's T1→T2)" in err and "--fresh" in err
+    assert {p.name: p.read_bytes() for p in colleague.iterdir()} == before
+    assert run_cli(["train", *base, "--out", str(colleague), "--fresh"]) == 0, capsys.readouterr().err
+    assert (colleague / "checkpoint-last").is_dir()
+    assert run_cli(["train", *base, "--out", str(colleague), "--steps", "2"]) == 0, capsys.readouterr().err  # resumes
+
+
 def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(tmp_path):
     """A recorded config without pixel_mm / augment is the fitted, unrandomized run it was; the recipe
     does not reuse such an entry for a 4 mm one; --init of a fitted model keeps fitting by default."""
