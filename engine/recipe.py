@@ -139,6 +139,7 @@ def ship(run: str | Path, dest: str | Path, data: str | Path, benchmark: Mapping
                          "the benchmark, not the default model")
     card = json.loads((source / "metadata.json").read_text(encoding="utf-8"))
     dataset = json.loads((Path(data) / "dataset.json").read_text(encoding="utf-8"))
+    card["start"] = card.pop("started_from", {}).get("start", card.get("start"))     # the chain's fresh model
     card.update({"name": "SynerMedGen default (demo data)", "inference_defaults": INFERENCE_DEFAULTS,
                  "limitations": LIMITATIONS, "data_notice": dataset.get("notice", ""),
                  "data_derivation": derivation_text(DemoRecipe.from_dict(dataset["recipe"]) if "recipe" in dataset

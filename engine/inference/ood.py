@@ -261,6 +261,35 @@ def training_profile(paired: PairedDataset, split: str = "train") -> dict:
                                  for m in paired.subject_modalities(s)), split, len(subjects))
 
 
+def merged_profiles(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict:
+    """One profile of the training data of both (a model fine-tuned on new data has seen the start
+    model's training data and the new data): every range spans both, the counts add up."""
+    def spans(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict:
+        out = {}
+        for key in dict.fromkeys([*a, *b]):
+            joined = _union([a.get(key), b.get(key)])
+            out[key] = list(joined) if joined else None
+        return out
+
+    anatomies = {name: spans(first.get("anatomies", {}).get(name) or {}, second.get("anatomies", {}).get(name) or {})
+                 for name in dict.fromkeys([*first.get("anatomies", {}), *second.get("anatomies", {})])}
+    mods = {}
+    for name in dict.fromkeys([*first.get("modalities", {}), *second.get("modalities", {})]):
+        a, b = first.get("modalities", {}).get(name) or {}, second.get("modalities", {}).get(name) or {}
+        scalars = spans({k: a[k] for k in SCALAR_KEYS if k in a}, {k: b[k] for k in SCALAR_KEYS if k in b})
+        record: dict[str, Any] = {"anatomies": sorted({*a.get("anatomies", []), *b.get("anatomies", [])}),
+                                  "volumes": int(a.get("volumes", 0)) + int(b.get("volumes", 0)), **scalars}
+        quantiles = [q for q in (a.get("quantiles"), b.get("quantiles")) if q]
+        if quantiles:
+            record["quantiles"] = {"levels": quantiles[0]["levels"],
+                                   "lo": [min(v) for v in zip(*(q["lo"] for q in quantiles))],
+                                   "hi": [max(v) for v in zip(*(q["hi"] for q in quantiles))]}
+        mods[name] = record
+    return {"version": PROFILE_VERSION, "split": f"{first.get('split', '?')} + {second.get('split', '?')}",
+            "subjects": int(first.get("subjects", 0)) + int(second.get("subjects", 0)),
+            "anatomies": anatomies, "modalities": mods}
+
+
 # -- the check -----------------------------------------------------------------------------------
 def _union(ranges: Sequence[Sequence[float] | None]) -> tuple[float, float] | None:
     kept = [r for r in ranges if r]

@@ -72,6 +72,26 @@ def normalisation_scheme(names) -> dict[str, dict]:
     return out
 
 
+STARTED_FROM_KEYS = ("name", "start", "data_notice", "data_derivation", "data_sources")
+
+
+def _another_model(base: dict, start_folder: Path, name: str) -> dict:
+    """The card of a model trained from the one in ``start_folder`` (its card ``base``): named after
+    its own folder (outputs name the model that made them), its start that model; the start model's
+    name, start and data description move under ``started_from`` (kept from the first model of a
+    chain of stages), and its limitations are kept, introduced as the start model's."""
+    card = {k: v for k, v in base.items() if k not in STARTED_FROM_KEYS}
+    started = base.get("name") or start_folder.name
+    card["name"] = name
+    card["start"] = f"{started} (model folder {start_folder.name})"
+    card["started_from"] = base.get("started_from") or {k: base[k] for k in STARTED_FROM_KEYS if k in base}
+    if base.get("limitations") and "started_from" not in base:
+        card["limitations"] = [f"Trained further from {started}: the limitations below were found for that model "
+                               "before this training; measure this one on your own data (evaluate).",
+                               *base["limitations"]]
+    return card
+
+
 def data_description(paired: PairedDataset) -> dict:
     report = paired.report
     anatomies = sorted({s.anatomy for s in report.subjects if s.anatomy})
@@ -91,11 +111,16 @@ def stage_record(cfg: TrainConfig, *, run_id: str, status: str, step: int, steps
 
 def model_card(base: Mapping[str, Any], paired: PairedDataset, prior_stages: list[dict], record: dict,
                image_size: int, ema_decay: float, trainable: int, extra: Mapping[str, Any] | None = None, *,
-               pixel_mm: float | None = None, randomization: Mapping[str, Any] | None = None) -> dict:
+               pixel_mm: float | None = None, randomization: Mapping[str, Any] | None = None,
+               start_folder: str | Path | None = None, name: str = "") -> dict:
     """The model card: the start model's card (``base``) updated with this stage — routes seen,
-    modalities and their normalisation, data, the stage history (recipe) and the latest metrics."""
+    modalities and their normalisation, data, the stage history (recipe) and the latest metrics.
+    Trained from the model in ``start_folder`` (``--init``), it is another model, called ``name``
+    (:func:`_another_model`)."""
     # the base's benchmark (and the source floor chosen on it) scored the base's weights, not these
     card = {k: v for k, v in base.items() if k not in ("benchmark", "benchmark_warnings", "source_floor")}
+    if start_folder is not None:
+        card = _another_model(card, Path(start_folder), name or Path(start_folder).name)
     routes = {tuple(r) for r in card.get("routes", [])} | {tuple(r) for r in record["routes"]}
     order = list(modalities.MODALITIES)
     names = sorted({m for r in routes for m in r} | set(card.get("modalities", {})), key=order.index)

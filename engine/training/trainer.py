@@ -83,6 +83,7 @@ class Trainer:
         self.out = Path(self.cfg.out)
         self.dist = Distributed()
         self.warnings: list[str] = []
+        self._new_profile: dict | None = None        # the training split's input profile, once measured
         self._ready = False
 
     # ================================================================= reporting
@@ -646,10 +647,23 @@ class Trainer:
             card = model_card(self.state.extra.get("base_card", {}), self.paired,
                               self.state.extra.get("prior_stages", []), record, cfg.image_size, cfg.ema_decay,
                               sum(p.numel() for p in self.params.values()), card_extra, pixel_mm=cfg.pixel_mm or None,
-                              randomization=Randomization().to_dict() if cfg.augment else None)
+                              randomization=Randomization().to_dict() if cfg.augment else None,
+                              start_folder=cfg.init, name=self.out.name)
+            if cfg.init is not None and card.get("input_profile"):
+                card["input_profile"] = self._input_profile(card["input_profile"])
             write_model_folder(self.out, WeightsSnapshot(model_cfg, state, vae_state), self.tokenizer, card)
         self.dist.barrier()
         return self.out
+
+    def _input_profile(self, start: dict) -> dict:
+        """The start model's input profile (what the out-of-distribution guard compares inputs with)
+        widened by this training split's volumes (measured once per run): the new data is no longer
+        unlike the training data."""
+        from engine.inference.ood import merged_profiles, training_profile
+
+        if self._new_profile is None:
+            self._new_profile = training_profile(self.paired, "train")
+        return merged_profiles(start, self._new_profile)
 
     def _routes_seen(self) -> list[tuple[str, str]]:
         routes = self.paired.routes("train")

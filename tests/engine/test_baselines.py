@@ -117,6 +117,18 @@ def test_recipe_skips_finished_entries_and_rejects_unknown_ones(data, tmp_path, 
         recipe.run_recipe(data, tmp_path / "run", "quick", only=["nope"])
 
 
+def test_the_shipped_card_starts_from_the_recipe_s_fresh_model(data, tmp_path):
+    from engine.inference.random_model import write_random_model
+
+    write_random_model(tmp_path / "run" / recipe.STAGE12, routes=(("T1", "T2"),), image_size=32, metadata={
+        "recipe": {"stages": [{"stage": "generation", "config": {}}]},
+        "start": "understanding (model folder understanding)",        # as a stage trained from another writes it
+        "started_from": {"name": "SynerMedGen tiny", "start": "fresh tiny model (seed 0)"}})
+    card = json.loads((recipe.ship(tmp_path / "run", tmp_path / "shipped", data) / "metadata.json").read_text())
+    assert card["name"] == "SynerMedGen default (demo data)" and card["start"] == "fresh tiny model (seed 0)"
+    assert "started_from" not in card and card["input_profile"]["modalities"]
+
+
 def test_an_entry_budgeted_in_minutes_is_finished_whatever_its_step_count(data, tmp_path, one_torch_thread,
                                                                          monkeypatch):
     vae = recipe.RECIPES["quick"][0]

@@ -196,3 +196,37 @@ def test_data_loading_workers_build_the_same_batches(data, tmp_path):
                 recs.append).run()
         losses.append([r["loss"] for r in recs if r["event"] == "step"])
     assert len(losses[0]) == 2 and losses[0] == losses[1]
+
+
+def test_a_model_trained_from_another_is_named_for_itself_and_keeps_where_it_started(data, tmp_path):
+    from engine.inference import ood
+    from engine.inference.random_model import write_random_model
+
+    paired = PairedDataset.open(data)
+    subject = next(s for s in paired.subject_names("train") if "T1" in paired.subject_modalities(s))
+    start_profile = ood.profile_from_volumes([("head", "T1", paired.volume(subject, "T1").replace(
+        spacing=(4.0, 4.0, 4.0)))])                        # trained on other pixel sizes than this data's
+    start = write_random_model(tmp_path / "default", routes=(("T1", "T2"),), image_size=PX, metadata={
+        "name": "SynerMedGen default (demo data)", "start": "fresh default model (seed 0)",
+        "data_notice": "simulated demo data", "data_sources": [{"name": "a template"}],
+        "limitations": ["Not for real CBCTs."], "input_profile": start_profile})
+    tuned = Trainer(tiny_config(data, tmp_path / "my-scanner-t2", "generation", steps=1, init=str(start))).run()
+    card = load_model_dir(tuned).metadata
+    assert card["name"] == "my-scanner-t2"                          # outputs name the model that made them
+    assert card["start"] == "SynerMedGen default (demo data) (model folder default)"
+    assert card["started_from"] == {"name": "SynerMedGen default (demo data)", "start": "fresh default model (seed 0)",
+                                    "data_notice": "simulated demo data", "data_sources": [{"name": "a template"}]}
+    assert "data_notice" not in card and "data_sources" not in card        # card["data"] is this training's
+    assert card["limitations"][0].startswith("Trained further from SynerMedGen default (demo data)")
+    assert card["limitations"][1:] == ["Not for real CBCTs."]
+    profile = card["input_profile"]                                 # the guard knows the new data too
+    assert profile["subjects"] == 1 + len(paired.subject_names("train"))
+    assert profile["anatomies"]["head"]["in_plane_mm"][0] < 4.0
+    volume = paired.volume(subject, "T1")
+    assert any("pixel size" in w for w in ood.check_input(volume, "T1", start_profile))
+    assert not any("pixel size" in w for w in ood.check_input(volume, "T1", profile))
+
+    again = Trainer(tiny_config(data, tmp_path / "my-scanner-t2-b", "generation", steps=1, init=str(tuned))).run()
+    second = load_model_dir(again).metadata                         # a chain keeps the first start model
+    assert second["name"] == "my-scanner-t2-b" and second["start"] == "my-scanner-t2 (model folder my-scanner-t2)"
+    assert second["started_from"] == card["started_from"] and second["limitations"] == card["limitations"]
