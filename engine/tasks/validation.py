@@ -18,6 +18,9 @@ from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_spli
 
 SPLITS = ("train", "val", "test")
 DATASET_JSON = "dataset.json"
+LOW_OVERLAP = 0.5            # a partner covering less of the reference grid is said to be worth checking
+LOW_OVERLAP_HINT = (": a partial slab, or a wrong spacing or origin in one header? check both, or register it "
+                    "(the fine-tuning wizard's Map series and align volumes page)")
 _IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval", ".bvec"}
 
 
@@ -290,7 +293,7 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
             report.notes.append(Finding(
                 "resampled", str(path), f"lies on another grid than {ref_path.name} ({geom.describe()} vs "
                 f"{ref_geom.describe()}); resampled onto {ordered[0]}'s grid (linear), covering "
-                f"{overlap:.0%} of it", subject, str(ref_path)))
+                f"{overlap:.0%} of it" + (LOW_OVERLAP_HINT if overlap < LOW_OVERLAP else ""), subject, str(ref_path)))
     if len(files) >= 2:
         return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample),
                            _source_of(meta, subject))

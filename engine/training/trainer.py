@@ -224,6 +224,8 @@ class Trainer:
             raise TrainingSetupError("\n".join(lines))
         for p in problems:
             self.warn(f"skipped: {p}")
+        for note in paired.report.notes:                 # what the wizard shows: a resampled pair, its coverage
+            self.warn(f"dataset: {note}")
         paired.preload(cfg.image_size, budget_bytes=preload_budget())
         if cfg.routes is not None:
             from engine import modalities

@@ -150,3 +150,19 @@ def test_runs_and_models_from_before_physical_scale_slicing_keep_their_slicing(t
     assert _pixel_mm(args()) == DEFAULT_PIXEL_MM
     assert _pixel_mm(args(init=str(fitted))) == 0.0 and _pixel_mm(args(init=str(scaled))) == 2.5
     assert _pixel_mm(args(init=str(scaled), pixel_mm=3.0)) == 3.0
+
+
+def test_a_pair_resampled_onto_its_reference_is_said_on_stderr_and_in_the_start_record(data, tmp_path, capsys):
+    import engine.io as io
+
+    shrunk = tmp_path / "data"
+    shutil.copytree(data, shrunk)
+    t2 = io.load(shrunk / "sub01" / "T2.nii.gz")            # a header with a wrong spacing: the T2 shrinks
+    io.save(t2.replace(spacing=tuple(s / 3 for s in t2.spacing)), shrunk / "sub01" / "T2.nii.gz")
+    code = run_cli(["train", "--data", str(shrunk), "--stage", "understanding", "--steps", "1", "--batch-size", "2",
+                    "--image-size", str(PX), "--threads", "1", "--eval-samples", "2", "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    start = next(json.loads(line) for line in captured.out.splitlines() if '"start"' in line)
+    said = [w for w in start["warnings"] if "sub01" in w and "T2.nii.gz" in w and "resampled" in w]
+    assert said and "wrong spacing or origin" in said[0] and f"warning: {said[0]}" in captured.err
