@@ -48,7 +48,7 @@ from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR
 from engine.io.errors import VolumeIOError
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, mark
-from engine.io.volume import Volume
+from engine.io.volume import Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.version import version
 
@@ -94,7 +94,7 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     anonymiser = as_anonymiser(anonymise)
     if anonymiser:
         volume, series_description = anonymiser.prepare(volume, folder)
-    array = _finite(np.asarray(volume.array))
+    array = finite_filled(np.asarray(volume.array))
     encoding = choose_encoding(volume, array)
     base = _series_dataset(volume, series_description, anonymiser, encoding, array)
     sources = [] if anonymiser else source_images(volume)
@@ -138,17 +138,6 @@ def _check_target(folder: Path) -> None:
         if foreign:
             raise VolumeIOError(folder, f"exists and holds other files ({', '.join(sorted(foreign)[:3])}); "
                                         "choose a new or empty folder (only an earlier DICOM export is replaced)")
-
-
-def _finite(array: np.ndarray) -> np.ndarray:
-    """NaN becomes the lowest finite value, ±inf the extreme finite values."""
-    finite = np.isfinite(array)
-    if finite.all():
-        return array
-    if not finite.any():
-        return np.zeros_like(array)
-    lo, hi = float(array[finite].min()), float(array[finite].max())
-    return np.nan_to_num(array, nan=lo, posinf=hi, neginf=lo)
 
 
 # -- encoding ----------------------------------------------------------------------------------------

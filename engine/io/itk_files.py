@@ -20,7 +20,7 @@ from engine.io.errors import VolumeIOError, special_file
 from engine.io.header_check import HeaderFacts, check_header
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
-from engine.io.volume import Volume
+from engine.io.volume import Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
@@ -289,6 +289,7 @@ def load_file(path: str | Path, volume_index: int | None = None,
         ensure_fits_in_memory(str(path), peak)
         volume = native(path, _load_itk, str(path), volume_index, peak_bytes=peak, cancel=cancel)
     check_cancel(cancel)
+    volume = _numbers_only(path, volume)
     modality = volume.modality or modalities.guess_from_filename(path.name)     # our mark's, else the name's
     notes = list(volume.notes)
     if modality is not None:
@@ -299,6 +300,46 @@ def load_file(path: str | Path, volume_index: int | None = None,
     if progress is not None:
         progress(Progress(1, 1, f"read {path.name}"))
     return volume
+
+
+def _numbers_only(path: Path, volume: Volume) -> Volume:
+    """``volume`` with its voxels that hold no number (NaN, ±inf: "no data", as masked or padded
+    images store it) set to the lowest value, like background (+inf to the highest), and a note
+    counting them; a file with no number at all is refused."""
+    finite = np.isfinite(volume.array)
+    if finite.all():
+        return volume
+    if not finite.any():
+        raise VolumeIOError(path, "holds no number in any voxel (all NaN or infinite)")
+    missing = int(finite.size - np.count_nonzero(finite))
+    array = finite_filled(volume.array)
+    note = (f"{missing} voxel(s) ({100 * missing / finite.size:.2g} %) held no number (NaN or infinite: no data): "
+            f"set to the lowest value, {float(array.min()):g}, like background")
+    return volume.replace(array=array, notes=(*volume.notes, note))
+
+
+def _nan_restored(path: Path, reader: sitk.ImageFileReader, volume: Volume, volume_index: int | None) -> Volume:
+    """``volume`` read by SimpleITK from a floating-point NIfTI file with NaN and ±inf back where the
+    file holds them (SimpleITK's NIfTI reader turns them into 0, a real value: 0 HU is water)."""
+    if not re.search(r"\.nii(\.gz)?$", path.name.lower()) or reader.GetPixelID() not in (
+            sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
+        return volume
+    import nibabel
+
+    data = np.asanyarray(cast("SpatialImage", nibabel.load(str(path))).dataobj)
+    if data.ndim == 5:
+        data = data[..., 0]                      # the first component per voxel, as SimpleITK reads it
+    if data.ndim == 4:
+        data = data[..., volume_index or 0]
+    while data.ndim < 3:
+        data = data[..., None]
+    data = data.transpose(2, 1, 0)
+    missing = ~np.isfinite(data)
+    if not missing.any() or missing.shape != volume.shape:
+        return volume
+    array = np.array(volume.array, dtype=np.float32)
+    array[missing] = data[missing]
+    return volume.replace(array=array)
 
 
 def _peak_bytes(facts: HeaderFacts | None) -> int:
@@ -340,7 +381,8 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     _check_geometry(path, spacing, image.GetOrigin(), direction)
-    return volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
+    volume = volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
+    return _nan_restored(path, reader, volume, volume_index)
 
 
 def volume_from_sitk(image: sitk.Image, **fields) -> Volume:

@@ -115,3 +115,15 @@ class Volume:
             "derived_from": self.derived_from,
             "notes": list(self.notes),
         }
+
+
+def finite_filled(array: np.ndarray) -> np.ndarray:
+    """``array`` with NaN and −inf set to its lowest finite value, +inf to its highest (all zeros when
+    nothing is finite): what holds no number is read, and written, as "no data" at the bottom."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        return np.zeros_like(array)
+    lo, hi = float(array[finite].min()), float(array[finite].max())
+    return np.nan_to_num(array, nan=lo, posinf=hi, neginf=lo)

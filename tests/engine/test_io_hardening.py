@@ -485,3 +485,29 @@ def test_a_negative_nrrd_spacing_is_accepted_as_teem_does_zero_is_not(tmp_path):
     np.testing.assert_array_equal(volume.array, np.arange(60).reshape(3, 4, 5))
     with pytest.raises(io.VolumeIOError, match="spacings: '0 0.75 2' is not 3 non-zero finite numbers"):
         io.load(_nrrd_with_spacings(tmp_path, "0 0.75 2"))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_voxels_holding_no_number_are_background_and_counted_and_an_all_nan_file_is_refused(tmp_path, suffix):
+    ct = np.full((6, 12, 10), 40.0, np.float32)
+    ct[:, :, :2] = -1000.0
+    ct[2:4, 5:8, 4:6] = np.nan                                    # a masked or padded region: no data
+    ct[0, 0, 9] = np.inf
+    path = tmp_path / f"ct{suffix}"
+    if suffix.startswith(".nii"):                               # nibabel: NaN stored as NIfTI holds them
+        nibabel.save(nibabel.Nifti1Image(ct.transpose(2, 1, 0), np.eye(4)), str(path))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(ct), str(path))
+    volume = io.load(path)
+    expected = np.where(np.isnan(ct), -1000.0, np.where(np.isinf(ct), 40.0, ct))
+    assert np.array_equal(volume.array, expected)              # SimpleITK's NIfTI reader gives 0 (water) there
+    assert any(n.startswith("13 voxel(s)") and "no number" in n and "-1000" in n for n in volume.notes)
+
+    empty = tmp_path / f"empty{suffix}"
+    if suffix.startswith(".nii"):
+        nibabel.save(nibabel.Nifti1Image(np.full((10, 12, 6), np.nan, np.float32), np.eye(4)), str(empty))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((6, 12, 10), np.nan, np.float32)), str(empty))
+    with pytest.raises(io.VolumeIOError, match="no number in any voxel") as err:
+        io.load(empty)
+    assert str(empty) in str(err.value)
