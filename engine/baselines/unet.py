@@ -24,6 +24,7 @@ from engine.jobs import CancelToken, ProgressFn, check_cancel, noop
 from engine.model.checkpoint import save_safetensors
 from engine.tasks.augment import Randomization
 from engine.tasks.dataset import PairedDataset
+from engine.tasks.holdout import check_holdout_unused
 from engine.tasks.synthesis import SynthesisDataset
 from engine.training.config import DEFAULT_PIXEL_MM
 
@@ -78,6 +79,7 @@ def train_unet(data: str | Path, out: str | Path, *, steps: int | None = None, m
         raise ValueError(f"the U-Net baseline's budget must be positive, got steps={steps}, minutes={minutes}")
     torch.manual_seed(seed)
     dev = resolve_device(device)
+    check_holdout_unused(data)
     paired = PairedDataset.open(data, seed=seed, pixel_mm=pixel_mm or None)
     if leave_out:
         paired = paired.leave_out(leave_out)

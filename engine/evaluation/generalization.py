@@ -9,7 +9,7 @@ inputs. The sets:
   with simulator settings outside the training ranges (:func:`shifts.out_of_range_specs`, derived from
   ``CBCTSpec()``: "above" and "below" each subject, a fixed seed);
 - ``real_ct`` — real head CTs shipped as test files of pydicom / pydicom-data (the real-data hold-out,
-  never training data: :func:`check_holdout_unused`), degraded by the same out-of-range simulator and
+  never training data: :func:`engine.tasks.holdout.check_holdout_unused`), degraded by the same out-of-range simulator and
   scored against the clean real CT inside the head;
 - ``real_mr`` — real MR test files with no partner to score against: what ``identify`` answers for
   each, and a round trip (as T1 → T2 → T1, or T2 → T1 → T2 for a file whose header says T2) scored
@@ -23,7 +23,6 @@ the head and, beside it, the CBCT's own MAE on the same slices and the fraction 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from engine.evaluation import shifts
 from engine.evaluation.synthesis_eval import ModelEvaluation, SubjectScore, central_block, evaluate_model, score_volume
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
+from engine.tasks.holdout import NOT_USED, HoldoutFile, check_holdout_unused, holdout_paths
 
 MR_ROUTES = (("T1", "T2"), ("T2", "FLAIR"), ("FLAIR", "T1"), ("T1", "T1CE"))   # each BraTS contrast a target once
 CBCT_ROUTE = ("CBCT", "CT")
@@ -55,87 +55,6 @@ SET_LABELS = {
     "cbct_out_of_range": "CBCT simulated outside the training ranges (test CTs)",
     "real_ct": "real head CTs never trained on (pydicom / pydicom-data), out-of-range CBCT",
 }
-
-
-# -- the real-data hold-out ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HoldoutFile:
-    package: str            # the pip distribution that ships it
-    name: str               # path inside the package's test-data folder
-    kind: str               # "CT" or "MR"
-    what: str
-
-
-HOLDOUT_CT = (
-    HoldoutFile("pydicom-data", "693_UNCR.dcm", "CT", "head CT, one 512² slice, 0.48 mm, 5 mm thick"),
-    HoldoutFile("pydicom", "J2K_pixelrep_mismatch.dcm", "CT", "head CT at the skull base, one 512² slice, 0.43 mm"),
-)
-HOLDOUT_MR = (
-    HoldoutFile("nibabel", "anatomical.nii", "MR", "brain MR, 33 × 41 × 25 voxels"),
-    HoldoutFile("pydicom-data", "emri_small.dcm", "MR", "head MR, enhanced multi-frame, 10 × 64²"),
-    HoldoutFile("pydicom", "MR_small.dcm", "MR", "MR, one 64² slice"),
-    HoldoutFile("pydicom-data", "MR2_UNCR.dcm", "MR", "shoulder MR, one 1024² slice (not a brain)"),
-)
-NOT_USED = ("CT_small.dcm (a neck slice, not a head), eCT_Supplemental.dcm (bone already removed), the 16² "
-            "dicomdirtests series; SimpleITK's wheel ships no images")
-
-
-def package_folders() -> dict[str, Path]:
-    """Each hold-out package's test-data folder (located through the installed packages)."""
-    import importlib.util
-
-    def root(module: str) -> Path | None:
-        spec = importlib.util.find_spec(module)
-        return Path(spec.origin).parent if spec and spec.origin else None
-
-    folders = {"pydicom": ("pydicom", ("data", "test_files")), "pydicom-data": ("data_store", ("data",)),
-               "nibabel": ("nibabel", ("tests", "data"))}
-    out = {}
-    for package, (module, parts) in folders.items():
-        base = root(module)
-        if base is not None and base.joinpath(*parts).is_dir():
-            out[package] = base.joinpath(*parts)
-    return out
-
-
-def holdout_paths(kind: str | None = None) -> list[tuple[HoldoutFile, Path]]:
-    """The hold-out files (of ``kind`` "CT" / "MR", or all) that are installed, with their paths."""
-    folders = package_folders()
-    out = []
-    for item in HOLDOUT_CT + HOLDOUT_MR:
-        if kind is not None and item.kind != kind:
-            continue
-        path = folders.get(item.package, Path("/nonexistent")) / item.name
-        if path.is_file():
-            out.append((item, path))
-    return out
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def check_holdout_unused(data: str | Path) -> None:
-    """ValueError when the dataset folder ``data`` could have trained on the real-data hold-out: it
-    lies inside (or holds) a hold-out package folder, or a file in it is a copy of a hold-out file
-    (same size and SHA-256)."""
-    data = Path(data).resolve()
-    for package, folder in package_folders().items():
-        folder = folder.resolve()
-        if data == folder or folder in data.parents or data in folder.parents:
-            raise ValueError(f"{data}: overlaps {package}'s test files ({folder}), the real-data hold-out")
-    held: dict[int, list[Path]] = {}
-    for _, path in holdout_paths():
-        held.setdefault(path.stat().st_size, []).append(path)
-    if not data.is_dir():
-        return
-    for file in data.rglob("*"):
-        if file.is_file() and file.stat().st_size in held:
-            digest = _digest(file)
-            for original in held[file.stat().st_size]:
-                if _digest(original) == digest:
-                    raise ValueError(f"{file} is a copy of the hold-out file {original}: the real-data hold-out "
-                                     "is never training data")
 
 
 def load_holdout(item: HoldoutFile, path: Path) -> Volume:

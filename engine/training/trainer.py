@@ -33,6 +33,7 @@ from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model
 from engine.model.checkpoint import detect_layout
 from engine.tasks.augment import Randomization
 from engine.tasks.dataset import PairedDataset
+from engine.tasks.holdout import check_holdout_unused
 from engine.tasks.slice_dataset import derived_rng
 from engine.tasks.validation import DatasetError
 from engine.training import evaluate
@@ -208,6 +209,10 @@ class Trainer:
         """Validate the dataset (stopping on problems unless --skip-invalid) and keep its slices
         in memory as far as a quarter of the available RAM allows."""
         cfg = self.cfg
+        try:
+            check_holdout_unused(cfg.data)
+        except ValueError as exc:
+            raise TrainingSetupError(str(exc)) from None
         try:
             paired = PairedDataset.open(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
                                         test_fraction=cfg.test_fraction, pixel_mm=cfg.pixel_mm or None)
