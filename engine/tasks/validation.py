@@ -307,6 +307,55 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
     return None
 
 
+def _fingerprint(path: Path) -> str:
+    """SHA-256 of the file's first and last MiB (what tells two scans of one size apart)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()
+
+
+def _drop_copies(report: ValidationReport) -> None:
+    """Leave out a subject holding a file identical to one of another subject (one scan under two
+    names would sit in the training and the test split at once) or to another of its own modalities
+    (a copy, not a pair), each with the reason. Files are compared by size, then their first and last
+    MiB, then whole: identical scans are rare and cheap to find."""
+    import filecmp
+
+    by_size: dict[int, list[tuple[SubjectInfo, str]]] = {}
+    for info in report.subjects:
+        for modality, name in info.files.items():
+            path = Path(name)
+            if path.is_file():
+                by_size.setdefault(path.stat().st_size, []).append((info, modality))
+    dropped: dict[str, Finding] = {}
+    for group in (g for g in by_size.values() if len(g) > 1):
+        seen: dict[str, tuple[SubjectInfo, str]] = {}
+        for info, modality in group:
+            try:
+                key = _fingerprint(Path(info.files[modality]))
+                first = seen.get(key)
+                if first is not None and not filecmp.cmp(first[0].files[first[1]], info.files[modality], shallow=False):
+                    first = None
+            except OSError:
+                continue
+            if first is None:
+                seen.setdefault(key, (info, modality))
+            elif info.name not in dropped:
+                other, was = first
+                why = (f"is the same file as its {was} ({Path(other.files[was]).name}): a copy, not a pair"
+                       if other is info else f"is the same file as {other.name}'s {was}: one scan under two subject "
+                       "names would sit in the training and the test split at once")
+                dropped[info.name] = Finding("duplicate_file", info.files[modality], f"{why}; subject "
+                                             f"{info.name!r} left out", info.name, other.files[was])
+    report.problems.extend(dropped.values())
+    report.subjects = [s for s in report.subjects if s.name not in dropped]
+
+
 def _split_from_json(meta: dict, usable: list[str], report: ValidationReport, json_path: str) -> dict[str, list[str]]:
     given = meta.get("split") or {}
     split: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -362,6 +411,7 @@ def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = V
         if info is not None:
             report.subjects.append(info)
     progress(Progress(len(folders), len(folders), "dataset checked"))
+    _drop_copies(report)
     usable = [s.name for s in report.subjects]
     if "split" in meta:
         report.split = _split_from_json(meta, usable, report, str(root / DATASET_JSON))

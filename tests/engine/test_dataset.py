@@ -211,3 +211,18 @@ def test_preloaded_slices_equal_the_lazily_computed_ones(tmp_path):
                 assert b.shape == a.shape == (1, 32, 32)
                 assert float((a - b).abs().max()) < 1e-3          # float16 storage
         assert banked.usable_slices(subject) == lazy.usable_slices(subject)
+
+
+def test_one_scan_under_two_subjects_or_two_modalities_is_left_out_with_the_reason(tmp_path):
+    import shutil
+
+    root = write_phantom_dataset(tmp_path / "data", subjects=4, ct_subject=False, shape=(6, 24, 24))
+    shutil.copytree(root / "sub01", root / "sub01_copy")                  # the same subject under a second name
+    shutil.copy(root / "sub02" / "T1.nii.gz", root / "sub02" / "T2.nii.gz")   # a T1 saved as the T2 too
+    report = validate_dataset(root)
+    found = {p.subject: p.message for p in report.problems if p.kind == "duplicate_file"}
+    assert set(found) == {"sub01_copy", "sub02"}
+    assert "same file as sub01's" in found["sub01_copy"] and "training and the test split" in found["sub01_copy"]
+    assert "same file as its T1 (T1.nii.gz): a copy, not a pair" in found["sub02"]
+    assert {s.name for s in report.subjects} == {"sub01", "sub03", "sub04"}
+    assert not {"sub01_copy", "sub02"} & {n for part in report.split.values() for n in part}
