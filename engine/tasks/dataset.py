@@ -83,6 +83,10 @@ class PairedDataset:
              cancel: CancelToken | None = None) -> PairedDataset:
         """Validate ``root`` and open it; DatasetError (listing the problems) when no pair remains.
         ``seed`` and the fractions draw the split of a dataset whose dataset.json lists none."""
+        if Path(root).is_file():
+            raise DatasetError(f"{root}: is a file; a paired dataset is a folder with one folder per subject "
+                               "(DATASET/SUBJECT/T1.nii.gz, …), and the fine-tuning wizard prepares one from other "
+                               "layouts")
         if not Path(root).is_dir():
             raise DatasetError(f"{root}: no such dataset folder")
         report = validate_dataset(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, deep=deep,

@@ -248,10 +248,10 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
         modality, stem = modality_from_name(entry)
         if modality is None:
             guess = modalities.guess_from_filename(entry.name)
-            hint = f"; did you mean {guess}?" if guess else ""
+            hint = f"; this one {guess}?" if guess else ""
             report.problems.append(Finding(
                 "unknown_modality", str(entry), f"unknown modality {stem!r}: name each volume by its "
-                f"modality ({', '.join(modalities.MODALITIES)}){hint}, or map it to one in the fine-tuning "
+                f"modality ({', '.join(modalities.MODALITIES)}{hint}) or map it to one in the fine-tuning "
                 "wizard", subject))
             continue
         if modality in found:

@@ -166,3 +166,10 @@ def test_a_pair_resampled_onto_its_reference_is_said_on_stderr_and_in_the_start_
     start = next(json.loads(line) for line in captured.out.splitlines() if '"start"' in line)
     said = [w for w in start["warnings"] if "sub01" in w and "T2.nii.gz" in w and "resampled" in w]
     assert said and "wrong spacing or origin" in said[0] and f"warning: {said[0]}" in captured.err
+
+
+def test_a_csv_or_file_given_as_the_dataset_is_called_a_file(tmp_path, capsys):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("source,target\na.nii.gz,b.nii.gz\n")
+    err = _bad(capsys, "--data", str(pairs), "--stage", "understanding", "--steps", "1", "--out", str(tmp_path / "o"))
+    assert f"{pairs}: is a file; a paired dataset is a folder with one folder per subject" in err
