@@ -92,8 +92,9 @@ def _amount(n_bytes: int) -> str:
 
 def _gzip_holds(path: Path, n_bytes: int) -> bool:
     """Whether the gzip file unpacks to at least ``n_bytes``, from the length its trailer records
-    (modulo 4 GiB); only a file that looks short is unpacked to make sure. Files of several
-    members and promises of 4 GiB or more are not checked."""
+    (modulo 4 GiB): exactly ``n_bytes`` passes; any other length — a file cut short ends inside its
+    compressed data, whose last 4 bytes are then any number — is unpacked to make sure. Files of
+    several members and promises of 4 GiB or more are not checked."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -102,7 +103,7 @@ def _gzip_holds(path: Path, n_bytes: int) -> bool:
     except OSError:
         return True                   # unreadable: the reader says so with its own message
     single_member = len(head) == 4 and not head[3] & _GZIP_EXTRA_FIELD
-    if not single_member or n_bytes >= 2**32 or recorded >= n_bytes:
+    if not single_member or n_bytes >= 2**32 or recorded == n_bytes:
         return True
     unpacked = 0
     try:

@@ -39,7 +39,9 @@ def file_kind(path: str | Path) -> str | None:
     return None
 
 
-def _read_info(path: Path) -> sitk.ImageFileReader:
+def read_info(path: Path) -> sitk.ImageFileReader:
+    """SimpleITK's reader of ``path`` with the header read, once the file is known to hold the voxel
+    data its header promises (a cut-off file is refused here: VolumeIOError naming it)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -185,7 +187,7 @@ def scan_file(path: str | Path) -> Catalog:
 def _scan_itk(name: str) -> SeriesEntry:
     """The entry of a checked header, read by SimpleITK (in the reader process; no loader)."""
     path = Path(name)
-    reader = _read_info(path)
+    reader = read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     spacing, direction = _positive_spacing(reader.GetSpacing(), reader.GetDirection())
@@ -355,7 +357,7 @@ def _peak_bytes(facts: HeaderFacts | None) -> int:
 def _load_itk(name: str, volume_index: int | None) -> Volume:
     """One volume of a checked file, read by SimpleITK (in the reader process)."""
     path = Path(name)
-    reader = _read_info(path)
+    reader = read_info(path)
     dim = reader.GetDimension()
     size = list(reader.GetSize())
     if dim == 4:
@@ -448,7 +450,7 @@ def _verify_written(tmp: Path, path: Path, image: sitk.Image) -> None:
     and the file hold all its voxels (on a full disk the NIfTI writer reports success and leaves a
     truncated file)."""
     try:
-        reader = _read_info(tmp)
+        reader = read_info(tmp)
         if tuple(reader.GetSize()) != image.GetSize() or reader.GetPixelID() != image.GetPixelID():
             raise VolumeIOError(tmp, f"reads back as {list(reader.GetSize())} voxels of "
                                      f"{sitk.GetPixelIDValueAsString(reader.GetPixelID())}")

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from engine import modalities
 from engine.io import is_dicom_file
-from engine.io.itk_files import SUFFIXES, file_kind
+from engine.io.itk_files import SUFFIXES, file_kind, read_info
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
 
@@ -189,13 +188,7 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
 
         volume = load(path) if path.is_dir() else load_file(path)
         return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        text = [ln for ln in str(exc).splitlines() if ln.strip()]
-        raise ValueError(f"cannot be read as a {file_kind(path)} image ({(text or ['?'])[-1].strip()[:160]})") from None
+    reader = read_info(path)                             # the header, and voxel data as long as it promises
     if reader.GetDimension() != 3:
         raise ValueError(f"is a {reader.GetDimension()}-D image; each modality needs one 3-D volume")
     sx, sy, sz = reader.GetSize()

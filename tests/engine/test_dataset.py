@@ -226,3 +226,14 @@ def test_one_scan_under_two_subjects_or_two_modalities_is_left_out_with_the_reas
     assert "same file as its T1 (T1.nii.gz): a copy, not a pair" in found["sub02"]
     assert {s.name for s in report.subjects} == {"sub01", "sub03", "sub04"}
     assert not {"sub01_copy", "sub02"} & {n for part in report.split.values() for n in part}
+
+
+def test_a_gzip_volume_cut_short_is_a_problem_of_the_header_only_check(tmp_path):
+    root = write_phantom_dataset(tmp_path / "data", subjects=3, ct_subject=False, shape=(12, 48, 48))
+    t2 = root / "sub02" / "T2.nii.gz"
+    data = t2.read_bytes()
+    t2.write_bytes(data[: len(data) // 2])            # a copy cut off: the gzip trailer's length is then any number
+    report = validate_dataset(root)
+    found = [p for p in report.problems if p.path == str(t2)]
+    assert found and "unpacks to less: it is truncated" in found[0].message
+    assert "T2" not in next(s for s in report.subjects if s.name == "sub02").modalities    # its other pair stays
