@@ -50,9 +50,9 @@ def next_enabled(wizard) -> bool:
 
 def test_validation_lists_subjects_and_names_the_files_left_out(qtbot, wizard, tmp_path):
     data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
-    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE)
-    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, origin=(900.0, 900.0, 900.0))   # misaligned
-    write_phantom_subject(data / "sub05", ("T1", "FLAIR"), shape=SHAPE)
+    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE, seed=4)      # scans of their own, not copies
+    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, seed=4, origin=(900.0, 900.0, 900.0))  # misaligned
+    write_phantom_subject(data / "sub05", ("T1", "FLAIR"), shape=SHAPE, seed=5)
     (data / "sub05" / "T2.nii.gz").write_bytes(b"not a NIfTI file")                               # unreadable
     assert not next_enabled(wizard)
 
