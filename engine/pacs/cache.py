@@ -4,7 +4,8 @@ creates: the app's own (``pacs`` in its cache folder) or a ``synermedgen-pacs`` 
 folder the user names (``--cache DIR``, ``$SYNERMEDGEN_PACS_CACHE``), whose permissions are never
 changed; a root that exists open to others is refused. Each instance is written
 atomically (a ``.part`` file renamed into place), so a cancelled or killed retrieve leaves only
-whole instances and the next one fetches just the missing ones; a retrieve writes a series inside
+whole instances and the next one fetches just the missing ones, and ends holding exactly the
+instances the PACS lists (:meth:`Cache.settle`); a retrieve writes a series inside
 :meth:`Cache.receiving`, which removes killed retrieves' leftovers and flushes the folder to the
 disk once for the series, not once per instance (a 2000-slice CT, a cache on NFS); :func:`prune`
 keeps the cache under its size limit (default 20 GiB), removing the series used longest ago first."""
@@ -89,6 +90,18 @@ class Cache:
         folder = self.series_dir(study_uid, series_uid)
         os.utime(folder)
         return folder
+
+    def settle(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> Path:
+        """End a retrieve: the series folder holds what the PACS lists now (``sop_uids``), nothing more —
+        an instance it no longer lists (the series was replaced there) or one it sent unasked would be
+        read as part of the series (a second volume, old images) — and is marked as just used."""
+        folder = self.series_dir(study_uid, series_uid)
+        stale = self.cached(study_uid, series_uid) - {file_name(uid) for uid in sop_uids}
+        for name in stale:
+            (folder / f"{name}{SUFFIX}").unlink(missing_ok=True)
+        if stale:
+            sync_folder(folder)
+        return self.touch(study_uid, series_uid)
 
     def cached(self, study_uid: str, series_uid: str) -> set[str]:
         """The file names (:func:`file_name` of a SOPInstanceUID) of a series' instances that are

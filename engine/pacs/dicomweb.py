@@ -147,7 +147,7 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
             cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
             done += 1
             progress(Progress(done, total, f"received {done} of {total} instances"))
-    return cache.touch(study_uid, series_uid)
+    return cache.settle(study_uid, series_uid, wanted)
 
 
 def _stow_results(response: Dataset, batch: list[Outgoing]) -> list[SendResult]:

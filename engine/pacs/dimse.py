@@ -254,7 +254,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
         if left:
             raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
                                          "instances missing")
-    return cache.touch(study_uid, series_uid)
+    return cache.settle(study_uid, series_uid, wanted)
 
 
 @contextlib.contextmanager

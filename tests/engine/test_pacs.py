@@ -128,6 +128,24 @@ def test_a_cancelled_retrieve_leaves_whole_instances_and_resumes(pacs, tmp_path,
     np.testing.assert_array_equal(io.load(folder).array, pacs.ct.array)
 
 
+@pytest.mark.parametrize("method", ["get", "wado"])
+def test_a_retrieve_leaves_the_series_as_the_pacs_lists_it_now(pacs, tmp_path, method):
+    """An instance the PACS no longer lists (the series was replaced there) or sent unasked is not
+    left beside the series: it would load as old images or a second volume."""
+    match = _series(pacs)
+    server = pacs.web() if method == "wado" else pacs.dimse()
+    cache = Cache(tmp_path / "cache")
+    [folder] = retrieve(server, match.study_uid, [match.series_uid], cache, method=method)
+    old = pydicom.dcmread(next(folder.glob("*.dcm")))
+    old.SOPInstanceUID = pydicom.uid.generate_uid()                 # an earlier version's image, since replaced
+    old.save_as(folder / f"{old.SOPInstanceUID}.dcm", enforce_file_format=True)
+    [again] = retrieve(server, match.study_uid, [match.series_uid], cache, method=method)
+    assert again == folder and len(list(folder.glob("*.dcm"))) == match.instances
+    assert not (folder / f"{old.SOPInstanceUID}.dcm").exists()
+    assert len(io.scan(folder).entries) == 1
+    np.testing.assert_array_equal(io.load(folder).array, pacs.ct.array)
+
+
 # -- send ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["dimse", "web"])
 def test_a_synthetic_series_goes_back_and_is_found_with_its_markings(pacs, tmp_path, kind):
