@@ -135,8 +135,12 @@ class Match:
 
 
 def identifier(keys: Mapping[str, object], level: str) -> Dataset:
-    """A C-FIND identifier of ``keys`` at ``level`` (PATIENT, STUDY, SERIES or IMAGE)."""
+    """A C-FIND identifier of ``keys`` at ``level`` (PATIENT, STUDY, SERIES or IMAGE); a value beyond
+    ASCII (Müller, 山田) is sent as UTF-8 and says so (SpecificCharacterSet ISO_IR 192): without it a
+    name that cannot be encoded went out as ``??*`` and matched every patient."""
     ds = Dataset()
+    if any(isinstance(v, str) and not v.isascii() for v in keys.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = level
     for keyword, value in keys.items():
         setattr(ds, keyword, value)

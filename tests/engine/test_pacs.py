@@ -390,6 +390,31 @@ def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
     assert [level for level, _ in asked] == ["STUDY", "SERIES", "SERIES"]
 
 
+@pytest.mark.parametrize("name", ["Müller*", "山田*"])
+def test_a_name_beyond_ascii_is_asked_in_utf8_and_says_so(name):
+    """Without a character set a name that cannot be encoded went out as '??*': every patient matched."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    received = []
+
+    def c_find(event):
+        ds = event.identifier
+        received.append((ds.get("SpecificCharacterSet"), str(ds.PatientName)))
+        yield 0x0000, None
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
+    try:
+        found = find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0),
+                     Query(level="study", patient_name=name))
+    finally:
+        listener.shutdown()
+    assert found == [] and received == [("ISO_IR 192", name)]
+
+
 def test_the_test_orthanc_starts_again_on_fresh_ports_when_one_was_taken(tmp_path, monkeypatch):
     """tests/orthanc_server.py: a port freed by free_port and taken before Orthanc binds it (a loaded
     CI machine) makes Orthanc exit; the start is retried with fresh ports."""
