@@ -5,6 +5,7 @@ message; every failure is a :class:`PacsError` naming the server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -23,6 +24,8 @@ from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
 
 STOW_BATCH = 16                      # instances per STOW-RS request (memory stays small, progress moves)
+QIDO_PAGE = 1000                     # matches asked for per QIDO-RS request (a server may send fewer)
+MAX_MATCHES = 20_000                 # more is a query to narrow, not a list to show
 AS_STORED = (("application/dicom", "*"),)   # WADO-RS: any transfer syntax, so the server need not transcode
 
 
@@ -75,6 +78,8 @@ def _errors(server: Server, service: str) -> Iterator[None]:
     except requests.ConnectionError:
         raise PacsError(server.name, f"no DICOMweb server answered at {server.url} (is it running, is the URL "
                                      "right?)") from None
+    except (requests.exceptions.InvalidJSONError, ValueError):     # not JSON, a multipart body that is not one
+        raise PacsError(server.name, f"{service}: the server's answer could not be read as DICOMweb") from None
     except requests.RequestException as exc:
         raise PacsError(server.name, f"{service} failed ({type(exc).__name__})") from None
 
@@ -89,13 +94,37 @@ def _tls_reason(exc: Exception) -> str:
     return "the secure connection failed"
 
 
-def _search(server: Server, level: str, keys: dict[str, str]) -> list[Dataset]:
+def _paged(server: Server, search, cancel: CancelToken | None = None) -> list[Dataset]:
+    """Every match of a QIDO-RS ``search`` (called with ``offset`` and ``limit``), page by page until
+    one brings nothing new — a server that ignores ``offset`` sends the first page again, and asking
+    for all remaining pages never ended — with a cancel check between pages; an answer that is not
+    DICOM JSON, or more than :data:`MAX_MATCHES` matches, is a PacsError naming the server."""
+    found: list[Dataset] = []
+    seen: set[str] = set()
+    while True:
+        check_cancel(server.name, cancel)
+        with _errors(server, "QIDO-RS"):
+            page = search(offset=len(found), limit=QIDO_PAGE)
+        try:
+            new = {json.dumps(item, sort_keys=True): item for item in page}
+            datasets = [Dataset.from_json(item) for key, item in new.items() if key not in seen]
+        except (TypeError, ValueError, AttributeError, KeyError):
+            raise PacsError(server.name, "QIDO-RS: the answer is not a list of DICOM JSON objects") from None
+        if not datasets:
+            return found
+        seen.update(new)
+        found += datasets
+        if len(found) > MAX_MATCHES:
+            raise PacsError(server.name, f"QIDO-RS: more than {MAX_MATCHES} matches; narrow the query (a name, "
+                                         "an ID, a date range)")
+
+
+def _search(server: Server, level: str, keys: dict[str, str], cancel: CancelToken | None = None) -> list[Dataset]:
     filters = {k: _matching_value(v) for k, v in keys.items() if v}
     fields = [k for k, v in keys.items() if not v]
-    with client(server) as web, _errors(server, "QIDO-RS"):
+    with client(server) as web:
         search = web.search_for_series if level == "series" else web.search_for_studies
-        found = search(search_filters=filters, fields=fields, get_remaining=True)
-    return [Dataset.from_json(item) for item in found]
+        return _paged(server, lambda **page: search(search_filters=filters, fields=fields, **page), cancel)
 
 
 def echo(server: Server) -> float:
@@ -109,19 +138,23 @@ def echo(server: Server) -> float:
 def find(server: Server, query: Query, cancel: CancelToken | None = None) -> list[Match]:
     """QIDO-RS at the query's level; a patient-level query lists the patients of the matching studies."""
     if query.level != "patient":
-        return [Match.from_dataset(query.level, ds) for ds in _search(server, query.level, query.keys())]
+        return [Match.from_dataset(query.level, ds) for ds in _search(server, query.level, query.keys(), cancel)]
     keys = Query(level="study", patient_name=query.patient_name, patient_id=query.patient_id).keys()
     patients: dict[tuple[str, str], Match] = {}
-    for ds in _search(server, "study", keys):
+    for ds in _search(server, "study", keys, cancel):
         match = Match.from_dataset("patient", ds)
         patients.setdefault((match.patient_id, match.patient_name), match)
     return list(patients.values())
 
 
-def instances(server: Server, study_uid: str, series_uid: str) -> list[str]:
-    with client(server) as web, _errors(server, "QIDO-RS"):
-        found = web.search_for_instances(study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True)
-    return [str(Dataset.from_json(item).SOPInstanceUID) for item in found]
+def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:
+    with client(server) as web:
+        found = _paged(server, lambda **page: web.search_for_instances(study_uid, series_uid, fields=["SOPInstanceUID"],
+                                                                        **page), cancel)
+    try:
+        return [str(ds.SOPInstanceUID) for ds in found]
+    except AttributeError:
+        raise PacsError(server.name, "QIDO-RS: an instance of the answer has no SOPInstanceUID") from None
 
 
 def _encoded(ds: Dataset) -> bytes:
@@ -133,7 +166,7 @@ def _encoded(ds: Dataset) -> bytes:
 def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress: ProgressFn = noop,
         cancel: CancelToken | None = None) -> Path:
     """Retrieve one series by WADO-RS into ``cache``; returns the series folder."""
-    wanted = instances(server, study_uid, series_uid)
+    wanted = instances(server, study_uid, series_uid, cancel)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
     missing = cache.missing(study_uid, series_uid, wanted)

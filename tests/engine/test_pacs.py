@@ -505,3 +505,81 @@ def test_a_failure_the_server_answers_releases_the_association():
     finally:
         listener.shutdown()
     assert "C-FIND failed with status 0xC000" in message and ended == ["released"]
+
+
+# -- a DICOMweb server of our own (http.server, in process) --------------------------------------------
+def _qido_server(answer):
+    """An HTTP server answering every GET with ``answer(offset, limit)``: (status, body bytes); the
+    requests it got are in ``.asked``."""
+    import http.server
+    import json
+    import urllib.parse
+
+    asked = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["0"])[0])
+            asked.append((offset, limit))
+            status, body = answer(offset, limit)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.asked = asked
+    httpd.server = Server("web", url=f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web", timeout_s=5.0)
+    return httpd
+
+
+def _study(k: int) -> dict:
+    return {"0020000D": {"vr": "UI", "Value": [f"1.2.3.{k}"]}, "00100010": {"vr": "PN", "Value": [{"Alphabetic": f"P^{k}"}]}}
+
+
+def test_qido_pages_through_a_server_that_caps_its_pages_and_stops_at_one_that_ignores_the_offset():
+    capped = _qido_server(lambda offset, limit: (200, [_study(k) for k in range(offset, min(offset + 3, 7))]))
+    try:
+        assert [m.study_uid for m in find(capped.server, Query(level="study"))] == [f"1.2.3.{k}" for k in range(7)]
+    finally:
+        capped.shutdown()
+    ignoring = _qido_server(lambda offset, limit: (200, [_study(0), _study(1)]))   # the first page, always
+    try:
+        assert [m.study_uid for m in find(ignoring.server, Query(level="study"))] == ["1.2.3.0", "1.2.3.1"]
+        assert len(ignoring.asked) == 2                            # the second page brought nothing new
+    finally:
+        ignoring.shutdown()
+
+
+def test_qido_answers_that_are_not_dicom_json_are_named():
+    for body in (b"<html>proxy error</html>", {"not": "a list"}, [[1, 2]]):
+        server = _qido_server(lambda offset, limit, body=body: (200, body))
+        try:
+            with pytest.raises(PacsError, match="'web': QIDO-RS: .*(could not be read|not a list of DICOM JSON)"):
+                find(server.server, Query(level="study"))
+        finally:
+            server.shutdown()
+
+
+def test_a_cancel_stops_a_qido_search_between_pages():
+    token = CancelToken()
+
+    def endless(offset, limit):
+        if offset >= 30:
+            token.cancel()
+        return 200, [_study(k) for k in range(offset, offset + 10)]
+
+    server = _qido_server(endless)
+    try:
+        with pytest.raises(PacsCancelled):
+            find(server.server, Query(level="study"), cancel=token)
+        assert len(server.asked) <= 5
+    finally:
+        server.shutdown()
