@@ -40,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--user", default="", help="DICOMweb: the user name for basic auth")
     where.add_argument("--password-env", metavar="VAR", help="DICOMweb: the environment variable holding the password")
     where.add_argument("--token-env", metavar="VAR", help="DICOMweb: the environment variable holding a bearer token")
-    where.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    where.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for an answer (default 30); a retrieve that hears nothing (no response, "
+                            "no image) for 10 times this is stopped")
     query = p.add_argument_group("find")
     query.add_argument("--level", choices=LEVELS, default="study")
     query.add_argument("--patient-name", default="", help="DICOM wildcards * and ? allowed, e.g. 'DOE^*'")

@@ -43,6 +43,7 @@ logging.getLogger("pynetdicom").setLevel(logging.WARNING)    # its INFO / DEBUG 
 _PENDING = (0xFF00, 0xFF01)
 NONE_ACCEPTED = "the server accepted none of the services we asked for"
 CANCEL_POLL_S = 0.05                 # how soon a cancel aborts a C-GET / C-MOVE
+STALL_TIMEOUTS = 10                  # a C-GET / C-MOVE with nothing from the PACS for this many timeouts is stopped
 STOP_WAIT_S = 10.0                   # for our storage SCP's associations to end once aborted
 _CANCEL_STATUS = 0xFE00
 _REFUSED = 0xA700                    # "out of resources": what we answer a C-STORE once cancelled
@@ -50,8 +51,9 @@ _NOT_ASKED_FOR = 0xC000              # "cannot understand": an instance of anoth
 
 
 def _ae(server: Server, long_running: bool = False) -> AE:
-    """Our AE; ``long_running`` (a C-GET or C-MOVE) waits for the PACS's responses without a limit,
-    since a PACS may send no pending response while it moves a large series (a cancel aborts it)."""
+    """Our AE; ``long_running`` (a C-GET or C-MOVE) waits for each of the PACS's responses without a
+    limit, since a PACS may send no pending response while it moves a large series (a cancel, or a
+    PACS silent for 10 timeouts, aborts it: :func:`_watched`)."""
     ae = AE(ae_title=server.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = server.timeout_s
     if long_running:
@@ -200,8 +202,10 @@ class _Receiver:
         self.done, self.total, self.progress, self.cancel = done, total, progress, cancel
         self.error: BaseException | None = None
         self.lock = threading.Lock()
+        self.heard = time.monotonic()      # when the PACS last sent something (an instance, a response)
 
     def __call__(self, event) -> int:
+        self.heard = time.monotonic()
         if (self.cancel is not None and self.cancel.cancelled) or self.error is not None:
             return _REFUSED
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -258,33 +262,41 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
 
 
 @contextlib.contextmanager
-def _abort_on_cancel(assoc, cancel: CancelToken | None) -> Iterator[None]:
-    """Abort ``assoc`` as soon as ``cancel`` is set, from a watcher thread: a C-GET or C-MOVE waits
-    for the PACS without a time limit, so a cancel must not wait for its next response."""
-    if cancel is None:
-        yield
-        return
-    ended = threading.Event()
+def _watched(assoc, server: Server, service: str, receiver: _Receiver, cancel: CancelToken | None) -> Iterator[None]:
+    """Abort ``assoc`` from a watcher thread as soon as ``cancel`` is set, or when the PACS has sent
+    nothing (no response, no instance) for :data:`STALL_TIMEOUTS` times the server's timeout — then
+    a PacsError says so (the whole instances received stay): a C-GET or C-MOVE waits for the PACS
+    without a per-response limit (a PACS may say nothing while it gathers a large series), so
+    neither a cancel nor a stalled PACS must wait for its next response."""
+    ended, stalled = threading.Event(), threading.Event()
+    limit = STALL_TIMEOUTS * server.timeout_s
 
     def watch() -> None:
         while not ended.wait(CANCEL_POLL_S):
-            if cancel.cancelled:
+            cancelled = cancel is not None and cancel.cancelled
+            if cancelled or time.monotonic() - receiver.heard > limit:
+                if not cancelled:
+                    stalled.set()
                 assoc.abort()
                 assoc.dimse.msg_queue.put((None, None))     # wakes the reader, as a peer's abort does
                 return
 
-    watcher = threading.Thread(target=watch, name="pacs-cancel-watcher", daemon=True)
+    watcher = threading.Thread(target=watch, name="pacs-transfer-watcher", daemon=True)
     watcher.start()
     try:
         yield
     finally:
         ended.set()
         watcher.join()
+        if stalled.is_set():
+            raise PacsError(server.name, f"{service}: nothing from the server for {limit:g} s (10 × its timeout); "
+                                         "stopped, the instances received are kept: retrieve again to go on")
 
 
-def _follow(server: Server, service: str, responses, cancel: CancelToken | None) -> None:
+def _follow(server: Server, service: str, responses, receiver: _Receiver, cancel: CancelToken | None) -> None:
     """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
     for status, _ in responses:
+        receiver.heard = time.monotonic()
         check_cancel(server.name, cancel)
         code = _check(server, service, status)
         if code == _CANCEL_STATUS:
@@ -300,10 +312,11 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     def fetch(receiver: _Receiver, ds: Dataset, kinds: list[str]) -> None:
         contexts = [(StudyRootQueryRetrieveInformationModelGet, None), *((uid, RECEIVE_SYNTAXES) for uid in kinds)]
         with association(server, contexts, roles=kinds, handlers=[(evt.EVT_C_STORE, receiver)],
-                         long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
+                         long_running=True) as assoc, _watched(assoc, server, "C-GET", receiver, cancel):
             if kinds != STORAGE_CLASSES:
                 _check_offered(server, assoc, kinds)
-            _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), cancel)
+            _follow(server, "C-GET", assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), receiver,
+                    cancel)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)
 
 
@@ -348,9 +361,9 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
         assert listener is not None                     # block=False returns the running server
         try:
             with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)],
-                             long_running=True) as assoc, _abort_on_cancel(assoc, cancel):
+                             long_running=True) as assoc, _watched(assoc, server, "C-MOVE", receiver, cancel):
                 responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)
-                _follow(server, "C-MOVE", responses, cancel)
+                _follow(server, "C-MOVE", responses, receiver, cancel)
         finally:
             _stop(listener)
     return _retrieve(server, study_uid, series_uid, cache, progress, cancel, fetch)

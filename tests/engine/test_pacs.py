@@ -340,6 +340,15 @@ def test_a_cancel_aborts_a_silent_c_move_at_once(silent, tmp_path):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.dcm"))
 
 
+def test_a_c_move_silent_for_ten_timeouts_is_stopped_and_said_so(silent, tmp_path):
+    silent.delay_s = 30.0
+    server = dataclasses.replace(silent.server, timeout_s=0.2)    # stopped after 2 s of silence
+    started = time.monotonic()
+    with pytest.raises(PacsError, match="'silent': C-MOVE: nothing from the server for 2 s") as raised:
+        retrieve(server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"))
+    assert not isinstance(raised.value, PacsCancelled) and time.monotonic() - started < 6.0
+
+
 # -- a strict PACS (pynetdicom Q/R SCP, in process) -------------------------------------------------------
 STUDY_LEVEL = {"QueryRetrieveLevel", "PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription",
                "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
