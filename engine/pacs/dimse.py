@@ -82,7 +82,8 @@ def _refusal(server: Server, assoc, answers: list) -> str:
         return f"association rejected ({rejection.result_str}: {reason})"
     if any(getattr(p, "result", None) == 0x00 for p in answers):
         return NONE_ACCEPTED
-    return f"no DICOM server answered at {server.host}:{server.port} (is it running, is the port right?)"
+    return (f"no DICOM association with {server.host}:{server.port}: nothing listens there, or it did not answer "
+            f"within {server.timeout_s:g} s (is it running, is the port right?)")
 
 
 @contextlib.contextmanager
@@ -100,8 +101,13 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
             ae.add_requested_context(abstract)
     answers: list = []
     all_handlers = [(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive)), *handlers]
-    assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
-                         ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None, evt_handlers=all_handlers)
+    try:
+        assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
+                             ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None,
+                             evt_handlers=all_handlers)
+    except OSError as exc:              # a host name that does not resolve, no route to it
+        raise PacsError(server.name, f"cannot reach {server.host}:{server.port} ({exc.strerror or exc}): is the host "
+                                     "name or address right?") from None
     if not assoc.is_established:
         problem = _refusal(server, assoc, answers)
         raise (NothingAccepted if problem == NONE_ACCEPTED else PacsError)(server.name, problem)
@@ -117,6 +123,19 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
         assoc.release()
 
 
+def status_text(code: int, server: Server | None = None) -> str:
+    """A DIMSE status as the user reads it: its code, category and, for the failures met in practice,
+    what it means (the move destination unknown, out of resources…)."""
+    meaning = {
+        0xA801: (f"the PACS does not know our AE title {server.calling_ae!r} as a C-MOVE destination: register it "
+                 "there with this computer's address and move port, or use C-GET" if server else
+                 "move destination unknown"),
+        0xA700: "refused: out of resources", 0xA701: "out of resources: could not count the matches",
+        0xA702: "out of resources: could not send every image", 0xA900: "the request does not match the service",
+        0xA7FF: "refused: out of resources"}.get(code)
+    return f"status 0x{code:04X} ({code_to_category(code)}{f': {meaning}' if meaning else ''})"
+
+
 def _check(server: Server, service: str, status: Dataset | None) -> int:
     """The status code of a response; PacsError for a dropped connection or a failure."""
     if status is None or "Status" not in status:
@@ -125,7 +144,7 @@ def _check(server: Server, service: str, status: Dataset | None) -> int:
     if code not in _PENDING and code != 0x0000 and code_to_category(code) not in ("Warning", "Cancel"):
         comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
         raise FailedStatus(server.name,
-                           f"{service} failed with status 0x{code:04X} ({code_to_category(code)}){comment}")
+                           f"{service} failed with {status_text(code, server)}{comment}")
     return code
 
 
@@ -424,7 +443,7 @@ def store(server: Server, outgoing: list[Outgoing], progress: ProgressFn = noop,
                     break
                 code = int(status.Status)
                 done(item, code == 0 or code_to_category(code) == "Warning",
-                     f"status 0x{code:04X} ({code_to_category(code)})")
+                     status_text(code))
     except NothingAccepted:                  # raised before any instance: none of their kinds is taken
         for item in outgoing:
             done(item, False, not_taken(item))

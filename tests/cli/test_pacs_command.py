@@ -87,7 +87,7 @@ def test_a_stored_server_is_verified_queried_retrieved_from_and_sent_to(pacs, tm
 
 def test_a_server_down_or_unknown_exits_2_with_one_line(pacs, tmp_path, capsys):
     code, _, err = _run(capsys, "echo", "--host", "127.0.0.1", "--port", str(free_port()), "--ae-title", "TESTPACS")
-    assert code == 2 and err.count("\n") == 1 and "no DICOM server answered at 127.0.0.1:" in err
+    assert code == 2 and err.count("\n") == 1 and "no DICOM association with 127.0.0.1:" in err
     code, _, err = _run(capsys, "find", "--server", "nowhere", "--servers-file", str(tmp_path / "none.json"))
     assert code == 2 and "no PACS server named 'nowhere' (known: none)" in err
     code, _, err = _run(capsys, "echo", "--url", f"{pacs.url}/dicom-web", "--user", USER, "--password-env", "UNSET_VAR")

@@ -174,9 +174,24 @@ def _error(fn, *args) -> str:
 
 def test_a_server_that_is_down_is_named(pacs):
     port = free_port()
-    assert "'down': no DICOM server answered at 127.0.0.1:" in _error(echo, pacs.dimse("down", port=port))
+    assert "'down': no DICOM association with 127.0.0.1:" in _error(echo, pacs.dimse("down", port=port))
     web = pacs.web("down-web", url=f"http://127.0.0.1:{port}/dicom-web")
     assert "'down-web': no DICOMweb server answered" in _error(echo, web)
+
+
+def test_a_host_name_that_does_not_resolve_is_named():
+    server = Server("typo", ae_title="PACS", host="no-such-host.invalid", port=104, timeout_s=2.0)
+    message = _error(echo, server)
+    assert "'typo': cannot reach no-such-host.invalid:104" in message and "host name" in message
+
+
+def test_the_failures_met_in_practice_say_what_they_mean():
+    from engine.pacs.dimse import status_text
+
+    server = Server("pacs", ae_title="PACS", host="127.0.0.1", port=104, calling_ae="STUDIO")
+    assert "does not know our AE title 'STUDIO' as a C-MOVE destination" in status_text(0xA801, server)
+    assert status_text(0xA700) == "status 0xA700 (Failure: refused: out of resources)"
+    assert status_text(0xC123) == "status 0xC123 (Failure)"
 
 
 def test_a_wrong_ae_title_and_an_unknown_caller_are_refused(pacs):
