@@ -76,6 +76,17 @@ class ServerEditor(QDialog):
         layout.addWidget(buttons)
         self.kind.currentIndexChanged.connect(self._show_rows)
         self._fill(self.original)
+        for field in (self.url, self.username, self.password, self.token):
+            field.textChanged.connect(self._warn)
+        self._warn()
+
+    def _warn(self) -> None:
+        """Say, as the fields are typed, when the password or token would travel unencrypted."""
+        try:
+            warning = self.server().clear_text_warning() if self.kind.currentIndex() == 1 else ""
+        except ValueError:
+            warning = ""
+        self.problem.setText(warning)
 
     def _fill(self, s: Server) -> None:
         self.name.setText(s.name)

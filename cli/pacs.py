@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from cli.common import json_ready
 from engine.pacs import DEFAULT_LIMIT_BYTES, LEVELS, METHODS, parse_size
@@ -104,8 +105,15 @@ def _server(args: argparse.Namespace):
     from engine.pacs import find_server
 
     if args.server:
-        return find_server(args.server, args.servers_file)
-    return explicit_server(args, args.url or f"{args.ae_title}@{args.host}:{args.port}")
+        return _warned(find_server(args.server, args.servers_file))
+    return _warned(explicit_server(args, args.url or f"{args.ae_title}@{args.host}:{args.port}"))
+
+
+def _warned(server):
+    """``server``, once a password or token it would send unencrypted is warned of on stderr."""
+    if warning := server.clear_text_warning():
+        print(f"warning: {warning}", file=sys.stderr)
+    return server
 
 
 def _print(args: argparse.Namespace, data: dict, lines: list[str]) -> None:
@@ -121,7 +129,7 @@ def _servers(args: argparse.Namespace) -> int:
     path = servers_file() if not args.servers_file else args.servers_file
     servers = load_servers(path)
     if args.add:
-        added = explicit_server(args, args.add)
+        added = _warned(explicit_server(args, args.add))
         servers = [s for s in servers if s.name != added.name] + [added]
         save_servers(servers, path)
     if args.remove:

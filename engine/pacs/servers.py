@@ -77,6 +77,18 @@ class Server:
     def is_dicomweb(self) -> bool:
         return bool(self.url)
 
+    def clear_text_warning(self) -> str:
+        """A warning when a password or token would travel unencrypted (``http://`` to another computer);
+        empty otherwise."""
+        parts = urlsplit(self.url) if self.url else None
+        if parts is None or parts.scheme != "http" or not (self.password or self.token):
+            return ""
+        if (parts.hostname or "") in ("localhost", "127.0.0.1", "::1"):
+            return ""
+        secret = "password" if self.password else "token"
+        return (f"server {self.name!r}: its {secret} travels unencrypted over http:// to {parts.hostname} with every "
+                "request; use an https:// URL")
+
     def describe(self) -> str:
         """Where the server is and how we log in, without any secret."""
         if self.is_dicomweb:

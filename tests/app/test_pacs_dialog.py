@@ -186,6 +186,18 @@ def test_editing_a_server_keeps_its_hidden_fields_and_refuses_a_taken_name(make_
     editor.reject()
 
 
+def test_a_password_for_plain_http_is_warned_of_as_it_is_typed(make_window, settings_dir):
+    save_servers([Server("web", url="https://web.example/dicom-web", username="u", password="pw")],
+                 settings_dir / "pacs_servers.json")
+    editor = make_window().open_pacs().servers.edit()
+    assert editor.problem.text() == ""                              # https: nothing to say
+    editor.url.setText("http://web.example/dicom-web")
+    assert "password travels unencrypted over http:// to web.example" in editor.problem.text()
+    editor.url.setText("http://localhost:8042/dicom-web")          # this computer: nothing leaves it
+    assert editor.problem.text() == ""
+    editor.reject()
+
+
 def _deferred_deletes() -> None:
     QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 

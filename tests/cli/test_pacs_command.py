@@ -97,3 +97,15 @@ def test_a_server_down_or_unknown_exits_2_with_one_line(pacs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["pacs", "get", "--server", "x", "--cache-limit", "lots"])
     assert exited.value.code == 2 and "cache limit 'lots': give a positive size" in capsys.readouterr().err
+
+
+def test_a_password_sent_over_plain_http_is_warned_of(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PACS_PW", "secret")
+    servers = str(tmp_path / "servers.json")
+    code, _, err = _run(capsys, "servers", "--servers-file", servers, "--add", "ward", "--url",
+                        "http://pacs.hospital.example/dicom-web", "--user", "u", "--password-env", "PACS_PW")
+    assert code == 0 and "warning: server 'ward': its password travels unencrypted over http://" in err
+    assert "secret" not in err
+    code, _, err = _run(capsys, "servers", "--servers-file", servers, "--add", "safe", "--url",
+                        "https://pacs.hospital.example/dicom-web", "--user", "u", "--password-env", "PACS_PW")
+    assert code == 0 and "warning" not in err
