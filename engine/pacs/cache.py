@@ -5,7 +5,7 @@ folder the user names (``--cache DIR``, ``$SYNERMEDGEN_PACS_CACHE``), whose perm
 changed; a root that exists open to others is refused. Each instance is written
 atomically (a ``.part`` file renamed into place), so a cancelled or killed retrieve leaves only
 whole instances and the next one fetches just the missing ones, and ends holding exactly the
-instances the PACS lists (:meth:`Cache.settle`); a retrieve writes a series inside
+instances the PACS lists and those it sent (:meth:`Cache.settle`); a retrieve writes a series inside
 :meth:`Cache.receiving`, which removes killed retrieves' leftovers and flushes the folder to the
 disk once for the series, not once per instance (a 2000-slice CT, a cache on NFS); :func:`prune`
 keeps the cache under its size limit (default 20 GiB), removing the series used longest ago first."""
@@ -91,12 +91,13 @@ class Cache:
         os.utime(folder)
         return folder
 
-    def settle(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> Path:
-        """End a retrieve: the series folder holds what the PACS lists now (``sop_uids``), nothing more —
-        an instance it no longer lists (the series was replaced there) or one it sent unasked would be
-        read as part of the series (a second volume, old images) — and is marked as just used."""
+    def settle(self, study_uid: str, series_uid: str, sop_uids: Iterable[str], before: Collection[str]) -> Path:
+        """End a retrieve: of the instances cached ``before`` it (:meth:`cached`), those the PACS no
+        longer lists (``sop_uids``: the series was replaced there) are removed — read beside the new
+        ones they were old images or a second volume — while what this retrieve received stays, listed
+        or not (a PACS may cap how many images a query lists); the folder is marked as just used."""
         folder = self.series_dir(study_uid, series_uid)
-        stale = self.cached(study_uid, series_uid) - {file_name(uid) for uid in sop_uids}
+        stale = set(before) - {file_name(uid) for uid in sop_uids}
         for name in stale:
             (folder / f"{name}{SUFFIX}").unlink(missing_ok=True)
         if stale:

@@ -94,11 +94,13 @@ def _tls_reason(exc: Exception) -> str:
     return "the secure connection failed"
 
 
-def _paged(server: Server, search, cancel: CancelToken | None = None) -> list[Dataset]:
+def _paged(server: Server, search, cancel: CancelToken | None = None, cap: int | None = MAX_MATCHES) -> list[Dataset]:
     """Every match of a QIDO-RS ``search`` (called with ``offset`` and ``limit``), page by page until
-    one brings nothing new — a server that ignores ``offset`` sends the first page again, and asking
-    for all remaining pages never ended — with a cancel check between pages; an answer that is not
-    DICOM JSON, or more than :data:`MAX_MATCHES` matches, is a PacsError naming the server."""
+    an empty page — asking for all remaining pages at once never ended with a server that ignores
+    ``offset`` — with a cancel check between pages. A page bringing nothing new is the end when what
+    came so far is less than one page asked for (a server that sent everything at once), else a
+    PacsError (it ignores ``offset``: the listing would be incomplete); so are an answer that is not
+    DICOM JSON and more than ``cap`` matches (a query to narrow)."""
     found: list[Dataset] = []
     seen: set[str] = set()
     while True:
@@ -111,11 +113,14 @@ def _paged(server: Server, search, cancel: CancelToken | None = None) -> list[Da
         except (TypeError, ValueError, AttributeError, KeyError):
             raise PacsError(server.name, "QIDO-RS: the answer is not a list of DICOM JSON objects") from None
         if not datasets:
+            if new and len(found) >= QIDO_PAGE:
+                raise PacsError(server.name, f"QIDO-RS: the server sent the same matches again for offset {len(found)} "
+                                             "(it ignores offset), so the listing would be incomplete")
             return found
         seen.update(new)
         found += datasets
-        if len(found) > MAX_MATCHES:
-            raise PacsError(server.name, f"QIDO-RS: more than {MAX_MATCHES} matches; narrow the query (a name, "
+        if cap is not None and len(found) > cap:
+            raise PacsError(server.name, f"QIDO-RS: more than {cap} matches; narrow the query (a name, "
                                          "an ID, a date range)")
 
 
@@ -150,7 +155,7 @@ def find(server: Server, query: Query, cancel: CancelToken | None = None) -> lis
 def instances(server: Server, study_uid: str, series_uid: str, cancel: CancelToken | None = None) -> list[str]:
     with client(server) as web:
         found = _paged(server, lambda **page: web.search_for_instances(study_uid, series_uid, fields=["SOPInstanceUID"],
-                                                                        **page), cancel)
+                                                                        **page), cancel, cap=None)
     try:
         return [str(ds.SOPInstanceUID) for ds in found]
     except AttributeError:
@@ -169,6 +174,7 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     wanted = instances(server, study_uid, series_uid, cancel)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
+    before = cache.cached(study_uid, series_uid)
     missing = cache.missing(study_uid, series_uid, wanted)
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
@@ -180,7 +186,7 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
             cache.write(study_uid, series_uid, sop_uid, _encoded(ds))
             done += 1
             progress(Progress(done, total, f"received {done} of {total} instances"))
-    return cache.settle(study_uid, series_uid, wanted)
+    return cache.settle(study_uid, series_uid, wanted, before)
 
 
 def _stow_results(response: Dataset, batch: list[Outgoing]) -> list[SendResult]:

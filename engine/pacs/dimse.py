@@ -221,7 +221,11 @@ class _Receiver:
         self.done, self.total, self.progress, self.cancel = done, total, progress, cancel
         self.error: BaseException | None = None
         self.lock = threading.Lock()
-        self.heard = time.monotonic()      # when the PACS last sent something (an instance, a response)
+        self.heard = time.monotonic()      # when the PACS last sent something (any piece of a message)
+
+    def hear(self, _event=None) -> None:
+        """Bound to every PDU received from the PACS: a large image still arriving is not silence."""
+        self.heard = time.monotonic()
 
     def __call__(self, event) -> int:
         self.heard = time.monotonic()
@@ -259,6 +263,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     wanted = list(classes)
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
+    before = cache.cached(study_uid, series_uid)
     missing = sorted(set(cache.missing(study_uid, series_uid, wanted)))
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
@@ -277,7 +282,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
         if left:
             raise PacsError(server.name, f"retrieve of series {series_uid} ended with {len(left)} of {total} "
                                          "instances missing")
-    return cache.settle(study_uid, series_uid, wanted)
+    return cache.settle(study_uid, series_uid, wanted, before)
 
 
 @contextlib.contextmanager
@@ -330,7 +335,8 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     """Retrieve one series by C-GET into ``cache``; returns the series folder."""
     def fetch(receiver: _Receiver, ds: Dataset, kinds: list[str]) -> None:
         contexts = [(StudyRootQueryRetrieveInformationModelGet, None), *((uid, RECEIVE_SYNTAXES) for uid in kinds)]
-        with association(server, contexts, roles=kinds, handlers=[(evt.EVT_C_STORE, receiver)],
+        with association(server, contexts, roles=kinds,
+                         handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_PDU_RECV, receiver.hear)],
                          long_running=True) as assoc, _watched(assoc, server, "C-GET", receiver, cancel):
             if kinds != STORAGE_CLASSES:
                 _check_offered(server, assoc, kinds)
@@ -373,14 +379,14 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
             scp.add_supported_context(uid, RECEIVE_SYNTAXES)
         try:
             listener = scp.start_server(("", server.move_port), block=False,
-                                        evt_handlers=[(evt.EVT_C_STORE, receiver)])
+                                        evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_PDU_RECV, receiver.hear)])
         except OSError as exc:
             raise PacsError(server.name, f"cannot listen on port {server.move_port} for C-MOVE "
                                          f"({exc.strerror or exc})") from None
         assert listener is not None                     # block=False returns the running server
         try:
             with association(server, [(StudyRootQueryRetrieveInformationModelMove, None)],
-                             long_running=True) as assoc, _watched(assoc, server, "C-MOVE", receiver, cancel):
+                             handlers=[(evt.EVT_PDU_RECV, receiver.hear)], long_running=True) as assoc, _watched(assoc, server, "C-MOVE", receiver, cancel):
                 responses = assoc.send_c_move(ds, server.calling_ae, StudyRootQueryRetrieveInformationModelMove)
                 _follow(server, "C-MOVE", responses, receiver, cancel)
         finally:

@@ -130,7 +130,7 @@ def test_a_cancelled_retrieve_leaves_whole_instances_and_resumes(pacs, tmp_path,
 
 @pytest.mark.parametrize("method", ["get", "wado"])
 def test_a_retrieve_leaves_the_series_as_the_pacs_lists_it_now(pacs, tmp_path, method):
-    """An instance the PACS no longer lists (the series was replaced there) or sent unasked is not
+    """An instance cached before that the PACS no longer lists (the series was replaced there) is not
     left beside the series: it would load as old images or a second volume."""
     match = _series(pacs)
     server = pacs.web() if method == "wado" else pacs.dimse()
@@ -306,10 +306,11 @@ def silent(tmp_path):
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
     state = SimpleNamespace(delay_s=0.0, move_port=free_port(), study_uid=str(datasets[0].StudyInstanceUID),
-                            series_uid=str(datasets[0].SeriesInstanceUID), instances=len(datasets))
+                            series_uid=str(datasets[0].SeriesInstanceUID), instances=len(datasets),
+                            listed=len(datasets))
 
     def c_find(event):
-        for ds in datasets:
+        for ds in datasets[:state.listed]:
             answer = pydicom.Dataset()
             answer.QueryRetrieveLevel = "IMAGE"
             answer.StudyInstanceUID, answer.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
@@ -355,6 +356,12 @@ def test_a_cancel_aborts_a_silent_c_move_at_once(silent, tmp_path):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.dcm"))
 
 
+def test_images_a_pacs_sent_beyond_those_its_query_listed_are_kept(silent, tmp_path):
+    silent.listed = 3                                              # a PACS capping what an image query lists
+    [folder] = retrieve(silent.server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"))
+    assert len(list(folder.glob("*.dcm"))) == silent.instances == 6
+
+
 def test_a_c_move_silent_for_ten_timeouts_is_stopped_and_said_so(silent, tmp_path):
     silent.delay_s = 30.0
     server = dataclasses.replace(silent.server, timeout_s=0.2)    # stopped after 2 s of silence
@@ -362,6 +369,28 @@ def test_a_c_move_silent_for_ten_timeouts_is_stopped_and_said_so(silent, tmp_pat
     with pytest.raises(PacsError, match="'silent': C-MOVE: nothing from the server for 2 s") as raised:
         retrieve(server, silent.study_uid, [silent.series_uid], Cache(tmp_path / "cache"))
     assert not isinstance(raised.value, PacsCancelled) and time.monotonic() - started < 6.0
+
+
+def test_an_image_still_arriving_over_a_slow_link_is_not_silence(tmp_path):
+    """Every piece of a message the PACS sends counts as hearing from it: one image taking several
+    stall limits to arrive completes (it was stopped when only whole images and responses counted)."""
+    import subprocess
+    import sys
+
+    import slow_pacs
+
+    port = free_port()
+    scp = subprocess.Popen([sys.executable, slow_pacs.__file__, str(port), "0.035"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert scp.stdout is not None and scp.stdout.readline().strip() == "ready"
+        server = Server("slow", ae_title="SLOW", host="127.0.0.1", port=port, timeout_s=0.3)   # stopped after 3 s of silence
+        started = time.monotonic()
+        [folder] = retrieve(server, slow_pacs.STUDY, [slow_pacs.SERIES], Cache(tmp_path / "cache"), method="get")
+        assert time.monotonic() - started > 3.0                    # longer than the stall limit, yet never silent
+        assert [p.name for p in folder.glob("*.dcm")] == [f"{slow_pacs.IMAGE}.dcm"]
+    finally:
+        scp.kill()
+        scp.wait()
 
 
 # -- a strict PACS (pynetdicom Q/R SCP, in process) -------------------------------------------------------
@@ -580,6 +609,28 @@ def test_qido_pages_through_a_server_that_caps_its_pages_and_stops_at_one_that_i
         assert len(ignoring.asked) == 2                            # the second page brought nothing new
     finally:
         ignoring.shutdown()
+
+
+def test_a_long_listing_from_a_server_that_ignores_offset_is_an_error_not_a_short_list():
+    server = _qido_server(lambda offset, limit: (200, [_study(k) for k in range(min(limit, 1500))]))
+    try:
+        with pytest.raises(PacsError, match="same matches again for offset 1000 .* incomplete"):
+            find(server.server, Query(level="study"))
+    finally:
+        server.shutdown()
+
+
+def test_a_series_of_more_images_than_a_query_may_list_is_listed_whole():
+    from engine.pacs import dicomweb
+
+    def instance(k: int) -> dict:
+        return {"00080018": {"vr": "UI", "Value": [f"1.2.3.4.{k}"]}}
+
+    server = _qido_server(lambda offset, limit: (200, [instance(k) for k in range(offset, min(offset + limit, 25_000))]))
+    try:
+        assert len(dicomweb.instances(server.server, "1.2.3", "1.2.3.4")) == 25_000
+    finally:
+        server.shutdown()
 
 
 def test_qido_answers_that_are_not_dicom_json_are_named():
