@@ -300,51 +300,60 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
     return None
 
 
-def _fingerprint(path: Path) -> str:
-    """SHA-256 of the file's first and last MiB (what tells two scans of one size apart)."""
+SAMPLED_BLOCKS, BLOCK_BYTES = 16, 1 << 16      # what tells two same-size files apart before reading them whole
+
+
+def _digest(path: Path, sampled: bool) -> str:
+    """SHA-256 of the file (``sampled``: of :data:`SAMPLED_BLOCKS` blocks spread evenly over it, where
+    the head and tail of same-shape volumes are alike: background)."""
     import hashlib
 
     digest = hashlib.sha256()
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        digest.update(f.read(1 << 20))
+        if sampled:
+            for k in range(SAMPLED_BLOCKS):
+                f.seek(max(0, (size - BLOCK_BYTES) * k // max(1, SAMPLED_BLOCKS - 1)))
+                digest.update(f.read(BLOCK_BYTES))
+        else:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
-def _drop_copies(report: ValidationReport) -> None:
+def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) -> None:
     """Leave out a subject holding a file identical to one of another subject (one scan under two
     names would sit in the training and the test split at once) or to another of its own modalities
-    (a copy, not a pair), each with the reason. Files are compared by size, then their first and last
-    MiB, then whole: identical scans are rare and cheap to find."""
-    import filecmp
+    (a copy, not a pair), each with the reason. Files of one size are told apart by sampled blocks,
+    and only those alike there are read whole: identical scans are rare and cheap to find."""
+    def groups(files: list[tuple[SubjectInfo, str]], sampled: bool) -> list[list[tuple[SubjectInfo, str]]]:
+        found: dict[str, list[tuple[SubjectInfo, str]]] = {}
+        for info, modality in files:
+            check_cancel(cancel)
+            try:
+                found.setdefault(_digest(Path(info.files[modality]), sampled), []).append((info, modality))
+            except OSError:
+                continue                   # unreadable now: loading it says so
+        return [g for g in found.values() if len(g) > 1]
 
     by_size: dict[int, list[tuple[SubjectInfo, str]]] = {}
     for info in report.subjects:
         for modality, name in info.files.items():
-            path = Path(name)
-            if path.is_file():
-                by_size.setdefault(path.stat().st_size, []).append((info, modality))
+            if Path(name).is_file():
+                by_size.setdefault(Path(name).stat().st_size, []).append((info, modality))
     dropped: dict[str, Finding] = {}
-    for group in (g for g in by_size.values() if len(g) > 1):
-        seen: dict[str, tuple[SubjectInfo, str]] = {}
-        for info, modality in group:
-            try:
-                key = _fingerprint(Path(info.files[modality]))
-                first = seen.get(key)
-                if first is not None and not filecmp.cmp(first[0].files[first[1]], info.files[modality], shallow=False):
-                    first = None
-            except OSError:
-                continue
-            if first is None:
-                seen.setdefault(key, (info, modality))
-            elif info.name not in dropped:
-                other, was = first
-                why = (f"is the same file as its {was} ({Path(other.files[was]).name}): a copy, not a pair"
-                       if other is info else f"is the same file as {other.name}'s {was}: one scan under two subject "
-                       "names would sit in the training and the test split at once")
-                dropped[info.name] = Finding("duplicate_file", info.files[modality], f"{why}; subject "
-                                             f"{info.name!r} left out", info.name, other.files[was])
+    for same_size in (g for g in by_size.values() if len(g) > 1):
+        for alike in groups(same_size, sampled=True):
+            for same in groups(alike, sampled=False):
+                (first, was), *copies = same
+                for info, modality in copies:
+                    if info.name in dropped:
+                        continue
+                    why = (f"is the same file as its {was} ({Path(first.files[was]).name}): a copy, not a pair"
+                           if info is first else f"is the same file as {first.name}'s {was}: one scan under two "
+                           "subject names would sit in the training and the test split at once")
+                    dropped[info.name] = Finding("duplicate_file", info.files[modality], f"{why}; subject "
+                                                 f"{info.name!r} left out", info.name, first.files[was])
     report.problems.extend(dropped.values())
     report.subjects = [s for s in report.subjects if s.name not in dropped]
 
@@ -404,7 +413,7 @@ def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = V
         if info is not None:
             report.subjects.append(info)
     progress(Progress(len(folders), len(folders), "dataset checked"))
-    _drop_copies(report)
+    _drop_copies(report, cancel)
     usable = [s.name for s in report.subjects]
     if "split" in meta:
         report.split = _split_from_json(meta, usable, report, str(root / DATASET_JSON))

@@ -237,3 +237,21 @@ def test_a_gzip_volume_cut_short_is_a_problem_of_the_header_only_check(tmp_path)
     found = [p for p in report.problems if p.path == str(t2)]
     assert found and "unpacks to less: it is truncated" in found[0].message
     assert "T2" not in next(s for s in report.subjects if s.name == "sub02").modalities    # its other pair stays
+
+
+def test_a_copy_among_same_size_volumes_alike_at_their_ends_is_found(tmp_path):
+    import nibabel
+
+    def volume(seed: int) -> np.ndarray:                     # background at both ends of the file, like a head
+        array = np.zeros((96, 96, 48), np.float32)
+        array[24:72, 24:72, 16:32] = np.random.default_rng(seed).normal(100, 10, (48, 48, 16))
+        return array
+
+    for subject, (t1, t2) in {"s1": (1, 2), "s2": (3, 4), "s3": (3, 5)}.items():     # s3's T1 is s2's
+        for modality, seed in (("T1", t1), ("T2", t2)):
+            (tmp_path / subject).mkdir(exist_ok=True)
+            nibabel.save(nibabel.Nifti1Image(volume(seed), np.diag([1.0, 1.0, 2.0, 1.0])),
+                         str(tmp_path / subject / f"{modality}.nii"))
+    report = validate_dataset(tmp_path)
+    assert [s.name for s in report.subjects] == ["s1", "s2"]
+    assert [(p.subject, p.kind) for p in report.problems] == [("s3", "duplicate_file")]
