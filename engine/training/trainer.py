@@ -27,6 +27,7 @@ from engine.atomic import remove_leftovers
 from engine.files import read_json
 from engine.inference.corpus import instruction_corpus
 from engine.inference.instructions import ANATOMY_PHRASES
+from engine.inference.ood import merged_profiles, training_profile
 from engine.inference.settings import resolve_device
 from engine.jobs import Cancelled, CancelToken
 from engine.model import LoadedModel, SynerMedGenConfig, from_config, load_model_dir, preset, train_tokenizer
@@ -84,7 +85,7 @@ class Trainer:
         self.out = Path(self.cfg.out)
         self.dist = Distributed()
         self.warnings: list[str] = []
-        self._new_profile: dict | None = None        # the training split's input profile, once measured
+        self._new_profile: dict | None = None        # the training split's input profile (trained from a model)
         self._ready = False
 
     # ================================================================= reporting
@@ -132,6 +133,9 @@ class Trainer:
         self._check_shapes(self.model.config)
         self.tokens = TokenCache(self.tokenizer)
         self._build_optimisation()
+        if self.dist.is_main and self.state.extra.get("start_folder") and \
+                self.state.extra.get("base_card", {}).get("input_profile"):
+            self._new_profile = training_profile(self.paired, "train")    # measured once, before training
         if cfg.fresh_start:
             self._clear_previous_run()
         else:
@@ -188,9 +192,11 @@ class Trainer:
         return loaded
 
     def _check_not_another_model(self) -> None:
-        """A model folder without this run's resume state (a library's, a colleague's, the default
-        model) is never replaced by a new run unless ``--fresh`` says so: its weights would be lost."""
-        if self.resume is not None or self.cfg.fresh_start or not self.out.is_dir():
+        """A model folder no run of ``train`` wrote (no resume state, no progress records: a library's,
+        a colleague's, the default model) is never replaced by a new run unless ``--fresh`` says so: its
+        weights would be lost. A run's own folder whose first checkpoint failed (a full disk) is rerun."""
+        if self.resume is not None or self.cfg.fresh_start or not self.out.is_dir() or \
+                (self.out / PROGRESS_FILE).exists():
             return
         try:
             detect_layout(self.out)
@@ -372,6 +378,7 @@ class Trainer:
             self.state.extra = {"run_id": uuid.uuid4().hex[:12], "train_config": cfg.to_dict(),
                                 "prior_stages": list(self.base_card.get("recipe", {}).get("stages", [])),
                                 "base_card": {k: v for k, v in self.base_card.items() if k != "recipe"},
+                                "start_folder": cfg.init,      # a resume may leave --init out
                                 "metrics": {}}
         else:
             self.state.extra["train_config"] = cfg.to_dict()
@@ -655,22 +662,12 @@ class Trainer:
                               self.state.extra.get("prior_stages", []), record, cfg.image_size, cfg.ema_decay,
                               sum(p.numel() for p in self.params.values()), card_extra, pixel_mm=cfg.pixel_mm or None,
                               randomization=Randomization().to_dict() if cfg.augment else None,
-                              start_folder=cfg.init, name=self.out.name)
-            if cfg.init is not None and card.get("input_profile"):
-                card["input_profile"] = self._input_profile(card["input_profile"])
+                              start_folder=self.state.extra.get("start_folder", cfg.init), name=self.out.name)
+            if self._new_profile is not None and card.get("input_profile"):
+                card["input_profile"] = merged_profiles(card["input_profile"], self._new_profile)
             write_model_folder(self.out, WeightsSnapshot(model_cfg, state, vae_state), self.tokenizer, card)
         self.dist.barrier()
         return self.out
-
-    def _input_profile(self, start: dict) -> dict:
-        """The start model's input profile (what the out-of-distribution guard compares inputs with)
-        widened by this training split's volumes (measured once per run): the new data is no longer
-        unlike the training data."""
-        from engine.inference.ood import merged_profiles, training_profile
-
-        if self._new_profile is None:
-            self._new_profile = training_profile(self.paired, "train")
-        return merged_profiles(start, self._new_profile)
 
     def _routes_seen(self) -> list[tuple[str, str]]:
         routes = self.paired.routes("train")

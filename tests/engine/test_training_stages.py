@@ -226,7 +226,27 @@ def test_a_model_trained_from_another_is_named_for_itself_and_keeps_where_it_sta
     assert any("pixel size" in w for w in ood.check_input(volume, "T1", start_profile))
     assert not any("pixel size" in w for w in ood.check_input(volume, "T1", profile))
 
+    resumed = Trainer(tiny_config(data, tmp_path / "my-scanner-t2", "generation", steps=2)).run()   # --init left out
+    assert load_model_dir(resumed).metadata["name"] == "my-scanner-t2"
+    assert load_model_dir(resumed).metadata["input_profile"] == profile
+    assert load_model_dir(resumed).metadata["started_from"] == card["started_from"]
+
     again = Trainer(tiny_config(data, tmp_path / "my-scanner-t2-b", "generation", steps=1, init=str(tuned))).run()
     second = load_model_dir(again).metadata                         # a chain keeps the first start model
     assert second["name"] == "my-scanner-t2-b" and second["start"] == "my-scanner-t2 (model folder my-scanner-t2)"
     assert second["started_from"] == card["started_from"] and second["limitations"] == card["limitations"]
+
+
+def test_a_run_whose_first_checkpoint_failed_is_run_again_by_the_same_command(data, tmp_path, monkeypatch):
+    import engine.training.trainer as trainer_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer_module, "save_state", full_disk)     # the model folder is written, its resume state not
+    with pytest.raises(OSError):
+        Trainer(tiny_config(data, tmp_path / "run", "understanding", steps=1)).run()
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "checkpoint-last").exists()
+    Trainer(tiny_config(data, tmp_path / "run", "understanding", steps=1)).run()
+    assert (tmp_path / "run" / "checkpoint-last").is_dir()
