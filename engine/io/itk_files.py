@@ -314,25 +314,32 @@ def _numbers_only(path: Path, volume: Volume) -> Volume:
     if not finite.any():
         raise VolumeIOError(path, "holds no number in any voxel (all NaN or infinite)")
     missing = int(finite.size - np.count_nonzero(finite))
+    above = int(np.count_nonzero(np.isposinf(volume.array)))
     array = finite_filled(volume.array)
     note = (f"{missing} voxel(s) ({100 * missing / finite.size:.2g} %) held no number (NaN or infinite: no data): "
-            f"set to the lowest value, {float(array.min()):g}, like background")
+            f"set to the lowest value, {float(array.min()):g}, like background"
+            + (f" ({above} at +infinity to the highest, {float(array.max()):g})" if above else ""))
     return volume.replace(array=array, notes=(*volume.notes, note))
 
 
 def _nan_restored(path: Path, reader: sitk.ImageFileReader, volume: Volume, volume_index: int | None) -> Volume:
     """``volume`` read by SimpleITK from a floating-point NIfTI file with NaN and ±inf back where the
-    file holds them (SimpleITK's NIfTI reader turns them into 0, a real value: 0 HU is water)."""
+    file holds them (SimpleITK's NIfTI reader turns them into 0, a real value: 0 HU is water). Only a
+    volume with zeros can have lost any, and only its own volume of a 4-D file is read again; a file
+    nibabel cannot read keeps SimpleITK's reading."""
     if not re.search(r"\.nii(\.gz)?$", path.name.lower()) or reader.GetPixelID() not in (
-            sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
+            sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64) or \
+            not (volume.array == 0).any():
         return volume
     import nibabel
 
-    data = np.asanyarray(cast("SpatialImage", nibabel.load(str(path))).dataobj)
-    if data.ndim == 5:
-        data = data[..., 0]                      # the first component per voxel, as SimpleITK reads it
-    if data.ndim == 4:
-        data = data[..., volume_index or 0]
+    try:
+        proxy = cast("SpatialImage", nibabel.load(str(path))).dataobj
+        picked = (slice(None),) * 3 + ((volume_index or 0,) + (0,) * (len(proxy.shape) - 4)    # its volume, component 0
+                                       if len(proxy.shape) > 3 else ())
+        data = np.asanyarray(proxy[picked])
+    except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
+        return volume
     while data.ndim < 3:
         data = data[..., None]
     data = data.transpose(2, 1, 0)

@@ -501,7 +501,8 @@ def test_voxels_holding_no_number_are_background_and_counted_and_an_all_nan_file
     volume = io.load(path)
     expected = np.where(np.isnan(ct), -1000.0, np.where(np.isinf(ct), 40.0, ct))
     assert np.array_equal(volume.array, expected)              # SimpleITK's NIfTI reader gives 0 (water) there
-    assert any(n.startswith("13 voxel(s)") and "no number" in n and "-1000" in n for n in volume.notes)
+    assert any(n.startswith("13 voxel(s)") and "no number" in n and "-1000" in n and "1 at +infinity to the highest, 40"
+               in n for n in volume.notes)
 
     empty = tmp_path / f"empty{suffix}"
     if suffix.startswith(".nii"):
