@@ -78,6 +78,7 @@ class ServerEditor(QDialog):
         self._fill(self.original)
         for field in (self.url, self.username, self.password, self.token):
             field.textChanged.connect(self._warn)
+        self.kind.currentIndexChanged.connect(self._warn)
         self._warn()
 
     def _warn(self) -> None:

@@ -6,6 +6,7 @@ with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,11 +105,13 @@ def without_folders_above(item: CohortItem, root: str | Path) -> Callable[[Any],
     prefixes = (cut_first(Path(root).absolute(), Path(root).resolve())
                 + cut_first(path.absolute().parent, path.resolve().parent))
 
+    starts = [re.compile(r"(?<![\w.~/\\-])" + re.escape(prefix)) for prefix in prefixes]   # where a path begins
+
     def local(texts) -> list[str]:
         cut = []
         for text in texts:
-            for prefix in prefixes:
-                text = text.replace(prefix, "")
+            for start in starts:
+                text = start.sub("", text)
             cut.append(text)
         return cut
     return local

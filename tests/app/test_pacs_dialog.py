@@ -195,6 +195,11 @@ def test_a_password_for_plain_http_is_warned_of_as_it_is_typed(make_window, sett
     assert "password travels unencrypted over http:// to web.example" in editor.problem.text()
     editor.url.setText("http://localhost:8042/dicom-web")          # this computer: nothing leaves it
     assert editor.problem.text() == ""
+    editor.url.setText("http://web.example/dicom-web")
+    editor.kind.setCurrentIndex(0)                                  # DIMSE: no password is sent at all
+    assert editor.problem.text() == ""
+    editor.kind.setCurrentIndex(1)
+    assert "unencrypted" in editor.problem.text()
     editor.reject()
 
 

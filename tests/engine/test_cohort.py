@@ -532,4 +532,5 @@ def test_notes_name_an_input_outside_the_root_from_its_own_folder(tmp_path):
                       target="CT", output="ct_synthetic-CT.nii.gz", source="CBCT")
     local = without_folders_above(item, tmp_path / "csvs")
     assert local([f"name it as {tmp_path}/elsewhere/Doe^Jane/ct.nii#INDEX", f"{tmp_path}/csvs/a/b.dcm: bad",
-                  "0.5/1 mm"]) == ["name it as ct.nii#INDEX", "a/b.dcm: bad", "0.5/1 mm"]
+                  "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]) == [
+        "name it as ct.nii#INDEX", "a/b.dcm: bad", "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]
