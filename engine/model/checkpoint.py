@@ -5,6 +5,7 @@ with strict key matching and no renaming.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,7 +66,8 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: 
 
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file), metadata=metadata)
-        os.chmod(file, plain_file_mode())
+        with contextlib.suppress(OSError):          # a share that keeps its own permissions (SMB, FUSE)
+            os.chmod(file, plain_file_mode())
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own type; only I/O ones are translated
         error = native_os_error(exc, file)
         if error is None:

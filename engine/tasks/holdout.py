@@ -84,10 +84,13 @@ def check_holdout_unused(data: str | Path) -> None:
         for path in folder.rglob("*"):
             if path.is_file():
                 held.setdefault(path.stat().st_size, []).append(path)
+    digests: dict[Path, str] = {}                        # each test file hashed once, when needed
     for file in data.rglob("*"):
         if file.is_file() and file.stat().st_size in held:
             digest = _digest(file)
             for original in held[file.stat().st_size]:
-                if _digest(original) == digest:
+                if original not in digests:
+                    digests[original] = _digest(original)
+                if digests[original] == digest:
                     raise ValueError(f"{file} is a copy of {original}, a test file of the real-data hold-out, "
                                      "which is never training data")
