@@ -192,10 +192,18 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
 def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     """Refuse, before any work, an output path :func:`save` cannot write: a suffix that is neither a
     volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops),
-    or one of the ``inputs`` it was made from (never written over)."""
+    one of the ``inputs`` it was made from, or a DICOM series folder holding one of them (writing a
+    series replaces its folder: a slice of the input named as the input, the input's own folder)."""
     path = Path(path)
-    if written_keys(path) & {path_key((_volume_index(i) or (i,))[0]) for i in inputs}:
+    sources = [Path((_volume_index(i) or (i,))[0]) for i in inputs]
+    if written_keys(path) & {path_key(s) for s in sources}:
         raise VolumeIOError(path, "is the input it would be made from; choose another output")
+    if not file_kind(path):
+        folder = path_key(path.with_suffix("") if path.suffix.lower() in _DICOM_SUFFIXES else path)
+        inside = next((s for s in sources if folder in {path_key(p) for p in s.resolve().parents}), None)
+        if inside is not None:
+            raise VolumeIOError(path, f"holds {inside}, the input it would be made from (a DICOM series replaces "
+                                      "its folder); choose another output")
     problem = write_problem(path) if file_kind(path) else ""
     if problem:
         raise VolumeIOError(path, problem)

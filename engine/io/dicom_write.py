@@ -37,6 +37,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -138,6 +139,21 @@ def _check_target(folder: Path) -> None:
         if foreign:
             raise VolumeIOError(folder, f"exists and holds other files ({', '.join(sorted(foreign)[:3])}); "
                                         "choose a new or empty folder (only an earlier DICOM export is replaced)")
+        others = next((p.name for p in sorted(folder.iterdir()) if not _ours(p)), None)
+        if others:
+            raise VolumeIOError(folder, f"holds DICOM files this app did not write ({others}); choose a new or empty "
+                                        "folder (only an earlier DICOM export of this app is replaced)")
+
+
+def _ours(path: Path) -> bool:
+    """Whether a DICOM file carries this app's private block (a series it exported, never a scanner's
+    files named alike)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds.private_block(0x0011, PRIVATE_CREATOR)
+        return True
+    except Exception:  # noqa: BLE001 - unreadable, or no block of ours: not ours
+        return False
 
 
 # -- encoding ----------------------------------------------------------------------------------------

@@ -152,3 +152,18 @@ def test_a_full_disk_or_a_read_only_folder_keeps_the_previous_export_and_says_so
     assert not any("Traceback" in line for line in window.log.lines)
     assert out.read_bytes() == good
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] and not any((tmp_path / "ro").iterdir())
+
+
+def test_an_export_never_replaces_the_files_it_was_read_from(qtbot, window, tmp_path, wait_loaded, ct_file):
+    series = tmp_path / "cbct_series"
+    export(qtbot, window, export_path(str(series), "DICOM derived series (folder)"))
+    window.open_paths([str(series)])                       # a series this app wrote, opened as the input
+    doc = wait_loaded(window, 2)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in series.iterdir())
+    window.workspace.activate(doc)
+    window.export_to(series)                               # into its own folder: it would replace the scan
+    qtbot.waitUntil(lambda: any("the input it would be made from" in line for line in window.log.lines), timeout=10000)
+    window.export_to(ct_file, doc=window.workspace.documents[0])   # over the file the first volume was read from
+    qtbot.waitUntil(lambda: sum("the input it would be made from" in line for line in window.log.lines) == 2,
+                    timeout=10000)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in series.iterdir()) == before

@@ -295,3 +295,13 @@ def test_a_bad_reference_fails_before_the_work_and_an_unscorable_one_after_it_sa
                           "--device", "cpu", "--plane", "coronal", "--reference", ct)
     assert code == 2 and "b.nii.gz is written, but it could not be scored against" in err and "11×11" in err
     assert io.load(tmp_path / "b.nii.gz").same_grid(io.load(t1))
+
+
+def test_a_dicom_output_folder_holding_the_input_slice_is_refused(capsys, model_dir, inputs, tmp_path):
+    series = io.save(io.load(inputs[0]), tmp_path / "t1_series")       # a series this app wrote
+    before = sorted(p.name for p in series.iterdir())
+    one_slice = sorted(series.iterdir())[2]
+    code, _out, err = run(capsys, "synthesize", one_slice, "--source", "T1", "--target", "T2", "-o", series,
+                          "--model", model_dir, "--device", "cpu")
+    assert code == 2 and f"holds {one_slice}, the input it would be made from" in err
+    assert sorted(p.name for p in series.iterdir()) == before

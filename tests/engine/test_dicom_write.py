@@ -283,6 +283,20 @@ def test_a_folder_holding_other_files_is_not_replaced(tmp_path):
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
 
 
+def test_a_folder_of_dicom_files_this_app_did_not_write_is_not_replaced(tmp_path):
+    scanner = tmp_path / "scanner"
+    written = write_dicom_series(_ct_series(), tmp_path / "ours", series_description="first export")
+    scanner.mkdir()
+    for path in sorted(written.iterdir()):                   # the same names, as a scanner's export may use
+        ds = pydicom.dcmread(path)
+        del ds[0x00110010]                                     # no private block of ours
+        ds.save_as(scanner / path.name, enforce_file_format=True)
+    before = sorted((p.name, p.read_bytes()) for p in scanner.iterdir())
+    with pytest.raises(io.VolumeIOError, match="holds DICOM files this app did not write"):
+        write_dicom_series(_anatomical(), scanner, series_description="x")
+    assert sorted((p.name, p.read_bytes()) for p in scanner.iterdir()) == before
+
+
 def test_a_symlinked_export_folder_is_neither_followed_nor_replaced(tmp_path):
     real = write_dicom_series(_ct_series(), tmp_path / "real", series_description="first export")
     before = sorted(p.name for p in real.iterdir())
