@@ -121,14 +121,22 @@ def add_anonymise_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept-burned-in", action="store_true",
                    help="with --anonymise: export a series whose source says its pixels carry burned-in "
                         "annotation (BurnedInAnnotation YES; the pixels are not cleaned) instead of refusing it")
+    p.add_argument("--anonymise-key", metavar="FILE",
+                   help="with --anonymise: one anonymisation shared by every command given FILE (the same patient, "
+                        "study and frame-of-reference UIDs become the same new ones: a CBCT and its synthetic CT "
+                        "still overlay); FILE is made, private, on first use: keep it private")
 
 
 def anonymiser_of(args: argparse.Namespace):
     """The export session's Anonymiser for ``--anonymise`` (None without it)."""
     if args.accept_burned_in and not args.anonymise:
         raise ValueError("--accept-burned-in goes with --anonymise")
+    if args.anonymise_key and not args.anonymise:
+        raise ValueError("--anonymise-key goes with --anonymise")
     if not args.anonymise:
         return None
     from engine.io import Anonymiser
 
+    if args.anonymise_key:
+        return Anonymiser.keyed(args.anonymise_key, accept_burned_in=args.accept_burned_in)
     return Anonymiser(accept_burned_in=args.accept_burned_in)

@@ -43,9 +43,16 @@ class Anonymiser:
     """One export session's de-identification. ``accept_burned_in``: the caller has checked that a
     series marked BurnedInAnnotation YES may be exported anonymised (its pixels are not changed)."""
 
-    def __init__(self, accept_burned_in: bool = False) -> None:
+    def __init__(self, accept_burned_in: bool = False, key: str | None = None) -> None:
         self.accept_burned_in = accept_burned_in
-        self._salt = secrets.token_hex(16)
+        self._salt = key or secrets.token_hex(16)      # a shared key (:func:`session_key`): the same replacements
+
+    @classmethod
+    def keyed(cls, key_file: str | Path, accept_burned_in: bool = False) -> Anonymiser:
+        """A session whose replacements are those of every other session with the same key file (a
+        CBCT and its synthetic CT exported by separate commands keep one patient, study and frame of
+        reference): the key is read from ``key_file``, created private on first use."""
+        return cls(accept_burned_in, session_key(key_file))
 
     def accepting_burned_in(self) -> Anonymiser:
         """This session (the same salt: the same replacements) with a burned-in series accepted."""
@@ -107,6 +114,30 @@ class Anonymiser:
         element = ds.get(tag)
         if element is not None:
             element.value = self.patient_id(str(element.value or ""))
+
+
+KEY_CHARACTERS = 32                                 # hex digits of a key file's key (128 bits)
+
+
+def session_key(path: str | Path) -> str:
+    """The anonymisation key kept in ``path``: read, or made (random, written readable by its owner
+    only) when the file does not exist; VolumeIOError naming the file when it holds no key."""
+    import re
+
+    from engine.atomic import atomic_file
+
+    path = Path(path)
+    if not path.exists():
+        with atomic_file(path, mode=0o600) as tmp:
+            tmp.write_text(secrets.token_hex(KEY_CHARACTERS // 2) + "\n", encoding="ascii")
+    try:
+        key = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VolumeIOError(path, f"the anonymisation key cannot be read ({exc})") from None
+    if not re.fullmatch(f"[0-9a-f]{{{KEY_CHARACTERS},}}", key):
+        raise VolumeIOError(path, f"holds no anonymisation key (at least {KEY_CHARACTERS} hex digits); "
+                                  "name a new file to make one")
+    return key
 
 
 def as_anonymiser(anonymise: bool | Anonymiser) -> Anonymiser | None:

@@ -176,3 +176,27 @@ def test_an_anonymised_convert_prints_the_input_path_nowhere_in_its_notes(tmp_pa
     folder = tmp_path / "DOE_JANE"
     note = f"slice file {folder.resolve()}/IM7 unreadable; {folder} has a gap"
     assert _without_paths(note, str(folder)) == "slice file <input>/IM7 unreadable; <input> has a gap"
+
+
+def test_commands_sharing_an_anonymisation_key_keep_one_patient_study_and_frame(tmp_path, capsys):
+    import stat
+
+    from cli import run_cli
+
+    _source(tmp_path)
+    key = tmp_path / "private" / "study.key"
+
+    def exported(name: str, *key_args: str) -> pydicom.Dataset:
+        assert run_cli(["convert", str(tmp_path / "src"), str(tmp_path / name), "--anonymise", *key_args]) == 0
+        return pydicom.dcmread(next((tmp_path / name).iterdir()))
+
+    first, second = exported("a", "--anonymise-key", str(key)), exported("b", "--anonymise-key", str(key))
+    same = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
+    assert [first.get(k) for k in same] == [second.get(k) for k in same] and first.PatientID
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    alone = exported("c")                                   # without the key: a session of its own
+    assert alone.StudyInstanceUID != first.StudyInstanceUID
+    key.write_text("not a key\n")
+    assert run_cli(["convert", str(tmp_path / "src"), str(tmp_path / "d"), "--anonymise", "--anonymise-key",
+                    str(key)]) == 2
+    assert "holds no anonymisation key" in capsys.readouterr().err
