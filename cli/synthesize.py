@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
     reference = io.load(args.reference) if args.reference else None     # a bad reference fails before the work
+    if reference is not None and reference.synthetic:
+        from engine.evaluation import SYNTHETIC_REFERENCE
+
+        print(f"warning: {args.reference}: {SYNTHETIC_REFERENCE}", file=sys.stderr)
     if not args.quiet:
         for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)
             print(f"note: input: {line}", file=sys.stderr)
@@ -116,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
+            report["reference_synthetic"] = reference.synthetic
         except ValueError as exc:
             raise ValueError(f"{written} is written, but it could not be scored against {args.reference}: {exc}") from None
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))

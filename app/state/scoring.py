@@ -8,7 +8,7 @@ import numpy as np
 
 from app.state.comparison import ComparisonResult
 from engine import modalities
-from engine.evaluation import score_volume
+from engine.evaluation import SYNTHETIC_REFERENCE, score_volume
 from engine.io import Volume, inside, resample_onto
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
@@ -73,6 +73,8 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
         notes.append("reference resampled onto the synthetic grid")
     if coverage < 0.999:
         notes.append(f"the reference covers {100 * coverage:.0f} % of the synthetic grid")
+    if reference.synthetic:
+        notes.append(SYNTHETIC_REFERENCE)
     known = {m for m in (synthetic.modality, reference.modality) if m}
     if len(known) > 1:
         notes.append(f"different modalities ({' vs '.join(sorted(known))}): the metrics compare unlike images")

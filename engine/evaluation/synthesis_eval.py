@@ -23,6 +23,10 @@ from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 SCORE_KEYS = ("psnr_db", "ssim_x100", "mae")
 
 
+SYNTHETIC_REFERENCE = ("the reference is synthetic (made by a model, not acquired): the scores measure agreement "
+                       "with another model's output, not with the patient")
+
+
 def score_volume(synthetic: Volume, reference: Volume, target: str | None = None,
                  slices: Sequence[int] | None = None, cancel: CancelToken | None = None,
                  axis: int | None = None) -> Evaluation:

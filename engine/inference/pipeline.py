@@ -469,8 +469,10 @@ class SliceSynthesizer:
                                   f"plus {weight:.2f} × the model's change to it"), entry
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
-        """A short series description: route, method, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
-        return f"synthetic {target} from {source} ({self.name})"[:64]
+        """The result's description: route, method, "synthetic" (each writer fits it to its field: a
+        DICOM SeriesDescription's 64 characters, a NIfTI header's 80 bytes; DerivationDescription and
+        ImageComments hold it whole)."""
+        return f"synthetic {target} from {source} ({self.name})"
 
     def input_warnings(self, volume: Volume, source: str, settings: SynthesisSettings | None = None) -> list[str]:
         """The out-of-distribution guard's warnings (:mod:`engine.inference.ood`) for ``volume`` as the
@@ -574,9 +576,10 @@ class Synthesizer(SliceSynthesizer):
         return prompt, notes
 
     def describe(self, source: str, target: str, settings: SynthesisSettings | None = None) -> str:
-        """A short series description: route, model, "synthetic" (e.g. for DICOM, ≤ 64 characters)."""
+        """The result's description: route, model, steps, "synthetic" (each writer fits it to its field:
+        see :meth:`SliceSynthesizer.describe`)."""
         settings = settings or self.default_settings()
-        return f"synthetic {target} from {source} ({self.name}, {settings.steps} steps)"[:64]
+        return f"synthetic {target} from {source} ({self.name}, {settings.steps} steps)"
 
     # -- one batch of slices -------------------------------------------------------------------
     @torch.no_grad()

@@ -220,7 +220,7 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     ds.Manufacturer = "SynerMedGen Studio"
     ds.SoftwareVersions = version()
     ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
-    ds.ImageComments = f"{description[:200]}. {RESEARCH_ONLY}"
+    ds.ImageComments = f"{description[:1000]}. {RESEARCH_ONLY}"
     ds.BurnedInAnnotation = "YES" if src.get("BurnedInAnnotation", "").upper() == "YES" else "NO"
     ds.LossyImageCompression = "00"
     _identity(ds, src, today, clock)

@@ -219,6 +219,12 @@ def test_compare_scores_the_slices_of_the_plane_synthesis_cut():
     assert len(coronal.evaluation.per_slice["ssim"]) == syn.shape[1]
 
 
+def test_a_synthetic_reference_is_said_to_be_no_ground_truth():
+    syn, ref = ct_pair()
+    assert not any("reference is synthetic" in n for n in compare(syn, ref).notes)
+    assert any("reference is synthetic" in n for n in compare(syn, ref.replace(synthetic=True)).notes)
+
+
 def test_compare_resamples_a_reference_on_another_grid():
     syn, ref = ct_pair()
     coarse = Volume(ref.array[::2, ::2, ::2], spacing=(2.0, 2.0, 4.0), origin=(0.5, 0.5, 1.0),

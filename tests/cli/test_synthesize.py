@@ -305,3 +305,31 @@ def test_a_dicom_output_folder_holding_the_input_slice_is_refused(capsys, model_
                           "--model", model_dir, "--device", "cpu")
     assert code == 2 and f"holds {one_slice}, the input it would be made from" in err
     assert sorted(p.name for p in series.iterdir()) == before
+
+
+def test_the_description_is_cut_only_where_a_field_is_short(capsys, inputs, tmp_path):
+    long_name = "SynerMedGen fine-tuned on the radiotherapy department's own CBCT pairs, 2026"
+    model = write_random_model(tmp_path / "long", routes=ROUTES, image_size=32,
+                               metadata={"inference_defaults": {"steps": 2}, "name": long_name})
+    code, _out, err = run(capsys, "synthesize", inputs[0], "--source", "T1", "--target", "CT", "-o",
+                          tmp_path / "sct", "--model", model, "--device", "cpu")
+    assert code == 0, err
+    first = pydicom.dcmread(sorted((tmp_path / "sct").iterdir())[0])
+    assert f"({long_name}, 2 steps)" in first.DerivationDescription and f"({long_name}, 2 steps)" in first.ImageComments
+    assert len(first.SeriesDescription) <= 64
+
+
+def test_a_synthetic_reference_is_scored_but_said_to_be_no_ground_truth(capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "sct.nii.gz", "--model",
+                          model_dir, "--device", "cpu")
+    assert code == 0, err
+    code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "again.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--reference", tmp_path / "sct.nii.gz")
+    assert code == 0, err
+    assert "reference is synthetic (made by a model, not acquired)" in err
+    report = json.loads(out)
+    assert report["reference_synthetic"] is True and report["metrics"]["whole"]["mae"] == 0.0   # the same model, seed
+    code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "third.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--reference", ct)
+    assert code == 0 and json.loads(out)["reference_synthetic"] is False and "is synthetic" not in err
