@@ -179,7 +179,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
                **_thickness_tag(slices),
-               **({} if unreadable or g.positions else slice_references(slices, tags))},   # 1:1 slices only
+               **({} if unreadable else slice_references(slices, tags, g))},
         **read_dicom_tags(tags),
     )
 
@@ -191,11 +191,20 @@ def _thickness_tag(slices: list[SliceInfo]) -> dict[str, str]:
     return {"SliceThickness": f"{only:g}"} if only else {}
 
 
-def slice_references(slices: list[SliceInfo], tags: dict[str, str]) -> dict[str, str]:
+ON_SLICE_MM = 0.01          # a grid slice this close to an acquired one is that slice (not interpolated)
+
+
+def slice_references(slices: list[SliceInfo], tags: dict[str, str], geometry=None) -> dict[str, str]:
     """The source images of each z slice, for a derived series to reference (SourceImageSequence):
     SOP class and backslash-joined SOP instance UIDs, one per slice ("UID:FRAME" for a frame of a
-    multi-frame image)."""
-    refs = (s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices)
+    multi-frame image). On a grid resampled from uneven positions (``geometry.positions``), a slice
+    filled by interpolation references nothing (an empty entry); one on an acquired slice, that slice."""
+    refs = [s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices]
+    if geometry is not None and geometry.positions:
+        at = np.asarray(geometry.positions)
+        nearest = [int(np.argmin(np.abs(at - k * geometry.spacing[2]))) for k in range(geometry.grid_slices)]
+        refs = [refs[j] if abs(at[j] - k * geometry.spacing[2]) <= ON_SLICE_MM else ""
+                for k, j in enumerate(nearest)]
     return {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
 
 

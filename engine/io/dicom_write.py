@@ -110,8 +110,9 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
                 position = np.asarray(volume.origin) + k * volume.spacing[2] * axis
                 pixels = quantise(array[k], encoding)
                 ds = _slice_dataset(base, k, nz, position, float(position @ normal), pixels, encoding)
-                if sources:
-                    _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], sources[k])
+                source = sources[k] if sources else None
+                if source is not None:
+                    _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], source)
                 _save_checked(ds, tmp / f"IM{k + 1:06d}.dcm")
                 progress(Progress(k + 1, nz, f"wrote slice {k + 1} of {nz}"))
     except OutputError as exc:
@@ -348,17 +349,18 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.PatientOrientation = ""          # type 2C; the geometry is in ImageOrientationPatient
 
 
-def source_images(volume: Volume) -> list[tuple[str, int | None]]:
-    """(SOP instance UID, frame number or None) of the source image of each z slice, when the volume
-    carries its DICOM source's slices (``SliceSOPInstanceUIDs``, one per slice); else empty."""
+def source_images(volume: Volume) -> list[tuple[str, int | None] | None]:
+    """(SOP instance UID, frame number or None) of the source image of each z slice (None for a slice
+    interpolated between acquired ones), when the volume carries its DICOM source's slices
+    (``SliceSOPInstanceUIDs``, one entry per slice); else empty."""
     src = volume.dicom or {}
     refs = src.get("SliceSOPInstanceUIDs", "").split("\\")
-    if not (src.get("SeriesInstanceUID") and src.get("SOPClassUID")) or len(refs) != volume.shape[0] or not all(refs):
+    if not (src.get("SeriesInstanceUID") and src.get("SOPClassUID")) or len(refs) != volume.shape[0] or not any(refs):
         return []
-    out = []
+    out: list[tuple[str, int | None] | None] = []
     for ref in refs:
         uid, _, frame = ref.partition(":")
-        out.append((uid, int(frame) if frame else None))
+        out.append((uid, int(frame) if frame else None) if uid else None)
     return out
 
 

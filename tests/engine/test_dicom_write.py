@@ -198,6 +198,23 @@ def test_a_synthetic_series_says_what_it_is_and_references_its_source(tmp_path):
     assert not source.synthetic
 
 
+def test_a_series_with_a_missing_slice_references_every_acquired_slice_and_not_the_filled_one(tmp_path):
+    from dicom_fixtures import anatomical, write_series
+
+    paths = write_series(tmp_path / "cbct", anatomical()[:8], modality="CT")
+    gone = pydicom.dcmread(paths[3]).SOPInstanceUID
+    paths[3].unlink()                                                   # one slice missing: filled in between
+    source = io.load(tmp_path / "cbct")
+    assert source.shape[0] == 8 and any(n.startswith("missing slice") for n in source.notes)
+    synthetic = source.replace(synthetic=True, derived_from="CBCT", modality="CT", unit="HU")
+    files = _files(write_dicom_series(synthetic, tmp_path / "sct", series_description="x"))
+    referenced = [f.SourceImageSequence[0].ReferencedSOPInstanceUID if "SourceImageSequence" in f else None
+                  for f in files]
+    assert referenced.count(None) == 1 and gone not in referenced
+    acquired = {pydicom.dcmread(p).SOPInstanceUID for p in paths if p.exists()}
+    assert set(referenced) - {None} == acquired                         # the 7 acquired slices, each once
+
+
 def test_an_anonymised_or_resampled_export_references_no_source(tmp_path):
     synthetic = _synthetic_ct_from_cbct(_ct_series())
     first = _files(write_dicom_series(synthetic, tmp_path / "anon", series_description="x", anonymise=True))[0]
