@@ -400,11 +400,24 @@ SERIES_LEVEL = {"QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "
                 "SeriesNumber", "NumberOfSeriesRelatedInstances"}
 
 
+def _find_on(c_find, query: Query):
+    """``find`` against an in-process Q/R SCP (AE STRICT) answering C-FIND with ``c_find``."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
+    try:
+        return find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0), query)
+    finally:
+        listener.shutdown()
+
+
 def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
     """Study Root C-FIND as a strict PACS checks it: at SERIES level only series attributes and the
     study's UID (given); anything else is refused (0xA900)."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
     studies = {"1.2.3.1": ("Strict^One", "20240102", "first"), "1.2.3.2": ("Strict^Two", "20240103", "second")}
     asked = []
@@ -428,15 +441,7 @@ def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
         else:
             yield 0xA900, None
 
-    ae = AE(ae_title="STRICT")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    port = free_port()
-    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
-    try:
-        found = find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0),
-                     Query(level="series", patient_id="STRICT", modality="CT", date_from="20240101"))
-    finally:
-        listener.shutdown()
+    found = _find_on(c_find, Query(level="series", patient_id="STRICT", modality="CT", date_from="20240101"))
     assert [(m.patient_name, m.study_description, m.study_date, m.series_uid, m.modality, m.instances)
             for m in found] == [("Strict^One", "first", "20240102", "1.2.3.1.7", "CT", 3),
                                 ("Strict^Two", "second", "20240103", "1.2.3.2.7", "CT", 3)]
@@ -446,8 +451,6 @@ def test_a_series_query_asks_a_strict_pacs_each_level_its_own_keys():
 @pytest.mark.parametrize("name", ["Müller*", "山田*"])
 def test_a_name_beyond_ascii_is_asked_in_utf8_and_says_so(name):
     """Without a character set a name that cannot be encoded went out as '??*': every patient matched."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
     received = []
 
@@ -456,15 +459,7 @@ def test_a_name_beyond_ascii_is_asked_in_utf8_and_says_so(name):
         received.append((ds.get("SpecificCharacterSet"), str(ds.PatientName)))
         yield 0x0000, None
 
-    ae = AE(ae_title="STRICT")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    port = free_port()
-    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, c_find)])
-    try:
-        found = find(Server("strict", ae_title="STRICT", host="127.0.0.1", port=port, timeout_s=5.0),
-                     Query(level="study", patient_name=name))
-    finally:
-        listener.shutdown()
+    found = _find_on(c_find, Query(level="study", patient_name=name))
     assert found == [] and received == [("ISO_IR 192", name)]
 
 
