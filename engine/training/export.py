@@ -95,17 +95,36 @@ def _another_model(base: dict, start_folder: Path, name: str) -> dict:
 def data_description(paired: PairedDataset) -> dict:
     report = paired.report
     anatomies = sorted({s.anatomy for s in report.subjects if s.anatomy})
-    return {"name": report.name, "root": report.root, "subjects": len(report.subjects),
+    skipped = [{**p.to_dict(), "path": shareable(p.path, report.root),
+                **({"reference": shareable(p.reference, report.root)} if p.reference else {})} for p in report.problems]
+    return {"name": report.name, "root": shareable(report.root), "subjects": len(report.subjects),
             "split": {k: list(v) for k, v in report.split.items()}, "modalities": list(report.modalities),
-            "routes": [list(r) for r in report.routes], "anatomies": anatomies,
-            "skipped": [p.to_dict() for p in report.problems]}
+            "routes": [list(r) for r in report.routes], "anatomies": anatomies, "skipped": skipped}
+
+
+PATH_OPTIONS = ("data", "out", "init", "model_config")     # training options that are paths
+
+
+def shareable(path: str | None, root: str | None = None) -> str | None:
+    """A path as a model card keeps it: inside ``root``, relative to it; else its last part. A model is
+    shared, and the folders above a dataset or a run may name a person (the run's own checkpoint-last
+    keeps the full paths, for resuming)."""
+    if not path:
+        return path
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
 
 
 def stage_record(cfg: TrainConfig, *, run_id: str, status: str, step: int, steps: int | None, elapsed_s: float,
                  final_loss: float | None, world_size: int, device: str, routes, metrics: Mapping[str, Any]) -> dict:
+    config = {k: shareable(v) if k in PATH_OPTIONS else v for k, v in cfg.to_dict().items()}
     return {"run_id": run_id, "stage": cfg.stage, "status": status, "steps_done": step, "steps_planned": steps,
             "elapsed_s": round(elapsed_s, 1), "final_loss": final_loss, "world_size": world_size, "device": device,
-            "routes": [list(r) for r in routes], "metrics": dict(metrics), "config": cfg.to_dict(),
+            "routes": [list(r) for r in routes], "metrics": dict(metrics), "config": config,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -217,6 +217,9 @@ def test_a_model_trained_from_another_is_named_for_itself_and_keeps_where_it_sta
     assert card["started_from"] == {"name": "SynerMedGen default (demo data)", "start": "fresh default model (seed 0)",
                                     "data_notice": "simulated demo data", "data_sources": [{"name": "a template"}]}
     assert "data_notice" not in card and "data_sources" not in card        # card["data"] is this training's
+    shared = json.dumps(card)                                       # a card is shared: no folder above the data
+    assert str(tmp_path) not in shared and str(data.parent) not in shared
+    assert card["data"]["root"] == data.name and card["recipe"]["stages"][-1]["config"]["init"] == "default"
     assert card["limitations"][0].startswith("Trained further from SynerMedGen default (demo data)")
     assert card["limitations"][1:] == ["Not for real CBCTs."]
     profile = card["input_profile"]                                 # the guard knows the new data too
