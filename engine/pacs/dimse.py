@@ -228,7 +228,7 @@ class _Receiver:
         self.heard = time.monotonic()
 
     def __call__(self, event) -> int:
-        self.heard = time.monotonic()
+        self.hear()
         if (self.cancel is not None and self.cancel.cancelled) or self.error is not None:
             return _REFUSED
         sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -313,14 +313,14 @@ def _watched(assoc, server: Server, service: str, receiver: _Receiver, cancel: C
         ended.set()
         watcher.join()
         if stalled.is_set():
-            raise PacsError(server.name, f"{service}: nothing from the server for {limit:g} s (10 × its timeout); "
-                                         "stopped, the instances received are kept: retrieve again to go on")
+            raise PacsError(server.name, f"{service}: nothing from the server for {limit:g} s ({STALL_TIMEOUTS} × its "
+                                         "timeout); stopped, the instances received are kept: retrieve again to go on")
 
 
 def _follow(server: Server, service: str, responses, receiver: _Receiver, cancel: CancelToken | None) -> None:
     """Read a C-GET / C-MOVE's responses; a cancel aborts (the association's context aborts it)."""
     for status, _ in responses:
-        receiver.heard = time.monotonic()
+        receiver.hear()
         check_cancel(server.name, cancel)
         code = _check(server, service, status)
         if code == _CANCEL_STATUS:

@@ -5,9 +5,10 @@ scores are listed here; :func:`check_holdout_unused` keeps every test file of th
 training dataset (``train`` and the recipe call it before reading any data)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.files import file_digest
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,6 @@ def holdout_paths(kind: str | None = None) -> list[tuple[HoldoutFile, Path]]:
     return out
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def check_holdout_unused(data: str | Path) -> None:
     """ValueError when the dataset folder ``data`` could train on the real-data hold-out: it lies
     inside (or holds) a hold-out package's test-data folder, or a file in it is a copy of one of that
@@ -87,10 +84,10 @@ def check_holdout_unused(data: str | Path) -> None:
     digests: dict[Path, str] = {}                        # each test file hashed once, when needed
     for file in data.rglob("*"):
         if file.is_file() and file.stat().st_size in held:
-            digest = _digest(file)
+            digest = file_digest(file)
             for original in held[file.stat().st_size]:
                 if original not in digests:
-                    digests[original] = _digest(original)
+                    digests[original] = file_digest(original)
                 if digests[original] == digest:
                     raise ValueError(f"{file} is a copy of {original}, a test file of the real-data hold-out, "
                                      "which is never training data")

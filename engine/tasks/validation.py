@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import modalities
+from engine.files import file_digest
 from engine.io import is_dicom_file
 from engine.io.itk_files import SUFFIXES, file_kind, read_info
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -300,27 +301,6 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
     return None
 
 
-SAMPLED_BLOCKS, BLOCK_BYTES = 16, 1 << 16      # what tells two same-size files apart before reading them whole
-
-
-def _digest(path: Path, sampled: bool) -> str:
-    """SHA-256 of the file (``sampled``: of :data:`SAMPLED_BLOCKS` blocks spread evenly over it, where
-    the head and tail of same-shape volumes are alike: background)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if sampled:
-            for k in range(SAMPLED_BLOCKS):
-                f.seek(max(0, (size - BLOCK_BYTES) * k // max(1, SAMPLED_BLOCKS - 1)))
-                digest.update(f.read(BLOCK_BYTES))
-        else:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) -> None:
     """Leave out a subject holding a file identical to one of another subject (one scan under two
     names would sit in the training and the test split at once) or to another of its own modalities
@@ -331,7 +311,7 @@ def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) ->
         for info, modality in files:
             check_cancel(cancel)
             try:
-                found.setdefault(_digest(Path(info.files[modality]), sampled), []).append((info, modality))
+                found.setdefault(file_digest(info.files[modality], sampled), []).append((info, modality))
             except OSError:
                 continue                   # unreadable now: loading it says so
         return [g for g in found.values() if len(g) > 1]

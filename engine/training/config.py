@@ -18,6 +18,7 @@ DEFAULT_PIXEL_MM = 4.0           # a new model's pixel size: 64 pixels span 256 
 LEGACY_OPTIONS = {"pixel_mm": 0.0, "augment": False, "leave_out": None}
 
 STAGES = ("vae", "understanding", "generation", "joint")
+PATH_OPTIONS = ("data", "out", "init", "model_config")     # the options that are paths (made absolute by a run)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from engine.inference.calibration import dataset_calibration
 from engine.model import SynerMedGenConfig, save_model_dir
 from engine.model.checkpoint import METADATA_FILE
 from engine.tasks.dataset import PairedDataset
-from engine.training.config import TrainConfig
+from engine.training.config import PATH_OPTIONS, TrainConfig
 
 RESEARCH_ONLY = "research use only, not for diagnosis"
 EXPORT_DIR = ".model-export"
@@ -100,9 +100,6 @@ def data_description(paired: PairedDataset) -> dict:
     return {"name": report.name, "root": shareable(report.root), "subjects": len(report.subjects),
             "split": {k: list(v) for k, v in report.split.items()}, "modalities": list(report.modalities),
             "routes": [list(r) for r in report.routes], "anatomies": anatomies, "skipped": skipped}
-
-
-PATH_OPTIONS = ("data", "out", "init", "model_config")     # training options that are paths
 
 
 def shareable(path: str | None, root: str | None = None) -> str | None:

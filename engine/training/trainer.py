@@ -38,7 +38,7 @@ from engine.tasks.holdout import check_holdout_unused
 from engine.tasks.slice_dataset import derived_rng
 from engine.tasks.validation import DatasetError
 from engine.training import evaluate
-from engine.training.config import TrainConfig
+from engine.training.config import PATH_OPTIONS, TrainConfig
 from engine.training.data import (
     SampleStream,
     SliceImages,
@@ -712,9 +712,8 @@ class _StateDict:
 
 
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    return cfg.replace(data=str(Path(cfg.data).expanduser().resolve()), out=str(Path(cfg.out).expanduser().resolve()),
-                       init=None if cfg.init is None else str(Path(cfg.init).expanduser().resolve()),
-        model_config=None if cfg.model_config is None else str(Path(cfg.model_config).expanduser().resolve()))
+    return cfg.replace(**{k: None if getattr(cfg, k) is None else str(Path(getattr(cfg, k)).expanduser().resolve())
+                          for k in PATH_OPTIONS})
 
 
 def train(cfg: TrainConfig, emit: Emit | None = None, cancel: CancelToken | None = None) -> Path:
