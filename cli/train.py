@@ -92,11 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train one stage (vae, understanding, generation, joint); JSON-lines progress",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill("Train one SynerMedGen stage on a paired dataset folder (one folder per "
-                                  "subject with a volume per modality, e.g. SUBJECT/T1.nii.gz) and write the "
-                                  "result as a model folder. Runs unchanged under torchrun.", width=100)
+                                  "subject with a volume per modality, e.g. SUBJECT/T1.nii.gz, or a BIDS dataset "
+                                  "whose sessions are the subjects) and write the result as a model folder. Runs "
+                                  "unchanged under torchrun.", width=100)
         + "\n\nstages:\n\n" + _stage_help(),
         epilog=EPILOG)
-    p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (one subfolder per subject)")
+    p.add_argument("--data", required=True, metavar="DIR", help="paired dataset folder (one subfolder per subject, or a BIDS dataset)")
     p.add_argument("--stage", required=True, choices=STAGES, help="which stage to train (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (and resume state)")
     p.add_argument("--size", default="tiny", choices=PRESET_NAMES,

@@ -119,7 +119,7 @@ class CohortDialog(QDialog):
         text = absolute_path(self.input.text())
         if not text or self.output.text().strip():
             return
-        from engine.cohort import is_bids  # loads the engine's I/O: only when a folder is chosen
+        from engine.io import is_bids  # loads the engine's I/O: only when a folder is chosen
 
         path = Path(text)
         if is_bids(path):

@@ -68,9 +68,9 @@ def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep:
 
 
 def _mappable(report) -> int:
-    from engine.tasks import MAPPABLE
+    from engine.tasks import mappable
 
-    return sum(f.kind in MAPPABLE for f in report.problems)
+    return len(mappable(report))
 
 
 def fractions_problem(val_percent: int, test_percent: int) -> str | None:
@@ -121,7 +121,8 @@ class DatasetPage(CheckedPage):
         self.setTitle("Paired dataset")
         self.setSubTitle("One folder per subject with a volume per modality (SUBJECT/T1.nii.gz, SUBJECT/T2.nii.gz, "
                          "a DICOM folder named by its modality, or DICOM series in any folders below the subject, "
-                         "mapped to modalities on the next page). It is checked before anything trains.")
+                         "mapped to modalities on the next page), or a BIDS dataset (each session a subject, "
+                         "sub-01/anat/sub-01_T1w.nii.gz). It is checked before anything trains.")
         self.report = None
         self.misaligned = []
         self._task: Task | None = None

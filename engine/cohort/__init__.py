@@ -14,6 +14,6 @@ from __future__ import annotations
 from engine.exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "discover": "items", "is_bids": "bids", "model_fingerprint": "manifest", "read_state": "manifest",
+    "discover": "items", "model_fingerprint": "manifest", "read_state": "manifest",
     "run_cohort": "runner", "EXIT_SOME_FAILED": "runner", "limit_threads": "threads",
 })

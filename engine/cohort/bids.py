@@ -1,19 +1,16 @@
-"""BIDS in and out: the images of a BIDS dataset (``sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]``, the
-modality from the suffix) and the names of a BIDS derivatives dataset of synthetic images
+"""BIDS in and out: the items of a BIDS dataset (``sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]``, the
+modality from the suffix: :mod:`engine.io.bids`) and the names of a BIDS derivatives dataset of synthetic images
 (``sub-X[_ses-Y]_desc-synthetic_<suffix>.nii.gz``, its ``dataset_description.json``)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from engine.cohort.items import CohortItem, Routes, input_files, wanted_source
+from engine.io.bids import DATATYPES, SUFFIX_MODALITY, modality_of, sessions, split_name
 from engine.version import version
 
 BIDS_VERSION = "1.10.0"
-DATATYPES = ("anat", "pet")
-# BIDS suffix → our modality; CT and CBCT are named as the CT proposal (BEP024) names them
-SUFFIX_MODALITY = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "ct": "CT", "cbct": "CBCT", "pet": "PET"}
 MODALITY_SUFFIX = {m: s for s, m in SUFFIX_MODALITY.items()} | {"T1CE": "T1w"}
 CONTRAST_ENTITY = "ce-gadolinium"        # the T1w entity of a contrast-enhanced T1 (T1CE)
 DESC = "desc-synthetic"
@@ -21,35 +18,6 @@ DESC = "desc-synthetic"
 ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
                 "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording",
                 "chunk", "seg", "res", "den", "label", "desc")
-
-
-def is_bids(path: Path) -> bool:
-    """A folder with a ``dataset_description.json``, or ``sub-*[/ses-*]`` folders holding ``anat`` or ``pet``."""
-    return path.is_dir() and ((path / "dataset_description.json").is_file() or bool(_sessions(path)))
-
-
-def split_name(name: str) -> tuple[list[str], str, str]:
-    """A BIDS file name → (its ``key-value`` entities, its suffix, its extension)."""
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            stem = name[:-len(ext)]
-            break
-    else:
-        stem, ext = os.path.splitext(name)
-    *entities, suffix = stem.split("_")
-    return entities, suffix, ext
-
-
-def modality_of(name: str) -> str | None:
-    """The modality a BIDS image name gives by its suffix (a T1w with a ``ce-`` entity: T1CE); None
-    for other suffixes."""
-    entities, suffix, ext = split_name(name)
-    if ext not in (".nii", ".nii.gz"):
-        return None
-    modality = SUFFIX_MODALITY.get(suffix)
-    if modality == "T1" and any(e.startswith("ce-") for e in entities):
-        return "T1CE"
-    return modality
 
 
 def _entity_rank(entity: str) -> int:
@@ -72,15 +40,6 @@ def derivative_name(source_name: str, target: str) -> tuple[str, str]:
     return ("pet" if target == "PET" else "anat"), "_".join([*ordered, MODALITY_SUFFIX[target]]) + ".nii.gz"
 
 
-def _sessions(root: Path) -> list[Path]:
-    """Every ``sub-*`` and ``sub-*/ses-*`` folder holding a datatype folder, sorted."""
-    found: list[Path] = []
-    for subject in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-")):
-        sessions = sorted(p for p in subject.iterdir() if p.is_dir() and p.name.startswith("ses-"))
-        found.extend(s for s in [subject, *sessions] if any((s / d).is_dir() for d in DATATYPES))
-    return found
-
-
 def bids_items(root: Path, target: str, source: str | None, routes: Routes | None) -> list[CohortItem]:
     """The items of a BIDS dataset: in each subject (and session) the images of one source modality
     — ``source`` when named, else the first the model has a route from to ``target`` (in the order of
@@ -88,7 +47,7 @@ def bids_items(root: Path, target: str, source: str | None, routes: Routes | Non
     applicable, saying why (BIDS sessions need not hold every modality)."""
     order = [s for s, t in routes or () if t == target]
     items = []
-    for session in _sessions(root):
+    for session in sessions(root):
         images = sorted(f for d in DATATYPES if (session / d).is_dir() for f in (session / d).iterdir()
                         if f.is_file() and modality_of(f.name))
         present = {modality_of(f.name) for f in images}

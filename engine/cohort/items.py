@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine import modalities
+from engine.io.bids import is_bids
 from engine.io.volume import Volume
 
 OUTPUT_SUFFIX = ".nii.gz"
@@ -75,7 +76,7 @@ def discover(path: str | Path, target: str | None, source: str | None = None, ro
         cohort = Cohort("csv", str(path.parent), unique_outputs(csv_items(path, target, source)))
     elif target is None:
         raise ValueError("--target is required (a CSV manifest may name it per row instead)")
-    elif bids.is_bids(path):
+    elif is_bids(path):
         cohort = Cohort("bids", str(path), unique_outputs(bids.bids_items(path, target, source, routes)))
     else:
         root = path if path.is_dir() else path.parent

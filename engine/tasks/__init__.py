@@ -14,7 +14,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "UnderstandingSample": "understanding", "stage1_tasks": "understanding",
     "DatasetError": "validation", "Finding": "validation", "SubjectInfo": "validation",
     "ValidationReport": "validation", "validate_dataset": "validation",
-    "MAPPABLE": "prepare", "find_unnamed_series": "prepare", "misaligned_volumes": "prepare",
+    "mappable": "prepare", "find_unnamed_series": "prepare", "misaligned_volumes": "prepare",
     "prepare_dataset": "prepare",
     "write_phantom_dataset": "phantoms", "write_phantom_subject": "phantoms",
 })

@@ -19,7 +19,15 @@ from engine.io.catalog import SeriesEntry
 from engine.io.itk_files import file_kind
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.tasks.registration import RigidRegistration, overlay, register_rigid, resample_rigid
-from engine.tasks.validation import DATASET_JSON, DatasetError, ValidationReport, modality_from_name
+from engine.tasks.validation import (
+    DATASET_JSON,
+    DatasetError,
+    Finding,
+    ValidationReport,
+    modality_from_name,
+    subject_entries,
+    subject_entry,
+)
 
 MAPPABLE = ("unknown_modality", "unmapped_dicom")       # findings whose volumes a user can map to a modality
 MISALIGNED = ("no_overlap", "resampled")                 # findings whose volume may need registering
@@ -85,6 +93,12 @@ class PreparedDataset:
     skipped: list[str] = field(default_factory=list)     # subjects left with fewer than two volumes
 
 
+def mappable(report: ValidationReport) -> list[Finding]:
+    """What validation found that a user can map to modalities: volumes no name maps (a problem; in a
+    BIDS dataset, images of another suffix, a note) and loose DICOM files."""
+    return [f for f in report.problems + report.notes if f.kind in MAPPABLE]
+
+
 def find_unnamed_series(report: ValidationReport, progress: ProgressFn = noop,
                         cancel: CancelToken | None = None) -> tuple[list[SeriesChoice], list[str]]:
     """Every volume or DICOM series of the subjects whose validation found unnamed content (a folder
@@ -92,21 +106,21 @@ def find_unnamed_series(report: ValidationReport, progress: ProgressFn = noop,
     and the messages of subject folders that could not be scanned."""
     import engine.io as io
 
-    subjects = sorted({f.subject for f in report.problems if f.kind in MAPPABLE and f.subject})
+    subjects = sorted({f.subject for f in mappable(report) if f.subject})
     choices, errors = [], []
     for i, subject in enumerate(subjects):
         check_cancel(cancel)
         progress(Progress(i, len(subjects), f"looking for series in {subject}"))
-        folder = Path(report.root) / subject
+        folder = Path(report.folders[subject])
         try:
             catalog = io.scan(folder, cancel=cancel)
         except io.VolumeIOError as exc:
             errors.append(str(exc))
             continue
         for entry in catalog.entries:
-            first = Path(entry.paths[0] if entry.paths else entry.key)
-            top = folder / first.relative_to(folder).parts[0]
-            if modality_from_name(top)[0] is None:
+            first = Path(entry.paths[0] if entry.paths else entry.key).relative_to(folder)
+            named = (folder.joinpath(*first.parts[:i + 1]) for i in range(len(first.parts)))
+            if not any(modality_from_name(part)[0] for part in named):     # T1/…, anat/sub-01_T1w.nii.gz
                 choices.append(SeriesChoice(subject, entry))
     progress(Progress(len(subjects), len(subjects), "series found"))
     return choices, errors
@@ -132,7 +146,7 @@ def _sources(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
     sources: dict[str, dict[str, str | SeriesEntry]] = {s.name: dict(s.files) for s in report.subjects}
     left_out = {f.path for f in report.problems}
     for subject in {c.subject for c in mapping} - set(sources):       # its one named volume pairs with a series
-        for entry in sorted((Path(report.root) / subject).iterdir()):
+        for entry in subject_entries(Path(report.folders[subject]), report.bids):
             modality = modality_from_name(entry)[0]
             if modality and str(entry) not in left_out and (entry.is_dir() or file_kind(entry)):
                 sources.setdefault(subject, {}).setdefault(modality, str(entry))
@@ -243,6 +257,10 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             raise DatasetError(f"{root}: nothing to prepare: no subject would have two volumes")
         written = {k: meta[k] for k in ("name", "anatomy", "split") if k in meta}
         written.setdefault("name", report.name)
+        kept = {name: {k: v for k, v in (("source", subject_entry(meta, name, "source")),
+                                         ("participant", report.participants.get(name, ""))) if v} for name in record}
+        if any(kept.values()):      # sources (leave-one-source-out) and sessions' participants (the split)
+            written["subjects"] = {name: entry for name, entry in kept.items() if entry}
         written[PREPARED_KEY] = {"from": str(root), "volumes": record}
         (tmp / DATASET_JSON).write_text(json.dumps(written, indent=2), encoding="utf-8")
         progress(Progress(len(sources), len(sources), "dataset prepared"))

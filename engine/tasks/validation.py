@@ -1,5 +1,7 @@
-"""Checking a paired dataset folder before anything trains (docs/evaluation.md's layout): which subjects and
-modalities are there, which routes they give, what is wrong with which file, and the split."""
+"""Checking a paired dataset folder before anything trains (docs/evaluation.md's layout: one folder per
+subject, or a BIDS dataset whose sessions are the subjects): which subjects and modalities are there,
+which routes they give, what is wrong with which file, and the split (sessions of one participant in
+one part)."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +13,7 @@ import numpy as np
 
 from engine import modalities
 from engine.files import file_digest
-from engine.io import is_dicom_file
+from engine.io import bids, is_dicom_file
 from engine.io.itk_files import SUFFIXES, file_kind, read_info
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
@@ -21,7 +23,8 @@ DATASET_JSON = "dataset.json"
 LOW_OVERLAP = 0.5            # a partner covering less of the reference grid is said to be worth checking
 LOW_OVERLAP_HINT = (": a partial slab, or a wrong spacing or origin in one header? check both, or register it "
                     "(the fine-tuning wizard's Map series and align volumes page)")
-_IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval", ".bvec"}
+_IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".tsv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval",
+                     ".bvec"}
 
 
 class DatasetError(ValueError):
@@ -116,6 +119,9 @@ class ValidationReport:
     problems: list[Finding] = field(default_factory=list)
     notes: list[Finding] = field(default_factory=list)
     split: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    folders: dict[str, str] = field(default_factory=dict)   # every subject found → its folder
+    participants: dict[str, str] = field(default_factory=dict)  # a subject → its person, where one has several
+    bids: bool = False                                      # the subjects are a BIDS dataset's sessions
 
     @property
     def usable(self) -> bool:
@@ -159,7 +165,8 @@ class ValidationReport:
     def error_message(self) -> str:
         found = ", ".join(f"{s}" for s in self.subjects_found) or "no subject folders"
         lines = [f"{self.root}: no usable pairs. A pair needs two modalities of the same subject, in one "
-                 f"folder per subject named like T1.nii.gz, T2.nii.gz, FLAIR.nii.gz or CT/ (a DICOM folder).",
+                 f"folder per subject named like T1.nii.gz, T2.nii.gz, FLAIR.nii.gz or CT/ (a DICOM folder), "
+                 f"or in a BIDS session (sub-01/[ses-1/]anat/sub-01_T1w.nii.gz, …_T2w.nii.gz).",
                  f"subjects found: {found}"]
         lines += [f"  - {p}" for p in self.problems[:30]]
         if len(self.problems) > 30:
@@ -169,7 +176,8 @@ class ValidationReport:
 
 # -- reading names and geometry ------------------------------------------------------------
 def modality_from_name(path: Path) -> tuple[str | None, str]:
-    """(canonical modality or None, the name stem) for a file or DICOM folder."""
+    """(canonical modality or None, the name stem) for a file or DICOM folder named by its modality
+    (``T1.nii.gz``, ``CT/``) or a BIDS image named by its suffix (``sub-01_T1w.nii.gz``)."""
     name = path.name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
@@ -178,7 +186,17 @@ def modality_from_name(path: Path) -> tuple[str | None, str]:
     try:
         return modalities.canonical(name), name
     except ValueError:
-        return None, name
+        return bids.modality_of(path.name), name
+
+
+def subject_entries(folder: Path, in_bids: bool) -> list[Path]:
+    """What a subject folder holds: its files and folders; in a BIDS session, its files and those of its
+    image datatype folders (``anat``, ``pet``), not its other datatypes (``func``, ``dwi``, …)."""
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name.lower())
+    if not in_bids:
+        return entries
+    inner = [p for d in bids.DATATYPES if (folder / d).is_dir() for p in subject_entries(folder / d, False)]
+    return [p for p in entries if p.is_file()] + inner
 
 
 def read_geometry(path: Path, deep: bool = False) -> Geometry:
@@ -219,18 +237,16 @@ def _anatomy_of(meta: dict, subject: str) -> str:
     return str(anatomy or "")
 
 
-def _source_of(meta: dict, subject: str) -> str:
+def subject_entry(meta: dict, subject: str, key: str) -> str:
+    """``dataset.json``'s ``subjects[subject][key]`` (``source``, ``participant``), or ""."""
     entry = (meta.get("subjects") or {}).get(subject) if isinstance(meta.get("subjects"), dict) else None
-    return str(entry.get("source") or "") if isinstance(entry, dict) else ""
+    return str(entry.get(key) or "") if isinstance(entry, dict) else ""
 
 
-def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
-    subject = folder.name
+def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
     found: dict[str, tuple[Path, Geometry]] = {}
     loose_dicom = 0
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
-        if entry.name.startswith("."):
-            continue
+    for entry in subject_entries(folder, report.bids):
         if entry.is_file() and not file_kind(entry):
             if is_dicom_file(entry):
                 loose_dicom += 1
@@ -240,6 +256,12 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
                     "or a DICOM folder named by its modality", subject))
             continue
         modality, stem = modality_from_name(entry)
+        if modality is None and report.bids:      # a BIDS image of another kind (T2starw, defacemask): a note
+            suffix = bids.split_name(entry.name)[1]
+            report.notes.append(Finding(
+                "unknown_modality", str(entry), f"the BIDS suffix {suffix!r} names none of this model's modalities "
+                f"({', '.join(bids.SUFFIX_MODALITY)}): left out; map it to one in the fine-tuning wizard", subject))
+            continue
         if modality is None:
             guess = modalities.guess_from_filename(entry.name)
             hint = f"; this one {guess}?" if guess else ""
@@ -290,7 +312,7 @@ def _check_subject(folder: Path, meta: dict, report: ValidationReport, deep: boo
                 f"{overlap:.0%} of it" + (LOW_OVERLAP_HINT if overlap < LOW_OVERLAP else ""), subject, str(ref_path)))
     if len(files) >= 2:
         return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample),
-                           _source_of(meta, subject))
+                           subject_entry(meta, subject, "source"))
     if files:
         only = next(iter(files))
         report.problems.append(Finding("single_modality", str(folder), f"subject {subject!r} has only one usable "
@@ -380,23 +402,40 @@ def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = V
         report.problems.append(Finding("missing", str(root), "no such folder"))
         return report
     meta = _read_dataset_json(root, report)
-    report.name = str(meta.get("name") or root.name)
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    for stray in sorted(p for p in root.iterdir() if p.is_file() and file_kind(p)):
-        report.problems.append(Finding("stray_volume", str(stray), "volume files must sit in one folder per "
-                                       "subject (DATASET/SUBJECT/T1.nii.gz): ignored"))
-    for i, folder in enumerate(folders):
+    report.bids = bids.is_bids(root)
+    report.name = str(meta.get("name") or (report.bids and bids.dataset_name(root)) or root.name)
+    if report.bids:                 # the sessions (sub-*/ses-*), each a subject of its participant (sub-*)
+        units = [(folder, *bids.session_name(root, folder)) for folder in bids.sessions(root)]
+    else:
+        units = [(p, p.name, subject_entry(meta, p.name, "participant")) for p in sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)]
+        for stray in sorted(p for p in root.iterdir() if p.is_file() and file_kind(p)):
+            report.problems.append(Finding("stray_volume", str(stray), "volume files must sit in one folder per "
+                                           "subject (DATASET/SUBJECT/T1.nii.gz): ignored"))
+    for i, (folder, name, participant) in enumerate(units):
         check_cancel(cancel)
-        progress(Progress(i, len(folders), f"checking {folder.name}"))
-        report.subjects_found.append(folder.name)
-        info = _check_subject(folder, meta, report, deep)
+        progress(Progress(i, len(units), f"checking {name}"))
+        report.subjects_found.append(name)
+        report.folders[name] = str(folder)
+        if participant and participant != name:
+            report.participants[name] = participant
+        info = _check_subject(folder, name, meta, report, deep)
         if info is not None:
             report.subjects.append(info)
-    progress(Progress(len(folders), len(folders), "dataset checked"))
+    progress(Progress(len(units), len(units), "dataset checked"))
     _drop_copies(report, cancel)
     usable = [s.name for s in report.subjects]
     if "split" in meta:
         report.split = _split_from_json(meta, usable, report, str(root / DATASET_JSON))
     else:
-        report.split = hash_split(usable, seed, val_fraction, test_fraction)
+        report.split = _participant_split(usable, report.participants, seed, val_fraction, test_fraction)
     return report
+
+
+def _participant_split(usable: list[str], participants: dict[str, str], seed: int, val_fraction: float,
+                       test_fraction: float) -> dict[str, list[str]]:
+    """:func:`hash_split` over the participants: the sessions of one person share a part (one person
+    in training and in testing would measure memory, not generalization)."""
+    person = {s: participants.get(s, s) for s in usable}
+    drawn = hash_split(sorted(set(person.values())), seed, val_fraction, test_fraction)
+    return {part: sorted(s for s in person if person[s] in held) for part, held in drawn.items()}

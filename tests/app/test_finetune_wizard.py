@@ -246,3 +246,27 @@ def test_the_prefilled_model_name_is_one_the_wizard_accepts(qtbot, wizard, tmp_p
     wizard.next()
     assert wizard.budget.name.text() == "Brain-MR-pilot-2024-finetuned-2"
     assert wizard.budget.reason.text() == "" and next_enabled(wizard)
+
+
+def test_a_bids_dataset_is_checked_as_it_is_with_its_other_images_offered_for_mapping(qtbot, wizard, tmp_path):
+    root = tmp_path / "bids"
+    for i, session in enumerate(("sub-01/ses-1", "sub-01/ses-2", "sub-02", "sub-03")):
+        name = session.replace("/", "_")
+        made = write_phantom_subject(tmp_path / "made" / name, ("T1", "T2", "PD"), shape=SHAPE, seed=i)
+        (root / session / "anat").mkdir(parents=True)
+        for modality, suffix in (("T1", "T1w"), ("T2", "T2w"), ("PD", "T2starw")):
+            (root / session / "anat" / f"{name}_{suffix}.nii.gz").write_bytes(made[modality].read_bytes())
+    (root / "dataset_description.json").write_text('{"Name": "Site A", "BIDSVersion": "1.10.0"}')
+
+    report = check(qtbot, wizard, root)
+    text = wizard.dataset.report_view.toPlainText()
+    assert [s.name for s in report.subjects] == ["sub-01_ses-1", "sub-01_ses-2", "sub-02", "sub-03"]
+    assert "Site A" in text and "T1→T2 (4)" in text and "T2starw" in text
+    part = {name: p for p, names in report.split.items() for name in names}
+    assert part["sub-01_ses-1"] == part["sub-01_ses-2"]
+    assert next_enabled(wizard) and "map 4 folder(s) or file(s) to modalities" in wizard.dataset.status.text()
+    wizard.next()
+    prepare = wizard.prepare
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 4, timeout=30000)
+    assert sorted(prepare.series.item(i, 1).text().split(" (")[0] for i in range(4)) == [
+        f"{s}_T2starw.nii.gz" for s in ("sub-01_ses-1", "sub-01_ses-2", "sub-02", "sub-03")]

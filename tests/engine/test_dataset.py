@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,64 @@ def test_a_copy_among_same_size_volumes_alike_at_their_ends_is_found(tmp_path):
     report = validate_dataset(tmp_path)
     assert [s.name for s in report.subjects] == ["s1", "s2"]
     assert [(p.subject, p.kind) for p in report.problems] == [("s3", "duplicate_file")]
+
+
+def _bids_images(session, images: dict[str, str], seed: int) -> None:
+    """Phantom images of one BIDS session: file name (in ``anat``) → the modality drawn."""
+    made = write_phantom_subject(session / "made", sorted(set(images.values())), shape=SHAPE, spacing=SPACING,
+                                 seed=seed)
+    (session / "anat").mkdir(parents=True, exist_ok=True)
+    for name, modality in images.items():
+        (session / "anat" / name).write_bytes(made[modality].read_bytes())
+    for path in made.values():
+        path.unlink()
+    (session / "made").rmdir()
+
+
+def test_a_bids_dataset_trains_its_sessions_as_subjects_keeping_each_participant_in_one_split(tmp_path):
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "Site A T1/T2", "BIDSVersion": "1.10.0"}))
+    (root / "participants.tsv").write_text("participant_id\nsub-01\n")
+    for i in range(1, 7):
+        if i % 2:                                           # one session, no ses- folder
+            _bids_images(root / f"sub-{i:02d}", {f"sub-{i:02d}_T1w.nii.gz": "T1", f"sub-{i:02d}_T2w.nii.gz": "T2",
+                                                 f"sub-{i:02d}_T2starw.nii.gz": "PD"}, seed=i)
+            (root / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.json").write_text("{}")
+            continue
+        for ses in (1, 2):
+            name = f"sub-{i:02d}_ses-{ses}"
+            _bids_images(root / f"sub-{i:02d}" / f"ses-{ses}", {f"{name}_run-1_T1w.nii.gz": "T1",
+                                                             f"{name}_run-2_T1w.nii.gz": "T1",
+                                                             f"{name}_FLAIR.nii.gz": "FLAIR"}, seed=10 * i + ses)
+            (root / f"sub-{i:02d}" / f"ses-{ses}" / "func").mkdir()          # another datatype: not looked at
+            (root / f"sub-{i:02d}" / f"ses-{ses}" / "func" / f"{name}_task-rest_bold.nii.gz").write_bytes(b"x")
+            (root / f"sub-{i:02d}" / f"ses-{ses}" / f"{name}_scans.tsv").write_text("filename\n")
+    write_phantom_subject(root / "derivatives" / "x", ["T1", "T2"], shape=SHAPE, spacing=SPACING)   # not a subject
+
+    report = validate_dataset(root)
+    assert report.bids and report.name == "Site A T1/T2"
+    assert report.subjects_found == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03", "sub-04_ses-1",
+                                     "sub-04_ses-2", "sub-05", "sub-06_ses-1", "sub-06_ses-2"]
+    assert {s.name: s.modalities for s in report.subjects}["sub-01"] == ("T1", "T2")
+    assert {s.name: s.modalities for s in report.subjects}["sub-02_ses-1"] == ("T1", "FLAIR")
+    assert report.participants["sub-04_ses-2"] == "sub-04" and "sub-01" not in report.participants
+    # the second run of a T1 is left out by name; an image of another suffix is a note (mappable), not a problem
+    assert {(f.kind, Path(f.path).name) for f in report.problems} == {
+        ("duplicate_modality", f"sub-{i:02d}_ses-{s}_run-2_T1w.nii.gz") for i in (2, 4, 6) for s in (1, 2)}
+    assert {Path(f.path).name for f in report.notes if f.kind == "unknown_modality"} == {
+        f"sub-{i:02d}_T2starw.nii.gz" for i in (1, 3, 5)}
+    assert "T2starw" in next(str(f) for f in report.notes if f.kind == "unknown_modality")
+    for seed in range(12):                      # both sessions of a participant always in one part of the split
+        split = validate_dataset(root, seed=seed, val_fraction=0.3, test_fraction=0.3).split
+        part = {name: p for p, names in split.items() for name in names}
+        assert len(part) == 9 and all(part[f"sub-{i:02d}_ses-1"] == part[f"sub-{i:02d}_ses-2"] for i in (2, 4, 6))
+    opened = PairedDataset.open(root, seed=3)
+    assert set(opened.routes()) == {("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"), ("FLAIR", "T1")}
+    assert opened.volume("sub-02_ses-1", "FLAIR").array.shape == SHAPE
+
+
+def test_no_pairs_in_a_bids_dataset_says_how_a_bids_session_pairs(tmp_path):
+    _bids_images(tmp_path / "sub-01", {"sub-01_T1w.nii.gz": "T1"}, seed=1)
+    with pytest.raises(DatasetError, match=r"BIDS session \(sub-01/\[ses-1/\]anat/sub-01_T1w"):
+        PairedDataset.open(tmp_path)

@@ -144,3 +144,36 @@ def test_prepare_never_writes_over_data_it_did_not_make(tmp_path):
         prepare_dataset(report, tmp_path / "out", cancel=token)
     assert not (tmp_path / "out").exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no half-written folder left
+
+
+def test_a_bids_dataset_is_prepared_with_its_images_of_other_suffixes_mapped_and_its_sessions_kept_together(tmp_path):
+    root = tmp_path / "bids"
+    for session, seed, origin in (("sub-01/ses-1", 1, (0.0, 0.0, 0.0)), ("sub-01/ses-2", 2, (0.0, 0.0, 0.0)),
+                                  ("sub-02", 3, (60.0, 0.0, 0.0))):
+        name = session.replace("/", "_")
+        made = write_phantom_subject(tmp_path / "made" / name, ("T1", "PD"), shape=SHAPE, seed=seed)
+        far = write_phantom_subject(tmp_path / "far" / name, ("T2",), shape=SHAPE, seed=seed, origin=origin)
+        anat = root / session / "anat"
+        anat.mkdir(parents=True)
+        for path, suffix in ((made["T1"], "T1w"), (made["PD"], "T2starw"), (far["T2"], "T2w")):
+            (anat / f"{name}_{suffix}.nii.gz").write_bytes(path.read_bytes())
+    (root / "dataset_description.json").write_text('{"Name": "two participants", "BIDSVersion": "1.10.0"}')
+
+    report = validate_dataset(root)
+    assert {s.name: s.modalities for s in report.subjects} == {"sub-01_ses-1": ("T1", "T2"),
+                                                               "sub-01_ses-2": ("T1", "T2")}
+    misaligned, = misaligned_volumes(report)          # sub-02's T2 lies 60 mm away: a candidate, named by its suffix
+    assert (misaligned.subject, misaligned.modality, Path(misaligned.reference).name) == ("sub-02", "T2",
+                                                                                           "sub-02_T1w.nii.gz")
+    choices, errors = find_unnamed_series(report)      # the T2starw images, for the user to map
+    assert errors == [] and sorted((c.subject, Path(c.entry.key).name) for c in choices) == [
+        (s, f"{s}_T2starw.nii.gz") for s in ("sub-01_ses-1", "sub-01_ses-2", "sub-02")]
+
+    prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: "PD" for c in choices})
+    again = validate_dataset(prepared.root)
+    assert {s.name: s.modalities for s in again.subjects} == {
+        "sub-01_ses-1": ("T1", "T2", "PD"), "sub-01_ses-2": ("T1", "T2", "PD"), "sub-02": ("T1", "PD")}
+    meta = json.loads((prepared.root / "dataset.json").read_text())
+    assert meta["name"] == "two participants"
+    assert meta["subjects"] == {"sub-01_ses-1": {"participant": "sub-01"}, "sub-01_ses-2": {"participant": "sub-01"}}
+    assert again.participants == {"sub-01_ses-1": "sub-01", "sub-01_ses-2": "sub-01"}   # still split together
