@@ -169,7 +169,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "end, where sampling with shift 3 takes most of its steps")
     p.add_argument("--fsdp", action="store_true", help="shard decoder and ViT layers with FSDP (under torchrun)")
     p.add_argument("--skip-invalid", action="store_true",
-                   help="train on the usable part of a dataset whose validation found problems")
+                   help="train on the usable part of a dataset with problems (found by validation, or voxel data "
+                        "found damaged when training first reads every volume): each left out is named on stderr "
+                        "and in the model card")
     p.set_defaults(func=run_train)
 
 

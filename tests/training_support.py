@@ -22,6 +22,30 @@ def phantom_data(root: Path) -> Path:
     return root
 
 
+def damage_voxels(volume: Path) -> Path:
+    """Rewrite a phantom ``.nii.gz`` on a grid 3× finer (same physical box), noisy so that it is big
+    enough for its header to read alone, and damage the end of its compressed voxels: the header and
+    the gzip trailer stay intact, so only reading the voxels finds it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(volume))
+    fine = sitk.Image([3 * image.GetSize()[0], 3 * image.GetSize()[1], image.GetSize()[2]], sitk.sitkFloat32)
+    fine.SetSpacing((image.GetSpacing()[0] / 3, image.GetSpacing()[1] / 3, image.GetSpacing()[2]))
+    fine.SetOrigin((image.GetOrigin()[0] - image.GetSpacing()[0] / 3, image.GetOrigin()[1] - image.GetSpacing()[1] / 3,
+                    image.GetOrigin()[2]))
+    fine = sitk.Resample(image, fine, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(fine)
+    noisy = sitk.GetImageFromArray(array + np.random.default_rng(0).normal(0.0, 5.0, array.shape).astype(np.float32))
+    noisy.CopyInformation(fine)
+    sitk.WriteImage(noisy, str(volume))
+    raw = bytearray(volume.read_bytes())
+    for i in range(len(raw) - 300, len(raw) - 100):
+        raw[i] ^= 0x5A
+    volume.write_bytes(bytes(raw))
+    return volume
+
+
 def tiny_config(data: Path, out: Path, stage: str, **changes) -> TrainConfig:
     values = dict(data=str(data), stage=stage, out=str(out), size="tiny", steps=3, batch_size=2, image_size=PX,
                   checkpoint_every=0, checkpoint_seconds=0, preview_every=0, eval_samples=2, threads=1)

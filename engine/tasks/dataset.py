@@ -2,6 +2,7 @@
 (resampled when needed), normalised per volume, and the 2-D slices every task is built from."""
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from engine.tasks.validation import (
     TEST_FRACTION,
     VAL_FRACTION,
     DatasetError,
+    Finding,
     SubjectInfo,
     ValidationReport,
     validate_dataset,
@@ -238,12 +240,18 @@ class PairedDataset:
         return image[top:top + image_size, left:left + image_size][None].clone()
 
     def preload(self, image_size: int, split: str | None = None, progress: ProgressFn = noop,
-                cancel: CancelToken | None = None, budget_bytes: int | None = None) -> int:
+                cancel: CancelToken | None = None, budget_bytes: int | None = None,
+                unloadable: list[Finding] | None = None) -> int:
         """Read every volume of ``split`` once and keep its slices' canvases in memory (float16).
 
         Training draws thousands of random (subject, modality, slice) triples; without this, each
         draw can reload and re-normalise a whole volume. Stops adding subjects once ``budget_bytes``
         is held (the rest stay lazily loaded). Returns the bytes held.
+
+        With ``unloadable`` (a list), a volume that cannot be read (voxel data damaged past its
+        header, which validation reads) adds a finding there and its subject is passed over instead
+        of raising, and the subjects past the budget are read once too: training would otherwise stop
+        at such a file mid-run. :meth:`without` then takes those subjects out.
         """
         from engine.jobs import Progress, check_cancel
 
@@ -252,19 +260,47 @@ class PairedDataset:
         done = 0
         held = sum(t.numel() * t.element_size() for t in self._bank.values())
         for subject in subjects:
-            if budget_bytes is not None and held >= budget_bytes:
+            banking = budget_bytes is None or held < budget_bytes
+            if not banking and unloadable is None:
                 break
             for modality in self.subject_modalities(subject):
                 check_cancel(cancel)
-                key = (subject, modality, int(image_size))
-                if key not in self._bank:
-                    nv = self.normalised(subject, modality)
-                    stack = slices_first(nv.array, self.slice_axis(subject))
-                    canvases = to_canvas(np.ascontiguousarray(stack, dtype=np.float32),
-                                         self.placement(subject, image_size))
-                    self._bank[key] = canvases[:, 0].clamp_(0.0, 1.0).to(torch.float16)
-                    held += self._bank[key].numel() * 2
-                done += 1
-                progress(Progress(done, total, f"preparing slices of {subject}"))
-            self.usable_slices(subject)            # computed while this subject's volumes are cached
+                try:
+                    held += self._bank_slices(subject, modality, image_size) if banking else 0
+                    if modality == self.subject_modalities(subject)[-1]:
+                        self.usable_slices(subject)            # computed while this subject's volumes are cached
+                except DatasetError as exc:
+                    if unloadable is None:
+                        raise
+                    path = self.subject(subject).files[modality]
+                    unloadable.append(Finding("unreadable", path, str(exc).removeprefix(f"{path}: "), subject))
+                    break
+                finally:
+                    done += 1
+                    progress(Progress(done, total, f"preparing slices of {subject}"))
         return held
+
+    def _bank_slices(self, subject: str, modality: str, image_size: int) -> int:
+        """Keep one volume's slice canvases in memory; the bytes added."""
+        key = (subject, modality, int(image_size))
+        if key in self._bank:
+            return 0
+        nv = self.normalised(subject, modality)
+        stack = slices_first(nv.array, self.slice_axis(subject))
+        canvases = to_canvas(np.ascontiguousarray(stack, dtype=np.float32), self.placement(subject, image_size))
+        self._bank[key] = canvases[:, 0].clamp_(0.0, 1.0).to(torch.float16)
+        return self._bank[key].numel() * 2
+
+    def without(self, findings: list[Finding]) -> PairedDataset:
+        """The same dataset, sharing what it has loaded, less the subjects ``findings`` name (out of
+        every split), which join its problems; DatasetError when no pair is left."""
+        gone = {f.subject for f in findings}
+        kept = copy.copy(self)
+        kept.report = replace(self.report, subjects=[s for s in self.report.subjects if s.name not in gone],
+                              split={part: [n for n in names if n not in gone]
+                                     for part, names in self.report.split.items()},
+                              problems=[*self.report.problems, *findings])
+        if not kept.report.usable:
+            raise DatasetError(kept.report.error_message())
+        kept._subjects = {s.name: s for s in kept.report.subjects}
+        return kept

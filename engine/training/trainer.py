@@ -36,7 +36,7 @@ from engine.tasks.augment import Randomization
 from engine.tasks.dataset import PairedDataset
 from engine.tasks.holdout import check_holdout_unused
 from engine.tasks.slice_dataset import derived_rng
-from engine.tasks.validation import DatasetError
+from engine.tasks.validation import DatasetError, Finding
 from engine.training import evaluate
 from engine.training.config import PATH_OPTIONS, TrainConfig
 from engine.training.data import (
@@ -226,18 +226,17 @@ class Trainer:
                 paired = paired.leave_out(cfg.leave_out)
         except DatasetError as exc:
             raise TrainingSetupError(str(exc)) from None
-        problems = paired.report.problems
-        if problems and not cfg.skip_invalid:
-            lines = [f"{cfg.data}: {len(problems)} problem(s) in the dataset; fix them, or add --skip-invalid to "
-                     "train on the usable part:"] + [f"  - {p}" for p in problems[:20]]
-            if len(problems) > 20:
-                lines.append(f"  … and {len(problems) - 20} more")
-            raise TrainingSetupError("\n".join(lines))
-        for p in problems:
-            self.warn(f"skipped: {p}")
+        self._refuse_problems(paired.report.problems)
         for note in paired.report.notes:                 # what the wizard shows: a resampled pair, its coverage
             self.warn(f"dataset: {note}")
-        paired.preload(cfg.image_size, budget_bytes=preload_budget())
+        unloadable: list[Finding] = []                   # voxel data damaged past the header validation read
+        paired.preload(cfg.image_size, budget_bytes=preload_budget(), unloadable=unloadable)
+        if unloadable:
+            self._refuse_problems(unloadable)
+            try:
+                paired = paired.without(unloadable)
+            except DatasetError as exc:
+                raise TrainingSetupError(str(exc)) from None
         if cfg.routes is not None:
             from engine import modalities
 
@@ -250,6 +249,18 @@ class Trainer:
                 have = ", ".join(f"{a}→{b}" for a, b in paired.report.routes)
                 raise TrainingSetupError(f"--routes: {', '.join(missing)} not in {cfg.data} (it has {have})")
         return paired
+
+    def _refuse_problems(self, problems: list[Finding]) -> None:
+        """Stop on the dataset's problems unless --skip-invalid, which warns of each instead."""
+        cfg = self.cfg
+        if problems and not cfg.skip_invalid:
+            lines = [f"{cfg.data}: {len(problems)} problem(s) in the dataset; fix them, or add --skip-invalid to "
+                     "train on the usable part:"] + [f"  - {p}" for p in problems[:20]]
+            if len(problems) > 20:
+                lines.append(f"  … and {len(problems) - 20} more")
+            raise TrainingSetupError("\n".join(lines))
+        for p in problems:
+            self.warn(f"skipped: {p}")
 
     def _build_streams(self) -> dict[str, SampleStream]:
         try:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from training_support import PX, ROOT, phantom_data, run_train, subprocess_env, train_command
+from training_support import PX, ROOT, damage_voxels, phantom_data, run_train, subprocess_env, train_command
 
 from cli import run_cli
 from engine.model import load_model_dir
@@ -173,3 +173,24 @@ def test_a_csv_or_file_given_as_the_dataset_is_called_a_file(tmp_path, capsys):
     pairs.write_text("source,target\na.nii.gz,b.nii.gz\n")
     err = _bad(capsys, "--data", str(pairs), "--stage", "understanding", "--steps", "1", "--out", str(tmp_path / "o"))
     assert f"{pairs}: is a file; a paired dataset is a folder with one folder per subject" in err
+
+
+def test_voxel_data_damaged_past_the_header_stops_training_or_with_skip_invalid_leaves_its_subject_out(
+        data, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(data, damaged)
+    volume = damage_voxels(damaged / "sub02" / "T2.nii.gz")
+    args = ["--data", str(damaged), "--stage", "generation", "--size", "tiny", "--steps", "1", "--batch-size", "2",
+            "--image-size", str(PX), "--threads", "1"]
+    assert run_cli(["train", *args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err                       # after the note that it lies on a finer grid
+    assert f"error: {damaged}: 1 problem(s)" in err and f"{volume}: cannot be loaded" in err
+    assert "add --skip-invalid" in err
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+    assert run_cli(["train", *args, "--out", str(tmp_path / "model"), "--skip-invalid"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped: {volume}: cannot be loaded" in err
+    card = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert "sub02" not in [s for part in card["data"]["split"].values() for s in part]
+    assert [(s["subject"], s["path"]) for s in card["data"]["skipped"]] == [("sub02", "sub02/T2.nii.gz")]

@@ -317,3 +317,20 @@ def test_no_pairs_in_a_bids_dataset_says_how_a_bids_session_pairs(tmp_path):
     _bids_images(tmp_path / "sub-01", {"sub-01_T1w.nii.gz": "T1"}, seed=1)
     with pytest.raises(DatasetError, match=r"BIDS session \(sub-01/\[ses-1/\]anat/sub-01_T1w"):
         PairedDataset.open(tmp_path)
+
+
+def test_preload_finds_voxels_damaged_past_the_header_even_past_its_memory_budget(tmp_path):
+    from training_support import damage_voxels
+
+    root = write_phantom_dataset(tmp_path / "pairs", subjects=4, shape=SHAPE, spacing=SPACING, ct_subject=False)
+    volume = damage_voxels(root / "sub04" / "FLAIR.nii.gz")
+    paired = PairedDataset.open(root)
+    assert paired.report.problems == []                 # validation reads headers: it cannot know
+    with pytest.raises(DatasetError, match="cannot be loaded"):
+        paired.preload(32)
+    unloadable: list = []
+    paired.preload(32, budget_bytes=1, unloadable=unloadable)   # sub01 banked, the rest only read
+    assert [(f.kind, f.subject, f.path) for f in unloadable] == [("unreadable", "sub04", str(volume))]
+    kept = paired.without(unloadable)
+    assert "sub04" not in kept.subject_names() and all("sub04" not in names for names in kept.report.split.values())
+    assert kept.report.problems == unloadable and kept.usable_slices("sub01") == paired.usable_slices("sub01")
