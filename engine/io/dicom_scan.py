@@ -33,6 +33,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"          # Deflated Explicit VR Little Endia
 MAX_FRAMES = 100_000                          # frames in one file: beyond any scanner's, refused before one is listed
 DEFLATE_MAX_RATIO = 1032                      # the most deflate can compress
 PRIVATE_CREATOR = "SynerMedGen Studio"        # our writer's private block (group 0x0011)
+PRIVATE_GROUP = 0x0011
 VIDEO_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)}   # MPEG-2, MPEG-4, HEVC: frames share fragments
 PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
@@ -373,17 +374,23 @@ def series_tags(ds: Dataset) -> dict[str, str]:
         tags["RepetitionTime"] = text(timing.get("RepetitionTime"))
     if echo is not None and not tags["EchoTime"]:
         tags["EchoTime"] = text(echo.get("EffectiveEchoTime"))
-    try:
-        block = ds.private_block(0x0011, PRIVATE_CREATOR)
+    block = our_block(ds)
+    if block is not None:
         tags["StudioModality"] = text(block[0x01].value) if 0x01 in block else ""
         tags["StudioUnit"] = text(block[0x02].value) if 0x02 in block else ""
         tags["StudioSynthetic"] = text(block[0x03].value) if 0x03 in block else ""
         tags["StudioDerivedFrom"] = text(block[0x04].value) if 0x04 in block else ""
-    except KeyError:
-        pass
     if ds.get("file_meta") is not None:
         tags["TransferSyntaxUID"] = text(ds.file_meta.get("TransferSyntaxUID"))
     return tags
+
+
+def our_block(ds: Dataset):
+    """This app's private block in ``ds`` (written by :mod:`engine.io.dicom_write`), or None."""
+    try:
+        return ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return None
 
 
 def _first(seq) -> Dataset | None:

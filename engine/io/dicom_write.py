@@ -46,7 +46,7 @@ from pydicom.valuerep import format_number_as_ds
 from engine import modalities
 from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
 from engine.io.deidentify import Anonymiser, as_anonymiser
-from engine.io.dicom_scan import PRIVATE_CREATOR
+from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, our_block
 from engine.io.errors import VolumeIOError
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, mark
 from engine.io.volume import Volume, finite_filled
@@ -150,10 +150,8 @@ def _ours(path: Path) -> bool:
     """Whether a DICOM file carries this app's private block (a series it exported, never a scanner's
     files named alike)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        ds.private_block(0x0011, PRIVATE_CREATOR)
-        return True
-    except Exception:  # noqa: BLE001 - unreadable, or no block of ours: not ours
+        return our_block(pydicom.dcmread(path, stop_before_pixels=True)) is not None
+    except Exception:  # noqa: BLE001 - unreadable: not ours
         return False
 
 
@@ -237,7 +235,7 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     _modality_module(ds, volume, encoding)
     if anonymiser:
         anonymiser.apply(ds)                # before our private block: the only private data it keeps
-    block = ds.private_block(0x0011, PRIVATE_CREATOR, create=True)
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", (volume.modality or "")[:64])
     block.add_new(0x02, "LO", (volume.unit or "")[:64])
     if volume.synthetic:
