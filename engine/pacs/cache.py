@@ -114,9 +114,11 @@ class Cache:
             return set()
         return {n[:-len(SUFFIX)] for n in names if n.endswith(SUFFIX) and not n.startswith(".")}
 
-    def missing(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> list[str]:
-        """The SOPInstanceUIDs of ``sop_uids`` not yet whole in the cache, in their order."""
-        have = self.cached(study_uid, series_uid)
+    def missing(self, study_uid: str, series_uid: str, sop_uids: Iterable[str],
+                have: Collection[str] | None = None) -> list[str]:
+        """The SOPInstanceUIDs of ``sop_uids`` not yet whole in the cache, in their order (``have``:
+        what :meth:`cached` just returned, saving a second listing of the folder)."""
+        have = self.cached(study_uid, series_uid) if have is None else have
         return [uid for uid in sop_uids if file_name(uid) not in have]
 
     @contextlib.contextmanager

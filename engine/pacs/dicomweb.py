@@ -175,7 +175,7 @@ def get(server: Server, study_uid: str, series_uid: str, cache: Cache, progress:
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
     before = cache.cached(study_uid, series_uid)
-    missing = cache.missing(study_uid, series_uid, wanted)
+    missing = cache.missing(study_uid, series_uid, wanted, before)
     total, done = len(wanted), len(wanted) - len(missing)
     progress(Progress(done, total, f"{done} of {total} instances already cached"))
     with client(server) as web, cache.receiving(study_uid, series_uid) if missing else contextlib.nullcontext():

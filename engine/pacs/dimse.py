@@ -264,7 +264,7 @@ def _retrieve(server: Server, study_uid: str, series_uid: str, cache: Cache, pro
     if not wanted:
         raise PacsError(server.name, f"series {series_uid} has no instances there")
     before = cache.cached(study_uid, series_uid)
-    missing = sorted(set(cache.missing(study_uid, series_uid, wanted)))
+    missing = sorted(set(cache.missing(study_uid, series_uid, wanted, before)))
     total = len(wanted)
     progress(Progress(total - len(missing), total, f"{total - len(missing)} of {total} instances already cached"))
     if missing:
