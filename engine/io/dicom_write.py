@@ -48,7 +48,7 @@ from engine.atomic import OutputError, atomic_folder, check_folder_target, check
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, our_block
 from engine.io.errors import VolumeIOError
-from engine.io.synthetic_mark import DICOM_SYNTHETIC, mark
+from engine.io.synthetic_mark import DICOM_SYNTHETIC, series_mark
 from engine.io.volume import Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.version import version
@@ -213,7 +213,7 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     ds.SeriesDate = ds.ContentDate = today
     ds.SeriesTime = ds.ContentTime = clock
     description = (description or volume.name or "SynerMedGen Studio export").strip()
-    ds.SeriesDescription = (mark(volume) if volume.synthetic else description)[:64]
+    ds.SeriesDescription = (series_mark(volume, description) if volume.synthetic else description)[:64]
     ds.ContentQualification = "RESEARCH"
     ds.SeriesNumber = _series_number(src.get("SeriesNumber"))
     ds.Manufacturer = "SynerMedGen Studio"

@@ -38,6 +38,13 @@ def mark(volume: Volume) -> str:
     return f"{label(volume)} — {RESEARCH_ONLY}"
 
 
+def series_mark(volume: Volume, description: str) -> str:
+    """A synthetic volume's DICOM SeriesDescription (64 characters: what a PACS lists): its mark, led
+    by the flag ``description`` opens with, e.g. ``(OOD input) synthetic CT from CBCT — research use only``."""
+    flag = re.match(r"\s*(\([^()]*\))", description or "")
+    return f"{flag.group(1)} {mark(volume)}" if flag else mark(volume)
+
+
 def says_synthetic(*texts: str) -> bool:
     """Whether one of ``texts`` is our mark (see ``mark``)."""
     return any(_MARK.match(text or "") for text in texts)

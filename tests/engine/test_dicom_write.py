@@ -225,6 +225,16 @@ def test_an_anonymised_or_resampled_export_references_no_source(tmp_path):
     assert "SourceImageSequence" not in first and "ReferencedSeriesSequence" not in first
 
 
+def test_a_synthetic_series_made_from_an_input_unlike_the_training_data_says_so_where_a_pacs_lists_it(tmp_path):
+    synthetic = _synthetic_ct_from_cbct(_ct_series())
+    description = "(OOD input) synthetic CT from CBCT by SynerMedGen default, 12 euler steps — research use only"
+    first = _files(write_dicom_series(synthetic, tmp_path / "ood", series_description=description))[0]
+    assert first.SeriesDescription == "(OOD input) synthetic CT from CBCT — research use only"
+    assert first.ImageComments.startswith(description)
+    entry = io.scan(tmp_path / "ood").entries[0]
+    assert entry.synthetic and entry.load().derived_from == "CBCT"
+
+
 DCIODVFY = shutil.which("dciodvfy")
 
 
