@@ -57,16 +57,23 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
 
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
                   cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None) -> Path:
-    """Write a document's volume, described by its title (the writers add a synthetic one's marking);
-    with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified. Never
+    """Write a document's volume, described by its title (the writers add a synthetic one's marking),
+    and beside a synthetic one its provenance (``NAME.json``: model, route, settings, warnings); with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified. Never
     over the files it was read or made from (a DICOM series export into the source series' folder
     would replace the acquired scan)."""
     from engine import io
+    from engine.inference import check_sidecar, write_sidecar
 
     made_from = [d.volume.source for d in (doc, doc.source) if d is not None and d.volume.source]
     io.check_output(path, inputs=tuple(made_from))
-    return io.save(doc.volume, path, description=doc.title, anonymise=anonymiser or False, progress=progress,
-                   cancel=cancel)
+    record = doc.volume.provenance
+    if record:
+        check_sidecar(path)
+    written = io.save(doc.volume, path, description=doc.title, anonymise=anonymiser or False, progress=progress,
+                      cancel=cancel)
+    if record:
+        write_sidecar(path, record, anonymised=bool(anonymiser))
+    return written
 
 
 def anonymised_export_session() -> Anonymiser:

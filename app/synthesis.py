@@ -127,8 +127,9 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     """Synthesize the target volume on the source's grid (marked synthetic by the engine) with the
     checks every face makes (:func:`engine.inference.synthesize_checked`), its notes ending with the
     out-of-distribution guard's warnings and how the source modality was known; the progress reports
-    carry the latest finished slice as ``preview``. Imports torch."""
-    from engine.inference import synthesize_checked
+    carry the latest finished slice as ``preview``; its ``provenance`` is the sidecar an export writes
+    beside it. Imports torch."""
+    from engine.inference import folders_cut, provenance, synthesize_checked
 
     synth = _synthesizer(request)
     settings = synth.default_settings().asked(
@@ -146,4 +147,7 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     result, _description, checks = synthesize_checked(synth, request.volume, request.source or "auto",
                                                       request.target, settings, progress=report, cancel=cancel,
                                                       preview=preview)
-    return result.replace(notes=(*result.notes, checks.source_note)) if checks.source_note else result
+    given = Path(request.volume.source) if request.volume.source else None
+    record = provenance(synth, checks, settings, request.volume, result, given.name if given else None,
+                        local=folders_cut(given, given.absolute().parent) if given else list)
+    return result.replace(notes=(*result.notes, *filter(None, [checks.source_note])), provenance=record)

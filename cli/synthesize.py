@@ -66,7 +66,7 @@ def announce(checks, quiet: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
-    from engine.inference import ModelCard, synthesize_checked
+    from engine.inference import ModelCard, check_sidecar, folders_cut, provenance, synthesize_checked, write_sidecar
 
     started = time.perf_counter()
     target = modalities.canonical(args.target)
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         card.check_route(args.source, target)          # fail before loading anything heavy
     output = Path(args.output)
     io.check_output(output, inputs=(args.input, *([args.reference] if args.reference else [])))
+    check_sidecar(output)
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
@@ -97,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     source, identified = checks.source, checks.identified
     warnings, known = checks.input_warnings, checks.benchmark_warnings      # the known ones also in the notes
     written = io.save(result, output, description=description, anonymise=anonymiser or False)
+    record = provenance(synth, checks, settings, volume, result, Path(args.input).name, series=args.series,
+                        local=folders_cut(args.input, Path(args.input).absolute().parent))
     report = {
-        "output": str(written), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
+        "output": str(written), "provenance": str(write_sidecar(output, record, anonymised=bool(anonymiser))), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,
         "shift": settings.shift, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],

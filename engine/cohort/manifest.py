@@ -87,13 +87,6 @@ def read_state(out: str | Path) -> dict[str, dict]:
     return state
 
 
-def sidecar_path(output: Path) -> Path:
-    """The JSON sidecar (provenance) beside an item's output: ``NAME.nii.gz`` → ``NAME.json``."""
-    name = output.name
-    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
-    return output.with_name(stem + ".json")
-
-
 def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path, output: str) -> bool:
     """Whether an item's last ``record`` says it is done with these fingerprints into the item's
     ``output`` (a changed output column is redone), that output and its sidecar still there."""
@@ -104,6 +97,8 @@ def finished(record: Mapping | None, fingerprint: Mapping[str, str], out: Path, 
     if not output or record.get("output") != output:
         return False
     path = Path(out) / output
+    from engine.inference import sidecar_path
+
     return path.exists() and sidecar_path(path).exists()
 
 

@@ -5,8 +5,6 @@ events recorded in the run manifest (:mod:`engine.cohort.manifest`); an item tha
 with its reason and the run goes on; an unchanged finished item is skipped."""
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,68 +62,23 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
                     cancel: CancelToken | None = None) -> tuple[Any, str, dict]:
     """(the synthetic volume, its description, its provenance) of one item, with the checks ``synthesize``
     makes (:func:`engine.inference.synthesize_checked`: the source modality, the route, the input guard,
-    the benchmark warnings); the provenance names the input relative to the cohort's ``root`` (an
-    absolute path may hold a patient's name) and what loading it assumed or changed."""
-    from engine.inference import RESEARCH_NOTE, synthesize_checked
-    from engine.inference.model_card import route_name
-    from engine.version import version
+    the benchmark warnings); the provenance (:func:`engine.inference.provenance`) names the input
+    relative to the cohort's ``root`` (an absolute path may hold a patient's name)."""
+    from engine.inference import folders_cut, provenance, synthesize_checked
 
     result, description, checks = synthesize_checked(synth, volume, item.source, item.target, settings,
                                                      progress=progress, cancel=cancel)
-    local = without_folders_above(item, root)
-    provenance = {
-        "Description": RESEARCH_NOTE,
-        "Synthetic": True,
-        "GeneratedBy": {"Name": "SynerMedGen Studio", "Version": version()},
-        "Model": synth.name,
-        "Route": route_name(checks.source, checks.target),
-        "SourceModality": checks.source,
-        "SourceFile": relative(item.path, root),
-        **({"SourceSeries": item.series} if item.series else {}),
-        "InputNotes": local(volume.notes),          # what loading assumed or changed (interpolated slices, …)
-        "Settings": settings.to_dict(),
-        "Device": synth.execution_device,
-        "Precision": synth.precision,
-        "InputWarnings": local(checks.input_warnings),
-        "BenchmarkWarnings": local(checks.benchmark_warnings),
-        "Notes": local(result.notes),
-        **({"Identified": checks.identified} if checks.identified else {}),
-        **({"SourceNote": local([checks.source_note])[0]} if checks.source_note else {}),
-    }
-    return result, description, provenance
-
-
-def without_folders_above(item: CohortItem, root: str | Path) -> Callable[[Any], list[str]]:
-    """A function giving texts (notes naming a slice's file, a 4-D file's ``FILE#INDEX``) with the folders
-    above the cohort's ``root``, and above an input outside it, cut from the absolute paths they name:
-    a sidecar travels with its output, and the folders above a study may hold a patient's name."""
-    def cut_first(*folders: Path) -> list[str]:               # the longer first; never a drive's root
-        return sorted({os.path.join(str(f), "") for f in folders if len(f.parts) > 1}, key=len, reverse=True)
-    path = Path(item.path)       # the root's folders first: a path inside it stays relative to the root
-    prefixes = (cut_first(Path(root).absolute(), Path(root).resolve())
-                + cut_first(path.absolute().parent, path.resolve().parent))
-
-    starts = [re.compile(r"(?<![\w.~/\\-])" + re.escape(prefix)) for prefix in prefixes]   # where a path begins
-
-    def local(texts) -> list[str]:
-        cut = []
-        for text in texts:
-            for start in starts:
-                text = start.sub("", text)
-            cut.append(text)
-        return cut
-    return local
+    record = provenance(synth, checks, settings, volume, result, relative(item.path, root), series=item.series,
+                        local=folders_cut(item.path, root))
+    return result, description, record
 
 
 def _write(result, description: str, provenance: dict, path: Path) -> None:
-    import json
-
     import engine.io as io
-    from engine.atomic import atomic_file
+    from engine.inference import write_sidecar
 
     io.save(result, path, description=description)
-    with atomic_file(manifest.sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    write_sidecar(path, provenance)
 
 
 def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Mapping[str, Any],

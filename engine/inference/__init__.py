@@ -28,4 +28,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "with_warnings": "ood",
     "slice_axis": "slices", "slices_first": "slices",
     "Checks": "checked", "synthesize_checked": "checked",
+    "provenance": "sidecar", "folders_cut": "sidecar", "check_sidecar": "sidecar",
+    "write_sidecar": "sidecar", "sidecar_path": "sidecar",
 })

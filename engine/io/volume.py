@@ -1,5 +1,5 @@
 """The one volume type: voxel array in physical units plus its exact geometry and provenance
-(whether a model made it: ``synthetic``, from which modality: ``derived_from``).
+(whether a model made it: ``synthetic``, from which modality: ``derived_from``, and how: ``provenance``).
 
 Conventions (those of SimpleITK and DICOM): the array is indexed (z, y, x); ``spacing`` and
 ``origin`` are given in (x, y, z) order, in millimetres, in the patient's LPS frame; ``direction``
@@ -27,6 +27,7 @@ class Volume:
     dicom: dict[str, str] = field(default_factory=dict)
     synthetic: bool = False          # made by a model, not acquired: every writer marks it, every reader finds it
     derived_from: str = ""           # the modality a synthetic volume was made from, when known
+    provenance: dict = field(default_factory=dict)   # how a model made it: the JSON sidecar an export writes
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)

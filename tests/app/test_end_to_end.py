@@ -75,6 +75,8 @@ def test_the_application_synthesizes_the_demo_study_and_saves_the_views(tiny_mod
 
     exported, source = io.load(report["export"]), io.load(REPO / "resources" / "demo" / "brain" / "T1.nii.gz")
     assert exported.shape == source.shape and not np.allclose(exported.array, source.array)
+    sidecar = json.loads((out / "exported.json").read_text())          # how it was made, beside it
+    assert sidecar["Route"] == "T1→T2" and sidecar["SourceFile"] == "T1.nii.gz" and sidecar["Settings"]["steps"] > 0
 
     rendered = read_png(out / "volume_3d.png")
     assert rendered.shape[0] > 50 and rendered.shape[1] > 50

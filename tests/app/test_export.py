@@ -115,6 +115,31 @@ def test_export_paths_get_the_filters_suffix():
     assert set(VOLUME_FILTERS.values()) == {".nii.gz", ".mha", ""}
 
 
+def test_a_synthetic_export_writes_its_provenance_beside_it_never_over_a_file_it_did_not_write(qtbot, window,
+                                                                                                 tmp_path):
+    import json
+
+    source = window.workspace.active
+    record = {"Synthetic": True, "GeneratedBy": {"Name": "SynerMedGen Studio"}, "Route": "CT→T2",
+              "SourceFile": "ct.nii.gz", "SourceSeries": "1.2.3"}
+    doc = window.workspace.add(source.volume.with_array(1000 - source.volume.array, modality="T2", unit="a.u.")
+                               .replace(provenance=record), synthetic=True, source=source)
+    window.workspace.activate(doc)
+    export(qtbot, window, tmp_path / "sub-01_T2w.nii.gz")
+    assert json.loads((tmp_path / "sub-01_T2w.json").read_text()) == record
+    from app.export import anonymised_export_session, export_volume
+
+    export_volume(doc, tmp_path / "anon.nii.gz", anonymiser=anonymised_export_session())
+    assert "SourceFile" not in json.loads((tmp_path / "anon.json").read_text())
+
+    (tmp_path / "sub-02_T2w.json").write_text('{"EchoTime": 0.1}')           # a real scan's BIDS sidecar
+    window.export_to(tmp_path / "sub-02_T2w.nii.gz")
+    qtbot.waitUntil(lambda: any("sub-02_T2w.json: exists and was not written" in line for line in window.log.lines),
+                    timeout=10000)
+    assert not (tmp_path / "sub-02_T2w.nii.gz").exists()
+    assert (tmp_path / "sub-02_T2w.json").read_text() == '{"EchoTime": 0.1}'
+
+
 def test_a_failed_export_names_the_path(qtbot, window, tmp_path):
     out = tmp_path / "copy.xyz"
     window.export_to(out)

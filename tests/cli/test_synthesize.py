@@ -121,6 +121,32 @@ def test_anonymised_synthesis_refuses_a_burned_in_source_unless_accepted_and_kee
                          "--accept-burned-in", *common)
     assert code == 0, err
     assert b"Jane" not in (tmp_path / "anon.nii").read_bytes() and "Jane" not in out
+    sidecar = (tmp_path / "anon.json").read_text()           # the provenance names no input either
+    assert "SourceFile" not in json.loads(sidecar) and "t1_dicom" not in sidecar and "Jane" not in sidecar
+
+
+def test_the_output_gets_a_provenance_sidecar_that_never_replaces_a_file_it_did_not_write(
+        capsys, model_dir, inputs, tmp_path):
+    t1, _ = inputs
+    common = ["--target", "T2", "--model", model_dir, "--device", "cpu", "--quiet", "--steps", "2", "--seed", "7"]
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "sub-01_T2w.nii.gz", *common)
+    assert code == 0, err
+    sidecar = tmp_path / "sub-01_T2w.json"
+    assert json.loads(out)["provenance"] == str(sidecar)
+    record = json.loads(sidecar.read_text())
+    assert record["Synthetic"] and record["Route"] == "T1→T2" and record["SourceFile"] == "subject_T1.nii.gz"
+    assert record["Settings"]["steps"] == 2 and record["Settings"]["seed"] == 7
+    assert "research use only" in record["Description"] and str(t1.parent) not in sidecar.read_text()
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "sub-01_T2w.nii.gz", *common)   # its own: again
+    assert code == 0, err
+
+    (tmp_path / "sub-02_T2w.json").write_text('{"RepetitionTime": 4.2}')       # a real scan's BIDS sidecar
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "sub-02_T2w.nii.gz", *common)
+    assert code == 2 and "sub-02_T2w.json: exists and was not written by SynerMedGen Studio" in err
+    assert not (tmp_path / "sub-02_T2w.nii.gz").exists()
+    assert json.loads((tmp_path / "sub-02_T2w.json").read_text()) == {"RepetitionTime": 4.2}
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "dicom_t2.dcm", *common)   # a DICOM folder's
+    assert code == 0 and json.loads(out)["provenance"] == str(tmp_path / "dicom_t2.json")
 
 
 @pytest.mark.parametrize("argv, message", [

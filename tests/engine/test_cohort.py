@@ -525,12 +525,9 @@ def test_a_sidecar_names_no_folder_above_the_study(model, tmp_path, capsys, one_
 
 
 def test_notes_name_an_input_outside_the_root_from_its_own_folder(tmp_path):
-    from engine.cohort.items import CohortItem
-    from engine.cohort.runner import without_folders_above
+    from engine.inference.sidecar import folders_cut
 
-    item = CohortItem(key="../elsewhere/Doe^Jane/ct.nii", path=str(tmp_path / "elsewhere" / "Doe^Jane" / "ct.nii"),
-                      target="CT", output="ct_synthetic-CT.nii.gz", source="CBCT")
-    local = without_folders_above(item, tmp_path / "csvs")
+    local = folders_cut(tmp_path / "elsewhere" / "Doe^Jane" / "ct.nii", tmp_path / "csvs")
     assert local([f"name it as {tmp_path}/elsewhere/Doe^Jane/ct.nii#INDEX", f"{tmp_path}/csvs/a/b.dcm: bad",
                   "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]) == [
         "name it as ct.nii#INDEX", "a/b.dcm: bad", "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]

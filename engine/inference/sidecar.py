@@ -1,0 +1,106 @@
+"""What a synthetic volume was made from and how, as the JSON sidecar written beside it: the model,
+the route, the settings, the input (named inside the folder it was given in, never by the folders
+above it: a sidecar travels with its output, and those folders may hold a patient's name), what
+loading the input assumed or changed, and every warning the checks gave. ``cohort`` writes one per
+item, ``synthesize`` one per output: ``NAME.nii.gz`` → ``NAME.json``, and a DICOM series folder
+``NAME`` → ``NAME.json`` beside it."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.inference.checked import Checks
+    from engine.io.volume import Volume
+
+GENERATOR = "SynerMedGen Studio"
+NAMING_THE_INPUT = ("SourceFile", "SourceSeries")     # left out of an anonymised export's sidecar
+
+
+def folders_cut(path: str | Path, root: str | Path) -> Callable[[Iterable[str]], list[str]]:
+    """A function giving texts (notes naming a slice's file, a 4-D file's ``FILE#INDEX``) with the
+    folders above ``root``, and above ``path`` (an input, maybe outside it), cut from the absolute
+    paths they name, only where a path begins."""
+    def cut_first(*folders: Path) -> list[str]:               # the longer first; never a drive's root
+        return sorted({os.path.join(str(f), "") for f in folders if len(f.parts) > 1}, key=len, reverse=True)
+    path = Path(path)            # the root's folders first: a path inside it stays relative to the root
+    prefixes = (cut_first(Path(root).absolute(), Path(root).resolve())
+                + cut_first(path.absolute().parent, path.resolve().parent))
+    starts = [re.compile(r"(?<![\w.~/\\-])" + re.escape(prefix)) for prefix in prefixes]   # where a path begins
+
+    def local(texts: Iterable[str]) -> list[str]:
+        cut = []
+        for text in texts:
+            for start in starts:
+                text = start.sub("", text)
+            cut.append(text)
+        return cut
+    return local
+
+
+def provenance(synth, checks: Checks, settings, volume: Volume, result: Volume, source_file: str | None, *,
+               series: str | None = None, local: Callable[[Iterable[str]], list[str]] = list) -> dict[str, Any]:
+    """The sidecar of ``result``, made by ``synth`` from ``volume`` with ``settings`` after ``checks``;
+    ``source_file`` names the input (None: not named, as in an anonymised export), ``local`` cuts the
+    folders above it from the notes (:func:`folders_cut`)."""
+    from engine.inference.model_card import route_name
+    from engine.inference.pipeline import RESEARCH_NOTE
+    from engine.version import version
+
+    return {
+        "Description": RESEARCH_NOTE,
+        "Synthetic": True,
+        "GeneratedBy": {"Name": GENERATOR, "Version": version()},
+        "Model": synth.name,
+        "Route": route_name(checks.source, checks.target),
+        "SourceModality": checks.source,
+        **({"SourceFile": source_file} if source_file else {}),
+        **({"SourceSeries": series} if series else {}),
+        "InputNotes": local(volume.notes),          # what loading assumed or changed (interpolated slices, …)
+        "Settings": settings.to_dict(),
+        "Device": synth.execution_device,
+        "Precision": synth.precision,
+        "InputWarnings": local(checks.input_warnings),
+        "BenchmarkWarnings": local(checks.benchmark_warnings),
+        "Notes": local(result.notes),
+        **({"Identified": checks.identified} if checks.identified else {}),
+        **({"SourceNote": local([checks.source_note])[0]} if checks.source_note else {}),
+    }
+
+
+def sidecar_path(output: str | Path) -> Path:
+    """The JSON sidecar beside an output: ``NAME.nii.gz`` → ``NAME.json``, a DICOM folder ``NAME`` → ``NAME.json``."""
+    output = Path(output)
+    name = output.name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(stem + ".json")
+
+
+def check_sidecar(output: str | Path) -> None:
+    """ValueError when the sidecar of ``output`` would replace a file this app did not write (a real
+    scan's BIDS sidecar beside the output's name): refused before any work."""
+    path = sidecar_path(output)
+    if not path.exists():
+        return
+    try:
+        ours = json.loads(path.read_text(encoding="utf-8")).get("GeneratedBy", {}).get("Name") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"{path}: exists and was not written by {GENERATOR}; the provenance of {Path(output).name} "
+                         "would replace it: choose another output name")
+
+
+def write_sidecar(output: str | Path, record: Mapping[str, Any], anonymised: bool = False) -> Path:
+    """Write (atomically) the sidecar of ``output``, ``anonymised`` without what names the input; its path."""
+    from engine.atomic import atomic_file
+
+    path = sidecar_path(output)
+    kept = {k: v for k, v in record.items() if not (anonymised and k in NAMING_THE_INPUT)}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(kept, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return path
