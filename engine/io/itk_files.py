@@ -24,6 +24,7 @@ from engine.io.volume import Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
+    from nibabel.nifti1 import Nifti1Header
     from nibabel.spatialimages import SpatialImage
 
 SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
@@ -110,12 +111,96 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., volume_index or 0]
     while data.ndim < 3:
         data = data[..., None]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine     # RAS → LPS
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
-    direction = _orthonormal(affine[:3, :3] / spacing)
-    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), tuple(spacing), tuple(affine[:3, 3]),
-                  tuple(direction.ravel()), name=path.name, source=str(path), **_nibabel_mark(image))
+    spacing, origin, direction = _lps_grid(image.affine)
+    _check_geometry(path, spacing, origin, direction)
+    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
+        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), **_nibabel_mark(image))
+
+
+Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
+
+
+def _lps_grid(affine: np.ndarray) -> Grid:
+    """(spacing, origin, direction) in LPS of a NIfTI voxel-to-RAS ``affine``."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=float)
+    sx, sy, sz = (float(s) for s in np.linalg.norm(lps[:3, :3], axis=0))
+    ox, oy, oz = (float(o) for o in lps[:3, 3])
+    return (sx, sy, sz), (ox, oy, oz), tuple((lps[:3, :3] / np.where([sx, sy, sz], [sx, sy, sz], 1.0)).ravel())
+
+
+NO_ORIENTATION = ("the header gives no orientation (qform_code and sform_code are 0): its axes are assumed to run "
+                  "right to left, front to back, foot to head (LPS) from origin 0; left and right may be swapped")
+_XFORM_NAMES = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
+
+
+def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
+    """The largest distance (mm) between where two voxel-to-world affines put the grid's corners."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    return float(np.max(np.linalg.norm((corners @ (a - b).T)[:, :3], axis=1)))
+
+
+def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str]]:
+    """The grid FSL, SPM and nibabel give a NIfTI-1 file — its sform when sform_code > 0, else its
+    qform — as (spacing, origin, direction) in LPS, with notes; (None, notes) keeps SimpleITK's, which
+    takes the qform over an sform of code 2–5 (aligned, MNI: the registered images FLIRT, SPM and
+    fMRIPrep write). A sheared sform, which no orthogonal grid holds, gives way to the qform with a
+    note; a file with neither is noted as of assumed orientation."""
+    if file_kind(path) != "nifti" or len(size) < 3:
+        return None, []
+    import nibabel
+
+    try:
+        header = cast("Nifti1Header", nibabel.load(str(path)).header)
+        sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+        sform, qform = header.get_sform(), header.get_qform()
+    except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
+        return None, []
+    if sform_code <= 0 and qform_code <= 0:
+        return None, [NO_ORIENTATION]
+    if sform_code <= 0:
+        return _lps_grid(qform), []
+    columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
+    sform_name = f"sform (code {sform_code}, {_XFORM_NAMES.get(sform_code, 'unknown')})"
+    gap = _corner_gap(sform, qform, size) if qform_code > 0 else 0.0
+    if not np.allclose(columns.T @ columns, np.eye(3), atol=1e-4):
+        if qform_code <= 0:
+            raise VolumeIOError(path, f"its {sform_name} is sheared, which no orthogonal grid holds, and it has no "
+                                      "qform: resample it onto an orthogonal grid first (e.g. FSL's flirt -applyxfm)")
+        return _lps_grid(qform), [f"its {sform_name} is sheared, which no orthogonal grid holds: the qform is used, "
+                                  f"which places voxels up to {gap:.1f} mm from where FSL, SPM and nibabel show them"]
+    notes = [f"qform and sform disagree (up to {gap:.1f} mm at the grid's corners): the {sform_name} is used, as FSL, "
+             "SPM and nibabel do"] if gap > 0.01 else []
+    return _lps_grid(sform), notes
+
+
+def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(size, spacing, origin, direction) of a volume file's header, as loading places it (a NIfTI
+    file's sform over SimpleITK's choice of the qform: :func:`_nifti_grid`); its dimension as SimpleITK reads it."""
+    reader = read_info(path)
+    return (tuple(reader.GetSize()), *_placed_header(path, reader)[:3])
+
+
+def _placed_header(path: Path, reader: sitk.ImageFileReader) -> tuple[tuple[float, ...], tuple[float, ...],
+                                                                         tuple[float, ...], list[str]]:
+    """(spacing, origin, direction, notes) of a header read by SimpleITK, placed by :func:`_nifti_grid`."""
+    size, spacing, origin = tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin())
+    direction = tuple(reader.GetDirection())
+    grid, notes = _nifti_grid(path, size)
+    if grid is not None:
+        spacing, origin, direction = grid[0] + spacing[3:], grid[1] + origin[3:], _padded(grid[2], len(size))
+    return spacing, origin, direction, notes
+
+
+def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> sitk.Image:
+    """``image`` (3-D, read by SimpleITK) on the grid :func:`_nifti_grid` gives its file; notes added to ``notes``."""
+    grid, found = _nifti_grid(path, image.GetSize())
+    notes.extend(found)
+    if grid is not None:
+        spacing, origin, direction = grid
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(tuple(_orthonormal(np.reshape(direction, (3, 3))).ravel()))
+    return image
 
 
 def _nibabel_mark(image) -> dict:
@@ -190,8 +275,8 @@ def _scan_itk(name: str) -> SeriesEntry:
     reader = read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
-    spacing, direction = _positive_spacing(reader.GetSpacing(), reader.GetDirection())
-    notes: list[str] = []
+    spacing, origin, direction, notes = _placed_header(path, reader)
+    spacing, direction = _positive_spacing(spacing, direction)
     n_volumes = 1
     if dim == 4:
         n_volumes = size[3]
@@ -201,7 +286,7 @@ def _scan_itk(name: str) -> SeriesEntry:
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
         notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
-    _check_geometry(path, spacing, reader.GetOrigin(), direction)
+    _check_geometry(path, spacing, origin, direction)
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
     mark = _itk_mark(reader)
     modality = mark["modality"] or modalities.guess_from_filename(path.name)
@@ -213,7 +298,7 @@ def _scan_itk(name: str) -> SeriesEntry:
         modality=modality,
         shape_zyx=shape_zyx,
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
-        orientation=_orientation_of(direction, dim),
+        orientation=_orientation_of(direction, dim) + (" (assumed)" if NO_ORIENTATION in notes else ""),
         notes=tuple(notes),
         synthetic=mark["synthetic"],
         volumes=n_volumes,
@@ -261,6 +346,13 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),
     )
     return Catalog(entries=[entry])
+
+
+def _padded(direction: tuple[float, ...], dim: int) -> tuple[float, ...]:
+    """A 3×3 direction as the ``dim``×``dim`` one of a 4-D header (time axis unchanged)."""
+    full = np.eye(dim)
+    full[:3, :3] = np.reshape(direction, (3, 3))
+    return tuple(full.ravel())
 
 
 def _orientation_of(direction: tuple[float, ...], dim: int) -> str:
@@ -386,11 +478,14 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
         raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
+    notes: list[str] = []
+    if image.GetDimension() == 3:
+        image = _nifti_placed(path, image, notes)
     spacing, direction = _positive_spacing(image.GetSpacing(), image.GetDirection())
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     _check_geometry(path, spacing, image.GetOrigin(), direction)
-    volume = volume_from_sitk(image, name=path.name, source=str(path), **_itk_mark(reader))
+    volume = volume_from_sitk(image, name=path.name, source=str(path), notes=notes, **_itk_mark(reader))
     return _nan_restored(path, reader, volume, volume_index)
 
 

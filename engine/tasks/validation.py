@@ -14,7 +14,7 @@ import numpy as np
 from engine import modalities
 from engine.files import file_digest
 from engine.io import bids, is_dicom_file
-from engine.io.itk_files import SUFFIXES, file_kind, read_info
+from engine.io.itk_files import SUFFIXES, file_kind, header_grid
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
 
@@ -207,12 +207,12 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
 
         volume = load(path) if path.is_dir() else load_file(path)
         return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction)
-    reader = read_info(path)                             # the header, and voxel data as long as it promises
-    if reader.GetDimension() != 3:
-        raise ValueError(f"is a {reader.GetDimension()}-D image; each modality needs one 3-D volume")
-    sx, sy, sz = reader.GetSize()
-    return Geometry((int(sx), int(sy), int(sz)), tuple(reader.GetSpacing()),
-                    tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+    size, spacing, origin, direction = header_grid(path)   # the header, and voxel data as long as it promises
+    if len(size) != 3:
+        raise ValueError(f"is a {len(size)}-D image; each modality needs one 3-D volume")
+    sx, sy, sz = size
+    return Geometry((int(sx), int(sy), int(sz)), (spacing[0], spacing[1], spacing[2]),
+                    (origin[0], origin[1], origin[2]), direction)
 
 
 # -- the checks ------------------------------------------------------------------------------

@@ -51,6 +51,53 @@ def test_nifti2_read_through_nibabel_matches_simpleitk_on_its_nifti1_twin(tmp_pa
     np.testing.assert_allclose(vol.direction, ref.GetDirection(), atol=1e-5)
 
 
+def _nifti(path, sform, sform_code, qform, qform_code):
+    data = np.random.default_rng(0).random((20, 24, 16)).astype(np.float32)
+    image = nibabel.Nifti1Image(data, None)
+    image.set_qform(qform, qform_code)
+    image.set_sform(sform, sform_code)
+    nibabel.save(image, path)
+    return path
+
+
+def _world_lps(volume, ijk):
+    """Where a volume puts voxel (i, j, k) of its file, in LPS millimetres."""
+    direction = np.reshape(volume.direction, (3, 3))
+    return np.asarray(volume.origin) + direction @ (np.asarray(volume.spacing) * np.asarray(ijk, float))
+
+
+SCANNER = np.array([[1.0, 0, 0, -10], [0, 1.2, 0, -20], [0, 0, 2, -5], [0, 0, 0, 1]])
+MOVED = SCANNER + np.array([[0, 0, 0, 20.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])       # 20 mm right
+SHEARED = SCANNER + np.array([[0, 0.4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("sform_code", [1, 2, 3, 4, 5])
+def test_a_nifti_sform_places_the_volume_where_fsl_spm_and_nibabel_do_whatever_its_code(tmp_path, sform_code):
+    from engine.tasks.validation import read_geometry
+
+    path = _nifti(tmp_path / "registered.nii.gz", MOVED, sform_code, SCANNER, 1)      # an MNI / aligned sform
+    volume, entry = io.load(path), io.scan(path).entries[0]
+    for ijk in ((0, 0, 0), (19, 23, 15), (3, 7, 11)):
+        np.testing.assert_allclose(_world_lps(volume, ijk) * [-1, -1, 1], (MOVED @ [*ijk, 1.0])[:3], atol=1e-4)
+    said = f"qform and sform disagree (up to 20.0 mm at the grid's corners): the sform (code {sform_code},"
+    assert any(n.startswith(said) for n in volume.notes) and any(n.startswith(said) for n in entry.notes)
+    geometry = read_geometry(path)                       # the dataset check sees the grid loading gives
+    np.testing.assert_allclose(geometry.origin, volume.origin, atol=1e-5)
+    converted = io.load(io.save(volume, tmp_path / "converted.nii.gz"))
+    np.testing.assert_allclose(_world_lps(converted, (3, 7, 11)), _world_lps(volume, (3, 7, 11)), atol=1e-4)
+
+
+def test_a_nifti_without_orientation_or_with_a_sheared_sform_says_what_it_assumed(tmp_path):
+    volume = io.load(_nifti(tmp_path / "none.nii.gz", SCANNER, 0, SCANNER, 0))
+    assert any("gives no orientation" in n and "left and right may be swapped" in n for n in volume.notes)
+    assert io.scan(tmp_path / "none.nii.gz").entries[0].orientation.endswith("(assumed)")
+    agreeing = io.load(_nifti(tmp_path / "agree.nii.gz", SCANNER, 2, SCANNER, 1))
+    assert agreeing.notes == () and io.scan(tmp_path / "agree.nii.gz").entries[0].orientation == "RAS"
+    sheared = io.load(_nifti(tmp_path / "sheared.nii.gz", SHEARED, 2, SCANNER, 1))      # no grid holds it: the qform
+    np.testing.assert_allclose(_world_lps(sheared, (5, 5, 5)) * [-1, -1, 1], (SCANNER @ [5, 5, 5, 1.0])[:3], atol=1e-4)
+    assert any("is sheared, which no orthogonal grid holds: the qform is used" in n for n in sheared.notes)
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
 def test_round_trip_keeps_geometry_and_values(tmp_path, suffix):
     vol = _oblique_volume()
