@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cli.common import add_model_arguments, add_sampling_arguments, json_ready, open_synthesizer, sampling_settings
 from cli.train import add_split_fractions
@@ -41,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     synth = open_synthesizer(args)
     paired = PairedDataset.open(args.data, seed=args.split_seed, val_fraction=args.val_fraction,
                                 test_fraction=args.test_fraction)   # DatasetError is a ValueError: exit 2
+    for problem in paired.report.problems:            # scored without them: said, not silent
+        print(f"warning: dataset: left out: {problem}", file=sys.stderr)
     settings = sampling_settings(args, synth.default_settings())
     result = evaluate_model(synth, paired, None if args.split == "all" else args.split, routes=routes,
                             max_slices=args.max_slices, settings=settings,
                             progress=stderr_progress(not args.json))
-    text = json.dumps(json_ready(result.to_dict()), indent=2)
+    text = json.dumps(json_ready({**result.to_dict(), "left_out": [str(p) for p in paired.report.problems]}), indent=2)
     if args.out:
         from engine.atomic import atomic_file
 

@@ -245,6 +245,14 @@ def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
     code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", tmp_path / "nothing")
     assert code == 2 and "error:" in err
 
+    (root / "sub03").mkdir()                                  # a copy of sub02 under another name: left out, said
+    for path in (root / "sub02").iterdir():
+        (root / "sub03" / path.name).write_bytes(path.read_bytes())
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
+                         "--max-slices", "1", "--json")
+    assert code == 0 and "warning: dataset: left out:" in err and "subject 'sub03' left out" in err
+    assert any("subject 'sub03' left out" in line for line in json.loads(out)["left_out"])
+
 
 def test_evaluate_scores_the_split_training_held_out_and_writes_its_result(capsys, model_dir, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=4, modality_names=("T1", "T2"), shape=(8, 24, 24),
