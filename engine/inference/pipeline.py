@@ -55,6 +55,7 @@ from engine.inference.slices import (
     slices_first,
     to_model_slice,
 )
+from engine.io.dicom_write import derived_identity
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.modalities import Normalisation
@@ -434,7 +435,7 @@ class SliceSynthesizer:
         return volume.with_array(
             np.ascontiguousarray(slices_back(out, plan.axis)),
             modality=target, unit=modalities.get(target).unit,
-            name=f"synthetic {target} from {source}", source="", notes=notes, dicom=dict(volume.dicom),
+            name=f"synthetic {target} from {source}", source="", notes=notes, dicom=derived_identity(volume),
             synthetic=True, derived_from=source)
 
     def _source_floor(self, source: str, target: str, settings: SynthesisSettings, same_scale: bool

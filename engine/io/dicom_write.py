@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
 import re
 from dataclasses import dataclass
 from io import BytesIO
@@ -48,6 +49,7 @@ from engine.atomic import OutputError, atomic_folder, check_folder_target, check
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, our_block
 from engine.io.errors import VolumeIOError
+from engine.io.itk_files import NO_ORIENTATION
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, series_mark
 from engine.io.volume import Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -200,7 +202,8 @@ def _family(volume: Volume) -> str | None:
 # -- data sets ---------------------------------------------------------------------------------------
 def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | None, encoding: Encoding,
                     array: np.ndarray) -> Dataset:
-    src = {k: str(v) for k, v in (volume.dicom or {}).items() if v not in (None, "")}
+    identity = volume.dicom if volume.synthetic else derived_identity(volume)   # a synthetic's: its source's
+    src = {k: str(v) for k, v in identity.items() if v not in (None, "")}
     now = datetime.datetime.now()
     today, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds = Dataset()
@@ -249,6 +252,22 @@ def _series_number(source: str | None) -> int:
         return int(float(source or 0)) + 1000
     except ValueError:
         return 1000
+
+
+def derived_identity(volume: Volume) -> dict[str, str]:
+    """A DICOM identity for a volume that came without one (a NIfTI, MHA or NRRD file): the Study and
+    Frame of Reference UIDs its exports share — drawn from its voxels and grid, so a converted scan and
+    a synthetic made from it land in one study and one frame, as their geometry is one; no Frame of
+    Reference for a grid whose orientation was assumed (its place in the patient is unknown)."""
+    if volume.dicom.get("StudyInstanceUID"):
+        return dict(volume.dicom)
+    digest = hashlib.sha256(np.ascontiguousarray(volume.array, dtype=np.float32).tobytes())
+    digest.update(repr((volume.shape, volume.spacing, volume.origin, volume.direction)).encode())
+    key = digest.hexdigest()
+    identity = {**volume.dicom, "StudyInstanceUID": generate_uid(entropy_srcs=["study", key])}
+    if not any(note == NO_ORIENTATION for note in volume.notes):
+        identity["FrameOfReferenceUID"] = generate_uid(entropy_srcs=["frame of reference", key])
+    return identity
 
 
 def _identity(ds: Dataset, src: dict[str, str], today: str, clock: str) -> None:

@@ -96,6 +96,22 @@ def test_dicom_in_dicom_out_stays_in_the_study_with_the_input_geometry(capsys, m
     assert result.dicom["SeriesDescription"].startswith("synthetic T2 from T1")
 
 
+def test_a_nifti_converted_to_dicom_and_its_synthetic_share_one_study_and_frame_of_reference(
+        capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    common = ["--model", model_dir, "--device", "cpu", "--quiet"]
+    assert run(capsys, "convert", t1, tmp_path / "t1_dicom")[0] == 0
+    assert run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "t2_dicom", *common)[0] == 0
+    assert run(capsys, "convert", t1, tmp_path / "again")[0] == 0
+    assert run(capsys, "convert", ct, tmp_path / "ct_dicom")[0] == 0
+    first = {name: pydicom.dcmread(sorted((tmp_path / name).iterdir())[0])
+             for name in ("t1_dicom", "t2_dicom", "again", "ct_dicom")}
+    for key in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        assert getattr(first["t1_dicom"], key) == getattr(first["t2_dicom"], key) == getattr(first["again"], key)
+        assert getattr(first["ct_dicom"], key) != getattr(first["t1_dicom"], key)        # another scan: its own
+    assert first["t1_dicom"].SeriesInstanceUID != first["again"].SeriesInstanceUID       # each export a new series
+
+
 def test_anonymised_synthesis_refuses_a_burned_in_source_unless_accepted_and_keeps_no_identity(
         capsys, model_dir, inputs, tmp_path):
     identity = {"PatientName": "Doe^Jane", "PatientID": "PID-734521", "PatientBirthDate": "19610412",
