@@ -119,11 +119,16 @@ def run(args: argparse.Namespace) -> int:
     if identified is not None:
         report["identified"] = identified
     if reference is not None:
-        from engine.evaluation import score_volume
+        from engine.evaluation import reference_coverage, score_volume
 
         try:
+            coverage = reference_coverage(result, reference)
             report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
             report["reference_synthetic"] = reference.synthetic
+            report["reference_coverage"] = round(coverage, 4)
+            if coverage < 0.999:
+                print(f"warning: {args.reference} covers {100 * coverage:.0f} % of the output's grid: the whole-slice "
+                      "scores include the part it does not cover (the body scores do not)", file=sys.stderr)
         except ValueError as exc:
             raise ValueError(f"{written} is written, but it could not be scored against {args.reference}: {exc}") from None
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))

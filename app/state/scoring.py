@@ -8,7 +8,7 @@ import numpy as np
 
 from app.state.comparison import ComparisonResult
 from engine import modalities
-from engine.evaluation import SYNTHETIC_REFERENCE, score_volume
+from engine.evaluation import SYNTHETIC_REFERENCE, reference_coverage, score_volume
 from engine.io import Volume, inside, resample_onto
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
@@ -51,11 +51,8 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     target = target_modality(synthetic, reference, modality)
     axis = plane_axis(synthetic, plane)
     progress(Progress(0, 4, "resampling the reference"))
+    coverage = reference_coverage(synthetic, reference)
     ref_on_grid, covered = resample_onto(reference, synthetic), inside(reference, synthetic)
-    coverage = float(covered.mean())
-    if coverage == 0.0:
-        raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
-                         "in physical space: are they scans of the same subject in one frame of reference?")
     check_cancel(cancel)
     source_on_grid = resample_onto(source, synthetic) if source is not None else None
     progress(Progress(1, 4, "scoring"))

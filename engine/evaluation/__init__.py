@@ -9,6 +9,7 @@ from engine.exports import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "Evaluation": "metrics",
     "score_volume": "synthesis_eval", "evaluate_model": "synthesis_eval", "SYNTHETIC_REFERENCE": "synthesis_eval",
+    "reference_coverage": "synthesis_eval",
     "COLUMNS": "comparison", "compare": "comparison", "read_result": "comparison", "record_in_card": "comparison",
     "describe_machine": "speed", "card_entries": "quality",
 })

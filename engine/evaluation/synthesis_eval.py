@@ -38,6 +38,18 @@ def score_volume(synthetic: Volume, reference: Volume, target: str | None = None
     return evaluate(syn, ref, target, cancel=cancel)
 
 
+def reference_coverage(synthetic: Volume, reference: Volume) -> float:
+    """The share of ``synthetic``'s grid that ``reference`` covers in physical space; ValueError when
+    it covers none (nothing to score: another subject, or another frame of reference?)."""
+    from engine.io.resample import inside
+
+    coverage = float(inside(reference, synthetic).mean())
+    if coverage == 0.0:
+        raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
+                         "in physical space: are they scans of the same subject in one frame of reference?")
+    return coverage
+
+
 def scored_stacks(synthetic: Volume, reference: Volume, axis: int | None = None, slices: Sequence[int] | None = None,
                   *extra: np.ndarray) -> list[np.ndarray]:
     """``synthetic`` and ``reference`` (resampled, linear, onto the synthetic grid if the grids differ)

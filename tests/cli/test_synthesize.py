@@ -347,6 +347,20 @@ def test_a_bad_reference_fails_before_the_work_and_an_unscorable_one_after_it_sa
     assert io.load(tmp_path / "b.nii.gz").same_grid(io.load(t1))
 
 
+def test_a_reference_covering_part_of_the_output_says_how_much_and_one_covering_none_is_not_scored(
+        capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    reference = io.load(ct)
+    slab = io.save(reference.replace(array=reference.array[:3].copy()), tmp_path / "slab.nii.gz")     # 3 of 6 slices
+    common = ["--target", "CT", "--model", model_dir, "--device", "cpu", "--quiet"]
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "a.nii.gz", "--reference", slab, *common)
+    assert code == 0, err
+    assert 0.4 < json.loads(out)["reference_coverage"] < 0.6 and "slab.nii.gz covers 50 % of the output's grid" in err
+    far = io.save(reference.replace(origin=(900.0, 900.0, 900.0)), tmp_path / "far.nii.gz")
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "b.nii.gz", "--reference", far, *common)
+    assert code == 2 and "b.nii.gz is written, but it could not be scored" in err and "does not overlap" in err
+
+
 def test_a_dicom_output_folder_holding_the_input_slice_is_refused(capsys, model_dir, inputs, tmp_path):
     series = io.save(io.load(inputs[0]), tmp_path / "t1_series")       # a series this app wrote
     before = sorted(p.name for p in series.iterdir())
