@@ -57,7 +57,8 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
 
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
                   cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None) -> Path:
-    """Write a document's volume, described by its title (the writers add a synthetic one's marking),
+    """Write a document's volume, described as synthesis described it (route, model, steps, the OOD flag:
+    the provenance's ``Summary``) or else by its title (the writers add a synthetic one's marking),
     and beside a synthetic one its provenance (``NAME.json``: model, route, settings, warnings); with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified. Never
     over the files it was read or made from (a DICOM series export into the source series' folder
     would replace the acquired scan)."""
@@ -69,8 +70,8 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     record = doc.volume.provenance
     if record:
         check_sidecar(path)
-    written = io.save(doc.volume, path, description=doc.title, anonymise=anonymiser or False, progress=progress,
-                      cancel=cancel)
+    written = io.save(doc.volume, path, description=record.get("Summary", doc.title), anonymise=anonymiser or False,
+                      progress=progress, cancel=cancel)
     if record:
         write_sidecar(path, record, anonymised=bool(anonymiser))
     return written

@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self.viewer.probed.connect(self.status.show_probe)
         self.comparison.probed.connect(self.status.show_probe)
         self.comparison.metrics.export_requested.connect(self.export_metrics)
+        self.comparison.failed.connect(lambda message: self.log.add(f"Cannot compare: {message}", "error"))
         self.synthesis.synthesis_finished.connect(self._on_synthesized)
         self.synthesis.failed.connect(self.report_error)
         self.training.new_job_requested.connect(self.open_finetune_wizard)
@@ -323,8 +324,9 @@ class MainWindow(QMainWindow):
             self.report_error("Open a volume in the viewer first; it is compared with the series you pick.")
             return
 
-        def compare(reference: Document) -> None:
-            self.comparison.set_inputs(test, reference)
+        def compare(reference: Document) -> None:       # a synthetic one's source gives the do-nothing baseline
+            source = test.source if test.source in self.workspace.documents else None
+            self.comparison.set_inputs(test, reference, source)
             self.tabs.setCurrentWidget(self.comparison)
 
         self.load_entry(entry, then=compare)
@@ -335,16 +337,38 @@ class MainWindow(QMainWindow):
         self.log.add(f"Synthesized {doc.title} from {source.title}")
         for warning in guard_notes_of(volume)[0]:
             self.log.add(f"{source.title}: {warning}", "note")
-        # a real scan of the target's modality, never the input itself (a CBCT stored as DICOM CT has
-        # the target's modality: compared with itself, "doing nothing" would score perfectly)
-        reference = next((d for d in self.workspace.documents if d is not doc and d is not source
-                          and not d.synthetic and d.volume.modality == volume.modality), None)
+        reference, why_not = self._reference_for(source, volume.modality)
         self.workspace.activate(doc)                 # the viewer shows it (and Export writes it)
         if source in self.workspace.documents:       # the next run starts from the same acquired volume
             self.synthesis.set_document(source)
         if reference is not None:
+            self.log.add(f"Comparing {doc.title} with {reference.title}, a real {volume.modality} scan of the same "
+                         "subject")
             self.comparison.set_inputs(doc, reference, source)
             self.tabs.setCurrentWidget(self.comparison)
+        elif why_not:
+            self.log.add(f"Not compared: {why_not}; pick the reference on the Comparison tab", "note")
+
+    def _reference_for(self, source: Document, modality: str | None) -> tuple[Document | None, str]:
+        """(the open real scan of ``modality`` surely of ``source``'s subject (``kinship`` 2 or more), else
+        None and why not — "" when no such scan is open). Never the input itself (a CBCT stored as DICOM
+        CT has the target's modality: compared with itself, "doing nothing" would score perfectly);
+        another patient's scan, a scan that shares only a grid (every subject of an atlas-space dataset
+        does) or one of several equally likely is never scored unasked."""
+        from engine.io import kinship
+
+        candidates = sorted(((kinship(source.volume, d.volume), d) for d in self.workspace.documents
+                             if d is not source and not d.synthetic and d.volume.modality == modality),
+                            key=lambda pair: -pair[0])
+        if not candidates:
+            return None, ""
+        best = [d for k, d in candidates if k == candidates[0][0]]
+        if candidates[0][0] < 2:
+            return None, (f"no open {modality} scan is known to be {source.title}'s subject (by patient, frame of "
+                          "reference or file name)")
+        if len(best) > 1:
+            return None, f"{len(best)} open {modality} scans are {source.title}'s subject's"
+        return best[0], ""
 
     # -- PACS -----------------------------------------------------------------------------------
     def open_pacs(self):

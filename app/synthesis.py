@@ -144,10 +144,10 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     def preview(_index: int, image: np.ndarray) -> None:
         latest[0] = image
 
-    result, _description, checks = synthesize_checked(synth, request.volume, request.source or "auto",
+    result, description, checks = synthesize_checked(synth, request.volume, request.source or "auto",
                                                       request.target, settings, progress=report, cancel=cancel,
                                                       preview=preview)
     given = Path(request.volume.source) if request.volume.source else None
     record = provenance(synth, checks, settings, request.volume, result, given.name if given else None,
-                        local=folders_cut(given, given.absolute().parent) if given else list)
+                        description=description, local=folders_cut(given, given.absolute().parent) if given else list)
     return result.replace(notes=(*result.notes, *filter(None, [checks.source_note])), provenance=record)

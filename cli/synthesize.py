@@ -1,5 +1,6 @@
 """``python main.py synthesize INPUT --target MOD -o OUT``: a synthetic volume on the input's exact
-grid in the target's units, written atomically; with ``--reference`` also PSNR / SSIM / MAE as JSON."""
+grid in the target's units, written atomically; with ``--reference`` also PSNR / SSIM / MAE as JSON,
+beside the same scores of doing nothing."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plane", choices=SLICING_PLANES, default=None,
                    help="the patient plane the volume is cut in for the 2-D model: auto = the acquisition plane "
                         "(the axis of thick slices, else the stored order; default), or axial, coronal or sagittal")
-    p.add_argument("--reference", metavar="REF", help="the real target volume: print PSNR/SSIM/MAE as JSON")
+    p.add_argument("--reference", metavar="REF",
+                   help="the real target volume of the same subject: print as JSON the PSNR/SSIM/MAE of the output and "
+                        "of doing nothing (the input histogram-matched to REF), where REF covers the output's grid; "
+                        "warns of another patient or frame of reference (docs/evaluation.md)")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     add_anonymise_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -63,6 +67,38 @@ def announce(checks, quiet: bool = False) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def reference_warnings(volume, reference) -> list[str]:
+    """Why scoring against ``reference`` may mislead: a synthetic reference, another patient, another
+    frame of reference (said before the work, and in the JSON)."""
+    from engine.evaluation import SYNTHETIC_REFERENCE
+    from engine.io import identity_warnings
+
+    return [*([SYNTHETIC_REFERENCE] if reference.synthetic else []), *identity_warnings(volume, reference)]
+
+
+def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written) -> dict:
+    """The JSON's scores: the synthetic's and the do-nothing baseline's (the input histogram-matched to the
+    reference), only where the reference covers the output's grid, with warnings on stderr."""
+    from engine.evaluation import score_against, worse_than_baseline
+
+    try:
+        scored = score_against(result, reference, volume, target, axis)
+    except ValueError as exc:
+        raise ValueError(f"{written} is written, but it could not be scored against {reference_path}: {exc}") from None
+    assert scored.baseline is not None, "the input is given"
+    if scored.coverage < 0.999:
+        print(f"warning: {reference_path} covers {100 * scored.coverage:.0f} % of the output's grid: only that part is "
+              "scored", file=sys.stderr)
+    scope, worse = worse_than_baseline(scored.evaluation, scored.baseline)
+    if worse:
+        print(f"warning: the input histogram-matched to the reference (doing nothing) scores better on "
+              f"{', '.join(worse)} {'inside the body' if scope == 'body' else 'over the whole image'} than the "
+              "synthetic: the model did not help on this scan", file=sys.stderr)
+    return {"metrics": scored.evaluation.to_dict(), "do_nothing": scored.baseline.to_dict(),
+            "worse_than_doing_nothing": worse, "reference_synthetic": reference.synthetic,
+            "reference_coverage": round(scored.coverage, 4), "reference_warnings": reference_warnings(volume, reference)}
+
+
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
@@ -82,10 +118,9 @@ def run(args: argparse.Namespace) -> int:
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
     reference = io.load(args.reference) if args.reference else None     # a bad reference fails before the work
-    if reference is not None and reference.synthetic:
-        from engine.evaluation import SYNTHETIC_REFERENCE
-
-        print(f"warning: {args.reference}: {SYNTHETIC_REFERENCE}", file=sys.stderr)
+    if reference is not None:
+        for line in reference_warnings(volume, reference):
+            print(f"warning: {args.reference}: {line}", file=sys.stderr)
     if not args.quiet:
         for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)
             print(f"note: input: {line}", file=sys.stderr)
@@ -98,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     source, identified = checks.source, checks.identified
     warnings, known = checks.input_warnings, checks.benchmark_warnings      # the known ones also in the notes
     written = io.save(result, output, description=description, anonymise=anonymiser or False)
-    record = provenance(synth, checks, settings, volume, result, Path(args.input).name, series=args.series,
-                        local=folders_cut(args.input, Path(args.input).absolute().parent))
+    record = provenance(synth, checks, settings, volume, result, Path(args.input).name, description=description,
+                        series=args.series, local=folders_cut(args.input, Path(args.input).absolute().parent))
     report = {
         "output": str(written), "provenance": str(write_sidecar(output, record, anonymised=bool(anonymiser))), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,
@@ -119,17 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if identified is not None:
         report["identified"] = identified
     if reference is not None:
-        from engine.evaluation import reference_coverage, score_volume
-
-        try:
-            coverage = reference_coverage(result, reference)
-            report["metrics"] = score_volume(result, reference, target, axis=plane_axis(result, settings.plane)).to_dict()
-            report["reference_synthetic"] = reference.synthetic
-            report["reference_coverage"] = round(coverage, 4)
-            if coverage < 0.999:
-                print(f"warning: {args.reference} covers {100 * coverage:.0f} % of the output's grid: the whole-slice "
-                      "scores include the part it does not cover (the body scores do not)", file=sys.stderr)
-        except ValueError as exc:
-            raise ValueError(f"{written} is written, but it could not be scored against {args.reference}: {exc}") from None
+        report.update(scored_report(result, reference, volume, target, plane_axis(result, settings.plane),
+                                    args.reference, written))
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))
     return 0

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class ComparisonResult:
     synthetic: Volume
     reference: Volume                  # on the synthetic grid
-    difference: Volume                 # synthetic − reference in physical units
+    difference: Volume                 # synthetic − reference in the MAE's unit, 0 beyond the reference
     source: Volume | None              # on the synthetic grid
     evaluation: Evaluation             # per-slice curves run along array axis ``slice_axis``
     slice_axis: int                    # 0 = z, 1 = y, 2 = x: the axis synthesis cut along, the scores too
@@ -35,10 +35,9 @@ class ComparisonResult:
         """One line: did the model beat doing nothing (scores inside the body mask, else the whole image)?"""
         if self.baseline is None:
             return ""
-        scope = "body" if self.evaluation.body is not None and self.baseline.body is not None else "whole"
-        syn, base = getattr(self.evaluation, scope), getattr(self.baseline, scope)
-        worse = [name for name, bad in (("PSNR", syn.psnr < base.psnr), ("SSIM", syn.ssim < base.ssim),
-                                        ("MAE", syn.mae > base.mae)) if bad]
+        from engine.evaluation import worse_than_baseline
+
+        scope, worse = worse_than_baseline(self.evaluation, self.baseline)
         where = "inside the body" if scope == "body" else "over the whole image"
         if not worse:
             return f"The synthetic beats the histogram-matched source on PSNR, SSIM and MAE {where}."

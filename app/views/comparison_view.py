@@ -32,6 +32,7 @@ def shrinkable(combo: QComboBox) -> None:
 
 class ComparisonView(QWidget):
     probed = Signal(object)
+    failed = Signal(str)               # why the chosen volumes could not be compared
 
     def __init__(self, workspace: Workspace, cursor: Cursor, runner: TaskRunner, parent=None) -> None:
         super().__init__(parent)
@@ -193,7 +194,9 @@ class ComparisonView(QWidget):
         if task is not self._task:
             return
         self._task = None
+        self.model.set_result(None)                   # no earlier pair's numbers under this pair's names
         self._set_status(f"Cannot compare: {message}")
+        self.failed.emit(message)
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -210,7 +213,7 @@ class ComparisonView(QWidget):
             self.views["source"].set_content(None, None, title="source: none chosen")
         syn_doc = self._chosen("synthetic")
         titles = {"source": "source", "synthetic": self._synthetic_title(),
-                  "reference": "reference", "difference": f"difference (synthetic − reference, {result.synthetic.unit or 'a.u.'})"}
+                  "reference": "reference", "difference": f"difference (synthetic − reference, {result.difference.unit or 'a.u.'})"}
         for role in ROLES:
             volume = result.difference if role == "difference" else getattr(result, role)
             if volume is None:
@@ -231,7 +234,7 @@ class ComparisonView(QWidget):
         self.colour_bar_view.setVisible(self._difference_display is not None)
         if self._difference_display is None:
             return
-        self.colour_bar.axis.setLabel(f"synthetic − reference ({result.synthetic.unit or 'a.u.'})")
+        self.colour_bar.axis.setLabel(f"synthetic − reference ({result.difference.unit or 'a.u.'})")
         self._difference_display.changed.connect(self._on_difference_levels)
         self._on_difference_levels(self._difference_display.levels)
 

@@ -126,7 +126,8 @@ class MetricsPanel(QWidget):
         self.verdict.setStyleSheet(WORSE_STYLE if result.model_worse else "")
         self._fit_table()
         norm = ev.normalisations[1]
-        lines = [f"Normalised as {ev.modality} (reference {norm.lo:.4g}…{norm.hi:.4g} {ev.unit} → 0…1); "
+        lines = [f"Normalised as {ev.modality} (reference {norm.lo:.4g}…{norm.hi:.4g} {result.reference.unit or 'a.u.'} "
+                 "→ 0…1); "
                  f"body mask: {100 * ev.mask_fraction:.0f} % of voxels.", *result.notes]
         self.notes.setText("\n".join(lines))
         self._plot()

@@ -35,7 +35,10 @@ def compare(start: Mapping, tuned: Mapping) -> dict:
         old = before.get(route["route"])
         row = {"route": route["route"], "unit": route.get("unit", ""), "subjects": route.get("subjects")}
         for key, region, _title, _higher in COLUMNS:
-            row[key] = {"start": (old or {}).get(region, {}).get(key), "tuned": route.get(region, {}).get(key)}
+            start_value = (old or {}).get(region, {}).get(key)
+            if key == "mae" and old is not None and old.get("unit", "") != route.get("unit", ""):
+                start_value = None             # scored in another unit (MR MAE before it was normalised)
+            row[key] = {"start": start_value, "tuned": route.get(region, {}).get(key)}
         rows.append(row)
     compared = [r for r in rows if r["ssim_x100"]["start"] is not None and r["ssim_x100"]["tuned"] is not None]
     return {"split": tuned.get("split"), "dataset": tuned.get("dataset"), "start_model": start.get("model"),

@@ -1,7 +1,8 @@
 """Image-quality metrics of a synthetic volume against its reference (docs/evaluation.md):
-PSNR and SSIM on intensities normalised by the target modality's rule, MAE in physical units,
-over the whole image and inside a body mask, plus per-slice curves along array axis 0 and the
-change from slice to slice against the reference's (through-plane consistency)."""
+PSNR and SSIM on intensities normalised by the target modality's rule, MAE in physical units (on
+the normalised intensities for MR, whose units are arbitrary), over the whole image and inside a
+body mask — both only where the reference has data — plus per-slice curves along array axis 0 and
+the change from slice to slice against the reference's (through-plane consistency)."""
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 SSIM_BORDER = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
 _SLICES_PER_CHUNK = 16
+RELATIVE_MAE_UNIT = "% of range"   # MR: MAE of the normalised intensities ×100 (each volume by its own percentiles)
 
 
 def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +133,7 @@ class Evaluation:
     unit: str                                   # unit of the MAE
     whole: Scores
     body: Scores | None                         # None when the body mask is empty
-    mask_fraction: float                        # share of voxels inside the body mask
+    mask_fraction: float                        # share of the scored voxels inside the body mask
     normalisations: tuple[modalities.Normalisation, modalities.Normalisation]  # synthetic, reference
     per_slice: dict[str, np.ndarray] = field(default_factory=dict)  # "psnr", "ssim", "mae" per z
     through_plane: float | None = None          # see evaluate(); None with fewer than two body slices
@@ -149,15 +151,27 @@ class Evaluation:
         }
 
 
+def mae_unit(modality: str) -> str:
+    """The unit :func:`evaluate` reports MAE in: the modality's physical unit (HU, SUV), or for MR —
+    arbitrary units, one scanner's (or model's) scale unlike another's — percent of the normalised
+    range, so that a synthetic and a real scan on different scales are compared by their contrast."""
+    target = modalities.get(modality)
+    return target.unit if target.fixed_range is not None else RELATIVE_MAE_UNIT
+
+
 def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: np.ndarray | None = None,
-             progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Evaluation:
+             progress: ProgressFn = noop, cancel: CancelToken | None = None,
+             covered: np.ndarray | None = None) -> Evaluation:
     """Score ``synthetic`` against ``reference`` (same (z, y, x) grid, physical units).
 
     Each volume is normalised to [0, 1] by the target ``modality``'s rule (MR: its own 0.5–99.5
     percentiles inside the mask; CT: HU −1024…2000; PET: SUV 0…20) for PSNR (data range 1) and
-    SSIM; MAE stays in physical units. ``mask`` defaults to the reference's body mask. Whole-image
-    PSNR comes from the MSE over all voxels; SSIM and MAE are voxel means. Per-slice values are
-    NaN for slices with no voxel in the mask: two blank slices would otherwise score a perfect SSIM.
+    SSIM; MAE stays in physical units (:func:`mae_unit`: for MR, the normalised intensities ×100).
+    ``mask`` defaults to the reference's body mask. Whole-image PSNR comes from the MSE over all
+    voxels; SSIM and MAE are voxel means. ``covered`` (default: everywhere) is where the reference has
+    data — a reference resampled onto a larger grid is filled beyond its field of view — and every
+    score counts only those voxels. Per-slice values are NaN for slices with no voxel in the mask:
+    two blank slices would otherwise score a perfect SSIM.
 
     ``through_plane`` compares the change from one slice to the next (axis 0, normalised
     intensities, voxels inside the mask on both slices) with the reference's: mean |Δ| of the
@@ -169,17 +183,29 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
     if syn.ndim != 3:
         raise ValueError(f"evaluate needs (z, y, x) volumes, got shape {syn.shape}")
     target = modalities.get(modality)
+    covered = np.ones(ref.shape, bool) if covered is None else np.asarray(covered, dtype=bool)
     if mask is None:
         mask = modalities.body_mask(ref, target.name)
     mask = np.asarray(mask, dtype=bool)
-    if mask.shape != ref.shape:
-        raise ValueError(f"the mask's shape {mask.shape} differs from the volumes' {ref.shape}")
+    for name, array in (("mask", mask), ("covered region", covered)):
+        if array.shape != ref.shape:
+            raise ValueError(f"the {name}'s shape {array.shape} differs from the volumes' {ref.shape}")
+    if not covered.any():
+        raise ValueError("the reference covers none of the scored grid")
+    mask = mask & covered
+    # an SSIM window is counted only when it lies wholly inside what the reference covers (in-plane)
+    window = 2 * SSIM_BORDER + 1
+    ssim_covered = covered if covered.all() else \
+        ndimage.minimum_filter(covered, size=(1, window, window), mode="nearest")
     norms = (modalities.normalisation_for(syn, target.name, mask),
              modalities.normalisation_for(ref, target.name, mask))
+    relative = target.fixed_range is None
     n_slices = syn.shape[0]
     slice_sq = np.zeros(n_slices)
     slice_abs = np.zeros(n_slices)
     slice_ssim = np.zeros(n_slices)
+    slice_n = np.zeros(n_slices)
+    slice_ssim_n = np.zeros(n_slices)
     body_sq = body_abs = body_ssim = 0.0
     body_n = body_ssim_n = 0
     step_syn = step_ref = 0.0                   # through-plane: summed |Δ| between consecutive slices
@@ -187,15 +213,19 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
     for start in range(0, n_slices, _SLICES_PER_CHUNK):
         check_cancel(cancel)
         stop = min(n_slices, start + _SLICES_PER_CHUNK)
-        s, r, m = syn[start:stop], ref[start:stop], mask[start:stop]
+        s, r, m, c = syn[start:stop], ref[start:stop], mask[start:stop], covered[start:stop]
+        c_ssim = ssim_covered[start:stop]
         sn = modalities.normalise(s, norms[0]).astype(np.float64)
         rn = modalities.normalise(r, norms[1]).astype(np.float64)
-        sq, ab = (sn - rn) ** 2, np.abs(s - r)
+        sq = (sn - rn) ** 2
+        ab = 100.0 * np.abs(sn - rn) if relative else np.abs(s - r)
         smap = ssim_map(sn, rn)
-        inside = ssim_interior(smap.shape)
-        slice_sq[start:stop] = sq.mean(axis=(1, 2))
-        slice_abs[start:stop] = ab.mean(axis=(1, 2))
-        slice_ssim[start:stop] = np.where(inside, smap, 0).sum(axis=(1, 2)) / inside[0].sum()
+        inside = ssim_interior(smap.shape) & c_ssim
+        slice_sq[start:stop] = np.where(c, sq, 0).sum(axis=(1, 2))
+        slice_abs[start:stop] = np.where(c, ab, 0).sum(axis=(1, 2))
+        slice_n[start:stop] = c.sum(axis=(1, 2))
+        slice_ssim[start:stop] = np.where(inside, smap, 0).sum(axis=(1, 2))
+        slice_ssim_n[start:stop] = inside.sum(axis=(1, 2))
         body_sq += float(sq[m].sum())
         body_abs += float(ab[m].sum())
         body_n += int(m.sum())
@@ -213,19 +243,38 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         with np.errstate(divide="ignore"):
             return 10.0 * np.log10(1.0 / np.asarray(err, dtype=np.float64))
 
-    whole = Scores(float(to_psnr(slice_sq.mean())), 100.0 * float(slice_ssim.mean()), float(slice_abs.mean()))
+    n, ssim_n = slice_n.sum(), slice_ssim_n.sum()
+    whole = Scores(float(to_psnr(slice_sq.sum() / n)),
+                   100.0 * float(slice_ssim.sum() / ssim_n) if ssim_n else math.nan, float(slice_abs.sum() / n))
     body = None
     if body_n:
         body_ssim_mean = body_ssim / body_ssim_n if body_ssim_n else math.nan
         body = Scores(float(to_psnr(body_sq / body_n)), 100.0 * body_ssim_mean, body_abs / body_n)
     return Evaluation(
         modality=target.name,
-        unit=target.unit,
+        unit=mae_unit(target.name),
         whole=whole,
         body=body,
-        mask_fraction=float(mask.mean()),
+        mask_fraction=float(mask.sum() / covered.sum()),
         normalisations=norms,
-        per_slice={key: np.where(mask.any(axis=(1, 2)), values, np.nan) for key, values in
-                   (("psnr", to_psnr(slice_sq)), ("ssim", 100.0 * slice_ssim), ("mae", slice_abs))},
+        per_slice=_per_slice(np.asarray(mask.any(axis=(1, 2))), to_psnr, slice_sq, slice_abs, slice_n, slice_ssim, slice_ssim_n),
         through_plane=step_syn / step_ref if step_ref > 0 else None,
     )
+
+
+def _per_slice(scored: np.ndarray, to_psnr, sq: np.ndarray, ab: np.ndarray, n: np.ndarray, ssim_sum: np.ndarray,
+               ssim_n: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-slice means from per-slice sums; NaN for a slice with no body voxel (or none counted)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = {"psnr": to_psnr(sq / n), "ssim": 100.0 * ssim_sum / ssim_n, "mae": ab / n}
+    return {key: np.where(scored & (n > 0), values, np.nan) for key, values in means.items()}
+
+
+def worse_than_baseline(synthetic: Evaluation, baseline: Evaluation) -> tuple[str, list[str]]:
+    """(the scope compared — "body" when both have body scores, else "whole" —, the metrics on which
+    the synthetic scores worse than the do-nothing baseline there: "PSNR", "SSIM", "MAE")."""
+    scope = "body" if synthetic.body is not None and baseline.body is not None else "whole"
+    mine, theirs = getattr(synthetic, scope), getattr(baseline, scope)
+    return scope, [name for name, worse in (("PSNR", mine.psnr < theirs.psnr), ("SSIM", mine.ssim < theirs.ssim),
+                                            ("MAE", mine.mae > theirs.mae)) if worse]
+

@@ -44,8 +44,9 @@ def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Se
                 axis: int | None = None) -> tuple[float, float | None]:
     """(the share of the reference's body that the source's field of view leaves out, the synthetic's
     MAE there — None when it leaves none out) on ``slices`` along ``axis`` (all when None), the body
-    found as :func:`engine.evaluation.synthesis_eval.score_volume` finds it. ``synthetic`` and
-    ``source`` share a grid (synthesis keeps it)."""
+    found as :func:`engine.evaluation.synthesis_eval.score_volume` finds it on one grid (the
+    datasets scored here pair each source with a reference on its grid). ``synthetic`` and ``source``
+    share a grid (synthesis keeps it)."""
     syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(np.asarray(source.array)))
     body = modalities.body_mask(ref, reference.modality or "CT")
     out = body & missing
@@ -74,7 +75,8 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
         model, base = (synth.synthesize_volume(volume, source, target, asked.replace(source_floor=w), cancel=cancel,
                                                slices=picked) for w in (1.0, 0.0))
 
-        # the body MAE score_volume gives, with the reference cut and its body found once for every pair
+        # the body MAE score_volume gives (on one grid, as the paired datasets have), with the reference cut
+        # and its body found once for every pair
         ref = scored_stacks(model, reference, plan.axis, scored)[1]
         body = modalities.body_mask(ref, target)
         if not body.any():

@@ -29,25 +29,19 @@ SYNTHETIC_REFERENCE = ("the reference is synthetic (made by a model, not acquire
 
 def score_volume(synthetic: Volume, reference: Volume, target: str | None = None,
                  slices: Sequence[int] | None = None, cancel: CancelToken | None = None,
-                 axis: int | None = None) -> Evaluation:
+                 axis: int | None = None, covered: np.ndarray | None = None) -> Evaluation:
     """PSNR / SSIM / MAE (whole and inside the reference's body mask) of ``synthetic`` against
-    ``reference``, slice by slice along ``axis`` (:func:`scored_stacks`); ``slices`` (indices along
-    it) restricts the scoring to those slices."""
-    target = modalities.canonical(target or synthetic.modality or reference.modality or "")
-    syn, ref = scored_stacks(synthetic, reference, axis, slices)
-    return evaluate(syn, ref, target, cancel=cancel)
-
-
-def reference_coverage(synthetic: Volume, reference: Volume) -> float:
-    """The share of ``synthetic``'s grid that ``reference`` covers in physical space; ValueError when
-    it covers none (nothing to score: another subject, or another frame of reference?)."""
+    ``reference``, slice by slice along ``axis`` (:func:`scored_stacks`), counting only the part of
+    ``synthetic``'s grid the reference covers (``covered``, on that grid: given by a caller that has
+    resampled the reference already; found here when the grids differ); ``slices`` (indices along
+    ``axis``) restricts the scoring to those slices."""
     from engine.io.resample import inside
 
-    coverage = float(inside(reference, synthetic).mean())
-    if coverage == 0.0:
-        raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
-                         "in physical space: are they scans of the same subject in one frame of reference?")
-    return coverage
+    target = modalities.canonical(target or synthetic.modality or reference.modality or "")
+    if covered is None:
+        covered = inside(reference, synthetic)
+    syn, ref, region = scored_stacks(synthetic, reference, axis, slices, covered)
+    return evaluate(syn, ref, target, cancel=cancel, covered=region)
 
 
 def scored_stacks(synthetic: Volume, reference: Volume, axis: int | None = None, slices: Sequence[int] | None = None,

@@ -43,10 +43,13 @@ def folders_cut(path: str | Path, root: str | Path) -> Callable[[Iterable[str]],
 
 
 def provenance(synth, checks: Checks, settings, volume: Volume, result: Volume, source_file: str | None, *,
-               series: str | None = None, local: Callable[[Iterable[str]], list[str]] = list) -> dict[str, Any]:
+               description: str, series: str | None = None,
+               local: Callable[[Iterable[str]], list[str]] = list) -> dict[str, Any]:
     """The sidecar of ``result``, made by ``synth`` from ``volume`` with ``settings`` after ``checks``;
-    ``source_file`` names the input (None: not named, as in an anonymised export), ``local`` cuts the
-    folders above it from the notes (:func:`folders_cut`)."""
+    ``description`` is the one the writers put in the output's header (``Summary``: route, model,
+    steps, the OOD flag — what an export of ``result`` from the app writes too); ``source_file`` names
+    the input (None: not named, as in an anonymised export), ``local`` cuts the folders above it from
+    the notes (:func:`folders_cut`)."""
     from engine.inference.model_card import route_name
     from engine.inference.pipeline import RESEARCH_NOTE
     from engine.version import version
@@ -57,6 +60,7 @@ def provenance(synth, checks: Checks, settings, volume: Volume, result: Volume, 
         "GeneratedBy": {"Name": GENERATOR, "Version": version()},
         "Model": synth.name,
         "Route": route_name(checks.source, checks.target),
+        "Summary": description,
         "SourceModality": checks.source,
         **({"SourceFile": source_file} if source_file else {}),
         **({"SourceSeries": series} if series else {}),

@@ -21,6 +21,7 @@ from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
+from engine.io.identity import DERIVED_FRAME
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import read_dicom_tags
 from engine.io.volume import Volume
@@ -32,6 +33,7 @@ IDENTITY_TAGS = (
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
     "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP", "PhotometricInterpretation",
+    "PatientIdentityRemoved", DERIVED_FRAME,
 )
 
 

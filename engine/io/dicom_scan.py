@@ -26,6 +26,7 @@ from pydicom.uid import UID
 
 from engine.io import catalog
 from engine.io.errors import Skipped
+from engine.io.identity import DERIVED_FRAME
 from engine.jobs import CancelToken, check_cancel
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -56,7 +57,7 @@ SERIES_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
-    "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP",
+    "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved",
 )
 RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
                             "RadiopharmaceuticalStartDateTime")
@@ -380,6 +381,7 @@ def series_tags(ds: Dataset) -> dict[str, str]:
         tags["StudioUnit"] = text(block[0x02].value) if 0x02 in block else ""
         tags["StudioSynthetic"] = text(block[0x03].value) if 0x03 in block else ""
         tags["StudioDerivedFrom"] = text(block[0x04].value) if 0x04 in block else ""
+        tags[DERIVED_FRAME] = text(block[0x05].value) if 0x05 in block else ""
     if ds.get("file_meta") is not None:
         tags["TransferSyntaxUID"] = text(ds.file_meta.get("TransferSyntaxUID"))
     return tags

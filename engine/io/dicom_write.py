@@ -49,6 +49,7 @@ from engine.atomic import OutputError, atomic_folder, check_folder_target, check
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, our_block
 from engine.io.errors import VolumeIOError
+from engine.io.identity import DERIVED_FRAME
 from engine.io.itk_files import NO_ORIENTATION
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, series_mark
 from engine.io.volume import Volume, finite_filled
@@ -244,6 +245,8 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     if volume.synthetic:
         block.add_new(0x03, "CS", DICOM_SYNTHETIC)
         block.add_new(0x04, "LO", volume.derived_from[:64])
+    if src.get(DERIVED_FRAME) == "YES" or not src.get("FrameOfReferenceUID"):   # not a frame a scanner stated
+        block.add_new(0x05, "CS", "YES")
     return ds
 
 
@@ -267,6 +270,7 @@ def derived_identity(volume: Volume) -> dict[str, str]:
     identity = {**volume.dicom, "StudyInstanceUID": generate_uid(entropy_srcs=["study", key])}
     if not any(note == NO_ORIENTATION for note in volume.notes):
         identity["FrameOfReferenceUID"] = generate_uid(entropy_srcs=["frame of reference", key])
+        identity[DERIVED_FRAME] = "YES"         # no scanner's frame: our private block says so
     return identity
 
 
@@ -276,6 +280,8 @@ def _identity(ds: Dataset, src: dict[str, str], today: str, clock: str) -> None:
         setattr(ds, keyword, src.get(keyword, ""))
     if src.get("PatientAge"):
         ds.PatientAge = src["PatientAge"]
+    if src.get("PatientIdentityRemoved") == "YES":        # a de-identified source stays said to be
+        ds.PatientIdentityRemoved = "YES"
     has_study = bool(src.get("StudyInstanceUID"))
     ds.StudyInstanceUID = src["StudyInstanceUID"] if has_study else generate_uid()
     ds.StudyDate = src.get("StudyDate", "") if has_study else today

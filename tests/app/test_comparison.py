@@ -76,7 +76,7 @@ def source_path(tmp_path, phantom, write_nifti):
 
 def test_the_do_nothing_baseline_row_shows_the_histogram_matched_sources_scores(qtbot, window, pair, source_path,
                                                                                  wait_loaded):
-    from app.state.scoring import histogram_matched
+    from engine.evaluation import histogram_matched
 
     window.open_paths([str(source_path)])
     src = wait_loaded(window, 1)
@@ -228,3 +228,111 @@ def test_the_difference_map_has_a_colour_bar_in_physical_units(qtbot, window, pa
     assert view.colour_bar.levels() == pytest.approx((-140.0, 160.0))
     window.comparison.model.set_result(None)
     assert not view.colour_bar_view.isVisible()
+
+
+def synthetic_of(source, modality: str = "CT"):
+    """What a synthesis hands the window: a synthetic volume carrying its input's identity."""
+    return source.volume.with_array(source.volume.array + 5.0, modality=modality, unit="HU", synthetic=True,
+                                    derived_from=source.volume.modality, name=f"synthetic {modality}", source="")
+
+
+def test_after_synthesis_only_a_scan_of_the_same_subject_is_compared_unasked(qtbot, window, phantom, wait_loaded):
+    from engine.io import Volume
+
+    identity = {"PatientID": "P1", "FrameOfReferenceUID": "1.2.1", "SeriesInstanceUID": "1.2.1.1"}
+    ws = window.workspace
+    cbct = ws.add(Volume(phantom(), modality="CBCT", unit="HU", name="CBCT", dicom=identity))
+    other = ws.add(Volume(phantom(), modality="CT", unit="HU", name="CT of P2",
+                          dicom={"PatientID": "P2", "FrameOfReferenceUID": "1.2.1", "SeriesInstanceUID": "1.2.2.1"}))
+    window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
+    assert window.comparison.model.result is None and window.comparison.chosen_test() is None
+    assert window.tabs.currentWidget() is not window.comparison
+    assert any("Not compared: no open CT scan is known to be" in line for line in window.log.lines)
+    own = ws.add(Volume(phantom(), modality="CT", unit="HU", name="planning CT of P1",
+                        dicom={"PatientID": "P1", "FrameOfReferenceUID": "1.2.9", "SeriesInstanceUID": "1.2.9.1"}))
+    window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    assert window.comparison.pickers["reference"].currentData() is own is not other
+    assert any("another frame of reference" in note for note in window.comparison.model.result.notes)
+
+
+def test_a_failed_comparison_clears_the_previous_numbers_and_says_why(qtbot, window, pair, wait_loaded):
+    from engine.io import Volume
+
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    far = window.workspace.add(Volume(ref.volume.array, origin=(900.0, 0.0, 0.0), modality="CT", unit="HU",
+                                      name="elsewhere"))
+    with qtbot.waitSignal(window.comparison.failed, timeout=30000) as failed:
+        window.comparison.set_inputs(syn, far)
+    assert "does not overlap" in failed.args[0]
+    assert window.comparison.model.result is None
+    assert window.comparison.metrics.table.item(0, 0).text() == "" and window.comparison.metrics.verdict.text() == ""
+    assert any(line.startswith("Cannot compare:") for line in window.log.lines)
+
+
+def test_only_what_the_reference_covers_is_scored(qtbot, window, pair, wait_loaded):
+    from engine.io import Volume
+
+    syn, ref, _result = compared(qtbot, window, wait_loaded, *pair)
+    half = ref.volume.shape[2] // 2
+    slab = window.workspace.add(Volume(ref.volume.array[:, :, :half], spacing=ref.volume.spacing,
+                                       origin=ref.volume.origin, direction=ref.volume.direction, modality="CT",
+                                       unit="HU", name="half CT"))
+    window.comparison.set_inputs(syn, slab)
+    qtbot.waitUntil(lambda: (r := window.comparison.model.result) is not None and r.reference.name != ref.volume.name
+                    and r.coverage < 0.9, timeout=30000)
+    result = window.comparison.model.result
+    covered = np.zeros(syn.volume.shape, bool)
+    covered[:, :, :half] = True
+    expected = metrics.evaluate(syn.volume.array, np.where(covered, ref.volume.array, -1024.0), "CT",
+                                mask=modalities.body_mask(ref.volume.array, "CT") & covered, covered=covered)
+    assert result.evaluation.whole.mae == pytest.approx(expected.whole.mae, rel=1e-5)
+    assert 20 < result.evaluation.whole.mae < 60                  # the bias and noise, not the missing half
+    assert np.all(result.difference.array[:, :, half + 1:] == 0.0)
+    assert any("only that part is scored" in note for note in result.notes)
+
+
+def test_an_mr_difference_is_on_normalised_intensities(qtbot, window, phantom, wait_loaded):
+    from engine.io import Volume
+
+    t2 = np.where(phantom() > -500, 1000.0 - phantom(), 0.0).astype(np.float32)
+    ws = window.workspace
+    ref = ws.add(Volume(t2, modality="T2", unit="a.u.", name="T2"))
+    syn = ws.add(Volume(3.0 * t2, modality="T2", unit="a.u.", name="synthetic T2"), synthetic=True)  # another scale
+    window.comparison.set_inputs(syn, ref)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    result = window.comparison.model.result
+    assert result.evaluation.unit == result.difference.unit == metrics.RELATIVE_MAE_UNIT
+    assert np.abs(result.difference.array).max() < 1e-3 and result.evaluation.whole.mae < 1e-3
+    assert window.comparison.metrics.table.horizontalHeaderItem(2).text() == f"MAE ({metrics.RELATIVE_MAE_UNIT})"
+
+
+def test_compare_with_from_the_browser_scores_a_synthetics_baseline(qtbot, window, study_folder, wait_loaded):
+    window.open_paths([str(study_folder)])
+    acquired = wait_loaded(window)
+    made = window.workspace.add(synthetic_of(acquired, "T2" if acquired.volume.modality == "CT" else "CT"),
+                                synthetic=True, source=acquired)
+    window.workspace.activate(made)
+    other = next(e for e in window.browser.entries() if e.key != acquired.key and e.modality == made.volume.modality)
+    window.browser.compare_requested.emit(other)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    assert window.comparison.pickers["source"].currentData() is acquired
+    assert window.comparison.model.result.baseline is not None
+
+
+def test_after_synthesis_one_grid_or_two_equally_likely_scans_are_left_to_the_user(qtbot, window, phantom):
+    from engine.io import Volume
+
+    ws = window.workspace
+    t1 = ws.add(Volume(phantom(), modality="T1", unit="a.u.", name="T1 of BraTS 001"))
+    ws.add(Volume(phantom(), modality="T2", unit="a.u.", name="T2 of BraTS 002"))        # one atlas grid, no more
+    window.synthesis.synthesis_finished.emit(t1, synthetic_of(t1, "T2"), "auto")
+    assert window.comparison.model.result is None
+    assert "no open T2 scan is known to be T1 of BraTS 001's subject" in window.log.lines[-1]
+    identity = {"PatientID": "P1", "FrameOfReferenceUID": "1.2.1", "SeriesInstanceUID": "1.2.1.1"}
+    cbct = ws.add(Volume(phantom(), modality="CBCT", unit="HU", name="CBCT", dicom=identity))
+    for k in (1, 2):
+        ws.add(Volume(phantom(), modality="CT", unit="HU", name=f"CT {k}", dicom={**identity, "SeriesInstanceUID": f"9.{k}"}))
+    window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
+    assert window.comparison.model.result is None
+    assert "2 open CT scans are CBCT's subject's" in window.log.lines[-1]

@@ -140,6 +140,23 @@ def test_a_synthetic_export_writes_its_provenance_beside_it_never_over_a_file_it
     assert (tmp_path / "sub-02_T2w.json").read_text() == '{"EchoTime": 0.1}'
 
 
+def test_a_dicom_export_of_a_synthetic_is_described_as_synthesis_described_it(qtbot, window, tmp_path):
+    # what a PACS lists (SeriesDescription) keeps the OOD flag; the comments name the model and its steps
+    import pydicom
+
+    source = window.workspace.active
+    record = {"Synthetic": True, "Route": "CT→T2", "Summary": "(OOD input) synthetic T2 from CT (tiny, 3 steps)"}
+    doc = window.workspace.add(source.volume.with_array(1000 - source.volume.array, modality="T2", unit="a.u.",
+                                                        synthetic=True, derived_from="CT").replace(provenance=record),
+                               synthetic=True, source=source)
+    from app.export import export_volume
+
+    folder = export_volume(doc, tmp_path / "t2_series")
+    first = pydicom.dcmread(sorted(p for p in Path(folder).iterdir())[0])
+    assert first.SeriesDescription.startswith("(OOD input) synthetic T2 from CT")
+    assert "(tiny, 3 steps)" in first.ImageComments and "(tiny, 3 steps)" in first.DerivationDescription
+
+
 def test_a_failed_export_names_the_path(qtbot, window, tmp_path):
     out = tmp_path / "copy.xyz"
     window.export_to(out)

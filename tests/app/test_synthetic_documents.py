@@ -62,6 +62,7 @@ def test_export_after_a_synthesis_writes_the_synthetic_volume(qtbot, window, tmp
     assert proposed == ["CT_synthetic_from_T2"]
     back = io.load(written.args[0])
     assert back.synthetic and back.derived_from == "T2"
+    assert made.volume.provenance["Summary"].endswith("synthetic CT from T2 (random-tiny, 1 steps)")   # the header's words
     np.testing.assert_allclose(back.array, made.volume.array)
     assert not np.allclose(back.array, source.volume.array)           # not the source's values
 

@@ -151,6 +151,7 @@ def test_the_output_gets_a_provenance_sidecar_that_never_replaces_a_file_it_did_
     assert json.loads(out)["provenance"] == str(sidecar)
     record = json.loads(sidecar.read_text())
     assert record["Synthetic"] and record["Route"] == "T1→T2" and record["SourceFile"] == "subject_T1.nii.gz"
+    assert record["Summary"].endswith("synthetic T2 from T1 (random-tiny, 2 steps)")       # as the header describes it
     assert record["Settings"]["steps"] == 2 and record["Settings"]["seed"] == 7
     assert "research use only" in record["Description"] and str(t1.parent) not in sidecar.read_text()
     code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "sub-01_T2w.nii.gz", *common)   # its own: again
@@ -356,6 +357,12 @@ def test_a_reference_covering_part_of_the_output_says_how_much_and_one_covering_
     code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "a.nii.gz", "--reference", slab, *common)
     assert code == 0, err
     assert 0.4 < json.loads(out)["reference_coverage"] < 0.6 and "slab.nii.gz covers 50 % of the output's grid" in err
+    assert "only that part is scored" in err
+    # the uncovered half is not scored (no fill value counted): the scores are those of the covered slices
+    from engine.evaluation import score_volume
+
+    covered_slices = score_volume(io.load(tmp_path / "a.nii.gz"), reference, "CT", slices=[0, 1, 2]).to_dict()
+    assert json.loads(out)["metrics"]["whole"] == pytest.approx(covered_slices["whole"])
     far = io.save(reference.replace(origin=(900.0, 900.0, 900.0)), tmp_path / "far.nii.gz")
     code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "b.nii.gz", "--reference", far, *common)
     assert code == 2 and "b.nii.gz is written, but it could not be scored" in err and "does not overlap" in err
@@ -397,3 +404,35 @@ def test_a_synthetic_reference_is_scored_but_said_to_be_no_ground_truth(capsys, 
     code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "third.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--reference", ct)
     assert code == 0 and json.loads(out)["reference_synthetic"] is False and "is synthetic" not in err
+
+
+def test_the_do_nothing_baseline_is_scored_beside_the_synthetic(capsys, model_dir, inputs, tmp_path):
+    from engine.evaluation import histogram_matched, score_volume
+    from engine.modalities import body_mask
+
+    t1, ct = inputs
+    code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "sct.nii.gz", "--model",
+                         model_dir, "--device", "cpu", "--quiet", "--reference", ct)
+    assert code == 0, err
+    report = json.loads(out)
+    source, reference = io.load(t1), io.load(ct)
+    mask = body_mask(reference.array, "CT")
+    expected = score_volume(histogram_matched(source, reference, mask), reference, "CT").to_dict()
+    assert report["do_nothing"]["body"] == pytest.approx(expected["body"])
+    # a random model is worse than doing nothing, and is told so
+    assert report["worse_than_doing_nothing"] and "doing nothing) scores better on" in err
+    assert report["reference_warnings"] == []
+
+
+def test_a_reference_of_another_patient_is_warned_of_before_the_work(capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    mine = io.load(t1)
+    source = io.save(mine.replace(dicom={**mine.dicom, "PatientID": "PAT-1"}), tmp_path / "t1_dicom")
+    other = io.load(ct)
+    other = io.save(other.replace(dicom={**other.dicom, "PatientID": "SOMEONE-ELSE"}), tmp_path / "ct_dicom")
+    code, out, err = run(capsys, "synthesize", source, "--source", "T1", "--target", "CT", "-o", tmp_path / "sct.nii.gz",
+                         "--model", model_dir, "--device", "cpu", "--quiet", "--reference", other)
+    assert code == 0, err
+    assert "another patient's scan (PatientID 'SOMEONE-ELSE', the input's 'PAT-1')" in err
+    assert err.index("another patient's") < err.index("doing nothing")        # said before the work
+    assert any("another patient's" in w for w in json.loads(out)["reference_warnings"])

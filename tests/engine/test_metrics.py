@@ -129,14 +129,53 @@ def test_evaluation_matches_the_single_metrics_on_normalised_intensities():
     assert ev.per_slice["ssim"][2] == pytest.approx(100 * metrics.ssim(sn[2], rn[2]))
 
 
-def test_mr_is_normalised_per_volume_so_a_rescaled_copy_scores_perfectly_but_keeps_its_mae():
+def test_mr_is_normalised_per_volume_so_a_rescaled_copy_scores_perfectly_mae_included():
+    # MR units are arbitrary (a model's scale, another scanner's): a copy on twice the scale is the same image
     rng = np.random.default_rng(5)
     ref = np.abs(ct_head() + 1000) + rng.uniform(0, 1, size=(6, 24, 24))   # arbitrary MR-like units
     ev = metrics.evaluate(2.0 * ref, ref, "T2")
     assert ev.whole.ssim == pytest.approx(100.0)
     assert ev.whole.psnr == math.inf
-    assert ev.whole.mae == pytest.approx(float(np.abs(ref).mean()))
+    assert ev.whole.mae == pytest.approx(0.0, abs=1e-9) and ev.unit == metrics.RELATIVE_MAE_UNIT
     assert ev.normalisations[0].hi == pytest.approx(2 * ev.normalisations[1].hi)
+
+
+def test_mr_mae_is_percent_of_the_normalised_range_by_hand():
+    ref = np.zeros((2, 24, 24))
+    ref[:, 4:20, 4:20] = np.linspace(100.0, 300.0, 16)          # a ramp of 16 values inside the head
+    syn = 5.0 * ref                                             # another scale …
+    syn[:, 4:12, 4:20] *= 1.5                                   # … and another contrast in half the head
+    ev = metrics.evaluate(syn, ref, "T1")
+    sn = metrics.modalities.normalise(syn, ev.normalisations[0]).astype(np.float64)
+    rn = metrics.modalities.normalise(ref, ev.normalisations[1]).astype(np.float64)
+    assert ev.whole.mae == pytest.approx(100 * np.abs(sn - rn).mean())
+    assert ev.whole.mae > 1.0                                   # the contrast is seen, the scale is not
+    assert metrics.evaluate(5.0 * ref, ref, "T1").whole.mae == pytest.approx(0.0, abs=1e-4)
+    assert metrics.mae_unit("CT") == "HU" and metrics.mae_unit("PET") == "SUVbw"
+
+
+def test_only_the_region_the_reference_covers_is_scored():
+    # a reference resampled onto a larger grid is filled beyond its field of view: that fill is not scored
+    ref = ct_head(shape=(4, 32, 32))
+    syn = ref + 20.0
+    covered = np.zeros(ref.shape, bool)
+    covered[:, :, :16] = True
+    ref_filled = np.where(covered, ref, -1024.0)                # what resampling leaves outside
+    ev = metrics.evaluate(syn, ref_filled, "CT", covered=covered)
+    assert ev.whole.mae == pytest.approx(20.0) and ev.body.mae == pytest.approx(20.0)
+    np.testing.assert_allclose(ev.per_slice["mae"], 20.0)
+    whole_grid = metrics.evaluate(syn, ref_filled, "CT")        # the fill counted: far worse than the truth
+    assert whole_grid.whole.mae > 100.0
+    assert ev.whole.ssim > whole_grid.whole.ssim
+    # a synthetic equal to the reference wherever it covers: perfect, however close the fill lies
+    exact = metrics.evaluate(np.where(covered, ref, 500.0), ref_filled, "CT", covered=covered)
+    assert exact.whole.ssim == pytest.approx(100.0) and exact.body.ssim == pytest.approx(100.0)
+    assert exact.mask_fraction == pytest.approx(float(metrics.modalities.body_mask(ref, "CT")[covered].mean()))
+    uncovered_slice = covered.copy()
+    uncovered_slice[0] = False                                  # a slice outside the reference: no score
+    assert np.isnan(metrics.evaluate(syn, ref_filled, "CT", covered=uncovered_slice).per_slice["mae"][0])
+    with pytest.raises(ValueError, match="covers none"):
+        metrics.evaluate(syn, ref, "CT", covered=np.zeros(ref.shape, bool))
 
 
 def test_evaluation_reports_progress_and_can_be_cancelled():

@@ -1,0 +1,88 @@
+"""Scoring a synthetic volume against a real scan the user names (``synthesize --reference``, the
+app's comparison): how much of the synthetic grid the reference covers, and the "do nothing"
+baseline — the source, histogram-matched to the reference — scored by the same rule as the
+synthetic. Whether the reference is the same subject's scan: :mod:`engine.io.identity`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine import modalities
+from engine.evaluation.metrics import Evaluation
+from engine.evaluation.synthesis_eval import score_volume
+from engine.io import Volume
+from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
+
+
+def covered_part(synthetic: Volume, reference: Volume) -> np.ndarray:
+    """The voxels of ``synthetic``'s grid that ``reference`` covers in physical space; ValueError when
+    it covers none (nothing to score: another subject, or another frame of reference?)."""
+    from engine.io.resample import inside
+
+    covered = inside(reference, synthetic)
+    if not covered.any():
+        raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
+                         "in physical space: are they scans of the same subject in one frame of reference?")
+    return covered
+
+
+def histogram_matched(source: Volume, reference: Volume, mask: np.ndarray) -> Volume:
+    """The "do nothing" baseline: ``source`` (on ``reference``'s grid) with its intensities mapped
+    monotonically so that their histogram inside the body ``mask`` matches the reference's there
+    (the identity baseline's quantile map, fitted on this pair; outside the body its own map, so
+    the background stays background), in the reference's units."""
+    from engine.baselines import quantile_map
+
+    src, ref = source.array.astype(np.float32), reference.array.astype(np.float32)
+    mapped = np.empty_like(src)
+    for part in (mask, ~mask):
+        if part.any():
+            xs, ys = quantile_map(src[part], ref[part])
+            mapped[part] = np.interp(src[part], xs, ys)
+    return reference.with_array(mapped, name=f"{source.name} (histogram-matched)", modality=reference.modality,
+                                unit=reference.unit, notes=("source histogram-matched to the reference inside "
+                                                            "its body mask (do-nothing baseline)",), dicom={})
+
+
+def do_nothing(source_on_grid: Volume, reference_on_grid: Volume, covered: np.ndarray, target: str,
+               axis: int | None = None, cancel: CancelToken | None = None) -> Evaluation:
+    """The scores of the "do nothing" baseline: the source (resampled onto the synthetic grid, as the
+    reference is), histogram-matched to the reference inside its body where it covers the grid,
+    scored like the synthetic (``covered``: the part of the grid the reference has data in)."""
+    mask = modalities.body_mask(reference_on_grid.array, target) & covered
+    return score_volume(histogram_matched(source_on_grid, reference_on_grid, mask), reference_on_grid, target,
+                        cancel=cancel, axis=axis, covered=covered)
+
+
+@dataclass(frozen=True)
+class ReferenceScores:
+    """A synthetic volume scored against a reference on the synthetic grid, beside the baseline."""
+
+    evaluation: Evaluation               # the synthetic's scores, where the reference has data
+    baseline: Evaluation | None          # the do-nothing baseline's (None: no source given)
+    coverage: float                      # the share of the synthetic grid the reference covers
+    covered: np.ndarray                  # that part, on the synthetic grid
+    reference: Volume                    # on the synthetic grid
+    source: Volume | None                # on the synthetic grid
+
+
+def score_against(synthetic: Volume, reference: Volume, source: Volume | None, target: str, axis: int | None = None,
+                  progress: ProgressFn = noop, cancel: CancelToken | None = None) -> ReferenceScores:
+    """Score ``synthetic`` against ``reference`` and, when ``source`` (what it was made from) is given,
+    the do-nothing baseline by the same rule; ValueError when the reference covers none of the grid."""
+    from engine.io.resample import resample_onto
+
+    progress(Progress(0, 4, "resampling the reference"))
+    covered = covered_part(synthetic, reference)
+    ref_on_grid = resample_onto(reference, synthetic)
+    check_cancel(cancel)
+    source_on_grid = resample_onto(source, synthetic) if source is not None else None
+    progress(Progress(1, 4, "scoring"))
+    evaluation = score_volume(synthetic, ref_on_grid, target, cancel=cancel, axis=axis, covered=covered)
+    baseline = None
+    if source_on_grid is not None:
+        progress(Progress(2, 4, "scoring the do-nothing baseline"))
+        baseline = do_nothing(source_on_grid, ref_on_grid, covered, target, axis, cancel)
+    progress(Progress(4, 4, "scored"))
+    return ReferenceScores(evaluation, baseline, float(covered.mean()), covered, ref_on_grid, source_on_grid)

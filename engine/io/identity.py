@@ -1,0 +1,94 @@
+"""Whose scan is it: what two volumes' identities say about scoring one against the other —
+the DICOM patient and frame of reference, one grid, one subject by file name (BIDS entities, or
+the paired layout's folder of files named by their modality)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import modalities
+from engine.io import bids
+from engine.io.volume import Volume
+
+# a Volume's ``dicom`` key (our private block's element 0x05 on disk): YES when its Frame of Reference UID
+# was drawn by this app from the voxels of a scan that had none, so it names no scanner's frame
+DERIVED_FRAME = "StudioDerivedFrame"
+# IDs that name no one: what anonymisers and test exports put where the patient's ID was
+PLACEHOLDER_IDS = frozenset({"", "0", "-", "NA", "N/A", "NONE", "NULL", "UNKNOWN", "ANON", "ANONYMOUS", "ANONYMIZED",
+                             "ANONYMISED", "REMOVED", "PATIENT", "TEST", "ID"})
+
+
+def _de_identified(volume: Volume) -> bool:
+    """Whether the scan says its identity was removed (PatientIdentityRemoved YES): its IDs and UIDs were
+    replaced, so they neither match nor differ from another scan's in any way that tells."""
+    return str(volume.dicom.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+
+
+def _patient(volume: Volume) -> str:
+    """The PatientID, "" when it names no one (a placeholder) or was replaced by a de-identification."""
+    found = str(volume.dicom.get("PatientID", "")).strip()
+    return "" if _de_identified(volume) or found.upper() in PLACEHOLDER_IDS else found
+
+
+def _frame(volume: Volume) -> str:
+    """The Frame of Reference UID a scanner stated, "" when none did: a NIfTI, MHA or NRRD scan has none;
+    the one this app gives such a scan's exports and synthetics (``io.dicom_write.derived_identity``,
+    drawn from its voxels; ``DERIVED_FRAME`` in our private block) is no scanner's; a de-identified
+    scan's was replaced."""
+    if _de_identified(volume) or str(volume.dicom.get(DERIVED_FRAME, "")).upper() == "YES":
+        return ""
+    return str(volume.dicom.get("FrameOfReferenceUID", "")).strip()
+
+
+def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
+    """What the DICOM identities of ``acquired`` (the input synthesis started from, or the test volume
+    itself: a synthetic carries its input's identity) and ``reference`` say against scoring one with
+    the other: another patient, another frame of reference. Nothing when either is not known."""
+    warnings = []
+    mine, theirs = _patient(acquired), _patient(reference)
+    if mine and theirs and mine != theirs:
+        warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's {mine!r}): "
+                        "the scores compare two people")
+    mine, theirs = _frame(acquired), _frame(reference)
+    if mine and theirs and mine != theirs:
+        warnings.append("the reference was acquired in another frame of reference than the input "
+                        "(FrameOfReferenceUID differs): unless it was registered to the input, the scores compare "
+                        "anatomy that is not aligned")
+    return warnings
+
+
+def _subject_of_file(path: str) -> tuple[str, ...] | None:
+    """The subject a file's name and place give: a BIDS image's ``sub-`` and ``ses-`` entities, or the
+    folder of a file named by its modality (the paired layout: one subject per folder)."""
+    if not path:
+        return None
+    file = Path(path)
+    entities, stem, _ext = bids.split_name(file.name)
+    keys = tuple(e for e in entities if e.startswith(("sub-", "ses-")))
+    if any(k.startswith("sub-") for k in keys):
+        return ("bids", *keys)
+    return ("folder", str(file.parent.resolve())) if not entities and _is_modality(stem) else None
+
+
+def _is_modality(name: str) -> bool:
+    try:
+        modalities.canonical(name)
+    except ValueError:
+        return False
+    return True
+
+
+def kinship(acquired: Volume, candidate: Volume) -> int:
+    """How surely ``candidate`` is a scan of the subject ``acquired`` is of, for picking a reference
+    unasked (2 and above): 3 one Frame of Reference, 2 one patient (PatientID) or one subject by file
+    name (BIDS ``sub-``/``ses-``, or one paired-layout folder), 1 only one grid (atlas-space datasets,
+    BraTS, MNI-registered sets, put every subject on one grid), 0 not known to be — or known not to
+    be: another PatientID outweighs everything else."""
+    mine, theirs = _patient(acquired), _patient(candidate)
+    if mine and theirs and mine != theirs:
+        return 0
+    if _frame(acquired) and _frame(acquired) == _frame(candidate):
+        return 3
+    subject = _subject_of_file(acquired.source)
+    if (mine and mine == theirs) or (subject is not None and subject == _subject_of_file(candidate.source)):
+        return 2
+    return 1 if acquired.same_grid(candidate) else 0

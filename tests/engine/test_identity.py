@@ -1,0 +1,101 @@
+"""Whose scan is it (engine/io/identity.py): another patient or another frame of reference is
+warned of; what names no one (NIfTI scans, placeholder IDs, de-identified scans, the frame this app
+draws for a NIfTI scan's exports) is not; the pick of a reference after synthesis takes one frame of
+reference over one patient or one subject's file names, never another patient, and one grid alone
+is not enough."""
+import numpy as np
+import pytest
+
+from engine import io
+from engine.io import Volume, identity_warnings, kinship
+from engine.io.identity import DERIVED_FRAME
+
+
+def scan(patient="", frame="", source="", shape=(2, 4, 4), origin=(0.0, 0.0, 0.0), **tags) -> Volume:
+    dicom = {k: v for k, v in (("PatientID", patient), ("FrameOfReferenceUID", frame)) if v}
+    return Volume(np.zeros(shape, np.float32), origin=origin, dicom={**dicom, **tags}, source=source)
+
+
+def test_another_patient_and_another_frame_are_warned_of():
+    cbct, ct = scan("P1", "1.1"), scan("P2", "1.2")
+    warnings = identity_warnings(cbct, ct)
+    assert len(warnings) == 2
+    assert "another patient's scan (PatientID 'P2', the input's 'P1')" in warnings[0]
+    assert "another frame of reference" in warnings[1]
+    assert identity_warnings(cbct, scan("P1", "1.1")) == []
+    assert identity_warnings(cbct, scan("P1", "1.9")) == [warnings[1]]        # planning CT of the same patient
+
+
+@pytest.mark.parametrize("placeholder", ["ANONYMOUS", "anon", "0", " ", "Unknown"])
+def test_a_placeholder_id_names_no_one(placeholder):
+    assert identity_warnings(scan("P1"), scan(placeholder)) == []
+    assert kinship(scan(placeholder, origin=(1.0, 0, 0)), scan(placeholder)) == 0     # not one patient either
+
+
+def test_a_de_identified_scan_says_nothing_either_way():
+    anonymised = scan("ANON-7F3A", "2.25.1", PatientIdentityRemoved="YES")
+    assert identity_warnings(anonymised, scan("P1", "1.1")) == []
+    assert kinship(anonymised, scan("ANON-7F3A", "2.25.1", origin=(3.0, 0, 0), PatientIdentityRemoved="YES")) == 0
+
+
+def test_what_is_not_known_is_not_warned_of():
+    nifti = scan(source="/data/sub/T1.nii.gz")
+    assert identity_warnings(nifti, scan("P2", "1.2")) == []
+    # a NIfTI scan's synthetic and exports carry a frame drawn from its voxels: no scanner's frame
+    derived = scan(frame="2.25.99", **{DERIVED_FRAME: "YES"})
+    assert identity_warnings(derived, scan("P1", "1.2")) == []
+    assert identity_warnings(scan(" P1 "), scan("P1")) == []
+
+
+def test_kinship_ranks_frame_then_patient_then_grid():
+    source = scan("P1", "1.1")
+    assert kinship(source, scan("P1", "1.1", SeriesInstanceUID="9")) == 3
+    assert kinship(source, scan("P1", "1.7")) == 2                   # same patient, another frame
+    assert kinship(source, scan("P2", "1.1")) == 0                   # another patient outweighs even one frame
+    assert kinship(scan(), scan()) == 1                              # one grid: every BraTS subject shares one
+    assert kinship(scan(), scan(origin=(5.0, 0, 0))) == 0
+
+
+def test_kinship_by_file_names(tmp_path):
+    def nifti(path, origin=(0.0, 0.0, 0.0)):
+        return scan(source=str(tmp_path / path), origin=origin)
+
+    shifted = (7.0, 0.0, 0.0)
+    assert kinship(nifti("sub-01/anat/sub-01_T1w.nii.gz"), nifti("sub-01/anat/sub-01_T2w.nii.gz", shifted)) == 2
+    assert kinship(nifti("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"),
+                   nifti("sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz", shifted)) == 0    # another session
+    assert kinship(nifti("sub-01/anat/sub-01_T1w.nii.gz"), nifti("sub-02/anat/sub-02_T2w.nii.gz", shifted)) == 0
+    assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_003/T2.nii.gz", shifted)) == 2   # the paired layout
+    assert kinship(nifti("pat_7/cbct.nii.gz"), nifti("pat_7/ct.nii.gz", shifted)) == 2
+    assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_004/T2.nii.gz", shifted)) == 0
+    # a flat folder of many subjects' files says nothing
+    assert kinship(nifti("all/ixi002_t1.nii.gz"), nifti("all/ixi012_t2.nii.gz", shifted)) == 0
+
+
+def test_exports_of_a_nifti_scan_carry_their_frame_as_drawn_not_as_a_scanners(tmp_path):
+    # two co-registered NIfTI scans exported to DICOM get frames drawn from their own voxels: no warning
+    rng = np.random.default_rng(0)
+    t1 = Volume(rng.normal(size=(3, 8, 8)).astype(np.float32), modality="T1", unit="a.u.")
+    t2 = t1.with_array(rng.normal(size=(3, 8, 8)).astype(np.float32), modality="T2")
+    back1, back2 = (io.load(io.save(v, tmp_path / name)) for v, name in ((t1, "t1"), (t2, "t2")))
+    assert back1.dicom["FrameOfReferenceUID"] != back2.dicom["FrameOfReferenceUID"]
+    assert back1.dicom[DERIVED_FRAME] == "YES" and identity_warnings(back1, back2) == []
+    again = io.load(io.save(back1, tmp_path / "t1_again"))                # a re-export keeps the mark
+    assert again.dicom[DERIVED_FRAME] == "YES"
+    scanner = scan("P1", "1.2.3", Modality="MR")
+    scanner_back = io.load(io.save(Volume(t1.array, modality="T1", unit="a.u.", dicom={**scanner.dicom,
+                                                                                      "StudyInstanceUID": "1.2"}),
+                                   tmp_path / "scanner"))
+    assert scanner_back.dicom["FrameOfReferenceUID"] == "1.2.3" and scanner_back.dicom[DERIVED_FRAME] == ""
+
+
+def test_a_de_identified_export_says_so_when_read_back_and_when_exported_again(tmp_path):
+    from engine.io import Anonymiser
+
+    volume = Volume(np.ones((3, 8, 8), np.float32), modality="CT", unit="HU",
+                    dicom={"PatientID": "P1", "PatientName": "Doe^Jane", "StudyInstanceUID": "1.2",
+                           "FrameOfReferenceUID": "1.2.3", "SeriesInstanceUID": "1.2.4"})
+    anonymised = io.load(io.save(volume, tmp_path / "anon", anonymise=Anonymiser()))
+    assert anonymised.dicom["PatientIdentityRemoved"] == "YES" and anonymised.dicom["PatientID"] != "P1"
+    assert identity_warnings(anonymised, volume) == []                       # replaced IDs are not another patient
+    assert io.load(io.save(anonymised, tmp_path / "again")).dicom["PatientIdentityRemoved"] == "YES"
