@@ -33,7 +33,7 @@ IDENTITY_TAGS = (
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
     "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP", "PhotometricInterpretation",
-    "PatientIdentityRemoved", DERIVED_FRAME,
+    "PatientIdentityRemoved", "DeidentificationMethod", DERIVED_FRAME,
 )
 
 

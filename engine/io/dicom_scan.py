@@ -57,7 +57,7 @@ SERIES_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
-    "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved",
+    "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved", "DeidentificationMethod",
 )
 RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
                             "RadiopharmaceuticalStartDateTime")

@@ -274,14 +274,18 @@ def derived_identity(volume: Volume) -> dict[str, str]:
     return identity
 
 
+UNSTATED_DEIDENTIFICATION = "identity removed before import; method not stated"
+
+
 def _identity(ds: Dataset, src: dict[str, str], today: str, clock: str) -> None:
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                     "ReferringPhysicianName", "StudyID", "StudyDescription"):
         setattr(ds, keyword, src.get(keyword, ""))
     if src.get("PatientAge"):
         ds.PatientAge = src["PatientAge"]
-    if src.get("PatientIdentityRemoved") == "YES":        # a de-identified source stays said to be
+    if src.get("PatientIdentityRemoved") == "YES":        # a de-identified source stays said to be, and how
         ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = src.get("DeidentificationMethod") or UNSTATED_DEIDENTIFICATION
     has_study = bool(src.get("StudyInstanceUID"))
     ds.StudyInstanceUID = src["StudyInstanceUID"] if has_study else generate_uid()
     ds.StudyDate = src.get("StudyDate", "") if has_study else today

@@ -1,6 +1,7 @@
 """Whose scan is it: what two volumes' identities say about scoring one against the other —
-the DICOM patient and frame of reference, one grid, one subject by file name (BIDS entities, or
-the paired layout's folder of files named by their modality)."""
+the DICOM patient and frame of reference, the world their coordinates are in (a NIfTI file's
+scanner or standard space), one grid, one subject by file name (BIDS entities, or the paired
+layout's folder of files named by their modality)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from engine.io.volume import Volume
 # a Volume's ``dicom`` key (our private block's element 0x05 on disk): YES when its Frame of Reference UID
 # was drawn by this app from the voxels of a scan that had none, so it names no scanner's frame
 DERIVED_FRAME = "StudioDerivedFrame"
+STANDARD_SPACES = frozenset({"Talairach", "MNI", "template"})
 # IDs that name no one: what anonymisers and test exports put where the patient's ID was
 PLACEHOLDER_IDS = frozenset({"", "0", "-", "NA", "N/A", "NONE", "NULL", "UNKNOWN", "ANON", "ANONYMOUS", "ANONYMIZED",
                              "ANONYMISED", "REMOVED", "PATIENT", "TEST", "ID"})
@@ -48,12 +50,22 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     if mine and theirs and mine != theirs:
         warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's {mine!r}): "
                         "the scores compare two people")
+    if _other_world(acquired, reference):
+        warnings.append(f"the reference's coordinates are in {reference.space} space, the input's in {acquired.space} "
+                        "space: the scores compare anatomy at the same coordinates of two different worlds")
     mine, theirs = _frame(acquired), _frame(reference)
     if mine and theirs and mine != theirs:
         warnings.append("the reference was acquired in another frame of reference than the input "
                         "(FrameOfReferenceUID differs): unless it was registered to the input, the scores compare "
                         "anatomy that is not aligned")
     return warnings
+
+
+def _other_world(a: Volume, b: Volume) -> bool:
+    """Whether two volumes' coordinates are in different worlds: one in a standard space (Talairach, MNI,
+    a template) and the other not in that one. A scanner's and an "aligned" world (another image's
+    coordinates: FLIRT's output registered to a scan) may be one, so they are not told apart."""
+    return a.space != b.space and bool({a.space, b.space} & STANDARD_SPACES)
 
 
 def _subject_of_file(path: str) -> tuple[str, ...] | None:
@@ -82,9 +94,10 @@ def kinship(acquired: Volume, candidate: Volume) -> int:
     unasked (2 and above): 3 one Frame of Reference, 2 one patient (PatientID) or one subject by file
     name (BIDS ``sub-``/``ses-``, or one paired-layout folder), 1 only one grid (atlas-space datasets,
     BraTS, MNI-registered sets, put every subject on one grid), 0 not known to be — or known not to
-    be: another PatientID outweighs everything else."""
+    be: another PatientID, or coordinates in another world (MNI space beside a scanner's), outweighs
+    everything else."""
     mine, theirs = _patient(acquired), _patient(candidate)
-    if mine and theirs and mine != theirs:
+    if (mine and theirs and mine != theirs) or _other_world(acquired, candidate):
         return 0
     if _frame(acquired) and _frame(acquired) == _frame(candidate):
         return 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -20,7 +21,7 @@ from engine.io.errors import VolumeIOError, special_file
 from engine.io.header_check import HeaderFacts, check_header
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
-from engine.io.volume import Volume, finite_filled
+from engine.io.volume import SPACES, Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
@@ -113,8 +114,11 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., None]
     spacing, origin, direction = _lps_grid(image.affine)
     _check_geometry(path, spacing, origin, direction)
+    header = image.header
+    code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
-        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), **_nibabel_mark(image))
+        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path),
+        space=_XFORM_NAMES.get(code, "scanner"), **_nibabel_mark(image))
 
 
 Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
@@ -130,7 +134,7 @@ def _lps_grid(affine: np.ndarray) -> Grid:
 
 NO_ORIENTATION = ("the header gives no orientation (qform_code and sform_code are 0): its axes are assumed to run "
                   "right to left, front to back, foot to head (LPS) from origin 0; left and right may be swapped")
-_XFORM_NAMES = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
+_XFORM_NAMES = dict(enumerate(SPACES, start=1))     # NIfTI xform codes 1–5
 
 
 def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
@@ -139,14 +143,15 @@ def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
     return float(np.max(np.linalg.norm((corners @ (a - b).T)[:, :3], axis=1)))
 
 
-def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str]]:
+def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
     """The grid FSL, SPM and nibabel give a NIfTI-1 file — its sform when sform_code > 0, else its
-    qform — as (spacing, origin, direction) in LPS, with notes; (None, notes) keeps SimpleITK's, which
-    takes the qform over an sform of code 2–5 (aligned, MNI: the registered images FLIRT, SPM and
-    fMRIPrep write). A sheared sform, which no orthogonal grid holds, gives way to the qform with a
-    note; a file with neither is noted as of assumed orientation."""
+    qform — as (spacing, origin, direction) in LPS, with notes and the space its code names
+    (:data:`SPACES`); (None, notes, "scanner") keeps SimpleITK's, which takes the qform over an sform
+    of code 2–5 (aligned, MNI: the registered images FLIRT, SPM and fMRIPrep write). A sheared sform,
+    which no orthogonal grid holds, gives way to the qform with a note; a file with neither is noted
+    as of assumed orientation."""
     if file_kind(path) != "nifti" or len(size) < 3:
-        return None, []
+        return None, [], "scanner"
     import nibabel
 
     try:
@@ -154,11 +159,11 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str]]:
         sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
         sform, qform = header.get_sform(), header.get_qform()
     except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
-        return None, []
+        return None, [], "scanner"
     if sform_code <= 0 and qform_code <= 0:
-        return None, [NO_ORIENTATION]
+        return None, [NO_ORIENTATION], "scanner"
     if sform_code <= 0:
-        return _lps_grid(qform), []
+        return _lps_grid(qform), [], _XFORM_NAMES.get(qform_code, "scanner")
     columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
     sform_name = f"sform (code {sform_code}, {_XFORM_NAMES.get(sform_code, 'unknown')})"
     gap = _corner_gap(sform, qform, size) if qform_code > 0 else 0.0
@@ -167,10 +172,11 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str]]:
             raise VolumeIOError(path, f"its {sform_name} is sheared, which no orthogonal grid holds, and it has no "
                                       "qform: resample it onto an orthogonal grid first (e.g. FSL's flirt -applyxfm)")
         return _lps_grid(qform), [f"its {sform_name} is sheared, which no orthogonal grid holds: the qform is used, "
-                                  f"which places voxels up to {gap:.1f} mm from where FSL, SPM and nibabel show them"]
+                                  f"which places voxels up to {gap:.1f} mm from where FSL, SPM and nibabel show "
+                                  "them"], _XFORM_NAMES.get(qform_code, "scanner")
     notes = [f"qform and sform disagree (up to {gap:.1f} mm at the grid's corners): the {sform_name} is used, as FSL, "
              "SPM and nibabel do"] if gap > 0.01 else []
-    return _lps_grid(sform), notes
+    return _lps_grid(sform), notes, _XFORM_NAMES.get(sform_code, "scanner")
 
 
 def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
@@ -181,26 +187,27 @@ def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[f
 
 
 def _placed_header(path: Path, reader: sitk.ImageFileReader) -> tuple[tuple[float, ...], tuple[float, ...],
-                                                                         tuple[float, ...], list[str]]:
-    """(spacing, origin, direction, notes) of a header read by SimpleITK, placed by :func:`_nifti_grid`."""
+                                                                         tuple[float, ...], list[str], str]:
+    """(spacing, origin, direction, notes, space) of a header read by SimpleITK, placed by :func:`_nifti_grid`."""
     size, spacing, origin = tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin())
     direction = tuple(reader.GetDirection())
-    grid, notes = _nifti_grid(path, size)
+    grid, notes, space = _nifti_grid(path, size)
     if grid is not None:
         spacing, origin, direction = grid[0] + spacing[3:], grid[1] + origin[3:], _padded(grid[2], len(size))
-    return spacing, origin, direction, notes
+    return spacing, origin, direction, notes, space
 
 
-def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> sitk.Image:
-    """``image`` (3-D, read by SimpleITK) on the grid :func:`_nifti_grid` gives its file; notes added to ``notes``."""
-    grid, found = _nifti_grid(path, image.GetSize())
+def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> str:
+    """Place ``image`` (3-D, read by SimpleITK) on the grid :func:`_nifti_grid` gives its file; notes
+    added to ``notes``; the space its transform's code names."""
+    grid, found, space = _nifti_grid(path, image.GetSize())
     notes.extend(found)
     if grid is not None:
         spacing, origin, direction = grid
         image.SetSpacing(spacing)
         image.SetOrigin(origin)
         image.SetDirection(tuple(_orthonormal(np.reshape(direction, (3, 3))).ravel()))
-    return image
+    return space
 
 
 def _nibabel_mark(image) -> dict:
@@ -275,7 +282,7 @@ def _scan_itk(name: str) -> SeriesEntry:
     reader = read_info(path)
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
-    spacing, origin, direction, notes = _placed_header(path, reader)
+    spacing, origin, direction, notes, space = _placed_header(path, reader)
     spacing, direction = _positive_spacing(spacing, direction)
     n_volumes = 1
     if dim == 4:
@@ -298,12 +305,18 @@ def _scan_itk(name: str) -> SeriesEntry:
         modality=modality,
         shape_zyx=shape_zyx,
         spacing_xyz=(spacing + (1.0,) * 3)[:3],
-        orientation=_orientation_of(direction, dim) + (" (assumed)" if NO_ORIENTATION in notes else ""),
+        orientation=_orientation_of(direction, dim) + (" (assumed)" if NO_ORIENTATION in notes else "")
+        + _space_label(space),
         notes=tuple(notes),
         synthetic=mark["synthetic"],
         volumes=n_volumes,
     )
     return entry
+
+
+def _space_label(space: str) -> str:
+    """What a scan entry's orientation adds for a world other than the scanner's: `` (MNI space)``."""
+    return "" if space == "scanner" else f" ({space} space)"
 
 
 def _four_d_note(path: Path, n_volumes: int) -> str:
@@ -479,13 +492,12 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
     notes: list[str] = []
-    if image.GetDimension() == 3:
-        image = _nifti_placed(path, image, notes)
+    space = _nifti_placed(path, image, notes) if image.GetDimension() == 3 else "scanner"
     spacing, direction = _positive_spacing(image.GetSpacing(), image.GetDirection())
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     _check_geometry(path, spacing, image.GetOrigin(), direction)
-    volume = volume_from_sitk(image, name=path.name, source=str(path), notes=notes, **_itk_mark(reader))
+    volume = volume_from_sitk(image, name=path.name, source=str(path), notes=notes, space=space, **_itk_mark(reader))
     return _nan_restored(path, reader, volume, volume_index)
 
 
@@ -543,8 +555,29 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
             problem = _first_line(exc).replace(str(tmp), path.name)
             raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
                                       "file, if any, is kept") from None
+        if file_kind(path) == "nifti" and volume.space != "scanner":
+            _set_space(tmp, volume.space)
         _verify_written(tmp, path, image)
     return path
+
+
+def _set_space(path: Path, space: str) -> None:
+    """Give the NIfTI file SimpleITK wrote at ``path`` (qform and sform codes 1, scanner) the codes of
+    ``space``: an MNI-space input's synthetic stays labelled MNI space (AFNI files a scanner-space
+    image under another view; FSL and fMRIPrep read the code). Both transforms hold the one grid."""
+    import nibabel
+
+    code = SPACES.index(space) + 1
+    image = cast("SpatialImage", nibabel.load(str(path)))
+    header = cast("Nifti1Header", image.header).copy()
+    header.set_qform(header.get_qform(), code=code)
+    header.set_sform(header.get_sform(), code=code)
+    relabelled = path.with_name(path.name.replace(".part", ".space.part", 1))
+    try:
+        nibabel.save(nibabel.Nifti1Image(np.asanyarray(image.dataobj), None, header), str(relabelled))
+        os.replace(relabelled, path)
+    finally:
+        relabelled.unlink(missing_ok=True)
 
 
 def _verify_written(tmp: Path, path: Path, image: sitk.Image) -> None:

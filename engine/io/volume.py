@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# the worlds a NIfTI file's qform / sform code names (codes 1–5): a scanner's coordinates, those of another
+# image it was aligned to, or a standard space (Talairach, MNI-152, another template)
+SPACES = ("scanner", "aligned", "Talairach", "MNI", "template")
+
 
 @dataclass(frozen=True, eq=False)
 class Volume:
@@ -28,8 +32,11 @@ class Volume:
     synthetic: bool = False          # made by a model, not acquired: every writer marks it, every reader finds it
     derived_from: str = ""           # the modality a synthetic volume was made from, when known
     provenance: dict = field(default_factory=dict)   # how a model made it: the JSON sidecar an export writes
+    space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner)
 
     def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
         arr = np.asarray(self.array)
         if arr.ndim == 2:
             arr = arr[None]
@@ -111,6 +118,7 @@ class Volume:
             "spacing_xyz_mm": [round(s, 6) for s in self.spacing],
             "origin_lps_mm": [round(o, 4) for o in self.origin],
             "orientation": self.orientation(),
+            "space": self.space,
             "dtype": str(self.array.dtype),
             "synthetic": self.synthetic,
             "derived_from": self.derived_from,

@@ -98,4 +98,16 @@ def test_a_de_identified_export_says_so_when_read_back_and_when_exported_again(t
     anonymised = io.load(io.save(volume, tmp_path / "anon", anonymise=Anonymiser()))
     assert anonymised.dicom["PatientIdentityRemoved"] == "YES" and anonymised.dicom["PatientID"] != "P1"
     assert identity_warnings(anonymised, volume) == []                       # replaced IDs are not another patient
-    assert io.load(io.save(anonymised, tmp_path / "again")).dicom["PatientIdentityRemoved"] == "YES"
+    again = io.load(io.save(anonymised, tmp_path / "again"))
+    assert again.dicom["PatientIdentityRemoved"] == "YES"
+    assert again.dicom["DeidentificationMethod"] == anonymised.dicom["DeidentificationMethod"] != ""
+
+
+def test_coordinates_in_a_standard_space_are_not_a_scanners():
+    mni = Volume(np.zeros((2, 4, 4), np.float32), space="MNI", source="/d/sub-01/anat/sub-01_space-MNI_T1w.nii.gz")
+    scanner = Volume(np.zeros((2, 4, 4), np.float32), source="/d/sub-01/anat/sub-01_T2w.nii.gz")
+    assert any("in scanner space, the input's in MNI space" in w for w in identity_warnings(mni, scanner))
+    assert kinship(mni, scanner) == 0                               # same subject by name, but another world
+    aligned = scanner.replace(space="aligned")                      # FLIRT's output in the scan's coordinates
+    assert identity_warnings(aligned, scanner) == [] and kinship(aligned, scanner) == 2
+    assert identity_warnings(mni, mni.replace(source="")) == []

@@ -49,6 +49,11 @@ def test_nifti2_read_through_nibabel_matches_simpleitk_on_its_nifti1_twin(tmp_pa
     np.testing.assert_allclose(vol.spacing, ref.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(vol.origin, ref.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(vol.direction, ref.GetDirection(), atol=1e-5)
+    header = nibabel.Nifti2Header()
+    header.set_data_shape(data.shape)
+    header.set_sform(src.affine, code=4)                          # an MNI-space NIfTI-2 file
+    nibabel.save(nibabel.Nifti2Image(data, src.affine, header), tmp_path / "mni2.nii")
+    assert io.load(tmp_path / "mni2.nii").space == "MNI" and vol.space == "scanner"
 
 
 def _nifti(path, sform, sform_code, qform, qform_code):
@@ -85,6 +90,14 @@ def test_a_nifti_sform_places_the_volume_where_fsl_spm_and_nibabel_do_whatever_i
     np.testing.assert_allclose(geometry.origin, volume.origin, atol=1e-5)
     converted = io.load(io.save(volume, tmp_path / "converted.nii.gz"))
     np.testing.assert_allclose(_world_lps(converted, (3, 7, 11)), _world_lps(volume, (3, 7, 11)), atol=1e-4)
+    # the world the coordinates are in goes with them: an MNI-space input's outputs stay labelled MNI space
+    from engine.io.volume import SPACES
+
+    assert volume.space == converted.space == SPACES[sform_code - 1]
+    header = nibabel.load(tmp_path / "converted.nii.gz").header
+    assert int(header["sform_code"]) == int(header["qform_code"]) == sform_code
+    assert entry.orientation == ("RAS" if sform_code == 1 else f"RAS ({volume.space} space)")
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
 
 
 def test_a_nifti_without_orientation_or_with_a_sheared_sform_says_what_it_assumed(tmp_path):
@@ -92,7 +105,7 @@ def test_a_nifti_without_orientation_or_with_a_sheared_sform_says_what_it_assume
     assert any("gives no orientation" in n and "left and right may be swapped" in n for n in volume.notes)
     assert io.scan(tmp_path / "none.nii.gz").entries[0].orientation.endswith("(assumed)")
     agreeing = io.load(_nifti(tmp_path / "agree.nii.gz", SCANNER, 2, SCANNER, 1))
-    assert agreeing.notes == () and io.scan(tmp_path / "agree.nii.gz").entries[0].orientation == "RAS"
+    assert agreeing.notes == () and io.scan(tmp_path / "agree.nii.gz").entries[0].orientation == "RAS (aligned space)"
     sheared = io.load(_nifti(tmp_path / "sheared.nii.gz", SHEARED, 2, SCANNER, 1))      # no grid holds it: the qform
     np.testing.assert_allclose(_world_lps(sheared, (5, 5, 5)) * [-1, -1, 1], (SCANNER @ [5, 5, 5, 1.0])[:3], atol=1e-4)
     assert any("is sheared, which no orthogonal grid holds: the qform is used" in n for n in sheared.notes)
