@@ -255,6 +255,7 @@ class Automation(QObject):
         if self.s["export"]:
             report["export_proposed_name"] = self.proposed_export_name
         print("automation: " + json.dumps(report), flush=True)
+        self.window.ask_before_discarding = False          # unattended: what the script made but did not export goes
         self.window.close()                               # saves settings, stops the engine, frees VTK
         QApplication.instance().exit(status)
 

@@ -109,7 +109,7 @@ class MainWindow(QMainWindow):
         self.browser.compare_requested.connect(self.compare_with_entry)
         self.browser.document_activated.connect(self.workspace.activate)
         self.browser.export_requested.connect(self.choose_export)
-        self.browser.close_requested.connect(self.workspace.close)
+        self.browser.close_requested.connect(self.close_document)
         self.viewer.probed.connect(self.status.show_probe)
         self.comparison.probed.connect(self.status.show_probe)
         self.comparison.metrics.export_requested.connect(self.export_metrics)
@@ -403,10 +403,15 @@ class MainWindow(QMainWindow):
             self.report_error(problem)
             return None
         dialog = SendDialog(self.runner, pacs_servers_file(), doc, self)      # deletes itself once closed and idle
-        dialog.sent.connect(lambda results, d=doc: self.log.add(
-            f"Sent {d.title} to a PACS: {sum(r.ok for r in results)} of {len(results)} instances stored"))
+        dialog.sent.connect(lambda results, d=doc: self._on_sent(d, results))
         dialog.show()
         return dialog
+
+    def _on_sent(self, doc: Document, results) -> None:
+        stored = sum(r.ok for r in results)
+        self.log.add(f"Sent {doc.title} to a PACS: {stored} of {len(results)} instances stored")
+        if results and stored == len(results):
+            doc.kept = "a PACS"
 
     # -- fine-tuning ----------------------------------------------------------------------------
     def open_finetune_wizard(self) -> FineTuneWizard:
@@ -482,9 +487,15 @@ class MainWindow(QMainWindow):
         """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker (de-identified
         with an ``anonymiser``)."""
         doc = doc or self.document_in_view()
+
+        def exported(written) -> None:
+            if doc is not None:
+                doc.kept = str(written)
+            self._on_exported(written)
+
         return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel, anonymiser),
                                name=f"export {path}", progressed=self.status.show_task,
-                               finished=self._on_exported, failed=self.report_error)
+                               finished=exported, failed=self.report_error)
 
     def _on_exported(self, path) -> None:
         self.status.show_task(None)
@@ -577,7 +588,42 @@ class MainWindow(QMainWindow):
         self.comparison.set_modalities(names)
         self.status.show_device(device)
 
+    # -- nothing lost -----------------------------------------------------------------------------
+    ask_before_discarding = True        # False: close without asking (an unattended script, the tests)
+
+    def close_document(self, doc: Document) -> None:
+        """Close ``doc`` (the Studies tree's Close): a synthetic volume not exported or sent yet only
+        once the user says to discard it."""
+        if doc.unkept and not self._discard_ok(f"{doc.title} has not been exported or sent to a PACS: closing it "
+                                                "discards it."):
+            return
+        self.workspace.close(doc)
+
+    def _discard_ok(self, what: str) -> bool:
+        """Whether the user agrees to lose ``what`` (Discard / Cancel, Cancel the default)."""
+        if not self.ask_before_discarding:
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, about.APP_NAME, what, QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        return box.exec() == QMessageBox.StandardButton.Discard
+
+    def _what_closing_loses(self) -> str:
+        """What quitting now would lose ("" nothing): synthetic volumes written nowhere, a running synthesis."""
+        unkept = [d.title for d in self.workspace.unkept()]
+        lost = []
+        if unkept:
+            lost.append(f"{len(unkept)} synthetic volume{'s' if len(unkept) > 1 else ''} not exported or sent to a "
+                        f"PACS ({', '.join(unkept[:3])}{', …' if len(unkept) > 3 else ''})")
+        if self.synthesis.busy:
+            lost.append("the synthesis that is running")
+        return " and ".join(lost)
+
     def closeEvent(self, event) -> None:
+        lost = self._what_closing_loses()
+        if lost and not self._discard_ok(f"Quitting now discards {lost}. Training jobs pause and can be resumed."):
+            event.ignore()
+            return
         self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
         self.settings.window_state = bytes(self.saveState().toBase64()).decode()
         self.training.shutdown()

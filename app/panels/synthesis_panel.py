@@ -317,7 +317,7 @@ class SynthesisPanel(QWidget):
 
     def _update_enabled(self, *_args) -> None:
         reason = self._why_not()
-        running = self._task is not None
+        running = self.busy
         self.notice.setVisible(reason is not None and reason.startswith("No model"))
         self.notice.setText(f"{reason} Loading, viewing, comparing and exporting volumes work without it."
                             if reason else "")
@@ -412,6 +412,11 @@ class SynthesisPanel(QWidget):
         self._task = None
         self.eta.setText(text)
         self._update_enabled()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a synthesis is running."""
+        return self._task is not None
 
     def shutdown(self) -> None:
         """Stop the synthesis process (the window is closing; running tasks were cancelled)."""

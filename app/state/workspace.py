@@ -1,6 +1,7 @@
 """The loaded volumes (documents): each with its own window/level, its title (distinct among the
 documents), whether it is synthetic (the volume says so, as its file's header did) and, for a
-synthetic one, the document it was made from; which one the viewer shows; opening and closing."""
+synthetic one, the document it was made from and whether it has been written anywhere yet; which
+one the viewer shows; opening and closing."""
 from __future__ import annotations
 
 import itertools
@@ -26,6 +27,12 @@ class Document:
     ordinal: int = 1                            # 2, 3… for the later documents of the same name
     source: Document | None = None              # what a synthetic document was made from
     plane: str = "auto"                         # the plane synthesis cut it in (its scores cut it alike)
+    kept: str = ""                              # where a volume made in this session was last written, if anywhere
+
+    @property
+    def unkept(self) -> bool:
+        """Made in this session and written nowhere yet: closing it loses it."""
+        return self.key.startswith(SYNTHETIC_KEY_PREFIX) and not self.kept
 
     @property
     def synthetic(self) -> bool:
@@ -84,6 +91,10 @@ class Workspace:
         if doc is not self.active:
             self.active = doc
             self.activated.emit(doc)
+
+    def unkept(self) -> list[Document]:
+        """The documents made in this session and written nowhere yet."""
+        return [d for d in self.documents if d.unkept]
 
     def close(self, doc: Document) -> None:
         """Forget ``doc`` (its memory goes with the last view that shows it); when the viewer showed

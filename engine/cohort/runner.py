@@ -111,6 +111,8 @@ def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Ma
 
 def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[str, Any], on_event: EventFn,
                 cancel: CancelToken | None, ctx) -> Summary:
+    from engine.inference import check_sidecar
+
     started = time.perf_counter()
     previous = manifest.read_state(out)
     ctx.barrier()                                   # every rank has read the state before any appends to it
@@ -140,6 +142,11 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
         if not item.error and io.written_keys(out / item.output) & inputs:
             item = replace(item, error=f"{item.path}: its output {out / item.output} is an input of this cohort; "
                                        "not overwritten")
+        if not item.error:
+            try:
+                check_sidecar(out / item.output)    # a JSON there we did not write is never replaced
+            except ValueError as exc:
+                item = replace(item, error=str(exc))
         if item.error:
             record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
         elif item.not_applicable:

@@ -97,7 +97,10 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     _check_target(folder)
     anonymiser = as_anonymiser(anonymise)
     if anonymiser:
+        flagged = series_description
         volume, series_description = anonymiser.prepare(volume, folder)
+        if volume.synthetic:                # the guard's flag, "(OOD input)", is no one's identity: it stays
+            series_description = series_mark(volume, flagged)
     array = finite_filled(np.asarray(volume.array))
     encoding = choose_encoding(volume, array)
     base = _series_dataset(volume, series_description, anonymiser, encoding, array)

@@ -1,5 +1,5 @@
 """Shared fixtures of the GUI tests: the offscreen Qt platform (VTK's test starts its own xcb
-process), a temporary settings folder for every test, and small NIfTI volumes written with
+process), a temporary settings folder for every test, windows that close without asking, and small NIfTI volumes written with
 SimpleITK with non-identity spacing and flipped or oblique directions."""
 import os
 
@@ -24,6 +24,15 @@ def settings_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "config"
     monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def close_without_asking(monkeypatch):
+    """Windows close without asking whether to discard what a test made; the tests of that question
+    turn it back on for their window."""
+    from app.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "ask_before_discarding", False)
 
 
 def head_phantom(shape=(20, 36, 30), marker=True) -> np.ndarray:

@@ -2,7 +2,8 @@
 synthesis with a reference of the same modality loaded, File → Export Volume writes the synthetic
 volume (not the source) under a name that says what it is; the result has its row in the Studies
 tree beside its source, shows in the Viewer from there, and closes; two of a kind get distinct
-names; a synthetic input is used only after the user confirms."""
+names; a synthetic input is used only after the user confirms; a synthetic volume written nowhere
+and a running synthesis are discarded only when the user says so."""
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,38 @@ def test_the_context_menu_closes_a_loaded_series(qtbot, window):
     window.workspace.close(window.workspace.documents[0])
     assert window.viewer.document is None and window.synthesis.document is None
     assert not window.synthesis.run_button.isEnabled()
+
+
+def test_nothing_made_is_lost_without_the_users_word(qtbot, window, tmp_path, monkeypatch):
+    window.ask_before_discarding = True
+    made = synthesize(qtbot, window)
+    assert made.unkept and window.workspace.unkept() == [made]
+    seen: list[str] = []
+    QTimer.singleShot(0, lambda: _answer_question(QMessageBox.StandardButton.Cancel, seen))
+    assert not window.close()                                          # Cancel: the window stays, the volume too
+    assert "Quitting now discards 1 synthetic volume not exported or sent to a PACS (synthetic CT from T2)" in seen[0]
+    assert window.isVisible() and made in window.workspace.documents
+    QTimer.singleShot(0, lambda: _answer_question(QMessageBox.StandardButton.Cancel, seen))
+    window.close_document(made)                                        # the Studies tree's Close
+    assert "has not been exported or sent to a PACS" in seen[1] and made in window.workspace.documents
+
+    answer_save_dialog(monkeypatch, tmp_path)
+    with qtbot.waitSignal(window.exported, timeout=60000):
+        window.actions["export"].trigger()
+    assert made.kept == str(tmp_path / "CT_synthetic_from_T2.nii.gz") and not window.workspace.unkept()
+    window.close_document(made)                                        # written: closed without a question
+    assert made not in window.workspace.documents and len(seen) == 2
+
+    again = synthesize(qtbot, window)
+    QTimer.singleShot(0, lambda: _answer_question(QMessageBox.StandardButton.Discard, seen))
+    assert window.close() and again.unkept and len(seen) == 3          # Discard: it closes
+
+
+def test_quitting_during_a_synthesis_says_it_stops_it(qtbot, window, monkeypatch):
+    window.ask_before_discarding = True
+    monkeypatch.setattr(type(window.synthesis), "busy", property(lambda _panel: True))
+    seen: list[str] = []
+    QTimer.singleShot(0, lambda: _answer_question(QMessageBox.StandardButton.Cancel, seen))
+    assert not window.close()
+    assert seen == ["Quitting now discards the synthesis that is running. Training jobs pause and can be resumed."]
+    window.ask_before_discarding = False

@@ -531,3 +531,15 @@ def test_notes_name_an_input_outside_the_root_from_its_own_folder(tmp_path):
     assert local([f"name it as {tmp_path}/elsewhere/Doe^Jane/ct.nii#INDEX", f"{tmp_path}/csvs/a/b.dcm: bad",
                   "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]) == [
         "name it as ct.nii#INDEX", "a/b.dcm: bad", "0.5/1 mm", f"/mnt{tmp_path}/csvs/x.nii: elsewhere"]
+
+
+def test_a_json_there_that_this_app_did_not_write_is_never_replaced(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    (tmp_path / "list.csv").write_text("input,target,source,output\nin/a.nii.gz,T2,T1,sub-01_T2w.nii.gz\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01_T2w.json").write_text('{"RepetitionTime": 4.2}')          # a real scan's BIDS sidecar
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
+    (row,) = records(out).values()
+    assert row["status"] == "failed" and "sub-01_T2w.json: exists and was not written by" in row["error"]
+    assert (out / "sub-01_T2w.json").read_text() == '{"RepetitionTime": 4.2}' and not (out / "sub-01_T2w.nii.gz").exists()
