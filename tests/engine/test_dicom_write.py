@@ -233,7 +233,7 @@ def test_a_synthetic_series_made_from_an_input_unlike_the_training_data_says_so_
     assert first.ImageComments.startswith(description)
     entry = io.scan(tmp_path / "ood").entries[0]
     assert entry.synthetic and entry.load().derived_from == "CBCT"
-    from engine.io import Anonymiser                                            # anonymised, the flag stays
+    from engine.io import Anonymiser  # anonymised, the flag stays
 
     shared = _files(write_dicom_series(synthetic, tmp_path / "anon", series_description=description,
                                        anonymise=Anonymiser()))[0]
