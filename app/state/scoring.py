@@ -9,7 +9,7 @@ import numpy as np
 
 from app.state.comparison import ComparisonResult
 from engine import modalities
-from engine.evaluation import SYNTHETIC_REFERENCE, Evaluation, score_against
+from engine.evaluation import RELATIVE_MAE_UNIT, SYNTHETIC_REFERENCE, Evaluation, score_against
 from engine.io import Volume, identity_warnings
 from engine.jobs import CancelToken, ProgressFn, noop
 
@@ -55,7 +55,7 @@ def difference(synthetic: Volume, reference: Volume, evaluation: Evaluation, cov
     """synthetic − reference where the reference has data (0 beyond), in the MAE's unit: physical
     units, or for MR — each volume on its own arbitrary scale — the normalised intensities ×100."""
     syn, ref = synthetic.array, reference.array
-    if modalities.get(evaluation.modality).fixed_range is None:
+    if evaluation.unit == RELATIVE_MAE_UNIT:              # the engine's rule for MR's arbitrary units
         syn, ref = (100.0 * modalities.normalise(v, n) for v, n in zip((syn, ref), evaluation.normalisations))
     values = np.where(covered, np.asarray(syn, np.float32) - np.asarray(ref, np.float32), 0.0).astype(np.float32)
     return synthetic.with_array(values, name=f"{synthetic.name} − {reference.name}", unit=evaluation.unit,

@@ -10,7 +10,7 @@ from engine.exports import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "Evaluation": "metrics",
     "score_volume": "synthesis_eval", "evaluate_model": "synthesis_eval", "SYNTHETIC_REFERENCE": "synthesis_eval",
-    "histogram_matched": "reference", "do_nothing": "reference", "worse_than_baseline": "metrics",
+    "histogram_matched": "reference", "do_nothing": "reference", "worse_than_baseline": "metrics", "RELATIVE_MAE_UNIT": "metrics",
     "score_against": "reference", "ReferenceScores": "reference",
     "COLUMNS": "comparison", "compare": "comparison", "read_result": "comparison", "record_in_card": "comparison",
     "describe_machine": "speed", "card_entries": "quality",

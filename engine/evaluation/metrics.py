@@ -199,7 +199,7 @@ def evaluate(synthetic: np.ndarray, reference: np.ndarray, modality: str, mask: 
         ndimage.minimum_filter(covered, size=(1, window, window), mode="nearest")
     norms = (modalities.normalisation_for(syn, target.name, mask),
              modalities.normalisation_for(ref, target.name, mask))
-    relative = target.fixed_range is None
+    relative = mae_unit(target.name) == RELATIVE_MAE_UNIT
     n_slices = syn.shape[0]
     slice_sq = np.zeros(n_slices)
     slice_abs = np.zeros(n_slices)
