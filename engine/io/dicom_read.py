@@ -48,7 +48,7 @@ def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
     listed = []
     for i, group in enumerate(group_series(result.slices)):
         check_cancel(cancel)
-        tags = result.series_tags.get(group.series_uid, {})
+        tags = result.series_tags.get(group.slices[0].tags_key, {})
         entry = _entry(group, tags)
         order = (entry.patient, entry.study, _number(tags.get("SeriesNumber")), group.series_uid, i)
         listed.append((order, entry))

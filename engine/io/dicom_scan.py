@@ -101,6 +101,14 @@ class SliceInfo:
     frames_in_file: int = 1
     file_origin: tuple[float, float, float] | None = None   # IPP of a legacy multi-frame file
     notes: tuple[str, ...] = ()         # header values that were not usable, and what was done instead
+    identity: tuple[str, str, str] = ("", "", "")   # PatientID, StudyInstanceUID, FrameOfReferenceUID
+    description: str = ""               # SeriesDescription
+
+    @property
+    def tags_key(self) -> tuple[str, ...]:
+        """Which series-level tags this image shares: a UID can hold several patients' or
+        descriptions' images (a broken anonymiser, a localizer filed in its series)."""
+        return (self.series_uid, *self.identity, self.description)
 
     @property
     def orientation(self) -> tuple[float, ...]:
@@ -118,7 +126,7 @@ class SliceInfo:
 @dataclass
 class ScanResult:
     slices: list[SliceInfo] = field(default_factory=list)
-    series_tags: dict[str, dict[str, str]] = field(default_factory=dict)   # by SeriesInstanceUID
+    series_tags: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)   # by SliceInfo.tags_key
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -468,6 +476,8 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
     """Every 2-D image in the header: one for a single-frame file, one per frame otherwise."""
     common: dict[str, Any] = dict(
         path=path, series_uid=text(ds.get("SeriesInstanceUID")) or f"file:{path}",
+        identity=(text(ds.get("PatientID")), text(ds.get("StudyInstanceUID")), text(ds.get("FrameOfReferenceUID"))),
+        description=text(ds.get("SeriesDescription")),
         sop_uid=text(ds.get("SOPInstanceUID")), rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
         instance=_int(ds.get("InstanceNumber")),
     )
@@ -655,10 +665,9 @@ def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
         result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored",
                                       not_an_image=True))
         return
-    tags = series_tags(ds) if first.series_uid not in result.series_tags else None
+    if first.tags_key not in result.series_tags:
+        result.series_tags[first.tags_key] = series_tags(ds)
     for s in slices:
         if s.sop_uid:
             seen_images[(s.sop_uid, s.frame)] = str(path)
-    if tags is not None:
-        result.series_tags[first.series_uid] = tags
     result.slices.extend(slices)

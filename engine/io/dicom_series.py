@@ -4,11 +4,13 @@ holds several volumes, then sorted along the slice normal with the geometry of t
 Splitting rules (the key gets ".1", ".2", … when a UID splits):
   1. slices without position or orientation: every file is its own volume (frames of a
      multi-frame file stay together, in file order);
-  2. different orientations (ImageOrientationPatient differing by more than 1e-3);
-  3. different image sizes or pixel spacings;
-  4. different echoes (EchoNumbers / EffectiveEchoTime), temporal positions
+  2. different patients (PatientID), studies (StudyInstanceUID) or frames of reference: one
+     UID given to several (a broken anonymiser or archive) is never one volume;
+  3. different orientations (ImageOrientationPatient differing by more than 1e-3);
+  4. different image sizes or pixel spacings;
+  5. different echoes (EchoNumbers / EffectiveEchoTime), temporal positions
      (TemporalPositionIdentifier / TemporalPositionIndex) or enhanced stacks (StackID);
-  5. only where a position still repeats: AcquisitionNumber (CT scanners number acquisitions
+  6. only where a position still repeats: AcquisitionNumber (CT scanners number acquisitions
      within one contiguous stack, so this is not split when positions are distinct), then image
      type / TE / TI / trigger time / b-value, and last the order of InstanceNumber.
 """
@@ -95,6 +97,9 @@ def _split(items: list[SliceInfo]) -> list[Part]:
     if not positioned:
         return parts
     work: list[Part] = [(positioned, [])]
+    work = _refine(work, _by_key("patient", lambda s: s.identity[0], lambda k: f"patient {k or '(no ID)'}"))
+    work = _refine(work, _by_key("study", lambda s: s.identity[1], lambda k: f"study {_tail(k)}"))
+    work = _refine(work, _by_key("frame of reference", lambda s: s.identity[2], lambda k: f"frame {_tail(k)}"))
     work = _refine(work, _orientation_split)
     work = _refine(work, _by_key("image size", lambda s: (s.rows, s.columns, _round(s.pixel_spacing)),
                                  lambda k: f"{k[0]}×{k[1]} pixels"))
@@ -105,6 +110,11 @@ def _split(items: list[SliceInfo]) -> list[Part]:
     for part in work:
         final.extend(_split_repeats(part))
     return parts + final
+
+
+def _tail(uid: str) -> str:
+    """The end of a UID, which tells UIDs of one root apart."""
+    return f"…{uid[-8:]}" if len(uid) > 9 else uid or "(none)"
 
 
 def _round(values) -> tuple | None:

@@ -45,11 +45,13 @@ def anatomical() -> np.ndarray:
 def write_series(folder: Path, stored: np.ndarray, *, spacing=(1.1, 0.9, 2.5), origin=(10.5, -20.25, 33.0),
                  direction=OBLIQUE, modality: str = "MR", sop_class: str = MR_IMAGE,
                  positions: list | None = None, slopes: list | None = None, intercept: float = 0.0,
-                 series_uid: str | None = None, shared: dict | None = None,
+                 series_uid: str | None = None, study_uid: str | None = None, frame_uid: str | None = None,
+                 shared: dict | None = None,
                  per_slice: Callable[[Dataset, int], None] | None = None, seed: int = 0) -> list[Path]:
     """Write ``stored`` (int16, (z, y, x)) as one file per slice; return the paths in slice order.
 
-    File names and InstanceNumbers are shuffled, so only the positions tell the order.
+    File names and InstanceNumbers are shuffled, so only the positions tell the order. Each call
+    makes a new study and frame of reference unless ``study_uid`` / ``frame_uid`` name one.
     """
     folder.mkdir(parents=True, exist_ok=True)
     d = np.asarray(direction, dtype=float).reshape(3, 3)
@@ -58,7 +60,7 @@ def write_series(folder: Path, stored: np.ndarray, *, spacing=(1.1, 0.9, 2.5), o
         positions = [np.asarray(origin, float) + k * spacing[2] * d[:, 2] for k in range(nz)]
     rng = np.random.default_rng(seed)
     names, instances = rng.permutation(nz), rng.permutation(nz) + 1
-    study, frame_of_reference = generate_uid(), generate_uid()
+    study, frame_of_reference = study_uid or generate_uid(), frame_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     paths = []
     for k in range(nz):
@@ -93,6 +95,11 @@ def write_series(folder: Path, stored: np.ndarray, *, spacing=(1.1, 0.9, 2.5), o
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def one_series() -> dict[str, str]:
+    """UIDs for several ``write_series`` calls that write parts of one series of one study and frame."""
+    return {"series_uid": generate_uid(), "study_uid": generate_uid(), "frame_uid": generate_uid()}
 
 
 def sitk_series(folder: Path) -> sitk.Image:

@@ -15,6 +15,7 @@ from dicom_fixtures import (
     PET_IMAGE,
     PYDICOM_FILES,
     anatomical,
+    one_series,
     sitk_series,
     write_series,
 )
@@ -377,14 +378,50 @@ def test_gantry_tilt_is_reported(tmp_path):
 
 def test_two_echoes_in_one_series_become_two_volumes(tmp_path):
     data = anatomical()[:5]
-    uid = pydicom.uid.generate_uid()
-    write_series(tmp_path / "s", data, series_uid=uid, shared={"EchoNumbers": 1}, seed=1)
-    write_series(tmp_path / "s", data // 2, series_uid=uid, shared={"EchoNumbers": 2}, seed=2)
+    series = one_series()
+    uid = series["series_uid"]
+    write_series(tmp_path / "s", data, **series, shared={"EchoNumbers": 1}, seed=1)
+    write_series(tmp_path / "s", data // 2, **series, shared={"EchoNumbers": 2}, seed=2)
     catalog = io.scan(tmp_path / "s")
     assert sorted(e.key for e in catalog.entries) == [f"{uid}.1", f"{uid}.2"]
     by_echo = {("echo 1" in e.notes[0]): e.load() for e in catalog.entries}
     np.testing.assert_array_equal(by_echo[True].array, data)
     np.testing.assert_array_equal(by_echo[False].array, data // 2)
+
+
+def test_two_patients_under_one_series_uid_are_two_volumes_each_named_after_its_own(tmp_path):
+    """A broken anonymiser or archive gives two patients one SeriesInstanceUID (interleaved
+    InstanceNumbers, the same positions): each volume is one patient's pixels under that patient's name."""
+    data = anatomical()[:4]
+    uid = pydicom.uid.generate_uid()
+
+    def patient(pid, name, offset):
+        def tag(ds, k):
+            ds.PatientID, ds.PatientName = pid, name
+            ds.InstanceNumber = 2 * k + 1 + offset           # interleaved: 1, 3, 5 … and 2, 4, 6 …
+        return tag
+
+    write_series(tmp_path / "s", data, series_uid=uid, per_slice=patient("P-1", "One^Ann", 0), seed=1)
+    write_series(tmp_path / "s", data[::-1].copy(), series_uid=uid, per_slice=patient("P-2", "Two^Bob", 1), seed=2)
+    entries = io.scan(tmp_path / "s").entries
+    assert sorted(e.patient for e in entries) == ["One^Ann (P-1)", "Two^Bob (P-2)"]
+    for entry in entries:
+        assert "patient" in entry.notes[0] and entry.key.startswith(f"{uid}.")
+        volume = entry.load()
+        expected = data if entry.patient.endswith("(P-1)") else data[::-1]
+        np.testing.assert_array_equal(volume.array, expected)
+        assert volume.dicom["PatientID"] == entry.patient[-4:-1]
+
+
+def test_a_localizer_filed_in_its_series_keeps_its_own_description(tmp_path):
+    data = anatomical()[:4]
+    series = one_series()
+    write_series(tmp_path / "s", data, **series, direction=np.eye(3), seed=1)
+    write_series(tmp_path / "s", data[:1].copy(), **series, direction=OBLIQUE, seed=2,
+                 shared={"SeriesDescription": "localizer"})
+    entries = {e.shape_zyx[0]: e for e in io.scan(tmp_path / "s").entries}
+    assert entries[1].description.startswith("localizer [") and entries[1].load().name.startswith("localizer")
+    assert entries[4].description.startswith("fixture series [")
 
 
 def test_progress_per_slice_and_cancel(tmp_path):
@@ -457,13 +494,14 @@ def test_a_file_without_preamble_and_meta_still_loads(tmp_path):
 
 def test_repeated_positions_without_any_distinguishing_tag_split_by_instance_order(tmp_path):
     data = anatomical()[:4]
-    uid = pydicom.uid.generate_uid()
+    series = one_series()
+    uid = series["series_uid"]
 
     def numbered(offset):
         return lambda ds, k: setattr(ds, "InstanceNumber", offset + k + 1)
 
-    write_series(tmp_path / "s", data, series_uid=uid, per_slice=numbered(0), seed=1)
-    write_series(tmp_path / "s", data[::-1].copy(), series_uid=uid, per_slice=numbered(4), seed=2)
+    write_series(tmp_path / "s", data, **series, per_slice=numbered(0), seed=1)
+    write_series(tmp_path / "s", data[::-1].copy(), **series, per_slice=numbered(4), seed=2)
     entries = io.scan(tmp_path / "s").entries
     assert [e.key for e in entries] == [f"{uid}.1", f"{uid}.2"]
     assert all("repeat" in e.notes[0] for e in entries)
@@ -473,7 +511,7 @@ def test_repeated_positions_without_any_distinguishing_tag_split_by_instance_ord
 
 def test_two_acquisitions_at_the_same_positions_split_by_acquisition_not_by_slice(tmp_path):
     data = anatomical()[:5]
-    uid = pydicom.uid.generate_uid()
+    series = one_series()
 
     def timed(acquisition):
         def tag(ds, k):
@@ -481,8 +519,8 @@ def test_two_acquisitions_at_the_same_positions_split_by_acquisition_not_by_slic
             ds.TriggerTime = f"{100 * acquisition + 7 * k}"          # differs on every slice
         return tag
 
-    write_series(tmp_path / "s", data, series_uid=uid, per_slice=timed(1), seed=1)
-    write_series(tmp_path / "s", data + 1, series_uid=uid, per_slice=timed(2), seed=2)
+    write_series(tmp_path / "s", data, **series, per_slice=timed(1), seed=1)
+    write_series(tmp_path / "s", data + 1, **series, per_slice=timed(2), seed=2)
     entries = io.scan(tmp_path / "s").entries
     assert [e.shape_zyx for e in entries] == [(5, 41, 33), (5, 41, 33)]
     assert ["acquisition 1" in entries[0].notes[0], "acquisition 2" in entries[1].notes[0]] == [True, True]
