@@ -1,6 +1,7 @@
 """Geometry of a stack of DICOM slices: the order along the slice normal, origin, spacing and
-direction cosines, what is wrong with the stack (missing slices, uneven spacing, gantry tilt), and
-the linear resampling along the normal that puts an uneven stack on a uniform grid.
+direction cosines, what is wrong with the stack (missing slices, uneven spacing, gantry tilt), the
+linear resampling along the normal that puts an uneven stack on a uniform grid, and the in-plane
+shift that puts a gantry-tilted (sheared) stack on an orthogonal one.
 
 Conventions are those of SimpleITK's ``ImageSeriesReader``: slices sorted by ascending position
 along the normal ``n = row × column`` (ImageOrientationPatient), origin = ImagePositionPatient of
@@ -35,10 +36,19 @@ class StackGeometry:
                                            # first along the normal; the loader resamples onto the grid
     grid_slices: int = 0                   # slices on the uniform grid (0: one per input slice)
     refusal: str = ""                      # why the stack cannot be loaded ("" when it can)
+    shear: tuple[tuple[float, float], ...] = ()   # gantry tilt: each sorted slice's in-plane offset from the
+                                                  # first, (x, y) in pixels; the loader shifts it onto the grid
+    margin: tuple[int, int, int, int] = (0, 0, 0, 0)   # gantry tilt: grid pixels added before / after x,
+                                                       # before / after y, so every slice fits whole
 
     @property
     def n_slices(self) -> int:
         return self.grid_slices or len(self.order)
+
+    def plane(self, rows: int, columns: int) -> tuple[int, int]:
+        """The grid's (rows, columns) for slices of ``rows`` × ``columns`` pixels."""
+        bx, ax, by, ay = self.margin
+        return rows + by + ay, columns + bx + ax
 
 
 def frame_axes(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,9 +140,13 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                     grid_slices, positions, sz = 0, (), median
                 else:
                     notes.extend(uneven)
-            notes.extend(_tilt_notes(points[order], normal, sz))
+    shear: tuple[tuple[float, float], ...] = ()
+    margin = (0, 0, 0, 0)
+    if n > 1 and sz > 0 and _tilt_angle(points[order], normal) >= TILT_DEGREES:
+        shear, margin = _shear(points[order], row, col, normal, sx, sy)
+        notes.append(_tilt_note(points[order], normal, shear, margin))
     direction = np.column_stack([row, col, normal])
-    first = points[order[0]]
+    first = points[order[0]] - margin[0] * sx * row - margin[2] * sy * col
     return StackGeometry(
         order=tuple(order),
         origin=(float(first[0]), float(first[1]), float(first[2])),
@@ -142,6 +156,8 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
         positions=positions,
         grid_slices=grid_slices,
         refusal=refusal,
+        shear=shear,
+        margin=margin,
     )
 
 
@@ -191,20 +207,80 @@ def resample_slices(stack: np.ndarray, positions: Sequence[float], grid_slices: 
     return out
 
 
-def _tilt_notes(points: np.ndarray, normal: np.ndarray, step: float) -> list[str]:
+def _tilt_angle(points: np.ndarray, normal: np.ndarray) -> float:
+    """Degrees between the line through the first and last slice positions and the slice normal
+    (0 when the in-plane travel is under 0.01 mm)."""
     travel = points[-1] - points[0]
     along = float(travel @ normal)
-    lateral = travel - along * normal
-    shift = float(np.linalg.norm(lateral))
-    if abs(along) < 1e-9:
-        return []
-    angle = float(np.degrees(np.arctan2(shift, abs(along))))
-    if angle < TILT_DEGREES or shift < 0.01:
-        return []
-    per_slice = shift / max(1, len(points) - 1)
-    return [
-        f"gantry tilt (sheared stack): slice positions run at {angle:.2f}° to the slice normal "
-        f"({per_slice:.3g} mm in-plane shift per slice); the volume is built on an orthogonal grid "
-        f"from the first slice, so the last slice lies {shift:.3g} mm in-plane from its true position "
-        f"— resample if exact positions matter"
-    ]
+    shift = float(np.linalg.norm(travel - along * normal))
+    if abs(along) < 1e-9 or shift < 0.01:
+        return 0.0
+    return float(np.degrees(np.arctan2(shift, abs(along))))
+
+
+SHIFT_EXACT_PX = 1e-3       # an in-plane offset this close to whole pixels is whole (no interpolation)
+
+
+def _shear(points: np.ndarray, row: np.ndarray, col: np.ndarray, normal: np.ndarray, sx: float,
+           sy: float) -> tuple[tuple[tuple[float, float], ...], tuple[int, int, int, int]]:
+    """Each slice's in-plane offset from the first (pixels along x and y) and the margins the
+    orthogonal grid needs to hold every slice whole."""
+    rel = points - points[0]
+    lateral = rel - np.outer(rel @ normal, normal)
+    ox, oy = lateral @ row / sx, lateral @ col / sy
+    whole = np.round(ox), np.round(oy)
+    ox = np.where(np.abs(ox - whole[0]) < SHIFT_EXACT_PX, whole[0], ox)
+    oy = np.where(np.abs(oy - whole[1]) < SHIFT_EXACT_PX, whole[1], oy)
+    margin = (int(np.ceil(max(0.0, -ox.min()))), int(np.ceil(max(0.0, ox.max()))),
+              int(np.ceil(max(0.0, -oy.min()))), int(np.ceil(max(0.0, oy.max()))))
+    return tuple((float(x), float(y)) for x, y in zip(ox, oy)), margin
+
+
+def _tilt_note(points: np.ndarray, normal: np.ndarray, shear: tuple[tuple[float, float], ...],
+               margin: tuple[int, int, int, int]) -> str:
+    travel = points[-1] - points[0]
+    shift = float(np.linalg.norm(travel - float(travel @ normal) * normal))
+    whole = all(float(x).is_integer() and float(y).is_integer() for x, y in shear)
+    how = "by whole pixels" if whole else "with linear interpolation"
+    return (f"gantry tilt (sheared stack): slice positions run at {_tilt_angle(points, normal):.2f}° to the slice "
+            f"normal ({shift / max(1, len(points) - 1):.3g} mm in-plane shift per slice, {shift:.3g} mm over the "
+            f"stack); every slice was shifted in-plane {how} onto an orthogonal grid "
+            f"{margin[0] + margin[1]} × {margin[2] + margin[3]} pixels larger (x × y), so each keeps its true "
+            f"position; the added margin holds the stack's lowest value")
+
+
+def unshear(stack: np.ndarray, geometry: StackGeometry) -> np.ndarray:
+    """A gantry-tilted stack (slices in sorted order) on the geometry's orthogonal grid: slice k
+    shifted in-plane by its offset plus the margin; where no slice pixel lies, the stack's lowest value."""
+    if not geometry.shear:
+        return stack
+    n, rows, cols = stack.shape
+    bx, _, by, _ = geometry.margin
+    grid_rows, grid_cols = geometry.plane(rows, cols)
+    finite = stack[np.isfinite(stack)]
+    fill = float(finite.min()) if finite.size else 0.0
+    out = np.empty((n, grid_rows, grid_cols), dtype=np.float32)
+    for k, (ox, oy) in enumerate(geometry.shear):
+        moved = _shifted(stack[k].astype(np.float64), bx + ox, grid_cols, axis=1, fill=fill)
+        out[k] = _shifted(moved, by + oy, grid_rows, axis=0, fill=fill)
+    return out
+
+
+def _shifted(image: np.ndarray, offset: float, length: int, axis: int, fill: float) -> np.ndarray:
+    """``image`` moved ``offset`` pixels along ``axis`` into ``length`` pixels: output pixel i is
+    input position i - offset (linear between pixels; ``fill`` beyond the input)."""
+    whole = int(np.floor(offset))
+    frac = offset - whole
+
+    def taken(shift: int) -> np.ndarray:
+        index = np.arange(length) - shift
+        valid = (index >= 0) & (index < image.shape[axis])
+        values = np.take(image, np.clip(index, 0, image.shape[axis] - 1), axis=axis)
+        mask = valid if axis == 1 else valid[:, None]
+        return np.where(mask, values, fill)
+
+    if frac < SHIFT_EXACT_PX:
+        return taken(whole)
+    if frac > 1 - SHIFT_EXACT_PX:
+        return taken(whole + 1)
+    return (1.0 - frac) * taken(whole) + frac * taken(whole + 1)

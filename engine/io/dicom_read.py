@@ -16,7 +16,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
-from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry, valid_orientation
+from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry, unshear, valid_orientation
 from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
@@ -78,7 +78,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         paths=tuple(dict.fromkeys(s.path for s in group.slices)),
         description=describe(tags, group.part),
         modality=modality,
-        shape_zyx=(geometry.n_slices, first.rows, first.columns),
+        shape_zyx=(geometry.n_slices, *geometry.plane(first.rows, first.columns)),
         spacing_xyz=geometry.spacing,
         orientation=orientation,
         patient=_patient(tags),
@@ -139,9 +139,13 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     if group.geometry.refusal:
         raise VolumeIOError(folder, group.geometry.refusal)
     resampled = group.geometry.grid_slices if group.positioned else 0
+    grid_plane = int(np.prod(group.geometry.plane(rows, cols)))
     per_file = max(s.frames_in_file for s in slices) * rows * cols
-    # the float32 stack and its resampled copy, one file's decoded pixels (up to 64-bit), a float64 slice
-    ensure_fits_in_memory(first.path, (n + resampled) * rows * cols * 4 + per_file * 8 + rows * cols * 8)
+    # the float32 stack, its tilt-corrected and resampled copies, one file's decoded pixels (up to 64-bit),
+    # float64 slices
+    unsheared = n if group.geometry.shear else 0
+    ensure_fits_in_memory(first.path, (n * rows * cols + (unsheared + resampled) * grid_plane) * 4
+                          + per_file * 8 + grid_plane * 8 * 3)
     isolate = _encapsulated(tags)
     array = np.empty((n, rows, cols), dtype=np.float32)
     unreadable: list[tuple[int, VolumeIOError]] = []
@@ -169,6 +173,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     if unreadable:
         array, g, notes = _without_unreadable(array, group, unreadable, folder)
     notes += _map_notes(tags)
+    array = unshear(array, g)
     if g.positions:
         array = resample_slices(array, g.positions, g.grid_slices, g.spacing[2])
     modality = _modality(tags)

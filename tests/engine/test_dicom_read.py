@@ -362,18 +362,47 @@ def test_uneven_spacing_is_reported(tmp_path):
     assert any("not uniform" in n for n in vol.notes)
 
 
-def test_gantry_tilt_is_reported(tmp_path):
+def test_a_gantry_tilted_stack_is_put_on_an_orthogonal_grid_where_every_slice_keeps_its_position(tmp_path):
+    """Slices 2.5 mm apart along an oblique normal, each 0.9 mm (one pixel) further along the column
+    axis: the grid grows by 7 rows and slice k's pixels sit k rows down, at their true positions."""
     data = anatomical()[:8]
-    axial = np.eye(3)
-    tilt = np.deg2rad(15)
-    positions = [np.array([0.0, 5.0 * np.tan(tilt) * k, 5.0 * k]) for k in range(8)]   # sheared along y
-    write_series(tmp_path / "s", data, direction=axial, positions=positions, modality="CT", sop_class=CT_IMAGE,
-                 intercept=-1024)
+    d = OBLIQUE
+    origin = np.array([10.5, -20.25, 33.0])
+    positions = [origin + k * 2.5 * d[:, 2] + k * 0.9 * d[:, 1] for k in range(8)]
+    write_series(tmp_path / "s", data, positions=positions, modality="CT", sop_class=CT_IMAGE, intercept=-1024)
     vol = io.load(tmp_path / "s")
-    tilt_notes = [n for n in vol.notes if n.startswith("gantry tilt")]
-    assert len(tilt_notes) == 1 and "15.00°" in tilt_notes[0]
-    assert vol.spacing[2] == pytest.approx(5.0)           # slice distance along the normal
-    np.testing.assert_array_equal(vol.array, data.astype(np.float32) - 1024)
+    [note] = [n for n in vol.notes if n.startswith("gantry tilt")]
+    assert f"{np.degrees(np.arctan2(0.9, 2.5)):.2f}°" in note and "whole pixels" in note
+    assert vol.shape == (8, 41 + 7, 33) and vol.spacing[2] == pytest.approx(2.5)
+    hu = data.astype(np.float32) - 1024
+    for k in range(8):
+        np.testing.assert_array_equal(vol.array[k, k:k + 41], hu[k])
+        assert np.all(vol.array[k, :k] == hu.min()) and np.all(vol.array[k, k + 41:] == hu.min())
+        np.testing.assert_allclose((vol.index_to_lps() @ [0, k, k, 1])[:3], positions[k], atol=1e-4)
+
+
+def test_a_fractional_gantry_tilt_is_interpolated_in_plane_and_survives_a_dicom_round_trip(tmp_path):
+    """15° of tilt over 5 mm slices is 1.49 pixels a slice: on a ramp along the column axis linear
+    interpolation is exact, so every grid pixel holds the value its true position had."""
+    rows = np.arange(41, dtype=np.int16)[:, None] * 10
+    data = np.stack([np.broadcast_to(rows + 100 * k, (41, 33)) for k in range(8)]).astype(np.int16)
+    tilt = np.deg2rad(15)
+    positions = [np.array([0.0, 5.0 * np.tan(tilt) * k, 5.0 * k]) for k in range(8)]
+    write_series(tmp_path / "s", data, direction=np.eye(3), positions=positions, modality="CT", sop_class=CT_IMAGE)
+    vol = io.load(tmp_path / "s")
+    [note] = [n for n in vol.notes if n.startswith("gantry tilt")]
+    assert "15.00°" in note and "linear interpolation" in note
+    step = 5.0 * np.tan(tilt) / 0.9                       # pixels per slice along y
+    assert vol.shape == (8, 41 + int(np.ceil(7 * step)), 33)
+    for k in range(8):
+        y = np.arange(vol.shape[1]) - k * step             # where each grid row lies in slice k
+        inside = (y >= 0) & (y <= 40)
+        np.testing.assert_allclose(vol.array[k, inside, 5], 10 * y[inside] + 100 * k, atol=1e-3)
+    io.save(vol, tmp_path / "out")
+    again = io.load(tmp_path / "out")
+    np.testing.assert_allclose(again.array, vol.array, atol=1.0)      # stored as integers
+    np.testing.assert_allclose(again.origin, vol.origin, atol=1e-4)
+    assert not any(n.startswith("gantry tilt") for n in again.notes)
 
 
 def test_two_echoes_in_one_series_become_two_volumes(tmp_path):
