@@ -44,6 +44,16 @@ def scale_bottom(name: str) -> float | None:
     return None if fixed is None else fixed[0]
 
 
+def on_scale(name: str | None, unit: str | None) -> bool:
+    """Whether values of modality ``name`` in ``unit`` are on its registry scale (HU for CT, SUVbw for
+    PET, any for MR's arbitrary units; no unit stated: the modality's), where its fixed range, window
+    and presets hold; a PET in Bq/ml or counts is not."""
+    if name is None or name not in MODALITIES:
+        return False
+    mod = MODALITIES[name]
+    return mod.family == "MR" or not unit or unit == mod.unit
+
+
 def get(name: str) -> Modality:
     """The registry entry for ``name`` (case-insensitive); ValueError naming the known ones."""
     key = str(name).strip().upper()

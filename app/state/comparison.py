@@ -78,7 +78,7 @@ class ComparisonModel:
                 volume = getattr(result, role)
                 key = self._key(role, volume)
                 if volume is not None and key not in self._displays:
-                    self._displays[key] = DisplayState(presets_for(volume.array, volume.modality)[0])
+                    self._displays[key] = DisplayState(presets_for(volume.array, volume.modality, volume.unit)[0])
             self._displays["difference"] = DisplayState(difference_preset(result.difference.array))
         self.result_changed.emit(result)
 

@@ -55,11 +55,13 @@ def full_range_preset(array: np.ndarray) -> Preset:
     return Preset("Full range", (lo + hi) / 2, max(hi - lo, 1.0))
 
 
-def presets_for(array: np.ndarray, modality: str | None) -> list[Preset]:
-    """Presets for a volume; the first is its default window."""
+def presets_for(array: np.ndarray, modality: str | None, unit: str = "") -> list[Preset]:
+    """Presets for a volume; the first is its default window. A scale's presets (HU, SUV) only for
+    values on that scale (``unit``; none stated: the modality's): a PET in Bq/ml gets the automatic ones."""
     from engine import modalities
 
-    family = modalities.MODALITIES[modality].family if modality in modalities.MODALITIES else None
+    on_scale = modalities.on_scale(modality, unit)
+    family = modalities.MODALITIES[modality].family if on_scale and modality is not None else None
     if family == "CT":
         return [CT_PRESETS[2], *(p for p in CT_PRESETS if p is not CT_PRESETS[2]),
                 auto_preset(array), full_range_preset(array)]

@@ -70,7 +70,7 @@ class Workspace:
             source = None                       # closed while the model was running
         if volume.synthetic and not key:
             key = f"{SYNTHETIC_KEY_PREFIX}{next(self._numbers)}"
-        presets = presets_for(volume.array, volume.modality)
+        presets = presets_for(volume.array, volume.modality, volume.unit)
         name = volume.name or key or "volume"
         ordinal = self._free_ordinal(name)
         doc = Document(volume, DisplayState(presets[0]), key, presets,

@@ -18,7 +18,7 @@ from engine import modalities
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.dicom_geometry import orientation_letters, resample_slices, stack_geometry, unshear, valid_orientation
 from engine.io.dicom_pet import suv_factor
-from engine.io.dicom_scan import SliceInfo, lenient_values, scan_files
+from engine.io.dicom_scan import RADIOPHARMACEUTICAL_TAGS, SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
 from engine.io.identity import DERIVED_FRAME
@@ -35,6 +35,9 @@ IDENTITY_TAGS = (
     "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP", "PhotometricInterpretation",
     "PatientIdentityRemoved", "DeidentificationMethod", DERIVED_FRAME,
 )
+# What a PET's values mean beyond its unit: a derived PET series keeps them (SUV can be recomputed, the
+# decay reference stays known). The radiopharmaceutical's are its first item's.
+PET_TAGS = ("PatientWeight", "DecayCorrection", "CorrectedImage", *RADIOPHARMACEUTICAL_TAGS)
 
 
 def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
@@ -182,6 +185,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
         source=folder, notes=tuple(notes + unit_notes),
         dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS},
+               **({k: tags.get(k, "") for k in PET_TAGS} if tags.get("Modality", "").upper() == "PT" else {}),
                # an assumed position or orientation is no place in the scanner's frame: a derived series
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
@@ -202,17 +206,23 @@ ON_SLICE_MM = 0.01          # a grid slice this close to an acquired one is that
 
 
 def slice_references(slices: list[SliceInfo], tags: dict[str, str], geometry=None) -> dict[str, str]:
-    """The source images of each z slice, for a derived series to reference (SourceImageSequence):
-    SOP class and backslash-joined SOP instance UIDs, one per slice ("UID:FRAME" for a frame of a
-    multi-frame image). On a grid resampled from uneven positions (``geometry.positions``), a slice
-    filled by interpolation references nothing (an empty entry); one on an acquired slice, that slice."""
+    """What each z slice's source image was, for a derived series to keep: its SOP instance UID to
+    reference (SourceImageSequence; "UID:FRAME" for a frame of a multi-frame image), with the SOP class,
+    and a PET image's DecayFactor — backslash-joined, one entry per slice. On a grid resampled from
+    uneven positions (``geometry.positions``), a slice filled by interpolation has no source (an empty
+    entry); one on an acquired slice, that slice's."""
     refs = [s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices]
+    decays = [s.decay_factor for s in slices]
     if geometry is not None and geometry.positions:
         at = np.asarray(geometry.positions)
         nearest = [int(np.argmin(np.abs(at - k * geometry.spacing[2]))) for k in range(geometry.grid_slices)]
-        refs = [refs[j] if abs(at[j] - k * geometry.spacing[2]) <= ON_SLICE_MM else ""
-                for k, j in enumerate(nearest)]
-    return {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
+        source = [j if abs(at[j] - k * geometry.spacing[2]) <= ON_SLICE_MM else None for k, j in enumerate(nearest)]
+        refs = [refs[j] if j is not None else "" for j in source]
+        decays = [decays[j] if j is not None else "" for j in source]
+    out = {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
+    if any(decays):
+        out["SliceDecayFactors"] = "\\".join(decays)
+    return out
 
 
 def _source(slices: list[SliceInfo]) -> str:

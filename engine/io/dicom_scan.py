@@ -59,8 +59,8 @@ SERIES_TAGS = (
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
     "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved", "DeidentificationMethod",
 )
-RADIOPHARMACEUTICAL_TAGS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
-                            "RadiopharmaceuticalStartDateTime")
+RADIOPHARMACEUTICAL_TAGS = ("Radiopharmaceutical", "RadionuclideTotalDose", "RadionuclideHalfLife",
+                            "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime")
 
 
 class NotReadable(Exception):
@@ -101,6 +101,7 @@ class SliceInfo:
     frames_in_file: int = 1
     file_origin: tuple[float, float, float] | None = None   # IPP of a legacy multi-frame file
     notes: tuple[str, ...] = ()         # header values that were not usable, and what was done instead
+    decay_factor: str = ""              # a PET image's DecayFactor (per image: bed positions differ)
     identity: tuple[str, str, str] = ("", "", "")   # PatientID, StudyInstanceUID, FrameOfReferenceUID
     description: str = ""               # SeriesDescription
 
@@ -507,6 +508,7 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
         extra_split=(text(ds.get("ImageType")), text(ds.get("EchoTime")), text(ds.get("InversionTime")),
                      text(ds.get("TriggerTime")), text(ds.get("DiffusionBValue"))),
         slope=slope, intercept=intercept, acquired=acquired, frames_in_file=n_frames, notes=tuple(checked.notes),
+        decay_factor=text(ds.get("DecayFactor")),
     )
     if n_frames == 1:
         return [SliceInfo(frame=None, **base)]

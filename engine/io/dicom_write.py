@@ -15,7 +15,9 @@ Storage and encoding (int16 pixels, value = stored × slope + intercept):
     intercept 0); any other float range is spread over the whole int16 range, so the error is
     at most range / 131064 (≈ 8 ppm of the range) whatever the scale of the values.
   * PET → PET Image Storage, intercept 0 (the PET IOD requires it), slope = max |value| / 32767,
-    Units GML for SUVbw (the DICOM spelling of g/ml), BQML for Bq/ml.
+    Units GML for SUVbw (the DICOM spelling of g/ml), BQML for Bq/ml, NONE where no unit is known
+    (never a guessed SUV); a converted PET keeps its decay correction, corrected-image flags, patient
+    weight and radiopharmaceutical (dose, half-life, start), so SUV can still be computed from it.
   * anything else → Secondary Capture Image Storage, Modality OT, encoded like MR.
 Slope and intercept are rounded to what the 16-character DS value can hold *before* the pixels
 are quantised, so readers reproduce the values exactly as computed here.
@@ -47,7 +49,7 @@ from pydicom.valuerep import format_number_as_ds
 from engine import modalities
 from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
 from engine.io.deidentify import Anonymiser, as_anonymiser
-from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, our_block
+from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, RADIOPHARMACEUTICAL_TAGS, our_block
 from engine.io.errors import VolumeIOError
 from engine.io.identity import DERIVED_FRAME
 from engine.io.itk_files import NO_ORIENTATION
@@ -105,6 +107,7 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     encoding = choose_encoding(volume, array)
     base = _series_dataset(volume, series_description, anonymiser, encoding, array)
     sources = [] if anonymiser else source_images(volume)
+    decays = decay_factors(volume) if encoding.sop_class == PET_IMAGE else []
     direction = volume.direction_matrix
     row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
     normal = np.cross(row, col)
@@ -116,6 +119,8 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
                 position = np.asarray(volume.origin) + k * volume.spacing[2] * axis
                 pixels = quantise(array[k], encoding)
                 ds = _slice_dataset(base, k, nz, position, float(position @ normal), pixels, encoding)
+                if decays and decays[k]:
+                    ds.DecayFactor = decays[k]
                 source = sources[k] if sources else None
                 if source is not None:
                     _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], source)
@@ -332,7 +337,7 @@ def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
 
 def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
     family = _family(volume)
-    if family in ("CT", "PET"):
+    if family in ("CT", "PET") and modalities.on_scale(volume.modality, volume.unit):
         assert volume.modality, "a family comes from the volume's modality"
         level, width = modalities.get(volume.modality).window
     else:
@@ -358,25 +363,45 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.RepetitionTime = ""             # type 2C: required unless an EP or SK sequence
         ds.EchoTrainLength = ""
     elif encoding.sop_class == PET_IMAGE:
-        unit = (volume.unit or "SUVbw").upper()
-        ds.Units = {"BQ/ML": "BQML", "BQML": "BQML", "CNTS": "CNTS", "COUNTS": "CNTS"}.get(unit, "GML")
+        ds.Units = pet_units(volume.unit)
         if ds.Units == "GML":
             ds.SUVType = "BW"
+        acquired = {} if volume.synthetic else {k: v for k, v in (volume.dicom or {}).items() if v}
         ds.CountsSource = "EMISSION"
         ds.SeriesType = ["STATIC", "IMAGE"]
-        ds.CorrectedImage = ""
-        ds.DecayCorrection = "NONE"
+        ds.CorrectedImage = acquired.get("CorrectedImage", "").split("\\") if acquired.get("CorrectedImage") else ""
+        ds.DecayCorrection = acquired.get("DecayCorrection", "NONE")
         ds.NumberOfSlices = volume.shape[0]
         ds.FrameReferenceTime = "0"
         ds.ActualFrameDuration = ""
         ds.CollimatorType = ""
         ds.AcquisitionDate = ds.AcquisitionTime = ""
-        ds.RadiopharmaceuticalInformationSequence = Sequence()
+        if acquired.get("PatientWeight"):
+            ds.PatientWeight = acquired["PatientWeight"]
+        drug = Dataset()
+        for keyword in RADIOPHARMACEUTICAL_TAGS:
+            if acquired.get(keyword):
+                setattr(drug, keyword, acquired[keyword])
+        if len(drug):
+            drug.RadionuclideCodeSequence = Sequence()      # type 2: the nuclide's code was not read
+        ds.RadiopharmaceuticalInformationSequence = Sequence([drug] if len(drug) else [])
         ds.PatientOrientationCodeSequence = Sequence()
         ds.PatientGantryRelationshipCodeSequence = Sequence()
     else:
         ds.ConversionType = "WSD"
         ds.PatientOrientation = ""          # type 2C; the geometry is in ImageOrientationPatient
+
+
+# PET Units (0054,1001) for the units the reader gives a PET volume
+PET_UNITS = {"SUVbw": "GML", "Bq/ml": "BQML", "counts": "CNTS"}
+
+
+def pet_units(unit: str) -> str:
+    """The DICOM Units of PET values in ``unit``: GML for SUVbw, BQML, CNTS, another defined term as
+    the source stated it (PROPCNTS, …), NONE for a unit no one stated (never a guessed SUV)."""
+    if unit in PET_UNITS:
+        return PET_UNITS[unit]
+    return unit if re.fullmatch(r"[A-Z0-9]{1,16}", unit or "") and unit != "UNKNOWN" else "NONE"
 
 
 def source_images(volume: Volume) -> list[tuple[str, int | None] | None]:
@@ -392,6 +417,13 @@ def source_images(volume: Volume) -> list[tuple[str, int | None] | None]:
         uid, _, frame = ref.partition(":")
         out.append((uid, int(frame) if frame else None) if uid else None)
     return out
+
+
+def decay_factors(volume: Volume) -> list[str]:
+    """Each z slice's DecayFactor ("" where unknown) for an acquired PET that carries its source's
+    (``SliceDecayFactors``, one entry per slice); else empty."""
+    factors = (volume.dicom or {}).get("SliceDecayFactors", "").split("\\")
+    return factors if not volume.synthetic and len(factors) == volume.shape[0] else []
 
 
 def _reference_source(ds: Dataset, series_uid: str, sop_class: str, source: tuple[str, int | None]) -> None:

@@ -210,8 +210,17 @@ def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> str:
     return space
 
 
+# The unit of a volume whose values are off its modality's scale (a PET in Bq/ml): a MetaImage / NRRD
+# field, in NIfTI the intent_name ("unit=Bq/ml", 16 bytes), which no other field of the format holds.
+UNIT_KEY = "SynerMedGen_unit"
+NIFTI_UNIT_PREFIX = "unit="
+NIFTI_INTENT_NAME_BYTES = 16
+
+
 def _nibabel_mark(image) -> dict:
-    return read_itk_fields({"descrip": image.header["descrip"].item().decode("utf-8", errors="replace")})
+    header = image.header
+    return {**read_itk_fields({"descrip": header["descrip"].item().decode("utf-8", errors="replace")}),
+            "unit": _recorded_unit({"intent_name": header["intent_name"].item().decode("utf-8", errors="replace")})}
 
 
 def _itk_mark(reader: sitk.ImageFileReader) -> dict:
@@ -221,7 +230,23 @@ def _itk_mark(reader: sitk.ImageFileReader) -> dict:
             fields[key] = reader.GetMetaData(key)
         except (TypeError, RuntimeError, UnicodeError):      # a damaged key or value: not our marking
             continue
-    return read_itk_fields(fields)
+    return {**read_itk_fields(fields), "unit": _recorded_unit(fields)}
+
+
+def _recorded_unit(fields: dict[str, str]) -> str:
+    """The unit this app recorded in the header ("" when none)."""
+    intent = (fields.get("intent_name") or "").strip("\x00 ")
+    if intent.startswith(NIFTI_UNIT_PREFIX):
+        return intent[len(NIFTI_UNIT_PREFIX):].strip()
+    return (fields.get(UNIT_KEY) or "").strip()
+
+
+def _off_scale_unit(volume: Volume) -> str:
+    """The unit to record in a file's header: a known modality's values off its scale ("" otherwise)."""
+    if volume.modality is None or volume.modality not in modalities.MODALITIES or \
+            modalities.on_scale(volume.modality, volume.unit):
+        return ""
+    return volume.unit or "unknown"
 
 
 def _positive_spacing(spacing, direction) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -403,10 +428,30 @@ def load_file(path: str | Path, volume_index: int | None = None,
         mod = modalities.get(modality)
         if mod.family == "CT" and volume.array.size and float(np.nanmin(volume.array)) >= 0:
             notes.append("CT values are all ≥ 0: the file may hold raw stored values, not Hounsfield units")
-        volume = volume.replace(modality=modality, unit=mod.unit, notes=tuple(notes))
+        unit = volume.unit or _unstated_unit(volume.array, mod, notes)
+        volume = volume.replace(modality=modality, unit=unit, notes=tuple(notes))
     if progress is not None:
         progress(Progress(1, 1, f"read {path.name}"))
     return volume
+
+
+SUV_CEILING = 100.0          # no SUVbw of a body lies above this (a bladder's reaches tens): a file's
+                             # 99th percentile above it holds activity (Bq/ml) or counts, not SUV
+
+
+def _unstated_unit(array: np.ndarray, mod: modalities.Modality, notes: list[str]) -> str:
+    """The unit of a file that states none: its modality's (HU, SUVbw, a.u.); a PET whose values are
+    beyond any SUV is left "unknown" rather than called SUV. ``notes`` gets what was assumed."""
+    if mod.family != "PET":
+        return mod.unit
+    finite = array[np.isfinite(array)]
+    top = float(np.percentile(finite[finite > 0], 99)) if np.any(finite > 0) else 0.0
+    if top > SUV_CEILING:
+        notes.append(f"the file states no unit and its values are far beyond any SUV (99th percentile of the "
+                     f"positive values {top:.4g}): unit unknown (Bq/ml or counts?), not SUVbw; no SUV window applies")
+        return "unknown"
+    notes.append("the file states no unit: SUVbw assumed (its values lie in SUV's range)")
+    return mod.unit
 
 
 def _numbers_only(path: Path, volume: Volume) -> Volume:
@@ -548,6 +593,9 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
     image = volume_to_sitk(volume)
     for key, value in itk_fields(volume, description).items():      # a synthetic volume's marking too
         image.SetMetaData(key, value)
+    unit = _off_scale_unit(volume)
+    if unit and file_kind(path) != "nifti":
+        image.SetMetaData(UNIT_KEY, unit)
     with atomic_file(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=str(path).lower().endswith((".gz", ".mha", ".nrrd")))
@@ -555,16 +603,17 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
             problem = _first_line(exc).replace(str(tmp), path.name)
             raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
                                       "file, if any, is kept") from None
-        if file_kind(path) == "nifti" and volume.space != "scanner":
-            _set_space(tmp, volume.space)
+        if file_kind(path) == "nifti" and (volume.space != "scanner" or unit):
+            _relabel(tmp, volume.space, unit)
         _verify_written(tmp, path, image)
     return path
 
 
-def _set_space(path: Path, space: str) -> None:
+def _relabel(path: Path, space: str, unit: str) -> None:
     """Give the NIfTI file SimpleITK wrote at ``path`` (qform and sform codes 1, scanner) the codes of
-    ``space``: an MNI-space input's synthetic stays labelled MNI space (AFNI files a scanner-space
-    image under another view; FSL and fMRIPrep read the code). Both transforms hold the one grid."""
+    ``space`` — an MNI-space input's synthetic stays labelled MNI space (AFNI files a scanner-space
+    image under another view; FSL and fMRIPrep read the code); both transforms hold the one grid —
+    and an off-scale ``unit`` in its intent_name."""
     import nibabel
 
     code = SPACES.index(space) + 1
@@ -572,6 +621,11 @@ def _set_space(path: Path, space: str) -> None:
     header = cast("Nifti1Header", image.header).copy()
     header.set_qform(header.get_qform(), code=code)
     header.set_sform(header.get_sform(), code=code)
+    if unit:
+        text = (NIFTI_UNIT_PREFIX + unit).encode("utf-8")
+        if len(text) > NIFTI_INTENT_NAME_BYTES:
+            text = (NIFTI_UNIT_PREFIX + "unknown").encode("utf-8")
+        header["intent_name"] = text
     relabelled = path.with_name(path.name.replace(".part", ".space.part", 1))
     try:
         nibabel.save(nibabel.Nifti1Image(np.asanyarray(image.dataobj), None, header), str(relabelled))

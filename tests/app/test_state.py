@@ -116,6 +116,13 @@ def test_events_forget_listeners_that_went_away():
     assert event._refs == []
 
 
+def test_a_pet_off_the_suv_scale_gets_no_suv_window():
+    activity = np.random.default_rng(0).uniform(0, 20000, (4, 8, 8))
+    assert presets_for(activity, "PET", "SUVbw")[0].name.startswith("SUV")
+    assert presets_for(activity, "PET", "Bq/ml")[0].name.startswith("Auto")
+    assert presets_for(activity, "PET", "unknown")[0].name.startswith("Auto")
+
+
 def test_ct_presets_and_mr_auto_window():
     rng = np.random.default_rng(0)
     ct = presets_for(rng.normal(0, 300, (4, 8, 8)), "CT")

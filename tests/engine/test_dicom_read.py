@@ -1,6 +1,7 @@
 """Reading DICOM: real files from pydicom / pydicom-data / nibabel and series written from a real
 volume; the reader must agree with SimpleITK and say plainly what is wrong with a stack."""
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -488,7 +489,7 @@ def _pet_series(folder, weight=True):
     if not weight:
         del tags["PatientWeight"]
     write_series(folder, stored, modality="PT", sop_class=PET_IMAGE, slopes=slopes, shared=tags,
-                 direction=np.eye(3))
+                 direction=np.eye(3), per_slice=lambda ds, k: setattr(ds, "DecayFactor", f"{1.1 + 0.01 * k:g}"))
     return stored.astype(np.float64) * np.asarray(slopes)[:, None, None]
 
 
@@ -508,6 +509,65 @@ def test_pet_without_weight_stays_in_bq_per_ml_and_says_why(tmp_path):
     assert vol.unit == "Bq/ml"
     np.testing.assert_allclose(vol.array, bqml, rtol=1e-6)
     assert any("SUV not computed" in n and "PatientWeight" in n for n in vol.notes)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_a_pet_in_bq_per_ml_stays_in_bq_per_ml_through_a_file(tmp_path, suffix):
+    """No SUV possible (no weight): a conversion records the unit (NIfTI: intent_name), so the file
+    re-reads in Bq/ml, not as SUV, and its DICOM export says BQML."""
+    _pet_series(tmp_path / "pet", weight=False)
+    vol = io.load(tmp_path / "pet")
+    again = io.load(io.save(vol, tmp_path / f"pet{suffix}"))
+    assert again.modality == "PET" and again.unit == "Bq/ml"
+    np.testing.assert_allclose(again.array, vol.array, rtol=1e-6)
+    first = pydicom.dcmread(sorted(io.save(again, tmp_path / "dcm").iterdir())[0])
+    assert first.Units == "BQML" and "SUVType" not in first
+
+
+def test_a_pet_dicom_export_keeps_what_its_values_mean(tmp_path):
+    """Decay correction, corrected-image flags, weight and radiopharmaceutical survive a derived series:
+    a Bq/ml PET re-reads as it was read (SUV still not computable: no weight) and an SUV one as SUV."""
+    _pet_series(tmp_path / "bq", weight=False)
+    first = pydicom.dcmread(sorted(io.save(io.load(tmp_path / "bq"), tmp_path / "bq_out").iterdir())[0])
+    assert (first.Units, first.DecayCorrection, list(first.CorrectedImage)) == ("BQML", "START", ["DECY", "ATTN"])
+    drug = first.RadiopharmaceuticalInformationSequence[0]
+    assert (float(drug.RadionuclideTotalDose), float(drug.RadionuclideHalfLife)) == (370e6, 6586.2)
+    assert io.load(tmp_path / "bq_out").unit == "Bq/ml"
+    written = [pydicom.dcmread(f) for f in sorted((tmp_path / "bq_out").iterdir())]
+    by_position = sorted(written, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    assert [float(ds.DecayFactor) for ds in by_position] == pytest.approx([1.1 + 0.01 * k for k in range(6)])
+    _pet_series(tmp_path / "suv")
+    suv = io.load(tmp_path / "suv")
+    first = pydicom.dcmread(sorted(io.save(suv, tmp_path / "suv_out").iterdir())[0])
+    assert (first.Units, first.SUVType, float(first.PatientWeight)) == ("GML", "BW", 72.5)
+    again = io.load(tmp_path / "suv_out")
+    assert again.unit == "SUVbw"
+    np.testing.assert_allclose(again.array, suv.array, atol=float(suv.array.max()) / 32767 + 1e-6)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not "
+                                                            "installed; scripts/setup.sh installs it when run as root")
+@pytest.mark.parametrize("weight", [True, False])
+def test_dciodvfy_finds_no_error_in_a_converted_pet(tmp_path, weight):
+    _pet_series(tmp_path / "pet", weight=weight)
+    files = sorted(io.save(io.load(tmp_path / "pet"), tmp_path / "out").iterdir())
+    for path in (files[0], files[-1]):
+        run = subprocess.run([shutil.which("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+        report = (run.stdout + run.stderr).splitlines()
+        assert not [line for line in report if line.startswith("Error")], "\n".join(report)
+        assert any(line.endswith("Image") for line in report)
+
+
+def test_a_pet_file_stating_no_unit_is_called_suv_only_when_its_values_can_be(tmp_path):
+    activity = np.clip(anatomical().astype(np.float32), 0, None) * 40     # thousands: Bq/ml, not SUV
+    sitk.WriteImage(sitk.GetImageFromArray(activity), str(tmp_path / "pet_bq.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(activity / activity.max() * 12), str(tmp_path / "pet_suv.nii.gz"))
+    bq, suv = io.load(tmp_path / "pet_bq.nii.gz"), io.load(tmp_path / "pet_suv.nii.gz")
+    assert bq.modality == suv.modality == "PET"
+    assert bq.unit == "unknown" and any("not SUVbw" in n for n in bq.notes)
+    assert suv.unit == "SUVbw" and any("SUVbw assumed" in n for n in suv.notes)
+    first = pydicom.dcmread(sorted(io.save(bq, tmp_path / "dcm").iterdir())[0])
+    assert first.Units == "NONE" and float(first.WindowWidth) > 100        # from its values, not SUV 3/6
 
 
 def test_a_file_without_preamble_and_meta_still_loads(tmp_path):
