@@ -232,7 +232,9 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     ds.SoftwareVersions = version()
     ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
     ds.ImageComments = f"{description[:1000]}. {RESEARCH_ONLY}"
-    ds.BurnedInAnnotation = "YES" if src.get("BurnedInAnnotation", "").upper() == "YES" else "NO"
+    burned_in = src.get("BurnedInAnnotation", "").strip().upper()
+    if burned_in in ("YES", "NO"):          # what the source's pixels were said to carry; unsaid stays unsaid
+        ds.BurnedInAnnotation = burned_in
     ds.LossyImageCompression = "00"
     _identity(ds, src, today, clock)
     ds.BodyPartExamined = src.get("BodyPartExamined", "")

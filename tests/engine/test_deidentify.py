@@ -85,10 +85,17 @@ def test_an_anonymised_series_follows_the_basic_profile_attribute_by_attribute(t
                 assert str(value) not in {str(v) for v in PHI.values()}, element
         assert ds.PatientID.startswith("ANON-") and str(ds.PatientName) == ""
         assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
-        assert ds.BurnedInAnnotation == "NO" and ds.ContentQualification == "RESEARCH"
+        assert "BurnedInAnnotation" not in ds and ds.ContentQualification == "RESEARCH"    # the source is silent
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     back = io.load(out)                                        # still one volume in the same geometry
     assert back.same_grid(source) and back.modality == source.modality
+
+
+@pytest.mark.parametrize("stated", ["NO", "YES", None])
+def test_burned_in_annotation_is_carried_as_the_source_states_it_never_made_up(tmp_path, stated):
+    source = _source(tmp_path, **({"BurnedInAnnotation": stated} if stated else {}))
+    written = pydicom.dcmread(next(write_dicom_series(source, tmp_path / "out", series_description="").iterdir()))
+    assert written.get("BurnedInAnnotation") == stated
 
 
 def test_uids_map_consistently_within_a_session_and_differently_in_another(tmp_path):
