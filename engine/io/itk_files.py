@@ -112,12 +112,13 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., volume_index or 0]
     while data.ndim < 3:
         data = data[..., None]
-    spacing, origin, direction = _lps_grid(image.affine)
-    _check_geometry(path, spacing, origin, direction)
     header = image.header
+    to_mm, notes = spatial_unit(header)
+    spacing, origin, direction = _lps_grid(to_mm @ image.affine)
+    _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
-        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path),
+        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), notes=tuple(notes),
         space=_XFORM_NAMES.get(code, "scanner"), **_nibabel_mark(image))
 
 
@@ -157,13 +158,14 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
     try:
         header = cast("Nifti1Header", nibabel.load(str(path)).header)
         sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
-        sform, qform = header.get_sform(), header.get_qform()
+        to_mm, unit_notes = spatial_unit(header)
+        sform, qform = to_mm @ header.get_sform(), to_mm @ header.get_qform()
     except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
         return None, [], "scanner"
     if sform_code <= 0 and qform_code <= 0:
         return None, [NO_ORIENTATION], "scanner"
     if sform_code <= 0:
-        return _lps_grid(qform), [], _XFORM_NAMES.get(qform_code, "scanner")
+        return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner")
     columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
     sform_name = f"sform (code {sform_code}, {_XFORM_NAMES.get(sform_code, 'unknown')})"
     gap = _corner_gap(sform, qform, size) if qform_code > 0 else 0.0
@@ -176,7 +178,20 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
                                   "them"], _XFORM_NAMES.get(qform_code, "scanner")
     notes = [f"qform and sform disagree (up to {gap:.1f} mm at the grid's corners): the {sform_name} is used, as FSL, "
              "SPM and nibabel do"] if gap > 0.01 else []
-    return _lps_grid(sform), notes, _XFORM_NAMES.get(sform_code, "scanner")
+    return _lps_grid(sform), unit_notes + notes, _XFORM_NAMES.get(sform_code, "scanner")
+
+
+_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001}
+
+
+def spatial_unit(header) -> tuple[np.ndarray, list[str]]:
+    """The 4×4 scaling that brings a NIfTI header's transforms from its spatial unit (xyzt_units:
+    metre, mm, micron; none stated: mm, the format's convention) to mm, with a note when it is not 1."""
+    unit = header.get_xyzt_units()[0]
+    factor = _TO_MM.get(unit, 1.0)
+    notes = [] if factor == 1.0 else [f"the header's spatial unit is {unit} (xyzt_units): spacing and position "
+                                      f"converted to mm (× {factor:g})"]
+    return np.diag([factor, factor, factor, 1.0]), notes
 
 
 def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
@@ -369,7 +384,9 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     notes = []
     if len(shape) == 4 and shape[3] > 1:
         notes.append(_four_d_note(path, shape[3]))
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+    to_mm, unit_notes = spatial_unit(image.header)
+    notes += unit_notes
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ to_mm @ image.affine
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
     direction = _orthonormal(affine[:3, :3] / spacing)
@@ -424,6 +441,9 @@ def load_file(path: str | Path, volume_index: int | None = None,
     volume = _numbers_only(path, volume)
     modality = volume.modality or modalities.guess_from_filename(path.name)     # our mark's, else the name's
     notes = list(volume.notes)
+    if volume_index is not None:        # which volume an output was made from goes with it (its input notes)
+        notes.insert(0, f"volume #{volume_index} (counted from 0) of the 4-D file {path.name}")
+        volume = volume.replace(notes=tuple(notes))
     if modality is not None:
         mod = modalities.get(modality)
         if mod.family == "CT" and volume.array.size and float(np.nanmin(volume.array)) >= 0:

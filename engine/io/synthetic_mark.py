@@ -107,11 +107,19 @@ def read_dicom_tags(tags: Mapping[str, str]) -> dict:
     return {"synthetic": synthetic, "derived_from": made_from if synthetic else ""}
 
 
+ELLIPSIS = "…"
+
+
 def _fit_bytes(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character; a closing
-    "— research use only" is kept whole (the text before it is cut instead)."""
+    """``text`` cut to at most ``limit`` UTF-8 bytes at a word's end (inside a word only when the
+    first word alone is too long), marked "…"; a closing "— research use only" is kept whole (the text
+    before it is cut instead)."""
     if len(text.encode("utf-8")) <= limit:
         return text
     suffix = _SUFFIX if text.endswith(_SUFFIX) else ""
-    head = text[:len(text) - len(suffix)].encode("utf-8")[:limit - len(suffix.encode("utf-8"))]
-    return head.decode("utf-8", errors="ignore").rstrip(" ;") + suffix
+    body = text[:len(text) - len(suffix)]
+    room = limit - len(suffix.encode("utf-8")) - len(ELLIPSIS.encode("utf-8"))
+    head = body.encode("utf-8")[:max(room, 0)].decode("utf-8", errors="ignore")
+    if not body[len(head):len(head) + 1].isspace() and " " in head.strip():
+        head = head[:head.rstrip().rfind(" ")]          # the last whole word
+    return head.rstrip(" ;,") + ELLIPSIS + suffix

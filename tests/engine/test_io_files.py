@@ -146,6 +146,7 @@ def test_4d_file_asks_to_pick_a_volume(tmp_path):
     second = io.load(f"{src}#1")
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(src)))[1]
     np.testing.assert_allclose(second.array, ref)
+    assert second.notes[0] == "volume #1 (counted from 0) of the 4-D file example4d.nii.gz"   # goes to its outputs
     with pytest.raises(io.VolumeIOError, match="outside 0…1"):
         io.load(f"{src}#5")
 
@@ -306,6 +307,9 @@ def test_a_long_description_keeps_the_research_use_mark_in_the_nifti_descrip(tmp
     descrip = nibabel.load(out).header["descrip"].item().decode()
     assert len(descrip.encode()) <= 79 and descrip.startswith("synthetic FLAIR from T1; converted from")
     assert descrip.endswith("— research use only") and io.load(out).derived_from == "T1"
+    kept = descrip.removesuffix(" — research use only")
+    assert kept.endswith("…") and ("synthetic FLAIR from T1; converted from " + "a very long name " * 8).startswith(
+        kept[:-1] + " ")                                                 # cut at a word's end, marked
 
 
 def test_a_flagged_synthetic_description_keeps_its_flag_and_is_read_back(tmp_path):
@@ -468,3 +472,22 @@ def test_a_header_whose_voxels_would_go_to_a_second_file_is_refused_before_anyth
     with pytest.raises(io.VolumeIOError, match="separate file"):
         io.save(_oblique_volume(), out)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("unit, factor", [("micron", 0.001), ("meter", 1000.0), ("mm", 1.0)])
+@pytest.mark.parametrize("image_type", [nibabel.Nifti1Image, nibabel.Nifti2Image])
+def test_a_nifti_spatial_unit_other_than_mm_is_converted_to_mm(tmp_path, unit, factor, image_type):
+    """xyzt_units states the unit of the transforms: a microscope's micron file is not 1000 times larger
+    than it is, a metre file not 1000 times smaller (NIfTI-1 and NIfTI-2 alike; listing and loading agree)."""
+    affine = np.array([[0.5, 0, 0, 10], [0, 0.6, 0, -20], [0, 0, 2.0, 30], [0, 0, 0, 1]])
+    scaled = np.diag([1 / factor] * 3 + [1.0]) @ affine                # the same grid in the file's unit
+    image = image_type(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6), scaled)
+    image.header.set_xyzt_units(unit, "sec")
+    image.set_sform(scaled, code=1)
+    image.set_qform(scaled, code=1)
+    nibabel.save(image, tmp_path / "v.nii")
+    vol = io.load(tmp_path / "v.nii")
+    np.testing.assert_allclose(vol.spacing, (0.5, 0.6, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(vol.origin, (-10, 20, 30), rtol=1e-5)           # LPS
+    np.testing.assert_allclose(io.scan(tmp_path / "v.nii").entries[0].spacing_xyz, (0.5, 0.6, 2.0), rtol=1e-5)
+    assert any("xyzt_units" in n for n in vol.notes) == (factor != 1.0)
