@@ -107,11 +107,18 @@ def wanted_source(modality: str | None, target: str, source: str | None, routes:
     """Whether a volume of ``modality`` (None: unknown) is an input for ``target``: never the target
     itself; with ``source`` named, that modality (or an unknown one, taken as it); else a modality the
     model has a route from (every one when ``routes`` is None)."""
+    return not not_an_input(modality, target, source, routes)
+
+
+def not_an_input(modality: str | None, target: str, source: str | None, routes: Routes | None) -> str:
+    """Why a volume of ``modality`` is no input for ``target`` ("" when it is one; :func:`wanted_source`)."""
     if modality == target:
-        return False
+        return f"a {target} already (the target's modality): never an input"
     if source and source != "auto":
-        return modality in (None, source)
-    return modality is None or routes is None or (modality, target) in routes
+        return "" if modality in (None, source) else f"a {modality}, not the source named ({source})"
+    if modality is None or routes is None or (modality, target) in routes:
+        return ""
+    return f"a {modality}: the model has no route from {modality} to {target}"
 
 
 def strip_image_suffix(name: str) -> str:
@@ -150,18 +157,20 @@ def _inside(path: str | Path, folder: Path | None) -> bool:
 def tree_items(path: Path, target: str, source: str | None, routes: Routes | None,
                exclude: str | Path | None = None) -> list[CohortItem]:
     """One item per volume or DICOM series the ``info`` scanner finds under ``path`` (volumes marked
-    synthetic and anything under ``exclude`` left out); a file the scanner could not read is an item
-    that failed, with the scanner's reason, and one that holds no image (an RT structure set, a
-    report) is not applicable."""
+    synthetic and anything under ``exclude`` left out); beside the inputs, a volume of the target's
+    modality, of another source than the one named or of one the model has no route from is an item
+    that is not applicable, saying why; a file the scanner could not read is an item that failed, with the scanner's reason, and one
+    that holds no image (an RT structure set, a report) is not applicable."""
     import engine.io as io
 
     root = path if path.is_dir() else path.parent
     excluded = Path(exclude) if exclude else None
     catalog = io.scan(path)
     items = []
+    left_out = []
     for entry in catalog.entries:
         first = entry.paths[0] if entry.paths else entry.key
-        if entry.synthetic or _inside(first, excluded) or not wanted_source(entry.modality, target, source, routes):
+        if _inside(first, excluded):
             continue
         if entry.kind == "dicom":
             folder = relative(Path(first).parent, root)
@@ -170,9 +179,16 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
         else:
             key = relative(first, root) + (entry.key[len(str(first)):] if entry.key.startswith(str(first)) else "")
             output = mirrored_output(key.replace("#", "-"), target)
+        if entry.synthetic:                 # an output of this app (an earlier run's): never an input
+            continue
+        why = not_an_input(entry.modality, target, source, routes)
+        if why:                             # listed, so the manifest says what was left out and why
+            left_out.append(CohortItem(key=key, path=first, target=target, output="", source=source,
+                                       files=tuple(entry.paths), not_applicable=f"{entry.description}: {why}"))
+            continue
         items.append(CohortItem(key=key, path=first, target=target, output=output, source=source,
                                 files=tuple(entry.paths), loader=_entry_loader(entry)))
-    items = _told_apart(items)
+    items = _told_apart(items) + (left_out if items else [])     # no input at all: discover refuses, saying why
     for skipped in catalog.skipped:
         if _inside(skipped.path, excluded):
             continue

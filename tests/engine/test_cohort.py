@@ -488,6 +488,22 @@ def test_objects_of_a_study_that_hold_no_image_are_not_applicable_not_failed(mod
     assert summary(capsys)["not_applicable"] == 3
 
 
+def test_a_volume_that_is_no_input_is_listed_as_not_applicable_saying_why(model, tmp_path, capsys,
+                                                                         one_torch_thread):
+    """The real T2 beside a T1 (target T2) and a FLAIR when the source named is T1: rows that say why
+    they were left out, where they had vanished from the manifest without a word."""
+    for name, modality in (("a_T1.nii.gz", "T1"), ("a_T2.nii.gz", "T2"), ("a_FLAIR.nii.gz", "FLAIR")):
+        io.save(head(modality, 1), tmp_path / "in" / name)
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    rows = records(out)
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a_T1.nii.gz": "done", "a_T2.nii.gz": "not-applicable", "a_FLAIR.nii.gz": "not-applicable"}
+    assert "a T2 already (the target's modality)" in rows["a_T2.nii.gz"]["error"]
+    assert "a FLAIR, not the source named (T1)" in rows["a_FLAIR.nii.gz"]["error"]
+    assert summary(capsys)["not_applicable"] == 2
+
+
 def test_the_series_column_tags_the_output_of_a_folder_named_after_a_uid(tmp_path):
     from engine.cohort.items import csv_items, unique_outputs
 
