@@ -45,8 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", metavar="REF",
                    help="the real target volume of the same subject: print as JSON the PSNR/SSIM/MAE of the output and "
                         "of doing nothing (the input histogram-matched to REF), where REF covers the output's grid; "
-                        "warns of another patient or frame of reference (docs/evaluation.md)")
+                        "refuses one of another modality family than the target (MR for CT), warns of another "
+                        "modality of the family (T1 for T2), an unknown one, another patient or frame of reference "
+                        "(docs/evaluation.md)")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
+    p.add_argument("--reference-series", metavar="UID",
+                   help="SeriesInstanceUID (or unique prefix) when REF holds several")
     add_anonymise_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
@@ -67,13 +71,15 @@ def announce(checks, quiet: bool = False) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def reference_warnings(volume, reference) -> list[str]:
-    """Why scoring against ``reference`` may mislead: a synthetic reference, another patient, another
-    frame of reference (said before the work, and in the JSON)."""
-    from engine.evaluation import SYNTHETIC_REFERENCE
+def reference_warnings(volume, reference, target: str) -> list[str]:
+    """Why scoring against ``reference`` may mislead: another modality than ``target`` or an unknown one,
+    a synthetic reference, another patient, another frame of reference (said before the work, and in
+    the JSON); ValueError for a reference of another modality family than ``target``."""
+    from engine.evaluation import SYNTHETIC_REFERENCE, reference_modality_warnings
     from engine.io import identity_warnings
 
-    return [*([SYNTHETIC_REFERENCE] if reference.synthetic else []), *identity_warnings(volume, reference)]
+    return [*reference_modality_warnings(reference, target), *([SYNTHETIC_REFERENCE] if reference.synthetic else []),
+            *identity_warnings(volume, reference)]
 
 
 def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written) -> dict:
@@ -96,7 +102,8 @@ def scored_report(result, reference, volume, target: str, axis: int, reference_p
               "synthetic: the model did not help on this scan", file=sys.stderr)
     return {"metrics": scored.evaluation.to_dict(), "do_nothing": scored.baseline.to_dict(),
             "worse_than_doing_nothing": worse, "reference_synthetic": reference.synthetic,
-            "reference_coverage": round(scored.coverage, 4), "reference_warnings": reference_warnings(volume, reference)}
+            "reference_coverage": round(scored.coverage, 4),
+            "reference_warnings": reference_warnings(volume, reference, target)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,15 +118,22 @@ def run(args: argparse.Namespace) -> int:
     card = ModelCard.read(folder)
     if args.source and args.source.strip().lower() != "auto":
         card.check_route(args.source, target)          # fail before loading anything heavy
+    if args.reference_series and not args.reference:
+        raise ValueError("--reference-series goes with --reference")
     output = Path(args.output)
     io.check_output(output, inputs=(args.input, *([args.reference] if args.reference else [])))
     check_sidecar(output)
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
-    reference = io.load(args.reference) if args.reference else None     # a bad reference fails before the work
-    if reference is not None:
-        for line in reference_warnings(volume, reference):
+    reference = None                                # a bad reference fails before the work
+    if args.reference:
+        reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")
+        try:
+            warned = reference_warnings(volume, reference, target)
+        except ValueError as exc:
+            raise ValueError(f"{args.reference}: {exc}") from None
+        for line in warned:
             print(f"warning: {args.reference}: {line}", file=sys.stderr)
     if not args.quiet:
         for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)

@@ -1,7 +1,8 @@
 """Scoring a synthetic volume against a real scan the user names (``synthesize --reference``, the
 app's comparison): how much of the synthetic grid the reference covers, and the "do nothing"
 baseline — the source, histogram-matched to the reference — scored by the same rule as the
-synthetic. Whether the reference is the same subject's scan: :mod:`engine.io.identity`."""
+synthetic; whether the reference is of the target's modality. Whether it is the same subject's scan:
+:mod:`engine.io.identity`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,27 @@ def covered_part(synthetic: Volume, reference: Volume) -> np.ndarray:
         raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
                          "in physical space: are they scans of the same subject in one frame of reference?")
     return covered
+
+
+def reference_modality_warnings(reference: Volume, target: str) -> list[str]:
+    """What ``reference``'s modality (its header's or file name's) says against scoring a synthetic
+    ``target`` with it: nothing when it is ``target``; a warning when it is unknown, or another of
+    ``target``'s family (T1 for T2, CBCT for CT: told by a name or MR timing, which can mislead);
+    ValueError when it is of another family (MR for CT), whose scores cannot mean anything."""
+    made = modalities.get(target)
+    try:
+        found = modalities.get(reference.modality or "")
+    except ValueError:
+        return [f"its modality is not known (neither its header nor its name says it): it is scored as a "
+                f"{made.name} scan"]
+    if found.family != made.family:
+        raise ValueError(f"its modality is {found.name} ({found.description}), but the synthesis makes {made.name} "
+                         f"({made.description}): scores of one against the other mean nothing; give a {made.name} "
+                         "scan of the subject as the reference")
+    if found.name != made.name:
+        return [f"its modality is {found.name}, not {made.name}: unless its header or name misleads, the scores "
+                f"compare the synthetic {made.name} with another contrast"]
+    return []
 
 
 def histogram_matched(source: Volume, reference: Volume, mask: np.ndarray) -> Volume:

@@ -169,9 +169,11 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
 
 
 def load(path: str | Path, series: str | None = None, progress: ProgressFn = noop,
-         cancel: CancelToken | None = None) -> Volume:
+         cancel: CancelToken | None = None, *,
+         pick_with: str = "--series (in a cohort CSV: its series column)") -> Volume:
     """Load one volume. ``series`` picks a DICOM series (UID or unique prefix) or, for a 4-D file,
-    ``FILE#INDEX``; it is required when the path holds several."""
+    ``FILE#INDEX``; it is required when the path holds several, which the error lists, saying to pick
+    one with ``pick_with`` (what names this path's series: the command's option)."""
     picked = _volume_index(path)
     if picked is not None:
         return load_file(picked[0], picked[1], progress=progress, cancel=cancel)
@@ -185,8 +187,7 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
         entry = catalog.entries[0]
     else:
         listing = "; ".join(f"{e.key} ({e.description}, {e.modality or '?'})" for e in catalog.entries[:8])
-        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with --series (in a cohort CSV: "
-                                  f"its series column): {listing}")
+        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with {pick_with}: {listing}")
     return entry.load(progress, cancel)
 
 

@@ -50,7 +50,7 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     if mine and theirs and mine != theirs:
         warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's {mine!r}): "
                         "the scores compare two people")
-    if _other_world(acquired, reference):
+    if different_worlds(acquired.space, reference.space):
         warnings.append(f"the reference's coordinates are in {reference.space} space, the input's in {acquired.space} "
                         "space: the scores compare anatomy at the same coordinates of two different worlds")
     mine, theirs = _frame(acquired), _frame(reference)
@@ -61,11 +61,12 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     return warnings
 
 
-def _other_world(a: Volume, b: Volume) -> bool:
-    """Whether two volumes' coordinates are in different worlds: one in a standard space (Talairach, MNI,
-    a template) and the other not in that one. A scanner's and an "aligned" world (another image's
-    coordinates: FLIRT's output registered to a scan) may be one, so they are not told apart."""
-    return a.space != b.space and bool({a.space, b.space} & STANDARD_SPACES)
+def different_worlds(a: str, b: str) -> bool:
+    """Whether coordinates in spaces ``a`` and ``b`` (:data:`engine.io.volume.SPACES`) are in different
+    worlds: one a standard space (Talairach, MNI, a template) and the other not that one. A scanner's and
+    an "aligned" world (another image's coordinates: FLIRT's output registered to a scan) may be one, so
+    they are not told apart."""
+    return a != b and bool({a, b} & STANDARD_SPACES)
 
 
 def _subject_of_file(path: str) -> tuple[str, ...] | None:
@@ -97,7 +98,7 @@ def kinship(acquired: Volume, candidate: Volume) -> int:
     be: another PatientID, or coordinates in another world (MNI space beside a scanner's), outweighs
     everything else."""
     mine, theirs = _patient(acquired), _patient(candidate)
-    if (mine and theirs and mine != theirs) or _other_world(acquired, candidate):
+    if (mine and theirs and mine != theirs) or different_worlds(acquired.space, candidate.space):
         return 0
     if _frame(acquired) and _frame(acquired) == _frame(candidate):
         return 3

@@ -194,11 +194,13 @@ def spatial_unit(header) -> tuple[np.ndarray, list[str]]:
     return np.diag([factor, factor, factor, 1.0]), notes
 
 
-def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """(size, spacing, origin, direction) of a volume file's header, as loading places it (a NIfTI
-    file's sform over SimpleITK's choice of the qform: :func:`_nifti_grid`); its dimension as SimpleITK reads it."""
+def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...], str]:
+    """(size, spacing, origin, direction, space) of a volume file's header, as loading places it (a NIfTI
+    file's sform over SimpleITK's choice of the qform: :func:`_nifti_grid`); its dimension as SimpleITK
+    reads it; the world its coordinates are in (:data:`SPACES`)."""
     reader = read_info(path)
-    return (tuple(reader.GetSize()), *_placed_header(path, reader)[:3])
+    spacing, origin, direction, _, space = _placed_header(path, reader)
+    return tuple(reader.GetSize()), spacing, origin, direction, space
 
 
 def _placed_header(path: Path, reader: sitk.ImageFileReader) -> tuple[tuple[float, ...], tuple[float, ...],

@@ -14,6 +14,7 @@ import numpy as np
 from engine import modalities
 from engine.files import file_digest
 from engine.io import bids, is_dicom_file
+from engine.io.identity import different_worlds
 from engine.io.itk_files import SUFFIXES, file_kind, header_grid
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
@@ -35,11 +36,11 @@ class DatasetError(ValueError):
 class Finding:
     """A problem (something left out) or a note (something done) about one file or folder."""
 
-    kind: str            # unknown_modality, unreadable, single_modality, no_overlap, resampled, …
+    kind: str            # unknown_modality, unreadable, single_modality, no_overlap, other_space, resampled, …
     path: str
     message: str
     subject: str = ""
-    reference: str = ""  # no_overlap / resampled: the volume whose grid ``path`` was compared with
+    reference: str = ""  # no_overlap / other_space / resampled: the volume ``path`` was compared with
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -51,12 +52,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class Geometry:
-    """A voxel grid in LPS millimetres (sizes and spacing in x, y, z order)."""
+    """A voxel grid in LPS millimetres (sizes and spacing in x, y, z order) and the world its coordinates
+    are in (:data:`engine.io.volume.SPACES`: a NIfTI transform's code; DICOM: the scanner's)."""
 
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
+    space: str = "scanner"
 
     def same_grid(self, other: Geometry) -> bool:
         return (self.size == other.size and np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=1e-4)
@@ -206,13 +209,13 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
         from engine.io.itk_files import load_file
 
         volume = load(path) if path.is_dir() else load_file(path)
-        return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction)
-    size, spacing, origin, direction = header_grid(path)   # the header, and voxel data as long as it promises
+        return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction, volume.space)
+    size, spacing, origin, direction, space = header_grid(path)   # the header, and voxel data as long as it promises
     if len(size) != 3:
         raise ValueError(f"is a {len(size)}-D image; each modality needs one 3-D volume")
     sx, sy, sz = size
     return Geometry((int(sx), int(sy), int(sz)), (spacing[0], spacing[1], spacing[2]),
-                    (origin[0], origin[1], origin[2]), direction)
+                    (origin[0], origin[1], origin[2]), direction, space)
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -294,6 +297,13 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
         files[ordered[0]] = str(ref_path)
         for modality in ordered[1:]:
             path, geom = found[modality]
+            if different_worlds(geom.space, ref_geom.space):
+                report.problems.append(Finding(
+                    "other_space", str(path), f"its coordinates are in {geom.space} space, {ref_path.name}'s in "
+                    f"{ref_geom.space} space: one position in two different worlds is not one place in the body, so "
+                    f"it is no pair with {ref_path.name}: left out (bring both into one space first)", subject,
+                    str(ref_path)))
+                continue
             if geom.same_grid(ref_geom):
                 files[modality] = str(path)
                 continue

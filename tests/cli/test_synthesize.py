@@ -271,6 +271,20 @@ def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
     assert any("subject 'sub03' left out" in line for line in json.loads(out)["left_out"])
 
 
+def test_evaluate_leaves_out_a_pair_in_two_different_worlds_and_says_so(capsys, model_dir, tmp_path):
+    root = write_phantom_dataset(tmp_path / "data", subjects=2, modality_names=("T1", "T2"), shape=(8, 24, 24),
+                                 ct_subject=False, split={"test": ["sub01", "sub02"]})
+    t2 = root / "sub02" / "T2.nii.gz"                                  # on T1's grid, but in MNI coordinates
+    io.save(io.load(t2).replace(space="MNI"), tmp_path / "mni.nii.gz").replace(t2)
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
+                         "--max-slices", "1", "--json")
+    assert code == 0, err
+    said = f"{t2}: its coordinates are in MNI space, T1.nii.gz's in scanner space"
+    assert f"warning: dataset: left out: {said}" in err
+    result = json.loads(out)
+    assert any(line.startswith(said) for line in result["left_out"])
+    assert {s["subject"] for s in result["subjects"]} == {"sub01"}         # not scored across the two worlds
+
 def test_evaluate_scores_the_split_training_held_out_and_writes_its_result(capsys, model_dir, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=4, modality_names=("T1", "T2"), shape=(8, 24, 24),
                                  ct_subject=False)
@@ -436,3 +450,43 @@ def test_a_reference_of_another_patient_is_warned_of_before_the_work(capsys, mod
     assert "another patient's scan (PatientID 'SOMEONE-ELSE', the input's 'PAT-1')" in err
     assert err.index("another patient's") < err.index("doing nothing")        # said before the work
     assert any("another patient's" in w for w in json.loads(out)["reference_warnings"])
+
+
+def test_a_reference_holding_several_series_is_picked_with_reference_series(capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    study = tmp_path / "study"
+    io.save(io.load(t1), study / "t1")
+    io.save(io.load(ct), study / "ct")
+    keys = {e.modality: e.key for e in io.scan(study).entries}
+    common = ["--target", "CT", "--model", model_dir, "--device", "cpu", "--quiet"]
+    code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "a.nii.gz", "--reference", study, *common)
+    assert code == 2 and f"{study}: holds 2 series, pick one with --reference-series: " in err
+    assert keys["CT"] in err and keys["T1"] in err and not (tmp_path / "a.nii.gz").exists()     # said before the work
+    code, out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "a.nii.gz", "--reference", study,
+                         "--reference-series", keys["CT"], *common)
+    assert code == 0, err
+    assert json.loads(out)["reference_warnings"] == [] and json.loads(out)["metrics"]["modality"] == "CT"
+    code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "b.nii.gz", "--reference-series", keys["CT"],
+                          *common)
+    assert code == 2 and "--reference-series goes with --reference" in err
+
+
+def test_a_reference_of_another_modality_than_the_target_is_refused_or_warned_of_before_the_work(
+        capsys, model_dir, inputs, tmp_path):
+    t1, ct = inputs
+    common = ["--model", model_dir, "--device", "cpu", "--quiet"]
+    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "a.nii.gz", "--reference", t1,
+                          *common)                                     # MR for CT: nothing to score
+    assert code == 2 and not (tmp_path / "a.nii.gz").exists()
+    assert f"{t1}: its modality is T1 (T1-weighted MR), but the synthesis makes CT (computed tomography)" in err
+    # another MR contrast (its name may mislead) and an unknown modality: scored, but said before the work
+    code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--reference", t1,
+                         *common)
+    assert code == 0, err
+    assert f"warning: {t1}: its modality is T1, not T2" in err and err.index("its modality") < err.index("doing nothing")
+    assert any(w.startswith("its modality is T1, not T2") for w in json.loads(out)["reference_warnings"])
+    unnamed = io.save(io.load(ct), tmp_path / "reference.nii.gz")
+    code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "c.nii.gz", "--reference",
+                         unnamed, *common)
+    assert code == 0 and "its modality is not known" in err
+    assert any("its modality is not known" in w for w in json.loads(out)["reference_warnings"])
