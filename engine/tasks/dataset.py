@@ -161,7 +161,13 @@ class PairedDataset:
         modality = modalities.canonical(modality)
         if modality not in info.files:
             raise KeyError(f"subject {subject!r} has no {modality}; it has {', '.join(info.modalities)}")
-        volume = load_volume(info.files[modality]).replace(modality=modality, unit=modalities.get(modality).unit)
+        volume = load_volume(info.files[modality])
+        if not modalities.on_scale(modality, volume.unit):
+            mod = modalities.get(modality)
+            raise DatasetError(f"{info.files[modality]}: its values are in {volume.unit}, not {mod.unit}, the {modality} "
+                               f"scale the model learns: bring it onto that scale first (for PET, SUV needs the "
+                               f"patient's weight, the injected dose and the decay reference)")
+        volume = volume.replace(modality=modality, unit=modalities.get(modality).unit)
         if modality in info.resample:
             volume = resample_onto(volume, load_volume(info.files[info.reference]), "resampled onto the subject grid")
         return volume

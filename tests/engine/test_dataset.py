@@ -350,3 +350,18 @@ def test_a_modality_in_another_standard_space_than_its_subjects_reference_is_lef
     # a registration's "aligned" output may be in the scan's own coordinates: not told apart (engine.io.identity)
     assert report.modalities_per_subject()["sub03"] == ("T1", "T2", "FLAIR")
     assert [f.path for f in report.problems] == [other.path]
+
+
+def test_a_pet_off_the_suv_scale_is_refused_naming_the_file_not_learnt_as_suv(tmp_path):
+    """A PET whose file holds activity (thousands of Bq/ml, no unit stated) is not relabelled SUV for
+    training, where its values would all have saturated the model's SUV 0–20 range."""
+    for seed, name in enumerate(("a", "b")):
+        write_phantom_subject(tmp_path / name, ["T1", "PET"], shape=SHAPE, spacing=SPACING, seed=seed)
+    pet = tmp_path / "a" / "PET.nii.gz"
+    image = sitk.ReadImage(str(pet))
+    sitk.WriteImage(image * 2000.0, str(pet))
+    (tmp_path / "dataset.json").write_text(json.dumps({"split": {"train": ["a", "b"]}}))
+    paired = PairedDataset.open(tmp_path)
+    assert paired.volume("b", "PET").unit == "SUVbw"
+    with pytest.raises(DatasetError, match=r"PET\.nii\.gz: its values are in unknown, not SUVbw"):
+        paired.volume("a", "PET")
