@@ -9,7 +9,13 @@ import numpy as np
 
 from app.state.comparison import ComparisonResult
 from engine import modalities
-from engine.evaluation import RELATIVE_MAE_UNIT, SYNTHETIC_REFERENCE, Evaluation, score_against
+from engine.evaluation import (
+    RELATIVE_MAE_UNIT,
+    SYNTHETIC_REFERENCE,
+    Evaluation,
+    reference_modality_warnings,
+    score_against,
+)
 from engine.io import Volume, identity_warnings
 from engine.jobs import CancelToken, ProgressFn, noop
 
@@ -32,6 +38,10 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     from engine.inference import plane_axis  # imports torch: the worker, never the UI thread
 
     target = target_modality(synthetic, reference, modality)
+    try:               # the CLI's rule; another family is said, not refused: the views still show the pair
+        modality_notes = reference_modality_warnings(reference, synthetic.modality or target)
+    except ValueError as exc:
+        modality_notes = [str(exc)]
     axis = plane_axis(synthetic, plane)
     scored = score_against(synthetic, reference, source, target, axis, progress, cancel)
     ref_on_grid = scored.reference
@@ -43,9 +53,7 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
                      "(the difference is 0 beyond it)")
     if reference.synthetic:
         notes.append(SYNTHETIC_REFERENCE)
-    known = {m for m in (synthetic.modality, reference.modality) if m}
-    if len(known) > 1:
-        notes.append(f"different modalities ({' vs '.join(sorted(known))}): the metrics compare unlike images")
+    notes.extend(modality_notes)
     return ComparisonResult(synthetic, ref_on_grid, difference(synthetic, ref_on_grid, scored.evaluation, scored.covered),
                             scored.source, scored.evaluation, axis, scored.coverage, tuple(notes), scored.baseline,
                             "" if scored.baseline is not None else NO_SOURCE_NOTE)

@@ -189,7 +189,10 @@ def test_compare_with_from_the_browser(qtbot, window, study_folder, wait_loaded)
     assert window.tabs.currentWidget() is window.comparison
     assert window.comparison.pickers["synthetic"].currentData() is active
     assert window.comparison.pickers["reference"].currentData().key == other.key
-    assert any("different modalities" in note for note in window.comparison.model.result.notes)
+    reference = window.comparison.pickers["reference"].currentData().volume
+    assert {active.volume.modality, reference.modality} == {"CT", "T2"}       # unlike: shown, and said to mean nothing
+    assert any(f"its modality is {reference.modality}" in note and "mean nothing" in note
+               for note in window.comparison.model.result.notes)
 
 
 def test_the_per_slice_curve_follows_the_acquisition_axis(qtbot, phantom):
