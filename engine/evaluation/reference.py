@@ -29,10 +29,12 @@ def covered_part(synthetic: Volume, reference: Volume) -> np.ndarray:
 
 
 def reference_modality_warnings(reference: Volume, target: str) -> list[str]:
-    """What ``reference``'s modality (its header's or file name's) says against scoring a synthetic
-    ``target`` with it: nothing when it is ``target``; a warning when it is unknown, or another of
-    ``target``'s family (T1 for T2, CBCT for CT: told by a name or MR timing, which can mislead);
-    ValueError when it is of another family (MR for CT), whose scores cannot mean anything."""
+    """What ``reference``'s modality and unit say against scoring a synthetic ``target`` with it:
+    nothing when it is ``target`` on ``target``'s scale; a warning when its modality is unknown, another
+    of ``target``'s family (T1 for T2, CBCT for CT: told by a name or MR timing, which can mislead), of
+    another family by its file name only, or when its values are off the scale (a PET in Bq/ml);
+    ValueError when its header (DICOM Modality, or this app's mark) puts it in another family (MR for
+    CT), whose scores cannot mean anything."""
     made = modalities.get(target)
     try:
         found = modalities.get(reference.modality or "")
@@ -40,13 +42,19 @@ def reference_modality_warnings(reference: Volume, target: str) -> list[str]:
         return [f"its modality is not known (neither its header nor its name says it): it is scored as a "
                 f"{made.name} scan"]
     if found.family != made.family:
-        raise ValueError(f"its modality is {found.name} ({found.description}), but the synthesis makes {made.name} "
-                         f"({made.description}): scores of one against the other mean nothing; give a {made.name} "
-                         "scan of the subject as the reference")
+        why = (f"its modality is {found.name} ({found.description}), but the synthesis makes {made.name} "
+               f"({made.description}): scores of one against the other mean nothing")
+        if reference.synthetic or (reference.dicom or {}).get("Modality"):
+            raise ValueError(f"{why}; give a {made.name} scan of the subject as the reference")
+        return [f"{why}, unless its file name misleads (the modality was guessed from it)"]
+    warnings = []
     if found.name != made.name:
-        return [f"its modality is {found.name}, not {made.name}: unless its header or name misleads, the scores "
-                f"compare the synthetic {made.name} with another contrast"]
-    return []
+        warnings.append(f"its modality is {found.name}, not {made.name}: unless its header or name misleads, the "
+                        f"scores compare the synthetic {made.name} with another contrast")
+    if not modalities.on_scale(found.name, reference.unit):
+        warnings.append(f"its values are in {reference.unit}, not {made.unit}, the synthetic's: the scores compare "
+                        "two scales")
+    return warnings
 
 
 def histogram_matched(source: Volume, reference: Volume, mask: np.ndarray) -> Volume:

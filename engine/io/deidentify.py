@@ -97,11 +97,26 @@ class Anonymiser:
         rules.update({tag: keep for tag in OWN_DESCRIPTORS})
         rules[PATIENT_ID] = self._replace_patient_id
         anonymize_dataset(ds, rules, delete_private_tags=True, base_rules_gen=_profile)
+        self._apply_nested(ds)
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD
         ds.DeidentificationMethodCodeSequence = Sequence([_code(c) for c in
                                                           (BASIC_PROFILE, CLEAN_DESCRIPTORS, RETAIN_SAFE_PRIVATE)])
         ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    def _apply_nested(self, ds: Dataset) -> None:
+        """The table's actions inside every sequence item too (a PET's radiopharmaceutical start date
+        and time), which the library applies to the top level only."""
+        from dicomanonymizer.simpledicomanonymizer import anonymize_dataset
+
+        for element in list(ds):
+            if element.VR != "SQ":
+                continue
+            for item in element.value:
+                rules = {tag: self._replace_uid for tag in _uid_tags()}
+                rules.update(_date_rules(item))
+                anonymize_dataset(item, rules, delete_private_tags=True, base_rules_gen=_profile)
+                self._apply_nested(item)
 
     def _replace_uid(self, ds: Dataset, tag: tuple[int, int]) -> None:
         element = ds.get(tag)

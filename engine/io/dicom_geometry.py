@@ -20,6 +20,7 @@ ORIENTATION_TOLERANCE = 1e-3     # max difference of IOP components within one v
 SAME_POSITION_MM = 0.01          # two slices closer than this along the normal share a position
 GAP_FACTOR = 1.5                 # a step this many times the median step is a gap (missing slices)
 TILT_DEGREES = 0.05              # stacking direction this far from the normal is a gantry tilt
+TILT_CORRECTED_PX = 0.5          # a tilt moving no slice this far in-plane (pixels) is noted, not corrected
 MAX_FILLED_SLICES = 3            # a gap of more missing slices is refused, not filled by interpolation
 NO_PIXEL_SPACING = "PixelSpacing is missing or zero: in-plane spacing set to 1 mm"
 SPACING_DROPPED = "PixelSpacing is "  # …the header value…", not usable": a slice's own note (engine.io.dicom_scan)
@@ -145,6 +146,8 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
     if n > 1 and sz > 0 and _tilt_angle(points[order], normal) >= TILT_DEGREES:
         shear, margin = _shear(points[order], row, col, normal, sx, sy)
         notes.append(_tilt_note(points[order], normal, shear, margin))
+        if max(abs(v) for offset in shear for v in offset) < TILT_CORRECTED_PX:
+            shear, margin = (), (0, 0, 0, 0)        # kept as stored: the grid is the acquisition's
     direction = np.column_stack([row, col, normal])
     first = points[order[0]] - margin[0] * sx * row - margin[2] * sy * col
     return StackGeometry(
@@ -242,9 +245,13 @@ def _tilt_note(points: np.ndarray, normal: np.ndarray, shear: tuple[tuple[float,
     shift = float(np.linalg.norm(travel - float(travel @ normal) * normal))
     whole = all(float(x).is_integer() and float(y).is_integer() for x, y in shear)
     how = "by whole pixels" if whole else "with linear interpolation"
-    return (f"gantry tilt (sheared stack): slice positions run at {_tilt_angle(points, normal):.2f}° to the slice "
-            f"normal ({shift / max(1, len(points) - 1):.3g} mm in-plane shift per slice, {shift:.3g} mm over the "
-            f"stack); every slice was shifted in-plane {how} onto an orthogonal grid "
+    largest = max(abs(v) for offset in shear for v in offset)
+    head = (f"gantry tilt (sheared stack): slice positions run at {_tilt_angle(points, normal):.2f}° to the slice "
+            f"normal ({shift / max(1, len(points) - 1):.3g} mm in-plane shift per slice, {shift:.3g} mm over the stack)")
+    if largest < TILT_CORRECTED_PX:
+        return (f"{head}; no slice lies half a pixel from the grid built on the first ({largest:.2f} pixel at most), "
+                "so the stack is kept as stored")
+    return (f"{head}; every slice was shifted in-plane {how} onto an orthogonal grid "
             f"{margin[0] + margin[1]} × {margin[2] + margin[3]} pixels larger (x × y), so each keeps its true "
             f"position; the added margin holds the stack's lowest value")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ IDENTITY_TAGS = (
     "PatientIdentityRemoved", "DeidentificationMethod", DERIVED_FRAME,
 )
 # What a PET's values mean beyond its unit: a derived PET series keeps them (SUV can be recomputed, the
-# decay reference stays known). The radiopharmaceutical's are its first item's.
-PET_TAGS = ("PatientWeight", "DecayCorrection", "CorrectedImage", *RADIOPHARMACEUTICAL_TAGS)
+# decay reference — the series' date and time for DecayCorrection START — stays known). The
+# radiopharmaceutical's are its first item's.
+PET_TAGS = ("PatientWeight", "DecayCorrection", "CorrectedImage", "SeriesDate", "SeriesTime", *RADIOPHARMACEUTICAL_TAGS)
 
 
 def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
@@ -51,7 +53,8 @@ def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
     listed = []
     for i, group in enumerate(group_series(result.slices)):
         check_cancel(cancel)
-        tags = result.series_tags.get(group.slices[0].tags_key, {})
+        shared = Counter(s.tags_key for s in group.slices).most_common(1)[0][0]    # most slices' tags
+        tags = result.series_tags.get(shared, {})
         entry = _entry(group, tags)
         order = (entry.patient, entry.study, _number(tags.get("SeriesNumber")), group.series_uid, i)
         listed.append((order, entry))
@@ -172,9 +175,9 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                                         f"the series expects {rows}×{cols}")
         array[k] = frame.astype(np.float64) * s.slope + s.intercept      # one rounding to float32
         progress(Progress(k + 1, n, f"read slice {k + 1} of {n}"))
-    g, notes = group.geometry, list(group.notes)
+    g, notes, read = group.geometry, list(group.notes), slices
     if unreadable:
-        array, g, notes = _without_unreadable(array, group, unreadable, folder)
+        array, g, notes, read = _without_unreadable(array, group, unreadable, folder)
     notes += _map_notes(tags)
     array = unshear(array, g)
     if g.positions:
@@ -190,7 +193,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
                **_thickness_tag(slices),
-               **({} if unreadable else slice_references(slices, tags, g))},
+               **slice_references(read, tags, g)},
         **read_dicom_tags(tags),
     )
 
@@ -210,19 +213,28 @@ def slice_references(slices: list[SliceInfo], tags: dict[str, str], geometry=Non
     reference (SourceImageSequence; "UID:FRAME" for a frame of a multi-frame image), with the SOP class,
     and a PET image's DecayFactor — backslash-joined, one entry per slice. On a grid resampled from
     uneven positions (``geometry.positions``), a slice filled by interpolation has no source (an empty
-    entry); one on an acquired slice, that slice's."""
+    entry) and its nearest acquired slice's DecayFactor; one on an acquired slice, that slice's.
+    A slice whose header states no DecayFactor gets its nearest neighbour's (the PET IOD needs one
+    on every image whose values are decay corrected)."""
     refs = [s.sop_uid if s.frame is None or s.frames_in_file == 1 else f"{s.sop_uid}:{s.frame + 1}" for s in slices]
-    decays = [s.decay_factor for s in slices]
+    decays = _nearest_stated([s.decay_factor for s in slices])
     if geometry is not None and geometry.positions:
         at = np.asarray(geometry.positions)
         nearest = [int(np.argmin(np.abs(at - k * geometry.spacing[2]))) for k in range(geometry.grid_slices)]
-        source = [j if abs(at[j] - k * geometry.spacing[2]) <= ON_SLICE_MM else None for k, j in enumerate(nearest)]
-        refs = [refs[j] if j is not None else "" for j in source]
-        decays = [decays[j] if j is not None else "" for j in source]
+        refs = [refs[j] if abs(at[j] - k * geometry.spacing[2]) <= ON_SLICE_MM else "" for k, j in enumerate(nearest)]
+        decays = [decays[j] for j in nearest]        # an interpolated slice: its nearest acquired one's
     out = {"SOPClassUID": tags.get("SOPClassUID", ""), "SliceSOPInstanceUIDs": "\\".join(refs)}
     if any(decays):
         out["SliceDecayFactors"] = "\\".join(decays)
     return out
+
+
+def _nearest_stated(values: list[str]) -> list[str]:
+    """Each value, or where it is empty the nearest stated one (all empty when none is stated)."""
+    stated = [i for i, v in enumerate(values) if v]
+    if not stated:
+        return values
+    return [v or values[min(stated, key=lambda j: abs(j - i))] for i, v in enumerate(values)]
 
 
 def _source(slices: list[SliceInfo]) -> str:
@@ -232,7 +244,8 @@ def _source(slices: list[SliceInfo]) -> str:
 
 def _without_unreadable(array: np.ndarray, group: SeriesGroup, unreadable: list[tuple[int, VolumeIOError]],
                         folder: str):
-    """The stack without the slices that could not be decoded, its new geometry and notes."""
+    """The stack without the slices that could not be decoded, its new geometry and notes, and the
+    slices read, in the stack's order."""
     bad = {k for k, _ in unreadable}
     kept = [s for k, s in enumerate(group.slices) if k not in bad]
     if not kept:
@@ -245,7 +258,8 @@ def _without_unreadable(array: np.ndarray, group: SeriesGroup, unreadable: list[
         raise VolumeIOError(folder, f"{geometry.refusal}; {'; '.join(named)}")
     rows = [k for k in range(len(group.slices)) if k not in bad]
     unchanged = [note for note in group.notes if note not in group.geometry.notes]
-    return array[[rows[i] for i in geometry.order]], geometry, [*named, *unchanged, *geometry.notes]
+    return (array[[rows[i] for i in geometry.order]], geometry, [*named, *unchanged, *geometry.notes],
+            [kept[i] for i in geometry.order])
 
 
 def _encapsulated(tags: dict[str, str]) -> bool:

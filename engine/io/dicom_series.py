@@ -97,9 +97,9 @@ def _split(items: list[SliceInfo]) -> list[Part]:
     if not positioned:
         return parts
     work: list[Part] = [(positioned, [])]
-    work = _refine(work, _by_key("patient", lambda s: s.identity[0], lambda k: f"patient {k or '(no ID)'}"))
-    work = _refine(work, _by_key("study", lambda s: s.identity[1], lambda k: f"study {_tail(k)}"))
-    work = _refine(work, _by_key("frame of reference", lambda s: s.identity[2], lambda k: f"frame {_tail(k)}"))
+    work = _refine(work, _by_stated("patient", 0, lambda k: f"patient {k}"))
+    work = _refine(work, _by_stated("study", 1, lambda k: f"study {_tail(k)}"))
+    work = _refine(work, _by_stated("frame of reference", 2, lambda k: f"frame {_tail(k)}"))
     work = _refine(work, _orientation_split)
     work = _refine(work, _by_key("image size", lambda s: (s.rows, s.columns, _round(s.pixel_spacing)),
                                  lambda k: f"{k[0]}×{k[1]} pixels"))
@@ -138,6 +138,23 @@ def _by_key(reason: str, key: Callable[[SliceInfo], Key], label: Callable[[Key],
         for s in slices:
             groups.setdefault(key(s), []).append(s)
         return [(g, (reason, label(k))) for k, g in groups.items()]
+    return split
+
+
+def _by_stated(reason: str, index: int, label: Callable[[str], str]):
+    """Split by ``SliceInfo.identity[index]`` where slices state conflicting values; a slice that
+    states none joins the one value the others state (one slice without a PatientID is no second
+    patient), and forms a part of its own only beside several."""
+    def split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], tuple[str, str]]]:
+        groups: dict[str, list[SliceInfo]] = {}
+        for s in slices:
+            groups.setdefault(s.identity[index], []).append(s)
+        silent = groups.pop("", [])
+        if len(groups) <= 1:
+            return [(slices, (reason, ""))]
+        if silent:
+            groups["(none stated)"] = silent
+        return [(g, (reason, label(k) if k != "(none stated)" else f"{reason} not stated")) for k, g in groups.items()]
     return split
 
 

@@ -383,6 +383,8 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.ActualFrameDuration = ""
         ds.CollimatorType = ""
         ds.AcquisitionDate = ds.AcquisitionTime = ""
+        if acquired.get("SeriesDate") and acquired.get("SeriesTime"):     # DecayCorrection START's reference
+            ds.SeriesDate, ds.SeriesTime = acquired["SeriesDate"], acquired["SeriesTime"]
         if acquired.get("PatientWeight"):
             ds.PatientWeight = acquired["PatientWeight"]
         drug = Dataset()
@@ -406,6 +408,8 @@ PET_UNITS = {"SUVbw": "GML", "Bq/ml": "BQML", "counts": "CNTS"}
 def pet_units(unit: str) -> str:
     """The DICOM Units of PET values in ``unit``: GML for SUVbw, BQML, CNTS, another defined term as
     the source stated it (PROPCNTS, …), NONE for a unit no one stated (never a guessed SUV)."""
+    if not unit:                    # no unit stated on a PET volume: its modality's (engine.modalities.on_scale)
+        return "GML"
     if unit in PET_UNITS:
         return PET_UNITS[unit]
     return unit if re.fullmatch(r"[A-Z0-9]{1,16}", unit or "") and unit != "UNKNOWN" else "NONE"

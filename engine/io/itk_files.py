@@ -472,7 +472,8 @@ def _unstated_unit(array: np.ndarray, mod: modalities.Modality, notes: list[str]
         notes.append(f"the file states no unit and its values are far beyond any SUV (99th percentile of the "
                      f"positive values {top:.4g}): unit unknown (Bq/ml or counts?), not SUVbw; no SUV window applies")
         return "unknown"
-    notes.append("the file states no unit: SUVbw assumed (its values lie in SUV's range)")
+    notes.append("the file states no unit: SUVbw assumed (its values lie in SUV's range; a file in kBq/ml "
+                 "would too: check)")
     return mod.unit
 
 

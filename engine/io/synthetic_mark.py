@@ -120,6 +120,7 @@ def _fit_bytes(text: str, limit: int) -> str:
     body = text[:len(text) - len(suffix)]
     room = limit - len(suffix.encode("utf-8")) - len(ELLIPSIS.encode("utf-8"))
     head = body.encode("utf-8")[:max(room, 0)].decode("utf-8", errors="ignore")
-    if not body[len(head):len(head) + 1].isspace() and " " in head.strip():
+    at_word_end = head[-1:].isspace() or body[len(head):len(head) + 1].isspace()
+    if not at_word_end and " " in head.strip():
         head = head[:head.rstrip().rfind(" ")]          # the last whole word
     return head.rstrip(" ;,") + ELLIPSIS + suffix

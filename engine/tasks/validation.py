@@ -298,12 +298,17 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
         for modality in ordered[1:]:
             path, geom = found[modality]
             if different_worlds(geom.space, ref_geom.space):
-                report.problems.append(Finding(
-                    "other_space", str(path), f"its coordinates are in {geom.space} space, {ref_path.name}'s in "
-                    f"{ref_geom.space} space: one position in two different worlds is not one place in the body, so "
-                    f"it is no pair with {ref_path.name}: left out (bring both into one space first)", subject,
-                    str(ref_path)))
-                continue
+                spaces = f"its coordinates are in {geom.space} space, {ref_path.name}'s in {ref_geom.space} space"
+                if geom.same_grid(ref_geom):        # one transform, two labels (ANTs writes scanner for an MNI image)
+                    report.notes.append(Finding(
+                        "other_space", str(path), f"{spaces}, but both lie on one grid: kept as a pair (one of the "
+                        "two labels is likely wrong)", subject, str(ref_path)))
+                else:
+                    report.problems.append(Finding(
+                        "other_space", str(path), f"{spaces}: one position in two different worlds is not one place "
+                        f"in the body, so it is no pair with {ref_path.name}: left out (bring both into one space "
+                        "first)", subject, str(ref_path)))
+                    continue
             if geom.same_grid(ref_geom):
                 files[modality] = str(path)
                 continue

@@ -274,8 +274,9 @@ def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
 def test_evaluate_leaves_out_a_pair_in_two_different_worlds_and_says_so(capsys, model_dir, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=2, modality_names=("T1", "T2"), shape=(8, 24, 24),
                                  ct_subject=False, split={"test": ["sub01", "sub02"]})
-    t2 = root / "sub02" / "T2.nii.gz"                                  # on T1's grid, but in MNI coordinates
-    io.save(io.load(t2).replace(space="MNI"), tmp_path / "mni.nii.gz").replace(t2)
+    t2 = root / "sub02" / "T2.nii.gz"                                  # beside T1, but in MNI coordinates
+    moved = io.load(t2)
+    io.save(moved.replace(space="MNI", origin=tuple(o + 2.0 for o in moved.origin)), tmp_path / "mni.nii.gz").replace(t2)
     code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
                          "--max-slices", "1", "--json")
     assert code == 0, err
@@ -284,6 +285,7 @@ def test_evaluate_leaves_out_a_pair_in_two_different_worlds_and_says_so(capsys, 
     result = json.loads(out)
     assert any(line.startswith(said) for line in result["left_out"])
     assert {s["subject"] for s in result["subjects"]} == {"sub01"}         # not scored across the two worlds
+
 
 def test_evaluate_scores_the_split_training_held_out_and_writes_its_result(capsys, model_dir, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=4, modality_names=("T1", "T2"), shape=(8, 24, 24),
@@ -475,10 +477,15 @@ def test_a_reference_of_another_modality_than_the_target_is_refused_or_warned_of
         capsys, model_dir, inputs, tmp_path):
     t1, ct = inputs
     common = ["--model", model_dir, "--device", "cpu", "--quiet"]
-    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "a.nii.gz", "--reference", t1,
-                          *common)                                     # MR for CT: nothing to score
+    t1_dicom = io.save(io.load(t1), tmp_path / "t1_dicom")            # its header says MR
+    code, _out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "a.nii.gz", "--reference",
+                          t1_dicom, *common)                           # MR for CT: nothing to score
     assert code == 2 and not (tmp_path / "a.nii.gz").exists()
-    assert f"{t1}: its modality is T1 (T1-weighted MR), but the synthesis makes CT (computed tomography)" in err
+    assert f"{t1_dicom}: its modality is T1 (T1-weighted MR), but the synthesis makes CT (computed tomography)" in err
+    # only its file name says MR (a name can mislead: a CT named after the T1 it was registered to)
+    code, out, err = run(capsys, "synthesize", t1, "--target", "CT", "-o", tmp_path / "a.nii.gz", "--reference", t1,
+                         *common)
+    assert code == 0 and "unless its file name misleads" in err
     # another MR contrast (its name may mislead) and an unknown modality: scored, but said before the work
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "b.nii.gz", "--reference", t1,
                          *common)

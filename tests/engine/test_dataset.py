@@ -336,17 +336,22 @@ def test_preload_finds_voxels_damaged_past_the_header_even_past_its_memory_budge
     assert kept.report.problems == unloadable and kept.usable_slices("sub01") == paired.usable_slices("sub01")
 
 
-def test_a_modality_in_another_standard_space_than_its_subjects_reference_is_left_out_naming_both(tmp_path):
+def test_a_modality_in_another_standard_space_on_another_grid_is_left_out_naming_both(tmp_path):
     import engine.io as io
 
     root = write_phantom_dataset(tmp_path / "data", subjects=3, modality_names=("T1", "T2", "FLAIR"), ct_subject=False)
-    for subject, modality, space in (("sub02", "T2", "MNI"), ("sub03", "T2", "aligned")):
-        path = root / subject / f"{modality}.nii.gz"                # the same grid, its header in another world
-        io.save(io.load(path).replace(space=space), tmp_path / "relabelled.nii.gz").replace(path)
+    for subject, space, shift in (("sub01", "MNI", 0.0), ("sub02", "MNI", 3.0), ("sub03", "aligned", 3.0)):
+        path = root / subject / "T2.nii.gz"                          # its header in another world
+        volume = io.load(path)
+        moved = volume.replace(space=space, origin=tuple(o + shift for o in volume.origin))
+        io.save(moved, tmp_path / "relabelled.nii.gz").replace(path)
     report = validate_dataset(root)
     other = _finding(report.problems, "other_space", "sub02/T2.nii.gz")
     assert "in MNI space, T1.nii.gz's in scanner space" in other.message and other.reference.endswith("sub02/T1.nii.gz")
     assert report.modalities_per_subject()["sub02"] == ("T1", "FLAIR")
+    # one grid, two labels (ANTs writes scanner space for an MNI-registered image): kept, and said
+    assert report.modalities_per_subject()["sub01"] == ("T1", "T2", "FLAIR")
+    assert "both lie on one grid" in _finding(report.notes, "other_space", "sub01/T2.nii.gz").message
     # a registration's "aligned" output may be in the scan's own coordinates: not told apart (engine.io.identity)
     assert report.modalities_per_subject()["sub03"] == ("T1", "T2", "FLAIR")
     assert [f.path for f in report.problems] == [other.path]

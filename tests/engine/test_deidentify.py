@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import anatomical, write_series
+from dicom_fixtures import PET_IMAGE, anatomical, write_series
 from dicomanonymizer import simpledicomanonymizer as table
 
 import engine.io as io
@@ -96,6 +96,29 @@ def test_burned_in_annotation_is_carried_as_the_source_states_it_never_made_up(t
     source = _source(tmp_path, **({"BurnedInAnnotation": stated} if stated else {}))
     written = pydicom.dcmread(next(write_dicom_series(source, tmp_path / "out", series_description="").iterdir()))
     assert written.get("BurnedInAnnotation") == stated
+
+
+def test_an_anonymised_pet_keeps_no_date_or_time_inside_its_sequences(tmp_path):
+    """The radiopharmaceutical's start date and time (inside a sequence, where the library does not look)
+    are emptied as the table's dates are; its dose and half-life, which identify no one, stay."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    drug = Dataset()
+    drug.RadiopharmaceuticalStartDateTime, drug.RadiopharmaceuticalStartTime = "20240102093000", "093000"
+    drug.RadionuclideTotalDose, drug.RadionuclideHalfLife = "370000000", "6586.2"
+    write_series(tmp_path / "pet", np.clip(anatomical()[:3], 0, None), modality="PT", sop_class=PET_IMAGE,
+                 direction=np.eye(3), shared={**PHI, "Units": "BQML", "DecayCorrection": "START",
+                                              "RadiopharmaceuticalInformationSequence": Sequence([drug])},
+                 per_slice=lambda ds, k: setattr(ds, "DecayFactor", "1.1"))
+    out = write_dicom_series(io.load(tmp_path / "pet"), tmp_path / "anon", series_description="", anonymise=True)
+    ds = pydicom.dcmread(next(out.iterdir()))
+    for element in _all_elements(ds):
+        if element.VR in ("DA", "DT", "TM"):
+            assert element.value in ("", None, "19000101", "000000", "19000101000000"), element
+    kept = ds.RadiopharmaceuticalInformationSequence[0]
+    assert not kept.get("RadiopharmaceuticalStartDateTime") and not kept.get("RadiopharmaceuticalStartTime")
+    assert float(kept.RadionuclideTotalDose) == 370e6
 
 
 def test_uids_map_consistently_within_a_session_and_differently_in_another(tmp_path):

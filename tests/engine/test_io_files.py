@@ -491,3 +491,11 @@ def test_a_nifti_spatial_unit_other_than_mm_is_converted_to_mm(tmp_path, unit, f
     np.testing.assert_allclose(vol.origin, (-10, 20, 30), rtol=1e-5)           # LPS
     np.testing.assert_allclose(io.scan(tmp_path / "v.nii").entries[0].spacing_xyz, (0.5, 0.6, 2.0), rtol=1e-5)
     assert any("xyzt_units" in n for n in vol.notes) == (factor != 1.0)
+
+
+def test_a_cut_description_keeps_every_whole_word_it_has_room_for():
+    from engine.io.synthetic_mark import _fit_bytes
+
+    cuts = [_fit_bytes("alpha beta gamma delta", n) for n in range(12, 23)]
+    assert cuts[:10] == ["alpha…"] + ["alpha beta…"] * 6 + ["alpha beta gamma…"] * 3
+    assert cuts[-1] == "alpha beta gamma delta" and all(len(c.encode()) <= n for c, n in zip(cuts, range(12, 23)))
