@@ -55,11 +55,6 @@ def split_name(name: str) -> tuple[list[str], str, str]:
     return entities, suffix, ext
 
 
-def subject_of(name: str) -> str:
-    """The ``sub-`` entity of a BIDS file name (``sub-01``; "" for any other name)."""
-    return next((e for e in split_name(name)[0] if e.startswith("sub-")), "")
-
-
 def modality_of(name: str) -> str | None:
     """The modality a BIDS image name gives by its suffix (a T1w with a ``ce-`` entity: T1CE); None
     for other suffixes."""

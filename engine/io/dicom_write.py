@@ -48,7 +48,6 @@ from pydicom.valuerep import format_number_as_ds
 
 from engine import modalities
 from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
-from engine.io import bids
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, RADIOPHARMACEUTICAL_TAGS, our_block
 from engine.io.errors import VolumeIOError
@@ -272,17 +271,13 @@ def derived_identity(volume: Volume) -> dict[str, str]:
     """A DICOM identity for a volume that came without one (a NIfTI, MHA or NRRD file): the Study and
     Frame of Reference UIDs its exports share — drawn from its voxels and grid, so a converted scan and
     a synthetic made from it land in one study and one frame, as their geometry is one; no Frame of
-    Reference for a grid whose orientation was assumed (its place in the patient is unknown); a BIDS
-    file's subject (``sub-01``) as its PatientID."""
+    Reference for a grid whose orientation was assumed (its place in the patient is unknown)."""
     if volume.dicom.get("StudyInstanceUID"):
         return dict(volume.dicom)
     digest = hashlib.sha256(np.ascontiguousarray(volume.array, dtype=np.float32).tobytes())
     digest.update(repr((volume.shape, volume.spacing, volume.origin, volume.direction)).encode())
     key = digest.hexdigest()
     identity = {**volume.dicom, "StudyInstanceUID": generate_uid(entropy_srcs=["study", key])}
-    subject = bids.subject_of(Path(volume.source).name) if volume.source else ""
-    if subject and not identity.get("PatientID"):
-        identity["PatientID"] = subject     # a BIDS file says whose it is: a PACS files its exports under it
     if not any(note == NO_ORIENTATION for note in volume.notes):
         identity["FrameOfReferenceUID"] = generate_uid(entropy_srcs=["frame of reference", key])
         identity[DERIVED_FRAME] = "YES"         # no scanner's frame: our private block says so

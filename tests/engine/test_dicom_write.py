@@ -400,15 +400,3 @@ def test_a_synthetic_volume_made_from_a_monochrome1_image_is_written_as_monochro
     film = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
     io.save(film.replace(synthetic=True, modality="CT", unit="HU"), tmp_path / "out")    # the model's values
     assert pydicom.dcmread(next((tmp_path / "out").iterdir())).PhotometricInterpretation == "MONOCHROME2"
-
-
-def test_a_bids_file_exported_to_dicom_is_filed_under_its_subject(tmp_path):
-    """A NIfTI's DICOM export had an empty PatientID (a PACS lumps every such export together): a BIDS
-    file names its subject; any other file stays without one rather than get an invented ID."""
-    bids_file = tmp_path / "sub-07" / "anat" / "sub-07_ses-2_T1w.nii.gz"
-    plain = tmp_path / "scan.nii.gz"
-    for path in (bids_file, plain):
-        io.save(_anatomical(), path)
-    written = [_files(write_dicom_series(io.load(p), tmp_path / f"out{i}", series_description="x"))[0]
-               for i, p in enumerate((bids_file, plain))]
-    assert [w.PatientID for w in written] == ["sub-07", ""]
