@@ -170,7 +170,8 @@ def guess_from_filename(path: str) -> str | None:
 
 
 def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
-    """Guess from DICOM attributes (keywords as keys): Modality, descriptions, TR/TE/TI, contrast."""
+    """Guess from DICOM attributes (keywords as keys): Modality, descriptions, TR/TE/TI, contrast. A
+    description naming both PD and T2 (one dual-echo series, split by echo) is told by each echo's timing."""
     modality = str(tags.get("Modality", "") or "").upper()
     text = " ".join(
         str(tags.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName", "ImageComments")
@@ -183,6 +184,9 @@ def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
     if modality != "MR":
         return guess_from_text(text) if text.strip() else None
     by_text = guess_from_text(text)
+    if by_text == "PD" and re.search(dict(_NAME_PATTERNS)["T2"], _tokens(text)):
+        timed = _guess_mr_from_timing(tags)              # a dual echo (PD+T2): each echo by its own TE
+        by_text = timed if timed in ("PD", "T2") else by_text
     if by_text in ("T1CE", "FLAIR", "PD", "T2", "T1"):
         if by_text == "T1" and str(tags.get("ContrastBolusAgent", "") or "").strip():
             return "T1CE"

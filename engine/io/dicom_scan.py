@@ -107,9 +107,9 @@ class SliceInfo:
 
     @property
     def tags_key(self) -> tuple[str, ...]:
-        """Which series-level tags this image shares: a UID can hold several patients' or
-        descriptions' images (a broken anonymiser, a localizer filed in its series)."""
-        return (self.series_uid, *self.identity, self.description)
+        """Which series-level tags this image shares: a UID can hold several patients', descriptions'
+        or echoes' images (a broken anonymiser, a localizer filed in its series, a dual echo's TEs)."""
+        return (self.series_uid, *self.identity, self.description, self.always_split[0])
 
     @property
     def orientation(self) -> tuple[float, ...]:

@@ -70,15 +70,19 @@ def different_worlds(a: str, b: str) -> bool:
 
 
 def _subject_of_file(path: str) -> tuple[str, ...] | None:
-    """The subject a file's name and place give: a BIDS image's ``sub-`` and ``ses-`` entities, or the
-    folder of a file named by its modality (the paired layout: one subject per folder)."""
+    """The subject a file's name and place give: a BIDS image's ``sub-`` and ``ses-`` entities within
+    its dataset (the folder above its ``sub-`` folder; every dataset has a ``sub-01``), or the folder of
+    a file named by its modality (the paired layout: one subject per folder)."""
     if not path:
         return None
     file = Path(path)
     entities, stem, _ext = bids.split_name(file.name)
     keys = tuple(e for e in entities if e.startswith(("sub-", "ses-")))
-    if any(k.startswith("sub-") for k in keys):
-        return ("bids", *keys)
+    subject = next((k for k in keys if k.startswith("sub-")), "")
+    if subject:                 # labels are unique within one dataset only: its root is part of the subject
+        where = file.resolve().parent
+        root = next((p.parent for p in (where, *where.parents) if p.name == subject), where)
+        return ("bids", str(root), *keys)
     return ("folder", str(file.parent.resolve())) if not entities and _is_modality(stem) else None
 
 

@@ -481,6 +481,19 @@ def test_a_localizer_filed_in_its_series_keeps_its_own_description(tmp_path):
     assert entries[4].description.startswith("fixture series [")
 
 
+def test_the_echoes_of_a_dual_echo_series_are_each_named_by_their_own_echo_time(tmp_path):
+    """"PD+T2 dual echo": echo 1 (TE 15 ms) is the PD, echo 2 (TE 90 ms) the T2 (each part reads its own
+    echo's tags, where both had read the first file's)."""
+    data = anatomical()[:4]
+    series = one_series()
+    for echo, te in ((1, "15"), (2, "90")):
+        write_series(tmp_path / "s", data, **series, seed=echo, shared={
+            "EchoNumbers": echo, "EchoTime": te, "RepetitionTime": "3000", "SeriesDescription": "PD+T2 dual echo"})
+    entries = sorted(io.scan(tmp_path / "s").entries, key=lambda e: e.key)
+    assert [e.modality for e in entries] == ["PD", "T2"]
+    assert ["[echo 1]" in entries[0].description, "[echo 2]" in entries[1].description] == [True, True]
+
+
 def test_progress_per_slice_and_cancel(tmp_path):
     write_series(tmp_path / "s", anatomical()[:7])
     entry = io.scan(tmp_path / "s").entries[0]

@@ -65,6 +65,8 @@ def test_kinship_by_file_names(tmp_path):
     assert kinship(nifti("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"),
                    nifti("sub-01/ses-2/anat/sub-01_ses-2_T2w.nii.gz", shifted)) == 0    # another session
     assert kinship(nifti("sub-01/anat/sub-01_T1w.nii.gz"), nifti("sub-02/anat/sub-02_T2w.nii.gz", shifted)) == 0
+    assert kinship(nifti("ds001/sub-01/anat/sub-01_T1w.nii.gz"),        # every dataset has its own sub-01
+                   nifti("ds002/sub-01/anat/sub-01_T2w.nii.gz", shifted)) == 0
     assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_003/T2.nii.gz", shifted)) == 2   # the paired layout
     assert kinship(nifti("pat_7/cbct.nii.gz"), nifti("pat_7/ct.nii.gz", shifted)) == 2
     assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_004/T2.nii.gz", shifted)) == 0
