@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         mod = modalities.get(args.modality)
         volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)
     anonymiser = anonymiser_of(args)
-    desc = volume.dicom.get("SeriesDescription", "") or volume.name
+    desc = volume.name or volume.dicom.get("SeriesDescription", "")    # a split series' name says which part
     out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=anonymiser or False)
     described = volume.describe()
     if anonymiser:                                   # what is printed holds no source text either

@@ -39,6 +39,9 @@ IDENTITY_TAGS = (
 # What a PET's values mean beyond its unit: a derived PET series keeps them (SUV can be recomputed, the
 # decay reference — the series' date and time for DecayCorrection START — stays known). The
 # radiopharmaceutical's are its first item's.
+# How an MR series was acquired: a converted scan keeps it (a synthetic, made by no sequence, has none).
+MR_TAGS = ("RepetitionTime", "EchoTime", "InversionTime", "ScanningSequence", "SequenceVariant", "ScanOptions",
+           "MRAcquisitionType", "FlipAngle", "EchoTrainLength", "MagneticFieldStrength")
 PET_TAGS = ("PatientWeight", "DecayCorrection", "CorrectedImage", "SeriesDate", "SeriesTime", *RADIOPHARMACEUTICAL_TAGS)
 
 
@@ -188,7 +191,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
         source=folder, notes=tuple(notes + unit_notes),
         dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS},
-               **({k: tags.get(k, "") for k in PET_TAGS} if tags.get("Modality", "").upper() == "PT" else {}),
+               **{k: tags.get(k, "") for k in _acquisition_tags(tags)},
                # an assumed position or orientation is no place in the scanner's frame: a derived series
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
@@ -196,6 +199,11 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                **slice_references(read, tags, g)},
         **read_dicom_tags(tags),
     )
+
+
+def _acquisition_tags(tags: dict[str, str]) -> tuple[str, ...]:
+    """The acquisition's attributes a derived series of this modality keeps (MR's sequence, PET's decay)."""
+    return {"MR": MR_TAGS, "PT": PET_TAGS}.get(tags.get("Modality", "").upper(), ())
 
 
 def _thickness_tag(slices: list[SliceInfo]) -> dict[str, str]:

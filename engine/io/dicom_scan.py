@@ -55,7 +55,8 @@ SERIES_TAGS = (
     "ReferringPhysicianName", "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription",
     "SeriesNumber", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "Modality",
     "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
-    "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime",
+    "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime", "ScanningSequence",
+    "SequenceVariant", "ScanOptions", "MRAcquisitionType", "FlipAngle", "EchoTrainLength", "MagneticFieldStrength",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
     "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved", "DeidentificationMethod",
 )

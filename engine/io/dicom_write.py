@@ -357,13 +357,21 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.KVP = "" if kvp is None else format_number_as_ds(kvp)
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
-        ds.ScanningSequence = "RM"          # research mode: no acquisition made these values
-        ds.SequenceVariant = "NONE"
-        ds.ScanOptions = ""
-        ds.MRAcquisitionType = ""
-        ds.EchoTime = ""
-        ds.RepetitionTime = ""             # type 2C: required unless an EP or SK sequence
-        ds.EchoTrainLength = ""
+        acquired = {} if volume.synthetic else {k: v for k, v in (volume.dicom or {}).items() if v}
+        if acquired.get("ScanningSequence"):    # a converted scan keeps its sequence and timing
+            for keyword in MR_ACQUISITION:
+                setattr(ds, keyword, acquired.get(keyword, ""))
+            for keyword in ("InversionTime", "FlipAngle", "MagneticFieldStrength"):
+                if acquired.get(keyword):
+                    setattr(ds, keyword, acquired[keyword])
+        else:
+            ds.ScanningSequence = "RM"          # research mode: no acquisition made these values
+            ds.SequenceVariant = "NONE"
+            ds.ScanOptions = ""
+            ds.MRAcquisitionType = ""
+            ds.EchoTime = ""
+            ds.RepetitionTime = ""             # type 2C: required unless an EP or SK sequence
+            ds.EchoTrainLength = ""
     elif encoding.sop_class == PET_IMAGE:
         ds.Units = pet_units(volume.unit)
         if ds.Units == "GML":
@@ -396,6 +404,9 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.PatientOrientation = ""          # type 2C; the geometry is in ImageOrientationPatient
 
 
+# The MR Image module's acquisition attributes of type 1 and 2, kept from a converted scan
+MR_ACQUISITION = ("ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "EchoTime",
+                  "RepetitionTime", "EchoTrainLength")
 # PET Units (0054,1001) for the units the reader gives a PET volume
 PET_UNITS = {"SUVbw": "GML", "Bq/ml": "BQML", "counts": "CNTS"}
 

@@ -494,6 +494,20 @@ def test_the_echoes_of_a_dual_echo_series_are_each_named_by_their_own_echo_time(
     assert ["[echo 1]" in entries[0].description, "[echo 2]" in entries[1].description] == [True, True]
 
 
+def test_converting_one_echo_of_a_split_series_says_which_in_the_output(tmp_path, capsys):
+    from cli import run_cli
+
+    series = one_series()
+    for echo in (1, 2):
+        write_series(tmp_path / "s", anatomical()[:3], **series, seed=echo, shared={"EchoNumbers": echo})
+    descriptions = []
+    for echo in (1, 2):
+        assert run_cli(["convert", str(tmp_path / "s"), str(tmp_path / f"e{echo}"), "--series",
+                        f"{series['series_uid']}.{echo}"]) == 0
+        descriptions.append(pydicom.dcmread(next((tmp_path / f"e{echo}").iterdir())).SeriesDescription)
+    assert descriptions == ["converted from fixture series [echo 1]", "converted from fixture series [echo 2]"]
+
+
 def test_progress_per_slice_and_cancel(tmp_path):
     write_series(tmp_path / "s", anatomical()[:7])
     entry = io.scan(tmp_path / "s").entries[0]

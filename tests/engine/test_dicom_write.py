@@ -245,7 +245,8 @@ DCIODVFY = shutil.which("dciodvfy")
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed; "
                                              "scripts/setup.sh installs it when run as root")
-@pytest.mark.parametrize("kind", ["CT", "CT of the head", "MR of a breast", "MR", "MR from DICOM", "PET", "OT"])
+@pytest.mark.parametrize("kind", ["CT", "CT of the head", "MR of a breast", "MR", "MR from DICOM", "MR converted", "PET",
+                                  "OT"])
 def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
     def body_part(volume, part):
         return volume.replace(dicom={**volume.dicom, "BodyPartExamined": part})
@@ -256,6 +257,7 @@ def test_dciodvfy_finds_no_error_in_an_export(tmp_path, kind):
               "MR": lambda: _anatomical().replace(modality="FLAIR", synthetic=True, derived_from="T1"),
               "MR from DICOM": lambda: io.load(PYDICOM_FILES / "MR_small.dcm").replace(
                   modality="FLAIR", synthetic=True, derived_from="T2"),
+              "MR converted": lambda: io.load(PYDICOM_FILES / "MR_small.dcm"),
               "PET": lambda: _anatomical().replace(modality="PET", unit="SUVbw", synthetic=True, derived_from="CT"),
               "OT": lambda: _anatomical().replace(modality=None, unit="")}[kind]()
     files = sorted(write_dicom_series(volume, tmp_path / "s", series_description="x").iterdir())
@@ -388,6 +390,16 @@ def test_a_converted_ct_keeps_its_tube_voltage_and_a_synthetic_one_has_none(tmp_
     io.save(ct.replace(synthetic=True), tmp_path / "synthetic")
     kvp = [pydicom.dcmread(next((tmp_path / name).iterdir())).KVP for name in ("copy", "synthetic")]
     assert float(kvp[0]) == float(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").KVP) and not kvp[1]
+
+
+def test_a_converted_mr_keeps_its_sequence_and_timing_and_a_synthetic_one_says_research_mode(tmp_path):
+    mr = io.load(PYDICOM_FILES / "MR_small.dcm")
+    io.save(mr, tmp_path / "copy")
+    io.save(mr.replace(synthetic=True, derived_from="T1"), tmp_path / "synthetic")
+    copy, synthetic = (pydicom.dcmread(next((tmp_path / name).iterdir())) for name in ("copy", "synthetic"))
+    assert (copy.ScanningSequence, copy.MRAcquisitionType, float(copy.EchoTime), float(copy.RepetitionTime),
+            float(copy.FlipAngle)) == ("SE", "3D", 240.0, 4000.0, 90.0)
+    assert synthetic.ScanningSequence == "RM" and not synthetic.EchoTime and "FlipAngle" not in synthetic
 
 
 def test_a_tube_voltage_that_is_no_number_is_dropped_not_an_export_error(tmp_path):
