@@ -109,7 +109,15 @@ def scored_report(result, reference, volume, target: str, axis: int, reference_p
 def run(args: argparse.Namespace) -> int:
     import engine.io as io
     from engine import modalities
-    from engine.inference import ModelCard, check_sidecar, folders_cut, provenance, synthesize_checked, write_sidecar
+    from engine.inference import (
+        ModelCard,
+        check_sidecar,
+        folders_cut,
+        provenance,
+        synthesize_checked,
+        synthetic_input_note,
+        write_sidecar,
+    )
 
     started = time.perf_counter()
     target = modalities.canonical(args.target)
@@ -135,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.reference}: {exc}") from None
         for line in warned:
             print(f"warning: {args.reference}: {line}", file=sys.stderr)
+    if volume.synthetic:                            # the app asks; a command says so before the work
+        print(f"warning: {args.input}: {synthetic_input_note(volume)}", file=sys.stderr)
     if not args.quiet:
         for line in volume.notes:                   # what loading assumed or changed (also input_notes in the JSON)
             print(f"note: input: {line}", file=sys.stderr)
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     warnings, known = checks.input_warnings, checks.benchmark_warnings      # the known ones also in the notes
     written = io.save(result, output, description=description, anonymise=anonymiser or False)
     record = provenance(synth, checks, settings, volume, result, Path(args.input).name, description=description,
-                        series=args.series, local=folders_cut(args.input, Path(args.input).absolute().parent))
+                        local=folders_cut(args.input, Path(args.input).absolute().parent))
     report = {
         "output": str(written), "provenance": str(write_sidecar(output, record, anonymised=bool(anonymiser))), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,

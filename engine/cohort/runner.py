@@ -69,7 +69,7 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
     result, description, checks = synthesize_checked(synth, volume, item.source, item.target, settings,
                                                      progress=progress, cancel=cancel)
     record = provenance(synth, checks, settings, volume, result, relative(item.path, root), description=description,
-                        series=item.series, local=folders_cut(item.path, root))
+                        local=folders_cut(item.path, root))
     return result, description, record
 
 

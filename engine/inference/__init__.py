@@ -27,7 +27,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "NO_PROFILE_NOTE": "ood", "WARNING_PREFIX": "ood", "OOD_MARK": "ood", "marked_description": "ood",
     "with_warnings": "ood",
     "slice_axis": "slices", "slices_first": "slices",
-    "Checks": "checked", "synthesize_checked": "checked",
+    "Checks": "checked", "synthesize_checked": "checked", "synthetic_input_note": "checked",
     "provenance": "sidecar", "folders_cut": "sidecar", "check_sidecar": "sidecar",
     "write_sidecar": "sidecar", "sidecar_path": "sidecar",
 })

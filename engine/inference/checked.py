@@ -53,4 +53,14 @@ def synthesize_checked(synth, volume: Volume, source: str | None, target: str, s
     announce(checks)
     result = with_warnings(synth.synthesize_volume(volume, source, target, settings, progress=progress, cancel=cancel,
                                                    preview=preview), warnings)
+    if volume.synthetic:
+        result = result.replace(notes=(*result.notes, synthetic_input_note(volume)))
     return result, marked_description(synth.describe(source, target, settings), warnings), checks
+
+
+def synthetic_input_note(volume: Volume) -> str:
+    """What a synthesis from a synthetic volume says in its result's notes (and the CLI before the work)."""
+    from engine.io.synthetic_mark import label
+
+    return (f"the input is itself synthetic ({label(volume)}): this volume was made from a model's output, "
+            "not from an acquisition")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from engine.io.volume import Volume
 
 GENERATOR = "SynerMedGen Studio"
-NAMING_THE_INPUT = ("SourceFile", "SourceSeries")     # left out of an anonymised export's sidecar
+NAMING_THE_INPUT = ("SourceFile", "SourceSeries", "SourceName")     # left out of an anonymised export's sidecar
 
 
 def folders_cut(path: str | Path, root: str | Path) -> Callable[[Iterable[str]], list[str]]:
@@ -43,16 +43,19 @@ def folders_cut(path: str | Path, root: str | Path) -> Callable[[Iterable[str]],
 
 
 def provenance(synth, checks: Checks, settings, volume: Volume, result: Volume, source_file: str | None, *,
-               description: str, series: str | None = None,
-               local: Callable[[Iterable[str]], list[str]] = list) -> dict[str, Any]:
+               description: str, local: Callable[[Iterable[str]], list[str]] = list) -> dict[str, Any]:
     """The sidecar of ``result``, made by ``synth`` from ``volume`` with ``settings`` after ``checks``;
     ``description`` is the one the writers put in the output's header (``Summary``: route, model,
     steps, the OOD flag — what an export of ``result`` from the app writes too); ``source_file`` names
-    the input (None: not named, as in an anonymised export), ``local`` cuts the folders above it from
-    the notes (:func:`folders_cut`)."""
+    the input (None: not named, as in an anonymised export), with the series (its whole UID) and the
+    name of the volume taken from it (a split series' part: ``… [echo 2]``); a synthetic input is
+    said (``SourceSynthetic``); ``local`` cuts the folders above it from the notes (:func:`folders_cut`)."""
     from engine.inference.model_card import route_name
     from engine.inference.pipeline import RESEARCH_NOTE
+    from engine.io.synthetic_mark import label
     from engine.version import version
+
+    series = (volume.dicom or {}).get("SeriesInstanceUID", "")
 
     return {
         "Description": RESEARCH_NOTE,
@@ -64,6 +67,8 @@ def provenance(synth, checks: Checks, settings, volume: Volume, result: Volume, 
         "SourceModality": checks.source,
         **({"SourceFile": source_file} if source_file else {}),
         **({"SourceSeries": series} if series else {}),
+        **({"SourceName": volume.name} if volume.name else {}),
+        **({"SourceSynthetic": label(volume)} if volume.synthetic else {}),
         "InputNotes": local(volume.notes),          # what loading assumed or changed (interpolated slices, …)
         "Settings": settings.to_dict(),
         "Device": synth.execution_device,

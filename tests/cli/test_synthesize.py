@@ -166,6 +166,25 @@ def test_the_output_gets_a_provenance_sidecar_that_never_replaces_a_file_it_did_
     assert code == 0 and json.loads(out)["provenance"] == str(tmp_path / "dicom_t2.json")
 
 
+def test_the_provenance_names_the_whole_series_and_says_when_the_input_was_itself_synthetic(
+        capsys, model_dir, inputs, tmp_path):
+    t1, _ = inputs
+    common = ["--target", "T2", "--source", "T1", "--model", model_dir, "--device", "cpu", "--quiet", "--steps", "1"]
+    folder = io.save(io.load(t1), tmp_path / "t1_dicom", description="T1 axial")
+    uid = io.load(folder).dicom["SeriesInstanceUID"]
+    code, out, err = run(capsys, "synthesize", folder, "-o", tmp_path / "a.nii.gz", "--series", uid[:12], *common)
+    assert code == 0, err
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["SourceSeries"] == uid and record["SourceName"] == "T1 axial" and "SourceSynthetic" not in record
+    made = io.save(io.load(t1).replace(synthetic=True, derived_from="CT"), tmp_path / "made_T1.nii.gz")
+    code, out, err = run(capsys, "synthesize", made, "-o", tmp_path / "b.nii.gz", *common)
+    assert code == 0, err
+    assert f"warning: {made}: the input is itself synthetic (synthetic T1 from CT)" in err
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["SourceSynthetic"] == "synthetic T1 from CT"
+    assert any(n.startswith("the input is itself synthetic") for n in record["Notes"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--target", "XRAY"], "unknown modality 'XRAY'"),
     (["--target", "FLAIR", "--source", "T1"], "does not support T1→FLAIR; its routes: T1→T2, T1→CT, CBCT→CT"),
