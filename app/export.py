@@ -5,6 +5,7 @@ the metrics CSV. The engine's I/O (SimpleITK) is imported on first use, so the w
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,10 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
     if anonymised:
         return f"{proposed_name(doc)}_anonymised"
     if not doc.synthetic:
-        return Path(doc.title).name.split(".")[0] or "volume"
+        source = Path(doc.volume.source).name if doc.volume.source else ""
+        if source and doc.title.startswith(source):         # a file's: its name without its suffixes
+            return source.split(".")[0] or "volume"
+        return re.sub(r'[\\/:*?"<>|]+', "_", doc.title).strip(" ._") or "volume"   # a series': its whole name
     made_from = f"_from_{volume.derived_from}" if volume.derived_from else ""
     number = f"_{doc.ordinal}" if doc.ordinal > 1 else ""
     return f"{volume.modality or 'volume'}_synthetic{made_from}{number}"

@@ -58,9 +58,12 @@ def derived_from(text: str) -> str:
 
 def file_description(volume: Volume, description: str) -> str:
     """The description a file header keeps: for a synthetic volume one that says it is synthetic
-    and for research use only (``description`` kept when it already names it synthetic)."""
+    and for research use only (``description`` kept when it already names it synthetic); for a scan
+    of a known modality one led by it (``CBCT: converted from CBCT XVI``), so a renamed file keeps it."""
     if not volume.synthetic:
-        return description
+        if volume.modality not in modalities.MODALITIES or _stated(description) == volume.modality:
+            return description
+        return f"{volume.modality}: {description}" if description else volume.modality
     if says_synthetic(description):
         return description
     if re.match(_FLAG + re.escape(label(volume)), description, re.IGNORECASE):
@@ -81,13 +84,22 @@ def itk_fields(volume: Volume, description: str) -> dict[str, str]:
 
 def read_itk_fields(fields: Mapping[str, str]) -> dict:
     """``synthetic``, ``derived_from`` and ``modality`` for a Volume from a NIfTI / MetaImage / NRRD
-    header: the modality our mark names (``synthetic T2 from T1 …``: T2), so a renamed file keeps it;
-    None for any other file."""
+    header: the modality our mark names (``synthetic T2 from T1 …``: T2) or a scan's description is
+    led by (``CBCT: …``), so a renamed file keeps it; None for any other file."""
     description = fields.get(DESCRIPTION_KEY) or fields.get("descrip") or ""
     synthetic = fields.get(SYNTHETIC_KEY, "").lower() == "true" or says_synthetic(description)
     made_from = fields.get(DERIVED_FROM_KEY) or derived_from(description)
     return {"synthetic": synthetic, "derived_from": made_from if synthetic else "",
-            "modality": _made(description) if synthetic else None}
+            "modality": _made(description) if synthetic else _stated(description)}
+
+
+_STATED = re.compile(r"^\s*(" + "|".join(modalities.MODALITIES) + r")(?::\s|$)")
+
+
+def _stated(description: str) -> str | None:
+    """The modality a scan's description is led by (``CT: …``, what :func:`file_description` writes)."""
+    found = _STATED.match(description or "")
+    return found.group(1) if found else None
 
 
 def _made(description: str) -> str | None:

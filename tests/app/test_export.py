@@ -93,6 +93,8 @@ def test_export_proposes_a_name_that_says_what_it_is(qtbot, window, tmp_path, mo
             for _ in range(2)]
     assert [proposed_name(d) for d in made] == ["T2_synthetic_from_CT", "T2_synthetic_from_CT_2"]
     assert proposed_name(source) == "CT"
+    series = window.workspace.add(source.volume.replace(name="T1/SE sag 3.0mm [echo 2]", source="/data/MRI"))
+    assert proposed_name(series) == "T1_SE sag 3.0mm [echo 2]"          # a series' whole name, no folder cut
     asked = []
 
     def answer(_parent, _title, start, _filters):

@@ -499,3 +499,14 @@ def test_a_cut_description_keeps_every_whole_word_it_has_room_for():
     cuts = [_fit_bytes("alpha beta gamma delta", n) for n in range(12, 23)]
     assert cuts[:10] == ["alpha…"] + ["alpha beta…"] * 6 + ["alpha beta gamma…"] * 3
     assert cuts[-1] == "alpha beta gamma delta" and all(len(c.encode()) <= n for c, n in zip(cuts, range(12, 23)))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha", ".nrrd"])
+def test_a_converted_scan_keeps_its_modality_under_any_file_name(tmp_path, suffix):
+    """A CBCT converted to fraction3.nii.gz (a name that says nothing) re-reads as a CBCT in HU, where it
+    had come back of unknown modality: no CT window, no CBCT route, a Secondary Capture export."""
+    cbct = Volume(np.full((3, 4, 5), -1000.0, np.float32), modality="CBCT", unit="HU")
+    back = io.load(io.save(cbct, tmp_path / f"fraction3{suffix}", description="converted from XVI pelvis"))
+    assert (back.modality, back.unit, back.synthetic) == ("CBCT", "HU", False)
+    unnamed = io.load(io.save(Volume(np.zeros((3, 4, 5), np.float32)), tmp_path / f"other{suffix}"))
+    assert unnamed.modality is None
