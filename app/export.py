@@ -62,7 +62,9 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
                   cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None) -> Path:
     """Write a document's volume, described as synthesis described it (route, model, steps, the OOD flag:
-    the provenance's ``Summary``) or else by its title (the writers add a synthetic one's marking),
+    the provenance's ``Summary``) or else by its title (a scan's as ``converted from …``, as the
+    ``convert`` command says it, so a PACS never lists the export as the acquired series; the writers
+    add a synthetic one's marking),
     and beside a synthetic one its provenance (``NAME.json``: model, route, settings, warnings); with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified. Never
     over the files it was read or made from (a DICOM series export into the source series' folder
     would replace the acquired scan)."""
@@ -74,7 +76,8 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     record = doc.volume.provenance
     if record:
         check_sidecar(path)
-    written = io.save(doc.volume, path, description=record.get("Summary", doc.title), anonymise=anonymiser or False,
+    described = record.get("Summary") or (doc.title if doc.volume.synthetic else f"converted from {doc.title}")
+    written = io.save(doc.volume, path, description=described, anonymise=anonymiser or False,
                       progress=progress, cancel=cancel)
     if record:
         write_sidecar(path, record, anonymised=bool(anonymiser))
