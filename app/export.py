@@ -51,9 +51,10 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
         return f"{proposed_name(doc)}_anonymised"
     if not doc.synthetic:
         source = Path(doc.volume.source).name if doc.volume.source else ""
-        if source and doc.title.startswith(source):         # a file's: its name without its suffixes
+        if source and doc.volume.name == source:            # a file's: its name without its suffixes
             return source.split(".")[0] or "volume"
-        return re.sub(r'[\\/:*?"<>|]+', "_", doc.title).strip(" ._") or "volume"   # a series': its whole name
+        # a series': its whole name, made a file name (a dot would read as a suffix: 3.0mm → 3_0mm)
+        return re.sub(r'[\\/:*?"<>|.]+', "_", doc.title).strip(" _") or "volume"
     made_from = f"_from_{volume.derived_from}" if volume.derived_from else ""
     number = f"_{doc.ordinal}" if doc.ordinal > 1 else ""
     return f"{volume.modality or 'volume'}_synthetic{made_from}{number}"

@@ -105,12 +105,18 @@ class SliceInfo:
     decay_factor: str = ""              # a PET image's DecayFactor (per image: bed positions differ)
     identity: tuple[str, str, str] = ("", "", "")   # PatientID, StudyInstanceUID, FrameOfReferenceUID
     description: str = ""               # SeriesDescription
+    timing: tuple[str, str, str] = ("", "", "")     # this image's RepetitionTime, EchoTime, InversionTime
 
     @property
     def tags_key(self) -> tuple[str, ...]:
-        """Which series-level tags this image shares: a UID can hold several patients', descriptions'
-        or echoes' images (a broken anonymiser, a localizer filed in its series, a dual echo's TEs)."""
-        return (self.series_uid, *self.identity, self.description, self.always_split[0])
+        """Which series-level tags this image shares: a UID can hold several patients', descriptions',
+        echoes' or timings' images (a broken anonymiser, a localizer filed in its series, a dual echo's
+        TEs with or without EchoNumbers, an MP2RAGE's inversions)."""
+        return (self.series_uid, *self.identity, self.description, self.always_split[0], *self.timing)
+
+    def timing_tags(self) -> dict[str, str]:
+        """The timing this image states, as series tags (its own echo's TE, not the first file's)."""
+        return {k: v for k, v in zip(("RepetitionTime", "EchoTime", "InversionTime"), self.timing) if v}
 
     @property
     def orientation(self) -> tuple[float, ...]:
@@ -510,6 +516,7 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
                      text(ds.get("TriggerTime")), text(ds.get("DiffusionBValue"))),
         slope=slope, intercept=intercept, acquired=acquired, frames_in_file=n_frames, notes=tuple(checked.notes),
         decay_factor=text(ds.get("DecayFactor")),
+        timing=(text(ds.get("RepetitionTime")), text(ds.get("EchoTime")), text(ds.get("InversionTime"))),
     )
     if n_frames == 1:
         return [SliceInfo(frame=None, **base)]
@@ -552,6 +559,8 @@ def _enhanced_frame(ds: Dataset, i: int, n_frames: int, common: dict[str, Any]) 
         extra_split=(text(diffusion.get("DiffusionBValue")),),
         slope=slope, intercept=intercept, acquired=text(content.get("FrameAcquisitionDateTime")),
         frames_in_file=n_frames, notes=tuple(checked.notes),
+        timing=(text(item("MRTimingAndRelatedParametersSequence").get("RepetitionTime")),
+                text(echo.get("EffectiveEchoTime")), ""),
     )
 
 
@@ -668,8 +677,11 @@ def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
         result.skipped.append(Skipped(str(path), f"the same image (SOPInstanceUID) as {other}; ignored",
                                       not_an_image=True))
         return
-    if first.tags_key not in result.series_tags:
-        result.series_tags[first.tags_key] = series_tags(ds)
+    shared: dict[str, str] | None = None
+    for s in slices:                    # one tag set per patient, description, echo, timing in the file
+        if s.tags_key not in result.series_tags:
+            shared = shared if shared is not None else series_tags(ds)
+            result.series_tags[s.tags_key] = {**shared, **s.timing_tags()}
     for s in slices:
         if s.sop_uid:
             seen_images[(s.sop_uid, s.frame)] = str(path)

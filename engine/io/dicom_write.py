@@ -313,13 +313,13 @@ def _geometry(ds: Dataset, volume: Volume) -> None:
 
 
 def _source_number(volume: Volume, keyword: str) -> float | None:
-    """The source series' ``keyword`` (SliceThickness, KVP) as a positive number; None when absent or
-    not one (a KVP of "120kV" is dropped, not written)."""
+    """The source series' ``keyword`` (SliceThickness, KVP, an MR's TR / TE) as a positive number;
+    None when absent or not one (a KVP of "120kV" or a TE of "15,25" is dropped, not written)."""
     try:
         value = float((volume.dicom or {}).get(keyword) or "nan")
     except (TypeError, ValueError):
         return None
-    return value if 0.0 < value < 1e4 else None
+    return value if 0.0 < value < 1e6 else None
 
 
 def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
@@ -357,21 +357,9 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.KVP = "" if kvp is None else format_number_as_ds(kvp)
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
-        acquired = {} if volume.synthetic else {k: v for k, v in (volume.dicom or {}).items() if v}
-        if acquired.get("ScanningSequence"):    # a converted scan keeps its sequence and timing
-            for keyword in MR_ACQUISITION:
-                setattr(ds, keyword, acquired.get(keyword, ""))
-            for keyword in ("InversionTime", "FlipAngle", "MagneticFieldStrength"):
-                if acquired.get(keyword):
-                    setattr(ds, keyword, acquired[keyword])
-        else:
-            ds.ScanningSequence = "RM"          # research mode: no acquisition made these values
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = ""
-            ds.EchoTime = ""
-            ds.RepetitionTime = ""             # type 2C: required unless an EP or SK sequence
-            ds.EchoTrainLength = ""
+        acquired = {} if volume.synthetic else mr_acquisition(volume)
+        for keyword, value in (acquired or RESEARCH_MODE).items():   # a converted scan keeps its sequence
+            setattr(ds, keyword, value)
     elif encoding.sop_class == PET_IMAGE:
         ds.Units = pet_units(volume.unit)
         if ds.Units == "GML":
@@ -404,9 +392,37 @@ def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
         ds.PatientOrientation = ""          # type 2C; the geometry is in ImageOrientationPatient
 
 
-# The MR Image module's acquisition attributes of type 1 and 2, kept from a converted scan
-MR_ACQUISITION = ("ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "EchoTime",
-                  "RepetitionTime", "EchoTrainLength")
+# The MR Image module of a series no acquisition made (a synthetic; a source whose sequence is unusable)
+RESEARCH_MODE = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
+                 "EchoTime": "", "RepetitionTime": "", "EchoTrainLength": ""}   # TR: type 2C, unless EP or SK
+SCANNING_SEQUENCES = {"SE", "IR", "GR", "EP", "RM"}
+SEQUENCE_VARIANTS = {"SK", "MTC", "SS", "TRSS", "SP", "MP", "OSP", "NONE"}
+
+
+def mr_acquisition(volume: Volume) -> dict[str, str]:
+    """The MR Image module's acquisition attributes of a converted scan, from its source's tags as
+    valid values (numbers rewritten as DS / IS, unknown terms dropped); empty when the source's
+    ScanningSequence is missing or not the standard's (the export then says research mode)."""
+    source = volume.dicom or {}
+    sequence = [v.strip().upper() for v in source.get("ScanningSequence", "").split("\\") if v.strip()]
+    if not sequence or not set(sequence) <= SCANNING_SEQUENCES:
+        return {}
+    variant = [v.strip().upper() for v in source.get("SequenceVariant", "").split("\\") if v.strip()]
+    train = _source_number(volume, "EchoTrainLength")
+    out = {"ScanningSequence": "\\".join(sequence),
+           "SequenceVariant": "\\".join(variant) if variant and set(variant) <= SEQUENCE_VARIANTS else "NONE",
+           "ScanOptions": source.get("ScanOptions", ""), "MRAcquisitionType": _term(source, "MRAcquisitionType", {"2D", "3D"}),
+           "EchoTrainLength": str(int(train)) if train is not None and train.is_integer() else ""}
+    for keyword in ("EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "MagneticFieldStrength"):
+        number = _source_number(volume, keyword)
+        if number is not None or keyword in ("EchoTime", "RepetitionTime") or (keyword == "InversionTime" and "IR" in sequence):
+            out[keyword] = "" if number is None else format_number_as_ds(number)   # type 2 (TI: 2C with IR)
+    return out
+
+
+def _term(source: dict[str, str], keyword: str, allowed: set[str]) -> str:
+    value = source.get(keyword, "").strip().upper()
+    return value if value in allowed else ""
 # PET Units (0054,1001) for the units the reader gives a PET volume
 PET_UNITS = {"SUVbw": "GML", "Bq/ml": "BQML", "counts": "CNTS"}
 

@@ -4,6 +4,7 @@ scanner or standard space), one grid, one subject by file name (BIDS entities, o
 layout's folder of files named by their modality)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from engine import modalities
@@ -71,7 +72,8 @@ def different_worlds(a: str, b: str) -> bool:
 
 def _subject_of_file(path: str) -> tuple[str, ...] | None:
     """The subject a file's name and place give: a BIDS image's ``sub-`` and ``ses-`` entities within
-    its dataset (the folder above its ``sub-`` folder; every dataset has a ``sub-01``), or the folder of
+    its dataset (the folder above its ``sub-`` folder, or above ``derivatives/``, whose labels are the raw
+    data's; every dataset has a ``sub-01``), or the folder of
     a file named by its modality (the paired layout: one subject per folder)."""
     if not path:
         return None
@@ -80,9 +82,11 @@ def _subject_of_file(path: str) -> tuple[str, ...] | None:
     keys = tuple(e for e in entities if e.startswith(("sub-", "ses-")))
     subject = next((k for k in keys if k.startswith("sub-")), "")
     if subject:                 # labels are unique within one dataset only: its root is part of the subject
-        where = file.resolve().parent
+        where = Path(os.path.abspath(path)).parent          # not the file's link: datalad's point into .git/annex
         root = next((p.parent for p in (where, *where.parents) if p.name == subject), where)
-        return ("bids", str(root), *keys)
+        if root.parent.name == "derivatives" or root.parent.parent.name == "derivatives":
+            root = next(p.parent for p in root.parents if p.name == "derivatives")   # a derivative: its raw data's
+        return ("bids", str(root.resolve()), *keys)
     return ("folder", str(file.parent.resolve())) if not entities and _is_modality(stem) else None
 
 

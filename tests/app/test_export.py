@@ -94,7 +94,9 @@ def test_export_proposes_a_name_that_says_what_it_is(qtbot, window, tmp_path, mo
     assert [proposed_name(d) for d in made] == ["T2_synthetic_from_CT", "T2_synthetic_from_CT_2"]
     assert proposed_name(source) == "CT"
     series = window.workspace.add(source.volume.replace(name="T1/SE sag 3.0mm [echo 2]", source="/data/MRI"))
-    assert proposed_name(series) == "T1_SE sag 3.0mm [echo 2]"          # a series' whole name, no folder cut
+    assert proposed_name(series) == "T1_SE sag 3_0mm [echo 2]"          # a series' whole name, no folder cut
+    in_its_modality_folder = window.workspace.add(source.volume.replace(name="CT Abdomen 5.0mm", source="/data/CT"))
+    assert proposed_name(in_its_modality_folder) == "CT Abdomen 5_0mm"
     asked = []
 
     def answer(_parent, _title, start, _filters):

@@ -481,17 +481,50 @@ def test_a_localizer_filed_in_its_series_keeps_its_own_description(tmp_path):
     assert entries[4].description.startswith("fixture series [")
 
 
-def test_the_echoes_of_a_dual_echo_series_are_each_named_by_their_own_echo_time(tmp_path):
-    """"PD+T2 dual echo": echo 1 (TE 15 ms) is the PD, echo 2 (TE 90 ms) the T2 (each part reads its own
-    echo's tags, where both had read the first file's)."""
+@pytest.mark.parametrize("numbered", [True, False])
+def test_the_echoes_of_a_dual_echo_series_are_each_named_by_their_own_echo_time(tmp_path, numbered):
+    """"PD+T2 dual echo": echo 1 (TE 15 ms) is the PD, echo 2 (TE 90 ms) the T2, with or without
+    EchoNumbers (each part reads its own echo's tags, where both had read the first file's), and each
+    converted echo states its own TE."""
     data = anatomical()[:4]
     series = one_series()
     for echo, te in ((1, "15"), (2, "90")):
         write_series(tmp_path / "s", data, **series, seed=echo, shared={
-            "EchoNumbers": echo, "EchoTime": te, "RepetitionTime": "3000", "SeriesDescription": "PD+T2 dual echo"})
+            **({"EchoNumbers": echo} if numbered else {}), "EchoTime": te, "RepetitionTime": "3000",
+            "SeriesDescription": "PD+T2 dual echo", "ScanningSequence": "SE", "SequenceVariant": "SK"})
     entries = sorted(io.scan(tmp_path / "s").entries, key=lambda e: e.key)
     assert [e.modality for e in entries] == ["PD", "T2"]
-    assert ["[echo 1]" in entries[0].description, "[echo 2]" in entries[1].description] == [True, True]
+    written = [pydicom.dcmread(next(io.save(e.load(), tmp_path / f"e{i}").iterdir())) for i, e in enumerate(entries)]
+    assert [float(ds.EchoTime) for ds in written] == [15.0, 90.0]
+
+
+def test_each_echo_of_an_enhanced_multi_echo_file_keeps_the_series_identity_and_its_own_te(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(DATA_STORE / "emri_small.dcm")
+    frames = ds.pixel_array
+    ds.NumberOfFrames, ds.SeriesDescription, ds.PatientID = 10, "PD+T2 dual echo", "P-7"
+    shared = Dataset()
+    for keyword, attribute, value in (("PlaneOrientationSequence", "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]),
+                                      ("PixelMeasuresSequence", "PixelSpacing", [0.5, 0.5]),
+                                      ("MRTimingAndRelatedParametersSequence", "RepetitionTime", 3000)):
+        item = Dataset()
+        setattr(item, attribute, value)
+        setattr(shared, keyword, Sequence([item]))
+    per_frame = []
+    for k in range(10):
+        position, echo, frame = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [0, 0, 3 * (k % 5)]
+        echo.EffectiveEchoTime = 15 if k < 5 else 90
+        frame.PlanePositionSequence, frame.MREchoSequence = Sequence([position]), Sequence([echo])
+        per_frame.append(frame)
+    ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = Sequence([shared]), Sequence(per_frame)
+    ds.PixelData = np.ascontiguousarray(frames.astype("<u2")).tobytes()
+    ds.save_as(tmp_path / "e.dcm")
+    entries = sorted(io.scan(tmp_path / "e.dcm").entries, key=lambda e: e.key)
+    assert [e.modality for e in entries] == ["PD", "T2"]          # the second echo had lost every series tag
+    assert all(e.load().dicom["PatientID"] == "P-7" and e.load().dicom["Modality"] == "MR" for e in entries)
 
 
 def test_converting_one_echo_of_a_split_series_says_which_in_the_output(tmp_path, capsys):

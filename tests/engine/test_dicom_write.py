@@ -402,6 +402,20 @@ def test_a_converted_mr_keeps_its_sequence_and_timing_and_a_synthetic_one_says_r
     assert synthetic.ScanningSequence == "RM" and not synthetic.EchoTime and "FlipAngle" not in synthetic
 
 
+@pytest.mark.parametrize("tags, expected", [
+    ({"EchoTime": "15,25", "MagneticFieldStrength": "1.5T"}, {"EchoTime": "", "MagneticFieldStrength": None}),
+    ({"EchoTime": "4.67999982833862345", "EchoTrainLength": "4.5"}, {"EchoTime": "4.67999982833862", "EchoTrainLength": ""}),
+    ({"SequenceVariant": "", "ScanningSequence": "SE\\IR"}, {"SequenceVariant": "NONE", "InversionTime": ""}),
+    ({"ScanningSequence": "XX"}, {"ScanningSequence": "RM", "EchoTime": ""}),
+    ({"RepetitionTime": "11000"}, {"RepetitionTime": "11000.0"}),
+])
+def test_a_converted_mr_s_odd_header_values_are_made_valid_or_dropped_never_an_export_error(tmp_path, tags, expected):
+    mr = io.load(PYDICOM_FILES / "MR_small.dcm")
+    out = io.save(mr.replace(dicom={**mr.dicom, **tags}), tmp_path / "out")
+    written = pydicom.dcmread(next(out.iterdir()))
+    assert {k: (str(written[k].value or "") if k in written else None) for k in expected} == expected
+
+
 def test_a_tube_voltage_that_is_no_number_is_dropped_not_an_export_error(tmp_path):
     ct = io.load(PYDICOM_FILES / "CT_small.dcm")
     io.save(ct.replace(dicom={**ct.dicom, "KVP": "120kV"}), tmp_path / "out")

@@ -67,6 +67,8 @@ def test_kinship_by_file_names(tmp_path):
     assert kinship(nifti("sub-01/anat/sub-01_T1w.nii.gz"), nifti("sub-02/anat/sub-02_T2w.nii.gz", shifted)) == 0
     assert kinship(nifti("ds001/sub-01/anat/sub-01_T1w.nii.gz"),        # every dataset has its own sub-01
                    nifti("ds002/sub-01/anat/sub-01_T2w.nii.gz", shifted)) == 0
+    assert kinship(nifti("ds001/derivatives/prep/sub-01/anat/sub-01_desc-brain_T1w.nii.gz"),   # its raw data's
+                   nifti("ds001/sub-01/anat/sub-01_T2w.nii.gz", shifted)) == 2
     assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_003/T2.nii.gz", shifted)) == 2   # the paired layout
     assert kinship(nifti("pat_7/cbct.nii.gz"), nifti("pat_7/ct.nii.gz", shifted)) == 2
     assert kinship(nifti("brain_003/T1.nii.gz"), nifti("brain_004/T2.nii.gz", shifted)) == 0
@@ -113,3 +115,16 @@ def test_coordinates_in_a_standard_space_are_not_a_scanners():
     aligned = scanner.replace(space="aligned")                      # FLIRT's output in the scan's coordinates
     assert identity_warnings(aligned, scanner) == [] and kinship(aligned, scanner) == 2
     assert identity_warnings(mni, mni.replace(source="")) == []
+
+
+def test_kinship_of_a_datalad_dataset_s_files_follows_their_place_not_their_annexed_content(tmp_path):
+    annex = tmp_path / "ds" / ".git" / "annex" / "objects"
+    names = []
+    for name in ("sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"):
+        (annex / name).mkdir(parents=True)
+        (annex / name / name).write_bytes(b"0")
+        link = tmp_path / "ds" / "sub-01" / "anat" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(annex / name / name)
+        names.append(str(link))
+    assert kinship(scan(source=names[0]), scan(source=names[1], origin=(7.0, 0.0, 0.0))) == 2
