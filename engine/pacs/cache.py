@@ -1,4 +1,5 @@
-"""The local cache of retrieved instances: ``ROOT/STUDY_UID/SERIES_UID/SOP_INSTANCE_UID.dcm``.
+"""The local cache of retrieved instances: ``ROOT/SERVER_STUDY_UID/SERIES_UID/SOP_INSTANCE_UID.dcm``
+(each server's apart: :meth:`Cache.of_server`).
 The root is the user's alone (0o700: instances hold patient data) and always a folder this code
 creates: the app's own (``pacs`` in its cache folder) or a ``synermedgen-pacs`` subfolder of a
 folder the user names (``--cache DIR``, ``$SYNERMEDGEN_PACS_CACHE``), whose permissions are never
@@ -12,6 +13,7 @@ keeps the cache under its size limit (default 20 GiB), removing the series used 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import re
@@ -62,6 +64,15 @@ class Cache:
     def __init__(self, folder: str | Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
         self.root = Path(folder) / SUBFOLDER if folder else default_root()
         self.limit_bytes = limit_bytes
+        self.prefix = ""                     # whose instances (:meth:`of_server`)
+
+    def of_server(self, key: str) -> Cache:
+        """This cache as it holds one server's instances: two servers may hold different images under
+        the same UIDs (a test PACS beside the clinical one, a UID generator reused), so each server's
+        are filed apart (``ROOT/SERVERHASH_STUDY/SERIES``); the size limit is the whole cache's."""
+        view = copy.copy(self)
+        view.prefix = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12] + "_"
+        return view
 
     def ensure(self) -> Path:
         """Create the root (0o700); one that exists must be a folder of this user's that others
@@ -80,7 +91,7 @@ class Cache:
         return self.root
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
-        return self.root / file_name(study_uid) / file_name(series_uid)
+        return self.root / f"{self.prefix}{file_name(study_uid)}" / file_name(series_uid)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.series_dir(study_uid, series_uid) / f"{file_name(sop_uid)}{SUFFIX}"

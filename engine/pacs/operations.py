@@ -51,7 +51,7 @@ def retrieve(server: Server, study_uid: str, series_uids: list[str] | None = Non
     their folders, ready for the DICOM scanner. Instances already cached are not fetched again;
     the cache is pruned to its size limit before and after (these series kept)."""
     method = method_of(server, method)
-    cache = cache or Cache()
+    cache = (cache or Cache()).of_server(server.data_key)
     if not series_uids:
         found = find(server, Query(level="series", study_uid=study_uid), cancel)
         series_uids = [m.series_uid for m in found if m.series_uid]

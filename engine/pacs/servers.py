@@ -50,6 +50,12 @@ class Server:
     token: str = field(default="", repr=False)
     timeout_s: float = 30.0
 
+    @property
+    def data_key(self) -> str:
+        """What names whose images a retrieve gets: the DICOMweb URL, else the called AE at its address
+        (not the name the user gave it, which may be renamed or reused)."""
+        return self.url.rstrip("/") if self.url else f"{self.ae_title}@{self.host}:{self.port}"
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError("a PACS server needs a name")

@@ -120,7 +120,7 @@ def test_a_cancelled_retrieve_leaves_whole_instances_and_resumes(pacs, tmp_path,
         retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=cancel_halfway,
                  cancel=token)
     assert isinstance(raised.value, Cancelled) and server.name in str(raised.value)
-    kept = cache.cached(match.study_uid, match.series_uid)
+    kept = cache.of_server(server.data_key).cached(match.study_uid, match.series_uid)
     assert 0 < len(kept) < match.instances and not _parts(cache.root)
     resumed = []
     [folder] = retrieve(server, match.study_uid, [match.series_uid], cache, method=method, progress=resumed.append)

@@ -116,6 +116,29 @@ def test_the_cache_is_private_names_files_by_uid_and_keeps_within_its_limit(tmp_
     assert cache.cached("1.2", "1.2.0") and cache.cached("1.2", "1.2.2")
 
 
+def test_two_servers_images_under_one_uid_are_cached_apart_and_retrieved_from_the_one_asked(tmp_path, monkeypatch):
+    """A test PACS beside the clinical one may hold another patient's images under the same UIDs: a
+    retrieve from B had found A's cached instances 'already received' and returned A's patient."""
+    from engine.pacs import dimse, operations
+
+    cache = Cache(tmp_path / "cache", limit_bytes=10_000)
+    a_server = Server("A", ae_title="ORTHANC", host="pacs-a", port=4242)
+    b_server = Server("B", ae_title="ORTHANC", host="pacs-b", port=4242)
+    a, b = cache.of_server(a_server.data_key), cache.of_server(b_server.data_key)
+    cache.ensure()
+    with a.receiving("1.2", "1.2.3"):
+        a.write("1.2", "1.2.3", "1.2.3.1", b"alice" * 10)
+    assert a.cached("1.2", "1.2.3") == {"1.2.3.1"} and b.cached("1.2", "1.2.3") == set()
+    assert cache.of_server(Server("A renamed", ae_title="ORTHANC", host="pacs-a", port=4242).data_key).cached(
+        "1.2", "1.2.3") == {"1.2.3.1"}                                  # the server's data, not its name
+    asked = []
+    monkeypatch.setattr(dimse, "get", lambda server, study, series, view, *_: asked.append(view) or
+                        view.series_dir(study, series))
+    [folder] = operations.retrieve(b_server, "1.2", ["1.2.3"], cache=cache, method="get")
+    assert folder == b.series_dir("1.2", "1.2.3") != a.series_dir("1.2", "1.2.3")
+    assert cache.prune() == [] and len(cache._series()) == 1            # one limit over every server's series
+
+
 def test_a_series_is_received_with_one_listing_and_one_folder_flush(tmp_path, monkeypatch):
     """Each instance is atomic and flushed, but the series folder is tidied and flushed once per
     retrieve, not once per instance (a 2000-slice CT, a cache on NFS); a killed retrieve's .part goes."""
@@ -153,7 +176,8 @@ def test_a_retrieve_prunes_an_over_full_cache_before_it_fetches(tmp_path, monkey
     the series about to be retrieved (here half cached) stays."""
     from engine.pacs import operations
 
-    cache = Cache(tmp_path, limit_bytes=1000)
+    whole = Cache(tmp_path, limit_bytes=1000)
+    cache = whole.of_server(DIMSE.data_key)                                  # as the retrieve files DIMSE's
     with cache.receiving("1.2", "1.2.1"):
         cache.write("1.2", "1.2.1", "1.2.1.1", b"x" * 800)
     with cache.receiving("1.2", "1.2.2"):
@@ -166,7 +190,7 @@ def test_a_retrieve_prunes_an_over_full_cache_before_it_fetches(tmp_path, monkey
         return cache.touch(study_uid, series_uid)
 
     monkeypatch.setattr(operations.dimse, "get", fetch)
-    operations.retrieve(DIMSE, "1.2", ["1.2.2"], cache, method="get")
+    operations.retrieve(DIMSE, "1.2", ["1.2.2"], whole, method="get")
     assert seen == [(set(), {"1.2.2.1"})]
 
 
