@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -217,10 +218,10 @@ def _told_apart(items: list[CohortItem]) -> list[CohortItem]:
 
     names: dict[str, int] = {}
     for item in items:
-        names[os.path.normcase(item.output)] = names.get(os.path.normcase(item.output), 0) + 1
+        names[output_key(item.output)] = names.get(output_key(item.output), 0) + 1
     out = []
     for item in items:
-        if names[os.path.normcase(item.output)] > 1:
+        if names[output_key(item.output)] > 1:
             item = replace(item, output=_tagged(item.output, hashlib.sha1(item.key.encode()).hexdigest()[:6]))
         out.append(item)
     return out
@@ -248,6 +249,7 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
     if "target" not in columns and target is None:
         raise ValueError(f"{path}: no target column and no --target")
     items = []
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         given = row.get("input", "")
         where = f"{path}, line {line}"
@@ -268,11 +270,18 @@ def csv_items(path: Path, target: str | None, source: str | None) -> list[Cohort
         series = row.get("series") or None
         named = f"{given or f'line {line}'}{f'#{series}' if series else ''}"   # one folder, several series
         key = f"{named} → {row_target or '?'}"
+        repeated = first_line.get(key)              # one output per input and target: never dropped unsaid
+        first_line.setdefault(key, line)
+        if repeated is not None:
+            key = f"{key} (line {line})"
         mirrored = mirrored_output(where_in, row_target or "unknown")
         output = row.get("output") or (_tagged(mirrored, series.replace(".", "-")) if series else mirrored)
+        output = Path(output).as_posix() if output else output      # ./a and a, a//b and a/b: one file
         if not error and not _inside_out(output):
             error = (f"{where}: the output {output!r} must be a path inside the output folder (relative, without "
                      "'..'), so a row cannot write over another file")
+        if not error and repeated is not None:
+            error = f"{where}: repeats line {repeated}'s input and target ({named} → {row_target})"
         items.append(CohortItem(key=key, path=str(full), target=row_target, output=output, source=row_source,
                                 series=series, files=tuple(input_files(full)), error=error))
     return items
@@ -285,10 +294,23 @@ def _inside_out(output: str) -> bool:
 
 
 def input_files(path: Path) -> list[str]:
-    """The files of an input: itself, or every file under a folder (sorted)."""
+    """The files of an input: itself with the data file its header names (``.mhd`` / ``.nhdr`` +
+    ``.raw``), or every file under a folder (sorted)."""
+    from engine.io import data_files
+
     if path.is_dir():
         return sorted(str(Path(r) / n) for r, _d, names in os.walk(path) for n in names)
-    return [str(path)] if path.exists() else []
+    return [str(p) for p in data_files(path)] if path.exists() else []
+
+
+def output_key(output: str) -> str:
+    """What two outputs must not share: the files an output makes, its provenance sidecar included
+    (``a.nii`` and ``a.nii.gz`` share ``a.json``; a DICOM folder ``a`` and ``a.mha`` too), as the
+    file system compares names (case-insensitively on Windows and macOS)."""
+    from engine.inference.sidecar import sidecar_path
+
+    key = os.path.normcase(os.path.normpath(str(sidecar_path(output))))
+    return key.casefold() if sys.platform == "darwin" else key
 
 
 def unique_outputs(items: Iterable[CohortItem]) -> tuple[CohortItem, ...]:
@@ -304,10 +326,11 @@ def unique_outputs(items: Iterable[CohortItem]) -> tuple[CohortItem, ...]:
         if item.not_applicable:                   # writes nothing: takes no name
             out.append(item)
             continue
-        taken = seen.get(os.path.normcase(item.output))
+        taken = seen.get(output_key(item.output))
         if taken is not None and not item.error:
-            item = replace(item, error=f"{item.path}: its output {item.output} is already written for {taken}")
+            item = replace(item, error=f"{item.path}: its output {item.output} (or its provenance file) is already "
+                                       f"written for {taken}")
         elif not item.error:
-            seen[os.path.normcase(item.output)] = item.key
+            seen[output_key(item.output)] = item.key
         out.append(item)
     return tuple(out)

@@ -74,11 +74,24 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
 
 
 def _write(result, description: str, provenance: dict, path: Path) -> None:
+    """The output, then its provenance; an earlier run's provenance goes first, so a write cut short
+    never leaves a new output described by an old sidecar."""
     import engine.io as io
-    from engine.inference import write_sidecar
+    from engine.inference import check_sidecar, sidecar_path, write_sidecar
 
+    check_sidecar(path)                             # never a JSON this app did not write
+    sidecar_path(path).unlink(missing_ok=True)
     io.save(result, path, description=description)
     write_sidecar(path, provenance)
+
+
+def earlier_output(out: Path, item: CohortItem) -> str:
+    """What a failed item says of the output an earlier run left at its name ("" when none)."""
+    left = out / item.output
+    if not item.output or not left.exists():
+        return ""
+    return (f"; {item.output} is still the earlier run's output, made from the input as it was then (its "
+            "provenance says how)")
 
 
 def run_cohort(cohort: Cohort, synth, out: str | Path, settings, *, identity: Mapping[str, Any],
@@ -148,7 +161,8 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
             except ValueError as exc:
                 item = replace(item, error=str(exc))
         if item.error:
-            record(item, "failed", output=item.output, seconds=0.0, error=item.error, **fingerprint)
+            record(item, "failed", output=item.output, seconds=0.0, error=item.error + earlier_output(out, item),
+                   **fingerprint)
         elif item.not_applicable:
             record(item, "not-applicable", output="", seconds=0.0, error=item.not_applicable, **fingerprint)
         elif manifest.finished(previous.get(item.key), fingerprint, out, item.output):
@@ -180,7 +194,7 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
                     raise
                 except Exception as exc:            # noqa: BLE001 — one bad input must not stop the cohort
                     record(item, "failed", output=item.output, seconds=round(time.perf_counter() - begun, 3),
-                           error=one_line(exc), **fingerprint)
+                           error=one_line(exc) + earlier_output(out, item), **fingerprint)
                     continue
                 record(item, "done", output=item.output, seconds=round(time.perf_counter() - begun, 3), error="",
                        route=provenance["Route"], slices=int(slices[0]), batch_size=synth.last_batch_size,

@@ -121,6 +121,15 @@ def _gzip_holds(path: Path, n_bytes: int) -> bool:
 Layout = tuple[Path, int, str, "int | None"]
 
 
+def data_files(path: str | Path) -> tuple[Path, ...]:
+    """A volume file and the file its header keeps the voxels in when it is another (a ``.mhd`` or
+    ``.nhdr`` beside its ``.raw``): what a change of the volume changes."""
+    path = Path(path)
+    layout = _layout(path)
+    data = layout[0] if layout is not None else path
+    return (path, data) if data != path and data.is_file() else (path,)
+
+
 def _layout(path: Path) -> Layout | None:
     """(file holding the voxels, where they start, how: "none", "gzip-file" (the whole file is
     gzip; the offset counts unpacked bytes) or "deflate" (compressed bytes from the offset), the

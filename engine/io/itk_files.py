@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.atomic import atomic_file
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
-from engine.io.data_size import check_complete, check_voxel_data
+from engine.io.data_size import check_complete, check_voxel_data, data_files
 from engine.io.errors import VolumeIOError, special_file
 from engine.io.header_check import HeaderFacts, check_header
 from engine.io.reader_process import native
@@ -342,7 +342,7 @@ def _scan_itk(name: str) -> SeriesEntry:
     entry = SeriesEntry(
         key=str(path),
         kind=file_kind(path) or "image",
-        paths=(str(path),),
+        paths=tuple(str(p) for p in data_files(path)),      # a .mhd's .raw too: changing it changes the volume
         description=path.name,
         modality=modality,
         shape_zyx=shape_zyx,

@@ -504,6 +504,59 @@ def test_a_volume_that_is_no_input_is_listed_as_not_applicable_saying_why(model,
     assert summary(capsys)["not_applicable"] == 2
 
 
+def test_csv_rows_whose_outputs_are_one_file_or_share_a_sidecar_or_repeat_a_row_fail_saying_so(
+        model, tmp_path, capsys, one_torch_thread):
+    """./sct/a and sct/a are one file; c.nii and c.nii.gz one c.json; a row repeating another's input and
+    target is no second output: each had been written over another row's or dropped, every row 'done'."""
+    for k in range(6):
+        io.save(head("T1", k), tmp_path / f"p{k}.nii.gz")
+    rows = ["input,target,source,output", "p0.nii.gz,T2,T1,./sct/a.nii.gz", "p1.nii.gz,T2,T1,sct/a.nii.gz",
+            "p2.nii.gz,T2,T1,sct/c.nii", "p3.nii.gz,T2,T1,sct/c.nii.gz", "p4.nii.gz,T2,T1,sct//e.nii.gz",
+            "p4.nii.gz,T2,T1,sct/f.nii.gz"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
+    status = {k: (r["status"], r["error"]) for k, r in records(out).items()}
+    assert [status[f"p{k}.nii.gz → T2"][0] for k in (0, 2, 4)] == ["done"] * 3
+    assert "already written for p0.nii.gz → T2" in status["p1.nii.gz → T2"][1]
+    assert "(or its provenance file) is already written for p2.nii.gz → T2" in status["p3.nii.gz → T2"][1]
+    assert "repeats line 6's input and target" in status["p4.nii.gz → T2 (line 7)"][1]
+    assert json.loads((out / "sct" / "a.json").read_text())["SourceFile"] == "p0.nii.gz"
+    assert (out / "sct" / "e.nii.gz").exists() and not (out / "sct" / "f.nii.gz").exists()
+
+
+def test_a_rerun_redoes_an_item_whose_detached_voxel_file_changed(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.mha")
+    header = (tmp_path / "in" / "a.mha")
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.ReadImage(str(header)), str(tmp_path / "in" / "a_T1.mhd"))   # a.mhd + a_T1.raw / .zraw
+    header.unlink()
+    out = tmp_path / "out"
+    args = (str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out))
+    assert cohort(model, *args) == 0
+    data = next(p for p in (tmp_path / "in").iterdir() if p.suffix in (".raw", ".zraw"))
+    sitk.WriteImage(sitk.GetImageFromArray(head("T1", 2).array), str(tmp_path / "other.mhd"))
+    replaced = next(p for p in tmp_path.iterdir() if p.suffix in (".raw", ".zraw"))
+    data.write_bytes(replaced.read_bytes())                           # another scan's voxels, the header untouched
+    capsys.readouterr()
+    assert cohort(model, *args) == 0
+    assert summary(capsys)["succeeded"] == 1                           # not skipped as unchanged
+
+
+def test_an_item_failing_on_a_rerun_says_its_earlier_output_is_still_there(model, tmp_path, capsys, one_torch_thread):
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    io.save(head("T1", 2), tmp_path / "in" / "b.nii.gz")
+    out = tmp_path / "out"
+    args = (str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out))
+    assert cohort(model, *args) == 0
+    (tmp_path / "in" / "a.nii.gz").write_bytes(b"not a NIfTI any more")
+    assert cohort(model, *args) == 3
+    row = records(out)["a.nii.gz"]
+    assert row["status"] == "failed" and "is still the earlier run's output, made from the input as it was then" \
+        in row["error"]
+
+
 def test_the_series_column_tags_the_output_of_a_folder_named_after_a_uid(tmp_path):
     from engine.cohort.items import csv_items, unique_outputs
 
