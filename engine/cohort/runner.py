@@ -141,7 +141,7 @@ def _run_locked(cohort: Cohort, synth, out: Path, settings, identity: Mapping[st
     counts = {"done": 0, "skipped": 0, "failed": 0, "not-applicable": 0}
 
     def record(item: CohortItem, status: str, **fields) -> None:
-        rec = writer.write({"item": item.key, "status": status, "rank": ctx.rank, **fields})
+        rec = writer.write({"item": item.key, "status": status, "rank": ctx.rank, "model": synth.name, **fields})
         if status in counts:
             counts[status] += 1
         on_event({"event": "item", **rec})

@@ -518,6 +518,7 @@ def test_csv_rows_whose_outputs_are_one_file_or_share_a_sidecar_or_repeat_a_row_
     assert cohort(model, str(tmp_path / "list.csv"), "-o", str(out)) == 3
     status = {k: (r["status"], r["error"]) for k, r in records(out).items()}
     assert [status[f"p{k}.nii.gz → T2"][0] for k in (0, 2, 4)] == ["done"] * 3
+    assert {r["model"] for r in records(out).values()} == {"random-tiny"}      # which model each row's run used
     assert "already written for p0.nii.gz → T2" in status["p1.nii.gz → T2"][1]
     assert "(or its provenance file) is already written for p2.nii.gz → T2" in status["p3.nii.gz → T2"][1]
     assert "repeats line 6's input and target" in status["p4.nii.gz → T2 (line 7)"][1]
