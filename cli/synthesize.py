@@ -82,9 +82,11 @@ def reference_warnings(volume, reference, target: str) -> list[str]:
             *identity_warnings(volume, reference)]
 
 
-def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written) -> dict:
+def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written,
+                  warned: list[str]) -> dict:
     """The JSON's scores: the synthetic's and the do-nothing baseline's (the input histogram-matched to the
-    reference), only where the reference covers the output's grid, with warnings on stderr."""
+    reference), only where the reference covers the output's grid, with warnings on stderr; ``warned``:
+    the reference's warnings said before the work (:func:`reference_warnings`)."""
     from engine.evaluation import score_against, worse_than_baseline
 
     try:
@@ -103,7 +105,7 @@ def scored_report(result, reference, volume, target: str, axis: int, reference_p
     return {"metrics": scored.evaluation.to_dict(), "do_nothing": scored.baseline.to_dict(),
             "worse_than_doing_nothing": worse, "reference_synthetic": reference.synthetic,
             "reference_coverage": round(scored.coverage, 4),
-            "reference_warnings": reference_warnings(volume, reference, target)}
+            "reference_warnings": warned}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = io.load(args.input, series=args.series)
-    reference = None                                # a bad reference fails before the work
+    reference, warned = None, []                    # a bad reference fails before the work
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")
         try:
@@ -179,6 +181,6 @@ def run(args: argparse.Namespace) -> int:
         report["identified"] = identified
     if reference is not None:
         report.update(scored_report(result, reference, volume, target, plane_axis(result, settings.plane),
-                                    args.reference, written))
+                                    args.reference, written, warned))
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))
     return 0

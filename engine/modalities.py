@@ -48,10 +48,8 @@ def on_scale(name: str | None, unit: str | None) -> bool:
     """Whether values of modality ``name`` in ``unit`` are on its registry scale (HU for CT, SUVbw for
     PET, any for MR's arbitrary units; no unit stated: the modality's), where its fixed range, window
     and presets hold; a PET in Bq/ml or counts is not."""
-    if name is None or name not in MODALITIES:
-        return False
-    mod = MODALITIES[name]
-    return mod.family == "MR" or not unit or unit == mod.unit
+    mod = MODALITIES.get(name or "")
+    return mod is not None and (mod.family == "MR" or not unit or unit == mod.unit)
 
 
 def get(name: str) -> Modality:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,8 +161,8 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
     """One item per volume or DICOM series the ``info`` scanner finds under ``path`` (volumes marked
     synthetic and anything under ``exclude`` left out); beside the inputs, a volume of the target's
     modality, of another source than the one named or of one the model has no route from is an item
-    that is not applicable, saying why; a file the scanner could not read is an item that failed, with the scanner's reason, and one
-    that holds no image (an RT structure set, a report) is not applicable."""
+    that is not applicable, saying why; a file the scanner could not read is an item that failed, with
+    the scanner's reason, and one that holds no image (an RT structure set, a report) is not applicable."""
     import engine.io as io
 
     root = path if path.is_dir() else path.parent
@@ -216,12 +217,11 @@ def _told_apart(items: list[CohortItem]) -> list[CohortItem]:
     ``t1.nii`` beside ``t1.nii.gz``) each get a short, stable tag of their key before the suffix."""
     import hashlib
 
-    names: dict[str, int] = {}
-    for item in items:
-        names[output_key(item.output)] = names.get(output_key(item.output), 0) + 1
+    keys = [output_key(item.output) for item in items]
+    names = Counter(keys)
     out = []
-    for item in items:
-        if names[output_key(item.output)] > 1:
+    for item, key in zip(items, keys):
+        if names[key] > 1:
             item = replace(item, output=_tagged(item.output, hashlib.sha1(item.key.encode()).hexdigest()[:6]))
         out.append(item)
     return out

@@ -92,8 +92,7 @@ class Anonymiser:
         session, our own descriptors kept, private elements removed), then the method attributes."""
         from dicomanonymizer.simpledicomanonymizer import anonymize_dataset, keep
 
-        rules = {tag: self._replace_uid for tag in _uid_tags()}
-        rules.update(_date_rules(ds))
+        rules = self._rules(ds)
         rules.update({tag: keep for tag in OWN_DESCRIPTORS})
         rules[PATIENT_ID] = self._replace_patient_id
         anonymize_dataset(ds, rules, delete_private_tags=True, base_rules_gen=_profile)
@@ -113,10 +112,12 @@ class Anonymiser:
             if element.VR != "SQ":
                 continue
             for item in element.value:
-                rules = {tag: self._replace_uid for tag in _uid_tags()}
-                rules.update(_date_rules(item))
-                anonymize_dataset(item, rules, delete_private_tags=True, base_rules_gen=_profile)
+                anonymize_dataset(item, self._rules(item), delete_private_tags=True, base_rules_gen=_profile)
                 self._apply_nested(item)
+
+    def _rules(self, ds: Dataset) -> dict:
+        """The actions beyond the table's for ``ds``: UIDs mapped in this session, dates emptied or dummied."""
+        return {**{tag: self._replace_uid for tag in _uid_tags()}, **_date_rules(ds)}
 
     def _replace_uid(self, ds: Dataset, tag: tuple[int, int]) -> None:
         element = ds.get(tag)

@@ -143,10 +143,12 @@ def stack_geometry(iop: Sequence[float], ipps: Sequence[Sequence[float]],
                     notes.extend(uneven)
     shear: tuple[tuple[float, float], ...] = ()
     margin = (0, 0, 0, 0)
-    if n > 1 and sz > 0 and _tilt_angle(points[order], normal) >= TILT_DEGREES:
+    angle = _tilt_angle(points[order], normal) if n > 1 and sz > 0 else 0.0
+    if angle >= TILT_DEGREES:
         shear, margin = _shear(points[order], row, col, normal, sx, sy)
-        notes.append(_tilt_note(points[order], normal, shear, margin))
-        if max(abs(v) for offset in shear for v in offset) < TILT_CORRECTED_PX:
+        largest = max(abs(v) for offset in shear for v in offset)
+        notes.append(_tilt_note(points[order], normal, angle, largest, shear, margin))
+        if largest < TILT_CORRECTED_PX:
             shear, margin = (), (0, 0, 0, 0)        # kept as stored: the grid is the acquisition's
     direction = np.column_stack([row, col, normal])
     first = points[order[0]] - margin[0] * sx * row - margin[2] * sy * col
@@ -239,14 +241,15 @@ def _shear(points: np.ndarray, row: np.ndarray, col: np.ndarray, normal: np.ndar
     return tuple((float(x), float(y)) for x, y in zip(ox, oy)), margin
 
 
-def _tilt_note(points: np.ndarray, normal: np.ndarray, shear: tuple[tuple[float, float], ...],
-               margin: tuple[int, int, int, int]) -> str:
+def _tilt_note(points: np.ndarray, normal: np.ndarray, angle: float, largest: float,
+               shear: tuple[tuple[float, float], ...], margin: tuple[int, int, int, int]) -> str:
+    """What the tilt is (``angle``; ``largest``: the most any slice lies off the first's grid, pixels)
+    and what was done about it."""
     travel = points[-1] - points[0]
     shift = float(np.linalg.norm(travel - float(travel @ normal) * normal))
     whole = all(float(x).is_integer() and float(y).is_integer() for x, y in shear)
     how = "by whole pixels" if whole else "with linear interpolation"
-    largest = max(abs(v) for offset in shear for v in offset)
-    head = (f"gantry tilt (sheared stack): slice positions run at {_tilt_angle(points, normal):.2f}° to the slice "
+    head = (f"gantry tilt (sheared stack): slice positions run at {angle:.2f}° to the slice "
             f"normal ({shift / max(1, len(points) - 1):.3g} mm in-plane shift per slice, {shift:.3g} mm over the stack)")
     if largest < TILT_CORRECTED_PX:
         return (f"{head}; no slice lies half a pixel from the grid built on the first ({largest:.2f} pixel at most), "
@@ -275,7 +278,8 @@ def unshear(stack: np.ndarray, geometry: StackGeometry) -> np.ndarray:
 
 def _shifted(image: np.ndarray, offset: float, length: int, axis: int, fill: float) -> np.ndarray:
     """``image`` moved ``offset`` pixels along ``axis`` into ``length`` pixels: output pixel i is
-    input position i - offset (linear between pixels; ``fill`` beyond the input)."""
+    input position i - offset (linear between pixels; ``fill`` beyond the input). Offsets within
+    :data:`SHIFT_EXACT_PX` of whole pixels come whole (:func:`_shear`), and move the pixels unchanged."""
     whole = int(np.floor(offset))
     frac = offset - whole
 
@@ -286,8 +290,6 @@ def _shifted(image: np.ndarray, offset: float, length: int, axis: int, fill: flo
         mask = valid if axis == 1 else valid[:, None]
         return np.where(mask, values, fill)
 
-    if frac < SHIFT_EXACT_PX:
+    if frac == 0.0:
         return taken(whole)
-    if frac > 1 - SHIFT_EXACT_PX:
-        return taken(whole + 1)
     return (1.0 - frac) * taken(whole) + frac * taken(whole + 1)

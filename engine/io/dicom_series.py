@@ -152,9 +152,8 @@ def _by_stated(reason: str, index: int, label: Callable[[str], str]):
         silent = groups.pop("", [])
         if len(groups) <= 1:
             return [(slices, (reason, ""))]
-        if silent:
-            groups["(none stated)"] = silent
-        return [(g, (reason, label(k) if k != "(none stated)" else f"{reason} not stated")) for k, g in groups.items()]
+        parts = [(g, (reason, label(k))) for k, g in groups.items()]
+        return parts + ([(silent, (reason, f"{reason} not stated"))] if silent else [])
     return split
 
 

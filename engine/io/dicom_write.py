@@ -434,7 +434,7 @@ def pet_units(unit: str) -> str:
         return "GML"
     if unit in PET_UNITS:
         return PET_UNITS[unit]
-    return unit if re.fullmatch(r"[A-Z0-9]{1,16}", unit or "") and unit != "UNKNOWN" else "NONE"
+    return unit if re.fullmatch(r"[A-Z0-9]{1,16}", unit) and unit != "UNKNOWN" else "NONE"
 
 
 def source_images(volume: Volume) -> list[tuple[str, int | None] | None]:

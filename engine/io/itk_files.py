@@ -260,8 +260,7 @@ def _recorded_unit(fields: dict[str, str]) -> str:
 
 def _off_scale_unit(volume: Volume) -> str:
     """The unit to record in a file's header: a known modality's values off its scale ("" otherwise)."""
-    if volume.modality is None or volume.modality not in modalities.MODALITIES or \
-            modalities.on_scale(volume.modality, volume.unit):
+    if volume.modality not in modalities.MODALITIES or modalities.on_scale(volume.modality, volume.unit):
         return ""
     return volume.unit or "unknown"
 

@@ -162,12 +162,12 @@ class PairedDataset:
         if modality not in info.files:
             raise KeyError(f"subject {subject!r} has no {modality}; it has {', '.join(info.modalities)}")
         volume = load_volume(info.files[modality])
+        mod = modalities.get(modality)
         if not modalities.on_scale(modality, volume.unit):
-            mod = modalities.get(modality)
             raise DatasetError(f"{info.files[modality]}: its values are in {volume.unit}, not {mod.unit}, the {modality} "
                                f"scale the model learns: bring it onto that scale first (for PET, SUV needs the "
                                f"patient's weight, the injected dose and the decay reference)")
-        volume = volume.replace(modality=modality, unit=modalities.get(modality).unit)
+        volume = volume.replace(modality=modality, unit=mod.unit)
         if modality in info.resample:
             volume = resample_onto(volume, load_volume(info.files[info.reference]), "resampled onto the subject grid")
         return volume
