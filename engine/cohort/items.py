@@ -161,7 +161,7 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
     """One item per volume or DICOM series the ``info`` scanner finds under ``path`` (volumes marked
     synthetic and anything under ``exclude`` left out); beside the inputs, a volume of the target's
     modality, of another source than the one named or of one the model has no route from is an item
-    that is not applicable, saying why; a file the scanner could not read is an item that failed, with
+    that is not applicable, saying why, as is a series of no anatomy (a localizer, a CT map); a file the scanner could not read is an item that failed, with
     the scanner's reason, and one that holds no image (an RT structure set, a report) is not applicable."""
     import engine.io as io
 
@@ -183,7 +183,7 @@ def tree_items(path: Path, target: str, source: str | None, routes: Routes | Non
             output = mirrored_output(key.replace("#", "-"), target)
         if entry.synthetic:                 # an output of this app (an earlier run's): never an input
             continue
-        why = not_an_input(entry.modality, target, source, routes)
+        why = entry.not_anatomy or not_an_input(entry.modality, target, source, routes)
         if why:                             # listed, so the manifest says what was left out and why
             left_out.append(CohortItem(key=key, path=first, target=target, output="", source=source,
                                        files=tuple(entry.paths), not_applicable=f"{entry.description}: {why}"))

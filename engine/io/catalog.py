@@ -30,6 +30,7 @@ class SeriesEntry:
     synthetic: bool = False               # its header marks it as made by a model
     volumes: int = 1                      # > 1: a 4-D file; ``engine.io.scan("FILE#INDEX")`` lists one of them
     refusal: str = ""                     # why loading it will fail, known from the scan ("" when none is)
+    not_anatomy: str = ""                 # why its values are no anatomy to synthesize from (a localizer, a CT map)
     loader: Loader | None = field(default=None, compare=False, repr=False)
 
     def load(self, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Volume:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
     first = group.slices[0]
     geometry = group.geometry
     modality = _modality(tags)
+    not_anatomy = _not_anatomical_notes(tags)
     if group.positioned:
         orientation = orientation_letters(geometry.direction)
     else:
@@ -92,10 +94,11 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         orientation=orientation,
         patient=_patient(tags),
         study=_study(tags),
-        notes=(*group.notes, *_map_notes(tags),
+        notes=(*group.notes, *not_anatomy,
                *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         synthetic=read_dicom_tags(tags)["synthetic"],
         refusal=geometry.refusal,
+        not_anatomy=" ".join(not_anatomy),
         loader=functools.partial(load_series, group, tags),
     )
 
@@ -122,15 +125,15 @@ def _study(tags: dict[str, str]) -> str:
 
 
 def _modality(tags: dict[str, str]) -> str | None:
-    """Ours (a file this app wrote), else the header's guess; None for a CT map (:func:`_map_notes`):
-    no CT route should take it for tissue."""
+    """Ours (a file this app wrote), else the header's guess; None for a CT map or a localizer
+    (:func:`_not_anatomical_notes`): no route should take it for tissue."""
     own = tags.get("StudioModality", "")
     if own:
         try:
             return modalities.canonical(own)
         except ValueError:
             pass
-    return None if _map_notes(tags) else modalities.guess_from_dicom(tags)
+    return None if _not_anatomical_notes(tags) else modalities.guess_from_dicom(tags)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     g, notes, read = group.geometry, list(group.notes), slices
     if unreadable:
         array, g, notes, read = _without_unreadable(array, group, unreadable, folder)
-    notes += _map_notes(tags)
+    notes += _not_anatomical_notes(tags)
     array = unshear(array, g)
     if g.positions:
         array = resample_slices(array, g.positions, g.grid_slices, g.spacing[2])
@@ -327,16 +330,37 @@ def _frame(pixels: np.ndarray, s: SliceInfo) -> np.ndarray:
 
 # ImageType values of CT series whose voxels are a computed map (perfusion, material), not HU of tissue
 _CT_MAPS = {"PERFUSION", "RCBF", "RCBV", "CBF", "CBV", "MTT", "TTP", "TMAX", "IODINE"}
+# the names scanners give their positioning images (Siemens localizer / AAHead_Scout, GE 3-Plane Loc,
+# Philips Survey / SurView, CT topogram / scanogram / scout, Toshiba tri-pilot)
+_LOCALIZER_NAME = re.compile(r"(?<![a-z])(locali[sz]er|scout|survey|surview|topogram|scanogram|tri-?pilot|"
+                             r"3[- ]?pl(ane)?[ _-]?loc)(?![a-z])")
 
 
-def _map_notes(tags: dict[str, str]) -> list[str]:
-    """A CT series whose ImageType marks a computed map: a note saying its values are not tissue HU."""
-    mapped = sorted(set(tags.get("ImageType", "").upper().split("\\")) & _CT_MAPS)
-    if tags.get("Modality", "").upper() != "CT" or not mapped:
+def _ct_map(tags: dict[str, str]) -> list[str]:
+    """The ImageType values marking a CT series a computed map (none for any other series)."""
+    if tags.get("Modality", "").upper() != "CT":
         return []
-    return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
-            "values are not Hounsfield units of tissue, so no modality or unit is assumed for it and no CT route "
-            "takes it"]
+    return sorted(set(tags.get("ImageType", "").upper().split("\\")) & _CT_MAPS)
+
+
+def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
+    """A series whose values are no anatomy to synthesize from — a CT map (perfusion, material) or a
+    localizer — in a note; the series gets no modality, so no route takes it unless the user names one."""
+    mapped = _ct_map(tags)
+    if mapped:
+        return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
+                "values are not Hounsfield units of tissue, so no modality or unit is assumed for it, no CT route "
+                "takes it and a cohort leaves it out"]
+    named = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"))
+             if _LOCALIZER_NAME.search(tags.get(key, "").lower())]
+    if "LOCALIZER" in tags.get("ImageType", "").upper().split("\\"):
+        why = f"ImageType {tags['ImageType']} marks it a localizer"
+    elif named:
+        why = f"its {named[0][0]} {named[0][1]!r} names a localizer"
+    else:
+        return []
+    return [f"{why} (positioning images, not a volume for diagnosis or synthesis): no modality is assumed for "
+            "it, so it is synthesized from only when you name its modality, and a cohort leaves it out"]
 
 
 def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:
@@ -347,7 +371,7 @@ def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality
                      "(after rescale) and shown inverted, as the scanner shows them")
     if tags.get("StudioUnit"):
         return tags["StudioUnit"], notes
-    if dicom_modality == "CT" and not _map_notes(tags):     # a map's values are its own (not said in HU)
+    if dicom_modality == "CT" and not _ct_map(tags):     # a map's values are its own (not said in HU)
         return "HU", notes
     if dicom_modality == "PT":
         factor, unit, pet_notes = suv_factor(tags, [s.acquired for s in group.slices])

@@ -504,6 +504,23 @@ def test_a_volume_that_is_no_input_is_listed_as_not_applicable_saying_why(model,
     assert summary(capsys)["not_applicable"] == 2
 
 
+def test_a_localizer_in_a_study_is_not_applicable_even_with_the_source_named(model, tmp_path, capsys,
+                                                                           one_torch_thread):
+    """A series of no modality is taken as the source named: a study's localizer had been synthesized as
+    a T1 (it had even been guessed T1 without the source named)."""
+    def scout(ds, k):
+        ds.SeriesDescription, ds.ImageType = "localizer", ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    io.save(head("T1", 1), tmp_path / "in" / "a.nii.gz")
+    write_series(tmp_path / "in" / "scout", (head("T1", 2).array[:3] * 2).astype(np.int16), per_slice=scout)
+    out = tmp_path / "out"
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    rows = records(out)
+    assert sorted(r["status"] for r in rows.values()) == ["done", "not-applicable"]
+    (left,) = [r for r in rows.values() if r["status"] == "not-applicable"]
+    assert "marks it a localizer" in left["error"]
+
+
 def test_csv_rows_whose_outputs_are_one_file_or_share_a_sidecar_or_repeat_a_row_fail_saying_so(
         model, tmp_path, capsys, one_torch_thread):
     """./sct/a and sct/a are one file; c.nii and c.nii.gz one c.json; a row repeating another's input and

@@ -786,6 +786,39 @@ def test_a_ct_perfusion_map_is_listed_with_a_note_that_its_values_are_not_tissue
     assert not any("derived map" in n for n in io.scan(PYDICOM_FILES / "CT_small.dcm").entries[0].notes)
 
 
+@pytest.mark.parametrize("image_type, description, protocol", [
+    ("ORIGINAL\\PRIMARY\\LOCALIZER", "Head 1.0", ""),          # a CT topogram, named by its ImageType
+    ("ORIGINAL\\PRIMARY\\M\\ND", "AAHead_Scout_MPR_sag", ""),   # Siemens auto-align scout
+    ("ORIGINAL\\PRIMARY\\OTHER", "3-Plane Loc", ""),            # GE
+    ("ORIGINAL\\PRIMARY\\M_SE", "", "SURVEY"),                  # Philips, named by its protocol
+])
+def test_a_localizer_gets_no_modality_and_says_why(tmp_path, image_type, description, protocol):
+    """A localizer had been guessed T1 (or CT) and synthesized from like any scan."""
+    def tag(ds, k):
+        ds.ImageType, ds.SeriesDescription = image_type.split("\\"), description
+        if protocol:
+            ds.ProtocolName = protocol
+
+    write_series(tmp_path / "s", anatomical()[:3], per_slice=tag)
+    (entry,) = io.scan(tmp_path / "s").entries
+    (note,) = [n for n in entry.notes if "localizer" in n]
+    assert entry.modality is None and entry.not_anatomy == note and "not a volume for diagnosis" in note
+    named = f"ImageType {image_type}" if "LOCALIZER" in image_type else repr(description or protocol)
+    assert named in note
+    loaded = io.load(tmp_path / "s")
+    assert loaded.modality is None and note in loaded.notes
+
+
+@pytest.mark.parametrize("description", ["t1_mprage_sag", "Localized spectroscopy reference", "t2_tse_tra SCOUTING"])
+def test_a_scan_whose_name_only_resembles_a_localizer_keeps_its_modality(tmp_path, description):
+    def tag(ds, k):
+        ds.ImageType, ds.SeriesDescription = ["ORIGINAL", "PRIMARY", "M", "ND"], description
+
+    write_series(tmp_path / "s", anatomical()[:3], per_slice=tag)
+    (entry,) = io.scan(tmp_path / "s").entries
+    assert entry.not_anatomy == "" and not any("localizer" in n for n in entry.notes)
+
+
 def test_a_series_whose_geometry_was_assumed_does_not_pass_on_its_frame_of_reference(tmp_path):
     assumed = io.load(DATA_STORE / "emri_small.dcm")               # no positions or orientation in its frames
     assert pydicom.dcmread(DATA_STORE / "emri_small.dcm").FrameOfReferenceUID
