@@ -227,7 +227,7 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     description = (description or volume.name or "SynerMedGen Studio export").strip()
     ds.SeriesDescription = (series_mark(volume, description) if volume.synthetic else description)[:64]
     ds.ContentQualification = "RESEARCH"
-    ds.SeriesNumber = _series_number(src.get("SeriesNumber"))
+    ds.SeriesNumber = _series_number(src.get("SeriesNumber"), volume)
     ds.Manufacturer = "SynerMedGen Studio"
     ds.SoftwareVersions = version()
     ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
@@ -260,11 +260,18 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     return ds
 
 
-def _series_number(source: str | None) -> int:
+def _series_number(source: str | None, volume: Volume) -> int:
+    """The source's SeriesNumber plus 1000 for a scan's export, plus 1000 × (2 + the target modality's
+    place in :data:`engine.modalities.MODALITIES`) for a synthetic: a converted T1 (1007) and the T2
+    (4007) and FLAIR (5007) synthesized from series 7 are told apart in a viewer's series list."""
     try:
-        return int(float(source or 0)) + 1000
+        number = int(float(source or 0))
     except ValueError:
-        return 1000
+        number = 0
+    if not volume.synthetic:
+        return number + 1000
+    order = list(modalities.MODALITIES)
+    return number + 1000 * (2 + (order.index(volume.modality) if volume.modality in order else len(order)))
 
 
 def derived_identity(volume: Volume) -> dict[str, str]:

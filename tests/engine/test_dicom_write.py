@@ -426,3 +426,15 @@ def test_a_synthetic_volume_made_from_a_monochrome1_image_is_written_as_monochro
     film = io.load(DICOMDIR_TESTS / "77654033" / "CR1" / "6154")
     io.save(film.replace(synthetic=True, modality="CT", unit="HU"), tmp_path / "out")    # the model's values
     assert pydicom.dcmread(next((tmp_path / "out").iterdir())).PhotometricInterpretation == "MONOCHROME2"
+
+
+def test_exports_of_one_series_have_their_own_series_numbers(tmp_path):
+    """A converted T1 and every synthetic made from it had been series source + 1000, one number."""
+    from dicom_fixtures import anatomical, write_series
+
+    write_series(tmp_path / "t1", anatomical()[:3])                          # SeriesNumber 7
+    t1 = io.load(tmp_path / "t1").replace(modality="T1")
+    made = {"scan": t1, **{m: t1.replace(modality=m, synthetic=True, derived_from="T1") for m in ("T2", "FLAIR")}}
+    numbers = {k: _files(write_dicom_series(v, tmp_path / k, series_description="x"))[0].SeriesNumber
+               for k, v in made.items()}
+    assert numbers == {"scan": 1007, "T2": 4007, "FLAIR": 5007}
