@@ -54,7 +54,7 @@ PREVIEW_SIZE = 360
 WORSE_STYLE = "color:#b01010; font-weight:bold"
 CONFIRM_CANCEL, KEEP_RUNNING = "Cancel the job", "Keep it running"
 MANIFEST_COLUMNS = (("item", "Volume"), ("status", "Status"), ("output", "Output"), ("seconds", "Seconds"),
-                    ("error", "Reason"))
+                    ("model", "Model"), ("error", "Reason"))
 STATUS_ORDER = {"failed": 0, "started": 1, "done": 2, "skipped": 3, "not-applicable": 4}
 STATUS_TEXT = {"running": "Running.", "stopping": "Writing a checkpoint, then stopping…",
                "queued": "Waiting for the job before it."}
@@ -170,8 +170,9 @@ class TrainPanel(QWidget):
         self.manifest.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.manifest.horizontalHeader().setStretchLastSection(True)
         self.manifest.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.manifest.setToolTip("The cohort's run manifest: each volume's status, output and time; failed ones "
-                                 "first, with the reason")
+        self.manifest.setToolTip("The cohort's run manifest: each volume's status, output, time and the model "
+                                 "its run used (rows of earlier runs into the folder stay); failed ones first, "
+                                 "with the reason")
         self.manifest.hide()
         self._shown_items: tuple | None = None
 

@@ -72,9 +72,11 @@ def test_a_cohort_runs_in_the_training_panel_with_its_manifest_table(qtbot, mode
     assert "2 succeeded, 0 skipped, 1 failed, 1 not applicable" in job.message and "Resume" in job.message
     assert panel.manifest.isVisible() and panel.manifest.rowCount() == 4
     assert (panel.manifest.item(3, 0).text(), panel.manifest.item(3, 1).text()) == ("sub-04", "not-applicable")
-    assert "no T1 image" in panel.manifest.item(3, 4).text() or "no image of a modality" in panel.manifest.item(3, 4).text()
+    assert "no T1 image" in panel.manifest.item(3, 5).text() or "no image of a modality" in panel.manifest.item(3, 5).text()
     assert panel.manifest.item(0, 0).text() == "sub-03/anat/sub-03_T1w.nii.gz"          # the failed one first
-    assert panel.manifest.item(0, 1).text() == "failed" and "sub-03_T1w.nii.gz" in panel.manifest.item(0, 4).text()
+    assert panel.manifest.item(0, 1).text() == "failed" and "sub-03_T1w.nii.gz" in panel.manifest.item(0, 5).text()
+    (named,) = {panel.manifest.item(row, 4).text() for row in range(4)}          # the model of each row's run
+    assert named and panel.manifest.horizontalHeaderItem(4).text() == "Model"
     assert (study / "derivatives/synermedgen/sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").is_file()
     stored = load_jobs()[0]
     assert stored.is_cohort and stored.status == "failed"
