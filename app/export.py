@@ -60,17 +60,30 @@ def proposed_name(doc: Document, anonymised: bool = False) -> str:
     return f"{volume.modality or 'volume'}_synthetic{made_from}{number}"
 
 
+def asks_for_patient(doc: Document, path: str | Path, anonymised: bool) -> bool:
+    """Whether an export of ``doc`` to ``path`` may name its patient: a DICOM series (a planning system or
+    PACS files it by its PatientID), not anonymised, of a volume that names none (read from a NIfTI, MHA
+    or NRRD file, or synthesized from one)."""
+    from engine import io
+    from engine.io import names_no_patient
+
+    return not anonymised and not io.file_kind(Path(path)) and names_no_patient(doc.volume)
+
+
 def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
-                  cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None) -> Path:
+                  cancel: CancelToken | None = None, anonymiser: Anonymiser | None = None,
+                  patient: tuple[str, str] = ("", "")) -> Path:
     """Write a document's volume, described as synthesis described it (route, model, steps, the OOD flag:
     the provenance's ``Summary``) or else by its title (a scan's as ``converted from …``, as the
     ``convert`` command says it, so a PACS never lists the export as the acquired series; the writers
     add a synthetic one's marking),
     and beside a synthetic one its provenance (``NAME.json``: model, route, settings, warnings); with an ``anonymiser`` (engine.io.deidentify.Anonymiser, one per app session) de-identified. Never
     over the files it was read or made from (a DICOM series export into the source series' folder
-    would replace the acquired scan)."""
+    would replace the acquired scan). ``patient`` (PatientID, PatientName) names the patient of a
+    volume that names none (:func:`asks_for_patient`)."""
     from engine import io
     from engine.inference import check_sidecar, write_sidecar
+    from engine.io import named_patient
 
     made_from = [d.volume.source for d in (doc, doc.source) if d is not None and d.volume.source]
     io.check_output(path, inputs=tuple(made_from))
@@ -78,8 +91,8 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     if record:
         check_sidecar(path)
     described = record.get("Summary") or (doc.title if doc.volume.synthetic else f"converted from {doc.title}")
-    written = io.save(doc.volume, path, description=described, anonymise=anonymiser or False,
-                      progress=progress, cancel=cancel)
+    written = io.save(named_patient(doc.volume, *patient), path, description=described,
+                      anonymise=anonymiser or False, progress=progress, cancel=cancel)
     if record:
         write_sidecar(path, record, anonymised=bool(anonymiser))
     return written

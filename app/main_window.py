@@ -17,6 +17,7 @@ from app.export import (
     BURNED_IN_QUESTION,
     VOLUME_FILTERS,
     anonymised_export_session,
+    asks_for_patient,
     export_path,
     export_volume,
     proposed_name,
@@ -28,6 +29,7 @@ from app.open_dialogs import VolumePicker, open_file_dialog
 from app.panels.browser import BrowserPanel
 from app.panels.log_panel import LogPanel
 from app.panels.synthesis_panel import SynthesisPanel
+from app.patient_dialog import PatientDialog
 from app.settings import Settings, pacs_servers_file, save_settings
 from app.state.cursor import Cursor
 from app.state.workspace import Document, Workspace
@@ -77,6 +79,7 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
         self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
+        self._last_patient = ("", "")                       # what the last export's patient dialog named
         self._pacs_dialog = None                            # File ▸ PACS…, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
@@ -456,8 +459,15 @@ class MainWindow(QMainWindow):
         start = str(self._save_folder() / proposed_name(doc, anonymised))
         title = "Export anonymised" if anonymised else f"Export {doc.title}"
         path, name_filter = QFileDialog.getSaveFileName(self, title, start, ";;".join(VOLUME_FILTERS))
-        if path:
-            self.export_to(export_path(path, name_filter), doc, anonymiser)
+        if not path:
+            return
+        target, patient = export_path(path, name_filter), ("", "")
+        if asks_for_patient(doc, target, anonymised):
+            dialog = PatientDialog(doc.title, doc.volume, self._last_patient, self)
+            if not dialog.exec():                   # cancelled: nothing is written
+                return
+            patient = self._last_patient = dialog.patient()
+        self.export_to(target, doc, anonymiser, patient)
 
     def choose_anonymised_export(self) -> None:
         self.choose_export(anonymised=True)
@@ -483,9 +493,10 @@ class MainWindow(QMainWindow):
             return Path.home()
         return folder
 
-    def export_to(self, path: Path, doc: Document | None = None, anonymiser: Anonymiser | None = None) -> Task:
+    def export_to(self, path: Path, doc: Document | None = None, anonymiser: Anonymiser | None = None,
+                  patient: tuple[str, str] = ("", "")) -> Task:
         """Write ``doc`` (by default what the user is looking at) to ``path`` on a worker (de-identified
-        with an ``anonymiser``)."""
+        with an ``anonymiser``; naming the ``patient`` of a volume that names none)."""
         doc = doc or self.document_in_view()
 
         def exported(written) -> None:
@@ -493,7 +504,7 @@ class MainWindow(QMainWindow):
                 doc.kept = str(written)
             self._on_exported(written)
 
-        return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel, anonymiser),
+        return self.runner.run(lambda progress, cancel: export_volume(doc, path, progress, cancel, anonymiser, patient),
                                name=f"export {path}", progressed=self.status.show_task,
                                finished=exported, failed=self.report_error)
 

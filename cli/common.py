@@ -1,6 +1,6 @@
 """What several subcommands share: the model / device / precision and sampling arguments, the model
-folder and opening it with a clear error, strict JSON, and the de-identification options (convert,
-synthesize). Importing this module does not import torch."""
+folder and opening it with a clear error, strict JSON, and the de-identification and patient options
+(convert, synthesize). Importing this module does not import torch."""
 from __future__ import annotations
 
 import argparse
@@ -140,3 +140,32 @@ def anonymiser_of(args: argparse.Namespace):
     if args.anonymise_key:
         return Anonymiser.keyed(args.anonymise_key, accept_burned_in=args.accept_burned_in)
     return Anonymiser(accept_burned_in=args.accept_burned_in)
+
+
+def add_patient_arguments(p: argparse.ArgumentParser) -> None:
+    """``--patient-id`` and ``--patient-name`` (convert, synthesize): the patient a DICOM output names
+    when its input names none."""
+    p.add_argument("--patient-id", metavar="ID", default="",
+                   help="the PatientID of a DICOM output whose input names no patient (a NIfTI, MHA or NRRD "
+                        "file): a planning system or PACS files a series by it; refused for an input that names "
+                        "another patient")
+    p.add_argument("--patient-name", metavar="NAME", default="",
+                   help="the PatientName (Family^Given) of such a DICOM output")
+
+
+def named_patient_of(args: argparse.Namespace, volume, output: str | Path):
+    """``volume`` naming the patient ``--patient-id`` / ``--patient-name`` give (ValueError for an output
+    that is no DICOM series, with --anonymise, or for an input that names another patient)."""
+    from engine.io import file_kind, named_patient
+
+    if not (args.patient_id.strip() or args.patient_name.strip()):
+        return volume
+    if file_kind(Path(output)):
+        raise ValueError(f"--patient-id / --patient-name name the patient of a DICOM output; {output} is a "
+                         f"{file_kind(Path(output))} file")
+    if args.anonymise:
+        raise ValueError("--patient-id / --patient-name go without --anonymise (its export names no patient)")
+    try:
+        return named_patient(volume, args.patient_id, args.patient_name)
+    except ValueError as exc:
+        raise ValueError(f"{args.input}: {exc}") from None

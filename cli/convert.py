@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli.common import add_anonymise_arguments, anonymiser_of
+from cli.common import add_anonymise_arguments, add_patient_arguments, anonymiser_of, named_patient_of
 from engine.jobs import stderr_progress
 
 
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "FILE#INDEX picks a volume of a 4-D file")
     p.add_argument("--modality", help="set the modality when it cannot be guessed (T1, T2, CT, …)")
     add_anonymise_arguments(p)
+    add_patient_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -35,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.modality:
         mod = modalities.get(args.modality)
         volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)
+    volume = named_patient_of(args, volume, args.output)
     anonymiser = anonymiser_of(args)
     desc = volume.name or volume.dicom.get("SeriesDescription", "")    # a split series' name says which part
     out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=anonymiser or False)

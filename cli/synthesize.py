@@ -12,11 +12,13 @@ from pathlib import Path
 from cli.common import (
     add_anonymise_arguments,
     add_model_arguments,
+    add_patient_arguments,
     add_sampling_arguments,
     anonymiser_of,
     check_backend,
     json_ready,
     model_dir,
+    named_patient_of,
     open_synthesizer,
     sampling_settings,
 )
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-series", metavar="UID",
                    help="SeriesInstanceUID (or unique prefix) when REF holds several")
     add_anonymise_arguments(p)
+    add_patient_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     check_sidecar(output)
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
-    volume = io.load(args.input, series=args.series)
+    volume = named_patient_of(args, io.load(args.input, series=args.series), output)
     reference, warned = None, []                    # a bad reference fails before the work
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned_in": "deidentify", "is_bids": "bids",
                                              "inside": "resample", "resample_onto": "resample",
                                              "identity_warnings": "identity", "kinship": "identity",
+                                             "named_patient": "identity", "names_no_patient": "identity",
                                              "data_files": "data_size"})
 __all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind",
            "is_dicom_file", "load", "openable_name", "other_format", "path_key", "save", "scan", "written_keys", *_LAZY]

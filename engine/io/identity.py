@@ -62,6 +62,34 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     return warnings
 
 
+def names_no_patient(volume: Volume) -> bool:
+    """Whether ``volume`` names no patient (a NIfTI, MHA or NRRD scan; a placeholder ID and no name) and
+    was not de-identified: one :func:`named_patient` may name."""
+    return not (_de_identified(volume) or _patient(volume) or str(volume.dicom.get("PatientName", "")).strip())
+
+
+def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") -> Volume:
+    """``volume`` naming the patient its DICOM exports (and the synthetics made from it) carry, given by
+    the user for a scan that names none — a NIfTI, MHA or NRRD file holds no patient, and a planning
+    system or PACS files a series by its PatientID. ValueError for a value DICOM cannot hold (LO / PN: up
+    to 64 printable characters, no backslash), for a scan that names another patient (a header's identity
+    is never overwritten; a placeholder ID names no one) and for a de-identified scan."""
+    given = {"PatientID": patient_id.strip(), "PatientName": patient_name.strip()}
+    given = {keyword: value for keyword, value in given.items() if value}
+    if not given:
+        return volume
+    if _de_identified(volume):
+        raise ValueError("the input's identity was removed (PatientIdentityRemoved YES): it is not named again")
+    for keyword, value in given.items():
+        if len(value) > 64 or "\\" in value or not value.isprintable():
+            raise ValueError(f"{keyword} {value!r}: DICOM holds up to 64 printable characters, no backslash")
+        stated = _patient(volume) if keyword == "PatientID" else str(volume.dicom.get(keyword, "")).strip()
+        if stated and stated != value:
+            raise ValueError(f"the input names {keyword} {stated!r}: a patient is named only for a scan that "
+                             "names none (--anonymise replaces an identity)")
+    return volume.replace(dicom={**volume.dicom, **given})
+
+
 def different_worlds(a: str, b: str) -> bool:
     """Whether coordinates in spaces ``a`` and ``b`` (:data:`engine.io.volume.SPACES`) are in different
     worlds: one a standard space (Talairach, MNI, a template) and the other not that one. A scanner's and

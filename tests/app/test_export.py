@@ -213,3 +213,34 @@ def test_an_export_never_replaces_the_files_it_was_read_from(qtbot, window, tmp_
     qtbot.waitUntil(lambda: sum("the input it would be made from" in line for line in window.log.lines) == 2,
                     timeout=10000)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in series.iterdir()) == before
+
+
+def test_a_dicom_export_of_a_volume_that_names_no_patient_asks_for_one(qtbot, window, tmp_path, monkeypatch):
+    """A NIfTI scan's DICOM export had an empty PatientID: a planning system or PACS would not file it."""
+    import pydicom
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    from app.patient_dialog import PatientDialog
+
+    asked = []
+
+    def filled(dialog):
+        asked.append((dialog.patient_id.text(), dialog.patient_name.text()))
+        dialog.patient_id.setText("A\\B")
+        assert not dialog.buttons.button(QDialogButtonBox.StandardButton.Ok).isEnabled()
+        assert "no backslash" in dialog.problem.text()
+        dialog.patient_id.setText("PT-0042")
+        dialog.patient_name.setText("Doe^Jane")
+        return dialog.buttons.button(QDialogButtonBox.StandardButton.Ok).isEnabled()
+
+    monkeypatch.setattr(PatientDialog, "exec", filled)
+    answers = iter([(str(tmp_path / "ct_series"), "DICOM derived series (folder)"),
+                    (str(tmp_path / "again"), "DICOM derived series (folder)"), (str(tmp_path / "ct"), "NIfTI (*.nii.gz)")])
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *_args: next(answers))
+    for _ in range(3):
+        with qtbot.waitSignal(window.exported, timeout=60000):
+            window.choose_export()
+    written = pydicom.dcmread(next((tmp_path / "ct_series").glob("*.dcm")))
+    assert (written.PatientID, str(written.PatientName)) == ("PT-0042", "Doe^Jane")
+    assert asked == [("", ""), ("PT-0042", "Doe^Jane")]          # the second starts from the first's; a file asks not
+    assert window.workspace.active.volume.dicom.get("PatientID", "") == ""     # the loaded scan is left as it was

@@ -128,3 +128,48 @@ def test_kinship_of_a_datalad_dataset_s_files_follows_their_place_not_their_anne
         link.symlink_to(annex / name / name)
         names.append(str(link))
     assert kinship(scan(source=names[0]), scan(source=names[1], origin=(7.0, 0.0, 0.0))) == 2
+
+
+def test_a_scan_that_names_no_patient_is_named_as_asked_and_one_that_names_another_is_not():
+    from engine.io.identity import named_patient
+
+    nifti = Volume(np.zeros((2, 4, 4), np.float32), modality="CT", unit="HU")
+    named = named_patient(nifti, " PT-0042 ", "Doe^Jane")
+    assert (named.dicom["PatientID"], named.dicom["PatientName"]) == ("PT-0042", "Doe^Jane")
+    assert named_patient(nifti) is nifti and named_patient(scan("P1"), "P1").dicom["PatientID"] == "P1"
+    assert named_patient(scan("ANONYMOUS"), "P2").dicom["PatientID"] == "P2"       # a placeholder names no one
+    with pytest.raises(ValueError, match="names PatientID 'P1'"):
+        named_patient(scan("P1"), "P2")
+    with pytest.raises(ValueError, match="identity was removed"):
+        named_patient(scan("ANON-1", PatientIdentityRemoved="YES"), "P2")
+    for bad in ("A\\B", "x" * 65, "tab\there"):
+        with pytest.raises(ValueError, match="up to 64 printable characters"):
+            named_patient(nifti, bad)
+
+
+def test_convert_and_synthesize_name_the_patient_of_a_nifti_scan_s_dicom_exports(tmp_path, capsys):
+    """A NIfTI scan's DICOM exports had an empty PatientID, which a planning system will not file."""
+    import pydicom
+
+    from engine.inference.random_model import write_random_model
+    from main import main
+
+    model = write_random_model(tmp_path / "model", routes=(("T1", "T2"),), image_size=32,
+                               metadata={"inference_defaults": {"steps": 1}})
+    rng = np.random.default_rng(0)
+    t1 = Volume(rng.uniform(100, 500, (3, 16, 16)).astype(np.float32), spacing=(2.0, 2.0, 3.0), modality="T1",
+                unit="a.u.")
+    source = io.save(t1, tmp_path / "t1.nii.gz")
+    named = ["--patient-id", "PT-0042", "--patient-name", "Doe^Jane"]
+    assert main(["convert", str(source), str(tmp_path / "t1"), *named]) == 0
+    assert main(["synthesize", str(source), "--target", "T2", "--model", str(model), "--device", "cpu",
+                 "-o", str(tmp_path / "t2"), "--quiet", *named]) == 0
+    first = [pydicom.dcmread(next((tmp_path / name).glob("*.dcm"))) for name in ("t1", "t2")]
+    assert {(ds.PatientID, str(ds.PatientName)) for ds in first} == {("PT-0042", "Doe^Jane")}
+    assert first[0].StudyInstanceUID == first[1].StudyInstanceUID                 # one patient, one study
+    capsys.readouterr()
+    assert main(["convert", str(source), str(tmp_path / "t1.mha"), *named]) == 2          # no DICOM output
+    assert "name the patient of a DICOM output" in capsys.readouterr().err
+    assert main(["convert", str(source), str(tmp_path / "anon"), "--anonymise", *named]) == 2
+    assert main(["convert", str(tmp_path / "t1"), str(tmp_path / "again"), "--patient-id", "P9"]) == 2
+    assert "names PatientID 'PT-0042'" in capsys.readouterr().err
