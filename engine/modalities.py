@@ -136,28 +136,47 @@ def denormalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
 
 # -- guessing ---------------------------------------------------------------------------------
 _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("T1CE", r"t1[-_ ]?(ce|c|gd|post|contrast|\+c)|t1w?[-_ ]?(ce|gd)|mprage[-_ ]?(post|gd)"),
-    ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b"),
+    ("T1CE", r"(?<![a-z])(t1[-_ ]?(ce|c|gd|post|contrast|\+c)|t1w?[-_ ]?(ce|gd)|mprage[-_ ]?(post|gd))(?![a-z])"),
+    ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b|dark ?fluid"),
     ("CBCT", r"cbct|cone[-_ ]?beam"),
     ("PET", r"\bpet\b|\bpt\b|suv|fdg"),
     ("PD", r"\bpd\b|pdw|proton[-_ ]?dens"),
-    ("T2", r"t2"),
-    ("T1", r"t1|mprage|spgr|tfl"),
+    ("T2", r"(?<![a-z])t2"),                # not Siemens' "pat2" (parallel imaging factor 2)
+    ("T1", r"(?<![a-z])t1|mprage|spgr|tfl"),
     ("CT", r"\bct\b|\bsct\b"),
 )
+# a T1 named with its contrast agent anywhere in the name (post, Gd, KM: Kontrastmittel, +C) is a T1CE
+_CONTRAST_WORDS = r"\b(post|gd|gad|gado|km|contrast|ce|\+c|c\+)(?![a-z])"
+# MR series of no modality the model knows, whatever contrast their name also says: T2* / SWI gradient echoes,
+# diffusion, BOLD, perfusion, angiography, field maps, phase images, spectroscopy
+_OTHER_MR = (r"t2 ?(star|\*)|(?<![a-z])t2 (fl[23]d|gre|me ?gre|medic|merge)|\bswi|\bswan\b|\bsusc|\bhemo\b|"
+             r"\bdwi\b|diff|\badc\b|\bdti\b|\btrace|\bbold\b|fmri|\basl\b|casl\b|\bperf|\btof\b|angio|"
+             r"\bmra\b|field ?map|b0 ?map|\bphase\b|spectro|\bsvs\b|\bcsi\b")
+# Siemens / GE / Philips ImageType values of such series (P: a phase image; MIP / MNIP: projections)
+_OTHER_MR_IMAGE_TYPES = {"DIFFUSION", "ADC", "TRACEW", "FA", "EADC", "SWI", "MNIP", "MIP", "P", "PHASE", "PERFUSION",
+                         "FMRI", "ASL", "CBF", "FIELD_MAP", "B0MAP", "MOCO"}
 
 
 def _tokens(text: str) -> str:
-    """Lower-case text with separators turned into spaces so that word boundaries work."""
-    return " " + re.sub(r"[^a-z0-9+]+", " ", text.lower()) + " "
+    """Lower-case text with separators turned into spaces so that word boundaries work ("*" kept: T2*)."""
+    return " " + re.sub(r"[^a-z0-9+*]+", " ", text.lower()) + " "
+
+
+def _other_mr(text: str, image_type: str = "") -> bool:
+    """Whether a name or an ImageType marks an MR series of no modality the model knows (T2*, DWI, …)."""
+    return bool(re.search(_OTHER_MR, _tokens(text))
+                or set(image_type.upper().split("\\")) & _OTHER_MR_IMAGE_TYPES)
 
 
 def guess_from_text(text: str) -> str | None:
-    """Guess a modality from a file name or a series description (None when nothing matches)."""
+    """Guess a modality from a file name or a series description (None when nothing matches, or when it
+    names an MR series of no modality the model knows: T2*, SWI, diffusion, BOLD, …)."""
     t = _tokens(text)
+    if _other_mr(text):
+        return None
     for name, pattern in _NAME_PATTERNS:
         if re.search(pattern, t):
-            return name
+            return "T1CE" if name == "T1" and re.search(_CONTRAST_WORDS, t) else name
     return None
 
 
@@ -181,6 +200,8 @@ def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
         return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b", t) else "CT"
     if modality != "MR":
         return guess_from_text(text) if text.strip() else None
+    if _other_mr(text, str(tags.get("ImageType", "") or "")):
+        return None                      # its timing would call a DWI a T2, an SWI a T1, a BOLD series a PD
     by_text = guess_from_text(text)
     if by_text == "PD" and re.search(dict(_NAME_PATTERNS)["T2"], _tokens(text)):
         timed = _guess_mr_from_timing(tags)              # a dual echo (PD+T2): each echo by its own TE

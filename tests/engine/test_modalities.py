@@ -45,6 +45,7 @@ def test_body_mask_fills_holes_and_drops_specks():
     ("sub-01_T1w.nii.gz", "T1"), ("BraTS_001_t1ce.nii.gz", "T1CE"), ("case_t1gd.nii", "T1CE"),
     ("flair.nii.gz", "FLAIR"), ("BraTS20_t2.nii.gz", "T2"), ("PD.mha", "PD"), ("1BA001_cbct.nii.gz", "CBCT"),
     ("ct.nii.gz", "CT"), ("pet_suv.nrrd", "PET"), ("anatomical.nii", None),
+    ("sub-01_T2starw.nii.gz", None), ("sub-01_dwi.nii.gz", None), ("T1_post.nii.gz", "T1CE"),
 ])
 def test_guess_from_file_names(name, expected):
     assert m.guess_from_filename(f"/data/{name}") == expected
@@ -62,3 +63,26 @@ def test_guess_from_dicom_tags():
     assert m.guess_from_dicom({"Modality": "MR", "RepetitionTime": 9000, "EchoTime": 120,
                                "InversionTime": 2500}) == "FLAIR"
     assert m.guess_from_dicom({"Modality": "MR", "RepetitionTime": 3000, "EchoTime": 15}) == "PD"
+
+
+@pytest.mark.parametrize("description, expected", [
+    ("T1_mpr_ns_sag_pat2_iso_asy", "T1"),            # "pat2" (parallel imaging) had made an MPRAGE a T2
+    ("ax t1 posterior fossa", "T1"),                  # "t1 post…" had made it a T1CE
+    ("t2_tirm_tra_dark-fluid", "FLAIR"), ("t2_space_dark-fluid_sag", "FLAIR"),     # Siemens FLAIR, had been T2
+    ("t1_se_tra_KM", "T1CE"), ("sag T1 FS post", "T1CE"), ("t1_vibe_fs_tra_caipi_post", "T1CE"),   # had been T1
+    ("t2_fl2d_tra_hemo", None), ("T2* GRE", None), ("t2_swi_tra_p2", None),      # T2* / SWI, had been T2
+    ("ep2d_diff_3scan_trace_p2", None), ("ep2d_bold_moco", None), ("MRA TOF 3D", None), ("B0map", None),
+    ("t1_mprage_sag_p2_iso", "T1"), ("AX T2 FSE", "T2"), ("Ax T2 FLAIR", "FLAIR"), ("PD_TSE_sag", "PD"),
+    ("Ax T1 +C", "T1CE"), ("t2_blade_tra", "T2"),
+])
+def test_guess_from_scanner_series_descriptions(description, expected):
+    assert m.guess_from_dicom({"Modality": "MR", "SeriesDescription": description}) == expected
+
+
+def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
+    """A DWI's TR / TE are a T2's, an SWI's a T1's: its ImageType says what it is, and no modality is guessed."""
+    timed = {"Modality": "MR", "RepetitionTime": 5000, "EchoTime": 90}
+    assert m.guess_from_dicom(timed) == "T2"
+    assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\DIFFUSION\\NONE"}) is None
+    assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}) is None       # a phase image
+    assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\M\\ND"}) == "T2"      # magnitude
