@@ -151,7 +151,7 @@ _CONTRAST_WORDS = r"\b(post|gd|gad|gado|km|contrast|ce|\+c|c\+)(?![a-z])"
 # diffusion, BOLD, perfusion, angiography, field maps, phase images, spectroscopy
 _OTHER_MR = (r"t2 ?(star|\*)|(?<![a-z])t2 (fl[23]d|gre|me ?gre|medic|merge)|\bswi|\bswan\b|\bsusc|\bhemo\b|"
              r"\bdwi\b|diff|\badc\b|\bdti\b|\btrace|\bbold\b|fmri|\basl\b|casl\b|\bperf|\btof\b|angio|"
-             r"\bmra\b|field ?map|b0 ?map|\bphase\b|spectro|\bsvs\b|\bcsi\b")
+             r"\bmra\b|field ?map|b0 ?map|\bphase\b|spectro|\bsvs\b|\bcsi\b|\bep b\d|\bepfid")
 # Siemens / GE / Philips ImageType values of such series (P: a phase image; MIP / MNIP: projections)
 _OTHER_MR_IMAGE_TYPES = {"DIFFUSION", "ADC", "TRACEW", "FA", "EADC", "SWI", "MNIP", "MIP", "P", "PHASE", "PERFUSION",
                          "FMRI", "ASL", "CBF", "FIELD_MAP", "B0MAP", "MOCO"}

@@ -86,3 +86,6 @@ def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
     assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\DIFFUSION\\NONE"}) is None
     assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}) is None       # a phase image
     assert m.guess_from_dicom({**timed, "ImageType": "ORIGINAL\\PRIMARY\\M\\ND"}) == "T2"      # magnitude
+    assert m.guess_from_dicom({**timed, "SequenceName": "*ep_b1000t"}) is None         # Siemens diffusion EPI
+    assert m.guess_from_dicom({**timed, "SequenceName": "epfid2d1_64"}) is None        # Siemens BOLD EPI
+    assert m.guess_from_dicom({**timed, "SequenceName": "*tse2d1_15"}) == "T2"
