@@ -195,9 +195,10 @@ def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
     )
     if modality in ("PT", "PET"):
         return "PET"
-    if modality == "CT":
-        t = _tokens(text + " " + str(tags.get("StationName", "") or ""))
-        return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b", t) else "CT"
+    if modality == "CT":          # a linac's imager (Varian On-Board Imager, Halcyon, Ethos; Elekta XVI) makes CBCTs
+        imager = " ".join(str(tags.get(k, "") or "") for k in ("StationName", "ManufacturerModelName"))
+        t = _tokens(f"{text} {imager}")
+        return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b|on board imager|halcyon|ethos", t) else "CT"
     if modality != "MR":
         return guess_from_text(text) if text.strip() else None
     if _other_mr(text, str(tags.get("ImageType", "") or "")):

@@ -54,7 +54,7 @@ SERIES_TAGS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
     "ReferringPhysicianName", "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription",
     "SeriesNumber", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "Modality",
-    "Manufacturer", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
+    "Manufacturer", "ManufacturerModelName", "BodyPartExamined", "PatientPosition", "ProtocolName", "SequenceName",
     "ImageComments", "StationName", "RepetitionTime", "EchoTime", "InversionTime", "ScanningSequence",
     "SequenceVariant", "ScanOptions", "MRAcquisitionType", "FlipAngle", "EchoTrainLength", "MagneticFieldStrength",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",

@@ -54,6 +54,9 @@ def test_guess_from_file_names(name, expected):
 def test_guess_from_dicom_tags():
     assert m.guess_from_dicom({"Modality": "CT", "SeriesDescription": "Head 5mm"}) == "CT"
     assert m.guess_from_dicom({"Modality": "CT", "SeriesDescription": "CBCT pelvis"}) == "CBCT"
+    for model in ("On-Board Imager", "XVI", "Halcyon"):        # a linac's CBCT named only by its imager
+        assert m.guess_from_dicom({"Modality": "CT", "SeriesDescription": "Pelvis", "ManufacturerModelName": model}) == "CBCT"
+    assert m.guess_from_dicom({"Modality": "CT", "SeriesDescription": "Pelvis", "ManufacturerModelName": "SOMATOM"}) == "CT"
     assert m.guess_from_dicom({"Modality": "PT"}) == "PET"
     assert m.guess_from_dicom({"Modality": "MR", "SeriesDescription": "AX FLAIR"}) == "FLAIR"
     assert m.guess_from_dicom({"Modality": "MR", "SeriesDescription": "T1 SE", "ContrastBolusAgent": "Gd"}) == "T1CE"
