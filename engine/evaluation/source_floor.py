@@ -27,8 +27,8 @@ import numpy as np
 from engine import modalities
 from engine.evaluation import generalization as gen
 from engine.evaluation.synthesis_eval import central_block, route_jobs, scored_stacks
-from engine.inference.calibration import padding_mask
 from engine.inference.denoise import filter_slices
+from engine.inference.field_of_view import padding_mask
 from engine.inference.slices import slices_back, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
@@ -47,7 +47,7 @@ def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Se
     found as :func:`engine.evaluation.synthesis_eval.score_volume` finds it on one grid (the
     datasets scored here pair each source with a reference on its grid). ``synthetic`` and ``source``
     share a grid (synthesis keeps it)."""
-    syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(np.asarray(source.array)))
+    syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(source))
     body = modalities.body_mask(ref, reference.modality or "CT")
     out = body & missing
     if not out.any():
@@ -88,7 +88,7 @@ def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[st
             return float(np.abs((stack[scored] if scored is not None else stack)[body] - ref[body]).mean(dtype=np.float64))
 
         # the pipeline's filter, on the slices it cuts: outside the field of view base is the model's
-        missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis)
+        missing = slices_first(padding_mask(volume), plan.axis)
         stack = slices_first(np.asarray(base.array, np.float32), plan.axis)
         bottom = modalities.scale_bottom(target) or -np.inf                 # synthesis clamps the output there
         entry = found.setdefault(f"{source}→{target}", {"subjects": [], "as_is": [], "maes": [], "outside": []})

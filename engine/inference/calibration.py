@@ -51,26 +51,6 @@ def calibration_shift(hu: np.ndarray, body: np.ndarray, calibration: Mapping | N
                    f"training CTs' {float(reference):+.0f} HU)")
 
 
-PADDING_MAX_HU = -1000.0        # a field-of-view padding value is at or below air
-PADDING_MIN_FRACTION = 0.01     # … and fills at least this share of the volume
-
-
-def padding_mask(hu: np.ndarray) -> np.ndarray:
-    """The voxels outside a CT / CBCT's reconstructed field of view: those holding exactly the
-    volume's padding value — the most frequent exact value at or below air (−1000 HU), when it fills
-    at least :data:`PADDING_MIN_FRACTION` of the volume (noise never repeats one value that often).
-    All False when there is no such value."""
-    values = np.asarray(hu)
-    low = values[values <= PADDING_MAX_HU]
-    if low.size < PADDING_MIN_FRACTION * values.size:
-        return np.zeros(values.shape, dtype=bool)
-    found, counts = np.unique(low, return_counts=True)
-    k = int(np.argmax(counts))
-    if counts[k] < PADDING_MIN_FRACTION * values.size:
-        return np.zeros(values.shape, dtype=bool)
-    return values == found[k]
-
-
 def dataset_calibration(paired, split: str | None = "train") -> dict | None:
     """The card's ``calibration``: the soft-tissue peak of ``paired``'s CT volumes in ``split``
     (None without CTs). ``paired`` is an :class:`engine.tasks.PairedDataset`."""

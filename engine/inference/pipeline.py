@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from engine import modalities
-from engine.inference.calibration import calibration_shift, padding_mask
+from engine.inference.calibration import calibration_shift
 from engine.inference.denoise import filter_slices
+from engine.inference.field_of_view import padding_mask
 from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
 from engine.inference.instructions import default_instruction
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
@@ -316,7 +317,7 @@ class SliceSynthesizer:
         same_scale = fits_at_model_resolution(source, target)
         floor, strength, floor_note, entry = self._source_floor(source, target, settings, same_scale)
         # outside the source's field of view it holds no data: there the model's output is kept
-        missing = slices_first(padding_mask(np.asarray(volume.array)), plan.axis) if floor is not None else None
+        missing = slices_first(padding_mask(volume), plan.axis) if floor is not None else None
         floored = None
         if missing is not None:                 # the calibrated source, its noise filtered as the card says
             active = list(plan.active)

@@ -199,6 +199,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                # written from it must not claim that frame (its writer makes a new one)
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
                **_thickness_tag(slices),
+               **_padding_range(tags, slices),
                **slice_references(read, tags, g)},
         **read_dicom_tags(tags),
     )
@@ -207,6 +208,27 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
 def _acquisition_tags(tags: dict[str, str]) -> tuple[str, ...]:
     """The acquisition's attributes a derived series of this modality keeps (MR's sequence, PET's decay)."""
     return {"MR": MR_TAGS, "PT": PET_TAGS}.get(tags.get("Modality", "").upper(), ())
+
+
+# a Volume's ``dicom`` key: the padding a series states (PixelPaddingValue, PixelPaddingRangeLimit: stored
+# values) in the volume's physical units, "low\\high" (engine/inference/field_of_view.py reads it)
+PADDING_RANGE = "StudioPaddingRange"
+
+
+def _padding_range(tags: dict[str, str], slices: list[SliceInfo]) -> dict[str, str]:
+    """The stated padding as :data:`PADDING_RANGE` (nothing when none is stated, or when the slices'
+    rescales differ: one stored value would be several physical ones)."""
+    try:
+        value = float(tags.get("PixelPaddingValue", ""))
+        limit = float(tags.get("PixelPaddingRangeLimit") or value)
+    except ValueError:
+        return {}
+    rescales = {(s.slope, s.intercept) for s in slices}
+    if len(rescales) != 1:
+        return {}
+    ((slope, intercept),) = rescales
+    low, high = sorted((value * slope + intercept, limit * slope + intercept))
+    return {PADDING_RANGE: f"{low!r}\\{high!r}"}
 
 
 def _thickness_tag(slices: list[SliceInfo]) -> dict[str, str]:

@@ -59,6 +59,7 @@ SERIES_TAGS = (
     "SequenceVariant", "ScanOptions", "MRAcquisitionType", "FlipAngle", "EchoTrainLength", "MagneticFieldStrength",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
     "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved", "DeidentificationMethod",
+    "PixelPaddingValue", "PixelPaddingRangeLimit",
 )
 RADIOPHARMACEUTICAL_TAGS = ("Radiopharmaceutical", "RadionuclideTotalDose", "RadionuclideHalfLife",
                             "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime")

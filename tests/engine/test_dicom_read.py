@@ -877,3 +877,16 @@ def test_an_image_cut_off_before_its_size_or_an_empty_file_is_a_damaged_image_no
     skipped = {Path(s.path).name: s for s in io.scan(tmp_path / "s").skipped}
     assert not skipped[paths[1].name].not_an_image and not skipped["EMPTY"].not_an_image
     assert skipped["README"].not_an_image
+
+
+def test_a_stated_pixel_padding_value_is_kept_in_physical_units(tmp_path):
+    """PixelPaddingValue is a stored value: with slope 0.5 and intercept −1000, stored 0 is −1000 HU."""
+    def padded(ds, k):
+        ds.PixelPaddingValue = 0
+
+    write_series(tmp_path / "s", anatomical()[:3], modality="CT", sop_class=CT_IMAGE, slopes=[0.5] * 3,
+                 intercept=-1000.0, per_slice=padded)
+    assert io.load(tmp_path / "s").dicom["StudioPaddingRange"] == "-1000.0\\-1000.0"
+    write_series(tmp_path / "u", anatomical()[:3], modality="CT", sop_class=CT_IMAGE, slopes=[0.5, 1.0, 0.5],
+                 intercept=-1000.0, per_slice=padded)
+    assert "StudioPaddingRange" not in io.load(tmp_path / "u").dicom       # one stored value, two HU values

@@ -10,7 +10,6 @@ import torch
 from engine.inference.calibration import (
     calibration_shift,
     dataset_calibration,
-    padding_mask,
     reference_peak,
     soft_tissue_peak,
 )
@@ -49,17 +48,6 @@ def test_a_source_is_shifted_onto_the_reference_and_says_so():
     assert shift == 0.0 and "no soft-tissue peak" in note                # the peak left the window
     air = np.full((4, 32, 32), -1000.0, np.float32)
     assert calibration_shift(air, air > -500, {"soft_tissue_hu": 35.0})[0] == 0.0
-
-
-def test_the_padding_outside_the_field_of_view_is_found_and_noisy_air_is_not():
-    rng = np.random.default_rng(0)
-    hu = np.where(rng.random((4, 30, 30)) < 0.5, 40.0, -1000.0) + rng.normal(0, 20, (4, 30, 30))
-    assert not padding_mask(hu).any()                                   # air with noise: no repeated value
-    hu[:, :, 25:] = -1024.0                                             # the reconstruction's padding
-    found = padding_mask(hu)
-    assert found[:, :, 25:].all() and not found[:, :, :25].any()
-    hu[:, :, 25:] = -500.0                                              # a value above air is tissue, not padding
-    assert not padding_mask(hu).any()
 
 
 def test_the_reference_is_the_median_of_the_training_cts(tmp_path):

@@ -1,0 +1,106 @@
+"""Where a CT / CBCT source holds no data: the voxels outside its reconstructed field of view, which a
+reconstruction fills with one padding value. There the synthesis keeps the model's output (the source
+floor's calibrated CBCT holds nothing to keep), so air inside the field of view must never be taken for
+padding: a reconstruction that clamps air to the padding's value (−1000 HU) would have the model draw
+tissue where the scan shows air.
+
+The padding is the value a DICOM series states (PixelPaddingValue, PixelPaddingRangeLimit), else an
+exact value at or below air (−1000 HU) that fills at least 1 % of the volume (noise never repeats one
+value that often); of its voxels only those joined to the image's in-plane edges count (air enclosed by
+the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
+field of view) or a straight line (a crop): an edge that follows the body's outline or the ragged edge
+of noisy air is air clamped to that value, not a field of view, and keeps its data. An edge of arcs and
+lines together (a cylinder cut by a box) is not recognised: there too the source's values are kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from engine.io.dicom_read import PADDING_RANGE
+from engine.io.volume import Volume
+
+PADDING_MAX_HU = -1000.0        # a field-of-view padding value is at or below air
+PADDING_MIN_FRACTION = 0.01     # … and fills at least this share of the volume
+# a circle's or a line's edge: 90 % of its pixels this close to the fitted one (a body's outline is off a
+# circle by centimetres; a field of view resampled from a coarser grid is stair-stepped by its pixels)
+EDGE_TOLERANCE_PX = 2.0
+EDGE_TOLERANCE_MM = 3.0
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def padding_mask(volume: Volume) -> np.ndarray:
+    """The voxels of ``volume`` (a CT or CBCT) outside its reconstructed field of view (the module's
+    rule); all False when it has none."""
+    values = np.asarray(volume.array)
+    found = np.zeros(values.shape, dtype=bool)
+    if values.ndim != 3:
+        return found
+    for candidate in _candidates(volume, values):
+        outside = _outside_the_field(candidate, volume.spacing[:2])
+        if outside.sum() > found.sum():
+            found = outside
+    return found
+
+
+def _candidates(volume: Volume, values: np.ndarray) -> list[np.ndarray]:
+    """The masks of the padding value(s) to test: the stated range when the volume holds it, else each
+    exact value at or below air filling at least :data:`PADDING_MIN_FRACTION` of the volume."""
+    stated = volume.dicom.get(PADDING_RANGE, "")
+    if stated:
+        lo, hi = (float(v) for v in stated.split("\\"))
+        slack = 1e-5 * max(1.0, abs(lo), abs(hi))          # the volume holds float32 of float64 rescaled values
+        padded = (values >= lo - slack) & (values <= hi + slack)
+        if padded.any():                                     # (a volume made from the series' values may hold none)
+            return [padded]
+    low = values[values <= PADDING_MAX_HU]
+    if low.size < PADDING_MIN_FRACTION * values.size:
+        return []
+    found, counts = np.unique(low, return_counts=True)
+    return [values == v for v in found[counts >= PADDING_MIN_FRACTION * values.size]]
+
+
+def _outside_the_field(candidate: np.ndarray, spacing_xy) -> np.ndarray:
+    """The voxels of ``candidate`` joined to the in-plane edges of the image, in the slices whose inner
+    edge is a field of view's (:func:`_a_field_edge`)."""
+    labels, _count = ndimage.label(candidate)
+    edges = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
+                            labels[:, :, -1].ravel()])
+    touching = np.unique(edges[edges > 0])
+    outside = np.isin(labels, touching)
+    for k in range(outside.shape[0]):
+        if outside[k].any() and not _a_field_edge(outside[k], spacing_xy):
+            outside[k] = False
+    return outside
+
+
+def _a_field_edge(outside: np.ndarray, spacing_xy) -> bool:
+    """Whether the inner edge of ``outside`` in one slice is a field of view's: a circle or a straight
+    line (a slice holding no data at all is outside it whole)."""
+    edge = ~outside & ndimage.binary_dilation(outside, _CROSS)
+    if not edge.any():
+        return True
+    y, x = np.nonzero(edge)
+    points = np.column_stack([x * float(spacing_xy[0]), y * float(spacing_xy[1])])
+    tolerance = max(EDGE_TOLERANCE_PX * max(float(spacing_xy[0]), float(spacing_xy[1])), EDGE_TOLERANCE_MM)
+    return _line_distance(points) <= tolerance or _circle_distance(points) <= tolerance
+
+
+def _line_distance(points: np.ndarray) -> float:
+    """The 90th percentile of the points' distances to their best-fitting line."""
+    centred = points - points.mean(axis=0)
+    normal = np.linalg.svd(centred, full_matrices=False)[2][-1]
+    return float(np.percentile(np.abs(centred @ normal), 90))
+
+
+def _circle_distance(points: np.ndarray) -> float:
+    """The 90th percentile of the points' distances to their best-fitting circle (algebraic fit);
+    infinite when no circle fits (too few points)."""
+    if len(points) < 8:
+        return float("inf")
+    x, y = points[:, 0], points[:, 1]
+    design = np.column_stack([x, y, np.ones_like(x)])
+    (a, b, c), *_ = np.linalg.lstsq(design, x * x + y * y, rcond=None)
+    cx, cy = a / 2.0, b / 2.0
+    radius = np.sqrt(max(c + cx * cx + cy * cy, 0.0))
+    return float(np.percentile(np.abs(np.hypot(x - cx, y - cy) - radius), 90))

@@ -1,0 +1,78 @@
+"""Where a CT / CBCT holds no data (engine/inference/field_of_view.py): the padding outside a circular
+field of view or a straight crop is found, by its stated value or by one exact value; noisy air is no
+padding; air clamped to a value — even the padding's own — keeps its data, as does air enclosed by the
+field of view."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.inference.field_of_view import padding_mask
+from engine.io.volume import Volume
+
+
+def cbct(padding: float = -3024.0, clamp: float | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An elliptical head (40 HU) in noisy air inside a circular field of view (radius 46 px) padded with
+    ``padding``; air below ``clamp`` clamped to it. Returns (HU, the outside of the field of view)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:6, 0:96, 0:96]
+    outside = np.hypot(y - 47.5, x - 47.5) > 46
+    head = ((y - 47.5) / 30) ** 2 + ((x - 47.5) / 22) ** 2 < 1
+    hu = np.where(head, 40.0, -1010.0) + rng.normal(0.0, 15.0, z.shape)
+    if clamp is not None:
+        hu = np.maximum(hu, clamp)
+    return np.where(outside, padding, hu).astype(np.float32), outside
+
+
+def air(shape, seed: int = 1) -> np.ndarray:
+    return (-1010.0 + np.random.default_rng(seed).normal(0.0, 15.0, shape)).astype(np.float32)
+
+
+def mask(hu, spacing=(0.5, 0.5, 1.0), **dicom) -> np.ndarray:
+    return padding_mask(Volume(hu, spacing=spacing, modality="CBCT", unit="HU", dicom=dicom))
+
+
+def test_noisy_air_is_no_padding_and_a_circular_field_of_view_s_is():
+    hu, outside = cbct()
+    assert np.array_equal(mask(hu), outside)
+    noisy = np.where(outside, air(hu.shape), hu)
+    assert not mask(noisy).any()
+
+
+def test_air_clamped_to_a_value_more_frequent_than_the_padding_keeps_its_data():
+    """Air clamped to −1000 HU had been taken for the padding (the most frequent value), and the model's
+    output put where the scan shows air; the −3024 HU padding was then scored as data."""
+    hu, outside = cbct(padding=-3024.0, clamp=-1000.0)
+    assert (hu == -1000.0).sum() > (hu == -3024.0).sum()
+    assert np.array_equal(mask(hu), outside)
+
+
+def test_air_clamped_to_the_padding_s_own_value_hugs_the_body_and_keeps_its_data():
+    hu, outside = cbct(padding=-1000.0, clamp=-1000.0)
+    assert not mask(hu).any()            # the edge is the head's outline: no field of view, the source's air kept
+
+
+def test_a_straight_crop_is_a_field_of_view_and_air_it_encloses_is_not():
+    hu, _ = cbct()
+    hu = np.where(np.hypot(*np.mgrid[0:96, 0:96] - 47.5) > 46, air(hu.shape), hu)                 # no circle
+    hu[:, :, 80:] = -1024.0                                       # a crop at column 80
+    hu[:, 40:44, 40:44] = -1024.0                                 # a sinus at that very value, inside the head
+    found = mask(hu)
+    assert found[:, :, 80:].all() and found.sum() == hu[:, :, 80:].size
+
+
+def test_a_stated_padding_value_is_used_even_where_it_fills_under_one_percent():
+    hu, outside = cbct(padding=-2000.0)
+    corners = np.zeros(hu.shape, dtype=bool)
+    corners[:, :3, :3] = True                                     # 0.1 % of the volume
+    small = np.where(corners, np.float32(-2000.0), np.where(outside, air(hu.shape), hu))
+    assert not mask(small).any()
+    assert np.array_equal(mask(small, StudioPaddingRange="-2000.0\\-2000.0"), corners)
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 1.0), (2.0, 2.0, 2.0)])
+def test_a_field_of_view_resampled_from_a_coarser_grid_is_still_one(spacing):
+    hu, outside = cbct()
+    coarse = np.repeat(np.repeat(outside[:, ::3, ::3], 3, axis=1), 3, axis=2)[:, :96, :96]   # stair-stepped by 3 px
+    stepped = np.where(coarse, np.float32(-3024.0), np.where(outside, air(hu.shape), hu))
+    assert np.array_equal(mask(stepped, spacing=(0.5, 0.5, 1.0)), coarse)
