@@ -137,24 +137,44 @@ def denormalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
 # -- guessing ---------------------------------------------------------------------------------
 _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
     ("T1CE", r"(?<![a-z])(t1[-_ ]?(ce|c|gd|post|contrast|\+c)|t1w?[-_ ]?(ce|gd)|mprage[-_ ]?(post|gd))(?![a-z])"),
-    ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b|dark ?fluid"),
+    ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b|dark ?fluid|(?<![a-z])da ?fl(?![a-z])"),
     ("CBCT", r"cbct|cone[-_ ]?beam"),
     ("PET", r"\bpet\b|\bpt\b|suv|fdg"),
     ("PD", r"\bpd\b|pdw|proton[-_ ]?dens"),
     ("T2", r"(?<![a-z])t2"),                # not Siemens' "pat2" (parallel imaging factor 2)
-    ("T1", r"(?<![a-z])t1|mprage|spgr|tfl"),
+    ("T1", r"(?<![a-z])t1|mprage|spgr|tfl|bravo|(?<![a-z])tfe(?![a-z])"),
     ("CT", r"\bct\b|\bsct\b"),
 )
-# a T1 named with its contrast agent anywhere in the name (post, Gd, KM: Kontrastmittel, +C) is a T1CE
-_CONTRAST_WORDS = r"\b(post|gd|gad|gado|km|contrast|ce|\+c|c\+)(?![a-z])"
-# MR series of no modality the model knows, whatever contrast their name also says: T2* / SWI gradient echoes,
-# diffusion, BOLD, perfusion, angiography, field maps, phase images, spectroscopy
-_OTHER_MR = (r"t2 ?(star|\*)|(?<![a-z])t2 (fl[23]d|gre|me ?gre|medic|merge)|\bswi|\bswan\b|\bsusc|\bhemo\b|"
-             r"\bdwi\b|diff|\badc\b|\bdti\b|\btrace|\bbold\b|fmri|\basl\b|casl\b|\bperf|\btof\b|angio|"
-             r"\bmra\b|field ?map|b0 ?map|\bphase\b|spectro|\bsvs\b|\bcsi\b|\bep b\d|\bepfid")
-# Siemens / GE / Philips ImageType values of such series (P: a phase image; MIP / MNIP: projections)
-_OTHER_MR_IMAGE_TYPES = {"DIFFUSION", "ADC", "TRACEW", "FA", "EADC", "SWI", "MNIP", "MIP", "P", "PHASE", "PERFUSION",
-                         "FMRI", "ASL", "CBF", "FIELD_MAP", "B0MAP", "MOCO"}
+_T1_FLAIR = r"(?<![a-z])t1w? ?flair"              # GE's T1 FLAIR: T1-weighted (an inversion time of about 850 ms)
+# a T1 named with its contrast agent anywhere (post, Gd, KM: Kontrastmittel, +C) is a T1CE, unless the name says
+# before or without it (pre, ohne, without, non-contrast, nativ)
+_CONTRAST_WORDS = r"(?<![a-z0-9])(post|gd|gad|gado|km|contrast|ce|\+ ?c|c ?\+)(?![a-z])"
+_NO_CONTRAST_WORDS = r"(?<![a-z])(pre|ohne|without|non|no|wo|w o|nativ|native|plain)(?![a-z])"
+# MR series of no modality the model knows, whatever contrast their name also says (what they are, and the names
+# and ImageType values that say it)
+_OTHER_MR: tuple[tuple[str, str], ...] = (
+    ("T2* / susceptibility-weighted", r"t2 ?(star|\*)|(?<![a-z])t2w? (fl[23]d|gre|ffe|me ?gre|medic|merge)|\bswi\b|"
+                                      r"\bswan\b|\bsusc|\bhemo\b"),
+    ("diffusion", r"\bdwi\b|diff|\badc\b|\bdti\b|\btrace|\bep b\d|(?<![a-z])b ?1000(?![0-9])"),
+    ("BOLD / fMRI", r"\bbold\b|fmri|\bepfid|\bmoco ?series|resting ?state"),
+    ("perfusion", r"\bperf|\basl\b|casl\b|\bdsc\b|\bdce\b"),
+    ("angiography", r"\btof\b|angio|\bmra\b|\bmrv\b"),
+    ("field map", r"field ?map|b[01] ?map"),
+    ("phase image", r"\bphase\b|\bpha\b"),
+    ("quantitative map", r"(?<![a-z])(t1|t2|t2 ?star|r2 ?star|pd) ?maps?(?![a-z])|molli|mapit|relaxometry|"
+                         r"(?<![a-z])t1 images(?![a-z])"),
+    ("spectroscopy", r"spectro|\bsvs\b|\bcsi\b|\bmrs\b"),
+)
+# a gradient echo named without its weighting is a T2* (a T1 gradient echo says T1: T1W_FFE, SPGR, MPRAGE)
+_BARE_GRADIENT_ECHO = r"(?<![a-z])(gre|ffe|medic|merge)(?![a-z])"
+_OTHER_MR_IMAGE_TYPES = {
+    "DIFFUSION": "diffusion", "ADC": "diffusion", "TRACEW": "diffusion", "FA": "diffusion", "EADC": "diffusion",
+    "SWI": "T2* / susceptibility-weighted", "MNIP": "T2* / susceptibility-weighted", "MIP": "angiography",
+    "P": "phase image", "PHASE": "phase image", "PERFUSION": "perfusion", "ASL": "perfusion", "CBF": "perfusion",
+    "FMRI": "BOLD / fMRI", "MOCO": "BOLD / fMRI", "FIELD_MAP": "field map", "B0MAP": "field map",
+    "T1 MAP": "quantitative map", "T2 MAP": "quantitative map", "T2* MAP": "quantitative map",
+    "T2STAR MAP": "quantitative map", "R2STAR MAP": "quantitative map",
+}
 
 
 def _tokens(text: str) -> str:
@@ -162,20 +182,35 @@ def _tokens(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9+*]+", " ", text.lower()) + " "
 
 
-def _other_mr(text: str, image_type: str = "") -> bool:
-    """Whether a name or an ImageType marks an MR series of no modality the model knows (T2*, DWI, …)."""
-    return bool(re.search(_OTHER_MR, _tokens(text))
-                or set(image_type.upper().split("\\")) & _OTHER_MR_IMAGE_TYPES)
+def other_mr(text: str, image_type: str = "") -> str:
+    """What an MR series of no modality the model knows is ("diffusion", "phase image", …), by its
+    ImageType or a name; "" for any other series."""
+    for value in image_type.upper().split("\\"):
+        if value.strip() in _OTHER_MR_IMAGE_TYPES:
+            return _OTHER_MR_IMAGE_TYPES[value.strip()]
+    if re.search(r"(?<![A-Za-z])SWIp(?![A-Za-z])", text):       # Philips' SWI (not "sWIP", work in progress)
+        return "T2* / susceptibility-weighted"
+    t = _tokens(text)
+    for kind, pattern in _OTHER_MR:
+        if re.search(pattern, t):
+            return kind
+    if re.search(_BARE_GRADIENT_ECHO, t) and not re.search(dict(_NAME_PATTERNS)["T1"], t):
+        return "T2* / susceptibility-weighted"
+    return ""
 
 
 def guess_from_text(text: str) -> str | None:
     """Guess a modality from a file name or a series description (None when nothing matches, or when it
-    names an MR series of no modality the model knows: T2*, SWI, diffusion, BOLD, …)."""
-    t = _tokens(text)
-    if _other_mr(text):
+    names an MR series of no modality the model knows: T2*, SWI, diffusion, BOLD, …, :func:`other_mr`)."""
+    if other_mr(text):
         return None
+    t = _tokens(text)
     for name, pattern in _NAME_PATTERNS:
         if re.search(pattern, t):
+            if name == "FLAIR" and re.search(_T1_FLAIR, t):
+                name = "T1"
+            if name in ("T1", "T1CE") and re.search(_NO_CONTRAST_WORDS, t):
+                return "T1"
             return "T1CE" if name == "T1" and re.search(_CONTRAST_WORDS, t) else name
     return None
 
@@ -201,9 +236,11 @@ def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
         return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b|on board imager|halcyon|ethos", t) else "CT"
     if modality != "MR":
         return guess_from_text(text) if text.strip() else None
-    if _other_mr(text, str(tags.get("ImageType", "") or "")):
+    if other_mr(text, str(tags.get("ImageType", "") or "")):
         return None                      # its timing would call a DWI a T2, an SWI a T1, a BOLD series a PD
     by_text = guess_from_text(text)
+    if by_text == "T2" and _guess_mr_from_timing(tags) == "FLAIR":
+        return "FLAIR"                   # a T2 inverting fluid (TIRM, SPACE-FLAIR): its inversion time says so
     if by_text == "PD" and re.search(dict(_NAME_PATTERNS)["T2"], _tokens(text)):
         timed = _guess_mr_from_timing(tags)              # a dual echo (PD+T2): each echo by its own TE
         by_text = timed if timed in ("PD", "T2") else by_text

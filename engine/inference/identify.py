@@ -196,11 +196,14 @@ def source_modality(synth: Synthesizer, volume: Volume, requested: str | None,
     """The source modality of a synthesis: ``requested`` when it names one; the header's when
     nothing is requested; identified by the model for "auto" (the header's again when the model is
     unsure). Returns (modality, the identification as a dict or None, a note for the user or "");
-    ValueError when neither the model nor the header can say."""
+    ValueError when neither the model nor the header can say, or the header says the volume is no scan
+    of a modality the model knows (a localizer, a diffusion series: ``Volume.not_anatomy``)."""
     if requested and requested.strip().lower() != "auto":
         return modalities.canonical(requested), None, ""
     if requested is None and volume.modality:
         return modalities.canonical(volume.modality), None, ""
+    if volume.not_anatomy:              # its header says what it is: no model's guess overrides that
+        raise ValueError(f"{volume.not_anatomy} (--source)")
     found = synth.identify(volume, progress=progress)
     info = found.to_dict()
     if found.reliable and found.confidence >= MIN_AUTO_CONFIDENCE:

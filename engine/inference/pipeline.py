@@ -437,7 +437,7 @@ class SliceSynthesizer:
             np.ascontiguousarray(slices_back(out, plan.axis)),
             modality=target, unit=modalities.get(target).unit,
             name=f"synthetic {target} from {source}", source="", notes=notes, dicom=derived_identity(volume),
-            synthetic=True, derived_from=source)
+            synthetic=True, derived_from=source, not_anatomy="")
 
     def _source_floor(self, source: str, target: str, settings: SynthesisSettings, same_scale: bool
                       ) -> tuple[float | None, float, str, Mapping[str, Any] | None]:

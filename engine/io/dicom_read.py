@@ -184,7 +184,8 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     g, notes, read = group.geometry, list(group.notes), slices
     if unreadable:
         array, g, notes, read = _without_unreadable(array, group, unreadable, folder)
-    notes += _not_anatomical_notes(tags)
+    not_anatomy = _not_anatomical_notes(tags)
+    notes += not_anatomy
     array = unshear(array, g)
     if g.positions:
         array = resample_slices(array, g.positions, g.grid_slices, g.spacing[2])
@@ -192,7 +193,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
     unit, unit_notes = _units(array, group, tags, modality)
     return Volume(
         array, g.spacing, g.origin, g.direction, modality=modality, unit=unit, name=describe(tags, group.part),
-        source=folder, notes=tuple(notes + unit_notes),
+        source=folder, notes=tuple(notes + unit_notes), not_anatomy=" ".join(not_anatomy),
         dicom={**{k: tags.get(k, "") for k in IDENTITY_TAGS},
                **{k: tags.get(k, "") for k in _acquisition_tags(tags)},
                # an assumed position or orientation is no place in the scanner's frame: a derived series
@@ -352,10 +353,12 @@ def _frame(pixels: np.ndarray, s: SliceInfo) -> np.ndarray:
 
 # ImageType values of CT series whose voxels are a computed map (perfusion, material), not HU of tissue
 _CT_MAPS = {"PERFUSION", "RCBF", "RCBV", "CBF", "CBV", "MTT", "TTP", "TMAX", "IODINE"}
-# the names scanners give their positioning images (Siemens localizer / AAHead_Scout, GE 3-Plane Loc,
-# Philips Survey / SurView, CT topogram / scanogram / scout, Toshiba tri-pilot)
-_LOCALIZER_NAME = re.compile(r"(?<![a-z])(locali[sz]er|scout|survey|surview|topogram|scanogram|tri-?pilot|"
-                             r"3[- ]?pl(ane)?[ _-]?loc)(?![a-z])")
+# the names scanners give their positioning and calibration images (Siemens localizer / AAHScout, GE 3-Plane
+# Loc / ASSET Cal, Philips Survey / SurView / SmartBrain / SENSE ref scan, CT topogram / scanogram / scout,
+# Toshiba tri-pilot)
+_LOCALIZER_NAME = re.compile(r"(?<![a-z])(locali[sz]er|survey|surview|topogram|scanogram|tri-?pilot|"
+                             r"3[- ]?pl(ane)?[ _-]?loc|smart ?brain|smart ?exam|asset[ _-]?cal|calibration|"
+                             r"sense[ _-]?ref|ref[ _-]?scan|coil[ _-]?survey)(?![a-z])|scout(?![a-z])")
 
 
 def _ct_map(tags: dict[str, str]) -> list[str]:
@@ -366,23 +369,42 @@ def _ct_map(tags: dict[str, str]) -> list[str]:
 
 
 def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
-    """A series whose values are no anatomy to synthesize from — a CT map (perfusion, material) or a
-    localizer — in a note; the series gets no modality, so no route takes it unless the user names one."""
+    """A series whose values are no anatomy of a modality the model knows — a CT map (perfusion,
+    material), a localizer or calibration scan, an MR series such as a diffusion, SWI or phase image — in
+    a note; the series gets no modality, so no route takes it unless the user names one."""
     mapped = _ct_map(tags)
     if mapped:
         return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
                 "values are not Hounsfield units of tissue, so no modality or unit is assumed for it, no CT route "
                 "takes it and a cohort leaves it out"]
-    named = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"))
-             if _LOCALIZER_NAME.search(tags.get(key, "").lower())]
-    if "LOCALIZER" in tags.get("ImageType", "").upper().split("\\"):
-        why = f"ImageType {tags['ImageType']} marks it a localizer"
+    names = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"),
+                                                 ("sequence", "SequenceName")) if tags.get(key)]
+    image_type = tags.get("ImageType", "")
+    named = [(word, name) for word, name in names[:2] if _LOCALIZER_NAME.search(name.lower())]
+    if "LOCALIZER" in image_type.upper().split("\\"):
+        why = f"ImageType {image_type} marks it a localizer"
     elif named:
-        why = f"its {named[0][0]} {named[0][1]!r} names a localizer"
+        why = f"its {named[0][0]} {named[0][1]!r} names a localizer or calibration scan"
+    elif tags.get("Modality", "").upper() == "MR" and not tags.get("StudioModality"):
+        return _other_mr_notes(image_type, names)
     else:
         return []
-    return [f"{why} (positioning images, not a volume for diagnosis or synthesis): no modality is assumed for "
-            "it, so it is synthesized from only when you name its modality, and a cohort leaves it out"]
+    return [f"{why} (positioning or calibration images, not a volume for diagnosis or synthesis): no modality "
+            "is assumed for it, so it is synthesized from only when you name its modality, and a cohort leaves it out"]
+
+
+def _other_mr_notes(image_type: str, names: list[tuple[str, str]]) -> list[str]:
+    """An MR series of no modality the model knows (:func:`engine.modalities.other_mr`) in a note."""
+    kind = modalities.other_mr("", image_type)
+    why = f"ImageType {image_type}" if kind else ""
+    for word, name in names:
+        if not kind:
+            kind, why = modalities.other_mr(name), f"its {word} {name!r}"
+    if not kind:
+        return []
+    return [f"{why} marks a {kind} series, not a scan of a modality the model knows (T1, T1CE, T2, FLAIR, PD): no "
+            "modality is assumed for it, so it is synthesized from only when you name its modality, and a cohort "
+            "leaves it out"]
 
 
 def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:

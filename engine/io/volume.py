@@ -33,6 +33,7 @@ class Volume:
     derived_from: str = ""           # the modality a synthetic volume was made from, when known
     provenance: dict = field(default_factory=dict)   # how a model made it: the JSON sidecar an export writes
     space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner)
+    not_anatomy: str = ""            # why its values are no scan of a modality the model knows (a localizer, a DWI…)
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:

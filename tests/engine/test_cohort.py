@@ -504,7 +504,7 @@ def test_a_volume_that_is_no_input_is_listed_as_not_applicable_saying_why(model,
     assert summary(capsys)["not_applicable"] == 2
 
 
-def test_a_localizer_in_a_study_is_not_applicable_even_with_the_source_named(model, tmp_path, capsys,
+def test_a_localizer_or_a_diffusion_series_in_a_study_is_not_applicable_even_with_the_source_named(model, tmp_path, capsys,
                                                                            one_torch_thread):
     """A series of no modality is taken as the source named: a study's localizer had been synthesized as
     a T1 (it had even been guessed T1 without the source named)."""
@@ -519,6 +519,14 @@ def test_a_localizer_in_a_study_is_not_applicable_even_with_the_source_named(mod
     assert sorted(r["status"] for r in rows.values()) == ["done", "not-applicable"]
     (left,) = [r for r in rows.values() if r["status"] == "not-applicable"]
     assert "marks it a localizer" in left["error"]
+
+    def diffusion(ds, k):
+        ds.SeriesDescription, ds.ImageType = "ep2d_diff_3scan_trace_p2", ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"]
+
+    write_series(tmp_path / "in" / "dwi", (head("T1", 3).array[:3] * 2).astype(np.int16), per_slice=diffusion)
+    assert cohort(model, str(tmp_path / "in"), "--target", "T2", "--source", "T1", "-o", str(out)) == 0
+    (dwi,) = [r for k, r in records(out).items() if k.startswith("dwi")]
+    assert dwi["status"] == "not-applicable" and "marks a diffusion series" in dwi["error"]
 
 
 def test_csv_rows_whose_outputs_are_one_file_or_share_a_sidecar_or_repeat_a_row_fail_saying_so(

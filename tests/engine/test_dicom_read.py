@@ -791,6 +791,8 @@ def test_a_ct_perfusion_map_is_listed_with_a_note_that_its_values_are_not_tissue
     ("ORIGINAL\\PRIMARY\\M\\ND", "AAHead_Scout_MPR_sag", ""),   # Siemens auto-align scout
     ("ORIGINAL\\PRIMARY\\OTHER", "3-Plane Loc", ""),            # GE
     ("ORIGINAL\\PRIMARY\\M_SE", "", "SURVEY"),                  # Philips, named by its protocol
+    ("ORIGINAL\\PRIMARY\\M\\ND", "AAHScout", ""),                 # an older Siemens auto-align scout
+    ("ORIGINAL\\PRIMARY\\OTHER", "ASSET Cal", ""),              # GE's coil calibration
 ])
 def test_a_localizer_gets_no_modality_and_says_why(tmp_path, image_type, description, protocol):
     """A localizer had been guessed T1 (or CT) and synthesized from like any scan."""
@@ -809,7 +811,8 @@ def test_a_localizer_gets_no_modality_and_says_why(tmp_path, image_type, descrip
     assert loaded.modality is None and note in loaded.notes
 
 
-@pytest.mark.parametrize("description", ["t1_mprage_sag", "Localized spectroscopy reference", "t2_tse_tra SCOUTING"])
+@pytest.mark.parametrize("description", ["t1_mprage_sag", "Localized T2 tse", "t2_tse_tra SCOUTING",
+                                         "t1_mprage_sag_p2_iso"])
 def test_a_scan_whose_name_only_resembles_a_localizer_keeps_its_modality(tmp_path, description):
     def tag(ds, k):
         ds.ImageType, ds.SeriesDescription = ["ORIGINAL", "PRIMARY", "M", "ND"], description
@@ -890,3 +893,22 @@ def test_a_stated_pixel_padding_value_is_kept_in_physical_units(tmp_path):
     write_series(tmp_path / "u", anatomical()[:3], modality="CT", sop_class=CT_IMAGE, slopes=[0.5, 1.0, 0.5],
                  intercept=-1000.0, per_slice=padded)
     assert "StudioPaddingRange" not in io.load(tmp_path / "u").dicom       # one stored value, two HU values
+
+
+@pytest.mark.parametrize("image_type, description, kind", [
+    ("ORIGINAL\\PRIMARY\\DIFFUSION\\TRACEW\\ND", "ep2d_diff_3scan_trace_p2", "ImageType ORIGINAL"),
+    ("ORIGINAL\\PRIMARY\\P\\ND", "t2_swi_tra_p2_Pha", "ImageType ORIGINAL"),
+    ("ORIGINAL\\PRIMARY\\M\\ND", "t2_swi_tra_p2", "its description 't2_swi_tra_p2'"),
+    ("ORIGINAL\\PRIMARY\\OTHER", "AX DWI 1000b", "its description 'AX DWI 1000b'"),
+])
+def test_an_mr_series_of_no_modality_the_model_knows_says_what_it_is(tmp_path, image_type, description, kind):
+    """A DWI, SWI or phase series had no modality and no word why; a cohort given --source T1 took it as a T1."""
+    def tag(ds, k):
+        ds.ImageType, ds.SeriesDescription = image_type.split("\\"), description
+        ds.RepetitionTime, ds.EchoTime = 5000, 90                    # a T2's timing: not what decides
+
+    write_series(tmp_path / "s", anatomical()[:3], per_slice=tag)
+    (entry,) = io.scan(tmp_path / "s").entries
+    assert entry.modality is None and entry.not_anatomy.startswith(kind) and entry.not_anatomy in entry.notes
+    assert "not a scan of a modality the model knows" in entry.not_anatomy
+    assert io.load(tmp_path / "s").not_anatomy == entry.not_anatomy

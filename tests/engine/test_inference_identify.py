@@ -191,3 +191,18 @@ def test_the_source_modality_is_the_requested_the_headers_or_the_identified_one_
     with pytest.raises(ValueError, match="cannot identify"):
         source_modality(model, t1.replace(modality=None), "auto")
     assert capsys.readouterr().err == ""                        # said in the note, never printed
+
+
+def test_a_volume_its_header_calls_no_scan_of_a_known_modality_is_not_identified_by_the_model():
+    """A diffusion series had been handed to the model's guess, which a confident model would have taken."""
+    from engine.inference.identify import source_modality
+
+    class Guessing:
+        def identify(self, volume, progress=None):
+            raise AssertionError("the model was asked")
+
+    note = "ImageType ORIGINAL\\PRIMARY\\DIFFUSION marks a diffusion series"
+    dwi = Volume(np.zeros((2, 8, 8), np.float32), not_anatomy=note)
+    with pytest.raises(ValueError, match="marks a diffusion series"):
+        source_modality(Guessing(), dwi, None)
+    assert source_modality(Guessing(), dwi, "T2")[0] == "T2"                  # named: taken as the user says

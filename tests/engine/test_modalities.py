@@ -77,6 +77,13 @@ def test_guess_from_dicom_tags():
     ("ep2d_diff_3scan_trace_p2", None), ("ep2d_bold_moco", None), ("MRA TOF 3D", None), ("B0map", None),
     ("t1_mprage_sag_p2_iso", "T1"), ("AX T2 FSE", "T2"), ("Ax T2 FLAIR", "FLAIR"), ("PD_TSE_sag", "PD"),
     ("Ax T1 +C", "T1CE"), ("t2_blade_tra", "T2"),
+    ("T1W_3D_TFE +C", "T1CE"), ("Ax T1 BRAVO +C", "T1CE"),                 # "+C" after a space had been missed
+    ("AX T1 PRE GAD", "T1"), ("Sag T1 pre contrast", "T1"), ("t1_se_tra_ohne_KM", "T1"),   # had been T1CE
+    ("AX T1 FLAIR", "T1"), ("AX T1 FLAIR POST", "T1CE"),                   # GE's T1 FLAIR had been FLAIR
+    ("t2_spc_da-fl_sag_p2_iso", "FLAIR"),                                  # Siemens SPACE dark fluid
+    ("AX GRE", None), ("T2W_FFE", None), ("T1W_FFE", "T1"), ("T1 GRE", "T1"),   # a bare gradient echo is a T2*
+    ("sWIP T1W_3D_TFE SENSE", "T1"), ("SWIp", None),                       # Philips' work-in-progress prefix, SWI
+    ("T2 map", None), ("T1_map_MOLLI", None), ("t1_mp2rage_sag_p3_iso_T1_Images", None),   # quantitative maps
 ])
 def test_guess_from_scanner_series_descriptions(description, expected):
     assert m.guess_from_dicom({"Modality": "MR", "SeriesDescription": description}) == expected
@@ -92,3 +99,9 @@ def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
     assert m.guess_from_dicom({**timed, "SequenceName": "*ep_b1000t"}) is None         # Siemens diffusion EPI
     assert m.guess_from_dicom({**timed, "SequenceName": "epfid2d1_64"}) is None        # Siemens BOLD EPI
     assert m.guess_from_dicom({**timed, "SequenceName": "*tse2d1_15"}) == "T2"
+    assert m.guess_from_dicom({**timed, "ImageType": "DERIVED\\PRIMARY\\T1 MAP"}) is None
+    inverted = {"Modality": "MR", "SeriesDescription": "t2_tirm_tra_p2", "RepetitionTime": 9000, "EchoTime": 81}
+    assert m.guess_from_dicom(inverted) == "T2"
+    assert m.guess_from_dicom({**inverted, "InversionTime": 2500}) == "FLAIR"     # its inversion time says FLAIR
+    assert m.other_mr("ep2d_diff_3scan_trace_p2") == "diffusion" and m.other_mr("", "ORIGINAL\\PRIMARY\\P\\ND") == "phase image"
+    assert m.other_mr("t1_mprage_sag_p2_iso") == ""
