@@ -188,9 +188,23 @@ def load(path: str | Path, series: str | None = None, progress: ProgressFn = noo
     elif len(catalog.entries) == 1:
         entry = catalog.entries[0]
     else:
-        listing = "; ".join(f"{e.key} ({e.description}, {e.modality or '?'})" for e in catalog.entries[:8])
-        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with {pick_with}: {listing}")
+        raise VolumeIOError(path, f"holds {len(catalog.entries)} series, pick one with {pick_with}: "
+                                  f"{_listing(catalog.entries)}")
     return entry.load(progress, cancel)
+
+
+def _listing(entries) -> str:
+    """The series a pick chooses from, those of a known modality first, as many whole ones as an error
+    line holds; how many more there are and where to see them all."""
+    ranked = sorted(entries, key=lambda e: e.modality is None)
+    shown: list[str] = []
+    for e in ranked:
+        item = f"{e.key} ({e.description}, {e.modality or '?'})"
+        if shown and len("; ".join([*shown, item])) > MAX_LISTING:
+            break
+        shown.append(item)
+    rest = len(ranked) - len(shown)
+    return "; ".join(shown) + (f"; and {rest} more (`info` lists every series)" if rest else "")
 
 
 def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
@@ -217,6 +231,7 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
 
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")          # an output path ending so is a DICOM series folder without it
+MAX_LISTING = 420             # characters of series listed in an error (its line holds MAX_PROBLEM, 600)
 
 
 def path_key(path: str | Path) -> str:

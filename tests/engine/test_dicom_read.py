@@ -912,3 +912,20 @@ def test_an_mr_series_of_no_modality_the_model_knows_says_what_it_is(tmp_path, i
     assert entry.modality is None and entry.not_anatomy.startswith(kind) and entry.not_anatomy in entry.notes
     assert "not a scan of a modality the model knows" in entry.not_anatomy
     assert io.load(tmp_path / "s").not_anatomy == entry.not_anatomy
+
+
+def test_a_folder_of_many_series_lists_whole_entries_known_modalities_first_and_how_many_more(tmp_path):
+    """The list had stopped at the first eight (localizers first) and been cut mid-UID."""
+    def named(text):
+        def tag(ds, k):
+            ds.SeriesDescription = text
+        return tag
+
+    for k in range(10):
+        write_series(tmp_path / "study" / f"loc{k}", anatomical()[:1], per_slice=named(f"localizer {k}"), seed=k)
+    write_series(tmp_path / "study" / "t1", anatomical()[:2], per_slice=named("t1_mprage_sag"))
+    with pytest.raises(io.VolumeIOError) as caught:
+        io.load(tmp_path / "study")
+    problem = caught.value.problem
+    assert "holds 11 series" in problem and problem.index("t1_mprage_sag, T1") < problem.index("localizer")
+    assert problem.endswith("more (`info` lists every series)") and "…" not in problem
