@@ -12,17 +12,20 @@ Splitting rules (the key gets ".1", ".2", … when a UID splits):
      (TemporalPositionIdentifier / TemporalPositionIndex) or enhanced stacks (StackID);
   6. only where a position still repeats: AcquisitionNumber (CT scanners number acquisitions
      within one contiguous stack, so this is not split when positions are distinct), then image
-     type / TE / TI / trigger time / b-value, and last the order of InstanceNumber.
+     type / TE / TI / trigger time / b-value, and last the order of InstanceNumber; a slice whose
+     pixels another slice at its position holds too (re-sent under a new SOPInstanceUID) is left out first.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
+import pydicom
 
 from engine.io import dicom_geometry as geo
 from engine.io.dicom_scan import SliceInfo
@@ -184,10 +187,10 @@ def _split_repeats(part: Part) -> list[Part]:
     slices, labels = part
     if len(slices) < 2 or not _repeats(slices):
         return [part]
-    d = geo.positions_along_normal(slices[0].orientation, [s.position for s in slices])
-    slots: dict[int, list[SliceInfo]] = defaultdict(list)
-    for s, pos in sorted(zip(slices, d), key=lambda t: (t[0].instance, t[0].path, t[0].frame or 0)):
-        slots[round(float(pos) / geo.SAME_POSITION_MM)].append(s)
+    slices = _without_resent(_slots(slices))
+    if not _repeats(slices):
+        return [(slices, labels)]
+    slots = _slots(slices)
     repeats = max(len(v) for v in slots.values())
     for reason, key, name in (
         ("acquisition", lambda s: s.acquisition, "acquisition {}"),
@@ -199,12 +202,59 @@ def _split_repeats(part: Part) -> list[Part]:
             pieces.setdefault(key(s), []).append(s)
         if len(pieces) == repeats and not any(_repeats(p) for p in pieces.values() if len(p) > 1):
             return [(p, labels + [(reason, name.format(_short(k)))]) for k, p in pieces.items()]
-    # last resort: the k-th slice at every position (by InstanceNumber) makes volume k
+    # last resort: the k-th slice at every position (by InstanceNumber, then file name) makes volume k
+    order = "InstanceNumber" if all(len({s.instance for s in v}) == len(v) for v in slots.values()) else "file name"
     out = []
     for k in range(repeats):
         piece = [v[k] for v in slots.values() if len(v) > k]
-        out.append((piece, labels + [("repeated positions", f"repeat {k + 1} of {repeats} by InstanceNumber")]))
+        out.append((piece, labels + [("repeated positions", f"repeat {k + 1} of {repeats} by {order}")]))
     return out
+
+
+def _slots(slices: list[SliceInfo]) -> dict[int, list[SliceInfo]]:
+    """The slices at each position along the normal, by InstanceNumber, then file name and frame."""
+    d = geo.positions_along_normal(slices[0].orientation, [s.position for s in slices])
+    slots: dict[int, list[SliceInfo]] = defaultdict(list)
+    for s, pos in sorted(zip(slices, d), key=lambda t: (t[0].instance, t[0].path, t[0].frame or 0)):
+        slots[round(float(pos) / geo.SAME_POSITION_MM)].append(s)
+    return slots
+
+
+def _without_resent(slots: dict[int, list[SliceInfo]]) -> list[SliceInfo]:
+    """Every slice but those whose pixels, acquisition, image type and timing another slice at their
+    position has too (an image re-sent under a new SOPInstanceUID: splitting on it had made a one-slice
+    volume of the copy); the kept slice
+    notes what was left out. Only the files at a repeated position are read for their pixels."""
+    kept: list[SliceInfo] = []
+    for slot in slots.values():
+        seen: dict[tuple, int] = {}
+        for s in slot:
+            pixels = _pixel_digest(s) if len(slot) > 1 else None
+            digest = None if pixels is None else (pixels, s.acquisition, s.extra_split)   # a copy says the same
+            if digest is not None and digest in seen:
+                first = kept[seen[digest]]
+                kept[seen[digest]] = replace(first, notes=(*first.notes, f"{os.path.basename(s.path)} holds the same "
+                                                           f"image as {os.path.basename(first.path)} (same position and "
+                                                           "pixels, another SOPInstanceUID: re-sent); left out"))
+                continue
+            if digest is not None:
+                seen[digest] = len(kept)
+            kept.append(s)
+    return kept
+
+
+def _pixel_digest(s: SliceInfo) -> bytes | None:
+    """A digest of a single-frame file's stored pixels and rescale (None for a frame of a multi-frame
+    file, or when the file cannot be read again)."""
+    if s.frame is not None or s.frames_in_file != 1:
+        return None
+    try:
+        pixels = pydicom.dcmread(s.path, specific_tags=["PixelData"]).get("PixelData")
+    except Exception:               # read once already; a file changed or gone since is not a copy
+        return None
+    if not isinstance(pixels, bytes):
+        return None
+    return hashlib.sha256(repr((s.rows, s.columns, s.slope, s.intercept)).encode() + pixels).digest()
 
 
 def _short(key: Hashable) -> str:

@@ -929,3 +929,22 @@ def test_a_folder_of_many_series_lists_whole_entries_known_modalities_first_and_
     problem = caught.value.problem
     assert "holds 11 series" in problem and problem.index("t1_mprage_sag, T1") < problem.index("localizer")
     assert problem.endswith("more (`info` lists every series)") and "…" not in problem
+
+
+def test_a_slice_re_sent_with_its_pixels_is_left_out_and_one_with_other_pixels_splits(tmp_path):
+    """A slice sent twice (new SOPInstanceUID, same pixels and InstanceNumber) had split the series into
+    "repeat 1 of 2 by InstanceNumber" and a one-slice "repeat 2 of 2"."""
+    paths = write_series(tmp_path / "s", anatomical()[:4])
+    again = pydicom.dcmread(paths[1])
+    again.SOPInstanceUID = pydicom.uid.generate_uid()
+    again.save_as(tmp_path / "s" / "resent.dcm")
+    (entry,) = io.scan(tmp_path / "s").entries
+    (note,) = [n for n in entry.notes if "holds the same image as" in n]
+    assert entry.shape_zyx[0] == 4 and "resent.dcm" in note and paths[1].name in note and "re-sent" in note
+    changed = pydicom.dcmread(paths[1])
+    changed.SOPInstanceUID = pydicom.uid.generate_uid()
+    changed.PixelData = (changed.pixel_array + 1).astype(changed.pixel_array.dtype).tobytes()
+    changed.save_as(tmp_path / "s" / "resent.dcm")                    # same position, other pixels: two volumes
+    parts = io.scan(tmp_path / "s").entries
+    assert len(parts) == 2 and {e.shape_zyx[0] for e in parts} == {4, 1}
+    assert any("by file name" in n for e in parts for n in e.notes)     # both InstanceNumbers are one
