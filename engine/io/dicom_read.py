@@ -201,6 +201,7 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
                **({} if group.positioned else {"FrameOfReferenceUID": ""}),
                **_thickness_tag(slices),
                **_padding_range(tags, slices),
+               **lossy_compression(tags),
                **slice_references(read, tags, g)},
         **read_dicom_tags(tags),
     )
@@ -209,6 +210,24 @@ def load_series(group: SeriesGroup, tags: dict[str, str], progress: ProgressFn =
 def _acquisition_tags(tags: dict[str, str]) -> tuple[str, ...]:
     """The acquisition's attributes a derived series of this modality keeps (MR's sequence, PET's decay)."""
     return {"MR": MR_TAGS, "PT": PET_TAGS}.get(tags.get("Modality", "").upper(), ())
+
+
+# transfer syntaxes that lose information whatever the file says, and the method each names (JPEG 2000's
+# "Image Compression" may be lossless: its files say which)
+_LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+                   "1.2.840.10008.1.2.4.81": "ISO_14495_1"}
+_METHODS = {**_LOSSY_SYNTAXES, "1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840.10008.1.2.4.93": "ISO_15444_1"}
+
+
+def lossy_compression(tags: dict[str, str]) -> dict[str, str]:
+    """Whether a series' pixels went through lossy compression (its LossyImageCompression, or a lossy
+    transfer syntax), with its ratio and method: what every series made from it keeps (PS3.3 C.7.6.1.1.5:
+    once 01, never reset)."""
+    syntax = tags.get("TransferSyntaxUID", "")
+    if tags.get("LossyImageCompression", "").strip() != "01" and syntax not in _LOSSY_SYNTAXES:
+        return {"LossyImageCompression": "00"}
+    return {"LossyImageCompression": "01", "LossyImageCompressionRatio": tags.get("LossyImageCompressionRatio", ""),
+            "LossyImageCompressionMethod": tags.get("LossyImageCompressionMethod") or _METHODS.get(syntax, "")}
 
 
 # a Volume's ``dicom`` key: the padding a series states (PixelPaddingValue, PixelPaddingRangeLimit: stored

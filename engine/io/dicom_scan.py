@@ -59,7 +59,8 @@ SERIES_TAGS = (
     "SequenceVariant", "ScanOptions", "MRAcquisitionType", "FlipAngle", "EchoTrainLength", "MagneticFieldStrength",
     "ContrastBolusAgent", "PhotometricInterpretation", "Units", "DecayCorrection", "CorrectedImage",
     "SOPClassUID", "BurnedInAnnotation", "ImageType", "KVP", "PatientIdentityRemoved", "DeidentificationMethod",
-    "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "PixelPaddingValue", "PixelPaddingRangeLimit", "LossyImageCompression", "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
 )
 RADIOPHARMACEUTICAL_TAGS = ("Radiopharmaceutical", "RadionuclideTotalDose", "RadionuclideHalfLife",
                             "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime")

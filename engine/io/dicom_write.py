@@ -235,7 +235,12 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     burned_in = src.get("BurnedInAnnotation", "").strip().upper()
     if burned_in in ("YES", "NO"):          # what the source's pixels were said to carry; unsaid stays unsaid
         ds.BurnedInAnnotation = burned_in
-    ds.LossyImageCompression = "00"
+    lossy = src.get("LossyImageCompression", "")          # a NIfTI source's is not known: not claimed
+    if lossy in ("00", "01"):
+        ds.LossyImageCompression = lossy
+    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if lossy == "01" and src.get(keyword):
+            setattr(ds, keyword, src[keyword])
     _identity(ds, src, today, clock)
     ds.BodyPartExamined = src.get("BodyPartExamined", "")
     if ds.BodyPartExamined.strip().upper() not in UNPAIRED_BODY_PARTS:

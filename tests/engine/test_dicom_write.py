@@ -438,3 +438,28 @@ def test_exports_of_one_series_have_their_own_series_numbers(tmp_path):
     numbers = {k: _files(write_dicom_series(v, tmp_path / k, series_description="x"))[0].SeriesNumber
                for k, v in made.items()}
     assert numbers == {"scan": 1007, "T2": 4007, "FLAIR": 5007}
+
+
+def test_an_export_of_lossy_compressed_pixels_says_so_and_one_of_a_nifti_claims_nothing(tmp_path):
+    """Every export had said LossyImageCompression 00, even of a lossy JPEG source (once 01, never reset)."""
+    from dicom_fixtures import anatomical, write_series
+
+    def lossy(ds, k):
+        ds.LossyImageCompression, ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = "01", 8, "ISO_15444_1"
+
+    write_series(tmp_path / "lossy", anatomical()[:3], per_slice=lossy)
+    write_series(tmp_path / "plain", anatomical()[:3])
+    scan = io.load(tmp_path / "lossy")
+    made = {"scan": scan, "synthetic": scan.replace(modality="T2", synthetic=True, derived_from="T1"),
+            "plain": io.load(tmp_path / "plain"), "nifti": io.load(io.save(scan, tmp_path / "t1.nii.gz"))}
+    first = {k: _files(write_dicom_series(v, tmp_path / f"out_{k}", series_description="x"))[0] for k, v in made.items()}
+    for k in ("scan", "synthetic"):
+        assert (first[k].LossyImageCompression, float(first[k].LossyImageCompressionRatio),
+                first[k].LossyImageCompressionMethod) == ("01", 8.0, "ISO_15444_1")
+    assert first["plain"].LossyImageCompression == "00" and "LossyImageCompressionRatio" not in first["plain"]
+    assert "LossyImageCompression" not in first["nifti"]                 # not known: not claimed
+    from engine.io.dicom_read import lossy_compression
+
+    baseline = lossy_compression({"TransferSyntaxUID": "1.2.840.10008.1.2.4.50"})      # JPEG baseline: lossy
+    assert baseline == {"LossyImageCompression": "01", "LossyImageCompressionRatio": "",
+                        "LossyImageCompressionMethod": "ISO_10918_1"}
