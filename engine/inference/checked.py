@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engine import modalities
 from engine.jobs import CancelToken, ProgressFn, noop
 
 if TYPE_CHECKING:
@@ -45,7 +46,12 @@ def synthesize_checked(synth, volume: Volume, source: str | None, target: str, s
     from engine.inference.identify import source_modality
     from engine.inference.ood import marked_description, with_warnings
 
+    asked = source
     source, identified, note = source_modality(synth, volume, source, progress)
+    if asked is None and modalities.canonical(source) == modalities.canonical(target):
+        raise ValueError(f"the input reads as a {source} by its header or name, the target's own modality: nothing "
+                         f"to synthesize. If it is another modality (a CBCT whose header says only CT), name it with "
+                         f"--source (e.g. --source CBCT)")
     source, target = synth.card.check_route(source, target)
     warnings = synth.input_warnings(volume, source, settings)
     checks = Checks(source=source, target=target, identified=identified, source_note=note,

@@ -516,3 +516,14 @@ def test_a_reference_of_another_modality_than_the_target_is_refused_or_warned_of
                          unnamed, *common)
     assert code == 0 and "its modality is not known" in err
     assert any("its modality is not known" in w for w in json.loads(out)["reference_warnings"])
+
+
+def test_an_input_whose_header_reads_as_the_target_says_how_to_name_its_real_modality(capsys, model_dir, inputs,
+                                                                                      tmp_path):
+    """A CBCT whose header says only CT had got "source and target are both CT", with no way out named."""
+    code, _out, err = run(capsys, "synthesize", inputs[1], "--target", "CT", "-o", tmp_path / "sct.nii.gz",
+                          "--model", model_dir)
+    assert code == 2 and "reads as a CT by its header or name" in err and "--source CBCT" in err
+    code, _out, err = run(capsys, "synthesize", inputs[1], "--source", "CBCT", "--target", "CT", "-o",
+                          tmp_path / "sct.nii.gz", "--model", model_dir)
+    assert code == 0, err
