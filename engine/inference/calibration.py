@@ -48,7 +48,8 @@ def calibration_shift(hu: np.ndarray, body: np.ndarray, calibration: Mapping | N
         return 0.0, "HU calibration: no soft-tissue peak found in the source; left as it is"
     shift = float(reference) - peak
     return shift, (f"HU calibration: source shifted {shift:+.0f} HU (its soft-tissue peak {peak:+.0f} HU onto the "
-                   f"training CTs' {float(reference):+.0f} HU)")
+                   f"training CTs' {float(reference):+.0f} HU; every value moves by it, bone and metal too, air held "
+                   "at the scale's bottom)")
 
 
 def dataset_calibration(paired, split: str | None = "train") -> dict | None:
