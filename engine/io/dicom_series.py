@@ -192,16 +192,17 @@ def _split_repeats(part: Part) -> list[Part]:
         return [(slices, labels)]
     slots = _slots(slices)
     repeats = max(len(v) for v in slots.values())
-    for reason, key, name in (
-        ("acquisition", lambda s: s.acquisition, "acquisition {}"),
-        ("image type / timing", lambda s: s.extra_split, "{}"),
-        ("acquisition and image type", lambda s: (s.acquisition, s.extra_split), "{}"),
+    for reason, key in (
+        ("acquisition", lambda s: (("acquisition", s.acquisition),)),
+        ("image type / timing", lambda s: _named_extra(s.extra_split)),
+        ("acquisition and image type", lambda s: (("acquisition", s.acquisition), *_named_extra(s.extra_split))),
     ):
-        pieces: dict[Hashable, list[SliceInfo]] = {}
+        pieces: dict[tuple[tuple[str, str], ...], list[SliceInfo]] = {}
         for s in slices:
             pieces.setdefault(key(s), []).append(s)
         if len(pieces) == repeats and not any(_repeats(p) for p in pieces.values() if len(p) > 1):
-            return [(p, labels + [(reason, name.format(_short(k)))]) for k, p in pieces.items()]
+            named = _telling_apart(list(pieces))
+            return [(p, labels + [(reason, named[k])]) for k, p in pieces.items()]
     # last resort: the k-th slice at every position (by InstanceNumber, then file name) makes volume k
     order = "InstanceNumber" if all(len({s.instance for s in v}) == len(v) for v in slots.values()) else "file name"
     out = []
@@ -257,10 +258,22 @@ def _pixel_digest(s: SliceInfo) -> bytes | None:
     return hashlib.sha256(repr((s.rows, s.columns, s.slope, s.intercept)).encode() + pixels).digest()
 
 
-def _short(key: Hashable) -> str:
-    if isinstance(key, tuple):
-        return " ".join(_short(k) for k in key if k not in ("", None, ())) or "—"
-    return str(key)
+# what each value of SliceInfo.extra_split is (a classic image's five; an enhanced frame's b-value), and how
+# a label shows it
+_EXTRA_NAMES = {5: ("ImageType", "TE", "TI", "trigger", "b"), 1: ("b",)}
+_SHOWN = {"acquisition": "acquisition {}", "ImageType": "{}", "TE": "TE {} ms", "TI": "TI {} ms",
+          "trigger": "trigger {} ms", "b": "b={}"}
+
+
+def _named_extra(extra: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    names = _EXTRA_NAMES.get(len(extra), tuple(f"value {i + 1}" for i in range(len(extra))))
+    return tuple(zip(names, extra))
+
+
+def _telling_apart(keys: list[tuple[tuple[str, str], ...]]) -> dict[tuple, str]:
+    """Each key's label: only the values that differ between the keys, named (``b=1000``, ``TE 15 ms``)."""
+    differing = [i for i in range(len(keys[0])) if len({k[i][1] for k in keys}) > 1]
+    return {k: " ".join(_SHOWN.get(k[i][0], "{}").format(k[i][1] or "none") for i in differing) or "—" for k in keys}
 
 
 def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:

@@ -948,3 +948,14 @@ def test_a_slice_re_sent_with_its_pixels_is_left_out_and_one_with_other_pixels_s
     parts = io.scan(tmp_path / "s").entries
     assert len(parts) == 2 and {e.shape_zyx[0] for e in parts} == {4, 1}
     assert any("by file name" in n for e in parts for n in e.notes)     # both InstanceNumbers are one
+
+
+def test_volumes_split_by_what_their_images_say_are_labelled_by_what_differs_named():
+    """A DWI's parts had been labelled "ORIGINAL\\PRIMARY\\DIFFUSION\\TRACEW\\ND 89.0 1000.0" (the same image
+    type and TE in both, the b-value unnamed)."""
+    from engine.io.dicom_series import _named_extra, _telling_apart
+
+    keys = [_named_extra(("ORIGINAL\\PRIMARY\\DIFFUSION", "89", "", "", b)) for b in ("0", "1000")]
+    assert list(_telling_apart(keys).values()) == ["b=0", "b=1000"]
+    keys = [_named_extra(("M", te, "", "", "")) for te in ("15", "90")]
+    assert list(_telling_apart(keys).values()) == ["TE 15 ms", "TE 90 ms"]
