@@ -142,12 +142,13 @@ def run(args: argparse.Namespace) -> int:
     reference, warned = None, []                    # a bad reference fails before the work
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")
+        named = f"{args.reference} [{reference.name}]" if args.reference_series else args.reference   # which series
         try:
             warned = reference_warnings(volume, reference, target)
         except ValueError as exc:
-            raise ValueError(f"{args.reference}: {exc}") from None
+            raise ValueError(f"{named}: {exc}") from None
         for line in warned:
-            print(f"warning: {args.reference}: {line}", file=sys.stderr)
+            print(f"warning: {named}: {line}", file=sys.stderr)
     if volume.synthetic:                            # the app asks; a command says so before the work
         print(f"warning: {args.input}: {synthetic_input_note(volume)}", file=sys.stderr)
     if not args.quiet:
