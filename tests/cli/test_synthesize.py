@@ -490,6 +490,10 @@ def test_a_reference_holding_several_series_is_picked_with_reference_series(caps
     code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "b.nii.gz", "--reference-series", keys["CT"],
                           *common)
     assert code == 2 and "--reference-series goes with --reference" in err
+    code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "c.nii.gz", "--reference", study,
+                          "--reference-series", keys["T1"], "--target", "T2", "--model", model_dir, "--quiet")
+    named = io.scan(study).find(keys["T1"]).description
+    assert f"warning: {study} [{named}]: " in err                       # which of the folder's series said it
 
 
 def test_a_reference_of_another_modality_than_the_target_is_refused_or_warned_of_before_the_work(
