@@ -149,7 +149,8 @@ _T1_FLAIR = r"(?<![a-z])t1w? ?flair"              # GE's T1 FLAIR: T1-weighted (
 # a T1 named with its contrast agent anywhere (post, Gd, KM: Kontrastmittel, +C) is a T1CE, unless the name says
 # before or without it (pre, ohne, without, non-contrast, nativ)
 _CONTRAST_WORDS = r"(?<![a-z0-9])(post|gd|gad|gado|km|contrast|ce|\+ ?c|c ?\+)(?![a-z])"
-_NO_CONTRAST_WORDS = r"(?<![a-z])(pre|ohne|without|non|no|wo|w o|nativ|native|plain)(?![a-z])"
+_NO_CONTRAST_WORDS = (r"(?<![a-z])((pre|ohne|without|non|no|w ?o)[ -]?(contrast|kontrast|km|gd|gad|gado|c)|"
+                      r"pre|nativ|native|plain)(?![a-z])")
 # MR series of no modality the model knows, whatever contrast their name also says (what they are, and the names
 # and ImageType values that say it)
 _OTHER_MR: tuple[tuple[str, str], ...] = (

@@ -46,6 +46,7 @@ def test_body_mask_fills_holes_and_drops_specks():
     ("flair.nii.gz", "FLAIR"), ("BraTS20_t2.nii.gz", "T2"), ("PD.mha", "PD"), ("1BA001_cbct.nii.gz", "CBCT"),
     ("ct.nii.gz", "CT"), ("pet_suv.nrrd", "PET"), ("anatomical.nii", None),
     ("sub-01_T2starw.nii.gz", None), ("sub-01_dwi.nii.gz", None), ("T1_post.nii.gz", "T1CE"),
+    ("case_no_5_t1ce.nii.gz", "T1CE"), ("sub-01_T1w_preproc.nii.gz", "T1"),      # "no", "pre…" alone: no negation
 ])
 def test_guess_from_file_names(name, expected):
     assert m.guess_from_filename(f"/data/{name}") == expected
