@@ -187,8 +187,12 @@ class PreparePage(CheckedPage):
             self._set_status(f"Prepared {self.prepared.root}, but {no_training[0].lower()}{no_training[1:]}{skipped}",
                              True)
         elif self.report.usable:
+            applied = sum(r.registration.improved for r in self.prepared.registered)
+            refused = len(self.prepared.registered) - applied
             self._set_status(f"Prepared {self.prepared.root}: {len(self.report.subjects)} subjects usable, "
-                             f"{len(self.prepared.registered)} registered.{skipped}", False)
+                             f"{applied} registered" + (f", {refused} registration(s) not applied (worse than the "
+                                                        "headers' placement; see the list)" if refused else "")
+                             + f".{skipped}", bool(refused))
         else:
             self._set_status(f"Prepared {self.prepared.root}, but it has no usable pairs.{skipped}", True)
         self.completeChanged.emit()

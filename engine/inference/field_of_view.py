@@ -24,8 +24,8 @@ PADDING_MAX_HU = -1000.0        # a field-of-view padding value is at or below a
 PADDING_MIN_FRACTION = 0.01     # … and fills at least this share of the volume
 # a circle's or a line's edge: 90 % of its pixels this close to the fitted one (a body's outline is off a
 # circle by centimetres; a field of view resampled from a coarser grid is stair-stepped by its pixels)
-EDGE_TOLERANCE_PX = 2.0
-EDGE_TOLERANCE_MM = 3.0
+EDGE_TOLERANCE_PX = 1.5
+EDGE_TOLERANCE_MM = 2.0
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 

@@ -240,13 +240,15 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     reference = reference or _load(held[order[0]])
                     volume = _load(source)
                     registration = register_rigid(reference, volume, seed=seed, cancel=cancel)
-                    after = resample_rigid(volume, reference, registration)
-                    result.registered.append(RegisteredVolume(
-                        subject, modality, order[0], registration,
-                        overlay(reference, resample_rigid(volume, reference)), overlay(reference, after)))
-                    entry["registered_onto"] = order[0]
+                    unmoved = resample_rigid(volume, reference)
+                    # a registration that aligns worse than the headers do is not applied (it is shown, saying so)
+                    after = resample_rigid(volume, reference, registration) if registration.improved else unmoved
+                    result.registered.append(RegisteredVolume(subject, modality, order[0], registration,
+                                                              overlay(reference, unmoved), overlay(reference, after)))
+                    entry["registered_onto" if registration.improved else "registration_not_applied"] = order[0]
                     entry["registration"] = registration.to_dict()
-                    save(after, tmp / subject / f"{modality}.nii.gz", description=f"{modality} registered")
+                    save(after, tmp / subject / f"{modality}.nii.gz",
+                         description=f"{modality} registered" if registration.improved else modality)
                 elif isinstance(source, str) and source.lower().endswith(SELF_CONTAINED):
                     suffix = next(s for s in SELF_CONTAINED if source.lower().endswith(s))
                     _copy(Path(source), tmp / subject / f"{modality}{suffix}")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from engine import modalities
+from engine.inference.field_of_view import padding_mask
 from engine.inference.slices import slice_axis, slices_first
 from engine.io.itk_files import volume_to_sitk
 from engine.io.volume import Volume
@@ -33,6 +35,11 @@ class RigidRegistration:
     mi_before: float | None
     mi_after: float
 
+    @property
+    def improved(self) -> bool:
+        """Whether it aligns the volumes better than their headers do (mutual information rose)."""
+        return self.mi_before is None or self.mi_after >= self.mi_before
+
     def transform(self) -> sitk.Euler3DTransform:
         t = sitk.Euler3DTransform()
         t.SetCenter(self.center)
@@ -44,8 +51,9 @@ class RigidRegistration:
         degrees = ", ".join(f"{math.degrees(a):.1f}°" for a in self.angles)
         shift = ", ".join(f"{t:.1f}" for t in self.translation)
         before = "no overlap" if self.mi_before is None else f"{self.mi_before:.3f}"
-        return (f"rotation ({degrees}) about x, y, z; translation ({shift}) mm; mutual information "
-                f"{before} → {self.mi_after:.3f}")
+        found = (f"rotation ({degrees}) about x, y, z; translation ({shift}) mm; mutual information "
+                 f"{before} → {self.mi_after:.3f}")
+        return found if self.improved else f"{found}: worse than the headers' placement, so not applied"
 
     def to_dict(self) -> dict:
         return {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
@@ -53,13 +61,27 @@ class RigidRegistration:
                                                                        "after": self.mi_after}}
 
 
-def _registration_image(volume: Volume) -> sitk.Image:
-    """The volume's intensities mapped to [0, 1] between its 1st and 99th percentile: HU and MR
-    units alike, and non-negative so that the centre of mass is meaningful."""
+def _registration_image(volume: Volume) -> tuple[sitk.Image, sitk.Image | None]:
+    """The volume's intensities mapped to [0, 1] between its 1st and 99th percentile (HU and MR units
+    alike, and non-negative so that the centre of mass is meaningful), and the mask of its voxels that
+    hold data (None when all do). A CT or CBCT's values below air (−3024 HU padding had set air mid-grey
+    and pulled the registration off) are air, and a CBCT's padding outside its field of view is left out
+    of the metric: there the scan shows nothing to match."""
     array = np.asarray(volume.array, dtype=np.float32)
-    lo, hi = np.percentile(array, (1, 99)) if array.size else (0.0, 1.0)
+    padding = None
+    if volume.modality and modalities.get(volume.modality).family == "CT":
+        array = np.maximum(array, modalities.scale_bottom(volume.modality) or -1024.0)
+    if volume.modality == "CBCT":               # a cone beam's field of view cuts the head: its padding is no air
+        padding = padding_mask(volume)
+        array[padding] = array[~padding].min() if (~padding).any() else 0.0
+    data = array if padding is None else array[~padding]
+    lo, hi = np.percentile(data, (1, 99)) if data.size else (0.0, 1.0)
     scaled = np.clip((array - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    return volume_to_sitk(volume.with_array(scaled.astype(np.float32)))
+    image = volume_to_sitk(volume.with_array(scaled.astype(np.float32)))
+    if padding is None or not padding.any():
+        return image, None
+    mask = sitk.Cast(volume_to_sitk(volume.with_array((~padding).astype(np.float32))), sitk.sitkUInt8)
+    return image, mask
 
 
 def _pyramid(fixed: sitk.Image) -> list[int]:
@@ -67,12 +89,16 @@ def _pyramid(fixed: sitk.Image) -> list[int]:
     return [f for f in (4, 2) if smallest // f >= MIN_LEVEL_VOXELS] + [1]
 
 
-def _method(seed: int) -> sitk.ImageRegistrationMethod:
+def _method(seed: int, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed)
     method.SetInterpolator(sitk.sitkLinear)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        method.SetMetricMovingMask(moving_mask)
     return method
 
 
@@ -88,22 +114,23 @@ def _mutual_information(method: sitk.ImageRegistrationMethod, fixed: sitk.Image,
 def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, progress: ProgressFn = noop,
                    cancel: CancelToken | None = None) -> RigidRegistration:
     """Find the rigid transform that best aligns ``moving`` onto ``fixed`` (both in physical space,
-    any grids). Deterministic for a seed. ValueError when the optimisation fails."""
+    any grids). Started where the headers place the volumes when they overlap (a daily CBCT beside its
+    planning CT: a few millimetres off) and from their centres of mass aligned (which a field of view
+    cutting one of them shifts), the better of the two kept. Deterministic for a seed. ValueError when
+    the optimisation fails."""
     check_cancel(cancel)
-    fixed_image, moving_image = _registration_image(fixed), _registration_image(moving)
-    start = sitk.CenteredTransformInitializer(fixed_image, moving_image, sitk.Euler3DTransform(),
-                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = _method(seed)
-    before = _mutual_information(method, fixed_image, moving_image, sitk.Euler3DTransform())
+    (fixed_image, fixed_mask), (moving_image, moving_mask) = _registration_image(fixed), _registration_image(moving)
+    before = _mutual_information(_method(seed, fixed_mask, moving_mask), fixed_image, moving_image,
+                                 sitk.Euler3DTransform())
+    starts = [sitk.CenteredTransformInitializer(fixed_image, moving_image, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)]
+    if before is not None:
+        as_placed = sitk.Euler3DTransform()
+        as_placed.SetCenter(fixed_image.TransformContinuousIndexToPhysicalPoint(
+            [(n - 1) / 2 for n in fixed_image.GetSize()]))
+        starts.insert(0, as_placed)
     shrink = _pyramid(fixed_image)
-    method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel([max(0, f // 2) for f in shrink])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=ITERATIONS,
-                                                    relaxationFactor=0.5)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetInitialTransform(start, inPlace=True)
-    total = ITERATIONS * len(shrink)
+    total = ITERATIONS * len(shrink) * len(starts)
     count = [0]
 
     def report() -> None:
@@ -111,18 +138,31 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, progress: Pr
         if count[0] % 10 == 0:
             progress(Progress(min(count[0], total), total, "registering"))
 
-    method.AddCommand(sitk.sitkIterationEvent, report)
-    try:
-        result = method.Execute(fixed_image, moving_image)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise ValueError(f"rigid registration failed: {(lines or ['?'])[-1][:200]}") from None
-    check_cancel(cancel)
-    found = sitk.Euler3DTransform(result)
-    after = _mutual_information(_method(seed), fixed_image, moving_image, found)
-    if after is None:
+    best: tuple[float, sitk.Euler3DTransform] | None = None
+    for start in starts:
+        method = _method(seed, fixed_mask, moving_mask)
+        method.SetShrinkFactorsPerLevel(shrink)
+        method.SetSmoothingSigmasPerLevel([max(0, f // 2) for f in shrink])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+        method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4,
+                                                        numberOfIterations=ITERATIONS, relaxationFactor=0.5)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(start, inPlace=True)
+        method.AddCommand(sitk.sitkIterationEvent, report)
+        try:
+            result = method.Execute(fixed_image, moving_image)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise ValueError(f"rigid registration failed: {(lines or ['?'])[-1][:200]}") from None
+        check_cancel(cancel)
+        found = sitk.Euler3DTransform(result)
+        after = _mutual_information(_method(seed, fixed_mask, moving_mask), fixed_image, moving_image, found)
+        if after is not None and (best is None or after > best[0]):
+            best = (after, found)
+    if best is None:
         raise ValueError("rigid registration failed: the volumes do not overlap after it")
     progress(Progress(total, total, "registered"))
+    after, found = best
     return RigidRegistration((found.GetAngleX(), found.GetAngleY(), found.GetAngleZ()),
                              tuple(found.GetTranslation()), tuple(found.GetCenter()), before, after)
 

@@ -177,3 +177,29 @@ def test_a_bids_dataset_is_prepared_with_its_images_of_other_suffixes_mapped_and
     assert meta["name"] == "two participants"
     assert meta["subjects"] == {"sub-01_ses-1": {"participant": "sub-01"}, "sub-01_ses-2": {"participant": "sub-01"}}
     assert again.participants == {"sub-01_ses-1": "sub-01", "sub-01_ses-2": "sub-01"}   # still split together
+
+
+DEMO_HEAD = DEMO_BRAIN.parent / "head"
+
+
+def test_a_cbct_s_padding_is_no_mid_grey_air_and_is_left_out_of_the_registration_metric():
+    """With −3024 HU outside a CBCT's field of view as the 1st percentile, air had been scaled mid-grey:
+    a daily CBCT registered onto its planning CT ended 15 mm off, its mutual information lower."""
+    from engine.tasks.registration import _registration_image
+
+    cbct = load_file(DEMO_HEAD / "CBCT.nii.gz").replace(modality="CBCT")
+    y, x = np.indices(cbct.shape[1:])
+    outside = np.hypot(y - cbct.shape[1] / 2, x - cbct.shape[2] / 2) > 0.3 * cbct.shape[2]
+    padded = cbct.with_array(np.where(outside[None], np.float32(-3024.0), cbct.array))
+    image, mask = _registration_image(padded)
+    scaled, kept = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask).astype(bool)
+    air = (padded.array < -900) & ~outside[None]
+    assert np.median(scaled[air]) < 0.05 and np.array_equal(kept, ~np.broadcast_to(outside, kept.shape))
+    assert _registration_image(load_file(DEMO_HEAD / "CT.nii.gz").replace(modality="CT"))[1] is None
+
+
+def test_a_registration_that_aligns_worse_than_the_headers_is_shown_but_not_applied():
+    from engine.tasks.registration import RigidRegistration
+
+    worse = RigidRegistration((0.0, 0.0, 0.1), (3.0, 0.0, 0.0), (0.0, 0.0, 0.0), mi_before=0.41, mi_after=0.37)
+    assert not worse.improved and worse.describe().endswith("so not applied")
