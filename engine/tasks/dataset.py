@@ -16,6 +16,7 @@ from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
 from engine.tasks.validation import (
+    ONE_SERIES,
     SPLITS,
     TEST_FRACTION,
     VAL_FRACTION,
@@ -48,7 +49,7 @@ def load_volume(path: str | Path) -> Volume:
             return load_file(path)
         from engine.io import load
 
-        return load(path)
+        return load(path, pick_with=ONE_SERIES)
     except Exception as exc:        # noqa: BLE001 — reported with the file name
         raise DatasetError(f"{path}: cannot be loaded ({getattr(exc, 'problem', None) or exc})") from exc
 

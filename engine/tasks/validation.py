@@ -202,13 +202,17 @@ def subject_entries(folder: Path, in_bids: bool) -> list[Path]:
     return [p for p in entries if p.is_file()] + inner
 
 
+# how a modality's DICOM folder holding several series is resolved (a dataset has no --series)
+ONE_SERIES = "the fine-tuning wizard's Map page, or by moving the others out (one series per modality folder)"
+
+
 def read_geometry(path: Path, deep: bool = False) -> Geometry:
     """The grid of a volume file (header only unless ``deep``) or of a DICOM folder (loaded)."""
     if path.is_dir() or deep:
         from engine.io import load
         from engine.io.itk_files import load_file
 
-        volume = load(path) if path.is_dir() else load_file(path)
+        volume = load(path, pick_with=ONE_SERIES) if path.is_dir() else load_file(path)
         return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction, volume.space)
     size, spacing, origin, direction, space = header_grid(path)   # the header, and voxel data as long as it promises
     if len(size) != 3:
@@ -219,6 +223,18 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
 
 
 # -- the checks ------------------------------------------------------------------------------
+def _not_an_image(path: Path) -> str:
+    """What a DICOM file holding no image is ("RTSTRUCT: a structure set (contours), skipped"), "" for an
+    image or a file that cannot be told."""
+    from engine.io.dicom_scan import NotReadable, no_image_reason, read_header
+
+    try:
+        ds, state = read_header(path)
+    except (NotReadable, OSError):
+        return ""
+    return no_image_reason(ds, state) or ""
+
+
 def _read_dataset_json(root: Path, report: ValidationReport) -> dict:
     path = root / DATASET_JSON
     if not path.exists():
@@ -251,8 +267,13 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
     loose_dicom = 0
     for entry in subject_entries(folder, report.bids):
         if entry.is_file() and not file_kind(entry):
-            if is_dicom_file(entry):
-                loose_dicom += 1
+            if is_dicom_file(entry) or entry.suffix.lower() == ".dcm":     # (some writers leave out the preamble)
+                object_kind = _not_an_image(entry)
+                if object_kind:             # an RT structure set, plan, registration beside the images
+                    report.notes.append(Finding("not_an_image", str(entry), object_kind,
+                                                subject))
+                else:
+                    loose_dicom += 1
             elif entry.suffix.lower() not in _IGNORED_SUFFIXES:
                 report.problems.append(Finding(
                     "unsupported_file", str(entry), "not a volume file: use .nii.gz, .nii, .mha, .nrrd "
@@ -340,8 +361,9 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
 
 def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) -> None:
     """Leave out a subject holding a file identical to one of another subject (one scan under two
-    names would sit in the training and the test split at once) or to another of its own modalities
-    (a copy, not a pair), each with the reason. Files of one size are told apart by sampled blocks,
+    names would sit in the training and the test split at once; not when ``dataset.json`` gives both one
+    participant, who lands in one part: a planning CT beside each daily CBCT) or to another of its own
+    modalities (a copy, not a pair), each with the reason. Files of one size are told apart by sampled blocks,
     and only those alike there are read whole: identical scans are rare and cheap to find."""
     def groups(files: list[tuple[SubjectInfo, str]], sampled: bool) -> list[list[tuple[SubjectInfo, str]]]:
         found: dict[str, list[tuple[SubjectInfo, str]]] = {}
@@ -352,6 +374,9 @@ def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) ->
             except OSError:
                 continue                   # unreadable now: loading it says so
         return [g for g in found.values() if len(g) > 1]
+
+    def person(info: SubjectInfo) -> str:
+        return report.participants.get(info.name, info.name)
 
     by_size: dict[int, list[tuple[SubjectInfo, str]]] = {}
     for info in report.subjects:
@@ -364,8 +389,8 @@ def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) ->
             for same in groups(alike, sampled=False):
                 (first, was), *copies = same
                 for info, modality in copies:
-                    if info.name in dropped:
-                        continue
+                    if info.name in dropped or (info is not first and person(info) == person(first)):
+                        continue            # one person's planning CT beside each of their daily CBCTs: one split
                     why = (f"is the same file as its {was} ({Path(first.files[was]).name}): a copy, not a pair"
                            if info is first else f"is the same file as {first.name}'s {was}: one scan under two "
                            "subject names would sit in the training and the test split at once")

@@ -370,3 +370,24 @@ def test_a_pet_off_the_suv_scale_is_refused_naming_the_file_not_learnt_as_suv(tm
     assert paired.volume("b", "PET").unit == "SUVbw"
     with pytest.raises(DatasetError, match=r"PET\.nii\.gz: its values are in unknown, not SUVbw"):
         paired.volume("a", "PET")
+
+
+def test_one_persons_planning_ct_beside_each_daily_cbct_stays_and_an_rt_object_is_a_note(tmp_path):
+    """Two subjects of one participant sharing their planning CT had been left out as "one scan under two
+    subject names"; an RT structure set beside the images had blocked training as unmapped DICOM."""
+    import shutil
+
+    from dicom_fixtures import PYDICOM_FILES
+
+    root = write_phantom_dataset(tmp_path / "data", subjects=4, shape=(6, 24, 24))
+    ct_subject = next(p.parent.name for p in root.glob("*/CT.nii.gz"))
+    shutil.copytree(root / ct_subject, root / f"{ct_subject}_fx8")
+    (root / "dataset.json").write_text(json.dumps({"subjects": {ct_subject: {"participant": "P1"},
+                                                                f"{ct_subject}_fx8": {"participant": "P1"}}}))
+    shutil.copy(PYDICOM_FILES / "rtstruct.dcm", root / ct_subject / "RS.dcm")
+    report = validate_dataset(root)
+    assert not report.problems, report.problems
+    assert {ct_subject, f"{ct_subject}_fx8"} <= {s.name for s in report.subjects}
+    assert any(part for part in report.split.values() if {ct_subject, f"{ct_subject}_fx8"} <= set(part))
+    (note,) = [n for n in report.notes if n.kind == "not_an_image"]
+    assert note.path.endswith("RS.dcm") and note.message.startswith("RTSTRUCT")
