@@ -96,7 +96,7 @@ class PreparePage(CheckedPage):
         for m in self.misaligned:
             item = QListWidgetItem(m.describe())
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if m.kind == "no_overlap" else Qt.CheckState.Unchecked)
+            item.setCheckState(Qt.CheckState.Checked if m.needs_it else Qt.CheckState.Unchecked)
             item.setToolTip(f"{m.path}: {m.reason}")
             item.setData(Qt.ItemDataRole.UserRole, m)
             self.register.addItem(item)

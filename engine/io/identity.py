@@ -32,7 +32,7 @@ def _patient(volume: Volume) -> str:
     return "" if _de_identified(volume) or found.upper() in PLACEHOLDER_IDS else found
 
 
-def _frame(volume: Volume) -> str:
+def scanner_frame(volume: Volume) -> str:
     """The Frame of Reference UID a scanner stated, "" when none did: a NIfTI, MHA or NRRD scan has none;
     the one this app gives such a scan's exports and synthetics (``io.dicom_write.derived_identity``,
     drawn from its voxels; ``DERIVED_FRAME`` in our private block) is no scanner's; a de-identified
@@ -54,7 +54,7 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     if different_worlds(acquired.space, reference.space):
         warnings.append(f"the reference's coordinates are in {reference.space} space, the input's in {acquired.space} "
                         "space: the scores compare anatomy at the same coordinates of two different worlds")
-    mine, theirs = _frame(acquired), _frame(reference)
+    mine, theirs = scanner_frame(acquired), scanner_frame(reference)
     if mine and theirs and mine != theirs:
         warnings.append("the reference was acquired in another frame of reference than the input "
                         "(FrameOfReferenceUID differs): unless it was registered to the input, the scores compare "
@@ -136,7 +136,7 @@ def kinship(acquired: Volume, candidate: Volume) -> int:
     mine, theirs = _patient(acquired), _patient(candidate)
     if (mine and theirs and mine != theirs) or different_worlds(acquired.space, candidate.space):
         return 0
-    if _frame(acquired) and _frame(acquired) == _frame(candidate):
+    if scanner_frame(acquired) and scanner_frame(acquired) == scanner_frame(candidate):
         return 3
     subject = _subject_of_file(acquired.source)
     if (mine and mine == theirs) or (subject is not None and subject == _subject_of_file(candidate.source)):

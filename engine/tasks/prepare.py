@@ -30,7 +30,7 @@ from engine.tasks.validation import (
 )
 
 MAPPABLE = ("unknown_modality", "unmapped_dicom")       # findings whose volumes a user can map to a modality
-MISALIGNED = ("no_overlap", "resampled")                 # findings whose volume may need registering
+MISALIGNED = ("no_overlap", "other_frame", "misaligned", "resampled")   # findings whose volume may need registering
 PREPARED_KEY = "prepared"
 SELF_CONTAINED = (".nii.gz", ".nii", ".mha", ".nrrd")   # volume files copied as they are (not .mhd/.nhdr + data)
 
@@ -61,15 +61,22 @@ class Misaligned:
     modality: str
     path: str
     reference: str
-    kind: str                            # "no_overlap" (left out as it is) or "resampled" (by header geometry)
+    kind: str                            # a MISALIGNED finding's kind: left out as it is, or resampled by header
     reason: str
 
     @property
     def key(self) -> tuple[str, str]:
         return self.subject, self.modality
 
+    @property
+    def needs_it(self) -> bool:
+        """Whether it is left out unless registered (the wizard ticks it): not merely on another grid."""
+        return self.kind != "resampled"
+
     def describe(self) -> str:
-        where = "does not overlap it" if self.kind == "no_overlap" else "lies on another grid (now resampled by header)"
+        where = {"no_overlap": "does not overlap it", "other_frame": "lies in another frame of reference",
+                 "misaligned": "lies off it as the headers place them"}.get(
+            self.kind, "lies on another grid (now resampled by header)")
         return f"{self.subject}: {self.modality} onto {Path(self.reference).name} — {where}"
 
 

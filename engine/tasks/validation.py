@@ -14,7 +14,7 @@ import numpy as np
 from engine import modalities
 from engine.files import file_digest
 from engine.io import bids, is_dicom_file
-from engine.io.identity import different_worlds
+from engine.io.identity import different_worlds, scanner_frame
 from engine.io.itk_files import SUFFIXES, file_kind, header_grid
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_split
@@ -60,6 +60,7 @@ class Geometry:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
     space: str = "scanner"
+    frame: str = ""                # a scanner's FrameOfReferenceUID (a DICOM folder's; none for a volume file)
 
     def same_grid(self, other: Geometry) -> bool:
         return (self.size == other.size and np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=1e-4)
@@ -213,7 +214,8 @@ def read_geometry(path: Path, deep: bool = False) -> Geometry:
         from engine.io.itk_files import load_file
 
         volume = load(path, pick_with=ONE_SERIES) if path.is_dir() else load_file(path)
-        return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction, volume.space)
+        return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction, volume.space,
+                        scanner_frame(volume))
     size, spacing, origin, direction, space = header_grid(path)   # the header, and voxel data as long as it promises
     if len(size) != 3:
         raise ValueError(f"is a {len(size)}-D image; each modality needs one 3-D volume")
@@ -340,12 +342,19 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
                     f"({path.name}: {geom.describe()}; {ref_path.name}: {ref_geom.describe()}): left out", subject,
                     str(ref_path)))
                 continue
+            kind, misplaced = _misplaced(path, modality, geom, ref_path, ordered[0], ref_geom)
+            if misplaced:
+                report.problems.append(Finding(kind, str(path), f"{misplaced}: left out (register it onto "
+                                               f"{ref_path.name} in the fine-tuning wizard, which offers it ticked, or "
+                                               "with a registration tool)", subject, str(ref_path)))
+                continue
             files[modality] = str(path)
             resample.append(modality)
             report.notes.append(Finding(
                 "resampled", str(path), f"lies on another grid than {ref_path.name} ({geom.describe()} vs "
                 f"{ref_geom.describe()}); resampled onto {ordered[0]}'s grid (linear), covering "
-                f"{overlap:.0%} of it" + (LOW_OVERLAP_HINT if overlap < LOW_OVERLAP else ""), subject, str(ref_path)))
+                f"{overlap:.0%} of it" + (LOW_OVERLAP_HINT if overlap < LOW_OVERLAP and modality != "CBCT" else ""),
+                subject, str(ref_path)))              # (a cone beam's field of view is smaller than its CT's)
     if len(files) >= 2:
         return SubjectInfo(subject, str(folder), files, _anatomy_of(meta, subject), tuple(resample),
                            subject_entry(meta, subject, "source"))
@@ -357,6 +366,37 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
         report.problems.append(Finding("empty_subject", str(folder), f"subject {subject!r} holds no usable "
                                        "volume named by a modality: skipped", subject))
     return None
+
+
+def _misplaced(path: Path, modality: str, geom: Geometry, ref_path: Path, reference: str,
+               ref_geom: Geometry) -> tuple[str, str]:
+    """(the finding's kind, why) a volume on another grid than its subject's reference is no pair with it
+    as its header places it (why "" when it is one): another scanner frame of reference ("other_frame":
+    its coordinates name other places), or its anatomy lying millimetres off the reference's
+    ("misaligned": a daily CBCT beside its planning CT, :mod:`engine.tasks.alignment`)."""
+    if geom.frame and ref_geom.frame and geom.frame != ref_geom.frame:
+        return "other_frame", (f"was acquired in another frame of reference than {ref_path.name} "
+                               "(FrameOfReferenceUID differs): its coordinates name other places in the room")
+    from engine.tasks.alignment import misalignment
+
+    try:
+        moving, fixed = _volume(path, modality), _volume(ref_path, reference)
+    except Exception:               # noqa: BLE001 — unreadable voxels: training's loading says so, naming the file
+        return "", ""
+    found = misalignment(moving, fixed)
+    if found is None:
+        return "", ""
+    return "misaligned", (f"its anatomy lies about {found[0]:.0f} mm off {ref_path.name}'s as their headers place them (their "
+            f"edges agree markedly better shifted: correlation +{found[1]:.2f}), as a scan of a patient who moved "
+            "between them does")
+
+
+def _volume(path: Path, modality: str):
+    from engine.io import load
+    from engine.io.itk_files import load_file
+
+    volume = load(path, pick_with=ONE_SERIES) if path.is_dir() else load_file(path)
+    return volume.replace(modality=modality)
 
 
 def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) -> None:
