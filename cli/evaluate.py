@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0, metavar="N",
                    help="draws the split when dataset.json lists none: the train command's --seed (default 0)")
     add_split_fractions(p)
-    p.add_argument("--routes", help="only these routes, e.g. T1->T2,CBCT->CT")
+    p.add_argument("--routes", help="only these routes, e.g. T1:T2,CBCT:CT (quote T1->T2: a shell reads > as a "
+                                    "redirection)")
     p.add_argument("--max-slices", type=int, help="synthesize and score only this many central slices per volume")
     add_sampling_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

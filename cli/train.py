@@ -143,7 +143,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview-steps", type=int, default=12, help="Euler steps of a preview (default 12)")
     p.add_argument("--log-every", type=int, default=1, metavar="STEPS", help="step records every N steps")
     p.add_argument("--routes", type=_route, nargs="+", metavar="SRC:TGT",
-                   help="train synthesis on these routes only (generation, joint)")
+                   help="train synthesis on these routes only (generation, joint); without it every route between "
+                        "a subject's modalities trains, both ways (a CBCT / CT dataset also trains CT:CBCT)")
     p.add_argument("--leave-out", metavar="SOURCE",
                    help="keep every subject of this dataset source (its dataset.json's subjects → source: a site, "
                         "scanner or anatomy template) out of training and validation (leave-one-source-out)")
