@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(synth, paired, None if args.split == "all" else args.split, routes=routes,
                             max_slices=args.max_slices, settings=settings,
                             progress=stderr_progress(not args.json))
+    for line in result.unseen_warnings():
+        print(f"warning: {line}", file=sys.stderr)
     text = json.dumps(json_ready({**result.to_dict(), "left_out": [str(p) for p in paired.report.problems]}), indent=2)
     if args.out:
         from engine.atomic import atomic_file

@@ -26,11 +26,10 @@ import numpy as np
 
 from engine import modalities
 from engine.evaluation import generalization as gen
-from engine.evaluation.synthesis_eval import central_block, route_jobs, scored_stacks
+from engine.evaluation.synthesis_eval import central_block, outside_fov, route_jobs, scored_stacks
 from engine.inference.denoise import filter_slices
 from engine.inference.field_of_view import padding_mask
 from engine.inference.slices import slices_back, slices_first
-from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(11))
@@ -38,21 +37,6 @@ STRENGTHS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 TIE_HU = 0.1                    # mean MAEs this close count as a tie
 ROUTES = (gen.CBCT_ROUTE,)
 SLICES = 8                      # central body slices per volume
-
-
-def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Sequence[int] | None,
-                axis: int | None = None) -> tuple[float, float | None]:
-    """(the share of the reference's body that the source's field of view leaves out, the synthetic's
-    MAE there — None when it leaves none out) on ``slices`` along ``axis`` (all when None), the body
-    found as :func:`engine.evaluation.synthesis_eval.score_volume` finds it on one grid (the
-    datasets scored here pair each source with a reference on its grid). ``synthetic`` and ``source``
-    share a grid (synthesis keeps it)."""
-    syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(source))
-    body = modalities.body_mask(ref, reference.modality or "CT")
-    out = body & missing
-    if not out.any():
-        return 0.0, None
-    return float(out.sum() / body.sum()), float(np.abs(syn[out] - ref[out]).mean())
 
 
 def weight_curve(synth, volumes, split: str | None, *, routes: Sequence[tuple[str, str]] = ROUTES,

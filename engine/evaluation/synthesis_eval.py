@@ -16,6 +16,7 @@ import numpy as np
 
 from engine import modalities
 from engine.evaluation.metrics import Evaluation, evaluate
+from engine.inference.field_of_view import padding_mask
 from engine.inference.slices import slice_axis, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -60,6 +61,20 @@ def scored_stacks(synthetic: Volume, reference: Volume, axis: int | None = None,
     return [s[list(slices)] for s in stacks] if slices is not None else stacks
 
 
+def outside_fov(synthetic: Volume, reference: Volume, source: Volume, slices: Sequence[int] | None,
+                axis: int | None = None) -> tuple[float, float | None]:
+    """(the share of the reference's body that the source's field of view leaves out, the synthetic's
+    MAE there — None when it leaves none out) on ``slices`` along ``axis`` (all when None), the body
+    found as :func:`score_volume` finds it on one grid (the datasets scored here pair each source with a
+    reference on its grid). ``synthetic`` and ``source`` share a grid (synthesis keeps it)."""
+    syn, ref, missing = scored_stacks(synthetic, reference, axis, slices, padding_mask(source))
+    body = modalities.body_mask(ref, reference.modality or "CT")
+    out = body & missing
+    if not out.any():
+        return 0.0, None
+    return float(out.sum() / body.sum()), float(np.abs(syn[out] - ref[out]).mean())
+
+
 def central_block(indices: Sequence[int], count: int | None) -> list[int]:
     """``count`` consecutive entries from the middle of ``indices`` (all when ``count`` is None)."""
     indices = list(indices)
@@ -76,6 +91,7 @@ class SubjectScore:
     evaluation: Evaluation
     slices: int
     seconds: float
+    unseen: float | None = None     # CT-family source: the share of the target's body it holds no data of
 
 
 @dataclass
@@ -110,8 +126,16 @@ class ModelEvaluation:
             "mean_over_routes": {"whole": _mean([m["whole"] for m in means.values()], keys=("psnr_db", "ssim_x100")),
                                  "body": _mean([m["body"] for m in means.values()], keys=("psnr_db", "ssim_x100"))},
             "subjects": [{"subject": s.subject, "route": f"{s.route[0]}→{s.route[1]}", "slices": s.slices,
-                          "seconds": s.seconds, **s.evaluation.to_dict()} for s in self.subjects],
+                          "seconds": s.seconds, **s.evaluation.to_dict(),
+                          **({} if s.unseen is None else {"source_unseen_share": s.unseen})} for s in self.subjects],
         }
+
+    def unseen_warnings(self, at_least: float = 0.05) -> list[str]:
+        """A line for each subject whose source holds no data of at least ``at_least`` of the target's
+        body (a CBCT's field of view or grid cutting the head): the model's guess there is scored too."""
+        return [f"{s.subject}: {s.unseen:.0%} of the {s.route[1]}'s body lies where the {s.route[0]} shows nothing "
+                "(outside its field of view or grid): the model's guess there is scored too"
+                for s in self.subjects if s.unseen is not None and s.unseen >= at_least]
 
     def table(self) -> str:
         """A plain-text table: one row per route, then the mean over routes."""
@@ -182,9 +206,11 @@ def evaluate_model(synthesizer, paired, split: str | None = "test", *, routes: I
 
         synthetic = synthesizer.synthesize_volume(volume, source, target, settings.replace(anatomy=anatomy),
                                                   progress=report, cancel=cancel, slices=picked)
-        scores = score_volume(synthetic, reference, target, slices=picked if max_slices else None, cancel=cancel,
-                              axis=plan.axis)
+        scored = picked if max_slices else None
+        scores = score_volume(synthetic, reference, target, slices=scored, cancel=cancel, axis=plan.axis)
+        unseen = (outside_fov(synthetic, reference, volume, scored, plan.axis)[0]
+                  if modalities.get(source).family == "CT" else None)
         result.subjects.append(SubjectScore(subject, (source, target), scores, len(picked),
-                                            time.perf_counter() - started))
+                                            time.perf_counter() - started, unseen))
         progress(Progress(k + 1, len(jobs), f"{subject} {source}→{target} scored"))
     return result

@@ -531,3 +531,20 @@ def test_an_input_whose_header_reads_as_the_target_says_how_to_name_its_real_mod
     code, _out, err = run(capsys, "synthesize", inputs[1], "--source", "CBCT", "--target", "CT", "-o",
                           tmp_path / "sct.nii.gz", "--model", model_dir)
     assert code == 0, err
+
+
+def test_evaluate_says_when_a_cbct_shows_none_of_part_of_the_ct_s_body(capsys, model_dir, tmp_path):
+    """A CBCT whose field of view cut the head had been scored there too, unsaid (376 HU against the
+    195 HU of the part it shows, in an audit)."""
+    root = write_phantom_dataset(tmp_path / "data", subjects=1, modality_names=("T1", "T2"), shape=(8, 24, 24),
+                                 split={"test": ["sub01", "ct01"]})
+    cbct = io.load(root / "ct01" / "CBCT.nii.gz")
+    cut = cbct.array.copy()
+    cut[:, :, 14:] = -1024.0                                   # its reconstruction ends at column 14
+    io.save(cbct.with_array(cut), tmp_path / "cut.nii.gz").replace(root / "ct01" / "CBCT.nii.gz")
+    code, out, err = run(capsys, "evaluate", "--model", model_dir, "--data", root, "--device", "cpu",
+                         "--routes", "CBCT:CT", "--json")
+    assert code == 0, err
+    (scored,) = json.loads(out)["subjects"]
+    assert 0.1 < scored["source_unseen_share"] < 0.9
+    assert f"warning: ct01: {scored['source_unseen_share']:.0%} of the CT's body lies where the CBCT shows nothing" in err

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine.evaluation import source_floor
-from engine.evaluation.synthesis_eval import central_block, score_volume
+from engine.evaluation.synthesis_eval import central_block, outside_fov, score_volume
 from engine.inference.pipeline import Synthesizer
 from engine.inference.random_model import write_random_model
 from engine.inference.settings import SynthesisSettings
@@ -156,12 +156,12 @@ def test_the_share_of_the_head_the_field_of_view_cuts_off_and_the_output_s_error
     cbct[:, :, 13:] = -3024.0                         # the reconstruction's field of view ends at column 13
     synthetic = ct.copy()
     synthetic[:, :, 13:] = -700.0                     # the model's fill there: air where the head goes on
-    share, mae = source_floor.outside_fov(Volume(synthetic, modality="CT", unit="HU"),
+    share, mae = outside_fov(Volume(synthetic, modality="CT", unit="HU"),
                                           Volume(ct, modality="CT", unit="HU"), Volume(cbct, modality="CBCT", unit="HU"),
                                           [1, 2])
     assert share == pytest.approx(36 / 144) and mae == pytest.approx(740.0)           # 3 of the head's 12 columns
     whole = Volume(ct, modality="CBCT", unit="HU")                                     # nothing cut off
-    assert source_floor.outside_fov(Volume(synthetic, modality="CT", unit="HU"), Volume(ct, modality="CT", unit="HU"),
+    assert outside_fov(Volume(synthetic, modality="CT", unit="HU"), Volume(ct, modality="CT", unit="HU"),
                                     whole, None) == (0.0, None)
 
 
