@@ -177,7 +177,7 @@ class PreparePage(CheckedPage):
         self.prepared, self.report = result
         self.results.clear()
         for r in self.prepared.registered:
-            self.results.addItem(f"{r.subject}: {r.modality} onto {r.reference} — {r.registration.describe()}")
+            self.results.addItem(f"{r.subject}: {r.modality} onto {r.reference} — {r.describe()}")
         if self.results.count():
             self.results.setCurrentRow(0)
         skipped = f" Left out (fewer than two volumes): {', '.join(self.prepared.skipped)}." if self.prepared.skipped \
@@ -191,7 +191,8 @@ class PreparePage(CheckedPage):
             refused = len(self.prepared.registered) - applied
             self._set_status(f"Prepared {self.prepared.root}: {len(self.report.subjects)} subjects usable, "
                              f"{applied} registered" + (f", {refused} registration(s) not applied (worse than the "
-                                                        "headers' placement; see the list)" if refused else "")
+                                                        "headers' placement; see the list: a volume that is no pair "
+                                                        "as placed is left out)" if refused else "")
                              + f".{skipped}", bool(refused))
         else:
             self._set_status(f"Prepared {self.prepared.root}, but it has no usable pairs.{skipped}", True)
@@ -207,7 +208,7 @@ class PreparePage(CheckedPage):
         self.before.setPixmap(rgb_pixmap(r.before, OVERLAY_SIZE))
         self.after.setPixmap(rgb_pixmap(r.after, OVERLAY_SIZE))
         self.detail.setText(f"{r.subject}: {r.modality} (magenta) on {r.reference} (green), central slice. "
-                            f"{r.registration.describe()}")
+                            f"{r.describe()}")
 
     def _run(self, fn, message: str, finished) -> None:
         """Run ``fn`` on a worker (cancelling the one before); only the latest one's result counts."""

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from engine import modalities
+
 DATATYPES = ("anat", "pet")
 # BIDS suffix → our modality; CT and CBCT are named as the CT proposal (BEP024) names them
 SUFFIX_MODALITY = {"T1w": "T1", "T2w": "T2", "FLAIR": "FLAIR", "PDw": "PD", "ct": "CT", "cbct": "CBCT", "pet": "PET"}
@@ -65,3 +67,11 @@ def modality_of(name: str) -> str | None:
     if modality == "T1" and any(e.startswith("ce-") for e in entities):
         return "T1CE"
     return modality
+
+
+def name_modality(name: str) -> str | None:
+    """The modality a file's name gives: a BIDS name's (``sub-…_T1w.nii.gz``: its suffix and ``ce-``
+    entity only, so ``ses-post`` says nothing), else the name's guess (:func:`engine.modalities.guess_from_filename`)."""
+    if name.startswith("sub-") and split_name(name)[1] in SUFFIX_MODALITY:
+        return modality_of(name)
+    return modalities.guess_from_filename(name)

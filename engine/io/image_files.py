@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from engine import modalities
+from engine.io import bids
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.errors import VolumeIOError
 from engine.io.reader_process import native
@@ -105,7 +105,7 @@ def _scan_picture(name: str) -> SeriesEntry:
     spacing, source = pixel_spacing(path, reader)
     return SeriesEntry(
         key=str(path), kind=image_kind(path) or "image", paths=(str(path),), description=path.name,
-        modality=modalities.guess_from_filename(path.name),
+        modality=bids.name_modality(path.name),
         shape_zyx=(size[2] if len(size) == 3 else 1, size[1], size[0]), spacing_xyz=(*spacing, 1.0),
         orientation="2-D", notes=(_spacing_note(spacing, source),),
     )
@@ -151,5 +151,5 @@ def _load_picture(name: str) -> Volume:
         notes.append(f"{grey.shape[0]} pages stacked 1 mm apart")
     top = np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else None
     notes.append("values are the picture's grey levels" + (f" (0–{top})" if top else "") + ", not physical units")
-    modality = modalities.guess_from_filename(path.name)
+    modality = bids.name_modality(path.name)
     return Volume(grey, (*spacing, 1.0), modality=modality, name=path.name, source=str(path), notes=tuple(notes))

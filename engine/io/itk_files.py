@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from engine import modalities
 from engine.atomic import atomic_file
+from engine.io import bids
 from engine.io.catalog import Catalog, SeriesEntry, ensure_fits_in_memory
 from engine.io.data_size import check_complete, check_voxel_data, data_files
 from engine.io.errors import VolumeIOError, special_file
@@ -337,7 +338,7 @@ def _scan_itk(name: str) -> SeriesEntry:
     _check_geometry(path, spacing, origin, direction)
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
     mark = _itk_mark(reader)
-    modality = mark["modality"] or modalities.guess_from_filename(path.name)
+    modality = mark["modality"] or bids.name_modality(path.name)
     entry = SeriesEntry(
         key=str(path),
         kind=file_kind(path) or "image",
@@ -395,7 +396,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     mark = _nibabel_mark(image)
     entry = SeriesEntry(
         key=str(path), kind="nifti", paths=(str(path),), description=path.name,
-        modality=mark["modality"] or modalities.guess_from_filename(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
+        modality=mark["modality"] or bids.name_modality(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
         spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
         synthetic=mark["synthetic"],
         volumes=shape[3] if len(shape) == 4 else 1,
@@ -440,7 +441,7 @@ def load_file(path: str | Path, volume_index: int | None = None,
         volume = native(path, _load_itk, str(path), volume_index, peak_bytes=peak, cancel=cancel)
     check_cancel(cancel)
     volume = _numbers_only(path, volume)
-    modality = volume.modality or modalities.guess_from_filename(path.name)     # our mark's, else the name's
+    modality = volume.modality or bids.name_modality(path.name)     # our mark's, else the name's
     notes = list(volume.notes)
     if volume_index is not None:        # which volume an output was made from goes with it (its input notes)
         notes.insert(0, f"volume #{volume_index} (counted from 0) of the 4-D file {path.name}")

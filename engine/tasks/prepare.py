@@ -91,6 +91,11 @@ class RegisteredVolume:
     registration: RigidRegistration
     before: np.ndarray = field(repr=False)
     after: np.ndarray = field(repr=False)
+    left_out: bool = False               # not applied, and no pair as its header places it: not written
+
+    def describe(self) -> str:
+        what = self.registration.describe()
+        return f"{what}; the volume is left out" if self.left_out else what
 
 
 @dataclass
@@ -219,7 +224,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     root, out = Path(report.root), Path(out)
     _check_out(root, out)
     register = list(register)
-    moved = {m.key for m in register}
+    moved = {m.key: m for m in register}
     sources = _sources(report, mapping or {}, register)
     result = PreparedDataset(out)
     try:
@@ -248,12 +253,18 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     volume = _load(source)
                     registration = register_rigid(reference, volume, seed=seed, cancel=cancel)
                     unmoved = resample_rigid(volume, reference)
-                    # a registration that aligns worse than the headers do is not applied (it is shown, saying so)
+                    # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
+                    # a volume that is no pair as its header places it is then left out, not trained on
+                    left_out = not registration.improved and moved[(subject, modality)].needs_it
                     after = resample_rigid(volume, reference, registration) if registration.improved else unmoved
                     result.registered.append(RegisteredVolume(subject, modality, order[0], registration,
-                                                              overlay(reference, unmoved), overlay(reference, after)))
+                                                              overlay(reference, unmoved), overlay(reference, after),
+                                                              left_out))
                     entry["registered_onto" if registration.improved else "registration_not_applied"] = order[0]
                     entry["registration"] = registration.to_dict()
+                    if left_out:
+                        entry["left_out"] = True
+                        continue
                     save(after, tmp / subject / f"{modality}.nii.gz",
                          description=f"{modality} registered" if registration.improved else modality)
                 elif isinstance(source, str) and source.lower().endswith(SELF_CONTAINED):
@@ -262,6 +273,11 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 else:
                     save(_load(source).replace(modality=modality), tmp / subject / f"{modality}.nii.gz",
                          description=modality)
+        for subject in [name for name, volumes in record.items()          # a volume left out left one alone
+                        if sum(not v.get("left_out") for v in volumes.values()) < 2]:
+            shutil.rmtree(tmp / subject)
+            del record[subject]
+            result.skipped.append(subject)
         if not record:
             raise DatasetError(f"{root}: nothing to prepare: no subject would have two volumes")
         written = {k: meta[k] for k in ("name", "anatomy", "split") if k in meta}

@@ -79,3 +79,25 @@ def test_validation_leaves_out_a_misaligned_pair_and_one_of_another_frame_saying
     assert "lies about" in found[("P02", "misaligned")] and "fine-tuning wizard" in found[("P02", "misaligned")]
     assert [s.name for s in report.subjects] == ["P01"]
     assert {(m.subject, m.needs_it) for m in misaligned_volumes(report)} >= {("P02", True), ("P03", True)}
+
+
+def test_a_misaligned_volume_whose_registration_is_not_applied_is_left_out_of_the_prepared_dataset(
+        tmp_path, head, monkeypatch):
+    """Written as its header placed it, it had passed the prepared dataset's check (one grid) and been
+    trained on: the very pair validation had refused."""
+    from engine.tasks import prepare, validate_dataset
+    from engine.tasks.registration import RigidRegistration
+
+    ct, cbct = head
+    for name, shift in (("P01", (0.0, 0.0, 0.0)), ("P02", (8.0, -6.0, 4.0))):
+        save(on_grid(ct, (96, 96, 24), (2.6, 2.6, 3.0)), tmp_path / "ds" / name / "CT.nii.gz")
+        save(on_grid(cbct, (80, 80, 40), (2.0, 2.0, 1.0), shift), tmp_path / "ds" / name / "CBCT.nii.gz")
+    report = validate_dataset(tmp_path / "ds")
+    worse = RigidRegistration((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0), mi_before=0.40, mi_after=0.39)
+    monkeypatch.setattr(prepare, "register_rigid", lambda *args, **kwargs: worse)
+    ticked = [m for m in prepare.misaligned_volumes(report) if m.needs_it]              # as the wizard ticks them
+    done = prepare.prepare_dataset(report, tmp_path / "prepared", register=ticked)
+    (shown,) = done.registered
+    assert shown.left_out and shown.describe().endswith("the volume is left out") and done.skipped == ["P02"]
+    assert not (tmp_path / "prepared" / "P02").exists()
+    assert [s.name for s in validate_dataset(tmp_path / "prepared").subjects] == ["P01"]
