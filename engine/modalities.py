@@ -136,19 +136,22 @@ def denormalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
 
 # -- guessing ---------------------------------------------------------------------------------
 _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("T1CE", r"(?<![a-z])(t1[-_ ]?(ce|c|gd|post|contrast|\+c)|t1w?[-_ ]?(ce|gd)|mprage[-_ ]?(post|gd))(?![a-z])"),
+    ("T1CE", r"(?<!pa)(t1w?[-_ ]?(ce|c|gd|gad|post(contrast|gd|gad|gado|km)?|contrast|\+ ?c)|mprage[-_ ]?(post|gd))"
+             r"(?![a-z])"),
     ("FLAIR", r"flair|t2[-_ ]?f(lair)?\b|dark ?fluid|(?<![a-z])da ?fl(?![a-z])"),
     ("CBCT", r"cbct|cone[-_ ]?beam"),
     ("PET", r"\bpet\b|\bpt\b|suv|fdg"),
     ("PD", r"\bpd\b|pdw|proton[-_ ]?dens"),
-    ("T2", r"(?<![a-z])t2"),                # not Siemens' "pat2" (parallel imaging factor 2)
-    ("T1", r"(?<![a-z])t1|mprage|spgr|tfl|bravo|(?<![a-z])tfe(?![a-z])"),
+    ("T2", r"(?<!pa)t2"),                   # also AxT2, SAGT2; not Siemens' "pat2" (parallel imaging factor 2)
+    ("T1", r"(?<!pa)t1|mprage|spgr|tfl|bravo|(?<![a-z])tfe(?![a-z])"),
     ("CT", r"\bct\b|\bsct\b"),
 )
-_T1_FLAIR = r"(?<![a-z])t1w? ?flair"              # GE's T1 FLAIR: T1-weighted (an inversion time of about 850 ms)
+_SCANNED = ("CBCT", "PET", "CT")                  # names that say these need no MR reading
+_T1_FLAIR = r"(?<!pa)t1w? ?flair"                # GE's T1 FLAIR: T1-weighted (an inversion time of about 850 ms)
 # a T1 named with its contrast agent anywhere (post, Gd, KM: Kontrastmittel, +C) is a T1CE, unless the name says
-# before or without it (pre, ohne, without, non-contrast, nativ)
-_CONTRAST_WORDS = r"(?<![a-z0-9])(post|gd|gad|gado|km|contrast|ce|\+ ?c|c ?\+)(?![a-z])"
+# before or without it (pre, ohne, without, non-contrast, nativ); "post" before op / surgery / therapy is no agent
+_CONTRAST_WORDS = (r"(?<![a-z])(post(?! ?(op|surg|operat|treat|tx|rt|radi|ther))(contrast|gd|gad|gado|km)?|gd|gad|gado|"
+                   r"km|contrast|ce|\+ ?c|c ?\+)(?![a-z])")
 _NO_CONTRAST_WORDS = (r"(?<![a-z])((pre|ohne|without|non|no|w ?o)[ -]?(contrast|kontrast|km|gd|gad|gado|c)|"
                       r"pre|nativ|native|plain)(?![a-z])")
 # MR series of no modality the model knows, whatever contrast their name also says (what they are, and the names
@@ -156,7 +159,7 @@ _NO_CONTRAST_WORDS = (r"(?<![a-z])((pre|ohne|without|non|no|w ?o)[ -]?(contrast|
 _OTHER_MR: tuple[tuple[str, str], ...] = (
     ("T2* / susceptibility-weighted", r"t2 ?(star|\*)|(?<![a-z])t2w? (fl[23]d|gre|ffe|me ?gre|medic|merge)|\bswi\b|"
                                       r"\bswan\b|\bsusc|\bhemo\b"),
-    ("diffusion", r"\bdwi\b|diff|\badc\b|\bdti\b|\btrace|\bep b\d|(?<![a-z])b ?1000(?![0-9])"),
+    ("diffusion", r"\bdwi\b|\bdiff\b|diffusion|\badc\b|\bdti\b|\btrace ?w?\b|\bep b\d|(?<![a-z])b ?1000(?![0-9])"),
     ("BOLD / fMRI", r"\bbold\b|fmri|\bepfid|\bmoco ?series|resting ?state"),
     ("perfusion", r"\bperf|\basl\b|casl\b|\bdsc\b|\bdce\b"),
     ("angiography", r"\btof\b|angio|\bmra\b|\bmrv\b"),
@@ -202,10 +205,14 @@ def other_mr(text: str, image_type: str = "") -> str:
 
 def guess_from_text(text: str) -> str | None:
     """Guess a modality from a file name or a series description (None when nothing matches, or when it
-    names an MR series of no modality the model knows: T2*, SWI, diffusion, BOLD, …, :func:`other_mr`)."""
+    names an MR series of no modality the model knows: T2*, SWI, diffusion, BOLD, …, :func:`other_mr`;
+    a CT, CBCT or PET name is taken first: a 4-D CT's "phase 10" is no MR phase image)."""
+    t = _tokens(text)
+    for name, pattern in _NAME_PATTERNS:
+        if name in _SCANNED and re.search(pattern, t):
+            return name
     if other_mr(text):
         return None
-    t = _tokens(text)
     for name, pattern in _NAME_PATTERNS:
         if re.search(pattern, t):
             if name == "FLAIR" and re.search(_T1_FLAIR, t):
@@ -222,13 +229,24 @@ def guess_from_filename(path: str) -> str | None:
     return guess_from_text(name)
 
 
+DICOM_NAMES = ("SeriesDescription", "ProtocolName", "SequenceName", "ImageComments")
+
+
+def dicom_names(tags: Mapping[str, object]) -> str:
+    """What a DICOM series is called, every name it has (a guess reads them together)."""
+    return " ".join(str(tags.get(k, "") or "") for k in DICOM_NAMES)
+
+
+def other_mr_series(tags: Mapping[str, object]) -> str:
+    """:func:`other_mr` of an MR series' ImageType and names, read together as the guess reads them."""
+    return other_mr(dicom_names(tags), str(tags.get("ImageType", "") or ""))
+
+
 def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
     """Guess from DICOM attributes (keywords as keys): Modality, descriptions, TR/TE/TI, contrast. A
     description naming both PD and T2 (one dual-echo series, split by echo) is told by each echo's timing."""
     modality = str(tags.get("Modality", "") or "").upper()
-    text = " ".join(
-        str(tags.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName", "ImageComments")
-    )
+    text = dicom_names(tags)
     if modality in ("PT", "PET"):
         return "PET"
     if modality == "CT":          # a linac's imager (Varian On-Board Imager, Halcyon, Ethos; Elekta XVI) makes CBCTs
@@ -237,7 +255,7 @@ def guess_from_dicom(tags: Mapping[str, object]) -> str | None:
         return "CBCT" if re.search(r"cbct|cone[-_ ]?beam|\bobi\b|\bxvi\b|on board imager|halcyon|ethos", t) else "CT"
     if modality != "MR":
         return guess_from_text(text) if text.strip() else None
-    if other_mr(text, str(tags.get("ImageType", "") or "")):
+    if other_mr_series(tags):
         return None                      # its timing would call a DWI a T2, an SWI a T1, a BOLD series a PD
     by_text = guess_from_text(text)
     if by_text == "T2" and _guess_mr_from_timing(tags) == "FLAIR":

@@ -396,32 +396,34 @@ def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
         return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
                 "values are not Hounsfield units of tissue, so no modality or unit is assumed for it, no CT route "
                 "takes it and a cohort leaves it out"]
-    names = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"),
-                                                 ("sequence", "SequenceName")) if tags.get(key)]
     image_type = tags.get("ImageType", "")
-    named = [(word, name) for word, name in names[:2] if _LOCALIZER_NAME.search(name.lower())]
+    named = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"))
+             if _LOCALIZER_NAME.search(tags.get(key, "").lower())]
     if "LOCALIZER" in image_type.upper().split("\\"):
         why = f"ImageType {image_type} marks it a localizer"
     elif named:
         why = f"its {named[0][0]} {named[0][1]!r} names a localizer or calibration scan"
     elif tags.get("Modality", "").upper() == "MR" and not tags.get("StudioModality"):
-        return _other_mr_notes(image_type, names)
+        return _other_mr_notes(tags)
     else:
         return []
     return [f"{why} (positioning or calibration images, not a volume for diagnosis or synthesis): no modality "
             "is assumed for it, so it is synthesized from only when you name its modality, and a cohort leaves it out"]
 
 
-def _other_mr_notes(image_type: str, names: list[tuple[str, str]]) -> list[str]:
-    """An MR series of no modality the model knows (:func:`engine.modalities.other_mr`) in a note."""
-    kind = modalities.other_mr("", image_type)
-    why = f"ImageType {image_type}" if kind else ""
-    for word, name in names:
-        if not kind:
-            kind, why = modalities.other_mr(name), f"its {word} {name!r}"
+def _other_mr_notes(tags: dict[str, str]) -> list[str]:
+    """An MR series of no modality the model knows (:func:`engine.modalities.other_mr_series`, as the
+    guess reads it) in a note naming what says so."""
+    kind = modalities.other_mr_series(tags)
     if not kind:
         return []
-    return [f"{why} marks a {kind} series, not a scan of a modality the model knows (T1, T1CE, T2, FLAIR, PD): no "
+    image_type = tags.get("ImageType", "")
+    if modalities.other_mr("", image_type):
+        why = f"ImageType {image_type}"
+    else:
+        said = [f"{key} {tags[key]!r}" for key in modalities.DICOM_NAMES if tags.get(key)]
+        why = f"its names ({', '.join(said)})"
+    return [f"{why}: a {kind} series, not a scan of a modality the model knows (T1, T1CE, T2, FLAIR, PD): no "
             "modality is assumed for it, so it is synthesized from only when you name its modality, and a cohort "
             "leaves it out"]
 

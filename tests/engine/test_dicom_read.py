@@ -898,8 +898,8 @@ def test_a_stated_pixel_padding_value_is_kept_in_physical_units(tmp_path):
 @pytest.mark.parametrize("image_type, description, kind", [
     ("ORIGINAL\\PRIMARY\\DIFFUSION\\TRACEW\\ND", "ep2d_diff_3scan_trace_p2", "ImageType ORIGINAL"),
     ("ORIGINAL\\PRIMARY\\P\\ND", "t2_swi_tra_p2_Pha", "ImageType ORIGINAL"),
-    ("ORIGINAL\\PRIMARY\\M\\ND", "t2_swi_tra_p2", "its description 't2_swi_tra_p2'"),
-    ("ORIGINAL\\PRIMARY\\OTHER", "AX DWI 1000b", "its description 'AX DWI 1000b'"),
+    ("ORIGINAL\\PRIMARY\\M\\ND", "t2_swi_tra_p2", "its names (SeriesDescription 't2_swi_tra_p2'"),
+    ("ORIGINAL\\PRIMARY\\OTHER", "AX DWI 1000b", "its names (SeriesDescription 'AX DWI 1000b'"),
 ])
 def test_an_mr_series_of_no_modality_the_model_knows_says_what_it_is(tmp_path, image_type, description, kind):
     """A DWI, SWI or phase series had no modality and no word why; a cohort given --source T1 took it as a T1."""
@@ -959,3 +959,13 @@ def test_volumes_split_by_what_their_images_say_are_labelled_by_what_differs_nam
     assert list(_telling_apart(keys).values()) == ["b=0", "b=1000"]
     keys = [_named_extra(("M", te, "", "", "")) for te in ("15", "90")]
     assert list(_telling_apart(keys).values()) == ["TE 15 ms", "TE 90 ms"]
+
+
+def test_a_series_named_t1_with_a_gradient_echo_sequence_is_a_t1_and_no_t2_star():
+    """The note had read each name alone (SequenceName "GRE": a T2*) while the guess read them together (T1)."""
+    tags = {"Modality": "MR", "SeriesDescription": "Ax T1 3D", "SequenceName": "GRE", "ImageType": "ORIGINAL\\PRIMARY"}
+    from engine.io.dicom_read import _modality, _not_anatomical_notes
+
+    assert _modality(tags) == "T1" and _not_anatomical_notes(tags) == []
+    commented = {**tags, "SeriesDescription": "Ax 3D", "ImageComments": "diffusion b1000"}
+    assert _modality(commented) is None and "a diffusion series" in _not_anatomical_notes(commented)[0]

@@ -47,6 +47,8 @@ def test_body_mask_fills_holes_and_drops_specks():
     ("ct.nii.gz", "CT"), ("pet_suv.nrrd", "PET"), ("anatomical.nii", None),
     ("sub-01_T2starw.nii.gz", None), ("sub-01_dwi.nii.gz", None), ("T1_post.nii.gz", "T1CE"),
     ("case_no_5_t1ce.nii.gz", "T1CE"), ("sub-01_T1w_preproc.nii.gz", "T1"),      # "no", "pre…" alone: no negation
+    ("CT_phase_00.nii.gz", "CT"), ("cbct_phase_10.nii.gz", "CBCT"), ("ct_arterial_phase.nii.gz", "CT"),  # 4-D CT
+    ("sub-01_UNIT1.nii.gz", "T1"), ("pet_tracer.nii.gz", "PET"),
 ])
 def test_guess_from_file_names(name, expected):
     assert m.guess_from_filename(f"/data/{name}") == expected
@@ -85,6 +87,8 @@ def test_guess_from_dicom_tags():
     ("AX GRE", None), ("T2W_FFE", None), ("T1W_FFE", "T1"), ("T1 GRE", "T1"),   # a bare gradient echo is a T2*
     ("sWIP T1W_3D_TFE SENSE", "T1"), ("SWIp", None),                       # Philips' work-in-progress prefix, SWI
     ("T2 map", None), ("T1_map_MOLLI", None), ("t1_mp2rage_sag_p3_iso_T1_Images", None),   # quantitative maps
+    ("AxT2", "T2"), ("SAGT1", "T1"), ("3DT1", "T1"), ("AXT1+C", "T1CE"), ("AXT1POST", "T1CE"),   # GE, no spaces
+    ("T1 postcontrast", "T1CE"), ("T1postGd", "T1CE"), ("post_op_T1", "T1"), ("T1 different", "T1"),
 ])
 def test_guess_from_scanner_series_descriptions(description, expected):
     assert m.guess_from_dicom({"Modality": "MR", "SeriesDescription": description}) == expected
@@ -106,3 +110,13 @@ def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
     assert m.guess_from_dicom({**inverted, "InversionTime": 2500}) == "FLAIR"     # its inversion time says FLAIR
     assert m.other_mr("ep2d_diff_3scan_trace_p2") == "diffusion" and m.other_mr("", "ORIGINAL\\PRIMARY\\P\\ND") == "phase image"
     assert m.other_mr("t1_mprage_sag_p2_iso") == ""
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sub-01_ses-post_T1w.nii.gz", "T1"), ("sub-01_acq-contrast_T1w.nii.gz", "T1"),     # BIDS: suffix and ce- only
+    ("sub-01_ce-gadolinium_T1w.nii.gz", "T1CE"), ("sub-01_T2w.nii.gz", "T2"), ("post_op_T1w.nii.gz", "T1"),
+])
+def test_a_bids_name_gives_its_modality_by_its_suffix_and_ce_entity(name, expected):
+    from engine.io.bids import name_modality
+
+    assert name_modality(name) == expected
