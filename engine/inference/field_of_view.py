@@ -8,9 +8,9 @@ The padding is the value a DICOM series states (PixelPaddingValue, PixelPaddingR
 exact value at or below air (−1000 HU) that fills at least 1 % of the volume (noise never repeats one
 value that often); of its voxels only those joined to the image's in-plane edges count (air enclosed by
 the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
-field of view) or a straight line (a crop): an edge that follows the body's outline or the ragged edge
-of noisy air is air clamped to that value, not a field of view, and keeps its data. An edge of arcs and
-lines together (a cylinder cut by a box) is not recognised: there too the source's values are kept.
+field of view), straight lines along the box the data fill (a crop or pad on any sides), both (a
+cylinder cut by a box) or one straight line: an edge that follows the body's outline or the ragged edge
+of noisy air is air clamped to that value, not a field of view, and keeps its data.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ PADDING_MIN_FRACTION = 0.01     # … and fills at least this share of the volum
 # circle by centimetres; a field of view resampled from a coarser grid is stair-stepped by its pixels)
 EDGE_TOLERANCE_PX = 1.5
 EDGE_TOLERANCE_MM = 2.0
+EDGE_SHARE = 0.9
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -75,32 +76,43 @@ def _outside_the_field(candidate: np.ndarray, spacing_xy) -> np.ndarray:
 
 
 def _a_field_edge(outside: np.ndarray, spacing_xy) -> bool:
-    """Whether the inner edge of ``outside`` in one slice is a field of view's: a circle or a straight
-    line (a slice holding no data at all is outside it whole)."""
+    """Whether the inner edge of ``outside`` in one slice is a field of view's: a circle, straight lines
+    along the edges of the box the data fill (a crop or a pad, on any sides), the two together (a
+    cylinder cut by a box), or one straight line at any angle; a slice holding no data at all is outside
+    it whole. :data:`EDGE_SHARE` of the edge's pixels within the tolerance of those shapes."""
     edge = ~outside & ndimage.binary_dilation(outside, _CROSS)
     if not edge.any():
         return True
+    sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
+    tolerance = max(EDGE_TOLERANCE_PX * max(sx, sy), EDGE_TOLERANCE_MM)
     y, x = np.nonzero(edge)
-    points = np.column_stack([x * float(spacing_xy[0]), y * float(spacing_xy[1])])
-    tolerance = max(EDGE_TOLERANCE_PX * max(float(spacing_xy[0]), float(spacing_xy[1])), EDGE_TOLERANCE_MM)
-    return _line_distance(points) <= tolerance or _circle_distance(points) <= tolerance
+    points = np.column_stack([x * sx, y * sy])
+    rows, columns = np.nonzero(~outside)
+    box = (columns.min() * sx, columns.max() * sx, rows.min() * sy, rows.max() * sy)
+    on_box = ((np.abs(points[:, 0] - box[0]) <= tolerance) | (np.abs(points[:, 0] - box[1]) <= tolerance)
+              | (np.abs(points[:, 1] - box[2]) <= tolerance) | (np.abs(points[:, 1] - box[3]) <= tolerance))
+    rest = points[~on_box]
+    near = on_box.copy()
+    if len(rest):
+        near[~on_box] = _circle_distances(rest) <= tolerance
+    return bool(near.mean() >= EDGE_SHARE or np.mean(_line_distances(points) <= tolerance) >= EDGE_SHARE)
 
 
-def _line_distance(points: np.ndarray) -> float:
-    """The 90th percentile of the points' distances to their best-fitting line."""
+def _line_distances(points: np.ndarray) -> np.ndarray:
+    """The points' distances to their best-fitting line."""
     centred = points - points.mean(axis=0)
     normal = np.linalg.svd(centred, full_matrices=False)[2][-1]
-    return float(np.percentile(np.abs(centred @ normal), 90))
+    return np.abs(centred @ normal)
 
 
-def _circle_distance(points: np.ndarray) -> float:
-    """The 90th percentile of the points' distances to their best-fitting circle (algebraic fit);
-    infinite when no circle fits (too few points)."""
+def _circle_distances(points: np.ndarray) -> np.ndarray:
+    """The points' distances to their best-fitting circle (algebraic fit); infinite when too few points
+    fit one."""
     if len(points) < 8:
-        return float("inf")
+        return np.full(len(points), np.inf)
     x, y = points[:, 0], points[:, 1]
     design = np.column_stack([x, y, np.ones_like(x)])
     (a, b, c), *_ = np.linalg.lstsq(design, x * x + y * y, rcond=None)
     cx, cy = a / 2.0, b / 2.0
     radius = np.sqrt(max(c + cx * cx + cy * cy, 0.0))
-    return float(np.percentile(np.abs(np.hypot(x - cx, y - cy) - radius), 90))
+    return np.abs(np.hypot(x - cx, y - cy) - radius)

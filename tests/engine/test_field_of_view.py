@@ -75,4 +75,21 @@ def test_a_field_of_view_resampled_from_a_coarser_grid_is_still_one(spacing):
     hu, outside = cbct()
     coarse = np.repeat(np.repeat(outside[:, ::3, ::3], 3, axis=1), 3, axis=2)[:, :96, :96]   # stair-stepped by 3 px
     stepped = np.where(coarse, np.float32(-3024.0), np.where(outside, air(hu.shape), hu))
-    assert np.array_equal(mask(stepped, spacing=(0.5, 0.5, 1.0)), coarse)
+    assert np.array_equal(mask(stepped, spacing=spacing), coarse)
+
+
+@pytest.mark.parametrize("sides", ["left and right", "right and bottom", "circle and right"])
+def test_a_pad_or_crop_on_several_sides_and_a_cylinder_cut_by_a_box_are_fields_of_view(sides):
+    """A NIfTI padded to a square on two sides, or cropped on two: one line fitted no two edges."""
+    hu, circle = cbct()
+    hu = np.where(circle, air(hu.shape), hu)
+    cut = np.zeros(hu.shape, dtype=bool)
+    if sides == "left and right":
+        cut[:, :, :10] = cut[:, :, 86:] = True
+    elif sides == "right and bottom":
+        cut[:, :, 84:] = cut[:, 84:, :] = True
+    else:
+        cut = circle.copy()
+        cut[:, :, 80:] = True
+    hu[cut] = -1024.0
+    assert np.array_equal(mask(hu), cut)
