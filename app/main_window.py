@@ -79,7 +79,7 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
         self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
-        self._last_patient = ("", "")                       # what the last export's patient dialog named
+        self._patients: dict[int, tuple[str, str]] = {}     # the patient named for a scan's exports, by scan
         self._pacs_dialog = None                            # File ▸ PACS…, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
@@ -463,10 +463,13 @@ class MainWindow(QMainWindow):
             return
         target, patient = export_path(path, name_filter), ("", "")
         if asks_for_patient(doc, target, anonymised):
-            dialog = PatientDialog(doc.title, doc.volume, self._last_patient, self)
+            scan = doc
+            while scan.source is not None:          # a synthetic's patient is its scan's: one answer for both
+                scan = scan.source
+            dialog = PatientDialog(doc.title, doc.volume, self._patients.get(id(scan), ("", "")), self)
             if not dialog.exec():                   # cancelled: nothing is written
                 return
-            patient = self._last_patient = dialog.patient()
+            patient = self._patients[id(scan)] = dialog.patient()
         self.export_to(target, doc, anonymiser, patient)
 
     def choose_anonymised_export(self) -> None:

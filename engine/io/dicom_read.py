@@ -222,10 +222,10 @@ _METHODS = {**_LOSSY_SYNTAXES, "1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840
 def lossy_compression(tags: dict[str, str]) -> dict[str, str]:
     """Whether a series' pixels went through lossy compression (its LossyImageCompression, or a lossy
     transfer syntax), with its ratio and method: what every series made from it keeps (PS3.3 C.7.6.1.1.5:
-    once 01, never reset)."""
-    syntax = tags.get("TransferSyntaxUID", "")
-    if tags.get("LossyImageCompression", "").strip() != "01" and syntax not in _LOSSY_SYNTAXES:
-        return {"LossyImageCompression": "00"}
+    once 01, never reset); "00" only where the series says so, nothing where it says nothing."""
+    syntax, stated = tags.get("TransferSyntaxUID", ""), tags.get("LossyImageCompression", "").strip()
+    if stated != "01" and syntax not in _LOSSY_SYNTAXES:
+        return {"LossyImageCompression": "00"} if stated == "00" else {}     # unsaid: not claimed
     return {"LossyImageCompression": "01", "LossyImageCompressionRatio": tags.get("LossyImageCompressionRatio", ""),
             "LossyImageCompressionMethod": tags.get("LossyImageCompressionMethod") or _METHODS.get(syntax, "")}
 

@@ -228,10 +228,12 @@ def _without_resent(slots: dict[int, list[SliceInfo]]) -> list[SliceInfo]:
     notes what was left out. Only the files at a repeated position are read for their pixels."""
     kept: list[SliceInfo] = []
     for slot in slots.values():
+        said = [(s.instance, s.acquisition, s.extra_split) for s in slot]     # a copy says what its original says:
+        alike = {k for k in said if said.count(k) > 1}                          # only those are read for pixels
         seen: dict[tuple, int] = {}
-        for s in slot:
-            pixels = _pixel_digest(s) if len(slot) > 1 else None
-            digest = None if pixels is None else (pixels, s.acquisition, s.extra_split)   # a copy says the same
+        for s, key in zip(slot, said):
+            pixels = _pixel_digest(s) if key in alike else None
+            digest = None if pixels is None else (pixels, key)
             if digest is not None and digest in seen:
                 first = kept[seen[digest]]
                 kept[seen[digest]] = replace(first, notes=(*first.notes, f"{os.path.basename(s.path)} holds the same "

@@ -266,9 +266,10 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
 
 
 def _series_number(source: str | None, volume: Volume) -> int:
-    """The source's SeriesNumber plus 1000 for a scan's export, plus 1000 × (2 + the target modality's
+    """The source's SeriesNumber plus 1000 for a scan's export, plus 10000 × (1 + the target modality's
     place in :data:`engine.modalities.MODALITIES`) for a synthetic: a converted T1 (1007) and the T2
-    (4007) and FLAIR (5007) synthesized from series 7 are told apart in a viewer's series list."""
+    (30007) and FLAIR (40007) synthesized from series 7 are told apart in a viewer's series list, and
+    from scanners' own numbers (Philips' run to thousands)."""
     try:
         number = int(float(source or 0))
     except ValueError:
@@ -276,7 +277,7 @@ def _series_number(source: str | None, volume: Volume) -> int:
     if not volume.synthetic:
         return number + 1000
     order = list(modalities.MODALITIES)
-    return number + 1000 * (2 + (order.index(volume.modality) if volume.modality in order else len(order)))
+    return number + 10000 * (1 + (order.index(volume.modality) if volume.modality in order else len(order)))
 
 
 def derived_identity(volume: Volume) -> dict[str, str]:

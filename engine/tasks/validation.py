@@ -377,6 +377,8 @@ def _misplaced(path: Path, modality: str, geom: Geometry, ref_path: Path, refere
     if geom.frame and ref_geom.frame and geom.frame != ref_geom.frame:
         return "other_frame", (f"was acquired in another frame of reference than {ref_path.name} "
                                "(FrameOfReferenceUID differs): its coordinates name other places in the room")
+    if {modalities.get(m).family for m in (modality, reference)} != {"CT"}:
+        return "", ""               # MR contrasts of one session: taken as placed (reading voxels here is slow)
     from engine.tasks.alignment import misalignment
 
     try:
@@ -468,8 +470,9 @@ def _split_from_json(meta: dict, usable: list[str], report: ValidationReport, js
 def validate_dataset(root: str | Path, *, seed: int = 0, val_fraction: float = VAL_FRACTION,
                      test_fraction: float = TEST_FRACTION, deep: bool = False, progress: ProgressFn = noop,
                      cancel: CancelToken | None = None) -> ValidationReport:
-    """Check a dataset folder without loading voxels (``deep=True`` reads them all, catching
-    truncated files; DICOM folders are always read). Never raises for dataset content; a missing
+    """Check a dataset folder without loading voxels but those of CT-family pairs on different grids
+    (their alignment, :func:`_misplaced`; ``deep=True`` reads them all, catching truncated files; DICOM
+    folders are always read). Never raises for dataset content; a missing
     root gives an empty report. ``dataset.json`` (optional): ``{"name": str, "anatomy": str |
     {subject: str, "*": default}, "split": {"train": [...], "val": [...], "test": [...]},
     "subjects": {subject: {"source": str}}}`` (a subject's source — site, scanner, anatomy template — is

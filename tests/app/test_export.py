@@ -235,12 +235,20 @@ def test_a_dicom_export_of_a_volume_that_names_no_patient_asks_for_one(qtbot, wi
 
     monkeypatch.setattr(PatientDialog, "exec", filled)
     answers = iter([(str(tmp_path / "ct_series"), "DICOM derived series (folder)"),
-                    (str(tmp_path / "again"), "DICOM derived series (folder)"), (str(tmp_path / "ct"), "NIfTI (*.nii.gz)")])
+                    (str(tmp_path / "again"), "DICOM derived series (folder)"), (str(tmp_path / "ct"), "NIfTI (*.nii.gz)"),
+                    (str(tmp_path / "other"), "DICOM derived series (folder)")])
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *_args: next(answers))
-    for _ in range(3):
+    scan = window.workspace.active
+    synthetic = window.workspace.add(scan.volume.replace(name="synthetic T2 from CT", modality="T2"), synthetic=True,
+                                     source=scan)
+    for doc in (scan, synthetic, scan):
         with qtbot.waitSignal(window.exported, timeout=60000):
-            window.choose_export()
+            window.choose_export(doc)
     written = pydicom.dcmread(next((tmp_path / "ct_series").glob("*.dcm")))
     assert (written.PatientID, str(written.PatientName)) == ("PT-0042", "Doe^Jane")
-    assert asked == [("", ""), ("PT-0042", "Doe^Jane")]          # the second starts from the first's; a file asks not
-    assert window.workspace.active.volume.dicom.get("PatientID", "") == ""     # the loaded scan is left as it was
+    assert asked == [("", ""), ("PT-0042", "Doe^Jane")]     # its synthetic starts from the scan's; a file asks not
+    assert scan.volume.dicom.get("PatientID", "") == ""                  # the loaded scan is left as it was
+    other = window.workspace.add(scan.volume.with_array(scan.volume.array + 1.0, name="another patient's CT"))
+    with qtbot.waitSignal(window.exported, timeout=60000):
+        window.choose_export(other)
+    assert asked[-1] == ("", "")                       # another scan: nothing filled in from someone else

@@ -437,7 +437,7 @@ def test_exports_of_one_series_have_their_own_series_numbers(tmp_path):
     made = {"scan": t1, **{m: t1.replace(modality=m, synthetic=True, derived_from="T1") for m in ("T2", "FLAIR")}}
     numbers = {k: _files(write_dicom_series(v, tmp_path / k, series_description="x"))[0].SeriesNumber
                for k, v in made.items()}
-    assert numbers == {"scan": 1007, "T2": 4007, "FLAIR": 5007}
+    assert numbers == {"scan": 1007, "T2": 30007, "FLAIR": 40007}
 
 
 def test_an_export_of_lossy_compressed_pixels_says_so_and_one_of_a_nifti_claims_nothing(tmp_path):
@@ -456,8 +456,13 @@ def test_an_export_of_lossy_compressed_pixels_says_so_and_one_of_a_nifti_claims_
     for k in ("scan", "synthetic"):
         assert (first[k].LossyImageCompression, float(first[k].LossyImageCompressionRatio),
                 first[k].LossyImageCompressionMethod) == ("01", 8.0, "ISO_15444_1")
-    assert first["plain"].LossyImageCompression == "00" and "LossyImageCompressionRatio" not in first["plain"]
-    assert "LossyImageCompression" not in first["nifti"]                 # not known: not claimed
+    assert "LossyImageCompression" not in first["plain"] and "LossyImageCompression" not in first["nifti"]   # unsaid
+    def said_not(ds, k):
+        ds.LossyImageCompression = "00"
+
+    write_series(tmp_path / "said", anatomical()[:3], per_slice=said_not)
+    written = _files(write_dicom_series(io.load(tmp_path / "said"), tmp_path / "out_said", series_description="x"))
+    assert written[0].LossyImageCompression == "00"
     from engine.io.dicom_read import lossy_compression
 
     baseline = lossy_compression({"TransferSyntaxUID": "1.2.840.10008.1.2.4.50"})      # JPEG baseline: lossy

@@ -145,6 +145,10 @@ def test_a_scan_that_names_no_patient_is_named_as_asked_and_one_that_names_anoth
     for bad in ("A\\B", "x" * 65, "tab\there"):
         with pytest.raises(ValueError, match="up to 64 printable characters"):
             named_patient(nifti, bad)
+    for bad in ("Doe^Jane=ドウ^ジェーン", "a^b^c^d^e^f"):
+        with pytest.raises(ValueError, match="Family\\^Given"):
+            named_patient(nifti, "", bad)
+    assert named_patient(nifti, "", "Müller^Jörg").dicom["PatientName"] == "Müller^Jörg"
 
 
 def test_convert_and_synthesize_name_the_patient_of_a_nifti_scan_s_dicom_exports(tmp_path, capsys):
