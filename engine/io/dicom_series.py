@@ -275,7 +275,17 @@ def _named_extra(extra: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def _telling_apart(keys: list[tuple[tuple[str, str], ...]]) -> dict[tuple, str]:
     """Each key's label: only the values that differ between the keys, named (``b=1000``, ``TE 15 ms``)."""
     differing = [i for i in range(len(keys[0])) if len({k[i][1] for k in keys}) > 1]
-    return {k: " ".join(_SHOWN.get(k[i][0], "{}").format(k[i][1] or "none") for i in differing) or "—" for k in keys}
+    return {k: " ".join(_SHOWN.get(k[i][0], "{}").format(_number(k[i][1]) or "none") for i in differing) or "—"
+            for k in keys}
+
+
+def _number(value: str) -> str:
+    """A header value as a label shows it: a whole number without its ".0" (b=1000, not b=1000.0)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else value
 
 
 def _build(uid: str, slices: list[SliceInfo]) -> SeriesGroup:

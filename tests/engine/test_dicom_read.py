@@ -969,3 +969,15 @@ def test_a_series_named_t1_with_a_gradient_echo_sequence_is_a_t1_and_no_t2_star(
     assert _modality(tags) == "T1" and _not_anatomical_notes(tags) == []
     commented = {**tags, "SeriesDescription": "Ax 3D", "ImageComments": "diffusion b1000"}
     assert _modality(commented) is None and "a diffusion series" in _not_anatomical_notes(commented)[0]
+
+
+def test_volumes_at_one_position_told_apart_by_their_headers_are_not_read_for_pixels(tmp_path, monkeypatch):
+    """A DWI's b-values (or an fMRI's time points) share positions: scanning must stay header-only there."""
+    from engine.io import dicom_series
+
+    series = one_series()
+    for b in ("0", "1000"):
+        write_series(tmp_path / "s", anatomical()[:3], **series, seed=int(b) + 1,
+                     shared={"DiffusionBValue": float(b), "SeriesDescription": "dwi"})
+    monkeypatch.setattr(dicom_series, "_pixel_digest", lambda s: pytest.fail("pixels read while scanning"))
+    assert sorted(e.description for e in io.scan(tmp_path / "s").entries) == ["dwi [b=0]", "dwi [b=1000]"]
