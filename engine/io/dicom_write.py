@@ -51,7 +51,7 @@ from engine.atomic import OutputError, atomic_folder, check_folder_target, check
 from engine.io.deidentify import Anonymiser, as_anonymiser
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, RADIOPHARMACEUTICAL_TAGS, our_block
 from engine.io.errors import VolumeIOError
-from engine.io.identity import DERIVED_FRAME
+from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY, patient_keyed
 from engine.io.itk_files import NO_ORIENTATION
 from engine.io.synthetic_mark import DICOM_SYNTHETIC, series_mark
 from engine.io.volume import Volume, finite_filled
@@ -282,19 +282,20 @@ def _series_number(source: str | None, volume: Volume) -> int:
 
 def derived_identity(volume: Volume) -> dict[str, str]:
     """A DICOM identity for a volume that came without one (a NIfTI, MHA or NRRD file): the Study and
-    Frame of Reference UIDs its exports share — drawn from its voxels and grid, so a converted scan and
-    a synthetic made from it land in one study and one frame, as their geometry is one; no Frame of
-    Reference for a grid whose orientation was assumed (its place in the patient is unknown)."""
+    Frame of Reference UIDs its exports share — drawn from its voxels and grid (and the patient named for
+    it), so a converted scan and a synthetic made from it land in one study and one frame, as their
+    geometry is one; no Frame of Reference for a grid whose orientation was assumed (its place in the
+    patient is unknown)."""
     if volume.dicom.get("StudyInstanceUID"):
         return dict(volume.dicom)
     digest = hashlib.sha256(np.ascontiguousarray(volume.array, dtype=np.float32).tobytes())
     digest.update(repr((volume.shape, volume.spacing, volume.origin, volume.direction)).encode())
     key = digest.hexdigest()
-    identity = {**volume.dicom, "StudyInstanceUID": generate_uid(entropy_srcs=["study", key])}
+    identity = {**volume.dicom, "StudyInstanceUID": generate_uid(entropy_srcs=["study", key]), DERIVED_STUDY: "YES"}
     if not any(note == NO_ORIENTATION for note in volume.notes):
         identity["FrameOfReferenceUID"] = generate_uid(entropy_srcs=["frame of reference", key])
         identity[DERIVED_FRAME] = "YES"         # no scanner's frame: our private block says so
-    return identity
+    return patient_keyed(identity)             # a patient named for it: its own study (identity.patient_keyed)
 
 
 UNSTATED_DEIDENTIFICATION = "identity removed before import; method not stated"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydicom.uid import generate_uid
+
 from engine import modalities
 from engine.io import bids
 from engine.io.volume import Volume
@@ -14,6 +16,9 @@ from engine.io.volume import Volume
 # a Volume's ``dicom`` key (our private block's element 0x05 on disk): YES when its Frame of Reference UID
 # was drawn by this app from the voxels of a scan that had none, so it names no scanner's frame
 DERIVED_FRAME = "StudioDerivedFrame"
+# a Volume's ``dicom`` key (not written): YES when its Study (and Frame of Reference) UID was drawn by this app
+# from the voxels of a scan that had none (``engine.io.dicom_write.derived_identity``)
+DERIVED_STUDY = "StudioDerivedStudy"
 STANDARD_SPACES = frozenset({"Talairach", "MNI", "template"})
 # IDs that name no one: what anonymisers and test exports put where the patient's ID was
 PLACEHOLDER_IDS = frozenset({"", "0", "-", "NA", "N/A", "NONE", "NULL", "UNKNOWN", "ANON", "ANONYMOUS", "ANONYMIZED",
@@ -90,7 +95,23 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
         if stated and stated != value:
             raise ValueError(f"the input names {keyword} {stated!r}: a patient is named only for a scan that "
                              "names none (--anonymise replaces an identity)")
-    return volume.replace(dicom={**volume.dicom, **given})
+    return volume.replace(dicom=patient_keyed({**volume.dicom, **given}))
+
+
+def patient_keyed(identity: dict[str, str]) -> dict[str, str]:
+    """``identity`` with the Study and Frame of Reference UIDs this app drew from a scan's voxels
+    (:data:`DERIVED_STUDY`) drawn again with the patient it names: one scan exported under two patient IDs
+    (a typo corrected) is two studies, never one study of two patients, and a scan and the synthetics made
+    from it, named alike, stay one study. Any other identity is returned as it is."""
+    patient = str(identity.get("PatientID", "")).strip()
+    if identity.get(DERIVED_STUDY) != "YES" or not patient:
+        return identity
+    keyed = dict(identity)
+    for uid in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if keyed.get(uid):
+            keyed[uid] = generate_uid(entropy_srcs=[keyed[uid], "patient", patient])
+    keyed[DERIVED_STUDY] = "PATIENT"          # keyed once: a second naming keeps these UIDs
+    return keyed
 
 
 def different_worlds(a: str, b: str) -> bool:

@@ -177,3 +177,21 @@ def test_convert_and_synthesize_name_the_patient_of_a_nifti_scan_s_dicom_exports
     assert main(["convert", str(source), str(tmp_path / "anon"), "--anonymise", *named]) == 2
     assert main(["convert", str(tmp_path / "t1"), str(tmp_path / "again"), "--patient-id", "P9"]) == 2
     assert "names PatientID 'PT-0042'" in capsys.readouterr().err
+
+
+def test_one_scan_exported_under_two_patients_is_two_studies_and_its_synthetic_joins_its_patient_s(tmp_path):
+    """One NIfTI exported as P-0042, then as P-0099 (a typo corrected), had been one study of two patients."""
+    import pydicom
+
+    from engine.io.dicom_write import derived_identity
+    from engine.io.identity import named_patient
+
+    scan = Volume(np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32), modality="CT", unit="HU")
+    synthetic = scan.replace(modality="T2", unit="a.u.", synthetic=True, derived_from="CT",
+                             dicom=derived_identity(scan))                 # as synthesis draws it, no patient yet
+    studies = {}
+    for name, volume, patient in (("a", scan, "P-0042"), ("b", scan, "P-0099"), ("c", scan, ""),
+                                  ("d", synthetic, "P-0042")):
+        folder = io.save(named_patient(volume, patient), tmp_path / name)
+        studies[name] = pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
+    assert len({studies["a"], studies["b"], studies["c"]}) == 3 and studies["d"] == studies["a"]
