@@ -337,7 +337,7 @@ class MainWindow(QMainWindow):
     def _on_synthesized(self, source: Document, volume, plane: str) -> None:
         doc = self.workspace.add(volume, synthetic=True, source=source, plane=plane)
         self.browser.mark_loaded(doc)                # its own row, beside its source
-        self.log.add(f"Synthesized {doc.title} from {source.title}")
+        self.log.add(f"Synthesized {doc.title} (input: {source.title})")
         for warning in guard_notes_of(volume)[0]:
             self.log.add(f"{source.title}: {warning}", "note")
         reference, why_not = self._reference_for(source, volume.modality)

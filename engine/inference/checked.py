@@ -54,6 +54,9 @@ def synthesize_checked(synth, volume: Volume, source: str | None, target: str, s
                          f"--source (e.g. --source CBCT)")
     source, target = synth.card.check_route(source, target)
     warnings = synth.input_warnings(volume, source, settings)
+    if volume.not_anatomy:                  # forced on a series its header says is none (a DWI named T1)
+        said = volume.not_anatomy.split(": no modality")[0]
+        warnings.insert(0, f"synthesized as a {source} because that source was named, though {said}")
     checks = Checks(source=source, target=target, identified=identified, source_note=note,
                     input_warnings=list(warnings), benchmark_warnings=list(synth.card.benchmark_warnings(source, target)))
     announce(checks)

@@ -203,7 +203,7 @@ def source_modality(synth: Synthesizer, volume: Volume, requested: str | None,
     if requested is None and volume.modality:
         return modalities.canonical(volume.modality), None, ""
     if volume.not_anatomy:              # its header says what it is: no model's guess overrides that
-        raise ValueError(f"{volume.not_anatomy} (--source)")
+        raise ValueError(volume.not_anatomy)
     found = synth.identify(volume, progress=progress)
     info = found.to_dict()
     if found.reliable and found.confidence >= MIN_AUTO_CONFIDENCE:

@@ -387,6 +387,11 @@ def _ct_map(tags: dict[str, str]) -> list[str]:
     return sorted(set(tags.get("ImageType", "").upper().split("\\")) & _CT_MAPS)
 
 
+# what a series of no anatomy the model knows gets (its note ends so, whoever reads it: the app or a command)
+NAMED_ONLY = ("no modality is assumed for it, so it is synthesized from only when you name its modality (the "
+              "synthesis panel's Source; --source), and a cohort leaves it out")
+
+
 def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
     """A series whose values are no anatomy of a modality the model knows — a CT map (perfusion,
     material), a localizer or calibration scan, an MR series such as a diffusion, SWI or phase image — in
@@ -407,8 +412,7 @@ def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
         return _other_mr_notes(tags)
     else:
         return []
-    return [f"{why} (positioning or calibration images, not a volume for diagnosis or synthesis): no modality "
-            "is assumed for it, so it is synthesized from only when you name its modality, and a cohort leaves it out"]
+    return [f"{why} (positioning or calibration images, not a volume for diagnosis or synthesis): {NAMED_ONLY}"]
 
 
 def _other_mr_notes(tags: dict[str, str]) -> list[str]:
@@ -423,9 +427,8 @@ def _other_mr_notes(tags: dict[str, str]) -> list[str]:
     else:
         said = [f"{key} {tags[key]!r}" for key in modalities.DICOM_NAMES if tags.get(key)]
         why = f"its names ({', '.join(said)})"
-    return [f"{why}: a {kind} series, not a scan of a modality the model knows (T1, T1CE, T2, FLAIR, PD): no "
-            "modality is assumed for it, so it is synthesized from only when you name its modality, and a cohort "
-            "leaves it out"]
+    return [f"{why}: a {kind} series, not a scan of a modality the model knows (T1, T1CE, T2, FLAIR, PD): "
+            f"{NAMED_ONLY}"]
 
 
 def _units(array: np.ndarray, group: SeriesGroup, tags: dict[str, str], modality: str | None) -> tuple[str, list[str]]:

@@ -206,3 +206,26 @@ def test_a_volume_its_header_calls_no_scan_of_a_known_modality_is_not_identified
     with pytest.raises(ValueError, match="marks a diffusion series"):
         source_modality(Guessing(), dwi, None)
     assert source_modality(Guessing(), dwi, "T2")[0] == "T2"                  # named: taken as the user says
+
+
+def test_a_diffusion_series_synthesizes_only_as_a_named_source_and_its_result_says_so(tmp_path, capsys):
+    """Forced as a T1, a DWI's synthetic had been "synthetic T2 from T1" with nothing recalling its header."""
+    import json
+
+    from dicom_fixtures import anatomical, write_series
+
+    from main import main
+
+    model = write_random_model(tmp_path / "model", routes=(("T1", "T2"),), image_size=32,
+                               metadata={"inference_defaults": {"steps": 1}})
+
+    def diffusion(ds, k):
+        ds.SeriesDescription, ds.ImageType = "ep2d_diff", ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"]
+
+    write_series(tmp_path / "dwi", anatomical()[:3], per_slice=diffusion)
+    common = ["--target", "T2", "--model", str(model), "--device", "cpu", "--quiet"]
+    assert main(["synthesize", str(tmp_path / "dwi"), "-o", str(tmp_path / "a.nii.gz"), *common]) == 2
+    assert "a diffusion series" in capsys.readouterr().err and not (tmp_path / "a.nii.gz").exists()
+    assert main(["synthesize", str(tmp_path / "dwi"), "-o", str(tmp_path / "b.nii.gz"), "--source", "T1", *common]) == 0
+    (warned,) = [w for w in json.loads(capsys.readouterr().out)["input_warnings"] if "source was named" in w]
+    assert warned.startswith("synthesized as a T1 because that source was named, though ImageType")
