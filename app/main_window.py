@@ -246,8 +246,10 @@ class MainWindow(QMainWindow):
             self.status.showMessage(f"{len(catalog.skipped)} file(s) in {path} skipped; reasons in the Log", 8000)
         self.settings.add_recent(path)
         self._rebuild_recent()
-        # the first series that can be loaded (a refused one stays listed with its reason)
-        self.load_entry(next((e for e in catalog.entries if not e.refusal), catalog.entries[0]))
+        # the first series that can be loaded and synthesized from (a refused one stays listed with its reason;
+        # a localizer, a DWI only when nothing else is there)
+        loadable = [e for e in catalog.entries if not e.refusal] or catalog.entries
+        self.load_entry(next((e for e in loadable if not e.not_anatomy), loadable[0]))
 
     def _on_scan_failed(self, path: str, message: str) -> None:
         self.browser.set_scanning(path, False)

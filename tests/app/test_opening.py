@@ -59,6 +59,24 @@ def test_a_folder_whose_first_series_is_refused_opens_the_next_one(qtbot, window
     assert doc.volume.shape == (10, 24, 20) and len(window.browser.entries()) == 2
 
 
+def test_a_study_opens_at_a_scan_not_at_its_localizer(qtbot, window, tmp_path, phantom, wait_loaded):
+    """A study listing its localizer first had opened it, with the synthesis panel set on it."""
+    from engine import io
+
+    ct = phantom(shape=(6, 24, 20))
+    study = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.2", "PatientID": "P1"}
+    scout = io.Volume(ct[:1], spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU",
+                      dicom={**study, "SeriesNumber": "1", "SeriesDescription": "Topogram"})
+    io.save(scout, tmp_path / "study" / "a_scout", description="Topogram 0.6")
+    io.save(io.Volume(ct, spacing=(0.8, 0.8, 2.0), modality="CT", unit="HU", dicom={**study, "SeriesNumber": "2"}),
+            tmp_path / "study" / "b_head")
+    entries = io.scan(tmp_path / "study").entries
+    assert entries[0].not_anatomy and not entries[1].not_anatomy               # the localizer is listed first
+    window.open_paths([str(tmp_path / "study")])
+    doc = wait_loaded(window)
+    assert doc.volume.shape == (6, 24, 20) and not doc.volume.not_anatomy
+
+
 def test_a_png_picture_opens_as_a_one_slice_volume_and_says_what_it_assumed(qtbot, window, tmp_path, wait_loaded):
     pixels = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
     path = tmp_path / "slice.png"
