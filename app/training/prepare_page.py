@@ -182,6 +182,10 @@ class PreparePage(CheckedPage):
             self.results.setCurrentRow(0)
         skipped = f" Left out (fewer than two volumes): {', '.join(self.prepared.skipped)}." if self.prepared.skipped \
             else ""
+        if self.report.problems:            # what checking the prepared folder left out (a CT shared by two subjects)
+            listed = "; ".join(f.message for f in self.report.problems[:2])
+            more = f" (and {len(self.report.problems) - 2} more)" if len(self.report.problems) > 2 else ""
+            skipped += f" Checking it left out: {listed}{more}."
         no_training = training_split_problem(self.report)
         if no_training:
             self._set_status(f"Prepared {self.prepared.root}, but {no_training[0].lower()}{no_training[1:]}{skipped}",
@@ -189,11 +193,11 @@ class PreparePage(CheckedPage):
         elif self.report.usable:
             applied = sum(r.registration.improved for r in self.prepared.registered)
             refused = len(self.prepared.registered) - applied
-            self._set_status(f"Prepared {self.prepared.root}: {len(self.report.subjects)} subjects usable, "
+            self._set_status(f"Prepared {self.prepared.root}: {_subjects(len(self.report.subjects))} usable, "
                              f"{applied} registered" + (f", {refused} registration(s) not applied (worse than the "
                                                         "headers' placement; see the list: a volume that is no pair "
                                                         "as placed is left out)" if refused else "")
-                             + f".{skipped}", bool(refused))
+                             + f".{skipped}", bool(refused or self.report.problems))
         else:
             self._set_status(f"Prepared {self.prepared.root}, but it has no usable pairs.{skipped}", True)
         self.completeChanged.emit()
@@ -247,3 +251,6 @@ class PreparePage(CheckedPage):
             return self.report.usable and not training_split_problem(self.report)
         return self.source is not None and self.source.usable and not self._pending()
 
+
+def _subjects(count: int) -> str:
+    return f"{count} subject{'' if count == 1 else 's'}"

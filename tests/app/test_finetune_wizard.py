@@ -270,3 +270,19 @@ def test_a_bids_dataset_is_checked_as_it_is_with_its_other_images_offered_for_ma
     qtbot.waitUntil(lambda: prepare.series.rowCount() == 4, timeout=30000)
     assert sorted(prepare.series.item(i, 1).text().split(" (")[0] for i in range(4)) == [
         f"{s}_T2starw.nii.gz" for s in ("sub-01_ses-1", "sub-01_ses-2", "sub-02", "sub-03")]
+
+
+def test_what_checking_the_prepared_copy_leaves_out_is_said_on_the_page(qtbot, wizard, tmp_path):
+    """A subject dropped on checking the prepared folder (here its T1 is another subject's) had vanished
+    from the count without a word."""
+    import shutil
+
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE, seed=4)
+    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, seed=4, origin=(40.0, -25.0, 12.0))
+    shutil.copy(data / "sub01" / "T1.nii.gz", data / "sub04" / "T1.nii.gz")
+    check(qtbot, wizard, data)
+    wizard.next()
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
+    text = prepare.status.text()
+    assert "Checking it left out:" in text and "same file as sub01's T1" in text, text
