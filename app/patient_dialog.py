@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QL
 if TYPE_CHECKING:
     from engine.io.volume import Volume
 
-QUESTION = ("<b>{title}</b> names no patient (it comes from a file that holds none). A planning system or "
+QUESTION = ("<b>{title}</b> names no patient (it {made}). A planning system or "
             "PACS files a DICOM series by its Patient ID: name the patient to import it there, or leave both "
             "fields empty to export it without one.")
 
@@ -21,8 +21,10 @@ class PatientDialog(QDialog):
     def __init__(self, title: str, volume: Volume, last: tuple[str, str] = ("", ""), parent=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Name the patient")
+        self.setMinimumWidth(480)
         self.volume = volume
-        question = QLabel(QUESTION.format(title=title))
+        question = QLabel(QUESTION.format(title=title, made="was made from a scan that names none" if volume.synthetic
+                                          else "comes from a file that holds none"))
         question.setWordWrap(True)
         self.patient_id, self.patient_name = QLineEdit(last[0]), QLineEdit(last[1])
         self.patient_name.setPlaceholderText("Family^Given")
@@ -57,4 +59,6 @@ class PatientDialog(QDialog):
         except ValueError as exc:
             problem = str(exc)
         self.problem.setText(problem)
+        self.problem.setVisible(bool(problem))
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(not problem)
+        self.adjustSize()                   # the message's lines, never over the question's

@@ -56,6 +56,7 @@ STAGE_CHOICES = [("Stage I, then Stage II (recommended)", "both"),
                  (f"{STAGE_NAMES['understanding']} only", "understanding"),
                  (f"{STAGE_NAMES['generation']} only", "generation")]
 DEFAULT_EVALUATE_SLICES = 16    # central slices per validation volume in the comparison with the start model
+WIZARD_SIZE = (980, 760)        # the pages' tables and registration overlays fit, on most screens
 
 
 def _validate(folder: str, seed: int, val_percent: int, test_percent: int, deep: bool, progress, cancel):
@@ -556,6 +557,9 @@ class FineTuneWizard(QWizard):
             self.addPage(page)
         self.setButtonText(QWizard.WizardButton.FinishButton, "Start training")
         self.accepted.connect(lambda: self.job_requested.emit(self.spec()))
+        area = self.screen().availableGeometry() if self.screen() else None      # room for the overlays and tables
+        self.resize(*(min(want, room) for want, room in zip(WIZARD_SIZE, (area.width(), area.height()) if area
+                                                             else WIZARD_SIZE)))
 
     def report(self):
         """The dataset training reads: the prepared one when the preparation page made it for the

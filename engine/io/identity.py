@@ -87,9 +87,9 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
         raise ValueError("the input's identity was removed (PatientIdentityRemoved YES): it is not named again")
     for keyword, value in given.items():
         if len(value) > 64 or "\\" in value or not value.isprintable():
-            raise ValueError(f"{keyword} {value!r}: DICOM holds up to 64 printable characters, no backslash")
+            raise ValueError(f"{keyword} “{value}”: DICOM holds up to 64 printable characters, no backslash")
         if keyword == "PatientName" and ("=" in value or value.count("^") > 4):
-            raise ValueError(f"PatientName {value!r}: write it Family^Given^Middle^Prefix^Suffix (at most four ^, "
+            raise ValueError(f"PatientName “{value}”: write it Family^Given^Middle^Prefix^Suffix (at most four ^, "
                              "no =)")
         stated = _patient(volume) if keyword == "PatientID" else str(volume.dicom.get(keyword, "")).strip()
         if stated and stated != value:
