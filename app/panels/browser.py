@@ -20,6 +20,14 @@ DOCUMENT_ROLE = Qt.ItemDataRole.UserRole + 1
 SYNTHETIC_COLOUR = QColor("#d03030")
 
 
+MAX_NAME_WIDTH = 300         # px
+
+
+def _shown(study: str) -> str:
+    """A study's row: its description and date, its UID cut to the end that tells UIDs apart."""
+    return " | ".join(f"…{part[-8:]}" if part.count(".") > 3 and len(part) > 12 else part for part in study.split(" | "))
+
+
 def group_names(entry: SeriesEntry) -> tuple[str, str]:
     """(patient, study) for the tree; files without DICOM tags are grouped by their folder."""
     folder = Path(entry.paths[0]).parent.name if entry.paths else ""
@@ -86,6 +94,8 @@ class BrowserPanel(QWidget):
         self.tree.expandAll()
         for col in range(len(COLUMNS)):
             self.tree.resizeColumnToContents(col)
+        # the names column no wider than leaves the modality in view in a narrow dock (whole names in tooltips)
+        self.tree.setColumnWidth(0, min(self.tree.columnWidth(0), MAX_NAME_WIDTH))
         if not self._scanning:
             self.hint.setText(self._summary())
 
@@ -93,7 +103,9 @@ class BrowserPanel(QWidget):
         if (patient,) not in self._groups:
             self._groups[(patient,)] = QTreeWidgetItem(self.tree, [patient])
         if (patient, study) not in self._groups:
-            self._groups[(patient, study)] = QTreeWidgetItem(self._groups[(patient,)], [study])
+            item = QTreeWidgetItem(self._groups[(patient,)], [_shown(study)])
+            item.setToolTip(0, study)
+            self._groups[(patient, study)] = item
         return self._groups[(patient, study)]
 
     def entries(self) -> list[SeriesEntry]:

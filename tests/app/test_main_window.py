@@ -193,3 +193,10 @@ def test_help_mouse_and_keys_chooses_the_scheme_and_it_is_kept(qtbot, window):
         assert again.findChild(mouse.MouseKeysDialog).scheme.currentData() == "ohif"
     finally:
         mouse.use_scheme(mouse.DEFAULT_SCHEME)
+
+
+def test_a_study_row_shows_its_uid_s_end_so_the_series_columns_stay_in_view():
+    from app.panels.browser import _shown
+
+    study = "Head^Routine | 2024-03-01 | 1.2.826.0.1.3680043.8.498.12345678901234567890"
+    assert _shown(study) == "Head^Routine | 2024-03-01 | …34567890" and _shown("Image files") == "Image files"
