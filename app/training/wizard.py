@@ -213,7 +213,9 @@ class DatasetPage(CheckedPage):
         report = self.report
         self.report_view.setHtml(report_html(report))
         todo = [f"map {n} folder(s) or file(s) to modalities" for n in [_mappable(report)] if n]
-        todo += [f"register {n} volume(s) that lie on another grid" for n in [len(self.misaligned)] if n]
+        needed = sum(m.needs_it for m in self.misaligned)
+        todo += [f"register {needed} volume(s) left out as their headers place them"] if needed else []
+        todo += [f"register, if you want, {n} on another grid" for n in [len(self.misaligned) - needed] if n]
         next_page = f" On the next page you can {' and '.join(todo)}." if todo else ""
         no_training = training_split_problem(self.report)
         self.status.setStyleSheet("" if (report.usable and not no_training) or todo else ERROR_STYLE)

@@ -309,14 +309,14 @@ def _geometry_warnings(s: Mapping[str, Any], geo: Mapping[str, tuple[float, floa
         coarsest, finest = max(hi, pixel_mm or 0.0), (0.0 if pixel_mm else lo)
         for value in (s["in_plane_max_mm"], s["in_plane_mm"]):
             if value > coarsest * SPACING_FACTOR or value < finest / SPACING_FACTOR:
-                out.append(f"in-plane pixel size {_mm(value)} is far from the training data's {lo:.3g}–{hi:.3g} mm "
+                out.append(f"in-plane pixel size {_mm(value)} is far from the training data's {_range_text(lo, hi)} mm "
                            f"({what}): check the file's spacing")
                 break
     if thickness := geo.get("thickness_mm"):
         lo, hi = thickness
         value = s["thickness_mm"]
         if value > hi * THICKNESS_FACTOR or value < (0.0 if pixel_mm else lo) / THICKNESS_FACTOR:
-            out.append(f"slice thickness {_mm(value)} is far from the training data's {lo:.3g}–{hi:.3g} mm ({what})")
+            out.append(f"slice thickness {_mm(value)} is far from the training data's {_range_text(lo, hi)} mm ({what})")
     if (extent := geo.get("extent_mm")) and s["extent_mm"] > 0:
         lo, hi = extent
         value = s["extent_mm"]
@@ -419,3 +419,8 @@ def marked_description(description: str, warnings: Sequence[str]) -> str:
 def with_warnings(volume: Volume, warnings: Sequence[str]) -> Volume:
     """``volume`` with ``warnings`` appended to its notes (which every writer carries into provenance)."""
     return volume.replace(notes=(*volume.notes, *warnings)) if warnings else volume
+
+
+def _range_text(lo: float, hi: float) -> str:
+    """A range as a reader wants it: "1.88" when both ends print alike, else "0.94–1.88"."""
+    return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}–{hi:.3g}"

@@ -173,7 +173,8 @@ def _orientation_split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], t
     for iop, members in clusters:
         row, col, normal = geo.frame_axes(iop)
         letters = geo.orientation_letters(np.column_stack([row, col, normal]).ravel())
-        out.append((members, ("orientation", f"orientation {letters}")))
+        plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]     # the slice normal's main axis
+        out.append((members, ("orientation", f"{plane} {letters}")))
     return out
 
 

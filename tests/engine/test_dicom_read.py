@@ -79,7 +79,8 @@ def test_dicomdir_lists_every_series_split_where_needed():
             for p in DICOMDIR_TESTS.glob("[0-9]*/*/*")}
     assert {k.rsplit(".", 1)[0] if k not in uids else k for k in keys} == uids
     # the pilot series holds an axial, a sagittal and a coronal slice: three volumes
-    pilot = [e for e in catalog.entries if e.description.startswith("T/S/C RF FAST PILOT [orientation ")]
+    pilot = [e for e in catalog.entries if e.description.startswith("T/S/C RF FAST PILOT [")]
+    assert {e.description.split("[")[1].split()[0] for e in pilot} == {"axial", "sagittal", "coronal"}
     assert len(pilot) == 6 and {e.orientation for e in pilot} == {"LPS", "PIR", "LIP"}
     assert all(e.key[-2:] in (".1", ".2", ".3") and "split by orientation" in e.notes[0] for e in pilot)
     # a CT stack numbered as two acquisitions is still one volume (positions do not repeat)
