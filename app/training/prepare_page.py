@@ -129,8 +129,11 @@ class PreparePage(CheckedPage):
             combo.currentIndexChanged.connect(self._changed)
             self.series.setCellWidget(i, 2, combo)
         self.series.resizeColumnToContents(0)
-        text = f"{len(self.choices)} series to map" + (f"; not scanned: {'; '.join(errors)}" if errors else "")
-        self._set_status(text + ". Check the modalities, then Prepare dataset.", bool(errors))
+        self.series.setVisible(bool(self.choices))         # nothing to map: no empty table
+        text = (f"{len(self.choices)} series to map. Check the modalities, then Prepare dataset" if self.choices
+                else "Nothing to map: choose the volumes to register, then Prepare dataset")
+        text += f"; not scanned: {'; '.join(errors)}" if errors else ""
+        self._set_status(text + ".", bool(errors))
         self.completeChanged.emit()
 
     # -- choices ---------------------------------------------------------------------------------

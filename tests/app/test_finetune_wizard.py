@@ -65,7 +65,7 @@ def test_validation_lists_subjects_and_names_the_files_left_out(qtbot, wizard, t
     assert f"{data / 'sub05' / 'T2.nii.gz'}: unreadable" in text
     assert "2 problem(s)" in wizard.dataset.status.text()
     assert next_enabled(wizard)                         # the usable part can train, with --skip-invalid
-    assert "register 1 volume(s) that lie on another grid" in wizard.dataset.status.text()
+    assert "register 1 volume(s) left out as their headers place them" in wizard.dataset.status.text()
     wizard.next()
     prepare = wizard.prepare
     assert wizard.currentPage() is prepare and prepare.register.count() == 1
