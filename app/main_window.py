@@ -3,6 +3,7 @@ viewer and comparison tabs, the status bar, the fine-tuning wizard. Opening (als
 loading and exporting run on workers; failures become a message that names the file, never a traceback."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,8 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.workspace = Workspace()
         self._export_session: Anonymiser | None = None      # anonymised exports' session, made on first use
-        self._patients: dict[int, tuple[str, str]] = {}     # the patient named for a scan's exports, by scan
+        # the patient named for a scan's exports, by its document (gone with it: no later scan inherits it)
+        self._patients: weakref.WeakKeyDictionary[Document, tuple[str, str]] = weakref.WeakKeyDictionary()
         self._pacs_dialog = None                            # File ▸ PACS…, made on first use
         self.cursor = Cursor()
         self.viewer = OrthoViewer(self.cursor)
@@ -468,10 +470,10 @@ class MainWindow(QMainWindow):
             scan = doc
             while scan.source is not None:          # a synthetic's patient is its scan's: one answer for both
                 scan = scan.source
-            dialog = PatientDialog(doc.title, doc.volume, self._patients.get(id(scan), ("", "")), self)
+            dialog = PatientDialog(doc.title, doc.volume, self._patients.get(scan, ("", "")), self)
             if not dialog.exec():                   # cancelled: nothing is written
                 return
-            patient = self._patients[id(scan)] = dialog.patient()
+            patient = self._patients[scan] = dialog.patient()
         self.export_to(target, doc, anonymiser, patient)
 
     def choose_anonymised_export(self) -> None:

@@ -61,4 +61,5 @@ class PatientDialog(QDialog):
         self.problem.setText(problem)
         self.problem.setVisible(bool(problem))
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(not problem)
-        self.adjustSize()                   # the message's lines, never over the question's
+        # room for the message's lines, never over the question's; a size the user chose is kept
+        self.resize(self.width(), max(self.height(), self.sizeHint().height()))

@@ -3,6 +3,7 @@ modality, size and spacing, and every synthetic volume made in this session besi
 the same study; double-click shows one, the context menu compares, exports or closes it."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,12 @@ SYNTHETIC_COLOUR = QColor("#d03030")
 
 
 MAX_NAME_WIDTH = 300         # px
+_UID = re.compile(r"\d+(\.\d+)+")
 
 
 def _shown(study: str) -> str:
     """A study's row: its description and date, its UID cut to the end that tells UIDs apart."""
-    return " | ".join(f"…{part[-8:]}" if part.count(".") > 3 and len(part) > 12 else part for part in study.split(" | "))
+    return " | ".join(f"…{part[-12:]}" if _UID.fullmatch(part) and len(part) > 16 else part for part in study.split(" | "))
 
 
 def group_names(entry: SeriesEntry) -> tuple[str, str]:

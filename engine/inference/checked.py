@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine import modalities
+from engine.io.dicom_read import NAMED_ONLY
 from engine.jobs import CancelToken, ProgressFn, noop
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def synthesize_checked(synth, volume: Volume, source: str | None, target: str, s
     source, target = synth.card.check_route(source, target)
     warnings = synth.input_warnings(volume, source, settings)
     if volume.not_anatomy:                  # forced on a series its header says is none (a DWI named T1)
-        said = volume.not_anatomy.split(": no modality")[0]
+        said = volume.not_anatomy.split(NAMED_ONLY)[0].rstrip(":; ")
         warnings.insert(0, f"synthesized as a {source} because that source was named, though {said}")
     checks = Checks(source=source, target=target, identified=identified, source_note=note,
                     input_warnings=list(warnings), benchmark_warnings=list(synth.card.benchmark_warnings(source, target)))

@@ -23,7 +23,7 @@ from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import RADIOPHARMACEUTICAL_TAGS, SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
-from engine.io.identity import DERIVED_FRAME
+from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import read_dicom_tags
 from engine.io.volume import Volume
@@ -35,7 +35,7 @@ IDENTITY_TAGS = (
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
     "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
     "Manufacturer", "BodyPartExamined", "PatientPosition", "BurnedInAnnotation", "KVP", "PhotometricInterpretation",
-    "PatientIdentityRemoved", "DeidentificationMethod", DERIVED_FRAME,
+    "PatientIdentityRemoved", "DeidentificationMethod", DERIVED_FRAME, DERIVED_STUDY,
 )
 # What a PET's values mean beyond its unit: a derived PET series keeps them (SUV can be recomputed, the
 # decay reference — the series' date and time for DecayCorrection START — stays known). The
@@ -399,8 +399,7 @@ def _not_anatomical_notes(tags: dict[str, str]) -> list[str]:
     mapped = _ct_map(tags)
     if mapped:
         return [f"ImageType {tags['ImageType']} marks a derived map ({', '.join(mapped)}), not an anatomical CT: its "
-                "values are not Hounsfield units of tissue, so no modality or unit is assumed for it, no CT route "
-                "takes it and a cohort leaves it out"]
+                f"values are not Hounsfield units of tissue, and no unit is assumed for them; {NAMED_ONLY}"]
     image_type = tags.get("ImageType", "")
     named = [(word, tags[key]) for word, key in (("description", "SeriesDescription"), ("protocol", "ProtocolName"))
              if _LOCALIZER_NAME.search(tags.get(key, "").lower())]

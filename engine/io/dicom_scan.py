@@ -26,7 +26,7 @@ from pydicom.uid import UID
 
 from engine.io import catalog
 from engine.io.errors import Skipped
-from engine.io.identity import DERIVED_FRAME
+from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY
 from engine.jobs import CancelToken, check_cancel
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -400,6 +400,7 @@ def series_tags(ds: Dataset) -> dict[str, str]:
         tags["StudioSynthetic"] = text(block[0x03].value) if 0x03 in block else ""
         tags["StudioDerivedFrom"] = text(block[0x04].value) if 0x04 in block else ""
         tags[DERIVED_FRAME] = text(block[0x05].value) if 0x05 in block else ""
+        tags[DERIVED_STUDY] = text(block[0x06].value) if 0x06 in block else ""
     if ds.get("file_meta") is not None:
         tags["TransferSyntaxUID"] = text(ds.file_meta.get("TransferSyntaxUID"))
     return tags

@@ -262,6 +262,8 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
         block.add_new(0x04, "LO", volume.derived_from[:64])
     if src.get(DERIVED_FRAME) == "YES" or not src.get("FrameOfReferenceUID"):   # not a frame a scanner stated
         block.add_new(0x05, "CS", "YES")
+    if src.get(DERIVED_STUDY) in ("YES", "PATIENT") and not anonymiser:     # UIDs drawn here: a re-export keys them
+        block.add_new(0x06, "CS", src[DERIVED_STUDY])
     return ds
 
 

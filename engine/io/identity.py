@@ -16,8 +16,9 @@ from engine.io.volume import Volume
 # a Volume's ``dicom`` key (our private block's element 0x05 on disk): YES when its Frame of Reference UID
 # was drawn by this app from the voxels of a scan that had none, so it names no scanner's frame
 DERIVED_FRAME = "StudioDerivedFrame"
-# a Volume's ``dicom`` key (not written): YES when its Study (and Frame of Reference) UID was drawn by this app
-# from the voxels of a scan that had none (``engine.io.dicom_write.derived_identity``)
+# a Volume's ``dicom`` key (our private block's element 0x06 on disk): YES when its Study (and Frame of Reference)
+# UID was drawn by this app from the voxels of a scan that had none (``engine.io.dicom_write.derived_identity``),
+# PATIENT once drawn again with the patient named for it (:func:`patient_keyed`)
 DERIVED_STUDY = "StudioDerivedStudy"
 STANDARD_SPACES = frozenset({"Talairach", "MNI", "template"})
 # IDs that name no one: what anonymisers and test exports put where the patient's ID was
@@ -100,16 +101,19 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
 
 def patient_keyed(identity: dict[str, str]) -> dict[str, str]:
     """``identity`` with the Study and Frame of Reference UIDs this app drew from a scan's voxels
-    (:data:`DERIVED_STUDY`) drawn again with the patient it names: one scan exported under two patient IDs
-    (a typo corrected) is two studies, never one study of two patients, and a scan and the synthetics made
-    from it, named alike, stay one study. Any other identity is returned as it is."""
-    patient = str(identity.get("PatientID", "")).strip()
-    if identity.get(DERIVED_STUDY) != "YES" or not patient:
+    (:data:`DERIVED_STUDY`, kept in our private block through exports) drawn again with the patient it
+    names (its ID, unless a placeholder, and its name): one scan exported under two patients (a typo
+    corrected) is two studies, never one study of two patients, and a scan and the synthetics made from it,
+    named alike, stay one study. Any other identity is returned as it is."""
+    stated = identity.get("PatientID", "")
+    patient = "" if str(stated).strip().upper() in PLACEHOLDER_IDS else str(stated).strip()
+    name = str(identity.get("PatientName", "")).strip()
+    if identity.get(DERIVED_STUDY) != "YES" or not (patient or name):
         return identity
     keyed = dict(identity)
     for uid in ("StudyInstanceUID", "FrameOfReferenceUID"):
         if keyed.get(uid):
-            keyed[uid] = generate_uid(entropy_srcs=[keyed[uid], "patient", patient])
+            keyed[uid] = generate_uid(entropy_srcs=[keyed[uid], "patient", patient, "name", name])
     keyed[DERIVED_STUDY] = "PATIENT"          # keyed once: a second naming keeps these UIDs
     return keyed
 

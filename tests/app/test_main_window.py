@@ -199,4 +199,5 @@ def test_a_study_row_shows_its_uid_s_end_so_the_series_columns_stay_in_view():
     from app.panels.browser import _shown
 
     study = "Head^Routine | 2024-03-01 | 1.2.826.0.1.3680043.8.498.12345678901234567890"
-    assert _shown(study) == "Head^Routine | 2024-03-01 | …34567890" and _shown("Image files") == "Image files"
+    assert _shown(study) == "Head^Routine | 2024-03-01 | …901234567890" and _shown("Image files") == "Image files"
+    assert _shown("CT.HEAD.W.O.CONTRAST | 2024-03-01") == "CT.HEAD.W.O.CONTRAST | 2024-03-01"   # a name, no UID

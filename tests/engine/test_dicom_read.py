@@ -784,6 +784,9 @@ def test_a_ct_perfusion_map_is_listed_with_a_note_that_its_values_are_not_tissue
     assert "(PERFUSION, RCBF), not an anatomical CT" in note and note in io.load(path).notes
     mapped = io.load(path)
     assert io.scan(path).entries[0].modality is None and mapped.modality is None and mapped.unit == ""
+    from engine.io.dicom_read import NAMED_ONLY
+
+    assert note.endswith(NAMED_ONLY)                      # how to synthesize from it anyway, in the app and a command
     assert not any("derived map" in n for n in io.scan(PYDICOM_FILES / "CT_small.dcm").entries[0].notes)
 
 

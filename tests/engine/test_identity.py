@@ -190,8 +190,13 @@ def test_one_scan_exported_under_two_patients_is_two_studies_and_its_synthetic_j
     synthetic = scan.replace(modality="T2", unit="a.u.", synthetic=True, derived_from="CT",
                              dicom=derived_identity(scan))                 # as synthesis draws it, no patient yet
     studies = {}
-    for name, volume, patient in (("a", scan, "P-0042"), ("b", scan, "P-0099"), ("c", scan, ""),
-                                  ("d", synthetic, "P-0042")):
-        folder = io.save(named_patient(volume, patient), tmp_path / name)
-        studies[name] = pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
-    assert len({studies["a"], studies["b"], studies["c"]}) == 3 and studies["d"] == studies["a"]
+    unnamed_synthetic = io.load(io.save(synthetic, tmp_path / "unnamed"))          # exported unnamed, reopened
+    for name, volume, patient, patient_name in (("a", scan, "P-0042", ""), ("b", scan, "P-0099", ""),
+                                                ("c", scan, "", ""), ("d", synthetic, "P-0042", ""),
+                                                ("e", unnamed_synthetic, "P-0042", ""), ("f", scan, "", "Doe^Jane"),
+                                                ("g", scan, "", "Roe^Rick")):
+        folder = io.save(named_patient(volume, patient, patient_name), tmp_path / name)
+        first = pydicom.dcmread(next(folder.iterdir()))
+        studies[name] = (first.StudyInstanceUID, first.FrameOfReferenceUID)
+    assert len({studies[k] for k in "abcfg"}) == 5                  # each patient (by ID or by name) a study and frame
+    assert studies["d"] == studies["e"] == studies["a"]             # a scan's synthetics, named alike, its study
