@@ -53,6 +53,7 @@ class SeriesEntry:
             "volumes": self.volumes,
             "first_file": self.paths[0] if self.paths else "",
             "synthetic": self.synthetic,
+            "not_anatomy": self.not_anatomy,
             "notes": list(self.notes),
         }
 

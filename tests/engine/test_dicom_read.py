@@ -809,6 +809,7 @@ def test_a_localizer_gets_no_modality_and_says_why(tmp_path, image_type, descrip
     (entry,) = io.scan(tmp_path / "s").entries
     (note,) = [n for n in entry.notes if "localizer" in n]
     assert entry.modality is None and entry.not_anatomy == note and "not a volume for diagnosis" in note
+    assert entry.describe()["not_anatomy"] == note                     # what `info --json` prints
     named = f"ImageType {image_type}" if "LOCALIZER" in image_type else repr(description or protocol)
     assert named in note
     loaded = io.load(tmp_path / "s")
