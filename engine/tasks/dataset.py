@@ -170,7 +170,8 @@ class PairedDataset:
                                f"patient's weight, the injected dose and the decay reference)")
         volume = volume.replace(modality=modality, unit=mod.unit)
         if modality in info.resample:
-            volume = resample_onto(volume, load_volume(info.files[info.reference]), "resampled onto the subject grid")
+            volume = resample_onto(volume, load_volume(info.files[info.reference]), "resampled onto the subject grid "
+                                   "(averaged over each of its voxels)", average=True)
         return volume
 
     def slice_axis(self, subject: str) -> int:

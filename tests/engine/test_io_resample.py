@@ -3,6 +3,7 @@ and filled with its smallest finite value, the same volume when the grids agree.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine.io import Volume
 from engine.io.resample import inside, resample_onto
@@ -30,3 +31,17 @@ def test_resampling_keeps_geometry_and_marks_outside_voxels():
 def test_a_volume_already_on_the_grid_comes_back_as_it_is():
     ct = _ct()
     assert resample_onto(ct, ct.replace(name="other")) is ct and inside(ct, ct).all()
+
+
+def test_onto_thicker_slices_averaged_is_the_slab_not_the_slice_at_its_centre():
+    """A 1 mm CBCT brought onto a CT's 3 mm slices had been sampled at their centres (aliased)."""
+    fine = np.zeros((30, 4, 4), np.float32)
+    fine[::2] = 100.0                                           # alternate 1 mm slices: a pattern finer than 3 mm
+    volume = Volume(fine, spacing=(1.0, 1.0, 1.0), modality="CBCT", unit="HU")
+    grid = Volume(np.zeros((10, 4, 4), np.float32), spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 1.0))
+    sampled = resample_onto(volume, grid).array[2:-2]
+    averaged = resample_onto(volume, grid, average=True).array[2:-2]
+    assert np.ptp(sampled) == pytest.approx(100.0)              # each thick slice one thin one: 0 or 100
+    assert np.all(np.abs(averaged - 50.0) < 12.0)               # each the mean of its slab
+    same = Volume(fine, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.5))
+    assert np.allclose(resample_onto(volume, same, average=True).array[1:-1], resample_onto(volume, same).array[1:-1])
