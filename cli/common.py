@@ -153,18 +153,25 @@ def add_patient_arguments(p: argparse.ArgumentParser) -> None:
                    help="the PatientName (Family^Given) of such a DICOM output")
 
 
-def named_patient_of(args: argparse.Namespace, volume, output: str | Path):
-    """``volume`` naming the patient ``--patient-id`` / ``--patient-name`` give (ValueError for an output
-    that is no DICOM series, with --anonymise, or for an input that names another patient)."""
-    from engine.io import file_kind, named_patient
+def check_patient_arguments(args: argparse.Namespace, output: str | Path) -> None:
+    """Refuse, before the input is read, ``--patient-id`` / ``--patient-name`` for an output that is no
+    DICOM series or with --anonymise."""
+    from engine.io import file_kind
 
     if not (args.patient_id.strip() or args.patient_name.strip()):
-        return volume
+        return
     if file_kind(Path(output)):
         raise ValueError(f"--patient-id / --patient-name name the patient of a DICOM output; {output} is a "
                          f"{file_kind(Path(output))} file")
     if args.anonymise:
         raise ValueError("--patient-id / --patient-name go without --anonymise (its export names no patient)")
+
+
+def named_patient_of(args: argparse.Namespace, volume):
+    """``volume`` naming the patient ``--patient-id`` / ``--patient-name`` give (checked before by
+    :func:`check_patient_arguments`; ValueError for an input that names another patient)."""
+    from engine.io import named_patient
+
     try:
         return named_patient(volume, args.patient_id, args.patient_name)
     except ValueError as exc:

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from cli.common import add_anonymise_arguments, add_patient_arguments, anonymiser_of, named_patient_of
+from cli.common import (
+    add_anonymise_arguments,
+    add_patient_arguments,
+    anonymiser_of,
+    check_patient_arguments,
+    named_patient_of,
+)
 from engine.jobs import stderr_progress
 
 
@@ -32,11 +38,12 @@ def _run(args: argparse.Namespace) -> int:
     from engine import modalities
 
     io.check_output(args.output, inputs=(args.input,))    # before reading a large input
+    check_patient_arguments(args, args.output)
     volume = io.load(args.input, series=args.series, progress=stderr_progress(sys.stderr.isatty()))
     if args.modality:
         mod = modalities.get(args.modality)
         volume = volume.replace(modality=mod.name, unit=volume.unit or mod.unit)
-    volume = named_patient_of(args, volume, args.output)
+    volume = named_patient_of(args, volume)
     anonymiser = anonymiser_of(args)
     desc = volume.name or volume.dicom.get("SeriesDescription", "")    # a split series' name says which part
     out = io.save(volume, args.output, description=f"converted from {desc}"[:64], anonymise=anonymiser or False)

@@ -16,6 +16,7 @@ from cli.common import (
     add_sampling_arguments,
     anonymiser_of,
     check_backend,
+    check_patient_arguments,
     json_ready,
     model_dir,
     named_patient_of,
@@ -135,10 +136,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--reference-series goes with --reference")
     output = Path(args.output)
     io.check_output(output, inputs=(args.input, *([args.reference] if args.reference else [])))
+    check_patient_arguments(args, output)
     check_sidecar(output)
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
-    volume = named_patient_of(args, io.load(args.input, series=args.series), output)
+    volume = named_patient_of(args, io.load(args.input, series=args.series))
     reference, warned = None, []                    # a bad reference fails before the work
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")

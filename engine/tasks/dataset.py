@@ -16,7 +16,6 @@ from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
 from engine.tasks.validation import (
-    ONE_SERIES,
     SPLITS,
     TEST_FRACTION,
     VAL_FRACTION,
@@ -24,6 +23,7 @@ from engine.tasks.validation import (
     Finding,
     SubjectInfo,
     ValidationReport,
+    read_volume,
     validate_dataset,
 )
 
@@ -41,15 +41,9 @@ class NormalisedVolume:
 
 def load_volume(path: str | Path) -> Volume:
     """A volume file or DICOM folder in physical units; DatasetError naming the file otherwise."""
-    from engine.io.itk_files import file_kind, load_file
-
     path = Path(path)
     try:
-        if path.is_file() and file_kind(path):
-            return load_file(path)
-        from engine.io import load
-
-        return load(path, pick_with=ONE_SERIES)
+        return read_volume(path)
     except Exception as exc:        # noqa: BLE001 — reported with the file name
         raise DatasetError(f"{path}: cannot be loaded ({getattr(exc, 'problem', None) or exc})") from exc
 

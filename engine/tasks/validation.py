@@ -207,13 +207,19 @@ def subject_entries(folder: Path, in_bids: bool) -> list[Path]:
 ONE_SERIES = "the fine-tuning wizard's Map page, or by moving the others out (one series per modality folder)"
 
 
+def read_volume(path: Path):
+    """A dataset's volume file or DICOM series folder, in physical units (a folder of several series says
+    how to pick one in a dataset)."""
+    from engine.io import load
+    from engine.io.itk_files import load_file
+
+    return load_file(path) if path.is_file() and file_kind(path) else load(path, pick_with=ONE_SERIES)
+
+
 def read_geometry(path: Path, deep: bool = False) -> Geometry:
     """The grid of a volume file (header only unless ``deep``) or of a DICOM folder (loaded)."""
     if path.is_dir() or deep:
-        from engine.io import load
-        from engine.io.itk_files import load_file
-
-        volume = load(path, pick_with=ONE_SERIES) if path.is_dir() else load_file(path)
+        volume = read_volume(path)
         return Geometry(volume.size_xyz, volume.spacing, volume.origin, volume.direction, volume.space,
                         scanner_frame(volume))
     size, spacing, origin, direction, space = header_grid(path)   # the header, and voxel data as long as it promises
@@ -382,7 +388,7 @@ def _misplaced(path: Path, modality: str, geom: Geometry, ref_path: Path, refere
     from engine.tasks.alignment import misalignment
 
     try:
-        moving, fixed = _volume(path, modality), _volume(ref_path, reference)
+        moving, fixed = read_volume(path).replace(modality=modality), read_volume(ref_path).replace(modality=reference)
     except Exception:               # noqa: BLE001 — unreadable voxels: training's loading says so, naming the file
         return "", ""
     found = misalignment(moving, fixed)
@@ -391,14 +397,6 @@ def _misplaced(path: Path, modality: str, geom: Geometry, ref_path: Path, refere
     return "misaligned", (f"its anatomy lies about {found[0]:.0f} mm off {ref_path.name}'s as their headers place them (their "
             f"edges agree markedly better shifted: correlation +{found[1]:.2f}), as a scan of a patient who moved "
             "between them does")
-
-
-def _volume(path: Path, modality: str):
-    from engine.io import load
-    from engine.io.itk_files import load_file
-
-    volume = load(path, pick_with=ONE_SERIES) if path.is_dir() else load_file(path)
-    return volume.replace(modality=modality)
 
 
 def _drop_copies(report: ValidationReport, cancel: CancelToken | None = None) -> None:
