@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "identify": _lazy("cli.identify"),
     "export-onnx": _lazy("cli.export_onnx"),
     "evaluate": _lazy("cli.evaluate"),
+    "prepare": _lazy("cli.prepare"),
     "train": _lazy("cli.train"),
     "recipe": _lazy("cli.recipe"),
     "make-demo-data": _lazy("cli.make_demo_data"),

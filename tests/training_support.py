@@ -1,5 +1,5 @@
-"""Shared helpers of the training tests (no tests here): a small phantom paired dataset, a tiny
-training config, and running ``python main.py train`` as a subprocess that reports JSON lines."""
+"""Shared helpers of the training tests (no tests here): a small phantom paired dataset, one to prepare,
+a tiny training config, and running ``python main.py train`` as a subprocess that reports JSON lines."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.tasks.phantoms import write_phantom_dataset
+from engine.io import save
+from engine.io.itk_files import load_file
+from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
 from engine.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PX = 32          # slices of 32 px: 4×4 ViT tokens, 4×4 generation tokens in the tiny preset
+UNPREPARED_SHAPE = (10, 32, 32)
 
 
 def phantom_data(root: Path) -> Path:
@@ -20,6 +23,22 @@ def phantom_data(root: Path) -> Path:
     if not (root / "dataset.json").exists():
         write_phantom_dataset(root, subjects=3, shape=(12, 32, 32))
     return root
+
+
+def unprepared_data(tmp_path: Path) -> Path:
+    """A dataset to prepare (``prepare``), in ``tmp_path / "pairs"``: three good subjects; sub04's FLAIR
+    lies 60 mm away; sub09 is a DICOM export with two series in a folder tree, and sub10 has an oddly
+    named NIfTI beside its T1 (slices of 32×32, 10 of them)."""
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=UNPREPARED_SHAPE, ct_subject=False)
+    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=UNPREPARED_SHAPE, seed=4)
+    write_phantom_subject(data / "sub04", ("FLAIR",), shape=UNPREPARED_SHAPE, seed=4, origin=(60.0, 0.0, 0.0))
+    exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=UNPREPARED_SHAPE, seed=9)
+    for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
+        save(load_file(exported[modality]), data / "sub09" / "study" / f"series{i}", description=description)
+    write_phantom_subject(data / "sub10", ("T1",), shape=UNPREPARED_SHAPE, seed=10)
+    odd = write_phantom_subject(tmp_path / "odd", ("PD",), shape=UNPREPARED_SHAPE, seed=10)["PD"]
+    (data / "sub10" / "3d_pd_weighted.nii.gz").write_bytes(odd.read_bytes())
+    return data
 
 
 def damage_voxels(volume: Path) -> Path:

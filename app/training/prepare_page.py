@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import Settings, config_dir
-from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, rgb_pixmap, row, training_split_problem
+from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, rgb_pixmap, row
 from app.workers import Task, TaskRunner
 
 OVERLAY_SIZE = 220
@@ -185,11 +185,13 @@ class PreparePage(CheckedPage):
             self.results.setCurrentRow(0)
         skipped = f" Left out (fewer than two volumes): {', '.join(self.prepared.skipped)}." if self.prepared.skipped \
             else ""
+        if self.prepared.split_subjects:     # a planning CT beside several daily CBCTs
+            skipped += f" One subject per repeated volume: {self.prepared.describe_split()}."
         if self.report.problems:            # what checking the prepared folder left out (a CT shared by two subjects)
             listed = "; ".join(f.message for f in self.report.problems[:2])
             more = f" (and {len(self.report.problems) - 2} more)" if len(self.report.problems) > 2 else ""
             skipped += f" Checking it left out: {listed}{more}."
-        no_training = training_split_problem(self.report)
+        no_training = self.report.training_problem()
         if no_training:
             self._set_status(f"Prepared {self.prepared.root}, but {no_training[0].lower()}{no_training[1:]}{skipped}",
                              True)
@@ -251,7 +253,7 @@ class PreparePage(CheckedPage):
         if self._task is not None:
             return False
         if self.report is not None:
-            return self.report.usable and not training_split_problem(self.report)
+            return self.report.usable and not self.report.training_problem()
         return self.source is not None and self.source.usable and not self._pending()
 
 

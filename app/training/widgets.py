@@ -34,16 +34,6 @@ def absolute_path(text: str) -> str:
     return str(Path(text).expanduser().absolute()) if text else ""
 
 
-def training_split_problem(report) -> str | None:
-    """Why the checked dataset leaves nothing to train on, with the fix; None when subjects train."""
-    if report is None or not report.usable or report.split["train"]:
-        return None
-    val, test = len(report.split["val"]), len(report.split["test"])
-    return (f"No subject is left for training: the split holds out all {len(report.subjects)} usable subject(s) "
-            f"(validation {val}, test {test}). Add subjects with two modalities, hold out fewer (lower Validation "
-            "and Test), or, where dataset.json lists the split, name training subjects in it.")
-
-
 class CheckedPage(QWizardPage):
     """A page that cannot be left forward while incomplete, also not by a programmatic next()."""
 

@@ -44,7 +44,7 @@ from app.training.jobs import (
     train_arguments,
 )
 from app.training.prepare_page import PreparePage
-from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, row, training_split_problem
+from app.training.widgets import ERROR_STYLE, CheckedPage, absolute_path, row
 from app.workers import Task, TaskRunner
 from engine.split import TEST_FRACTION, VAL_FRACTION
 from engine.training import DEFAULT_STEPS
@@ -217,7 +217,7 @@ class DatasetPage(CheckedPage):
         todo += [f"register {needed} volume(s) left out as their headers place them"] if needed else []
         todo += [f"register, if you want, {n} on another grid" for n in [len(self.misaligned) - needed] if n]
         next_page = f" On the next page you can {' and '.join(todo)}." if todo else ""
-        no_training = training_split_problem(self.report)
+        no_training = report.training_problem()
         self.status.setStyleSheet("" if (report.usable and not no_training) or todo else ERROR_STYLE)
         if no_training:
             self.status.setText(no_training + next_page)
@@ -241,7 +241,7 @@ class DatasetPage(CheckedPage):
         return self.report is not None and bool(_mappable(self.report) or self.misaligned)
 
     def isComplete(self) -> bool:
-        return self.report is not None and ((self.report.usable and not training_split_problem(self.report))
+        return self.report is not None and ((self.report.usable and not self.report.training_problem())
                                             or self.preparable())
 
     def nextId(self) -> int:

@@ -82,8 +82,8 @@ class PairedDataset:
         ``seed`` and the fractions draw the split of a dataset whose dataset.json lists none."""
         if Path(root).is_file():
             raise DatasetError(f"{root}: is a file; a paired dataset is a folder with one folder per subject "
-                               "(DATASET/SUBJECT/T1.nii.gz, …), and the fine-tuning wizard prepares one from other "
-                               "layouts")
+                               "(DATASET/SUBJECT/T1.nii.gz, …); the fine-tuning wizard and python main.py prepare "
+                               "make one from other layouts")
         if not Path(root).is_dir():
             raise DatasetError(f"{root}: no such dataset folder")
         report = validate_dataset(root, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, deep=deep,

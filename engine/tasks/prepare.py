@@ -103,6 +103,14 @@ class PreparedDataset:
     root: Path
     registered: list[RegisteredVolume] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)     # subjects left with fewer than two volumes
+    split_subjects: dict[str, str] = field(default_factory=dict)  # a subject made per repeated volume → its origin
+
+    def describe_split(self) -> str:
+        """The subjects made one per repeated volume, by the subject they came from ("" when none)."""
+        made: dict[str, list[str]] = {}
+        for name, origin in self.split_subjects.items():
+            made.setdefault(origin, []).append(name)
+        return "; ".join(f"{origin} became {', '.join(names)}" for origin, names in made.items())
 
 
 def mappable(report: ValidationReport) -> list[Finding]:
@@ -151,36 +159,82 @@ def misaligned_volumes(report: ValidationReport) -> list[Misaligned]:
     return found
 
 
-def _sources(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
-             register: Iterable[Misaligned]) -> dict[str, dict[str, str | SeriesEntry]]:
-    """Per subject, modality → a path or a series: the usable volumes, the volumes to register, and
-    the mapped series. ValueError when two volumes of a subject would be the same modality."""
-    sources: dict[str, dict[str, str | SeriesEntry]] = {s.name: dict(s.files) for s in report.subjects}
+@dataclass(frozen=True)
+class Unit:
+    """One subject of the prepared dataset: ``name``, made from the dataset's subject ``origin`` (its
+    own name, or ``ORIGIN_CBCT_2`` when several volumes of one modality were mapped there: one subject
+    per volume, sharing the others), modality → source."""
+
+    name: str
+    origin: str
+    held: Mapping[str, str | SeriesEntry]
+
+    @property
+    def split(self) -> bool:
+        return self.name != self.origin
+
+
+def _units(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
+           register: Iterable[Misaligned]) -> list[Unit]:
+    """The prepared dataset's subjects: per dataset subject, the usable volumes, the volumes to register
+    and the mapped series. Where several volumes of one modality were given to a subject (daily CBCTs
+    beside one planning CT), one subject per such volume, each with the subject's other volumes.
+    ValueError when volumes of two modalities repeat in one subject (no way to pair them)."""
+    sources: dict[str, dict[str, list[str | SeriesEntry]]] = {
+        s.name: {m: [path] for m, path in s.files.items()} for s in report.subjects}
     left_out = {f.path for f in report.problems}
     for subject in {c.subject for c in mapping} - set(sources):       # its one named volume pairs with a series
         for entry in subject_entries(Path(report.folders[subject]), report.bids):
             modality = modality_from_name(entry)[0]
             if modality and str(entry) not in left_out and (entry.is_dir() or file_kind(entry)):
-                sources.setdefault(subject, {}).setdefault(modality, str(entry))
+                sources.setdefault(subject, {}).setdefault(modality, [str(entry)])
 
-    def add(subject: str, modality: str, source, what: str) -> None:
-        held = sources.setdefault(subject, {})
-        if modality in held and held[modality] != source:
-            other = held[modality]
-            named = other.description if isinstance(other, SeriesEntry) else other
-            raise ValueError(f"subject {subject!r}: {what} and {named} would both be its {modality}; "
-                             "map only one volume to each modality")
-        held[modality] = source
+    def add(subject: str, modality: str, source) -> None:
+        found = sources.setdefault(subject, {}).setdefault(modality, [])
+        if source not in found:
+            found.append(source)
 
     for m in register:
         reference_modality = modality_from_name(Path(m.reference))[0]
         assert reference_modality is not None, "a subject's reference volume is named by its modality (validation)"
-        add(m.subject, reference_modality, m.reference, m.reference)
-        add(m.subject, m.modality, m.path, m.path)
+        add(m.subject, reference_modality, m.reference)
+        add(m.subject, m.modality, m.path)
     for choice, modality in mapping.items():
         if modality:
-            add(choice.subject, modalities.canonical(modality), choice.entry, choice.describe())
-    return sources
+            add(choice.subject, modalities.canonical(modality), choice.entry)
+    units = []
+    for subject, held in sorted(sources.items()):
+        several = [m for m in modalities.MODALITIES if len(held.get(m, ())) > 1]
+        if not several:
+            units.append(Unit(subject, subject, {m: found[0] for m, found in held.items()}))
+            continue
+        if len(several) > 1:
+            listed = "; ".join(f"{m}: {', '.join(_named(s) for s in held[m])}" for m in several)
+            raise ValueError(f"subject {subject!r}: several volumes of {' and of '.join(several)} ({listed}); "
+                             "one modality may have several (one subject each, sharing the others), not two")
+        repeated = several[0]
+        shared = {m: found[0] for m, found in held.items() if m != repeated}
+        if not shared:
+            raise ValueError(f"subject {subject!r}: {' and '.join(_named(s) for s in held[repeated])} would all be "
+                             f"its {repeated}, with no other modality to pair them with; map one volume to each "
+                             "modality (several of one modality make one subject each beside the others)")
+        for k, source in enumerate(held[repeated], 1):
+            name = f"{subject}_{repeated}_{k}"
+            if name in sources:
+                raise ValueError(f"subject {subject!r}: its {repeated} volume {k} would be subject {name!r}, "
+                                 "which the dataset has already; rename that folder")
+            units.append(Unit(name, subject, {**shared, repeated: source}))
+    return units
+
+
+def _key(source) -> str:
+    return source.key if isinstance(source, SeriesEntry) else str(source)
+
+
+def _named(source) -> str:
+    if isinstance(source, SeriesEntry):
+        return source.description or (Path(source.paths[0]).parent.name if source.paths else source.key)
+    return str(source)
 
 
 def _load(source):
@@ -210,11 +264,40 @@ def _check_out(root: Path, out: Path) -> None:
             raise ValueError(f"{out}: exists and was not prepared by SynerMedGen; choose a new folder")
 
 
+def _prepared_json(report: ValidationReport, meta: dict, record: dict[str, dict[str, dict]],
+                   origin: Mapping[str, str]) -> dict:
+    """The prepared dataset's ``dataset.json``: the original's name, anatomy and split, each subject's
+    source and participant (a subject made per repeated volume inherits its origin's, and its origin is
+    its participant: the scans of one patient land in one part), and where every volume came from."""
+    def per_origin(names: Iterable[str]) -> list[str]:
+        return [name for o in names for name in record if origin[name] == o]
+
+    written: dict = {"name": meta.get("name") or report.name}
+    anatomy = meta.get("anatomy")
+    if isinstance(anatomy, Mapping):
+        written["anatomy"] = {**{k: v for k, v in anatomy.items() if k == "*"},
+                              **{name: anatomy[origin[name]] for name in record if origin[name] in anatomy}}
+    elif anatomy is not None:
+        written["anatomy"] = anatomy
+    if isinstance(meta.get("split"), Mapping):
+        written["split"] = {part: per_origin(names) if isinstance(names, list) else names
+                            for part, names in meta["split"].items()}
+    kept = {name: {k: v for k, v in (("source", subject_entry(meta, origin[name], "source")),
+                                     ("participant", report.participants.get(origin[name], "")
+                                      or (origin[name] if origin[name] != name else ""))) if v}
+            for name in record}
+    if any(kept.values()):      # sources (leave-one-source-out) and sessions' participants (the split)
+        written["subjects"] = {name: entry for name, entry in kept.items() if entry}
+    written[PREPARED_KEY] = {"from": str(report.root), "volumes": record}
+    return written
+
+
 def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mapping[SeriesChoice, str] | None = None,
                     register: Iterable[Misaligned] = (), seed: int = 0, progress: ProgressFn = noop,
                     cancel: CancelToken | None = None) -> PreparedDataset:
     """Write the paired dataset made of ``report``'s usable volumes, the series ``mapping`` names
-    (choice → modality; "" leaves one out) and the ``register``ed volumes (rigid, onto the subject's
+    (choice → modality; "" leaves one out; several of one modality in a subject make one subject each,
+    :func:`_units`) and the ``register``ed volumes (rigid, onto the subject's
     first modality in registry order, resampled onto its grid) into ``out``, atomically: a failed or
     cancelled run leaves ``out`` as it was. Other volumes are linked or copied unchanged (DICOM
     folders converted to NIfTI). ``out`` may be an earlier result of this function (replaced)."""
@@ -224,18 +307,20 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     root, out = Path(report.root), Path(out)
     _check_out(root, out)
     register = list(register)
-    moved = {m.key: m for m in register}
-    sources = _sources(report, mapping or {}, register)
+    moved = {(m.subject, m.modality, m.path): m for m in register}
+    units = _units(report, mapping or {}, register)
     result = PreparedDataset(out)
     try:
         meta = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         meta = {}
     record: dict[str, dict[str, dict]] = {}
+    written: dict[tuple[str, str, str], Path] = {}      # a volume shared by split subjects: written once, linked
     with atomic_folder(out) as tmp:
-        for i, (subject, held) in enumerate(sorted(sources.items())):
+        for i, unit in enumerate(units):
             check_cancel(cancel)
-            progress(Progress(i, len(sources), f"preparing {subject}"))
+            subject, held = unit.name, unit.held
+            progress(Progress(i, len(units), f"preparing {subject}"))
             if len(held) < 2:
                 result.skipped.append(subject)
                 continue
@@ -248,14 +333,16 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     "from": source.paths[0] if isinstance(source, SeriesEntry) and source.paths else str(source)}
                 if isinstance(source, SeriesEntry):
                     entry["series"] = source.key
-                if (subject, modality) in moved:
+                todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
+                done = written.get((unit.origin, modality, _key(source)))
+                if todo is not None:
                     reference = reference or _load(held[order[0]])
                     volume = _load(source)
                     registration = register_rigid(reference, volume, seed=seed, cancel=cancel)
                     unmoved = resample_rigid(volume, reference)
                     # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
                     # a volume that is no pair as its header places it is then left out, not trained on
-                    left_out = not registration.improved and moved[(subject, modality)].needs_it
+                    left_out = not registration.improved and todo.needs_it
                     after = resample_rigid(volume, reference, registration) if registration.improved else unmoved
                     result.registered.append(RegisteredVolume(subject, modality, order[0], registration,
                                                               overlay(reference, unmoved), overlay(reference, after),
@@ -267,12 +354,16 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                         continue
                     save(after, tmp / subject / f"{modality}.nii.gz",
                          description=f"{modality} registered" if registration.improved else modality)
-                elif isinstance(source, str) and source.lower().endswith(SELF_CONTAINED):
-                    suffix = next(s for s in SELF_CONTAINED if source.lower().endswith(s))
-                    _copy(Path(source), tmp / subject / f"{modality}{suffix}")
+                    continue
+                suffix = next((s for s in SELF_CONTAINED if str(source).lower().endswith(s)), None)
+                target = tmp / subject / (done.name if done else f"{modality}{suffix or '.nii.gz'}")
+                if done is not None:
+                    _copy(done, target)
+                elif isinstance(source, str) and suffix:
+                    _copy(Path(source), target)
                 else:
-                    save(_load(source).replace(modality=modality), tmp / subject / f"{modality}.nii.gz",
-                         description=modality)
+                    save(_load(source).replace(modality=modality), target, description=modality)
+                written[(unit.origin, modality, _key(source))] = target
         for subject in [name for name, volumes in record.items()          # a volume left out left one alone
                         if sum(not v.get("left_out") for v in volumes.values()) < 2]:
             shutil.rmtree(tmp / subject)
@@ -280,13 +371,9 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             result.skipped.append(subject)
         if not record:
             raise DatasetError(f"{root}: nothing to prepare: no subject would have two volumes")
-        written = {k: meta[k] for k in ("name", "anatomy", "split") if k in meta}
-        written.setdefault("name", report.name)
-        kept = {name: {k: v for k, v in (("source", subject_entry(meta, name, "source")),
-                                         ("participant", report.participants.get(name, ""))) if v} for name in record}
-        if any(kept.values()):      # sources (leave-one-source-out) and sessions' participants (the split)
-            written["subjects"] = {name: entry for name, entry in kept.items() if entry}
-        written[PREPARED_KEY] = {"from": str(root), "volumes": record}
-        (tmp / DATASET_JSON).write_text(json.dumps(written, indent=2), encoding="utf-8")
-        progress(Progress(len(sources), len(sources), "dataset prepared"))
+        origin = {u.name: u.origin for u in units}
+        result.split_subjects = {u.name: u.origin for u in units if u.split and u.name in record}
+        (tmp / DATASET_JSON).write_text(json.dumps(_prepared_json(report, meta, record, origin), indent=2),
+                                        encoding="utf-8")
+        progress(Progress(len(units), len(units), "dataset prepared"))
     return result

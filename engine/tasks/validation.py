@@ -22,8 +22,10 @@ from engine.split import TEST_FRACTION, VAL_FRACTION, check_fractions, hash_spli
 SPLITS = ("train", "val", "test")
 DATASET_JSON = "dataset.json"
 LOW_OVERLAP = 0.5            # a partner covering less of the reference grid is said to be worth checking
+# where a user maps series and registers volumes: the app and the command line
+PREPARING = "the fine-tuning wizard's Map series and align volumes page, or python main.py prepare"
 LOW_OVERLAP_HINT = (": a partial slab, or a wrong spacing or origin in one header? check both, or register it "
-                    "(the fine-tuning wizard's Map series and align volumes page)")
+                    f"({PREPARING})")
 _IGNORED_SUFFIXES = {".json", ".txt", ".md", ".csv", ".tsv", ".raw", ".zraw", ".log", ".yaml", ".yml", ".bval",
                      ".bvec"}
 
@@ -148,6 +150,16 @@ class ValidationReport:
     def modalities_per_subject(self) -> dict[str, tuple[str, ...]]:
         return {s.name: s.modalities for s in self.subjects}
 
+    def training_problem(self) -> str | None:
+        """Why a usable dataset leaves nothing to train on, with the fix; None when subjects train (or when
+        nothing is usable: :meth:`error_message` says why)."""
+        if not self.usable or self.split["train"]:
+            return None
+        val, test = len(self.split["val"]), len(self.split["test"])
+        return (f"No subject is left for training: the split holds out all {len(self.subjects)} usable subject(s) "
+                f"(validation {val}, test {test}). Add subjects with two modalities, hold out fewer (lower the "
+                "validation and test shares), or, where dataset.json lists the split, name training subjects in it.")
+
     def summary(self) -> str:
         """A few lines for people: counts, routes, split, then each problem and note."""
         lines = [f"{self.name}: {len(self.subjects)} usable of {len(self.subjects_found)} subjects, "
@@ -204,7 +216,8 @@ def subject_entries(folder: Path, in_bids: bool) -> list[Path]:
 
 
 # how a modality's DICOM folder holding several series is resolved (a dataset has no --series)
-ONE_SERIES = "the fine-tuning wizard's Map page, or by moving the others out (one series per modality folder)"
+ONE_SERIES = (f"moving the others out (one series per modality folder), or renaming the folder so that no modality "
+              f"names it and mapping its series ({PREPARING})")
 
 
 def read_volume(path: Path):
@@ -292,15 +305,14 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
             suffix = bids.split_name(entry.name)[1]
             report.notes.append(Finding(
                 "unknown_modality", str(entry), f"the BIDS suffix {suffix!r} names none of this model's modalities "
-                f"({', '.join(bids.SUFFIX_MODALITY)}): left out; map it to one in the fine-tuning wizard", subject))
+                f"({', '.join(bids.SUFFIX_MODALITY)}): left out; map it to one ({PREPARING})", subject))
             continue
         if modality is None:
             guess = modalities.guess_from_filename(entry.name)
             hint = f"; this one {guess}?" if guess else ""
             report.problems.append(Finding(
                 "unknown_modality", str(entry), f"unknown modality {stem!r}: name each volume by its "
-                f"modality ({', '.join(modalities.MODALITIES)}{hint}) or map it to one in the fine-tuning "
-                "wizard", subject))
+                f"modality ({', '.join(modalities.MODALITIES)}{hint}) or map it to one ({PREPARING})", subject))
             continue
         if modality in found:
             report.problems.append(Finding(
@@ -316,7 +328,7 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
     if loose_dicom:
         report.problems.append(Finding(
             "unmapped_dicom", str(folder), f"{loose_dicom} DICOM files lie in the subject folder itself: map their "
-            "series to modalities in the fine-tuning wizard, or move each series into a folder named by its "
+            f"series to modalities ({PREPARING}), or move each series into a folder named by its "
             "modality (SUBJECT/T1/, SUBJECT/CT/)", subject))
     ordered = [m for m in modalities.MODALITIES if m in found]
     files: dict[str, str] = {}
@@ -351,8 +363,8 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
             kind, misplaced = _misplaced(path, modality, geom, ref_path, ordered[0], ref_geom)
             if misplaced:
                 report.problems.append(Finding(kind, str(path), f"{misplaced}: left out (register it onto "
-                                               f"{ref_path.name} in the fine-tuning wizard, which offers it ticked, or "
-                                               "with a registration tool)", subject, str(ref_path)))
+                                               f"{ref_path.name}: {PREPARING}, which offer it ticked, or "
+                                               "a registration tool)", subject, str(ref_path)))
                 continue
             files[modality] = str(path)
             resample.append(modality)

@@ -191,7 +191,7 @@ def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, t
 
     series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T1"))  # two T1s: refused, by name
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
-    assert prepare.report is None and "subject 'sub09'" in prepare.status.text() and "both be its T1" in \
+    assert prepare.report is None and "subject 'sub09'" in prepare.status.text() and "would all be its T1" in \
         prepare.status.text()
     series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T2"))
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
@@ -201,13 +201,31 @@ def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, t
     assert np.abs(converted - truth).max() < 1e-3 * np.ptp(truth)              # DICOM's integer steps only
 
 
+def test_a_planning_ct_beside_two_daily_cbcts_makes_two_subjects_of_one_patient(qtbot, wizard, tmp_path):
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    for i, (description, modality, seed) in enumerate((("planning CT", "CT", 7), ("CBCT fx1", "CBCT", 7),
+                                                       ("CBCT fx2", "CBCT", 8))):
+        made = write_phantom_subject(tmp_path / f"made{i}", (modality,), shape=SHAPE, seed=seed)[modality]
+        save(load_file(made).replace(modality=modality), data / "PAT01" / f"series{i}", description=description)
+    check(qtbot, wizard, data)
+    wizard.next()
+    prepare = wizard.prepare
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 3, timeout=30000)
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")          # the guesses: CT, CBCT, CBCT
+    assert "PAT01 became PAT01_CBCT_1, PAT01_CBCT_2" in prepare.status.text(), prepare.status.text()
+    made = {s.name: s.modalities for s in prepare.report.subjects if s.name.startswith("PAT01")}
+    assert made == {"PAT01_CBCT_1": ("CT", "CBCT"), "PAT01_CBCT_2": ("CT", "CBCT")}
+    assert prepare.report.participants == {"PAT01_CBCT_1": "PAT01", "PAT01_CBCT_2": "PAT01"}
+    assert next_enabled(wizard)
+
+
 def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_the_fix(qtbot, wizard, tmp_path):
     data = write_phantom_dataset(tmp_path / "held-out", subjects=3, shape=SHAPE, ct_subject=False,
                                  split={"val": ["sub01"], "test": ["sub02", "sub03"]})
     report = check(qtbot, wizard, data)
     assert report.usable and report.split["train"] == []
     status = wizard.dataset.status.text()
-    assert "No subject is left for training" in status and "Add subjects" in status and "lower Validation" in status
+    assert "No subject is left for training" in status and "Add subjects" in status and "hold out fewer" in status
     assert "color:#b01010" in wizard.dataset.status.styleSheet() and not next_enabled(wizard)
 
     wizard.dataset.folder.setText(str(write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE,

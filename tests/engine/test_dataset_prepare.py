@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from training_support import unprepared_data
 
 from engine.io import save
 from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
 from engine.jobs import Cancelled, CancelToken
-from engine.tasks.phantoms import write_phantom_dataset, write_phantom_subject
+from engine.tasks.phantoms import write_phantom_subject
 from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, prepare_dataset
 from engine.tasks.registration import overlay, register_rigid, resample_rigid
 from engine.tasks.validation import validate_dataset
@@ -61,23 +62,8 @@ def test_registration_can_be_cancelled(tmp_path):
         register_rigid(t1, t1, cancel=token)
 
 
-def _dataset(tmp_path):
-    """Three good subjects; sub04's FLAIR lies 60 mm away; sub09 is a DICOM export with two series
-    in a folder tree, and sub10 has an oddly named NIfTI beside its T1."""
-    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
-    write_phantom_subject(data / "sub04", ("T1", "T2"), shape=SHAPE, seed=4)
-    write_phantom_subject(data / "sub04", ("FLAIR",), shape=SHAPE, seed=4, origin=(60.0, 0.0, 0.0))
-    exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=SHAPE, seed=9)
-    for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
-        save(load_file(exported[modality]), data / "sub09" / "study" / f"series{i}", description=description)
-    write_phantom_subject(data / "sub10", ("T1",), shape=SHAPE, seed=10)
-    odd = write_phantom_subject(tmp_path / "odd", ("PD",), shape=SHAPE, seed=10)["PD"]
-    (data / "sub10" / "3d_pd_weighted.nii.gz").write_bytes(odd.read_bytes())
-    return data
-
-
 def test_unnamed_series_and_misaligned_volumes_are_found(tmp_path):
-    report = validate_dataset(_dataset(tmp_path))
+    report = validate_dataset(unprepared_data(tmp_path))
     assert {s.name for s in report.subjects} == {"sub01", "sub02", "sub03", "sub04"}
     choices, errors = find_unnamed_series(report)
     assert errors == []
@@ -91,7 +77,7 @@ def test_unnamed_series_and_misaligned_volumes_are_found(tmp_path):
 
 
 def test_prepare_writes_a_paired_dataset_with_its_provenance(tmp_path):
-    data = _dataset(tmp_path)
+    data = unprepared_data(tmp_path)
     report = validate_dataset(data)
     choices, _ = find_unnamed_series(report)
     before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
@@ -126,7 +112,7 @@ def test_prepare_writes_a_paired_dataset_with_its_provenance(tmp_path):
 
 
 def test_prepare_never_writes_over_data_it_did_not_make(tmp_path):
-    data = _dataset(tmp_path)
+    data = unprepared_data(tmp_path)
     report = validate_dataset(data)
     choices, _ = find_unnamed_series(report)
     (tmp_path / "mine").mkdir()
@@ -136,7 +122,7 @@ def test_prepare_never_writes_over_data_it_did_not_make(tmp_path):
     with pytest.raises(ValueError, match="inside the dataset"):
         prepare_dataset(report, data / "prepared")
     both_t1 = {c: "T1" for c in choices if c.subject == "sub09"}
-    with pytest.raises(ValueError, match="sub09.*both be its T1"):
+    with pytest.raises(ValueError, match="sub09.*would all be its T1"):
         prepare_dataset(report, tmp_path / "out", mapping=both_t1)
     token = CancelToken()
     token.cancel()
@@ -203,3 +189,47 @@ def test_a_registration_that_aligns_worse_than_the_headers_is_shown_but_not_appl
 
     worse = RigidRegistration((0.0, 0.0, 0.1), (3.0, 0.0, 0.0), (0.0, 0.0, 0.0), mi_before=0.41, mi_after=0.37)
     assert not worse.improved and worse.describe().endswith("so not applied")
+
+
+def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_participant(tmp_path):
+    """A planning system's export: one DICOM folder per patient holding the planning CT and several daily
+    CBCTs. Mapped (two or three series to CBCT), the patient becomes one subject per CBCT, each beside
+    the CT (written once), all of one participant, so that they land in one part of the split."""
+    data = tmp_path / "export"
+    for patient, seed, fractions in (("PAT01", 1, (1, 8, 15)), ("PAT02", 2, (1, 8))):
+        ct = write_phantom_subject(tmp_path / "made" / patient, ("CT",), shape=SHAPE, seed=seed)["CT"]
+        save(load_file(ct).replace(modality="CT"), data / patient / "series0", description="planning CT")
+        for fx in fractions:
+            cbct = write_phantom_subject(tmp_path / f"fx{fx}" / patient, ("CBCT",), shape=SHAPE, seed=seed + fx)
+            save(load_file(cbct["CBCT"]).replace(modality="CBCT"), data / patient / f"series{fx}",
+                 description=f"CBCT fx{fx}")
+    (data / "dataset.json").write_text(json.dumps({"name": "rt", "anatomy": {"PAT01": "head", "*": "head"},
+                                                   "split": {"train": ["PAT01"], "val": ["PAT02"], "test": []}}))
+    report = validate_dataset(data)
+    choices, _ = find_unnamed_series(report)
+    assert sorted((c.subject, c.entry.description, c.guess) for c in choices) == [
+        ("PAT01", "CBCT fx1", "CBCT"), ("PAT01", "CBCT fx15", "CBCT"), ("PAT01", "CBCT fx8", "CBCT"),
+        ("PAT01", "planning CT", "CT"), ("PAT02", "CBCT fx1", "CBCT"), ("PAT02", "CBCT fx8", "CBCT"),
+        ("PAT02", "planning CT", "CT")]
+    prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices})
+    names = ["PAT01_CBCT_1", "PAT01_CBCT_2", "PAT01_CBCT_3", "PAT02_CBCT_1", "PAT02_CBCT_2"]
+    assert prepared.split_subjects == {n: n[:5] for n in names} and prepared.skipped == []
+    cts = {(prepared.root / n / "CT.nii.gz").read_bytes() for n in names[:3]}
+    assert len(cts) == 1                                                    # the one planning CT, written once
+    cbcts = {load_file(prepared.root / n / "CBCT.nii.gz").array.tobytes() for n in names[:3]}
+    assert len(cbcts) == 3                                                  # each subject its own CBCT
+
+    meta = json.loads((prepared.root / "dataset.json").read_text())
+    assert meta["subjects"] == {n: {"participant": n[:5]} for n in names}
+    assert meta["split"] == {"train": names[:3], "val": names[3:], "test": []}
+    assert meta["anatomy"] == {"*": "head", **{n: "head" for n in names[:3]}}
+    again = validate_dataset(prepared.root)
+    assert again.problems == [] and sorted(s.name for s in again.subjects) == names
+    assert again.split["train"] == names[:3] and again.split["val"] == names[3:]
+    assert again.participants == {n: n[:5] for n in names}
+
+    # two modalities repeated in one subject cannot be paired: said, nothing written
+    fx1 = next(c for c in choices if c.subject == "PAT01" and c.entry.description == "CBCT fx1")
+    with pytest.raises(ValueError, match="PAT01.*several volumes of CT and of CBCT"):
+        prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx1: "CT"})
+    assert not (tmp_path / "twice").exists()

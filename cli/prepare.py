@@ -1,0 +1,192 @@
+"""``python main.py prepare DATA -o OUT``: a trainable paired dataset from a folder as scanners and
+planning systems export it — the fine-tuning wizard's *Map series and align volumes* page on the
+command line (``engine.tasks.prepare``). Series that no name maps to a modality are mapped by
+``--map`` rules or by the modality their headers suggest (``--guesses``); volumes that do not line up
+with their subject's reference are registered rigidly. DATA is only read; OUT is written atomically."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from cli.common import json_ready
+from cli.train import add_split_fractions
+from engine.jobs import stderr_progress
+
+REGISTER = ("needed", "all", "none")
+LEAVE_OUT = ("-", "none")
+
+EPILOG = """\
+rules: --map PATTERN=MODALITY maps every series whose name matches PATTERN (shell wildcards, any case)
+to MODALITY, or leaves it out with MODALITY "-". A series' names are its description, the path of its
+file or folder inside the subject folder, and both after "SUBJECT/"; the first rule that matches wins.
+Series no rule matches take the modality guessed from their headers with --guesses, else stay out.
+
+several of one modality: a subject given several volumes of one modality (a planning CT and three daily
+CBCTs) becomes one subject per such volume, named SUBJECT_MODALITY_K, each with the subject's other
+volumes; dataset.json gives them SUBJECT as participant, so they land in one split.
+
+examples:
+  python main.py prepare EXPORT --list                                    # what there is to map and register
+  python main.py prepare EXPORT -o DATASET --guesses                      # take the headers' modalities
+  python main.py prepare EXPORT -o DATASET --map "*planning*=CT" --map "*cbct*=CBCT" --map "*=-"
+  python main.py train --data DATASET --stage generation --routes CBCT:CT --init resources/models/default --out M
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare", help="map a folder's series to modalities and register misaligned volumes: a dataset to train on",
+        description=textwrap.fill(
+            "Check DATA (one folder per subject, docs/evaluation.md), map the series no name maps to a modality, "
+            "register the volumes that do not line up with their subject's reference, and write the paired dataset "
+            "to OUT (NIfTI, dataset.json recording where each volume came from and how it was moved). The "
+            "fine-tuning wizard's Map series and align volumes page does the same.", width=100),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="the dataset folder: one folder per subject")
+    p.add_argument("-o", "--out", metavar="OUT",
+                   help="the prepared dataset's folder: new, empty, or an earlier prepare's (replaced)")
+    p.add_argument("--list", action="store_true",
+                   help="list the series to map (with the modality each rule or guess gives) and the volumes to "
+                        "register, and write nothing")
+    p.add_argument("--map", action="append", default=[], metavar="PATTERN=MODALITY", type=_rule,
+                   help="map the series matching PATTERN to MODALITY (\"-\" leaves them out); repeatable")
+    p.add_argument("--guesses", action="store_true",
+                   help="map each series no rule matches to the modality guessed from its headers and name")
+    p.add_argument("--register", choices=REGISTER, default="needed",
+                   help="needed (default): the volumes left out as their headers place them (another frame of "
+                        "reference, no overlap, anatomy millimetres off); all: also those merely on another grid; "
+                        "none")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="the registration's sampling and the split checked afterwards (the train command's "
+                        "--seed; default 0)")
+    add_split_fractions(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def _rule(text: str) -> tuple[str, str]:
+    from engine import modalities
+
+    pattern, sep, modality = text.rpartition("=")
+    if not sep or not pattern.strip() or not modality.strip():
+        raise argparse.ArgumentTypeError(f"a rule is PATTERN=MODALITY (e.g. '*cbct*=CBCT'), not {text!r}")
+    modality = modality.strip()
+    if modality.lower() in LEAVE_OUT:
+        return pattern.strip(), ""
+    try:
+        return pattern.strip(), modalities.canonical(modality)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def series_names(choice, folder: Path) -> list[str]:
+    """What a ``--map`` pattern is matched against: the series' description and its place in the subject
+    folder (a DICOM series' folder, a file), each also after ``SUBJECT/``."""
+    entry = choice.entry
+    place = Path(entry.paths[0]).parent if entry.kind == "dicom" and entry.paths else Path(entry.key)
+    try:
+        inside = place.relative_to(folder).as_posix()
+    except ValueError:
+        inside = place.name
+    names = [n for n in (entry.description, inside) if n and n != "."]
+    return names + [f"{choice.subject}/{n}" for n in names]
+
+
+def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[str, str]):
+    """Each series' modality ("" = left out) and why: the first matching rule, else its guess with
+    ``guesses``; and the rules that matched nothing (a typo, most likely)."""
+    used: set[int] = set()
+    chosen = []
+    for choice in choices:
+        names = [n.lower() for n in series_names(choice, Path(folders[choice.subject]))]
+        hit = next((i for i, (pattern, _) in enumerate(rules)
+                    if any(fnmatch.fnmatchcase(n, pattern.lower()) for n in names)), None)
+        if hit is not None:
+            used.add(hit)
+            chosen.append((choice, rules[hit][1], f"--map {rules[hit][0]}={rules[hit][1] or '-'}"))
+        elif guesses and choice.guess:
+            chosen.append((choice, choice.guess, "guessed"))
+        else:
+            why = choice.entry.not_anatomy or (f"no rule matched; --guesses would take its guess, {choice.guess}"
+                                               if choice.guess else "no rule matched, and it suggests no modality")
+            chosen.append((choice, "", why))
+    return chosen, [f"{p}={m or '-'}" for i, (p, m) in enumerate(rules) if i not in used]
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.tasks import find_unnamed_series, misaligned_volumes, prepare_dataset, validate_dataset
+
+    if not args.list and not args.out:
+        raise ValueError("say where to write the prepared dataset (-o OUT), or only look with --list")
+    progress = stderr_progress(not args.json)
+    fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    report = validate_dataset(args.data, seed=args.seed, progress=progress, **fractions)
+    if not report.subjects_found:
+        raise ValueError(report.error_message())
+    choices, unscanned = find_unnamed_series(report, progress)
+    chosen, unused = choose(choices, args.map, args.guesses, report.folders)
+    candidates = misaligned_volumes(report)
+    register = [m for m in candidates if args.register == "all" or (args.register == "needed" and m.needs_it)]
+    result: dict = {
+        "data": str(report.root), "not_scanned": unscanned, "unused_rules": unused,
+        "series": [{"subject": c.subject, "series": c.describe(), "key": c.entry.key, "guess": c.guess,
+                    "modality": modality or None, "why": why} for c, modality, why in chosen],
+        "register": [{"subject": m.subject, "modality": m.modality, "path": m.path, "reference": m.reference,
+                      "finding": m.kind, "registered": m in register} for m in candidates]}
+    lines = _listing(report, result)
+    mapping = {c: modality for c, modality, _ in chosen}
+    if not args.list:
+        if not any(mapping.values()) and not register:
+            lines.append(f"nothing to map or register: {report.root} trains as it is (train --data {args.data})")
+        else:
+            prepared = prepare_dataset(report, args.out, mapping=mapping, register=register, seed=args.seed,
+                                       progress=progress)
+            check = validate_dataset(prepared.root, seed=args.seed, **fractions)
+            result["prepared"] = {
+                "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,
+                "registered": [{"subject": r.subject, "modality": r.modality, "reference": r.reference,
+                                "applied": r.registration.improved, "left_out": r.left_out,
+                                **r.registration.to_dict()} for r in prepared.registered],
+                "check": check.to_dict(), "no_training": check.training_problem()}
+            lines += _outcome(prepared, check)
+    if args.json:
+        print(json.dumps(json_ready(result), indent=2))
+    else:
+        print("\n".join(lines))
+    for rule in unused:
+        print(f"warning: --map {rule} matched no series", file=sys.stderr)
+    return 0
+
+
+def _listing(report, result: dict) -> list[str]:
+    lines = report.summary().splitlines()
+    if result["series"]:
+        lines.append(f"series to map ({len(result['series'])}):")
+        lines += [f"  {s['subject']}: {s['series']} → {s['modality'] or 'left out'} ({s['why']})"
+                  for s in result["series"]]
+    lines += [f"  not scanned: {message}" for message in result["not_scanned"]]
+    if result["register"]:
+        lines.append(f"volumes on another grid than their subject's reference ({len(result['register'])}):")
+        lines += [f"  {r['subject']}: {r['modality']} onto {Path(r['reference']).name} → "
+                  + ("register" if r["registered"] else "resample as the headers place it (--register all "
+                     "registers it)" if r["finding"] == "resampled" else "leave out (--register needed registers it)")
+                  for r in result["register"]]
+    return lines
+
+
+def _outcome(prepared, check) -> list[str]:
+    lines = [f"prepared {prepared.root}:"]
+    lines += [f"  {r.subject}: {r.modality} onto {r.reference}: {r.describe()}" for r in prepared.registered]
+    if prepared.split_subjects:
+        lines.append(f"  one subject per repeated volume, each of one participant: {prepared.describe_split()}")
+    if prepared.skipped:
+        lines.append(f"  left out (fewer than two volumes): {', '.join(prepared.skipped)}")
+    lines += ["checked:"] + [f"  {line}" for line in check.summary().splitlines()]
+    problem = check.training_problem()
+    if problem:
+        lines.append(f"warning: {problem}")
+    return lines

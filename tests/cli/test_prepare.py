@@ -1,0 +1,84 @@
+"""``python main.py prepare``: the wizard's Map series and align volumes page on the command line. It
+lists what there is to map and register without writing; --map rules (first match wins, "-" leaves a
+series out) and --guesses map the series; --register chooses what is registered; the prepared dataset
+is checked; bad input stops with one line and writes nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from training_support import phantom_data, unprepared_data
+
+from cli import run_cli
+from engine.tasks import validate_dataset
+
+
+def test_list_shows_the_series_to_map_and_the_volumes_to_register_and_writes_nothing(tmp_path, capsys):
+    data = unprepared_data(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run_cli(["prepare", str(data), "--list", "--map", "*t2_tse*=T2"]) == 0
+    out = capsys.readouterr().out
+    assert "sub09: t2_tse_tra (dicom, 32×32×10, 10 files) → T2 (--map *t2_tse*=T2)" in out
+    assert "sub09: t1_mprage_sag (dicom, 32×32×10, 10 files) → left out (no rule matched; --guesses would take " \
+           "its guess, T1)" in out
+    assert "sub10: 3d_pd_weighted.nii.gz" in out
+    assert "sub04: FLAIR onto T1.nii.gz → register" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_rules_map_series_register_what_is_needed_and_the_result_is_checked(tmp_path, capsys):
+    data = unprepared_data(tmp_path)
+    out = tmp_path / "prepared"
+    code = run_cli(["prepare", str(data), "-o", str(out), "--map", "*mprage*=T1", "--map", "sub09/study/*=T2",
+                    "--map", "*planning*=CT"])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "warning: --map *planning*=CT matched no series" in printed.err
+    assert "sub04: FLAIR onto T1: rotation" in printed.out and "left out (fewer than two volumes): sub10" in printed.out
+    report = validate_dataset(out)
+    assert report.problems == []
+    assert {s.name: s.modalities for s in report.subjects}["sub09"] == ("T1", "T2")
+    assert "FLAIR" in {s.name: s.modalities for s in report.subjects}["sub04"]
+    assert "sub10" not in {s.name for s in report.subjects}         # no rule, no --guesses: its PD stays out
+
+
+def test_guesses_map_the_rest_and_register_none_leaves_a_misaligned_volume_out(tmp_path, capsys):
+    data = unprepared_data(tmp_path)
+    out = tmp_path / "prepared"
+    assert run_cli(["prepare", str(data), "-o", str(out), "--guesses", "--map", "*mprage*=-", "--register", "none",
+                    "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    modality = {s["series"].split(" ")[0]: s["modality"] for s in result["series"]}
+    assert modality == {"t2_tse_tra": "T2", "t1_mprage_sag": None, "3d_pd_weighted.nii.gz": "PD"}
+    assert [r["registered"] for r in result["register"]] == [False]
+    prepared = result["prepared"]
+    assert prepared["registered"] == [] and prepared["no_training"] is None
+    assert "sub09" in prepared["skipped"]                    # its T1 left out by the rule: one volume
+    subjects = prepared["check"]["subjects"]
+    assert subjects["sub10"]["modalities"] == ["T1", "PD"] and "FLAIR" not in subjects["sub04"]["modalities"]
+
+
+def test_a_dataset_with_nothing_to_prepare_is_left_alone(tmp_path, capsys):
+    data = phantom_data(tmp_path / "pairs")
+    assert run_cli(["prepare", str(data), "-o", str(tmp_path / "out")]) == 0
+    assert "nothing to map or register" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rule, message", [("*mprage*", "a rule is PATTERN=MODALITY"),
+                                           ("*mprage*=T3", "unknown modality")])
+def test_a_rule_that_is_no_rule_stops_before_anything_is_read(tmp_path, capsys, rule, message):
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(["prepare", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out"), "--map", rule])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_output_folder_or_no_dataset_is_one_line_and_nothing_written(tmp_path, capsys):
+    data = unprepared_data(tmp_path)
+    assert run_cli(["prepare", str(data), "--guesses"]) == 2
+    assert "say where to write the prepared dataset (-o OUT)" in capsys.readouterr().err
+    assert run_cli(["prepare", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "no usable pairs" in err and len(err.strip().splitlines()) >= 1
+    assert not (tmp_path / "out").exists()
