@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             check = validate_dataset(prepared.root, seed=args.seed, **fractions)
             result["prepared"] = {
                 "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,
+                "notes": prepared.notes,
                 "registered": [{"subject": r.subject, "modality": r.modality, "reference": r.reference,
                                 "applied": r.registration.improved, "left_out": r.left_out,
                                 **r.registration.to_dict()} for r in prepared.registered],
@@ -185,6 +186,7 @@ def _outcome(prepared, check) -> list[str]:
         lines.append(f"  one subject per repeated volume, each of one participant: {prepared.describe_split()}")
     if prepared.skipped:
         lines.append(f"  left out (fewer than two volumes): {', '.join(prepared.skipped)}")
+    lines += [f"  note: {note}" for note in prepared.notes]
     lines += ["checked:"] + [f"  {line}" for line in check.summary().splitlines()]
     problem = check.training_problem()
     if problem:

@@ -187,6 +187,8 @@ class PreparePage(CheckedPage):
             else ""
         if self.prepared.split_subjects:     # a planning CT beside several daily CBCTs
             skipped += f" One subject per repeated volume: {self.prepared.describe_split()}."
+        if self.prepared.notes:             # a spatial registration (REG) found but not used
+            skipped += " " + " ".join(f"{note}." for note in self.prepared.notes)
         if self.report.problems:            # what checking the prepared folder left out (a CT shared by two subjects)
             listed = "; ".join(f.message for f in self.report.problems[:2])
             more = f" (and {len(self.report.problems) - 2} more)" if len(self.report.problems) > 2 else ""

@@ -167,9 +167,17 @@ def _ours(path: Path) -> bool:
 
 
 # -- encoding ----------------------------------------------------------------------------------------
+def _ds_text(x: float) -> str:
+    """``x`` as a DICOM DS value: at most 16 characters. pydicom's formatting gives 17 where rounding
+    reaches the next power of ten (9.999999999999998 → "10.00000000000000", an invalid DS a strict
+    archive refuses): that text is formatted once more, from its own value."""
+    text = format_number_as_ds(float(x))
+    return text if len(text) <= 16 else format_number_as_ds(float(text))
+
+
 def _ds_number(x: float) -> float:
     """``x`` as a DICOM DS (16 characters) would hold it."""
-    return float(format_number_as_ds(float(x)))
+    return float(_ds_text(x))
 
 
 def choose_encoding(volume: Volume, array: np.ndarray) -> Encoding:
@@ -322,10 +330,10 @@ def _identity(ds: Dataset, src: dict[str, str], today: str, clock: str) -> None:
 def _geometry(ds: Dataset, volume: Volume) -> None:
     d = volume.direction_matrix
     sx, sy, sz = volume.spacing
-    ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*d[:, 0], *d[:, 1])]
-    ds.PixelSpacing = [format_number_as_ds(float(sy)), format_number_as_ds(float(sx))]
-    ds.SliceThickness = format_number_as_ds(_source_number(volume, "SliceThickness") or float(sz))   # the acquisition's, when known
-    ds.SpacingBetweenSlices = format_number_as_ds(float(sz))
+    ds.ImageOrientationPatient = [_ds_text(float(v)) for v in (*d[:, 0], *d[:, 1])]
+    ds.PixelSpacing = [_ds_text(float(sy)), _ds_text(float(sx))]
+    ds.SliceThickness = _ds_text(_source_number(volume, "SliceThickness") or float(sz))   # the acquisition's, when known
+    ds.SpacingBetweenSlices = _ds_text(float(sz))
 
 
 def _source_number(volume: Volume, keyword: str) -> float | None:
@@ -348,8 +356,8 @@ def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     ds.Rows, ds.Columns = ny, nx
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1
-    ds.RescaleSlope = format_number_as_ds(encoding.slope)
-    ds.RescaleIntercept = format_number_as_ds(encoding.intercept)
+    ds.RescaleSlope = _ds_text(encoding.slope)
+    ds.RescaleIntercept = _ds_text(encoding.intercept)
     ds.RescaleType = "HU" if encoding.sop_class == CT_IMAGE else "US"
 
 
@@ -362,15 +370,15 @@ def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:
         sample = array[:: max(1, array.shape[0] // 16)]
         lo, hi = np.percentile(sample, (1.0, 99.0)) if sample.size else (0.0, 1.0)
         level, width = (lo + hi) / 2, max(hi - lo, 1e-6)
-    ds.WindowCenter = format_number_as_ds(float(level))
-    ds.WindowWidth = format_number_as_ds(float(width))
+    ds.WindowCenter = _ds_text(float(level))
+    ds.WindowWidth = _ds_text(float(width))
 
 
 def _modality_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     """The type 1 and 2 attributes of the CT / MR / PET / SC image IODs that a derived image has."""
     if encoding.sop_class == CT_IMAGE:      # a converted CT keeps its tube voltage (HU-to-density tables use it)
         kvp = None if volume.synthetic else _source_number(volume, "KVP")
-        ds.KVP = "" if kvp is None else format_number_as_ds(kvp)
+        ds.KVP = "" if kvp is None else _ds_text(kvp)
         ds.AcquisitionNumber = ""
     elif encoding.sop_class == MR_IMAGE:
         acquired = {} if volume.synthetic else mr_acquisition(volume)
@@ -432,7 +440,7 @@ def mr_acquisition(volume: Volume) -> dict[str, str]:
     for keyword in ("EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "MagneticFieldStrength"):
         number = _source_number(volume, keyword)
         if number is not None or keyword in ("EchoTime", "RepetitionTime") or (keyword == "InversionTime" and "IR" in sequence):
-            out[keyword] = "" if number is None else format_number_as_ds(number)   # type 2 (TI: 2C with IR)
+            out[keyword] = "" if number is None else _ds_text(number)   # type 2 (TI: 2C with IR)
     return out
 
 
@@ -499,8 +507,8 @@ def _slice_dataset(base: Dataset, k: int, nz: int, position: np.ndarray, locatio
     ds = copy.deepcopy(base)
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = k + 1
-    ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
-    ds.SliceLocation = format_number_as_ds(location)
+    ds.ImagePositionPatient = [_ds_text(float(v)) for v in position]
+    ds.SliceLocation = _ds_text(location)
     if encoding.sop_class == PET_IMAGE:
         ds.ImageIndex = k + 1
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()

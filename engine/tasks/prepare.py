@@ -16,9 +16,18 @@ import numpy as np
 
 from engine import modalities
 from engine.io.catalog import SeriesEntry
+from engine.io.dicom_reg import StoredRegistration, find_registrations, frame_matrix
+from engine.io.identity import scanner_frame
 from engine.io.itk_files import file_kind
+from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
-from engine.tasks.registration import RigidRegistration, overlay, register_rigid, resample_rigid
+from engine.tasks.registration import (
+    RigidRegistration,
+    overlay,
+    register_rigid,
+    resample_rigid,
+    stored_registration,
+)
 from engine.tasks.validation import (
     DATASET_JSON,
     DatasetError,
@@ -104,6 +113,7 @@ class PreparedDataset:
     registered: list[RegisteredVolume] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)     # subjects left with fewer than two volumes
     split_subjects: dict[str, str] = field(default_factory=dict)  # a subject made per repeated volume → its origin
+    notes: list[str] = field(default_factory=list)       # spatial registrations found but not used, and why
 
     def describe_split(self) -> str:
         """The subjects made one per repeated volume, by the subject they came from ("" when none)."""
@@ -237,6 +247,30 @@ def _named(source) -> str:
     return str(source)
 
 
+def _dicom(source) -> bool:
+    """Whether a source is a DICOM series (a mapped one, or a subject's modality folder)."""
+    return source.kind == "dicom" if isinstance(source, SeriesEntry) else Path(source).is_dir()
+
+
+def _frames_differ(reference: Volume, volume: Volume) -> bool:
+    """Whether two scans' scanners placed them in different frames of reference (their coordinates name
+    other places in the room): only frames a scanner stated count."""
+    mine, theirs = scanner_frame(volume), scanner_frame(reference)
+    return bool(mine and theirs and mine != theirs)
+
+
+def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
+              cancel: CancelToken | None) -> RigidRegistration:
+    """``volume`` onto ``reference``: by a spatial registration stored beside them that relates their
+    frames of reference (the clinic's own placement), else found from their intensities."""
+    found = frame_matrix(stored, scanner_frame(volume), scanner_frame(reference)) if _frames_differ(
+        reference, volume) else None
+    if found is not None:
+        matrix, by = found
+        return stored_registration(reference, volume, matrix, by.describe())
+    return register_rigid(reference, volume, seed=seed, cancel=cancel)
+
+
 def _load(source):
     from engine.tasks.dataset import load_volume
 
@@ -316,6 +350,8 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
         meta = {}
     record: dict[str, dict[str, dict]] = {}
     written: dict[tuple[str, str, str], Path] = {}      # a volume shared by split subjects: written once, linked
+    loaded: dict[str, Volume] = {}                       # one subject's volumes, read once (a shared planning CT)
+    stored: dict[str, list] = {}                         # a subject's spatial registrations (DICOM REG)
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
             check_cancel(cancel)
@@ -324,9 +360,21 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             if len(held) < 2:
                 result.skipped.append(subject)
                 continue
+            if unit.origin not in stored:
+                loaded.clear()
+                stored.clear()
+                stored[unit.origin], problems = find_registrations(report.folders.get(unit.origin, root), cancel)
+                result.notes += problems
+
+            def load(source) -> Volume:
+                key = _key(source)
+                if key not in loaded:
+                    loaded[key] = _load(source)
+                return loaded[key]
+
             order = [m for m in modalities.MODALITIES if m in held]
             (tmp / subject).mkdir()
-            reference = None
+            first = held[order[0]]
             for modality in order:
                 source = held[modality]
                 entry = record.setdefault(subject, {})[modality] = {
@@ -334,15 +382,16 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 if isinstance(source, SeriesEntry):
                     entry["series"] = source.key
                 todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
+                other_frame = (modality != order[0] and _dicom(first) and _dicom(source)
+                               and _frames_differ(load(first), load(source)))
                 done = written.get((unit.origin, modality, _key(source)))
-                if todo is not None:
-                    reference = reference or _load(held[order[0]])
-                    volume = _load(source)
-                    registration = register_rigid(reference, volume, seed=seed, cancel=cancel)
+                if todo is not None or other_frame:
+                    reference, volume = load(first), load(source)
+                    registration = _register(reference, volume, stored[unit.origin], seed, cancel)
                     unmoved = resample_rigid(volume, reference)
                     # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
                     # a volume that is no pair as its header places it is then left out, not trained on
-                    left_out = not registration.improved and todo.needs_it
+                    left_out = not registration.improved and (todo is None or todo.needs_it)
                     after = resample_rigid(volume, reference, registration) if registration.improved else unmoved
                     result.registered.append(RegisteredVolume(subject, modality, order[0], registration,
                                                               overlay(reference, unmoved), overlay(reference, after),
@@ -352,7 +401,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     if left_out:
                         entry["left_out"] = True
                         continue
-                    save(after, tmp / subject / f"{modality}.nii.gz",
+                    save(after.replace(modality=modality), tmp / subject / f"{modality}.nii.gz",
                          description=f"{modality} registered" if registration.improved else modality)
                     continue
                 suffix = next((s for s in SELF_CONTAINED if str(source).lower().endswith(s)), None)
@@ -362,7 +411,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 elif isinstance(source, str) and suffix:
                     _copy(Path(source), target)
                 else:
-                    save(_load(source).replace(modality=modality), target, description=modality)
+                    save(load(source).replace(modality=modality), target, description=modality)
                 written[(unit.origin, modality, _key(source))] = target
         for subject in [name for name, volumes in record.items()          # a volume left out left one alone
                         if sum(not v.get("left_out") for v in volumes.values()) < 2]:

@@ -33,12 +33,17 @@ class RigidRegistration:
     translation: tuple[float, float, float]     # millimetres
     center: tuple[float, float, float]          # millimetres (LPS), the rotation centre
     mi_before: float | None
-    mi_after: float
+    mi_after: float                             # NaN: no overlap through it
+    stored: str = ""                            # the spatial registration (DICOM REG) it was read from; "" found here
 
     @property
     def improved(self) -> bool:
-        """Whether it aligns the volumes better than their headers do (mutual information rose)."""
-        return self.mi_before is None or self.mi_after >= self.mi_before
+        """Whether it is applied: a stored registration when the volumes overlap through it (the clinic's
+        own placement), one found here when it aligns them better than their headers do (mutual
+        information rose)."""
+        if math.isnan(self.mi_after):
+            return False
+        return bool(self.stored) or self.mi_before is None or self.mi_after >= self.mi_before
 
     def transform(self) -> sitk.Euler3DTransform:
         t = sitk.Euler3DTransform()
@@ -51,14 +56,19 @@ class RigidRegistration:
         degrees = ", ".join(f"{math.degrees(a):.1f}°" for a in self.angles)
         shift = ", ".join(f"{t:.1f}" for t in self.translation)
         before = "no overlap" if self.mi_before is None else f"{self.mi_before:.3f}"
+        after = "no overlap" if math.isnan(self.mi_after) else f"{self.mi_after:.3f}"
         found = (f"rotation ({degrees}) about x, y, z; translation ({shift}) mm; mutual information "
-                 f"{before} → {self.mi_after:.3f}")
+                 f"{before} → {after}")
+        if self.stored:
+            found = f"by the stored registration {self.stored}: {found}"
+            return found if self.improved else f"{found}: the volumes do not overlap through it, so not applied"
         return found if self.improved else f"{found}: worse than the headers' placement, so not applied"
 
     def to_dict(self) -> dict:
         return {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
-                "center_mm": list(self.center), "mutual_information": {"before": self.mi_before,
-                                                                       "after": self.mi_after}}
+                "center_mm": list(self.center), "mutual_information": {
+                    "before": self.mi_before, "after": None if math.isnan(self.mi_after) else self.mi_after},
+                **({"stored": self.stored} if self.stored else {})}
 
 
 def _registration_image(volume: Volume) -> tuple[sitk.Image, sitk.Image | None]:
@@ -165,6 +175,26 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, progress: Pr
     after, found = best
     return RigidRegistration((found.GetAngleX(), found.GetAngleY(), found.GetAngleZ()),
                              tuple(found.GetTranslation()), tuple(found.GetCenter()), before, after)
+
+
+def stored_registration(fixed: Volume, moving: Volume, matrix: np.ndarray, stored: str) -> RigidRegistration:
+    """A registration stored beside the volumes (``matrix``: rigid, 4×4, taking ``moving``'s frame of
+    reference into ``fixed``'s: :func:`engine.io.dicom_reg.frame_matrix`) as the transform
+    :func:`resample_rigid` applies, with the mutual information as the headers place the volumes and
+    through it, for the record. Applied as stored: nothing is searched."""
+    rotation, shift = np.asarray(matrix, float)[:3, :3], np.asarray(matrix, float)[:3, 3]
+    u, _, vt = np.linalg.svd(rotation)                 # the nearest rotation: REG values carry rounding
+    rotation = u @ vt
+    transform = sitk.Euler3DTransform()                # SimpleITK maps fixed points to moving ones: the inverse
+    transform.SetMatrix(tuple(float(v) for v in rotation.T.ravel()))
+    transform.SetTranslation(tuple(float(v) for v in -(rotation.T @ shift)))
+    (fixed_image, fixed_mask), (moving_image, moving_mask) = _registration_image(fixed), _registration_image(moving)
+    method = _method(0, fixed_mask, moving_mask)
+    before = _mutual_information(method, fixed_image, moving_image, sitk.Euler3DTransform())
+    after = _mutual_information(method, fixed_image, moving_image, transform)
+    return RigidRegistration((transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ()),
+                             tuple(transform.GetTranslation()), (0.0, 0.0, 0.0), before,
+                             float("nan") if after is None else after, stored)
 
 
 def resample_rigid(moving: Volume, fixed: Volume, registration: RigidRegistration | None = None) -> Volume:

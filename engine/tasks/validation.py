@@ -363,8 +363,9 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
             kind, misplaced = _misplaced(path, modality, geom, ref_path, ordered[0], ref_geom)
             if misplaced:
                 report.problems.append(Finding(kind, str(path), f"{misplaced}: left out (register it onto "
-                                               f"{ref_path.name}: {PREPARING}, which offer it ticked, or "
-                                               "a registration tool)", subject, str(ref_path)))
+                                               f"{ref_path.name}: {PREPARING}, which offer it ticked and apply a "
+                                               "spatial registration (REG) stored beside it, or a registration tool)",
+                                               subject, str(ref_path)))
                 continue
             files[modality] = str(path)
             resample.append(modality)

@@ -233,3 +233,61 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
     with pytest.raises(ValueError, match="PAT01.*several volumes of CT and of CBCT"):
         prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx1: "CT"})
     assert not (tmp_path / "twice").exists()
+
+
+def _in_own_frame(volume, matrix: np.ndarray, frame: str, patient: str):
+    """``volume`` (lying in the planning CT's frame) described in another frame whose coordinates
+    ``matrix`` takes into the CT's: the same voxels, the header a linac's imaging software would write."""
+    rotation, shift = matrix[:3, :3], matrix[:3, 3]
+    direction = rotation.T @ np.asarray(volume.direction, float).reshape(3, 3)
+    origin = rotation.T @ (np.asarray(volume.origin, float) - shift)
+    return volume.replace(origin=tuple(origin), direction=tuple(direction.ravel()),
+                          dicom={"PatientID": patient, "StudyInstanceUID": f"1.2.3.{len(patient)}", "FrameOfReferenceUID": frame})
+
+
+def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registration_else_registered(tmp_path):
+    """A linac's CBCT is written in its own frame of reference, with a REG object giving the clinic's
+    placement in the planning CT's. Its header coordinates name other places in the room: written as
+    they are, the pair would be millimetres or metres off. Prepared, a mapped series is placed by the REG
+    (exactly); a CBCT folder that validation left out for its frame, with no REG beside it, is registered
+    from its intensities."""
+    from dicom_fixtures import rotation, write_registration
+
+    planning, daily = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation([0.0, 0.0, 1.0], np.radians(6.0))
+    matrix[:3, 3] = (9.0, -6.0, 4.0)
+    data, shape = tmp_path / "export", (12, 40, 40)
+    truth = {}
+    for patient in ("PAT01", "PAT02"):
+        made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=shape, seed=3)
+        ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": patient, "StudyInstanceUID": "1.2.3.5",
+                                                                  "FrameOfReferenceUID": planning})
+        cbct = load_file(made["CBCT"]).replace(modality="CBCT")
+        truth[patient] = cbct.array
+        named = patient == "PAT02"                                       # PAT02/CT/, PAT02/CBCT/; PAT01's to map
+        save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
+        save(_in_own_frame(cbct, matrix, daily, patient), data / patient / ("CBCT" if named else "s2"),
+             description="CBCT fx1")
+    write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning, {daily: matrix})
+
+    report = validate_dataset(data)
+    assert [(m.subject, m.modality, m.kind) for m in misaligned_volumes(report)] == [("PAT02", "CBCT", "other_frame")]
+    choices, _ = find_unnamed_series(report)
+    assert sorted(c.subject for c in choices) == ["PAT01", "PAT01"]
+    prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
+                               register=misaligned_volumes(report))
+    by_subject = {r.subject: r for r in prepared.registered}
+    assert sorted(by_subject) == ["PAT01", "PAT02"] and prepared.notes == []
+    stored, found = by_subject["PAT01"].registration, by_subject["PAT02"].registration
+    assert stored.stored == "REG0001.dcm (CBCT to planning CT)" and stored.improved
+    assert "by the stored registration REG0001.dcm" in stored.describe()
+    assert found.stored == "" and found.improved
+    for patient in ("PAT01", "PAT02"):
+        placed = load_file(prepared.root / patient / "CBCT.nii.gz")
+        inside = truth[patient] > -500                                   # the head, away from the grid's edges
+        error = np.abs(placed.array - truth[patient])[inside]
+        assert np.median(error) < (2.0 if patient == "PAT01" else 15.0), (patient, np.median(error))
+    meta = json.loads((prepared.root / "dataset.json").read_text())["prepared"]["volumes"]
+    assert meta["PAT01"]["CBCT"]["registration"]["stored"] == stored.stored
+    assert meta["PAT01"]["CBCT"]["registered_onto"] == "CT"

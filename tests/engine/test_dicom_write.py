@@ -468,3 +468,23 @@ def test_an_export_of_lossy_compressed_pixels_says_so_and_one_of_a_nifti_claims_
     baseline = lossy_compression({"TransferSyntaxUID": "1.2.840.10008.1.2.4.50"})      # JPEG baseline: lossy
     assert baseline == {"LossyImageCompression": "01", "LossyImageCompressionRatio": "",
                         "LossyImageCompressionMethod": "ISO_10918_1"}
+
+
+def test_every_decimal_value_fits_dicom_s_16_characters_where_rounding_reaches_a_power_of_ten(tmp_path):
+    """A slice 9.999999999999998 mm along the normal (float noise of a rotated grid) had been written as
+    "10.00000000000000": 17 characters, an invalid DS that a strict archive or planning system refuses."""
+    from engine.io.dicom_write import _ds_text
+
+    assert _ds_text(9.999999999999998) == "10.0"
+    for value in (9.999999999999998, -99.99999999999999, 999999.9999999999, 0.1, -3.552713678800501e-15):
+        text = _ds_text(value)
+        assert len(text) <= 16 and abs(float(text) - value) <= 1e-9 * max(1.0, abs(value)), (value, text)
+    volume = Volume(np.zeros((3, 4, 4), np.float32), spacing=(1.0, 1.0, 9.999999999999998), modality="CT", unit="HU")
+    write_dicom_series(volume, tmp_path / "out", series_description="CT")
+    for path in sorted((tmp_path / "out").iterdir()):
+        ds = pydicom.dcmread(path)
+        for element in ds.iterall():
+            if element.VR == "DS":
+                values = element.value if element.VM > 1 else [element.value]
+                assert all(len(str(v.original_string if hasattr(v, "original_string") else v)) <= 16
+                           for v in values), (path.name, element)

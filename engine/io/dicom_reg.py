@@ -1,0 +1,117 @@
+"""Spatial registrations stored beside images (DICOM Spatial Registration objects, Modality REG): how
+a planning system or a linac's imaging software placed one frame of reference in another — a daily
+CBCT's frame in its planning CT's — so that a volume acquired in one frame can be placed in the other
+exactly as the clinic approved it, not guessed from intensities.
+
+Each item of a REG's RegistrationSequence names a frame of reference and the matrices (4×4, row-major,
+applied in the order of the MatrixSequence) that take its coordinates into the REG's own frame; only
+rigid transforms (rotation and translation; ``RIGID`` and a ``RIGID_SCALE`` / ``AFFINE`` matrix that
+is one) are used."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.jobs import CancelToken, check_cancel
+
+SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"     # Spatial Registration Storage (SOP Class UID)
+RIGID_TOLERANCE = 1e-3           # |RᵀR − I| and |det R − 1| of a matrix taken for a rotation
+_NOT_DICOM = (".nii", ".nii.gz", ".mha", ".mhd", ".raw", ".nrrd", ".nhdr", ".json", ".txt", ".csv", ".png", ".jpg")
+
+
+@dataclass(frozen=True)
+class StoredRegistration:
+    """One REG object: ``frames`` maps each frame of reference it registers (its own included, as the
+    identity) to the rigid 4×4 matrix taking that frame's LPS millimetres into the REG's frame."""
+
+    path: str
+    frame: str
+    frames: Mapping[str, np.ndarray] = field(repr=False)
+    description: str = ""
+
+    def between(self, moving: str, fixed: str) -> np.ndarray | None:
+        """The 4×4 matrix taking ``moving``-frame coordinates into ``fixed``-frame ones, or None when
+        this REG does not register both."""
+        if moving not in self.frames or fixed not in self.frames:
+            return None
+        return np.linalg.inv(self.frames[fixed]) @ self.frames[moving]
+
+    def describe(self) -> str:
+        return f"{Path(self.path).name}" + (f" ({self.description})" if self.description else "")
+
+
+def _rigid(matrix: np.ndarray) -> bool:
+    rotation = matrix[:3, :3]
+    return (np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0), atol=RIGID_TOLERANCE)
+            and np.allclose(rotation.T @ rotation, np.eye(3), atol=RIGID_TOLERANCE)
+            and abs(np.linalg.det(rotation) - 1.0) < RIGID_TOLERANCE)
+
+
+def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]:
+    """The REG object in ``path`` and "" — or None and why it is not one we use ("" for a file that is
+    no spatial registration at all: most of a folder's files)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=False)
+    except Exception:                   # noqa: BLE001 — not DICOM, damaged: no registration here
+        return None, ""
+    if str(ds.get("SOPClassUID", "")) != SPATIAL_REGISTRATION:
+        return None, ""
+    own = str(ds.get("FrameOfReferenceUID", "")).strip()
+    frames: dict[str, np.ndarray] = {own: np.eye(4)} if own else {}
+    try:
+        for item in ds.get("RegistrationSequence", []):
+            frame = str(item.get("FrameOfReferenceUID", "")).strip()
+            total = np.eye(4)
+            for registration in item.get("MatrixRegistrationSequence", []):
+                for step in registration.get("MatrixSequence", []):
+                    values = [float(v) for v in step.get("FrameOfReferenceTransformationMatrix", [])]
+                    if len(values) != 16:
+                        return None, f"{path}: a registration matrix holds {len(values)} values, not 16; not used"
+                    total = np.asarray(values).reshape(4, 4) @ total
+            if not frame:
+                continue
+            if not _rigid(total):
+                return None, (f"{path}: the registration of frame {frame} is not rigid (scaled, sheared or "
+                              "deformable); not used")
+            frames[frame] = total
+    except (TypeError, ValueError, AttributeError) as exc:
+        return None, f"{path}: a damaged spatial registration ({exc}); not used"
+    if not own or len(frames) < 2:
+        return None, f"{path}: a spatial registration naming fewer than two frames of reference; not used"
+    return StoredRegistration(str(path), own, frames, str(ds.get("SeriesDescription", "")).strip()), ""
+
+
+def find_registrations(folder: str | Path, cancel: CancelToken | None = None
+                       ) -> tuple[list[StoredRegistration], list[str]]:
+    """Every spatial registration in the files under ``folder``, and why any REG found was not used."""
+    found, problems = [], []
+    for directory, subfolders, files in os.walk(folder):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(files):
+            check_cancel(cancel)
+            if name.startswith(".") or name.lower().endswith(_NOT_DICOM):
+                continue
+            registration, problem = read_registration(Path(directory) / name)
+            if registration is not None:
+                found.append(registration)
+            elif problem:
+                problems.append(problem)
+    return found, problems
+
+
+def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed: str
+                 ) -> tuple[np.ndarray, StoredRegistration] | None:
+    """The matrix taking ``moving``-frame coordinates into ``fixed``-frame ones from the first REG that
+    registers both frames, with that REG; None when none does."""
+    for registration in registrations:
+        matrix = registration.between(moving, fixed)
+        if matrix is not None:
+            return matrix, registration
+    return None
+

@@ -1,0 +1,58 @@
+"""Spatial registrations stored beside images (DICOM REG): a planning system's matrix is read for both
+directions between its frames, a matrix that is not rigid or a REG naming one frame is refused with
+the reason, and a folder's REG objects are found among its images (preparing a dataset applies them:
+test_dataset_prepare.py)."""
+from __future__ import annotations
+
+import numpy as np
+from dicom_fixtures import rotation, write_registration, write_series
+
+from engine.io.dicom_reg import find_registrations, frame_matrix, read_registration
+
+PLANNING, DAILY, OTHER = "1.2.3.100", "1.2.3.200", "1.2.3.300"
+
+
+def rigid(angle: float, shift) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation([0.2, 0.1, 1.0], angle)
+    matrix[:3, 3] = shift
+    return matrix
+
+
+def test_a_stored_matrix_is_read_for_both_directions_between_its_frames(tmp_path):
+    m = rigid(0.1, (12.5, -30.0, 4.0))
+    registration, problem = read_registration(write_registration(tmp_path / "reg.dcm", PLANNING, {DAILY: m}))
+    assert problem == "" and registration.frame == PLANNING and registration.description == "CBCT to planning CT"
+    assert np.allclose(registration.between(DAILY, PLANNING), m, atol=1e-5)
+    assert np.allclose(registration.between(PLANNING, DAILY), np.linalg.inv(m), atol=1e-5)
+    assert registration.between(DAILY, OTHER) is None
+    assert frame_matrix([registration], OTHER, PLANNING) is None
+    matrix, by = frame_matrix([registration], DAILY, PLANNING)
+    assert by is registration and np.allclose(matrix, m, atol=1e-5)
+
+
+def test_two_moving_frames_of_one_reg_are_related_through_its_own(tmp_path):
+    a, b = rigid(0.1, (5.0, 0.0, 0.0)), rigid(-0.2, (0.0, 7.0, 1.0))
+    registration, _ = read_registration(write_registration(tmp_path / "reg.dcm", PLANNING, {DAILY: a, OTHER: b}))
+    assert np.allclose(registration.between(DAILY, OTHER), np.linalg.inv(b) @ a, atol=1e-5)
+
+
+def test_a_matrix_that_is_not_rigid_or_a_reg_of_one_frame_is_not_used_and_says_why(tmp_path):
+    scaled = rigid(0.1, (1.0, 2.0, 3.0)) @ np.diag([1.1, 1.0, 1.0, 1.0])
+    registration, problem = read_registration(write_registration(tmp_path / "scaled.dcm", PLANNING, {DAILY: scaled},
+                                                                 kind="AFFINE"))
+    assert registration is None and "not rigid" in problem and "scaled.dcm" in problem
+    registration, problem = read_registration(write_registration(tmp_path / "alone.dcm", PLANNING, {}))
+    assert registration is None and "fewer than two frames" in problem
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert read_registration(tmp_path / "notes.txt") == (None, "")
+
+
+def test_a_folder_s_registrations_are_found_among_its_images(tmp_path):
+    write_series(tmp_path / "CT", np.zeros((3, 8, 8), np.int16))
+    write_registration(tmp_path / "REG" / "good.dcm", PLANNING, {DAILY: rigid(0.05, (1.0, 1.0, 1.0))})
+    write_registration(tmp_path / "REG" / "scaled.dcm", PLANNING, {DAILY: np.diag([2.0, 2.0, 2.0, 1.0])})
+    found, problems = find_registrations(tmp_path)
+    assert [r.describe() for r in found] == ["good.dcm (CBCT to planning CT)"]
+    assert len(problems) == 1 and "scaled.dcm" in problems[0]
+
