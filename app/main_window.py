@@ -241,6 +241,9 @@ class MainWindow(QMainWindow):
     def _on_scanned(self, path: str, catalog: Catalog) -> None:
         self.browser.set_scanning(path, False)
         self.browser.add_catalog(catalog)
+        for registration in self.workspace.add_registrations(catalog.registrations):
+            self.log.add(f"Spatial registration {registration.describe()}: the comparison places a scan of one of "
+                         f"its {len(registration.frames)} frames of reference in another's by it", "note")
         for skipped in catalog.skipped:
             self.log.add(f"Skipped {skipped.path}: {skipped.reason}", "note")
         if catalog.skipped:

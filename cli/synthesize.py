@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "of doing nothing (the input histogram-matched to REF), where REF covers the output's grid; "
                         "refuses one of another modality family than the target (MR for CT), warns of another "
                         "modality of the family (T1 for T2), an unknown one, another patient or frame of reference "
-                        "(docs/evaluation.md)")
+                        "(docs/evaluation.md); one in another frame of reference is placed in the input's by a "
+                        "spatial registration (DICOM REG) found in INPUT's or REF's folder")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     p.add_argument("--reference-series", metavar="UID",
                    help="SeriesInstanceUID (or unique prefix) when REF holds several")
@@ -84,6 +85,20 @@ def reference_warnings(volume, reference, target: str) -> list[str]:
 
     return [*reference_modality_warnings(reference, target), *([SYNTHETIC_REFERENCE] if reference.synthetic else []),
             *identity_warnings(volume, reference)]
+
+
+def placed_reference(volume, reference, paths) -> tuple:
+    """``reference`` in ``volume``'s frame of reference when their scanners' frames differ and a spatial
+    registration (DICOM REG) stored with either relates them (a planning CT beside a linac's CBCT), with
+    the note saying so; else as it is and "" (the identity check warns of another frame)."""
+    from engine.io import frames_differ, in_frame_of, registrations_beside
+
+    if not frames_differ(reference, volume):
+        return reference, ""
+    registrations, problems = registrations_beside(paths)
+    for problem in problems:
+        print(f"note: {problem}", file=sys.stderr)
+    return in_frame_of(reference, volume, registrations)
 
 
 def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written,
@@ -141,10 +156,13 @@ def run(args: argparse.Namespace) -> int:
     anonymiser = anonymiser_of(args)
     progress = stderr_progress(not args.quiet)
     volume = named_patient_of(args, io.load(args.input, series=args.series))
-    reference, warned = None, []                    # a bad reference fails before the work
+    reference, warned, placed = None, [], ""        # a bad reference fails before the work
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")
         named = f"{args.reference} [{reference.name}]" if args.reference_series else args.reference   # which series
+        reference, placed = placed_reference(volume, reference, (args.input, args.reference))
+        if placed:
+            print(f"note: {named}: {placed}", file=sys.stderr)
         try:
             warned = reference_warnings(volume, reference, target)
         except ValueError as exc:
@@ -188,5 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if reference is not None:
         report.update(scored_report(result, reference, volume, target, plane_axis(result, settings.plane),
                                     args.reference, written, warned))
+        if placed:
+            report["reference_placed"] = placed
     print(json.dumps(json_ready(report), indent=2 if args.reference else None))
     return 0

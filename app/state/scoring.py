@@ -32,10 +32,14 @@ def target_modality(synthetic: Volume, reference: Volume, override: str | None =
 
 
 def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, modality: str | None = None,
-            progress: ProgressFn = noop, cancel: CancelToken | None = None, plane: str = "auto") -> ComparisonResult:
+            progress: ProgressFn = noop, cancel: CancelToken | None = None, plane: str = "auto",
+            registrations=()) -> ComparisonResult:
     """Everything the comparison view shows, scored slice by slice in ``plane`` (the one synthesis cut
-    ``synthetic`` in); raises ValueError when the volumes cannot be compared."""
+    ``synthetic`` in); a reference acquired in another frame of reference is first placed in the
+    synthetic's source's by one of ``registrations`` (DICOM REG) relating them; raises ValueError when
+    the volumes cannot be compared."""
     from engine.inference import plane_axis  # imports torch: the worker, never the UI thread
+    from engine.io import in_frame_of
 
     target = target_modality(synthetic, reference, modality)
     try:               # the CLI's rule; another family is said, not refused: the views still show the pair
@@ -43,9 +47,12 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     except ValueError as exc:
         modality_notes = [str(exc)]
     axis = plane_axis(synthetic, plane)
+    acquired = source if source is not None else synthetic
+    reference, placed = in_frame_of(reference, acquired, registrations)
     scored = score_against(synthetic, reference, source, target, axis, progress, cancel)
     ref_on_grid = scored.reference
-    notes = identity_warnings(source if source is not None else synthetic, reference)
+    notes = [placed] if placed else []
+    notes += identity_warnings(acquired, reference)
     if ref_on_grid is not reference:
         notes.append("reference resampled onto the synthetic grid")
     if scored.coverage < 0.999:

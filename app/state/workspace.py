@@ -52,7 +52,15 @@ class Workspace:
         self.added = Event()        # (document)
         self.activated = Event()    # (document, or None when the last one closed)
         self.closed = Event()       # (document)
+        self.registrations: list = []   # spatial registrations (DICOM REG) in the opened folders: the comparison's
         self._numbers = itertools.count(1)
+
+    def add_registrations(self, found) -> list:
+        """Keep the spatial registrations an opened folder held (each file once); the new ones."""
+        known = {r.path for r in self.registrations}
+        new = [r for r in found if r.path not in known]
+        self.registrations.extend(new)
+        return new
 
     def add(self, volume: Volume, *, synthetic: bool = False, key: str = "",
             source: Document | None = None, plane: str = "auto") -> Document:

@@ -169,13 +169,14 @@ class ComparisonView(QWidget):
             self.model.set_result(None)
             return
         modality = None if self.normalise_as.currentIndex() == 0 else self.normalise_as.currentText()
+        registrations = list(self.workspace.registrations)
         self._set_status(f"Comparing {syn.title} with {ref.title}…")
 
         def score(progress, cancel) -> ComparisonResult:
             from app.state.scoring import compare  # SimpleITK and scipy: off the UI thread
 
             return compare(syn.volume, ref.volume, src.volume if src else None, modality, progress, cancel,
-                           plane=syn.plane)
+                           plane=syn.plane, registrations=registrations)
 
         task = self.runner.run(
             score, name="comparison", finished=lambda result: self._on_compared(task, result),

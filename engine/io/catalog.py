@@ -4,10 +4,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.io.errors import Skipped, VolumeIOError
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, ProgressFn, noop
+
+if TYPE_CHECKING:
+    from engine.io.dicom_reg import StoredRegistration
 
 Loader = Callable[[ProgressFn, "CancelToken | None"], Volume]
 
@@ -64,10 +68,12 @@ class Catalog:
 
     entries: list[SeriesEntry] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    registrations: list[StoredRegistration] = field(default_factory=list)   # how its frames of reference relate
 
     def extend(self, other: Catalog) -> None:
         self.entries.extend(other.entries)
         self.skipped.extend(other.skipped)
+        self.registrations.extend(other.registrations)
 
     def find(self, key: str) -> SeriesEntry:
         """The entry whose key equals ``key`` or, failing that, is the only one starting with it."""

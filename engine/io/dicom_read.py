@@ -53,7 +53,7 @@ def scan_dicom(paths: list[Path], cancel: CancelToken | None = None) -> Catalog:
     ``Catalog.skipped`` with the reason; the good series are still listed.
     """
     result = scan_files(paths, cancel=cancel)
-    catalog = Catalog(skipped=list(result.skipped))
+    catalog = Catalog(skipped=list(result.skipped), registrations=list(result.registrations))
     listed = []
     for i, group in enumerate(group_series(result.slices)):
         check_cancel(cancel)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.io.identity import scanner_frame
+from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
 SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"     # Spatial Registration Storage (SOP Class UID)
@@ -51,15 +53,9 @@ def _rigid(matrix: np.ndarray) -> bool:
             and abs(np.linalg.det(rotation) - 1.0) < RIGID_TOLERANCE)
 
 
-def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]:
-    """The REG object in ``path`` and "" — or None and why it is not one we use ("" for a file that is
-    no spatial registration at all: most of a folder's files)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=False)
-    except Exception:                   # noqa: BLE001 — not DICOM, damaged: no registration here
-        return None, ""
+def registration_from(ds, path: str | Path) -> tuple[StoredRegistration | None, str]:
+    """The spatial registration in the DICOM header ``ds`` (read from ``path``) and "" — or None and why
+    it is not one we use ("" for a header that is no spatial registration at all)."""
     if str(ds.get("SOPClassUID", "")) != SPATIAL_REGISTRATION:
         return None, ""
     own = str(ds.get("FrameOfReferenceUID", "")).strip()
@@ -87,12 +83,26 @@ def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]
     return StoredRegistration(str(path), own, frames, str(ds.get("SeriesDescription", "")).strip()), ""
 
 
-def find_registrations(folder: str | Path, cancel: CancelToken | None = None
+def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]:
+    """:func:`registration_from` the file ``path`` (None and "" for a file that is no DICOM)."""
+    import pydicom
+
+    try:
+        if str(pydicom.dcmread(str(path), specific_tags=["SOPClassUID"]).get("SOPClassUID", "")) != SPATIAL_REGISTRATION:
+            return None, ""                # most of a folder's files: read no further than their class
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:                   # noqa: BLE001 — not DICOM, damaged: no registration here
+        return None, ""
+    return registration_from(ds, path)
+
+
+def find_registrations(folder: str | Path, cancel: CancelToken | None = None, *, recursive: bool = True
                        ) -> tuple[list[StoredRegistration], list[str]]:
-    """Every spatial registration in the files under ``folder``, and why any REG found was not used."""
+    """Every spatial registration in the files of ``folder`` (and below it, when ``recursive``), and why
+    any REG found was not used."""
     found, problems = [], []
     for directory, subfolders, files in os.walk(folder):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")) if recursive else []
         for name in sorted(files):
             check_cancel(cancel)
             if name.startswith(".") or name.lower().endswith(_NOT_DICOM):
@@ -102,6 +112,24 @@ def find_registrations(folder: str | Path, cancel: CancelToken | None = None
                 found.append(registration)
             elif problem:
                 problems.append(problem)
+    return found, problems
+
+
+def registrations_beside(paths: Iterable[str | Path], cancel: CancelToken | None = None
+                         ) -> tuple[list[StoredRegistration], list[str]]:
+    """The spatial registrations stored with the scans at ``paths``: in a folder given and below it, and
+    beside a file given (its folder only)."""
+    found: list[StoredRegistration] = []
+    problems: list[str] = []
+    walked: set[tuple[Path, bool]] = set()
+    for path in (Path(p) for p in paths):
+        where = (path.resolve(), True) if path.is_dir() else (path.resolve().parent, False)
+        if where in walked or any(deep and where[0].is_relative_to(folder) for folder, deep in walked):
+            continue
+        walked.add(where)
+        more, why = find_registrations(where[0], cancel, recursive=where[1])
+        found += [r for r in more if r.path not in {f.path for f in found}]
+        problems += why
     return found, problems
 
 
@@ -115,3 +143,36 @@ def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed
             return matrix, registration
     return None
 
+
+
+def frames_differ(volume: Volume, other: Volume) -> bool:
+    """Whether two scans' scanners placed them in different frames of reference (their coordinates name
+    other places in the room): only frames a scanner stated count."""
+    mine, theirs = scanner_frame(volume), scanner_frame(other)
+    return bool(mine and theirs and mine != theirs)
+
+
+def placed(volume: Volume, matrix: np.ndarray, frame: str, by: str) -> Volume:
+    """``volume`` with its header geometry moved by ``matrix`` (rigid, 4×4, its frame → ``frame``): the
+    same voxels, now in ``frame``'s coordinates, with a note saying by what."""
+    rotation, shift = matrix[:3, :3], matrix[:3, 3]
+    direction = rotation @ np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    origin = rotation @ np.asarray(volume.origin, dtype=float) + shift
+    return volume.replace(origin=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction.ravel()),
+                          dicom={**volume.dicom, "FrameOfReferenceUID": frame},
+                          notes=(*volume.notes, f"placed in the frame of reference of the scan it is compared with by "
+                                                f"the spatial registration {by}"))
+
+
+def in_frame_of(volume: Volume, other: Volume, registrations: Iterable[StoredRegistration]) -> tuple[Volume, str]:
+    """``volume`` placed in ``other``'s frame of reference by the first of ``registrations`` relating the
+    two frames their scanners stated, with a note saying so; unchanged and "" when they share a frame,
+    a frame is not known, or no registration relates them (the identity check then warns)."""
+    mine, theirs = scanner_frame(volume), scanner_frame(other)
+    found = frame_matrix(registrations, mine, theirs) if frames_differ(volume, other) else None
+    if found is None:
+        return volume, ""
+    matrix, by = found
+    return placed(volume, matrix, theirs, by.describe()), (
+        f"{volume.name or 'the reference'} was acquired in another frame of reference: placed in the other scan's "
+        f"by the spatial registration {by.describe()}")

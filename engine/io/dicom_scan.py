@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from engine.io import catalog
+from engine.io.dicom_reg import StoredRegistration, registration_from
 from engine.io.errors import Skipped
 from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY
 from engine.jobs import CancelToken, check_cancel
@@ -138,6 +139,7 @@ class ScanResult:
     slices: list[SliceInfo] = field(default_factory=list)
     series_tags: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)   # by SliceInfo.tags_key
     skipped: list[Skipped] = field(default_factory=list)
+    registrations: list[StoredRegistration] = field(default_factory=list)   # spatial registrations (REG) read
 
 
 # -- reading one header ------------------------------------------------------------------------
@@ -671,7 +673,10 @@ def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
         return
     reason = not_an_image_reason(ds, state)
     if reason:
-        result.skipped.append(Skipped(str(path), reason, not_an_image=no_image_reason(ds, state) is not None))
+        registration, problem = registration_from(ds, path)        # a REG: no image, but how frames relate
+        if registration is not None:
+            result.registrations.append(registration)
+        result.skipped.append(Skipped(str(path), problem or reason, not_an_image=no_image_reason(ds, state) is not None))
         return
     slices = slices_of(ds, str(path))
     first = slices[0]

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine import modalities
 from engine.io.catalog import SeriesEntry
-from engine.io.dicom_reg import StoredRegistration, find_registrations, frame_matrix
+from engine.io.dicom_reg import StoredRegistration, find_registrations, frame_matrix, frames_differ
 from engine.io.identity import scanner_frame
 from engine.io.itk_files import file_kind
 from engine.io.volume import Volume
@@ -252,18 +252,11 @@ def _dicom(source) -> bool:
     return source.kind == "dicom" if isinstance(source, SeriesEntry) else Path(source).is_dir()
 
 
-def _frames_differ(reference: Volume, volume: Volume) -> bool:
-    """Whether two scans' scanners placed them in different frames of reference (their coordinates name
-    other places in the room): only frames a scanner stated count."""
-    mine, theirs = scanner_frame(volume), scanner_frame(reference)
-    return bool(mine and theirs and mine != theirs)
-
-
 def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
               cancel: CancelToken | None) -> RigidRegistration:
     """``volume`` onto ``reference``: by a spatial registration stored beside them that relates their
     frames of reference (the clinic's own placement), else found from their intensities."""
-    found = frame_matrix(stored, scanner_frame(volume), scanner_frame(reference)) if _frames_differ(
+    found = frame_matrix(stored, scanner_frame(volume), scanner_frame(reference)) if frames_differ(
         reference, volume) else None
     if found is not None:
         matrix, by = found
@@ -383,7 +376,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     entry["series"] = source.key
                 todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
                 other_frame = (modality != order[0] and _dicom(first) and _dicom(source)
-                               and _frames_differ(load(first), load(source)))
+                               and frames_differ(load(first), load(source)))
                 done = written.get((unit.origin, modality, _key(source)))
                 if todo is not None or other_frame:
                     reference, volume = load(first), load(source)

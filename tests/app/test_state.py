@@ -246,6 +246,33 @@ def test_compare_resamples_a_reference_on_another_grid():
         compare(syn.replace(modality=None), ref.replace(modality=None))
 
 
+def test_a_reference_in_another_frame_is_placed_by_a_registration_the_opened_folders_held():
+    """A synthetic CT made from a linac's CBCT (its frame) and the planning CT (the CT scanner's frame)
+    with a REG relating them: the comparison places the CT by it and scores aligned anatomy; the
+    workspace keeps each opened folder's registrations once."""
+    from engine.io.dicom_reg import StoredRegistration
+
+    planning, daily = "1.2.3.10", "1.2.3.20"
+    c, s = np.cos(0.25), np.sin(0.25)
+    matrix = np.array([[c, -s, 0, 14.0], [s, c, 0, -3.0], [0, 0, 1, 2.0], [0, 0, 0, 1]])     # daily → planning
+    syn, ref = ct_pair()
+    ref = ref.replace(dicom={"FrameOfReferenceUID": planning})
+    syn = syn.replace(origin=tuple(matrix[:3, :3].T @ (np.asarray(ref.origin) - matrix[:3, 3])),
+                      direction=tuple(matrix[:3, :3].T.ravel()), dicom={"FrameOfReferenceUID": daily})
+    registration = StoredRegistration("/export/REG1.dcm", planning, {planning: np.eye(4), daily: matrix})
+    workspace = Workspace()
+    assert workspace.add_registrations([registration]) == [registration]
+    assert workspace.add_registrations([registration]) == [] and workspace.registrations == [registration]
+
+    unplaced = compare(syn, ref.replace(origin=(-2.0, 0.0, 0.0)))       # overlapping, but not where it belongs
+    assert any("another frame of reference" in n for n in unplaced.notes)
+    result = compare(syn, ref, registrations=workspace.registrations)
+    assert result.reference.same_grid(syn) and result.coverage == 1.0
+    assert result.difference.array == pytest.approx(np.full(syn.shape, 30.0), abs=1e-3)
+    assert "placed in the other scan's by the spatial registration REG1.dcm" in result.notes[0]
+    assert not any("unless it was registered" in n for n in result.notes)
+
+
 def test_comparison_model_links_windows_per_modality_and_blends():
     syn, ref = ct_pair()
     source = ref.replace(modality="T1", name="T1")

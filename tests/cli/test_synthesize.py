@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -548,3 +549,38 @@ def test_evaluate_says_when_a_cbct_shows_none_of_part_of_the_ct_s_body(capsys, m
     (scored,) = json.loads(out)["subjects"]
     assert 0.1 < scored["source_unseen_share"] < 0.9
     assert f"warning: ct01: {scored['source_unseen_share']:.0%} of the CT's body lies where the CBCT shows nothing" in err
+
+
+def test_a_reference_in_another_frame_of_reference_is_placed_by_the_stored_registration(capsys, model_dir, tmp_path):
+    """A linac's scan is written in its own frame of reference, the planning CT in the CT scanner's, and a
+    spatial registration (DICOM REG) in the export relates them: the reference is placed by it before it
+    is scored (without one, the scores compare unaligned anatomy, and a warning says so)."""
+    from dicom_objects import write_registration
+
+    planning, daily = "1.2.826.0.1.3680043.10.2.1", "1.2.826.0.1.3680043.10.2.2"
+    c, s = math.cos(0.3), math.sin(0.3)
+    matrix = np.array([[c, -s, 0, 30.0], [s, c, 0, -12.0], [0, 0, 1, 6.0], [0, 0, 0, 1]])
+    labels = phantom_labels((6, 24, 24), seed=2)
+    ct = Volume(phantom_volume(labels, "CT", 2), modality="CT", unit="HU", spacing=(1.0, 1.0, 3.0),
+                origin=(-12.0, -12.0, 0.0), dicom={"PatientID": "P", "StudyInstanceUID": "1.2.3.9",
+                                                   "FrameOfReferenceUID": planning})
+    t1 = ct.replace(array=phantom_volume(labels, "T1", 2), modality="T1", unit="a.u.",
+                    origin=tuple(matrix[:3, :3].T @ (np.asarray(ct.origin) - matrix[:3, 3])),
+                    direction=tuple((matrix[:3, :3].T @ np.eye(3)).ravel()),
+                    dicom={**ct.dicom, "FrameOfReferenceUID": daily})
+    export = tmp_path / "export"
+    io.save(ct, export / "ct", description="planning CT")
+    io.save(t1, export / "t1", description="t1 daily")
+    keys = {e.modality: e.key for e in io.scan(export).entries}
+    common = ["--target", "CT", "--model", model_dir, "--device", "cpu", "--series", keys["T1"],
+              "--reference", export, "--reference-series", keys["CT"]]
+
+    code, out, err = run(capsys, "synthesize", export, "-o", tmp_path / "unplaced.nii.gz", *common)
+    assert code == 2 and "another frame of reference" in err and "does not overlap" in err    # 30 mm off: nothing
+    write_registration(export / "REG0001.dcm", planning, {daily: matrix})
+    code, out, err = run(capsys, "synthesize", export, "-o", tmp_path / "placed.nii.gz", *common)
+    assert code == 0, err
+    report = json.loads(out)
+    assert "unless it was registered" not in err and "placed in the other scan's by the spatial registration " \
+        "REG0001.dcm (CBCT to planning CT)" in report["reference_placed"]
+    assert report["reference_coverage"] > 0.99 and report["reference_warnings"] == []

@@ -251,7 +251,8 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     they are, the pair would be millimetres or metres off. Prepared, a mapped series is placed by the REG
     (exactly); a CBCT folder that validation left out for its frame, with no REG beside it, is registered
     from its intensities."""
-    from dicom_fixtures import rotation, write_registration
+    from dicom_fixtures import rotation
+    from dicom_objects import write_registration
 
     planning, daily = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
     matrix = np.eye(4)

@@ -4,8 +4,11 @@ the reason, and a folder's REG objects are found among its images (preparing a d
 test_dataset_prepare.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from dicom_fixtures import rotation, write_registration, write_series
+from dicom_fixtures import rotation, write_series
+from dicom_objects import write_registration
 
 from engine.io.dicom_reg import find_registrations, frame_matrix, read_registration
 
@@ -56,3 +59,16 @@ def test_a_folder_s_registrations_are_found_among_its_images(tmp_path):
     assert [r.describe() for r in found] == ["good.dcm (CBCT to planning CT)"]
     assert len(problems) == 1 and "scaled.dcm" in problems[0]
 
+
+
+def test_scanning_a_folder_keeps_its_registrations_and_lists_them_as_skipped_files(tmp_path):
+    import engine.io as io
+
+    write_series(tmp_path / "CT", np.zeros((3, 8, 8), np.int16))
+    write_registration(tmp_path / "good.dcm", PLANNING, {DAILY: rigid(0.05, (1.0, 1.0, 1.0))})
+    write_registration(tmp_path / "scaled.dcm", PLANNING, {DAILY: np.diag([2.0, 2.0, 2.0, 1.0])})
+    catalog = io.scan(tmp_path)
+    assert len(catalog.entries) == 1 and [r.describe() for r in catalog.registrations] == [
+        "good.dcm (CBCT to planning CT)"]
+    reasons = {Path(s.path).name: s.reason for s in catalog.skipped}
+    assert "REG: not an image" in reasons["good.dcm"] and "not rigid" in reasons["scaled.dcm"]

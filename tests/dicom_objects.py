@@ -1,0 +1,40 @@
+"""DICOM objects beside images that the engine, command-line and app tests all write (no tests here):
+a Spatial Registration (Modality REG) as a planning system stores one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"
+
+
+def write_registration(path: Path, frame: str, moving: dict[str, np.ndarray], *, kind: str = "RIGID",
+                       description: str = "CBCT to planning CT") -> Path:
+    """A Spatial Registration object (Modality REG) as a planning system writes one: its own frame of
+    reference ``frame`` (an identity item) and, per moving frame, the 4×4 matrix taking it into ``frame``."""
+    def item(uid: str, matrix: np.ndarray) -> Dataset:
+        step = Dataset()
+        step.FrameOfReferenceTransformationMatrix = [f"{v:.6f}" for v in np.asarray(matrix, float).ravel()]
+        step.FrameOfReferenceTransformationMatrixType = kind
+        registration = Dataset()
+        registration.MatrixSequence = [step]
+        entry = Dataset()
+        entry.FrameOfReferenceUID = uid
+        entry.MatrixRegistrationSequence = [registration]
+        return entry
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SPATIAL_REGISTRATION
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SPATIAL_REGISTRATION, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesDescription = "REG", description
+    ds.FrameOfReferenceUID = frame
+    ds.RegistrationSequence = [item(frame, np.eye(4))] + [item(uid, m) for uid, m in moving.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
