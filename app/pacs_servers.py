@@ -8,9 +8,11 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -19,6 +21,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -33,8 +36,32 @@ def text_of(widget: QLineEdit) -> str:
     return widget.text().strip()
 
 
+class PemField(QWidget):
+    """A certificate file: its path, typed or browsed for (PEM files)."""
+
+    def __init__(self, placeholder: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText(placeholder)
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Choose the file")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+
+    def _browse(self) -> None:
+        chosen, _ = QFileDialog.getOpenFileName(self, "Certificate file", self.path.text(),
+                                                "PEM files (*.pem *.crt *.cer *.key);;All files (*)")
+        if chosen:
+            self.path.setText(chosen)
+
+
 class ServerEditor(QDialog):
-    """Add or edit one server: DIMSE (AE title, host, port, our AE, C-MOVE port) or DICOMweb (URL,
+    """Add or edit one server: DIMSE (AE title, host, port, our AE, C-MOVE port, TLS and its certificate
+    files) or DICOMweb (URL,
     user name and password, or a bearer token); what the form does not show (the timeout) is kept.
     OK only with a valid definition whose name no other server (``taken``) has; the problem is shown."""
 
@@ -52,13 +79,20 @@ class ServerEditor(QDialog):
         self.port.setRange(1, 65535)
         self.move_port.setRange(0, 65535)
         self.move_port.setSpecialValueText("C-GET (no C-MOVE)")
+        self.tls = QCheckBox("Secure transport (DICOM over TLS)")
+        self.tls_ca = PemField("the system's certificate authorities")
+        self.tls_cert = PemField("none (for a PACS that asks for ours, and for C-MOVE)")
+        self.tls_key = PemField("in the certificate file")
+        self.tls.toggled.connect(self._tls_files)
         self.kind = QComboBox()
         self.kind.addItems(["DIMSE (C-FIND / C-GET / C-MOVE / C-STORE)", "DICOMweb (QIDO / WADO / STOW)"])
         form = QFormLayout()
         form.addRow("Name", self.name)
         form.addRow("Protocol", self.kind)
         self._dimse_rows = [("PACS AE title", self.ae_title), ("Host", self.host), ("Port", self.port),
-                            ("Our AE title", self.calling_ae), ("Our C-MOVE port", self.move_port)]
+                            ("Our AE title", self.calling_ae), ("Our C-MOVE port", self.move_port), ("TLS", self.tls),
+                            ("Trusted authorities", self.tls_ca), ("Our certificate", self.tls_cert),
+                            ("Its private key", self.tls_key)]
         self._web_rows = [("URL", self.url), ("User name", self.username), ("Password", self.password),
                           ("Bearer token", self.token)]
         for label, widget in self._dimse_rows + self._web_rows:
@@ -101,7 +135,15 @@ class ServerEditor(QDialog):
         self.username.setText(s.username)
         self.password.setText(s.password)
         self.token.setText(s.token)
+        self.tls.setChecked(s.tls)
+        for field, value in ((self.tls_ca, s.tls_ca), (self.tls_cert, s.tls_cert), (self.tls_key, s.tls_key)):
+            field.path.setText(value)
+        self._tls_files(s.tls)
         self._show_rows()
+
+    def _tls_files(self, on: bool) -> None:
+        for field in (self.tls_ca, self.tls_cert, self.tls_key):
+            field.setEnabled(on)
 
     def _show_rows(self) -> None:
         web = self.kind.currentIndex() == 1
@@ -117,10 +159,17 @@ class ServerEditor(QDialog):
         if self.kind.currentIndex() == 1:
             return dataclasses.replace(self.original, name=name, url=text_of(self.url),
                                        username=text_of(self.username), password=self.password.text(),
-                                       token=self.token.text().strip())
+                                       token=self.token.text().strip(), tls=False, tls_ca="", tls_cert="", tls_key="")
+        on = self.tls.isChecked()
+        files = {key: text_of(field.path) if on else "" for key, field in
+                 (("tls_ca", self.tls_ca), ("tls_cert", self.tls_cert), ("tls_key", self.tls_key))}
+        for path in filter(None, files.values()):
+            if not Path(path).expanduser().is_file():
+                raise ValueError(f"{path}: no such certificate file")
         return dataclasses.replace(self.original, name=name, ae_title=text_of(self.ae_title),
                                    host=text_of(self.host), port=self.port.value(), calling_ae=text_of(self.calling_ae),
-                                   move_port=self.move_port.value(), url="")
+                                   move_port=self.move_port.value(), url="", tls=on,
+                                   **{key: str(Path(path).expanduser()) if path else "" for key, path in files.items()})
 
     def accept(self) -> None:
         try:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from cli.common import json_ready
 from engine.pacs import DEFAULT_LIMIT_BYTES, LEVELS, METHODS, parse_size
@@ -37,6 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--move-port", type=int, default=0,
                        help="DIMSE: retrieve by C-MOVE to our storage SCP listening on this port (the PACS must know "
                             "our AE title at this address; default 0: C-GET)")
+    where.add_argument("--tls", action="store_true",
+                       help="DIMSE: over TLS (DICOM's secure transport; the PACS's certificate is checked)")
+    where.add_argument("--tls-ca", default="", metavar="PEM",
+                       help="DIMSE over TLS: the certificate authorities to trust (default: the system's)")
+    where.add_argument("--tls-cert", default="", metavar="PEM",
+                       help="DIMSE over TLS: our certificate, for a PACS that asks for one and for C-MOVE (the PACS "
+                            "connects back to us)")
+    where.add_argument("--tls-key", default="", metavar="PEM", help="DIMSE over TLS: our certificate's private key, "
+                                                                    "when not in --tls-cert")
     where.add_argument("--url", help="DICOMweb: the base URL (e.g. http://host:8042/dicom-web)")
     where.add_argument("--user", default="", help="DICOMweb: the user name for basic auth")
     where.add_argument("--password-env", metavar="VAR", help="DICOMweb: the environment variable holding the password")
@@ -91,14 +101,29 @@ def explicit_server(args: argparse.Namespace, name: str):
     """The server the explicit options describe."""
     from engine.pacs import Server
 
+    tls = {"tls": args.tls, "tls_ca": _absolute(args.tls_ca), "tls_cert": _absolute(args.tls_cert),
+           "tls_key": _absolute(args.tls_key)}
     if args.url:
+        if any(tls.values()):
+            raise ValueError("--tls and its files are for DIMSE; a DICOMweb server is secured by an https:// URL")
         return Server(name, url=args.url, username=args.user, password=_secret(args.password_env),
                       token=_secret(args.token_env), timeout_s=args.timeout)
     if not (args.host and args.ae_title):
         raise ValueError("name a server: --server NAME, or --host and --ae-title (DIMSE), or --url (DICOMweb)")
     extra = {"calling_ae": args.calling_ae} if args.calling_ae else {}
     return Server(name, ae_title=args.ae_title, host=args.host, port=args.port, move_port=args.move_port,
-                  timeout_s=args.timeout, **extra)
+                  timeout_s=args.timeout, **extra, **tls)
+
+
+def _absolute(path: str) -> str:
+    """A certificate file as stored: absolute (the servers file is read from any folder), "" stays "";
+    one that does not exist is refused now, not at the first connection."""
+    if not path:
+        return ""
+    found = Path(path).expanduser().absolute()
+    if not found.is_file():
+        raise ValueError(f"{path}: no such certificate file")
+    return str(found)
 
 
 def _server(args: argparse.Namespace):

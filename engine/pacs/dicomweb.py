@@ -22,6 +22,7 @@ from engine.pacs.errors import PacsError, check_cancel
 from engine.pacs.query import Match, Query
 from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
+from engine.pacs.tls import tls_reason
 
 STOW_BATCH = 16                      # instances per STOW-RS request (memory stays small, progress moves)
 QIDO_PAGE = 1000                     # matches asked for per QIDO-RS request (a server may send fewer)
@@ -71,7 +72,7 @@ def _errors(server: Server, service: str) -> Iterator[None]:
         reason = exc.response.reason if exc.response is not None else ""
         raise PacsError(server.name, f"{service} failed (HTTP {code} {reason})".rstrip()) from None
     except requests.exceptions.SSLError as exc:
-        raise PacsError(server.name, f"TLS problem with {server.url}: {_tls_reason(exc)} (is the server's "
+        raise PacsError(server.name, f"TLS problem with {server.url}: {tls_reason(exc)} (is the server's "
                                      "certificate valid and trusted here, is it https?)") from None
     except requests.Timeout:
         raise PacsError(server.name, f"{service}: no answer from {server.url} within {server.timeout_s:g} s") from None
@@ -82,16 +83,6 @@ def _errors(server: Server, service: str) -> Iterator[None]:
         raise PacsError(server.name, f"{service}: the server's answer could not be read as DICOMweb") from None
     except requests.RequestException as exc:
         raise PacsError(server.name, f"{service} failed ({type(exc).__name__})") from None
-
-
-def _tls_reason(exc: Exception) -> str:
-    """The TLS library's own reason (certificate verify failed, wrong version number…), short."""
-    text = str(exc)
-    for reason in ("certificate verify failed", "wrong version number", "hostname mismatch", "self-signed certificate",
-                   "certificate has expired", "unknown protocol", "handshake failure"):
-        if reason in text:
-            return reason
-    return "the secure connection failed"
 
 
 def _paged(server: Server, search, cancel: CancelToken | None = None, cap: int | None = MAX_MATCHES) -> list[Dataset]:

@@ -30,6 +30,7 @@ from engine.pacs.errors import PacsCancelled, PacsError, check_cancel
 from engine.pacs.query import Match, Query, identifier
 from engine.pacs.sending import Outgoing, SendResult
 from engine.pacs.servers import Server
+from engine.pacs.tls import check_handshake, client_context, listener_context
 
 # what we accept when a PACS sends us instances: uncompressed, and the compressed syntaxes our reader decodes
 RECEIVE_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
@@ -101,10 +102,15 @@ def association(server: Server, contexts: Sequence[tuple[str, list[str] | None]]
             ae.add_requested_context(abstract)
     answers: list = []
     all_handlers = [(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive)), *handlers]
+    secure = None
+    if server.tls:
+        context = client_context(server)
+        check_handshake(server, context)           # a refused certificate said in words, not as "no answer"
+        secure = (context, server.host)
     try:
         assoc = ae.associate(server.host, server.port, ae_title=server.ae_title,
                              ext_neg=[build_role(uid, scp_role=True) for uid in roles] or None,
-                             evt_handlers=all_handlers)
+                             tls_args=secure, evt_handlers=all_handlers)
     except OSError as exc:              # a host name that does not resolve, no route to it
         raise PacsError(server.name, f"cannot reach {server.host}:{server.port} ({exc.strerror or exc}): is the host "
                                      "name or address right?") from None
@@ -371,6 +377,7 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
     ``server.calling_ae``) into ``cache``; returns the series folder."""
     if not server.move_port:
         raise PacsError(server.name, "C-MOVE needs the port of our storage SCP (move_port)")
+    secure = listener_context(server) if server.tls else None      # the PACS connects back over TLS too
 
     def fetch(receiver: _Receiver, ds: Dataset, kinds: list[str]) -> None:
         scp = _ae(server)
@@ -378,7 +385,7 @@ def move(server: Server, study_uid: str, series_uid: str, cache: Cache, progress
         for uid in kinds:
             scp.add_supported_context(uid, RECEIVE_SYNTAXES)
         try:
-            listener = scp.start_server(("", server.move_port), block=False,
+            listener = scp.start_server(("", server.move_port), block=False, ssl_context=secure,
                                         evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_PDU_RECV, receiver.hear)])
         except OSError as exc:
             raise PacsError(server.name, f"cannot listen on port {server.move_port} for C-MOVE "

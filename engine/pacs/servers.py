@@ -19,7 +19,7 @@ FILE_NAME = "pacs_servers.json"
 SCHEMA_VERSION = 1
 DEFAULT_CALLING_AE = "SYNERMEDGEN"
 _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {"port": (int, "a whole number"), "move_port": (int, "a whole number"),
-          "timeout_s": ((int, float), "a number of seconds")}
+          "timeout_s": ((int, float), "a number of seconds"), "tls": (bool, "true or false")}
 SECRETS = ("password", "token")          # stored, never shown
 # PS3.5 6.2: AE is 1–16 characters of the default repertoire (printable ASCII: no control character,
 # no DEL, nothing beyond ASCII), no backslash, not only spaces
@@ -49,6 +49,10 @@ class Server:
     password: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
     timeout_s: float = 30.0
+    tls: bool = False                    # DIMSE over TLS (engine/pacs/tls.py)
+    tls_ca: str = ""                     # certificate authorities to trust (PEM file); "" = the system's
+    tls_cert: str = ""                   # our certificate (PEM), for a PACS that asks for one and for C-MOVE
+    tls_key: str = ""                    # its private key (PEM), when not in tls_cert
 
     @property
     def data_key(self) -> str:
@@ -61,7 +65,14 @@ class Server:
             raise ValueError("a PACS server needs a name")
         if self.timeout_s <= 0:
             raise ValueError(f"server {self.name!r}: timeout_s must be positive, got {self.timeout_s}")
+        if self.tls_key and not self.tls_cert:
+            raise ValueError(f"server {self.name!r}: tls_key goes with tls_cert (our certificate)")
+        if (self.tls_ca or self.tls_cert) and not self.tls:
+            raise ValueError(f"server {self.name!r}: TLS files are given but TLS is off (tls)")
         if self.url:
+            if self.tls:
+                raise ValueError(f"server {self.name!r}: tls is for DIMSE; a DICOMweb server is secured by an https:// "
+                                 "URL")
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"server {self.name!r}: DICOMweb URL {self.url!r} is not an http(s):// address")
@@ -102,7 +113,8 @@ class Server:
                      ", bearer token" if self.token else "")
             return f"DICOMweb {self.url}{login}"
         move = f", C-MOVE to our port {self.move_port}" if self.move_port else ""
-        return f"{self.ae_title}@{self.host}:{self.port} (we call as {self.calling_ae}{move})"
+        tls = (", over TLS" + (" with our certificate" if self.tls_cert else "")) if self.tls else ""
+        return f"{self.ae_title}@{self.host}:{self.port} (we call as {self.calling_ae}{move}{tls})"
 
     def to_dict(self) -> dict:
         """Every field that differs from the default (secrets included: this is what is stored)."""
@@ -120,7 +132,7 @@ class Server:
             raise ValueError(f"server {name!r}: unknown field(s) {', '.join(unknown)}")
         for key, value in data.items():
             expected, what = _TYPES.get(key, (str, "text"))
-            if not isinstance(value, expected) or isinstance(value, bool):
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
                 shown = f"a value of type {type(value).__name__}" if key in SECRETS else repr(value)
                 raise ValueError(f"server {name!r}: {key} must be {what}, got {shown}")
         return cls(**data)

@@ -186,6 +186,33 @@ def test_editing_a_server_keeps_its_hidden_fields_and_refuses_a_taken_name(make_
     editor.reject()
 
 
+def test_a_server_over_tls_is_edited_with_its_certificate_files(make_window, settings_dir, tmp_path):
+    ca, cert = tmp_path / "hospital-ca.pem", tmp_path / "studio.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    path = save_servers([Server("ward", ae_title="WARD", host="ward.example", port=2762)],
+                        settings_dir / "pacs_servers.json")
+    editor = make_window().open_pacs().servers.edit()
+    assert not editor.tls.isChecked() and not editor.tls_ca.isEnabled()
+    editor.tls.setChecked(True)
+    assert editor.tls_ca.isEnabled() and editor.tls_cert.isEnabled()
+    editor.tls_ca.path.setText(str(ca))
+    editor.tls_cert.path.setText(str(tmp_path / "missing.pem"))
+    editor.accept()
+    assert "missing.pem: no such certificate file" in editor.problem.text() and editor.isVisible()
+    editor.tls_cert.path.setText(str(cert))
+    editor.accept()
+    stored, = load_servers(path)
+    assert (stored.tls, stored.tls_ca, stored.tls_cert, stored.tls_key) == (True, str(ca), str(cert), "")
+    assert "over TLS with our certificate" in stored.describe()
+    editor = make_window().open_pacs().servers.edit()
+    assert editor.tls.isChecked() and editor.tls_ca.path.text() == str(ca)
+    editor.kind.setCurrentIndex(1)                                  # DICOMweb: secured by https, no TLS files
+    editor.url.setText("https://ward.example/dicom-web")
+    assert editor.server().tls is False and editor.server().tls_ca == ""
+    editor.reject()
+
+
 def test_a_password_for_plain_http_is_warned_of_as_it_is_typed(make_window, settings_dir):
     save_servers([Server("web", url="https://web.example/dicom-web", username="u", password="pw")],
                  settings_dir / "pacs_servers.json")

@@ -109,3 +109,41 @@ def test_a_password_sent_over_plain_http_is_warned_of(tmp_path, capsys, monkeypa
     code, _, err = _run(capsys, "servers", "--servers-file", servers, "--add", "safe", "--url",
                         "https://pacs.hospital.example/dicom-web", "--user", "u", "--password-env", "PACS_PW")
     assert code == 0 and "warning" not in err
+
+
+def test_a_server_over_tls_is_stored_with_its_certificate_files_and_verified(tmp_path, capsys):
+    """`--tls` with the hospital's authority and our certificate: stored with absolute paths (the
+    servers file is read from any folder), verified against a TLS-only SCP that asks for our
+    certificate; a missing file or TLS for a DICOMweb URL stops with one line."""
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    tls = Path(__file__).resolve().parents[1] / "engine" / "tls"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls / "server.pem", tls / "server.key")
+    context.load_verify_locations(tls / "ca.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    ae = AE(ae_title="SECURE")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, ssl_context=context)
+    servers = str(tmp_path / "servers.json")
+    try:
+        code, out, err = _run(capsys, "servers", "--servers-file", servers, "--add", "secure", "--host", "127.0.0.1",
+                              "--port", str(port), "--ae-title", "SECURE", "--tls", "--tls-ca", str(tls / "ca.pem"),
+                              "--tls-cert", str(tls / "client.pem"), "--tls-key", str(tls / "client.key"))
+        assert code == 0, err
+        stored = json.loads(Path(servers).read_text())["servers"][0]
+        assert stored["tls"] is True and stored["tls_ca"] == str(tls / "ca.pem")
+        code, out, err = _run(capsys, "echo", "--server", "secure", "--servers-file", servers)
+        assert code == 0, err
+    finally:
+        listener.shutdown()
+    code, out, err = _run(capsys, "servers", "--servers-file", servers, "--add", "x", "--host", "h", "--ae-title", "A",
+                          "--tls", "--tls-ca", str(tmp_path / "missing.pem"))
+    assert code == 2 and "missing.pem: no such certificate file" in err
+    code, out, err = _run(capsys, "servers", "--servers-file", servers, "--add", "x", "--url",
+                          "https://pacs.example.org/dicom-web", "--tls")
+    assert code == 2 and "https://" in err
