@@ -24,10 +24,16 @@ rules: --map PATTERN=MODALITY maps every series whose name matches PATTERN (shel
 to MODALITY, or leaves it out with MODALITY "-". A series' names are its description, the path of its
 file or folder inside the subject folder, and both after "SUBJECT/"; the first rule that matches wins.
 Series no rule matches take the modality guessed from their headers with --guesses, else stay out.
+Paths in patterns use "/" (a "\\" is read as "/").
 
 several of one modality: a subject given several volumes of one modality (a planning CT and three daily
-CBCTs) becomes one subject per such volume, named SUBJECT_MODALITY_K, each with the subject's other
-volumes; dataset.json gives them SUBJECT as participant, so they land in one split.
+CBCTs) becomes one subject per such volume, named SUBJECT_MODALITY_K in the order their headers date
+them, each with the subject's other volumes; dataset.json gives them SUBJECT as participant, so they
+land in one split. The modality the others pair with (the CT there) cannot repeat.
+
+frames of reference: a DICOM series acquired in another frame of reference than its subject's reference
+is placed by a spatial registration (DICOM REG) in the subject's folder relating both frames (the
+clinic's, as stored), else registered from its intensities (left out with --register none).
 
 examples:
   python main.py prepare EXPORT --list                                    # what there is to map and register
@@ -59,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--register", choices=REGISTER, default="needed",
                    help="needed (default): the volumes left out as their headers place them (another frame of "
                         "reference, no overlap, anatomy millimetres off); all: also those merely on another grid; "
-                        "none")
+                        "none: only what a stored spatial registration (REG) places, the rest left out")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="the registration's sampling and the split checked afterwards (the train command's "
                         "--seed; default 0)")
@@ -103,8 +109,8 @@ def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[s
     chosen = []
     for choice in choices:
         names = [n.lower() for n in series_names(choice, Path(folders[choice.subject]))]
-        hit = next((i for i, (pattern, _) in enumerate(rules)
-                    if any(fnmatch.fnmatchcase(n, pattern.lower()) for n in names)), None)
+        hit = next((i for i, (pattern, _) in enumerate(rules)                 # paths with / (a \\ is read as /)
+                    if any(fnmatch.fnmatchcase(n, pattern.lower().replace("\\", "/")) for n in names)), None)
         if hit is not None:
             used.add(hit)
             chosen.append((choice, rules[hit][1], f"--map {rules[hit][0]}={rules[hit][1] or '-'}"))
@@ -118,7 +124,14 @@ def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.tasks import find_unnamed_series, misaligned_volumes, prepare_dataset, validate_dataset
+    from engine.tasks import (
+        find_unnamed_series,
+        mappable,
+        misaligned_volumes,
+        plan_subjects,
+        prepare_dataset,
+        validate_dataset,
+    )
 
     if not args.list and not args.out:
         raise ValueError("say where to write the prepared dataset (-o OUT), or only look with --list")
@@ -130,21 +143,32 @@ def run(args: argparse.Namespace) -> int:
     choices, unscanned = find_unnamed_series(report, progress)
     chosen, unused = choose(choices, args.map, args.guesses, report.folders)
     candidates = misaligned_volumes(report)
-    register = [m for m in candidates if args.register == "all" or (args.register == "needed" and m.needs_it)]
+    register = [m for m in candidates if args.register == "all" or m.kind == "other_frame"      # none: a REG may place it
+                or (args.register == "needed" and m.needs_it)]
+    mapping = {c: modality for c, modality, _ in chosen}
+    plan = plan_subjects(report, mapping, register)          # a mapping that cannot be prepared stops here
+    listed = {id(f) for f in mappable(report)}                # said below, series by series
     result: dict = {
         "data": str(report.root), "not_scanned": unscanned, "unused_rules": unused,
+        "problems": [f.to_dict() for f in report.problems if id(f) not in listed],
         "series": [{"subject": c.subject, "series": c.describe(), "key": c.entry.key, "guess": c.guess,
-                    "modality": modality or None, "why": why} for c, modality, why in chosen],
+                    "acquired": c.entry.acquired, "modality": modality or None, "why": why}
+                   for c, modality, why in chosen],
         "register": [{"subject": m.subject, "modality": m.modality, "path": m.path, "reference": m.reference,
-                      "finding": m.kind, "registered": m in register} for m in candidates]}
-    lines = _listing(report, result)
-    mapping = {c: modality for c, modality, _ in chosen}
+                      "finding": m.kind, "registered": m in register} for m in candidates],
+        "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
+                     for u in plan if u.split}}
+    lines = _listing(report, result, args)
     if not args.list:
         if not any(mapping.values()) and not register:
+            if not report.usable or report.training_problem():
+                raise ValueError(f"{report.root}: nothing to prepare and nothing to train on as it is: map its "
+                                 "series (--map PATTERN=MODALITY rules, or --guesses to take the modalities their "
+                                 "headers suggest; --list shows them)")
             lines.append(f"nothing to map or register: {report.root} trains as it is (train --data {args.data})")
         else:
-            prepared = prepare_dataset(report, args.out, mapping=mapping, register=register, seed=args.seed,
-                                       progress=progress)
+            prepared = prepare_dataset(report, args.out, mapping=mapping, register=register,
+                                       search=args.register != "none", seed=args.seed, progress=progress)
             check = validate_dataset(prepared.root, seed=args.seed, **fractions)
             result["prepared"] = {
                 "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,
@@ -163,8 +187,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listing(report, result: dict) -> list[str]:
-    lines = report.summary().splitlines()
+def _source_name(source) -> str:
+    """A prepared subject's volume as the listing names it: a series' description and date, or a file."""
+    if isinstance(source, str):
+        return Path(source).name
+    return source.description + (f" ({source.acquired})" if source.acquired else "")
+
+
+def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
+    lines = report.summary().splitlines()[:3]                  # counts, routes, split
+    lines += [f"problem: {p['path']}: {p['message']}" for p in result["problems"]]
+    lines += [f"note: {n}" for n in report.notes]
     if result["series"]:
         lines.append(f"series to map ({len(result['series'])}):")
         lines += [f"  {s['subject']}: {s['series']} → {s['modality'] or 'left out'} ({s['why']})"
@@ -173,9 +206,16 @@ def _listing(report, result: dict) -> list[str]:
     if result["register"]:
         lines.append(f"volumes on another grid than their subject's reference ({len(result['register'])}):")
         lines += [f"  {r['subject']}: {r['modality']} onto {Path(r['reference']).name} → "
-                  + ("register" if r["registered"] else "resample as the headers place it (--register all "
+                  + (("placed by a stored registration (REG) if one relates the frames, else left out"
+                      if args.register == "none" else "register") if r["registered"]
+                     else "resample as the headers place it (--register all "
                      "registers it)" if r["finding"] == "resampled" else "leave out (--register needed registers it)")
                   for r in result["register"]]
+    if result["subjects"]:
+        lines.append("one subject per repeated volume, in the order their headers date them (one participant in "
+                     "the split):")
+        lines += [f"  {name}: {', '.join(f'{m} {v}' for m, v in subject['volumes'].items())}"
+                  for name, subject in result["subjects"].items()]
     return lines
 
 
@@ -183,7 +223,7 @@ def _outcome(prepared, check) -> list[str]:
     lines = [f"prepared {prepared.root}:"]
     lines += [f"  {r.subject}: {r.modality} onto {r.reference}: {r.describe()}" for r in prepared.registered]
     if prepared.split_subjects:
-        lines.append(f"  one subject per repeated volume, each of one participant: {prepared.describe_split()}")
+        lines.append(f"  one subject per repeated volume (one participant in the split): {prepared.describe_split()}")
     if prepared.skipped:
         lines.append(f"  left out (fewer than two volumes): {', '.join(prepared.skipped)}")
     lines += [f"  note: {note}" for note in prepared.notes]

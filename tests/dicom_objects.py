@@ -8,7 +8,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"
+from engine.io.dicom_reg import SPATIAL_REGISTRATION
 
 
 def write_registration(path: Path, frame: str, moving: dict[str, np.ndarray], *, kind: str = "RIGID",

@@ -35,6 +35,7 @@ class SeriesEntry:
     volumes: int = 1                      # > 1: a 4-D file; ``engine.io.scan("FILE#INDEX")`` lists one of them
     refusal: str = ""                     # why loading it will fail, known from the scan ("" when none is)
     not_anatomy: str = ""                 # why its values are no anatomy to synthesize from (a localizer, a CT map)
+    acquired: str = ""                    # "YYYYMMDD HHMMSS" as its header dates it (acquisition, series, study)
     loader: Loader | None = field(default=None, compare=False, repr=False)
 
     def load(self, progress: ProgressFn = noop, cancel: CancelToken | None = None) -> Volume:
@@ -58,6 +59,7 @@ class SeriesEntry:
             "first_file": self.paths[0] if self.paths else "",
             "synthetic": self.synthetic,
             "not_anatomy": self.not_anatomy,
+            "acquired": self.acquired,
             "notes": list(self.notes),
         }
 

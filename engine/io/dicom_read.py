@@ -73,6 +73,16 @@ def _number(value: str | None) -> float:
         return float("inf")
 
 
+def _acquired(tags: dict[str, str]) -> str:
+    """When the scan was made, as "YYYYMMDD HHMMSS" (sortable): its acquisition's date and time, else its
+    series' (a derived series' says when it was written), else its study's; "" when no header says."""
+    for date, time in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        day = tags.get(date, "").strip()
+        if len(day) == 8 and day.isdigit():
+            return f"{day} {tags.get(time, '').strip()[:6]}".rstrip()
+    return ""
+
+
 def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
     first = group.slices[0]
     geometry = group.geometry
@@ -94,6 +104,7 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         orientation=orientation,
         patient=_patient(tags),
         study=_study(tags),
+        acquired=_acquired(tags),
         notes=(*group.notes, *not_anatomy,
                *([f"cannot be loaded: {geometry.refusal}"] if geometry.refusal else [])),
         synthetic=read_dicom_tags(tags)["synthetic"],

@@ -21,6 +21,7 @@ from engine.io.volume import Volume
 from engine.jobs import CancelToken, check_cancel
 
 SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"     # Spatial Registration Storage (SOP Class UID)
+DEFORMABLE_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.3"   # Deformable Spatial Registration Storage
 RIGID_TOLERANCE = 1e-3           # |RᵀR − I| and |det R − 1| of a matrix taken for a rotation
 _NOT_DICOM = (".nii", ".nii.gz", ".mha", ".mhd", ".raw", ".nrrd", ".nhdr", ".json", ".txt", ".csv", ".png", ".jpg")
 
@@ -55,31 +56,46 @@ def _rigid(matrix: np.ndarray) -> bool:
 
 def registration_from(ds, path: str | Path) -> tuple[StoredRegistration | None, str]:
     """The spatial registration in the DICOM header ``ds`` (read from ``path``) and "" — or None and why
-    it is not one we use ("" for a header that is no spatial registration at all)."""
-    if str(ds.get("SOPClassUID", "")) != SPATIAL_REGISTRATION:
+    it is not one we use ("" for a header that is no registration at all). An item naming its frame
+    without a matrix, a frame named twice, a matrix that is not rigid and a deformable registration are
+    refused, each saying so: none may pass for "the same room coordinates"."""
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop == DEFORMABLE_REGISTRATION:
+        return None, f"{path}: a deformable spatial registration; only rigid ones are applied, so not used"
+    if sop != SPATIAL_REGISTRATION:
         return None, ""
     own = str(ds.get("FrameOfReferenceUID", "")).strip()
-    frames: dict[str, np.ndarray] = {own: np.eye(4)} if own else {}
+    if not own:
+        return None, f"{path}: a spatial registration that states no frame of reference of its own; not used"
+    frames: dict[str, np.ndarray] = {own: np.eye(4)}
+    named: set[str] = set()
     try:
         for item in ds.get("RegistrationSequence", []):
             frame = str(item.get("FrameOfReferenceUID", "")).strip()
-            total = np.eye(4)
-            for registration in item.get("MatrixRegistrationSequence", []):
-                for step in registration.get("MatrixSequence", []):
-                    values = [float(v) for v in step.get("FrameOfReferenceTransformationMatrix", [])]
-                    if len(values) != 16:
-                        return None, f"{path}: a registration matrix holds {len(values)} values, not 16; not used"
-                    total = np.asarray(values).reshape(4, 4) @ total
-            if not frame:
+            if not frame:                   # the images named one by one (ReferencedImageSequence): not followed
                 continue
+            steps = [step for registration in item.get("MatrixRegistrationSequence", [])
+                     for step in registration.get("MatrixSequence", [])]
+            if not steps:
+                return None, f"{path}: frame {frame} is named without a matrix; not used"
+            if frame in named:
+                return None, f"{path}: frame {frame} is named twice; not used"
+            named.add(frame)
+            total = np.eye(4)
+            for step in steps:
+                values = [float(v) for v in step.get("FrameOfReferenceTransformationMatrix", [])]
+                if len(values) != 16:
+                    return None, f"{path}: a registration matrix holds {len(values)} values, not 16; not used"
+                total = np.asarray(values).reshape(4, 4) @ total
             if not _rigid(total):
-                return None, (f"{path}: the registration of frame {frame} is not rigid (scaled, sheared or "
-                              "deformable); not used")
+                return None, (f"{path}: the registration of frame {frame} is not rigid (scaled or sheared); "
+                              "not used")
             frames[frame] = total
     except (TypeError, ValueError, AttributeError) as exc:
         return None, f"{path}: a damaged spatial registration ({exc}); not used"
-    if not own or len(frames) < 2:
-        return None, f"{path}: a spatial registration naming fewer than two frames of reference; not used"
+    if len(frames) < 2:
+        return None, (f"{path}: a spatial registration relating no other frame of reference to its own (images "
+                      "named one by one are not followed); not used")
     return StoredRegistration(str(path), own, frames, str(ds.get("SeriesDescription", "")).strip()), ""
 
 
@@ -88,7 +104,8 @@ def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]
     import pydicom
 
     try:
-        if str(pydicom.dcmread(str(path), specific_tags=["SOPClassUID"]).get("SOPClassUID", "")) != SPATIAL_REGISTRATION:
+        sop = str(pydicom.dcmread(str(path), specific_tags=["SOPClassUID"]).get("SOPClassUID", ""))
+        if sop not in (SPATIAL_REGISTRATION, DEFORMABLE_REGISTRATION):
             return None, ""                # most of a folder's files: read no further than their class
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:                   # noqa: BLE001 — not DICOM, damaged: no registration here
@@ -145,6 +162,17 @@ def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed
 
 
 
+def stored_matrix(volume: Volume, other: Volume, registrations: Iterable[StoredRegistration]
+                  ) -> tuple[np.ndarray, StoredRegistration] | None:
+    """The matrix taking ``volume``'s frame of reference into ``other``'s, from the first of
+    ``registrations`` (in path order) that relates the two frames their scanners stated directly (a
+    chain of registrations is not followed), with that registration; None when they share a frame, a
+    frame is not known, or none relates them."""
+    if not frames_differ(volume, other):
+        return None
+    return frame_matrix(registrations, scanner_frame(volume), scanner_frame(other))
+
+
 def frames_differ(volume: Volume, other: Volume) -> bool:
     """Whether two scans' scanners placed them in different frames of reference (their coordinates name
     other places in the room): only frames a scanner stated count."""
@@ -168,11 +196,10 @@ def in_frame_of(volume: Volume, other: Volume, registrations: Iterable[StoredReg
     """``volume`` placed in ``other``'s frame of reference by the first of ``registrations`` relating the
     two frames their scanners stated, with a note saying so; unchanged and "" when they share a frame,
     a frame is not known, or no registration relates them (the identity check then warns)."""
-    mine, theirs = scanner_frame(volume), scanner_frame(other)
-    found = frame_matrix(registrations, mine, theirs) if frames_differ(volume, other) else None
+    found = stored_matrix(volume, other, registrations)
     if found is None:
         return volume, ""
     matrix, by = found
-    return placed(volume, matrix, theirs, by.describe()), (
+    return placed(volume, matrix, scanner_frame(other), by.describe()), (
         f"{volume.name or 'the reference'} was acquired in another frame of reference: placed in the other scan's "
         f"by the spatial registration {by.describe()}")

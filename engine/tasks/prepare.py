@@ -16,8 +16,7 @@ import numpy as np
 
 from engine import modalities
 from engine.io.catalog import SeriesEntry
-from engine.io.dicom_reg import StoredRegistration, find_registrations, frame_matrix, frames_differ
-from engine.io.identity import scanner_frame
+from engine.io.dicom_reg import StoredRegistration, find_registrations, frames_differ, stored_matrix
 from engine.io.itk_files import file_kind
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -72,10 +71,6 @@ class Misaligned:
     reference: str
     kind: str                            # a MISALIGNED finding's kind: left out as it is, or resampled by header
     reason: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.subject, self.modality
 
     @property
     def needs_it(self) -> bool:
@@ -184,12 +179,14 @@ class Unit:
         return self.name != self.origin
 
 
-def _units(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
-           register: Iterable[Misaligned]) -> list[Unit]:
+def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
+                  register: Iterable[Misaligned] = ()) -> list[Unit]:
     """The prepared dataset's subjects: per dataset subject, the usable volumes, the volumes to register
     and the mapped series. Where several volumes of one modality were given to a subject (daily CBCTs
-    beside one planning CT), one subject per such volume, each with the subject's other volumes.
-    ValueError when volumes of two modalities repeat in one subject (no way to pair them)."""
+    beside one planning CT), one subject per such volume, each with the subject's other volumes,
+    numbered in the order their headers date them (then as listed). ValueError when the repeated
+    modality is the subject's reference (the first in registry order: a planning CT twice is a mapping
+    mistake, not two pairs) or volumes of two modalities repeat (no way to pair them)."""
     sources: dict[str, dict[str, list[str | SeriesEntry]]] = {
         s.name: {m: [path] for m, path in s.files.items()} for s in report.subjects}
     left_out = {f.path for f in report.problems}
@@ -212,29 +209,36 @@ def _units(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
     for choice, modality in mapping.items():
         if modality:
             add(choice.subject, modalities.canonical(modality), choice.entry)
+    taken = {name.lower() for name in sources}            # folder names: one on a case-insensitive disk
     units = []
     for subject, held in sorted(sources.items()):
         several = [m for m in modalities.MODALITIES if len(held.get(m, ())) > 1]
         if not several:
             units.append(Unit(subject, subject, {m: found[0] for m, found in held.items()}))
             continue
+        listed = {m: ", ".join(_named(s) for s in held[m]) for m in several}
         if len(several) > 1:
-            listed = "; ".join(f"{m}: {', '.join(_named(s) for s in held[m])}" for m in several)
-            raise ValueError(f"subject {subject!r}: several volumes of {' and of '.join(several)} ({listed}); "
-                             "one modality may have several (one subject each, sharing the others), not two")
+            raise ValueError(f"subject {subject!r}: several volumes of {' and of '.join(several)} "
+                             f"({'; '.join(f'{m}: {v}' for m, v in listed.items())}); one modality may have several "
+                             "(one subject each, sharing the others), not two")
         repeated = several[0]
+        if repeated == next(m for m in modalities.MODALITIES if m in held):
+            raise ValueError(f"subject {subject!r}: {listed[repeated]} would all be its {repeated}, the volume the "
+                             "others are paired with; map one volume to each modality (only a modality paired with "
+                             f"{repeated} — daily CBCTs beside a planning CT — may repeat, one subject each)")
         shared = {m: found[0] for m, found in held.items() if m != repeated}
-        if not shared:
-            raise ValueError(f"subject {subject!r}: {' and '.join(_named(s) for s in held[repeated])} would all be "
-                             f"its {repeated}, with no other modality to pair them with; map one volume to each "
-                             "modality (several of one modality make one subject each beside the others)")
-        for k, source in enumerate(held[repeated], 1):
+        dated = sorted(enumerate(held[repeated]), key=lambda item: (_acquired(item[1]) or "~", item[0]))
+        for k, (_, source) in enumerate(dated, 1):
             name = f"{subject}_{repeated}_{k}"
-            if name in sources:
+            if name.lower() in taken:
                 raise ValueError(f"subject {subject!r}: its {repeated} volume {k} would be subject {name!r}, "
                                  "which the dataset has already; rename that folder")
             units.append(Unit(name, subject, {**shared, repeated: source}))
     return units
+
+
+def _acquired(source) -> str:
+    return source.acquired if isinstance(source, SeriesEntry) else ""
 
 
 def _key(source) -> str:
@@ -253,15 +257,15 @@ def _dicom(source) -> bool:
 
 
 def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
-              cancel: CancelToken | None) -> RigidRegistration:
+              cancel: CancelToken | None, search: bool) -> RigidRegistration | None:
     """``volume`` onto ``reference``: by a spatial registration stored beside them that relates their
-    frames of reference (the clinic's own placement), else found from their intensities."""
-    found = frame_matrix(stored, scanner_frame(volume), scanner_frame(reference)) if frames_differ(
-        reference, volume) else None
+    frames of reference (the clinic's own placement), else — with ``search`` — found from their
+    intensities; None when neither."""
+    found = stored_matrix(volume, reference, stored)
     if found is not None:
         matrix, by = found
         return stored_registration(reference, volume, matrix, by.describe())
-    return register_rigid(reference, volume, seed=seed, cancel=cancel)
+    return register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
 
 
 def _load(source):
@@ -320,14 +324,19 @@ def _prepared_json(report: ValidationReport, meta: dict, record: dict[str, dict[
 
 
 def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mapping[SeriesChoice, str] | None = None,
-                    register: Iterable[Misaligned] = (), seed: int = 0, progress: ProgressFn = noop,
-                    cancel: CancelToken | None = None) -> PreparedDataset:
+                    register: Iterable[Misaligned] = (), search: bool = True, seed: int = 0,
+                    progress: ProgressFn = noop, cancel: CancelToken | None = None) -> PreparedDataset:
     """Write the paired dataset made of ``report``'s usable volumes, the series ``mapping`` names
     (choice → modality; "" leaves one out; several of one modality in a subject make one subject each,
-    :func:`_units`) and the ``register``ed volumes (rigid, onto the subject's
-    first modality in registry order, resampled onto its grid) into ``out``, atomically: a failed or
-    cancelled run leaves ``out`` as it was. Other volumes are linked or copied unchanged (DICOM
-    folders converted to NIfTI). ``out`` may be an earlier result of this function (replaced)."""
+    :func:`plan_subjects`) and the ``register``ed volumes (rigid, onto the subject's first modality in
+    registry order, resampled onto its grid) into ``out``, atomically: a failed or cancelled run leaves
+    ``out`` as it was. A DICOM series acquired in another frame of reference than its subject's
+    reference is placed by a spatial registration (DICOM REG) in the subject's folder relating the
+    two frames, else — with ``search`` — registered from its intensities, else left out (``register``ed
+    volumes alike: without ``search`` only a stored registration moves them). Other volumes
+    are linked or copied unchanged (DICOM folders converted to NIfTI); a volume shared by several
+    subjects is read, registered and written once. ``out`` may be an earlier result of this function
+    (replaced)."""
     from engine.atomic import atomic_folder
     from engine.io import save
 
@@ -335,15 +344,15 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     _check_out(root, out)
     register = list(register)
     moved = {(m.subject, m.modality, m.path): m for m in register}
-    units = _units(report, mapping or {}, register)
+    units = plan_subjects(report, mapping or {}, register)
     result = PreparedDataset(out)
     try:
         meta = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         meta = {}
     record: dict[str, dict[str, dict]] = {}
-    written: dict[tuple[str, str, str], Path] = {}      # a volume shared by split subjects: written once, linked
-    loaded: dict[str, Volume] = {}                       # one subject's volumes, read once (a shared planning CT)
+    done: dict[tuple[str, str, str], tuple[Path | None, dict]] = {}   # (origin, modality, source) → file, record
+    loaded: dict[str, Volume] = {}                       # the volumes a subject's later units share (a planning CT)
     stored: dict[str, list] = {}                         # a subject's spatial registrations (DICOM REG)
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
@@ -354,7 +363,6 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 result.skipped.append(subject)
                 continue
             if unit.origin not in stored:
-                loaded.clear()
                 stored.clear()
                 stored[unit.origin], problems = find_registrations(report.folders.get(unit.origin, root), cancel)
                 result.notes += problems
@@ -370,17 +378,40 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             first = held[order[0]]
             for modality in order:
                 source = held[modality]
+                earlier = done.get((unit.origin, modality, _key(source)))
+                if earlier is not None:                  # shared with an earlier subject of this patient
+                    copied, entry = earlier
+                    record.setdefault(subject, {})[modality] = dict(entry)
+                    if copied is not None:
+                        _copy(copied, tmp / subject / copied.name)
+                    continue
                 entry = record.setdefault(subject, {})[modality] = {
                     "from": source.paths[0] if isinstance(source, SeriesEntry) and source.paths else str(source)}
                 if isinstance(source, SeriesEntry):
                     entry["series"] = source.key
+                    if source.description:
+                        entry["description"] = source.description
+                    if source.acquired:
+                        entry["acquired"] = source.acquired
                 todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
                 other_frame = (modality != order[0] and _dicom(first) and _dicom(source)
                                and frames_differ(load(first), load(source)))
-                done = written.get((unit.origin, modality, _key(source)))
+                target = tmp / subject / f"{modality}.nii.gz"
+                file: Path | None = target
                 if todo is not None or other_frame:
                     reference, volume = load(first), load(source)
-                    registration = _register(reference, volume, stored[unit.origin], seed, cancel)
+                    registration = _register(reference, volume, stored[unit.origin], seed, cancel, search)
+                    if registration is None:
+                        result.notes.append(f"{subject}: its {modality} ({_named(source)}) does not line up with its "
+                                            f"{order[0]} and no spatial registration relates their frames: left out "
+                                            "(registering from intensities was not asked for)")
+                        entry["left_out"] = True
+                        done[(unit.origin, modality, _key(source))] = (None, entry)
+                        continue
+                    if other_frame and todo is None and not registration.stored:
+                        result.notes.append(f"{subject}: its {modality} ({_named(source)}) lies in another frame of "
+                                            f"reference than its {order[0]} and no spatial registration relates them: "
+                                            "registered from its intensities")
                     unmoved = resample_rigid(volume, reference)
                     # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
                     # a volume that is no pair as its header places it is then left out, not trained on
@@ -393,19 +424,20 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     entry["registration"] = registration.to_dict()
                     if left_out:
                         entry["left_out"] = True
-                        continue
-                    save(after.replace(modality=modality), tmp / subject / f"{modality}.nii.gz",
-                         description=f"{modality} registered" if registration.improved else modality)
-                    continue
-                suffix = next((s for s in SELF_CONTAINED if str(source).lower().endswith(s)), None)
-                target = tmp / subject / (done.name if done else f"{modality}{suffix or '.nii.gz'}")
-                if done is not None:
-                    _copy(done, target)
-                elif isinstance(source, str) and suffix:
-                    _copy(Path(source), target)
+                        file = None
+                    else:
+                        save(after.replace(modality=modality), target,
+                             description=f"{modality} registered" if registration.improved else modality)
+                elif isinstance(source, str) and source.lower().endswith(SELF_CONTAINED):
+                    suffix = next(s for s in SELF_CONTAINED if source.lower().endswith(s))
+                    file = tmp / subject / f"{modality}{suffix}"
+                    _copy(Path(source), file)
                 else:
                     save(load(source).replace(modality=modality), target, description=modality)
-                written[(unit.origin, modality, _key(source))] = target
+                done[(unit.origin, modality, _key(source))] = (file, entry)
+            later = {_key(s) for u in units[i + 1:] if u.origin == unit.origin for s in u.held.values()}
+            for key in [k for k in loaded if k not in later]:    # a daily CBCT: read for its own subject only
+                del loaded[key]
         for subject in [name for name, volumes in record.items()          # a volume left out left one alone
                         if sum(not v.get("left_out") for v in volumes.values()) < 2]:
             shutil.rmtree(tmp / subject)

@@ -52,23 +52,47 @@ class RigidRegistration:
         t.SetTranslation(self.translation)
         return t
 
+    def moving_to_fixed(self) -> np.ndarray:
+        """The 4×4 matrix taking the moving volume's coordinates onto the fixed one's (the direction a
+        planning system's registration is stated in; the inverse of :meth:`transform`)."""
+        t = self.transform()
+        rotation = np.asarray(t.GetMatrix(), float).reshape(3, 3)
+        shift = np.asarray(t.GetTranslation(), float) + np.asarray(t.GetCenter(), float) - rotation @ np.asarray(
+            t.GetCenter(), float)                                   # x_moving = R x_fixed + shift
+        matrix = np.eye(4)
+        matrix[:3, :3], matrix[:3, 3] = rotation.T, -rotation.T @ shift
+        return matrix
+
     def describe(self) -> str:
-        degrees = ", ".join(f"{math.degrees(a):.1f}°" for a in self.angles)
-        shift = ", ".join(f"{t:.1f}" for t in self.translation)
         before = "no overlap" if self.mi_before is None else f"{self.mi_before:.3f}"
         after = "no overlap" if math.isnan(self.mi_after) else f"{self.mi_after:.3f}"
-        found = (f"rotation ({degrees}) about x, y, z; translation ({shift}) mm; mutual information "
-                 f"{before} → {after}")
-        if self.stored:
-            found = f"by the stored registration {self.stored}: {found}"
+        if self.stored:       # as the planning system states it: the volume's frame into the reference's
+            matrix = self.moving_to_fixed()
+            shown = sitk.Euler3DTransform()
+            shown.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()))
+            angles, shift = (shown.GetAngleX(), shown.GetAngleY(), shown.GetAngleZ()), tuple(matrix[:3, 3])
+            found = (f"by the stored registration {self.stored}: rotation ({_degrees(angles)}) about x, y, z and "
+                     f"translation ({_millimetres(shift)}) mm from its frame into the reference's; mutual "
+                     f"information {before} → {after}")
             return found if self.improved else f"{found}: the volumes do not overlap through it, so not applied"
+        found = (f"rotation ({_degrees(self.angles)}) about x, y, z; translation ({_millimetres(self.translation)}) mm; "
+                 f"mutual information {before} → {after}")
         return found if self.improved else f"{found}: worse than the headers' placement, so not applied"
 
     def to_dict(self) -> dict:
         return {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
                 "center_mm": list(self.center), "mutual_information": {
                     "before": self.mi_before, "after": None if math.isnan(self.mi_after) else self.mi_after},
-                **({"stored": self.stored} if self.stored else {})}
+                **({"stored": self.stored, "matrix_moving_to_fixed": self.moving_to_fixed().tolist()}
+                   if self.stored else {})}
+
+
+def _degrees(angles) -> str:
+    return ", ".join(f"{math.degrees(a):.1f}°" for a in angles)
+
+
+def _millimetres(values) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
 
 
 def _registration_image(volume: Volume) -> tuple[sitk.Image, sitk.Image | None]:

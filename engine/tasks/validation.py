@@ -283,6 +283,19 @@ def subject_entry(meta: dict, subject: str, key: str) -> str:
     return str(entry.get(key) or "") if isinstance(entry, dict) else ""
 
 
+def _objects_only(folder: Path, most: int = 8) -> str:
+    """What a small folder holding only DICOM objects that are no images is (a planning system's REG/ or
+    RTSTRUCT/ folder: "REG: not an image, skipped"), "" otherwise or when it holds more than ``most`` files."""
+    files = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            files.append(path)
+            if len(files) > most:
+                return ""
+    kinds = [_not_an_image(path) for path in files]
+    return "; ".join(dict.fromkeys(kinds)) if files and all(kinds) else ""
+
+
 def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
     found: dict[str, tuple[Path, Geometry]] = {}
     loose_dicom = 0
@@ -306,6 +319,10 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
             report.notes.append(Finding(
                 "unknown_modality", str(entry), f"the BIDS suffix {suffix!r} names none of this model's modalities "
                 f"({', '.join(bids.SUFFIX_MODALITY)}): left out; map it to one ({PREPARING})", subject))
+            continue
+        objects = _objects_only(entry) if modality is None and entry.is_dir() else ""
+        if objects:                         # a REG/ or RTSTRUCT/ folder beside the images: nothing to map
+            report.notes.append(Finding("not_an_image", str(entry), f"holds no image ({objects})", subject))
             continue
         if modality is None:
             guess = modalities.guess_from_filename(entry.name)
@@ -362,9 +379,9 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
                 continue
             kind, misplaced = _misplaced(path, modality, geom, ref_path, ordered[0], ref_geom)
             if misplaced:
+                stored = ", which apply a spatial registration (REG) stored beside it" if kind == "other_frame" else ""
                 report.problems.append(Finding(kind, str(path), f"{misplaced}: left out (register it onto "
-                                               f"{ref_path.name}: {PREPARING}, which offer it ticked and apply a "
-                                               "spatial registration (REG) stored beside it, or a registration tool)",
+                                               f"{ref_path.name}: {PREPARING}{stored}, or a registration tool)",
                                                subject, str(ref_path)))
                 continue
             files[modality] = str(path)

@@ -5,6 +5,7 @@ is checked; bad input stops with one line and writes nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from training_support import phantom_data, unprepared_data
@@ -82,3 +83,24 @@ def test_no_output_folder_or_no_dataset_is_one_line_and_nothing_written(tmp_path
     err = capsys.readouterr().err
     assert "nowhere" in err and "no usable pairs" in err and len(err.strip().splitlines()) >= 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_that_needs_mapping_is_not_said_to_train_as_it_is(tmp_path, capsys):
+    """No rule and no --guesses on a folder whose series all need mapping had printed "trains as it is"."""
+    data = unprepared_data(tmp_path)
+    for name in ("sub01", "sub02", "sub03", "sub04"):                    # leave only the subjects to map
+        shutil.rmtree(data / name)
+    assert run_cli(["prepare", str(data), "-o", str(tmp_path / "out")]) == 2
+    assert "nothing to train on as it is" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_list_shows_the_subjects_repeated_volumes_will_make_and_backslash_paths_match(tmp_path, capsys):
+    data = unprepared_data(tmp_path)
+    shutil.copy(data / "sub10" / "3d_pd_weighted.nii.gz", data / "sub10" / "pd_repeat.nii.gz")
+    assert run_cli(["prepare", str(data), "--list", "--map", "sub09\\study\\series0=T1",
+                    "--map", "sub09\\study\\series1=T2", "--map", "*pd*=PD"]) == 0
+    out = capsys.readouterr().out
+    assert "sub09: t1_mprage_sag (dicom, 32×32×10, 10 files) → T1 (--map sub09\\study\\series0=T1)" in out
+    assert "one subject per repeated volume" in out
+    assert "  sub10_PD_1: T1 T1.nii.gz, PD 3d_pd_weighted.nii.gz" in out
+    assert "  sub10_PD_2: T1 T1.nii.gz, PD pd_repeat.nii.gz" in out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from training_support import unprepared_data
@@ -201,8 +202,12 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
         save(load_file(ct).replace(modality="CT"), data / patient / "series0", description="planning CT")
         for fx in fractions:
             cbct = write_phantom_subject(tmp_path / f"fx{fx}" / patient, ("CBCT",), shape=SHAPE, seed=seed + fx)
-            save(load_file(cbct["CBCT"]).replace(modality="CBCT"), data / patient / f"series{fx}",
-                 description=f"CBCT fx{fx}")
+            folder = save(load_file(cbct["CBCT"]).replace(modality="CBCT"), data / patient / f"series{fx}",
+                          description=f"CBCT fx{fx}")
+            for path in folder.iterdir():                           # acquired on day fx, as a linac dates it
+                ds = pydicom.dcmread(path)
+                ds.AcquisitionDate, ds.AcquisitionTime = f"202403{fx:02d}", "081500"
+                ds.save_as(path)
     (data / "dataset.json").write_text(json.dumps({"name": "rt", "anatomy": {"PAT01": "head", "*": "head"},
                                                    "split": {"train": ["PAT01"], "val": ["PAT02"], "test": []}}))
     report = validate_dataset(data)
@@ -214,6 +219,9 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
     prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices})
     names = ["PAT01_CBCT_1", "PAT01_CBCT_2", "PAT01_CBCT_3", "PAT02_CBCT_1", "PAT02_CBCT_2"]
     assert prepared.split_subjects == {n: n[:5] for n in names} and prepared.skipped == []
+    volumes = json.loads((prepared.root / "dataset.json").read_text())["prepared"]["volumes"]
+    assert [volumes[n]["CBCT"]["description"] for n in names[:3]] == ["CBCT fx1", "CBCT fx8", "CBCT fx15"]  # by date
+    assert volumes["PAT01_CBCT_2"]["CBCT"]["acquired"] == "20240308 081500"
     cts = {(prepared.root / n / "CT.nii.gz").read_bytes() for n in names[:3]}
     assert len(cts) == 1                                                    # the one planning CT, written once
     cbcts = {load_file(prepared.root / n / "CBCT.nii.gz").array.tobytes() for n in names[:3]}
@@ -227,6 +235,11 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
     assert again.problems == [] and sorted(s.name for s in again.subjects) == names
     assert again.split["train"] == names[:3] and again.split["val"] == names[3:]
     assert again.participants == {n: n[:5] for n in names}
+
+    # the planning CT twice (a series mapped wrongly) is no pair of pairs: said, nothing written
+    fx8 = next(c for c in choices if c.subject == "PAT02" and c.entry.description == "CBCT fx8")
+    with pytest.raises(ValueError, match="PAT02.*the volume the others are paired with"):
+        prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx8: "CT"})
 
     # two modalities repeated in one subject cannot be paired: said, nothing written
     fx1 = next(c for c in choices if c.subject == "PAT01" and c.entry.description == "CBCT fx1")
@@ -260,22 +273,24 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     matrix[:3, 3] = (9.0, -6.0, 4.0)
     data, shape = tmp_path / "export", (12, 40, 40)
     truth = {}
-    for patient in ("PAT01", "PAT02"):
+    for patient in ("PAT01", "PAT02", "PAT03"):
         made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=shape, seed=3)
-        ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": patient, "StudyInstanceUID": "1.2.3.5",
-                                                                  "FrameOfReferenceUID": planning})
+        identity = {"PatientID": patient, "StudyInstanceUID": "1.2.3.5", "FrameOfReferenceUID": planning}
+        ct = load_file(made["CT"]).replace(modality="CT", dicom=identity)
         cbct = load_file(made["CBCT"]).replace(modality="CBCT")
         truth[patient] = cbct.array
-        named = patient == "PAT02"                                       # PAT02/CT/, PAT02/CBCT/; PAT01's to map
+        named = patient == "PAT02"                                       # PAT02/CT/, PAT02/CBCT/; the others to map
         save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
-        save(_in_own_frame(cbct, matrix, daily, patient), data / patient / ("CBCT" if named else "s2"),
-             description="CBCT fx1")
+        daily_scan = cbct.replace(dicom=identity) if patient == "PAT03" else _in_own_frame(cbct, matrix, daily, patient)
+        save(daily_scan, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")   # PAT03: one frame
     write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning, {daily: matrix})
 
     report = validate_dataset(data)
     assert [(m.subject, m.modality, m.kind) for m in misaligned_volumes(report)] == [("PAT02", "CBCT", "other_frame")]
+    reg_folder, = [f for f in report.problems + report.notes if f.path == str(data / "PAT01" / "reg")]
+    assert reg_folder.kind == "not_an_image" and "REG" in reg_folder.message     # not "unknown modality 'reg'"
     choices, _ = find_unnamed_series(report)
-    assert sorted(c.subject for c in choices) == ["PAT01", "PAT01"]
+    assert sorted(c.subject for c in choices) == ["PAT01", "PAT01", "PAT03", "PAT03"]
     prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
                                register=misaligned_volumes(report))
     by_subject = {r.subject: r for r in prepared.registered}
@@ -283,6 +298,8 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     stored, found = by_subject["PAT01"].registration, by_subject["PAT02"].registration
     assert stored.stored == "REG0001.dcm (CBCT to planning CT)" and stored.improved
     assert "by the stored registration REG0001.dcm" in stored.describe()
+    assert "translation (9.0, -6.0, 4.0) mm from its frame into the reference's" in stored.describe()  # as stored
+    assert np.allclose(stored.moving_to_fixed(), matrix, atol=1e-6)
     assert found.stored == "" and found.improved
     for patient in ("PAT01", "PAT02"):
         placed = load_file(prepared.root / patient / "CBCT.nii.gz")
@@ -291,4 +308,13 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
         assert np.median(error) < (2.0 if patient == "PAT01" else 15.0), (patient, np.median(error))
     meta = json.loads((prepared.root / "dataset.json").read_text())["prepared"]["volumes"]
     assert meta["PAT01"]["CBCT"]["registration"]["stored"] == stored.stored
+    # without the REG and without registering from intensities (prepare --register none): left out, said
+    (data / "PAT01" / "reg" / "REG0001.dcm").unlink()
+    checked = validate_dataset(data)
+    again = prepare_dataset(checked, tmp_path / "unregistered", mapping={c: c.guess for c in choices},
+                            register=misaligned_volumes(checked), search=False)
+    assert sorted(again.skipped) == ["PAT01", "PAT02"] and again.registered == []
+    assert [n.split(":")[0] for n in again.notes if "no spatial registration relates their frames: left out" in n] == [
+        "PAT01", "PAT02"]
+    assert np.allclose(meta["PAT01"]["CBCT"]["registration"]["matrix_moving_to_fixed"], matrix, atol=1e-6)
     assert meta["PAT01"]["CBCT"]["registered_onto"] == "CT"

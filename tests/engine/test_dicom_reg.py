@@ -46,9 +46,31 @@ def test_a_matrix_that_is_not_rigid_or_a_reg_of_one_frame_is_not_used_and_says_w
                                                                  kind="AFFINE"))
     assert registration is None and "not rigid" in problem and "scaled.dcm" in problem
     registration, problem = read_registration(write_registration(tmp_path / "alone.dcm", PLANNING, {}))
-    assert registration is None and "fewer than two frames" in problem
+    assert registration is None and "relating no other frame of reference" in problem
     (tmp_path / "notes.txt").write_text("not DICOM")
     assert read_registration(tmp_path / "notes.txt") == (None, "")
+
+
+def test_a_frame_without_a_matrix_named_twice_or_deformable_is_never_taken_for_the_same_room(tmp_path):
+    """An item naming its frame without a matrix had been read as the identity: the CBCT "placed" as if
+    both frames were one room's coordinates."""
+    import pydicom
+
+    from engine.io.dicom_reg import DEFORMABLE_REGISTRATION, registration_from
+
+    path = write_registration(tmp_path / "reg.dcm", PLANNING, {DAILY: rigid(0.1, (5.0, 0.0, 0.0))})
+    ds = pydicom.dcmread(path)
+    del ds.RegistrationSequence[1].MatrixRegistrationSequence
+    assert registration_from(ds, path) == (None, f"{path}: frame {DAILY} is named without a matrix; not used")
+    ds = pydicom.dcmread(path)
+    ds.RegistrationSequence.append(ds.RegistrationSequence[1])
+    assert "named twice" in registration_from(ds, path)[1]
+    ds = pydicom.dcmread(path)
+    del ds.FrameOfReferenceUID
+    assert "no frame of reference of its own" in registration_from(ds, path)[1]
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = DEFORMABLE_REGISTRATION
+    assert "deformable" in registration_from(ds, path)[1]
 
 
 def test_a_folder_s_registrations_are_found_among_its_images(tmp_path):
