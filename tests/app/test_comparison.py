@@ -339,3 +339,45 @@ def test_after_synthesis_one_grid_or_two_equally_likely_scans_are_left_to_the_us
     window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
     assert window.comparison.model.result is None
     assert "2 open CT scans are CBCT's subject's" in window.log.lines[-1]
+
+
+def test_a_planning_ct_in_another_frame_is_placed_by_the_registration_the_opened_folder_held(qtbot, window, tmp_path,
+                                                                                            phantom, wait_loaded):
+    """An export folder with the planning CT (the CT scanner's frame), a synthetic CT made from a linac's
+    CBCT (the linac's frame) and the REG relating them: opening it lists the registration in the Log,
+    and the comparison places the CT by it (all of the synthetic grid covered, the 25 HU offset found)."""
+    from dicom_objects import write_registration
+
+    from engine import io
+    from engine.io import Volume
+
+    planning, daily = "1.2.826.0.1.3680043.10.4.1", "1.2.826.0.1.3680043.10.4.2"
+    c, s = np.cos(0.2), np.sin(0.2)
+    matrix = np.array([[c, -s, 0, 12.0], [s, c, 0, -7.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])      # linac → CT scanner
+    identity = {"PatientID": "RT-7", "StudyInstanceUID": "1.2.826.0.1.3680043.10.4.3"}
+    ct = Volume(phantom(), spacing=(1.0, 1.0, 2.5), modality="CT", unit="HU", name="planning CT",
+                dicom={**identity, "FrameOfReferenceUID": planning})
+    rotation, shift = matrix[:3, :3], matrix[:3, 3]
+    synthetic = ct.replace(array=ct.array + 25.0, synthetic=True, derived_from="CBCT", name="sCT",
+                           origin=tuple(rotation.T @ (np.asarray(ct.origin) - shift)), direction=tuple(rotation.T.ravel()),
+                           dicom={**identity, "FrameOfReferenceUID": daily})
+    export = tmp_path / "export"
+    io.save(ct, export / "ct", description="planning CT")
+    io.save(synthetic, export / "sct", description="sCT")
+    write_registration(export / "REG0001.dcm", planning, {daily: matrix})
+
+    window.open_paths([str(export)])
+    wait_loaded(window, 1)
+    for entry in io.scan(export).entries:
+        window.load_entry(entry)
+    wait_loaded(window, 2)
+    assert len(window.workspace.registrations) == 1
+    assert any("Spatial registration REG0001.dcm" in line for line in window.log.lines)
+    syn = next(d for d in window.workspace.documents if d.synthetic)
+    ref = next(d for d in window.workspace.documents if not d.synthetic)
+    window.comparison.set_inputs(syn, ref)
+    qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
+    result = window.comparison.model.result
+    assert result.coverage == pytest.approx(1.0) and any("placed in the other scan's by the spatial registration "
+                                                         "REG0001.dcm" in n for n in result.notes)
+    assert result.evaluation.whole.mae == pytest.approx(25.0, abs=1.0)
