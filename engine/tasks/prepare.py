@@ -353,7 +353,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     record: dict[str, dict[str, dict]] = {}
     done: dict[tuple[str, str, str], tuple[Path | None, dict]] = {}   # (origin, modality, source) → file, record
     loaded: dict[str, Volume] = {}                       # the volumes a subject's later units share (a planning CT)
-    stored: dict[str, list] = {}                         # a subject's spatial registrations (DICOM REG)
+    stored: dict[str, list] = {}                         # the last subject's spatial registrations (DICOM REG)
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
             check_cancel(cancel)
@@ -362,10 +362,14 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             if len(held) < 2:
                 result.skipped.append(subject)
                 continue
-            if unit.origin not in stored:
-                stored.clear()
-                stored[unit.origin], problems = find_registrations(report.folders.get(unit.origin, root), cancel)
-                result.notes += problems
+
+            def registrations(origin: str = unit.origin) -> list:
+                """The subject's REGs, looked for once and only when a volume needs one."""
+                if origin not in stored:
+                    stored.clear()
+                    stored[origin], problems = find_registrations(report.folders.get(origin, root), cancel)
+                    result.notes.extend(problems)
+                return stored[origin]
 
             def load(source) -> Volume:
                 key = _key(source)
@@ -400,7 +404,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 file: Path | None = target
                 if todo is not None or other_frame:
                     reference, volume = load(first), load(source)
-                    registration = _register(reference, volume, stored[unit.origin], seed, cancel, search)
+                    registration = _register(reference, volume, registrations(), seed, cancel, search)
                     if registration is None:
                         result.notes.append(f"{subject}: its {modality} ({_named(source)}) does not line up with its "
                                             f"{order[0]} and no spatial registration relates their frames: left out "
