@@ -29,11 +29,13 @@ Paths in patterns use "/" (a "\\" is read as "/").
 several of one modality: a subject given several volumes of one modality (a planning CT and three daily
 CBCTs) becomes one subject per such volume, named SUBJECT_MODALITY_K in the order their headers date
 them, each with the subject's other volumes; dataset.json gives them SUBJECT as participant, so they
-land in one split. The modality the others pair with (the CT there) cannot repeat.
+land in one split. The modality the others pair with (the CT there) cannot repeat, nor two modalities,
+and one folder holds one patient's series: such a patient is left out with the reason.
 
 frames of reference: a DICOM series acquired in another frame of reference than its subject's reference
-is placed by a spatial registration (DICOM REG) in the subject's folder relating both frames (the
-clinic's, as stored), else registered from its intensities (left out with --register none).
+is placed by a spatial registration (DICOM REG) anywhere in DATA relating both frames (the clinic's, as
+stored; two that disagree are not used), else registered from its intensities (left out with
+--register none).
 
 examples:
   python main.py prepare EXPORT --list                                    # what there is to map and register
@@ -103,14 +105,18 @@ def series_names(choice, folder: Path) -> list[str]:
 
 
 def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[str, str]):
-    """Each series' modality ("" = left out) and why: the first matching rule, else its guess with
-    ``guesses``; and the rules that matched nothing (a typo, most likely)."""
+    """Each series' modality ("" = left out) and why — the first matching rule, else its guess with
+    ``guesses`` — by subject and date; and what is wrong with each rule that took no series (one that
+    matched nothing is a typo, most likely)."""
     used: set[int] = set()
+    matched: set[int] = set()
     chosen = []
     for choice in choices:
         names = [n.lower() for n in series_names(choice, Path(folders[choice.subject]))]
-        hit = next((i for i, (pattern, _) in enumerate(rules)                 # paths with / (a \\ is read as /)
-                    if any(fnmatch.fnmatchcase(n, pattern.lower().replace("\\", "/")) for n in names)), None)
+        hits = [i for i, (pattern, _) in enumerate(rules)                      # paths with / (a \\ is read as /)
+                if any(fnmatch.fnmatchcase(n, pattern.lower().replace("\\", "/")) for n in names)]
+        matched.update(hits)
+        hit = hits[0] if hits else None
         if hit is not None:
             used.add(hit)
             chosen.append((choice, rules[hit][1], f"--map {rules[hit][0]}={rules[hit][1] or '-'}"))
@@ -120,7 +126,10 @@ def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[s
             why = choice.entry.not_anatomy or (f"no rule matched; --guesses would take its guess, {choice.guess}"
                                                if choice.guess else "no rule matched, and it suggests no modality")
             chosen.append((choice, "", why))
-    return chosen, [f"{p}={m or '-'}" for i, (p, m) in enumerate(rules) if i not in used]
+    unused = [f"--map {p}={m or '-'} " + ("matched only series an earlier rule took (the first rule that matches "
+                                          "wins)" if i in matched else "matched no series")
+              for i, (p, m) in enumerate(rules) if i not in used]
+    return sorted(chosen, key=lambda c: (c[0].subject, c[0].entry.acquired or "~")), unused
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
     register = [m for m in candidates if args.register == "all" or m.kind == "other_frame"      # none: a REG may place it
                 or (args.register == "needed" and m.needs_it)]
     mapping = {c: modality for c, modality, _ in chosen}
-    plan = plan_subjects(report, mapping, register)          # a mapping that cannot be prepared stops here
-    listed = {id(f) for f in mappable(report)}                # said below, series by series
+    plan = plan_subjects(report, mapping, register)
+    mapped = {c.subject for c in choices}                     # said below, series by series
+    listed = {id(f) for f in mappable(report)} | {id(f) for f in report.problems if f.subject in mapped
+                                                  and f.kind in ("empty_subject", "single_modality")}
     result: dict = {
         "data": str(report.root), "not_scanned": unscanned, "unused_rules": unused,
         "problems": [f.to_dict() for f in report.problems if id(f) not in listed],
@@ -157,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         "register": [{"subject": m.subject, "modality": m.modality, "path": m.path, "reference": m.reference,
                       "finding": m.kind, "registered": m in register} for m in candidates],
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
-                     for u in plan if u.split}}
+                     for u in plan.units if u.split},
+        "left_out": plan.left_out}
     lines = _listing(report, result, args)
     if not args.list:
         if not any(mapping.values()) and not register:
@@ -183,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
     for rule in unused:
-        print(f"warning: --map {rule} matched no series", file=sys.stderr)
+        print(f"warning: {rule}", file=sys.stderr)
     return 0
 
 
@@ -191,7 +203,13 @@ def _source_name(source) -> str:
     """A prepared subject's volume as the listing names it: a series' description and date, or a file."""
     if isinstance(source, str):
         return Path(source).name
-    return source.description + (f" ({source.acquired})" if source.acquired else "")
+    return source.description + (f" ({_date(source.acquired)})" if source.acquired else "")
+
+
+def _date(acquired: str) -> str:
+    """"20240305 081000" as "2024-03-05 08:10"."""
+    day, _, time = acquired.partition(" ")
+    return f"{day[:4]}-{day[4:6]}-{day[6:8]}" + (f" {time[:2]}:{time[2:4]}" if len(time) >= 4 else "")
 
 
 def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
@@ -200,8 +218,8 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
     lines += [f"note: {n}" for n in report.notes]
     if result["series"]:
         lines.append(f"series to map ({len(result['series'])}):")
-        lines += [f"  {s['subject']}: {s['series']} → {s['modality'] or 'left out'} ({s['why']})"
-                  for s in result["series"]]
+        lines += [f"  {s['subject']}: {s['series']}{', ' + _date(s['acquired']) if s['acquired'] else ''} → "
+                  f"{s['modality'] or 'left out'} ({s['why']})" for s in result["series"]]
     lines += [f"  not scanned: {message}" for message in result["not_scanned"]]
     if result["register"]:
         lines.append(f"volumes on another grid than their subject's reference ({len(result['register'])}):")
@@ -211,6 +229,7 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
                      else "resample as the headers place it (--register all "
                      "registers it)" if r["finding"] == "resampled" else "leave out (--register needed registers it)")
                   for r in result["register"]]
+    lines += [f"left out: {subject}: {reason}" for subject, reason in result["left_out"].items()]
     if result["subjects"]:
         lines.append("one subject per repeated volume, in the order their headers date them (one participant in "
                      "the split):")

@@ -96,9 +96,16 @@ def placed_reference(volume, reference, paths) -> tuple:
     if not frames_differ(reference, volume):
         return reference, ""
     registrations, problems = registrations_beside(paths)
-    for problem in problems:
-        print(f"note: {problem}", file=sys.stderr)
-    return in_frame_of(reference, volume, registrations)
+    placed, note = in_frame_of(reference, volume, registrations)
+    if placed is reference:                         # why not: a REG found but unusable, or none where we looked
+        for problem in problems:
+            print(f"note: {problem}", file=sys.stderr)
+        print("note: " + (note or "no spatial registration (DICOM REG) relating the two frames of reference was found "
+                                  "in INPUT's or REF's folders or the folder holding both; give the patient's folder "
+                                  "(with --series / --reference-series) to use the one stored with them"),
+              file=sys.stderr)
+        return reference, ""
+    return placed, note
 
 
 def scored_report(result, reference, volume, target: str, axis: int, reference_path: str, written,

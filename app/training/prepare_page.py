@@ -67,7 +67,8 @@ class PreparePage(CheckedPage):
         self.detail.setWordWrap(True)
         overlays = QGridLayout()
         overlays.addWidget(QLabel("Before (header geometry)"), 0, 0)
-        overlays.addWidget(QLabel("After rigid registration"), 0, 1)
+        self.after_label = QLabel("After rigid registration")
+        overlays.addWidget(self.after_label, 0, 1)
         overlays.addWidget(self.before, 1, 0)
         overlays.addWidget(self.after, 1, 1)
         form = QFormLayout()
@@ -198,10 +199,14 @@ class PreparePage(CheckedPage):
             self._set_status(f"Prepared {self.prepared.root}, but {no_training[0].lower()}{no_training[1:]}{skipped}",
                              True)
         elif self.report.usable:
-            applied = sum(r.registration.improved for r in self.prepared.registered)
-            refused = len(self.prepared.registered) - applied
-            self._set_status(f"Prepared {self.prepared.root}: {_subjects(len(self.report.subjects))} usable, "
-                             f"{applied} registered" + (f", {refused} registration(s) not applied (worse than the "
+            applied = [r for r in self.prepared.registered if r.registration.improved]
+            placed = sum(bool(r.registration.stored) for r in applied)
+            refused = len(self.prepared.registered) - len(applied)
+            moved = [f"{len(applied) - placed} registered from intensities" if len(applied) > placed else "",
+                     f"{placed} placed by stored registrations (REG)" if placed else ""]
+            self._set_status(f"Prepared {self.prepared.root}: {_subjects(len(self.report.subjects))} usable"
+                             + "".join(f", {text}" for text in moved if text)
+                             + (f", {refused} registration(s) not applied (worse than the "
                                                         "headers' placement; see the list: a volume that is no pair "
                                                         "as placed is left out)" if refused else "")
                              + f".{skipped}", bool(refused or self.report.problems))
@@ -218,8 +223,11 @@ class PreparePage(CheckedPage):
         r = self.prepared.registered[index]
         self.before.setPixmap(rgb_pixmap(r.before, OVERLAY_SIZE))
         self.after.setPixmap(rgb_pixmap(r.after, OVERLAY_SIZE))
+        how = r.describe()
+        self.after_label.setText("After the stored registration" if r.registration.stored else
+                                 "After registration from intensities")
         self.detail.setText(f"{r.subject}: {r.modality} (magenta) on {r.reference} (green), central slice. "
-                            f"{r.describe()}")
+                            f"{how[:1].upper()}{how[1:]}")
 
     def _run(self, fn, message: str, finished) -> None:
         """Run ``fn`` on a worker (cancelling the one before); only the latest one's result counts."""

@@ -23,6 +23,8 @@ from engine.jobs import CancelToken, check_cancel
 SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"     # Spatial Registration Storage (SOP Class UID)
 DEFORMABLE_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.3"   # Deformable Spatial Registration Storage
 RIGID_TOLERANCE = 1e-3           # |RᵀR − I| and |det R − 1| of a matrix taken for a rotation
+AGREEMENT_MM, AGREEMENT_DEGREES = 1.0, 0.5   # two REGs of one pair of frames closer than this agree
+COMMON_LEVELS = 2               # how far above a scan's folder registrations are looked for
 _NOT_DICOM = (".nii", ".nii.gz", ".mha", ".mhd", ".raw", ".nrrd", ".nhdr", ".json", ".txt", ".csv", ".png", ".jpg")
 
 
@@ -35,6 +37,7 @@ class StoredRegistration:
     frame: str
     frames: Mapping[str, np.ndarray] = field(repr=False)
     description: str = ""
+    uid: str = ""                        # its SOPInstanceUID
 
     def between(self, moving: str, fixed: str) -> np.ndarray | None:
         """The 4×4 matrix taking ``moving``-frame coordinates into ``fixed``-frame ones, or None when
@@ -56,17 +59,17 @@ def _rigid(matrix: np.ndarray) -> bool:
 
 def registration_from(ds, path: str | Path) -> tuple[StoredRegistration | None, str]:
     """The spatial registration in the DICOM header ``ds`` (read from ``path``) and "" — or None and why
-    it is not one we use ("" for a header that is no registration at all). An item naming its frame
+    it is not one we use, without the path ("" for a header that is no registration at all). An item naming its frame
     without a matrix, a frame named twice, a matrix that is not rigid and a deformable registration are
     refused, each saying so: none may pass for "the same room coordinates"."""
     sop = str(ds.get("SOPClassUID", ""))
     if sop == DEFORMABLE_REGISTRATION:
-        return None, f"{path}: a deformable spatial registration; only rigid ones are applied, so not used"
+        return None, "a deformable spatial registration; only rigid ones are applied, so not used"
     if sop != SPATIAL_REGISTRATION:
         return None, ""
     own = str(ds.get("FrameOfReferenceUID", "")).strip()
     if not own:
-        return None, f"{path}: a spatial registration that states no frame of reference of its own; not used"
+        return None, "a spatial registration that states no frame of reference of its own; not used"
     frames: dict[str, np.ndarray] = {own: np.eye(4)}
     named: set[str] = set()
     try:
@@ -77,26 +80,27 @@ def registration_from(ds, path: str | Path) -> tuple[StoredRegistration | None, 
             steps = [step for registration in item.get("MatrixRegistrationSequence", [])
                      for step in registration.get("MatrixSequence", [])]
             if not steps:
-                return None, f"{path}: frame {frame} is named without a matrix; not used"
+                return None, f"frame {frame} is named without a matrix; not used"
             if frame in named:
-                return None, f"{path}: frame {frame} is named twice; not used"
+                return None, f"frame {frame} is named twice; not used"
             named.add(frame)
             total = np.eye(4)
             for step in steps:
                 values = [float(v) for v in step.get("FrameOfReferenceTransformationMatrix", [])]
                 if len(values) != 16:
-                    return None, f"{path}: a registration matrix holds {len(values)} values, not 16; not used"
+                    return None, f"a registration matrix holds {len(values)} values, not 16; not used"
                 total = np.asarray(values).reshape(4, 4) @ total
             if not _rigid(total):
-                return None, (f"{path}: the registration of frame {frame} is not rigid (scaled or sheared); "
+                return None, (f"the registration of frame {frame} is not rigid (scaled or sheared); "
                               "not used")
             frames[frame] = total
     except (TypeError, ValueError, AttributeError) as exc:
-        return None, f"{path}: a damaged spatial registration ({exc}); not used"
+        return None, f"a damaged spatial registration ({exc}); not used"
     if len(frames) < 2:
-        return None, (f"{path}: a spatial registration relating no other frame of reference to its own (images "
+        return None, ("a spatial registration relating no other frame of reference to its own (images "
                       "named one by one are not followed); not used")
-    return StoredRegistration(str(path), own, frames, str(ds.get("SeriesDescription", "")).strip()), ""
+    return StoredRegistration(str(path), own, frames, str(ds.get("SeriesDescription", "")).strip(),
+                              str(ds.get("SOPInstanceUID", "")).strip()), ""
 
 
 def read_registration(path: str | Path) -> tuple[StoredRegistration | None, str]:
@@ -128,38 +132,60 @@ def find_registrations(folder: str | Path, cancel: CancelToken | None = None, *,
             if registration is not None:
                 found.append(registration)
             elif problem:
-                problems.append(problem)
+                problems.append(f"{Path(directory) / name}: {problem}")
     return found, problems
 
 
 def registrations_beside(paths: Iterable[str | Path], cancel: CancelToken | None = None
                          ) -> tuple[list[StoredRegistration], list[str]]:
-    """The spatial registrations stored with the scans at ``paths``: in a folder given and below it, and
-    beside a file given (its folder only)."""
+    """The spatial registrations stored with the scans at ``paths``: in each folder given and below it,
+    beside each file given (its folder only), and in their nearest common folder when it is at most
+    :data:`COMMON_LEVELS` above each (a patient folder holding CT/, CBCT/ and REG/ folders)."""
+    given = [Path(p).resolve() for p in paths]
+    places = [(p, True) if p.is_dir() else (p.parent, False) for p in given]
+    try:
+        common = Path(os.path.commonpath([folder for folder, _ in places]))
+    except ValueError:                  # other drives
+        common = None
+    if common is not None and all(len(folder.relative_to(common).parts) <= COMMON_LEVELS for folder, _ in places):
+        places.append((common, True))
     found: list[StoredRegistration] = []
     problems: list[str] = []
-    walked: set[tuple[Path, bool]] = set()
-    for path in (Path(p) for p in paths):
-        where = (path.resolve(), True) if path.is_dir() else (path.resolve().parent, False)
-        if where in walked or any(deep and where[0].is_relative_to(folder) for folder, deep in walked):
+    walked: list[Path] = []
+    for folder, deep in sorted(places, key=lambda place: (len(place[0].parts), not place[1])):
+        if any(folder.is_relative_to(done) for done in walked) or not folder.is_dir():
             continue
-        walked.add(where)
-        more, why = find_registrations(where[0], cancel, recursive=where[1])
+        if deep:
+            walked.append(folder)
+        more, why = find_registrations(folder, cancel, recursive=deep)
         found += [r for r in more if r.path not in {f.path for f in found}]
-        problems += why
+        problems += [p for p in why if p not in problems]
     return found, problems
+
+
+class ConflictingRegistrations(ValueError):
+    """Two stored registrations relate the same frames differently: neither can be trusted."""
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two rigid matrices place alike (within AGREEMENT_MM and AGREEMENT_DEGREES)."""
+    turn = np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+    return (np.degrees(np.arccos(turn)) <= AGREEMENT_DEGREES
+            and float(np.linalg.norm(a[:3, 3] - b[:3, 3])) <= AGREEMENT_MM)
 
 
 def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed: str
                  ) -> tuple[np.ndarray, StoredRegistration] | None:
-    """The matrix taking ``moving``-frame coordinates into ``fixed``-frame ones from the first REG that
-    registers both frames, with that REG; None when none does."""
-    for registration in registrations:
-        matrix = registration.between(moving, fixed)
-        if matrix is not None:
-            return matrix, registration
-    return None
-
+    """The matrix taking ``moving``-frame coordinates into ``fixed``-frame ones, with the REG it comes
+    from (the first by path of those that agree); None when none registers both frames.
+    :class:`ConflictingRegistrations` naming them when two relate the frames differently."""
+    found = [(matrix, r) for r in registrations if (matrix := r.between(moving, fixed)) is not None]
+    for matrix, other in found[1:]:
+        if not _agree(found[0][0], matrix):
+            raise ConflictingRegistrations(
+                f"the spatial registrations {found[0][1].path} and {other.path} place frame {moving} differently "
+                f"in frame {fixed} (by more than {AGREEMENT_MM:g} mm or {AGREEMENT_DEGREES:g}°): neither is used")
+    return found[0] if found else None
 
 
 def stored_matrix(volume: Volume, other: Volume, registrations: Iterable[StoredRegistration]
@@ -167,7 +193,7 @@ def stored_matrix(volume: Volume, other: Volume, registrations: Iterable[StoredR
     """The matrix taking ``volume``'s frame of reference into ``other``'s, from the first of
     ``registrations`` (in path order) that relates the two frames their scanners stated directly (a
     chain of registrations is not followed), with that registration; None when they share a frame, a
-    frame is not known, or none relates them."""
+    frame is not known, or none relates them; :class:`ConflictingRegistrations` when two disagree."""
     if not frames_differ(volume, other):
         return None
     return frame_matrix(registrations, scanner_frame(volume), scanner_frame(other))
@@ -195,8 +221,12 @@ def placed(volume: Volume, matrix: np.ndarray, frame: str, by: str) -> Volume:
 def in_frame_of(volume: Volume, other: Volume, registrations: Iterable[StoredRegistration]) -> tuple[Volume, str]:
     """``volume`` placed in ``other``'s frame of reference by the first of ``registrations`` relating the
     two frames their scanners stated, with a note saying so; unchanged and "" when they share a frame,
-    a frame is not known, or no registration relates them (the identity check then warns)."""
-    found = stored_matrix(volume, other, registrations)
+    a frame is not known, or no registration relates them (the identity check then warns); unchanged,
+    with the note naming them, when two registrations disagree."""
+    try:
+        found = stored_matrix(volume, other, registrations)
+    except ConflictingRegistrations as exc:
+        return volume, str(exc)
     if found is None:
         return volume, ""
     matrix, by = found

@@ -675,8 +675,10 @@ def _add(result: ScanResult, path: Path, ds: Dataset, state: str, queue: deque,
     if reason:
         registration, problem = registration_from(ds, path)        # a REG: no image, but how frames relate
         if registration is not None:
-            result.registrations.append(registration)
-        result.skipped.append(Skipped(str(path), problem or reason, not_an_image=no_image_reason(ds, state) is not None))
+            result.registrations.append(registration)              # used (the comparison, preparing), not skipped
+        else:
+            result.skipped.append(Skipped(str(path), problem or reason,
+                                          not_an_image=no_image_reason(ds, state) is not None))
         return
     slices = slices_of(ds, str(path))
     first = slices[0]

@@ -32,7 +32,7 @@ def _de_identified(volume: Volume) -> bool:
     return str(volume.dicom.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
 
 
-def _patient(volume: Volume) -> str:
+def patient_of(volume: Volume) -> str:
     """The PatientID, "" when it names no one (a placeholder) or was replaced by a de-identification."""
     found = str(volume.dicom.get("PatientID", "")).strip()
     return "" if _de_identified(volume) or found.upper() in PLACEHOLDER_IDS else found
@@ -53,7 +53,7 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     itself: a synthetic carries its input's identity) and ``reference`` say against scoring one with
     the other: another patient, another frame of reference. Nothing when either is not known."""
     warnings = []
-    mine, theirs = _patient(acquired), _patient(reference)
+    mine, theirs = patient_of(acquired), patient_of(reference)
     if mine and theirs and mine != theirs:
         warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's {mine!r}): "
                         "the scores compare two people")
@@ -71,7 +71,7 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
 def names_no_patient(volume: Volume) -> bool:
     """Whether ``volume`` names no patient (a NIfTI, MHA or NRRD scan; a placeholder ID and no name) and
     was not de-identified: one :func:`named_patient` may name."""
-    return not (_de_identified(volume) or _patient(volume) or str(volume.dicom.get("PatientName", "")).strip())
+    return not (_de_identified(volume) or patient_of(volume) or str(volume.dicom.get("PatientName", "")).strip())
 
 
 def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") -> Volume:
@@ -92,7 +92,7 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
         if keyword == "PatientName" and ("=" in value or value.count("^") > 4):
             raise ValueError(f"PatientName “{value}”: write it Family^Given^Middle^Prefix^Suffix (at most four ^, "
                              "no =)")
-        stated = _patient(volume) if keyword == "PatientID" else str(volume.dicom.get(keyword, "")).strip()
+        stated = patient_of(volume) if keyword == "PatientID" else str(volume.dicom.get(keyword, "")).strip()
         if stated and stated != value:
             raise ValueError(f"the input names {keyword} {stated!r}: a patient is named only for a scan that "
                              "names none (--anonymise replaces an identity)")
@@ -161,7 +161,7 @@ def kinship(acquired: Volume, candidate: Volume) -> int:
     BraTS, MNI-registered sets, put every subject on one grid), 0 not known to be — or known not to
     be: another PatientID, or coordinates in another world (MNI space beside a scanner's), outweighs
     everything else."""
-    mine, theirs = _patient(acquired), _patient(candidate)
+    mine, theirs = patient_of(acquired), patient_of(candidate)
     if (mine and theirs and mine != theirs) or different_worlds(acquired.space, candidate.space):
         return 0
     if scanner_frame(acquired) and scanner_frame(acquired) == scanner_frame(candidate):

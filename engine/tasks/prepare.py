@@ -16,7 +16,14 @@ import numpy as np
 
 from engine import modalities
 from engine.io.catalog import SeriesEntry
-from engine.io.dicom_reg import StoredRegistration, find_registrations, frames_differ, stored_matrix
+from engine.io.dicom_reg import (
+    ConflictingRegistrations,
+    StoredRegistration,
+    find_registrations,
+    frames_differ,
+    stored_matrix,
+)
+from engine.io.identity import patient_of
 from engine.io.itk_files import file_kind
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -179,14 +186,28 @@ class Unit:
         return self.name != self.origin
 
 
+@dataclass
+class Plan:
+    """The prepared dataset's subjects, and the dataset's subjects left out with the reason."""
+
+    units: list[Unit] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def _partner(modality: str) -> str:
+    """What a lone repeated modality lacks: a CT for CBCTs, another contrast for MR."""
+    return "planning CT" if modality == "CBCT" else "scan of another modality"
+
+
 def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
-                  register: Iterable[Misaligned] = ()) -> list[Unit]:
+                  register: Iterable[Misaligned] = ()) -> Plan:
     """The prepared dataset's subjects: per dataset subject, the usable volumes, the volumes to register
     and the mapped series. Where several volumes of one modality were given to a subject (daily CBCTs
     beside one planning CT), one subject per such volume, each with the subject's other volumes,
-    numbered in the order their headers date them (then as listed). ValueError when the repeated
-    modality is the subject's reference (the first in registry order: a planning CT twice is a mapping
-    mistake, not two pairs) or volumes of two modalities repeat (no way to pair them)."""
+    numbered in the order their headers date them (then as listed). A subject is left out, with the
+    reason, when the repeated modality is its reference (the first in registry order: a planning CT
+    twice is a mapping mistake, CBCTs alone have nothing to pair with), when volumes of two modalities
+    repeat (no way to pair them), or when its series are several patients' (a folder per modality)."""
     sources: dict[str, dict[str, list[str | SeriesEntry]]] = {
         s.name: {m: [path] for m, path in s.files.items()} for s in report.subjects}
     left_out = {f.path for f in report.problems}
@@ -210,31 +231,44 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
         if modality:
             add(choice.subject, modalities.canonical(modality), choice.entry)
     taken = {name.lower() for name in sources}            # folder names: one on a case-insensitive disk
-    units = []
+    plan = Plan()
     for subject, held in sorted(sources.items()):
+        patients = sorted({s.patient for found in held.values() for s in found if isinstance(s, SeriesEntry)
+                           and s.patient})
+        if len(patients) > 1:
+            plan.left_out[subject] = (f"its series belong to {len(patients)} patients ({'; '.join(patients)}): "
+                                      "prepare needs one folder per patient (a folder per modality holding every "
+                                      "patient's scans cannot be paired)")
+            continue
         several = [m for m in modalities.MODALITIES if len(held.get(m, ())) > 1]
         if not several:
-            units.append(Unit(subject, subject, {m: found[0] for m, found in held.items()}))
+            plan.units.append(Unit(subject, subject, {m: found[0] for m, found in held.items()}))
             continue
         listed = {m: ", ".join(_named(s) for s in held[m]) for m in several}
         if len(several) > 1:
-            raise ValueError(f"subject {subject!r}: several volumes of {' and of '.join(several)} "
-                             f"({'; '.join(f'{m}: {v}' for m, v in listed.items())}); one modality may have several "
-                             "(one subject each, sharing the others), not two")
+            plan.left_out[subject] = (f"several volumes of {' and of '.join(several)} "
+                                      f"({'; '.join(f'{m}: {v}' for m, v in listed.items())}): one modality may have "
+                                      "several (one subject each, sharing the others), not two")
+            continue
         repeated = several[0]
         if repeated == next(m for m in modalities.MODALITIES if m in held):
-            raise ValueError(f"subject {subject!r}: {listed[repeated]} would all be its {repeated}, the volume the "
-                             "others are paired with; map one volume to each modality (only a modality paired with "
-                             f"{repeated} — daily CBCTs beside a planning CT — may repeat, one subject each)")
+            others = [m for m in held if m != repeated]
+            plan.left_out[subject] = (
+                f"{listed[repeated]} would all be its {repeated}, " + (
+                    "the volume the others are paired with: map one volume to each modality (only a modality "
+                    f"paired with {repeated} — daily CBCTs beside a planning CT — may repeat, one subject each)"
+                    if others else f"with no other modality to pair them with (no {_partner(repeated)}?)"))
+            continue
         shared = {m: found[0] for m, found in held.items() if m != repeated}
         dated = sorted(enumerate(held[repeated]), key=lambda item: (_acquired(item[1]) or "~", item[0]))
-        for k, (_, source) in enumerate(dated, 1):
-            name = f"{subject}_{repeated}_{k}"
-            if name.lower() in taken:
-                raise ValueError(f"subject {subject!r}: its {repeated} volume {k} would be subject {name!r}, "
-                                 "which the dataset has already; rename that folder")
-            units.append(Unit(name, subject, {**shared, repeated: source}))
-    return units
+        names = [f"{subject}_{repeated}_{k}" for k in range(1, len(dated) + 1)]
+        clash = next((name for name in names if name.lower() in taken), None)
+        if clash:
+            plan.left_out[subject] = (f"its {repeated} volumes would make subject {clash!r}, which the dataset has "
+                                      "already: rename that folder")
+            continue
+        plan.units += [Unit(name, subject, {**shared, repeated: source}) for name, (_, source) in zip(names, dated)]
+    return plan
 
 
 def _acquired(source) -> str:
@@ -256,6 +290,13 @@ def _dicom(source) -> bool:
     return source.kind == "dicom" if isinstance(source, SeriesEntry) else Path(source).is_dir()
 
 
+def _another_patient(reference: Volume, volume: Volume) -> str:
+    """What says ``volume`` is another patient's scan than ``reference`` ("" when nothing does): their
+    DICOM PatientIDs differ (placeholders and de-identified scans say nothing)."""
+    mine, theirs = patient_of(reference), patient_of(volume)
+    return f"patient {theirs!r}'s scan, not {mine!r}'s" if mine and theirs and mine != theirs else ""
+
+
 def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
               cancel: CancelToken | None, search: bool) -> RigidRegistration | None:
     """``volume`` onto ``reference``: by a spatial registration stored beside them that relates their
@@ -264,7 +305,7 @@ def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration
     found = stored_matrix(volume, reference, stored)
     if found is not None:
         matrix, by = found
-        return stored_registration(reference, volume, matrix, by.describe())
+        return stored_registration(reference, volume, matrix, by)
     return register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
 
 
@@ -344,8 +385,10 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     _check_out(root, out)
     register = list(register)
     moved = {(m.subject, m.modality, m.path): m for m in register}
-    units = plan_subjects(report, mapping or {}, register)
+    plan = plan_subjects(report, mapping or {}, register)
+    units = plan.units
     result = PreparedDataset(out)
+    result.notes += [f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()]
     try:
         meta = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -353,7 +396,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     record: dict[str, dict[str, dict]] = {}
     done: dict[tuple[str, str, str], tuple[Path | None, dict]] = {}   # (origin, modality, source) → file, record
     loaded: dict[str, Volume] = {}                       # the volumes a subject's later units share (a planning CT)
-    stored: dict[str, list] = {}                         # the last subject's spatial registrations (DICOM REG)
+    stored: dict[str, list] = {}                         # the dataset's spatial registrations (DICOM REG), once
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
             check_cancel(cancel)
@@ -363,13 +406,13 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 result.skipped.append(subject)
                 continue
 
-            def registrations(origin: str = unit.origin) -> list:
-                """The subject's REGs, looked for once and only when a volume needs one."""
-                if origin not in stored:
-                    stored.clear()
-                    stored[origin], problems = find_registrations(report.folders.get(origin, root), cancel)
+            def registrations() -> list:
+                """The dataset's REGs (frame UIDs are unique: one in another folder relates the same
+                frames), looked for once and only when a volume needs one."""
+                if "" not in stored:
+                    stored[""], problems = find_registrations(root, cancel)
                     result.notes.extend(problems)
-                return stored[origin]
+                return stored[""]
 
             def load(source) -> Volume:
                 key = _key(source)
@@ -398,24 +441,35 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     if source.acquired:
                         entry["acquired"] = source.acquired
                 todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
-                other_frame = (modality != order[0] and _dicom(first) and _dicom(source)
-                               and frames_differ(load(first), load(source)))
+                scanned = modality != order[0] and _dicom(first) and _dicom(source)
+                stranger = scanned and _another_patient(load(first), load(source))
+                if stranger:                             # another patient's scan filed in this one's folder
+                    result.notes.append(f"{subject}: its {modality} ({_named(source)}) is {stranger}: left out")
+                    entry["left_out"] = True
+                    done[(unit.origin, modality, _key(source))] = (None, entry)
+                    continue
+                other_frame = scanned and frames_differ(load(first), load(source))
                 target = tmp / subject / f"{modality}.nii.gz"
                 file: Path | None = target
                 if todo is not None or other_frame:
                     reference, volume = load(first), load(source)
-                    registration = _register(reference, volume, registrations(), seed, cancel, search)
+                    named = f"{subject}: its {modality} ({_named(source)})"
+                    try:
+                        registration, why = _register(reference, volume, registrations(), seed, cancel, search), ""
+                    except ConflictingRegistrations as exc:      # the clinic's placement is not known: found, or out
+                        registration = register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
+                        why = f"{exc}; "
+                    unrelated = (f"lies in another frame of reference than its {order[0]} and no spatial registration "
+                                 "relates them; " if other_frame or (todo is not None and todo.kind == "other_frame")
+                                 else f"does not line up with its {order[0]} as its header places it; ")
                     if registration is None:
-                        result.notes.append(f"{subject}: its {modality} ({_named(source)}) does not line up with its "
-                                            f"{order[0]} and no spatial registration relates their frames: left out "
-                                            "(registering from intensities was not asked for)")
+                        result.notes.append(f"{named}: {why or unrelated}left out (registering from intensities was "
+                                            "not asked for)")
                         entry["left_out"] = True
                         done[(unit.origin, modality, _key(source))] = (None, entry)
                         continue
-                    if other_frame and todo is None and not registration.stored:
-                        result.notes.append(f"{subject}: its {modality} ({_named(source)}) lies in another frame of "
-                                            f"reference than its {order[0]} and no spatial registration relates them: "
-                                            "registered from its intensities")
+                    if not registration.stored and (why or (other_frame and todo is None)):
+                        result.notes.append(f"{named}: {why or unrelated}registered from its intensities")
                     unmoved = resample_rigid(volume, reference)
                     # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
                     # a volume that is no pair as its header places it is then left out, not trained on
@@ -448,7 +502,8 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             del record[subject]
             result.skipped.append(subject)
         if not record:
-            raise DatasetError(f"{root}: nothing to prepare: no subject would have two volumes")
+            reasons = "".join(f"; {subject}: {reason}" for subject, reason in plan.left_out.items())
+            raise DatasetError(f"{root}: nothing to prepare: no subject would have two volumes{reasons}")
         origin = {u.name: u.origin for u in units}
         result.split_subjects = {u.name: u.origin for u in units if u.split and u.name in record}
         (tmp / DATASET_JSON).write_text(json.dumps(_prepared_json(report, meta, record, origin), indent=2),

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from engine import modalities
 from engine.inference.field_of_view import padding_mask
 from engine.inference.slices import slice_axis, slices_first
+from engine.io.dicom_reg import StoredRegistration
 from engine.io.itk_files import volume_to_sitk
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -35,6 +36,8 @@ class RigidRegistration:
     mi_before: float | None
     mi_after: float                             # NaN: no overlap through it
     stored: str = ""                            # the spatial registration (DICOM REG) it was read from; "" found here
+    stored_path: str = ""                       # that REG's file
+    stored_uid: str = ""                        # and its SOPInstanceUID
 
     @property
     def improved(self) -> bool:
@@ -64,26 +67,29 @@ class RigidRegistration:
         return matrix
 
     def describe(self) -> str:
+        """Rotation and translation from the moving volume's coordinates into the fixed one's (as a planning
+        system states a registration; independent of the rotation centre the search used), with the
+        mutual information before and after."""
+        matrix = self.moving_to_fixed()
+        shown = sitk.Euler3DTransform()
+        shown.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()))
+        angles = (shown.GetAngleX(), shown.GetAngleY(), shown.GetAngleZ())
         before = "no overlap" if self.mi_before is None else f"{self.mi_before:.3f}"
         after = "no overlap" if math.isnan(self.mi_after) else f"{self.mi_after:.3f}"
-        if self.stored:       # as the planning system states it: the volume's frame into the reference's
-            matrix = self.moving_to_fixed()
-            shown = sitk.Euler3DTransform()
-            shown.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()))
-            angles, shift = (shown.GetAngleX(), shown.GetAngleY(), shown.GetAngleZ()), tuple(matrix[:3, 3])
-            found = (f"by the stored registration {self.stored}: rotation ({_degrees(angles)}) about x, y, z and "
-                     f"translation ({_millimetres(shift)}) mm from its frame into the reference's; mutual "
-                     f"information {before} → {after}")
+        found = (f"rotation ({_degrees(angles)}) about x, y, z and translation ({_millimetres(matrix[:3, 3])}) mm from "
+                 f"its frame into the reference's; mutual information {before} → {after}")
+        if self.stored:
+            found = f"placed by the stored registration {self.stored}: {found}"
             return found if self.improved else f"{found}: the volumes do not overlap through it, so not applied"
-        found = (f"rotation ({_degrees(self.angles)}) about x, y, z; translation ({_millimetres(self.translation)}) mm; "
-                 f"mutual information {before} → {after}")
+        found = f"registered from its intensities: {found}"
         return found if self.improved else f"{found}: worse than the headers' placement, so not applied"
 
     def to_dict(self) -> dict:
         return {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
-                "center_mm": list(self.center), "mutual_information": {
-                    "before": self.mi_before, "after": None if math.isnan(self.mi_after) else self.mi_after},
-                **({"stored": self.stored, "matrix_moving_to_fixed": self.moving_to_fixed().tolist()}
+                "center_mm": list(self.center), "matrix_moving_to_fixed": self.moving_to_fixed().tolist(),
+                "mutual_information": {"before": self.mi_before,
+                                       "after": None if math.isnan(self.mi_after) else self.mi_after},
+                **({"stored": self.stored, "stored_path": self.stored_path, "stored_uid": self.stored_uid}
                    if self.stored else {})}
 
 
@@ -201,7 +207,8 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, progress: Pr
                              tuple(found.GetTranslation()), tuple(found.GetCenter()), before, after)
 
 
-def stored_registration(fixed: Volume, moving: Volume, matrix: np.ndarray, stored: str) -> RigidRegistration:
+def stored_registration(fixed: Volume, moving: Volume, matrix: np.ndarray, by: StoredRegistration
+                        ) -> RigidRegistration:
     """A registration stored beside the volumes (``matrix``: rigid, 4×4, taking ``moving``'s frame of
     reference into ``fixed``'s: :func:`engine.io.dicom_reg.frame_matrix`) as the transform
     :func:`resample_rigid` applies, with the mutual information as the headers place the volumes and
@@ -218,7 +225,7 @@ def stored_registration(fixed: Volume, moving: Volume, matrix: np.ndarray, store
     after = _mutual_information(method, fixed_image, moving_image, transform)
     return RigidRegistration((transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ()),
                              tuple(transform.GetTranslation()), (0.0, 0.0, 0.0), before,
-                             float("nan") if after is None else after, stored)
+                             float("nan") if after is None else after, by.describe(), by.path, by.uid)
 
 
 def resample_rigid(moving: Volume, fixed: Volume, registration: RigidRegistration | None = None) -> Volume:

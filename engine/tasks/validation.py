@@ -398,6 +398,9 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
         only = next(iter(files))
         report.problems.append(Finding("single_modality", str(folder), f"subject {subject!r} has only one usable "
                                        f"modality ({only}): no pair, skipped", subject))
+    elif objects := _objects_only(folder, most=64):    # a REG/ folder beside the patients' folders
+        report.notes.append(Finding("not_an_image", str(folder), f"holds no image ({objects}): not a subject",
+                                    subject))
     else:
         report.problems.append(Finding("empty_subject", str(folder), f"subject {subject!r} holds no usable "
                                        "volume named by a modality: skipped", subject))

@@ -5,6 +5,7 @@ overlays; a dataset without pairs keeps Next disabled; the summary shows the exa
 starting from Stage I's output, the comparison with the start model and the torchrun form; the output
 folder must be new."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -159,7 +160,8 @@ def test_a_misaligned_volume_is_registered_into_a_prepared_copy(qtbot, wizard, t
     assert prepare.results.item(0).text().startswith("sub04: FLAIR onto T1")
     assert np.allclose(registered.registration.translation, (40.0, -25.0, 12.0), atol=1.0)
     assert not prepare.before.pixmap().isNull() and not prepare.after.pixmap().isNull()
-    assert "translation (40.0, -25.0, 12.0) mm" in prepare.detail.text()
+    shown = re.search(r"translation \(([^)]*)\) mm from its frame into the reference", prepare.detail.text())
+    assert np.allclose([float(v) for v in shown.group(1).split(",")], (-40.0, 25.0, -12.0), atol=0.5)   # FLAIR → T1
     assert registered.before[..., 0].max() == 0 < registered.after[..., 0].max()   # magenta FLAIR: elsewhere, then on
     truth = load_file(write_phantom_subject(tmp_path / "aligned", ("FLAIR",), shape=SHAPE, seed=4)["FLAIR"]).array
     moved = load_file(sub04.files["FLAIR"]).array
@@ -189,10 +191,11 @@ def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, t
                                                                               "t2_tse_tra": "T2"}
     assert not next_enabled(wizard)                                           # mapped: prepare first
 
-    series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T1"))  # two T1s: refused, by name
+    series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T1"))  # two T1s: sub09 left out, saying why
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
-    assert prepare.report is None and "subject 'sub09'" in prepare.status.text() and "would all be its T1" in \
-        prepare.status.text()
+    assert "sub09" not in {s.name for s in prepare.report.subjects}
+    assert "would all be its T1, with no other modality to pair them with" in prepare.status.text()
+    assert "fewer than two volumes" not in prepare.status.text() and "registered" not in prepare.status.text()
     series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T2"))
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
     sub09 = next(s for s in prepare.report.subjects if s.name == "sub09")

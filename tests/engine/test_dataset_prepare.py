@@ -12,13 +12,14 @@ import pytest
 import SimpleITK as sitk
 from training_support import unprepared_data
 
+from engine.io import load as io_load
 from engine.io import save
 from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
 from engine.jobs import Cancelled, CancelToken
 from engine.tasks.phantoms import write_phantom_subject
 from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, prepare_dataset
 from engine.tasks.registration import overlay, register_rigid, resample_rigid
-from engine.tasks.validation import validate_dataset
+from engine.tasks.validation import DatasetError, validate_dataset
 
 DEMO_BRAIN = Path(__file__).resolve().parents[2] / "resources" / "demo" / "brain"
 SHAPE = (10, 32, 32)
@@ -122,9 +123,11 @@ def test_prepare_never_writes_over_data_it_did_not_make(tmp_path):
         prepare_dataset(report, tmp_path / "mine")
     with pytest.raises(ValueError, match="inside the dataset"):
         prepare_dataset(report, data / "prepared")
-    both_t1 = {c: "T1" for c in choices if c.subject == "sub09"}
-    with pytest.raises(ValueError, match="sub09.*would all be its T1"):
-        prepare_dataset(report, tmp_path / "out", mapping=both_t1)
+    both_t1 = {c: "T1" for c in choices if c.subject == "sub09"}     # sub09: two T1s and nothing else
+    prepared = prepare_dataset(report, tmp_path / "both_t1", mapping=both_t1)
+    assert not (prepared.root / "sub09").exists() and any(
+        n.startswith("sub09: ") and "would all be its T1, with no other modality to pair them with" in n
+        for n in prepared.notes)
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
@@ -236,16 +239,15 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
     assert again.split["train"] == names[:3] and again.split["val"] == names[3:]
     assert again.participants == {n: n[:5] for n in names}
 
-    # the planning CT twice (a series mapped wrongly) is no pair of pairs: said, nothing written
+    # the planning CT twice (a series mapped wrongly) is no pair of pairs, nor are two modalities repeated:
+    # those patients are left out, saying why, the others prepared
     fx8 = next(c for c in choices if c.subject == "PAT02" and c.entry.description == "CBCT fx8")
-    with pytest.raises(ValueError, match="PAT02.*the volume the others are paired with"):
-        prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx8: "CT"})
-
-    # two modalities repeated in one subject cannot be paired: said, nothing written
+    twice = prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx8: "CT"})
+    assert not (twice.root / "PAT02_CBCT_1").exists() and (twice.root / "PAT01_CBCT_1").exists()
+    assert "PAT02: planning CT, CBCT fx8 would all be its CT, the volume the others are paired with" in twice.notes[0]
     fx1 = next(c for c in choices if c.subject == "PAT01" and c.entry.description == "CBCT fx1")
-    with pytest.raises(ValueError, match="PAT01.*several volumes of CT and of CBCT"):
-        prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx1: "CT"})
-    assert not (tmp_path / "twice").exists()
+    twice = prepare_dataset(report, tmp_path / "twice", mapping={c: c.guess for c in choices} | {fx1: "CT"})
+    assert not (twice.root / "PAT01_CBCT_1").exists() and "PAT01: several volumes of CT and of CBCT" in twice.notes[0]
 
 
 def _in_own_frame(volume, matrix: np.ndarray, frame: str, patient: str):
@@ -273,17 +275,18 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     matrix[:3, 3] = (9.0, -6.0, 4.0)
     data, shape = tmp_path / "export", (12, 40, 40)
     truth = {}
-    for patient in ("PAT01", "PAT02", "PAT03"):
+    for patient in ("PAT01", "PAT02", "PAT03"):                        # frame UIDs are each patient's own
         made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=shape, seed=3)
-        identity = {"PatientID": patient, "StudyInstanceUID": "1.2.3.5", "FrameOfReferenceUID": planning}
+        identity = {"PatientID": patient, "StudyInstanceUID": "1.2.3.5", "FrameOfReferenceUID": planning + patient[-1]}
         ct = load_file(made["CT"]).replace(modality="CT", dicom=identity)
         cbct = load_file(made["CBCT"]).replace(modality="CBCT")
         truth[patient] = cbct.array
         named = patient == "PAT02"                                       # PAT02/CT/, PAT02/CBCT/; the others to map
         save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
-        daily_scan = cbct.replace(dicom=identity) if patient == "PAT03" else _in_own_frame(cbct, matrix, daily, patient)
+        daily_scan = (cbct.replace(dicom=identity) if patient == "PAT03" else
+                      _in_own_frame(cbct, matrix, daily + patient[-1], patient))
         save(daily_scan, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")   # PAT03: one frame
-    write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning, {daily: matrix})
+    write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning + "1", {daily + "1": matrix})
 
     report = validate_dataset(data)
     assert [(m.subject, m.modality, m.kind) for m in misaligned_volumes(report)] == [("PAT02", "CBCT", "other_frame")]
@@ -314,7 +317,51 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     again = prepare_dataset(checked, tmp_path / "unregistered", mapping={c: c.guess for c in choices},
                             register=misaligned_volumes(checked), search=False)
     assert sorted(again.skipped) == ["PAT01", "PAT02"] and again.registered == []
-    assert [n.split(":")[0] for n in again.notes if "no spatial registration relates their frames: left out" in n] == [
+    assert [n.split(":")[0] for n in again.notes if "no spatial registration relates them; left out" in n] == [
         "PAT01", "PAT02"]
     assert np.allclose(meta["PAT01"]["CBCT"]["registration"]["matrix_moving_to_fixed"], matrix, atol=1e-6)
     assert meta["PAT01"]["CBCT"]["registered_onto"] == "CT"
+
+
+def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(tmp_path):
+    """A CBCT of another patient filed in this one's folder had been paired with its CT; of two REGs
+    relating one pair of frames differently, the first by name had been applied, however wrong."""
+    from dicom_fixtures import rotation
+    from dicom_objects import write_registration
+
+    data, shape = tmp_path / "export", (12, 40, 40)
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation([0.0, 0.0, 1.0], np.radians(4.0))
+    matrix[:3, 3] = (5.0, 3.0, -2.0)
+    wrong = matrix.copy()
+    wrong[:3, 3] += (25.0, 0.0, 0.0)
+    for patient, cbct_owner in (("PAT05", "PAT06"), ("PAT07", "PAT07")):
+        made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=shape, seed=5)
+        frame = f"1.2.826.0.1.3680043.10.5.{patient[-1]}"
+        ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": patient, "StudyInstanceUID": "1.2.3.7",
+                                                                  "FrameOfReferenceUID": frame})
+        named = patient == "PAT05"                        # PAT05/CT/ and PAT05/CBCT/; PAT07's series to map
+        save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
+        cbct = _in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, frame + ".9", cbct_owner)
+        save(cbct, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")
+        if patient == "PAT07":                                # in REG/ of another folder of the export, twice
+            write_registration(data / "REG" / "a.dcm", frame, {frame + ".9": wrong})
+            write_registration(data / "REG" / "b.dcm", frame, {frame + ".9": matrix})
+    report = validate_dataset(data)
+    choices, _ = find_unnamed_series(report)
+    prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
+                               register=misaligned_volumes(report))
+    assert prepared.skipped == ["PAT05"]
+    assert any(n.startswith("PAT05: its CBCT (") and n.endswith("is patient 'PAT06''s scan, not 'PAT05''s: left out")
+               for n in prepared.notes)
+    # series of two patients mapped in one folder (a folder per modality, not per patient): left out, said
+    stray = data / "PAT07" / "s3"
+    save(io_load(data / "PAT05" / "CBCT"), stray, description="CBCT fx2")
+    with pytest.raises(DatasetError, match="nothing to prepare.*PAT07: its series belong to 2 patients"):
+        prepare_dataset(validate_dataset(data), tmp_path / "again", mapping={
+            c: c.guess for c in find_unnamed_series(validate_dataset(data))[0]}, register=misaligned_volumes(report))
+    conflict, = [n for n in prepared.notes if n.startswith("PAT07")]
+    assert "a.dcm and" in conflict and "b.dcm place frame" in conflict and "neither is used" in conflict
+    registered, = prepared.registered                         # PAT07: found from its intensities instead
+    assert registered.registration.stored == "" and registered.registration.improved
+    assert np.allclose(registered.registration.moving_to_fixed()[:3, 3], matrix[:3, 3], atol=1.5)   # not 25 mm off

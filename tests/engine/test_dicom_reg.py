@@ -44,7 +44,7 @@ def test_a_matrix_that_is_not_rigid_or_a_reg_of_one_frame_is_not_used_and_says_w
     scaled = rigid(0.1, (1.0, 2.0, 3.0)) @ np.diag([1.1, 1.0, 1.0, 1.0])
     registration, problem = read_registration(write_registration(tmp_path / "scaled.dcm", PLANNING, {DAILY: scaled},
                                                                  kind="AFFINE"))
-    assert registration is None and "not rigid" in problem and "scaled.dcm" in problem
+    assert registration is None and "not rigid" in problem
     registration, problem = read_registration(write_registration(tmp_path / "alone.dcm", PLANNING, {}))
     assert registration is None and "relating no other frame of reference" in problem
     (tmp_path / "notes.txt").write_text("not DICOM")
@@ -61,7 +61,7 @@ def test_a_frame_without_a_matrix_named_twice_or_deformable_is_never_taken_for_t
     path = write_registration(tmp_path / "reg.dcm", PLANNING, {DAILY: rigid(0.1, (5.0, 0.0, 0.0))})
     ds = pydicom.dcmread(path)
     del ds.RegistrationSequence[1].MatrixRegistrationSequence
-    assert registration_from(ds, path) == (None, f"{path}: frame {DAILY} is named without a matrix; not used")
+    assert registration_from(ds, path) == (None, f"frame {DAILY} is named without a matrix; not used")
     ds = pydicom.dcmread(path)
     ds.RegistrationSequence.append(ds.RegistrationSequence[1])
     assert "named twice" in registration_from(ds, path)[1]
@@ -83,7 +83,7 @@ def test_a_folder_s_registrations_are_found_among_its_images(tmp_path):
 
 
 
-def test_scanning_a_folder_keeps_its_registrations_and_lists_them_as_skipped_files(tmp_path):
+def test_scanning_a_folder_keeps_its_registrations_and_lists_an_unusable_one_as_skipped(tmp_path):
     import engine.io as io
 
     write_series(tmp_path / "CT", np.zeros((3, 8, 8), np.int16))
@@ -93,4 +93,40 @@ def test_scanning_a_folder_keeps_its_registrations_and_lists_them_as_skipped_fil
     assert len(catalog.entries) == 1 and [r.describe() for r in catalog.registrations] == [
         "good.dcm (CBCT to planning CT)"]
     reasons = {Path(s.path).name: s.reason for s in catalog.skipped}
-    assert "REG: not an image" in reasons["good.dcm"] and "not rigid" in reasons["scaled.dcm"]
+    assert "good.dcm" not in reasons and reasons["scaled.dcm"].startswith("the registration of frame")
+    assert "not rigid" in reasons["scaled.dcm"] and "scaled.dcm" not in reasons["scaled.dcm"]   # the path once
+
+
+def test_two_registrations_of_one_pair_that_disagree_are_both_refused_and_agreeing_ones_used(tmp_path):
+    """The first by file name had been applied silently, however wrong."""
+    import pytest
+
+    from engine.io.dicom_reg import ConflictingRegistrations
+
+    right = rigid(0.05, (10.0, 0.0, 0.0))
+    first, _ = read_registration(write_registration(tmp_path / "a_wrong.dcm", PLANNING, {DAILY: rigid(0.35, (50.0, 0, 0))}))
+    second, _ = read_registration(write_registration(tmp_path / "b_right.dcm", PLANNING, {DAILY: right}))
+    with pytest.raises(ConflictingRegistrations, match="a_wrong.dcm and .*b_right.dcm place frame"):
+        frame_matrix([first, second], DAILY, PLANNING)
+    again, _ = read_registration(write_registration(tmp_path / "c_again.dcm", PLANNING, {DAILY: right @ rigid(
+        0.001, (0.2, 0.0, 0.0))}))
+    matrix, by = frame_matrix([second, again], DAILY, PLANNING)            # within 1 mm and 0.5°: one placement
+    assert by is second and np.allclose(matrix, right, atol=1e-5)
+
+
+def test_registrations_are_looked_for_in_the_scans_folders_and_their_patient_folder(tmp_path):
+    """INPUT PAT01/CBCT and REF PAT01/CT, the REG in PAT01/REG: found through their common folder (at most
+    two levels up), never by walking far above them."""
+    from engine.io.dicom_reg import registrations_beside
+
+    patient = tmp_path / "export" / "PAT01"
+    write_series(patient / "CT", np.zeros((3, 8, 8), np.int16))
+    write_series(patient / "CBCT", np.zeros((3, 8, 8), np.int16))
+    write_registration(patient / "REG" / "reg.dcm", PLANNING, {DAILY: rigid(0.05, (1.0, 1.0, 1.0))})
+    write_registration(tmp_path / "elsewhere.dcm", PLANNING, {OTHER: rigid(0.05, (1.0, 1.0, 1.0))})
+    found, problems = registrations_beside([patient / "CBCT", patient / "CT"])
+    assert [Path(r.path).name for r in found] == ["reg.dcm"] and problems == []
+    far = tmp_path / "a" / "b" / "c"
+    write_series(far, np.zeros((3, 8, 8), np.int16))
+    found, _ = registrations_beside([far, patient / "CT"])                   # common folder: tmp_path, too far up
+    assert found == []
