@@ -364,8 +364,9 @@ class MainWindow(QMainWindow):
         None and why not — "" when no such scan is open). Never the input itself (a CBCT stored as DICOM
         CT has the target's modality: compared with itself, "doing nothing" would score perfectly);
         another patient's scan, a scan that shares only a grid (every subject of an atlas-space dataset
-        does) or one of several equally likely is never scored unasked."""
-        from engine.io import kinship
+        does), one of several equally likely, or one in another frame of reference that no opened REG
+        relates to the source's is never scored unasked."""
+        from engine.io import frames_differ, in_frame_of, kinship
 
         candidates = sorted(((kinship(source.volume, d.volume), d) for d in self.workspace.documents
                              if d is not source and not d.synthetic and d.volume.modality == modality),
@@ -378,6 +379,11 @@ class MainWindow(QMainWindow):
                           "reference or file name)")
         if len(best) > 1:
             return None, f"{len(best)} open {modality} scans are {source.title}'s subject's"
+        placed, _ = in_frame_of(best[0].volume, source.volume, self.workspace.registrations)
+        if placed is best[0].volume and frames_differ(best[0].volume, source.volume):
+            return None, (f"{best[0].title} was acquired in another frame of reference than {source.title} and no "
+                          "spatial registration (DICOM REG) in the folders opened relates them: scored as they lie, "
+                          "the anatomy would not match (open the patient's folder holding its REG)")
         return best[0], ""
 
     # -- PACS -----------------------------------------------------------------------------------

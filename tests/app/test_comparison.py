@@ -254,9 +254,17 @@ def test_after_synthesis_only_a_scan_of_the_same_subject_is_compared_unasked(qtb
     own = ws.add(Volume(phantom(), modality="CT", unit="HU", name="planning CT of P1",
                         dicom={"PatientID": "P1", "FrameOfReferenceUID": "1.2.9", "SeriesInstanceUID": "1.2.9.1"}))
     window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
+    assert window.comparison.model.result is None                   # another frame, nothing relating them: not scored
+    assert any("Not compared: planning CT of P1 was acquired in another frame of reference" in line
+               for line in window.log.lines)
+    from engine.io.dicom_reg import StoredRegistration
+
+    ws.add_registrations([StoredRegistration("/export/REG1.dcm", "1.2.9", {"1.2.9": np.eye(4), "1.2.1": np.eye(4)})])
+    window.synthesis.synthesis_finished.emit(cbct, synthetic_of(cbct), "auto")
     qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
     assert window.comparison.pickers["reference"].currentData() is own is not other
-    assert any("another frame of reference" in note for note in window.comparison.model.result.notes)
+    assert any("placed in the other scan's by the spatial registration REG1.dcm" in note
+               for note in window.comparison.model.result.notes)
 
 
 def test_a_failed_comparison_clears_the_previous_numbers_and_says_why(qtbot, window, pair, wait_loaded):
