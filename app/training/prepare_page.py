@@ -71,7 +71,7 @@ class PreparePage(CheckedPage):
         overlays.addWidget(self.after_label, 0, 1)
         overlays.addWidget(self.before, 1, 0)
         overlays.addWidget(self.after, 1, 1)
-        form = QFormLayout()
+        form = self.form = QFormLayout()
         form.addRow("Series to map", self.series)
         form.addRow("Register (rigid) onto\nthe subject's reference", self.register)
         form.addRow("New dataset folder", row(self.out, browse))
@@ -102,6 +102,7 @@ class PreparePage(CheckedPage):
             item.setData(Qt.ItemDataRole.UserRole, m)
             self.register.addItem(item)
         self.register.blockSignals(False)
+        self.form.setRowVisible(self.register, bool(self.misaligned))   # nothing to register: room for the series
         self.series.setRowCount(0)
         self.choices = []
         self._run(self._find_series, "Looking for series…", self._on_series)

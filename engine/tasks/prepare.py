@@ -372,9 +372,10 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     :func:`plan_subjects`) and the ``register``ed volumes (rigid, onto the subject's first modality in
     registry order, resampled onto its grid) into ``out``, atomically: a failed or cancelled run leaves
     ``out`` as it was. A DICOM series acquired in another frame of reference than its subject's
-    reference is placed by a spatial registration (DICOM REG) in the subject's folder relating the
-    two frames, else — with ``search`` — registered from its intensities, else left out (``register``ed
-    volumes alike: without ``search`` only a stored registration moves them). Other volumes
+    reference is placed by a spatial registration (DICOM REG) anywhere in the dataset folder relating
+    the two frames (two that disagree: neither), else — with ``search`` — registered from its
+    intensities, else left out (``register``ed volumes alike: without ``search`` only a stored
+    registration moves them); another patient's series (PatientID) is left out. Other volumes
     are linked or copied unchanged (DICOM folders converted to NIfTI); a volume shared by several
     subjects is read, registered and written once. ``out`` may be an earlier result of this function
     (replaced)."""
@@ -396,7 +397,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     record: dict[str, dict[str, dict]] = {}
     done: dict[tuple[str, str, str], tuple[Path | None, dict]] = {}   # (origin, modality, source) → file, record
     loaded: dict[str, Volume] = {}                       # the volumes a subject's later units share (a planning CT)
-    stored: dict[str, list] = {}                         # the dataset's spatial registrations (DICOM REG), once
+    stored: list[list] = []                              # the dataset's spatial registrations (DICOM REG), once
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
             check_cancel(cancel)
@@ -409,10 +410,11 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
             def registrations() -> list:
                 """The dataset's REGs (frame UIDs are unique: one in another folder relates the same
                 frames), looked for once and only when a volume needs one."""
-                if "" not in stored:
-                    stored[""], problems = find_registrations(root, cancel)
+                if not stored:
+                    found, problems = find_registrations(root, cancel)
+                    stored.append(found)
                     result.notes.extend(problems)
-                return stored[""]
+                return stored[0]
 
             def load(source) -> Volume:
                 key = _key(source)

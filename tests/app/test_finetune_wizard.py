@@ -151,6 +151,7 @@ def test_a_misaligned_volume_is_registered_into_a_prepared_copy(qtbot, wizard, t
     original = (data / "sub04" / "FLAIR.nii.gz").read_bytes()
     check(qtbot, wizard, data)
     wizard.next()
+    assert wizard.prepare.register.isVisible()
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
 
     assert prepare.report.usable and "Prepared" in prepare.status.text(), prepare.status.text()
@@ -214,6 +215,7 @@ def test_a_planning_ct_beside_two_daily_cbcts_makes_two_subjects_of_one_patient(
     wizard.next()
     prepare = wizard.prepare
     qtbot.waitUntil(lambda: prepare.series.rowCount() == 3, timeout=30000)
+    assert not prepare.register.isVisible() and prepare.series.isVisible()   # nothing to register: no empty list
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")          # the guesses: CT, CBCT, CBCT
     assert "PAT01 became PAT01_CBCT_1, PAT01_CBCT_2" in prepare.status.text(), prepare.status.text()
     made = {s.name: s.modalities for s in prepare.report.subjects if s.name.startswith("PAT01")}
