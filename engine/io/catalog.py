@@ -28,7 +28,8 @@ class SeriesEntry:
     shape_zyx: tuple[int, ...]
     spacing_xyz: tuple[float, ...]
     orientation: str
-    patient: str = ""
+    patient: str = ""                     # as listed: "Name (ID)"
+    patient_id: str = ""                  # its PatientID, "" when none or a placeholder (ANONYMOUS, 0, …)
     study: str = ""
     notes: tuple[str, ...] = ()
     synthetic: bool = False               # its header marks it as made by a model

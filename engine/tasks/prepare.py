@@ -233,10 +233,10 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
     taken = {name.lower() for name in sources}            # folder names: one on a case-insensitive disk
     plan = Plan()
     for subject, held in sorted(sources.items()):
-        patients = sorted({s.patient for found in held.values() for s in found if isinstance(s, SeriesEntry)
-                           and s.patient})
+        patients = sorted({s.patient_id for found in held.values() for s in found if isinstance(s, SeriesEntry)
+                           and s.patient_id})                  # by PatientID: names are spelt many ways
         if len(patients) > 1:
-            plan.left_out[subject] = (f"its series belong to {len(patients)} patients ({'; '.join(patients)}): "
+            plan.left_out[subject] = (f"its series belong to {len(patients)} patients (IDs {', '.join(patients)}): "
                                       "prepare needs one folder per patient (a folder per modality holding every "
                                       "patient's scans cannot be paired)")
             continue

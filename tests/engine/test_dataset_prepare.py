@@ -339,10 +339,11 @@ def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(
         made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=shape, seed=5)
         frame = f"1.2.826.0.1.3680043.10.5.{patient[-1]}"
         ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": patient, "StudyInstanceUID": "1.2.3.7",
-                                                                  "FrameOfReferenceUID": frame})
+                                                                  "FrameOfReferenceUID": frame, "PatientName": "Doe^John"})
         named = patient == "PAT05"                        # PAT05/CT/ and PAT05/CBCT/; PAT07's series to map
         save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
         cbct = _in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, frame + ".9", cbct_owner)
+        cbct = cbct.replace(dicom={**cbct.dicom, "PatientName": "DOE^JOHN"})     # one patient, spelt another way
         save(cbct, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")
         if patient == "PAT07":                                # in REG/ of another folder of the export, twice
             write_registration(data / "REG" / "a.dcm", frame, {frame + ".9": wrong})
@@ -357,7 +358,7 @@ def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(
     # series of two patients mapped in one folder (a folder per modality, not per patient): left out, said
     stray = data / "PAT07" / "s3"
     save(io_load(data / "PAT05" / "CBCT"), stray, description="CBCT fx2")
-    with pytest.raises(DatasetError, match="nothing to prepare.*PAT07: its series belong to 2 patients"):
+    with pytest.raises(DatasetError, match="nothing to prepare.*PAT07: its series belong to 2 patients \\(IDs PAT06, PAT07"):
         prepare_dataset(validate_dataset(data), tmp_path / "again", mapping={
             c: c.guess for c in find_unnamed_series(validate_dataset(data))[0]}, register=misaligned_volumes(report))
     conflict, = [n for n in prepared.notes if n.startswith("PAT07")]
