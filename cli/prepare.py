@@ -133,10 +133,12 @@ def choose(choices, rules: list[tuple[str, str]], guesses: bool, folders: dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.io import find_registrations
     from engine.tasks import (
         find_unnamed_series,
         mappable,
         misaligned_volumes,
+        placements,
         plan_subjects,
         prepare_dataset,
         validate_dataset,
@@ -156,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
                 or (args.register == "needed" and m.needs_it)]
     mapping = {c: modality for c, modality, _ in chosen}
     plan = plan_subjects(report, mapping, register)
+    search = args.register != "none"
+    ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
+    if ahead:
+        ahead = placements(plan, find_registrations(report.root)[0], search)
     mapped = {c.subject for c in choices}                     # said below, series by series
     listed = {id(f) for f in mappable(report)} | {id(f) for f in report.problems if f.subject in mapped
                                                   and f.kind in ("empty_subject", "single_modality")}
@@ -169,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
                       "finding": m.kind, "registered": m in register} for m in candidates],
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
                      for u in plan.units if u.split},
+        "placements": {f"{subject}/{modality}": how for (subject, modality), how in ahead.items()},
         "left_out": plan.left_out}
     lines = _listing(report, result, args)
     if not args.list:
@@ -179,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
                                  "headers suggest; --list shows them)")
             lines.append(f"nothing to map or register: {report.root} trains as it is (train --data {args.data})")
         else:
-            prepared = prepare_dataset(report, args.out, mapping=mapping, register=register,
-                                       search=args.register != "none", seed=args.seed, progress=progress)
+            prepared = prepare_dataset(report, args.out, mapping=mapping, register=register, search=search,
+                                       seed=args.seed, progress=progress)
             check = validate_dataset(prepared.root, seed=args.seed, **fractions)
             result["prepared"] = {
                 "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,
@@ -230,6 +237,9 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
                      "registers it)" if r["finding"] == "resampled" else "leave out (--register needed registers it)")
                   for r in result["register"]]
     lines += [f"left out: {subject}: {reason}" for subject, reason in result["left_out"].items()]
+    if result["placements"]:
+        lines.append("series in another frame of reference than their subject's reference:")
+        lines += [f"  {where}: {how}" for where, how in result["placements"].items()]
     if result["subjects"]:
         lines.append("one subject per repeated volume, in the order their headers date them (one participant in "
                      "the split):")

@@ -30,6 +30,7 @@ class SeriesEntry:
     orientation: str
     patient: str = ""                     # as listed: "Name (ID)"
     patient_id: str = ""                  # its PatientID, "" when none or a placeholder (ANONYMOUS, 0, …)
+    frame: str = ""                       # the FrameOfReferenceUID its scanner stated, "" when none did
     study: str = ""
     notes: tuple[str, ...] = ()
     synthetic: bool = False               # its header marks it as made by a model

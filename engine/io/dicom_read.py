@@ -23,7 +23,7 @@ from engine.io.dicom_pet import suv_factor
 from engine.io.dicom_scan import RADIOPHARMACEUTICAL_TAGS, SliceInfo, lenient_values, scan_files
 from engine.io.dicom_series import SeriesGroup, group_series
 from engine.io.errors import VolumeIOError
-from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY, PLACEHOLDER_IDS
+from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY, stated_frame, stated_patient
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import read_dicom_tags
 from engine.io.volume import Volume
@@ -103,7 +103,8 @@ def _entry(group: SeriesGroup, tags: dict[str, str]) -> SeriesEntry:
         spacing_xyz=geometry.spacing,
         orientation=orientation,
         patient=_patient(tags),
-        patient_id="" if tags.get("PatientID", "").strip().upper() in PLACEHOLDER_IDS else tags.get("PatientID", "").strip(),
+        patient_id=stated_patient(tags),
+        frame=stated_frame(tags),
         study=_study(tags),
         acquired=_acquired(tags),
         notes=(*group.notes, *not_anatomy,

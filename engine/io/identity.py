@@ -5,6 +5,7 @@ layout's folder of files named by their modality)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydicom.uid import generate_uid
@@ -29,23 +30,39 @@ PLACEHOLDER_IDS = frozenset({"", "0", "-", "NA", "N/A", "NONE", "NULL", "UNKNOWN
 def _de_identified(volume: Volume) -> bool:
     """Whether the scan says its identity was removed (PatientIdentityRemoved YES): its IDs and UIDs were
     replaced, so they neither match nor differ from another scan's in any way that tells."""
-    return str(volume.dicom.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+    return _removed(volume.dicom)
+
+
+def _removed(tags: Mapping[str, str]) -> bool:
+    return str(tags.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+
+
+def stated_patient(tags: Mapping[str, str]) -> str:
+    """The PatientID DICOM tags state, "" when it names no one (a placeholder) or was replaced by a
+    de-identification."""
+    found = str(tags.get("PatientID", "")).strip()
+    return "" if _removed(tags) or found.upper() in PLACEHOLDER_IDS else found
+
+
+def stated_frame(tags: Mapping[str, str]) -> str:
+    """The Frame of Reference UID a scanner stated in DICOM tags, "" when none did: the one this app gives
+    a NIfTI, MHA or NRRD scan's exports and synthetics (``io.dicom_write.derived_identity``, drawn from
+    its voxels; ``DERIVED_FRAME`` in our private block) is no scanner's; a de-identified scan's was
+    replaced."""
+    if _removed(tags) or str(tags.get(DERIVED_FRAME, "")).upper() == "YES":
+        return ""
+    return str(tags.get("FrameOfReferenceUID", "")).strip()
 
 
 def patient_of(volume: Volume) -> str:
     """The PatientID, "" when it names no one (a placeholder) or was replaced by a de-identification."""
-    found = str(volume.dicom.get("PatientID", "")).strip()
-    return "" if _de_identified(volume) or found.upper() in PLACEHOLDER_IDS else found
+    return stated_patient(volume.dicom)
 
 
 def scanner_frame(volume: Volume) -> str:
-    """The Frame of Reference UID a scanner stated, "" when none did: a NIfTI, MHA or NRRD scan has none;
-    the one this app gives such a scan's exports and synthetics (``io.dicom_write.derived_identity``,
-    drawn from its voxels; ``DERIVED_FRAME`` in our private block) is no scanner's; a de-identified
-    scan's was replaced."""
-    if _de_identified(volume) or str(volume.dicom.get(DERIVED_FRAME, "")).upper() == "YES":
-        return ""
-    return str(volume.dicom.get("FrameOfReferenceUID", "")).strip()
+    """The Frame of Reference UID a scanner stated (:func:`stated_frame`; a NIfTI, MHA or NRRD scan has
+    none)."""
+    return stated_frame(volume.dicom)
 
 
 def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:

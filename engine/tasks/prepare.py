@@ -20,6 +20,7 @@ from engine.io.dicom_reg import (
     ConflictingRegistrations,
     StoredRegistration,
     find_registrations,
+    frame_matrix,
     frames_differ,
     stored_matrix,
 )
@@ -269,6 +270,36 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
             continue
         plan.units += [Unit(name, subject, {**shared, repeated: source}) for name, (_, source) in zip(names, dated)]
     return plan
+
+
+def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: bool = True
+               ) -> dict[tuple[str, str], str]:
+    """How preparing will place each mapped DICOM series whose frame of reference its scanner stated
+    differently from its subject's reference series' — (subject, modality) → what will happen — from
+    the headers alone (nothing is read): by a stored registration relating the frames, else from its
+    intensities (``search``), else left out."""
+    registrations = list(registrations)
+    found = {}
+    for unit in plan.units:
+        order = [m for m in modalities.MODALITIES if m in unit.held]
+        reference = unit.held[order[0]]
+        for modality in order[1:]:
+            source = unit.held[modality]
+            if not (isinstance(reference, SeriesEntry) and isinstance(source, SeriesEntry) and reference.frame
+                    and source.frame and reference.frame != source.frame):
+                continue
+            try:
+                stored = frame_matrix(registrations, source.frame, reference.frame)
+            except ConflictingRegistrations as exc:
+                stored, why = None, f"{exc}; "
+            else:
+                why = "no spatial registration relates them; "
+            found[(unit.name, modality)] = (
+                f"in another frame of reference than its {order[0]}: placed by the stored registration "
+                f"{stored[1].describe()}" if stored else
+                f"in another frame of reference than its {order[0]}: {why}"
+                + ("registered from its intensities" if search else "left out"))
+    return found
 
 
 def _acquired(source) -> str:

@@ -14,10 +14,11 @@ from training_support import unprepared_data
 
 from engine.io import load as io_load
 from engine.io import save
+from engine.io.dicom_reg import find_registrations
 from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
 from engine.jobs import Cancelled, CancelToken
 from engine.tasks.phantoms import write_phantom_subject
-from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, prepare_dataset
+from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, placements, plan_subjects, prepare_dataset
 from engine.tasks.registration import overlay, register_rigid, resample_rigid
 from engine.tasks.validation import DatasetError, validate_dataset
 
@@ -294,6 +295,11 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     assert reg_folder.kind == "not_an_image" and "REG" in reg_folder.message     # not "unknown modality 'reg'"
     choices, _ = find_unnamed_series(report)
     assert sorted(c.subject for c in choices) == ["PAT01", "PAT01", "PAT03", "PAT03"]
+    plan = plan_subjects(report, {c: c.guess for c in choices}, misaligned_volumes(report))   # said before preparing
+    assert placements(plan, find_registrations(data)[0]) == {("PAT01", "CBCT"): (
+        "in another frame of reference than its CT: placed by the stored registration REG0001.dcm (CBCT to planning "
+        "CT)")}
+    assert "no spatial registration relates them; left out" in placements(plan, [], search=False)[("PAT01", "CBCT")]
     prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
                                register=misaligned_volumes(report))
     by_subject = {r.subject: r for r in prepared.registered}
