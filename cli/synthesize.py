@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "modality of the family (T1 for T2), an unknown one, another patient or frame of reference "
                         "(docs/evaluation.md); one in another frame of reference is placed in the input's by a "
                         "spatial registration (DICOM REG) found in INPUT's or REF's folder")
+    p.add_argument("--registration", metavar="REG", action="append", default=[],
+                   help="with --reference: a spatial registration (DICOM REG file) relating REF's frame of reference "
+                        "to INPUT's, where it lies elsewhere than their folders (repeatable)")
     p.add_argument("--series", help="SeriesInstanceUID (or unique prefix) when INPUT holds several")
     p.add_argument("--reference-series", metavar="UID",
                    help="SeriesInstanceUID (or unique prefix) when REF holds several")
@@ -87,15 +90,25 @@ def reference_warnings(volume, reference, target: str) -> list[str]:
             *identity_warnings(volume, reference)]
 
 
-def placed_reference(volume, reference, paths) -> tuple:
+def placed_reference(volume, reference, paths, given=()) -> tuple:
     """``reference`` in ``volume``'s frame of reference when their scanners' frames differ and a spatial
-    registration (DICOM REG) stored with either relates them (a planning CT beside a linac's CBCT), with
-    the note saying so; else as it is and "" (the identity check warns of another frame)."""
-    from engine.io import frames_differ, in_frame_of, registrations_beside
+    registration (DICOM REG) ``given`` or stored with either relates them (a planning CT beside a
+    linac's CBCT), with the note saying so; else as it is and "" (the identity check warns of another
+    frame). ValueError for a given file that is no usable registration."""
+    from engine.io import frames_differ, in_frame_of, read_registration, registrations_beside
 
+    named = []
+    for path in given:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such file")
+        registration, problem = read_registration(path)
+        if registration is None:
+            raise ValueError(f"{path}: {problem or 'not a DICOM spatial registration (REG)'}")
+        named.append(registration)
     if not frames_differ(reference, volume):
         return reference, ""
-    registrations, problems = registrations_beside(paths)
+    found, problems = registrations_beside(paths)
+    registrations = named + [r for r in found if r.path not in {n.path for n in named}]
     placed, note = in_frame_of(reference, volume, registrations)
     if placed is reference:                         # why not: a REG found but unusable, or none where we looked
         for problem in problems:
@@ -154,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
     card = ModelCard.read(folder)
     if args.source and args.source.strip().lower() != "auto":
         card.check_route(args.source, target)          # fail before loading anything heavy
-    if args.reference_series and not args.reference:
-        raise ValueError("--reference-series goes with --reference")
+    if (args.reference_series or args.registration) and not args.reference:
+        raise ValueError("--reference-series and --registration go with --reference")
     output = Path(args.output)
     io.check_output(output, inputs=(args.input, *([args.reference] if args.reference else [])))
     check_patient_arguments(args, output)
@@ -167,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference:
         reference = io.load(args.reference, series=args.reference_series, pick_with="--reference-series")
         named = f"{args.reference} [{reference.name}]" if args.reference_series else args.reference   # which series
-        reference, placed = placed_reference(volume, reference, (args.input, args.reference))
+        reference, placed = placed_reference(volume, reference, (args.input, args.reference), args.registration)
         if placed:
             print(f"note: {named}: {placed}", file=sys.stderr)
         try:

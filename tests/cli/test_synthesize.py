@@ -490,7 +490,7 @@ def test_a_reference_holding_several_series_is_picked_with_reference_series(caps
     assert json.loads(out)["reference_warnings"] == [] and json.loads(out)["metrics"]["modality"] == "CT"
     code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "b.nii.gz", "--reference-series", keys["CT"],
                           *common)
-    assert code == 2 and "--reference-series goes with --reference" in err
+    assert code == 2 and "--reference-series and --registration go with --reference" in err
     code, _out, err = run(capsys, "synthesize", t1, "-o", tmp_path / "c.nii.gz", "--reference", study,
                           "--reference-series", keys["T1"], "--target", "T2", "--model", model_dir, "--quiet")
     named = io.scan(study).find(keys["T1"]).description
@@ -584,3 +584,15 @@ def test_a_reference_in_another_frame_of_reference_is_placed_by_the_stored_regis
     assert "unless it was registered" not in err and "placed in the other scan's by the spatial registration " \
         "REG0001.dcm (CBCT to planning CT)" in report["reference_placed"]
     assert report["reference_coverage"] > 0.99 and report["reference_warnings"] == []
+
+    # a REG kept elsewhere is named with --registration; a file that is none is refused before the work
+    elsewhere = tmp_path / "registrations" / "REG0001.dcm"
+    elsewhere.parent.mkdir()
+    (export / "REG0001.dcm").rename(elsewhere)
+    code, out, err = run(capsys, "synthesize", export, "-o", tmp_path / "named.nii.gz", *common,
+                         "--registration", elsewhere)
+    assert code == 0, err
+    assert "REG0001.dcm" in json.loads(out)["reference_placed"]
+    code, out, err = run(capsys, "synthesize", export, "-o", tmp_path / "bad.nii.gz", *common,
+                         "--registration", tmp_path / "unplaced.nii.gz")
+    assert code == 2 and "unplaced.nii.gz: not a DICOM spatial registration (REG)" in err
