@@ -366,7 +366,7 @@ class MainWindow(QMainWindow):
         another patient's scan, a scan that shares only a grid (every subject of an atlas-space dataset
         does), one of several equally likely, or one in another frame of reference that no opened REG
         relates to the source's is never scored unasked."""
-        from engine.io import frames_differ, in_frame_of, kinship
+        from engine.io import NO_REGISTRATION, frames_differ, in_frame_of, kinship
 
         candidates = sorted(((kinship(source.volume, d.volume), d) for d in self.workspace.documents
                              if d is not source and not d.synthetic and d.volume.modality == modality),
@@ -379,11 +379,11 @@ class MainWindow(QMainWindow):
                           "reference or file name)")
         if len(best) > 1:
             return None, f"{len(best)} open {modality} scans are {source.title}'s subject's"
-        placed, _ = in_frame_of(best[0].volume, source.volume, self.workspace.registrations)
+        placed, note = in_frame_of(best[0].volume, source.volume, self.workspace.registrations)
         if placed is best[0].volume and frames_differ(best[0].volume, source.volume):
-            return None, (f"{best[0].title} was acquired in another frame of reference than {source.title} and no "
-                          "spatial registration (DICOM REG) in the folders opened relates them: scored as they lie, "
-                          "the anatomy would not match (open the patient's folder holding its REG)")
+            return None, (f"{best[0].title} was acquired in another frame of reference than {source.title}: "
+                          f"{note or NO_REGISTRATION + ' in the folders opened (open the patient folder holding it)'}; "
+                          "scored as they lie, the anatomy would not match")
         return best[0], ""
 
     # -- PACS -----------------------------------------------------------------------------------

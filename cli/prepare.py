@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
                      for u in plan.units if u.split},
         "placements": {f"{subject}/{modality}": how for (subject, modality), how in ahead.items()},
-        "left_out": plan.left_out}
+        "left_out": plan.left_out, "dropped": plan.dropped}
     lines = _listing(report, result, args)
     if not args.list:
         if not any(mapping.values()) and not register:
@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
                                 "applied": r.registration.improved, "left_out": r.left_out,
                                 **r.registration.to_dict()} for r in prepared.registered],
                 "check": check.to_dict(), "no_training": check.training_problem()}
-            lines += _outcome(prepared, check)
+            said = set(plan.dropped) | {f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()}
+            lines += _outcome(prepared, check, said)
     if args.json:
         print(json.dumps(json_ready(result), indent=2))
     else:
@@ -237,6 +238,7 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
                      "registers it)" if r["finding"] == "resampled" else "leave out (--register needed registers it)")
                   for r in result["register"]]
     lines += [f"left out: {subject}: {reason}" for subject, reason in result["left_out"].items()]
+    lines += [f"left out: {text.removesuffix(': left out')}" for text in result["dropped"]]
     if result["placements"]:
         lines.append("series in another frame of reference than their subject's reference:")
         lines += [f"  {where}: {how}" for where, how in result["placements"].items()]
@@ -248,14 +250,15 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def _outcome(prepared, check) -> list[str]:
+def _outcome(prepared, check, said: set[str]) -> list[str]:
+    """What preparing did, then what checking the copy found (``said``: notes the listing gave already)."""
     lines = [f"prepared {prepared.root}:"]
     lines += [f"  {r.subject}: {r.modality} onto {r.reference}: {r.describe()}" for r in prepared.registered]
     if prepared.split_subjects:
         lines.append(f"  one subject per repeated volume (one participant in the split): {prepared.describe_split()}")
     if prepared.skipped:
         lines.append(f"  left out (fewer than two volumes): {', '.join(prepared.skipped)}")
-    lines += [f"  note: {note}" for note in prepared.notes]
+    lines += [f"  note: {note}" for note in prepared.notes if note not in said]
     lines += ["checked:"] + [f"  {line}" for line in check.summary().splitlines()]
     problem = check.training_problem()
     if problem:

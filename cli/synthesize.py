@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "refuses one of another modality family than the target (MR for CT), warns of another "
                         "modality of the family (T1 for T2), an unknown one, another patient or frame of reference "
                         "(docs/evaluation.md); one in another frame of reference is placed in the input's by a "
-                        "spatial registration (DICOM REG) found in INPUT's or REF's folder")
+                        "spatial registration (DICOM REG): --registration, or one in INPUT's or REF's folder or the "
+                        "patient folder holding both")
     p.add_argument("--registration", metavar="REG", action="append", default=[],
                    help="with --reference: a spatial registration (DICOM REG file) relating REF's frame of reference "
                         "to INPUT's, where it lies elsewhere than their folders (repeatable)")
@@ -95,7 +96,7 @@ def placed_reference(volume, reference, paths, given=()) -> tuple:
     registration (DICOM REG) ``given`` or stored with either relates them (a planning CT beside a
     linac's CBCT), with the note saying so; else as it is and "" (the identity check warns of another
     frame). ValueError for a given file that is no usable registration."""
-    from engine.io import frames_differ, in_frame_of, read_registration, registrations_beside
+    from engine.io import NO_REGISTRATION, frames_differ, in_frame_of, read_registration, registrations_beside
 
     named = []
     for path in given:
@@ -113,10 +114,8 @@ def placed_reference(volume, reference, paths, given=()) -> tuple:
     if placed is reference:                         # why not: a REG found but unusable, or none where we looked
         for problem in problems:
             print(f"note: {problem}", file=sys.stderr)
-        print("note: " + (note or "no spatial registration (DICOM REG) relating the two frames of reference was found "
-                                  "in INPUT's or REF's folders or the folder holding both; give the patient's folder "
-                                  "(with --series / --reference-series) to use the one stored with them"),
-              file=sys.stderr)
+        print("note: " + (note or f"{NO_REGISTRATION} in INPUT's or REF's folders (or the patient folder holding both); "
+                                  "name it with --registration REG"), file=sys.stderr)
         return reference, ""
     return placed, note
 

@@ -37,7 +37,8 @@ __getattr__, _LAZY = lazy_exports(__name__, {"Anonymiser": "deidentify", "burned
                                              "named_patient": "identity", "names_no_patient": "identity",
                                              "data_files": "data_size", "frames_differ": "dicom_reg",
                                              "in_frame_of": "dicom_reg", "registrations_beside": "dicom_reg",
-                                             "find_registrations": "dicom_reg", "read_registration": "dicom_reg"})
+                                             "find_registrations": "dicom_reg", "read_registration": "dicom_reg",
+                                             "NO_REGISTRATION": "dicom_reg"})
 __all__ = ["Catalog", "SeriesEntry", "Skipped", "Volume", "VolumeIOError", "check_output", "file_kind",
            "is_dicom_file", "load", "openable_name", "other_format", "path_key", "save", "scan", "written_keys", *_LAZY]
 

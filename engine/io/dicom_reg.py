@@ -9,6 +9,7 @@ rigid transforms (rotation and translation; ``RIGID`` and a ``RIGID_SCALE`` / ``
 is one) are used."""
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ SPATIAL_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.1"     # Spatial Registration
 DEFORMABLE_REGISTRATION = "1.2.840.10008.5.1.4.1.1.66.3"   # Deformable Spatial Registration Storage
 RIGID_TOLERANCE = 1e-3           # |RᵀR − I| and |det R − 1| of a matrix taken for a rotation
 AGREEMENT_MM, AGREEMENT_DEGREES = 1.0, 0.5   # two REGs of one pair of frames closer than this agree
+NO_REGISTRATION = "no spatial registration (DICOM REG) relating the two frames of reference was found"
 COMMON_LEVELS = 2               # how far above a scan's folder registrations are looked for
 _NOT_DICOM = (".nii", ".nii.gz", ".mha", ".mhd", ".raw", ".nrrd", ".nhdr", ".json", ".txt", ".csv", ".png", ".jpg")
 
@@ -126,7 +128,8 @@ def find_registrations(folder: str | Path, cancel: CancelToken | None = None, *,
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")) if recursive else []
         for name in sorted(files):
             check_cancel(cancel)
-            if name.startswith(".") or name.lower().endswith(_NOT_DICOM):
+            if name.startswith(".") or name.lower().endswith(_NOT_DICOM) or not os.path.isfile(
+                    os.path.join(directory, name)):             # a pipe or a device would block the read
                 continue
             registration, problem = read_registration(Path(directory) / name)
             if registration is not None:
@@ -139,15 +142,18 @@ def find_registrations(folder: str | Path, cancel: CancelToken | None = None, *,
 def registrations_beside(paths: Iterable[str | Path], cancel: CancelToken | None = None
                          ) -> tuple[list[StoredRegistration], list[str]]:
     """The spatial registrations stored with the scans at ``paths``: in each folder given and below it,
-    beside each file given (its folder only), and in their nearest common folder when it is at most
-    :data:`COMMON_LEVELS` above each (a patient folder holding CT/, CBCT/ and REG/ folders)."""
+    beside each file given (its folder only), and in the folder holding them all when it lies above
+    them, at most :data:`COMMON_LEVELS` above each (a patient folder holding CT/, CBCT/ and REG/) — never
+    a file system's root, the home folder or one above it."""
     given = [Path(p).resolve() for p in paths]
     places = [(p, True) if p.is_dir() else (p.parent, False) for p in given]
     try:
         common = Path(os.path.commonpath([folder for folder, _ in places]))
     except ValueError:                  # other drives
         common = None
-    if common is not None and all(len(folder.relative_to(common).parts) <= COMMON_LEVELS for folder, _ in places):
+    if (common is not None and all(common != folder and len(folder.relative_to(common).parts) <= COMMON_LEVELS
+                                   for folder, _ in places)
+            and common != Path(common.anchor) and not Path.home().resolve().is_relative_to(common)):
         places.append((common, True))
     found: list[StoredRegistration] = []
     problems: list[str] = []
@@ -167,24 +173,30 @@ class ConflictingRegistrations(ValueError):
     """Two stored registrations relate the same frames differently: neither can be trusted."""
 
 
-def _agree(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two rigid matrices place alike (within AGREEMENT_MM and AGREEMENT_DEGREES)."""
+def _agree(a: np.ndarray, b: np.ndarray, at: np.ndarray) -> bool:
+    """Whether two rigid matrices place alike: within AGREEMENT_DEGREES of rotation and AGREEMENT_MM of
+    displacement at the points ``at`` (n, 3) — where the scan lies, not the frame's origin, which may be
+    hundreds of millimetres from the patient."""
     turn = np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+    moved = [(at @ m[:3, :3].T + m[:3, 3]) for m in (a, b)]
     return (np.degrees(np.arccos(turn)) <= AGREEMENT_DEGREES
-            and float(np.linalg.norm(a[:3, 3] - b[:3, 3])) <= AGREEMENT_MM)
+            and float(np.max(np.linalg.norm(moved[0] - moved[1], axis=1))) <= AGREEMENT_MM)
 
 
-def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed: str
+def frame_matrix(registrations: Iterable[StoredRegistration], moving: str, fixed: str, at: np.ndarray | None = None
                  ) -> tuple[np.ndarray, StoredRegistration] | None:
     """The matrix taking ``moving``-frame coordinates into ``fixed``-frame ones, with the REG it comes
-    from (the first by path of those that agree); None when none registers both frames.
+    from (the first by path of those that agree, compared at the points ``at`` of the moving frame: a
+    scan's corners; its origin when None); None when none registers both frames.
     :class:`ConflictingRegistrations` naming them when two relate the frames differently."""
+    points = np.zeros((1, 3)) if at is None else np.asarray(at, float).reshape(-1, 3)
     found = [(matrix, r) for r in registrations if (matrix := r.between(moving, fixed)) is not None]
     for matrix, other in found[1:]:
-        if not _agree(found[0][0], matrix):
+        if not _agree(found[0][0], matrix, points):
             raise ConflictingRegistrations(
                 f"the spatial registrations {found[0][1].path} and {other.path} place frame {moving} differently "
-                f"in frame {fixed} (by more than {AGREEMENT_MM:g} mm or {AGREEMENT_DEGREES:g}°): neither is used")
+                f"in frame {fixed} (by more than {AGREEMENT_MM:g} mm where the scan lies, or {AGREEMENT_DEGREES:g}°): "
+                "neither is used")
     return found[0] if found else None
 
 
@@ -196,7 +208,15 @@ def stored_matrix(volume: Volume, other: Volume, registrations: Iterable[StoredR
     frame is not known, or none relates them; :class:`ConflictingRegistrations` when two disagree."""
     if not frames_differ(volume, other):
         return None
-    return frame_matrix(registrations, scanner_frame(volume), scanner_frame(other))
+    return frame_matrix(registrations, scanner_frame(volume), scanner_frame(other), _corners(volume))
+
+
+def _corners(volume: Volume) -> np.ndarray:
+    """The 8 corners of ``volume``'s grid in its frame's millimetres (LPS)."""
+    steps = np.asarray(volume.direction, float).reshape(3, 3) @ np.diag(volume.spacing)
+    extent = [(0, n - 1) for n in reversed(volume.shape)]               # x, y, z indices
+    return np.array([np.asarray(volume.origin) + steps @ np.array(index, float)
+                     for index in itertools.product(*extent)])
 
 
 def frames_differ(volume: Volume, other: Volume) -> bool:

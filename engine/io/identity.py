@@ -59,6 +59,13 @@ def patient_of(volume: Volume) -> str:
     return stated_patient(volume.dicom)
 
 
+def other_patient(volume: Volume, other: Volume) -> str:
+    """``other``'s PatientID when it names another patient than ``volume``'s ("" when it does not, or
+    either names no one: a placeholder, a de-identified scan, a NIfTI)."""
+    mine, theirs = patient_of(volume), patient_of(other)
+    return theirs if mine and theirs and mine != theirs else ""
+
+
 def scanner_frame(volume: Volume) -> str:
     """The Frame of Reference UID a scanner stated (:func:`stated_frame`; a NIfTI, MHA or NRRD scan has
     none)."""
@@ -70,10 +77,10 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
     itself: a synthetic carries its input's identity) and ``reference`` say against scoring one with
     the other: another patient, another frame of reference. Nothing when either is not known."""
     warnings = []
-    mine, theirs = patient_of(acquired), patient_of(reference)
-    if mine and theirs and mine != theirs:
-        warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's {mine!r}): "
-                        "the scores compare two people")
+    theirs = other_patient(acquired, reference)
+    if theirs:
+        warnings.append(f"the reference is another patient's scan (PatientID {theirs!r}, the input's "
+                        f"{patient_of(acquired)!r}): the scores compare two people")
     if different_worlds(acquired.space, reference.space):
         warnings.append(f"the reference's coordinates are in {reference.space} space, the input's in {acquired.space} "
                         "space: the scores compare anatomy at the same coordinates of two different worlds")
@@ -178,9 +185,9 @@ def kinship(acquired: Volume, candidate: Volume) -> int:
     BraTS, MNI-registered sets, put every subject on one grid), 0 not known to be — or known not to
     be: another PatientID, or coordinates in another world (MNI space beside a scanner's), outweighs
     everything else."""
-    mine, theirs = patient_of(acquired), patient_of(candidate)
-    if (mine and theirs and mine != theirs) or different_worlds(acquired.space, candidate.space):
+    if other_patient(acquired, candidate) or different_worlds(acquired.space, candidate.space):
         return 0
+    mine, theirs = patient_of(acquired), patient_of(candidate)
     if scanner_frame(acquired) and scanner_frame(acquired) == scanner_frame(candidate):
         return 3
     subject = _subject_of_file(acquired.source)

@@ -24,7 +24,7 @@ from engine.io.dicom_reg import (
     frames_differ,
     stored_matrix,
 )
-from engine.io.identity import patient_of
+from engine.io.identity import other_patient, patient_of
 from engine.io.itk_files import file_kind
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -189,10 +189,34 @@ class Unit:
 
 @dataclass
 class Plan:
-    """The prepared dataset's subjects, and the dataset's subjects left out with the reason."""
+    """The prepared dataset's subjects, the dataset's subjects left out with the reason, and the series
+    left out of a subject that is prepared (another patient's, filed in its folder)."""
 
     units: list[Unit] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+def _owner(held: Mapping[str, list]) -> tuple[str | None, list]:
+    """Whose scans a subject's volumes are, by the PatientIDs of its DICOM series: the patient of its
+    reference modality's series (the first in registry order; else of all its series) and the series
+    of other patients, as (modality, series); None and the reason when the reference's series name
+    several patients (a folder per modality holding every patient's scans)."""
+    def ids(found) -> set[str]:
+        return {s.patient_id for s in found if isinstance(s, SeriesEntry) and s.patient_id}
+
+    reference = next(m for m in modalities.MODALITIES if m in held)
+    named = ids(held[reference]) or set().union(*(ids(found) for found in held.values()))
+    if len(named) > 1:
+        listed = "; ".join(f"{pid}: " + ", ".join(_named(s) for found in held.values() for s in found
+                                                 if isinstance(s, SeriesEntry) and s.patient_id == pid)
+                           for pid in sorted(named))
+        return None, [f"its {'series' if not ids(held[reference]) else reference + ' series'} belong to "
+                      f"{len(named)} patients ({listed}): prepare needs one folder per patient (a folder per modality "
+                      "holding every patient's scans cannot be paired)"]
+    owner = next(iter(named), "")
+    return owner, [(m, s) for m, found in held.items() for s in found
+                   if owner and isinstance(s, SeriesEntry) and s.patient_id and s.patient_id != owner]
 
 
 def _partner(modality: str) -> str:
@@ -234,13 +258,15 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
     taken = {name.lower() for name in sources}            # folder names: one on a case-insensitive disk
     plan = Plan()
     for subject, held in sorted(sources.items()):
-        patients = sorted({s.patient_id for found in held.values() for s in found if isinstance(s, SeriesEntry)
-                           and s.patient_id})                  # by PatientID: names are spelt many ways
-        if len(patients) > 1:
-            plan.left_out[subject] = (f"its series belong to {len(patients)} patients (IDs {', '.join(patients)}): "
-                                      "prepare needs one folder per patient (a folder per modality holding every "
-                                      "patient's scans cannot be paired)")
+        owner, strays = _owner(held)                      # by PatientID: names are spelt many ways
+        if owner is None:
+            plan.left_out[subject] = strays[0]
             continue
+        for modality, stray in strays:                    # another patient's series filed here: that one out
+            held[modality] = [s for s in held[modality] if s is not stray]
+            plan.dropped.append(f"{subject}: its {modality} {_named(stray)} is patient {stray.patient_id!r}'s "
+                                f"series, not {owner!r}'s: left out")
+        held = {m: found for m, found in held.items() if found}
         several = [m for m in modalities.MODALITIES if len(held.get(m, ())) > 1]
         if not several:
             plan.units.append(Unit(subject, subject, {m: found[0] for m, found in held.items()}))
@@ -324,8 +350,8 @@ def _dicom(source) -> bool:
 def _another_patient(reference: Volume, volume: Volume) -> str:
     """What says ``volume`` is another patient's scan than ``reference`` ("" when nothing does): their
     DICOM PatientIDs differ (placeholders and de-identified scans say nothing)."""
-    mine, theirs = patient_of(reference), patient_of(volume)
-    return f"patient {theirs!r}'s scan, not {mine!r}'s" if mine and theirs and mine != theirs else ""
+    theirs = other_patient(reference, volume)
+    return f"patient {theirs!r}'s scan, not {patient_of(reference)!r}'s" if theirs else ""
 
 
 def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
@@ -420,7 +446,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     plan = plan_subjects(report, mapping or {}, register)
     units = plan.units
     result = PreparedDataset(out)
-    result.notes += [f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()]
+    result.notes += plan.dropped + [f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()]
     try:
         meta = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):

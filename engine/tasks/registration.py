@@ -76,8 +76,9 @@ class RigidRegistration:
         angles = (shown.GetAngleX(), shown.GetAngleY(), shown.GetAngleZ())
         before = "no overlap" if self.mi_before is None else f"{self.mi_before:.3f}"
         after = "no overlap" if math.isnan(self.mi_after) else f"{self.mi_after:.3f}"
-        found = (f"rotation ({_degrees(angles)}) about x, y, z and translation ({_millimetres(matrix[:3, 3])}) mm from "
-                 f"its frame into the reference's; mutual information {before} → {after}")
+        found = (f"rotation ({_degrees(angles)}) about x, y, z (applied y, x, z) and translation "
+                 f"({_millimetres(matrix[:3, 3])}) mm from its frame into the reference's; mutual information "
+                 f"{before} → {after}")
         if self.stored:
             found = f"placed by the stored registration {self.stored}: {found}"
             return found if self.improved else f"{found}: the volumes do not overlap through it, so not applied"
@@ -85,8 +86,9 @@ class RigidRegistration:
         return found if self.improved else f"{found}: worse than the headers' placement, so not applied"
 
     def to_dict(self) -> dict:
-        return {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
-                "center_mm": list(self.center), "matrix_moving_to_fixed": self.moving_to_fixed().tolist(),
+        return {"matrix_moving_to_fixed": self.moving_to_fixed().tolist(),
+                "itk_fixed_to_moving": {"angles_rad": list(self.angles), "translation_mm": list(self.translation),
+                                        "center_mm": list(self.center)},      # SimpleITK's Euler3DTransform
                 "mutual_information": {"before": self.mi_before,
                                        "after": None if math.isnan(self.mi_after) else self.mi_after},
                 **({"stored": self.stored, "stored_path": self.stored_path, "stored_uid": self.stored_uid}

@@ -284,16 +284,16 @@ def subject_entry(meta: dict, subject: str, key: str) -> str:
 
 
 def _objects_only(folder: Path, most: int = 8) -> str:
-    """What a small folder holding only DICOM objects that are no images is (a planning system's REG/ or
-    RTSTRUCT/ folder: "REG: not an image, skipped"), "" otherwise or when it holds more than ``most`` files."""
-    files = []
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.name.startswith("."):
-            files.append(path)
-            if len(files) > most:
-                return ""
-    kinds = [_not_an_image(path) for path in files]
-    return "; ".join(dict.fromkeys(kinds)) if files and all(kinds) else ""
+    """What a folder holding only DICOM objects that are no images is (a planning system's REG/ or
+    RTSTRUCT/ folder: "REG: not an image, skipped"), "" otherwise — at its first image or other file, or
+    beyond ``most`` files."""
+    kinds: dict[str, None] = {}
+    for count, path in enumerate(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        kind = _not_an_image(path) if count < most else ""
+        if not kind:
+            return ""
+        kinds[kind] = None
+    return "; ".join(kinds)
 
 
 def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationReport, deep: bool) -> SubjectInfo | None:
@@ -398,7 +398,7 @@ def _check_subject(folder: Path, subject: str, meta: dict, report: ValidationRep
         only = next(iter(files))
         report.problems.append(Finding("single_modality", str(folder), f"subject {subject!r} has only one usable "
                                        f"modality ({only}): no pair, skipped", subject))
-    elif objects := _objects_only(folder, most=64):    # a REG/ folder beside the patients' folders
+    elif objects := _objects_only(folder, most=10000):  # a REG/ folder beside the patients' folders
         report.notes.append(Finding("not_an_image", str(folder), f"holds no image ({objects}): not a subject",
                                     subject))
     else:

@@ -361,14 +361,25 @@ def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(
     assert prepared.skipped == ["PAT05"]
     assert any(n.startswith("PAT05: its CBCT (") and n.endswith("is patient 'PAT06''s scan, not 'PAT05''s: left out")
                for n in prepared.notes)
-    # series of two patients mapped in one folder (a folder per modality, not per patient): left out, said
-    stray = data / "PAT07" / "s3"
-    save(io_load(data / "PAT05" / "CBCT"), stray, description="CBCT fx2")
-    with pytest.raises(DatasetError, match="nothing to prepare.*PAT07: its series belong to 2 patients \\(IDs PAT06, PAT07"):
-        prepare_dataset(validate_dataset(data), tmp_path / "again", mapping={
-            c: c.guess for c in find_unnamed_series(validate_dataset(data))[0]}, register=misaligned_volumes(report))
     conflict, = [n for n in prepared.notes if n.startswith("PAT07")]
     assert "a.dcm and" in conflict and "b.dcm place frame" in conflict and "neither is used" in conflict
     registered, = prepared.registered                         # PAT07: found from its intensities instead
     assert registered.registration.stored == "" and registered.registration.improved
     assert np.allclose(registered.registration.moving_to_fixed()[:3, 3], matrix[:3, 3], atol=1.5)   # not 25 mm off
+
+    # one stray series of another patient among PAT07's: only it is left out, PAT07's pair prepared
+    save(io_load(data / "PAT05" / "CBCT"), data / "PAT07" / "s3", description="CBCT fx2")
+    checked = validate_dataset(data)
+    again = prepare_dataset(checked, tmp_path / "again", mapping={c: c.guess for c in find_unnamed_series(checked)[0]},
+                            register=misaligned_volumes(checked))
+    assert (again.root / "PAT07" / "CBCT.nii.gz").exists()
+    assert "PAT07: its CBCT CBCT fx2 is patient 'PAT06''s series, not 'PAT07''s: left out" in again.notes
+    # planning CTs of two patients in one folder (a folder per modality, not per patient): whose is unknown
+    ct = io_load(data / "PAT07" / "s1")
+    save(ct.replace(dicom={**ct.dicom, "PatientID": "PAT08", "SeriesInstanceUID": ""}), data / "PAT07" / "s4",
+         description="planning CT of PAT08")
+    checked = validate_dataset(data)
+    with pytest.raises(DatasetError, match="PAT07: its CT series belong to 2 patients \\(PAT07: CBCT fx1, planning CT; "
+                                           "PAT08: planning CT of PAT08\\)"):
+        prepare_dataset(checked, tmp_path / "again", mapping={c: c.guess for c in find_unnamed_series(checked)[0]},
+                        register=misaligned_volumes(checked))

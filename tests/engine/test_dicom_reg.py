@@ -130,3 +130,17 @@ def test_registrations_are_looked_for_in_the_scans_folders_and_their_patient_fol
     write_series(far, np.zeros((3, 8, 8), np.int16))
     found, _ = registrations_beside([far, patient / "CT"])                   # common folder: tmp_path, too far up
     assert found == []
+
+
+def test_registrations_are_compared_where_the_scan_lies_not_at_the_frames_origin(tmp_path):
+    """0.3° apart agree at the origin but place a scan 700 mm from it 3.7 mm apart: not the same placement."""
+    import pytest
+
+    from engine.io.dicom_reg import ConflictingRegistrations
+
+    one, _ = read_registration(write_registration(tmp_path / "a.dcm", PLANNING, {DAILY: rigid(0.0, (5.0, 0, 0))}))
+    two, _ = read_registration(write_registration(tmp_path / "b.dcm", PLANNING, {DAILY: rigid(np.radians(0.3),
+                                                                                                 (5.0, 0, 0))}))
+    assert frame_matrix([one, two], DAILY, PLANNING) is not None                       # at the origin: alike
+    with pytest.raises(ConflictingRegistrations, match="where the scan lies"):
+        frame_matrix([one, two], DAILY, PLANNING, at=np.array([[700.0, 0.0, 0.0], [700.0, 50.0, 0.0]]))
