@@ -196,8 +196,7 @@ def run(args: argparse.Namespace) -> int:
                                 "applied": r.registration.improved, "left_out": r.left_out,
                                 **r.registration.to_dict()} for r in prepared.registered],
                 "check": check.to_dict(), "no_training": check.training_problem()}
-            said = set(plan.dropped) | {f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()}
-            lines += _outcome(prepared, check, said)
+            lines += _outcome(prepared, check, set(plan.notes))
     if args.json:
         print(json.dumps(json_ready(result), indent=2))
     else:

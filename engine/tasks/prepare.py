@@ -196,6 +196,11 @@ class Plan:
     left_out: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
 
+    @property
+    def notes(self) -> list[str]:
+        """What the plan leaves out, as the prepared dataset's notes say it."""
+        return self.dropped + [f"{subject}: {reason}: left out" for subject, reason in self.left_out.items()]
+
 
 def _owner(held: Mapping[str, list]) -> tuple[str | None, list]:
     """Whose scans a subject's volumes are, by the PatientIDs of its DICOM series: the patient of its
@@ -446,7 +451,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     plan = plan_subjects(report, mapping or {}, register)
     units = plan.units
     result = PreparedDataset(out)
-    result.notes += plan.dropped + [f"{subject}: {reason}: left out" for subject, reason in plan.left_out.items()]
+    result.notes += plan.notes
     try:
         meta = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
