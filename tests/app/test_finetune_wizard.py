@@ -162,7 +162,7 @@ def test_a_misaligned_volume_is_registered_into_a_prepared_copy(qtbot, wizard, t
     assert np.allclose(registered.registration.translation, (40.0, -25.0, 12.0), atol=1.0)
     assert not prepare.before.pixmap().isNull() and not prepare.after.pixmap().isNull()
     shown = re.search(r"translation \(([^)]*)\) mm from its frame into the reference", prepare.detail.text())
-    assert np.allclose([float(v) for v in shown.group(1).split(",")], (-40.0, 25.0, -12.0), atol=0.5)   # FLAIR → T1
+    assert np.allclose([float(v) for v in shown.group(1).split(",")], (-40.0, 25.0, -12.0), atol=1.0)   # FLAIR → T1
     assert registered.before[..., 0].max() == 0 < registered.after[..., 0].max()   # magenta FLAIR: elsewhere, then on
     truth = load_file(write_phantom_subject(tmp_path / "aligned", ("FLAIR",), shape=SHAPE, seed=4)["FLAIR"]).array
     moved = load_file(sub04.files["FLAIR"]).array
