@@ -192,7 +192,8 @@ def test_a_server_over_tls_is_edited_with_its_certificate_files(make_window, set
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     path = save_servers([Server("ward", ae_title="WARD", host="ward.example", port=2762)],
                         settings_dir / "pacs_servers.json")
-    editor = make_window().open_pacs().servers.edit()
+    dialog = make_window().open_pacs()
+    editor = dialog.servers.edit()
     assert not editor.tls.isChecked() and not editor.tls_ca.isEnabled()
     editor.tls.setChecked(True)
     assert editor.tls_ca.isEnabled() and editor.tls_cert.isEnabled()
@@ -205,7 +206,7 @@ def test_a_server_over_tls_is_edited_with_its_certificate_files(make_window, set
     stored, = load_servers(path)
     assert (stored.tls, stored.tls_ca, stored.tls_cert, stored.tls_key) == (True, str(ca), str(cert), "")
     assert "over TLS with our certificate" in stored.describe()
-    editor = make_window().open_pacs().servers.edit()
+    editor = dialog.servers.edit()
     assert editor.tls.isChecked() and editor.tls_ca.path.text() == str(ca)
     editor.kind.setCurrentIndex(1)                                  # DICOMweb: secured by https, no TLS files
     editor.url.setText("https://ward.example/dicom-web")
