@@ -213,10 +213,8 @@ def stored_matrix(volume: Volume, other: Volume, registrations: Iterable[StoredR
 
 def _corners(volume: Volume) -> np.ndarray:
     """The 8 corners of ``volume``'s grid in its frame's millimetres (LPS)."""
-    steps = np.asarray(volume.direction, float).reshape(3, 3) @ np.diag(volume.spacing)
-    extent = [(0, n - 1) for n in reversed(volume.shape)]               # x, y, z indices
-    return np.array([np.asarray(volume.origin) + steps @ np.array(index, float)
-                     for index in itertools.product(*extent)])
+    indices = np.array([(*index, 1.0) for index in itertools.product(*[(0, n - 1) for n in reversed(volume.shape)])])
+    return (indices @ volume.index_to_lps().T)[:, :3]
 
 
 def frames_differ(volume: Volume, other: Volume) -> bool:
@@ -230,7 +228,7 @@ def placed(volume: Volume, matrix: np.ndarray, frame: str, by: str) -> Volume:
     """``volume`` with its header geometry moved by ``matrix`` (rigid, 4×4, its frame → ``frame``): the
     same voxels, now in ``frame``'s coordinates, with a note saying by what."""
     rotation, shift = matrix[:3, :3], matrix[:3, 3]
-    direction = rotation @ np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    direction = rotation @ volume.direction_matrix
     origin = rotation @ np.asarray(volume.origin, dtype=float) + shift
     return volume.replace(origin=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction.ravel()),
                           dicom={**volume.dicom, "FrameOfReferenceUID": frame},

@@ -48,6 +48,7 @@ from engine.tasks.validation import (
 MAPPABLE = ("unknown_modality", "unmapped_dicom")       # findings whose volumes a user can map to a modality
 MISALIGNED = ("no_overlap", "other_frame", "misaligned", "resampled")   # findings whose volume may need registering
 PREPARED_KEY = "prepared"
+UNRELATED = "no spatial registration relates them; "     # why a volume in another frame is not placed as stored
 SELF_CONTAINED = (".nii.gz", ".nii", ".mha", ".nrrd")   # volume files copied as they are (not .mhd/.nhdr + data)
 
 
@@ -324,13 +325,16 @@ def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: 
             except ConflictingRegistrations as exc:
                 stored, why = None, f"{exc}; "
             else:
-                why = "no spatial registration relates them; "
-            found[(unit.name, modality)] = (
-                f"in another frame of reference than its {order[0]}: placed by the stored registration "
-                f"{stored[1].describe()}" if stored else
-                f"in another frame of reference than its {order[0]}: {why}"
-                + ("registered from its intensities" if search else "left out"))
+                why = UNRELATED
+            found[(unit.name, modality)] = f"in another frame of reference than its {order[0]}: " + (
+                f"placed by the stored registration {stored[1].describe()}" if stored else _fallback(why, search))
     return found
+
+
+def _fallback(why: str, search: bool) -> str:
+    """What becomes of a volume no stored registration places, after ``why`` ("…; ")."""
+    return why + ("registered from its intensities" if search else
+                  "left out (registering from intensities was not asked for)")
 
 
 def _acquired(source) -> str:
@@ -523,17 +527,16 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     except ConflictingRegistrations as exc:      # the clinic's placement is not known: found, or out
                         registration = register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
                         why = f"{exc}; "
-                    unrelated = (f"lies in another frame of reference than its {order[0]} and no spatial registration "
-                                 "relates them; " if other_frame or (todo is not None and todo.kind == "other_frame")
+                    unrelated = (f"lies in another frame of reference than its {order[0]} and {UNRELATED}"
+                                 if other_frame or (todo is not None and todo.kind == "other_frame")
                                  else f"does not line up with its {order[0]} as its header places it; ")
                     if registration is None:
-                        result.notes.append(f"{named}: {why or unrelated}left out (registering from intensities was "
-                                            "not asked for)")
+                        result.notes.append(f"{named}: {_fallback(why or unrelated, search=False)}")
                         entry["left_out"] = True
                         done[(unit.origin, modality, _key(source))] = (None, entry)
                         continue
                     if not registration.stored and (why or (other_frame and todo is None)):
-                        result.notes.append(f"{named}: {why or unrelated}registered from its intensities")
+                        result.notes.append(f"{named}: {_fallback(why or unrelated, search=True)}")
                     unmoved = resample_rigid(volume, reference)
                     # a registration that aligns worse than the headers do is not applied (it is shown, saying so);
                     # a volume that is no pair as its header places it is then left out, not trained on
