@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -57,9 +58,16 @@ class MetricsPanel(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setWordWrap(False)           # a note spanning a row is elided; its tooltip and the verdict hold it
         self.notes = QLabel()
         self.notes.setWordWrap(True)
-        self.notes.setMaximumWidth(420)
+        self.notes.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        notes_area = QScrollArea()              # long notes scroll instead of pushing over the table in a small window
+        notes_area.setWidget(self.notes)
+        notes_area.setWidgetResizable(True)
+        notes_area.setFrameShape(QScrollArea.Shape.NoFrame)
+        notes_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        notes_area.setMaximumWidth(440)
         export = QPushButton("Export metrics (CSV)…")
         export.clicked.connect(self.export_requested)
         self.metric = QComboBox()
@@ -74,13 +82,11 @@ class MetricsPanel(QWidget):
         self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d07000", width=1.5), movable=False)
         self.plot.addItem(self.marker, ignoreBounds=True)
         self.plot.scene().sigMouseClicked.connect(self._on_plot_clicked)
-        self.plot.setToolTip("Click to jump to a slice")
 
         left = QVBoxLayout()
         left.addWidget(self.table)
-        left.addWidget(self.notes)
+        left.addWidget(notes_area, 1)
         left.addWidget(export)
-        left.addStretch(1)
         right = QVBoxLayout()
         top = QHBoxLayout()
         top.addWidget(QLabel("Per slice:"))
@@ -117,14 +123,15 @@ class MetricsPanel(QWidget):
                 if base is None and row >= 2:
                     item.setToolTip(result.baseline_note)
                 self.table.setItem(row, col, item)
+        self.table.clearSpans()
+        self._fit_table()                   # to the numbers: a note spanning a row must not widen a column
         if base is None:                    # the row says why it is empty
-            self.table.setItem(2, 0, QTableWidgetItem(result.baseline_note))
+            note = QTableWidgetItem(result.baseline_note)
+            note.setToolTip(result.baseline_note)
+            self.table.setItem(2, 0, note)
             self.table.setSpan(2, 0, 1, len(COLUMNS))
-        else:
-            self.table.clearSpans()
         self.verdict.setText(result.verdict() if base is not None else f"Do-nothing baseline: {result.baseline_note}.")
         self.verdict.setStyleSheet(WORSE_STYLE if result.model_worse else "")
-        self._fit_table()
         norm = ev.normalisations[1]
         lines = [f"Normalised as {ev.modality} (reference {norm.lo:.4g}…{norm.hi:.4g} {result.reference.unit or 'a.u.'} "
                  "→ 0…1); "
@@ -148,7 +155,9 @@ class MetricsPanel(QWidget):
         self.plot.setXRange(-0.5, len(values) - 0.5, padding=0.02)
         unit = self.result.evaluation.unit if key == "mae" else ""
         axis = "zyx"[self.result.slice_axis]
-        self.plot.setLabel("bottom", f"slice (index {axis} of the synthetic grid, the scored axis)")
+        self.plot.setLabel("bottom", f"slice ({axis})")
+        self.plot.setToolTip(f"Click to jump to a slice. x: the slice's index {axis} on the synthetic grid, the axis "
+                             "scored slice by slice")
         self.plot.setLabel("left", self.metric.currentText().replace("MAE", f"MAE ({unit})"))
 
     def set_current_slice(self, k: int) -> None:

@@ -389,3 +389,20 @@ def test_a_planning_ct_in_another_frame_is_placed_by_the_registration_the_opened
     assert result.coverage == pytest.approx(1.0) and any("placed in the other scan's by the spatial registration "
                                                          "REG0001.dcm" in n for n in result.notes)
     assert result.evaluation.whole.mae == pytest.approx(25.0, abs=1.0)
+
+
+def test_in_a_small_window_the_notes_scroll_below_the_table_and_a_row_note_widens_no_column(qtbot, window, pair,
+                                                                                          wait_loaded):
+    """At 1065 × 796 (xvfb's screen) long notes had been drawn over the metrics table, and the baseline row's
+    note, spanning the row, had widened the PSNR column to its own length."""
+    window.resize(1065, 796)
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    panel = window.comparison.metrics
+    panel.notes.setText(panel.notes.text() + "\nA note of the comparison." * 20)
+    qtbot.wait(200)
+    table_bottom = panel.table.mapTo(panel, panel.table.rect().bottomLeft()).y()
+    notes_area = panel.notes.parentWidget().parentWidget()          # the scroll area's viewport's parent
+    assert notes_area.mapTo(panel, notes_area.rect().topLeft()).y() > table_bottom
+    assert notes_area.height() < panel.notes.height()               # it scrolls instead
+    assert "source not known" in panel.table.item(2, 0).text()
+    assert panel.table.columnWidth(0) < panel.table.fontMetrics().horizontalAdvance(result.baseline_note) / 2
