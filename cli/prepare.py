@@ -160,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_subjects(report, mapping, register)
     search = args.register != "none"
     ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
-    if ahead:
-        ahead = placements(plan, find_registrations(report.root)[0], search)
+    stored = find_registrations(report.root) if ahead else None
+    if stored:
+        ahead = placements(plan, stored[0], search)
     mapped = {c.subject for c in choices}                     # said below, series by series
     listed = {id(f) for f in mappable(report)} | {id(f) for f in report.problems if f.subject in mapped
                                                   and f.kind in ("empty_subject", "single_modality")}
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"nothing to map or register: {report.root} trains as it is (train --data {args.data})")
         else:
             prepared = prepare_dataset(report, args.out, mapping=mapping, register=register, search=search,
-                                       seed=args.seed, progress=progress)
+                                       seed=args.seed, registrations=stored, progress=progress)
             check = validate_dataset(prepared.root, seed=args.seed, **fractions)
             result["prepared"] = {
                 "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,

@@ -432,6 +432,7 @@ def _prepared_json(report: ValidationReport, meta: dict, record: dict[str, dict[
 
 def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mapping[SeriesChoice, str] | None = None,
                     register: Iterable[Misaligned] = (), search: bool = True, seed: int = 0,
+                    registrations: tuple[list[StoredRegistration], list[str]] | None = None,
                     progress: ProgressFn = noop, cancel: CancelToken | None = None) -> PreparedDataset:
     """Write the paired dataset made of ``report``'s usable volumes, the series ``mapping`` names
     (choice → modality; "" leaves one out; several of one modality in a subject make one subject each,
@@ -443,7 +444,9 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     intensities, else left out (``register``ed volumes alike: without ``search`` only a stored
     registration moves them); another patient's series (PatientID) is left out. Other volumes
     are linked or copied unchanged (DICOM folders converted to NIfTI); a volume shared by several
-    subjects is read, registered and written once. ``out`` may be an earlier result of this function
+    subjects is read, registered and written once. ``registrations``: what
+    :func:`engine.io.find_registrations` found in the dataset folder, when the caller looked already
+    (else looked for once, when a volume needs one). ``out`` may be an earlier result of this function
     (replaced)."""
     from engine.atomic import atomic_folder
     from engine.io import save
@@ -463,7 +466,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     record: dict[str, dict[str, dict]] = {}
     done: dict[tuple[str, str, str], tuple[Path | None, dict]] = {}   # (origin, modality, source) → file, record
     loaded: dict[str, Volume] = {}                       # the volumes a subject's later units share (a planning CT)
-    stored: list[list] = []                              # the dataset's spatial registrations (DICOM REG), once
+    stored: dict[str, list[StoredRegistration]] = {}    # the dataset's spatial registrations (DICOM REG), once
     with atomic_folder(out) as tmp:
         for i, unit in enumerate(units):
             check_cancel(cancel)
@@ -473,14 +476,13 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 result.skipped.append(subject)
                 continue
 
-            def registrations() -> list:
+            def dataset_registrations() -> list[StoredRegistration]:
                 """The dataset's REGs (frame UIDs are unique: one in another folder relates the same
-                frames), looked for once and only when a volume needs one."""
-                if not stored:
-                    found, problems = find_registrations(root, cancel)
-                    stored.append(found)
+                frames), looked for once and only when a volume needs one; why any was not used, said."""
+                if "found" not in stored:
+                    stored["found"], problems = registrations or find_registrations(root, cancel)
                     result.notes.extend(problems)
-                return stored[0]
+                return stored["found"]
 
             def load(source) -> Volume:
                 key = _key(source)
@@ -523,7 +525,8 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     reference, volume = load(first), load(source)
                     named = f"{subject}: its {modality} ({_named(source)})"
                     try:
-                        registration, why = _register(reference, volume, registrations(), seed, cancel, search), ""
+                        stored_ones = dataset_registrations()
+                        registration, why = _register(reference, volume, stored_ones, seed, cancel, search), ""
                     except ConflictingRegistrations as exc:      # the clinic's placement is not known: found, or out
                         registration = register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
                         why = f"{exc}; "

@@ -17,6 +17,7 @@ from engine.io import save
 from engine.io.dicom_reg import find_registrations
 from engine.io.itk_files import load_file, volume_from_sitk, volume_to_sitk
 from engine.jobs import Cancelled, CancelToken
+from engine.tasks import prepare
 from engine.tasks.phantoms import write_phantom_subject
 from engine.tasks.prepare import find_unnamed_series, misaligned_volumes, placements, plan_subjects, prepare_dataset
 from engine.tasks.registration import overlay, register_rigid, resample_rigid
@@ -261,7 +262,8 @@ def _in_own_frame(volume, matrix: np.ndarray, frame: str, patient: str):
                           dicom={"PatientID": patient, "StudyInstanceUID": f"1.2.3.{len(patient)}", "FrameOfReferenceUID": frame})
 
 
-def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registration_else_registered(tmp_path):
+def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registration_else_registered(tmp_path,
+                                                                                                  monkeypatch):
     """A linac's CBCT is written in its own frame of reference, with a REG object giving the clinic's
     placement in the planning CT's. Its header coordinates name other places in the room: written as
     they are, the pair would be millimetres or metres off. Prepared, a mapped series is placed by the REG
@@ -317,6 +319,14 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
         assert np.median(error) < (2.0 if patient == "PAT01" else 15.0), (patient, np.median(error))
     meta = json.loads((prepared.root / "dataset.json").read_text())["prepared"]["volumes"]
     assert meta["PAT01"]["CBCT"]["registration"]["stored"] == stored.stored
+    # the REGs a caller found already (prepare's listing) are used, not looked for again; why one was not, said
+    with monkeypatch.context() as patched:
+        patched.setattr(prepare, "find_registrations", lambda *a: pytest.fail("the dataset walked for REGs again"))
+        given = prepare_dataset(report, tmp_path / "given", mapping={c: c.guess for c in choices},
+                                register=misaligned_volumes(report),
+                                registrations=(find_registrations(data)[0], ["REG0002.dcm: deformable"]))
+    assert given.notes == ["REG0002.dcm: deformable"]
+    assert {r.subject: r.registration.stored for r in given.registered}["PAT01"] == stored.stored
     # without the REG and without registering from intensities (prepare --register none): left out, said
     (data / "PAT01" / "reg" / "REG0001.dcm").unlink()
     checked = validate_dataset(data)
