@@ -4,7 +4,14 @@ bundle's check, no window) is the ``selftest`` subcommand. See `python main.py -
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+
+# Before torch starts: its OpenMP threads would otherwise spin at the end of every parallel region, and
+# beside one busy process (a fine-tuning job, another program) a thread kept off its core stalls the
+# others (`python main.py bench speed --shared-cpu`, docs/performance.md). Inherited by every process
+# started from here; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> int:

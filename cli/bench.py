@@ -87,6 +87,9 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", type=_positive, metavar="N",
                    help="also time `cohort` on N copies of the volume: volumes per minute in one process and in "
                         "two torchrun ranks, the cores split between them")
+    p.add_argument("--shared-cpu", action="store_true",
+                   help="also time CPU synthesis on an idle CPU and beside one busy process, with OpenMP's default "
+                        "waiting and the passive waiting main.py sets (a fresh process per variant)")
     _add_output_arguments(p)
     p.set_defaults(func=_run_speed)
 
@@ -102,7 +105,8 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--device", args.device]
     if args.guidance:
         words += ["--guidance", *(f"{g:g}" for g in args.guidance)]
-    words += [f"--{flag}" for flag in ("quick", "json", "markdown") if getattr(args, flag)]
+    words += [f"--{flag.replace('_', '-')}" for flag in ("shared_cpu", "quick", "json", "markdown")
+              if getattr(args, flag)]
     if args.out:
         words += ["--out", args.out]
     return shlex.join(words)
@@ -114,24 +118,39 @@ def _run_speed(args: argparse.Namespace) -> int:
     quick = speed.QUICK if args.quick else {}
     random = args.model is None and (args.preset is not None or quick or not DEFAULT_MODEL_DIR.is_dir())
     preset = args.preset or (quick.get("preset") if args.model is None else None)
+    repeats, steps = args.repeats or quick.get("repeats", 3), args.steps or quick.get("steps")
+    slices = args.slices if args.slices is not None else quick.get("slices", 16)
+    if args.shared_cpu:
+        from engine.inference.settings import resolve_device
+
+        if resolve_device(args.device).type != "cpu":
+            raise ValueError("--shared-cpu times synthesis on the CPU: add --device cpu")
     report = speed.run_speed(
         model=args.model, preset=preset, device=args.device,
-        precisions=args.precisions.split(",") if args.precisions else None,
-        repeats=args.repeats or quick.get("repeats", 3),
-        slices=args.slices if args.slices is not None else quick.get("slices", 16),
+        precisions=args.precisions.split(",") if args.precisions else None, repeats=repeats, slices=slices,
         image_size=args.image_size or (quick.get("image_size") if random else None),
-        steps=args.steps or quick.get("steps"), guidance=tuple(args.guidance) if args.guidance else None,
+        steps=steps, guidance=tuple(args.guidance) if args.guidance else None,
         command=_command_line(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    extras: list = []                   # (report key, module that prints it): the sections after the table
     if args.cohort:
         from engine.evaluation import cohort_speed
 
         report["cohort"] = cohort_speed.run_cohort_speed(
             args.cohort, model=report["model"].get("path"), preset=report["model"].get("preset"),
             device=report["machine"]["device"], image_size=report["model"]["image_size"] if random else None,
-            steps=args.steps or quick.get("steps"), say=lambda line: print(line, file=sys.stderr, flush=True))
-        return _print_report(args, report, lambda r: speed.to_markdown(r) + cohort_speed.to_markdown(r["cohort"]),
-                             lambda r: speed.to_text(r) + "\n" + cohort_speed.to_text(r["cohort"]))
-    return _print_report(args, report, speed.to_markdown, speed.to_text)
+            steps=steps, say=lambda line: print(line, file=sys.stderr, flush=True))
+        extras.append(("cohort", cohort_speed))
+    if args.shared_cpu:
+        from engine.evaluation import shared_cpu
+
+        report["shared_cpu"] = shared_cpu.run_shared_cpu(
+            model=report["model"].get("path"), preset=report["model"].get("preset"),
+            image_size=report["model"]["image_size"] if random else None, slices=slices, steps=steps,
+            repeats=repeats, say=lambda line: print(line, file=sys.stderr, flush=True))
+        extras.append(("shared_cpu", shared_cpu))
+    return _print_report(args, report,
+                         lambda r: speed.to_markdown(r) + "".join(m.to_markdown(r[key]) for key, m in extras),
+                         lambda r: "\n".join([speed.to_text(r)] + [m.to_text(r[key]) for key, m in extras]))
 
 
 # -- quality ----------------------------------------------------------------------------------------

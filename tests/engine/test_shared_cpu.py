@@ -1,0 +1,52 @@
+"""``bench speed --shared-cpu``: each wait policy is timed in its own process on the CPU as found and
+beside one busy process the benchmark starts (and stops), and the table's ratios come from those times."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from engine.evaluation import shared_cpu
+
+
+@pytest.mark.slow
+def test_every_wait_policy_is_timed_in_its_own_process_with_and_without_a_busy_process(monkeypatch):
+    started = []
+    popen = subprocess.Popen
+
+    def watched(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", watched)          # subprocess.run starts its children this way too
+    report = shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=2, steps=1, repeats=2)
+    assert [(r["load"], r["policy"]) for r in report["rows"]] == [
+        ("as found", ""), ("as found", "PASSIVE"), ("one busy process added", ""), ("one busy process added", "PASSIVE")]
+    busy = [p for p in started if p.args[-1] == shared_cpu.BUSY_LOOP]
+    assert len(busy) == 1 and busy[0].poll() is not None                # started for the busy rows, then stopped
+    runs = [p for p in started if p is not busy[0]]
+    assert len(runs) == 4 and len({p.pid for p in runs}) == 4            # a fresh process per row
+    for row in report["rows"]:
+        assert len(row["times_s"]) == 2 and row["threads"] >= 1 and row["median_s"] > 0
+    median = {(r["load"], r["policy"]): r["median_s"] for r in report["rows"]}
+    assert report["busy_slowdown"]["PASSIVE"] == round(median[("one busy process added", "PASSIVE")]
+                                                       / median[("as found", "PASSIVE")], 2)
+    table = shared_cpu.to_markdown(report)
+    assert f"| as found | passive (main.py's default) | {report['rows'][1]['threads']} |" in table
+    assert f"×{report['busy_slowdown']['default']:.2f} with OpenMP's default waiting" in table
+
+
+def test_the_child_process_sees_the_wait_policy_it_was_given(monkeypatch):
+    """The variants differ only by OMP_WAIT_POLICY in the child's environment, the user's own value removed."""
+    seen = []
+
+    def fake_run(cmd, env, **kwargs):
+        seen.append(env.get(shared_cpu.POLICY_VARIABLE))
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"times_s": [1.0], "threads": 2}\n', stderr="")
+
+    monkeypatch.setenv(shared_cpu.POLICY_VARIABLE, "ACTIVE")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(shared_cpu, "BUSY_LOOP", "pass")                 # nothing to keep busy in this test
+    report = shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=1, steps=1, repeats=1)
+    assert seen == [None, "PASSIVE", None, "PASSIVE"]
+    assert report["busy_slowdown"] == {"default": 1.0, "PASSIVE": 1.0} and report["passive_as_found"] == 1.0
