@@ -103,7 +103,10 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
     the user for a scan that names none — a NIfTI, MHA or NRRD file holds no patient, and a planning
     system or PACS files a series by its PatientID. ValueError for a value DICOM cannot hold (LO / PN: up
     to 64 printable characters, no backslash), for a scan that names another patient (a header's identity
-    is never overwritten; a placeholder ID names no one) and for a de-identified scan."""
+    is never overwritten; a placeholder ID names no one) and for a de-identified scan. A real study's
+    UIDs under a placeholder ID (a research archive's ``ANONYMOUS``) are drawn again with the patient
+    named, as :func:`patient_keyed` draws this app's own: the named exports are their patient's study,
+    not a second patient in the archive's."""
     given = {"PatientID": patient_id.strip(), "PatientName": patient_name.strip()}
     given = {keyword: value for keyword, value in given.items() if value}
     if not given:
@@ -120,19 +123,21 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
         if stated and stated != value:
             raise ValueError(f"the input names {keyword} {stated!r}: a patient is named only for a scan that "
                              "names none (--anonymise replaces an identity)")
-    return volume.replace(dicom=patient_keyed({**volume.dicom, **given}))
+    real_study = volume.dicom.get(DERIVED_STUDY) not in ("YES", "PATIENT") and names_no_patient(volume)
+    return volume.replace(dicom=patient_keyed({**volume.dicom, **given}, real_study=real_study))
 
 
-def patient_keyed(identity: dict[str, str]) -> dict[str, str]:
+def patient_keyed(identity: dict[str, str], *, real_study: bool = False) -> dict[str, str]:
     """``identity`` with the Study and Frame of Reference UIDs this app drew from a scan's voxels
-    (:data:`DERIVED_STUDY`, kept in our private block through exports) drawn again with the patient it
-    names (its ID, unless a placeholder, and its name): one scan exported under two patients (a typo
-    corrected) is two studies, never one study of two patients, and a scan and the synthetics made from it,
-    named alike, stay one study. Any other identity is returned as it is."""
+    (:data:`DERIVED_STUDY`, kept in our private block through exports) — or, with ``real_study``, a
+    real study's filed under no patient, named now — drawn again with the patient it names (its ID,
+    unless a placeholder, and its name): one scan exported under two patients (a typo corrected) is
+    two studies, never one study of two patients, and a scan and the synthetics made from it, named
+    alike, stay one study. Any other identity is returned as it is."""
     stated = identity.get("PatientID", "")
     patient = "" if str(stated).strip().upper() in PLACEHOLDER_IDS else str(stated).strip()
     name = str(identity.get("PatientName", "")).strip()
-    if identity.get(DERIVED_STUDY) != "YES" or not (patient or name):
+    if not (identity.get(DERIVED_STUDY) == "YES" or real_study) or not (patient or name):
         return identity
     keyed = dict(identity)
     for uid in ("StudyInstanceUID", "FrameOfReferenceUID"):

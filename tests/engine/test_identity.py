@@ -200,3 +200,30 @@ def test_one_scan_exported_under_two_patients_is_two_studies_and_its_synthetic_j
         studies[name] = (first.StudyInstanceUID, first.FrameOfReferenceUID)
     assert len({studies[k] for k in "abcfg"}) == 5                  # each patient (by ID or by name) a study and frame
     assert studies["d"] == studies["e"] == studies["a"]             # a scan's synthetics, named alike, its study
+
+
+def test_a_real_study_under_a_placeholder_id_named_on_export_becomes_that_patients_own_study(tmp_path):
+    """A research archive's scan (PatientID ANONYMOUS, its real Study and Frame of Reference UIDs) named
+    RESEARCH01 on export had kept the archive's UIDs: sent back, one study of two patients, which a PACS
+    or planning system refuses or mixes up."""
+    import pydicom
+
+    from engine.io.identity import DERIVED_STUDY, named_patient
+
+    real = {"StudyInstanceUID": "1.2.840.113619.2.55.3.1", "FrameOfReferenceUID": "1.2.840.113619.2.55.3.2"}
+    archived = scan("ANONYMOUS", **real).replace(modality="CT", unit="HU")
+    synthetic = archived.replace(modality="T2", unit="a.u.", synthetic=True, derived_from="CT")
+    written = {}
+    for name, volume, patient in (("scan", archived, "RESEARCH01"), ("synthetic", synthetic, "RESEARCH01"),
+                                  ("other", archived, "RESEARCH02")):
+        named = named_patient(volume, patient)
+        assert named.dicom[DERIVED_STUDY] == "PATIENT"
+        first = pydicom.dcmread(next(io.save(named, tmp_path / name).iterdir()))
+        written[name] = (first.PatientID, first.StudyInstanceUID, first.FrameOfReferenceUID)
+    assert written["scan"][0] == "RESEARCH01" and not set(written["scan"][1:]) & set(real.values())
+    assert written["synthetic"] == written["scan"]                  # a scan and its synthetic, named alike: one study
+    assert written["other"][1:] != written["scan"][1:]              # named otherwise: another study
+    reopened = io.load(tmp_path / "scan")
+    assert named_patient(reopened, "RESEARCH01").dicom["StudyInstanceUID"] == written["scan"][1]   # kept, not keyed twice
+    # a scan naming its patient keeps its study's UIDs when only a name is added
+    assert named_patient(scan("P1", **real), "", "Doe^Jane").dicom["StudyInstanceUID"] == real["StudyInstanceUID"]
