@@ -67,7 +67,7 @@ def _start_engine() -> tuple[list[str], str | None, str]:
 def _scan(path: str, cancel) -> Catalog:
     from engine import io
 
-    return io.scan(path, cancel=cancel)
+    return io.scan(path, cancel=cancel, keep_registrations=True)     # a REG opened alone places scans too
 
 
 class MainWindow(QMainWindow):
@@ -240,10 +240,16 @@ class MainWindow(QMainWindow):
 
     def _on_scanned(self, path: str, catalog: Catalog) -> None:
         self.browser.set_scanning(path, False)
-        self.browser.add_catalog(catalog)
-        for registration in self.workspace.add_registrations(catalog.registrations):
+        new = self.workspace.add_registrations(catalog.registrations)
+        for registration in new:
             self.log.add(f"Spatial registration {registration.describe()}: the comparison places a scan of one of "
                          f"its {len(registration.frames)} frames of reference in another's by it", "note")
+        if not catalog.entries:             # spatial registrations (DICOM REG) alone: nothing to list or show
+            self.status.showMessage(f"{len(new)} spatial registration(s) added from {path} (the Log names them): "
+                                    "the comparison places scans by them; compare again to use them" if new else
+                                    f"The spatial registrations in {path} were opened already", 10000)
+            return
+        self.browser.add_catalog(catalog)
         for skipped in catalog.skipped:
             self.log.add(f"Skipped {skipped.path}: {skipped.reason}", "note")
         if catalog.skipped:
@@ -382,7 +388,7 @@ class MainWindow(QMainWindow):
         placed, note = in_frame_of(best[0].volume, source.volume, self.workspace.registrations)
         if placed is best[0].volume and frames_differ(best[0].volume, source.volume):
             return None, (f"{best[0].title} was acquired in another frame of reference than {source.title}: "
-                          f"{note or NO_REGISTRATION + ' in the folders opened (open the patient folder holding it)'}; "
+                          f"{note or NO_REGISTRATION + ' in what was opened (open the REG, or the patient folder holding it)'}; "
                           "scored as they lie, the anatomy would not match")
         return best[0], ""
 

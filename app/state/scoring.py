@@ -50,8 +50,8 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     acquired = source if source is not None else synthetic
     placed_reference, placed = in_frame_of(reference, acquired, registrations)
     if placed_reference is reference and frames_differ(reference, acquired):
-        placed = placed or f"{NO_REGISTRATION} in the folders opened: open the patient's folder holding it to place the " \
-                            "reference"
+        placed = placed or f"{NO_REGISTRATION} in what was opened: open the REG, or the patient's folder holding it, " \
+                            "to place the reference"
     reference = placed_reference
     scored = score_against(synthetic, reference, source, target, axis, progress, cancel)
     ref_on_grid = scored.reference

@@ -93,14 +93,15 @@ def _volume_index(path: str | Path) -> tuple[Path, int] | None:
     return Path(text), int(index)
 
 
-def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
+def scan(path: str | Path, cancel: CancelToken | None = None, *, keep_registrations: bool = False) -> Catalog:
     """Find every loadable volume in a file, a folder (recursively) or a DICOMDIR; ``FILE#INDEX``
     names one volume of a 4-D file.
 
     Unreadable files inside a folder are reported in ``Catalog.skipped``; the good series still
     load. 2-D pictures (PNG, JPEG, TIFF, BMP) in a folder are listed only when it holds no volume
     or DICOM series (so a study's screenshots do not crowd it). A path that does not exist, or
-    holds no image at all, raises :class:`VolumeIOError`.
+    holds no image at all, raises :class:`VolumeIOError` — unless ``keep_registrations`` and it holds
+    spatial registrations (DICOM REG): then a Catalog of those alone.
     """
     picked = _volume_index(path)
     if picked is not None:
@@ -123,7 +124,10 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
 
         catalog = dicom_read.scan_dicom([path], cancel=cancel)
         if not catalog.entries:
-            reason = catalog.skipped[0].reason if catalog.skipped else "not a supported image"
+            if keep_registrations and catalog.registrations:
+                return catalog
+            reason = catalog.skipped[0].reason if catalog.skipped else (
+                _registrations_only(catalog) or "not a supported image")
             raise VolumeIOError(path, reason)
         return catalog
 
@@ -166,11 +170,24 @@ def scan(path: str | Path, cancel: CancelToken | None = None) -> Catalog:
         except VolumeIOError as exc:
             catalog.skipped.append(Skipped(str(f), exc.problem))
     if not catalog.entries:
+        if keep_registrations and catalog.registrations:
+            return catalog
         detail = f"{n_files} files looked at" if n_files else "the folder is empty"
         if catalog.skipped:
             detail += "; " + "; ".join(str(s) for s in catalog.skipped[:3])
-        raise VolumeIOError(path, f"no readable image volumes found ({detail})")
+        raise VolumeIOError(path, f"no readable image volumes found ({detail})" + (
+            f"; it holds {_registrations_only(catalog)}" if catalog.registrations else ""))
     return catalog
+
+
+def _registrations_only(catalog: Catalog) -> str:
+    """What a path holding spatial registrations and no image holds, said for a user ("" when none)."""
+    if not catalog.registrations:
+        return ""
+    named = ", ".join(r.describe() for r in catalog.registrations[:3])
+    more = f" and {len(catalog.registrations) - 3} more" if len(catalog.registrations) > 3 else ""
+    return (f"spatial registration(s) (DICOM REG: {named}{more}), not an image (synthesize --reference takes "
+            "one with --registration REG; the app's comparison uses one once opened)")
 
 
 def load(path: str | Path, series: str | None = None, progress: ProgressFn = noop,

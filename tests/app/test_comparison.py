@@ -349,11 +349,9 @@ def test_after_synthesis_one_grid_or_two_equally_likely_scans_are_left_to_the_us
     assert "2 open CT scans are CBCT's subject's" in window.log.lines[-1]
 
 
-def test_a_planning_ct_in_another_frame_is_placed_by_the_registration_the_opened_folder_held(qtbot, window, tmp_path,
-                                                                                            phantom, wait_loaded):
-    """An export folder with the planning CT (the CT scanner's frame), a synthetic CT made from a linac's
-    CBCT (the linac's frame) and the REG relating them: opening it lists the registration in the Log,
-    and the comparison places the CT by it (all of the synthetic grid covered, the 25 HU offset found)."""
+def _planning_export(export, reg, phantom):
+    """A planning CT (the CT scanner's frame) and a synthetic CT made from a linac's CBCT (the linac's
+    frame, 25 HU above the CT) written to ``export``, the REG relating them to ``reg``."""
     from dicom_objects import write_registration
 
     from engine import io
@@ -369,26 +367,59 @@ def test_a_planning_ct_in_another_frame_is_placed_by_the_registration_the_opened
     synthetic = ct.replace(array=ct.array + 25.0, synthetic=True, derived_from="CBCT", name="sCT",
                            origin=tuple(rotation.T @ (np.asarray(ct.origin) - shift)), direction=tuple(rotation.T.ravel()),
                            dicom={**identity, "FrameOfReferenceUID": daily})
-    export = tmp_path / "export"
     io.save(ct, export / "ct", description="planning CT")
     io.save(synthetic, export / "sct", description="sCT")
-    write_registration(export / "REG0001.dcm", planning, {daily: matrix})
+    return write_registration(reg, planning, {daily: matrix})
+
+
+def _compare_the_export(qtbot, window, export, wait_loaded):
+    """Open ``export``'s two series and compare the synthetic CT with the planning CT: the result."""
+    from engine import io
 
     window.open_paths([str(export)])
     wait_loaded(window, 1)
     for entry in io.scan(export).entries:
         window.load_entry(entry)
     wait_loaded(window, 2)
-    assert len(window.workspace.registrations) == 1
-    assert any("Spatial registration REG0001.dcm" in line for line in window.log.lines)
     syn = next(d for d in window.workspace.documents if d.synthetic)
     ref = next(d for d in window.workspace.documents if not d.synthetic)
+    window.comparison.model.result = None
     window.comparison.set_inputs(syn, ref)
     qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)
-    result = window.comparison.model.result
+    return window.comparison.model.result
+
+
+def test_a_planning_ct_in_another_frame_is_placed_by_the_registration_the_opened_folder_held(qtbot, window, tmp_path,
+                                                                                            phantom, wait_loaded):
+    """An export folder with the planning CT, a synthetic CT made from a linac's CBCT and the REG relating
+    them: opening it lists the registration in the Log, and the comparison places the CT by it (all of
+    the synthetic grid covered, the 25 HU offset found)."""
+    _planning_export(tmp_path / "export", tmp_path / "export" / "REG0001.dcm", phantom)
+    result = _compare_the_export(qtbot, window, tmp_path / "export", wait_loaded)
+    assert len(window.workspace.registrations) == 1
+    assert any("Spatial registration REG0001.dcm" in line for line in window.log.lines)
     assert result.coverage == pytest.approx(1.0) and any("placed in the other scan's by the spatial registration "
                                                          "REG0001.dcm" in n for n in result.notes)
     assert result.evaluation.whole.mae == pytest.approx(25.0, abs=1.0)
+
+
+def test_a_registration_opened_alone_places_the_reference_of_the_next_comparison(qtbot, window, tmp_path, phantom,
+                                                                                wait_loaded, monkeypatch):
+    """A REG exported apart from the scans (another folder) could not be given to the app: opening it
+    was refused as "not a supported image", and the comparison could only score the CT as it lay."""
+    reg = _planning_export(tmp_path / "export", tmp_path / "registrations" / "REG0001.dcm", phantom)
+    before = _compare_the_export(qtbot, window, tmp_path / "export", wait_loaded)
+    assert any("open the REG, or the patient's folder holding it" in n for n in before.notes)
+    errors: list[str] = []
+    monkeypatch.setattr(window, "report_error", errors.append)
+    window.open_paths([str(reg)])
+    qtbot.waitUntil(lambda: len(window.workspace.registrations) == 1, timeout=10000)
+    assert errors == []
+    assert "1 spatial registration(s) added" in window.status.currentMessage()
+    assert len(window.workspace.documents) == 2                     # nothing to list or show
+    after = _compare_the_export(qtbot, window, tmp_path / "export", wait_loaded)
+    assert any("by the spatial registration REG0001.dcm" in n for n in after.notes)
+    assert after.evaluation.whole.mae == pytest.approx(25.0, abs=1.0)
 
 
 def test_in_a_small_window_the_notes_scroll_below_the_table_and_a_row_note_widens_no_column(qtbot, window, pair,

@@ -97,6 +97,25 @@ def test_scanning_a_folder_keeps_its_registrations_and_lists_an_unusable_one_as_
     assert "not rigid" in reasons["scaled.dcm"] and "scaled.dcm" not in reasons["scaled.dcm"]   # the path once
 
 
+def test_a_registration_alone_is_said_to_be_one_and_kept_when_asked(tmp_path):
+    """A REG file or a folder of REGs had been "not a supported image": now said what it is and where it is
+    used, and ``keep_registrations`` (the app's opening) gives a catalog of them instead of the error."""
+    import pytest
+
+    import engine.io as io
+
+    reg = write_registration(tmp_path / "REG" / "REG0001.dcm", PLANNING, {DAILY: rigid(0.05, (1.0, 1.0, 1.0))})
+    for path in (reg, reg.parent):
+        with pytest.raises(io.VolumeIOError, match=r"spatial registration\(s\) \(DICOM REG: REG0001.dcm \(CBCT to "
+                                                   r"planning CT\)\), not an image \(synthesize --reference takes"):
+            io.scan(path)
+        catalog = io.scan(path, keep_registrations=True)
+        assert catalog.entries == [] and [r.frame for r in catalog.registrations] == [PLANNING]
+    (tmp_path / "notes.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(io.VolumeIOError, match="not a DICOM file"):         # no REG: refused as before
+        io.scan(tmp_path / "notes.dcm", keep_registrations=True)
+
+
 def test_two_registrations_of_one_pair_that_disagree_are_both_refused_and_agreeing_ones_used(tmp_path):
     """The first by file name had been applied silently, however wrong."""
     import pytest
