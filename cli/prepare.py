@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                       "finding": m.kind, "registered": m in register} for m in candidates],
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
                      for u in plan.units if u.split},
-        "placements": {f"{subject}/{modality}": how for (subject, modality), how in ahead.items()},
+        "placements": {f"{subject}/{modality}": how.describe() for (subject, modality), how in ahead.items()},
         "left_out": plan.left_out, "dropped": plan.dropped}
     lines = _listing(report, result, args)
     if not args.list:

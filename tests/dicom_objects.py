@@ -1,5 +1,6 @@
 """DICOM objects beside images that the engine, command-line and app tests all write (no tests here):
-a Spatial Registration (Modality REG) as a planning system stores one."""
+a Spatial Registration (Modality REG) as a planning system stores one, and a scan described in a
+linac's own frame of reference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,3 +39,13 @@ def write_registration(path: Path, frame: str, moving: dict[str, np.ndarray], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def in_own_frame(volume, matrix: np.ndarray, frame: str, patient: str):
+    """``volume`` (lying in the planning CT's frame) described in another frame whose coordinates
+    ``matrix`` takes into the CT's: the same voxels, the header a linac's imaging software would write."""
+    rotation, shift = matrix[:3, :3], matrix[:3, 3]
+    direction = rotation.T @ np.asarray(volume.direction, float).reshape(3, 3)
+    origin = rotation.T @ (np.asarray(volume.origin, float) - shift)
+    return volume.replace(origin=tuple(origin), direction=tuple(direction.ravel()),
+                          dicom={"PatientID": patient, "StudyInstanceUID": f"1.2.3.{len(patient)}", "FrameOfReferenceUID": frame})

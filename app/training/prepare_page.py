@@ -1,8 +1,10 @@
 """The fine-tuning wizard's preparation page, shown when the checked dataset has volumes that no name
 maps to a modality (DICOM series in any folder tree, oddly named files) or volumes that do not line
 up with their subject's reference: the user maps each series to a modality (guessed from its DICOM
-tags or name) and picks the volumes to register rigidly; a new paired dataset folder is written
-(engine.tasks.prepare) and checked, and every registration is shown as a before/after overlay."""
+tags or name) and picks the volumes to register rigidly; before preparing, each mapped series in
+another frame of reference than its subject's reference says how it will be placed (by a stored DICOM
+REG, else from its intensities); a new paired dataset folder is written (engine.tasks.prepare) and
+checked, and every registration is shown as a before/after overlay."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
@@ -42,11 +44,12 @@ class PreparePage(CheckedPage):
         self.source = None                 # the checked report this page was filled for
         self.misaligned = []
         self.choices = []
+        self.stored = None                 # the dataset's spatial registrations (DICOM REG) and why any is not used
         self.report = None                 # the prepared dataset's report
         self.prepared = None
         self._task: Task | None = None
-        self.series = QTableWidget(0, 3)
-        self.series.setHorizontalHeaderLabels(["Subject", "Series", "Use as"])
+        self.series = QTableWidget(0, 4)
+        self.series.setHorizontalHeaderLabels(["Subject", "Series", "Use as", "Placed"])
         self.series.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.series.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.series.verticalHeader().hide()
@@ -104,18 +107,19 @@ class PreparePage(CheckedPage):
         self.register.blockSignals(False)
         self.form.setRowVisible(self.register, bool(self.misaligned))   # nothing to register: room for the series
         self.series.setRowCount(0)
-        self.choices = []
+        self.choices, self.stored = [], None
         self._run(self._find_series, "Looking for series…", self._on_series)
 
     def _find_series(self, progress, cancel):
+        from engine.io import find_registrations
         from engine.tasks import find_unnamed_series
 
-        return find_unnamed_series(self.source, progress, cancel)
+        return find_unnamed_series(self.source, progress, cancel), find_registrations(self.source.root, cancel)
 
     def _on_series(self, found) -> None:
         from engine.modalities import MODALITIES  # the engine loads after the window shows
 
-        self.choices, errors = found
+        (self.choices, errors), self.stored = found
         self.series.setRowCount(len(self.choices))
         for i, choice in enumerate(self.choices):
             for column, text in enumerate((choice.subject, choice.describe())):
@@ -132,6 +136,7 @@ class PreparePage(CheckedPage):
             self.series.setCellWidget(i, 2, combo)
         self.series.resizeColumnToContents(0)
         self.series.setVisible(bool(self.choices))         # nothing to map: no empty table
+        self._show_placements()
         text = (f"{len(self.choices)} series to map. Check the modalities, then Prepare dataset" if self.choices
                 else "Nothing to map: choose the volumes to register, then Prepare dataset")
         text += f"; not scanned: {'; '.join(errors)}" if errors else ""
@@ -150,7 +155,28 @@ class PreparePage(CheckedPage):
     def _pending(self) -> bool:
         return any(self.mapping().values()) or bool(self.registrations())
 
+    def _show_placements(self) -> None:
+        """The Placed column, from the headers alone: how preparing will place each mapped series acquired
+        in another frame of reference than its subject's reference (hidden when none is)."""
+        from engine.tasks import placements, plan_subjects
+
+        if self.stored is None:
+            return
+        plan = plan_subjects(self.source, self.mapping(), self.registrations())
+        ahead = placements(plan, self.stored[0])
+        placed = {id(unit.held[modality]): how for unit in plan.units for modality in unit.held
+                  if (how := ahead.get((unit.name, modality)))}
+        for i, choice in enumerate(self.choices):
+            how = placed.get(id(choice.entry))
+            item = QTableWidgetItem(how.short() if how else "")
+            item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            item.setToolTip(how.describe() if how else "")
+            self.series.setItem(i, 3, item)
+        self.series.setColumnHidden(3, not placed)
+        self.series.resizeColumnToContents(3)
+
     def _changed(self, *_args) -> None:
+        self._show_placements()
         if self.report is not None:
             self._set_status("The choices changed: Prepare dataset again to use them.", False)
         self.report = self.prepared = None
@@ -166,13 +192,14 @@ class PreparePage(CheckedPage):
         """Write the prepared dataset (on a worker) and check it with the first page's seed and fractions."""
         page = self.wizard().dataset
         mapping, register, out = self.mapping(), self.registrations(), absolute_path(self.out.text())
+        stored = self.stored
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):
             from engine.tasks import prepare_dataset, validate_dataset
 
             prepared = prepare_dataset(self.source, out, mapping=mapping, register=register, seed=seed,
-                                       progress=progress, cancel=cancel)
+                                       registrations=stored, progress=progress, cancel=cancel)
             return prepared, validate_dataset(prepared.root, seed=seed, val_fraction=fractions[0],
                                               test_fraction=fractions[1])
 

@@ -304,10 +304,33 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
     return plan
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How preparing will place a series acquired in another frame of reference than its subject's
+    ``reference`` modality: by the ``stored`` registration, else (``why`` none does) from its
+    intensities when ``search``, else left out."""
+
+    reference: str
+    stored: StoredRegistration | None
+    why: str = ""
+    search: bool = True
+
+    def short(self) -> str:
+        """A few words: ``by REG0001.dcm``, ``from its intensities`` or ``left out``."""
+        if self.stored is not None:
+            return f"by {Path(self.stored.path).name}"
+        return "from its intensities" if self.search else "left out"
+
+    def describe(self) -> str:
+        return f"in another frame of reference than its {self.reference}: " + (
+            f"placed by the stored registration {self.stored.describe()}" if self.stored is not None
+            else _fallback(self.why, self.search))
+
+
 def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: bool = True
-               ) -> dict[tuple[str, str], str]:
+               ) -> dict[tuple[str, str], Placement]:
     """How preparing will place each mapped DICOM series whose frame of reference its scanner stated
-    differently from its subject's reference series' — (subject, modality) → what will happen — from
+    differently from its subject's reference series' — (subject, modality) → its placement — from
     the headers alone (nothing is read): by a stored registration relating the frames, else from its
     intensities (``search``), else left out."""
     registrations = list(registrations)
@@ -326,8 +349,7 @@ def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: 
                 stored, why = None, f"{exc}; "
             else:
                 why = UNRELATED
-            found[(unit.name, modality)] = f"in another frame of reference than its {order[0]}: " + (
-                f"placed by the stored registration {stored[1].describe()}" if stored else _fallback(why, search))
+            found[(unit.name, modality)] = Placement(order[0], stored[1] if stored else None, why, search)
     return found
 
 

@@ -224,6 +224,40 @@ def test_a_planning_ct_beside_two_daily_cbcts_makes_two_subjects_of_one_patient(
     assert next_enabled(wizard)
 
 
+def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_placed(qtbot, wizard, tmp_path):
+    """A linac's CBCT in its own frame of reference: the page had said only after preparing whether a
+    stored registration (DICOM REG) or the intensities placed it; the REGs were then looked for again."""
+    from dicom_objects import in_own_frame, write_registration
+
+    data = write_phantom_dataset(tmp_path / "pairs", subjects=3, shape=SHAPE, ct_subject=False)
+    c, s = np.cos(np.radians(5.0)), np.sin(np.radians(5.0))
+    matrix = np.array([[c, -s, 0, 8.0], [s, c, 0, -5.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])     # linac → CT scanner
+    planning, daily = "1.2.826.0.1.3680043.10.6.1", "1.2.826.0.1.3680043.10.6.2"
+    made = write_phantom_subject(tmp_path / "made", ("CT", "CBCT"), shape=SHAPE, seed=7)
+    ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": "PAT01", "StudyInstanceUID": "1.2.3.5",
+                                                             "FrameOfReferenceUID": planning})
+    save(ct, data / "PAT01" / "s1", description="planning CT")
+    save(in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, daily, "PAT01"),
+         data / "PAT01" / "s2", description="CBCT fx1")
+    reg = write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning, {daily: matrix})
+    check(qtbot, wizard, data)
+    wizard.next()
+    prepare = wizard.prepare
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 2 and prepare.stored is not None, timeout=30000)
+    placed = {prepare.series.item(i, 1).text().split(" (")[0]: prepare.series.item(i, 3) for i in range(2)}
+    assert not prepare.series.isColumnHidden(3)
+    assert placed["CBCT fx1"].text() == "by REG0001.dcm" and placed["planning CT"].text() == ""
+    assert "placed by the stored registration REG0001.dcm (CBCT to planning CT)" in placed["CBCT fx1"].toolTip()
+    combo = prepare.series.cellWidget(next(i for i in range(2) if prepare.series.item(i, 1).text().startswith("CBCT")), 2)
+    combo.setCurrentIndex(combo.findData(""))                                   # left out: nothing to place
+    assert prepare.series.isColumnHidden(3)
+    combo.setCurrentIndex(combo.findData("CBCT"))
+    reg.unlink()                                                                # found once, when the page filled
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
+    assert [r.registration.stored for r in prepare.prepared.registered] == ["REG0001.dcm (CBCT to planning CT)"]
+    assert "1 placed by stored registrations (REG)" in prepare.status.text()
+
+
 def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_the_fix(qtbot, wizard, tmp_path):
     data = write_phantom_dataset(tmp_path / "held-out", subjects=3, shape=SHAPE, ct_subject=False,
                                  split={"val": ["sub01"], "test": ["sub02", "sub03"]})

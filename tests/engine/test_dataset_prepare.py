@@ -252,16 +252,6 @@ def test_a_planning_ct_and_its_daily_cbcts_become_one_subject_per_cbct_of_one_pa
     assert not (twice.root / "PAT01_CBCT_1").exists() and "PAT01: several volumes of CT and of CBCT" in twice.notes[0]
 
 
-def _in_own_frame(volume, matrix: np.ndarray, frame: str, patient: str):
-    """``volume`` (lying in the planning CT's frame) described in another frame whose coordinates
-    ``matrix`` takes into the CT's: the same voxels, the header a linac's imaging software would write."""
-    rotation, shift = matrix[:3, :3], matrix[:3, 3]
-    direction = rotation.T @ np.asarray(volume.direction, float).reshape(3, 3)
-    origin = rotation.T @ (np.asarray(volume.origin, float) - shift)
-    return volume.replace(origin=tuple(origin), direction=tuple(direction.ravel()),
-                          dicom={"PatientID": patient, "StudyInstanceUID": f"1.2.3.{len(patient)}", "FrameOfReferenceUID": frame})
-
-
 def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registration_else_registered(tmp_path,
                                                                                                   monkeypatch):
     """A linac's CBCT is written in its own frame of reference, with a REG object giving the clinic's
@@ -270,7 +260,7 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     (exactly); a CBCT folder that validation left out for its frame, with no REG beside it, is registered
     from its intensities."""
     from dicom_fixtures import rotation
-    from dicom_objects import write_registration
+    from dicom_objects import in_own_frame, write_registration
 
     planning, daily = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
     matrix = np.eye(4)
@@ -287,7 +277,7 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
         named = patient == "PAT02"                                       # PAT02/CT/, PAT02/CBCT/; the others to map
         save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
         daily_scan = (cbct.replace(dicom=identity) if patient == "PAT03" else
-                      _in_own_frame(cbct, matrix, daily + patient[-1], patient))
+                      in_own_frame(cbct, matrix, daily + patient[-1], patient))
         save(daily_scan, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")   # PAT03: one frame
     write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning + "1", {daily + "1": matrix})
 
@@ -298,10 +288,14 @@ def test_a_cbct_in_its_own_frame_of_reference_is_placed_by_the_stored_registrati
     choices, _ = find_unnamed_series(report)
     assert sorted(c.subject for c in choices) == ["PAT01", "PAT01", "PAT03", "PAT03"]
     plan = plan_subjects(report, {c: c.guess for c in choices}, misaligned_volumes(report))   # said before preparing
-    assert placements(plan, find_registrations(data)[0]) == {("PAT01", "CBCT"): (
+    ahead = placements(plan, find_registrations(data)[0])
+    assert {key: how.describe() for key, how in ahead.items()} == {("PAT01", "CBCT"): (
         "in another frame of reference than its CT: placed by the stored registration REG0001.dcm (CBCT to planning "
         "CT)")}
-    assert "no spatial registration relates them; left out" in placements(plan, [], search=False)[("PAT01", "CBCT")]
+    assert ahead[("PAT01", "CBCT")].short() == "by REG0001.dcm"
+    unplaced = placements(plan, [], search=False)[("PAT01", "CBCT")]
+    assert "no spatial registration relates them; left out" in unplaced.describe() and unplaced.short() == "left out"
+    assert placements(plan, [])[("PAT01", "CBCT")].short() == "from its intensities"
     prepared = prepare_dataset(report, tmp_path / "prepared", mapping={c: c.guess for c in choices},
                                register=misaligned_volumes(report))
     by_subject = {r.subject: r for r in prepared.registered}
@@ -343,7 +337,7 @@ def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(
     """A CBCT of another patient filed in this one's folder had been paired with its CT; of two REGs
     relating one pair of frames differently, the first by name had been applied, however wrong."""
     from dicom_fixtures import rotation
-    from dicom_objects import write_registration
+    from dicom_objects import in_own_frame, write_registration
 
     data, shape = tmp_path / "export", (12, 40, 40)
     matrix = np.eye(4)
@@ -358,7 +352,7 @@ def test_another_patients_scan_and_disagreeing_registrations_are_not_trained_on(
                                                                   "FrameOfReferenceUID": frame, "PatientName": "Doe^John"})
         named = patient == "PAT05"                        # PAT05/CT/ and PAT05/CBCT/; PAT07's series to map
         save(ct, data / patient / ("CT" if named else "s1"), description="planning CT")
-        cbct = _in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, frame + ".9", cbct_owner)
+        cbct = in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, frame + ".9", cbct_owner)
         cbct = cbct.replace(dicom={**cbct.dicom, "PatientName": "DOE^JOHN"})     # one patient, spelt another way
         save(cbct, data / patient / ("CBCT" if named else "s2"), description="CBCT fx1")
         if patient == "PAT07":                                # in REG/ of another folder of the export, twice
