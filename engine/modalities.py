@@ -168,6 +168,7 @@ _OTHER_MR: tuple[tuple[str, str], ...] = (
     ("quantitative map", r"(?<![a-z])(t1|t2|t2 ?star|r2 ?star|pd) ?maps?(?![a-z])|molli|mapit|relaxometry|"
                          r"(?<![a-z])t1 images(?![a-z])"),
     ("spectroscopy", r"spectro|\bsvs\b|\bcsi\b|\bmrs\b"),
+    ("STIR (short-TI inversion recovery: fat dark)", r"\bstir\b"),
 )
 # a gradient echo named without its weighting is a T2* (a T1 gradient echo says T1: T1W_FFE, SPGR, MPRAGE)
 _BARE_GRADIENT_ECHO = r"(?<![a-z])(gre|ffe|medic|merge)(?![a-z])"
@@ -285,6 +286,8 @@ def _guess_mr_from_timing(tags: Mapping[str, object]) -> str | None:
     contrast = bool(str(tags.get("ContrastBolusAgent", "") or "").strip())
     if ti is not None and ti > 1500 and te > 60:
         return "FLAIR"
+    if ti is not None and ti < 300 and tr > 1500:
+        return None                      # a STIR: inverting fat, no contrast the model knows (a T2's timing besides)
     if te < 30 and (tr < 1200 or (ti is not None and ti < 1500)):
         return "T1CE" if contrast else "T1"
     if tr > 1500 and te >= 60:

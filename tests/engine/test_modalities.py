@@ -87,6 +87,7 @@ def test_guess_from_dicom_tags():
     ("AX GRE", None), ("T2W_FFE", None), ("T1W_FFE", "T1"), ("T1 GRE", "T1"),   # a bare gradient echo is a T2*
     ("sWIP T1W_3D_TFE SENSE", "T1"), ("SWIp", None),                       # Philips' work-in-progress prefix, SWI
     ("T2 map", None), ("T1_map_MOLLI", None), ("t1_mp2rage_sag_p3_iso_T1_Images", None),   # quantitative maps
+    ("COR STIR", None), ("t2_stir_cor", None), ("STIR_longTE", None),     # fat-inverting STIR, had been T2 / PD / T1
     ("AxT2", "T2"), ("SAGT1", "T1"), ("3DT1", "T1"), ("AXT1+C", "T1CE"), ("AXT1POST", "T1CE"),   # GE, no spaces
     ("T1 postcontrast", "T1CE"), ("T1postGd", "T1CE"), ("post_op_T1", "T1"), ("T1 different", "T1"),
 ])
@@ -108,6 +109,9 @@ def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
     inverted = {"Modality": "MR", "SeriesDescription": "t2_tirm_tra_p2", "RepetitionTime": 9000, "EchoTime": 81}
     assert m.guess_from_dicom(inverted) == "T2"
     assert m.guess_from_dicom({**inverted, "InversionTime": 2500}) == "FLAIR"     # its inversion time says FLAIR
+    stir = {"Modality": "MR", "RepetitionTime": 4500, "EchoTime": 35, "InversionTime": 150}   # a STIR, unnamed
+    assert m.guess_from_dicom(stir) is None and m.guess_from_dicom({**stir, "InversionTime": None}) == "PD"
+    assert m.guess_from_dicom({"Modality": "MR", "RepetitionTime": 2000, "EchoTime": 10, "InversionTime": 850}) == "T1"
     assert m.other_mr("ep2d_diff_3scan_trace_p2") == "diffusion" and m.other_mr("", "ORIGINAL\\PRIMARY\\P\\ND") == "phase image"
     assert m.other_mr("t1_mprage_sag_p2_iso") == ""
 
