@@ -54,6 +54,12 @@ def stated_frame(tags: Mapping[str, str]) -> str:
     return str(tags.get("FrameOfReferenceUID", "")).strip()
 
 
+def stated_name(tags: Mapping[str, str]) -> str:
+    """The PatientName DICOM tags state, "" when it names no one (an anonymiser's ``ANONYMOUS``, ``^``)."""
+    found = str(tags.get("PatientName", "")).strip()
+    return "" if found.replace("^", "").strip().upper() in PLACEHOLDER_IDS else found
+
+
 def patient_of(volume: Volume) -> str:
     """The PatientID, "" when it names no one (a placeholder) or was replaced by a de-identification."""
     return stated_patient(volume.dicom)
@@ -95,7 +101,7 @@ def identity_warnings(acquired: Volume, reference: Volume) -> list[str]:
 def names_no_patient(volume: Volume) -> bool:
     """Whether ``volume`` names no patient (a NIfTI, MHA or NRRD scan; a placeholder ID and no name) and
     was not de-identified: one :func:`named_patient` may name."""
-    return not (_de_identified(volume) or patient_of(volume) or str(volume.dicom.get("PatientName", "")).strip())
+    return not (_de_identified(volume) or patient_of(volume) or stated_name(volume.dicom))
 
 
 def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") -> Volume:
@@ -103,10 +109,11 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
     the user for a scan that names none — a NIfTI, MHA or NRRD file holds no patient, and a planning
     system or PACS files a series by its PatientID. ValueError for a value DICOM cannot hold (LO / PN: up
     to 64 printable characters, no backslash), for a scan that names another patient (a header's identity
-    is never overwritten; a placeholder ID names no one) and for a de-identified scan. A real study's
-    UIDs under a placeholder ID (a research archive's ``ANONYMOUS``) are drawn again with the patient
-    named, as :func:`patient_keyed` draws this app's own: the named exports are their patient's study,
-    not a second patient in the archive's."""
+    is never overwritten; a placeholder ID or name names no one) and for a de-identified scan. A real
+    study filed under no patient (a research archive's ``ANONYMOUS``) gets its Study UID drawn again with
+    the patient named (:func:`patient_keyed`): the named exports are their patient's study, not a second
+    patient in the archive's; its Frame of Reference is kept, so the archive's registrations and
+    references in that frame still place it."""
     given = {"PatientID": patient_id.strip(), "PatientName": patient_name.strip()}
     given = {keyword: value for keyword, value in given.items() if value}
     if not given:
@@ -119,7 +126,7 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
         if keyword == "PatientName" and ("=" in value or value.count("^") > 4):
             raise ValueError(f"PatientName “{value}”: write it Family^Given^Middle^Prefix^Suffix (at most four ^, "
                              "no =)")
-        stated = patient_of(volume) if keyword == "PatientID" else str(volume.dicom.get(keyword, "")).strip()
+        stated = patient_of(volume) if keyword == "PatientID" else stated_name(volume.dicom)
         if stated and stated != value:
             raise ValueError(f"the input names {keyword} {stated!r}: a patient is named only for a scan that "
                              "names none (--anonymise replaces an identity)")
@@ -129,18 +136,17 @@ def named_patient(volume: Volume, patient_id: str = "", patient_name: str = "") 
 
 def patient_keyed(identity: dict[str, str], *, real_study: bool = False) -> dict[str, str]:
     """``identity`` with the Study and Frame of Reference UIDs this app drew from a scan's voxels
-    (:data:`DERIVED_STUDY`, kept in our private block through exports) — or, with ``real_study``, a
-    real study's filed under no patient, named now — drawn again with the patient it names (its ID,
-    unless a placeholder, and its name): one scan exported under two patients (a typo corrected) is
-    two studies, never one study of two patients, and a scan and the synthetics made from it, named
-    alike, stay one study. Any other identity is returned as it is."""
-    stated = identity.get("PatientID", "")
-    patient = "" if str(stated).strip().upper() in PLACEHOLDER_IDS else str(stated).strip()
-    name = str(identity.get("PatientName", "")).strip()
-    if not (identity.get(DERIVED_STUDY) == "YES" or real_study) or not (patient or name):
+    (:data:`DERIVED_STUDY`, kept in our private block through exports) — or, with ``real_study``, the
+    Study UID alone of a real study filed under no patient, named now — drawn again with the patient it
+    names (its ID and name, unless placeholders): one scan exported under two patients (a typo
+    corrected) is two studies, never one study of two patients, and a scan and the synthetics made from
+    it, named alike, stay one study. Any other identity is returned as it is."""
+    patient, name = stated_patient({"PatientID": identity.get("PatientID", "")}), stated_name(identity)
+    drawn = identity.get(DERIVED_STUDY) == "YES"
+    if not (drawn or real_study) or not (patient or name):
         return identity
     keyed = dict(identity)
-    for uid in ("StudyInstanceUID", "FrameOfReferenceUID"):
+    for uid in ("StudyInstanceUID", "FrameOfReferenceUID") if drawn else ("StudyInstanceUID",):
         if keyed.get(uid):
             keyed[uid] = generate_uid(entropy_srcs=[keyed[uid], "patient", patient, "name", name])
     keyed[DERIVED_STUDY] = "PATIENT"          # keyed once: a second naming keeps these UIDs

@@ -203,15 +203,18 @@ def test_one_scan_exported_under_two_patients_is_two_studies_and_its_synthetic_j
 
 
 def test_a_real_study_under_a_placeholder_id_named_on_export_becomes_that_patients_own_study(tmp_path):
-    """A research archive's scan (PatientID ANONYMOUS, its real Study and Frame of Reference UIDs) named
-    RESEARCH01 on export had kept the archive's UIDs: sent back, one study of two patients, which a PACS
-    or planning system refuses or mixes up."""
+    """A research archive's scan (PatientID and PatientName ANONYMOUS, its real Study and Frame of
+    Reference UIDs) named RESEARCH01 on export had kept the archive's Study UID: sent back, one study of
+    two patients, which a PACS or planning system refuses or mixes up. Its frame is kept: the archive's
+    registrations and scans in that frame still place it."""
     import pydicom
 
+    from engine.io import names_no_patient
     from engine.io.identity import DERIVED_STUDY, named_patient
 
     real = {"StudyInstanceUID": "1.2.840.113619.2.55.3.1", "FrameOfReferenceUID": "1.2.840.113619.2.55.3.2"}
-    archived = scan("ANONYMOUS", **real).replace(modality="CT", unit="HU")
+    archived = scan("ANONYMOUS", PatientName="ANONYMOUS", **real).replace(modality="CT", unit="HU")
+    assert names_no_patient(archived)                               # the app asks for a patient on its DICOM export
     synthetic = archived.replace(modality="T2", unit="a.u.", synthetic=True, derived_from="CT")
     written = {}
     for name, volume, patient in (("scan", archived, "RESEARCH01"), ("synthetic", synthetic, "RESEARCH01"),
@@ -220,9 +223,10 @@ def test_a_real_study_under_a_placeholder_id_named_on_export_becomes_that_patien
         assert named.dicom[DERIVED_STUDY] == "PATIENT"
         first = pydicom.dcmread(next(io.save(named, tmp_path / name).iterdir()))
         written[name] = (first.PatientID, first.StudyInstanceUID, first.FrameOfReferenceUID)
-    assert written["scan"][0] == "RESEARCH01" and not set(written["scan"][1:]) & set(real.values())
+    assert written["scan"][0] == "RESEARCH01" and written["scan"][1] != real["StudyInstanceUID"]
+    assert written["scan"][2] == real["FrameOfReferenceUID"]        # the archive's frame: its REGs still apply
     assert written["synthetic"] == written["scan"]                  # a scan and its synthetic, named alike: one study
-    assert written["other"][1:] != written["scan"][1:]              # named otherwise: another study
+    assert written["other"][1] != written["scan"][1]                # named otherwise: another study
     reopened = io.load(tmp_path / "scan")
     assert named_patient(reopened, "RESEARCH01").dicom["StudyInstanceUID"] == written["scan"][1]   # kept, not keyed twice
     # a scan naming its patient keeps its study's UIDs when only a name is added
