@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     search = args.register != "none"
     ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
     stored = find_registrations(report.root) if ahead else None
-    if stored:
+    if stored is not None:
         ahead = placements(plan, stored[0], search)
     mapped = {c.subject for c in choices}                     # said below, series by series
     listed = {id(f) for f in mappable(report)} | {id(f) for f in report.problems if f.subject in mapped

@@ -49,12 +49,12 @@ class PreparePage(CheckedPage):
         self.prepared = None
         self._task: Task | None = None
         self.series = QTableWidget(0, 4)
-        self.series.setHorizontalHeaderLabels(["Subject", "Series", "Use as", "Placed"])
+        self.series.setHorizontalHeaderLabels(["Subject", "Series", "Use as", "Placement"])
         self.series.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.series.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.series.verticalHeader().hide()
         self.register = QListWidget()
-        self.register.itemChanged.connect(self._changed)
+        self.register.itemChanged.connect(self._choices_changed)
         self.out = QLineEdit()
         self.out.textChanged.connect(self._changed)
         browse = QPushButton("Browse…")
@@ -93,6 +93,8 @@ class PreparePage(CheckedPage):
             return                                     # back and forth: keep the choices and the result
         self.source, self.misaligned = page.report, page.misaligned
         self.report = self.prepared = None
+        self.series.setRowCount(0)
+        self.choices, self.stored = [], None               # the last dataset's: none of this one's subjects
         self.results.clear()
         self.out.setText(str(config_dir() / "datasets" / f"{self.source.name}-prepared"))
         self.register.blockSignals(True)
@@ -106,15 +108,21 @@ class PreparePage(CheckedPage):
             self.register.addItem(item)
         self.register.blockSignals(False)
         self.form.setRowVisible(self.register, bool(self.misaligned))   # nothing to register: room for the series
-        self.series.setRowCount(0)
-        self.choices, self.stored = [], None
         self._run(self._find_series, "Looking for series…", self._on_series)
 
     def _find_series(self, progress, cancel):
+        """The series to map and, when a subject's series name several frames of reference, the
+        dataset's spatial registrations (the walk reads every file's header: only when one may place)."""
         from engine.io import find_registrations
         from engine.tasks import find_unnamed_series
 
-        return find_unnamed_series(self.source, progress, cancel), find_registrations(self.source.root, cancel)
+        choices, errors = find_unnamed_series(self.source, progress, cancel)
+        frames: dict[str, set[str]] = {}
+        for choice in choices:
+            if choice.entry.frame:
+                frames.setdefault(choice.subject, set()).add(choice.entry.frame)
+        several = any(len(named) > 1 for named in frames.values())
+        return (choices, errors), find_registrations(self.source.root, cancel) if several else ([], [])
 
     def _on_series(self, found) -> None:
         from engine.modalities import MODALITIES  # the engine loads after the window shows
@@ -132,7 +140,7 @@ class PreparePage(CheckedPage):
             for name in MODALITIES:
                 combo.addItem(name, name)
             combo.setCurrentIndex(max(0, combo.findData(choice.guess or "")))
-            combo.currentIndexChanged.connect(self._changed)
+            combo.currentIndexChanged.connect(self._choices_changed)
             self.series.setCellWidget(i, 2, combo)
         self.series.resizeColumnToContents(0)
         self.series.setVisible(bool(self.choices))         # nothing to map: no empty table
@@ -156,27 +164,39 @@ class PreparePage(CheckedPage):
         return any(self.mapping().values()) or bool(self.registrations())
 
     def _show_placements(self) -> None:
-        """The Placed column, from the headers alone: how preparing will place each mapped series acquired
-        in another frame of reference than its subject's reference (hidden when none is)."""
+        """The Placement column, from the headers alone: how preparing will place each mapped series
+        acquired in another frame of reference than its subject's reference, and a mapped series whose
+        subject is left out, why (hidden when there is neither)."""
         from engine.tasks import placements, plan_subjects
 
         if self.stored is None:
             return
-        plan = plan_subjects(self.source, self.mapping(), self.registrations())
+        mapping = self.mapping()
+        plan = plan_subjects(self.source, mapping, self.registrations())
         ahead = placements(plan, self.stored[0])
         placed = {id(unit.held[modality]): how for unit in plan.units for modality in unit.held
                   if (how := ahead.get((unit.name, modality)))}
+        shown = False
         for i, choice in enumerate(self.choices):
             how = placed.get(id(choice.entry))
-            item = QTableWidgetItem(how.short() if how else "")
+            why_out = plan.left_out.get(choice.subject, "") if mapping[choice] else ""
+            if how is not None:
+                text, tip = how.short(), how.describe()
+            else:
+                text, tip = ("subject left out", why_out) if why_out else ("", "")
+            item = QTableWidgetItem(text)
             item.setFlags(Qt.ItemFlag.ItemIsEnabled)
-            item.setToolTip(how.describe() if how else "")
+            item.setToolTip(tip)
             self.series.setItem(i, 3, item)
-        self.series.setColumnHidden(3, not placed)
+            shown = shown or bool(text)
+        self.series.setColumnHidden(3, not shown)
         self.series.resizeColumnToContents(3)
 
-    def _changed(self, *_args) -> None:
+    def _choices_changed(self, *_args) -> None:
         self._show_placements()
+        self._changed()
+
+    def _changed(self, *_args) -> None:
         if self.report is not None:
             self._set_status("The choices changed: Prepare dataset again to use them.", False)
         self.report = self.prepared = None

@@ -15,6 +15,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "DatasetError": "validation", "Finding": "validation", "SubjectInfo": "validation",
     "ValidationReport": "validation", "validate_dataset": "validation",
     "mappable": "prepare", "find_unnamed_series": "prepare", "misaligned_volumes": "prepare",
-    "prepare_dataset": "prepare", "plan_subjects": "prepare", "placements": "prepare",
+    "prepare_dataset": "prepare", "plan_subjects": "prepare", "placements": "prepare", "Placement": "prepare",
     "write_phantom_dataset": "phantoms", "write_phantom_subject": "phantoms",
 })

@@ -193,6 +193,9 @@ def test_dicom_series_in_a_folder_tree_are_mapped_to_modalities(qtbot, wizard, t
     assert not next_enabled(wizard)                                           # mapped: prepare first
 
     series["t2_tse_tra"].setCurrentIndex(series["t2_tse_tra"].findData("T1"))  # two T1s: sub09 left out, saying why
+    placement = prepare.series.item(0, 3)                                     # said before preparing, too
+    assert not prepare.series.isColumnHidden(3) and placement.text() == "subject left out"
+    assert "would all be its T1" in placement.toolTip()
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
     assert "sub09" not in {s.name for s in prepare.report.subjects}
     assert "would all be its T1, with no other modality to pair them with" in prepare.status.text()
@@ -256,6 +259,18 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
     assert [r.registration.stored for r in prepare.prepared.registered] == ["REG0001.dcm (CBCT to planning CT)"]
     assert "1 placed by stored registrations (REG)" in prepare.status.text()
+
+    # back, and another dataset whose subjects are others: the page had planned the last one's choices on it
+    other = write_phantom_dataset(tmp_path / "other", subjects=3, shape=SHAPE, ct_subject=False)
+    exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=SHAPE, seed=9)
+    for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
+        save(load_file(exported[modality]), other / "sub09" / "export" / f"series{i}", description=description)
+    wizard.back()
+    check(qtbot, wizard, other)
+    wizard.next()
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 2 and prepare.stored is not None, timeout=30000)
+    assert {c.subject for c in prepare.choices} == {"sub09"} and prepare.series.isColumnHidden(3)
+    assert prepare.stored == ([], [])                            # one frame per subject: no walk for REGs
 
 
 def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_the_fix(qtbot, wizard, tmp_path):
