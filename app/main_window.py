@@ -244,12 +244,6 @@ class MainWindow(QMainWindow):
         for registration in new:
             self.log.add(f"Spatial registration {registration.describe()}: the comparison places a scan of one of "
                          f"its {len(registration.frames)} frames of reference in another's by it", "note")
-        if not catalog.entries:             # spatial registrations (DICOM REG) alone: nothing to list or show
-            self.status.showMessage(f"{len(new)} spatial registration(s) added from {path} (the Log names them): "
-                                    "the comparison places scans by them; compare again to use them" if new else
-                                    f"The spatial registrations in {path} were opened already", 10000)
-            return
-        self.browser.add_catalog(catalog)
         for skipped in catalog.skipped:
             self.log.add(f"Skipped {skipped.path}: {skipped.reason}", "note")
         if catalog.skipped:
@@ -257,6 +251,15 @@ class MainWindow(QMainWindow):
             self.status.showMessage(f"{len(catalog.skipped)} file(s) in {path} skipped; reasons in the Log", 8000)
         self.settings.add_recent(path)
         self._rebuild_recent()
+        if new and self.comparison.model.result is not None:
+            self.comparison.recompute()             # the pair shown may be placed by a new registration
+        if not catalog.entries:             # spatial registrations (DICOM REG) alone: nothing to list or show
+            skipped = f"; {len(catalog.skipped)} file(s) skipped, reasons in the Log" if catalog.skipped else ""
+            self.status.showMessage(f"{len(new)} spatial registration(s) added from {path} (the Log names them): "
+                                    f"comparisons place scans by them{skipped}" if new else
+                                    f"The spatial registrations in {path} were opened already{skipped}", 10000)
+            return
+        self.browser.add_catalog(catalog)
         # the first series that can be loaded and synthesized from (a refused one stays listed with its reason;
         # a localizer, a DWI only when nothing else is there)
         loadable = [e for e in catalog.entries if not e.refusal] or catalog.entries

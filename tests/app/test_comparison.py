@@ -407,17 +407,21 @@ def test_a_registration_opened_alone_places_the_reference_of_the_next_comparison
                                                                                 wait_loaded, monkeypatch):
     """A REG exported apart from the scans (another folder) could not be given to the app: opening it
     was refused as "not a supported image", and the comparison could only score the CT as it lay."""
+    from dicom_objects import write_registration
+
     reg = _planning_export(tmp_path / "export", tmp_path / "registrations" / "REG0001.dcm", phantom)
     before = _compare_the_export(qtbot, window, tmp_path / "export", wait_loaded)
     assert any("open the REG, or the patient's folder holding it" in n for n in before.notes)
     errors: list[str] = []
     monkeypatch.setattr(window, "report_error", errors.append)
-    window.open_paths([str(reg)])
+    write_registration(reg.parent / "scaled.dcm", "1.2.3.100", {"1.2.3.200": np.diag([2.0, 2.0, 2.0, 1.0])})
+    window.open_paths([str(reg.parent)])                            # a folder of REGs: one usable, one not rigid
     qtbot.waitUntil(lambda: len(window.workspace.registrations) == 1, timeout=10000)
-    assert errors == []
+    assert errors == [] and any(line.startswith("Skipped ") and "scaled.dcm" in line for line in window.log.lines)
     assert "1 spatial registration(s) added" in window.status.currentMessage()
-    assert len(window.workspace.documents) == 2                     # nothing to list or show
-    after = _compare_the_export(qtbot, window, tmp_path / "export", wait_loaded)
+    assert len(window.workspace.documents) == 2 and str(reg.parent) in window.settings.recent_files
+    qtbot.waitUntil(lambda: window.comparison.model.result is not before, timeout=30000)   # scored again, placed
+    after = window.comparison.model.result
     assert any("by the spatial registration REG0001.dcm" in n for n in after.notes)
     assert after.evaluation.whole.mae == pytest.approx(25.0, abs=1.0)
 
