@@ -120,11 +120,14 @@ def _run_speed(args: argparse.Namespace) -> int:
     preset = args.preset or (quick.get("preset") if args.model is None else None)
     repeats, steps = args.repeats or quick.get("repeats", 3), args.steps or quick.get("steps")
     slices = args.slices if args.slices is not None else quick.get("slices", 16)
+    load = None
     if args.shared_cpu:
+        from engine.evaluation.shared_cpu import load_average
         from engine.inference.settings import resolve_device
 
         if resolve_device(args.device).type != "cpu":
             raise ValueError("--shared-cpu times synthesis on the CPU: add --device cpu")
+        load = load_average()                       # before the benchmark loads the CPU itself
     report = speed.run_speed(
         model=args.model, preset=preset, device=args.device,
         precisions=args.precisions.split(",") if args.precisions else None, repeats=repeats, slices=slices,
@@ -146,7 +149,7 @@ def _run_speed(args: argparse.Namespace) -> int:
         report["shared_cpu"] = shared_cpu.run_shared_cpu(
             model=report["model"].get("path"), preset=report["model"].get("preset"),
             image_size=report["model"]["image_size"] if random else None, slices=slices, steps=steps,
-            repeats=repeats, say=lambda line: print(line, file=sys.stderr, flush=True))
+            repeats=repeats, load=load, say=lambda line: print(line, file=sys.stderr, flush=True))
         extras.append(("shared_cpu", shared_cpu))
     return _print_report(args, report,
                          lambda r: speed.to_markdown(r) + "".join(m.to_markdown(r[key]) for key, m in extras),

@@ -23,19 +23,29 @@ LOADS = ("as found", "one busy process added")
 BUSY_LOOP = "while True:\n    pass\n"          # one core's worth of work that never blocks
 
 
+def load_average() -> float | None:
+    """The CPU's one-minute load average (None where the system keeps none: Windows): "as found" is
+    idle only when it is near 0. Taken before the speed benchmark loads the CPU itself."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _ratio(slow: float, fast: float) -> float | None:
+    return round(slow / fast, 3) if fast > 0 else None
+
+
 def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | None, slices: int,
-                   steps: int | None, repeats: int, say: Callable[[str], None] = lambda line: None) -> dict:
+                   steps: int | None, repeats: int, load: float | None = None,
+                   say: Callable[[str], None] = lambda line: None) -> dict:
     """Time the variants (every wait policy on every load, one fresh process each) and return the
-    shared-CPU part of the speed report."""
-    load_average = round(os.getloadavg()[0], 2)      # "as found" is idle only when this is near 0
+    shared-CPU part of the speed report; ``load``: :func:`load_average` as the CPU was found."""
     job = {"model": model, "preset": preset, "image_size": image_size, "slices": slices, "steps": steps,
            "repeats": repeats}
     rows = []
-    for load in LOADS:
-        busy = None if load == LOADS[0] else subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    for condition in LOADS:
+        busy = None if condition == LOADS[0] else subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
         try:
             for waiting, policy in WAITING:
-                say(f"shared CPU: {load}, {waiting}")
+                say(f"shared CPU: {condition}, {waiting}")
                 env = {k: v for k, v in os.environ.items() if k != POLICY_VARIABLE}
                 if policy is not None:
                     env[POLICY_VARIABLE] = policy
@@ -44,10 +54,10 @@ def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | N
                 measured = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
                 if proc.returncode != 0 or not measured:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                    raise RuntimeError(f"the shared-CPU run ({load}, {waiting}) failed (exit {proc.returncode}): "
+                    raise RuntimeError(f"the shared-CPU run ({condition}, {waiting}) failed (exit {proc.returncode}): "
                                        f"{tail[0]}")
                 times = measured[-1]["times_s"]
-                rows.append({"load": load, "waiting": waiting, "policy": policy or "", "threads":
+                rows.append({"load": condition, "waiting": waiting, "policy": policy or "", "threads":
                              measured[-1]["threads"], "times_s": times,
                              "median_s": round(statistics.median(times), 4)})
         finally:
@@ -55,11 +65,12 @@ def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | N
                 busy.kill()
                 busy.wait()
     median = {(r["load"], r["policy"]): r["median_s"] for r in rows}
-    ratio = {policy or "default": round(median[(LOADS[1], policy or "")] / median[(LOADS[0], policy or "")], 2)
+    for row in rows:
+        row["times_as_found"] = _ratio(row["median_s"], median[(LOADS[0], row["policy"])])
+    ratio = {policy or "default": _ratio(median[(LOADS[1], policy or "")], median[(LOADS[0], policy or "")])
              for _, policy in WAITING}
-    passive_cost = round(median[(LOADS[0], "PASSIVE")] / median[(LOADS[0], "")], 3)
-    return {"slices": slices, "repeats": repeats, "load_average": load_average, "rows": rows,
-            "busy_slowdown": ratio, "passive_as_found": passive_cost}
+    return {"slices": slices, "repeats": repeats, "load_average": load, "rows": rows,
+            "busy_slowdown": ratio, "passive_as_found": _ratio(median[(LOADS[0], "PASSIVE")], median[(LOADS[0], "")])}
 
 
 def _measure(job: dict) -> dict:
@@ -85,29 +96,37 @@ def _measure(job: dict) -> dict:
     return {"times_s": times, "threads": torch.get_num_threads()}
 
 
+def _times(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"×{value:.{digits}f}"
+
+
+def _load(shared: dict) -> str:
+    value = shared["load_average"]
+    return "not known" if value is None else f"{value:.2f}"
+
+
 def to_markdown(shared: dict) -> str:
     lines = ["", f"Sharing the CPU ({shared['slices']} slices as above, median of {shared['repeats']}, a fresh "
-                 f"process per row; the CPU's load average as found: {shared['load_average']:.2f}):", "",
+                 f"process per row; the CPU's load average as found: {_load(shared)}):", "",
              "| CPU | OpenMP waiting | torch threads | median s | × as found |", "|---|---|---:|---:|---:|"]
-    idle = {r["policy"]: r["median_s"] for r in shared["rows"] if r["load"] == LOADS[0]}
     for row in shared["rows"]:
         lines.append(f"| {row['load']} | {row['waiting']} | {row['threads']} | {row['median_s']:.3f} | "
-                     f"{row['median_s'] / idle[row['policy']]:.2f} |")
+                     f"{'—' if row['times_as_found'] is None else format(row['times_as_found'], '.2f')} |")
     lines += ["", f"- {_summary(shared)}"]
     return "\n".join(lines) + "\n"
 
 
 def to_text(shared: dict) -> str:
-    lines = [f"shared CPU (load average as found {shared['load_average']:.2f}):"] + [f"         {row['load']}, {row['waiting']}: {row['median_s']:.3f} s "
+    lines = [f"shared CPU (load average as found {_load(shared)}):"] + [f"         {row['load']}, {row['waiting']}: {row['median_s']:.3f} s "
                                 f"({row['threads']} threads)" for row in shared["rows"]]
     return "\n".join(lines + [f"         {_summary(shared)}"])
 
 
 def _summary(shared: dict) -> str:
     slow = shared["busy_slowdown"]
-    return (f"One busy process added slows synthesis ×{slow['default']:.2f} with OpenMP's default waiting, "
-            f"×{slow['PASSIVE']:.2f} with passive waiting; on the CPU as found passive waiting takes "
-            f"×{shared['passive_as_found']:.3f} the default's time.")
+    return (f"One busy process added slows synthesis {_times(slow['default'])} with OpenMP's default waiting, "
+            f"{_times(slow['PASSIVE'])} with passive waiting; on the CPU as found passive waiting takes "
+            f"{_times(shared['passive_as_found'], 3)} the default's time.")
 
 
 if __name__ == "__main__":

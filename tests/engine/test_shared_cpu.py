@@ -36,8 +36,9 @@ def test_every_wait_policy_is_timed_in_its_own_process_with_and_without_a_busy_p
     assert f"×{report['busy_slowdown']['default']:.2f} with OpenMP's default waiting" in table
 
 
-def test_the_child_process_sees_the_wait_policy_it_was_given(monkeypatch):
-    """The variants differ only by OMP_WAIT_POLICY in the child's environment, the user's own value removed."""
+def test_the_variants_differ_only_by_the_wait_policy_each_run_is_given(monkeypatch):
+    """Each run's environment holds OMP_WAIT_POLICY as its row says, the user's own value removed (the
+    runs are stood in for; the slow test above starts them)."""
     seen = []
 
     def fake_run(cmd, env, **kwargs):
@@ -47,6 +48,29 @@ def test_the_child_process_sees_the_wait_policy_it_was_given(monkeypatch):
     monkeypatch.setenv(shared_cpu.POLICY_VARIABLE, "ACTIVE")
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(shared_cpu, "BUSY_LOOP", "pass")                 # nothing to keep busy in this test
-    report = shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=1, steps=1, repeats=1)
+    report = shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=1, steps=1, repeats=1,
+                                       load=None)
     assert seen == [None, "PASSIVE", None, "PASSIVE"]
     assert report["busy_slowdown"] == {"default": 1.0, "PASSIVE": 1.0} and report["passive_as_found"] == 1.0
+    assert "load average as found: not known" in shared_cpu.to_markdown(report)       # a system without one
+
+
+def test_a_failed_run_stops_the_busy_process_and_says_which_run(monkeypatch):
+    started = []
+    popen = subprocess.Popen
+
+    def watched(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def run(cmd, env, **kwargs):
+        failing = env.get(shared_cpu.POLICY_VARIABLE) == "PASSIVE" and len(started) == 1   # the busy row's
+        return subprocess.CompletedProcess(cmd, 1 if failing else 0, stderr="RuntimeError: out of memory\n",
+                                           stdout="" if failing else '{"times_s": [1.0], "threads": 2}\n')
+
+    monkeypatch.setattr(subprocess, "Popen", watched)
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(RuntimeError, match=r"\(one busy process added, passive .*\) failed \(exit 1\): RuntimeError: "
+                                           "out of memory"):
+        shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=1, steps=1, repeats=1)
+    assert len(started) == 1 and started[0].poll() is not None            # the busy loop was stopped
