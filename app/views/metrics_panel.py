@@ -30,6 +30,7 @@ ROWS = (f"{SYNTHETIC_ROW} · body", f"{SYNTHETIC_ROW} · whole", f"{BASELINE_ROW
         f"{BASELINE_ROW} · whole")
 COLUMNS = ("PSNR (dB)", "SSIM (×100)", "MAE")
 WORSE_STYLE = "color:#b01010; font-weight:bold;"
+JUMP_TIP = "Click to jump to a slice"
 
 
 def format_value(value: float | None, digits: int = 2) -> str:
@@ -82,6 +83,7 @@ class MetricsPanel(QWidget):
         self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d07000", width=1.5), movable=False)
         self.plot.addItem(self.marker, ignoreBounds=True)
         self.plot.scene().sigMouseClicked.connect(self._on_plot_clicked)
+        self.plot.setToolTip(JUMP_TIP)
 
         left = QVBoxLayout()
         left.addWidget(self.table)
@@ -104,6 +106,7 @@ class MetricsPanel(QWidget):
 
     def show_result(self, result: ComparisonResult | None) -> None:
         self.result = result
+        self.table.clearSpans()
         for row in range(len(ROWS)):
             for col in range(len(COLUMNS)):
                 self.table.setItem(row, col, QTableWidgetItem(""))
@@ -111,6 +114,7 @@ class MetricsPanel(QWidget):
             self.notes.setText("")
             self.verdict.setText("")
             self.curve.setData([], [])
+            self.plot.setToolTip(JUMP_TIP)
             return
         ev = result.evaluation
         self.table.setHorizontalHeaderLabels([*COLUMNS[:2], f"MAE ({ev.unit})"])
@@ -123,7 +127,6 @@ class MetricsPanel(QWidget):
                 if base is None and row >= 2:
                     item.setToolTip(result.baseline_note)
                 self.table.setItem(row, col, item)
-        self.table.clearSpans()
         self._fit_table()                   # to the numbers: a note spanning a row must not widen a column
         if base is None:                    # the row says why it is empty
             note = QTableWidgetItem(result.baseline_note)
@@ -156,8 +159,8 @@ class MetricsPanel(QWidget):
         unit = self.result.evaluation.unit if key == "mae" else ""
         axis = "zyx"[self.result.slice_axis]
         self.plot.setLabel("bottom", f"slice ({axis})")
-        self.plot.setToolTip(f"Click to jump to a slice. x: the slice's index {axis} on the synthetic grid, the axis "
-                             "scored slice by slice")
+        self.plot.setToolTip(f"{JUMP_TIP}. x: the slice's index {axis} on the synthetic grid, the axis scored slice "
+                             "by slice")
         self.plot.setLabel("left", self.metric.currentText().replace("MAE", f"MAE ({unit})"))
 
     def set_current_slice(self, k: int) -> None:
