@@ -386,15 +386,28 @@ def _another_patient(reference: Volume, volume: Volume) -> str:
 
 
 def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration], seed: int,
-              cancel: CancelToken | None, search: bool) -> RigidRegistration | None:
+              cancel: CancelToken | None, search: bool) -> tuple[RigidRegistration | None, str]:
     """``volume`` onto ``reference``: by a spatial registration stored beside them that relates their
     frames of reference (the clinic's own placement), else — with ``search`` — found from their
-    intensities; None when neither."""
-    found = stored_matrix(volume, reference, stored)
+    intensities; None when neither. With it, why no stored one placed it when two disagreed ("…; ")."""
+    try:
+        found = stored_matrix(volume, reference, stored)
+    except ConflictingRegistrations as exc:           # the clinic's placement is not known: found, or out
+        return (register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None), f"{exc}; "
     if found is not None:
         matrix, by = found
-        return stored_registration(reference, volume, matrix, by)
-    return register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
+        return stored_registration(reference, volume, matrix, by), ""
+    return (register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None), ""
+
+
+def _record(source) -> dict:
+    """What ``dataset.json`` records of where a prepared volume came from."""
+    entry = {"from": source.paths[0] if isinstance(source, SeriesEntry) and source.paths else str(source)}
+    if isinstance(source, SeriesEntry):
+        entry["series"] = source.key
+        entry.update({key: value for key, value in (("description", source.description),
+                                                    ("acquired", source.acquired)) if value})
+    return entry
 
 
 def _load(source):
@@ -524,14 +537,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     if copied is not None:
                         _copy(copied, tmp / subject / copied.name)
                     continue
-                entry = record.setdefault(subject, {})[modality] = {
-                    "from": source.paths[0] if isinstance(source, SeriesEntry) and source.paths else str(source)}
-                if isinstance(source, SeriesEntry):
-                    entry["series"] = source.key
-                    if source.description:
-                        entry["description"] = source.description
-                    if source.acquired:
-                        entry["acquired"] = source.acquired
+                entry = record.setdefault(subject, {})[modality] = _record(source)
                 todo = moved.get((unit.origin, modality, source)) if isinstance(source, str) else None
                 scanned = modality != order[0] and _dicom(first) and _dicom(source)
                 stranger = scanned and _another_patient(load(first), load(source))
@@ -546,12 +552,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 if todo is not None or other_frame:
                     reference, volume = load(first), load(source)
                     named = f"{subject}: its {modality} ({_named(source)})"
-                    try:
-                        stored_ones = dataset_registrations()
-                        registration, why = _register(reference, volume, stored_ones, seed, cancel, search), ""
-                    except ConflictingRegistrations as exc:      # the clinic's placement is not known: found, or out
-                        registration = register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None
-                        why = f"{exc}; "
+                    registration, why = _register(reference, volume, dataset_registrations(), seed, cancel, search)
                     unrelated = (f"lies in another frame of reference than its {order[0]} and {UNRELATED}"
                                  if other_frame or (todo is not None and todo.kind == "other_frame")
                                  else f"does not line up with its {order[0]} as its header places it; ")
