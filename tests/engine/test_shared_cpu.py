@@ -9,16 +9,22 @@ import pytest
 from engine.evaluation import shared_cpu
 
 
-@pytest.mark.slow
-def test_every_wait_policy_is_timed_in_its_own_process_with_and_without_a_busy_process(monkeypatch):
-    started = []
+@pytest.fixture
+def started(monkeypatch) -> list[subprocess.Popen]:
+    """Every process started from here on (subprocess.run starts its children with Popen too)."""
+    processes: list[subprocess.Popen] = []
     popen = subprocess.Popen
 
     def watched(*args, **kwargs):
-        started.append(popen(*args, **kwargs))
-        return started[-1]
+        processes.append(popen(*args, **kwargs))
+        return processes[-1]
 
-    monkeypatch.setattr(subprocess, "Popen", watched)          # subprocess.run starts its children this way too
+    monkeypatch.setattr(subprocess, "Popen", watched)
+    return processes
+
+
+@pytest.mark.slow
+def test_every_wait_policy_is_timed_in_its_own_process_with_and_without_a_busy_process(started):
     report = shared_cpu.run_shared_cpu(model=None, preset="tiny", image_size=32, slices=2, steps=1, repeats=2)
     assert [(r["load"], r["policy"]) for r in report["rows"]] == [
         ("as found", ""), ("as found", "PASSIVE"), ("one busy process added", ""), ("one busy process added", "PASSIVE")]
@@ -30,7 +36,7 @@ def test_every_wait_policy_is_timed_in_its_own_process_with_and_without_a_busy_p
         assert len(row["times_s"]) == 2 and row["threads"] >= 1 and row["median_s"] > 0
     median = {(r["load"], r["policy"]): r["median_s"] for r in report["rows"]}
     assert report["busy_slowdown"]["PASSIVE"] == round(median[("one busy process added", "PASSIVE")]
-                                                       / median[("as found", "PASSIVE")], 2)
+                                                       / median[("as found", "PASSIVE")], 3)
     table = shared_cpu.to_markdown(report)
     assert f"| as found | passive (main.py's default) | {report['rows'][1]['threads']} |" in table
     assert f"×{report['busy_slowdown']['default']:.2f} with OpenMP's default waiting" in table
@@ -55,20 +61,12 @@ def test_the_variants_differ_only_by_the_wait_policy_each_run_is_given(monkeypat
     assert "load average as found: not known" in shared_cpu.to_markdown(report)       # a system without one
 
 
-def test_a_failed_run_stops_the_busy_process_and_says_which_run(monkeypatch):
-    started = []
-    popen = subprocess.Popen
-
-    def watched(*args, **kwargs):
-        started.append(popen(*args, **kwargs))
-        return started[-1]
-
+def test_a_failed_run_stops_the_busy_process_and_says_which_run(monkeypatch, started):
     def run(cmd, env, **kwargs):
         failing = env.get(shared_cpu.POLICY_VARIABLE) == "PASSIVE" and len(started) == 1   # the busy row's
         return subprocess.CompletedProcess(cmd, 1 if failing else 0, stderr="RuntimeError: out of memory\n",
                                            stdout="" if failing else '{"times_s": [1.0], "threads": 2}\n')
 
-    monkeypatch.setattr(subprocess, "Popen", watched)
     monkeypatch.setattr(subprocess, "run", run)
     with pytest.raises(RuntimeError, match=r"\(one busy process added, passive .*\) failed \(exit 1\): RuntimeError: "
                                            "out of memory"):
