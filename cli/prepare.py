@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
                      for u in plan.units if u.split},
         "placements": {f"{subject}/{modality}": how.describe() for (subject, modality), how in ahead.items()},
-        "left_out": plan.left_out, "dropped": plan.dropped}
+        "left_out": plan.left_out, "dropped": list(plan.dropped.values())}
     lines = _listing(report, result, args)
     if not args.list:
         if not any(mapping.values()) and not register:

@@ -165,8 +165,9 @@ class PreparePage(CheckedPage):
 
     def _show_placements(self) -> None:
         """The Placement column, from the headers alone: how preparing will place each mapped series
-        acquired in another frame of reference than its subject's reference, and a mapped series whose
-        subject is left out, why (hidden when there is neither)."""
+        acquired in another frame of reference than its subject's reference, and why a mapped series or
+        its subject is left out (another patient's series; a subject that cannot be paired); hidden when
+        there is none of these."""
         from engine.tasks import placements, plan_subjects
 
         if self.stored is None:
@@ -182,6 +183,8 @@ class PreparePage(CheckedPage):
             why_out = plan.left_out.get(choice.subject, "") if mapping[choice] else ""
             if how is not None:
                 text, tip = how.short(), how.describe()
+            elif choice.entry.key in plan.dropped:             # another patient's series filed in this folder
+                text, tip = "left out", plan.dropped[choice.entry.key]
             else:
                 text, tip = ("subject left out", why_out) if why_out else ("", "")
             item = QTableWidgetItem(text)

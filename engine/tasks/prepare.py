@@ -195,12 +195,12 @@ class Plan:
 
     units: list[Unit] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)     # series key → why it is left out
 
     @property
     def notes(self) -> list[str]:
         """What the plan leaves out, as the prepared dataset's notes say it."""
-        return self.dropped + [f"{subject}: {reason}: left out" for subject, reason in self.left_out.items()]
+        return list(self.dropped.values()) + [f"{subject}: {reason}: left out" for subject, reason in self.left_out.items()]
 
 
 def _owner(held: Mapping[str, list]) -> tuple[str | None, list]:
@@ -270,8 +270,8 @@ def plan_subjects(report: ValidationReport, mapping: Mapping[SeriesChoice, str],
             continue
         for modality, stray in strays:                    # another patient's series filed here: that one out
             held[modality] = [s for s in held[modality] if s is not stray]
-            plan.dropped.append(f"{subject}: its {modality} {_named(stray)} is patient {stray.patient_id!r}'s "
-                                f"series, not {owner!r}'s: left out")
+            plan.dropped[stray.key] = (f"{subject}: its {modality} {_named(stray)} is patient {stray.patient_id!r}'s "
+                                       f"series, not {owner!r}'s: left out")
         held = {m: found for m, found in held.items() if found}
         several = [m for m in modalities.MODALITIES if len(held.get(m, ())) > 1]
         if not several:

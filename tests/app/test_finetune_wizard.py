@@ -240,20 +240,23 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     ct = load_file(made["CT"]).replace(modality="CT", dicom={"PatientID": "PAT01", "StudyInstanceUID": "1.2.3.5",
                                                              "FrameOfReferenceUID": planning})
     save(ct, data / "PAT01" / "s1", description="planning CT")
-    save(in_own_frame(load_file(made["CBCT"]).replace(modality="CBCT"), matrix, daily, "PAT01"),
-         data / "PAT01" / "s2", description="CBCT fx1")
+    cbct = load_file(made["CBCT"]).replace(modality="CBCT")
+    save(in_own_frame(cbct, matrix, daily, "PAT01"), data / "PAT01" / "s2", description="CBCT fx1")
+    save(in_own_frame(cbct, matrix, daily + ".9", "PAT09"), data / "PAT01" / "s3", description="CBCT filed here")
     reg = write_registration(data / "PAT01" / "reg" / "REG0001.dcm", planning, {daily: matrix})
     check(qtbot, wizard, data)
     wizard.next()
     prepare = wizard.prepare
-    qtbot.waitUntil(lambda: prepare.series.rowCount() == 2 and prepare.stored is not None, timeout=30000)
-    placed = {prepare.series.item(i, 1).text().split(" (")[0]: prepare.series.item(i, 3) for i in range(2)}
+    qtbot.waitUntil(lambda: prepare.series.rowCount() == 3 and prepare.stored is not None, timeout=30000)
+    row = {prepare.series.item(i, 1).text().split(" (")[0]: i for i in range(3)}
+    placed = {name: prepare.series.item(i, 3) for name, i in row.items()}
     assert not prepare.series.isColumnHidden(3)
     assert placed["CBCT fx1"].text() == "by REG0001.dcm" and placed["planning CT"].text() == ""
     assert "placed by the stored registration REG0001.dcm (CBCT to planning CT)" in placed["CBCT fx1"].toolTip()
-    combo = prepare.series.cellWidget(next(i for i in range(2) if prepare.series.item(i, 1).text().startswith("CBCT")), 2)
+    assert placed["CBCT filed here"].text() == "left out" and "patient 'PAT09'" in placed["CBCT filed here"].toolTip()
+    combo = prepare.series.cellWidget(row["CBCT fx1"], 2)
     combo.setCurrentIndex(combo.findData(""))                                   # left out: nothing to place
-    assert prepare.series.isColumnHidden(3)
+    assert prepare.series.item(row["CBCT fx1"], 3).text() == ""
     combo.setCurrentIndex(combo.findData("CBCT"))
     reg.unlink()                                                                # found once, when the page filled
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
