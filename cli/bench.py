@@ -123,7 +123,7 @@ def _run_speed(args: argparse.Namespace) -> int:
     load = None
     if args.shared_cpu:
         from engine.evaluation.shared_cpu import load_average
-        from engine.inference.settings import resolve_device
+        from engine.inference import resolve_device
 
         if resolve_device(args.device).type != "cpu":
             raise ValueError("--shared-cpu times synthesis on the CPU: add --device cpu")

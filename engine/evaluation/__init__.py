@@ -1,7 +1,7 @@
 """Evaluation: image-quality metrics (metrics.py), scoring synthetic volumes and whole models on a
 paired dataset (synthesis_eval.py, ``python main.py evaluate``), one synthetic volume against a
 reference the user names beside doing nothing (reference.py), and what ``python main.py bench``
-measures. The benchmarks' modules (speed, cohort_speed, quality, understanding, source_floor) are public too: each
+measures. The benchmarks' modules (speed, cohort_speed, shared_cpu, quality, understanding, source_floor) are public too: each
 is one benchmark's run / to_text / to_markdown, which ``bench`` reads as its namespace."""
 from __future__ import annotations
 
