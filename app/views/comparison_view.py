@@ -1,20 +1,33 @@
 """Side-by-side comparison: source | synthetic | reference | difference (with its colour bar in
 physical units) on the synthetic grid, linked (shared cursor and slice, zoom, window/level per
-modality), checkerboard and fade between synthetic and reference, and the metrics panel. Any two
-loaded volumes can be compared."""
+modality), checkerboard and fade between synthetic and reference, a region of interest with each
+volume's statistics inside it on the slice shown, and the metrics panel. Any two loaded volumes can
+be compared."""
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QSlider, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGraphicsRectItem,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.state.comparison import BlendMode, ComparisonModel, ComparisonResult
 from app.state.cursor import Cursor
 from app.state.geometry import Plane
+from app.state.roi import Rect, roi_stats
 from app.state.workspace import Document, Workspace
 from app.views.metrics_panel import MetricsPanel
-from app.views.slice_view import SliceView
+from app.views.slice_view import SliceView, value_in_unit
 from app.workers import Task, TaskRunner
 
 ROLES = ("source", "synthetic", "reference", "difference")
@@ -22,6 +35,8 @@ DIFFERENCE_MAP = pg.colormap.get("CET-D1A")
 AUTO = "Auto (reference's modality)"
 COLOUR_BAR_WIDTH = 66
 COMBO_MIN_CHARACTERS = 4
+ROI_PEN = "#00d0ff"
+ROI_ORDER = ("synthetic", "reference", "difference", "source")     # as the statistics line lists them
 
 
 def shrinkable(combo: QComboBox) -> None:
@@ -64,6 +79,17 @@ class ComparisonView(QWidget):
         self.fade.setEnabled(False)
         self.status = QLabel("Pick a synthetic (or any test) volume and a reference to compare.")
         self.status.setWordWrap(True)
+        self.roi_button = QPushButton("ROI statistics")
+        self.roi_button.setCheckable(True)
+        self.roi_button.setToolTip("A rectangle on the synthetic panel (drag it, or its corner to resize): each "
+                                   "volume's mean ± SD inside it on the slice shown, in its unit")
+        self.roi_button.toggled.connect(self._toggle_roi)
+        self.roi: pg.RectROI | None = None
+        self._outlines: dict[str, QGraphicsRectItem] = {}
+        self.roi_label = QLabel()
+        self.roi_label.setWordWrap(True)
+        self.roi_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.roi_label.hide()
 
         controls = QGridLayout()
         for col, (text, widget) in enumerate((("Source", self.pickers["source"]),
@@ -79,6 +105,7 @@ class ComparisonView(QWidget):
         blend_row.addWidget(self.blend)
         blend_row.addWidget(QLabel("fade"))
         blend_row.addWidget(self.fade)
+        blend_row.addWidget(self.roi_button)
         blend_row.addWidget(self.status, 1)
 
         self.views = {role: SliceView(cursor, Plane.AXIAL) for role in ROLES}
@@ -103,8 +130,13 @@ class ComparisonView(QWidget):
             self.views[role].viewbox.setYLink(anchor)
         self.metrics = MetricsPanel()
         self.metrics.slice_clicked.connect(self.jump_to_slice)
+        top = QWidget()
+        stacked = QVBoxLayout(top)
+        stacked.setContentsMargins(0, 0, 0, 0)
+        stacked.addWidget(panels, 1)
+        stacked.addWidget(self.roi_label)
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(panels)
+        splitter.addWidget(top)
         splitter.addWidget(self.metrics)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 1)
@@ -206,6 +238,7 @@ class ComparisonView(QWidget):
     def _on_result_changed(self, result: ComparisonResult | None) -> None:
         self.metrics.show_result(result)
         self._show_colour_bar(result)
+        self._show_roi()
         if result is None:
             for view in self.views.values():
                 view.set_content(None, None)
@@ -265,6 +298,59 @@ class ComparisonView(QWidget):
     def _on_plane_changed(self, index: int) -> None:
         for view in self.views.values():
             view.set_plane(list(Plane)[index])
+        self._show_roi()
+
+    # -- region of interest -------------------------------------------------------------------
+    def _toggle_roi(self, on: bool) -> None:
+        if on and self.roi is None:
+            view = self.views["synthetic"]
+            width, height = view.geometry.extent if view.geometry is not None else (100.0, 100.0)
+            self.roi = pg.RectROI((0.4 * width, 0.4 * height), (0.2 * width, 0.2 * height),
+                                  pen=pg.mkPen(ROI_PEN, width=2))
+            self.roi.sigRegionChanged.connect(self._show_roi)
+            view.viewbox.addItem(self.roi)
+            for role in ROLES:
+                if role != "synthetic":
+                    outline = self._outlines[role] = QGraphicsRectItem()
+                    outline.setPen(pg.mkPen(ROI_PEN, width=1, style=Qt.PenStyle.DashLine))
+                    self.views[role].viewbox.addItem(outline, ignoreBounds=True)
+        elif not on and self.roi is not None:
+            self.views["synthetic"].viewbox.removeItem(self.roi)
+            for role, outline in self._outlines.items():
+                self.views[role].viewbox.removeItem(outline)
+            self.roi, self._outlines = None, {}
+        self._show_roi()
+
+    def roi_rect(self) -> Rect | None:
+        """The region of interest in view millimetres (None while it is off)."""
+        if self.roi is None:
+            return None
+        pos, size = self.roi.pos(), self.roi.size()
+        return Rect(pos.x(), pos.y(), size.x(), size.y())
+
+    def _show_roi(self, *_args) -> None:
+        """Each compared volume's statistics inside the region on the slice shown, on one line."""
+        rect, result = self.roi_rect(), self.model.result
+        self.roi_label.setVisible(rect is not None)
+        if rect is None:
+            return
+        for role, outline in self._outlines.items():
+            outline.setRect(QRectF(rect.u, rect.v, rect.width, rect.height))
+            outline.setVisible(self.views[role].geometry is not None)      # not on an empty panel (no source)
+        if result is None:
+            self.roi_label.setText("ROI: compare two volumes to see their values inside it")
+            return
+        parts, voxels, k = [], 0, self.views["synthetic"].k
+        for role in ROI_ORDER:
+            volume = result.difference if role == "difference" else getattr(result, role)
+            geometry = self.views[role].geometry
+            stats = roi_stats(geometry, volume, k, rect) if volume is not None and geometry is not None else None
+            if stats is not None:
+                mean = value_in_unit(stats.mean, stats.unit).removesuffix(f" {stats.unit}")
+                parts.append(f"{role} {mean} ± {value_in_unit(stats.sd, stats.unit)}")
+                voxels = stats.voxels
+        self.roi_label.setText(f"ROI {rect.width:.1f} × {rect.height:.1f} mm on slice {k + 1}, {voxels} voxels (mean ± SD): "
+                               + " · ".join(parts) if parts else "ROI: no voxel centre inside it on this slice")
 
     # -- slices -------------------------------------------------------------------------------
     def jump_to_slice(self, k: int) -> None:
@@ -279,6 +365,7 @@ class ComparisonView(QWidget):
         self.cursor.move_to((affine @ index)[:3])
 
     def _on_cursor_moved(self, lps) -> None:
+        self._show_roi()                               # the views' slice follows the cursor first
         result = self.model.result
         if result is None or lps is None:
             return

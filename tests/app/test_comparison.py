@@ -441,3 +441,38 @@ def test_in_a_small_window_the_notes_scroll_below_the_table_and_a_row_note_widen
     assert notes_area.height() < panel.notes.height()               # it scrolls instead
     assert "source not known" in panel.table.item(2, 0).text()
     assert panel.table.columnWidth(0) < panel.table.fontMetrics().horizontalAdvance(result.baseline_note) / 2
+
+
+def test_roi_statistics_give_each_volumes_values_inside_it_on_the_slice_shown(qtbot, window, pair, wait_loaded):
+    """A physicist reads a region's HU in the synthetic CT against the planning CT: the line under the
+    panels gives each volume's mean ± SD there, the engine's arrays' own, and follows the slice."""
+    from app.state.roi import Rect, roi_stats
+
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    view = window.comparison
+    assert not view.roi_label.isVisible()
+    view.roi_button.click()
+    assert view.roi is not None and view.roi_label.isVisible()
+    geometry = view.views["synthetic"].geometry
+    width, height = geometry.extent
+    view.roi.setPos((0.3 * width, 0.3 * height))
+    view.roi.setSize((0.4 * width, 0.4 * height))
+    rect, k = view.roi_rect(), view.views["synthetic"].k
+    assert rect == Rect(0.3 * width, 0.3 * height, 0.4 * width, 0.4 * height)
+    synthetic = roi_stats(geometry, result.synthetic, k, rect)
+    reference = roi_stats(geometry, result.reference, k, rect)
+    difference = roi_stats(geometry, result.difference, k, rect)
+    assert difference.mean == pytest.approx(synthetic.mean - reference.mean, abs=1e-3)
+    assert 10 < difference.mean < 40                                     # the pair's 25 HU offset, with noise
+    text = view.roi_label.text()
+    assert f"{synthetic.voxels} voxels" in text and f"slice {k + 1}" in text
+    assert f"synthetic {round(synthetic.mean)} ± {round(synthetic.sd)} HU" in text
+    assert f"reference {round(reference.mean)} ± {round(reference.sd)} HU" in text
+    assert f"difference {round(difference.mean)} ± {round(difference.sd)} HU" in text
+    outline = view._outlines["reference"].rect()
+    assert (outline.x(), outline.width()) == pytest.approx((rect.u, rect.width))    # drawn on the other panels too
+    assert view._outlines["reference"].isVisible() and not view._outlines["source"].isVisible()   # no source chosen
+    view.views["synthetic"].scroll(1)                                    # another slice: its values
+    assert f"slice {view.views['synthetic'].k + 1}," in view.roi_label.text() and view.views["synthetic"].k != k
+    view.roi_button.click()
+    assert view.roi is None and not view.roi_label.isVisible() and view._outlines == {}

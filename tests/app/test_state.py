@@ -91,6 +91,29 @@ def test_slice_image_matches_the_voxels_it_claims():
             assert image[row, col] == v.array[z, y, x]
 
 
+@pytest.mark.parametrize("plane", list(Plane))
+def test_an_roi_holds_the_voxels_whose_centres_it_covers_whatever_the_orientation(plane):
+    from app.state.roi import Rect, pixels_in, roi_stats
+
+    v = volume(direction=FLIPPED_X).replace(unit="HU")
+    g = PlaneGeometry.of(v, plane)
+    du, dv = g.pixel_size
+    rect = Rect(1.2 * du, 1.1 * dv, 2.0 * du, 1.5 * dv)          # the centres of columns 1, 2 and rows 1, 2
+    assert pixels_in(g, rect) == (slice(1, 3), slice(1, 3))
+    assert pixels_in(g, Rect(rect.u + rect.width, rect.v + rect.height, -rect.width, -rect.height)) == \
+        pixels_in(g, rect)                                           # drawn from its other corner
+    expected = []
+    for row in (1, 2):
+        for col in (1, 2):                                           # the voxels those pixels claim to show
+            x, y, z = np.rint(g.view_to_index((col + 0.5) * du, (row + 0.5) * dv, 1)).astype(int)
+            expected.append(v.array[z, y, x])
+    stats = roi_stats(g, v, 1, rect)
+    assert stats.voxels == 4 and stats.unit == "HU"
+    assert stats.mean == pytest.approx(np.mean(expected)) and stats.sd == pytest.approx(np.std(expected))
+    assert (stats.low, stats.high) == (min(expected), max(expected))
+    assert roi_stats(g, v, 1, Rect(-10.0, -10.0, 5.0, 5.0)) is None              # beside the image: nothing
+
+
 def test_cursor_emits_once_per_move():
     cursor, seen = Cursor(), []
     cursor.moved.connect(seen.append)
