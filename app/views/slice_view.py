@@ -136,9 +136,10 @@ class SliceView(pg.GraphicsView):
             self.viewbox.addItem(line, ignoreBounds=True)
         letter_style = "color: #ffd24d; font-weight: bold; font-size: 13px; background: rgba(0, 0, 0, 110);"
         self.edge_labels = {edge: _overlay(self, letter_style) for edge in ("left", "right", "top", "bottom")}
-        self.title_label = _overlay(self, "color: #e0e0e0; font-size: 11px;")
-        self.slice_label = _overlay(self, "color: #c0c0c0; font-size: 11px;")
-        self.window_label = _overlay(self, "color: #c0c0c0; font-size: 11px;")
+        shade = "background: rgba(0, 0, 0, 110);"          # readable over bright or coloured pixels too
+        self.title_label = _overlay(self, f"color: #e0e0e0; font-size: 11px; {shade}")
+        self.slice_label = _overlay(self, f"color: #c0c0c0; font-size: 11px; {shade}")
+        self.window_label = _overlay(self, f"color: #c0c0c0; font-size: 11px; {shade}")
         self.banner = _overlay(self, "color: #ff5050; font-weight: bold; font-size: 12px; "
                                      "background: rgba(0, 0, 0, 150);")
         self.banner.setText(SYNTHETIC_BANNER)
