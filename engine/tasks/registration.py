@@ -135,7 +135,7 @@ def _method(seed: int, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed)
+    method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed + 1)      # SimpleITK reads 0 as the wall clock
     method.SetInterpolator(sitk.sitkLinear)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
