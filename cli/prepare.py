@@ -35,7 +35,8 @@ and one folder holds one patient's series: such a patient is left out with the r
 frames of reference: a DICOM series acquired in another frame of reference than its subject's reference
 is placed by a spatial registration (DICOM REG) anywhere in DATA relating both frames (the clinic's, as
 stored; two that disagree are not used), else registered from its intensities (left out with
---register none).
+--register none). --ignore-registrations registers them all from their intensities instead (a REG
+that --list or the wizard's overlay shows to be wrong).
 
 examples:
   python main.py prepare EXPORT --list                                    # what there is to map and register
@@ -68,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="needed (default): the volumes left out as their headers place them (another frame of "
                         "reference, no overlap, anatomy millimetres off); all: also those merely on another grid; "
                         "none: only what a stored spatial registration (REG) places, the rest left out")
+    p.add_argument("--ignore-registrations", action="store_true",
+                   help="do not place series by the spatial registrations (DICOM REG) in DATA: register them from "
+                        "their intensities (a stored registration that is wrong)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="the registration's sampling and the split checked afterwards (the train command's "
                         "--seed; default 0)")
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_subjects(report, mapping, register)
     search = args.register != "none"
     ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
-    stored = find_registrations(report.root) if ahead else None
+    stored = ([], []) if args.ignore_registrations else find_registrations(report.root) if ahead else None
     if stored is not None:
         ahead = placements(plan, stored[0], search)
     mapped = {c.subject for c in choices}                     # said below, series by series
@@ -240,7 +244,8 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
     lines += [f"left out: {subject}: {reason}" for subject, reason in result["left_out"].items()]
     lines += [f"left out: {text.removesuffix(': left out')}" for text in result["dropped"]]
     if result["placements"]:
-        lines.append("series in another frame of reference than their subject's reference:")
+        lines.append("series in another frame of reference than their subject's reference" + (
+            " (the stored registrations ignored: --ignore-registrations):" if args.ignore_registrations else ":"))
         lines += [f"  {where}: {how}" for where, how in result["placements"].items()]
     if result["subjects"]:
         lines.append("one subject per repeated volume, in the order their headers date them (one participant in "

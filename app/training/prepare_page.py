@@ -10,6 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -55,6 +56,11 @@ class PreparePage(CheckedPage):
         self.series.verticalHeader().hide()
         self.register = QListWidget()
         self.register.itemChanged.connect(self._choices_changed)
+        self.use_stored = QCheckBox("Place them by the spatial registrations (DICOM REG) found in the dataset")
+        self.use_stored.setChecked(True)
+        self.use_stored.setToolTip("Unticked, every series in another frame of reference is registered from its "
+                                   "intensities instead: for a stored registration the overlay shows to be wrong")
+        self.use_stored.toggled.connect(self._choices_changed)
         self.out = QLineEdit()
         self.out.textChanged.connect(self._changed)
         browse = QPushButton("Browse…")
@@ -77,6 +83,7 @@ class PreparePage(CheckedPage):
         form = self.form = QFormLayout()
         form.addRow("Series to map", self.series)
         form.addRow("Register (rigid) onto\nthe subject's reference", self.register)
+        form.addRow("Stored registrations", self.use_stored)
         form.addRow("New dataset folder", row(self.out, browse))
         layout = QVBoxLayout(self)
         layout.addLayout(form, 2)
@@ -108,6 +115,7 @@ class PreparePage(CheckedPage):
             self.register.addItem(item)
         self.register.blockSignals(False)
         self.form.setRowVisible(self.register, bool(self.misaligned))   # nothing to register: room for the series
+        self.form.setRowVisible(self.use_stored, False)                   # until the dataset's REGs are found
         self._run(self._find_series, "Looking for series…", self._on_series)
 
     def _find_series(self, progress, cancel):
@@ -128,6 +136,7 @@ class PreparePage(CheckedPage):
         from engine.modalities import MODALITIES  # the engine loads after the window shows
 
         (self.choices, errors), self.stored = found
+        self.form.setRowVisible(self.use_stored, bool(self.stored[0]))       # shown only when there are some
         self.series.setRowCount(len(self.choices))
         for i, choice in enumerate(self.choices):
             for column, text in enumerate((choice.subject, choice.describe())):
@@ -174,7 +183,7 @@ class PreparePage(CheckedPage):
             return
         mapping = self.mapping()
         plan = plan_subjects(self.source, mapping, self.registrations())
-        ahead = placements(plan, self.stored[0])
+        ahead = placements(plan, self.stored[0] if self.use_stored.isChecked() else [])
         placed = {id(unit.held[modality]): how for unit in plan.units for modality in unit.held
                   if (how := ahead.get((unit.name, modality)))}
         shown = False
@@ -194,6 +203,13 @@ class PreparePage(CheckedPage):
             shown = shown or bool(text)
         self.series.setColumnHidden(3, not shown)
         self.series.resizeColumnToContents(3)
+
+    def stored_registrations(self) -> tuple[list, list] | None:
+        """The REGs preparing may place series by (none when the user unticked them) and why any is not
+        used; None before they were looked for (preparing looks then)."""
+        if self.stored is None:
+            return None
+        return self.stored if self.use_stored.isChecked() else ([], [])
 
     def _choices_changed(self, *_args) -> None:
         self._show_placements()
@@ -215,7 +231,7 @@ class PreparePage(CheckedPage):
         """Write the prepared dataset (on a worker) and check it with the first page's seed and fractions."""
         page = self.wizard().dataset
         mapping, register, out = self.mapping(), self.registrations(), absolute_path(self.out.text())
-        stored = self.stored
+        stored = self.stored_registrations()
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):

@@ -258,6 +258,12 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     combo.setCurrentIndex(combo.findData(""))                                   # left out: nothing to place
     assert prepare.series.item(row["CBCT fx1"], 3).text() == ""
     combo.setCurrentIndex(combo.findData("CBCT"))
+    assert prepare.use_stored.isVisible() and prepare.use_stored.isChecked()
+    prepare.use_stored.setChecked(False)                                        # a REG the user does not trust
+    assert prepare.series.item(row["CBCT fx1"], 3).text() == "from its intensities"
+    prepare = prepare_and_wait(qtbot, wizard, tmp_path / "unplaced")
+    assert [r.registration.stored for r in prepare.prepared.registered] == [""]    # registered from its intensities
+    prepare.use_stored.setChecked(True)
     reg.unlink()                                                                # found once, when the page filled
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
     assert [r.registration.stored for r in prepare.prepared.registered] == ["REG0001.dcm (CBCT to planning CT)"]
@@ -273,6 +279,7 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     wizard.next()
     qtbot.waitUntil(lambda: prepare.series.rowCount() == 2 and prepare.stored is not None, timeout=30000)
     assert {c.subject for c in prepare.choices} == {"sub09"} and prepare.series.isColumnHidden(3)
+    assert not prepare.use_stored.isVisible()                    # no REG in this dataset: nothing to untick
     assert prepare.stored == ([], [])                            # one frame per subject: no walk for REGs
 
 

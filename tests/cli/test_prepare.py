@@ -105,3 +105,36 @@ def test_list_shows_the_subjects_repeated_volumes_will_make_and_backslash_paths_
     assert "one subject per repeated volume" in out
     assert "  sub10_PD_1: T1 T1.nii.gz, PD 3d_pd_weighted.nii.gz" in out
     assert "  sub10_PD_2: T1 T1.nii.gz, PD pd_repeat.nii.gz" in out
+
+
+def test_a_series_in_its_own_frame_is_placed_by_the_stored_registration_unless_told_to_ignore_it(tmp_path, capsys):
+    """A REG the user does not trust (the wizard's overlay or --list showed it wrong) could not be set aside."""
+    import numpy as np
+    from dicom_objects import in_own_frame, write_registration
+
+    from engine.io import load, save
+    from engine.tasks import write_phantom_subject
+
+    data = tmp_path / "export"
+    c, s = np.cos(np.radians(5.0)), np.sin(np.radians(5.0))
+    matrix = np.array([[c, -s, 0, 8.0], [s, c, 0, -5.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])     # linac → CT scanner
+    planning, daily = "1.2.826.0.1.3680043.10.7.1", "1.2.826.0.1.3680043.10.7.2"
+    for patient, seed in (("PAT01", 3), ("PAT02", 4)):
+        made = write_phantom_subject(tmp_path / "made" / patient, ("CT", "CBCT"), shape=(12, 40, 40), seed=seed)
+        ct = load(made["CT"]).replace(modality="CT", dicom={"PatientID": patient, "StudyInstanceUID": "1.2.3.8",
+                                                            "FrameOfReferenceUID": planning + patient[-1]})
+        save(ct, data / patient / "s1", description="planning CT")
+        cbct = in_own_frame(load(made["CBCT"]).replace(modality="CBCT"), matrix, daily + patient[-1], patient)
+        save(cbct, data / patient / "s2", description="CBCT fx1")
+        write_registration(data / patient / "reg" / "REG0001.dcm", planning + patient[-1], {daily + patient[-1]: matrix})
+    assert run_cli(["prepare", str(data), "--list", "--guesses"]) == 0
+    assert "PAT01/CBCT: in another frame of reference than its CT: placed by the stored registration REG0001.dcm" \
+        in capsys.readouterr().out
+    assert run_cli(["prepare", str(data), "-o", str(tmp_path / "out"), "--guesses", "--ignore-registrations",
+                    "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["placements"]["PAT01/CBCT"].endswith("registered from its intensities")
+    assert {r["subject"]: r.get("stored", "") for r in result["prepared"]["registered"]} == {"PAT01": "", "PAT02": ""}
+    assert run_cli(["prepare", str(data), "-o", str(tmp_path / "placed"), "--guesses", "--json"]) == 0
+    placed = json.loads(capsys.readouterr().out)["prepared"]["registered"]
+    assert [r["stored"] for r in placed] == ["REG0001.dcm (CBCT to planning CT)"] * 2
