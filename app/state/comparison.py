@@ -4,7 +4,7 @@ histogram-matched to the reference), how the synthetic panel blends in the refer
 windows — one per modality, so panels of the same modality share their window/level."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ class ComparisonResult:
     notes: tuple[str, ...] = ()
     baseline: Evaluation | None = None  # the histogram-matched source against the reference (None: no source)
     baseline_note: str = ""            # why there is no baseline, when there is none
+    covered: np.ndarray | None = field(default=None, repr=False)   # the synthetic grid's voxels the reference has data in
 
     def verdict(self) -> str:
         """One line: did the model beat doing nothing (scores inside the body mask, else the whole image)?"""

@@ -46,12 +46,19 @@ def pixels_in(geometry: PlaneGeometry, rect: Rect) -> tuple[slice, slice]:
     return span(rect.v, rect.height, dv, rows), span(rect.u, rect.width, du, cols)
 
 
-def roi_stats(geometry: PlaneGeometry, volume: Volume, k: int, rect: Rect) -> RoiStats | None:
-    """``volume``'s values inside ``rect`` on slice ``k`` (finite values only); None when the
-    rectangle holds no pixel centre of the slice or only non-finite values."""
+def roi_stats(geometry: PlaneGeometry, volume: Volume, k: int, rect: Rect, where: np.ndarray | None = None
+              ) -> RoiStats | None:
+    """``volume``'s values inside ``rect`` on slice ``k`` (finite values only, and only where the
+    boolean ``where`` of the volume's shape is True: a reference's data); None when the rectangle holds
+    no such pixel of the slice."""
+    if not 0 <= k < geometry.n_slices:
+        return None
     rows, cols = pixels_in(geometry, rect)
     values = np.asarray(geometry.slice_image(volume.array, k)[rows, cols], dtype=np.float64)
-    values = values[np.isfinite(values)]
+    keep = np.isfinite(values)
+    if where is not None:
+        keep &= geometry.slice_image(where, k)[rows, cols]
+    values = values[keep]
     if values.size == 0:
         return None
     return RoiStats(int(values.size), float(values.mean()), float(values.std()), float(values.min()),

@@ -67,7 +67,7 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     notes.extend(modality_notes)
     return ComparisonResult(synthetic, ref_on_grid, difference(synthetic, ref_on_grid, scored.evaluation, scored.covered),
                             scored.source, scored.evaluation, axis, scored.coverage, tuple(notes), scored.baseline,
-                            "" if scored.baseline is not None else NO_SOURCE_NOTE)
+                            "" if scored.baseline is not None else NO_SOURCE_NOTE, scored.covered)
 
 
 def difference(synthetic: Volume, reference: Volume, evaluation: Evaluation, covered: np.ndarray) -> Volume:

@@ -238,10 +238,10 @@ class ComparisonView(QWidget):
     def _on_result_changed(self, result: ComparisonResult | None) -> None:
         self.metrics.show_result(result)
         self._show_colour_bar(result)
-        self._show_roi()
         if result is None:
             for view in self.views.values():
                 view.set_content(None, None)
+            self._show_roi()
             return
         if result.source is None:
             self.views["source"].set_content(None, None, title="source: none chosen")
@@ -258,7 +258,8 @@ class ComparisonView(QWidget):
                 synthetic=role == "synthetic" and syn_doc is not None and syn_doc.synthetic,
                 slice_fn=self._blended_slice if role == "synthetic" else None,
                 colormap=DIFFERENCE_MAP if role == "difference" else None)
-        self._on_cursor_moved(self.cursor.position)
+        self._fit_roi()
+        self._on_cursor_moved(self.cursor.position)                   # the ROI's values too
 
     def _show_colour_bar(self, result: ComparisonResult | None) -> None:
         """The difference map's colour bar, following its window, labelled with the unit."""
@@ -298,15 +299,15 @@ class ComparisonView(QWidget):
     def _on_plane_changed(self, index: int) -> None:
         for view in self.views.values():
             view.set_plane(list(Plane)[index])
+        self._fit_roi(centre=True)                     # millimetres of another plane: other anatomy
         self._show_roi()
 
     # -- region of interest -------------------------------------------------------------------
     def _toggle_roi(self, on: bool) -> None:
         if on and self.roi is None:
             view = self.views["synthetic"]
-            width, height = view.geometry.extent if view.geometry is not None else (100.0, 100.0)
-            self.roi = pg.RectROI((0.4 * width, 0.4 * height), (0.2 * width, 0.2 * height),
-                                  pen=pg.mkPen(ROI_PEN, width=2))
+            self.roi = pg.RectROI((40.0, 40.0), (20.0, 20.0), pen=pg.mkPen(ROI_PEN, width=2))
+            self._fit_roi(centre=True)
             self.roi.sigRegionChanged.connect(self._show_roi)
             view.viewbox.addItem(self.roi)
             for role in ROLES:
@@ -320,6 +321,22 @@ class ComparisonView(QWidget):
                 self.views[role].viewbox.removeItem(outline)
             self.roi, self._outlines = None, {}
         self._show_roi()
+
+    def _fit_roi(self, centre: bool = False) -> None:
+        """Keep the ROI on the synthetic panel's image: in its middle (a fifth of each side, at least
+        three pixels) when ``centre`` or when it lies off the image (another grid), and never dragged
+        beyond the image."""
+        view = self.views["synthetic"]
+        if self.roi is None or view.geometry is None:
+            return
+        (width, height), (du, dv) = view.geometry.extent, view.geometry.pixel_size
+        self.roi.maxBounds = QRectF(0.0, 0.0, width, height)
+        rect = self.roi_rect()
+        if centre or rect is None or rect.u >= width or rect.v >= height or rect.u + rect.width <= 0 \
+                or rect.v + rect.height <= 0:
+            w, h = min(width, max(0.2 * width, 3 * du)), min(height, max(0.2 * height, 3 * dv))
+            self.roi.setPos(((width - w) / 2, (height - h) / 2), update=False)
+            self.roi.setSize((w, h))
 
     def roi_rect(self) -> Rect | None:
         """The region of interest in view millimetres (None while it is off)."""
@@ -340,17 +357,26 @@ class ComparisonView(QWidget):
         if result is None:
             self.roi_label.setText("ROI: compare two volumes to see their values inside it")
             return
-        parts, voxels, k = [], 0, self.views["synthetic"].k
+        parts, counts = [], {}
         for role in ROI_ORDER:
-            volume = result.difference if role == "difference" else getattr(result, role)
-            geometry = self.views[role].geometry
-            stats = roi_stats(geometry, volume, k, rect) if volume is not None and geometry is not None else None
-            if stats is not None:
-                mean = value_in_unit(stats.mean, stats.unit).removesuffix(f" {stats.unit}")
-                parts.append(f"{role} {mean} ± {value_in_unit(stats.sd, stats.unit)}")
-                voxels = stats.voxels
-        self.roi_label.setText(f"ROI {rect.width:.1f} × {rect.height:.1f} mm on slice {k + 1}, {voxels} voxels (mean ± SD): "
-                               + " · ".join(parts) if parts else "ROI: no voxel centre inside it on this slice")
+            volume, view = (result.difference if role == "difference" else getattr(result, role)), self.views[role]
+            if volume is None or view.volume is not volume or view.geometry is None:
+                continue                                   # no such volume, or its panel not yet showing it
+            covered = result.covered if role in ("reference", "difference") else None
+            stats = roi_stats(view.geometry, volume, view.k, rect, covered)
+            if stats is None:
+                parts.append(f"{role}: no data here" if role in ("reference", "difference") else "")
+                continue
+            counts[role] = stats.voxels
+            mean = value_in_unit(stats.mean, stats.unit).removesuffix(f" {stats.unit}")
+            fewer = f" (on its {stats.voxels} voxels)" if stats.voxels < counts.get("synthetic", 0) else ""
+            parts.append(f"{role} {mean} ± {value_in_unit(stats.sd, stats.unit)}{fewer}")
+        if "synthetic" not in counts:
+            self.roi_label.setText("ROI: no voxel centre of the synthetic inside it on this slice")
+            return
+        k = self.views["synthetic"].k
+        self.roi_label.setText(f"ROI {rect.width:.1f} × {rect.height:.1f} mm on slice {k + 1}, {counts['synthetic']} "
+                               "voxels (mean ± SD): " + " · ".join(part for part in parts if part))
 
     # -- slices -------------------------------------------------------------------------------
     def jump_to_slice(self, k: int) -> None:

@@ -476,3 +476,37 @@ def test_roi_statistics_give_each_volumes_values_inside_it_on_the_slice_shown(qt
     assert f"slice {view.views['synthetic'].k + 1}," in view.roi_label.text() and view.views["synthetic"].k != k
     view.roi_button.click()
     assert view.roi is None and not view.roi_label.isVisible() and view._outlines == {}
+
+
+def test_the_roi_follows_a_new_pair_a_plane_and_the_reference_s_coverage(qtbot, window, pair, wait_loaded):
+    """Comparing a smaller pair with the ROI on a high slice had raised IndexError (the old panels' slice on
+    the new arrays); beyond the reference it had reported the padding (−1000 HU) and a zero difference."""
+    from engine.io import Volume
+
+    syn, ref, result = compared(qtbot, window, wait_loaded, *pair)
+    view = window.comparison
+    view.roi_button.click()
+    for _ in range(result.synthetic.shape[0]):
+        view.views["synthetic"].scroll(1)                             # the top slice
+    half = ref.volume.shape[2] // 2                                    # a reference covering x < half only
+    slab = window.workspace.add(Volume(ref.volume.array[:, :, :half], spacing=ref.volume.spacing,
+                                       origin=ref.volume.origin, direction=ref.volume.direction, modality="CT",
+                                       unit="HU", name="half CT"))
+    thin = window.workspace.add(syn.volume.replace(array=syn.volume.array[:4], name="four slices"))
+    view.set_inputs(thin, slab)
+    qtbot.waitUntil(lambda: (r := view.model.result) is not None and r.synthetic.shape[0] == 4, timeout=30000)
+    assert f"on slice {view.views['synthetic'].k + 1}," in view.roi_label.text()
+    width, height = view.views["synthetic"].geometry.extent
+    g = view.views["synthetic"].geometry
+    u_half = g.index_to_view(np.array([half - 0.5, 0.0, 0.0]))[0]     # where the reference's data ends on screen
+    low, high = (0.0, u_half) if g.col_flip else (u_half, width)        # the part it does not cover
+    view.roi.setPos((low + 0.3 * (high - low), 0.4 * height))
+    view.roi.setSize((0.4 * (high - low), 0.2 * height))
+    text = view.roi_label.text()
+    assert "synthetic " in text and "reference: no data here" in text and "difference: no data here" in text
+    view.roi.setPos((u_half - 0.2 * (high - low), 0.4 * height))      # across the edge of its data
+    assert "(on its " in view.roi_label.text()                          # half on it: the voxels it has data in
+    view.plane.setCurrentIndex(2)                                      # sagittal: the ROI back on the image
+    rect, (width, height) = view.roi_rect(), view.views["synthetic"].geometry.extent
+    assert 0 <= rect.u and rect.u + rect.width <= width and 0 <= rect.v and rect.v + rect.height <= height
+    assert "voxels (mean ± SD): synthetic" in view.roi_label.text()
