@@ -283,6 +283,8 @@ def _guess_mr_from_timing(tags: Mapping[str, object]) -> str | None:
     tr, te, ti = _float(tags, "RepetitionTime"), _float(tags, "EchoTime"), _float(tags, "InversionTime")
     if tr is None or te is None:
         return None
+    if ti is not None and ti <= 0:
+        ti = None                        # GE and Philips write 0 for a sequence with no inversion
     contrast = bool(str(tags.get("ContrastBolusAgent", "") or "").strip())
     if ti is not None and ti > 1500 and te > 60:
         return "FLAIR"

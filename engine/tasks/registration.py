@@ -135,7 +135,8 @@ def _method(seed: int, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed + 1)      # SimpleITK reads 0 as the wall clock
+    # an unsigned 32-bit seed that is never 0, which SimpleITK reads as the wall clock (another sample each run)
+    method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed % (2**32 - 1) + 1)
     method.SetInterpolator(sitk.sitkLinear)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)

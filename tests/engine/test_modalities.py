@@ -112,6 +112,9 @@ def test_a_diffusion_or_phase_series_is_not_guessed_from_its_timing():
     stir = {"Modality": "MR", "RepetitionTime": 4500, "EchoTime": 35, "InversionTime": 150}   # a STIR, unnamed
     assert m.guess_from_dicom(stir) is None and m.guess_from_dicom({**stir, "InversionTime": None}) == "PD"
     assert m.guess_from_dicom({"Modality": "MR", "RepetitionTime": 2000, "EchoTime": 10, "InversionTime": 850}) == "T1"
+    no_inversion = {"Modality": "MR", "InversionTime": 0}                 # GE's and Philips' "no inversion"
+    assert m.guess_from_dicom({**no_inversion, "RepetitionTime": 4000, "EchoTime": 100}) == "T2"
+    assert m.guess_from_dicom({**no_inversion, "RepetitionTime": 3000, "EchoTime": 15}) == "PD"    # had been T1
     assert m.other_mr("ep2d_diff_3scan_trace_p2") == "diffusion" and m.other_mr("", "ORIGINAL\\PRIMARY\\P\\ND") == "phase image"
     assert m.other_mr("t1_mprage_sag_p2_iso") == ""
 
