@@ -164,9 +164,12 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_subjects(report, mapping, register)
     search = args.register != "none"
     ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
-    stored = ([], []) if args.ignore_registrations else find_registrations(report.root) if ahead else None
-    if stored is not None:
-        ahead = placements(plan, stored[0], search)
+    if args.ignore_registrations and args.register == "none":
+        raise ValueError("--ignore-registrations with --register none would leave out every series in another frame "
+                         "of reference: register them (--register needed) or use the stored registrations")
+    stored = find_registrations(report.root) if ahead and not args.ignore_registrations else None
+    if ahead:
+        ahead = placements(plan, stored[0] if stored else [], search, set_aside=args.ignore_registrations)
     mapped = {c.subject for c in choices}                     # said below, series by series
     listed = {id(f) for f in mappable(report)} | {id(f) for f in report.problems if f.subject in mapped
                                                   and f.kind in ("empty_subject", "single_modality")}
@@ -181,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
         "subjects": {u.name: {"of": u.origin, "volumes": {m: _source_name(v) for m, v in u.held.items()}}
                      for u in plan.units if u.split},
         "placements": {f"{subject}/{modality}": how.describe() for (subject, modality), how in ahead.items()},
-        "left_out": plan.left_out, "dropped": list(plan.dropped.values())}
+        "left_out": plan.left_out, "dropped": list(plan.dropped.values()),
+        "registrations_set_aside": args.ignore_registrations}
     lines = _listing(report, result, args)
     if not args.list:
         if not any(mapping.values()) and not register:
@@ -192,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"nothing to map or register: {report.root} trains as it is (train --data {args.data})")
         else:
             prepared = prepare_dataset(report, args.out, mapping=mapping, register=register, search=search,
-                                       seed=args.seed, registrations=stored, progress=progress)
+                                       seed=args.seed, registrations=stored, set_aside=args.ignore_registrations,
+                                       progress=progress)
             check = validate_dataset(prepared.root, seed=args.seed, **fractions)
             result["prepared"] = {
                 "root": str(prepared.root), "skipped": prepared.skipped, "split_subjects": prepared.split_subjects,
@@ -244,8 +249,7 @@ def _listing(report, result: dict, args: argparse.Namespace) -> list[str]:
     lines += [f"left out: {subject}: {reason}" for subject, reason in result["left_out"].items()]
     lines += [f"left out: {text.removesuffix(': left out')}" for text in result["dropped"]]
     if result["placements"]:
-        lines.append("series in another frame of reference than their subject's reference" + (
-            " (the stored registrations ignored: --ignore-registrations):" if args.ignore_registrations else ":"))
+        lines.append("series in another frame of reference than their subject's reference:")
         lines += [f"  {where}: {how}" for where, how in result["placements"].items()]
     if result["subjects"]:
         lines.append("one subject per repeated volume, in the order their headers date them (one participant in "

@@ -56,7 +56,8 @@ class PreparePage(CheckedPage):
         self.series.verticalHeader().hide()
         self.register = QListWidget()
         self.register.itemChanged.connect(self._choices_changed)
-        self.use_stored = QCheckBox("Place them by the spatial registrations (DICOM REG) found in the dataset")
+        self.use_stored = QCheckBox("Place series in another frame of reference by the dataset's spatial "
+                                    "registrations (DICOM REG)")
         self.use_stored.setChecked(True)
         self.use_stored.setToolTip("Unticked, every series in another frame of reference is registered from its "
                                    "intensities instead: for a stored registration the overlay shows to be wrong")
@@ -116,6 +117,9 @@ class PreparePage(CheckedPage):
         self.register.blockSignals(False)
         self.form.setRowVisible(self.register, bool(self.misaligned))   # nothing to register: room for the series
         self.form.setRowVisible(self.use_stored, False)                   # until the dataset's REGs are found
+        self.use_stored.blockSignals(True)
+        self.use_stored.setChecked(True)                                  # another dataset: its own REGs used
+        self.use_stored.blockSignals(False)
         self._run(self._find_series, "Looking for series…", self._on_series)
 
     def _find_series(self, progress, cancel):
@@ -129,7 +133,8 @@ class PreparePage(CheckedPage):
         for choice in choices:
             if choice.entry.frame:
                 frames.setdefault(choice.subject, set()).add(choice.entry.frame)
-        several = any(len(named) > 1 for named in frames.values())
+        several = any(len(named) > 1 for named in frames.values()) or any(
+            m.kind == "other_frame" for m in self.misaligned)          # a modality folder in another frame too
         return (choices, errors), find_registrations(self.source.root, cancel) if several else ([], [])
 
     def _on_series(self, found) -> None:
@@ -183,7 +188,7 @@ class PreparePage(CheckedPage):
             return
         mapping = self.mapping()
         plan = plan_subjects(self.source, mapping, self.registrations())
-        ahead = placements(plan, self.stored[0] if self.use_stored.isChecked() else [])
+        ahead = placements(plan, self.stored[0], set_aside=not self.use_stored.isChecked())
         placed = {id(unit.held[modality]): how for unit in plan.units for modality in unit.held
                   if (how := ahead.get((unit.name, modality)))}
         shown = False
@@ -203,13 +208,6 @@ class PreparePage(CheckedPage):
             shown = shown or bool(text)
         self.series.setColumnHidden(3, not shown)
         self.series.resizeColumnToContents(3)
-
-    def stored_registrations(self) -> tuple[list, list] | None:
-        """The REGs preparing may place series by (none when the user unticked them) and why any is not
-        used; None before they were looked for (preparing looks then)."""
-        if self.stored is None:
-            return None
-        return self.stored if self.use_stored.isChecked() else ([], [])
 
     def _choices_changed(self, *_args) -> None:
         self._show_placements()
@@ -231,14 +229,15 @@ class PreparePage(CheckedPage):
         """Write the prepared dataset (on a worker) and check it with the first page's seed and fractions."""
         page = self.wizard().dataset
         mapping, register, out = self.mapping(), self.registrations(), absolute_path(self.out.text())
-        stored = self.stored_registrations()
+        stored, set_aside = self.stored, not self.use_stored.isChecked()
         seed, fractions = page.seed.value(), page.fractions()
 
         def work(progress, cancel):
             from engine.tasks import prepare_dataset, validate_dataset
 
             prepared = prepare_dataset(self.source, out, mapping=mapping, register=register, seed=seed,
-                                       registrations=stored, progress=progress, cancel=cancel)
+                                       registrations=stored, set_aside=set_aside, progress=progress,
+                                       cancel=cancel)
             return prepared, validate_dataset(prepared.root, seed=seed, val_fraction=fractions[0],
                                               test_fraction=fractions[1])
 

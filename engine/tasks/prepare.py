@@ -49,6 +49,7 @@ MAPPABLE = ("unknown_modality", "unmapped_dicom")       # findings whose volumes
 MISALIGNED = ("no_overlap", "other_frame", "misaligned", "resampled")   # findings whose volume may need registering
 PREPARED_KEY = "prepared"
 UNRELATED = "no spatial registration relates them; "     # why a volume in another frame is not placed as stored
+SET_ASIDE = "the stored registrations were set aside; "   # … when the user set the dataset's REGs aside
 SELF_CONTAINED = (".nii.gz", ".nii", ".mha", ".nrrd")   # volume files copied as they are (not .mhd/.nhdr + data)
 
 
@@ -327,13 +328,13 @@ class Placement:
             else _fallback(self.why, self.search))
 
 
-def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: bool = True
-               ) -> dict[tuple[str, str], Placement]:
+def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: bool = True,
+               set_aside: bool = False) -> dict[tuple[str, str], Placement]:
     """How preparing will place each mapped DICOM series whose frame of reference its scanner stated
     differently from its subject's reference series' — (subject, modality) → its placement — from
-    the headers alone (nothing is read): by a stored registration relating the frames, else from its
-    intensities (``search``), else left out."""
-    registrations = list(registrations)
+    the headers alone (nothing is read): by a stored registration relating the frames (unless the
+    user ``set_aside`` the dataset's), else from its intensities (``search``), else left out."""
+    registrations = [] if set_aside else list(registrations)
     found = {}
     for unit in plan.units:
         order = [m for m in modalities.MODALITIES if m in unit.held]
@@ -348,7 +349,7 @@ def placements(plan: Plan, registrations: Iterable[StoredRegistration], search: 
             except ConflictingRegistrations as exc:
                 stored, why = None, f"{exc}; "
             else:
-                why = UNRELATED
+                why = SET_ASIDE if set_aside else UNRELATED
             found[(unit.name, modality)] = Placement(order[0], stored[1] if stored else None, why, search)
     return found
 
@@ -467,7 +468,7 @@ def _prepared_json(report: ValidationReport, meta: dict, record: dict[str, dict[
 
 def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mapping[SeriesChoice, str] | None = None,
                     register: Iterable[Misaligned] = (), search: bool = True, seed: int = 0,
-                    registrations: tuple[list[StoredRegistration], list[str]] | None = None,
+                    registrations: tuple[list[StoredRegistration], list[str]] | None = None, set_aside: bool = False,
                     progress: ProgressFn = noop, cancel: CancelToken | None = None) -> PreparedDataset:
     """Write the paired dataset made of ``report``'s usable volumes, the series ``mapping`` names
     (choice → modality; "" leaves one out; several of one modality in a subject make one subject each,
@@ -481,8 +482,9 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
     are linked or copied unchanged (DICOM folders converted to NIfTI); a volume shared by several
     subjects is read, registered and written once. ``registrations``: what
     :func:`engine.io.find_registrations` found in the dataset folder, when the caller looked already
-    (else looked for once, when a volume needs one). ``out`` may be an earlier result of this function
-    (replaced)."""
+    (else looked for once, when a volume needs one); ``set_aside``: none is used (the user found one
+    wrong), every such volume registered from its intensities. ``out`` may be an earlier result of this
+    function (replaced)."""
     from engine.atomic import atomic_folder
     from engine.io import save
 
@@ -515,7 +517,7 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                 """The dataset's REGs (frame UIDs are unique: one in another folder relates the same
                 frames), looked for once and only when a volume needs one; why any was not used, said."""
                 if "found" not in stored:
-                    stored["found"], problems = registrations or find_registrations(root, cancel)
+                    stored["found"], problems = ([], []) if set_aside else registrations or find_registrations(root, cancel)
                     result.notes.extend(problems)
                 return stored["found"]
 
@@ -553,7 +555,8 @@ def prepare_dataset(report: ValidationReport, out: str | Path, *, mapping: Mappi
                     reference, volume = load(first), load(source)
                     named = f"{subject}: its {modality} ({_named(source)})"
                     registration, why = _register(reference, volume, dataset_registrations(), seed, cancel, search)
-                    unrelated = (f"lies in another frame of reference than its {order[0]} and {UNRELATED}"
+                    unrelated = (f"lies in another frame of reference than its {order[0]} and "
+                                 f"{SET_ASIDE if set_aside else UNRELATED}"
                                  if other_frame or (todo is not None and todo.kind == "other_frame")
                                  else f"does not line up with its {order[0]} as its header places it; ")
                     if registration is None:

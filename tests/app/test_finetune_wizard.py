@@ -261,8 +261,10 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     assert prepare.use_stored.isVisible() and prepare.use_stored.isChecked()
     prepare.use_stored.setChecked(False)                                        # a REG the user does not trust
     assert prepare.series.item(row["CBCT fx1"], 3).text() == "from its intensities"
+    assert "the stored registrations were set aside" in prepare.series.item(row["CBCT fx1"], 3).toolTip()
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "unplaced")
     assert [r.registration.stored for r in prepare.prepared.registered] == [""]    # registered from its intensities
+    assert any("the stored registrations were set aside" in note for note in prepare.prepared.notes)
     prepare.use_stored.setChecked(True)
     reg.unlink()                                                                # found once, when the page filled
     prepare = prepare_and_wait(qtbot, wizard, tmp_path / "prepared")
@@ -274,12 +276,13 @@ def test_each_series_in_another_frame_says_before_preparing_how_it_will_be_place
     exported = write_phantom_subject(tmp_path / "nifti", ("T1", "T2"), shape=SHAPE, seed=9)
     for i, (modality, description) in enumerate((("T1", "t1_mprage_sag"), ("T2", "t2_tse_tra"))):
         save(load_file(exported[modality]), other / "sub09" / "export" / f"series{i}", description=description)
+    prepare.use_stored.setChecked(False)
     wizard.back()
     check(qtbot, wizard, other)
     wizard.next()
     qtbot.waitUntil(lambda: prepare.series.rowCount() == 2 and prepare.stored is not None, timeout=30000)
     assert {c.subject for c in prepare.choices} == {"sub09"} and prepare.series.isColumnHidden(3)
-    assert not prepare.use_stored.isVisible()                    # no REG in this dataset: nothing to untick
+    assert not prepare.use_stored.isVisible() and prepare.use_stored.isChecked()   # no REG here; the next one's used
     assert prepare.stored == ([], [])                            # one frame per subject: no walk for REGs
 
 

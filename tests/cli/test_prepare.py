@@ -133,8 +133,11 @@ def test_a_series_in_its_own_frame_is_placed_by_the_stored_registration_unless_t
     assert run_cli(["prepare", str(data), "-o", str(tmp_path / "out"), "--guesses", "--ignore-registrations",
                     "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["placements"]["PAT01/CBCT"].endswith("registered from its intensities")
+    assert result["registrations_set_aside"] and result["placements"]["PAT01/CBCT"].endswith(
+        "the stored registrations were set aside; registered from its intensities")
     assert {r["subject"]: r.get("stored", "") for r in result["prepared"]["registered"]} == {"PAT01": "", "PAT02": ""}
     assert run_cli(["prepare", str(data), "-o", str(tmp_path / "placed"), "--guesses", "--json"]) == 0
     placed = json.loads(capsys.readouterr().out)["prepared"]["registered"]
     assert [r["stored"] for r in placed] == ["REG0001.dcm (CBCT to planning CT)"] * 2
+    assert run_cli(["prepare", str(data), "--list", "--ignore-registrations", "--register", "none"]) == 2
+    assert "would leave out every series in another frame" in capsys.readouterr().err
