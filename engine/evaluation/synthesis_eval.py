@@ -139,17 +139,21 @@ class ModelEvaluation:
 
     def table(self) -> str:
         """A plain-text table: one row per route, then the mean over routes."""
-        head = f"{'route':<14}{'n':>3}  {'PSNR dB':>8}{'SSIM':>7}{'MAE':>13}  {'body PSNR':>9}{'SSIM':>7}{'MAE':>13}"
+        means = self.route_means()
+        maes = [_f(m[part].get("mae")) + " " + m["unit"] for m in means.values() for part in ("whole", "body")]
+        mae = max([11, *map(len, maes)]) + 2           # "7.36 % of range" had run into the SSIM column
+        head = (f"{'route':<14}{'n':>3}  {'PSNR dB':>8}{'SSIM':>7}{'MAE':>{mae}}  {'body PSNR':>9}{'SSIM':>7}"
+                f"{'MAE':>{mae}}")
         lines = [head, "-" * len(head)]
-        for (a, b), m in self.route_means().items():
+        for (a, b), m in means.items():
             w, bd = m["whole"], m["body"]
             lines.append(f"{a + '→' + b:<14}{m['subjects']:>3}  {_f(w.get('psnr_db')):>8}{_f(w.get('ssim_x100')):>7}"
-                         f"{_f(w.get('mae')) + ' ' + m['unit']:>13}  {_f(bd.get('psnr_db')):>9}"
-                         f"{_f(bd.get('ssim_x100')):>7}{_f(bd.get('mae')) + ' ' + m['unit']:>13}")
+                         f"{_f(w.get('mae')) + ' ' + m['unit']:>{mae}}  {_f(bd.get('psnr_db')):>9}"
+                         f"{_f(bd.get('ssim_x100')):>7}{_f(bd.get('mae')) + ' ' + m['unit']:>{mae}}")
         overall = self.to_dict()["mean_over_routes"]
         lines.append("-" * len(head))
         lines.append(f"{'mean':<14}{'':>3}  {_f(overall['whole'].get('psnr_db')):>8}"
-                     f"{_f(overall['whole'].get('ssim_x100')):>7}{'':>13}  {_f(overall['body'].get('psnr_db')):>9}"
+                     f"{_f(overall['whole'].get('ssim_x100')):>7}{'':>{mae}}  {_f(overall['body'].get('psnr_db')):>9}"
                      f"{_f(overall['body'].get('ssim_x100')):>7}")
         return "\n".join(lines)
 

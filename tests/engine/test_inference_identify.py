@@ -140,6 +140,13 @@ def test_evaluate_model_on_a_phantom_dataset(synth, tmp_path):
     assert ct_row["unit"] == "HU" and ct_row["subjects"] == 1 and ct_row["whole"]["mae"] > 0
     assert all(s["slices"] == 2 for s in data["subjects"])
     assert "mean" in result.table() and "CBCT→CT" in result.table()
+    means = result.route_means()
+    for line in result.table().splitlines()[2:-2]:                  # each route's row reads back column by column
+        route = tuple(line.split()[0].split("→"))
+        w, b, unit = means[route]["whole"], means[route]["body"], means[route]["unit"]
+        assert line.split()[1:] == [str(means[route]["subjects"]), f"{w['psnr_db']:.2f}", f"{w['ssim_x100']:.2f}",
+                                    f"{w['mae']:.2f}", *unit.split(), f"{b['psnr_db']:.2f}", f"{b['ssim_x100']:.2f}",
+                                    f"{b['mae']:.2f}", *unit.split()]     # "% of range" had run into the SSIM
     assert reports[-1].done == reports[-1].total == 5
     with pytest.raises(ValueError, match="no subjects"):
         evaluate_model(synth, paired, "val")
