@@ -88,8 +88,8 @@ def _add_speed(sub: argparse._SubParsersAction) -> None:
                    help="also time `cohort` on N copies of the volume: volumes per minute in one process and in "
                         "two torchrun ranks, the cores split between them")
     p.add_argument("--shared-cpu", action="store_true",
-                   help="also time CPU synthesis on an idle CPU and beside one busy process, with OpenMP's default "
-                        "waiting and the passive waiting main.py sets (a fresh process per variant)")
+                   help="also time CPU synthesis on the CPU as found and beside one busy process, with OpenMP's "
+                        "default spinning, the short spin main.py sets and passive waiting (a fresh process each)")
     _add_output_arguments(p)
     p.set_defaults(func=_run_speed)
 

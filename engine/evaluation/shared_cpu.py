@@ -1,10 +1,11 @@
 """The shared-CPU rows of ``bench speed --shared-cpu``: CPU synthesis of the speed benchmark's slices
-on the CPU as found (idle when its load average says so) and beside one busy process added (another program, a fine-tuning job, a second
-synthesis), with OpenMP's default waiting — each torch thread spins at every parallel region's end
-before it sleeps, so one thread that the busy process keeps off its core stalls all the others —
-and with ``OMP_WAIT_POLICY=PASSIVE``, which ``main.py`` sets for every process it starts (unless the
-environment sets it). Each variant runs in a fresh process (``python -m engine.evaluation.shared_cpu``):
-OpenMP reads its wait policy once, when torch starts."""
+on the CPU as found (idle when its load average says so) and beside one busy process added (another
+program, a fine-tuning job, a second synthesis), with each way torch's OpenMP threads may wait at the
+end of a parallel region: OpenMP's default (GNU libgomp: spin 300,000 times, then sleep — one thread
+that the busy process keeps off its core stalls the spinning others), a short spin
+(``GOMP_SPINCOUNT=10000``, what ``main.py`` sets for every process it starts unless the environment
+sets a policy) and passive (``OMP_WAIT_POLICY=PASSIVE``: sleep at once). Each variant runs in a fresh
+process (``python -m engine.evaluation.shared_cpu``): OpenMP reads these once, when torch starts."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ from collections.abc import Callable
 
 from engine.paths import ROOT
 
-POLICY_VARIABLE = "OMP_WAIT_POLICY"
-WAITING = (("OpenMP's default (spin, then sleep)", None), ("passive (main.py's default)", "PASSIVE"))
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")      # what each run's environment sets, and nothing else
+SHORT_SPIN = {"GOMP_SPINCOUNT": "10000"}                     # main.py's choice (docs/performance.md)
+WAITING: tuple[tuple[str, str, dict[str, str]], ...] = (      # key, how the table says it, the variables set
+    ("default", "OpenMP's default (spin, then sleep)", {}),
+    ("short spin", "short spin, GOMP_SPINCOUNT=10000 (main.py's)", SHORT_SPIN),
+    ("passive", "passive, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
+)
 LOADS = ("as found", "one busy process added")
 BUSY_LOOP = "while True:\n    pass\n"          # one core's worth of work that never blocks
 
@@ -36,7 +42,7 @@ def _ratio(slow: float, fast: float) -> float | None:
 def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | None, slices: int,
                    steps: int | None, repeats: int, load: float | None = None,
                    say: Callable[[str], None] = lambda line: None) -> dict:
-    """Time the variants (every wait policy on every load, one fresh process each) and return the
+    """Time the variants (every way of waiting on every load, one fresh process each) and return the
     shared-CPU part of the speed report; ``load``: :func:`load_average` as the CPU was found."""
     job = {"model": model, "preset": preset, "image_size": image_size, "slices": slices, "steps": steps,
            "repeats": repeats}
@@ -44,11 +50,9 @@ def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | N
     for condition in LOADS:
         busy = None if condition == LOADS[0] else subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
         try:
-            for waiting, policy in WAITING:
+            for key, waiting, variables in WAITING:
                 say(f"shared CPU: {condition}, {waiting}")
-                env = {k: v for k, v in os.environ.items() if k != POLICY_VARIABLE}
-                if policy is not None:
-                    env[POLICY_VARIABLE] = policy
+                env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES} | variables
                 proc = subprocess.run([sys.executable, "-m", "engine.evaluation.shared_cpu", json.dumps(job)],
                                       cwd=ROOT, env=env, capture_output=True, text=True)
                 measured = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -57,8 +61,8 @@ def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | N
                     raise RuntimeError(f"the shared-CPU run ({condition}, {waiting}) failed (exit {proc.returncode}): "
                                        f"{tail[0]}")
                 times = measured[-1]["times_s"]
-                rows.append({"load": condition, "waiting": waiting, "policy": policy or "", "threads":
-                             measured[-1]["threads"], "times_s": times,
+                rows.append({"load": condition, "waiting": waiting, "policy": key, "environment": variables,
+                             "threads": measured[-1]["threads"], "times_s": times,
                              "median_s": round(statistics.median(times), 4)})
         finally:
             if busy is not None:
@@ -67,10 +71,10 @@ def run_shared_cpu(*, model: str | None, preset: str | None, image_size: int | N
     median = {(r["load"], r["policy"]): r["median_s"] for r in rows}
     for row in rows:
         row["times_as_found"] = _ratio(row["median_s"], median[(LOADS[0], row["policy"])])
-    ratio = {policy or "default": _ratio(median[(LOADS[1], policy or "")], median[(LOADS[0], policy or "")])
-             for _, policy in WAITING}
     return {"slices": slices, "repeats": repeats, "load_average": load, "rows": rows,
-            "busy_slowdown": ratio, "passive_as_found": _ratio(median[(LOADS[0], "PASSIVE")], median[(LOADS[0], "")])}
+            "busy_slowdown": {key: _ratio(median[(LOADS[1], key)], median[(LOADS[0], key)]) for key, _, _ in WAITING},
+            "as_found_vs_default": {key: _ratio(median[(LOADS[0], key)], median[(LOADS[0], "default")])
+                                    for key, _, _ in WAITING[1:]}}
 
 
 def _measure(job: dict) -> dict:
@@ -123,10 +127,11 @@ def to_text(shared: dict) -> str:
 
 
 def _summary(shared: dict) -> str:
-    slow = shared["busy_slowdown"]
+    slow, cost = shared["busy_slowdown"], shared["as_found_vs_default"]
     return (f"One busy process added slows synthesis {_times(slow['default'])} with OpenMP's default waiting, "
-            f"{_times(slow['PASSIVE'])} with passive waiting; on the CPU as found passive waiting takes "
-            f"{_times(shared['passive_as_found'], 3)} the default's time.")
+            f"{_times(slow['short spin'])} with the short spin, {_times(slow['passive'])} passive; on the CPU as "
+            f"found the short spin takes {_times(cost['short spin'], 3)} the default's time, passive "
+            f"{_times(cost['passive'], 3)}.")
 
 
 if __name__ == "__main__":

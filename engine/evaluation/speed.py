@@ -69,13 +69,13 @@ def usable_cores() -> int:
 
 def describe_machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on; ``line`` is the one-line summary tables print."""
-    waiting = os.environ.get("OMP_WAIT_POLICY", "") or "default"      # main.py sets PASSIVE (docs/performance.md)
+    waiting = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if os.environ.get(k)) \
+        or "default"                                                      # main.py's short spin (docs/performance.md)
     info: dict[str, Any] = {"device": device.type, "cpu": cpu_model(), "cores": usable_cores(),
                             "torch_threads": torch.get_num_threads(), "omp_wait_policy": waiting,
                             "torch": torch.__version__,
                             "python": platform.python_version(), "platform": platform.platform(terse=True)}
-    cpu = (f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads "
-           f"(OpenMP waiting {waiting.lower()})")
+    cpu = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads (OpenMP waiting: {waiting})"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
