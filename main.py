@@ -4,16 +4,11 @@ bundle's check, no window) is the ``selftest`` subcommand. See `python main.py -
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 
-# Before torch starts: its OpenMP threads (GNU libgomp) would otherwise spin 300,000 times at the end of
-# every parallel region, and beside one busy process (a fine-tuning job, another program) a thread kept off
-# its core stalls the spinning others: a short spin keeps an idle CPU's speed and most of a busy one's
-# (`python main.py bench speed --shared-cpu`, docs/performance.md). Inherited by every process started
-# from here; a wait policy the environment sets wins.
-if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-    os.environ["GOMP_SPINCOUNT"] = "10000"          # engine.evaluation.shared_cpu.SHORT_SPIN measures it
+from engine.openmp import spin_briefly
+
+spin_briefly()      # before anything starts torch, for every process started from here (engine/openmp.py)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -375,7 +375,8 @@ class MainWindow(QMainWindow):
         another patient's scan, a scan that shares only a grid (every subject of an atlas-space dataset
         does), one of several equally likely, or one in another frame of reference that no opened REG
         relates to the source's is never scored unasked."""
-        from engine.io import NO_REGISTRATION, frames_differ, in_frame_of, kinship
+        from app.state.comparison import unplaced
+        from engine.io import frames_differ, in_frame_of, kinship
 
         candidates = sorted(((kinship(source.volume, d.volume), d) for d in self.workspace.documents
                              if d is not source and not d.synthetic and d.volume.modality == modality),
@@ -391,7 +392,7 @@ class MainWindow(QMainWindow):
         placed, note = in_frame_of(best[0].volume, source.volume, self.workspace.registrations)
         if placed is best[0].volume and frames_differ(best[0].volume, source.volume):
             return None, (f"{best[0].title} was acquired in another frame of reference than {source.title}: "
-                          f"{note or NO_REGISTRATION + ' in what was opened (open the REG, or the patient folder holding it)'}; "
+                          f"{note or unplaced()}; "
                           "scored as they lie, the anatomy would not match")
         return best[0], ""
 

@@ -122,12 +122,12 @@ def _run_speed(args: argparse.Namespace) -> int:
     slices = args.slices if args.slices is not None else quick.get("slices", 16)
     load = None
     if args.shared_cpu:
-        from engine.evaluation.shared_cpu import load_average
+        from engine.evaluation import shared_cpu
         from engine.inference import resolve_device
 
         if resolve_device(args.device).type != "cpu":
             raise ValueError("--shared-cpu times synthesis on the CPU: add --device cpu")
-        load = load_average()                       # before the benchmark loads the CPU itself
+        load = shared_cpu.load_average()            # before the benchmark loads the CPU itself
     report = speed.run_speed(
         model=args.model, preset=preset, device=args.device,
         precisions=args.precisions.split(",") if args.precisions else None, repeats=repeats, slices=slices,
@@ -144,8 +144,6 @@ def _run_speed(args: argparse.Namespace) -> int:
             steps=steps, say=lambda line: print(line, file=sys.stderr, flush=True))
         extras.append(("cohort", cohort_speed))
     if args.shared_cpu:
-        from engine.evaluation import shared_cpu
-
         report["shared_cpu"] = shared_cpu.run_shared_cpu(
             model=report["model"].get("path"), preset=report["model"].get("preset"),
             image_size=report["model"]["image_size"] if random else None, slices=slices, steps=steps,

@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.list and not args.out:
         raise ValueError("say where to write the prepared dataset (-o OUT), or only look with --list")
+    if args.ignore_registrations and args.register == "none":
+        raise ValueError("--ignore-registrations with --register none would leave out every series in another frame "
+                         "of reference: register them (--register needed) or use the stored registrations")
     progress = stderr_progress(not args.json)
     fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
     report = validate_dataset(args.data, seed=args.seed, progress=progress, **fractions)
@@ -164,9 +167,6 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_subjects(report, mapping, register)
     search = args.register != "none"
     ahead = placements(plan, [], search)                      # the headers' frames first: REGs only if needed
-    if args.ignore_registrations and args.register == "none":
-        raise ValueError("--ignore-registrations with --register none would leave out every series in another frame "
-                         "of reference: register them (--register needed) or use the stored registrations")
     stored = find_registrations(report.root) if ahead and not args.ignore_registrations else None
     if ahead:
         ahead = placements(plan, stored[0] if stored else [], search, set_aside=args.ignore_registrations)

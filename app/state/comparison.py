@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from engine.io import Volume
 
 
+def unplaced() -> str:
+    """Why a reference in another frame of reference than the synthetic's input stays where its header
+    puts it: no spatial registration relating them was opened."""
+    from engine.io import NO_REGISTRATION  # the engine loads after the window shows
+
+    return f"{NO_REGISTRATION} in what was opened: open the REG, or the patient's folder holding it"
+
+
 @dataclass(frozen=True)
 class ComparisonResult:
     synthetic: Volume

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.state.comparison import ComparisonResult
+from app.state.comparison import ComparisonResult, unplaced
 from engine import modalities
 from engine.evaluation import (
     RELATIVE_MAE_UNIT,
@@ -39,7 +39,7 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     synthetic's source's by one of ``registrations`` (DICOM REG) relating them; raises ValueError when
     the volumes cannot be compared."""
     from engine.inference import plane_axis  # imports torch: the worker, never the UI thread
-    from engine.io import NO_REGISTRATION, frames_differ, in_frame_of
+    from engine.io import frames_differ, in_frame_of
 
     target = target_modality(synthetic, reference, modality)
     try:               # the CLI's rule; another family is said, not refused: the views still show the pair
@@ -50,8 +50,7 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     acquired = source if source is not None else synthetic
     placed_reference, placed = in_frame_of(reference, acquired, registrations)
     if placed_reference is reference and frames_differ(reference, acquired):
-        placed = placed or f"{NO_REGISTRATION} in what was opened: open the REG, or the patient's folder holding it, " \
-                            "to place the reference"
+        placed = placed or f"{unplaced()}, to place the reference"
     reference = placed_reference
     scored = score_against(synthetic, reference, source, target, axis, progress, cancel)
     ref_on_grid = scored.reference

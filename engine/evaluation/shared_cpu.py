@@ -16,10 +16,9 @@ import sys
 import time
 from collections.abc import Callable
 
+from engine.openmp import SHORT_SPIN, WAIT_VARIABLES
 from engine.paths import ROOT
 
-WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")      # what each run's environment sets, and nothing else
-SHORT_SPIN = {"GOMP_SPINCOUNT": "10000"}                     # main.py's choice (docs/performance.md)
 WAITING: tuple[tuple[str, str, dict[str, str]], ...] = (      # key, how the table says it, the variables set
     ("default", "OpenMP's default (spin, then sleep)", {}),
     ("short spin", "short spin, GOMP_SPINCOUNT=10000 (main.py's)", SHORT_SPIN),
@@ -121,8 +120,9 @@ def to_markdown(shared: dict) -> str:
 
 
 def to_text(shared: dict) -> str:
-    lines = [f"shared CPU (load average as found {_load(shared)}):"] + [f"         {row['load']}, {row['waiting']}: {row['median_s']:.3f} s "
-                                f"({row['threads']} threads)" for row in shared["rows"]]
+    lines = [f"shared CPU (load average as found {_load(shared)}):"]
+    lines += [f"         {row['load']}, {row['waiting']}: {row['median_s']:.3f} s ({row['threads']} threads)"
+              for row in shared["rows"]]
     return "\n".join(lines + [f"         {_summary(shared)}"])
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import openmp
 from engine.paths import DEFAULT_MODEL_DIR, ROOT
 
 DEMO_VOLUME = ROOT / "resources" / "demo" / "brain" / "T1.nii.gz"
@@ -69,8 +70,7 @@ def usable_cores() -> int:
 
 def describe_machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on; ``line`` is the one-line summary tables print."""
-    waiting = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if os.environ.get(k)) \
-        or "default"                                                      # main.py's short spin (docs/performance.md)
+    waiting = openmp.waiting()                                   # main.py's short spin (engine/openmp.py)
     info: dict[str, Any] = {"device": device.type, "cpu": cpu_model(), "cores": usable_cores(),
                             "torch_threads": torch.get_num_threads(), "omp_wait_policy": waiting,
                             "torch": torch.__version__,

@@ -392,13 +392,13 @@ def _register(reference: Volume, volume: Volume, stored: list[StoredRegistration
     frames of reference (the clinic's own placement), else — with ``search`` — found from their
     intensities; None when neither. With it, why no stored one placed it when two disagreed ("…; ")."""
     try:
-        found = stored_matrix(volume, reference, stored)
+        found, why = stored_matrix(volume, reference, stored), ""
     except ConflictingRegistrations as exc:           # the clinic's placement is not known: found, or out
-        return (register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None), f"{exc}; "
+        found, why = None, f"{exc}; "
     if found is not None:
         matrix, by = found
-        return stored_registration(reference, volume, matrix, by), ""
-    return (register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None), ""
+        return stored_registration(reference, volume, matrix, by), why
+    return (register_rigid(reference, volume, seed=seed, cancel=cancel) if search else None), why
 
 
 def _record(source) -> dict:
