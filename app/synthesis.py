@@ -26,8 +26,8 @@ class ModelChoice:
 @dataclass(frozen=True)
 class SynthesisRequest:
     """One run. ``None`` for the source means: identify it with the model; ``None`` for steps,
-    guidance, seed, noise correlation or guided filter means: the model's default (its card's
-    ``inference_defaults``)."""
+    guidance, seed, noise correlation or the guided filter's radius and depth means: the model's default
+    (its card's ``inference_defaults``)."""
 
     volume: Volume
     source: str | None
@@ -42,6 +42,7 @@ class SynthesisRequest:
     seed: int | None = None
     noise_correlation: float | None = None
     guided_filter: float | None = None
+    guided_filter_depth: float | None = None
     plane: str = "auto"         # the patient plane slices are cut in (engine.inference.SLICING_PLANES)
 
 
@@ -134,8 +135,8 @@ def run_synthesis(request: SynthesisRequest, progress: ProgressFn, cancel: Cance
     synth = _synthesizer(request)
     settings = synth.default_settings().asked(
         steps=request.steps, seed=request.seed, noise_correlation=request.noise_correlation,
-        guided_filter=request.guided_filter, plane=request.plane, text_guidance=request.text_guidance,
-        image_guidance=request.image_guidance)
+        guided_filter=request.guided_filter, guided_filter_depth=request.guided_filter_depth, plane=request.plane,
+        text_guidance=request.text_guidance, image_guidance=request.image_guidance)
     latest: list[np.ndarray | None] = [None]
 
     def report(p: Progress) -> None:

@@ -44,6 +44,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-draw each synthetic slice on the input grid from the source slice in windows of radius "
                         "R model pixels (detail at the input's resolution, less mottling); 0 = off (default: the "
                         "model's)")
+    p.add_argument("--guided-filter-depth", type=float, metavar="D",
+                   help="how far the filter's windows also reach across slices, in model pixels (with the radius: "
+                        "windows of one physical extent in all three directions; no stripes across slices); 0 = each "
+                        "slice alone (default: the model's)")
     p.add_argument("--no-hu-calibration", dest="hu_calibration", action="store_false", default=None,
                    help="feed a CT / CBCT source as it is (default: shifted so its soft-tissue peak sits at the "
                         "training CTs', when the model card records it)")
@@ -64,6 +68,7 @@ def sampling_settings(args: argparse.Namespace, defaults):
     return defaults.asked(steps=args.steps, solver=args.solver, shift=args.shift, seed=args.seed,
                           batch_size=args.batch_size, start_from_source=args.start_from_source,
                           noise_correlation=args.noise_correlation, guided_filter=args.guided_filter,
+                          guided_filter_depth=args.guided_filter_depth,
                           hu_calibration=args.hu_calibration, source_floor=args.source_floor,
                           floor_denoise=args.floor_denoise, plane=getattr(args, "plane", None), text_guidance=text, image_guidance=image)
 

@@ -94,9 +94,11 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 
 # Sampling of the shipped model, chosen on the validation subjects (docs/model.md: the `evaluate --split val`
 # commands): 12 unguided Euler steps, neighbouring slices started from noise correlated 0.9, each slice
-# re-drawn from its source slice in windows of radius 2 model pixels (engine/inference/guided.py).
+# re-drawn from its source slice in windows of radius 2 model pixels that reach 2 model pixels into the
+# neighbouring slices (engine/inference/guided.py).
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.
 INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 2.0,
+                      "guided_filter_depth": 2.0,
                       "guidance": {"text_scale": 1.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
 LIMITATIONS = [
     "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "
@@ -109,8 +111,9 @@ LIMITATIONS = [
     "input grid, then re-drawn from the source slice there (the source-guided filter): edges at native resolution "
     "are the source's, and fine structure only the target shows (e.g. a lesion invisible in the source) stays "
     "blurry.",
-    "2-D, slice by slice along the acquisition axis: only the starting noise is shared between neighbouring "
-    "slices (correlated), no through-plane consistency is learnt.",
+    "2-D, slice by slice along the acquisition axis: no through-plane consistency is learnt; neighbouring slices "
+    "share only their starting noise (correlated) and the source-guided filter's windows, which reach across "
+    "slices.",
     "Far from converged after CPU minutes of Stage II: outputs are mottled, and its outputs for different targets "
     "of one source are more alike than the real contrasts are (the benchmark's target agreement).",
     "Research use only, not for diagnosis.",

@@ -159,8 +159,15 @@ class SynthesisPanel(QWidget):
         self.guided_filter.setToolTip("Re-draw each synthetic slice from the source slice at the input's resolution, "
                                       "in windows of this radius (model pixels): sharper edges where the source "
                                       "has them, less mottling; 0 turns it off")
+        self.guided_filter_depth = QDoubleSpinBox()
+        self.guided_filter_depth.setRange(-0.5, 16.0)
+        self.guided_filter_depth.setSingleStep(0.5)
+        self.guided_filter_depth.setSuffix(" px")
+        self.guided_filter_depth.setToolTip("How far the filter's windows also reach across slices (model pixels, "
+                                            "converted through the slice spacing): neighbouring slices agree, no "
+                                            "stripes in the other planes; 0 filters each slice alone")
         self._sampling_boxes = (self.steps, self.text_guidance, self.image_guidance, self.seed, self.noise_correlation,
-                                self.guided_filter)
+                                self.guided_filter, self.guided_filter_depth)
         for box in self._sampling_boxes:
             box.setSpecialValueText(MODEL_DEFAULT)
             box.setValue(box.minimum())
@@ -176,7 +183,8 @@ class SynthesisPanel(QWidget):
         for text, widget in (("Steps", self.steps), ("Text guidance", self.text_guidance),
                              ("Image guidance", self.image_guidance), ("Seed", self.seed),
                              ("Slice noise correlation", self.noise_correlation),
-                             ("Source-guided filter", self.guided_filter)):
+                             ("Source-guided filter", self.guided_filter),
+                             ("Filter across slices", self.guided_filter_depth)):
             adv_form.addRow(text, widget)
         advanced_body.setVisible(False)
         advanced.toggled.connect(advanced_body.setVisible)

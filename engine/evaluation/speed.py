@@ -468,6 +468,7 @@ def assemble(variants: Sequence[Variant], *, machine: dict, model_info: dict, vo
         "settings": {"route": f"{route[0]}->{route[1]}", "steps": settings.steps, "solver": settings.solver,
                      "shift": settings.shift, "guidance": g.to_dict(), "seed": settings.seed,
                      "noise_correlation": settings.noise_correlation, "guided_filter": settings.guided_filter,
+                     "guided_filter_depth": settings.guided_filter_depth,
                      "batch": settings.batch_size, "repeats": repeats,
                      "warm_up": "one untimed run per precision (2 steps) before the timed repeats",
                      "order": "round-robin: repeat k of every variant before repeat k+1"},
@@ -533,7 +534,9 @@ def _title(report: dict) -> str:
     return (f"{m['name']} ({m['parameters'] / 1e6:,.1f} M parameters{weights}); {s['route'].replace('->', '→')}, "
             f"{v['measured_slices']} of {v['body_slices']} body slices of the {v['kind']} volume at {m['image_size']}², "
             f"{s['steps']} {s['solver']} steps, guidance text {g['text_scale']:g} / image {g['image_scale']:g}, "
-            + (f"source-guided filter radius {s['guided_filter']:g} model px, " if s.get("guided_filter") else "")
+            + (f"source-guided filter radius {s['guided_filter']:g}"
+               + (f" / depth {s['guided_filter_depth']:g}" if s.get("guided_filter_depth") else "")
+               + " model px, " if s.get("guided_filter") else "")
             + f"median of {s['repeats']}")
 
 

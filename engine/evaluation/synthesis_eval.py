@@ -118,13 +118,26 @@ class ModelEvaluation:
                           "seconds": float(np.mean([s.seconds for s in scores]))}
         return out
 
+    def unit_means(self) -> dict[str, dict]:
+        """The mean over the routes of each unit (the MR routes' % of range, CT's HU), MAE included:
+        MAEs average only within one unit."""
+        means = list(self.route_means().values())
+        out = {}
+        for unit in dict.fromkeys(m["unit"] for m in means):
+            rows = [m for m in means if m["unit"] == unit]
+            out[unit] = {"routes": len(rows), "whole": _mean([m["whole"] for m in rows]),
+                         "body": _mean([m["body"] for m in rows]), **_mean(rows, ("through_plane",))}
+        return out
+
     def to_dict(self) -> dict:
         means = self.route_means()
         return {
             "model": self.model, "dataset": self.dataset, "split": self.split, "settings": self.settings,
             "routes": [{"route": f"{a}→{b}", "source": a, "target": b, **m} for (a, b), m in means.items()],
             "mean_over_routes": {"whole": _mean([m["whole"] for m in means.values()], keys=("psnr_db", "ssim_x100")),
-                                 "body": _mean([m["body"] for m in means.values()], keys=("psnr_db", "ssim_x100"))},
+                                 "body": _mean([m["body"] for m in means.values()], keys=("psnr_db", "ssim_x100")),
+                                 **_mean(list(means.values()), ("through_plane",))},
+            "mean_per_unit": self.unit_means(),
             "subjects": [{"subject": s.subject, "route": f"{s.route[0]}→{s.route[1]}", "slices": s.slices,
                           "seconds": s.seconds, **s.evaluation.to_dict(),
                           **({} if s.unseen is None else {"source_unseen_share": s.unseen})} for s in self.subjects],
@@ -138,23 +151,28 @@ class ModelEvaluation:
                 for s in self.subjects if s.unseen is not None and s.unseen >= at_least]
 
     def table(self) -> str:
-        """A plain-text table: one row per route, then the mean over routes."""
+        """A plain-text table: one row per route, then the mean over routes and, when the routes have
+        several units, the mean of each unit's routes (MAE included)."""
         means = self.route_means()
+        per_unit = self.unit_means() if len({m["unit"] for m in means.values()}) > 1 else {}
         maes = [_f(m[part].get("mae")) + " " + m["unit"] for m in means.values() for part in ("whole", "body")]
         mae = max([11, *map(len, maes)]) + 2           # "7.36 % of range" had run into the SSIM column
-        head = (f"{'route':<14}{'n':>3}  {'PSNR dB':>8}{'SSIM':>7}{'MAE':>{mae}}  {'body PSNR':>9}{'SSIM':>7}"
-                f"{'MAE':>{mae}}")
-        lines = [head, "-" * len(head)]
-        for (a, b), m in means.items():
+        name = max([14, *(len(f"mean {unit}") + 1 for unit in per_unit)])
+        head = (f"{'route':<{name}}{'n':>3}  {'PSNR dB':>8}{'SSIM':>7}{'MAE':>{mae}}  {'body PSNR':>9}{'SSIM':>7}"
+                f"{'MAE':>{mae}}  {'through-plane':>13}")
+
+        def row(label: str, n, m: dict, unit: str = "") -> str:
             w, bd = m["whole"], m["body"]
-            lines.append(f"{a + '→' + b:<14}{m['subjects']:>3}  {_f(w.get('psnr_db')):>8}{_f(w.get('ssim_x100')):>7}"
-                         f"{_f(w.get('mae')) + ' ' + m['unit']:>{mae}}  {_f(bd.get('psnr_db')):>9}"
-                         f"{_f(bd.get('ssim_x100')):>7}{_f(bd.get('mae')) + ' ' + m['unit']:>{mae}}")
-        overall = self.to_dict()["mean_over_routes"]
+            with_unit = (lambda v: _f(v) + " " + unit) if unit else (lambda v: "")
+            return (f"{label:<{name}}{n:>3}  {_f(w.get('psnr_db')):>8}{_f(w.get('ssim_x100')):>7}"
+                    f"{with_unit(w.get('mae')):>{mae}}  {_f(bd.get('psnr_db')):>9}{_f(bd.get('ssim_x100')):>7}"
+                    f"{with_unit(bd.get('mae')):>{mae}}  {_f(m.get('through_plane')):>13}")
+
+        lines = [head, "-" * len(head)]
+        lines += [row(a + "→" + b, m["subjects"], m, m["unit"]) for (a, b), m in means.items()]
         lines.append("-" * len(head))
-        lines.append(f"{'mean':<14}{'':>3}  {_f(overall['whole'].get('psnr_db')):>8}"
-                     f"{_f(overall['whole'].get('ssim_x100')):>7}{'':>{mae}}  {_f(overall['body'].get('psnr_db')):>9}"
-                     f"{_f(overall['body'].get('ssim_x100')):>7}")
+        lines.append(row("mean", "", self.to_dict()["mean_over_routes"]))
+        lines += [row(f"mean {unit}", m["routes"], m, unit) for unit, m in per_unit.items()]
         return "\n".join(lines)
 
 

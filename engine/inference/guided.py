@@ -18,10 +18,17 @@ line is flat and the synthetic local mean is kept.
 - Intensities are the normalised [0, 1] of docs/evaluation.md, so :data:`EPS` is coarse on the CT scale
   (√EPS ≈ 30 HU): inside soft tissue the filter mostly smooths.
 
-Off unless a setting (``SynthesisSettings.guided_filter``) or a model card asks for it; what it
-changes is measured in docs/model.md ("The source-guided filter").
+- Across slices (``depth``): slices are synthesized one by one, so each carries its own local mean
+  and contrast, seen as stripes in the other two planes. Windows that also span neighbouring slices
+  fit each line from them too: the output still changes from slice to slice where the source does,
+  and no longer where only the model's slices disagree.
+
+Off unless a setting (``SynthesisSettings.guided_filter``, ``guided_filter_depth``) or a model card asks
+for it; what it changes is measured in docs/model.md ("The source-guided filter", "Through-plane variation").
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -53,10 +60,21 @@ def native_radius(radius: float, placement) -> int:
     return max(1, int(round(float(radius) * scale)))
 
 
+def native_depth(depth: float, placement, spacing: tuple[float, float], slice_mm: float) -> int:
+    """The windows' half-depth in slices for ``depth`` in model pixels: slices of (row, column)
+    ``spacing`` mm placed by ``placement``, ``slice_mm`` apart; 0 when ``depth`` is 0, else at least one slice."""
+    if not depth:
+        return 0
+    model_mm = max(placement.height / placement.content_height * float(spacing[0]),
+                   placement.width / placement.content_width * float(spacing[1]))
+    return max(1, int(round(float(depth) * model_mm / float(slice_mm))))
+
+
 def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float = EPS,
-                  inside: np.ndarray | None = None, seen: np.ndarray | None = None) -> np.ndarray:
+                  inside: np.ndarray | None = None, seen: np.ndarray | None = None, depth: int = 0) -> np.ndarray:
     """``image`` re-drawn from ``guide`` window by window: both (h, w) or (n, h, w) on one grid,
-    in [0, 1]; square windows of side 2 ``radius`` + 1 inside each slice. The window-wise lines
+    in [0, 1]; square windows of side 2 ``radius`` + 1 inside each slice, spanning 2 ``depth`` + 1
+    slices of a stack (``depth`` 0: each slice alone; at the stack's ends the slices are mirrored). The window-wise lines
     are fitted from ``seen`` (the guide at the image's resolution, same shape; without it, the
     guide itself: He et al.'s filter) to ``image`` and applied to ``guide``. With the boolean mask
     ``inside`` (same shape), windows count only their pixels inside it, and where it is False the
@@ -71,9 +89,11 @@ def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float 
         raise ValueError(f"the window radius must be at least 1 pixel, got {radius}")
     if inside is not None and np.shape(inside) != image.shape:
         raise ValueError(f"the mask's shape {np.shape(inside)} is not the image's {image.shape}")
+    if depth < 0 or (depth and guide.ndim != 3):
+        raise ValueError(f"windows across slices need a stack (n, h, w) and a depth ≥ 0, got {depth} for {guide.shape}")
     size: tuple[int, ...] = (2 * int(radius) + 1,) * 2
     if guide.ndim == 3:
-        size = (1,) + size
+        size = (2 * int(depth) + 1,) + size
 
     def box(a: np.ndarray) -> np.ndarray:
         return ndimage.uniform_filter(a, size=size, mode="reflect")
@@ -92,8 +112,48 @@ def guided_filter(guide: np.ndarray, image: np.ndarray, radius: int, eps: float 
     variance = np.maximum(mean(fit * fit) - mean_g * mean_g, 0.0)
     covariance = mean(fit * image) - mean_g * mean_i
     slope = covariance / (variance + eps)
+    del variance, covariance                    # a stack's slab is large: free what is done with
     offset = mean_i - slope * mean_g
+    del mean_g, mean_i
     out = mean(slope) * guide + mean(offset)
     if inside is not None:
         out = np.where(inside, out, image)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+SLAB_VOXELS = 4_000_000     # voxels a slab of guided_stack filters at once, beside its margins
+
+
+def guided_stack(guide: np.ndarray, image: np.ndarray, radius: int, depth: int, inside: np.ndarray,
+                 rows, seen: Callable[[np.ndarray], np.ndarray] | None = None,
+                 before_slab: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """:func:`guided_filter` of the (n, h, w) stacks for the slice indices ``rows`` only, slab by slab
+    so that memory stays bounded for any number of slices: each slab is filtered with a margin of
+    2 ``depth`` slices either side (the filter's two window passes), so the result equals filtering the
+    whole stack at once. A slab holds :data:`SLAB_VOXELS` voxels with its margins, or twice its margins'
+    slices where they alone are more (thin slices, a deep window): no slice is filtered more than
+    twice over. ``inside`` is False on every slice with no synthetic image (outside ``rows``'s
+    neighbours too); ``seen(guide[a:b])`` gives the guide as the model saw it, where lines are fitted
+    from it. ``before_slab(first, last)`` is called with each slab's first and last index (progress, cancel). Returns ``(len(rows), h, w)`` float32 in row order."""
+    rows = [int(i) for i in rows]
+    out = np.empty((len(rows),) + image.shape[1:], np.float32)
+    if not rows:
+        return out
+    count, margin = image.shape[0], 2 * int(depth)
+    per_slab = max(1, 2 * margin, SLAB_VOXELS // max(1, image.shape[1] * image.shape[2]) - 2 * margin)
+    where = {i: k for k, i in enumerate(rows)}
+    slabs: list[list[int]] = []
+    for i in sorted(where):                 # slabs of at most per_slab consecutive slices
+        if not slabs or i - slabs[-1][0] >= per_slab:
+            slabs.append([])
+        slabs[-1].append(i)
+    for wanted in slabs:
+        if before_slab is not None:
+            before_slab(wanted[0], wanted[-1])
+        lo, hi = max(0, wanted[0] - margin), min(count, wanted[-1] + margin + 1)
+        part = slice(lo, hi)
+        filtered = guided_filter(guide[part], image[part], radius, inside=inside[part], depth=depth,
+                                 seen=None if seen is None else seen(guide[part]))
+        for i in wanted:
+            out[where[i]] = filtered[i - lo]
+    return out

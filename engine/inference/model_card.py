@@ -21,7 +21,7 @@ Keys read (all optional; a missing key has the documented fallback)::
                                  can be trusted
     inference_defaults   {"steps", "solver", "shift", "guidance": {GuidanceConfig fields}, "seed",
                           "batch_size", "start_from_source", "noise_correlation", "guided_filter",
-                          "mr_output_range": [lo, hi]}
+                          "guided_filter_depth", "mr_output_range": [lo, hi]}
     input_profile        {…}     the training data's statistics the out-of-distribution guard compares
                                  an input with (engine.inference.ood.training_profile; default: none,
                                  the guard only notes that it cannot check)

@@ -35,7 +35,7 @@ from engine import modalities
 from engine.inference.calibration import calibration_shift
 from engine.inference.denoise import filter_slices
 from engine.inference.field_of_view import padding_mask
-from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
+from engine.inference.guided import fits_at_model_resolution, guided_stack, native_depth, native_radius
 from engine.inference.instructions import default_instruction
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
 from engine.inference.settings import (
@@ -314,6 +314,9 @@ class SliceSynthesizer:
         out = np.full((plan.count, plan.height, plan.width), self.background_value(target), np.float32)
         radius = native_radius(settings.guided_filter, plan.placement) \
             if settings.guided_filter else 0
+        spacing = in_plane_spacing(volume.spacing, plan.axis)
+        depth = native_depth(settings.guided_filter_depth, plan.placement, spacing,
+                             float(volume.spacing[2 - plan.axis])) if radius else 0
         same_scale = fits_at_model_resolution(source, target)
         floor, strength, floor_note, entry = self._source_floor(source, target, settings, same_scale)
         # outside the source's field of view it holds no data: there the model's output is kept
@@ -326,6 +329,15 @@ class SliceSynthesizer:
             if missing[active].any():
                 floor_note += (f"; outside the source's field of view ({missing[active].mean():.1%} of the synthesized "
                                f"slices' voxels) the output is the model's{_outside_fov_note(entry)}")
+
+        def place(i: int, synthetic: np.ndarray) -> None:
+            """Slice ``i`` of the output from the model's normalised slice on the input grid."""
+            physical = modalities.denormalise(synthetic, norm_out)
+            if floor is None:
+                out[i] = physical
+            else:
+                assert missing is not None and floored is not None, "made with the floor"
+                out[i] = np.where(missing[i], physical, floored[i] + floor * (physical - floored[i]))
 
         total = plan.count
         done = len(plan.empty)
@@ -342,6 +354,7 @@ class SliceSynthesizer:
 
         # missing and floored exist exactly when floor does
         queue = [i for i in plan.active if missing is None or floor != 0.0 or missing[i].any()]
+        drawn = np.zeros(stack.shape, np.float32) if radius and queue else None   # the model's slices, normalised
         for i in sorted(set(plan.active) - set(queue)):
             assert floored is not None, "only a source floor of 0 skips the model"
             out[i] = floored[i]
@@ -365,7 +378,7 @@ class SliceSynthesizer:
             check_cancel(cancel)
             chunk = queue[position:position + size]
             images, _ = to_model_slice(stack[chunk], self.image_size, pixel_mm=self.pixel_mm,
-                                       spacing=in_plane_spacing(volume.spacing, plan.axis))
+                                       spacing=spacing)
             tiled = [i for i in chunk for _ in range(plan.placement.tiles)]      # a slice's tiles share its noise
 
             def on_step(p: Progress, base=done, n=len(chunk), first=chunk[0], last=chunk[-1]) -> None:  # noqa: B008 - binds this batch's values
@@ -394,22 +407,31 @@ class SliceSynthesizer:
             if probing:
                 size = self._auto_batch_size(len(queue), prepared, plan.placement.tiles)
             synthetic = from_model_slice(result, plan.placement)
-            if radius:
-                synthetic = guided_filter(stack[chunk], synthetic, radius, inside=plan.body[chunk],
-                                          seen=from_model_slice(images, plan.placement) if same_scale else None)
-            physical = modalities.denormalise(synthetic, norm_out)
+            if drawn is not None:               # re-drawn from the source once all slices are drawn
+                drawn[chunk] = synthetic
             for k, i in enumerate(chunk):
-                if floor is None:
-                    out[i] = physical[k]
-                else:
-                    assert missing is not None and floored is not None, "made with the floor"
-                    out[i] = np.where(missing[i], physical[k], floored[i] + floor * (physical[k] - floored[i]))
+                place(i, synthetic[k])
                 done += 1
                 report(done, f"slice {i + 1} of {total} done")
                 if preview is not None:
                     preview(i, out[i])
             position += len(chunk)
         self.last_batch_size = size
+        if drawn is not None and queue:
+            def seen(guide: np.ndarray) -> np.ndarray:     # the source as the model saw it
+                return from_model_slice(to_model_slice(guide, self.image_size, pixel_mm=self.pixel_mm,
+                                                       spacing=spacing)[0], plan.placement)
+
+            def next_slab(first: int, last: int) -> None:
+                check_cancel(cancel)
+                report(done, f"source-guided filter: slices {first + 1}–{last + 1} of {total}")
+
+            on_model = np.zeros(plan.count, bool)
+            on_model[queue] = True
+            filtered = guided_stack(stack, drawn, radius, depth, plan.body & on_model[:, None, None], queue,
+                                    seen=seen if same_scale else None, before_slab=next_slab)
+            for k, i in enumerate(queue):
+                place(i, filtered[k])
 
         bottom = modalities.scale_bottom(target)
         if bottom is not None:
@@ -425,8 +447,11 @@ class SliceSynthesizer:
             *([calibration_note] if calibration_note else []),
             *([floor_note] if floor_note else []),
             *([f"source-guided filter: windows of {2 * radius + 1}×{2 * radius + 1} input pixels (radius "
-               f"{settings.guided_filter:g} in model pixels), inside the source's body mask, lines fitted at the "
-               f"{'model' if same_scale else 'input'}'s resolution"] if radius else []),
+               f"{settings.guided_filter:g} in model pixels)"
+               + (f" across {2 * depth + 1} slices (depth {settings.guided_filter_depth:g} in model pixels)" if depth
+                  else "")
+               + f", inside the source's body mask, lines fitted at the {'model' if same_scale else 'input'}'s "
+                 "resolution"] if radius else []),
             f"{len(plan.active)} {sliced_plane(volume, settings.plane)} slices synthesized along array axis "
             f"{plan.axis} (plane {settings.plane}), "
             f"{len(plan.empty)} set to "

@@ -43,7 +43,10 @@ class SynthesisSettings:
     one agree with their neighbours instead of showing stripes across them; 0 = independent.
     ``guided_filter`` = a window radius in model pixels: each synthetic slice is re-drawn on the
     input grid from the source slice through window-wise lines (:mod:`engine.inference.guided`);
-    0 = off. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
+    0 = off. ``guided_filter_depth`` = how far, in model pixels, its windows also reach across
+    slices (converted to slices through the slice spacing; with the radius, windows of one physical
+    extent in all three directions): the slices' lines agree with their neighbours', no stripes
+    across slices; 0 = each slice alone. ``hu_calibration``: a CT-family source is first shifted onto the training CTs'
     soft-tissue peak when the model card records it (:mod:`engine.inference.calibration`).
     ``source_floor`` = w in [0, 1], on a route whose source and target share a physical scale (CBCT →
     CT): the output is the calibrated (and noise-filtered, ``floor_denoise``) source plus w times the
@@ -63,6 +66,7 @@ class SynthesisSettings:
     start_from_source: float | None = None
     noise_correlation: float = 0.0
     guided_filter: float = 0.0
+    guided_filter_depth: float = 0.0
     hu_calibration: bool = True
     source_floor: float | None = None
     floor_denoise: float | None = None
@@ -110,6 +114,11 @@ class SynthesisSettings:
         if not 0.0 <= radius <= 16.0:
             raise ValueError(f"guided_filter must be a radius of 0 (off) to 16 model pixels, got {self.guided_filter!r}")
         object.__setattr__(self, "guided_filter", radius)
+        depth = float(self.guided_filter_depth)
+        if not 0.0 <= depth <= 16.0:
+            raise ValueError("guided_filter_depth must be a depth of 0 (each slice alone) to 16 model pixels, "
+                             f"got {self.guided_filter_depth!r}")
+        object.__setattr__(self, "guided_filter_depth", depth)
         if self.source_floor is not None:
             weight = float(self.source_floor)
             if not 0.0 <= weight <= 1.0:

@@ -56,6 +56,10 @@ def test_the_model_card_sets_the_routes(window):
     panel.guided_filter.setValue(-0.2)                        # typed below 0: no setting takes it, the default
     assert panel.request().guided_filter is None
     panel.guided_filter.setValue(panel.guided_filter.minimum())
+    assert panel.guided_filter_depth.text() == "model default" and request.guided_filter_depth is None
+    panel.guided_filter_depth.setValue(0.0)                   # each slice alone: a value, not the default
+    assert panel.request().guided_filter_depth == 0.0 and panel.request().guided_filter is None
+    panel.guided_filter_depth.setValue(panel.guided_filter_depth.minimum())
     assert panel.run_button.isEnabled() and not panel.notice.isVisible()
     assert panel.backend.model().item(1).isEnabled() and panel.backend.itemData(1) == "onnx"
 
@@ -65,6 +69,7 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     panel.target.setCurrentText("CT")                         # steps and seed: the card's 3 and 7
     panel.noise_correlation.setValue(0.5)
     panel.guided_filter.setValue(1.5)
+    panel.guided_filter_depth.setValue(2.0)
     beats, reports = [], []
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
@@ -84,8 +89,8 @@ def test_a_run_stays_off_the_ui_thread_and_its_result_is_compared(qtbot, window)
     assert any(note.startswith("sampling: 3 euler steps") and note.endswith("seed 7, noise correlated across "
                                                                           "slices (ρ 0.5)")
                for note in synthetic.volume.notes)
-    assert any(note.startswith("source-guided filter") and "(radius 1.5 in model pixels)" in note
-               for note in synthetic.volume.notes)
+    assert any(note.startswith("source-guided filter") and "(radius 1.5 in model pixels) across" in note
+               and "slices (depth 2 in model pixels)" in note for note in synthetic.volume.notes)
     assert panel.progress.value() == 100 and panel.eta.text().startswith("Done")
     assert not panel.preview.pixmap().isNull()
     qtbot.waitUntil(lambda: window.comparison.model.result is not None, timeout=30000)

@@ -247,11 +247,11 @@ def test_sampling_options_reach_the_sampler(capsys, model_dir, inputs, tmp_path)
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "a.nii.gz", "--model",
                          model_dir, "--device", "cpu", "--steps", "3", "--guidance", "1", "1",
                          "--start-from-source", "0.8", "--batch-size", "2", "--solver", "heun", "--shift", "1.5",
-                         "--guided-filter", "1.5")
+                         "--guided-filter", "1.5", "--guided-filter-depth", "1")
     assert code == 0, err
     report = json.loads(out)
     assert report["steps"] == 3 and report["guidance"] == [1.0, 1.0] and report["start_from_source"] == 0.8
-    assert report["guided_filter"] == 1.5
+    assert report["guided_filter"] == 1.5 and report["guided_filter_depth"] == 1.0
     assert report["batch_size"] == 2 and report["solver"] == "heun" and report["shift"] == 1.5
     assert report["plane"] == "auto"
     code, out, err = run(capsys, "synthesize", t1, "--target", "T2", "-o", tmp_path / "d.nii.gz", "--model",

@@ -57,6 +57,9 @@ def test_quick_report_has_every_row_scored_on_every_route(quick):
     assert {r["key"]: r["guided_filter"] for r in report["rows"]} == {
         "identity": radius, "unet": radius, "stage1": radius, "stage2": radius, "stage12": radius,
         "stage12_unfiltered": 0.0}
+    depth = recipe.INFERENCE_DEFAULTS["guided_filter_depth"]      # its windows reach across slices, but the unfiltered row's
+    assert {r["key"]: r["guided_filter_depth"] for r in report["rows"]} == {
+        "identity": depth, "unet": depth, "stage1": depth, "stage2": depth, "stage12": depth, "stage12_unfiltered": 0.0}
     filtered, unfiltered = (next(r for r in report["rows"] if r["key"] == k) for k in ("stage12", "stage12_unfiltered"))
     assert filtered["mean"]["whole"]["ssim_x100"] != unfiltered["mean"]["whole"]["ssim_x100"]
     assert report["subjects"] == ["ct02", "sub05"] and report["split"] == "test"

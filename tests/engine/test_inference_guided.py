@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.inference.guided import fits_at_model_resolution, guided_filter, native_radius
+from engine.inference import guided
+from engine.inference.guided import fits_at_model_resolution, guided_filter, guided_stack, native_depth, native_radius
 from engine.inference.slices import Placement
 
 
@@ -101,6 +102,62 @@ def test_stacks_are_filtered_slice_by_slice():
     assert 0.0 <= stacked.min() and stacked.max() <= 1.0
 
 
+def striped(count: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A guide whose anatomy changes once across the stack (the square ends at slice 6), the truth
+    through its line, and the truth as a slice-by-slice model draws it: each slice brighter or darker
+    by its own offset (stripes across slices)."""
+    guide = np.stack([tissues(seed=k) for k in range(count)])
+    guide[count // 2:, 21:32, 21:37] = 0.5
+    truth = np.clip(0.1 + 0.8 * guide, 0.0, 1.0)
+    offsets = np.random.default_rng(3).normal(0.0, 0.05, count)[:, None, None]
+    return guide, truth, np.clip(truth + offsets, 0.0, 1.0)
+
+
+def test_windows_across_slices_take_out_the_stripes_and_keep_what_the_guide_changes():
+    guide, truth, drawn = striped()
+    alone, across = (guided_filter(guide, drawn, radius=3, depth=d) for d in (0, 2))
+    step = lambda a: float(np.abs(np.diff(a, axis=0)).mean())      # noqa: E731 — change from slice to slice
+    assert step(across) < 0.5 * step(alone), (step(alone), step(across))
+    assert np.abs(across - truth).mean() < 0.6 * np.abs(alone - truth).mean()
+    square = (slice(None), slice(23, 30), slice(23, 35))             # the square is gone from slice 6 on
+    before, after = across[4][square[1:]].mean(), across[7][square[1:]].mean()
+    assert before - after > 0.25, (before, after)                   # an edge across slices the guide shows
+    np.testing.assert_allclose(guided_filter(guide, drawn, radius=3, depth=0),
+                               np.stack([guided_filter(g, d, radius=3) for g, d in zip(guide, drawn, strict=True)]),
+                               atol=1e-6)
+
+
+def test_the_stack_is_filtered_slab_by_slab_as_it_would_be_at_once(monkeypatch):
+    guide, _, drawn = striped(count=20)
+    inside = np.ones(drawn.shape, bool)
+    inside[:3] = inside[17:] = False                 # slices the model drew none of
+    inside[:, :6] = False                            # and background
+    whole = guided_filter(guide, drawn, radius=2, depth=1, inside=inside, seen=guide * 0.9)
+    rows = [12, 3, 4, 5, 9, 16]
+    slice_voxels = guide.shape[1] * guide.shape[2]
+    # slabs spanning 7 slices (11 with margins 2 + 2); 1 slice's worth of voxels: still 4 slices, twice the
+    # margins, so that no slice is filtered more than twice over; all of them at once
+    for voxels, spans in ((11 * slice_voxels, [(3, 9), (12, 16)]), (slice_voxels, [(3, 5), (9, 12), (16, 16)]),
+                          (10 ** 9, [(3, 16)])):
+        monkeypatch.setattr(guided, "SLAB_VOXELS", voxels)
+        slabs = []
+        part = guided_stack(guide, drawn, radius=2, depth=1, inside=inside, rows=rows, seen=lambda g: g * 0.9,
+                            before_slab=lambda first, last: slabs.append((first, last)))
+        np.testing.assert_allclose(part, whole[rows], atol=1e-6)
+        assert slabs == spans
+    assert guided_stack(guide, drawn, 2, 1, inside, []).shape == (0,) + drawn.shape[1:]
+
+
+def test_the_depth_is_given_in_model_pixels_and_scaled_to_the_slice_spacing():
+    placement = Placement.for_shape(128, 128, 64, (1.875, 1.875), 4.0)          # 4 mm model pixels
+    assert native_depth(2.0, placement, (1.875, 1.875), 1.875) == 4             # 8 mm: 4 slices either side
+    assert native_depth(2.0, placement, (1.875, 1.875), 5.0) == 2               # thick slices: 2
+    assert native_depth(2.0, placement, (1.875, 1.875), 20.0) == 1              # never below one slice
+    assert native_depth(0.0, placement, (1.875, 1.875), 1.0) == 0               # 0: each slice alone
+    fitted = Placement.for_shape(256, 200, 64)                                  # no pixel_mm: the longer side
+    assert native_depth(1.0, fitted, (0.5, 0.5), 1.0) == 2                      # 4 input px of 0.5 mm = 2 mm
+
+
 def test_bad_shapes_and_radii_are_refused():
     with pytest.raises(ValueError, match="one shape"):
         guided_filter(np.zeros((8, 8)), np.zeros((8, 9)), radius=1)
@@ -108,6 +165,10 @@ def test_bad_shapes_and_radii_are_refused():
         guided_filter(np.zeros(8), np.zeros(8), radius=1)
     with pytest.raises(ValueError, match="at least 1 pixel"):
         guided_filter(np.zeros((8, 8)), np.zeros((8, 8)), radius=0)
+    with pytest.raises(ValueError, match="across slices need a stack"):
+        guided_filter(np.zeros((8, 8)), np.zeros((8, 8)), radius=1, depth=1)
+    with pytest.raises(ValueError, match="across slices need a stack"):
+        guided_filter(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), radius=1, depth=-1)
 
 
 def test_the_radius_is_given_in_model_pixels_and_scaled_to_the_input_grid():

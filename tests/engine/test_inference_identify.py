@@ -139,14 +139,31 @@ def test_evaluate_model_on_a_phantom_dataset(synth, tmp_path):
     ct_row = next(r for r in data["routes"] if r["target"] == "CT")
     assert ct_row["unit"] == "HU" and ct_row["subjects"] == 1 and ct_row["whole"]["mae"] > 0
     assert all(s["slices"] == 2 for s in data["subjects"])
-    assert "mean" in result.table() and "CBCT→CT" in result.table()
     means = result.route_means()
-    for line in result.table().splitlines()[2:-2]:                  # each route's row reads back column by column
+    lines = result.table().splitlines()
+    rule = lines.index(lines[1], 2)                                  # the rule between routes and means
+    assert rule == 2 + len(means)
+
+    def reads_back(line: str, label: list[str], n, m: dict, unit: str) -> None:     # column by column
+        w, b = m["whole"], m["body"]
+        assert line.split() == [*label, str(n), f"{w['psnr_db']:.2f}", f"{w['ssim_x100']:.2f}", f"{w['mae']:.2f}",
+                                *unit.split(), f"{b['psnr_db']:.2f}", f"{b['ssim_x100']:.2f}", f"{b['mae']:.2f}",
+                                *unit.split(), f"{m['through_plane']:.2f}"]   # "% of range" had run into the SSIM
+
+    for line in lines[2:rule]:
         route = tuple(line.split()[0].split("→"))
-        w, b, unit = means[route]["whole"], means[route]["body"], means[route]["unit"]
-        assert line.split()[1:] == [str(means[route]["subjects"]), f"{w['psnr_db']:.2f}", f"{w['ssim_x100']:.2f}",
-                                    f"{w['mae']:.2f}", *unit.split(), f"{b['psnr_db']:.2f}", f"{b['ssim_x100']:.2f}",
-                                    f"{b['mae']:.2f}", *unit.split()]     # "% of range" had run into the SSIM
+        reads_back(line, [line.split()[0]], means[route]["subjects"], means[route], means[route]["unit"])
+    assert lines[rule + 1].split()[0] == "mean"
+    # MAEs average only within one unit: one mean row for the MR routes, one for CBCT → CT
+    per_unit = result.unit_means()
+    assert {u: m["routes"] for u, m in per_unit.items()} == {"% of range": 4, "HU": 1} == \
+        {u: m["routes"] for u, m in data["mean_per_unit"].items()}
+    assert per_unit["HU"]["whole"] == ct_row["whole"] and per_unit["HU"]["through_plane"] == ct_row["through_plane"]
+    for line, (unit, m) in zip(lines[rule + 2:], per_unit.items(), strict=True):
+        reads_back(line, ["mean", *unit.split()], m["routes"], m, unit)
+    mr = [r for r in data["routes"] if r["unit"] != "HU"]
+    assert per_unit["% of range"]["through_plane"] == pytest.approx(np.mean([r["through_plane"] for r in mr]))
+    assert data["mean_over_routes"]["through_plane"] == pytest.approx(np.mean([r["through_plane"] for r in data["routes"]]))
     assert reports[-1].done == reports[-1].total == 5
     with pytest.raises(ValueError, match="no subjects"):
         evaluate_model(synth, paired, "val")

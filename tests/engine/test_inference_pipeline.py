@@ -480,6 +480,27 @@ def test_the_source_guided_filter_redraws_each_slice_from_the_source_on_the_inpu
     np.testing.assert_array_equal(guided.array[list(plan.empty)], plain.array[list(plan.empty)])   # background
 
 
+def test_the_filter_s_windows_reach_across_the_slices_the_model_drew(synth):
+    """With a depth the windows span neighbouring slices (the depth in model pixels → slices of 3 mm),
+    and count only the slices the model drew: here slices 1–3 of a head that fills slices 1–4."""
+    volume = t1_volume(shape=(6, 40, 52))                     # 3 mm slices; a 32² model over 52 px: 1.76 mm pixels
+    asked = FAST.replace(guided_filter=1.0, guided_filter_depth=4.0)
+    rows = [1, 2, 3]
+    plain, alone, across = (synth.synthesize_volume(volume, "T1", "T2", s, slices=rows) for s in
+                            (FAST, FAST.replace(guided_filter=1.0), asked))
+    assert ("source-guided filter: windows of 5×5 input pixels (radius 1 in model pixels) across 5 slices (depth 4 "
+            "in model pixels), inside the source's body mask, lines fitted at the input's resolution") in across.notes
+    array = np.asarray(volume.array, np.float32)
+    source = modalities.normalise(array, modalities.normalisation_for(array, "T1"))
+    inside = modalities.body_mask(array, "T1")
+    inside[[0, 4, 5]] = False                                 # slice 4 holds head but was not drawn
+    drawn = normalised(plain, synth)
+    expected = guided_filter(source, drawn, radius=2, inside=inside, depth=2)
+    np.testing.assert_allclose(normalised(across, synth)[rows], expected[rows], atol=1e-5)
+    assert not np.allclose(normalised(alone, synth)[rows], expected[rows], atol=1e-3)
+    np.testing.assert_array_equal(across.array[[0, 4, 5]], plain.array[[0, 4, 5]])
+
+
 def test_what_a_user_asks_changes_only_the_fields_given():
     base = SynthesisSettings(steps=12, guidance={"text_scale": 4.0, "image_scale": 2.0}, guided_filter=2)
     asked = base.asked(steps=None, seed=3, guided_filter=0, image_guidance=1.0, text_guidance=None, plane=None)
@@ -495,6 +516,10 @@ def test_settings_round_trip_and_device_resolution():
     for radius in (-1.0, 16.5):
         with pytest.raises(ValueError, match="guided_filter must be a radius of 0 .off. to 16 model pixels"):
             SynthesisSettings(guided_filter=radius)
+    for depth in (-1.0, 16.5, float("nan")):
+        with pytest.raises(ValueError, match="guided_filter_depth must be a depth of 0 .each slice alone. to 16"):
+            SynthesisSettings(guided_filter_depth=depth)
+    assert SynthesisSettings.from_dict({"guided_filter_depth": 2}).guided_filter_depth == 2.0
     assert settings_module.resolve_device("auto").type in ("cpu", "cuda")
     assert settings_module.resolve_precision("fp32", torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError, match="unknown device"):
