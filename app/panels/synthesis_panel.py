@@ -62,6 +62,16 @@ def _combo(items: list[tuple[str, str]], current: str) -> QComboBox:
     return combo
 
 
+def _model_pixels_box(tooltip: str) -> QDoubleSpinBox:
+    """A spin box of 0 to 16 model pixels in half-pixel steps (below 0: the model's default)."""
+    box = QDoubleSpinBox()
+    box.setRange(-0.5, 16.0)
+    box.setSingleStep(0.5)
+    box.setSuffix(" px")
+    box.setToolTip(tooltip)
+    return box
+
+
 def preview_pixmap(image: np.ndarray, size: int = 160) -> QPixmap:
     """A grey preview of a 2-D slice, scaled to ``size`` pixels."""
     a = np.asarray(image, dtype=np.float32)
@@ -152,20 +162,12 @@ class SynthesisPanel(QWidget):
         self.noise_correlation.setSingleStep(0.05)
         self.noise_correlation.setToolTip("How alike neighbouring slices' starting noise is: 0 samples every slice "
                                           "independently (stripes across slices), near 1 the same noise for all")
-        self.guided_filter = QDoubleSpinBox()
-        self.guided_filter.setRange(-0.5, 16.0)
-        self.guided_filter.setSingleStep(0.5)
-        self.guided_filter.setSuffix(" px")
-        self.guided_filter.setToolTip("Re-draw each synthetic slice from the source slice at the input's resolution, "
-                                      "in windows of this radius (model pixels): sharper edges where the source "
-                                      "has them, less mottling; 0 turns it off")
-        self.guided_filter_depth = QDoubleSpinBox()
-        self.guided_filter_depth.setRange(-0.5, 16.0)
-        self.guided_filter_depth.setSingleStep(0.5)
-        self.guided_filter_depth.setSuffix(" px")
-        self.guided_filter_depth.setToolTip("How far the filter's windows also reach across slices (model pixels, "
-                                            "converted through the slice spacing): neighbouring slices agree, no "
-                                            "stripes in the other planes; 0 filters each slice alone")
+        self.guided_filter = _model_pixels_box(
+            "Re-draw each synthetic slice from the source slice at the input's resolution, in windows of this "
+            "radius (model pixels): sharper edges where the source has them, less mottling; 0 turns it off")
+        self.guided_filter_depth = _model_pixels_box(
+            "How far the filter's windows also reach across slices (model pixels, converted through the slice "
+            "spacing): neighbouring slices agree, no stripes in the other planes; 0 filters each slice alone")
         self._sampling_boxes = (self.steps, self.text_guidance, self.image_guidance, self.seed, self.noise_correlation,
                                 self.guided_filter, self.guided_filter_depth)
         for box in self._sampling_boxes:
