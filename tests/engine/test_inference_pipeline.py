@@ -501,6 +501,26 @@ def test_the_filter_s_windows_reach_across_the_slices_the_model_drew(synth):
     np.testing.assert_array_equal(across.array[[0, 4, 5]], plain.array[[0, 4, 5]])
 
 
+def test_the_filter_across_slices_reports_its_slabs_and_can_be_cancelled(synth, monkeypatch):
+    from engine.inference import guided
+    volume = t1_volume(shape=(10, 40, 52))                    # head in slices 1–8 (numbered 2–9)
+    asked = FAST.replace(guided_filter=1.0, guided_filter_depth=2.0)   # 1 slice either side, margins of 2
+    monkeypatch.setattr(guided, "SLAB_VOXELS", 40 * 52)                 # slabs of twice the margins: 4 slices
+    messages = []
+    synth.synthesize_volume(volume, "T1", "T2", asked, progress=lambda p: messages.append((p.done, p.total, p.message)))
+    filtering = [m for m in messages if m[2].startswith("source-guided filter")]
+    assert [m[2] for m in filtering] == ["source-guided filter: slices 2–5 of 10", "source-guided filter: slices 6–9 of 10"]
+    assert all(done == total == 10 for done, total, _ in filtering)    # every slice drawn by then
+    token = CancelToken()
+
+    def progress(p):
+        if p.message.startswith("source-guided filter"):
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        synth.synthesize_volume(volume, "T1", "T2", asked, progress=progress, cancel=token)
+
+
 def test_what_a_user_asks_changes_only_the_fields_given():
     base = SynthesisSettings(steps=12, guidance={"text_scale": 4.0, "image_scale": 2.0}, guided_filter=2)
     asked = base.asked(steps=None, seed=3, guided_filter=0, image_guidance=1.0, text_guidance=None, plane=None)
