@@ -294,12 +294,13 @@ def run_quality(run: str | Path, data: str | Path, *, split: str = "test", max_s
             stages = synth.card.raw.get("recipe", {}).get("stages", [])
             trained = {"steps": stages[-1].get("steps_done"), "seconds": stages[-1].get("elapsed_s")} if stages else {}
         settings = (synth.default_settings() if entry in (None, recipe.UNET) else sampling).replace(
-            guided_filter=sampling.guided_filter if filtered else 0.0, guided_filter_depth=sampling.guided_filter_depth)
+            guided_filter=sampling.guided_filter if filtered else 0.0,
+            guided_filter_depth=sampling.guided_filter_depth if filtered else 0.0)
         evaluation = evaluate_model(synth, paired, split, routes=routes, max_slices=max_slices, settings=settings,
                                     cancel=cancel)
         row = {"key": key, "label": label, "model": str(run / entry) if entry else None, "trained": trained,
                "seconds": round(time.perf_counter() - started, 1), "guided_filter": settings.guided_filter,
-               "guided_filter_depth": settings.guided_filter_depth if settings.guided_filter else 0.0, **_scores(evaluation),
+               "guided_filter_depth": settings.guided_filter_depth, **_scores(evaluation),
                "target_agreement": target_agreement(synth, paired, split, routes, settings, cancel)}
         if seeds > 1 and key in SEEDED:
             row["seeds"] = [_seed_scores(settings.seed, row)]

@@ -127,7 +127,7 @@ SLAB_VOXELS = 4_000_000     # voxels a slab of guided_stack filters at once, bes
 
 
 def guided_stack(guide: np.ndarray, image: np.ndarray, radius: int, depth: int, inside: np.ndarray,
-                 rows, seen: Callable[[np.ndarray], np.ndarray] | None = None,
+                 rows, seen: np.ndarray | None = None,
                  before_slab: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`guided_filter` of the (n, h, w) stacks for the slice indices ``rows`` only, slab by slab
     so that memory stays bounded for any number of slices: each slab is filtered with a margin of
@@ -135,8 +135,9 @@ def guided_stack(guide: np.ndarray, image: np.ndarray, radius: int, depth: int, 
     whole stack at once. A slab holds :data:`SLAB_VOXELS` voxels with its margins, or twice its margins'
     slices where they alone are more (thin slices, a deep window): no slice is filtered more than
     twice over. ``inside`` is False on every slice with no synthetic image (outside ``rows``'s
-    neighbours too); ``seen(guide[a:b])`` gives the guide as the model saw it, where lines are fitted
-    from it. ``before_slab(first, last)`` is called with each slab's first and last index (progress, cancel). Returns ``(len(rows), h, w)`` float32 in row order."""
+    neighbours too); ``seen`` is :func:`guided_filter`'s, a stack of the same shape (read only where
+    ``inside`` is True). ``before_slab(first, last)`` is called with each slab's first and last index
+    (progress, cancel). Returns ``(len(rows), h, w)`` float32 in row order."""
     rows = [int(i) for i in rows]
     out = np.empty((len(rows),) + image.shape[1:], np.float32)
     if not rows:
@@ -155,7 +156,7 @@ def guided_stack(guide: np.ndarray, image: np.ndarray, radius: int, depth: int, 
         lo, hi = max(0, wanted[0] - margin), min(count, wanted[-1] + margin + 1)
         part = slice(lo, hi)
         filtered = guided_filter(guide[part], image[part], radius, inside=inside[part], depth=depth,
-                                 seen=None if seen is None else seen(guide[part]))
+                                 seen=None if seen is None else seen[part])
         for i in wanted:
             out[where[i]] = filtered[i - lo]
     return out

@@ -355,6 +355,8 @@ class SliceSynthesizer:
         # missing and floored exist exactly when floor does
         queue = [i for i in plan.active if missing is None or floor != 0.0 or missing[i].any()]
         drawn = np.zeros(stack.shape, np.float32) if radius and queue else None   # the model's slices, normalised
+        # the source as the model saw it, where the filter fits its lines from it
+        seen = np.zeros(stack.shape, np.float32) if drawn is not None and same_scale else None
         for i in sorted(set(plan.active) - set(queue)):
             assert floored is not None, "only a source floor of 0 skips the model"
             out[i] = floored[i]
@@ -409,6 +411,8 @@ class SliceSynthesizer:
             synthetic = from_model_slice(result, plan.placement)
             if drawn is not None:               # re-drawn from the source once all slices are drawn
                 drawn[chunk] = synthetic
+            if seen is not None:
+                seen[chunk] = from_model_slice(images, plan.placement)
             for k, i in enumerate(chunk):
                 place(i, synthetic[k])
                 done += 1
@@ -417,11 +421,7 @@ class SliceSynthesizer:
                     preview(i, out[i])
             position += len(chunk)
         self.last_batch_size = size
-        if drawn is not None and queue:
-            def seen(guide: np.ndarray) -> np.ndarray:     # the source as the model saw it
-                return from_model_slice(to_model_slice(guide, self.image_size, pixel_mm=self.pixel_mm,
-                                                       spacing=spacing)[0], plan.placement)
-
+        if drawn is not None:
             def next_slab(first: int, last: int) -> None:
                 check_cancel(cancel)
                 report(done, f"source-guided filter: slices {first + 1}–{last + 1} of {total}")
@@ -429,7 +429,7 @@ class SliceSynthesizer:
             on_model = np.zeros(plan.count, bool)
             on_model[queue] = True
             filtered = guided_stack(stack, drawn, radius, depth, plan.body & on_model[:, None, None], queue,
-                                    seen=seen if same_scale else None, before_slab=next_slab)
+                                    seen=seen, before_slab=next_slab)
             for k, i in enumerate(queue):
                 place(i, filtered[k])
 

@@ -141,7 +141,7 @@ def test_the_stack_is_filtered_slab_by_slab_as_it_would_be_at_once(monkeypatch):
                           (10 ** 9, [(3, 16)])):
         monkeypatch.setattr(guided, "SLAB_VOXELS", voxels)
         slabs = []
-        part = guided_stack(guide, drawn, radius=2, depth=1, inside=inside, rows=rows, seen=lambda g: g * 0.9,
+        part = guided_stack(guide, drawn, radius=2, depth=1, inside=inside, rows=rows, seen=guide * 0.9,
                             before_slab=lambda first, last: slabs.append((first, last)))
         np.testing.assert_allclose(part, whole[rows], atol=1e-6)
         assert slabs == spans
