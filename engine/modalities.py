@@ -65,6 +65,9 @@ def canonical(name: str) -> str:
 
 
 # -- masks and normalisation ----------------------------------------------------------------
+BODY_HU = -500.0           # a CT's body: above this, between air and fat
+
+
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice."""
     from scipy import ndimage  # here: the registry above is imported by the app's light modules
@@ -72,7 +75,7 @@ def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
     arr = np.asarray(array, dtype=np.float32)
     mod = get(modality)
     if mod.family == "CT":
-        fg = arr > -500.0
+        fg = arr > BODY_HU
     else:
         finite = arr[np.isfinite(arr)]
         if finite.size == 0:

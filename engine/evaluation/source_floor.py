@@ -12,7 +12,7 @@ weight (the source is the floor), then the weaker filter. Then it is measured, n
 test split, CBCTs simulated outside the training ranges and the real head CTs of the hold-out
 (:mod:`engine.evaluation.generalization`), each beside the source as it is, and where the source's
 field of view cut the head off: how much of the head it left out and how far off the output is there
-(the model's whatever the weight).
+(the model's whatever the weight, where it continues the body).
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                      f"{'—' if removed is None else f'{100 * removed:.0f} %'} | {cut} | {there or '—'} |")
     lines += ["", "Source's error removed: 1 − MAE(with the floor) / MAE(source as is). "
                   "Outside the source's field of view (its padding value) the output is the model's whatever the "
-                  "weight; the last two columns: the subjects whose head it cuts, the share of the head inside "
+                  "weight (tissue not joined to the body inside it set to air); the last two columns: the subjects whose head it cuts, the share of the head inside "
                   "the body mask it leaves out, and the output's MAE in HU there (means over those subjects)."]
     return "\n".join(lines) + "\n"
 

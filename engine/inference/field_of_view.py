@@ -10,7 +10,8 @@ value that often); of its voxels only those joined to the image's in-plane edges
 the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
 field of view), straight lines along the box the data fill (a crop or pad on any sides), both (a
 cylinder cut by a box) or one straight line: an edge that follows the body's outline or the ragged edge
-of noisy air is air clamped to that value, not a field of view, and keeps its data.
+of noisy air is air clamped to that value, not a field of view, and keeps its data. Tissue a synthesis
+draws outside the field of view is kept only where it joins the body inside it (:func:`islands_outside`).
 """
 from __future__ import annotations
 
@@ -116,3 +117,13 @@ def _circle_distances(points: np.ndarray) -> np.ndarray:
     cx, cy = a / 2.0, b / 2.0
     radius = np.sqrt(max(c + cx * cx + cy * cy, 0.0))
     return np.abs(np.hypot(x - cx, y - cy) - radius)
+
+
+def islands_outside(tissue: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """The voxels of ``tissue`` (an output's body, by threshold) that lie outside the source's field of
+    view (``missing``, :func:`padding_mask`) in pieces not joined, in 3-D, to tissue inside it: there the
+    source holds no data, so tissue the model draws can only be the body continuing through the
+    field of view's edge — a piece floating in the air beside it is the model's invention."""
+    labels, _count = ndimage.label(tissue)
+    joined = np.unique(labels[tissue & ~missing])
+    return tissue & missing & ~np.isin(labels, joined[joined > 0])

@@ -35,7 +35,7 @@ import torch
 from engine import modalities
 from engine.inference.calibration import calibration_shift
 from engine.inference.denoise import filter_slices
-from engine.inference.field_of_view import padding_mask
+from engine.inference.field_of_view import islands_outside, padding_mask
 from engine.inference.guided import fits_at_model_resolution, guided_stack, native_depth, native_radius
 from engine.inference.instructions import default_instruction
 from engine.inference.model_card import SOURCE_FLOOR_PREFIX, ModelCard, route_name
@@ -442,6 +442,12 @@ class SliceSynthesizer:
                 place(i, filtered[k])
             report(done + filtering, f"source-guided filter: {len(queue)} slices done")
 
+        if missing is not None and modalities.get(target).family == "CT":
+            islands = islands_outside(out > modalities.BODY_HU, missing)
+            if islands.any():
+                out[islands] = self.background_value(target)
+                floor_note += (f"; {int(islands.sum())} voxels of tissue the model drew there, not joined to the body "
+                               "inside the field of view, were set to air")
         bottom = modalities.scale_bottom(target)
         if bottom is not None:
             # nothing below the scale's bottom (air −1024 HU, SUV 0): the HU calibration's shift of the

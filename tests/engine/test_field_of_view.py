@@ -93,3 +93,20 @@ def test_a_pad_or_crop_on_several_sides_and_a_cylinder_cut_by_a_box_are_fields_o
         cut[:, :, 80:] = True
     hu[cut] = -1024.0
     assert np.array_equal(mask(hu), cut)
+
+
+def test_tissue_drawn_outside_the_field_of_view_is_kept_only_where_it_joins_the_body_inside_it():
+    from engine.inference.field_of_view import islands_outside
+
+    missing = np.zeros((3, 20, 20), bool)
+    missing[:, :, 12:] = True                                   # a crop: no data right of column 12
+    tissue = np.zeros_like(missing)
+    tissue[:, 4:10, 6:15] = True                                # the body, continuing through the crop's edge
+    tissue[1, 15:18, 15:18] = True                              # a piece floating outside it
+    tissue[0:2, 15:17, 3:5] = True                              # a piece inside the field of view: the source's
+    tissue[2, 10:13, 13:16] = True                              # touching the body's continuation: joined
+    islands = islands_outside(tissue, missing)
+    expected = np.zeros_like(missing)
+    expected[1, 15:18, 15:18] = True
+    np.testing.assert_array_equal(islands, expected)
+    assert not islands_outside(tissue, np.zeros_like(missing)).any()      # no field of view cut: nothing to take

@@ -421,6 +421,27 @@ def test_outside_the_sources_field_of_view_the_floor_keeps_the_models_output(tmp
     assert note.endswith("the output is the model's")
 
 
+def test_tissue_the_model_draws_in_the_air_outside_the_field_of_view_is_set_to_air(tmp_path, monkeypatch):
+    folder = write_random_model(tmp_path / "m", routes=(("CBCT", "CT"),), metadata={
+        "inference_defaults": {"steps": 1, "guided_filter": 0.0}, "calibration": {"soft_tissue_hu": 20.0},
+        "source_floor": [{"route": ["CBCT", "CT"], "weight": 0.0}]})
+    synth = Synthesizer(folder, device="cpu")
+    cbct = cbct_volume()
+    cut = cbct.array.copy()
+    cut[:, :, 22:] = -1000.0                            # a field of view that leaves air right of the head
+    monkeypatch.setattr(Synthesizer, "_run_batch", lambda self, images, *a, **k: torch.ones_like(images))  # all bone
+    out = synth.synthesize_volume(cbct.with_array(cut), "CBCT", "CT")
+    active = list(synth.plan(cbct, "CBCT").active)
+    np.testing.assert_array_equal(out.array[active][:, :, 22:], -1000.0)        # not the model's bright output
+    (note,) = [n for n in out.notes if "outside the source's field of view" in n]
+    assert f"{len(active) * 24 * 2} voxels of tissue the model drew there, not joined to the body inside the field " \
+           "of view, were set to air" in note
+    cut[:, 10:14, 20:22] = 40.0                         # the head reaching the field of view's edge
+    joined = synth.synthesize_volume(cbct.with_array(cut), "CBCT", "CT")
+    assert (joined.array[active][:, :, 22:] > 0).all()                          # the body continuing: the model's
+    assert not any("set to air" in n for n in joined.notes)
+
+
 def test_model_card_reading():
     card = ModelCard.from_metadata({"routes": ["t1->flair", ["CBCT", "CT"], "T2→T1"], "stages": ["understanding"]})
     assert card.routes == (("T1", "FLAIR"), ("CBCT", "CT"), ("T2", "T1"))
