@@ -133,8 +133,8 @@ def scored_report(result, reference, volume, target: str, axis: int, reference_p
         raise ValueError(f"{written} is written, but it could not be scored against {reference_path}: {exc}") from None
     assert scored.baseline is not None, "the input is given"
     if scored.coverage < 0.999:
-        print(f"warning: {reference_path} covers {100 * scored.coverage:.0f} % of the output's grid: only that part is "
-              "scored", file=sys.stderr)
+        print(f"warning: {reference_path} covers {100 * scored.coverage:.0f} % of the output's grid with data (not "
+              "beyond its grid or its field of view): only that part is scored", file=sys.stderr)
     scope, worse = worse_than_baseline(scored.evaluation, scored.baseline)
     if worse:
         print(f"warning: the input histogram-matched to the reference (doing nothing) scores better on "

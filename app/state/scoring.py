@@ -59,7 +59,8 @@ def compare(synthetic: Volume, reference: Volume, source: Volume | None = None, 
     if ref_on_grid is not reference:
         notes.append("reference resampled onto the synthetic grid")
     if scored.coverage < 0.999:
-        notes.append(f"the reference covers {100 * scored.coverage:.0f} % of the synthetic grid: only that part is scored "
+        notes.append(f"the reference covers {100 * scored.coverage:.0f} % of the synthetic grid with data (not beyond its "
+                     "grid or its field of view): only that part is scored "
                      "(the difference is 0 beyond it)")
     if reference.synthetic:
         notes.append(SYNTHETIC_REFERENCE)

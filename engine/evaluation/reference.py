@@ -17,11 +17,12 @@ from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
 
 
 def covered_part(synthetic: Volume, reference: Volume) -> np.ndarray:
-    """The voxels of ``synthetic``'s grid that ``reference`` covers in physical space; ValueError when
-    it covers none (nothing to score: another subject, or another frame of reference?)."""
-    from engine.io.resample import inside
+    """The voxels of ``synthetic``'s grid that ``reference`` covers in physical space with data (not its
+    padding outside a reconstructed field of view); ValueError when it covers none (nothing to score:
+    another subject, or another frame of reference?)."""
+    from engine.inference.field_of_view import holds_data
 
-    covered = inside(reference, synthetic)
+    covered = holds_data(reference, synthetic)
     if not covered.any():
         raise ValueError(f"{reference.name or 'the reference'} does not overlap {synthetic.name or 'the synthetic volume'} "
                          "in physical space: are they scans of the same subject in one frame of reference?")

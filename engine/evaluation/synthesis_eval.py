@@ -16,7 +16,7 @@ import numpy as np
 
 from engine import modalities
 from engine.evaluation.metrics import Evaluation, evaluate
-from engine.inference.field_of_view import padding_mask
+from engine.inference.field_of_view import holds_data, padding_mask
 from engine.inference.slices import slice_axis, slices_first
 from engine.io.volume import Volume
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel, noop
@@ -33,14 +33,13 @@ def score_volume(synthetic: Volume, reference: Volume, target: str | None = None
                  axis: int | None = None, covered: np.ndarray | None = None) -> Evaluation:
     """PSNR / SSIM / MAE (whole and inside the reference's body mask) of ``synthetic`` against
     ``reference``, slice by slice along ``axis`` (:func:`scored_stacks`), counting only the part of
-    ``synthetic``'s grid the reference covers (``covered``, on that grid: given by a caller that has
-    resampled the reference already; found here when the grids differ); ``slices`` (indices along
-    ``axis``) restricts the scoring to those slices."""
-    from engine.io.resample import inside
-
+    ``synthetic``'s grid the reference covers with data (``covered``, on that grid: given by a caller
+    that has found it already; else :func:`holds_data`: not beyond its grid, not its padding outside a
+    reconstructed field of view); ``slices`` (indices along ``axis``) restricts the scoring to those
+    slices."""
     target = modalities.canonical(target or synthetic.modality or reference.modality or "")
     if covered is None:
-        covered = inside(reference, synthetic)
+        covered = holds_data(reference, synthetic)
     syn, ref, region = scored_stacks(synthetic, reference, axis, slices, covered)
     return evaluate(syn, ref, target, cancel=cancel, covered=region)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from engine import modalities
 from engine.io.dicom_read import PADDING_RANGE
 from engine.io.volume import Volume
 
@@ -31,23 +32,27 @@ EDGE_SHARE = 0.9
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
-def padding_mask(volume: Volume) -> np.ndarray:
+def padding_mask(volume: Volume, below_scale: bool = False) -> np.ndarray:
     """The voxels of ``volume`` (a CT or CBCT) outside its reconstructed field of view (the module's
-    rule); all False when it has none."""
+    rule); all False when it has none. ``below_scale``: only a padding the series states or one below
+    the CT scale's bottom (−1024 HU, e.g. −2000 or −3024), which neither tissue nor air ever holds — a
+    padding of exactly −1000 or −1024 HU around a round head is told from clamped air by its shape
+    alone, which a circular vertex slice or a phantom can pass."""
     values = np.asarray(volume.array)
     found = np.zeros(values.shape, dtype=bool)
     if values.ndim != 3:
         return found
-    for candidate in _candidates(volume, values):
+    for candidate in _candidates(volume, values, below_scale):
         outside = _outside_the_field(candidate, volume.spacing[:2])
         if outside.sum() > found.sum():
             found = outside
     return found
 
 
-def _candidates(volume: Volume, values: np.ndarray) -> list[np.ndarray]:
+def _candidates(volume: Volume, values: np.ndarray, below_scale: bool = False) -> list[np.ndarray]:
     """The masks of the padding value(s) to test: the stated range when the volume holds it, else each
-    exact value at or below air filling at least :data:`PADDING_MIN_FRACTION` of the volume."""
+    exact value at or below air (``below_scale``: below the CT scale) filling at least
+    :data:`PADDING_MIN_FRACTION` of the volume."""
     stated = volume.dicom.get(PADDING_RANGE, "")
     if stated:
         lo, hi = (float(v) for v in stated.split("\\"))
@@ -55,7 +60,7 @@ def _candidates(volume: Volume, values: np.ndarray) -> list[np.ndarray]:
         padded = (values >= lo - slack) & (values <= hi + slack)
         if padded.any():                                     # (a volume made from the series' values may hold none)
             return [padded]
-    low = values[values <= PADDING_MAX_HU]
+    low = values[values < modalities.scale_bottom("CT")] if below_scale else values[values <= PADDING_MAX_HU]
     if low.size < PADDING_MIN_FRACTION * values.size:
         return []
     found, counts = np.unique(low, return_counts=True)
@@ -127,3 +132,17 @@ def islands_outside(tissue: np.ndarray, missing: np.ndarray) -> np.ndarray:
     labels, _count = ndimage.label(tissue)
     joined = np.unique(labels[tissue & ~missing])
     return tissue & missing & ~np.isin(labels, joined[joined > 0])
+
+
+def holds_data(volume: Volume, grid: Volume, below_scale: bool = True) -> np.ndarray:
+    """The voxels of ``grid``'s grid where ``volume`` holds data: inside its grid and not its padding
+    (:func:`padding_mask`, by default only a padding stated or below the CT scale) — where a scan
+    compared with another can be compared."""
+    from engine.io.resample import inside, resample_onto
+
+    shows = inside(volume, grid)
+    padded = padding_mask(volume, below_scale)
+    if padded.any():
+        shows &= ~padded if volume.same_grid(grid) else \
+            resample_onto(volume.with_array(padded.astype(np.float32)), grid).array < 0.5
+    return shows

@@ -15,8 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from engine import modalities
-from engine.inference.field_of_view import padding_mask
-from engine.io.resample import inside, resample_onto
+from engine.inference.field_of_view import holds_data
+from engine.io.resample import resample_onto
 from engine.io.volume import Volume
 
 COARSE_MM = 4.0           # the grid the edges are compared on
@@ -33,10 +33,7 @@ def misalignment(moving: Volume, fixed: Volume) -> tuple[float, float] | None:
     if not (moving.modality and fixed.modality):
         return None
     grid = _coarse(fixed)
-    shows = inside(moving, grid)
-    if moving.modality == "CBCT":
-        padded = moving.with_array(padding_mask(moving).astype(np.float32))
-        shows &= resample_onto(padded, grid).array < 0.5
+    shows = holds_data(moving, grid, below_scale=moving.modality != "CBCT")   # a CBCT's padding may be −1000 HU
     shows = ndimage.binary_erosion(shows, iterations=2)      # away from the field's edge and its brightening
     if shows.sum() < MIN_VOXELS:
         return None

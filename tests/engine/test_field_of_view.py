@@ -110,3 +110,23 @@ def test_tissue_drawn_outside_the_field_of_view_is_kept_only_where_it_joins_the_
     expected[1, 15:18, 15:18] = True
     np.testing.assert_array_equal(islands, expected)
     assert not islands_outside(tissue, np.zeros_like(missing)).any()      # no field of view cut: nothing to take
+
+
+def test_a_scan_holds_no_data_in_its_padding_on_its_own_grid_or_resampled_onto_another():
+    from engine.inference.field_of_view import holds_data
+
+    hu, outside = cbct(padding=-3024.0)
+    scan = Volume(hu, spacing=(0.5, 0.5, 1.0), modality="CT", unit="HU")
+    np.testing.assert_array_equal(holds_data(scan, scan), ~outside)
+    coarser = Volume(np.zeros((6, 48, 48), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.25, 0.25, 0.0))
+    shows = holds_data(scan, coarser)                             # the same circle on a grid of twice the pixels
+    y, x = np.mgrid[0:48, 0:48]
+    radius = np.hypot(y - 23.5, x - 23.5)
+    assert shows[:, radius < 22].all() and not shows[:, radius > 24].any()
+    mr = Volume(np.full((2, 8, 8), 300.0, np.float32), modality="T1")
+    assert holds_data(mr, mr).all()                               # no padding: everywhere
+    # padded with air's own value, a circle is told from clamped air around a round head by its shape alone:
+    # only where asked for (a CBCT's), not by default (a reference scored)
+    at_air = scan.with_array(np.where(outside, -1000.0, hu).astype(np.float32))
+    assert holds_data(at_air, at_air).all()
+    np.testing.assert_array_equal(holds_data(at_air, at_air, below_scale=False), ~outside)

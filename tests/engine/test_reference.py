@@ -30,3 +30,18 @@ def test_another_contrast_an_unknown_modality_and_another_scale_are_warned_of():
     assert "not known" in reference_modality_warnings(_scan(None), "CT")[0]
     [warning] = reference_modality_warnings(_scan("PET", "Bq/ml"), "PET")
     assert warning.startswith("its values are in Bq/ml, not SUVbw")
+
+
+def test_a_reference_s_padding_outside_its_field_of_view_is_not_scored():
+    from engine.evaluation.reference import score_against
+
+    z, y, x = np.mgrid[0:4, 0:48, 0:48]
+    outside = np.hypot(y - 23.5, x - 23.5) > 22
+    head = np.hypot(y - 23.5, x - 23.5) < 15
+    ct = np.where(head, 40.0, -1000.0).astype(np.float32)
+    reference = Volume(np.where(outside, -3024.0, ct).astype(np.float32), spacing=(1.0, 1.0, 2.0), modality="CT",
+                       unit="HU")                              # padded as a scanner pads: one value below air
+    synthetic = reference.with_array(ct + 10.0)                # 10 HU off everywhere, air beyond the field of view
+    scored = score_against(synthetic, reference, synthetic, "CT", axis=0)
+    assert scored.coverage == pytest.approx(1 - outside.mean())
+    assert scored.evaluation.whole.mae == pytest.approx(10.0, abs=1e-3)   # not 2024 HU where the padding is
