@@ -68,8 +68,27 @@ def canonical(name: str) -> str:
 BODY_HU = -500.0           # a CT's body: above this, between air and fat
 
 
+def _gaps_bridged(fg: np.ndarray) -> np.ndarray:
+    """``fg`` with each slice (axis 0) that holds none of it between two that do filled with the union
+    of those two: for finding connected components across a gap only."""
+    if fg.ndim != 3:
+        return fg
+    held = np.flatnonzero(fg.any(axis=(1, 2)))
+    if len(held) < 2 or held[-1] - held[0] + 1 == len(held):
+        return fg
+    bridged = fg.copy()
+    for before, after in zip(held[:-1], held[1:]):
+        if after - before > 1:
+            bridged[before + 1:after] = fg[before] | fg[after]
+    return bridged
+
+
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
-    """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice."""
+    """Foreground (body / head) mask: threshold, keep the largest component, fill holes per slice. A
+    volume's slices (axis 0) holding no foreground between slices that hold some — a slice lost, blank
+    or NaN — do not cut the body in two: the component is found as if each such slice held its
+    neighbours' foreground (before, the smaller part of a head cut by one blank slice was dropped as
+    a speck, and synthesis left it empty)."""
     from scipy import ndimage  # here: the registry above is imported by the app's light modules
 
     arr = np.asarray(array, dtype=np.float32)
@@ -84,11 +103,11 @@ def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
         fg = arr > lo + 0.08 * (hi - lo)
     if not fg.any():
         return fg
-    labels, n = ndimage.label(fg)
+    labels, n = ndimage.label(_gaps_bridged(fg))
     if n > 1:
-        sizes = np.bincount(labels.ravel())
+        sizes = np.bincount(labels[fg])
         sizes[0] = 0
-        fg = labels == int(np.argmax(sizes))
+        fg &= labels == int(np.argmax(sizes))
     filled = np.stack([ndimage.binary_fill_holes(s) for s in fg]) if fg.ndim == 3 else ndimage.binary_fill_holes(fg)
     return filled
 

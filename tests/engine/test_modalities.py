@@ -41,6 +41,19 @@ def test_body_mask_fills_holes_and_drops_specks():
     assert mask.sum() == 3 * 400
 
 
+def test_a_blank_slice_does_not_cut_the_body_in_two():
+    t1 = np.zeros((9, 30, 30), np.float32)
+    t1[1:8, 5:25, 5:25] = 600.0
+    t1[4] = 0.0                                     # a slice lost (blank, or NaN set to background)
+    t1[6, 1, 1] = 600.0                             # a speck in a slice beyond the gap: still a speck
+    mask = m.body_mask(t1, "T1")
+    expected = t1 > 0
+    expected[6, 1, 1] = False
+    np.testing.assert_array_equal(mask, expected)   # both parts of the head, the smaller one too
+    t1[0, 1:3, 1:3] = 600.0                         # no gap before it: a speck in the slice before the head
+    assert not m.body_mask(t1, "T1")[0].any()
+
+
 @pytest.mark.parametrize("name,expected", [
     ("sub-01_T1w.nii.gz", "T1"), ("BraTS_001_t1ce.nii.gz", "T1CE"), ("case_t1gd.nii", "T1CE"),
     ("flair.nii.gz", "FLAIR"), ("BraTS20_t2.nii.gz", "T2"), ("PD.mha", "PD"), ("1BA001_cbct.nii.gz", "CBCT"),
