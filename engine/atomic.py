@@ -83,8 +83,27 @@ def _prepare(path: Path, tidy: bool = True) -> None:
 
 
 def _create_error(path: Path, exc: OSError) -> OutputError:
-    where = "the folder is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else _reason(exc)
-    return OutputError(path, f"cannot be written in {path.parent} ({where}: {exc.strerror or exc})")
+    why = f"the folder is read-only: {exc.strerror or exc}" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+        else _reason(exc)
+    return OutputError(path, f"cannot be written in {path.parent} ({why})")
+
+
+def check_writable(path: str | Path) -> None:
+    """:class:`OutputError` when nothing can be created where ``path`` would be written — its folder, or
+    the nearest one above it that exists (the missing ones would be made there): a read-only disk or
+    folder, a system folder. Found before long work, by making and removing a file there."""
+    path = Path(path).absolute()
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise _create_error(folder / path.name, exc) from None
 
 
 def _is_storage_error(exc: BaseException, tmp: Path) -> bool:

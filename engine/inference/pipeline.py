@@ -304,6 +304,9 @@ class SliceSynthesizer:
         check_cancel(cancel)
         prepared, method_notes = self._prepare(source, target, settings)
         plan = self.plan(volume, source, slices, settings.plane)
+        if slices is None and not plan.active:
+            raise ValueError(f"{volume.name or 'the input'}: no slice shows a body to synthesize from (at least "
+                             f"{MIN_BODY_FRACTION:.0%} of a slice above the background): an empty or constant image?")
 
         array = np.nan_to_num(np.asarray(volume.array, dtype=np.float32))
         shift, calibration_note = 0.0, ""

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.atomic import OutputError, check_writable
 from engine.exports import lazy_exports
 from engine.io.catalog import Catalog, SeriesEntry
 from engine.io.errors import Skipped, VolumeIOError, special_file
@@ -230,8 +231,9 @@ def _listing(entries) -> str:
 def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     """Refuse, before any work, an output path :func:`save` cannot write: a suffix that is neither a
     volume file's nor a DICOM series folder's (none, ``.dcm`` or ``.dicom``, which the folder drops),
-    one of the ``inputs`` it was made from, or a DICOM series folder holding one of them (writing a
-    series replaces its folder: a slice of the input named as the input, the input's own folder)."""
+    one of the ``inputs`` it was made from, a DICOM series folder holding one of them (writing a
+    series replaces its folder: a slice of the input named as the input, the input's own folder) or
+    files other than an earlier export, and a place where nothing can be created (a read-only folder)."""
     path = Path(path)
     sources = [Path((_volume_index(i) or (i,))[0]) for i in inputs]
     if written_keys(path) & {path_key(s) for s in sources}:
@@ -248,6 +250,14 @@ def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> None:
     if not file_kind(path) and path.suffix and path.suffix.lower() not in _DICOM_SUFFIXES:
         raise VolumeIOError(path, f"unknown output type; use {', '.join(s for s in SUFFIXES if s not in DETACHED)} "
                                   "or a folder for a DICOM series")
+    if not file_kind(path):
+        from engine.io.dicom_write import check_series_target
+
+        check_series_target(path.with_suffix("") if path.suffix.lower() in _DICOM_SUFFIXES else path)
+    try:
+        check_writable(path)
+    except OutputError as exc:
+        raise VolumeIOError(path, exc.problem) from None
 
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")          # an output path ending so is a DICOM series folder without it

@@ -96,7 +96,7 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     (``IM*.dcm`` files); otherwise this raises :class:`VolumeIOError`.
     """
     folder = Path(folder)
-    _check_target(folder)
+    check_series_target(folder)
     anonymiser = as_anonymiser(anonymise)
     if anonymiser:
         flagged = series_description
@@ -141,7 +141,9 @@ def _save_checked(ds: Dataset, path: Path) -> None:
     check_size(path, buffer.tell())
 
 
-def _check_target(folder: Path) -> None:
+def check_series_target(folder: Path) -> None:
+    """Refuse a folder a DICOM series cannot be written to: a file or a link, or one holding files other
+    than an earlier export of this app (which the new series replaces)."""
     try:
         check_folder_target(folder)                 # not a file, not a symbolic link
     except OutputError as exc:

@@ -442,6 +442,14 @@ def test_tissue_the_model_draws_in_the_air_outside_the_field_of_view_is_set_to_a
     assert not any("set to air" in n for n in joined.notes)
 
 
+def test_an_image_with_no_body_is_refused_naming_it(synth):
+    empty = t1_volume().with_array(np.full((6, 20, 26), 100.0, np.float32), name="constant.nii.gz")
+    with pytest.raises(ValueError, match=r"constant.nii.gz: no slice shows a body to synthesize from .* an empty or "
+                                         r"constant image\?"):
+        synth.synthesize_volume(empty, "T1", "T2")
+    assert synth.synthesize_volume(empty, "T1", "T2", slices=[2]).array.max() == 0.0    # slices asked for: as asked
+
+
 def test_model_card_reading():
     card = ModelCard.from_metadata({"routes": ["t1->flair", ["CBCT", "CT"], "T2→T1"], "stages": ["understanding"]})
     assert card.routes == (("T1", "FLAIR"), ("CBCT", "CT"), ("T2", "T1"))

@@ -462,6 +462,23 @@ def test_a_read_only_output_folder_is_one_clear_line_on_the_command_line(tmp_pat
     assert list((tmp_path / "ro").iterdir()) == []
 
 
+def test_an_output_nothing_can_be_written_to_is_refused_before_the_work(tmp_path, monkeypatch):
+    from faults import read_only
+
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(io.VolumeIOError, match=f"cannot be written in {tmp_path / 'a-file'} \\(Not a directory\\)"):
+        io.check_output(tmp_path / "a-file" / "new" / "t2.nii.gz")
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro", monkeypatch), pytest.raises(io.VolumeIOError, match="the folder is read-only"):
+        io.check_output(tmp_path / "ro" / "missing" / "series")       # where the missing folder would be made
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(io.VolumeIOError, match=r"holds other files \(todo.txt\)"):
+        io.check_output(tmp_path / "notes")                          # a DICOM series would replace the folder
+    io.check_output(tmp_path / "new" / "deeper" / "t2.nii.gz")          # made when written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "notes", "ro"]    # the check left nothing
+
+
 @pytest.mark.parametrize("suffix, instead", [(".nhdr", ".nrrd"), (".mhd", ".mha")])
 def test_a_header_whose_voxels_would_go_to_a_second_file_is_refused_before_anything_is_written(tmp_path, suffix,
                                                                                              instead):
