@@ -108,6 +108,7 @@ class SliceInfo:
     decay_factor: str = ""              # a PET image's DecayFactor (per image: bed positions differ)
     identity: tuple[str, str, str] = ("", "", "")   # PatientID, StudyInstanceUID, FrameOfReferenceUID
     description: str = ""               # SeriesDescription
+    series: tuple[str, str] = ("", "")  # Modality, SeriesNumber: one series states one of each
     timing: tuple[str, str, str] = ("", "", "")     # this image's RepetitionTime, EchoTime, InversionTime
 
     @property
@@ -491,6 +492,7 @@ def slices_of(ds: Dataset, path: str) -> list[SliceInfo]:
         path=path, series_uid=text(ds.get("SeriesInstanceUID")) or f"file:{path}",
         identity=(text(ds.get("PatientID")), text(ds.get("StudyInstanceUID")), text(ds.get("FrameOfReferenceUID"))),
         description=text(ds.get("SeriesDescription")),
+        series=(text(ds.get("Modality")), text(ds.get("SeriesNumber"))),
         sop_uid=text(ds.get("SOPInstanceUID")), rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
         instance=_int(ds.get("InstanceNumber")),
     )

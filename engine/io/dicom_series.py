@@ -4,8 +4,10 @@ holds several volumes, then sorted along the slice normal with the geometry of t
 Splitting rules (the key gets ".1", ".2", … when a UID splits):
   1. slices without position or orientation: every file is its own volume (frames of a
      multi-frame file stay together, in file order);
-  2. different patients (PatientID), studies (StudyInstanceUID) or frames of reference: one
-     UID given to several (a broken anonymiser or archive) is never one volume;
+  2. different patients (PatientID), studies (StudyInstanceUID), frames of reference, modalities,
+     series numbers or series descriptions: one UID given to several series (a broken anonymiser or
+     archive: a CT and a CBCT of one study under one UID) is never one volume, whatever their
+     positions;
   3. different orientations (ImageOrientationPatient differing by more than 1e-3);
   4. different image sizes or pixel spacings;
   5. different echoes (EchoNumbers / EffectiveEchoTime), temporal positions
@@ -100,9 +102,10 @@ def _split(items: list[SliceInfo]) -> list[Part]:
     if not positioned:
         return parts
     work: list[Part] = [(positioned, [])]
-    work = _refine(work, _by_stated("patient", 0, lambda k: f"patient {k}"))
-    work = _refine(work, _by_stated("study", 1, lambda k: f"study {_tail(k)}"))
-    work = _refine(work, _by_stated("frame of reference", 2, lambda k: f"frame {_tail(k)}"))
+    work = _refine(work, _by_stated("patient", lambda s: s.identity[0], lambda k: f"patient {k}"))
+    work = _refine(work, _by_stated("study", lambda s: s.identity[1], lambda k: f"study {_tail(k)}"))
+    work = _refine(work, _by_stated("frame of reference", lambda s: s.identity[2], lambda k: f"frame {_tail(k)}"))
+    work = _refine(work, _by_stated("series", _series_named, lambda k: k))
     work = _refine(work, _orientation_split)
     work = _refine(work, _by_key("image size", lambda s: (s.rows, s.columns, _round(s.pixel_spacing)),
                                  lambda k: f"{k[0]}×{k[1]} pixels"))
@@ -144,14 +147,21 @@ def _by_key(reason: str, key: Callable[[SliceInfo], Key], label: Callable[[Key],
     return split
 
 
-def _by_stated(reason: str, index: int, label: Callable[[str], str]):
-    """Split by ``SliceInfo.identity[index]`` where slices state conflicting values; a slice that
+def _series_named(s: SliceInfo) -> str:
+    """How a slice names its series: modality, number and description ("" when it states none)."""
+    modality, number = s.series
+    return " ".join(v for v in (modality, f"series {number}" if number else "", s.description and f"'{s.description}'")
+                    if v)
+
+
+def _by_stated(reason: str, stated: Callable[[SliceInfo], str], label: Callable[[str], str]):
+    """Split by what slices state (``stated``) where they state conflicting values; a slice that
     states none joins the one value the others state (one slice without a PatientID is no second
     patient), and forms a part of its own only beside several."""
     def split(slices: list[SliceInfo]) -> list[tuple[list[SliceInfo], tuple[str, str]]]:
         groups: dict[str, list[SliceInfo]] = {}
         for s in slices:
-            groups.setdefault(s.identity[index], []).append(s)
+            groups.setdefault(stated(s), []).append(s)
         silent = groups.pop("", [])
         if len(groups) <= 1:
             return [(slices, (reason, ""))]

@@ -454,6 +454,35 @@ def test_two_patients_under_one_series_uid_are_two_volumes_each_named_after_its_
         assert volume.dicom["PatientID"] == entry.patient[-4:-1]
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_two_series_of_one_study_under_one_uid_are_two_volumes_whatever_their_positions_and_file_names(
+        tmp_path, interleaved):
+    """A CT and a CBCT of one patient, study and frame given one SeriesInstanceUID (helper-60's audit): at
+    the same positions they had been parted by file order, each volume half the one and half the other;
+    at positions between each other's, merged into one volume at half the slice spacing, without a note."""
+    data = anatomical()[:4]
+    uid = pydicom.uid.generate_uid()
+    shared = {"series_uid": uid, "study_uid": pydicom.uid.generate_uid(), "frame_uid": pydicom.uid.generate_uid()}
+
+    def series(number, description, modality):
+        def tag(ds, k):
+            ds.SeriesNumber, ds.SeriesDescription, ds.Modality = number, description, modality
+            ds.InstanceNumber = k + 1
+        return tag
+
+    write_series(tmp_path / "s", data, **shared, per_slice=series(2, "Head CT", "CT"), origin=(0.0, 0.0, 0.0), seed=1)
+    write_series(tmp_path / "s", data[::-1].copy(), **shared, per_slice=series(11, "CBCT", "CT"), seed=2,
+                 origin=(0.0, 0.0, 1.25 if interleaved else 0.0))
+    for k, path in enumerate(sorted((tmp_path / "s").iterdir())):             # file names say nothing
+        path.rename(path.with_name(f"{(k * 7) % 8:02d}.dcm"))
+    entries = io.scan(tmp_path / "s").entries
+    assert sorted(e.description for e in entries) == ["CBCT [CT series 11 'CBCT']", "Head CT [CT series 2 'Head CT']"]
+    for entry in entries:
+        assert "split by series" in entry.notes[0] and entry.key.startswith(f"{uid}.")
+        volume = entry.load()
+        np.testing.assert_array_equal(volume.array, data if volume.dicom["SeriesNumber"] == "2" else data[::-1])
+
+
 @pytest.mark.parametrize("tag", ["PatientID", "FrameOfReferenceUID", "StudyInstanceUID"])
 def test_a_slice_that_does_not_state_its_identity_stays_in_its_series(tmp_path, tag):
     """One slice without a PatientID (or frame, or study) is no second patient: the series stays one
