@@ -22,7 +22,7 @@ from engine.io.errors import VolumeIOError, special_file
 from engine.io.header_check import HeaderFacts, check_header
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
-from engine.io.volume import SPACES, Volume, finite_filled
+from engine.io.volume import SPACES, UNKNOWN_SPACE, Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
@@ -118,9 +118,10 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
     spacing, origin, direction = _lps_grid(to_mm @ image.affine)
     _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
+    space = _XFORM_NAMES.get(code, "scanner") if code > 0 else UNKNOWN_SPACE
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
         np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), notes=tuple(notes),
-        space=_XFORM_NAMES.get(code, "scanner"), **_nibabel_mark(image))
+        space=space, **_nibabel_mark(image))
 
 
 Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
@@ -164,7 +165,7 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
     except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
         return None, [], "scanner"
     if sform_code <= 0 and qform_code <= 0:
-        return None, [NO_ORIENTATION], "scanner"
+        return None, [NO_ORIENTATION], UNKNOWN_SPACE
     if sform_code <= 0:
         return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner")
     columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
@@ -358,7 +359,7 @@ def _scan_itk(name: str) -> SeriesEntry:
 
 def _space_label(space: str) -> str:
     """What a scan entry's orientation adds for a world other than the scanner's: `` (MNI space)``."""
-    return "" if space == "scanner" else f" ({space} space)"
+    return "" if space in ("scanner", UNKNOWN_SPACE) else f" ({space} space)"     # unknown: "LPS (assumed)" says it
 
 
 def _four_d_note(path: Path, n_volumes: int) -> str:
@@ -635,11 +636,12 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
 def _relabel(path: Path, space: str, unit: str) -> None:
     """Give the NIfTI file SimpleITK wrote at ``path`` (qform and sform codes 1, scanner) the codes of
     ``space`` — an MNI-space input's synthetic stays labelled MNI space (AFNI files a scanner-space
-    image under another view; FSL and fMRIPrep read the code); both transforms hold the one grid —
+    image under another view; FSL and fMRIPrep read the code), one whose header named no world stays
+    so (codes 0: every program places it as it placed the input); both transforms hold the one grid —
     and an off-scale ``unit`` in its intent_name."""
     import nibabel
 
-    code = SPACES.index(space) + 1
+    code = 0 if space == UNKNOWN_SPACE else SPACES.index(space) + 1
     image = cast("SpatialImage", nibabel.load(str(path)))
     header = cast("Nifti1Header", image.header).copy()
     header.set_qform(header.get_qform(), code=code)

@@ -15,6 +15,9 @@ import numpy as np
 # the worlds a NIfTI file's qform / sform code names (codes 1–5): a scanner's coordinates, those of another
 # image it was aligned to, or a standard space (Talairach, MNI-152, another template)
 SPACES = ("scanner", "aligned", "Talairach", "MNI", "template")
+# a NIfTI file whose header names no world (qform and sform codes 0): each program places it its own way,
+# so what is made from it is written so too, to be placed alike
+UNKNOWN_SPACE = "unknown"
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,12 +35,13 @@ class Volume:
     synthetic: bool = False          # made by a model, not acquired: every writer marks it, every reader finds it
     derived_from: str = ""           # the modality a synthetic volume was made from, when known
     provenance: dict = field(default_factory=dict)   # how a model made it: the JSON sidecar an export writes
-    space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner)
+    space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner;
+                                     # UNKNOWN_SPACE: a NIfTI naming none)
     not_anatomy: str = ""            # why its values are no scan of a modality the model knows (a localizer, a DWI…)
 
     def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.space not in (*SPACES, UNKNOWN_SPACE):
+            raise ValueError(f"space must be one of {', '.join((*SPACES, UNKNOWN_SPACE))}, got {self.space!r}")
         arr = np.asarray(self.array)
         if arr.ndim == 2:
             arr = arr[None]

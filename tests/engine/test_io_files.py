@@ -104,6 +104,14 @@ def test_a_nifti_without_orientation_or_with_a_sheared_sform_says_what_it_assume
     volume = io.load(_nifti(tmp_path / "none.nii.gz", SCANNER, 0, SCANNER, 0))
     assert any("gives no orientation" in n and "left and right may be swapped" in n for n in volume.notes)
     assert io.scan(tmp_path / "none.nii.gz").entries[0].orientation.endswith("(assumed)")
+    # what is made from it names no world either (codes 0, not 1: a scanner's): every program places it as
+    # it placed the input (helper-59's audit: nibabel had put a synthetic 90 % off its source)
+    assert volume.space == "unknown"
+    made = io.save(volume.with_array(volume.array * 2.0), tmp_path / "made.nii.gz")
+    header = nibabel.load(made).header
+    assert int(header["qform_code"]) == int(header["sform_code"]) == 0
+    np.testing.assert_allclose(nibabel.load(made).affine, nibabel.load(tmp_path / "none.nii.gz").affine, atol=1e-4)
+    assert io.load(made).space == "unknown"
     agreeing = io.load(_nifti(tmp_path / "agree.nii.gz", SCANNER, 2, SCANNER, 1))
     assert agreeing.notes == () and io.scan(tmp_path / "agree.nii.gz").entries[0].orientation == "RAS (aligned space)"
     sheared = io.load(_nifti(tmp_path / "sheared.nii.gz", SHEARED, 2, SCANNER, 1))      # no grid holds it: the qform
