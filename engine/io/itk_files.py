@@ -335,7 +335,7 @@ def _scan_itk(name: str) -> SeriesEntry:
     elif dim not in (2, 3):
         raise VolumeIOError(path, f"{dim}-D images are not supported (need a 2-D slice or a 3-D volume)")
     if reader.GetNumberOfComponents() > 1:
-        notes.append(f"{reader.GetNumberOfComponents()} components per voxel: only the first is used")
+        notes.append(_components_note(reader.GetNumberOfComponents()))
     _check_geometry(path, spacing, origin, direction)
     shape_zyx = (size[2] if dim >= 3 else 1, size[1], size[0])
     mark = _itk_mark(reader)
@@ -355,6 +355,10 @@ def _scan_itk(name: str) -> SeriesEntry:
         volumes=n_volumes,
     )
     return entry
+
+
+def _components_note(count: int) -> str:
+    return f"{count} components per voxel (a colour or vector image): only the first is used"
 
 
 def _space_label(space: str) -> str:
@@ -558,9 +562,10 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(path, f"the voxel data cannot be read ({_first_line(exc)}); is the file truncated?") from None
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        image = sitk.VectorIndexSelectionCast(image, 0)
     notes: list[str] = []
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        notes.append(_components_note(image.GetNumberOfComponentsPerPixel()))
+        image = sitk.VectorIndexSelectionCast(image, 0)
     space = _nifti_placed(path, image, notes) if image.GetDimension() == 3 else "scanner"
     spacing, direction = _positive_spacing(image.GetSpacing(), image.GetDirection())
     image.SetSpacing(spacing)
