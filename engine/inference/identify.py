@@ -212,5 +212,6 @@ def source_modality(synth: Synthesizer, volume: Volume, requested: str | None,
         return modalities.canonical(volume.modality), info, (
             f"identification is unsure ({found.modality}, confidence {found.confidence:.2f}); using the header's "
             f"modality {volume.modality}")
-    raise ValueError(f"cannot identify the input's modality reliably (best guess {found.modality}, confidence "
-                     f"{found.confidence:.2f}{'; ' + found.note if found.note else ''}); pass --source")
+    raise ValueError(f"{volume.name or 'the input'}: cannot identify its modality reliably (best guess "
+                     f"{found.modality}, confidence {found.confidence:.2f}{'; ' + found.note if found.note else ''}); "
+                     "pass --source")

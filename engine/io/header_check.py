@@ -22,6 +22,7 @@ NIFTI_TYPES = {    # datatype → bytes per voxel (NIfTI-1 and -2 share the code
     2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1536: 16,
     1792: 16, 2048: 32, 2304: 4,
 }
+NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
 MET_TYPES = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4, "MET_LONG": 4,
     "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
@@ -134,6 +135,9 @@ def _nifti_fields(path: Path, head: bytes, order: str, version: int) -> HeaderFa
         raise _refuse(path, f"its datatype {datatype} is not a NIfTI data type")
     if bitpix != 8 * itemsize:
         raise _refuse(path, f"its bitpix {bitpix} does not match its datatype {datatype} ({8 * itemsize} bits)")
+    if datatype in NIFTI_COMPLEX:
+        raise VolumeIOError(path, f"holds complex values ({NIFTI_COMPLEX[datatype]}), not one real value per "
+                                  "voxel; save its magnitude as a real-valued image")
     _finite(path, "pixdim", pixdim[1:n + 1])
     if not math.isfinite(vox_offset) or vox_offset < 0:
         raise _refuse(path, f"its vox_offset {vox_offset} is not a position in the file")

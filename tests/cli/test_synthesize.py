@@ -238,7 +238,7 @@ def test_source_auto_uses_identification_and_stops_when_unsure(capsys, model_dir
     anonymous = io.save(io.load(inputs[0]).replace(modality=None), tmp_path / "anonymous.mha")
     code, out, err = run(capsys, "synthesize", anonymous, "--target", "CT", "--source", "auto", "-o",
                          tmp_path / "unsure.nii.gz", "--model", model_dir, "--device", "cpu", "--quiet")
-    assert code == 2 and "cannot identify" in err and "--source" in err
+    assert code == 2 and "anonymous.mha: cannot identify its modality reliably" in err and "--source" in err
     assert not (tmp_path / "unsure.nii.gz").exists()
 
 

@@ -515,3 +515,13 @@ def test_voxels_holding_no_number_are_background_and_counted_and_an_all_nan_file
     with pytest.raises(io.VolumeIOError, match="no number in any voxel") as err:
         io.load(empty)
     assert str(empty) in str(err.value)
+
+
+def test_a_complex_valued_nifti_is_refused_saying_so(tmp_path):
+    path = tmp_path / "recon.nii.gz"
+    data = (np.ones((4, 5, 3)) * (1 + 2j)).astype(np.complex64)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+    for read in (io.load, io.scan):
+        with pytest.raises(io.VolumeIOError, match=r"recon.nii.gz: holds complex values \(complex64\), not one real "
+                                                    r"value per voxel; save its magnitude"):
+            read(path)
