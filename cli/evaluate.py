@@ -27,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "redirection)")
     p.add_argument("--max-slices", type=int, help="synthesize and score only this many central slices per volume")
     add_sampling_arguments(p)
+    p.add_argument("--target-agreement", action="store_true",
+                   help="also measure whether the model converts to the contrast asked for: from one central slice "
+                        "per subject, the mean correlation inside the body of its outputs for the subject's "
+                        "different MR targets, beside the real scans' (near 1: the target is ignored); without "
+                        "--routes on bench quality's routes, as its column")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE (atomically)")
     p.set_defaults(func=run)
@@ -51,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
                             progress=stderr_progress(not args.json))
     for line in result.unseen_warnings():
         print(f"warning: {line}", file=sys.stderr)
-    text = json.dumps(json_ready({**result.to_dict(), "left_out": [str(p) for p in paired.report.problems]}), indent=2)
+    agreement = None
+    if args.target_agreement:
+        from engine.evaluation import target_agreement
+
+        agreement = target_agreement(synth, paired, None if args.split == "all" else args.split, routes, settings)
+    text = json.dumps(json_ready({**result.to_dict(), "left_out": [str(p) for p in paired.report.problems],
+                                  **({"target_agreement": agreement} if agreement else {})}), indent=2)
     if args.out:
         from engine.atomic import atomic_file
 
@@ -63,4 +74,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {result.model} on {result.dataset} ({result.split} split, {len(result.subjects)} volumes"
               + (f", {args.max_slices} central slices each" if args.max_slices else "") + ")")
         print(result.table())
+        if agreement is not None:
+            print(_agreement_line(agreement))
     return 0
+
+
+def _agreement_line(agreement: dict) -> str:
+    if agreement["synthetic"] is None:
+        return "target agreement: not measured (no subject has two MR targets of one source among the routes)"
+    return (f"target agreement: {agreement['synthetic']:.3f} (the real scans: {agreement['real']:.3f}; "
+            f"{agreement['subjects']} subject{'s' if agreement['subjects'] != 1 else ''}, one central slice each; near "
+            "1: the target asked for is ignored)")

@@ -99,7 +99,7 @@ RECIPES: dict[str, tuple[Entry, ...]] = {
 # The shipped card carries them; `bench quality` samples every SynerMedGen row with them.
 INFERENCE_DEFAULTS = {"steps": 12, "solver": "euler", "shift": 3.0, "noise_correlation": 0.9, "guided_filter": 2.0,
                       "guided_filter_depth": 2.0,
-                      "guidance": {"text_scale": 1.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
+                      "guidance": {"text_scale": 2.0, "image_scale": 1.0, "interval": [0.4, 1.0]}}
 LIMITATIONS = [
     "Trained on simulated contrasts from real anatomy (two brain templates, one head CT), not on patient scans: "
     "expect it to fail on real clinical data until fine-tuned on it.",

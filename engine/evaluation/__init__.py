@@ -13,5 +13,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "histogram_matched": "reference", "do_nothing": "reference", "worse_than_baseline": "metrics", "RELATIVE_MAE_UNIT": "metrics",
     "score_against": "reference", "ReferenceScores": "reference", "reference_modality_warnings": "reference",
     "COLUMNS": "comparison", "compare": "comparison", "read_result": "comparison", "record_in_card": "comparison",
-    "describe_machine": "speed", "card_entries": "quality",
+    "describe_machine": "speed", "card_entries": "quality", "target_agreement": "quality",
 })

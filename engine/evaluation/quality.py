@@ -167,19 +167,20 @@ def _mean_pairwise_correlation(images: Sequence[np.ndarray], mask: np.ndarray) -
     return float(np.mean(values)) if values else math.nan
 
 
-def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str,
-                     routes: Sequence[tuple[str, str]], settings: SynthesisSettings | None = None,
+def target_agreement(synth: SliceSynthesizer, paired: PairedDataset, split: str | None,
+                     routes: Sequence[tuple[str, str]] | None = None, settings: SynthesisSettings | None = None,
                      cancel: CancelToken | None = None) -> dict[str, Any]:
     """Mean pairwise Pearson correlation, inside the source's body mask, of ``synth``'s outputs for
     the different MR targets of one central source slice per subject (the source with the most MR
-    targets among the routes both ``synth`` and ``routes`` have), and of the real target scans on
+    targets among the routes both ``synth`` and ``routes`` — by default the benchmark's,
+    :data:`ROUTES` — have), and of the real target scans on
     the same slice (linearly resampled onto the source grid when theirs differs). Near 1 with the
     real value well below: the method ignores which target was asked for."""
     from engine.io.resample import resample_onto
 
     settings = settings or synth.default_settings()
     by_subject: dict[str, dict[str, list[str]]] = {}
-    for subject, (source, target) in route_jobs(synth, paired, split, routes):
+    for subject, (source, target) in route_jobs(synth, paired, split, ROUTES if routes is None else routes):
         if modalities.get(target).family == "MR":
             by_subject.setdefault(subject, {}).setdefault(source, []).append(target)
     synthetic, real = [], []

@@ -291,6 +291,23 @@ def test_evaluate_prints_a_per_route_table(capsys, model_dir, tmp_path):
     assert any("subject 'sub03' left out" in line for line in json.loads(out)["left_out"])
 
 
+def test_evaluate_measures_target_agreement_when_asked(capsys, tmp_path):
+    model = write_random_model(tmp_path / "m", routes=(("T1", "T2"), ("T1", "FLAIR")), image_size=32,
+                               metadata={"inference_defaults": {"steps": 2}})
+    root = write_phantom_dataset(tmp_path / "data", subjects=2, modality_names=("T1", "T2", "FLAIR"), shape=(8, 24, 24),
+                                 ct_subject=False, split={"train": ["sub01"], "test": ["sub02"]})
+    common = ("evaluate", "--model", model, "--data", root, "--device", "cpu", "--max-slices", "1", "--target-agreement")
+    code, out, err = run(capsys, *common, "--json")
+    assert code == 0, err
+    agreement = json.loads(out)["target_agreement"]
+    assert agreement["subjects"] == 1 and all(-1.0 <= agreement[k] <= 1.0 for k in ("synthetic", "real"))
+    code, out, err = run(capsys, *common)
+    assert (f"target agreement: {agreement['synthetic']:.3f} (the real scans: {agreement['real']:.3f}; 1 subject, one "
+            "central slice each") in out
+    code, out, err = run(capsys, *common, "--routes", "T1:T2")                  # one target per source: nothing to compare
+    assert code == 0 and "target agreement: not measured" in out
+
+
 def test_evaluate_leaves_out_a_pair_in_two_different_worlds_and_says_so(capsys, model_dir, tmp_path):
     root = write_phantom_dataset(tmp_path / "data", subjects=2, modality_names=("T1", "T2"), shape=(8, 24, 24),
                                  ct_subject=False, split={"test": ["sub01", "sub02"]})
