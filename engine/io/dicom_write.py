@@ -49,6 +49,7 @@ from pydicom.valuerep import format_number_as_ds
 from engine import modalities
 from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
 from engine.io.deidentify import Anonymiser, as_anonymiser
+from engine.io.dicom_read import PADDING_RANGE
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, RADIOPHARMACEUTICAL_TAGS, our_block
 from engine.io.errors import VolumeIOError
 from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY, patient_keyed
@@ -260,6 +261,7 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
         ds.PatientPosition = src.get("PatientPosition", "")
     _geometry(ds, volume)
     _pixel_module(ds, volume, encoding)
+    _padding(ds, volume, array, encoding)
     _window(ds, volume, array)
     _modality_module(ds, volume, encoding)
     if anonymiser:
@@ -361,6 +363,23 @@ def _pixel_module(ds: Dataset, volume: Volume, encoding: Encoding) -> None:
     ds.RescaleSlope = _ds_text(encoding.slope)
     ds.RescaleIntercept = _ds_text(encoding.intercept)
     ds.RescaleType = "HU" if encoding.sop_class == CT_IMAGE else "US"
+
+
+def _padding(ds: Dataset, volume: Volume, array: np.ndarray, encoding: Encoding) -> None:
+    """The padding outside a reconstructed field of view that the source series stated, stated again
+    (PixelPaddingValue, PixelPaddingRangeLimit, as stored values): written without it, a scanner's
+    −3024 HU would read as material below air in a planning system. Only for a scan's own values where
+    they hold it (a synthetic volume holds none: synthesis fills that region)."""
+    stated = (volume.dicom or {}).get(PADDING_RANGE, "")
+    if volume.synthetic or not stated:
+        return
+    low, high = (float(v) for v in stated.split("\\"))
+    if not np.any((array >= low) & (array <= high)):
+        return
+    first, last = (int(v) for v in quantise(np.array([low, high]), encoding))
+    ds.add_new((0x0028, 0x0120), "SS", first)                 # PixelPaddingValue: signed, as PixelRepresentation 1
+    if last != first:
+        ds.add_new((0x0028, 0x0121), "SS", last)              # PixelPaddingRangeLimit
 
 
 def _window(ds: Dataset, volume: Volume, array: np.ndarray) -> None:

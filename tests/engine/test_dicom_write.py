@@ -55,6 +55,26 @@ def test_ct_hounsfield_round_trip_is_exact_with_slope_one(tmp_path):
     assert first.PixelRepresentation == 1 and first.BitsAllocated == 16
 
 
+def test_a_ct_s_stated_padding_is_stated_again_where_its_values_hold_it(tmp_path):
+    from engine.io.dicom_read import PADDING_RANGE
+
+    ct = _ct_series()
+    array = ct.array.copy()
+    array[:, :4, :] = -3024.0                                    # outside a reconstruction's field of view
+    padded = ct.replace(array=array, dicom={**ct.dicom, PADDING_RANGE: "-3024.0\\-3024.0"})
+    out = write_dicom_series(padded, tmp_path / "ct", series_description="CT copy")
+    first = _files(out)[0]
+    assert first.PixelPaddingValue == -3024 and first["PixelPaddingValue"].VR == "SS"
+    assert "PixelPaddingRangeLimit" not in first
+    back = io.load(out)                                          # read back as padding, not as material below air
+    assert back.dicom[PADDING_RANGE] == padded.dicom[PADDING_RANGE]
+    np.testing.assert_array_equal(back.array, array)
+    for unpadded in (ct.replace(dicom=padded.dicom),                                  # no voxel holds it
+                     padded.replace(array=np.maximum(array, -1024.0), synthetic=True)):    # a synthetic: filled
+        first = _files(write_dicom_series(unpadded, tmp_path / "other", series_description="other"))[0]
+        assert "PixelPaddingValue" not in first
+
+
 def test_ct_fractional_and_wide_range_stays_within_one_hu(tmp_path):
     ct = _ct_series()
     rng = np.random.default_rng(0)
