@@ -276,8 +276,8 @@ def _add_floor(sub: argparse._SubParsersAction) -> None:
                     "HU-calibrated source, its noise filtered (an adaptive filter of a chosen strength), plus a "
                     "weight times the model's change to it (0 = the source, 1 = the model alone; outside the "
                     "source's field of view the model's output whatever the weight, where it continues the "
-                    "body). Chooses the strength and the weight with the lowest mean MAE inside the body on the validation subjects, then prints "
-                    "what they give on the test subjects, on CBCTs simulated outside the training ranges and on "
+                    "body). Chooses the strength and the weight with the lowest mean MAE inside the body on the "
+                    "validation subjects, then prints what they give on the test subjects, on CBCTs simulated outside the training ranges and on "
                     "real head CTs never trained on, beside the source as it is, and where a field of view cut "
                     "the head off, how far off the output is there. --write-card records them (and that error) "
                     "in the model card, where synthesis reads them.")

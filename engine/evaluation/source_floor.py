@@ -233,8 +233,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                      f"{'—' if removed is None else f'{100 * removed:.0f} %'} | {cut} | {there or '—'} |")
     lines += ["", "Source's error removed: 1 − MAE(with the floor) / MAE(source as is). "
                   "Outside the source's field of view (its padding value) the output is the model's whatever the "
-                  "weight (tissue not joined to the body inside it set to air); the last two columns: the subjects whose head it cuts, the share of the head inside "
-                  "the body mask it leaves out, and the output's MAE in HU there (means over those subjects)."]
+                  "weight (tissue not joined to the body inside it set to air); the last two columns: the subjects "
+                  "whose head it cuts, the share of the head inside the body mask it leaves out, and the output's "
+                  "MAE in HU there (means over those subjects)."]
     return "\n".join(lines) + "\n"
 
 

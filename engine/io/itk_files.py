@@ -118,10 +118,9 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
     spacing, origin, direction = _lps_grid(to_mm @ image.affine)
     _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
-    space = _XFORM_NAMES.get(code, "scanner") if code > 0 else UNKNOWN_SPACE
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
         np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), notes=tuple(notes),
-        space=space, **_nibabel_mark(image))
+        space=_XFORM_NAMES.get(code, "scanner"), **_nibabel_mark(image))
 
 
 Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
@@ -137,7 +136,8 @@ def _lps_grid(affine: np.ndarray) -> Grid:
 
 NO_ORIENTATION = ("the header gives no orientation (qform_code and sform_code are 0): its axes are assumed to run "
                   "right to left, front to back, foot to head (LPS) from origin 0; left and right may be swapped")
-_XFORM_NAMES = dict(enumerate(SPACES, start=1))     # NIfTI xform codes 1–5
+_XFORM_NAMES = {0: UNKNOWN_SPACE, **dict(enumerate(SPACES, start=1))}     # NIfTI xform codes 0–5
+_XFORM_CODES = {space: code for code, space in _XFORM_NAMES.items()}
 
 
 def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
@@ -165,7 +165,7 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
     except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
         return None, [], "scanner"
     if sform_code <= 0 and qform_code <= 0:
-        return None, [NO_ORIENTATION], UNKNOWN_SPACE
+        return None, [NO_ORIENTATION], _XFORM_NAMES[0]
     if sform_code <= 0:
         return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner")
     columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
@@ -646,7 +646,7 @@ def _relabel(path: Path, space: str, unit: str) -> None:
     and an off-scale ``unit`` in its intent_name."""
     import nibabel
 
-    code = 0 if space == UNKNOWN_SPACE else SPACES.index(space) + 1
+    code = _XFORM_CODES[space]
     image = cast("SpatialImage", nibabel.load(str(path)))
     header = cast("Nifti1Header", image.header).copy()
     header.set_qform(header.get_qform(), code=code)
