@@ -14,6 +14,9 @@ Signals (one function, :func:`volume_signals`, measures them for the profile and
   rim and its inside (its sign flips with an inverted contrast), and the range of a smooth (linear)
   bias field fitted to the log intensities.
 
+Any input, with or without a profile: a label map or mask passed as a scan (only a few distinct
+whole-number values).
+
 Each check compares with the range [lo, hi] over the training volumes widened by a margin, so the
 calibration, contrast and bias randomisation of the training data itself is never flagged.
 
@@ -61,6 +64,8 @@ MR_QUANTILE_MARGIN = 0.12   # normalised units: contrast tweaks (training's gamm
 MR_RIM_MARGIN = 0.15        # normalised units: an inverted T1 / T1CE turns its positive rim contrast negative
 MR_BIAS_MARGIN = 0.35       # log units over the body core: ×1.4 beyond the strongest training field (or ×1.5 of it)
 MR_BIAS_FLOOR = 0.9         # … and never below ×2.5 across the core, which the loader's random bias fields reach
+LABEL_MAP_VALUES = 64       # whole numbers only, this few distinct: a label map or mask (a scan quantized to 8 bits,
+                            # as training's randomisation does, keeps more; a FreeSurfer aseg holds about 45 labels)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -390,8 +395,9 @@ def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
     it resamples every slice to it) pixels finer than the training data's are not flagged; with the
     card's ``calibration`` a CT-family input is checked as the pipeline will feed it (shifted); its
     slices are measured as cut along ``axis`` (the plan's: a named plane's; None: the acquisition axis)."""
+    labels = _label_map_warning(volume, source)
     if not profile or not isinstance(profile, Mapping) or not profile.get("modalities"):
-        return [NO_PROFILE_NOTE]
+        return labels + [NO_PROFILE_NOTE]
     source = modalities.canonical(source)
     record = profile["modalities"].get(source)
     if record is None:
@@ -408,7 +414,24 @@ def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
     geo = {key: _union([a.get(key) for a in anatomies]) for key in GEOMETRY_KEYS}
     what = "/".join(record.get("anatomies", [])) or "training"
     warnings = _geometry_warnings(signals, geo, what, pixel_mm) + _intensity_warnings(signals, record, source)
-    return [WARNING_PREFIX + w for w in warnings]
+    return labels + [WARNING_PREFIX + w for w in warnings]
+
+
+def _label_map_warning(volume: Volume, source: str) -> list[str]:
+    """The warning for an input that holds only a few whole-number values (:data:`LABEL_MAP_VALUES`): a
+    segmentation or mask passed as a scan (a BraTS ``_seg`` file beside the T1 it labels) — its
+    histogram alone is flagged as an odd contrast, which does not say what is wrong."""
+    values = np.asarray(volume.array).ravel()
+    values = values[:: max(1, values.size // MAX_VOXELS)]
+    values = values[np.isfinite(values)]
+    if values.size == 0 or not np.all(values == np.round(values)):
+        return []
+    distinct = np.unique(values)
+    if len(distinct) > LABEL_MAP_VALUES:
+        return []
+    shown = ", ".join(f"{v:g}" for v in distinct[:6]) + (", …" if len(distinct) > 6 else "")
+    return [f"{WARNING_PREFIX}the input holds only {len(distinct)} distinct values, all whole numbers ({shown}): "
+            f"a label map or mask (a segmentation), not a {source} scan?"]
 
 
 def marked_description(description: str, warnings: Sequence[str]) -> str:

@@ -22,7 +22,7 @@ from engine.io.errors import VolumeIOError, special_file
 from engine.io.header_check import HeaderFacts, check_header
 from engine.io.reader_process import native
 from engine.io.synthetic_mark import itk_fields, read_itk_fields
-from engine.io.volume import SPACES, UNKNOWN_SPACE, Volume, finite_filled
+from engine.io.volume import SPACES, UNKNOWN_SPACE, OtherWorld, Volume, finite_filled
 from engine.jobs import CancelToken, Progress, ProgressFn, check_cancel
 
 if TYPE_CHECKING:
@@ -79,23 +79,41 @@ def _is_nifti2(path: Path) -> bool:
     return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
 
 
-def _nifti2_header(path: Path):
-    """nibabel's image for a NIfTI-2 file, else None."""
-    if not _is_nifti2(path):
+def _nibabel_only(path: Path):
+    """nibabel's image for a NIfTI file SimpleITK does not read, else None: NIfTI-2, or a 2-D slice in
+    a coronal, sagittal or oblique plane (ITK keeps the 2 × 2 corner of its orientation, degenerate
+    there: the file was refused as damaged) or of no stated thickness (an affine's third column 0)."""
+    if file_kind(path) != "nifti":
         return None
-    check_header(path)
+    nifti2 = _is_nifti2(path)
     import nibabel
 
+    if not nifti2:
+        try:
+            image = cast("SpatialImage", nibabel.load(str(path)))
+        except Exception:  # noqa: BLE001 - SimpleITK's reading reports a damaged header
+            return None
+        in_plane = image.affine[:3, :2] / np.maximum(np.linalg.norm(image.affine[:3, :2], axis=0), 1e-12)
+        if len(image.shape) != 2 or (abs(np.linalg.det(in_plane[:2])) > 1e-3
+                                     and np.linalg.norm(image.affine[:3, 2]) > 1e-6):
+            return None
+    check_header(path)
     try:
         image = cast("SpatialImage", nibabel.load(str(path)))     # a NIfTI-2 file loads as a Nifti2Image
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged header
-        raise VolumeIOError(path, f"cannot be read as a NIfTI-2 image ({exc})") from None
+        raise VolumeIOError(path, f"cannot be read as a NIfTI{'-2' if nifti2 else ''} image ({exc})") from None
     check_voxel_data(path, int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize)
     return image
 
 
+def _nibabel_affine(image, to_mm: np.ndarray) -> np.ndarray:
+    """nibabel's voxel-to-RAS affine in mm (a slice's third column along its plane's normal)."""
+    affine = to_mm @ image.affine
+    return _slice_normal(affine) if len(image.shape) < 3 or image.shape[2] == 1 else affine
+
+
 def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
-    """A NIfTI-2 file through nibabel: RAS affine → LPS geometry, scaling applied."""
+    """A NIfTI file through nibabel (:func:`_nibabel_only`): RAS affine → LPS geometry, scaling applied."""
     shape = image.shape
     if len(shape) == 4 and shape[3] > 1:
         if volume_index is None:
@@ -115,12 +133,12 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., None]
     header = image.header
     to_mm, notes = spatial_unit(header)
-    spacing, origin, direction = _lps_grid(to_mm @ image.affine)
+    spacing, origin, direction = _lps_grid(_nibabel_affine(image, to_mm))
     _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
         np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), notes=tuple(notes),
-        space=_XFORM_NAMES.get(code, "scanner"), **_nibabel_mark(image))
+        space=_XFORM_NAMES.get(code, "scanner"), other_world=_qform_world(header, to_mm), **_nibabel_mark(image))
 
 
 Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
@@ -140,21 +158,42 @@ _XFORM_NAMES = {0: UNKNOWN_SPACE, **dict(enumerate(SPACES, start=1))}     # NIfT
 _XFORM_CODES = {space: code for code, space in _XFORM_NAMES.items()}
 
 
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])          # RAS ↔ LPS (its own inverse)
+
+
+def _qform_world(header, to_mm: np.ndarray) -> OtherWorld | None:
+    """The world a NIfTI header's qform names, where an sform places the volume and the qform names
+    another world or places it elsewhere (a registered image: its sform in MNI space, its qform the
+    scanner's) — kept so that what is made from it is written with both, as the input was (ITK-based
+    viewers place by the qform, FSL, SPM and nibabel by the sform); None otherwise."""
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code <= 0 or qform_code <= 0:
+        return None
+    sform, qform = to_mm @ header.get_sform(), to_mm @ header.get_qform()
+    columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
+    if not np.allclose(columns.T @ columns, np.eye(3), atol=1e-4):       # the qform placed it: one world
+        return None
+    between = _RAS_LPS @ qform @ np.linalg.inv(sform) @ _RAS_LPS
+    if sform_code == qform_code and np.allclose(between, np.eye(4), atol=1e-5):
+        return None
+    return OtherWorld(_XFORM_NAMES.get(qform_code, "scanner"), tuple(float(v) for v in between.ravel()))
+
+
 def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
     """The largest distance (mm) between where two voxel-to-world affines put the grid's corners."""
     corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
     return float(np.max(np.linalg.norm((corners @ (a - b).T)[:, :3], axis=1)))
 
 
-def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
+def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str, OtherWorld | None]:
     """The grid FSL, SPM and nibabel give a NIfTI-1 file — its sform when sform_code > 0, else its
-    qform — as (spacing, origin, direction) in LPS, with notes and the space its code names
-    (:data:`SPACES`); (None, notes, "scanner") keeps SimpleITK's, which takes the qform over an sform
-    of code 2–5 (aligned, MNI: the registered images FLIRT, SPM and fMRIPrep write). A sheared sform,
-    which no orthogonal grid holds, gives way to the qform with a note; a file with neither is noted
-    as of assumed orientation."""
-    if file_kind(path) != "nifti" or len(size) < 3:
-        return None, [], "scanner"
+    qform — as (spacing, origin, direction) in LPS, with notes, the space its code names
+    (:data:`SPACES`) and the other world its qform names (:func:`_qform_world`); (None, notes,
+    "scanner", None) keeps SimpleITK's, which takes the qform over an sform of code 2–5 (aligned, MNI:
+    the registered images FLIRT, SPM and fMRIPrep write). A sheared sform, which no orthogonal grid
+    holds, gives way to the qform with a note; a file with neither is noted as of assumed orientation."""
+    if file_kind(path) != "nifti":
+        return None, [], "scanner", None
     import nibabel
 
     try:
@@ -163,11 +202,14 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
         to_mm, unit_notes = spatial_unit(header)
         sform, qform = to_mm @ header.get_sform(), to_mm @ header.get_qform()
     except Exception:  # noqa: BLE001 - nibabel's many error types: SimpleITK's reading stands
-        return None, [], "scanner"
+        return None, [], "scanner", None
     if sform_code <= 0 and qform_code <= 0:
-        return None, [NO_ORIENTATION], _XFORM_NAMES[0]
+        return None, [NO_ORIENTATION], _XFORM_NAMES[0], None
+    size = tuple(size[:3]) + (1,) * (3 - len(size))
+    if size[2] == 1:                    # a slice (a 2-D file too): its plane's normal where the header gives none
+        sform, qform = _slice_normal(sform), _slice_normal(qform)
     if sform_code <= 0:
-        return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner")
+        return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner"), None
     columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
     sform_name = f"sform (code {sform_code}, {_XFORM_NAMES.get(sform_code, 'unknown')})"
     gap = _corner_gap(sform, qform, size) if qform_code > 0 else 0.0
@@ -177,10 +219,21 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str]:
                                       "qform: resample it onto an orthogonal grid first (e.g. FSL's flirt -applyxfm)")
         return _lps_grid(qform), [f"its {sform_name} is sheared, which no orthogonal grid holds: the qform is used, "
                                   f"which places voxels up to {gap:.1f} mm from where FSL, SPM and nibabel show "
-                                  "them"], _XFORM_NAMES.get(qform_code, "scanner")
+                                  "them"], _XFORM_NAMES.get(qform_code, "scanner"), None
     notes = [f"qform and sform disagree (up to {gap:.1f} mm at the grid's corners): the {sform_name} is used, as FSL, "
-             "SPM and nibabel do"] if gap > 0.01 else []
-    return _lps_grid(sform), unit_notes + notes, _XFORM_NAMES.get(sform_code, "scanner")
+             "SPM and nibabel do; a NIfTI written from it keeps both"] if gap > 0.01 else []
+    return _lps_grid(sform), unit_notes + notes, _XFORM_NAMES.get(sform_code, "scanner"), _qform_world(header, to_mm)
+
+
+def _slice_normal(affine: np.ndarray) -> np.ndarray:
+    """A one-slice NIfTI's affine with a third column along its plane's normal (1 mm) where the header's
+    is zero (pixdim[3] = 0 in a 2-D file): a slice's place and orientation need no thickness."""
+    if np.linalg.norm(affine[:3, 2]) > 1e-6:
+        return affine
+    fixed = np.array(affine, dtype=float)
+    normal = np.cross(fixed[:3, 0], fixed[:3, 1])
+    fixed[:3, 2] = normal / (np.linalg.norm(normal) or 1.0)
+    return fixed
 
 
 _TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001}
@@ -210,23 +263,23 @@ def _placed_header(path: Path, reader: sitk.ImageFileReader) -> tuple[tuple[floa
     """(spacing, origin, direction, notes, space) of a header read by SimpleITK, placed by :func:`_nifti_grid`."""
     size, spacing, origin = tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin())
     direction = tuple(reader.GetDirection())
-    grid, notes, space = _nifti_grid(path, size)
-    if grid is not None:
-        spacing, origin, direction = grid[0] + spacing[3:], grid[1] + origin[3:], _padded(grid[2], len(size))
+    grid, notes, space, _ = _nifti_grid(path, size)
+    if grid is not None:                # a 2-D file's grid is its slice's place in 3-D
+        spacing, origin, direction = grid[0] + spacing[3:], grid[1] + origin[3:], _padded(grid[2], max(3, len(size)))
     return spacing, origin, direction, notes, space
 
 
-def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> str:
+def _nifti_placed(path: Path, image: sitk.Image, notes: list[str]) -> tuple[str, OtherWorld | None]:
     """Place ``image`` (3-D, read by SimpleITK) on the grid :func:`_nifti_grid` gives its file; notes
-    added to ``notes``; the space its transform's code names."""
-    grid, found, space = _nifti_grid(path, image.GetSize())
+    added to ``notes``; the space its transform's code names and the other world its qform names."""
+    grid, found, space, other = _nifti_grid(path, image.GetSize())
     notes.extend(found)
     if grid is not None:
         spacing, origin, direction = grid
         image.SetSpacing(spacing)
         image.SetOrigin(origin)
         image.SetDirection(tuple(_orthonormal(np.reshape(direction, (3, 3))).ravel()))
-    return space
+    return space, other
 
 
 # The unit of a volume whose values are off its modality's scale (a PET in Bq/ml): a MetaImage / NRRD
@@ -310,9 +363,9 @@ def scan_file(path: str | Path) -> Catalog:
     """One entry for a NIfTI/MHA/NRRD file (header only; voxels are read by ``load``)."""
     path = Path(path)
     _openable(path)
-    nifti2 = _nifti2_header(path)
-    if nifti2 is not None:
-        return _scan_nibabel(path, nifti2)
+    nibabel_image = _nibabel_only(path)
+    if nibabel_image is not None:
+        return _scan_nibabel(path, nibabel_image)
     check_header(path)
     entry = native(path, _scan_itk, str(path))
     return Catalog(entries=[dataclasses.replace(
@@ -393,7 +446,7 @@ def _scan_nibabel(path: Path, image) -> Catalog:
         notes.append(_four_d_note(path, shape[3]))
     to_mm, unit_notes = spatial_unit(image.header)
     notes += unit_notes
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ to_mm @ image.affine
+    affine = _RAS_LPS @ _nibabel_affine(image, to_mm)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
     direction = _orthonormal(affine[:3, :3] / spacing)
@@ -436,9 +489,9 @@ def load_file(path: str | Path, volume_index: int | None = None,
     path = Path(path)
     _openable(path)
     check_cancel(cancel)
-    nifti2 = _nifti2_header(path)
-    if nifti2 is not None:
-        volume = _load_nibabel(path, nifti2, volume_index)
+    nibabel_image = _nibabel_only(path)
+    if nibabel_image is not None:
+        volume = _load_nibabel(path, nibabel_image, volume_index)
     else:
         facts = check_header(path)
         peak = _peak_bytes(facts)
@@ -566,25 +619,21 @@ def _load_itk(name: str, volume_index: int | None) -> Volume:
     if image.GetNumberOfComponentsPerPixel() > 1:
         notes.append(_components_note(image.GetNumberOfComponentsPerPixel()))
         image = sitk.VectorIndexSelectionCast(image, 0)
-    space = _nifti_placed(path, image, notes) if image.GetDimension() == 3 else "scanner"
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)          # one slice, placed by a NIfTI header in 3-D
+    space, other = _nifti_placed(path, image, notes)
     spacing, direction = _positive_spacing(image.GetSpacing(), image.GetDirection())
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     _check_geometry(path, spacing, image.GetOrigin(), direction)
-    volume = volume_from_sitk(image, name=path.name, source=str(path), notes=notes, space=space, **_itk_mark(reader))
+    volume = volume_from_sitk(image, name=path.name, source=str(path), notes=notes, space=space, other_world=other,
+                              **_itk_mark(reader))
     return _nan_restored(path, reader, volume, volume_index)
 
 
 def volume_from_sitk(image: sitk.Image, **fields) -> Volume:
-    """A :class:`Volume` from a 2-D or 3-D SimpleITK image (2-D becomes one slice)."""
+    """A :class:`Volume` from a 3-D SimpleITK image."""
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    if image.GetDimension() == 2:
-        sx, sy = image.GetSpacing()
-        ox, oy = image.GetOrigin()
-        d = np.asarray(image.GetDirection()).reshape(2, 2)
-        direction = np.eye(3)
-        direction[:2, :2] = d
-        return Volume(array[None], (sx, sy, 1.0), (ox, oy, 0.0), tuple(direction.ravel()), **fields)
     notes = list(fields.pop("notes", ()))
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
@@ -632,25 +681,31 @@ def write_file(volume: Volume, path: str | Path, description: str = "") -> Path:
             problem = _first_line(exc).replace(str(tmp), path.name)
             raise VolumeIOError(path, f"could not be written ({problem}; is the disk full?); the previous "
                                       "file, if any, is kept") from None
-        if file_kind(path) == "nifti" and (volume.space != "scanner" or unit):
-            _relabel(tmp, volume.space, unit)
+        if file_kind(path) == "nifti" and (volume.space != "scanner" or unit or volume.other_world):
+            _relabel(tmp, volume.space, unit, volume.other_world)
         _verify_written(tmp, path, image)
     return path
 
 
-def _relabel(path: Path, space: str, unit: str) -> None:
+def _relabel(path: Path, space: str, unit: str, other: OtherWorld | None = None) -> None:
     """Give the NIfTI file SimpleITK wrote at ``path`` (qform and sform codes 1, scanner) the codes of
     ``space`` — an MNI-space input's synthetic stays labelled MNI space (AFNI files a scanner-space
     image under another view; FSL and fMRIPrep read the code), one whose header named no world stays
-    so (codes 0: every program places it as it placed the input); both transforms hold the one grid —
-    and an off-scale ``unit`` in its intent_name."""
+    so (codes 0: every program places it as it placed the input); both transforms hold the one grid,
+    except that the qform places it in ``other`` world where the input's did (a registered input's
+    scanner qform: ITK-based viewers, which place by the qform, then show the synthetic where they
+    showed its source) — and an off-scale ``unit`` in its intent_name."""
     import nibabel
 
     code = _XFORM_CODES[space]
     image = cast("SpatialImage", nibabel.load(str(path)))
     header = cast("Nifti1Header", image.header).copy()
-    header.set_qform(header.get_qform(), code=code)
-    header.set_sform(header.get_sform(), code=code)
+    sform = header.get_sform()
+    if other is None:
+        header.set_qform(header.get_qform(), code=code)
+    else:
+        header.set_qform(_RAS_LPS @ other.matrix() @ _RAS_LPS @ sform, code=_XFORM_CODES[other.space])
+    header.set_sform(sform, code=code)
     if unit:
         text = (NIFTI_UNIT_PREFIX + unit).encode("utf-8")
         if len(text) > NIFTI_INTENT_NAME_BYTES:

@@ -20,6 +20,21 @@ SPACES = ("scanner", "aligned", "Talairach", "MNI", "template")
 UNKNOWN_SPACE = "unknown"
 
 
+@dataclass(frozen=True)
+class OtherWorld:
+    """A second world the file a volume was read from also placed it in — a NIfTI qform of another code
+    or matrix beside the sform that placed it (an MNI sform, the scanner's qform) — as that world's name
+    (:data:`SPACES`) and the 4×4 LPS transform (16 numbers, row-major) from the volume's world to it: a
+    property of the two worlds, not of the grid, so whatever is made in the volume's world is placed in
+    the other one too."""
+
+    space: str
+    transform: tuple[float, ...]
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.transform, dtype=float).reshape(4, 4)
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     array: np.ndarray
@@ -38,6 +53,7 @@ class Volume:
     space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner;
                                      # UNKNOWN_SPACE: a NIfTI naming none)
     not_anatomy: str = ""            # why its values are no scan of a modality the model knows (a localizer, a DWI…)
+    other_world: OtherWorld | None = None   # a NIfTI input's qform where it named another world: written back beside
 
     def __post_init__(self) -> None:
         if self.space not in (*SPACES, UNKNOWN_SPACE):

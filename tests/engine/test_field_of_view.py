@@ -130,3 +130,20 @@ def test_a_scan_holds_no_data_in_its_padding_on_its_own_grid_or_resampled_onto_a
     at_air = scan.with_array(np.where(outside, -1000.0, hu).astype(np.float32))
     assert holds_data(at_air, at_air).all()
     np.testing.assert_array_equal(holds_data(at_air, at_air, below_scale=False), ~outside)
+
+
+def test_a_round_vertex_in_air_clamped_to_minus_1000_is_no_field_of_view_but_one_cylinder_is():
+    """demo head_007's CT had lost its top slice to the rule: air of exactly −1000 HU around the small
+    round top of the head is a circle in that one slice. A cone beam's field of view is one cylinder:
+    the same circle in most slices whose edge is no box or line."""
+    z, y, x = np.mgrid[0:12, 0:96, 0:96]
+    semi = np.where(z < 9, 1.0, np.sqrt(np.maximum(1.0 - ((z - 8.0) / 4.0) ** 2, 0.05)))    # shrinks at the top
+    head = ((y - 47.5) / (30 * semi)) ** 2 + ((x - 47.5) / (22 * semi)) ** 2 < 1
+    head[z >= 9] = np.hypot(y - 47.5, x - 47.5)[z >= 9] < 18 * semi[z >= 9]                    # round near the top
+    head[:9, 10:20, 42:54] = True                                                               # a nose below it
+    hu = np.where(head, 40.0, -1000.0).astype(np.float32)
+    assert not mask(hu, spacing=(1.0, 1.0, 1.0)).any()
+    # a field of view of one radius in every slice, even with a round vertex inside it, is found throughout
+    outside = np.hypot(y - 47.5, x - 47.5) > 46
+    found = mask(np.where(outside, -1000.0, hu + np.random.default_rng(0).normal(0.0, 15.0, hu.shape)), (1.0, 1.0, 1.0))
+    assert np.array_equal(found, outside)

@@ -159,6 +159,18 @@ def test_without_a_profile_the_guard_only_says_it_cannot_check():
     assert "not trained on T1" in ood.check_input(demo("brain/T1"), "T1", profile)[0]
 
 
+def test_a_label_map_passed_as_a_scan_is_named_so_and_a_quantized_scan_is_not(profile):
+    t1 = demo("brain/T1")
+    body = t1.array > np.quantile(t1.array, 0.6)
+    seg = t1.with_array(np.where(body, np.where(t1.array > np.quantile(t1.array[body], 0.5), 4.0, 2.0), 0.0))
+    said = "the input holds only 3 distinct values, all whole numbers (0, 2, 4): a label map or mask"
+    assert any(said in w and w.endswith("not a T1 scan?") for w in check(seg, "T1", profile))
+    assert any(said in w for w in ood.check_input(seg, "T1", None))          # said even without a profile
+    scaled = 255.0 * (t1.array - t1.array.min()) / np.ptp(t1.array)
+    assert not any("label map" in w for w in check(t1.with_array(np.round(scaled)), "T1", profile))   # 8 bits
+    assert not any("label map" in w for w in check(t1, "T1", profile))
+
+
 def test_synthesize_prints_the_warnings_and_keeps_them_in_its_report(capsys, tmp_path):
     import SimpleITK as sitk
 

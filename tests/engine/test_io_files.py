@@ -95,7 +95,10 @@ def test_a_nifti_sform_places_the_volume_where_fsl_spm_and_nibabel_do_whatever_i
 
     assert volume.space == converted.space == SPACES[sform_code - 1]
     header = nibabel.load(tmp_path / "converted.nii.gz").header
-    assert int(header["sform_code"]) == int(header["qform_code"]) == sform_code
+    # and the scanner's qform beside it, as the input had it (ITK-based viewers place by the qform)
+    assert int(header["sform_code"]) == sform_code and int(header["qform_code"]) == 1
+    np.testing.assert_allclose(header.get_qform(), SCANNER, atol=1e-4)
+    np.testing.assert_allclose(header.get_sform(), MOVED, atol=1e-4)
     assert entry.orientation == ("RAS" if sform_code == 1 else f"RAS ({volume.space} space)")
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
 
@@ -114,9 +117,37 @@ def test_a_nifti_without_orientation_or_with_a_sheared_sform_says_what_it_assume
     assert io.load(made).space == "unknown"
     agreeing = io.load(_nifti(tmp_path / "agree.nii.gz", SCANNER, 2, SCANNER, 1))
     assert agreeing.notes == () and io.scan(tmp_path / "agree.nii.gz").entries[0].orientation == "RAS (aligned space)"
+    agreed = nibabel.load(io.save(agreeing, tmp_path / "agreed.nii.gz")).header     # each code kept
+    assert (int(agreed["sform_code"]), int(agreed["qform_code"])) == (2, 1)
     sheared = io.load(_nifti(tmp_path / "sheared.nii.gz", SHEARED, 2, SCANNER, 1))      # no grid holds it: the qform
     np.testing.assert_allclose(_world_lps(sheared, (5, 5, 5)) * [-1, -1, 1], (SCANNER @ [5, 5, 5, 1.0])[:3], atol=1e-4)
     assert any("is sheared, which no orthogonal grid holds: the qform is used" in n for n in sheared.notes)
+
+
+def test_a_registered_niftis_scanner_qform_is_written_beside_its_mni_sform_on_any_grid_of_that_world(tmp_path):
+    # fMRIPrep / FLIRT outputs: the sform in MNI space, the qform the scanner's (here rotated 7° and moved
+    # against it); a synthetic written with the MNI matrix in both had been misplaced by ITK-based viewers
+    turn = np.radians(7.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
+    mni = rotation @ SCANNER + np.array([[0, 0, 0, 4.0], [0, 0, 0, -7], [0, 0, 0, 12], [0, 0, 0, 0]])
+    volume = io.load(_nifti(tmp_path / "registered.nii.gz", mni, 4, SCANNER, 1))
+    assert volume.space == "MNI" and volume.other_world is not None and volume.other_world.space == "scanner"
+    assert any("a NIfTI written from it keeps both" in n for n in volume.notes)
+    made = nibabel.load(io.save(volume.with_array(volume.array * 2.0), tmp_path / "synthetic.nii.gz"))
+    assert (int(made.header["sform_code"]), int(made.header["qform_code"])) == (4, 1)
+    np.testing.assert_allclose(made.header.get_sform(), mni, atol=1e-4)
+    np.testing.assert_allclose(made.header.get_qform(), SCANNER, atol=1e-4)
+    # on another grid of the MNI world (a crop: 3 voxels in) the qform still puts each voxel where the
+    # input's qform put the same MNI point
+    crop = volume.replace(array=volume.array[:, :, 3:], origin=tuple(_world_lps(volume, (3, 0, 0))))
+    header = nibabel.load(io.save(crop, tmp_path / "crop.nii.gz")).header
+    np.testing.assert_allclose(header.get_qform() @ [0, 0, 0, 1.0], SCANNER @ [3, 0, 0, 1.0], atol=1e-4)
+    np.testing.assert_allclose(header.get_sform() @ [0, 0, 0, 1.0], mni @ [3, 0, 0, 1.0], atol=1e-4)
+    # read back, the pair is the input's; a file whose two transforms agree names no other world
+    assert io.load(tmp_path / "synthetic.nii.gz").other_world == volume.other_world
+    assert io.load(_nifti(tmp_path / "plain.nii.gz", SCANNER, 1, SCANNER, 1)).other_world is None
+    assert io.load(_nifti(tmp_path / "sform_only.nii.gz", mni, 4, SCANNER, 0)).other_world is None
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
@@ -145,6 +176,35 @@ def test_single_slice_2d_image(tmp_path):
     vol = io.load(tmp_path / "slice.nrrd")
     assert vol.shape == (1, 4, 5)
     assert vol.spacing[:2] == (0.8, 1.6)
+
+
+AXIAL_SLICE = np.array([[0.9, 0, 0, -10], [0, 1.1, 0, 40], [0, 0, 3.0, -5], [0, 0, 0, 1]])
+CORONAL_SLICE = np.array([[0.9, 0, 0, -10], [0, 0, 3.0, 40], [0, 1.1, 0, -5], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("affine", [AXIAL_SLICE, CORONAL_SLICE], ids=["axial", "coronal"])
+def test_a_2d_nifti_slice_keeps_its_place_in_3d_and_is_written_back_there(tmp_path, affine):
+    # helper-59's audit: an axial 2-D NIfTI had come in at z = 0 with 1 mm slices (its 3 mm at z = -5 lost),
+    # a coronal one was refused as "damaged" (ITK keeps the 2 × 2 corner of its orientation)
+    data = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, affine), tmp_path / "slice.nii.gz")
+    volume, entry = io.load(tmp_path / "slice.nii.gz"), io.scan(tmp_path / "slice.nii.gz").entries[0]
+    assert volume.shape == entry.shape_zyx == (1, 24, 20) and volume.spacing[2] == entry.spacing_xyz[2] == 3.0
+    for ijk in ((0, 0, 0), (19, 23, 0), (4, 9, 0)):
+        np.testing.assert_allclose(_world_lps(volume, ijk) * [-1, -1, 1], (affine @ [*ijk, 1.0])[:3], atol=1e-4)
+    np.testing.assert_array_equal(volume.array[0], data.T)
+    written = nibabel.load(io.save(volume.with_array(volume.array + 1.0), tmp_path / "made.nii.gz"))
+    np.testing.assert_allclose(written.affine, affine, atol=1e-4)
+    # a slice whose header gives no thickness (pixdim[3] = 0) lies in its plane, 1 mm thick
+    image = nibabel.Nifti1Image(data, None)
+    image.header.set_zooms((0.9, 1.1))
+    image.header["pixdim"][3] = 0.0
+    image.set_qform(None, code=0)
+    image.set_sform(affine @ np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    nibabel.save(image, tmp_path / "thin.nii.gz")
+    thin = io.load(tmp_path / "thin.nii.gz")
+    assert thin.spacing[2] == 1.0
+    np.testing.assert_allclose(_world_lps(thin, (4, 9, 0)) * [-1, -1, 1], (affine @ [4, 9, 0, 1.0])[:3], atol=1e-4)
 
 
 def test_4d_file_asks_to_pick_a_volume(tmp_path):
