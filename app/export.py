@@ -82,7 +82,7 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     would replace the acquired scan). ``patient`` (PatientID, PatientName) names the patient of a
     volume that names none (:func:`asks_for_patient`)."""
     from engine import io
-    from engine.inference import check_sidecar, write_sidecar
+    from engine.inference import check_sidecar, save_described
     from engine.io import named_patient
 
     made_from = [d.volume.source for d in (doc, doc.source) if d is not None and d.volume.source]
@@ -91,10 +91,9 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     if record:
         check_sidecar(path)
     described = record.get("Summary") or (doc.title if doc.volume.synthetic else f"converted from {doc.title}")
-    written = io.save(named_patient(doc.volume, *patient), path, description=described,
-                      anonymise=anonymiser or False, progress=progress, cancel=cancel)
-    if record:
-        write_sidecar(path, record, anonymised=bool(anonymiser))
+    written, _ = save_described(path, lambda: io.save(named_patient(doc.volume, *patient), path, description=described,
+                                                      anonymise=anonymiser or False, progress=progress, cancel=cancel),
+                                record, anonymised=bool(anonymiser))
     return written
 
 

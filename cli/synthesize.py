@@ -154,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
         check_sidecar,
         folders_cut,
         provenance,
+        save_described,
         synthesize_checked,
         synthetic_input_note,
-        write_sidecar,
     )
 
     started = time.perf_counter()
@@ -201,11 +201,13 @@ def run(args: argparse.Namespace) -> int:
                                                      announce=lambda found: announce(found, args.quiet))
     source, identified = checks.source, checks.identified
     warnings, known = checks.input_warnings, checks.benchmark_warnings      # the known ones also in the notes
-    written = io.save(result, output, description=description, anonymise=anonymiser or False)
     record = provenance(synth, checks, settings, volume, result, Path(args.input).name, description=description,
                         local=folders_cut(args.input, Path(args.input).absolute().parent))
+    written, sidecar = save_described(output, lambda: io.save(result, output, description=description,
+                                                              anonymise=anonymiser or False),
+                                      record, anonymised=bool(anonymiser))
     report = {
-        "output": str(written), "provenance": str(write_sidecar(output, record, anonymised=bool(anonymiser))), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
+        "output": str(written), "provenance": str(sidecar), "route": f"{source}→{target}", "model": synth.name, "backend": args.backend,
         "device": synth.execution_device, "precision": synth.precision, "steps": settings.steps, "solver": settings.solver,
         "shift": settings.shift, "seed": settings.seed,
         "guidance": [settings.guidance.text_scale, settings.guidance.image_scale],

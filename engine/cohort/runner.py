@@ -74,15 +74,12 @@ def synthesize_item(synth, item: CohortItem, volume, settings, progress, root: s
 
 
 def _write(result, description: str, provenance: dict, path: Path) -> None:
-    """The output, then its provenance; an earlier run's provenance goes first, so a write cut short
-    never leaves a new output described by an old sidecar."""
+    """The output, then its provenance (:func:`engine.inference.save_described`: an earlier run's goes
+    first, so a write cut short never leaves a new output described by an old sidecar)."""
     import engine.io as io
-    from engine.inference import check_sidecar, sidecar_path, write_sidecar
+    from engine.inference import save_described
 
-    check_sidecar(path)                             # never a JSON this app did not write
-    sidecar_path(path).unlink(missing_ok=True)
-    io.save(result, path, description=description)
-    write_sidecar(path, provenance)
+    save_described(path, lambda: io.save(result, path, description=description), provenance)
 
 
 def earlier_output(out: Path, item: CohortItem) -> str:

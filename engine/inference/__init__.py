@@ -29,5 +29,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "slice_axis": "slices", "slices_first": "slices",
     "Checks": "checked", "synthesize_checked": "checked", "synthetic_input_note": "checked",
     "provenance": "sidecar", "folders_cut": "sidecar", "check_sidecar": "sidecar",
-    "write_sidecar": "sidecar", "sidecar_path": "sidecar",
+    "write_sidecar": "sidecar", "sidecar_path": "sidecar", "save_described": "sidecar",
 })

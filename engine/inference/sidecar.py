@@ -93,15 +93,32 @@ def check_sidecar(output: str | Path) -> None:
     """ValueError when the sidecar of ``output`` would replace a file this app did not write (a real
     scan's BIDS sidecar beside the output's name): refused before any work."""
     path = sidecar_path(output)
-    if not path.exists():
-        return
-    try:
-        ours = json.loads(path.read_text(encoding="utf-8")).get("GeneratedBy", {}).get("Name") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+    if path.exists() and not _ours(path):
         raise ValueError(f"{path}: exists and was not written by {GENERATOR}; the provenance of {Path(output).name} "
                          "would replace it: choose another output name")
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a sidecar this app wrote."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("GeneratedBy", {}).get("Name") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_described(output: str | Path, write: Callable[[], Path], record: Mapping[str, Any] | None,
+                   anonymised: bool = False) -> tuple[Path, Path | None]:
+    """(the output ``write`` writes, its sidecar): the sidecar an earlier output left at this name goes
+    first (one this app wrote; another program's is refused, :func:`check_sidecar`), so a write cut
+    short — a crash, a kill between the two files — never leaves the new output described by the old
+    one; then the output, then ``record`` beside it (None: the output is no synthetic, none is written)."""
+    if record:
+        check_sidecar(output)
+    old = sidecar_path(output)
+    if old.exists() and _ours(old):
+        old.unlink(missing_ok=True)
+    written = write()
+    return written, (write_sidecar(output, record, anonymised) if record else None)
 
 
 def write_sidecar(output: str | Path, record: Mapping[str, Any], anonymised: bool = False) -> Path:
