@@ -107,7 +107,8 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
     array = finite_filled(np.asarray(volume.array))
     encoding = choose_encoding(volume, array)
     base = _series_dataset(volume, series_description, anonymiser, encoding, array)
-    sources = [] if anonymiser else source_images(volume)
+    acquired = source_images(volume)
+    sources = [] if anonymiser else acquired
     decays = decay_factors(volume) if encoding.sop_class == PET_IMAGE else []
     direction = volume.direction_matrix
     row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
@@ -125,6 +126,8 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, series_description
                 source = sources[k] if sources else None
                 if source is not None:
                     _reference_source(ds, volume.dicom["SeriesInstanceUID"], volume.dicom["SOPClassUID"], source)
+                if acquired and acquired[k] is None:
+                    _mark_interpolated(ds, volume.synthetic)
                 _save_checked(ds, tmp / f"IM{k + 1:06d}.dcm")
                 progress(Progress(k + 1, nz, f"wrote slice {k + 1} of {nz}"))
     except OutputError as exc:
@@ -502,6 +505,17 @@ def decay_factors(volume: Volume) -> list[str]:
     (``SliceDecayFactors``, one entry per slice); else empty."""
     factors = (volume.dicom or {}).get("SliceDecayFactors", "").split("\\")
     return factors if not volume.synthetic and len(factors) == volume.shape[0] else []
+
+
+INTERPOLATED_NOTE = "No slice was acquired at this position: interpolated between the acquired slices beside it"
+
+
+def _mark_interpolated(ds: Dataset, synthetic: bool) -> None:
+    """Say in a slice's comments (what a viewer shows beside the image) that no acquired slice lies at its
+    position: reading filled a missing slice by interpolation (or, for a synthetic, its source's)."""
+    what = f"{INTERPOLATED_NOTE} (in the source)" if synthetic else INTERPOLATED_NOTE
+    ds.ImageComments = f"{what}. {ds.ImageComments}"[:10240]
+    ds.DerivationDescription = f"{what}. {ds.DerivationDescription}"[:1024]
 
 
 def _reference_source(ds: Dataset, series_uid: str, sop_class: str, source: tuple[str, int | None]) -> None:

@@ -233,6 +233,14 @@ def test_a_series_with_a_missing_slice_references_every_acquired_slice_and_not_t
     assert referenced.count(None) == 1 and gone not in referenced
     acquired = {pydicom.dcmread(p).SOPInstanceUID for p in paths if p.exists()}
     assert set(referenced) - {None} == acquired                         # the 7 acquired slices, each once
+    # the filled slice says so where a viewer shows it (helper-60's audit: only the JSON sidecar had)
+    said = ["No slice was acquired at this position" in str(f.ImageComments) for f in files]
+    assert said == [r is None for r in referenced] and "(in the source)" in files[referenced.index(None)].ImageComments
+    assert "research use only" in files[referenced.index(None)].ImageComments.lower()
+    scan = _files(write_dicom_series(source, tmp_path / "converted", series_description="x", anonymise=True))
+    filled = [f for f in scan if "No slice was acquired at this position" in str(f.ImageComments)]
+    assert len(filled) == 1 and "(in the source)" not in filled[0].ImageComments     # said in an anonymised one too
+    assert "No slice was acquired" in filled[0].DerivationDescription
 
 
 def test_an_anonymised_or_resampled_export_references_no_source(tmp_path):
