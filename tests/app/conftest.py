@@ -67,11 +67,13 @@ def ct_file(tmp_path) -> Path:
 
 @pytest.fixture
 def study_folder(tmp_path) -> Path:
-    """A subject folder with a CT and a T2 on the same grid, plus a file that is not an image."""
+    """A subject folder with a CT and a T2 on the same grid, plus a file that is not an image. The T2 has
+    mild noise in the head: a noiseless one, four values, reads as a label map."""
     folder = tmp_path / "SUBJ01"
     ct = head_phantom()
     write_volume(folder / "CT.nii.gz", ct)
-    write_volume(folder / "T2.nii.gz", np.where(ct > -500, 1000.0 - ct, 0.0))
+    noise = np.random.default_rng(0).normal(0.0, 5.0, ct.shape)
+    write_volume(folder / "T2.nii.gz", np.where(ct > -500, 1000.0 - ct + noise, 0.0))
     (folder / "notes.txt").write_text("not an image")
     return folder
 
