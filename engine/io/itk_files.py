@@ -93,9 +93,11 @@ def _nibabel_only(path: Path):
             image = cast("SpatialImage", nibabel.load(str(path)))
         except Exception:  # noqa: BLE001 - SimpleITK's reading reports a damaged header
             return None
-        in_plane = image.affine[:3, :2] / np.maximum(np.linalg.norm(image.affine[:3, :2], axis=0), 1e-12)
-        if len(image.shape) != 2 or (abs(np.linalg.det(in_plane[:2])) > 1e-3
-                                     and np.linalg.norm(image.affine[:3, 2]) > 1e-6):
+        affine = np.asarray(image.affine, dtype=float)
+        if len(image.shape) != 2 or not np.all(np.isfinite(affine)):      # a damaged one: the header check says so
+            return None
+        in_plane = affine[:3, :2] / np.maximum(np.linalg.norm(affine[:3, :2], axis=0), 1e-12)
+        if abs(np.linalg.det(in_plane[:2])) > 1e-3 and np.linalg.norm(affine[:3, 2]) > 1e-6:
             return None
     check_header(path)
     try:
