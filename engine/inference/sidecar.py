@@ -109,15 +109,25 @@ def _ours(path: Path) -> bool:
 def save_described(output: str | Path, write: Callable[[], Path], record: Mapping[str, Any] | None,
                    anonymised: bool = False) -> tuple[Path, Path | None]:
     """(the output ``write`` writes, its sidecar): the sidecar an earlier output left at this name goes
-    first (one this app wrote; another program's is refused, :func:`check_sidecar`), so a write cut
-    short — a crash, a kill between the two files — never leaves the new output described by the old
-    one; then the output, then ``record`` beside it (None: the output is no synthetic, none is written)."""
+    first (one this app wrote; another program's is refused, :func:`check_sidecar`), so a process
+    killed between the two files never leaves the new output described by the old one — and comes
+    back when ``write`` fails (the writers are atomic: the earlier output is still there); then the
+    output, then ``record`` beside it (None: the output is no synthetic, none is written)."""
+    from engine.atomic import atomic_file
+
     if record:
         check_sidecar(output)
     old = sidecar_path(output)
-    if old.exists() and _ours(old):
+    earlier = old.read_bytes() if old.exists() and _ours(old) else None
+    if earlier is not None:
         old.unlink(missing_ok=True)
-    written = write()
+    try:
+        written = write()
+    except BaseException:
+        if earlier is not None and not old.exists():
+            with atomic_file(old) as tmp:
+                tmp.write_bytes(earlier)
+        raise
     return written, (write_sidecar(output, record, anonymised) if record else None)
 
 

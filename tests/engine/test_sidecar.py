@@ -1,6 +1,6 @@
 """An output and its provenance sidecar written together (engine/inference/sidecar.py,
-``save_described``): an earlier output's sidecar never describes a new output, a write cut short
-leaves none, and a file another program wrote is never replaced or removed."""
+``save_described``): an earlier output's sidecar never describes a new output, a failed write keeps
+the earlier pair, and a file another program wrote is never replaced or removed."""
 from __future__ import annotations
 
 import json
@@ -12,18 +12,19 @@ from engine.inference.sidecar import GENERATOR, save_described
 OURS = {"GeneratedBy": {"Name": GENERATOR}, "Route": "T1→T2"}
 
 
-def test_an_earlier_sidecar_goes_before_the_output_is_written_so_a_write_cut_short_leaves_none(tmp_path):
+def test_an_earlier_sidecar_goes_before_the_output_is_written_and_comes_back_when_the_write_fails(tmp_path):
     out = tmp_path / "sub-01_T2w.nii.gz"
     out.write_bytes(b"earlier output")
-    (tmp_path / "sub-01_T2w.json").write_text(json.dumps({**OURS, "Route": "T1→FLAIR"}))
+    earlier = json.dumps({**OURS, "Route": "T1→FLAIR"})
+    (tmp_path / "sub-01_T2w.json").write_text(earlier)
 
-    def killed() -> None:                   # a crash or kill during (or right after) the output's write
+    def failed() -> None:                   # a kill here would leave no sidecar rather than the old one
         assert not (tmp_path / "sub-01_T2w.json").exists(), "the old sidecar is gone before the output is written"
-        raise KeyboardInterrupt
+        raise OSError("disk full")
 
-    with pytest.raises(KeyboardInterrupt):
-        save_described(out, killed, OURS)
-    assert out.read_bytes() == b"earlier output" and not (tmp_path / "sub-01_T2w.json").exists()
+    with pytest.raises(OSError, match="disk full"):
+        save_described(out, failed, OURS)
+    assert out.read_bytes() == b"earlier output" and (tmp_path / "sub-01_T2w.json").read_text() == earlier
 
     def write():
         out.write_bytes(b"new output")
