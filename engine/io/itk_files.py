@@ -125,8 +125,13 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
     n = int(np.prod(shape[:3], dtype=np.int64))
     stored = int(np.prod(shape, dtype=np.int64)) * image.get_data_dtype().itemsize
     ensure_fits_in_memory(str(path), stored + n * (8 + 4))        # as stored, scaled in float64, float32
+    components: list[str] = []
     try:
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        data = np.asanyarray(image.dataobj)
+        if data.dtype.names:                # RGB(A): one field per colour, the first one used
+            components.append(_components_note(len(data.dtype.names)))
+            data = data[data.dtype.names[0]]
+        data = np.asarray(data, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
         raise VolumeIOError(path, f"the voxel data cannot be read ({exc}); is the file truncated?") from None
     if data.ndim == 4:
@@ -135,6 +140,7 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
         data = data[..., None]
     header = image.header
     to_mm, notes = spatial_unit(header)
+    notes = components + notes
     spacing, origin, direction = _lps_grid(_nibabel_affine(image, to_mm))
     _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
@@ -446,6 +452,9 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     notes = []
     if len(shape) == 4 and shape[3] > 1:
         notes.append(_four_d_note(path, shape[3]))
+    fields = image.get_data_dtype().names
+    if fields:
+        notes.append(_components_note(len(fields)))
     to_mm, unit_notes = spatial_unit(image.header)
     notes += unit_notes
     affine = _RAS_LPS @ _nibabel_affine(image, to_mm)

@@ -204,6 +204,14 @@ def test_a_2d_nifti_slice_keeps_its_place_in_3d_and_is_written_back_there(tmp_pa
     nibabel.save(image, tmp_path / "thin.nii.gz")
     thin = io.load(tmp_path / "thin.nii.gz")
     assert thin.spacing[2] == 1.0
+    # a colour slice in that plane: its first component, said on the listing and on loading
+    rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"], rgb["G"] = np.arange(data.size).reshape(data.shape) % 200, 7
+    nibabel.save(nibabel.Nifti1Image(rgb, affine), tmp_path / "colour.nii.gz")
+    colour, listed = io.load(tmp_path / "colour.nii.gz"), io.scan(tmp_path / "colour.nii.gz").entries[0]
+    np.testing.assert_array_equal(colour.array[0], rgb["R"].T)
+    said = "3 components per voxel (a colour or vector image): only the first is used"
+    assert said in colour.notes and said in listed.notes
     np.testing.assert_allclose(_world_lps(thin, (4, 9, 0)) * [-1, -1, 1], (affine @ [4, 9, 0, 1.0])[:3], atol=1e-4)
 
 
