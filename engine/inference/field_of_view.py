@@ -8,10 +8,11 @@ The padding is the value a DICOM series states (PixelPaddingValue, PixelPaddingR
 exact value at or below air (−1000 HU) that fills at least 1 % of the volume (noise never repeats one
 value that often); of its voxels only those joined to the image's in-plane edges count (air enclosed by
 the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
-field of view: one cylinder, the same circle in most slices that have one), straight lines along the
-box the data fill (a crop or pad on any sides), both (a cylinder cut by a box) or one straight line: an edge that follows the body's outline or the ragged edge
-of noisy air is air clamped to that value, not a field of view, and keeps its data. Tissue a synthesis
-draws outside the field of view is kept only where it joins the body inside it (:func:`islands_outside`).
+field of view; for a value air can hold, one cylinder: the same circle in most slices that have one),
+straight lines along the box the data fill (a crop or pad on any sides), both (a cylinder cut by a box)
+or one straight line: an edge that follows the body's outline or the ragged edge of noisy air is air
+clamped to that value, not a field of view, and keeps its data. Tissue a synthesis draws outside the
+field of view is kept only where it joins the body inside it (:func:`islands_outside`).
 """
 from __future__ import annotations
 
@@ -44,35 +45,39 @@ def padding_mask(volume: Volume, below_scale: bool = False) -> np.ndarray:
     found = np.zeros(values.shape, dtype=bool)
     if values.ndim != 3:
         return found
-    for candidate in _candidates(volume, values, below_scale):
-        outside = _outside_the_field(candidate, volume.spacing[:2])
+    for candidate, air_valued in _candidates(volume, values, below_scale):
+        outside = _outside_the_field(candidate, volume.spacing[:2], one_cylinder=air_valued)
         if outside.sum() > found.sum():
             found = outside
     return found
 
 
-def _candidates(volume: Volume, values: np.ndarray, below_scale: bool = False) -> list[np.ndarray]:
-    """The masks of the padding value(s) to test: the stated range when the volume holds it, else each
-    exact value at or below air (``below_scale``: below the CT scale) filling at least
-    :data:`PADDING_MIN_FRACTION` of the volume."""
+def _candidates(volume: Volume, values: np.ndarray, below_scale: bool = False) -> list[tuple[np.ndarray, bool]]:
+    """The masks of the padding value(s) to test, each with whether air could hold that value (an
+    unstated value at or above the CT scale's bottom, −1024 HU): the stated range when the volume
+    holds it, else each exact value at or below air (``below_scale``: below the CT scale) filling at
+    least :data:`PADDING_MIN_FRACTION` of the volume."""
     stated = volume.dicom.get(PADDING_RANGE, "")
     if stated:
         lo, hi = (float(v) for v in stated.split("\\"))
         slack = 1e-5 * max(1.0, abs(lo), abs(hi))          # the volume holds float32 of float64 rescaled values
         padded = (values >= lo - slack) & (values <= hi + slack)
         if padded.any():                                     # (a volume made from the series' values may hold none)
-            return [padded]
-    low = values[values < modalities.scale_bottom("CT")] if below_scale else values[values <= PADDING_MAX_HU]
+            return [(padded, False)]
+    bottom = modalities.scale_bottom("CT")
+    low = values[values < bottom] if below_scale else values[values <= PADDING_MAX_HU]
     if low.size < PADDING_MIN_FRACTION * values.size:
         return []
     found, counts = np.unique(low, return_counts=True)
-    return [values == v for v in found[counts >= PADDING_MIN_FRACTION * values.size]]
+    return [(values == v, bool(v >= bottom)) for v in found[counts >= PADDING_MIN_FRACTION * values.size]]
 
 
-def _outside_the_field(candidate: np.ndarray, spacing_xy) -> np.ndarray:
+def _outside_the_field(candidate: np.ndarray, spacing_xy, one_cylinder: bool = True) -> np.ndarray:
     """The voxels of ``candidate`` joined to the in-plane edges of the image, in the slices whose inner
-    edge is a field of view's (:func:`_field_edge`); of the slices that need a circle for it, only those
-    whose circle is the one most of them share (:func:`_one_cylinder`)."""
+    edge is a field of view's (:func:`_field_edge`); with ``one_cylinder`` (a value air can hold), of the
+    slices that need a circle for it only those whose circle is the one most of them share
+    (:func:`_one_cylinder`) — a padding no air holds may follow a field of view that narrows at a cone
+    beam's ends."""
     labels, _count = ndimage.label(candidate)
     edges = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
                             labels[:, :, -1].ravel()])
@@ -89,7 +94,7 @@ def _outside_the_field(candidate: np.ndarray, spacing_xy) -> np.ndarray:
             refused += 1
         elif circle is not None:
             circles[k] = circle
-    for k in set(circles) - _one_cylinder(circles, refused, _tolerance(spacing_xy)):
+    for k in (set(circles) - _one_cylinder(circles, refused, _tolerance(spacing_xy))) if one_cylinder else ():
         outside[k] = False
     return outside
 

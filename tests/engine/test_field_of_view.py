@@ -147,3 +147,12 @@ def test_a_round_vertex_in_air_clamped_to_minus_1000_is_no_field_of_view_but_one
     outside = np.hypot(y - 47.5, x - 47.5) > 46
     found = mask(np.where(outside, -1000.0, hu + np.random.default_rng(0).normal(0.0, 15.0, hu.shape)), (1.0, 1.0, 1.0))
     assert np.array_equal(found, outside)
+
+
+def test_a_padding_no_air_holds_may_follow_a_field_of_view_that_narrows_at_the_cone_ends():
+    # −3024 HU is no air: each slice's circle counts, even where the reconstruction narrows it at the ends
+    hu, outside = cbct(padding=-3024.0)
+    z, y, x = np.mgrid[0:6, 0:96, 0:96]
+    narrower = np.hypot(y - 47.5, x - 47.5) > np.where(z >= 4, 34, 46)
+    hu = np.where(narrower, -3024.0, np.where(outside, -1010.0, hu)).astype(np.float32)
+    assert np.array_equal(mask(hu), narrower)
