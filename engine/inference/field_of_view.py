@@ -8,9 +8,8 @@ The padding is the value a DICOM series states (PixelPaddingValue, PixelPaddingR
 exact value at or below air (−1000 HU) that fills at least 1 % of the volume (noise never repeats one
 value that often); of its voxels only those joined to the image's in-plane edges count (air enclosed by
 the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
-field of view; for a value air can hold, one cylinder: the same circle in most slices that have one),
-straight lines along the box the data fill (a crop or pad on any sides), both (a cylinder cut by a box)
-or one straight line: an edge that follows the body's outline or the ragged edge of noisy air is air
+field of view; for a value air can hold, round in most slices), straight lines along the box the data
+fill (a crop or pad on any sides), both (a cylinder cut by a box) or one straight line: an edge that follows the body's outline or the ragged edge of noisy air is air
 clamped to that value, not a field of view, and keeps its data. Tissue a synthesis draws outside the
 field of view is kept only where it joins the body inside it (:func:`islands_outside`).
 """
@@ -30,8 +29,10 @@ PADDING_MIN_FRACTION = 0.01     # … and fills at least this share of the volum
 EDGE_TOLERANCE_PX = 1.5
 EDGE_TOLERANCE_MM = 2.0
 EDGE_SHARE = 0.9
-# a circular edge is a field of view's where this share of the slices with one have the same circle
-CYLINDER_SHARE = 0.5
+# a round edge of a value air can hold is a field of view's where this share of the slices whose edge is no
+# box or line are round
+ROUND_SHARE = 0.5
+STRAIGHT, ROUND = "straight", "round"      # the kinds of a field of view's edge in a slice (_field_edge)
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -46,7 +47,7 @@ def padding_mask(volume: Volume, below_scale: bool = False) -> np.ndarray:
     if values.ndim != 3:
         return found
     for candidate, air_valued in _candidates(volume, values, below_scale):
-        outside = _outside_the_field(candidate, volume.spacing[:2], one_cylinder=air_valued)
+        outside = _outside_the_field(candidate, volume.spacing[:2], air_valued)
         if outside.sum() > found.sum():
             found = outside
     return found
@@ -72,61 +73,39 @@ def _candidates(volume: Volume, values: np.ndarray, below_scale: bool = False) -
     return [(values == v, bool(v >= bottom)) for v in found[counts >= PADDING_MIN_FRACTION * values.size]]
 
 
-def _outside_the_field(candidate: np.ndarray, spacing_xy, one_cylinder: bool = True) -> np.ndarray:
+def _outside_the_field(candidate: np.ndarray, spacing_xy, air_valued: bool = True) -> np.ndarray:
     """The voxels of ``candidate`` joined to the in-plane edges of the image, in the slices whose inner
-    edge is a field of view's (:func:`_field_edge`); with ``one_cylinder`` (a value air can hold), of the
-    slices that need a circle for it only those whose circle is the one most of them share
-    (:func:`_one_cylinder`) — a padding no air holds may follow a field of view that narrows at a cone
-    beam's ends."""
+    edge is a field of view's (:func:`_field_edge`). For a value air can hold (``air_valued``) a round
+    edge counts only where at least :data:`ROUND_SHARE` of the slices whose edge is no box or line are
+    round: a cone beam's field of view is round in every slice (narrowing at its ends, its centre
+    moving along a tilted gantry's axis, as it may), while the round outline of a head's vertex, with
+    air of exactly −1000 HU around it, is a circle in a slice or two and the other slices' edges follow
+    the head."""
     labels, _count = ndimage.label(candidate)
     edges = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(),
                             labels[:, :, -1].ravel()])
     touching = np.unique(edges[edges > 0])
     outside = np.isin(labels, touching)
-    circles: dict[int, np.ndarray] = {}
-    refused = 0
-    for k in range(outside.shape[0]):
-        if not outside[k].any():
-            continue
-        is_edge, circle = _field_edge(outside[k], spacing_xy)
-        if not is_edge:
+    kinds = {k: _field_edge(outside[k], spacing_xy) for k in range(outside.shape[0]) if outside[k].any()}
+    rounds = sum(kind == ROUND for kind in kinds.values())
+    shaped = sum(kind != STRAIGHT for kind in kinds.values())
+    for k, kind in kinds.items():
+        if kind is None or (kind == ROUND and air_valued and rounds < ROUND_SHARE * shaped):
             outside[k] = False
-            refused += 1
-        elif circle is not None:
-            circles[k] = circle
-    for k in (set(circles) - _one_cylinder(circles, refused, _tolerance(spacing_xy))) if one_cylinder else ():
-        outside[k] = False
     return outside
 
 
-def _one_cylinder(circles: dict[int, np.ndarray], refused: int, tolerance: float) -> set[int]:
-    """The slices whose circle (centre x, y and radius, mm) is, within twice ``tolerance``, the one most
-    slices with a circle share — a cone beam's field of view is a cylinder — when at least
-    :data:`CYLINDER_SHARE` of the slices whose edge is no box or line (those with a circle and the
-    ``refused`` ones) share it; none otherwise: the round outline of a head's vertex, with air of exactly
-    −1000 HU around it, is a circle in a slice or two, a different one in each."""
-    if not circles:
-        return set()
-    common = np.median(np.array(list(circles.values())), axis=0)
-    same = {k for k, c in circles.items() if np.max(np.abs(c - common)) <= 2.0 * tolerance}
-    return same if len(same) >= CYLINDER_SHARE * (len(circles) + refused) else set()
-
-
-def _tolerance(spacing_xy) -> float:
-    return max(EDGE_TOLERANCE_PX * max(float(spacing_xy[0]), float(spacing_xy[1])), EDGE_TOLERANCE_MM)
-
-
-def _field_edge(outside: np.ndarray, spacing_xy) -> tuple[bool, np.ndarray | None]:
-    """Whether the inner edge of ``outside`` in one slice is a field of view's: a circle, straight lines
-    along the edges of the box the data fill (a crop or a pad, on any sides), the two together (a
-    cylinder cut by a box), or one straight line at any angle; a slice holding no data at all is outside
-    it whole. :data:`EDGE_SHARE` of the edge's pixels within the tolerance of those shapes. With it the
-    circle (centre x, y and radius, mm) where the edge needs one."""
+def _field_edge(outside: np.ndarray, spacing_xy) -> str | None:
+    """Whether the inner edge of ``outside`` in one slice is a field of view's, and of which kind:
+    :data:`STRAIGHT` — straight lines along the edges of the box the data fill (a crop or a pad, on any
+    sides), or one straight line at any angle; a slice holding no data at all is outside it whole —
+    :data:`ROUND` — a circle, or a circle and such lines (a cylinder cut by a box) — or None.
+    :data:`EDGE_SHARE` of the edge's pixels within the tolerance of those shapes."""
     edge = ~outside & ndimage.binary_dilation(outside, _CROSS)
     if not edge.any():
-        return True, None
+        return STRAIGHT
     sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
-    tolerance = _tolerance(spacing_xy)
+    tolerance = max(EDGE_TOLERANCE_PX * max(sx, sy), EDGE_TOLERANCE_MM)
     y, x = np.nonzero(edge)
     points = np.column_stack([x * sx, y * sy])
     rows, columns = np.nonzero(~outside)
@@ -134,14 +113,10 @@ def _field_edge(outside: np.ndarray, spacing_xy) -> tuple[bool, np.ndarray | Non
     on_box = ((np.abs(points[:, 0] - box[0]) <= tolerance) | (np.abs(points[:, 0] - box[1]) <= tolerance)
               | (np.abs(points[:, 1] - box[2]) <= tolerance) | (np.abs(points[:, 1] - box[3]) <= tolerance))
     if on_box.mean() >= EDGE_SHARE or np.mean(_line_distances(points) <= tolerance) >= EDGE_SHARE:
-        return True, None
-    circle = _circle_fit(points[~on_box])
-    if circle is None:
-        return False, None
+        return STRAIGHT
     near = on_box.copy()
-    near[~on_box] = np.abs(np.hypot(points[~on_box, 0] - circle[0], points[~on_box, 1] - circle[1])
-                           - circle[2]) <= tolerance
-    return (True, circle) if near.mean() >= EDGE_SHARE else (False, None)
+    near[~on_box] = _circle_distances(points[~on_box]) <= tolerance
+    return ROUND if near.mean() >= EDGE_SHARE else None
 
 
 def _line_distances(points: np.ndarray) -> np.ndarray:
@@ -151,16 +126,17 @@ def _line_distances(points: np.ndarray) -> np.ndarray:
     return np.abs(centred @ normal)
 
 
-def _circle_fit(points: np.ndarray) -> np.ndarray | None:
-    """The points' best-fitting circle (algebraic fit) as (centre x, centre y, radius); None when too
-    few points fit one."""
+def _circle_distances(points: np.ndarray) -> np.ndarray:
+    """The points' distances to their best-fitting circle (algebraic fit); infinite when too few points
+    fit one."""
     if len(points) < 8:
-        return None
+        return np.full(len(points), np.inf)
     x, y = points[:, 0], points[:, 1]
     design = np.column_stack([x, y, np.ones_like(x)])
     (a, b, c), *_ = np.linalg.lstsq(design, x * x + y * y, rcond=None)
     cx, cy = a / 2.0, b / 2.0
-    return np.array([cx, cy, np.sqrt(max(c + cx * cx + cy * cy, 0.0))])
+    radius = np.sqrt(max(c + cx * cx + cy * cy, 0.0))
+    return np.abs(np.hypot(x - cx, y - cy) - radius)
 
 
 def islands_outside(tissue: np.ndarray, missing: np.ndarray) -> np.ndarray:

@@ -132,10 +132,10 @@ def test_a_scan_holds_no_data_in_its_padding_on_its_own_grid_or_resampled_onto_a
     np.testing.assert_array_equal(holds_data(at_air, at_air, below_scale=False), ~outside)
 
 
-def test_a_round_vertex_in_air_clamped_to_minus_1000_is_no_field_of_view_but_one_cylinder_is():
+def test_a_round_vertex_in_air_clamped_to_minus_1000_is_no_field_of_view_but_a_round_one_throughout_is():
     """demo head_007's CT had lost its top slice to the rule: air of exactly −1000 HU around the small
-    round top of the head is a circle in that one slice. A cone beam's field of view is one cylinder:
-    the same circle in most slices whose edge is no box or line."""
+    round top of the head is a circle in that one slice. A cone beam's field of view is round in most
+    slices whose edge is no box or line — narrowing at its ends, or moving with a tilted gantry."""
     z, y, x = np.mgrid[0:12, 0:96, 0:96]
     semi = np.where(z < 9, 1.0, np.sqrt(np.maximum(1.0 - ((z - 8.0) / 4.0) ** 2, 0.05)))    # shrinks at the top
     head = ((y - 47.5) / (30 * semi)) ** 2 + ((x - 47.5) / (22 * semi)) ** 2 < 1
@@ -145,8 +145,12 @@ def test_a_round_vertex_in_air_clamped_to_minus_1000_is_no_field_of_view_but_one
     assert not mask(hu, spacing=(1.0, 1.0, 1.0)).any()
     # a field of view of one radius in every slice, even with a round vertex inside it, is found throughout
     outside = np.hypot(y - 47.5, x - 47.5) > 46
-    found = mask(np.where(outside, -1000.0, hu + np.random.default_rng(0).normal(0.0, 15.0, hu.shape)), (1.0, 1.0, 1.0))
+    noisy = hu + np.random.default_rng(0).normal(0.0, 15.0, hu.shape)
+    found = mask(np.where(outside, -1000.0, noisy), (1.0, 1.0, 1.0))
     assert np.array_equal(found, outside)
+    radius = np.where(z >= 8, 46 - 3 * (z - 7), 46)                       # narrowing over the last slices,
+    tilted = np.hypot(y - 47.5 - 0.8 * z, x - 47.5) > radius               # its centre moving 0.8 mm a slice
+    assert np.array_equal(mask(np.where(tilted, -1000.0, noisy), (1.0, 1.0, 1.0)), tilted)
 
 
 def test_a_padding_no_air_holds_may_follow_a_field_of_view_that_narrows_at_the_cone_ends():
