@@ -64,8 +64,9 @@ MR_QUANTILE_MARGIN = 0.12   # normalised units: contrast tweaks (training's gamm
 MR_RIM_MARGIN = 0.15        # normalised units: an inverted T1 / T1CE turns its positive rim contrast negative
 MR_BIAS_MARGIN = 0.35       # log units over the body core: ×1.4 beyond the strongest training field (or ×1.5 of it)
 MR_BIAS_FLOOR = 0.9         # … and never below ×2.5 across the core, which the loader's random bias fields reach
-LABEL_MAP_VALUES = 64       # whole numbers only, this few distinct: a label map or mask (a scan quantized to 8 bits,
-                            # as training's randomisation does, keeps more; a FreeSurfer aseg holds about 45 labels)
+LABEL_MAP_VALUES = 256      # whole numbers only, this few distinct (an aparc+aseg or TotalSegmentator map: ~110)…
+LABEL_MAP_FLAT = 0.7        # … and this share of neighbours off the background equal: flat regions, not a scan's
+                            # noise (an 8-bit or low-count scan has as few values, but its neighbours differ)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
     it resamples every slice to it) pixels finer than the training data's are not flagged; with the
     card's ``calibration`` a CT-family input is checked as the pipeline will feed it (shifted); its
     slices are measured as cut along ``axis`` (the plan's: a named plane's; None: the acquisition axis)."""
-    labels = _label_map_warning(volume, source)
+    labels = _label_map_warning(volume, source)             # said of any input, profile or not
     if not profile or not isinstance(profile, Mapping) or not profile.get("modalities"):
         return labels + [NO_PROFILE_NOTE]
     source = modalities.canonical(source)
@@ -418,16 +419,22 @@ def check_input(volume: Volume, source: str, profile: Mapping[str, Any] | None,
 
 
 def _label_map_warning(volume: Volume, source: str) -> list[str]:
-    """The warning for an input that holds only a few whole-number values (:data:`LABEL_MAP_VALUES`): a
-    segmentation or mask passed as a scan (a BraTS ``_seg`` file beside the T1 it labels) — its
-    histogram alone is flagged as an odd contrast, which does not say what is wrong."""
-    values = np.asarray(volume.array).ravel()
-    values = values[:: max(1, values.size // MAX_VOXELS)]
+    """The warning for an input that holds only a few whole-number values (:data:`LABEL_MAP_VALUES`) in
+    flat regions (:data:`LABEL_MAP_FLAT`): a segmentation or mask passed as a scan (a BraTS ``_seg``
+    file beside the T1 it labels) — its histogram alone is flagged as an odd contrast, which does not
+    say what is wrong."""
+    array = np.asarray(volume.array)
+    values = array.ravel()[:: max(1, array.size // MAX_VOXELS)]
     values = values[np.isfinite(values)]
     if values.size == 0 or not np.all(values == np.round(values)):
         return []
-    distinct = np.unique(values)
+    distinct, counts = np.unique(values, return_counts=True)
     if len(distinct) > LABEL_MAP_VALUES:
+        return []
+    left, right = array[..., :-1], array[..., 1:]              # neighbours along rows
+    background = distinct[np.argmax(counts)]
+    off = (left != background) | (right != background)
+    if not off.any() or float(np.mean(left[off] == right[off])) < LABEL_MAP_FLAT:
         return []
     shown = ", ".join(f"{v:g}" for v in distinct[:6]) + (", …" if len(distinct) > 6 else "")
     return [f"{WARNING_PREFIX}the input holds only {len(distinct)} distinct values, all whole numbers ({shown}): "

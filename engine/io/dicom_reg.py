@@ -231,7 +231,7 @@ def placed(volume: Volume, matrix: np.ndarray, frame: str, by: str) -> Volume:
     direction = rotation @ volume.direction_matrix
     origin = rotation @ np.asarray(volume.origin, dtype=float) + shift
     return volume.replace(origin=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction.ravel()),
-                          dicom={**volume.dicom, "FrameOfReferenceUID": frame},
+                          dicom={**volume.dicom, "FrameOfReferenceUID": frame}, other_world=None,   # another world now
                           notes=(*volume.notes, f"placed in the frame of reference of the scan it is compared with by "
                                                 f"the spatial registration {by}"))
 

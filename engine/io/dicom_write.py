@@ -244,7 +244,8 @@ def _series_dataset(volume: Volume, description: str, anonymiser: Anonymiser | N
     ds.SeriesNumber = _series_number(src.get("SeriesNumber"), volume)
     ds.Manufacturer = "SynerMedGen Studio"
     ds.SoftwareVersions = version()
-    ds.DerivationDescription = f"{description}. Made by SynerMedGen Studio. {RESEARCH_ONLY}"[:1024]
+    ds.DerivationDescription = _led_by(description, f"Made by SynerMedGen Studio. {RESEARCH_ONLY}", 1024,
+                                       cut_first=True)     # ST: a long description is cut, never the statement
     ds.ImageComments = f"{description[:1000]}. {RESEARCH_ONLY}"
     burned_in = src.get("BurnedInAnnotation", "").strip().upper()
     if burned_in in ("YES", "NO"):          # what the source's pixels were said to carry; unsaid stays unsaid
@@ -514,8 +515,19 @@ def _mark_interpolated(ds: Dataset, synthetic: bool) -> None:
     """Say in a slice's comments (what a viewer shows beside the image) that no acquired slice lies at its
     position: reading filled a missing slice by interpolation (or, for a synthetic, its source's)."""
     what = f"{INTERPOLATED_NOTE} (in the source)" if synthetic else INTERPOLATED_NOTE
-    ds.ImageComments = f"{what}. {ds.ImageComments}"[:10240]
-    ds.DerivationDescription = f"{what}. {ds.DerivationDescription}"[:1024]
+    ds.ImageComments = _led_by(what, str(ds.ImageComments), 10240)                 # LT
+    ds.DerivationDescription = _led_by(what, str(ds.DerivationDescription), 1024)   # ST
+
+
+def _led_by(note: str, text: str, limit: int, cut_first: bool = False) -> str:
+    """``note``, then ``text``, in at most ``limit`` characters: cut at the start of ``text`` (its end,
+    the research use statement, stays), or — ``cut_first`` — at the end of ``note``."""
+    joined = f"{note}. {text}"
+    if len(joined) <= limit:
+        return joined
+    if cut_first:
+        return f"{note[:limit - len(text) - 3]}…. {text}"
+    return f"{note}. …{text[len(text) - (limit - len(note) - 3):]}"
 
 
 def _reference_source(ds: Dataset, series_uid: str, sop_class: str, source: tuple[str, int | None]) -> None:

@@ -167,6 +167,9 @@ _XFORM_CODES = {space: code for code, space in _XFORM_NAMES.items()}
 
 
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])          # RAS ↔ LPS (its own inverse)
+# a tenth of a voxel: two transforms placing the grid's corners this close place it alike (a qform's float32
+# quaternion rounds an oblique near-180° rotation of a 1280 mm grid by 0.11 mm)
+PLACEMENT_TOLERANCE_VOXELS = 0.1
 
 
 def _qform_world(header, to_mm: np.ndarray) -> OtherWorld | None:
@@ -177,14 +180,23 @@ def _qform_world(header, to_mm: np.ndarray) -> OtherWorld | None:
     sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
     if sform_code <= 0 or qform_code <= 0:
         return None
+    size = tuple(int(n) for n in header.get_data_shape()[:3]) + (1,) * max(0, 3 - len(header.get_data_shape()))
     sform, qform = to_mm @ header.get_sform(), to_mm @ header.get_qform()
-    columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
-    if not np.allclose(columns.T @ columns, np.eye(3), atol=1e-4):       # the qform placed it: one world
+    if size[2] == 1:
+        sform, qform = _slice_normal(sform), _slice_normal(qform)
+    if not _orthogonal(sform):         # the qform placed it: one world
         return None
+    if sform_code == qform_code and not _placed_apart(sform, qform, size):
+        return None                     # one placement (the quaternion's float32 rounding apart)
     between = _RAS_LPS @ qform @ np.linalg.inv(sform) @ _RAS_LPS
-    if sform_code == qform_code and np.allclose(between, np.eye(4), atol=1e-5):
-        return None
     return OtherWorld(_XFORM_NAMES.get(qform_code, "scanner"), tuple(float(v) for v in between.ravel()))
+
+
+def _placed_apart(sform: np.ndarray, qform: np.ndarray, size) -> bool:
+    """Whether two voxel-to-world affines place the grid's corners more than
+    :data:`PLACEMENT_TOLERANCE_VOXELS` of the sform's smallest voxel apart."""
+    voxel = float(np.min(np.linalg.norm(sform[:3, :3], axis=0)))
+    return _corner_gap(sform, qform, size) > PLACEMENT_TOLERANCE_VOXELS * voxel
 
 
 def _corner_gap(a: np.ndarray, b: np.ndarray, size) -> float:
@@ -218,18 +230,18 @@ def _nifti_grid(path: Path, size) -> tuple[Grid | None, list[str], str, OtherWor
         sform, qform = _slice_normal(sform), _slice_normal(qform)
     if sform_code <= 0:
         return _lps_grid(qform), unit_notes, _XFORM_NAMES.get(qform_code, "scanner"), None
-    columns = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
     sform_name = f"sform (code {sform_code}, {_XFORM_NAMES.get(sform_code, 'unknown')})"
     gap = _corner_gap(sform, qform, size) if qform_code > 0 else 0.0
-    if not np.allclose(columns.T @ columns, np.eye(3), atol=1e-4):
+    if not _orthogonal(sform):
         if qform_code <= 0:
             raise VolumeIOError(path, f"its {sform_name} is sheared, which no orthogonal grid holds, and it has no "
                                       "qform: resample it onto an orthogonal grid first (e.g. FSL's flirt -applyxfm)")
         return _lps_grid(qform), [f"its {sform_name} is sheared, which no orthogonal grid holds: the qform is used, "
                                   f"which places voxels up to {gap:.1f} mm from where FSL, SPM and nibabel show "
                                   "them"], _XFORM_NAMES.get(qform_code, "scanner"), None
+    apart = qform_code > 0 and _placed_apart(sform, qform, size)
     notes = [f"qform and sform disagree (up to {gap:.1f} mm at the grid's corners): the {sform_name} is used, as FSL, "
-             "SPM and nibabel do; a NIfTI written from it keeps both"] if gap > 0.01 else []
+             "SPM and nibabel do; a NIfTI written from it keeps both"] if apart else []
     return _lps_grid(sform), unit_notes + notes, _XFORM_NAMES.get(sform_code, "scanner"), _qform_world(header, to_mm)
 
 
@@ -712,10 +724,11 @@ def _relabel(path: Path, space: str, unit: str, other: OtherWorld | None = None)
     image = cast("SpatialImage", nibabel.load(str(path)))
     header = cast("Nifti1Header", image.header).copy()
     sform = header.get_sform()
-    if other is None:
+    qform = None if other is None else _RAS_LPS @ other.matrix() @ _RAS_LPS @ sform
+    if other is not None and qform is not None and _orthogonal(qform):
+        header.set_qform(qform, code=_XFORM_CODES[other.space])
+    else:               # no other world, or one a qform cannot hold on this grid (a sheared one): the sform's
         header.set_qform(header.get_qform(), code=code)
-    else:
-        header.set_qform(_RAS_LPS @ other.matrix() @ _RAS_LPS @ sform, code=_XFORM_CODES[other.space])
     header.set_sform(sform, code=code)
     if unit:
         text = (NIFTI_UNIT_PREFIX + unit).encode("utf-8")
@@ -728,6 +741,12 @@ def _relabel(path: Path, space: str, unit: str, other: OtherWorld | None = None)
         os.replace(relabelled, path)
     finally:
         relabelled.unlink(missing_ok=True)
+
+
+def _orthogonal(affine: np.ndarray) -> bool:
+    """Whether an affine's axes are orthogonal (what a qform, rotation and voxel sizes, holds exactly)."""
+    columns = affine[:3, :3] / np.maximum(np.linalg.norm(affine[:3, :3], axis=0), 1e-12)
+    return bool(np.allclose(columns.T @ columns, np.eye(3), atol=1e-4))
 
 
 def _verify_written(tmp: Path, path: Path, image: sitk.Image) -> None:

@@ -140,6 +140,7 @@ class Volume:
             "origin_lps_mm": [round(o, 4) for o in self.origin],
             "orientation": self.orientation(),
             "space": self.space,
+            "other_world": self.other_world.space if self.other_world else None,    # a NIfTI qform's, kept
             "dtype": str(self.array.dtype),
             "synthetic": self.synthetic,
             "derived_from": self.derived_from,

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from dicom_fixtures import DICOMDIR_TESTS, NIBABEL_DATA, OBLIQUE, PYDICOM_FILES, sitk_series
 
 import engine.io as io
-from engine.io.dicom_write import write_dicom_series
+from engine.io.dicom_write import RESEARCH_ONLY, write_dicom_series
 from engine.io.itk_files import volume_from_sitk
 from engine.io.volume import Volume
 from engine.jobs import Cancelled, CancelToken
@@ -241,6 +241,10 @@ def test_a_series_with_a_missing_slice_references_every_acquired_slice_and_not_t
     filled = [f for f in scan if "No slice was acquired at this position" in str(f.ImageComments)]
     assert len(filled) == 1 and "(in the source)" not in filled[0].ImageComments     # said in an anonymised one too
     assert "No slice was acquired" in filled[0].DerivationDescription
+    long = _files(write_dicom_series(synthetic, tmp_path / "long", series_description="d" * 1000))      # cut to fit
+    said = [f.DerivationDescription for f in long if "No slice was acquired" in f.DerivationDescription]
+    assert len(said) == 1 and len(said[0]) <= 1024
+    assert all(f.DerivationDescription.endswith(RESEARCH_ONLY) for f in long)     # every slice keeps the statement
 
 
 def test_an_anonymised_or_resampled_export_references_no_source(tmp_path):

@@ -159,16 +159,22 @@ def test_without_a_profile_the_guard_only_says_it_cannot_check():
     assert "not trained on T1" in ood.check_input(demo("brain/T1"), "T1", profile)[0]
 
 
-def test_a_label_map_passed_as_a_scan_is_named_so_and_a_quantized_scan_is_not(profile):
+def test_a_label_map_passed_as_a_scan_is_named_so_and_a_quantized_or_low_count_scan_is_not(profile):
+    # flat regions of a few whole numbers (92 % / 97 % of neighbours off the background equal) against
+    # scans with as few values whose neighbours differ (7 % for the 8-bit T1, 14 % for Poisson counts)
     t1 = demo("brain/T1")
-    body = t1.array > np.quantile(t1.array, 0.6)
-    seg = t1.with_array(np.where(body, np.where(t1.array > np.quantile(t1.array[body], 0.5), 4.0, 2.0), 0.0))
+    smooth = ndimage.gaussian_filter(t1.array, 2.0)
+    body = smooth > np.quantile(smooth, 0.6)
+    seg = t1.with_array(np.where(body, np.where(smooth > np.quantile(smooth[body], 0.5), 4.0, 2.0), 0.0))
     said = "the input holds only 3 distinct values, all whole numbers (0, 2, 4): a label map or mask"
     assert any(said in w and w.endswith("not a T1 scan?") for w in check(seg, "T1", profile))
     assert any(said in w for w in ood.check_input(seg, "T1", None))          # said even without a profile
+    mask = ood.check_input(t1.with_array(body * 255.0), "T1", None)
+    assert any("only 2 distinct values, all whole numbers (0, 255)" in w for w in mask)
     scaled = 255.0 * (t1.array - t1.array.min()) / np.ptp(t1.array)
-    assert not any("label map" in w for w in check(t1.with_array(np.round(scaled)), "T1", profile))   # 8 bits
-    assert not any("label map" in w for w in check(t1, "T1", profile))
+    counts = np.random.default_rng(0).poisson(np.where(body, 3.0, 0.2)).astype(np.float32)
+    for scan in (np.round(scaled), counts, t1.array):         # 8 bits; 16 values of counts; as it is
+        assert not any("label map" in w for w in ood.check_input(t1.with_array(scan), "T1", None))
 
 
 def test_synthesize_prints_the_warnings_and_keeps_them_in_its_report(capsys, tmp_path):

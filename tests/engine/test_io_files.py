@@ -150,6 +150,44 @@ def test_a_registered_niftis_scanner_qform_is_written_beside_its_mni_sform_on_an
     assert io.load(_nifti(tmp_path / "sform_only.nii.gz", mni, 4, SCANNER, 0)).other_world is None
 
 
+def test_a_qform_that_only_rounds_the_sform_names_no_other_world_and_one_no_qform_holds_is_not_written(tmp_path):
+    from scipy.spatial.transform import Rotation
+
+    # an oblique near-180° rotation of a large grid: the qform's float32 quaternion moves its corners 0.1 mm
+    oblique = np.eye(4)
+    oblique[:3, :3] = Rotation.from_rotvec(np.radians(179.9) * np.array([0.3, 1.0, 1.0]) / np.sqrt(2.09)).as_matrix() \
+        @ np.diag([4.8, 4.9, 5.0])
+    oblique[:3, 3] = [240.0, -230.0, 245.0]
+    image = nibabel.Nifti1Image(np.zeros((256, 256, 100), np.uint8), None)
+    image.set_qform(oblique, code=1)
+    image.set_sform(oblique, code=1)
+    nibabel.save(image, tmp_path / "oblique.nii.gz")
+    volume = io.load(tmp_path / "oblique.nii.gz")
+    assert volume.other_world is None and not volume.notes
+    # a qform of other voxel sizes than the sform's (an SPM header-only coregistration) on a grid turned 30°:
+    # no qform holds it (sheared), so the sform's grid is written in both, the volume's code in each
+    stretched = io.load(_nifti(tmp_path / "spm.nii.gz", SCANNER @ np.diag([1.1, 1.0, 1.0, 1.0]), 2, SCANNER, 1))
+    assert stretched.other_world is not None and stretched.other_world.space == "scanner"
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    turned = stretched.replace(direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    header = nibabel.load(io.save(turned, tmp_path / "turned.nii.gz")).header
+    assert (int(header["sform_code"]), int(header["qform_code"])) == (2, 2)
+    np.testing.assert_allclose(header.get_qform(), header.get_sform(), atol=1e-4)
+
+
+def test_a_registered_slice_of_no_stated_thickness_keeps_its_qform(tmp_path):
+    image = nibabel.Nifti1Image(np.ones((20, 24), np.float32), None)
+    image.header.set_zooms((0.9, 1.1))
+    image.set_qform(AXIAL_SLICE, code=1)
+    image.set_sform(AXIAL_SLICE @ np.diag([1.0, 1.0, 0.0, 1.0]) + np.array([[0, 0, 0, 5.0], [0, 0, 0, 0],
+                                                                            [0, 0, 0, 0], [0, 0, 0, 0]]), code=4)
+    nibabel.save(image, tmp_path / "slice.nii")
+    volume = io.load(tmp_path / "slice.nii")
+    assert volume.space == "MNI" and volume.other_world is not None and volume.other_world.space == "scanner"
+    header = nibabel.load(io.save(volume, tmp_path / "made.nii.gz")).header
+    np.testing.assert_allclose(header.get_qform() @ [4, 9, 0, 1.0], AXIAL_SLICE @ [4, 9, 0, 1.0], atol=1e-4)
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
 def test_round_trip_keeps_geometry_and_values(tmp_path, suffix):
     vol = _oblique_volume()
