@@ -139,14 +139,23 @@ def _load_nibabel(path: Path, image, volume_index: int | None) -> Volume:
     while data.ndim < 3:
         data = data[..., None]
     header = image.header
+    (spacing, origin, direction), notes, space = _nibabel_placed(path, image)
+    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, direction, name=path.name,
+                  source=str(path), notes=tuple(components + notes), space=space,
+                  other_world=_qform_world(header, spatial_unit(header)[0]), **_nibabel_mark(image))
+
+
+def _nibabel_placed(path: Path, image) -> tuple[Grid, list[str], str]:
+    """(spacing, origin, orthonormal direction) in LPS of a file nibabel reads (:func:`_nibabel_only`),
+    as nibabel places it (its sform, else its qform), checked; the spatial unit's note; the world its
+    transform's code names."""
+    header = image.header
     to_mm, notes = spatial_unit(header)
-    notes = components + notes
     spacing, origin, direction = _lps_grid(_nibabel_affine(image, to_mm))
     _check_geometry(path, spacing, origin, direction)
     code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])   # nibabel's affine
-    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, tuple(_orthonormal(
-        np.reshape(direction, (3, 3))).ravel()), name=path.name, source=str(path), notes=tuple(notes),
-        space=_XFORM_NAMES.get(code, "scanner"), other_world=_qform_world(header, to_mm), **_nibabel_mark(image))
+    return ((spacing, origin, tuple(_orthonormal(np.reshape(direction, (3, 3))).ravel())), notes,
+            _XFORM_NAMES.get(code, "scanner"))
 
 
 Grid = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]
@@ -272,7 +281,12 @@ def spatial_unit(header) -> tuple[np.ndarray, list[str]]:
 def header_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...], str]:
     """(size, spacing, origin, direction, space) of a volume file's header, as loading places it (a NIfTI
     file's sform over SimpleITK's choice of the qform: :func:`_nifti_grid`); its dimension as SimpleITK
-    reads it; the world its coordinates are in (:data:`SPACES`)."""
+    reads it (nibabel, for a file SimpleITK does not read: NIfTI-2, some 2-D slices); the world its
+    coordinates are in (:data:`SPACES`)."""
+    image = _nibabel_only(path)
+    if image is not None:
+        grid, _, space = _nibabel_placed(path, image)
+        return (tuple(int(n) for n in image.shape), *grid, space)
     reader = read_info(path)
     spacing, origin, direction, _, space = _placed_header(path, reader)
     return tuple(reader.GetSize()), spacing, origin, direction, space
@@ -467,18 +481,14 @@ def _scan_nibabel(path: Path, image) -> Catalog:
     fields = image.get_data_dtype().names
     if fields:
         notes.append(_components_note(len(fields)))
-    to_mm, unit_notes = spatial_unit(image.header)
+    (spacing, _, direction), unit_notes, space = _nibabel_placed(path, image)
     notes += unit_notes
-    affine = _RAS_LPS @ _nibabel_affine(image, to_mm)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    _check_geometry(path, spacing, affine[:3, 3], affine[:3, :3])
-    direction = _orthonormal(affine[:3, :3] / spacing)
-    orientation = Volume(np.zeros((1, 1, 1), np.float32), direction=tuple(direction.ravel())).orientation()
     mark = _nibabel_mark(image)
     entry = SeriesEntry(
         key=str(path), kind="nifti", paths=(str(path),), description=path.name,
         modality=mark["modality"] or bids.name_modality(path.name), shape_zyx=(shape[2], shape[1], shape[0]),
-        spacing_xyz=tuple(float(s) for s in spacing), orientation=orientation, notes=tuple(notes),
+        spacing_xyz=spacing, orientation=_orientation_of(direction, min(len(image.shape), 3)) + _space_label(space),
+        notes=tuple(notes),
         synthetic=mark["synthetic"],
         volumes=shape[3] if len(shape) == 4 else 1,
         loader=lambda progress, cancel: load_file(path, progress=progress, cancel=cancel),

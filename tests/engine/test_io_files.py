@@ -641,3 +641,21 @@ def test_a_converted_scan_keeps_its_modality_under_any_file_name(tmp_path, suffi
     assert (back.modality, back.unit, back.synthetic) == ("CBCT", "HU", False)
     unnamed = io.load(io.save(Volume(np.zeros((3, 4, 5), np.float32)), tmp_path / f"other{suffix}"))
     assert unnamed.modality is None
+
+
+def test_a_dataset_check_reads_the_grid_of_a_file_only_nibabel_reads(tmp_path):
+    from engine.tasks.validation import read_geometry
+
+    # a NIfTI-2 file (which SimpleITK does not read) had been refused by the dataset check that loading passes
+    affine = np.diag([-1.0, 1.2, 2.0, 1.0])
+    affine[:3, 3] = [5.0, -7.0, 9.0]
+    nibabel.save(nibabel.Nifti2Image(np.zeros((10, 12, 8), np.float32), affine), tmp_path / "t1.nii")
+    geometry, volume = read_geometry(tmp_path / "t1.nii"), io.load(tmp_path / "t1.nii")
+    assert geometry.size == volume.size_xyz == (10, 12, 8) and geometry.space == volume.space
+    np.testing.assert_allclose(geometry.origin, volume.origin)
+    np.testing.assert_allclose(geometry.spacing, volume.spacing)
+    # a coronal 2-D slice: listed as 2-D as an axial one is, and refused by the dataset check as one
+    nibabel.save(nibabel.Nifti1Image(np.zeros((20, 24), np.float32), CORONAL_SLICE), tmp_path / "slice.nii.gz")
+    assert io.scan(tmp_path / "slice.nii.gz").entries[0].orientation.startswith("2-D")
+    with pytest.raises(ValueError, match="is a 2-D image"):
+        read_geometry(tmp_path / "slice.nii.gz")
