@@ -82,14 +82,12 @@ def export_volume(doc: Document, path: str | Path, progress: ProgressFn = noop,
     would replace the acquired scan). ``patient`` (PatientID, PatientName) names the patient of a
     volume that names none (:func:`asks_for_patient`)."""
     from engine import io
-    from engine.inference import check_sidecar, save_described
+    from engine.inference import save_described
     from engine.io import named_patient
 
     made_from = [d.volume.source for d in (doc, doc.source) if d is not None and d.volume.source]
     io.check_output(path, inputs=tuple(made_from))
     record = doc.volume.provenance
-    if record:
-        check_sidecar(path)
     described = record.get("Summary") or (doc.title if doc.volume.synthetic else f"converted from {doc.title}")
     written, _ = save_described(path, lambda: io.save(named_patient(doc.volume, *patient), path, description=described,
                                                       anonymise=anonymiser or False, progress=progress, cancel=cancel),

@@ -9,9 +9,10 @@ exact value at or below air (−1000 HU) that fills at least 1 % of the volume (
 value that often); of its voxels only those joined to the image's in-plane edges count (air enclosed by
 the field of view keeps its data), and in each slice their inner edge must be a circle (a cone beam's
 field of view; for a value air can hold, round in most slices), straight lines along the box the data
-fill (a crop or pad on any sides), both (a cylinder cut by a box) or one straight line: an edge that follows the body's outline or the ragged edge of noisy air is air
-clamped to that value, not a field of view, and keeps its data. Tissue a synthesis draws outside the
-field of view is kept only where it joins the body inside it (:func:`islands_outside`).
+fill (a crop or pad on any sides), both (a cylinder cut by a box) or one straight line: an edge that
+follows the body's outline or the ragged edge of noisy air is air clamped to that value, not a field of
+view, and keeps its data. Tissue a synthesis draws outside the field of view is kept only where it
+joins the body inside it (:func:`islands_outside`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from engine import modalities
-from engine.io.dicom_read import PADDING_RANGE
+from engine.io.dicom_read import stated_padding
 from engine.io.volume import Volume
 
 PADDING_MAX_HU = -1000.0        # a field-of-view padding value is at or below air
@@ -58,9 +59,9 @@ def _candidates(volume: Volume, values: np.ndarray, below_scale: bool = False) -
     unstated value at or above the CT scale's bottom, −1024 HU): the stated range when the volume
     holds it, else each exact value at or below air (``below_scale``: below the CT scale) filling at
     least :data:`PADDING_MIN_FRACTION` of the volume."""
-    stated = volume.dicom.get(PADDING_RANGE, "")
+    stated = stated_padding(volume)
     if stated:
-        lo, hi = (float(v) for v in stated.split("\\"))
+        lo, hi = stated
         slack = 1e-5 * max(1.0, abs(lo), abs(hi))          # the volume holds float32 of float64 rescaled values
         padded = (values >= lo - slack) & (values <= hi + slack)
         if padded.any():                                     # (a volume made from the series' values may hold none)

@@ -93,16 +93,24 @@ def check_sidecar(output: str | Path) -> None:
     """ValueError when the sidecar of ``output`` would replace a file this app did not write (a real
     scan's BIDS sidecar beside the output's name): refused before any work."""
     path = sidecar_path(output)
-    if path.exists() and not _ours(path):
+    if path.exists() and not _ours(_read(path)):
         raise ValueError(f"{path}: exists and was not written by {GENERATOR}; the provenance of {Path(output).name} "
                          "would replace it: choose another output name")
 
 
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is a sidecar this app wrote."""
+def _read(path: Path) -> bytes:
+    """``path``'s bytes (none when it is missing or cannot be read)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("GeneratedBy", {}).get("Name") == GENERATOR
-    except (OSError, ValueError, AttributeError):
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _ours(text: bytes) -> bool:
+    """Whether ``text`` is a sidecar this app wrote."""
+    try:
+        return json.loads(text.decode("utf-8")).get("GeneratedBy", {}).get("Name") == GENERATOR
+    except (ValueError, AttributeError):
         return False
 
 
@@ -118,13 +126,14 @@ def save_described(output: str | Path, write: Callable[[], Path], record: Mappin
     if record:
         check_sidecar(output)
     old = sidecar_path(output)
-    earlier = old.read_bytes() if old.exists() and _ours(old) else None
-    if earlier is not None:
+    earlier = _read(old)                                 # b"" when there is none
+    ours = _ours(earlier)
+    if ours:
         old.unlink(missing_ok=True)
     try:
         written = write()
     except BaseException:
-        if earlier is not None and not old.exists():
+        if ours and not old.exists():
             with atomic_file(old) as tmp:
                 tmp.write_bytes(earlier)
         raise

@@ -244,8 +244,17 @@ def lossy_compression(tags: dict[str, str]) -> dict[str, str]:
 
 
 # a Volume's ``dicom`` key: the padding a series states (PixelPaddingValue, PixelPaddingRangeLimit: stored
-# values) in the volume's physical units, "low\\high" (engine/inference/field_of_view.py reads it)
+# values) in the volume's physical units, "low\\high" (read back by :func:`stated_padding`)
 PADDING_RANGE = "StudioPaddingRange"
+
+
+def stated_padding(volume: Volume) -> tuple[float, float] | None:
+    """(low, high) of the padding ``volume``'s series stated, in its physical units; None when none was."""
+    stated = (volume.dicom or {}).get(PADDING_RANGE, "")
+    if not stated:
+        return None
+    low, high = (float(v) for v in stated.split("\\"))
+    return low, high
 
 
 def _padding_range(tags: dict[str, str], slices: list[SliceInfo]) -> dict[str, str]:

@@ -49,7 +49,7 @@ from pydicom.valuerep import format_number_as_ds
 from engine import modalities
 from engine.atomic import OutputError, atomic_folder, check_folder_target, check_size
 from engine.io.deidentify import Anonymiser, as_anonymiser
-from engine.io.dicom_read import PADDING_RANGE
+from engine.io.dicom_read import stated_padding
 from engine.io.dicom_scan import PRIVATE_CREATOR, PRIVATE_GROUP, RADIOPHARMACEUTICAL_TAGS, our_block
 from engine.io.errors import VolumeIOError
 from engine.io.identity import DERIVED_FRAME, DERIVED_STUDY, patient_keyed
@@ -374,10 +374,10 @@ def _padding(ds: Dataset, volume: Volume, array: np.ndarray, encoding: Encoding)
     (PixelPaddingValue, PixelPaddingRangeLimit, as stored values): written without it, a scanner's
     −3024 HU would read as material below air in a planning system. Only for a scan's own values where
     they hold it (a synthetic volume holds none: synthesis fills that region)."""
-    stated = (volume.dicom or {}).get(PADDING_RANGE, "")
+    stated = stated_padding(volume)
     if volume.synthetic or not stated:
         return
-    low, high = (float(v) for v in stated.split("\\"))
+    low, high = stated
     if not np.any((array >= low) & (array <= high)):
         return
     first, last = (int(v) for v in quantise(np.array([low, high]), encoding))

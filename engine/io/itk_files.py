@@ -734,8 +734,7 @@ def _relabel(path: Path, space: str, unit: str, other: OtherWorld | None = None)
     image = cast("SpatialImage", nibabel.load(str(path)))
     header = cast("Nifti1Header", image.header).copy()
     sform = header.get_sform()
-    qform = None if other is None else _RAS_LPS @ other.matrix() @ _RAS_LPS @ sform
-    if other is not None and qform is not None and _orthogonal(qform):
+    if other is not None and _orthogonal(qform := _RAS_LPS @ other.matrix() @ _RAS_LPS @ sform):
         header.set_qform(qform, code=_XFORM_CODES[other.space])
     else:               # no other world, or one a qform cannot hold on this grid (a sheared one): the sform's
         header.set_qform(header.get_qform(), code=code)

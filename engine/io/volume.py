@@ -53,7 +53,7 @@ class Volume:
     space: str = "scanner"           # the world the coordinates are in (SPACES: a NIfTI transform's code; DICOM: scanner;
                                      # UNKNOWN_SPACE: a NIfTI naming none)
     not_anatomy: str = ""            # why its values are no scan of a modality the model knows (a localizer, a DWI…)
-    other_world: OtherWorld | None = None   # a NIfTI input's qform where it named another world: written back beside
+    other_world: OtherWorld | None = None   # a NIfTI input's qform naming another world: NIfTI outputs keep it
 
     def __post_init__(self) -> None:
         if self.space not in (*SPACES, UNKNOWN_SPACE):
